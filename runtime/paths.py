@@ -1,0 +1,38 @@
+"""Where the runtime keeps its state and its download cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ("cache_dir", "state_dir")
+
+
+def state_dir() -> Path:
+    """The per-user state directory (mode 0700), created if missing.
+
+    ``$SQUISH_STATE_DIR``, else ``$XDG_RUNTIME_DIR/squish``, else ``/tmp/squish-<uid>``
+    (the fallback podman uses when no runtime dir exists, e.g. under ``su``).
+    """
+    explicit = os.environ.get("SQUISH_STATE_DIR")
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get("XDG_RUNTIME_DIR") and os.access(os.environ["XDG_RUNTIME_DIR"], os.W_OK):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "squish"
+    else:
+        path = Path(f"/tmp/squish-{os.getuid()}")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"state directory {path} belongs to uid {st.st_uid}, not to you")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def cache_dir() -> Path:
+    """The download and rootfs cache: ``$XDG_CACHE_HOME/squish`` or ``~/.cache/squish``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    path = Path(base) / "squish"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,120 @@
+"""What the runtime is asked to run: a fully resolved, validated container spec.
+
+The reconciler turns a squishfile into a :class:`ContainerSpec`; the runtime never reads
+TOML. Paths here are absolute host paths; targets are absolute container paths.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = (
+    "NAME_PATTERN",
+    "BindMount",
+    "ContainerSpec",
+    "PortMapping",
+    "RootfsRef",
+    "SdkLayer",
+    "check_target",
+)
+
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
+"""Container names: like podman's, so they are safe as file names and hostnames."""
+
+_FORBIDDEN_TARGET_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_target(target: str) -> str:
+    """Return ``target`` if it is a safe absolute container path, else raise ValueError."""
+    if not target.startswith("/"):
+        raise ValueError(f"target {target!r} must be an absolute path")
+    parts = PurePosixPath(target).parts
+    if ".." in parts or any(p == "." for p in target.split("/")):
+        raise ValueError(f"target {target!r} may not contain '..' or '.'")
+    normal = str(PurePosixPath(target))
+    if normal == "/":
+        raise ValueError("target may not be '/' (the rootfs is the root)")
+    for root in _FORBIDDEN_TARGET_ROOTS:
+        if normal == root or normal.startswith(root + "/"):
+            raise ValueError(f"target {target!r} may not cover {root}")
+    return normal
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RootfsRef(_Frozen):
+    """Which root filesystem to use: the builtin busybox one or an Alpine release."""
+
+    kind: Literal["busybox", "alpine"]
+    version: str = Field(description="'builtin' for busybox; a release like '3.20' for alpine")
+
+    @field_validator("version")
+    @classmethod
+    def _version_ok(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}", v):
+            raise ValueError(f"bad version {v!r}")
+        return v
+
+
+class SdkLayer(_Frozen):
+    """A read-only tarball layer mounted at ``/sdk/<name>``.
+
+    Either ``url`` and ``sha256`` are given, or ``version`` is resolved through the
+    layer index named by ``SQUISH_LAYER_INDEX``.
+    """
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    version: str | None = None
+
+
+class BindMount(_Frozen):
+    """A host path bind-mounted into the container, read-only unless ``rw``."""
+
+    source: str = Field(description="absolute host path")
+    target: str = Field(description="absolute container path")
+    rw: bool = False
+
+    @field_validator("target")
+    @classmethod
+    def _target_ok(cls, v: str) -> str:
+        return check_target(v)
+
+    @field_validator("source")
+    @classmethod
+    def _source_abs(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"source {v!r} must be absolute")
+        return v
+
+
+class PortMapping(_Frozen):
+    """One forward from ``host_addr:host`` on the host to ``container`` inside."""
+
+    container: int = Field(ge=1, le=65535)
+    host: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_addr: str = "127.0.0.1"
+
+
+class ContainerSpec(_Frozen):
+    """Everything needed to start one container."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    rootfs: RootfsRef
+    sdks: tuple[SdkLayer, ...] = ()
+    binds: tuple[BindMount, ...] = ()
+    argv: tuple[str, ...] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str = "/"
+    ports: tuple[PortMapping, ...] = ()
+    network: Literal["slirp4netns", "none"] = "slirp4netns"
+    hostname: str | None = None
+    stop_timeout: float = Field(default=10.0, ge=0, le=3600)
