@@ -11,14 +11,18 @@ __all__ = ("cache_dir", "state_dir")
 def state_dir() -> Path:
     """The per-user state directory (mode 0700), created if missing.
 
-    ``$SQUISH_STATE_DIR``, else ``$XDG_RUNTIME_DIR/squish``, else ``/tmp/squish-<uid>``
-    (the fallback podman uses when no runtime dir exists, e.g. under ``su``).
+    ``$SQUISH_STATE_DIR``, else ``$XDG_RUNTIME_DIR/squish``, else (no runtime dir, as
+    under ``su``) ``/dev/shm/squish-<uid>`` when /dev/shm is writable, else
+    ``/tmp/squish-<uid>``. State belongs in memory: it describes running processes, and a
+    container start touches a dozen files there.
     """
     explicit = os.environ.get("SQUISH_STATE_DIR")
     if explicit:
         path = Path(explicit)
     elif os.environ.get("XDG_RUNTIME_DIR") and os.access(os.environ["XDG_RUNTIME_DIR"], os.W_OK):
         path = Path(os.environ["XDG_RUNTIME_DIR"]) / "squish"
+    elif os.access("/dev/shm", os.W_OK):
+        path = Path(f"/dev/shm/squish-{os.getuid()}")
     else:
         path = Path(f"/tmp/squish-{os.getuid()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

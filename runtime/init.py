@@ -1,0 +1,157 @@
+"""The container's init: pid 1 of its pid namespace.
+
+It assembles the filesystem, waits for the network, starts the command, then forwards
+signals to it and reaps every zombie. When the command exits, init records the exit code
+in ``exit.json`` (through a directory fd opened before ``pivot_root``) and exits with the
+same code; the kernel then kills whatever else is left in the namespace.
+
+A pid-namespace init gets no signal it has no handler for: this one blocks the signals it
+forwards and collects them with ``sigwaitinfo``, so ``stop`` (SIGTERM) works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NoReturn
+
+from runtime import mounts
+from runtime import syscalls as sc
+from runtime.launch import LaunchRequest
+from runtime.state import write_json_atomic
+
+__all__ = ("DEFAULT_PATH", "FORWARDED_SIGNALS", "run_init")
+
+FORWARDED_SIGNALS = frozenset(
+    {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+        signal.SIGCONT,
+    }
+)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_EXIT_FILE = Path("exit.json")
+
+
+def _bring_up_loopback() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _command_env(req: LaunchRequest) -> dict[str, str]:
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root",
+        "container": "squish",
+        "HOSTNAME": req.hostname or req.name,
+    }
+    env.update(req.env)
+    return env
+
+
+def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
+    """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
+    env = _command_env(req)
+    program = req.argv[0]
+    if "/" not in program:
+        found = shutil.which(program, path=env["PATH"])
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, f"{program!r} not found in PATH {env['PATH']}")
+        program = found
+    os.chdir(req.workdir)
+    return os.posix_spawn(
+        program,
+        list(req.argv),
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,
+        setsigmask=old_mask,
+        setsigdef=FORWARDED_SIGNALS | {signal.SIGCHLD},
+    )
+
+
+def _wait_for_command(child: int, state_fd: int) -> NoReturn:
+    waited = signal.SIGCHLD, *FORWARDED_SIGNALS
+    while True:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, info.si_signo)
+            continue
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == child:
+                _finish(status, state_fd)
+
+
+def _finish(status: int, state_fd: int) -> NoReturn:
+    if os.WIFSIGNALED(status):
+        code, signum = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+    else:
+        code, signum = os.waitstatus_to_exitcode(status), 0
+    record = {"exit_code": code, "signal": signum, "finished_at": time.time()}
+    try:
+        write_json_atomic(_EXIT_FILE, record, dir_fd=state_fd)
+    finally:
+        os._exit(code)
+
+
+def run_init(
+    req: LaunchRequest, *, state_fd: int, log_fd: int, go_r: int, report_w: int
+) -> NoReturn:
+    """Body of pid 1. ``report_w`` gets ``M`` (mounted), then ``S`` (started) or ``E<why>``."""
+    root = os.path.join(req.container_dir, "root")
+    skel = os.path.join(req.container_dir, "skel")
+    try:
+        sc.sethostname(req.hostname or req.name)
+        if req.network == "none":
+            _bring_up_loopback()
+        mounts.assemble(root, skel, req.rootfs, req.mounts)
+        mounts.enter_root(root)
+    except Exception as exc:
+        os.write(report_w, f"Esetting up the container filesystem failed: {exc}".encode())
+        os._exit(126)
+    os.write(report_w, b"M")
+    if os.read(go_r, 1) != b"G":
+        os._exit(125)
+    os.close(go_r)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED_SIGNALS})
+    try:
+        child = _spawn_command(req, log_fd, old_mask)
+    except OSError as exc:
+        os.write(report_w, f"Ecannot execute {req.argv[0]!r}: {exc.strerror}".encode())
+        os._exit(127)
+    os.close(log_fd)
+    os.chdir("/")
+    os.write(report_w, b"S")
+    os.close(report_w)
+    _wait_for_command(child, state_fd)

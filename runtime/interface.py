@@ -1,0 +1,93 @@
+"""The ``Runtime`` interface and what it reports about containers.
+
+``runtime.linux.LinuxRuntime`` implements it with real namespaces; the reconciler's tests
+use a fake that records calls. Everything here is synchronous: a call returns when the
+effect is done (a started container is running, a removed one is gone).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from runtime.spec import ContainerSpec, PortMapping
+
+__all__ = ("ContainerInfo", "ContainerState", "Runtime")
+
+
+class ContainerState(StrEnum):
+    CREATED = "created"
+    """Prepared (rootfs and layers resolved) but never started."""
+    RUNNING = "running"
+    EXITED = "exited"
+    """Its command ended (or it was stopped); ``exit_code`` says how."""
+
+
+class ContainerInfo(BaseModel):
+    """A container as observed now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    state: ContainerState
+    spec: ContainerSpec
+    pid: int | None = None
+    """Host pid of the container's init while it runs."""
+    pid_start_time: int | None = None
+    """Start time of that pid in clock ticks since boot: (pid, start) is its identity."""
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    ports: tuple[PortMapping, ...] = ()
+    """Forwards in place now (may differ from ``spec.ports`` after live changes)."""
+    restarts: int = 0
+    """How many times the container was started after its first start."""
+    slirp_pid: int | None = None
+    log_path: str
+    created_at: float
+
+
+class Runtime(Protocol):
+    """What the reconciler needs from a container runtime."""
+
+    def create(self, spec: ContainerSpec) -> ContainerInfo:
+        """Prepare a container (fetch rootfs and layers); do not start it."""
+        ...
+
+    def start(self, name: str) -> ContainerInfo:
+        """Start a created or exited container; a running one is left as it is."""
+        ...
+
+    def run(self, spec: ContainerSpec) -> ContainerInfo:
+        """``create`` then ``start``."""
+        ...
+
+    def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
+        """SIGTERM to the init, SIGKILL after ``timeout`` (default: the spec's)."""
+        ...
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        """Delete the container and everything it left; ``force`` stops it first."""
+        ...
+
+    def list(self) -> list[ContainerInfo]: ...
+
+    def inspect(self, name: str) -> ContainerInfo: ...
+
+    def logs(self, name: str) -> bytes:
+        """The command's stdout and stderr so far."""
+        ...
+
+    def wait(self, name: str, timeout: float | None = None) -> int:
+        """Block until the container's command exits; return its exit code."""
+        ...
+
+    def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        """Add a forward to a running container without restarting it."""
+        ...
+
+    def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        """Remove a forward from a running container without restarting it."""
+        ...

@@ -1,0 +1,68 @@
+"""The launch request: what the namespace holder needs to start one container.
+
+The client (``runtime.linux``) builds it from a ``ContainerSpec`` and the host paths it
+resolved; the namespace holder (``runtime.pause``) and the container's init act on it.
+It crosses a process boundary as JSON. Plain dataclasses on purpose: the holder forks a
+process per container and stays small when it does not load pydantic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ("Forward", "LaunchRequest", "MountPoint")
+
+
+@dataclass(frozen=True)
+class MountPoint:
+    """A host path bind-mounted at ``target`` in the container."""
+
+    source: str
+    target: str
+    rw: bool = False
+    is_dir: bool = True
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A host port forwarded into the container by slirp4netns."""
+
+    proto: str
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything needed to start one container."""
+
+    name: str
+    container_dir: str
+    rootfs: str
+    argv: tuple[str, ...]
+    mounts: tuple[MountPoint, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    hostname: str = ""
+    network: str = "slirp4netns"
+    forwards: tuple[Forward, ...] = ()
+    sandbox_slirp: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> LaunchRequest:
+        """Rebuild a request from JSON; raises ValueError when it is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("launch request is not an object")
+        try:
+            fields = dict(data)
+            fields["argv"] = tuple(str(a) for a in fields["argv"])
+            fields["mounts"] = tuple(MountPoint(**m) for m in fields.get("mounts", ()))
+            fields["forwards"] = tuple(Forward(**f) for f in fields.get("forwards", ()))
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed launch request: {exc}") from exc

@@ -1,0 +1,403 @@
+"""``LinuxRuntime``: the ``Runtime`` interface on real namespaces, rootless only.
+
+The client side: it resolves rootfs and layers, lays out the container's folder, asks the
+namespace holder to start the container, signals it to stop, and edits port forwards
+through slirp4netns' API socket. It never forks a container itself, so it may run in a
+threaded program.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from runtime import slirp
+from runtime.errors import (
+    ContainerExists,
+    ContainerNotFound,
+    ContainerStartError,
+    HostSetupError,
+    PortInUse,
+    RootRefused,
+    SlirpError,
+)
+from runtime.holder import Holder, file_lock
+from runtime.interface import ContainerInfo, ContainerState
+from runtime.launch import Forward, LaunchRequest, MountPoint
+from runtime.layers import resolve_sdk
+from runtime.mounts import prepare_skeleton
+from runtime.paths import cache_dir, state_dir
+from runtime.rootfs import resolve_rootfs
+from runtime.spec import ContainerSpec, PortMapping, RootfsRef
+from runtime.state import ProcessId, read_json, write_json_atomic
+
+__all__ = ("LinuxRuntime",)
+
+_ETC_FILES = ("resolv.conf", "hosts", "hostname")
+
+
+def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
+    hostname = spec.hostname or spec.name
+    own_addr = slirp.CONTAINER_ADDR if spec.network == "slirp4netns" else "127.0.1.1"
+    return {
+        "resolv.conf": f"nameserver {slirp.DNS_ADDR}\n" if spec.network == "slirp4netns" else "",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{own_addr}\t{hostname}\n",
+        "hostname": f"{hostname}\n",
+    }
+
+
+def _forward(mapping: PortMapping) -> Forward:
+    return Forward(
+        proto=mapping.protocol,
+        host_addr=mapping.host_addr,
+        host_port=mapping.host,
+        guest_port=mapping.container,
+    )
+
+
+def _mapping(record: dict[str, Any]) -> PortMapping:
+    return PortMapping(
+        container=record["guest_port"],
+        host=record["host_port"],
+        protocol=record["proto"],
+        host_addr=record["host_addr"],
+    )
+
+
+def _wait_for_exit(identity: ProcessId, timeout: float) -> bool:
+    """Wait until the process is gone; True if it went within ``timeout``."""
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if not identity.alive():
+            return True
+        deadline = time.monotonic() + timeout
+        while identity.alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([pidfd], [], [], min(left, 0.05))
+        return True
+    finally:
+        os.close(pidfd)
+
+
+class LinuxRuntime:
+    """Rootless containers in Linux namespaces; see ``docs/runtime.md``."""
+
+    def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
+        if os.geteuid() == 0:
+            raise RootRefused(
+                "squish runs rootless only and refuses to run as root (uid 0); "
+                "run it as an unprivileged user (`make run` as root does that for you)"
+            )
+        self.state = state if state is not None else state_dir()
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.cache = cache if cache is not None else cache_dir()
+        self.containers = self.state / "containers"
+        self.containers.mkdir(mode=0o700, exist_ok=True)
+        self.holder = Holder(self.state)
+        self._rootfs_paths: dict[RootfsRef, Path] = {}
+
+    # -- folders and records ------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        path = self.containers / name
+        if not (path / "launch.json").is_file():
+            raise ContainerNotFound(name)
+        return path
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        path = self._dir(name)
+        with file_lock(path / "lock"):
+            yield path
+
+    def _launch_request(self, cdir: Path) -> LaunchRequest:
+        return LaunchRequest.from_json(read_json(cdir / "launch.json"))
+
+    def _spec(self, cdir: Path) -> ContainerSpec:
+        return ContainerSpec.model_validate_json((cdir / "spec.json").read_bytes())
+
+    def _info(self, cdir: Path) -> ContainerInfo:
+        spec = self._spec(cdir)
+        meta = read_json(cdir / "meta.json") or {}
+        run = read_json(cdir / "run.json")
+        exited = read_json(cdir / "exit.json")
+        common: dict[str, Any] = {
+            "name": spec.name,
+            "spec": spec,
+            "log_path": str(cdir / "output.log"),
+            "restarts": int(meta.get("restarts", 0)),
+            "created_at": float(meta.get("created_at", 0.0)),
+        }
+        if not isinstance(run, dict):
+            return ContainerInfo(state=ContainerState.CREATED, **common)
+        init = ProcessId.from_json(run.get("init"))
+        slirp_id = ProcessId.from_json(run.get("slirp"))
+        ports = tuple(_mapping(f) for f in run.get("forwards", []))
+        running = init is not None and init.alive()
+        if running and init is not None:
+            return ContainerInfo(
+                state=ContainerState.RUNNING,
+                pid=init.pid,
+                pid_start_time=init.start_time,
+                started_at=run.get("started_at"),
+                ports=ports,
+                slirp_pid=slirp_id.pid if slirp_id and slirp_id.alive() else None,
+                **common,
+            )
+        exit_code = exited.get("exit_code") if isinstance(exited, dict) else None
+        finished = exited.get("finished_at") if isinstance(exited, dict) else None
+        return ContainerInfo(
+            state=ContainerState.EXITED,
+            started_at=run.get("started_at"),
+            finished_at=finished,
+            exit_code=exit_code,
+            **common,
+        )
+
+    # -- create and start ---------------------------------------------------------------
+
+    def _mounts(self, spec: ContainerSpec, cdir: Path) -> tuple[MountPoint, ...]:
+        mounts: list[MountPoint] = []
+        for layer in spec.sdks:
+            path = resolve_sdk(layer, self.cache)
+            mounts.append(MountPoint(source=str(path), target=f"/sdk/{layer.name}"))
+        for bind in spec.binds:
+            source = Path(bind.source)
+            if not source.exists():
+                raise ContainerStartError(spec.name, f"bind source {source} does not exist")
+            mounts.append(
+                MountPoint(
+                    source=str(source), target=bind.target, rw=bind.rw, is_dir=source.is_dir()
+                )
+            )
+        etc = cdir / "etc"
+        etc.mkdir(mode=0o700, exist_ok=True)
+        for name, content in _etc_contents(spec).items():
+            (etc / name).write_text(content)
+            mounts.append(MountPoint(source=str(etc / name), target=f"/etc/{name}", is_dir=False))
+        targets = [m.target for m in mounts]
+        duplicates = sorted({t for t in targets if targets.count(t) > 1})
+        if duplicates:
+            raise ContainerStartError(spec.name, f"two mounts share a target: {duplicates}")
+        return tuple(sorted(mounts, key=lambda m: m.target.count("/")))
+
+    def _rootfs(self, ref: RootfsRef) -> Path:
+        """Resolve a rootfs once per runtime object (resolving hashes the busybox binary)."""
+        known = self._rootfs_paths.get(ref)
+        if known is None or not known.is_dir():
+            known = self._rootfs_paths[ref] = resolve_rootfs(ref, self.cache)
+        return known
+
+    def create(self, spec: ContainerSpec) -> ContainerInfo:
+        rootfs = self._rootfs(spec.rootfs)
+        cdir = self.containers / spec.name
+        try:
+            cdir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise ContainerExists(spec.name) from None
+        try:
+            mounts = self._mounts(spec, cdir)
+            prepare_skeleton(cdir / "skel", mounts)
+            (cdir / "root").mkdir(mode=0o755)
+            request = LaunchRequest(
+                name=spec.name,
+                container_dir=str(cdir),
+                rootfs=str(rootfs),
+                argv=spec.argv,
+                mounts=mounts,
+                env=dict(spec.env),
+                workdir=spec.workdir,
+                hostname=spec.hostname or spec.name,
+                network=spec.network,
+                forwards=tuple(_forward(p) for p in spec.ports),
+            )
+            write_json_atomic(
+                cdir / "meta.json", {"restarts": 0, "created_at": time.time(), "started": 0}
+            )
+            (cdir / "spec.json").write_text(spec.model_dump_json())
+            write_json_atomic(cdir / "launch.json", request.to_json())
+        except BaseException:
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        return self._info(cdir)
+
+    def start(self, name: str) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            info = self._info(cdir)
+            if info.state is ContainerState.RUNNING:
+                return info
+            request = self._launch_request(cdir)
+            for forward in request.forwards:
+                if not slirp.port_is_free(forward):
+                    raise PortInUse(forward.host_addr, forward.host_port, forward.proto)
+            self._reap_leftovers(cdir)
+            for stale in ("run.json", "exit.json"):
+                (cdir / stale).unlink(missing_ok=True)
+            reply = self.holder.request({"op": "launch", "request": request.to_json()})
+            if not reply.get("ok"):
+                self._raise_launch_error(name, reply)
+            meta = read_json(cdir / "meta.json") or {}
+            started = int(meta.get("started", 0)) + 1
+            meta.update(started=started, restarts=max(0, started - 1))
+            write_json_atomic(cdir / "meta.json", meta)
+            return self._info(cdir)
+
+    @staticmethod
+    def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
+        if reply.get("error") == "port_in_use":
+            raise PortInUse(
+                str(reply["host_addr"]), int(reply["host_port"]), str(reply["protocol"])
+            )
+        if reply.get("error") == "slirp":
+            raise SlirpError(str(reply.get("message")))
+        raise ContainerStartError(name, str(reply.get("message", "unknown error")))
+
+    def run(self, spec: ContainerSpec) -> ContainerInfo:
+        self.create(spec)
+        try:
+            return self.start(spec.name)
+        except BaseException:
+            self.remove(spec.name, force=True)
+            raise
+
+    # -- stop and remove ----------------------------------------------------------------
+
+    def _reap_leftovers(self, cdir: Path) -> None:
+        """Kill a slirp4netns a dead container left (it exits on its own within ms)."""
+        run = read_json(cdir / "run.json")
+        if not isinstance(run, dict):
+            return
+        slirp_id = ProcessId.from_json(run.get("slirp"))
+        if slirp_id is not None and not _wait_for_exit(slirp_id, 1.0):
+            os.kill(slirp_id.pid, signal.SIGKILL)
+            _wait_for_exit(slirp_id, 5.0)
+
+    def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            run = read_json(cdir / "run.json")
+            init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
+            if init is not None and init.alive():
+                grace = self._spec(cdir).stop_timeout if timeout is None else timeout
+                with suppress(ProcessLookupError):
+                    os.kill(init.pid, signal.SIGTERM)
+                if not _wait_for_exit(init, grace):
+                    os.kill(init.pid, signal.SIGKILL)
+                    if not _wait_for_exit(init, 10.0):
+                        raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
+                if not (cdir / "exit.json").exists():
+                    write_json_atomic(
+                        cdir / "exit.json",
+                        {
+                            "exit_code": 128 + signal.SIGKILL,
+                            "signal": int(signal.SIGKILL),
+                            "finished_at": time.time(),
+                        },
+                    )
+            self._reap_leftovers(cdir)
+            return self._info(cdir)
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        info = self.inspect(name)
+        if info.state is ContainerState.RUNNING:
+            if not force:
+                raise ContainerStartError(name, "it is running; stop it or remove with force")
+            self.stop(name, timeout=0 if force else None)
+        cdir = self._dir(name)
+        self._reap_leftovers(cdir)
+        shutil.rmtree(cdir)
+
+    # -- observe ------------------------------------------------------------------------
+
+    def list(self) -> list[ContainerInfo]:
+        return [
+            self._info(cdir)
+            for cdir in sorted(self.containers.iterdir())
+            if (cdir / "launch.json").is_file()
+        ]
+
+    def inspect(self, name: str) -> ContainerInfo:
+        return self._info(self._dir(name))
+
+    def logs(self, name: str) -> bytes:
+        try:
+            return (self._dir(name) / "output.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def wait(self, name: str, timeout: float | None = None) -> int:
+        cdir = self._dir(name)
+        run = read_json(cdir / "run.json")
+        init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
+        if init is None:
+            raise ContainerStartError(name, "it was never started")
+        if not _wait_for_exit(init, float("inf") if timeout is None else timeout):
+            raise TimeoutError(f"container {name!r} still running after {timeout} s")
+        code = self._info(cdir).exit_code
+        return 128 + signal.SIGKILL if code is None else code
+
+    # -- live port forwards -------------------------------------------------------------
+
+    def _running_api(self, cdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        info = self._info(cdir)
+        if info.state is not ContainerState.RUNNING:
+            raise ContainerStartError(name, "it is not running")
+        if info.spec.network != "slirp4netns" or info.slirp_pid is None:
+            raise SlirpError(f"container {name!r} has no slirp4netns network")
+        run = read_json(cdir / "run.json")
+        assert isinstance(run, dict)
+        return cdir / "slirp.sock", run
+
+    def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            api, run = self._running_api(cdir, name)
+            if any(_mapping(f) == mapping for f in run["forwards"]):
+                return self._info(cdir)
+            forward = _forward(mapping)
+            if not slirp.port_is_free(forward):
+                raise PortInUse(mapping.host_addr, mapping.host, mapping.protocol)
+            forward_id = slirp.add_forward(api, forward)
+            run["forwards"].append({"id": forward_id, **forward.__dict__})
+            write_json_atomic(cdir / "run.json", run)
+            return self._info(cdir)
+
+    def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            api, run = self._running_api(cdir, name)
+            live = slirp.find_forward(api, _forward(mapping))
+            if live is not None:
+                slirp.remove_forward(api, live.id)
+            run["forwards"] = [f for f in run["forwards"] if _mapping(f) != mapping]
+            write_json_atomic(cdir / "run.json", run)
+            return self._info(cdir)
+
+    # -- the whole runtime --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop and remove every container of this state directory, then the holder."""
+        for info in self.list():
+            self.remove(info.name, force=True)
+        self.holder.stop()
+
+    def check_host(self) -> None:
+        """Raise :class:`HostSetupError` when slirp4netns cannot work for this user."""
+        slirp.slirp_binary()
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+        except OSError as exc:
+            raise HostSetupError(
+                f"/dev/net/tun cannot be opened by uid {os.getuid()}: {exc.strerror}",
+                fix="as root: chmod 0666 /dev/net/tun (the mode distributions ship)",
+            ) from exc
+        os.close(fd)

@@ -1,0 +1,183 @@
+"""The namespace holder: one long-lived process per user, like podman's pause process.
+
+It creates the user namespace every container lives in (so a later network between
+containers can be wired inside one namespace), and it is the single-threaded process
+containers are forked from: the client may run threads (anyio, watchfiles), and forking
+from a threaded process can deadlock the child. It is also a child subreaper, so every
+container init and slirp4netns is re-parented to it and reaped.
+
+Start-up handshake with the client that spawned it (two pipes): this process unshares
+its user namespace and writes ``U``; the client, still outside, writes the id maps and
+answers ``M``; this process binds its socket and writes ``R``.
+
+Control protocol on ``pause.sock``: one JSON request per connection, the client shuts
+down its write side, the answer is one JSON object. Requests: ``{"op": "ping"}``,
+``{"op": "launch", "request": LaunchRequest}``, ``{"op": "exit"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime import syscalls as sc
+from runtime.launch import LaunchRequest
+from runtime.launcher import launch
+from runtime.state import ProcessId, write_json_atomic
+
+__all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
+
+PAUSE_SOCKET = "pause.sock"
+PAUSE_RECORD = "pause.json"
+_MAX_REQUEST = 4 << 20
+
+
+def _log(message: str) -> None:
+    print(
+        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pause[{os.getpid()}]: {message}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    conn.settimeout(5.0)
+    chunks, size = [], 0
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > _MAX_REQUEST:
+            raise ValueError("request too large")
+    data = json.loads(b"".join(chunks))
+    if not isinstance(data, dict):
+        raise ValueError("request is not a JSON object")
+    return data
+
+
+def _reply(conn: socket.socket, data: dict[str, Any]) -> None:
+    try:
+        conn.sendall(json.dumps(data).encode())
+    except OSError as exc:
+        _log(f"cannot answer the client: {exc}")
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _serve_one(conn: socket.socket, listener: socket.socket, wake: tuple[int, int]) -> bool:
+    """Handle one connection; return False when asked to exit."""
+    try:
+        request = _read_request(conn)
+    except (OSError, ValueError) as exc:
+        _reply(conn, {"ok": False, "error": "protocol", "message": str(exc)})
+        return True
+    op = request.get("op")
+    if op == "ping":
+        _reply(conn, {"ok": True, "pid": os.getpid()})
+        return True
+    if op == "exit":
+        _reply(conn, {"ok": True})
+        return False
+    if op != "launch":
+        _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
+        return True
+    try:
+        launch_request = LaunchRequest.from_json(request.get("request"))
+    except ValueError as exc:
+        _reply(conn, {"ok": False, "error": "protocol", "message": str(exc)})
+        return True
+    child = os.fork()
+    if child == 0:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        listener.close()
+        for fd in wake:
+            os.close(fd)
+        launch(launch_request, conn)
+    return True
+
+
+def serve(state: Path, listener: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    gc.freeze()
+    running = True
+    while running:
+        try:
+            readable, _, _ = select.select([listener.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+            _reap()
+        if listener.fileno() in readable:
+            conn, _ = listener.accept()
+            with conn:
+                running = _serve_one(conn, listener, (wake_r, wake_w))
+    _log("exiting on request")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.pause")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--to-client", required=True, type=int)
+    parser.add_argument("--from-client", required=True, type=int)
+    args = parser.parse_args(argv)
+    state: Path = args.state_dir
+    os.chdir("/")
+    if os.fork() != 0:
+        os._exit(0)  # the client reaps this first process; the holder is its orphan
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        sc.unshare(sc.CLONE_NEWUSER)
+    except OSError as exc:
+        _log(f"cannot create a user namespace: {exc}")
+        os.write(args.to_client, b"X")
+        sys.exit(1)
+    os.write(args.to_client, f"U{os.getpid()}".encode())
+    if os.read(args.from_client, 1) != b"M":
+        _log("the client did not map ids; giving up")
+        sys.exit(1)
+    os.close(args.from_client)
+    sock_path = state / PAUSE_SOCKET
+    sock_path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(sock_path))
+    finally:
+        os.umask(old_umask)
+    listener.listen(64)
+    me = ProcessId.of(os.getpid())
+    assert me is not None
+    write_json_atomic(state / PAUSE_RECORD, me.to_json())
+    _log(f"holding the user namespace; listening on {sock_path}")
+    os.write(args.to_client, b"R")
+    os.close(args.to_client)
+    serve(state, listener)
+
+
+if __name__ == "__main__":
+    main()
