@@ -1,0 +1,138 @@
+# squish — set-up and checks.
+#
+#   make run     the reconciler, in the foreground, on desired/
+#   make test    lint (ruff, mypy, import-linter) then pytest
+#   make lint | make bench | make venv | make clean | make whoami (debug: who runs, which python)
+#
+# squish is rootless-only. As root, every target except `clean` prepares the host
+# (scripts/host-setup.sh), copies this checkout into a folder owned by the unprivileged
+# account SQUISH_USER (default squish) and re-runs the same target there as that account
+# (scripts/as-user.sh). As a normal user, targets run here, in ./.venv.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+USER_TARGETS := run test lint bench venv check whoami
+.PHONY: help clean $(USER_TARGETS)
+
+help:
+	@sed -n '2,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+ifeq ($(shell id -u),0)
+
+# --- root: drop to the unprivileged account ----------------------------------------------
+# `make test lint` as root makes one copy and one `make test lint` as the account.
+ROOT_GOALS := $(filter $(USER_TARGETS),$(MAKECMDGOALS))
+$(USER_TARGETS):
+	@if [[ "$@" == "$(firstword $(ROOT_GOALS))" ]]; then
+		exec bash scripts/as-user.sh $(ROOT_GOALS)
+	fi
+
+clean: clean-local
+	@bash scripts/as-user.sh --remove-copy
+
+else
+
+# --- a normal user: the real work -----------------------------------------------------------
+VENV := .venv
+STAMP := $(VENV)/.squish-installed
+# Override with `make PYTHON=/path/to/python3.x`; else the first usable of these.
+PYTHON ?=
+PYTHON_CANDIDATES := $(PYTHON) /usr/bin/python3 python3.13 python3.12 python3.11 python3
+
+run: venv check
+	@exec $(VENV)/bin/reconciler run desired/
+
+test: venv check
+	@rc=0
+	$(MAKE) lint || rc=1
+	echo "==> pytest"
+	prc=0
+	$(VENV)/bin/python -m pytest || prc=$$?
+	if ((prc == 5)); then echo "make test: pytest collected no tests; that is a failure" >&2; fi
+	if ((prc != 0)); then rc=1; fi
+	if ((rc != 0)); then echo "make test: FAILED (lint and/or pytest; see above)" >&2; fi
+	exit $$rc
+
+lint: venv
+	@rc=0
+	echo "==> ruff check ."; $(VENV)/bin/ruff check . || rc=1
+	echo "==> mypy"; $(VENV)/bin/mypy || rc=1
+	echo "==> lint-imports"; $(VENV)/bin/lint-imports || rc=1
+	if ((rc != 0)); then echo "make lint: FAILED" >&2; fi
+	exit $$rc
+
+bench: venv check
+	@exec $(VENV)/bin/python bench/run.py
+
+venv: $(STAMP)
+
+# Rebuilt only when pyproject.toml is newer than the stamp (or the venv is missing/broken).
+$(STAMP): pyproject.toml
+	@py=""
+	for c in $(PYTHON_CANDIDATES); do
+		p="$$(command -v "$$c" 2>/dev/null)" || continue
+		if "$$p" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+			py="$$p"; break
+		fi
+	done
+	if [[ -z "$$py" ]]; then
+		echo "make venv: no python3 >= 3.11 with the venv module found." >&2
+		echo "  fix: sudo apt-get install python3-venv   (or: make PYTHON=/path/to/python3.11+)" >&2
+		exit 1
+	fi
+	if ! $(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+		echo "==> creating $(VENV) with $$py ($$("$$py" -V))"
+		rm -rf $(VENV)
+		"$$py" -m venv $(VENV)
+	fi
+	echo "==> pip install -e '.[dev]' into $(VENV)"
+	$(VENV)/bin/python -m pip install --no-input --progress-bar off -q -e '.[dev]'
+	touch $@
+
+# Prerequisites for running containers; prints the fix for each missing one.
+check:
+	@bad=0
+	fail() { echo "make check: $$1" >&2; echo "  fix: $$2" >&2; bad=1; }
+	for c in newuidmap newgidmap; do
+		command -v $$c >/dev/null || fail "$$c is missing (maps the container's uids/gids)" \
+			"sudo apt-get install uidmap   (or run make as root: it sets the host up)"
+	done
+	command -v slirp4netns >/dev/null || fail "slirp4netns is missing (rootless networking)" \
+		"sudo apt-get install slirp4netns"
+	{ command -v busybox >/dev/null || [[ -x /bin/busybox ]]; } || fail "busybox is missing (test images are built from it)" \
+		"sudo apt-get install busybox-static"
+	if [[ ! -c /dev/net/tun ]]; then
+		fail "/dev/net/tun does not exist (slirp4netns creates a tap device through it)" \
+			"sudo modprobe tun"
+	elif ! ( : <>/dev/net/tun ) 2>/dev/null; then
+		fail "/dev/net/tun is mode $$(stat -c %a /dev/net/tun) and you cannot open it; slirp4netns opens it as you to create the container's tap device (distributions ship it 0666)" \
+			"sudo chmod 0666 /dev/net/tun"
+	fi
+	me="$$(id -un)"; uid="$$(id -u)"
+	for f in /etc/subuid /etc/subgid; do
+		grep -qE "^($$me|$$uid):" $$f 2>/dev/null || fail "$$f has no range for $$me (newuidmap/newgidmap need one)" \
+			"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $$me   (pick a range no other account uses)"
+	done
+	unshare --user true 2>/dev/null || fail "you cannot create user namespaces" \
+		"sudo sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000"
+	if ((bad)); then echo "make check: the host is not ready for squish (running make as root sets it up)" >&2; exit 1; fi
+
+whoami: venv
+	@echo "user:   $$(id)"
+	echo "dir:    $$(pwd)"
+	echo "python: $$($(VENV)/bin/python -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+	$(VENV)/bin/python -c 'import runtime, reconciler; print("import: runtime from", runtime.__file__)'
+	env | grep -E '^(CI|SQUISH_[A-Za-z0-9_]*)=' | sort || true
+
+clean: clean-local
+
+endif
+
+.PHONY: clean-local
+clean-local:
+	@rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .import_linter_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

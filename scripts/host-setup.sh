@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Root-only host preparation for squish. Idempotent: run it as often as you like.
+#
+#   1. installs the Debian packages squish needs, only those that are missing;
+#   2. creates the unprivileged account that runs squish (SQUISH_USER, default "squish")
+#      and makes sure it has one subordinate uid/gid range;
+#   3. lets unprivileged users create user namespaces, if the kernel forbids it;
+#   4. makes /dev/net/tun usable by that account (slirp4netns needs it, mode 0666).
+#
+# It never touches cgroups.
+set -euo pipefail
+
+SQUISH_USER="${SQUISH_USER:-squish}"
+PACKAGES=(slirp4netns uidmap busybox-static bubblewrap python3-venv make git procps tar)
+
+say() { printf 'host-setup: %s\n' "$*"; }
+die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+[[ "$(id -u)" == 0 ]] || die "must run as root (it installs packages and creates an account)"
+
+# --- 1. Debian packages -------------------------------------------------------
+is_installed() {
+    [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    is_installed "$pkg" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    say "installing missing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+else
+    say "Debian packages present: ${PACKAGES[*]}"
+fi
+
+# --- 2. the unprivileged account ------------------------------------------------
+[[ "$SQUISH_USER" =~ ^[a-z_][a-z0-9_-]*$ ]] || die "SQUISH_USER='$SQUISH_USER' is not a valid account name"
+if id -u "$SQUISH_USER" >/dev/null 2>&1; then
+    say "account '$SQUISH_USER' exists (uid $(id -u "$SQUISH_USER"))"
+else
+    say "creating account '$SQUISH_USER'"
+    useradd --create-home --shell /bin/bash "$SQUISH_USER"
+fi
+uid="$(id -u "$SQUISH_USER")"
+gid="$(id -g "$SQUISH_USER")"
+[[ "$uid" != 0 ]] || die "account '$SQUISH_USER' has uid 0; squish must run unprivileged"
+
+home="$(getent passwd "$SQUISH_USER" | cut -d: -f6)"
+[[ -n "$home" && "$home" == /* ]] || die "account '$SQUISH_USER' has no usable home directory in /etc/passwd"
+if [[ ! -d "$home" ]]; then
+    say "creating home directory $home"
+    install -d -m 0750 -o "$uid" -g "$gid" "$home"
+fi
+[[ "$(stat -c %u "$home")" == "$uid" ]] || die "$home is not owned by '$SQUISH_USER'"
+
+# One subordinate range per file. useradd normally writes it already; only add one when
+# neither the name nor the uid has an entry (a duplicate entry breaks newuidmap).
+has_subid() { grep -qE "^(${SQUISH_USER}|${uid}):[0-9]+:[0-9]+\$" "$1" 2>/dev/null; }
+next_free_start() { # first start >= 100000 beyond every existing range in $1
+    awk -F: 'BEGIN { m = 100000 } NF == 3 && $2 + $3 > m { m = $2 + $3 } END { print m }' "$1" 2>/dev/null \
+        || echo 100000
+}
+if ! has_subid /etc/subuid; then
+    start="$(next_free_start /etc/subuid)"
+    say "adding subordinate uids $start-$((start + 65535)) for '$SQUISH_USER'"
+    usermod --add-subuids "$start-$((start + 65535))" "$SQUISH_USER"
+fi
+if ! has_subid /etc/subgid; then
+    start="$(next_free_start /etc/subgid)"
+    say "adding subordinate gids $start-$((start + 65535)) for '$SQUISH_USER'"
+    usermod --add-subgids "$start-$((start + 65535))" "$SQUISH_USER"
+fi
+say "subordinate ids: $(grep -E "^(${SQUISH_USER}|${uid}):" /etc/subuid | head -n1) (uid)," \
+    "$(grep -E "^(${SQUISH_USER}|${uid}):" /etc/subgid | head -n1) (gid)"
+
+as_user() { (cd / && runuser -u "$SQUISH_USER" -- "$@"); }
+
+# --- 3. unprivileged user namespaces -------------------------------------------
+if ! as_user unshare --user true 2>/dev/null; then
+    say "'$SQUISH_USER' cannot create a user namespace; enabling unprivileged user namespaces"
+    if [[ -e /proc/sys/kernel/unprivileged_userns_clone ]]; then
+        sysctl -q -w kernel.unprivileged_userns_clone=1 || true
+    fi
+    if [[ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 1)" == 0 ]]; then
+        sysctl -q -w user.max_user_namespaces=15000 || true
+    fi
+    as_user unshare --user true || die "unprivileged user namespaces are still unavailable on this host"
+fi
+say "unprivileged user namespaces work"
+
+# --- 4. /dev/net/tun ----------------------------------------------------------------
+if [[ ! -c /dev/net/tun ]]; then
+    say "/dev/net/tun is missing; loading the tun module"
+    modprobe tun 2>/dev/null || true
+    if [[ ! -c /dev/net/tun ]]; then
+        mkdir -p /dev/net
+        mknod -m 0666 /dev/net/tun c 10 200
+    fi
+fi
+if ! as_user sh -c ': <>/dev/net/tun' 2>/dev/null; then
+    say "/dev/net/tun is mode $(stat -c %a /dev/net/tun) and '$SQUISH_USER' cannot open it;" \
+        "setting it to 0666 (what distributions ship; slirp4netns needs it)"
+    chmod 0666 /dev/net/tun
+    as_user sh -c ': <>/dev/net/tun' || die "'$SQUISH_USER' still cannot open /dev/net/tun"
+fi
+say "/dev/net/tun is usable by '$SQUISH_USER'"
+say "done"
