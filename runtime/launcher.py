@@ -1,14 +1,19 @@
-"""Start one container: runs in a process forked from the namespace holder.
+"""Start containers: a warm spare, forked from the namespace holder ahead of time.
 
-It unshares the container's namespaces (mount, uts, ipc, net, cgroup, pid), forks the
-container's init, starts slirp4netns on the init's network namespace while the init
-mounts the filesystem, adds the port forwards, lets the command run, records the run in
-``run.json`` and answers the client on the connection it inherited. Then it exits: the
-init and slirp4netns are re-parented to the namespace holder, a child subreaper.
+A spare unshares the container namespaces (mount, uts, ipc, net, cgroup, pid) and forks
+the container's init *before* any container is asked for; the init waits for its launch
+request. When a request comes, the holder hands it to the spare together with the
+client's connection (SCM_RIGHTS) and forks the next spare. The spare then starts
+slirp4netns on the init's network namespace while the init mounts the filesystem, adds
+the port forwards, lets the command run, records the run in ``run.json``, answers the
+client and exits; the init and slirp4netns are re-parented to the holder (a subreaper).
+
+A spare that loses its holder (EOF on its control socket) exits, and its init with it.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import select
@@ -16,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,7 +32,7 @@ from runtime.init import run_init
 from runtime.launch import LaunchRequest
 from runtime.state import ProcessId, write_json_atomic
 
-__all__ = ("CONTAINER_NAMESPACES", "launch")
+__all__ = ("CONTAINER_NAMESPACES", "hand_over", "run_spare")
 
 CONTAINER_NAMESPACES = (
     sc.CLONE_NEWNS
@@ -38,19 +43,69 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWPID
 )
 _READY_TIMEOUT = 10.0
+_MAX_REQUEST = 4 << 20
 
 
 class _LaunchFailed(Exception):
-    def __init__(self, reply: dict[str, Any]) -> None:
-        super().__init__(reply.get("message", "launch failed"))
-        self.reply = reply
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reply = {"error": "start", "message": message}
+
+
+@dataclass
+class _Init:
+    """The spare's container init and the pipes to it."""
+
+    pid: int
+    request_w: int
+    go_w: int
+    report_r: int
+    exit_r: int
 
 
 def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
     ready, _, _ = select.select([fd], [], [], timeout)
     if not ready:
-        raise _LaunchFailed({"error": "start", "message": f"timed out waiting for {what}"})
+        raise _LaunchFailed(f"timed out waiting for {what}")
     return os.read(fd, size)
+
+
+def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
+    """Fork the container's init into new namespaces; return it (pid in the host view).
+
+    An intermediate child unshares, so this process stays in the host's network
+    namespace (slirp4netns must start from there) and its later children are not born
+    into the container's pid namespace.
+    """
+    request_r, request_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+    middle = os.fork()
+    if middle == 0:
+        try:
+            sc.unshare(CONTAINER_NAMESPACES)
+            init_pid = os.fork()
+            if init_pid == 0:
+                for fd in (*close_in_init, request_w, go_w, report_r, exit_r, pid_r, pid_w):
+                    os.close(fd)
+                # exit_w stays open in the init only: slirp4netns exits when it closes.
+                run_init(request_r=request_r, go_r=go_r, report_w=report_w)
+            os.write(pid_w, str(init_pid).encode())
+        except BaseException as exc:
+            os.write(pid_w, f"E{exc}".encode())
+        finally:
+            os._exit(0)
+    for fd in (request_r, go_r, report_w, exit_w, pid_w):
+        os.close(fd)
+    answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
+    os.close(pid_r)
+    os.waitpid(middle, 0)
+    if not answer or answer.startswith(b"E"):
+        detail = answer[1:].decode(errors="replace")
+        raise _LaunchFailed(f"cannot create the container namespaces: {detail}")
+    return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
 def _start_slirp(
@@ -115,125 +170,93 @@ def _failure_reply(exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "error": "start", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def _fork_init(
-    req: LaunchRequest,
-    conn: socket.socket,
-    *,
-    state_fd: int,
-    log_fd: int,
-    go_r: int,
-    report_w: int,
-    close_in_init: tuple[int, ...],
-) -> int:
-    """Fork the container's init into new namespaces; return its pid (host view).
-
-    An intermediate child unshares, so this process stays in the host's network
-    namespace (slirp4netns must start from there) and its later children are not born
-    into the container's pid namespace.
-    """
-    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
-    middle = os.fork()
-    if middle == 0:
-        try:
-            os.close(pid_r)
-            sc.unshare(CONTAINER_NAMESPACES)
-            init_pid = os.fork()
-            if init_pid == 0:
-                for fd in (*close_in_init, pid_w, conn.fileno()):
-                    os.close(fd)
-                run_init(req, state_fd=state_fd, log_fd=log_fd, go_r=go_r, report_w=report_w)
-            os.write(pid_w, str(init_pid).encode())
-        except BaseException as exc:
-            os.write(pid_w, f"E{exc}".encode())
-        finally:
-            os._exit(0)
-    os.close(pid_w)
-    answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
-    os.close(pid_r)
-    os.waitpid(middle, 0)
-    if not answer or answer.startswith(b"E"):
-        raise _LaunchFailed(
-            {
-                "error": "start",
-                "message": "cannot create the container "
-                f"namespaces: {answer[1:].decode(errors='replace')}",
-            }
-        )
-    return int(answer)
-
-
-def _run(req: LaunchRequest, conn: socket.socket) -> dict[str, Any]:
-    cdir = req.container_dir
-    state_fd = os.open(cdir, os.O_DIRECTORY | os.O_CLOEXEC)
-    log_fd = os.open(
-        os.path.join(cdir, "output.log"),
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-        0o600,
-    )
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
-    init_pid = _fork_init(
-        req,
-        conn,
-        state_fd=state_fd,
-        log_fd=log_fd,
-        go_r=go_r,
-        report_w=report_w,
-        close_in_init=(go_w, report_r, exit_r),
-    )
-    for fd in (go_r, report_w, exit_w, state_fd, log_fd):
-        os.close(fd)
+def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
+    os.write(init.request_w, raw)
+    os.close(init.request_w)
     try:
-        init = ProcessId.of(init_pid)
+        identity = ProcessId.of(init.pid)
         network: tuple[ProcessId, list[dict[str, Any]]] | None = None
         if req.network == "slirp4netns":
-            network = _network(req, init_pid, exit_r)
-        os.close(exit_r)
-        mounted = _read_with_timeout(report_r, 4096, _READY_TIMEOUT, "the container filesystem")
+            network = _network(req, init.pid, init.exit_r)
+        os.close(init.exit_r)
+        mounted = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the filesystem")
         if mounted != b"M":
-            raise _LaunchFailed(
-                {
-                    "error": "start",
-                    "message": mounted[1:].decode(errors="replace")
-                    or "the container init died while mounting",
-                }
-            )
-        os.write(go_w, b"G")
-        started = _read_with_timeout(report_r, 4096, _READY_TIMEOUT, "the command to start")
+            detail = mounted[1:].decode(errors="replace")
+            raise _LaunchFailed(detail or "the container init died while mounting")
+        os.write(init.go_w, b"G")
+        started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
         if started != b"S":
-            raise _LaunchFailed(
-                {
-                    "error": "start",
-                    "message": started[1:].decode(errors="replace")
-                    or "the container init died before the command started",
-                }
-            )
-        if init is None:
-            raise _LaunchFailed({"error": "start", "message": "the container init vanished"})
+            detail = started[1:].decode(errors="replace")
+            raise _LaunchFailed(detail or "the container init died before the command started")
+        if identity is None:
+            raise _LaunchFailed("the container init vanished")
         run = {
-            "init": init.to_json(),
+            "init": identity.to_json(),
             "slirp": network[0].to_json() if network else None,
             "forwards": network[1] if network else [],
             "started_at": time.time(),
         }
-        write_json_atomic(Path(cdir) / "run.json", run)
+        write_json_atomic(Path(req.container_dir) / "run.json", run)
         return {"ok": True, "run": run}
     except BaseException:
-        os.kill(init_pid, signal.SIGKILL)
+        os.kill(init.pid, signal.SIGKILL)
         raise
 
 
-def launch(req: LaunchRequest, conn: socket.socket) -> NoReturn:
-    """Start the container described by ``req``; answer on ``conn``; exit."""
-    code = 0
+def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
+    """The launch request and the client connection, or None when the holder is gone."""
+    fds = array.array("i")
+    data, ancillary, _, _ = ctrl.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data or not fds:
+        return None
+    chunks = [data]
+    while chunk := ctrl.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks), socket.socket(fileno=fds[0])
+
+
+def _dismiss(init: _Init) -> None:
+    """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
+    pidfd = os.pidfd_open(init.pid)
+    os.close(init.request_w)
+    select.select([pidfd], [], [], _READY_TIMEOUT)
+    os.close(pidfd)
+
+
+def run_spare(ctrl: socket.socket) -> NoReturn:
+    """Body of a spare: prepare a container init, wait for a request, launch it, exit."""
+    code = 1
     try:
-        reply = _run(req, conn)
-    except BaseException as exc:
-        reply = _failure_reply(exc)
-        code = 1
-    try:
-        conn.sendall(json.dumps(reply).encode())
-        conn.close()
+        init = _fork_init(close_in_init=(ctrl.fileno(),))
+        received = _receive(ctrl)
+        ctrl.close()
+        if received is None:
+            _dismiss(init)
+            os._exit(0)
+        raw, conn = received
+        try:
+            request = LaunchRequest.from_json(json.loads(raw))
+        except ValueError as exc:
+            _dismiss(init)
+            reply = {"ok": False, "error": "protocol", "message": str(exc)}
+        else:
+            try:
+                reply = _launch(init, request, raw)
+                code = 0
+            except BaseException as exc:
+                reply = _failure_reply(exc)
+        with conn:
+            conn.sendall(json.dumps(reply).encode())
     finally:
         os._exit(code)
+
+
+def hand_over(ctrl: socket.socket, raw_request: bytes, conn: socket.socket) -> None:
+    """Give a spare its launch request and the client connection to answer on."""
+    ctrl.sendmsg(
+        [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
+    )
+    ctrl.shutdown(socket.SHUT_WR)

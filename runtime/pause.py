@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import syscalls as sc
-from runtime.launch import LaunchRequest
-from runtime.launcher import launch
+from runtime.launcher import hand_over, run_spare
 from runtime.state import ProcessId, write_json_atomic
 
 __all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
@@ -49,7 +48,7 @@ def _log(message: str) -> None:
     )
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def _read_request(conn: socket.socket) -> bytes:
     conn.settimeout(5.0)
     chunks, size = [], 0
     while chunk := conn.recv(65536):
@@ -57,10 +56,7 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
         size += len(chunk)
         if size > _MAX_REQUEST:
             raise ValueError("request too large")
-    data = json.loads(b"".join(chunks))
-    if not isinstance(data, dict):
-        raise ValueError("request is not a JSON object")
-    return data
+    return b"".join(chunks)
 
 
 def _reply(conn: socket.socket, data: dict[str, Any]) -> None:
@@ -70,20 +66,66 @@ def _reply(conn: socket.socket, data: dict[str, Any]) -> None:
         _log(f"cannot answer the client: {exc}")
 
 
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+class _Spares:
+    """At most one warm spare launcher, forked ahead of the next request.
+
+    A spare is refilled only while no launch is under way, so forking the next one
+    never competes for the CPU with a container that is starting.
+    """
+
+    def __init__(self, listener: socket.socket, wake: tuple[int, int]) -> None:
+        self.listener = listener
+        self.wake = wake
+        self.spare: tuple[int, socket.socket] | None = None
+        self.launching: set[int] = set()
+
+    def take(self) -> socket.socket:
+        if self.spare is None:
+            self._fork()
+        assert self.spare is not None
+        pid, ctrl = self.spare
+        self.spare = None
+        self.launching.add(pid)
+        return ctrl
+
+    def reaped(self, pid: int) -> None:
+        self.launching.discard(pid)
+
+    def refill(self) -> None:
+        if self.spare is None and not self.launching:
+            self._fork()
+
+    def _fork(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child = os.fork()
+        if child == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self.listener.close()
+            ours.close()
+            for fd in self.wake:
+                os.close(fd)
+            run_spare(theirs)
+        theirs.close()
+        self.spare = (child, ours)
+
+    def drop(self) -> None:
+        """Close the spare's control socket (it exits, and its init with it) and wait."""
+        if self.spare is None:
             return
-        if pid == 0:
-            return
+        pid, ctrl = self.spare
+        self.spare = None
+        ctrl.close()
+        os.waitpid(pid, 0)
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, wake: tuple[int, int]) -> bool:
+def _serve_one(conn: socket.socket, spares: _Spares) -> bool:
     """Handle one connection; return False when asked to exit."""
     try:
-        request = _read_request(conn)
+        raw = _read_request(conn)
+        request = json.loads(raw)
+        if not isinstance(request, dict):
+            raise ValueError("request is not a JSON object")
     except (OSError, ValueError) as exc:
         _reply(conn, {"ok": False, "error": "protocol", "message": str(exc)})
         return True
@@ -92,34 +134,43 @@ def _serve_one(conn: socket.socket, listener: socket.socket, wake: tuple[int, in
         _reply(conn, {"ok": True, "pid": os.getpid()})
         return True
     if op == "exit":
+        spares.drop()
         _reply(conn, {"ok": True})
         return False
     if op != "launch":
         _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
         return True
+    ctrl = spares.take()
     try:
-        launch_request = LaunchRequest.from_json(request.get("request"))
-    except ValueError as exc:
-        _reply(conn, {"ok": False, "error": "protocol", "message": str(exc)})
-        return True
-    child = os.fork()
-    if child == 0:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        listener.close()
-        for fd in wake:
-            os.close(fd)
-        launch(launch_request, conn)
+        # The spare parses and checks the request: keep this single loop lean.
+        hand_over(ctrl, json.dumps(request.get("request")).encode(), conn)
+    except OSError as exc:
+        _reply(conn, {"ok": False, "error": "start", "message": f"launcher lost: {exc}"})
+    finally:
+        ctrl.close()
     return True
 
 
-def serve(state: Path, listener: socket.socket) -> None:
+def _reap(spares: _Spares) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        spares.reaped(pid)
+
+
+def serve(listener: socket.socket) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
+    spares = _Spares(listener, (wake_r, wake_w))
     running = True
     while running:
+        spares.refill()
         try:
             readable, _, _ = select.select([listener.fileno(), wake_r], [], [])
         except InterruptedError:
@@ -131,11 +182,12 @@ def serve(state: Path, listener: socket.socket) -> None:
                         break
                 except BlockingIOError:
                     break
-            _reap()
+            _reap(spares)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:
-                running = _serve_one(conn, listener, (wake_r, wake_w))
+                running = _serve_one(conn, spares)
+    _reap(spares)
     _log("exiting on request")
 
 
@@ -176,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, b"R")
     os.close(args.to_client)
-    serve(state, listener)
+    serve(listener)
 
 
 if __name__ == "__main__":

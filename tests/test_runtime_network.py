@@ -1,0 +1,184 @@
+"""Networking and layers end to end: slirp4netns forwards, live port changes, Alpine
+from a local mirror, SDK layers from a local index, and clean removal."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import ContainerNotFound, PortInUse
+from runtime.linux import LinuxRuntime
+from runtime.rootfs import find_host_busybox
+from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from tests.conftest import rootless
+from tests.fixtures.mirror import make_alpine_mirror, make_layer_index, serve_directory
+from tests.support import free_port, http_get, http_refused, processes_mentioning
+
+pytestmark = rootless
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def web(name: str, site: Path, port: int, **fields: object) -> ContainerSpec:
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("httpd", "-f", "-p", "80", "-h", "/app/site"),
+        binds=(BindMount(source=str(site), target="/app/site"),),
+        ports=(PortMapping(container=80, host=port),),
+        **fields,
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>hello from squish</h1>\n")
+    (root / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+def test_forwarded_port_serves_bind_mounted_files_unchanged(rt: LinuxRuntime, site: Path) -> None:
+    port = free_port()
+    info = rt.run(web("web", site, port))
+    assert info.slirp_pid is not None
+    assert http_get(port, "/index.html") == b"<h1>hello from squish</h1>\n"
+    assert http_get(port, "/blob.bin") == (site / "blob.bin").read_bytes()
+
+
+def test_port_forward_added_and_removed_live(rt: LinuxRuntime, site: Path) -> None:
+    first, second = free_port(), free_port()
+    before = rt.run(web("live", site, first))
+    http_get(first, "/index.html")
+    rt.add_port("live", PortMapping(container=80, host=second))
+    assert http_get(second, "/index.html") == b"<h1>hello from squish</h1>\n"
+    after = rt.remove_port("live", PortMapping(container=80, host=first))
+    assert http_refused(first)
+    assert http_get(second, "/index.html")
+    assert (after.pid, after.pid_start_time) == (before.pid, before.pid_start_time)
+    assert after.ports == (PortMapping(container=80, host=second),)
+    assert rt.inspect("live").restarts == 0
+
+
+def test_taken_host_port_is_named_and_nothing_is_left(rt: LinuxRuntime, site: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUse, match=f"127.0.0.1:{port}/tcp"):
+            rt.run(web("taken", site, port))
+        with pytest.raises(ContainerNotFound):
+            rt.inspect("taken")
+        running = rt.run(web("taken2", site, free_port()))
+        with pytest.raises(PortInUse, match=str(port)):
+            rt.add_port("taken2", PortMapping(container=80, host=port))
+        assert rt.inspect("taken2").pid == running.pid
+
+
+def test_dns_points_at_slirp_and_host_loopback_is_unreachable(rt: LinuxRuntime) -> None:
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"host loopback reached")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        script = (
+            "cat /etc/resolv.conf; ip -4 addr show tap0 | grep -o 'inet [0-9.]*';"
+            f"wget -q -T 2 -O - http://10.0.2.2:{port}/ || echo unreachable"
+        )
+        spec = ContainerSpec(name="dns", rootfs=BUSYBOX, argv=("/bin/sh", "-c", script))
+        rt.run(spec)
+        assert rt.wait("dns", timeout=60) == 0
+        out = rt.logs("dns").decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert "nameserver 10.0.2.3" in out
+    assert "inet 10.0.2.100" in out
+    assert "unreachable" in out
+    assert "host loopback reached" not in out
+
+
+def test_remove_leaves_nothing_behind(rt: LinuxRuntime, site: Path, state_path: Path) -> None:
+    port = free_port()
+    info = rt.run(web("gone", site, port))
+    http_get(port, "/index.html")
+    cdir = state_path / "containers" / "gone"
+    assert (cdir / "slirp.sock").exists()
+    rt.remove("gone", force=True)
+    assert not cdir.exists()
+    for pid in (info.pid, info.slirp_pid):
+        assert pid is not None
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert processes_mentioning(str(cdir)) == []
+    assert http_refused(port)
+    with open("/proc/self/mountinfo") as mounts:
+        assert str(cdir) not in mounts.read()
+
+
+@pytest.fixture(scope="module")
+def alpine_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mirror")
+    make_alpine_mirror(root, ["3.19", "3.20"], find_host_busybox())
+    with serve_directory(root) as url:
+        yield url
+
+
+@pytest.mark.parametrize("version", ["3.19", "3.20"])
+def test_alpine_versions_from_a_local_mirror(
+    rt: LinuxRuntime, alpine_mirror: str, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    monkeypatch.setenv("SQUISH_ALPINE_MIRROR", alpine_mirror)
+    spec = ContainerSpec(
+        name=f"alpine-{version}",
+        rootfs=RootfsRef(kind="alpine", version=version),
+        argv=("/bin/sh", "-c", "cat /etc/alpine-release; touch /etc/x 2>/dev/null || echo ro"),
+        network="none",
+    )
+    rt.run(spec)
+    assert rt.wait(spec.name, timeout=60) == 0
+    assert rt.logs(spec.name).decode().split() == [f"{version}.0", "ro"]
+
+
+def test_sdk_layer_from_an_index_is_mounted_read_only(
+    rt: LinuxRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "python-tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "hello").write_text("#!/bin/sh\necho hello from the sdk layer\n")
+    os.chmod(tree / "bin" / "hello", 0o755)
+    index = tmp_path / "index"
+    index.mkdir()
+    make_layer_index(index, {"python": {"3.12": tree}})
+    with serve_directory(index) as url:
+        monkeypatch.setenv("SQUISH_LAYER_INDEX", url)
+        spec = ContainerSpec(
+            name="sdk",
+            rootfs=BUSYBOX,
+            sdks=(SdkLayer(name="python", version="3.12"),),
+            argv=(
+                "/bin/sh",
+                "-c",
+                "/sdk/python/bin/hello; touch /sdk/python/x 2>/dev/null || echo ro",
+            ),
+            network="none",
+        )
+        rt.run(spec)
+    assert rt.wait("sdk", timeout=60) == 0
+    assert rt.logs("sdk").decode() == "hello from the sdk layer\nro\n"
