@@ -1,0 +1,545 @@
+"""The squishfile format: parsing, validation, error reports and translation to a spec."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from reconciler.errors import Problem, SquishfileError, field_path
+from reconciler.squishfile import Squishfile, load_squishfile, validate_files
+from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+
+SHA = "0123456789abcdef" * 4
+MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+
+FULL = textwrap.dedent(
+    f"""\
+    network = "slirp4netns"
+
+    [layers]
+    busybox = "builtin"
+    site = "./site"
+    data = {{ path = "./data", target = "/data", rw = true }}
+    python = "3.12"
+    node = {{ url = "https://example.test/node.tar.gz", sha256 = "{SHA.upper()}" }}
+
+    [run]
+    command = "httpd"
+    args = ["-f", "-p", "80"]
+    workdir = "/srv"
+    stop_timeout = 5
+
+    [env]
+    GREETING = "hello"
+    _lower_1 = "x"
+
+    [[ports]]
+    container = 80
+    host = 8080
+
+    [[ports]]
+    container = 53
+    host = 5353
+    protocol = "udp"
+    host_addr = "::1"
+    """
+)
+
+
+def write(folder: Path, text: str, name: str = "web.toml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path) -> tuple[Problem, ...]:
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    assert caught.value.path == path
+    return caught.value.problems
+
+
+# -- translation to a spec -----------------------------------------------------------------
+
+
+def test_full_file_becomes_the_expected_spec(tmp_path: Path) -> None:
+    path = write(tmp_path / "desired", FULL)
+    spec = load_squishfile(path).to_spec()
+    folder = str(tmp_path / "desired")
+    assert spec == ContainerSpec(
+        name="web",
+        rootfs=RootfsRef(kind="busybox", version="builtin"),
+        sdks=(
+            SdkLayer(name="node", url="https://example.test/node.tar.gz", sha256=SHA),
+            SdkLayer(name="python", version="3.12"),
+        ),
+        binds=(
+            BindMount(source=f"{folder}/site", target="/app/site"),
+            BindMount(source=f"{folder}/data", target="/data", rw=True),
+        ),
+        argv=("httpd", "-f", "-p", "80"),
+        env={"GREETING": "hello", "_lower_1": "x"},
+        workdir="/srv",
+        ports=(
+            PortMapping(container=80, host=8080),
+            PortMapping(container=53, host=5353, protocol="udp", host_addr="::1"),
+        ),
+        network="slirp4netns",
+        hostname="web",
+        stop_timeout=5.0,
+    )
+
+
+def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    squishfile = load_squishfile(write(tmp_path, MINIMAL, "my-app.toml"))
+    assert squishfile.name == "my-app"
+    assert squishfile.source == tmp_path / "my-app.toml"
+    spec = squishfile.to_spec()
+    assert (spec.name, spec.hostname, spec.argv, spec.workdir) == (
+        "my-app",
+        "my-app",
+        ("httpd",),
+        "/",
+    )
+    assert (spec.network, spec.stop_timeout, spec.env, spec.ports) == ("slirp4netns", 10.0, {}, ())
+    assert (spec.sdks, spec.binds) == ((), ())
+
+
+def test_explicit_name_hostname_and_no_network(tmp_path: Path) -> None:
+    text = 'name = "api"\nhostname = "api-host"\nnetwork = "none"\n' + MINIMAL
+    spec = load_squishfile(write(tmp_path, text)).to_spec()
+    assert (spec.name, spec.hostname, spec.network) == ("api", "api-host", "none")
+
+
+@pytest.mark.parametrize("version", ["3.20", "3.9", "edge"])
+def test_alpine_rootfs(tmp_path: Path, version: str) -> None:
+    text = f'[layers]\nalpine = "{version}"\n[run]\ncommand = "sh"\n'
+    assert load_squishfile(write(tmp_path, text)).to_spec().rootfs == RootfsRef(
+        kind="alpine", version=version
+    )
+
+
+def test_port_defaults_and_explicit_wildcard(tmp_path: Path) -> None:
+    text = MINIMAL + '[[ports]]\ncontainer = 80\nhost = 80\nhost_addr = "0.0.0.0"\n'
+    text += "[[ports]]\ncontainer = 81\nhost = 81\n"
+    ports = load_squishfile(write(tmp_path, text)).to_spec().ports
+    assert [(p.host_addr, p.protocol) for p in ports] == [("0.0.0.0", "tcp"), ("127.0.0.1", "tcp")]
+
+
+def test_ipv6_host_addr_is_normalised(tmp_path: Path) -> None:
+    text = MINIMAL + '[[ports]]\ncontainer = 80\nhost = 80\nhost_addr = "0:0::0:1"\n'
+    assert load_squishfile(write(tmp_path, text)).ports[0].host_addr == "::1"
+
+
+def test_same_container_port_may_be_forwarded_twice(tmp_path: Path) -> None:
+    text = (
+        MINIMAL + "[[ports]]\ncontainer = 80\nhost = 8080\n[[ports]]\ncontainer = 80\nhost = 8081\n"
+    )
+    text += '[[ports]]\ncontainer = 80\nhost = 8080\nprotocol = "udp"\n'
+    text += '[[ports]]\ncontainer = 80\nhost = 8080\nhost_addr = "127.0.0.2"\n'
+    assert len(load_squishfile(write(tmp_path, text)).to_spec().ports) == 4
+
+
+def test_local_paths_resolve_against_the_squishfile_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", "/home/tester")
+    text = MINIMAL.replace(
+        'busybox = "builtin"\n',
+        'busybox = "builtin"\nup = "../shared/"\nabs = "/opt/x/../y"\nhome = "~/notes"\n'
+        'tilde = "./~x"\n'
+        'dot = { path = ".", target = "/here" }\n',
+    )
+    path = write(tmp_path, text, "desired/web.toml")
+    monkeypatch.chdir("/")  # the current directory must not matter
+    spec = load_squishfile(Path(os.path.relpath(path))).to_spec()
+    assert not any(bind.rw for bind in spec.binds)  # read-only unless rw = true
+    assert {bind.target: bind.source for bind in spec.binds} == {
+        "/app/shared": str(tmp_path / "shared"),
+        "/app/y": "/opt/y",
+        "/app/notes": "/home/tester/notes",
+        "/here": str(tmp_path / "desired"),
+        "/app/~x": str(tmp_path / "desired" / "~x"),
+    }
+
+
+def test_symlinks_in_local_paths_are_not_resolved(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    text = MINIMAL.replace('"builtin"\n', '"builtin"\nsite = "./link"\n')
+    spec = load_squishfile(write(tmp_path, text)).to_spec()
+    assert spec.binds[0].source == str(tmp_path / "link")
+
+
+def test_spec_does_not_depend_on_the_order_of_the_file(tmp_path: Path) -> None:
+    reordered = textwrap.dedent(
+        f"""\
+        [[ports]]
+        container = 53
+        host = 5353
+        protocol = "udp"
+        host_addr = "::1"
+
+        [[ports]]
+        host = 8080
+        container = 80
+
+        [env]
+        _lower_1 = "x"
+        GREETING = "hello"
+
+        [run]
+        stop_timeout = 5.0
+        workdir = "/srv"
+        args = ["-f", "-p", "80"]
+        command = "httpd"
+
+        [layers]
+        node = {{ sha256 = "{SHA}", url = "https://example.test/node.tar.gz" }}
+        python = "3.12"
+        data = {{ rw = true, target = "/data", path = "./data" }}
+        site = "./site"
+        busybox = "builtin"
+        """
+    )
+    first = load_squishfile(write(tmp_path / "a", FULL)).to_spec()
+    second = load_squishfile(write(tmp_path / "a", reordered, "web2.toml"))
+    second_spec = second.to_spec().model_copy(update={"name": "web", "hostname": "web"})
+    assert first.model_dump_json() == second_spec.model_dump_json()
+    assert (
+        first.model_dump_json()
+        == load_squishfile(tmp_path / "a" / "web.toml").to_spec().model_dump_json()
+    )
+
+
+def test_dotted_keys_and_sub_tables_are_the_same_file(tmp_path: Path) -> None:
+    text = (
+        'layers.busybox = "builtin"\nrun.command = "sh"\n[layers.data]\npath = "./d"\nrw = true\n'
+    )
+    spec = load_squishfile(write(tmp_path, text)).to_spec()
+    assert spec.binds == (BindMount(source=str(tmp_path / "d"), target="/app/d", rw=True),)
+
+
+def test_squishfile_is_frozen(tmp_path: Path) -> None:
+    squishfile = load_squishfile(write(tmp_path, MINIMAL))
+    with pytest.raises(pydantic.ValidationError):
+        squishfile.name = "other"
+    assert isinstance(squishfile.run.args, tuple)
+
+
+def test_validating_without_a_source_needs_a_name() -> None:
+    data = {"layers": {"busybox": "builtin", "site": "./site"}, "run": {"command": "sh"}}
+    with pytest.raises(pydantic.ValidationError):
+        Squishfile.model_validate(data)
+    squishfile = Squishfile.model_validate({**data, "name": "x"})
+    assert squishfile.source is None
+    with pytest.raises(ValueError, match="cannot make"):
+        squishfile.to_spec()
+
+
+# -- problems: one table, each case marks its expected line with `# <-` ----------------------
+
+LAYERS_RUN = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "sh"\n'
+
+
+def layer(*lines: str) -> str:
+    """A file whose [layers] has busybox plus ``lines``."""
+    return '[layers]\nbusybox = "builtin"\n' + "\n".join(lines) + '\n[run]\ncommand = "sh"\n'
+
+
+def rootfs(line: str) -> str:
+    """A file whose only layer is ``line``."""
+    return f'[layers]\n{line}\n[run]\ncommand = "sh"\n'
+
+
+def run(*lines: str) -> str:
+    """A file whose [run] has command = "sh" plus ``lines``."""
+    return LAYERS_RUN + "\n".join(lines) + "\n"
+
+
+def port(*lines: str) -> str:
+    """A file with one [[ports]] table made of ``lines``."""
+    return LAYERS_RUN + "[[ports]]\n" + "\n".join(lines) + "\n"
+
+
+URL = "https://example.test/n.tgz"
+ERROR_CASES = [
+    # unknown keys anywhere, with their line
+    ('colour = "red"  # <-\n' + LAYERS_RUN, "colour", 'unknown key "colour"'),
+    ("[labels]  # <-\na = 'b'\n" + LAYERS_RUN, "labels", 'unknown key "labels"'),
+    (run("comand = 'x'  # <-"), "run.comand", 'did you mean "command"?'),
+    (port("container = 1", "host = 1", "protocl = 'tcp'  # <-"), "ports[0].protocl", "protocol"),
+    (layer('d = { path = "./d", rww = true }  # <-'), "layers.d.rww", 'did you mean "rw"?'),
+    (run("[layers.d]", 'path = "./d"', 'mode = "ro"  # <-'), "layers.d.mode", "unknown key"),
+    # wrong types: nothing is coerced
+    (port("container = 80", 'host = "8080"  # <-'), "ports[0].host", 'not the string "8080"'),
+    (port("container = 80", 'host = "8080"  # <-'), "ports[0].host", "must be an integer"),
+    (run('args = "x"  # <-'), "run.args", 'must be an array, not the string "x"'),
+    (run("args = ['a', 1]  # <-"), "run.args[1]", "must be a string, not the integer 1"),
+    (run('stop_timeout = "5"  # <-'), "run.stop_timeout", "must be a number"),
+    (run("stop_timeout = true  # <-"), "run.stop_timeout", "not the boolean true"),
+    (LAYERS_RUN.replace('"sh"', "5  # <-"), "run.command", "must be a string"),
+    (layer('d = { path = "./d", rw = "yes" }  # <-'), "layers.d.rw", "must be true or false"),
+    (run("[env]", "N = 5  # <-"), "env.N", "must be a string"),
+    ('run = "sh"  # <-\n[layers]\nbusybox = "builtin"\n', "run", "must be a table"),
+    ("name = 1979-05-27  # <-\n" + LAYERS_RUN, "name", "not the date/time 1979-05-27"),
+    # ranges and choices
+    (port("container = 80", "host = 70000  # <-"), "ports[0].host", "must be ≤ 65535"),
+    (port("container = 0  # <-", "host = 80"), "ports[0].container", "must be ≥ 1"),
+    (port("container = 1", "host = 1", 'protocol = "sctp"  # <-'), "ports[0].protocol", "tcp"),
+    (
+        port("container = 1", "host = 1", 'host_addr = "localhost"  # <-'),
+        "ports[0].host_addr",
+        "IPv6",
+    ),
+    ('network = "bridge"  # <-\n' + LAYERS_RUN, "network", 'must be "slirp4netns" or "none"'),
+    (run("stop_timeout = -1  # <-"), "run.stop_timeout", "must be ≥ 0"),
+    (run("stop_timeout = 3601  # <-"), "run.stop_timeout", "must be ≤ 3600"),
+    (run("stop_timeout = inf  # <-"), "run.stop_timeout", "finite"),
+    (LAYERS_RUN.replace('"sh"', '""  # <-'), "run.command", "may not be empty"),
+    (run('args = ["a\\u0000b"]  # <-'), "run.args[0]", "NUL"),
+    (run('workdir = "srv"  # <-'), "run.workdir", "absolute"),
+    (run('workdir = "/srv/../etc"  # <-'), "run.workdir", "'..'"),
+    # names
+    ('name = "my web"  # <-\n' + LAYERS_RUN, "name", "not a valid name"),
+    ('hostname = "-x"  # <-\n' + LAYERS_RUN, "hostname", "not a valid name"),
+    (layer('"my layer" = "./x"  # <-'), 'layers."my layer"', "not a valid name"),
+    (run("[env]", '"1X" = "a"  # <-'), "env.1X", "not a valid variable name"),
+    (run("[env]", '"A-B" = "a"  # <-'), "env.A-B", "not a valid variable name"),
+    # the rootfs
+    (rootfs('site = "./site"').replace("]", "]  # <-", 1), "layers", "needs a rootfs layer"),
+    (layer('alpine = "3.20"').replace("]", "]  # <-", 1), "layers", "2 rootfs layers"),
+    (rootfs('busybox = "latest"  # <-'), "layers.busybox", 'busybox = "builtin"'),
+    (rootfs('alpine = "3"  # <-'), "layers.alpine", 'like "3.20" or "edge"'),
+    (rootfs('alpine = "3.20.1"  # <-'), "layers.alpine", 'like "3.20"'),
+    (rootfs('alpine = { path = "./rootfs" }  # <-'), "layers.alpine", 'like "3.20"'),
+    # local layers
+    (layer('d = { path = "./d", target = "data" }  # <-'), "layers.d.target", "absolute"),
+    (layer('d = { path = "./d", target = "/a/../b" }  # <-'), "layers.d.target", "'..'"),
+    (layer('d = { path = "./d", target = "/proc/x" }  # <-'), "layers.d.target", "/proc"),
+    (layer('d = { path = "./d", target = "/sys" }  # <-'), "layers.d.target", "/sys"),
+    (layer('d = { path = "./d", target = "/dev/" }  # <-'), "layers.d.target", "/dev"),
+    (layer('d = { path = "./d", target = "/" }  # <-'), "layers.d.target", "'/'"),
+    (layer('d = { path = "d" }  # <-'), "layers.d.path", "not a local path"),
+    (layer('d = "./"  # <-'), "layers.d", "cannot name a mount point"),
+    (layer('d = { path = "~" }  # <-'), "layers.d", "cannot name a mount point"),
+    (layer('d = ".."  # <-'), "layers.d", "cannot name a mount point"),
+    (layer('d = "~/."  # <-'), "layers.d", "cannot name a mount point"),
+    (layer('d = "~user/"  # <-'), "layers.d", "cannot name a mount point"),
+    (layer('d = "site/x"  # <-'), "layers.d", "start local paths with ./"),
+    (
+        layer('site = "./site"', 'd = { path = "./d", target = "/app/site/" }  # <-'),
+        "layers.d.target",
+        "target /app/site is also used by layers.site",
+    ),
+    (layer('a = "./x/site"', 'b = "../site"  # <-'), "layers.b", "also used by layers.a"),
+    (
+        layer('python = "3.12"', 'p = { path = "./py", target = "/sdk/python" }  # <-'),
+        "layers.p.target",
+        "also used by layers.python",
+    ),
+    # SDK layers
+    (layer(f'node = {{ url = "{URL}" }}  # <-'), "layers.node.sha256", "required"),
+    (layer(f'node = {{ sha256 = "{SHA}" }}  # <-'), "layers.node.url", "required"),
+    (layer(f'n = {{ url = "ftp://x/n", sha256 = "{SHA}" }}  # <-'), "layers.n.url", "http"),
+    (layer(f'n = {{ url = "{URL}", sha256 = "abc" }}  # <-'), "layers.n.sha256", "64 hexadecimal"),
+    (
+        layer(f'node = {{ path = "./n", url = "{URL}", sha256 = "{SHA}" }}  # <-'),
+        "layers.node",
+        "either path or url",
+    ),
+    (layer('node = { target = "/n" }  # <-'), "layers.node", "either path or url"),
+    (layer("node = 18  # <-"), "layers.node", 'a version like "3.12"'),
+    (layer('node = "18 lts"  # <-'), "layers.node", "neither a version"),
+    # ports against each other and the network
+    (
+        port("container = 80", "host = 8080", "[[ports]]", "container = 81", "host = 8080  # <-"),
+        "ports[1].host",
+        "127.0.0.1:8080/tcp is already forwarded by ports[0]",
+    ),
+    (
+        port("container = 1", "host = 80", 'host_addr = "::1"', "[[ports]]", "container = 2")
+        + 'host = 80  # <-\nhost_addr = "0::1"\n',
+        "ports[1].host",
+        "[::1]:80/tcp",
+    ),
+    (
+        'network = "none"\n' + port("container = 80", "host = 80").replace("]]", "]]  # <-"),
+        "ports",
+        'network = "none" cannot forward ports',
+    ),
+    # missing tables and keys
+    (
+        LAYERS_RUN.replace('[run]\ncommand = "sh"', '[run]  # <-\nargs = ["x"]'),
+        "run.command",
+        "required",
+    ),
+    ('[layers]\nbusybox = "builtin"\n', "run", "required"),
+    ('[run]\ncommand = "sh"\n', "layers", "required"),
+]
+
+
+def _marked_line(text: str) -> int | None:
+    return next((n for n, line in enumerate(text.splitlines(), 1) if "# <-" in line), None)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"), ERROR_CASES, ids=[f"{c[1]}: {c[2]}" for c in ERROR_CASES]
+)
+def test_problem_is_reported_with_file_line_and_field(
+    tmp_path: Path, text: str, field: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    matching = [p for p in problems if p.field == field]
+    assert matching, f"no problem on {field}: {[str(p) for p in problems]}"
+    assert message in matching[0].message
+    assert matching[0].file == str(path)
+    assert matching[0].line == _marked_line(text)
+    assert "Input should" not in matching[0].message  # pydantic's wording is rewritten
+
+
+def test_all_problems_are_reported_together(tmp_path: Path) -> None:
+    text = (
+        "colour = 1\n" + LAYERS_RUN.replace('"sh"', "5") + '[[ports]]\ncontainer = 0\nhost = "x"\n'
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    assert [(p.line, p.field) for p in caught.value.problems] == [
+        (1, "colour"),
+        (5, "run.command"),
+        (7, "ports[0].container"),
+        (8, "ports[0].host"),
+    ]
+    assert str(caught.value).splitlines() == [str(p) for p in caught.value.problems]
+
+
+def test_name_from_a_bad_file_name_says_where_it_came_from(tmp_path: Path) -> None:
+    (problem,) = problems_of(write(tmp_path, MINIMAL, "my web.toml"))
+    assert (problem.line, problem.field) == (None, "name")
+    assert "taken from the file name" in problem.message
+    assert str(problem).startswith(f"{tmp_path / 'my web.toml'}: name: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "message"),
+    [
+        (b'name = "web"\nname = "x"\n', 2, "invalid TOML: Cannot overwrite a value"),
+        (b"[layers\n", 1, "invalid TOML"),
+        (b'name = "web"\nhostname = "\xff"\n', 2, "not valid UTF-8"),
+    ],
+)
+def test_unparseable_file_is_one_syntax_problem(
+    tmp_path: Path, content: bytes, line: int, message: str
+) -> None:
+    path = tmp_path / "web.toml"
+    path.write_bytes(content)
+    (problem,) = problems_of(path)
+    assert (problem.line, problem.field) == (line, "<syntax>")
+    assert message in problem.message
+
+
+@pytest.mark.parametrize(
+    "make", [lambda p: None, lambda p: p.mkdir()], ids=["missing", "directory"]
+)
+def test_unreadable_file_is_one_file_problem(
+    tmp_path: Path, make: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "web.toml"
+    make(path)
+    (problem,) = problems_of(path)
+    assert (problem.file, problem.line, problem.field) == (str(path), None, "<file>")
+    assert problem.message.startswith("cannot read: ")
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("problem", "text"),
+    [
+        (
+            Problem("desired/web.toml", 12, "ports[0].host", "must be ≤ 65535"),
+            "desired/web.toml:12: ports[0].host: must be ≤ 65535",
+        ),
+        (Problem("web.toml", None, "name", "bad"), "web.toml: name: bad"),
+    ],
+)
+def test_problem_str(problem: Problem, text: str) -> None:
+    assert str(problem) == text
+
+
+@pytest.mark.parametrize(
+    ("loc", "text"),
+    [
+        (("ports", 1, "host"), "ports[1].host"),
+        (("layers", "data", "target"), "layers.data.target"),
+        (("env", "A B"), 'env."A B"'),
+        ((), ""),
+    ],
+)
+def test_field_path(loc: tuple[str | int, ...], text: str) -> None:
+    assert field_path(loc) == text
+
+
+def test_squishfile_error_orders_problems_and_pickles() -> None:
+    late = Problem("w.toml", 9, "b", "late")
+    early = Problem("w.toml", 2, "a", "early")
+    nowhere = Problem("w.toml", None, "name", "no line")
+    error = SquishfileError(Path("w.toml"), [nowhere, late, early])
+    assert isinstance(error, ValueError)
+    assert error.problems == (early, late, nowhere)
+    assert str(error) == "w.toml:2: a: early\nw.toml:9: b: late\nw.toml: name: no line"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.path, copy.problems, str(copy)) == (error.path, error.problems, str(error))
+    with pytest.raises(ValueError, match="at least one problem"):
+        SquishfileError(Path("w.toml"), [])
+
+
+# -- several files -------------------------------------------------------------------------
+
+
+def test_validate_files_checks_each_file_and_conflicts_between_them(tmp_path: Path) -> None:
+    port = "[[ports]]\ncontainer = 80\nhost = 8080\n"
+    a = write(tmp_path, MINIMAL + port, "a.toml")
+    broken = write(tmp_path, "colour = 1\n" + MINIMAL, "broken.toml")
+    same_name = write(tmp_path, 'name = "a"  # line 1\n' + MINIMAL, "b.toml")
+    same_port = write(tmp_path, MINIMAL + "[[ports]]\ncontainer = 1\nhost = 1\n" + port, "c.toml")
+    other_proto = write(tmp_path, MINIMAL + port + 'protocol = "udp"\n', "d.toml")
+    results = validate_files([a, broken, same_name, same_port, other_proto])
+    assert [path for path, _ in results] == [a, broken, same_name, same_port, other_proto]
+    errors = dict(results)
+    assert errors[a] is None and errors[other_proto] is None
+    assert [p.field for p in errors[broken].problems] == ["colour"]  # type: ignore[union-attr]
+    (name_problem,) = errors[same_name].problems  # type: ignore[union-attr]
+    assert (name_problem.line, name_problem.field) == (1, "name")
+    assert f'"a" is also used by {a}' in name_problem.message
+    (port_problem,) = errors[same_port].problems  # type: ignore[union-attr]
+    assert (port_problem.line, port_problem.field) == (11, "ports[1].host")
+    assert f"127.0.0.1:8080/tcp is also forwarded by {a}" in port_problem.message
+
+
+def test_validate_files_does_not_let_a_rejected_file_claim_names(tmp_path: Path) -> None:
+    first = write(tmp_path, MINIMAL, "web.toml")
+    clash = write(tmp_path / "x", MINIMAL, "web.toml")
+    third = write(tmp_path / "y", MINIMAL, "web.toml")
+    results = validate_files([first, clash, third])
+    assert [error is None for _, error in results] == [True, False, False]
+    assert str(first) in str(results[2][1])
+
+
+def test_the_example_in_the_format_reference_is_valid(tmp_path: Path) -> None:
+    reference = Path(__file__).parents[1] / "docs" / "squishfile.md"
+    example = reference.read_text(encoding="utf-8").split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = load_squishfile(write(tmp_path, example)).to_spec()
+    assert [bind.target for bind in spec.binds] == ["/app/site", "/data"]
+    assert [sdk.name for sdk in spec.sdks] == ["node", "python"]
