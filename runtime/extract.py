@@ -46,8 +46,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777
 _CHUNK_SIZE = 256 * 1024
-_CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
-                           lzma.LZMAError)
+_CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 def extract_tar(
@@ -66,8 +65,7 @@ def extract_tar(
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "extraction target already exists", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting",
-                                    dir=dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
     try:
         extractor = _Extractor(str(archive), staging)
         extractor.run(archive)
@@ -144,8 +142,12 @@ class _Extractor:
         except _CORRUPT_ARCHIVE_ERRORS as exc:
             raise ArchiveError(self.label, current, f"corrupt or truncated archive: {exc}") from exc
         if self.skipped_special:
-            log.info("%s: skipped %d device node(s)/fifo(s): %s", self.label,
-                     len(self.skipped_special), ", ".join(self.skipped_special[:10]))
+            log.info(
+                "%s: skipped %d device node(s)/fifo(s): %s",
+                self.label,
+                len(self.skipped_special),
+                ", ".join(self.skipped_special[:10]),
+            )
 
     def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         if member.ischr() or member.isblk() or member.isfifo():
@@ -170,13 +172,15 @@ class _Extractor:
                 self._write_file(tar, member, parent_fd, leaf)
             elif member.issym():
                 os.symlink(member.linkname, leaf, dir_fd=parent_fd)
-                os.utime(leaf, (member.mtime, member.mtime), dir_fd=parent_fd,
-                         follow_symlinks=False)
+                os.utime(
+                    leaf, (member.mtime, member.mtime), dir_fd=parent_fd, follow_symlinks=False
+                )
             elif member.islnk():
                 self._make_hard_link(member, parts, parent_fd, leaf)
             else:
-                log.warning("%s: skipping %s of unsupported type %r", self.label,
-                            member.name, member.type)
+                log.warning(
+                    "%s: skipping %s of unsupported type %r", self.label, member.name, member.type
+                )
                 return
             self.linkable.add(parts)
 
@@ -210,7 +214,8 @@ class _Extractor:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise ArchiveError(
-                    self.label, member_name,
+                    self.label,
+                    member_name,
                     f"parent {name!r} is a symlink or not a directory; refusing to follow it",
                 ) from None
             raise
@@ -253,18 +258,25 @@ class _Extractor:
         target = self._safe_parts(member.linkname, member.name)
         if target == parts or target not in self.linkable:
             raise ArchiveError(
-                self.label, member.name,
+                self.label,
+                member.name,
                 f"hard link to {member.linkname!r}, which is not an earlier entry of the archive",
             )
         with self._parent_directory(target, member.name) as target_parent_fd:
-            os.link(target[-1], leaf, src_dir_fd=target_parent_fd, dst_dir_fd=parent_fd,
-                    follow_symlinks=False)
+            os.link(
+                target[-1],
+                leaf,
+                src_dir_fd=target_parent_fd,
+                dst_dir_fd=parent_fd,
+                follow_symlinks=False,
+            )
 
     def apply_directory_modes(self) -> None:
         """Give directories their archived modes (minus special bits), deepest first."""
         self.directory_modes.setdefault((), _DirectoryMode((), 0o755, -1.0))
-        for entry in sorted(self.directory_modes.values(), key=lambda e: len(e.parts),
-                            reverse=True):
+        for entry in sorted(
+            self.directory_modes.values(), key=lambda e: len(e.parts), reverse=True
+        ):
             fd = self._open_directory(entry.parts)
             try:
                 os.fchmod(fd, entry.mode & _PERMISSION_BITS)

@@ -92,8 +92,9 @@ def download(
     temp_path = Path(temp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            actual = _stream_into(url, out, label=dest.name, show_progress=show_progress,
-                                  timeout=timeout)
+            actual = _stream_into(
+                url, out, label=dest.name, show_progress=show_progress, timeout=timeout
+            )
             out.flush()
             os.fsync(out.fileno())
         if expected is not None and actual != expected:

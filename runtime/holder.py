@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,20 @@ from runtime.state import ProcessId, read_json
 __all__ = ("Holder",)
 
 _HANDSHAKE_TIMEOUT = 20.0
+_HOLDER_ENV = frozenset(
+    {
+        "PATH",
+        "PYTHONPATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "XDG_RUNTIME_DIR",
+        "XDG_CACHE_HOME",
+    }
+)
 _SUN_PATH_MAX = 107
 
 
@@ -70,12 +85,18 @@ class Holder:
     def _send(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(self.socket_path))
-            sock.sendall(json.dumps(payload).encode())
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            try:
+                sock.connect(str(self.socket_path))
+                sock.sendall(json.dumps(payload).encode())
+                sock.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except TimeoutError:
+                raise HostSetupError(
+                    f"the namespace holder did not answer within {timeout:.0f} s "
+                    f"(see {self.state / 'pause.log'})"
+                ) from None
         if not chunks:
             raise HostSetupError(
                 "the namespace holder closed the connection without answering "
@@ -100,12 +121,10 @@ class Holder:
     def _spawn(self) -> ProcessId:
         to_client_r, to_client_w = os.pipe()
         from_client_r, from_client_w = os.pipe()
-        os.set_inheritable(to_client_w, True)
-        os.set_inheritable(from_client_r, True)
-        log_fd = os.open(self.state / "pause.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        null_fd = os.open(os.devnull, os.O_RDONLY)
-        env = dict(os.environ)
         package_root = str(Path(runtime.__file__).resolve().parent.parent)
+        # The holder's environment is inherited by every container init: pass on only
+        # what it needs, never the client's secrets.
+        env = {k: v for k, v in os.environ.items() if k in _HOLDER_ENV or k.startswith("LC_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         argv = [
             sys.executable,
@@ -119,19 +138,20 @@ class Holder:
             str(from_client_r),
         ]
         try:
-            spawned = os.posix_spawn(
-                sys.executable,
-                argv,
-                env,
-                setsid=True,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, null_fd, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-            )
+            with open(self.state / "pause.log", "ab") as log:
+                first = subprocess.Popen(
+                    argv,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd="/",
+                    close_fds=True,
+                    pass_fds=(to_client_w, from_client_r),
+                    start_new_session=True,
+                )
         finally:
-            for fd in (to_client_w, from_client_r, log_fd, null_fd):
+            for fd in (to_client_w, from_client_r):
                 os.close(fd)
         try:
             message = _read_exactly_one(to_client_r, "create its user namespace")
@@ -156,7 +176,7 @@ class Holder:
         finally:
             os.close(to_client_r)
             os.close(from_client_w)
-            os.waitpid(spawned, 0)
+            first.wait()  # it forks the holder and exits at once
         deadline = time.monotonic() + _HANDSHAKE_TIMEOUT
         while (identity := self.identity()) is None:
             if time.monotonic() > deadline:
@@ -166,6 +186,10 @@ class Holder:
 
     def stop(self) -> None:
         """Ask the holder to exit (containers keep running); kill it if it does not."""
+        with file_lock(self.state / "pause.lock"):
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
         identity = self.identity()
         if identity is None:
             return

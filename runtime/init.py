@@ -70,6 +70,15 @@ def _command_env(req: LaunchRequest) -> dict[str, str]:
     return env
 
 
+def _close_other_fds(keep: set[int]) -> None:
+    """Close every descriptor but ``keep``: nothing of the host may reach the command."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):  # the listdir's own descriptor, already gone
+                os.close(fd)
+
+
 def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
     """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
     env = _command_env(req)
@@ -79,7 +88,10 @@ def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> 
         if found is None:
             raise FileNotFoundError(errno.ENOENT, f"{program!r} not found in PATH {env['PATH']}")
         program = found
-    os.chdir(req.workdir)
+    try:
+        os.chdir(req.workdir)
+    except OSError as exc:
+        raise OSError(exc.errno, f"working directory {req.workdir}: {exc.strerror}") from None
     return os.posix_spawn(
         program,
         list(req.argv),
@@ -153,11 +165,12 @@ def _prewarm() -> None:
     _command_env(LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))))
 
 
-def run_init(*, request_r: int, go_r: int, report_w: int) -> NoReturn:
+def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
     It reads the launch request from ``request_r`` (to EOF), then reports on ``report_w``:
-    ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``.
+    ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``. ``exit_w``
+    stays open for as long as the init lives: slirp4netns exits when it closes.
     """
     _prewarm()
     try:
@@ -183,10 +196,19 @@ def run_init(*, request_r: int, go_r: int, report_w: int) -> NoReturn:
         os._exit(125)
     os.close(go_r)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED_SIGNALS})
+    # From here on container code runs. Not dumpable: the container's root may not open
+    # /proc/1/fd, /proc/1/environ or /proc/1/mem of this process, a fork of the holder.
+    # (Not earlier: slirp4netns needs /proc/1/ns/net while it attaches.)
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)  # the holder's log stays outside
+    os.close(null)
+    _close_other_fds({log_fd, report_w, state_fd, exit_w})
     try:
         child = _spawn_command(req, log_fd, old_mask)
     except OSError as exc:
-        os.write(report_w, f"Ecannot execute {req.argv[0]!r}: {exc.strerror}".encode())
+        os.write(report_w, f"E{req.argv[0]!r} cannot start: {exc.strerror}".encode())
         os._exit(127)
     os.close(log_fd)
     os.chdir("/")

@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
                 for fd in (*close_in_init, request_w, go_w, report_r, exit_r, pid_r, pid_w):
                     os.close(fd)
                 # exit_w stays open in the init only: slirp4netns exits when it closes.
-                run_init(request_r=request_r, go_r=go_r, report_w=report_w)
+                run_init(request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w)
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
             os.write(pid_w, f"E{exc}".encode())
@@ -127,9 +128,8 @@ def _start_slirp(
         os.close(ready_r)
     if ready != b"1":
         code = proc.wait()
-        raise SlirpError(
-            f"slirp4netns exited with code {code} before it was ready (see {cdir / 'slirp.log'})"
-        )
+        tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
+        raise SlirpError(f"slirp4netns exited with code {code} before it was ready: {tail}")
     return proc
 
 
@@ -226,6 +226,10 @@ def _dismiss(init: _Init) -> None:
     os.close(pidfd)
 
 
+def _log(message: str) -> None:
+    print(f"launcher[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
 def run_spare(ctrl: socket.socket) -> NoReturn:
     """Body of a spare: prepare a container init, wait for a request, launch it, exit."""
     code = 1
@@ -248,8 +252,11 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
                 code = 0
             except BaseException as exc:
                 reply = _failure_reply(exc)
+                _log(f"launching {request.name} failed: {reply['message']}")
         with conn:
             conn.sendall(json.dumps(reply).encode())
+    except BaseException as exc:
+        _log(f"spare failed: {type(exc).__name__}: {exc}")
     finally:
         os._exit(code)
 

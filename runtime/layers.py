@@ -81,8 +81,9 @@ def resolve_sdk(layer: SdkLayer, cache: Path, *, index_url: str | None = None) -
     final = cache / "layers" / f"{layer.name}-{sha256[:16]}"
     if final.is_dir():
         return final
-    archive = download(url, cache / "downloads" / _download_name(layer.name, url, sha256),
-                       sha256=sha256)
+    archive = download(
+        url, cache / "downloads" / _download_name(layer.name, url, sha256), sha256=sha256
+    )
     try:
         extract_tar(archive, final)
     except FileExistsError:
@@ -97,7 +98,7 @@ def _look_up(name: str, version: str, index_url: str | None) -> tuple[str, str]:
         raise HostSetupError(
             f"sdk layer {name} {version} is given by version, but no layer index is set",
             fix=f"set {LAYER_INDEX_ENV} to the base URL of a layer index (format: "
-                "docs/layers.md), or give the layer's url and sha256",
+            "docs/layers.md), or give the layer's url and sha256",
         )
     document_url = index_document_url(base)
     raw = fetch_bytes(document_url, max_bytes=_MAX_INDEX_BYTES)

@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from runtime.state import ProcessId, read_json, write_json_atomic
 __all__ = ("LinuxRuntime",)
 
 _ETC_FILES = ("resolv.conf", "hosts", "hostname")
+_SUN_PATH_MAX = 107
 
 
 def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
@@ -69,6 +71,23 @@ def _mapping(record: dict[str, Any]) -> PortMapping:
         protocol=record["proto"],
         host_addr=record["host_addr"],
     )
+
+
+def _signal(identity: ProcessId, signum: int) -> bool:
+    """Send ``signum`` through a pidfd, so a recycled pid is never signalled; False if gone."""
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not identity.alive():  # checked after the pidfd pins the process
+            return False
+        signal.pidfd_send_signal(pidfd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
 
 
 def _wait_for_exit(identity: ProcessId, timeout: float) -> bool:
@@ -145,6 +164,11 @@ class LinuxRuntime:
         init = ProcessId.from_json(run.get("init"))
         slirp_id = ProcessId.from_json(run.get("slirp"))
         ports = tuple(_mapping(f) for f in run.get("forwards", []))
+        if init is not None and init.alive() and slirp_id is not None and slirp_id.alive():
+            # slirp4netns' own list is the truth: it shows a forward removed behind our back.
+            with suppress(SlirpError):
+                live = slirp.list_forwards(cdir / "slirp.sock")
+                ports = tuple(_mapping(asdict(f.forward)) for f in live)
         running = init is not None and init.alive()
         if running and init is not None:
             return ContainerInfo(
@@ -175,12 +199,19 @@ class LinuxRuntime:
             mounts.append(MountPoint(source=str(path), target=f"/sdk/{layer.name}"))
         for bind in spec.binds:
             source = Path(bind.source)
-            if not source.exists():
-                raise ContainerStartError(spec.name, f"bind source {source} does not exist")
+            try:
+                is_dir = source.is_dir()
+                source.stat()
+            except FileNotFoundError:
+                raise ContainerStartError(
+                    spec.name, f"bind source {source} does not exist"
+                ) from None
+            except OSError as exc:
+                raise ContainerStartError(
+                    spec.name, f"bind source {source}: {exc.strerror}"
+                ) from None
             mounts.append(
-                MountPoint(
-                    source=str(source), target=bind.target, rw=bind.rw, is_dir=source.is_dir()
-                )
+                MountPoint(source=str(source), target=bind.target, rw=bind.rw, is_dir=is_dir)
             )
         etc = cdir / "etc"
         etc.mkdir(mode=0o700, exist_ok=True)
@@ -201,8 +232,14 @@ class LinuxRuntime:
         return known
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
-        rootfs = self._rootfs(spec.rootfs)
         cdir = self.containers / spec.name
+        if len(os.fsencode(cdir / "slirp.sock")) > _SUN_PATH_MAX:
+            raise HostSetupError(
+                f"the state folder's path is too long for container {spec.name!r}'s "
+                f"slirp4netns socket ({cdir / 'slirp.sock'})",
+                fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
+            )
+        rootfs = self._rootfs(spec.rootfs)
         try:
             cdir.mkdir(mode=0o700)
         except FileExistsError:
@@ -281,7 +318,7 @@ class LinuxRuntime:
             return
         slirp_id = ProcessId.from_json(run.get("slirp"))
         if slirp_id is not None and not _wait_for_exit(slirp_id, 1.0):
-            os.kill(slirp_id.pid, signal.SIGKILL)
+            _signal(slirp_id, signal.SIGKILL)
             _wait_for_exit(slirp_id, 5.0)
 
     def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
@@ -290,10 +327,9 @@ class LinuxRuntime:
             init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
             if init is not None and init.alive():
                 grace = self._spec(cdir).stop_timeout if timeout is None else timeout
-                with suppress(ProcessLookupError):
-                    os.kill(init.pid, signal.SIGTERM)
+                _signal(init, signal.SIGTERM)
                 if not _wait_for_exit(init, grace):
-                    os.kill(init.pid, signal.SIGKILL)
+                    _signal(init, signal.SIGKILL)
                     if not _wait_for_exit(init, 10.0):
                         raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
                 if not (cdir / "exit.json").exists():
@@ -309,14 +345,15 @@ class LinuxRuntime:
             return self._info(cdir)
 
     def remove(self, name: str, *, force: bool = False) -> None:
-        info = self.inspect(name)
-        if info.state is ContainerState.RUNNING:
+        if self.inspect(name).state is ContainerState.RUNNING:
             if not force:
                 raise ContainerStartError(name, "it is running; stop it or remove with force")
-            self.stop(name, timeout=0 if force else None)
-        cdir = self._dir(name)
-        self._reap_leftovers(cdir)
-        shutil.rmtree(cdir)
+            self.stop(name, timeout=0)
+        with self._locked(name) as cdir:
+            if self._info(cdir).state is ContainerState.RUNNING:
+                raise ContainerStartError(name, "it was started again while being removed")
+            self._reap_leftovers(cdir)
+            shutil.rmtree(cdir)
 
     # -- observe ------------------------------------------------------------------------
 

@@ -26,15 +26,6 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 _FIXED_DIRS = ("proc", "sys", "dev", "tmp", "etc")
 
-_STATVFS_TO_MS = {
-    os.ST_NOSUID: sc.MS_NOSUID,
-    os.ST_NODEV: sc.MS_NODEV,
-    os.ST_NOEXEC: sc.MS_NOEXEC,
-    os.ST_NOATIME: 1024,
-    os.ST_NODIRATIME: 2048,
-    os.ST_RELATIME: 1 << 21,
-}
-
 
 def prepare_skeleton(skel: Path, mounts: Sequence[MountPoint]) -> None:
     """Create the empty mount points every mount of the container needs."""
@@ -48,12 +39,6 @@ def prepare_skeleton(skel: Path, mounts: Sequence[MountPoint]) -> None:
             path.mkdir(mode=0o755, exist_ok=True)
         else:
             path.touch(mode=0o644, exist_ok=True)
-
-
-def _locked_flags(fd: int) -> int:
-    """Mount flags a remount inside a user namespace must keep (the kernel locks them)."""
-    flags = os.fstatvfs(fd).f_flag
-    return sum(ms for st, ms in _STATVFS_TO_MS.items() if flags & st)
 
 
 def _open_in_root(root_fd: int, target: str) -> int:
@@ -77,10 +62,20 @@ def _bind(root_fd: int, source_fd: int, target: str, rw: bool) -> None:
         return
     mounted_fd = _open_in_root(root_fd, target)
     try:
-        flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(mounted_fd)
-        sc.mount(None, f"/proc/self/fd/{mounted_fd}", None, flags)
+        # Recursive: a read-only bind of a tree must not leave its submounts writable.
+        sc.mount_setattr_rdonly(mounted_fd)
     finally:
         os.close(mounted_fd)
+
+
+def _make_mount_point(root: str, mount_point: MountPoint) -> None:
+    """Create a mount point inside the fresh /tmp tmpfs, which hides the skeleton's."""
+    path = os.path.join(root, mount_point.target.lstrip("/"))
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if mount_point.is_dir:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
 
 
 def _populate_dev(dev: str) -> None:
@@ -116,14 +111,33 @@ def _populate_dev(dev: str) -> None:
 
 
 def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) -> None:
-    """Mount the container's filesystem at ``root`` (in a fresh mount namespace)."""
+    """Mount the container's filesystem at ``root`` (in a fresh mount namespace).
+
+    The fixed filesystems come first, so a bind below /tmp lands on the tmpfs instead of
+    being hidden by it.
+    """
     for path in (skel, rootfs):
         if "," in path or ":" in path:
             raise ValueError(f"overlay layer path may not contain ',' or ':': {path}")
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sources = [os.open(m.source, os.O_PATH | os.O_CLOEXEC) for m in mounts]
+    sources = []
     try:
+        for mount_point in mounts:
+            try:
+                sources.append(os.open(mount_point.source, os.O_PATH | os.O_CLOEXEC))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"bind source {mount_point.source}: {exc.strerror}"
+                ) from None
         sc.mount("overlay", root, "overlay", sc.MS_NODEV, f"lowerdir={skel}:{rootfs}")
+        hidden = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        sc.mount("proc", f"{root}/proc", "proc", hidden)
+        sc.mount("sysfs", f"{root}/sys", "sysfs", hidden | sc.MS_RDONLY)
+        _populate_dev(f"{root}/dev")
+        sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+        for mount_point in mounts:
+            if mount_point.target.startswith("/tmp/"):
+                _make_mount_point(root, mount_point)
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for mount_point, source_fd in zip(mounts, sources, strict=True):
@@ -133,11 +147,6 @@ def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) ->
     finally:
         for fd in sources:
             os.close(fd)
-    hidden = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-    sc.mount("proc", f"{root}/proc", "proc", hidden)
-    sc.mount("sysfs", f"{root}/sys", "sysfs", hidden | sc.MS_RDONLY)
-    _populate_dev(f"{root}/dev")
-    sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
 
 
 def enter_root(root: str) -> None:

@@ -49,7 +49,7 @@ def _log(message: str) -> None:
 
 
 def _read_request(conn: socket.socket) -> bytes:
-    conn.settimeout(5.0)
+    conn.settimeout(2.0)
     chunks, size = [], 0
     while chunk := conn.recv(65536):
         chunks.append(chunk)
@@ -90,6 +90,10 @@ class _Spares:
 
     def reaped(self, pid: int) -> None:
         self.launching.discard(pid)
+        if self.spare is not None and self.spare[0] == pid:
+            _log(f"the spare launcher {pid} died; forking another")
+            self.spare[1].close()
+            self.spare = None
 
     def refill(self) -> None:
         if self.spare is None and not self.launching:
@@ -101,10 +105,11 @@ class _Spares:
         if child == 0:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self.listener.close()
-            ours.close()
-            for fd in self.wake:
-                os.close(fd)
+            # Nothing of the holder may reach a container: not the listener, not a
+            # client connection being served while this spare is forked.
+            keep = theirs.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
             run_spare(theirs)
         theirs.close()
         self.spare = (child, ours)
@@ -140,14 +145,19 @@ def _serve_one(conn: socket.socket, spares: _Spares) -> bool:
     if op != "launch":
         _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
         return True
-    ctrl = spares.take()
-    try:
-        # The spare parses and checks the request: keep this single loop lean.
-        hand_over(ctrl, json.dumps(request.get("request")).encode(), conn)
-    except OSError as exc:
-        _reply(conn, {"ok": False, "error": "start", "message": f"launcher lost: {exc}"})
-    finally:
-        ctrl.close()
+    raw_request = json.dumps(request.get("request")).encode()
+    for attempt in (1, 2):
+        ctrl = spares.take()
+        try:
+            # The spare parses and checks the request: keep this single loop lean.
+            hand_over(ctrl, raw_request, conn)
+            break
+        except OSError as exc:
+            _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
+            if attempt == 2:
+                _reply(conn, {"ok": False, "error": "start", "message": f"launcher lost: {exc}"})
+        finally:
+            ctrl.close()
     return True
 
 

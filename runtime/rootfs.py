@@ -114,16 +114,17 @@ def busybox_rootfs(cache: Path, *, busybox: Path | None = None) -> Path:
     """A minimal rootfs made of the host's static busybox; built once per busybox binary."""
     binary = busybox if busybox is not None else find_host_busybox()
     if not elf_is_static(binary):
-        raise HostSetupError(f"{binary} is dynamically linked and cannot run inside a "
-                             "container rootfs", fix=_INSTALL_BUSYBOX)
+        raise HostSetupError(
+            f"{binary} is dynamically linked and cannot run inside a container rootfs",
+            fix=_INSTALL_BUSYBOX,
+        )
     binary_hash = hashlib.sha256(binary.read_bytes()).hexdigest()[:12]
     final = cache / "rootfs" / f"busybox-builtin-{binary_hash}"
     if final.is_dir():
         return final
     applets = _busybox_applets(binary)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".building",
-                                    dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".building", dir=final.parent))
     try:
         _populate_busybox_tree(staging, binary, applets, _busybox_banner(binary))
         staging.chmod(0o755)
@@ -140,13 +141,20 @@ def busybox_rootfs(cache: Path, *, busybox: Path | None = None) -> Path:
 
 def _busybox_applets(binary: Path) -> list[str]:
     try:
-        listing = subprocess.run([str(binary), "--list"], capture_output=True, text=True,
-                                 check=True, timeout=30).stdout
+        listing = subprocess.run(
+            [str(binary), "--list"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise HostSetupError(f"cannot list the applets of {binary}: {exc}",
-                             fix=_INSTALL_BUSYBOX) from exc
-    applets = sorted({name for name in listing.split() if _APPLET_PATTERN.fullmatch(name)
-                      and name not in ("busybox", ".", "..")})
+        raise HostSetupError(
+            f"cannot list the applets of {binary}: {exc}", fix=_INSTALL_BUSYBOX
+        ) from exc
+    applets = sorted(
+        {
+            name
+            for name in listing.split()
+            if _APPLET_PATTERN.fullmatch(name) and name not in ("busybox", ".", "..")
+        }
+    )
     if "sh" not in applets:
         raise HostSetupError(f"{binary} has no 'sh' applet", fix=_INSTALL_BUSYBOX)
     return applets
@@ -155,8 +163,9 @@ def _busybox_applets(binary: Path) -> list[str]:
 def _busybox_banner(binary: Path) -> str:
     """``BusyBox v1.36.1 (...)``: the first line of ``busybox --help``, if any."""
     try:
-        result = subprocess.run([str(binary), "--help"], capture_output=True, text=True,
-                                timeout=30, check=False)
+        result = subprocess.run(
+            [str(binary), "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return "BusyBox"
     first_line = (result.stdout or result.stderr).strip().splitlines()[:1]
@@ -218,7 +227,7 @@ def alpine_rootfs(
     match = _ALPINE_VERSION_PATTERN.fullmatch(version)
     if match is None:
         raise LayerNotFound("alpine", version, "Alpine releases (expected like 3.20 or edge)")
-    base_mirror = (mirror or os.environ.get(ALPINE_MIRROR_ENV) or DEFAULT_ALPINE_MIRROR)
+    base_mirror = mirror or os.environ.get(ALPINE_MIRROR_ENV) or DEFAULT_ALPINE_MIRROR
     base_mirror = base_mirror.rstrip("/")
     branch = "edge" if version == "edge" else f"v{match['branch']}"
     release_dir = f"{base_mirror}/{branch}/releases/{arch}"
@@ -230,17 +239,24 @@ def alpine_rootfs(
         if cached is not None:
             log.warning("%s; using the cached %s", exc, cached.name)
             return cached
-        raise FetchError(exc.url, (
-            f"{exc.reason}. The Alpine mirror {base_mirror} is unreachable or has no "
-            f"{branch}/{arch} release: set {ALPINE_MIRROR_ENV} to a reachable mirror, "
-            'or use busybox = "builtin"'
-        )) from exc
+        raise FetchError(
+            exc.url,
+            (
+                f"{exc.reason}. The Alpine mirror {base_mirror} is unreachable or has no "
+                f"{branch}/{arch} release: set {ALPINE_MIRROR_ENV} to a reachable mirror, "
+                'or use busybox = "builtin"'
+            ),
+        ) from exc
     file_name, sha256 = _pick_minirootfs(index, index_url, version, arch)
     final = cache / "rootfs" / f"alpine-{version}-{sha256[:12]}"
     if final.is_dir():
         return final
-    archive = download(f"{release_dir}/{file_name}", cache / "downloads" / file_name,
-                       sha256=sha256, progress=progress)
+    archive = download(
+        f"{release_dir}/{file_name}",
+        cache / "downloads" / file_name,
+        sha256=sha256,
+        progress=progress,
+    )
     try:
         extract_tar(archive, final, before_publish=_add_mount_points)
     except FileExistsError:
@@ -253,9 +269,11 @@ def _cached_alpine(cache: Path, version: str) -> Path | None:
     rootfs_dir = cache / "rootfs"
     if not rootfs_dir.is_dir():
         return None
-    candidates = [entry for entry in rootfs_dir.glob(f"alpine-{version}-*")
-                  if entry.is_dir() and re.fullmatch(r"[0-9a-f]{12}",
-                                                     entry.name.rsplit("-", 1)[-1])]
+    candidates = [
+        entry
+        for entry in rootfs_dir.glob(f"alpine-{version}-*")
+        if entry.is_dir() and re.fullmatch(r"[0-9a-f]{12}", entry.name.rsplit("-", 1)[-1])
+    ]
     return max(candidates, key=lambda entry: entry.stat().st_mtime, default=None)
 
 
@@ -276,8 +294,9 @@ def _pick_minirootfs(index: bytes, index_url: str, version: str, arch: str) -> t
             continue
         file_name, sha256 = str(release.get("file", "")), str(release.get("sha256", ""))
         if not _FILE_NAME_PATTERN.fullmatch(file_name) or not _SHA256_PATTERN.fullmatch(sha256):
-            raise FetchError(index_url, f"bad minirootfs entry (file={file_name!r}, "
-                                        f"sha256={sha256!r})")
+            raise FetchError(
+                index_url, f"bad minirootfs entry (file={file_name!r}, sha256={sha256!r})"
+            )
         return file_name, sha256
     raise LayerNotFound("alpine-minirootfs", version, index_url)
 

@@ -10,7 +10,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = (
     "NAME_PATTERN",
@@ -118,3 +118,22 @@ class ContainerSpec(_Frozen):
     network: Literal["slirp4netns", "none"] = "slirp4netns"
     hostname: str | None = None
     stop_timeout: float = Field(default=10.0, ge=0, le=3600)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="free-form metadata kept with the container (the reconciler marks "
+        "what it manages and the hash of the spec it applied)",
+    )
+
+    @model_validator(mode="after")
+    def _ports_make_sense(self) -> ContainerSpec:
+        if self.ports and self.network == "none":
+            raise ValueError("ports need a network: network 'none' cannot forward ports")
+        seen: set[tuple[str, int, str]] = set()
+        for port in self.ports:
+            key = (port.host_addr, port.host, port.protocol)
+            if key in seen:
+                raise ValueError(
+                    f"host port {port.host_addr}:{port.host}/{port.protocol} is forwarded twice"
+                )
+            seen.add(key)
+        return self

@@ -30,10 +30,12 @@ __all__ = (
     "MS_REC",
     "MS_REMOUNT",
     "PR_SET_CHILD_SUBREAPER",
+    "PR_SET_DUMPABLE",
     "PR_SET_PDEATHSIG",
     "RESOLVE_IN_ROOT",
     "RESOLVE_NO_MAGICLINKS",
     "mount",
+    "mount_setattr_rdonly",
     "openat2",
     "pivot_root",
     "prctl",
@@ -71,6 +73,12 @@ RESOLVE_IN_ROOT = 0x10
 
 _SYS_PIVOT_ROOT = 155
 _SYS_OPENAT2 = 437
+_SYS_MOUNT_SETATTR = 442
+
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = (
@@ -161,3 +169,18 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
         ctypes.c_size_t(len(how)),
     )
     return _check(int(result), f"openat2({path!r})")
+
+
+def mount_setattr_rdonly(fd: int) -> None:
+    """mount_setattr(2): make the mount ``fd`` refers to, and every mount below it, read-only."""
+    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY, 0, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    result = _libc.syscall(
+        _SYS_MOUNT_SETATTR,
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
+        buf,
+        ctypes.c_size_t(len(attr)),
+    )
+    _check(int(result), f"mount_setattr({fd}, MOUNT_ATTR_RDONLY, AT_RECURSIVE)")

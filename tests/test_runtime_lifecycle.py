@@ -135,10 +135,24 @@ def test_stop_sends_sigterm_to_the_command(rt: LinuxRuntime) -> None:
 
 @rootless
 def test_stop_kills_after_the_grace_period(rt: LinuxRuntime) -> None:
-    rt.run(shell("stubborn", "trap '' TERM; while true; do sleep 0.05; done", stop_timeout=0.2))
+    rt.run(
+        shell(
+            "stubborn", "trap '' TERM; while true; do echo beat; sleep 0.01; done", stop_timeout=0.2
+        )
+    )
+    for _ in range(1000):
+        if b"beat" in rt.logs("stubborn"):
+            break
+        time.sleep(0.005)
+    before = rt.inspect("stubborn")
     info = rt.stop("stubborn")
     assert info.state is ContainerState.EXITED
     assert info.exit_code == 128 + signal.SIGKILL
+    assert before.pid is not None and before.pid_start_time is not None
+    assert not ProcessId(before.pid, before.pid_start_time).alive()
+    beats = rt.logs("stubborn").count(b"beat")
+    time.sleep(0.1)
+    assert rt.logs("stubborn").count(b"beat") == beats, "the command kept running"
 
 
 @rootless

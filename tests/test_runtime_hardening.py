@@ -1,0 +1,155 @@
+"""What a container must not get from the host, and how the runtime copes with stress:
+leaked descriptors, the init's /proc entries, writable submounts of read-only binds,
+concurrent clients, a dead spare launcher."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import ContainerStartError
+from runtime.interface import ContainerState
+from runtime.linux import LinuxRuntime
+from runtime.spec import BindMount, ContainerSpec, RootfsRef
+from runtime.state import ProcessId
+from tests.conftest import rootless
+
+pytestmark = rootless
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def shell(name: str, script: str, **fields: object) -> ContainerSpec:
+    return ContainerSpec(
+        name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), network="none", **fields
+    )
+
+
+def output_of(rt: LinuxRuntime, spec: ContainerSpec) -> str:
+    rt.run(spec)
+    assert rt.wait(spec.name, timeout=60) == 0, rt.logs(spec.name)
+    return rt.logs(spec.name).decode()
+
+
+def test_no_host_descriptor_reaches_the_command(cache_path: Path) -> None:
+    secret_r, secret_w = os.pipe()
+    os.set_inheritable(secret_r, True)  # a careless client: inheritable descriptors
+    os.set_inheritable(secret_w, True)
+    state = Path("/dev/shm") / f"sqt-fd-{secrets.token_hex(3)}"
+    rt = LinuxRuntime(state=state, cache=cache_path)
+    try:
+        out = output_of(rt, shell("fds", "ls /proc/self/fd | sort -n | tr '\\n' ' '"))
+    finally:
+        rt.shutdown()
+        shutil.rmtree(state, ignore_errors=True)
+        os.close(secret_r)
+        os.close(secret_w)
+    # 0, 1, 2 and the descriptor ls opens to read the directory itself
+    assert out.split() == ["0", "1", "2", "3"]
+
+
+def test_container_root_cannot_read_its_init(rt: LinuxRuntime) -> None:
+    script = (
+        "cat /proc/1/environ >/dev/null 2>&1 && echo environ-readable;"
+        "ls /proc/1/fd >/dev/null 2>&1 && echo fds-readable;"
+        "ls /proc/1/root/ >/dev/null 2>&1 && echo root-readable;"
+        "echo done"
+    )
+    assert output_of(rt, shell("init-proc", script)) == "done\n"
+
+
+def test_read_only_bind_is_read_only_all_the_way_down(rt: LinuxRuntime) -> None:
+    # "/" carries submounts (/dev/shm, /proc, ...): none may become writable through it.
+    probe = f"sqt-ro-{secrets.token_hex(4)}"
+    spec = shell(
+        "ro-tree",
+        f"touch /host/dev/shm/{probe} 2>/dev/null && echo wrote-submount;"
+        f"touch /host/tmp/{probe} 2>/dev/null && echo wrote-top; echo done",
+        binds=(BindMount(source="/", target="/host"),),
+    )
+    try:
+        assert output_of(rt, spec) == "done\n"
+    finally:
+        for leftover in (Path("/dev/shm") / probe, Path("/tmp") / probe):
+            leftover.unlink(missing_ok=True)
+
+
+def test_bind_below_tmp_is_visible(rt: LinuxRuntime, tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("under tmp\n")
+    spec = shell(
+        "tmp-bind",
+        "cat /tmp/in/data.txt; touch /tmp/scratch && echo tmp-writable",
+        binds=(BindMount(source=str(tmp_path), target="/tmp/in"),),
+    )
+    assert output_of(rt, spec) == "under tmp\ntmp-writable\n"
+
+
+def test_missing_workdir_is_named(rt: LinuxRuntime) -> None:
+    with pytest.raises(ContainerStartError, match="working directory /nowhere"):
+        rt.run(shell("workdir", "true", workdir="/nowhere"))
+
+
+def test_concurrent_clients_start_long_running_containers(rt: LinuxRuntime) -> None:
+    errors: list[BaseException] = []
+
+    def start_some(prefix: str) -> None:
+        try:
+            for i in range(4):
+                rt.run(
+                    ContainerSpec(
+                        name=f"{prefix}-{i}", rootfs=BUSYBOX, argv=("sleep", "600"), network="none"
+                    )
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start_some, args=(f"c{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    states = {info.name: info.state for info in rt.list()}
+    assert len(states) == 12
+    assert set(states.values()) == {ContainerState.RUNNING}
+
+
+def _spare_launchers(holder_pid: int) -> list[int]:
+    """Children of the holder that share its network namespace: the spare launchers."""
+    holder_net = os.readlink(f"/proc/{holder_pid}/ns/net")
+    spares = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == holder_pid and os.readlink(entry / "ns" / "net") == holder_net:
+                spares.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return spares
+
+
+def test_a_dead_spare_launcher_is_replaced(rt: LinuxRuntime) -> None:
+    rt.run(shell("before", "true"))
+    rt.wait("before", timeout=60)
+    holder = rt.holder.identity()
+    assert holder is not None
+    for _ in range(500):
+        spares = _spare_launchers(holder.pid)
+        if spares:
+            break
+        threading.Event().wait(0.01)
+    assert spares, "the holder keeps a spare launcher"
+    for pid in spares:
+        identity = ProcessId.of(pid)
+        assert identity is not None
+        os.kill(identity.pid, signal.SIGKILL)
+    for n in range(3):
+        assert output_of(rt, shell(f"after-{n}", "echo fine")) == "fine\n"
