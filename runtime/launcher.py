@@ -236,6 +236,8 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
     try:
         init = _fork_init(close_in_init=(ctrl.fileno(),))
         received = _receive(ctrl)
+        if received is not None:
+            ctrl.sendall(b"A")  # the holder waits for this before it forgets the request
         ctrl.close()
         if received is None:
             _dismiss(init)
@@ -262,8 +264,15 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
 
 
 def hand_over(ctrl: socket.socket, raw_request: bytes, conn: socket.socket) -> None:
-    """Give a spare its launch request and the client connection to answer on."""
+    """Give a spare its launch request and the client connection to answer on.
+
+    Raises OSError when the spare did not take it (it died): the caller still holds the
+    connection and can try another spare.
+    """
     ctrl.sendmsg(
         [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
     )
     ctrl.shutdown(socket.SHUT_WR)
+    ctrl.settimeout(_READY_TIMEOUT)
+    if ctrl.recv(1) != b"A":
+        raise ConnectionAbortedError("the spare launcher died before it took the request")
