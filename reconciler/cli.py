@@ -1,66 +1,192 @@
 """The ``reconciler`` command line.
 
-Until the reconciler loop lands, ``run`` brings up every squishfile of a folder once and
-stays in the foreground streaming their logs; containers keep running when it exits.
+Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status``, ``down``;
+file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, ``stop``,
+``rm``. The README has a tour.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
+import anyio
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconciler.errors import SquishfileError
-from reconciler.squishfile import load_squishfile, validate_files
-from runtime.errors import ContainerNotFound, HostSetupError, SquishError
+from reconciler.converge import Converger
+from reconciler.loop import PassResult, Reconciler, run_loop
+from reconciler.plan import Plan, is_managed_by
+from reconciler.squishfile import validate_files
+from reconciler.status import StatusStore, status_document
+from runtime.errors import HostSetupError, SquishError
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.linux import LinuxRuntime
-from runtime.spec import ContainerSpec
 
-__all__ = ("main",)
+__all__ = ("build_parser", "main")
 
 _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
 
-
-def _squishfiles(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
-    return sorted(p for p in folder.glob("*.toml") if not p.name.startswith("."))
+_DEFAULT_DIR = "desired"
+_BLOCKING = {"InvalidSpec", "DuplicateName", "PortConflict", "NameTaken", "FolderUnreadable"}
 
 
 def _describe_ports(info: ContainerInfo) -> str:
     return ", ".join(f"{p.host_addr}:{p.host}->{p.container}/{p.protocol}" for p in info.ports)
 
 
-def _up(runtime: LinuxRuntime, spec: ContainerSpec) -> tuple[ContainerInfo, str]:
-    """Make the container for ``spec`` run; say what was done."""
-    try:
-        current = runtime.inspect(spec.name)
-    except ContainerNotFound:
-        return runtime.run(spec), "created"
-    if current.spec != spec:
-        runtime.remove(spec.name, force=True)
-        return runtime.run(spec), "recreated (spec changed)"
-    if current.state is ContainerState.RUNNING:
-        return current, "unchanged"
-    return runtime.start(spec.name), "started"
+def _reconciler(folder: Path, runtime: LinuxRuntime | None = None) -> Reconciler:
+    runtime = runtime or LinuxRuntime()
+    folder = Path(os.path.abspath(folder))
+    return Reconciler(
+        folder=folder,
+        runtime=runtime,
+        converger=Converger(runtime),
+        store=StatusStore(runtime.state, folder),
+    )
+
+
+def _print_plan(todo: Plan) -> None:
+    for action in todo.actions:
+        _out.print(f"  {escape(str(action))}", soft_wrap=True)
+    for condition in todo.conditions:
+        _out.print(
+            f"  [yellow]{condition.kind.value}[/] {escape(condition.name)}: "
+            f"{escape(condition.message)}",
+            soft_wrap=True,
+        )
+
+
+# -- folder commands ----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(Path(args.dir))
+
+    def on_pass(result: PassResult) -> None:
+        for outcome in result.outcomes:
+            failed = "" if outcome.ok else f" [red]failed:[/] {escape(outcome.error or '')}"
+            _out.print(f"{escape(str(outcome.action))}{failed}", soft_wrap=True)
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_on_signal, stop)
+            await run_loop(
+                reconciler,
+                debounce_ms=args.debounce_ms,
+                step_ms=args.step_ms,
+                resync=args.resync,
+                on_pass=on_pass,
+                stop=stop,
+            )
+            group.cancel_scope.cancel()
+
+    folder = escape(str(reconciler.folder))
+    _out.print(f"reconciling {folder}; Ctrl-C stops the loop (containers keep running)")
+    anyio.run(main)
+    _out.print("stopped; the containers keep running")
+    return 0
+
+
+async def _stop_on_signal(stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(Path(args.dir))
+    result = anyio.run(reconciler.reconcile, "apply")
+    for outcome in result.outcomes:
+        mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"
+        _out.print(f"  {escape(str(outcome.action))}: {mark}", soft_wrap=True)
+    _, _, left = reconciler.dry_run()
+    if result.failed or left.actions or left.conditions:
+        _err.print("[red]not converged[/]:")
+        _print_plan(left)
+        return 1
+    _out.print("converged")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    _, _, todo = _reconciler(Path(args.dir)).dry_run()
+    if not todo.actions and not todo.conditions:
+        _out.print("no changes: the containers match the folder")
+        return 0
+    _print_plan(todo)
+    if any(c.kind.value in _BLOCKING for c in todo.conditions):
+        return 1
+    return 2 if todo.actions else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(Path(args.dir))
+    desired, actual, todo = reconciler.dry_run()
+    assert reconciler.store is not None
+    document = status_document(desired, actual, todo, reconciler.store.read())
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    loop = document["loop"]
+    if loop["running"]:
+        ago = time.time() - (loop["last_pass_at"] or time.time())
+        _out.print(
+            f"loop: running (pid {loop['pid']}), {loop['passes']} passes, the last "
+            f"{ago:.1f} s ago took {loop['last_pass_ms']} ms "
+            f"({escape(str(loop['last_trigger']))})"
+        )
+    else:
+        _out.print("loop: not running (`reconciler run` starts it)")
+    table = Table("NAME", "FILE", "PHASE", "PID", "PORTS", "RESTARTS", "AGE", "SYNC", "LAST ERROR")
+    for row in document["containers"]:
+        message = row["last_error"] or "; ".join(c["message"] for c in row["conditions"])
+        table.add_row(
+            row["name"],
+            row["file"] or "-",
+            row["phase"],
+            str(row["pid"] or "-"),
+            ", ".join(row["ports"]) or "-",
+            str(row["restarts"]),
+            f"{row['age_s']:.0f}s" if row["age_s"] is not None else "-",
+            "yes" if row["in_sync"] else "no",
+            escape(message or ""),
+        )
+    _out.print(table)
+    for condition in document["conditions"]:
+        _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    runtime = LinuxRuntime()
+    folder = str(Path(os.path.abspath(args.dir)))
+    removed = 0
+    for info in runtime.list():
+        if is_managed_by(info, folder):
+            runtime.remove(info.name, force=True)
+            _out.print(f"{info.name}: removed")
+            removed += 1
+    if not removed:
+        _out.print(f"no containers of {escape(folder)}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path, error in validate_files([Path(p) for p in args.files]):
         if error is None:
-            _out.print(f"[green]ok[/] {path}")
+            _out.print(f"[green]ok[/] {escape(str(path))}")
         else:
             failed += 1
             for problem in error.problems:
@@ -68,103 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    runtime = LinuxRuntime()
-    status = 0
-    for file in [Path(f) for f in args.files]:
-        try:
-            spec = load_squishfile(file).to_spec()
-            info, what = _up(runtime, spec)
-        except SquishfileError as exc:
-            _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
-            status = 1
-            continue
-        except SquishError as exc:
-            _err.print(f"[red]error[/] {escape(f'{file}: {exc}')}", soft_wrap=True)
-            status = 1
-            continue
-        _out.print(f"{info.name}: {what}; pid {info.pid}; ports {_describe_ports(info) or '-'}")
-    return status
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    folder = Path(args.dir)
-    files = _squishfiles(folder)
-    if not files:
-        _err.print(f"no squishfiles (*.toml) in {folder}")
-        return 1
-    args.files = [str(f) for f in files]
-    status = cmd_up(args)
-    runtime = LinuxRuntime()
-    names = [load_squishfile(f).name for f in files if _loads(f)]
-    _out.print("following logs; Ctrl-C stops following (containers keep running)")
-    stop = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    offsets = dict.fromkeys(names, 0)
-    while not stop:
-        for name in names:
-            offsets[name] = _print_new_log(runtime, name, offsets[name])
-        time.sleep(0.2)
-    return status
-
-
-def _loads(file: Path) -> bool:
-    try:
-        load_squishfile(file)
-    except SquishfileError:
-        return False
-    return True
-
-
-def _print_new_log(runtime: LinuxRuntime, name: str, offset: int) -> int:
-    try:
-        data = runtime.logs(name)
-    except ContainerNotFound:
-        return offset
-    for line in data[offset:].decode(errors="replace").splitlines():
-        _out.print(f"[cyan]{name}[/] | {escape(line)}", soft_wrap=True)
-    return len(data)
-
-
-def cmd_ps(args: argparse.Namespace) -> int:
-    runtime = LinuxRuntime()
-    infos = runtime.list()
-    if args.json:
-        print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
-        return 0
-    table = Table("NAME", "STATE", "PID", "PORTS", "RESTARTS", "EXIT", "AGE")
-    now = time.time()
-    for info in infos:
-        age = f"{now - info.started_at:.0f}s" if info.started_at else "-"
-        table.add_row(
-            info.name,
-            info.state.value,
-            str(info.pid or "-"),
-            _describe_ports(info) or "-",
-            str(info.restarts),
-            "-" if info.exit_code is None else str(info.exit_code),
-            age,
-        )
-    _out.print(table)
-    return 0
-
-
-def cmd_stop(args: argparse.Namespace) -> int:
-    info = LinuxRuntime().stop(args.name, timeout=args.time)
-    _out.print(f"{info.name}: {info.state.value} (exit code {info.exit_code})")
-    return 0
-
-
-def cmd_rm(args: argparse.Namespace) -> int:
-    LinuxRuntime().remove(args.name, force=args.force)
-    _out.print(f"{args.name}: removed")
-    return 0
+# -- container commands -------------------------------------------------------------------
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -180,28 +210,83 @@ def cmd_logs(args: argparse.Namespace) -> int:
         time.sleep(0.2)
 
 
+def cmd_ps(args: argparse.Namespace) -> int:
+    infos = LinuxRuntime().list()
+    if args.json:
+        print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
+        return 0
+    table = Table("NAME", "STATE", "PID", "PORTS", "RESTARTS", "EXIT", "AGE")
+    now = time.time()
+    for info in infos:
+        table.add_row(
+            info.name,
+            info.state.value,
+            str(info.pid or "-"),
+            _describe_ports(info) or "-",
+            str(info.restarts),
+            "-" if info.exit_code is None else str(info.exit_code),
+            f"{now - info.started_at:.0f}s" if info.started_at else "-",
+        )
+    _out.print(table)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     print(LinuxRuntime().inspect(args.name).model_dump_json(indent=2))
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    info = LinuxRuntime().stop(args.name, timeout=args.time)
+    _out.print(f"{info.name}: {info.state.value} (exit code {info.exit_code})")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    LinuxRuntime().remove(args.name, force=args.force)
+    _out.print(f"{args.name}: removed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reconciler", description="Rootless containers from TOML squishfiles."
+        prog="reconciler", description="Rootless containers reconciled from TOML squishfiles."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def folder_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help)
+        command.add_argument("dir", nargs="?", default=_DEFAULT_DIR, help="default: desired")
+        return command
+
+    p = folder_command("run", "watch DIR and keep the containers matching it")
+    p.add_argument("--resync", type=float, default=2.0, help="seconds between full resyncs")
+    p.add_argument("--debounce-ms", type=int, default=200, help="longest batch of file events")
+    p.add_argument("--step-ms", type=int, default=5, help="quiet time that ends a batch (ms)")
+    p.set_defaults(func=cmd_run)
+    folder_command("apply", "converge DIR once; exit 0 when converged").set_defaults(func=cmd_apply)
+    folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors").set_defaults(
+        func=cmd_plan
+    )
+    p = folder_command("status", "desired vs actual per container, and the loop's state")
+    p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    p.set_defaults(func=cmd_status)
+    folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
+        func=cmd_down
+    )
     p = sub.add_parser("validate", help="check squishfiles; exit 0 when all are valid")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("up", help="start the containers of these squishfiles")
-    p.add_argument("files", nargs="+")
-    p.set_defaults(func=cmd_up)
-    p = sub.add_parser("run", help="bring up every squishfile of DIR and follow their logs")
-    p.add_argument("dir", nargs="?", default="desired")
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser("ps", help="list containers")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("logs", help="a container's stdout and stderr")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("ps", help="every container of this user")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ps)
+    p = sub.add_parser("inspect", help="one container as JSON")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("stop", help="stop a container (SIGTERM, then SIGKILL)")
     p.add_argument("name")
     p.add_argument("-t", "--time", type=float, default=None, help="grace period in seconds")
@@ -210,13 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     p.set_defaults(func=cmd_rm)
-    p = sub.add_parser("logs", help="print a container's output")
-    p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.set_defaults(func=cmd_logs)
-    p = sub.add_parser("inspect", help="a container as JSON")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -224,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except HostSetupError as exc:
-        _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
-        return 1
-    except (SquishError, OSError) as exc:
+    except (HostSetupError, SquishError, OSError) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 

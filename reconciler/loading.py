@@ -23,6 +23,7 @@ from reconciler.model import (
     DownloadLayer,
     LocalLayer,
     PortForward,
+    RestartSection,
     RunSection,
     Squishfile,
 )
@@ -88,6 +89,8 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
             return tuple(Squishfile.model_fields)
         case ("run",):
             return tuple(RunSection.model_fields)
+        case ("restart",):
+            return tuple(RestartSection.model_fields)
         case ("ports", int()):
             return tuple(PortForward.model_fields)
         case ("layers", str(), "local"):

@@ -46,6 +46,7 @@ __all__ = (
     "DownloadLayer",
     "LocalLayer",
     "PortForward",
+    "RestartSection",
     "RunSection",
     "Squishfile",
 )
@@ -231,6 +232,17 @@ def _error(loc: tuple[str | int, ...], message: str, value: object) -> InitError
     return InitErrorDetails(type=kind, loc=loc, input=value)
 
 
+class RestartSection(BaseModel):
+    """The ``[restart]`` table: what the reconciler does when the command exits."""
+
+    model_config = _STRICT
+
+    policy: Literal["always", "on-failure", "never"] = Field(
+        default="always",
+        description="always restart; restart only after a non-zero exit; or never",
+    )
+
+
 class RunSection(BaseModel):
     """The ``[run]`` table: what the container runs."""
 
@@ -303,6 +315,9 @@ class Squishfile(BaseModel):
         default_factory=dict, description="environment variables"
     )
     ports: tuple[PortForward, ...] = Field(default=(), description="port forwards")
+    restart: RestartSection = Field(
+        default_factory=RestartSection, description="restart policy (default: always)"
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(_as_tuple)

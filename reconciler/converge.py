@@ -1,0 +1,179 @@
+"""Converging: the only place that calls the runtime.
+
+A plan is applied in two phases (phase 0 frees ports and names, phase 1 takes them),
+each phase's actions concurrently under a bound. An action that fails does not hold up
+the others: it is recorded, and its container backs off before the next attempt
+(client-go style: a few milliseconds, doubling, capped). A container whose command keeps
+exiting is restarted with a crash back-off (100 ms doubling to 60 s by default), reset
+once it has run for a while; it never delays anyone else.
+
+Runtime calls block, so they run in worker threads (``anyio.to_thread``); the clock is
+injected so tests control time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from reconciler.plan import Action, ActionKind, Plan
+from runtime.interface import ContainerInfo, ContainerState, Runtime
+
+__all__ = ("Backoff", "Converger", "Outcome")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays, in seconds. ``failure_*`` after a failed action, ``crash_*`` between restarts."""
+
+    failure_initial: float = 0.005
+    failure_max: float = 30.0
+    crash_initial: float = 0.1
+    crash_max: float = 60.0
+    crash_reset: float = 60.0
+    """A container that ran this long before exiting starts its crash back-off afresh."""
+
+    def failure_delay(self, failures: int) -> float:
+        return min(self.failure_initial * 2.0 ** max(failures - 1, 0), self.failure_max)
+
+    def crash_delay(self, crashes: int) -> float:
+        return min(self.crash_initial * 2.0 ** max(crashes - 1, 0), self.crash_max)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Track:
+    """What the converger remembers about one container between passes."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str | None = None
+    crashes: int = 0
+    seen_finish: float | None = None
+
+
+@dataclass
+class Converger:
+    runtime: Runtime
+    limit: int = 8
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.time
+    _tracks: dict[str, _Track] = field(default_factory=dict)
+
+    # -- what the planner must respect ---------------------------------------------------
+
+    def observe(self, actual: Sequence[ContainerInfo]) -> None:
+        """Update crash counts from what runs now (call before planning)."""
+        now = self.clock()
+        for info in actual:
+            track = self._tracks.setdefault(info.name, _Track())
+            if info.state is ContainerState.RUNNING and info.started_at is not None:
+                if now - info.started_at >= self.backoff.crash_reset:
+                    track.crashes = 0
+            elif info.state is ContainerState.EXITED and info.finished_at != track.seen_finish:
+                track.seen_finish = info.finished_at
+                ran = (info.finished_at or now) - (info.started_at or now)
+                track.crashes = 1 if ran >= self.backoff.crash_reset else track.crashes + 1
+
+    def not_before(self, actual: Sequence[ContainerInfo]) -> dict[str, float]:
+        """Per container, the time before which it must be left alone."""
+        holds: dict[str, float] = {}
+        for name, track in self._tracks.items():
+            if track.failures:
+                holds[name] = track.retry_at
+        for info in actual:
+            known = self._tracks.get(info.name)
+            if known and info.state is ContainerState.EXITED and known.crashes:
+                finished = info.finished_at or self.clock()
+                restart_at = finished + self.backoff.crash_delay(known.crashes)
+                holds[info.name] = max(holds.get(info.name, 0.0), restart_at)
+        return holds
+
+    def crash_looping(self, name: str) -> bool:
+        track = self._tracks.get(name)
+        return bool(track and track.crashes >= 2)
+
+    def last_errors(self) -> Mapping[str, str]:
+        return {n: t.last_error for n, t in self._tracks.items() if t.last_error}
+
+    def forget(self, names: set[str]) -> None:
+        """Drop what is remembered about containers that are gone for good."""
+        for name in set(self._tracks) - names:
+            del self._tracks[name]
+
+    # -- acting -----------------------------------------------------------------------------
+
+    async def apply(self, plan: Plan) -> list[Outcome]:
+        limiter = anyio.CapacityLimiter(self.limit)
+        outcomes: list[Outcome] = []
+        failed: set[str] = set()
+        for phase in (0, 1):
+            batch = [a for a in plan.phase(phase) if a.name not in failed]
+            if phase == 1:
+                batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
+                batch = [a for a in batch if a.name not in failed]
+            results: list[Outcome] = []
+            async with anyio.create_task_group() as group:
+                for action in batch:
+                    group.start_soon(self._run_one, action, phase, limiter, results)
+            failed |= {o.action.name for o in results if not o.ok}
+            outcomes += results
+        return outcomes
+
+    async def _run_one(
+        self, action: Action, phase: int, limiter: anyio.CapacityLimiter, out: list[Outcome]
+    ) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._call, action, phase, limiter=limiter)
+        except Exception as exc:
+            out.append(Outcome(action, f"{type(exc).__name__}: {exc}"))
+            self._failed(action.name, f"{action.kind.value} failed: {exc}")
+            return
+        out.append(Outcome(action))
+        if phase == 1 or action.kind is not ActionKind.RECREATE:
+            self._succeeded(action)
+
+    def _call(self, action: Action, phase: int) -> None:
+        runtime, name = self.runtime, action.name
+        if action.kind is ActionKind.DESTROY or (action.kind is ActionKind.RECREATE and phase == 0):
+            runtime.remove(name, force=True)
+        elif action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
+            assert action.desired is not None
+            runtime.run(action.desired.spec)
+        elif action.kind is ActionKind.START:
+            runtime.start(name)
+        elif action.kind is ActionKind.UNBIND:
+            for port in action.ports:
+                runtime.remove_port(name, port)
+        elif action.kind is ActionKind.BIND:
+            for port in action.ports:
+                runtime.add_port(name, port)
+
+    def _failed(self, name: str, error: str) -> None:
+        track = self._tracks.setdefault(name, _Track())
+        track.failures += 1
+        track.last_error = error
+        track.retry_at = self.clock() + self.backoff.failure_delay(track.failures)
+
+    def _succeeded(self, action: Action) -> None:
+        track = self._tracks.setdefault(action.name, _Track())
+        track.failures = 0
+        track.retry_at = 0.0
+        track.last_error = None
+        if action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
+            track.crashes = 0
+            track.seen_finish = None
+        if action.kind is ActionKind.DESTROY:
+            self._tracks.pop(action.name, None)

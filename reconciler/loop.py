@@ -1,0 +1,165 @@
+"""The controller loop: observe, plan, converge; again whenever something may have changed.
+
+The watcher only says *something changed*: each pass reloads the whole folder and
+observes every container, so a lost or merged event can never leave a wrong state
+(compare states, not events). Passes are triggered by
+
+- file events (watchfiles, with a small debounce so one edit is applied within tens of
+  milliseconds and a burst, such as a git checkout, becomes one pass);
+- a periodic resync that catches drift (a container that died, a forward removed
+  behind our back);
+- the earliest back-off deadline, so a crash-looping container restarts on time.
+
+One task group owns every task; SIGINT/SIGTERM end the loop and leave containers
+running for the next ``run`` to adopt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from watchfiles import Change, awatch
+
+from reconciler.converge import Converger, Outcome
+from reconciler.desired import DesiredState, is_squishfile, load_desired
+from reconciler.plan import Plan, plan
+from reconciler.status import LoopRecord, StatusStore
+from runtime.interface import ContainerInfo, Runtime
+
+__all__ = ("PassResult", "Reconciler", "run_loop")
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    outcomes: tuple[Outcome, ...]
+    started_at: float
+    duration: float
+    trigger: str
+
+    @property
+    def failed(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+
+@dataclass
+class Reconciler:
+    """One folder's reconciler: a pass is load → observe → plan → converge → record."""
+
+    folder: Path
+    runtime: Runtime
+    converger: Converger
+    store: StatusStore | None = None
+    clock: Callable[[], float] = time.time
+    record: LoopRecord = field(default_factory=LoopRecord)
+    _holds: dict[str, float] = field(default_factory=dict)
+
+    def _observe(self) -> tuple[DesiredState, list[ContainerInfo]]:
+        return load_desired(self.folder), self.runtime.list()
+
+    def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
+        desired, actual = self._observe()
+        self.converger.observe(actual)
+        holds = self.converger.not_before(actual)
+        return desired, actual, plan(desired, actual, now=self.clock(), not_before=holds)
+
+    async def reconcile(self, trigger: str = "manual") -> PassResult:
+        started = self.clock()
+        begin = time.perf_counter()
+        desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
+        outcomes = await self.converger.apply(todo) if todo.actions else []
+        result = PassResult(todo, tuple(outcomes), started, time.perf_counter() - begin, trigger)
+        self.record.passed(
+            result.started_at, result.duration, trigger, [str(a) for a in todo.actions]
+        )
+        if self.store is not None:
+            errors = dict(self.converger.last_errors())
+            crashing = sorted(n for n in desired.containers if self.converger.crash_looping(n))
+            await anyio.to_thread.run_sync(
+                self.store.write, self.record, todo.conditions, errors, crashing
+            )
+        self.converger.forget({info.name for info in actual} | set(desired.containers))
+        self._holds = self.converger.not_before(actual)
+        return result
+
+    def next_deadline(self) -> float:
+        """Seconds until the earliest back-off ends (inf when nothing waits)."""
+        holds = [t for t in self._holds.values() if t > 0]
+        if not holds:
+            return math.inf
+        return max(0.0, min(holds) - self.clock())
+
+
+def _squishfile_event(change: Change, path: str) -> bool:
+    return is_squishfile(Path(path))
+
+
+async def _watch(
+    folder: Path, send: MemoryObjectSendStream[str], debounce_ms: int, step_ms: int
+) -> None:
+    """Send a trigger for each batch of squishfile events; re-arm when the folder returns."""
+    while True:
+        if await anyio.Path(folder).is_dir():
+            try:
+                async for _ in awatch(
+                    folder,
+                    watch_filter=_squishfile_event,
+                    debounce=debounce_ms,
+                    step=step_ms,
+                    recursive=False,
+                ):
+                    await _trigger(send, "files changed")
+            except (FileNotFoundError, RuntimeError, OSError):
+                pass  # the folder vanished: the periodic resync notices, we re-arm below
+        await _trigger(send, "folder changed")
+        await anyio.sleep(0.5)
+
+
+async def _trigger(send: MemoryObjectSendStream[str], reason: str) -> None:
+    with contextlib.suppress(anyio.WouldBlock):  # a pass is pending: it sees this change too
+        send.send_nowait(reason)
+
+
+async def _next_trigger(receive: MemoryObjectReceiveStream[str], wait: float) -> str:
+    with anyio.move_on_after(wait):
+        return await receive.receive()
+    return "resync"
+
+
+async def run_loop(
+    reconciler: Reconciler,
+    *,
+    debounce_ms: int = 200,
+    step_ms: int = 5,
+    resync: float = 2.0,
+    on_pass: Callable[[PassResult], None] | None = None,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled)."""
+    send, receive = anyio.create_memory_object_stream[str](1)
+    reconciler.record.started(os.getpid())
+    async with anyio.create_task_group() as group, send, receive:
+        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms)
+        if stop is not None:
+            group.start_soon(_cancel_on, stop, group.cancel_scope)
+        trigger = "start"
+        while True:
+            result = await reconciler.reconcile(trigger)
+            if on_pass is not None:
+                on_pass(result)
+            wait = min(resync, reconciler.next_deadline())
+            trigger = await _next_trigger(receive, wait)
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

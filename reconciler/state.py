@@ -1,0 +1,110 @@
+"""Desired-state types, shared by loading (``reconciler.desired``) and the pure planner.
+
+No I/O here. Each spec gets labels that mark it as ours and record a hash of what was
+applied:
+
+- ``squish.managed-by``: ``reconciler``
+- ``squish.folder``: the absolute folder the file lives in
+- ``squish.file``: the file's name in that folder
+- ``squish.spec-hash``: a hash of the normalised spec *without* its ports and labels
+  (a difference in ports alone is applied live; anything else means a recreate)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from reconciler.errors import Problem
+from runtime.spec import ContainerSpec
+
+__all__ = (
+    "LABEL_FILE",
+    "LABEL_FOLDER",
+    "LABEL_HASH",
+    "LABEL_MANAGED",
+    "MANAGER",
+    "DesiredContainer",
+    "DesiredState",
+    "FileError",
+    "RestartPolicy",
+    "is_squishfile",
+    "spec_hash",
+)
+
+MANAGER = "reconciler"
+LABEL_MANAGED = "squish.managed-by"
+LABEL_FOLDER = "squish.folder"
+LABEL_FILE = "squish.file"
+LABEL_HASH = "squish.spec-hash"
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+_IGNORED = re.compile(
+    r"""^(\..*                # hidden files, vim's .x.swp, emacs' .#lock
+        |.*~                 # backups
+        |\#.*\#              # emacs autosave
+        |.*\.(swp|swo|swx|tmp|bak|orig|rej|part)
+        |4913                # vim's probe file
+        )$""",
+    re.VERBOSE,
+)
+
+
+def is_squishfile(path: Path) -> bool:
+    """Whether ``path`` names a squishfile rather than an editor's or git's by-product."""
+    return path.suffix == ".toml" and not _IGNORED.match(path.name)
+
+
+def spec_hash(spec: ContainerSpec) -> str:
+    """Hash of everything in ``spec`` that cannot change live (all but ports and labels)."""
+    data = spec.model_dump(mode="json", exclude={"ports", "labels"})
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    """A valid squishfile: the container it asks for."""
+
+    file: Path
+    spec: ContainerSpec
+    restart: RestartPolicy = "always"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A squishfile that cannot be applied now; ``name`` is the container it claims."""
+
+    file: Path
+    name: str
+    problems: tuple[Problem, ...]
+    kind: Literal["InvalidSpec", "DuplicateName"] = "InvalidSpec"
+
+    @property
+    def message(self) -> str:
+        return "; ".join(str(p) for p in self.problems)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything one pass of the reconciler wants, read from one folder."""
+
+    folder: Path
+    containers: Mapping[str, DesiredContainer] = field(default_factory=dict)
+    errors: tuple[FileError, ...] = ()
+    readable: bool = True
+    """False when the folder is missing or unreadable: then nothing may be deleted."""
+
+    @property
+    def error_files(self) -> frozenset[str]:
+        return frozenset(e.file.name for e in self.errors)

@@ -1,0 +1,219 @@
+"""Status: what runs, what is wanted, and what the loop last did, for people and scripts.
+
+A running loop records itself after every pass in
+``<state dir>/reconciler/<folder hash>.json`` (written atomically); ``reconciler status``
+works with or without a loop: it reads the folder and the containers itself and adds the
+loop's record when there is one.
+
+The ``--json`` output is a stable interface (``"version": 1``)::
+
+    {"version": 1, "folder": "/abs/desired",
+     "loop": {"running": true, "pid": 123, "started_at": 1.7e9, "passes": 42,
+              "last_pass_at": 1.7e9, "last_pass_ms": 3.1, "last_trigger": "files changed",
+              "last_actions": ["create web: new in web.toml"]} | {"running": false, ...},
+     "containers": [{"name": "web", "file": "web.toml", "phase": "Running", "pid": 4242,
+                     "ports": ["127.0.0.1:8080->80/tcp"], "restarts": 0, "age_s": 12.5,
+                     "exit_code": null, "last_error": null, "in_sync": true,
+                     "conditions": [{"kind": "PortConflict", "message": "..."}]}]}
+
+Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
+``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
+last valid spec keeps running), ``PortConflict``, ``Exited`` (stopped by its restart policy),
+``Terminating`` (its file is gone), ``NameTaken``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.plan import ActionKind, Condition, Plan, is_managed_by
+from reconciler.state import LABEL_FILE, DesiredState
+from runtime.interface import ContainerInfo, ContainerState
+from runtime.state import ProcessId, read_json, write_json_atomic
+
+__all__ = ("LoopRecord", "StatusStore", "container_rows", "status_document")
+
+
+@dataclass
+class LoopRecord:
+    """The loop's own state, as recorded after every pass."""
+
+    pid: int | None = None
+    pid_start_time: int | None = None
+    started_at: float | None = None
+    passes: int = 0
+    last_pass_at: float | None = None
+    last_pass_ms: float | None = None
+    last_trigger: str | None = None
+    last_actions: list[str] = field(default_factory=list)
+
+    def started(self, pid: int) -> None:
+        identity = ProcessId.of(pid)
+        self.pid = pid
+        self.pid_start_time = identity.start_time if identity else None
+        self.started_at = time.time()
+
+    def passed(self, at: float, duration: float, trigger: str, actions: list[str]) -> None:
+        self.passes += 1
+        self.last_pass_at = at
+        self.last_pass_ms = round(duration * 1000, 3)
+        self.last_trigger = trigger
+        if actions:
+            self.last_actions = actions[-20:]
+
+    def running(self) -> bool:
+        if self.pid is None or self.pid_start_time is None:
+            return False
+        return ProcessId(self.pid, self.pid_start_time).alive()
+
+
+class StatusStore:
+    """Where a folder's loop records itself."""
+
+    def __init__(self, state: Path, folder: Path) -> None:
+        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        self.path = state / "reconciler" / f"{digest}.json"
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+
+    def write(
+        self,
+        record: LoopRecord,
+        conditions: Sequence[Condition],
+        errors: Mapping[str, str],
+        crashing: Sequence[str],
+    ) -> None:
+        write_json_atomic(
+            self.path,
+            {
+                "loop": asdict(record),
+                "conditions": [
+                    {"name": c.name, "kind": c.kind.value, "message": c.message} for c in conditions
+                ],
+                "errors": dict(errors),
+                "crashing": list(crashing),
+            },
+        )
+
+    def read(self) -> dict[str, Any]:
+        data = read_json(self.path)
+        return data if isinstance(data, dict) else {}
+
+
+def _ports(info: ContainerInfo | None, fallback: Iterable[Any] = ()) -> list[str]:
+    ports = info.ports if info is not None else tuple(fallback)
+    return [f"{p.host_addr}:{p.host}->{p.container}/{p.protocol}" for p in ports]
+
+
+def _phase(
+    name: str,
+    info: ContainerInfo | None,
+    kinds: set[str],
+    pending: bool,
+    failed: bool,
+    crashing: bool,
+    wanted: bool,
+) -> str:
+    for kind in ("InvalidSpec", "DuplicateName", "NameTaken", "PortConflict"):
+        if kind in kinds:
+            return "InvalidSpec" if kind == "DuplicateName" else kind
+    if not wanted:
+        return "Terminating"
+    if crashing and (info is None or info.state is not ContainerState.RUNNING or pending):
+        return "CrashLoopBackOff"
+    if failed:
+        return "Failed"
+    if info is not None and info.state is ContainerState.RUNNING and not pending:
+        return "Running"
+    if info is not None and info.state is ContainerState.EXITED and not pending:
+        return "Exited"
+    return "Pending"
+
+
+def container_rows(
+    desired: DesiredState,
+    actual: Sequence[ContainerInfo],
+    todo: Plan,
+    *,
+    errors: Mapping[str, str] | None = None,
+    crashing: Iterable[str] = (),
+    now: float | None = None,
+) -> list[dict[str, Any]]:
+    """One row per container that is wanted, managed by this folder, or blocked."""
+    now = time.time() if now is None else now
+    errors = errors or {}
+    crash = set(crashing)
+    folder = str(desired.folder)
+    by_name = {i.name: i for i in actual}
+    ours = {n: i for n, i in by_name.items() if is_managed_by(i, folder)}
+    names = set(desired.containers) | set(ours) | {c.name for c in todo.conditions if c.name != "*"}
+    pending = {a.name for a in todo.actions if a.kind is not ActionKind.DESTROY}
+    rows = []
+    for name in sorted(names):
+        info = ours.get(name)
+        want = desired.containers.get(name)
+        conditions = [c for c in todo.conditions if c.name == name]
+        kinds = {c.kind.value for c in conditions}
+        file = want.file.name if want else (info.spec.labels.get(LABEL_FILE) if info else None)
+        if file is None:
+            file = next((e.file.name for e in desired.errors if e.name == name), None)
+        claimed = any(e.name == name for e in desired.errors)
+        rows.append(
+            {
+                "name": name,
+                "file": file,
+                "phase": _phase(
+                    name,
+                    info,
+                    kinds,
+                    name in pending,
+                    name in errors,
+                    name in crash,
+                    want is not None or claimed,
+                ),
+                "pid": info.pid if info else None,
+                "ports": _ports(info),
+                "restarts": info.restarts if info else 0,
+                "age_s": round(now - info.started_at, 3) if info and info.started_at else None,
+                "exit_code": info.exit_code if info else None,
+                "last_error": errors.get(name),
+                "in_sync": not conditions
+                and name not in pending
+                and (want is not None) == (info is not None),
+                "conditions": [{"kind": c.kind.value, "message": c.message} for c in conditions],
+            }
+        )
+    return rows
+
+
+def status_document(
+    desired: DesiredState,
+    actual: Sequence[ContainerInfo],
+    todo: Plan,
+    stored: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``status --json`` document (see the module docstring)."""
+    loop = dict(stored.get("loop") or {})
+    record = LoopRecord(**{k: v for k, v in loop.items() if k in LoopRecord.__dataclass_fields__})
+    alive = record.running()
+    errors = stored.get("errors", {}) if alive else {}
+    crashing = stored.get("crashing", []) if alive else []
+    loop_view = {"running": alive, **asdict(record)}
+    if record.pid == os.getpid():
+        loop_view["running"] = True
+    return {
+        "version": 1,
+        "folder": str(desired.folder),
+        "loop": loop_view,
+        "containers": container_rows(desired, actual, todo, errors=errors, crashing=crashing),
+        "conditions": [
+            {"name": c.name, "kind": c.kind.value, "message": c.message}
+            for c in todo.conditions
+            if c.name == "*"
+        ],
+    }

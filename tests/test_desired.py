@@ -1,0 +1,334 @@
+"""Loading a folder of squishfiles: which files count, errors, duplicates, labels, hashes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired import (
+    LABEL_FILE,
+    LABEL_FOLDER,
+    LABEL_HASH,
+    LABEL_MANAGED,
+    MANAGER,
+    FileError,
+    is_squishfile,
+    load_desired,
+    spec_hash,
+)
+from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+
+MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+
+
+def squishfile(
+    name: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    restart: str | None = None,
+) -> str:
+    text = (f'name = "{name}"\n' if name else "") + MINIMAL
+    if env:
+        text += "[env]\n" + "".join(f'{k} = "{v}"\n' for k, v in env.items())
+    if restart:
+        text += f'[restart]\npolicy = "{restart}"\n'
+    if port:
+        text += f"[[ports]]\ncontainer = 80\nhost = {port}\n"
+    return text
+
+
+def write(folder: Path, file: str, text: str) -> Path:
+    path = folder / file
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- which files are squishfiles -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("web.toml", True),
+        ("my.web.toml", True),
+        ("web-2_x.toml", True),
+        ("4913.toml", True),
+        ("web", False),
+        ("web.yaml", False),
+        ("web.TOML", False),
+        ("web.toml~", False),
+        ("web.toml.swp", False),
+        ("web.toml.swo", False),
+        ("web.toml.swx", False),
+        ("web.toml.tmp", False),
+        ("web.toml.bak", False),
+        ("web.toml.orig", False),
+        ("web.toml.rej", False),
+        ("web.toml.part", False),
+        (".web.toml", False),
+        (".web.toml.swp", False),
+        (".#web.toml", False),
+        ("#web.toml#", False),
+        ("4913", False),
+        (".toml", False),
+    ],
+)
+def test_is_squishfile(name: str, expected: bool) -> None:
+    assert is_squishfile(Path("/srv/squish") / name) is expected
+
+
+# The lexical rules alone: each of these is ignored whatever is in it.
+IGNORED = [
+    ".web.toml",
+    ".web.toml.swp",
+    ".#web.toml",
+    "#web.toml#",
+    "web.toml~",
+    "web.toml.swp",
+    "web.toml.tmp",
+    "4913",
+    "notes.txt",
+]
+
+
+def test_load_ignores_editor_files(tmp_path: Path) -> None:
+    write(tmp_path, "web.toml", squishfile())
+    for index, file in enumerate(IGNORED):
+        # valid squishfiles with their own names: any that were read would show up
+        write(tmp_path, file, squishfile(f"ghost{index}"))
+    (tmp_path / "folder.toml").mkdir()
+    state = load_desired(tmp_path)
+    assert state.readable
+    assert list(state.containers) == ["web"]
+    assert state.errors == ()
+
+
+def test_load_ignores_broken_editor_files(tmp_path: Path) -> None:
+    for file in IGNORED:
+        write(tmp_path, file, "this is [not toml")
+    state = load_desired(tmp_path)
+    assert state.readable
+    assert dict(state.containers) == {}
+    assert state.errors == ()
+
+
+# -- valid files ---------------------------------------------------------------------------
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    state = load_desired(tmp_path)
+    assert state.readable
+    assert dict(state.containers) == {}
+    assert state.errors == ()
+    assert state.folder == tmp_path
+
+
+def test_load_valid_files(tmp_path: Path) -> None:
+    web = write(tmp_path, "web.toml", squishfile(env={"GREETING": "hi"}, port=8080))
+    job = write(tmp_path, "batch.toml", squishfile("job", restart="on-failure"))
+    state = load_desired(tmp_path)
+    assert sorted(state.containers) == ["job", "web"]
+    assert state.errors == ()
+
+    entry = state.containers["web"]
+    assert entry.file == web
+    assert entry.name == "web"
+    assert entry.restart == "always"
+    assert entry.spec.env == {"GREETING": "hi"}
+    assert entry.spec.ports == (PortMapping(container=80, host=8080),)
+
+    batch = state.containers["job"]
+    assert batch.file == job
+    assert batch.restart == "on-failure"
+
+
+def test_labels_mark_the_spec_as_ours(tmp_path: Path) -> None:
+    write(tmp_path, "batch.toml", squishfile("job", port=8080))
+    spec = load_desired(tmp_path).containers["job"].spec
+    assert spec.labels == {
+        LABEL_MANAGED: MANAGER,
+        LABEL_FOLDER: str(tmp_path),
+        LABEL_FILE: "batch.toml",
+        LABEL_HASH: spec_hash(spec),
+    }
+    # the hash is of the spec as written, labels left out
+    assert spec.labels[LABEL_HASH] == spec_hash(spec.model_copy(update={"labels": {}}))
+
+
+def test_relative_folder_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "here").mkdir()
+    write(tmp_path / "here", "web.toml", squishfile())
+    monkeypatch.chdir(tmp_path)
+    state = load_desired(Path("here"))
+    assert state.folder == tmp_path / "here"
+    assert state.folder.is_absolute()
+    assert state.containers["web"].spec.labels[LABEL_FOLDER] == str(tmp_path / "here")
+    assert state.containers["web"].file == tmp_path / "here" / "web.toml"
+
+
+@pytest.mark.parametrize("make", ["missing", "a-file"])
+def test_missing_or_unusable_folder_is_unreadable(tmp_path: Path, make: str) -> None:
+    folder = tmp_path / "desired"
+    if make == "a-file":
+        folder.write_text(squishfile())
+    state = load_desired(folder)
+    assert state.readable is False
+    assert dict(state.containers) == {}
+    assert state.errors == ()
+
+
+def test_same_content_in_two_folders_differs_only_in_labels(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    write(tmp_path / "one", "web.toml", squishfile())
+    write(tmp_path / "two", "web.toml", squishfile())
+    one = load_desired(tmp_path / "one").containers["web"].spec
+    two = load_desired(tmp_path / "two").containers["web"].spec
+    assert one.labels[LABEL_FOLDER] != two.labels[LABEL_FOLDER]
+    assert one.labels[LABEL_HASH] == two.labels[LABEL_HASH]
+
+
+# -- invalid files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "claimed"),
+    [
+        pytest.param("this is [not toml", "web", id="syntax-error-stem"),
+        pytest.param('name = "api"\nthis is [not toml', "web", id="syntax-error-ignores-name"),
+        pytest.param('name = "api"\n[run]\ncommand = "httpd"\n', "api", id="schema-error-name"),
+        pytest.param(MINIMAL.replace("httpd", ""), "web", id="schema-error-no-name-stem"),
+        pytest.param("name = 5\n" + MINIMAL, "web", id="name-not-a-string-stem"),
+        pytest.param('name = ""\n' + MINIMAL, "web", id="empty-name-stem"),
+        pytest.param('name = "bad name!"\n' + MINIMAL, "bad name!", id="invalid-name-claimed"),
+        pytest.param(MINIMAL + "[restart]\npolicy = 'sometimes'\n", "web", id="bad-restart"),
+        pytest.param(MINIMAL + "[[ports]]\ncontainer = 80\nhost = 0\n", "web", id="bad-port"),
+        pytest.param(b"\xff\xfe not utf-8", "web", id="not-utf-8"),
+    ],
+)
+def test_invalid_file_is_a_file_error(tmp_path: Path, text: str | bytes, claimed: str) -> None:
+    path = tmp_path / "web.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    write(tmp_path, "ok.toml", squishfile())
+    state = load_desired(tmp_path)
+    assert list(state.containers) == ["ok"]
+    (error,) = state.errors
+    assert isinstance(error, FileError)
+    assert error.file == path
+    assert error.name == claimed
+    assert error.kind == "InvalidSpec"
+    assert error.problems
+    assert "web.toml" in error.message
+    assert state.error_files == frozenset({"web.toml"})
+
+
+def test_errors_come_in_file_order(tmp_path: Path) -> None:
+    for stem in ("c", "a", "b"):
+        write(tmp_path, f"{stem}.toml", "[broken")
+    assert [e.name for e in load_desired(tmp_path).errors] == ["a", "b", "c"]
+
+
+def test_duplicate_names_flag_both_files(tmp_path: Path) -> None:
+    first = write(tmp_path, "web.toml", squishfile())
+    second = write(tmp_path, "www.toml", squishfile("web", env={"X": "1"}))
+    write(tmp_path, "api.toml", squishfile())
+    state = load_desired(tmp_path)
+    assert list(state.containers) == ["api"]
+    assert sorted((e.file, e.name, e.kind) for e in state.errors) == [
+        (first, "web", "DuplicateName"),
+        (second, "web", "DuplicateName"),
+    ]
+    for error in state.errors:
+        assert "web.toml" in error.message
+        assert "www.toml" in error.message
+    assert state.error_files == frozenset({"web.toml", "www.toml"})
+
+
+def test_three_way_duplicate_and_an_invalid_claim(tmp_path: Path) -> None:
+    for file in ("a.toml", "b.toml", "c.toml"):
+        write(tmp_path, file, squishfile("web"))
+    write(tmp_path, "d.toml", 'name = "web"\n')
+    state = load_desired(tmp_path)
+    assert dict(state.containers) == {}
+    kinds = sorted((e.file.name, e.kind) for e in state.errors)
+    assert kinds == [
+        ("a.toml", "DuplicateName"),
+        ("b.toml", "DuplicateName"),
+        ("c.toml", "DuplicateName"),
+        ("d.toml", "InvalidSpec"),
+    ]
+    assert {e.name for e in state.errors} == {"web"}
+
+
+# -- spec_hash -----------------------------------------------------------------------------
+
+BASE = ContainerSpec(
+    name="web",
+    rootfs=RootfsRef(kind="busybox", version="builtin"),
+    argv=("httpd", "-f"),
+    env={"A": "1", "B": "2"},
+    ports=(PortMapping(container=80, host=8080),),
+    labels={"owner": "me"},
+)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        pytest.param({"ports": ()}, id="ports-removed"),
+        pytest.param(
+            {"ports": (PortMapping(container=81, host=9090, protocol="udp"),)}, id="ports"
+        ),
+        pytest.param({"labels": {}}, id="labels-removed"),
+        pytest.param({"labels": {LABEL_HASH: "x", LABEL_FOLDER: "/elsewhere"}}, id="labels"),
+        pytest.param({"env": {"B": "2", "A": "1"}}, id="env-reordered"),
+    ],
+)
+def test_spec_hash_ignores(update: dict[str, object]) -> None:
+    assert spec_hash(BASE.model_copy(update=update)) == spec_hash(BASE)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        pytest.param({"env": {"A": "1", "B": "3"}}, id="env-value"),
+        pytest.param({"env": {"A": "1"}}, id="env-removed"),
+        pytest.param({"env": {"A": "1", "B": "2", "C": ""}}, id="env-added"),
+        pytest.param({"argv": ("httpd",)}, id="argv-shorter"),
+        pytest.param({"argv": ("-f", "httpd")}, id="argv-reordered"),
+        pytest.param({"argv": ("httpd", "-v")}, id="argv-value"),
+        pytest.param({"name": "web2"}, id="name"),
+        pytest.param({"rootfs": RootfsRef(kind="alpine", version="3.20")}, id="rootfs"),
+        pytest.param({"workdir": "/srv"}, id="workdir"),
+        pytest.param({"network": "none"}, id="network"),
+        pytest.param({"hostname": "www"}, id="hostname"),
+        pytest.param({"stop_timeout": 3.0}, id="stop-timeout"),
+        pytest.param({"binds": (BindMount(source="/data", target="/data"),)}, id="binds"),
+        pytest.param({"sdks": (SdkLayer(name="python", version="3.12"),)}, id="sdks"),
+    ],
+)
+def test_spec_hash_changes_with(update: dict[str, object]) -> None:
+    assert spec_hash(BASE.model_copy(update=update)) != spec_hash(BASE)
+
+
+def test_spec_hash_shape_and_stability() -> None:
+    digest = spec_hash(BASE)
+    assert len(digest) == 16
+    assert int(digest, 16) >= 0
+    rebuilt = ContainerSpec.model_validate(BASE.model_dump())
+    assert spec_hash(rebuilt) == digest
+
+
+def test_port_only_edit_keeps_the_hash_and_env_edit_changes_it(tmp_path: Path) -> None:
+    write(tmp_path, "web.toml", squishfile(env={"A": "1"}, port=8080))
+    before = load_desired(tmp_path).containers["web"].spec.labels[LABEL_HASH]
+    write(tmp_path, "web.toml", squishfile(env={"A": "1"}, port=9090))
+    assert load_desired(tmp_path).containers["web"].spec.labels[LABEL_HASH] == before
+    write(tmp_path, "web.toml", squishfile(env={"A": "2"}, port=9090))
+    assert load_desired(tmp_path).containers["web"].spec.labels[LABEL_HASH] != before
