@@ -38,6 +38,7 @@ __all__ = (
     "MANAGER",
     "DesiredContainer",
     "DesiredState",
+    "FileCache",
     "FileError",
     "is_squishfile",
     "load_desired",
@@ -66,8 +67,27 @@ def _labelled(spec: ContainerSpec, folder: Path, file: Path) -> ContainerSpec:
     return spec.model_copy(update={"labels": labels})
 
 
-def load_desired(folder: Path) -> DesiredState:
-    """Read every squishfile of ``folder``; never raises for a bad file."""
+FileCache = dict[Path, tuple[tuple[int, int, int], "DesiredContainer | FileError"]]
+"""Parsed files by path, with the (inode, size, mtime) they were parsed at."""
+
+
+def _load_one(path: Path, folder: Path) -> DesiredContainer | FileError:
+    try:
+        squishfile = load_squishfile(path)
+        spec = squishfile.to_spec()
+    except SquishfileError as exc:
+        return FileError(path, _claimed_name(path), exc.problems)
+    except ValueError as exc:
+        return FileError(path, _claimed_name(path), (Problem(str(path), None, "layers", str(exc)),))
+    return DesiredContainer(path, _labelled(spec, folder, path), squishfile.restart.policy)
+
+
+def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
+    """Read every squishfile of ``folder``; never raises for a bad file.
+
+    With a ``cache``, a file whose inode, size and modification time are unchanged is
+    not parsed again (an idle resync then costs a ``stat`` per file).
+    """
     folder = Path(os.path.abspath(folder))
     try:
         paths = sorted(p for p in folder.iterdir() if is_squishfile(p) and p.is_file())
@@ -77,17 +97,21 @@ def load_desired(folder: Path) -> DesiredState:
     errors: list[FileError] = []
     for path in paths:
         try:
-            squishfile = load_squishfile(path)
-            spec = squishfile.to_spec()
-        except SquishfileError as exc:
-            errors.append(FileError(path, _claimed_name(path), exc.problems))
-            continue
-        except ValueError as exc:
-            problem = Problem(str(path), None, "layers", str(exc))
-            errors.append(FileError(path, _claimed_name(path), (problem,)))
-            continue
-        entry = DesiredContainer(path, _labelled(spec, folder, path), squishfile.restart.policy)
-        valid.setdefault(spec.name, []).append(entry)
+            st = path.stat()
+        except OSError:
+            continue  # deleted between the listing and now
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = cache.get(path) if cache is not None else None
+        loaded = known[1] if known is not None and known[0] == key else _load_one(path, folder)
+        if cache is not None:
+            cache[path] = (key, loaded)
+        if isinstance(loaded, FileError):
+            errors.append(loaded)
+        else:
+            valid.setdefault(loaded.name, []).append(loaded)
+    if cache is not None:
+        for gone in set(cache) - set(paths):
+            del cache[gone]
     containers: dict[str, DesiredContainer] = {}
     for name, entries in valid.items():
         if len(entries) == 1:

@@ -6,8 +6,10 @@ observes every container, so a lost or merged event can never leave a wrong stat
 
 - file events (watchfiles, with a small debounce so one edit is applied within tens of
   milliseconds and a burst, such as a git checkout, becomes one pass);
-- a periodic resync that catches drift (a container that died, a forward removed
-  behind our back);
+- the exit of any container's init (a pidfd per running container), so a command that
+  exits is handled at once;
+- a periodic resync that catches the rest of the drift (a forward removed behind our
+  back, a file event that was lost);
 - the earliest back-off deadline, so a crash-looping container restarts on time.
 
 One task group owns every task; SIGINT/SIGTERM end the loop and leave containers
@@ -30,8 +32,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from watchfiles import Change, awatch
 
 from reconciler.converge import Converger, Outcome
-from reconciler.desired import DesiredState, is_squishfile, load_desired
-from reconciler.plan import Plan, plan
+from reconciler.desired import DesiredState, FileCache, is_squishfile, load_desired
+from reconciler.plan import Plan, is_managed_by, plan
 from reconciler.status import LoopRecord, StatusStore
 from runtime.interface import ContainerInfo, Runtime
 
@@ -62,9 +64,11 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     record: LoopRecord = field(default_factory=LoopRecord)
     _holds: dict[str, float] = field(default_factory=dict)
+    _files: FileCache = field(default_factory=dict)
+    _running: set[int] = field(default_factory=set)
 
     def _observe(self) -> tuple[DesiredState, list[ContainerInfo]]:
-        return load_desired(self.folder), self.runtime.list()
+        return load_desired(self.folder, self._files), self.runtime.list()
 
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
         desired, actual = self._observe()
@@ -89,7 +93,16 @@ class Reconciler:
             )
         self.converger.forget({info.name for info in actual} | set(desired.containers))
         self._holds = self.converger.not_before(actual)
+        self._running = {
+            info.pid
+            for info in actual
+            if info.pid is not None and is_managed_by(info, str(self.folder))
+        }
         return result
+
+    def running_pids(self) -> set[int]:
+        """Init pids of this folder's running containers, as last observed."""
+        return set(self._running)
 
     def next_deadline(self) -> float:
         """Seconds until the earliest back-off ends (inf when nothing waits)."""
@@ -135,12 +148,45 @@ async def _next_trigger(receive: MemoryObjectReceiveStream[str], wait: float) ->
     return "resync"
 
 
+async def _watch_exit(
+    pid: int,
+    send: MemoryObjectSendStream[str],
+    *,
+    task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Trigger a pass as soon as the container init ``pid`` exits (through a pidfd)."""
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            await _trigger(send, "container exited")
+            return
+        try:
+            await anyio.wait_readable(pidfd)
+            await _trigger(send, "container exited")
+        finally:
+            os.close(pidfd)
+
+
+async def _follow_exits(
+    group: anyio.abc.TaskGroup,
+    watching: dict[int, anyio.CancelScope],
+    running: set[int],
+    send: MemoryObjectSendStream[str],
+) -> None:
+    for pid in set(watching) - running:
+        watching.pop(pid).cancel()
+    for pid in running - set(watching):
+        watching[pid] = await group.start(_watch_exit, pid, send)
+
+
 async def run_loop(
     reconciler: Reconciler,
     *,
     debounce_ms: int = 200,
     step_ms: int = 5,
-    resync: float = 2.0,
+    resync: float = 5.0,
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
 ) -> None:
@@ -152,11 +198,15 @@ async def run_loop(
         if stop is not None:
             group.start_soon(_cancel_on, stop, group.cancel_scope)
         trigger = "start"
+        watching: dict[int, anyio.CancelScope] = {}
         while True:
             result = await reconciler.reconcile(trigger)
             if on_pass is not None:
                 on_pass(result)
-            wait = min(resync, reconciler.next_deadline())
+            await _follow_exits(group, watching, reconciler.running_pids(), send)
+            # After changes, look again at once: new containers get their exit watch and
+            # anything that failed fast is seen without waiting for the resync.
+            wait = 0.0 if result.plan.actions else min(resync, reconciler.next_deadline())
             trigger = await _next_trigger(receive, wait)
 
 

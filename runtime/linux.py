@@ -14,7 +14,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,12 @@ class LinuxRuntime:
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
         self._rootfs_paths: dict[RootfsRef, Path] = {}
+        self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
+        self._forward_checks: dict[
+            Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
+        ] = {}
+        self.forward_check_interval = 10.0
+        """How often ``list()`` asks each slirp4netns for its forwards (``inspect`` always does)."""
 
     # -- folders and records ------------------------------------------------------------
 
@@ -145,13 +151,39 @@ class LinuxRuntime:
         return LaunchRequest.from_json(read_json(cdir / "launch.json"))
 
     def _spec(self, cdir: Path) -> ContainerSpec:
-        return ContainerSpec.model_validate_json((cdir / "spec.json").read_bytes())
+        """The container's spec, parsed again only when spec.json changed."""
+        path = cdir / "spec.json"
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns)
+        known = self._specs.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        spec = ContainerSpec.model_validate_json(path.read_bytes())
+        self._specs[path] = (key, spec)
+        return spec
 
-    def _info(self, cdir: Path) -> ContainerInfo:
+    def _live_ports(
+        self, cdir: Path, recorded: tuple[PortMapping, ...], fresh: bool
+    ) -> tuple[PortMapping, ...]:
+        """slirp4netns' own forward list (the truth: it shows a forward removed behind our
+        back); ``list()`` asks at most every ``forward_check_interval`` seconds per container."""
+        now = time.monotonic()
+        checked = self._forward_checks.get(cdir)
+        if not fresh and checked is not None and now - checked[0] < self.forward_check_interval:
+            return checked[1] if checked[2] == recorded else recorded
+        try:
+            live = tuple(
+                _mapping(asdict(f.forward)) for f in slirp.list_forwards(cdir / "slirp.sock")
+            )
+        except SlirpError:
+            return recorded
+        self._forward_checks[cdir] = (now, live, recorded)
+        return live
+
+    def _info(self, cdir: Path, *, fresh: bool = True) -> ContainerInfo:
         spec = self._spec(cdir)
         meta = read_json(cdir / "meta.json") or {}
         run = read_json(cdir / "run.json")
-        exited = read_json(cdir / "exit.json")
         common: dict[str, Any] = {
             "name": spec.name,
             "spec": spec,
@@ -162,24 +194,22 @@ class LinuxRuntime:
         if not isinstance(run, dict):
             return ContainerInfo(state=ContainerState.CREATED, **common)
         init = ProcessId.from_json(run.get("init"))
-        slirp_id = ProcessId.from_json(run.get("slirp"))
-        ports = tuple(_mapping(f) for f in run.get("forwards", []))
-        if init is not None and init.alive() and slirp_id is not None and slirp_id.alive():
-            # slirp4netns' own list is the truth: it shows a forward removed behind our back.
-            with suppress(SlirpError):
-                live = slirp.list_forwards(cdir / "slirp.sock")
-                ports = tuple(_mapping(asdict(f.forward)) for f in live)
-        running = init is not None and init.alive()
-        if running and init is not None:
+        if init is not None and init.alive():
+            slirp_id = ProcessId.from_json(run.get("slirp"))
+            slirp_alive = slirp_id is not None and slirp_id.alive()
+            ports = tuple(_mapping(f) for f in run.get("forwards", []))
+            if slirp_alive:
+                ports = self._live_ports(cdir, ports, fresh)
             return ContainerInfo(
                 state=ContainerState.RUNNING,
                 pid=init.pid,
                 pid_start_time=init.start_time,
                 started_at=run.get("started_at"),
                 ports=ports,
-                slirp_pid=slirp_id.pid if slirp_id and slirp_id.alive() else None,
+                slirp_pid=slirp_id.pid if slirp_id is not None and slirp_alive else None,
                 **common,
             )
+        exited = read_json(cdir / "exit.json")
         exit_code = exited.get("exit_code") if isinstance(exited, dict) else None
         finished = exited.get("finished_at") if isinstance(exited, dict) else None
         return ContainerInfo(
@@ -358,11 +388,15 @@ class LinuxRuntime:
     # -- observe ------------------------------------------------------------------------
 
     def list(self) -> list[ContainerInfo]:
-        return [
-            self._info(cdir)
-            for cdir in sorted(self.containers.iterdir())
-            if (cdir / "launch.json").is_file()
-        ]
+        found = []
+        for cdir in sorted(self.containers.iterdir()):
+            if not (cdir / "launch.json").is_file():
+                continue  # half created
+            try:
+                found.append(self._info(cdir, fresh=False))
+            except FileNotFoundError:
+                continue  # being created or removed right now
+        return found
 
     def inspect(self, name: str) -> ContainerInfo:
         return self._info(self._dir(name))

@@ -1,0 +1,176 @@
+"""Reconciler benchmark: a real ``reconciler run`` on a temporary folder.
+
+    python bench/reconcile.py [-n 30] [--fleet 100] [--idle 10]
+
+Measures, with busybox httpd containers forwarding a port each:
+- file dropped → its port answers (p50/p90 over N files, one at a time);
+- port edited → the new port answers (p50/p90), and that no container was restarted;
+- FLEET files dropped at once → time until all answer;
+- the idle loop's CPU use with FLEET containers, over IDLE seconds.
+Not a test: numbers go to docs/benchmarks.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from runtime.linux import LinuxRuntime
+
+SQUISHFILE = """\
+[layers]
+busybox = "builtin"
+site = "./site"
+
+[run]
+command = "httpd"
+args = ["-f", "-p", "80", "-h", "/app/site"]
+
+[[ports]]
+container = 80
+host = {port}
+"""
+
+
+def free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], bool], limit: float = 60.0) -> float:
+    """Milliseconds until ``predicate`` holds (measured from the call)."""
+    start = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - start > limit:
+            raise RuntimeError("gave up waiting")
+        time.sleep(0.0005)
+    return (time.perf_counter() - start) * 1000
+
+
+def removed(runtime: LinuxRuntime, name: str) -> bool:
+    return name not in {c.name for c in runtime.list()}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def report(name: str, samples: list[float]) -> None:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    print(f"{name:<55} p50 {statistics.median(samples):8.1f} ms   p90 {p90:8.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", "--runs", type=int, default=30)
+    parser.add_argument("--fleet", type=int, default=100)
+    parser.add_argument("--idle", type=float, default=10.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="squish-rbench-"))
+    folder = work / "desired"
+    (folder / "site").mkdir(parents=True)
+    (folder / "site" / "index.html").write_text("bench\n")
+    state = Path("/dev/shm") / f"sqr-{secrets.token_hex(4)}"
+    env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runtime = LinuxRuntime(state=state)
+    try:
+        time.sleep(1.0)
+        drop, edit = [], []
+        for i in range(args.runs):
+            first, second = free_ports(2)
+            path = folder / f"b{i}.toml"
+            write_atomically(path, SQUISHFILE.format(port=first))
+            drop.append(wait_until(partial(answers, first)))
+            pid = runtime.inspect(f"b{i}").pid
+            write_atomically(path, SQUISHFILE.format(port=second))
+            edit.append(wait_until(partial(answers, second)))
+            after = runtime.inspect(f"b{i}")
+            assert after.pid == pid and after.restarts == 0, "a port edit restarted it"
+            path.unlink()
+            wait_until(partial(removed, runtime, f"b{i}"))
+        report("file dropped -> port answers", drop)
+        report("port edited -> new port answers (same pid)", edit)
+
+        ports = free_ports(args.fleet)
+        staging = work / "staging"
+        staging.mkdir()
+        for i, port in enumerate(ports):
+            (staging / f"f{i:03}.toml").write_text(SQUISHFILE.format(port=port))
+        start = time.perf_counter()
+        for entry in sorted(staging.iterdir()):
+            entry.rename(folder / entry.name)
+        pending = set(ports)
+        while pending:
+            pending = {p for p in pending if not answers(p)}
+            if time.perf_counter() - start > 300:
+                raise RuntimeError(f"{len(pending)} never answered")
+        fleet_s = time.perf_counter() - start
+        print(f"{args.fleet} files dropped at once -> all answering: {fleet_s:.2f} s")
+
+        time.sleep(2.0)
+        ticks = os.sysconf("SC_CLK_TCK")
+        before = cpu_ticks(loop.pid)
+        time.sleep(args.idle)
+        used = (cpu_ticks(loop.pid) - before) / ticks
+        print(f"idle loop with {args.fleet} containers: {100 * used / args.idle:.2f} % of a core")
+        status = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "status", str(folder), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        print(f"passes so far: {json.loads(status.stdout)['loop']['passes']}")
+    finally:
+        loop.send_signal(signal.SIGTERM)
+        loop.wait(30)
+        runtime.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
