@@ -13,6 +13,7 @@ injected so tests control time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ class _Track:
     retry_at: float = 0.0
     last_error: str | None = None
     crashes: int = 0
-    seen_finish: float | None = None
+    seen_finish: float | None = -math.inf
+    """finished_at of the last exit counted; -inf: none yet (None is a real value: unknown)."""
 
 
 @dataclass
@@ -174,6 +176,8 @@ class Converger:
         track.last_error = None
         if action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
             track.crashes = 0
-            track.seen_finish = None
+            track.seen_finish = -math.inf
+        if action.kind is ActionKind.START:
+            track.seen_finish = -math.inf  # its next exit counts, even with the same time
         if action.kind is ActionKind.DESTROY:
             self._tracks.pop(action.name, None)

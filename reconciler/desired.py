@@ -9,6 +9,7 @@ labels live in :mod:`reconciler.state`, so the planner can use them without I/O.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -67,8 +68,8 @@ def _labelled(spec: ContainerSpec, folder: Path, file: Path) -> ContainerSpec:
     return spec.model_copy(update={"labels": labels})
 
 
-FileCache = dict[Path, tuple[tuple[int, int, int], "DesiredContainer | FileError"]]
-"""Parsed files by path, with the (inode, size, mtime) they were parsed at."""
+FileCache = dict[Path, tuple[bytes, "DesiredContainer | FileError"]]
+"""Parsed files by path, with the digest of the bytes they were parsed from."""
 
 
 def _load_one(path: Path, folder: Path) -> DesiredContainer | FileError:
@@ -85,8 +86,9 @@ def _load_one(path: Path, folder: Path) -> DesiredContainer | FileError:
 def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
-    With a ``cache``, a file whose inode, size and modification time are unchanged is
-    not parsed again (an idle resync then costs a ``stat`` per file).
+    With a ``cache``, a file whose bytes are unchanged is not parsed again: an idle
+    resync reads each file but validates none. (Timestamps are not trusted: a same-size
+    edit within one timestamp tick would look unchanged.)
     """
     folder = Path(os.path.abspath(folder))
     try:
@@ -97,10 +99,9 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
     errors: list[FileError] = []
     for path in paths:
         try:
-            st = path.stat()
+            key = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
         except OSError:
             continue  # deleted between the listing and now
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
         known = cache.get(path) if cache is not None else None
         loaded = known[1] if known is not None and known[0] == key else _load_one(path, folder)
         if cache is not None:

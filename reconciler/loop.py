@@ -117,7 +117,11 @@ def _squishfile_event(change: Change, path: str) -> bool:
 
 
 async def _watch(
-    folder: Path, send: MemoryObjectSendStream[str], debounce_ms: int, step_ms: int
+    folder: Path,
+    send: MemoryObjectSendStream[str],
+    debounce_ms: int,
+    step_ms: int,
+    stop: anyio.Event,
 ) -> None:
     """Send a trigger for each batch of squishfile events; re-arm when the folder returns."""
     while True:
@@ -129,16 +133,20 @@ async def _watch(
                     debounce=debounce_ms,
                     step=step_ms,
                     recursive=False,
+                    stop_event=stop,  # else cancelling waits out watchfiles' 5 s poll
                 ):
                     await _trigger(send, "files changed")
             except (FileNotFoundError, RuntimeError, OSError):
                 pass  # the folder vanished: the periodic resync notices, we re-arm below
+        if stop.is_set():
+            return
         await _trigger(send, "folder changed")
         await anyio.sleep(0.5)
 
 
 async def _trigger(send: MemoryObjectSendStream[str], reason: str) -> None:
-    with contextlib.suppress(anyio.WouldBlock):  # a pass is pending: it sees this change too
+    # WouldBlock: a pass is pending and will see this change too; closed: shutting down.
+    with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
         send.send_nowait(reason)
 
 
@@ -194,9 +202,9 @@ async def run_loop(
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
     async with anyio.create_task_group() as group, send, receive:
-        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms)
-        if stop is not None:
-            group.start_soon(_cancel_on, stop, group.cancel_scope)
+        stop = stop or anyio.Event()
+        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms, stop)
+        group.start_soon(_cancel_on, stop, group.cancel_scope)
         trigger = "start"
         watching: dict[int, anyio.CancelScope] = {}
         while True:

@@ -210,8 +210,13 @@ class LinuxRuntime:
                 **common,
             )
         exited = read_json(cdir / "exit.json")
-        exit_code = exited.get("exit_code") if isinstance(exited, dict) else None
-        finished = exited.get("finished_at") if isinstance(exited, dict) else None
+        if not isinstance(exited, dict):
+            # The init died without recording an exit (it was killed): record when that
+            # was first seen, so the exit has a time even if its code is unknown.
+            exited = {"exit_code": None, "signal": None, "finished_at": time.time()}
+            write_json_atomic(cdir / "exit.json", exited)
+        exit_code = exited.get("exit_code")
+        finished = exited.get("finished_at")
         return ContainerInfo(
             state=ContainerState.EXITED,
             started_at=run.get("started_at"),

@@ -1,0 +1,472 @@
+"""A fake container runtime and a fake clock for the reconciler's tests.
+
+:class:`FakeRuntime` implements :class:`runtime.interface.Runtime` in memory:
+
+- it keeps containers (created, running, exited) with their live forwards, and refuses a
+  host port that another running container forwards (``PortInUse``), like the real one;
+- it records every call in order (:attr:`FakeRuntime.calls`) and when each call began and
+  ended (:attr:`FakeRuntime.journal`), stamped with the injected clock;
+- it fails calls on request (:meth:`FakeRuntime.fail`): one method for one name, a
+  number of times (or always);
+- it holds calls on request (:meth:`FakeRuntime.hold`): a matching call waits in its
+  worker thread until the returned :class:`threading.Event` is set, so a test can see
+  what runs at the same time;
+- it counts the calls in flight and remembers the most at once
+  (:attr:`FakeRuntime.max_in_flight`).
+
+The reconciler calls the runtime from worker threads (``anyio.to_thread``), so all state
+sits behind one lock; :meth:`FakeRuntime.until` waits, from async code, for a condition on
+it. Waits give up after :data:`HANG_GUARD` seconds so that a broken converger fails a test
+instead of hanging it; no test asserts anything about how long something took.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import anyio
+
+from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, PortInUse
+from runtime.interface import ContainerInfo, ContainerState
+from runtime.spec import ContainerSpec, PortMapping
+
+__all__ = (
+    "HANG_GUARD",
+    "MUTATING",
+    "Call",
+    "FakeClock",
+    "FakeRuntime",
+    "Mark",
+    "Method",
+)
+
+HANG_GUARD = 10.0
+"""Seconds a held call or a waiting test waits before giving up with an error."""
+
+Method = Literal[
+    "create",
+    "start",
+    "run",
+    "stop",
+    "remove",
+    "list",
+    "inspect",
+    "logs",
+    "wait",
+    "add_port",
+    "remove_port",
+]
+
+MUTATING: tuple[Method, ...] = (
+    "create",
+    "start",
+    "run",
+    "stop",
+    "remove",
+    "add_port",
+    "remove_port",
+)
+"""The methods that change something (``list``, ``inspect``, ``logs``, ``wait`` only look)."""
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    """A clock that moves only when told: pass it as ``clock=`` wherever time is injected."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call made to the fake: what was asked, and the clock when it began."""
+
+    method: Method
+    name: str
+    args: tuple[object, ...] = ()
+    kwargs: dict[str, object] = field(default_factory=dict)
+    at: float = 0.0
+    index: int = 0
+    """Its position in :attr:`FakeRuntime.calls`."""
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A call beginning or ending; ``error`` is what an ending call raised."""
+
+    event: Literal["begin", "end"]
+    call: Call
+    at: float
+    error: BaseException | None = None
+
+
+@dataclass
+class _Failure:
+    method: Method
+    name: str
+    error: Exception
+    remaining: int | None
+
+
+@dataclass(frozen=True)
+class _Hold:
+    method: Method
+    name: str | None
+    gate: threading.Event
+
+
+def _overlaps(a: PortMapping, b: PortMapping) -> bool:
+    if a.protocol != b.protocol or a.host != b.host:
+        return False
+    wildcard = {"0.0.0.0", "::"}
+    return a.host_addr == b.host_addr or a.host_addr in wildcard or b.host_addr in wildcard
+
+
+class FakeRuntime:
+    """An in-memory :class:`runtime.interface.Runtime` that records and can fail or hold calls."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock: Callable[[], float] = clock if clock is not None else FakeClock()
+        self._cond = threading.Condition(threading.RLock())
+        self._containers: dict[str, ContainerInfo] = {}
+        self._calls: list[Call] = []
+        self._journal: list[Mark] = []
+        self._failures: list[_Failure] = []
+        self._holds: list[_Hold] = []
+        self._in_flight: list[Call] = []
+        self._max_in_flight = 0
+        self._next_pid = 1000
+
+    # -- what a test sets up ----------------------------------------------------------------
+
+    def fail(self, method: Method, name: str, error: Exception, *, times: int | None = 1) -> None:
+        """Make the next ``times`` calls of ``method`` for ``name`` raise ``error``
+        (``times=None``: every call). A failed call has no effect."""
+        with self._cond:
+            self._failures.append(_Failure(method, name, error, times))
+
+    def hold(self, method: Method, name: str | None = None) -> threading.Event:
+        """Make calls of ``method`` (for ``name``, or any name) wait until the event is set.
+
+        A held call is already recorded and in flight; it takes effect (or fails) once
+        released.
+        """
+        gate = threading.Event()
+        with self._cond:
+            self._holds.append(_Hold(method, name, gate))
+        return gate
+
+    def seed(
+        self,
+        spec: ContainerSpec,
+        state: ContainerState = ContainerState.RUNNING,
+        *,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        exit_code: int | None = None,
+    ) -> ContainerInfo:
+        """Put a container in place without recording a call (a running one forwards its
+        spec's ports)."""
+        now = self.clock()
+        running = state is ContainerState.RUNNING
+        exited = state is ContainerState.EXITED
+        if running or exited:
+            started_at = now if started_at is None else started_at
+        if exited:
+            finished_at = now if finished_at is None else finished_at
+            exit_code = 1 if exit_code is None else exit_code
+        with self._cond:
+            info = ContainerInfo(
+                name=spec.name,
+                state=state,
+                spec=spec,
+                pid=self._pid() if running else None,
+                started_at=started_at,
+                finished_at=finished_at,
+                exit_code=exit_code,
+                ports=spec.ports if running else (),
+                log_path=f"/fake/{spec.name}/output.log",
+                created_at=now,
+            )
+            self._containers[spec.name] = info
+            self._cond.notify_all()
+            return info
+
+    def finish(self, name: str, exit_code: int = 1, *, at: float | None = None) -> ContainerInfo:
+        """The command of running container ``name`` ends (a crash unless ``exit_code`` is 0)."""
+        with self._cond:
+            info = self._get(name)
+            if info.state is not ContainerState.RUNNING:
+                raise AssertionError(f"fake: {name!r} is {info.state.value}, not running")
+            done = self._update(
+                info,
+                state=ContainerState.EXITED,
+                pid=None,
+                finished_at=self.clock() if at is None else at,
+                exit_code=exit_code,
+                ports=(),
+            )
+            self._cond.notify_all()
+            return done
+
+    # -- what a test looks at -----------------------------------------------------------------
+
+    @property
+    def calls(self) -> builtins.list[Call]:
+        """Every call so far, in the order they began."""
+        with self._cond:
+            return builtins.list(self._calls)
+
+    @property
+    def journal(self) -> builtins.list[Mark]:
+        """Every call's beginning and end, in the order they happened."""
+        with self._cond:
+            return builtins.list(self._journal)
+
+    @property
+    def in_flight(self) -> builtins.list[Call]:
+        """The calls that have begun and not ended, oldest first."""
+        with self._cond:
+            return builtins.list(self._in_flight)
+
+    @property
+    def max_in_flight(self) -> int:
+        with self._cond:
+            return self._max_in_flight
+
+    def history(self, *methods: Method) -> builtins.list[tuple[str, str]]:
+        """``(method, name)`` of the calls so far, of ``methods`` (default: mutating ones)."""
+        wanted = methods or MUTATING
+        return [(c.method, c.name) for c in self.calls if c.method in wanted]
+
+    def ended(self, method: Method | None = None, name: str | None = None) -> builtins.list[Mark]:
+        """The ``end`` marks so far, optionally only of ``method`` and/or ``name``."""
+        return [
+            m
+            for m in self.journal
+            if m.event == "end"
+            and (method is None or m.call.method == method)
+            and (name is None or m.call.name == name)
+        ]
+
+    def wait_until(self, predicate: Callable[[], bool], what: str = "a condition") -> None:
+        """Block until ``predicate()`` holds (it is checked under the fake's lock)."""
+        with self._cond:
+            if not self._cond.wait_for(predicate, HANG_GUARD):
+                raise AssertionError(f"fake runtime: gave up waiting for {what}")
+
+    async def until(self, predicate: Callable[[], bool], what: str = "a condition") -> None:
+        """Wait, without blocking the event loop, until ``predicate()`` holds."""
+        await anyio.to_thread.run_sync(self.wait_until, predicate, what)
+
+    # -- the Runtime protocol -----------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> ContainerInfo:
+        return self._invoke("create", spec.name, (spec,), {}, lambda: self._create(spec))
+
+    def start(self, name: str) -> ContainerInfo:
+        return self._invoke("start", name, (), {}, lambda: self._start(name))
+
+    def run(self, spec: ContainerSpec) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            self._create(spec)
+            try:
+                return self._start(spec.name)
+            except Exception:
+                del self._containers[spec.name]
+                raise
+
+        return self._invoke("run", spec.name, (spec,), {}, effect)
+
+    def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            info = self._get(name)
+            if info.state is not ContainerState.RUNNING:
+                return info
+            return self._update(
+                info,
+                state=ContainerState.EXITED,
+                pid=None,
+                finished_at=self.clock(),
+                exit_code=137,
+                ports=(),
+            )
+
+        return self._invoke("stop", name, (), {"timeout": timeout}, effect)
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        def effect() -> None:
+            info = self._get(name)
+            if info.state is ContainerState.RUNNING and not force:
+                raise ContainerStartError(name, "it is running; stop it or remove with force")
+            del self._containers[name]
+
+        self._invoke("remove", name, (), {"force": force}, effect)
+
+    def list(self) -> builtins.list[ContainerInfo]:
+        def effect() -> builtins.list[ContainerInfo]:
+            return [self._containers[n] for n in sorted(self._containers)]
+
+        return self._invoke("list", "", (), {}, effect)
+
+    def inspect(self, name: str) -> ContainerInfo:
+        return self._invoke("inspect", name, (), {}, lambda: self._get(name))
+
+    def logs(self, name: str) -> bytes:
+        def effect() -> bytes:
+            self._get(name)
+            return b""
+
+        return self._invoke("logs", name, (), {}, effect)
+
+    def wait(self, name: str, timeout: float | None = None) -> int:
+        def effect() -> int:
+            info = self._get(name)
+            if info.started_at is None:
+                raise ContainerStartError(name, "it was never started")
+            done = self._cond.wait_for(
+                lambda: self._get(name).state is not ContainerState.RUNNING,
+                HANG_GUARD if timeout is None else min(timeout, HANG_GUARD),
+            )
+            if not done:
+                raise TimeoutError(f"container {name!r} still running after {timeout} s")
+            code = self._get(name).exit_code
+            return 137 if code is None else code
+
+        return self._invoke("wait", name, (), {"timeout": timeout}, effect)
+
+    def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            info = self._running(name)
+            if mapping in info.ports:
+                return info
+            if self._port_holder(mapping, besides=name) is not None:
+                raise PortInUse(mapping.host_addr, mapping.host, mapping.protocol)
+            return self._update(info, ports=(*info.ports, mapping))
+
+        return self._invoke("add_port", name, (mapping,), {}, effect)
+
+    def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            info = self._running(name)
+            return self._update(info, ports=tuple(p for p in info.ports if p != mapping))
+
+        return self._invoke("remove_port", name, (mapping,), {}, effect)
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    def _invoke(
+        self,
+        method: Method,
+        name: str,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        effect: Callable[[], T],
+    ) -> T:
+        with self._cond:
+            call = Call(method, name, args, kwargs, self.clock(), len(self._calls))
+            self._calls.append(call)
+            self._journal.append(Mark("begin", call, call.at))
+            self._in_flight.append(call)
+            self._max_in_flight = max(self._max_in_flight, len(self._in_flight))
+            gates = [h.gate for h in self._holds if h.method == method and h.name in (None, name)]
+            self._cond.notify_all()
+        error: BaseException | None = None
+        try:
+            for gate in gates:
+                if not gate.wait(HANG_GUARD):
+                    raise TimeoutError(f"fake runtime: {method}({name!r}) was never released")
+            with self._cond:
+                injected = self._take_failure(method, name)
+                if injected is not None:
+                    raise injected.with_traceback(None)
+                return effect()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with self._cond:
+                self._in_flight.remove(call)
+                self._journal.append(Mark("end", call, self.clock(), error))
+                self._cond.notify_all()
+
+    def _take_failure(self, method: Method, name: str) -> Exception | None:
+        for failure in self._failures:
+            if failure.method == method and failure.name == name:
+                if failure.remaining is not None:
+                    failure.remaining -= 1
+                    if failure.remaining <= 0:
+                        self._failures.remove(failure)
+                return failure.error
+        return None
+
+    def _pid(self) -> int:
+        self._next_pid += 1
+        return self._next_pid
+
+    def _get(self, name: str) -> ContainerInfo:
+        info = self._containers.get(name)
+        if info is None:
+            raise ContainerNotFound(name)
+        return info
+
+    def _running(self, name: str) -> ContainerInfo:
+        info = self._get(name)
+        if info.state is not ContainerState.RUNNING:
+            raise ContainerStartError(name, "it is not running")
+        return info
+
+    def _update(self, info: ContainerInfo, **changes: object) -> ContainerInfo:
+        new = info.model_copy(update=changes)
+        self._containers[info.name] = new
+        return new
+
+    def _port_holder(self, mapping: PortMapping, *, besides: str) -> str | None:
+        for other in self._containers.values():
+            live = other.name != besides and other.state is ContainerState.RUNNING
+            if live and any(_overlaps(mapping, held) for held in other.ports):
+                return other.name
+        return None
+
+    def _create(self, spec: ContainerSpec) -> ContainerInfo:
+        if spec.name in self._containers:
+            raise ContainerExists(spec.name)
+        info = ContainerInfo(
+            name=spec.name,
+            state=ContainerState.CREATED,
+            spec=spec,
+            log_path=f"/fake/{spec.name}/output.log",
+            created_at=self.clock(),
+        )
+        self._containers[spec.name] = info
+        return info
+
+    def _start(self, name: str) -> ContainerInfo:
+        info = self._get(name)
+        if info.state is ContainerState.RUNNING:
+            return info
+        for mapping in info.spec.ports:
+            if self._port_holder(mapping, besides=name) is not None:
+                raise PortInUse(mapping.host_addr, mapping.host, mapping.protocol)
+        return self._update(
+            info,
+            state=ContainerState.RUNNING,
+            pid=self._pid(),
+            started_at=self.clock(),
+            finished_at=None,
+            exit_code=None,
+            ports=info.spec.ports,
+            restarts=info.restarts + (info.started_at is not None),
+        )

@@ -1,0 +1,784 @@
+"""Converging a plan: phases, bounded concurrency, failure isolation, back-off, forgetting.
+
+Every case runs :class:`reconciler.converge.Converger` against :class:`tests.fakes.FakeRuntime`,
+which records each call (with when it began and ended), can fail or hold a call, and
+refuses a host port another running container forwards, like the real runtime. Time is a
+:class:`tests.fakes.FakeClock`; concurrency is observed by holding calls on events, never
+by sleeping, and nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from reconciler.converge import Backoff, Converger, Outcome
+from reconciler.desired import DesiredContainer, load_desired
+from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
+from runtime.errors import ContainerStartError, PortInUse
+from runtime.interface import ContainerInfo, ContainerState
+from runtime.spec import ContainerSpec, PortMapping, RootfsRef
+from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
+
+CREATE, DESTROY, RECREATE = ActionKind.CREATE, ActionKind.DESTROY, ActionKind.RECREATE
+UNBIND, BIND, START = ActionKind.UNBIND, ActionKind.BIND, ActionKind.START
+
+FOLDER = Path("/srv/squish")
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+METHOD_PHASE: Mapping[str, int] = {
+    "remove": 0,
+    "remove_port": 0,
+    "run": 1,
+    "start": 1,
+    "add_port": 1,
+}
+"""The phase a runtime call belongs to (``remove`` serves destroy and recreate's first half)."""
+
+
+# -- builders ------------------------------------------------------------------------------
+
+
+def port(host: int, container: int = 80) -> PortMapping:
+    return PortMapping(container=container, host=host)
+
+
+P8080, P8081, P9000 = port(8080), port(8081), port(9000)
+
+
+def spec(
+    name: str, *, ports: Sequence[PortMapping] = (), env: Mapping[str, str] | None = None
+) -> ContainerSpec:
+    return ContainerSpec(
+        name=name, rootfs=BUSYBOX, argv=("httpd", "-f"), ports=tuple(ports), env=dict(env or {})
+    )
+
+
+def want(
+    name: str, *, ports: Sequence[PortMapping] = (), env: Mapping[str, str] | None = None
+) -> DesiredContainer:
+    return DesiredContainer(FOLDER / f"{name}.toml", spec(name, ports=ports, env=env))
+
+
+def act(
+    kind: ActionKind,
+    name: str,
+    ports: Sequence[PortMapping] = (),
+    *,
+    wanted: DesiredContainer | None = None,
+) -> Action:
+    """An action as the planner makes it (``desired`` is set for all but a destroy)."""
+    if wanted is None and kind is not DESTROY:
+        wanted = want(name)
+    return Action(kind, name, f"test {kind.value}", wanted, tuple(ports))
+
+
+def exited(name: str, started: float, finished: float, code: int = 1) -> ContainerInfo:
+    return ContainerInfo(
+        name=name,
+        state=ContainerState.EXITED,
+        spec=spec(name),
+        started_at=started,
+        finished_at=finished,
+        exit_code=code,
+        log_path=f"/fake/{name}/output.log",
+        created_at=0.5,
+    )
+
+
+def running(name: str, started: float) -> ContainerInfo:
+    return ContainerInfo(
+        name=name,
+        state=ContainerState.RUNNING,
+        spec=spec(name),
+        pid=4242,
+        started_at=started,
+        log_path=f"/fake/{name}/output.log",
+        created_at=0.5,
+    )
+
+
+def at(when: float) -> object:
+    """Equal to a time computed as ``when`` (up to float rounding, far below 1 ms)."""
+    return pytest.approx(when, rel=0, abs=1e-9)
+
+
+# -- fixtures and helpers ------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> FakeRuntime:
+    return FakeRuntime(clock)
+
+
+@pytest.fixture
+def converger(fake: FakeRuntime, clock: FakeClock) -> Converger:
+    return Converger(fake, clock=clock)
+
+
+async def apply_into(out: list[Outcome], converger: Converger, todo: Plan) -> None:
+    """``converger.apply(todo)`` for a task group, its outcomes appended to ``out``."""
+    out.extend(await converger.apply(todo))
+
+
+def by_name(outcomes: Sequence[Outcome], name: str) -> list[Outcome]:
+    return [o for o in outcomes if o.action.name == name]
+
+
+def show(journal: Sequence[Mark]) -> str:
+    return "\n".join(f"{m.event:5} {m.call.method} {m.call.name}" for m in journal)
+
+
+def assert_phases_ordered(journal: Sequence[Mark]) -> None:
+    """Every freeing call ended before any taking call began."""
+
+    def where(event: str, phase: int) -> list[int]:
+        return [
+            i
+            for i, m in enumerate(journal)
+            if m.event == event and METHOD_PHASE.get(m.call.method) == phase
+        ]
+
+    frees, takes = where("end", 0), where("begin", 1)
+    assert frees, show(journal)
+    assert takes, show(journal)
+    assert max(frees) < min(takes), show(journal)
+
+
+def in_flight_is(fake: FakeRuntime, method: Method, begun: int, held: int) -> Callable[[], bool]:
+    def check() -> bool:
+        return len(fake.history(method)) == begun and len(fake.in_flight) == held
+
+    return check
+
+
+def has_ended(fake: FakeRuntime, call: Call) -> Callable[[], bool]:
+    return lambda: all(c.index != call.index for c in fake.in_flight)
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_port_swap_frees_both_ports_before_taking_either(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b", ports=[P8081]))
+    a_after, b_after = want("a", ports=[P8081]), want("b", ports=[P8080])
+    todo = Plan(  # the takes come first here: the order comes from the phases, not the tuple
+        (
+            act(BIND, "a", [P8081], wanted=a_after),
+            act(BIND, "b", [P8080], wanted=b_after),
+            act(UNBIND, "a", [P8080], wanted=a_after),
+            act(UNBIND, "b", [P8081], wanted=b_after),
+        )
+    )
+    unbinding = fake.hold("remove_port")
+    outcomes: list[Outcome] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, outcomes, converger, todo)
+        await fake.until(in_flight_is(fake, "remove_port", 2, 2), "both unbinds in flight")
+        assert sorted(fake.history()) == [("remove_port", "a"), ("remove_port", "b")]
+        unbinding.set()
+
+    assert_phases_ordered(fake.journal)
+    assert sorted(fake.history("add_port")) == [("add_port", "a"), ("add_port", "b")]
+    assert [o.error for o in outcomes] == [None] * 4
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((P8081,), (P8080,))
+
+
+@pytest.mark.anyio
+async def test_every_freeing_action_ends_before_any_taking_action_begins(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("x", ports=[P9000]))  # destroyed; y takes its port
+    fake.seed(spec("a", ports=[P8080]))  # 8080 -> 8081, live
+    fake.seed(spec("r", env={"V": "1"}))  # recreated
+    fake.seed(spec("s"), ContainerState.EXITED)  # started
+    r_after = want("r", env={"V": "2"})
+    todo = Plan(
+        (
+            act(CREATE, "y", wanted=want("y", ports=[P9000])),
+            act(START, "s"),
+            act(BIND, "a", [P8081], wanted=want("a", ports=[P8081])),
+            act(RECREATE, "r", wanted=r_after),
+            act(DESTROY, "x"),
+            act(UNBIND, "a", [P8080], wanted=want("a", ports=[P8081])),
+        )
+    )
+    removing_r = fake.hold("remove", "r")
+    outcomes: list[Outcome] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, outcomes, converger, todo)
+        await fake.until(
+            lambda: len(fake.ended()) == 2 and [c.name for c in fake.in_flight] == ["r"],
+            "the other frees done while r's removal is held",
+        )
+        assert sorted(fake.history()) == [("remove", "r"), ("remove", "x"), ("remove_port", "a")]
+        removing_r.set()
+
+    assert_phases_ordered(fake.journal)
+    assert sorted(fake.history()) == [
+        ("add_port", "a"),
+        ("remove", "r"),
+        ("remove", "x"),
+        ("remove_port", "a"),
+        ("run", "r"),
+        ("run", "y"),
+        ("start", "s"),
+    ]
+    assert all(o.ok for o in outcomes), outcomes
+    assert sorted(o.action.kind.value for o in outcomes) == sorted(
+        ["create", "start", "bind", "recreate", "recreate", "destroy", "unbind"]
+    )
+    assert {i.name: i.state for i in fake.list()} == dict.fromkeys("arsy", ContainerState.RUNNING)
+    assert fake.inspect("y").ports == (P9000,)
+    assert fake.inspect("r").spec == r_after.spec
+
+
+# -- recreate ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_recreate_removes_with_force_then_runs_the_new_spec(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("web", env={"V": "1"}))
+    new = want("web", env={"V": "2"})
+
+    outcomes = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
+
+    assert [(m.event, m.call.method) for m in fake.journal] == [
+        ("begin", "remove"),
+        ("end", "remove"),
+        ("begin", "run"),
+        ("end", "run"),
+    ]
+    remove, run = fake.calls
+    assert (remove.name, remove.args, remove.kwargs) == ("web", (), {"force": True})
+    assert run.args == (new.spec,)
+    assert [(o.action.kind, o.ok) for o in outcomes] == [(RECREATE, True), (RECREATE, True)]
+    assert fake.inspect("web").spec.env == {"V": "2"}
+    assert fake.inspect("web").state is ContainerState.RUNNING
+    assert converger.last_errors() == {}
+
+
+@pytest.mark.anyio
+async def test_recreate_whose_remove_fails_is_not_run(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("p", env={"V": "1"}))
+    fake.seed(spec("q", env={"V": "1"}))
+    fake.fail("remove", "p", ContainerStartError("p", "it was started again while being removed"))
+    todo = Plan(
+        (
+            act(RECREATE, "p", wanted=want("p", env={"V": "2"})),
+            act(RECREATE, "q", wanted=want("q", env={"V": "2"})),
+        )
+    )
+
+    outcomes = await converger.apply(todo)
+
+    assert sorted(fake.history()) == [("remove", "p"), ("remove", "q"), ("run", "q")]
+    [failed] = by_name(outcomes, "p")
+    assert failed.error == (
+        "ContainerStartError: container 'p' failed to start: "
+        "it was started again while being removed"
+    )
+    assert [o.ok for o in by_name(outcomes, "q")] == [True, True]
+    assert converger.last_errors() == {
+        "p": "recreate failed: container 'p' failed to start: "
+        "it was started again while being removed"
+    }
+    assert fake.inspect("p").spec.env == {"V": "1"}  # the old one is still there
+    assert fake.inspect("q").spec.env == {"V": "2"}
+
+
+@pytest.mark.anyio
+async def test_recreate_whose_run_fails_reports_it(fake: FakeRuntime, converger: Converger) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    fake.fail("run", "web", PortInUse("127.0.0.1", 8080, "tcp"))
+
+    outcomes = await converger.apply(
+        Plan((act(RECREATE, "web", wanted=want("web", ports=[P8080], env={"V": "2"})),))
+    )
+
+    text = "host port 127.0.0.1:8080/tcp is already in use; free it or choose another host port"
+    assert [o.error for o in outcomes] == [None, f"PortInUse: {text}"]
+    assert converger.last_errors() == {"web": f"recreate failed: {text}"}
+    assert fake.history() == [("remove", "web"), ("run", "web")]
+    assert fake.list() == []
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("limit", "count"), [(1, 4), (3, 7), (8, 5)])
+@pytest.mark.parametrize(("kind", "method"), [(CREATE, "run"), (DESTROY, "remove")])
+async def test_independent_actions_run_up_to_the_limit_at_once_and_never_more(
+    fake: FakeRuntime, clock: FakeClock, limit: int, count: int, kind: ActionKind, method: Method
+) -> None:
+    names = [f"c{i}" for i in range(count)]
+    if kind is DESTROY:
+        for name in names:
+            fake.seed(spec(name))
+    gates = {name: fake.hold(method, name) for name in names}
+    converger = Converger(fake, limit=limit, clock=clock)
+    outcomes: list[Outcome] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, outcomes, converger, Plan(tuple(act(kind, n) for n in names)))
+        for done in range(count):
+            expect = min(limit, count - done)
+            await fake.until(
+                in_flight_is(fake, method, done + expect, expect),
+                f"{expect} calls in flight after {done} released",
+            )
+            held = fake.in_flight
+            assert len(held) == expect, held
+            gates[held[0].name].set()
+            await fake.until(has_ended(fake, held[0]), f"{held[0].name} to end")
+
+    assert fake.max_in_flight == min(limit, count)
+    assert sorted(o.action.name for o in outcomes) == names
+    assert all(o.ok for o in outcomes), outcomes
+
+
+# -- failure isolation -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_one_failing_action_does_not_stop_the_others(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.fail("run", "b", ContainerStartError("b", "exec: httpd: not found"))
+    slow_a = fake.hold("run", "a")
+    outcomes: list[Outcome] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(
+            apply_into, outcomes, converger, Plan(tuple(act(CREATE, n) for n in "abc"))
+        )
+        await fake.until(
+            lambda: len(fake.ended("run", "b")) == 1 and len(fake.ended("run", "c")) == 1,
+            "b to fail and c to succeed while a is held",
+        )
+        slow_a.set()
+
+    assert {o.action.name: o.error for o in outcomes} == {
+        "a": None,
+        "b": "ContainerStartError: container 'b' failed to start: exec: httpd: not found",
+        "c": None,
+    }
+    assert [o.ok for o in sorted(outcomes, key=lambda o: o.action.name)] == [True, False, True]
+    assert converger.last_errors() == {
+        "b": "create failed: container 'b' failed to start: exec: httpd: not found"
+    }
+    assert [i.name for i in fake.list()] == ["a", "c"]
+
+
+@pytest.mark.anyio
+async def test_a_failed_free_skips_only_that_containers_take(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b", ports=[P8081]))
+    fake.seed(spec("x"))
+    fake.fail("remove_port", "a", ContainerStartError("a", "it is not running"))
+    fake.fail("remove", "x", ContainerStartError("x", "init 77 survived SIGKILL"))
+    todo = Plan(
+        (
+            act(UNBIND, "a", [P8080]),
+            act(BIND, "a", [P9000]),
+            act(UNBIND, "b", [P8081]),
+            act(BIND, "b", [port(9001)]),
+            act(DESTROY, "x"),
+            act(CREATE, "y"),
+        )
+    )
+
+    outcomes = await converger.apply(todo)
+
+    assert sorted(fake.history()) == [
+        ("add_port", "b"),
+        ("remove", "x"),
+        ("remove_port", "a"),
+        ("remove_port", "b"),
+        ("run", "y"),
+    ]
+    assert sorted((o.action.kind.value, o.action.name, o.ok) for o in outcomes) == [
+        ("bind", "b", True),
+        ("create", "y", True),
+        ("destroy", "x", False),
+        ("unbind", "a", False),
+        ("unbind", "b", True),
+    ]
+    assert converger.last_errors() == {
+        "a": "unbind failed: container 'a' failed to start: it is not running",
+        "x": "destroy failed: container 'x' failed to start: init 77 survived SIGKILL",
+    }
+    assert fake.inspect("b").ports == (port(9001),)
+
+
+def test_outcome_is_ok_without_an_error() -> None:
+    action = act(CREATE, "web")
+    assert Outcome(action).ok
+    assert not Outcome(action, "ContainerStartError: boom").ok
+
+
+# -- failure back-off --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"), [(0, 0.005), (1, 0.005), (2, 0.01), (3, 0.02), (4, 0.04), (14, 30.0)]
+)
+def test_failure_delay_starts_at_5_ms_and_doubles_to_30_s(failures: int, delay: float) -> None:
+    assert Backoff().failure_delay(failures) == at(delay)
+
+
+@pytest.mark.parametrize(
+    ("crashes", "delay"), [(0, 0.1), (1, 0.1), (2, 0.2), (3, 0.4), (10, 51.2), (11, 60.0)]
+)
+def test_crash_delay_starts_at_100_ms_and_doubles_to_60_s(crashes: int, delay: float) -> None:
+    assert Backoff().crash_delay(crashes) == at(delay)
+
+
+@pytest.mark.anyio
+async def test_failure_backoff_doubles_per_failure_and_a_success_resets_it(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    fake.fail("run", "web", ContainerStartError("web", "no rootfs"), times=3)
+    todo = Plan((act(CREATE, "web"),))
+    tried_at: list[float] = []
+    for delay in (0.005, 0.010, 0.020):
+        tried_at.append(clock.advance(7.0))
+        [outcome] = await converger.apply(todo)
+        assert outcome.error == "ContainerStartError: container 'web' failed to start: no rootfs"
+        holds = converger.not_before(fake.list())
+        assert holds.keys() == {"web"}
+        assert holds["web"] == at(clock.now + delay)
+        assert converger.last_errors() == {
+            "web": "create failed: container 'web' failed to start: no rootfs"
+        }
+
+    tried_at.append(clock.advance(7.0))
+    [outcome] = await converger.apply(todo)
+    assert outcome.ok
+    assert converger.not_before(fake.list()) == {}
+    assert converger.last_errors() == {}
+    assert [c.at for c in fake.calls if c.method == "run"] == tried_at
+
+    fake.fail("start", "web", ContainerStartError("web", "slirp4netns died"))
+    clock.advance(7.0)
+    [outcome] = await converger.apply(Plan((act(START, "web"),)))
+    assert not outcome.ok
+    assert converger.not_before(fake.list())["web"] == at(clock.now + 0.005)
+
+
+@pytest.mark.anyio
+async def test_failure_backoff_is_capped(fake: FakeRuntime, clock: FakeClock) -> None:
+    converger = Converger(fake, clock=clock, backoff=Backoff(failure_initial=1.0, failure_max=3.0))
+    fake.fail("run", "web", ContainerStartError("web", "no"), times=None)
+    for delay in (1.0, 2.0, 3.0, 3.0):
+        clock.advance(10.0)
+        await converger.apply(Plan((act(CREATE, "web"),)))
+        assert converger.not_before([])["web"] == at(clock.now + delay)
+
+
+@pytest.mark.anyio
+async def test_failure_backoff_is_per_container(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    fake.fail("run", "a", ContainerStartError("a", "no"), times=None)
+    fake.fail("run", "b", ContainerStartError("b", "no"), times=None)
+    await converger.apply(Plan((act(CREATE, "a"), act(CREATE, "b"), act(CREATE, "c"))))
+    await converger.apply(Plan((act(CREATE, "a"),)))
+
+    holds = converger.not_before(fake.list())
+    assert holds.keys() == {"a", "b"}
+    assert (holds["a"], holds["b"]) == (at(clock.now + 0.01), at(clock.now + 0.005))
+
+
+@pytest.mark.anyio
+async def test_a_successful_destroy_drops_the_containers_errors(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("old"))
+    fake.fail("remove", "old", ContainerStartError("old", "busy"))
+    await converger.apply(Plan((act(DESTROY, "old"),)))
+    assert converger.not_before([]).keys() == {"old"}
+    assert converger.last_errors().keys() == {"old"}
+
+    [outcome] = await converger.apply(Plan((act(DESTROY, "old"),)))
+
+    assert outcome.ok
+    assert converger.not_before([]) == {}
+    assert converger.last_errors() == {}
+    assert fake.list() == []
+
+
+# -- crash back-off ----------------------------------------------------------------------------
+
+
+def crash(converger: Converger, clock: FakeClock, name: str, started: float, ran: float) -> float:
+    """``name`` ran ``ran`` seconds from ``started`` and exited; observed just after.
+
+    Returns the time its crash hold ends.
+    """
+    seen = [exited(name, started, started + ran)]
+    clock.now = started + ran + 0.001
+    converger.observe(seen)
+    return converger.not_before(seen)[name]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "delays"),
+    [
+        (Backoff(), (0.1, 0.2, 0.4, 0.8, 1.6)),
+        (Backoff(crash_max=0.3), (0.1, 0.2, 0.3, 0.3)),
+    ],
+)
+def test_crash_backoff_doubles_with_each_new_exit(
+    fake: FakeRuntime, clock: FakeClock, backoff: Backoff, delays: tuple[float, ...]
+) -> None:
+    converger = Converger(fake, clock=clock, backoff=backoff)
+    started = clock.now
+    for crashes, delay in enumerate(delays, start=1):
+        hold = crash(converger, clock, "web", started, ran=2.0)
+        assert hold == at(started + 2.0 + delay), crashes
+        assert converger.crash_looping("web") is (crashes >= 2), crashes
+        started = hold + 0.5  # restarted once its hold ended
+
+
+def test_the_same_exit_seen_again_counts_once(converger: Converger, clock: FakeClock) -> None:
+    seen = [exited("web", 1000.0, 1001.0)]
+    clock.now = 1001.5
+    for _ in range(3):
+        converger.observe(seen)
+        clock.advance(1.0)
+    assert converger.not_before(seen) == {"web": at(1001.1)}
+    assert not converger.crash_looping("web")
+
+
+@pytest.mark.parametrize(("ran", "delay", "looping"), [(60.0, 0.1, False), (59.5, 0.8, True)])
+def test_an_exit_after_running_for_crash_reset_starts_the_backoff_afresh(
+    converger: Converger, clock: FakeClock, ran: float, delay: float, looping: bool
+) -> None:
+    started = clock.now
+    for _ in range(3):
+        started = crash(converger, clock, "web", started, ran=1.0) + 0.5
+    assert converger.crash_looping("web")
+
+    hold = crash(converger, clock, "web", started, ran=ran)
+
+    assert hold == at(started + ran + delay)
+    assert converger.crash_looping("web") is looping
+
+
+@pytest.mark.parametrize(("running_for", "looping"), [(60.0, False), (59.5, True)])
+def test_running_for_crash_reset_clears_the_crashes(
+    converger: Converger, clock: FakeClock, running_for: float, looping: bool
+) -> None:
+    started = clock.now
+    for _ in range(2):
+        started = crash(converger, clock, "web", started, ran=1.0) + 0.5
+    clock.now = started + running_for
+
+    converger.observe([running("web", started)])
+
+    assert converger.crash_looping("web") is looping
+    assert converger.not_before([running("web", started)]) == {}
+
+
+async def crash_loop(fake: FakeRuntime, converger: Converger, clock: FakeClock, times: int) -> None:
+    """``web`` (running in ``fake``) exits ``times`` times, restarted once its hold ends."""
+    for n in range(times):
+        clock.advance(1.0)
+        fake.finish("web")
+        converger.observe(fake.list())
+        if n < times - 1:
+            clock.now = converger.not_before(fake.list())["web"]
+            [outcome] = await converger.apply(Plan((act(START, "web"),)))
+            assert outcome.ok
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [CREATE, RECREATE])
+async def test_a_successful_create_or_recreate_resets_the_crashes(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock, kind: ActionKind
+) -> None:
+    fake.seed(spec("web"))
+    await crash_loop(fake, converger, clock, times=3)
+    assert converger.crash_looping("web")
+    if kind is CREATE:
+        fake.remove("web")  # removed behind the reconciler's back
+
+    await converger.apply(Plan((act(kind, "web", wanted=want("web", env={"V": "2"})),)))
+
+    assert not converger.crash_looping("web")
+    assert converger.not_before(fake.list()) == {}
+    clock.advance(1.0)
+    fake.finish("web")
+    converger.observe(fake.list())
+    assert converger.not_before(fake.list()) == {"web": at(clock.now + 0.1)}
+
+
+@pytest.mark.anyio
+async def test_a_start_keeps_the_crash_count_and_holds_only_while_exited(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    fake.seed(spec("web"))
+    await crash_loop(fake, converger, clock, times=2)
+    clock.now = converger.not_before(fake.list())["web"]
+
+    [outcome] = await converger.apply(Plan((act(START, "web"),)))
+
+    assert outcome.ok
+    assert converger.crash_looping("web")
+    assert converger.not_before(fake.list()) == {}  # running: nothing to hold
+    clock.advance(1.0)
+    fake.finish("web")
+    converger.observe(fake.list())
+    assert converger.not_before(fake.list()) == {"web": at(clock.now + 0.4)}  # the third
+
+
+@pytest.mark.anyio
+async def test_a_failed_recreate_keeps_the_crash_count(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    fake.seed(spec("web"))
+    await crash_loop(fake, converger, clock, times=2)
+    fake.fail("run", "web", ContainerStartError("web", "no"))
+
+    await converger.apply(Plan((act(RECREATE, "web", wanted=want("web", env={"V": "2"})),)))
+
+    assert converger.crash_looping("web")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("crash_initial", "wins"), [(0.1, "failure"), (10.0, "crash")])
+async def test_not_before_is_the_later_of_the_failure_and_crash_holds(
+    fake: FakeRuntime, clock: FakeClock, crash_initial: float, wins: str
+) -> None:
+    converger = Converger(fake, clock=clock, backoff=Backoff(crash_initial=crash_initial))
+    fake.seed(spec("web"))
+    await crash_loop(fake, converger, clock, times=1)
+    finished = clock.now
+    clock.advance(1.0)
+    fake.fail("start", "web", ContainerStartError("web", "no"))
+    await converger.apply(Plan((act(START, "web"),)))
+
+    expected = clock.now + 0.005 if wins == "failure" else finished + crash_initial
+    assert converger.not_before(fake.list()) == {"web": at(expected)}
+
+
+def test_an_exit_without_a_finish_time_counts_as_a_crash(
+    converger: Converger, clock: FakeClock
+) -> None:
+    seen = [exited("web", 1000.0, 1001.0).model_copy(update={"finished_at": None})]
+    clock.now = 1002.0
+    converger.observe(seen)
+    assert converger.not_before(seen) == {"web": at(1002.0 + 0.1)}
+
+
+# -- forgetting --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_forget_drops_the_state_of_names_not_given(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    for name in ("a", "b"):
+        fake.fail("run", name, ContainerStartError(name, "no"), times=None)
+    await converger.apply(Plan((act(CREATE, "a"), act(CREATE, "b"))))
+    converger.observe([exited("c", 900.0, 901.0), exited("d", 900.0, 901.0)])
+    seen = [exited("c", 950.0, 951.0), exited("d", 950.0, 951.0)]
+    converger.observe(seen)  # two crashes each
+    assert converger.not_before(seen).keys() == {"a", "b", "c", "d"}
+
+    converger.forget({"a", "c", "not-there"})
+
+    assert converger.last_errors().keys() == {"a"}
+    assert converger.not_before(seen).keys() == {"a", "c"}
+    assert converger.crash_looping("c")
+    assert not converger.crash_looping("d")
+
+    converger.forget(set())
+
+    assert converger.last_errors() == {}
+    assert converger.not_before(seen) == {}
+    assert not converger.crash_looping("c")
+    converger.observe(seen)  # the same exit again is, after forgetting, a first crash
+    assert converger.not_before(seen) == {"c": at(951.1), "d": at(951.1)}
+
+
+# -- with the planner ----------------------------------------------------------------------------
+
+
+def squishfile(folder: Path, name: str, *, host: int | None = None, env: str = "1") -> None:
+    ports = f"[[ports]]\ncontainer = 80\nhost = {host}\n" if host else ""
+    (folder / f"{name}.toml").write_text(
+        '[layers]\nbusybox = "builtin"\n'
+        f'[run]\ncommand = "httpd"\nargs = ["-f"]\n[env]\nV = "{env}"\n{ports}'
+    )
+
+
+@pytest.mark.anyio
+async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    def plan_now() -> Plan:
+        actual = fake.list()
+        converger.observe(actual)
+        holds = converger.not_before(actual)
+        return plan(load_desired(tmp_path), actual, now=clock.now, not_before=holds)
+
+    squishfile(tmp_path, "a", host=18080)
+    squishfile(tmp_path, "b", host=18081)
+    squishfile(tmp_path, "x", host=19000)
+    squishfile(tmp_path, "r")
+    assert all(o.ok for o in await converger.apply(plan_now()))
+    assert plan_now().actions == ()
+
+    squishfile(tmp_path, "a", host=18081)
+    squishfile(tmp_path, "b", host=18080)
+    (tmp_path / "x.toml").unlink()
+    squishfile(tmp_path, "y", host=19000)
+    squishfile(tmp_path, "r", env="2")
+    todo = plan_now()
+    assert sorted((PHASE[a.kind], a.kind.value, a.name) for a in todo.actions) == [
+        (0, "destroy", "x"),
+        (0, "recreate", "r"),
+        (0, "unbind", "a"),
+        (0, "unbind", "b"),
+        (1, "bind", "a"),
+        (1, "bind", "b"),
+        (1, "create", "y"),
+    ]
+    first = len(fake.journal)
+
+    outcomes = await converger.apply(todo)
+
+    assert all(o.ok for o in outcomes), outcomes
+    assert_phases_ordered(fake.journal[first:])
+    assert plan_now().actions == ()
+    live = {i.name: (i.ports, i.spec.env) for i in fake.list()}
+    assert live == {
+        "a": ((port(18081),), {"V": "1"}),
+        "b": ((port(18080),), {"V": "1"}),
+        "r": ((), {"V": "2"}),
+        "y": ((port(19000),), {"V": "1"}),
+    }

@@ -1,0 +1,669 @@
+"""The reconciler end to end: ``reconciler run`` as a real process on a real folder, with
+the real runtime, driven only by editing squishfiles and observed from the outside (HTTP
+on 127.0.0.1, ``reconciler status --json``, the runtime's records, the loop's stdout).
+
+Each test gets its own folder, container names and free ports. The ``loop`` fixture
+starts ``python -m reconciler.cli run FOLDER --resync 0.5`` sharing the session's state
+folder (so the holder and the session's leak check are shared), and at the end sends
+SIGTERM: the loop must exit 0 and leave its containers running; ``reconciler down``
+then removes them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from reconciler.converge import Backoff
+from reconciler.status import StatusStore
+from runtime.interface import ContainerInfo, ContainerState
+from runtime.linux import LinuxRuntime
+from tests.conftest import rootless
+from tests.support import free_port, http_refused
+
+pytestmark = rootless
+
+ROOT = Path(__file__).resolve().parent.parent
+RESYNC = 0.5
+WAIT = 30.0
+"""Longest wait for a condition the loop should reach (it normally takes well under 1 s)."""
+
+T = TypeVar("T")
+
+
+# -- squishfiles ----------------------------------------------------------------------------
+
+
+def web_toml(port: int, site: str = "site") -> str:
+    """busybox httpd serving ``./<site>`` of the folder on 127.0.0.1:PORT, like desired/web.toml."""
+    return f"""\
+[layers]
+busybox = "builtin"
+{site} = "./{site}"
+
+[run]
+command = "httpd"
+args = ["-f", "-p", "80", "-h", "/app/{site}"]
+
+[[ports]]
+container = 80
+host = {port}
+"""
+
+
+def greeting_toml(port: int, greeting: str) -> str:
+    """httpd serving a page that holds $GREETING, as the container's environment has it."""
+    script = "mkdir -p /tmp/www; echo $GREETING > /tmp/www/index.html; httpd -f -p 80 -h /tmp/www"
+    return f"""\
+[layers]
+busybox = "builtin"
+
+[run]
+command = "sh"
+args = ["-c", "{script}"]
+
+[env]
+GREETING = "{greeting}"
+
+[[ports]]
+container = 80
+host = {port}
+"""
+
+
+def exiting_toml(code: int, policy: str | None = None, after: str = "") -> str:
+    """A command that prints ``run`` and exits with ``code`` (``after`` seconds later)."""
+    restart = f'\n[restart]\npolicy = "{policy}"\n' if policy else ""
+    wait = f"sleep {after}; " if after else ""
+    return f"""\
+network = "none"
+
+[layers]
+busybox = "builtin"
+
+[run]
+command = "sh"
+args = ["-c", "echo run; {wait}exit {code}"]
+{restart}"""
+
+
+def put(folder: Path, file: str, text: str) -> Path:
+    """Write a squishfile atomically (via a hidden temp file, which the loop ignores)."""
+    path = folder / file
+    temp = folder / f".{file}.tmp"
+    temp.write_text(text)
+    os.replace(temp, path)
+    return path
+
+
+def make_site(folder: Path, site: str, body: str) -> None:
+    (folder / site).mkdir(exist_ok=True)
+    (folder / site / "index.html").write_text(body)
+
+
+# -- observing ------------------------------------------------------------------------------
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout:.0f} s: {what}")
+        time.sleep(0.02)
+
+
+def page(port: int) -> bytes | None:
+    """GET http://127.0.0.1:PORT/ once; None when nothing answers (yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as reply:
+            return bytes(reply.read())
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def serves(port: int, body: str) -> bool:
+    return page(port) == body.encode()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on (held together, so all differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cli_env(state_path: Path, cache_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SQUISH_STATE_DIR": str(state_path),
+        "XDG_CACHE_HOME": str(cache_path / "xdg"),  # never the account's own ~/.cache
+    }
+
+
+@dataclass
+class Loop:
+    """A running ``reconciler run`` and the folder it reconciles."""
+
+    folder: Path
+    env: dict[str, str]
+    rt: LinuxRuntime
+    process: subprocess.Popen[bytes]
+    output_path: Path
+    store: Path
+    transient: set[str] = field(default_factory=set)
+    """Containers whose command exits by itself: not expected to run when the loop stops."""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return cli(self.env, *args)
+
+    def status(self) -> dict[str, Any]:
+        done = self.cli("status", str(self.folder), "--json")
+        assert done.returncode == 0, done.stderr
+        document: dict[str, Any] = json.loads(done.stdout)
+        return document
+
+    def row(self, name: str) -> dict[str, Any] | None:
+        """``name``'s row of ``status --json``, or None when it has none."""
+        rows = [r for r in self.status()["containers"] if r["name"] == name]
+        return rows[0] if rows else None
+
+    def record(self) -> dict[str, Any]:
+        """The loop's own record (the file ``status`` reads), read directly: cheap to poll."""
+        try:
+            data = json.loads(self.store.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        loop: dict[str, Any] = data.get("loop") or {}
+        return loop
+
+    def output(self) -> str:
+        """What the loop printed so far: one line per action it applied."""
+        return self.output_path.read_text()
+
+    def ours(self) -> list[ContainerInfo]:
+        labels = {"squish.managed-by": "reconciler", "squish.folder": str(self.folder)}
+        return [i for i in self.rt.list() if labels.items() <= i.spec.labels.items()]
+
+    def pid(self, name: str) -> tuple[int | None, int | None]:
+        info = self.rt.inspect(name)
+        return info.pid, info.pid_start_time
+
+
+def stopped(process: subprocess.Popen[bytes], folder: Path) -> int:
+    """Wait for the signalled loop to exit; its exit code.
+
+    The loop's file watcher (watchfiles' ``awatch``, given no stop event) only notices the
+    cancellation when its blocking wait returns: after a file event, or after watchfiles'
+    5 s timeout. A hidden file (which the loop ignores) is touched until it exits, so
+    that each test does not spend those seconds.
+    """
+    wake = folder / ".stop-wake"
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return process.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                raise
+            wake.touch()
+            wake.unlink()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "desired"
+    path.mkdir()
+    make_site(path, "site", "<h1>site</h1>\n")
+    return path
+
+
+@pytest.fixture
+def env(state_path: Path, cache_path: Path) -> dict[str, str]:
+    return cli_env(state_path, cache_path)
+
+
+@pytest.fixture
+def loop(
+    request: pytest.FixtureRequest,
+    rt: LinuxRuntime,
+    folder: Path,
+    env: dict[str, str],
+    state_path: Path,
+    tmp_path: Path,
+) -> Iterator[Loop]:
+    """``reconciler run FOLDER --resync 0.5`` (another resync by indirect parametrisation)."""
+    resync = float(getattr(request, "param", RESYNC))
+    output_path = tmp_path / "loop.out"
+    with output_path.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli", "run", str(folder), "--resync", str(resync)],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    store = StatusStore(state_path, folder).path
+    running = Loop(folder, env, rt, process, output_path, store)
+    try:
+        eventually(
+            lambda: running.record().get("pid") == process.pid or process.poll() is not None,
+            "the loop records its first pass",
+        )
+        assert process.poll() is None, f"the loop exited early:\n{running.output()}"
+        yield running
+        before = {
+            i.name: (i.pid, i.pid_start_time)
+            for i in running.ours()
+            if i.state is ContainerState.RUNNING and i.name not in running.transient
+        }
+        process.send_signal(signal.SIGTERM)
+        assert stopped(process, folder) == 0, running.output()
+        assert running.output().rstrip().endswith("stopped; the containers keep running")
+        after = {
+            i.name: (i.pid, i.pid_start_time)
+            for i in running.ours()
+            if i.state is ContainerState.RUNNING and i.name in before
+        }
+        assert after == before, "stopping the loop must leave its containers running"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+        down = cli(env, "down", str(folder))
+    assert down.returncode == 0, down.stderr
+    assert running.ours() == []
+
+
+# -- the loop follows the folder ------------------------------------------------------------
+
+
+def test_dropped_file_is_served_and_reported_running(loop: Loop) -> None:
+    port = free_port()
+    put(loop.folder, "drop.toml", web_toml(port))
+    assert eventually(lambda: serves(port, "<h1>site</h1>\n"), f"drop answers on {port}")
+    row = eventually(
+        lambda: (r := loop.row("drop")) and r["phase"] == "Running" and r, "drop is Running"
+    )
+    assert row["file"] == "drop.toml"
+    assert row["ports"] == [f"127.0.0.1:{port}->80/tcp"]
+    assert row["in_sync"] is True
+    assert row["pid"] == loop.rt.inspect("drop").pid
+    assert "create drop: new in drop.toml" in loop.output().splitlines()
+
+
+def test_port_edit_is_applied_live_keeping_the_pid(loop: Loop) -> None:
+    old, new = free_ports(2)
+    put(loop.folder, "move.toml", web_toml(old))
+    eventually(lambda: serves(old, "<h1>site</h1>\n"), f"move answers on {old}")
+    pid = loop.pid("move")
+    row = loop.row("move")
+    assert row is not None
+    assert row["pid"] == pid[0]
+
+    put(loop.folder, "move.toml", web_toml(new))
+    eventually(lambda: serves(new, "<h1>site</h1>\n"), f"move answers on the new port {new}")
+    eventually(lambda: http_refused(old), f"the old port {old} is refused")
+    assert loop.pid("move") == pid
+    row = eventually(lambda: (r := loop.row("move")) and r["in_sync"] and r, "move in sync")
+    assert (row["pid"], row["ports"], row["restarts"]) == (
+        pid[0],
+        [f"127.0.0.1:{new}->80/tcp"],
+        0,
+    )
+    lines = loop.output().splitlines()
+    assert f"unbind move 127.0.0.1:{old}->80/tcp: ports changed" in lines
+    assert f"bind move 127.0.0.1:{new}->80/tcp: ports changed" in lines
+    assert not any(line.startswith("recreate move") for line in lines)
+
+
+def test_env_edit_recreates_the_container(loop: Loop) -> None:
+    port = free_port()
+    put(loop.folder, "greet.toml", greeting_toml(port, "hello-one"))
+    eventually(lambda: serves(port, "hello-one\n"), "the first greeting is served")
+    first = loop.pid("greet")
+
+    put(loop.folder, "greet.toml", greeting_toml(port, "hello-two"))
+    eventually(lambda: serves(port, "hello-two\n"), "the edited greeting is served")
+    second = loop.pid("greet")
+    assert second != first, "an env change replaces the process"
+    row = eventually(lambda: (r := loop.row("greet")) and r["in_sync"] and r, "greet in sync")
+    assert (row["phase"], row["pid"]) == ("Running", second[0])
+    assert "recreate greet: changed: env" in loop.output().splitlines()
+
+
+def test_deleted_file_removes_its_container(loop: Loop) -> None:
+    port = free_port()
+    path = put(loop.folder, "gone.toml", web_toml(port))
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), "gone answers")
+    path.unlink()
+    eventually(lambda: http_refused(port), f"port {port} is refused once the file is deleted")
+    eventually(lambda: not loop.ours(), "the container is removed")
+    assert loop.row("gone") is None
+    assert "destroy gone: gone.toml is gone" in loop.output().splitlines()
+
+
+def test_broken_file_keeps_the_old_container_until_fixed(loop: Loop) -> None:
+    port, fixed_port = free_ports(2)
+    text = web_toml(port)
+    path = put(loop.folder, "keep.toml", text)
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), "keep answers")
+    pid = loop.pid("keep")
+
+    with path.open("a") as file:
+        file.write("broken = [\n")
+    broken_line = text.count("\n") + 1
+    row = eventually(
+        lambda: (r := loop.row("keep")) and r["phase"] == "InvalidSpec" and r,
+        "keep is reported InvalidSpec",
+    )
+    (condition,) = row["conditions"]
+    assert condition["kind"] == "InvalidSpec"
+    found = re.search(rf"{re.escape(str(path))}:(\d+): <syntax>: ", condition["message"])
+    assert found is not None, condition["message"]
+    # The parser stops at the end of the unclosed array: the line of `broken = [` or the
+    # (empty) line after it; docs/squishfile.md: "the line ... the parser stopped at".
+    assert int(found.group(1)) in (broken_line, broken_line + 1), condition["message"]
+    assert (row["pid"], row["in_sync"]) == (pid[0], False)
+    assert serves(port, "<h1>site</h1>\n"), "the last valid spec keeps serving"
+    assert loop.pid("keep") == pid
+
+    put(loop.folder, "keep.toml", web_toml(fixed_port))
+    eventually(lambda: serves(fixed_port, "<h1>site</h1>\n"), "the fixed file is applied")
+    eventually(lambda: http_refused(port), "the old port is released")
+    row = eventually(
+        lambda: (r := loop.row("keep")) and r["phase"] == "Running" and r["in_sync"] and r,
+        "keep is Running and in sync again",
+    )
+    assert row["conditions"] == []
+    assert loop.pid("keep") == pid
+
+
+def test_twenty_files_at_once_are_created_in_one_pass(loop: Loop, tmp_path: Path) -> None:
+    names = [f"many{i:02d}" for i in range(20)]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for name in names:
+        (staging / f"{name}.toml").write_text(web_toml(ports[name]))
+    passes_before = loop.record()["passes"]
+    for name in names:  # same file system: each a rename, all within a millisecond or so
+        os.replace(staging / f"{name}.toml", loop.folder / f"{name}.toml")
+
+    created: set[str] = set()
+
+    def all_created() -> int | None:
+        record = loop.record()
+        created.update(
+            a.removeprefix("create ").split(":")[0]
+            for a in record.get("last_actions", [])
+            if a.startswith("create ")
+        )
+        return int(record["passes"]) if created >= set(names) else None
+
+    passes_at_creation = eventually(all_created, "the loop records 20 creates")
+    assert passes_at_creation - passes_before <= 3, (
+        f"20 files took {passes_at_creation - passes_before} passes"
+    )
+    for name in names:
+        eventually(partial(serves, ports[name], "<h1>site</h1>\n"), f"{name} answers")
+    lines = loop.output().splitlines()
+    assert sorted(line for line in lines if line.startswith("create ")) == [
+        f"create {name}: new in {name}.toml" for name in names
+    ]
+    rows = loop.status()["containers"]
+    assert sorted((r["name"], r["phase"]) for r in rows) == [(n, "Running") for n in names]
+
+
+def test_ports_swapped_in_one_edit_are_both_served(loop: Loop, tmp_path: Path) -> None:
+    make_site(loop.folder, "site-a", "A\n")
+    make_site(loop.folder, "site-b", "B\n")
+    first, second = free_ports(2)
+    put(loop.folder, "a.toml", web_toml(first, "site-a"))
+    put(loop.folder, "b.toml", web_toml(second, "site-b"))
+    eventually(lambda: serves(first, "A\n") and serves(second, "B\n"), "a and b answer")
+    pids = loop.pid("a"), loop.pid("b")
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "a.toml").write_text(web_toml(second, "site-a"))
+    (staging / "b.toml").write_text(web_toml(first, "site-b"))
+    os.replace(staging / "a.toml", loop.folder / "a.toml")
+    os.replace(staging / "b.toml", loop.folder / "b.toml")
+    eventually(
+        lambda: serves(first, "B\n") and serves(second, "A\n"), "a and b answer on swapped ports"
+    )
+    assert (loop.pid("a"), loop.pid("b")) == pids, "a ports-only edit keeps the processes"
+    rows = eventually(
+        lambda: (s := loop.status()["containers"]) and all(r["in_sync"] for r in s) and s,
+        "both in sync",
+    )
+    assert [(r["name"], r["phase"], r["ports"]) for r in rows] == [
+        ("a", "Running", [f"127.0.0.1:{second}->80/tcp"]),
+        ("b", "Running", [f"127.0.0.1:{first}->80/tcp"]),
+    ]
+
+
+def test_port_taken_by_another_file_is_a_port_conflict(loop: Loop) -> None:
+    make_site(loop.folder, "site-new", "newcomer\n")
+    port = free_port()
+    put(loop.folder, "holder.toml", web_toml(port))
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), "holder answers")
+    pid = loop.pid("holder")
+
+    # "aaa" sorts first, but the port is held by a running container: that one keeps it.
+    put(loop.folder, "aaa.toml", web_toml(port, "site-new"))
+    row = eventually(
+        lambda: (r := loop.row("aaa")) and r["phase"] == "PortConflict" and r,
+        "aaa is reported PortConflict",
+    )
+    (condition,) = row["conditions"]
+    assert condition["kind"] == "PortConflict"
+    assert f"127.0.0.1:{port}->80/tcp" in condition["message"]
+    assert "holder.toml" in condition["message"]
+    assert (row["pid"], row["in_sync"]) == (None, False)
+    assert [i.name for i in loop.ours()] == ["holder"]
+    assert serves(port, "<h1>site</h1>\n")
+    assert loop.pid("holder") == pid
+    holder = loop.row("holder")
+    assert holder is not None
+    assert (holder["phase"], holder["in_sync"]) == ("Running", True)
+
+    # Once the port is free, the waiting file is applied.
+    (loop.folder / "holder.toml").unlink()
+    eventually(lambda: serves(port, "newcomer\n"), "aaa takes the port once it is free")
+    row = eventually(lambda: (r := loop.row("aaa")) and r["phase"] == "Running" and r, "aaa runs")
+    assert row["conditions"] == []
+
+
+# -- commands that exit ---------------------------------------------------------------------
+
+
+def test_exiting_command_is_restarted_with_a_growing_back_off(loop: Loop) -> None:
+    loop.transient.add("crash")
+    put(loop.folder, "crash.toml", exiting_toml(1))
+    starts: list[float] = []  # started_at of each run, as the runtime records it
+
+    def five_restarts() -> bool:
+        info = loop.rt.list()
+        mine = [i for i in info if i.name == "crash" and i.started_at is not None]
+        if mine and (not starts or mine[0].started_at != starts[-1]):
+            assert mine[0].started_at is not None
+            starts.append(mine[0].started_at)
+        return len(starts) >= 6
+
+    eventually(five_restarts, "five restarts of crash")
+    gaps = [b - a for a, b in pairwise(starts)]
+    backoff = Backoff()
+    for crashes, gap in enumerate(gaps, start=1):  # never earlier than the back-off allows
+        assert gap >= backoff.crash_delay(crashes), (crashes, gaps)
+    assert max(gaps) == gaps[-1] > gaps[0], f"the gaps between restarts grow: {gaps}"
+
+    row = eventually(
+        lambda: (r := loop.row("crash")) and r["phase"] == "CrashLoopBackOff" and r,
+        "crash is reported CrashLoopBackOff",
+    )
+    assert row["restarts"] >= 5
+    assert row["exit_code"] in (1, None)
+    runs = loop.rt.logs("crash").decode().splitlines()
+    assert runs == ["run"] * len(runs)
+    assert len(runs) >= 6, runs
+    assert "start crash: exited with code 1; policy always" in loop.output().splitlines()
+
+
+@pytest.mark.parametrize(("policy", "code"), [("never", 1), ("on-failure", 0)])
+def test_exited_command_stays_exited_when_its_policy_says_so(
+    loop: Loop, policy: str, code: int
+) -> None:
+    loop.transient.add("once")
+    put(loop.folder, "once.toml", exiting_toml(code, policy))
+    row = eventually(
+        lambda: (r := loop.row("once")) and r["phase"] == "Exited" and r,
+        "once is reported Exited",
+    )
+    passes = loop.record()["passes"]
+    eventually(lambda: loop.record()["passes"] >= passes + 3, "three more passes of the loop")
+    row = loop.row("once")
+    assert row is not None
+    assert (row["phase"], row["exit_code"], row["restarts"]) == ("Exited", code, 0)
+    assert row["in_sync"] is True
+    assert loop.rt.inspect("once").state is ContainerState.EXITED
+    assert loop.rt.logs("once") == b"run\n"
+    assert not any(line.startswith("start once") for line in loop.output().splitlines())
+
+
+@pytest.mark.parametrize("loop", [600.0], indirect=True)
+def test_exit_is_noticed_at_once_not_at_the_resync(loop: Loop) -> None:
+    loop.transient.add("slow")
+    put(loop.folder, "slow.toml", exiting_toml(1, after="0.3"))
+    # It fails 0.3 s after each start and is due again 0.1 s, then 0.2 s later: only the
+    # loop's watch on the container's exit can restart it before the 600 s resync.
+    eventually(
+        lambda: any(i.name == "slow" and i.restarts >= 2 for i in loop.rt.list()),
+        "two restarts of slow (the resync is 600 s away)",
+    )
+
+
+def test_same_size_edit_with_an_unchanged_mtime_is_applied(loop: Loop) -> None:
+    old, new = free_ports(2)
+    path = loop.folder / "quick.toml"
+    path.write_text(web_toml(old))
+    eventually(lambda: serves(old, "<h1>site</h1>\n"), "quick answers")
+    before = path.stat()
+    path.write_text(web_toml(new))  # in place: same inode
+    # What a coarse clock gives a second save within the same tick: the same mtime.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    passes = loop.record()["passes"]
+    eventually(lambda: loop.record()["passes"] >= passes + 6, "six passes (three resyncs)")
+    assert serves(new, "<h1>site</h1>\n"), "the edited port is applied"
+
+
+# -- plan, apply, status and down without the loop --------------------------------------
+
+
+def test_plan_apply_and_down_on_the_example_folder(
+    rt: LinuxRuntime, env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "example"
+    shutil.copytree(ROOT / "desired", folder)
+    port = free_port()
+    text = (folder / "web.toml").read_text()
+    assert "host = 8080" in text
+    (folder / "web.toml").write_text(text.replace("host = 8080", f"host = {port}"))
+    expected = (folder / "site" / "index.html").read_bytes()
+    try:
+        plan = cli(env, "plan", str(folder))
+        assert plan.returncode == 2, plan
+        assert "create web: new in web.toml" in plan.stdout
+
+        apply = cli(env, "apply", str(folder))
+        assert apply.returncode == 0, apply
+        assert "create web: new in web.toml: done" in apply.stdout
+        assert apply.stdout.rstrip().endswith("converged")
+        assert page(port) == expected
+        pid = rt.inspect("web").pid
+
+        plan = cli(env, "plan", str(folder))
+        assert plan.returncode == 0, plan
+        assert "no changes" in plan.stdout
+        apply = cli(env, "apply", str(folder))
+        assert apply.returncode == 0, apply
+        assert rt.inspect("web").pid == pid
+
+        status = cli(env, "status", str(folder), "--json")
+        assert status.returncode == 0, status
+        document = json.loads(status.stdout)
+        assert document["version"] == 1
+        assert document["folder"] == str(folder)
+        assert document["loop"]["running"] is False
+        (row,) = document["containers"]
+        assert (row["name"], row["phase"], row["pid"], row["in_sync"]) == (
+            "web",
+            "Running",
+            pid,
+            True,
+        )
+
+        (folder / "other.toml").write_text('name = "web"\n' + text.replace("8080", "1"))
+        plan = cli(env, "plan", str(folder))
+        assert plan.returncode == 1, plan
+        assert "DuplicateName web" in plan.stdout
+        (folder / "other.toml").unlink()
+
+        with (folder / "web.toml").open("a") as file:
+            file.write("broken = [\n")
+        plan = cli(env, "plan", str(folder))
+        assert plan.returncode == 1, plan
+        assert "InvalidSpec web" in plan.stdout
+        apply = cli(env, "apply", str(folder))
+        assert apply.returncode == 1, apply
+        assert page(port) == expected, "a broken file keeps the last valid container"
+    finally:
+        down = cli(env, "down", str(folder))
+    assert down.returncode == 0, down
+    assert "web: removed" in down.stdout
+    assert http_refused(port)
+    assert [i.name for i in rt.list()] == []
