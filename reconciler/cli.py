@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconciler.converge import Converger
+from reconciler.converge import Backoff, Converger
 from reconciler.loop import PassResult, Reconciler, run_loop
 from reconciler.plan import Plan, is_managed_by
 from reconciler.squishfile import validate_files
@@ -43,13 +43,23 @@ def _describe_ports(info: ContainerInfo) -> str:
     return ", ".join(f"{p.host_addr}:{p.host}->{p.container}/{p.protocol}" for p in info.ports)
 
 
-def _reconciler(folder: Path, runtime: LinuxRuntime | None = None) -> Reconciler:
+def _reconciler(
+    folder: Path, runtime: LinuxRuntime | None = None, args: argparse.Namespace | None = None
+) -> Reconciler:
     runtime = runtime or LinuxRuntime()
     folder = Path(os.path.abspath(folder))
+    backoff, limit = Backoff(), 8
+    if args is not None and hasattr(args, "crash_backoff"):
+        backoff = Backoff(
+            crash_initial=args.crash_backoff,
+            crash_max=args.crash_backoff_max,
+            crash_reset=args.crash_backoff_reset,
+        )
+        limit = args.parallel
     return Reconciler(
         folder=folder,
         runtime=runtime,
-        converger=Converger(runtime),
+        converger=Converger(runtime, limit=limit, backoff=backoff),
         store=StatusStore(runtime.state, folder),
     )
 
@@ -69,7 +79,7 @@ def _print_plan(todo: Plan) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir))
+    reconciler = _reconciler(Path(args.dir), args=args)
 
     def on_pass(result: PassResult) -> None:
         for outcome in result.outcomes:
@@ -105,7 +115,7 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir))
+    reconciler = _reconciler(Path(args.dir), args=args)
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
         mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"
@@ -248,6 +258,22 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tuning(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--parallel", type=int, default=8, help="actions at once (default 8)")
+    command.add_argument(
+        "--crash-backoff", type=float, default=0.1, help="first delay before a restart (s)"
+    )
+    command.add_argument(
+        "--crash-backoff-max", type=float, default=60.0, help="longest delay between restarts (s)"
+    )
+    command.add_argument(
+        "--crash-backoff-reset",
+        type=float,
+        default=60.0,
+        help="running this long resets the crash back-off (s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler", description="Rootless containers reconciled from TOML squishfiles."
@@ -263,8 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resync", type=float, default=5.0, help="seconds between full resyncs")
     p.add_argument("--debounce-ms", type=int, default=200, help="longest batch of file events")
     p.add_argument("--step-ms", type=int, default=5, help="quiet time that ends a batch (ms)")
+    _tuning(p)
     p.set_defaults(func=cmd_run)
-    folder_command("apply", "converge DIR once; exit 0 when converged").set_defaults(func=cmd_apply)
+    p = folder_command("apply", "converge DIR once; exit 0 when converged")
+    _tuning(p)
+    p.set_defaults(func=cmd_apply)
     folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors").set_defaults(
         func=cmd_plan
     )
