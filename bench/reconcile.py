@@ -128,7 +128,9 @@ def main() -> None:
             write_atomically(path, SQUISHFILE.format(port=second))
             edit.append(wait_until(partial(answers, second)))
             after = runtime.inspect(f"b{i}")
-            assert after.pid == pid and after.restarts == 0, "a port edit restarted it"
+            assert after.pid == pid and after.restarts == 0, (
+                f"a port edit restarted it: {pid} {after}"
+            )
             path.unlink()
             wait_until(partial(removed, runtime, f"b{i}"))
         report("file dropped -> port answers", drop)

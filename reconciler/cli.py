@@ -286,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
-    p.add_argument("--resync", type=float, default=5.0, help="seconds between full resyncs")
+    p.add_argument("--resync", type=float, default=10.0, help="seconds between full resyncs")
     p.add_argument("--debounce-ms", type=int, default=200, help="longest batch of file events")
-    p.add_argument("--step-ms", type=int, default=5, help="quiet time that ends a batch (ms)")
+    p.add_argument("--step-ms", type=int, default=20, help="quiet time that ends a batch (ms)")
     _tuning(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")

@@ -193,8 +193,8 @@ async def run_loop(
     reconciler: Reconciler,
     *,
     debounce_ms: int = 200,
-    step_ms: int = 5,
-    resync: float = 5.0,
+    step_ms: int = 20,
+    resync: float = 10.0,
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
 ) -> None:

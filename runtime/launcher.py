@@ -183,11 +183,6 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
         if mounted != b"M":
             detail = mounted[1:].decode(errors="replace")
             raise _LaunchFailed(detail or "the container init died while mounting")
-        os.write(init.go_w, b"G")
-        started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
-        if started != b"S":
-            detail = started[1:].decode(errors="replace")
-            raise _LaunchFailed(detail or "the container init died before the command started")
         if identity is None:
             raise _LaunchFailed("the container init vanished")
         run = {
@@ -196,7 +191,13 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
             "forwards": network[1] if network else [],
             "started_at": time.time(),
         }
+        # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
+        os.write(init.go_w, b"G")
+        started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
+        if started != b"S":
+            detail = started[1:].decode(errors="replace")
+            raise _LaunchFailed(detail or "the container init died before the command started")
         return {"ok": True, "run": run}
     except BaseException:
         os.kill(init.pid, signal.SIGKILL)
