@@ -25,7 +25,7 @@ from reconciler.converge import Backoff, Converger
 from reconciler.loop import PassResult, Reconciler, run_loop
 from reconciler.plan import Plan, is_managed_by
 from reconciler.squishfile import validate_files
-from reconciler.status import StatusStore, status_document
+from reconciler.status import FolderBusy, StatusStore, status_document
 from runtime.errors import HostSetupError, SquishError
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.linux import LinuxRuntime
@@ -80,6 +80,8 @@ def _print_plan(todo: Plan) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), args=args)
+    assert reconciler.store is not None
+    reconciler.store.claim()
 
     def on_pass(result: PassResult) -> None:
         for outcome in result.outcomes:
@@ -116,6 +118,8 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), args=args)
+    assert reconciler.store is not None
+    reconciler.store.claim()
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
         mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"
@@ -331,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (HostSetupError, SquishError, OSError) as exc:
+    except (HostSetupError, SquishError, OSError, FolderBusy) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 

@@ -24,6 +24,7 @@ last valid spec keeps running), ``PortConflict``, ``Exited`` (stopped by its res
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import time
@@ -37,7 +38,7 @@ from reconciler.state import LABEL_FILE, DesiredState
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.state import ProcessId, read_json, write_json_atomic
 
-__all__ = ("LoopRecord", "StatusStore", "container_rows", "status_document")
+__all__ = ("FolderBusy", "LoopRecord", "StatusStore", "container_rows", "status_document")
 
 
 @dataclass
@@ -73,6 +74,10 @@ class LoopRecord:
         return ProcessId(self.pid, self.pid_start_time).alive()
 
 
+class FolderBusy(RuntimeError):
+    """Another reconciler already controls this folder."""
+
+
 class StatusStore:
     """Where a folder's loop records itself."""
 
@@ -80,6 +85,24 @@ class StatusStore:
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
         self.path = state / "reconciler" / f"{digest}.json"
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self._lock_fd: int | None = None
+
+    def claim(self) -> None:
+        """Become the one controller of this folder, or raise ``FolderBusy``.
+
+        Held until the process exits: two loops on one folder would fight.
+        """
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            record = self.read().get("loop") or {}
+            raise FolderBusy(
+                f"another reconciler (pid {record.get('pid', '?')}) already manages this "
+                "folder; stop it first (it applies changes itself)"
+            ) from None
+        self._lock_fd = fd
 
     def write(
         self,

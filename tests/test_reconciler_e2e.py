@@ -667,3 +667,11 @@ def test_plan_apply_and_down_on_the_example_folder(
     assert "web: removed" in down.stdout
     assert http_refused(port)
     assert [i.name for i in rt.list()] == []
+
+
+def test_a_second_controller_of_the_same_folder_is_refused(loop: Loop) -> None:
+    loop.record()  # the loop has run a pass, so it holds the folder
+    for command in ("run", "apply"):
+        second = loop.cli(command, str(loop.folder))
+        assert second.returncode == 1
+        assert "already manages this folder" in second.stderr
