@@ -66,7 +66,9 @@ lint: venv
 	exit $$rc
 
 bench: venv check
-	@exec $(VENV)/bin/python bench/run.py
+	@$(VENV)/bin/python bench/run.py
+	echo
+	exec $(VENV)/bin/python bench/reconcile.py
 
 venv: $(STAMP)
 
