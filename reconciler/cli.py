@@ -36,7 +36,14 @@ _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
 
 _DEFAULT_DIR = "desired"
-_BLOCKING = {"InvalidSpec", "DuplicateName", "PortConflict", "NameTaken", "FolderUnreadable"}
+_BLOCKING = {
+    "InvalidSpec",
+    "DuplicateName",
+    "PortConflict",
+    "NameTaken",
+    "FolderUnreadable",
+    "MassDeleteGuard",
+}
 
 
 def _describe_ports(info: ContainerInfo) -> str:
@@ -61,6 +68,7 @@ def _reconciler(
         runtime=runtime,
         converger=Converger(runtime, limit=limit, backoff=backoff),
         store=StatusStore(runtime.state, folder),
+        allow_mass_delete=bool(getattr(args, "allow_mass_delete", False)),
     )
 
 
@@ -263,6 +271,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def _tuning(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="apply a pass that removes more than half of the folder's containers",
+    )
     command.add_argument("--parallel", type=int, default=8, help="actions at once (default 8)")
     command.add_argument(
         "--crash-backoff", type=float, default=0.1, help="first delay before a restart (s)"

@@ -63,6 +63,7 @@ class Reconciler:
     store: StatusStore | None = None
     clock: Callable[[], float] = time.time
     record: LoopRecord = field(default_factory=LoopRecord)
+    allow_mass_delete: bool = False
     _holds: dict[str, float] = field(default_factory=dict)
     _files: FileCache = field(default_factory=dict)
     _running: set[int] = field(default_factory=set)
@@ -74,7 +75,14 @@ class Reconciler:
         desired, actual = self._observe()
         self.converger.observe(actual)
         holds = self.converger.not_before(actual)
-        return desired, actual, plan(desired, actual, now=self.clock(), not_before=holds)
+        todo = plan(
+            desired,
+            actual,
+            now=self.clock(),
+            not_before=holds,
+            allow_mass_delete=self.allow_mass_delete,
+        )
+        return desired, actual, todo
 
     async def reconcile(self, trigger: str = "manual") -> PassResult:
         started = self.clock()

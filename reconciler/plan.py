@@ -79,6 +79,7 @@ class ConditionKind(StrEnum):
     NAME_TAKEN = "NameTaken"
     FOLDER_UNREADABLE = "FolderUnreadable"
     BACK_OFF = "BackOff"
+    MASS_DELETE = "MassDeleteGuard"
 
 
 @dataclass(frozen=True)
@@ -232,11 +233,17 @@ def plan(
     *,
     now: float = 0.0,
     not_before: Mapping[str, float] | None = None,
+    allow_mass_delete: bool = False,
 ) -> Plan:
     """The actions that take ``actual`` to ``desired``, and the conditions that block some.
 
     ``not_before`` maps a container name to the time before which nothing may be done to
     it (its back-off after a failure or a crash); ``now`` is the current time.
+
+    Mass-deletion guard: a pass that would destroy more than half of this folder's
+    containers and more than two of them (an emptied folder, a half-synced checkout)
+    destroys none and reports ``MassDeleteGuard`` instead, unless ``allow_mass_delete``.
+    Deleting one or two files is always applied.
     """
     folder = str(desired.folder)
     hold = not_before or {}
@@ -278,6 +285,17 @@ def plan(
     taken = {name for name in desired.containers if name in by_name and name not in ours}
     contenders = [want for name, want in desired.containers.items() if name not in taken]
     losers = _port_losers(contenders, holders, reserved)
+    if len(destroys) > 2 and 2 * len(destroys) > len(ours) and not allow_mass_delete:
+        conditions.append(
+            Condition(
+                "*",
+                ConditionKind.MASS_DELETE,
+                f"this pass would remove {len(destroys)} of the folder's {len(ours)} "
+                "containers; none is removed until the files are back or you confirm "
+                "with --allow-mass-delete",
+            )
+        )
+        destroys = []
     actions: list[Action] = list(destroys)
     for name, want in sorted(desired.containers.items()):
         if name in taken:

@@ -952,3 +952,39 @@ def test_a_held_back_destroy_is_reported() -> None:
     result = plan(desired(), [running(WEB)], now=5.0, not_before={"web": 6.0})
     assert actions_of(result) == ()
     assert conditions_of(result) == ("BackOff web",)
+
+
+# -- mass-deletion guard ----------------------------------------------------------------------
+
+FLEET = [want(f"c{i}") for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("kept", "allow", "destroyed", "guarded"),
+    [
+        pytest.param(6, False, 0, False, id="nothing-removed"),
+        pytest.param(5, False, 1, False, id="one-file-is-always-applied"),
+        pytest.param(4, False, 2, False, id="two-files-are-always-applied"),
+        pytest.param(3, False, 3, False, id="half-is-not-more-than-half"),
+        pytest.param(2, False, 0, True, id="more-than-half-and-more-than-two-is-held"),
+        pytest.param(0, False, 0, True, id="emptied-folder-is-held"),
+        pytest.param(0, True, 6, False, id="confirmed-with-allow-mass-delete"),
+    ],
+)
+def test_mass_deletion_guard(kept: int, allow: bool, destroyed: int, guarded: bool) -> None:
+    result = plan(desired(*FLEET[:kept]), [running(c) for c in FLEET], allow_mass_delete=allow)
+    destroys = [a for a in actions_of(result) if a.startswith("destroy")]
+    assert len(destroys) == destroyed
+    assert ("MassDeleteGuard *" in conditions_of(result)) == guarded
+
+
+def test_mass_deletion_guard_holds_only_destroys() -> None:
+    new = want("newcomer")
+    result = plan(desired(FLEET[0], new), [running(c) for c in FLEET])
+    assert actions_of(result) == ("create newcomer",)
+    assert conditions_of(result) == ("MassDeleteGuard *",)
+
+
+def test_two_managed_containers_may_both_go() -> None:
+    result = plan(desired(), [running(FLEET[0]), running(FLEET[1])])
+    assert actions_of(result) == ("destroy c0", "destroy c1")
