@@ -8,6 +8,7 @@ threaded program.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import shutil
@@ -275,10 +276,7 @@ class LinuxRuntime:
                 fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
             )
         rootfs = self._rootfs(spec.rootfs)
-        try:
-            cdir.mkdir(mode=0o700)
-        except FileExistsError:
-            raise ContainerExists(spec.name) from None
+        lock_fd = self._claim_folder(cdir, spec.name)
         try:
             mounts = self._mounts(spec, cdir)
             prepare_skeleton(cdir / "skel", mounts)
@@ -303,7 +301,38 @@ class LinuxRuntime:
         except BaseException:
             shutil.rmtree(cdir, ignore_errors=True)
             raise
+        finally:
+            os.close(lock_fd)
         return self._info(cdir)
+
+    def _claim_folder(self, cdir: Path, name: str) -> int:
+        """Make ``cdir`` and hold its lock while it is filled; return the lock's fd.
+
+        A folder without ``launch.json`` whose lock is free was left by a client killed
+        in the middle of a create: it is removed and claimed afresh.
+        """
+        for _ in range(2):
+            try:
+                cdir.mkdir(mode=0o700)
+            except FileExistsError:
+                if (cdir / "launch.json").exists():
+                    raise ContainerExists(name) from None
+                fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise ContainerExists(name) from None  # being created right now
+                if (cdir / "launch.json").exists():
+                    os.close(fd)
+                    raise ContainerExists(name) from None
+                shutil.rmtree(cdir)
+                os.close(fd)
+                continue
+            fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
+        raise ContainerExists(name)
 
     def start(self, name: str) -> ContainerInfo:
         with self._locked(name) as cdir:

@@ -153,3 +153,13 @@ def test_a_dead_spare_launcher_is_replaced(rt: LinuxRuntime) -> None:
         os.kill(identity.pid, signal.SIGKILL)
     for n in range(3):
         assert output_of(rt, shell(f"after-{n}", "echo fine")) == "fine\n"
+
+
+def test_a_half_created_container_left_by_a_killed_client_is_replaced(
+    rt: LinuxRuntime, state_path: Path
+) -> None:
+    leftover = state_path / "containers" / "half"
+    (leftover / "skel").mkdir(parents=True)
+    (leftover / "spec.json").write_text("{}")  # no launch.json: the create never finished
+    assert "half" not in {info.name for info in rt.list()}
+    assert output_of(rt, shell("half", "echo whole")) == "whole\n"
