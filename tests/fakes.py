@@ -10,7 +10,8 @@
   number of times (or always);
 - it holds calls on request (:meth:`FakeRuntime.hold`): a matching call waits in its
   worker thread until the returned :class:`threading.Event` is set, so a test can see
-  what runs at the same time;
+  what runs at the same time (:meth:`FakeRuntime.releasing` opens every hold when the
+  test's block fails);
 - it counts the calls in flight and remembers the most at once
   (:attr:`FakeRuntime.max_in_flight`).
 
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -148,6 +150,7 @@ class FakeRuntime:
         self._in_flight: list[Call] = []
         self._max_in_flight = 0
         self._next_pid = 1000
+        self._released = False
 
     # -- what a test sets up ----------------------------------------------------------------
 
@@ -166,7 +169,30 @@ class FakeRuntime:
         gate = threading.Event()
         with self._cond:
             self._holds.append(_Hold(method, name, gate))
+            if self._released:
+                gate.set()
         return gate
+
+    def release_all(self) -> None:
+        """Open every hold, present and future (so nothing stays held behind a failed test)."""
+        with self._cond:
+            self._released = True
+            for hold in self._holds:
+                hold.gate.set()
+
+    @contextmanager
+    def releasing(self) -> Iterator[None]:
+        """Run a block that looks at held calls; if it fails, open every hold.
+
+        Use it inside the task group that runs the converger: a cancelled
+        ``anyio.to_thread`` call still waits for its thread, so without this a failed
+        assertion would leave the group waiting on held calls until :data:`HANG_GUARD`.
+        """
+        try:
+            yield
+        except BaseException:
+            self.release_all()
+            raise
 
     def seed(
         self,

@@ -18,7 +18,7 @@ import pytest
 from reconciler.converge import Backoff, Converger, Outcome
 from reconciler.desired import DesiredContainer, load_desired
 from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
-from runtime.errors import ContainerStartError, PortInUse
+from runtime.errors import ContainerNotFound, ContainerStartError, PortInUse
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
 from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
@@ -158,9 +158,11 @@ def assert_phases_ordered(journal: Sequence[Mark]) -> None:
     assert max(frees) < min(takes), show(journal)
 
 
-def in_flight_is(fake: FakeRuntime, method: Method, begun: int, held: int) -> Callable[[], bool]:
+def reached(fake: FakeRuntime, method: Method, begun: int, held: int) -> Callable[[], bool]:
+    """At least ``begun`` calls of ``method`` made and at least ``held`` calls in flight."""
+
     def check() -> bool:
-        return len(fake.history(method)) == begun and len(fake.in_flight) == held
+        return len(fake.history(method)) >= begun and len(fake.in_flight) >= held
 
     return check
 
@@ -191,8 +193,9 @@ async def test_port_swap_frees_both_ports_before_taking_either(
     outcomes: list[Outcome] = []
     async with anyio.create_task_group() as group:
         group.start_soon(apply_into, outcomes, converger, todo)
-        await fake.until(in_flight_is(fake, "remove_port", 2, 2), "both unbinds in flight")
-        assert sorted(fake.history()) == [("remove_port", "a"), ("remove_port", "b")]
+        with fake.releasing():
+            await fake.until(reached(fake, "remove_port", 2, 2), "both unbinds in flight")
+            assert sorted(fake.history()) == [("remove_port", "a"), ("remove_port", "b")]
         unbinding.set()
 
     assert_phases_ordered(fake.journal)
@@ -224,11 +227,16 @@ async def test_every_freeing_action_ends_before_any_taking_action_begins(
     outcomes: list[Outcome] = []
     async with anyio.create_task_group() as group:
         group.start_soon(apply_into, outcomes, converger, todo)
-        await fake.until(
-            lambda: len(fake.ended()) == 2 and [c.name for c in fake.in_flight] == ["r"],
-            "the other frees done while r's removal is held",
-        )
-        assert sorted(fake.history()) == [("remove", "r"), ("remove", "x"), ("remove_port", "a")]
+        with fake.releasing():
+            await fake.until(
+                lambda: len(fake.ended()) == 2 and [c.name for c in fake.in_flight] == ["r"],
+                "the other frees done while r's removal is held",
+            )
+            assert sorted(fake.history()) == [
+                ("remove", "r"),
+                ("remove", "x"),
+                ("remove_port", "a"),
+            ]
         removing_r.set()
 
     assert_phases_ordered(fake.journal)
@@ -342,16 +350,17 @@ async def test_independent_actions_run_up_to_the_limit_at_once_and_never_more(
     outcomes: list[Outcome] = []
     async with anyio.create_task_group() as group:
         group.start_soon(apply_into, outcomes, converger, Plan(tuple(act(kind, n) for n in names)))
-        for done in range(count):
-            expect = min(limit, count - done)
-            await fake.until(
-                in_flight_is(fake, method, done + expect, expect),
-                f"{expect} calls in flight after {done} released",
-            )
-            held = fake.in_flight
-            assert len(held) == expect, held
-            gates[held[0].name].set()
-            await fake.until(has_ended(fake, held[0]), f"{held[0].name} to end")
+        with fake.releasing():
+            for done in range(count):
+                expect = min(limit, count - done)
+                await fake.until(
+                    reached(fake, method, done + expect, expect),
+                    f"{expect} calls in flight after {done} released",
+                )
+                held = fake.in_flight  # the converger can start no more: all are held
+                assert (len(fake.history(method)), len(held)) == (done + expect, expect), held
+                gates[held[0].name].set()
+                await fake.until(has_ended(fake, held[0]), f"{held[0].name} to end")
 
     assert fake.max_in_flight == min(limit, count)
     assert sorted(o.action.name for o in outcomes) == names
@@ -372,10 +381,11 @@ async def test_one_failing_action_does_not_stop_the_others(
         group.start_soon(
             apply_into, outcomes, converger, Plan(tuple(act(CREATE, n) for n in "abc"))
         )
-        await fake.until(
-            lambda: len(fake.ended("run", "b")) == 1 and len(fake.ended("run", "c")) == 1,
-            "b to fail and c to succeed while a is held",
-        )
+        with fake.releasing():
+            await fake.until(
+                lambda: len(fake.ended("run", "b")) == 1 and len(fake.ended("run", "c")) == 1,
+                "b to fail and c to succeed while a is held",
+            )
         slow_a.set()
 
     assert {o.action.name: o.error for o in outcomes} == {
@@ -431,6 +441,28 @@ async def test_a_failed_free_skips_only_that_containers_take(
         "x": "destroy failed: container 'x' failed to start: init 77 survived SIGKILL",
     }
     assert fake.inspect("b").ports == (port(9001),)
+
+
+@pytest.mark.anyio
+async def test_unbind_and_bind_handle_every_port_of_their_action(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    old, new = (port(8080), port(8081, 81)), (port(9000), port(9001, 91))
+    fake.seed(spec("web", ports=old))
+    after = want("web", ports=new)
+
+    outcomes = await converger.apply(
+        Plan((act(BIND, "web", new, wanted=after), act(UNBIND, "web", old, wanted=after)))
+    )
+
+    assert all(o.ok for o in outcomes), outcomes
+    assert [(c.method, c.args) for c in fake.calls] == [
+        ("remove_port", (old[0],)),
+        ("remove_port", (old[1],)),
+        ("add_port", (new[0],)),
+        ("add_port", (new[1],)),
+    ]
+    assert fake.inspect("web").ports == new
 
 
 def test_outcome_is_ok_without_an_error() -> None:
@@ -513,9 +545,12 @@ async def test_failure_backoff_is_per_container(
 
 
 @pytest.mark.anyio
-async def test_a_successful_destroy_drops_the_containers_errors(
+async def test_a_successful_destroy_forgets_the_container(
     fake: FakeRuntime, converger: Converger
 ) -> None:
+    converger.observe([exited("old", 900.0, 901.0)])
+    converger.observe([exited("old", 910.0, 911.0)])
+    assert converger.crash_looping("old")
     fake.seed(spec("old"))
     fake.fail("remove", "old", ContainerStartError("old", "busy"))
     await converger.apply(Plan((act(DESTROY, "old"),)))
@@ -527,6 +562,7 @@ async def test_a_successful_destroy_drops_the_containers_errors(
     assert outcome.ok
     assert converger.not_before([]) == {}
     assert converger.last_errors() == {}
+    assert not converger.crash_looping("old")
     assert fake.list() == []
 
 
@@ -592,9 +628,9 @@ def test_an_exit_after_running_for_crash_reset_starts_the_backoff_afresh(
 def test_running_for_crash_reset_clears_the_crashes(
     converger: Converger, clock: FakeClock, running_for: float, looping: bool
 ) -> None:
-    started = clock.now
-    for _ in range(2):
-        started = crash(converger, clock, "web", started, ran=1.0) + 0.5
+    for started in (1000.0, 1010.0):
+        crash(converger, clock, "web", started, ran=1.0)
+    started = 2000.0  # round numbers: the boundary is compared exactly
     clock.now = started + running_for
 
     converger.observe([running("web", started)])
@@ -634,6 +670,24 @@ async def test_a_successful_create_or_recreate_resets_the_crashes(
     fake.finish("web")
     converger.observe(fake.list())
     assert converger.not_before(fake.list()) == {"web": at(clock.now + 0.1)}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [CREATE, RECREATE])
+async def test_after_a_create_or_recreate_an_exit_with_the_old_time_counts(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock, kind: ActionKind
+) -> None:
+    seen = [exited("web", 990.0, 991.0)]
+    converger.observe(seen)
+    if kind is RECREATE:
+        fake.seed(spec("web"), ContainerState.EXITED)
+
+    [*_, outcome] = await converger.apply(Plan((act(kind, "web"),)))
+    assert outcome.ok
+    assert converger.not_before(seen) == {}
+    converger.observe(seen)  # its first exit happens to carry the same time
+
+    assert converger.not_before(seen) == {"web": at(991.1)}
 
 
 @pytest.mark.anyio
@@ -694,6 +748,25 @@ def test_an_exit_without_a_finish_time_counts_as_a_crash(
     assert converger.not_before(seen) == {"web": at(1002.0 + 0.1)}
 
 
+@pytest.mark.anyio
+async def test_an_exit_seen_again_counts_again_only_after_a_start(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    fake.seed(spec("web"), ContainerState.EXITED)
+    seen = [exited("web", 990.0, 991.0)]
+    for _ in range(2):
+        clock.advance(1.0)
+        converger.observe(seen)
+    assert not converger.crash_looping("web")  # one exit, seen twice
+
+    [outcome] = await converger.apply(Plan((act(START, "web"),)))
+    assert outcome.ok
+    clock.advance(1.0)
+    converger.observe(seen)  # an exit reported with the same time (a coarse clock)
+
+    assert converger.crash_looping("web")
+
+
 # -- forgetting --------------------------------------------------------------------------------
 
 
@@ -723,6 +796,62 @@ async def test_forget_drops_the_state_of_names_not_given(
     assert not converger.crash_looping("c")
     converger.observe(seen)  # the same exit again is, after forgetting, a first crash
     assert converger.not_before(seen) == {"c": at(951.1), "d": at(951.1)}
+
+
+# -- the fake runtime itself (the phase tests lean on its port checks) -----------------------
+
+
+def test_the_fake_refuses_a_host_port_another_running_container_forwards(
+    fake: FakeRuntime,
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b"))
+    wildcard = PortMapping(container=80, host=8080, host_addr="0.0.0.0")
+    for mapping in (P8080, wildcard):
+        with pytest.raises(PortInUse):
+            fake.add_port("b", mapping)
+    fake.add_port("b", PortMapping(container=80, host=8080, protocol="udp"))
+    with pytest.raises(PortInUse):
+        fake.run(spec("c", ports=[P8080]))
+    assert [i.name for i in fake.list()] == ["a", "b"]  # a failed run leaves nothing behind
+
+    fake.stop("a")
+    fake.add_port("b", P8080)
+    assert fake.inspect("b").ports[-1] == P8080
+
+
+def test_the_fake_fails_and_records_calls_as_told(fake: FakeRuntime, clock: FakeClock) -> None:
+    fake.seed(spec("web"))
+    fake.fail("remove", "web", ContainerStartError("web", "busy"), times=2)
+    for _ in range(2):
+        with pytest.raises(ContainerStartError):
+            fake.remove("web", force=True)
+    with pytest.raises(ContainerStartError):
+        fake.remove("web")  # running, and no force
+    clock.advance(1.0)
+    fake.finish("web", 3)
+    assert fake.wait("web") == 3
+    fake.remove("web")
+    with pytest.raises(ContainerNotFound):
+        fake.inspect("web")
+
+    assert fake.history() == [("remove", "web")] * 4
+    assert [m.error is None for m in fake.ended("remove")] == [False, False, False, True]
+    assert [c.at for c in fake.calls] == [1000.0] * 3 + [1001.0] * 3
+    assert (fake.in_flight, fake.max_in_flight) == ([], 1)
+
+
+@pytest.mark.anyio
+async def test_the_fake_opens_its_holds_when_a_block_fails(fake: FakeRuntime) -> None:
+    fake.hold("run", "web")
+    with pytest.raises(ExceptionGroup) as caught:
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, fake.run, spec("web"))
+            with fake.releasing():
+                await fake.until(lambda: len(fake.in_flight) == 1, "run to be held")
+                raise LookupError("the test failed here")
+    assert caught.group_contains(LookupError)
+    assert [i.name for i in fake.list()] == ["web"]  # released, so it ran
 
 
 # -- with the planner ----------------------------------------------------------------------------
