@@ -86,7 +86,8 @@ class Converger:
                     track.crashes = 0
             elif info.state is ContainerState.EXITED and info.finished_at != track.seen_finish:
                 track.seen_finish = info.finished_at
-                ran = (info.finished_at or now) - (info.started_at or now)
+                finish = now if info.finished_at is None else info.finished_at
+                ran = finish - (finish if info.started_at is None else info.started_at)
                 track.crashes = 1 if ran >= self.backoff.crash_reset else track.crashes + 1
 
     def not_before(self, actual: Sequence[ContainerInfo]) -> dict[str, float]:
@@ -98,7 +99,7 @@ class Converger:
         for info in actual:
             known = self._tracks.get(info.name)
             if known and info.state is ContainerState.EXITED and known.crashes:
-                finished = info.finished_at or self.clock()
+                finished = self.clock() if info.finished_at is None else info.finished_at
                 restart_at = finished + self.backoff.crash_delay(known.crashes)
                 holds[info.name] = max(holds.get(info.name, 0.0), restart_at)
         return holds
