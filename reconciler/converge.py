@@ -90,19 +90,34 @@ class Converger:
                 ran = finish - (finish if info.started_at is None else info.started_at)
                 track.crashes = 1 if ran >= self.backoff.crash_reset else track.crashes + 1
 
-    def not_before(self, actual: Sequence[ContainerInfo]) -> dict[str, float]:
-        """Per container, the time before which it must be left alone."""
+    def failure_holds(self) -> dict[str, float]:
+        """Per container whose last action failed, when the next attempt may start."""
+        return {name: t.retry_at for name, t in self._tracks.items() if t.failures}
+
+    def restart_holds(self, actual: Sequence[ContainerInfo]) -> dict[str, float]:
+        """Per exited container with crashes, when it may be restarted (crash back-off)."""
         holds: dict[str, float] = {}
-        for name, track in self._tracks.items():
-            if track.failures:
-                holds[name] = track.retry_at
         for info in actual:
             known = self._tracks.get(info.name)
             if known and info.state is ContainerState.EXITED and known.crashes:
                 finished = self.clock() if info.finished_at is None else info.finished_at
-                restart_at = finished + self.backoff.crash_delay(known.crashes)
-                holds[info.name] = max(holds.get(info.name, 0.0), restart_at)
+                holds[info.name] = finished + self.backoff.crash_delay(known.crashes)
         return holds
+
+    def not_before(self, actual: Sequence[ContainerInfo]) -> dict[str, float]:
+        """Per container, the later of its failure and crash holds."""
+        holds = self.failure_holds()
+        for name, at in self.restart_holds(actual).items():
+            holds[name] = max(holds.get(name, 0.0), at)
+        return holds
+
+    def settle(self, planned: set[str]) -> None:
+        """Forget the failures of containers no action is planned for any more (their
+        file was fixed or removed): an old failure must not hold back what comes next."""
+        for name, track in self._tracks.items():
+            if track.failures and name not in planned and track.retry_at <= self.clock():
+                track.failures = 0
+                track.retry_at = 0.0
 
     def crash_looping(self, name: str) -> bool:
         track = self._tracks.get(name)
@@ -144,14 +159,14 @@ class Converger:
             out.append(Outcome(action, f"{type(exc).__name__}: {exc}"))
             self._failed(action.name, f"{action.kind.value} failed: {exc}")
             return
-        out.append(Outcome(action))
         if phase == 1 or action.kind is not ActionKind.RECREATE:
+            out.append(Outcome(action))  # a recreate is reported once, when it is complete
             self._succeeded(action)
 
     def _call(self, action: Action, phase: int) -> None:
         runtime, name = self.runtime, action.name
         if action.kind is ActionKind.DESTROY or (action.kind is ActionKind.RECREATE and phase == 0):
-            runtime.remove(name, force=True)
+            runtime.remove(name, force=True)  # SIGTERM first, SIGKILL after stop_timeout
         elif action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
             assert action.desired is not None
             runtime.run(action.desired.spec)

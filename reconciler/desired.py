@@ -47,14 +47,25 @@ __all__ = (
 )
 
 
-def _claimed_name(path: Path) -> str:
-    """The container name a file asks for, read as leniently as possible."""
-    try:
-        data = tomli.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, tomli.TOMLDecodeError):
-        return path.stem
-    name = data.get("name")
-    return name if isinstance(name, str) and name else path.stem
+def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str, bool]:
+    """The container name a broken file asks for, and whether that is certain.
+
+    Read as leniently as possible; else ``known``, the name the same file had when it
+    last parsed (a broken edit of ``site.toml`` that said ``name = "web"`` still claims
+    ``web``); else the file's stem, which is only a guess when the TOML did not parse.
+    """
+    parsed = False
+    if raw is not None:
+        try:
+            name = tomli.loads(raw.decode("utf-8", errors="replace")).get("name")
+            parsed = True
+        except (tomli.TOMLDecodeError, RecursionError, ValueError):
+            name = None
+        if isinstance(name, str) and name:
+            return name, True
+    if known is not None:
+        return known, True
+    return path.stem, parsed
 
 
 def _labelled(spec: ContainerSpec, folder: Path, file: Path) -> ContainerSpec:
@@ -72,15 +83,26 @@ FileCache = dict[Path, tuple[bytes, "DesiredContainer | FileError"]]
 """Parsed files by path, with the digest of the bytes they were parsed from."""
 
 
-def _load_one(path: Path, folder: Path) -> DesiredContainer | FileError:
+def _load_one(
+    path: Path, raw: bytes, folder: Path, known: str | None
+) -> DesiredContainer | FileError:
     try:
-        squishfile = load_squishfile(path)
+        squishfile = load_squishfile(path, raw)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
-        return FileError(path, _claimed_name(path), exc.problems)
-    except ValueError as exc:
-        return FileError(path, _claimed_name(path), (Problem(str(path), None, "layers", str(exc)),))
+        name, certain = _claimed_name(path, raw, known)
+        return FileError(path, name, exc.problems, name_known=certain)
+    except Exception as exc:  # nothing a file holds may stop the loop
+        problem = Problem(str(path), None, "<file>", f"{type(exc).__name__}: {exc}")
+        name, certain = _claimed_name(path, raw, known)
+        return FileError(path, name, (problem,), name_known=certain)
     return DesiredContainer(path, _labelled(spec, folder, path), squishfile.restart.policy)
+
+
+def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:
+    problem = Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}")
+    name, certain = _claimed_name(path, None, known)
+    return FileError(path, name, (problem,), name_known=certain)
 
 
 def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
@@ -98,12 +120,20 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
     valid: dict[str, list[DesiredContainer]] = {}
     errors: list[FileError] = []
     for path in paths:
-        try:
-            key = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
-        except OSError:
-            continue  # deleted between the listing and now
         known = cache.get(path) if cache is not None else None
-        loaded = known[1] if known is not None and known[0] == key else _load_one(path, folder)
+        known_name = known[1].name if known is not None else None
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue  # deleted between the listing and now
+        except OSError as exc:  # unreadable is not deleted: keep what it made
+            errors.append(_unreadable(path, exc, known_name))
+            continue
+        key = hashlib.blake2b(raw, digest_size=16).digest()
+        if known is not None and known[0] == key:
+            loaded = known[1]
+        else:
+            loaded = _load_one(path, raw, folder, known_name)
         if cache is not None:
             cache[path] = (key, loaded)
         if isinstance(loaded, FileError):

@@ -35,15 +35,19 @@ __all__ = (
 )
 
 
-def load_squishfile(path: Path) -> Squishfile:
-    """Read, parse and validate one squishfile; raise SquishfileError listing all problems."""
-    return _load(path)[0]
+def load_squishfile(path: Path, content: bytes | None = None) -> Squishfile:
+    """Read, parse and validate one squishfile; raise SquishfileError listing all problems.
+
+    ``content``, when given, is the file's bytes already read (so a caller that hashed
+    those bytes validates exactly them).
+    """
+    return _load(path, content)[0]
 
 
-def _load(path: Path) -> tuple[Squishfile, str]:
+def _load(path: Path, content: bytes | None = None) -> tuple[Squishfile, str]:
     label = str(path)
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if content is None else content
     except OSError as exc:
         problem = Problem(label, None, "<file>", f"cannot read: {exc.strerror or exc}")
         raise SquishfileError(path, [problem]) from exc
@@ -57,6 +61,9 @@ def _load(path: Path) -> tuple[Squishfile, str]:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
         raise SquishfileError(path, [syntax_problem(label, text, exc)]) from None
+    except RecursionError:
+        problem = Problem(label, None, "<syntax>", "nested too deeply to read")
+        raise SquishfileError(path, [problem]) from None
     try:
         squishfile = Squishfile.model_validate(data, context={"source": path})
     except ValidationError as exc:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from watchfiles import Change, awatch
 
 from reconciler.converge import Converger, Outcome
 from reconciler.desired import DesiredState, FileCache, is_squishfile, load_desired
-from reconciler.plan import Plan, is_managed_by, plan
+from reconciler.plan import ConditionKind, Plan, is_managed_by, plan
 from reconciler.status import LoopRecord, StatusStore
 from runtime.interface import ContainerInfo, Runtime
 
@@ -74,15 +75,29 @@ class Reconciler:
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
         desired, actual = self._observe()
         self.converger.observe(actual)
-        holds = self.converger.not_before(actual)
         todo = plan(
             desired,
             actual,
             now=self.clock(),
-            not_before=holds,
+            not_before=self.converger.failure_holds(),
+            restart_not_before=self._restart_holds(desired, actual),
             allow_mass_delete=self.allow_mass_delete,
         )
+        self.converger.settle({a.name for a in todo.actions} | _held(todo))
         return desired, actual, todo
+
+    def _restart_holds(
+        self, desired: DesiredState, actual: Sequence[ContainerInfo]
+    ) -> dict[str, float]:
+        """Crash back-off, only for containers whose policy restarts them after this exit."""
+        holds = self.converger.restart_holds(actual)
+        by_name = {info.name: info for info in actual}
+        return {
+            name: at
+            for name, at in holds.items()
+            if name in desired.containers
+            and _restarts(desired.containers[name].restart, by_name[name].exit_code)
+        }
 
     async def reconcile(self, trigger: str = "manual") -> PassResult:
         started = self.clock()
@@ -95,12 +110,20 @@ class Reconciler:
         )
         if self.store is not None:
             errors = dict(self.converger.last_errors())
-            crashing = sorted(n for n in desired.containers if self.converger.crash_looping(n))
+            by_name = {info.name: info for info in actual}
+            crashing = sorted(
+                n
+                for n, want in desired.containers.items()
+                if self.converger.crash_looping(n)
+                and (n not in by_name or _restarts(want.restart, by_name[n].exit_code))
+            )
             await anyio.to_thread.run_sync(
                 self.store.write, self.record, todo.conditions, errors, crashing
             )
         self.converger.forget({info.name for info in actual} | set(desired.containers))
-        self._holds = self.converger.not_before(actual)
+        self._holds = {**self.converger.failure_holds()}
+        for name, at in self._restart_holds(desired, actual).items():
+            self._holds[name] = max(self._holds.get(name, 0.0), at)
         self._running = {
             info.pid
             for info in actual
@@ -114,14 +137,39 @@ class Reconciler:
 
     def next_deadline(self) -> float:
         """Seconds until the earliest back-off ends (inf when nothing waits)."""
-        holds = [t for t in self._holds.values() if t > 0]
+        now = self.clock()
+        holds = [t for t in self._holds.values() if t > now]
         if not holds:
             return math.inf
-        return max(0.0, min(holds) - self.clock())
+        return min(holds) - now
+
+
+def _restarts(policy: str, exit_code: int | None) -> bool:
+    return policy == "always" or (policy == "on-failure" and exit_code != 0)
+
+
+def _held(todo: Plan) -> set[str]:
+    return {c.name for c in todo.conditions if c.kind is ConditionKind.BACK_OFF}
 
 
 def _squishfile_event(change: Change, path: str) -> bool:
     return is_squishfile(Path(path))
+
+
+class _Watch:
+    """The file watch and the identity (device, inode) of the folder it is armed on."""
+
+    def __init__(self) -> None:
+        self.identity: tuple[int, int] | None = None
+        self.disarm = anyio.Event()
+
+    def stale(self, folder: Path) -> bool:
+        """True when the folder was replaced (renamed over) since the watch was armed."""
+        try:
+            st = folder.stat()
+        except OSError:
+            return self.identity is not None
+        return self.identity is not None and self.identity != (st.st_dev, st.st_ino)
 
 
 async def _watch(
@@ -130,26 +178,47 @@ async def _watch(
     debounce_ms: int,
     step_ms: int,
     stop: anyio.Event,
+    watch: _Watch,
 ) -> None:
-    """Send a trigger for each batch of squishfile events; re-arm when the folder returns."""
-    while True:
-        if await anyio.Path(folder).is_dir():
+    """Send a trigger for each batch of squishfile events; re-arm when the folder returns
+    or is replaced by another directory (inotify would keep following the old one)."""
+    while not stop.is_set():
+        watch.disarm = anyio.Event()
+        try:
+            st = await anyio.Path(folder).stat()
+        except OSError:
+            watch.identity = None
+        else:
+            watch.identity = (st.st_dev, st.st_ino)
             try:
-                async for _ in awatch(
-                    folder,
-                    watch_filter=_squishfile_event,
-                    debounce=debounce_ms,
-                    step=step_ms,
-                    recursive=False,
-                    stop_event=stop,  # else cancelling waits out watchfiles' 5 s poll
-                ):
-                    await _trigger(send, "files changed")
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_relay, stop, watch.disarm)
+                    async for changes in awatch(
+                        folder,
+                        watch_filter=_squishfile_event,
+                        debounce=debounce_ms,
+                        step=step_ms,
+                        recursive=False,
+                        stop_event=watch.disarm,  # else stopping waits out watchfiles' poll
+                        rust_timeout=1000,
+                        yield_on_timeout=True,  # once a second: is it still the same folder?
+                    ):
+                        if changes:
+                            await _trigger(send, "files changed")
+                        elif watch.stale(folder):
+                            break
+                    group.cancel_scope.cancel()
             except (FileNotFoundError, RuntimeError, OSError):
                 pass  # the folder vanished: the periodic resync notices, we re-arm below
         if stop.is_set():
             return
         await _trigger(send, "folder changed")
         await anyio.sleep(0.5)
+
+
+async def _relay(stop: anyio.Event, disarm: anyio.Event) -> None:
+    await stop.wait()
+    disarm.set()
 
 
 async def _trigger(send: MemoryObjectSendStream[str], reason: str) -> None:
@@ -211,18 +280,28 @@ async def run_loop(
     reconciler.record.started(os.getpid())
     async with anyio.create_task_group() as group, send, receive:
         stop = stop or anyio.Event()
-        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms, stop)
+        watch = _Watch()
+        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms, stop, watch)
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         trigger = "start"
         watching: dict[int, anyio.CancelScope] = {}
+        followed_up = False
         while True:
-            result = await reconciler.reconcile(trigger)
+            try:
+                result = await reconciler.reconcile(trigger)
+            except Exception as exc:  # the loop never dies: report, wait, try again
+                print(f"reconciler: pass failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                reconciler.record.failed(f"{type(exc).__name__}: {exc}")
+                trigger = await _next_trigger(receive, min(resync, 1.0))
+                continue
             if on_pass is not None:
                 on_pass(result)
             await _follow_exits(group, watching, reconciler.running_pids(), send)
-            # After changes, look again at once: new containers get their exit watch and
-            # anything that failed fast is seen without waiting for the resync.
-            wait = 0.0 if result.plan.actions else min(resync, reconciler.next_deadline())
+            # After changes, look again once at once: new containers get their exit watch
+            # and anything that failed fast is seen without waiting for the resync.
+            again = bool(result.plan.actions) and not followed_up
+            followed_up = again
+            wait = 0.0 if again else min(resync, reconciler.next_deadline())
             trigger = await _next_trigger(receive, wait)
 
 

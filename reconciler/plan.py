@@ -24,7 +24,7 @@ condition and are applied once the port is free.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -143,9 +143,27 @@ def _port_losers(
     def holds(entry: DesiredContainer, port: PortMapping) -> bool:
         return any(_overlaps(port, live) for live in holders.get(entry.name, ()))
 
-    losers: dict[str, str] = {}
+    demoted: dict[str, str] = {}
+    while True:
+        losers, newly = _rank_ports(desired, holds, reserved, demoted)
+        if not newly:
+            return losers
+        demoted.update(newly)  # a winner pushed out late: rank the rest again without it
+
+
+def _rank_ports(
+    desired: Iterable[DesiredContainer],
+    holds: Callable[[DesiredContainer, PortMapping], bool],
+    reserved: Mapping[str, tuple[PortMapping, ...]],
+    demoted: Mapping[str, str],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """One ranking; returns (losers, winners demoted during it that were not yet known)."""
+    losers: dict[str, str] = dict(demoted)
+    newly: dict[str, str] = {}
     winners: list[DesiredContainer] = []
     for entry in sorted(desired, key=lambda e: e.file.name):
+        if entry.name in demoted:
+            continue
         kept = next(
             (
                 (mine, owner)
@@ -176,7 +194,7 @@ def _port_losers(
             for mine, _, other in clashes:  # it holds these ports now: it keeps them
                 if other in winners:
                     winners.remove(other)
-                losers[other.name] = (
+                losers[other.name] = newly[other.name] = (
                     f"host port {_port_text(mine)} is also claimed by {entry.file.name}, "
                     "which holds it now"
                 )
@@ -189,7 +207,7 @@ def _port_losers(
         losers[entry.name] = (
             f"host port {_port_text(mine)} is also claimed by {other.file.name}, which {why}"
         )
-    return losers
+    return losers, newly
 
 
 def _changed_fields(want: DesiredContainer, have: ContainerInfo) -> str:
@@ -233,20 +251,25 @@ def plan(
     *,
     now: float = 0.0,
     not_before: Mapping[str, float] | None = None,
+    restart_not_before: Mapping[str, float] | None = None,
     allow_mass_delete: bool = False,
 ) -> Plan:
     """The actions that take ``actual`` to ``desired``, and the conditions that block some.
 
     ``not_before`` maps a container name to the time before which nothing may be done to
-    it (its back-off after a failure or a crash); ``now`` is the current time.
+    it (its back-off after a failed action); ``restart_not_before`` holds back only the
+    restart of an exited container (its crash back-off: a fixed file goes ahead at once).
+    ``now`` is the current time.
 
     Mass-deletion guard: a pass that would destroy more than half of this folder's
     containers and more than two of them (an emptied folder, a half-synced checkout)
     destroys none and reports ``MassDeleteGuard`` instead, unless ``allow_mass_delete``.
-    Deleting one or two files is always applied.
+    Deleting one or two files is always applied. While a file cannot even be read far
+    enough to know which container it names, nothing is destroyed either.
     """
     folder = str(desired.folder)
     hold = not_before or {}
+    restart_hold = restart_not_before or {}
     by_name = {info.name: info for info in actual}
     ours = {name: info for name, info in by_name.items() if is_managed_by(info, folder)}
     conditions = [Condition(e.name, ConditionKind(e.kind), e.message) for e in desired.errors]
@@ -282,10 +305,17 @@ def plan(
             )
             continue
         destroys.append(Action(ActionKind.DESTROY, name, f"{file} is gone"))
-    taken = {name for name in desired.containers if name in by_name and name not in ours}
-    contenders = [want for name, want in desired.containers.items() if name not in taken]
-    losers = _port_losers(contenders, holders, reserved)
-    if len(destroys) > 2 and 2 * len(destroys) > len(ours) and not allow_mass_delete:
+    unknown = sorted(e.file.name for e in desired.errors if not e.name_known)
+    if destroys and unknown:
+        conditions.append(
+            Condition(
+                "*",
+                ConditionKind.INVALID_SPEC,
+                f"nothing is removed while {', '.join(unknown)} cannot be read far enough "
+                "to know which container it names",
+            )
+        )
+    elif len(destroys) > 2 and 2 * len(destroys) > len(ours) and not allow_mass_delete:
         conditions.append(
             Condition(
                 "*",
@@ -295,7 +325,15 @@ def plan(
                 "with --allow-mass-delete",
             )
         )
+    else:
+        unknown = []
+    if unknown or any(c.kind is ConditionKind.MASS_DELETE for c in conditions):
+        for action in destroys:  # held: their ports stay theirs
+            reserved[action.name] = ours[action.name].ports
         destroys = []
+    taken = {name for name in desired.containers if name in by_name and name not in ours}
+    contenders = [want for name, want in desired.containers.items() if name not in taken]
+    losers = _port_losers(contenders, holders, reserved)
     actions: list[Action] = list(destroys)
     for name, want in sorted(desired.containers.items()):
         if name in taken:
@@ -317,12 +355,15 @@ def plan(
             if existing is None
             else _for_existing(want, existing)
         )
-        if wanted and hold.get(name, 0.0) > now:
+        until = hold.get(name, 0.0)
+        if wanted and wanted[0].kind is ActionKind.START:
+            until = max(until, restart_hold.get(name, 0.0))
+        if wanted and until > now:
             conditions.append(
                 Condition(
                     name,
                     ConditionKind.BACK_OFF,
-                    f"backing off for {hold[name] - now:.2f} s before: {wanted[0]}",
+                    f"backing off for {until - now:.2f} s before: {wanted[0]}",
                 )
             )
             continue

@@ -89,6 +89,9 @@ class FileError:
     name: str
     problems: tuple[Problem, ...]
     kind: Literal["InvalidSpec", "DuplicateName"] = "InvalidSpec"
+    name_known: bool = True
+    """False when the file could not be read far enough to know which container it is
+    (and no earlier parse of it is remembered): then no container may be removed."""
 
     @property
     def message(self) -> str:

@@ -5,16 +5,23 @@ A running loop records itself after every pass in
 works with or without a loop: it reads the folder and the containers itself and adds the
 loop's record when there is one.
 
-The ``--json`` output is a stable interface (``"version": 1``)::
+The ``--json`` output is a stable interface (``"version": 1``; fields may be added,
+none removed or changed in meaning)::
 
     {"version": 1, "folder": "/abs/desired",
-     "loop": {"running": true, "pid": 123, "started_at": 1.7e9, "passes": 42,
-              "last_pass_at": 1.7e9, "last_pass_ms": 3.1, "last_trigger": "files changed",
-              "last_actions": ["create web: new in web.toml"]} | {"running": false, ...},
+     "loop": {"running": true, "pid": 123, "pid_start_time": 456789, "started_at": 1.7e9,
+              "passes": 42, "last_pass_at": 1.7e9, "last_pass_ms": 3.1,
+              "last_trigger": "files changed", "last_error": null,
+              "last_actions": ["create web: new in web.toml"]},
      "containers": [{"name": "web", "file": "web.toml", "phase": "Running", "pid": 4242,
                      "ports": ["127.0.0.1:8080->80/tcp"], "restarts": 0, "age_s": 12.5,
                      "exit_code": null, "last_error": null, "in_sync": true,
-                     "conditions": [{"kind": "PortConflict", "message": "..."}]}]}
+                     "conditions": [{"kind": "PortConflict", "message": "..."}]}],
+     "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}]}
+
+``loop.running`` is false (and the other loop fields are the last recorded ones, or
+null) when no loop runs. The top-level ``conditions`` concern the whole folder
+(``FolderUnreadable``, ``MassDeleteGuard``, a file whose container cannot be known).
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
@@ -53,6 +60,8 @@ class LoopRecord:
     last_pass_ms: float | None = None
     last_trigger: str | None = None
     last_actions: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    """Why the last pass failed, if it did (the loop goes on)."""
 
     def started(self, pid: int) -> None:
         identity = ProcessId.of(pid)
@@ -65,8 +74,12 @@ class LoopRecord:
         self.last_pass_at = at
         self.last_pass_ms = round(duration * 1000, 3)
         self.last_trigger = trigger
+        self.last_error = None
         if actions:
             self.last_actions = actions[-20:]
+
+    def failed(self, error: str) -> None:
+        self.last_error = error
 
     def running(self) -> bool:
         if self.pid is None or self.pid_start_time is None:

@@ -69,7 +69,8 @@ class Runtime(Protocol):
         ...
 
     def remove(self, name: str, *, force: bool = False) -> None:
-        """Delete the container and everything it left; ``force`` stops it first."""
+        """Delete the container and everything it left; ``force`` stops it first (SIGTERM,
+        then SIGKILL after the spec's ``stop_timeout``)."""
         ...
 
     def list(self) -> list[ContainerInfo]: ...

@@ -8,11 +8,13 @@ threaded program.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import select
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +91,10 @@ def _signal(identity: ProcessId, signum: int) -> bool:
         return False
     finally:
         os.close(pidfd)
+
+
+def _forward_key(port: PortMapping) -> tuple[str, str, int, int]:
+    return (port.protocol, port.host_addr, port.host, port.container)
 
 
 def _wait_for_exit(identity: ProcessId, timeout: float) -> bool:
@@ -412,7 +418,7 @@ class LinuxRuntime:
         if self.inspect(name).state is ContainerState.RUNNING:
             if not force:
                 raise ContainerStartError(name, "it is running; stop it or remove with force")
-            self.stop(name, timeout=0)
+            self.stop(name)  # as podman rm -f: SIGTERM, SIGKILL after the stop timeout
         with self._locked(name) as cdir:
             if self._info(cdir).state is ContainerState.RUNNING:
                 raise ContainerStartError(name, "it was started again while being removed")
@@ -430,6 +436,8 @@ class LinuxRuntime:
                 found.append(self._info(cdir, fresh=False))
             except FileNotFoundError:
                 continue  # being created or removed right now
+            except ValueError as exc:  # a damaged record: report it, never fail the listing
+                print(f"squish: skipping {cdir}: unreadable record: {exc}", file=sys.stderr)
         return found
 
     def inspect(self, name: str) -> ContainerInfo:
@@ -464,17 +472,34 @@ class LinuxRuntime:
         assert isinstance(run, dict)
         return cdir / "slirp.sock", run
 
+    def _record_ports(self, cdir: Path, run: dict[str, Any]) -> None:
+        """Keep run.json, spec.json and launch.json on the forwards now in place, so a
+        later start of the same container forwards what it forwards now."""
+        write_json_atomic(cdir / "run.json", run)
+        ports = tuple(sorted({_mapping(f) for f in run["forwards"]}, key=_forward_key))
+        spec = self._spec(cdir).model_copy(update={"ports": ports})
+        (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
+        (cdir / "spec.json.tmp").rename(cdir / "spec.json")
+        request = self._launch_request(cdir)
+        updated = dataclasses.replace(request, forwards=tuple(_forward(p) for p in ports))
+        write_json_atomic(cdir / "launch.json", updated.to_json())
+
     def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         with self._locked(name) as cdir:
             api, run = self._running_api(cdir, name)
-            if any(_mapping(f) == mapping for f in run["forwards"]):
-                return self._info(cdir)
             forward = _forward(mapping)
-            if not slirp.port_is_free(forward):
-                raise PortInUse(mapping.host_addr, mapping.host, mapping.protocol)
-            forward_id = slirp.add_forward(api, forward)
-            run["forwards"].append({"id": forward_id, **forward.__dict__})
-            write_json_atomic(cdir / "run.json", run)
+            # slirp4netns' own list decides: run.json may still name a forward that was
+            # removed behind our back.
+            live = slirp.find_forward(api, forward)
+            if live is None:
+                if not slirp.port_is_free(forward):
+                    raise PortInUse(mapping.host_addr, mapping.host, mapping.protocol)
+                live_id = slirp.add_forward(api, forward)
+            else:
+                live_id = live.id
+            run["forwards"] = [f for f in run["forwards"] if _mapping(f) != mapping]
+            run["forwards"].append({"id": live_id, **asdict(forward)})
+            self._record_ports(cdir, run)
             return self._info(cdir)
 
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
@@ -484,7 +509,7 @@ class LinuxRuntime:
             if live is not None:
                 slirp.remove_forward(api, live.id)
             run["forwards"] = [f for f in run["forwards"] if _mapping(f) != mapping]
-            write_json_atomic(cdir / "run.json", run)
+            self._record_ports(cdir, run)
             return self._info(cdir)
 
     # -- the whole runtime --------------------------------------------------------------

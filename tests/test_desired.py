@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from reconciler.desired import (
     LABEL_HASH,
     LABEL_MANAGED,
     MANAGER,
+    FileCache,
     FileError,
     is_squishfile,
     load_desired,
@@ -332,3 +334,42 @@ def test_port_only_edit_keeps_the_hash_and_env_edit_changes_it(tmp_path: Path) -
     assert load_desired(tmp_path).containers["web"].spec.labels[LABEL_HASH] == before
     write(tmp_path, "web.toml", squishfile(env={"A": "2"}, port=9090))
     assert load_desired(tmp_path).containers["web"].spec.labels[LABEL_HASH] != before
+
+
+# -- found in review: hostile and unreadable files --------------------------------------------
+
+
+def test_a_file_nested_too_deeply_is_an_invalid_spec(tmp_path: Path) -> None:
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    state = load_desired(tmp_path)
+    assert state.containers == {}
+    [error] = state.errors
+    assert error.file.name == "deep.toml"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_file_keeps_its_container(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml"
+    path.write_text('name = "site"\n[layers]\nbusybox = "builtin"\n[run]\ncommand = "true"\n')
+    cache: FileCache = {}
+    assert set(load_desired(tmp_path, cache).containers) == {"site"}
+    path.chmod(0)
+    try:
+        state = load_desired(tmp_path, cache)
+    finally:
+        path.chmod(0o644)
+    [error] = state.errors
+    assert (error.name, error.name_known) == ("site", True)  # remembered from its last parse
+    assert "cannot read" in error.message
+
+
+def test_a_broken_file_remembers_the_name_it_had(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('name = "web"\n[layers]\nbusybox = "builtin"\n[run]\ncommand = "true"\n')
+    cache: FileCache = {}
+    load_desired(tmp_path, cache)
+    path.write_text('name = "web"\n[run\n')
+    [error] = load_desired(tmp_path, cache).errors
+    assert (error.name, error.name_known) == ("web", True)
+    [unknown] = load_desired(tmp_path).errors  # no memory of it: the stem is only a guess
+    assert (unknown.name, unknown.name_known) == ("site", False)

@@ -90,10 +90,13 @@ def test_write_through_planted_directory_symlink_is_refused(
     workspace: tuple[Path, Path, Path],
 ) -> None:
     archives, target_parent, outside = workspace
-    archive = build_tar(archives / "evil.tar", [
-        symlink("etc", str(outside)),
-        regular("etc/secret", b"overwritten\n"),
-    ])
+    archive = build_tar(
+        archives / "evil.tar",
+        [
+            symlink("etc", str(outside)),
+            regular("etc/secret", b"overwritten\n"),
+        ],
+    )
     with pytest.raises(ArchiveError, match="symlink or not a directory"):
         extract_tar(archive, target_parent / "rootfs")
     assert (outside / "secret").read_text() == "host secret\n"
@@ -104,11 +107,14 @@ def test_relative_symlink_escape_is_not_followed_either(
     workspace: tuple[Path, Path, Path],
 ) -> None:
     archives, target_parent, outside = workspace
-    archive = build_tar(archives / "evil.tar", [
-        directory("a"),
-        symlink("a/up", "../../../outside"),
-        regular("a/up/new-file"),
-    ])
+    archive = build_tar(
+        archives / "evil.tar",
+        [
+            directory("a"),
+            symlink("a/up", "../../../outside"),
+            regular("a/up/new-file"),
+        ],
+    )
     with pytest.raises(ArchiveError):
         extract_tar(archive, target_parent / "rootfs")
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
@@ -118,10 +124,13 @@ def test_file_replacing_a_symlink_does_not_write_through_it(
     workspace: tuple[Path, Path, Path],
 ) -> None:
     archives, target_parent, outside = workspace
-    archive = build_tar(archives / "dup.tar", [
-        symlink("passwd", str(outside / "secret")),
-        regular("passwd", b"container passwd\n"),
-    ])
+    archive = build_tar(
+        archives / "dup.tar",
+        [
+            symlink("passwd", str(outside / "secret")),
+            regular("passwd", b"container passwd\n"),
+        ],
+    )
     dest = target_parent / "rootfs"
     extract_tar(archive, dest)
     assert (outside / "secret").read_text() == "host secret\n"
@@ -157,10 +166,16 @@ def test_device_nodes_and_fifos_are_skipped_and_logged(
     null = special("dev/null", tarfile.CHRTYPE, mode=0o666)
     null[0].devmajor, null[0].devminor = 1, 3
     disk = special("dev/sda", tarfile.BLKTYPE, mode=0o660)
-    archive = build_tar(archives / "dev.tar", [
-        directory("dev"), null, disk, special("run/fifo", tarfile.FIFOTYPE, mode=0o600),
-        regular("etc/hostname", b"box\n"),
-    ])
+    archive = build_tar(
+        archives / "dev.tar",
+        [
+            directory("dev"),
+            null,
+            disk,
+            special("run/fifo", tarfile.FIFOTYPE, mode=0o600),
+            regular("etc/hostname", b"box\n"),
+        ],
+    )
     dest = target_parent / "rootfs"
     with caplog.at_level(logging.INFO, logger="runtime.extract"):
         extract_tar(archive, dest)
@@ -173,12 +188,15 @@ def test_device_nodes_and_fifos_are_skipped_and_logged(
 
 def test_setuid_setgid_and_sticky_bits_are_stripped(workspace: tuple[Path, Path, Path]) -> None:
     archives, target_parent, _ = workspace
-    archive = build_tar(archives / "suid.tar", [
-        directory("tmp", 0o1777),
-        directory("shared", 0o2775),
-        regular("bin/su", b"\x7fELF", 0o4755),
-        regular("bin/wall", b"\x7fELF", 0o2755),
-    ])
+    archive = build_tar(
+        archives / "suid.tar",
+        [
+            directory("tmp", 0o1777),
+            directory("shared", 0o2775),
+            regular("bin/su", b"\x7fELF", 0o4755),
+            regular("bin/wall", b"\x7fELF", 0o2755),
+        ],
+    )
     dest = target_parent / "rootfs"
     extract_tar(archive, dest)
 
@@ -205,11 +223,14 @@ def test_read_only_directories_get_filled_then_keep_their_mode(
     workspace: tuple[Path, Path, Path],
 ) -> None:
     archives, target_parent, _ = workspace
-    archive = build_tar(archives / "ro.tar", [
-        directory("ro", 0o555),
-        directory("ro/inner", 0o500),
-        regular("ro/inner/file", b"deep\n", 0o444),
-    ])
+    archive = build_tar(
+        archives / "ro.tar",
+        [
+            directory("ro", 0o555),
+            directory("ro/inner", 0o500),
+            regular("ro/inner/file", b"deep\n", 0o444),
+        ],
+    )
     dest = target_parent / "rootfs"
     extract_tar(archive, dest)
     assert stat.S_IMODE((dest / "ro").stat().st_mode) == 0o555

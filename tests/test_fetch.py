@@ -162,9 +162,7 @@ def test_redirect_loop_is_bounded(server: str, recorder: Recorder, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bytes_are_stored_as_served_even_with_content_encoding(
-    server: str, tmp_path: Path
-) -> None:
+def test_bytes_are_stored_as_served_even_with_content_encoding(server: str, tmp_path: Path) -> None:
     sha = hashlib.sha256(GZIPPED).hexdigest()
     dest = download(f"{server}/gzip-encoded", tmp_path / "l.tar.gz", sha256=sha, progress=False)
     assert dest.read_bytes() == GZIPPED

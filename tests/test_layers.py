@@ -26,11 +26,16 @@ def make_tree(root: Path, version: str) -> Path:
 def index_dir(tmp_path: Path) -> Path:
     trees = tmp_path / "trees"
     index = tmp_path / "index"
-    make_layer_index(index, {
-        "python": {"3.12": make_tree(trees / "py312", "3.12"),
-                   "3.11": make_tree(trees / "py311", "3.11")},
-        "node": {"20": make_tree(trees / "node20", "20")},
-    })
+    make_layer_index(
+        index,
+        {
+            "python": {
+                "3.12": make_tree(trees / "py312", "3.12"),
+                "3.11": make_tree(trees / "py311", "3.11"),
+            },
+            "node": {"20": make_tree(trees / "node20", "20")},
+        },
+    )
     return index
 
 
@@ -69,10 +74,12 @@ def test_layer_by_url_is_reused_without_network(
     cache: Path, index_dir: Path, index_url: str
 ) -> None:
     entry = index_entry(index_dir, "python", "3.12")
-    first = resolve_sdk(SdkLayer(name="python", url=f"{index_url}/{entry['url']}",
-                                 sha256=entry["sha256"]), cache)
-    offline = SdkLayer(name="python", url=f"{unused_local_url()}/gone.tar.gz",
-                       sha256=entry["sha256"])
+    first = resolve_sdk(
+        SdkLayer(name="python", url=f"{index_url}/{entry['url']}", sha256=entry["sha256"]), cache
+    )
+    offline = SdkLayer(
+        name="python", url=f"{unused_local_url()}/gone.tar.gz", sha256=entry["sha256"]
+    )
     assert resolve_sdk(offline, cache) == first
 
 
@@ -96,8 +103,21 @@ def test_absolute_urls_in_the_index(cache: Path, tmp_path: Path, index_url: str)
     entry = index_entry(tmp_path / "index", "python", "3.11")
     other = tmp_path / "other-index"
     other.mkdir()
-    (other / "index.json").write_text(json.dumps({"layers": {"py": {"3.11": {
-        "url": f"{index_url}/{entry['url']}", "sha256": entry["sha256"], "size": 1}}}}))
+    (other / "index.json").write_text(
+        json.dumps(
+            {
+                "layers": {
+                    "py": {
+                        "3.11": {
+                            "url": f"{index_url}/{entry['url']}",
+                            "sha256": entry["sha256"],
+                            "size": 1,
+                        }
+                    }
+                }
+            }
+        )
+    )
     with serve_directory(other) as url:
         root = resolve_sdk(SdkLayer(name="py", version="3.11"), cache, index_url=url)
     assert (root / "VERSION").read_text() == "3.11\n"

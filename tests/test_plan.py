@@ -988,3 +988,50 @@ def test_mass_deletion_guard_holds_only_destroys() -> None:
 def test_two_managed_containers_may_both_go() -> None:
     result = plan(desired(), [running(FLEET[0]), running(FLEET[1])])
     assert actions_of(result) == ("destroy c0", "destroy c1")
+
+
+# -- found in review: unknown names, crash holds, chained conflicts ---------------------------
+
+
+def test_a_file_that_names_nothing_knowable_holds_every_removal() -> None:
+    broken = FileError(FOLDER / "site.toml", "site", (), name_known=False)
+    result = plan(desired(errors=[broken]), [running(WEB)])
+    assert actions_of(result) == ()
+    assert "InvalidSpec *" in conditions_of(result)
+
+
+def test_the_crash_back_off_holds_only_the_restart() -> None:
+    old = want("job", argv=("false",))
+    fixed = want("job", argv=("true",))
+    held = {"job": 10.0}
+    assert actions_of(plan(desired(old), [exited(old, 1)], now=1.0, restart_not_before=held)) == ()
+    assert actions_of(plan(desired(fixed), [exited(old, 1)], now=1.0, restart_not_before=held)) == (
+        "recreate job",
+    )
+    assert actions_of(plan(desired(), [exited(old, 1)], now=1.0, restart_not_before=held)) == (
+        "destroy job",
+    )
+
+
+def test_a_winner_pushed_out_late_frees_the_port_it_won() -> None:
+    # a wants 8080 and 8081, c wants 8081, z holds 8080 now: z keeps 8080, so a loses,
+    # and c may take 8081, which nobody else can have.
+    a = want("a", ports=[P8080, P8081])
+    c = want("c", ports=[P8081])
+    z = want("z", ports=[P8080])
+    result = plan(desired(a, c, z), [running(z)])
+    assert actions_of(result) == ("create c",)
+    assert conditions_of(result) == ("PortConflict a",)
+
+
+def test_containers_held_by_the_guard_keep_their_ports() -> None:
+    old = [want(f"old{i}", ports=[port(8100 + i)]) for i in range(3)]
+    new = [want(f"new{i}", ports=[port(8100 + i)]) for i in range(3)]
+    result = plan(desired(*new), [running(o) for o in old])
+    assert actions_of(result) == ()
+    assert "MassDeleteGuard *" in conditions_of(result)
+    assert {c for c in conditions_of(result) if c.startswith("PortConflict")} == {
+        "PortConflict new0",
+        "PortConflict new1",
+        "PortConflict new2",
+    }

@@ -675,3 +675,17 @@ def test_a_second_controller_of_the_same_folder_is_refused(loop: Loop) -> None:
         second = loop.cli(command, str(loop.folder))
         assert second.returncode == 1
         assert "already manages this folder" in second.stderr
+
+
+@pytest.mark.parametrize("loop", [600.0], indirect=True)
+def test_a_folder_replaced_by_another_is_watched_again(loop: Loop, tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    replacement = tmp_path / "replacement"
+    replacement.mkdir()
+    make_site(replacement, "site", "from the replacement folder\n")
+    loop.record()  # the watch is armed on the first folder
+    loop.folder.rename(tmp_path / "old-folder")
+    replacement.rename(loop.folder)
+    put(loop.folder, "moved.toml", web_toml(port))
+    # Only a re-armed watch can apply this before the 600 s resync.
+    eventually(lambda: serves(port, "from the replacement folder\n"), "the new folder's file")

@@ -72,8 +72,13 @@ def test_busybox_rootfs_layout(cache: Path, host_busybox: Path) -> None:
 
 def test_busybox_rootfs_shell_runs(cache: Path, host_busybox: Path) -> None:
     root = busybox_rootfs(cache, busybox=host_busybox)
-    result = subprocess.run([str(root / "bin" / "sh"), "-c", "echo $((6 * 7))"],
-                            capture_output=True, text=True, check=True, timeout=10)
+    result = subprocess.run(
+        [str(root / "bin" / "sh"), "-c", "echo $((6 * 7))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
     assert result.stdout == "42\n"
 
 
@@ -132,7 +137,9 @@ def test_two_alpine_versions_give_two_rootfs(cache: Path, alpine_mirror: str) ->
     for root in (old, new):
         assert_has_mount_points(root)
     assert entries(cache / "downloads") == [
-        "alpine-minirootfs-3.19.0-x86_64.tar.gz", "alpine-minirootfs-3.20.0-x86_64.tar.gz"]
+        "alpine-minirootfs-3.19.0-x86_64.tar.gz",
+        "alpine-minirootfs-3.20.0-x86_64.tar.gz",
+    ]
     assert entries(cache / "rootfs") == sorted([old.name, new.name])
 
 
@@ -186,9 +193,7 @@ def editable_mirror(tmp_path: Path, host_busybox: Path) -> Iterator[tuple[str, P
         yield url, alpine_release_dir(root, "3.20") / "latest-releases.yaml"
 
 
-def test_wrong_sha_in_index_caches_nothing(
-    cache: Path, editable_mirror: tuple[str, Path]
-) -> None:
+def test_wrong_sha_in_index_caches_nothing(cache: Path, editable_mirror: tuple[str, Path]) -> None:
     url, index = editable_mirror
     releases = yaml.safe_load(index.read_text())
     for release in releases:

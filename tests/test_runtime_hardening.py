@@ -163,3 +163,15 @@ def test_a_half_created_container_left_by_a_killed_client_is_replaced(
     (leftover / "spec.json").write_text("{}")  # no launch.json: the create never finished
     assert "half" not in {info.name for info in rt.list()}
     assert output_of(rt, shell("half", "echo whole")) == "whole\n"
+
+
+def test_a_damaged_record_does_not_break_the_listing(rt: LinuxRuntime, state_path: Path) -> None:
+    rt.run(shell("fine", "true"))
+    damaged = state_path / "containers" / "damaged"
+    damaged.mkdir()
+    (damaged / "launch.json").write_text("{}")
+    (damaged / "spec.json").write_text("{}")
+    try:
+        assert [info.name for info in rt.list()] == ["fine"]
+    finally:
+        shutil.rmtree(damaged)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import slirp
 from runtime.errors import ContainerNotFound, PortInUse
 from runtime.linux import LinuxRuntime
 from runtime.rootfs import find_host_busybox
@@ -180,3 +181,30 @@ def test_sdk_layer_from_an_index_is_mounted_read_only(
         rt.run(spec)
     assert rt.wait("sdk", timeout=60) == 0
     assert rt.logs("sdk").decode() == "hello from the sdk layer\nro\n"
+
+
+def test_a_forward_removed_behind_our_back_is_seen_and_added_again(
+    rt: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    rt.run(web("drift", site, port))
+    http_get(port, "/index.html")
+    api = state_path / "containers" / "drift" / "slirp.sock"
+    [live] = slirp.list_forwards(api)
+    slirp.remove_forward(api, live.id)  # someone else, through the API socket
+    assert http_refused(port)
+    assert rt.inspect("drift").ports == ()  # inspect asks slirp4netns itself
+    rt.add_port("drift", PortMapping(container=80, host=port))
+    assert http_get(port, "/index.html") == b"<h1>hello from squish</h1>\n"
+
+
+def test_ports_changed_live_are_kept_across_a_restart(rt: LinuxRuntime, site: Path) -> None:
+    first, second = free_port(), free_port()
+    rt.run(web("carry", site, first, stop_timeout=1))
+    rt.add_port("carry", PortMapping(container=80, host=second))
+    rt.remove_port("carry", PortMapping(container=80, host=first))
+    rt.stop("carry")
+    assert rt.inspect("carry").spec.ports == (PortMapping(container=80, host=second),)
+    rt.start("carry")
+    assert http_get(second, "/index.html") == b"<h1>hello from squish</h1>\n"
+    assert http_refused(first)

@@ -1,0 +1,31 @@
+"""The loop's own bookkeeping, against the fake runtime."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from reconciler.converge import Converger
+from reconciler.loop import Reconciler
+from tests.fakes import FakeClock, FakeRuntime
+
+
+def reconciler(tmp_path: Path, clock: FakeClock) -> Reconciler:
+    runtime = FakeRuntime(clock=clock)
+    return Reconciler(
+        folder=tmp_path, runtime=runtime, converger=Converger(runtime, clock=clock), clock=clock
+    )
+
+
+def test_deadlines_in_the_past_never_wake_the_loop(tmp_path: Path) -> None:
+    clock = FakeClock(100.0)
+    loop = reconciler(tmp_path, clock)
+    loop._holds = {"done": 50.0, "failed-long-ago": 99.0}
+    assert loop.next_deadline() == math.inf  # a finished job must not make the loop spin
+
+
+def test_the_earliest_future_deadline_wakes_the_loop(tmp_path: Path) -> None:
+    clock = FakeClock(100.0)
+    loop = reconciler(tmp_path, clock)
+    loop._holds = {"a": 103.0, "b": 101.5, "old": 10.0}
+    assert loop.next_deadline() == 1.5
