@@ -311,17 +311,28 @@ class LinuxRuntime:
             os.close(lock_fd)
         return self._info(cdir)
 
+    def _readable(self, cdir: Path) -> bool:
+        """Whether ``cdir`` holds a whole container record (else it is a leftover)."""
+        if not (cdir / "launch.json").is_file():
+            return False
+        try:
+            info = self._info(cdir)
+        except (OSError, ValueError):
+            return False
+        return info is not None
+
     def _claim_folder(self, cdir: Path, name: str) -> int:
         """Make ``cdir`` and hold its lock while it is filled; return the lock's fd.
 
-        A folder without ``launch.json`` whose lock is free was left by a client killed
-        in the middle of a create: it is removed and claimed afresh.
+        A folder whose record is incomplete or damaged and whose lock is free was left by
+        a client killed in the middle of a create or a remove: what it still runs is
+        stopped, and it is removed and claimed afresh.
         """
         for _ in range(2):
             try:
                 cdir.mkdir(mode=0o700)
             except FileExistsError:
-                if (cdir / "launch.json").exists():
+                if self._readable(cdir):
                     raise ContainerExists(name) from None
                 fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
@@ -329,9 +340,10 @@ class LinuxRuntime:
                 except BlockingIOError:
                     os.close(fd)
                     raise ContainerExists(name) from None  # being created right now
-                if (cdir / "launch.json").exists():
+                if self._readable(cdir):
                     os.close(fd)
                     raise ContainerExists(name) from None
+                self._kill_leftover(cdir)
                 shutil.rmtree(cdir)
                 os.close(fd)
                 continue
@@ -380,6 +392,14 @@ class LinuxRuntime:
             raise
 
     # -- stop and remove ----------------------------------------------------------------
+
+    def _kill_leftover(self, cdir: Path) -> None:
+        """SIGKILL whatever an incomplete record still names, then its slirp4netns."""
+        run = read_json(cdir / "run.json")
+        init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
+        if init is not None and _signal(init, signal.SIGKILL):
+            _wait_for_exit(init, 10.0)
+        self._reap_leftovers(cdir)
 
     def _reap_leftovers(self, cdir: Path) -> None:
         """Kill a slirp4netns a dead container left (it exits on its own within ms)."""

@@ -175,3 +175,15 @@ def test_a_damaged_record_does_not_break_the_listing(rt: LinuxRuntime, state_pat
         assert [info.name for info in rt.list()] == ["fine"]
     finally:
         shutil.rmtree(damaged)
+
+
+def test_a_container_half_removed_by_a_killed_client_is_replaced(
+    rt: LinuxRuntime, state_path: Path
+) -> None:
+    rt.run(shell("halfgone", "sleep 600", stop_timeout=0))
+    before = rt.inspect("halfgone")
+    (state_path / "containers" / "halfgone" / "spec.json").unlink()  # rmtree cut short
+    assert "halfgone" not in {info.name for info in rt.list()}
+    assert output_of(rt, shell("halfgone", "echo again")) == "again\n"
+    assert before.pid is not None and before.pid_start_time is not None
+    assert not ProcessId(before.pid, before.pid_start_time).alive()
