@@ -14,9 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from runtime.linux import LinuxRuntime
 from tests.support import processes_mentioning
+
+# Property tests: the same examples every run (CI must not flake), none stored on disk.
+settings.register_profile("squish", database=None, derandomize=True)
+settings.load_profile("squish")
 
 ROOTLESS_REASON = (
     "needs an unprivileged account: the runtime refuses uid 0 (run `make test`, which drops to one)"
