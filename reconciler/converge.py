@@ -172,6 +172,8 @@ class Converger:
             runtime.run(action.desired.spec)
         elif action.kind is ActionKind.START:
             runtime.start(name)
+        elif action.kind is ActionKind.HEAL:
+            runtime.restore_network(name)
         elif action.kind is ActionKind.UNBIND:
             for port in action.ports:
                 runtime.remove_port(name, port)

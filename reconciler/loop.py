@@ -125,14 +125,17 @@ class Reconciler:
         for name, at in self._restart_holds(desired, actual).items():
             self._holds[name] = max(self._holds.get(name, 0.0), at)
         self._running = {
-            info.pid
+            pid
             for info in actual
-            if info.pid is not None and is_managed_by(info, str(self.folder))
+            if is_managed_by(info, str(self.folder))
+            for pid in (info.pid, info.slirp_pid)
+            if pid is not None
         }
         return result
 
     def running_pids(self) -> set[int]:
-        """Init pids of this folder's running containers, as last observed."""
+        """Pids whose exit must wake the loop: the inits of this folder's running
+        containers and their slirp4netns, as last observed."""
         return set(self._running)
 
     def next_deadline(self) -> float:
@@ -239,17 +242,17 @@ async def _watch_exit(
     *,
     task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Trigger a pass as soon as the container init ``pid`` exits (through a pidfd)."""
+    """Trigger a pass as soon as ``pid`` (an init or a slirp4netns) exits (via a pidfd)."""
     with anyio.CancelScope() as scope:
         task_status.started(scope)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            await _trigger(send, "container exited")
+            await _trigger(send, "a process exited")
             return
         try:
             await anyio.wait_readable(pidfd)
-            await _trigger(send, "container exited")
+            await _trigger(send, "a process exited")
         finally:
             os.close(pidfd)
 

@@ -12,6 +12,8 @@ Action kinds:
 - ``unbind`` / ``bind``: only ``[[ports]]`` changed: forwards are removed from / added to
   the running container, live; it keeps its pid.
 - ``start``: the container exists but is not running and its restart policy wants it up.
+- ``heal``: the container runs but its slirp4netns died: start it again, forwards
+  included, without restarting the container.
 
 Ordering: every action that frees something (``destroy``, ``unbind``, and the removing
 half of ``recreate``) runs in phase 0, everything that takes something in phase 1, so
@@ -59,6 +61,7 @@ class ActionKind(StrEnum):
     UNBIND = "unbind"
     BIND = "bind"
     START = "start"
+    HEAL = "heal"
 
 
 PHASE = {
@@ -68,6 +71,7 @@ PHASE = {
     ActionKind.CREATE: 1,
     ActionKind.BIND: 1,
     ActionKind.START: 1,
+    ActionKind.HEAL: 1,
 }
 """Phase 0 frees, phase 1 takes (``recreate`` removes in phase 0, creates in phase 1)."""
 
@@ -224,6 +228,8 @@ def _for_existing(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
         return [Action(ActionKind.RECREATE, name, reason, want)]
     wanted_ports = set(want.spec.ports)
     if have.state is ContainerState.RUNNING:
+        if have.spec.network == "slirp4netns" and have.slirp_pid is None:
+            return [Action(ActionKind.HEAL, name, "its slirp4netns is gone", want)]
         live = set(have.ports)
         actions = []
         gone = tuple(sorted(live - wanted_ports, key=_port_text))

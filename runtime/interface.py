@@ -92,3 +92,8 @@ class Runtime(Protocol):
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         """Remove a forward from a running container without restarting it."""
         ...
+
+    def restore_network(self, name: str) -> ContainerInfo:
+        """Start the network helper of a running container again (it died), forwards
+        included, without restarting the container."""
+        ...

@@ -33,7 +33,7 @@ from runtime.init import run_init
 from runtime.launch import LaunchRequest
 from runtime.state import ProcessId, write_json_atomic
 
-__all__ = ("CONTAINER_NAMESPACES", "hand_over", "run_spare")
+__all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
 
 CONTAINER_NAMESPACES = (
     sc.CLONE_NEWNS
@@ -153,6 +153,56 @@ def _network(
     return identity, forwards
 
 
+def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> tuple[ProcessId, int]:
+    """Start a slirp4netns again for a running container, from its network namespace fd.
+
+    Returns its identity and the write end of its exit pipe: slirp4netns exits when that
+    is closed, so the caller closes it when the container's init is gone.
+    """
+    cdir = Path(container_dir)
+    api = cdir / "slirp.sock"
+    api.unlink(missing_ok=True)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+    argv = slirp.slirp_argv(
+        slirp.slirp_binary(),
+        0,
+        api,
+        ready_w,
+        exit_r,
+        sandbox,
+        netns_path=f"/proc/self/fd/{netns_fd}",
+    )
+    try:
+        with open(cdir / "slirp.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(ready_w, exit_r, netns_fd),
+            )
+    except BaseException:
+        os.close(exit_w)
+        raise
+    finally:
+        for fd in (ready_w, exit_r):
+            os.close(fd)
+    try:
+        ready = _read_with_timeout(ready_r, 1, _READY_TIMEOUT, "slirp4netns to be ready")
+    finally:
+        os.close(ready_r)
+    identity = ProcessId.of(proc.pid)
+    if ready != b"1" or identity is None:
+        os.close(exit_w)
+        proc.kill()
+        proc.wait()
+        tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
+        raise SlirpError(f"slirp4netns did not come back: {tail}")
+    proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
+    return identity, exit_w
+
+
 def _failure_reply(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, _LaunchFailed):
         return {"ok": False, **exc.reply}
@@ -236,9 +286,17 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
     code = 1
     try:
         init = _fork_init(close_in_init=(ctrl.fileno(),))
+        # The container's network namespace, opened while the init is still dumpable: the
+        # holder keeps it, so a slirp4netns that dies can be started again for it.
+        netns = os.open(f"/proc/{init.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         received = _receive(ctrl)
         if received is not None:
-            ctrl.sendall(b"A")  # the holder waits for this before it forgets the request
+            # The holder waits for this before it forgets the request.
+            ctrl.sendmsg(
+                [f"A{init.pid}".encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [netns]))],
+            )
+        os.close(netns)
         ctrl.close()
         if received is None:
             _dismiss(init)
@@ -264,16 +322,25 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
         os._exit(code)
 
 
-def hand_over(ctrl: socket.socket, raw_request: bytes, conn: socket.socket) -> None:
+def hand_over(ctrl: socket.socket, raw_request: bytes, conn: socket.socket) -> tuple[int, int]:
     """Give a spare its launch request and the client connection to answer on.
 
-    Raises OSError when the spare did not take it (it died): the caller still holds the
-    connection and can try another spare.
+    Returns the container init's pid and a descriptor of its network namespace (the
+    caller owns it). Raises OSError when the spare did not take the request (it died):
+    the caller still holds the connection and can try another spare.
     """
     ctrl.sendmsg(
         [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
     )
     ctrl.shutdown(socket.SHUT_WR)
     ctrl.settimeout(_READY_TIMEOUT)
-    if ctrl.recv(1) != b"A":
+    fds = array.array("i")
+    data, ancillary, _, _ = ctrl.recvmsg(64, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data.startswith(b"A") or not fds:
+        for fd in fds:
+            os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
+    return int(data[1:]), fds[0]

@@ -532,6 +532,38 @@ class LinuxRuntime:
             self._record_ports(cdir, run)
             return self._info(cdir)
 
+    def restore_network(self, name: str) -> ContainerInfo:
+        """Start slirp4netns again for a running container whose slirp4netns died, in the
+        same network namespace, and put every forward back; the container keeps running."""
+        with self._locked(name) as cdir:
+            info = self._info(cdir)
+            if info.state is not ContainerState.RUNNING:
+                raise ContainerStartError(name, "it is not running")
+            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
+                return info
+            reply = self.holder.request(
+                {
+                    "op": "restore_network",
+                    "name": name,
+                    "container_dir": str(cdir),
+                    "sandbox": self._launch_request(cdir).sandbox_slirp,
+                }
+            )
+            if not reply.get("ok"):
+                raise SlirpError(f"cannot restore the network of {name!r}: {reply.get('message')}")
+            run = read_json(cdir / "run.json")
+            assert isinstance(run, dict)
+            run["slirp"] = reply["slirp"]
+            api = cdir / "slirp.sock"
+            forwards = []
+            for record in run.get("forwards", []):
+                forward = _forward(_mapping(record))
+                forwards.append({"id": slirp.add_forward(api, forward), **asdict(forward)})
+            run["forwards"] = forwards
+            write_json_atomic(cdir / "run.json", run)
+            self._forward_checks.pop(cdir, None)
+            return self._info(cdir)
+
     # -- the whole runtime --------------------------------------------------------------
 
     def shutdown(self) -> None:

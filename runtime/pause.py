@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import syscalls as sc
-from runtime.launcher import hand_over, run_spare
+from runtime.launcher import hand_over, restart_slirp, run_spare
 from runtime.state import ProcessId, write_json_atomic
 
 __all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
@@ -124,7 +124,55 @@ class _Spares:
         os.waitpid(pid, 0)
 
 
-def _serve_one(conn: socket.socket, spares: _Spares) -> bool:
+class _Networks:
+    """The network namespace of every container this holder started, by name.
+
+    Kept so that a slirp4netns that died can be started again for the same namespace
+    (the container's init is not dumpable, so nobody else can reach it). Released when
+    the init is reaped, which also ends a restarted slirp4netns (its exit pipe closes).
+    """
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, tuple[int, int, int | None]] = {}
+        """name -> (init pid, netns fd, exit pipe of a restarted slirp4netns or None)"""
+
+    def add(self, name: str, init_pid: int, netns_fd: int) -> None:
+        self.release(name)
+        self.by_name[name] = (init_pid, netns_fd, None)
+
+    def release(self, name: str) -> None:
+        entry = self.by_name.pop(name, None)
+        if entry is not None:
+            for fd in entry[1:]:
+                if fd is not None:
+                    os.close(fd)
+
+    def reaped(self, pid: int) -> None:
+        for name, entry in list(self.by_name.items()):
+            if entry[0] == pid:
+                self.release(name)
+
+    def restore(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = str(request.get("name"))
+        entry = self.by_name.get(name)
+        if entry is None:
+            return {
+                "ok": False,
+                "error": "start",
+                "message": f"this holder did not start {name!r} (it was restarted since): "
+                "recreate the container to restore its network",
+            }
+        init_pid, netns_fd, old_exit = entry
+        identity, exit_w = restart_slirp(
+            str(request["container_dir"]), netns_fd, bool(request.get("sandbox", True))
+        )
+        if old_exit is not None:
+            os.close(old_exit)
+        self.by_name[name] = (init_pid, netns_fd, exit_w)
+        return {"ok": True, "slirp": identity.to_json()}
+
+
+def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> bool:
     """Handle one connection; return False when asked to exit."""
     try:
         raw = _read_request(conn)
@@ -142,15 +190,27 @@ def _serve_one(conn: socket.socket, spares: _Spares) -> bool:
         spares.drop()
         _reply(conn, {"ok": True})
         return False
+    if op == "restore_network":
+        try:
+            _reply(conn, networks.restore(request))
+        except (OSError, ValueError, KeyError) as exc:
+            _reply(conn, {"ok": False, "error": "slirp", "message": str(exc)})
+        return True
     if op != "launch":
         _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
         return True
-    raw_request = json.dumps(request.get("request")).encode()
+    launch = request.get("request")
+    raw_request = json.dumps(launch).encode()
     for attempt in (1, 2):
         ctrl = spares.take()
         try:
             # The spare parses and checks the request: keep this single loop lean.
-            hand_over(ctrl, raw_request, conn)
+            init_pid, netns_fd = hand_over(ctrl, raw_request, conn)
+            name = launch.get("name") if isinstance(launch, dict) else None
+            if isinstance(name, str):
+                networks.add(name, init_pid, netns_fd)
+            else:
+                os.close(netns_fd)
             break
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
@@ -161,7 +221,7 @@ def _serve_one(conn: socket.socket, spares: _Spares) -> bool:
     return True
 
 
-def _reap(spares: _Spares) -> None:
+def _reap(spares: _Spares, networks: _Networks) -> None:
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -170,6 +230,7 @@ def _reap(spares: _Spares) -> None:
         if pid == 0:
             return
         spares.reaped(pid)
+        networks.reaped(pid)
 
 
 def serve(listener: socket.socket) -> None:
@@ -178,6 +239,7 @@ def serve(listener: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
     spares = _Spares(listener, (wake_r, wake_w))
+    networks = _Networks()
     running = True
     while running:
         spares.refill()
@@ -192,12 +254,12 @@ def serve(listener: socket.socket) -> None:
                         break
                 except BlockingIOError:
                     break
-            _reap(spares)
+            _reap(spares, networks)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:
-                running = _serve_one(conn, spares)
-    _reap(spares)
+                running = _serve_one(conn, spares, networks)
+    _reap(spares, networks)
     _log("exiting on request")
 
 

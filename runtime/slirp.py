@@ -60,9 +60,17 @@ def slirp_binary() -> str:
 
 
 def slirp_argv(
-    binary: str, target_pid: int, api_socket: Path, ready_fd: int, exit_fd: int, sandbox: bool
+    binary: str,
+    target_pid: int,
+    api_socket: Path,
+    ready_fd: int,
+    exit_fd: int,
+    sandbox: bool,
+    *,
+    netns_path: str | None = None,
 ) -> list[str]:
-    """The command line for one container's slirp4netns."""
+    """The command line for one container's slirp4netns: the network namespace of
+    ``target_pid``, or the one at ``netns_path`` (a namespace file or /proc/self/fd/N)."""
     argv = [
         binary,
         "--configure",
@@ -74,6 +82,8 @@ def slirp_argv(
     ]
     if sandbox:
         argv += ["--enable-sandbox", "--enable-seccomp"]
+    if netns_path is not None:
+        return [*argv, "--netns-type=path", netns_path, "tap0"]
     return [*argv, str(target_pid), "tap0"]
 
 

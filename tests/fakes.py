@@ -61,6 +61,7 @@ Method = Literal[
     "wait",
     "add_port",
     "remove_port",
+    "restore_network",
 ]
 
 MUTATING: tuple[Method, ...] = (
@@ -71,6 +72,7 @@ MUTATING: tuple[Method, ...] = (
     "remove",
     "add_port",
     "remove_port",
+    "restore_network",
 )
 """The methods that change something (``list``, ``inspect``, ``logs``, ``wait`` only look)."""
 
@@ -219,6 +221,7 @@ class FakeRuntime:
                 state=state,
                 spec=spec,
                 pid=self._pid() if running else None,
+                slirp_pid=self._pid() if running and spec.network == "slirp4netns" else None,
                 started_at=started_at,
                 finished_at=finished_at,
                 exit_code=exit_code,
@@ -240,6 +243,7 @@ class FakeRuntime:
                 info,
                 state=ContainerState.EXITED,
                 pid=None,
+                slirp_pid=None,
                 finished_at=self.clock() if at is None else at,
                 exit_code=exit_code,
                 ports=(),
@@ -325,6 +329,7 @@ class FakeRuntime:
                 info,
                 state=ContainerState.EXITED,
                 pid=None,
+                slirp_pid=None,
                 finished_at=self.clock(),
                 exit_code=137,
                 ports=(),
@@ -390,6 +395,13 @@ class FakeRuntime:
             return self._update(info, ports=tuple(p for p in info.ports if p != mapping))
 
         return self._invoke("remove_port", name, (mapping,), {}, effect)
+
+    def restore_network(self, name: str) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            info = self._running(name)
+            return self._update(info, slirp_pid=info.pid)
+
+        return self._invoke("restore_network", name, (), {}, effect)
 
     # -- machinery ----------------------------------------------------------------------------
 
@@ -490,6 +502,7 @@ class FakeRuntime:
             info,
             state=ContainerState.RUNNING,
             pid=self._pid(),
+            slirp_pid=self._pid() if info.spec.network == "slirp4netns" else None,
             started_at=self.clock(),
             finished_at=None,
             exit_code=None,

@@ -95,6 +95,7 @@ def running(name: str, started: float) -> ContainerInfo:
         state=ContainerState.RUNNING,
         spec=spec(name),
         pid=4242,
+        slirp_pid=4243,
         started_at=started,
         log_path=f"/fake/{name}/output.log",
         created_at=0.5,

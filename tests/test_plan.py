@@ -101,6 +101,9 @@ def info(
         state=state,
         spec=container_spec,
         pid=4242 if state is ContainerState.RUNNING else None,
+        slirp_pid=4243
+        if state is ContainerState.RUNNING and container_spec.network == "slirp4netns"
+        else None,
         exit_code=exit_code,
         ports=tuple(ports),
         log_path=f"/state/{container_spec.name}/log",
@@ -1035,3 +1038,14 @@ def test_containers_held_by_the_guard_keep_their_ports() -> None:
         "PortConflict new1",
         "PortConflict new2",
     }
+
+
+def test_a_running_container_whose_slirp4netns_died_is_healed_not_restarted() -> None:
+    alive = running(WEB)
+    broken = alive.model_copy(update={"slirp_pid": None})
+    assert actions_of(plan(desired(WEB), [broken])) == ("heal web",)
+    offline = want("quiet")
+    quiet = running(offline).model_copy(
+        update={"spec": offline.spec.model_copy(update={"network": "none"})}
+    )
+    assert actions_of(plan(desired(offline), [quiet])) == ()

@@ -689,3 +689,18 @@ def test_a_folder_replaced_by_another_is_watched_again(loop: Loop, tmp_path: Pat
     put(loop.folder, "moved.toml", web_toml(port))
     # Only a re-armed watch can apply this before the 600 s resync.
     eventually(lambda: serves(port, "from the replacement folder\n"), "the new folder's file")
+
+
+@pytest.mark.parametrize("loop", [600.0], indirect=True)
+def test_a_killed_slirp4netns_is_healed_without_restarting_the_container(loop: Loop) -> None:
+    (port,) = free_ports(1)
+    put(loop.folder, "net.toml", web_toml(port))
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), f"net answers on {port}")
+    pid = loop.pid("net")
+    [info] = [i for i in loop.ours() if i.name == "net"]
+    assert info.slirp_pid is not None
+    os.kill(info.slirp_pid, signal.SIGKILL)  # the runtime these tests drive started it
+    # The loop watches slirp4netns too: no resync (600 s away) is needed.
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), "net answers again")
+    assert loop.pid("net") == pid
+    assert "heal net: its slirp4netns is gone" in loop.output().splitlines()

@@ -99,6 +99,7 @@ def running_from(folder: Path) -> list[ContainerInfo]:
             state=ContainerState.RUNNING,
             spec=spec,
             pid=1,
+            slirp_pid=2,
             log_path="/dev/null",
             created_at=0.0,
         )

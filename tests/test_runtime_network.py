@@ -4,8 +4,10 @@ from a local mirror, SDK layers from a local index, and clean removal."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -17,6 +19,7 @@ from runtime.errors import ContainerNotFound, PortInUse
 from runtime.linux import LinuxRuntime
 from runtime.rootfs import find_host_busybox
 from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from runtime.state import ProcessId
 from tests.conftest import rootless
 from tests.fixtures.mirror import make_alpine_mirror, make_layer_index, serve_directory
 from tests.support import free_port, http_get, http_refused, processes_mentioning
@@ -208,3 +211,23 @@ def test_ports_changed_live_are_kept_across_a_restart(rt: LinuxRuntime, site: Pa
     rt.start("carry")
     assert http_get(second, "/index.html") == b"<h1>hello from squish</h1>\n"
     assert http_refused(first)
+
+
+def test_a_killed_slirp4netns_is_restored_with_its_forwards(rt: LinuxRuntime, site: Path) -> None:
+    port = free_port()
+    before = rt.run(web("heal", site, port))
+    http_get(port, "/index.html")
+    assert before.slirp_pid is not None
+    slirp_id = ProcessId.of(before.slirp_pid)
+    assert slirp_id is not None
+    os.kill(slirp_id.pid, signal.SIGKILL)  # a process this test's runtime started
+    for _ in range(500):
+        if rt.inspect("heal").slirp_pid is None:
+            break
+        time.sleep(0.01)
+    assert rt.inspect("heal").slirp_pid is None
+    after = rt.restore_network("heal")
+    assert after.slirp_pid not in (None, before.slirp_pid)
+    assert (after.pid, after.pid_start_time) == (before.pid, before.pid_start_time)
+    assert http_get(port, "/index.html") == b"<h1>hello from squish</h1>\n"
+    assert rt.inspect("heal").restarts == 0
