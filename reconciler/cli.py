@@ -128,6 +128,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), args=args)
     assert reconciler.store is not None
     reconciler.store.claim()
+    saved = reconciler.store.read().get("backoff")
+    if isinstance(saved, dict):  # what the last loop knew about failures and crashes
+        reconciler.converger.restore(saved)
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
         mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -125,6 +126,41 @@ class Converger:
 
     def last_errors(self) -> Mapping[str, str]:
         return {n: t.last_error for n, t in self._tracks.items() if t.last_error}
+
+    def export(self) -> dict[str, dict[str, Any]]:
+        """What must survive a controller restart: failures and crash counts, as JSON."""
+        return {
+            name: {
+                "failures": t.failures,
+                "retry_at": t.retry_at,
+                "last_error": t.last_error,
+                "crashes": t.crashes,
+                "seen_finish": None if t.seen_finish == -math.inf else t.seen_finish,
+                "seen": t.seen_finish != -math.inf,
+            }
+            for name, t in self._tracks.items()
+            if t.failures or t.crashes
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Take back what a previous controller exported (bad entries are ignored)."""
+        for name, data in saved.items():
+            if not isinstance(data, dict):
+                continue
+            try:
+                self._tracks[str(name)] = _Track(
+                    failures=int(data.get("failures", 0)),
+                    retry_at=float(data.get("retry_at", 0.0)),
+                    last_error=data.get("last_error"),
+                    crashes=int(data.get("crashes", 0)),
+                    seen_finish=(
+                        (None if data.get("seen_finish") is None else float(data["seen_finish"]))
+                        if data.get("seen")
+                        else -math.inf
+                    ),
+                )
+            except (TypeError, ValueError):
+                continue
 
     def forget(self, names: set[str]) -> None:
         """Drop what is remembered about containers that are gone for good."""

@@ -118,7 +118,12 @@ class Reconciler:
                 and (n not in by_name or _restarts(want.restart, by_name[n].exit_code))
             )
             await anyio.to_thread.run_sync(
-                self.store.write, self.record, todo.conditions, errors, crashing
+                self.store.write,
+                self.record,
+                todo.conditions,
+                errors,
+                crashing,
+                self.converger.export(),
             )
         self.converger.forget({info.name for info in actual} | set(desired.containers))
         self._holds = {**self.converger.failure_holds()}
@@ -281,6 +286,10 @@ async def run_loop(
     """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled)."""
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
+    if reconciler.store is not None:  # a restarted controller keeps counting where it was
+        saved = reconciler.store.read().get("backoff")
+        if isinstance(saved, dict):
+            reconciler.converger.restore(saved)
     async with anyio.create_task_group() as group, send, receive:
         stop = stop or anyio.Event()
         watch = _Watch()

@@ -123,10 +123,12 @@ class StatusStore:
         conditions: Sequence[Condition],
         errors: Mapping[str, str],
         crashing: Sequence[str],
+        backoff: Mapping[str, Any] | None = None,
     ) -> None:
         write_json_atomic(
             self.path,
             {
+                "backoff": dict(backoff or {}),
                 "loop": asdict(record),
                 "conditions": [
                     {"name": c.name, "kind": c.kind.value, "message": c.message} for c in conditions

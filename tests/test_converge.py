@@ -9,6 +9,7 @@ by sleeping, and nothing asserts how long anything took.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -912,3 +913,36 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
         "r": ((), {"V": "2"}),
         "y": ((port(19000),), {"V": "1"}),
     }
+
+
+# -- surviving a controller restart ------------------------------------------------------------
+
+
+def test_failures_and_crashes_survive_a_controller_restart(
+    fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    converger._failed("broken", "create failed: no such layer")
+    for finished in (1001.0, 1003.0, 1007.0):
+        converger.observe([exited("flappy", finished - 0.5, finished)])
+    seen = [exited("flappy", 1006.5, 1007.0)]
+    before = (
+        converger.not_before(seen),
+        converger.last_errors(),
+        converger.crash_looping("flappy"),
+    )
+
+    saved = json.loads(json.dumps(converger.export()))  # through the status file's JSON
+    successor = Converger(fake, clock=clock)
+    successor.restore(saved)
+    successor.observe(seen)  # the same exit seen again by the new controller: not a new crash
+
+    after = (successor.not_before(seen), successor.last_errors(), successor.crash_looping("flappy"))
+    assert after == before
+    assert before[0]["flappy"] == 1007.0 + 0.4  # third crash: 100 ms doubled twice
+
+
+def test_a_damaged_saved_state_is_ignored(fake: FakeRuntime, clock: FakeClock) -> None:
+    converger = Converger(fake, clock=clock)
+    converger.restore({"a": "nonsense", "b": {"failures": "many"}, "c": {"crashes": 2}})
+    assert converger.crash_looping("c")
+    assert converger.failure_holds() == {}
