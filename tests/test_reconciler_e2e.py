@@ -704,3 +704,70 @@ def test_a_killed_slirp4netns_is_healed_without_restarting_the_container(loop: L
     eventually(lambda: serves(port, "<h1>site</h1>\n"), "net answers again")
     assert loop.pid("net") == pid
     assert "heal net: its slirp4netns is gone" in loop.output().splitlines()
+
+
+# -- editors' and git's ways of writing files ---------------------------------------------------
+
+
+def _converged_to(loop: Loop, ports: dict[str, int]) -> bool:
+    live = {i.name: i for i in loop.ours() if i.state is ContainerState.RUNNING}
+    if set(live) != set(ports):
+        return False
+    return all(
+        live[name].ports and live[name].ports[0].host == port for name, port in ports.items()
+    ) and all(serves(port, "<h1>site</h1>\n") for port in ports.values())
+
+
+def test_editors_write_patterns_each_end_in_the_desired_state(loop: Loop) -> None:
+    a, b, c, d, e = free_ports(5)
+    # Written in place, in two steps (truncate, then write), as many editors save.
+    path = loop.folder / "inplace.toml"
+    with path.open("w") as handle:
+        handle.write(web_toml(a)[:20])
+        handle.flush()
+        handle.write(web_toml(a)[20:])
+    # Write to a temp file, then rename over (vim's backupcopy=no, most IDEs).
+    put(loop.folder, "renamed.toml", web_toml(b))
+    # Delete, then create again (some tools); with a backup file left beside it.
+    doomed = loop.folder / "recreated.toml"
+    doomed.write_text(web_toml(c))
+    eventually(
+        lambda: _converged_to(loop, {"inplace": a, "renamed": b, "recreated": c}),
+        "the first versions",
+    )
+    (loop.folder / "recreated.toml~").write_text(web_toml(c))
+    doomed.unlink()
+    doomed.write_text(web_toml(d))
+    path.write_text(web_toml(e))  # in place again, same size: a new port
+    eventually(
+        lambda: _converged_to(loop, {"inplace": e, "renamed": b, "recreated": d}),
+        "every edit applied, the backup file ignored",
+    )
+
+
+def test_a_checkout_rewriting_fifty_files_ends_in_exactly_that_state(
+    loop: Loop, tmp_path: Path
+) -> None:
+    first = dict(zip((f"g{i:02}" for i in range(50)), free_ports(50), strict=True))
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name, port in first.items():
+        (checkout / f"{name}.toml").write_text(web_toml(port))
+    for entry in sorted(checkout.iterdir()):
+        entry.rename(loop.folder / entry.name)
+    eventually(lambda: _converged_to(loop, first), "fifty containers", timeout=120)
+    # The next commit: 20 files re-ported, 2 deleted, 2 added, rewritten as git does
+    # (unlink and create), all at once.
+    second = dict(first)
+    renumbered = dict(zip(list(first)[:20], free_ports(20), strict=True))
+    second.update(renumbered)
+    for gone in ("g48", "g49"):
+        del second[gone]
+    second.update(dict(zip(("g50", "g51"), free_ports(2), strict=True)))
+    for name in ("g48", "g49"):
+        (loop.folder / f"{name}.toml").unlink()
+    for name in [*renumbered, "g50", "g51"]:
+        target = loop.folder / f"{name}.toml"
+        target.unlink(missing_ok=True)
+        target.write_text(web_toml(second[name]))
+    eventually(lambda: _converged_to(loop, second), "the second commit", timeout=120)
