@@ -69,14 +69,18 @@ class ContainerStartError(SquishError, OSError):
 class PortInUse(SquishError, OSError):
     """A host port asked for by a forward is already taken on the host."""
 
-    def __init__(self, host_addr: str, host_port: int, protocol: str) -> None:
+    def __init__(
+        self, host_addr: str, host_port: int, protocol: str, holder: str | None = None
+    ) -> None:
+        held = f" by {holder}" if holder else ""
         super().__init__(
-            f"host port {host_addr}:{host_port}/{protocol} is already in use; "
+            f"host port {host_addr}:{host_port}/{protocol} is already in use{held}; "
             "free it or choose another host port"
         )
         self.host_addr = host_addr
         self.host_port = host_port
         self.protocol = protocol
+        self.holder = holder
 
 
 class SlirpError(SquishError, OSError):

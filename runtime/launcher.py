@@ -214,6 +214,7 @@ def _failure_reply(exc: BaseException) -> dict[str, Any]:
             "host_addr": exc.host_addr,
             "host_port": exc.host_port,
             "protocol": exc.protocol,
+            "holder": exc.holder,
         }
     if isinstance(exc, SlirpError):
         return {"ok": False, "error": "slirp", "message": str(exc)}

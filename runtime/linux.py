@@ -38,6 +38,7 @@ from runtime.launch import Forward, LaunchRequest, MountPoint
 from runtime.layers import resolve_sdk
 from runtime.mounts import prepare_skeleton
 from runtime.paths import cache_dir, state_dir
+from runtime.ports import port_holder
 from runtime.rootfs import resolve_rootfs
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.state import ProcessId, read_json, write_json_atomic
@@ -360,7 +361,12 @@ class LinuxRuntime:
             request = self._launch_request(cdir)
             for forward in request.forwards:
                 if not slirp.port_is_free(forward):
-                    raise PortInUse(forward.host_addr, forward.host_port, forward.proto)
+                    raise PortInUse(
+                        forward.host_addr,
+                        forward.host_port,
+                        forward.proto,
+                        port_holder(forward.proto, forward.host_addr, forward.host_port),
+                    )
             self._reap_leftovers(cdir)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
@@ -377,7 +383,10 @@ class LinuxRuntime:
     def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
         if reply.get("error") == "port_in_use":
             raise PortInUse(
-                str(reply["host_addr"]), int(reply["host_port"]), str(reply["protocol"])
+                str(reply["host_addr"]),
+                int(reply["host_port"]),
+                str(reply["protocol"]),
+                reply.get("holder"),
             )
         if reply.get("error") == "slirp":
             raise SlirpError(str(reply.get("message")))
@@ -513,7 +522,12 @@ class LinuxRuntime:
             live = slirp.find_forward(api, forward)
             if live is None:
                 if not slirp.port_is_free(forward):
-                    raise PortInUse(mapping.host_addr, mapping.host, mapping.protocol)
+                    raise PortInUse(
+                        mapping.host_addr,
+                        mapping.host,
+                        mapping.protocol,
+                        port_holder(mapping.protocol, mapping.host_addr, mapping.host),
+                    )
                 live_id = slirp.add_forward(api, forward)
             else:
                 live_id = live.id

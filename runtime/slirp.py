@@ -18,6 +18,7 @@ from typing import Any
 
 from runtime.errors import HostSetupError, PortInUse, SlirpError
 from runtime.launch import Forward
+from runtime.ports import port_holder
 
 __all__ = (
     "CONTAINER_ADDR",
@@ -148,7 +149,12 @@ def add_forward(api_socket: Path, forward: Forward, timeout: float = 5.0) -> int
     if isinstance(result, dict) and isinstance(result.get("id"), int):
         return int(result["id"])
     if not port_is_free(forward):
-        raise PortInUse(forward.host_addr, forward.host_port, forward.proto)
+        raise PortInUse(
+            forward.host_addr,
+            forward.host_port,
+            forward.proto,
+            port_holder(forward.proto, forward.host_addr, forward.host_port),
+        )
     raise SlirpError(f"slirp4netns refused forward {forward}: {reply}", request=payload)
 
 

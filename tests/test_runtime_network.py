@@ -76,7 +76,9 @@ def test_taken_host_port_is_named_and_nothing_is_left(rt: LinuxRuntime, site: Pa
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with pytest.raises(PortInUse, match=f"127.0.0.1:{port}/tcp"):
+        with pytest.raises(
+            PortInUse, match=f"127.0.0.1:{port}/tcp is already in use by pid {os.getpid()} "
+        ):
             rt.run(web("taken", site, port))
         with pytest.raises(ContainerNotFound):
             rt.inspect("taken")
