@@ -13,6 +13,7 @@ injected so tests control time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,9 +23,16 @@ from typing import Any
 import anyio
 
 from reconciler.plan import Action, ActionKind, Plan
+from reconciler.state import DesiredContainer
+from runtime.errors import ContainerNotFound, ContainerStartError
 from runtime.interface import ContainerInfo, ContainerState, Runtime
 
-__all__ = ("Backoff", "Converger", "Outcome")
+__all__ = ("Backoff", "Converger", "Outcome", "replacement_name")
+
+
+def replacement_name(name: str) -> str:
+    """The name a start-first replacement runs under until it takes over."""
+    return f"{name}.next"
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,9 @@ class Converger:
     limit: int = 8
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.time
+    drain: float = 0.1
+    """Seconds a start-first replacement leaves the old container running after its
+    forwards have moved, so that requests it accepted just before can finish."""
     _tracks: dict[str, _Track] = field(default_factory=dict)
 
     # -- what the planner must respect ---------------------------------------------------
@@ -201,7 +212,20 @@ class Converger:
 
     def _call(self, action: Action, phase: int) -> None:
         runtime, name = self.runtime, action.name
-        if action.kind is ActionKind.DESTROY or (action.kind is ActionKind.RECREATE and phase == 0):
+        start_first = (
+            action.kind is ActionKind.RECREATE
+            and action.desired is not None
+            and action.desired.update == "start-first"
+            and len(replacement_name(name)) <= 63
+        )
+        if start_first and phase == 0:
+            return  # the old container keeps serving until its replacement is ready
+        if start_first:
+            assert action.desired is not None
+            self._replace_start_first(action.desired)
+        elif action.kind is ActionKind.DESTROY or (
+            action.kind is ActionKind.RECREATE and phase == 0
+        ):
             runtime.remove(name, force=True)  # SIGTERM first, SIGKILL after stop_timeout
         elif action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
             assert action.desired is not None
@@ -216,6 +240,48 @@ class Converger:
         elif action.kind is ActionKind.BIND:
             for port in action.ports:
                 runtime.add_port(name, port)
+
+    def _replace_start_first(self, want: DesiredContainer) -> None:
+        """Start the replacement without forwards, wait until it is ready, move the
+        forwards over one by one, stop the old container, give the new one its name.
+        A replacement that never gets ready is removed and the old one kept."""
+        runtime, name = self.runtime, want.name
+        temp = replacement_name(name)
+        with contextlib.suppress(ContainerNotFound):
+            runtime.remove(temp, force=True)  # left by a controller killed mid-replacement
+        runtime.run(want.spec.model_copy(update={"name": temp, "ports": ()}))
+        try:
+            self._wait_ready(temp, want)
+        except BaseException:
+            runtime.remove(temp, force=True)
+            raise
+        old = runtime.inspect(name)
+        for port in want.spec.ports:  # the gap per port: one remove and one add
+            if port in old.ports:
+                runtime.move_port(name, temp, port)
+            else:
+                runtime.add_port(temp, port)
+        time.sleep(self.drain)  # requests the old one accepted just before may finish
+        runtime.remove(name, force=True)
+        runtime.rename(temp, name)
+
+    def _wait_ready(self, temp: str, want: DesiredContainer) -> None:
+        health = want.health
+        for _ in range(health.retries if health else 1):
+            if health is None:
+                if self.runtime.inspect(temp).state is ContainerState.RUNNING:
+                    return
+            elif self.runtime.probe_tcp(temp, health.tcp):
+                return
+            time.sleep(health.interval if health else 0)
+        if self.runtime.inspect(temp).state is not ContainerState.RUNNING:
+            raise ContainerStartError(want.name, "the replacement exited before it was ready")
+        assert health is not None
+        raise ContainerStartError(
+            want.name,
+            f"the replacement never accepted TCP on port {health.tcp} "
+            f"({health.retries} tries, {health.interval} s apart); the old one keeps running",
+        )
 
     def _failed(self, name: str, error: str) -> None:
         track = self._tracks.setdefault(name, _Track())

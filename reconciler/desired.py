@@ -26,6 +26,7 @@ from reconciler.state import (
     DesiredContainer,
     DesiredState,
     FileError,
+    HealthCheck,
     is_squishfile,
     spec_hash,
 )
@@ -96,7 +97,14 @@ def _load_one(
         problem = Problem(str(path), None, "<file>", f"{type(exc).__name__}: {exc}")
         name, certain = _claimed_name(path, raw, known)
         return FileError(path, name, (problem,), name_known=certain)
-    return DesiredContainer(path, _labelled(spec, folder, path), squishfile.restart.policy)
+    health = squishfile.health
+    return DesiredContainer(
+        path,
+        _labelled(spec, folder, path),
+        squishfile.restart.policy,
+        squishfile.update.strategy,
+        HealthCheck(health.tcp, health.interval, health.retries) if health else None,
+    )
 
 
 def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:

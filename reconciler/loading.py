@@ -21,11 +21,13 @@ from reconciler.errors import toml_quote as _q
 from reconciler.model import (
     LAYER_SHAPE_TAGS,
     DownloadLayer,
+    HealthSection,
     LocalLayer,
     PortForward,
     RestartSection,
     RunSection,
     Squishfile,
+    UpdateSection,
 )
 from reconciler.tomlpos import Loc, line_of, problems_from_validation, syntax_problem
 
@@ -98,6 +100,10 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
             return tuple(RunSection.model_fields)
         case ("restart",):
             return tuple(RestartSection.model_fields)
+        case ("update",):
+            return tuple(UpdateSection.model_fields)
+        case ("health",):
+            return tuple(HealthSection.model_fields)
         case ("ports", int()):
             return tuple(PortForward.model_fields)
         case ("layers", str(), "local"):

@@ -44,11 +44,13 @@ from runtime.spec import (
 __all__ = (
     "LAYER_SHAPE_TAGS",
     "DownloadLayer",
+    "HealthSection",
     "LocalLayer",
     "PortForward",
     "RestartSection",
     "RunSection",
     "Squishfile",
+    "UpdateSection",
 )
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -243,6 +245,30 @@ class RestartSection(BaseModel):
     )
 
 
+class UpdateSection(BaseModel):
+    """The ``[update]`` table: how a changed container is replaced."""
+
+    model_config = _STRICT
+
+    strategy: Literal["stop-first", "start-first"] = Field(
+        default="stop-first",
+        description="stop the old container first; or start the new one first, wait until "
+        "it is ready, move the forwards to it, then stop the old one",
+    )
+
+
+class HealthSection(BaseModel):
+    """The ``[health]`` table: when a (replacement) container counts as ready."""
+
+    model_config = _STRICT
+
+    tcp: int = Field(ge=1, le=65535, description="a TCP port inside the container that must accept")
+    interval: float = Field(
+        default=0.1, gt=0, le=60, allow_inf_nan=False, description="seconds between probes"
+    )
+    retries: int = Field(default=100, ge=1, le=100_000, description="probes before giving up")
+
+
 class RunSection(BaseModel):
     """The ``[run]`` table: what the container runs."""
 
@@ -318,6 +344,10 @@ class Squishfile(BaseModel):
     restart: RestartSection = Field(
         default_factory=RestartSection, description="restart policy (default: always)"
     )
+    update: UpdateSection = Field(
+        default_factory=UpdateSection, description="replacement strategy (default: stop-first)"
+    )
+    health: HealthSection | None = Field(default=None, description="readiness check")
 
     _source: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(_as_tuple)

@@ -32,6 +32,7 @@ __all__ = (
     "DesiredContainer",
     "DesiredState",
     "FileError",
+    "HealthCheck",
     "RestartPolicy",
     "is_squishfile",
     "spec_hash",
@@ -75,10 +76,22 @@ class DesiredContainer:
     file: Path
     spec: ContainerSpec
     restart: RestartPolicy = "always"
+    update: Literal["stop-first", "start-first"] = "stop-first"
+    health: HealthCheck | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Ready when something inside the container accepts TCP on ``tcp``; probed every
+    ``interval`` seconds, at most ``retries`` times."""
+
+    tcp: int
+    interval: float = 0.1
+    retries: int = 100
 
 
 @dataclass(frozen=True)

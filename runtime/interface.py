@@ -93,6 +93,18 @@ class Runtime(Protocol):
         """Remove a forward from a running container without restarting it."""
         ...
 
+    def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
+        """Move a forward from one running container to another, with the shortest gap."""
+        ...
+
+    def probe_tcp(self, name: str, port: int) -> bool:
+        """Whether something inside the running container accepts TCP on ``port``."""
+        ...
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        """Give a container another name, running or not."""
+        ...
+
     def restore_network(self, name: str) -> ContainerInfo:
         """Start the network helper of a running container again (it died), forwards
         included, without restarting the container."""

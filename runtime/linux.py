@@ -558,6 +558,7 @@ class LinuxRuntime:
             reply = self.holder.request(
                 {
                     "op": "restore_network",
+                    "init_pid": info.pid,
                     "name": name,
                     "container_dir": str(cdir),
                     "sandbox": self._launch_request(cdir).sandbox_slirp,
@@ -577,6 +578,53 @@ class LinuxRuntime:
             write_json_atomic(cdir / "run.json", run)
             self._forward_checks.pop(cdir, None)
             return self._info(cdir)
+
+    def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
+        """Move a forward from one running container to another with the shortest gap
+        the slirp4netns API allows: remove and add back to back, bookkeeping after."""
+        with self._locked(name) as source, self._locked(to) as target:
+            source_api, source_run = self._running_api(source, name)
+            target_api, target_run = self._running_api(target, to)
+            forward = _forward(mapping)
+            live = slirp.find_forward(source_api, forward)
+            if live is not None:
+                slirp.remove_forward(source_api, live.id)
+            new_id = slirp.add_forward(target_api, forward)  # the port was just freed
+            source_run["forwards"] = [f for f in source_run["forwards"] if _mapping(f) != mapping]
+            target_run["forwards"] = [f for f in target_run["forwards"] if _mapping(f) != mapping]
+            target_run["forwards"].append({"id": new_id, **asdict(forward)})
+            self._record_ports(source, source_run)
+            self._record_ports(target, target_run)
+
+    def probe_tcp(self, name: str, port: int) -> bool:
+        """Whether something inside the running container accepts TCP on ``port`` (tried
+        from within its network namespace, so no forward is needed)."""
+        info = self.inspect(name)
+        if info.state is not ContainerState.RUNNING or info.pid is None:
+            return False
+        reply = self.holder.request({"op": "probe_tcp", "init_pid": info.pid, "port": port})
+        if not reply.get("ok"):
+            raise ContainerStartError(name, f"cannot probe port {port}: {reply.get('message')}")
+        return bool(reply.get("ready"))
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        """Give a container another name, running or not (a replacement takes over the
+        name of the container it replaced)."""
+        ContainerSpec.model_validate({**self.inspect(name).spec.model_dump(), "name": new_name})
+        with self._locked(name) as cdir:
+            target = self.containers / new_name
+            if target.exists():
+                raise ContainerExists(new_name)
+            os.rename(cdir, target)
+            spec = self._spec(target).model_copy(update={"name": new_name})
+            (target / "spec.json.tmp").write_text(spec.model_dump_json())
+            (target / "spec.json.tmp").rename(target / "spec.json")
+            request = dataclasses.replace(
+                self._launch_request(target), name=new_name, container_dir=str(target)
+            )
+            write_json_atomic(target / "launch.json", request.to_json())
+            self._forward_checks.pop(cdir, None)
+            return self._info(target)
 
     # -- the whole runtime --------------------------------------------------------------
 

@@ -125,51 +125,66 @@ class _Spares:
 
 
 class _Networks:
-    """The network namespace of every container this holder started, by name.
+    """The network namespace of every container this holder started, by init pid.
 
-    Kept so that a slirp4netns that died can be started again for the same namespace
-    (the container's init is not dumpable, so nobody else can reach it). Released when
-    the init is reaped, which also ends a restarted slirp4netns (its exit pipe closes).
+    Kept so that a slirp4netns that died can be started again for the same namespace,
+    and so that a port inside the container can be probed (the container's init is not
+    dumpable, so nobody else can reach its namespaces). Released when the init is
+    reaped, which also ends a restarted slirp4netns (its exit pipe closes).
     """
 
     def __init__(self) -> None:
-        self.by_name: dict[str, tuple[int, int, int | None]] = {}
-        """name -> (init pid, netns fd, exit pipe of a restarted slirp4netns or None)"""
+        self.by_pid: dict[int, tuple[int, int | None]] = {}
+        """init pid -> (netns fd, exit pipe of a restarted slirp4netns or None)"""
 
-    def add(self, name: str, init_pid: int, netns_fd: int) -> None:
-        self.release(name)
-        self.by_name[name] = (init_pid, netns_fd, None)
+    def add(self, init_pid: int, netns_fd: int) -> None:
+        self.reaped(init_pid)
+        self.by_pid[init_pid] = (netns_fd, None)
 
-    def release(self, name: str) -> None:
-        entry = self.by_name.pop(name, None)
+    def reaped(self, pid: int) -> None:
+        entry = self.by_pid.pop(pid, None)
         if entry is not None:
-            for fd in entry[1:]:
+            for fd in entry:
                 if fd is not None:
                     os.close(fd)
 
-    def reaped(self, pid: int) -> None:
-        for name, entry in list(self.by_name.items()):
-            if entry[0] == pid:
-                self.release(name)
+    def _entry(self, request: dict[str, Any]) -> tuple[int, tuple[int, int | None]]:
+        pid = int(request["init_pid"])
+        entry = self.by_pid.get(pid)
+        if entry is None:
+            raise LookupError(
+                f"this holder did not start the container with init {pid} (it was restarted "
+                "since): recreate the container"
+            )
+        return pid, entry
 
     def restore(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = str(request.get("name"))
-        entry = self.by_name.get(name)
-        if entry is None:
-            return {
-                "ok": False,
-                "error": "start",
-                "message": f"this holder did not start {name!r} (it was restarted since): "
-                "recreate the container to restore its network",
-            }
-        init_pid, netns_fd, old_exit = entry
+        pid, (netns_fd, old_exit) = self._entry(request)
         identity, exit_w = restart_slirp(
             str(request["container_dir"]), netns_fd, bool(request.get("sandbox", True))
         )
         if old_exit is not None:
             os.close(old_exit)
-        self.by_name[name] = (init_pid, netns_fd, exit_w)
+        self.by_pid[pid] = (netns_fd, exit_w)
         return {"ok": True, "slirp": identity.to_json()}
+
+    def probe_tcp(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Whether something accepts TCP on 127.0.0.1:PORT inside the container."""
+        _, (netns_fd, _) = self._entry(request)
+        port = int(request["port"])
+        child = os.fork()
+        if child == 0:  # a child joins the namespace: the holder stays where it is
+            code = 1
+            try:
+                sc.setns(netns_fd, sc.CLONE_NEWNET)
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    code = 0
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        return {"ok": True, "ready": os.waitstatus_to_exitcode(status) == 0}
 
 
 def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> bool:
@@ -190,10 +205,11 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
         spares.drop()
         _reply(conn, {"ok": True})
         return False
-    if op == "restore_network":
+    if op in ("restore_network", "probe_tcp"):
         try:
-            _reply(conn, networks.restore(request))
-        except (OSError, ValueError, KeyError) as exc:
+            handler = networks.restore if op == "restore_network" else networks.probe_tcp
+            _reply(conn, handler(request))
+        except (OSError, ValueError, KeyError, LookupError) as exc:
             _reply(conn, {"ok": False, "error": "slirp", "message": str(exc)})
         return True
     if op != "launch":
@@ -206,11 +222,7 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
         try:
             # The spare parses and checks the request: keep this single loop lean.
             init_pid, netns_fd = hand_over(ctrl, raw_request, conn)
-            name = launch.get("name") if isinstance(launch, dict) else None
-            if isinstance(name, str):
-                networks.add(name, init_pid, netns_fd)
-            else:
-                os.close(netns_fd)
+            networks.add(init_pid, netns_fd)
             break
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")

@@ -62,6 +62,9 @@ Method = Literal[
     "add_port",
     "remove_port",
     "restore_network",
+    "probe_tcp",
+    "rename",
+    "move_port",
 ]
 
 MUTATING: tuple[Method, ...] = (
@@ -73,6 +76,8 @@ MUTATING: tuple[Method, ...] = (
     "add_port",
     "remove_port",
     "restore_network",
+    "rename",
+    "move_port",
 )
 """The methods that change something (``list``, ``inspect``, ``logs``, ``wait`` only look)."""
 
@@ -143,6 +148,8 @@ class FakeRuntime:
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.clock: Callable[[], float] = clock if clock is not None else FakeClock()
+        self.never_ready: set[str] = set()
+        """Containers whose health probe never succeeds."""
         self._cond = threading.Condition(threading.RLock())
         self._containers: dict[str, ContainerInfo] = {}
         self._calls: list[Call] = []
@@ -395,6 +402,33 @@ class FakeRuntime:
             return self._update(info, ports=tuple(p for p in info.ports if p != mapping))
 
         return self._invoke("remove_port", name, (mapping,), {}, effect)
+
+    def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
+        def effect() -> None:
+            source, target = self._running(name), self._running(to)
+            self._update(source, ports=tuple(p for p in source.ports if p != mapping))
+            self._update(target, ports=(*target.ports, mapping))
+
+        self._invoke("move_port", name, (to, mapping), {}, effect)
+
+    def probe_tcp(self, name: str, port: int) -> bool:
+        """Ready unless the test listed the container in ``never_ready``."""
+
+        def effect() -> bool:
+            return self._running(name) is not None and name not in self.never_ready
+
+        return self._invoke("probe_tcp", name, (port,), {}, effect)
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            with self._cond:
+                info = self._containers.pop(name)
+                spec = info.spec.model_copy(update={"name": new_name})
+                renamed = info.model_copy(update={"name": new_name, "spec": spec})
+                self._containers[new_name] = renamed
+                return renamed
+
+        return self._invoke("rename", name, (new_name,), {}, effect)
 
     def restore_network(self, name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:

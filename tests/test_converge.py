@@ -9,6 +9,7 @@ by sleeping, and nothing asserts how long anything took.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from reconciler.converge import Backoff, Converger, Outcome
 from reconciler.desired import DesiredContainer, load_desired
 from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
+from reconciler.state import HealthCheck
 from runtime.errors import ContainerNotFound, ContainerStartError, PortInUse
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
@@ -946,3 +948,62 @@ def test_a_damaged_saved_state_is_ignored(fake: FakeRuntime, clock: FakeClock) -
     converger.restore({"a": "nonsense", "b": {"failures": "many"}, "c": {"crashes": 2}})
     assert converger.crash_looping("c")
     assert converger.failure_holds() == {}
+
+
+# -- start-first replacement ---------------------------------------------------------------------
+
+
+def start_first(
+    name: str, *, env: Mapping[str, str], ports: Sequence[PortMapping]
+) -> DesiredContainer:
+    base = want(name, ports=ports, env=env)
+    return dataclasses.replace(
+        base, update="start-first", health=HealthCheck(tcp=80, interval=0.001, retries=3)
+    )
+
+
+@pytest.mark.anyio
+async def test_start_first_readies_the_replacement_before_touching_the_old_one(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("web", ports=[P8080, P8081], env={"V": "1"}))
+    new = start_first("web", env={"V": "2"}, ports=[P8080, P8081])
+
+    outcomes = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
+
+    assert [o.ok for o in outcomes] == [True]
+    assert fake.history() == [
+        ("remove", "web.next"),  # nothing left over from an earlier attempt
+        ("run", "web.next"),
+        ("move_port", "web"),
+        ("move_port", "web"),
+        ("remove", "web"),
+        ("rename", "web.next"),
+    ]
+    assert fake.history("probe_tcp") == [("probe_tcp", "web.next")]  # ready at once
+    [started] = [c for c in fake.calls if c.method == "run"]
+    assert isinstance(started.args[0], ContainerSpec)
+    assert started.args[0].ports == ()  # no forward until it is ready
+    after = fake.inspect("web")
+    assert (after.spec.env, after.ports) == ({"V": "2"}, (P8080, P8081))
+
+
+@pytest.mark.anyio
+async def test_a_replacement_that_never_gets_ready_leaves_the_old_one(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    fake.never_ready.add("web.next")
+    new = start_first("web", env={"V": "2"}, ports=[P8080])
+
+    [outcome] = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
+
+    assert outcome.error is not None and "never accepted TCP on port 80" in outcome.error
+    assert fake.history() == [
+        ("remove", "web.next"),
+        ("run", "web.next"),
+        ("remove", "web.next"),
+    ]
+    assert len(fake.history("probe_tcp")) == 3
+    old = fake.inspect("web")
+    assert (old.spec.env, old.ports, old.state) == ({"V": "1"}, (P8080,), ContainerState.RUNNING)

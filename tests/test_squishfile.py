@@ -543,3 +543,21 @@ def test_the_example_in_the_format_reference_is_valid(tmp_path: Path) -> None:
     spec = load_squishfile(write(tmp_path, example)).to_spec()
     assert [bind.target for bind in spec.binds] == ["/app/site", "/data"]
     assert [sdk.name for sdk in spec.sdks] == ["node", "python"]
+
+
+# -- [restart], [update], [health] --------------------------------------------------------------
+
+
+def test_update_and_health_sections_are_read_and_checked(tmp_path: Path) -> None:
+    base = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "httpd"\n'
+    good = tmp_path / "good.toml"
+    good.write_text(base + '[update]\nstrategy = "start-first"\n[health]\ntcp = 80\nretries = 5\n')
+    loaded = load_squishfile(good)
+    assert loaded.update.strategy == "start-first"
+    assert loaded.health is not None and (loaded.health.tcp, loaded.health.retries) == (80, 5)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + '[update]\nstrategy = "sideways"\n[health]\ntcp = 0\nprobe = 1\n')
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(bad)
+    found = {(p.line, p.field) for p in caught.value.problems}
+    assert found == {(6, "update.strategy"), (8, "health.tcp"), (9, "health.probe")}
