@@ -783,6 +783,7 @@ START_FIRST = (
 
 def test_start_first_serves_the_old_version_until_the_new_one_is_ready(loop: Loop) -> None:
     (port,) = free_ports(1)
+    loop.transient.add("swap.next")
     extra = START_FIRST.format(tcp=80, retries=250)
     put(loop.folder, "swap.toml", greeting_toml(port, "one") + extra)
     eventually(lambda: serves(port, "one\n"), "the first version")
@@ -799,7 +800,8 @@ def test_start_first_serves_the_old_version_until_the_new_one_is_ready(loop: Loo
     assert set(answers[:switch]) <= {b"one\n", None}
     assert set(answers[switch:]) == {b"two\n"}
     assert answers[:switch].count(b"one\n") >= 1
-    assert loop.pid("swap") != before
+    # The new one takes the name once the old one has drained and stopped.
+    eventually(lambda: loop.pid("swap") not in (before, (None, None)), "swap's new pid")
     row = eventually(lambda: (r := loop.row("swap")) and r["in_sync"] and r, "swap in sync")
     assert row["ports"] == [f"127.0.0.1:{port}->80/tcp"]
     assert "swap.next" not in {i.name for i in loop.ours()}
