@@ -582,7 +582,9 @@ class LinuxRuntime:
     def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
         """Move a forward from one running container to another with the shortest gap
         the slirp4netns API allows: remove and add back to back, bookkeeping after."""
-        with self._locked(name) as source, self._locked(to) as target:
+        first, second = sorted((name, to))  # one lock order for every mover: no deadlock
+        with self._locked(first) as first_dir, self._locked(second) as second_dir:
+            source, target = (first_dir, second_dir) if first == name else (second_dir, first_dir)
             source_api, source_run = self._running_api(source, name)
             target_api, target_run = self._running_api(target, to)
             forward = _forward(mapping)
