@@ -23,9 +23,10 @@ from typing import Any
 import anyio
 
 from reconciler.plan import Action, ActionKind, Plan
-from reconciler.state import DesiredContainer
-from runtime.errors import ContainerNotFound, ContainerStartError
+from reconciler.state import LABEL_FILE, LABEL_FOLDER, DesiredContainer
+from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost
 from runtime.interface import ContainerInfo, ContainerState, Runtime
+from runtime.spec import PortMapping
 
 __all__ = ("Backoff", "Converger", "Outcome", "replacement_name")
 
@@ -233,7 +234,12 @@ class Converger:
         elif action.kind is ActionKind.START:
             runtime.start(name)
         elif action.kind is ActionKind.HEAL:
-            runtime.restore_network(name)
+            try:
+                runtime.restore_network(name)
+            except NetworkLost:  # only a new container gets a network back now
+                assert action.desired is not None
+                runtime.remove(name, force=True)
+                runtime.run(action.desired.spec)
         elif action.kind is ActionKind.UNBIND:
             for port in action.ports:
                 runtime.remove_port(name, port)
@@ -244,26 +250,46 @@ class Converger:
     def _replace_start_first(self, want: DesiredContainer) -> None:
         """Start the replacement without forwards, wait until it is ready, move the
         forwards over one by one, stop the old container, give the new one its name.
-        A replacement that never gets ready is removed and the old one kept."""
+        A replacement that never gets ready is removed and the old one kept; a failure
+        while the forwards move puts them back."""
         runtime, name = self.runtime, want.name
         temp = replacement_name(name)
-        with contextlib.suppress(ContainerNotFound):
-            runtime.remove(temp, force=True)  # left by a controller killed mid-replacement
+        self._clear_leftover(temp, want)
         runtime.run(want.spec.model_copy(update={"name": temp, "ports": ()}))
+        moved: list[PortMapping] = []
         try:
             self._wait_ready(temp, want)
+            old = runtime.inspect(name)
+            live = set(old.ports) if old.slirp_pid is not None else set()
+            for port in want.spec.ports:  # the gap per port: one remove and one add
+                if port in live:
+                    runtime.move_port(name, temp, port)
+                    moved.append(port)
+                else:
+                    runtime.add_port(temp, port)
         except BaseException:
-            runtime.remove(temp, force=True)
+            for port in moved:  # undo: the old container serves as before
+                with contextlib.suppress(Exception):
+                    runtime.move_port(temp, name, port)
+            with contextlib.suppress(Exception):
+                runtime.remove(temp, force=True)
             raise
-        old = runtime.inspect(name)
-        for port in want.spec.ports:  # the gap per port: one remove and one add
-            if port in old.ports:
-                runtime.move_port(name, temp, port)
-            else:
-                runtime.add_port(temp, port)
         time.sleep(self.drain)  # requests the old one accepted just before may finish
         runtime.remove(name, force=True)
         runtime.rename(temp, name)
+
+    def _clear_leftover(self, temp: str, want: DesiredContainer) -> None:
+        """Remove a replacement left by an interrupted attempt, if it is ours."""
+        try:
+            leftover = self.runtime.inspect(temp)
+        except ContainerNotFound:
+            return
+        labels, ours = leftover.spec.labels, want.spec.labels
+        if any(labels.get(key) != ours.get(key) for key in (LABEL_FOLDER, LABEL_FILE)):
+            raise ContainerStartError(
+                want.name, f"a container named {temp!r} exists that this folder did not make"
+            )
+        self.runtime.remove(temp, force=True)
 
     def _wait_ready(self, temp: str, want: DesiredContainer) -> None:
         health = want.health

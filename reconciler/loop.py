@@ -216,7 +216,7 @@ async def _watch(
                         elif watch.stale(folder):
                             break
                     group.cancel_scope.cancel()
-            except (FileNotFoundError, RuntimeError, OSError):
+            except* (FileNotFoundError, RuntimeError, OSError):
                 pass  # the folder vanished: the periodic resync notices, we re-arm below
         if stop.is_set():
             return

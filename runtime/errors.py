@@ -15,6 +15,7 @@ __all__ = (
     "FetchError",
     "HostSetupError",
     "LayerNotFound",
+    "NetworkLost",
     "PortInUse",
     "RootRefused",
     "SlirpError",
@@ -128,3 +129,12 @@ class LayerNotFound(SquishError, LookupError):
         self.name = name
         self.version = version
         self.where = where
+
+
+class NetworkLost(SquishError, OSError):
+    """A container's slirp4netns cannot be started again (the holder that could reach
+    its network namespace is gone): the container must be recreated."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"the network of {name!r} cannot be restored: {reason}")
+        self.name = name

@@ -153,25 +153,28 @@ def _network(
     return identity, forwards
 
 
-def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> tuple[ProcessId, int]:
+def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
     """Start a slirp4netns again for a running container, from its network namespace fd.
 
-    Returns its identity and the write end of its exit pipe: slirp4netns exits when that
-    is closed, so the caller closes it when the container's init is gone.
+    It gets no exit pipe (nothing inside the container could hold one now): whoever
+    reaps the container's init kills it, and a remove kills it through ``run.json``.
+    Tried without the sandbox when the sandboxed one fails, as at launch.
     """
+    try:
+        return _restart_slirp_once(container_dir, netns_fd, sandbox)
+    except (SlirpError, _LaunchFailed):
+        if not sandbox:
+            raise
+        return _restart_slirp_once(container_dir, netns_fd, sandbox=False)
+
+
+def _restart_slirp_once(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
     cdir = Path(container_dir)
     api = cdir / "slirp.sock"
     api.unlink(missing_ok=True)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     argv = slirp.slirp_argv(
-        slirp.slirp_binary(),
-        0,
-        api,
-        ready_w,
-        exit_r,
-        sandbox,
-        netns_path=f"/proc/self/fd/{netns_fd}",
+        slirp.slirp_binary(), 0, api, ready_w, None, sandbox, netns_path=f"/proc/self/fd/{netns_fd}"
     )
     try:
         with open(cdir / "slirp.log", "ab") as log:
@@ -180,27 +183,24 @@ def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> tuple[Pro
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                pass_fds=(ready_w, exit_r, netns_fd),
+                pass_fds=(ready_w, netns_fd),
             )
-    except BaseException:
-        os.close(exit_w)
-        raise
     finally:
-        for fd in (ready_w, exit_r):
-            os.close(fd)
+        os.close(ready_w)
     try:
         ready = _read_with_timeout(ready_r, 1, _READY_TIMEOUT, "slirp4netns to be ready")
-    finally:
-        os.close(ready_r)
-    identity = ProcessId.of(proc.pid)
-    if ready != b"1" or identity is None:
-        os.close(exit_w)
+        identity = ProcessId.of(proc.pid)
+        if ready != b"1" or identity is None:
+            tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
+            raise SlirpError(f"slirp4netns did not come back: {tail}")
+    except BaseException:
         proc.kill()
         proc.wait()
-        tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
-        raise SlirpError(f"slirp4netns did not come back: {tail}")
+        raise
+    finally:
+        os.close(ready_r)
     proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
-    return identity, exit_w
+    return identity
 
 
 def _failure_reply(exc: BaseException) -> dict[str, Any]:

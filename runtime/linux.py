@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from runtime.errors import (
     ContainerNotFound,
     ContainerStartError,
     HostSetupError,
+    NetworkLost,
     PortInUse,
     RootRefused,
     SlirpError,
@@ -548,7 +549,9 @@ class LinuxRuntime:
 
     def restore_network(self, name: str) -> ContainerInfo:
         """Start slirp4netns again for a running container whose slirp4netns died, in the
-        same network namespace, and put every forward back; the container keeps running."""
+        same network namespace, and put back every forward it can (a port taken in the
+        meantime stays out and shows as missing). Raises :class:`NetworkLost` when only a
+        recreate can help."""
         with self._locked(name) as cdir:
             info = self._info(cdir)
             if info.state is not ContainerState.RUNNING:
@@ -559,22 +562,27 @@ class LinuxRuntime:
                 {
                     "op": "restore_network",
                     "init_pid": info.pid,
-                    "name": name,
                     "container_dir": str(cdir),
                     "sandbox": self._launch_request(cdir).sandbox_slirp,
                 }
             )
+            if reply.get("error") == "unknown_container":
+                raise NetworkLost(name, str(reply.get("message")))
             if not reply.get("ok"):
                 raise SlirpError(f"cannot restore the network of {name!r}: {reply.get('message')}")
             run = read_json(cdir / "run.json")
             assert isinstance(run, dict)
+            wanted = [_mapping(record) for record in run.get("forwards", [])]
             run["slirp"] = reply["slirp"]
+            run["forwards"] = []
+            write_json_atomic(cdir / "run.json", run)  # the new slirp4netns first
             api = cdir / "slirp.sock"
-            forwards = []
-            for record in run.get("forwards", []):
-                forward = _forward(_mapping(record))
-                forwards.append({"id": slirp.add_forward(api, forward), **asdict(forward)})
-            run["forwards"] = forwards
+            for mapping in wanted:
+                forward = _forward(mapping)
+                with suppress(PortInUse, SlirpError):  # left out: the next pass binds it
+                    run["forwards"].append(
+                        {"id": slirp.add_forward(api, forward), **asdict(forward)}
+                    )
             write_json_atomic(cdir / "run.json", run)
             self._forward_checks.pop(cdir, None)
             return self._info(cdir)
@@ -582,6 +590,8 @@ class LinuxRuntime:
     def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
         """Move a forward from one running container to another with the shortest gap
         the slirp4netns API allows: remove and add back to back, bookkeeping after."""
+        if name == to:
+            raise ValueError("a forward cannot move to the container it is on")
         first, second = sorted((name, to))  # one lock order for every mover: no deadlock
         with self._locked(first) as first_dir, self._locked(second) as second_dir:
             source, target = (first_dir, second_dir) if first == name else (second_dir, first_dir)
@@ -591,7 +601,13 @@ class LinuxRuntime:
             live = slirp.find_forward(source_api, forward)
             if live is not None:
                 slirp.remove_forward(source_api, live.id)
-            new_id = slirp.add_forward(target_api, forward)  # the port was just freed
+            try:
+                new_id = slirp.add_forward(target_api, forward)  # the port was just freed
+            except BaseException:
+                if live is not None:  # put it back where it was
+                    with suppress(PortInUse, SlirpError):
+                        slirp.add_forward(source_api, forward)
+                raise
             source_run["forwards"] = [f for f in source_run["forwards"] if _mapping(f) != mapping]
             target_run["forwards"] = [f for f in target_run["forwards"] if _mapping(f) != mapping]
             target_run["forwards"].append({"id": new_id, **asdict(forward)})

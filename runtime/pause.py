@@ -124,18 +124,22 @@ class _Spares:
         os.waitpid(pid, 0)
 
 
+class _UnknownContainer(LookupError):
+    """The container was not started by this holder (it was restarted since)."""
+
+
 class _Networks:
     """The network namespace of every container this holder started, by init pid.
 
     Kept so that a slirp4netns that died can be started again for the same namespace,
     and so that a port inside the container can be probed (the container's init is not
     dumpable, so nobody else can reach its namespaces). Released when the init is
-    reaped, which also ends a restarted slirp4netns (its exit pipe closes).
+    reaped; a slirp4netns started again for it is killed then too.
     """
 
     def __init__(self) -> None:
-        self.by_pid: dict[int, tuple[int, int | None]] = {}
-        """init pid -> (netns fd, exit pipe of a restarted slirp4netns or None)"""
+        self.by_pid: dict[int, tuple[int, ProcessId | None]] = {}
+        """init pid -> (netns fd, the slirp4netns this holder started again, if any)"""
 
     def add(self, init_pid: int, netns_fd: int) -> None:
         self.reaped(init_pid)
@@ -144,28 +148,26 @@ class _Networks:
     def reaped(self, pid: int) -> None:
         entry = self.by_pid.pop(pid, None)
         if entry is not None:
-            for fd in entry:
-                if fd is not None:
-                    os.close(fd)
+            os.close(entry[0])
+            _kill(entry[1])
 
-    def _entry(self, request: dict[str, Any]) -> tuple[int, tuple[int, int | None]]:
+    def _entry(self, request: dict[str, Any]) -> tuple[int, tuple[int, ProcessId | None]]:
         pid = int(request["init_pid"])
         entry = self.by_pid.get(pid)
         if entry is None:
-            raise LookupError(
+            raise _UnknownContainer(
                 f"this holder did not start the container with init {pid} (it was restarted "
                 "since): recreate the container"
             )
         return pid, entry
 
     def restore(self, request: dict[str, Any]) -> dict[str, Any]:
-        pid, (netns_fd, old_exit) = self._entry(request)
-        identity, exit_w = restart_slirp(
+        pid, (netns_fd, previous) = self._entry(request)
+        _kill(previous)  # an earlier heal's slirp4netns still holds tap0: it must go first
+        identity = restart_slirp(
             str(request["container_dir"]), netns_fd, bool(request.get("sandbox", True))
         )
-        if old_exit is not None:
-            os.close(old_exit)
-        self.by_pid[pid] = (netns_fd, exit_w)
+        self.by_pid[pid] = (netns_fd, identity)
         return {"ok": True, "slirp": identity.to_json()}
 
     def probe_tcp(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +187,22 @@ class _Networks:
                 os._exit(code)
         _, status = os.waitpid(child, 0)
         return {"ok": True, "ready": os.waitstatus_to_exitcode(status) == 0}
+
+
+def _kill(identity: ProcessId | None) -> None:
+    """SIGKILL a process of ours if it is still the one we started, and wait for it."""
+    if identity is None or not identity.alive():
+        return
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if identity.alive():
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], 5.0)
+    finally:
+        os.close(pidfd)
 
 
 def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> bool:
@@ -209,8 +227,10 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
         try:
             handler = networks.restore if op == "restore_network" else networks.probe_tcp
             _reply(conn, handler(request))
-        except (OSError, ValueError, KeyError, LookupError) as exc:
-            _reply(conn, {"ok": False, "error": "slirp", "message": str(exc)})
+        except _UnknownContainer as exc:
+            _reply(conn, {"ok": False, "error": "unknown_container", "message": str(exc)})
+        except Exception as exc:  # one bad request must never end the holder
+            _reply(conn, {"ok": False, "error": "slirp", "message": f"{type(exc).__name__}: {exc}"})
         return True
     if op != "launch":
         _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})

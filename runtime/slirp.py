@@ -65,7 +65,7 @@ def slirp_argv(
     target_pid: int,
     api_socket: Path,
     ready_fd: int,
-    exit_fd: int,
+    exit_fd: int | None,
     sandbox: bool,
     *,
     netns_path: str | None = None,
@@ -79,8 +79,9 @@ def slirp_argv(
         "--disable-host-loopback",
         f"--api-socket={api_socket}",
         f"--ready-fd={ready_fd}",
-        f"--exit-fd={exit_fd}",
     ]
+    if exit_fd is not None:
+        argv.append(f"--exit-fd={exit_fd}")
     if sandbox:
         argv += ["--enable-sandbox", "--enable-seccomp"]
     if netns_path is not None:

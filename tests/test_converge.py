@@ -21,7 +21,7 @@ from reconciler.converge import Backoff, Converger, Outcome
 from reconciler.desired import DesiredContainer, load_desired
 from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
 from reconciler.state import HealthCheck
-from runtime.errors import ContainerNotFound, ContainerStartError, PortInUse
+from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost, PortInUse
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
 from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
@@ -973,7 +973,6 @@ async def test_start_first_readies_the_replacement_before_touching_the_old_one(
 
     assert [o.ok for o in outcomes] == [True]
     assert fake.history() == [
-        ("remove", "web.next"),  # nothing left over from an earlier attempt
         ("run", "web.next"),
         ("move_port", "web"),
         ("move_port", "web"),
@@ -999,11 +998,37 @@ async def test_a_replacement_that_never_gets_ready_leaves_the_old_one(
     [outcome] = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
 
     assert outcome.error is not None and "never accepted TCP on port 80" in outcome.error
-    assert fake.history() == [
-        ("remove", "web.next"),
-        ("run", "web.next"),
-        ("remove", "web.next"),
-    ]
+    assert fake.history() == [("run", "web.next"), ("remove", "web.next")]
     assert len(fake.history("probe_tcp")) == 3
     old = fake.inspect("web")
     assert (old.spec.env, old.ports, old.state) == ({"V": "1"}, (P8080,), ContainerState.RUNNING)
+
+
+@pytest.mark.anyio
+async def test_a_foreign_container_with_the_replacement_name_is_never_removed(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    fake.seed(spec("web.next"))  # somebody else's, without this folder's labels
+    new = start_first("web", env={"V": "2"}, ports=[P8080])
+    labels = {"squish.folder": str(FOLDER), "squish.file": "web.toml"}
+    new = dataclasses.replace(new, spec=new.spec.model_copy(update={"labels": labels}))
+
+    [outcome] = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
+
+    assert outcome.error is not None and "this folder did not make" in outcome.error
+    assert fake.history() == []
+    assert {i.name for i in fake.list()} == {"web", "web.next"}
+
+
+@pytest.mark.anyio
+async def test_a_network_that_cannot_be_restored_is_recreated(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("web", ports=[P8080]))
+    fake.fail("restore_network", "web", NetworkLost("web", "the holder was restarted"))
+
+    [outcome] = await converger.apply(Plan((act(ActionKind.HEAL, "web"),)))
+
+    assert outcome.ok
+    assert fake.history() == [("restore_network", "web"), ("remove", "web"), ("run", "web")]

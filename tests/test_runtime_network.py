@@ -233,3 +233,27 @@ def test_a_killed_slirp4netns_is_restored_with_its_forwards(rt: LinuxRuntime, si
     assert (after.pid, after.pid_start_time) == (before.pid, before.pid_start_time)
     assert http_get(port, "/index.html") == b"<h1>hello from squish</h1>\n"
     assert rt.inspect("heal").restarts == 0
+
+
+def test_a_heal_puts_back_what_it_can_and_can_heal_again(rt: LinuxRuntime, site: Path) -> None:
+    free, blocked = free_port(), free_port()
+    first = rt.run(web("reheal", site, free, stop_timeout=1))
+    rt.add_port("reheal", PortMapping(container=80, host=blocked))
+    for round_ in range(2):
+        info = rt.inspect("reheal")
+        assert info.slirp_pid is not None
+        os.kill(info.slirp_pid, signal.SIGKILL)  # a process this test's runtime started
+        for _ in range(500):
+            if rt.inspect("reheal").slirp_pid is None:
+                break
+            time.sleep(0.01)
+        with socket.socket() as holder:  # someone takes one of its ports meanwhile
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("127.0.0.1", blocked))
+            holder.listen()
+            healed = rt.restore_network("reheal")
+        assert healed.ports == (PortMapping(container=80, host=free),), round_
+        assert http_get(free, "/index.html") == b"<h1>hello from squish</h1>\n"
+        rt.add_port("reheal", PortMapping(container=80, host=blocked))  # free again
+        assert http_get(blocked, "/index.html")
+    assert rt.inspect("reheal").pid == first.pid
