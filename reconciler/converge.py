@@ -275,8 +275,13 @@ class Converger:
                 runtime.remove(temp, force=True)
             raise
         time.sleep(self.drain)  # requests the old one accepted just before may finish
-        runtime.remove(name, force=True)
+        # The name never goes missing: the old one steps aside, the new one takes the
+        # name, then the old one stops (SIGTERM, SIGKILL after its stop_timeout).
+        retired = f"{name}.old"
+        self._clear_leftover(retired, want)  # from an interrupted replacement
+        runtime.rename(name, retired)
         runtime.rename(temp, name)
+        runtime.remove(retired, force=True)
 
     def _clear_leftover(self, temp: str, want: DesiredContainer) -> None:
         """Remove a replacement left by an interrupted attempt, if it is ours."""

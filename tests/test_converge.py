@@ -976,8 +976,9 @@ async def test_start_first_readies_the_replacement_before_touching_the_old_one(
         ("run", "web.next"),
         ("move_port", "web"),
         ("move_port", "web"),
-        ("remove", "web"),
+        ("rename", "web"),  # to web.old: the name is never missing
         ("rename", "web.next"),
+        ("remove", "web.old"),
     ]
     assert fake.history("probe_tcp") == [("probe_tcp", "web.next")]  # ready at once
     [started] = [c for c in fake.calls if c.method == "run"]

@@ -33,6 +33,7 @@ import pytest
 
 from reconciler.converge import Backoff
 from reconciler.status import StatusStore
+from runtime.errors import ContainerNotFound
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.linux import LinuxRuntime
 from tests.conftest import rootless
@@ -223,7 +224,10 @@ class Loop:
         return [i for i in self.rt.list() if labels.items() <= i.spec.labels.items()]
 
     def pid(self, name: str) -> tuple[int | None, int | None]:
-        info = self.rt.inspect(name)
+        try:
+            info = self.rt.inspect(name)
+        except ContainerNotFound:  # e.g. for a millisecond while a replacement is renamed
+            return None, None
         return info.pid, info.pid_start_time
 
 
