@@ -22,7 +22,7 @@ from runtime.idmap import write_id_maps
 from runtime.pause import PAUSE_RECORD, PAUSE_SOCKET
 from runtime.state import ProcessId, read_json
 
-__all__ = ("Holder",)
+__all__ = ("SUN_PATH_MAX", "Holder", "file_lock")
 
 _HANDSHAKE_TIMEOUT = 20.0
 _HOLDER_ENV = frozenset(
@@ -39,7 +39,8 @@ _HOLDER_ENV = frozenset(
         "XDG_CACHE_HOME",
     }
 )
-_SUN_PATH_MAX = 107
+SUN_PATH_MAX = 107
+"""Longest unix socket path (sun_path holds 108 bytes with the NUL)."""
 
 
 @contextmanager
@@ -66,7 +67,7 @@ class Holder:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.socket_path = state / PAUSE_SOCKET
-        if len(os.fsencode(self.socket_path)) > _SUN_PATH_MAX:
+        if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
             raise HostSetupError(
                 f"state directory path too long for a unix socket: {state}",
                 fix="set SQUISH_STATE_DIR to a shorter path",
@@ -150,6 +151,10 @@ class Holder:
                     pass_fds=(to_client_w, from_client_r),
                     start_new_session=True,
                 )
+        except BaseException:
+            os.close(to_client_r)  # the client is long-lived: leak nothing
+            os.close(from_client_w)
+            raise
         finally:
             for fd in (to_client_w, from_client_r):
                 os.close(fd)
@@ -195,10 +200,8 @@ class Holder:
             return
         with suppress(OSError):
             self._send({"op": "exit"}, timeout=5.0)
-        deadline = time.monotonic() + 5.0
-        while identity.alive() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if identity.alive():
-            os.kill(identity.pid, signal.SIGKILL)
+        if not identity.wait_gone(5.0):
+            identity.send(signal.SIGKILL)
+            identity.wait_gone(5.0)
         for leftover in (self.socket_path, self.state / PAUSE_RECORD):
             leftover.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from typing import NoReturn
 from runtime import mounts
 from runtime import syscalls as sc
 from runtime.launch import Forward, LaunchRequest, MountPoint
-from runtime.state import write_json_atomic
+from runtime.state import reap_children, write_json_atomic
 
 __all__ = ("DEFAULT_PATH", "FORWARDED_SIGNALS", "run_init")
 
@@ -115,13 +115,7 @@ def _wait_for_command(child: int, state_fd: int) -> NoReturn:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, info.si_signo)
             continue
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        for pid, status in reap_children():
             if pid == child:
                 _finish(status, state_fd)
 

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,7 +34,7 @@ from runtime.init import run_init
 from runtime.launch import LaunchRequest
 from runtime.state import ProcessId, write_json_atomic
 
-__all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
+__all__ = ("CONTAINER_NAMESPACES", "MAX_REQUEST", "hand_over", "restart_slirp", "run_spare")
 
 CONTAINER_NAMESPACES = (
     sc.CLONE_NEWNS
@@ -44,7 +45,8 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWPID
 )
 _READY_TIMEOUT = 10.0
-_MAX_REQUEST = 4 << 20
+MAX_REQUEST = 4 << 20
+"""The largest launch request the holder and a spare accept."""
 
 
 class _LaunchFailed(Exception):
@@ -109,43 +111,69 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
-def _start_slirp(
-    req: LaunchRequest, init_pid: int, exit_r: int, sandbox: bool
-) -> subprocess.Popen[bytes]:
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    cdir = Path(req.container_dir)
+def _spawn_slirp(
+    cdir: Path,
+    sandbox: bool,
+    *,
+    target_pid: int = 0,
+    exit_r: int | None = None,
+    netns_fd: int | None = None,
+) -> ProcessId:
+    """Start slirp4netns on a container's network namespace (by init pid, or by a
+    namespace descriptor) and wait until it is ready; kill it on any failure."""
     api = cdir / "slirp.sock"
     api.unlink(missing_ok=True)
-    argv = slirp.slirp_argv(slirp.slirp_binary(), init_pid, api, ready_w, exit_r, sandbox)
-    with open(cdir / "slirp.log", "ab") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w, exit_r)
-        )
-    os.close(ready_w)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    netns_path = None if netns_fd is None else f"/proc/self/fd/{netns_fd}"
+    argv = slirp.slirp_argv(
+        slirp.slirp_binary(), target_pid, api, ready_w, exit_r, sandbox, netns_path=netns_path
+    )
+    try:
+        with open(cdir / "slirp.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=tuple(fd for fd in (ready_w, exit_r, netns_fd) if fd is not None),
+            )
+    finally:
+        os.close(ready_w)
     try:
         ready = _read_with_timeout(ready_r, 1, _READY_TIMEOUT, "slirp4netns to be ready")
+        identity = ProcessId.of(proc.pid)
+        if ready != b"1" or identity is None:
+            tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
+            raise SlirpError(f"slirp4netns stopped before it was ready: {tail}")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     finally:
         os.close(ready_r)
-    if ready != b"1":
-        code = proc.wait()
-        tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
-        raise SlirpError(f"slirp4netns exited with code {code} before it was ready: {tail}")
-    return proc
+    proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
+    return identity
+
+
+def _with_sandbox_fallback(sandbox: bool, start: Callable[[bool], ProcessId]) -> ProcessId:
+    """Start sandboxed when asked; where that fails, once more without the sandbox."""
+    try:
+        return start(sandbox)
+    except (SlirpError, _LaunchFailed):
+        if not sandbox:
+            raise
+        return start(False)
 
 
 def _network(
     req: LaunchRequest, init_pid: int, exit_r: int
 ) -> tuple[ProcessId, list[dict[str, Any]]]:
-    try:
-        proc = _start_slirp(req, init_pid, exit_r, req.sandbox_slirp)
-    except SlirpError:
-        if not req.sandbox_slirp:
-            raise
-        proc = _start_slirp(req, init_pid, exit_r, sandbox=False)
-    identity = ProcessId.of(proc.pid)
-    if identity is None:
-        raise SlirpError("slirp4netns died right after it was ready")
-    api = Path(req.container_dir) / "slirp.sock"
+    cdir = Path(req.container_dir)
+    identity = _with_sandbox_fallback(
+        req.sandbox_slirp,
+        lambda sandbox: _spawn_slirp(cdir, sandbox, target_pid=init_pid, exit_r=exit_r),
+    )
+    api = cdir / "slirp.sock"
     forwards = []
     for forward in req.forwards:
         forward_id = slirp.add_forward(api, forward)
@@ -158,49 +186,11 @@ def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId
 
     It gets no exit pipe (nothing inside the container could hold one now): whoever
     reaps the container's init kills it, and a remove kills it through ``run.json``.
-    Tried without the sandbox when the sandboxed one fails, as at launch.
     """
-    try:
-        return _restart_slirp_once(container_dir, netns_fd, sandbox)
-    except (SlirpError, _LaunchFailed):
-        if not sandbox:
-            raise
-        return _restart_slirp_once(container_dir, netns_fd, sandbox=False)
-
-
-def _restart_slirp_once(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
     cdir = Path(container_dir)
-    api = cdir / "slirp.sock"
-    api.unlink(missing_ok=True)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    argv = slirp.slirp_argv(
-        slirp.slirp_binary(), 0, api, ready_w, None, sandbox, netns_path=f"/proc/self/fd/{netns_fd}"
+    return _with_sandbox_fallback(
+        sandbox, lambda sandboxed: _spawn_slirp(cdir, sandboxed, netns_fd=netns_fd)
     )
-    try:
-        with open(cdir / "slirp.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=(ready_w, netns_fd),
-            )
-    finally:
-        os.close(ready_w)
-    try:
-        ready = _read_with_timeout(ready_r, 1, _READY_TIMEOUT, "slirp4netns to be ready")
-        identity = ProcessId.of(proc.pid)
-        if ready != b"1" or identity is None:
-            tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
-            raise SlirpError(f"slirp4netns did not come back: {tail}")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        os.close(ready_r)
-    proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
-    return identity
 
 
 def _failure_reply(exc: BaseException) -> dict[str, Any]:
@@ -258,7 +248,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
     """The launch request and the client connection, or None when the holder is gone."""
     fds = array.array("i")
-    data, ancillary, _, _ = ctrl.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
+    data, ancillary, _, _ = ctrl.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import select
 import shutil
 import signal
 import sys
@@ -33,21 +32,17 @@ from runtime.errors import (
     RootRefused,
     SlirpError,
 )
-from runtime.holder import Holder, file_lock
+from runtime.holder import SUN_PATH_MAX, Holder, file_lock
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.launch import Forward, LaunchRequest, MountPoint
 from runtime.layers import resolve_sdk
 from runtime.mounts import prepare_skeleton
 from runtime.paths import cache_dir, state_dir
-from runtime.ports import port_holder
 from runtime.rootfs import resolve_rootfs
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.state import ProcessId, read_json, write_json_atomic
 
 __all__ = ("LinuxRuntime",)
-
-_ETC_FILES = ("resolv.conf", "hosts", "hostname")
-_SUN_PATH_MAX = 107
 
 
 def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
@@ -78,45 +73,8 @@ def _mapping(record: dict[str, Any]) -> PortMapping:
     )
 
 
-def _signal(identity: ProcessId, signum: int) -> bool:
-    """Send ``signum`` through a pidfd, so a recycled pid is never signalled; False if gone."""
-    try:
-        pidfd = os.pidfd_open(identity.pid)
-    except ProcessLookupError:
-        return False
-    try:
-        if not identity.alive():  # checked after the pidfd pins the process
-            return False
-        signal.pidfd_send_signal(pidfd, signum)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        os.close(pidfd)
-
-
 def _forward_key(port: PortMapping) -> tuple[str, str, int, int]:
     return (port.protocol, port.host_addr, port.host, port.container)
-
-
-def _wait_for_exit(identity: ProcessId, timeout: float) -> bool:
-    """Wait until the process is gone; True if it went within ``timeout``."""
-    try:
-        pidfd = os.pidfd_open(identity.pid)
-    except ProcessLookupError:
-        return True
-    try:
-        if not identity.alive():
-            return True
-        deadline = time.monotonic() + timeout
-        while identity.alive():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            select.select([pidfd], [], [], min(left, 0.05))
-        return True
-    finally:
-        os.close(pidfd)
 
 
 class LinuxRuntime:
@@ -277,7 +235,7 @@ class LinuxRuntime:
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
         cdir = self.containers / spec.name
-        if len(os.fsencode(cdir / "slirp.sock")) > _SUN_PATH_MAX:
+        if len(os.fsencode(cdir / "slirp.sock")) > SUN_PATH_MAX:
             raise HostSetupError(
                 f"the state folder's path is too long for container {spec.name!r}'s "
                 f"slirp4netns socket ({cdir / 'slirp.sock'})",
@@ -318,10 +276,11 @@ class LinuxRuntime:
         if not (cdir / "launch.json").is_file():
             return False
         try:
-            info = self._info(cdir)
+            self._spec(cdir)
+            self._launch_request(cdir)
         except (OSError, ValueError):
             return False
-        return info is not None
+        return True
 
     def _claim_folder(self, cdir: Path, name: str) -> int:
         """Make ``cdir`` and hold its lock while it is filled; return the lock's fd.
@@ -361,13 +320,7 @@ class LinuxRuntime:
                 return info
             request = self._launch_request(cdir)
             for forward in request.forwards:
-                if not slirp.port_is_free(forward):
-                    raise PortInUse(
-                        forward.host_addr,
-                        forward.host_port,
-                        forward.proto,
-                        port_holder(forward.proto, forward.host_addr, forward.host_port),
-                    )
+                slirp.ensure_port_free(forward)
             self._reap_leftovers(cdir)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
@@ -378,7 +331,7 @@ class LinuxRuntime:
             started = int(meta.get("started", 0)) + 1
             meta.update(started=started, restarts=max(0, started - 1))
             write_json_atomic(cdir / "meta.json", meta)
-            return self._info(cdir)
+            return self._info(cdir, fresh=False)
 
     @staticmethod
     def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
@@ -407,8 +360,8 @@ class LinuxRuntime:
         """SIGKILL whatever an incomplete record still names, then its slirp4netns."""
         run = read_json(cdir / "run.json")
         init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
-        if init is not None and _signal(init, signal.SIGKILL):
-            _wait_for_exit(init, 10.0)
+        if init is not None and init.send(signal.SIGKILL):
+            init.wait_gone(10.0)
         self._reap_leftovers(cdir)
 
     def _reap_leftovers(self, cdir: Path) -> None:
@@ -417,9 +370,9 @@ class LinuxRuntime:
         if not isinstance(run, dict):
             return
         slirp_id = ProcessId.from_json(run.get("slirp"))
-        if slirp_id is not None and not _wait_for_exit(slirp_id, 1.0):
-            _signal(slirp_id, signal.SIGKILL)
-            _wait_for_exit(slirp_id, 5.0)
+        if slirp_id is not None and not slirp_id.wait_gone(1.0):
+            slirp_id.send(signal.SIGKILL)
+            slirp_id.wait_gone(5.0)
 
     def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
         with self._locked(name) as cdir:
@@ -427,10 +380,10 @@ class LinuxRuntime:
             init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
             if init is not None and init.alive():
                 grace = self._spec(cdir).stop_timeout if timeout is None else timeout
-                _signal(init, signal.SIGTERM)
-                if not _wait_for_exit(init, grace):
-                    _signal(init, signal.SIGKILL)
-                    if not _wait_for_exit(init, 10.0):
+                init.send(signal.SIGTERM)
+                if not init.wait_gone(grace):
+                    init.send(signal.SIGKILL)
+                    if not init.wait_gone(10.0):
                         raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
                 if not (cdir / "exit.json").exists():
                     write_json_atomic(
@@ -445,7 +398,7 @@ class LinuxRuntime:
             return self._info(cdir)
 
     def remove(self, name: str, *, force: bool = False) -> None:
-        if self.inspect(name).state is ContainerState.RUNNING:
+        if self._info(self._dir(name), fresh=False).state is ContainerState.RUNNING:
             if not force:
                 raise ContainerStartError(name, "it is running; stop it or remove with force")
             self.stop(name)  # as podman rm -f: SIGTERM, SIGKILL after the stop timeout
@@ -454,6 +407,12 @@ class LinuxRuntime:
                 raise ContainerStartError(name, "it was started again while being removed")
             self._reap_leftovers(cdir)
             shutil.rmtree(cdir)
+            self._forget(cdir)
+
+    def _forget(self, cdir: Path) -> None:
+        """Drop what is cached about a folder that is gone or moved."""
+        self._specs.pop(cdir / "spec.json", None)
+        self._forward_checks.pop(cdir, None)
 
     # -- observe ------------------------------------------------------------------------
 
@@ -485,7 +444,7 @@ class LinuxRuntime:
         init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
         if init is None:
             raise ContainerStartError(name, "it was never started")
-        if not _wait_for_exit(init, float("inf") if timeout is None else timeout):
+        if not init.wait_gone(float("inf") if timeout is None else timeout):
             raise TimeoutError(f"container {name!r} still running after {timeout} s")
         code = self._info(cdir).exit_code
         return 128 + signal.SIGKILL if code is None else code
@@ -493,7 +452,7 @@ class LinuxRuntime:
     # -- live port forwards -------------------------------------------------------------
 
     def _running_api(self, cdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
-        info = self._info(cdir)
+        info = self._info(cdir, fresh=False)  # callers ask slirp4netns themselves
         if info.state is not ContainerState.RUNNING:
             raise ContainerStartError(name, "it is not running")
         if info.spec.network != "slirp4netns" or info.slirp_pid is None:
@@ -522,13 +481,7 @@ class LinuxRuntime:
             # removed behind our back.
             live = slirp.find_forward(api, forward)
             if live is None:
-                if not slirp.port_is_free(forward):
-                    raise PortInUse(
-                        mapping.host_addr,
-                        mapping.host,
-                        mapping.protocol,
-                        port_holder(mapping.protocol, mapping.host_addr, mapping.host),
-                    )
+                slirp.ensure_port_free(forward)
                 live_id = slirp.add_forward(api, forward)
             else:
                 live_id = live.id
@@ -641,7 +594,7 @@ class LinuxRuntime:
                 self._launch_request(target), name=new_name, container_dir=str(target)
             )
             write_json_atomic(target / "launch.json", request.to_json())
-            self._forward_checks.pop(cdir, None)
+            self._forget(cdir)
             return self._info(target)
 
     # -- the whole runtime --------------------------------------------------------------

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime import syscalls as sc
-from runtime.launcher import hand_over, restart_slirp, run_spare
-from runtime.state import ProcessId, write_json_atomic
+from runtime.launcher import MAX_REQUEST, hand_over, restart_slirp, run_spare
+from runtime.state import ProcessId, reap_children, write_json_atomic
 
 __all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
 
 PAUSE_SOCKET = "pause.sock"
 PAUSE_RECORD = "pause.json"
-_MAX_REQUEST = 4 << 20
 
 
 def _log(message: str) -> None:
@@ -54,7 +53,7 @@ def _read_request(conn: socket.socket) -> bytes:
     while chunk := conn.recv(65536):
         chunks.append(chunk)
         size += len(chunk)
-        if size > _MAX_REQUEST:
+        if size > MAX_REQUEST:
             raise ValueError("request too large")
     return b"".join(chunks)
 
@@ -73,9 +72,7 @@ class _Spares:
     never competes for the CPU with a container that is starting.
     """
 
-    def __init__(self, listener: socket.socket, wake: tuple[int, int]) -> None:
-        self.listener = listener
-        self.wake = wake
+    def __init__(self) -> None:
         self.spare: tuple[int, socket.socket] | None = None
         self.launching: set[int] = set()
 
@@ -191,18 +188,8 @@ class _Networks:
 
 def _kill(identity: ProcessId | None) -> None:
     """SIGKILL a process of ours if it is still the one we started, and wait for it."""
-    if identity is None or not identity.alive():
-        return
-    try:
-        pidfd = os.pidfd_open(identity.pid)
-    except ProcessLookupError:
-        return
-    try:
-        if identity.alive():
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], 5.0)
-    finally:
-        os.close(pidfd)
+    if identity is not None and identity.send(signal.SIGKILL):
+        identity.wait_gone(5.0)
 
 
 def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> bool:
@@ -254,13 +241,7 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
 
 
 def _reap(spares: _Spares, networks: _Networks) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    for pid, _ in reap_children():
         spares.reaped(pid)
         networks.reaped(pid)
 
@@ -270,7 +251,7 @@ def serve(listener: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
-    spares = _Spares(listener, (wake_r, wake_w))
+    spares = _Spares()
     networks = _Networks()
     running = True
     while running:

@@ -25,6 +25,7 @@ __all__ = (
     "DNS_ADDR",
     "LiveForward",
     "add_forward",
+    "ensure_port_free",
     "find_forward",
     "list_forwards",
     "port_is_free",
@@ -133,6 +134,17 @@ def port_is_free(forward: Forward) -> bool:
     return True
 
 
+def ensure_port_free(forward: Forward) -> None:
+    """Raise :class:`PortInUse`, naming the holder when visible, if the port is taken."""
+    if not port_is_free(forward):
+        raise PortInUse(
+            forward.host_addr,
+            forward.host_port,
+            forward.proto,
+            port_holder(forward.proto, forward.host_addr, forward.host_port),
+        )
+
+
 def add_forward(api_socket: Path, forward: Forward, timeout: float = 5.0) -> int:
     """Add a host forward; return its slirp id. A taken port raises :class:`PortInUse`."""
     payload = {
@@ -149,13 +161,7 @@ def add_forward(api_socket: Path, forward: Forward, timeout: float = 5.0) -> int
     result = reply.get("return")
     if isinstance(result, dict) and isinstance(result.get("id"), int):
         return int(result["id"])
-    if not port_is_free(forward):
-        raise PortInUse(
-            forward.host_addr,
-            forward.host_port,
-            forward.proto,
-            port_holder(forward.proto, forward.host_addr, forward.host_port),
-        )
+    ensure_port_free(forward)  # the likely reason, which slirp4netns does not say
     raise SlirpError(f"slirp4netns refused forward {forward}: {reply}", request=payload)
 
 

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = (
     "ProcessId",
-    "is_alive",
     "proc_start_time",
     "read_json",
+    "reap_children",
     "write_json_atomic",
 )
 
@@ -101,10 +104,47 @@ class ProcessId:
     def alive(self) -> bool:
         return proc_start_time(self.pid) == self.start_time
 
+    def send(self, signum: int) -> bool:
+        """Send ``signum`` through a pidfd, so a recycled pid is never signalled; False if
+        the process is gone."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not self.alive():  # checked after the pidfd pins the process
+                return False
+            signal.pidfd_send_signal(pidfd, signum)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Wait until the process has exited; True if it did within ``timeout``."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return True
+        try:
+            if self.alive():  # a pidfd is readable once the process has exited
+                select.select([pidfd], [], [], None if timeout == float("inf") else timeout)
+            return not self.alive()  # a zombie counts as gone
+        finally:
+            os.close(pidfd)
+
     def __repr__(self) -> str:
         return f"ProcessId(pid={self.pid}, start_time={self.start_time})"
 
 
-def is_alive(pid: int, start_time: int) -> bool:
-    """True when ``pid`` still names the process that started at ``start_time``."""
-    return proc_start_time(pid) == start_time
+def reap_children() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, without blocking."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
