@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from reconciler.converge import Backoff, Converger
-from reconciler.loop import PassResult, Reconciler, run_loop
-from reconciler.plan import Plan, is_managed_by
+from reconciler.loop import DEBOUNCE_MS, RESYNC, STEP_MS, PassResult, Reconciler, run_loop
+from reconciler.plan import ConditionKind, Plan, is_managed_by
 from reconciler.squishfile import validate_files
 from reconciler.status import FolderBusy, StatusStore, status_document
 from runtime.errors import HostSetupError, SquishError
@@ -36,18 +36,10 @@ _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
 
 _DEFAULT_DIR = "desired"
-_BLOCKING = {
-    "InvalidSpec",
-    "DuplicateName",
-    "PortConflict",
-    "NameTaken",
-    "FolderUnreadable",
-    "MassDeleteGuard",
-}
 
 
 def _describe_ports(info: ContainerInfo) -> str:
-    return ", ".join(f"{p.host_addr}:{p.host}->{p.container}/{p.protocol}" for p in info.ports)
+    return ", ".join(str(p) for p in info.ports)
 
 
 def _reconciler(
@@ -55,18 +47,18 @@ def _reconciler(
 ) -> Reconciler:
     runtime = runtime or LinuxRuntime()
     folder = Path(os.path.abspath(folder))
-    backoff, limit = Backoff(), 8
+    converger = Converger(runtime)
     if args is not None and hasattr(args, "crash_backoff"):
-        backoff = Backoff(
+        converger.limit = args.parallel
+        converger.backoff = Backoff(
             crash_initial=args.crash_backoff,
             crash_max=args.crash_backoff_max,
             crash_reset=args.crash_backoff_reset,
         )
-        limit = args.parallel
     return Reconciler(
         folder=folder,
         runtime=runtime,
-        converger=Converger(runtime, limit=limit, backoff=backoff),
+        converger=converger,
         store=StatusStore(runtime.state, folder),
         allow_mass_delete=bool(getattr(args, "allow_mass_delete", False)),
     )
@@ -128,9 +120,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), args=args)
     assert reconciler.store is not None
     reconciler.store.claim()
-    saved = reconciler.store.read().get("backoff")
-    if isinstance(saved, dict):  # what the last loop knew about failures and crashes
-        reconciler.converger.restore(saved)
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
         mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"
@@ -150,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _out.print("no changes: the containers match the folder")
         return 0
     _print_plan(todo)
-    if any(c.kind.value in _BLOCKING for c in todo.conditions):
+    if any(c.kind is not ConditionKind.BACK_OFF for c in todo.conditions):  # waiting is fine
         return 1
     return 2 if todo.actions else 0
 
@@ -279,17 +268,28 @@ def _tuning(command: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply a pass that removes more than half of the folder's containers",
     )
-    command.add_argument("--parallel", type=int, default=8, help="actions at once (default 8)")
     command.add_argument(
-        "--crash-backoff", type=float, default=0.1, help="first delay before a restart (s)"
+        "--parallel",
+        type=int,
+        default=Converger.limit,
+        help="actions at once (default %(default)s)",
     )
     command.add_argument(
-        "--crash-backoff-max", type=float, default=60.0, help="longest delay between restarts (s)"
+        "--crash-backoff",
+        type=float,
+        default=Backoff.crash_initial,
+        help="first delay before a restart (s)",
+    )
+    command.add_argument(
+        "--crash-backoff-max",
+        type=float,
+        default=Backoff.crash_max,
+        help="longest delay between restarts (s)",
     )
     command.add_argument(
         "--crash-backoff-reset",
         type=float,
-        default=60.0,
+        default=Backoff.crash_reset,
         help="running this long resets the crash back-off (s)",
     )
 
@@ -306,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
-    p.add_argument("--resync", type=float, default=10.0, help="seconds between full resyncs")
-    p.add_argument("--debounce-ms", type=int, default=200, help="longest batch of file events")
-    p.add_argument("--step-ms", type=int, default=20, help="quiet time that ends a batch (ms)")
+    p.add_argument("--resync", type=float, default=RESYNC, help="seconds between full resyncs")
+    p.add_argument("--debounce-ms", type=int, default=DEBOUNCE_MS, help="longest event batch")
+    p.add_argument("--step-ms", type=int, default=STEP_MS, help="quiet that ends a batch (ms)")
     _tuning(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")

@@ -3,8 +3,9 @@
 One ``*.toml`` file is one container. Hidden files and editors' swap, backup and temp
 files are ignored. A file that does not validate becomes a :class:`FileError`; the
 planner then keeps whatever container that file produced before. Two files declaring the
-same name are both flagged, and neither replaces the other's container. The types and
-labels live in :mod:`reconciler.state`, so the planner can use them without I/O.
+same name are both flagged, and neither replaces the other's container. The types,
+labels and ``spec_hash`` live in :mod:`reconciler.state` (import them from there), so
+the planner can use them without I/O.
 """
 
 from __future__ import annotations
@@ -32,20 +33,7 @@ from reconciler.state import (
 )
 from runtime.spec import ContainerSpec
 
-__all__ = (
-    "LABEL_FILE",
-    "LABEL_FOLDER",
-    "LABEL_HASH",
-    "LABEL_MANAGED",
-    "MANAGER",
-    "DesiredContainer",
-    "DesiredState",
-    "FileCache",
-    "FileError",
-    "is_squishfile",
-    "load_desired",
-    "spec_hash",
-)
+__all__ = ("FileCache", "load_desired")
 
 
 def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str, bool]:

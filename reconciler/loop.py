@@ -33,12 +33,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from watchfiles import Change, awatch
 
 from reconciler.converge import Converger, Outcome
-from reconciler.desired import DesiredState, FileCache, is_squishfile, load_desired
+from reconciler.desired import FileCache, load_desired
 from reconciler.plan import ConditionKind, Plan, is_managed_by, plan
+from reconciler.state import DesiredState, is_squishfile
 from reconciler.status import LoopRecord, StatusStore
 from runtime.interface import ContainerInfo, Runtime
 
-__all__ = ("PassResult", "Reconciler", "run_loop")
+__all__ = ("DEBOUNCE_MS", "RESYNC", "STEP_MS", "PassResult", "Reconciler", "run_loop")
+
+DEBOUNCE_MS = 200
+"""Longest batch of file events, in ms."""
+STEP_MS = 20
+"""Quiet time that ends a batch of file events, in ms (watchfiles polls at this rate)."""
+RESYNC = 10.0
+"""Seconds between passes when nothing happens."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ class Reconciler:
     _holds: dict[str, float] = field(default_factory=dict)
     _files: FileCache = field(default_factory=dict)
     _running: set[int] = field(default_factory=set)
+    _restart_at: dict[str, float] = field(default_factory=dict)
+    _crashing: list[str] = field(default_factory=list)
 
     def _observe(self) -> tuple[DesiredState, list[ContainerInfo]]:
         return load_desired(self.folder, self._files), self.runtime.list()
@@ -75,12 +85,13 @@ class Reconciler:
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
         desired, actual = self._observe()
         self.converger.observe(actual)
+        self._restart_at = self._restart_holds(desired, actual)
         todo = plan(
             desired,
             actual,
             now=self.clock(),
             not_before=self.converger.failure_holds(),
-            restart_not_before=self._restart_holds(desired, actual),
+            restart_not_before=self._restart_at,
             allow_mass_delete=self.allow_mass_delete,
         )
         self.converger.settle({a.name for a in todo.actions} | _held(todo))
@@ -96,7 +107,7 @@ class Reconciler:
             name: at
             for name, at in holds.items()
             if name in desired.containers
-            and _restarts(desired.containers[name].restart, by_name[name].exit_code)
+            and desired.containers[name].restarts_after(by_name[name].exit_code)
         }
 
     async def reconcile(self, trigger: str = "manual") -> PassResult:
@@ -108,26 +119,17 @@ class Reconciler:
         self.record.passed(
             result.started_at, result.duration, trigger, [str(a) for a in todo.actions]
         )
-        if self.store is not None:
-            errors = dict(self.converger.last_errors())
-            by_name = {info.name: info for info in actual}
-            crashing = sorted(
-                n
-                for n, want in desired.containers.items()
-                if self.converger.crash_looping(n)
-                and (n not in by_name or _restarts(want.restart, by_name[n].exit_code))
-            )
-            await anyio.to_thread.run_sync(
-                self.store.write,
-                self.record,
-                todo.conditions,
-                errors,
-                crashing,
-                self.converger.export(),
-            )
+        by_name = {info.name: info for info in actual}
+        self._crashing = sorted(
+            n
+            for n, want in desired.containers.items()
+            if self.converger.crash_looping(n)
+            and (n not in by_name or want.restarts_after(by_name[n].exit_code))
+        )
+        await anyio.to_thread.run_sync(self.save)
         self.converger.forget({info.name for info in actual} | set(desired.containers))
-        self._holds = {**self.converger.failure_holds()}
-        for name, at in self._restart_holds(desired, actual).items():
+        self._holds = {**self.converger.failure_holds()}  # fresh: this pass's outcomes count
+        for name, at in self._restart_at.items():
             self._holds[name] = max(self._holds.get(name, 0.0), at)
         self._running = {
             pid
@@ -137,6 +139,22 @@ class Reconciler:
             if pid is not None
         }
         return result
+
+    def save(self) -> None:
+        """Record the loop's state, errors and back-off for ``status`` and a restart."""
+        if self.store is not None:
+            self.store.write(
+                self.record,
+                self.converger.last_errors(),
+                self._crashing,
+                self.converger.export(),
+            )
+
+    def __post_init__(self) -> None:
+        if self.store is not None:  # a restarted controller keeps counting where it was
+            saved = self.store.read().get("backoff")
+            if isinstance(saved, dict):
+                self.converger.restore(saved)
 
     def running_pids(self) -> set[int]:
         """Pids whose exit must wake the loop: the inits of this folder's running
@@ -150,10 +168,6 @@ class Reconciler:
         if not holds:
             return math.inf
         return min(holds) - now
-
-
-def _restarts(policy: str, exit_code: int | None) -> bool:
-    return policy == "always" or (policy == "on-failure" and exit_code != 0)
 
 
 def _held(todo: Plan) -> set[str]:
@@ -277,19 +291,15 @@ async def _follow_exits(
 async def run_loop(
     reconciler: Reconciler,
     *,
-    debounce_ms: int = 200,
-    step_ms: int = 20,
-    resync: float = 10.0,
+    debounce_ms: int = DEBOUNCE_MS,
+    step_ms: int = STEP_MS,
+    resync: float = RESYNC,
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
 ) -> None:
     """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled)."""
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
-    if reconciler.store is not None:  # a restarted controller keeps counting where it was
-        saved = reconciler.store.read().get("backoff")
-        if isinstance(saved, dict):
-            reconciler.converger.restore(saved)
     async with anyio.create_task_group() as group, send, receive:
         stop = stop or anyio.Event()
         watch = _Watch()
@@ -304,6 +314,8 @@ async def run_loop(
             except Exception as exc:  # the loop never dies: report, wait, try again
                 print(f"reconciler: pass failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 reconciler.record.failed(f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(reconciler.save)
                 trigger = await _next_trigger(receive, min(resync, 1.0))
                 continue
             if on_pass is not None:

@@ -129,6 +129,9 @@ class LocalLayer(BaseModel):
     def _path_is_local(cls, value: str) -> str:
         if not _is_path_like(value) or "\0" in value:
             raise ValueError(f"{_q(value)} is not a local path: start it with ./, ../, / or ~")
+        if value.startswith("~") and os.path.expanduser(value).startswith("~"):
+            # Checked here, where the error gets its line, not when the spec is built.
+            raise ValueError(f"{_q(value)} names a home folder that does not exist here")
         return value
 
     @field_validator("target")

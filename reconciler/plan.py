@@ -95,7 +95,7 @@ class Action:
     ports: tuple[PortMapping, ...] = ()
 
     def __str__(self) -> str:
-        ports = f" {', '.join(_port_text(p) for p in self.ports)}" if self.ports else ""
+        ports = f" {', '.join(str(p) for p in self.ports)}" if self.ports else ""
         return f"{self.kind.value} {self.name}{ports}: {self.reason}"
 
 
@@ -113,10 +113,6 @@ class Plan:
 
     def phase(self, number: int) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if PHASE[a.kind] == number)
-
-
-def _port_text(port: PortMapping) -> str:
-    return f"{port.host_addr}:{port.host}->{port.container}/{port.protocol}"
 
 
 def is_managed_by(info: ContainerInfo, folder: str) -> bool:
@@ -180,7 +176,7 @@ def _rank_ports(
         if kept is not None:
             mine, owner = kept
             losers[entry.name] = (
-                f"host port {_port_text(mine)} is held by {owner}, which is kept running "
+                f"host port {mine} is held by {owner}, which is kept running "
                 "until its own file is fixed or its removal succeeds"
             )
             continue
@@ -199,8 +195,7 @@ def _rank_ports(
                 if other in winners:
                     winners.remove(other)
                 losers[other.name] = newly[other.name] = (
-                    f"host port {_port_text(mine)} is also claimed by {entry.file.name}, "
-                    "which holds it now"
+                    f"host port {mine} is also claimed by {entry.file.name}, which holds it now"
                 )
             winners.append(entry)
             continue
@@ -208,9 +203,7 @@ def _rank_ports(
             c for c in clashes if not (holds(entry, c[0]) and not holds(c[2], c[1]))
         )
         why = "holds it now" if holds(other, theirs) else "sorts first"
-        losers[entry.name] = (
-            f"host port {_port_text(mine)} is also claimed by {other.file.name}, which {why}"
-        )
+        losers[entry.name] = f"host port {mine} is also claimed by {other.file.name}, which {why}"
     return losers, newly
 
 
@@ -232,8 +225,8 @@ def _for_existing(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
             return [Action(ActionKind.HEAL, name, "its slirp4netns is gone", want)]
         live = set(have.ports)
         actions = []
-        gone = tuple(sorted(live - wanted_ports, key=_port_text))
-        new = tuple(sorted(wanted_ports - live, key=_port_text))
+        gone = tuple(sorted(live - wanted_ports, key=str))
+        new = tuple(sorted(wanted_ports - live, key=str))
         if gone:
             actions.append(Action(ActionKind.UNBIND, name, "ports changed", want, gone))
         if new:
@@ -244,11 +237,10 @@ def _for_existing(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
     if have.state is ContainerState.CREATED:
         return [Action(ActionKind.START, name, "created but not started", want)]
     code = have.exit_code
-    if want.restart == "always":
-        return [Action(ActionKind.START, name, f"exited with code {code}; policy always", want)]
-    if want.restart == "on-failure" and code != 0:
-        return [Action(ActionKind.START, name, f"failed with code {code}; policy on-failure", want)]
-    return []
+    if not want.restarts_after(code):
+        return []
+    what = "exited" if want.restart == "always" else "failed"
+    return [Action(ActionKind.START, name, f"{what} with code {code}; policy {want.restart}", want)]
 
 
 def plan(

@@ -83,6 +83,10 @@ class DesiredContainer:
     def name(self) -> str:
         return self.spec.name
 
+    def restarts_after(self, exit_code: int | None) -> bool:
+        """Whether its restart policy brings it back after an exit with ``exit_code``."""
+        return self.restart == "always" or (self.restart == "on-failure" and exit_code != 0)
+
 
 @dataclass(frozen=True)
 class HealthCheck:

@@ -120,19 +120,16 @@ class StatusStore:
     def write(
         self,
         record: LoopRecord,
-        conditions: Sequence[Condition],
         errors: Mapping[str, str],
         crashing: Sequence[str],
         backoff: Mapping[str, Any] | None = None,
     ) -> None:
+        """Conditions are not stored: ``status`` plans afresh and finds them itself."""
         write_json_atomic(
             self.path,
             {
                 "backoff": dict(backoff or {}),
                 "loop": asdict(record),
-                "conditions": [
-                    {"name": c.name, "kind": c.kind.value, "message": c.message} for c in conditions
-                ],
                 "errors": dict(errors),
                 "crashing": list(crashing),
             },
@@ -143,13 +140,15 @@ class StatusStore:
         return data if isinstance(data, dict) else {}
 
 
-def _ports(info: ContainerInfo | None, fallback: Iterable[Any] = ()) -> list[str]:
-    ports = info.ports if info is not None else tuple(fallback)
-    return [f"{p.host_addr}:{p.host}->{p.container}/{p.protocol}" for p in ports]
+def _condition_json(condition: Condition) -> dict[str, str]:
+    return {"name": condition.name, "kind": condition.kind.value, "message": condition.message}
+
+
+def _ports(info: ContainerInfo | None) -> list[str]:
+    return [str(p) for p in info.ports] if info is not None else []
 
 
 def _phase(
-    name: str,
     info: ContainerInfo | None,
     kinds: set[str],
     pending: bool,
@@ -206,7 +205,6 @@ def container_rows(
                 "name": name,
                 "file": file,
                 "phase": _phase(
-                    name,
                     info,
                     kinds,
                     name in pending,
@@ -223,7 +221,9 @@ def container_rows(
                 "in_sync": not conditions
                 and name not in pending
                 and (want is not None) == (info is not None),
-                "conditions": [{"kind": c.kind.value, "message": c.message} for c in conditions],
+                "conditions": [
+                    {k: v for k, v in _condition_json(c).items() if k != "name"} for c in conditions
+                ],
             }
         )
     return rows
@@ -249,9 +249,5 @@ def status_document(
         "folder": str(desired.folder),
         "loop": loop_view,
         "containers": container_rows(desired, actual, todo, errors=errors, crashing=crashing),
-        "conditions": [
-            {"name": c.name, "kind": c.kind.value, "message": c.message}
-            for c in todo.conditions
-            if c.name == "*"
-        ],
+        "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
     }

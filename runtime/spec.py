@@ -103,6 +103,10 @@ class PortMapping(_Frozen):
     protocol: Literal["tcp", "udp"] = "tcp"
     host_addr: str = "127.0.0.1"
 
+    def __str__(self) -> str:
+        addr = f"[{self.host_addr}]" if ":" in self.host_addr else self.host_addr
+        return f"{addr}:{self.host}->{self.container}/{self.protocol}"
+
 
 class ContainerSpec(_Frozen):
     """Everything needed to start one container."""

@@ -18,9 +18,9 @@ import anyio
 import pytest
 
 from reconciler.converge import Backoff, Converger, Outcome
-from reconciler.desired import DesiredContainer, load_desired
+from reconciler.desired import load_desired
 from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
-from reconciler.state import HealthCheck
+from reconciler.state import DesiredContainer, HealthCheck
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost, PortInUse
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef

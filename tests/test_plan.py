@@ -16,7 +16,10 @@ from typing import Literal
 
 import pytest
 
-from reconciler.desired import (
+from reconciler.desired import _labelled, load_desired
+from reconciler.errors import Problem
+from reconciler.plan import PHASE, Action, ActionKind, ConditionKind, Plan, is_managed_by, plan
+from reconciler.state import (
     LABEL_FILE,
     LABEL_FOLDER,
     LABEL_HASH,
@@ -25,11 +28,7 @@ from reconciler.desired import (
     DesiredContainer,
     DesiredState,
     FileError,
-    _labelled,
-    load_desired,
 )
-from reconciler.errors import Problem
-from reconciler.plan import PHASE, Action, ActionKind, ConditionKind, Plan, is_managed_by, plan
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
 

@@ -561,3 +561,15 @@ def test_update_and_health_sections_are_read_and_checked(tmp_path: Path) -> None
         load_squishfile(bad)
     found = {(p.line, p.field) for p in caught.value.problems}
     assert found == {(6, "update.strategy"), (8, "health.tcp"), (9, "health.probe")}
+
+
+def test_an_unknown_home_folder_is_an_error_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "home.toml"
+    path.write_text(
+        '[layers]\nbusybox = "builtin"\nsite = "~no-such-user-here/site"\n[run]\ncommand = "x"\n'
+    )
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (3, "layers.site")
+    assert "home folder that does not exist" in problem.message
