@@ -18,18 +18,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
 from runtime.linux import LinuxRuntime
+from tests.support import free_ports, page, write_atomically
 
 SQUISHFILE = """\
 [layers]
@@ -46,24 +47,8 @@ host = {port}
 """
 
 
-def free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
+    return page(port, "/index.html", timeout=2) is not None
 
 
 def wait_until(predicate: Callable[[], bool], limit: float = 60.0) -> float:
@@ -78,12 +63,6 @@ def wait_until(predicate: Callable[[], bool], limit: float = 60.0) -> float:
 
 def removed(runtime: LinuxRuntime, name: str) -> bool:
     return name not in {c.name for c in runtime.list()}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.rename(path)
 
 
 def cpu_ticks(pid: int) -> int:

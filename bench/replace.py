@@ -15,16 +15,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
 from runtime.linux import LinuxRuntime
+from tests.support import free_port, page, write_atomically
 
 SQUISHFILE = """\
 [layers]
@@ -54,14 +55,6 @@ retries = 500
 """
 
 
-def get(port: int) -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as reply:
-            return bytes(reply.read())
-    except OSError:
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--replacements", type=int, default=20)
@@ -71,15 +64,12 @@ def main() -> None:
     folder = work / "desired"
     folder.mkdir()
     state = Path("/dev/shm") / f"sqrp-{secrets.token_hex(4)}"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     path = folder / "web.toml"
 
     def write(greeting: str) -> None:
-        tmp = folder / ".web.tmp"
-        tmp.write_text(SQUISHFILE.format(greeting=greeting, port=port, strategy=args.strategy))
-        os.replace(tmp, path)
+        text = SQUISHFILE.format(greeting=greeting, port=port, strategy=args.strategy)
+        write_atomically(path, text)
 
     write("v0")
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
@@ -94,10 +84,10 @@ def main() -> None:
 
     def client() -> None:
         while not stop.is_set():
-            results.append((time.perf_counter(), get(port)))
+            results.append((time.perf_counter(), page(port)))
 
     try:
-        while get(port) != b"v0\n":
+        while page(port) != b"v0\n":
             time.sleep(0.01)
         thread = threading.Thread(target=client)
         thread.start()

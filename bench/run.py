@@ -13,18 +13,20 @@ import argparse
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
 from runtime.linux import LinuxRuntime
 from runtime.rootfs import busybox_rootfs
 from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef
+from tests.support import free_port, page
 
 BUSYBOX = RootfsRef(kind="busybox", version="builtin")
 
@@ -44,20 +46,11 @@ def timed(runs: int, body: Callable[[], object]) -> list[float]:
     return samples
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_http(port: int) -> None:
     for _ in range(10_000):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
-                r.read()
-                return
-        except OSError:
-            time.sleep(0.0005)
+        if page(port, "/index.html") is not None:
+            return
+        time.sleep(0.0005)
     raise RuntimeError(f"no answer on port {port}")
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.linux import LinuxRuntime
+from tests.support import children_of, free_ports, page, write_atomically
 
 __all__ = ("LoadResult", "run_load")
 
@@ -43,22 +42,8 @@ host = {port}
 """
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [int(sock.getsockname()[1]) for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
+    return page(port, "/index.html") is not None
 
 
 def _rss_kib(pid: int) -> int:
@@ -66,20 +51,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def _children(pid: int) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[1]) == pid:
-                found.append((entry / "cmdline").read_bytes().split(b"\0")[0].decode())
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 @dataclass(frozen=True)
@@ -91,12 +62,6 @@ class LoadResult:
     rss_before_kib: int
     rss_after_kib: int
     problems: tuple[str, ...]
-
-
-def _write(folder: Path, name: str, text: str) -> None:
-    temp = folder / f".{name}.tmp"
-    temp.write_text(text)
-    os.replace(temp, folder / f"{name}.toml")
 
 
 def run_load(
@@ -115,9 +80,9 @@ def run_load(
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
     runtime = LinuxRuntime(state=state)
     desired: dict[str, tuple[int, str]] = {}
-    for i, port in enumerate(_free_ports(containers)):
+    for i, port in enumerate(free_ports(containers)):
         desired[f"l{i:03}"] = (port, "first")
-        _write(folder, f"l{i:03}", _squishfile(port, "first"))
+        write_atomically(folder / f"l{i:03}.toml", _squishfile(port, "first"))
     loop = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
         cwd=ROOT,
@@ -133,11 +98,11 @@ def run_load(
                 raise RuntimeError("the fleet never came up")
             time.sleep(0.1)
         rss_before = _rss_kib(loop.pid)
-        pool = _free_ports(edits + 2)
+        pool = free_ports(edits + 2)
         start = time.perf_counter()
         for n in range(edits):
             kind = rng.random()
-            name = rng.choice(sorted(desired)) if desired else f"l{n % containers:03}"
+            name = rng.choice(sorted(desired))  # never empty: deletions keep half
             if kind < 0.4 and name in desired:  # move the port: applied live
                 desired[name] = (pool.pop(), desired[name][1])
             elif kind < 0.7 and name in desired:  # change env: a recreate
@@ -153,14 +118,15 @@ def run_load(
                 name = rng.choice(gone) if gone else name
                 desired[name] = (pool.pop(), "again")
             port, greeting = desired[name]
-            _write(folder, name, _squishfile(port, greeting))
+            write_atomically(folder / f"{name}.toml", _squishfile(port, greeting))
             if pause:
                 time.sleep(pause)  # spread the edits over many passes
         edit_seconds = time.perf_counter() - start
 
         def converged() -> bool:
-            live = {i.name: i for i in runtime.list() if i.state.value == "running"}
-            return set(live) == set(desired) and all(
+            every = runtime.list()  # a container still being removed is not converged yet
+            live = {i.name: i for i in every if i.state.value == "running"}
+            return {i.name for i in every} == set(live) == set(desired) and all(
                 live[n].ports
                 and live[n].ports[0].host == port
                 and live[n].spec.env.get("GREETING") == greeting
@@ -179,7 +145,7 @@ def run_load(
         rss_after = _rss_kib(loop.pid)
         holder = runtime.holder.identity()
         if holder is not None:
-            slirps = [c for c in _children(holder.pid) if c.endswith("slirp4netns")]
+            slirps = [c for _, c in children_of(holder.pid) if "slirp4netns" in c.split()[0]]
             if len(slirps) != len(desired):
                 problems.append(f"{len(slirps)} slirp4netns for {len(desired)} containers")
         folders = {p.name for p in (state / "containers").iterdir()}

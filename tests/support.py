@@ -2,21 +2,58 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ("free_port", "http_get", "http_refused", "processes_mentioning")
+__all__ = (
+    "children_of",
+    "free_port",
+    "free_ports",
+    "http_get",
+    "http_refused",
+    "page",
+    "processes_mentioning",
+    "write_atomically",
+)
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on (held together, so all differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def page(port: int, path: str = "/", timeout: float = 5.0) -> bytes | None:
+    """GET http://127.0.0.1:PORT/PATH once; None when nothing answers properly."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return bytes(reply.read())
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file through a hidden temp file and a rename, as editors and git do."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
 
 
 def http_get(port: int, path: str = "/", attempts: int = 200) -> bytes:
@@ -39,17 +76,25 @@ def http_refused(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live processes whose command line contains ``text`` (zombies excluded)."""
-    found = []
+def _processes() -> Iterator[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every live process (zombies excluded)."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if text in cmdline and state != "Z":
-            found.append((int(entry.name), cmdline))
-    return found
+        if fields[0] != "Z":
+            yield int(entry.name), int(fields[1]), cmdline
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains ``text`` (this one excluded)."""
+    return [(pid, cmd) for pid, _, cmd in _processes() if text in cmd and pid != os.getpid()]
+
+
+def children_of(parent: int) -> list[tuple[int, str]]:
+    """Live children of ``parent``: (pid, command line)."""
+    return [(pid, cmd) for pid, ppid, cmd in _processes() if ppid == parent]
