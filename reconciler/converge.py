@@ -181,6 +181,12 @@ class Converger:
 
     # -- acting -----------------------------------------------------------------------------
 
+    def sweep(self) -> list[str]:
+        """Delete what a client killed in the middle of a create or a remove left (a
+        controller killed mid-pass, a CLI user's Ctrl-C); its container may be gone from
+        the folder since, so no action of a plan would ever name it."""
+        return self.runtime.sweep()
+
     async def apply(self, plan: Plan) -> list[Outcome]:
         limiter = anyio.CapacityLimiter(self.limit)
         outcomes: list[Outcome] = []

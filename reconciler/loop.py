@@ -113,6 +113,7 @@ class Reconciler:
     async def reconcile(self, trigger: str = "manual") -> PassResult:
         started = self.clock()
         begin = time.perf_counter()
+        await anyio.to_thread.run_sync(self.converger.sweep)
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
         outcomes = await self.converger.apply(todo) if todo.actions else []
         result = PassResult(todo, tuple(outcomes), started, time.perf_counter() - begin, trigger)

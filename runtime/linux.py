@@ -9,19 +9,16 @@ threaded program.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime import slirp
+from runtime import folders, slirp
 from runtime.errors import (
     ContainerExists,
     ContainerNotFound,
@@ -32,7 +29,7 @@ from runtime.errors import (
     RootRefused,
     SlirpError,
 )
-from runtime.holder import SUN_PATH_MAX, Holder, file_lock
+from runtime.holder import SUN_PATH_MAX, Holder
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.launch import Forward, LaunchRequest, MountPoint
 from runtime.layers import resolve_sdk
@@ -108,11 +105,8 @@ class LinuxRuntime:
             raise ContainerNotFound(name)
         return path
 
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[Path]:
-        path = self._dir(name)
-        with file_lock(path / "lock"):
-            yield path
+    def _locked(self, name: str) -> AbstractContextManager[Path]:
+        return folders.locked(self._dir(name), name)
 
     def _launch_request(self, cdir: Path) -> LaunchRequest:
         return LaunchRequest.from_json(read_json(cdir / "launch.json"))
@@ -242,7 +236,7 @@ class LinuxRuntime:
                 fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
             )
         rootfs = self._rootfs(spec.rootfs)
-        lock_fd = self._claim_folder(cdir, spec.name)
+        lock_fd = folders.claim(self.containers, spec.name, self._readable, self._kill_leftover)
         try:
             mounts = self._mounts(spec, cdir)
             prepare_skeleton(cdir / "skel", mounts)
@@ -265,11 +259,24 @@ class LinuxRuntime:
             (cdir / "spec.json").write_text(spec.model_dump_json())
             write_json_atomic(cdir / "launch.json", request.to_json())
         except BaseException:
-            shutil.rmtree(cdir, ignore_errors=True)
+            folders.discard(cdir)
             raise
         finally:
             os.close(lock_fd)
         return self._info(cdir)
+
+    @staticmethod
+    def _has_record(cdir: Path) -> bool:
+        """The cheap test of a whole record (a damaged one is reported, never swept)."""
+        return (cdir / "launch.json").is_file() and (cdir / "spec.json").is_file()
+
+    def sweep(self) -> list[str]:
+        """Delete the folders clients killed in the middle of a create or a remove left,
+        after stopping whatever those still run; return their names."""
+        swept = folders.sweep(self.containers, self._has_record, self._kill_leftover)
+        for name in swept:
+            self._forget(self.containers / name)
+        return swept
 
     def _readable(self, cdir: Path) -> bool:
         """Whether ``cdir`` holds a whole container record (else it is a leftover)."""
@@ -281,37 +288,6 @@ class LinuxRuntime:
         except (OSError, ValueError):
             return False
         return True
-
-    def _claim_folder(self, cdir: Path, name: str) -> int:
-        """Make ``cdir`` and hold its lock while it is filled; return the lock's fd.
-
-        A folder whose record is incomplete or damaged and whose lock is free was left by
-        a client killed in the middle of a create or a remove: what it still runs is
-        stopped, and it is removed and claimed afresh.
-        """
-        for _ in range(2):
-            try:
-                cdir.mkdir(mode=0o700)
-            except FileExistsError:
-                if self._readable(cdir):
-                    raise ContainerExists(name) from None
-                fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    raise ContainerExists(name) from None  # being created right now
-                if self._readable(cdir):
-                    os.close(fd)
-                    raise ContainerExists(name) from None
-                self._kill_leftover(cdir)
-                shutil.rmtree(cdir)
-                os.close(fd)
-                continue
-            fd = os.open(cdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return fd
-        raise ContainerExists(name)
 
     def start(self, name: str) -> ContainerInfo:
         with self._locked(name) as cdir:
@@ -406,7 +382,7 @@ class LinuxRuntime:
             if self._info(cdir).state is ContainerState.RUNNING:
                 raise ContainerStartError(name, "it was started again while being removed")
             self._reap_leftovers(cdir)
-            shutil.rmtree(cdir)
+            folders.discard(cdir)
             self._forget(cdir)
 
     def _forget(self, cdir: Path) -> None:
@@ -419,8 +395,8 @@ class LinuxRuntime:
     def list(self) -> list[ContainerInfo]:
         found = []
         for cdir in sorted(self.containers.iterdir()):
-            if not (cdir / "launch.json").is_file():
-                continue  # half created
+            if cdir.name.startswith(folders.HIDDEN) or not self._has_record(cdir):
+                continue  # being made or removed, or left so by a killed client
             try:
                 found.append(self._info(cdir, fresh=False))
             except FileNotFoundError:

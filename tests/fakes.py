@@ -65,6 +65,7 @@ Method = Literal[
     "probe_tcp",
     "rename",
     "move_port",
+    "sweep",
 ]
 
 MUTATING: tuple[Method, ...] = (
@@ -78,6 +79,7 @@ MUTATING: tuple[Method, ...] = (
     "restore_network",
     "rename",
     "move_port",
+    "sweep",
 )
 """The methods that change something (``list``, ``inspect``, ``logs``, ``wait`` only look)."""
 
@@ -352,6 +354,9 @@ class FakeRuntime:
             del self._containers[name]
 
         self._invoke("remove", name, (), {"force": force}, effect)
+
+    def sweep(self) -> builtins.list[str]:
+        return self._invoke("sweep", "", (), {}, builtins.list)
 
     def list(self) -> builtins.list[ContainerInfo]:
         def effect() -> builtins.list[ContainerInfo]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from reconciler.converge import Converger
 from reconciler.loop import Reconciler
 from tests.fakes import FakeClock, FakeRuntime
@@ -29,3 +31,23 @@ def test_the_earliest_future_deadline_wakes_the_loop(tmp_path: Path) -> None:
     loop = reconciler(tmp_path, clock)
     loop._holds = {"a": 103.0, "b": 101.5, "old": 10.0}
     assert loop.next_deadline() == 1.5
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_pass_sweeps_what_killed_clients_left_before_looking(tmp_path: Path) -> None:
+    loop = reconciler(tmp_path, FakeClock(100.0))
+    assert isinstance(loop.runtime, FakeRuntime)
+    await loop.reconcile("test")
+    assert [c.method for c in loop.runtime.calls][:2] == ["sweep", "list"]
+
+
+def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
+    loop = reconciler(tmp_path, FakeClock(100.0))
+    assert isinstance(loop.runtime, FakeRuntime)
+    loop.dry_run()
+    assert [c.method for c in loop.runtime.calls] == ["list"]

@@ -4,6 +4,7 @@ concurrent clients, a dead spare launcher."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -163,6 +164,44 @@ def test_a_half_created_container_left_by_a_killed_client_is_replaced(
     (leftover / "spec.json").write_text("{}")  # no launch.json: the create never finished
     assert "half" not in {info.name for info in rt.list()}
     assert output_of(rt, shell("half", "echo whole")) == "whole\n"
+
+
+def test_sweep_deletes_what_killed_clients_left_and_nothing_in_use(
+    rt: LinuxRuntime, state_path: Path
+) -> None:
+    containers = state_path / "containers"
+    rt.run(shell("kept", "sleep 600", stop_timeout=0))
+    rt.run(shell("cut", "sleep 600", stop_timeout=0))
+    cut = rt.inspect("cut")
+    (containers / "cut" / "spec.json").unlink()  # a remover killed halfway (older layout)
+    (containers / ".new-made-abc" / "skel").mkdir(parents=True)  # a creator killed
+    (containers / ".gone-old-abc" / "c" / "skel").mkdir(parents=True)  # a remover killed
+    (containers / "unfinished").mkdir()  # killed before its record was written
+    busy = containers / ".new-busy-abc"
+    busy.mkdir()
+    fd = os.open(busy / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a create in progress: its folder stays
+        swept = rt.sweep()
+        assert swept == [".gone-old-abc", ".new-made-abc", "cut", "unfinished"]
+        assert {p.name for p in containers.iterdir()} >= {"kept", ".new-busy-abc"}
+        assert not {p.name for p in containers.iterdir()} & set(swept)
+        assert cut.pid is not None and cut.pid_start_time is not None
+        assert not ProcessId(cut.pid, cut.pid_start_time).alive()  # its init was killed
+        assert rt.inspect("kept").state is ContainerState.RUNNING
+        assert rt.sweep() == []
+    finally:
+        os.close(fd)
+        shutil.rmtree(busy)
+
+
+def test_a_removed_container_leaves_no_folder_behind(rt: LinuxRuntime, state_path: Path) -> None:
+    containers = state_path / "containers"
+    before = set(containers.iterdir())
+    rt.run(shell("brief", "true"))
+    rt.wait("brief", timeout=60)
+    rt.remove("brief")
+    assert set(containers.iterdir()) == before
 
 
 def test_a_damaged_record_does_not_break_the_listing(rt: LinuxRuntime, state_path: Path) -> None:
