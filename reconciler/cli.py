@@ -25,6 +25,7 @@ from reconciler.converge import Backoff, Converger
 from reconciler.loop import DEBOUNCE_MS, RESYNC, STEP_MS, PassResult, Reconciler, run_loop
 from reconciler.plan import ConditionKind, Plan, is_managed_by
 from reconciler.squishfile import validate_files
+from reconciler.state import is_squishfile
 from reconciler.status import FolderBusy, StatusStore, status_document
 from runtime.errors import HostSetupError, SquishError
 from runtime.interface import ContainerInfo, ContainerState
@@ -196,9 +197,25 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _squishfiles(arguments: Sequence[str]) -> list[Path]:
+    """Files as given; a folder stands for the squishfiles in it, in name order."""
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if is_squishfile(p) and p.is_file())
+        else:
+            paths.append(path)
+    return paths
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
-    for path, error in validate_files([Path(p) for p in args.files]):
+    paths = _squishfiles(args.files)
+    if not paths:
+        _err.print(f"[red]error[/] no squishfile (*.toml) in {escape(' '.join(args.files))}")
+        return 1
+    for path, error in validate_files(paths):
         if error is None:
             _out.print(f"[green]ok[/] {escape(str(path))}")
         else:
@@ -254,6 +271,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
     info = LinuxRuntime().stop(args.name, timeout=args.time)
     _out.print(f"{info.name}: {info.state.value} (exit code {info.exit_code})")
     return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not argv:
+        _err.print("[red]error[/] exec needs a command: reconciler exec NAME -- COMMAND [ARG...]")
+        return 2
+    result = LinuxRuntime().exec_command(args.name, argv, timeout=args.timeout)
+    sys.stdout.write(result.output)
+    if result.timed_out:
+        _err.print(f"[red]killed[/] after {args.timeout} s (exit code {result.exit_code})")
+    return result.exit_code
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -323,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
         func=cmd_down
     )
-    p = sub.add_parser("validate", help="check squishfiles; exit 0 when all are valid")
-    p.add_argument("files", nargs="+")
+    p = sub.add_parser(
+        "validate", help="check squishfiles (files, or folders of them); exit 0 when all are valid"
+    )
+    p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("logs", help="a container's stdout and stderr")
     p.add_argument("name")
@@ -340,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("-t", "--time", type=float, default=None, help="grace period in seconds")
     p.set_defaults(func=cmd_stop)
+    p = sub.add_parser(
+        "exec", help="run a command inside a running container; exit with its exit code"
+    )
+    p.add_argument("name")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    p.add_argument(
+        "-t", "--timeout", type=float, default=10.0, help="kill it after this many seconds"
+    )
+    p.set_defaults(func=cmd_exec)
     p = sub.add_parser("rm", help="remove a container")
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from reconciler.plan import Action, ActionKind, Plan
-from reconciler.state import LABEL_FILE, LABEL_FOLDER, DesiredContainer
+from reconciler.state import LABEL_FILE, LABEL_FOLDER, DesiredContainer, HealthCheck
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost
 from runtime.interface import ContainerInfo, ContainerState, Runtime
 from runtime.spec import PortMapping
@@ -308,7 +308,7 @@ class Converger:
             if health is None:
                 if self.runtime.inspect(temp).state is ContainerState.RUNNING:
                     return
-            elif self.runtime.probe_tcp(temp, health.tcp):
+            elif self._probe(temp, health):
                 return
             time.sleep(health.interval if health else 0)
         if self.runtime.inspect(temp).state is not ContainerState.RUNNING:
@@ -316,9 +316,19 @@ class Converger:
         assert health is not None
         raise ContainerStartError(
             want.name,
-            f"the replacement never accepted TCP on port {health.tcp} "
-            f"({health.retries} tries, {health.interval} s apart); the old one keeps running",
+            f"{health} ({health.retries} tries, {health.interval} s apart); "
+            "the old one keeps running",
         )
+
+    def _probe(self, temp: str, health: HealthCheck) -> bool:
+        if health.command is None:
+            assert health.tcp is not None
+            return self.runtime.probe_tcp(temp, health.tcp)
+        try:
+            result = self.runtime.exec_command(temp, health.command, timeout=health.timeout)
+        except ContainerStartError:
+            return False  # it is not running (any more): the caller tells why
+        return result.exit_code == 0
 
     def _failed(self, name: str, error: str) -> None:
         track = self._tracks.setdefault(name, _Track())

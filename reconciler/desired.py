@@ -91,7 +91,9 @@ def _load_one(
         _labelled(spec, folder, path),
         squishfile.restart.policy,
         squishfile.update.strategy,
-        HealthCheck(health.tcp, health.interval, health.retries) if health else None,
+        HealthCheck(health.tcp, health.command, health.timeout, health.interval, health.retries)
+        if health
+        else None,
     )
 
 

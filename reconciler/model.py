@@ -265,11 +265,41 @@ class HealthSection(BaseModel):
 
     model_config = _STRICT
 
-    tcp: int = Field(ge=1, le=65535, description="a TCP port inside the container that must accept")
+    tcp: int | None = Field(
+        default=None, ge=1, le=65535, description="a TCP port inside the container that must accept"
+    )
+    command: tuple[_ExecString, ...] | None = Field(
+        default=None,
+        description="a command run inside the container that must exit 0 "
+        '(an array of arguments, or a string run by "/bin/sh -c")',
+    )
+    timeout: float = Field(
+        default=1.0, gt=0, le=600, allow_inf_nan=False, description="seconds one probe may take"
+    )
     interval: float = Field(
         default=0.1, gt=0, le=60, allow_inf_nan=False, description="seconds between probes"
     )
     retries: int = Field(default=100, ge=1, le=100_000, description="probes before giving up")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _shell_or_array(cls, value: object) -> object:
+        if isinstance(value, str):
+            return ("/bin/sh", "-c", value)
+        return _as_tuple(value)
+
+    @field_validator("command")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value == ():
+            raise ValueError("may not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthSection:
+        if (self.tcp is None) == (self.command is None):
+            raise ValueError('needs exactly one of "tcp" (a port) or "command"')
+        return self
 
 
 class RunSection(BaseModel):

@@ -90,12 +90,20 @@ class DesiredContainer:
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """Ready when something inside the container accepts TCP on ``tcp``; probed every
+    """Ready when something inside the container accepts TCP on ``tcp``, or when
+    ``command`` run inside it exits 0 within ``timeout`` seconds; probed every
     ``interval`` seconds, at most ``retries`` times."""
 
-    tcp: int
+    tcp: int | None = None
+    command: tuple[str, ...] | None = None
+    timeout: float = 1.0
     interval: float = 0.1
     retries: int = 100
+
+    def __str__(self) -> str:
+        if self.command is not None:
+            return f"the health command {' '.join(self.command)!r} never exited 0"
+        return f"the replacement never accepted TCP on port {self.tcp}"
 
 
 @dataclass(frozen=True)

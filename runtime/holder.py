@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import runtime
 from runtime.errors import HostSetupError
 from runtime.idmap import write_id_maps
 from runtime.pause import PAUSE_RECORD, PAUSE_SOCKET
-from runtime.state import ProcessId, read_json
+from runtime.state import ProcessId, read_json, wait_readable
 
 __all__ = ("SUN_PATH_MAX", "Holder", "file_lock")
 
@@ -55,8 +54,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _read_exactly_one(fd: int, what: str) -> bytes:
-    ready, _, _ = select.select([fd], [], [], _HANDSHAKE_TIMEOUT)
-    if not ready:
+    if not wait_readable([fd], _HANDSHAKE_TIMEOUT):
         raise HostSetupError(f"the namespace holder did not {what} in time")
     return os.read(fd, 64)
 

@@ -30,7 +30,7 @@ from runtime import syscalls as sc
 from runtime.launch import Forward, LaunchRequest, MountPoint
 from runtime.state import reap_children, write_json_atomic
 
-__all__ = ("DEFAULT_PATH", "FORWARDED_SIGNALS", "run_init")
+__all__ = ("FORWARDED_SIGNALS", "run_init")
 
 FORWARDED_SIGNALS = frozenset(
     {
@@ -44,7 +44,6 @@ FORWARDED_SIGNALS = frozenset(
         signal.SIGCONT,
     }
 )
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -59,17 +58,6 @@ def _bring_up_loopback() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
-def _command_env(req: LaunchRequest) -> dict[str, str]:
-    env = {
-        "PATH": DEFAULT_PATH,
-        "HOME": "/root",
-        "container": "squish",
-        "HOSTNAME": req.hostname or req.name,
-    }
-    env.update(req.env)
-    return env
-
-
 def _close_other_fds(keep: set[int]) -> None:
     """Close every descriptor but ``keep``: nothing of the host may reach the command."""
     for name in os.listdir("/proc/self/fd"):
@@ -81,7 +69,7 @@ def _close_other_fds(keep: set[int]) -> None:
 
 def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
     """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
-    env = _command_env(req)
+    env = req.command_env()
     program = req.argv[0]
     if "/" not in program:
         found = shutil.which(program, path=env["PATH"])
@@ -156,7 +144,7 @@ def _prewarm() -> None:
         mounts=(MountPoint(source="/", target="/warm"),),
         forwards=(Forward(proto="tcp", host_addr="127.0.0.1", host_port=1, guest_port=1),),
     )
-    _command_env(LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))))
+    LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
 
 
 def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoReturn:

@@ -7,6 +7,7 @@ effect is done (a started container is running, a removed one is gone).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from runtime.spec import ContainerSpec, PortMapping
 
-__all__ = ("ContainerInfo", "ContainerState", "Runtime")
+__all__ = ("CommandResult", "ContainerInfo", "ContainerState", "Runtime")
 
 
 class ContainerState(StrEnum):
@@ -47,6 +48,18 @@ class ContainerInfo(BaseModel):
     slirp_pid: int | None = None
     log_path: str
     created_at: float
+
+
+class CommandResult(BaseModel):
+    """What a command run inside a container (``exec_command``) did."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exit_code: int
+    """Its exit code; 124 when it was killed at the deadline, 127 when not found."""
+    output: str
+    """Its stdout and stderr, interleaved, up to 64 KiB."""
+    timed_out: bool = False
 
 
 class Runtime(Protocol):
@@ -104,6 +117,13 @@ class Runtime(Protocol):
 
     def probe_tcp(self, name: str, port: int) -> bool:
         """Whether something inside the running container accepts TCP on ``port``."""
+        ...
+
+    def exec_command(
+        self, name: str, argv: Sequence[str], *, timeout: float = 10.0
+    ) -> CommandResult:
+        """Run ``argv`` inside the running container (its namespaces, root, environment
+        and working directory); kill it after ``timeout`` seconds."""
         ...
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ("Forward", "LaunchRequest", "MountPoint")
+__all__ = ("DEFAULT_PATH", "Forward", "LaunchRequest", "MountPoint")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,17 @@ class LaunchRequest:
     network: str = "slirp4netns"
     forwards: tuple[Forward, ...] = ()
     sandbox_slirp: bool = True
+
+    def command_env(self) -> dict[str, str]:
+        """The environment of the container's command (and of commands run in it)."""
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": "/root",
+            "container": "squish",
+            "HOSTNAME": self.hostname or self.name,
+        }
+        env.update(self.env)
+        return env
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import array
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -29,10 +28,11 @@ from typing import Any, NoReturn
 
 from runtime import slirp
 from runtime import syscalls as sc
+from runtime.enter import NAMESPACES
 from runtime.errors import PortInUse, SlirpError
 from runtime.init import run_init
 from runtime.launch import LaunchRequest
-from runtime.state import ProcessId, write_json_atomic
+from runtime.state import ProcessId, wait_readable, write_json_atomic
 
 __all__ = ("CONTAINER_NAMESPACES", "MAX_REQUEST", "hand_over", "restart_slirp", "run_spare")
 
@@ -67,8 +67,7 @@ class _Init:
 
 
 def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
+    if not wait_readable([fd], timeout):
         raise _LaunchFailed(f"timed out waiting for {what}")
     return os.read(fd, size)
 
@@ -214,8 +213,8 @@ def _failure_reply(exc: BaseException) -> dict[str, Any]:
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
     os.write(init.request_w, raw)
     os.close(init.request_w)
+    identity = ProcessId.of(init.pid)
     try:
-        identity = ProcessId.of(init.pid)
         network: tuple[ProcessId, list[dict[str, Any]]] | None = None
         if req.network == "slirp4netns":
             network = _network(req, init.pid, init.exit_r)
@@ -241,7 +240,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
             raise _LaunchFailed(detail or "the container init died before the command started")
         return {"ok": True, "run": run}
     except BaseException:
-        os.kill(init.pid, signal.SIGKILL)
+        if identity is not None:  # the init may be gone and reaped (by the holder) already
+            identity.send(signal.SIGKILL)
         raise
 
 
@@ -264,7 +264,7 @@ def _dismiss(init: _Init) -> None:
     """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
     pidfd = os.pidfd_open(init.pid)
     os.close(init.request_w)
-    select.select([pidfd], [], [], _READY_TIMEOUT)
+    wait_readable([pidfd], _READY_TIMEOUT)
     os.close(pidfd)
 
 
@@ -277,17 +277,21 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
     code = 1
     try:
         init = _fork_init(close_in_init=(ctrl.fileno(),))
-        # The container's network namespace, opened while the init is still dumpable: the
-        # holder keeps it, so a slirp4netns that dies can be started again for it.
-        netns = os.open(f"/proc/{init.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        # The container's namespaces, opened while the init is still dumpable: the holder
+        # keeps them, to start a slirp4netns that died again and to run commands in it.
+        namespaces = [
+            os.open(f"/proc/{init.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            for kind, _ in NAMESPACES
+        ]
         received = _receive(ctrl)
         if received is not None:
             # The holder waits for this before it forgets the request.
             ctrl.sendmsg(
                 [f"A{init.pid}".encode()],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [netns]))],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", namespaces))],
             )
-        os.close(netns)
+        for fd in namespaces:
+            os.close(fd)
         ctrl.close()
         if received is None:
             _dismiss(init)
@@ -313,12 +317,14 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
         os._exit(code)
 
 
-def hand_over(ctrl: socket.socket, raw_request: bytes, conn: socket.socket) -> tuple[int, int]:
+def hand_over(
+    ctrl: socket.socket, raw_request: bytes, conn: socket.socket
+) -> tuple[int, list[int]]:
     """Give a spare its launch request and the client connection to answer on.
 
-    Returns the container init's pid and a descriptor of its network namespace (the
-    caller owns it). Raises OSError when the spare did not take the request (it died):
-    the caller still holds the connection and can try another spare.
+    Returns the container init's pid and descriptors of its namespaces, in the order of
+    ``NAMESPACES`` (the caller owns them). Raises OSError when the spare did not take the
+    request (it died): the caller still holds the connection and can try another spare.
     """
     ctrl.sendmsg(
         [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
@@ -326,12 +332,14 @@ def hand_over(ctrl: socket.socket, raw_request: bytes, conn: socket.socket) -> t
     ctrl.shutdown(socket.SHUT_WR)
     ctrl.settimeout(_READY_TIMEOUT)
     fds = array.array("i")
-    data, ancillary, _, _ = ctrl.recvmsg(64, socket.CMSG_SPACE(fds.itemsize))
+    data, ancillary, _, _ = ctrl.recvmsg(
+        64, socket.CMSG_SPACE(fds.itemsize * len(NAMESPACES)), socket.MSG_CMSG_CLOEXEC
+    )
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    if not data.startswith(b"A") or not fds:
+    if not data.startswith(b"A") or len(fds) != len(NAMESPACES):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    return int(data[1:]), fds[0]
+    return int(data[1:]), list(fds)

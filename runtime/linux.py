@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +31,7 @@ from runtime.errors import (
     SlirpError,
 )
 from runtime.holder import SUN_PATH_MAX, Holder
-from runtime.interface import ContainerInfo, ContainerState
+from runtime.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.launch import Forward, LaunchRequest, MountPoint
 from runtime.layers import resolve_sdk
 from runtime.mounts import prepare_skeleton
@@ -553,6 +554,36 @@ class LinuxRuntime:
         if not reply.get("ok"):
             raise ContainerStartError(name, f"cannot probe port {port}: {reply.get('message')}")
         return bool(reply.get("ready"))
+
+    def exec_command(
+        self, name: str, argv: Sequence[str], *, timeout: float = 10.0
+    ) -> CommandResult:
+        if not argv:
+            raise ValueError("exec_command needs a command")
+        cdir = self._dir(name)
+        info = self._info(cdir, fresh=False)
+        if info.state is not ContainerState.RUNNING or info.pid is None:
+            raise ContainerStartError(name, "it is not running")
+        request = self._launch_request(cdir)
+        reply = self.holder.request(
+            {
+                "op": "exec",
+                "init_pid": info.pid,
+                "init_start_time": info.pid_start_time,
+                "argv": list(argv),
+                "env": request.command_env(),
+                "workdir": request.workdir,
+                "timeout": timeout,
+            },
+            timeout=timeout + 30.0,
+        )
+        if not reply.get("ok"):
+            raise ContainerStartError(name, f"cannot run {argv[0]!r} in it: {reply.get('message')}")
+        return CommandResult(
+            exit_code=int(reply["exit_code"]),
+            output=str(reply["output"]),
+            timed_out=bool(reply.get("timed_out")),
+        )
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         """Give a container another name, running or not (a replacement takes over the

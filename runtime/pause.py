@@ -18,18 +18,22 @@ down its write side, the answer is one JSON object. Requests: ``{"op": "ping"}``
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import json
 import os
+import resource
 import select
 import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime import syscalls as sc
+from runtime.enter import NAMESPACES, start_runner
 from runtime.launcher import MAX_REQUEST, hand_over, restart_slirp, run_spare
 from runtime.state import ProcessId, reap_children, write_json_atomic
 
@@ -125,51 +129,67 @@ class _UnknownContainer(LookupError):
     """The container was not started by this holder (it was restarted since)."""
 
 
-class _Networks:
-    """The network namespace of every container this holder started, by init pid.
+@dataclass
+class _Held:
+    """What the holder keeps of one container it started."""
 
-    Kept so that a slirp4netns that died can be started again for the same namespace,
-    and so that a port inside the container can be probed (the container's init is not
-    dumpable, so nobody else can reach its namespaces). Released when the init is
-    reaped; a slirp4netns started again for it is killed then too.
+    namespaces: dict[str, int]
+    """Namespace kind (``net``, ``mnt``...) -> descriptor, opened while the init was
+    still dumpable."""
+    slirp: ProcessId | None = None
+    """The slirp4netns this holder started again for it, if any."""
+
+
+class _Containers:
+    """The namespaces of every container this holder started, by init pid.
+
+    Kept so that a slirp4netns that died can be started again for the same network
+    namespace, a port inside the container can be probed, and a command can be run in
+    it: the container's init is not dumpable, so nobody else (not even this holder) can
+    open its namespaces later. Released when the init is reaped; a slirp4netns started
+    again for it is killed then too. The descriptors are moved above ``_FD_FLOOR`` so
+    that descriptors opened later stay low.
     """
 
     def __init__(self) -> None:
-        self.by_pid: dict[int, tuple[int, ProcessId | None]] = {}
-        """init pid -> (netns fd, the slirp4netns this holder started again, if any)"""
+        self.by_pid: dict[int, _Held] = {}
 
-    def add(self, init_pid: int, netns_fd: int) -> None:
+    def add(self, init_pid: int, fds: list[int]) -> None:
         self.reaped(init_pid)
-        self.by_pid[init_pid] = (netns_fd, None)
+        self.by_pid[init_pid] = _Held(
+            {kind: _move_high(fd) for (kind, _), fd in zip(NAMESPACES, fds, strict=True)}
+        )
 
     def reaped(self, pid: int) -> None:
-        entry = self.by_pid.pop(pid, None)
-        if entry is not None:
-            os.close(entry[0])
-            _kill(entry[1])
+        held = self.by_pid.pop(pid, None)
+        if held is not None:
+            for fd in held.namespaces.values():
+                os.close(fd)
+            _kill(held.slirp)
 
-    def _entry(self, request: dict[str, Any]) -> tuple[int, tuple[int, ProcessId | None]]:
+    def _held(self, request: dict[str, Any]) -> _Held:
         pid = int(request["init_pid"])
-        entry = self.by_pid.get(pid)
-        if entry is None:
+        held = self.by_pid.get(pid)
+        if held is None:
             raise _UnknownContainer(
                 f"this holder did not start the container with init {pid} (it was restarted "
                 "since): recreate the container"
             )
-        return pid, entry
+        return held
 
     def restore(self, request: dict[str, Any]) -> dict[str, Any]:
-        pid, (netns_fd, previous) = self._entry(request)
-        _kill(previous)  # an earlier heal's slirp4netns still holds tap0: it must go first
-        identity = restart_slirp(
-            str(request["container_dir"]), netns_fd, bool(request.get("sandbox", True))
+        held = self._held(request)
+        _kill(held.slirp)  # an earlier heal's slirp4netns still holds tap0: it must go first
+        held.slirp = restart_slirp(
+            str(request["container_dir"]),
+            held.namespaces["net"],
+            bool(request.get("sandbox", True)),
         )
-        self.by_pid[pid] = (netns_fd, identity)
-        return {"ok": True, "slirp": identity.to_json()}
+        return {"ok": True, "slirp": held.slirp.to_json()}
 
     def probe_tcp(self, request: dict[str, Any]) -> dict[str, Any]:
         """Whether something accepts TCP on 127.0.0.1:PORT inside the container."""
-        _, (netns_fd, _) = self._entry(request)
+        netns_fd = self._held(request).namespaces["net"]
         port = int(request["port"])
         child = os.fork()
         if child == 0:  # a child joins the namespace: the holder stays where it is
@@ -185,6 +205,36 @@ class _Networks:
         _, status = os.waitpid(child, 0)
         return {"ok": True, "ready": os.waitstatus_to_exitcode(status) == 0}
 
+    def exec(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        """Run a command in the container; a runner answers on ``conn``."""
+        held = self._held(request)
+        init = ProcessId(int(request["init_pid"]), int(request["init_start_time"]))
+        if not init.alive():
+            raise _UnknownContainer("the container's init has exited")
+        start_runner(conn, request, held.namespaces)
+
+
+_FD_FLOOR = 4096
+
+
+def _raise_fd_limit() -> None:
+    """Let the holder keep the namespaces of a few thousand containers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+
+
+def _move_high(fd: int) -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= _FD_FLOOR:
+        return fd
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FD_FLOOR)
+    except OSError:
+        return fd
+    os.close(fd)
+    return high
+
 
 def _kill(identity: ProcessId | None) -> None:
     """SIGKILL a process of ours if it is still the one we started, and wait for it."""
@@ -192,7 +242,7 @@ def _kill(identity: ProcessId | None) -> None:
         identity.wait_gone(5.0)
 
 
-def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> bool:
+def _serve_one(conn: socket.socket, spares: _Spares, containers: _Containers) -> bool:
     """Handle one connection; return False when asked to exit."""
     try:
         raw = _read_request(conn)
@@ -210,10 +260,13 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
         spares.drop()
         _reply(conn, {"ok": True})
         return False
-    if op in ("restore_network", "probe_tcp"):
+    if op in ("restore_network", "probe_tcp", "exec"):
         try:
-            handler = networks.restore if op == "restore_network" else networks.probe_tcp
-            _reply(conn, handler(request))
+            if op == "exec":
+                containers.exec(conn, request)  # a runner answers on its copy of conn
+            else:
+                handler = containers.restore if op == "restore_network" else containers.probe_tcp
+                _reply(conn, handler(request))
         except _UnknownContainer as exc:
             _reply(conn, {"ok": False, "error": "unknown_container", "message": str(exc)})
         except Exception as exc:  # one bad request must never end the holder
@@ -228,8 +281,8 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
         ctrl = spares.take()
         try:
             # The spare parses and checks the request: keep this single loop lean.
-            init_pid, netns_fd = hand_over(ctrl, raw_request, conn)
-            networks.add(init_pid, netns_fd)
+            init_pid, namespace_fds = hand_over(ctrl, raw_request, conn)
+            containers.add(init_pid, namespace_fds)
             break
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
@@ -240,10 +293,10 @@ def _serve_one(conn: socket.socket, spares: _Spares, networks: _Networks) -> boo
     return True
 
 
-def _reap(spares: _Spares, networks: _Networks) -> None:
+def _reap(spares: _Spares, containers: _Containers) -> None:
     for pid, _ in reap_children():
         spares.reaped(pid)
-        networks.reaped(pid)
+        containers.reaped(pid)
 
 
 def serve(listener: socket.socket) -> None:
@@ -251,8 +304,9 @@ def serve(listener: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
+    _raise_fd_limit()
     spares = _Spares()
-    networks = _Networks()
+    containers = _Containers()
     running = True
     while running:
         spares.refill()
@@ -267,12 +321,12 @@ def serve(listener: socket.socket) -> None:
                         break
                 except BlockingIOError:
                     break
-            _reap(spares, networks)
+            _reap(spares, containers)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:
-                running = _serve_one(conn, spares, networks)
-    _reap(spares, networks)
+                running = _serve_one(conn, spares, containers)
+    _reap(spares, containers)
     _log("exiting on request")
 
 

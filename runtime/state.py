@@ -31,6 +31,7 @@ __all__ = (
     "proc_start_time",
     "read_json",
     "reap_children",
+    "wait_readable",
     "write_json_atomic",
 )
 
@@ -73,6 +74,19 @@ def proc_start_time(pid: int) -> int | None:
     if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
+
+
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Those of ``fds`` that are readable within ``timeout`` seconds (``None``: no limit).
+
+    ``poll``, not ``select``: the holder keeps namespace descriptors numbered above
+    ``select``'s limit of 1024.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    wait_ms = None if timeout is None or timeout == float("inf") else max(0, int(timeout * 1000))
+    return [fd for fd, _ in poller.poll(wait_ms)]
 
 
 class ProcessId:
@@ -129,7 +143,7 @@ class ProcessId:
             return True
         try:
             if self.alive():  # a pidfd is readable once the process has exited
-                select.select([pidfd], [], [], None if timeout == float("inf") else timeout)
+                wait_readable([pidfd], timeout)
             return not self.alive()  # a zombie counts as gone
         finally:
             os.close(pidfd)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -33,7 +33,7 @@ from typing import Literal, TypeVar
 import anyio
 
 from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, PortInUse
-from runtime.interface import ContainerInfo, ContainerState
+from runtime.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.spec import ContainerSpec, PortMapping
 
 __all__ = (
@@ -66,6 +66,7 @@ Method = Literal[
     "rename",
     "move_port",
     "sweep",
+    "exec_command",
 ]
 
 MUTATING: tuple[Method, ...] = (
@@ -423,6 +424,18 @@ class FakeRuntime:
             return self._running(name) is not None and name not in self.never_ready
 
         return self._invoke("probe_tcp", name, (port,), {}, effect)
+
+    def exec_command(
+        self, name: str, argv: Sequence[str], *, timeout: float = 10.0
+    ) -> CommandResult:
+        """Exit code 0 unless the test listed the container in ``never_ready``."""
+
+        def effect() -> CommandResult:
+            if self._running(name) is None:
+                raise ContainerStartError(name, "it is not running")
+            return CommandResult(exit_code=int(name in self.never_ready), output="")
+
+        return self._invoke("exec_command", name, (tuple(argv),), {"timeout": timeout}, effect)
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:

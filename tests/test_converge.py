@@ -1006,6 +1006,34 @@ async def test_a_replacement_that_never_gets_ready_leaves_the_old_one(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("ready", [True, False])
+async def test_a_health_command_decides_when_the_replacement_is_ready(
+    fake: FakeRuntime, converger: Converger, ready: bool
+) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    if not ready:
+        fake.never_ready.add("web.next")
+    check = HealthCheck(command=("/bin/check", "--quick"), timeout=0.5, interval=0.001, retries=4)
+    new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), health=check)
+
+    [outcome] = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
+
+    probes = [c for c in fake.calls if c.method == "exec_command"]
+    assert {(c.name, c.args, c.kwargs["timeout"]) for c in probes} == {
+        ("web.next", (("/bin/check", "--quick"),), 0.5)
+    }
+    assert fake.history("probe_tcp") == []
+    if ready:
+        assert outcome.ok and len(probes) == 1
+        assert fake.inspect("web").spec.env == {"V": "2"}
+    else:
+        assert outcome.error is not None
+        assert "the health command '/bin/check --quick' never exited 0" in outcome.error
+        assert len(probes) == 4
+        assert fake.inspect("web").spec.env == {"V": "1"}
+
+
+@pytest.mark.anyio
 async def test_a_foreign_container_with_the_replacement_name_is_never_removed(
     fake: FakeRuntime, converger: Converger
 ) -> None:

@@ -805,3 +805,33 @@ def test_a_replacement_that_never_gets_ready_keeps_the_old_one_serving(loop: Loo
     assert "never accepted TCP on port 81" in row["last_error"]
     assert serves(port, "old\n")
     assert loop.pid("stay") == before
+
+
+def test_a_health_command_run_inside_the_replacement_gates_the_switch(loop: Loop) -> None:
+    (port,) = free_ports(1)
+    loop.transient.add("probe.next")
+    extra = (
+        '\n[update]\nstrategy = "start-first"\n\n[health]\n'
+        'command = "wget -q -O - http://127.0.0.1/ | grep -q two"\ninterval = 0.02\n'
+    )
+    put(loop.folder, "probe.toml", greeting_toml(port, "one") + extra)
+    eventually(lambda: serves(port, "one\n"), "the first version")
+    before = loop.pid("probe")
+    put(loop.folder, "probe.toml", greeting_toml(port, "two") + extra)
+    eventually(lambda: serves(port, "two\n"), "the second version, once its check passed")
+    eventually(lambda: loop.pid("probe") not in (before, (None, None)), "probe's new pid")
+    row = eventually(lambda: (r := loop.row("probe")) and r["in_sync"] and r, "probe in sync")
+    assert row["last_error"] is None
+    # A check that never passes keeps the running version (and says which check failed).
+    stuck = extra.replace("grep -q two", "grep -q four") + "retries = 3\n"
+    put(loop.folder, "probe.toml", greeting_toml(port, "three") + stuck)
+    row = eventually(
+        lambda: (r := loop.row("probe")) and r["phase"] == "Failed" and r,
+        "the failed replacement reported",
+    )
+    assert "the health command '/bin/sh -c wget" in row["last_error"]
+    assert serves(port, "two\n")
+    # What the check sees, by hand: `exec` exits with the command's exit code.
+    shown = loop.cli("exec", "probe", "--", "cat", "/tmp/www/index.html")
+    assert (shown.returncode, shown.stdout) == (0, "two\n")
+    assert loop.cli("exec", "probe", "--", "sh", "-c", "exit 5").returncode == 5

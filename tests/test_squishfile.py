@@ -563,6 +563,39 @@ def test_update_and_health_sections_are_read_and_checked(tmp_path: Path) -> None
     assert found == {(6, "update.strategy"), (8, "health.tcp"), (9, "health.probe")}
 
 
+def test_a_health_command_is_an_array_or_a_shell_string(tmp_path: Path) -> None:
+    base = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "httpd"\n[health]\n'
+    array = write(tmp_path, base + 'command = ["test", "-f", "/tmp/ready"]\ntimeout = 2.5\n')
+    health = load_squishfile(array).health
+    assert health is not None
+    assert (health.command, health.tcp, health.timeout) == (("test", "-f", "/tmp/ready"), None, 2.5)
+    shell = write(tmp_path, base + 'command = "wget -q -O /dev/null http://127.0.0.1/"\n')
+    health = load_squishfile(shell).health
+    assert health is not None
+    assert health.command == ("/bin/sh", "-c", "wget -q -O /dev/null http://127.0.0.1/")
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "field"),
+    [
+        ("interval = 1\n", 5, "health"),  # neither tcp nor command
+        ('tcp = 80\ncommand = "true"\n', 5, "health"),  # both
+        ("command = []\n", 6, "health.command"),
+        ("command = [1]\n", 6, "health.command[0]"),
+        ('command = "true"\ntimeout = 0\n', 7, "health.timeout"),
+    ],
+)
+def test_a_bad_health_table_names_its_line_and_field(
+    tmp_path: Path, table: str, line: int, field: str
+) -> None:
+    path = write(
+        tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[health]\n' + table
+    )
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    assert [(p.line, p.field) for p in caught.value.problems] == [(line, field)]
+
+
 def test_an_unknown_home_folder_is_an_error_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "home.toml"
     path.write_text(

@@ -1,0 +1,126 @@
+"""``exec_command``: a command run inside a running container, end to end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.enter import OUTPUT_LIMIT
+from runtime.errors import ContainerNotFound, ContainerStartError
+from runtime.linux import LinuxRuntime
+from runtime.spec import ContainerSpec, RootfsRef
+from tests.conftest import rootless
+from tests.support import children_of
+
+pytestmark = rootless
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def sleeper(name: str, **fields: object) -> ContainerSpec:
+    fields.setdefault("network", "none")
+    script = "echo inside > /tmp/mark; exec sleep 600"
+    return ContainerSpec(
+        name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), stop_timeout=0, **fields
+    )
+
+
+def started(rt: LinuxRuntime, spec: ContainerSpec) -> None:
+    rt.run(spec)
+    for _ in range(1000):  # the command writes its mark as it starts
+        if rt.exec_command(spec.name, ["test", "-f", "/tmp/mark"]).exit_code == 0:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the container never wrote its mark")
+
+
+def test_a_command_runs_in_the_containers_namespaces_and_environment(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("ex", env={"GREETING": "hello"}, hostname="boxy", workdir="/etc"))
+    script = (
+        "echo $GREETING; hostname; pwd; cat /tmp/mark; echo $$;"
+        "ls /proc | grep -cE '^[0-9]+$'; id -u; ls /proc/self/fd | tr '\\n' ' '"
+    )
+    result = rt.exec_command("ex", ["sh", "-c", script])
+    lines = result.output.splitlines()
+    assert (result.exit_code, result.timed_out) == (0, False), result.output
+    assert lines[:4] == ["hello", "boxy", "/etc", "inside"]  # env, uts, workdir, its /tmp
+    assert int(lines[4]) < 10  # a pid of the container's pid namespace
+    assert int(lines[5]) < 10  # it sees the container's processes only
+    assert lines[6] == "0"
+    assert set(lines[7].split()) <= {"0", "1", "2", "3"}  # nothing of the holder (3: ls's own)
+
+
+def test_exit_codes_and_output_come_back(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("codes"))
+    failed = rt.exec_command("codes", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (failed.exit_code, failed.output) == (3, "out\nerr\n")
+    missing = rt.exec_command("codes", ["no-such-program"])
+    assert missing.exit_code == 127 and "not found" in missing.output
+    big = rt.exec_command("codes", ["sh", "-c", f"head -c {OUTPUT_LIMIT * 3} /dev/zero"])
+    assert (big.exit_code, len(big.output)) == (0, OUTPUT_LIMIT)
+
+
+def test_a_command_past_its_deadline_is_killed_with_what_it_started(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("slow"))
+    result = rt.exec_command(
+        "slow", ["sh", "-c", "sleep 300 & echo started; sleep 300"], timeout=0.3
+    )
+    assert (result.exit_code, result.timed_out) == (124, True)
+    assert result.output == "started\n"
+    left = rt.exec_command("slow", ["sh", "-c", "ps -o comm | grep -c sleep"])
+    assert left.output.strip() == "1"  # only the container's own sleep is left
+
+
+def _runners_of(holder: int) -> set[int]:
+    """The holder's children that are exec runners: in the host's pid namespace (one
+    NSpid entry) and not dumpable (their environ is closed to us), unlike the spare
+    launchers, the warm inits and slirp4netns."""
+    found = set()
+    for pid, _ in children_of(holder):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            Path(f"/proc/{pid}/environ").read_bytes()
+        except PermissionError:
+            nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+            if len(nspid.split()) == 2:
+                found.add(pid)
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def test_a_command_leaves_no_process_in_the_holder(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("tidy"))
+    holder = rt.holder.identity()
+    assert holder is not None
+    slow = threading.Thread(target=rt.exec_command, args=("tidy", ["sleep", "0.5"]))
+    slow.start()
+    try:  # the detector sees a runner while one works
+        for _ in range(500):
+            if _runners_of(holder.pid):
+                break
+            time.sleep(0.001)
+        assert _runners_of(holder.pid)
+    finally:
+        slow.join()
+    for _ in range(5):
+        assert rt.exec_command("tidy", ["true"]).exit_code == 0
+    for _ in range(500):  # the holder reaps each runner once it has answered
+        if not _runners_of(holder.pid):
+            break
+        time.sleep(0.01)
+    assert _runners_of(holder.pid) == set()
+
+
+def test_only_a_running_container_takes_a_command(rt: LinuxRuntime) -> None:
+    with pytest.raises(ContainerNotFound):
+        rt.exec_command("nobody", ["true"])
+    rt.run(ContainerSpec(name="done", rootfs=BUSYBOX, argv=("true",), network="none"))
+    rt.wait("done", timeout=60)
+    with pytest.raises(ContainerStartError, match="not running"):
+        rt.exec_command("done", ["true"])
+    with pytest.raises(ValueError, match="needs a command"):
+        rt.exec_command("done", [])

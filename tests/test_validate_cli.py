@@ -1,0 +1,48 @@
+"""``reconciler validate``: files or folders, every problem with its file, line and field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "true"\n'
+
+
+def validate(*arguments: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "validate", *map(str, arguments)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_folder_stands_for_its_squishfiles(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(GOOD)
+    (tmp_path / "b.toml").write_text(GOOD + "[health]\ninterval = 1\n")
+    (tmp_path / ".b.toml.swp").write_text("editor junk")
+    (tmp_path / "notes.txt").write_text("not a squishfile")
+    result = validate(tmp_path)
+    assert result.returncode == 1
+    assert f"ok {tmp_path / 'a.toml'}" in result.stdout
+    assert f'{tmp_path / "b.toml"}:5: health: needs exactly one of "tcp"' in result.stderr
+    assert "swp" not in result.stdout + result.stderr
+
+
+def test_valid_files_pass_and_an_empty_folder_does_not(tmp_path: Path) -> None:
+    (tmp_path / "one.toml").write_text(GOOD)
+    assert validate(tmp_path / "one.toml").returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = validate(empty)
+    assert result.returncode == 1
+    assert "no squishfile" in result.stderr
+
+
+def test_the_examples_in_desired_are_valid() -> None:
+    result = validate(ROOT / "desired")
+    assert result.returncode == 0, result.stderr
