@@ -23,17 +23,19 @@ from typing import Any
 import anyio
 
 from reconciler.plan import Action, ActionKind, Plan
-from reconciler.state import LABEL_FILE, LABEL_FOLDER, DesiredContainer, HealthCheck
+from reconciler.state import (
+    LABEL_FILE,
+    LABEL_FOLDER,
+    DesiredContainer,
+    HealthCheck,
+    replacement_name,
+    retired_name,
+)
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost
 from runtime.interface import ContainerInfo, ContainerState, Runtime
 from runtime.spec import PortMapping
 
-__all__ = ("Backoff", "Converger", "Outcome", "replacement_name")
-
-
-def replacement_name(name: str) -> str:
-    """The name a start-first replacement runs under until it takes over."""
-    return f"{name}.next"
+__all__ = ("Backoff", "Converger", "Outcome")
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,6 @@ class Converger:
     limit: int = 8
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.time
-    drain: float = 0.1
-    """Seconds a start-first replacement leaves the old container running after its
-    forwards have moved, so that requests it accepted just before can finish."""
     _tracks: dict[str, _Track] = field(default_factory=dict)
 
     # -- what the planner must respect ---------------------------------------------------
@@ -280,10 +279,10 @@ class Converger:
             with contextlib.suppress(Exception):
                 runtime.remove(temp, force=True)
             raise
-        time.sleep(self.drain)  # requests the old one accepted just before may finish
+        time.sleep(want.drain)  # requests the old one accepted just before may finish
         # The name never goes missing: the old one steps aside, the new one takes the
         # name, then the old one stops (SIGTERM, SIGKILL after its stop_timeout).
-        retired = f"{name}.old"
+        retired = retired_name(name)
         self._clear_leftover(retired, want)  # from an interrupted replacement
         runtime.rename(name, retired)
         runtime.rename(temp, name)

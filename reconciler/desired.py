@@ -94,6 +94,7 @@ def _load_one(
         HealthCheck(health.tcp, health.command, health.timeout, health.interval, health.retries)
         if health
         else None,
+        squishfile.update.drain,
     )
 
 

@@ -258,6 +258,14 @@ class UpdateSection(BaseModel):
         description="stop the old container first; or start the new one first, wait until "
         "it is ready, move the forwards to it, then stop the old one",
     )
+    drain: float = Field(
+        default=0.1,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="start-first: seconds the old container keeps running after its "
+        "forwards moved, to finish requests it had accepted",
+    )
 
 
 class HealthSection(BaseModel):

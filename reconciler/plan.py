@@ -38,6 +38,7 @@ from reconciler.state import (
     MANAGER,
     DesiredContainer,
     DesiredState,
+    replaced_name,
 )
 from runtime.interface import ContainerInfo, ContainerState
 from runtime.spec import PortMapping
@@ -284,9 +285,18 @@ def plan(
     claimed = {e.name for e in desired.errors}
     holders = {name: info.ports for name, info in ours.items() if info.ports}
     destroys: list[Action] = []
+    leftovers: list[Action] = []
     reserved: dict[str, tuple[PortMapping, ...]] = {}
     for name, have in sorted(ours.items()):
         if name in desired.containers:
+            continue
+        base = replaced_name(name)
+        if base in desired.containers:  # not the user's: never counted by the guard below
+            if hold.get(name, 0.0) > now:
+                reserved[name] = have.ports
+            else:
+                reason = f"left by an interrupted start-first replacement of {base}"
+                leftovers.append(Action(ActionKind.DESTROY, name, reason))
             continue
         file = have.spec.labels.get(LABEL_FILE, "?")
         if file in kept_files or name in claimed:
@@ -332,7 +342,7 @@ def plan(
     taken = {name for name in desired.containers if name in by_name and name not in ours}
     contenders = [want for name, want in desired.containers.items() if name not in taken]
     losers = _port_losers(contenders, holders, reserved)
-    actions: list[Action] = list(destroys)
+    actions: list[Action] = [*leftovers, *destroys]
     for name, want in sorted(desired.containers.items()):
         if name in taken:
             conditions.append(

@@ -35,6 +35,9 @@ __all__ = (
     "HealthCheck",
     "RestartPolicy",
     "is_squishfile",
+    "replaced_name",
+    "replacement_name",
+    "retired_name",
     "spec_hash",
 )
 
@@ -62,6 +65,25 @@ def is_squishfile(path: Path) -> bool:
     return path.suffix == ".toml" and not _IGNORED.match(path.name)
 
 
+def replacement_name(name: str) -> str:
+    """The name a start-first replacement runs under until it takes over."""
+    return f"{name}.next"
+
+
+def retired_name(name: str) -> str:
+    """The name the replaced container steps aside to while its successor takes over."""
+    return f"{name}.old"
+
+
+def replaced_name(name: str) -> str | None:
+    """The container whose start-first replacement ``name`` is a part of, if any."""
+    for make in (replacement_name, retired_name):
+        suffix = make("")
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 def spec_hash(spec: ContainerSpec) -> str:
     """Hash of everything in ``spec`` that cannot change live (all but ports and labels)."""
     data = spec.model_dump(mode="json", exclude={"ports", "labels"})
@@ -78,6 +100,8 @@ class DesiredContainer:
     restart: RestartPolicy = "always"
     update: Literal["stop-first", "start-first"] = "stop-first"
     health: HealthCheck | None = None
+    drain: float = 0.1
+    """start-first: seconds the old container keeps running after its forwards moved."""
 
     @property
     def name(self) -> str:

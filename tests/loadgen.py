@@ -9,18 +9,14 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.linux import LinuxRuntime
-from tests.support import children_of, free_ports, page, write_atomically
+from tests.support import children_of, free_ports, page, start_controller, write_atomically
 
 __all__ = ("LoadResult", "run_load")
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _squishfile(port: int, greeting: str) -> str:
@@ -83,13 +79,7 @@ def run_load(
     for i, port in enumerate(free_ports(containers)):
         desired[f"l{i:03}"] = (port, "first")
         write_atomically(folder / f"l{i:03}.toml", _squishfile(port, "first"))
-    loop = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    loop = start_controller(folder, env)
     problems: list[str] = []
     try:
         deadline = time.monotonic() + limit

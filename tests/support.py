@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ __all__ = (
     "http_refused",
     "page",
     "processes_mentioning",
+    "start_controller",
     "write_atomically",
 )
 
@@ -98,3 +101,17 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
 def children_of(parent: int) -> list[tuple[int, str]]:
     """Live children of ``parent``: (pid, command line)."""
     return [(pid, cmd) for pid, ppid, cmd in _processes() if ppid == parent]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_controller(folder: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``reconciler run FOLDER`` in the background, quiet; the caller kills it by pid."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from runtime.interface import ContainerInfo
 from runtime.linux import LinuxRuntime
 from tests.conftest import rootless
-from tests.support import children_of, free_ports, http_get, write_atomically
-from tests.test_reconciler_e2e import ROOT, cli, cli_env, eventually, make_site, web_toml
+from tests.support import children_of, free_ports, http_get, start_controller, write_atomically
+from tests.test_reconciler_e2e import cli, cli_env, eventually, make_site, web_toml
 
 pytestmark = rootless
 
@@ -28,22 +31,39 @@ SEED = int(os.environ.get("SQUISH_KILL_SEED", "20261128"))
 NAMES = [f"k{i}" for i in range(6)]
 
 
+STARTS_FIRST = {"k0", "k1", "k2"}
+"""Replaced start-first, so that kills land in the middle of such replacements too."""
+
+
+def squishfile(name: str, port: int, version: int) -> str:
+    text = web_toml(port) + f'\n[env]\nVERSION = "{version}"\n'
+    if name in STARTS_FIRST:
+        text += '\n[update]\nstrategy = "start-first"\n\n[health]\ntcp = 80\ninterval = 0.02\n'
+    return text
+
+
 def change_the_folder(
-    folder: Path, rng: random.Random, ports: dict[str, int], pool: list[int]
+    folder: Path, rng: random.Random, ports: dict[str, int], pool: list[int], versions: Counter[str]
 ) -> None:
-    """One random edit: add, remove (at most two at once: the guard), or move a port."""
+    """One random edit: add, remove (at most two at once: the guard), move a port, or
+    change the environment (a recreate: start-first for some)."""
     present = sorted(p.stem for p in folder.glob("*.toml"))
     choice = rng.random()
-    if choice < 0.35 and len(present) < len(NAMES):
+    if choice < 0.3 and len(present) < len(NAMES):
         name = rng.choice([n for n in NAMES if n not in present])
         ports[name] = pool.pop()
-        (folder / f"{name}.toml").write_text(web_toml(ports[name]))
-    elif choice < 0.6 and present:
+    elif choice < 0.5 and present:
         (folder / f"{rng.choice(present)}.toml").unlink()
-    elif present:
+        return
+    elif choice < 0.75 and present:
         name = rng.choice(present)
         ports[name] = pool.pop()
-        write_atomically(folder / f"{name}.toml", web_toml(ports[name]))
+    elif present:
+        name = rng.choice(present)
+        versions[name] += 1
+    else:
+        return
+    write_atomically(folder / f"{name}.toml", squishfile(name, ports[name], versions[name]))
 
 
 def test_killing_the_controller_at_random_moments_loses_nothing(
@@ -55,23 +75,20 @@ def test_killing_the_controller_at_random_moments_loses_nothing(
     make_site(folder, "site", "killed and back\n")
     env = cli_env(state_path, cache_path)
     ports: dict[str, int] = {}
+    versions: Counter[str] = Counter()
     pool = free_ports(4 + ROUNDS)  # all distinct: no accidental conflict between files
     for name in NAMES[:4]:
         ports[name] = pool.pop()
-        (folder / f"{name}.toml").write_text(web_toml(ports[name]))
+        (folder / f"{name}.toml").write_text(squishfile(name, ports[name], 0))
+    caught: set[str] = set()  # replacements a kill interrupted (reported, not required)
     try:
         for _ in range(ROUNDS):
-            change_the_folder(folder, rng, ports, pool)
-            loop = subprocess.Popen(
-                [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            change_the_folder(folder, rng, ports, pool, versions)
+            loop = start_controller(folder, env)
             time.sleep(rng.uniform(0.25, 0.8))  # start-up takes ~0.3 s: kill mid-pass
             loop.send_signal(signal.SIGKILL)  # a process this test started
             loop.wait(30)
+            caught |= {i.name for i in session_runtime.list() if i.name.endswith((".next", ".old"))}
 
         eventually(
             lambda: cli(env, "apply", str(folder)).returncode == 0,
@@ -87,6 +104,7 @@ def test_killing_the_controller_at_random_moments_loses_nothing(
         for name in wanted:
             assert mine[name].state.value == "running", mine[name]
             assert mine[name].slirp_pid is not None
+            assert mine[name].spec.env == {"VERSION": str(versions[name])}
             assert http_get(ports[name], "/index.html") == b"killed and back\n"
         containers = state_path / "containers"
         others = {i.name for i in session_runtime.list()} - set(mine)
@@ -97,6 +115,104 @@ def test_killing_the_controller_at_random_moments_loses_nothing(
         live = {i.slirp_pid for i in session_runtime.list() if i.slirp_pid is not None}
         assert {pid for pid, _ in slirps} == live  # one slirp4netns per running container
         assert cli(env, "plan", str(folder)).returncode == 0  # nothing left to do
+        print(f"replacements interrupted by a kill: {sorted(caught) or 'none'}")
+    finally:
+        down = cli(env, "down", str(folder))
+        assert down.returncode == 0, down.stderr
+
+
+def _start_first_site(port: int, version: int, *, delay: float = 0.0, drain: float = 0.1) -> str:
+    """httpd serving ./site, replaced start-first; it listens ``delay`` s after it starts."""
+    start = f"sleep {delay}; " if delay else ""
+    return f"""\
+[layers]
+busybox = "builtin"
+site = "./site"
+
+[run]
+command = "sh"
+args = ["-c", "{start}exec httpd -f -p 80 -h /app/site"]
+
+[env]
+VERSION = "{version}"
+
+[[ports]]
+container = 80
+host = {port}
+
+[update]
+strategy = "start-first"
+drain = {drain}
+
+[health]
+tcp = 80
+interval = 0.02
+"""
+
+
+def _until(
+    runtime: LinuxRuntime, what: str, seen: Callable[[dict[str, ContainerInfo]], bool]
+) -> None:
+    for _ in range(20_000):  # polls, no clock: each list() of a few containers takes ~1 ms
+        if seen({i.name: i for i in runtime.list()}):
+            return
+    raise AssertionError(f"never saw {what}")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["while the replacement gets ready", "after the forwards moved, while the old one drains"],
+)
+def test_a_kill_in_the_middle_of_a_start_first_replacement_is_repaired(
+    tmp_path: Path,
+    state_path: Path,
+    cache_path: Path,
+    session_runtime: LinuxRuntime,
+    moment: str,
+) -> None:
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    make_site(folder, "site", "replaced\n")
+    env = cli_env(state_path, cache_path)
+    (port,) = free_ports(1)
+    path = folder / "web.toml"
+    path.write_text(_start_first_site(port, 1))
+    assert cli(env, "apply", str(folder)).returncode == 0
+    getting_ready = moment.startswith("while")
+    write_atomically(
+        path,
+        _start_first_site(
+            port, 2, delay=3.0 if getting_ready else 0.0, drain=0.0 if getting_ready else 30.0
+        ),
+    )
+    loop = start_controller(folder, env)
+    try:
+        if getting_ready:
+            _until(session_runtime, "web.next running", lambda c: "web.next" in c)
+        else:
+            _until(
+                session_runtime,
+                "web.next with the forward",
+                lambda c: "web.next" in c and bool(c["web.next"].ports),
+            )
+    finally:
+        loop.send_signal(signal.SIGKILL)  # a process this test started
+        loop.wait(30)
+    try:
+        left = {i.name for i in session_runtime.list() if i.name.startswith("web")}
+        assert "web.next" in left  # the kill did land in the middle
+        path.write_text(_start_first_site(port, 2))  # no need to wait for a slow start again
+        assert cli(env, "apply", str(folder)).returncode == 0
+        mine = {
+            i.name: i
+            for i in session_runtime.list()
+            if i.spec.labels.get("squish.folder") == str(folder)
+        }
+        assert set(mine) == {"web"}
+        assert mine["web"].spec.env == {"VERSION": "2"}
+        assert http_get(port, "/index.html") == b"replaced\n"
+        assert {p.name for p in (state_path / "containers").iterdir()} >= {"web"}
+        assert not [p for p in (state_path / "containers").iterdir() if p.name.startswith("web.")]
     finally:
         down = cli(env, "down", str(folder))
         assert down.returncode == 0, down.stderr

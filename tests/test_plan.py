@@ -1048,3 +1048,35 @@ def test_a_running_container_whose_slirp4netns_died_is_healed_not_restarted() ->
         update={"spec": offline.spec.model_copy(update={"network": "none"})}
     )
     assert actions_of(plan(desired(offline), [quiet])) == ()
+
+
+# -- leftovers of an interrupted start-first replacement ------------------------------------
+
+
+def test_leftovers_of_interrupted_replacements_go_whatever_the_guard() -> None:
+    # Killed between the renames: each NAME.old stepped aside, each NAME.next holds the
+    # forwards, NAME itself is missing. Five at once would trip the guard if they counted.
+    fleet = [want(f"w{i}", ports=[PortMapping(container=80, host=8100 + i)]) for i in range(5)]
+    actual = []
+    for entry in fleet:
+        actual.append(
+            running(want(f"{entry.name}.next", file=entry.file.name, ports=entry.spec.ports))
+        )
+        actual.append(running(want(f"{entry.name}.old", file=entry.file.name), ports=()))
+    result = plan(desired(*fleet), actual)
+    assert conditions_of(result) == ()
+    assert sorted(a for a in actions_of(result) if a.startswith("destroy")) == sorted(
+        f"destroy w{i}.{suffix}" for i in range(5) for suffix in ("next", "old")
+    )
+    assert {a for a in actions_of(result) if not a.startswith("destroy")} == {
+        f"create w{i}" for i in range(5)
+    }
+    reasons = {a.reason for a in result.actions if a.name == "w0.next"}
+    assert reasons == {"left by an interrupted start-first replacement of w0"}
+
+
+def test_a_name_with_a_replacement_suffix_is_only_a_leftover_when_its_base_is_wanted() -> None:
+    lone = want("api.next")  # its own file: an ordinary container that happens to be so named
+    assert actions_of(plan(desired(lone), [running(lone)])) == ()
+    gone = plan(desired(), [running(lone)])
+    assert [a.reason for a in gone.actions] == ["api.next.toml is gone"]
