@@ -95,6 +95,7 @@ def _load_one(
         if health
         else None,
         squishfile.update.drain,
+        squishfile.security.inputs,
     )
 
 
@@ -102,6 +103,21 @@ def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:
     problem = Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}")
     name, certain = _claimed_name(path, None, known)
     return FileError(path, name, (problem,), name_known=certain)
+
+
+def _inputs(loaded: DesiredContainer | FileError) -> tuple[Path, ...]:
+    return loaded.inputs if isinstance(loaded, DesiredContainer) else ()
+
+
+def _digest(raw: bytes, inputs: tuple[Path, ...]) -> bytes:
+    """The cache key of a squishfile: its bytes and those of the files it refers to."""
+    digest = hashlib.blake2b(raw, digest_size=16)
+    for extra in inputs:
+        try:
+            digest.update(extra.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable: {exc.errno}".encode())
+    return digest.digest()
 
 
 def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
@@ -128,11 +144,12 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
         except OSError as exc:  # unreadable is not deleted: keep what it made
             errors.append(_unreadable(path, exc, known_name))
             continue
-        key = hashlib.blake2b(raw, digest_size=16).digest()
+        key = _digest(raw, _inputs(known[1]) if known is not None else ())
         if known is not None and known[0] == key:
             loaded = known[1]
         else:
             loaded = _load_one(path, raw, folder, known_name)
+            key = _digest(raw, _inputs(loaded))
         if cache is not None:
             cache[path] = (key, loaded)
         if isinstance(loaded, FileError):

@@ -26,6 +26,7 @@ from reconciler.model import (
     PortForward,
     RestartSection,
     RunSection,
+    SecuritySection,
     Squishfile,
     UpdateSection,
 )
@@ -104,6 +105,8 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
             return tuple(UpdateSection.model_fields)
         case ("health",):
             return tuple(HealthSection.model_fields)
+        case ("security",):
+            return tuple(SecuritySection.model_fields)
         case ("ports", int()):
             return tuple(PortForward.model_fields)
         case ("layers", str(), "local"):

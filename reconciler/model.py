@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reconciler.errors import toml_quote as _q
+from runtime.seccomp import load_profile
 from runtime.spec import (
     NAME_PATTERN,
     BindMount,
@@ -310,6 +311,65 @@ class HealthSection(BaseModel):
         return self
 
 
+class SecuritySection(BaseModel):
+    """The ``[security]`` table: how the container is confined beyond its namespaces."""
+
+    model_config = _STRICT
+
+    seccomp: str = Field(
+        default="default",
+        description='the seccomp profile: "default" (Docker\'s), "unconfined", or the path '
+        "of a Docker-format JSON profile (relative to the squishfile's folder)",
+    )
+    _profile: dict[str, Any] | None = PrivateAttr(default=None)
+    _profile_path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("seccomp")
+    @classmethod
+    def _known_or_a_profile(cls, value: str, info: ValidationInfo) -> str:
+        if value in ("default", "unconfined"):
+            return value
+        if not _is_path_like(value) or "\0" in value:
+            raise ValueError(
+                f'must be "default", "unconfined" or a path (./, ../, / or ~), not {_q(value)}'
+            )
+        source = (info.context or {}).get("source")
+        path = _resolve(value, source if isinstance(source, Path) else None)
+        load_profile(path)  # a missing, malformed or uncompilable profile: an error here
+        return value
+
+    @model_validator(mode="after")
+    def _read_profile(self, info: ValidationInfo) -> SecuritySection:
+        if self.seccomp not in ("default", "unconfined"):
+            source = (info.context or {}).get("source")
+            self._profile_path = _resolve(
+                self.seccomp, source if isinstance(source, Path) else None
+            )
+            self._profile = load_profile(self._profile_path)
+        return self
+
+    def spec_value(self) -> str | dict[str, Any]:
+        """What ``ContainerSpec.seccomp`` takes: a keyword or the profile's document."""
+        return self._profile if self._profile is not None else self.seccomp
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """Files besides the squishfile that its container depends on."""
+        return () if self._profile_path is None else (self._profile_path,)
+
+
+def _resolve(path: str, source: Path | None) -> Path:
+    """``path`` made absolute: ``~`` expanded, relative ones from the squishfile's folder."""
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise ValueError(f"{_q(path)} names a home folder that does not exist here")
+    if not os.path.isabs(expanded):
+        if source is None:
+            raise ValueError(f"cannot make {_q(path)} absolute: unknown squishfile folder")
+        expanded = os.path.join(source.parent, expanded)
+    return Path(os.path.abspath(expanded))
+
+
 class RunSection(BaseModel):
     """The ``[run]`` table: what the container runs."""
 
@@ -389,6 +449,9 @@ class Squishfile(BaseModel):
         default_factory=UpdateSection, description="replacement strategy (default: stop-first)"
     )
     health: HealthSection | None = Field(default=None, description="readiness check")
+    security: SecuritySection = Field(
+        default_factory=SecuritySection, description="confinement (default: Docker's)"
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(_as_tuple)
@@ -492,13 +555,9 @@ class Squishfile(BaseModel):
             network=self.network,
             hostname=self.hostname or self.name,
             stop_timeout=self.run.stop_timeout,
+            seccomp=self.security.spec_value(),
         )
 
     def _host_path(self, path: str) -> str:
         """``path`` made absolute: ``~`` expanded, relative paths taken from the file's folder."""
-        expanded = os.path.expanduser(path)
-        if not os.path.isabs(expanded):
-            if self._source is None or expanded.startswith("~"):
-                raise ValueError(f"cannot make {_q(path)} absolute: unknown home or file folder")
-            expanded = os.path.join(self._source.parent, expanded)
-        return os.path.abspath(expanded)
+        return str(_resolve(path, self._source))

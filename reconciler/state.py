@@ -102,6 +102,8 @@ class DesiredContainer:
     health: HealthCheck | None = None
     drain: float = 0.1
     """start-first: seconds the old container keeps running after its forwards moved."""
+    inputs: tuple[Path, ...] = ()
+    """Files besides the squishfile that the spec was built from (a seccomp profile)."""
 
     @property
     def name(self) -> str:

@@ -24,7 +24,9 @@ import socket
 import time
 from typing import Any, NoReturn
 
+from runtime import confine
 from runtime import syscalls as sc
+from runtime.launch import read_filter
 from runtime.state import wait_readable
 
 __all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
@@ -77,6 +79,8 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
     env = {str(k): str(v) for k, v in dict(request["env"]).items()}
     workdir = str(request.get("workdir", "/"))
     timeout = float(request.get("timeout", 10.0))
+    syscall_filter = read_filter(str(request["container_dir"]), bool(request.get("seccomp", True)))
+    last_capability = confine.last_capability()
     for kind, flag in NAMESPACES:
         sc.setns(namespaces[kind], flag)
         os.close(namespaces[kind])
@@ -89,13 +93,18 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()  # the first process of this runner inside the container's pid namespace
     if child == 0:
-        _command(program, argv, env, workdir, out_w)
+        _command(program, argv, env, workdir, out_w, (syscall_filter, last_capability))
     os.close(out_w)
     return _collect(child, out_r, time.monotonic() + timeout)
 
 
 def _command(
-    program: str, argv: list[str], env: dict[str, str], workdir: str, out: int
+    program: str,
+    argv: list[str],
+    env: dict[str, str],
+    workdir: str,
+    out: int,
+    confinement: tuple[bytes | None, int],
 ) -> NoReturn:
     try:
         os.chdir(workdir)
@@ -105,6 +114,7 @@ def _command(
         os.dup2(out, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.setsid()
+        confine.apply(*confinement)  # as the container's own processes are confined
         os.execve(program, argv, env)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from runtime.errors import ArchiveError
 
-__all__ = ("extract_tar", "publish_tree", "remove_tree")
+__all__ = ("MAX_ENTRIES", "MAX_TOTAL_BYTES", "extract_tar", "publish_tree", "remove_tree")
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777
 _CHUNK_SIZE = 256 * 1024
+MAX_TOTAL_BYTES = 8 * 1024**3
+"""Largest sum of file sizes an archive may unpack to (a rootfs or an SDK is far less)."""
+MAX_ENTRIES = 1_000_000
+"""Most entries an archive may hold."""
 _CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
@@ -54,20 +58,24 @@ def extract_tar(
     dest: Path,
     *,
     before_publish: Callable[[Path], None] | None = None,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_entries: int = MAX_ENTRIES,
 ) -> None:
     """Extract the ``.tar``/``.tar.gz``/``.tar.xz`` ``archive`` into the new directory ``dest``.
 
     ``before_publish`` may adjust the extracted tree (still under its temporary name,
     all directories owner-writable) before it is renamed to ``dest``. Raises
     :class:`ArchiveError` for an unsafe or corrupt archive and :class:`FileExistsError`
-    if ``dest`` exists (also when another process published it first).
+    if ``dest`` exists (also when another process published it first). An archive of more
+    than ``max_entries`` entries, or whose files add up to more than ``max_total_bytes``
+    (a decompression bomb), is refused as it is read, before the excess is written.
     """
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "extraction target already exists", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
     try:
-        extractor = _Extractor(str(archive), staging)
+        extractor = _Extractor(str(archive), staging, max_total_bytes, max_entries)
         extractor.run(archive)
         if before_publish is not None:
             before_publish(staging)
@@ -128,6 +136,10 @@ class _DirectoryMode:
 class _Extractor:
     label: str
     root: Path
+    max_total_bytes: int = MAX_TOTAL_BYTES
+    max_entries: int = MAX_ENTRIES
+    total_bytes: int = 0
+    entries: int = 0
     directory_modes: dict[tuple[str, ...], _DirectoryMode] = field(default_factory=dict)
     linkable: set[tuple[str, ...]] = field(default_factory=set)
     skipped_special: list[str] = field(default_factory=list)
@@ -138,6 +150,7 @@ class _Extractor:
             with tarfile.open(archive, "r:*") as tar:
                 for member in tar:
                     current = member.name
+                    self._count(member)
                     self._extract_member(tar, member)
         except _CORRUPT_ARCHIVE_ERRORS as exc:
             raise ArchiveError(self.label, current, f"corrupt or truncated archive: {exc}") from exc
@@ -148,6 +161,20 @@ class _Extractor:
                 len(self.skipped_special),
                 ", ".join(self.skipped_special[:10]),
             )
+
+    def _count(self, member: tarfile.TarInfo) -> None:
+        """Refuse an archive that would unpack to absurd sizes, before writing the entry."""
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise ArchiveError(self.label, member.name, f"more than {self.max_entries} entries")
+        if member.isreg():
+            self.total_bytes += member.size
+            if self.total_bytes > self.max_total_bytes:
+                raise ArchiveError(
+                    self.label,
+                    member.name,
+                    f"unpacks to more than {self.max_total_bytes} bytes",
+                )
 
     def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         if member.ischr() or member.isblk() or member.isfifo():

@@ -31,6 +31,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,9 +50,14 @@ from rich.progress import (
 
 from runtime.errors import ChecksumMismatch, FetchError
 
-__all__ = ("MAX_REDIRECTS", "download", "fetch_bytes", "file_sha256")
+__all__ = ("DEADLINE", "MAX_DOWNLOAD", "MAX_REDIRECTS", "download", "fetch_bytes", "file_sha256")
 
 MAX_REDIRECTS = 10
+MAX_DOWNLOAD = 4 * 1024**3
+"""Largest body :func:`download` accepts, in bytes (declared or actually sent)."""
+DEADLINE = 900.0
+"""Seconds a whole download may take: a server that trickles bytes just fast enough to
+beat each read's timeout is still cut off."""
 """How many redirects one request may follow before it fails as a loop."""
 
 _CHUNK_SIZE = 256 * 1024
@@ -75,13 +81,16 @@ def download(
     sha256: str | None,
     progress: bool | None = None,
     timeout: float = 30.0,
+    deadline: float = DEADLINE,
+    max_bytes: int = MAX_DOWNLOAD,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
     With ``sha256`` the bytes must hash to it, else :class:`ChecksumMismatch` is raised
     and nothing is written under ``dest``; if ``dest`` already holds those bytes no
     request is made. ``progress`` shows a progress bar on stderr (``None``: only when
-    stderr is a terminal). ``timeout`` bounds each connect/read/write, in seconds.
+    stderr is a terminal). ``timeout`` bounds each connect/read/write, in seconds;
+    ``deadline`` the whole download; ``max_bytes`` its size.
     """
     expected = _normalise_sha256(sha256) if sha256 is not None else None
     if expected is not None and dest.is_file() and file_sha256(dest) == expected:
@@ -93,7 +102,12 @@ def download(
     try:
         with os.fdopen(fd, "wb") as out:
             actual = _stream_into(
-                url, out, label=dest.name, show_progress=show_progress, timeout=timeout
+                url,
+                out,
+                label=dest.name,
+                show_progress=show_progress,
+                timeout=timeout,
+                limits=(time.monotonic() + deadline, deadline, max_bytes),
             )
             out.flush()
             os.fsync(out.fileno())
@@ -138,9 +152,17 @@ def _client(timeout: float) -> httpx.Client:
 
 
 def _stream_into(
-    url: str, out: BinaryIO, *, label: str, show_progress: bool, timeout: float
+    url: str,
+    out: BinaryIO,
+    *,
+    label: str,
+    show_progress: bool,
+    timeout: float,
+    limits: tuple[float, float, int],
 ) -> str:
-    """Stream the body of ``url`` into ``out``; return its sha256."""
+    """Stream the body of ``url`` into ``out``; return its sha256. ``limits``: the
+    monotonic time it must end by, that deadline in seconds (for messages), most bytes."""
+    ends_by, deadline, max_bytes = limits
     digest = hashlib.sha256()
     received = 0
     with (
@@ -150,12 +172,20 @@ def _stream_into(
     ):
         _check_status(url, response)
         declared = _declared_length(url, response)
+        if declared is not None and declared > max_bytes:
+            raise FetchError(url, f"response of {declared} bytes exceeds the {max_bytes} limit")
         with _progress_reporter(label, declared, enabled=show_progress) as advance:
-            for chunk in response.iter_raw(_CHUNK_SIZE):
+            for chunk in response.iter_raw():  # as they arrive: the deadline is checked per read
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 advance(len(chunk))
+                if received > max_bytes:
+                    raise FetchError(url, f"response exceeds the {max_bytes} byte limit")
+                if time.monotonic() > ends_by:
+                    raise FetchError(
+                        url, f"download took longer than {deadline:g} s ({received} bytes)"
+                    )
     if declared is not None and received != declared:
         raise FetchError(url, f"truncated body: got {received} of {declared} bytes")
     return digest.hexdigest()

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
-from runtime import mounts
+from runtime import confine, mounts
 from runtime import syscalls as sc
-from runtime.launch import Forward, LaunchRequest, MountPoint
+from runtime.launch import Forward, LaunchRequest, MountPoint, read_filter
 from runtime.state import reap_children, write_json_atomic
 
 __all__ = ("FORWARDED_SIGNALS", "run_init")
@@ -158,6 +158,8 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     try:
         req = _receive_request(request_r)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
+        syscall_filter = read_filter(state_fd, req.seccomp)
+        last_capability = confine.last_capability()
         log_fd = os.open(
             os.path.join(req.container_dir, "output.log"),
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
@@ -187,6 +189,13 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
         os.dup2(null, fd)  # the holder's log stays outside
     os.close(null)
     _close_other_fds({log_fd, report_w, state_fd, exit_w})
+    try:
+        # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
+        # still does needs none of what they take away) and for what it starts.
+        confine.apply(syscall_filter, last_capability)
+    except OSError as exc:
+        os.write(report_w, f"Econfining the container failed: {exc}".encode())
+        os._exit(126)
     try:
         child = _spawn_command(req, log_fd, old_mask)
     except OSError as exc:

@@ -8,11 +8,13 @@ process per container and stays small when it does not load pydantic.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ("DEFAULT_PATH", "Forward", "LaunchRequest", "MountPoint")
+__all__ = ("DEFAULT_PATH", "SECCOMP_FILE", "Forward", "LaunchRequest", "MountPoint", "read_filter")
 
+SECCOMP_FILE = "seccomp.bpf"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -51,6 +53,8 @@ class LaunchRequest:
     network: str = "slirp4netns"
     forwards: tuple[Forward, ...] = ()
     sandbox_slirp: bool = True
+    seccomp: bool = True
+    """Install the filter in ``container_dir``/``SECCOMP_FILE`` (compiled at create)."""
 
     def command_env(self) -> dict[str, str]:
         """The environment of the container's command (and of commands run in it)."""
@@ -79,3 +83,19 @@ class LaunchRequest:
             return cls(**fields)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed launch request: {exc}") from exc
+
+
+def read_filter(container_dir: str | int, wanted: bool) -> bytes | None:
+    """The container's compiled seccomp filter (``container_dir`` a path or a directory
+    fd), or None when it runs unconfined; an empty or missing file is an error."""
+    if not wanted:
+        return None
+    if isinstance(container_dir, int):
+        fd = os.open(SECCOMP_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=container_dir)
+    else:
+        fd = os.open(os.path.join(container_dir, SECCOMP_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        program = file.read()
+    if not program or len(program) % 8:
+        raise ValueError(f"the container's seccomp filter ({SECCOMP_FILE}) is damaged")
+    return program

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime import folders, slirp
+from runtime import folders, seccomp, slirp
 from runtime.errors import (
     ContainerExists,
     ContainerNotFound,
@@ -32,10 +32,10 @@ from runtime.errors import (
 )
 from runtime.holder import SUN_PATH_MAX, Holder
 from runtime.interface import CommandResult, ContainerInfo, ContainerState
-from runtime.launch import Forward, LaunchRequest, MountPoint
+from runtime.launch import SECCOMP_FILE, Forward, LaunchRequest, MountPoint
 from runtime.layers import resolve_sdk
 from runtime.mounts import prepare_skeleton
-from runtime.paths import cache_dir, state_dir
+from runtime.paths import cache_dir, private_dir, state_dir
 from runtime.rootfs import resolve_rootfs
 from runtime.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.state import ProcessId, read_json, write_json_atomic
@@ -84,9 +84,8 @@ class LinuxRuntime:
                 "squish runs rootless only and refuses to run as root (uid 0); "
                 "run it as an unprivileged user (`make run` as root does that for you)"
             )
-        self.state = state if state is not None else state_dir()
-        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.cache = cache if cache is not None else cache_dir()
+        self.state = private_dir(state, "state directory") if state is not None else state_dir()
+        self.cache = private_dir(cache, "cache directory") if cache is not None else cache_dir()
         self.containers = self.state / "containers"
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
@@ -237,6 +236,7 @@ class LinuxRuntime:
                 fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
             )
         rootfs = self._rootfs(spec.rootfs)
+        syscall_filter = self._syscall_filter(spec)
         lock_fd = folders.claim(self.containers, spec.name, self._readable, self._kill_leftover)
         try:
             mounts = self._mounts(spec, cdir)
@@ -253,7 +253,10 @@ class LinuxRuntime:
                 hostname=spec.hostname or spec.name,
                 network=spec.network,
                 forwards=tuple(_forward(p) for p in spec.ports),
+                seccomp=syscall_filter is not None,
             )
+            if syscall_filter is not None:
+                (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
             write_json_atomic(
                 cdir / "meta.json", {"restarts": 0, "created_at": time.time(), "started": 0}
             )
@@ -265,6 +268,15 @@ class LinuxRuntime:
         finally:
             os.close(lock_fd)
         return self._info(cdir)
+
+    @staticmethod
+    def _syscall_filter(spec: ContainerSpec) -> bytes | None:
+        """The BPF of the spec's seccomp profile (compiled once per profile)."""
+        if spec.seccomp == "unconfined":
+            return None
+        if spec.seccomp == "default":
+            return seccomp.compile_default()
+        return seccomp.compile_profile(spec.seccomp)
 
     @staticmethod
     def _has_record(cdir: Path) -> bool:
@@ -574,6 +586,8 @@ class LinuxRuntime:
                 "env": request.command_env(),
                 "workdir": request.workdir,
                 "timeout": timeout,
+                "container_dir": str(cdir),
+                "seccomp": request.seccomp,
             },
             timeout=timeout + 30.0,
         )

@@ -19,11 +19,12 @@ from pathlib import Path
 from runtime import syscalls as sc
 from runtime.launch import MountPoint
 
-__all__ = ("DEVICES", "assemble", "enter_root", "prepare_skeleton")
+__all__ = ("DEVICES", "MASKED", "READ_ONLY", "assemble", "enter_root", "prepare_skeleton")
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 """Host device nodes bind-mounted into the container's /dev."""
 
+_HIDDEN = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 _FIXED_DIRS = ("proc", "sys", "dev", "tmp", "etc")
 
 
@@ -110,6 +111,44 @@ def _populate_dev(dev: str) -> None:
         os.symlink(target, f"{dev}/{name}")
 
 
+MASKED = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+"""Hidden as the OCI runtimes' defaults hide them: a file under /dev/null, a folder under
+an empty read-only tmpfs."""
+READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+"""Made read-only (recursively), as the OCI runtimes' defaults make them."""
+
+
+def _mask_kernel_files(root: str) -> None:
+    for path in MASKED:
+        target = f"{root}{path}"
+        if os.path.isdir(target):
+            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | _HIDDEN, "size=0,mode=0555")
+        elif os.path.lexists(target):
+            sc.mount("/dev/null", target, None, sc.MS_BIND)
+    for path in READ_ONLY:
+        target = f"{root}{path}"
+        if not os.path.lexists(target):
+            continue
+        sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+        fd = os.open(target, os.O_PATH | os.O_CLOEXEC)
+        try:
+            sc.mount_setattr_rdonly(fd)
+        finally:
+            os.close(fd)
+
+
 def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) -> None:
     """Mount the container's filesystem at ``root`` (in a fresh mount namespace).
 
@@ -130,9 +169,9 @@ def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) ->
                     exc.errno, f"bind source {mount_point.source}: {exc.strerror}"
                 ) from None
         sc.mount("overlay", root, "overlay", sc.MS_NODEV, f"lowerdir={skel}:{rootfs}")
-        hidden = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-        sc.mount("proc", f"{root}/proc", "proc", hidden)
-        sc.mount("sysfs", f"{root}/sys", "sysfs", hidden | sc.MS_RDONLY)
+        sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
+        sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
+        _mask_kernel_files(root)
         _populate_dev(f"{root}/dev")
         sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
         for mount_point in mounts:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
-__all__ = ("cache_dir", "state_dir")
+__all__ = ("cache_dir", "private_dir", "state_dir")
 
 
 def state_dir() -> Path:
@@ -25,10 +26,18 @@ def state_dir() -> Path:
         path = Path(f"/dev/shm/squish-{os.getuid()}")
     else:
         path = Path(f"/tmp/squish-{os.getuid()}")
+    return private_dir(path, "state directory")
+
+
+def private_dir(path: Path, what: str) -> Path:
+    """``path`` created if missing, refused unless it is a real folder of this user, and
+    made 0700 (nobody else may read it, write it, or pass through it)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"{what} {path} is not a folder (a symlink?); refusing it")
     if st.st_uid != os.getuid():
-        raise PermissionError(f"state directory {path} belongs to uid {st.st_uid}, not to you")
+        raise PermissionError(f"{what} {path} belongs to uid {st.st_uid}, not to you")
     if st.st_mode & 0o077:
         path.chmod(0o700)
     return path
@@ -37,6 +46,4 @@ def state_dir() -> Path:
 def cache_dir() -> Path:
     """The download and rootfs cache: ``$XDG_CACHE_HOME/squish`` or ``~/.cache/squish``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "squish"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return private_dir(Path(base) / "squish", "cache directory")

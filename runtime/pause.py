@@ -26,6 +26,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -217,6 +218,21 @@ class _Containers:
 _FD_FLOOR = 4096
 
 
+def _peer_is_the_user(conn: socket.socket) -> bool:
+    """Whether the client runs as the user who owns this holder (SO_PEERCRED).
+
+    Seen from the holder's user namespace that user is uid 0; any other host uid is the
+    overflow uid or one of the user's subordinate ids (a container's non-root user). The
+    socket is 0600 in a 0700 folder already; this holds even if those modes are loosened.
+    """
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid == os.getuid():
+        return True
+    _log(f"refused a request from pid {pid}, uid {uid} (in this namespace): not the user")
+    _reply(conn, {"ok": False, "error": "refused", "message": "not the holder's user"})
+    return False
+
+
 def _raise_fd_limit() -> None:
     """Let the holder keep the namespaces of a few thousand containers."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -325,7 +341,8 @@ def serve(listener: socket.socket) -> None:
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:
-                running = _serve_one(conn, spares, containers)
+                if _peer_is_the_user(conn):
+                    running = _serve_one(conn, spares, containers)
     _reap(spares, containers)
     _log("exiting on request")
 

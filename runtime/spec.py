@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -122,6 +122,11 @@ class ContainerSpec(_Frozen):
     network: Literal["slirp4netns", "none"] = "slirp4netns"
     hostname: str | None = None
     stop_timeout: float = Field(default=10.0, ge=0, le=3600)
+    seccomp: Literal["default", "unconfined"] | dict[str, Any] = Field(
+        default="default",
+        description="the seccomp profile: squish's default (Docker's), none, or a "
+        "Docker-format profile document",
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="free-form metadata kept with the container (the reconciler marks "

@@ -34,6 +34,7 @@ __all__ = (
     "PR_SET_PDEATHSIG",
     "RESOLVE_IN_ROOT",
     "RESOLVE_NO_MAGICLINKS",
+    "capset",
     "mount",
     "mount_setattr_rdonly",
     "openat2",
@@ -71,6 +72,7 @@ RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 
+_SYS_CAPSET = 126
 _SYS_PIVOT_ROOT = 155
 _SYS_OPENAT2 = 437
 _SYS_MOUNT_SETATTR = 442
@@ -155,6 +157,13 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """prctl(2) with integer arguments."""
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def capset(version: int, data: bytes) -> None:
+    """capset(2) for the calling thread: ``data`` packs the two ``__user_cap_data_struct``."""
+    header = ctypes.create_string_buffer(struct.pack("Ii", version, 0), 8)
+    buf = ctypes.create_string_buffer(data, len(data))
+    _check(int(_libc.syscall(_SYS_CAPSET, header, buf)), "capset")
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:

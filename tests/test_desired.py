@@ -372,3 +372,21 @@ def test_a_broken_file_remembers_the_name_it_had(tmp_path: Path) -> None:
     assert (error.name, error.name_known) == ("web", True)
     [unknown] = load_desired(tmp_path).errors  # no memory of it: the stem is only a guess
     assert (unknown.name, unknown.name_known) == ("site", False)
+
+
+def test_an_edited_seccomp_profile_changes_the_spec_without_touching_the_squishfile(
+    tmp_path: Path,
+) -> None:
+    profile = tmp_path / "profile.json"
+    rule = '{"names": ["%s"], "action": "SCMP_ACT_ERRNO"}'
+    profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [%s]}' % (rule % "getcwd"))
+    (tmp_path / "web.toml").write_text(
+        '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n'
+        '[security]\nseccomp = "./profile.json"\n'
+    )
+    cache: FileCache = {}
+    first = load_desired(tmp_path, cache).containers["web"].spec.seccomp
+    assert load_desired(tmp_path, cache).containers["web"].spec.seccomp == first  # cached
+    profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [%s]}' % (rule % "getpid"))
+    second = load_desired(tmp_path, cache).containers["web"].spec.seccomp
+    assert isinstance(second, dict) and second["syscalls"][0]["names"] == ["getpid"]

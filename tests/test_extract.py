@@ -318,3 +318,26 @@ def test_before_publish_sees_the_tree_before_it_gets_its_final_name(
     assert seen[0] != dest
     assert not seen[0].exists()
     assert (dest / "marker").read_text() == "added"
+
+
+def test_a_decompression_bomb_is_refused_before_it_fills_the_disk(
+    workspace: tuple[Path, Path, Path],
+) -> None:
+    archives, target_parent, _ = workspace
+    zeros = bytes(4 * 1024 * 1024)  # compresses to a few KiB
+    bomb = build_tar(
+        archives / "bomb.tar.gz", [regular(f"z{i}", zeros) for i in range(4)], compress=True
+    )
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ArchiveError, match="unpacks to more than 10000000 bytes") as caught:
+        extract_tar(bomb, target_parent / "rootfs", max_total_bytes=10_000_000)
+    assert "z2" in str(caught.value)  # stopped at the entry that crossed the limit
+    assert_nothing_published(target_parent)
+
+
+def test_an_archive_of_too_many_entries_is_refused(workspace: tuple[Path, Path, Path]) -> None:
+    archives, target_parent, _ = workspace
+    many = build_tar(archives / "many.tar", [regular(f"f{i}") for i in range(50)])
+    with pytest.raises(ArchiveError, match="more than 20 entries"):
+        extract_tar(many, target_parent / "rootfs", max_entries=20)
+    assert_nothing_published(target_parent)

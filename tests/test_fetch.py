@@ -67,6 +67,21 @@ def make_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif self.path == "/gzip-encoded":
                 self.send_body(GZIPPED, headers={"Content-Encoding": "gzip"})
+            elif self.path in ("/trickle", "/endless", "/huge"):
+                self.send_response(200)
+                if self.path != "/endless":
+                    size = 10**12 if self.path == "/huge" else 10**6
+                    self.send_header("Content-Length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(100_000 if self.path == "/endless" else 20):
+                        self.wfile.write(bytes(65536 if self.path == "/endless" else 100))
+                        self.wfile.flush()
+                        if self.path == "/trickle":
+                            time.sleep(0.05)  # each read well within its timeout
+                except OSError:
+                    pass  # the client gave up: what the tests want
+                self.close_connection = True
             elif self.path == "/slow":
                 time.sleep(0.4)
                 self.send_body(b"late")
@@ -171,6 +186,21 @@ def test_bytes_are_stored_as_served_even_with_content_encoding(server: str, tmp_
 def test_slow_server_times_out(server: str, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="timed out"):
         download(f"{server}/slow", tmp_path / "s", sha256=None, progress=False, timeout=0.05)
+
+
+def test_a_trickling_server_is_cut_off_by_the_deadline(server: str, tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match=r"took longer than 0.2 s"):
+        download(f"{server}/trickle", tmp_path / "t", sha256=None, progress=False, deadline=0.2)
+    assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+@pytest.mark.parametrize("path", ["/huge", "/endless"])
+def test_an_absurd_body_is_refused_and_nothing_is_kept(
+    server: str, tmp_path: Path, path: str
+) -> None:
+    with pytest.raises(FetchError, match="exceeds the 1000000"):
+        download(f"{server}{path}", tmp_path / "b", sha256=None, progress=False, max_bytes=10**6)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_bar_does_not_disturb_the_download(

@@ -606,3 +606,58 @@ def test_an_unknown_home_folder_is_an_error_with_its_line(tmp_path: Path) -> Non
     [problem] = caught.value.problems
     assert (problem.line, problem.field) == (3, "layers.site")
     assert "home folder that does not exist" in problem.message
+
+
+# -- [security] ---------------------------------------------------------------------------------
+
+_BASE = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[security]\n'
+_PROFILE = (
+    '{"defaultAction": "SCMP_ACT_ALLOW", '
+    '"syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}'
+)
+
+
+def test_seccomp_defaults_to_dockers_and_may_be_switched_off(tmp_path: Path) -> None:
+    plain = write(tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n')
+    assert load_squishfile(plain).to_spec().seccomp == "default"
+    off = write(tmp_path, _BASE + 'seccomp = "unconfined"\n')
+    assert load_squishfile(off).to_spec().seccomp == "unconfined"
+
+
+def test_a_seccomp_profile_file_is_read_relative_to_the_squishfile(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tight.json").write_text(_PROFILE)
+    path = write(tmp_path, _BASE + 'seccomp = "./profiles/tight.json"\n')
+    squishfile = load_squishfile(path)
+    spec = squishfile.to_spec()
+    assert isinstance(spec.seccomp, dict)
+    assert spec.seccomp["syscalls"][0]["names"] == ["getcwd"]
+    assert squishfile.security.inputs == (tmp_path / "profiles" / "tight.json",)
+
+
+@pytest.mark.parametrize(
+    ("value", "contents", "message"),
+    [
+        ('"strict"', None, 'must be "default", "unconfined" or a path'),
+        ('"./missing.json"', None, "cannot read"),
+        ('"./p.json"', "{not json", "is not JSON"),
+        ('"./p.json"', '{"defaultAction": "SCMP_ACT_NOPE"}', "unknown action 'SCMP_ACT_NOPE'"),
+        (
+            '"./p.json"',
+            '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["frobnicate"], '
+            '"action": "SCMP_ACT_ERRNO"}]}',
+            "unknown syscall 'frobnicate'",
+        ),
+    ],
+)
+def test_a_bad_seccomp_setting_names_its_line_and_field(
+    tmp_path: Path, value: str, contents: str | None, message: str
+) -> None:
+    if contents is not None:
+        (tmp_path / "p.json").write_text(contents)
+    path = write(tmp_path, _BASE + f"seccomp = {value}\n")
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (6, "security.seccomp")
+    assert message in problem.message

@@ -1,0 +1,303 @@
+"""seccomp profiles compiled to BPF by libseccomp, on the client's side.
+
+libseccomp (``libseccomp.so.2``, the library Docker, podman and systemd use) is called
+through ctypes: its official Python binding ships only as a distribution package built for
+the system interpreter, and a container start must not pay for building a filter. A
+profile is compiled once (``seccomp_export_bpf``) and the container's init installs the
+bytes with one ``prctl`` (:func:`runtime.confine.install_filter`).
+
+The default profile follows Docker's for a container without extra capabilities: the
+syscalls Docker refuses (kernel keyrings, bpf, perf, userfaultfd, kexec, modules, reboot,
+swap, clocks, mounts, namespaces, handles, ptrace-like peeking at other processes...)
+fail with EPERM; ``clone`` with a namespace flag fails with EPERM; ``clone3`` fails with
+ENOSYS, so that C libraries fall back to ``clone``, whose flags can be inspected. Unlike
+Docker's, it is a deny list: a syscall newer than this list is allowed.
+
+A profile file uses Docker's JSON format (``defaultAction``, ``defaultErrnoRet`` and
+``syscalls`` with ``names``, ``action``, ``errnoRet`` and ``args``); only the native
+architecture is filtered and other architectures' syscalls kill the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = (
+    "DEFAULT_DENIED",
+    "ProfileError",
+    "Rule",
+    "compile_default",
+    "compile_profile",
+    "load_profile",
+    "syscall_number",
+)
+
+ACT_KILL_PROCESS = 0x80000000
+ACT_KILL_THREAD = 0x00000000
+ACT_TRAP = 0x00030000
+ACT_LOG = 0x7FFC0000
+ACT_ALLOW = 0x7FFF0000
+_ACT_ERRNO = 0x00050000
+
+_CMP = {
+    "SCMP_CMP_NE": 1,
+    "SCMP_CMP_LT": 2,
+    "SCMP_CMP_LE": 3,
+    "SCMP_CMP_EQ": 4,
+    "SCMP_CMP_GE": 5,
+    "SCMP_CMP_GT": 6,
+    "SCMP_CMP_MASKED_EQ": 7,
+}
+_FLTATR_CTL_NNP = 3
+
+DEFAULT_DENIED = (
+    # kernel keyrings, BPF, performance counters, page-fault handling from user space
+    "add_key", "keyctl", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    # kernels and modules, power, swap
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "create_module", "get_kernel_syms", "query_module", "reboot", "swapon", "swapoff",
+    # clocks and the host's identity
+    "clock_settime", "clock_adjtime", "settimeofday", "stime", "sethostname",
+    "setdomainname",
+    # mounts and namespaces
+    "mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick",
+    "open_tree", "move_mount", "mount_setattr", "setns", "unshare",
+    # file handles, other processes' memory, kernel logs and accounting
+    "open_by_handle_at", "name_to_handle_at", "process_vm_readv", "process_vm_writev",
+    "kcmp", "pidfd_getfd", "syslog", "acct", "lookup_dcookie", "quotactl", "quotactl_fd",
+    "fanotify_init", "nfsservctl",
+    # NUMA policy (CAP_SYS_NICE in Docker), I/O ports, obsolete or dangerous leftovers
+    "mbind", "migrate_pages", "move_pages", "set_mempolicy", "get_mempolicy",
+    "iopl", "ioperm", "uselib", "ustat", "sysfs", "_sysctl", "vhangup", "vm86", "vm86old",
+)  # fmt: skip
+"""Syscalls the default profile refuses with EPERM."""
+
+_NAMESPACE_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+
+
+class ProfileError(ValueError):
+    """A seccomp profile that cannot be read or compiled."""
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = (
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``action`` for ``names`` when every comparison holds: (arg index, op, a, b)."""
+
+    names: tuple[str, ...]
+    action: int
+    args: tuple[tuple[int, str, int, int], ...] = ()
+
+
+def _library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2", use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = (ctypes.c_uint32,)
+    lib.seccomp_release.argtypes = (ctypes.c_void_p,)
+    lib.seccomp_attr_set.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)
+    lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+    lib.seccomp_rule_add_array.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    )
+    lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
+    return lib
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _seccomp() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        try:
+            _lib = _library()
+        except OSError as exc:
+            raise ProfileError(f"libseccomp cannot be loaded ({exc}); install libseccomp2") from exc
+    return _lib
+
+
+def syscall_number(name: str) -> int | None:
+    """The number of syscall ``name`` on this architecture, or None if it has none."""
+    number = int(_seccomp().seccomp_syscall_resolve_name(name.encode()))
+    return number if number >= 0 else None
+
+
+def errno_action(code: int) -> int:
+    return _ACT_ERRNO | (code & 0xFFFF)
+
+
+def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
+    """The BPF program (``struct sock_filter`` array) of ``default`` plus ``rules``."""
+    lib = _seccomp()
+    ctx = lib.seccomp_init(default)
+    if not ctx:
+        raise ProfileError("libseccomp refused the default action")
+    try:
+        lib.seccomp_attr_set(ctx, _FLTATR_CTL_NNP, 0)  # the init sets no_new_privs itself
+        for rule in rules:
+            if rule.action == default:
+                continue  # libseccomp refuses a rule that repeats the default
+            for name in rule.names:
+                _add(lib, ctx, rule, name)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            result = lib.seccomp_export_bpf(ctx, write_end)
+        finally:
+            os.close(write_end)
+        if result < 0:
+            os.close(read_end)
+            raise ProfileError(f"libseccomp could not export the filter: {os.strerror(-result)}")
+        with os.fdopen(read_end, "rb") as pipe:
+            return pipe.read()
+    finally:
+        lib.seccomp_release(ctx)
+
+
+def _add(lib: ctypes.CDLL, ctx: int, rule: Rule, name: str) -> None:
+    number = lib.seccomp_syscall_resolve_name(name.encode())
+    if number == -1:  # __NR_SCMP_ERROR: libseccomp knows no such syscall
+        raise ProfileError(f"unknown syscall {name!r}")
+    cmps = (_ArgCmp * max(1, len(rule.args)))()
+    for i, (index, op, a, b) in enumerate(rule.args):
+        cmps[i] = _ArgCmp(index, _CMP[op], a, b)
+    result = lib.seccomp_rule_add_array(ctx, rule.action, number, len(rule.args), cmps)
+    # A syscall this architecture does not have (a negative pseudo number) is skipped.
+    if result < 0 and not (number < 0 and -result in (errno.EDOM, errno.EINVAL)):
+        raise ProfileError(f"libseccomp refused the rule for {name!r}: {os.strerror(-result)}")
+
+
+def default_rules() -> list[Rule]:
+    rules = [Rule(DEFAULT_DENIED, errno_action(errno.EPERM))]
+    rules += [
+        Rule(("clone",), errno_action(errno.EPERM), ((0, "SCMP_CMP_MASKED_EQ", flag, flag),))
+        for flag in _NAMESPACE_FLAGS
+    ]
+    rules.append(Rule(("clone3",), errno_action(errno.ENOSYS)))
+    return rules
+
+
+_compiled: dict[str, bytes] = {}
+
+
+def compile_default() -> bytes:
+    """The default profile's BPF, compiled once per process."""
+    if "default" not in _compiled:
+        _compiled["default"] = compile_rules(ACT_ALLOW, default_rules())
+    return _compiled["default"]
+
+
+# -- Docker-format profile files ---------------------------------------------------------
+
+_ACTIONS = {
+    "SCMP_ACT_ALLOW": ACT_ALLOW,
+    "SCMP_ACT_KILL": ACT_KILL_THREAD,
+    "SCMP_ACT_KILL_THREAD": ACT_KILL_THREAD,
+    "SCMP_ACT_KILL_PROCESS": ACT_KILL_PROCESS,
+    "SCMP_ACT_TRAP": ACT_TRAP,
+    "SCMP_ACT_LOG": ACT_LOG,
+}
+
+
+def _action(name: object, errno_ret: object, where: str) -> int:
+    if name == "SCMP_ACT_ERRNO":
+        code = errno.EPERM if errno_ret is None else errno_ret
+        if not isinstance(code, int) or not 0 <= code <= 4095:
+            raise ProfileError(f"{where}: errnoRet must be an integer 0-4095")
+        return errno_action(code)
+    if not isinstance(name, str) or name not in _ACTIONS:
+        known = ", ".join(["SCMP_ACT_ERRNO", *_ACTIONS])
+        raise ProfileError(f"{where}: unknown action {name!r}; expected one of: {known}")
+    return _ACTIONS[name]
+
+
+def _args(raw: object, where: str) -> tuple[tuple[int, str, int, int], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ProfileError(f"{where}.args must be an array")
+    found = []
+    for i, arg in enumerate(raw):
+        if not isinstance(arg, dict):
+            raise ProfileError(f"{where}.args[{i}] must be an object")
+        index, op = arg.get("index"), arg.get("op")
+        value, two = arg.get("value", 0), arg.get("valueTwo", 0)
+        if not isinstance(index, int) or not 0 <= index <= 5:
+            raise ProfileError(f"{where}.args[{i}].index must be 0-5")
+        if op not in _CMP:
+            raise ProfileError(f"{where}.args[{i}].op must be one of: {', '.join(_CMP)}")
+        if not isinstance(value, int) or not isinstance(two, int):
+            raise ProfileError(f"{where}.args[{i}]: value and valueTwo must be integers")
+        found.append((index, str(op), value, two))
+    return tuple(found)
+
+
+def parse_profile(document: Mapping[str, Any]) -> tuple[int, list[Rule]]:
+    """The default action and rules of a Docker-format profile."""
+    default = _action(
+        document.get("defaultAction"), document.get("defaultErrnoRet"), "defaultAction"
+    )
+    raw_rules = document.get("syscalls", [])
+    if not isinstance(raw_rules, list):
+        raise ProfileError("syscalls must be an array")
+    rules = []
+    for i, raw in enumerate(raw_rules):
+        where = f"syscalls[{i}]"
+        if not isinstance(raw, dict):
+            raise ProfileError(f"{where} must be an object")
+        names = raw.get("names", [raw["name"]] if "name" in raw else None)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProfileError(f"{where}.names must be an array of syscall names")
+        action = _action(raw.get("action"), raw.get("errnoRet"), f"{where}.action")
+        rules.append(Rule(tuple(names), action, _args(raw.get("args"), where)))
+    return default, rules
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """Read a profile file and check that it compiles; return its JSON document."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ProfileError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ProfileError(f"{path} must hold a JSON object")
+    compile_profile(document)
+    return document
+
+
+def compile_profile(document: Mapping[str, Any]) -> bytes:
+    """The BPF of a Docker-format profile document (compiled once per content)."""
+    key = json.dumps(document, sort_keys=True)
+    if key not in _compiled:
+        default, rules = parse_profile(document)
+        _compiled[key] = compile_rules(default, rules)
+    return _compiled[key]
