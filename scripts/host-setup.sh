@@ -11,7 +11,7 @@
 set -euo pipefail
 
 SQUISH_USER="${SQUISH_USER:-squish}"
-PACKAGES=(slirp4netns uidmap busybox-static bubblewrap python3-venv make git procps tar)
+PACKAGES=(slirp4netns uidmap busybox-static bubblewrap python3-venv make git procps tar libseccomp2)
 
 say() { printf 'host-setup: %s\n' "$*"; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
