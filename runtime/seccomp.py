@@ -194,8 +194,19 @@ def _add(lib: ctypes.CDLL, ctx: int, rule: Rule, name: str) -> None:
         raise ProfileError(f"libseccomp refused the rule for {name!r}: {os.strerror(-result)}")
 
 
+def _kernel_before(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        return (int(release[0]), int(release[1])) < (major, minor)
+    except (IndexError, ValueError):
+        return True  # unknown: assume the older, stricter case
+
+
 def default_rules() -> list[Rule]:
-    rules = [Rule(DEFAULT_DENIED, errno_action(errno.EPERM))]
+    denied: tuple[str, ...] = DEFAULT_DENIED
+    if _kernel_before(4, 8):  # ptrace could bypass seccomp before 4.8 (Docker's rule too)
+        denied = (*denied, "ptrace")
+    rules = [Rule(denied, errno_action(errno.EPERM))]
     rules += [
         Rule(("clone",), errno_action(errno.EPERM), ((0, "SCMP_CMP_MASKED_EQ", flag, flag),))
         for flag in _NAMESPACE_FLAGS

@@ -200,3 +200,13 @@ def test_a_profile_document_is_checked_before_anything_runs(tmp_path: Path) -> N
     bad.write_text("{not json")
     with pytest.raises(seccomp.ProfileError, match="not JSON"):
         seccomp.load_profile(bad)
+
+
+def test_ptrace_is_refused_only_on_kernels_where_it_could_bypass_seccomp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    denied = {name for rule in seccomp.default_rules() for name in rule.names}
+    assert "ptrace" not in denied  # this kernel is newer than 4.8
+    fake = os.uname_result(("Linux", "host", "4.4.0-210-generic", "#1", "x86_64"))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    assert "ptrace" in {name for rule in seccomp.default_rules() for name in rule.names}
