@@ -97,4 +97,10 @@ runuser -u "$SQUISH_USER" -- env -i "${env_args[@]}" make --no-print-directory "
 rc=$?
 set -e
 ((rc == 0)) || say "'make $*' as '$SQUISH_USER' failed (exit $rc)"
+# `make test` as root can also check what needs root to set up: a second account trying
+# to reach this account's containers (docs/security.md).
+if ((rc == 0)) && [[ " $* " == *" test "* ]]; then
+    bash "$SRC/scripts/peer-check.sh" "$DEST" || rc=$?
+    ((rc == 0)) || say "the second-account check failed (exit $rc)"
+fi
 exit "$rc"
