@@ -1,7 +1,7 @@
 # squish — set-up and checks.
 #
 #   make run     the reconciler, in the foreground, on desired/
-#   make test    lint (ruff, mypy, import-linter) then pytest
+#   make test    lint (ruff, mypy, import-linter), pytest, then the VM tier (make test-vm)
 #   make lint | make bench | make venv | make clean | make whoami (debug: who runs, which python)
 #
 # squish is rootless-only. As root, every target except `clean` prepares the host
@@ -15,7 +15,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
-USER_TARGETS := run test lint bench venv check whoami
+USER_TARGETS := run test test-vm lint bench venv check whoami
 .PHONY: help clean $(USER_TARGETS)
 
 help:
@@ -54,8 +54,13 @@ test: venv check
 	$(VENV)/bin/python -m pytest || prc=$$?
 	if ((prc == 5)); then echo "make test: pytest collected no tests; that is a failure" >&2; fi
 	if ((prc != 0)); then rc=1; fi
-	if ((rc != 0)); then echo "make test: FAILED (lint and/or pytest; see above)" >&2; fi
+	echo "==> test-vm (cgroup v2 limits on a real kernel, under qemu)"
+	bash scripts/vm-test.sh || rc=1
+	if ((rc != 0)); then echo "make test: FAILED (lint, pytest and/or the VM tier; see above)" >&2; fi
 	exit $$rc
+
+test-vm: venv
+	@exec bash scripts/vm-test.sh
 
 lint: venv
 	@rc=0

@@ -246,16 +246,17 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
         return 0
-    table = Table("NAME", "STATE", "PID", "PORTS", "RESTARTS", "EXIT", "AGE")
+    table = Table("NAME", "STATE", "PID", "PORTS", "RESTARTS", "EXIT", "OOM", "AGE")
     now = time.time()
     for info in infos:
         table.add_row(
             info.name,
-            info.state.value,
+            "paused" if info.paused else info.state.value,
             str(info.pid or "-"),
             _describe_ports(info) or "-",
             str(info.restarts),
             "-" if info.exit_code is None else str(info.exit_code),
+            str(info.oom_kills),
             f"{now - info.started_at:.0f}s" if info.started_at else "-",
         )
     _out.print(table)
@@ -283,6 +284,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if result.timed_out:
         _err.print(f"[red]killed[/] after {args.timeout} s (exit code {result.exit_code})")
     return result.exit_code
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    runtime = LinuxRuntime()
+    info = runtime.pause(args.name) if args.command == "pause" else runtime.resume(args.name)
+    _out.print(f"{info.name}: {'paused' if info.paused else 'running'}")
+    return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -380,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--timeout", type=float, default=10.0, help="kill it after this many seconds"
     )
     p.set_defaults(func=cmd_exec)
+    for verb, what in (("pause", "freeze"), ("unpause", "thaw")):
+        p = sub.add_parser(verb, help=f"{what} every process of a container (cgroup v2)")
+        p.add_argument("name")
+        p.set_defaults(func=cmd_pause)
     p = sub.add_parser("rm", help="remove a container")
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")

@@ -251,6 +251,9 @@ class Converger:
         elif action.kind is ActionKind.BIND:
             for port in action.ports:
                 runtime.add_port(name, port)
+        elif action.kind is ActionKind.RESIZE:
+            assert action.desired is not None
+            runtime.update_resources(name, action.desired.spec.resources)
 
     def _replace_start_first(self, want: DesiredContainer) -> None:
         """Start the replacement without forwards, wait until it is ready, move the

@@ -24,6 +24,7 @@ from reconciler.model import (
     HealthSection,
     LocalLayer,
     PortForward,
+    ResourcesSection,
     RestartSection,
     RunSection,
     SecuritySection,
@@ -107,6 +108,8 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
             return tuple(HealthSection.model_fields)
         case ("security",):
             return tuple(SecuritySection.model_fields)
+        case ("resources",):
+            return tuple(ResourcesSection.model_fields)
         case ("ports", int()):
             return tuple(PortForward.model_fields)
         case ("layers", str(), "local"):

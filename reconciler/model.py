@@ -37,6 +37,7 @@ from runtime.spec import (
     BindMount,
     ContainerSpec,
     PortMapping,
+    Resources,
     RootfsRef,
     SdkLayer,
     check_target,
@@ -311,6 +312,48 @@ class HealthSection(BaseModel):
         return self
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _bytes(value: object) -> object:
+    """``"256M"`` → 268435456 (binary units, as Docker and podman read them)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return value  # the type check that follows reports it
+    if isinstance(value, int):
+        return value
+    found = _SIZE.match(value)
+    if found is None:
+        raise ValueError(f"{_q(value)} is not a size: write bytes or a number with k, M, G or T")
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+class ResourcesSection(BaseModel):
+    """The ``[resources]`` table: cgroup v2 limits, applied live when they change."""
+
+    model_config = _STRICT
+
+    memory: int | None = Field(
+        default=None, ge=1024 * 1024, description='memory limit ("256M"): memory.max'
+    )
+    memory_swap: int | None = Field(
+        default=None, ge=0, description='swap the container may use besides ("0": none)'
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, le=1024, allow_inf_nan=False, description="CPUs: cpu.max"
+    )
+    cpu_weight: int | None = Field(
+        default=None, ge=1, le=10_000, description="relative CPU share: cpu.weight (100)"
+    )
+    pids: int | None = Field(default=None, ge=1, le=4_194_304, description="most processes")
+
+    _sizes = field_validator("memory", "memory_swap", mode="before")(_bytes)
+
+    def to_resources(self) -> Resources | None:
+        values = self.model_dump(exclude_none=True)
+        return Resources(**values) if values else None
+
+
 class SecuritySection(BaseModel):
     """The ``[security]`` table: how the container is confined beyond its namespaces."""
 
@@ -452,6 +495,9 @@ class Squishfile(BaseModel):
     security: SecuritySection = Field(
         default_factory=SecuritySection, description="confinement (default: Docker's)"
     )
+    resources: ResourcesSection = Field(
+        default_factory=ResourcesSection, description="cgroup limits (default: none)"
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(_as_tuple)
@@ -556,6 +602,7 @@ class Squishfile(BaseModel):
             hostname=self.hostname or self.name,
             stop_timeout=self.run.stop_timeout,
             seccomp=self.security.spec_value(),
+            resources=self.resources.to_resources(),
         )
 
     def _host_path(self, path: str) -> str:

@@ -35,6 +35,7 @@ from reconciler.state import (
     LABEL_FOLDER,
     LABEL_HASH,
     LABEL_MANAGED,
+    LIVE_FIELDS,
     MANAGER,
     DesiredContainer,
     DesiredState,
@@ -63,6 +64,7 @@ class ActionKind(StrEnum):
     BIND = "bind"
     START = "start"
     HEAL = "heal"
+    RESIZE = "resize"
 
 
 PHASE = {
@@ -73,6 +75,7 @@ PHASE = {
     ActionKind.BIND: 1,
     ActionKind.START: 1,
     ActionKind.HEAL: 1,
+    ActionKind.RESIZE: 0,
 }
 """Phase 0 frees, phase 1 takes (``recreate`` removes in phase 0, creates in phase 1)."""
 
@@ -209,8 +212,8 @@ def _rank_ports(
 
 
 def _changed_fields(want: DesiredContainer, have: ContainerInfo) -> str:
-    a = want.spec.model_dump(exclude={"ports", "labels"})
-    b = have.spec.model_dump(exclude={"ports", "labels"})
+    a = want.spec.model_dump(exclude=set(LIVE_FIELDS))
+    b = have.spec.model_dump(exclude=set(LIVE_FIELDS))
     fields = sorted(k for k in a if a[k] != b.get(k))
     return ", ".join(fields) or "spec hash"
 
@@ -220,6 +223,14 @@ def _for_existing(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
     if have.spec.labels.get(LABEL_HASH) != want.spec.labels.get(LABEL_HASH):
         reason = f"changed: {_changed_fields(want, have)}"
         return [Action(ActionKind.RECREATE, name, reason, want)]
+    resize = []
+    if have.spec.resources != want.spec.resources:  # live, running or not
+        resize = [Action(ActionKind.RESIZE, name, "resources changed", want)]
+    return resize + _ports_and_state(want, have)
+
+
+def _ports_and_state(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
+    name = want.name
     wanted_ports = set(want.spec.ports)
     if have.state is ContainerState.RUNNING:
         if have.spec.network == "slirp4netns" and have.slirp_pid is None:

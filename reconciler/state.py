@@ -28,6 +28,7 @@ __all__ = (
     "LABEL_FOLDER",
     "LABEL_HASH",
     "LABEL_MANAGED",
+    "LIVE_FIELDS",
     "MANAGER",
     "DesiredContainer",
     "DesiredState",
@@ -84,9 +85,14 @@ def replaced_name(name: str) -> str | None:
     return None
 
 
+LIVE_FIELDS = ("ports", "resources", "labels")
+"""Spec fields changed on a running container without recreating it."""
+
+
 def spec_hash(spec: ContainerSpec) -> str:
-    """Hash of everything in ``spec`` that cannot change live (all but ports and labels)."""
-    data = spec.model_dump(mode="json", exclude={"ports", "labels"})
+    """Hash of everything in ``spec`` that cannot change live (all but ports, resources
+    and labels)."""
+    data = spec.model_dump(mode="json", exclude=set(LIVE_FIELDS))
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

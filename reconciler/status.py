@@ -15,7 +15,8 @@ none removed or changed in meaning)::
               "last_actions": ["create web: new in web.toml"]},
      "containers": [{"name": "web", "file": "web.toml", "phase": "Running", "pid": 4242,
                      "ports": ["127.0.0.1:8080->80/tcp"], "restarts": 0, "age_s": 12.5,
-                     "exit_code": null, "last_error": null, "in_sync": true,
+                     "exit_code": null, "paused": false, "oom_kills": 0,
+                     "pids_refused": 0, "last_error": null, "in_sync": true,
                      "conditions": [{"kind": "PortConflict", "message": "..."}]}],
      "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}]}
 
@@ -217,6 +218,9 @@ def container_rows(
                 "restarts": info.restarts if info else 0,
                 "age_s": round(now - info.started_at, 3) if info and info.started_at else None,
                 "exit_code": info.exit_code if info else None,
+                "paused": info.paused if info else False,
+                "oom_kills": info.oom_kills if info else 0,
+                "pids_refused": info.pids_refused if info else 0,
                 "last_error": errors.get(name),
                 "in_sync": not conditions
                 and name not in pending

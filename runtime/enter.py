@@ -81,9 +81,14 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
     timeout = float(request.get("timeout", 10.0))
     syscall_filter = read_filter(str(request["container_dir"]), bool(request.get("seccomp", True)))
     last_capability = confine.last_capability()
+    if request.get("cgroup"):  # in the container's cgroup: its limits, kill and freeze
+        with open(os.path.join(str(request["cgroup"]), "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
     for kind, flag in NAMESPACES:
         sc.setns(namespaces[kind], flag)
         os.close(namespaces[kind])
+    if request.get("cgroup"):  # as the init did once it was moved: the leaf is "/"
+        sc.unshare(sc.CLONE_NEWCGROUP)
     program = argv[0]
     if "/" not in program:
         found = shutil.which(program, path=env.get("PATH", os.defpath))

@@ -157,6 +157,8 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     _prewarm()
     try:
         req = _receive_request(request_r)
+        if req.cgroup:  # the launcher moved this process to the container's leaf: its root
+            sc.unshare(sc.CLONE_NEWCGROUP)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
         last_capability = confine.last_capability()

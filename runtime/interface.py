@@ -13,7 +13,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.spec import ContainerSpec, PortMapping
+from runtime.spec import ContainerSpec, PortMapping, Resources
 
 __all__ = ("CommandResult", "ContainerInfo", "ContainerState", "Runtime")
 
@@ -46,6 +46,12 @@ class ContainerInfo(BaseModel):
     restarts: int = 0
     """How many times the container was started after its first start."""
     slirp_pid: int | None = None
+    paused: bool = False
+    """Frozen through its cgroup (``pause``); it keeps its state, but runs nothing."""
+    oom_kills: int = 0
+    """Processes the kernel killed for going over the memory limit (this run)."""
+    pids_refused: int = 0
+    """Forks refused by the process-count limit (this run)."""
     log_path: str
     created_at: float
 
@@ -128,6 +134,19 @@ class Runtime(Protocol):
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         """Give a container another name, running or not."""
+        ...
+
+    def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
+        """Change a container's cgroup limits; a running one gets them at once (no
+        restart), a stopped one at its next start."""
+        ...
+
+    def pause(self, name: str) -> ContainerInfo:
+        """Freeze every process of a running container (cgroup.freeze)."""
+        ...
+
+    def resume(self, name: str) -> ContainerInfo:
+        """Thaw a paused container."""
         ...
 
     def restore_network(self, name: str) -> ContainerInfo:

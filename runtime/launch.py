@@ -55,6 +55,8 @@ class LaunchRequest:
     sandbox_slirp: bool = True
     seccomp: bool = True
     """Install the filter in ``container_dir``/``SECCOMP_FILE`` (compiled at create)."""
+    cgroup: str = ""
+    """The cgroup v2 leaf the init is moved to before it starts (per start; "" for none)."""
 
     def command_env(self) -> dict[str, str]:
         """The environment of the container's command (and of commands run in it)."""

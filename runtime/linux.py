@@ -9,6 +9,7 @@ threaded program.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime import folders, seccomp, slirp
+from runtime import cgroups, folders, seccomp, slirp
 from runtime.errors import (
     ContainerExists,
     ContainerNotFound,
@@ -37,7 +38,7 @@ from runtime.layers import resolve_sdk
 from runtime.mounts import prepare_skeleton
 from runtime.paths import cache_dir, private_dir, state_dir
 from runtime.rootfs import resolve_rootfs
-from runtime.spec import ContainerSpec, PortMapping, RootfsRef
+from runtime.spec import ContainerSpec, PortMapping, Resources, RootfsRef
 from runtime.state import ProcessId, read_json, write_json_atomic
 
 __all__ = ("LinuxRuntime",)
@@ -71,6 +72,20 @@ def _mapping(record: dict[str, Any]) -> PortMapping:
     )
 
 
+def _leaf(run: Any) -> cgroups.Leaf | None:
+    """The cgroup leaf a run record names, if any."""
+    path = run.get("cgroup") if isinstance(run, dict) else None
+    return cgroups.Leaf(Path(path)) if isinstance(path, str) and path else None
+
+
+def _cgroup_facts(run: dict[str, Any]) -> dict[str, Any]:
+    """Paused, OOM kills and refused forks, from the run's cgroup leaf (if it has one)."""
+    leaf = _leaf(run)
+    if leaf is None or not leaf.path.exists():
+        return {}
+    return {"paused": leaf.frozen(), **leaf.events()}
+
+
 def _forward_key(port: PortMapping) -> tuple[str, str, int, int]:
     return (port.protocol, port.host_addr, port.host, port.container)
 
@@ -89,6 +104,9 @@ class LinuxRuntime:
         self.containers = self.state / "containers"
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
+        self.cgroups = cgroups.detect()
+        self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
+        """This state folder's cgroup folder: two state folders never share leaves."""
         self._rootfs_paths: dict[RootfsRef, Path] = {}
         self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
         self._forward_checks: dict[
@@ -168,6 +186,7 @@ class LinuxRuntime:
                 started_at=run.get("started_at"),
                 ports=ports,
                 slirp_pid=slirp_id.pid if slirp_id is not None and slirp_alive else None,
+                **_cgroup_facts(run),
                 **common,
             )
         exited = read_json(cdir / "exit.json")
@@ -183,6 +202,7 @@ class LinuxRuntime:
             started_at=run.get("started_at"),
             finished_at=finished,
             exit_code=exit_code,
+            **_cgroup_facts(run),
             **common,
         )
 
@@ -235,6 +255,7 @@ class LinuxRuntime:
                 f"slirp4netns socket ({cdir / 'slirp.sock'})",
                 fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
             )
+        self.cgroups.check(spec.resources)  # refused here, before anything is made
         rootfs = self._rootfs(spec.rootfs)
         syscall_filter = self._syscall_filter(spec)
         lock_fd = folders.claim(self.containers, spec.name, self._readable, self._kill_leftover)
@@ -310,11 +331,17 @@ class LinuxRuntime:
             request = self._launch_request(cdir)
             for forward in request.forwards:
                 slirp.ensure_port_free(forward)
-            self._reap_leftovers(cdir)
+            self._reap_leftovers(cdir, remove_cgroup=True)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
+            leaf = self.cgroups.make_leaf(self._group, name, self._spec(cdir).resources)
+            if leaf is not None:
+                request = dataclasses.replace(request, cgroup=str(leaf.path))
             reply = self.holder.request({"op": "launch", "request": request.to_json()})
             if not reply.get("ok"):
+                if leaf is not None:
+                    leaf.kill()
+                    leaf.remove()
                 self._raise_launch_error(name, reply)
             meta = read_json(cdir / "meta.json") or {}
             started = int(meta.get("started", 0)) + 1
@@ -351,13 +378,21 @@ class LinuxRuntime:
         init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
         if init is not None and init.send(signal.SIGKILL):
             init.wait_gone(10.0)
-        self._reap_leftovers(cdir)
+        self._reap_leftovers(cdir, remove_cgroup=True)
 
-    def _reap_leftovers(self, cdir: Path) -> None:
-        """Kill a slirp4netns a dead container left (it exits on its own within ms)."""
+    def _reap_leftovers(self, cdir: Path, *, remove_cgroup: bool = False) -> None:
+        """Kill what a dead container left: its slirp4netns (it exits on its own within
+        ms) and anything still in its cgroup; ``remove_cgroup`` deletes the leaf too (it is
+        otherwise kept after an exit, for its OOM and pids counts)."""
         run = read_json(cdir / "run.json")
         if not isinstance(run, dict):
             return
+        leaf = _leaf(run)
+        if leaf is not None:
+            if leaf.populated():
+                leaf.kill()
+            if remove_cgroup:
+                leaf.remove()
         slirp_id = ProcessId.from_json(run.get("slirp"))
         if slirp_id is not None and not slirp_id.wait_gone(1.0):
             slirp_id.send(signal.SIGKILL)
@@ -372,6 +407,9 @@ class LinuxRuntime:
                 init.send(signal.SIGTERM)
                 if not init.wait_gone(grace):
                     init.send(signal.SIGKILL)
+                    leaf = _leaf(run)
+                    if leaf is not None:
+                        leaf.kill()  # every process at once, the init included
                     if not init.wait_gone(10.0):
                         raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
                 if not (cdir / "exit.json").exists():
@@ -394,7 +432,7 @@ class LinuxRuntime:
         with self._locked(name) as cdir:
             if self._info(cdir).state is ContainerState.RUNNING:
                 raise ContainerStartError(name, "it was started again while being removed")
-            self._reap_leftovers(cdir)
+            self._reap_leftovers(cdir, remove_cgroup=True)
             folders.discard(cdir)
             self._forget(cdir)
 
@@ -576,6 +614,9 @@ class LinuxRuntime:
         info = self._info(cdir, fresh=False)
         if info.state is not ContainerState.RUNNING or info.pid is None:
             raise ContainerStartError(name, "it is not running")
+        if info.paused:  # the command would freeze with it
+            raise ContainerStartError(name, "it is paused (unpause it first)")
+        leaf = _leaf(read_json(cdir / "run.json"))
         request = self._launch_request(cdir)
         reply = self.holder.request(
             {
@@ -588,6 +629,7 @@ class LinuxRuntime:
                 "timeout": timeout,
                 "container_dir": str(cdir),
                 "seccomp": request.seccomp,
+                "cgroup": str(leaf.path) if leaf is not None else "",
             },
             timeout=timeout + 30.0,
         )
@@ -618,6 +660,43 @@ class LinuxRuntime:
             self._forget(cdir)
             return self._info(target)
 
+    # -- cgroups -------------------------------------------------------------------------
+
+    def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
+        self.cgroups.check(resources)
+        with self._locked(name) as cdir:
+            spec = self._spec(cdir).model_copy(update={"resources": resources})
+            (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
+            (cdir / "spec.json.tmp").rename(cdir / "spec.json")
+            info = self._info(cdir, fresh=False)
+            leaf = _leaf(read_json(cdir / "run.json"))
+            if info.state is ContainerState.RUNNING and leaf is not None:
+                leaf.apply(resources)  # live: the kernel enforces the new limits at once
+            return self._info(cdir, fresh=False)
+
+    def _running_leaf(self, cdir: Path, name: str) -> cgroups.Leaf:
+        leaf = _leaf(read_json(cdir / "run.json"))
+        if self._info(cdir, fresh=False).state is not ContainerState.RUNNING:
+            raise ContainerStartError(name, "it is not running")
+        if leaf is None:
+            raise HostSetupError(
+                f"container {name!r} has no cgroup of its own, so it cannot be paused: "
+                f"{self.cgroups.problem or 'it was started without one'}"
+            )
+        return leaf
+
+    def pause(self, name: str) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            if not self._running_leaf(cdir, name).freeze(True):
+                raise ContainerStartError(name, "its cgroup did not freeze within 10 s")
+            return self._info(cdir, fresh=False)
+
+    def resume(self, name: str) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            if not self._running_leaf(cdir, name).freeze(False):
+                raise ContainerStartError(name, "its cgroup did not thaw within 10 s")
+            return self._info(cdir, fresh=False)
+
     # -- the whole runtime --------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -625,6 +704,9 @@ class LinuxRuntime:
         for info in self.list():
             self.remove(info.name, force=True)
         self.holder.stop()
+        if self.cgroups.root is not None:  # this state folder's cgroup folder, once empty
+            with suppress(OSError):
+                (self.cgroups.root / "squish" / self._group).rmdir()
 
     def check_host(self) -> None:
         """Raise :class:`HostSetupError` when slirp4netns cannot work for this user."""

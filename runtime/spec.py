@@ -17,6 +17,7 @@ __all__ = (
     "BindMount",
     "ContainerSpec",
     "PortMapping",
+    "Resources",
     "RootfsRef",
     "SdkLayer",
     "check_target",
@@ -108,6 +109,16 @@ class PortMapping(_Frozen):
         return f"{addr}:{self.host}->{self.container}/{self.protocol}"
 
 
+class Resources(_Frozen):
+    """Limits of a container's cgroup (cgroup v2); None: no limit."""
+
+    memory: int | None = Field(default=None, ge=4096, description="memory.max in bytes")
+    memory_swap: int | None = Field(default=None, ge=0, description="memory.swap.max in bytes")
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPUs (cpu.max)")
+    cpu_weight: int | None = Field(default=None, ge=1, le=10_000, description="cpu.weight")
+    pids: int | None = Field(default=None, ge=1, le=4_194_304, description="pids.max")
+
+
 class ContainerSpec(_Frozen):
     """Everything needed to start one container."""
 
@@ -126,6 +137,9 @@ class ContainerSpec(_Frozen):
         default="default",
         description="the seccomp profile: squish's default (Docker's), none, or a "
         "Docker-format profile document",
+    )
+    resources: Resources | None = Field(
+        default=None, description="cgroup limits; applied live when they change"
     )
     labels: dict[str, str] = Field(
         default_factory=dict,

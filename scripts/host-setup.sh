@@ -5,13 +5,15 @@
 #   2. creates the unprivileged account that runs squish (SQUISH_USER, default "squish")
 #      and makes sure it has one subordinate uid/gid range;
 #   3. lets unprivileged users create user namespaces, if the kernel forbids it;
-#   4. makes /dev/net/tun usable by that account (slirp4netns needs it, mode 0666).
-#
-# It never touches cgroups.
+#   4. makes /dev/net/tun usable by that account (slirp4netns needs it, mode 0666);
+#   5. delegates a cgroup v2 folder to that account, as systemd's user@.service would
+#      (`make` as root runs the account's commands inside it: `runuser` sessions get no
+#      user@.service). Only the v2 hierarchy is touched, never a v1 one.
 set -euo pipefail
 
 SQUISH_USER="${SQUISH_USER:-squish}"
-PACKAGES=(slirp4netns uidmap busybox-static bubblewrap python3-venv make git procps tar libseccomp2)
+PACKAGES=(slirp4netns uidmap busybox-static bubblewrap python3-venv make git procps tar libseccomp2
+    qemu-system-x86 linux-image-amd64)  # the last two: the VM test tier (make test-vm)
 
 say() { printf 'host-setup: %s\n' "$*"; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -106,4 +108,26 @@ if ! as_user sh -c ': <>/dev/net/tun' 2>/dev/null; then
     as_user sh -c ': <>/dev/net/tun' || die "'$SQUISH_USER' still cannot open /dev/net/tun"
 fi
 say "/dev/net/tun is usable by '$SQUISH_USER'"
+
+# --- 5. a delegated cgroup v2 folder -------------------------------------------------
+# <v2 mount>/squish-<account>, owned by the account (the folder and its cgroup.procs,
+# cgroup.subtree_control and cgroup.threads, as systemd's Delegate=yes does), with a
+# "session" child where the account's commands run: a folder with controllers enabled
+# below it may hold no processes itself.
+v2="$(awk '$9 == "cgroup2" && $4 == "/" { print $5; exit }' /proc/self/mountinfo)"
+if [[ -z "$v2" ]]; then
+    say "no cgroup v2 hierarchy here: containers run without cgroups (limits are refused)"
+else
+    delegated="$v2/squish-$SQUISH_USER"
+    if [[ ! -d "$delegated/session" ]]; then
+        mkdir -p "$delegated/session"
+    fi
+    chown "$uid:$gid" "$delegated" "$delegated/session"
+    for f in cgroup.procs cgroup.subtree_control cgroup.threads; do
+        chown "$uid:$gid" "$delegated/$f" "$delegated/session/$f"
+    done
+    # Controllers are left as the host set them (a hybrid host offers none on v2).
+    say "cgroup v2 folder $delegated delegated to '$SQUISH_USER'" \
+        "(controllers it offers: $(cat "$delegated/cgroup.controllers" | tr -s ' ' || true))"
+fi
 say "done"

@@ -34,7 +34,7 @@ import anyio
 
 from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, PortInUse
 from runtime.interface import CommandResult, ContainerInfo, ContainerState
-from runtime.spec import ContainerSpec, PortMapping
+from runtime.spec import ContainerSpec, PortMapping, Resources
 
 __all__ = (
     "HANG_GUARD",
@@ -67,6 +67,9 @@ Method = Literal[
     "move_port",
     "sweep",
     "exec_command",
+    "update_resources",
+    "pause",
+    "resume",
 ]
 
 MUTATING: tuple[Method, ...] = (
@@ -81,6 +84,9 @@ MUTATING: tuple[Method, ...] = (
     "rename",
     "move_port",
     "sweep",
+    "update_resources",
+    "pause",
+    "resume",
 )
 """The methods that change something (``list``, ``inspect``, ``logs``, ``wait`` only look)."""
 
@@ -436,6 +442,23 @@ class FakeRuntime:
             return CommandResult(exit_code=int(name in self.never_ready), output="")
 
         return self._invoke("exec_command", name, (tuple(argv),), {"timeout": timeout}, effect)
+
+    def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
+        def effect() -> ContainerInfo:
+            info = self._get(name)
+            return self._update(info, spec=info.spec.model_copy(update={"resources": resources}))
+
+        return self._invoke("update_resources", name, (resources,), {}, effect)
+
+    def pause(self, name: str) -> ContainerInfo:
+        return self._invoke(
+            "pause", name, (), {}, lambda: self._update(self._get(name), paused=True)
+        )
+
+    def resume(self, name: str) -> ContainerInfo:
+        return self._invoke(
+            "resume", name, (), {}, lambda: self._update(self._get(name), paused=False)
+        )
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:

@@ -23,7 +23,7 @@ from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
 from reconciler.state import DesiredContainer, HealthCheck
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost, PortInUse
 from runtime.interface import ContainerInfo, ContainerState
-from runtime.spec import ContainerSpec, PortMapping, RootfsRef
+from runtime.spec import ContainerSpec, PortMapping, Resources, RootfsRef
 from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
 
 CREATE, DESTROY, RECREATE = ActionKind.CREATE, ActionKind.DESTROY, ActionKind.RECREATE
@@ -1061,3 +1061,19 @@ async def test_a_network_that_cannot_be_restored_is_recreated(
 
     assert outcome.ok
     assert fake.history() == [("restore_network", "web"), ("remove", "web"), ("run", "web")]
+
+
+@pytest.mark.anyio
+async def test_a_resize_changes_the_limits_of_the_same_container(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    before = fake.seed(spec("web", ports=[P8080]))
+    limits = Resources(memory=128 * 1024**2, cpus=0.5)
+    wanted = DesiredContainer(
+        FOLDER / "web.toml", spec("web", ports=[P8080]).model_copy(update={"resources": limits})
+    )
+    [outcome] = await converger.apply(Plan((act(ActionKind.RESIZE, "web", wanted=wanted),)))
+    assert outcome.ok
+    assert fake.history() == [("update_resources", "web")]  # no stop, no run
+    after = fake.inspect("web")
+    assert after.spec.resources == limits and after.pid == before.pid

@@ -8,6 +8,7 @@ squishfiles in ``tmp_path`` and :func:`load_desired`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from reconciler.state import (
     FileError,
 )
 from runtime.interface import ContainerInfo, ContainerState
-from runtime.spec import ContainerSpec, PortMapping, RootfsRef
+from runtime.spec import ContainerSpec, PortMapping, Resources, RootfsRef
 
 FOLDER = Path("/srv/squish")
 ELSEWHERE = Path("/srv/elsewhere")
@@ -1080,3 +1081,18 @@ def test_a_name_with_a_replacement_suffix_is_only_a_leftover_when_its_base_is_wa
     assert actions_of(plan(desired(lone), [running(lone)])) == ()
     gone = plan(desired(), [running(lone)])
     assert [a.reason for a in gone.actions] == ["api.next.toml is gone"]
+
+
+# -- resources -----------------------------------------------------------------------------------
+
+
+def test_changed_resources_are_applied_live_running_or_not() -> None:
+    base = want("web", ports=[PortMapping(container=80, host=8080)])
+    limited = spec("web", ports=[PortMapping(container=80, host=8080)]).model_copy(
+        update={"resources": Resources(memory=64 * 1024**2, pids=50)}
+    )
+    tighter = dataclasses.replace(base, spec=_labelled(limited, FOLDER, base.file))
+    result = plan(desired(tighter), [running(base)])
+    assert [(a.kind.value, a.reason) for a in result.actions] == [("resize", "resources changed")]
+    stopped = plan(desired(tighter), [exited(base, 0)])
+    assert [a.kind.value for a in stopped.actions] == ["resize", "start"]

@@ -661,3 +661,49 @@ def test_a_bad_seccomp_setting_names_its_line_and_field(
     [problem] = caught.value.problems
     assert (problem.line, problem.field) == (6, "security.seccomp")
     assert message in problem.message
+
+
+# -- [resources] --------------------------------------------------------------------------------
+
+
+def test_resources_are_read_with_docker_units(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[resources]\n'
+        'memory = "256M"\nmemory_swap = "0"\ncpus = 0.5\ncpu_weight = 100\npids = 128\n',
+    )
+    resources = load_squishfile(path).to_spec().resources
+    assert resources is not None
+    assert resources.model_dump() == {
+        "memory": 256 * 1024**2,
+        "memory_swap": 0,
+        "cpus": 0.5,
+        "cpu_weight": 100,
+        "pids": 128,
+    }
+    plain = write(tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n', "p.toml")
+    assert load_squishfile(plain).to_spec().resources is None
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        ('memory = "lots"', "resources.memory", "is not a size"),
+        ('memory = "12"', "resources.memory", "≥ 1048576"),
+        ("cpus = 0", "resources.cpus", "> 0"),
+        ("pids = 0", "resources.pids", "≥ 1"),
+        ("cpu_weight = 20000", "resources.cpu_weight", "≤ 10000"),
+        ("swap = 1", "resources.swap", 'unknown key "swap"'),
+    ],
+)
+def test_a_bad_resource_names_its_line_and_field(
+    tmp_path: Path, line: str, field: str, message: str
+) -> None:
+    path = write(
+        tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[resources]\n' + line
+    )
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (6, field)
+    assert message in problem.message

@@ -1,0 +1,109 @@
+"""Limits that bite, on a real cgroup v2 kernel with every controller.
+
+This machine cannot offer that (hybrid cgroups, no controllers on v2), so these tests
+run inside a VM: ``make test-vm`` (also the last step of ``make test``) boots the Debian
+kernel under qemu with virtme-ng, delegates a cgroup v2 folder with cpu, memory and pids
+to the test account (scripts/vm-guest.sh) and runs this file there. Elsewhere they skip.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runtime import cgroups
+from runtime.linux import LinuxRuntime
+from runtime.spec import ContainerSpec, Resources, RootfsRef
+from tests.conftest import rootless
+
+DELEGATED = cgroups.detect()
+pytestmark = [
+    rootless,
+    pytest.mark.skipif(
+        not {"cpu", "memory", "pids"} <= DELEGATED.controllers,
+        reason="needs cgroup v2 with cpu, memory and pids delegated (make test-vm provides it)",
+    ),
+]
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def shell(name: str, script: str, resources: Resources) -> ContainerSpec:
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("/bin/sh", "-c", script),
+        network="none",
+        stop_timeout=0.2,
+        resources=resources,
+    )
+
+
+def leaf(rt: LinuxRuntime, name: str) -> cgroups.Leaf:
+    pid = rt.inspect(name).pid
+    assert pid is not None
+    folder = cgroups.cgroup_of(pid)
+    assert folder is not None
+    return cgroups.Leaf(folder)
+
+
+def test_going_over_the_memory_limit_is_an_oom_kill_reported_in_inspect(
+    rt: LinuxRuntime,
+) -> None:
+    limits = Resources(memory=32 * 1024**2, memory_swap=0)
+    rt.run(shell("hog", "sleep 0.2; dd if=/dev/zero of=/dev/null bs=96M count=1", limits))
+    assert rt.wait("hog", timeout=120) == 137  # SIGKILL by the OOM killer
+    assert rt.inspect("hog").oom_kills >= 1
+
+
+def test_the_pids_limit_makes_forks_fail_inside(rt: LinuxRuntime) -> None:
+    script = "sleep 0.5; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & done; wait"
+    rt.run(shell("forky", script, Resources(pids=6)))
+    group = leaf(rt, "forky")
+    most = 0
+    for _ in range(3000):  # the shell gives up (and exits) at its first refused fork
+        most = max(most, len((group.path / "cgroup.procs").read_text().split()))
+        if b"fork" in rt.logs("forky"):
+            break
+        time.sleep(0.01)
+    assert b"can't fork" in rt.logs("forky"), rt.logs("forky")
+    assert rt.inspect("forky").pids_refused >= 1
+    assert most <= 6
+
+
+def test_cpu_max_holds_a_busy_loop_near_its_share(rt: LinuxRuntime) -> None:
+    rt.run(shell("spin", "while :; do :; done", Resources(cpus=0.5)))
+    group = leaf(rt, "spin")
+
+    def usage() -> int:
+        line = (group.path / "cpu.stat").read_text().splitlines()[0]
+        return int(line.split()[1])  # usage_usec
+
+    time.sleep(0.5)
+    used, began = usage(), time.monotonic()
+    time.sleep(3.0)
+    share = (usage() - used) / 1e6 / (time.monotonic() - began)
+    assert 0.4 <= share <= 0.6, f"used {share:.2f} CPUs with cpus = 0.5"
+
+
+def test_limits_change_live_without_a_restart(rt: LinuxRuntime) -> None:
+    info = rt.run(shell("live", "exec sleep 1000", Resources(pids=50)))
+    group = leaf(rt, "live")
+    assert (group.path / "pids.max").read_text().strip() == "50"
+    after = rt.update_resources("live", Resources(pids=20, memory=64 * 1024**2))
+    assert after.pid == info.pid
+    assert (group.path / "pids.max").read_text().strip() == "20"
+    assert (group.path / "memory.max").read_text().strip() == str(64 * 1024**2)
+    assert rt.inspect("live").spec.resources == Resources(pids=20, memory=64 * 1024**2)
+
+
+def test_cgroup_kill_removes_a_double_forked_escapee(rt: LinuxRuntime) -> None:
+    rt.run(shell("escapee", "(sleep 1000 &); echo forked; exec sleep 1000", Resources(pids=20)))
+    for _ in range(3000):
+        if b"forked" in rt.logs("escapee"):
+            break
+        time.sleep(0.01)
+    group = leaf(rt, "escapee")
+    assert len((group.path / "cgroup.procs").read_text().split()) >= 3
+    assert group.kill()
+    assert not group.populated()

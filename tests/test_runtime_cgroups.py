@@ -1,0 +1,156 @@
+"""Each container's cgroup v2 leaf, on this machine's v2 hierarchy: membership, cgroup
+namespace, cgroup.kill, freeze, events, refusal of limits whose controller is missing.
+
+Runs where a cgroup v2 folder is delegated to the test account (``make test`` as root
+sets one up: scripts/host-setup.sh); the limits themselves are proven in a VM
+(tests/test_cgroups_vm.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime import cgroups
+from runtime.errors import ContainerStartError, HostSetupError
+from runtime.linux import LinuxRuntime
+from runtime.spec import BindMount, ContainerSpec, Resources, RootfsRef
+from tests.conftest import rootless
+
+DELEGATED = cgroups.detect()
+pytestmark = [
+    rootless,
+    pytest.mark.skipif(
+        DELEGATED.root is None, reason=f"no cgroup v2 folder delegated: {DELEGATED.problem}"
+    ),
+]
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def sleeper(name: str, script: str = "exec sleep 1000", **fields: object) -> ContainerSpec:
+    fields.setdefault("network", "none")
+    fields.setdefault("stop_timeout", 0.2)
+    return ContainerSpec(name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), **fields)
+
+
+def leaf_of(pid: int) -> cgroups.Leaf:
+    folder = cgroups.cgroup_of(pid)
+    assert folder is not None
+    return cgroups.Leaf(folder)
+
+
+def test_a_container_lives_in_its_own_leaf_which_is_its_cgroup_root(rt: LinuxRuntime) -> None:
+    info = rt.run(sleeper("leafy"))
+    assert info.pid is not None
+    leaf = leaf_of(info.pid)
+    assert DELEGATED.root is not None
+    assert leaf.path.parent.parent == DELEGATED.root / "squish"
+    assert leaf.path.name.startswith("leafy.")
+    assert str(info.pid) in (leaf.path / "cgroup.procs").read_text().split()
+    inside = rt.exec_command("leafy", ["cat", "/proc/1/cgroup", "/proc/self/cgroup"])
+    assert [line for line in inside.output.splitlines() if line.startswith("0::")] == [
+        "0::/",
+        "0::/",
+    ]  # the init and an exec'd command both see their leaf as the root
+    rt.remove("leafy", force=True)
+    assert not leaf.path.exists()
+
+
+def test_cgroup_kill_takes_every_process_at_once_even_a_double_forked_one(
+    rt: LinuxRuntime,
+) -> None:
+    script = "trap '' TERM; (sleep 1000 &); echo forked; exec sleep 1000"
+    info = rt.run(sleeper("escapee", script))
+    assert info.pid is not None
+    for _ in range(1000):
+        if rt.logs("escapee") == b"forked\n":
+            break
+        time.sleep(0.005)
+    leaf = leaf_of(info.pid)
+    members = [int(p) for p in (leaf.path / "cgroup.procs").read_text().split()]
+    assert len(members) >= 3  # the init, the command, the orphaned sleep
+    described = {p: Path(f"/proc/{p}/stat").read_text()[:60] for p in members}
+    assert leaf.kill()
+    for pid in members:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or " Z " in stat.read_text(), (pid, described)
+    assert rt.wait("escapee", timeout=30) is not None
+
+
+def test_stop_ends_a_container_that_ignores_sigterm(rt: LinuxRuntime) -> None:
+    info = rt.run(sleeper("stubborn", "trap '' TERM; (sleep 1000 &); exec sleep 1000"))
+    assert info.pid is not None
+    leaf = leaf_of(info.pid)
+    stopped = rt.stop("stubborn")
+    assert stopped.state.value == "exited"
+    assert not leaf.populated()
+
+
+def test_pause_freezes_every_process_and_resume_thaws_them(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    counter = tmp_path / "n"
+    counter.write_text("0")
+    script = "i=0; while :; do i=$((i+1)); echo $i > /data/n; usleep 5000; done"
+    rt.run(
+        sleeper("ticker", script, binds=(BindMount(source=str(tmp_path), target="/data", rw=True),))
+    )
+
+    def ticks() -> int:
+        text = counter.read_text().strip()
+        return int(text) if text else 0
+
+    for _ in range(1000):
+        if ticks() > 3:
+            break
+        time.sleep(0.005)
+    assert rt.pause("ticker").paused
+    frozen_at = ticks()
+    time.sleep(0.2)  # a tick every 5 ms would have counted ~40 by now
+    assert ticks() == frozen_at
+    assert rt.inspect("ticker").paused
+    with pytest.raises(ContainerStartError, match="paused"):
+        rt.exec_command("ticker", ["true"])
+    assert not rt.resume("ticker").paused
+    for _ in range(1000):
+        if ticks() > frozen_at:
+            break
+        time.sleep(0.005)
+    assert ticks() > frozen_at
+
+
+def test_an_exited_containers_leaf_is_empty_and_kept_until_it_is_removed(
+    rt: LinuxRuntime,
+) -> None:
+    info = rt.run(sleeper("brief", "sleep 0.2; exit 3"))
+    assert info.pid is not None
+    leaf = leaf_of(info.pid)
+    assert rt.wait("brief", timeout=30) == 3
+    for _ in range(1000):
+        if not leaf.populated():
+            break
+        time.sleep(0.005)
+    assert not leaf.populated() and leaf.path.exists()
+    after = rt.inspect("brief")
+    assert (after.oom_kills, after.pids_refused) == (0, 0)
+    rt.remove("brief")
+    assert not leaf.path.exists()
+
+
+@pytest.mark.skipif(
+    {"memory", "pids"} <= DELEGATED.controllers, reason="the controllers are delegated here"
+)
+def test_limits_whose_controller_is_missing_are_refused_before_anything_is_made(
+    rt: LinuxRuntime,
+) -> None:
+    limited = sleeper("limited", resources=Resources(memory=64 * 1024**2, pids=10))
+    with pytest.raises(HostSetupError) as caught:
+        rt.create(limited)
+    assert "memory" in str(caught.value) and "not delegated" in str(caught.value)
+    assert "Delegate=" in caught.value.fix
+    assert "limited" not in {i.name for i in rt.list()}
+    rt.run(sleeper("unlimited"))  # containers without limits still run
+    assert os.path.exists(rt.state / "containers" / "unlimited")
