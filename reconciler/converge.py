@@ -329,7 +329,9 @@ class Converger:
         try:
             result = self.runtime.exec_command(temp, health.command, timeout=health.timeout)
         except ContainerStartError:
-            return False  # it is not running (any more): the caller tells why
+            if self.runtime.inspect(temp).state is not ContainerState.RUNNING:
+                return False  # it exited meanwhile: the caller says so
+            raise  # the check itself cannot run: say why, not "never exited 0"
         return result.exit_code == 0
 
     def _failed(self, name: str, error: str) -> None:

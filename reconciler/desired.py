@@ -105,19 +105,27 @@ def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:
     return FileError(path, name, (problem,), name_known=certain)
 
 
-def _inputs(loaded: DesiredContainer | FileError) -> tuple[Path, ...]:
+def _inputs(loaded: DesiredContainer | FileError) -> tuple[tuple[Path, bytes], ...]:
     return loaded.inputs if isinstance(loaded, DesiredContainer) else ()
 
 
-def _digest(raw: bytes, inputs: tuple[Path, ...]) -> bytes:
-    """The cache key of a squishfile: its bytes and those of the files it refers to."""
+def _digest(raw: bytes, inputs: tuple[bytes, ...]) -> bytes:
+    """The cache key of a squishfile: its bytes and the digests of the files it uses."""
     digest = hashlib.blake2b(raw, digest_size=16)
     for extra in inputs:
-        try:
-            digest.update(extra.read_bytes())
-        except OSError as exc:
-            digest.update(f"unreadable: {exc.errno}".encode())
+        digest.update(extra)
     return digest.digest()
+
+
+def _current(inputs: tuple[tuple[Path, bytes], ...]) -> tuple[bytes, ...]:
+    """The digests of those files as they are now."""
+    found = []
+    for path, _ in inputs:
+        try:
+            found.append(hashlib.blake2b(path.read_bytes(), digest_size=16).digest())
+        except OSError as exc:
+            found.append(f"unreadable: {exc.errno}".encode())
+    return tuple(found)
 
 
 def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
@@ -144,12 +152,12 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
         except OSError as exc:  # unreadable is not deleted: keep what it made
             errors.append(_unreadable(path, exc, known_name))
             continue
-        key = _digest(raw, _inputs(known[1]) if known is not None else ())
+        key = _digest(raw, _current(_inputs(known[1])) if known is not None else ())
         if known is not None and known[0] == key:
             loaded = known[1]
-        else:
+        else:  # keyed by what was read, so an edit made meanwhile is seen next time
             loaded = _load_one(path, raw, folder, known_name)
-            key = _digest(raw, _inputs(loaded))
+            key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
         if cache is not None:
             cache[path] = (key, loaded)
         if isinstance(loaded, FileError):

@@ -113,13 +113,19 @@ class Reconciler:
     async def reconcile(self, trigger: str = "manual") -> PassResult:
         started = self.clock()
         begin = time.perf_counter()
-        await anyio.to_thread.run_sync(self.converger.sweep)
+        swept_badly = None
+        try:
+            await anyio.to_thread.run_sync(self.converger.sweep)
+        except Exception as exc:  # housekeeping: a failure must not cost the pass
+            swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
         outcomes = await self.converger.apply(todo) if todo.actions else []
         result = PassResult(todo, tuple(outcomes), started, time.perf_counter() - begin, trigger)
         self.record.passed(
             result.started_at, result.duration, trigger, [str(a) for a in todo.actions]
         )
+        if swept_badly is not None:
+            self.record.failed(swept_badly)
         by_name = {info.name: info for info in actual}
         self._crashing = sorted(
             n

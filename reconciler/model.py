@@ -8,6 +8,7 @@ job. The format is documented for users in ``docs/squishfile.md``.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -31,7 +32,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reconciler.errors import toml_quote as _q
-from runtime.seccomp import load_profile
+from runtime.seccomp import read_profile
 from runtime.spec import (
     NAME_PATTERN,
     BindMount,
@@ -365,7 +366,7 @@ class SecuritySection(BaseModel):
         "of a Docker-format JSON profile (relative to the squishfile's folder)",
     )
     _profile: dict[str, Any] | None = PrivateAttr(default=None)
-    _profile_path: Path | None = PrivateAttr(default=None)
+    _input: tuple[Path, bytes] | None = PrivateAttr(default=None)
 
     @field_validator("seccomp")
     @classmethod
@@ -378,17 +379,22 @@ class SecuritySection(BaseModel):
             )
         source = (info.context or {}).get("source")
         path = _resolve(value, source if isinstance(source, Path) else None)
-        load_profile(path)  # a missing, malformed or uncompilable profile: an error here
+        document, raw = read_profile(path)  # missing, malformed, uncompilable: an error here
+        if isinstance(info.context, dict):  # read once: handed to _keep_profile below
+            info.context[_PROFILE_READ] = (path, document, raw)
         return value
 
     @model_validator(mode="after")
-    def _read_profile(self, info: ValidationInfo) -> SecuritySection:
+    def _keep_profile(self, info: ValidationInfo) -> SecuritySection:
+        read = (info.context or {}).pop(_PROFILE_READ, None)
         if self.seccomp not in ("default", "unconfined"):
-            source = (info.context or {}).get("source")
-            self._profile_path = _resolve(
-                self.seccomp, source if isinstance(source, Path) else None
-            )
-            self._profile = load_profile(self._profile_path)
+            if read is None:  # validated without a context dict: read it here
+                source = (info.context or {}).get("source")
+                path = _resolve(self.seccomp, source if isinstance(source, Path) else None)
+                read = (path, *read_profile(path))
+            path, document, raw = read
+            self._profile = document
+            self._input = (path, hashlib.blake2b(raw, digest_size=16).digest())
         return self
 
     def spec_value(self) -> str | dict[str, Any]:
@@ -396,9 +402,13 @@ class SecuritySection(BaseModel):
         return self._profile if self._profile is not None else self.seccomp
 
     @property
-    def inputs(self) -> tuple[Path, ...]:
-        """Files besides the squishfile that its container depends on."""
-        return () if self._profile_path is None else (self._profile_path,)
+    def inputs(self) -> tuple[tuple[Path, bytes], ...]:
+        """Files besides the squishfile that its container was built from, each with the
+        digest of the bytes that were read."""
+        return () if self._input is None else (self._input,)
+
+
+_PROFILE_READ = "_seccomp_profile_read"
 
 
 def _resolve(path: str, source: Path | None) -> Path:

@@ -302,7 +302,11 @@ def plan(
         if name in desired.containers:
             continue
         base = replaced_name(name)
-        if base in desired.containers:  # not the user's: never counted by the guard below
+        replaced = desired.containers.get(base) if base is not None else None
+        if (  # a replacement's leftover, made from the same file: never counted below
+            replaced is not None
+            and have.spec.labels.get(LABEL_FILE) == replaced.spec.labels.get(LABEL_FILE)
+        ):
             if hold.get(name, 0.0) > now:
                 reserved[name] = have.ports
             else:

@@ -108,8 +108,9 @@ class DesiredContainer:
     health: HealthCheck | None = None
     drain: float = 0.1
     """start-first: seconds the old container keeps running after its forwards moved."""
-    inputs: tuple[Path, ...] = ()
-    """Files besides the squishfile that the spec was built from (a seccomp profile)."""
+    inputs: tuple[tuple[Path, bytes], ...] = ()
+    """Files besides the squishfile that the spec was built from (a seccomp profile),
+    each with the digest of the bytes read."""
 
     @property
     def name(self) -> str:

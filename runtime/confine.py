@@ -4,8 +4,8 @@ The container's init applies it just before it starts the command (the command i
 it), and an exec'd command's process just before ``execve``:
 
 1. ``PR_SET_NO_NEW_PRIVS``: no execve gains privileges (setuid bits, file capabilities);
-2. capabilities reduced to Docker's default set, in the bounding, permitted, effective and
-   inheritable sets, and no ambient ones (they are capabilities *in the container's user
+2. capabilities reduced to Docker's default set, in the bounding, permitted and effective
+   sets, none inheritable and no ambient ones (they are capabilities *in the container's user
    namespace*: the user's own uid outside);
 3. the seccomp filter compiled by :mod:`runtime.seccomp`, if any, installed last.
 
@@ -123,8 +123,9 @@ def apply(seccomp_bpf: bytes | None, last_capability: int) -> None:
             sc.prctl(_PR_CAPBSET_DROP, cap)
     sc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
     low, high = keep & 0xFFFFFFFF, keep >> 32
-    # effective, permitted, inheritable: the low 32 bits, then the high ones
-    sc.capset(_CAPABILITY_VERSION_3, struct.pack("IIIIII", low, low, low, high, high, high))
+    # effective, permitted, inheritable: the low 32 bits, then the high ones. Inheritable
+    # stays empty, as runc has made it since CVE-2022-24769.
+    sc.capset(_CAPABILITY_VERSION_3, struct.pack("IIIIII", low, low, 0, high, high, 0))
     if seccomp_bpf:
         program = ctypes.create_string_buffer(seccomp_bpf, len(seccomp_bpf))
         fprog = _SockFprog(len(seccomp_bpf) // 8, ctypes.cast(program, ctypes.c_void_p))

@@ -4,9 +4,10 @@ The container's init is not dumpable, so only the holder (which owns the user na
 may join its namespaces. The holder stays single-threaded and never waits for a command:
 for each request it forks a *runner* that answers on the request's connection itself.
 
-The runner keeps only that connection, becomes non-dumpable, joins every namespace of the
-init through a pidfd (one ``setns`` call, so a recycled pid cannot mix two containers) and
-forks the command there: it is a process of the container's pid namespace, with the
+The runner keeps only that connection (and the container's namespace descriptors, opened
+by the launcher while the init was still dumpable), becomes non-dumpable, joins the
+container's cgroup, joins its namespaces one by one (the mount namespace last) and forks
+the command there: it is a process of the container's pid namespace, with the
 container's root, hostname, network and cgroup namespace, and none of the holder's
 descriptors. The runner collects its output (up to a limit), kills it at the deadline,
 and writes the reply.
@@ -79,6 +80,10 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
     env = {str(k): str(v) for k, v in dict(request["env"]).items()}
     workdir = str(request.get("workdir", "/"))
     timeout = float(request.get("timeout", 10.0))
+    if not 0 < timeout <= 86_400:  # NaN fails this too
+        return {"ok": False, "error": "exec", "message": f"bad timeout {timeout!r}"}
+    if any("\0" in part for part in (*argv, *env, *env.values())) or any("=" in k for k in env):
+        return {"ok": False, "error": "exec", "message": "NUL in an argument or a bad env name"}
     syscall_filter = read_filter(str(request["container_dir"]), bool(request.get("seccomp", True)))
     last_capability = confine.last_capability()
     if request.get("cgroup"):  # in the container's cgroup: its limits, kill and freeze
@@ -100,7 +105,14 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
     if child == 0:
         _command(program, argv, env, workdir, out_w, (syscall_filter, last_capability))
     os.close(out_w)
-    return _collect(child, out_r, time.monotonic() + timeout)
+    try:
+        return _collect(child, out_r, time.monotonic() + timeout)
+    except BaseException:  # the runner failed: the command must not run on unwatched
+        with contextlib.suppress(OSError):
+            os.killpg(child, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
+        raise
 
 
 def _command(
@@ -119,12 +131,15 @@ def _command(
         os.dup2(out, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.setsid()
+        for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(ignored_by_python, signal.SIG_DFL)
         confine.apply(*confinement)  # as the container's own processes are confined
         os.execve(program, argv, env)
-    except OSError as exc:
+    except BaseException as exc:  # never back into the runner's code: exit here
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
         with contextlib.suppress(OSError):
-            os.write(2, f"{argv[0]}: {exc.strerror}\n".encode())
-        os._exit(127 if exc.errno == 2 else 126)
+            os.write(2, f"{argv[0]}: {reason}\n".encode())
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
     os._exit(126)
 
 

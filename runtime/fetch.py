@@ -53,12 +53,12 @@ from runtime.errors import ChecksumMismatch, FetchError
 __all__ = ("DEADLINE", "MAX_DOWNLOAD", "MAX_REDIRECTS", "download", "fetch_bytes", "file_sha256")
 
 MAX_REDIRECTS = 10
+"""How many redirects one request may follow before it fails as a loop."""
 MAX_DOWNLOAD = 4 * 1024**3
 """Largest body :func:`download` accepts, in bytes (declared or actually sent)."""
 DEADLINE = 900.0
-"""Seconds a whole download may take: a server that trickles bytes just fast enough to
-beat each read's timeout is still cut off."""
-"""How many redirects one request may follow before it fails as a loop."""
+"""Seconds a download's body may take to arrive (checked as each piece arrives): a server
+that trickles bytes just fast enough to beat each read's timeout is still cut off."""
 
 _CHUNK_SIZE = 256 * 1024
 _SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ HIDDEN = "."
 """Folders whose name starts with this are being made or removed, never containers."""
 
 _LOCK = "lock"
+log = logging.getLogger(__name__)
 
 Check = Callable[[Path], bool]
 Stop = Callable[[Path], None]
@@ -101,14 +103,20 @@ def claim(containers: Path, name: str, is_whole: Check, stop_leftover: Stop) -> 
     still runs is stopped and it is replaced.
     """
     target = containers / name
-    for _ in range(3):
+    for _ in range(5):
         if (target.exists() or target.is_symlink()) and not _drop_abandoned(
             target, is_whole, stop_leftover
         ):
             raise ContainerExists(name)
         staging = Path(tempfile.mkdtemp(prefix=f"{HIDDEN}new-{name}-", dir=containers))
-        fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            continue  # a sweep took the fresh folder for a dead client's: make another
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if not _same_file(fd, staging / _LOCK):
+            os.close(fd)
+            continue  # swept between the open and the lock
         try:
             os.rename(staging, target)  # fails on a non-empty folder: never overwrites
         except OSError as exc:
@@ -124,9 +132,17 @@ def claim(containers: Path, name: str, is_whole: Check, stop_leftover: Stop) -> 
 def discard(folder: Path) -> None:
     """Delete ``folder``: first renamed to a hidden name, so that a kill in the middle
     leaves something :func:`sweep` recognises, never a half-deleted container."""
-    trash = Path(tempfile.mkdtemp(prefix=f"{HIDDEN}gone-{folder.name}-", dir=folder.parent))
-    os.rename(folder, trash / "c")
-    shutil.rmtree(trash, ignore_errors=True)
+    for _ in range(5):
+        trash = Path(tempfile.mkdtemp(prefix=f"{HIDDEN}gone-{folder.name}-", dir=folder.parent))
+        try:
+            os.rename(folder, trash / "c")
+        except FileNotFoundError:
+            if not folder.exists():
+                raise
+            continue  # a sweep removed the empty trash folder first: make another
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    raise OSError(f"could not move {folder} aside to delete it")
 
 
 def sweep(containers: Path, is_whole: Check, stop_leftover: Stop) -> list[str]:
@@ -134,10 +150,15 @@ def sweep(containers: Path, is_whole: Check, stop_leftover: Stop) -> list[str]:
     nobody holds. Return the names of the folders deleted."""
     swept = []
     for entry in containers.iterdir():
-        if entry.name.startswith(HIDDEN):
-            if _drop_hidden(entry):
-                swept.append(entry.name)
-        elif _drop_abandoned(entry, is_whole, stop_leftover):
+        try:
+            if entry.name.startswith(HIDDEN):
+                dropped = _drop_hidden(entry)
+            else:
+                dropped = _drop_abandoned(entry, is_whole, stop_leftover)
+        except OSError as exc:  # one stubborn leftover must not stop the others (or a pass)
+            log.warning("cannot sweep %s: %s", entry, exc)
+            continue
+        if dropped:
             swept.append(entry.name)
     return sorted(swept)
 

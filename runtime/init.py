@@ -91,7 +91,8 @@ def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> 
         ],
         setsid=True,
         setsigmask=old_mask,
-        setsigdef=FORWARDED_SIGNALS | {signal.SIGCHLD},
+        # Python ignores SIGPIPE and SIGXFSZ; the command gets the defaults back.
+        setsigdef=FORWARDED_SIGNALS | {signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ},
     )
 
 

@@ -72,6 +72,16 @@ def _mapping(record: dict[str, Any]) -> PortMapping:
     )
 
 
+def _confined(pid: int) -> bool:
+    """Whether the init ``pid`` has confined itself (no_new_privs comes after it stopped
+    being dumpable): until then an exec'd command must not run next to it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nNoNewPrivs:\t1" in status
+
+
 def _leaf(run: Any) -> cgroups.Leaf | None:
     """The cgroup leaf a run record names, if any."""
     path = run.get("cgroup") if isinstance(run, dict) else None
@@ -329,6 +339,11 @@ class LinuxRuntime:
             if info.state is ContainerState.RUNNING:
                 return info
             request = self._launch_request(cdir)
+            if request.seccomp and not (cdir / SECCOMP_FILE).is_file():
+                # A record made before filters were stored: compile it now, from the spec.
+                syscall_filter = self._syscall_filter(self._spec(cdir))
+                if syscall_filter is not None:
+                    (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
             for forward in request.forwards:
                 slirp.ensure_port_free(forward)
             self._reap_leftovers(cdir, remove_cgroup=True)
@@ -610,12 +625,18 @@ class LinuxRuntime:
     ) -> CommandResult:
         if not argv:
             raise ValueError("exec_command needs a command")
+        if any("\0" in part for part in argv):
+            raise ValueError("an argument of exec_command contains a NUL byte")
+        if not 0 < timeout <= 86_400:  # NaN fails this too
+            raise ValueError(f"exec_command timeout must be in (0, 86400] seconds, not {timeout}")
         cdir = self._dir(name)
         info = self._info(cdir, fresh=False)
         if info.state is not ContainerState.RUNNING or info.pid is None:
             raise ContainerStartError(name, "it is not running")
         if info.paused:  # the command would freeze with it
             raise ContainerStartError(name, "it is paused (unpause it first)")
+        if not _confined(info.pid):  # its init still holds what its command must not reach
+            raise ContainerStartError(name, "it is still starting; try again")
         leaf = _leaf(read_json(cdir / "run.json"))
         request = self._launch_request(cdir)
         reply = self.holder.request(

@@ -222,15 +222,30 @@ def _peer_is_the_user(conn: socket.socket) -> bool:
     """Whether the client runs as the user who owns this holder (SO_PEERCRED).
 
     Seen from the holder's user namespace that user is uid 0; any other host uid is the
-    overflow uid or one of the user's subordinate ids (a container's non-root user). The
-    socket is 0600 in a 0700 folder already; this holds even if those modes are loosened.
+    overflow uid or one of the user's subordinate ids (a container's non-root user). A
+    container's root is uid 0 as well, but lives in a deeper pid namespace. The socket is
+    0600 in a 0700 folder already; this holds even if those modes are loosened or the
+    state folder is bind-mounted into a container.
     """
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    if uid == os.getuid():
+    # A container's root is uid 0 here too: it is told apart by its own pid namespace.
+    if uid == os.getuid() and _pid_depth(pid) == _pid_depth(os.getpid()):
         return True
     _log(f"refused a request from pid {pid}, uid {uid} (in this namespace): not the user")
     _reply(conn, {"ok": False, "error": "refused", "message": "not the holder's user"})
     return False
+
+
+def _pid_depth(pid: int) -> int:
+    """How many pid namespaces ``pid`` is nested in (its NSpid entries); 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return 0
 
 
 def _raise_fd_limit() -> None:

@@ -25,10 +25,14 @@ import ctypes.util
 import errno
 import json
 import os
+import platform
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runtime.confine import DEFAULT_CAPABILITIES as GRANTED_CAPABILITIES
 
 __all__ = (
     "DEFAULT_DENIED",
@@ -37,6 +41,7 @@ __all__ = (
     "compile_default",
     "compile_profile",
     "load_profile",
+    "read_profile",
     "syscall_number",
 )
 
@@ -56,11 +61,18 @@ _CMP = {
     "SCMP_CMP_GT": 6,
     "SCMP_CMP_MASKED_EQ": 7,
 }
+_FLTATR_ACT_BADARCH = 2
 _FLTATR_CTL_NNP = 3
+MAX_INSTRUCTIONS = 4096
+"""The kernel's limit on one seccomp program (BPF_MAXINSNS)."""
+MAX_PROFILE_BYTES = 1024 * 1024
+"""Largest profile file read."""
 
 DEFAULT_DENIED = (
-    # kernel keyrings, BPF, performance counters, page-fault handling from user space
+    # kernel keyrings, BPF, performance counters, page-fault handling from user space,
+    # io_uring (refused by Docker since 25.0: a frequent source of kernel bugs)
     "add_key", "keyctl", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
     # kernels and modules, power, swap
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "create_module", "get_kernel_syms", "query_module", "reboot", "swapon", "swapoff",
@@ -167,18 +179,24 @@ def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
                 continue  # libseccomp refuses a rule that repeats the default
             for name in rule.names:
                 _add(lib, ctx, rule, name)
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        try:
-            result = lib.seccomp_export_bpf(ctx, write_end)
-        finally:
-            os.close(write_end)
-        if result < 0:
-            os.close(read_end)
-            raise ProfileError(f"libseccomp could not export the filter: {os.strerror(-result)}")
-        with os.fdopen(read_end, "rb") as pipe:
-            return pipe.read()
+        lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, ACT_KILL_PROCESS)
+        # Into a memfd, not a pipe: a large program would block on a full pipe.
+        with os.fdopen(os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC), "w+b") as out:
+            result = lib.seccomp_export_bpf(ctx, out.fileno())
+            if result < 0:
+                raise ProfileError(
+                    f"libseccomp could not export the filter: {os.strerror(-result)}"
+                )
+            out.seek(0)
+            program = out.read()
     finally:
         lib.seccomp_release(ctx)
+    if len(program) // 8 > MAX_INSTRUCTIONS:
+        raise ProfileError(
+            f"the profile compiles to {len(program) // 8} BPF instructions; the kernel takes "
+            f"at most {MAX_INSTRUCTIONS}"
+        )
+    return program
 
 
 def _add(lib: ctypes.CDLL, ctx: int, rule: Rule, name: str) -> None:
@@ -270,8 +288,52 @@ def _args(raw: object, where: str) -> tuple[tuple[int, str, int, int], ...]:
     return tuple(found)
 
 
+_TOP_KEYS = {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls"}
+_RULE_KEYS = {"name", "names", "action", "errnoRet", "args", "includes", "excludes", "comment"}
+_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
+
+
+def _kernel_at_least(text: object, where: str) -> bool:
+    if not isinstance(text, str):
+        raise ProfileError(f'{where}.minKernel must be a string such as "4.8"')
+    try:
+        major, minor = (int(part) for part in (*text.split(".")[:2], "0")[:2])
+    except ValueError:
+        raise ProfileError(f"{where}.minKernel {text!r} is not a kernel version") from None
+    return not _kernel_before(major, minor)
+
+
+def _applies(raw: Mapping[str, Any], where: str) -> bool:
+    """Docker's ``includes``/``excludes`` for a container with squish's capabilities on
+    this architecture and kernel: whether the rule is part of the profile here."""
+    granted = {f"CAP_{name}" for name in GRANTED_CAPABILITIES}
+    arch = _GO_ARCH.get(platform.machine(), platform.machine())
+    conditions = []
+    for key in ("includes", "excludes"):
+        found = raw.get(key) or {}
+        if not isinstance(found, dict) or set(found) - {"caps", "arches", "minKernel"}:
+            raise ProfileError(f"{where}.{key} may hold only caps, arches and minKernel")
+        conditions.append(found)
+    includes, excludes = conditions
+    if any(cap in granted for cap in excludes.get("caps", [])):
+        return False
+    if arch in excludes.get("arches", []):
+        return False
+    if "minKernel" in excludes and _kernel_at_least(excludes["minKernel"], where):
+        return False
+    if includes.get("arches") and arch not in includes["arches"]:
+        return False
+    if not all(cap in granted for cap in includes.get("caps", [])):
+        return False
+    return "minKernel" not in includes or _kernel_at_least(includes["minKernel"], where)
+
+
 def parse_profile(document: Mapping[str, Any]) -> tuple[int, list[Rule]]:
-    """The default action and rules of a Docker-format profile."""
+    """The default action and rules of a Docker-format profile, as they apply to a
+    squish container (Docker's default capabilities, this architecture and kernel)."""
+    unknown = set(document) - _TOP_KEYS
+    if unknown:
+        raise ProfileError(f"unsupported profile key(s): {', '.join(sorted(unknown))}")
     default = _action(
         document.get("defaultAction"), document.get("defaultErrnoRet"), "defaultAction"
     )
@@ -283,18 +345,38 @@ def parse_profile(document: Mapping[str, Any]) -> tuple[int, list[Rule]]:
         where = f"syscalls[{i}]"
         if not isinstance(raw, dict):
             raise ProfileError(f"{where} must be an object")
+        unknown = set(raw) - _RULE_KEYS
+        if unknown:
+            raise ProfileError(f"{where}: unsupported key(s): {', '.join(sorted(unknown))}")
         names = raw.get("names", [raw["name"]] if "name" in raw else None)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ProfileError(f"{where}.names must be an array of syscall names")
         action = _action(raw.get("action"), raw.get("errnoRet"), f"{where}.action")
-        rules.append(Rule(tuple(names), action, _args(raw.get("args"), where)))
+        args = _args(raw.get("args"), where)
+        if _applies(raw, where):
+            rules.append(Rule(tuple(names), action, args))
     return default, rules
 
 
-def load_profile(path: Path) -> dict[str, Any]:
-    """Read a profile file and check that it compiles; return its JSON document."""
+def read_profile_bytes(path: Path) -> bytes:
+    """The bytes of a profile file: a regular file of at most ``MAX_PROFILE_BYTES`` (never
+    a device, a fifo or a socket, which could block or never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProfileError(f"{path} is not a regular file")
+        if st.st_size > MAX_PROFILE_BYTES:
+            raise ProfileError(f"{path} is larger than {MAX_PROFILE_BYTES} bytes")
+        return file.read(MAX_PROFILE_BYTES + 1)[:MAX_PROFILE_BYTES]
+
+
+def read_profile(path: Path) -> tuple[dict[str, Any], bytes]:
+    """Read a profile file and check that it compiles; return its JSON document and the
+    bytes it was read from."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_profile_bytes(path)
+        document = json.loads(raw)
     except OSError as exc:
         raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except ValueError as exc:
@@ -302,7 +384,12 @@ def load_profile(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ProfileError(f"{path} must hold a JSON object")
     compile_profile(document)
-    return document
+    return document, raw
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """Read a profile file and check that it compiles; return its JSON document."""
+    return read_profile(path)[0]
 
 
 def compile_profile(document: Mapping[str, Any]) -> bytes:

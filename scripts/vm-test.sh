@@ -21,11 +21,16 @@ vng=".venv/bin/vng"
 
 say "booting $kernel under qemu (TCG) with 2 CPUs and 1 GiB"
 export PATH="$PWD/.venv/bin:$PATH"
+# vng reopens its stdio through /proc/self/fd; a pipe made by another account (CI's tee,
+# as root) cannot be reopened and vng then hangs: give it a file of ours and print that.
+log="$(mktemp "${TMPDIR:-/tmp}/squish-vm.XXXXXX")"
+trap 'rm -f -- "$log"' EXIT
 set +e
 timeout 900 "$vng" --run "$kernel" --disable-kvm --cpus 2 --memory 1G \
-    --exec "sh scripts/vm-guest.sh $(id -un) $PWD" </dev/null
+    --exec "sh scripts/vm-guest.sh $(id -un) $PWD" </dev/null >"$log" 2>&1
 rc=$?
 set -e
+cat -- "$log"
 if ((rc != 0)); then
     say "FAILED (exit $rc)"
     exit "$rc"

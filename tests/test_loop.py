@@ -51,3 +51,14 @@ def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert isinstance(loop.runtime, FakeRuntime)
     loop.dry_run()
     assert [c.method for c in loop.runtime.calls] == ["list"]
+
+
+@pytest.mark.anyio
+async def test_a_failed_sweep_is_reported_and_does_not_cost_the_pass(tmp_path: Path) -> None:
+    loop = reconciler(tmp_path, FakeClock(100.0))
+    assert isinstance(loop.runtime, FakeRuntime)
+    loop.runtime.fail("sweep", "", PermissionError(13, "a leftover is not ours"))
+    result = await loop.reconcile("test")
+    assert [c.method for c in loop.runtime.calls][:2] == ["sweep", "list"]
+    assert result.failed == ()
+    assert loop.record.last_error is not None and "a leftover is not ours" in loop.record.last_error

@@ -1096,3 +1096,11 @@ def test_changed_resources_are_applied_live_running_or_not() -> None:
     assert [(a.kind.value, a.reason) for a in result.actions] == [("resize", "resources changed")]
     stopped = plan(desired(tighter), [exited(base, 0)])
     assert [a.kind.value for a in stopped.actions] == ["resize", "start"]
+
+
+def test_a_container_named_like_a_leftover_but_from_another_file_is_not_one() -> None:
+    api = want("api")
+    other = want("api.next", file="other.toml")  # the user's own, its file now broken
+    broken = FileError(FOLDER / "other.toml", "api.next", (), name_known=True)
+    result = plan(desired(api, errors=[broken]), [running(api), running(other)])
+    assert not [a for a in result.actions if a.name == "api.next"]  # kept: its file is broken

@@ -96,10 +96,10 @@ def test_a_command_leaves_no_process_in_the_holder(rt: LinuxRuntime) -> None:
     started(rt, sleeper("tidy"))
     holder = rt.holder.identity()
     assert holder is not None
-    slow = threading.Thread(target=rt.exec_command, args=("tidy", ["sleep", "0.5"]))
+    slow = threading.Thread(target=rt.exec_command, args=("tidy", ["sleep", "2"]))
     slow.start()
     try:  # the detector sees a runner while one works
-        for _ in range(500):
+        for _ in range(2000):
             if _runners_of(holder.pid):
                 break
             time.sleep(0.001)

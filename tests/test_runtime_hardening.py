@@ -5,6 +5,7 @@ concurrent clients, a dead spare launcher."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -226,3 +227,17 @@ def test_a_container_half_removed_by_a_killed_client_is_replaced(
     assert output_of(rt, shell("halfgone", "echo again")) == "again\n"
     assert before.pid is not None and before.pid_start_time is not None
     assert not ProcessId(before.pid, before.pid_start_time).alive()
+
+
+def test_a_container_recorded_before_seccomp_filters_were_stored_still_starts(
+    rt: LinuxRuntime, state_path: Path
+) -> None:
+    rt.create(shell("older", "grep Seccomp: /proc/self/status"))
+    record = state_path / "containers" / "older"
+    (record / "seccomp.bpf").unlink()  # as an older version left it
+    launch = json.loads((record / "launch.json").read_text())
+    del launch["seccomp"]
+    (record / "launch.json").write_text(json.dumps(launch))
+    rt.start("older")
+    assert rt.wait("older", timeout=60) == 0
+    assert b"Seccomp:\t2" in rt.logs("older")  # confined all the same

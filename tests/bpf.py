@@ -1,0 +1,59 @@
+"""A small interpreter of classic BPF, enough to run a compiled seccomp program in a test.
+
+It answers "what would the kernel's filter return for this syscall" for a program that
+libseccomp produced: loads from ``struct seccomp_data``, jumps, AND, returns.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ("AUDIT_ARCH_I386", "AUDIT_ARCH_X86_64", "run_filter")
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_I386 = 0x40000003
+
+
+def _data(nr: int, arch: int, args: tuple[int, ...]) -> bytes:
+    padded = (*args, 0, 0, 0, 0, 0, 0)[:6]
+    return struct.pack("<iIQ6Q", nr, arch, 0, *padded)
+
+
+def run_filter(program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_64) -> int:
+    """The value the filter returns for syscall ``nr`` with ``args``."""
+    data = _data(nr, arch, args)
+    acc = 0
+    memory = [0] * 16
+    x = 0
+    pc = 0
+    count = len(program) // 8
+    for _ in range(count + 1):  # classic BPF only jumps forward
+        code, jt, jf, k = struct.unpack_from("<HBBI", program, pc * 8)
+        pc += 1
+        if code == 0x20:  # ld w abs
+            (acc,) = struct.unpack_from("<I", data, k)
+        elif code == 0x00:  # ld imm
+            acc = k
+        elif code == 0x60:  # ld mem
+            acc = memory[k]
+        elif code == 0x02:  # st
+            memory[k] = acc
+        elif code == 0x01:  # ldx imm
+            x = k
+        elif code == 0x54:  # and k
+            acc &= k
+        elif code == 0x05:  # ja
+            pc += k
+        elif code in (0x15, 0x25, 0x35, 0x45):  # jeq, jgt, jge, jset (k)
+            taken = {
+                0x15: acc == k,
+                0x25: acc > k,
+                0x35: acc >= k,
+                0x45: bool(acc & k),
+            }[code]
+            pc += jt if taken else jf
+        elif code == 0x06:  # ret k
+            return int(k)
+        else:
+            raise ValueError(f"BPF instruction {code:#x} is not interpreted here (x={x})")
+    raise ValueError("the program ran off its end")
