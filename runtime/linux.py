@@ -9,36 +9,31 @@ threaded program.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, suppress
-from dataclasses import asdict
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from runtime import cgroups, folders, seccomp, slirp
+from runtime import folders, seccomp, slirp
 from runtime.errors import (
     ContainerExists,
-    ContainerNotFound,
     ContainerStartError,
     HostSetupError,
-    NetworkLost,
     PortInUse,
-    RootRefused,
     SlirpError,
 )
-from runtime.holder import SUN_PATH_MAX, Holder
-from runtime.interface import CommandResult, ContainerInfo, ContainerState
-from runtime.launch import SECCOMP_FILE, Forward, LaunchRequest, MountPoint
+from runtime.holder import SUN_PATH_MAX
+from runtime.interface import ContainerInfo, ContainerState
+from runtime.launch import SECCOMP_FILE, LaunchRequest, MountPoint
 from runtime.layers import resolve_sdk
 from runtime.mounts import prepare_skeleton
-from runtime.paths import cache_dir, private_dir, state_dir
+from runtime.records import forward_of, leaf_of
 from runtime.rootfs import resolve_rootfs
-from runtime.spec import ContainerSpec, PortMapping, Resources, RootfsRef
+from runtime.running import RunningOps
+from runtime.spec import ContainerSpec, RootfsRef
 from runtime.state import ProcessId, read_json, write_json_atomic
 
 __all__ = ("LinuxRuntime",)
@@ -54,167 +49,12 @@ def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
     }
 
 
-def _forward(mapping: PortMapping) -> Forward:
-    return Forward(
-        proto=mapping.protocol,
-        host_addr=mapping.host_addr,
-        host_port=mapping.host,
-        guest_port=mapping.container,
-    )
-
-
-def _mapping(record: dict[str, Any]) -> PortMapping:
-    return PortMapping(
-        container=record["guest_port"],
-        host=record["host_port"],
-        protocol=record["proto"],
-        host_addr=record["host_addr"],
-    )
-
-
-def _confined(pid: int) -> bool:
-    """Whether the init ``pid`` has confined itself (no_new_privs comes after it stopped
-    being dumpable): until then an exec'd command must not run next to it."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nNoNewPrivs:\t1" in status
-
-
-def _leaf(run: Any) -> cgroups.Leaf | None:
-    """The cgroup leaf a run record names, if any."""
-    path = run.get("cgroup") if isinstance(run, dict) else None
-    return cgroups.Leaf(Path(path)) if isinstance(path, str) and path else None
-
-
-def _cgroup_facts(run: dict[str, Any]) -> dict[str, Any]:
-    """Paused, OOM kills and refused forks, from the run's cgroup leaf (if it has one)."""
-    leaf = _leaf(run)
-    if leaf is None or not leaf.path.exists():
-        return {}
-    return {"paused": leaf.frozen(), **leaf.events()}
-
-
-def _forward_key(port: PortMapping) -> tuple[str, str, int, int]:
-    return (port.protocol, port.host_addr, port.host, port.container)
-
-
-class LinuxRuntime:
-    """Rootless containers in Linux namespaces; see ``docs/runtime.md``."""
-
-    def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
-        if os.geteuid() == 0:
-            raise RootRefused(
-                "squish runs rootless only and refuses to run as root (uid 0); "
-                "run it as an unprivileged user (`make run` as root does that for you)"
-            )
-        self.state = private_dir(state, "state directory") if state is not None else state_dir()
-        self.cache = private_dir(cache, "cache directory") if cache is not None else cache_dir()
-        self.containers = self.state / "containers"
-        self.containers.mkdir(mode=0o700, exist_ok=True)
-        self.holder = Holder(self.state)
-        self.cgroups = cgroups.detect()
-        self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
-        """This state folder's cgroup folder: two state folders never share leaves."""
-        self._rootfs_paths: dict[RootfsRef, Path] = {}
-        self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
-        self._forward_checks: dict[
-            Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
-        ] = {}
-        self.forward_check_interval = 10.0
-        """How often ``list()`` asks each slirp4netns for its forwards (``inspect`` always does)."""
+class LinuxRuntime(RunningOps):
+    """Rootless containers in Linux namespaces; see ``docs/runtime.md``. The container
+    lifecycle is here; records in :mod:`runtime.records`, live operations in
+    :mod:`runtime.running`."""
 
     # -- folders and records ------------------------------------------------------------
-
-    def _dir(self, name: str) -> Path:
-        path = self.containers / name
-        if not (path / "launch.json").is_file():
-            raise ContainerNotFound(name)
-        return path
-
-    def _locked(self, name: str) -> AbstractContextManager[Path]:
-        return folders.locked(self._dir(name), name)
-
-    def _launch_request(self, cdir: Path) -> LaunchRequest:
-        return LaunchRequest.from_json(read_json(cdir / "launch.json"))
-
-    def _spec(self, cdir: Path) -> ContainerSpec:
-        """The container's spec, parsed again only when spec.json changed."""
-        path = cdir / "spec.json"
-        st = path.stat()
-        key = (st.st_ino, st.st_mtime_ns)
-        known = self._specs.get(path)
-        if known is not None and known[0] == key:
-            return known[1]
-        spec = ContainerSpec.model_validate_json(path.read_bytes())
-        self._specs[path] = (key, spec)
-        return spec
-
-    def _live_ports(
-        self, cdir: Path, recorded: tuple[PortMapping, ...], fresh: bool
-    ) -> tuple[PortMapping, ...]:
-        """slirp4netns' own forward list (the truth: it shows a forward removed behind our
-        back); ``list()`` asks at most every ``forward_check_interval`` seconds per container."""
-        now = time.monotonic()
-        checked = self._forward_checks.get(cdir)
-        if not fresh and checked is not None and now - checked[0] < self.forward_check_interval:
-            return checked[1] if checked[2] == recorded else recorded
-        try:
-            live = tuple(
-                _mapping(asdict(f.forward)) for f in slirp.list_forwards(cdir / "slirp.sock")
-            )
-        except SlirpError:
-            return recorded
-        self._forward_checks[cdir] = (now, live, recorded)
-        return live
-
-    def _info(self, cdir: Path, *, fresh: bool = True) -> ContainerInfo:
-        spec = self._spec(cdir)
-        meta = read_json(cdir / "meta.json") or {}
-        run = read_json(cdir / "run.json")
-        common: dict[str, Any] = {
-            "name": spec.name,
-            "spec": spec,
-            "log_path": str(cdir / "output.log"),
-            "restarts": int(meta.get("restarts", 0)),
-            "created_at": float(meta.get("created_at", 0.0)),
-        }
-        if not isinstance(run, dict):
-            return ContainerInfo(state=ContainerState.CREATED, **common)
-        init = ProcessId.from_json(run.get("init"))
-        if init is not None and init.alive():
-            slirp_id = ProcessId.from_json(run.get("slirp"))
-            slirp_alive = slirp_id is not None and slirp_id.alive()
-            ports = tuple(_mapping(f) for f in run.get("forwards", []))
-            if slirp_alive:
-                ports = self._live_ports(cdir, ports, fresh)
-            return ContainerInfo(
-                state=ContainerState.RUNNING,
-                pid=init.pid,
-                pid_start_time=init.start_time,
-                started_at=run.get("started_at"),
-                ports=ports,
-                slirp_pid=slirp_id.pid if slirp_id is not None and slirp_alive else None,
-                **_cgroup_facts(run),
-                **common,
-            )
-        exited = read_json(cdir / "exit.json")
-        if not isinstance(exited, dict):
-            # The init died without recording an exit (it was killed): record when that
-            # was first seen, so the exit has a time even if its code is unknown.
-            exited = {"exit_code": None, "signal": None, "finished_at": time.time()}
-            write_json_atomic(cdir / "exit.json", exited)
-        exit_code = exited.get("exit_code")
-        finished = exited.get("finished_at")
-        return ContainerInfo(
-            state=ContainerState.EXITED,
-            started_at=run.get("started_at"),
-            finished_at=finished,
-            exit_code=exit_code,
-            **_cgroup_facts(run),
-            **common,
-        )
 
     # -- create and start ---------------------------------------------------------------
 
@@ -283,7 +123,7 @@ class LinuxRuntime:
                 workdir=spec.workdir,
                 hostname=spec.hostname or spec.name,
                 network=spec.network,
-                forwards=tuple(_forward(p) for p in spec.ports),
+                forwards=tuple(forward_of(p) for p in spec.ports),
                 seccomp=syscall_filter is not None,
             )
             if syscall_filter is not None:
@@ -402,7 +242,7 @@ class LinuxRuntime:
         run = read_json(cdir / "run.json")
         if not isinstance(run, dict):
             return
-        leaf = _leaf(run)
+        leaf = leaf_of(run)
         if leaf is not None:
             if leaf.populated():
                 leaf.kill()
@@ -422,7 +262,7 @@ class LinuxRuntime:
                 init.send(signal.SIGTERM)
                 if not init.wait_gone(grace):
                     init.send(signal.SIGKILL)
-                    leaf = _leaf(run)
+                    leaf = leaf_of(run)
                     if leaf is not None:
                         leaf.kill()  # every process at once, the init included
                     if not init.wait_gone(10.0):
@@ -451,11 +291,6 @@ class LinuxRuntime:
             folders.discard(cdir)
             self._forget(cdir)
 
-    def _forget(self, cdir: Path) -> None:
-        """Drop what is cached about a folder that is gone or moved."""
-        self._specs.pop(cdir / "spec.json", None)
-        self._forward_checks.pop(cdir, None)
-
     # -- observe ------------------------------------------------------------------------
 
     def list(self) -> list[ContainerInfo]:
@@ -470,9 +305,6 @@ class LinuxRuntime:
             except ValueError as exc:  # a damaged record: report it, never fail the listing
                 print(f"squish: skipping {cdir}: unreadable record: {exc}", file=sys.stderr)
         return found
-
-    def inspect(self, name: str) -> ContainerInfo:
-        return self._info(self._dir(name))
 
     def logs(self, name: str) -> bytes:
         try:
@@ -492,175 +324,6 @@ class LinuxRuntime:
         return 128 + signal.SIGKILL if code is None else code
 
     # -- live port forwards -------------------------------------------------------------
-
-    def _running_api(self, cdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
-        info = self._info(cdir, fresh=False)  # callers ask slirp4netns themselves
-        if info.state is not ContainerState.RUNNING:
-            raise ContainerStartError(name, "it is not running")
-        if info.spec.network != "slirp4netns" or info.slirp_pid is None:
-            raise SlirpError(f"container {name!r} has no slirp4netns network")
-        run = read_json(cdir / "run.json")
-        assert isinstance(run, dict)
-        return cdir / "slirp.sock", run
-
-    def _record_ports(self, cdir: Path, run: dict[str, Any]) -> None:
-        """Keep run.json, spec.json and launch.json on the forwards now in place, so a
-        later start of the same container forwards what it forwards now."""
-        write_json_atomic(cdir / "run.json", run)
-        ports = tuple(sorted({_mapping(f) for f in run["forwards"]}, key=_forward_key))
-        spec = self._spec(cdir).model_copy(update={"ports": ports})
-        (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
-        (cdir / "spec.json.tmp").rename(cdir / "spec.json")
-        request = self._launch_request(cdir)
-        updated = dataclasses.replace(request, forwards=tuple(_forward(p) for p in ports))
-        write_json_atomic(cdir / "launch.json", updated.to_json())
-
-    def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
-        with self._locked(name) as cdir:
-            api, run = self._running_api(cdir, name)
-            forward = _forward(mapping)
-            # slirp4netns' own list decides: run.json may still name a forward that was
-            # removed behind our back.
-            live = slirp.find_forward(api, forward)
-            if live is None:
-                slirp.ensure_port_free(forward)
-                live_id = slirp.add_forward(api, forward)
-            else:
-                live_id = live.id
-            run["forwards"] = [f for f in run["forwards"] if _mapping(f) != mapping]
-            run["forwards"].append({"id": live_id, **asdict(forward)})
-            self._record_ports(cdir, run)
-            return self._info(cdir)
-
-    def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
-        with self._locked(name) as cdir:
-            api, run = self._running_api(cdir, name)
-            live = slirp.find_forward(api, _forward(mapping))
-            if live is not None:
-                slirp.remove_forward(api, live.id)
-            run["forwards"] = [f for f in run["forwards"] if _mapping(f) != mapping]
-            self._record_ports(cdir, run)
-            return self._info(cdir)
-
-    def restore_network(self, name: str) -> ContainerInfo:
-        """Start slirp4netns again for a running container whose slirp4netns died, in the
-        same network namespace, and put back every forward it can (a port taken in the
-        meantime stays out and shows as missing). Raises :class:`NetworkLost` when only a
-        recreate can help."""
-        with self._locked(name) as cdir:
-            info = self._info(cdir)
-            if info.state is not ContainerState.RUNNING:
-                raise ContainerStartError(name, "it is not running")
-            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
-                return info
-            reply = self.holder.request(
-                {
-                    "op": "restore_network",
-                    "init_pid": info.pid,
-                    "container_dir": str(cdir),
-                    "sandbox": self._launch_request(cdir).sandbox_slirp,
-                }
-            )
-            if reply.get("error") == "unknown_container":
-                raise NetworkLost(name, str(reply.get("message")))
-            if not reply.get("ok"):
-                raise SlirpError(f"cannot restore the network of {name!r}: {reply.get('message')}")
-            run = read_json(cdir / "run.json")
-            assert isinstance(run, dict)
-            wanted = [_mapping(record) for record in run.get("forwards", [])]
-            run["slirp"] = reply["slirp"]
-            run["forwards"] = []
-            write_json_atomic(cdir / "run.json", run)  # the new slirp4netns first
-            api = cdir / "slirp.sock"
-            for mapping in wanted:
-                forward = _forward(mapping)
-                with suppress(PortInUse, SlirpError):  # left out: the next pass binds it
-                    run["forwards"].append(
-                        {"id": slirp.add_forward(api, forward), **asdict(forward)}
-                    )
-            write_json_atomic(cdir / "run.json", run)
-            self._forward_checks.pop(cdir, None)
-            return self._info(cdir)
-
-    def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
-        """Move a forward from one running container to another with the shortest gap
-        the slirp4netns API allows: remove and add back to back, bookkeeping after."""
-        if name == to:
-            raise ValueError("a forward cannot move to the container it is on")
-        first, second = sorted((name, to))  # one lock order for every mover: no deadlock
-        with self._locked(first) as first_dir, self._locked(second) as second_dir:
-            source, target = (first_dir, second_dir) if first == name else (second_dir, first_dir)
-            source_api, source_run = self._running_api(source, name)
-            target_api, target_run = self._running_api(target, to)
-            forward = _forward(mapping)
-            live = slirp.find_forward(source_api, forward)
-            if live is not None:
-                slirp.remove_forward(source_api, live.id)
-            try:
-                new_id = slirp.add_forward(target_api, forward)  # the port was just freed
-            except BaseException:
-                if live is not None:  # put it back where it was
-                    with suppress(PortInUse, SlirpError):
-                        slirp.add_forward(source_api, forward)
-                raise
-            source_run["forwards"] = [f for f in source_run["forwards"] if _mapping(f) != mapping]
-            target_run["forwards"] = [f for f in target_run["forwards"] if _mapping(f) != mapping]
-            target_run["forwards"].append({"id": new_id, **asdict(forward)})
-            self._record_ports(source, source_run)
-            self._record_ports(target, target_run)
-
-    def probe_tcp(self, name: str, port: int) -> bool:
-        """Whether something inside the running container accepts TCP on ``port`` (tried
-        from within its network namespace, so no forward is needed)."""
-        info = self.inspect(name)
-        if info.state is not ContainerState.RUNNING or info.pid is None:
-            return False
-        reply = self.holder.request({"op": "probe_tcp", "init_pid": info.pid, "port": port})
-        if not reply.get("ok"):
-            raise ContainerStartError(name, f"cannot probe port {port}: {reply.get('message')}")
-        return bool(reply.get("ready"))
-
-    def exec_command(
-        self, name: str, argv: Sequence[str], *, timeout: float = 10.0
-    ) -> CommandResult:
-        if not argv:
-            raise ValueError("exec_command needs a command")
-        if any("\0" in part for part in argv):
-            raise ValueError("an argument of exec_command contains a NUL byte")
-        if not 0 < timeout <= 86_400:  # NaN fails this too
-            raise ValueError(f"exec_command timeout must be in (0, 86400] seconds, not {timeout}")
-        cdir = self._dir(name)
-        info = self._info(cdir, fresh=False)
-        if info.state is not ContainerState.RUNNING or info.pid is None:
-            raise ContainerStartError(name, "it is not running")
-        if info.paused:  # the command would freeze with it
-            raise ContainerStartError(name, "it is paused (unpause it first)")
-        if not _confined(info.pid):  # its init still holds what its command must not reach
-            raise ContainerStartError(name, "it is still starting; try again")
-        leaf = _leaf(read_json(cdir / "run.json"))
-        request = self._launch_request(cdir)
-        reply = self.holder.request(
-            {
-                "op": "exec",
-                "init_pid": info.pid,
-                "init_start_time": info.pid_start_time,
-                "argv": list(argv),
-                "env": request.command_env(),
-                "workdir": request.workdir,
-                "timeout": timeout,
-                "container_dir": str(cdir),
-                "seccomp": request.seccomp,
-                "cgroup": str(leaf.path) if leaf is not None else "",
-            },
-            timeout=timeout + 30.0,
-        )
-        if not reply.get("ok"):
-            raise ContainerStartError(name, f"cannot run {argv[0]!r} in it: {reply.get('message')}")
-        return CommandResult(
-            exit_code=int(reply["exit_code"]),
-            output=str(reply["output"]),
-            timed_out=bool(reply.get("timed_out")),
-        )
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         """Give a container another name, running or not (a replacement takes over the
@@ -682,41 +345,6 @@ class LinuxRuntime:
             return self._info(target)
 
     # -- cgroups -------------------------------------------------------------------------
-
-    def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
-        self.cgroups.check(resources)
-        with self._locked(name) as cdir:
-            spec = self._spec(cdir).model_copy(update={"resources": resources})
-            (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
-            (cdir / "spec.json.tmp").rename(cdir / "spec.json")
-            info = self._info(cdir, fresh=False)
-            leaf = _leaf(read_json(cdir / "run.json"))
-            if info.state is ContainerState.RUNNING and leaf is not None:
-                leaf.apply(resources)  # live: the kernel enforces the new limits at once
-            return self._info(cdir, fresh=False)
-
-    def _running_leaf(self, cdir: Path, name: str) -> cgroups.Leaf:
-        leaf = _leaf(read_json(cdir / "run.json"))
-        if self._info(cdir, fresh=False).state is not ContainerState.RUNNING:
-            raise ContainerStartError(name, "it is not running")
-        if leaf is None:
-            raise HostSetupError(
-                f"container {name!r} has no cgroup of its own, so it cannot be paused: "
-                f"{self.cgroups.problem or 'it was started without one'}"
-            )
-        return leaf
-
-    def pause(self, name: str) -> ContainerInfo:
-        with self._locked(name) as cdir:
-            if not self._running_leaf(cdir, name).freeze(True):
-                raise ContainerStartError(name, "its cgroup did not freeze within 10 s")
-            return self._info(cdir, fresh=False)
-
-    def resume(self, name: str) -> ContainerInfo:
-        with self._locked(name) as cdir:
-            if not self._running_leaf(cdir, name).freeze(False):
-                raise ContainerStartError(name, "its cgroup did not thaw within 10 s")
-            return self._info(cdir, fresh=False)
 
     # -- the whole runtime --------------------------------------------------------------
 
