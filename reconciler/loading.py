@@ -21,14 +21,16 @@ from reconciler.errors import toml_quote as _q
 from reconciler.model import (
     LAYER_SHAPE_TAGS,
     DownloadLayer,
-    HealthSection,
     LocalLayer,
     PortForward,
+    RunSection,
+    Squishfile,
+)
+from reconciler.sections import (
+    HealthSection,
     ResourcesSection,
     RestartSection,
-    RunSection,
     SecuritySection,
-    Squishfile,
     UpdateSection,
 )
 from reconciler.tomlpos import Loc, line_of, problems_from_validation, syntax_problem

@@ -8,7 +8,6 @@ job. The format is documented for users in ``docs/squishfile.md``.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -19,7 +18,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -32,13 +30,19 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reconciler.errors import toml_quote as _q
-from runtime.seccomp import read_profile
+from reconciler.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
+from reconciler.sections import (
+    HealthSection,
+    ResourcesSection,
+    RestartSection,
+    SecuritySection,
+    UpdateSection,
+)
 from runtime.spec import (
     NAME_PATTERN,
     BindMount,
     ContainerSpec,
     PortMapping,
-    Resources,
     RootfsRef,
     SdkLayer,
     check_target,
@@ -47,21 +51,16 @@ from runtime.spec import (
 __all__ = (
     "LAYER_SHAPE_TAGS",
     "DownloadLayer",
-    "HealthSection",
     "LocalLayer",
     "PortForward",
-    "RestartSection",
     "RunSection",
     "Squishfile",
-    "UpdateSection",
 )
 
-_STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _ALPINE_VERSION = re.compile(r"\d{1,8}\.\d{1,8}|edge")
 _SDK_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_PATH_PREFIXES = ("./", "../", "/", "~")
 
 
 def _check_name(value: str) -> str:
@@ -82,21 +81,6 @@ def _check_env_name(value: str) -> str:
     return value
 
 
-def _check_exec_string(value: str) -> str:
-    if "\0" in value:
-        raise ValueError("may not contain a NUL character")
-    return value
-
-
-def _as_tuple(value: object) -> object:
-    """TOML arrays arrive as lists; the models store immutable tuples."""
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _is_path_like(value: str) -> bool:
-    return value in (".", "..") or value.startswith(_PATH_PREFIXES)
-
-
 def _default_target(path: str) -> str:
     """``/app/<basename>`` for a local layer path, or ValueError if it has no basename."""
     base = os.path.basename(os.path.normpath(path))
@@ -110,13 +94,12 @@ def _default_target(path: str) -> str:
 
 _Name = Annotated[str, AfterValidator(_check_name)]
 _EnvName = Annotated[str, AfterValidator(_check_env_name)]
-_ExecString = Annotated[str, AfterValidator(_check_exec_string)]
 
 
 class LocalLayer(BaseModel):
     """A host file or folder bind-mounted into the container (the table form)."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     path: str = Field(
         description="host path starting with ./, ../, / or ~; relative paths are "
@@ -130,7 +113,7 @@ class LocalLayer(BaseModel):
     @field_validator("path")
     @classmethod
     def _path_is_local(cls, value: str) -> str:
-        if not _is_path_like(value) or "\0" in value:
+        if not is_path_like(value) or "\0" in value:
             raise ValueError(f"{_q(value)} is not a local path: start it with ./, ../, / or ~")
         if value.startswith("~") and os.path.expanduser(value).startswith("~"):
             # Checked here, where the error gets its line, not when the spec is built.
@@ -156,7 +139,7 @@ class LocalLayer(BaseModel):
 class DownloadLayer(BaseModel):
     """An SDK layer downloaded from ``url`` and checked against ``sha256``."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     url: str = Field(description="http:// or https:// address of a tarball")
     sha256: str = Field(description="expected sha256 of the download, 64 hex digits")
@@ -217,7 +200,7 @@ def _classify_layer(name: str, value: str | LocalLayer | DownloadLayer) -> _Laye
         return SdkLayer(name=name, url=value.url, sha256=value.sha256)
     if isinstance(value, LocalLayer):
         return value
-    if _is_path_like(value):
+    if is_path_like(value):
         _default_target(value)
         return LocalLayer(path=value)
     if not _SDK_VERSION.fullmatch(value):
@@ -240,196 +223,13 @@ def _error(loc: tuple[str | int, ...], message: str, value: object) -> InitError
     return InitErrorDetails(type=kind, loc=loc, input=value)
 
 
-class RestartSection(BaseModel):
-    """The ``[restart]`` table: what the reconciler does when the command exits."""
-
-    model_config = _STRICT
-
-    policy: Literal["always", "on-failure", "never"] = Field(
-        default="always",
-        description="always restart; restart only after a non-zero exit; or never",
-    )
-
-
-class UpdateSection(BaseModel):
-    """The ``[update]`` table: how a changed container is replaced."""
-
-    model_config = _STRICT
-
-    strategy: Literal["stop-first", "start-first"] = Field(
-        default="stop-first",
-        description="stop the old container first; or start the new one first, wait until "
-        "it is ready, move the forwards to it, then stop the old one",
-    )
-    drain: float = Field(
-        default=0.1,
-        ge=0,
-        le=3600,
-        allow_inf_nan=False,
-        description="start-first: seconds the old container keeps running after its "
-        "forwards moved, to finish requests it had accepted",
-    )
-
-
-class HealthSection(BaseModel):
-    """The ``[health]`` table: when a (replacement) container counts as ready."""
-
-    model_config = _STRICT
-
-    tcp: int | None = Field(
-        default=None, ge=1, le=65535, description="a TCP port inside the container that must accept"
-    )
-    command: tuple[_ExecString, ...] | None = Field(
-        default=None,
-        description="a command run inside the container that must exit 0 "
-        '(an array of arguments, or a string run by "/bin/sh -c")',
-    )
-    timeout: float = Field(
-        default=1.0, gt=0, le=600, allow_inf_nan=False, description="seconds one probe may take"
-    )
-    interval: float = Field(
-        default=0.1, gt=0, le=60, allow_inf_nan=False, description="seconds between probes"
-    )
-    retries: int = Field(default=100, ge=1, le=100_000, description="probes before giving up")
-
-    @field_validator("command", mode="before")
-    @classmethod
-    def _shell_or_array(cls, value: object) -> object:
-        if isinstance(value, str):
-            return ("/bin/sh", "-c", value)
-        return _as_tuple(value)
-
-    @field_validator("command")
-    @classmethod
-    def _not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value == ():
-            raise ValueError("may not be empty")
-        return value
-
-    @model_validator(mode="after")
-    def _one_probe(self) -> HealthSection:
-        if (self.tcp is None) == (self.command is None):
-            raise ValueError('needs exactly one of "tcp" (a port) or "command"')
-        return self
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def _bytes(value: object) -> object:
-    """``"256M"`` → 268435456 (binary units, as Docker and podman read them)."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return value  # the type check that follows reports it
-    if isinstance(value, int):
-        return value
-    found = _SIZE.match(value)
-    if found is None:
-        raise ValueError(f"{_q(value)} is not a size: write bytes or a number with k, M, G or T")
-    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
-
-
-class ResourcesSection(BaseModel):
-    """The ``[resources]`` table: cgroup v2 limits, applied live when they change."""
-
-    model_config = _STRICT
-
-    memory: int | None = Field(
-        default=None, ge=1024 * 1024, description='memory limit ("256M"): memory.max'
-    )
-    memory_swap: int | None = Field(
-        default=None, ge=0, description='swap the container may use besides ("0": none)'
-    )
-    cpus: float | None = Field(
-        default=None, gt=0, le=1024, allow_inf_nan=False, description="CPUs: cpu.max"
-    )
-    cpu_weight: int | None = Field(
-        default=None, ge=1, le=10_000, description="relative CPU share: cpu.weight (100)"
-    )
-    pids: int | None = Field(default=None, ge=1, le=4_194_304, description="most processes")
-
-    _sizes = field_validator("memory", "memory_swap", mode="before")(_bytes)
-
-    def to_resources(self) -> Resources | None:
-        values = self.model_dump(exclude_none=True)
-        return Resources(**values) if values else None
-
-
-class SecuritySection(BaseModel):
-    """The ``[security]`` table: how the container is confined beyond its namespaces."""
-
-    model_config = _STRICT
-
-    seccomp: str = Field(
-        default="default",
-        description='the seccomp profile: "default" (Docker\'s), "unconfined", or the path '
-        "of a Docker-format JSON profile (relative to the squishfile's folder)",
-    )
-    _profile: dict[str, Any] | None = PrivateAttr(default=None)
-    _input: tuple[Path, bytes] | None = PrivateAttr(default=None)
-
-    @field_validator("seccomp")
-    @classmethod
-    def _known_or_a_profile(cls, value: str, info: ValidationInfo) -> str:
-        if value in ("default", "unconfined"):
-            return value
-        if not _is_path_like(value) or "\0" in value:
-            raise ValueError(
-                f'must be "default", "unconfined" or a path (./, ../, / or ~), not {_q(value)}'
-            )
-        source = (info.context or {}).get("source")
-        path = _resolve(value, source if isinstance(source, Path) else None)
-        document, raw = read_profile(path)  # missing, malformed, uncompilable: an error here
-        if isinstance(info.context, dict):  # read once: handed to _keep_profile below
-            info.context[_PROFILE_READ] = (path, document, raw)
-        return value
-
-    @model_validator(mode="after")
-    def _keep_profile(self, info: ValidationInfo) -> SecuritySection:
-        read = (info.context or {}).pop(_PROFILE_READ, None)
-        if self.seccomp not in ("default", "unconfined"):
-            if read is None:  # validated without a context dict: read it here
-                source = (info.context or {}).get("source")
-                path = _resolve(self.seccomp, source if isinstance(source, Path) else None)
-                read = (path, *read_profile(path))
-            path, document, raw = read
-            self._profile = document
-            self._input = (path, hashlib.blake2b(raw, digest_size=16).digest())
-        return self
-
-    def spec_value(self) -> str | dict[str, Any]:
-        """What ``ContainerSpec.seccomp`` takes: a keyword or the profile's document."""
-        return self._profile if self._profile is not None else self.seccomp
-
-    @property
-    def inputs(self) -> tuple[tuple[Path, bytes], ...]:
-        """Files besides the squishfile that its container was built from, each with the
-        digest of the bytes that were read."""
-        return () if self._input is None else (self._input,)
-
-
-_PROFILE_READ = "_seccomp_profile_read"
-
-
-def _resolve(path: str, source: Path | None) -> Path:
-    """``path`` made absolute: ``~`` expanded, relative ones from the squishfile's folder."""
-    expanded = os.path.expanduser(path)
-    if expanded.startswith("~"):
-        raise ValueError(f"{_q(path)} names a home folder that does not exist here")
-    if not os.path.isabs(expanded):
-        if source is None:
-            raise ValueError(f"cannot make {_q(path)} absolute: unknown squishfile folder")
-        expanded = os.path.join(source.parent, expanded)
-    return Path(os.path.abspath(expanded))
-
-
 class RunSection(BaseModel):
     """The ``[run]`` table: what the container runs."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
-    command: _ExecString = Field(min_length=1, description="the program to run (argv[0])")
-    args: tuple[_ExecString, ...] = Field(default=(), description="its arguments")
+    command: ExecString = Field(min_length=1, description="the program to run (argv[0])")
+    args: tuple[ExecString, ...] = Field(default=(), description="its arguments")
     workdir: str = Field(default="/", description="absolute working directory")
     stop_timeout: float = Field(
         default=10.0,
@@ -439,7 +239,7 @@ class RunSection(BaseModel):
         description="seconds between SIGTERM and SIGKILL when stopping",
     )
 
-    _args_from_array = field_validator("args", mode="before")(_as_tuple)
+    _args_from_array = field_validator("args", mode="before")(as_tuple)
 
     @field_validator("workdir")
     @classmethod
@@ -452,7 +252,7 @@ class RunSection(BaseModel):
 class PortForward(BaseModel):
     """One ``[[ports]]`` table: forward ``host_addr:host`` on the host to ``container``."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     container: int = Field(ge=1, le=65535, description="port inside the container")
     host: int = Field(ge=1, le=65535, description="port on the host")
@@ -480,7 +280,7 @@ class Squishfile(BaseModel):
     relative layer paths.
     """
 
-    model_config = _STRICT
+    model_config = STRICT
 
     name: _Name = Field(description="container name; default: the file's stem")
     network: Literal["slirp4netns", "none"] = Field(
@@ -491,7 +291,7 @@ class Squishfile(BaseModel):
         description="the rootfs, local mounts and SDK layers, by layer name"
     )
     run: RunSection = Field(description="what to run")
-    env: dict[_EnvName, _ExecString] = Field(
+    env: dict[_EnvName, ExecString] = Field(
         default_factory=dict, description="environment variables"
     )
     ports: tuple[PortForward, ...] = Field(default=(), description="port forwards")
@@ -510,7 +310,7 @@ class Squishfile(BaseModel):
     )
 
     _source: Path | None = PrivateAttr(default=None)
-    _ports_from_array = field_validator("ports", mode="before")(_as_tuple)
+    _ports_from_array = field_validator("ports", mode="before")(as_tuple)
 
     @model_validator(mode="before")
     @classmethod
@@ -617,4 +417,4 @@ class Squishfile(BaseModel):
 
     def _host_path(self, path: str) -> str:
         """``path`` made absolute: ``~`` expanded, relative paths taken from the file's folder."""
-        return str(_resolve(path, self._source))
+        return str(resolve(path, self._source))
