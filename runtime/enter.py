@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -28,7 +27,7 @@ from typing import Any, NoReturn
 from runtime import confine
 from runtime import syscalls as sc
 from runtime.launch import read_filter
-from runtime.state import wait_readable
+from runtime.state import close_fds_except, wait_readable
 
 __all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
 
@@ -61,20 +60,10 @@ def start_runner(conn: socket.socket, request: dict[str, Any], namespaces: dict[
         os._exit(0)
 
 
-def _keep_only(keep: set[int]) -> None:
-    """Close every descriptor but stdio and ``keep``: the holder's listener, its spares,
-    other containers' namespaces."""
-    low = 3
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-
-
 def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> dict[str, Any]:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
-    _keep_only({conn_fd, *namespaces.values()})
+    close_fds_except({conn_fd, *namespaces.values()})  # the holder's other descriptors
     sc.prctl(sc.PR_SET_DUMPABLE, 0)  # the container's root may not read the holder's memory
     argv = [str(a) for a in request["argv"]]
     env = {str(k): str(v) for k, v in dict(request["env"]).items()}
@@ -129,7 +118,7 @@ def _command(
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        close_fds_except(())
         os.setsid()
         for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(ignored_by_python, signal.SIG_DFL)

@@ -28,7 +28,7 @@ from typing import NoReturn
 from runtime import confine, mounts
 from runtime import syscalls as sc
 from runtime.launch import Forward, LaunchRequest, MountPoint, read_filter
-from runtime.state import reap_children, write_json_atomic
+from runtime.state import close_fds_except, reap_children, write_json_atomic
 
 __all__ = ("FORWARDED_SIGNALS", "run_init")
 
@@ -56,15 +56,6 @@ def _bring_up_loopback() -> None:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
-
-
-def _close_other_fds(keep: set[int]) -> None:
-    """Close every descriptor but ``keep``: nothing of the host may reach the command."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):  # the listdir's own descriptor, already gone
-                os.close(fd)
 
 
 def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
@@ -191,7 +182,7 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # the holder's log stays outside
     os.close(null)
-    _close_other_fds({log_fd, report_w, state_fd, exit_w})
+    close_fds_except({log_fd, report_w, state_fd, exit_w})
     try:
         # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
         # still does needs none of what they take away) and for what it starts.

@@ -36,7 +36,7 @@ from typing import Any
 from runtime import syscalls as sc
 from runtime.enter import NAMESPACES, start_runner
 from runtime.launcher import MAX_REQUEST, hand_over, restart_slirp, run_spare
-from runtime.state import ProcessId, reap_children, write_json_atomic
+from runtime.state import ProcessId, close_fds_except, reap_children, write_json_atomic
 
 __all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
 
@@ -109,9 +109,7 @@ class _Spares:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
-            keep = theirs.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+            close_fds_except({theirs.fileno()})
             run_spare(theirs)
         theirs.close()
         self.spare = (child, ours)

@@ -22,12 +22,13 @@ import json
 import os
 import select
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = (
     "ProcessId",
+    "close_fds_except",
     "proc_start_time",
     "read_json",
     "reap_children",
@@ -150,6 +151,16 @@ class ProcessId:
 
     def __repr__(self) -> str:
         return f"ProcessId(pid={self.pid}, start_time={self.start_time})"
+
+
+def close_fds_except(keep: Iterable[int]) -> None:
+    """Close every descriptor above stdio except ``keep`` (close_range under the hood)."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def reap_children() -> Iterator[tuple[int, int]]:
