@@ -38,7 +38,14 @@ from pathlib import Path
 
 from runtime.errors import ArchiveError
 
-__all__ = ("MAX_ENTRIES", "MAX_TOTAL_BYTES", "extract_tar", "publish_tree", "remove_tree")
+__all__ = (
+    "MAX_ENTRIES",
+    "MAX_TOTAL_BYTES",
+    "extract_tar",
+    "publish_tree",
+    "remove_tree",
+    "unpack_download",
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,26 @@ def extract_tar(
     except BaseException:
         remove_tree(staging)
         raise
+
+
+def unpack_download(
+    archive: Path, final: Path, *, before_publish: Callable[[Path], None] | None = None
+) -> Path:
+    """Extract a downloaded ``archive`` into the cache folder ``final`` and return it.
+
+    Another process publishing the same tree first is fine. An archive that cannot be
+    extracted safely is deleted along with the error, so that nothing of it stays cached
+    and a repaired mirror is asked again.
+    """
+    try:
+        extract_tar(archive, final, before_publish=before_publish)
+    except FileExistsError:
+        if not final.is_dir():
+            raise
+    except ArchiveError:
+        archive.unlink(missing_ok=True)
+        raise
+    return final
 
 
 def publish_tree(staging: Path, final: Path) -> None:

@@ -33,7 +33,7 @@ from urllib.parse import urljoin, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.errors import FetchError, HostSetupError, LayerNotFound
-from runtime.extract import extract_tar
+from runtime.extract import unpack_download
 from runtime.fetch import download, fetch_bytes
 from runtime.spec import SdkLayer
 
@@ -84,12 +84,7 @@ def resolve_sdk(layer: SdkLayer, cache: Path, *, index_url: str | None = None) -
     archive = download(
         url, cache / "downloads" / _download_name(layer.name, url, sha256), sha256=sha256
     )
-    try:
-        extract_tar(archive, final)
-    except FileExistsError:
-        if not final.is_dir():
-            raise
-    return final
+    return unpack_download(archive, final)
 
 
 def _look_up(name: str, version: str, index_url: str | None) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from runtime.errors import ArchiveError, FetchError, HostSetupError, LayerNotFound
-from runtime.extract import extract_tar, publish_tree, remove_tree
+from runtime.extract import publish_tree, remove_tree, unpack_download
 from runtime.fetch import download, fetch_bytes
 from runtime.spec import RootfsRef
 
@@ -257,12 +257,7 @@ def alpine_rootfs(
         sha256=sha256,
         progress=progress,
     )
-    try:
-        extract_tar(archive, final, before_publish=_add_mount_points)
-    except FileExistsError:
-        if not final.is_dir():
-            raise
-    return final
+    return unpack_download(archive, final, before_publish=_add_mount_points)
 
 
 def _cached_alpine(cache: Path, version: str) -> Path | None:

@@ -251,3 +251,20 @@ def test_edge_uses_the_edge_branch_directory(
         edge = alpine_rootfs("edge", cache, mirror=url, progress=False)
     assert edge.name.startswith("alpine-edge-")
     assert_has_mount_points(edge)
+
+
+def test_a_mirror_serving_garbage_caches_no_rootfs(
+    cache: Path, editable_mirror: tuple[str, Path]
+) -> None:
+    """Bytes that match the index's checksum but are no tarball (a compromised mirror)."""
+    url, index = editable_mirror
+    tarball = next(index.parent.glob("*.tar.gz"))
+    tarball.write_bytes(os.urandom(4096))
+    releases = yaml.safe_load(index.read_text())
+    for release in releases:
+        release["sha256"] = sha256_of(tarball)
+    index.write_text(yaml.safe_dump(releases))
+    with pytest.raises(ArchiveError):
+        alpine_rootfs("3.20", cache, mirror=url, progress=False)
+    assert entries(cache / "rootfs") == []
+    assert entries(cache / "downloads") == []  # a repaired mirror is asked again
