@@ -31,6 +31,7 @@ from reconciler.state import (
     is_squishfile,
     spec_hash,
 )
+from runtime.seccomp import ProfileError, read_profile_bytes
 from runtime.spec import ContainerSpec
 
 __all__ = ("FileCache", "load_desired")
@@ -121,10 +122,10 @@ def _current(inputs: tuple[tuple[Path, bytes], ...]) -> tuple[bytes, ...]:
     """The digests of those files as they are now."""
     found = []
     for path, _ in inputs:
-        try:
-            found.append(hashlib.blake2b(path.read_bytes(), digest_size=16).digest())
-        except OSError as exc:
-            found.append(f"unreadable: {exc.errno}".encode())
+        try:  # bounded as the first read was: a regular file of at most 1 MiB
+            found.append(hashlib.blake2b(read_profile_bytes(path), digest_size=16).digest())
+        except (OSError, ProfileError) as exc:
+            found.append(f"unreadable: {exc}".encode())
     return tuple(found)
 
 

@@ -96,12 +96,23 @@ class Leaf:
     def apply(self, resources: Resources | None) -> None:
         """Write the limits of ``resources``; a limit left out is lifted ("max")."""
         present = set(_read(self.path / "cgroup.controllers").split())
+        missing = [c for c in needed_controllers(resources) if c not in present]
+        if missing:
+            raise HostSetupError(
+                f"the cgroup controller(s) {', '.join(missing)} are not enabled for {self.path}",
+                fix=_DELEGATE_FIX,
+            )
         r = resources or Resources()
         if "memory" in present:
             self._write("memory.max", "max" if r.memory is None else str(r.memory))
             if (self.path / "memory.swap.max").exists():
                 swap = "max" if r.memory_swap is None else str(r.memory_swap)
                 self._write("memory.swap.max", swap)
+            elif r.memory_swap is not None:
+                raise HostSetupError(
+                    "memory_swap needs swap accounting, which this kernel does not offer",
+                    fix="drop memory_swap, or boot with swap accounting enabled",
+                )
         if "cpu" in present:
             period = 100_000
             quota = "max" if r.cpus is None else str(max(1000, round(r.cpus * period)))
@@ -119,14 +130,21 @@ class Leaf:
             return True
         if (self.path / "cgroup.kill").exists():
             self._write("cgroup.kill", "1")
-        else:  # before Linux 5.14: one by one, until nothing is left
+            return self._until(lambda: not self.populated(), timeout)
+
+        # Before Linux 5.14: one by one, again and again, until nothing is left.
+        def empty() -> bool:
             for pid in _read(self.path / "cgroup.procs").split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), 9)
-        return self._until(lambda: not self.populated(), timeout)
+            return not self.populated()
+
+        return self._until(empty, timeout)
 
     def freeze(self, frozen: bool, timeout: float = 10.0) -> bool:
         """Freeze or thaw every process in the leaf; True once the kernel says it is."""
+        if not (self.path / "cgroup.freeze").exists():
+            raise HostSetupError("pausing needs cgroup.freeze (Linux 5.2 or later)")
         self._write("cgroup.freeze", "1" if frozen else "0")
         return self._until(
             lambda: _field(self.path / "cgroup.events", "frozen") == int(frozen), timeout
@@ -205,12 +223,12 @@ class Cgroups:
 
     def make_leaf(self, group: str, name: str, resources: Resources | None) -> Leaf | None:
         """Create a container's leaf with its limits; None when there is no subtree."""
+        self.check(resources)  # limits without a subtree: refused here too, not dropped
         if self.root is None:
             return None
-        self.check(resources)
         parent = self.root / "squish" / group
         parent.mkdir(parents=True, exist_ok=True)
-        self._enable(parent, needed_controllers(resources))
+        self.enable(parent, needed_controllers(resources))
         leaf = Leaf(parent / f"{name}.{secrets.token_hex(3)}")
         leaf.path.mkdir()
         try:
@@ -220,7 +238,7 @@ class Cgroups:
             raise
         return leaf
 
-    def _enable(self, parent: Path, controllers: list[str]) -> None:
+    def enable(self, parent: Path, controllers: list[str]) -> None:
         """Enable ``controllers`` on the way from the subtree's root down to ``parent``."""
         assert self.root is not None
         parts = parent.relative_to(self.root).parts
@@ -246,13 +264,16 @@ class Cgroups:
 def detect(uid: int | None = None) -> Cgroups:
     """The caller's delegated cgroup v2 subtree (``$SQUISH_CGROUP_ROOT`` overrides)."""
     uid = os.getuid() if uid is None else uid
+    mount = _v2_mount(_read(Path("/proc/self/mountinfo")))
     explicit = os.environ.get("SQUISH_CGROUP_ROOT")
     if explicit:
         root = Path(explicit)
-        if root.stat().st_uid != uid:
-            return Cgroups(None, f"SQUISH_CGROUP_ROOT={root} does not belong to you")
+        own = _own_cgroup(_read(Path("/proc/self/cgroup")))
+        if mount is None or own is None or not _ours(root, uid):
+            return Cgroups(None, f"SQUISH_CGROUP_ROOT={root} is not a cgroup v2 folder of yours")
+        if not (mount[0] / own.lstrip("/")).is_relative_to(root):
+            return Cgroups(None, f"SQUISH_CGROUP_ROOT={root} does not contain your cgroup {own}")
         return Cgroups(root)
-    mount = _v2_mount(_read(Path("/proc/self/mountinfo")))
     if mount is None:
         return Cgroups(None, "this host has no cgroup v2 hierarchy (cgroup v1 only)")
     where, hybrid = mount

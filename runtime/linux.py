@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from runtime import folders, seccomp, slirp
+from runtime import cgroups, folders, seccomp, slirp
 from runtime.errors import (
     ContainerExists,
     ContainerStartError,
@@ -189,20 +189,38 @@ class LinuxRuntime(RunningOps):
             self._reap_leftovers(cdir, remove_cgroup=True)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
-            leaf = self.cgroups.make_leaf(self._group, name, self._spec(cdir).resources)
-            if leaf is not None:
-                request = dataclasses.replace(request, cgroup=str(leaf.path))
-            reply = self.holder.request({"op": "launch", "request": request.to_json()})
+            reply = self._launch(cdir, name, request)
             if not reply.get("ok"):
-                if leaf is not None:
-                    leaf.kill()
-                    leaf.remove()
                 self._raise_launch_error(name, reply)
             meta = read_json(cdir / "meta.json") or {}
             started = int(meta.get("started", 0)) + 1
             meta.update(started=started, restarts=max(0, started - 1))
             write_json_atomic(cdir / "meta.json", meta)
             return self._info(cdir, fresh=False)
+
+    def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> dict[str, Any]:
+        """Ask the holder to start the container in a fresh cgroup leaf (if there is a
+        subtree); a leaf that no run ended up using is removed, whatever happened."""
+        resources = self._spec(cdir).resources
+        leaf = self.cgroups.make_leaf(self._group, name, resources)
+        reply: dict[str, Any] = {}
+        try:
+            if leaf is not None:
+                request = dataclasses.replace(request, cgroup=str(leaf.path))
+            reply = self.holder.request({"op": "launch", "request": request.to_json()})
+            moved = "cannot move the container into" in str(reply.get("message", ""))
+            if leaf is not None and moved and not cgroups.needed_controllers(resources):
+                # A holder started from another cgroup cannot move the init into ours;
+                # without limits the container runs without a leaf of its own.
+                leaf.remove()
+                leaf = None
+                unplaced = dataclasses.replace(request, cgroup="")
+                reply = self.holder.request({"op": "launch", "request": unplaced.to_json()})
+            return reply
+        finally:
+            if leaf is not None and leaf_of(read_json(cdir / "run.json")) != leaf:
+                leaf.kill()
+                leaf.remove()
 
     @staticmethod
     def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
@@ -260,6 +278,9 @@ class LinuxRuntime(RunningOps):
             if init is not None and init.alive():
                 grace = self._spec(cdir).stop_timeout if timeout is None else timeout
                 init.send(signal.SIGTERM)
+                paused = leaf_of(run)
+                if paused is not None and paused.frozen():
+                    paused.freeze(False)  # so that it can act on the SIGTERM, as Docker does
                 if not init.wait_gone(grace):
                     init.send(signal.SIGKILL)
                     leaf = leaf_of(run)

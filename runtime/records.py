@@ -67,12 +67,13 @@ def leaf_of(run: Any) -> cgroups.Leaf | None:
     return cgroups.Leaf(Path(path)) if isinstance(path, str) and path else None
 
 
-def cgroup_facts(run: dict[str, Any]) -> dict[str, Any]:
-    """Paused, OOM kills and refused forks, from the run's cgroup leaf (if it has one)."""
+def cgroup_facts(run: dict[str, Any], *, running: bool) -> dict[str, Any]:
+    """Paused (a running container only), OOM kills and refused forks, from the run's
+    cgroup leaf (if it has one)."""
     leaf = leaf_of(run)
     if leaf is None or not leaf.path.exists():
         return {}
-    return {"paused": leaf.frozen(), **leaf.events()}
+    return {"paused": running and leaf.frozen(), **leaf.events()}
 
 
 def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
@@ -173,7 +174,7 @@ class RecordStore:
                 started_at=run.get("started_at"),
                 ports=ports,
                 slirp_pid=slirp_id.pid if slirp_id is not None and slirp_alive else None,
-                **cgroup_facts(run),
+                **cgroup_facts(run, running=True),
                 **common,
             )
         exited = read_json(cdir / "exit.json")
@@ -189,7 +190,7 @@ class RecordStore:
             started_at=run.get("started_at"),
             finished_at=finished,
             exit_code=exit_code,
-            **cgroup_facts(run),
+            **cgroup_facts(run, running=False),
             **common,
         )
 

@@ -203,13 +203,21 @@ class RunningOps(RecordStore):
     def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
         self.cgroups.check(resources)
         with self._locked(name) as cdir:
+            info = self._info(cdir, fresh=False)
+            leaf = leaf_of(read_json(cdir / "run.json"))
+            if info.state is ContainerState.RUNNING:
+                if leaf is None and cgroups.needed_controllers(resources):
+                    raise HostSetupError(
+                        f"container {name!r} runs without a cgroup of its own (it was started "
+                        "before one was delegated): recreate it to give it limits"
+                    )
+                if leaf is not None:  # live: the kernel enforces the new limits at once
+                    self.cgroups.enable(leaf.path.parent, cgroups.needed_controllers(resources))
+                    leaf.apply(resources)
+            # Recorded once applied: a limit that could not be set is tried again.
             spec = self._spec(cdir).model_copy(update={"resources": resources})
             (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
             (cdir / "spec.json.tmp").rename(cdir / "spec.json")
-            info = self._info(cdir, fresh=False)
-            leaf = leaf_of(read_json(cdir / "run.json"))
-            if info.state is ContainerState.RUNNING and leaf is not None:
-                leaf.apply(resources)  # live: the kernel enforces the new limits at once
             return self._info(cdir, fresh=False)
 
     def _running_leaf(self, cdir: Path, name: str) -> cgroups.Leaf:

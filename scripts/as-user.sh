@@ -92,15 +92,22 @@ done < <(env -0)
 
 # Into the cgroup v2 folder host-setup delegated to the account (see there), so that
 # what the account starts can make cgroups of its own.
-v2="$(awk '$9 == "cgroup2" && $4 == "/" { print $5; exit }' /proc/self/mountinfo)"
+# The filesystem type follows the " - " separator (optional fields come before it).
+v2="$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2" && $4 == "/") { print $5; exit } break } }' /proc/self/mountinfo)"
+session=""
 if [[ -n "$v2" && -w "$v2/squish-$SQUISH_USER/session/cgroup.procs" ]]; then
-    echo $$ >"$v2/squish-$SQUISH_USER/session/cgroup.procs"
+    session="$v2/squish-$SQUISH_USER/session/cgroup.procs"
 fi
 
 say "running 'make $*' in $DEST as '$SQUISH_USER'"
 cd "$DEST"
 set +e
-runuser -u "$SQUISH_USER" -- env -i "${env_args[@]}" make --no-print-directory "$@"
+# Only the account's command moves into its cgroup (a subshell that then becomes it):
+# this script, and the second-account check after it, stay where they are.
+(
+    if [[ -n "$session" ]]; then echo "$BASHPID" >"$session"; fi
+    exec runuser -u "$SQUISH_USER" -- env -i "${env_args[@]}" make --no-print-directory "$@"
+)
 rc=$?
 set -e
 ((rc == 0)) || say "'make $*' as '$SQUISH_USER' failed (exit $rc)"

@@ -114,7 +114,8 @@ say "/dev/net/tun is usable by '$SQUISH_USER'"
 # cgroup.subtree_control and cgroup.threads, as systemd's Delegate=yes does), with a
 # "session" child where the account's commands run: a folder with controllers enabled
 # below it may hold no processes itself.
-v2="$(awk '$9 == "cgroup2" && $4 == "/" { print $5; exit }' /proc/self/mountinfo)"
+# The filesystem type follows the " - " separator (optional fields come before it).
+v2="$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2" && $4 == "/") { print $5; exit } break } }' /proc/self/mountinfo)"
 if [[ -z "$v2" ]]; then
     say "no cgroup v2 hierarchy here: containers run without cgroups (limits are refused)"
 else

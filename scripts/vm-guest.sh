@@ -20,5 +20,5 @@ echo "vm-guest: $(uname -r), cgroup v2 controllers: $(cat "$mine/cgroup.controll
 home="$(getent passwd "$account" | cut -d: -f6)"
 cd "$project"
 exec runuser -u "$account" -- env -i HOME="$home" PATH=/usr/bin:/bin LANG=C.UTF-8 \
-    PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider -rs \
+    PYTHONDONTWRITEBYTECODE=1 SQUISH_VM_TIER=1 .venv/bin/python -m pytest -q -p no:cacheprovider -rs \
     tests/test_cgroups_vm.py

@@ -27,7 +27,7 @@ log="$(mktemp "${TMPDIR:-/tmp}/squish-vm.XXXXXX")"
 trap 'rm -f -- "$log"' EXIT
 set +e
 timeout 900 "$vng" --run "$kernel" --disable-kvm --cpus 2 --memory 1G \
-    --exec "sh scripts/vm-guest.sh $(id -un) $PWD" </dev/null >"$log" 2>&1
+    --exec "sh scripts/vm-guest.sh $(printf '%q ' "$(id -un)" "$PWD")" </dev/null >"$log" 2>&1
 rc=$?
 set -e
 cat -- "$log"

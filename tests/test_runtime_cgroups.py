@@ -154,3 +154,22 @@ def test_limits_whose_controller_is_missing_are_refused_before_anything_is_made(
     assert "limited" not in {i.name for i in rt.list()}
     rt.run(sleeper("unlimited"))  # containers without limits still run
     assert os.path.exists(rt.state / "containers" / "unlimited")
+
+
+def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
+    rt: LinuxRuntime,
+) -> None:
+    rt.run(sleeper("frozen", "trap 'exit 7' TERM; while :; do usleep 10000; done", stop_timeout=30))
+    assert rt.pause("frozen").paused
+    stopped = rt.stop("frozen")  # without the thaw: 30 s, then SIGKILL (137)
+    assert stopped.exit_code == 7
+    assert not stopped.paused
+
+
+def test_a_start_that_fails_leaves_no_leaf(rt: LinuxRuntime) -> None:
+    assert DELEGATED.root is not None
+    before = set((DELEGATED.root / "squish").rglob("*.*"))
+    with pytest.raises(ContainerStartError):
+        rt.run(sleeper("nowhere", "true", workdir="/no/such/folder"))
+    after = {p for p in (DELEGATED.root / "squish").rglob("*.*") if p.is_dir()}
+    assert not {p for p in after if p.name.startswith("nowhere.")} - before
