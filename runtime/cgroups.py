@@ -161,8 +161,8 @@ class Leaf:
         }
 
     def remove(self) -> None:
-        """Delete the (empty) leaf."""
-        with contextlib.suppress(FileNotFoundError):
+        """Delete the (empty) leaf (a systemd scope's may already be gone, or systemd's)."""
+        with contextlib.suppress(OSError):
             self.path.rmdir()
 
     @staticmethod
@@ -197,6 +197,12 @@ class Cgroups:
     root: Path | None
     problem: str | None = None
     """Why limits cannot be applied here (None when they can)."""
+    bus: str | None = None
+    """With the systemd driver: the user's bus socket (then ``root`` is None)."""
+
+    @property
+    def driver(self) -> str:
+        return "systemd" if self.bus else "cgroupfs" if self.root else "none"
 
     @property
     def controllers(self) -> set[str]:
@@ -205,7 +211,7 @@ class Cgroups:
     def check(self, resources: Resources | None) -> None:
         """Raise :class:`HostSetupError` unless every limit of ``resources`` can apply."""
         needed = needed_controllers(resources)
-        if not needed:
+        if not needed or self.bus:  # systemd: checked on the scope it made, after the start
             return
         if self.root is None:
             raise HostSetupError(
@@ -224,7 +230,7 @@ class Cgroups:
     def make_leaf(self, group: str, name: str, resources: Resources | None) -> Leaf | None:
         """Create a container's leaf with its limits; None when there is no subtree."""
         self.check(resources)  # limits without a subtree: refused here too, not dropped
-        if self.root is None:
+        if self.root is None or self.bus:
             return None
         parent = self.root / "squish" / group
         parent.mkdir(parents=True, exist_ok=True)
@@ -262,8 +268,25 @@ class Cgroups:
 
 
 def detect(uid: int | None = None) -> Cgroups:
-    """The caller's delegated cgroup v2 subtree (``$SQUISH_CGROUP_ROOT`` overrides)."""
+    """How containers get cgroups here: the caller's delegated cgroup v2 subtree
+    (``$SQUISH_CGROUP_ROOT`` names one), else the user's systemd over D-Bus, else none.
+    ``$SQUISH_CGROUP_DRIVER`` (auto, cgroupfs, systemd) forces a driver."""
     uid = os.getuid() if uid is None else uid
+    driver = os.environ.get("SQUISH_CGROUP_DRIVER", "auto")
+    if driver not in ("auto", "cgroupfs", "systemd"):
+        return Cgroups(None, f"SQUISH_CGROUP_DRIVER={driver!r}: use auto, cgroupfs or systemd")
+    found = _cgroupfs(uid) if driver != "systemd" else Cgroups(None, "driver systemd chosen")
+    if found.root is not None or driver == "cgroupfs":
+        return found
+    from runtime.systemd import bus_address  # no jeepney unless this driver is wanted
+
+    bus = bus_address()
+    if bus is None:
+        return Cgroups(None, f"{found.problem}, and no user systemd bus is reachable")
+    return Cgroups(None, None, bus)
+
+
+def _cgroupfs(uid: int) -> Cgroups:
     mount = _v2_mount(_read(Path("/proc/self/mountinfo")))
     explicit = os.environ.get("SQUISH_CGROUP_ROOT")
     if explicit:

@@ -76,8 +76,11 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
     syscall_filter = read_filter(str(request["container_dir"]), bool(request.get("seccomp", True)))
     last_capability = confine.last_capability()
     if request.get("cgroup"):  # in the container's cgroup: its limits, kill and freeze
-        with open(os.path.join(str(request["cgroup"]), "cgroup.procs"), "w") as procs:
-            procs.write(str(os.getpid()))
+        try:
+            with open(os.path.join(str(request["cgroup"]), "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+        except PermissionError:  # a systemd scope we may not move into from here
+            pass  # (the holder runs outside user@.service): the command runs unlimited
     for kind, flag in NAMESPACES:
         sc.setns(namespaces[kind], flag)
         os.close(namespaces[kind])

@@ -100,12 +100,35 @@ def _wait_for_command(child: int, state_fd: int) -> NoReturn:
                 _finish(status, state_fd)
 
 
+_EVENTS = {"oom_kills": ("memory.events", "oom_kill"), "pids_refused": ("pids.events", "max")}
+_event_fds: dict[str, int] = {}
+"""The container's cgroup event files, opened before the root changed: a systemd scope is
+gone as soon as it is empty, so the init records the counts itself when it ends."""
+
+
+def _open_events(cgroup: str) -> None:
+    for key, (file, _) in _EVENTS.items():
+        with contextlib.suppress(OSError):  # a controller the leaf does not have
+            _event_fds[key] = os.open(os.path.join(cgroup, file), os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _read_events() -> dict[str, int]:
+    counts = {}
+    for key, fd in _event_fds.items():
+        with contextlib.suppress(OSError, ValueError):
+            for line in os.pread(fd, 4096, 0).decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name == _EVENTS[key][1]:
+                    counts[key] = int(value)
+    return counts
+
+
 def _finish(status: int, state_fd: int) -> NoReturn:
     if os.WIFSIGNALED(status):
         code, signum = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
     else:
         code, signum = os.waitstatus_to_exitcode(status), 0
-    record = {"exit_code": code, "signal": signum, "finished_at": time.time()}
+    record = {"exit_code": code, "signal": signum, "finished_at": time.time(), **_read_events()}
     try:
         write_json_atomic(_EXIT_FILE, record, dir_fd=state_fd)
     finally:
@@ -149,7 +172,8 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     _prewarm()
     try:
         req = _receive_request(request_r)
-        if req.cgroup:  # the launcher moved this process to the container's leaf: its root
+        if req.cgroup or req.systemd_scope:  # moved to the container's leaf: its root
+            _open_events(req.cgroup)
             sc.unshare(sc.CLONE_NEWCGROUP)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
@@ -182,7 +206,7 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # the holder's log stays outside
     os.close(null)
-    close_fds_except({log_fd, report_w, state_fd, exit_w})
+    close_fds_except({log_fd, report_w, state_fd, exit_w, *_event_fds.values()})
     try:
         # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
         # still does needs none of what they take away) and for what it starts.

@@ -57,6 +57,8 @@ class LaunchRequest:
     """Install the filter in ``container_dir``/``SECCOMP_FILE`` (compiled at create)."""
     cgroup: str = ""
     """The cgroup v2 leaf the init is moved to before it starts (per start; "" for none)."""
+    systemd_scope: dict[str, Any] = field(default_factory=dict)
+    """Or the transient scope the user's systemd puts it in (``runtime.systemd``)."""
 
     def command_env(self) -> dict[str, str]:
         """The environment of the container's command (and of commands run in it)."""

@@ -211,12 +211,22 @@ def _failure_reply(exc: BaseException) -> dict[str, Any]:
 
 
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
-    if req.cgroup:  # before the init reads its request: it then starts a cgroup namespace
+    cgroup = req.cgroup
+    if req.systemd_scope:  # before the init reads its request: it then starts a cgroup ns
+        from runtime import systemd  # jeepney is loaded only with the systemd driver
+
         try:
-            Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
-        except OSError as exc:
+            cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
+        except (OSError, ValueError) as exc:
             _dismiss(init)  # it never got a request: it exits on EOF
-            raise _LaunchFailed(f"cannot move the container into {req.cgroup}: {exc}") from exc
+            raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
+        raw = json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()  # the init's too
+    elif cgroup:
+        try:
+            Path(cgroup, "cgroup.procs").write_text(str(init.pid))
+        except OSError as exc:
+            _dismiss(init)
+            raise _LaunchFailed(f"cannot move the container into {cgroup}: {exc}") from exc
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
@@ -236,7 +246,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
             "slirp": network[0].to_json() if network else None,
             "forwards": network[1] if network else [],
             "started_at": time.time(),
-            "cgroup": req.cgroup,
+            "cgroup": cgroup,
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from runtime import cgroups, folders, seccomp, slirp
+from runtime import cgroups, folders, seccomp, slirp, systemd
 from runtime.errors import (
     ContainerExists,
     ContainerStartError,
@@ -33,7 +34,7 @@ from runtime.mounts import prepare_skeleton
 from runtime.records import forward_of, leaf_of
 from runtime.rootfs import resolve_rootfs
 from runtime.running import RunningOps
-from runtime.spec import ContainerSpec, RootfsRef
+from runtime.spec import ContainerSpec, Resources, RootfsRef
 from runtime.state import ProcessId, read_json, write_json_atomic
 
 __all__ = ("LinuxRuntime",)
@@ -202,6 +203,8 @@ class LinuxRuntime(RunningOps):
         """Ask the holder to start the container in a fresh cgroup leaf (if there is a
         subtree); a leaf that no run ended up using is removed, whatever happened."""
         resources = self._spec(cdir).resources
+        if self.cgroups.bus:  # the systemd driver: the launcher asks for a scope
+            return self._launch_in_scope(cdir, name, request, resources)
         leaf = self.cgroups.make_leaf(self._group, name, resources)
         reply: dict[str, Any] = {}
         try:
@@ -221,6 +224,37 @@ class LinuxRuntime(RunningOps):
             if leaf is not None and leaf_of(read_json(cdir / "run.json")) != leaf:
                 leaf.kill()
                 leaf.remove()
+
+    def _launch_in_scope(
+        self, cdir: Path, name: str, request: LaunchRequest, resources: Resources | None
+    ) -> dict[str, Any]:
+        """Start the container in a transient scope of the user's systemd; refuse (and
+        stop it) if the scope lacks a controller its limits need."""
+        assert self.cgroups.bus is not None
+        scope = {
+            "bus": self.cgroups.bus,
+            "host_uid": os.getuid(),
+            "unit": f"squish-{self._group}-{name}-{secrets.token_hex(3)}.scope",
+            "properties": systemd.scope_properties(resources),
+        }
+        reply = self.holder.request(
+            {"op": "launch", "request": dataclasses.replace(request, systemd_scope=scope).to_json()}
+        )
+        leaf = leaf_of(reply.get("run"))
+        missing = [
+            c
+            for c in cgroups.needed_controllers(resources)
+            if leaf is not None and c not in (leaf.path / "cgroup.controllers").read_text().split()
+        ]
+        if reply.get("ok") and missing:
+            self._kill_leftover(cdir)
+            return {
+                "ok": False,
+                "error": "start",
+                "message": f"the user's systemd does not delegate {', '.join(missing)} "
+                f"({cgroups.CGROUP_NOTE})",
+            }
+        return reply
 
     @staticmethod
     def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:

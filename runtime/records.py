@@ -67,12 +67,16 @@ def leaf_of(run: Any) -> cgroups.Leaf | None:
     return cgroups.Leaf(Path(path)) if isinstance(path, str) and path else None
 
 
-def cgroup_facts(run: dict[str, Any], *, running: bool) -> dict[str, Any]:
+def cgroup_facts(
+    run: dict[str, Any], *, running: bool, exited: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Paused (a running container only), OOM kills and refused forks, from the run's
-    cgroup leaf (if it has one)."""
+    cgroup leaf; once it is gone (a systemd scope goes when empty), from what the init
+    recorded in ``exit.json``."""
     leaf = leaf_of(run)
     if leaf is None or not leaf.path.exists():
-        return {}
+        recorded = exited or {}
+        return {k: int(recorded[k]) for k in ("oom_kills", "pids_refused") if k in recorded}
     return {"paused": running and leaf.frozen(), **leaf.events()}
 
 
@@ -190,7 +194,7 @@ class RecordStore:
             started_at=run.get("started_at"),
             finished_at=finished,
             exit_code=exit_code,
-            **cgroup_facts(run, running=False),
+            **cgroup_facts(run, running=False, exited=exited),
             **common,
         )
 

@@ -212,7 +212,9 @@ class RunningOps(RecordStore):
                         "before one was delegated): recreate it to give it limits"
                     )
                 if leaf is not None:  # live: the kernel enforces the new limits at once
-                    self.cgroups.enable(leaf.path.parent, cgroups.needed_controllers(resources))
+                    if self.cgroups.driver == "cgroupfs":  # a scope's are systemd's to set
+                        needed = cgroups.needed_controllers(resources)
+                        self.cgroups.enable(leaf.path.parent, needed)
                     leaf.apply(resources)
             # Recorded once applied: a limit that could not be set is tried again.
             spec = self._spec(cdir).model_copy(update={"resources": resources})

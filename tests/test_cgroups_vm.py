@@ -20,7 +20,7 @@ from runtime.spec import ContainerSpec, Resources, RootfsRef
 from tests.conftest import rootless
 
 DELEGATED = cgroups.detect()
-READY = {"cpu", "memory", "pids"} <= DELEGATED.controllers
+READY = DELEGATED.driver == "systemd" or {"cpu", "memory", "pids"} <= DELEGATED.controllers
 if os.environ.get("SQUISH_VM_TIER") and not READY:  # in the VM a skip would hide a failure
     raise RuntimeError(f"the VM offers no delegated cpu/memory/pids: {DELEGATED}")
 pytestmark = [
@@ -114,6 +114,7 @@ def test_cgroup_kill_removes_a_double_forked_escapee(rt: LinuxRuntime) -> None:
     assert not group.populated()
 
 
+@pytest.mark.skipif(DELEGATED.driver != "cgroupfs", reason="the cgroupfs driver's own folders")
 def test_a_container_started_without_limits_gets_them_live(rt: LinuxRuntime) -> None:
     # A runtime of its own: a cgroup folder where no earlier test enabled a controller.
     fresh = LinuxRuntime(state=Path(f"/dev/shm/sqvm-{os.getpid()}"), cache=rt.cache)
@@ -127,3 +128,16 @@ def test_a_container_started_without_limits_gets_them_live(rt: LinuxRuntime) -> 
         assert (group.path / "memory.max").read_text().strip() == str(48 * 1024**2)
     finally:
         fresh.shutdown()
+
+
+@pytest.mark.skipif(DELEGATED.driver != "systemd", reason="runs with the systemd driver")
+def test_the_systemd_driver_puts_each_container_in_a_delegated_scope(rt: LinuxRuntime) -> None:
+    info = rt.run(shell("scoped", "exec sleep 1000", Resources(memory=40 * 1024**2, pids=30)))
+    group = leaf(rt, "scoped")
+    assert group.path.name.startswith("squish-") and group.path.name.endswith(".scope")
+    assert "user@" in str(group.path)  # in the user's systemd, not in a folder of ours
+    assert (group.path / "memory.max").read_text().strip() == str(40 * 1024**2)  # systemd's
+    assert (group.path / "pids.max").read_text().strip() == "30"
+    assert group.path.stat().st_uid == os.getuid()  # Delegate=yes
+    rt.remove("scoped", force=True)
+    assert info.pid is not None
