@@ -24,15 +24,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.errors import HostSetupError
-from runtime.spec import Resources
 
-__all__ = ("CGROUP_NOTE", "Cgroups", "Leaf", "cgroup_of", "detect", "needed_controllers")
+if TYPE_CHECKING:  # the holder's launcher imports this module: no pydantic there
+    from runtime.spec import Resources
+
+__all__ = (
+    "CGROUP_NOTE",
+    "DELEGATE_FIX",
+    "Cgroups",
+    "Leaf",
+    "cgroup_of",
+    "detect",
+    "needed_controllers",
+)
 
 CGROUP_NOTE = "docs/cgroups.md"
 
-_DELEGATE_FIX = (
+DELEGATE_FIX = (
     "on a systemd host: sudo mkdir -p /etc/systemd/system/user@.service.d && printf "
     "'[Service]\\nDelegate=cpu cpuset io memory pids\\n' | sudo tee "
     "/etc/systemd/system/user@.service.d/delegate.conf && sudo systemctl daemon-reload, "
@@ -93,33 +104,48 @@ class Leaf:
     def _write(self, name: str, value: str) -> None:
         (self.path / name).write_text(value)
 
-    def apply(self, resources: Resources | None) -> None:
-        """Write the limits of ``resources``; a limit left out is lifted ("max")."""
+    def check_controllers(self, resources: Resources | None) -> set[str]:
+        """The leaf's controllers; :class:`HostSetupError` if one ``resources`` needs is
+        missing."""
         present = set(_read(self.path / "cgroup.controllers").split())
         missing = [c for c in needed_controllers(resources) if c not in present]
         if missing:
             raise HostSetupError(
                 f"the cgroup controller(s) {', '.join(missing)} are not enabled for {self.path}",
-                fix=_DELEGATE_FIX,
+                fix=DELEGATE_FIX,
             )
-        r = resources or Resources()
+        return present
+
+    def apply(self, resources: Resources | None) -> None:
+        """Write the limits of ``resources``; a limit left out is lifted ("max")."""
+        present = self.check_controllers(resources)
+        memory, swap, cpus, weight, pids = (
+            (None,) * 5
+            if resources is None
+            else (
+                resources.memory,
+                resources.memory_swap,
+                resources.cpus,
+                resources.cpu_weight,
+                resources.pids,
+            )
+        )
         if "memory" in present:
-            self._write("memory.max", "max" if r.memory is None else str(r.memory))
+            self._write("memory.max", "max" if memory is None else str(memory))
             if (self.path / "memory.swap.max").exists():
-                swap = "max" if r.memory_swap is None else str(r.memory_swap)
-                self._write("memory.swap.max", swap)
-            elif r.memory_swap is not None:
+                self._write("memory.swap.max", "max" if swap is None else str(swap))
+            elif swap is not None:
                 raise HostSetupError(
                     "memory_swap needs swap accounting, which this kernel does not offer",
                     fix="drop memory_swap, or boot with swap accounting enabled",
                 )
         if "cpu" in present:
             period = 100_000
-            quota = "max" if r.cpus is None else str(max(1000, round(r.cpus * period)))
+            quota = "max" if cpus is None else str(max(1000, round(cpus * period)))
             self._write("cpu.max", f"{quota} {period}")
-            self._write("cpu.weight", str(r.cpu_weight or 100))
+            self._write("cpu.weight", str(weight or 100))
         if "pids" in present:
-            self._write("pids.max", "max" if r.pids is None else str(r.pids))
+            self._write("pids.max", "max" if pids is None else str(pids))
 
     def populated(self) -> bool:
         return _field(self.path / "cgroup.events", "populated") == 1
@@ -216,7 +242,7 @@ class Cgroups:
         if self.root is None:
             raise HostSetupError(
                 f"resource limits need cgroup v2 delegated to you: {self.problem}",
-                fix=_DELEGATE_FIX,
+                fix=DELEGATE_FIX,
             )
         missing = [c for c in needed if c not in self.controllers]
         if missing:
@@ -224,7 +250,7 @@ class Cgroups:
             raise HostSetupError(
                 f"the cgroup controller(s) {', '.join(missing)} are not delegated to you "
                 f"(your subtree {self.root} offers: {offered})",
-                fix=_DELEGATE_FIX,
+                fix=DELEGATE_FIX,
             )
 
     def make_leaf(self, group: str, name: str, resources: Resources | None) -> Leaf | None:
@@ -263,27 +289,30 @@ class Cgroups:
                     else exc.strerror
                 )
                 raise HostSetupError(
-                    f"cannot enable {', '.join(todo)} in {folder}: {why}", fix=_DELEGATE_FIX
+                    f"cannot enable {', '.join(todo)} in {folder}: {why}", fix=DELEGATE_FIX
                 ) from exc
 
 
 def detect(uid: int | None = None) -> Cgroups:
-    """How containers get cgroups here: the caller's delegated cgroup v2 subtree
-    (``$SQUISH_CGROUP_ROOT`` names one), else the user's systemd over D-Bus, else none.
-    ``$SQUISH_CGROUP_DRIVER`` (auto, cgroupfs, systemd) forces a driver."""
+    """How containers get cgroups here: the user's systemd over D-Bus when a user bus is
+    reachable, else the caller's delegated cgroup v2 subtree (``$SQUISH_CGROUP_ROOT`` names
+    one), else none. ``$SQUISH_CGROUP_DRIVER`` (auto, cgroupfs, systemd) forces a driver."""
     uid = os.getuid() if uid is None else uid
     driver = os.environ.get("SQUISH_CGROUP_DRIVER", "auto")
     if driver not in ("auto", "cgroupfs", "systemd"):
         return Cgroups(None, f"SQUISH_CGROUP_DRIVER={driver!r}: use auto, cgroupfs or systemd")
-    found = _cgroupfs(uid) if driver != "systemd" else Cgroups(None, "driver systemd chosen")
-    if found.root is not None or driver == "cgroupfs":
-        return found
-    from runtime.systemd import bus_address  # no jeepney unless this driver is wanted
+    if driver != "cgroupfs":
+        from runtime.systemd import bus_address  # no jeepney unless this driver is wanted
 
-    bus = bus_address()
-    if bus is None:
+        bus = bus_address()
+        if bus is not None:  # the user's systemd is reachable: it makes the cgroups
+            return Cgroups(None, None, bus)
+        if driver == "systemd":
+            return Cgroups(None, "SQUISH_CGROUP_DRIVER=systemd, but no user bus is reachable")
+    found = _cgroupfs(uid)
+    if found.root is None and driver == "auto":
         return Cgroups(None, f"{found.problem}, and no user systemd bus is reachable")
-    return Cgroups(None, None, bus)
+    return found
 
 
 def _cgroupfs(uid: int) -> Cgroups:

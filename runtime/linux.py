@@ -251,8 +251,8 @@ class LinuxRuntime(RunningOps):
             return {
                 "ok": False,
                 "error": "start",
-                "message": f"the user's systemd does not delegate {', '.join(missing)} "
-                f"({cgroups.CGROUP_NOTE})",
+                "message": f"the user's systemd does not delegate {', '.join(missing)}; "
+                f"fix: {cgroups.DELEGATE_FIX}",
             }
         return reply
 

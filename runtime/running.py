@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime import cgroups, slirp
+from runtime import cgroups, slirp, systemd
 from runtime.errors import ContainerStartError, HostSetupError, NetworkLost, PortInUse, SlirpError
 from runtime.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.records import (
@@ -211,10 +211,11 @@ class RunningOps(RecordStore):
                         f"container {name!r} runs without a cgroup of its own (it was started "
                         "before one was delegated): recreate it to give it limits"
                     )
-                if leaf is not None:  # live: the kernel enforces the new limits at once
-                    if self.cgroups.driver == "cgroupfs":  # a scope's are systemd's to set
-                        needed = cgroups.needed_controllers(resources)
-                        self.cgroups.enable(leaf.path.parent, needed)
+                if leaf is not None and self.cgroups.bus:  # a scope's limits are systemd's
+                    systemd.set_properties(self.cgroups.bus, leaf.path.name, resources)
+                    leaf.check_controllers(resources)
+                elif leaf is not None:  # live: the kernel enforces the new limits at once
+                    self.cgroups.enable(leaf.path.parent, cgroups.needed_controllers(resources))
                     leaf.apply(resources)
             # Recorded once applied: a limit that could not be set is tried again.
             spec = self._spec(cdir).model_copy(update={"resources": resources})

@@ -30,7 +30,7 @@ from runtime.cgroups import cgroup_of
 if TYPE_CHECKING:
     from runtime.spec import Resources
 
-__all__ = ("ScopeError", "bus_address", "scope_properties", "start_scope")
+__all__ = ("ScopeError", "bus_address", "scope_properties", "set_properties", "start_scope")
 
 _MANAGER = DBusAddress(
     "/org/freedesktop/systemd1",
@@ -160,3 +160,33 @@ def start_scope(scope: dict[str, Any], pid: int) -> Path:
             return folder
         time.sleep(0.002)
     raise ScopeError(f"systemd did not move process {pid} into {unit} in time")
+
+
+def set_properties(bus: str, unit: str, resources: Resources | None) -> None:
+    """Change a running scope's limits through systemd (``SetUnitProperties``, runtime
+    only), so that systemd's own view stays right and a reload does not undo them."""
+    props = scope_properties(resources)
+    if resources is None or not all(
+        value is not None
+        for value in (
+            resources.memory,
+            resources.memory_swap,
+            resources.cpus,
+            resources.cpu_weight,
+            resources.pids,
+        )
+    ):  # a limit left out is lifted, as with the cgroupfs driver
+        lifted = {name for name, _ in props}
+        unlimited = 2**64 - 1  # systemd's "infinity"
+        for name in ("MemoryMax", "MemorySwapMax", "CPUQuotaPerSecUSec", "TasksMax"):
+            if name not in lifted:
+                props.append((name, ("t", unlimited)))
+        if "CPUWeight" not in lifted:
+            props.append(("CPUWeight", ("t", 100)))
+    connection = _Connection(bus, os.getuid())
+    try:
+        connection.call(
+            new_method_call(_MANAGER, "SetUnitProperties", "sba(sv)", (unit, True, props))
+        )
+    finally:
+        connection.close()

@@ -9,6 +9,7 @@ to the test account (scripts/vm-guest.sh) and runs this file there. Elsewhere th
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -139,5 +140,14 @@ def test_the_systemd_driver_puts_each_container_in_a_delegated_scope(rt: LinuxRu
     assert (group.path / "memory.max").read_text().strip() == str(40 * 1024**2)  # systemd's
     assert (group.path / "pids.max").read_text().strip() == "30"
     assert group.path.stat().st_uid == os.getuid()  # Delegate=yes
+    rt.update_resources("scoped", Resources(memory=40 * 1024**2, pids=12))
+    shown = subprocess.run(
+        ["systemctl", "--user", "show", "-p", "TasksMax", "--value", group.path.name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == "12"  # changed through systemd, which knows it now
+    assert (group.path / "pids.max").read_text().strip() == "12"
     rt.remove("scoped", force=True)
     assert info.pid is not None

@@ -3,12 +3,16 @@ tests/test_cgroups_vm.py with a user instance of systemd)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from runtime import cgroups, systemd
 from runtime.spec import Resources
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_limits_become_systemd_properties() -> None:
@@ -43,5 +47,19 @@ def test_the_driver_is_chosen_by_what_is_reachable(
     chosen = cgroups.detect()
     assert (chosen.driver, chosen.bus) == ("systemd", str(tmp_path / "bus"))
     chosen.check(Resources(memory=64 * 1024**2))  # checked on the scope, after the start
+    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "auto")  # a reachable user systemd is preferred
+    assert cgroups.detect().driver == "systemd"
+    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "cgroupfs")
+    assert cgroups.detect().driver in ("cgroupfs", "none")
     monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "sideways")
     assert "use auto, cgroupfs or systemd" in (cgroups.detect().problem or "")
+
+
+def test_the_holder_side_loads_no_pydantic() -> None:
+    """The holder forks every container: it stays small (the launcher imports the systemd
+    driver only when it is used, and that driver needs no pydantic)."""
+    code = (
+        "import sys, runtime.pause, runtime.systemd; "
+        "sys.exit(1 if 'pydantic' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
