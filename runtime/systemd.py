@@ -154,12 +154,44 @@ def start_scope(scope: dict[str, Any], pid: int) -> Path:
     finally:
         connection.close()
     ends = time.monotonic() + _TIMEOUT
-    while time.monotonic() < ends:  # the job moves the process: wait until it has
+    while time.monotonic() < ends:  # the job moves the process, then sets the limits
         folder = cgroup_of(pid)
-        if folder is not None and folder.name == unit:
+        if folder is not None and folder.name == unit and _realized(folder, props):
             return folder
         time.sleep(0.002)
-    raise ScopeError(f"systemd did not move process {pid} into {unit} in time")
+    raise ScopeError(f"systemd did not put process {pid} into {unit} with its limits in time")
+
+
+def _expected_files(props: list[tuple[str, tuple[str, Any]]]) -> dict[str, str]:
+    """What the scope's cgroup files say once systemd has applied ``props``."""
+    wanted = {}
+    for name, (_, value) in props:
+        if name == "MemoryMax":
+            wanted["memory.max"] = str(value)
+        elif name == "MemorySwapMax":
+            wanted["memory.swap.max"] = str(value)
+        elif name == "TasksMax":
+            wanted["pids.max"] = str(value)
+        elif name == "CPUWeight":
+            wanted["cpu.weight"] = str(value)
+        elif name == "CPUQuotaPerSecUSec":
+            wanted["cpu.max"] = f"{int(value) // 10} 100000"  # systemd's 100 ms period
+    return wanted
+
+
+def _realized(folder: Path, props: list[tuple[str, tuple[str, Any]]]) -> bool:
+    """Whether the limits are in place (a controller systemd could not enable never is:
+    the caller then stops waiting at the timeout)."""
+    offered = (folder.parent / "cgroup.controllers").read_text().split()
+    for file, value in _expected_files(props).items():
+        try:
+            if (folder / file).read_text().strip() != value:
+                return False
+        except FileNotFoundError:
+            if file == "memory.swap.max" or file.split(".")[0] not in offered:
+                continue  # no swap accounting, or not delegated: nothing will come
+            return False
+    return True
 
 
 def set_properties(bus: str, unit: str, resources: Resources | None) -> None:
