@@ -61,8 +61,8 @@ def bus_address(environ: dict[str, str] | None = None) -> str | None:
 
 
 def scope_properties(resources: Resources | None) -> list[tuple[str, tuple[str, Any]]]:
-    # (computed by the client; the holder gets them as JSON and never loads pydantic)
-    """systemd unit properties for the limits in ``resources``."""
+    """systemd unit properties for the limits in ``resources`` (computed by the client:
+    the holder gets them as JSON and never loads pydantic)."""
     props: list[tuple[str, tuple[str, Any]]] = []
     if resources is None:
         return props
@@ -104,8 +104,8 @@ class _Connection:
         data = b""
         while not data.endswith(b"\r\n"):
             chunk = self.sock.recv(1)
-            if not chunk:
-                raise ScopeError("the user's bus closed the connection")
+            if not chunk or len(data) > 4096:
+                raise ScopeError("the user's bus answered the handshake with nonsense")
             data += chunk
         return data
 
