@@ -13,7 +13,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.spec import ContainerSpec, RootfsRef
+
 __all__ = (
+    "BUSYBOX",
     "children_of",
     "free_port",
     "free_ports",
@@ -21,6 +24,7 @@ __all__ = (
     "http_refused",
     "page",
     "processes_mentioning",
+    "shell",
     "start_controller",
     "write_atomically",
 )
@@ -115,3 +119,12 @@ def start_controller(folder: Path, env: dict[str, str]) -> subprocess.Popen[byte
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def shell(name: str, script: str, **fields: object) -> ContainerSpec:
+    """A busybox container running ``sh -c script``, without a network unless told."""
+    fields.setdefault("network", "none")
+    return ContainerSpec(name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), **fields)

@@ -17,8 +17,9 @@ import pytest
 
 from runtime import cgroups
 from runtime.linux import LinuxRuntime
-from runtime.spec import ContainerSpec, Resources, RootfsRef
+from runtime.spec import ContainerSpec, Resources
 from tests.conftest import rootless
+from tests.support import shell
 
 DELEGATED = cgroups.detect()
 READY = DELEGATED.driver == "systemd" or {"cpu", "memory", "pids"} <= DELEGATED.controllers
@@ -31,18 +32,10 @@ pytestmark = [
         reason="needs cgroup v2 with cpu, memory and pids delegated (make test-vm provides it)",
     ),
 ]
-BUSYBOX = RootfsRef(kind="busybox", version="builtin")
 
 
-def shell(name: str, script: str, resources: Resources) -> ContainerSpec:
-    return ContainerSpec(
-        name=name,
-        rootfs=BUSYBOX,
-        argv=("/bin/sh", "-c", script),
-        network="none",
-        stop_timeout=0.2,
-        resources=resources,
-    )
+def limited(name: str, script: str, resources: Resources | None) -> ContainerSpec:
+    return shell(name, script, stop_timeout=0.2, resources=resources)
 
 
 def leaf(rt: LinuxRuntime, name: str) -> cgroups.Leaf:
@@ -57,14 +50,14 @@ def test_going_over_the_memory_limit_is_an_oom_kill_reported_in_inspect(
     rt: LinuxRuntime,
 ) -> None:
     limits = Resources(memory=32 * 1024**2, memory_swap=0)
-    rt.run(shell("hog", "sleep 0.2; dd if=/dev/zero of=/dev/null bs=96M count=1", limits))
+    rt.run(limited("hog", "sleep 0.2; dd if=/dev/zero of=/dev/null bs=96M count=1", limits))
     assert rt.wait("hog", timeout=120) == 137  # SIGKILL by the OOM killer
     assert rt.inspect("hog").oom_kills >= 1
 
 
 def test_the_pids_limit_makes_forks_fail_inside(rt: LinuxRuntime) -> None:
     script = "sleep 0.5; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 3 & done; wait"
-    rt.run(shell("forky", script, Resources(pids=6)))
+    rt.run(limited("forky", script, Resources(pids=6)))
     group = leaf(rt, "forky")
     most = 0
     for _ in range(3000):  # the shell may give up (and exit) at its first refused fork
@@ -82,7 +75,7 @@ def test_the_pids_limit_makes_forks_fail_inside(rt: LinuxRuntime) -> None:
 
 
 def test_cpu_max_holds_a_busy_loop_near_its_share(rt: LinuxRuntime) -> None:
-    rt.run(shell("spin", "while :; do :; done", Resources(cpus=0.5)))
+    rt.run(limited("spin", "while :; do :; done", Resources(cpus=0.5)))
     group = leaf(rt, "spin")
 
     def usage() -> int:
@@ -97,7 +90,7 @@ def test_cpu_max_holds_a_busy_loop_near_its_share(rt: LinuxRuntime) -> None:
 
 
 def test_limits_change_live_without_a_restart(rt: LinuxRuntime) -> None:
-    info = rt.run(shell("live", "exec sleep 1000", Resources(pids=50)))
+    info = rt.run(limited("live", "exec sleep 1000", Resources(pids=50)))
     group = leaf(rt, "live")
     assert (group.path / "pids.max").read_text().strip() == "50"
     after = rt.update_resources("live", Resources(pids=20, memory=64 * 1024**2))
@@ -108,7 +101,7 @@ def test_limits_change_live_without_a_restart(rt: LinuxRuntime) -> None:
 
 
 def test_cgroup_kill_removes_a_double_forked_escapee(rt: LinuxRuntime) -> None:
-    rt.run(shell("escapee", "(sleep 1000 &); echo forked; exec sleep 1000", Resources(pids=20)))
+    rt.run(limited("escapee", "(sleep 1000 &); echo forked; exec sleep 1000", Resources(pids=20)))
     for _ in range(3000):
         if b"forked" in rt.logs("escapee"):
             break
@@ -124,8 +117,7 @@ def test_a_container_started_without_limits_gets_them_live(rt: LinuxRuntime) -> 
     # A runtime of its own: a cgroup folder where no earlier test enabled a controller.
     fresh = LinuxRuntime(state=Path(f"/dev/shm/sqvm-{os.getpid()}"), cache=rt.cache)
     try:
-        spec = shell("late", "exec sleep 1000", Resources()).model_copy(update={"resources": None})
-        info = fresh.run(spec)
+        info = fresh.run(limited("late", "exec sleep 1000", None))
         group = leaf(fresh, "late")
         assert "memory" not in (group.path.parent / "cgroup.subtree_control").read_text()
         after = fresh.update_resources("late", Resources(memory=48 * 1024**2))
@@ -137,7 +129,7 @@ def test_a_container_started_without_limits_gets_them_live(rt: LinuxRuntime) -> 
 
 @pytest.mark.skipif(DELEGATED.driver != "systemd", reason="runs with the systemd driver")
 def test_the_systemd_driver_puts_each_container_in_a_delegated_scope(rt: LinuxRuntime) -> None:
-    info = rt.run(shell("scoped", "exec sleep 1000", Resources(memory=40 * 1024**2, pids=30)))
+    info = rt.run(limited("scoped", "exec sleep 1000", Resources(memory=40 * 1024**2, pids=30)))
     group = leaf(rt, "scoped")
     assert group.path.name.startswith("squish-") and group.path.name.endswith(".scope")
     assert "user@" in str(group.path)  # in the user's systemd, not in a folder of ours

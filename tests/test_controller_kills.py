@@ -35,10 +35,17 @@ STARTS_FIRST = {"k0", "k1", "k2"}
 """Replaced start-first, so that kills land in the middle of such replacements too."""
 
 
-def squishfile(name: str, port: int, version: int) -> str:
-    text = web_toml(port) + f'\n[env]\nVERSION = "{version}"\n'
-    if name in STARTS_FIRST:
-        text += '\n[update]\nstrategy = "start-first"\n\n[health]\ntcp = 80\ninterval = 0.02\n'
+def squishfile(
+    port: int, version: int, *, start_first: bool, delay: float = 0.0, drain: float = 0.1
+) -> str:
+    """httpd serving ./site with $VERSION; replaced start-first (probed on port 80, old one
+    drained ``drain`` s) when asked; it listens ``delay`` s after it starts."""
+    text = web_toml(port, delay=delay) + f'\n[env]\nVERSION = "{version}"\n'
+    if start_first:
+        text += (
+            f'\n[update]\nstrategy = "start-first"\ndrain = {drain}\n'
+            "\n[health]\ntcp = 80\ninterval = 0.02\n"
+        )
     return text
 
 
@@ -63,7 +70,10 @@ def change_the_folder(
         versions[name] += 1
     else:
         return
-    write_atomically(folder / f"{name}.toml", squishfile(name, ports[name], versions[name]))
+    write_atomically(
+        folder / f"{name}.toml",
+        squishfile(ports[name], versions[name], start_first=name in STARTS_FIRST),
+    )
 
 
 def test_killing_the_controller_at_random_moments_loses_nothing(
@@ -79,7 +89,9 @@ def test_killing_the_controller_at_random_moments_loses_nothing(
     pool = free_ports(4 + ROUNDS)  # all distinct: no accidental conflict between files
     for name in NAMES[:4]:
         ports[name] = pool.pop()
-        (folder / f"{name}.toml").write_text(squishfile(name, ports[name], 0))
+        (folder / f"{name}.toml").write_text(
+            squishfile(ports[name], 0, start_first=name in STARTS_FIRST)
+        )
     caught: set[str] = set()  # replacements a kill interrupted (reported, not required)
     try:
         for _ in range(ROUNDS):
@@ -121,35 +133,6 @@ def test_killing_the_controller_at_random_moments_loses_nothing(
         assert down.returncode == 0, down.stderr
 
 
-def _start_first_site(port: int, version: int, *, delay: float = 0.0, drain: float = 0.1) -> str:
-    """httpd serving ./site, replaced start-first; it listens ``delay`` s after it starts."""
-    start = f"sleep {delay}; " if delay else ""
-    return f"""\
-[layers]
-busybox = "builtin"
-site = "./site"
-
-[run]
-command = "sh"
-args = ["-c", "{start}exec httpd -f -p 80 -h /app/site"]
-
-[env]
-VERSION = "{version}"
-
-[[ports]]
-container = 80
-host = {port}
-
-[update]
-strategy = "start-first"
-drain = {drain}
-
-[health]
-tcp = 80
-interval = 0.02
-"""
-
-
 def _until(
     runtime: LinuxRuntime, what: str, seen: Callable[[dict[str, ContainerInfo]], bool]
 ) -> None:
@@ -176,15 +159,13 @@ def test_a_kill_in_the_middle_of_a_start_first_replacement_is_repaired(
     env = cli_env(state_path, cache_path)
     (port,) = free_ports(1)
     path = folder / "web.toml"
-    path.write_text(_start_first_site(port, 1))
+    path.write_text(squishfile(port, 1, start_first=True))
     assert cli(env, "apply", str(folder)).returncode == 0
     getting_ready = moment.startswith("while")
-    write_atomically(
-        path,
-        _start_first_site(
-            port, 2, delay=3.0 if getting_ready else 0.0, drain=0.0 if getting_ready else 30.0
-        ),
-    )
+    if getting_ready:  # slow to listen: the kill lands while it is probed
+        write_atomically(path, squishfile(port, 2, start_first=True, delay=3.0))
+    else:  # a long drain: the kill lands after the forward moved, before the renames
+        write_atomically(path, squishfile(port, 2, start_first=True, drain=30.0))
     loop = start_controller(folder, env)
     try:
         if getting_ready:
@@ -201,7 +182,9 @@ def test_a_kill_in_the_middle_of_a_start_first_replacement_is_repaired(
     try:
         left = {i.name for i in session_runtime.list() if i.name.startswith("web")}
         assert "web.next" in left  # the kill did land in the middle
-        path.write_text(_start_first_site(port, 2))  # no need to wait for a slow start again
+        path.write_text(
+            squishfile(port, 2, start_first=True)
+        )  # no need to wait for a slow start again
         assert cli(env, "apply", str(folder)).returncode == 0
         mine = {
             i.name: i

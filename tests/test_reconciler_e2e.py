@@ -49,16 +49,21 @@ T = TypeVar("T")
 # -- squishfiles ----------------------------------------------------------------------------
 
 
-def web_toml(port: int, site: str = "site") -> str:
-    """busybox httpd serving ``./<site>`` of the folder on 127.0.0.1:PORT, like desired/web.toml."""
+def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
+    """busybox httpd serving ``./<site>`` of the folder on 127.0.0.1:PORT, like
+    desired/web.toml; with ``delay`` it listens that many seconds after it starts."""
+    run = (
+        f'command = "sh"\nargs = ["-c", "sleep {delay}; exec httpd -f -p 80 -h /app/{site}"]'
+        if delay
+        else f'command = "httpd"\nargs = ["-f", "-p", "80", "-h", "/app/{site}"]'
+    )
     return f"""\
 [layers]
 busybox = "builtin"
 {site} = "./{site}"
 
 [run]
-command = "httpd"
-args = ["-f", "-p", "80", "-h", "/app/{site}"]
+{run}
 
 [[ports]]
 container = 80

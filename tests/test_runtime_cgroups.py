@@ -17,8 +17,9 @@ import pytest
 from runtime import cgroups
 from runtime.errors import ContainerStartError, HostSetupError
 from runtime.linux import LinuxRuntime
-from runtime.spec import BindMount, ContainerSpec, Resources, RootfsRef
+from runtime.spec import BindMount, ContainerSpec, Resources
 from tests.conftest import rootless
+from tests.support import shell
 
 DELEGATED = cgroups.detect()
 pytestmark = [
@@ -27,13 +28,11 @@ pytestmark = [
         DELEGATED.root is None, reason=f"no cgroup v2 folder delegated: {DELEGATED.problem}"
     ),
 ]
-BUSYBOX = RootfsRef(kind="busybox", version="builtin")
 
 
 def sleeper(name: str, script: str = "exec sleep 1000", **fields: object) -> ContainerSpec:
-    fields.setdefault("network", "none")
     fields.setdefault("stop_timeout", 0.2)
-    return ContainerSpec(name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), **fields)
+    return shell(name, script, **fields)
 
 
 def leaf_of(pid: int) -> cgroups.Leaf:

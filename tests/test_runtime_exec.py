@@ -11,21 +11,15 @@ import pytest
 from runtime.enter import OUTPUT_LIMIT
 from runtime.errors import ContainerNotFound, ContainerStartError
 from runtime.linux import LinuxRuntime
-from runtime.spec import ContainerSpec, RootfsRef
+from runtime.spec import ContainerSpec
 from tests.conftest import rootless
-from tests.support import children_of
+from tests.support import BUSYBOX, children_of, shell
 
 pytestmark = rootless
 
-BUSYBOX = RootfsRef(kind="busybox", version="builtin")
-
 
 def sleeper(name: str, **fields: object) -> ContainerSpec:
-    fields.setdefault("network", "none")
-    script = "echo inside > /tmp/mark; exec sleep 600"
-    return ContainerSpec(
-        name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), stop_timeout=0, **fields
-    )
+    return shell(name, "echo inside > /tmp/mark; exec sleep 600", stop_timeout=0, **fields)
 
 
 def started(rt: LinuxRuntime, spec: ContainerSpec) -> None:

@@ -18,19 +18,12 @@ import pytest
 from runtime.errors import ContainerStartError
 from runtime.interface import ContainerState
 from runtime.linux import LinuxRuntime
-from runtime.spec import BindMount, ContainerSpec, RootfsRef
+from runtime.spec import BindMount, ContainerSpec
 from runtime.state import ProcessId
 from tests.conftest import rootless
+from tests.support import BUSYBOX, shell
 
 pytestmark = rootless
-
-BUSYBOX = RootfsRef(kind="busybox", version="builtin")
-
-
-def shell(name: str, script: str, **fields: object) -> ContainerSpec:
-    return ContainerSpec(
-        name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), network="none", **fields
-    )
 
 
 def output_of(rt: LinuxRuntime, spec: ContainerSpec) -> str:

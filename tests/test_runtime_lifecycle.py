@@ -14,16 +14,10 @@ import pytest
 from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, RootRefused
 from runtime.interface import ContainerState
 from runtime.linux import LinuxRuntime
-from runtime.spec import BindMount, ContainerSpec, RootfsRef
+from runtime.spec import BindMount, ContainerSpec
 from runtime.state import ProcessId
 from tests.conftest import rootless
-
-BUSYBOX = RootfsRef(kind="busybox", version="builtin")
-
-
-def shell(name: str, script: str, **fields: object) -> ContainerSpec:
-    fields.setdefault("network", "none")
-    return ContainerSpec(name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), **fields)
+from tests.support import BUSYBOX, shell
 
 
 def run_to_end(rt: LinuxRuntime, spec: ContainerSpec) -> tuple[int, str]:

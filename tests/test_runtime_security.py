@@ -15,14 +15,14 @@ from runtime import seccomp
 from runtime.confine import DEFAULT_CAPABILITIES, capability_names
 from runtime.linux import LinuxRuntime
 from runtime.mounts import MASKED, READ_ONLY
-from runtime.spec import BindMount, ContainerSpec, RootfsRef
+from runtime.spec import BindMount
 from tests.bpf import AUDIT_ARCH_I386, run_filter
 from tests.conftest import rootless
+from tests.support import shell
 from tests.syscall_probes import SUPPORTED, write_probe
 
 pytestmark = rootless
 
-BUSYBOX = RootfsRef(kind="busybox", version="builtin")
 NAMESPACE_FLAGS = {
     "newns": 0x00020000,
     "newcgroup": 0x02000000,
@@ -40,17 +40,8 @@ def run_probes(
 ) -> dict[str, int]:
     """Run every probe in ``probes`` inside a container; their exit codes by name."""
     script = "for p in /probes/*; do $p; echo ${p#/probes/} $?; done"
-    spec = ContainerSpec.model_validate(
-        {
-            "name": name,
-            "rootfs": BUSYBOX,
-            "argv": ("/bin/sh", "-c", script),
-            "network": "none",
-            "binds": (BindMount(source=str(probes), target="/probes"),),
-            "seccomp": seccomp_setting,
-        }
-    )
-    rt.run(spec)
+    binds = (BindMount(source=str(probes), target="/probes"),)
+    rt.run(shell(name, script, binds=binds, seccomp=seccomp_setting))
     assert rt.wait(name, timeout=60) == 0, rt.logs(name)
     found = {}
     for line in rt.logs(name).decode().splitlines():
@@ -158,15 +149,7 @@ def _status(text: str) -> dict[str, str]:
 def test_the_command_and_exec_have_no_new_privs_and_dockers_capabilities(
     rt: LinuxRuntime,
 ) -> None:
-    rt.run(
-        ContainerSpec(
-            name="caps",
-            rootfs=BUSYBOX,
-            argv=("/bin/sh", "-c", "cat /proc/self/status; exec sleep 600"),
-            network="none",
-            stop_timeout=0,
-        )
-    )
+    rt.run(shell("caps", "cat /proc/self/status; exec sleep 600", stop_timeout=0))
     for _ in range(2000):
         if b"Seccomp:" in rt.logs("caps"):
             break
@@ -186,14 +169,7 @@ def test_the_command_and_exec_have_no_new_privs_and_dockers_capabilities(
 
 
 def test_kernel_files_are_masked_or_read_only(rt: LinuxRuntime) -> None:
-    rt.run(
-        ContainerSpec(
-            name="masks",
-            rootfs=BUSYBOX,
-            argv=("/bin/sh", "-c", "cat /proc/self/mountinfo; cat /proc/keys | wc -c"),
-            network="none",
-        )
-    )
+    rt.run(shell("masks", "cat /proc/self/mountinfo; cat /proc/keys | wc -c"))
     assert rt.wait("masks", timeout=60) == 0
     lines = rt.logs("masks").decode().splitlines()
     mounts = {}
@@ -217,9 +193,7 @@ def test_the_init_is_out_of_reach_of_the_containers_root(rt: LinuxRuntime) -> No
         "ls /proc/1/fd >/dev/null 2>&1 && echo fds-listed;"
         "cat /proc/1/cmdline >/dev/null && echo cmdline-read"
     )
-    rt.run(
-        ContainerSpec(name="reach", rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), network="none")
-    )
+    rt.run(shell("reach", script))
     assert rt.wait("reach", timeout=60) == 0
     assert rt.logs("reach") == b"cmdline-read\n"  # what ps shows, nothing more
 

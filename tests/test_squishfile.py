@@ -563,6 +563,14 @@ def test_update_and_health_sections_are_read_and_checked(tmp_path: Path) -> None
     assert found == {(6, "update.strategy"), (8, "health.tcp"), (9, "health.probe")}
 
 
+def problems_in_table(folder: Path, table: str, body: str) -> list[Problem]:
+    """The problems of a minimal squishfile whose ``[table]`` (line 5) holds ``body``."""
+    path = write(folder, f'[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[{table}]\n{body}')
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path)
+    return list(caught.value.problems)
+
+
 def test_a_health_command_is_an_array_or_a_shell_string(tmp_path: Path) -> None:
     base = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "httpd"\n[health]\n'
     array = write(tmp_path, base + 'command = ["test", "-f", "/tmp/ready"]\ntimeout = 2.5\n')
@@ -588,12 +596,8 @@ def test_a_health_command_is_an_array_or_a_shell_string(tmp_path: Path) -> None:
 def test_a_bad_health_table_names_its_line_and_field(
     tmp_path: Path, table: str, line: int, field: str
 ) -> None:
-    path = write(
-        tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[health]\n' + table
-    )
-    with pytest.raises(SquishfileError) as caught:
-        load_squishfile(path)
-    assert [(p.line, p.field) for p in caught.value.problems] == [(line, field)]
+    problems = problems_in_table(tmp_path, "health", table)
+    assert [(p.line, p.field) for p in problems] == [(line, field)]
 
 
 def test_an_unknown_home_folder_is_an_error_with_its_line(tmp_path: Path) -> None:
@@ -656,10 +660,7 @@ def test_a_bad_seccomp_setting_names_its_line_and_field(
 ) -> None:
     if contents is not None:
         (tmp_path / "p.json").write_text(contents)
-    path = write(tmp_path, _BASE + f"seccomp = {value}\n")
-    with pytest.raises(SquishfileError) as caught:
-        load_squishfile(path)
-    [problem] = caught.value.problems
+    [problem] = problems_in_table(tmp_path, "security", f"seccomp = {value}\n")
     assert (problem.line, problem.field) == (6, "security.seccomp")
     assert message in problem.message
 
@@ -700,11 +701,6 @@ def test_resources_are_read_with_docker_units(tmp_path: Path) -> None:
 def test_a_bad_resource_names_its_line_and_field(
     tmp_path: Path, line: str, field: str, message: str
 ) -> None:
-    path = write(
-        tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[resources]\n' + line
-    )
-    with pytest.raises(SquishfileError) as caught:
-        load_squishfile(path)
-    [problem] = caught.value.problems
+    [problem] = problems_in_table(tmp_path, "resources", line)
     assert (problem.line, problem.field) == (6, field)
     assert message in problem.message
