@@ -25,7 +25,7 @@ from reconciler.converge import Backoff, Converger
 from reconciler.loop import DEBOUNCE_MS, RESYNC, STEP_MS, PassResult, Reconciler, run_loop
 from reconciler.plan import ConditionKind, Plan, is_managed_by
 from reconciler.squishfile import validate_files
-from reconciler.state import is_squishfile
+from reconciler.state import squishfiles_in
 from reconciler.status import FolderBusy, StatusStore, status_document
 from runtime.errors import HostSetupError, SquishError
 from runtime.interface import ContainerInfo, ContainerState
@@ -203,7 +203,7 @@ def _squishfiles(arguments: Sequence[str]) -> list[Path]:
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if is_squishfile(p) and p.is_file())
+            paths += squishfiles_in(path)
         else:
             paths.append(path)
     return paths

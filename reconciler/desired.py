@@ -28,8 +28,8 @@ from reconciler.state import (
     DesiredState,
     FileError,
     HealthCheck,
-    is_squishfile,
     spec_hash,
+    squishfiles_in,
 )
 from runtime.seccomp import ProfileError, read_profile_bytes
 from runtime.spec import ContainerSpec
@@ -138,7 +138,7 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
     """
     folder = Path(os.path.abspath(folder))
     try:
-        paths = sorted(p for p in folder.iterdir() if is_squishfile(p) and p.is_file())
+        paths = squishfiles_in(folder)
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: dict[str, list[DesiredContainer]] = {}

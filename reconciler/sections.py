@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_valida
 from reconciler.errors import toml_quote as _q
 from reconciler.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
 from runtime.seccomp import read_profile
-from runtime.spec import Resources
+from runtime.spec import MAX_BYTES, Resources
 
 __all__ = (
     "HealthSection",
@@ -119,10 +119,13 @@ class ResourcesSection(BaseModel):
     model_config = STRICT
 
     memory: int | None = Field(
-        default=None, ge=1024 * 1024, description='memory limit ("256M"): memory.max'
+        default=None, ge=1024 * 1024, le=MAX_BYTES, description='memory limit ("256M"): memory.max'
     )
     memory_swap: int | None = Field(
-        default=None, ge=0, description='swap the container may use besides ("0": none)'
+        default=None,
+        ge=0,
+        le=MAX_BYTES,
+        description='swap the container may use besides ("0": none)',
     )
     cpus: float | None = Field(
         default=None, gt=0, le=1024, allow_inf_nan=False, description="CPUs: cpu.max"

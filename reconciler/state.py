@@ -40,6 +40,7 @@ __all__ = (
     "replacement_name",
     "retired_name",
     "spec_hash",
+    "squishfiles_in",
 )
 
 MANAGER = "reconciler"
@@ -64,6 +65,11 @@ _IGNORED = re.compile(
 def is_squishfile(path: Path) -> bool:
     """Whether ``path`` names a squishfile rather than an editor's or git's by-product."""
     return path.suffix == ".toml" and not _IGNORED.match(path.name)
+
+
+def squishfiles_in(folder: Path) -> list[Path]:
+    """The squishfiles of ``folder``, in name order (OSError if it cannot be listed)."""
+    return sorted(p for p in folder.iterdir() if is_squishfile(p) and p.is_file())
 
 
 def replacement_name(name: str) -> str:

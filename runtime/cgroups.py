@@ -244,12 +244,13 @@ class Cgroups:
                 f"resource limits need cgroup v2 delegated to you: {self.problem}",
                 fix=DELEGATE_FIX,
             )
-        missing = [c for c in needed if c not in self.controllers]
+        offered = self.controllers
+        missing = [c for c in needed if c not in offered]
         if missing:
-            offered = " ".join(sorted(self.controllers)) or "none"
+            shown = " ".join(sorted(offered)) or "none"
             raise HostSetupError(
                 f"the cgroup controller(s) {', '.join(missing)} are not delegated to you "
-                f"(your subtree {self.root} offers: {offered})",
+                f"(your subtree {self.root} offers: {shown})",
                 fix=DELEGATE_FIX,
             )
 
@@ -263,6 +264,8 @@ class Cgroups:
         self.enable(parent, needed_controllers(resources))
         leaf = Leaf(parent / f"{name}.{secrets.token_hex(3)}")
         leaf.path.mkdir()
+        if resources is None:
+            return leaf  # a new leaf has no limits already
         try:
             leaf.apply(resources)
         except BaseException:
@@ -273,6 +276,8 @@ class Cgroups:
     def enable(self, parent: Path, controllers: list[str]) -> None:
         """Enable ``controllers`` on the way from the subtree's root down to ``parent``."""
         assert self.root is not None
+        if not controllers:
+            return
         parts = parent.relative_to(self.root).parts
         for folder in (self.root.joinpath(*parts[:i]) for i in range(len(parts) + 1)):
             enabled = set(_read(folder / "cgroup.subtree_control").split())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import time
@@ -26,7 +25,7 @@ from typing import Any, NoReturn
 
 from runtime import confine
 from runtime import syscalls as sc
-from runtime.launch import read_filter
+from runtime.launch import find_program, read_filter
 from runtime.state import close_fds_except, wait_readable
 
 __all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
@@ -86,12 +85,9 @@ def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> d
         os.close(namespaces[kind])
     if request.get("cgroup"):  # as the init did once it was moved: the leaf is "/"
         sc.unshare(sc.CLONE_NEWCGROUP)
-    program = argv[0]
-    if "/" not in program:
-        found = shutil.which(program, path=env.get("PATH", os.defpath))
-        if found is None:
-            return {"ok": True, "exit_code": 127, "output": f"{program}: not found\n"}
-        program = found
+    program = find_program(argv[0], env)
+    if program is None:
+        return {"ok": True, "exit_code": 127, "output": f"{argv[0]}: not found\n"}
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()  # the first process of this runner inside the container's pid namespace
     if child == 0:

@@ -16,7 +16,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -27,7 +26,7 @@ from typing import NoReturn
 
 from runtime import confine, mounts
 from runtime import syscalls as sc
-from runtime.launch import Forward, LaunchRequest, MountPoint, read_filter
+from runtime.launch import Forward, LaunchRequest, MountPoint, find_program, read_filter
 from runtime.state import close_fds_except, reap_children, write_json_atomic
 
 __all__ = ("FORWARDED_SIGNALS", "run_init")
@@ -61,12 +60,9 @@ def _bring_up_loopback() -> None:
 def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
     """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
     env = req.command_env()
-    program = req.argv[0]
-    if "/" not in program:
-        found = shutil.which(program, path=env["PATH"])
-        if found is None:
-            raise FileNotFoundError(errno.ENOENT, f"{program!r} not found in PATH {env['PATH']}")
-        program = found
+    program = find_program(req.argv[0], env)
+    if program is None:
+        raise FileNotFoundError(errno.ENOENT, f"{req.argv[0]!r} not found in PATH {env['PATH']}")
     try:
         os.chdir(req.workdir)
     except OSError as exc:
@@ -170,14 +166,14 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     stays open for as long as the init lives: slirp4netns exits when it closes.
     """
     _prewarm()
+    last_capability = confine.last_capability()  # read while idle, off the start path
     try:
         req = _receive_request(request_r)
-        if req.cgroup or req.systemd_scope:  # moved to the container's leaf: its root
+        if req.cgroup:  # moved to the container's leaf (a scope's too): its root
             _open_events(req.cgroup)
             sc.unshare(sc.CLONE_NEWCGROUP)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
-        last_capability = confine.last_capability()
         log_fd = os.open(
             os.path.join(req.container_dir, "output.log"),
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,

@@ -9,10 +9,19 @@ process per container and stays small when it does not load pydantic.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ("DEFAULT_PATH", "SECCOMP_FILE", "Forward", "LaunchRequest", "MountPoint", "read_filter")
+__all__ = (
+    "DEFAULT_PATH",
+    "SECCOMP_FILE",
+    "Forward",
+    "LaunchRequest",
+    "MountPoint",
+    "find_program",
+    "read_filter",
+)
 
 SECCOMP_FILE = "seccomp.bpf"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -103,3 +112,10 @@ def read_filter(container_dir: str | int, wanted: bool) -> bytes | None:
     if not program or len(program) % 8:
         raise ValueError(f"the container's seccomp filter ({SECCOMP_FILE}) is damaged")
     return program
+
+
+def find_program(program: str, env: dict[str, str]) -> str | None:
+    """``program`` as the container's ``PATH`` finds it (run inside its root), or None."""
+    if "/" in program:
+        return program
+    return shutil.which(program, path=env.get("PATH", DEFAULT_PATH))

@@ -226,7 +226,9 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
             Path(cgroup, "cgroup.procs").write_text(str(init.pid))
         except OSError as exc:
             _dismiss(init)
-            raise _LaunchFailed(f"cannot move the container into {cgroup}: {exc}") from exc
+            failure = _LaunchFailed(f"cannot move the container into {cgroup}: {exc}")
+            failure.reply["error"] = "cgroup_move"
+            raise failure from exc
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)

@@ -132,7 +132,7 @@ class LinuxRuntime(RunningOps):
             write_json_atomic(
                 cdir / "meta.json", {"restarts": 0, "created_at": time.time(), "started": 0}
             )
-            (cdir / "spec.json").write_text(spec.model_dump_json())
+            self._write_spec(cdir, spec)
             write_json_atomic(cdir / "launch.json", request.to_json())
         except BaseException:
             folders.discard(cdir)
@@ -211,8 +211,8 @@ class LinuxRuntime(RunningOps):
             if leaf is not None:
                 request = dataclasses.replace(request, cgroup=str(leaf.path))
             reply = self.holder.request({"op": "launch", "request": request.to_json()})
-            moved = "cannot move the container into" in str(reply.get("message", ""))
-            if leaf is not None and moved and not cgroups.needed_controllers(resources):
+            unmovable = reply.get("error") == "cgroup_move"
+            if leaf is not None and unmovable and not cgroups.needed_controllers(resources):
                 # A holder started from another cgroup cannot move the init into ours;
                 # without limits the container runs without a leaf of its own.
                 leaf.remove()
@@ -241,19 +241,12 @@ class LinuxRuntime(RunningOps):
             {"op": "launch", "request": dataclasses.replace(request, systemd_scope=scope).to_json()}
         )
         leaf = leaf_of(reply.get("run"))
-        missing = [
-            c
-            for c in cgroups.needed_controllers(resources)
-            if leaf is not None and c not in (leaf.path / "cgroup.controllers").read_text().split()
-        ]
-        if reply.get("ok") and missing:
-            self._kill_leftover(cdir)
-            return {
-                "ok": False,
-                "error": "start",
-                "message": f"the user's systemd does not delegate {', '.join(missing)}; "
-                f"fix: {cgroups.DELEGATE_FIX}",
-            }
+        if reply.get("ok") and leaf is not None:
+            try:
+                leaf.check_controllers(resources)
+            except HostSetupError as exc:  # the user's systemd does not delegate them
+                self._kill_leftover(cdir)
+                return {"ok": False, "error": "start", "message": str(exc)}
         return reply
 
     @staticmethod
@@ -390,8 +383,7 @@ class LinuxRuntime(RunningOps):
                 raise ContainerExists(new_name)
             os.rename(cdir, target)
             spec = self._spec(target).model_copy(update={"name": new_name})
-            (target / "spec.json.tmp").write_text(spec.model_dump_json())
-            (target / "spec.json.tmp").rename(target / "spec.json")
+            self._write_spec(target, spec)
             request = dataclasses.replace(
                 self._launch_request(target), name=new_name, container_dir=str(target)
             )

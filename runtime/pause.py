@@ -227,11 +227,15 @@ def _peer_is_the_user(conn: socket.socket) -> bool:
     """
     pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     # A container's root is uid 0 here too: it is told apart by its own pid namespace.
-    if uid == os.getuid() and _pid_depth(pid) == _pid_depth(os.getpid()):
+    if uid == os.getuid() and _pid_depth(pid) == _OWN_DEPTH[0]:
         return True
     _log(f"refused a request from pid {pid}, uid {uid} (in this namespace): not the user")
     _reply(conn, {"ok": False, "error": "refused", "message": "not the holder's user"})
     return False
+
+
+_OWN_DEPTH = [0]
+"""The holder's own pid-namespace depth, read once when it starts serving."""
 
 
 def _pid_depth(pid: int) -> int:
@@ -334,6 +338,7 @@ def serve(listener: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
     _raise_fd_limit()
+    _OWN_DEPTH[0] = _pid_depth(os.getpid())
     spares = _Spares()
     containers = _Containers()
     running = True

@@ -73,11 +73,13 @@ def cgroup_facts(
     """Paused (a running container only), OOM kills and refused forks, from the run's
     cgroup leaf; once it is gone (a systemd scope goes when empty), from what the init
     recorded in ``exit.json``."""
+    recorded = {k: int(v) for k, v in (exited or {}).items() if k in ("oom_kills", "pids_refused")}
     leaf = leaf_of(run)
-    if leaf is None or not leaf.path.exists():
-        recorded = exited or {}
-        return {k: int(recorded[k]) for k in ("oom_kills", "pids_refused") if k in recorded}
-    return {"paused": running and leaf.frozen(), **leaf.events()}
+    if recorded or leaf is None:  # the init's own record: no cgroup file to read
+        return recorded
+    if not running:
+        return leaf.events() if leaf.path.exists() else {}
+    return {"paused": leaf.frozen(), **leaf.events()}  # missing files read as 0
 
 
 def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
@@ -120,6 +122,10 @@ class RecordStore:
 
     def _launch_request(self, cdir: Path) -> LaunchRequest:
         return LaunchRequest.from_json(read_json(cdir / "launch.json"))
+
+    def _write_spec(self, cdir: Path, spec: ContainerSpec) -> None:
+        """Replace the container's spec.json atomically."""
+        write_json_atomic(cdir / "spec.json", spec.model_dump(mode="json"))
 
     def _spec(self, cdir: Path) -> ContainerSpec:
         """The container's spec, parsed again only when spec.json changed."""

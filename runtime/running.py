@@ -47,8 +47,7 @@ class RunningOps(RecordStore):
         write_json_atomic(cdir / "run.json", run)
         ports = tuple(sorted({mapping_of(f) for f in run["forwards"]}, key=forward_key))
         spec = self._spec(cdir).model_copy(update={"ports": ports})
-        (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
-        (cdir / "spec.json.tmp").rename(cdir / "spec.json")
+        self._write_spec(cdir, spec)
         request = self._launch_request(cdir)
         updated = dataclasses.replace(request, forwards=tuple(forward_of(p) for p in ports))
         write_json_atomic(cdir / "launch.json", updated.to_json())
@@ -219,8 +218,7 @@ class RunningOps(RecordStore):
                     leaf.apply(resources)
             # Recorded once applied: a limit that could not be set is tried again.
             spec = self._spec(cdir).model_copy(update={"resources": resources})
-            (cdir / "spec.json.tmp").write_text(spec.model_dump_json())
-            (cdir / "spec.json.tmp").rename(cdir / "spec.json")
+            self._write_spec(cdir, spec)
             return self._info(cdir, fresh=False)
 
     def _running_leaf(self, cdir: Path, name: str) -> cgroups.Leaf:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = (
+    "MAX_BYTES",
     "NAME_PATTERN",
     "BindMount",
     "ContainerSpec",
@@ -109,11 +110,20 @@ class PortMapping(_Frozen):
         return f"{addr}:{self.host}->{self.container}/{self.protocol}"
 
 
+MAX_BYTES = 2**50
+"""Largest memory limit accepted (1 PiB): beyond anything real, within what the kernel
+and systemd take."""
+
+
 class Resources(_Frozen):
     """Limits of a container's cgroup (cgroup v2); None: no limit."""
 
-    memory: int | None = Field(default=None, ge=4096, description="memory.max in bytes")
-    memory_swap: int | None = Field(default=None, ge=0, description="memory.swap.max in bytes")
+    memory: int | None = Field(
+        default=None, ge=4096, le=MAX_BYTES, description="memory.max in bytes"
+    )
+    memory_swap: int | None = Field(
+        default=None, ge=0, le=MAX_BYTES, description="memory.swap.max in bytes"
+    )
     cpus: float | None = Field(default=None, gt=0, le=1024, description="CPUs (cpu.max)")
     cpu_weight: int | None = Field(default=None, ge=1, le=10_000, description="cpu.weight")
     pids: int | None = Field(default=None, ge=1, le=4_194_304, description="pids.max")

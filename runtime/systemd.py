@@ -198,23 +198,13 @@ def set_properties(bus: str, unit: str, resources: Resources | None) -> None:
     """Change a running scope's limits through systemd (``SetUnitProperties``, runtime
     only), so that systemd's own view stays right and a reload does not undo them."""
     props = scope_properties(resources)
-    if resources is None or not all(
-        value is not None
-        for value in (
-            resources.memory,
-            resources.memory_swap,
-            resources.cpus,
-            resources.cpu_weight,
-            resources.pids,
-        )
-    ):  # a limit left out is lifted, as with the cgroupfs driver
-        lifted = {name for name, _ in props}
-        unlimited = 2**64 - 1  # systemd's "infinity"
-        for name in ("MemoryMax", "MemorySwapMax", "CPUQuotaPerSecUSec", "TasksMax"):
-            if name not in lifted:
-                props.append((name, ("t", unlimited)))
-        if "CPUWeight" not in lifted:
-            props.append(("CPUWeight", ("t", 100)))
+    given = {name for name, _ in props}  # a limit left out is lifted, as with cgroupfs
+    unlimited = 2**64 - 1  # systemd's "infinity"
+    for name in ("MemoryMax", "MemorySwapMax", "CPUQuotaPerSecUSec", "TasksMax"):
+        if name not in given:
+            props.append((name, ("t", unlimited)))
+    if "CPUWeight" not in given:
+        props.append(("CPUWeight", ("t", 100)))
     connection = _Connection(bus, os.getuid())
     try:
         connection.call(

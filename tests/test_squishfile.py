@@ -692,6 +692,7 @@ def test_resources_are_read_with_docker_units(tmp_path: Path) -> None:
     [
         ('memory = "lots"', "resources.memory", "is not a size"),
         ('memory = "12"', "resources.memory", "≥ 1048576"),
+        ("memory = 9999999999999999999", "resources.memory", "≤ 1125899906842624"),
         ("cpus = 0", "resources.cpus", "> 0"),
         ("pids = 0", "resources.pids", "≥ 1"),
         ("cpu_weight = 20000", "resources.cpu_weight", "≤ 10000"),
