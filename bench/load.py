@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.linux import LinuxRuntime
+from runtime.client.linux import LinuxRuntime
 from tests.loadgen import run_load
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from runtime.linux import LinuxRuntime
+from runtime.client.linux import LinuxRuntime
 from tests.support import free_port, page, write_atomically
 
 SQUISHFILE = """\

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from runtime.linux import LinuxRuntime
-from runtime.rootfs import busybox_rootfs
-from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef
+from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef
+from runtime.client.linux import LinuxRuntime
+from runtime.images.rootfs import busybox_rootfs
 from tests.support import free_port, page
 
 BUSYBOX = RootfsRef(kind="busybox", version="builtin")

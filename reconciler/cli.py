@@ -21,15 +21,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconciler.converge import Backoff, Converger
-from reconciler.loop import DEBOUNCE_MS, RESYNC, STEP_MS, PassResult, Reconciler, run_loop
-from reconciler.plan import ConditionKind, Plan, is_managed_by
+from reconciler.control.converge import Backoff, Converger
+from reconciler.control.loop import DEBOUNCE_MS, RESYNC, STEP_MS, PassResult, Reconciler, run_loop
+from reconciler.control.status import FolderBusy, StatusStore, status_document
+from reconciler.desired.types import squishfiles_in
+from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.squishfile import validate_files
-from reconciler.state import squishfiles_in
-from reconciler.status import FolderBusy, StatusStore, status_document
+from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
-from runtime.interface import ContainerInfo, ContainerState
-from runtime.linux import LinuxRuntime
 
 __all__ = ("build_parser", "main")
 

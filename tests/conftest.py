@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from runtime.linux import LinuxRuntime
+from runtime.client.linux import LinuxRuntime
 from tests.support import processes_mentioning
 
 # Property tests: the same examples every run (CI must not flake), none stored on disk.

@@ -1,6 +1,6 @@
 """A fake container runtime and a fake clock for the reconciler's tests.
 
-:class:`FakeRuntime` implements :class:`runtime.interface.Runtime` in memory:
+:class:`FakeRuntime` implements :class:`runtime.api.interface.Runtime` in memory:
 
 - it keeps containers (created, running, exited) with their live forwards, and refuses a
   host port that another running container forwards (``PortInUse``), like the real one;
@@ -32,9 +32,9 @@ from typing import Literal, TypeVar
 
 import anyio
 
+from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
+from runtime.api.spec import ContainerSpec, PortMapping, Resources
 from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, PortInUse
-from runtime.interface import CommandResult, ContainerInfo, ContainerState
-from runtime.spec import ContainerSpec, PortMapping, Resources
 
 __all__ = (
     "HANG_GUARD",
@@ -153,7 +153,7 @@ def _overlaps(a: PortMapping, b: PortMapping) -> bool:
 
 
 class FakeRuntime:
-    """An in-memory :class:`runtime.interface.Runtime` that records and can fail or hold calls."""
+    """An in-memory :class:`runtime.api.interface.Runtime` that records, fails or holds calls."""
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.clock: Callable[[], float] = clock if clock is not None else FakeClock()

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.linux import LinuxRuntime
+from runtime.client.linux import LinuxRuntime
 from tests.support import children_of, free_ports, page, start_controller, write_atomically
 
 __all__ = ("LoadResult", "run_load")

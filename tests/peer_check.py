@@ -18,8 +18,8 @@ from pathlib import Path
 
 
 def start(state: Path) -> None:
-    from runtime.linux import LinuxRuntime
-    from runtime.spec import ContainerSpec, RootfsRef
+    from runtime.api.spec import ContainerSpec, RootfsRef
+    from runtime.client.linux import LinuxRuntime
 
     runtime = LinuxRuntime(state=state)
     info = runtime.run(
@@ -37,7 +37,7 @@ def start(state: Path) -> None:
 
 
 def stop(state: Path) -> None:
-    from runtime.linux import LinuxRuntime
+    from runtime.client.linux import LinuxRuntime
 
     LinuxRuntime(state=state).shutdown()
 

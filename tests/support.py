@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime.spec import ContainerSpec, RootfsRef
+from runtime.api.spec import ContainerSpec, RootfsRef
 
 __all__ = (
     "BUSYBOX",

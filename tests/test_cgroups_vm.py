@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cgroups
-from runtime.linux import LinuxRuntime
-from runtime.spec import ContainerSpec, Resources
+from runtime.api.spec import ContainerSpec, Resources
+from runtime.cgroups import fs as cgroups
+from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.support import shell
 

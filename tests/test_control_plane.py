@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from runtime import syscalls as sc
-from runtime.linux import LinuxRuntime
+from runtime.client.linux import LinuxRuntime
+from runtime.sandbox import syscalls as sc
 from tests.conftest import rootless
 
 pytestmark = rootless

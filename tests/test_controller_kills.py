@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.interface import ContainerInfo
-from runtime.linux import LinuxRuntime
+from runtime.api.interface import ContainerInfo
+from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.support import children_of, free_ports, http_get, start_controller, write_atomically
 from tests.test_reconciler_e2e import cli, cli_env, eventually, make_site, web_toml

@@ -1,10 +1,10 @@
 """Converging a plan: phases, bounded concurrency, failure isolation, back-off, forgetting.
 
-Every case runs :class:`reconciler.converge.Converger` against :class:`tests.fakes.FakeRuntime`,
-which records each call (with when it began and ended), can fail or hold a call, and
-refuses a host port another running container forwards, like the real runtime. Time is a
-:class:`tests.fakes.FakeClock`; concurrency is observed by holding calls on events, never
-by sleeping, and nothing asserts how long anything took.
+Every case runs :class:`reconciler.control.converge.Converger` against
+:class:`tests.fakes.FakeRuntime`, which records each call (with when it began and ended),
+can fail or hold a call, and refuses a host port another running container forwards, like
+the real runtime. Time is a :class:`tests.fakes.FakeClock`; concurrency is observed by
+holding calls on events, never by sleeping, and nothing asserts how long anything took.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from reconciler.converge import Backoff, Converger, Outcome
-from reconciler.desired import load_desired
-from reconciler.plan import PHASE, Action, ActionKind, Plan, plan
-from reconciler.state import DesiredContainer, HealthCheck
+from reconciler.control.converge import Backoff, Converger, Outcome
+from reconciler.desired.folder import load_desired
+from reconciler.desired.types import DesiredContainer, HealthCheck
+from reconciler.planning.plan import PHASE, Action, ActionKind, Plan, plan
+from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.spec import ContainerSpec, PortMapping, Resources, RootfsRef
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost, PortInUse
-from runtime.interface import ContainerInfo, ContainerState
-from runtime.spec import ContainerSpec, PortMapping, Resources, RootfsRef
 from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
 
 CREATE, DESTROY, RECREATE = ActionKind.CREATE, ActionKind.DESTROY, ActionKind.RECREATE

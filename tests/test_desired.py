@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import FileCache, load_desired
-from reconciler.state import (
+from reconciler.desired.folder import FileCache, load_desired
+from reconciler.desired.types import (
     LABEL_FILE,
     LABEL_FOLDER,
     LABEL_HASH,
@@ -20,7 +20,7 @@ from reconciler.state import (
     is_squishfile,
     spec_hash,
 )
-from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
 
 MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
 

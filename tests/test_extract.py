@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import ArchiveError
-from runtime.extract import extract_tar, remove_tree
+from runtime.images.extract import extract_tar, remove_tree
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -177,7 +177,7 @@ def test_device_nodes_and_fifos_are_skipped_and_logged(
         ],
     )
     dest = target_parent / "rootfs"
-    with caplog.at_level(logging.INFO, logger="runtime.extract"):
+    with caplog.at_level(logging.INFO, logger="runtime.images.extract"):
         extract_tar(archive, dest)
     assert (dest / "dev").is_dir()
     assert list((dest / "dev").iterdir()) == []

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from runtime.errors import ChecksumMismatch, FetchError
-from runtime.fetch import MAX_REDIRECTS, download, fetch_bytes
+from runtime.images.fetch import MAX_REDIRECTS, download, fetch_bytes
 from tests.fixtures.mirror import serve_handler, unused_local_url
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, several chunks

@@ -7,7 +7,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from runtime.linux import LinuxRuntime
+from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.loadgen import run_load
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.converge import Converger
-from reconciler.loop import Reconciler
+from reconciler.control.converge import Converger
+from reconciler.control.loop import Reconciler
 from tests.fakes import FakeClock, FakeRuntime
 
 

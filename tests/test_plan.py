@@ -2,7 +2,7 @@
 
 ``plan`` is pure, so most cases build :class:`DesiredState` and :class:`ContainerInfo`
 objects directly; the desired side is labelled exactly as ``load_desired`` labels it
-(through ``reconciler.desired._labelled``). A few cases at the end go through real
+(through ``reconciler.desired.folder._labelled``). A few cases at the end go through real
 squishfiles in ``tmp_path`` and :func:`load_desired`.
 """
 
@@ -17,10 +17,8 @@ from typing import Literal
 
 import pytest
 
-from reconciler.desired import _labelled, load_desired
-from reconciler.errors import Problem
-from reconciler.plan import PHASE, Action, ActionKind, ConditionKind, Plan, is_managed_by, plan
-from reconciler.state import (
+from reconciler.desired.folder import _labelled, load_desired
+from reconciler.desired.types import (
     LABEL_FILE,
     LABEL_FOLDER,
     LABEL_HASH,
@@ -30,8 +28,18 @@ from reconciler.state import (
     DesiredState,
     FileError,
 )
-from runtime.interface import ContainerInfo, ContainerState
-from runtime.spec import ContainerSpec, PortMapping, Resources, RootfsRef
+from reconciler.planning.plan import (
+    PHASE,
+    Action,
+    ActionKind,
+    ConditionKind,
+    Plan,
+    is_managed_by,
+    plan,
+)
+from reconciler.problems import Problem
+from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.spec import ContainerSpec, PortMapping, Resources, RootfsRef
 
 FOLDER = Path("/srv/squish")
 ELSEWHERE = Path("/srv/elsewhere")

@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from reconciler.converge import Backoff
-from reconciler.status import StatusStore
+from reconciler.control.converge import Backoff
+from reconciler.control.status import StatusStore
+from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerNotFound
-from runtime.interface import ContainerInfo, ContainerState
-from runtime.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.support import free_port, free_ports, http_refused, page, write_atomically
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.desired import load_desired
-from reconciler.plan import ActionKind, plan
-from runtime.interface import ContainerInfo, ContainerState
+from reconciler.desired.folder import load_desired
+from reconciler.planning.plan import ActionKind, plan
+from runtime.api.interface import ContainerInfo, ContainerState
 
 VALID = b"""\
 name = "web"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runtime.api.spec import RootfsRef
 from runtime.errors import ArchiveError, ChecksumMismatch, FetchError, HostSetupError, LayerNotFound
-from runtime.rootfs import alpine_rootfs, busybox_rootfs, elf_is_static, resolve_rootfs
-from runtime.spec import RootfsRef
+from runtime.images.rootfs import alpine_rootfs, busybox_rootfs, elf_is_static, resolve_rootfs
 from tests.fixtures.mirror import (
     alpine_mirror_fixture,
     alpine_release_dir,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cgroups
+from runtime.api.spec import BindMount, ContainerSpec, Resources
+from runtime.cgroups import fs as cgroups
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerStartError, HostSetupError
-from runtime.linux import LinuxRuntime
-from runtime.spec import BindMount, ContainerSpec, Resources
 from tests.conftest import rootless
 from tests.support import shell
 

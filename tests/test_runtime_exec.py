@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.enter import OUTPUT_LIMIT
+from runtime.api.spec import ContainerSpec
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerNotFound, ContainerStartError
-from runtime.linux import LinuxRuntime
-from runtime.spec import ContainerSpec
+from runtime.holder.exec_runner import OUTPUT_LIMIT
 from tests.conftest import rootless
 from tests.support import BUSYBOX, children_of, shell
 

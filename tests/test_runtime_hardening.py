@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.interface import ContainerState
+from runtime.api.spec import BindMount, ContainerSpec
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerStartError
-from runtime.interface import ContainerState
-from runtime.linux import LinuxRuntime
-from runtime.spec import BindMount, ContainerSpec
-from runtime.state import ProcessId
+from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import BUSYBOX, shell
 

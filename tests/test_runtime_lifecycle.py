@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.interface import ContainerState
+from runtime.api.spec import BindMount, ContainerSpec
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, RootRefused
-from runtime.interface import ContainerState
-from runtime.linux import LinuxRuntime
-from runtime.spec import BindMount, ContainerSpec
-from runtime.state import ProcessId
+from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import BUSYBOX, shell
 
@@ -165,8 +165,8 @@ def test_container_outlives_the_process_that_started_it(
     rt: LinuxRuntime, state_path: Path, cache_path: Path
 ) -> None:
     program = (
-        "import sys; from pathlib import Path; from runtime.linux import LinuxRuntime;"
-        "from runtime.spec import ContainerSpec, RootfsRef;"
+        "import sys; from pathlib import Path; from runtime.client.linux import LinuxRuntime;"
+        "from runtime.api.spec import ContainerSpec, RootfsRef;"
         f"rt = LinuxRuntime(state=Path({str(state_path)!r}), cache=Path({str(cache_path)!r}));"
         "rt.run(ContainerSpec(name='outlives', rootfs=RootfsRef(kind='busybox', version='builtin'),"
         " argv=('sleep', '600'), network='none'))"

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime import slirp
+from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerNotFound, PortInUse
-from runtime.linux import LinuxRuntime
-from runtime.rootfs import find_host_busybox
-from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
-from runtime.state import ProcessId
+from runtime.images.rootfs import find_host_busybox
+from runtime.network import slirp
+from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.fixtures.mirror import make_alpine_mirror, make_layer_index, serve_directory
 from tests.support import free_port, http_get, http_refused, processes_mentioning

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import seccomp
-from runtime.confine import DEFAULT_CAPABILITIES, capability_names
-from runtime.linux import LinuxRuntime
-from runtime.mounts import MASKED, READ_ONLY
-from runtime.spec import BindMount
+from runtime.api.spec import BindMount
+from runtime.client.linux import LinuxRuntime
+from runtime.sandbox.confine import DEFAULT_CAPABILITIES, capability_names
+from runtime.sandbox.mounts import MASKED, READ_ONLY
+from runtime.security import seccomp
 from tests.bpf import AUDIT_ARCH_I386, run_filter
 from tests.conftest import rootless
 from tests.support import shell

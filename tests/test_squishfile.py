@@ -11,9 +11,9 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from reconciler.errors import Problem, SquishfileError, field_path
+from reconciler.problems import Problem, SquishfileError, field_path
 from reconciler.squishfile import Squishfile, load_squishfile, validate_files
-from runtime.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
 
 SHA = "0123456789abcdef" * 4
 MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cgroups, systemd
-from runtime.spec import Resources
+from runtime.api.spec import Resources
+from runtime.cgroups import fs as cgroups
+from runtime.cgroups import systemd
+from runtime.cgroups.bus import bus_address
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,12 +30,12 @@ def test_limits_become_systemd_properties() -> None:
 
 
 def test_the_user_bus_is_found_from_the_environment(tmp_path: Path) -> None:
-    assert systemd.bus_address(
+    assert bus_address(
         {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/7/bus,guid=x"}
     ) == ("/run/user/7/bus")
-    assert systemd.bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None  # no socket there
+    assert bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None  # no socket there
     (tmp_path / "bus").touch()
-    assert systemd.bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "bus")
+    assert bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "bus")
 
 
 def test_the_driver_is_chosen_by_what_is_reachable(
@@ -59,7 +61,7 @@ def test_the_holder_side_loads_no_pydantic() -> None:
     """The holder forks every container: it stays small (the launcher imports the systemd
     driver only when it is used, and that driver needs no pydantic)."""
     code = (
-        "import sys, runtime.pause, runtime.systemd; "
+        "import sys, runtime.holder.server, runtime.cgroups.systemd; "
         "sys.exit(1 if 'pydantic' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import tomli
 
-from reconciler.tomlpos import Loc, line_of, syntax_problem
+from reconciler.squishfile.tomlpos import Loc, line_of, syntax_problem
 
 DOCUMENT = textwrap.dedent(
     '''\

@@ -1,0 +1,341 @@
+"""The controller loop: observe, plan, converge; again whenever something may have changed.
+
+The watcher only says *something changed*: each pass reloads the whole folder and
+observes every container, so a lost or merged event can never leave a wrong state
+(compare states, not events). Passes are triggered by
+
+- file events (watchfiles, with a small debounce so one edit is applied within tens of
+  milliseconds and a burst, such as a git checkout, becomes one pass);
+- the exit of any container's init (a pidfd per running container), so a command that
+  exits is handled at once;
+- a periodic resync that catches the rest of the drift (a forward removed behind our
+  back, a file event that was lost);
+- the earliest back-off deadline, so a crash-looping container restarts on time.
+
+One task group owns every task; SIGINT/SIGTERM end the loop and leave containers
+running for the next ``run`` to adopt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from watchfiles import Change, awatch
+
+from reconciler.control.converge import Converger, Outcome
+from reconciler.control.status import LoopRecord, StatusStore
+from reconciler.desired.folder import FileCache, load_desired
+from reconciler.desired.types import DesiredState, is_squishfile
+from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan
+from runtime.api.interface import ContainerInfo, Runtime
+
+__all__ = ("DEBOUNCE_MS", "RESYNC", "STEP_MS", "PassResult", "Reconciler", "run_loop")
+
+DEBOUNCE_MS = 200
+"""Longest batch of file events, in ms."""
+STEP_MS = 20
+"""Quiet time that ends a batch of file events, in ms (watchfiles polls at this rate)."""
+RESYNC = 10.0
+"""Seconds between passes when nothing happens."""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    outcomes: tuple[Outcome, ...]
+    started_at: float
+    duration: float
+    trigger: str
+
+    @property
+    def failed(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+
+@dataclass
+class Reconciler:
+    """One folder's reconciler: a pass is load → observe → plan → converge → record."""
+
+    folder: Path
+    runtime: Runtime
+    converger: Converger
+    store: StatusStore | None = None
+    clock: Callable[[], float] = time.time
+    record: LoopRecord = field(default_factory=LoopRecord)
+    allow_mass_delete: bool = False
+    _holds: dict[str, float] = field(default_factory=dict)
+    _files: FileCache = field(default_factory=dict)
+    _running: set[int] = field(default_factory=set)
+    _restart_at: dict[str, float] = field(default_factory=dict)
+    _crashing: list[str] = field(default_factory=list)
+
+    def _observe(self) -> tuple[DesiredState, list[ContainerInfo]]:
+        return load_desired(self.folder, self._files), self.runtime.list()
+
+    def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
+        desired, actual = self._observe()
+        self.converger.observe(actual)
+        self._restart_at = self._restart_holds(desired, actual)
+        todo = plan(
+            desired,
+            actual,
+            now=self.clock(),
+            not_before=self.converger.failure_holds(),
+            restart_not_before=self._restart_at,
+            allow_mass_delete=self.allow_mass_delete,
+        )
+        self.converger.settle({a.name for a in todo.actions} | _held(todo))
+        return desired, actual, todo
+
+    def _restart_holds(
+        self, desired: DesiredState, actual: Sequence[ContainerInfo]
+    ) -> dict[str, float]:
+        """Crash back-off, only for containers whose policy restarts them after this exit."""
+        holds = self.converger.restart_holds(actual)
+        by_name = {info.name: info for info in actual}
+        return {
+            name: at
+            for name, at in holds.items()
+            if name in desired.containers
+            and desired.containers[name].restarts_after(by_name[name].exit_code)
+        }
+
+    async def reconcile(self, trigger: str = "manual") -> PassResult:
+        started = self.clock()
+        begin = time.perf_counter()
+        swept_badly = None
+        try:
+            await anyio.to_thread.run_sync(self.converger.sweep)
+        except Exception as exc:  # housekeeping: a failure must not cost the pass
+            swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
+        desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
+        outcomes = await self.converger.apply(todo) if todo.actions else []
+        result = PassResult(todo, tuple(outcomes), started, time.perf_counter() - begin, trigger)
+        self.record.passed(
+            result.started_at, result.duration, trigger, [str(a) for a in todo.actions]
+        )
+        if swept_badly is not None:
+            self.record.failed(swept_badly)
+        by_name = {info.name: info for info in actual}
+        self._crashing = sorted(
+            n
+            for n, want in desired.containers.items()
+            if self.converger.crash_looping(n)
+            and (n not in by_name or want.restarts_after(by_name[n].exit_code))
+        )
+        await anyio.to_thread.run_sync(self.save)
+        self.converger.forget({info.name for info in actual} | set(desired.containers))
+        self._holds = {**self.converger.failure_holds()}  # fresh: this pass's outcomes count
+        for name, at in self._restart_at.items():
+            self._holds[name] = max(self._holds.get(name, 0.0), at)
+        self._running = {
+            pid
+            for info in actual
+            if is_managed_by(info, str(self.folder))
+            for pid in (info.pid, info.slirp_pid)
+            if pid is not None
+        }
+        return result
+
+    def save(self) -> None:
+        """Record the loop's state, errors and back-off for ``status`` and a restart."""
+        if self.store is not None:
+            self.store.write(
+                self.record,
+                self.converger.last_errors(),
+                self._crashing,
+                self.converger.export(),
+            )
+
+    def __post_init__(self) -> None:
+        if self.store is not None:  # a restarted controller keeps counting where it was
+            saved = self.store.read().get("backoff")
+            if isinstance(saved, dict):
+                self.converger.restore(saved)
+
+    def running_pids(self) -> set[int]:
+        """Pids whose exit must wake the loop: the inits of this folder's running
+        containers and their slirp4netns, as last observed."""
+        return set(self._running)
+
+    def next_deadline(self) -> float:
+        """Seconds until the earliest back-off ends (inf when nothing waits)."""
+        now = self.clock()
+        holds = [t for t in self._holds.values() if t > now]
+        if not holds:
+            return math.inf
+        return min(holds) - now
+
+
+def _held(todo: Plan) -> set[str]:
+    return {c.name for c in todo.conditions if c.kind is ConditionKind.BACK_OFF}
+
+
+def _squishfile_event(change: Change, path: str) -> bool:
+    return is_squishfile(Path(path))
+
+
+class _Watch:
+    """The file watch and the identity (device, inode) of the folder it is armed on."""
+
+    def __init__(self) -> None:
+        self.identity: tuple[int, int] | None = None
+        self.disarm = anyio.Event()
+
+    def stale(self, folder: Path) -> bool:
+        """True when the folder was replaced (renamed over) since the watch was armed."""
+        try:
+            st = folder.stat()
+        except OSError:
+            return self.identity is not None
+        return self.identity is not None and self.identity != (st.st_dev, st.st_ino)
+
+
+async def _watch(
+    folder: Path,
+    send: MemoryObjectSendStream[str],
+    debounce_ms: int,
+    step_ms: int,
+    stop: anyio.Event,
+    watch: _Watch,
+) -> None:
+    """Send a trigger for each batch of squishfile events; re-arm when the folder returns
+    or is replaced by another directory (inotify would keep following the old one)."""
+    while not stop.is_set():
+        watch.disarm = anyio.Event()
+        try:
+            st = await anyio.Path(folder).stat()
+        except OSError:
+            watch.identity = None
+        else:
+            watch.identity = (st.st_dev, st.st_ino)
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_relay, stop, watch.disarm)
+                    async for changes in awatch(
+                        folder,
+                        watch_filter=_squishfile_event,
+                        debounce=debounce_ms,
+                        step=step_ms,
+                        recursive=False,
+                        stop_event=watch.disarm,  # else stopping waits out watchfiles' poll
+                        rust_timeout=1000,
+                        yield_on_timeout=True,  # once a second: is it still the same folder?
+                    ):
+                        if changes:
+                            await _trigger(send, "files changed")
+                        elif watch.stale(folder):
+                            break
+                    group.cancel_scope.cancel()
+            except* (FileNotFoundError, RuntimeError, OSError):
+                pass  # the folder vanished: the periodic resync notices, we re-arm below
+        if stop.is_set():
+            return
+        await _trigger(send, "folder changed")
+        await anyio.sleep(0.5)
+
+
+async def _relay(stop: anyio.Event, disarm: anyio.Event) -> None:
+    await stop.wait()
+    disarm.set()
+
+
+async def _trigger(send: MemoryObjectSendStream[str], reason: str) -> None:
+    # WouldBlock: a pass is pending and will see this change too; closed: shutting down.
+    with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+        send.send_nowait(reason)
+
+
+async def _next_trigger(receive: MemoryObjectReceiveStream[str], wait: float) -> str:
+    with anyio.move_on_after(wait):
+        return await receive.receive()
+    return "resync"
+
+
+async def _watch_exit(
+    pid: int,
+    send: MemoryObjectSendStream[str],
+    *,
+    task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Trigger a pass as soon as ``pid`` (an init or a slirp4netns) exits (via a pidfd)."""
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            await _trigger(send, "a process exited")
+            return
+        try:
+            await anyio.wait_readable(pidfd)
+            await _trigger(send, "a process exited")
+        finally:
+            os.close(pidfd)
+
+
+async def _follow_exits(
+    group: anyio.abc.TaskGroup,
+    watching: dict[int, anyio.CancelScope],
+    running: set[int],
+    send: MemoryObjectSendStream[str],
+) -> None:
+    for pid in set(watching) - running:
+        watching.pop(pid).cancel()
+    for pid in running - set(watching):
+        watching[pid] = await group.start(_watch_exit, pid, send)
+
+
+async def run_loop(
+    reconciler: Reconciler,
+    *,
+    debounce_ms: int = DEBOUNCE_MS,
+    step_ms: int = STEP_MS,
+    resync: float = RESYNC,
+    on_pass: Callable[[PassResult], None] | None = None,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled)."""
+    send, receive = anyio.create_memory_object_stream[str](1)
+    reconciler.record.started(os.getpid())
+    async with anyio.create_task_group() as group, send, receive:
+        stop = stop or anyio.Event()
+        watch = _Watch()
+        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms, stop, watch)
+        group.start_soon(_cancel_on, stop, group.cancel_scope)
+        trigger = "start"
+        watching: dict[int, anyio.CancelScope] = {}
+        followed_up = False
+        while True:
+            try:
+                result = await reconciler.reconcile(trigger)
+            except Exception as exc:  # the loop never dies: report, wait, try again
+                print(f"reconciler: pass failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                reconciler.record.failed(f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(reconciler.save)
+                trigger = await _next_trigger(receive, min(resync, 1.0))
+                continue
+            if on_pass is not None:
+                on_pass(result)
+            await _follow_exits(group, watching, reconciler.running_pids(), send)
+            # After changes, look again once at once: new containers get their exit watch
+            # and anything that failed fast is seen without waiting for the resync.
+            again = bool(result.plan.actions) and not followed_up
+            followed_up = again
+            wait = 0.0 if again else min(resync, reconciler.next_deadline())
+            trigger = await _next_trigger(receive, wait)
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -1,0 +1,182 @@
+"""Desired state: every squishfile of a folder, loaded, validated and labelled.
+
+One ``*.toml`` file is one container. Hidden files and editors' swap, backup and temp
+files are ignored. A file that does not validate becomes a :class:`FileError`; the
+planner then keeps whatever container that file produced before. Two files declaring the
+same name are both flagged, and neither replaces the other's container. The types,
+labels and ``spec_hash`` live in :mod:`reconciler.desired.types` (import them from there), so
+the planner can use them without I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import tomli
+
+from reconciler.desired.types import (
+    LABEL_FILE,
+    LABEL_FOLDER,
+    LABEL_HASH,
+    LABEL_MANAGED,
+    MANAGER,
+    DesiredContainer,
+    DesiredState,
+    FileError,
+    HealthCheck,
+    spec_hash,
+    squishfiles_in,
+)
+from reconciler.problems import Problem, SquishfileError
+from reconciler.squishfile import load_squishfile
+from runtime.api.spec import ContainerSpec
+from runtime.security.seccomp import ProfileError, read_profile_bytes
+
+__all__ = ("FileCache", "load_desired")
+
+
+def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str, bool]:
+    """The container name a broken file asks for, and whether that is certain.
+
+    Read as leniently as possible; else ``known``, the name the same file had when it
+    last parsed (a broken edit of ``site.toml`` that said ``name = "web"`` still claims
+    ``web``); else the file's stem, which is only a guess when the TOML did not parse.
+    """
+    parsed = False
+    if raw is not None:
+        try:
+            name = tomli.loads(raw.decode("utf-8", errors="replace")).get("name")
+            parsed = True
+        except (tomli.TOMLDecodeError, RecursionError, ValueError):
+            name = None
+        if isinstance(name, str) and name:
+            return name, True
+    if known is not None:
+        return known, True
+    return path.stem, parsed
+
+
+def _labelled(spec: ContainerSpec, folder: Path, file: Path) -> ContainerSpec:
+    labels = {
+        **spec.labels,
+        LABEL_MANAGED: MANAGER,
+        LABEL_FOLDER: str(folder),
+        LABEL_FILE: file.name,
+        LABEL_HASH: spec_hash(spec),
+    }
+    return spec.model_copy(update={"labels": labels})
+
+
+FileCache = dict[Path, tuple[bytes, "DesiredContainer | FileError"]]
+"""Parsed files by path, with the digest of the bytes they were parsed from."""
+
+
+def _load_one(
+    path: Path, raw: bytes, folder: Path, known: str | None
+) -> DesiredContainer | FileError:
+    try:
+        squishfile = load_squishfile(path, raw)
+        spec = squishfile.to_spec()
+    except SquishfileError as exc:
+        name, certain = _claimed_name(path, raw, known)
+        return FileError(path, name, exc.problems, name_known=certain)
+    except Exception as exc:  # nothing a file holds may stop the loop
+        problem = Problem(str(path), None, "<file>", f"{type(exc).__name__}: {exc}")
+        name, certain = _claimed_name(path, raw, known)
+        return FileError(path, name, (problem,), name_known=certain)
+    health = squishfile.health
+    return DesiredContainer(
+        path,
+        _labelled(spec, folder, path),
+        squishfile.restart.policy,
+        squishfile.update.strategy,
+        HealthCheck(health.tcp, health.command, health.timeout, health.interval, health.retries)
+        if health
+        else None,
+        squishfile.update.drain,
+        squishfile.security.inputs,
+    )
+
+
+def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:
+    problem = Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}")
+    name, certain = _claimed_name(path, None, known)
+    return FileError(path, name, (problem,), name_known=certain)
+
+
+def _inputs(loaded: DesiredContainer | FileError) -> tuple[tuple[Path, bytes], ...]:
+    return loaded.inputs if isinstance(loaded, DesiredContainer) else ()
+
+
+def _digest(raw: bytes, inputs: tuple[bytes, ...]) -> bytes:
+    """The cache key of a squishfile: its bytes and the digests of the files it uses."""
+    digest = hashlib.blake2b(raw, digest_size=16)
+    for extra in inputs:
+        digest.update(extra)
+    return digest.digest()
+
+
+def _current(inputs: tuple[tuple[Path, bytes], ...]) -> tuple[bytes, ...]:
+    """The digests of those files as they are now."""
+    found = []
+    for path, _ in inputs:
+        try:  # bounded as the first read was: a regular file of at most 1 MiB
+            found.append(hashlib.blake2b(read_profile_bytes(path), digest_size=16).digest())
+        except (OSError, ProfileError) as exc:
+            found.append(f"unreadable: {exc}".encode())
+    return tuple(found)
+
+
+def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
+    """Read every squishfile of ``folder``; never raises for a bad file.
+
+    With a ``cache``, a file whose bytes are unchanged is not parsed again: an idle
+    resync reads each file but validates none. (Timestamps are not trusted: a same-size
+    edit within one timestamp tick would look unchanged.)
+    """
+    folder = Path(os.path.abspath(folder))
+    try:
+        paths = squishfiles_in(folder)
+    except OSError:
+        return DesiredState(folder=folder, readable=False)
+    valid: dict[str, list[DesiredContainer]] = {}
+    errors: list[FileError] = []
+    for path in paths:
+        known = cache.get(path) if cache is not None else None
+        known_name = known[1].name if known is not None else None
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue  # deleted between the listing and now
+        except OSError as exc:  # unreadable is not deleted: keep what it made
+            errors.append(_unreadable(path, exc, known_name))
+            continue
+        key = _digest(raw, _current(_inputs(known[1])) if known is not None else ())
+        if known is not None and known[0] == key:
+            loaded = known[1]
+        else:  # keyed by what was read, so an edit made meanwhile is seen next time
+            loaded = _load_one(path, raw, folder, known_name)
+            key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
+        if cache is not None:
+            cache[path] = (key, loaded)
+        if isinstance(loaded, FileError):
+            errors.append(loaded)
+        else:
+            valid.setdefault(loaded.name, []).append(loaded)
+    if cache is not None:
+        for gone in set(cache) - set(paths):
+            del cache[gone]
+    containers: dict[str, DesiredContainer] = {}
+    for name, entries in valid.items():
+        if len(entries) == 1:
+            containers[name] = entries[0]
+            continue
+        files = ", ".join(e.file.name for e in entries)
+        for entry in entries:
+            problem = Problem(
+                str(entry.file), None, "name", f"container name {name!r} is declared by {files}"
+            )
+            errors.append(FileError(entry.file, name, (problem,), kind="DuplicateName"))
+    return DesiredState(folder=folder, containers=containers, errors=tuple(errors))

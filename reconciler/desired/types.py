@@ -1,0 +1,177 @@
+"""Desired-state types, shared by loading (``reconciler.desired.folder``) and the pure planner.
+
+No I/O here. Each spec gets labels that mark it as ours and record a hash of what was
+applied:
+
+- ``squish.managed-by``: ``reconciler``
+- ``squish.folder``: the absolute folder the file lives in
+- ``squish.file``: the file's name in that folder
+- ``squish.spec-hash``: a hash of the normalised spec *without* its ports and labels
+  (a difference in ports alone is applied live; anything else means a recreate)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from reconciler.problems import Problem
+from runtime.api.spec import ContainerSpec
+
+__all__ = (
+    "LABEL_FILE",
+    "LABEL_FOLDER",
+    "LABEL_HASH",
+    "LABEL_MANAGED",
+    "LIVE_FIELDS",
+    "MANAGER",
+    "DesiredContainer",
+    "DesiredState",
+    "FileError",
+    "HealthCheck",
+    "RestartPolicy",
+    "is_squishfile",
+    "replaced_name",
+    "replacement_name",
+    "retired_name",
+    "spec_hash",
+    "squishfiles_in",
+)
+
+MANAGER = "reconciler"
+LABEL_MANAGED = "squish.managed-by"
+LABEL_FOLDER = "squish.folder"
+LABEL_FILE = "squish.file"
+LABEL_HASH = "squish.spec-hash"
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+_IGNORED = re.compile(
+    r"""^(\..*                # hidden files, vim's .x.swp, emacs' .#lock
+        |.*~                 # backups
+        |\#.*\#              # emacs autosave
+        |.*\.(swp|swo|swx|tmp|bak|orig|rej|part)
+        |4913                # vim's probe file
+        )$""",
+    re.VERBOSE,
+)
+
+
+def is_squishfile(path: Path) -> bool:
+    """Whether ``path`` names a squishfile rather than an editor's or git's by-product."""
+    return path.suffix == ".toml" and not _IGNORED.match(path.name)
+
+
+def squishfiles_in(folder: Path) -> list[Path]:
+    """The squishfiles of ``folder``, in name order (OSError if it cannot be listed)."""
+    return sorted(p for p in folder.iterdir() if is_squishfile(p) and p.is_file())
+
+
+def replacement_name(name: str) -> str:
+    """The name a start-first replacement runs under until it takes over."""
+    return f"{name}.next"
+
+
+def retired_name(name: str) -> str:
+    """The name the replaced container steps aside to while its successor takes over."""
+    return f"{name}.old"
+
+
+def replaced_name(name: str) -> str | None:
+    """The container whose start-first replacement ``name`` is a part of, if any."""
+    for make in (replacement_name, retired_name):
+        suffix = make("")
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+LIVE_FIELDS = ("ports", "resources", "labels")
+"""Spec fields changed on a running container without recreating it."""
+
+
+def spec_hash(spec: ContainerSpec) -> str:
+    """Hash of everything in ``spec`` that cannot change live (all but ports, resources
+    and labels)."""
+    data = spec.model_dump(mode="json", exclude=set(LIVE_FIELDS))
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    """A valid squishfile: the container it asks for."""
+
+    file: Path
+    spec: ContainerSpec
+    restart: RestartPolicy = "always"
+    update: Literal["stop-first", "start-first"] = "stop-first"
+    health: HealthCheck | None = None
+    drain: float = 0.1
+    """start-first: seconds the old container keeps running after its forwards moved."""
+    inputs: tuple[tuple[Path, bytes], ...] = ()
+    """Files besides the squishfile that the spec was built from (a seccomp profile),
+    each with the digest of the bytes read."""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def restarts_after(self, exit_code: int | None) -> bool:
+        """Whether its restart policy brings it back after an exit with ``exit_code``."""
+        return self.restart == "always" or (self.restart == "on-failure" and exit_code != 0)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Ready when something inside the container accepts TCP on ``tcp``, or when
+    ``command`` run inside it exits 0 within ``timeout`` seconds; probed every
+    ``interval`` seconds, at most ``retries`` times."""
+
+    tcp: int | None = None
+    command: tuple[str, ...] | None = None
+    timeout: float = 1.0
+    interval: float = 0.1
+    retries: int = 100
+
+    def __str__(self) -> str:
+        if self.command is not None:
+            return f"the health command {' '.join(self.command)!r} never exited 0"
+        return f"the replacement never accepted TCP on port {self.tcp}"
+
+
+@dataclass(frozen=True)
+class FileError:
+    """A squishfile that cannot be applied now; ``name`` is the container it claims."""
+
+    file: Path
+    name: str
+    problems: tuple[Problem, ...]
+    kind: Literal["InvalidSpec", "DuplicateName"] = "InvalidSpec"
+    name_known: bool = True
+    """False when the file could not be read far enough to know which container it is
+    (and no earlier parse of it is remembered): then no container may be removed."""
+
+    @property
+    def message(self) -> str:
+        return "; ".join(str(p) for p in self.problems)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything one pass of the reconciler wants, read from one folder."""
+
+    folder: Path
+    containers: Mapping[str, DesiredContainer] = field(default_factory=dict)
+    errors: tuple[FileError, ...] = ()
+    readable: bool = True
+    """False when the folder is missing or unreadable: then nothing may be deleted."""
+
+    @property
+    def error_files(self) -> frozenset[str]:
+        return frozenset(e.file.name for e in self.errors)

@@ -1,0 +1,29 @@
+"""The squishfile: one TOML file describing one container, and its translation to a spec.
+
+This module is the public face of the squishfile; the work is split between
+:mod:`reconciler.squishfile.model` (the pydantic models and :meth:`Squishfile.to_spec`) and
+:mod:`reconciler.squishfile.loading` (:func:`load_squishfile`, :func:`validate_files`
+and the mapping of validation errors to :class:`reconciler.problems.Problem`).
+The format is documented for users in ``docs/squishfile.md``.
+"""
+
+from __future__ import annotations
+
+from reconciler.squishfile.loading import load_squishfile, validate_files
+from reconciler.squishfile.model import (
+    DownloadLayer,
+    LocalLayer,
+    PortForward,
+    RunSection,
+    Squishfile,
+)
+
+__all__ = (
+    "DownloadLayer",
+    "LocalLayer",
+    "PortForward",
+    "RunSection",
+    "Squishfile",
+    "load_squishfile",
+    "validate_files",
+)

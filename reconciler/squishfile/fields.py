@@ -1,0 +1,49 @@
+"""Field checks and types shared by the squishfile's models (``reconciler.squishfile.model`` and
+``reconciler.squishfile.sections``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, ConfigDict
+
+from reconciler.problems import toml_quote as _q
+
+__all__ = ("STRICT", "ExecString", "as_tuple", "is_path_like", "resolve")
+
+STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
+"""Every table: immutable, unknown keys refused, no type coercion."""
+_PATH_PREFIXES = ("./", "../", "/", "~")
+
+
+def _check_exec_string(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("may not contain a NUL character")
+    return value
+
+
+ExecString = Annotated[str, AfterValidator(_check_exec_string)]
+"""A string that ends up in an argv or an environment: no NUL."""
+
+
+def as_tuple(value: object) -> object:
+    """TOML arrays arrive as lists; the models store immutable tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def is_path_like(value: str) -> bool:
+    return value in (".", "..") or value.startswith(_PATH_PREFIXES)
+
+
+def resolve(path: str, source: Path | None) -> Path:
+    """``path`` made absolute: ``~`` expanded, relative ones from the squishfile's folder."""
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise ValueError(f"{_q(path)} names a home folder that does not exist here")
+    if not os.path.isabs(expanded):
+        if source is None:
+            raise ValueError(f"cannot make {_q(path)} absolute: unknown squishfile folder")
+        expanded = os.path.join(source.parent, expanded)
+    return Path(os.path.abspath(expanded))

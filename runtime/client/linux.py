@@ -1,0 +1,422 @@
+"""``LinuxRuntime``: the ``Runtime`` interface on real namespaces, rootless only.
+
+The client side: it resolves rootfs and layers, lays out the container's folder, asks the
+namespace holder to start the container, signals it to stop, and edits port forwards
+through slirp4netns' API socket. It never forks a container itself, so it may run in a
+threaded program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import signal
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.spec import ContainerSpec, Resources, RootfsRef
+from runtime.cgroups import fs as cgroups
+from runtime.cgroups import systemd
+from runtime.client import folders
+from runtime.client.live import RunningOps
+from runtime.client.records import forward_of, leaf_of
+from runtime.errors import (
+    ContainerExists,
+    ContainerStartError,
+    HostSetupError,
+    PortInUse,
+    SlirpError,
+)
+from runtime.holder.client import SUN_PATH_MAX
+from runtime.images.layers import resolve_sdk
+from runtime.images.rootfs import resolve_rootfs
+from runtime.network import slirp
+from runtime.sandbox.mounts import prepare_skeleton
+from runtime.security import seccomp
+from runtime.util.files import read_json, write_json_atomic
+from runtime.util.processes import ProcessId
+from runtime.wire import SECCOMP_FILE, LaunchRequest, MountPoint
+
+__all__ = ("LinuxRuntime",)
+
+
+def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
+    hostname = spec.hostname or spec.name
+    own_addr = slirp.CONTAINER_ADDR if spec.network == "slirp4netns" else "127.0.1.1"
+    return {
+        "resolv.conf": f"nameserver {slirp.DNS_ADDR}\n" if spec.network == "slirp4netns" else "",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{own_addr}\t{hostname}\n",
+        "hostname": f"{hostname}\n",
+    }
+
+
+class LinuxRuntime(RunningOps):
+    """Rootless containers in Linux namespaces; see ``docs/runtime.md``. The container
+    lifecycle is here; records in :mod:`runtime.client.records`, live operations in
+    :mod:`runtime.client.live`."""
+
+    # -- folders and records ------------------------------------------------------------
+
+    # -- create and start ---------------------------------------------------------------
+
+    def _mounts(self, spec: ContainerSpec, cdir: Path) -> tuple[MountPoint, ...]:
+        mounts: list[MountPoint] = []
+        for layer in spec.sdks:
+            path = resolve_sdk(layer, self.cache)
+            mounts.append(MountPoint(source=str(path), target=f"/sdk/{layer.name}"))
+        for bind in spec.binds:
+            source = Path(bind.source)
+            try:
+                is_dir = source.is_dir()
+                source.stat()
+            except FileNotFoundError:
+                raise ContainerStartError(
+                    spec.name, f"bind source {source} does not exist"
+                ) from None
+            except OSError as exc:
+                raise ContainerStartError(
+                    spec.name, f"bind source {source}: {exc.strerror}"
+                ) from None
+            mounts.append(
+                MountPoint(source=str(source), target=bind.target, rw=bind.rw, is_dir=is_dir)
+            )
+        etc = cdir / "etc"
+        etc.mkdir(mode=0o700, exist_ok=True)
+        for name, content in _etc_contents(spec).items():
+            (etc / name).write_text(content)
+            mounts.append(MountPoint(source=str(etc / name), target=f"/etc/{name}", is_dir=False))
+        targets = [m.target for m in mounts]
+        duplicates = sorted({t for t in targets if targets.count(t) > 1})
+        if duplicates:
+            raise ContainerStartError(spec.name, f"two mounts share a target: {duplicates}")
+        return tuple(sorted(mounts, key=lambda m: m.target.count("/")))
+
+    def _rootfs(self, ref: RootfsRef) -> Path:
+        """Resolve a rootfs once per runtime object (resolving hashes the busybox binary)."""
+        known = self._rootfs_paths.get(ref)
+        if known is None or not known.is_dir():
+            known = self._rootfs_paths[ref] = resolve_rootfs(ref, self.cache)
+        return known
+
+    def create(self, spec: ContainerSpec) -> ContainerInfo:
+        cdir = self.containers / spec.name
+        if len(os.fsencode(cdir / "slirp.sock")) > SUN_PATH_MAX:
+            raise HostSetupError(
+                f"the state folder's path is too long for container {spec.name!r}'s "
+                f"slirp4netns socket ({cdir / 'slirp.sock'})",
+                fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
+            )
+        self.cgroups.check(spec.resources)  # refused here, before anything is made
+        rootfs = self._rootfs(spec.rootfs)
+        syscall_filter = self._syscall_filter(spec)
+        lock_fd = folders.claim(self.containers, spec.name, self._readable, self._kill_leftover)
+        try:
+            mounts = self._mounts(spec, cdir)
+            prepare_skeleton(cdir / "skel", mounts)
+            (cdir / "root").mkdir(mode=0o755)
+            request = LaunchRequest(
+                name=spec.name,
+                container_dir=str(cdir),
+                rootfs=str(rootfs),
+                argv=spec.argv,
+                mounts=mounts,
+                env=dict(spec.env),
+                workdir=spec.workdir,
+                hostname=spec.hostname or spec.name,
+                network=spec.network,
+                forwards=tuple(forward_of(p) for p in spec.ports),
+                seccomp=syscall_filter is not None,
+            )
+            if syscall_filter is not None:
+                (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
+            write_json_atomic(
+                cdir / "meta.json", {"restarts": 0, "created_at": time.time(), "started": 0}
+            )
+            self._write_spec(cdir, spec)
+            write_json_atomic(cdir / "launch.json", request.to_json())
+        except BaseException:
+            folders.discard(cdir)
+            raise
+        finally:
+            os.close(lock_fd)
+        return self._info(cdir)
+
+    @staticmethod
+    def _syscall_filter(spec: ContainerSpec) -> bytes | None:
+        """The BPF of the spec's seccomp profile (compiled once per profile)."""
+        if spec.seccomp == "unconfined":
+            return None
+        if spec.seccomp == "default":
+            return seccomp.compile_default()
+        return seccomp.compile_profile(spec.seccomp)
+
+    @staticmethod
+    def _has_record(cdir: Path) -> bool:
+        """The cheap test of a whole record (a damaged one is reported, never swept)."""
+        return (cdir / "launch.json").is_file() and (cdir / "spec.json").is_file()
+
+    def sweep(self) -> list[str]:
+        """Delete the folders clients killed in the middle of a create or a remove left,
+        after stopping whatever those still run; return their names."""
+        swept = folders.sweep(self.containers, self._has_record, self._kill_leftover)
+        for name in swept:
+            self._forget(self.containers / name)
+        return swept
+
+    def _readable(self, cdir: Path) -> bool:
+        """Whether ``cdir`` holds a whole container record (else it is a leftover)."""
+        if not (cdir / "launch.json").is_file():
+            return False
+        try:
+            self._spec(cdir)
+            self._launch_request(cdir)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def start(self, name: str) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            info = self._info(cdir)
+            if info.state is ContainerState.RUNNING:
+                return info
+            request = self._launch_request(cdir)
+            if request.seccomp and not (cdir / SECCOMP_FILE).is_file():
+                # A record made before filters were stored: compile it now, from the spec.
+                syscall_filter = self._syscall_filter(self._spec(cdir))
+                if syscall_filter is not None:
+                    (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
+            for forward in request.forwards:
+                slirp.ensure_port_free(forward)
+            self._reap_leftovers(cdir, remove_cgroup=True)
+            for stale in ("run.json", "exit.json"):
+                (cdir / stale).unlink(missing_ok=True)
+            reply = self._launch(cdir, name, request)
+            if not reply.get("ok"):
+                self._raise_launch_error(name, reply)
+            meta = read_json(cdir / "meta.json") or {}
+            started = int(meta.get("started", 0)) + 1
+            meta.update(started=started, restarts=max(0, started - 1))
+            write_json_atomic(cdir / "meta.json", meta)
+            return self._info(cdir, fresh=False)
+
+    def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> dict[str, Any]:
+        """Ask the holder to start the container in a fresh cgroup leaf (if there is a
+        subtree); a leaf that no run ended up using is removed, whatever happened."""
+        resources = self._spec(cdir).resources
+        if self.cgroups.bus:  # the systemd driver: the launcher asks for a scope
+            return self._launch_in_scope(cdir, name, request, resources)
+        leaf = self.cgroups.make_leaf(self._group, name, resources)
+        reply: dict[str, Any] = {}
+        try:
+            if leaf is not None:
+                request = dataclasses.replace(request, cgroup=str(leaf.path))
+            reply = self.holder.request({"op": "launch", "request": request.to_json()})
+            unmovable = reply.get("error") == "cgroup_move"
+            if leaf is not None and unmovable and not cgroups.needed_controllers(resources):
+                # A holder started from another cgroup cannot move the init into ours;
+                # without limits the container runs without a leaf of its own.
+                leaf.remove()
+                leaf = None
+                unplaced = dataclasses.replace(request, cgroup="")
+                reply = self.holder.request({"op": "launch", "request": unplaced.to_json()})
+            return reply
+        finally:
+            if leaf is not None and leaf_of(read_json(cdir / "run.json")) != leaf:
+                leaf.kill()
+                leaf.remove()
+
+    def _launch_in_scope(
+        self, cdir: Path, name: str, request: LaunchRequest, resources: Resources | None
+    ) -> dict[str, Any]:
+        """Start the container in a transient scope of the user's systemd; refuse (and
+        stop it) if the scope lacks a controller its limits need."""
+        assert self.cgroups.bus is not None
+        scope = {
+            "bus": self.cgroups.bus,
+            "host_uid": os.getuid(),
+            "unit": f"squish-{self._group}-{name}-{secrets.token_hex(3)}.scope",
+            "properties": systemd.scope_properties(resources),
+        }
+        reply = self.holder.request(
+            {"op": "launch", "request": dataclasses.replace(request, systemd_scope=scope).to_json()}
+        )
+        leaf = leaf_of(reply.get("run"))
+        if reply.get("ok") and leaf is not None:
+            try:
+                leaf.check_controllers(resources)
+            except HostSetupError as exc:  # the user's systemd does not delegate them
+                self._kill_leftover(cdir)
+                return {"ok": False, "error": "start", "message": str(exc)}
+        return reply
+
+    @staticmethod
+    def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
+        if reply.get("error") == "port_in_use":
+            raise PortInUse(
+                str(reply["host_addr"]),
+                int(reply["host_port"]),
+                str(reply["protocol"]),
+                reply.get("holder"),
+            )
+        if reply.get("error") == "slirp":
+            raise SlirpError(str(reply.get("message")))
+        raise ContainerStartError(name, str(reply.get("message", "unknown error")))
+
+    def run(self, spec: ContainerSpec) -> ContainerInfo:
+        self.create(spec)
+        try:
+            return self.start(spec.name)
+        except BaseException:
+            self.remove(spec.name, force=True)
+            raise
+
+    # -- stop and remove ----------------------------------------------------------------
+
+    def _kill_leftover(self, cdir: Path) -> None:
+        """SIGKILL whatever an incomplete record still names, then its slirp4netns."""
+        run = read_json(cdir / "run.json")
+        init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
+        if init is not None and init.send(signal.SIGKILL):
+            init.wait_gone(10.0)
+        self._reap_leftovers(cdir, remove_cgroup=True)
+
+    def _reap_leftovers(self, cdir: Path, *, remove_cgroup: bool = False) -> None:
+        """Kill what a dead container left: its slirp4netns (it exits on its own within
+        ms) and anything still in its cgroup; ``remove_cgroup`` deletes the leaf too (it is
+        otherwise kept after an exit, for its OOM and pids counts)."""
+        run = read_json(cdir / "run.json")
+        if not isinstance(run, dict):
+            return
+        leaf = leaf_of(run)
+        if leaf is not None:
+            if leaf.populated():
+                leaf.kill()
+            if remove_cgroup:
+                leaf.remove()
+        slirp_id = ProcessId.from_json(run.get("slirp"))
+        if slirp_id is not None and not slirp_id.wait_gone(1.0):
+            slirp_id.send(signal.SIGKILL)
+            slirp_id.wait_gone(5.0)
+
+    def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            run = read_json(cdir / "run.json")
+            init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
+            if init is not None and init.alive():
+                grace = self._spec(cdir).stop_timeout if timeout is None else timeout
+                init.send(signal.SIGTERM)
+                paused = leaf_of(run)
+                if paused is not None and paused.frozen():
+                    paused.freeze(False)  # so that it can act on the SIGTERM, as Docker does
+                if not init.wait_gone(grace):
+                    init.send(signal.SIGKILL)
+                    leaf = leaf_of(run)
+                    if leaf is not None:
+                        leaf.kill()  # every process at once, the init included
+                    if not init.wait_gone(10.0):
+                        raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
+                if not (cdir / "exit.json").exists():
+                    write_json_atomic(
+                        cdir / "exit.json",
+                        {
+                            "exit_code": 128 + signal.SIGKILL,
+                            "signal": int(signal.SIGKILL),
+                            "finished_at": time.time(),
+                        },
+                    )
+            self._reap_leftovers(cdir)
+            return self._info(cdir)
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        if self._info(self._dir(name), fresh=False).state is ContainerState.RUNNING:
+            if not force:
+                raise ContainerStartError(name, "it is running; stop it or remove with force")
+            self.stop(name)  # as podman rm -f: SIGTERM, SIGKILL after the stop timeout
+        with self._locked(name) as cdir:
+            if self._info(cdir).state is ContainerState.RUNNING:
+                raise ContainerStartError(name, "it was started again while being removed")
+            self._reap_leftovers(cdir, remove_cgroup=True)
+            folders.discard(cdir)
+            self._forget(cdir)
+
+    # -- observe ------------------------------------------------------------------------
+
+    def list(self) -> list[ContainerInfo]:
+        found = []
+        for cdir in sorted(self.containers.iterdir()):
+            if cdir.name.startswith(folders.HIDDEN) or not self._has_record(cdir):
+                continue  # being made or removed, or left so by a killed client
+            try:
+                found.append(self._info(cdir, fresh=False))
+            except FileNotFoundError:
+                continue  # being created or removed right now
+            except ValueError as exc:  # a damaged record: report it, never fail the listing
+                print(f"squish: skipping {cdir}: unreadable record: {exc}", file=sys.stderr)
+        return found
+
+    def logs(self, name: str) -> bytes:
+        try:
+            return (self._dir(name) / "output.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def wait(self, name: str, timeout: float | None = None) -> int:
+        cdir = self._dir(name)
+        run = read_json(cdir / "run.json")
+        init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
+        if init is None:
+            raise ContainerStartError(name, "it was never started")
+        if not init.wait_gone(float("inf") if timeout is None else timeout):
+            raise TimeoutError(f"container {name!r} still running after {timeout} s")
+        code = self._info(cdir).exit_code
+        return 128 + signal.SIGKILL if code is None else code
+
+    # -- live port forwards -------------------------------------------------------------
+
+    def rename(self, name: str, new_name: str) -> ContainerInfo:
+        """Give a container another name, running or not (a replacement takes over the
+        name of the container it replaced)."""
+        ContainerSpec.model_validate({**self.inspect(name).spec.model_dump(), "name": new_name})
+        with self._locked(name) as cdir:
+            target = self.containers / new_name
+            if target.exists():
+                raise ContainerExists(new_name)
+            os.rename(cdir, target)
+            spec = self._spec(target).model_copy(update={"name": new_name})
+            self._write_spec(target, spec)
+            request = dataclasses.replace(
+                self._launch_request(target), name=new_name, container_dir=str(target)
+            )
+            write_json_atomic(target / "launch.json", request.to_json())
+            self._forget(cdir)
+            return self._info(target)
+
+    # -- cgroups -------------------------------------------------------------------------
+
+    # -- the whole runtime --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop and remove every container of this state directory, then the holder."""
+        for info in self.list():
+            self.remove(info.name, force=True)
+        self.holder.stop()
+        if self.cgroups.root is not None:  # this state folder's cgroup folder, once empty
+            with suppress(OSError):
+                (self.cgroups.root / "squish" / self._group).rmdir()
+
+    def check_host(self) -> None:
+        """Raise :class:`HostSetupError` when slirp4netns cannot work for this user."""
+        slirp.slirp_binary()
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+        except OSError as exc:
+            raise HostSetupError(
+                f"/dev/net/tun cannot be opened by uid {os.getuid()}: {exc.strerror}",
+                fix="as root: chmod 0666 /dev/net/tun (the mode distributions ship)",
+            ) from exc
+        os.close(fd)

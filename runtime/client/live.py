@@ -1,0 +1,247 @@
+"""Operations on a running container: live port forwards, a healed network, TCP probes,
+``exec``, live cgroup limits, pause and resume. Mixed into ``LinuxRuntime``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
+from runtime.api.spec import PortMapping, Resources
+from runtime.cgroups import fs as cgroups
+from runtime.cgroups import systemd
+from runtime.client.records import (
+    RecordStore,
+    forward_key,
+    forward_of,
+    leaf_of,
+    mapping_of,
+    process_confined,
+)
+from runtime.errors import ContainerStartError, HostSetupError, NetworkLost, PortInUse, SlirpError
+from runtime.network import slirp
+from runtime.util.files import read_json, write_json_atomic
+
+__all__ = ("RunningOps",)
+
+
+class RunningOps(RecordStore):
+    """What can be done to a running container without restarting it."""
+
+    def _running_api(self, cdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        info = self._info(cdir, fresh=False)  # callers ask slirp4netns themselves
+        if info.state is not ContainerState.RUNNING:
+            raise ContainerStartError(name, "it is not running")
+        if info.spec.network != "slirp4netns" or info.slirp_pid is None:
+            raise SlirpError(f"container {name!r} has no slirp4netns network")
+        run = read_json(cdir / "run.json")
+        assert isinstance(run, dict)
+        return cdir / "slirp.sock", run
+
+    def _record_ports(self, cdir: Path, run: dict[str, Any]) -> None:
+        """Keep run.json, spec.json and launch.json on the forwards now in place, so a
+        later start of the same container forwards what it forwards now."""
+        write_json_atomic(cdir / "run.json", run)
+        ports = tuple(sorted({mapping_of(f) for f in run["forwards"]}, key=forward_key))
+        spec = self._spec(cdir).model_copy(update={"ports": ports})
+        self._write_spec(cdir, spec)
+        request = self._launch_request(cdir)
+        updated = dataclasses.replace(request, forwards=tuple(forward_of(p) for p in ports))
+        write_json_atomic(cdir / "launch.json", updated.to_json())
+
+    def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            api, run = self._running_api(cdir, name)
+            forward = forward_of(mapping)
+            # slirp4netns' own list decides: run.json may still name a forward that was
+            # removed behind our back.
+            live = slirp.find_forward(api, forward)
+            if live is None:
+                slirp.ensure_port_free(forward)
+                live_id = slirp.add_forward(api, forward)
+            else:
+                live_id = live.id
+            run["forwards"] = [f for f in run["forwards"] if mapping_of(f) != mapping]
+            run["forwards"].append({"id": live_id, **asdict(forward)})
+            self._record_ports(cdir, run)
+            return self._info(cdir)
+
+    def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            api, run = self._running_api(cdir, name)
+            live = slirp.find_forward(api, forward_of(mapping))
+            if live is not None:
+                slirp.remove_forward(api, live.id)
+            run["forwards"] = [f for f in run["forwards"] if mapping_of(f) != mapping]
+            self._record_ports(cdir, run)
+            return self._info(cdir)
+
+    def restore_network(self, name: str) -> ContainerInfo:
+        """Start slirp4netns again for a running container whose slirp4netns died, in the
+        same network namespace, and put back every forward it can (a port taken in the
+        meantime stays out and shows as missing). Raises :class:`NetworkLost` when only a
+        recreate can help."""
+        with self._locked(name) as cdir:
+            info = self._info(cdir)
+            if info.state is not ContainerState.RUNNING:
+                raise ContainerStartError(name, "it is not running")
+            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
+                return info
+            reply = self.holder.request(
+                {
+                    "op": "restore_network",
+                    "init_pid": info.pid,
+                    "container_dir": str(cdir),
+                    "sandbox": self._launch_request(cdir).sandbox_slirp,
+                }
+            )
+            if reply.get("error") == "unknown_container":
+                raise NetworkLost(name, str(reply.get("message")))
+            if not reply.get("ok"):
+                raise SlirpError(f"cannot restore the network of {name!r}: {reply.get('message')}")
+            run = read_json(cdir / "run.json")
+            assert isinstance(run, dict)
+            wanted = [mapping_of(record) for record in run.get("forwards", [])]
+            run["slirp"] = reply["slirp"]
+            run["forwards"] = []
+            write_json_atomic(cdir / "run.json", run)  # the new slirp4netns first
+            api = cdir / "slirp.sock"
+            for mapping in wanted:
+                forward = forward_of(mapping)
+                with suppress(PortInUse, SlirpError):  # left out: the next pass binds it
+                    run["forwards"].append(
+                        {"id": slirp.add_forward(api, forward), **asdict(forward)}
+                    )
+            write_json_atomic(cdir / "run.json", run)
+            self._forward_checks.pop(cdir, None)
+            return self._info(cdir)
+
+    def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
+        """Move a forward from one running container to another with the shortest gap
+        the slirp4netns API allows: remove and add back to back, bookkeeping after."""
+        if name == to:
+            raise ValueError("a forward cannot move to the container it is on")
+        first, second = sorted((name, to))  # one lock order for every mover: no deadlock
+        with self._locked(first) as first_dir, self._locked(second) as second_dir:
+            source, target = (first_dir, second_dir) if first == name else (second_dir, first_dir)
+            source_api, source_run = self._running_api(source, name)
+            target_api, target_run = self._running_api(target, to)
+            forward = forward_of(mapping)
+            live = slirp.find_forward(source_api, forward)
+            if live is not None:
+                slirp.remove_forward(source_api, live.id)
+            try:
+                new_id = slirp.add_forward(target_api, forward)  # the port was just freed
+            except BaseException:
+                if live is not None:  # put it back where it was
+                    with suppress(PortInUse, SlirpError):
+                        slirp.add_forward(source_api, forward)
+                raise
+            source_run["forwards"] = [f for f in source_run["forwards"] if mapping_of(f) != mapping]
+            target_run["forwards"] = [f for f in target_run["forwards"] if mapping_of(f) != mapping]
+            target_run["forwards"].append({"id": new_id, **asdict(forward)})
+            self._record_ports(source, source_run)
+            self._record_ports(target, target_run)
+
+    def probe_tcp(self, name: str, port: int) -> bool:
+        """Whether something inside the running container accepts TCP on ``port`` (tried
+        from within its network namespace, so no forward is needed)."""
+        info = self.inspect(name)
+        if info.state is not ContainerState.RUNNING or info.pid is None:
+            return False
+        reply = self.holder.request({"op": "probe_tcp", "init_pid": info.pid, "port": port})
+        if not reply.get("ok"):
+            raise ContainerStartError(name, f"cannot probe port {port}: {reply.get('message')}")
+        return bool(reply.get("ready"))
+
+    def exec_command(
+        self, name: str, argv: Sequence[str], *, timeout: float = 10.0
+    ) -> CommandResult:
+        if not argv:
+            raise ValueError("exec_command needs a command")
+        if any("\0" in part for part in argv):
+            raise ValueError("an argument of exec_command contains a NUL byte")
+        if not 0 < timeout <= 86_400:  # NaN fails this too
+            raise ValueError(f"exec_command timeout must be in (0, 86400] seconds, not {timeout}")
+        cdir = self._dir(name)
+        info = self._info(cdir, fresh=False)
+        if info.state is not ContainerState.RUNNING or info.pid is None:
+            raise ContainerStartError(name, "it is not running")
+        if info.paused:  # the command would freeze with it
+            raise ContainerStartError(name, "it is paused (unpause it first)")
+        if not process_confined(info.pid):  # the init still holds what no command may reach
+            raise ContainerStartError(name, "it is still starting; try again")
+        leaf = leaf_of(read_json(cdir / "run.json"))
+        request = self._launch_request(cdir)
+        reply = self.holder.request(
+            {
+                "op": "exec",
+                "init_pid": info.pid,
+                "init_start_time": info.pid_start_time,
+                "argv": list(argv),
+                "env": request.command_env(),
+                "workdir": request.workdir,
+                "timeout": timeout,
+                "container_dir": str(cdir),
+                "seccomp": request.seccomp,
+                "cgroup": str(leaf.path) if leaf is not None else "",
+            },
+            timeout=timeout + 30.0,
+        )
+        if not reply.get("ok"):
+            raise ContainerStartError(name, f"cannot run {argv[0]!r} in it: {reply.get('message')}")
+        return CommandResult(
+            exit_code=int(reply["exit_code"]),
+            output=str(reply["output"]),
+            timed_out=bool(reply.get("timed_out")),
+        )
+
+    def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
+        self.cgroups.check(resources)
+        with self._locked(name) as cdir:
+            info = self._info(cdir, fresh=False)
+            leaf = leaf_of(read_json(cdir / "run.json"))
+            if info.state is ContainerState.RUNNING:
+                if leaf is None and cgroups.needed_controllers(resources):
+                    raise HostSetupError(
+                        f"container {name!r} runs without a cgroup of its own (it was started "
+                        "before one was delegated): recreate it to give it limits"
+                    )
+                if leaf is not None and self.cgroups.bus:  # a scope's limits are systemd's
+                    systemd.set_properties(self.cgroups.bus, leaf.path.name, resources)
+                    leaf.check_controllers(resources)
+                elif leaf is not None:  # live: the kernel enforces the new limits at once
+                    self.cgroups.enable(leaf.path.parent, cgroups.needed_controllers(resources))
+                    leaf.apply(resources)
+            # Recorded once applied: a limit that could not be set is tried again.
+            spec = self._spec(cdir).model_copy(update={"resources": resources})
+            self._write_spec(cdir, spec)
+            return self._info(cdir, fresh=False)
+
+    def _running_leaf(self, cdir: Path, name: str) -> cgroups.Leaf:
+        leaf = leaf_of(read_json(cdir / "run.json"))
+        if self._info(cdir, fresh=False).state is not ContainerState.RUNNING:
+            raise ContainerStartError(name, "it is not running")
+        if leaf is None:
+            raise HostSetupError(
+                f"container {name!r} has no cgroup of its own, so it cannot be paused: "
+                f"{self.cgroups.problem or 'it was started without one'}"
+            )
+        return leaf
+
+    def pause(self, name: str) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            if not self._running_leaf(cdir, name).freeze(True):
+                raise ContainerStartError(name, "its cgroup did not freeze within 10 s")
+            return self._info(cdir, fresh=False)
+
+    def resume(self, name: str) -> ContainerInfo:
+        with self._locked(name) as cdir:
+            if not self._running_leaf(cdir, name).freeze(False):
+                raise ContainerStartError(name, "its cgroup did not thaw within 10 s")
+            return self._info(cdir, fresh=False)

@@ -1,0 +1,216 @@
+"""Container folders as records: what the runtime reads about a container, and the
+state every part of ``LinuxRuntime`` shares (the state folder, the holder, the cgroup
+subtree, caches). ``runtime.client.live`` and ``runtime.client.linux`` build on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
+from runtime.cgroups import fs as cgroups
+from runtime.client import folders
+from runtime.client.paths import cache_dir, private_dir, state_dir
+from runtime.errors import ContainerNotFound, RootRefused, SlirpError
+from runtime.holder.client import Holder
+from runtime.network import slirp
+from runtime.util.files import read_json, write_json_atomic
+from runtime.util.processes import ProcessId
+from runtime.wire import Forward, LaunchRequest
+
+__all__ = (
+    "RecordStore",
+    "cgroup_facts",
+    "forward_key",
+    "forward_of",
+    "leaf_of",
+    "mapping_of",
+    "process_confined",
+)
+
+
+def forward_of(mapping: PortMapping) -> Forward:
+    return Forward(
+        proto=mapping.protocol,
+        host_addr=mapping.host_addr,
+        host_port=mapping.host,
+        guest_port=mapping.container,
+    )
+
+
+def mapping_of(record: dict[str, Any]) -> PortMapping:
+    return PortMapping(
+        container=record["guest_port"],
+        host=record["host_port"],
+        protocol=record["proto"],
+        host_addr=record["host_addr"],
+    )
+
+
+def process_confined(pid: int) -> bool:
+    """Whether the init ``pid`` has confined itself (no_new_privs comes after it stopped
+    being dumpable): until then an exec'd command must not run next to it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nNoNewPrivs:\t1" in status
+
+
+def leaf_of(run: Any) -> cgroups.Leaf | None:
+    """The cgroup leaf a run record names, if any."""
+    path = run.get("cgroup") if isinstance(run, dict) else None
+    return cgroups.Leaf(Path(path)) if isinstance(path, str) and path else None
+
+
+def cgroup_facts(
+    run: dict[str, Any], *, running: bool, exited: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Paused (a running container only), OOM kills and refused forks, from the run's
+    cgroup leaf; once it is gone (a systemd scope goes when empty), from what the init
+    recorded in ``exit.json``."""
+    recorded = {k: int(v) for k, v in (exited or {}).items() if k in ("oom_kills", "pids_refused")}
+    leaf = leaf_of(run)
+    if recorded or leaf is None:  # the init's own record: no cgroup file to read
+        return recorded
+    if not running:
+        return leaf.events() if leaf.path.exists() else {}
+    return {"paused": leaf.frozen(), **leaf.events()}  # missing files read as 0
+
+
+def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
+    return (port.protocol, port.host_addr, port.host, port.container)
+
+
+class RecordStore:
+    """The state folder, the namespace holder and what is read from container folders."""
+
+    def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
+        if os.geteuid() == 0:
+            raise RootRefused(
+                "squish runs rootless only and refuses to run as root (uid 0); "
+                "run it as an unprivileged user (`make run` as root does that for you)"
+            )
+        self.state = private_dir(state, "state directory") if state is not None else state_dir()
+        self.cache = private_dir(cache, "cache directory") if cache is not None else cache_dir()
+        self.containers = self.state / "containers"
+        self.containers.mkdir(mode=0o700, exist_ok=True)
+        self.holder = Holder(self.state)
+        self.cgroups = cgroups.detect()
+        self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
+        """This state folder's cgroup folder: two state folders never share leaves."""
+        self._rootfs_paths: dict[RootfsRef, Path] = {}
+        self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
+        self._forward_checks: dict[
+            Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
+        ] = {}
+        self.forward_check_interval = 10.0
+        """How often ``list()`` asks each slirp4netns for its forwards (``inspect`` always does)."""
+
+    def _dir(self, name: str) -> Path:
+        path = self.containers / name
+        if not (path / "launch.json").is_file():
+            raise ContainerNotFound(name)
+        return path
+
+    def _locked(self, name: str) -> AbstractContextManager[Path]:
+        return folders.locked(self._dir(name), name)
+
+    def _launch_request(self, cdir: Path) -> LaunchRequest:
+        return LaunchRequest.from_json(read_json(cdir / "launch.json"))
+
+    def _write_spec(self, cdir: Path, spec: ContainerSpec) -> None:
+        """Replace the container's spec.json atomically."""
+        write_json_atomic(cdir / "spec.json", spec.model_dump(mode="json"))
+
+    def _spec(self, cdir: Path) -> ContainerSpec:
+        """The container's spec, parsed again only when spec.json changed."""
+        path = cdir / "spec.json"
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns)
+        known = self._specs.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        spec = ContainerSpec.model_validate_json(path.read_bytes())
+        self._specs[path] = (key, spec)
+        return spec
+
+    def _live_ports(
+        self, cdir: Path, recorded: tuple[PortMapping, ...], fresh: bool
+    ) -> tuple[PortMapping, ...]:
+        """slirp4netns' own forward list (the truth: it shows a forward removed behind our
+        back); ``list()`` asks at most every ``forward_check_interval`` seconds per container."""
+        now = time.monotonic()
+        checked = self._forward_checks.get(cdir)
+        if not fresh and checked is not None and now - checked[0] < self.forward_check_interval:
+            return checked[1] if checked[2] == recorded else recorded
+        try:
+            live = tuple(
+                mapping_of(asdict(f.forward)) for f in slirp.list_forwards(cdir / "slirp.sock")
+            )
+        except SlirpError:
+            return recorded
+        self._forward_checks[cdir] = (now, live, recorded)
+        return live
+
+    def _info(self, cdir: Path, *, fresh: bool = True) -> ContainerInfo:
+        spec = self._spec(cdir)
+        meta = read_json(cdir / "meta.json") or {}
+        run = read_json(cdir / "run.json")
+        common: dict[str, Any] = {
+            "name": spec.name,
+            "spec": spec,
+            "log_path": str(cdir / "output.log"),
+            "restarts": int(meta.get("restarts", 0)),
+            "created_at": float(meta.get("created_at", 0.0)),
+        }
+        if not isinstance(run, dict):
+            return ContainerInfo(state=ContainerState.CREATED, **common)
+        init = ProcessId.from_json(run.get("init"))
+        if init is not None and init.alive():
+            slirp_id = ProcessId.from_json(run.get("slirp"))
+            slirp_alive = slirp_id is not None and slirp_id.alive()
+            ports = tuple(mapping_of(f) for f in run.get("forwards", []))
+            if slirp_alive:
+                ports = self._live_ports(cdir, ports, fresh)
+            return ContainerInfo(
+                state=ContainerState.RUNNING,
+                pid=init.pid,
+                pid_start_time=init.start_time,
+                started_at=run.get("started_at"),
+                ports=ports,
+                slirp_pid=slirp_id.pid if slirp_id is not None and slirp_alive else None,
+                **cgroup_facts(run, running=True),
+                **common,
+            )
+        exited = read_json(cdir / "exit.json")
+        if not isinstance(exited, dict):
+            # The init died without recording an exit (it was killed): record when that
+            # was first seen, so the exit has a time even if its code is unknown.
+            exited = {"exit_code": None, "signal": None, "finished_at": time.time()}
+            write_json_atomic(cdir / "exit.json", exited)
+        exit_code = exited.get("exit_code")
+        finished = exited.get("finished_at")
+        return ContainerInfo(
+            state=ContainerState.EXITED,
+            started_at=run.get("started_at"),
+            finished_at=finished,
+            exit_code=exit_code,
+            **cgroup_facts(run, running=False, exited=exited),
+            **common,
+        )
+
+    def inspect(self, name: str) -> ContainerInfo:
+        return self._info(self._dir(name))
+
+    def _forget(self, cdir: Path) -> None:
+        """Drop what is cached about a folder that is gone or moved."""
+        self._specs.pop(cdir / "spec.json", None)
+        self._forward_checks.pop(cdir, None)

@@ -1,0 +1,223 @@
+"""The container's init: pid 1 of its pid namespace.
+
+It assembles the filesystem, waits for the network, starts the command, then forwards
+signals to it and reaps every zombie. When the command exits, init records the exit code
+in ``exit.json`` (through a directory fd opened before ``pivot_root``) and exits with the
+same code; the kernel then kills whatever else is left in the namespace.
+
+A pid-namespace init gets no signal it has no handler for: this one blocks the signals it
+forwards and collects them with ``sigwaitinfo``, so ``stop`` (SIGTERM) works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NoReturn
+
+from runtime.sandbox import confine, mounts
+from runtime.sandbox import syscalls as sc
+from runtime.util.files import write_json_atomic
+from runtime.util.processes import close_fds_except, reap_children
+from runtime.wire import Forward, LaunchRequest, MountPoint, find_program, read_filter
+
+__all__ = ("FORWARDED_SIGNALS", "run_init")
+
+FORWARDED_SIGNALS = frozenset(
+    {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+        signal.SIGCONT,
+    }
+)
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_EXIT_FILE = Path("exit.json")
+
+
+def _bring_up_loopback() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
+    """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
+    env = req.command_env()
+    program = find_program(req.argv[0], env)
+    if program is None:
+        raise FileNotFoundError(errno.ENOENT, f"{req.argv[0]!r} not found in PATH {env['PATH']}")
+    try:
+        os.chdir(req.workdir)
+    except OSError as exc:
+        raise OSError(exc.errno, f"working directory {req.workdir}: {exc.strerror}") from None
+    return os.posix_spawn(
+        program,
+        list(req.argv),
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,
+        setsigmask=old_mask,
+        # Python ignores SIGPIPE and SIGXFSZ; the command gets the defaults back.
+        setsigdef=FORWARDED_SIGNALS | {signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ},
+    )
+
+
+def _wait_for_command(child: int, state_fd: int) -> NoReturn:
+    waited = signal.SIGCHLD, *FORWARDED_SIGNALS
+    while True:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, info.si_signo)
+            continue
+        for pid, status in reap_children():
+            if pid == child:
+                _finish(status, state_fd)
+
+
+_EVENTS = {"oom_kills": ("memory.events", "oom_kill"), "pids_refused": ("pids.events", "max")}
+_event_fds: dict[str, int] = {}
+"""The container's cgroup event files, opened before the root changed: a systemd scope is
+gone as soon as it is empty, so the init records the counts itself when it ends."""
+
+
+def _open_events(cgroup: str) -> None:
+    for key, (file, _) in _EVENTS.items():
+        with contextlib.suppress(OSError):  # a controller the leaf does not have
+            _event_fds[key] = os.open(os.path.join(cgroup, file), os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _read_events() -> dict[str, int]:
+    counts = {}
+    for key, fd in _event_fds.items():
+        with contextlib.suppress(OSError, ValueError):
+            for line in os.pread(fd, 4096, 0).decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name == _EVENTS[key][1]:
+                    counts[key] = int(value)
+    return counts
+
+
+def _finish(status: int, state_fd: int) -> NoReturn:
+    if os.WIFSIGNALED(status):
+        code, signum = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+    else:
+        code, signum = os.waitstatus_to_exitcode(status), 0
+    record = {"exit_code": code, "signal": signum, "finished_at": time.time(), **_read_events()}
+    try:
+        write_json_atomic(_EXIT_FILE, record, dir_fd=state_fd)
+    finally:
+        os._exit(code)
+
+
+def _receive_request(request_r: int) -> LaunchRequest:
+    chunks = []
+    while chunk := os.read(request_r, 65536):
+        chunks.append(chunk)
+    os.close(request_r)
+    if not chunks:
+        os._exit(0)  # the launcher went away before a container was asked for
+    return LaunchRequest.from_json(json.loads(b"".join(chunks)))
+
+
+def _prewarm() -> None:
+    """Run the request-handling code once on a sample before any request comes.
+
+    A forked Python process copies every memory page it writes to, reference counts
+    included; paying for those copies while idle keeps them off the start-up path.
+    """
+    sample = LaunchRequest(
+        name="warm",
+        container_dir="/",
+        rootfs="/",
+        argv=("true",),
+        mounts=(MountPoint(source="/", target="/warm"),),
+        forwards=(Forward(proto="tcp", host_addr="127.0.0.1", host_port=1, guest_port=1),),
+    )
+    LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
+
+
+def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoReturn:
+    """Body of pid 1, started before the container is asked for (a warm spare).
+
+    It reads the launch request from ``request_r`` (to EOF), then reports on ``report_w``:
+    ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``. ``exit_w``
+    stays open for as long as the init lives: slirp4netns exits when it closes.
+    """
+    _prewarm()
+    last_capability = confine.last_capability()  # read while idle, off the start path
+    try:
+        req = _receive_request(request_r)
+        if req.cgroup:  # moved to the container's leaf (a scope's too): its root
+            _open_events(req.cgroup)
+            sc.unshare(sc.CLONE_NEWCGROUP)
+        state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
+        syscall_filter = read_filter(state_fd, req.seccomp)
+        log_fd = os.open(
+            os.path.join(req.container_dir, "output.log"),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        sc.sethostname(req.hostname or req.name)
+        if req.network == "none":
+            _bring_up_loopback()
+        root = os.path.join(req.container_dir, "root")
+        skel = os.path.join(req.container_dir, "skel")
+        mounts.assemble(root, skel, req.rootfs, req.mounts)
+        mounts.enter_root(root)
+    except Exception as exc:
+        os.write(report_w, f"Esetting up the container filesystem failed: {exc}".encode())
+        os._exit(126)
+    os.write(report_w, b"M")
+    if os.read(go_r, 1) != b"G":
+        os._exit(125)
+    os.close(go_r)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED_SIGNALS})
+    # From here on container code runs. Not dumpable: the container's root may not open
+    # /proc/1/fd, /proc/1/environ or /proc/1/mem of this process, a fork of the holder.
+    # (Not earlier: slirp4netns needs /proc/1/ns/net while it attaches.)
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)  # the holder's log stays outside
+    os.close(null)
+    close_fds_except({log_fd, report_w, state_fd, exit_w, *_event_fds.values()})
+    try:
+        # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
+        # still does needs none of what they take away) and for what it starts.
+        confine.apply(syscall_filter, last_capability)
+    except OSError as exc:
+        os.write(report_w, f"Econfining the container failed: {exc}".encode())
+        os._exit(126)
+    try:
+        child = _spawn_command(req, log_fd, old_mask)
+    except OSError as exc:
+        os.write(report_w, f"E{req.argv[0]!r} cannot start: {exc.strerror}".encode())
+        os._exit(127)
+    os.close(log_fd)
+    os.chdir("/")
+    os.write(report_w, b"S")
+    os.close(report_w)
+    _wait_for_command(child, state_fd)

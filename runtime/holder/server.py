@@ -1,0 +1,410 @@
+"""The namespace holder: one long-lived process per user, like podman's pause process.
+
+It creates the user namespace every container lives in (so a later network between
+containers can be wired inside one namespace), and it is the single-threaded process
+containers are forked from: the client may run threads (anyio, watchfiles), and forking
+from a threaded process can deadlock the child. It is also a child subreaper, so every
+container init and slirp4netns is re-parented to it and reaped.
+
+Start-up handshake with the client that spawned it (two pipes): this process unshares
+its user namespace and writes ``U``; the client, still outside, writes the id maps and
+answers ``M``; this process binds its socket and writes ``R``.
+
+Control protocol on ``pause.sock``: one JSON request per connection, the client shuts
+down its write side, the answer is one JSON object. Requests: ``{"op": "ping"}``,
+``{"op": "launch", "request": LaunchRequest}``, ``{"op": "exit"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import gc
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.holder.exec_runner import NAMESPACES, start_runner
+from runtime.holder.spare import MAX_REQUEST, hand_over, restart_slirp, run_spare
+from runtime.sandbox import syscalls as sc
+from runtime.util.files import write_json_atomic
+from runtime.util.processes import ProcessId, close_fds_except, reap_children
+
+__all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
+
+PAUSE_SOCKET = "pause.sock"
+PAUSE_RECORD = "pause.json"
+
+
+def _log(message: str) -> None:
+    print(
+        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pause[{os.getpid()}]: {message}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    conn.settimeout(2.0)
+    chunks, size = [], 0
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_REQUEST:
+            raise ValueError("request too large")
+    return b"".join(chunks)
+
+
+def _reply(conn: socket.socket, data: dict[str, Any]) -> None:
+    try:
+        conn.sendall(json.dumps(data).encode())
+    except OSError as exc:
+        _log(f"cannot answer the client: {exc}")
+
+
+class _Spares:
+    """At most one warm spare launcher, forked ahead of the next request.
+
+    A spare is refilled only while no launch is under way, so forking the next one
+    never competes for the CPU with a container that is starting.
+    """
+
+    def __init__(self) -> None:
+        self.spare: tuple[int, socket.socket] | None = None
+        self.launching: set[int] = set()
+
+    def take(self) -> socket.socket:
+        if self.spare is None:
+            self._fork()
+        assert self.spare is not None
+        pid, ctrl = self.spare
+        self.spare = None
+        self.launching.add(pid)
+        return ctrl
+
+    def reaped(self, pid: int) -> None:
+        self.launching.discard(pid)
+        if self.spare is not None and self.spare[0] == pid:
+            _log(f"the spare launcher {pid} died; forking another")
+            self.spare[1].close()
+            self.spare = None
+
+    def refill(self) -> None:
+        if self.spare is None and not self.launching:
+            self._fork()
+
+    def _fork(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child = os.fork()
+        if child == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # Nothing of the holder may reach a container: not the listener, not a
+            # client connection being served while this spare is forked.
+            close_fds_except({theirs.fileno()})
+            run_spare(theirs)
+        theirs.close()
+        self.spare = (child, ours)
+
+    def drop(self) -> None:
+        """Close the spare's control socket (it exits, and its init with it) and wait."""
+        if self.spare is None:
+            return
+        pid, ctrl = self.spare
+        self.spare = None
+        ctrl.close()
+        os.waitpid(pid, 0)
+
+
+class _UnknownContainer(LookupError):
+    """The container was not started by this holder (it was restarted since)."""
+
+
+@dataclass
+class _Held:
+    """What the holder keeps of one container it started."""
+
+    namespaces: dict[str, int]
+    """Namespace kind (``net``, ``mnt``...) -> descriptor, opened while the init was
+    still dumpable."""
+    slirp: ProcessId | None = None
+    """The slirp4netns this holder started again for it, if any."""
+
+
+class _Containers:
+    """The namespaces of every container this holder started, by init pid.
+
+    Kept so that a slirp4netns that died can be started again for the same network
+    namespace, a port inside the container can be probed, and a command can be run in
+    it: the container's init is not dumpable, so nobody else (not even this holder) can
+    open its namespaces later. Released when the init is reaped; a slirp4netns started
+    again for it is killed then too. The descriptors are moved above ``_FD_FLOOR`` so
+    that descriptors opened later stay low.
+    """
+
+    def __init__(self) -> None:
+        self.by_pid: dict[int, _Held] = {}
+
+    def add(self, init_pid: int, fds: list[int]) -> None:
+        self.reaped(init_pid)
+        self.by_pid[init_pid] = _Held(
+            {kind: _move_high(fd) for (kind, _), fd in zip(NAMESPACES, fds, strict=True)}
+        )
+
+    def reaped(self, pid: int) -> None:
+        held = self.by_pid.pop(pid, None)
+        if held is not None:
+            for fd in held.namespaces.values():
+                os.close(fd)
+            _kill(held.slirp)
+
+    def _held(self, request: dict[str, Any]) -> _Held:
+        pid = int(request["init_pid"])
+        held = self.by_pid.get(pid)
+        if held is None:
+            raise _UnknownContainer(
+                f"this holder did not start the container with init {pid} (it was restarted "
+                "since): recreate the container"
+            )
+        return held
+
+    def restore(self, request: dict[str, Any]) -> dict[str, Any]:
+        held = self._held(request)
+        _kill(held.slirp)  # an earlier heal's slirp4netns still holds tap0: it must go first
+        held.slirp = restart_slirp(
+            str(request["container_dir"]),
+            held.namespaces["net"],
+            bool(request.get("sandbox", True)),
+        )
+        return {"ok": True, "slirp": held.slirp.to_json()}
+
+    def probe_tcp(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Whether something accepts TCP on 127.0.0.1:PORT inside the container."""
+        netns_fd = self._held(request).namespaces["net"]
+        port = int(request["port"])
+        child = os.fork()
+        if child == 0:  # a child joins the namespace: the holder stays where it is
+            code = 1
+            try:
+                sc.setns(netns_fd, sc.CLONE_NEWNET)
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    code = 0
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        return {"ok": True, "ready": os.waitstatus_to_exitcode(status) == 0}
+
+    def exec(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        """Run a command in the container; a runner answers on ``conn``."""
+        held = self._held(request)
+        init = ProcessId(int(request["init_pid"]), int(request["init_start_time"]))
+        if not init.alive():
+            raise _UnknownContainer("the container's init has exited")
+        start_runner(conn, request, held.namespaces)
+
+
+_FD_FLOOR = 4096
+
+
+def _peer_is_the_user(conn: socket.socket) -> bool:
+    """Whether the client runs as the user who owns this holder (SO_PEERCRED).
+
+    Seen from the holder's user namespace that user is uid 0; any other host uid is the
+    overflow uid or one of the user's subordinate ids (a container's non-root user). A
+    container's root is uid 0 as well, but lives in a deeper pid namespace. The socket is
+    0600 in a 0700 folder already; this holds even if those modes are loosened or the
+    state folder is bind-mounted into a container.
+    """
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    # A container's root is uid 0 here too: it is told apart by its own pid namespace.
+    if uid == os.getuid() and _pid_depth(pid) == _OWN_DEPTH[0]:
+        return True
+    _log(f"refused a request from pid {pid}, uid {uid} (in this namespace): not the user")
+    _reply(conn, {"ok": False, "error": "refused", "message": "not the holder's user"})
+    return False
+
+
+_OWN_DEPTH = [0]
+"""The holder's own pid-namespace depth, read once when it starts serving."""
+
+
+def _pid_depth(pid: int) -> int:
+    """How many pid namespaces ``pid`` is nested in (its NSpid entries); 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return 0
+
+
+def _raise_fd_limit() -> None:
+    """Let the holder keep the namespaces of a few thousand containers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+
+
+def _move_high(fd: int) -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= _FD_FLOOR:
+        return fd
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FD_FLOOR)
+    except OSError:
+        return fd
+    os.close(fd)
+    return high
+
+
+def _kill(identity: ProcessId | None) -> None:
+    """SIGKILL a process of ours if it is still the one we started, and wait for it."""
+    if identity is not None and identity.send(signal.SIGKILL):
+        identity.wait_gone(5.0)
+
+
+def _serve_one(conn: socket.socket, spares: _Spares, containers: _Containers) -> bool:
+    """Handle one connection; return False when asked to exit."""
+    try:
+        raw = _read_request(conn)
+        request = json.loads(raw)
+        if not isinstance(request, dict):
+            raise ValueError("request is not a JSON object")
+    except (OSError, ValueError) as exc:
+        _reply(conn, {"ok": False, "error": "protocol", "message": str(exc)})
+        return True
+    op = request.get("op")
+    if op == "ping":
+        _reply(conn, {"ok": True, "pid": os.getpid()})
+        return True
+    if op == "exit":
+        spares.drop()
+        _reply(conn, {"ok": True})
+        return False
+    if op in ("restore_network", "probe_tcp", "exec"):
+        try:
+            if op == "exec":
+                containers.exec(conn, request)  # a runner answers on its copy of conn
+            else:
+                handler = containers.restore if op == "restore_network" else containers.probe_tcp
+                _reply(conn, handler(request))
+        except _UnknownContainer as exc:
+            _reply(conn, {"ok": False, "error": "unknown_container", "message": str(exc)})
+        except Exception as exc:  # one bad request must never end the holder
+            _reply(conn, {"ok": False, "error": "slirp", "message": f"{type(exc).__name__}: {exc}"})
+        return True
+    if op != "launch":
+        _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
+        return True
+    launch = request.get("request")
+    raw_request = json.dumps(launch).encode()
+    for attempt in (1, 2):
+        ctrl = spares.take()
+        try:
+            # The spare parses and checks the request: keep this single loop lean.
+            init_pid, namespace_fds = hand_over(ctrl, raw_request, conn)
+            containers.add(init_pid, namespace_fds)
+            break
+        except OSError as exc:
+            _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
+            if attempt == 2:
+                _reply(conn, {"ok": False, "error": "start", "message": f"launcher lost: {exc}"})
+        finally:
+            ctrl.close()
+    return True
+
+
+def _reap(spares: _Spares, containers: _Containers) -> None:
+    for pid, _ in reap_children():
+        spares.reaped(pid)
+        containers.reaped(pid)
+
+
+def serve(listener: socket.socket) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    gc.freeze()
+    _raise_fd_limit()
+    _OWN_DEPTH[0] = _pid_depth(os.getpid())
+    spares = _Spares()
+    containers = _Containers()
+    running = True
+    while running:
+        spares.refill()
+        try:
+            readable, _, _ = select.select([listener.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+            _reap(spares, containers)
+        if listener.fileno() in readable:
+            conn, _ = listener.accept()
+            with conn:
+                if _peer_is_the_user(conn):
+                    running = _serve_one(conn, spares, containers)
+    _reap(spares, containers)
+    _log("exiting on request")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.holder.server")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--to-client", required=True, type=int)
+    parser.add_argument("--from-client", required=True, type=int)
+    args = parser.parse_args(argv)
+    state: Path = args.state_dir
+    os.chdir("/")
+    if os.fork() != 0:
+        os._exit(0)  # the client reaps this first process; the holder is its orphan
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        sc.unshare(sc.CLONE_NEWUSER)
+    except OSError as exc:
+        _log(f"cannot create a user namespace: {exc}")
+        os.write(args.to_client, b"X")
+        sys.exit(1)
+    os.write(args.to_client, f"U{os.getpid()}".encode())
+    if os.read(args.from_client, 1) != b"M":
+        _log("the client did not map ids; giving up")
+        sys.exit(1)
+    os.close(args.from_client)
+    sock_path = state / PAUSE_SOCKET
+    sock_path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(sock_path))
+    finally:
+        os.umask(old_umask)
+    listener.listen(64)
+    me = ProcessId.of(os.getpid())
+    assert me is not None
+    write_json_atomic(state / PAUSE_RECORD, me.to_json())
+    _log(f"holding the user namespace; listening on {sock_path}")
+    os.write(args.to_client, b"R")
+    os.close(args.to_client)
+    serve(listener)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""Start containers: a warm spare, forked from the namespace holder ahead of time.
+
+A spare unshares the container namespaces (mount, uts, ipc, net, cgroup, pid) and forks
+the container's init *before* any container is asked for; the init waits for its launch
+request. When a request comes, the holder hands it to the spare together with the
+client's connection (SCM_RIGHTS) and forks the next spare. The spare then starts
+slirp4netns on the init's network namespace while the init mounts the filesystem, adds
+the port forwards, lets the command run, records the run in ``run.json``, answers the
+client and exits; the init and slirp4netns are re-parented to the holder (a subreaper).
+
+A spare that loses its holder (EOF on its control socket) exits, and its init with it.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from runtime.errors import PortInUse, SlirpError
+from runtime.holder.exec_runner import NAMESPACES
+from runtime.holder.init import run_init
+from runtime.network import slirp
+from runtime.sandbox import syscalls as sc
+from runtime.util.files import write_json_atomic
+from runtime.util.processes import ProcessId, wait_readable
+from runtime.wire import LaunchRequest
+
+__all__ = ("CONTAINER_NAMESPACES", "MAX_REQUEST", "hand_over", "restart_slirp", "run_spare")
+
+CONTAINER_NAMESPACES = (
+    sc.CLONE_NEWNS
+    | sc.CLONE_NEWUTS
+    | sc.CLONE_NEWIPC
+    | sc.CLONE_NEWNET
+    | sc.CLONE_NEWCGROUP
+    | sc.CLONE_NEWPID
+)
+_READY_TIMEOUT = 10.0
+MAX_REQUEST = 4 << 20
+"""The largest launch request the holder and a spare accept."""
+
+
+class _LaunchFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reply = {"error": "start", "message": message}
+
+
+@dataclass
+class _Init:
+    """The spare's container init and the pipes to it."""
+
+    pid: int
+    request_w: int
+    go_w: int
+    report_r: int
+    exit_r: int
+
+
+def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
+    if not wait_readable([fd], timeout):
+        raise _LaunchFailed(f"timed out waiting for {what}")
+    return os.read(fd, size)
+
+
+def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
+    """Fork the container's init into new namespaces; return it (pid in the host view).
+
+    An intermediate child unshares, so this process stays in the host's network
+    namespace (slirp4netns must start from there) and its later children are not born
+    into the container's pid namespace.
+    """
+    request_r, request_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+    middle = os.fork()
+    if middle == 0:
+        try:
+            sc.unshare(CONTAINER_NAMESPACES)
+            init_pid = os.fork()
+            if init_pid == 0:
+                for fd in (*close_in_init, request_w, go_w, report_r, exit_r, pid_r, pid_w):
+                    os.close(fd)
+                # exit_w stays open in the init only: slirp4netns exits when it closes.
+                run_init(request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w)
+            os.write(pid_w, str(init_pid).encode())
+        except BaseException as exc:
+            os.write(pid_w, f"E{exc}".encode())
+        finally:
+            os._exit(0)
+    for fd in (request_r, go_r, report_w, exit_w, pid_w):
+        os.close(fd)
+    answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
+    os.close(pid_r)
+    os.waitpid(middle, 0)
+    if not answer or answer.startswith(b"E"):
+        detail = answer[1:].decode(errors="replace")
+        raise _LaunchFailed(f"cannot create the container namespaces: {detail}")
+    return _Init(int(answer), request_w, go_w, report_r, exit_r)
+
+
+def _spawn_slirp(
+    cdir: Path,
+    sandbox: bool,
+    *,
+    target_pid: int = 0,
+    exit_r: int | None = None,
+    netns_fd: int | None = None,
+) -> ProcessId:
+    """Start slirp4netns on a container's network namespace (by init pid, or by a
+    namespace descriptor) and wait until it is ready; kill it on any failure."""
+    api = cdir / "slirp.sock"
+    api.unlink(missing_ok=True)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    netns_path = None if netns_fd is None else f"/proc/self/fd/{netns_fd}"
+    argv = slirp.slirp_argv(
+        slirp.slirp_binary(), target_pid, api, ready_w, exit_r, sandbox, netns_path=netns_path
+    )
+    try:
+        with open(cdir / "slirp.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=tuple(fd for fd in (ready_w, exit_r, netns_fd) if fd is not None),
+            )
+    finally:
+        os.close(ready_w)
+    try:
+        ready = _read_with_timeout(ready_r, 1, _READY_TIMEOUT, "slirp4netns to be ready")
+        identity = ProcessId.of(proc.pid)
+        if ready != b"1" or identity is None:
+            tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
+            raise SlirpError(f"slirp4netns stopped before it was ready: {tail}")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(ready_r)
+    proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
+    return identity
+
+
+def _with_sandbox_fallback(sandbox: bool, start: Callable[[bool], ProcessId]) -> ProcessId:
+    """Start sandboxed when asked; where that fails, once more without the sandbox."""
+    try:
+        return start(sandbox)
+    except (SlirpError, _LaunchFailed):
+        if not sandbox:
+            raise
+        return start(False)
+
+
+def _network(
+    req: LaunchRequest, init_pid: int, exit_r: int
+) -> tuple[ProcessId, list[dict[str, Any]]]:
+    cdir = Path(req.container_dir)
+    identity = _with_sandbox_fallback(
+        req.sandbox_slirp,
+        lambda sandbox: _spawn_slirp(cdir, sandbox, target_pid=init_pid, exit_r=exit_r),
+    )
+    api = cdir / "slirp.sock"
+    forwards = []
+    for forward in req.forwards:
+        forward_id = slirp.add_forward(api, forward)
+        forwards.append({"id": forward_id, **asdict(forward)})
+    return identity, forwards
+
+
+def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
+    """Start a slirp4netns again for a running container, from its network namespace fd.
+
+    It gets no exit pipe (nothing inside the container could hold one now): whoever
+    reaps the container's init kills it, and a remove kills it through ``run.json``.
+    """
+    cdir = Path(container_dir)
+    return _with_sandbox_fallback(
+        sandbox, lambda sandboxed: _spawn_slirp(cdir, sandboxed, netns_fd=netns_fd)
+    )
+
+
+def _failure_reply(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, _LaunchFailed):
+        return {"ok": False, **exc.reply}
+    if isinstance(exc, PortInUse):
+        return {
+            "ok": False,
+            "error": "port_in_use",
+            "message": str(exc),
+            "host_addr": exc.host_addr,
+            "host_port": exc.host_port,
+            "protocol": exc.protocol,
+            "holder": exc.holder,
+        }
+    if isinstance(exc, SlirpError):
+        return {"ok": False, "error": "slirp", "message": str(exc)}
+    return {"ok": False, "error": "start", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
+    cgroup = req.cgroup
+    if req.systemd_scope:  # before the init reads its request: it then starts a cgroup ns
+        from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
+
+        try:
+            cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
+        except (OSError, ValueError) as exc:
+            _dismiss(init)  # it never got a request: it exits on EOF
+            raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
+        raw = json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()  # the init's too
+    elif cgroup:
+        try:
+            Path(cgroup, "cgroup.procs").write_text(str(init.pid))
+        except OSError as exc:
+            _dismiss(init)
+            failure = _LaunchFailed(f"cannot move the container into {cgroup}: {exc}")
+            failure.reply["error"] = "cgroup_move"
+            raise failure from exc
+    os.write(init.request_w, raw)
+    os.close(init.request_w)
+    identity = ProcessId.of(init.pid)
+    try:
+        network: tuple[ProcessId, list[dict[str, Any]]] | None = None
+        if req.network == "slirp4netns":
+            network = _network(req, init.pid, init.exit_r)
+        os.close(init.exit_r)
+        mounted = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the filesystem")
+        if mounted != b"M":
+            detail = mounted[1:].decode(errors="replace")
+            raise _LaunchFailed(detail or "the container init died while mounting")
+        if identity is None:
+            raise _LaunchFailed("the container init vanished")
+        run = {
+            "init": identity.to_json(),
+            "slirp": network[0].to_json() if network else None,
+            "forwards": network[1] if network else [],
+            "started_at": time.time(),
+            "cgroup": cgroup,
+        }
+        # Recorded before the command runs: whoever sees it serve also sees it running.
+        write_json_atomic(Path(req.container_dir) / "run.json", run)
+        os.write(init.go_w, b"G")
+        started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
+        if started != b"S":
+            detail = started[1:].decode(errors="replace")
+            raise _LaunchFailed(detail or "the container init died before the command started")
+        return {"ok": True, "run": run}
+    except BaseException:
+        if identity is not None:  # the init may be gone and reaped (by the holder) already
+            identity.send(signal.SIGKILL)
+        raise
+
+
+def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
+    """The launch request and the client connection, or None when the holder is gone."""
+    fds = array.array("i")
+    data, ancillary, _, _ = ctrl.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data or not fds:
+        return None
+    chunks = [data]
+    while chunk := ctrl.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks), socket.socket(fileno=fds[0])
+
+
+def _dismiss(init: _Init) -> None:
+    """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
+    pidfd = os.pidfd_open(init.pid)
+    os.close(init.request_w)
+    wait_readable([pidfd], _READY_TIMEOUT)
+    os.close(pidfd)
+
+
+def _log(message: str) -> None:
+    print(f"launcher[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+def run_spare(ctrl: socket.socket) -> NoReturn:
+    """Body of a spare: prepare a container init, wait for a request, launch it, exit."""
+    code = 1
+    try:
+        init = _fork_init(close_in_init=(ctrl.fileno(),))
+        # The container's namespaces, opened while the init is still dumpable: the holder
+        # keeps them, to start a slirp4netns that died again and to run commands in it.
+        namespaces = [
+            os.open(f"/proc/{init.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            for kind, _ in NAMESPACES
+        ]
+        received = _receive(ctrl)
+        if received is not None:
+            # The holder waits for this before it forgets the request.
+            ctrl.sendmsg(
+                [f"A{init.pid}".encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", namespaces))],
+            )
+        for fd in namespaces:
+            os.close(fd)
+        ctrl.close()
+        if received is None:
+            _dismiss(init)
+            os._exit(0)
+        raw, conn = received
+        try:
+            request = LaunchRequest.from_json(json.loads(raw))
+        except ValueError as exc:
+            _dismiss(init)
+            reply = {"ok": False, "error": "protocol", "message": str(exc)}
+        else:
+            try:
+                reply = _launch(init, request, raw)
+                code = 0
+            except BaseException as exc:
+                reply = _failure_reply(exc)
+                _log(f"launching {request.name} failed: {reply['message']}")
+        with conn:
+            conn.sendall(json.dumps(reply).encode())
+    except BaseException as exc:
+        _log(f"spare failed: {type(exc).__name__}: {exc}")
+    finally:
+        os._exit(code)
+
+
+def hand_over(
+    ctrl: socket.socket, raw_request: bytes, conn: socket.socket
+) -> tuple[int, list[int]]:
+    """Give a spare its launch request and the client connection to answer on.
+
+    Returns the container init's pid and descriptors of its namespaces, in the order of
+    ``NAMESPACES`` (the caller owns them). Raises OSError when the spare did not take the
+    request (it died): the caller still holds the connection and can try another spare.
+    """
+    ctrl.sendmsg(
+        [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
+    )
+    ctrl.shutdown(socket.SHUT_WR)
+    ctrl.settimeout(_READY_TIMEOUT)
+    fds = array.array("i")
+    data, ancillary, _, _ = ctrl.recvmsg(
+        64, socket.CMSG_SPACE(fds.itemsize * len(NAMESPACES)), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data.startswith(b"A") or len(fds) != len(NAMESPACES):
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionAbortedError("the spare launcher died before it took the request")
+    return int(data[1:]), list(fds)

@@ -1,0 +1,200 @@
+"""slirp4netns: start one per container and talk to its API socket.
+
+The API (slirp4netns 1.2) takes one JSON request per connection: send it, shut down the
+write side, read to EOF. ``list_hostfwd`` answers ``{"entries": [...]}`` without the
+``"return"`` wrapper the other calls use. A failed ``add_hostfwd`` says nothing about
+why, so the caller checks the port itself to name the problem.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import HostSetupError, PortInUse, SlirpError
+from runtime.network.ports import port_holder
+from runtime.wire import Forward
+
+__all__ = (
+    "CONTAINER_ADDR",
+    "DNS_ADDR",
+    "LiveForward",
+    "add_forward",
+    "ensure_port_free",
+    "find_forward",
+    "list_forwards",
+    "port_is_free",
+    "remove_forward",
+    "slirp_argv",
+    "slirp_binary",
+)
+
+CONTAINER_ADDR = "10.0.2.100"
+"""The address ``--configure`` gives the container's tap0."""
+
+DNS_ADDR = "10.0.2.3"
+"""slirp's built-in DNS forwarder, written into the container's /etc/resolv.conf."""
+
+_MAX_REPLY = 1 << 20
+
+
+@dataclass(frozen=True)
+class LiveForward:
+    """A forward as slirp4netns reports it, with its id."""
+
+    id: int
+    forward: Forward
+
+
+def slirp_binary() -> str:
+    path = shutil.which("slirp4netns")
+    if path is None:
+        raise HostSetupError(
+            "slirp4netns not found; it gives containers their network",
+            fix="install the 'slirp4netns' package (apt-get install slirp4netns)",
+        )
+    return path
+
+
+def slirp_argv(
+    binary: str,
+    target_pid: int,
+    api_socket: Path,
+    ready_fd: int,
+    exit_fd: int | None,
+    sandbox: bool,
+    *,
+    netns_path: str | None = None,
+) -> list[str]:
+    """The command line for one container's slirp4netns: the network namespace of
+    ``target_pid``, or the one at ``netns_path`` (a namespace file or /proc/self/fd/N)."""
+    argv = [
+        binary,
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        f"--api-socket={api_socket}",
+        f"--ready-fd={ready_fd}",
+    ]
+    if exit_fd is not None:
+        argv.append(f"--exit-fd={exit_fd}")
+    if sandbox:
+        argv += ["--enable-sandbox", "--enable-seccomp"]
+    if netns_path is not None:
+        return [*argv, "--netns-type=path", netns_path, "tap0"]
+    return [*argv, str(target_pid), "tap0"]
+
+
+def _request(api_socket: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(api_socket))
+            sock.sendall(json.dumps(payload).encode())
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            size = 0
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > _MAX_REPLY:
+                    raise SlirpError("slirp4netns reply too large", request=payload)
+        except OSError as exc:
+            raise SlirpError(
+                f"slirp4netns API at {api_socket} unreachable: {exc}", request=payload
+            ) from exc
+    try:
+        reply = json.loads(b"".join(chunks))
+    except ValueError as exc:
+        raise SlirpError(f"slirp4netns sent a reply that is not JSON: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise SlirpError(f"unexpected slirp4netns reply {reply!r}", request=payload)
+    return reply
+
+
+def port_is_free(forward: Forward) -> bool:
+    """Whether the host port of ``forward`` can be bound right now."""
+    family = socket.AF_INET6 if ":" in forward.host_addr else socket.AF_INET
+    kind = socket.SOCK_DGRAM if forward.proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            # As every TCP server (slirp4netns included) does: TIME_WAIT is no conflict.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((forward.host_addr, forward.host_port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def ensure_port_free(forward: Forward) -> None:
+    """Raise :class:`PortInUse`, naming the holder when visible, if the port is taken."""
+    if not port_is_free(forward):
+        raise PortInUse(
+            forward.host_addr,
+            forward.host_port,
+            forward.proto,
+            port_holder(forward.proto, forward.host_addr, forward.host_port),
+        )
+
+
+def add_forward(api_socket: Path, forward: Forward, timeout: float = 5.0) -> int:
+    """Add a host forward; return its slirp id. A taken port raises :class:`PortInUse`."""
+    payload = {
+        "execute": "add_hostfwd",
+        "arguments": {
+            "proto": forward.proto,
+            "host_addr": forward.host_addr,
+            "host_port": forward.host_port,
+            "guest_addr": CONTAINER_ADDR,
+            "guest_port": forward.guest_port,
+        },
+    }
+    reply = _request(api_socket, payload, timeout)
+    result = reply.get("return")
+    if isinstance(result, dict) and isinstance(result.get("id"), int):
+        return int(result["id"])
+    ensure_port_free(forward)  # the likely reason, which slirp4netns does not say
+    raise SlirpError(f"slirp4netns refused forward {forward}: {reply}", request=payload)
+
+
+def list_forwards(api_socket: Path, timeout: float = 5.0) -> list[LiveForward]:
+    """The forwards slirp4netns holds now (its own view, the source of truth)."""
+    reply = _request(api_socket, {"execute": "list_hostfwd"}, timeout)
+    entries = reply.get("entries")
+    if entries is None and isinstance(reply.get("return"), dict):
+        entries = reply["return"].get("entries")
+    if not isinstance(entries, list):
+        raise SlirpError(f"unexpected list_hostfwd reply {reply!r}")
+    forwards = []
+    for entry in entries:
+        forward = Forward(
+            proto=str(entry["proto"]),
+            host_addr=str(entry.get("host_addr") or "0.0.0.0"),
+            host_port=int(entry["host_port"]),
+            guest_port=int(entry["guest_port"]),
+        )
+        forwards.append(LiveForward(id=int(entry["id"]), forward=forward))
+    return forwards
+
+
+def find_forward(api_socket: Path, forward: Forward) -> LiveForward | None:
+    """The live forward equal to ``forward``, if slirp4netns holds one."""
+    for live in list_forwards(api_socket):
+        if live.forward == forward:
+            return live
+    return None
+
+
+def remove_forward(api_socket: Path, forward_id: int, timeout: float = 5.0) -> None:
+    payload = {"execute": "remove_hostfwd", "arguments": {"id": forward_id}}
+    reply = _request(api_socket, payload, timeout)
+    if "error" in reply:
+        raise SlirpError(f"slirp4netns refused to remove forward {forward_id}: {reply['error']}")

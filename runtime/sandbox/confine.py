@@ -1,0 +1,132 @@
+"""What a container's processes are confined with, applied by the caller to itself.
+
+The container's init applies it just before it starts the command (the command inherits
+it), and an exec'd command's process just before ``execve``:
+
+1. ``PR_SET_NO_NEW_PRIVS``: no execve gains privileges (setuid bits, file capabilities);
+2. capabilities reduced to Docker's default set, in the bounding, permitted and effective
+   sets, none inheritable and no ambient ones (they are capabilities *in the container's user
+   namespace*: the user's own uid outside);
+3. the seccomp filter compiled by :mod:`runtime.security.seccomp`, if any, installed last.
+
+Only syscalls through ctypes and ``prctl``: nothing here may import or load files once the
+caller has entered the container's root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from runtime.sandbox import syscalls as sc
+
+__all__ = (
+    "CAPABILITY_NUMBERS",
+    "DEFAULT_CAPABILITIES",
+    "apply",
+    "capability_names",
+    "last_capability",
+)
+
+CAPABILITY_NUMBERS = {
+    "CHOWN": 0,
+    "DAC_OVERRIDE": 1,
+    "DAC_READ_SEARCH": 2,
+    "FOWNER": 3,
+    "FSETID": 4,
+    "KILL": 5,
+    "SETGID": 6,
+    "SETUID": 7,
+    "SETPCAP": 8,
+    "LINUX_IMMUTABLE": 9,
+    "NET_BIND_SERVICE": 10,
+    "NET_BROADCAST": 11,
+    "NET_ADMIN": 12,
+    "NET_RAW": 13,
+    "IPC_LOCK": 14,
+    "IPC_OWNER": 15,
+    "SYS_MODULE": 16,
+    "SYS_RAWIO": 17,
+    "SYS_CHROOT": 18,
+    "SYS_PTRACE": 19,
+    "SYS_PACCT": 20,
+    "SYS_ADMIN": 21,
+    "SYS_BOOT": 22,
+    "SYS_NICE": 23,
+    "SYS_RESOURCE": 24,
+    "SYS_TIME": 25,
+    "SYS_TTY_CONFIG": 26,
+    "MKNOD": 27,
+    "LEASE": 28,
+    "AUDIT_WRITE": 29,
+    "AUDIT_CONTROL": 30,
+    "SETFCAP": 31,
+    "MAC_OVERRIDE": 32,
+    "MAC_ADMIN": 33,
+    "SYSLOG": 34,
+    "WAKE_ALARM": 35,
+    "BLOCK_SUSPEND": 36,
+    "AUDIT_READ": 37,
+    "PERFMON": 38,
+    "BPF": 39,
+    "CHECKPOINT_RESTORE": 40,
+}
+
+DEFAULT_CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SYS_CHROOT",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+)
+"""Docker's default capability set."""
+
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def capability_names(mask: int) -> list[str]:
+    """The names of the capabilities set in ``mask`` (as in /proc/PID/status)."""
+    return [name for name, bit in CAPABILITY_NUMBERS.items() if mask >> bit & 1]
+
+
+def last_capability() -> int:
+    """The highest capability this kernel knows (read it before entering the container)."""
+    with open("/proc/sys/kernel/cap_last_cap", "rb") as file:
+        return int(file.read())
+
+
+def apply(seccomp_bpf: bytes | None, last_capability: int) -> None:
+    """Confine the calling process (and what it starts afterwards)."""
+    sc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    keep = sum(1 << CAPABILITY_NUMBERS[name] for name in DEFAULT_CAPABILITIES)
+    for cap in range(last_capability + 1):
+        if not keep >> cap & 1:
+            sc.prctl(_PR_CAPBSET_DROP, cap)
+    sc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    low, high = keep & 0xFFFFFFFF, keep >> 32
+    # effective, permitted, inheritable: the low 32 bits, then the high ones. Inheritable
+    # stays empty, as runc has made it since CVE-2022-24769.
+    sc.capset(_CAPABILITY_VERSION_3, struct.pack("IIIIII", low, low, 0, high, high, 0))
+    if seccomp_bpf:
+        program = ctypes.create_string_buffer(seccomp_bpf, len(seccomp_bpf))
+        fprog = _SockFprog(len(seccomp_bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
+        sc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))

@@ -1,0 +1,196 @@
+"""The container's filesystem: an overlay root, bind mounts, /proc, /sys, /dev, /tmp.
+
+The root is an overlay of two read-only lower layers and no upper layer, so it cannot be
+written at all: a per-container *skeleton* (empty mount points for every bind target, for
+/proc, /sys, /dev, /tmp and the generated /etc files) on top of the shared rootfs. The
+skeleton also hides any symlink of the rootfs on the path of a mount point; targets are
+opened with ``openat2(RESOLVE_IN_ROOT)`` all the same, so no target can escape the root.
+
+``prepare_skeleton`` runs in the client; ``assemble`` and ``enter_root`` run in the
+container's init, inside its new mount namespace, before the command starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from runtime.sandbox import syscalls as sc
+from runtime.wire import MountPoint
+
+__all__ = ("DEVICES", "MASKED", "READ_ONLY", "assemble", "enter_root", "prepare_skeleton")
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+"""Host device nodes bind-mounted into the container's /dev."""
+
+_HIDDEN = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+_FIXED_DIRS = ("proc", "sys", "dev", "tmp", "etc")
+
+
+def prepare_skeleton(skel: Path, mounts: Sequence[MountPoint]) -> None:
+    """Create the empty mount points every mount of the container needs."""
+    skel.mkdir(mode=0o755, exist_ok=True)
+    for name in _FIXED_DIRS:
+        (skel / name).mkdir(mode=0o755, exist_ok=True)
+    for mount_point in mounts:
+        path = skel / mount_point.target.lstrip("/")
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if mount_point.is_dir:
+            path.mkdir(mode=0o755, exist_ok=True)
+        else:
+            path.touch(mode=0o644, exist_ok=True)
+
+
+def _open_in_root(root_fd: int, target: str) -> int:
+    return sc.openat2(
+        root_fd,
+        target.lstrip("/"),
+        os.O_PATH | os.O_CLOEXEC,
+        sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS,
+    )
+
+
+def _bind(root_fd: int, source_fd: int, target: str, rw: bool) -> None:
+    target_fd = _open_in_root(root_fd, target)
+    try:
+        sc.mount(
+            f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target_fd}", None, sc.MS_BIND | sc.MS_REC
+        )
+    finally:
+        os.close(target_fd)
+    if rw:
+        return
+    mounted_fd = _open_in_root(root_fd, target)
+    try:
+        # Recursive: a read-only bind of a tree must not leave its submounts writable.
+        sc.mount_setattr_rdonly(mounted_fd)
+    finally:
+        os.close(mounted_fd)
+
+
+def _make_mount_point(root: str, mount_point: MountPoint) -> None:
+    """Create a mount point inside the fresh /tmp tmpfs, which hides the skeleton's."""
+    path = os.path.join(root, mount_point.target.lstrip("/"))
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if mount_point.is_dir:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+
+
+def _populate_dev(dev: str) -> None:
+    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=64k")
+    for name in DEVICES:
+        node = f"{dev}/{name}"
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        sc.mount(f"/dev/{name}", node, None, sc.MS_BIND)
+    os.mkdir(f"{dev}/pts", 0o755)
+    sc.mount(
+        "devpts",
+        f"{dev}/pts",
+        "devpts",
+        sc.MS_NOSUID | sc.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    sc.mount(
+        "shm",
+        f"{dev}/shm",
+        "tmpfs",
+        sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{dev}/{name}")
+
+
+MASKED = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+"""Hidden as the OCI runtimes' defaults hide them: a file under /dev/null, a folder under
+an empty read-only tmpfs."""
+READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+"""Made read-only (recursively), as the OCI runtimes' defaults make them."""
+
+
+def _mask_kernel_files(root: str) -> None:
+    for path in MASKED:
+        target = f"{root}{path}"
+        if os.path.isdir(target):
+            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | _HIDDEN, "size=0,mode=0555")
+        elif os.path.lexists(target):
+            sc.mount("/dev/null", target, None, sc.MS_BIND)
+    for path in READ_ONLY:
+        target = f"{root}{path}"
+        if not os.path.lexists(target):
+            continue
+        sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+        fd = os.open(target, os.O_PATH | os.O_CLOEXEC)
+        try:
+            sc.mount_setattr_rdonly(fd)
+        finally:
+            os.close(fd)
+
+
+def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) -> None:
+    """Mount the container's filesystem at ``root`` (in a fresh mount namespace).
+
+    The fixed filesystems come first, so a bind below /tmp lands on the tmpfs instead of
+    being hidden by it.
+    """
+    for path in (skel, rootfs):
+        if "," in path or ":" in path:
+            raise ValueError(f"overlay layer path may not contain ',' or ':': {path}")
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sources = []
+    try:
+        for mount_point in mounts:
+            try:
+                sources.append(os.open(mount_point.source, os.O_PATH | os.O_CLOEXEC))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"bind source {mount_point.source}: {exc.strerror}"
+                ) from None
+        sc.mount("overlay", root, "overlay", sc.MS_NODEV, f"lowerdir={skel}:{rootfs}")
+        sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
+        sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
+        _mask_kernel_files(root)
+        _populate_dev(f"{root}/dev")
+        sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+        for mount_point in mounts:
+            if mount_point.target.startswith("/tmp/"):
+                _make_mount_point(root, mount_point)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for mount_point, source_fd in zip(mounts, sources, strict=True):
+                _bind(root_fd, source_fd, mount_point.target, mount_point.rw)
+        finally:
+            os.close(root_fd)
+    finally:
+        for fd in sources:
+            os.close(fd)
+
+
+def enter_root(root: str) -> None:
+    """Make ``root`` the root of this mount namespace and drop every host mount."""
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")

@@ -1,0 +1,131 @@
+"""Processes and descriptors: identities that survive pid reuse, waiting, reaping, closing.
+
+Processes are identified by pid *and* start time (``/proc/PID/stat`` field 22), so a
+recycled pid is never taken for a container.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ("ProcessId", "close_fds_except", "proc_start_time", "reap_children", "wait_readable")
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if there is no such process.
+
+    A zombie counts as gone.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Those of ``fds`` that are readable within ``timeout`` seconds (``None``: no limit).
+
+    ``poll``, not ``select``: the holder keeps namespace descriptors numbered above
+    ``select``'s limit of 1024.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    wait_ms = None if timeout is None or timeout == float("inf") else max(0, int(timeout * 1000))
+    return [fd for fd, _ in poller.poll(wait_ms)]
+
+
+class ProcessId:
+    """A process identity that survives pid reuse: (pid, start time)."""
+
+    __slots__ = ("pid", "start_time")
+
+    def __init__(self, pid: int, start_time: int) -> None:
+        self.pid = pid
+        self.start_time = start_time
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId | None:
+        start = proc_start_time(pid)
+        return None if start is None else cls(pid, start)
+
+    def to_json(self) -> dict[str, int]:
+        return {"pid": self.pid, "start_time": self.start_time}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProcessId | None:
+        if not isinstance(data, dict):
+            return None
+        pid, start = data.get("pid"), data.get("start_time")
+        if not isinstance(pid, int) or not isinstance(start, int):
+            return None
+        return cls(pid, start)
+
+    def alive(self) -> bool:
+        return proc_start_time(self.pid) == self.start_time
+
+    def send(self, signum: int) -> bool:
+        """Send ``signum`` through a pidfd, so a recycled pid is never signalled; False if
+        the process is gone."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not self.alive():  # checked after the pidfd pins the process
+                return False
+            signal.pidfd_send_signal(pidfd, signum)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Wait until the process has exited; True if it did within ``timeout``."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return True
+        try:
+            if self.alive():  # a pidfd is readable once the process has exited
+                wait_readable([pidfd], timeout)
+            return not self.alive()  # a zombie counts as gone
+        finally:
+            os.close(pidfd)
+
+    def __repr__(self) -> str:
+        return f"ProcessId(pid={self.pid}, start_time={self.start_time})"
+
+
+def close_fds_except(keep: Iterable[int]) -> None:
+    """Close every descriptor above stdio except ``keep`` (close_range under the hood)."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def reap_children() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, without blocking."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+

@@ -1,0 +1,121 @@
+"""The launch request: what the namespace holder needs to start one container.
+
+The client (``runtime.client.linux``) builds it from a ``ContainerSpec`` and the host paths it
+resolved; the namespace holder (``runtime.holder.server``) and the container's init act on it.
+It crosses a process boundary as JSON. Plain dataclasses on purpose: the holder forks a
+process per container and stays small when it does not load pydantic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = (
+    "DEFAULT_PATH",
+    "SECCOMP_FILE",
+    "Forward",
+    "LaunchRequest",
+    "MountPoint",
+    "find_program",
+    "read_filter",
+)
+
+SECCOMP_FILE = "seccomp.bpf"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class MountPoint:
+    """A host path bind-mounted at ``target`` in the container."""
+
+    source: str
+    target: str
+    rw: bool = False
+    is_dir: bool = True
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A host port forwarded into the container by slirp4netns."""
+
+    proto: str
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything needed to start one container."""
+
+    name: str
+    container_dir: str
+    rootfs: str
+    argv: tuple[str, ...]
+    mounts: tuple[MountPoint, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    hostname: str = ""
+    network: str = "slirp4netns"
+    forwards: tuple[Forward, ...] = ()
+    sandbox_slirp: bool = True
+    seccomp: bool = True
+    """Install the filter in ``container_dir``/``SECCOMP_FILE`` (compiled at create)."""
+    cgroup: str = ""
+    """The cgroup v2 leaf the init is moved to before it starts (per start; "" for none)."""
+    systemd_scope: dict[str, Any] = field(default_factory=dict)
+    """Or the transient scope the user's systemd puts it in (``runtime.cgroups.systemd``)."""
+
+    def command_env(self) -> dict[str, str]:
+        """The environment of the container's command (and of commands run in it)."""
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": "/root",
+            "container": "squish",
+            "HOSTNAME": self.hostname or self.name,
+        }
+        env.update(self.env)
+        return env
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> LaunchRequest:
+        """Rebuild a request from JSON; raises ValueError when it is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("launch request is not an object")
+        try:
+            fields = dict(data)
+            fields["argv"] = tuple(str(a) for a in fields["argv"])
+            fields["mounts"] = tuple(MountPoint(**m) for m in fields.get("mounts", ()))
+            fields["forwards"] = tuple(Forward(**f) for f in fields.get("forwards", ()))
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed launch request: {exc}") from exc
+
+
+def read_filter(container_dir: str | int, wanted: bool) -> bytes | None:
+    """The container's compiled seccomp filter (``container_dir`` a path or a directory
+    fd), or None when it runs unconfined; an empty or missing file is an error."""
+    if not wanted:
+        return None
+    if isinstance(container_dir, int):
+        fd = os.open(SECCOMP_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=container_dir)
+    else:
+        fd = os.open(os.path.join(container_dir, SECCOMP_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        program = file.read()
+    if not program or len(program) % 8:
+        raise ValueError(f"the container's seccomp filter ({SECCOMP_FILE}) is damaged")
+    return program
+
+
+def find_program(program: str, env: dict[str, str]) -> str | None:
+    """``program`` as the container's ``PATH`` finds it (run inside its root), or None."""
+    if "/" in program:
+        return program
+    return shutil.which(program, path=env.get("PATH", DEFAULT_PATH))
