@@ -1,0 +1,1 @@
+"""The reconciler: squishfiles in a folder -> desired state -> plan -> converge."""

@@ -1,0 +1,1 @@
+"""The pure planner: desired + actual state -> actions with reasons. No I/O."""

@@ -1,0 +1,1 @@
+"""Root filesystems and SDK layers: downloads, checksums, safe extraction, caches."""

@@ -1,0 +1,1 @@
+"""Container networking: slirp4netns per container and host port checks."""

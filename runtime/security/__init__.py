@@ -1,0 +1,1 @@
+"""seccomp profiles: Docker's format read, compiled to BPF with libseccomp."""

@@ -1,0 +1,1 @@
+"""Small shared helpers of every tier: atomic JSON files, process identities."""
