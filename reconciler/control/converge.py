@@ -34,6 +34,7 @@ from reconciler.desired.types import (
     retired_name,
 )
 from reconciler.planning.plan import Action, ActionKind, Plan
+from reconciler.settings import Backoff, Settings
 from runtime.api.interface import ContainerInfo, ContainerState, Runtime
 from runtime.api.spec import PortMapping
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost
@@ -44,24 +45,6 @@ T = TypeVar("T")
 
 Sleep = Callable[[float], Awaitable[None]]
 """An async sleep of so many seconds (``anyio.sleep``; a fake clock's in tests)."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delays, in seconds. ``failure_*`` after a failed action, ``crash_*`` between restarts."""
-
-    failure_initial: float = 0.005
-    failure_max: float = 30.0
-    crash_initial: float = 0.1
-    crash_max: float = 60.0
-    crash_reset: float = 60.0
-    """A container that ran this long before exiting starts its crash back-off afresh."""
-
-    def failure_delay(self, failures: int) -> float:
-        return min(self.failure_initial * 2.0 ** max(failures - 1, 0), self.failure_max)
-
-    def crash_delay(self, crashes: int) -> float:
-        return min(self.crash_initial * 2.0 ** max(crashes - 1, 0), self.crash_max)
 
 
 @dataclass(frozen=True)
@@ -89,7 +72,7 @@ class _Track:
 @dataclass
 class Converger:
     runtime: Runtime
-    limit: int = 8
+    limit: int = Settings.parallel
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.time
     sleep: Sleep = anyio.sleep

@@ -37,16 +37,10 @@ from reconciler.control.status import LoopRecord, StatusStore
 from reconciler.desired.folder import FileCache, load_desired
 from reconciler.desired.types import DesiredState, is_squishfile
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan
+from reconciler.settings import Settings
 from runtime.api.interface import ContainerInfo, Runtime
 
-__all__ = ("DEBOUNCE_MS", "RESYNC", "STEP_MS", "PassResult", "Reconciler", "run_loop")
-
-DEBOUNCE_MS = 200
-"""Longest batch of file events, in ms."""
-STEP_MS = 20
-"""Quiet time that ends a batch of file events, in ms (watchfiles polls at this rate)."""
-RESYNC = 10.0
-"""Seconds between passes when nothing happens."""
+__all__ = ("PassResult", "Reconciler", "run_loop")
 
 
 @dataclass(frozen=True)
@@ -204,8 +198,7 @@ class _Watch:
 async def _watch(
     folder: Path,
     send: MemoryObjectSendStream[str],
-    debounce_ms: int,
-    step_ms: int,
+    settings: Settings,
     stop: anyio.Event,
     watch: _Watch,
 ) -> None:
@@ -225,8 +218,8 @@ async def _watch(
                     async for changes in awatch(
                         folder,
                         watch_filter=_squishfile_event,
-                        debounce=debounce_ms,
-                        step=step_ms,
+                        debounce=settings.debounce_ms,
+                        step=settings.step_ms,
                         recursive=False,
                         stop_event=watch.disarm,  # else stopping waits out watchfiles' poll
                         rust_timeout=1000,
@@ -242,7 +235,7 @@ async def _watch(
         if stop.is_set():
             return
         await _trigger(send, "folder changed")
-        await anyio.sleep(0.5)
+        await anyio.sleep(settings.rearm_delay)
 
 
 async def _relay(stop: anyio.Event, disarm: anyio.Event) -> None:
@@ -298,19 +291,20 @@ async def _follow_exits(
 async def run_loop(
     reconciler: Reconciler,
     *,
-    debounce_ms: int = DEBOUNCE_MS,
-    step_ms: int = STEP_MS,
-    resync: float = RESYNC,
+    settings: Settings | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
 ) -> None:
-    """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled)."""
+    """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled);
+    the timing comes from ``settings`` (default: :class:`Settings`' defaults)."""
+    settings = settings or Settings()
+    resync = settings.resync
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
     async with anyio.create_task_group() as group, send, receive:
         stop = stop or anyio.Event()
         watch = _Watch()
-        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms, stop, watch)
+        group.start_soon(_watch, reconciler.folder, send, settings, stop, watch)
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         trigger = "start"
         watching: dict[int, anyio.CancelScope] = {}
@@ -323,7 +317,7 @@ async def run_loop(
                 reconciler.record.failed(f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(reconciler.save)
-                trigger = await _next_trigger(receive, min(resync, 1.0))
+                trigger = await _next_trigger(receive, min(resync, settings.retry_failed_pass))
                 continue
             if on_pass is not None:
                 on_pass(result)
