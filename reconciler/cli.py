@@ -25,6 +25,7 @@ from rich.table import Table
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.status import FolderBusy, StatusStore, status_document
+from reconciler.desired.source import FolderSource
 from reconciler.desired.types import squishfiles_in
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
@@ -77,12 +78,12 @@ def _runtime(settings: Settings | None = None) -> LinuxRuntime:
 
 def _reconciler(folder: Path, settings: Settings) -> Reconciler:
     runtime = _runtime(settings)
-    folder = Path(os.path.abspath(folder))
+    source = FolderSource(folder, settings)
     return Reconciler(
-        folder=folder,
+        source=source,
         runtime=runtime,
         converger=Converger(runtime, limit=settings.parallel, backoff=settings.backoff),
-        store=StatusStore(runtime.state, folder),
+        store=StatusStore(runtime.state, source.folder),
         allow_mass_delete=settings.allow_mass_delete,
     )
 
