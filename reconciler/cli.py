@@ -8,6 +8,7 @@ file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -21,11 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconciler.control.converge import Backoff, Converger
-from reconciler.control.loop import DEBOUNCE_MS, RESYNC, STEP_MS, PassResult, Reconciler, run_loop
+from reconciler.control.converge import Converger
+from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.status import FolderBusy, StatusStore, status_document
+from reconciler.desired.source import FolderSource
 from reconciler.desired.types import squishfiles_in
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
+from reconciler.settings import BadSetting, Settings
 from reconciler.squishfile import validate_files
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.client.linux import LinuxRuntime
@@ -43,25 +46,45 @@ def _describe_ports(info: ContainerInfo) -> str:
     return ", ".join(str(p) for p in info.ports)
 
 
-def _reconciler(
-    folder: Path, runtime: LinuxRuntime | None = None, args: argparse.Namespace | None = None
-) -> Reconciler:
-    runtime = runtime or LinuxRuntime()
-    folder = Path(os.path.abspath(folder))
-    converger = Converger(runtime)
-    if args is not None and hasattr(args, "crash_backoff"):
-        converger.limit = args.parallel
-        converger.backoff = Backoff(
-            crash_initial=args.crash_backoff,
-            crash_max=args.crash_backoff_max,
-            crash_reset=args.crash_backoff_reset,
-        )
+_OPTIONS = ("resync", "debounce_ms", "step_ms", "parallel", "allow_mass_delete")
+"""Options that override the :class:`Settings` field of the same name."""
+_BACKOFF_OPTIONS = {
+    "crash_backoff": "crash_initial",
+    "crash_backoff_max": "crash_max",
+    "crash_backoff_reset": "crash_reset",
+}
+"""Options that override a :class:`Backoff` field."""
+
+
+def _settings(args: argparse.Namespace | None = None) -> Settings:
+    """The environment's settings, with the options given on the command line."""
+    settings = Settings.from_env()
+    if args is None:
+        return settings
+    given = {name: value for name in _OPTIONS if (value := getattr(args, name, None)) is not None}
+    backoff = {
+        field: value
+        for option, field in _BACKOFF_OPTIONS.items()
+        if (value := getattr(args, option, None)) is not None
+    }
+    return dataclasses.replace(
+        settings, **given, backoff=dataclasses.replace(settings.backoff, **backoff)
+    )
+
+
+def _runtime(settings: Settings | None = None) -> LinuxRuntime:
+    return LinuxRuntime(settings=(settings or _settings()).runtime)
+
+
+def _reconciler(folder: Path, settings: Settings) -> Reconciler:
+    runtime = _runtime(settings)
+    source = FolderSource(folder, settings)
     return Reconciler(
-        folder=folder,
+        source=source,
         runtime=runtime,
-        converger=converger,
-        store=StatusStore(runtime.state, folder),
-        allow_mass_delete=bool(getattr(args, "allow_mass_delete", False)),
+        converger=Converger(runtime, limit=settings.parallel, backoff=settings.backoff),
+        store=StatusStore(runtime.state, source.folder),
+        allow_mass_delete=settings.allow_mass_delete,
     )
 
 
@@ -80,7 +103,8 @@ def _print_plan(todo: Plan) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), args=args)
+    settings = _settings(args)
+    reconciler = _reconciler(Path(args.dir), settings)
     assert reconciler.store is not None
     reconciler.store.claim()
 
@@ -93,14 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_on_signal, stop)
-            await run_loop(
-                reconciler,
-                debounce_ms=args.debounce_ms,
-                step_ms=args.step_ms,
-                resync=args.resync,
-                on_pass=on_pass,
-                stop=stop,
-            )
+            await run_loop(reconciler, settings=settings, on_pass=on_pass, stop=stop)
             group.cancel_scope.cancel()
 
     folder = escape(str(reconciler.folder))
@@ -118,7 +135,7 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), args=args)
+    reconciler = _reconciler(Path(args.dir), _settings(args))
     assert reconciler.store is not None
     reconciler.store.claim()
     result = anyio.run(reconciler.reconcile, "apply")
@@ -135,7 +152,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    _, _, todo = _reconciler(Path(args.dir)).dry_run()
+    _, _, todo = _reconciler(Path(args.dir), _settings(args)).dry_run()
     if not todo.actions and not todo.conditions:
         _out.print("no changes: the containers match the folder")
         return 0
@@ -146,7 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir))
+    reconciler = _reconciler(Path(args.dir), _settings(args))
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
     document = status_document(desired, actual, todo, reconciler.store.read())
@@ -184,7 +201,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    runtime = LinuxRuntime()
+    runtime = _runtime()
     folder = str(Path(os.path.abspath(args.dir)))
     removed = 0
     for info in runtime.list():
@@ -229,7 +246,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    runtime = LinuxRuntime()
+    runtime = _runtime()
     offset = 0
     while True:
         data = runtime.logs(args.name)
@@ -242,7 +259,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    infos = LinuxRuntime().list()
+    infos = _runtime().list()
     if args.json:
         print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
         return 0
@@ -264,12 +281,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    print(LinuxRuntime().inspect(args.name).model_dump_json(indent=2))
+    print(_runtime().inspect(args.name).model_dump_json(indent=2))
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    info = LinuxRuntime().stop(args.name, timeout=args.time)
+    info = _runtime().stop(args.name, timeout=args.time)
     _out.print(f"{info.name}: {info.state.value} (exit code {info.exit_code})")
     return 0
 
@@ -279,7 +296,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not argv:
         _err.print("[red]error[/] exec needs a command: reconciler exec NAME -- COMMAND [ARG...]")
         return 2
-    result = LinuxRuntime().exec_command(args.name, argv, timeout=args.timeout)
+    result = _runtime().exec_command(args.name, argv, timeout=args.timeout)
     sys.stdout.write(result.output)
     if result.timed_out:
         _err.print(f"[red]killed[/] after {args.timeout} s (exit code {result.exit_code})")
@@ -287,47 +304,61 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    runtime = LinuxRuntime()
+    runtime = _runtime()
     info = runtime.pause(args.name) if args.command == "pause" else runtime.resume(args.name)
     _out.print(f"{info.name}: {'paused' if info.paused else 'running'}")
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    LinuxRuntime().remove(args.name, force=args.force)
+    _runtime().remove(args.name, force=args.force)
     _out.print(f"{args.name}: removed")
     return 0
 
 
 def _tuning(command: argparse.ArgumentParser) -> None:
+    """Options of the commands that converge; unset, the settings' defaults hold."""
+    defaults = Settings()
     command.add_argument(
         "--allow-mass-delete",
         action="store_true",
+        default=None,
         help="apply a pass that removes more than half of the folder's containers",
     )
     command.add_argument(
-        "--parallel",
-        type=int,
-        default=Converger.limit,
-        help="actions at once (default %(default)s)",
+        "--parallel", type=int, help=f"actions at once (default {defaults.parallel})"
     )
     command.add_argument(
         "--crash-backoff",
         type=float,
-        default=Backoff.crash_initial,
-        help="first delay before a restart (s)",
+        help=f"first delay before a restart (s, default {defaults.backoff.crash_initial})",
     )
     command.add_argument(
         "--crash-backoff-max",
         type=float,
-        default=Backoff.crash_max,
-        help="longest delay between restarts (s)",
+        help=f"longest delay between restarts (s, default {defaults.backoff.crash_max})",
     )
     command.add_argument(
         "--crash-backoff-reset",
         type=float,
-        default=Backoff.crash_reset,
-        help="running this long resets the crash back-off (s)",
+        help="running this long resets the crash back-off "
+        f"(s, default {defaults.backoff.crash_reset})",
+    )
+
+
+def _timing(command: argparse.ArgumentParser) -> None:
+    """Options of the loop's timing; unset, the settings' defaults hold."""
+    defaults = Settings()
+    command.add_argument(
+        "--resync", type=float, help=f"seconds between full resyncs (default {defaults.resync})"
+    )
+    command.add_argument(
+        "--debounce-ms",
+        type=int,
+        help=f"longest event batch (ms, default {defaults.debounce_ms})",
+    )
+    command.add_argument(
+        "--step-ms", type=int, help=f"quiet that ends a batch (ms, default {defaults.step_ms})"
     )
 
 
@@ -343,9 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
-    p.add_argument("--resync", type=float, default=RESYNC, help="seconds between full resyncs")
-    p.add_argument("--debounce-ms", type=int, default=DEBOUNCE_MS, help="longest event batch")
-    p.add_argument("--step-ms", type=int, default=STEP_MS, help="quiet that ends a batch (ms)")
+    _timing(p)
     _tuning(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
@@ -403,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (HostSetupError, SquishError, OSError, FolderBusy) as exc:
+    except (HostSetupError, SquishError, OSError, FolderBusy, BadSetting) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 

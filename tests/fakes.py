@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, Resources
@@ -94,7 +95,8 @@ T = TypeVar("T")
 
 
 class FakeClock:
-    """A clock that moves only when told: pass it as ``clock=`` wherever time is injected."""
+    """A clock that moves only when told (or slept on): pass it as ``clock=`` wherever
+    time is injected."""
 
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
@@ -105,6 +107,12 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """An async sleep on this clock: it moves the clock on and lets others run (pass it
+        as ``sleep=`` where a sleep is injected)."""
+        self.advance(seconds)
+        await anyio.lowlevel.checkpoint()
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, RootfsRef
+from runtime.cgroups import fs as cgroups
 
 __all__ = (
     "BUSYBOX",
     "children_of",
+    "detected_cgroups",
     "free_port",
     "free_ports",
     "http_get",
@@ -28,6 +31,12 @@ __all__ = (
     "start_controller",
     "write_atomically",
 )
+
+
+def detected_cgroups() -> cgroups.Cgroups:
+    """How a runtime made in this process's environment gets cgroups."""
+    settings = RuntimeSettings.from_environ()
+    return cgroups.detect(driver=settings.cgroup_driver, root=settings.cgroup_root)
 
 
 def free_ports(count: int) -> list[int]:

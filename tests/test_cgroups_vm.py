@@ -19,9 +19,9 @@ from runtime.api.spec import ContainerSpec, Resources
 from runtime.cgroups import fs as cgroups
 from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
-from tests.support import shell
+from tests.support import detected_cgroups, shell
 
-DELEGATED = cgroups.detect()
+DELEGATED = detected_cgroups()
 READY = DELEGATED.driver == "systemd" or {"cpu", "memory", "pids"} <= DELEGATED.controllers
 if os.environ.get("SQUISH_VM_TIER") and not READY:  # in the VM a skip would hide a failure
     raise RuntimeError(f"the VM offers no delegated cpu/memory/pids: {DELEGATED}")

@@ -10,6 +10,7 @@ holding calls on events, never by sleeping, and nothing asserts how long anythin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -130,7 +131,7 @@ def fake(clock: FakeClock) -> FakeRuntime:
 
 @pytest.fixture
 def converger(fake: FakeRuntime, clock: FakeClock) -> Converger:
-    return Converger(fake, clock=clock)
+    return Converger(fake, clock=clock, sleep=clock.sleep)
 
 
 async def apply_into(out: list[Outcome], converger: Converger, todo: Plan) -> None:
@@ -1077,3 +1078,83 @@ async def test_a_resize_changes_the_limits_of_the_same_container(
     assert fake.history() == [("update_resources", "web")]  # no stop, no run
     after = fake.inspect("web")
     assert after.spec.resources == limits and after.pid == before.pid
+
+
+async def stuck(began: anyio.Event, waited: list[float], seconds: float) -> None:
+    """A sleep that never ends by itself: only cancelling the pass stops it."""
+    waited.append(seconds)
+    began.set()
+    await anyio.sleep_forever()
+
+
+async def cancel_at_first_sleep(
+    fake: FakeRuntime, clock: FakeClock, new: DesiredContainer
+) -> tuple[list[float], list[Outcome]]:
+    """Apply a recreate of ``new`` and cancel the pass once it waits: the sleeps it began
+    and the outcomes it reported."""
+    began, waited, out = anyio.Event(), list[float](), list[Outcome]()
+    converger = Converger(fake, clock=clock, sleep=functools.partial(stuck, began, waited))
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, out, converger, Plan((act(RECREATE, "web", wanted=new),)))
+        await began.wait()
+        group.cancel_scope.cancel()
+    return waited, out
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_pass_stops_the_drain_and_finishes_the_hand_over(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), drain=3600.0)
+    waited, out = await cancel_at_first_sleep(fake, clock, new)
+
+    assert waited == [3600.0] and out == []
+    assert fake.history() == [
+        ("run", "web.next"),
+        ("move_port", "web"),
+        ("rename", "web"),
+        ("rename", "web.next"),
+        ("remove", "web.old"),
+    ]
+    assert fake.inspect("web").spec.env == {"V": "2"}
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_pass_stops_the_health_checks_and_keeps_the_old_container(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    fake.never_ready.add("web.next")
+    check = HealthCheck(tcp=80, interval=60.0, retries=1000)
+    new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), health=check)
+    waited, out = await cancel_at_first_sleep(fake, clock, new)
+
+    assert waited == [60.0] and out == []
+    assert fake.history("probe_tcp") == [("probe_tcp", "web.next")]
+    assert fake.history() == [("run", "web.next"), ("remove", "web.next")]
+    old = fake.inspect("web")
+    assert (old.spec.env, old.ports, old.state) == ({"V": "1"}, (P8080,), ContainerState.RUNNING)
+
+
+@pytest.mark.anyio
+async def test_the_clock_drives_the_health_check_retries(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    fake.never_ready.add("web.next")
+    check = HealthCheck(tcp=80, interval=30.0, retries=5)
+    new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), health=check)
+
+    async def sleep(seconds: float) -> None:
+        await clock.sleep(seconds)
+        if clock() >= 1060.0:  # ready from the third probe on
+            fake.never_ready.discard("web.next")
+
+    converger = Converger(fake, clock=clock, sleep=sleep)
+    [outcome] = await converger.apply(Plan((act(RECREATE, "web", wanted=new),)))
+
+    assert outcome.ok
+    probes = [c.at for c in fake.calls if c.method == "probe_tcp"]
+    assert probes == [at(1000.0), at(1030.0), at(1060.0)]
+    assert fake.inspect("web").spec.env == {"V": "2"}

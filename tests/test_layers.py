@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import SdkLayer
 from runtime.errors import ChecksumMismatch, FetchError, HostSetupError, LayerNotFound
 from runtime.images.layers import LAYER_INDEX_ENV, index_document_url, resolve_sdk
@@ -50,11 +51,6 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture(autouse=True)
-def no_index_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(LAYER_INDEX_ENV, raising=False)
-
-
 def index_entry(index_dir: Path, name: str, version: str) -> dict[str, str]:
     document = json.loads((index_dir / "index.json").read_text())
     entry: dict[str, str] = document["layers"][name][version]
@@ -91,11 +87,9 @@ def test_layer_by_version_through_the_index(cache: Path, index_url: str) -> None
     assert (py311 / "VERSION").read_text() == "3.11\n"
 
 
-def test_index_comes_from_the_environment(
-    cache: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(LAYER_INDEX_ENV, index_url + "/")
-    root = resolve_sdk(SdkLayer(name="node", version="20"), cache)
+def test_index_comes_from_the_environment(cache: Path, index_url: str) -> None:
+    settings = RuntimeSettings.from_environ({LAYER_INDEX_ENV: index_url + "/"})
+    root = resolve_sdk(SdkLayer(name="node", version="20"), cache, index_url=settings.layer_index)
     assert (root / "VERSION").read_text() == "20\n"
 
 

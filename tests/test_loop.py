@@ -9,13 +9,17 @@ import pytest
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
+from reconciler.desired.source import FolderSource
 from tests.fakes import FakeClock, FakeRuntime
 
 
 def reconciler(tmp_path: Path, clock: FakeClock) -> Reconciler:
     runtime = FakeRuntime(clock=clock)
     return Reconciler(
-        folder=tmp_path, runtime=runtime, converger=Converger(runtime, clock=clock), clock=clock
+        source=FolderSource(tmp_path),
+        runtime=runtime,
+        converger=Converger(runtime, clock=clock),
+        clock=clock,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import RootfsRef
 from runtime.errors import ArchiveError, ChecksumMismatch, FetchError, HostSetupError, LayerNotFound
 from runtime.images.rootfs import alpine_rootfs, busybox_rootfs, elf_is_static, resolve_rootfs
@@ -150,11 +151,10 @@ def test_alpine_rootfs_is_reused(cache: Path, alpine_mirror: str) -> None:
     assert (first / "marker").read_text() == "kept"
 
 
-def test_mirror_comes_from_the_environment(
-    cache: Path, alpine_mirror: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SQUISH_ALPINE_MIRROR", alpine_mirror + "/")
-    root = resolve_rootfs(RootfsRef(kind="alpine", version="3.19"), cache)
+def test_mirror_comes_from_the_environment(cache: Path, alpine_mirror: str) -> None:
+    settings = RuntimeSettings.from_environ({"SQUISH_ALPINE_MIRROR": alpine_mirror + "/"})
+    ref = RootfsRef(kind="alpine", version="3.19")
+    root = resolve_rootfs(ref, cache, mirror=settings.alpine_mirror)
     assert (root / "etc" / "alpine-release").read_text() == "3.19.0\n"
 
 

@@ -19,9 +19,9 @@ from runtime.cgroups import fs as cgroups
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerStartError, HostSetupError
 from tests.conftest import rootless
-from tests.support import shell
+from tests.support import detected_cgroups, shell
 
-DELEGATED = cgroups.detect()
+DELEGATED = detected_cgroups()
 pytestmark = [
     rootless,
     pytest.mark.skipif(

@@ -3,6 +3,7 @@ from a local mirror, SDK layers from a local index, and clean removal."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,6 +138,13 @@ def test_remove_leaves_nothing_behind(rt: LinuxRuntime, site: Path, state_path: 
     assert http_refused(port)
 
 
+def with_settings(rt: LinuxRuntime, **changes: Any) -> LinuxRuntime:
+    """A runtime on ``rt``'s state and cache whose settings differ by ``changes`` (as if
+    the ``SQUISH_*`` variable were set)."""
+    settings = dataclasses.replace(rt.settings, **changes)
+    return LinuxRuntime(state=rt.state, cache=rt.cache, settings=settings)
+
+
 @pytest.fixture(scope="module")
 def alpine_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mirror")
@@ -146,9 +155,9 @@ def alpine_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.mark.parametrize("version", ["3.19", "3.20"])
 def test_alpine_versions_from_a_local_mirror(
-    rt: LinuxRuntime, alpine_mirror: str, monkeypatch: pytest.MonkeyPatch, version: str
+    rt: LinuxRuntime, alpine_mirror: str, version: str
 ) -> None:
-    monkeypatch.setenv("SQUISH_ALPINE_MIRROR", alpine_mirror)
+    rt = with_settings(rt, alpine_mirror=alpine_mirror)
     spec = ContainerSpec(
         name=f"alpine-{version}",
         rootfs=RootfsRef(kind="alpine", version=version),
@@ -160,9 +169,7 @@ def test_alpine_versions_from_a_local_mirror(
     assert rt.logs(spec.name).decode().split() == [f"{version}.0", "ro"]
 
 
-def test_sdk_layer_from_an_index_is_mounted_read_only(
-    rt: LinuxRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sdk_layer_from_an_index_is_mounted_read_only(rt: LinuxRuntime, tmp_path: Path) -> None:
     tree = tmp_path / "python-tree"
     (tree / "bin").mkdir(parents=True)
     (tree / "bin" / "hello").write_text("#!/bin/sh\necho hello from the sdk layer\n")
@@ -171,7 +178,7 @@ def test_sdk_layer_from_an_index_is_mounted_read_only(
     index.mkdir()
     make_layer_index(index, {"python": {"3.12": tree}})
     with serve_directory(index) as url:
-        monkeypatch.setenv("SQUISH_LAYER_INDEX", url)
+        rt = with_settings(rt, layer_index=url)
         spec = ContainerSpec(
             name="sdk",
             rootfs=BUSYBOX,

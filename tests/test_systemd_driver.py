@@ -41,20 +41,16 @@ def test_the_user_bus_is_found_from_the_environment(tmp_path: Path) -> None:
 def test_the_driver_is_chosen_by_what_is_reachable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "systemd")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
-    assert cgroups.detect().driver == "none"  # asked for, but no bus
+    assert cgroups.detect(driver="systemd").driver == "none"  # asked for, but no bus
     (tmp_path / "bus").touch()
-    chosen = cgroups.detect()
+    chosen = cgroups.detect(driver="systemd")
     assert (chosen.driver, chosen.bus) == ("systemd", str(tmp_path / "bus"))
     chosen.check(Resources(memory=64 * 1024**2))  # checked on the scope, after the start
-    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "auto")  # a reachable user systemd is preferred
-    assert cgroups.detect().driver == "systemd"
-    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "cgroupfs")
-    assert cgroups.detect().driver in ("cgroupfs", "none")
-    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "sideways")
-    assert "use auto, cgroupfs or systemd" in (cgroups.detect().problem or "")
+    assert cgroups.detect(driver="auto").driver == "systemd"  # a reachable systemd wins
+    assert cgroups.detect(driver="cgroupfs").driver in ("cgroupfs", "none")
+    assert "use auto, cgroupfs or systemd" in (cgroups.detect(driver="sideways").problem or "")
 
 
 def test_the_holder_side_loads_no_pydantic() -> None:

@@ -7,18 +7,21 @@ the others: it is recorded, and its container backs off before the next attempt
 exiting is restarted with a crash back-off (100 ms doubling to 60 s by default), reset
 once it has run for a while; it never delays anyone else.
 
-Runtime calls block, so they run in worker threads (``anyio.to_thread``); the clock is
-injected so tests control time.
+Runtime calls block, so each runs in a worker thread (``anyio.to_thread``); waiting
+(a start-first replacement's health checks and drain) happens between those calls, in
+async sleeps, so cancelling a pass (Ctrl-C) stops a wait at once. The clock and the
+sleep are injected so tests control time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -31,29 +34,17 @@ from reconciler.desired.types import (
     retired_name,
 )
 from reconciler.planning.plan import Action, ActionKind, Plan
+from reconciler.settings import Backoff, Settings
 from runtime.api.interface import ContainerInfo, ContainerState, Runtime
 from runtime.api.spec import PortMapping
 from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost
 
-__all__ = ("Backoff", "Converger", "Outcome")
+__all__ = ("Backoff", "Converger", "Outcome", "Sleep")
 
+T = TypeVar("T")
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delays, in seconds. ``failure_*`` after a failed action, ``crash_*`` between restarts."""
-
-    failure_initial: float = 0.005
-    failure_max: float = 30.0
-    crash_initial: float = 0.1
-    crash_max: float = 60.0
-    crash_reset: float = 60.0
-    """A container that ran this long before exiting starts its crash back-off afresh."""
-
-    def failure_delay(self, failures: int) -> float:
-        return min(self.failure_initial * 2.0 ** max(failures - 1, 0), self.failure_max)
-
-    def crash_delay(self, crashes: int) -> float:
-        return min(self.crash_initial * 2.0 ** max(crashes - 1, 0), self.crash_max)
+Sleep = Callable[[float], Awaitable[None]]
+"""An async sleep of so many seconds (``anyio.sleep``; a fake clock's in tests)."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +72,10 @@ class _Track:
 @dataclass
 class Converger:
     runtime: Runtime
-    limit: int = 8
+    limit: int = Settings.parallel
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.time
+    sleep: Sleep = anyio.sleep
     _tracks: dict[str, _Track] = field(default_factory=dict)
 
     # -- what the planner must respect ---------------------------------------------------
@@ -207,7 +199,8 @@ class Converger:
         self, action: Action, phase: int, limiter: anyio.CapacityLimiter, out: list[Outcome]
     ) -> None:
         try:
-            await anyio.to_thread.run_sync(self._call, action, phase, limiter=limiter)
+            async with limiter:
+                await self._call(action, phase)
         except Exception as exc:
             out.append(Outcome(action, f"{type(exc).__name__}: {exc}"))
             self._failed(action.name, f"{action.kind.value} failed: {exc}")
@@ -216,80 +209,113 @@ class Converger:
             out.append(Outcome(action))  # a recreate is reported once, when it is complete
             self._succeeded(action)
 
-    def _call(self, action: Action, phase: int) -> None:
-        runtime, name = self.runtime, action.name
-        start_first = (
-            action.kind is ActionKind.RECREATE
-            and action.desired is not None
-            and action.desired.update == "start-first"
-            and len(replacement_name(name)) <= 63
-        )
-        if start_first and phase == 0:
-            return  # the old container keeps serving until its replacement is ready
-        if start_first:
+    async def _call(self, action: Action, phase: int) -> None:
+        if not _starts_first(action):
+            await _blocking(self._act, action, phase)
+        elif phase == 1:  # in phase 0 the old container keeps serving
             assert action.desired is not None
-            self._replace_start_first(action.desired)
-        elif action.kind is ActionKind.DESTROY or (
-            action.kind is ActionKind.RECREATE and phase == 0
-        ):
-            runtime.remove(name, force=True)  # SIGTERM first, SIGKILL after stop_timeout
-        elif action.kind in (ActionKind.CREATE, ActionKind.RECREATE):
-            assert action.desired is not None
-            runtime.run(action.desired.spec)
-        elif action.kind is ActionKind.START:
-            runtime.start(name)
-        elif action.kind is ActionKind.HEAL:
-            try:
-                runtime.restore_network(name)
-            except NetworkLost:  # only a new container gets a network back now
-                assert action.desired is not None
-                runtime.remove(name, force=True)
-                runtime.run(action.desired.spec)
-        elif action.kind is ActionKind.UNBIND:
-            for port in action.ports:
-                runtime.remove_port(name, port)
-        elif action.kind is ActionKind.BIND:
-            for port in action.ports:
-                runtime.add_port(name, port)
-        elif action.kind is ActionKind.RESIZE:
-            assert action.desired is not None
-            runtime.update_resources(name, action.desired.spec.resources)
+            await self._replace_start_first(action.desired)
 
-    def _replace_start_first(self, want: DesiredContainer) -> None:
+    def _act(self, action: Action, phase: int) -> None:
+        """One action that needs no waiting, in a worker thread."""
+        if action.kind is ActionKind.RECREATE:
+            step = self._remove if phase == 0 else self._create
+        else:
+            step = {
+                ActionKind.DESTROY: self._remove,
+                ActionKind.CREATE: self._create,
+                ActionKind.START: self._start,
+                ActionKind.HEAL: self._heal,
+                ActionKind.UNBIND: self._unbind,
+                ActionKind.BIND: self._bind,
+                ActionKind.RESIZE: self._resize,
+            }[action.kind]
+        step(action)
+
+    def _remove(self, action: Action) -> None:
+        self.runtime.remove(action.name, force=True)  # SIGTERM first, SIGKILL after stop_timeout
+
+    def _create(self, action: Action) -> None:
+        assert action.desired is not None
+        self.runtime.run(action.desired.spec)
+
+    def _start(self, action: Action) -> None:
+        self.runtime.start(action.name)
+
+    def _heal(self, action: Action) -> None:
+        try:
+            self.runtime.restore_network(action.name)
+        except NetworkLost:  # only a new container gets a network back now
+            self._remove(action)
+            self._create(action)
+
+    def _unbind(self, action: Action) -> None:
+        for port in action.ports:
+            self.runtime.remove_port(action.name, port)
+
+    def _bind(self, action: Action) -> None:
+        for port in action.ports:
+            self.runtime.add_port(action.name, port)
+
+    def _resize(self, action: Action) -> None:
+        assert action.desired is not None
+        self.runtime.update_resources(action.name, action.desired.spec.resources)
+
+    async def _replace_start_first(self, want: DesiredContainer) -> None:
         """Start the replacement without forwards, wait until it is ready, move the
-        forwards over one by one, stop the old container, give the new one its name.
-        A replacement that never gets ready is removed and the old one kept; a failure
-        while the forwards move puts them back."""
-        runtime, name = self.runtime, want.name
-        temp = replacement_name(name)
-        self._clear_leftover(temp, want)
-        runtime.run(want.spec.model_copy(update={"name": temp, "ports": ()}))
+        forwards over one by one, wait out the drain, give the new one the name and stop
+        the old one. A replacement that never gets ready is removed and the old one kept;
+        a failure while the forwards move puts them back.
+
+        The waits (health checks, drain) are async sleeps between single runtime calls:
+        cancelling the pass stops them at once. Cancelled while waiting for readiness,
+        the replacement is removed; cancelled during the drain, the hand-over is finished
+        at once (the new container already serves every forward)."""
+        temp = replacement_name(want.name)
+        await _blocking(self._clear_leftover, temp, want)
+        await _blocking(self.runtime.run, want.spec.model_copy(update={"name": temp, "ports": ()}))
         moved: list[PortMapping] = []
         try:
-            self._wait_ready(temp, want)
-            old = runtime.inspect(name)
-            live = set(old.ports) if old.slirp_pid is not None else set()
-            for port in want.spec.ports:  # the gap per port: one remove and one add
-                if port in live:
-                    runtime.move_port(name, temp, port)
-                    moved.append(port)
-                else:
-                    runtime.add_port(temp, port)
+            await self._wait_ready(temp, want)
+            await _blocking(self._take_forwards, temp, want, moved)
         except BaseException:
-            for port in moved:  # undo: the old container serves as before
-                with contextlib.suppress(Exception):
-                    runtime.move_port(temp, name, port)
-            with contextlib.suppress(Exception):
-                runtime.remove(temp, force=True)
+            with anyio.CancelScope(shield=True):
+                await _blocking(self._undo_replacement, temp, want.name, moved)
             raise
-        time.sleep(want.drain)  # requests the old one accepted just before may finish
-        # The name never goes missing: the old one steps aside, the new one takes the
-        # name, then the old one stops (SIGTERM, SIGKILL after its stop_timeout).
-        retired = retired_name(name)
+        try:
+            await self.sleep(want.drain)  # requests the old one accepted may finish
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _blocking(self._hand_over, temp, want)
+
+    def _take_forwards(self, temp: str, want: DesiredContainer, moved: list[PortMapping]) -> None:
+        """Move each live forward from the old container to ``temp`` (the gap per port:
+        one remove and one add); add those it does not have. ``moved`` lists what moved."""
+        old = self.runtime.inspect(want.name)
+        live = set(old.ports) if old.slirp_pid is not None else set()
+        for port in want.spec.ports:
+            if port in live:
+                self.runtime.move_port(want.name, temp, port)
+                moved.append(port)
+            else:
+                self.runtime.add_port(temp, port)
+
+    def _undo_replacement(self, temp: str, name: str, moved: list[PortMapping]) -> None:
+        """The old container serves as before; the replacement goes."""
+        for port in moved:
+            with contextlib.suppress(Exception):
+                self.runtime.move_port(temp, name, port)
+        with contextlib.suppress(Exception):
+            self.runtime.remove(temp, force=True)
+
+    def _hand_over(self, temp: str, want: DesiredContainer) -> None:
+        """The name never goes missing: the old one steps aside, the new one takes the
+        name, then the old one stops (SIGTERM, SIGKILL after its stop_timeout)."""
+        name, retired = want.name, retired_name(want.name)
         self._clear_leftover(retired, want)  # from an interrupted replacement
-        runtime.rename(name, retired)
-        runtime.rename(temp, name)
-        runtime.remove(retired, force=True)
+        self.runtime.rename(name, retired)
+        self.runtime.rename(temp, name)
+        self.runtime.remove(retired, force=True)
 
     def _clear_leftover(self, temp: str, want: DesiredContainer) -> None:
         """Remove a replacement left by an interrupted attempt, if it is ours."""
@@ -304,15 +330,24 @@ class Converger:
             )
         self.runtime.remove(temp, force=True)
 
-    def _wait_ready(self, temp: str, want: DesiredContainer) -> None:
+    async def _wait_ready(self, temp: str, want: DesiredContainer) -> None:
+        """Probe ``temp`` until it is ready, sleeping the health check's interval between
+        single probes (each probe runs in a worker thread)."""
         health = want.health
         for _ in range(health.retries if health else 1):
-            if health is None:
-                if self.runtime.inspect(temp).state is ContainerState.RUNNING:
-                    return
-            elif self._probe(temp, health):
+            if await _blocking(self._ready, temp, health):
                 return
-            time.sleep(health.interval if health else 0)
+            await self.sleep(health.interval if health else 0)
+        await _blocking(self._never_ready, temp, want)
+
+    def _ready(self, temp: str, health: HealthCheck | None) -> bool:
+        if health is None:
+            return self.runtime.inspect(temp).state is ContainerState.RUNNING
+        return self._probe(temp, health)
+
+    def _never_ready(self, temp: str, want: DesiredContainer) -> None:
+        """Raise why ``temp`` did not get ready."""
+        health = want.health
         if self.runtime.inspect(temp).state is not ContainerState.RUNNING:
             raise ContainerStartError(want.name, "the replacement exited before it was ready")
         assert health is not None
@@ -352,3 +387,19 @@ class Converger:
             track.seen_finish = -math.inf  # its next exit counts, even with the same time
         if action.kind is ActionKind.DESTROY:
             self._tracks.pop(action.name, None)
+
+
+def _starts_first(action: Action) -> bool:
+    """A recreate whose replacement starts before the old container stops (when the
+    replacement's name fits; else it is replaced stop-first)."""
+    return (
+        action.kind is ActionKind.RECREATE
+        and action.desired is not None
+        and action.desired.update == "start-first"
+        and len(replacement_name(action.name)) <= 63
+    )
+
+
+async def _blocking(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a worker thread: runtime calls block."""
+    return await anyio.to_thread.run_sync(functools.partial(function, *args))

@@ -1,11 +1,13 @@
 """The controller loop: observe, plan, converge; again whenever something may have changed.
 
-The watcher only says *something changed*: each pass reloads the whole folder and
+The loop reads a :class:`reconciler.desired.source.Source` (today a folder), whose watch
+only says *something changed*: each pass loads the whole desired state again and
 observes every container, so a lost or merged event can never leave a wrong state
 (compare states, not events). Passes are triggered by
 
-- file events (watchfiles, with a small debounce so one edit is applied within tens of
-  milliseconds and a burst, such as a git checkout, becomes one pass);
+- the source's changes (a folder's file events: watchfiles, with a small debounce so one
+  edit is applied within tens of milliseconds and a burst, such as a git checkout,
+  becomes one pass);
 - the exit of any container's init (a pidfd per running container), so a command that
   exits is handled at once;
 - a periodic resync that catches the rest of the drift (a forward removed behind our
@@ -19,6 +21,7 @@ running for the next ``run`` to adopt.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -30,23 +33,16 @@ from pathlib import Path
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from watchfiles import Change, awatch
 
 from reconciler.control.converge import Converger, Outcome
 from reconciler.control.status import LoopRecord, StatusStore
-from reconciler.desired.folder import FileCache, load_desired
-from reconciler.desired.types import DesiredState, is_squishfile
+from reconciler.desired.source import Source
+from reconciler.desired.types import DesiredState
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan
+from reconciler.settings import Settings
 from runtime.api.interface import ContainerInfo, Runtime
 
-__all__ = ("DEBOUNCE_MS", "RESYNC", "STEP_MS", "PassResult", "Reconciler", "run_loop")
-
-DEBOUNCE_MS = 200
-"""Longest batch of file events, in ms."""
-STEP_MS = 20
-"""Quiet time that ends a batch of file events, in ms (watchfiles polls at this rate)."""
-RESYNC = 10.0
-"""Seconds between passes when nothing happens."""
+__all__ = ("PassResult", "Reconciler", "run_loop")
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,8 @@ class PassResult:
     started_at: float
     duration: float
     trigger: str
+    revision: str | None = None
+    """The source's revision this pass applied."""
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
@@ -64,9 +62,9 @@ class PassResult:
 
 @dataclass
 class Reconciler:
-    """One folder's reconciler: a pass is load → observe → plan → converge → record."""
+    """One source's reconciler: a pass is load → observe → plan → converge → record."""
 
-    folder: Path
+    source: Source
     runtime: Runtime
     converger: Converger
     store: StatusStore | None = None
@@ -74,13 +72,21 @@ class Reconciler:
     record: LoopRecord = field(default_factory=LoopRecord)
     allow_mass_delete: bool = False
     _holds: dict[str, float] = field(default_factory=dict)
-    _files: FileCache = field(default_factory=dict)
+    revision: str | None = None
+    """The source's revision the last pass (or dry run) loaded."""
     _running: set[int] = field(default_factory=set)
     _restart_at: dict[str, float] = field(default_factory=dict)
     _crashing: list[str] = field(default_factory=list)
 
+    @property
+    def folder(self) -> Path:
+        """The source's folder: containers carry it as a label."""
+        return self.source.folder
+
     def _observe(self) -> tuple[DesiredState, list[ContainerInfo]]:
-        return load_desired(self.folder, self._files), self.runtime.list()
+        snapshot = self.source.load()
+        self.revision = snapshot.revision
+        return snapshot.desired, self.runtime.list()
 
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
         desired, actual = self._observe()
@@ -120,9 +126,15 @@ class Reconciler:
             swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
         outcomes = await self.converger.apply(todo) if todo.actions else []
-        result = PassResult(todo, tuple(outcomes), started, time.perf_counter() - begin, trigger)
+        result = PassResult(
+            todo, tuple(outcomes), started, time.perf_counter() - begin, trigger, self.revision
+        )
         self.record.passed(
-            result.started_at, result.duration, trigger, [str(a) for a in todo.actions]
+            result.started_at,
+            result.duration,
+            trigger,
+            [str(a) for a in todo.actions],
+            result.revision,
         )
         if swept_badly is not None:
             self.record.failed(swept_badly)
@@ -181,76 +193,7 @@ def _held(todo: Plan) -> set[str]:
     return {c.name for c in todo.conditions if c.kind is ConditionKind.BACK_OFF}
 
 
-def _squishfile_event(change: Change, path: str) -> bool:
-    return is_squishfile(Path(path))
-
-
-class _Watch:
-    """The file watch and the identity (device, inode) of the folder it is armed on."""
-
-    def __init__(self) -> None:
-        self.identity: tuple[int, int] | None = None
-        self.disarm = anyio.Event()
-
-    def stale(self, folder: Path) -> bool:
-        """True when the folder was replaced (renamed over) since the watch was armed."""
-        try:
-            st = folder.stat()
-        except OSError:
-            return self.identity is not None
-        return self.identity is not None and self.identity != (st.st_dev, st.st_ino)
-
-
-async def _watch(
-    folder: Path,
-    send: MemoryObjectSendStream[str],
-    debounce_ms: int,
-    step_ms: int,
-    stop: anyio.Event,
-    watch: _Watch,
-) -> None:
-    """Send a trigger for each batch of squishfile events; re-arm when the folder returns
-    or is replaced by another directory (inotify would keep following the old one)."""
-    while not stop.is_set():
-        watch.disarm = anyio.Event()
-        try:
-            st = await anyio.Path(folder).stat()
-        except OSError:
-            watch.identity = None
-        else:
-            watch.identity = (st.st_dev, st.st_ino)
-            try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(_relay, stop, watch.disarm)
-                    async for changes in awatch(
-                        folder,
-                        watch_filter=_squishfile_event,
-                        debounce=debounce_ms,
-                        step=step_ms,
-                        recursive=False,
-                        stop_event=watch.disarm,  # else stopping waits out watchfiles' poll
-                        rust_timeout=1000,
-                        yield_on_timeout=True,  # once a second: is it still the same folder?
-                    ):
-                        if changes:
-                            await _trigger(send, "files changed")
-                        elif watch.stale(folder):
-                            break
-                    group.cancel_scope.cancel()
-            except* (FileNotFoundError, RuntimeError, OSError):
-                pass  # the folder vanished: the periodic resync notices, we re-arm below
-        if stop.is_set():
-            return
-        await _trigger(send, "folder changed")
-        await anyio.sleep(0.5)
-
-
-async def _relay(stop: anyio.Event, disarm: anyio.Event) -> None:
-    await stop.wait()
-    disarm.set()
-
-
-async def _trigger(send: MemoryObjectSendStream[str], reason: str) -> None:
+def _trigger(send: MemoryObjectSendStream[str], reason: str) -> None:
     # WouldBlock: a pass is pending and will see this change too; closed: shutting down.
     with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
         send.send_nowait(reason)
@@ -274,11 +217,11 @@ async def _watch_exit(
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            await _trigger(send, "a process exited")
+            _trigger(send, "a process exited")
             return
         try:
             await anyio.wait_readable(pidfd)
-            await _trigger(send, "a process exited")
+            _trigger(send, "a process exited")
         finally:
             os.close(pidfd)
 
@@ -298,19 +241,19 @@ async def _follow_exits(
 async def run_loop(
     reconciler: Reconciler,
     *,
-    debounce_ms: int = DEBOUNCE_MS,
-    step_ms: int = STEP_MS,
-    resync: float = RESYNC,
+    settings: Settings | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
 ) -> None:
-    """Reconcile ``reconciler.folder`` until ``stop`` is set (or the task is cancelled)."""
+    """Reconcile ``reconciler.source`` until ``stop`` is set (or the task is cancelled);
+    the timing comes from ``settings`` (default: :class:`Settings`' defaults)."""
+    settings = settings or Settings()
+    resync = settings.resync
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
     async with anyio.create_task_group() as group, send, receive:
         stop = stop or anyio.Event()
-        watch = _Watch()
-        group.start_soon(_watch, reconciler.folder, send, debounce_ms, step_ms, stop, watch)
+        group.start_soon(reconciler.source.watch, functools.partial(_trigger, send), stop)
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         trigger = "start"
         watching: dict[int, anyio.CancelScope] = {}
@@ -323,7 +266,7 @@ async def run_loop(
                 reconciler.record.failed(f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(reconciler.save)
-                trigger = await _next_trigger(receive, min(resync, 1.0))
+                trigger = await _next_trigger(receive, min(resync, settings.retry_failed_pass))
                 continue
             if on_pass is not None:
                 on_pass(result)

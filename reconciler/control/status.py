@@ -12,6 +12,7 @@ none removed or changed in meaning)::
      "loop": {"running": true, "pid": 123, "pid_start_time": 456789, "started_at": 1.7e9,
               "passes": 42, "last_pass_at": 1.7e9, "last_pass_ms": 3.1,
               "last_trigger": "files changed", "last_error": null,
+              "last_revision": "files:3f2a9c01d4e5",
               "last_actions": ["create web: new in web.toml"]},
      "containers": [{"name": "web", "file": "web.toml", "phase": "Running", "pid": 4242,
                      "ports": ["127.0.0.1:8080->80/tcp"], "restarts": 0, "age_s": 12.5,
@@ -64,6 +65,8 @@ class LoopRecord:
     last_actions: list[str] = field(default_factory=list)
     last_error: str | None = None
     """Why the last pass failed, if it did (the loop goes on)."""
+    last_revision: str | None = None
+    """The desired state's revision the last pass applied (a folder: ``files:<digest>``)."""
 
     def started(self, pid: int) -> None:
         identity = ProcessId.of(pid)
@@ -71,8 +74,16 @@ class LoopRecord:
         self.pid_start_time = identity.start_time if identity else None
         self.started_at = time.time()
 
-    def passed(self, at: float, duration: float, trigger: str, actions: list[str]) -> None:
+    def passed(
+        self,
+        at: float,
+        duration: float,
+        trigger: str,
+        actions: list[str],
+        revision: str | None = None,
+    ) -> None:
         self.passes += 1
+        self.last_revision = revision
         self.last_pass_at = at
         self.last_pass_ms = round(duration * 1000, 3)
         self.last_trigger = trigger

@@ -299,12 +299,12 @@ class Cgroups:
                 ) from exc
 
 
-def detect(uid: int | None = None) -> Cgroups:
+def detect(uid: int | None = None, *, driver: str = "auto", root: Path | None = None) -> Cgroups:
     """How containers get cgroups here: the user's systemd over D-Bus when a user bus is
-    reachable, else the caller's delegated cgroup v2 subtree (``$SQUISH_CGROUP_ROOT`` names
-    one), else none. ``$SQUISH_CGROUP_DRIVER`` (auto, cgroupfs, systemd) forces a driver."""
+    reachable, else the caller's delegated cgroup v2 subtree (``root`` names one), else
+    none. ``driver`` (auto, cgroupfs, systemd) forces a driver. Both come from the
+    runtime's settings (``$SQUISH_CGROUP_DRIVER``, ``$SQUISH_CGROUP_ROOT``)."""
     uid = os.getuid() if uid is None else uid
-    driver = os.environ.get("SQUISH_CGROUP_DRIVER", "auto")
     if driver not in ("auto", "cgroupfs", "systemd"):
         return Cgroups(None, f"SQUISH_CGROUP_DRIVER={driver!r}: use auto, cgroupfs or systemd")
     if driver != "cgroupfs":
@@ -313,17 +313,16 @@ def detect(uid: int | None = None) -> Cgroups:
             return Cgroups(None, None, bus)
         if driver == "systemd":
             return Cgroups(None, "SQUISH_CGROUP_DRIVER=systemd, but no user bus is reachable")
-    found = _cgroupfs(uid)
+    found = _cgroupfs(uid, root)
     if found.root is None and driver == "auto":
         return Cgroups(None, f"{found.problem}, and no user systemd bus is reachable")
     return found
 
 
-def _cgroupfs(uid: int) -> Cgroups:
+def _cgroupfs(uid: int, explicit: Path | None) -> Cgroups:
     mount = _v2_mount(_read(Path("/proc/self/mountinfo")))
-    explicit = os.environ.get("SQUISH_CGROUP_ROOT")
-    if explicit:
-        root = Path(explicit)
+    if explicit is not None:
+        root = explicit
         own = _own_cgroup(_read(Path("/proc/self/cgroup")))
         if mount is None or own is None or not _ours(root, uid):
             return Cgroups(None, f"SQUISH_CGROUP_ROOT={root} is not a cgroup v2 folder of yours")

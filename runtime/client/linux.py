@@ -67,7 +67,7 @@ class LinuxRuntime(RunningOps):
     def _mounts(self, spec: ContainerSpec, cdir: Path) -> tuple[MountPoint, ...]:
         mounts: list[MountPoint] = []
         for layer in spec.sdks:
-            path = resolve_sdk(layer, self.cache)
+            path = resolve_sdk(layer, self.cache, index_url=self.settings.layer_index)
             mounts.append(MountPoint(source=str(path), target=f"/sdk/{layer.name}"))
         for bind in spec.binds:
             source = Path(bind.source)
@@ -100,7 +100,9 @@ class LinuxRuntime(RunningOps):
         """Resolve a rootfs once per runtime object (resolving hashes the busybox binary)."""
         known = self._rootfs_paths.get(ref)
         if known is None or not known.is_dir():
-            known = self._rootfs_paths[ref] = resolve_rootfs(ref, self.cache)
+            known = self._rootfs_paths[ref] = resolve_rootfs(
+                ref, self.cache, mirror=self.settings.alpine_mirror
+            )
         return known
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:

@@ -19,22 +19,24 @@ import os
 import stat
 from pathlib import Path
 
+from runtime.api.settings import RuntimeSettings
+
 __all__ = ("cache_dir", "private_dir", "state_dir")
 
 
-def state_dir() -> Path:
+def state_dir(settings: RuntimeSettings) -> Path:
     """The per-user state directory (mode 0700), created if missing.
 
-    ``$SQUISH_STATE_DIR``, else ``$XDG_RUNTIME_DIR/squish``, else (no runtime dir, as
-    under ``su``) ``/dev/shm/squish-<uid>`` when /dev/shm is writable, else
-    ``/tmp/squish-<uid>``. State belongs in memory: it describes running processes, and a
-    container start touches a dozen files there.
+    ``settings.state_dir`` (``$SQUISH_STATE_DIR``), else ``$XDG_RUNTIME_DIR/squish``, else
+    (no runtime dir, as under ``su``) ``/dev/shm/squish-<uid>`` when /dev/shm is writable,
+    else ``/tmp/squish-<uid>``. State belongs in memory: it describes running processes,
+    and a container start touches a dozen files there.
     """
-    explicit = os.environ.get("SQUISH_STATE_DIR")
-    if explicit:
-        path = Path(explicit)
-    elif os.environ.get("XDG_RUNTIME_DIR") and os.access(os.environ["XDG_RUNTIME_DIR"], os.W_OK):
-        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "squish"
+    runtime_dir = settings.runtime_dir
+    if settings.state_dir is not None:
+        path = settings.state_dir
+    elif runtime_dir is not None and os.access(runtime_dir, os.W_OK):
+        path = runtime_dir / "squish"
     elif os.access("/dev/shm", os.W_OK):
         path = Path(f"/dev/shm/squish-{os.getuid()}")
     else:
@@ -56,7 +58,8 @@ def private_dir(path: Path, what: str) -> Path:
     return path
 
 
-def cache_dir() -> Path:
-    """The download and rootfs cache: ``$XDG_CACHE_HOME/squish`` or ``~/.cache/squish``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return private_dir(Path(base) / "squish", "cache directory")
+def cache_dir(settings: RuntimeSettings) -> Path:
+    """The download and rootfs cache: ``settings.cache_dir`` (``$XDG_CACHE_HOME/squish``),
+    else ``~/.cache/squish``."""
+    path = settings.cache_dir or Path.home() / ".cache" / "squish"
+    return private_dir(path, "cache directory")

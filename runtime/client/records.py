@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.cgroups import fs as cgroups
 from runtime.client import folders
@@ -92,18 +93,33 @@ def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
 class RecordStore:
     """The state folder, the namespace holder and what is read from container folders."""
 
-    def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        state: Path | None = None,
+        cache: Path | None = None,
+        *,
+        settings: RuntimeSettings | None = None,
+    ) -> None:
+        """``settings`` default to the process's environment
+        (:meth:`RuntimeSettings.from_environ`); ``state`` and ``cache`` override theirs."""
         if os.geteuid() == 0:
             raise RootRefused(
                 "squish runs rootless only and refuses to run as root (uid 0); "
                 "run it as an unprivileged user (`make run` as root does that for you)"
             )
-        self.state = private_dir(state, "state directory") if state is not None else state_dir()
-        self.cache = private_dir(cache, "cache directory") if cache is not None else cache_dir()
+        self.settings = RuntimeSettings.from_environ() if settings is None else settings
+        self.state = (
+            private_dir(state, "state directory") if state is not None else state_dir(self.settings)
+        )
+        self.cache = (
+            private_dir(cache, "cache directory") if cache is not None else cache_dir(self.settings)
+        )
         self.containers = self.state / "containers"
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
-        self.cgroups = cgroups.detect()
+        self.cgroups = cgroups.detect(
+            driver=self.settings.cgroup_driver, root=self.settings.cgroup_root
+        )
         self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
         """This state folder's cgroup folder: two state folders never share leaves."""
         self._rootfs_paths: dict[RootfsRef, Path] = {}

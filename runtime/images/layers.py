@@ -1,8 +1,9 @@
 """SDK layers: read-only tarballs (a Python, a JDK, ...) mounted at ``/sdk/<name>``.
 
 A layer is named either by ``url`` + ``sha256`` or by ``version``, which is looked up in
-a *layer index*: an HTTP base URL, given by ``index_url`` or ``$SQUISH_LAYER_INDEX``,
-serving ``<base>/index.json`` of this form::
+a *layer index*: an HTTP base URL, given by ``index_url`` (the runtime passes
+``$SQUISH_LAYER_INDEX``, ``RuntimeSettings.layer_index``), serving ``<base>/index.json``
+of this form::
 
     {
       "layers": {
@@ -25,7 +26,6 @@ See ``docs/layers.md``.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -40,6 +40,7 @@ from runtime.images.fetch import download, fetch_bytes
 __all__ = ("LAYER_INDEX_ENV", "LayerIndex", "LayerSource", "index_document_url", "resolve_sdk")
 
 LAYER_INDEX_ENV = "SQUISH_LAYER_INDEX"
+"""The variable that names the layer index (read by ``RuntimeSettings``), for messages."""
 _MAX_INDEX_BYTES = 4 * 1024 * 1024
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,100}")
 
@@ -88,7 +89,7 @@ def resolve_sdk(layer: SdkLayer, cache: Path, *, index_url: str | None = None) -
 
 
 def _look_up(name: str, version: str, index_url: str | None) -> tuple[str, str]:
-    base = index_url or os.environ.get(LAYER_INDEX_ENV)
+    base = index_url
     if not base:
         raise HostSetupError(
             f"sdk layer {name} {version} is given by version, but no layer index is set",

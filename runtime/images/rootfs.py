@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from runtime.api.settings import DEFAULT_ALPINE_MIRROR
 from runtime.api.spec import RootfsRef
 from runtime.errors import ArchiveError, FetchError, HostSetupError, LayerNotFound
 from runtime.images.extract import publish_tree, remove_tree, unpack_download
@@ -44,7 +45,7 @@ __all__ = (
 log = logging.getLogger(__name__)
 
 ALPINE_MIRROR_ENV = "SQUISH_ALPINE_MIRROR"
-DEFAULT_ALPINE_MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
+"""The variable that names the mirror (read by ``RuntimeSettings``), for messages."""
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 
 _INSTALL_BUSYBOX = "install a statically linked busybox (Debian/Ubuntu: apt install busybox-static)"
@@ -62,13 +63,14 @@ _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 _HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-def resolve_rootfs(ref: RootfsRef, cache: Path) -> Path:
-    """The directory of the root filesystem ``ref`` names, building it if needed."""
+def resolve_rootfs(ref: RootfsRef, cache: Path, *, mirror: str = DEFAULT_ALPINE_MIRROR) -> Path:
+    """The directory of the root filesystem ``ref`` names, building it if needed (an
+    Alpine one from ``mirror``, ``RuntimeSettings.alpine_mirror``)."""
     if ref.kind == "busybox":
         if ref.version != "builtin":
             raise LayerNotFound("busybox", ref.version, "the builtin rootfs (only 'builtin')")
         return busybox_rootfs(cache)
-    return alpine_rootfs(ref.version, cache)
+    return alpine_rootfs(ref.version, cache, mirror=mirror)
 
 
 # --- busybox -------------------------------------------------------------------------
@@ -221,13 +223,14 @@ def alpine_rootfs(
 ) -> Path:
     """Alpine's minirootfs of ``version`` ("3.20", "3.20.3" or "edge"), downloaded once.
 
-    ``mirror`` defaults to ``$SQUISH_ALPINE_MIRROR``, else the official CDN. If the
-    mirror cannot be reached but a rootfs of that version is cached, that one is used.
+    ``mirror`` defaults to the official CDN (the runtime passes
+    ``RuntimeSettings.alpine_mirror``, ``$SQUISH_ALPINE_MIRROR``). If the mirror
+    cannot be reached but a rootfs of that version is cached, that one is used.
     """
     match = _ALPINE_VERSION_PATTERN.fullmatch(version)
     if match is None:
         raise LayerNotFound("alpine", version, "Alpine releases (expected like 3.20 or edge)")
-    base_mirror = mirror or os.environ.get(ALPINE_MIRROR_ENV) or DEFAULT_ALPINE_MIRROR
+    base_mirror = mirror or DEFAULT_ALPINE_MIRROR
     base_mirror = base_mirror.rstrip("/")
     branch = "edge" if version == "edge" else f"v{match['branch']}"
     release_dir = f"{base_mirror}/{branch}/releases/{arch}"

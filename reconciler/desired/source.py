@@ -1,0 +1,152 @@
+"""Where desired state comes from: the loop reads a :class:`Source`, not a path.
+
+A source gives snapshots of the desired state (each with a revision that says what was
+loaded), says when the desired state may have changed, and names the folder its
+containers are labelled with (status is kept per folder too). :class:`FolderSource`
+is a folder of squishfiles watched with watchfiles; another source (a git checkout at a
+given commit, say) plugs in without touching the loop or the planner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from watchfiles import Change, awatch
+
+from reconciler.desired.folder import FileCache, load_desired
+from reconciler.desired.types import DesiredState, is_squishfile
+from reconciler.settings import Settings
+
+__all__ = ("Changed", "FolderSource", "Snapshot", "Source")
+
+Changed = Callable[[str], None]
+"""Told, without blocking, that the desired state may have changed, and why."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The desired state as loaded once, and what it was loaded from."""
+
+    desired: DesiredState
+    revision: str
+    """What was loaded, for status and logs (a folder: a digest of its files' bytes; a
+    git source would give its commit)."""
+
+
+class Source(Protocol):
+    """What the loop needs from where desired state comes from."""
+
+    @property
+    def folder(self) -> Path:
+        """The absolute folder the containers are labelled with and status is kept for."""
+        ...
+
+    def load(self) -> Snapshot:
+        """The desired state now. It may block (it runs in a worker thread) and it
+        never raises for a bad file: a bad file becomes a ``FileError``."""
+        ...
+
+    async def watch(self, changed: Changed, stop: anyio.Event) -> None:
+        """Call ``changed(reason)`` whenever the desired state may have changed (it need
+        not have), until ``stop`` is set. A missed change costs a resync's delay only:
+        each pass loads everything again."""
+        ...
+
+
+@dataclass
+class FolderSource:
+    """The squishfiles of one folder, watched with watchfiles (inotify)."""
+
+    path: Path
+    settings: Settings = field(default_factory=Settings)
+    """Its debounce, step and re-arm delay."""
+    _files: FileCache = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.path.abspath(self.path))
+
+    def load(self) -> Snapshot:
+        desired = load_desired(self.folder, self._files)
+        return Snapshot(desired, self._revision(desired))
+
+    def _revision(self, desired: DesiredState) -> str:
+        """``files:<digest>`` of the squishfiles' names and bytes as loaded."""
+        if not desired.readable:
+            return "unreadable"
+        digest = hashlib.blake2b(digest_size=6)
+        for path in sorted(self._files):
+            digest.update(path.name.encode() + b"\0" + self._files[path][0])
+        return f"files:{digest.hexdigest()}"
+
+    async def watch(self, changed: Changed, stop: anyio.Event) -> None:
+        """Tell each batch of squishfile events; re-arm when the folder returns or is
+        replaced by another directory (inotify would keep following the old one)."""
+        watch = _Watch()
+        while not stop.is_set():
+            await self._watch_once(changed, stop, watch)
+            if stop.is_set():
+                return
+            changed("folder changed")
+            await anyio.sleep(self.settings.rearm_delay)
+
+    async def _watch_once(self, changed: Changed, stop: anyio.Event, watch: _Watch) -> None:
+        """Watch the folder as it is now, until it vanishes, is replaced, or ``stop``."""
+        watch.disarm = anyio.Event()
+        try:
+            st = await anyio.Path(self.folder).stat()
+        except OSError:
+            watch.identity = None
+            return
+        watch.identity = (st.st_dev, st.st_ino)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_relay, stop, watch.disarm)
+                async for changes in awatch(
+                    self.folder,
+                    watch_filter=_squishfile_event,
+                    debounce=self.settings.debounce_ms,
+                    step=self.settings.step_ms,
+                    recursive=False,
+                    stop_event=watch.disarm,  # else stopping waits out watchfiles' poll
+                    rust_timeout=1000,
+                    yield_on_timeout=True,  # once a second: is it still the same folder?
+                ):
+                    if changes:
+                        changed("files changed")
+                    elif watch.stale(self.folder):
+                        break
+                group.cancel_scope.cancel()
+        except* (FileNotFoundError, RuntimeError, OSError):
+            pass  # the folder vanished: the periodic resync notices, the caller re-arms
+
+
+def _squishfile_event(change: Change, path: str) -> bool:
+    return is_squishfile(Path(path))
+
+
+class _Watch:
+    """The file watch and the identity (device, inode) of the folder it is armed on."""
+
+    def __init__(self) -> None:
+        self.identity: tuple[int, int] | None = None
+        self.disarm = anyio.Event()
+
+    def stale(self, folder: Path) -> bool:
+        """True when the folder was replaced (renamed over) since the watch was armed."""
+        try:
+            st = folder.stat()
+        except OSError:
+            return self.identity is not None
+        return self.identity is not None and self.identity != (st.st_dev, st.st_ino)
+
+
+async def _relay(stop: anyio.Event, disarm: anyio.Event) -> None:
+    await stop.wait()
+    disarm.set()

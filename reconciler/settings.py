@@ -1,0 +1,89 @@
+"""Every tunable of the reconciler and every ``SQUISH_*`` variable, in one typed record.
+
+:meth:`Settings.from_env` is where the reconciler reads its environment; the runtime's
+variables (``SQUISH_STATE_DIR``, ``SQUISH_CGROUP_DRIVER``, ``SQUISH_CGROUP_ROOT``,
+``SQUISH_ALPINE_MIRROR``, ``SQUISH_LAYER_INDEX``; see
+:class:`runtime.api.settings.RuntimeSettings`) become :attr:`Settings.runtime`, handed to
+``LinuxRuntime(settings=...)``. Command-line options override the fields they name
+(``dataclasses.replace``). The loop and the converger take their values from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from runtime.api.settings import BadSetting, RuntimeSettings
+
+__all__ = ("Backoff", "BadSetting", "Settings")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays, in seconds. ``failure_*`` after a failed action, ``crash_*`` between restarts."""
+
+    failure_initial: float = 0.005
+    """The first delay after a failed action; each failure doubles it."""
+    failure_max: float = 30.0
+    """The longest delay after failed actions."""
+    crash_initial: float = 0.1
+    """The first delay before restarting a container whose command exited (``--crash-backoff``)."""
+    crash_max: float = 60.0
+    """The longest delay between restarts (``--crash-backoff-max``)."""
+    crash_reset: float = 60.0
+    """A container that ran this long before exiting starts its crash back-off afresh
+    (``--crash-backoff-reset``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("failure_initial", "failure_max", "crash_initial", "crash_max", "crash_reset"):
+            _not_negative(name, getattr(self, name))
+
+    def failure_delay(self, failures: int) -> float:
+        return min(self.failure_initial * 2.0 ** max(failures - 1, 0), self.failure_max)
+
+    def crash_delay(self, crashes: int) -> float:
+        return min(self.crash_initial * 2.0 ** max(crashes - 1, 0), self.crash_max)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The reconciler's settings; the defaults are what an empty environment and no
+    options mean."""
+
+    debounce_ms: int = 200
+    """Longest batch of file events, in ms (``--debounce-ms``)."""
+    step_ms: int = 20
+    """Quiet time that ends a batch of file events, in ms; watchfiles polls at this rate
+    (``--step-ms``)."""
+    resync: float = 10.0
+    """Seconds between passes when nothing happens (``--resync``)."""
+    retry_failed_pass: float = 1.0
+    """Longest wait, in seconds, before a pass that failed as a whole is tried again."""
+    rearm_delay: float = 0.5
+    """Seconds between attempts to watch a folder that vanished or was replaced."""
+    parallel: int = 8
+    """Actions of one phase at once (``--parallel``)."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """Failure and crash back-off."""
+    allow_mass_delete: bool = False
+    """Apply a pass that removes more than half of the folder's containers
+    (``--allow-mass-delete``)."""
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    """The runtime's part: its ``SQUISH_*`` variables."""
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise BadSetting("parallel", str(self.parallel), "expected at least 1")
+        for name in ("debounce_ms", "step_ms", "resync", "retry_failed_pass", "rearm_delay"):
+            _not_negative(name, getattr(self, name))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings ``environ`` (default: this process's environment) gives.
+        :class:`BadSetting` names a variable whose value cannot be used."""
+        return cls(runtime=RuntimeSettings.from_environ(environ))
+
+
+def _not_negative(name: str, value: float) -> None:
+    if not value >= 0:  # NaN too
+        raise BadSetting(name, str(value), "expected a number, 0 or more")

@@ -1,0 +1,95 @@
+"""The runtime's settings: every environment variable it honours, read in one place.
+
+:meth:`RuntimeSettings.from_environ` is the only code of the runtime that reads the
+environment for a setting; everything below ``LinuxRuntime`` receives the values it
+needs from the record. The reconciler reads its own settings and these together
+(``reconciler.settings``) and hands this part to ``LinuxRuntime(settings=...)``.
+
+A plain frozen dataclass (no pydantic): the cgroup detection that the holder side loads
+takes its values as plain arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = (
+    "CGROUP_DRIVERS",
+    "DEFAULT_ALPINE_MIRROR",
+    "BadSetting",
+    "RuntimeSettings",
+)
+
+DEFAULT_ALPINE_MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
+CGROUP_DRIVERS = ("auto", "cgroupfs", "systemd")
+
+
+class BadSetting(ValueError):
+    """An environment variable (or option) has a value that cannot be used."""
+
+    def __init__(self, variable: str, value: str, expected: str) -> None:
+        super().__init__(f"{variable}={value!r}: {expected}")
+        self.variable = variable
+        self.value = value
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What the runtime takes from its environment. The defaults are what an empty
+    environment means."""
+
+    state_dir: Path | None = None
+    """``$SQUISH_STATE_DIR``: the state folder. Unset: ``$XDG_RUNTIME_DIR/squish``, else
+    ``/dev/shm/squish-<uid>``, else ``/tmp/squish-<uid>`` (see ``runtime.client.paths``)."""
+    runtime_dir: Path | None = None
+    """``$XDG_RUNTIME_DIR``: the user's runtime folder, the state folder's default home."""
+    cache_dir: Path | None = None
+    """The download and rootfs cache: ``$XDG_CACHE_HOME/squish``; unset: ``~/.cache/squish``."""
+    cgroup_driver: str = "auto"
+    """``$SQUISH_CGROUP_DRIVER``: ``auto`` (the user's systemd when its bus is reachable,
+    else a delegated cgroup v2 subtree), ``cgroupfs`` or ``systemd``."""
+    cgroup_root: Path | None = None
+    """``$SQUISH_CGROUP_ROOT``: the delegated cgroup v2 folder the cgroupfs driver uses;
+    unset: found from this process's own cgroup."""
+    alpine_mirror: str = DEFAULT_ALPINE_MIRROR
+    """``$SQUISH_ALPINE_MIRROR``: the Alpine mirror (HTTP base URL) minirootfs come from."""
+    layer_index: str | None = None
+    """``$SQUISH_LAYER_INDEX``: the base URL of the SDK layer index (``docs/layers.md``);
+    unset: layers must be given by url and sha256."""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
+        """The settings ``environ`` (default: this process's environment) gives; an empty
+        variable counts as unset. :class:`BadSetting` names a variable that is wrong."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
+        driver = get("SQUISH_CGROUP_DRIVER") or "auto"
+        if driver not in CGROUP_DRIVERS:
+            raise BadSetting("SQUISH_CGROUP_DRIVER", driver, "use auto, cgroupfs or systemd")
+        cache_home = get("XDG_CACHE_HOME")
+        return cls(
+            state_dir=_path(get("SQUISH_STATE_DIR")),
+            runtime_dir=_path(get("XDG_RUNTIME_DIR")),
+            cache_dir=Path(cache_home) / "squish" if cache_home else None,
+            cgroup_driver=driver,
+            cgroup_root=_path(get("SQUISH_CGROUP_ROOT")),
+            alpine_mirror=_url("SQUISH_ALPINE_MIRROR", get("SQUISH_ALPINE_MIRROR"))
+            or DEFAULT_ALPINE_MIRROR,
+            layer_index=_url("SQUISH_LAYER_INDEX", get("SQUISH_LAYER_INDEX")),
+        )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _url(variable: str, value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise BadSetting(variable, value, "expected an http:// or https:// URL")
+    return value

@@ -1,0 +1,160 @@
+"""The source seam: the loop applies whatever a :class:`Source` gives and passes when it
+says so; :class:`FolderSource` is a folder's squishfiles.
+
+The loop is driven here by an in-memory source, without any file, against the fake
+runtime; nothing waits on the wall clock (the resync is an hour, so every pass after the
+first is one the source asked for).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from reconciler.control.converge import Converger
+from reconciler.control.loop import PassResult, Reconciler, run_loop
+from reconciler.desired.folder import _labelled
+from reconciler.desired.source import Changed, FolderSource, Snapshot
+from reconciler.desired.types import DesiredContainer, DesiredState
+from reconciler.planning.plan import ActionKind
+from reconciler.settings import Settings
+from runtime.api.spec import ContainerSpec, RootfsRef
+from tests.fakes import HANG_GUARD, FakeClock, FakeRuntime
+
+FOLDER = Path("/in-memory/desired")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def wanted(name: str) -> DesiredContainer:
+    """A container as a loaded file would ask for it, labelled for :data:`FOLDER`."""
+    spec = ContainerSpec(
+        name=name, rootfs=RootfsRef(kind="busybox", version="builtin"), argv=("sleep", "1d")
+    )
+    file = FOLDER / f"{name}.toml"
+    return DesiredContainer(file, _labelled(spec, FOLDER, file))
+
+
+class MemorySource:
+    """Desired state held in memory; :meth:`put` replaces it and says so."""
+
+    def __init__(self, *names: str) -> None:
+        self.revision = 0
+        self.state = DesiredState(FOLDER)
+        self.watching = anyio.Event()
+        self._changed: Changed | None = None
+        self.put(*names)
+
+    @property
+    def folder(self) -> Path:
+        return FOLDER
+
+    def put(self, *names: str) -> None:
+        self.revision += 1
+        self.state = DesiredState(FOLDER, {n: wanted(n) for n in names})
+        if self._changed is not None:
+            self._changed(f"revision {self.revision}")
+
+    def load(self) -> Snapshot:
+        return Snapshot(self.state, f"memory:{self.revision}")
+
+    async def watch(self, changed: Changed, stop: anyio.Event) -> None:
+        self._changed = changed
+        self.watching.set()
+        await stop.wait()
+
+
+class WatchesNoExits(Reconciler):
+    """The fake's pids are not real processes: no pidfd watches, no passes from them."""
+
+    def running_pids(self) -> set[int]:
+        return set()
+
+
+def kinds(result: PassResult) -> list[tuple[ActionKind, str]]:
+    return [(a.kind, a.name) for a in result.plan.actions]
+
+
+async def next_pass(passes: MemoryObjectReceiveStream[PassResult]) -> PassResult:
+    with anyio.fail_after(HANG_GUARD):  # a broken loop fails the test instead of hanging it
+        return await passes.receive()
+
+
+async def passes_until_quiet(passes: MemoryObjectReceiveStream[PassResult]) -> list[PassResult]:
+    """The passes up to and with the first that had nothing to do."""
+    seen = [await next_pass(passes)]
+    while seen[-1].plan.actions:
+        seen.append(await next_pass(passes))
+    return seen
+
+
+@pytest.mark.anyio
+async def test_the_loop_applies_what_a_source_gives_when_it_says_so() -> None:
+    clock = FakeClock()
+    fake = FakeRuntime(clock)
+    source = MemorySource("web")
+    loop = WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+    send, passes = anyio.create_memory_object_stream[PassResult](16)
+    stop = anyio.Event()
+    run = functools.partial(
+        run_loop, loop, settings=Settings(resync=3600.0), on_pass=send.send_nowait, stop=stop
+    )
+
+    async with anyio.create_task_group() as group, send, passes:
+        group.start_soon(run)
+        first = await passes_until_quiet(passes)
+        await source.watching.wait()
+        source.put("web", "api")
+        second = await passes_until_quiet(passes)
+        stop.set()
+
+    assert [(r.trigger, r.revision, kinds(r)) for r in first] == [
+        ("start", "memory:1", [(ActionKind.CREATE, "web")]),
+        ("resync", "memory:1", []),  # the look again after changes
+    ]
+    assert [(r.trigger, r.revision, kinds(r)) for r in second] == [
+        ("revision 2", "memory:2", [(ActionKind.CREATE, "api")]),
+        ("resync", "memory:2", []),
+    ]
+    assert [info.name for info in fake.list()] == ["api", "web"]
+    assert loop.record.last_revision == "memory:2"
+
+
+def write(folder: Path, files: Sequence[tuple[str, str]]) -> None:
+    for name, name_inside in files:
+        (folder / name).write_text(
+            f'name = "{name_inside}"\n[layers]\nbusybox = "builtin"\n[run]\ncommand = "true"\n'
+        )
+
+
+def test_a_folder_source_revision_follows_the_files_bytes(tmp_path: Path) -> None:
+    source = FolderSource(tmp_path)
+    write(tmp_path, [("web.toml", "web")])
+    first = source.load()
+    assert first.desired.folder == tmp_path and set(first.desired.containers) == {"web"}
+    assert first.revision.startswith("files:")
+    assert source.load().revision == first.revision  # nothing changed
+    write(tmp_path, [("web.toml", "site")])
+    assert source.load().revision != first.revision
+    write(tmp_path, [("web.toml", "web")])
+    assert source.load().revision == first.revision  # the same bytes again
+
+
+def test_a_missing_folder_is_an_unreadable_revision(tmp_path: Path) -> None:
+    snapshot = FolderSource(tmp_path / "gone").load()
+    assert (snapshot.revision, snapshot.desired.readable) == ("unreadable", False)
+
+
+def test_a_folder_source_names_its_absolute_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert FolderSource(Path("desired")).folder == tmp_path / "desired"
