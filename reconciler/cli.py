@@ -229,7 +229,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     for path, error in validate_files(paths, _running_holders(paths)):
         if error is None:
-            _out.print(f"[green]ok[/] {escape(str(path))}")
+            _out.print(f"[green]ok[/] {escape(str(path))}", soft_wrap=True)
         else:
             failed += 1
             for problem in error.problems:

@@ -6,6 +6,7 @@ the other is refused at its own line, naming the file that keeps it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -15,9 +16,12 @@ from reconciler.desired.folder import load_desired
 from reconciler.desired.types import DesiredContainer
 from reconciler.desired.validation import validate_files
 from reconciler.planning.conflicts import Claim, Holding, overlaps, refuse, refuse_names
-from reconciler.planning.plan import ConditionKind, plan
+from reconciler.planning.plan import ConditionKind, plan, settled
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import PortMapping
+from runtime.client.linux import LinuxRuntime
+from tests.conftest import rootless
+from tests.test_reconciler_e2e import cli, cli_env
 from tests.test_validate_cli import validate
 
 BASE = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "httpd"\n'
@@ -102,7 +106,12 @@ def test_the_running_file_keeps_its_name_and_gets_its_edits(tmp_path: Path) -> N
     holder = load_desired(tmp_path).containers["web"]
     (tmp_path / "web.toml").write_text(squishfile(host=8081))
     (tmp_path / "aaa.toml").write_text(squishfile("web"))
-    todo = plan(load_desired(tmp_path), [running(holder)])
+    state = load_desired(tmp_path)
+    assert state.containers["web"].file.name == "aaa.toml"  # by file name alone
+    view = settled(state, [running(holder)])
+    assert view.containers["web"].file.name == "web.toml"
+    assert [e.file.name for e in view.errors] == ["aaa.toml"]
+    todo = plan(state, [running(holder)])
     assert [(str(a.kind), a.name, a.desired and a.desired.file.name) for a in todo.actions] == [
         ("unbind", "web", "web.toml"),
         ("bind", "web", "web.toml"),
@@ -229,3 +238,40 @@ def test_the_name_holder_wins_whatever_the_order() -> None:
     assert sorted(refuse_names(claims, {})) == [1, 2]
     assert sorted(refuse_names(claims, {"web": Holding("c.toml")})) == [0, 1]
     assert sorted(refuse_names(claims, {"web": Holding("elsewhere.toml")})) == [1, 2]
+
+
+# -- with real containers: validate, plan and status name the same file ---------------------
+
+SLEEPER = 'network = "none"\n' + BASE.replace('"httpd"', '"sleep"\nargs = ["1000"]')
+
+
+@rootless
+def test_validate_plan_and_status_refuse_the_newcomer_while_the_holder_runs(
+    rt: LinuxRuntime, state_path: Path, cache_path: Path, tmp_path: Path
+) -> None:
+    env = cli_env(state_path, cache_path)
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    (folder / "web.toml").write_text(SLEEPER)
+    try:
+        applied = cli(env, "apply", str(folder))
+        assert applied.returncode == 0, applied
+        pid = rt.inspect("web").pid
+        (folder / "aaa.toml").write_text('name = "web"\n' + SLEEPER)
+        expected = (
+            f'{folder / "aaa.toml"}:1: name: container name "web" is also declared by '
+            "web.toml, which runs it now"
+        )
+        checked = cli(env, "validate", str(folder))
+        assert (checked.returncode, checked.stderr.strip()) == (1, f"error {expected}")
+        assert f"ok {folder / 'web.toml'}" in checked.stdout
+        planned = cli(env, "plan", str(folder))
+        assert planned.returncode == 1, planned
+        assert f"DuplicateName web: {expected}" in planned.stdout
+        assert "recreate" not in planned.stdout
+        status = json.loads(cli(env, "status", str(folder), "--json").stdout)
+        (row,) = status["containers"]
+        assert [c["message"] for c in row["conditions"]] == [expected]
+        assert rt.inspect("web").pid == pid
+    finally:
+        cli(env, "down", str(folder))

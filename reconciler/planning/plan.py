@@ -58,6 +58,7 @@ __all__ = (
     "Plan",
     "is_managed_by",
     "plan",
+    "settled",
 )
 
 
@@ -216,8 +217,7 @@ def plan(
     restart of an exited container (its crash back-off: a fixed file goes ahead at once).
     ``now`` is the current time.
 
-    Phases, in order: names (a refused duplicate whose container is the one running keeps
-    its name, :mod:`reconciler.planning.conflicts`); deletions (containers no valid file
+    Phases, in order: names (:func:`settled`); deletions (containers no valid file
     asks for, held back by the guards below); host-port arbitration between files; the
     per-container diff (create, recreate, resize, unbind/bind, start, heal), each held
     back by its back-off.
@@ -236,7 +236,7 @@ def plan(
         return Plan((), (*errors, unreadable))
     by_name = {info.name: info for info in actual}
     ours = {name: info for name, info in by_name.items() if is_managed_by(info, folder)}
-    desired = _settle_names(desired, ours)
+    desired = settled(desired, actual)
     state = _Pass(desired, by_name, ours, now, not_before or {}, restart_not_before or {})
     removals = _removals(state)
     _guard_removals(state, removals, allow_mass_delete)
@@ -256,8 +256,12 @@ def _error_condition(error: FileError) -> Condition:
     return Condition(error.name, ConditionKind(error.kind), error.message)
 
 
-def _settle_names(desired: DesiredState, ours: Mapping[str, ContainerInfo]) -> DesiredState:
-    """Phase "names": decide duplicate names again, now that the running ones are known."""
+def settled(desired: DesiredState, actual: Sequence[ContainerInfo]) -> DesiredState:
+    """``desired`` with duplicate names decided again now that the running containers are
+    known: the file whose container runs keeps the name (the planner's first phase; a
+    caller that shows ``desired`` next to a plan shows this)."""
+    folder = str(desired.folder)
+    ours = {info.name: info for info in actual if is_managed_by(info, folder)}
     refused = [e.refused for e in desired.errors if e.refused is not None]
     if not refused:
         return desired
