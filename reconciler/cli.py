@@ -27,9 +27,10 @@ from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.status import FolderBusy, StatusStore, status_document
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import squishfiles_in
+from reconciler.desired.validation import validate_files
+from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
-from reconciler.squishfile import validate_files
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
@@ -226,15 +227,26 @@ def _squishfiles(arguments: Sequence[str]) -> list[Path]:
     return paths
 
 
+def _running_holders(paths: Sequence[Path]) -> dict[str, Holding]:
+    """The running containers made from the files' folders, when this account has any:
+    they keep the names and ports they hold, as in ``plan``."""
+    folders = {os.path.abspath(path.parent) for path in paths}
+    try:
+        found = _runtime().list()
+    except (SquishError, OSError, BadSetting):  # as root, or no usable state: files alone
+        return {}
+    return holders_of({i.name: i for i in found if any(is_managed_by(i, f) for f in folders)})
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     paths = _squishfiles(args.files)
     if not paths:
         _err.print(f"[red]error[/] no squishfile (*.toml) in {escape(' '.join(args.files))}")
         return 1
-    for path, error in validate_files(paths):
+    for path, error in validate_files(paths, _running_holders(paths)):
         if error is None:
-            _out.print(f"[green]ok[/] {escape(str(path))}")
+            _out.print(f"[green]ok[/] {escape(str(path))}", soft_wrap=True)
         else:
             failed += 1
             for problem in error.problems:

@@ -236,20 +236,20 @@ def test_errors_come_in_file_order(tmp_path: Path) -> None:
     assert [e.name for e in load_desired(tmp_path).errors] == ["a", "b", "c"]
 
 
-def test_duplicate_names_flag_both_files(tmp_path: Path) -> None:
+def test_of_two_files_with_one_name_the_first_keeps_it(tmp_path: Path) -> None:
     first = write(tmp_path, "web.toml", squishfile())
     second = write(tmp_path, "www.toml", squishfile("web", env={"X": "1"}))
     write(tmp_path, "api.toml", squishfile())
     state = load_desired(tmp_path)
-    assert list(state.containers) == ["api"]
-    assert sorted((e.file, e.name, e.kind) for e in state.errors) == [
-        (first, "web", "DuplicateName"),
-        (second, "web", "DuplicateName"),
-    ]
-    for error in state.errors:
-        assert "web.toml" in error.message
-        assert "www.toml" in error.message
-    assert state.error_files == frozenset({"web.toml", "www.toml"})
+    assert sorted(state.containers) == ["api", "web"]
+    assert state.containers["web"].file == first
+    (error,) = state.errors
+    assert (error.file, error.name, error.kind) == (second, "web", "DuplicateName")
+    assert error.message == (
+        f'{second}:1: name: container name "web" is also declared by web.toml, which sorts first'
+    )
+    assert error.refused is not None and error.refused.spec.env == {"X": "1"}
+    assert state.error_files == frozenset({"www.toml"})
 
 
 def test_three_way_duplicate_and_an_invalid_claim(tmp_path: Path) -> None:
@@ -257,10 +257,9 @@ def test_three_way_duplicate_and_an_invalid_claim(tmp_path: Path) -> None:
         write(tmp_path, file, squishfile("web"))
     write(tmp_path, "d.toml", 'name = "web"\n')
     state = load_desired(tmp_path)
-    assert dict(state.containers) == {}
+    assert state.containers["web"].file.name == "a.toml"
     kinds = sorted((e.file.name, e.kind) for e in state.errors)
     assert kinds == [
-        ("a.toml", "DuplicateName"),
         ("b.toml", "DuplicateName"),
         ("c.toml", "DuplicateName"),
         ("d.toml", "InvalidSpec"),

@@ -906,8 +906,9 @@ def test_squishfile_restart_policy_and_duplicates(tmp_path: Path) -> None:
 
     (tmp_path / "job2.toml").write_text(squishfile(name="job", env={"X": "1"}))
     result = plan(load_desired(tmp_path), [exited(job, 3)])
-    assert actions_of(result) == ()
-    assert conditions_of(result) == ("DuplicateName job", "DuplicateName job")
+    assert actions_of(result) == ("start job",)  # job.toml made it: it keeps the name
+    assert conditions_of(result) == ("DuplicateName job",)
+    assert result.actions[0].desired == job
 
 
 def test_missing_folder_is_not_mass_deletion(tmp_path: Path) -> None:

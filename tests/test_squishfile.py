@@ -12,7 +12,7 @@ import pydantic
 import pytest
 
 from reconciler.problems import Problem, SquishfileError, field_path
-from reconciler.squishfile import Squishfile, load_squishfile, validate_files
+from reconciler.squishfile import Squishfile, load_squishfile
 from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
 
 SHA = "0123456789abcdef" * 4
@@ -503,38 +503,6 @@ def test_squishfile_error_orders_problems_and_pickles() -> None:
     assert (copy.path, copy.problems, str(copy)) == (error.path, error.problems, str(error))
     with pytest.raises(ValueError, match="at least one problem"):
         SquishfileError(Path("w.toml"), [])
-
-
-# -- several files -------------------------------------------------------------------------
-
-
-def test_validate_files_checks_each_file_and_conflicts_between_them(tmp_path: Path) -> None:
-    port = "[[ports]]\ncontainer = 80\nhost = 8080\n"
-    a = write(tmp_path, MINIMAL + port, "a.toml")
-    broken = write(tmp_path, "colour = 1\n" + MINIMAL, "broken.toml")
-    same_name = write(tmp_path, 'name = "a"  # line 1\n' + MINIMAL, "b.toml")
-    same_port = write(tmp_path, MINIMAL + "[[ports]]\ncontainer = 1\nhost = 1\n" + port, "c.toml")
-    other_proto = write(tmp_path, MINIMAL + port + 'protocol = "udp"\n', "d.toml")
-    results = validate_files([a, broken, same_name, same_port, other_proto])
-    assert [path for path, _ in results] == [a, broken, same_name, same_port, other_proto]
-    errors = dict(results)
-    assert errors[a] is None and errors[other_proto] is None
-    assert [p.field for p in errors[broken].problems] == ["colour"]  # type: ignore[union-attr]
-    (name_problem,) = errors[same_name].problems  # type: ignore[union-attr]
-    assert (name_problem.line, name_problem.field) == (1, "name")
-    assert f'"a" is also used by {a}' in name_problem.message
-    (port_problem,) = errors[same_port].problems  # type: ignore[union-attr]
-    assert (port_problem.line, port_problem.field) == (11, "ports[1].host")
-    assert f"127.0.0.1:8080/tcp is also forwarded by {a}" in port_problem.message
-
-
-def test_validate_files_does_not_let_a_rejected_file_claim_names(tmp_path: Path) -> None:
-    first = write(tmp_path, MINIMAL, "web.toml")
-    clash = write(tmp_path / "x", MINIMAL, "web.toml")
-    third = write(tmp_path / "y", MINIMAL, "web.toml")
-    results = validate_files([first, clash, third])
-    assert [error is None for _, error in results] == [True, False, False]
-    assert str(first) in str(results[2][1])
 
 
 def test_the_example_in_the_format_reference_is_valid(tmp_path: Path) -> None:

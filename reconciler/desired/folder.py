@@ -2,8 +2,10 @@
 
 One ``*.toml`` file is one container. Hidden files and editors' swap, backup and temp
 files are ignored. A file that does not validate becomes a :class:`FileError`; the
-planner then keeps whatever container that file produced before. Two files declaring the
-same name are both flagged, and neither replaces the other's container. The types,
+planner then keeps whatever container that file produced before. Of two files declaring
+the same name, the one that sorts first keeps it here and the other becomes a
+``DuplicateName`` error carrying its container; the planner decides again when the
+refused file's container is the one running (:mod:`reconciler.planning.conflicts`). The types,
 labels and ``spec_hash`` live in :mod:`reconciler.desired.types` (import them from there), so
 the planner can use them without I/O.
 """
@@ -29,8 +31,9 @@ from reconciler.desired.types import (
     spec_hash,
     squishfiles_in,
 )
+from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import load_squishfile
+from reconciler.squishfile import conflict_lines, load_squishfile
 from runtime.api.spec import ContainerSpec
 from runtime.security.seccomp import ProfileError, read_profile_bytes
 
@@ -97,6 +100,7 @@ def _load_one(
         else None,
         squishfile.update.drain,
         squishfile.security.inputs,
+        conflict_lines(squishfile, raw.decode("utf-8")),
     )
 
 
@@ -141,42 +145,37 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
         paths = squishfiles_in(folder)
     except OSError:
         return DesiredState(folder=folder, readable=False)
-    valid: dict[str, list[DesiredContainer]] = {}
+    valid: list[DesiredContainer] = []
     errors: list[FileError] = []
     for path in paths:
-        known = cache.get(path) if cache is not None else None
-        known_name = known[1].name if known is not None else None
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            continue  # deleted between the listing and now
-        except OSError as exc:  # unreadable is not deleted: keep what it made
-            errors.append(_unreadable(path, exc, known_name))
-            continue
-        key = _digest(raw, _current(_inputs(known[1])) if known is not None else ())
-        if known is not None and known[0] == key:
-            loaded = known[1]
-        else:  # keyed by what was read, so an edit made meanwhile is seen next time
-            loaded = _load_one(path, raw, folder, known_name)
-            key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
-        if cache is not None:
-            cache[path] = (key, loaded)
+        loaded = _read(path, folder, cache)
         if isinstance(loaded, FileError):
             errors.append(loaded)
-        else:
-            valid.setdefault(loaded.name, []).append(loaded)
+        elif loaded is not None:
+            valid.append(loaded)
     if cache is not None:
         for gone in set(cache) - set(paths):
             del cache[gone]
-    containers: dict[str, DesiredContainer] = {}
-    for name, entries in valid.items():
-        if len(entries) == 1:
-            containers[name] = entries[0]
-            continue
-        files = ", ".join(e.file.name for e in entries)
-        for entry in entries:
-            problem = Problem(
-                str(entry.file), None, "name", f"container name {name!r} is declared by {files}"
-            )
-            errors.append(FileError(entry.file, name, (problem,), kind="DuplicateName"))
-    return DesiredState(folder=folder, containers=containers, errors=tuple(errors))
+    containers, duplicates = settle_names(valid, {})  # the planner knows what runs
+    return DesiredState(folder=folder, containers=containers, errors=(*errors, *duplicates))
+
+
+def _read(path: Path, folder: Path, cache: FileCache | None) -> DesiredContainer | FileError | None:
+    """One file, from ``cache`` when its bytes (and the files it uses) are unchanged;
+    None when it was deleted meanwhile."""
+    known = cache.get(path) if cache is not None else None
+    known_name = known[1].name if known is not None else None
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None  # deleted between the listing and now
+    except OSError as exc:  # unreadable is not deleted: keep what it made
+        return _unreadable(path, exc, known_name)
+    key = _digest(raw, _current(_inputs(known[1])) if known is not None else ())
+    if known is not None and known[0] == key:
+        return known[1]
+    # keyed by what was read, so an edit made meanwhile is seen next time
+    loaded = _load_one(path, raw, folder, known_name)
+    if cache is not None:
+        cache[path] = (_digest(raw, tuple(digest for _, digest in _inputs(loaded))), loaded)
+    return loaded

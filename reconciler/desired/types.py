@@ -117,6 +117,9 @@ class DesiredContainer:
     inputs: tuple[tuple[Path, bytes], ...] = ()
     """Files besides the squishfile that the spec was built from (a seccomp profile),
     each with the digest of the bytes read."""
+    lines: tuple[tuple[str, int], ...] = ()
+    """Where the fields that can conflict with another file are written: ``("name", 1)``,
+    ``("ports[0].host", 9)``."""
 
     @property
     def name(self) -> str:
@@ -156,6 +159,10 @@ class FileError:
     name_known: bool = True
     """False when the file could not be read far enough to know which container it is
     (and no earlier parse of it is remembered): then no container may be removed."""
+    refused: DesiredContainer | None = None
+    """A ``DuplicateName``: the valid container the file asks for, refused its name
+    because another file keeps it (the planner decides again when the refused file's
+    container is the one running)."""
 
     @property
     def message(self) -> str:

@@ -3,31 +3,34 @@
 No I/O, no clock, no anyio: everything it needs comes in as arguments, so it is tested
 as a table. ``reconciler.control.converge`` is the only place that acts on a plan.
 
-Action kinds:
+Action kinds, each with the phase it runs in:
 
-- ``create``: the container does not exist.
-- ``destroy``: a container this folder made is no longer wanted.
-- ``recreate``: anything but the ports changed (the spec hash differs), or the ports
-  changed while the container was not running.
-- ``unbind`` / ``bind``: only ``[[ports]]`` changed: forwards are removed from / added to
-  the running container, live; it keeps its pid.
-- ``start``: the container exists but is not running and its restart policy wants it up.
-- ``heal``: the container runs but its slirp4netns died: start it again, forwards
+- ``destroy`` (0): a container this folder made is no longer wanted.
+- ``unbind`` (0) / ``bind`` (1): only ``[[ports]]`` changed: forwards are removed from /
+  added to the running container, live; it keeps its pid.
+- ``recreate`` (removes in 0, creates in 1): anything but ports and resources changed
+  (the spec hash differs), or the ports changed while the container was not running.
+- ``resize`` (0): only ``[resources]`` changed: the new limits are applied live, whether
+  the container runs or not.
+- ``create`` (1): the container does not exist.
+- ``start`` (1): the container exists but is not running and its restart policy wants
+  it up.
+- ``heal`` (1): the container runs but its slirp4netns died: start it again, forwards
   included, without restarting the container.
 
-Ordering: every action that frees something (``destroy``, ``unbind``, and the removing
-half of ``recreate``) runs in phase 0, everything that takes something in phase 1, so
-ports can be swapped or moved between containers in one pass.
+Every action that frees something runs in phase 0, everything that takes something in
+phase 1, so ports can be swapped or moved between containers in one pass.
 
-Host-port conflicts between files: the container that holds the port now keeps it;
-among newcomers the file whose name sorts first wins. The others get a ``PortConflict``
-condition and are applied once the port is free.
+Conflicts between files (one name, one host port) follow the rule of
+:mod:`reconciler.planning.conflicts`: the file that holds it now keeps it, else the file
+that sorts first; the others get a ``DuplicateName`` or ``PortConflict`` condition at
+their own line and are applied once the name or port is free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from reconciler.desired.types import (
@@ -39,8 +42,10 @@ from reconciler.desired.types import (
     MANAGER,
     DesiredContainer,
     DesiredState,
+    FileError,
     replaced_name,
 )
+from reconciler.planning.conflicts import claim_of, holders_of, refuse_ports, settle_names
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import PortMapping
 
@@ -53,6 +58,7 @@ __all__ = (
     "Plan",
     "is_managed_by",
     "plan",
+    "settled",
 )
 
 
@@ -71,13 +77,14 @@ PHASE = {
     ActionKind.DESTROY: 0,
     ActionKind.UNBIND: 0,
     ActionKind.RECREATE: 0,
+    ActionKind.RESIZE: 0,
     ActionKind.CREATE: 1,
     ActionKind.BIND: 1,
     ActionKind.START: 1,
     ActionKind.HEAL: 1,
-    ActionKind.RESIZE: 0,
 }
-"""Phase 0 frees, phase 1 takes (``recreate`` removes in phase 0, creates in phase 1)."""
+"""Phase 0 frees (and resizes), phase 1 takes (``recreate`` removes in phase 0, creates
+in phase 1)."""
 
 
 class ConditionKind(StrEnum):
@@ -125,92 +132,6 @@ def is_managed_by(info: ContainerInfo, folder: str) -> bool:
     return labels.get(LABEL_MANAGED) == MANAGER and labels.get(LABEL_FOLDER) == folder
 
 
-def _overlaps(a: PortMapping, b: PortMapping) -> bool:
-    if a.protocol != b.protocol or a.host != b.host:
-        return False
-    wildcard = {"0.0.0.0", "::"}
-    return a.host_addr == b.host_addr or a.host_addr in wildcard or b.host_addr in wildcard
-
-
-def _port_losers(
-    desired: Iterable[DesiredContainer],
-    holders: Mapping[str, tuple[PortMapping, ...]],
-    reserved: Mapping[str, tuple[PortMapping, ...]],
-) -> dict[str, str]:
-    """Names that may not take their host ports now, with the reason.
-
-    ``holders`` are the live forwards of this folder's containers; ``reserved`` those of
-    containers kept running although no valid file asks for them (a broken file, a
-    destroy in back-off): nobody else may take those ports.
-    """
-
-    def holds(entry: DesiredContainer, port: PortMapping) -> bool:
-        return any(_overlaps(port, live) for live in holders.get(entry.name, ()))
-
-    demoted: dict[str, str] = {}
-    while True:
-        losers, newly = _rank_ports(desired, holds, reserved, demoted)
-        if not newly:
-            return losers
-        demoted.update(newly)  # a winner pushed out late: rank the rest again without it
-
-
-def _rank_ports(
-    desired: Iterable[DesiredContainer],
-    holds: Callable[[DesiredContainer, PortMapping], bool],
-    reserved: Mapping[str, tuple[PortMapping, ...]],
-    demoted: Mapping[str, str],
-) -> tuple[dict[str, str], dict[str, str]]:
-    """One ranking; returns (losers, winners demoted during it that were not yet known)."""
-    losers: dict[str, str] = dict(demoted)
-    newly: dict[str, str] = {}
-    winners: list[DesiredContainer] = []
-    for entry in sorted(desired, key=lambda e: e.file.name):
-        if entry.name in demoted:
-            continue
-        kept = next(
-            (
-                (mine, owner)
-                for owner, ports in reserved.items()
-                for mine in entry.spec.ports
-                if any(_overlaps(mine, port) for port in ports)
-            ),
-            None,
-        )
-        if kept is not None:
-            mine, owner = kept
-            losers[entry.name] = (
-                f"host port {mine} is held by {owner}, which is kept running "
-                "until its own file is fixed or its removal succeeds"
-            )
-            continue
-        clashes = [
-            (mine, theirs, other)
-            for other in winners
-            for mine in entry.spec.ports
-            for theirs in other.spec.ports
-            if _overlaps(mine, theirs)
-        ]
-        if not clashes:
-            winners.append(entry)
-            continue
-        if all(holds(entry, mine) and not holds(other, theirs) for mine, theirs, other in clashes):
-            for mine, _, other in clashes:  # it holds these ports now: it keeps them
-                if other in winners:
-                    winners.remove(other)
-                losers[other.name] = newly[other.name] = (
-                    f"host port {mine} is also claimed by {entry.file.name}, which holds it now"
-                )
-            winners.append(entry)
-            continue
-        mine, theirs, other = next(
-            c for c in clashes if not (holds(entry, c[0]) and not holds(c[2], c[1]))
-        )
-        why = "holds it now" if holds(other, theirs) else "sorts first"
-        losers[entry.name] = f"host port {mine} is also claimed by {other.file.name}, which {why}"
-    return losers, newly
-
-
 def _changed_fields(want: DesiredContainer, have: ContainerInfo) -> str:
     a = want.spec.model_dump(exclude=set(LIVE_FIELDS))
     b = have.spec.model_dump(exclude=set(LIVE_FIELDS))
@@ -255,6 +176,31 @@ def _ports_and_state(want: DesiredContainer, have: ContainerInfo) -> list[Action
     return [Action(ActionKind.START, name, f"{what} with code {code}; policy {want.restart}", want)]
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What every phase of one plan needs to know."""
+
+    desired: DesiredState
+    by_name: Mapping[str, ContainerInfo]
+    ours: Mapping[str, ContainerInfo]
+    now: float
+    hold: Mapping[str, float]
+    restart_hold: Mapping[str, float]
+
+    def held(self, name: str) -> bool:
+        return self.hold.get(name, 0.0) > self.now
+
+
+@dataclass
+class _Removals:
+    """Phase "deletions": what goes, and what stays although no valid file asks for it."""
+
+    leftovers: list[Action] = field(default_factory=list)
+    destroys: list[Action] = field(default_factory=list)
+    reserved: dict[str, tuple[PortMapping, ...]] = field(default_factory=dict)
+    conditions: list[Condition] = field(default_factory=list)
+
+
 def plan(
     desired: DesiredState,
     actual: Sequence[ContainerInfo],
@@ -271,6 +217,11 @@ def plan(
     restart of an exited container (its crash back-off: a fixed file goes ahead at once).
     ``now`` is the current time.
 
+    Phases, in order: names (:func:`settled`); deletions (containers no valid file
+    asks for, held back by the guards below); host-port arbitration between files; the
+    per-container diff (create, recreate, resize, unbind/bind, start, heal), each held
+    back by its back-off.
+
     Mass-deletion guard: a pass that would destroy more than half of this folder's
     containers and more than two of them (an emptied folder, a half-synced checkout)
     destroys none and reports ``MassDeleteGuard`` instead, unless ``allow_mass_delete``.
@@ -278,118 +229,151 @@ def plan(
     enough to know which container it names, nothing is destroyed either.
     """
     folder = str(desired.folder)
-    hold = not_before or {}
-    restart_hold = restart_not_before or {}
+    if not desired.readable:
+        message = f"{folder} is missing or unreadable; nothing is changed until it is back"
+        unreadable = Condition("*", ConditionKind.FOLDER_UNREADABLE, message)
+        errors = [_error_condition(e) for e in desired.errors]
+        return Plan((), (*errors, unreadable))
     by_name = {info.name: info for info in actual}
     ours = {name: info for name, info in by_name.items() if is_managed_by(info, folder)}
-    conditions = [Condition(e.name, ConditionKind(e.kind), e.message) for e in desired.errors]
-    if not desired.readable:
-        conditions.append(
-            Condition(
-                "*",
-                ConditionKind.FOLDER_UNREADABLE,
-                f"{folder} is missing or unreadable; nothing is changed until it is back",
-            )
-        )
-        return Plan((), tuple(conditions))
-    kept_files = desired.error_files
-    claimed = {e.name for e in desired.errors}
-    holders = {name: info.ports for name, info in ours.items() if info.ports}
-    destroys: list[Action] = []
-    leftovers: list[Action] = []
-    reserved: dict[str, tuple[PortMapping, ...]] = {}
-    for name, have in sorted(ours.items()):
-        if name in desired.containers:
-            continue
-        base = replaced_name(name)
-        replaced = desired.containers.get(base) if base is not None else None
-        if (  # a replacement's leftover, made from the same file: never counted below
-            replaced is not None
-            and have.spec.labels.get(LABEL_FILE) == replaced.spec.labels.get(LABEL_FILE)
-        ):
-            if hold.get(name, 0.0) > now:
-                reserved[name] = have.ports
-            else:
-                reason = f"left by an interrupted start-first replacement of {base}"
-                leftovers.append(Action(ActionKind.DESTROY, name, reason))
-            continue
-        file = have.spec.labels.get(LABEL_FILE, "?")
-        if file in kept_files or name in claimed:
-            reserved[name] = have.ports  # its file is broken: the last valid spec keeps running
-            continue
-        if hold.get(name, 0.0) > now:
-            reserved[name] = have.ports
-            conditions.append(
-                Condition(
-                    name,
-                    ConditionKind.BACK_OFF,
-                    f"backing off for {hold[name] - now:.2f} s before removing it ({file} is gone)",
-                )
-            )
-            continue
-        destroys.append(Action(ActionKind.DESTROY, name, f"{file} is gone"))
-    unknown = sorted(e.file.name for e in desired.errors if not e.name_known)
-    if destroys and unknown:
-        conditions.append(
-            Condition(
-                "*",
-                ConditionKind.INVALID_SPEC,
-                f"nothing is removed while {', '.join(unknown)} cannot be read far enough "
-                "to know which container it names",
-            )
-        )
-    elif len(destroys) > 2 and 2 * len(destroys) > len(ours) and not allow_mass_delete:
-        conditions.append(
-            Condition(
-                "*",
-                ConditionKind.MASS_DELETE,
-                f"this pass would remove {len(destroys)} of the folder's {len(ours)} "
-                "containers; none is removed until the files are back or you confirm "
-                "with --allow-mass-delete",
-            )
-        )
-    else:
-        unknown = []
-    if unknown or any(c.kind is ConditionKind.MASS_DELETE for c in conditions):
-        for action in destroys:  # held: their ports stay theirs
-            reserved[action.name] = ours[action.name].ports
-        destroys = []
+    desired = settled(desired, actual)
+    state = _Pass(desired, by_name, ours, now, not_before or {}, restart_not_before or {})
+    removals = _removals(state)
+    _guard_removals(state, removals, allow_mass_delete)
+    conditions = [_error_condition(e) for e in desired.errors] + removals.conditions
     taken = {name for name in desired.containers if name in by_name and name not in ours}
-    contenders = [want for name, want in desired.containers.items() if name not in taken]
-    losers = _port_losers(contenders, holders, reserved)
-    actions: list[Action] = [*leftovers, *destroys]
-    for name, want in sorted(desired.containers.items()):
-        if name in taken:
-            conditions.append(
-                Condition(
-                    name,
-                    ConditionKind.NAME_TAKEN,
-                    f"a container named {name!r} exists that this folder did not create; "
-                    "it is left alone",
-                )
-            )
-            continue
-        if name in losers:
-            conditions.append(Condition(name, ConditionKind.PORT_CONFLICT, losers[name]))
-            continue
-        existing = by_name.get(name)
-        wanted = (
-            [Action(ActionKind.CREATE, name, f"new in {want.file.name}", want)]
-            if existing is None
-            else _for_existing(want, existing)
-        )
-        until = hold.get(name, 0.0)
-        if wanted and wanted[0].kind is ActionKind.START:
-            until = max(until, restart_hold.get(name, 0.0))
-        if wanted and until > now:
-            conditions.append(
-                Condition(
-                    name,
-                    ConditionKind.BACK_OFF,
-                    f"backing off for {until - now:.2f} s before: {wanted[0]}",
-                )
-            )
-            continue
+    losers = _port_losers(state, taken, removals.reserved)
+    actions: list[Action] = [*removals.leftovers, *removals.destroys]
+    for want in sorted(desired.containers.values(), key=lambda w: w.name):
+        wanted, blocked = _for_container(state, want, taken, losers)
         actions.extend(wanted)
+        conditions.extend(blocked)
     actions.sort(key=lambda a: (PHASE[a.kind], a.name, a.kind.value))
     return Plan(tuple(actions), tuple(conditions))
+
+
+def _error_condition(error: FileError) -> Condition:
+    return Condition(error.name, ConditionKind(error.kind), error.message)
+
+
+def settled(desired: DesiredState, actual: Sequence[ContainerInfo]) -> DesiredState:
+    """``desired`` with duplicate names decided again now that the running containers are
+    known: the file whose container runs keeps the name (the planner's first phase; a
+    caller that shows ``desired`` next to a plan shows this)."""
+    folder = str(desired.folder)
+    ours = {info.name: info for info in actual if is_managed_by(info, folder)}
+    refused = [e.refused for e in desired.errors if e.refused is not None]
+    if not refused:
+        return desired
+    entries = [*desired.containers.values(), *refused]
+    containers, duplicates = settle_names(entries, holders_of(ours))
+    errors = (*(e for e in desired.errors if e.refused is None), *duplicates)
+    return replace(desired, containers=containers, errors=errors)
+
+
+def _removals(state: _Pass) -> _Removals:
+    """Phase "deletions": this folder's containers that no valid file asks for."""
+    out = _Removals()
+    desired = state.desired
+    claimed = {e.name for e in desired.errors}
+    for name, have in sorted(state.ours.items()):
+        file = have.spec.labels.get(LABEL_FILE, "?")
+        if name in desired.containers:
+            continue
+        if _is_leftover(desired, name, have):
+            if state.held(name):
+                out.reserved[name] = have.ports
+            else:
+                reason = f"left by an interrupted start-first replacement of {replaced_name(name)}"
+                out.leftovers.append(Action(ActionKind.DESTROY, name, reason))
+        elif file in desired.error_files or name in claimed:
+            out.reserved[name] = have.ports  # its file is broken: the last valid spec keeps running
+        elif state.held(name):
+            out.reserved[name] = have.ports
+            wait = state.hold[name] - state.now
+            message = f"backing off for {wait:.2f} s before removing it ({file} is gone)"
+            out.conditions.append(Condition(name, ConditionKind.BACK_OFF, message))
+        else:
+            out.destroys.append(Action(ActionKind.DESTROY, name, f"{file} is gone"))
+    return out
+
+
+def _is_leftover(desired: DesiredState, name: str, have: ContainerInfo) -> bool:
+    """A start-first replacement's leftover, made from the same file: never counted as a
+    removal by the guards."""
+    base = replaced_name(name)
+    replaced = desired.containers.get(base) if base is not None else None
+    return replaced is not None and have.spec.labels.get(LABEL_FILE) == replaced.spec.labels.get(
+        LABEL_FILE
+    )
+
+
+def _guard_removals(state: _Pass, removals: _Removals, allow_mass_delete: bool) -> None:
+    """Hold back every destroy while a file's name is unknown or the pass would remove
+    most of the folder; held containers keep their ports."""
+    condition = _removal_guard(state, removals.destroys, allow_mass_delete)
+    if condition is None:
+        return
+    removals.conditions.append(condition)
+    for action in removals.destroys:
+        removals.reserved[action.name] = state.ours[action.name].ports
+    removals.destroys.clear()
+
+
+def _removal_guard(
+    state: _Pass, destroys: Sequence[Action], allow_mass_delete: bool
+) -> Condition | None:
+    unknown = sorted(e.file.name for e in state.desired.errors if not e.name_known)
+    if destroys and unknown:
+        return Condition(
+            "*",
+            ConditionKind.INVALID_SPEC,
+            f"nothing is removed while {', '.join(unknown)} cannot be read far enough "
+            "to know which container it names",
+        )
+    count, ours = len(destroys), len(state.ours)
+    if count > 2 and 2 * count > ours and not allow_mass_delete:
+        return Condition(
+            "*",
+            ConditionKind.MASS_DELETE,
+            f"this pass would remove {count} of the folder's {ours} "
+            "containers; none is removed until the files are back or you confirm "
+            "with --allow-mass-delete",
+        )
+    return None
+
+
+def _port_losers(
+    state: _Pass, taken: set[str], reserved: Mapping[str, tuple[PortMapping, ...]]
+) -> dict[str, str]:
+    """Phase "ports": the containers that may not take their host ports now, and why."""
+    contenders = [want for name, want in state.desired.containers.items() if name not in taken]
+    refused = refuse_ports([claim_of(w) for w in contenders], holders_of(state.ours), reserved)
+    return {contenders[i].name: str(problem) for i, problem in refused.items()}
+
+
+def _for_container(
+    state: _Pass, want: DesiredContainer, taken: set[str], losers: Mapping[str, str]
+) -> tuple[list[Action], list[Condition]]:
+    """Phase "diff": what one wanted container needs, or the condition that blocks it."""
+    name = want.name
+    if name in taken:
+        message = (
+            f"a container named {name!r} exists that this folder did not create; it is left alone"
+        )
+        return [], [Condition(name, ConditionKind.NAME_TAKEN, message)]
+    if name in losers:
+        return [], [Condition(name, ConditionKind.PORT_CONFLICT, losers[name])]
+    existing = state.by_name.get(name)
+    wanted = (
+        [Action(ActionKind.CREATE, name, f"new in {want.file.name}", want)]
+        if existing is None
+        else _for_existing(want, existing)
+    )
+    until = state.hold.get(name, 0.0)
+    if wanted and wanted[0].kind is ActionKind.START:
+        until = max(until, state.restart_hold.get(name, 0.0))
+    if wanted and until > state.now:
+        message = f"backing off for {until - state.now:.2f} s before: {wanted[0]}"
+        return [], [Condition(name, ConditionKind.BACK_OFF, message)]
+    return wanted, []

@@ -1,23 +1,22 @@
 """Loading squishfiles: read, parse and validate files, and report every problem.
 
-:func:`load_squishfile` reads and validates one file; :func:`validate_files` checks a
-set of files, including conflicts between them. Every problem is reported as a
+:func:`load_squishfile` reads and validates one file; :func:`conflict_lines` finds where
+it writes the fields that may conflict with another file (the conflicts themselves are
+decided in :mod:`reconciler.planning.conflicts`). Every problem is reported as a
 :class:`reconciler.problems.Problem` with file, line and field path; pydantic's errors are
 mapped onto the file's keys here, with :mod:`reconciler.squishfile.tomlpos` finding their lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import tomli
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from reconciler.problems import Problem, SquishfileError
-from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.model import (
     LAYER_SHAPE_TAGS,
     DownloadLayer,
@@ -36,8 +35,8 @@ from reconciler.squishfile.sections import (
 from reconciler.squishfile.tomlpos import Loc, line_of, problems_from_validation, syntax_problem
 
 __all__ = (
+    "conflict_lines",
     "load_squishfile",
-    "validate_files",
 )
 
 
@@ -95,23 +94,24 @@ def _clean_loc(loc: Loc) -> Loc:
     return loc
 
 
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "run": RunSection,
+    "restart": RestartSection,
+    "update": UpdateSection,
+    "health": HealthSection,
+    "security": SecuritySection,
+    "resources": ResourcesSection,
+}
+"""The top-level tables, by key."""
+
+
 def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
     """The keys a table accepts, given the raw pydantic location of that table."""
     match loc:
         case ():
             return tuple(Squishfile.model_fields)
-        case ("run",):
-            return tuple(RunSection.model_fields)
-        case ("restart",):
-            return tuple(RestartSection.model_fields)
-        case ("update",):
-            return tuple(UpdateSection.model_fields)
-        case ("health",):
-            return tuple(HealthSection.model_fields)
-        case ("security",):
-            return tuple(SecuritySection.model_fields)
-        case ("resources",):
-            return tuple(ResourcesSection.model_fields)
+        case (str() as key,) if key in _SECTIONS:
+            return tuple(_SECTIONS[key].model_fields)
         case ("ports", int()):
             return tuple(PortForward.model_fields)
         case ("layers", str(), "local"):
@@ -121,36 +121,10 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
     return ()
 
 
-def validate_files(paths: Sequence[Path]) -> list[tuple[Path, SquishfileError | None]]:
-    """Validate each file, then check that names and host ports are unique across them.
-
-    Results come in the order of ``paths``. On a conflict the earlier file wins and the
-    later one gets the error, so pass paths in a stable (e.g. sorted) order.
-    """
-    results: list[tuple[Path, SquishfileError | None]] = []
-    name_owner: dict[str, Path] = {}
-    port_owner: dict[tuple[str, int, str], Path] = {}
-    for path in paths:
-        try:
-            squishfile, text = _load(path)
-        except SquishfileError as exc:
-            results.append((path, exc))
-            continue
-        problems: list[Problem] = []
-        owner = name_owner.get(squishfile.name)
-        if owner is not None:
-            message = f"container name {_q(squishfile.name)} is also used by {owner}"
-            problems.append(Problem(str(path), line_of(text, ("name",)), "name", message))
-        for index, port in enumerate(squishfile.ports):
-            owner = port_owner.get((port.host_addr, port.host, port.protocol))
-            if owner is not None:
-                line = line_of(text, ("ports", index, "host"))
-                message = f"host port {port.describe()} is also forwarded by {owner}"
-                problems.append(Problem(str(path), line, f"ports[{index}].host", message))
-        if problems:
-            results.append((path, SquishfileError(path, problems)))
-            continue
-        name_owner[squishfile.name] = path
-        port_owner.update({(p.host_addr, p.host, p.protocol): path for p in squishfile.ports})
-        results.append((path, None))
-    return results
+def conflict_lines(squishfile: Squishfile, text: str) -> tuple[tuple[str, int], ...]:
+    """Where ``text`` writes the fields another file may conflict with: the name and
+    each ``[[ports]]`` host (a name taken from the file's name has no line)."""
+    wanted: list[tuple[str, tuple[str | int, ...]]] = [("name", ("name",))]
+    wanted += [(f"ports[{i}].host", ("ports", i, "host")) for i in range(len(squishfile.ports))]
+    found = ((field, line_of(text, loc)) for field, loc in wanted)
+    return tuple((field, line) for field, line in found if line is not None)
