@@ -12,6 +12,7 @@ from typing import Literal
 
 import pytest
 
+from reconciler.control.status import container_rows
 from reconciler.desired.folder import load_desired
 from reconciler.desired.types import DesiredContainer
 from reconciler.desired.validation import validate_files
@@ -275,3 +276,17 @@ def test_validate_plan_and_status_refuse_the_newcomer_while_the_holder_runs(
         assert rt.inspect("web").pid == pid
     finally:
         cli(env, "down", str(folder))
+
+
+def test_status_shows_the_running_holder_and_the_refused_newcomer(tmp_path: Path) -> None:
+    """The holder's row is its own: its file, its phase; the newcomer is a condition on it."""
+    (tmp_path / "web.toml").write_text(squishfile())
+    (tmp_path / "aaa.toml").write_text(squishfile("web"))
+    desired = load_desired(tmp_path)
+    (holder,) = [e.refused for e in desired.errors if e.refused is not None]
+    assert holder.file.name == "web.toml"  # by file order alone, aaa.toml would keep "web"
+    actual = [running(holder)]
+    (row,) = container_rows(desired, actual, plan(desired, actual), now=2.0)
+    assert (row["file"], row["phase"]) == ("web.toml", "Running")
+    assert [c["kind"] for c in row["conditions"]] == ["DuplicateName"]
+    assert "aaa.toml:1: name:" in row["conditions"][0]["message"]

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired.types import LABEL_FILE, DesiredState
-from reconciler.planning.plan import ActionKind, Condition, Plan, is_managed_by
+from reconciler.planning.plan import ActionKind, Condition, Plan, is_managed_by, settled
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -168,9 +168,13 @@ def _phase(
     failed: bool,
     crashing: bool,
     wanted: bool,
+    *,
+    kept: bool,
 ) -> str:
+    """``kept``: a valid file asks for this container; another file declaring the same
+    name is refused, which does not make this one invalid."""
     for kind in ("InvalidSpec", "DuplicateName", "NameTaken", "PortConflict"):
-        if kind in kinds:
+        if kind in kinds and not (kind == "DuplicateName" and kept):
             return "InvalidSpec" if kind == "DuplicateName" else kind
     if not wanted:
         return "Terminating"
@@ -194,7 +198,11 @@ def container_rows(
     crashing: Iterable[str] = (),
     now: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per container that is wanted, managed by this folder, or blocked."""
+    """One row per container that is wanted, managed by this folder, or blocked.
+
+    A name two files declare shows the file that keeps it (the one whose container runs,
+    as the planner decides) and that container's phase; the refused file is a condition."""
+    desired = settled(desired, actual)
     now = time.time() if now is None else now
     errors = errors or {}
     crash = set(crashing)
@@ -224,6 +232,7 @@ def container_rows(
                     name in errors,
                     name in crash,
                     want is not None or claimed,
+                    kept=want is not None,
                 ),
                 "pid": info.pid if info else None,
                 "ports": _ports(info),
