@@ -30,6 +30,7 @@ from reconciler.squishfile import validate_files
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
+from runtime.security.seccomp import compile_profile
 
 __all__ = ("build_parser", "main")
 
@@ -215,7 +216,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not paths:
         _err.print(f"[red]error[/] no squishfile (*.toml) in {escape(' '.join(args.files))}")
         return 1
-    for path, error in validate_files(paths):
+    for path, error in validate_files(paths, check_profile=compile_profile):
         if error is None:
             _out.print(f"[green]ok[/] {escape(str(path))}")
         else:

@@ -6,6 +6,10 @@ planner then keeps whatever container that file produced before. Two files decla
 same name are both flagged, and neither replaces the other's container. The types,
 labels and ``spec_hash`` live in :mod:`reconciler.desired.types` (import them from there), so
 the planner can use them without I/O.
+
+A seccomp profile is compiled here (:func:`runtime.security.seccomp.compile_profile`),
+not in the squishfile model, which loads no FFI: a syscall libseccomp does not know is
+then the file's problem at ``security.seccomp``, as the model's own checks are.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from reconciler.desired.types import (
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_squishfile
 from runtime.api.spec import ContainerSpec
-from runtime.security.seccomp import ProfileError, read_profile_bytes
+from runtime.security.profile import ProfileError, read_profile_bytes
+from runtime.security.seccomp import compile_profile
 
 __all__ = ("FileCache", "load_desired")
 
@@ -77,7 +82,7 @@ def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile = load_squishfile(path, raw)
+        squishfile = load_squishfile(path, raw, check_profile=compile_profile)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)

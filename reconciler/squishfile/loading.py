@@ -27,6 +27,7 @@ from reconciler.squishfile.model import (
     Squishfile,
 )
 from reconciler.squishfile.sections import (
+    PROFILE_CHECK,
     HealthSection,
     ResourcesSection,
     RestartSection,
@@ -34,6 +35,7 @@ from reconciler.squishfile.sections import (
     UpdateSection,
 )
 from reconciler.squishfile.tomlpos import Loc, line_of, problems_from_validation, syntax_problem
+from runtime.security.profile import ProfileCheck
 
 __all__ = (
     "load_squishfile",
@@ -41,16 +43,23 @@ __all__ = (
 )
 
 
-def load_squishfile(path: Path, content: bytes | None = None) -> Squishfile:
+def load_squishfile(
+    path: Path, content: bytes | None = None, *, check_profile: ProfileCheck | None = None
+) -> Squishfile:
     """Read, parse and validate one squishfile; raise SquishfileError listing all problems.
 
     ``content``, when given, is the file's bytes already read (so a caller that hashed
-    those bytes validates exactly them).
+    those bytes validates exactly them). ``check_profile`` checks a seccomp profile
+    beyond its structure (callers that may load libseccomp pass
+    :func:`runtime.security.seccomp.compile_profile`); its error is the
+    ``security.seccomp`` line's.
     """
-    return _load(path, content)[0]
+    return _load(path, content, check_profile)[0]
 
 
-def _load(path: Path, content: bytes | None = None) -> tuple[Squishfile, str]:
+def _load(
+    path: Path, content: bytes | None = None, check_profile: ProfileCheck | None = None
+) -> tuple[Squishfile, str]:
     label = str(path)
     try:
         raw = path.read_bytes() if content is None else content
@@ -71,7 +80,8 @@ def _load(path: Path, content: bytes | None = None) -> tuple[Squishfile, str]:
         problem = Problem(label, None, "<syntax>", "nested too deeply to read")
         raise SquishfileError(path, [problem]) from None
     try:
-        squishfile = Squishfile.model_validate(data, context={"source": path})
+        context = {"source": path, PROFILE_CHECK: check_profile}
+        squishfile = Squishfile.model_validate(data, context=context)
     except ValidationError as exc:
         raise SquishfileError(path, _problems(label, text, data, exc)) from None
     return squishfile, text
@@ -121,18 +131,21 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
     return ()
 
 
-def validate_files(paths: Sequence[Path]) -> list[tuple[Path, SquishfileError | None]]:
+def validate_files(
+    paths: Sequence[Path], *, check_profile: ProfileCheck | None = None
+) -> list[tuple[Path, SquishfileError | None]]:
     """Validate each file, then check that names and host ports are unique across them.
 
     Results come in the order of ``paths``. On a conflict the earlier file wins and the
     later one gets the error, so pass paths in a stable (e.g. sorted) order.
+    ``check_profile`` is :func:`load_squishfile`'s.
     """
     results: list[tuple[Path, SquishfileError | None]] = []
     name_owner: dict[str, Path] = {}
     port_owner: dict[tuple[str, int, str], Path] = {}
     for path in paths:
         try:
-            squishfile, text = _load(path)
+            squishfile, text = _load(path, check_profile=check_profile)
         except SquishfileError as exc:
             results.append((path, exc))
             continue
