@@ -16,6 +16,7 @@ from typing import Any
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.cgroups import fs as cgroups
+from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.client import folders
 from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
@@ -103,7 +104,7 @@ class RecordStore:
         self.containers = self.state / "containers"
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
-        self.cgroups = cgroups.detect()
+        self.cgroups: CgroupDriver = detect()
         self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
         """This state folder's cgroup folder: two state folders never share leaves."""
         self._rootfs_paths: dict[RootfsRef, Path] = {}
