@@ -34,6 +34,7 @@ from reconciler.settings import BadSetting, Settings
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
+from runtime.security.seccomp import compile_profile
 
 __all__ = ("build_parser", "main")
 
@@ -244,7 +245,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not paths:
         _err.print(f"[red]error[/] no squishfile (*.toml) in {escape(' '.join(args.files))}")
         return 1
-    for path, error in validate_files(paths, _running_holders(paths)):
+    for path, error in validate_files(
+        paths, _running_holders(paths), check_profile=compile_profile
+    ):
         if error is None:
             _out.print(f"[green]ok[/] {escape(str(path))}", soft_wrap=True)
         else:

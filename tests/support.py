@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, RootfsRef
-from runtime.cgroups import fs as cgroups
+from runtime.cgroups.driver import CgroupDriver, detect
 
 __all__ = (
     "BUSYBOX",
@@ -33,10 +33,10 @@ __all__ = (
 )
 
 
-def detected_cgroups() -> cgroups.Cgroups:
+def detected_cgroups() -> CgroupDriver:
     """How a runtime made in this process's environment gets cgroups."""
     settings = RuntimeSettings.from_environ()
-    return cgroups.detect(driver=settings.cgroup_driver, root=settings.cgroup_root)
+    return detect(driver=settings.cgroup_driver, root=settings.cgroup_root)
 
 
 def free_ports(count: int) -> list[int]:

@@ -389,3 +389,19 @@ def test_an_edited_seccomp_profile_changes_the_spec_without_touching_the_squishf
     profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [%s]}' % (rule % "getpid"))
     second = load_desired(tmp_path, cache).containers["web"].spec.seccomp
     assert isinstance(second, dict) and second["syscalls"][0]["names"] == ["getpid"]
+
+
+def test_a_profile_that_does_not_compile_is_the_files_error(tmp_path: Path) -> None:
+    """The squishfile model only checks a profile's structure; loading the desired state
+    compiles it, so a syscall libseccomp does not know keeps the old container too."""
+    (tmp_path / "p.json").write_text(
+        '{"defaultAction": "SCMP_ACT_ALLOW", '
+        '"syscalls": [{"names": ["frobnicate"], "action": "SCMP_ACT_ERRNO"}]}'
+    )
+    write(tmp_path, "web.toml", squishfile("web") + '[security]\nseccomp = "./p.json"\n')
+    state = load_desired(tmp_path)
+    [error] = state.errors
+    [problem] = error.problems
+    assert (error.name, problem.field) == ("web", "security.seccomp")
+    assert problem.line == squishfile("web").count("\n") + 2
+    assert "unknown syscall 'frobnicate'" in problem.message

@@ -15,7 +15,7 @@ from runtime.api.spec import BindMount
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox.confine import DEFAULT_CAPABILITIES, capability_names
 from runtime.sandbox.mounts import MASKED, READ_ONLY
-from runtime.security import seccomp
+from runtime.security import profile, seccomp
 from tests.bpf import AUDIT_ARCH_I386, run_filter
 from tests.conftest import rootless
 from tests.support import shell
@@ -56,8 +56,8 @@ needs_x86_64 = pytest.mark.skipif(not SUPPORTED, reason="the probes are x86_64 p
 @needs_x86_64
 def test_the_default_profile_refuses_its_list_and_allows_every_other_syscall() -> None:
     program = seccomp.compile_default()
-    eperm = seccomp.errno_action(errno.EPERM)
-    denied = {seccomp.syscall_number(name) for name in seccomp.DEFAULT_DENIED} - {None}
+    eperm = profile.errno_action(errno.EPERM)
+    denied = {seccomp.syscall_number(name) for name in profile.DEFAULT_DENIED} - {None}
     clone, clone3 = seccomp.syscall_number("clone"), seccomp.syscall_number("clone3")
     assert clone is not None and clone3 is not None and len(denied) > 60
     for nr in range(460):  # every x86_64 syscall number, run through the compiled filter
@@ -65,12 +65,12 @@ def test_the_default_profile_refuses_its_list_and_allows_every_other_syscall() -
         if nr in denied:
             assert got == eperm, nr
         elif nr == clone3:
-            assert got == seccomp.errno_action(errno.ENOSYS)
+            assert got == profile.errno_action(errno.ENOSYS)
         else:
-            assert got == seccomp.ACT_ALLOW, nr
+            assert got == profile.ACT_ALLOW, nr
     for flag in NAMESPACE_FLAGS.values():
         assert run_filter(program, clone, flag | SIGCHLD) == eperm
-    assert run_filter(program, 20, arch=AUDIT_ARCH_I386) == seccomp.ACT_KILL_PROCESS
+    assert run_filter(program, 20, arch=AUDIT_ARCH_I386) == profile.ACT_KILL_PROCESS
 
 
 @needs_x86_64
@@ -82,7 +82,7 @@ def test_inside_a_container_every_listed_syscall_meets_the_filter(
     probes = tmp_path / "probes"
     probes.mkdir()
     expected = {}
-    for name in seccomp.DEFAULT_DENIED:
+    for name in profile.DEFAULT_DENIED:
         number = seccomp.syscall_number(name)
         if number is not None:  # e.g. vm86 exists on i386 only
             write_probe(probes / name, number)
@@ -90,7 +90,7 @@ def test_inside_a_container_every_listed_syscall_meets_the_filter(
     clone = seccomp.syscall_number("clone")
     assert clone is not None
     rules: list[dict[str, object]] = [
-        {"names": list(seccomp.DEFAULT_DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 200},
+        {"names": list(profile.DEFAULT_DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 200},
         # ENOSYS, as in the default: the C library must fall back to clone to start /bin/sh
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
     ]
@@ -108,8 +108,8 @@ def test_inside_a_container_every_listed_syscall_meets_the_filter(
     expected["clone3"] = errno.ENOSYS
     write_probe(probes / "getpid", getpid)
     expected["getpid"] = 0
-    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
-    assert run_probes(rt, "listed", probes, profile) == expected
+    document = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
+    assert run_probes(rt, "listed", probes, document) == expected
 
 
 @needs_x86_64
@@ -125,7 +125,7 @@ def test_unconfined_and_custom_profiles(rt: LinuxRuntime, tmp_path: Path) -> Non
         "keyctl": 0,
         "getcwd": errno.ERANGE,
     }
-    profile = {
+    document = {
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [
             {"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES},
@@ -136,7 +136,7 @@ def test_unconfined_and_custom_profiles(rt: LinuxRuntime, tmp_path: Path) -> Non
             },
         ],
     }
-    assert run_probes(rt, "custom", probes, profile) == {
+    assert run_probes(rt, "custom", probes, document) == {
         "keyctl": errno.EPERM,
         "getcwd": errno.EACCES,
     }
@@ -203,7 +203,7 @@ def test_a_profile_document_is_checked_before_anything_runs(tmp_path: Path) -> N
     bad.write_text(
         json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["nope"]}]})
     )
-    with pytest.raises(seccomp.ProfileError, match="action"):
+    with pytest.raises(profile.ProfileError, match="action"):
         seccomp.load_profile(bad)
     bad.write_text(
         json.dumps(
@@ -213,21 +213,33 @@ def test_a_profile_document_is_checked_before_anything_runs(tmp_path: Path) -> N
             }
         )
     )
-    with pytest.raises(seccomp.ProfileError, match="unknown syscall 'no_such_call'"):
+    with pytest.raises(profile.ProfileError, match="unknown syscall 'no_such_call'"):
         seccomp.load_profile(bad)
     bad.write_text("{not json")
-    with pytest.raises(seccomp.ProfileError, match="not JSON"):
+    with pytest.raises(profile.ProfileError, match="not JSON"):
         seccomp.load_profile(bad)
+
+
+def test_a_profile_is_compiled_at_create_before_anything_is_made(rt: LinuxRuntime) -> None:
+    """A spec is not a squishfile: its profile document is compiled by ``create``, which
+    refuses a syscall libseccomp does not know and leaves no container behind."""
+    document = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["frobnicate"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    with pytest.raises(profile.ProfileError, match="unknown syscall 'frobnicate'"):
+        rt.create(shell("uncompiled", "true", seccomp=document))
+    assert "uncompiled" not in {info.name for info in rt.list()}
 
 
 def test_ptrace_is_refused_only_on_kernels_where_it_could_bypass_seccomp(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    denied = {name for rule in seccomp.default_rules() for name in rule.names}
+    denied = {name for rule in profile.default_rules() for name in rule.names}
     assert "ptrace" not in denied  # this kernel is newer than 4.8
     fake = os.uname_result(("Linux", "host", "4.4.0-210-generic", "#1", "x86_64"))
     monkeypatch.setattr(os, "uname", lambda: fake)
-    assert "ptrace" in {name for rule in seccomp.default_rules() for name in rule.names}
+    assert "ptrace" in {name for rule in profile.default_rules() for name in rule.names}
 
 
 def test_docker_conditions_are_evaluated_for_squishs_capabilities_and_this_kernel() -> None:
@@ -244,25 +256,25 @@ def test_docker_conditions_are_evaluated_for_squishs_capabilities_and_this_kerne
             {"names": ["getppid"], "action": allow, "excludes": {"caps": ["CAP_KILL"]}},
         ],
     }
-    _, rules = seccomp.parse_profile(document)
+    _, rules = profile.parse_profile(document)
     assert [rule.names for rule in rules] == [("getpid",), ("chroot",), ("ptrace",)]
-    with pytest.raises(seccomp.ProfileError, match=r"unsupported profile key\(s\): listenerPath"):
-        seccomp.parse_profile({**document, "listenerPath": "/run/x"})
-    with pytest.raises(seccomp.ProfileError, match=r"unsupported key\(s\): errno"):
-        seccomp.parse_profile({"defaultAction": allow, "syscalls": [{"names": [], "errno": 1}]})
+    with pytest.raises(profile.ProfileError, match=r"unsupported profile key\(s\): listenerPath"):
+        profile.parse_profile({**document, "listenerPath": "/run/x"})
+    with pytest.raises(profile.ProfileError, match=r"unsupported key\(s\): errno"):
+        profile.parse_profile({"defaultAction": allow, "syscalls": [{"names": [], "errno": 1}]})
 
 
 def test_a_profile_file_must_be_a_small_regular_file(tmp_path: Path) -> None:
-    with pytest.raises(seccomp.ProfileError, match="not a regular file"):
+    with pytest.raises(profile.ProfileError, match="not a regular file"):
         seccomp.load_profile(Path("/dev/zero"))
     big = tmp_path / "big.json"
-    big.write_bytes(b" " * (seccomp.MAX_PROFILE_BYTES + 1))
-    with pytest.raises(seccomp.ProfileError, match="larger than"):
+    big.write_bytes(b" " * (profile.MAX_PROFILE_BYTES + 1))
+    with pytest.raises(profile.ProfileError, match="larger than"):
         seccomp.load_profile(big)
 
 
 def test_a_profile_past_the_kernels_instruction_limit_is_refused() -> None:
     rule = {"names": ["getpid"], "action": "SCMP_ACT_ERRNO"}
     many = [{**rule, "args": [{"index": 0, "value": n, "op": "SCMP_CMP_EQ"}]} for n in range(5000)]
-    with pytest.raises(seccomp.ProfileError, match="BPF instructions; the kernel takes"):
+    with pytest.raises(profile.ProfileError, match="BPF instructions; the kernel takes"):
         seccomp.compile_profile({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": many})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +13,11 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from reconciler.desired.validation import validate_files
 from reconciler.problems import Problem, SquishfileError, field_path
 from reconciler.squishfile import Squishfile, load_squishfile
 from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from runtime.security.seccomp import compile_profile
 
 SHA = "0123456789abcdef" * 4
 MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
@@ -617,9 +621,9 @@ def test_a_seccomp_profile_file_is_read_relative_to_the_squishfile(tmp_path: Pat
         ('"./p.json"', '{"defaultAction": "SCMP_ACT_NOPE"}', "unknown action 'SCMP_ACT_NOPE'"),
         (
             '"./p.json"',
-            '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["frobnicate"], '
+            '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["get pid"], '
             '"action": "SCMP_ACT_ERRNO"}]}',
-            "unknown syscall 'frobnicate'",
+            "'get pid' is not a syscall name",
         ),
     ],
 )
@@ -631,6 +635,50 @@ def test_a_bad_seccomp_setting_names_its_line_and_field(
     [problem] = problems_in_table(tmp_path, "security", f"seccomp = {value}\n")
     assert (problem.line, problem.field) == (6, "security.seccomp")
     assert message in problem.message
+
+
+_UNKNOWN_SYSCALL = (
+    '{"defaultAction": "SCMP_ACT_ALLOW", '
+    '"syscalls": [{"names": ["frobnicate"], "action": "SCMP_ACT_ERRNO"}]}'
+)
+
+
+def test_the_model_checks_a_profiles_structure_and_its_caller_compiles_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "p.json").write_text(_UNKNOWN_SYSCALL)
+    path = write(tmp_path, _BASE + 'seccomp = "./p.json"\n')
+    spec = load_squishfile(path).to_spec()  # well formed: only libseccomp knows better
+    assert isinstance(spec.seccomp, dict)
+    with pytest.raises(SquishfileError) as caught:
+        load_squishfile(path, check_profile=compile_profile)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (6, "security.seccomp")
+    assert "unknown syscall 'frobnicate'" in problem.message
+    [(_, error)] = validate_files([path], check_profile=compile_profile)
+    assert error is not None and error.problems == caught.value.problems
+
+
+def test_loading_squishfiles_loads_no_ffi(tmp_path: Path) -> None:
+    """What the import contract says, at run time: validating a squishfile that names a
+    profile loads neither ctypes nor libseccomp's wrapper."""
+    (tmp_path / "p.json").write_text(_PROFILE)
+    path = write(tmp_path, _BASE + 'seccomp = "./p.json"\n')
+    script = (
+        "import sys; from pathlib import Path; "
+        "from reconciler.squishfile import load_squishfile; "
+        f"load_squishfile(Path({str(path)!r})).to_spec(); "
+        "print(sorted({'ctypes', 'runtime.security.seccomp'} & set(sys.modules)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert found.stdout.strip() == "[]"
 
 
 # -- [resources] --------------------------------------------------------------------------------

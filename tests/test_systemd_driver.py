@@ -3,6 +3,7 @@ tests/test_cgroups_vm.py with a user instance of systemd)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,23 +11,31 @@ from pathlib import Path
 import pytest
 
 from runtime.api.spec import Resources
-from runtime.cgroups import fs as cgroups
-from runtime.cgroups import systemd
 from runtime.cgroups.bus import bus_address
+from runtime.cgroups.driver import detect
+from runtime.cgroups.scopes import SystemdDriver, live_properties, scope_properties
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_limits_become_systemd_properties() -> None:
     limits = Resources(memory=256 * 1024**2, memory_swap=0, cpus=0.5, cpu_weight=50, pids=64)
-    assert systemd.scope_properties(limits) == [
+    assert scope_properties(limits) == [
         ("MemoryMax", ("t", 256 * 1024**2)),
         ("MemorySwapMax", ("t", 0)),
         ("CPUQuotaPerSecUSec", ("t", 500_000)),
         ("CPUWeight", ("t", 50)),
         ("TasksMax", ("t", 64)),
     ]
-    assert systemd.scope_properties(None) == []
+    assert scope_properties(None) == []
+    lifted = 2**64 - 1  # systemd's infinity: a limit left out is lifted, as with cgroupfs
+    assert live_properties(Resources(pids=64)) == [
+        ("TasksMax", ("t", 64)),
+        ("MemoryMax", ("t", lifted)),
+        ("MemorySwapMax", ("t", lifted)),
+        ("CPUQuotaPerSecUSec", ("t", lifted)),
+        ("CPUWeight", ("t", 100)),
+    ]
 
 
 def test_the_user_bus_is_found_from_the_environment(tmp_path: Path) -> None:
@@ -43,14 +52,14 @@ def test_the_driver_is_chosen_by_what_is_reachable(
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
-    assert cgroups.detect(driver="systemd").driver == "none"  # asked for, but no bus
+    assert detect(driver="systemd").name == "none"  # asked for, but no bus
     (tmp_path / "bus").touch()
-    chosen = cgroups.detect(driver="systemd")
-    assert (chosen.driver, chosen.bus) == ("systemd", str(tmp_path / "bus"))
+    chosen = detect(driver="systemd")
+    assert isinstance(chosen, SystemdDriver) and chosen.bus == str(tmp_path / "bus")
     chosen.check(Resources(memory=64 * 1024**2))  # checked on the scope, after the start
-    assert cgroups.detect(driver="auto").driver == "systemd"  # a reachable systemd wins
-    assert cgroups.detect(driver="cgroupfs").driver in ("cgroupfs", "none")
-    assert "use auto, cgroupfs or systemd" in (cgroups.detect(driver="sideways").problem or "")
+    assert detect(driver="auto").name == "systemd"  # a reachable user systemd is preferred
+    assert detect(driver="cgroupfs").name in ("cgroupfs", "none")
+    assert "use auto, cgroupfs or systemd" in (detect(driver="sideways").problem or "")
 
 
 def test_the_holder_side_loads_no_pydantic() -> None:
@@ -61,3 +70,24 @@ def test_the_holder_side_loads_no_pydantic() -> None:
         "sys.exit(1 if 'pydantic' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
+
+
+def test_choosing_a_driver_loads_no_dbus_library(tmp_path: Path) -> None:
+    """jeepney is loaded only when the client talks to systemd (a live limit change) or
+    the launcher starts a scope: not to detect the driver, whichever is chosen."""
+    (tmp_path / "bus").touch()
+    code = (
+        "import sys, runtime.client.linux; from runtime.cgroups.driver import detect; "
+        "names = [detect(driver=d).name for d in ('systemd', 'cgroupfs')]; "
+        "print(names[0], 'jeepney' in sys.modules)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "DBUS_SESSION_BUS_ADDRESS": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert found.stdout.split() == ["systemd", "False"]

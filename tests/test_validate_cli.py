@@ -46,3 +46,15 @@ def test_valid_files_pass_and_an_empty_folder_does_not(tmp_path: Path) -> None:
 def test_the_examples_in_desired_are_valid() -> None:
     result = validate(ROOT / "desired")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_profile_is_compiled_when_validating(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(
+        '{"defaultAction": "SCMP_ACT_ALLOW", '
+        '"syscalls": [{"names": ["frobnicate"], "action": "SCMP_ACT_ERRNO"}]}'
+    )
+    (tmp_path / "web.toml").write_text(GOOD + '[security]\nseccomp = "./p.json"\n')
+    result = validate(tmp_path)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'web.toml'}:6: security.seccomp:" in result.stderr
+    assert "unknown syscall 'frobnicate'" in result.stderr

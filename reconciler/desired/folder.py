@@ -8,6 +8,10 @@ the same name, the one that sorts first keeps it here and the other becomes a
 refused file's container is the one running (:mod:`reconciler.planning.conflicts`). The types,
 labels and ``spec_hash`` live in :mod:`reconciler.desired.types` (import them from there), so
 the planner can use them without I/O.
+
+A seccomp profile is compiled here (:func:`runtime.security.seccomp.compile_profile`),
+not in the squishfile model, which loads no FFI: a syscall libseccomp does not know is
+then the file's problem at ``security.seccomp``, as the model's own checks are.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import conflict_lines, load_squishfile
 from runtime.api.spec import ContainerSpec
-from runtime.security.seccomp import ProfileError, read_profile_bytes
+from runtime.security.profile import ProfileError, read_profile_bytes
+from runtime.security.seccomp import compile_profile
 
 __all__ = ("FileCache", "load_desired")
 
@@ -80,7 +85,7 @@ def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile = load_squishfile(path, raw)
+        squishfile = load_squishfile(path, raw, check_profile=compile_profile)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)

@@ -14,17 +14,18 @@ from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import SquishfileError
 from reconciler.squishfile import conflict_lines, load_squishfile
 from runtime.api.spec import PortMapping
+from runtime.security.profile import ProfileCheck
 
 __all__ = ("validate_files",)
 
 
-def _claim(path: Path) -> Claim:
+def _claim(path: Path, check_profile: ProfileCheck | None) -> Claim:
     try:
         raw = path.read_bytes()
     except OSError:
         load_squishfile(path)  # reads again and words the error
         raise
-    squishfile = load_squishfile(path, raw)
+    squishfile = load_squishfile(path, raw, check_profile=check_profile)
     ports = tuple(
         PortMapping(container=p.container, host=p.host, protocol=p.protocol, host_addr=p.host_addr)
         for p in squishfile.ports
@@ -34,20 +35,23 @@ def _claim(path: Path) -> Claim:
 
 
 def validate_files(
-    paths: Sequence[Path], holders: Mapping[str, Holding] | None = None
+    paths: Sequence[Path],
+    holders: Mapping[str, Holding] | None = None,
+    *,
+    check_profile: ProfileCheck | None = None,
 ) -> list[tuple[Path, SquishfileError | None]]:
     """Validate each file, then refuse the files that lose a name or host port.
 
     ``holders`` are the running containers of the files' folders by name (the file each
     was made from and its live forwards): they keep what they hold. Results come in the
-    order of ``paths``.
+    order of ``paths``. ``check_profile`` is :func:`load_squishfile`'s.
     """
     errors: dict[int, SquishfileError] = {}
     claims: list[Claim] = []
     valid: list[int] = []
     for index, path in enumerate(paths):
         try:
-            claims.append(_claim(path))
+            claims.append(_claim(path, check_profile))
         except SquishfileError as exc:
             errors[index] = exc
             continue

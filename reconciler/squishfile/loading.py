@@ -26,6 +26,7 @@ from reconciler.squishfile.model import (
     Squishfile,
 )
 from reconciler.squishfile.sections import (
+    PROFILE_CHECK,
     HealthSection,
     ResourcesSection,
     RestartSection,
@@ -33,6 +34,7 @@ from reconciler.squishfile.sections import (
     UpdateSection,
 )
 from reconciler.squishfile.tomlpos import Loc, line_of, problems_from_validation, syntax_problem
+from runtime.security.profile import ProfileCheck
 
 __all__ = (
     "conflict_lines",
@@ -40,16 +42,23 @@ __all__ = (
 )
 
 
-def load_squishfile(path: Path, content: bytes | None = None) -> Squishfile:
+def load_squishfile(
+    path: Path, content: bytes | None = None, *, check_profile: ProfileCheck | None = None
+) -> Squishfile:
     """Read, parse and validate one squishfile; raise SquishfileError listing all problems.
 
     ``content``, when given, is the file's bytes already read (so a caller that hashed
-    those bytes validates exactly them).
+    those bytes validates exactly them). ``check_profile`` checks a seccomp profile
+    beyond its structure (callers that may load libseccomp pass
+    :func:`runtime.security.seccomp.compile_profile`); its error is the
+    ``security.seccomp`` line's.
     """
-    return _load(path, content)[0]
+    return _load(path, content, check_profile)[0]
 
 
-def _load(path: Path, content: bytes | None = None) -> tuple[Squishfile, str]:
+def _load(
+    path: Path, content: bytes | None = None, check_profile: ProfileCheck | None = None
+) -> tuple[Squishfile, str]:
     label = str(path)
     try:
         raw = path.read_bytes() if content is None else content
@@ -70,7 +79,8 @@ def _load(path: Path, content: bytes | None = None) -> tuple[Squishfile, str]:
         problem = Problem(label, None, "<syntax>", "nested too deeply to read")
         raise SquishfileError(path, [problem]) from None
     try:
-        squishfile = Squishfile.model_validate(data, context={"source": path})
+        context = {"source": path, PROFILE_CHECK: check_profile}
+        squishfile = Squishfile.model_validate(data, context=context)
     except ValidationError as exc:
         raise SquishfileError(path, _problems(label, text, data, exc)) from None
     return squishfile, text

@@ -13,9 +13,10 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_valida
 from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
 from runtime.api.spec import MAX_BYTES, Resources
-from runtime.security.seccomp import read_profile
+from runtime.security.profile import ProfileCheck, read_profile
 
 __all__ = (
+    "PROFILE_CHECK",
     "HealthSection",
     "ResourcesSection",
     "RestartSection",
@@ -166,7 +167,10 @@ class SecuritySection(BaseModel):
             )
         source = (info.context or {}).get("source")
         path = resolve(value, source if isinstance(source, Path) else None)
-        document, raw = read_profile(path)  # missing, malformed, uncompilable: an error here
+        document, raw = read_profile(path)  # missing or malformed: an error here
+        check: ProfileCheck | None = (info.context or {}).get(PROFILE_CHECK)
+        if check is not None:  # the caller's further check (compiling it): its line too
+            check(document)
         if isinstance(info.context, dict):  # read once: handed to _keep_profile below
             info.context[_PROFILE_READ] = (path, document, raw)
         return value
@@ -196,3 +200,6 @@ class SecuritySection(BaseModel):
 
 
 _PROFILE_READ = "_seccomp_profile_read"
+PROFILE_CHECK = "check_profile"
+"""The validation context key of a :data:`runtime.security.profile.ProfileCheck` that a
+profile must pass besides its structure (the model itself loads no FFI to compile it)."""

@@ -2,16 +2,17 @@
 
 A rootless runtime may only create cgroups where it has been given a subtree: systemd's
 ``user@UID.service`` (``Delegate=yes``) on most distributions, or a folder an
-administrator created and chowned. :func:`detect` finds it: the topmost ancestor of the
-caller's own cgroup that belongs to the caller. Each container gets a leaf below it,
-``<delegated>/squish/<state id>/<name>.<random>``: the launcher moves the container's init
-there before the init reads its request, and the init then starts a new cgroup namespace,
-so inside the container its leaf is ``/``.
+administrator created and chowned. :func:`delegated_subtree` finds it: the topmost
+ancestor of the caller's own cgroup that belongs to the caller. Each container gets a
+leaf below it, ``<delegated>/squish/<state id>/<name>.<random>``: the launcher moves the
+container's init there before the init reads its request, and the init then starts a new
+cgroup namespace, so inside the container its leaf is ``/``.
 
 The leaf is what limits apply to (``memory.max``, ``memory.swap.max``, ``cpu.max``,
 ``cpu.weight``, ``pids.max``), what ``cgroup.kill`` empties at once (every process,
 whatever it forked), what ``cgroup.freeze`` pauses, and where ``memory.events`` and
-``pids.events`` count OOM kills and refused forks.
+``pids.events`` count OOM kills and refused forks. A systemd scope's folder is a
+:class:`Leaf` too once systemd made it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from runtime.cgroups.bus import bus_address
 from runtime.errors import HostSetupError
+from runtime.wire import LaunchRequest
 
 if TYPE_CHECKING:  # the holder's launcher imports this module: no pydantic there
     from runtime.api.spec import Resources
@@ -35,10 +36,11 @@ if TYPE_CHECKING:  # the holder's launcher imports this module: no pydantic ther
 __all__ = (
     "CGROUP_NOTE",
     "DELEGATE_FIX",
-    "Cgroups",
+    "CgroupfsDriver",
     "Leaf",
+    "LeafPlacement",
     "cgroup_of",
-    "detect",
+    "delegated_subtree",
     "needed_controllers",
 )
 
@@ -217,35 +219,28 @@ def _field(path: Path, key: str) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class Cgroups:
-    """The user's delegated cgroup subtree, or why there is none."""
+class CgroupfsDriver:
+    """The cgroupfs driver: a leaf per container, made by the client in the user's
+    delegated subtree ``root``."""
 
-    root: Path | None
+    name = "cgroupfs"
     problem: str | None = None
-    """Why limits cannot be applied here (None when they can)."""
-    bus: str | None = None
-    """With the systemd driver: the user's bus socket (then ``root`` is None)."""
 
-    @property
-    def driver(self) -> str:
-        return "systemd" if self.bus else "cgroupfs" if self.root else "none"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"CgroupfsDriver({str(self.root)!r})"
 
     @property
     def controllers(self) -> set[str]:
-        return set(_read(self.root / "cgroup.controllers").split()) if self.root else set()
+        """The controllers the subtree offers."""
+        return set(_read(self.root / "cgroup.controllers").split())
 
     def check(self, resources: Resources | None) -> None:
         """Raise :class:`HostSetupError` unless every limit of ``resources`` can apply."""
         needed = needed_controllers(resources)
-        if not needed or self.bus:  # systemd: checked on the scope it made, after the start
-            return
-        if self.root is None:
-            raise HostSetupError(
-                f"resource limits need cgroup v2 delegated to you: {self.problem}",
-                fix=DELEGATE_FIX,
-            )
-        offered = self.controllers
+        offered = self.controllers if needed else set()
         missing = [c for c in needed if c not in offered]
         if missing:
             shown = " ".join(sorted(offered)) or "none"
@@ -255,28 +250,34 @@ class Cgroups:
                 fix=DELEGATE_FIX,
             )
 
-    def make_leaf(self, group: str, name: str, resources: Resources | None) -> Leaf | None:
-        """Create a container's leaf with its limits; None when there is no subtree."""
-        self.check(resources)  # limits without a subtree: refused here too, not dropped
-        if self.root is None or self.bus:
-            return None
+    def place(self, group: str, name: str, resources: Resources | None) -> LeafPlacement:
+        """A fresh leaf with its limits, below this state folder's ``group``."""
+        self.check(resources)
         parent = self.root / "squish" / group
         parent.mkdir(parents=True, exist_ok=True)
         self.enable(parent, needed_controllers(resources))
         leaf = Leaf(parent / f"{name}.{secrets.token_hex(3)}")
         leaf.path.mkdir()
-        if resources is None:
-            return leaf  # a new leaf has no limits already
-        try:
-            leaf.apply(resources)
-        except BaseException:
-            leaf.remove()
-            raise
-        return leaf
+        if resources is not None:  # a new leaf has no limits already
+            try:
+                leaf.apply(resources)
+            except BaseException:
+                leaf.remove()
+                raise
+        return LeafPlacement(leaf, bool(needed_controllers(resources)))
+
+    def apply_live(self, leaf: Leaf, resources: Resources | None) -> None:
+        """Write the new limits: the kernel enforces them at once."""
+        self.enable(leaf.path.parent, needed_controllers(resources))
+        leaf.apply(resources)
+
+    def release(self, group: str) -> None:
+        """Remove this state folder's cgroup folder, once it is empty."""
+        with contextlib.suppress(OSError):
+            (self.root / "squish" / group).rmdir()
 
     def enable(self, parent: Path, controllers: list[str]) -> None:
         """Enable ``controllers`` on the way from the subtree's root down to ``parent``."""
-        assert self.root is not None
         if not controllers:
             return
         parts = parent.relative_to(self.root).parts
@@ -299,53 +300,61 @@ class Cgroups:
                 ) from exc
 
 
-def detect(uid: int | None = None, *, driver: str = "auto", root: Path | None = None) -> Cgroups:
-    """How containers get cgroups here: the user's systemd over D-Bus when a user bus is
-    reachable, else the caller's delegated cgroup v2 subtree (``root`` names one), else
-    none. ``driver`` (auto, cgroupfs, systemd) forces a driver. Both come from the
-    runtime's settings (``$SQUISH_CGROUP_DRIVER``, ``$SQUISH_CGROUP_ROOT``)."""
-    uid = os.getuid() if uid is None else uid
-    if driver not in ("auto", "cgroupfs", "systemd"):
-        return Cgroups(None, f"SQUISH_CGROUP_DRIVER={driver!r}: use auto, cgroupfs or systemd")
-    if driver != "cgroupfs":
-        bus = bus_address()
-        if bus is not None:  # the user's systemd is reachable: it makes the cgroups
-            return Cgroups(None, None, bus)
-        if driver == "systemd":
-            return Cgroups(None, "SQUISH_CGROUP_DRIVER=systemd, but no user bus is reachable")
-    found = _cgroupfs(uid, root)
-    if found.root is None and driver == "auto":
-        return Cgroups(None, f"{found.problem}, and no user systemd bus is reachable")
-    return found
+class LeafPlacement:
+    """One start in a leaf the client made (see :class:`runtime.cgroups.driver.Placement`)."""
+
+    def __init__(self, leaf: Leaf, limited: bool) -> None:
+        self.leaf: Leaf | None = leaf
+        self.limited = limited
+
+    def request(self, request: LaunchRequest) -> LaunchRequest:
+        return replace(request, cgroup=str(self.leaf.path) if self.leaf else "")
+
+    def unplaced_after(self, reply: dict[str, Any]) -> bool:
+        """A holder started from another cgroup cannot move the init into ours; without
+        limits the container runs without a leaf of its own."""
+        if self.leaf is None or self.limited or reply.get("error") != "cgroup_move":
+            return False
+        self.leaf.remove()
+        self.leaf = None
+        return True
+
+    def check_started(self, leaf: Leaf) -> None:
+        """Nothing to check: the leaf was checked when it was made."""
+
+    def discard_unused(self, used: Leaf | None) -> None:
+        if self.leaf is not None and used != self.leaf:
+            self.leaf.kill()
+            self.leaf.remove()
 
 
-def _cgroupfs(uid: int, explicit: Path | None) -> Cgroups:
+def delegated_subtree(uid: int, explicit: Path | None) -> tuple[Path | None, str | None]:
+    """The caller's delegated cgroup v2 subtree (``explicit`` names one), or why there is
+    none."""
     mount = _v2_mount(_read(Path("/proc/self/mountinfo")))
     if explicit is not None:
         root = explicit
         own = _own_cgroup(_read(Path("/proc/self/cgroup")))
         if mount is None or own is None or not _ours(root, uid):
-            return Cgroups(None, f"SQUISH_CGROUP_ROOT={root} is not a cgroup v2 folder of yours")
+            return None, f"SQUISH_CGROUP_ROOT={root} is not a cgroup v2 folder of yours"
         if not (mount[0] / own.lstrip("/")).is_relative_to(root):
-            return Cgroups(None, f"SQUISH_CGROUP_ROOT={root} does not contain your cgroup {own}")
-        return Cgroups(root)
+            return None, f"SQUISH_CGROUP_ROOT={root} does not contain your cgroup {own}"
+        return root, None
     if mount is None:
-        return Cgroups(None, "this host has no cgroup v2 hierarchy (cgroup v1 only)")
+        return None, "this host has no cgroup v2 hierarchy (cgroup v1 only)"
     where, hybrid = mount
     own = _own_cgroup(_read(Path("/proc/self/cgroup")))
     if own is None:
-        return Cgroups(None, "this process has no cgroup v2 membership")
+        return None, "this process has no cgroup v2 membership"
     current = where / own.lstrip("/")
     mode = "hybrid (v1 and v2)" if hybrid else "unified (v2)"
     if not _ours(current, uid):
-        return Cgroups(
-            None,
-            f"cgroups here are {mode} and your cgroup {own} ({current}) is not delegated to you",
-        )
+        why = f"cgroups here are {mode} and your cgroup {own} ({current}) is not delegated to you"
+        return None, why
     root = current
     while root != where and _ours(root.parent, uid):
         root = root.parent
-    return Cgroups(root)
+    return root, None
 
 
 def _ours(folder: Path, uid: int) -> bool:

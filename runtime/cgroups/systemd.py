@@ -1,16 +1,19 @@
-"""The systemd cgroup driver: one transient scope per container in the user's systemd.
+"""The systemd cgroup driver's D-Bus side: transient scopes started and changed.
 
 As runc's and crun's systemd managers do, the container's init is handed to the user's
 systemd instance over D-Bus (``StartTransientUnit`` with ``Delegate=yes``): systemd creates
 ``<unit>.scope`` under ``user@UID.service``, moves the init there and applies the limits it
 has properties for (``MemoryMax``, ``MemorySwapMax``, ``CPUQuotaPerSecUSec``,
 ``CPUWeight``, ``TasksMax``). With ``Delegate=yes`` the scope's folder belongs to the user,
-so kill, freeze, events and live changes are then plain cgroupfs writes there.
+so kill, freeze and events are then plain cgroupfs writes there (limits change through
+systemd, which must know them).
 
 The call is made by the holder's launcher, from inside the containers' user namespace:
 its effective uid there is 0, so the D-Bus ``EXTERNAL`` authentication names the user's
 uid outside (``host_uid``), which is what the bus sees on the socket. jeepney builds and
-parses the messages; the handshake is written here for that reason.
+parses the messages; the handshake is written here for that reason. What a scope holds
+is decided by the client (:mod:`runtime.cgroups.scopes`): this module is the launcher's
+light path and loads no pydantic.
 """
 
 from __future__ import annotations
@@ -20,17 +23,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jeepney import DBusAddress, new_method_call
 from jeepney.low_level import HeaderFields, Message, MessageType, Parser
 
 from runtime.cgroups.fs import cgroup_of
 
-if TYPE_CHECKING:
-    from runtime.api.spec import Resources
-
-__all__ = ("ScopeError", "scope_properties", "set_properties", "start_scope")
+__all__ = ("ScopeError", "set_properties", "start_scope")
 
 _MANAGER = DBusAddress(
     "/org/freedesktop/systemd1",
@@ -45,25 +45,6 @@ _TIMEOUT = 10.0
 
 class ScopeError(OSError):
     """The user's systemd did not give the container its scope."""
-
-
-def scope_properties(resources: Resources | None) -> list[tuple[str, tuple[str, Any]]]:
-    """systemd unit properties for the limits in ``resources`` (computed by the client:
-    the holder gets them as JSON and never loads pydantic)."""
-    props: list[tuple[str, tuple[str, Any]]] = []
-    if resources is None:
-        return props
-    if resources.memory is not None:
-        props.append(("MemoryMax", ("t", resources.memory)))
-    if resources.memory_swap is not None:
-        props.append(("MemorySwapMax", ("t", resources.memory_swap)))
-    if resources.cpus is not None:
-        props.append(("CPUQuotaPerSecUSec", ("t", round(resources.cpus * 1_000_000))))
-    if resources.cpu_weight is not None:
-        props.append(("CPUWeight", ("t", resources.cpu_weight)))
-    if resources.pids is not None:
-        props.append(("TasksMax", ("t", resources.pids)))
-    return props
 
 
 class _Connection:
@@ -121,8 +102,9 @@ class _Connection:
 
 def start_scope(scope: dict[str, Any], pid: int) -> Path:
     """Put ``pid`` into a new delegated transient scope as ``scope`` describes it (``bus``,
-    ``host_uid``, ``unit``, ``properties`` from :func:`scope_properties`); return the
-    scope's cgroup folder once the process is in it."""
+    ``host_uid``, ``unit``, ``properties`` from
+    :func:`runtime.cgroups.scopes.scope_properties`); return the scope's cgroup folder
+    once the process is in it."""
     unit = str(scope["unit"])
     props = [
         ("Description", ("s", f"squish container {unit}")),
@@ -181,17 +163,9 @@ def _realized(folder: Path, props: list[tuple[str, tuple[str, Any]]]) -> bool:
     return True
 
 
-def set_properties(bus: str, unit: str, resources: Resources | None) -> None:
-    """Change a running scope's limits through systemd (``SetUnitProperties``, runtime
+def set_properties(bus: str, unit: str, props: list[tuple[str, tuple[str, Any]]]) -> None:
+    """Change a running scope's properties through systemd (``SetUnitProperties``, runtime
     only), so that systemd's own view stays right and a reload does not undo them."""
-    props = scope_properties(resources)
-    given = {name for name, _ in props}  # a limit left out is lifted, as with cgroupfs
-    unlimited = 2**64 - 1  # systemd's "infinity"
-    for name in ("MemoryMax", "MemorySwapMax", "CPUQuotaPerSecUSec", "TasksMax"):
-        if name not in given:
-            props.append((name, ("t", unlimited)))
-    if "CPUWeight" not in given:
-        props.append(("CPUWeight", ("t", 100)))
     connection = _Connection(bus, os.getuid())
     try:
         connection.call(

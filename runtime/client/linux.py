@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import signal
 import sys
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from runtime.api.interface import ContainerInfo, ContainerState
-from runtime.api.spec import ContainerSpec, Resources, RootfsRef
-from runtime.cgroups import fs as cgroups
-from runtime.cgroups import systemd
+from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.client import folders
 from runtime.client.live import RunningOps
 from runtime.client.records import forward_of, leaf_of
@@ -207,54 +203,27 @@ class LinuxRuntime(RunningOps):
             return self._info(cdir, fresh=False)
 
     def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> dict[str, Any]:
-        """Ask the holder to start the container in a fresh cgroup leaf (if there is a
-        subtree); a leaf that no run ended up using is removed, whatever happened."""
-        resources = self._spec(cdir).resources
-        if self.cgroups.bus:  # the systemd driver: the launcher asks for a scope
-            return self._launch_in_scope(cdir, name, request, resources)
-        leaf = self.cgroups.make_leaf(self._group, name, resources)
-        reply: dict[str, Any] = {}
+        """Ask the holder to start the container where the cgroup driver places it;
+        refuse (and stop it) if its cgroup cannot hold its limits. A cgroup that no run
+        ended up using is removed, whatever happened."""
+        placement = self.cgroups.place(self._group, name, self._spec(cdir).resources)
         try:
-            if leaf is not None:
-                request = dataclasses.replace(request, cgroup=str(leaf.path))
-            reply = self.holder.request({"op": "launch", "request": request.to_json()})
-            unmovable = reply.get("error") == "cgroup_move"
-            if leaf is not None and unmovable and not cgroups.needed_controllers(resources):
-                # A holder started from another cgroup cannot move the init into ours;
-                # without limits the container runs without a leaf of its own.
-                leaf.remove()
-                leaf = None
-                unplaced = dataclasses.replace(request, cgroup="")
-                reply = self.holder.request({"op": "launch", "request": unplaced.to_json()})
+            reply = self._request_launch(placement.request(request))
+            if placement.unplaced_after(reply):
+                reply = self._request_launch(placement.request(request))
+            leaf = leaf_of(reply.get("run"))
+            if reply.get("ok") and leaf is not None:
+                try:
+                    placement.check_started(leaf)
+                except HostSetupError as exc:
+                    self._kill_leftover(cdir)
+                    return {"ok": False, "error": "start", "message": str(exc)}
             return reply
         finally:
-            if leaf is not None and leaf_of(read_json(cdir / "run.json")) != leaf:
-                leaf.kill()
-                leaf.remove()
+            placement.discard_unused(leaf_of(read_json(cdir / "run.json")))
 
-    def _launch_in_scope(
-        self, cdir: Path, name: str, request: LaunchRequest, resources: Resources | None
-    ) -> dict[str, Any]:
-        """Start the container in a transient scope of the user's systemd; refuse (and
-        stop it) if the scope lacks a controller its limits need."""
-        assert self.cgroups.bus is not None
-        scope = {
-            "bus": self.cgroups.bus,
-            "host_uid": os.getuid(),
-            "unit": f"squish-{self._group}-{name}-{secrets.token_hex(3)}.scope",
-            "properties": systemd.scope_properties(resources),
-        }
-        reply = self.holder.request(
-            {"op": "launch", "request": dataclasses.replace(request, systemd_scope=scope).to_json()}
-        )
-        leaf = leaf_of(reply.get("run"))
-        if reply.get("ok") and leaf is not None:
-            try:
-                leaf.check_controllers(resources)
-            except HostSetupError as exc:  # the user's systemd does not delegate them
-                self._kill_leftover(cdir)
-                return {"ok": False, "error": "start", "message": str(exc)}
-        return reply
+    def _request_launch(self, request: LaunchRequest) -> dict[str, Any]:
+        return self.holder.request({"op": "launch", "request": request.to_json()})
 
     @staticmethod
     def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
@@ -407,9 +376,7 @@ class LinuxRuntime(RunningOps):
         for info in self.list():
             self.remove(info.name, force=True)
         self.holder.stop()
-        if self.cgroups.root is not None:  # this state folder's cgroup folder, once empty
-            with suppress(OSError):
-                (self.cgroups.root / "squish" / self._group).rmdir()
+        self.cgroups.release(self._group)
 
     def check_host(self) -> None:
         """Raise :class:`HostSetupError` when slirp4netns cannot work for this user."""

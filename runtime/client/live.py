@@ -14,7 +14,6 @@ from typing import Any
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.api.spec import PortMapping, Resources
 from runtime.cgroups import fs as cgroups
-from runtime.cgroups import systemd
 from runtime.client.records import (
     RecordStore,
     forward_key,
@@ -212,12 +211,8 @@ class RunningOps(RecordStore):
                         f"container {name!r} runs without a cgroup of its own (it was started "
                         "before one was delegated): recreate it to give it limits"
                     )
-                if leaf is not None and self.cgroups.bus:  # a scope's limits are systemd's
-                    systemd.set_properties(self.cgroups.bus, leaf.path.name, resources)
-                    leaf.check_controllers(resources)
-                elif leaf is not None:  # live: the kernel enforces the new limits at once
-                    self.cgroups.enable(leaf.path.parent, cgroups.needed_controllers(resources))
-                    leaf.apply(resources)
+                if leaf is not None:
+                    self.cgroups.apply_live(leaf, resources)
             # Recorded once applied: a limit that could not be set is tried again.
             spec = self._spec(cdir).model_copy(update={"resources": resources})
             self._write_spec(cdir, spec)

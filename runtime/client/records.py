@@ -17,6 +17,7 @@ from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.cgroups import fs as cgroups
+from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.client import folders
 from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
@@ -117,7 +118,7 @@ class RecordStore:
         self.containers = self.state / "containers"
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
-        self.cgroups = cgroups.detect(
+        self.cgroups: CgroupDriver = detect(
             driver=self.settings.cgroup_driver, root=self.settings.cgroup_root
         )
         self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()

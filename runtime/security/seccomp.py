@@ -4,18 +4,11 @@ libseccomp (``libseccomp.so.2``, the library Docker, podman and systemd use) is 
 through ctypes: its official Python binding ships only as a distribution package built for
 the system interpreter, and a container start must not pay for building a filter. A
 profile is compiled once (``seccomp_export_bpf``) and the container's init installs the
-bytes with one ``prctl`` (:func:`runtime.sandbox.confine.install_filter`).
+bytes with one ``prctl`` (:func:`runtime.sandbox.confine.apply`).
 
-The default profile follows Docker's for a container without extra capabilities: the
-syscalls Docker refuses (kernel keyrings, bpf, perf, userfaultfd, kexec, modules, reboot,
-swap, clocks, mounts, namespaces, handles, ptrace-like peeking at other processes...)
-fail with EPERM; ``clone`` with a namespace flag fails with EPERM; ``clone3`` fails with
-ENOSYS, so that C libraries fall back to ``clone``, whose flags can be inspected. Unlike
-Docker's, it is a deny list: a syscall newer than this list is allowed.
-
-A profile file uses Docker's JSON format (``defaultAction``, ``defaultErrnoRet`` and
-``syscalls`` with ``names``, ``action``, ``errnoRet`` and ``args``); only the native
-architecture is filtered and other architectures' syscalls kill the process.
+What a profile says, and the checks that need no libseccomp, live in
+:mod:`runtime.security.profile`; compiling is where a syscall name libseccomp does not
+know, or a program longer than the kernel takes, is found.
 """
 
 from __future__ import annotations
@@ -25,86 +18,34 @@ import ctypes.util
 import errno
 import json
 import os
-import platform
-import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.sandbox.confine import DEFAULT_CAPABILITIES as GRANTED_CAPABILITIES
+from runtime.security.profile import (
+    ACT_ALLOW,
+    ACT_KILL_PROCESS,
+    COMPARISONS,
+    ProfileError,
+    Rule,
+    default_rules,
+    parse_profile,
+    read_profile,
+)
 
 __all__ = (
-    "DEFAULT_DENIED",
-    "ProfileError",
-    "Rule",
+    "MAX_INSTRUCTIONS",
     "compile_default",
     "compile_profile",
+    "compile_rules",
     "load_profile",
-    "read_profile",
     "syscall_number",
 )
 
-ACT_KILL_PROCESS = 0x80000000
-ACT_KILL_THREAD = 0x00000000
-ACT_TRAP = 0x00030000
-ACT_LOG = 0x7FFC0000
-ACT_ALLOW = 0x7FFF0000
-_ACT_ERRNO = 0x00050000
-
-_CMP = {
-    "SCMP_CMP_NE": 1,
-    "SCMP_CMP_LT": 2,
-    "SCMP_CMP_LE": 3,
-    "SCMP_CMP_EQ": 4,
-    "SCMP_CMP_GE": 5,
-    "SCMP_CMP_GT": 6,
-    "SCMP_CMP_MASKED_EQ": 7,
-}
 _FLTATR_ACT_BADARCH = 2
 _FLTATR_CTL_NNP = 3
 MAX_INSTRUCTIONS = 4096
 """The kernel's limit on one seccomp program (BPF_MAXINSNS)."""
-MAX_PROFILE_BYTES = 1024 * 1024
-"""Largest profile file read."""
-
-DEFAULT_DENIED = (
-    # kernel keyrings, BPF, performance counters, page-fault handling from user space,
-    # io_uring (refused by Docker since 25.0: a frequent source of kernel bugs)
-    "add_key", "keyctl", "request_key", "bpf", "perf_event_open", "userfaultfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-    # kernels and modules, power, swap
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "create_module", "get_kernel_syms", "query_module", "reboot", "swapon", "swapoff",
-    # clocks and the host's identity
-    "clock_settime", "clock_adjtime", "settimeofday", "stime", "sethostname",
-    "setdomainname",
-    # mounts and namespaces
-    "mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick",
-    "open_tree", "move_mount", "mount_setattr", "setns", "unshare",
-    # file handles, other processes' memory, kernel logs and accounting
-    "open_by_handle_at", "name_to_handle_at", "process_vm_readv", "process_vm_writev",
-    "kcmp", "pidfd_getfd", "syslog", "acct", "lookup_dcookie", "quotactl", "quotactl_fd",
-    "fanotify_init", "nfsservctl",
-    # NUMA policy (CAP_SYS_NICE in Docker), I/O ports, obsolete or dangerous leftovers
-    "mbind", "migrate_pages", "move_pages", "set_mempolicy", "get_mempolicy",
-    "iopl", "ioperm", "uselib", "ustat", "sysfs", "_sysctl", "vhangup", "vm86", "vm86old",
-)  # fmt: skip
-"""Syscalls the default profile refuses with EPERM."""
-
-_NAMESPACE_FLAGS = (
-    0x00020000,  # CLONE_NEWNS
-    0x02000000,  # CLONE_NEWCGROUP
-    0x04000000,  # CLONE_NEWUTS
-    0x08000000,  # CLONE_NEWIPC
-    0x10000000,  # CLONE_NEWUSER
-    0x20000000,  # CLONE_NEWPID
-    0x40000000,  # CLONE_NEWNET
-)
-
-
-class ProfileError(ValueError):
-    """A seccomp profile that cannot be read or compiled."""
 
 
 class _ArgCmp(ctypes.Structure):
@@ -114,15 +55,6 @@ class _ArgCmp(ctypes.Structure):
         ("datum_a", ctypes.c_uint64),
         ("datum_b", ctypes.c_uint64),
     )
-
-
-@dataclass(frozen=True)
-class Rule:
-    """``action`` for ``names`` when every comparison holds: (arg index, op, a, b)."""
-
-    names: tuple[str, ...]
-    action: int
-    args: tuple[tuple[int, str, int, int], ...] = ()
 
 
 def _library() -> ctypes.CDLL:
@@ -160,10 +92,6 @@ def syscall_number(name: str) -> int | None:
     """The number of syscall ``name`` on this architecture, or None if it has none."""
     number = int(_seccomp().seccomp_syscall_resolve_name(name.encode()))
     return number if number >= 0 else None
-
-
-def errno_action(code: int) -> int:
-    return _ACT_ERRNO | (code & 0xFFFF)
 
 
 def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
@@ -205,32 +133,11 @@ def _add(lib: ctypes.CDLL, ctx: int, rule: Rule, name: str) -> None:
         raise ProfileError(f"unknown syscall {name!r}")
     cmps = (_ArgCmp * max(1, len(rule.args)))()
     for i, (index, op, a, b) in enumerate(rule.args):
-        cmps[i] = _ArgCmp(index, _CMP[op], a, b)
+        cmps[i] = _ArgCmp(index, COMPARISONS[op], a, b)
     result = lib.seccomp_rule_add_array(ctx, rule.action, number, len(rule.args), cmps)
     # A syscall this architecture does not have (a negative pseudo number) is skipped.
     if result < 0 and not (number < 0 and -result in (errno.EDOM, errno.EINVAL)):
         raise ProfileError(f"libseccomp refused the rule for {name!r}: {os.strerror(-result)}")
-
-
-def _kernel_before(major: int, minor: int) -> bool:
-    release = os.uname().release.split("-")[0].split(".")
-    try:
-        return (int(release[0]), int(release[1])) < (major, minor)
-    except (IndexError, ValueError):
-        return True  # unknown: assume the older, stricter case
-
-
-def default_rules() -> list[Rule]:
-    denied: tuple[str, ...] = DEFAULT_DENIED
-    if _kernel_before(4, 8):  # ptrace could bypass seccomp before 4.8 (Docker's rule too)
-        denied = (*denied, "ptrace")
-    rules = [Rule(denied, errno_action(errno.EPERM))]
-    rules += [
-        Rule(("clone",), errno_action(errno.EPERM), ((0, "SCMP_CMP_MASKED_EQ", flag, flag),))
-        for flag in _NAMESPACE_FLAGS
-    ]
-    rules.append(Rule(("clone3",), errno_action(errno.ENOSYS)))
-    return rules
 
 
 _compiled: dict[str, bytes] = {}
@@ -243,155 +150,6 @@ def compile_default() -> bytes:
     return _compiled["default"]
 
 
-# -- Docker-format profile files ---------------------------------------------------------
-
-_ACTIONS = {
-    "SCMP_ACT_ALLOW": ACT_ALLOW,
-    "SCMP_ACT_KILL": ACT_KILL_THREAD,
-    "SCMP_ACT_KILL_THREAD": ACT_KILL_THREAD,
-    "SCMP_ACT_KILL_PROCESS": ACT_KILL_PROCESS,
-    "SCMP_ACT_TRAP": ACT_TRAP,
-    "SCMP_ACT_LOG": ACT_LOG,
-}
-
-
-def _action(name: object, errno_ret: object, where: str) -> int:
-    if name == "SCMP_ACT_ERRNO":
-        code = errno.EPERM if errno_ret is None else errno_ret
-        if not isinstance(code, int) or not 0 <= code <= 4095:
-            raise ProfileError(f"{where}: errnoRet must be an integer 0-4095")
-        return errno_action(code)
-    if not isinstance(name, str) or name not in _ACTIONS:
-        known = ", ".join(["SCMP_ACT_ERRNO", *_ACTIONS])
-        raise ProfileError(f"{where}: unknown action {name!r}; expected one of: {known}")
-    return _ACTIONS[name]
-
-
-def _args(raw: object, where: str) -> tuple[tuple[int, str, int, int], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ProfileError(f"{where}.args must be an array")
-    found = []
-    for i, arg in enumerate(raw):
-        if not isinstance(arg, dict):
-            raise ProfileError(f"{where}.args[{i}] must be an object")
-        index, op = arg.get("index"), arg.get("op")
-        value, two = arg.get("value", 0), arg.get("valueTwo", 0)
-        if not isinstance(index, int) or not 0 <= index <= 5:
-            raise ProfileError(f"{where}.args[{i}].index must be 0-5")
-        if op not in _CMP:
-            raise ProfileError(f"{where}.args[{i}].op must be one of: {', '.join(_CMP)}")
-        if not isinstance(value, int) or not isinstance(two, int):
-            raise ProfileError(f"{where}.args[{i}]: value and valueTwo must be integers")
-        found.append((index, str(op), value, two))
-    return tuple(found)
-
-
-_TOP_KEYS = {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls"}
-_RULE_KEYS = {"name", "names", "action", "errnoRet", "args", "includes", "excludes", "comment"}
-_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "armv7l": "arm"}
-
-
-def _kernel_at_least(text: object, where: str) -> bool:
-    if not isinstance(text, str):
-        raise ProfileError(f'{where}.minKernel must be a string such as "4.8"')
-    try:
-        major, minor = (int(part) for part in (*text.split(".")[:2], "0")[:2])
-    except ValueError:
-        raise ProfileError(f"{where}.minKernel {text!r} is not a kernel version") from None
-    return not _kernel_before(major, minor)
-
-
-def _applies(raw: Mapping[str, Any], where: str) -> bool:
-    """Docker's ``includes``/``excludes`` for a container with squish's capabilities on
-    this architecture and kernel: whether the rule is part of the profile here."""
-    granted = {f"CAP_{name}" for name in GRANTED_CAPABILITIES}
-    arch = _GO_ARCH.get(platform.machine(), platform.machine())
-    conditions = []
-    for key in ("includes", "excludes"):
-        found = raw.get(key) or {}
-        if not isinstance(found, dict) or set(found) - {"caps", "arches", "minKernel"}:
-            raise ProfileError(f"{where}.{key} may hold only caps, arches and minKernel")
-        conditions.append(found)
-    includes, excludes = conditions
-    if any(cap in granted for cap in excludes.get("caps", [])):
-        return False
-    if arch in excludes.get("arches", []):
-        return False
-    if "minKernel" in excludes and _kernel_at_least(excludes["minKernel"], where):
-        return False
-    if includes.get("arches") and arch not in includes["arches"]:
-        return False
-    if not all(cap in granted for cap in includes.get("caps", [])):
-        return False
-    return "minKernel" not in includes or _kernel_at_least(includes["minKernel"], where)
-
-
-def parse_profile(document: Mapping[str, Any]) -> tuple[int, list[Rule]]:
-    """The default action and rules of a Docker-format profile, as they apply to a
-    squish container (Docker's default capabilities, this architecture and kernel)."""
-    unknown = set(document) - _TOP_KEYS
-    if unknown:
-        raise ProfileError(f"unsupported profile key(s): {', '.join(sorted(unknown))}")
-    default = _action(
-        document.get("defaultAction"), document.get("defaultErrnoRet"), "defaultAction"
-    )
-    raw_rules = document.get("syscalls", [])
-    if not isinstance(raw_rules, list):
-        raise ProfileError("syscalls must be an array")
-    rules = []
-    for i, raw in enumerate(raw_rules):
-        where = f"syscalls[{i}]"
-        if not isinstance(raw, dict):
-            raise ProfileError(f"{where} must be an object")
-        unknown = set(raw) - _RULE_KEYS
-        if unknown:
-            raise ProfileError(f"{where}: unsupported key(s): {', '.join(sorted(unknown))}")
-        names = raw.get("names", [raw["name"]] if "name" in raw else None)
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ProfileError(f"{where}.names must be an array of syscall names")
-        action = _action(raw.get("action"), raw.get("errnoRet"), f"{where}.action")
-        args = _args(raw.get("args"), where)
-        if _applies(raw, where):
-            rules.append(Rule(tuple(names), action, args))
-    return default, rules
-
-
-def read_profile_bytes(path: Path) -> bytes:
-    """The bytes of a profile file: a regular file of at most ``MAX_PROFILE_BYTES`` (never
-    a device, a fifo or a socket, which could block or never end)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    with os.fdopen(fd, "rb") as file:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ProfileError(f"{path} is not a regular file")
-        if st.st_size > MAX_PROFILE_BYTES:
-            raise ProfileError(f"{path} is larger than {MAX_PROFILE_BYTES} bytes")
-        return file.read(MAX_PROFILE_BYTES + 1)[:MAX_PROFILE_BYTES]
-
-
-def read_profile(path: Path) -> tuple[dict[str, Any], bytes]:
-    """Read a profile file and check that it compiles; return its JSON document and the
-    bytes it was read from."""
-    try:
-        raw = read_profile_bytes(path)
-        document = json.loads(raw)
-    except OSError as exc:
-        raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ProfileError(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ProfileError(f"{path} must hold a JSON object")
-    compile_profile(document)
-    return document, raw
-
-
-def load_profile(path: Path) -> dict[str, Any]:
-    """Read a profile file and check that it compiles; return its JSON document."""
-    return read_profile(path)[0]
-
-
 def compile_profile(document: Mapping[str, Any]) -> bytes:
     """The BPF of a Docker-format profile document (compiled once per content)."""
     key = json.dumps(document, sort_keys=True)
@@ -399,3 +157,10 @@ def compile_profile(document: Mapping[str, Any]) -> bytes:
         default, rules = parse_profile(document)
         _compiled[key] = compile_rules(default, rules)
     return _compiled[key]
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """Read a profile file and check that it compiles; return its JSON document."""
+    document, _ = read_profile(path)
+    compile_profile(document)
+    return document
