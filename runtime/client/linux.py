@@ -16,7 +16,6 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, Resources, RootfsRef
@@ -27,12 +26,14 @@ from runtime.client.live import RunningOps
 from runtime.client.records import forward_of, leaf_of
 from runtime.errors import (
     ContainerExists,
+    ContainerNotRunning,
+    ContainerRunning,
     ContainerStartError,
     HostSetupError,
-    PortInUse,
-    SlirpError,
+    StopFailed,
 )
-from runtime.holder.client import SUN_PATH_MAX
+from runtime.holder.client import SUN_PATH_MAX, failure_error
+from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
 from runtime.images.layers import resolve_sdk
 from runtime.images.rootfs import resolve_rootfs
 from runtime.network import slirp
@@ -196,34 +197,33 @@ class LinuxRuntime(RunningOps):
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
             reply = self._launch(cdir, name, request)
-            if not reply.get("ok"):
-                self._raise_launch_error(name, reply)
+            if isinstance(reply, Failure):
+                raise failure_error(name, reply)
             meta = read_json(cdir / "meta.json") or {}
             started = int(meta.get("started", 0)) + 1
             meta.update(started=started, restarts=max(0, started - 1))
             write_json_atomic(cdir / "meta.json", meta)
             return self._info(cdir, fresh=False)
 
-    def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> dict[str, Any]:
+    def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> Launched | Failure:
         """Ask the holder to start the container in a fresh cgroup leaf (if there is a
         subtree); a leaf that no run ended up using is removed, whatever happened."""
         resources = self._spec(cdir).resources
         if self.cgroups.bus:  # the systemd driver: the launcher asks for a scope
             return self._launch_in_scope(cdir, name, request, resources)
         leaf = self.cgroups.make_leaf(self._group, name, resources)
-        reply: dict[str, Any] = {}
         try:
             if leaf is not None:
                 request = dataclasses.replace(request, cgroup=str(leaf.path))
-            reply = self.holder.request({"op": "launch", "request": request.to_json()})
-            unmovable = reply.get("error") == "cgroup_move"
+            reply = self.holder.call(Launch.of(request), Launched)
+            unmovable = isinstance(reply, Failure) and reply.code is ErrorCode.CGROUP_MOVE
             if leaf is not None and unmovable and not cgroups.needed_controllers(resources):
                 # A holder started from another cgroup cannot move the init into ours;
                 # without limits the container runs without a leaf of its own.
                 leaf.remove()
                 leaf = None
                 unplaced = dataclasses.replace(request, cgroup="")
-                reply = self.holder.request({"op": "launch", "request": unplaced.to_json()})
+                reply = self.holder.call(Launch.of(unplaced), Launched)
             return reply
         finally:
             if leaf is not None and leaf_of(read_json(cdir / "run.json")) != leaf:
@@ -232,7 +232,7 @@ class LinuxRuntime(RunningOps):
 
     def _launch_in_scope(
         self, cdir: Path, name: str, request: LaunchRequest, resources: Resources | None
-    ) -> dict[str, Any]:
+    ) -> Launched | Failure:
         """Start the container in a transient scope of the user's systemd; refuse (and
         stop it) if the scope lacks a controller its limits need."""
         assert self.cgroups.bus is not None
@@ -242,30 +242,17 @@ class LinuxRuntime(RunningOps):
             "unit": f"squish-{self._group}-{name}-{secrets.token_hex(3)}.scope",
             "properties": systemd.scope_properties(resources),
         }
-        reply = self.holder.request(
-            {"op": "launch", "request": dataclasses.replace(request, systemd_scope=scope).to_json()}
+        reply = self.holder.call(
+            Launch.of(dataclasses.replace(request, systemd_scope=scope)), Launched
         )
-        leaf = leaf_of(reply.get("run"))
-        if reply.get("ok") and leaf is not None:
+        leaf = leaf_of(reply.run) if isinstance(reply, Launched) else None
+        if leaf is not None:
             try:
                 leaf.check_controllers(resources)
             except HostSetupError as exc:  # the user's systemd does not delegate them
                 self._kill_leftover(cdir)
-                return {"ok": False, "error": "start", "message": str(exc)}
+                return Failure(ErrorCode.START_FAILED, str(exc))
         return reply
-
-    @staticmethod
-    def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
-        if reply.get("error") == "port_in_use":
-            raise PortInUse(
-                str(reply["host_addr"]),
-                int(reply["host_port"]),
-                str(reply["protocol"]),
-                reply.get("holder"),
-            )
-        if reply.get("error") == "slirp":
-            raise SlirpError(str(reply.get("message")))
-        raise ContainerStartError(name, str(reply.get("message", "unknown error")))
 
     def run(self, spec: ContainerSpec) -> ContainerInfo:
         self.create(spec)
@@ -319,7 +306,7 @@ class LinuxRuntime(RunningOps):
                     if leaf is not None:
                         leaf.kill()  # every process at once, the init included
                     if not init.wait_gone(10.0):
-                        raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
+                        raise StopFailed(name, f"init {init.pid} survived SIGKILL")
                 if not (cdir / "exit.json").exists():
                     write_json_atomic(
                         cdir / "exit.json",
@@ -335,11 +322,11 @@ class LinuxRuntime(RunningOps):
     def remove(self, name: str, *, force: bool = False) -> None:
         if self._info(self._dir(name), fresh=False).state is ContainerState.RUNNING:
             if not force:
-                raise ContainerStartError(name, "it is running; stop it or remove with force")
+                raise ContainerRunning(name, "stop it or remove with force")
             self.stop(name)  # as podman rm -f: SIGTERM, SIGKILL after the stop timeout
         with self._locked(name) as cdir:
             if self._info(cdir).state is ContainerState.RUNNING:
-                raise ContainerStartError(name, "it was started again while being removed")
+                raise ContainerRunning(name, "it was started again while being removed")
             self._reap_leftovers(cdir, remove_cgroup=True)
             folders.discard(cdir)
             self._forget(cdir)
@@ -370,7 +357,7 @@ class LinuxRuntime(RunningOps):
         run = read_json(cdir / "run.json")
         init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
         if init is None:
-            raise ContainerStartError(name, "it was never started")
+            raise ContainerNotRunning(name, "it was never started")
         if not init.wait_gone(float("inf") if timeout is None else timeout):
             raise TimeoutError(f"container {name!r} still running after {timeout} s")
         code = self._info(cdir).exit_code

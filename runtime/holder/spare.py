@@ -29,13 +29,14 @@ from typing import Any, NoReturn
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
+from runtime.holder.protocol import MAX_REQUEST, ErrorCode, Failure, Launched, Reply, encode
 from runtime.network import slirp
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
-__all__ = ("CONTAINER_NAMESPACES", "MAX_REQUEST", "hand_over", "restart_slirp", "run_spare")
+__all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
 
 CONTAINER_NAMESPACES = (
     sc.CLONE_NEWNS
@@ -46,14 +47,12 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWPID
 )
 _READY_TIMEOUT = 10.0
-MAX_REQUEST = 4 << 20
-"""The largest launch request the holder and a spare accept."""
 
 
 class _LaunchFailed(Exception):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.START_FAILED) -> None:
         super().__init__(message)
-        self.reply = {"error": "start", "message": message}
+        self.reply = Failure(code, message)
 
 
 @dataclass
@@ -193,25 +192,23 @@ def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId
     )
 
 
-def _failure_reply(exc: BaseException) -> dict[str, Any]:
+def _failure_reply(exc: BaseException) -> Failure:
     if isinstance(exc, _LaunchFailed):
-        return {"ok": False, **exc.reply}
+        return exc.reply
     if isinstance(exc, PortInUse):
-        return {
-            "ok": False,
-            "error": "port_in_use",
-            "message": str(exc),
+        port = {
             "host_addr": exc.host_addr,
             "host_port": exc.host_port,
             "protocol": exc.protocol,
             "holder": exc.holder,
         }
+        return Failure(ErrorCode.PORT_IN_USE, str(exc), port)
     if isinstance(exc, SlirpError):
-        return {"ok": False, "error": "slirp", "message": str(exc)}
-    return {"ok": False, "error": "start", "message": f"{type(exc).__name__}: {exc}"}
+        return Failure(ErrorCode.SLIRP_FAILED, str(exc))
+    return Failure(ErrorCode.START_FAILED, f"{type(exc).__name__}: {exc}")
 
 
-def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
+def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     cgroup = req.cgroup
     if req.systemd_scope:  # before the init reads its request: it then starts a cgroup ns
         from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
@@ -227,9 +224,9 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
             Path(cgroup, "cgroup.procs").write_text(str(init.pid))
         except OSError as exc:
             _dismiss(init)
-            failure = _LaunchFailed(f"cannot move the container into {cgroup}: {exc}")
-            failure.reply["error"] = "cgroup_move"
-            raise failure from exc
+            raise _LaunchFailed(
+                f"cannot move the container into {cgroup}: {exc}", ErrorCode.CGROUP_MOVE
+            ) from exc
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
@@ -258,7 +255,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
         if started != b"S":
             detail = started[1:].decode(errors="replace")
             raise _LaunchFailed(detail or "the container init died before the command started")
-        return {"ok": True, "run": run}
+        return Launched(run)
     except BaseException:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
@@ -317,20 +314,21 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
             _dismiss(init)
             os._exit(0)
         raw, conn = received
+        reply: Reply
         try:
             request = LaunchRequest.from_json(json.loads(raw))
         except ValueError as exc:
             _dismiss(init)
-            reply = {"ok": False, "error": "protocol", "message": str(exc)}
+            reply = Failure(ErrorCode.BAD_REQUEST, str(exc))
         else:
             try:
                 reply = _launch(init, request, raw)
                 code = 0
             except BaseException as exc:
                 reply = _failure_reply(exc)
-                _log(f"launching {request.name} failed: {reply['message']}")
+                _log(f"launching {request.name} failed: {reply.message}")
         with conn:
-            conn.sendall(json.dumps(reply).encode())
+            conn.sendall(encode(reply))
     except BaseException as exc:
         _log(f"spare failed: {type(exc).__name__}: {exc}")
     finally:
