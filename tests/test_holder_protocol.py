@@ -37,6 +37,7 @@ from runtime.holder.protocol import (
     Failure,
     Launch,
     Launched,
+    Launching,
     Ping,
     Pong,
     ProbeResult,
@@ -46,9 +47,12 @@ from runtime.holder.protocol import (
     Request,
     Restored,
     RestoreNetwork,
+    Startup,
     decode_reply,
     decode_request,
+    detail_of,
     encode,
+    marked,
     to_json,
 )
 from runtime.util import jsonsock
@@ -155,6 +159,16 @@ def test_an_unknown_error_code_is_a_start_failure_of_a_launch_only() -> None:
     odd = {"ok": False, "error": "mystery", "message": "?"}
     assert decode_reply(odd, Launched) == Failure(ErrorCode.START_FAILED, "?")
     assert decode_reply(odd, ExecResult) == Failure(ErrorCode.BAD_REQUEST, "?")
+
+
+def test_a_mark_carries_its_detail_and_is_told_apart_from_the_others() -> None:
+    assert marked(Startup.USERNS, 4242) == b"U4242"
+    assert detail_of(b"U4242", Startup.USERNS) == "4242"
+    assert detail_of(b"Enot mounted", Launching.FAILED) == "not mounted"
+    assert detail_of(b"S", Launching.FAILED) is None
+    for marks in (Startup, Launching):
+        assert all(len(mark) == 1 for mark in marks)
+        assert len({bytes(mark) for mark in marks}) == len(marks)
 
 
 # -- one framing helper -------------------------------------------------------------------

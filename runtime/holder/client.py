@@ -36,7 +36,9 @@ from runtime.holder.protocol import (
     Failure,
     R,
     Request,
+    Startup,
     decode_reply,
+    detail_of,
     to_json,
 )
 from runtime.holder.server import PAUSE_RECORD, PAUSE_SOCKET
@@ -208,21 +210,22 @@ class Holder:
                 os.close(fd)
         try:
             message = _read_exactly_one(to_client_r, "create its user namespace")
-            if not message.startswith(b"U"):
+            pid = detail_of(message, Startup.USERNS)
+            if pid is None:
                 raise HostSetupError(
                     "the namespace holder failed to create a user namespace "
                     f"(see {self.state / 'pause.log'})",
                     fix="enable unprivileged user namespaces "
                     "(sysctl kernel.unprivileged_userns_clone=1)",
                 )
-            pause_pid = int(message[1:])
+            pause_pid = int(pid)
             try:
                 write_id_maps(pause_pid)
             except BaseException:
                 os.kill(pause_pid, signal.SIGKILL)
                 raise
-            os.write(from_client_w, b"M")
-            if _read_exactly_one(to_client_r, "get ready") != b"R":
+            os.write(from_client_w, Startup.MAPPED.value)
+            if _read_exactly_one(to_client_r, "get ready") != Startup.READY.value:
                 raise HostSetupError(
                     f"the namespace holder failed (see {self.state / 'pause.log'})"
                 )

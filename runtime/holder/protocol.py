@@ -30,6 +30,7 @@ __all__ = (
     "Failure",
     "Launch",
     "Launched",
+    "Launching",
     "Op",
     "Ping",
     "Pong",
@@ -40,9 +41,12 @@ __all__ = (
     "Request",
     "RestoreNetwork",
     "Restored",
+    "Startup",
     "decode_reply",
     "decode_request",
+    "detail_of",
     "encode",
+    "marked",
     "to_json",
 )
 
@@ -87,6 +91,49 @@ class ErrorCode(enum.StrEnum):
     EXEC_FAILED = "exec"
     PROBE_FAILED = "probe"
     RESTORE_FAILED = "restore_network"
+
+
+# -- one-byte marks on the start-up pipes -------------------------------------------------
+
+
+class Startup(bytes, enum.Enum):
+    """The handshake between a new holder and the client that spawns it (two pipes)."""
+
+    USERNS = b"U"
+    """Holder: my user namespace exists (followed by my pid)."""
+    MAPPED = b"M"
+    """Client: your id maps are written."""
+    READY = b"R"
+    """Holder: I am listening on ``pause.sock``."""
+    NO_USERNS = b"X"
+    """Holder: I could not create a user namespace."""
+
+
+class Launching(bytes, enum.Enum):
+    """What a spare, the container's init it forked and the holder tell each other."""
+
+    TAKEN = b"A"
+    """Spare to holder: the launch request is mine (followed by the init's pid)."""
+    MOUNTED = b"M"
+    """Init to spare: the filesystem is in place."""
+    GO = b"G"
+    """Spare to init: start the command."""
+    STARTED = b"S"
+    """Init to spare: the command runs."""
+    FAILED = b"E"
+    """Either way: a failure, which the rest of the message describes."""
+
+
+def marked(mark: Startup | Launching, detail: str | int = "") -> bytes:
+    """``mark`` followed by ``detail`` (a pid, or what failed)."""
+    return bytes(mark) + str(detail).encode()
+
+
+def detail_of(message: bytes, mark: Startup | Launching) -> str | None:
+    """What follows ``mark`` in ``message``, or None if ``message`` has another mark."""
+    if not message.startswith(mark):
+        return None
+    return message[len(mark) :].decode(errors="replace")
 
 
 # -- requests ----------------------------------------------------------------------------

@@ -52,8 +52,10 @@ from runtime.holder.protocol import (
     Request,
     Restored,
     RestoreNetwork,
+    Startup,
     decode_request,
     encode,
+    marked,
 )
 from runtime.holder.spare import hand_over, restart_slirp, run_spare
 from runtime.holder.workers import fork_worker
@@ -453,10 +455,10 @@ def main(argv: list[str] | None = None) -> None:
         sc.unshare(sc.CLONE_NEWUSER)
     except OSError as exc:
         _log(f"cannot create a user namespace: {exc}")
-        os.write(args.to_client, b"X")
+        os.write(args.to_client, Startup.NO_USERNS.value)
         sys.exit(1)
-    os.write(args.to_client, f"U{os.getpid()}".encode())
-    if os.read(args.from_client, 1) != b"M":
+    os.write(args.to_client, marked(Startup.USERNS, os.getpid()))
+    if os.read(args.from_client, 1) != Startup.MAPPED.value:
         _log("the client did not map ids; giving up")
         sys.exit(1)
     os.close(args.from_client)
@@ -473,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     assert me is not None
     write_json_atomic(state / PAUSE_RECORD, me.to_json())
     _log(f"holding the user namespace; listening on {sock_path}")
-    os.write(args.to_client, b"R")
+    os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
     serve(listener)
 

@@ -29,7 +29,17 @@ from typing import Any, NoReturn
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
-from runtime.holder.protocol import MAX_REQUEST, ErrorCode, Failure, Launched, Reply, encode
+from runtime.holder.protocol import (
+    MAX_REQUEST,
+    ErrorCode,
+    Failure,
+    Launched,
+    Launching,
+    Reply,
+    detail_of,
+    encode,
+    marked,
+)
 from runtime.network import slirp
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
@@ -96,7 +106,7 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
                 run_init(request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w)
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
-            os.write(pid_w, f"E{exc}".encode())
+            os.write(pid_w, marked(Launching.FAILED, str(exc)))
         finally:
             os._exit(0)
     for fd in (request_r, go_r, report_w, exit_w, pid_w):
@@ -104,9 +114,9 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
-    if not answer or answer.startswith(b"E"):
-        detail = answer[1:].decode(errors="replace")
-        raise _LaunchFailed(f"cannot create the container namespaces: {detail}")
+    failure = detail_of(answer, Launching.FAILED)
+    if not answer or failure is not None:
+        raise _LaunchFailed(f"cannot create the container namespaces: {failure}")
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
@@ -236,8 +246,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             network = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the filesystem")
-        if mounted != b"M":
-            detail = mounted[1:].decode(errors="replace")
+        if mounted != Launching.MOUNTED.value:
+            detail = detail_of(mounted, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died while mounting")
         if identity is None:
             raise _LaunchFailed("the container init vanished")
@@ -250,10 +260,10 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
-        os.write(init.go_w, b"G")
+        os.write(init.go_w, Launching.GO.value)
         started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
-        if started != b"S":
-            detail = started[1:].decode(errors="replace")
+        if started != Launching.STARTED.value:
+            detail = detail_of(started, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died before the command started")
         return Launched(run)
     except BaseException:
@@ -304,7 +314,7 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
         if received is not None:
             # The holder waits for this before it forgets the request.
             ctrl.sendmsg(
-                [f"A{init.pid}".encode()],
+                [marked(Launching.TAKEN, init.pid)],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", namespaces))],
             )
         for fd in namespaces:
@@ -356,8 +366,9 @@ def hand_over(
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    if not data.startswith(b"A") or len(fds) != len(NAMESPACES):
+    taken = detail_of(data, Launching.TAKEN)
+    if taken is None or len(fds) != len(NAMESPACES):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    return int(data[1:]), list(fds)
+    return int(taken), list(fds)
