@@ -249,7 +249,7 @@ class Holder:
         identity = self.identity()
         if identity is None:
             return
-        with suppress(OSError):
+        with suppress(OSError, HolderProtocolError):  # it is killed if it does not exit
             self._send(Exit(), Done, timeout=5.0)
         if not identity.wait_gone(5.0):
             identity.send(signal.SIGKILL)

@@ -6,6 +6,9 @@ One JSON object per connection each way (``runtime.util.jsonsock``). A request i
 fields). Plain dataclasses, no pydantic: the holder forks a process per container and
 per request and stays small. The wire strings of ``Op`` and ``ErrorCode`` are stable,
 so a client and a holder started by the previous version still understand each other.
+
+The one-byte marks of the pipes a new holder, a spare and a container's init talk over
+while they start (``Startup``, ``Launching``) are named here too.
 """
 
 from __future__ import annotations
