@@ -11,15 +11,26 @@ __all__ = (
     "ChecksumMismatch",
     "ContainerExists",
     "ContainerNotFound",
+    "ContainerNotRunning",
+    "ContainerPaused",
+    "ContainerRunning",
     "ContainerStartError",
+    "ContainerStarting",
+    "ContainerUnreachable",
+    "ExecFailed",
     "FetchError",
+    "FreezeTimeout",
+    "HolderProtocolError",
     "HostSetupError",
     "LayerNotFound",
     "NetworkLost",
+    "NetworkRestoreFailed",
     "PortInUse",
+    "ProbeFailed",
     "RootRefused",
     "SlirpError",
     "SquishError",
+    "StopFailed",
 )
 
 
@@ -65,6 +76,90 @@ class ContainerStartError(SquishError, OSError):
         super().__init__(f"container {name!r} failed to start: {reason}")
         self.name = name
         self.reason = reason
+
+
+class ContainerNotRunning(SquishError, ProcessLookupError):
+    """The operation needs a running container and this one is not (any more)."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"container {name!r} is not running" + (f": {detail}" if detail else ""))
+        self.name = name
+
+
+class ContainerRunning(SquishError, OSError):
+    """The operation needs a stopped container and this one runs."""
+
+    def __init__(self, name: str, advice: str) -> None:
+        super().__init__(f"container {name!r} is running; {advice}")
+        self.name = name
+
+
+class ContainerPaused(SquishError, BlockingIOError):
+    """The container is frozen (``pause``): what runs in it would freeze too."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"container {name!r} is paused; unpause it first")
+        self.name = name
+
+
+class ContainerStarting(SquishError, BlockingIOError):
+    """The container's init has not handed over to its command yet: try again soon."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"container {name!r} is still starting; try again")
+        self.name = name
+
+
+class ContainerUnreachable(SquishError, LookupError):
+    """The holder that could reach the container's namespaces is gone (it was restarted):
+    nothing can be run in it any more; recreate it."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"container {name!r} cannot be reached: {reason}")
+        self.name = name
+
+
+class ExecFailed(SquishError, OSError):
+    """A command could not be run inside the container (not: it ran and failed)."""
+
+    def __init__(self, name: str, program: str, reason: str) -> None:
+        super().__init__(f"cannot run {program!r} in container {name!r}: {reason}")
+        self.name = name
+        self.program = program
+        self.reason = reason
+
+
+class ProbeFailed(SquishError, OSError):
+    """A TCP probe could not be made inside the container (not: nothing listens)."""
+
+    def __init__(self, name: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot probe port {port} in container {name!r}: {reason}")
+        self.name = name
+        self.port = port
+        self.reason = reason
+
+
+class StopFailed(SquishError, OSError):
+    """The container's init outlived SIGKILL."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"container {name!r} cannot be stopped: {reason}")
+        self.name = name
+
+
+class FreezeTimeout(SquishError, TimeoutError):
+    """The container's cgroup did not freeze (``pause``) or thaw (``resume``) in time."""
+
+    def __init__(self, name: str, *, freezing: bool, seconds: float) -> None:
+        verb = "freeze" if freezing else "thaw"
+        super().__init__(f"container {name!r}: its cgroup did not {verb} within {seconds:g} s")
+        self.name = name
+        self.freezing = freezing
+
+
+class HolderProtocolError(SquishError, ValueError):
+    """The namespace holder and its client do not understand each other (a malformed
+    request or reply, or a holder of another version): stop the holder to restart it."""
 
 
 class PortInUse(SquishError, OSError):
@@ -129,6 +224,16 @@ class LayerNotFound(SquishError, LookupError):
         self.name = name
         self.version = version
         self.where = where
+
+
+class NetworkRestoreFailed(SquishError, OSError):
+    """slirp4netns could not be started again for a running container (it may work on a
+    later attempt; compare :class:`NetworkLost`)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot restore the network of {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 class NetworkLost(SquishError, OSError):

@@ -35,7 +35,13 @@ import anyio.lowlevel
 
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, Resources
-from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, PortInUse
+from runtime.errors import (
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerRunning,
+    PortInUse,
+)
 
 __all__ = (
     "HANG_GUARD",
@@ -365,7 +371,7 @@ class FakeRuntime:
         def effect() -> None:
             info = self._get(name)
             if info.state is ContainerState.RUNNING and not force:
-                raise ContainerStartError(name, "it is running; stop it or remove with force")
+                raise ContainerRunning(name, "stop it or remove with force")
             del self._containers[name]
 
         self._invoke("remove", name, (), {"force": force}, effect)
@@ -393,7 +399,7 @@ class FakeRuntime:
         def effect() -> int:
             info = self._get(name)
             if info.started_at is None:
-                raise ContainerStartError(name, "it was never started")
+                raise ContainerNotRunning(name, "it was never started")
             done = self._cond.wait_for(
                 lambda: self._get(name).state is not ContainerState.RUNNING,
                 HANG_GUARD if timeout is None else min(timeout, HANG_GUARD),
@@ -445,8 +451,7 @@ class FakeRuntime:
         """Exit code 0 unless the test listed the container in ``never_ready``."""
 
         def effect() -> CommandResult:
-            if self._running(name) is None:
-                raise ContainerStartError(name, "it is not running")
+            self._running(name)
             return CommandResult(exit_code=int(name in self.never_ready), output="")
 
         return self._invoke("exec_command", name, (tuple(argv),), {"timeout": timeout}, effect)
@@ -546,7 +551,7 @@ class FakeRuntime:
     def _running(self, name: str) -> ContainerInfo:
         info = self._get(name)
         if info.state is not ContainerState.RUNNING:
-            raise ContainerStartError(name, "it is not running")
+            raise ContainerNotRunning(name)
         return info
 
     def _update(self, info: ContainerInfo, **changes: object) -> ContainerInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.api.interface import Runtime
 from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.cgroups.driver import CgroupDriver, detect
@@ -25,6 +27,7 @@ __all__ = (
     "free_ports",
     "http_get",
     "http_refused",
+    "kill_slirp",
     "page",
     "processes_mentioning",
     "shell",
@@ -137,3 +140,16 @@ def shell(name: str, script: str, **fields: object) -> ContainerSpec:
     """A busybox container running ``sh -c script``, without a network unless told."""
     fields.setdefault("network", "none")
     return ContainerSpec(name=name, rootfs=BUSYBOX, argv=("/bin/sh", "-c", script), **fields)
+
+
+def kill_slirp(rt: Runtime, name: str) -> None:
+    """SIGKILL the slirp4netns of a running container (one this test's runtime started)
+    and wait until the runtime sees it gone."""
+    slirp_pid = rt.inspect(name).slirp_pid
+    assert slirp_pid is not None, f"{name} has no slirp4netns"
+    os.kill(slirp_pid, signal.SIGKILL)
+    for _ in range(500):
+        if rt.inspect(name).slirp_pid is None:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the runtime still sees the slirp4netns of {name}")

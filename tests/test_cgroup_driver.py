@@ -23,17 +23,17 @@ def test_without_a_driver_limits_are_refused_and_nothing_is_placed() -> None:
         none.place("g", "web", Resources(pids=10))
     placement = none.place("g", "web", None)
     assert placement.request(REQUEST) == REQUEST
-    assert not placement.unplaced_after({"ok": False, "error": "cgroup_move"})
+    assert not placement.unplaced_after(move_refused=True)
 
 
 def test_a_leaf_the_holder_cannot_use_is_dropped_only_without_limits(tmp_path: Path) -> None:
     (tmp_path / "web.1").mkdir()
     limited = LeafPlacement(Leaf(tmp_path / "web.1"), limited=True)
     assert limited.request(REQUEST).cgroup == str(tmp_path / "web.1")
-    assert not limited.unplaced_after({"ok": False, "error": "cgroup_move"})
+    assert not limited.unplaced_after(move_refused=True)
     free = LeafPlacement(Leaf(tmp_path / "web.1"), limited=False)
-    assert not free.unplaced_after({"ok": False, "error": "start"})
-    assert free.unplaced_after({"ok": False, "error": "cgroup_move"})
+    assert not free.unplaced_after(move_refused=False)
+    assert free.unplaced_after(move_refused=True)
     assert free.request(REQUEST).cgroup == "" and not (tmp_path / "web.1").exists()
 
 
@@ -53,5 +53,4 @@ def test_the_systemd_driver_describes_a_scope_for_the_launcher() -> None:
     assert scope["unit"].startswith("squish-g1-web-") and scope["unit"].endswith(".scope")
     assert scope["properties"] == [("TasksMax", ("t", 64))]
     assert placement.request(REQUEST).cgroup == ""
-    assert not placement.unplaced_after({"ok": False, "error": "cgroup_move"})
-
+    assert not placement.unplaced_after(move_refused=True)

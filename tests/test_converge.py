@@ -24,7 +24,15 @@ from reconciler.desired.types import DesiredContainer, HealthCheck
 from reconciler.planning.plan import PHASE, Action, ActionKind, Plan, plan
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, Resources, RootfsRef
-from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost, PortInUse
+from runtime.errors import (
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerRunning,
+    ContainerStartError,
+    NetworkLost,
+    PortInUse,
+    StopFailed,
+)
 from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
 
 CREATE, DESTROY, RECREATE = ActionKind.CREATE, ActionKind.DESTROY, ActionKind.RECREATE
@@ -296,7 +304,7 @@ async def test_recreate_whose_remove_fails_is_not_run(
 ) -> None:
     fake.seed(spec("p", env={"V": "1"}))
     fake.seed(spec("q", env={"V": "1"}))
-    fake.fail("remove", "p", ContainerStartError("p", "it was started again while being removed"))
+    fake.fail("remove", "p", ContainerRunning("p", "it was started again while being removed"))
     todo = Plan(
         (
             act(RECREATE, "p", wanted=want("p", env={"V": "2"})),
@@ -309,13 +317,11 @@ async def test_recreate_whose_remove_fails_is_not_run(
     assert sorted(fake.history()) == [("remove", "p"), ("remove", "q"), ("run", "q")]
     [failed] = by_name(outcomes, "p")
     assert failed.error == (
-        "ContainerStartError: container 'p' failed to start: "
-        "it was started again while being removed"
+        "ContainerRunning: container 'p' is running; it was started again while being removed"
     )
     assert [o.ok for o in by_name(outcomes, "q")] == [True]
     assert converger.last_errors() == {
-        "p": "recreate failed: container 'p' failed to start: "
-        "it was started again while being removed"
+        "p": "recreate failed: container 'p' is running; it was started again while being removed"
     }
     assert fake.inspect("p").spec.env == {"V": "1"}  # the old one is still there
     assert fake.inspect("q").spec.env == {"V": "2"}
@@ -412,8 +418,8 @@ async def test_a_failed_free_skips_only_that_containers_take(
     fake.seed(spec("a", ports=[P8080]))
     fake.seed(spec("b", ports=[P8081]))
     fake.seed(spec("x"))
-    fake.fail("remove_port", "a", ContainerStartError("a", "it is not running"))
-    fake.fail("remove", "x", ContainerStartError("x", "init 77 survived SIGKILL"))
+    fake.fail("remove_port", "a", ContainerNotRunning("a"))
+    fake.fail("remove", "x", StopFailed("x", "init 77 survived SIGKILL"))
     todo = Plan(
         (
             act(UNBIND, "a", [P8080]),
@@ -442,8 +448,8 @@ async def test_a_failed_free_skips_only_that_containers_take(
         ("unbind", "b", True),
     ]
     assert converger.last_errors() == {
-        "a": "unbind failed: container 'a' failed to start: it is not running",
-        "x": "destroy failed: container 'x' failed to start: init 77 survived SIGKILL",
+        "a": "unbind failed: container 'a' is not running",
+        "x": "destroy failed: container 'x' cannot be stopped: init 77 survived SIGKILL",
     }
     assert fake.inspect("b").ports == (port(9001),)
 
@@ -827,11 +833,11 @@ def test_the_fake_refuses_a_host_port_another_running_container_forwards(
 
 def test_the_fake_fails_and_records_calls_as_told(fake: FakeRuntime, clock: FakeClock) -> None:
     fake.seed(spec("web"))
-    fake.fail("remove", "web", ContainerStartError("web", "busy"), times=2)
+    fake.fail("remove", "web", StopFailed("web", "busy"), times=2)
     for _ in range(2):
-        with pytest.raises(ContainerStartError):
+        with pytest.raises(StopFailed):
             fake.remove("web", force=True)
-    with pytest.raises(ContainerStartError):
+    with pytest.raises(ContainerRunning):
         fake.remove("web")  # running, and no force
     clock.advance(1.0)
     fake.finish("web", 3)

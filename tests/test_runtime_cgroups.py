@@ -17,7 +17,7 @@ import pytest
 from runtime.api.spec import BindMount, ContainerSpec, Resources
 from runtime.cgroups import fs as cgroups
 from runtime.client.linux import LinuxRuntime
-from runtime.errors import ContainerStartError, HostSetupError
+from runtime.errors import ContainerPaused, ContainerStartError, HostSetupError
 from tests.conftest import rootless
 from tests.support import detected_cgroups, shell
 
@@ -124,7 +124,7 @@ def test_pause_freezes_every_process_and_resume_thaws_them(
     time.sleep(0.2)  # a tick every 5 ms would have counted ~40 by now
     assert ticks() == frozen_at
     assert rt.inspect("ticker").paused
-    with pytest.raises(ContainerStartError, match="paused"):
+    with pytest.raises(ContainerPaused, match="paused"):
         rt.exec_command("ticker", ["true"])
     assert not rt.resume("ticker").paused
     for _ in range(1000):

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.api.spec import ContainerSpec
 from runtime.client.linux import LinuxRuntime
-from runtime.errors import ContainerNotFound, ContainerStartError
+from runtime.errors import ContainerNotFound, ContainerNotRunning
 from runtime.holder.exec_runner import OUTPUT_LIMIT
 from tests.conftest import rootless
 from tests.support import BUSYBOX, children_of, shell
@@ -114,7 +114,7 @@ def test_only_a_running_container_takes_a_command(rt: LinuxRuntime) -> None:
         rt.exec_command("nobody", ["true"])
     rt.run(ContainerSpec(name="done", rootfs=BUSYBOX, argv=("true",), network="none"))
     rt.wait("done", timeout=60)
-    with pytest.raises(ContainerStartError, match="not running"):
+    with pytest.raises(ContainerNotRunning, match="not running"):
         rt.exec_command("done", ["true"])
     with pytest.raises(ValueError, match="needs a command"):
         rt.exec_command("done", [])

@@ -24,7 +24,13 @@ from runtime.network import slirp
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.fixtures.mirror import make_alpine_mirror, make_layer_index, serve_directory
-from tests.support import free_port, http_get, http_refused, processes_mentioning
+from tests.support import (
+    free_port,
+    http_get,
+    http_refused,
+    kill_slirp,
+    processes_mentioning,
+)
 
 pytestmark = rootless
 
@@ -247,13 +253,7 @@ def test_a_heal_puts_back_what_it_can_and_can_heal_again(rt: LinuxRuntime, site:
     first = rt.run(web("reheal", site, free, stop_timeout=1))
     rt.add_port("reheal", PortMapping(container=80, host=blocked))
     for round_ in range(2):
-        info = rt.inspect("reheal")
-        assert info.slirp_pid is not None
-        os.kill(info.slirp_pid, signal.SIGKILL)  # a process this test's runtime started
-        for _ in range(500):
-            if rt.inspect("reheal").slirp_pid is None:
-                break
-            time.sleep(0.01)
+        kill_slirp(rt, "reheal")
         with socket.socket() as holder:  # someone takes one of its ports meanwhile
             holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             holder.bind(("127.0.0.1", blocked))

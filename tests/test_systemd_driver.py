@@ -39,9 +39,9 @@ def test_limits_become_systemd_properties() -> None:
 
 
 def test_the_user_bus_is_found_from_the_environment(tmp_path: Path) -> None:
-    assert bus_address(
-        {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/7/bus,guid=x"}
-    ) == ("/run/user/7/bus")
+    assert bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/7/bus,guid=x"}) == (
+        "/run/user/7/bus"
+    )
     assert bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None  # no socket there
     (tmp_path / "bus").touch()
     assert bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "bus")

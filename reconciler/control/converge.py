@@ -37,7 +37,16 @@ from reconciler.planning.plan import Action, ActionKind, Plan
 from reconciler.settings import Backoff, Settings
 from runtime.api.interface import ContainerInfo, ContainerState, Runtime
 from runtime.api.spec import PortMapping
-from runtime.errors import ContainerNotFound, ContainerStartError, NetworkLost
+from runtime.errors import (
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerPaused,
+    ContainerStartError,
+    ContainerStarting,
+    ContainerUnreachable,
+    ExecFailed,
+    NetworkLost,
+)
 
 __all__ = ("Backoff", "Converger", "Outcome", "Sleep")
 
@@ -363,7 +372,13 @@ class Converger:
             return self.runtime.probe_tcp(temp, health.tcp)
         try:
             result = self.runtime.exec_command(temp, health.command, timeout=health.timeout)
-        except ContainerStartError:
+        except (
+            ContainerNotRunning,
+            ContainerPaused,
+            ContainerStarting,
+            ContainerUnreachable,
+            ExecFailed,
+        ):
             if self.runtime.inspect(temp).state is not ContainerState.RUNNING:
                 return False  # it exited meanwhile: the caller says so
             raise  # the check itself cannot run: say why, not "never exited 0"

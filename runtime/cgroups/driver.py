@@ -17,7 +17,7 @@ the user): kill, freeze, events and remove are cgroupfs writes there.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runtime.cgroups.bus import bus_address
 from runtime.cgroups.fs import (
@@ -48,9 +48,9 @@ class Placement(Protocol):
     def request(self, request: LaunchRequest) -> LaunchRequest:
         """``request`` with the cgroup (or the scope to start) filled in."""
 
-    def unplaced_after(self, reply: dict[str, Any]) -> bool:
-        """Whether, after the holder's ``reply``, to launch again without a cgroup (the
-        placement then names none)."""
+    def unplaced_after(self, move_refused: bool) -> bool:
+        """Whether to launch again without a cgroup when the holder could not move the
+        init into this one (``move_refused``); the placement then names none."""
 
     def check_started(self, leaf: Leaf) -> None:
         """Raise :class:`HostSetupError` if the started container's cgroup cannot hold
@@ -90,7 +90,7 @@ class _Unplaced:
     def request(self, request: LaunchRequest) -> LaunchRequest:
         return request
 
-    def unplaced_after(self, reply: dict[str, Any]) -> bool:
+    def unplaced_after(self, move_refused: bool) -> bool:
         return False
 
     def check_started(self, leaf: Leaf) -> None:
@@ -130,9 +130,7 @@ class NoCgroups:
         pass
 
 
-def detect(
-    driver: str = "auto", root: Path | None = None, uid: int | None = None
-) -> CgroupDriver:
+def detect(driver: str = "auto", root: Path | None = None, uid: int | None = None) -> CgroupDriver:
     """How containers get cgroups here: the user's systemd over D-Bus when a user bus is
     reachable, else the caller's delegated cgroup v2 subtree (``root`` names one), else
     none. ``driver`` (auto, cgroupfs, systemd) forces one. Both come from the runtime's

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runtime.errors import HostSetupError
 from runtime.wire import LaunchRequest
@@ -310,10 +310,10 @@ class LeafPlacement:
     def request(self, request: LaunchRequest) -> LaunchRequest:
         return replace(request, cgroup=str(self.leaf.path) if self.leaf else "")
 
-    def unplaced_after(self, reply: dict[str, Any]) -> bool:
+    def unplaced_after(self, move_refused: bool) -> bool:
         """A holder started from another cgroup cannot move the init into ours; without
         limits the container runs without a leaf of its own."""
-        if self.leaf is None or self.limited or reply.get("error") != "cgroup_move":
+        if self.leaf is None or self.limited or not move_refused:
             return False
         self.leaf.remove()
         self.leaf = None

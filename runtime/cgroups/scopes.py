@@ -106,7 +106,7 @@ class ScopePlacement:
     def request(self, request: LaunchRequest) -> LaunchRequest:
         return dataclasses.replace(request, systemd_scope=self.scope)
 
-    def unplaced_after(self, reply: dict[str, Any]) -> bool:
+    def unplaced_after(self, move_refused: bool) -> bool:
         return False
 
     def check_started(self, leaf: Leaf) -> None:

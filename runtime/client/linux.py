@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, RootfsRef
@@ -23,12 +22,14 @@ from runtime.client.live import RunningOps
 from runtime.client.records import forward_of, leaf_of
 from runtime.errors import (
     ContainerExists,
+    ContainerNotRunning,
+    ContainerRunning,
     ContainerStartError,
     HostSetupError,
-    PortInUse,
-    SlirpError,
+    StopFailed,
 )
-from runtime.holder.client import SUN_PATH_MAX
+from runtime.holder.client import SUN_PATH_MAX, failure_error
+from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
 from runtime.images.layers import resolve_sdk
 from runtime.images.rootfs import resolve_rootfs
 from runtime.network import slirp
@@ -194,49 +195,34 @@ class LinuxRuntime(RunningOps):
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
             reply = self._launch(cdir, name, request)
-            if not reply.get("ok"):
-                self._raise_launch_error(name, reply)
+            if isinstance(reply, Failure):
+                raise failure_error(name, reply)
             meta = read_json(cdir / "meta.json") or {}
             started = int(meta.get("started", 0)) + 1
             meta.update(started=started, restarts=max(0, started - 1))
             write_json_atomic(cdir / "meta.json", meta)
             return self._info(cdir, fresh=False)
 
-    def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> dict[str, Any]:
+    def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> Launched | Failure:
         """Ask the holder to start the container where the cgroup driver places it;
         refuse (and stop it) if its cgroup cannot hold its limits. A cgroup that no run
         ended up using is removed, whatever happened."""
         placement = self.cgroups.place(self._group, name, self._spec(cdir).resources)
         try:
-            reply = self._request_launch(placement.request(request))
-            if placement.unplaced_after(reply):
-                reply = self._request_launch(placement.request(request))
-            leaf = leaf_of(reply.get("run"))
-            if reply.get("ok") and leaf is not None:
+            reply = self.holder.call(Launch.of(placement.request(request)), Launched)
+            refused = isinstance(reply, Failure) and reply.code is ErrorCode.CGROUP_MOVE
+            if placement.unplaced_after(refused):
+                reply = self.holder.call(Launch.of(placement.request(request)), Launched)
+            leaf = leaf_of(reply.run) if isinstance(reply, Launched) else None
+            if leaf is not None:
                 try:
                     placement.check_started(leaf)
                 except HostSetupError as exc:
                     self._kill_leftover(cdir)
-                    return {"ok": False, "error": "start", "message": str(exc)}
+                    return Failure(ErrorCode.START_FAILED, str(exc))
             return reply
         finally:
             placement.discard_unused(leaf_of(read_json(cdir / "run.json")))
-
-    def _request_launch(self, request: LaunchRequest) -> dict[str, Any]:
-        return self.holder.request({"op": "launch", "request": request.to_json()})
-
-    @staticmethod
-    def _raise_launch_error(name: str, reply: dict[str, Any]) -> None:
-        if reply.get("error") == "port_in_use":
-            raise PortInUse(
-                str(reply["host_addr"]),
-                int(reply["host_port"]),
-                str(reply["protocol"]),
-                reply.get("holder"),
-            )
-        if reply.get("error") == "slirp":
-            raise SlirpError(str(reply.get("message")))
-        raise ContainerStartError(name, str(reply.get("message", "unknown error")))
 
     def run(self, spec: ContainerSpec) -> ContainerInfo:
         self.create(spec)
@@ -290,7 +276,7 @@ class LinuxRuntime(RunningOps):
                     if leaf is not None:
                         leaf.kill()  # every process at once, the init included
                     if not init.wait_gone(10.0):
-                        raise ContainerStartError(name, f"init {init.pid} survived SIGKILL")
+                        raise StopFailed(name, f"init {init.pid} survived SIGKILL")
                 if not (cdir / "exit.json").exists():
                     write_json_atomic(
                         cdir / "exit.json",
@@ -306,11 +292,11 @@ class LinuxRuntime(RunningOps):
     def remove(self, name: str, *, force: bool = False) -> None:
         if self._info(self._dir(name), fresh=False).state is ContainerState.RUNNING:
             if not force:
-                raise ContainerStartError(name, "it is running; stop it or remove with force")
+                raise ContainerRunning(name, "stop it or remove with force")
             self.stop(name)  # as podman rm -f: SIGTERM, SIGKILL after the stop timeout
         with self._locked(name) as cdir:
             if self._info(cdir).state is ContainerState.RUNNING:
-                raise ContainerStartError(name, "it was started again while being removed")
+                raise ContainerRunning(name, "it was started again while being removed")
             self._reap_leftovers(cdir, remove_cgroup=True)
             folders.discard(cdir)
             self._forget(cdir)
@@ -341,7 +327,7 @@ class LinuxRuntime(RunningOps):
         run = read_json(cdir / "run.json")
         init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
         if init is None:
-            raise ContainerStartError(name, "it was never started")
+            raise ContainerNotRunning(name, "it was never started")
         if not init.wait_gone(float("inf") if timeout is None else timeout):
             raise TimeoutError(f"container {name!r} still running after {timeout} s")
         code = self._info(cdir).exit_code

@@ -22,7 +22,27 @@ from runtime.client.records import (
     mapping_of,
     process_confined,
 )
-from runtime.errors import ContainerStartError, HostSetupError, NetworkLost, PortInUse, SlirpError
+from runtime.errors import (
+    ContainerNotRunning,
+    ContainerPaused,
+    ContainerStarting,
+    FreezeTimeout,
+    HostSetupError,
+    NetworkLost,
+    PortInUse,
+    SlirpError,
+)
+from runtime.holder.client import failure_error
+from runtime.holder.protocol import (
+    ErrorCode,
+    Exec,
+    ExecResult,
+    Failure,
+    ProbeResult,
+    ProbeTcp,
+    Restored,
+    RestoreNetwork,
+)
 from runtime.network import slirp
 from runtime.util.files import read_json, write_json_atomic
 
@@ -35,7 +55,7 @@ class RunningOps(RecordStore):
     def _running_api(self, cdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
         info = self._info(cdir, fresh=False)  # callers ask slirp4netns themselves
         if info.state is not ContainerState.RUNNING:
-            raise ContainerStartError(name, "it is not running")
+            raise ContainerNotRunning(name)
         if info.spec.network != "slirp4netns" or info.slirp_pid is None:
             raise SlirpError(f"container {name!r} has no slirp4netns network")
         run = read_json(cdir / "run.json")
@@ -87,26 +107,24 @@ class RunningOps(RecordStore):
         recreate can help."""
         with self._locked(name) as cdir:
             info = self._info(cdir)
-            if info.state is not ContainerState.RUNNING:
-                raise ContainerStartError(name, "it is not running")
+            if info.state is not ContainerState.RUNNING or info.pid is None:
+                raise ContainerNotRunning(name)
             if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
                 return info
-            reply = self.holder.request(
-                {
-                    "op": "restore_network",
-                    "init_pid": info.pid,
-                    "container_dir": str(cdir),
-                    "sandbox": self._launch_request(cdir).sandbox_slirp,
-                }
+            request = RestoreNetwork(
+                init_pid=info.pid,
+                container_dir=str(cdir),
+                sandbox=self._launch_request(cdir).sandbox_slirp,
             )
-            if reply.get("error") == "unknown_container":
-                raise NetworkLost(name, str(reply.get("message")))
-            if not reply.get("ok"):
-                raise SlirpError(f"cannot restore the network of {name!r}: {reply.get('message')}")
+            reply = self.holder.call(request, Restored)
+            if isinstance(reply, Failure) and reply.code is ErrorCode.UNKNOWN_CONTAINER:
+                raise NetworkLost(name, reply.message)
+            if isinstance(reply, Failure):
+                raise failure_error(name, reply)
             run = read_json(cdir / "run.json")
             assert isinstance(run, dict)
             wanted = [mapping_of(record) for record in run.get("forwards", [])]
-            run["slirp"] = reply["slirp"]
+            run["slirp"] = reply.slirp
             run["forwards"] = []
             write_json_atomic(cdir / "run.json", run)  # the new slirp4netns first
             api = cdir / "slirp.sock"
@@ -153,10 +171,10 @@ class RunningOps(RecordStore):
         info = self.inspect(name)
         if info.state is not ContainerState.RUNNING or info.pid is None:
             return False
-        reply = self.holder.request({"op": "probe_tcp", "init_pid": info.pid, "port": port})
-        if not reply.get("ok"):
-            raise ContainerStartError(name, f"cannot probe port {port}: {reply.get('message')}")
-        return bool(reply.get("ready"))
+        reply = self.holder.call(ProbeTcp(init_pid=info.pid, port=port), ProbeResult)
+        if isinstance(reply, Failure):
+            raise failure_error(name, reply, port=port)
+        return reply.ready
 
     def exec_command(
         self, name: str, argv: Sequence[str], *, timeout: float = 10.0
@@ -170,34 +188,29 @@ class RunningOps(RecordStore):
         cdir = self._dir(name)
         info = self._info(cdir, fresh=False)
         if info.state is not ContainerState.RUNNING or info.pid is None:
-            raise ContainerStartError(name, "it is not running")
+            raise ContainerNotRunning(name)
         if info.paused:  # the command would freeze with it
-            raise ContainerStartError(name, "it is paused (unpause it first)")
+            raise ContainerPaused(name)
         if not process_confined(info.pid):  # the init still holds what no command may reach
-            raise ContainerStartError(name, "it is still starting; try again")
+            raise ContainerStarting(name)
         leaf = leaf_of(read_json(cdir / "run.json"))
-        request = self._launch_request(cdir)
-        reply = self.holder.request(
-            {
-                "op": "exec",
-                "init_pid": info.pid,
-                "init_start_time": info.pid_start_time,
-                "argv": list(argv),
-                "env": request.command_env(),
-                "workdir": request.workdir,
-                "timeout": timeout,
-                "container_dir": str(cdir),
-                "seccomp": request.seccomp,
-                "cgroup": str(leaf.path) if leaf is not None else "",
-            },
-            timeout=timeout + 30.0,
+        launch = self._launch_request(cdir)
+        request = Exec(
+            init_pid=info.pid,
+            init_start_time=info.pid_start_time or 0,
+            argv=tuple(argv),
+            env=launch.command_env(),
+            container_dir=str(cdir),
+            workdir=launch.workdir,
+            timeout=timeout,
+            seccomp=launch.seccomp,
+            cgroup=str(leaf.path) if leaf is not None else "",
         )
-        if not reply.get("ok"):
-            raise ContainerStartError(name, f"cannot run {argv[0]!r} in it: {reply.get('message')}")
+        reply = self.holder.call(request, ExecResult, timeout=timeout + 30.0)
+        if isinstance(reply, Failure):
+            raise failure_error(name, reply, program=argv[0])
         return CommandResult(
-            exit_code=int(reply["exit_code"]),
-            output=str(reply["output"]),
-            timed_out=bool(reply.get("timed_out")),
+            exit_code=reply.exit_code, output=reply.output, timed_out=reply.timed_out
         )
 
     def update_resources(self, name: str, resources: Resources | None) -> ContainerInfo:
@@ -221,7 +234,7 @@ class RunningOps(RecordStore):
     def _running_leaf(self, cdir: Path, name: str) -> cgroups.Leaf:
         leaf = leaf_of(read_json(cdir / "run.json"))
         if self._info(cdir, fresh=False).state is not ContainerState.RUNNING:
-            raise ContainerStartError(name, "it is not running")
+            raise ContainerNotRunning(name)
         if leaf is None:
             raise HostSetupError(
                 f"container {name!r} has no cgroup of its own, so it cannot be paused: "
@@ -232,11 +245,11 @@ class RunningOps(RecordStore):
     def pause(self, name: str) -> ContainerInfo:
         with self._locked(name) as cdir:
             if not self._running_leaf(cdir, name).freeze(True):
-                raise ContainerStartError(name, "its cgroup did not freeze within 10 s")
+                raise FreezeTimeout(name, freezing=True, seconds=10)
             return self._info(cdir, fresh=False)
 
     def resume(self, name: str) -> ContainerInfo:
         with self._locked(name) as cdir:
             if not self._running_leaf(cdir, name).freeze(False):
-                raise ContainerStartError(name, "its cgroup did not thaw within 10 s")
+                raise FreezeTimeout(name, freezing=False, seconds=10)
             return self._info(cdir, fresh=False)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +14,39 @@ from pathlib import Path
 from typing import Any
 
 import runtime
-from runtime.errors import HostSetupError
+from runtime.errors import (
+    ContainerNotRunning,
+    ContainerStartError,
+    ContainerUnreachable,
+    ExecFailed,
+    HolderProtocolError,
+    HostSetupError,
+    NetworkRestoreFailed,
+    PortInUse,
+    ProbeFailed,
+    SlirpError,
+    SquishError,
+)
 from runtime.holder.idmap import write_id_maps
+from runtime.holder.protocol import (
+    MAX_REPLY,
+    Done,
+    ErrorCode,
+    Exit,
+    Failure,
+    R,
+    Request,
+    Startup,
+    decode_reply,
+    detail_of,
+    to_json,
+)
 from runtime.holder.server import PAUSE_RECORD, PAUSE_SOCKET
+from runtime.util import jsonsock
 from runtime.util.files import read_json
 from runtime.util.processes import ProcessId, wait_readable
 
-__all__ = ("SUN_PATH_MAX", "Holder", "file_lock")
+__all__ = ("SUN_PATH_MAX", "Holder", "failure_error", "file_lock")
 
 _HANDSHAKE_TIMEOUT = 20.0
 _HOLDER_ENV = frozenset(
@@ -60,6 +84,41 @@ def _read_exactly_one(fd: int, what: str) -> bytes:
     return os.read(fd, 64)
 
 
+def failure_error(name: str, failure: Failure, *, program: str = "", port: int = 0) -> SquishError:
+    """The exception that a failure the holder reported about container ``name`` stands
+    for; ``program`` and ``port`` name what an exec or a probe was about."""
+    message = failure.message
+    match failure.code:
+        case ErrorCode.PORT_IN_USE:
+            return _port_in_use(failure.port)
+        case ErrorCode.SLIRP_FAILED:
+            return SlirpError(message)
+        case ErrorCode.NOT_RUNNING:
+            return ContainerNotRunning(name, message)
+        case ErrorCode.UNKNOWN_CONTAINER:
+            return ContainerUnreachable(name, message)
+        case ErrorCode.EXEC_FAILED:
+            return ExecFailed(name, program, message)
+        case ErrorCode.PROBE_FAILED:
+            return ProbeFailed(name, port, message)
+        case ErrorCode.RESTORE_FAILED:
+            return NetworkRestoreFailed(name, message)
+        case ErrorCode.BAD_REQUEST | ErrorCode.REFUSED:
+            return HolderProtocolError(f"the namespace holder refused a request: {message}")
+        case ErrorCode.START_FAILED | ErrorCode.CGROUP_MOVE:
+            return ContainerStartError(name, message)
+
+
+def _port_in_use(port: dict[str, Any]) -> PortInUse:
+    holder = port.get("holder")
+    return PortInUse(
+        str(port.get("host_addr")),
+        int(port.get("host_port", 0)),
+        str(port.get("protocol")),
+        None if holder is None else str(holder),
+    )
+
+
 class Holder:
     """The per-user process that owns the containers' user namespace."""
 
@@ -77,35 +136,27 @@ class Holder:
         identity = ProcessId.from_json(read_json(self.state / PAUSE_RECORD))
         return identity if identity is not None and identity.alive() else None
 
-    def request(self, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        """Send one request, starting the holder first when it is not running."""
+    def call(self, request: Request, expected: type[R], timeout: float = 30.0) -> R | Failure:
+        """Send one request, starting the holder first when it is not running; return
+        its answer, or the failure it reports (:func:`failure_error` names it)."""
         self.ensure()
-        return self._send(payload, timeout)
+        return self._send(request, expected, timeout)
 
-    def _send(self, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            try:
-                sock.connect(str(self.socket_path))
-                sock.sendall(json.dumps(payload).encode())
-                sock.shutdown(socket.SHUT_WR)
-                chunks = []
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-            except TimeoutError:
-                raise HostSetupError(
-                    f"the namespace holder did not answer within {timeout:.0f} s "
-                    f"(see {self.state / 'pause.log'})"
-                ) from None
-        if not chunks:
-            raise HostSetupError(
-                "the namespace holder closed the connection without answering "
-                f"(see {self.state / 'pause.log'})"
+    def _send(self, request: Request, expected: type[R], timeout: float) -> R | Failure:
+        log = self.state / "pause.log"
+        try:
+            data = jsonsock.exchange(
+                self.socket_path, to_json(request), timeout=timeout, limit=MAX_REPLY
             )
-        reply = json.loads(b"".join(chunks))
-        if not isinstance(reply, dict):
-            raise HostSetupError(f"unexpected answer from the namespace holder: {reply!r}")
-        return reply
+            return decode_reply(data, expected)
+        except TimeoutError:
+            raise HostSetupError(
+                f"the namespace holder did not answer within {timeout:.0f} s (see {log})"
+            ) from None
+        except ValueError as exc:
+            raise HolderProtocolError(
+                f"unexpected answer from the namespace holder: {exc} (see {log})"
+            ) from None
 
     def ensure(self) -> ProcessId:
         """Return the running holder, starting one if needed (race-free across clients)."""
@@ -159,21 +210,22 @@ class Holder:
                 os.close(fd)
         try:
             message = _read_exactly_one(to_client_r, "create its user namespace")
-            if not message.startswith(b"U"):
+            pid = detail_of(message, Startup.USERNS)
+            if pid is None:
                 raise HostSetupError(
                     "the namespace holder failed to create a user namespace "
                     f"(see {self.state / 'pause.log'})",
                     fix="enable unprivileged user namespaces "
                     "(sysctl kernel.unprivileged_userns_clone=1)",
                 )
-            pause_pid = int(message[1:])
+            pause_pid = int(pid)
             try:
                 write_id_maps(pause_pid)
             except BaseException:
                 os.kill(pause_pid, signal.SIGKILL)
                 raise
-            os.write(from_client_w, b"M")
-            if _read_exactly_one(to_client_r, "get ready") != b"R":
+            os.write(from_client_w, Startup.MAPPED.value)
+            if _read_exactly_one(to_client_r, "get ready") != Startup.READY.value:
                 raise HostSetupError(
                     f"the namespace holder failed (see {self.state / 'pause.log'})"
                 )
@@ -197,8 +249,8 @@ class Holder:
         identity = self.identity()
         if identity is None:
             return
-        with suppress(OSError):
-            self._send({"op": "exit"}, timeout=5.0)
+        with suppress(OSError, HolderProtocolError):  # it is killed if it does not exit
+            self._send(Exit(), Done, timeout=5.0)
         if not identity.wait_gone(5.0):
             identity.send(signal.SIGKILL)
             identity.wait_gone(5.0)

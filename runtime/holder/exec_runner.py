@@ -16,13 +16,14 @@ and writes the reply.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import time
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from runtime.holder.protocol import ErrorCode, Exec, ExecResult, Failure, Reply
+from runtime.holder.workers import fork_worker
 from runtime.sandbox import confine
 from runtime.sandbox import syscalls as sc
 from runtime.util.processes import close_fds_except, wait_readable
@@ -45,62 +46,68 @@ NAMESPACES = (
 mount namespace last: joining it moves the root into the container)."""
 
 
-def start_runner(conn: socket.socket, request: dict[str, Any], namespaces: dict[str, int]) -> None:
+def start_runner(conn: socket.socket, request: Exec, namespaces: dict[str, int]) -> None:
     """Fork the runner for ``request`` in ``namespaces``; it answers on ``conn`` (the
     caller closes its copy). The holder reaps the runner like any other child."""
-    runner = os.fork()
-    if runner == 0:
-        try:
-            reply = _run(conn.fileno(), request, namespaces)
-        except BaseException as exc:  # the runner must never return into the holder
-            reply = {"ok": False, "error": "exec", "message": f"{type(exc).__name__}: {exc}"}
-        with contextlib.suppress(BaseException):
-            conn.sendall(json.dumps(reply).encode())
-        os._exit(0)
+    fork_worker(
+        conn,
+        namespaces.values(),
+        lambda: _run(request, namespaces),
+        ErrorCode.EXEC_FAILED,
+    )
 
 
-def _run(conn_fd: int, request: dict[str, Any], namespaces: dict[str, int]) -> dict[str, Any]:
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    close_fds_except({conn_fd, *namespaces.values()})  # the holder's other descriptors
+def _run(request: Exec, namespaces: dict[str, int]) -> Reply:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)  # the container's root may not read the holder's memory
-    argv = [str(a) for a in request["argv"]]
-    env = {str(k): str(v) for k, v in dict(request["env"]).items()}
-    workdir = str(request.get("workdir", "/"))
-    timeout = float(request.get("timeout", 10.0))
-    if not 0 < timeout <= 86_400:  # NaN fails this too
-        return {"ok": False, "error": "exec", "message": f"bad timeout {timeout!r}"}
-    if any("\0" in part for part in (*argv, *env, *env.values())) or any("=" in k for k in env):
-        return {"ok": False, "error": "exec", "message": "NUL in an argument or a bad env name"}
-    syscall_filter = read_filter(str(request["container_dir"]), bool(request.get("seccomp", True)))
+    argv, env = list(request.argv), request.env
+    refused = _refusal(argv, env, request.timeout)
+    if refused is not None:
+        return Failure(ErrorCode.EXEC_FAILED, refused)
+    syscall_filter = read_filter(request.container_dir, request.seccomp)
     last_capability = confine.last_capability()
-    if request.get("cgroup"):  # in the container's cgroup: its limits, kill and freeze
-        try:
-            with open(os.path.join(str(request["cgroup"]), "cgroup.procs"), "w") as procs:
-                procs.write(str(os.getpid()))
-        except PermissionError:  # a systemd scope we may not move into from here
-            pass  # (the holder runs outside user@.service): the command runs unlimited
-    for kind, flag in NAMESPACES:
-        sc.setns(namespaces[kind], flag)
-        os.close(namespaces[kind])
-    if request.get("cgroup"):  # as the init did once it was moved: the leaf is "/"
-        sc.unshare(sc.CLONE_NEWCGROUP)
+    _enter(request.cgroup, namespaces)
     program = find_program(argv[0], env)
     if program is None:
-        return {"ok": True, "exit_code": 127, "output": f"{argv[0]}: not found\n"}
+        return ExecResult(exit_code=127, output=f"{argv[0]}: not found\n")
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()  # the first process of this runner inside the container's pid namespace
     if child == 0:
-        _command(program, argv, env, workdir, out_w, (syscall_filter, last_capability))
+        _command(program, argv, env, request.workdir, out_w, (syscall_filter, last_capability))
     os.close(out_w)
     try:
-        return _collect(child, out_r, time.monotonic() + timeout)
+        return _collect(child, out_r, time.monotonic() + request.timeout)
     except BaseException:  # the runner failed: the command must not run on unwatched
         with contextlib.suppress(OSError):
             os.killpg(child, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(child, 0)
         raise
+
+
+def _refusal(argv: list[str], env: dict[str, str], timeout: float) -> str | None:
+    """Why the request cannot run, or None."""
+    if not argv:
+        return "no command"
+    if not 0 < timeout <= 86_400:  # NaN fails this too
+        return f"bad timeout {timeout!r}"
+    if any("\0" in part for part in (*argv, *env, *env.values())) or any("=" in k for k in env):
+        return "NUL in an argument or a bad env name"
+    return None
+
+
+def _enter(cgroup: str, namespaces: dict[str, int]) -> None:
+    """Join the container's cgroup (its limits, kill and freeze) and its namespaces."""
+    if cgroup:
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+        except PermissionError:  # a systemd scope we may not move into from here
+            pass  # (the holder runs outside user@.service): the command runs unlimited
+    for kind, flag in NAMESPACES:
+        sc.setns(namespaces[kind], flag)
+        os.close(namespaces[kind])
+    if cgroup:  # as the init did once it was moved: the leaf is "/"
+        sc.unshare(sc.CLONE_NEWCGROUP)
 
 
 def _command(
@@ -131,7 +138,7 @@ def _command(
     os._exit(126)
 
 
-def _collect(child: int, out_r: int, deadline: float) -> dict[str, Any]:
+def _collect(child: int, out_r: int, deadline: float) -> ExecResult:
     """Read the command's output until it exits, or kill it at the deadline.
 
     Output that what it left running in the background writes later is not waited for.
@@ -155,12 +162,11 @@ def _collect(child: int, out_r: int, deadline: float) -> dict[str, Any]:
         if (out_r in readable or exited) and not _drain(out_r, kept):
             watched = [pidfd]  # EOF: the command closed its output, it may still run
     _, status = os.waitpid(child, 0)
-    return {
-        "ok": True,
-        "exit_code": 124 if timed_out else os.waitstatus_to_exitcode(status),
-        "timed_out": timed_out,
-        "output": kept.decode(errors="replace"),
-    }
+    return ExecResult(
+        exit_code=124 if timed_out else os.waitstatus_to_exitcode(status),
+        output=kept.decode(errors="replace"),
+        timed_out=timed_out,
+    )
 
 
 def _drain(fd: int, kept: bytearray) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
+from runtime.holder.protocol import Launching, marked
 from runtime.sandbox import confine, mounts
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
@@ -159,6 +160,12 @@ def _prewarm() -> None:
     LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
 
 
+def _fail(report_w: int, reason: str, code: int) -> NoReturn:
+    """Tell the spare what failed, and exit with ``code``."""
+    os.write(report_w, marked(Launching.FAILED, reason))
+    os._exit(code)
+
+
 def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
@@ -188,10 +195,9 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
         mounts.assemble(root, skel, req.rootfs, req.mounts)
         mounts.enter_root(root)
     except Exception as exc:
-        os.write(report_w, f"Esetting up the container filesystem failed: {exc}".encode())
-        os._exit(126)
-    os.write(report_w, b"M")
-    if os.read(go_r, 1) != b"G":
+        _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
+    os.write(report_w, Launching.MOUNTED.value)
+    if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)
     os.close(go_r)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED_SIGNALS})
@@ -209,15 +215,13 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
         # still does needs none of what they take away) and for what it starts.
         confine.apply(syscall_filter, last_capability)
     except OSError as exc:
-        os.write(report_w, f"Econfining the container failed: {exc}".encode())
-        os._exit(126)
+        _fail(report_w, f"confining the container failed: {exc}", 126)
     try:
         child = _spawn_command(req, log_fd, old_mask)
     except OSError as exc:
-        os.write(report_w, f"E{req.argv[0]!r} cannot start: {exc.strerror}".encode())
-        os._exit(127)
+        _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
     os.close(log_fd)
     os.chdir("/")
-    os.write(report_w, b"S")
+    os.write(report_w, Launching.STARTED.value)
     os.close(report_w)
     _wait_for_command(child, state_fd)

@@ -11,19 +11,20 @@ its user namespace and writes ``U``; the client, still outside, writes the id ma
 answers ``M``; this process binds its socket and writes ``R``.
 
 Control protocol on ``pause.sock``: one JSON request per connection, the client shuts
-down its write side, the answer is one JSON object. Requests: ``{"op": "ping"}``,
-``{"op": "launch", "request": LaunchRequest}``, ``{"op": "exit"}``.
+down its write side, the answer is one JSON object (``runtime.holder.protocol``). What
+can take long (a launch, a command, a TCP probe, a restarted slirp4netns) is done by a
+forked process that answers the client itself: this loop never waits for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import gc
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import struct
@@ -34,10 +35,39 @@ from pathlib import Path
 from typing import Any
 
 from runtime.holder.exec_runner import NAMESPACES, start_runner
-from runtime.holder.spare import MAX_REQUEST, hand_over, restart_slirp, run_spare
+from runtime.holder.protocol import (
+    MAX_REQUEST,
+    Done,
+    ErrorCode,
+    Exec,
+    Exit,
+    Failure,
+    Launch,
+    Op,
+    Ping,
+    Pong,
+    ProbeResult,
+    ProbeTcp,
+    Reply,
+    Request,
+    Restored,
+    RestoreNetwork,
+    Startup,
+    decode_request,
+    encode,
+    marked,
+)
+from runtime.holder.spare import hand_over, restart_slirp, run_spare
+from runtime.holder.workers import fork_worker
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
-from runtime.util.processes import ProcessId, close_fds_except, reap_children
+from runtime.util.jsonsock import decode_object, read_to_eof
+from runtime.util.processes import (
+    ProcessId,
+    close_fds_except,
+    reap_children,
+    wait_readable,
+)
 
 __all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
 
@@ -53,20 +83,9 @@ def _log(message: str) -> None:
     )
 
 
-def _read_request(conn: socket.socket) -> bytes:
-    conn.settimeout(2.0)
-    chunks, size = [], 0
-    while chunk := conn.recv(65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_REQUEST:
-            raise ValueError("request too large")
-    return b"".join(chunks)
-
-
-def _reply(conn: socket.socket, data: dict[str, Any]) -> None:
+def _reply(conn: socket.socket, reply: Reply) -> None:
     try:
-        conn.sendall(json.dumps(data).encode())
+        conn.sendall(encode(reply))
     except OSError as exc:
         _log(f"cannot answer the client: {exc}")
 
@@ -125,8 +144,12 @@ class _Spares:
         os.waitpid(pid, 0)
 
 
-class _UnknownContainer(LookupError):
-    """The container was not started by this holder (it was restarted since)."""
+class _Refused(Exception):
+    """A request the holder answers with a failure of its own code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.failure = Failure(code, message)
 
 
 @dataclass
@@ -138,6 +161,8 @@ class _Held:
     still dumpable."""
     slirp: ProcessId | None = None
     """The slirp4netns this holder started again for it, if any."""
+    restoring: bool = False
+    """A worker is starting a slirp4netns for it; it reports the identity when done."""
 
 
 class _Containers:
@@ -153,6 +178,8 @@ class _Containers:
 
     def __init__(self) -> None:
         self.by_pid: dict[int, _Held] = {}
+        self.reports: dict[int, tuple[int, _Held]] = {}
+        """Read end of a restore worker's report pipe -> (init pid, what it restores)."""
 
     def add(self, init_pid: int, fds: list[int]) -> None:
         self.reaped(init_pid)
@@ -167,51 +194,82 @@ class _Containers:
                 os.close(fd)
             _kill(held.slirp)
 
-    def _held(self, request: dict[str, Any]) -> _Held:
-        pid = int(request["init_pid"])
-        held = self.by_pid.get(pid)
+    def _held(self, init_pid: int) -> _Held:
+        held = self.by_pid.get(init_pid)
         if held is None:
-            raise _UnknownContainer(
-                f"this holder did not start the container with init {pid} (it was restarted "
-                "since): recreate the container"
+            raise _Refused(
+                ErrorCode.UNKNOWN_CONTAINER,
+                f"this holder did not start the container with init {init_pid} (it was "
+                "restarted since): recreate the container",
             )
         return held
 
-    def restore(self, request: dict[str, Any]) -> dict[str, Any]:
-        held = self._held(request)
-        _kill(held.slirp)  # an earlier heal's slirp4netns still holds tap0: it must go first
-        held.slirp = restart_slirp(
-            str(request["container_dir"]),
-            held.namespaces["net"],
-            bool(request.get("sandbox", True)),
-        )
-        return {"ok": True, "slirp": held.slirp.to_json()}
+    def restore(self, conn: socket.socket, request: RestoreNetwork) -> None:
+        """Start slirp4netns again in the container's network namespace; a worker does it,
+        answers ``conn`` and reports the new identity on a pipe this loop watches."""
+        held = self._held(request.init_pid)
+        if held.restoring:
+            raise _Refused(ErrorCode.RESTORE_FAILED, "its network is being restored already")
+        earlier, netns = held.slirp, held.namespaces["net"]
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
 
-    def probe_tcp(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Whether something accepts TCP on 127.0.0.1:PORT inside the container."""
-        netns_fd = self._held(request).namespaces["net"]
-        port = int(request["port"])
-        child = os.fork()
-        if child == 0:  # a child joins the namespace: the holder stays where it is
-            code = 1
+        def work() -> Reply:
+            _kill(earlier)  # an earlier heal's slirp4netns still holds tap0: it must go first
+            identity = restart_slirp(request.container_dir, netns, request.sandbox)
+            os.write(report_w, json.dumps(identity.to_json()).encode())
+            return Restored(identity.to_json())
+
+        try:
+            fork_worker(conn, (netns, report_w), work, ErrorCode.RESTORE_FAILED)
+        except BaseException:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+        held.slirp, held.restoring = None, True
+        self.reports[report_r] = (request.init_pid, held)
+
+    def take_report(self, report_r: int) -> None:
+        """Learn which slirp4netns a restore worker started (nothing if it failed)."""
+        init_pid, held = self.reports.pop(report_r)
+        try:  # one write of a few bytes: readable means all of it, or EOF
+            identity = ProcessId.from_json(_json_or_none(os.read(report_r, 4096)))
+        finally:
+            os.close(report_r)
+        held.restoring = False
+        if self.by_pid.get(init_pid) is held:
+            held.slirp = identity
+        else:
+            _kill(identity)  # its container was reaped meanwhile
+
+    def probe_tcp(self, conn: socket.socket, request: ProbeTcp) -> None:
+        """Whether something accepts TCP on 127.0.0.1:PORT inside the container; a worker
+        joins the namespace (the holder stays where it is) and answers ``conn``."""
+        netns = self._held(request.init_pid).namespaces["net"]
+
+        def work() -> Reply:
+            sc.setns(netns, sc.CLONE_NEWNET)
             try:
-                sc.setns(netns_fd, sc.CLONE_NEWNET)
-                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                    code = 0
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(child, 0)
-        return {"ok": True, "ready": os.waitstatus_to_exitcode(status) == 0}
+                with socket.create_connection(("127.0.0.1", request.port), timeout=1.0):
+                    return ProbeResult(ready=True)
+            except OSError:
+                return ProbeResult(ready=False)
 
-    def exec(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        fork_worker(conn, (netns,), work, ErrorCode.PROBE_FAILED)
+
+    def exec(self, conn: socket.socket, request: Exec) -> None:
         """Run a command in the container; a runner answers on ``conn``."""
-        held = self._held(request)
-        init = ProcessId(int(request["init_pid"]), int(request["init_start_time"]))
-        if not init.alive():
-            raise _UnknownContainer("the container's init has exited")
+        held = self._held(request.init_pid)
+        if not ProcessId(request.init_pid, request.init_start_time).alive():
+            raise _Refused(ErrorCode.NOT_RUNNING, "the container's init has exited")
         start_runner(conn, request, held.namespaces)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 _FD_FLOOR = 4096
@@ -231,7 +289,7 @@ def _peer_is_the_user(conn: socket.socket) -> bool:
     if uid == os.getuid() and _pid_depth(pid) == _OWN_DEPTH[0]:
         return True
     _log(f"refused a request from pid {pid}, uid {uid} (in this namespace): not the user")
-    _reply(conn, {"ok": False, "error": "refused", "message": "not the holder's user"})
+    _reply(conn, Failure(ErrorCode.REFUSED, "not the holder's user"))
     return False
 
 
@@ -279,52 +337,67 @@ def _kill(identity: ProcessId | None) -> None:
 def _serve_one(conn: socket.socket, spares: _Spares, containers: _Containers) -> bool:
     """Handle one connection; return False when asked to exit."""
     try:
-        raw = _read_request(conn)
-        request = json.loads(raw)
-        if not isinstance(request, dict):
-            raise ValueError("request is not a JSON object")
+        conn.settimeout(2.0)
+        request = decode_request(decode_object(read_to_eof(conn, MAX_REQUEST)))
     except (OSError, ValueError) as exc:
-        _reply(conn, {"ok": False, "error": "protocol", "message": str(exc)})
+        _reply(conn, Failure(ErrorCode.BAD_REQUEST, str(exc)))
         return True
-    op = request.get("op")
-    if op == "ping":
-        _reply(conn, {"ok": True, "pid": os.getpid()})
-        return True
-    if op == "exit":
-        spares.drop()
-        _reply(conn, {"ok": True})
-        return False
-    if op in ("restore_network", "probe_tcp", "exec"):
-        try:
-            if op == "exec":
-                containers.exec(conn, request)  # a runner answers on its copy of conn
-            else:
-                handler = containers.restore if op == "restore_network" else containers.probe_tcp
-                _reply(conn, handler(request))
-        except _UnknownContainer as exc:
-            _reply(conn, {"ok": False, "error": "unknown_container", "message": str(exc)})
-        except Exception as exc:  # one bad request must never end the holder
-            _reply(conn, {"ok": False, "error": "slirp", "message": f"{type(exc).__name__}: {exc}"})
-        return True
-    if op != "launch":
-        _reply(conn, {"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
-        return True
-    launch = request.get("request")
-    raw_request = json.dumps(launch).encode()
+    try:
+        return _dispatch(conn, request, spares, containers)
+    except _Refused as exc:
+        _reply(conn, exc.failure)
+    except Exception as exc:  # one bad request must never end the holder
+        _reply(conn, Failure(_FAILURES[request.op], f"{type(exc).__name__}: {exc}"))
+    return True
+
+
+_FAILURES = {
+    Op.PING: ErrorCode.BAD_REQUEST,
+    Op.EXIT: ErrorCode.BAD_REQUEST,
+    Op.LAUNCH: ErrorCode.START_FAILED,
+    Op.RESTORE_NETWORK: ErrorCode.RESTORE_FAILED,
+    Op.PROBE_TCP: ErrorCode.PROBE_FAILED,
+    Op.EXEC: ErrorCode.EXEC_FAILED,
+}
+"""What an unexpected error while serving a request is reported as."""
+
+
+def _dispatch(
+    conn: socket.socket, request: Request, spares: _Spares, containers: _Containers
+) -> bool:
+    match request:
+        case Ping():
+            _reply(conn, Pong(os.getpid()))
+        case Exit():
+            spares.drop()
+            _reply(conn, Done())
+            return False
+        case Launch():
+            _launch(conn, request, spares, containers)
+        case RestoreNetwork():
+            containers.restore(conn, request)
+        case ProbeTcp():
+            containers.probe_tcp(conn, request)
+        case Exec():
+            containers.exec(conn, request)  # a runner answers on its copy of conn
+    return True
+
+
+def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _Containers) -> None:
+    raw_request = json.dumps(request.request).encode()
     for attempt in (1, 2):
         ctrl = spares.take()
         try:
             # The spare parses and checks the request: keep this single loop lean.
             init_pid, namespace_fds = hand_over(ctrl, raw_request, conn)
             containers.add(init_pid, namespace_fds)
-            break
+            return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
             if attempt == 2:
-                _reply(conn, {"ok": False, "error": "start", "message": f"launcher lost: {exc}"})
+                _reply(conn, Failure(ErrorCode.START_FAILED, f"launcher lost: {exc}"))
         finally:
             ctrl.close()
-    return True
 
 
 def _reap(spares: _Spares, containers: _Containers) -> None:
@@ -345,18 +418,12 @@ def serve(listener: socket.socket) -> None:
     running = True
     while running:
         spares.refill()
-        try:
-            readable, _, _ = select.select([listener.fileno(), wake_r], [], [])
-        except InterruptedError:
-            continue
+        readable = wait_readable([listener.fileno(), wake_r, *containers.reports], None)
         if wake_r in readable:
-            while True:
-                try:
-                    if not os.read(wake_r, 512):
-                        break
-                except BlockingIOError:
-                    break
+            _drain(wake_r)
             _reap(spares, containers)
+        for report in set(readable) & set(containers.reports):
+            containers.take_report(report)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:
@@ -364,6 +431,13 @@ def serve(listener: socket.socket) -> None:
                     running = _serve_one(conn, spares, containers)
     _reap(spares, containers)
     _log("exiting on request")
+
+
+def _drain(fd: int) -> None:
+    """Read a non-blocking pipe empty."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -381,10 +455,10 @@ def main(argv: list[str] | None = None) -> None:
         sc.unshare(sc.CLONE_NEWUSER)
     except OSError as exc:
         _log(f"cannot create a user namespace: {exc}")
-        os.write(args.to_client, b"X")
+        os.write(args.to_client, Startup.NO_USERNS.value)
         sys.exit(1)
-    os.write(args.to_client, f"U{os.getpid()}".encode())
-    if os.read(args.from_client, 1) != b"M":
+    os.write(args.to_client, marked(Startup.USERNS, os.getpid()))
+    if os.read(args.from_client, 1) != Startup.MAPPED.value:
         _log("the client did not map ids; giving up")
         sys.exit(1)
     os.close(args.from_client)
@@ -401,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     assert me is not None
     write_json_atomic(state / PAUSE_RECORD, me.to_json())
     _log(f"holding the user namespace; listening on {sock_path}")
-    os.write(args.to_client, b"R")
+    os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
     serve(listener)
 

@@ -29,13 +29,24 @@ from typing import Any, NoReturn
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
+from runtime.holder.protocol import (
+    MAX_REQUEST,
+    ErrorCode,
+    Failure,
+    Launched,
+    Launching,
+    Reply,
+    detail_of,
+    encode,
+    marked,
+)
 from runtime.network import slirp
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
-__all__ = ("CONTAINER_NAMESPACES", "MAX_REQUEST", "hand_over", "restart_slirp", "run_spare")
+__all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
 
 CONTAINER_NAMESPACES = (
     sc.CLONE_NEWNS
@@ -46,14 +57,12 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWPID
 )
 _READY_TIMEOUT = 10.0
-MAX_REQUEST = 4 << 20
-"""The largest launch request the holder and a spare accept."""
 
 
 class _LaunchFailed(Exception):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.START_FAILED) -> None:
         super().__init__(message)
-        self.reply = {"error": "start", "message": message}
+        self.reply = Failure(code, message)
 
 
 @dataclass
@@ -97,7 +106,7 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
                 run_init(request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w)
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
-            os.write(pid_w, f"E{exc}".encode())
+            os.write(pid_w, marked(Launching.FAILED, str(exc)))
         finally:
             os._exit(0)
     for fd in (request_r, go_r, report_w, exit_w, pid_w):
@@ -105,9 +114,9 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
-    if not answer or answer.startswith(b"E"):
-        detail = answer[1:].decode(errors="replace")
-        raise _LaunchFailed(f"cannot create the container namespaces: {detail}")
+    failure = detail_of(answer, Launching.FAILED)
+    if not answer or failure is not None:
+        raise _LaunchFailed(f"cannot create the container namespaces: {failure}")
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
@@ -193,43 +202,24 @@ def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId
     )
 
 
-def _failure_reply(exc: BaseException) -> dict[str, Any]:
+def _failure_reply(exc: BaseException) -> Failure:
     if isinstance(exc, _LaunchFailed):
-        return {"ok": False, **exc.reply}
+        return exc.reply
     if isinstance(exc, PortInUse):
-        return {
-            "ok": False,
-            "error": "port_in_use",
-            "message": str(exc),
+        port = {
             "host_addr": exc.host_addr,
             "host_port": exc.host_port,
             "protocol": exc.protocol,
             "holder": exc.holder,
         }
+        return Failure(ErrorCode.PORT_IN_USE, str(exc), port)
     if isinstance(exc, SlirpError):
-        return {"ok": False, "error": "slirp", "message": str(exc)}
-    return {"ok": False, "error": "start", "message": f"{type(exc).__name__}: {exc}"}
+        return Failure(ErrorCode.SLIRP_FAILED, str(exc))
+    return Failure(ErrorCode.START_FAILED, f"{type(exc).__name__}: {exc}")
 
 
-def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
-    cgroup = req.cgroup
-    if req.systemd_scope:  # before the init reads its request: it then starts a cgroup ns
-        from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
-
-        try:
-            cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
-        except (OSError, ValueError) as exc:
-            _dismiss(init)  # it never got a request: it exits on EOF
-            raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
-        raw = json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()  # the init's too
-    elif cgroup:
-        try:
-            Path(cgroup, "cgroup.procs").write_text(str(init.pid))
-        except OSError as exc:
-            _dismiss(init)
-            failure = _LaunchFailed(f"cannot move the container into {cgroup}: {exc}")
-            failure.reply["error"] = "cgroup_move"
-            raise failure from exc
+def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
+    cgroup, raw = _place(init, req, raw)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
@@ -239,8 +229,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
             network = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the filesystem")
-        if mounted != b"M":
-            detail = mounted[1:].decode(errors="replace")
+        if mounted != Launching.MOUNTED.value:
+            detail = detail_of(mounted, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died while mounting")
         if identity is None:
             raise _LaunchFailed("the container init vanished")
@@ -253,16 +243,39 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> dict[str, Any]:
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
-        os.write(init.go_w, b"G")
+        os.write(init.go_w, Launching.GO.value)
         started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
-        if started != b"S":
-            detail = started[1:].decode(errors="replace")
+        if started != Launching.STARTED.value:
+            detail = detail_of(started, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died before the command started")
-        return {"ok": True, "run": run}
+        return Launched(run)
     except BaseException:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
         raise
+
+
+def _place(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
+    """Put the init into its cgroup before it reads its request (it then starts a cgroup
+    namespace); return the cgroup and the request as the init is to read it."""
+    if req.systemd_scope:
+        from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
+
+        try:
+            cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
+        except (OSError, ValueError) as exc:
+            _dismiss(init)  # it never got a request: it exits on EOF
+            raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
+        return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
+    if req.cgroup:
+        try:
+            Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
+        except OSError as exc:
+            _dismiss(init)
+            raise _LaunchFailed(
+                f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
+            ) from exc
+    return req.cgroup, raw
 
 
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
@@ -307,7 +320,7 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
         if received is not None:
             # The holder waits for this before it forgets the request.
             ctrl.sendmsg(
-                [f"A{init.pid}".encode()],
+                [marked(Launching.TAKEN, init.pid)],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", namespaces))],
             )
         for fd in namespaces:
@@ -317,20 +330,21 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
             _dismiss(init)
             os._exit(0)
         raw, conn = received
+        reply: Reply
         try:
             request = LaunchRequest.from_json(json.loads(raw))
         except ValueError as exc:
             _dismiss(init)
-            reply = {"ok": False, "error": "protocol", "message": str(exc)}
+            reply = Failure(ErrorCode.BAD_REQUEST, str(exc))
         else:
             try:
                 reply = _launch(init, request, raw)
                 code = 0
             except BaseException as exc:
                 reply = _failure_reply(exc)
-                _log(f"launching {request.name} failed: {reply['message']}")
+                _log(f"launching {request.name} failed: {reply.message}")
         with conn:
-            conn.sendall(json.dumps(reply).encode())
+            conn.sendall(encode(reply))
     except BaseException as exc:
         _log(f"spare failed: {type(exc).__name__}: {exc}")
     finally:
@@ -358,8 +372,9 @@ def hand_over(
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    if not data.startswith(b"A") or len(fds) != len(NAMESPACES):
+    taken = detail_of(data, Launching.TAKEN)
+    if taken is None or len(fds) != len(NAMESPACES):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    return int(data[1:]), list(fds)
+    return int(taken), list(fds)

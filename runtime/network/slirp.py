@@ -9,7 +9,6 @@ why, so the caller checks the port itself to name the problem.
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 import socket
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from runtime.errors import HostSetupError, PortInUse, SlirpError
 from runtime.network.ports import port_holder
+from runtime.util import jsonsock
 from runtime.wire import Forward
 
 __all__ = (
@@ -91,30 +91,14 @@ def slirp_argv(
 
 
 def _request(api_socket: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(api_socket))
-            sock.sendall(json.dumps(payload).encode())
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            size = 0
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > _MAX_REPLY:
-                    raise SlirpError("slirp4netns reply too large", request=payload)
-        except OSError as exc:
-            raise SlirpError(
-                f"slirp4netns API at {api_socket} unreachable: {exc}", request=payload
-            ) from exc
     try:
-        reply = json.loads(b"".join(chunks))
+        return jsonsock.exchange(api_socket, payload, timeout=timeout, limit=_MAX_REPLY)
+    except OSError as exc:
+        raise SlirpError(
+            f"slirp4netns API at {api_socket} unreachable: {exc}", request=payload
+        ) from exc
     except ValueError as exc:
-        raise SlirpError(f"slirp4netns sent a reply that is not JSON: {exc}") from exc
-    if not isinstance(reply, dict):
-        raise SlirpError(f"unexpected slirp4netns reply {reply!r}", request=payload)
-    return reply
+        raise SlirpError(f"unexpected slirp4netns reply: {exc}", request=payload) from exc
 
 
 def port_is_free(forward: Forward) -> bool:

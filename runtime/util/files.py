@@ -33,4 +33,3 @@ def read_json(path: Path) -> Any | None:
         return None
     except (ValueError, OSError):
         return None
-

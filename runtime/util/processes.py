@@ -128,4 +128,3 @@ def reap_children() -> Iterator[tuple[int, int]]:
         if pid == 0:
             return
         yield pid, status
-
