@@ -29,6 +29,8 @@ from runtime.errors import (
 )
 from runtime.holder.idmap import write_id_maps
 from runtime.holder.protocol import (
+    HOLDER_RECORD,
+    HOLDER_SOCKET,
     MAX_REPLY,
     Done,
     ErrorCode,
@@ -41,7 +43,6 @@ from runtime.holder.protocol import (
     detail_of,
     to_json,
 )
-from runtime.holder.server import PAUSE_RECORD, PAUSE_SOCKET
 from runtime.util import jsonsock
 from runtime.util.files import read_json
 from runtime.util.processes import ProcessId, wait_readable
@@ -124,7 +125,7 @@ class Holder:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.socket_path = state / PAUSE_SOCKET
+        self.socket_path = state / HOLDER_SOCKET
         if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
             raise HostSetupError(
                 f"state directory path too long for a unix socket: {state}",
@@ -133,7 +134,7 @@ class Holder:
 
     def identity(self) -> ProcessId | None:
         """The holder's (pid, start time) if it is running."""
-        identity = ProcessId.from_json(read_json(self.state / PAUSE_RECORD))
+        identity = ProcessId.from_json(read_json(self.state / HOLDER_RECORD))
         return identity if identity is not None and identity.alive() else None
 
     def call(self, request: Request, expected: type[R], timeout: float = 30.0) -> R | Failure:
@@ -254,5 +255,5 @@ class Holder:
         if not identity.wait_gone(5.0):
             identity.send(signal.SIGKILL)
             identity.wait_gone(5.0)
-        for leftover in (self.socket_path, self.state / PAUSE_RECORD):
+        for leftover in (self.socket_path, self.state / HOLDER_RECORD):
             leftover.unlink(missing_ok=True)

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from runtime.wire import LaunchRequest
 
 __all__ = (
+    "HOLDER_RECORD",
+    "HOLDER_SOCKET",
     "MAX_REPLY",
     "MAX_REQUEST",
     "Done",
@@ -52,6 +54,13 @@ __all__ = (
     "marked",
     "to_json",
 )
+
+HOLDER_SOCKET = "pause.sock"
+"""The holder's control socket in the state folder (0600). The file names keep the
+holder's first name, podman's "pause process", so that a holder an older squish started
+is still found and stopped."""
+HOLDER_RECORD = "pause.json"
+"""The holder's identity (pid, start time) in the state folder."""
 
 MAX_REQUEST = 4 << 20
 """The largest request the holder (and a spare, for a launch) accepts."""

@@ -36,6 +36,8 @@ from typing import Any
 
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.protocol import (
+    HOLDER_RECORD,
+    HOLDER_SOCKET,
     MAX_REQUEST,
     Done,
     ErrorCode,
@@ -69,10 +71,7 @@ from runtime.util.processes import (
     wait_readable,
 )
 
-__all__ = ("PAUSE_RECORD", "PAUSE_SOCKET", "main")
-
-PAUSE_SOCKET = "pause.sock"
-PAUSE_RECORD = "pause.json"
+__all__ = ("main",)
 
 
 def _log(message: str) -> None:
@@ -462,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         _log("the client did not map ids; giving up")
         sys.exit(1)
     os.close(args.from_client)
-    sock_path = state / PAUSE_SOCKET
+    sock_path = state / HOLDER_SOCKET
     sock_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -473,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     listener.listen(64)
     me = ProcessId.of(os.getpid())
     assert me is not None
-    write_json_atomic(state / PAUSE_RECORD, me.to_json())
+    write_json_atomic(state / HOLDER_RECORD, me.to_json())
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
