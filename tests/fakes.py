@@ -34,7 +34,13 @@ import anyio
 
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, Resources
-from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, PortInUse
+from runtime.errors import (
+    ContainerExists,
+    ContainerNotFound,
+    ContainerStartError,
+    PortInUse,
+    SlirpError,
+)
 
 __all__ = (
     "HANG_GUARD",
@@ -399,7 +405,7 @@ class FakeRuntime:
 
     def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         def effect() -> ContainerInfo:
-            info = self._running(name)
+            info = self._networked(name)
             if mapping in info.ports:
                 return info
             if self._port_holder(mapping, besides=name) is not None:
@@ -410,24 +416,27 @@ class FakeRuntime:
 
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         def effect() -> ContainerInfo:
-            info = self._running(name)
+            info = self._networked(name)
             return self._update(info, ports=tuple(p for p in info.ports if p != mapping))
 
         return self._invoke("remove_port", name, (mapping,), {}, effect)
 
     def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
         def effect() -> None:
-            source, target = self._running(name), self._running(to)
+            if name == to:
+                raise ValueError("a forward cannot move to the container it is on")
+            source, target = self._networked(name), self._networked(to)
             self._update(source, ports=tuple(p for p in source.ports if p != mapping))
-            self._update(target, ports=(*target.ports, mapping))
+            self._update(target, ports=(*(p for p in target.ports if p != mapping), mapping))
 
         self._invoke("move_port", name, (to, mapping), {}, effect)
 
     def probe_tcp(self, name: str, port: int) -> bool:
-        """Ready unless the test listed the container in ``never_ready``."""
+        """Ready while it runs, unless the test listed the container in ``never_ready``."""
 
         def effect() -> bool:
-            return self._running(name) is not None and name not in self.never_ready
+            running = self._get(name).state is ContainerState.RUNNING
+            return running and name not in self.never_ready
 
         return self._invoke("probe_tcp", name, (port,), {}, effect)
 
@@ -462,12 +471,14 @@ class FakeRuntime:
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:
-            with self._cond:
-                info = self._containers.pop(name)
-                spec = info.spec.model_copy(update={"name": new_name})
-                renamed = info.model_copy(update={"name": new_name, "spec": spec})
-                self._containers[new_name] = renamed
-                return renamed
+            info = self._get(name)
+            spec = ContainerSpec.model_validate({**info.spec.model_dump(), "name": new_name})
+            if new_name in self._containers:
+                raise ContainerExists(new_name)
+            renamed = info.model_copy(update={"name": new_name, "spec": spec})
+            del self._containers[name]
+            self._containers[new_name] = renamed
+            return renamed
 
         return self._invoke("rename", name, (new_name,), {}, effect)
 
@@ -539,6 +550,13 @@ class FakeRuntime:
         info = self._get(name)
         if info.state is not ContainerState.RUNNING:
             raise ContainerStartError(name, "it is not running")
+        return info
+
+    def _networked(self, name: str) -> ContainerInfo:
+        """A running container whose forwards can change (it has a slirp4netns)."""
+        info = self._running(name)
+        if info.spec.network != "slirp4netns" or info.slirp_pid is None:
+            raise SlirpError(f"container {name!r} has no slirp4netns network")
         return info
 
     def _update(self, info: ContainerInfo, **changes: object) -> ContainerInfo:
