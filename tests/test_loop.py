@@ -47,10 +47,15 @@ async def test_a_pass_sweeps_what_killed_clients_left_before_looking(tmp_path: P
 
 
 def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_text(
+        '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    )
     loop = reconciler(tmp_path, FakeClock(100.0))
     assert isinstance(loop.runtime, FakeRuntime)
-    loop.dry_run()
+    _, _, todo = loop.dry_run()
+    assert [a.name for a in todo.actions] == ["web"]  # there is something it could do
     assert [c.method for c in loop.runtime.calls] == ["list"]
+    assert loop.runtime.list() == []
 
 
 @pytest.mark.anyio

@@ -51,8 +51,11 @@ def test_the_driver_is_chosen_by_what_is_reachable(
     chosen.check(Resources(memory=64 * 1024**2))  # checked on the scope, after the start
     monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "auto")  # a reachable user systemd is preferred
     assert cgroups.detect().driver == "systemd"
-    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "cgroupfs")
-    assert cgroups.detect().driver in ("cgroupfs", "none")
+    monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "cgroupfs")  # the bus is ignored: the
+    monkeypatch.setenv("SQUISH_CGROUP_ROOT", str(tmp_path))  # subtree named decides
+    forced = cgroups.detect()
+    assert (forced.driver, forced.bus, forced.root) == ("none", None, None)
+    assert f"SQUISH_CGROUP_ROOT={tmp_path} is not a cgroup v2 folder" in (forced.problem or "")
     monkeypatch.setenv("SQUISH_CGROUP_DRIVER", "sideways")
     assert "use auto, cgroupfs or systemd" in (cgroups.detect().problem or "")
 
