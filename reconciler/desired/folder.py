@@ -14,8 +14,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import tomli
-
 from reconciler.desired.types import (
     LABEL_FILE,
     LABEL_FOLDER,
@@ -31,6 +29,7 @@ from reconciler.desired.types import (
 )
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_squishfile
+from reconciler.squishfile.tomlpos import TomlError, parse_toml
 from runtime.api.spec import ContainerSpec
 from runtime.security.seccomp import ProfileError, read_profile_bytes
 
@@ -47,9 +46,9 @@ def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str
     parsed = False
     if raw is not None:
         try:
-            name = tomli.loads(raw.decode("utf-8", errors="replace")).get("name")
+            name = parse_toml(raw.decode("utf-8", errors="replace")).get("name")
             parsed = True
-        except (tomli.TOMLDecodeError, RecursionError, ValueError):
+        except (TomlError, RecursionError, ValueError):
             name = None
         if isinstance(name, str) and name:
             return name, True
