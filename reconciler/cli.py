@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -335,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler", description="Rootless containers reconciled from TOML squishfiles."
     )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more diagnostics (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -399,8 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: int) -> None:
+    """Diagnostics go through ``logging``, to stderr; the command's own output (tables,
+    JSON, plans) is printed. Warnings by default, ``-v`` adds info, ``-vv`` debug."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
     try:
         return int(args.func(args))
     except (HostSetupError, SquishError, OSError, FolderBusy) as exc:

@@ -19,9 +19,9 @@ running for the next ``run`` to adopt.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +40,8 @@ from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan
 from runtime.api.interface import ContainerInfo, Runtime
 
 __all__ = ("DEBOUNCE_MS", "RESYNC", "STEP_MS", "PassResult", "Reconciler", "run_loop")
+
+log = logging.getLogger(__name__)
 
 DEBOUNCE_MS = 200
 """Longest batch of file events, in ms."""
@@ -319,7 +321,7 @@ async def run_loop(
             try:
                 result = await reconciler.reconcile(trigger)
             except Exception as exc:  # the loop never dies: report, wait, try again
-                print(f"reconciler: pass failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                log.error("pass failed: %s: %s", type(exc).__name__, exc)
                 reconciler.record.failed(f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(reconciler.save)

@@ -9,10 +9,10 @@ threaded program.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
 import signal
-import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -43,6 +43,8 @@ from runtime.util.processes import ProcessId
 from runtime.wire import SECCOMP_FILE, LaunchRequest, MountPoint
 
 __all__ = ("LinuxRuntime",)
+
+log = logging.getLogger(__name__)
 
 
 def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
@@ -356,7 +358,7 @@ class LinuxRuntime(RunningOps):
             except FileNotFoundError:
                 continue  # being created or removed right now
             except ValueError as exc:  # a damaged record: report it, never fail the listing
-                print(f"squish: skipping {cdir}: unreadable record: {exc}", file=sys.stderr)
+                log.warning("skipping %s: unreadable record: %s", cdir, exc)
         return found
 
     def logs(self, name: str) -> bytes:

@@ -21,6 +21,7 @@ import argparse
 import fcntl
 import gc
 import json
+import logging
 import os
 import resource
 import select
@@ -28,7 +29,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,12 @@ PAUSE_SOCKET = "pause.sock"
 PAUSE_RECORD = "pause.json"
 
 
+log = logging.getLogger("pause")
+"""The holder's diagnostics, to its stderr (a log file in the state folder)."""
+
+
 def _log(message: str) -> None:
-    print(
-        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pause[{os.getpid()}]: {message}",
-        file=sys.stderr,
-        flush=True,
-    )
+    log.info(message)
 
 
 def _read_request(conn: socket.socket) -> bytes:
@@ -372,6 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to-client", required=True, type=int)
     parser.add_argument("--from-client", required=True, type=int)
     args = parser.parse_args(argv)
+    logging.basicConfig(  # the holder's own program; spares forked from it log the same way
+        level=logging.INFO,
+        format="%(asctime)s %(name)s[%(process)d]: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
     state: Path = args.state_dir
     os.chdir("/")
     if os.fork() != 0:
