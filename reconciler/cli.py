@@ -29,6 +29,7 @@ from reconciler.desired.types import squishfiles_in
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.squishfile import validate_files
 from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
 
@@ -226,6 +227,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Every prerequisite of the host, each missing one with its fix; exit 1 when a
+    required one is missing."""
+    checks = host_checks()
+    for check in checks:
+        if check.problem is None:
+            _out.print(f"[green]ok[/] {escape(check.what)}", soft_wrap=True)
+            continue
+        mark = "[red]missing[/]" if check.required else "[yellow]limited[/]"
+        _out.print(f"{mark} {escape(check.what)}: {escape(check.problem)}", soft_wrap=True)
+        _out.print(f"  fix: {escape(check.fix)}", soft_wrap=True)
+    return 1 if any(c.problem is not None and c.required for c in checks) else 0
+
+
 # -- container commands -------------------------------------------------------------------
 
 
@@ -369,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("doctor", help="check this host's prerequisites; print the fix of each")
+    p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("logs", help="a container's stdout and stderr")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true")

@@ -410,15 +410,3 @@ class LinuxRuntime(RunningOps):
         if self.cgroups.root is not None:  # this state folder's cgroup folder, once empty
             with suppress(OSError):
                 (self.cgroups.root / "squish" / self._group).rmdir()
-
-    def check_host(self) -> None:
-        """Raise :class:`HostSetupError` when slirp4netns cannot work for this user."""
-        slirp.slirp_binary()
-        try:
-            fd = os.open("/dev/net/tun", os.O_RDWR)
-        except OSError as exc:
-            raise HostSetupError(
-                f"/dev/net/tun cannot be opened by uid {os.getuid()}: {exc.strerror}",
-                fix="as root: chmod 0666 /dev/net/tun (the mode distributions ship)",
-            ) from exc
-        os.close(fd)
