@@ -266,6 +266,7 @@ class FakeRuntime:
                 state=ContainerState.EXITED,
                 pid=None,
                 slirp_pid=None,
+                paused=False,
                 finished_at=self.clock() if at is None else at,
                 exit_code=exit_code,
                 ports=(),
@@ -352,6 +353,7 @@ class FakeRuntime:
                 state=ContainerState.EXITED,
                 pid=None,
                 slirp_pid=None,
+                paused=False,
                 finished_at=self.clock(),
                 exit_code=137,
                 ports=(),
@@ -446,8 +448,8 @@ class FakeRuntime:
         """Exit code 0 unless the test listed the container in ``never_ready``."""
 
         def effect() -> CommandResult:
-            if self._running(name) is None:
-                raise ContainerStartError(name, "it is not running")
+            if self._running(name).paused:
+                raise ContainerStartError(name, "it is paused (unpause it first)")
             return CommandResult(exit_code=int(name in self.never_ready), output="")
 
         return self._invoke("exec_command", name, (tuple(argv),), {"timeout": timeout}, effect)
@@ -461,12 +463,12 @@ class FakeRuntime:
 
     def pause(self, name: str) -> ContainerInfo:
         return self._invoke(
-            "pause", name, (), {}, lambda: self._update(self._get(name), paused=True)
+            "pause", name, (), {}, lambda: self._update(self._running(name), paused=True)
         )
 
     def resume(self, name: str) -> ContainerInfo:
         return self._invoke(
-            "resume", name, (), {}, lambda: self._update(self._get(name), paused=False)
+            "resume", name, (), {}, lambda: self._update(self._running(name), paused=False)
         )
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:

@@ -59,6 +59,11 @@ class Backend:
         if self.fake is not None:
             self.fake.finish(name, code)
 
+    def can_pause(self) -> bool:
+        """The real runtime pauses through a cgroup of the container's own."""
+        cgroups = getattr(self.runtime, "cgroups", None)
+        return self.fake is not None or (cgroups is not None and cgroups.driver != "none")
+
     def nothing_listens(self, name: str) -> None:
         """The real container listens only on :data:`LISTEN_PORT`; the fake is told."""
         if self.fake is not None:
@@ -296,6 +301,26 @@ def test_exec_runs_only_in_a_running_container(backend: Backend) -> None:
     rt.stop("shell", timeout=5.0)
     with pytest.raises(ContainerStartError):
         rt.exec_command("shell", ["true"])
+
+
+def test_pause_freezes_a_running_container_until_resumed(backend: Backend) -> None:
+    if not backend.can_pause():
+        pytest.skip("no cgroup v2 folder delegated here: nothing to freeze with")
+    rt = backend.runtime
+    rt.create(backend.sleeper("frozen"))
+    with pytest.raises(ContainerStartError):
+        rt.pause("frozen")
+    running = rt.start("frozen")
+    assert rt.pause("frozen").paused is True
+    assert rt.inspect("frozen").paused is True
+    with pytest.raises(ContainerStartError):
+        rt.exec_command("frozen", ["true"])
+    resumed = rt.resume("frozen")
+    assert (resumed.paused, resumed.pid) == (False, running.pid)
+    assert rt.exec_command("frozen", ["true"]).exit_code == 0
+    rt.pause("frozen")
+    stopped = rt.stop("frozen", timeout=5.0)  # a paused container stops too
+    assert (stopped.state, stopped.paused) == (ContainerState.EXITED, False)
 
 
 # -- rename -------------------------------------------------------------------------------
