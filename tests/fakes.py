@@ -274,6 +274,17 @@ class FakeRuntime:
             self._cond.notify_all()
             return done
 
+    def lose_network(self, name: str) -> ContainerInfo:
+        """The slirp4netns of running container ``name`` dies; its forwards stay recorded,
+        for :meth:`restore_network` to put back."""
+        with self._cond:
+            info = self._running(name)
+            if info.slirp_pid is None:
+                raise AssertionError(f"fake: {name!r} has no network to lose")
+            lost = self._update(info, slirp_pid=None)
+            self._cond.notify_all()
+            return lost
+
     # -- what a test looks at -----------------------------------------------------------------
 
     @property
@@ -487,7 +498,9 @@ class FakeRuntime:
     def restore_network(self, name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:
             info = self._running(name)
-            return self._update(info, slirp_pid=info.pid)
+            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
+                return info  # nothing to restore
+            return self._update(info, slirp_pid=self._pid())
 
         return self._invoke("restore_network", name, (), {}, effect)
 

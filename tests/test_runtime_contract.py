@@ -10,6 +10,8 @@ for the real runtime the container's own command does it.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -58,6 +60,17 @@ class Backend:
         """The real command ends by itself; the fake's is ended here."""
         if self.fake is not None:
             self.fake.finish(name, code)
+
+    def cut_network(self, name: str) -> None:
+        """The container's slirp4netns dies (the real one is killed, as a crash would)."""
+        if self.fake is not None:
+            self.fake.lose_network(name)
+            return
+        slirp_pid = self.runtime.inspect(name).slirp_pid
+        assert slirp_pid is not None
+        os.kill(slirp_pid, signal.SIGKILL)  # a process this test's runtime started
+        while self.runtime.inspect(name).slirp_pid is not None:
+            time.sleep(0.001)
 
     def can_pause(self) -> bool:
         """The real runtime pauses through a cgroup of the container's own."""
@@ -270,6 +283,31 @@ def test_a_forward_does_not_move_to_a_stopped_container(backend: Backend) -> Non
     with pytest.raises(ContainerStartError):
         rt.move_port("from", "to", tcp(port))
     assert rt.inspect("from").ports == (tcp(port),)
+
+
+def test_restoring_a_network_that_works_changes_nothing(backend: Backend) -> None:
+    rt = backend.runtime
+    port = free_port()
+    online = rt.run(backend.sleeper("online", tcp(port)))
+    restored = rt.restore_network("online")
+    assert (restored.slirp_pid, restored.ports) == (online.slirp_pid, (tcp(port),))
+    rt.run(backend.sleeper("unplugged"))
+    assert rt.restore_network("unplugged").slirp_pid is None  # it has no network to restore
+    rt.stop("online", timeout=5.0)
+    with pytest.raises(ContainerStartError):
+        rt.restore_network("online")
+
+
+def test_a_lost_network_is_restored_with_its_forwards(backend: Backend) -> None:
+    rt = backend.runtime
+    first, second = free_ports(2)
+    before = rt.run(backend.sleeper("heal", tcp(first)))
+    rt.add_port("heal", tcp(second))
+    backend.cut_network("heal")
+    assert rt.inspect("heal").slirp_pid is None
+    restored = rt.restore_network("heal")
+    assert restored.slirp_pid not in (None, before.slirp_pid)
+    assert (restored.pid, set(restored.ports)) == (before.pid, {tcp(first), tcp(second)})
 
 
 # -- probes and commands ----------------------------------------------------------------
