@@ -197,6 +197,11 @@ def test_nothing_to_sweep_after_clean_calls(backend: Backend) -> None:
         pytest.param(lambda rt: rt.probe_tcp("ghost", 80), id="probe_tcp"),
         pytest.param(lambda rt: rt.rename("ghost", "spirit"), id="rename"),
         pytest.param(lambda rt: rt.exec_command("ghost", ["true"]), id="exec_command"),
+        pytest.param(lambda rt: rt.move_port("ghost", "spirit", tcp(80)), id="move_port"),
+        pytest.param(lambda rt: rt.restore_network("ghost"), id="restore_network"),
+        pytest.param(lambda rt: rt.pause("ghost"), id="pause"),
+        pytest.param(lambda rt: rt.resume("ghost"), id="resume"),
+        pytest.param(lambda rt: rt.update_resources("ghost", None), id="update_resources"),
     ],
 )
 def test_an_unknown_name_is_not_found(backend: Backend, call: Callable[[Runtime], object]) -> None:
