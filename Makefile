@@ -2,6 +2,7 @@
 #
 #   make run     the reconciler, in the foreground, on desired/
 #   make test    lint (ruff, mypy, import-linter), pytest, then the VM tier (make test-vm)
+#   make test-lowest  the pure tests with every dependency at its lowest allowed version
 #   make lint | make bench | make venv | make clean | make whoami (debug: who runs, which python)
 #
 # squish is rootless-only. As root, every target except `clean` prepares the host
@@ -15,7 +16,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
-USER_TARGETS := run test test-vm lint bench venv check whoami
+USER_TARGETS := run test test-vm test-lowest lint bench venv check whoami
 .PHONY: help clean $(USER_TARGETS)
 
 help:
@@ -61,6 +62,9 @@ test: venv check
 
 test-vm: venv
 	@exec bash scripts/vm-test.sh
+
+test-lowest:
+	@exec bash scripts/lowest-deps.sh
 
 lint: venv
 	@rc=0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
 from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
 from runtime.security.seccomp import compile_profile
@@ -257,6 +259,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Every prerequisite of the host, each missing one with its fix; exit 1 when a
+    required one is missing."""
+    checks = host_checks(_settings().runtime)
+    for check in checks:
+        if check.problem is None:
+            _out.print(f"[green]ok[/] {escape(check.what)}", soft_wrap=True)
+            continue
+        mark = "[red]missing[/]" if check.required else "[yellow]limited[/]"
+        _out.print(f"{mark} {escape(check.what)}: {escape(check.problem)}", soft_wrap=True)
+        _out.print(f"  fix: {escape(check.fix)}", soft_wrap=True)
+    return 1 if any(c.problem is not None and c.required for c in checks) else 0
+
+
 # -- container commands -------------------------------------------------------------------
 
 
@@ -381,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler", description="Rootless containers reconciled from TOML squishfiles."
     )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more diagnostics (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -409,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("doctor", help="check this host's prerequisites; print the fix of each")
+    p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("logs", help="a container's stdout and stderr")
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true")
@@ -443,8 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: int) -> None:
+    """Diagnostics go through ``logging``, to stderr; the command's own output (tables,
+    JSON, plans) is printed. Warnings by default, ``-v`` adds info, ``-vv`` debug."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
     try:
         return int(args.func(args))
     except (HostSetupError, SquishError, OSError, FolderBusy, BadSetting) as exc:

@@ -39,8 +39,10 @@ from runtime.errors import (
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
+    ContainerPaused,
     ContainerRunning,
     PortInUse,
+    SlirpError,
 )
 
 __all__ = (
@@ -274,12 +276,24 @@ class FakeRuntime:
                 state=ContainerState.EXITED,
                 pid=None,
                 slirp_pid=None,
+                paused=False,
                 finished_at=self.clock() if at is None else at,
                 exit_code=exit_code,
                 ports=(),
             )
             self._cond.notify_all()
             return done
+
+    def lose_network(self, name: str) -> ContainerInfo:
+        """The slirp4netns of running container ``name`` dies; its forwards stay recorded,
+        for :meth:`restore_network` to put back."""
+        with self._cond:
+            info = self._running(name)
+            if info.slirp_pid is None:
+                raise AssertionError(f"fake: {name!r} has no network to lose")
+            lost = self._update(info, slirp_pid=None)
+            self._cond.notify_all()
+            return lost
 
     # -- what a test looks at -----------------------------------------------------------------
 
@@ -360,6 +374,7 @@ class FakeRuntime:
                 state=ContainerState.EXITED,
                 pid=None,
                 slirp_pid=None,
+                paused=False,
                 finished_at=self.clock(),
                 exit_code=137,
                 ports=(),
@@ -413,7 +428,7 @@ class FakeRuntime:
 
     def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         def effect() -> ContainerInfo:
-            info = self._running(name)
+            info = self._networked(name)
             if mapping in info.ports:
                 return info
             if self._port_holder(mapping, besides=name) is not None:
@@ -424,24 +439,27 @@ class FakeRuntime:
 
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         def effect() -> ContainerInfo:
-            info = self._running(name)
+            info = self._networked(name)
             return self._update(info, ports=tuple(p for p in info.ports if p != mapping))
 
         return self._invoke("remove_port", name, (mapping,), {}, effect)
 
     def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
         def effect() -> None:
-            source, target = self._running(name), self._running(to)
+            if name == to:
+                raise ValueError("a forward cannot move to the container it is on")
+            source, target = self._networked(name), self._networked(to)
             self._update(source, ports=tuple(p for p in source.ports if p != mapping))
-            self._update(target, ports=(*target.ports, mapping))
+            self._update(target, ports=(*(p for p in target.ports if p != mapping), mapping))
 
         self._invoke("move_port", name, (to, mapping), {}, effect)
 
     def probe_tcp(self, name: str, port: int) -> bool:
-        """Ready unless the test listed the container in ``never_ready``."""
+        """Ready while it runs, unless the test listed the container in ``never_ready``."""
 
         def effect() -> bool:
-            return self._running(name) is not None and name not in self.never_ready
+            running = self._get(name).state is ContainerState.RUNNING
+            return running and name not in self.never_ready
 
         return self._invoke("probe_tcp", name, (port,), {}, effect)
 
@@ -451,7 +469,8 @@ class FakeRuntime:
         """Exit code 0 unless the test listed the container in ``never_ready``."""
 
         def effect() -> CommandResult:
-            self._running(name)
+            if self._running(name).paused:
+                raise ContainerPaused(name)
             return CommandResult(exit_code=int(name in self.never_ready), output="")
 
         return self._invoke("exec_command", name, (tuple(argv),), {"timeout": timeout}, effect)
@@ -465,29 +484,33 @@ class FakeRuntime:
 
     def pause(self, name: str) -> ContainerInfo:
         return self._invoke(
-            "pause", name, (), {}, lambda: self._update(self._get(name), paused=True)
+            "pause", name, (), {}, lambda: self._update(self._running(name), paused=True)
         )
 
     def resume(self, name: str) -> ContainerInfo:
         return self._invoke(
-            "resume", name, (), {}, lambda: self._update(self._get(name), paused=False)
+            "resume", name, (), {}, lambda: self._update(self._running(name), paused=False)
         )
 
     def rename(self, name: str, new_name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:
-            with self._cond:
-                info = self._containers.pop(name)
-                spec = info.spec.model_copy(update={"name": new_name})
-                renamed = info.model_copy(update={"name": new_name, "spec": spec})
-                self._containers[new_name] = renamed
-                return renamed
+            info = self._get(name)
+            spec = ContainerSpec.model_validate({**info.spec.model_dump(), "name": new_name})
+            if new_name in self._containers:
+                raise ContainerExists(new_name)
+            renamed = info.model_copy(update={"name": new_name, "spec": spec})
+            del self._containers[name]
+            self._containers[new_name] = renamed
+            return renamed
 
         return self._invoke("rename", name, (new_name,), {}, effect)
 
     def restore_network(self, name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:
             info = self._running(name)
-            return self._update(info, slirp_pid=info.pid)
+            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
+                return info  # nothing to restore
+            return self._update(info, slirp_pid=self._pid())
 
         return self._invoke("restore_network", name, (), {}, effect)
 
@@ -552,6 +575,13 @@ class FakeRuntime:
         info = self._get(name)
         if info.state is not ContainerState.RUNNING:
             raise ContainerNotRunning(name)
+        return info
+
+    def _networked(self, name: str) -> ContainerInfo:
+        """A running container whose forwards can change (it has a slirp4netns)."""
+        info = self._running(name)
+        if info.spec.network != "slirp4netns" or info.slirp_pid is None:
+            raise SlirpError(f"container {name!r} has no slirp4netns network")
         return info
 
     def _update(self, info: ContainerInfo, **changes: object) -> ContainerInfo:

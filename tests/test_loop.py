@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from reconciler.control.converge import Converger
-from reconciler.control.loop import Reconciler
+from reconciler.control.loop import Reconciler, _watch_exit
 from reconciler.desired.source import FolderSource
 from tests.fakes import FakeClock, FakeRuntime
 
@@ -51,10 +55,15 @@ async def test_a_pass_sweeps_what_killed_clients_left_before_looking(tmp_path: P
 
 
 def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_text(
+        '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    )
     loop = reconciler(tmp_path, FakeClock(100.0))
     assert isinstance(loop.runtime, FakeRuntime)
-    loop.dry_run()
+    _, _, todo = loop.dry_run()
+    assert [a.name for a in todo.actions] == ["web"]  # there is something it could do
     assert [c.method for c in loop.runtime.calls] == ["list"]
+    assert loop.runtime.list() == []
 
 
 @pytest.mark.anyio
@@ -66,3 +75,27 @@ async def test_a_failed_sweep_is_reported_and_does_not_cost_the_pass(tmp_path: P
     assert [c.method for c in loop.runtime.calls][:2] == ["sweep", "list"]
     assert result.failed == ()
     assert loop.record.last_error is not None and "a leftover is not ours" in loop.record.last_error
+
+
+@pytest.fixture
+def waiting_child() -> Iterator[subprocess.Popen[bytes]]:
+    """A child process that exits once its stdin is closed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    yield child
+    child.kill()
+    child.wait()
+
+
+@pytest.mark.anyio
+async def test_the_exit_of_a_watched_process_triggers_a_pass(
+    waiting_child: subprocess.Popen[bytes],
+) -> None:
+    assert waiting_child.stdin is not None
+    send, receive = anyio.create_memory_object_stream[str](1)
+    async with send, receive, anyio.create_task_group() as group:
+        await group.start(_watch_exit, waiting_child.pid, send)
+        assert receive.statistics().current_buffer_used == 0  # it still runs
+        waiting_child.stdin.close()
+        assert await receive.receive() == "a process exited"

@@ -58,7 +58,9 @@ def test_the_driver_is_chosen_by_what_is_reachable(
     assert isinstance(chosen, SystemdDriver) and chosen.bus == str(tmp_path / "bus")
     chosen.check(Resources(memory=64 * 1024**2))  # checked on the scope, after the start
     assert detect(driver="auto").name == "systemd"  # a reachable user systemd is preferred
-    assert detect(driver="cgroupfs").name in ("cgroupfs", "none")
+    forced = detect(driver="cgroupfs", root=tmp_path)  # the bus is ignored: the subtree decides
+    assert (forced.name, forced.problem is not None) == ("none", True)
+    assert f"SQUISH_CGROUP_ROOT={tmp_path} is not a cgroup v2 folder" in (forced.problem or "")
     assert "use auto, cgroupfs or systemd" in (detect(driver="sideways").problem or "")
 
 

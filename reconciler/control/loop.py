@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ from reconciler.settings import Settings
 from runtime.api.interface import ContainerInfo, Runtime
 
 __all__ = ("PassResult", "Reconciler", "run_loop")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ async def run_loop(
             try:
                 result = await reconciler.reconcile(trigger)
             except Exception as exc:  # the loop never dies: report, wait, try again
-                print(f"reconciler: pass failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                log.error("pass failed: %s: %s", type(exc).__name__, exc)
                 reconciler.record.failed(f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(reconciler.save)

@@ -20,8 +20,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import tomli
-
 from reconciler.desired.types import (
     LABEL_FILE,
     LABEL_FOLDER,
@@ -38,6 +36,7 @@ from reconciler.desired.types import (
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import conflict_lines, load_squishfile
+from reconciler.squishfile.tomlpos import TomlError, parse_toml
 from runtime.api.spec import ContainerSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
@@ -55,9 +54,9 @@ def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str
     parsed = False
     if raw is not None:
         try:
-            name = tomli.loads(raw.decode("utf-8", errors="replace")).get("name")
+            name = parse_toml(raw.decode("utf-8", errors="replace")).get("name")
             parsed = True
-        except (tomli.TOMLDecodeError, RecursionError, ValueError):
+        except (TomlError, RecursionError, ValueError):
             name = None
         if isinstance(name, str) and name:
             return name, True

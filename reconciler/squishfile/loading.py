@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import tomli
 from pydantic import BaseModel, ValidationError
 
 from reconciler.problems import Problem, SquishfileError
@@ -33,7 +32,14 @@ from reconciler.squishfile.sections import (
     SecuritySection,
     UpdateSection,
 )
-from reconciler.squishfile.tomlpos import Loc, line_of, problems_from_validation, syntax_problem
+from reconciler.squishfile.tomlpos import (
+    Loc,
+    TomlError,
+    line_of,
+    parse_toml,
+    problems_from_validation,
+    syntax_problem,
+)
 from runtime.security.profile import ProfileCheck
 
 __all__ = (
@@ -72,8 +78,8 @@ def _load(
         problem = Problem(label, line, "<syntax>", "the file is not valid UTF-8")
         raise SquishfileError(path, [problem]) from None
     try:
-        data = tomli.loads(text)
-    except tomli.TOMLDecodeError as exc:
+        data = parse_toml(text)
+    except TomlError as exc:
         raise SquishfileError(path, [syntax_problem(label, text, exc)]) from None
     except RecursionError:
         problem = Problem(label, None, "<syntax>", "nested too deeply to read")

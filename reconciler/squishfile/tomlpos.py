@@ -17,25 +17,48 @@ to the nearest enclosing path that is, e.g. the table header. The scanner never 
 malformed text yields a best effort answer or ``None``.
 
 :func:`problems_from_validation` and :func:`syntax_problem` use it to turn pydantic and
-tomli errors into located :class:`reconciler.problems.Problem` objects.
+TOML errors into located :class:`reconciler.problems.Problem` objects.
+
+:func:`parse_toml` and :data:`TomlError` are the project's one TOML reader: every squishfile
+is read through them, so the same text parses the same way everywhere.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import tomli
 from pydantic import ValidationError
 
 from reconciler.problems import Problem, describe_error, field_path
 
-__all__ = ("Loc", "line_of", "problems_from_validation", "syntax_problem")
+__all__ = (
+    "Loc",
+    "TomlError",
+    "line_of",
+    "parse_toml",
+    "problems_from_validation",
+    "syntax_problem",
+)
 
 Loc = tuple[str | int, ...]
 """A key path in a TOML document, as pydantic reports locations: ``("ports", 1, "host")``."""
 
-_TOMLI_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+# tomli rather than the standard library's tomllib: tomli reads TOML 1.1 (multi-line
+# inline tables, which line_of indexes too) and its errors carry the line and column
+# (tomllib's only from Python 3.14). A fallback to tomllib would make the same squishfile
+# valid or invalid, located or not, depending on the Python version, so there is none;
+# pyproject.toml's floor (tomli 2.4.0) is the first release with both.
+TomlError = tomli.TOMLDecodeError
+"""What :func:`parse_toml` raises for text that is not TOML."""
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """The TOML document ``text`` as a dict; raises :data:`TomlError` when it is not TOML
+    (and ``RecursionError`` when it nests too deeply)."""
+    return tomli.loads(text)
+
 
 _BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -69,20 +92,10 @@ def problems_from_validation(
     return problems
 
 
-def syntax_problem(file: str, text: str, error: tomli.TOMLDecodeError) -> Problem:
-    """One ``<syntax>`` problem for a TOML parse error, at its line when known."""
-    message = str(getattr(error, "msg", "") or error)
-    line: int | None = getattr(error, "lineno", None)
-    column: int | None = getattr(error, "colno", None)
-    position = _TOMLI_POSITION.search(message)
-    if position is not None:  # older tomli: the position only lives in the message
-        message = message[: position.start()]
-        if line is None:
-            at_end = position.group(1) is None
-            line = text.count("\n") + 1 if at_end else int(position.group(1))
-            column = None if at_end else int(position.group(2))
-    where = f" (column {column})" if column else ""
-    return Problem(file, line, "<syntax>", f"invalid TOML: {message}{where}")
+def syntax_problem(file: str, text: str, error: TomlError) -> Problem:
+    """One ``<syntax>`` problem for a TOML parse error, at its line and column."""
+    where = f" (column {error.colno})" if error.colno else ""
+    return Problem(file, error.lineno, "<syntax>", f"invalid TOML: {error.msg}{where}")
 
 
 def _nearest_line(lines: dict[Loc, int], loc: Loc) -> int | None:
@@ -277,7 +290,7 @@ class _LineIndex:
 def _decode_quoted_key(raw: str) -> str:
     """The value of a quoted key as TOML defines it (escapes applied)."""
     try:
-        value = tomli.loads(f"k = {raw}")["k"]
-    except tomli.TOMLDecodeError:
+        value = parse_toml(f"k = {raw}")["k"]
+    except TomlError:
         return raw.strip("\"'")
     return value if isinstance(value, str) else raw

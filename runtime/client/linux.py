@@ -9,9 +9,9 @@ threaded program.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +40,8 @@ from runtime.util.processes import ProcessId
 from runtime.wire import SECCOMP_FILE, LaunchRequest, MountPoint
 
 __all__ = ("LinuxRuntime",)
+
+log = logging.getLogger(__name__)
 
 
 def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
@@ -313,7 +315,7 @@ class LinuxRuntime(RunningOps):
             except FileNotFoundError:
                 continue  # being created or removed right now
             except ValueError as exc:  # a damaged record: report it, never fail the listing
-                print(f"squish: skipping {cdir}: unreadable record: {exc}", file=sys.stderr)
+                log.warning("skipping %s: unreadable record: %s", cdir, exc)
         return found
 
     def logs(self, name: str) -> bytes:
@@ -363,15 +365,3 @@ class LinuxRuntime(RunningOps):
             self.remove(info.name, force=True)
         self.holder.stop()
         self.cgroups.release(self._group)
-
-    def check_host(self) -> None:
-        """Raise :class:`HostSetupError` when slirp4netns cannot work for this user."""
-        slirp.slirp_binary()
-        try:
-            fd = os.open("/dev/net/tun", os.O_RDWR)
-        except OSError as exc:
-            raise HostSetupError(
-                f"/dev/net/tun cannot be opened by uid {os.getuid()}: {exc.strerror}",
-                fix="as root: chmod 0666 /dev/net/tun (the mode distributions ship)",
-            ) from exc
-        os.close(fd)

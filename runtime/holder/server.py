@@ -23,13 +23,13 @@ import contextlib
 import fcntl
 import gc
 import json
+import logging
 import os
 import resource
 import signal
 import socket
 import struct
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,12 @@ from runtime.util.processes import (
 __all__ = ("main",)
 
 
+log = logging.getLogger("pause")
+"""The holder's diagnostics, to its stderr (a log file in the state folder)."""
+
+
 def _log(message: str) -> None:
-    print(
-        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pause[{os.getpid()}]: {message}",
-        file=sys.stderr,
-        flush=True,
-    )
+    log.info(message)
 
 
 def _reply(conn: socket.socket, reply: Reply) -> None:
@@ -445,6 +445,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to-client", required=True, type=int)
     parser.add_argument("--from-client", required=True, type=int)
     args = parser.parse_args(argv)
+    logging.basicConfig(  # the holder's own program; spares forked from it log the same way
+        level=logging.INFO,
+        format="%(asctime)s %(name)s[%(process)d]: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
     state: Path = args.state_dir
     os.chdir("/")
     if os.fork() != 0:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import array
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -301,8 +301,12 @@ def _dismiss(init: _Init) -> None:
     os.close(pidfd)
 
 
+log = logging.getLogger("launcher")
+"""A spare's diagnostics; the holder it was forked from configured where they go."""
+
+
 def _log(message: str) -> None:
-    print(f"launcher[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+    log.info(message)
 
 
 def run_spare(ctrl: socket.socket) -> NoReturn:

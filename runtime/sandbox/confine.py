@@ -25,7 +25,6 @@ __all__ = (
     "CAPABILITY_NUMBERS",
     "DEFAULT_CAPABILITIES",
     "apply",
-    "capability_names",
     "last_capability",
 )
 
@@ -40,11 +39,6 @@ _CAPABILITY_VERSION_3 = 0x20080522
 
 class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-
-def capability_names(mask: int) -> list[str]:
-    """The names of the capabilities set in ``mask`` (as in /proc/PID/status)."""
-    return [name for name, bit in CAPABILITY_NUMBERS.items() if mask >> bit & 1]
 
 
 def last_capability() -> int:

@@ -1,0 +1,37 @@
+"""``reconciler doctor``: every host prerequisite, each missing one with its fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from runtime.api.settings import RuntimeSettings
+from runtime.client.host import host_checks
+
+
+def test_doctor_names_what_is_missing_and_its_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no slirp4netns, newuidmap or newgidmap
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "missing an unprivileged account (squish refuses uid 0): running as root\n" in out
+    assert "  fix: run reconciler as a normal user\n" in out
+    slirp = "missing slirp4netns (the network of containers that have one): slirp4netns not found"
+    assert slirp in out
+    assert "  fix: install the 'slirp4netns' package (apt-get install slirp4netns)\n" in out
+
+
+def test_doctor_fails_only_for_what_containers_cannot_do_without(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    checks = host_checks(RuntimeSettings.from_environ())
+    required = [c.what for c in checks if c.required and c.problem is not None]
+    assert main(["doctor"]) == (1 if required else 0)
+    out = capsys.readouterr().out
+    for check in checks:
+        assert (check.problem is None) == (f"ok {check.what}\n" in out)
