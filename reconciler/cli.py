@@ -32,7 +32,7 @@ from reconciler.desired.validation import validate_files
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
-from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api import ContainerInfo, ContainerState
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError

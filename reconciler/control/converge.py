@@ -35,8 +35,7 @@ from reconciler.desired.types import (
 )
 from reconciler.planning.plan import Action, ActionKind, Plan
 from reconciler.settings import Backoff, Settings
-from runtime.api.interface import ContainerInfo, ContainerState, Runtime
-from runtime.api.spec import PortMapping
+from runtime.api import ContainerInfo, ContainerState, PortMapping, Runtime
 from runtime.errors import (
     ContainerNotFound,
     ContainerNotRunning,

@@ -40,7 +40,7 @@ from reconciler.desired.source import Source
 from reconciler.desired.types import DesiredState
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan
 from reconciler.settings import Settings
-from runtime.api.interface import ContainerInfo, Runtime
+from runtime.api import ContainerInfo, Runtime
 
 __all__ = ("PassResult", "Reconciler", "run_loop")
 

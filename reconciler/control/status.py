@@ -44,7 +44,7 @@ from typing import Any
 
 from reconciler.desired.types import LABEL_FILE, DesiredState
 from reconciler.planning.plan import ActionKind, Condition, Plan, is_managed_by, settled
-from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api import ContainerInfo, ContainerState
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 

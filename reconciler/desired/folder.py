@@ -37,7 +37,7 @@ from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import conflict_lines, load_squishfile
 from reconciler.squishfile.tomlpos import TomlError, parse_toml
-from runtime.api.spec import ContainerSpec
+from runtime.api import ContainerSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
 

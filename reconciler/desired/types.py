@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from reconciler.problems import Problem
-from runtime.api.spec import ContainerSpec
+from runtime.api import ContainerSpec
 
 __all__ = (
     "LABEL_FILE",

@@ -13,7 +13,7 @@ from pathlib import Path
 from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import SquishfileError
 from reconciler.squishfile import conflict_lines, load_squishfile
-from runtime.api.spec import PortMapping
+from runtime.api import PortMapping
 from runtime.security.profile import ProfileCheck
 
 __all__ = ("validate_files",)

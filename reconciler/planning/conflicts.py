@@ -22,8 +22,7 @@ from pathlib import Path
 
 from reconciler.desired.types import LABEL_FILE, DesiredContainer, FileError
 from reconciler.problems import Problem, toml_quote
-from runtime.api.interface import ContainerInfo
-from runtime.api.spec import PortMapping
+from runtime.api import ContainerInfo, PortMapping
 
 __all__ = (
     "Claim",

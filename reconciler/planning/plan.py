@@ -46,8 +46,7 @@ from reconciler.desired.types import (
     replaced_name,
 )
 from reconciler.planning.conflicts import claim_of, holders_of, refuse_ports, settle_names
-from runtime.api.interface import ContainerInfo, ContainerState
-from runtime.api.spec import PortMapping
+from runtime.api import ContainerInfo, ContainerState, PortMapping
 
 __all__ = (
     "PHASE",

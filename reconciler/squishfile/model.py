@@ -38,7 +38,7 @@ from reconciler.squishfile.sections import (
     SecuritySection,
     UpdateSection,
 )
-from runtime.api.spec import (
+from runtime.api import (
     NAME_PATTERN,
     BindMount,
     ContainerSpec,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_valida
 
 from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
-from runtime.api.spec import MAX_BYTES, Resources
+from runtime.api import MAX_BYTES, Resources
 from runtime.security.profile import ProfileCheck, read_profile
 
 __all__ = (
