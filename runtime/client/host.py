@@ -19,7 +19,7 @@ from runtime.api.settings import RuntimeSettings
 from runtime.cgroups.driver import detect
 from runtime.errors import HostSetupError
 from runtime.holder.idmap import subordinate_range
-from runtime.network import slirp
+from runtime.network.driver import driver_for
 
 __all__ = ("HostCheck", "host_checks")
 
@@ -81,7 +81,7 @@ def _id_ranges() -> HostCheck:
 def _slirp4netns() -> HostCheck:
     what = "slirp4netns (the network of containers that have one)"
     try:
-        slirp.slirp_binary()
+        driver_for("slirp4netns").check_host()
     except HostSetupError as exc:
         return HostCheck(what, str(exc).splitlines()[0], exc.fix)
     return HostCheck(what)

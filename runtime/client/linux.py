@@ -2,8 +2,8 @@
 
 The client side: it resolves rootfs and layers, lays out the container's folder, asks the
 namespace holder to start the container, signals it to stop, and edits port forwards
-through slirp4netns' API socket. It never forks a container itself, so it may run in a
-threaded program.
+through the container's network driver (:mod:`runtime.network.driver`). It never forks a
+container itself, so it may run in a threaded program.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from runtime.holder.client import SUN_PATH_MAX, failure_error
 from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
 from runtime.images.layers import resolve_sdk
 from runtime.images.rootfs import resolve_rootfs
-from runtime.network import slirp
+from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import prepare_skeleton
 from runtime.security import seccomp
 from runtime.util.files import read_json, write_json_atomic
@@ -46,12 +46,25 @@ log = logging.getLogger(__name__)
 
 def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
     hostname = spec.hostname or spec.name
-    own_addr = slirp.CONTAINER_ADDR if spec.network == "slirp4netns" else "127.0.1.1"
+    network = driver_for(spec)
+    own_addr, dns = network.container_addr(spec.name), network.dns_server
     return {
-        "resolv.conf": f"nameserver {slirp.DNS_ADDR}\n" if spec.network == "slirp4netns" else "",
+        "resolv.conf": f"nameserver {dns}\n" if dns is not None else "",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{own_addr}\t{hostname}\n",
         "hostname": f"{hostname}\n",
     }
+
+
+def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
+    """Refuse a container folder too deep for the sockets its network binds there."""
+    network = driver_for(spec)
+    for socket_name in network.sockets:
+        if len(os.fsencode(cdir / socket_name)) > SUN_PATH_MAX:
+            raise HostSetupError(
+                f"the state folder's path is too long for container {spec.name!r}'s "
+                f"{network.name} socket ({cdir / socket_name})",
+                fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
+            )
 
 
 class LinuxRuntime(RunningOps):
@@ -106,12 +119,7 @@ class LinuxRuntime(RunningOps):
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
         cdir = self.containers / spec.name
-        if len(os.fsencode(cdir / "slirp.sock")) > SUN_PATH_MAX:
-            raise HostSetupError(
-                f"the state folder's path is too long for container {spec.name!r}'s "
-                f"slirp4netns socket ({cdir / 'slirp.sock'})",
-                fix="set SQUISH_STATE_DIR to a shorter path, or use a shorter name",
-            )
+        _check_socket_paths(spec, cdir)
         self.cgroups.check(spec.resources)  # refused here, before anything is made
         rootfs = self._rootfs(spec.rootfs)
         syscall_filter = self._syscall_filter(spec)
@@ -192,7 +200,7 @@ class LinuxRuntime(RunningOps):
                 if syscall_filter is not None:
                     (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
             for forward in request.forwards:
-                slirp.ensure_port_free(forward)
+                driver_for(request).ensure_port_free(forward)
             self._reap_leftovers(cdir, remove_cgroup=True)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)

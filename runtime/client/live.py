@@ -43,7 +43,7 @@ from runtime.holder.protocol import (
     Restored,
     RestoreNetwork,
 )
-from runtime.network import slirp
+from runtime.network.driver import Forwards, driver_for
 from runtime.util.files import read_json, write_json_atomic
 
 __all__ = ("RunningOps",)
@@ -52,15 +52,17 @@ __all__ = ("RunningOps",)
 class RunningOps(RecordStore):
     """What can be done to a running container without restarting it."""
 
-    def _running_api(self, cdir: Path, name: str) -> tuple[Path, dict[str, Any]]:
-        info = self._info(cdir, fresh=False)  # callers ask slirp4netns themselves
+    def _running_api(self, cdir: Path, name: str) -> tuple[Forwards, dict[str, Any]]:
+        info = self._info(cdir, fresh=False)  # callers ask the network themselves
         if info.state is not ContainerState.RUNNING:
             raise ContainerNotRunning(name)
-        if info.spec.network != "slirp4netns" or info.slirp_pid is None:
-            raise SlirpError(f"container {name!r} has no slirp4netns network")
+        network = driver_for(info.spec)
+        forwards = network.forwards(cdir, name)
+        if info.slirp_pid is None:
+            raise SlirpError(f"container {name!r} has no {network.name} network")
         run = read_json(cdir / "run.json")
         assert isinstance(run, dict)
-        return cdir / "slirp.sock", run
+        return forwards, run
 
     def _record_ports(self, cdir: Path, run: dict[str, Any]) -> None:
         """Keep run.json, spec.json and launch.json on the forwards now in place, so a
@@ -77,12 +79,12 @@ class RunningOps(RecordStore):
         with self._locked(name) as cdir:
             api, run = self._running_api(cdir, name)
             forward = forward_of(mapping)
-            # slirp4netns' own list decides: run.json may still name a forward that was
+            # The network's own list decides: run.json may still name a forward that was
             # removed behind our back.
-            live = slirp.find_forward(api, forward)
+            live = api.find(forward)
             if live is None:
-                slirp.ensure_port_free(forward)
-                live_id = slirp.add_forward(api, forward)
+                driver_for(self._spec(cdir)).ensure_port_free(forward)
+                live_id = api.add(forward)
             else:
                 live_id = live.id
             run["forwards"] = [f for f in run["forwards"] if mapping_of(f) != mapping]
@@ -93,9 +95,9 @@ class RunningOps(RecordStore):
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         with self._locked(name) as cdir:
             api, run = self._running_api(cdir, name)
-            live = slirp.find_forward(api, forward_of(mapping))
+            live = api.find(forward_of(mapping))
             if live is not None:
-                slirp.remove_forward(api, live.id)
+                api.remove(live.id)
             run["forwards"] = [f for f in run["forwards"] if mapping_of(f) != mapping]
             self._record_ports(cdir, run)
             return self._info(cdir)
@@ -109,7 +111,7 @@ class RunningOps(RecordStore):
             info = self._info(cdir)
             if info.state is not ContainerState.RUNNING or info.pid is None:
                 raise ContainerNotRunning(name)
-            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
+            if not driver_for(info.spec).has_helper or info.slirp_pid is not None:
                 return info
             request = RestoreNetwork(
                 init_pid=info.pid,
@@ -127,13 +129,11 @@ class RunningOps(RecordStore):
             run["slirp"] = reply.slirp
             run["forwards"] = []
             write_json_atomic(cdir / "run.json", run)  # the new slirp4netns first
-            api = cdir / "slirp.sock"
+            api = driver_for(info.spec).forwards(cdir, name)
             for mapping in wanted:
                 forward = forward_of(mapping)
                 with suppress(PortInUse, SlirpError):  # left out: the next pass binds it
-                    run["forwards"].append(
-                        {"id": slirp.add_forward(api, forward), **asdict(forward)}
-                    )
+                    run["forwards"].append({"id": api.add(forward), **asdict(forward)})
             write_json_atomic(cdir / "run.json", run)
             self._forward_checks.pop(cdir, None)
             return self._info(cdir)
@@ -149,15 +149,15 @@ class RunningOps(RecordStore):
             source_api, source_run = self._running_api(source, name)
             target_api, target_run = self._running_api(target, to)
             forward = forward_of(mapping)
-            live = slirp.find_forward(source_api, forward)
+            live = source_api.find(forward)
             if live is not None:
-                slirp.remove_forward(source_api, live.id)
+                source_api.remove(live.id)
             try:
-                new_id = slirp.add_forward(target_api, forward)  # the port was just freed
+                new_id = target_api.add(forward)  # the port was just freed
             except BaseException:
                 if live is not None:  # put it back where it was
                     with suppress(PortInUse, SlirpError):
-                        slirp.add_forward(source_api, forward)
+                        source_api.add(forward)
                 raise
             source_run["forwards"] = [f for f in source_run["forwards"] if mapping_of(f) != mapping]
             target_run["forwards"] = [f for f in target_run["forwards"] if mapping_of(f) != mapping]

@@ -22,7 +22,7 @@ from runtime.client import folders
 from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
-from runtime.network import slirp
+from runtime.network.driver import driver_for
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward, LaunchRequest
@@ -129,7 +129,7 @@ class RecordStore:
             Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
         ] = {}
         self.forward_check_interval = 10.0
-        """How often ``list()`` asks each slirp4netns for its forwards (``inspect`` always does)."""
+        """How often ``list()`` asks each network for its forwards (``inspect`` always does)."""
 
     def _dir(self, name: str) -> Path:
         path = self.containers / name
@@ -160,18 +160,17 @@ class RecordStore:
         return spec
 
     def _live_ports(
-        self, cdir: Path, recorded: tuple[PortMapping, ...], fresh: bool
+        self, cdir: Path, spec: ContainerSpec, recorded: tuple[PortMapping, ...], fresh: bool
     ) -> tuple[PortMapping, ...]:
-        """slirp4netns' own forward list (the truth: it shows a forward removed behind our
+        """The network's own forward list (the truth: it shows a forward removed behind our
         back); ``list()`` asks at most every ``forward_check_interval`` seconds per container."""
         now = time.monotonic()
         checked = self._forward_checks.get(cdir)
         if not fresh and checked is not None and now - checked[0] < self.forward_check_interval:
             return checked[1] if checked[2] == recorded else recorded
         try:
-            live = tuple(
-                mapping_of(asdict(f.forward)) for f in slirp.list_forwards(cdir / "slirp.sock")
-            )
+            forwards = driver_for(spec).forwards(cdir, spec.name).list()
+            live = tuple(mapping_of(asdict(f.forward)) for f in forwards)
         except SlirpError:
             return recorded
         self._forward_checks[cdir] = (now, live, recorded)
@@ -196,7 +195,7 @@ class RecordStore:
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive:
-                ports = self._live_ports(cdir, ports, fresh)
+                ports = self._live_ports(cdir, spec, ports, fresh)
             return ContainerInfo(
                 state=ContainerState.RUNNING,
                 pid=init.pid,

@@ -19,12 +19,11 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder.exec_runner import NAMESPACES
@@ -40,9 +39,9 @@ from runtime.holder.protocol import (
     encode,
     marked,
 )
-from runtime.network import slirp
+from runtime.network.driver import driver_for
 from runtime.sandbox import syscalls as sc
-from runtime.util.files import write_json_atomic
+from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
@@ -57,6 +56,7 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWPID
 )
 _READY_TIMEOUT = 10.0
+_Helper = TypeVar("_Helper", ProcessId, ProcessId | None)
 
 
 class _LaunchFailed(Exception):
@@ -120,86 +120,38 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
-def _spawn_slirp(
-    cdir: Path,
-    sandbox: bool,
-    *,
-    target_pid: int = 0,
-    exit_r: int | None = None,
-    netns_fd: int | None = None,
-) -> ProcessId:
-    """Start slirp4netns on a container's network namespace (by init pid, or by a
-    namespace descriptor) and wait until it is ready; kill it on any failure."""
-    api = cdir / "slirp.sock"
-    api.unlink(missing_ok=True)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    netns_path = None if netns_fd is None else f"/proc/self/fd/{netns_fd}"
-    argv = slirp.slirp_argv(
-        slirp.slirp_binary(), target_pid, api, ready_w, exit_r, sandbox, netns_path=netns_path
-    )
+def _start_network(start: Callable[[], _Helper]) -> _Helper:
+    """Run a network driver's start; a helper not ready in time fails the launch."""
     try:
-        with open(cdir / "slirp.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=tuple(fd for fd in (ready_w, exit_r, netns_fd) if fd is not None),
-            )
-    finally:
-        os.close(ready_w)
-    try:
-        ready = _read_with_timeout(ready_r, 1, _READY_TIMEOUT, "slirp4netns to be ready")
-        identity = ProcessId.of(proc.pid)
-        if ready != b"1" or identity is None:
-            tail = (cdir / "slirp.log").read_bytes()[-400:].decode(errors="replace").strip()
-            raise SlirpError(f"slirp4netns stopped before it was ready: {tail}")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        os.close(ready_r)
-    proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
-    return identity
-
-
-def _with_sandbox_fallback(sandbox: bool, start: Callable[[bool], ProcessId]) -> ProcessId:
-    """Start sandboxed when asked; where that fails, once more without the sandbox."""
-    try:
-        return start(sandbox)
-    except (SlirpError, _LaunchFailed):
-        if not sandbox:
-            raise
-        return start(False)
+        return start()
+    except TimeoutError as exc:
+        raise _LaunchFailed(str(exc)) from exc
 
 
 def _network(
     req: LaunchRequest, init_pid: int, exit_r: int
-) -> tuple[ProcessId, list[dict[str, Any]]]:
+) -> tuple[ProcessId | None, list[dict[str, Any]]]:
     cdir = Path(req.container_dir)
-    identity = _with_sandbox_fallback(
-        req.sandbox_slirp,
-        lambda sandbox: _spawn_slirp(cdir, sandbox, target_pid=init_pid, exit_r=exit_r),
+    driver = driver_for(req)
+    identity = _start_network(
+        lambda: driver.start(cdir, req.sandbox_slirp, target_pid=init_pid, exit_fd=exit_r)
     )
-    api = cdir / "slirp.sock"
-    forwards = []
-    for forward in req.forwards:
-        forward_id = slirp.add_forward(api, forward)
-        forwards.append({"id": forward_id, **asdict(forward)})
-    return identity, forwards
+    if not req.forwards:
+        return identity, []
+    forwards = driver.forwards(cdir, req.name)
+    return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
 
 
 def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
-    """Start a slirp4netns again for a running container, from its network namespace fd.
+    """Start the network helper (slirp4netns) again for a running container, from its
+    network namespace fd; its network driver is the one its launch request names.
 
     It gets no exit pipe (nothing inside the container could hold one now): whoever
     reaps the container's init kills it, and a remove kills it through ``run.json``.
     """
     cdir = Path(container_dir)
-    return _with_sandbox_fallback(
-        sandbox, lambda sandboxed: _spawn_slirp(cdir, sandboxed, netns_fd=netns_fd)
-    )
+    driver = driver_for(LaunchRequest.from_json(read_json(cdir / "launch.json")))
+    return _start_network(lambda: driver.restart(cdir, sandbox, netns_fd))
 
 
 def _failure_reply(exc: BaseException) -> Failure:
@@ -224,9 +176,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
-        network: tuple[ProcessId, list[dict[str, Any]]] | None = None
-        if req.network == "slirp4netns":
-            network = _network(req, init.pid, init.exit_r)
+        helper, forwards = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the filesystem")
         if mounted != Launching.MOUNTED.value:
@@ -236,8 +186,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             raise _LaunchFailed("the container init vanished")
         run = {
             "init": identity.to_json(),
-            "slirp": network[0].to_json() if network else None,
-            "forwards": network[1] if network else [],
+            "slirp": helper.to_json() if helper is not None else None,
+            "forwards": forwards,
             "started_at": time.time(),
             "cgroup": cgroup,
         }

@@ -1,1 +1,2 @@
-"""Container networking: slirp4netns per container and host port checks."""
+"""Container networking: the driver interface (``driver``), slirp4netns per container
+(``slirp``) and host port checks (``ports``)."""

@@ -1,5 +1,7 @@
 """slirp4netns: start one per container and talk to its API socket.
 
+Callers outside ``runtime.network`` reach it through :mod:`runtime.network.driver`.
+
 The API (slirp4netns 1.2) takes one JSON request per connection: send it, shut down the
 write side, read to EOF. ``list_hostfwd`` answers ``{"entries": [...]}`` without the
 ``"return"`` wrapper the other calls use. A failed ``add_hostfwd`` says nothing about
@@ -9,8 +11,10 @@ why, so the caller checks the port itself to name the problem.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,14 @@ from typing import Any
 from runtime.errors import HostSetupError, PortInUse, SlirpError
 from runtime.network.ports import port_holder
 from runtime.util import jsonsock
+from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import Forward
 
 __all__ = (
+    "API_SOCKET",
     "CONTAINER_ADDR",
     "DNS_ADDR",
+    "LOG_FILE",
     "LiveForward",
     "add_forward",
     "ensure_port_free",
@@ -32,7 +39,14 @@ __all__ = (
     "remove_forward",
     "slirp_argv",
     "slirp_binary",
+    "spawn",
 )
+
+API_SOCKET = "slirp.sock"
+"""The API socket's name in the container folder."""
+
+LOG_FILE = "slirp.log"
+"""slirp4netns' messages, in the container folder."""
 
 CONTAINER_ADDR = "10.0.2.100"
 """The address ``--configure`` gives the container's tap0."""
@@ -88,6 +102,54 @@ def slirp_argv(
     if netns_path is not None:
         return [*argv, "--netns-type=path", netns_path, "tap0"]
     return [*argv, str(target_pid), "tap0"]
+
+
+def spawn(
+    cdir: Path,
+    sandbox: bool,
+    timeout: float,
+    *,
+    target_pid: int = 0,
+    exit_fd: int | None = None,
+    netns_fd: int | None = None,
+) -> ProcessId:
+    """Start slirp4netns on a container's network namespace (by init pid, or by a
+    namespace descriptor) and wait until it is ready; kill it on any failure. Raises
+    :class:`TimeoutError` when it is not ready within ``timeout`` seconds."""
+    api = cdir / API_SOCKET
+    api.unlink(missing_ok=True)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    netns_path = None if netns_fd is None else f"/proc/self/fd/{netns_fd}"
+    argv = slirp_argv(
+        slirp_binary(), target_pid, api, ready_w, exit_fd, sandbox, netns_path=netns_path
+    )
+    try:
+        with open(cdir / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=tuple(fd for fd in (ready_w, exit_fd, netns_fd) if fd is not None),
+            )
+    finally:
+        os.close(ready_w)
+    try:
+        if not wait_readable([ready_r], timeout):
+            raise TimeoutError("timed out waiting for slirp4netns to be ready")
+        ready = os.read(ready_r, 1)
+        identity = ProcessId.of(proc.pid)
+        if ready != b"1" or identity is None:
+            tail = (cdir / LOG_FILE).read_bytes()[-400:].decode(errors="replace").strip()
+            raise SlirpError(f"slirp4netns stopped before it was ready: {tail}")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(ready_r)
+    proc.returncode = 0  # reaped by the holder, a subreaper, not through this object
+    return identity
 
 
 def _request(api_socket: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
