@@ -303,6 +303,38 @@ def test_a_malformed_probe_or_exec_is_a_bad_request_not_a_slirp_failure(
         assert (reply["ok"], reply["error"]) == (False, "protocol"), reply
 
 
+def _raw_exchange(sock: Path, payload: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30.0)
+        conn.connect(str(sock))
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        return jsonsock.decode_object(jsonsock.read_to_eof(conn, 1 << 20))
+
+
+@rootless
+def test_hostile_requests_are_refused_and_the_holder_lives_on(
+    rt: LinuxRuntime, state_path: Path
+) -> None:
+    """Any process of the user may write to the socket: a request whose op is not a
+    string, or JSON nested deeper than the parser's recursion, is a bad request."""
+    rt.holder.ensure()
+    before = rt.holder.identity()
+    assert before is not None
+    sock = state_path / "pause.sock"
+    hostile = (
+        b'{"op": [1]}',
+        b'{"op": {"x": 1}}',
+        b'{"op": "ping", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    )
+    for payload in hostile:
+        reply = _raw_exchange(sock, payload)
+        assert (reply["ok"], reply["error"]) == (False, "protocol"), reply
+    assert jsonsock.exchange(sock, to_json(Ping()), timeout=30.0, limit=1024)["ok"]
+    after = rt.holder.identity()
+    assert after is not None and (after.pid, after.start_time) == (before.pid, before.start_time)
+
+
 STUCK = (  # a listener that never accepts, its queue full: a new SYN gets no answer
     "httpd -f -p 127.0.0.1:7000 & pid=$!; usleep 200000; kill -STOP $pid;"
     "for i in $(seq 30); do nc 127.0.0.1 7000 </dev/null >/dev/null 2>&1 & done;"
@@ -321,6 +353,8 @@ def test_the_holder_answers_others_while_a_probe_hangs(rt: LinuxRuntime, state_p
         if queue_is_full(rt, "stuck"):
             break
         time.sleep(0.005)
+    else:
+        pytest.fail("the listener's queue never filled: the probe would not hang")
     sock = state_path / "pause.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.connect(str(sock))

@@ -282,7 +282,8 @@ def encode(message: Request | Reply) -> bytes:
 def decode_request(data: dict[str, Any]) -> Request:
     """A request from its JSON object; ProtocolError says what is wrong with it."""
     data = dict(data)
-    kind = _REQUESTS.get(data.pop("op", None))
+    op = data.pop("op", None)
+    kind = _REQUESTS.get(op) if isinstance(op, str) else None
     if kind is None:
         raise ProtocolError(f"unknown op in request: {list(_REQUESTS)} expected")
     return _build(kind, data)

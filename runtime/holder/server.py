@@ -350,6 +350,16 @@ def _serve_one(conn: socket.socket, spares: _Spares, containers: _Containers) ->
     return True
 
 
+def _serve_guarded(conn: socket.socket, spares: _Spares, containers: _Containers) -> bool:
+    """:func:`_serve_one`, and nothing a request does ends the holder: every container's
+    namespaces live in it."""
+    try:
+        return _serve_one(conn, spares, containers)
+    except Exception as exc:  # a bug in serving one request: logged, the holder goes on
+        _log(f"a request failed unexpectedly: {type(exc).__name__}: {exc}")
+        return True
+
+
 _FAILURES = {
     Op.PING: ErrorCode.BAD_REQUEST,
     Op.EXIT: ErrorCode.BAD_REQUEST,
@@ -427,7 +437,7 @@ def serve(listener: socket.socket) -> None:
             conn, _ = listener.accept()
             with conn:
                 if _peer_is_the_user(conn):
-                    running = _serve_one(conn, spares, containers)
+                    running = _serve_guarded(conn, spares, containers)
     _reap(spares, containers)
     _log("exiting on request")
 

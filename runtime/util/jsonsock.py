@@ -33,7 +33,10 @@ def decode_object(raw: bytes) -> dict[str, Any]:
     """``raw`` as a JSON object; ValueError when it is empty, not JSON or not an object."""
     if not raw:
         raise ValueError("empty message")
-    data = json.loads(raw)  # json.JSONDecodeError is a ValueError
+    try:
+        data = json.loads(raw)  # json.JSONDecodeError is a ValueError
+    except RecursionError:  # nested deeper than the parser goes: refused, like bad JSON
+        raise ValueError("message is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"message is not a JSON object: {data!r:.200}")
     return data
