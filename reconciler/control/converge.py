@@ -85,6 +85,8 @@ class Converger:
     clock: Callable[[], float] = time.time
     sleep: Sleep = anyio.sleep
     _tracks: dict[str, _Track] = field(default_factory=dict)
+    _threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
+    """Worker threads for runtime calls, as many as ``limit`` (made by each apply)."""
 
     # -- what the planner must respect ---------------------------------------------------
 
@@ -180,6 +182,12 @@ class Converger:
 
     # -- acting -----------------------------------------------------------------------------
 
+    async def _blocking(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in a worker thread (runtime calls block), as many at once as
+        actions may run."""
+        call = functools.partial(function, *args)
+        return await anyio.to_thread.run_sync(call, limiter=self._threads)
+
     def sweep(self) -> list[str]:
         """Delete what a client killed in the middle of a create or a remove left (a
         controller killed mid-pass, a CLI user's Ctrl-C); its container may be gone from
@@ -188,6 +196,9 @@ class Converger:
 
     async def apply(self, plan: Plan) -> list[Outcome]:
         limiter = anyio.CapacityLimiter(self.limit)
+        # Runtime calls run in worker threads; anyio's own pool has 40, fewer than a
+        # --parallel may ask for. Each action holds at most one thread at a time.
+        self._threads = anyio.CapacityLimiter(self.limit)
         outcomes: list[Outcome] = []
         failed: set[str] = set()
         for phase in (0, 1):
@@ -219,7 +230,7 @@ class Converger:
 
     async def _call(self, action: Action, phase: int) -> None:
         if not _starts_first(action):
-            await _blocking(self._act, action, phase)
+            await self._blocking(self._act, action, phase)
         elif phase == 1:  # in phase 0 the old container keeps serving
             assert action.desired is not None
             await self._replace_start_first(action.desired)
@@ -280,21 +291,22 @@ class Converger:
         the replacement is removed; cancelled during the drain, the hand-over is finished
         at once (the new container already serves every forward)."""
         temp = replacement_name(want.name)
-        await _blocking(self._clear_leftover, temp, want)
-        await _blocking(self.runtime.run, want.spec.model_copy(update={"name": temp, "ports": ()}))
+        await self._blocking(self._clear_leftover, temp, want)
+        unbound = want.spec.model_copy(update={"name": temp, "ports": ()})
+        await self._blocking(self.runtime.run, unbound)
         moved: list[PortMapping] = []
         try:
             await self._wait_ready(temp, want)
-            await _blocking(self._take_forwards, temp, want, moved)
+            await self._blocking(self._take_forwards, temp, want, moved)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await _blocking(self._undo_replacement, temp, want.name, moved)
+                await self._blocking(self._undo_replacement, temp, want.name, moved)
             raise
         try:
             await self.sleep(want.drain)  # requests the old one accepted may finish
         finally:
             with anyio.CancelScope(shield=True):
-                await _blocking(self._hand_over, temp, want)
+                await self._blocking(self._hand_over, temp, want)
 
     def _take_forwards(self, temp: str, want: DesiredContainer, moved: list[PortMapping]) -> None:
         """Move each live forward from the old container to ``temp`` (the gap per port:
@@ -343,10 +355,10 @@ class Converger:
         single probes (each probe runs in a worker thread)."""
         health = want.health
         for _ in range(health.retries if health else 1):
-            if await _blocking(self._ready, temp, health):
+            if await self._blocking(self._ready, temp, health):
                 return
             await self.sleep(health.interval if health else 0)
-        await _blocking(self._never_ready, temp, want)
+        await self._blocking(self._never_ready, temp, want)
 
     def _ready(self, temp: str, health: HealthCheck | None) -> bool:
         if health is None:
@@ -412,8 +424,3 @@ def _starts_first(action: Action) -> bool:
         and action.desired.update == "start-first"
         and len(replacement_name(action.name)) <= 63
     )
-
-
-async def _blocking(function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` in a worker thread: runtime calls block."""
-    return await anyio.to_thread.run_sync(functools.partial(function, *args))
