@@ -29,6 +29,7 @@ from runtime.errors import (
     ContainerNotRunning,
     ContainerRunning,
     ContainerStartError,
+    ExecFailed,
     NetworkLost,
     PortInUse,
     StopFailed,
@@ -1038,6 +1039,37 @@ async def test_a_health_command_decides_when_the_replacement_is_ready(
         assert "the health command '/bin/check --quick' never exited 0" in outcome.error
         assert len(probes) == 4
         assert fake.inspect("web").spec.env == {"V": "1"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("exits", [True, False])
+async def test_a_health_command_that_cannot_run_says_why_unless_the_replacement_exited(
+    fake: FakeRuntime, converger: Converger, exits: bool
+) -> None:
+    """A check that cannot run is reported as such, not as "never exited 0"; a
+    replacement that exited meanwhile is reported as having exited."""
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    fake.fail("exec_command", "web.next", ExecFailed("web.next", "/bin/check", "no such file"))
+    held = fake.hold("exec_command", "web.next")
+    check = HealthCheck(command=("/bin/check",), timeout=0.5, interval=0.001, retries=1)
+    new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), health=check)
+    outcomes: list[Outcome] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, outcomes, converger, Plan((act(RECREATE, "web", wanted=new),)))
+        with fake.releasing():
+            await fake.until(lambda: bool(fake.in_flight), "the health command to be in flight")
+            if exits:
+                fake.finish("web.next")
+            held.set()
+
+    [outcome] = outcomes
+    assert outcome.error is not None
+    if exits:
+        assert "the replacement exited before it was ready" in outcome.error
+    else:
+        assert outcome.error.startswith("ExecFailed: cannot run '/bin/check'")
+    assert fake.inspect("web").spec.env == {"V": "1"}  # the old one keeps serving
+    assert "web.next" not in {i.name for i in fake.list()}
 
 
 @pytest.mark.anyio
