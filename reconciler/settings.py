@@ -3,7 +3,7 @@
 :meth:`Settings.from_env` is where the reconciler reads its environment; the runtime's
 variables (``SQUISH_STATE_DIR``, ``SQUISH_CGROUP_DRIVER``, ``SQUISH_CGROUP_ROOT``,
 ``SQUISH_ALPINE_MIRROR``, ``SQUISH_LAYER_INDEX``; see
-:class:`runtime.api.settings.RuntimeSettings`) become :attr:`Settings.runtime`, handed to
+:class:`runtime.settings.RuntimeSettings`) become :attr:`Settings.runtime`, handed to
 ``LinuxRuntime(settings=...)``. Command-line options override the fields they name
 (``dataclasses.replace``). The loop and the converger take their values from here.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from runtime.api.settings import BadSetting, RuntimeSettings
+from runtime.settings import BadSetting, RuntimeSettings
 
 __all__ = ("Backoff", "BadSetting", "Settings")
 

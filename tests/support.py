@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.api.interface import Runtime
-from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.cgroups.driver import CgroupDriver, detect
+from runtime.settings import RuntimeSettings
 
 __all__ = (
     "BUSYBOX",
@@ -38,8 +38,7 @@ __all__ = (
 
 def detected_cgroups() -> CgroupDriver:
     """How a runtime made in this process's environment gets cgroups."""
-    settings = RuntimeSettings.from_environ()
-    return detect(driver=settings.cgroup_driver, root=settings.cgroup_root)
+    return detect(RuntimeSettings.from_environ())
 
 
 def free_ports(count: int) -> list[int]:

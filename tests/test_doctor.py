@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
-from runtime.api.settings import RuntimeSettings
 from runtime.client.host import host_checks
+from runtime.settings import RuntimeSettings
 
 
 def test_doctor_names_what_is_missing_and_its_fix(

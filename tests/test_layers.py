@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import SdkLayer
 from runtime.errors import ChecksumMismatch, FetchError, HostSetupError, LayerNotFound
 from runtime.images.layers import LAYER_INDEX_ENV, index_document_url, resolve_sdk
+from runtime.settings import RuntimeSettings
 from tests.fixtures.mirror import make_layer_index, serve_directory, unused_local_url
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import RootfsRef
 from runtime.errors import ArchiveError, ChecksumMismatch, FetchError, HostSetupError, LayerNotFound
 from runtime.images.rootfs import alpine_rootfs, busybox_rootfs, elf_is_static, resolve_rootfs
+from runtime.settings import RuntimeSettings
 from tests.fixtures.mirror import (
     alpine_mirror_fixture,
     alpine_release_dir,

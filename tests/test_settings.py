@@ -10,8 +10,8 @@ import pytest
 
 from reconciler.cli import _settings, build_parser, main
 from reconciler.settings import Backoff, BadSetting, Settings
-from runtime.api.settings import DEFAULT_ALPINE_MIRROR, RuntimeSettings
 from runtime.client.paths import cache_dir, state_dir
+from runtime.settings import DEFAULT_ALPINE_MIRROR, RuntimeSettings
 
 EVERYTHING = {
     "SQUISH_STATE_DIR": "/run/sq",

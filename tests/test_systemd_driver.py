@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from runtime.api.spec import Resources
 from runtime.cgroups.bus import bus_address
-from runtime.cgroups.driver import detect
+from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.cgroups.scopes import SystemdDriver, live_properties, scope_properties
+from runtime.settings import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,30 +37,30 @@ def test_limits_become_systemd_properties() -> None:
     ]
 
 
-def test_the_user_bus_is_found_from_the_environment(tmp_path: Path) -> None:
-    assert bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/7/bus,guid=x"}) == (
-        "/run/user/7/bus"
-    )
-    assert bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) is None  # no socket there
+def test_the_user_bus_is_found_from_the_settings(tmp_path: Path) -> None:
+    env = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/7/bus,guid=x"}
+    settings = RuntimeSettings.from_environ(env)
+    assert bus_address(settings.session_bus, settings.runtime_dir) == "/run/user/7/bus"
+    assert bus_address(None, tmp_path) is None  # no socket there
     (tmp_path / "bus").touch()
-    assert bus_address({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "bus")
+    settings = RuntimeSettings.from_environ({"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert bus_address(settings.session_bus, settings.runtime_dir) == str(tmp_path / "bus")
 
 
-def test_the_driver_is_chosen_by_what_is_reachable(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
-    assert detect(driver="systemd").name == "none"  # asked for, but no bus
+def test_the_driver_is_chosen_by_what_is_reachable(tmp_path: Path) -> None:
+    def detected(driver: str, root: Path | None = None) -> CgroupDriver:
+        return detect(RuntimeSettings(runtime_dir=tmp_path, cgroup_driver=driver, cgroup_root=root))
+
+    assert detected("systemd").name == "none"  # asked for, but no bus
     (tmp_path / "bus").touch()
-    chosen = detect(driver="systemd")
+    chosen = detected("systemd")
     assert isinstance(chosen, SystemdDriver) and chosen.bus == str(tmp_path / "bus")
     chosen.check(Resources(memory=64 * 1024**2))  # checked on the scope, after the start
-    assert detect(driver="auto").name == "systemd"  # a reachable user systemd is preferred
-    forced = detect(driver="cgroupfs", root=tmp_path)  # the bus is ignored: the subtree decides
+    assert detected("auto").name == "systemd"  # a reachable user systemd is preferred
+    forced = detected("cgroupfs", root=tmp_path)  # the bus is ignored: the subtree decides
     assert (forced.name, forced.problem is not None) == ("none", True)
     assert f"SQUISH_CGROUP_ROOT={tmp_path} is not a cgroup v2 folder" in (forced.problem or "")
-    assert "use auto, cgroupfs or systemd" in (detect(driver="sideways").problem or "")
+    assert "use auto, cgroupfs or systemd" in (detected("sideways").problem or "")
 
 
 def test_the_holder_side_loads_no_pydantic() -> None:
@@ -80,7 +79,10 @@ def test_choosing_a_driver_loads_no_dbus_library(tmp_path: Path) -> None:
     (tmp_path / "bus").touch()
     code = (
         "import sys, runtime.client.linux; from runtime.cgroups.driver import detect; "
-        "names = [detect(driver=d).name for d in ('systemd', 'cgroupfs')]; "
+        "from runtime.settings import RuntimeSettings; "
+        "found = RuntimeSettings.from_environ(); "
+        "names = [detect(RuntimeSettings(runtime_dir=found.runtime_dir, cgroup_driver=d)).name "
+        "for d in ('systemd', 'cgroupfs')]; "
         "print(names[0], 'jeepney' in sys.modules)"
     )
     found = subprocess.run(

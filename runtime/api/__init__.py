@@ -3,7 +3,6 @@ it returns, and the runtime's settings. The reconciler imports the runtime from 
 (and its errors from :mod:`runtime.errors`); only the CLI names an implementation."""
 
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState, Runtime
-from runtime.api.settings import CGROUP_DRIVERS, DEFAULT_ALPINE_MIRROR, BadSetting, RuntimeSettings
 from runtime.api.spec import (
     MAX_BYTES,
     NAME_PATTERN,
@@ -15,6 +14,7 @@ from runtime.api.spec import (
     SdkLayer,
     check_target,
 )
+from runtime.settings import CGROUP_DRIVERS, DEFAULT_ALPINE_MIRROR, BadSetting, RuntimeSettings
 
 __all__ = (
     "CGROUP_DRIVERS",

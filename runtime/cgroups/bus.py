@@ -6,19 +6,18 @@ jeepney, and so that detection and the systemd driver do not import each other.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 __all__ = ("bus_address",)
 
 
-def bus_address(environ: dict[str, str] | None = None) -> str | None:
-    """The path of the user's session bus socket, if there is one to talk to."""
-    env = os.environ if environ is None else environ
-    address = env.get("DBUS_SESSION_BUS_ADDRESS", "")
-    for part in address.split(";"):
+def bus_address(session_bus: str | None, runtime_dir: Path | None) -> str | None:
+    """The path of the user's session bus socket, if there is one to talk to: the unix
+    path of ``session_bus`` (``$DBUS_SESSION_BUS_ADDRESS``), else ``bus`` in the user's
+    runtime folder when it exists."""
+    for part in (session_bus or "").split(";"):
         if part.startswith("unix:path="):
             return part[len("unix:path=") :].split(",")[0]
-    runtime_dir = env.get("XDG_RUNTIME_DIR")
-    if runtime_dir and os.path.exists(os.path.join(runtime_dir, "bus")):
-        return os.path.join(runtime_dir, "bus")
+    if runtime_dir is not None and (runtime_dir / "bus").exists():
+        return str(runtime_dir / "bus")
     return None

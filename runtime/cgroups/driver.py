@@ -29,16 +29,14 @@ from runtime.cgroups.fs import (
 )
 from runtime.cgroups.scopes import SystemdDriver
 from runtime.errors import HostSetupError
+from runtime.settings import CGROUP_DRIVERS, RuntimeSettings
 from runtime.wire import LaunchRequest
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from runtime.api.spec import Resources
 
-__all__ = ("DRIVER_NAMES", "CgroupDriver", "NoCgroups", "Placement", "detect")
+__all__ = ("CgroupDriver", "NoCgroups", "Placement", "detect")
 
-DRIVER_NAMES = ("auto", "cgroupfs", "systemd")
 """What ``$SQUISH_CGROUP_DRIVER`` may say."""
 
 
@@ -130,16 +128,17 @@ class NoCgroups:
         pass
 
 
-def detect(driver: str = "auto", root: Path | None = None, uid: int | None = None) -> CgroupDriver:
+def detect(settings: RuntimeSettings, uid: int | None = None) -> CgroupDriver:
     """How containers get cgroups here: the user's systemd over D-Bus when a user bus is
-    reachable, else the caller's delegated cgroup v2 subtree (``root`` names one), else
-    none. ``driver`` (auto, cgroupfs, systemd) forces one. Both come from the runtime's
-    settings (``$SQUISH_CGROUP_DRIVER``, ``$SQUISH_CGROUP_ROOT``: :mod:`runtime.api.settings`)."""
+    reachable, else the caller's delegated cgroup v2 subtree (``settings.cgroup_root``
+    names one), else none. ``settings.cgroup_driver`` (auto, cgroupfs, systemd) forces
+    one (``$SQUISH_CGROUP_DRIVER``, ``$SQUISH_CGROUP_ROOT``: :mod:`runtime.settings`)."""
     uid = os.getuid() if uid is None else uid
-    if driver not in DRIVER_NAMES:
+    driver, root = settings.cgroup_driver, settings.cgroup_root
+    if driver not in CGROUP_DRIVERS:
         return NoCgroups(f"SQUISH_CGROUP_DRIVER={driver!r}: use auto, cgroupfs or systemd")
     if driver != "cgroupfs":
-        bus = bus_address()
+        bus = bus_address(settings.session_bus, settings.runtime_dir)
         if bus is not None:  # the user's systemd is reachable: it makes the cgroups
             return SystemdDriver(bus)
         if driver == "systemd":

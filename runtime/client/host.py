@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.api.settings import RuntimeSettings
 from runtime.cgroups.driver import detect
 from runtime.errors import HostSetupError
 from runtime.holder.idmap import subordinate_range
 from runtime.network.driver import driver_for
+from runtime.settings import RuntimeSettings
 
 __all__ = ("HostCheck", "host_checks")
 
@@ -101,7 +101,7 @@ def _tun() -> HostCheck:
 
 
 def _cgroups(settings: RuntimeSettings) -> HostCheck:
-    found = detect(driver=settings.cgroup_driver, root=settings.cgroup_root)
+    found = detect(settings)
     what = f"cgroups for limits, pause and clean stops ({found.name} driver)"
     if found.problem is None:
         return HostCheck(what)

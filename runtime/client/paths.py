@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 
-from runtime.api.settings import RuntimeSettings
+from runtime.settings import RuntimeSettings
 
 __all__ = ("cache_dir", "private_dir", "state_dir")
 

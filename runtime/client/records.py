@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime.api.interface import ContainerInfo, ContainerState
-from runtime.api.settings import RuntimeSettings
 from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.cgroups import fs as cgroups
 from runtime.cgroups.driver import CgroupDriver, detect
@@ -23,6 +22,7 @@ from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
 from runtime.network.driver import driver_for
+from runtime.settings import RuntimeSettings
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward, LaunchRequest
@@ -118,9 +118,7 @@ class RecordStore:
         self.containers = self.state / "containers"
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
-        self.cgroups: CgroupDriver = detect(
-            driver=self.settings.cgroup_driver, root=self.settings.cgroup_root
-        )
+        self.cgroups: CgroupDriver = detect(self.settings)
         self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
         """This state folder's cgroup folder: two state folders never share leaves."""
         self._rootfs_paths: dict[RootfsRef, Path] = {}

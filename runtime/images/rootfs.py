@@ -26,11 +26,11 @@ from typing import Any
 
 import yaml
 
-from runtime.api.settings import DEFAULT_ALPINE_MIRROR
 from runtime.api.spec import RootfsRef
 from runtime.errors import ArchiveError, FetchError, HostSetupError, LayerNotFound
 from runtime.images.extract import publish_tree, remove_tree, unpack_download
 from runtime.images.fetch import download, fetch_bytes
+from runtime.settings import DEFAULT_ALPINE_MIRROR
 
 __all__ = (
     "ALPINE_MIRROR_ENV",

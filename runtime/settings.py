@@ -5,8 +5,8 @@ environment for a setting; everything below ``LinuxRuntime`` receives the values
 needs from the record. The reconciler reads its own settings and these together
 (``reconciler.settings``) and hands this part to ``LinuxRuntime(settings=...)``.
 
-A plain frozen dataclass (no pydantic): the cgroup detection that the holder side loads
-takes its values as plain arguments.
+A plain frozen dataclass (no pydantic), outside :mod:`runtime.api` (whose face loads the
+spec's pydantic models), so that every tier may import it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ class RuntimeSettings:
     """``$SQUISH_STATE_DIR``: the state folder. Unset: ``$XDG_RUNTIME_DIR/squish``, else
     ``/dev/shm/squish-<uid>``, else ``/tmp/squish-<uid>`` (see ``runtime.client.paths``)."""
     runtime_dir: Path | None = None
-    """``$XDG_RUNTIME_DIR``: the user's runtime folder, the state folder's default home."""
+    """``$XDG_RUNTIME_DIR``: the user's runtime folder, the state folder's default home
+    (and where the user's session bus usually listens)."""
+    session_bus: str | None = None
+    """``$DBUS_SESSION_BUS_ADDRESS``: the user's session bus, through which the systemd
+    cgroup driver talks to the user's systemd; unset: ``$XDG_RUNTIME_DIR/bus``."""
     cache_dir: Path | None = None
     """The download and rootfs cache: ``$XDG_CACHE_HOME/squish``; unset: ``~/.cache/squish``."""
     cgroup_driver: str = "auto"
@@ -76,6 +80,7 @@ class RuntimeSettings:
         return cls(
             state_dir=_path(get("SQUISH_STATE_DIR")),
             runtime_dir=_path(get("XDG_RUNTIME_DIR")),
+            session_bus=get("DBUS_SESSION_BUS_ADDRESS"),
             cache_dir=Path(cache_home) / "squish" if cache_home else None,
             cgroup_driver=driver,
             cgroup_root=_path(get("SQUISH_CGROUP_ROOT")),
