@@ -21,13 +21,14 @@ from runtime.errors import (
     ContainerUnreachable,
     ExecFailed,
     HolderProtocolError,
+    HostSetupError,
     NetworkRestoreFailed,
     PortInUse,
     ProbeFailed,
     SlirpError,
     SquishError,
 )
-from runtime.holder.client import failure_error
+from runtime.holder.client import Holder, failure_error
 from runtime.holder.protocol import (
     Done,
     ErrorCode,
@@ -159,6 +160,25 @@ def test_an_unknown_error_code_is_a_start_failure_of_a_launch_only() -> None:
     odd = {"ok": False, "error": "mystery", "message": "?"}
     assert decode_reply(odd, Launched) == Failure(ErrorCode.START_FAILED, "?")
     assert decode_reply(odd, ExecResult) == Failure(ErrorCode.BAD_REQUEST, "?")
+
+
+def test_a_holder_that_closes_without_answering_is_a_host_problem(tmp_path: Path) -> None:
+    """Not a protocol mismatch: the process serving the request went away (a killed exec
+    runner, say), and its log says why."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "pause.sock"))
+        listener.listen(1)
+
+        def read_then_close() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                jsonsock.read_to_eof(conn, 1 << 20)
+
+        closer = threading.Thread(target=read_then_close)
+        closer.start()
+        with pytest.raises(HostSetupError, match="closed the connection without answering"):
+            Holder(tmp_path)._send(Ping(), Pong, 5.0)
+        closer.join()
 
 
 def test_a_mark_carries_its_detail_and_is_told_apart_from_the_others() -> None:

@@ -154,6 +154,10 @@ class Holder:
             raise HostSetupError(
                 f"the namespace holder did not answer within {timeout:.0f} s (see {log})"
             ) from None
+        except jsonsock.EmptyMessage:  # e.g. the worker serving it was killed
+            raise HostSetupError(
+                f"the namespace holder closed the connection without answering (see {log})"
+            ) from None
         except ValueError as exc:
             raise HolderProtocolError(
                 f"unexpected answer from the namespace holder: {exc} (see {log})"

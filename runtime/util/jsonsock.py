@@ -15,7 +15,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
-__all__ = ("decode_object", "exchange", "read_to_eof")
+__all__ = ("EmptyMessage", "decode_object", "exchange", "read_to_eof")
+
+
+class EmptyMessage(ValueError):
+    """The peer closed the connection without sending anything."""
 
 
 def read_to_eof(sock: socket.socket, limit: int) -> bytes:
@@ -32,7 +36,7 @@ def read_to_eof(sock: socket.socket, limit: int) -> bytes:
 def decode_object(raw: bytes) -> dict[str, Any]:
     """``raw`` as a JSON object; ValueError when it is empty, not JSON or not an object."""
     if not raw:
-        raise ValueError("empty message")
+        raise EmptyMessage("empty message")
     try:
         data = json.loads(raw)  # json.JSONDecodeError is a ValueError
     except RecursionError:  # nested deeper than the parser goes: refused, like bad JSON
