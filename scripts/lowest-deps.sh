@@ -20,6 +20,8 @@ PURE_TESTS=(
     tests/test_plan.py tests/test_converge.py tests/test_squishfile.py tests/test_tomlpos.py
     tests/test_desired.py tests/test_loop.py tests/test_validate_cli.py tests/test_fetch.py
     tests/test_rootfs.py tests/test_extract.py tests/test_systemd_driver.py
+    tests/test_settings.py tests/test_source.py tests/test_conflicts.py tests/test_cgroup_driver.py
+    tests/test_network_driver.py tests/test_security_profile.py tests/test_runtime_contract.py
 )
 
 # Each dependency at its floor. The interpreter's own tomllib reads pyproject.toml here:
