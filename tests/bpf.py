@@ -6,9 +6,12 @@ libseccomp produced: loads from ``struct seccomp_data``, jumps, AND, returns.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import struct
 
-__all__ = ("AUDIT_ARCH_I386", "AUDIT_ARCH_X86_64", "run_filter")
+__all__ = ("AUDIT_ARCH_I386", "AUDIT_ARCH_X86_64", "run_filter", "syscall_number")
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -57,3 +60,17 @@ def run_filter(program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_6
         else:
             raise ValueError(f"BPF instruction {code:#x} is not interpreted here (x={x})")
     raise ValueError("the program ran off its end")
+
+
+@functools.cache
+def _libseccomp() -> ctypes.CDLL:
+    lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
+    lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+    return lib
+
+
+def syscall_number(name: str) -> int | None:
+    """The number of syscall ``name`` on this architecture (libseccomp's table), or None
+    if it has none here."""
+    number = int(_libseccomp().seccomp_syscall_resolve_name(name.encode()))
+    return number if number >= 0 else None

@@ -19,7 +19,6 @@ import errno
 import json
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from runtime.security.profile import (
@@ -30,7 +29,6 @@ from runtime.security.profile import (
     Rule,
     default_rules,
     parse_profile,
-    read_profile,
 )
 
 __all__ = (
@@ -38,8 +36,6 @@ __all__ = (
     "compile_default",
     "compile_profile",
     "compile_rules",
-    "load_profile",
-    "syscall_number",
 )
 
 _FLTATR_ACT_BADARCH = 2
@@ -86,12 +82,6 @@ def _seccomp() -> ctypes.CDLL:
         except OSError as exc:
             raise ProfileError(f"libseccomp cannot be loaded ({exc}); install libseccomp2") from exc
     return _lib
-
-
-def syscall_number(name: str) -> int | None:
-    """The number of syscall ``name`` on this architecture, or None if it has none."""
-    number = int(_seccomp().seccomp_syscall_resolve_name(name.encode()))
-    return number if number >= 0 else None
 
 
 def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
@@ -157,10 +147,3 @@ def compile_profile(document: Mapping[str, Any]) -> bytes:
         default, rules = parse_profile(document)
         _compiled[key] = compile_rules(default, rules)
     return _compiled[key]
-
-
-def load_profile(path: Path) -> dict[str, Any]:
-    """Read a profile file and check that it compiles; return its JSON document."""
-    document, _ = read_profile(path)
-    compile_profile(document)
-    return document
