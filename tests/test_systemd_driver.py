@@ -95,3 +95,16 @@ def test_choosing_a_driver_loads_no_dbus_library(tmp_path: Path) -> None:
         timeout=60,
     )
     assert found.stdout.split() == ["systemd", "False"]
+
+
+def test_a_holder_started_before_the_move_still_finds_the_systemd_driver() -> None:
+    """An upgrade leaves the running holder (and its containers) in place; its launcher
+    imports ``runtime.systemd`` lazily, from the upgraded files, to start a scope."""
+    code = (
+        "from runtime import systemd; import inspect; "
+        "print(list(inspect.signature(systemd.start_scope).parameters))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert found.stdout.strip() == "['scope', 'pid']", found.stderr
