@@ -2,7 +2,7 @@
 #
 #   make run     the reconciler, in the foreground, on desired/
 #   make test    lint (ruff, mypy, import-linter), pytest, then the VM tier (make test-vm)
-#   make test-lowest  the pure tests with every dependency at its lowest allowed version
+#   make test-lowest  the quick tests with every dependency at its lowest allowed version
 #   make lint | make bench | make venv | make clean | make whoami (debug: who runs, which python)
 #
 # squish is rootless-only. As root, every target except `clean` prepares the host

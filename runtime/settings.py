@@ -64,6 +64,12 @@ class RuntimeSettings:
     """``$SQUISH_LAYER_INDEX``: the base URL of the SDK layer index (``docs/layers.md``);
     unset: layers must be given by url and sha256."""
 
+    def __post_init__(self) -> None:
+        if self.cgroup_driver not in CGROUP_DRIVERS:
+            raise BadSetting(
+                "SQUISH_CGROUP_DRIVER", self.cgroup_driver, "use auto, cgroupfs or systemd"
+            )
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
         """The settings ``environ`` (default: this process's environment) gives; an empty
@@ -74,8 +80,6 @@ class RuntimeSettings:
             return env.get(name) or None
 
         driver = get("SQUISH_CGROUP_DRIVER") or "auto"
-        if driver not in CGROUP_DRIVERS:
-            raise BadSetting("SQUISH_CGROUP_DRIVER", driver, "use auto, cgroupfs or systemd")
         cache_home = get("XDG_CACHE_HOME")
         return cls(
             state_dir=_path(get("SQUISH_STATE_DIR")),

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The floors check: install exactly the lowest versions pyproject.toml allows for each of
 # squish's own dependencies ([project] dependencies, each pinned to its `>=` floor), then
-# import every module and run the tests that need no containers. It fails when a floor is
-# too low for an API the code uses (e.g. anyio.wait_readable needs anyio 4.7).
+# import every module and run the quick tests: the planner, converge, the squishfile,
+# settings, sources, conflicts, the drivers' seams and the Runtime contract suite (whose
+# real-container half, and a few tests of the conflicts, run too when the account can run
+# containers, as under make). It fails when a floor is too low for an API the code uses
+# (e.g. anyio.wait_readable needs anyio 4.7).
 #
 #   scripts/lowest-deps.sh        (from the project folder; `make test-lowest` runs it)
 #
@@ -63,5 +66,5 @@ for package in ("runtime", "reconciler"):
     for module in pkgutil.walk_packages(root.__path__, f"{package}."):
         importlib.import_module(module.name)
 EOF
-say "running the tests that need no containers"
+say "running the quick tests"
 PYTHONPATH="$PWD" exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${PURE_TESTS[@]}"

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from runtime.api.spec import Resources
 from runtime.cgroups.bus import bus_address
 from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.cgroups.scopes import SystemdDriver, live_properties, scope_properties
-from runtime.settings import RuntimeSettings
+from runtime.settings import BadSetting, RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +62,8 @@ def test_the_driver_is_chosen_by_what_is_reachable(tmp_path: Path) -> None:
     forced = detected("cgroupfs", root=tmp_path)  # the bus is ignored: the subtree decides
     assert (forced.name, forced.problem is not None) == ("none", True)
     assert f"SQUISH_CGROUP_ROOT={tmp_path} is not a cgroup v2 folder" in (forced.problem or "")
-    assert "use auto, cgroupfs or systemd" in (detected("sideways").problem or "")
+    with pytest.raises(BadSetting, match="use auto, cgroupfs or systemd"):
+        detected("sideways")
 
 
 def test_the_holder_side_loads_no_pydantic() -> None:

@@ -1,6 +1,7 @@
 """What callers of the runtime see: the container spec, the ``Runtime`` protocol and what
-it returns, and the runtime's settings. The reconciler imports the runtime from here
-(and its errors from :mod:`runtime.errors`); only the CLI names an implementation."""
+it returns. The reconciler imports the runtime from here (its errors from
+:mod:`runtime.errors`, its settings from :mod:`runtime.settings`); only the CLI names an
+implementation."""
 
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState, Runtime
 from runtime.api.spec import (
@@ -14,14 +15,10 @@ from runtime.api.spec import (
     SdkLayer,
     check_target,
 )
-from runtime.settings import CGROUP_DRIVERS, DEFAULT_ALPINE_MIRROR, BadSetting, RuntimeSettings
 
 __all__ = (
-    "CGROUP_DRIVERS",
-    "DEFAULT_ALPINE_MIRROR",
     "MAX_BYTES",
     "NAME_PATTERN",
-    "BadSetting",
     "BindMount",
     "CommandResult",
     "ContainerInfo",
@@ -31,7 +28,6 @@ __all__ = (
     "Resources",
     "RootfsRef",
     "Runtime",
-    "RuntimeSettings",
     "SdkLayer",
     "check_target",
 )

@@ -29,15 +29,13 @@ from runtime.cgroups.fs import (
 )
 from runtime.cgroups.scopes import SystemdDriver
 from runtime.errors import HostSetupError
-from runtime.settings import CGROUP_DRIVERS, RuntimeSettings
+from runtime.settings import RuntimeSettings
 from runtime.wire import LaunchRequest
 
 if TYPE_CHECKING:
     from runtime.api.spec import Resources
 
 __all__ = ("CgroupDriver", "NoCgroups", "Placement", "detect")
-
-"""What ``$SQUISH_CGROUP_DRIVER`` may say."""
 
 
 class Placement(Protocol):
@@ -135,8 +133,6 @@ def detect(settings: RuntimeSettings, uid: int | None = None) -> CgroupDriver:
     one (``$SQUISH_CGROUP_DRIVER``, ``$SQUISH_CGROUP_ROOT``: :mod:`runtime.settings`)."""
     uid = os.getuid() if uid is None else uid
     driver, root = settings.cgroup_driver, settings.cgroup_root
-    if driver not in CGROUP_DRIVERS:
-        return NoCgroups(f"SQUISH_CGROUP_DRIVER={driver!r}: use auto, cgroupfs or systemd")
     if driver != "cgroupfs":
         bus = bus_address(settings.session_bus, settings.runtime_dir)
         if bus is not None:  # the user's systemd is reachable: it makes the cgroups
