@@ -89,6 +89,7 @@ LAUNCH = LaunchRequest(
         Ping(),
         Exit(),
         RestoreNetwork(init_pid=7, container_dir="/c", sandbox=False),
+        RestoreNetwork(init_pid=7, container_dir="/c", network="none"),
         ProbeTcp(init_pid=7, port=80),
         EXEC,
     ],
@@ -110,6 +111,12 @@ def test_every_request_comes_back_as_it_was_sent(request_: Request) -> None:
 )
 def test_every_reply_comes_back_as_it_was_sent(reply: Reply) -> None:
     assert decode_reply(to_json(reply), type(reply)) == reply  # type: ignore[type-var]
+
+
+def test_a_restore_from_a_client_that_names_no_network_is_for_slirp4netns() -> None:
+    older = {"op": "restore_network", "init_pid": 7, "container_dir": "/c", "sandbox": True}
+    assert decode_request(older) == RestoreNetwork(init_pid=7, container_dir="/c")
+    assert RestoreNetwork(init_pid=7, container_dir="/c").network == "slirp4netns"
 
 
 def test_a_launch_request_survives_the_trip_to_the_spare() -> None:

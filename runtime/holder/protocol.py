@@ -176,10 +176,14 @@ class Launch:
 
 @dataclass(frozen=True)
 class RestoreNetwork:
+    """Start a running container's network helper again. ``network`` is the container's
+    network mode (a client that names none means slirp4netns, the only mode it had)."""
+
     op: typing.ClassVar[Op] = Op.RESTORE_NETWORK
     init_pid: int
     container_dir: str
     sandbox: bool = True
+    network: str = "slirp4netns"
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class _Containers:
 
         def work() -> Reply:
             _kill(earlier)  # an earlier heal's slirp4netns still holds tap0: it must go first
-            identity = restart_slirp(request.container_dir, netns, request.sandbox)
+            identity = restart_slirp(request.container_dir, netns, request.sandbox, request.network)
             os.write(report_w, json.dumps(identity.to_json()).encode())
             return Restored(identity.to_json())
 

@@ -41,7 +41,7 @@ from runtime.holder.protocol import (
 )
 from runtime.network.driver import driver_for
 from runtime.sandbox import syscalls as sc
-from runtime.util.files import read_json, write_json_atomic
+from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
@@ -142,15 +142,15 @@ def _network(
     return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
 
 
-def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
+def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool, network: str) -> ProcessId:
     """Start the network helper (slirp4netns) again for a running container, from its
-    network namespace fd; its network driver is the one its launch request names.
+    network namespace fd, with the driver of its ``network`` mode.
 
     It gets no exit pipe (nothing inside the container could hold one now): whoever
     reaps the container's init kills it, and a remove kills it through ``run.json``.
     """
     cdir = Path(container_dir)
-    driver = driver_for(LaunchRequest.from_json(read_json(cdir / "launch.json")))
+    driver = driver_for(network)
     return _start_network(lambda: driver.restart(cdir, sandbox, netns_fd))
 
 

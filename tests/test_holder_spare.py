@@ -1,0 +1,32 @@
+"""The spare launcher's parts that need no namespace: restarting a container's network
+helper as the request names it, and the words of its failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import SlirpError
+from runtime.holder import spare
+from runtime.network import slirp
+from runtime.util.processes import ProcessId
+
+
+def test_a_restore_starts_the_helper_of_the_network_it_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = ProcessId.of(1)
+    assert me is not None
+    started: list[tuple[Path, bool]] = []
+
+    def spawn(cdir: Path, sandbox: bool, timeout: float, **where: int) -> ProcessId:
+        started.append((cdir, sandbox))
+        return me
+
+    monkeypatch.setattr(slirp, "spawn", spawn)
+    # No launch.json in the folder: the request alone says which driver restarts.
+    assert spare.restart_slirp(str(tmp_path), 9, True, "slirp4netns") is me
+    assert started == [(tmp_path, True)]
+    with pytest.raises(SlirpError, match="no network helper"):
+        spare.restart_slirp(str(tmp_path), 9, True, "none")
