@@ -30,3 +30,18 @@ def test_a_restore_starts_the_helper_of_the_network_it_is_told(
     assert started == [(tmp_path, True)]
     with pytest.raises(SlirpError, match="no network helper"):
         spare.restart_slirp(str(tmp_path), 9, True, "none")
+
+
+@pytest.mark.parametrize(
+    "failure", [TimeoutError("timed out waiting for slirp4netns"), SlirpError("no tap0")]
+)
+def test_a_restore_that_fails_says_why_in_its_own_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    def spawn(cdir: Path, sandbox: bool, timeout: float, **where: int) -> ProcessId:
+        raise failure
+
+    monkeypatch.setattr(slirp, "spawn", spawn)
+    with pytest.raises(type(failure)) as raised:
+        spare.restart_slirp(str(tmp_path), 9, False, "slirp4netns")
+    assert raised.value is failure

@@ -20,10 +20,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder.exec_runner import NAMESPACES
@@ -56,7 +55,6 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWPID
 )
 _READY_TIMEOUT = 10.0
-_Helper = TypeVar("_Helper", ProcessId, ProcessId | None)
 
 
 class _LaunchFailed(Exception):
@@ -120,22 +118,15 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
-def _start_network(start: Callable[[], _Helper]) -> _Helper:
-    """Run a network driver's start; a helper not ready in time fails the launch."""
-    try:
-        return start()
-    except TimeoutError as exc:
-        raise _LaunchFailed(str(exc)) from exc
-
-
 def _network(
     req: LaunchRequest, init_pid: int, exit_r: int
 ) -> tuple[ProcessId | None, list[dict[str, Any]]]:
     cdir = Path(req.container_dir)
     driver = driver_for(req)
-    identity = _start_network(
-        lambda: driver.start(cdir, req.sandbox_slirp, target_pid=init_pid, exit_fd=exit_r)
-    )
+    try:
+        identity = driver.start(cdir, req.sandbox_slirp, target_pid=init_pid, exit_fd=exit_r)
+    except TimeoutError as exc:  # a helper not ready in time fails the launch
+        raise _LaunchFailed(str(exc)) from exc
     if not req.forwards:
         return identity, []
     forwards = driver.forwards(cdir, req.name)
@@ -149,9 +140,7 @@ def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool, network: str
     It gets no exit pipe (nothing inside the container could hold one now): whoever
     reaps the container's init kills it, and a remove kills it through ``run.json``.
     """
-    cdir = Path(container_dir)
-    driver = driver_for(network)
-    return _start_network(lambda: driver.restart(cdir, sandbox, netns_fd))
+    return driver_for(network).restart(Path(container_dir), sandbox, netns_fd)
 
 
 def _failure_reply(exc: BaseException) -> Failure:
