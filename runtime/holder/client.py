@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import runtime
 from runtime.errors import (
@@ -36,6 +35,7 @@ from runtime.holder.protocol import (
     ErrorCode,
     Exit,
     Failure,
+    PortConflict,
     R,
     Request,
     Startup,
@@ -91,7 +91,7 @@ def failure_error(name: str, failure: Failure, *, program: str = "", port: int =
     message = failure.message
     match failure.code:
         case ErrorCode.PORT_IN_USE:
-            return _port_in_use(failure.port)
+            return _port_in_use(failure.port, message)
         case ErrorCode.SLIRP_FAILED:
             return SlirpError(message)
         case ErrorCode.NOT_RUNNING:
@@ -110,14 +110,10 @@ def failure_error(name: str, failure: Failure, *, program: str = "", port: int =
             return ContainerStartError(name, message)
 
 
-def _port_in_use(port: dict[str, Any]) -> PortInUse:
-    holder = port.get("holder")
-    return PortInUse(
-        str(port.get("host_addr")),
-        int(port.get("host_port", 0)),
-        str(port.get("protocol")),
-        None if holder is None else str(holder),
-    )
+def _port_in_use(port: PortConflict | None, message: str) -> SquishError:
+    if port is None:  # decode_reply gives every PORT_IN_USE its port
+        return HolderProtocolError(f"a port conflict that names no port: {message}")
+    return PortInUse(port.host_addr, port.host_port, port.protocol, port.holder)
 
 
 class Holder:

@@ -17,7 +17,7 @@ import dataclasses
 import enum
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from runtime.wire import LaunchRequest
@@ -39,6 +39,7 @@ __all__ = (
     "Op",
     "Ping",
     "Pong",
+    "PortConflict",
     "ProbeResult",
     "ProbeTcp",
     "ProtocolError",
@@ -253,11 +254,21 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class PortConflict:
+    """The host port a ``PORT_IN_USE`` failure is about (``runtime.errors.PortInUse``)."""
+
+    host_addr: str
+    host_port: int
+    protocol: str
+    holder: str | None = None
+
+
+@dataclass(frozen=True)
 class Failure:
     code: ErrorCode
     message: str
-    port: dict[str, Any] = field(default_factory=dict)
-    """For ``PORT_IN_USE``: host_addr, host_port, protocol and holder."""
+    port: PortConflict | None = None
+    """For ``PORT_IN_USE``: the port taken (its fields are sent beside the message)."""
 
 
 Reply = Pong | Done | Launched | Restored | ProbeResult | ExecResult | Failure
@@ -271,7 +282,8 @@ def to_json(message: Request | Reply) -> dict[str, Any]:
     """The JSON object of a request or a reply."""
     if isinstance(message, Failure):
         head: dict[str, Any] = {"ok": False, "error": message.code.value}
-        return {**head, "message": message.message, **message.port}
+        port = dataclasses.asdict(message.port) if message.port is not None else {}
+        return {**head, "message": message.message, **port}
     body = dataclasses.asdict(message)
     if isinstance(message, Pong | Done | Launched | Restored | ProbeResult | ExecResult):
         return {"ok": True, **body}
@@ -306,7 +318,8 @@ def decode_reply(data: dict[str, Any], expected: type[R]) -> R | Failure:
     except ValueError:
         code = ErrorCode.START_FAILED if expected is Launched else ErrorCode.BAD_REQUEST
     message = data.pop("message", "")
-    return Failure(code, str(message), data if code is ErrorCode.PORT_IN_USE else {})
+    port = _build(PortConflict, data) if code is ErrorCode.PORT_IN_USE else None
+    return Failure(code, str(message), port)
 
 
 T = TypeVar("T")
@@ -339,6 +352,9 @@ def _hints(kind: type) -> dict[str, Any]:
 def _check(hint: Any, value: Any, name: str) -> Any:
     """``value`` as a field of type ``hint`` (a JSON list becomes a tuple)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if type(None) in args and len(args) == 2:  # optional: None or the other type
+        other = args[1] if args[0] is type(None) else args[0]
+        return None if value is None else _check(other, value, name)
     is_sequence = origin is tuple and isinstance(value, list | tuple)
     if is_sequence and all(isinstance(v, str) for v in value):
         return tuple(value)

@@ -33,6 +33,7 @@ from runtime.holder.protocol import (
     Failure,
     Launched,
     Launching,
+    PortConflict,
     Reply,
     detail_of,
     encode,
@@ -147,12 +148,7 @@ def _failure_reply(exc: BaseException) -> Failure:
     if isinstance(exc, _LaunchFailed):
         return exc.reply
     if isinstance(exc, PortInUse):
-        port = {
-            "host_addr": exc.host_addr,
-            "host_port": exc.host_port,
-            "protocol": exc.protocol,
-            "holder": exc.holder,
-        }
+        port = PortConflict(exc.host_addr, exc.host_port, exc.protocol, exc.holder)
         return Failure(ErrorCode.PORT_IN_USE, str(exc), port)
     if isinstance(exc, SlirpError):
         return Failure(ErrorCode.SLIRP_FAILED, str(exc))
