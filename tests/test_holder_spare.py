@@ -9,6 +9,7 @@ import pytest
 
 from runtime.errors import SlirpError
 from runtime.holder import spare
+from runtime.holder.protocol import Launching, marked
 from runtime.network import slirp
 from runtime.util.processes import ProcessId
 
@@ -45,3 +46,17 @@ def test_a_restore_that_fails_says_why_in_its_own_words(
     with pytest.raises(type(failure)) as raised:
         spare.restart_slirp(str(tmp_path), 9, False, "slirp4netns")
     assert raised.value is failure
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (marked(Launching.FAILED, "unshare: Operation not permitted"), "not permitted"),
+        (b"", "exited without a word"),
+    ],
+)
+def test_a_namespace_failure_says_what_went_wrong(answer: bytes, words: str) -> None:
+    message = spare._namespaces_failure(answer)
+    assert message.startswith("cannot create the container namespaces: ")
+    assert words in message
+    assert "None" not in message

@@ -113,10 +113,17 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
-    failure = detail_of(answer, Launching.FAILED)
-    if not answer or failure is not None:
-        raise _LaunchFailed(f"cannot create the container namespaces: {failure}")
+    if not answer or answer.startswith(Launching.FAILED):
+        raise _LaunchFailed(_namespaces_failure(answer))
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
+
+
+def _namespaces_failure(answer: bytes) -> str:
+    """Why the child that unshares the namespaces gave no init: what it wrote, if anything."""
+    failure = detail_of(answer, Launching.FAILED)
+    if failure is None:
+        failure = "the process that unshares them exited without a word (killed?)"
+    return f"cannot create the container namespaces: {failure}"
 
 
 def _network(
