@@ -139,6 +139,7 @@ class Slirp4netnsDriver:
 
     def check_host(self) -> None:
         slirp.slirp_binary()
+        slirp.check_tun()
 
     def ensure_port_free(self, forward: Forward) -> None:
         slirp.ensure_port_free(forward)
