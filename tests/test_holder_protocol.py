@@ -32,6 +32,7 @@ from runtime.errors import (
 )
 from runtime.holder.client import Holder, failure_error
 from runtime.holder.protocol import (
+    HOLDER_SOCKET,
     Done,
     ErrorCode,
     Exec,
@@ -215,7 +216,7 @@ def _holder_answering(state: Path, answer: dict[str, Any] | None) -> Iterator[Ho
     """A holder's socket in ``state`` that reads one request and sends ``answer`` (None:
     closes without answering)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(state / "pause.sock"))
+        listener.bind(str(state / HOLDER_SOCKET))
         listener.listen(1)
 
         def serve() -> None:

@@ -28,6 +28,8 @@ from runtime.errors import (
 )
 from runtime.holder.idmap import write_id_maps
 from runtime.holder.protocol import (
+    HOLDER_LOCK,
+    HOLDER_LOG,
     HOLDER_RECORD,
     HOLDER_SOCKET,
     MAX_REPLY,
@@ -140,7 +142,7 @@ class Holder:
         return self._send(request, expected, timeout)
 
     def _send(self, request: Request, expected: type[R], timeout: float) -> R | Failure:
-        log = self.state / "pause.log"
+        log = self.state / HOLDER_LOG
         try:
             data = jsonsock.exchange(
                 self.socket_path, to_json(request), timeout=timeout, limit=MAX_REPLY
@@ -164,7 +166,7 @@ class Holder:
         identity = self.identity()
         if identity is not None:
             return identity
-        with file_lock(self.state / "pause.lock"):
+        with file_lock(self.state / HOLDER_LOCK):
             identity = self.identity()
             if identity is not None:
                 return identity
@@ -190,7 +192,7 @@ class Holder:
             str(from_client_r),
         ]
         try:
-            with open(self.state / "pause.log", "ab") as log:
+            with open(self.state / HOLDER_LOG, "ab") as log:
                 first = subprocess.Popen(
                     argv,
                     env=env,
@@ -215,7 +217,7 @@ class Holder:
             if pid is None:
                 raise HostSetupError(
                     "the namespace holder failed to create a user namespace "
-                    f"(see {self.state / 'pause.log'})",
+                    f"(see {self.state / HOLDER_LOG})",
                     fix="enable unprivileged user namespaces "
                     "(sysctl kernel.unprivileged_userns_clone=1)",
                 )
@@ -227,9 +229,7 @@ class Holder:
                 raise
             os.write(from_client_w, Startup.MAPPED.value)
             if _read_exactly_one(to_client_r, "get ready") != Startup.READY.value:
-                raise HostSetupError(
-                    f"the namespace holder failed (see {self.state / 'pause.log'})"
-                )
+                raise HostSetupError(f"the namespace holder failed (see {self.state / HOLDER_LOG})")
         finally:
             os.close(to_client_r)
             os.close(from_client_w)
@@ -243,7 +243,7 @@ class Holder:
 
     def stop(self) -> None:
         """Ask the holder to exit (containers keep running); kill it if it does not."""
-        with file_lock(self.state / "pause.lock"):
+        with file_lock(self.state / HOLDER_LOCK):
             self._stop_locked()
 
     def _stop_locked(self) -> None:

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from runtime.wire import LaunchRequest
 
 __all__ = (
+    "HOLDER_LOCK",
+    "HOLDER_LOG",
     "HOLDER_RECORD",
     "HOLDER_SOCKET",
     "MAX_REPLY",
@@ -62,6 +64,10 @@ holder's first name, podman's "pause process", so that a holder an older squish 
 is still found and stopped."""
 HOLDER_RECORD = "pause.json"
 """The holder's identity (pid, start time) in the state folder."""
+HOLDER_LOG = "pause.log"
+"""The holder's log (its output and that of what it forks) in the state folder."""
+HOLDER_LOCK = "pause.lock"
+"""The lock a client holds in the state folder while it starts or stops the holder."""
 
 MAX_REQUEST = 4 << 20
 """The largest request the holder (and a spare, for a launch) accepts."""
