@@ -14,9 +14,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from runtime.api.interface import Runtime
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.cgroups.driver import CgroupDriver, detect
+from runtime.network import slirp
 from runtime.settings import RuntimeSettings
 
 __all__ = (
@@ -25,6 +28,7 @@ __all__ = (
     "detected_cgroups",
     "free_port",
     "free_ports",
+    "host_without_tun",
     "http_get",
     "http_refused",
     "kill_slirp",
@@ -152,3 +156,14 @@ def kill_slirp(rt: Runtime, name: str) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"the runtime still sees the slirp4netns of {name}")
+
+
+def host_without_tun(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A host as slirp4netns's check sees it: a (do-nothing) slirp4netns on the PATH, and
+    a tun device that cannot be opened (in ``folder``, absent); returns the device."""
+    binary = folder / "slirp4netns"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", str(folder))
+    monkeypatch.setattr(slirp, "TUN_DEVICE", str(folder / "tun"))
+    return folder / "tun"

@@ -11,6 +11,7 @@ from reconciler import cli
 from reconciler.cli import main
 from runtime.client.host import HostCheck, host_checks
 from runtime.settings import RuntimeSettings
+from tests.support import host_without_tun
 
 
 def test_doctor_names_what_is_missing_and_its_fix(
@@ -22,9 +23,19 @@ def test_doctor_names_what_is_missing_and_its_fix(
     out = capsys.readouterr().out
     assert "missing an unprivileged account (squish refuses uid 0): running as root\n" in out
     assert "  fix: run reconciler as a normal user\n" in out
-    slirp = "missing slirp4netns (the network of containers that have one): slirp4netns not found"
-    assert slirp in out
+    slirp = "missing slirp4netns and /dev/net/tun, used as you (the network of containers"
+    assert f"{slirp} that have one): slirp4netns not found" in out
     assert "  fix: install the 'slirp4netns' package (apt-get install slirp4netns)\n" in out
+
+
+def test_doctor_names_a_tun_device_slirp4netns_cannot_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tun = host_without_tun(tmp_path, monkeypatch)
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert f"{tun} cannot be opened by uid {os.getuid()}" in out
+    assert "  fix: as root: chmod 0666 /dev/net/tun (the mode distributions ship)\n" in out
 
 
 @pytest.mark.parametrize(

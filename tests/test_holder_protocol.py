@@ -3,11 +3,13 @@ reported failure becomes, and a holder that keeps serving while a probe hangs.""
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from runtime.errors import (
 )
 from runtime.holder.client import Holder, failure_error
 from runtime.holder.protocol import (
+    HOLDER_SOCKET,
     Done,
     ErrorCode,
     Exec,
@@ -41,6 +44,7 @@ from runtime.holder.protocol import (
     Launching,
     Ping,
     Pong,
+    PortConflict,
     ProbeResult,
     ProbeTcp,
     ProtocolError,
@@ -89,6 +93,7 @@ LAUNCH = LaunchRequest(
         Ping(),
         Exit(),
         RestoreNetwork(init_pid=7, container_dir="/c", sandbox=False),
+        RestoreNetwork(init_pid=7, container_dir="/c", network="none"),
         ProbeTcp(init_pid=7, port=80),
         EXEC,
     ],
@@ -112,6 +117,12 @@ def test_every_reply_comes_back_as_it_was_sent(reply: Reply) -> None:
     assert decode_reply(to_json(reply), type(reply)) == reply  # type: ignore[type-var]
 
 
+def test_a_restore_from_a_client_that_names_no_network_is_for_slirp4netns() -> None:
+    older = {"op": "restore_network", "init_pid": 7, "container_dir": "/c", "sandbox": True}
+    assert decode_request(older) == RestoreNetwork(init_pid=7, container_dir="/c")
+    assert RestoreNetwork(init_pid=7, container_dir="/c").network == "slirp4netns"
+
+
 def test_a_launch_request_survives_the_trip_to_the_spare() -> None:
     sent = decode_request(to_json(Launch.of(LAUNCH)))
     assert isinstance(sent, Launch)
@@ -119,10 +130,15 @@ def test_a_launch_request_survives_the_trip_to_the_spare() -> None:
 
 
 def test_a_failure_carries_its_code_and_a_port_conflict_its_port() -> None:
-    port = {"host_addr": "127.0.0.1", "host_port": 8080, "protocol": "tcp", "holder": None}
+    port = PortConflict("127.0.0.1", 8080, "tcp")
     wire = to_json(Failure(ErrorCode.PORT_IN_USE, "taken", port))
-    assert wire == {"ok": False, "error": "port_in_use", "message": "taken", **port}
+    fields = {"host_addr": "127.0.0.1", "host_port": 8080, "protocol": "tcp", "holder": None}
+    assert wire == {"ok": False, "error": "port_in_use", "message": "taken", **fields}
     assert decode_reply(wire, Launched) == Failure(ErrorCode.PORT_IN_USE, "taken", port)
+    held = {**wire, "holder": "nginx"}
+    assert decode_reply(held, Launched) == Failure(
+        ErrorCode.PORT_IN_USE, "taken", PortConflict("127.0.0.1", 8080, "tcp", "nginx")
+    )
     exec_failed = {"ok": False, "error": "exec", "message": "no filter"}
     assert decode_reply(exec_failed, ExecResult) == Failure(ErrorCode.EXEC_FAILED, "no filter")
 
@@ -156,6 +172,29 @@ def test_a_malformed_reply_is_refused() -> None:
         decode_reply({"ok": True, "ready": "yes"}, ProbeResult)
 
 
+@pytest.mark.parametrize(
+    "port",
+    [
+        {"host_addr": "127.0.0.1", "host_port": "http", "protocol": "tcp"},
+        {"host_addr": "127.0.0.1", "host_port": None, "protocol": "tcp"},
+        {"host_addr": "127.0.0.1", "host_port": [8080], "protocol": "tcp"},
+        {"host_addr": "127.0.0.1", "host_port": 8080, "protocol": "tcp", "holder": 3},
+        {"host_addr": "127.0.0.1", "protocol": "tcp"},
+        {"host_addr": "127.0.0.1", "host_port": 8080, "protocol": "tcp", "extra": 1},
+    ],
+)
+def test_a_port_conflict_with_a_bad_port_is_a_malformed_reply(
+    port: dict[str, Any], tmp_path: Path
+) -> None:
+    hostile = {"ok": False, "error": "port_in_use", "message": "taken", **port}
+    with pytest.raises(ProtocolError):
+        decode_reply(hostile, Launched)
+    with _holder_answering(tmp_path, hostile) as holder, pytest.raises(HolderProtocolError):
+        reply = holder._send(Ping(), Pong, 5.0)
+        assert isinstance(reply, Failure)
+        raise failure_error("web", reply)
+
+
 def test_an_unknown_error_code_is_a_start_failure_of_a_launch_only() -> None:
     odd = {"ok": False, "error": "mystery", "message": "?"}
     assert decode_reply(odd, Launched) == Failure(ErrorCode.START_FAILED, "?")
@@ -165,20 +204,34 @@ def test_an_unknown_error_code_is_a_start_failure_of_a_launch_only() -> None:
 def test_a_holder_that_closes_without_answering_is_a_host_problem(tmp_path: Path) -> None:
     """Not a protocol mismatch: the process serving the request went away (a killed exec
     runner, say), and its log says why."""
+    with (
+        _holder_answering(tmp_path, None) as holder,
+        pytest.raises(HostSetupError, match="closed the connection without answering"),
+    ):
+        holder._send(Ping(), Pong, 5.0)
+
+
+@contextmanager
+def _holder_answering(state: Path, answer: dict[str, Any] | None) -> Iterator[Holder]:
+    """A holder's socket in ``state`` that reads one request and sends ``answer`` (None:
+    closes without answering)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(tmp_path / "pause.sock"))
+        listener.bind(str(state / HOLDER_SOCKET))
         listener.listen(1)
 
-        def read_then_close() -> None:
+        def serve() -> None:
             conn, _ = listener.accept()
             with conn:
                 jsonsock.read_to_eof(conn, 1 << 20)
+                if answer is not None:
+                    conn.sendall(json.dumps(answer).encode())
 
-        closer = threading.Thread(target=read_then_close)
-        closer.start()
-        with pytest.raises(HostSetupError, match="closed the connection without answering"):
-            Holder(tmp_path)._send(Ping(), Pong, 5.0)
-        closer.join()
+        server = threading.Thread(target=serve)
+        server.start()
+        try:
+            yield Holder(state)
+        finally:
+            server.join()
 
 
 def test_a_mark_carries_its_detail_and_is_told_apart_from_the_others() -> None:
@@ -272,7 +325,7 @@ def test_each_failure_code_has_its_own_exception(code: ErrorCode, error: type[Ex
 
 
 def test_a_port_conflict_names_the_port() -> None:
-    port = {"host_addr": "127.0.0.1", "host_port": 8080, "protocol": "tcp", "holder": "nginx"}
+    port = PortConflict("127.0.0.1", 8080, "tcp", "nginx")
     raised = failure_error("web", Failure(ErrorCode.PORT_IN_USE, "taken", port))
     assert isinstance(raised, PortInUse)
     assert (raised.host_port, raised.holder) == (8080, "nginx")

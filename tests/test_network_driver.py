@@ -15,12 +15,13 @@ import pytest
 
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.client.linux import _etc_contents
-from runtime.errors import SlirpError
+from runtime.errors import HostSetupError, SlirpError
 from runtime.network import slirp
 from runtime.network.driver import NoNetwork, Slirp4netnsDriver, driver_for
 from runtime.util.jsonsock import read_to_eof
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward, LaunchRequest
+from tests.support import host_without_tun
 
 FORWARD = Forward(proto="tcp", host_addr="127.0.0.1", host_port=8080, guest_port=80)
 
@@ -161,3 +162,13 @@ def test_slirp4netns_starts_again_unsandboxed_where_the_sandbox_fails(
     with pytest.raises(type(failure)):
         driver.start(tmp_path, True, target_pid=42, exit_fd=5)
     assert tries == [False, True, False]
+
+
+def test_slirp4netns_needs_the_tun_device_as_well_as_its_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tun = host_without_tun(tmp_path, monkeypatch)
+    with pytest.raises(HostSetupError, match=f"{tun} cannot be opened") as raised:
+        driver_for("slirp4netns").check_host()
+    assert "chmod 0666" in raised.value.fix
+    NoNetwork().check_host()  # no helper, no device

@@ -13,7 +13,7 @@ import pytest
 
 from runtime.api.spec import BindMount
 from runtime.client.linux import LinuxRuntime
-from runtime.sandbox.confine import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
+from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
 from runtime.sandbox.mounts import MASKED, READ_ONLY
 from runtime.security import profile, seccomp
 from tests.bpf import AUDIT_ARCH_I386, run_filter, syscall_number

@@ -113,10 +113,12 @@ class RunningOps(RecordStore):
                 raise ContainerNotRunning(name)
             if not driver_for(info.spec).has_helper or info.slirp_pid is not None:
                 return info
+            launch = self._launch_request(cdir)
             request = RestoreNetwork(
                 init_pid=info.pid,
                 container_dir=str(cdir),
-                sandbox=self._launch_request(cdir).sandbox_slirp,
+                sandbox=launch.sandbox_slirp,
+                network=launch.network,
             )
             reply = self.holder.call(request, Restored)
             if isinstance(reply, Failure) and reply.code is ErrorCode.UNKNOWN_CONTAINER:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 import runtime
 from runtime.errors import (
@@ -29,6 +28,8 @@ from runtime.errors import (
 )
 from runtime.holder.idmap import write_id_maps
 from runtime.holder.protocol import (
+    HOLDER_LOCK,
+    HOLDER_LOG,
     HOLDER_RECORD,
     HOLDER_SOCKET,
     MAX_REPLY,
@@ -36,6 +37,7 @@ from runtime.holder.protocol import (
     ErrorCode,
     Exit,
     Failure,
+    PortConflict,
     R,
     Request,
     Startup,
@@ -91,7 +93,7 @@ def failure_error(name: str, failure: Failure, *, program: str = "", port: int =
     message = failure.message
     match failure.code:
         case ErrorCode.PORT_IN_USE:
-            return _port_in_use(failure.port)
+            return _port_in_use(failure.port, message)
         case ErrorCode.SLIRP_FAILED:
             return SlirpError(message)
         case ErrorCode.NOT_RUNNING:
@@ -110,14 +112,10 @@ def failure_error(name: str, failure: Failure, *, program: str = "", port: int =
             return ContainerStartError(name, message)
 
 
-def _port_in_use(port: dict[str, Any]) -> PortInUse:
-    holder = port.get("holder")
-    return PortInUse(
-        str(port.get("host_addr")),
-        int(port.get("host_port", 0)),
-        str(port.get("protocol")),
-        None if holder is None else str(holder),
-    )
+def _port_in_use(port: PortConflict | None, message: str) -> SquishError:
+    if port is None:  # decode_reply gives every PORT_IN_USE its port
+        return HolderProtocolError(f"a port conflict that names no port: {message}")
+    return PortInUse(port.host_addr, port.host_port, port.protocol, port.holder)
 
 
 class Holder:
@@ -144,7 +142,7 @@ class Holder:
         return self._send(request, expected, timeout)
 
     def _send(self, request: Request, expected: type[R], timeout: float) -> R | Failure:
-        log = self.state / "pause.log"
+        log = self.state / HOLDER_LOG
         try:
             data = jsonsock.exchange(
                 self.socket_path, to_json(request), timeout=timeout, limit=MAX_REPLY
@@ -168,7 +166,7 @@ class Holder:
         identity = self.identity()
         if identity is not None:
             return identity
-        with file_lock(self.state / "pause.lock"):
+        with file_lock(self.state / HOLDER_LOCK):
             identity = self.identity()
             if identity is not None:
                 return identity
@@ -194,7 +192,7 @@ class Holder:
             str(from_client_r),
         ]
         try:
-            with open(self.state / "pause.log", "ab") as log:
+            with open(self.state / HOLDER_LOG, "ab") as log:
                 first = subprocess.Popen(
                     argv,
                     env=env,
@@ -219,7 +217,7 @@ class Holder:
             if pid is None:
                 raise HostSetupError(
                     "the namespace holder failed to create a user namespace "
-                    f"(see {self.state / 'pause.log'})",
+                    f"(see {self.state / HOLDER_LOG})",
                     fix="enable unprivileged user namespaces "
                     "(sysctl kernel.unprivileged_userns_clone=1)",
                 )
@@ -231,9 +229,7 @@ class Holder:
                 raise
             os.write(from_client_w, Startup.MAPPED.value)
             if _read_exactly_one(to_client_r, "get ready") != Startup.READY.value:
-                raise HostSetupError(
-                    f"the namespace holder failed (see {self.state / 'pause.log'})"
-                )
+                raise HostSetupError(f"the namespace holder failed (see {self.state / HOLDER_LOG})")
         finally:
             os.close(to_client_r)
             os.close(from_client_w)
@@ -247,7 +243,7 @@ class Holder:
 
     def stop(self) -> None:
         """Ask the holder to exit (containers keep running); kill it if it does not."""
-        with file_lock(self.state / "pause.lock"):
+        with file_lock(self.state / HOLDER_LOCK):
             self._stop_locked()
 
     def _stop_locked(self) -> None:

@@ -20,12 +20,14 @@ import dataclasses
 import enum
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from runtime.wire import LaunchRequest
 
 __all__ = (
+    "HOLDER_LOCK",
+    "HOLDER_LOG",
     "HOLDER_RECORD",
     "HOLDER_SOCKET",
     "MAX_REPLY",
@@ -42,6 +44,7 @@ __all__ = (
     "Op",
     "Ping",
     "Pong",
+    "PortConflict",
     "ProbeResult",
     "ProbeTcp",
     "ProtocolError",
@@ -64,6 +67,10 @@ holder's first name, podman's "pause process", so that a holder an older squish 
 is still found and stopped."""
 HOLDER_RECORD = "pause.json"
 """The holder's identity (pid, start time) in the state folder."""
+HOLDER_LOG = "pause.log"
+"""The holder's log (its output and that of what it forks) in the state folder."""
+HOLDER_LOCK = "pause.lock"
+"""The lock a client holds in the state folder while it starts or stops the holder."""
 
 MAX_REQUEST = 4 << 20
 """The largest request the holder (and a spare, for a launch) accepts."""
@@ -179,10 +186,14 @@ class Launch:
 
 @dataclass(frozen=True)
 class RestoreNetwork:
+    """Start a running container's network helper again. ``network`` is the container's
+    network mode (a client that names none means slirp4netns, the only mode it had)."""
+
     op: typing.ClassVar[Op] = Op.RESTORE_NETWORK
     init_pid: int
     container_dir: str
     sandbox: bool = True
+    network: str = "slirp4netns"
 
 
 @dataclass(frozen=True)
@@ -252,11 +263,21 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class PortConflict:
+    """The host port a ``PORT_IN_USE`` failure is about (``runtime.errors.PortInUse``)."""
+
+    host_addr: str
+    host_port: int
+    protocol: str
+    holder: str | None = None
+
+
+@dataclass(frozen=True)
 class Failure:
     code: ErrorCode
     message: str
-    port: dict[str, Any] = field(default_factory=dict)
-    """For ``PORT_IN_USE``: host_addr, host_port, protocol and holder."""
+    port: PortConflict | None = None
+    """For ``PORT_IN_USE``: the port taken (its fields are sent beside the message)."""
 
 
 Reply = Pong | Done | Launched | Restored | ProbeResult | ExecResult | Failure
@@ -270,7 +291,8 @@ def to_json(message: Request | Reply) -> dict[str, Any]:
     """The JSON object of a request or a reply."""
     if isinstance(message, Failure):
         head: dict[str, Any] = {"ok": False, "error": message.code.value}
-        return {**head, "message": message.message, **message.port}
+        port = dataclasses.asdict(message.port) if message.port is not None else {}
+        return {**head, "message": message.message, **port}
     body = dataclasses.asdict(message)
     if isinstance(message, Pong | Done | Launched | Restored | ProbeResult | ExecResult):
         return {"ok": True, **body}
@@ -305,7 +327,8 @@ def decode_reply(data: dict[str, Any], expected: type[R]) -> R | Failure:
     except ValueError:
         code = ErrorCode.START_FAILED if expected is Launched else ErrorCode.BAD_REQUEST
     message = data.pop("message", "")
-    return Failure(code, str(message), data if code is ErrorCode.PORT_IN_USE else {})
+    port = _build(PortConflict, data) if code is ErrorCode.PORT_IN_USE else None
+    return Failure(code, str(message), port)
 
 
 T = TypeVar("T")
@@ -338,6 +361,9 @@ def _hints(kind: type) -> dict[str, Any]:
 def _check(hint: Any, value: Any, name: str) -> Any:
     """``value`` as a field of type ``hint`` (a JSON list becomes a tuple)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if type(None) in args and len(args) == 2:  # optional: None or the other type
+        other = args[1] if args[0] is type(None) else args[0]
+        return None if value is None else _check(other, value, name)
     is_sequence = origin is tuple and isinstance(value, list | tuple)
     if is_sequence and all(isinstance(v, str) for v in value):
         return tuple(value)

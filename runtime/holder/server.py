@@ -32,7 +32,6 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.protocol import (
@@ -60,13 +59,12 @@ from runtime.holder.protocol import (
     marked,
 )
 from runtime.holder.spare import hand_over, restart_slirp, run_spare
-from runtime.holder.workers import fork_worker
+from runtime.holder.workers import become_child, fork_worker
 from runtime.sandbox import syscalls as sc
-from runtime.util.files import write_json_atomic
+from runtime.util.files import parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
     ProcessId,
-    close_fds_except,
     reap_children,
     wait_readable,
 )
@@ -124,11 +122,9 @@ class _Spares:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child = os.fork()
         if child == 0:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
-            close_fds_except({theirs.fileno()})
+            become_child((theirs.fileno(),))
             run_spare(theirs)
         theirs.close()
         self.spare = (child, ours)
@@ -214,7 +210,7 @@ class _Containers:
 
         def work() -> Reply:
             _kill(earlier)  # an earlier heal's slirp4netns still holds tap0: it must go first
-            identity = restart_slirp(request.container_dir, netns, request.sandbox)
+            identity = restart_slirp(request.container_dir, netns, request.sandbox, request.network)
             os.write(report_w, json.dumps(identity.to_json()).encode())
             return Restored(identity.to_json())
 
@@ -232,7 +228,7 @@ class _Containers:
         """Learn which slirp4netns a restore worker started (nothing if it failed)."""
         init_pid, held = self.reports.pop(report_r)
         try:  # one write of a few bytes: readable means all of it, or EOF
-            identity = ProcessId.from_json(_json_or_none(os.read(report_r, 4096)))
+            identity = ProcessId.from_json(parse_json(os.read(report_r, 4096)))
         finally:
             os.close(report_r)
         held.restoring = False
@@ -262,13 +258,6 @@ class _Containers:
         if not ProcessId(request.init_pid, request.init_start_time).alive():
             raise _Refused(ErrorCode.NOT_RUNNING, "the container's init has exited")
         start_runner(conn, request, held.namespaces)
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 _FD_FLOOR = 4096

@@ -20,10 +20,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder.exec_runner import NAMESPACES
@@ -34,14 +33,15 @@ from runtime.holder.protocol import (
     Failure,
     Launched,
     Launching,
+    PortConflict,
     Reply,
     detail_of,
     encode,
     marked,
 )
-from runtime.network.driver import driver_for
+from runtime.network.driver import READY_TIMEOUT, driver_for
 from runtime.sandbox import syscalls as sc
-from runtime.util.files import read_json, write_json_atomic
+from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
@@ -55,8 +55,6 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWCGROUP
     | sc.CLONE_NEWPID
 )
-_READY_TIMEOUT = 10.0
-_Helper = TypeVar("_Helper", ProcessId, ProcessId | None)
 
 
 class _LaunchFailed(Exception):
@@ -111,21 +109,20 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
             os._exit(0)
     for fd in (request_r, go_r, report_w, exit_w, pid_w):
         os.close(fd)
-    answer = _read_with_timeout(pid_r, 4096, _READY_TIMEOUT, "the container init to fork")
+    answer = _read_with_timeout(pid_r, 4096, READY_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
-    failure = detail_of(answer, Launching.FAILED)
-    if not answer or failure is not None:
-        raise _LaunchFailed(f"cannot create the container namespaces: {failure}")
+    if not answer or answer.startswith(Launching.FAILED):
+        raise _LaunchFailed(_namespaces_failure(answer))
     return _Init(int(answer), request_w, go_w, report_r, exit_r)
 
 
-def _start_network(start: Callable[[], _Helper]) -> _Helper:
-    """Run a network driver's start; a helper not ready in time fails the launch."""
-    try:
-        return start()
-    except TimeoutError as exc:
-        raise _LaunchFailed(str(exc)) from exc
+def _namespaces_failure(answer: bytes) -> str:
+    """Why the child that unshares the namespaces gave no init: what it wrote, if anything."""
+    failure = detail_of(answer, Launching.FAILED)
+    if failure is None:
+        failure = "the process that unshares them exited without a word (killed?)"
+    return f"cannot create the container namespaces: {failure}"
 
 
 def _network(
@@ -133,37 +130,31 @@ def _network(
 ) -> tuple[ProcessId | None, list[dict[str, Any]]]:
     cdir = Path(req.container_dir)
     driver = driver_for(req)
-    identity = _start_network(
-        lambda: driver.start(cdir, req.sandbox_slirp, target_pid=init_pid, exit_fd=exit_r)
-    )
+    try:
+        identity = driver.start(cdir, req.sandbox_slirp, target_pid=init_pid, exit_fd=exit_r)
+    except TimeoutError as exc:  # a helper not ready in time fails the launch
+        raise _LaunchFailed(str(exc)) from exc
     if not req.forwards:
         return identity, []
     forwards = driver.forwards(cdir, req.name)
     return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
 
 
-def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool) -> ProcessId:
+def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool, network: str) -> ProcessId:
     """Start the network helper (slirp4netns) again for a running container, from its
-    network namespace fd; its network driver is the one its launch request names.
+    network namespace fd, with the driver of its ``network`` mode.
 
     It gets no exit pipe (nothing inside the container could hold one now): whoever
     reaps the container's init kills it, and a remove kills it through ``run.json``.
     """
-    cdir = Path(container_dir)
-    driver = driver_for(LaunchRequest.from_json(read_json(cdir / "launch.json")))
-    return _start_network(lambda: driver.restart(cdir, sandbox, netns_fd))
+    return driver_for(network).restart(Path(container_dir), sandbox, netns_fd)
 
 
 def _failure_reply(exc: BaseException) -> Failure:
     if isinstance(exc, _LaunchFailed):
         return exc.reply
     if isinstance(exc, PortInUse):
-        port = {
-            "host_addr": exc.host_addr,
-            "host_port": exc.host_port,
-            "protocol": exc.protocol,
-            "holder": exc.holder,
-        }
+        port = PortConflict(exc.host_addr, exc.host_port, exc.protocol, exc.holder)
         return Failure(ErrorCode.PORT_IN_USE, str(exc), port)
     if isinstance(exc, SlirpError):
         return Failure(ErrorCode.SLIRP_FAILED, str(exc))
@@ -178,7 +169,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     try:
         helper, forwards = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
-        mounted = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the filesystem")
+        mounted = _read_with_timeout(init.report_r, 4096, READY_TIMEOUT, "the filesystem")
         if mounted != Launching.MOUNTED.value:
             detail = detail_of(mounted, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died while mounting")
@@ -194,7 +185,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
         os.write(init.go_w, Launching.GO.value)
-        started = _read_with_timeout(init.report_r, 4096, _READY_TIMEOUT, "the command")
+        started = _read_with_timeout(init.report_r, 4096, READY_TIMEOUT, "the command")
         if started != Launching.STARTED.value:
             detail = detail_of(started, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died before the command started")
@@ -247,7 +238,7 @@ def _dismiss(init: _Init) -> None:
     """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
     pidfd = os.pidfd_open(init.pid)
     os.close(init.request_w)
-    wait_readable([pidfd], _READY_TIMEOUT)
+    wait_readable([pidfd], READY_TIMEOUT)
     os.close(pidfd)
 
 
@@ -318,7 +309,7 @@ def hand_over(
         [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
     )
     ctrl.shutdown(socket.SHUT_WR)
-    ctrl.settimeout(_READY_TIMEOUT)
+    ctrl.settimeout(READY_TIMEOUT)
     fds = array.array("i")
     data, ancillary, _, _ = ctrl.recvmsg(
         64, socket.CMSG_SPACE(fds.itemsize * len(NAMESPACES)), socket.MSG_CMSG_CLOEXEC

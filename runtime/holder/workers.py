@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterable
 from runtime.holder.protocol import ErrorCode, Failure, Reply, encode
 from runtime.util.processes import close_fds_except
 
-__all__ = ("fork_worker",)
+__all__ = ("become_child", "fork_worker")
+
+
+def become_child(keep: Iterable[int]) -> None:
+    """What every child the holder forks does first: leave the holder's signal wake-up
+    and SIGCHLD handling, and close every descriptor of the holder but ``keep``."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    close_fds_except(set(keep))
 
 
 def fork_worker(
@@ -30,9 +38,7 @@ def fork_worker(
     if worker != 0:
         return worker
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        close_fds_except({conn.fileno(), *keep})  # the holder's other descriptors
+        become_child((conn.fileno(), *keep))
         reply = work()
     except BaseException as exc:  # a worker must never return into the holder
         reply = Failure(failure, f"{type(exc).__name__}: {exc}")

@@ -24,6 +24,7 @@ from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 
 __all__ = (
+    "READY_TIMEOUT",
     "Forwards",
     "HasNetwork",
     "LiveForward",
@@ -34,7 +35,8 @@ __all__ = (
 )
 
 READY_TIMEOUT = 10.0
-"""How long the launcher waits for a network helper to be ready."""
+"""How long the launcher waits for a network helper to be ready (and, in
+``runtime.holder.spare``, for each step of a container's init)."""
 
 
 class HasNetwork(Protocol):
@@ -139,6 +141,7 @@ class Slirp4netnsDriver:
 
     def check_host(self) -> None:
         slirp.slirp_binary()
+        slirp.check_tun()
 
     def ensure_port_free(self, forward: Forward) -> None:
         slirp.ensure_port_free(forward)

@@ -30,8 +30,10 @@ __all__ = (
     "CONTAINER_ADDR",
     "DNS_ADDR",
     "LOG_FILE",
+    "TUN_DEVICE",
     "LiveForward",
     "add_forward",
+    "check_tun",
     "ensure_port_free",
     "find_forward",
     "list_forwards",
@@ -42,6 +44,8 @@ __all__ = (
     "spawn",
 )
 
+TUN_DEVICE = "/dev/net/tun"
+"""The device slirp4netns opens to serve a container's tap0."""
 API_SOCKET = "slirp.sock"
 """The API socket's name in the container folder."""
 
@@ -73,6 +77,18 @@ def slirp_binary() -> str:
             fix="install the 'slirp4netns' package (apt-get install slirp4netns)",
         )
     return path
+
+
+def check_tun() -> None:
+    """Raise :class:`HostSetupError` when this user cannot open the tun device
+    (slirp4netns opens it as the user, and fails the same way)."""
+    try:
+        os.close(os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        raise HostSetupError(
+            f"{TUN_DEVICE} cannot be opened by uid {os.getuid()}: {exc.strerror}",
+            fix="as root: chmod 0666 /dev/net/tun (the mode distributions ship)",
+        ) from None
 
 
 def slirp_argv(

@@ -22,8 +22,6 @@ from runtime.sandbox import syscalls as sc
 from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
 
 __all__ = (
-    "CAPABILITY_NUMBERS",
-    "DEFAULT_CAPABILITIES",
     "apply",
     "last_capability",
 )

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ("read_json", "write_json_atomic")
+__all__ = ("parse_json", "read_json", "write_json_atomic")
 
 
 def write_json_atomic(path: Path, data: Any, *, dir_fd: int | None = None) -> None:
@@ -28,8 +28,15 @@ def write_json_atomic(path: Path, data: Any, *, dir_fd: int | None = None) -> No
 def read_json(path: Path) -> Any | None:
     """The JSON in ``path``, or None if it is missing or unreadable as JSON."""
     try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
+        raw = path.read_bytes()
+    except OSError:
         return None
-    except (ValueError, OSError):
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any | None:
+    """The JSON in ``raw``, or None if it is not JSON (an incomplete write, say)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
         return None
