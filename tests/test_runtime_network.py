@@ -30,6 +30,7 @@ from tests.support import (
     http_refused,
     kill_slirp,
     processes_mentioning,
+    shell,
 )
 
 pytestmark = rootless
@@ -264,3 +265,14 @@ def test_a_heal_puts_back_what_it_can_and_can_heal_again(rt: LinuxRuntime, site:
         rt.add_port("reheal", PortMapping(container=80, host=blocked))  # free again
         assert http_get(blocked, "/index.html")
     assert rt.inspect("reheal").pid == first.pid
+
+
+def test_a_damaged_record_names_its_file_when_the_network_is_restored(
+    rt: LinuxRuntime, state_path: Path
+) -> None:
+    rt.run(shell("scarred", "exec sleep 600", network="slirp4netns", stop_timeout=0))
+    kill_slirp(rt, "scarred")
+    record = state_path / "containers" / "scarred" / "launch.json"
+    record.write_text("[]")
+    with pytest.raises(ValueError, match=f"{record}: launch request is not an object"):
+        rt.restore_network("scarred")

@@ -139,7 +139,11 @@ class RecordStore:
         return folders.locked(self._dir(name), name)
 
     def _launch_request(self, cdir: Path) -> LaunchRequest:
-        return LaunchRequest.from_json(read_json(cdir / "launch.json"))
+        path = cdir / "launch.json"
+        try:
+            return LaunchRequest.from_json(read_json(path))
+        except ValueError as exc:  # missing, damaged or of another shape: say which file
+            raise ValueError(f"{path}: {exc}") from None
 
     def _write_spec(self, cdir: Path, spec: ContainerSpec) -> None:
         """Replace the container's spec.json atomically."""
