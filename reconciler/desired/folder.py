@@ -105,6 +105,7 @@ def _load_one(
         squishfile.update.drain,
         squishfile.security.inputs,
         conflict_lines(squishfile, raw.decode("utf-8")),
+        squishfile.forwards(),
     )
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import SquishfileError
 from reconciler.squishfile import conflict_lines, load_squishfile
-from runtime.api import PortMapping
 from runtime.security.profile import ProfileCheck
 
 __all__ = ("validate_files",)
@@ -26,12 +25,8 @@ def _claim(path: Path, check_profile: ProfileCheck | None) -> Claim:
         load_squishfile(path)  # reads again and words the error
         raise
     squishfile = load_squishfile(path, raw, check_profile=check_profile)
-    ports = tuple(
-        PortMapping(container=p.container, host=p.host, protocol=p.protocol, host_addr=p.host_addr)
-        for p in squishfile.ports
-    )
     lines = conflict_lines(squishfile, raw.decode("utf-8"))
-    return Claim(path, squishfile.name, ports, dict(lines))
+    return Claim(path, squishfile.name, squishfile.forwards(), dict(lines))
 
 
 def validate_files(
