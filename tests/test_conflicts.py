@@ -309,7 +309,7 @@ def test_status_shows_the_running_holder_and_the_refused_newcomer(tmp_path: Path
     (holder,) = [e.refused for e in desired.errors if e.refused is not None]
     assert holder.file.name == "web.toml"  # by file order alone, aaa.toml would keep "web"
     actual = [running(holder)]
-    (row,) = container_rows(desired, actual, plan(desired, actual), now=2.0)
+    (row,) = container_rows(settled(desired, actual), actual, plan(desired, actual), now=2.0)
     assert (row["file"], row["phase"]) == ("web.toml", "Running")
     assert [c["kind"] for c in row["conditions"]] == ["DuplicateName"]
     assert "aaa.toml:1: name:" in row["conditions"][0]["message"]
