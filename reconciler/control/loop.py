@@ -153,9 +153,7 @@ class Reconciler:
         )
         await anyio.to_thread.run_sync(self.save)
         self.converger.forget({info.name for info in actual} | set(desired.containers))
-        self._holds = {**self.converger.failure_holds()}  # fresh: this pass's outcomes count
-        for name, at in self._restart_at.items():
-            self._holds[name] = max(self._holds.get(name, 0.0), at)
+        self._holds = self.converger.not_before(self._restart_at)  # this pass's outcomes count
         self._running = {
             pid
             for info in actual
