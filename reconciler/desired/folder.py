@@ -35,7 +35,7 @@ from reconciler.desired.types import (
 )
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import conflict_lines, load_squishfile
+from reconciler.squishfile import load_with_lines
 from reconciler.squishfile.tomlpos import TomlError, parse_toml
 from runtime.api import ContainerSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
@@ -84,7 +84,7 @@ def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile = load_squishfile(path, raw, check_profile=compile_profile)
+        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)
@@ -104,7 +104,7 @@ def _load_one(
         else None,
         squishfile.update.drain,
         squishfile.security.inputs,
-        conflict_lines(squishfile, raw.decode("utf-8")),
+        lines,
         squishfile.forwards(),
     )
 
