@@ -7,6 +7,7 @@ the other is refused at its own line, naming the file that keeps it.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Literal
 
@@ -50,11 +51,16 @@ def running(entry: DesiredContainer) -> ContainerInfo:
     )
 
 
-def refused_files(folder: Path, actual: list[ContainerInfo] | None = None) -> set[str]:
-    """The files ``plan`` refuses for a name or port conflict, by the problem's file."""
+def planned_problems(folder: Path, actual: list[ContainerInfo] | None = None) -> list[str]:
+    """The problems ``plan`` refuses files with for a name or port conflict, as printed."""
     todo = plan(load_desired(folder), actual or [])
     conflicts = {ConditionKind.PORT_CONFLICT, ConditionKind.DUPLICATE_NAME}
-    return {Path(c.message.split(":", 1)[0]).name for c in todo.conditions if c.kind in conflicts}
+    return sorted(c.message for c in todo.conditions if c.kind in conflicts)
+
+
+def validated_problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The problems ``reconciler validate`` printed, as ``file:line: field: message``."""
+    return sorted(line.removeprefix("error ") for line in result.stderr.splitlines())
 
 
 # -- validate, load and plan agree ---------------------------------------------------------
@@ -70,7 +76,7 @@ def test_validate_and_plan_refuse_the_same_file_for_a_wildcard_port(tmp_path: Pa
         f"{tmp_path / 'b.toml'}:7: ports[0].host: host port 127.0.0.1:8080->80/tcp is also "
         "claimed by a.toml, which sorts first"
     ) in result.stderr
-    assert refused_files(tmp_path) == {"b.toml"}
+    assert planned_problems(tmp_path) == validated_problems(result)
 
 
 def test_validate_and_plan_refuse_the_same_file_for_a_name(tmp_path: Path) -> None:
@@ -85,7 +91,24 @@ def test_validate_and_plan_refuse_the_same_file_for_a_name(tmp_path: Path) -> No
     ) in result.stderr
     state = load_desired(tmp_path)
     assert state.containers["web"].file.name == "a.toml"
-    assert refused_files(tmp_path) == {"b.toml"}
+    assert planned_problems(tmp_path) == validated_problems(result)
+
+
+def test_validate_and_plan_name_the_same_line_and_field_for_ports_out_of_order(
+    tmp_path: Path,
+) -> None:
+    """The spec sorts its ports; a conflict still names the port as the file lists it."""
+    (tmp_path / "a.toml").write_text(squishfile(host=8080))
+    (tmp_path / "b.toml").write_text(
+        squishfile(host=9090) + "[[ports]]\ncontainer = 81\nhost = 8080\n"
+    )
+    result = validate(tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert validated_problems(result) == [
+        f"{tmp_path / 'b.toml'}:10: ports[1].host: host port 127.0.0.1:8080->81/tcp is also "
+        "claimed by a.toml, which sorts first"
+    ]
+    assert planned_problems(tmp_path) == validated_problems(result)
 
 
 def test_the_running_file_keeps_its_name_and_the_newcomer_is_refused(tmp_path: Path) -> None:
@@ -286,7 +309,7 @@ def test_status_shows_the_running_holder_and_the_refused_newcomer(tmp_path: Path
     (holder,) = [e.refused for e in desired.errors if e.refused is not None]
     assert holder.file.name == "web.toml"  # by file order alone, aaa.toml would keep "web"
     actual = [running(holder)]
-    (row,) = container_rows(desired, actual, plan(desired, actual), now=2.0)
+    (row,) = container_rows(settled(desired, actual), actual, plan(desired, actual), now=2.0)
     assert (row["file"], row["phase"]) == ("web.toml", "Running")
     assert [c["kind"] for c in row["conditions"]] == ["DuplicateName"]
     assert "aaa.toml:1: name:" in row["conditions"][0]["message"]

@@ -500,6 +500,11 @@ def test_crash_delay_starts_at_100_ms_and_doubles_to_60_s(crashes: int, delay: f
     assert Backoff().crash_delay(crashes) == at(delay)
 
 
+def all_holds(converger: Converger, actual: Sequence[ContainerInfo]) -> dict[str, float]:
+    """The failure and crash holds, merged as the loop merges them (every policy restarts)."""
+    return converger.not_before(converger.restart_holds(actual))
+
+
 @pytest.mark.anyio
 async def test_failure_backoff_doubles_per_failure_and_a_success_resets_it(
     fake: FakeRuntime, converger: Converger, clock: FakeClock
@@ -511,7 +516,7 @@ async def test_failure_backoff_doubles_per_failure_and_a_success_resets_it(
         tried_at.append(clock.advance(7.0))
         [outcome] = await converger.apply(todo)
         assert outcome.error == "ContainerStartError: container 'web' failed to start: no rootfs"
-        holds = converger.not_before(fake.list())
+        holds = all_holds(converger, fake.list())
         assert holds.keys() == {"web"}
         assert holds["web"] == at(clock.now + delay)
         assert converger.last_errors() == {
@@ -521,7 +526,7 @@ async def test_failure_backoff_doubles_per_failure_and_a_success_resets_it(
     tried_at.append(clock.advance(7.0))
     [outcome] = await converger.apply(todo)
     assert outcome.ok
-    assert converger.not_before(fake.list()) == {}
+    assert all_holds(converger, fake.list()) == {}
     assert converger.last_errors() == {}
     assert [c.at for c in fake.calls if c.method == "run"] == tried_at
 
@@ -529,7 +534,7 @@ async def test_failure_backoff_doubles_per_failure_and_a_success_resets_it(
     clock.advance(7.0)
     [outcome] = await converger.apply(Plan((act(START, "web"),)))
     assert not outcome.ok
-    assert converger.not_before(fake.list())["web"] == at(clock.now + 0.005)
+    assert all_holds(converger, fake.list())["web"] == at(clock.now + 0.005)
 
 
 @pytest.mark.anyio
@@ -539,7 +544,7 @@ async def test_failure_backoff_is_capped(fake: FakeRuntime, clock: FakeClock) ->
     for delay in (1.0, 2.0, 3.0, 3.0):
         clock.advance(10.0)
         await converger.apply(Plan((act(CREATE, "web"),)))
-        assert converger.not_before([])["web"] == at(clock.now + delay)
+        assert all_holds(converger, [])["web"] == at(clock.now + delay)
 
 
 @pytest.mark.anyio
@@ -551,7 +556,7 @@ async def test_failure_backoff_is_per_container(
     await converger.apply(Plan((act(CREATE, "a"), act(CREATE, "b"), act(CREATE, "c"))))
     await converger.apply(Plan((act(CREATE, "a"),)))
 
-    holds = converger.not_before(fake.list())
+    holds = all_holds(converger, fake.list())
     assert holds.keys() == {"a", "b"}
     assert (holds["a"], holds["b"]) == (at(clock.now + 0.01), at(clock.now + 0.005))
 
@@ -566,13 +571,13 @@ async def test_a_successful_destroy_forgets_the_container(
     fake.seed(spec("old"))
     fake.fail("remove", "old", ContainerStartError("old", "busy"))
     await converger.apply(Plan((act(DESTROY, "old"),)))
-    assert converger.not_before([]).keys() == {"old"}
+    assert all_holds(converger, []).keys() == {"old"}
     assert converger.last_errors().keys() == {"old"}
 
     [outcome] = await converger.apply(Plan((act(DESTROY, "old"),)))
 
     assert outcome.ok
-    assert converger.not_before([]) == {}
+    assert all_holds(converger, []) == {}
     assert converger.last_errors() == {}
     assert not converger.crash_looping("old")
     assert fake.list() == []
@@ -589,7 +594,7 @@ def crash(converger: Converger, clock: FakeClock, name: str, started: float, ran
     seen = [exited(name, started, started + ran)]
     clock.now = started + ran + 0.001
     converger.observe(seen)
-    return converger.not_before(seen)[name]
+    return all_holds(converger, seen)[name]
 
 
 @pytest.mark.parametrize(
@@ -617,7 +622,7 @@ def test_the_same_exit_seen_again_counts_once(converger: Converger, clock: FakeC
     for _ in range(3):
         converger.observe(seen)
         clock.advance(1.0)
-    assert converger.not_before(seen) == {"web": at(1001.1)}
+    assert all_holds(converger, seen) == {"web": at(1001.1)}
     assert not converger.crash_looping("web")
 
 
@@ -648,7 +653,7 @@ def test_running_for_crash_reset_clears_the_crashes(
     converger.observe([running("web", started)])
 
     assert converger.crash_looping("web") is looping
-    assert converger.not_before([running("web", started)]) == {}
+    assert all_holds(converger, [running("web", started)]) == {}
 
 
 async def crash_loop(fake: FakeRuntime, converger: Converger, clock: FakeClock, times: int) -> None:
@@ -658,7 +663,7 @@ async def crash_loop(fake: FakeRuntime, converger: Converger, clock: FakeClock, 
         fake.finish("web")
         converger.observe(fake.list())
         if n < times - 1:
-            clock.now = converger.not_before(fake.list())["web"]
+            clock.now = all_holds(converger, fake.list())["web"]
             [outcome] = await converger.apply(Plan((act(START, "web"),)))
             assert outcome.ok
 
@@ -677,11 +682,11 @@ async def test_a_successful_create_or_recreate_resets_the_crashes(
     await converger.apply(Plan((act(kind, "web", wanted=want("web", env={"V": "2"})),)))
 
     assert not converger.crash_looping("web")
-    assert converger.not_before(fake.list()) == {}
+    assert all_holds(converger, fake.list()) == {}
     clock.advance(1.0)
     fake.finish("web")
     converger.observe(fake.list())
-    assert converger.not_before(fake.list()) == {"web": at(clock.now + 0.1)}
+    assert all_holds(converger, fake.list()) == {"web": at(clock.now + 0.1)}
 
 
 @pytest.mark.anyio
@@ -696,10 +701,10 @@ async def test_after_a_create_or_recreate_an_exit_with_the_old_time_counts(
 
     [*_, outcome] = await converger.apply(Plan((act(kind, "web"),)))
     assert outcome.ok
-    assert converger.not_before(seen) == {}
+    assert all_holds(converger, seen) == {}
     converger.observe(seen)  # its first exit happens to carry the same time
 
-    assert converger.not_before(seen) == {"web": at(991.1)}
+    assert all_holds(converger, seen) == {"web": at(991.1)}
 
 
 @pytest.mark.anyio
@@ -708,17 +713,17 @@ async def test_a_start_keeps_the_crash_count_and_holds_only_while_exited(
 ) -> None:
     fake.seed(spec("web"))
     await crash_loop(fake, converger, clock, times=2)
-    clock.now = converger.not_before(fake.list())["web"]
+    clock.now = all_holds(converger, fake.list())["web"]
 
     [outcome] = await converger.apply(Plan((act(START, "web"),)))
 
     assert outcome.ok
     assert converger.crash_looping("web")
-    assert converger.not_before(fake.list()) == {}  # running: nothing to hold
+    assert all_holds(converger, fake.list()) == {}  # running: nothing to hold
     clock.advance(1.0)
     fake.finish("web")
     converger.observe(fake.list())
-    assert converger.not_before(fake.list()) == {"web": at(clock.now + 0.4)}  # the third
+    assert all_holds(converger, fake.list()) == {"web": at(clock.now + 0.4)}  # the third
 
 
 @pytest.mark.anyio
@@ -748,7 +753,7 @@ async def test_not_before_is_the_later_of_the_failure_and_crash_holds(
     await converger.apply(Plan((act(START, "web"),)))
 
     expected = clock.now + 0.005 if wins == "failure" else finished + crash_initial
-    assert converger.not_before(fake.list()) == {"web": at(expected)}
+    assert all_holds(converger, fake.list()) == {"web": at(expected)}
 
 
 def test_an_exit_without_a_finish_time_counts_as_a_crash(
@@ -757,7 +762,7 @@ def test_an_exit_without_a_finish_time_counts_as_a_crash(
     seen = [exited("web", 1000.0, 1001.0).model_copy(update={"finished_at": None})]
     clock.now = 1002.0
     converger.observe(seen)
-    assert converger.not_before(seen) == {"web": at(1002.0 + 0.1)}
+    assert all_holds(converger, seen) == {"web": at(1002.0 + 0.1)}
 
 
 @pytest.mark.anyio
@@ -792,22 +797,22 @@ async def test_forget_drops_the_state_of_names_not_given(
     converger.observe([exited("c", 900.0, 901.0), exited("d", 900.0, 901.0)])
     seen = [exited("c", 950.0, 951.0), exited("d", 950.0, 951.0)]
     converger.observe(seen)  # two crashes each
-    assert converger.not_before(seen).keys() == {"a", "b", "c", "d"}
+    assert all_holds(converger, seen).keys() == {"a", "b", "c", "d"}
 
     converger.forget({"a", "c", "not-there"})
 
     assert converger.last_errors().keys() == {"a"}
-    assert converger.not_before(seen).keys() == {"a", "c"}
+    assert all_holds(converger, seen).keys() == {"a", "c"}
     assert converger.crash_looping("c")
     assert not converger.crash_looping("d")
 
     converger.forget(set())
 
     assert converger.last_errors() == {}
-    assert converger.not_before(seen) == {}
+    assert all_holds(converger, seen) == {}
     assert not converger.crash_looping("c")
     converger.observe(seen)  # the same exit again is, after forgetting, a first crash
-    assert converger.not_before(seen) == {"c": at(951.1), "d": at(951.1)}
+    assert all_holds(converger, seen) == {"c": at(951.1), "d": at(951.1)}
 
 
 # -- the fake runtime itself (the phase tests lean on its port checks) -----------------------
@@ -884,7 +889,7 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
     def plan_now() -> Plan:
         actual = fake.list()
         converger.observe(actual)
-        holds = converger.not_before(actual)
+        holds = all_holds(converger, actual)
         return plan(load_desired(tmp_path), actual, now=clock.now, not_before=holds)
 
     squishfile(tmp_path, "a", host=18080)
@@ -936,7 +941,7 @@ def test_failures_and_crashes_survive_a_controller_restart(
         converger.observe([exited("flappy", finished - 0.5, finished)])
     seen = [exited("flappy", 1006.5, 1007.0)]
     before = (
-        converger.not_before(seen),
+        all_holds(converger, seen),
         converger.last_errors(),
         converger.crash_looping("flappy"),
     )
@@ -946,7 +951,7 @@ def test_failures_and_crashes_survive_a_controller_restart(
     successor.restore(saved)
     successor.observe(seen)  # the same exit seen again by the new controller: not a new crash
 
-    after = (successor.not_before(seen), successor.last_errors(), successor.crash_looping("flappy"))
+    after = (all_holds(successor, seen), successor.last_errors(), successor.crash_looping("flappy"))
     assert after == before
     assert before[0]["flappy"] == 1007.0 + 0.4  # third crash: 100 ms doubled twice
 

@@ -55,11 +55,15 @@ def test_doctor_fails_only_for_what_containers_cannot_do_without(
     assert main(["doctor"]) == code
     out = capsys.readouterr().out
     for check in checks:
-        if check.problem is None:
-            assert f"ok {check.what}\n" in out
-        else:
-            mark = "missing" if check.required else "limited"
-            assert f"{mark} {check.what}: {check.problem}\n  fix: {check.fix}\n" in out
+        assert reported(check) in out
+
+
+def reported(check: HostCheck) -> str:
+    """What ``doctor`` prints for ``check``: ok, or what is missing or limited and its fix."""
+    if check.problem is None:
+        return f"ok {check.what}\n"
+    mark = "missing" if check.required else "limited"
+    return f"{mark} {check.what}: {check.problem}\n  fix: {check.fix}\n"
 
 
 def test_doctor_reports_every_check_of_this_host(capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,4 +71,5 @@ def test_doctor_reports_every_check_of_this_host(capsys: pytest.CaptureFixture[s
     main(["doctor"])
     out = capsys.readouterr().out
     for check in checks:
+        assert reported(check) in out
         assert (check.problem is None) == (f"ok {check.what}\n" in out)

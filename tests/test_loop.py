@@ -99,3 +99,25 @@ async def test_the_exit_of_a_watched_process_triggers_a_pass(
         assert receive.statistics().current_buffer_used == 0  # it still runs
         waiting_child.stdin.close()
         assert await receive.receive() == "a process exited"
+
+
+@pytest.mark.anyio
+async def test_a_refused_duplicate_does_not_decide_the_running_containers_back_off(
+    tmp_path: Path,
+) -> None:
+    """web.toml runs "web" and keeps the name; aaa.toml, refused, must not lend its policy."""
+    app = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    (tmp_path / "web.toml").write_text(app)
+    loop = reconciler(tmp_path, FakeClock(100.0))
+    assert isinstance(loop.runtime, FakeRuntime)
+    await loop.reconcile("test")
+    loop.runtime.finish("web", 1)
+    (tmp_path / "aaa.toml").write_text(f'name = "web"\n{app}\n[restart]\npolicy = "never"\n')
+    desired, _, todo = loop.dry_run()
+    assert desired.containers["web"].file.name == "web.toml"
+    assert todo.actions == ()
+    assert sorted((c.name, c.kind.value) for c in todo.conditions) == [
+        ("web", "BackOff"),
+        ("web", "DuplicateName"),
+    ]
+    assert loop._restart_at.keys() == {"web"}

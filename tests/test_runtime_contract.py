@@ -10,8 +10,6 @@ for the real runtime the container's own command does it.
 from __future__ import annotations
 
 import os
-import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -31,7 +29,7 @@ from runtime.errors import (
 )
 from tests.conftest import ROOTLESS_REASON
 from tests.fakes import FakeRuntime
-from tests.support import free_port, free_ports, shell
+from tests.support import free_port, free_ports, kill_slirp, shell
 
 LISTEN_PORT = 8080
 """The port the listening containers serve inside (busybox httpd)."""
@@ -67,12 +65,8 @@ class Backend:
         """The container's slirp4netns dies (the real one is killed, as a crash would)."""
         if self.fake is not None:
             self.fake.lose_network(name)
-            return
-        slirp_pid = self.runtime.inspect(name).slirp_pid
-        assert slirp_pid is not None
-        os.kill(slirp_pid, signal.SIGKILL)  # a process this test's runtime started
-        while self.runtime.inspect(name).slirp_pid is not None:
-            time.sleep(0.001)
+        else:
+            kill_slirp(self.runtime, name)
 
     def can_pause(self) -> bool:
         """The real runtime pauses through a cgroup of the container's own."""

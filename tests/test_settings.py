@@ -21,6 +21,7 @@ EVERYTHING = {
     "SQUISH_CGROUP_ROOT": "/sys/fs/cgroup/user.slice/u.service",
     "SQUISH_ALPINE_MIRROR": "http://127.0.0.1:8000/alpine",
     "SQUISH_LAYER_INDEX": "https://layers.example.org/squish",
+    "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
     "UNRELATED": "ignored",
 }
 
@@ -34,6 +35,7 @@ def test_every_variable_lands_in_its_field() -> None:
         cgroup_root=Path("/sys/fs/cgroup/user.slice/u.service"),
         alpine_mirror="http://127.0.0.1:8000/alpine",
         layer_index="https://layers.example.org/squish",
+        session_bus="unix:path=/run/user/1000/bus",
     )
 
 

@@ -9,6 +9,7 @@ first is one the source asked for).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,9 +19,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
+from reconciler.desired import folder
 from reconciler.desired.folder import _labelled
 from reconciler.desired.source import Changed, FolderSource, Snapshot
-from reconciler.desired.types import DesiredContainer, DesiredState
+from reconciler.desired.types import DesiredContainer, DesiredState, squishfiles_in
 from reconciler.planning.plan import ActionKind
 from reconciler.settings import Settings
 from runtime.api.spec import ContainerSpec, RootfsRef
@@ -146,6 +148,36 @@ def test_a_folder_source_revision_follows_the_files_bytes(tmp_path: Path) -> Non
     assert source.load().revision != first.revision
     write(tmp_path, [("web.toml", "web")])
     assert source.load().revision == first.revision  # the same bytes again
+
+
+def test_a_file_deleted_while_the_folder_is_read_changes_the_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FolderSource(tmp_path)
+    write(tmp_path, [("api.toml", "api"), ("web.toml", "web")])
+    listed = squishfiles_in(tmp_path)
+    both = source.load()
+    (tmp_path / "web.toml").unlink()
+    monkeypatch.setattr(folder, "squishfiles_in", lambda path: listed)  # listed, then deleted
+    gone = source.load()
+    assert set(gone.desired.containers) == {"api"}
+    assert gone.revision != both.revision
+    assert gone.revision == FolderSource(tmp_path).load().revision
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_a_file_that_turns_unreadable_changes_the_revision(tmp_path: Path) -> None:
+    source = FolderSource(tmp_path)
+    write(tmp_path, [("web.toml", "web")])
+    first = source.load()
+    (tmp_path / "web.toml").chmod(0)
+    try:
+        unreadable = source.load()
+    finally:
+        (tmp_path / "web.toml").chmod(0o644)
+    assert [e.name for e in unreadable.desired.errors] == ["web"]
+    assert unreadable.revision != first.revision
+    assert source.load().revision == first.revision  # readable again, the same bytes
 
 
 def test_a_missing_folder_is_an_unreadable_revision(tmp_path: Path) -> None:

@@ -118,10 +118,11 @@ class Converger:
                 holds[info.name] = finished + self.backoff.crash_delay(known.crashes)
         return holds
 
-    def not_before(self, actual: Sequence[ContainerInfo]) -> dict[str, float]:
-        """Per container, the later of its failure and crash holds."""
+    def not_before(self, crash_holds: Mapping[str, float]) -> dict[str, float]:
+        """Per container, the later of its failure hold and its crash hold (``crash_holds``:
+        :meth:`restart_holds`, less those its restart policy leaves exited)."""
         holds = self.failure_holds()
-        for name, at in self.restart_holds(actual).items():
+        for name, at in crash_holds.items():
             holds[name] = max(holds.get(name, 0.0), at)
         return holds
 

@@ -38,7 +38,7 @@ from reconciler.control.converge import Converger, Outcome
 from reconciler.control.status import LoopRecord, StatusStore
 from reconciler.desired.source import Source
 from reconciler.desired.types import DesiredState
-from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan
+from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan, settled
 from reconciler.settings import Settings
 from runtime.api import ContainerInfo, Runtime
 
@@ -91,7 +91,11 @@ class Reconciler:
         return snapshot.desired, self.runtime.list()
 
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
-        desired, actual = self._observe()
+        """Observe and plan, changing nothing. The desired state returned has its
+        duplicate names decided as the plan decided them (:func:`settled`): the file
+        whose container runs keeps the name, and its policy is the one that counts."""
+        loaded, actual = self._observe()
+        desired = settled(loaded, actual)
         self.converger.observe(actual)
         self._restart_at = self._restart_holds(desired, actual)
         todo = plan(
@@ -149,9 +153,7 @@ class Reconciler:
         )
         await anyio.to_thread.run_sync(self.save)
         self.converger.forget({info.name for info in actual} | set(desired.containers))
-        self._holds = {**self.converger.failure_holds()}  # fresh: this pass's outcomes count
-        for name, at in self._restart_at.items():
-            self._holds[name] = max(self._holds.get(name, 0.0), at)
+        self._holds = self.converger.not_before(self._restart_at)  # this pass's outcomes count
         self._running = {
             pid
             for info in actual

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired.types import LABEL_FILE, DesiredState
-from reconciler.planning.plan import ActionKind, Condition, Plan, is_managed_by, settled
+from reconciler.planning.plan import ActionKind, Condition, Plan, is_managed_by
 from runtime.api import ContainerInfo, ContainerState
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -200,9 +200,9 @@ def container_rows(
 ) -> list[dict[str, Any]]:
     """One row per container that is wanted, managed by this folder, or blocked.
 
-    A name two files declare shows the file that keeps it (the one whose container runs,
-    as the planner decides) and that container's phase; the refused file is a condition."""
-    desired = settled(desired, actual)
+    ``desired`` is settled (:func:`reconciler.planning.plan.settled`, as a dry run returns
+    it): a name two files declare shows the file that keeps it (the one whose container
+    runs) and that container's phase; the refused file is a condition."""
     now = time.time() if now is None else now
     errors = errors or {}
     crash = set(crashing)
@@ -260,7 +260,8 @@ def status_document(
     todo: Plan,
     stored: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The ``status --json`` document (see the module docstring)."""
+    """The ``status --json`` document (see the module docstring); ``desired`` settled,
+    as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it."""
     loop = dict(stored.get("loop") or {})
     record = LoopRecord(**{k: v for k, v in loop.items() if k in LoopRecord.__dataclass_fields__})
     alive = record.running()

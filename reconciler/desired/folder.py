@@ -35,7 +35,7 @@ from reconciler.desired.types import (
 )
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import conflict_lines, load_squishfile
+from reconciler.squishfile import load_with_lines
 from reconciler.squishfile.tomlpos import TomlError, parse_toml
 from runtime.api import ContainerSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
@@ -77,14 +77,15 @@ def _labelled(spec: ContainerSpec, folder: Path, file: Path) -> ContainerSpec:
 
 
 FileCache = dict[Path, tuple[bytes, "DesiredContainer | FileError"]]
-"""Parsed files by path, with the digest of the bytes they were parsed from."""
+"""Parsed files by path, with the digest of the bytes they were parsed from (empty for
+a file that could not be read)."""
 
 
 def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile = load_squishfile(path, raw, check_profile=compile_profile)
+        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)
@@ -104,7 +105,8 @@ def _load_one(
         else None,
         squishfile.update.drain,
         squishfile.security.inputs,
-        conflict_lines(squishfile, raw.decode("utf-8")),
+        lines,
+        squishfile.forwards(),
     )
 
 
@@ -164,17 +166,27 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
     return DesiredState(folder=folder, containers=containers, errors=(*errors, *duplicates))
 
 
+_UNREAD = b""
+"""The cache key of a file that could not be read: no digest is empty."""
+
+
 def _read(path: Path, folder: Path, cache: FileCache | None) -> DesiredContainer | FileError | None:
     """One file, from ``cache`` when its bytes (and the files it uses) are unchanged;
-    None when it was deleted meanwhile."""
+    None when it was deleted meanwhile. The cache holds what was loaded now (even
+    nothing, or an unreadable file), so its keys tell what changed."""
     known = cache.get(path) if cache is not None else None
     known_name = known[1].name if known is not None else None
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        if cache is not None:
+            cache.pop(path, None)
         return None  # deleted between the listing and now
     except OSError as exc:  # unreadable is not deleted: keep what it made
-        return _unreadable(path, exc, known_name)
+        unreadable = _unreadable(path, exc, known_name)
+        if cache is not None:
+            cache[path] = (_UNREAD, unreadable)
+        return unreadable
     key = _digest(raw, _current(_inputs(known[1])) if known is not None else ())
     if known is not None and known[0] == key:
         return known[1]

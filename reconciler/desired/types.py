@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from reconciler.problems import Problem
-from runtime.api import ContainerSpec
+from runtime.api import ContainerSpec, PortMapping
 
 __all__ = (
     "LABEL_FILE",
@@ -120,6 +120,9 @@ class DesiredContainer:
     lines: tuple[tuple[str, int], ...] = ()
     """Where the fields that can conflict with another file are written: ``("name", 1)``,
     ``("ports[0].host", 9)``."""
+    file_ports: tuple[PortMapping, ...] | None = None
+    """The forwards in the file's own order, which ``ports[N]`` in ``lines`` counts
+    (``spec.ports`` is sorted); None: in the spec's order."""
 
     @property
     def name(self) -> str:

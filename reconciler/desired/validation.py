@@ -12,26 +12,15 @@ from pathlib import Path
 
 from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import SquishfileError
-from reconciler.squishfile import conflict_lines, load_squishfile
-from runtime.api import PortMapping
+from reconciler.squishfile import load_with_lines
 from runtime.security.profile import ProfileCheck
 
 __all__ = ("validate_files",)
 
 
 def _claim(path: Path, check_profile: ProfileCheck | None) -> Claim:
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        load_squishfile(path)  # reads again and words the error
-        raise
-    squishfile = load_squishfile(path, raw, check_profile=check_profile)
-    ports = tuple(
-        PortMapping(container=p.container, host=p.host, protocol=p.protocol, host_addr=p.host_addr)
-        for p in squishfile.ports
-    )
-    lines = conflict_lines(squishfile, raw.decode("utf-8"))
-    return Claim(path, squishfile.name, ports, dict(lines))
+    squishfile, lines = load_with_lines(path, check_profile=check_profile)
+    return Claim(path, squishfile.name, squishfile.forwards(), dict(lines))
 
 
 def validate_files(
@@ -44,7 +33,7 @@ def validate_files(
 
     ``holders`` are the running containers of the files' folders by name (the file each
     was made from and its live forwards): they keep what they hold. Results come in the
-    order of ``paths``. ``check_profile`` is :func:`load_squishfile`'s.
+    order of ``paths``. ``check_profile`` is :func:`load_with_lines`'s.
     """
     errors: dict[int, SquishfileError] = {}
     claims: list[Claim] = []

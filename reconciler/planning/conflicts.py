@@ -44,12 +44,14 @@ class Claim:
     path: Path
     name: str
     ports: tuple[PortMapping, ...] = ()
+    """In the file's own order: ``ports[N]`` in ``lines`` and in problems counts them."""
     lines: Mapping[str, int] = field(default_factory=dict)
     """Line of each field in the file: ``name``, ``ports[0].host``, ..."""
 
 
 def claim_of(entry: DesiredContainer) -> Claim:
-    return Claim(entry.file, entry.name, entry.spec.ports, dict(entry.lines))
+    ports = entry.spec.ports if entry.file_ports is None else entry.file_ports
+    return Claim(entry.file, entry.name, ports, dict(entry.lines))
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,14 @@
 
 This module is the public face of the squishfile; the work is split between
 :mod:`reconciler.squishfile.model` (the pydantic models and :meth:`Squishfile.to_spec`) and
-:mod:`reconciler.squishfile.loading` (:func:`load_squishfile`, :func:`conflict_lines`
+:mod:`reconciler.squishfile.loading` (:func:`load_squishfile`, :func:`load_with_lines`
 and the mapping of validation errors to :class:`reconciler.problems.Problem`).
 The format is documented for users in ``docs/squishfile.md``.
 """
 
 from __future__ import annotations
 
-from reconciler.squishfile.loading import conflict_lines, load_squishfile
+from reconciler.squishfile.loading import ConflictLines, load_squishfile, load_with_lines
 from reconciler.squishfile.model import (
     DownloadLayer,
     LocalLayer,
@@ -19,11 +19,12 @@ from reconciler.squishfile.model import (
 )
 
 __all__ = (
+    "ConflictLines",
     "DownloadLayer",
     "LocalLayer",
     "PortForward",
     "RunSection",
     "Squishfile",
-    "conflict_lines",
     "load_squishfile",
+    "load_with_lines",
 )

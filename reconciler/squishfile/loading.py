@@ -1,7 +1,7 @@
 """Loading squishfiles: read, parse and validate files, and report every problem.
 
-:func:`load_squishfile` reads and validates one file; :func:`conflict_lines` finds where
-it writes the fields that may conflict with another file (the conflicts themselves are
+:func:`load_squishfile` reads and validates one file; :func:`load_with_lines` also finds
+where it writes the fields that may conflict with another file (the conflicts themselves are
 decided in :mod:`reconciler.planning.conflicts`). Every problem is reported as a
 :class:`reconciler.problems.Problem` with file, line and field path; pydantic's errors are
 mapped onto the file's keys here, with :mod:`reconciler.squishfile.tomlpos` finding their lines.
@@ -35,7 +35,7 @@ from reconciler.squishfile.sections import (
 from reconciler.squishfile.tomlpos import (
     Loc,
     TomlError,
-    line_of,
+    lines_of,
     parse_toml,
     problems_from_validation,
     syntax_problem,
@@ -43,8 +43,9 @@ from reconciler.squishfile.tomlpos import (
 from runtime.security.profile import ProfileCheck
 
 __all__ = (
-    "conflict_lines",
+    "ConflictLines",
     "load_squishfile",
+    "load_with_lines",
 )
 
 
@@ -60,6 +61,20 @@ def load_squishfile(
     ``security.seccomp`` line's.
     """
     return _load(path, content, check_profile)[0]
+
+
+ConflictLines = tuple[tuple[str, int], ...]
+"""Where a file writes the fields another file may conflict with: ``("name", 1)``,
+``("ports[0].host", 9)``."""
+
+
+def load_with_lines(
+    path: Path, content: bytes | None = None, *, check_profile: ProfileCheck | None = None
+) -> tuple[Squishfile, ConflictLines]:
+    """:func:`load_squishfile`, and where the file writes its name and each
+    ``[[ports]]`` host (a name taken from the file's name has no line)."""
+    squishfile, text = _load(path, content, check_profile)
+    return squishfile, _conflict_lines(squishfile, text)
 
 
 def _load(
@@ -137,10 +152,8 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
     return ()
 
 
-def conflict_lines(squishfile: Squishfile, text: str) -> tuple[tuple[str, int], ...]:
-    """Where ``text`` writes the fields another file may conflict with: the name and
-    each ``[[ports]]`` host (a name taken from the file's name has no line)."""
-    wanted: list[tuple[str, tuple[str | int, ...]]] = [("name", ("name",))]
+def _conflict_lines(squishfile: Squishfile, text: str) -> ConflictLines:
+    wanted: list[tuple[str, Loc]] = [("name", ("name",))]
     wanted += [(f"ports[{i}].host", ("ports", i, "host")) for i in range(len(squishfile.ports))]
-    found = ((field, line_of(text, loc)) for field, loc in wanted)
-    return tuple((field, line) for field, line in found if line is not None)
+    lines = lines_of(text, [loc for _, loc in wanted])
+    return tuple((field, line) for (field, _), line in zip(wanted, lines, strict=True) if line)

@@ -398,7 +398,9 @@ class Squishfile(BaseModel):
             else:
                 source = self._host_path(layer.path)
                 binds.append(BindMount(source=source, target=layer.container_target, rw=layer.rw))
-        ports = sorted(self.ports, key=lambda p: (p.protocol, p.host_addr, p.host, p.container))
+        ports = sorted(
+            self.forwards(), key=lambda p: (p.protocol, p.host_addr, p.host, p.container)
+        )
         return ContainerSpec(
             name=self.name,
             rootfs=rootfs[0],
@@ -407,13 +409,17 @@ class Squishfile(BaseModel):
             argv=(self.run.command, *self.run.args),
             env=dict(sorted(self.env.items())),
             workdir=self.run.workdir,
-            ports=tuple(PortMapping.model_validate(port.model_dump()) for port in ports),
+            ports=tuple(ports),
             network=self.network,
             hostname=self.hostname or self.name,
             stop_timeout=self.run.stop_timeout,
             seccomp=self.security.spec_value(),
             resources=self.resources.to_resources(),
         )
+
+    def forwards(self) -> tuple[PortMapping, ...]:
+        """The ``[[ports]]`` as the runtime takes them, in the file's own order."""
+        return tuple(PortMapping.model_validate(port.model_dump()) for port in self.ports)
 
     def _host_path(self, path: str) -> str:
         """``path`` made absolute: ``~`` expanded, relative paths taken from the file's folder."""

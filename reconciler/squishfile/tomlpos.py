@@ -1,8 +1,9 @@
 """Find the source line of a key path in TOML text, for error messages.
 
 pydantic reports where a problem is as a location such as ``("ports", 1, "host")``;
-users want a line number. :func:`line_of` scans the TOML text (without evaluating values)
-and maps every key path it sees to the line where it is written:
+users want a line number. :func:`line_of` (:func:`lines_of` for many paths) scans the TOML
+text (without evaluating values) and maps every key path it sees to the line where it is
+written:
 
 * ``key = ...`` at the top level or inside a ``[table]``, including dotted keys
   (``run.command = "x"`` defines both ``("run",)`` and ``("run", "command")``);
@@ -37,6 +38,7 @@ __all__ = (
     "Loc",
     "TomlError",
     "line_of",
+    "lines_of",
     "parse_toml",
     "problems_from_validation",
     "syntax_problem",
@@ -65,7 +67,13 @@ _BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 
 def line_of(text: str, loc: tuple[str | int, ...]) -> int | None:
     """The 1-based line where ``loc`` (or its nearest written parent) is written, else None."""
-    return _nearest_line(_LineIndex(text).build(), loc)
+    return lines_of(text, [loc])[0]
+
+
+def lines_of(text: str, locs: Sequence[Loc]) -> list[int | None]:
+    """:func:`line_of` for each of ``locs``, scanning ``text`` once."""
+    lines = _LineIndex(text).build()
+    return [_nearest_line(lines, loc) for loc in locs]
 
 
 def problems_from_validation(
