@@ -39,7 +39,7 @@ from runtime.holder.protocol import (
     encode,
     marked,
 )
-from runtime.network.driver import READY_TIMEOUT, driver_for
+from runtime.network.driver import driver_for
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
@@ -55,6 +55,9 @@ CONTAINER_NAMESPACES = (
     | sc.CLONE_NEWCGROUP
     | sc.CLONE_NEWPID
 )
+
+_STEP_TIMEOUT = 10.0
+"""How long a launch waits for each step of a container's init (fork, mount, start)."""
 
 
 class _LaunchFailed(Exception):
@@ -109,7 +112,7 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
             os._exit(0)
     for fd in (request_r, go_r, report_w, exit_w, pid_w):
         os.close(fd)
-    answer = _read_with_timeout(pid_r, 4096, READY_TIMEOUT, "the container init to fork")
+    answer = _read_with_timeout(pid_r, 4096, _STEP_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
     if not answer or answer.startswith(Launching.FAILED):
@@ -169,7 +172,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     try:
         helper, forwards = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
-        mounted = _read_with_timeout(init.report_r, 4096, READY_TIMEOUT, "the filesystem")
+        mounted = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the filesystem")
         if mounted != Launching.MOUNTED.value:
             detail = detail_of(mounted, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died while mounting")
@@ -185,7 +188,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
         os.write(init.go_w, Launching.GO.value)
-        started = _read_with_timeout(init.report_r, 4096, READY_TIMEOUT, "the command")
+        started = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the command")
         if started != Launching.STARTED.value:
             detail = detail_of(started, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died before the command started")
@@ -238,7 +241,7 @@ def _dismiss(init: _Init) -> None:
     """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
     pidfd = os.pidfd_open(init.pid)
     os.close(init.request_w)
-    wait_readable([pidfd], READY_TIMEOUT)
+    wait_readable([pidfd], _STEP_TIMEOUT)
     os.close(pidfd)
 
 
@@ -309,7 +312,7 @@ def hand_over(
         [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
     )
     ctrl.shutdown(socket.SHUT_WR)
-    ctrl.settimeout(READY_TIMEOUT)
+    ctrl.settimeout(_STEP_TIMEOUT)
     fds = array.array("i")
     data, ancillary, _, _ = ctrl.recvmsg(
         64, socket.CMSG_SPACE(fds.itemsize * len(NAMESPACES)), socket.MSG_CMSG_CLOEXEC

@@ -24,7 +24,6 @@ from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 
 __all__ = (
-    "READY_TIMEOUT",
     "Forwards",
     "HasNetwork",
     "LiveForward",
@@ -35,8 +34,7 @@ __all__ = (
 )
 
 READY_TIMEOUT = 10.0
-"""How long the launcher waits for a network helper to be ready (and, in
-``runtime.holder.spare``, for each step of a container's init)."""
+"""How long the launcher waits for a network helper to be ready."""
 
 
 class HasNetwork(Protocol):
