@@ -242,3 +242,14 @@ def test_ptrace_is_allowed_only_on_kernels_where_it_cannot_bypass_seccomp(
     fake = os.uname_result(("Linux", "host", "4.4.0-210-generic", "#1", "x86_64"))
     monkeypatch.setattr(os, "uname", lambda: fake)
     assert "ptrace" not in default_profile.allowed_names()
+
+
+def test_a_name_libseccomp_does_not_know_is_left_out_of_the_default_only() -> None:
+    """An older libseccomp than the list's newest names still compiles the default (those
+    syscalls stay refused); a profile file naming one is an error, as before."""
+    rules = [profile.Rule(("getpid", "no_such_call"), profile.ACT_ALLOW)]
+    eperm = profile.errno_action(errno.EPERM)
+    program = seccomp.compile_rules(eperm, rules, known_only=True)
+    assert run_filter(program, syscall_number("getpid") or 39) == profile.ACT_ALLOW
+    with pytest.raises(profile.ProfileError, match="unknown syscall 'no_such_call'"):
+        seccomp.compile_rules(eperm, rules)
