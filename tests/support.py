@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime.api.interface import Runtime
-from runtime.api.spec import ContainerSpec, RootfsRef
+from runtime.api.spec import BindMount, ContainerSpec, RootfsRef
 from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.network import slirp
 from runtime.settings import RuntimeSettings
@@ -34,6 +34,7 @@ __all__ = (
     "kill_slirp",
     "page",
     "processes_mentioning",
+    "run_probes",
     "shell",
     "start_controller",
     "write_atomically",
@@ -167,3 +168,18 @@ def host_without_tun(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", str(folder))
     monkeypatch.setattr(slirp, "TUN_DEVICE", str(folder / "tun"))
     return folder / "tun"
+
+
+def run_probes(
+    rt: Runtime, name: str, probes: Path, seccomp_setting: object = "default"
+) -> dict[str, int]:
+    """Run every probe in ``probes`` inside a container; their exit codes by name."""
+    script = "for p in /probes/*; do $p; echo ${p#/probes/} $?; done"
+    binds = (BindMount(source=str(probes), target="/probes"),)
+    rt.run(shell(name, script, binds=binds, seccomp=seccomp_setting))
+    assert rt.wait(name, timeout=60) == 0, rt.logs(name)
+    found = {}
+    for line in rt.logs(name).decode().splitlines():
+        probe, code = line.rsplit(" ", 1)
+        found[probe] = int(code)
+    return found

@@ -11,28 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from runtime.api.spec import BindMount
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
 from runtime.sandbox.mounts import MASKED, READ_ONLY
 from runtime.security import profile, seccomp
-from tests.bpf import AUDIT_ARCH_I386, run_filter, syscall_number
+from tests.bpf import syscall_number
 from tests.conftest import rootless
-from tests.support import shell
+from tests.support import run_probes, shell
 from tests.syscall_probes import SUPPORTED, write_probe
 
 pytestmark = rootless
-
-NAMESPACE_FLAGS = {
-    "newns": 0x00020000,
-    "newcgroup": 0x02000000,
-    "newuts": 0x04000000,
-    "newipc": 0x08000000,
-    "newuser": 0x10000000,
-    "newpid": 0x20000000,
-    "newnet": 0x40000000,
-}
-SIGCHLD = 17
 
 
 def compiled_profile(path: Path) -> bytes:
@@ -40,81 +28,7 @@ def compiled_profile(path: Path) -> bytes:
     return seccomp.compile_profile(profile.read_profile(path)[0])
 
 
-def run_probes(
-    rt: LinuxRuntime, name: str, probes: Path, seccomp_setting: object = "default"
-) -> dict[str, int]:
-    """Run every probe in ``probes`` inside a container; their exit codes by name."""
-    script = "for p in /probes/*; do $p; echo ${p#/probes/} $?; done"
-    binds = (BindMount(source=str(probes), target="/probes"),)
-    rt.run(shell(name, script, binds=binds, seccomp=seccomp_setting))
-    assert rt.wait(name, timeout=60) == 0, rt.logs(name)
-    found = {}
-    for line in rt.logs(name).decode().splitlines():
-        probe, code = line.rsplit(" ", 1)
-        found[probe] = int(code)
-    return found
-
-
 needs_x86_64 = pytest.mark.skipif(not SUPPORTED, reason="the probes are x86_64 programs")
-
-
-@needs_x86_64
-def test_the_default_profile_refuses_its_list_and_allows_every_other_syscall() -> None:
-    program = seccomp.compile_default()
-    eperm = profile.errno_action(errno.EPERM)
-    denied = {syscall_number(name) for name in profile.DEFAULT_DENIED} - {None}
-    clone, clone3 = syscall_number("clone"), syscall_number("clone3")
-    assert clone is not None and clone3 is not None and len(denied) > 60
-    for nr in range(460):  # every x86_64 syscall number, run through the compiled filter
-        got = run_filter(program, nr, SIGCHLD)
-        if nr in denied:
-            assert got == eperm, nr
-        elif nr == clone3:
-            assert got == profile.errno_action(errno.ENOSYS)
-        else:
-            assert got == profile.ACT_ALLOW, nr
-    for flag in NAMESPACE_FLAGS.values():
-        assert run_filter(program, clone, flag | SIGCHLD) == eperm
-    assert run_filter(program, 20, arch=AUDIT_ARCH_I386) == profile.ACT_KILL_PROCESS
-
-
-@needs_x86_64
-def test_inside_a_container_every_listed_syscall_meets_the_filter(
-    rt: LinuxRuntime, tmp_path: Path
-) -> None:
-    """The same list, installed in a container, with an errno the kernel itself never
-    gives for these calls: each probe proves its syscall was stopped by the filter."""
-    probes = tmp_path / "probes"
-    probes.mkdir()
-    expected = {}
-    for name in profile.DEFAULT_DENIED:
-        number = syscall_number(name)
-        if number is not None:  # e.g. vm86 exists on i386 only
-            write_probe(probes / name, number)
-            expected[name] = 200
-    clone = syscall_number("clone")
-    assert clone is not None
-    rules: list[dict[str, object]] = [
-        {"names": list(profile.DEFAULT_DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 200},
-        # ENOSYS, as in the default: the C library must fall back to clone to start /bin/sh
-        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
-    ]
-    for flag_name, flag in NAMESPACE_FLAGS.items():
-        write_probe(probes / f"clone-{flag_name}", clone, flag | SIGCHLD)
-        expected[f"clone-{flag_name}"] = 201
-        mask = {"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}
-        rules.append(
-            {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 201, "args": [mask]}
-        )
-    clone3 = syscall_number("clone3")
-    getpid = syscall_number("getpid")
-    assert clone3 is not None and getpid is not None
-    write_probe(probes / "clone3", clone3)  # the kernel would say EFAULT for these arguments
-    expected["clone3"] = errno.ENOSYS
-    write_probe(probes / "getpid", getpid)
-    expected["getpid"] = 0
-    document = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
-    assert run_probes(rt, "listed", probes, document) == expected
 
 
 @needs_x86_64
@@ -240,16 +154,6 @@ def test_a_profile_is_compiled_at_create_before_anything_is_made(rt: LinuxRuntim
     with pytest.raises(profile.ProfileError, match="unknown syscall 'frobnicate'"):
         rt.create(shell("uncompiled", "true", seccomp=document))
     assert "uncompiled" not in {info.name for info in rt.list()}
-
-
-def test_ptrace_is_refused_only_on_kernels_where_it_could_bypass_seccomp(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    denied = {name for rule in profile.default_rules() for name in rule.names}
-    assert "ptrace" not in denied  # this kernel is newer than 4.8
-    fake = os.uname_result(("Linux", "host", "4.4.0-210-generic", "#1", "x86_64"))
-    monkeypatch.setattr(os, "uname", lambda: fake)
-    assert "ptrace" in {name for rule in profile.default_rules() for name in rule.names}
 
 
 def test_docker_conditions_are_evaluated_for_squishs_capabilities_and_this_kernel() -> None:

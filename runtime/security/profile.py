@@ -1,17 +1,12 @@
-"""seccomp profiles as data: the default profile's rules and Docker-format profile files,
-read and checked without compiling them (no ctypes, no libseccomp).
+"""seccomp profiles as data: Docker-format profile files and the rules they hold, read and
+checked without compiling them (no ctypes, no libseccomp).
 
 The squishfile model validates a profile with :func:`read_profile`: the file is a small
 regular file holding JSON, its keys, actions, operators, conditions and syscall names are
 well formed. Whether libseccomp knows every name and whether the program fits the kernel's
 limit is learnt when the rules are compiled (:mod:`runtime.security.seccomp`).
 
-The default profile follows Docker's for a container without extra capabilities: the
-syscalls Docker refuses (kernel keyrings, bpf, perf, userfaultfd, kexec, modules, reboot,
-swap, clocks, mounts, namespaces, handles, ptrace-like peeking at other processes...)
-fail with EPERM; ``clone`` with a namespace flag fails with EPERM; ``clone3`` fails with
-ENOSYS, so that C libraries fall back to ``clone``, whose flags can be inspected. Unlike
-Docker's, it is a deny list: a syscall newer than this list is allowed.
+The default profile's rules are data too (:mod:`runtime.security.default_profile`).
 
 A profile file uses Docker's JSON format (``defaultAction``, ``defaultErrnoRet`` and
 ``syscalls`` with ``names``, ``action``, ``errnoRet`` and ``args``); only the native
@@ -40,13 +35,12 @@ __all__ = (
     "ACT_LOG",
     "ACT_TRAP",
     "COMPARISONS",
-    "DEFAULT_DENIED",
     "MAX_PROFILE_BYTES",
     "ProfileCheck",
     "ProfileError",
     "Rule",
-    "default_rules",
     "errno_action",
+    "kernel_before",
     "kernel_version",
     "parse_profile",
     "read_profile",
@@ -72,40 +66,6 @@ COMPARISONS = {
 """libseccomp's comparison operators (``enum scmp_compare``) by their Docker names."""
 MAX_PROFILE_BYTES = 1024 * 1024
 """Largest profile file read."""
-
-DEFAULT_DENIED = (
-    # kernel keyrings, BPF, performance counters, page-fault handling from user space,
-    # io_uring (refused by Docker since 25.0: a frequent source of kernel bugs)
-    "add_key", "keyctl", "request_key", "bpf", "perf_event_open", "userfaultfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-    # kernels and modules, power, swap
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "create_module", "get_kernel_syms", "query_module", "reboot", "swapon", "swapoff",
-    # clocks and the host's identity
-    "clock_settime", "clock_adjtime", "settimeofday", "stime", "sethostname",
-    "setdomainname",
-    # mounts and namespaces
-    "mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick",
-    "open_tree", "move_mount", "mount_setattr", "setns", "unshare",
-    # file handles, other processes' memory, kernel logs and accounting
-    "open_by_handle_at", "name_to_handle_at", "process_vm_readv", "process_vm_writev",
-    "kcmp", "pidfd_getfd", "syslog", "acct", "lookup_dcookie", "quotactl", "quotactl_fd",
-    "fanotify_init", "nfsservctl",
-    # NUMA policy (CAP_SYS_NICE in Docker), I/O ports, obsolete or dangerous leftovers
-    "mbind", "migrate_pages", "move_pages", "set_mempolicy", "get_mempolicy",
-    "iopl", "ioperm", "uselib", "ustat", "sysfs", "_sysctl", "vhangup", "vm86", "vm86old",
-)  # fmt: skip
-"""Syscalls the default profile refuses with EPERM."""
-
-_NAMESPACE_FLAGS = (
-    0x00020000,  # CLONE_NEWNS
-    0x02000000,  # CLONE_NEWCGROUP
-    0x04000000,  # CLONE_NEWUTS
-    0x08000000,  # CLONE_NEWIPC
-    0x10000000,  # CLONE_NEWUSER
-    0x20000000,  # CLONE_NEWPID
-    0x40000000,  # CLONE_NEWNET
-)
 
 
 class ProfileError(ValueError):
@@ -140,22 +100,10 @@ def kernel_version(text: str) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
-def _kernel_before(version: tuple[int, int]) -> bool:
+def kernel_before(version: tuple[int, int]) -> bool:
+    """Whether the running kernel is older than ``version`` (or unknown)."""
     running = kernel_version(os.uname().release)
     return running is None or running < version  # unknown: the older, stricter case
-
-
-def default_rules() -> list[Rule]:
-    denied: tuple[str, ...] = DEFAULT_DENIED
-    if _kernel_before((4, 8)):  # ptrace could bypass seccomp before 4.8 (Docker's rule too)
-        denied = (*denied, "ptrace")
-    rules = [Rule(denied, errno_action(errno.EPERM))]
-    rules += [
-        Rule(("clone",), errno_action(errno.EPERM), ((0, "SCMP_CMP_MASKED_EQ", flag, flag),))
-        for flag in _NAMESPACE_FLAGS
-    ]
-    rules.append(Rule(("clone3",), errno_action(errno.ENOSYS)))
-    return rules
 
 
 # -- Docker-format profile files ---------------------------------------------------------
@@ -227,7 +175,7 @@ def _kernel_at_least(text: object, where: str) -> bool:
     version = kernel_version(text) if isinstance(text, str) else None
     if version is None:
         raise ProfileError(f'{where}.minKernel {text!r} is not a kernel version such as "4.8"')
-    return not _kernel_before(version)
+    return not kernel_before(version)
 
 
 def _applies(raw: Mapping[str, Any], where: str) -> bool:

@@ -21,13 +21,12 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from runtime.security.default_profile import DEFAULT_ACTION, default_rules
 from runtime.security.profile import (
-    ACT_ALLOW,
     ACT_KILL_PROCESS,
     COMPARISONS,
     ProfileError,
     Rule,
-    default_rules,
     parse_profile,
 )
 
@@ -84,8 +83,12 @@ def _seccomp() -> ctypes.CDLL:
     return _lib
 
 
-def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
-    """The BPF program (``struct sock_filter`` array) of ``default`` plus ``rules``."""
+def compile_rules(default: int, rules: Iterable[Rule], *, known_only: bool = False) -> bytes:
+    """The BPF program (``struct sock_filter`` array) of ``default`` plus ``rules``.
+
+    A syscall name libseccomp does not know is an error, or with ``known_only`` left out
+    (for the default profile's allow list: an older libseccomp leaves the newest
+    syscalls refused)."""
     lib = _seccomp()
     ctx = lib.seccomp_init(default)
     if not ctx:
@@ -96,7 +99,7 @@ def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
             if rule.action == default:
                 continue  # libseccomp refuses a rule that repeats the default
             for name in rule.names:
-                _add(lib, ctx, rule, name)
+                _add(lib, ctx, rule, name, known_only)
         lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, ACT_KILL_PROCESS)
         # Into a memfd, not a pipe: a large program would block on a full pipe.
         with os.fdopen(os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC), "w+b") as out:
@@ -117,9 +120,11 @@ def compile_rules(default: int, rules: Iterable[Rule]) -> bytes:
     return program
 
 
-def _add(lib: ctypes.CDLL, ctx: int, rule: Rule, name: str) -> None:
+def _add(lib: ctypes.CDLL, ctx: int, rule: Rule, name: str, known_only: bool) -> None:
     number = lib.seccomp_syscall_resolve_name(name.encode())
     if number == -1:  # __NR_SCMP_ERROR: libseccomp knows no such syscall
+        if known_only:
+            return
         raise ProfileError(f"unknown syscall {name!r}")
     cmps = (_ArgCmp * max(1, len(rule.args)))()
     for i, (index, op, a, b) in enumerate(rule.args):
@@ -136,7 +141,7 @@ _compiled: dict[str, bytes] = {}
 def compile_default() -> bytes:
     """The default profile's BPF, compiled once per process."""
     if "default" not in _compiled:
-        _compiled["default"] = compile_rules(ACT_ALLOW, default_rules())
+        _compiled["default"] = compile_rules(DEFAULT_ACTION, default_rules(), known_only=True)
     return _compiled["default"]
 
 
