@@ -405,3 +405,21 @@ def test_a_profile_that_does_not_compile_is_the_files_error(tmp_path: Path) -> N
     assert (error.name, problem.field) == ("web", "security.seccomp")
     assert problem.line == squishfile("web").count("\n") + 2
     assert "unknown syscall 'frobnicate'" in problem.message
+
+
+def test_a_file_grown_past_the_size_limit_keeps_its_container(tmp_path: Path) -> None:
+    path = write(tmp_path, "web.toml", squishfile("site"))
+    cache: FileCache = {}
+    assert set(load_desired(tmp_path, cache).containers) == {"site"}
+    os.truncate(path, 50 << 20)
+    [error] = load_desired(tmp_path, cache).errors
+    assert (error.name, error.name_known) == ("site", True)
+    assert error.message == f"{path}: <file>: larger than 1 MiB, the limit for a squishfile"
+
+
+def test_a_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_bytes(b"\xef\xbb\xbf" + squishfile("site").encode())
+    assert set(load_desired(tmp_path).containers) == {"site"}
+    (tmp_path / "web.toml").write_bytes(b"\xef\xbb\xbfname = 'api'\n[run]\ncommand = 5\n")
+    [error] = load_desired(tmp_path).errors
+    assert (error.name, error.name_known) == ("api", True)  # its name is read through the mark

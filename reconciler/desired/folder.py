@@ -35,7 +35,7 @@ from reconciler.desired.types import (
 )
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import load_with_lines
+from reconciler.squishfile import file_text, load_with_lines, read_squishfile
 from reconciler.squishfile.tomlpos import TomlError, parse_toml
 from runtime.api import ContainerSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
@@ -54,7 +54,7 @@ def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str
     parsed = False
     if raw is not None:
         try:
-            name = parse_toml(raw.decode("utf-8", errors="replace")).get("name")
+            name = parse_toml(file_text(raw, errors="replace")).get("name")
             parsed = True
         except (TomlError, RecursionError, ValueError):
             name = None
@@ -110,10 +110,14 @@ def _load_one(
     )
 
 
-def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:
-    problem = Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}")
+def _unreadable(path: Path, exc: OSError | SquishfileError, known: str | None) -> FileError:
+    """A file not read (or not all of it): it keeps the container it made."""
+    if isinstance(exc, SquishfileError):
+        problems = exc.problems
+    else:
+        problems = (Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}"),)
     name, certain = _claimed_name(path, None, known)
-    return FileError(path, name, (problem,), name_known=certain)
+    return FileError(path, name, tuple(problems), name_known=certain)
 
 
 def _inputs(loaded: DesiredContainer | FileError) -> tuple[tuple[Path, bytes], ...]:
@@ -177,12 +181,12 @@ def _read(path: Path, folder: Path, cache: FileCache | None) -> DesiredContainer
     known = cache.get(path) if cache is not None else None
     known_name = known[1].name if known is not None else None
     try:
-        raw = path.read_bytes()
+        raw, _ = read_squishfile(path)
     except FileNotFoundError:
         if cache is not None:
             cache.pop(path, None)
         return None  # deleted between the listing and now
-    except OSError as exc:  # unreadable is not deleted: keep what it made
+    except (OSError, SquishfileError) as exc:  # unreadable is not deleted: keep what it made
         unreadable = _unreadable(path, exc, known_name)
         if cache is not None:
             cache[path] = (_UNREAD, unreadable)
