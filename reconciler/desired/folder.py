@@ -30,6 +30,7 @@ from reconciler.desired.types import (
     DesiredState,
     FileError,
     HealthCheck,
+    skipped_in,
     spec_hash,
     squishfiles_in,
 )
@@ -153,6 +154,7 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
     folder = Path(os.path.abspath(folder))
     try:
         paths = squishfiles_in(folder)
+        skipped = tuple(skipped_in(folder))
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: list[DesiredContainer] = []
@@ -167,7 +169,9 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
         for gone in set(cache) - set(paths):
             del cache[gone]
     containers, duplicates = settle_names(valid, {})  # the planner knows what runs
-    return DesiredState(folder=folder, containers=containers, errors=(*errors, *duplicates))
+    return DesiredState(
+        folder=folder, containers=containers, errors=(*errors, *duplicates), skipped=skipped
+    )
 
 
 _UNREAD = b""
