@@ -50,7 +50,7 @@ def _describe_ports(info: ContainerInfo) -> str:
     return ", ".join(str(p) for p in info.ports)
 
 
-_OPTIONS = ("resync", "debounce_ms", "step_ms", "parallel", "allow_mass_delete")
+_OPTIONS = ("resync", "debounce_ms", "step_ms", "settle_ms", "parallel", "allow_mass_delete")
 """Options that override the :class:`Settings` field of the same name."""
 _BACKOFF_OPTIONS = {
     "crash_backoff": "crash_initial",
@@ -416,6 +416,12 @@ def _timing(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--step-ms", type=int, help=f"quiet that ends a batch (ms, default {defaults.step_ms})"
+    )
+    command.add_argument(
+        "--settle-ms",
+        type=int,
+        help="quiet a file rewritten in place needs before it is applied "
+        f"(ms, default {defaults.settle_ms})",
     )
 
 

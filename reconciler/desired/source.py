@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Protocol
 import anyio
 from watchfiles import Change, awatch
 
-from reconciler.desired.folder import FileCache, load_desired
+from reconciler.desired.folder import FileCache, load_desired, settles_in
 from reconciler.desired.types import DesiredState, is_squishfile
 from reconciler.settings import Settings
 
@@ -37,6 +38,9 @@ class Snapshot:
     revision: str
     """What was loaded, for status and logs (a folder: a digest of its files' bytes; a
     git source would give its commit)."""
+    settle_in: float | None = None
+    """Seconds after which loading again may give more (a file written in place becomes
+    quiet enough to apply); None: only when the source says it changed."""
 
 
 class Source(Protocol):
@@ -49,7 +53,8 @@ class Source(Protocol):
 
     def load(self) -> Snapshot:
         """The desired state now. It may block (it runs in a worker thread) and it
-        never raises for a bad file: a bad file becomes a ``FileError``."""
+        never raises for a bad file: a bad file becomes a ``FileError``. Its
+        ``settle_in`` asks for another load that soon."""
         ...
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
@@ -65,7 +70,9 @@ class FolderSource:
 
     path: Path
     settings: Settings = field(default_factory=Settings)
-    """Its debounce, step and re-arm delay."""
+    """Its debounce, step, settle time and re-arm delay."""
+    clock: Callable[[], float] = time.monotonic
+    """What the settle time of files written in place is measured with."""
     _files: FileCache = field(default_factory=dict)
 
     @property
@@ -73,8 +80,9 @@ class FolderSource:
         return Path(os.path.abspath(self.path))
 
     def load(self) -> Snapshot:
-        desired = load_desired(self.folder, self._files)
-        return Snapshot(desired, self._revision(desired))
+        now, settle = self.clock(), self.settings.settle_ms / 1000
+        desired = load_desired(self.folder, self._files, now=now, settle=settle)
+        return Snapshot(desired, self._revision(desired), settles_in(self._files, now, settle))
 
     def _revision(self, desired: DesiredState) -> str:
         """``files:<digest>`` of the squishfiles' names and bytes as loaded."""
@@ -82,7 +90,7 @@ class FolderSource:
             return "unreadable"
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(self._files):
-            digest.update(path.name.encode() + b"\0" + self._files[path][0])
+            digest.update(path.name.encode() + b"\0" + self._files[path].key)
         return f"files:{digest.hexdigest()}"
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
