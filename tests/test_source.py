@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.desired import folder
 from reconciler.desired.folder import _labelled
+from reconciler.desired.links import linked_from
 from reconciler.desired.source import Changed, FolderSource, Snapshot
 from reconciler.desired.types import DesiredContainer, DesiredState, squishfiles_in
 from reconciler.planning.plan import ActionKind
@@ -231,11 +233,12 @@ class FolderLoop:
         """Rewrite ``path`` with its own bytes until the watcher reports it: from then on,
         every write is seen."""
         same = await anyio.Path(path).read_bytes()
-        while True:
-            await anyio.Path(path).write_bytes(same)
-            with anyio.move_on_after(0.5):
-                await self.until(lambda r: r.trigger == "files changed")
-                return
+        with anyio.fail_after(HANG_GUARD):
+            while True:
+                await anyio.Path(path).write_bytes(same)
+                with anyio.move_on_after(0.5):
+                    await self.until(lambda r: r.trigger == "files changed")
+                    return
 
     def waiting(self) -> bool:
         """Whether the loop waits for a file written in place to become quiet."""
@@ -260,7 +263,9 @@ async def write_with_a_pause(folder: FolderLoop, path: Path, content: bytes) -> 
 
 
 @contextlib.asynccontextmanager
-async def folder_loop(folder: Path) -> AsyncIterator[FolderLoop]:
+async def folder_loop(folder: Path, probe: str = "web.toml") -> AsyncIterator[FolderLoop]:
+    """The loop on ``folder``, after its first passes, once the watcher reports writes
+    to ``probe`` (a squishfile of the folder)."""
     send, passes = anyio.create_memory_object_stream[PassResult](64)
     running = FolderLoop(folder, passes)
     stop = anyio.Event()
@@ -270,7 +275,7 @@ async def folder_loop(folder: Path) -> AsyncIterator[FolderLoop]:
     async with anyio.create_task_group() as group, send, passes:
         group.start_soon(run)
         await running.until(lambda r: not r.plan.actions)
-        await running.watching(folder / "web.toml")
+        await running.watching(folder / probe)
         yield running
         stop.set()
 
@@ -315,3 +320,67 @@ async def test_a_file_renamed_into_place_is_applied_at_once(tmp_path: Path) -> N
         seen = await folder.until(lambda r: bool(r.plan.actions))
     assert all(r.trigger == "files changed" for r in seen)  # the clock never moved on
     assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+
+
+# -- symbolic links: what the squishfiles lead to is watched too ----------------------------
+
+
+def configmap_version(folder: Path, version: str, content: bytes) -> None:
+    """Publish ``content`` as ``web.toml`` the way a ConfigMap volume does: a new
+    timestamped directory, a ``..data_tmp`` link to it renamed over ``..data``, the old
+    directory deleted; ``web.toml`` itself is a link to ``..data/web.toml``."""
+    (folder / version).mkdir()
+    (folder / version / "web.toml").write_bytes(content)
+    old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
+    (folder / "..data_tmp").symlink_to(version)
+    (folder / "..data_tmp").rename(folder / "..data")
+    if old is not None:
+        shutil.rmtree(folder / old)
+    if not (folder / "web.toml").is_symlink():
+        (folder / "web.toml").symlink_to("..data/web.toml")
+
+
+@pytest.mark.anyio
+async def test_a_configmap_swap_is_applied_by_the_watcher(tmp_path: Path) -> None:
+    configmap_version(tmp_path, "..2026_12_01_00_00_00.1", with_port(8080))
+    (tmp_path / "probe.toml").write_text(APP)
+    async with folder_loop(tmp_path, probe="probe.toml") as folder:  # resync: an hour
+        configmap_version(tmp_path, "..2026_12_01_00_00_00.2", with_port(8081))
+        await folder.until(lambda r: bool(r.plan.actions))
+        first = [p.host for p in folder.fake.inspect("web").ports]
+        configmap_version(tmp_path, "..2026_12_01_00_00_00.3", with_port(8082))
+        await folder.until(lambda r: bool(r.plan.actions))
+        second = [p.host for p in folder.fake.inspect("web").ports]
+    assert (first, second) == ([8081], [8082])
+    assert sorted(info.name for info in folder.fake.list()) == ["probe", "web"]
+    assert [c.method for c in folder.fake.calls].count("run") == 2  # ..data is no squishfile
+
+
+@pytest.mark.anyio
+async def test_a_linked_file_outside_the_folder_is_watched(tmp_path: Path) -> None:
+    desired, elsewhere = tmp_path / "desired", tmp_path / "elsewhere"
+    desired.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "web.toml").write_bytes(with_port(8080))
+    (desired / "web.toml").symlink_to(elsewhere / "web.toml")
+    (desired / "probe.toml").write_text(APP)
+    async with folder_loop(desired, probe="probe.toml") as folder:
+        (elsewhere / ".web.toml.new").write_bytes(with_port(8081))
+        (elsewhere / ".web.toml.new").rename(elsewhere / "web.toml")
+        await folder.until(lambda r: bool(r.plan.actions))
+    assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+
+
+def test_a_configmap_layout_is_read_as_its_squishfiles_alone(tmp_path: Path) -> None:
+    configmap_version(tmp_path, "..2026_12_01_00_00_00.1", with_port(8080))
+    desired = FolderSource(tmp_path).load().desired
+    assert [c.file.name for c in desired.containers.values()] == ["web.toml"]
+    assert (desired.errors, desired.skipped) == ((), ())
+
+
+def test_links_that_loop_or_lead_nowhere_are_followed_no_further(tmp_path: Path) -> None:
+    (tmp_path / "loop.toml").symlink_to("loop.toml")
+    (tmp_path / "gone.toml").symlink_to(tmp_path / "missing" / "gone.toml")
+    linked = linked_from(tmp_path)
+    assert {tmp_path / "loop.toml", tmp_path / "gone.toml"} <= linked.paths
+    assert tmp_path / "missing" not in linked.folders  # it does not exist: nothing to watch
