@@ -9,6 +9,10 @@ refused file's container is the one running (:mod:`reconciler.planning.conflicts
 labels and ``spec_hash`` live in :mod:`reconciler.desired.types` (import them from there), so
 the planner can use them without I/O.
 
+A file is read at most 1 MiB deep (:func:`reconciler.squishfile.read_squishfile`). With
+a cache (the loop's), a file rewritten in place counts once its new bytes stay unchanged
+for the settle time, so a save that pauses mid-file is never applied half-written.
+
 A seccomp profile is compiled here (:func:`runtime.security.seccomp.compile_profile`),
 not in the squishfile model, which loads no FFI: a syscall libseccomp does not know is
 then the file's problem at ``security.seccomp``, as the model's own checks are.
