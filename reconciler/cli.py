@@ -27,7 +27,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.status import FolderBusy, StatusStore, status_document
 from reconciler.desired.source import FolderSource
-from reconciler.desired.types import squishfiles_in
+from reconciler.desired.types import Skipped, skipped_in, squishfiles_in
 from reconciler.desired.validation import validate_files
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
@@ -50,7 +50,7 @@ def _describe_ports(info: ContainerInfo) -> str:
     return ", ".join(str(p) for p in info.ports)
 
 
-_OPTIONS = ("resync", "debounce_ms", "step_ms", "parallel", "allow_mass_delete")
+_OPTIONS = ("resync", "debounce_ms", "step_ms", "settle_ms", "parallel", "allow_mass_delete")
 """Options that override the :class:`Settings` field of the same name."""
 _BACKOFF_OPTIONS = {
     "crash_backoff": "crash_initial",
@@ -80,7 +80,20 @@ def _runtime(settings: Settings | None = None) -> LinuxRuntime:
     return LinuxRuntime(settings=(settings or _settings()).runtime)
 
 
+class NoFolder(Exception):
+    """The folder a command was given is not there (or is not a folder)."""
+
+
+def _existing(folder: Path) -> Path:
+    """``folder``, which must be a folder now (a folder that vanishes later is waited for)."""
+    if not folder.is_dir():
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise NoFolder(f"{os.path.abspath(folder)}: {what}")
+    return folder
+
+
 def _reconciler(folder: Path, settings: Settings) -> Reconciler:
+    folder = _existing(folder)
     runtime = _runtime(settings)
     source = FolderSource(folder, settings)
     return Reconciler(
@@ -201,6 +214,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out.print(table)
     for condition in document["conditions"]:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
+    for skipped in document["skipped"]:
+        _out.print(
+            f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}",
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -218,16 +236,19 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _squishfiles(arguments: Sequence[str]) -> list[Path]:
-    """Files as given; a folder stands for the squishfiles in it, in name order."""
+def _squishfiles(arguments: Sequence[str]) -> tuple[list[Path], list[Skipped]]:
+    """Files as given; a folder stands for the squishfiles in it, in name order, and
+    names the entries the reconciler would skip."""
     paths: list[Path] = []
+    skipped: list[Skipped] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
             paths += squishfiles_in(path)
+            skipped += skipped_in(path)
         else:
             paths.append(path)
-    return paths
+    return paths, skipped
 
 
 def _running_holders(paths: Sequence[Path]) -> dict[str, Holding]:
@@ -242,8 +263,13 @@ def _running_holders(paths: Sequence[Path]) -> dict[str, Holding]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    failed = 0
-    paths = _squishfiles(args.files)
+    paths, skipped = _squishfiles(args.files)
+    for entry in skipped:
+        _err.print(
+            f"[yellow]skipped[/] {escape(str(entry.file))}: {escape(entry.reason)}",
+            soft_wrap=True,
+        )
+    failed = len(skipped)
     if not paths:
         _err.print(f"[red]error[/] no squishfile (*.toml) in {escape(' '.join(args.files))}")
         return 1
@@ -391,6 +417,12 @@ def _timing(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--step-ms", type=int, help=f"quiet that ends a batch (ms, default {defaults.step_ms})"
     )
+    command.add_argument(
+        "--settle-ms",
+        type=int,
+        help="quiet a file rewritten in place needs before it is applied "
+        f"(ms, default {defaults.settle_ms})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -476,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (HostSetupError, SquishError, OSError, FolderBusy, BadSetting) as exc:
+    except (HostSetupError, SquishError, OSError, FolderBusy, BadSetting, NoFolder) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 

@@ -1,6 +1,7 @@
 """Every tunable of the reconciler and every ``SQUISH_*`` variable, in one typed record.
 
-:meth:`Settings.from_env` is where the reconciler reads its environment; the runtime's
+:meth:`Settings.from_env` is where the reconciler reads its environment
+(``SQUISH_SETTLE_MS``, :attr:`Settings.settle_ms`); the runtime's
 variables (``SQUISH_STATE_DIR``, ``SQUISH_CGROUP_DRIVER``, ``SQUISH_CGROUP_ROOT``,
 ``SQUISH_ALPINE_MIRROR``, ``SQUISH_LAYER_INDEX``; see
 :class:`runtime.settings.RuntimeSettings`) become :attr:`Settings.runtime`, handed to
@@ -10,6 +11,7 @@ variables (``SQUISH_STATE_DIR``, ``SQUISH_CGROUP_DRIVER``, ``SQUISH_CGROUP_ROOT`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -55,6 +57,12 @@ class Settings:
     step_ms: int = 20
     """Quiet time that ends a batch of file events, in ms; watchfiles polls at this rate
     (``--step-ms``)."""
+    settle_ms: int = 300
+    """Quiet time, in ms, that a squishfile rewritten in place (truncated, then written)
+    must keep before its new bytes are applied (``--settle-ms``, ``SQUISH_SETTLE_MS``):
+    a writer that pauses mid-file must not have its first half applied. A file renamed
+    into place is applied at once. 300 ms: an editor's or a script's write of a small
+    file ends well within it, and an interactive save still looks immediate."""
     resync: float = 10.0
     """Seconds between passes when nothing happens (``--resync``)."""
     retry_failed_pass: float = 1.0
@@ -74,14 +82,37 @@ class Settings:
     def __post_init__(self) -> None:
         if self.parallel < 1:
             raise BadSetting("parallel", str(self.parallel), "expected at least 1")
-        for name in ("debounce_ms", "step_ms", "resync", "retry_failed_pass", "rearm_delay"):
+        for name in (
+            "debounce_ms",
+            "step_ms",
+            "settle_ms",
+            "resync",
+            "retry_failed_pass",
+            "rearm_delay",
+        ):
             _not_negative(name, getattr(self, name))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings ``environ`` (default: this process's environment) gives.
         :class:`BadSetting` names a variable whose value cannot be used."""
-        return cls(runtime=RuntimeSettings.from_environ(environ))
+        env = os.environ if environ is None else environ
+        settle = env.get("SQUISH_SETTLE_MS") or None  # empty counts as unset
+        return cls(
+            settle_ms=cls.settle_ms
+            if settle is None
+            else _milliseconds("SQUISH_SETTLE_MS", settle),
+            runtime=RuntimeSettings.from_environ(environ),
+        )
+
+
+def _milliseconds(variable: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadSetting(variable, value, "expected a whole number of milliseconds") from None
+    _not_negative(variable, number)
+    return number
 
 
 def _not_negative(name: str, value: float) -> None:

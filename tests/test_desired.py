@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired.folder import FileCache, load_desired
+from reconciler.desired.folder import FileCache, load_desired, settles_in
 from reconciler.desired.types import (
     LABEL_FILE,
     LABEL_FOLDER,
@@ -405,3 +405,65 @@ def test_a_profile_that_does_not_compile_is_the_files_error(tmp_path: Path) -> N
     assert (error.name, problem.field) == ("web", "security.seccomp")
     assert problem.line == squishfile("web").count("\n") + 2
     assert "unknown syscall 'frobnicate'" in problem.message
+
+
+def test_a_file_grown_past_the_size_limit_keeps_its_container(tmp_path: Path) -> None:
+    path = write(tmp_path, "web.toml", squishfile("site"))
+    cache: FileCache = {}
+    assert set(load_desired(tmp_path, cache).containers) == {"site"}
+    os.truncate(path, 50 << 20)
+    [error] = load_desired(tmp_path, cache).errors
+    assert (error.name, error.name_known) == ("site", True)
+    assert error.message == f"{path}: <file>: larger than 1 MiB, the limit for a squishfile"
+
+
+def test_a_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_bytes(b"\xef\xbb\xbf" + squishfile("site").encode())
+    assert set(load_desired(tmp_path).containers) == {"site"}
+    (tmp_path / "web.toml").write_bytes(b"\xef\xbb\xbfname = 'api'\n[run]\ncommand = 5\n")
+    [error] = load_desired(tmp_path).errors
+    assert (error.name, error.name_known) == ("api", True)  # its name is read through the mark
+
+
+def port_at(folder: Path, cache: FileCache, now: float) -> int:
+    """The host port web.toml asks for, loaded at ``now`` with a settle time of 1 s."""
+    return load_desired(folder, cache, now=now, settle=1.0).containers["web"].spec.ports[0].host
+
+
+def applied(folder: Path, port: int) -> tuple[Path, FileCache]:
+    """web.toml asking for ``port``, and the cache of a load of it at time 0."""
+    path = write(folder, "web.toml", squishfile(port=port))
+    cache: FileCache = {}
+    load_desired(folder, cache, now=0.0, settle=1.0)
+    return path, cache
+
+
+def test_bytes_written_in_place_count_once_they_stay_unchanged_for_the_settle_time(
+    tmp_path: Path,
+) -> None:
+    path, cache = applied(tmp_path, 8080)
+    path.write_text(squishfile(port=8081))  # the same inode: maybe not written to the end
+    assert port_at(tmp_path, cache, 5.0) == 8080
+    assert settles_in(cache, 5.0, 1.0) == 1.0
+    assert port_at(tmp_path, cache, 5.5) == 8080
+    assert port_at(tmp_path, cache, 6.0) == 8081
+    assert settles_in(cache, 6.0, 1.0) is None
+
+
+def test_a_file_renamed_into_place_counts_at_once(tmp_path: Path) -> None:
+    path, cache = applied(tmp_path, 8080)
+    write(tmp_path, ".web.toml.tmp", squishfile(port=8081)).rename(path)
+    assert port_at(tmp_path, cache, 0.0) == 8081
+    assert settles_in(cache, 0.0, 1.0) is None
+
+
+def test_bytes_written_in_place_back_to_what_was_applied_wait_for_nothing(
+    tmp_path: Path,
+) -> None:
+    path, cache = applied(tmp_path, 8080)
+    path.write_text(MINIMAL)  # half of it
+    load_desired(tmp_path, cache, now=1.0, settle=1.0)
+    assert settles_in(cache, 1.0, 1.0) == 1.0
+    path.write_text(squishfile(port=8080))  # and the rest: the same bytes as before
+    assert port_at(tmp_path, cache, 1.5) == 8080
+    assert settles_in(cache, 1.5, 1.0) is None

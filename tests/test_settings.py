@@ -22,6 +22,7 @@ EVERYTHING = {
     "SQUISH_ALPINE_MIRROR": "http://127.0.0.1:8000/alpine",
     "SQUISH_LAYER_INDEX": "https://layers.example.org/squish",
     "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
+    "SQUISH_SETTLE_MS": "50",
     "UNRELATED": "ignored",
 }
 
@@ -39,6 +40,10 @@ def test_every_variable_lands_in_its_field() -> None:
     )
 
 
+def test_the_settle_time_comes_from_its_variable() -> None:
+    assert Settings.from_env(EVERYTHING).settle_ms == 50
+
+
 @pytest.mark.parametrize("environ", [{}, dict.fromkeys(EVERYTHING, "")])
 def test_an_empty_environment_means_the_defaults(environ: dict[str, str]) -> None:
     settings = Settings.from_env(environ)
@@ -53,6 +58,8 @@ def test_an_empty_environment_means_the_defaults(environ: dict[str, str]) -> Non
         ("SQUISH_CGROUP_DRIVER", "sideways", "use auto, cgroupfs or systemd"),
         ("SQUISH_ALPINE_MIRROR", "dl-cdn.alpinelinux.org", "expected an http:// or https:// URL"),
         ("SQUISH_LAYER_INDEX", "file:///srv/layers", "expected an http:// or https:// URL"),
+        ("SQUISH_SETTLE_MS", "soon", "expected a whole number of milliseconds"),
+        ("SQUISH_SETTLE_MS", "-1", "expected a number, 0 or more"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:
@@ -106,3 +113,10 @@ def test_the_state_and_cache_folders_come_from_the_settings(tmp_path: Path) -> N
     from_runtime_dir = RuntimeSettings(runtime_dir=tmp_path)
     assert state_dir(from_runtime_dir) == tmp_path / "squish"
     assert (tmp_path / "squish").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_settle_option_overrides_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQUISH_SETTLE_MS", "900")
+    assert _settings(build_parser().parse_args(["run", "x"])).settle_ms == 900
+    args = build_parser().parse_args(["run", "x", "--settle-ms", "40"])
+    assert _settings(args).settle_ms == 40

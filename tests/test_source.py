@@ -8,9 +8,12 @@ first is one the source asked for).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -21,6 +24,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.desired import folder
 from reconciler.desired.folder import _labelled
+from reconciler.desired.links import linked_from
 from reconciler.desired.source import Changed, FolderSource, Snapshot
 from reconciler.desired.types import DesiredContainer, DesiredState, squishfiles_in
 from reconciler.planning.plan import ActionKind
@@ -138,7 +142,7 @@ def write(folder: Path, files: Sequence[tuple[str, str]]) -> None:
 
 
 def test_a_folder_source_revision_follows_the_files_bytes(tmp_path: Path) -> None:
-    source = FolderSource(tmp_path)
+    source = FolderSource(tmp_path, Settings(settle_ms=0))  # each write applies at once
     write(tmp_path, [("web.toml", "web")])
     first = source.load()
     assert first.desired.folder == tmp_path and set(first.desired.containers) == {"web"}
@@ -190,3 +194,193 @@ def test_a_folder_source_names_its_absolute_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert FolderSource(Path("desired")).folder == tmp_path / "desired"
+
+
+# -- saves that are not atomic: the real watcher, the fake runtime and the fake clock -------
+
+APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+"""The first half of every version of web.toml below: valid TOML, a valid squishfile."""
+
+
+def with_port(port: int) -> bytes:
+    return f"{APP}\n[[ports]]\ncontainer = 80\nhost = {port}\n".encode()
+
+
+class FolderLoop:
+    """A loop on a real folder, watched for real; the loop and the folder's settle time
+    share a fake clock, which only the test moves on."""
+
+    def __init__(self, folder: Path, passes: MemoryObjectReceiveStream[PassResult]) -> None:
+        self.folder = folder
+        self.clock = FakeClock()
+        self.fake = FakeRuntime(self.clock)
+        settings = Settings(resync=3600.0, settle_ms=50)  # 50 ms of the fake clock
+        source = FolderSource(folder, settings, clock=self.clock)
+        self.loop = WatchesNoExits(
+            source, self.fake, Converger(self.fake, clock=self.clock), clock=self.clock
+        )
+        self.settings = settings
+        self.passes = passes
+
+    async def until(self, seen: Callable[[PassResult], bool]) -> list[PassResult]:
+        """The passes up to and with the first for which ``seen`` holds."""
+        results = [await next_pass(self.passes)]
+        while not seen(results[-1]):
+            results.append(await next_pass(self.passes))
+        return results
+
+    async def watching(self, path: Path) -> None:
+        """Rewrite ``path`` with its own bytes until the watcher reports it: from then on,
+        every write is seen."""
+        same = await anyio.Path(path).read_bytes()
+        with anyio.fail_after(HANG_GUARD):
+            while True:
+                await anyio.Path(path).write_bytes(same)
+                with anyio.move_on_after(0.5):
+                    await self.until(lambda r: r.trigger == "files changed")
+                    return
+
+    def waiting(self) -> bool:
+        """Whether the loop waits for a file written in place to become quiet."""
+        return self.loop.next_deadline() != math.inf
+
+
+async def write_with_a_pause(folder: FolderLoop, path: Path, content: bytes) -> list[PassResult]:
+    """Truncate ``path`` and write the first half of ``content`` (valid on its own), let
+    a pass read it, then write the rest; the passes until the loop has nothing to do and
+    nothing to wait for (the clock moved on by the settle time after each pass)."""
+    half = content.index(b"\n[[ports]]") if b"[[ports]]" in content else len(APP)
+    with path.open("r+b") as file:
+        file.truncate(0)
+        file.write(content[:half])
+        file.flush()
+        seen = await folder.until(lambda r: bool(r.plan.actions) or folder.waiting())
+        file.write(content[half:])
+    while seen[-1].plan.actions or folder.waiting():
+        folder.clock.advance(folder.settings.settle_ms / 1000)
+        seen.append(await next_pass(folder.passes))
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def folder_loop(folder: Path, probe: str = "web.toml") -> AsyncIterator[FolderLoop]:
+    """The loop on ``folder``, after its first passes, once the watcher reports writes
+    to ``probe`` (a squishfile of the folder)."""
+    send, passes = anyio.create_memory_object_stream[PassResult](64)
+    running = FolderLoop(folder, passes)
+    stop = anyio.Event()
+    run = functools.partial(
+        run_loop, running.loop, settings=running.settings, on_pass=send.send_nowait, stop=stop
+    )
+    async with anyio.create_task_group() as group, send, passes:
+        group.start_soon(run)
+        await running.until(lambda r: not r.plan.actions)
+        await running.watching(folder / probe)
+        yield running
+        stop.set()
+
+
+@pytest.mark.anyio
+async def test_a_save_in_place_with_a_pause_is_applied_once_as_the_final_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    async with folder_loop(tmp_path) as folder:
+        before = len(folder.fake.calls)
+        seen = await write_with_a_pause(folder, tmp_path / "web.toml", with_port(8081))
+    changes = [
+        [(a.kind, [p.host for p in a.ports]) for a in r.plan.actions]
+        for r in seen
+        if r.plan.actions
+    ]
+    assert changes == [[(ActionKind.UNBIND, [8080]), (ActionKind.BIND, [8081])]]
+    # one pass, from the old file to the final one: never a pass without a port
+    assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+    assert "remove" not in [c.method for c in folder.fake.calls[before:]]
+
+
+@pytest.mark.anyio
+async def test_a_byte_identical_rewrite_with_a_pause_does_nothing(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    async with folder_loop(tmp_path) as folder:
+        revision = folder.loop.revision
+        before = len(folder.fake.calls)
+        seen = await write_with_a_pause(folder, tmp_path / "web.toml", with_port(8080))
+    assert [r.plan.actions for r in seen] == [()] * len(seen)
+    assert {c.method for c in folder.fake.calls[before:]} <= {"list", "sweep"}
+    assert {r.revision for r in seen} == {revision}
+
+
+@pytest.mark.anyio
+async def test_a_file_renamed_into_place_is_applied_at_once(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    async with folder_loop(tmp_path) as folder:
+        (tmp_path / ".web.toml.new").write_bytes(with_port(8081))
+        (tmp_path / ".web.toml.new").rename(tmp_path / "web.toml")
+        seen = await folder.until(lambda r: bool(r.plan.actions))
+    assert all(r.trigger == "files changed" for r in seen)  # the clock never moved on
+    assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+
+
+# -- symbolic links: what the squishfiles lead to is watched too ----------------------------
+
+
+def configmap_version(folder: Path, version: str, content: bytes) -> None:
+    """Publish ``content`` as ``web.toml`` the way a ConfigMap volume does: a new
+    timestamped directory, a ``..data_tmp`` link to it renamed over ``..data``, the old
+    directory deleted; ``web.toml`` itself is a link to ``..data/web.toml``."""
+    (folder / version).mkdir()
+    (folder / version / "web.toml").write_bytes(content)
+    old = os.readlink(folder / "..data") if (folder / "..data").is_symlink() else None
+    (folder / "..data_tmp").symlink_to(version)
+    (folder / "..data_tmp").rename(folder / "..data")
+    if old is not None:
+        shutil.rmtree(folder / old)
+    if not (folder / "web.toml").is_symlink():
+        (folder / "web.toml").symlink_to("..data/web.toml")
+
+
+@pytest.mark.anyio
+async def test_a_configmap_swap_is_applied_by_the_watcher(tmp_path: Path) -> None:
+    configmap_version(tmp_path, "..2026_12_01_00_00_00.1", with_port(8080))
+    (tmp_path / "probe.toml").write_text(APP)
+    async with folder_loop(tmp_path, probe="probe.toml") as folder:  # resync: an hour
+        configmap_version(tmp_path, "..2026_12_01_00_00_00.2", with_port(8081))
+        await folder.until(lambda r: bool(r.plan.actions))
+        first = [p.host for p in folder.fake.inspect("web").ports]
+        configmap_version(tmp_path, "..2026_12_01_00_00_00.3", with_port(8082))
+        await folder.until(lambda r: bool(r.plan.actions))
+        second = [p.host for p in folder.fake.inspect("web").ports]
+    assert (first, second) == ([8081], [8082])
+    assert sorted(info.name for info in folder.fake.list()) == ["probe", "web"]
+    assert [c.method for c in folder.fake.calls].count("run") == 2  # ..data is no squishfile
+
+
+@pytest.mark.anyio
+async def test_a_linked_file_outside_the_folder_is_watched(tmp_path: Path) -> None:
+    desired, elsewhere = tmp_path / "desired", tmp_path / "elsewhere"
+    desired.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "web.toml").write_bytes(with_port(8080))
+    (desired / "web.toml").symlink_to(elsewhere / "web.toml")
+    (desired / "probe.toml").write_text(APP)
+    async with folder_loop(desired, probe="probe.toml") as folder:
+        (elsewhere / ".web.toml.new").write_bytes(with_port(8081))
+        (elsewhere / ".web.toml.new").rename(elsewhere / "web.toml")
+        await folder.until(lambda r: bool(r.plan.actions))
+    assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+
+
+def test_a_configmap_layout_is_read_as_its_squishfiles_alone(tmp_path: Path) -> None:
+    configmap_version(tmp_path, "..2026_12_01_00_00_00.1", with_port(8080))
+    desired = FolderSource(tmp_path).load().desired
+    assert [c.file.name for c in desired.containers.values()] == ["web.toml"]
+    assert (desired.errors, desired.skipped) == ((), ())
+
+
+def test_links_that_loop_or_lead_nowhere_are_followed_no_further(tmp_path: Path) -> None:
+    (tmp_path / "loop.toml").symlink_to("loop.toml")
+    (tmp_path / "gone.toml").symlink_to(tmp_path / "missing" / "gone.toml")
+    linked = linked_from(tmp_path)
+    assert {tmp_path / "loop.toml", tmp_path / "gone.toml"} <= linked.paths
+    assert tmp_path / "missing" not in linked.folders  # it does not exist: nothing to watch

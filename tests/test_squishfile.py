@@ -452,6 +452,31 @@ def test_unparseable_file_is_one_syntax_problem(
     assert message in problem.message
 
 
+def test_a_byte_order_mark_is_not_part_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_squishfile(path).run.command == "httpd"
+
+
+def test_after_a_byte_order_mark_lines_and_columns_are_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b"name = @\n")
+    (problem,) = problems_of(path)
+    assert (problem.line, problem.field) == (1, "<syntax>")
+    assert problem.message.endswith("(column 8)")
+
+
+def test_a_file_over_the_size_limit_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml"
+    path.write_bytes(MINIMAL.encode())
+    os.truncate(path, 50 << 20)  # 50 MB, sparse
+    (problem,) = problems_of(path)
+    assert (problem.file, problem.line, problem.field) == (str(path), None, "<file>")
+    assert problem.message == "larger than 1 MiB, the limit for a squishfile"
+    path.write_bytes(MINIMAL.encode() + b"#" * ((1 << 20) - len(MINIMAL)))  # exactly the limit
+    assert load_squishfile(path).run.command == "httpd"
+
+
 @pytest.mark.parametrize(
     "make", [lambda p: None, lambda p: p.mkdir()], ids=["missing", "directory"]
 )

@@ -12,7 +12,9 @@ observes every container, so a lost or merged event can never leave a wrong stat
   exits is handled at once;
 - a periodic resync that catches the rest of the drift (a forward removed behind our
   back, a file event that was lost);
-- the earliest back-off deadline, so a crash-looping container restarts on time.
+- the earliest back-off deadline, so a crash-looping container restarts on time;
+- the moment a file written in place has been quiet long enough to apply
+  (:attr:`reconciler.desired.source.Snapshot.settle_in`).
 
 One task group owns every task; SIGINT/SIGTERM end the loop and leave containers
 running for the next ``run`` to adopt.
@@ -79,6 +81,8 @@ class Reconciler:
     _running: set[int] = field(default_factory=set)
     _restart_at: dict[str, float] = field(default_factory=dict)
     _crashing: list[str] = field(default_factory=list)
+    _settles_at: float | None = None
+    """When a file the source is waiting for (written in place) may be applied."""
 
     @property
     def folder(self) -> Path:
@@ -88,6 +92,8 @@ class Reconciler:
     def _observe(self) -> tuple[DesiredState, list[ContainerInfo]]:
         snapshot = self.source.load()
         self.revision = snapshot.revision
+        settle = snapshot.settle_in
+        self._settles_at = None if settle is None else self.clock() + settle
         return snapshot.desired, self.runtime.list()
 
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
@@ -185,12 +191,13 @@ class Reconciler:
         return set(self._running)
 
     def next_deadline(self) -> float:
-        """Seconds until the earliest back-off ends (inf when nothing waits)."""
+        """Seconds until the earliest back-off ends or a file written in place may be
+        applied (inf when nothing waits)."""
         now = self.clock()
-        holds = [t for t in self._holds.values() if t > now]
-        if not holds:
-            return math.inf
-        return min(holds) - now
+        waits = [t - now for t in self._holds.values() if t > now]
+        if self._settles_at is not None:  # overdue: the next pass applies it
+            waits.append(max(self._settles_at - now, 0.0))
+        return min(waits, default=math.inf)
 
 
 def _held(todo: Plan) -> set[str]:

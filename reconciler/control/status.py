@@ -19,11 +19,14 @@ none removed or changed in meaning)::
                      "exit_code": null, "paused": false, "oom_kills": 0,
                      "pids_refused": 0, "last_error": null, "in_sync": true,
                      "conditions": [{"kind": "PortConflict", "message": "..."}]}],
-     "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}]}
+     "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}],
+     "skipped": [{"file": "UPPER.TOML", "reason": "only names ending in .toml are read, ..."}]}
 
 ``loop.running`` is false (and the other loop fields are the last recorded ones, or
 null) when no loop runs. The top-level ``conditions`` concern the whole folder
 (``FolderUnreadable``, ``MassDeleteGuard``, a file whose container cannot be known).
+``skipped`` lists the folder's entries named like squishfiles that are not read (a
+directory ``x.toml``, a file ``UPPER.TOML``), with the reason.
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
@@ -276,4 +279,5 @@ def status_document(
         "loop": loop_view,
         "containers": container_rows(desired, actual, todo, errors=errors, crashing=crashing),
         "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
+        "skipped": [{"file": s.file.name, "reason": s.reason} for s in desired.skipped],
     }

@@ -9,6 +9,10 @@ refused file's container is the one running (:mod:`reconciler.planning.conflicts
 labels and ``spec_hash`` live in :mod:`reconciler.desired.types` (import them from there), so
 the planner can use them without I/O.
 
+A file is read at most 1 MiB deep (:func:`reconciler.squishfile.read_squishfile`). With
+a cache (the loop's), a file rewritten in place counts once its new bytes stay unchanged
+for the settle time, so a save that pauses mid-file is never applied half-written.
+
 A seccomp profile is compiled here (:func:`runtime.security.seccomp.compile_profile`),
 not in the squishfile model, which loads no FFI: a syscall libseccomp does not know is
 then the file's problem at ``security.seccomp``, as the model's own checks are.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.desired.types import (
@@ -30,18 +35,19 @@ from reconciler.desired.types import (
     DesiredState,
     FileError,
     HealthCheck,
+    skipped_in,
     spec_hash,
     squishfiles_in,
 )
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import load_with_lines
+from reconciler.squishfile import file_text, load_with_lines, read_squishfile
 from reconciler.squishfile.tomlpos import TomlError, parse_toml
 from runtime.api import ContainerSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
 
-__all__ = ("FileCache", "load_desired")
+__all__ = ("Cached", "FileCache", "load_desired", "settles_in")
 
 
 def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str, bool]:
@@ -54,7 +60,7 @@ def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str
     parsed = False
     if raw is not None:
         try:
-            name = parse_toml(raw.decode("utf-8", errors="replace")).get("name")
+            name = parse_toml(file_text(raw, errors="replace")).get("name")
             parsed = True
         except (TomlError, RecursionError, ValueError):
             name = None
@@ -76,9 +82,25 @@ def _labelled(spec: ContainerSpec, folder: Path, file: Path) -> ContainerSpec:
     return spec.model_copy(update={"labels": labels})
 
 
-FileCache = dict[Path, tuple[bytes, "DesiredContainer | FileError"]]
-"""Parsed files by path, with the digest of the bytes they were parsed from (empty for
-a file that could not be read)."""
+@dataclass
+class Cached:
+    """What one file loaded to, and from what."""
+
+    key: bytes
+    """The digest of the bytes (and the files they use) ``loaded`` came from; empty for
+    a file that could not be read."""
+    loaded: DesiredContainer | FileError
+    identity: tuple[int, int] | None = None
+    """(device, inode) of the file read: a rename into place changes it, a rewrite in
+    place does not."""
+    pending: bytes | None = None
+    """The key of other bytes written in place, not applied until they are quiet."""
+    pending_since: float = 0.0
+    """When those bytes were first read (the loader's clock)."""
+
+
+FileCache = dict[Path, Cached]
+"""Parsed files by path."""
 
 
 def _load_one(
@@ -110,10 +132,14 @@ def _load_one(
     )
 
 
-def _unreadable(path: Path, exc: OSError, known: str | None) -> FileError:
-    problem = Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}")
+def _unreadable(path: Path, exc: OSError | SquishfileError, known: str | None) -> FileError:
+    """A file not read (or not all of it): it keeps the container it made."""
+    if isinstance(exc, SquishfileError):
+        problems = exc.problems
+    else:
+        problems = (Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}"),)
     name, certain = _claimed_name(path, None, known)
-    return FileError(path, name, (problem,), name_known=certain)
+    return FileError(path, name, tuple(problems), name_known=certain)
 
 
 def _inputs(loaded: DesiredContainer | FileError) -> tuple[tuple[Path, bytes], ...]:
@@ -139,22 +165,29 @@ def _current(inputs: tuple[tuple[Path, bytes], ...]) -> tuple[bytes, ...]:
     return tuple(found)
 
 
-def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
+def load_desired(
+    folder: Path, cache: FileCache | None = None, *, now: float = 0.0, settle: float = 0.0
+) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
     With a ``cache``, a file whose bytes are unchanged is not parsed again: an idle
     resync reads each file but validates none. (Timestamps are not trusted: a same-size
-    edit within one timestamp tick would look unchanged.)
+    edit within one timestamp tick would look unchanged.) A file rewritten in place (the
+    same inode, other bytes) may be half-written: its new bytes count once they have
+    been read unchanged for ``settle`` seconds (``now`` on the same clock); until then
+    the file stands for what it loaded before (:func:`settles_in` says when to look
+    again). A file renamed into place, or new, counts at once.
     """
     folder = Path(os.path.abspath(folder))
     try:
         paths = squishfiles_in(folder)
+        skipped = tuple(skipped_in(folder))
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: list[DesiredContainer] = []
     errors: list[FileError] = []
     for path in paths:
-        loaded = _read(path, folder, cache)
+        loaded = _read(path, folder, cache, _Quiet(now, settle))
         if isinstance(loaded, FileError):
             errors.append(loaded)
         elif loaded is not None:
@@ -163,35 +196,69 @@ def load_desired(folder: Path, cache: FileCache | None = None) -> DesiredState:
         for gone in set(cache) - set(paths):
             del cache[gone]
     containers, duplicates = settle_names(valid, {})  # the planner knows what runs
-    return DesiredState(folder=folder, containers=containers, errors=(*errors, *duplicates))
+    return DesiredState(
+        folder=folder, containers=containers, errors=(*errors, *duplicates), skipped=skipped
+    )
+
+
+def settles_in(cache: FileCache, now: float, settle: float) -> float | None:
+    """Seconds until the earliest file rewritten in place has been quiet for ``settle``
+    (then a load applies it); None when no file waits."""
+    due = [c.pending_since + settle for c in cache.values() if c.pending is not None]
+    return max(min(due) - now, 0.0) if due else None
 
 
 _UNREAD = b""
 """The cache key of a file that could not be read: no digest is empty."""
 
 
-def _read(path: Path, folder: Path, cache: FileCache | None) -> DesiredContainer | FileError | None:
-    """One file, from ``cache`` when its bytes (and the files it uses) are unchanged;
-    None when it was deleted meanwhile. The cache holds what was loaded now (even
-    nothing, or an unreadable file), so its keys tell what changed."""
+@dataclass(frozen=True)
+class _Quiet:
+    """The clock's time now, and how long new bytes written in place must stay unchanged."""
+
+    now: float
+    settle: float
+
+    def keeps(self, known: Cached, key: bytes, identity: tuple[int, int]) -> bool:
+        """Whether a file whose bytes are keyed ``key``, read from ``identity``, still
+        stands for what it loaded before (noting new bytes written in place in ``known``)."""
+        if key == known.key or identity != known.identity or self.settle <= 0:
+            known.pending = None  # the same bytes again, or a file renamed into place
+            return key == known.key
+        if known.pending != key:
+            known.pending, known.pending_since = key, self.now
+        return self.now < known.pending_since + self.settle
+
+
+def _read(
+    path: Path, folder: Path, cache: FileCache | None, quiet: _Quiet
+) -> DesiredContainer | FileError | None:
+    """One file, from ``cache`` when its bytes (and the files it uses) are unchanged or
+    were written in place and are not quiet yet; None when it was deleted meanwhile. The
+    cache holds what was loaded now (even nothing, or an unreadable file), so its keys
+    tell what changed."""
     known = cache.get(path) if cache is not None else None
-    known_name = known[1].name if known is not None else None
+    known_name = known.loaded.name if known is not None else None
     try:
-        raw = path.read_bytes()
+        raw, status = read_squishfile(path)
     except FileNotFoundError:
         if cache is not None:
             cache.pop(path, None)
         return None  # deleted between the listing and now
-    except OSError as exc:  # unreadable is not deleted: keep what it made
+    except (OSError, SquishfileError) as exc:  # unreadable is not deleted: keep what it made
         unreadable = _unreadable(path, exc, known_name)
         if cache is not None:
-            cache[path] = (_UNREAD, unreadable)
+            cache[path] = Cached(_UNREAD, unreadable)
         return unreadable
-    key = _digest(raw, _current(_inputs(known[1])) if known is not None else ())
-    if known is not None and known[0] == key:
-        return known[1]
+    identity = (status.st_dev, status.st_ino)
+    if known is not None:
+        key = _digest(raw, _current(_inputs(known.loaded)))
+        if quiet.keeps(known, key, identity):
+            known.identity = identity
+            return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
     loaded = _load_one(path, raw, folder, known_name)
     if cache is not None:
-        cache[path] = (_digest(raw, tuple(digest for _, digest in _inputs(loaded))), loaded)
+        key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
+        cache[path] = Cached(key, loaded, identity)
     return loaded

@@ -9,8 +9,10 @@ given commit, say) plugs in without touching the loop or the planner.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import Protocol
 import anyio
 from watchfiles import Change, awatch
 
-from reconciler.desired.folder import FileCache, load_desired
+from reconciler.desired.folder import FileCache, load_desired, settles_in
+from reconciler.desired.links import linked_from
 from reconciler.desired.types import DesiredState, is_squishfile
 from reconciler.settings import Settings
 
@@ -37,6 +40,9 @@ class Snapshot:
     revision: str
     """What was loaded, for status and logs (a folder: a digest of its files' bytes; a
     git source would give its commit)."""
+    settle_in: float | None = None
+    """Seconds after which loading again may give more (a file written in place becomes
+    quiet enough to apply); None: only when the source says it changed."""
 
 
 class Source(Protocol):
@@ -49,7 +55,8 @@ class Source(Protocol):
 
     def load(self) -> Snapshot:
         """The desired state now. It may block (it runs in a worker thread) and it
-        never raises for a bad file: a bad file becomes a ``FileError``."""
+        never raises for a bad file: a bad file becomes a ``FileError``. Its
+        ``settle_in`` asks for another load that soon."""
         ...
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
@@ -65,7 +72,9 @@ class FolderSource:
 
     path: Path
     settings: Settings = field(default_factory=Settings)
-    """Its debounce, step and re-arm delay."""
+    """Its debounce, step, settle time and re-arm delay."""
+    clock: Callable[[], float] = time.monotonic
+    """What the settle time of files written in place is measured with."""
     _files: FileCache = field(default_factory=dict)
 
     @property
@@ -73,8 +82,9 @@ class FolderSource:
         return Path(os.path.abspath(self.path))
 
     def load(self) -> Snapshot:
-        desired = load_desired(self.folder, self._files)
-        return Snapshot(desired, self._revision(desired))
+        now, settle = self.clock(), self.settings.settle_ms / 1000
+        desired = load_desired(self.folder, self._files, now=now, settle=settle)
+        return Snapshot(desired, self._revision(desired), settles_in(self._files, now, settle))
 
     def _revision(self, desired: DesiredState) -> str:
         """``files:<digest>`` of the squishfiles' names and bytes as loaded."""
@@ -82,35 +92,41 @@ class FolderSource:
             return "unreadable"
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(self._files):
-            digest.update(path.name.encode() + b"\0" + self._files[path][0])
+            digest.update(path.name.encode() + b"\0" + self._files[path].key)
         return f"files:{digest.hexdigest()}"
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
         """Tell each batch of squishfile events; re-arm when the folder returns or is
-        replaced by another directory (inotify would keep following the old one)."""
+        replaced by another directory (inotify would keep following the old one), and
+        at once when its symbolic links lead elsewhere."""
         watch = _Watch()
         while not stop.is_set():
-            await self._watch_once(changed, stop, watch)
+            relinked = await self._watch_once(changed, stop, watch)
             if stop.is_set():
                 return
-            changed("folder changed")
-            await anyio.sleep(self.settings.rearm_delay)
+            changed("links changed" if relinked else "folder changed")
+            if not relinked:
+                await anyio.sleep(self.settings.rearm_delay)
 
-    async def _watch_once(self, changed: Changed, stop: anyio.Event, watch: _Watch) -> None:
-        """Watch the folder as it is now, until it vanishes, is replaced, or ``stop``."""
+    async def _watch_once(self, changed: Changed, stop: anyio.Event, watch: _Watch) -> bool:
+        """Watch the folder as it is now, and what its links lead to, until it vanishes,
+        is replaced, its links lead elsewhere (then True), or ``stop``."""
         watch.disarm = anyio.Event()
         try:
             st = await anyio.Path(self.folder).stat()
+            real = Path(await anyio.Path(self.folder).resolve())
         except OSError:
             watch.identity = None
-            return
+            return False
         watch.identity = (st.st_dev, st.st_ino)
+        linked = linked_from(real)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(_relay, stop, watch.disarm)
                 async for changes in awatch(
-                    self.folder,
-                    watch_filter=_squishfile_event,
+                    real,
+                    *sorted(linked.folders - {real}),
+                    watch_filter=functools.partial(_counts, real, linked.paths),
                     debounce=self.settings.debounce_ms,
                     step=self.settings.step_ms,
                     recursive=False,
@@ -120,15 +136,21 @@ class FolderSource:
                 ):
                     if changes:
                         changed("files changed")
-                    elif watch.stale(self.folder):
+                    if watch.stale(self.folder):
                         break
+                    if linked_from(real) != linked:
+                        return True
                 group.cancel_scope.cancel()
         except* (FileNotFoundError, RuntimeError, OSError):
             pass  # the folder vanished: the periodic resync notices, the caller re-arms
+        return False
 
 
-def _squishfile_event(change: Change, path: str) -> bool:
-    return is_squishfile(Path(path))
+def _counts(folder: Path, linked: frozenset[Path], change: Change, path: str) -> bool:
+    """Whether an event may change a squishfile of ``folder``: it is on one, or on a
+    link on the way to one, or on a file a link leads to."""
+    event = Path(path)
+    return (event.parent == folder and is_squishfile(event)) or event in linked
 
 
 class _Watch:

@@ -35,10 +35,12 @@ __all__ = (
     "FileError",
     "HealthCheck",
     "RestartPolicy",
+    "Skipped",
     "is_squishfile",
     "replaced_name",
     "replacement_name",
     "retired_name",
+    "skipped_in",
     "spec_hash",
     "squishfiles_in",
 )
@@ -70,6 +72,36 @@ def is_squishfile(path: Path) -> bool:
 def squishfiles_in(folder: Path) -> list[Path]:
     """The squishfiles of ``folder``, in name order (OSError if it cannot be listed)."""
     return sorted(p for p in folder.iterdir() if is_squishfile(p) and p.is_file())
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry of the folder named like a squishfile that is not read, and why."""
+
+    file: Path
+    reason: str
+
+
+def skipped_in(folder: Path) -> list[Skipped]:
+    """The entries of ``folder`` that look meant as squishfiles but are not read (a
+    directory ``x.toml``, a file ``UPPER.TOML``), in name order; editors' and hidden
+    files are not listed (OSError if the folder cannot be listed)."""
+    found = (_skipped(p) for p in folder.iterdir() if not _IGNORED.match(p.name))
+    return sorted((s for s in found if s is not None), key=lambda s: s.file)
+
+
+def _skipped(path: Path) -> Skipped | None:
+    if path.suffix.lower() != ".toml":
+        return None
+    if path.suffix != ".toml":
+        return Skipped(path, f"only names ending in .toml are read, not {path.suffix}")
+    if path.is_dir():
+        return Skipped(path, "a directory, not a file")
+    if path.is_symlink() and not path.exists():
+        return Skipped(path, "a symbolic link to nothing")
+    if not path.is_file():
+        return Skipped(path, "not a regular file")
+    return None
 
 
 def replacement_name(name: str) -> str:
@@ -181,6 +213,8 @@ class DesiredState:
     errors: tuple[FileError, ...] = ()
     readable: bool = True
     """False when the folder is missing or unreadable: then nothing may be deleted."""
+    skipped: tuple[Skipped, ...] = ()
+    """Entries named like squishfiles that are not read (a directory ``x.toml``)."""
 
     @property
     def error_files(self) -> frozenset[str]:

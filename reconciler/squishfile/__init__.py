@@ -9,7 +9,14 @@ The format is documented for users in ``docs/squishfile.md``.
 
 from __future__ import annotations
 
-from reconciler.squishfile.loading import ConflictLines, load_squishfile, load_with_lines
+from reconciler.squishfile.loading import (
+    MAX_BYTES,
+    ConflictLines,
+    file_text,
+    load_squishfile,
+    load_with_lines,
+    read_squishfile,
+)
 from reconciler.squishfile.model import (
     DownloadLayer,
     LocalLayer,
@@ -19,12 +26,15 @@ from reconciler.squishfile.model import (
 )
 
 __all__ = (
+    "MAX_BYTES",
     "ConflictLines",
     "DownloadLayer",
     "LocalLayer",
     "PortForward",
     "RunSection",
     "Squishfile",
+    "file_text",
     "load_squishfile",
     "load_with_lines",
+    "read_squishfile",
 )

@@ -9,6 +9,10 @@ mapped onto the file's keys here, with :mod:`reconciler.squishfile.tomlpos` find
 
 from __future__ import annotations
 
+import codecs
+import errno
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,10 +47,17 @@ from reconciler.squishfile.tomlpos import (
 from runtime.security.profile import ProfileCheck
 
 __all__ = (
+    "MAX_BYTES",
     "ConflictLines",
+    "file_text",
     "load_squishfile",
     "load_with_lines",
+    "read_squishfile",
 )
+
+MAX_BYTES = 1 << 20
+"""The largest squishfile, in bytes (1 MiB): a bigger one is refused after reading one
+byte more, so a stray file cannot make every pass slow."""
 
 
 def load_squishfile(
@@ -77,19 +88,50 @@ def load_with_lines(
     return squishfile, _conflict_lines(squishfile, text)
 
 
+def read_squishfile(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of the squishfile at ``path``, and the status of the file they were read
+    from (its inode tells a file replaced by a rename from one rewritten in place).
+
+    Raises OSError when it cannot be read (a directory or a FIFO cannot), and
+    :class:`SquishfileError` when it is larger than :data:`MAX_BYTES`: it is not read
+    further.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+    with open(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            code = errno.EISDIR if stat.S_ISDIR(status.st_mode) else errno.EINVAL
+            message = os.strerror(code) if code == errno.EISDIR else "not a regular file"
+            raise OSError(code, message, str(path))
+        raw = file.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        problem = Problem(str(path), None, "<file>", _TOO_LARGE)
+        raise SquishfileError(path, [problem])
+    return raw, status
+
+
+_TOO_LARGE = f"larger than {MAX_BYTES >> 20} MiB, the limit for a squishfile"
+
+
+def file_text(raw: bytes, errors: str = "strict") -> str:
+    """A squishfile's text: UTF-8, without the byte order mark some editors write first
+    (it is no character of line 1, so lines and columns stay the file's own)."""
+    return raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors=errors)
+
+
 def _load(
     path: Path, content: bytes | None = None, check_profile: ProfileCheck | None = None
 ) -> tuple[Squishfile, str]:
     label = str(path)
     try:
-        raw = path.read_bytes() if content is None else content
+        raw = read_squishfile(path)[0] if content is None else content
     except OSError as exc:
         problem = Problem(label, None, "<file>", f"cannot read: {exc.strerror or exc}")
         raise SquishfileError(path, [problem]) from exc
     try:
-        text = raw.decode("utf-8")
+        text = file_text(raw)
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
+        line = raw.removeprefix(codecs.BOM_UTF8)[: exc.start].count(b"\n") + 1
         problem = Problem(label, line, "<syntax>", "the file is not valid UTF-8")
         raise SquishfileError(path, [problem]) from None
     try:
