@@ -249,6 +249,20 @@ def test_validating_without_a_source_needs_a_name() -> None:
         squishfile.to_spec()
 
 
+@pytest.mark.parametrize(
+    "target", ["//proc", "//sys", "//dev", "//", "//proc/self", "/proc/../proc", "/./proc"]
+)
+def test_a_spec_made_without_a_squishfile_refuses_a_target_over_the_kernel_files(
+    target: str,
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match="may not"):
+        BindMount(source="/srv", target=target)
+
+
+def test_a_bind_target_is_recorded_normalised() -> None:
+    assert BindMount(source="/srv", target="//app//site/").target == "/app/site"
+
+
 # -- problems: one table, each case marks its expected line with `# <-` ----------------------
 
 LAYERS_RUN = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "sh"\n'
@@ -332,6 +346,12 @@ ERROR_CASES = [
     (layer('d = { path = "./d", target = "/sys" }  # <-'), "layers.d.target", "/sys"),
     (layer('d = { path = "./d", target = "/dev/" }  # <-'), "layers.d.target", "/dev"),
     (layer('d = { path = "./d", target = "/" }  # <-'), "layers.d.target", "'/'"),
+    (layer('d = { path = "./d", target = "//proc" }  # <-'), "layers.d.target", "/proc"),
+    (layer('d = { path = "./d", target = "//sys/x" }  # <-'), "layers.d.target", "/sys"),
+    (layer('d = { path = "./d", target = "//dev" }  # <-'), "layers.d.target", "/dev"),
+    (layer('d = { path = "./d", target = "//" }  # <-'), "layers.d.target", "'/'"),
+    (layer('d = { path = "./d", target = "/proc/../proc" }  # <-'), "layers.d.target", "'..'"),
+    (layer('d = { path = "./d", target = "/./proc" }  # <-'), "layers.d.target", "'.'"),
     (layer('d = { path = "d" }  # <-'), "layers.d.path", "not a local path"),
     (layer('d = "./"  # <-'), "layers.d", "cannot name a mount point"),
     (layer('d = { path = "~" }  # <-'), "layers.d", "cannot name a mount point"),
