@@ -175,6 +175,28 @@ def test_local_paths_resolve_against_the_squishfile_folder(
     }
 
 
+def test_a_symlink_above_the_squishfile_folder_is_resolved_once(tmp_path: Path) -> None:
+    (tmp_path / "usr" / "home" / "u").mkdir(parents=True)
+    (tmp_path / "home").symlink_to(tmp_path / "usr" / "home")
+    text = MINIMAL.replace('"builtin"\n', '"builtin"\nsite = "./site"\nup = "../shared"\n')
+    spec = load_squishfile(write(tmp_path / "home" / "u", text)).to_spec()
+    assert [bind.source for bind in spec.binds] == [
+        str(tmp_path / "usr" / "home" / "shared"),
+        str(tmp_path / "usr" / "home" / "u" / "site"),
+    ]
+
+
+def test_a_symlink_above_the_home_folder_is_resolved_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "usr" / "home" / "u").mkdir(parents=True)
+    (tmp_path / "home").symlink_to(tmp_path / "usr" / "home")
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "u"))
+    text = MINIMAL.replace('"builtin"\n', '"builtin"\nnotes = "~/notes"\n')
+    spec = load_squishfile(write(tmp_path, text)).to_spec()
+    assert spec.binds[0].source == str(tmp_path / "usr" / "home" / "u" / "notes")
+
+
 def test_symlinks_in_local_paths_are_not_resolved(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")

@@ -1,0 +1,89 @@
+"""Bind sources are never followed through a symlink (real rootless containers)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from runtime.api.interface import ContainerState
+from runtime.api.spec import BindMount
+from runtime.client import binds
+from runtime.client.linux import LinuxRuntime
+from runtime.errors import ContainerStartError
+from tests.conftest import rootless
+from tests.support import shell
+
+pytestmark = rootless
+
+PLANT_THEN_READ = (
+    "if [ -e /data/planted ]; then cat /inner/secret; touch /inner/escaped; echo second-run;"
+    " else rm -rf /data/sub && ln -s {outside} /data/sub && touch /data/planted && echo planted;"
+    " fi"
+)
+
+
+def _planted(rt: LinuxRuntime, tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A container whose first run replaced the source of its inner bind (a folder of its
+    read-write outer bind) with a symlink to a folder outside every bind, holding a 0600
+    file of the user's; returns that folder and the file's secret."""
+    outer, outside = tmp_path / "outer", tmp_path / "outside"
+    (outer / "sub").mkdir(parents=True)
+    outside.mkdir()
+    secret = secrets.token_hex(8)
+    (outside / "secret").write_text(secret)
+    (outside / "secret").chmod(0o600)
+    spec = shell(
+        name,
+        PLANT_THEN_READ.format(outside=outside),
+        binds=(
+            BindMount(source=str(outer), target="/data", rw=True),
+            BindMount(source=str(outer / "sub"), target="/inner", rw=True),
+        ),
+    )
+    rt.run(spec)
+    assert rt.wait(name, timeout=60) == 0, rt.logs(name)
+    assert rt.logs(name) == b"planted\n"
+    assert (outer / "sub").is_symlink()
+    return outside, secret
+
+
+def _nothing_escaped(rt: LinuxRuntime, name: str, outside: Path, secret: str) -> None:
+    assert rt.inspect(name).state is not ContainerState.RUNNING
+    assert secret.encode() not in rt.logs(name)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+def test_a_symlink_planted_in_a_read_write_bind_is_not_followed_at_restart(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    outside, secret = _planted(rt, tmp_path, "plant")
+    link = tmp_path / "outer" / "sub"
+    with pytest.raises(ContainerStartError, match="mounted at /inner") as refused:
+        rt.start("plant")
+    assert f"{link} is a symlink" in str(refused.value)
+    _nothing_escaped(rt, "plant", outside, secret)
+
+
+def test_the_containers_init_refuses_the_symlink_itself(
+    rt: LinuxRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's look before a start only words the error: the init opens every source
+    without following symlinks and mounts what it opened."""
+    outside, secret = _planted(rt, tmp_path, "plant-init")
+    monkeypatch.setattr(binds, "check_sources", lambda name, mounts: None)
+    with pytest.raises(ContainerStartError, match=r"filesystem failed.*is a symlink"):
+        rt.start("plant-init")
+    _nothing_escaped(rt, "plant-init", outside, secret)
+
+
+def test_a_bind_source_through_a_symlink_is_refused_at_create(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    bind = BindMount(source=str(tmp_path / "link"), target="/x")
+    with pytest.raises(ContainerStartError, match=f"{tmp_path / 'link'} is a symlink"):
+        rt.create(shell("linked", "true", binds=(bind,)))
+    assert [info.name for info in rt.list()] == []
