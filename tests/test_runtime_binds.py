@@ -1,4 +1,5 @@
-"""Bind sources are never followed through a symlink (real rootless containers)."""
+"""Bind sources are never followed through a symlink, and a renamed container starts again
+with mounts and /etc files of its own (real rootless containers)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,27 @@ def test_a_bind_source_through_a_symlink_is_refused_at_create(
     with pytest.raises(ContainerStartError, match=f"{tmp_path / 'link'} is a symlink"):
         rt.create(shell("linked", "true", binds=(bind,)))
     assert [info.name for info in rt.list()] == []
+
+
+def _etc_view(rt: LinuxRuntime, name: str) -> str:
+    script = "cat /etc/hostname; hostname; tail -n 1 /etc/hosts | cut -f 2; cat /etc/resolv.conf"
+    result = rt.exec_command(name, ["/bin/sh", "-c", script])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_container_renamed_while_running_starts_again_with_its_own_etc_files(
+    rt: LinuxRuntime,
+) -> None:
+    """As a start-first replacement: NAME.next runs, takes the name NAME, and is later
+    stopped and started again (its launch once named NAME.next's folder, gone since)."""
+    rt.run(shell("web.next", "exec sleep 600", network="slirp4netns", stop_timeout=0))
+    before = _etc_view(rt, "web.next")
+    rt.rename("web.next", "web")
+    assert _etc_view(rt, "web") == before  # a running container keeps what it started with
+    rt.stop("web")
+    assert "web.next" not in (rt.containers / "web" / "launch.json").read_text()
+    assert rt.start("web").state is ContainerState.RUNNING
+    after = _etc_view(rt, "web")
+    assert after == before.replace("web.next", "web")
+    assert after.startswith("web\nweb\nweb\nnameserver ")

@@ -328,8 +328,14 @@ class LinuxRuntime(RunningOps):
             os.rename(cdir, target)
             spec = self._spec(target).model_copy(update={"name": new_name})
             self._write_spec(target, spec)
+            request = self._launch_request(target)
+            fresh = {m.target: m for m in binds.etc_mounts(spec, target)}
             request = dataclasses.replace(
-                self._launch_request(target), name=new_name, container_dir=str(target)
+                request,
+                name=new_name,
+                container_dir=str(target),
+                hostname=spec.hostname or new_name,
+                mounts=tuple(fresh.get(m.target, m) for m in request.mounts),
             )
             write_json_atomic(target / "launch.json", request.to_json())
             self._forget(cdir)
