@@ -79,6 +79,31 @@ def test_the_containers_init_refuses_the_symlink_itself(
     _nothing_escaped(rt, "plant-init", outside, secret)
 
 
+def test_a_symlink_planted_on_a_nested_bind_target_is_not_followed(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """A bind whose target lies inside a read-write bind: another container writing the
+    same folder replaces that mount point with a symlink to /proc; the start must not
+    mount the host folder over the container's /proc."""
+    outer, other = tmp_path / "outer", tmp_path / "other"
+    (outer / "sub").mkdir(parents=True)
+    other.mkdir()
+    (other / "marker").touch()
+    data = BindMount(source=str(outer), target="/data", rw=True)
+    nested = shell(
+        "nested",
+        "ls /proc",
+        binds=(data, BindMount(source=str(other), target="/data/sub", rw=True)),
+    )
+    rt.create(nested)
+    plant = "rmdir /data/sub && ln -s /proc /data/sub"
+    rt.run(shell("planter", plant, binds=(data,)))
+    assert rt.wait("planter", timeout=60) == 0, rt.logs("planter")
+    with pytest.raises(ContainerStartError, match="target /data/sub goes through a symlink"):
+        rt.start("nested")
+    assert b"marker" not in rt.logs("nested")
+
+
 def test_a_bind_source_through_a_symlink_is_refused_at_create(
     rt: LinuxRuntime, tmp_path: Path
 ) -> None:

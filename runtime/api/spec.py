@@ -63,7 +63,10 @@ class SdkLayer(_Frozen):
 class BindMount(_Frozen):
     """A host path bind-mounted into the container, read-only unless ``rw``."""
 
-    source: str = Field(description="absolute host path")
+    source: str = Field(
+        description="absolute host path; never followed through a symlink (a path that "
+        "goes through one is refused at create and at every start)"
+    )
     target: str = Field(description="absolute container path")
     rw: bool = False
 

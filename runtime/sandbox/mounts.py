@@ -4,7 +4,9 @@ The root is an overlay of two read-only lower layers and no upper layer, so it c
 written at all: a per-container *skeleton* (empty mount points for every bind target, for
 /proc, /sys, /dev, /tmp and the generated /etc files) on top of the shared rootfs. The
 skeleton also hides any symlink of the rootfs on the path of a mount point; targets are
-opened with ``openat2(RESOLVE_IN_ROOT)`` all the same, so no target can escape the root.
+opened with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`` all the same, so no target
+can escape the root, nor be redirected (onto /proc, say) by a symlink a container planted
+in a read-write bind that holds a nested target.
 
 Bind sources are opened with ``openat2(RESOLVE_NO_SYMLINKS)`` at every start and mounted
 by fd: a container that replaced a folder of a read-write bind with a symlink (the source
@@ -94,12 +96,25 @@ def open_source(mount_point: MountPoint) -> int:
 
 
 def _open_in_root(root_fd: int, target: str) -> int:
-    return sc.openat2(
-        root_fd,
-        target.lstrip("/"),
-        os.O_PATH | os.O_CLOEXEC,
-        sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS,
-    )
+    """The mount point ``target``, resolved inside the root and through no symlink: the
+    skeleton makes every component of a target a real folder, so a symlink on the way is
+    one planted in a read-write bind above a nested target (it could lead to /proc)."""
+    try:
+        return sc.openat2(
+            root_fd,
+            target.lstrip("/"),
+            os.O_PATH | os.O_CLOEXEC,
+            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS,
+        )
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(
+            exc.errno,
+            f"bind target {target} goes through a symlink inside the container (a "
+            "container writing to the bind above it could have planted it); nothing is "
+            "mounted there",
+        ) from None
 
 
 def _bind(root_fd: int, source_fd: int, target: str, rw: bool) -> None:
