@@ -3,6 +3,7 @@ with mounts and /etc files of its own (real rootless containers)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -113,6 +114,31 @@ def test_a_bind_source_through_a_symlink_is_refused_at_create(
     with pytest.raises(ContainerStartError, match=f"{tmp_path / 'link'} is a symlink"):
         rt.create(shell("linked", "true", binds=(bind,)))
     assert [info.name for info in rt.list()] == []
+
+
+def test_a_runtime_whose_state_folder_is_reached_through_a_symlink(
+    tmp_path: Path, cache_path: Path
+) -> None:
+    """The runtime's own sources (here the /etc files) are recorded by their real path,
+    and a record made before that, which named them through the symlink, still starts."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "home").symlink_to(tmp_path / "real")
+    rt = LinuxRuntime(state=tmp_path / "home" / "state", cache=cache_path)
+    try:
+        rt.run(shell("linked", "cat /etc/hostname"))
+        assert rt.wait("linked", timeout=60) == 0, rt.logs("linked")
+        launch = rt.containers / "linked" / "launch.json"
+        old = json.loads(launch.read_text())
+        for mount in old["mounts"]:
+            mount["source"] = mount["source"].replace(
+                str(tmp_path / "real"), str(tmp_path / "home")
+            )
+        launch.write_text(json.dumps(old))
+        rt.start("linked")
+        assert rt.wait("linked", timeout=60) == 0, rt.logs("linked")
+        assert rt.logs("linked") == b"linked\nlinked\n"
+    finally:
+        rt.shutdown()
 
 
 def _etc_view(rt: LinuxRuntime, name: str) -> str:

@@ -9,6 +9,7 @@ which mounts what it opened (nothing can be swapped in between the look and the 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -19,9 +20,9 @@ from runtime.api.spec import BindMount, ContainerSpec
 from runtime.errors import ContainerStartError
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import open_source
-from runtime.wire import MountPoint
+from runtime.wire import LaunchRequest, MountPoint
 
-__all__ = ("check_sources", "etc_contents", "etc_mounts", "user_bind")
+__all__ = ("check_sources", "etc_contents", "etc_mounts", "own_sources_resolved", "user_bind")
 
 
 def etc_contents(spec: ContainerSpec) -> dict[str, str]:
@@ -84,3 +85,18 @@ def check_sources(name: str, mounts: Iterable[MountPoint]) -> None:
         if _opened_kind(name, mount_point) != mount_point.is_dir:
             kind = "a folder" if mount_point.is_dir else "a file"
             raise ContainerStartError(name, f"bind source {mount_point.source} is no longer {kind}")
+
+
+def own_sources_resolved(request: LaunchRequest, own: Iterable[Path]) -> LaunchRequest:
+    """``request`` with the sources below the runtime's own folders ``own`` (the cache,
+    the container's folder) taken by their real path, as a create records them now; a
+    record made before kept them as the folders were named, through a symlinked home,
+    say. The user's sources are never resolved."""
+    prefixes = tuple(f"{folder}/" for folder in own)
+    mounts = tuple(
+        dataclasses.replace(m, source=os.path.realpath(m.source))
+        if m.source.startswith(prefixes)
+        else m
+        for m in request.mounts
+    )
+    return dataclasses.replace(request, mounts=mounts)

@@ -164,7 +164,7 @@ class LinuxRuntime(RunningOps):
             info = self._info(cdir)
             if info.state is ContainerState.RUNNING:
                 return info
-            request = self._launch_request(cdir)
+            request = binds.own_sources_resolved(self._launch_request(cdir), (self.cache, cdir))
             binds.check_sources(name, request.mounts)
             if request.seccomp and not (cdir / SECCOMP_FILE).is_file():
                 # A record made before filters were stored: compile it now, from the spec.
