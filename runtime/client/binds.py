@@ -74,8 +74,7 @@ def user_bind(name: str, bind: BindMount) -> MountPoint:
     """The mount of one of the spec's binds; ContainerStartError if its source is
     missing or its path goes through a symlink."""
     mount_point = MountPoint(source=bind.source, target=bind.target, rw=bind.rw)
-    is_dir = _opened_kind(name, mount_point)
-    return MountPoint(source=bind.source, target=bind.target, rw=bind.rw, is_dir=is_dir)
+    return dataclasses.replace(mount_point, is_dir=_opened_kind(name, mount_point))
 
 
 def check_sources(name: str, mounts: Iterable[MountPoint]) -> None:

@@ -32,7 +32,6 @@ __all__ = (
     "READ_ONLY",
     "assemble",
     "enter_root",
-    "first_symlink",
     "open_source",
     "prepare_skeleton",
 )
@@ -58,7 +57,7 @@ def prepare_skeleton(skel: Path, mounts: Sequence[MountPoint]) -> None:
             path.touch(mode=0o644, exist_ok=True)
 
 
-def first_symlink(path: str) -> str | None:
+def _first_symlink(path: str) -> str | None:
     """The first component of the absolute ``path`` that is a symlink, if any (for the
     message only: whether a source is followed is decided by :func:`open_source`)."""
     current = "/"
@@ -86,7 +85,7 @@ def open_source(mount_point: MountPoint) -> int:
         if exc.errno != errno.ELOOP:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise OSError(exc.errno, f"{where}: {reason}") from None
-        link = first_symlink(mount_point.source) or "a component of its path"
+        link = _first_symlink(mount_point.source) or "a component of its path"
         raise OSError(
             exc.errno,
             f"{where}: {link} is a symlink, and a bind source is never followed through "
