@@ -13,6 +13,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runtime.targets import check_target
+
 __all__ = (
     "DEFAULT_PATH",
     "SECCOMP_FILE",
@@ -29,12 +31,17 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True)
 class MountPoint:
-    """A host path bind-mounted at ``target`` in the container."""
+    """A host path bind-mounted at ``target`` in the container (a target that is not
+    safe is refused here too, so a record made by hand or by an older version that let
+    one through is refused when it is read)."""
 
     source: str
     target: str
     rw: bool = False
     is_dir: bool = True
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class LaunchRequest:
             fields["mounts"] = tuple(MountPoint(**m) for m in fields.get("mounts", ()))
             fields["forwards"] = tuple(Forward(**f) for f in fields.get("forwards", ()))
             return cls(**fields)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed launch request: {exc}") from exc
 
 

@@ -129,6 +129,12 @@ def test_a_launch_request_survives_the_trip_to_the_spare() -> None:
     assert LaunchRequest.from_json(sent.request) == LAUNCH
 
 
+def test_a_recorded_launch_whose_mount_covers_proc_is_refused_when_read() -> None:
+    mount = {"source": "/srv", "target": "//proc", "rw": True, "is_dir": True}
+    with pytest.raises(ValueError, match="may not cover /proc"):
+        LaunchRequest.from_json({**LAUNCH.to_json(), "mounts": [mount]})
+
+
 def test_a_failure_carries_its_code_and_a_port_conflict_its_port() -> None:
     port = PortConflict("127.0.0.1", 8080, "tcp")
     wire = to_json(Failure(ErrorCode.PORT_IN_USE, "taken", port))

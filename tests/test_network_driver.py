@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from runtime.api.spec import ContainerSpec, RootfsRef
-from runtime.client.linux import _etc_contents
+from runtime.client.binds import etc_contents
 from runtime.errors import HostSetupError, SlirpError
 from runtime.network import slirp
 from runtime.network.driver import NoNetwork, Slirp4netnsDriver, driver_for
@@ -52,10 +52,10 @@ def test_each_mode_has_its_driver_from_a_spec_a_request_or_the_mode() -> None:
 
 
 def test_the_etc_files_name_the_drivers_addresses() -> None:
-    slirp_etc = _etc_contents(spec("slirp4netns", hostname="box"))
+    slirp_etc = etc_contents(spec("slirp4netns", hostname="box"))
     assert slirp_etc["resolv.conf"] == f"nameserver {slirp.DNS_ADDR}\n"
     assert f"{slirp.CONTAINER_ADDR}\tbox\n" in slirp_etc["hosts"]
-    none_etc = _etc_contents(spec("none"))
+    none_etc = etc_contents(spec("none"))
     assert none_etc["resolv.conf"] == ""
     assert none_etc["hosts"].endswith("127.0.1.1\tweb\n")
 

@@ -797,6 +797,29 @@ def test_start_first_serves_the_old_version_until_the_new_one_is_ready(loop: Loo
     assert "swap.next" not in {i.name for i in loop.ours()}
 
 
+def test_a_start_first_replacement_restarts_after_its_command_is_killed(loop: Loop) -> None:
+    """The replacement ran as NAME.next and took the name: its later restarts must not
+    look for NAME.next's folder (its /etc files were once mounted from there)."""
+    (port,) = free_ports(1)
+    loop.transient.add("again.next")
+    extra = START_FIRST.format(tcp=80, retries=250)
+    put(loop.folder, "again.toml", greeting_toml(port, "one") + extra)
+    eventually(lambda: serves(port, "one\n"), "the first version")
+    put(loop.folder, "again.toml", greeting_toml(port, "two") + extra)
+    eventually(
+        lambda: serves(port, "two\n") and "again.next" not in {i.name for i in loop.ours()},
+        "the replacement took the name",
+    )
+    replaced = loop.pid("again")
+    loop.rt.stop("again", timeout=0)  # as if its command died: policy "always" restarts it
+    eventually(lambda: loop.pid("again") not in (replaced, (None, None)), "a new pid")
+    eventually(lambda: serves(port, "two\n"), "the restarted replacement serving")
+    hostname = loop.rt.exec_command("again", ["cat", "/etc/hostname"])
+    assert hostname.output == "again\n"
+    row = eventually(lambda: (r := loop.row("again")) and r["in_sync"] and r, "again in sync")
+    assert row["phase"] == "Running"
+
+
 def test_a_replacement_that_never_gets_ready_keeps_the_old_one_serving(loop: Loop) -> None:
     (port,) = free_ports(1)
     loop.transient.add("stay.next")  # attempts come and go while the loop retries

@@ -175,6 +175,28 @@ def test_local_paths_resolve_against_the_squishfile_folder(
     }
 
 
+def test_a_symlink_above_the_squishfile_folder_is_resolved_once(tmp_path: Path) -> None:
+    (tmp_path / "usr" / "home" / "u").mkdir(parents=True)
+    (tmp_path / "home").symlink_to(tmp_path / "usr" / "home")
+    text = MINIMAL.replace('"builtin"\n', '"builtin"\nsite = "./site"\nup = "../shared"\n')
+    spec = load_squishfile(write(tmp_path / "home" / "u", text)).to_spec()
+    assert [bind.source for bind in spec.binds] == [
+        str(tmp_path / "usr" / "home" / "shared"),
+        str(tmp_path / "usr" / "home" / "u" / "site"),
+    ]
+
+
+def test_a_symlink_above_the_home_folder_is_resolved_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "usr" / "home" / "u").mkdir(parents=True)
+    (tmp_path / "home").symlink_to(tmp_path / "usr" / "home")
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "u"))
+    text = MINIMAL.replace('"builtin"\n', '"builtin"\nnotes = "~/notes"\n')
+    spec = load_squishfile(write(tmp_path, text)).to_spec()
+    assert spec.binds[0].source == str(tmp_path / "usr" / "home" / "u" / "notes")
+
+
 def test_symlinks_in_local_paths_are_not_resolved(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -247,6 +269,20 @@ def test_validating_without_a_source_needs_a_name() -> None:
     assert squishfile.source is None
     with pytest.raises(ValueError, match="cannot make"):
         squishfile.to_spec()
+
+
+@pytest.mark.parametrize(
+    "target", ["//proc", "//sys", "//dev", "//", "//proc/self", "/proc/../proc", "/./proc"]
+)
+def test_a_spec_made_without_a_squishfile_refuses_a_target_over_the_kernel_files(
+    target: str,
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match="may not"):
+        BindMount(source="/srv", target=target)
+
+
+def test_a_bind_target_is_recorded_normalised() -> None:
+    assert BindMount(source="/srv", target="//app//site/").target == "/app/site"
 
 
 # -- problems: one table, each case marks its expected line with `# <-` ----------------------
@@ -332,6 +368,12 @@ ERROR_CASES = [
     (layer('d = { path = "./d", target = "/sys" }  # <-'), "layers.d.target", "/sys"),
     (layer('d = { path = "./d", target = "/dev/" }  # <-'), "layers.d.target", "/dev"),
     (layer('d = { path = "./d", target = "/" }  # <-'), "layers.d.target", "'/'"),
+    (layer('d = { path = "./d", target = "//proc" }  # <-'), "layers.d.target", "/proc"),
+    (layer('d = { path = "./d", target = "//sys/x" }  # <-'), "layers.d.target", "/sys"),
+    (layer('d = { path = "./d", target = "//dev" }  # <-'), "layers.d.target", "/dev"),
+    (layer('d = { path = "./d", target = "//" }  # <-'), "layers.d.target", "'/'"),
+    (layer('d = { path = "./d", target = "/proc/../proc" }  # <-'), "layers.d.target", "'..'"),
+    (layer('d = { path = "./d", target = "/./proc" }  # <-'), "layers.d.target", "'.'"),
     (layer('d = { path = "d" }  # <-'), "layers.d.path", "not a local path"),
     (layer('d = "./"  # <-'), "layers.d", "cannot name a mount point"),
     (layer('d = { path = "~" }  # <-'), "layers.d", "cannot name a mount point"),

@@ -38,12 +38,21 @@ def is_path_like(value: str) -> bool:
 
 
 def resolve(path: str, source: Path | None) -> Path:
-    """``path`` made absolute: ``~`` expanded, relative ones from the squishfile's folder."""
-    expanded = os.path.expanduser(path)
-    if expanded.startswith("~"):
-        raise ValueError(f"{_q(path)} names a home folder that does not exist here")
-    if not os.path.isabs(expanded):
-        if source is None:
-            raise ValueError(f"cannot make {_q(path)} absolute: unknown squishfile folder")
-        expanded = os.path.join(source.parent, expanded)
-    return Path(os.path.abspath(expanded))
+    """``path`` made absolute: ``~`` expanded, relative ones from the squishfile's folder.
+
+    The folder a path starts from (the home folder, the squishfile's folder) is taken by
+    its real path, so a symlink above it (``/home -> /usr/home``) is resolved here, once;
+    nothing below it is (the runtime refuses a bind source that goes through a symlink).
+    """
+    head, _, rest = path.partition("/")
+    if head.startswith("~"):
+        anchor = os.path.expanduser(head)
+        if anchor.startswith("~"):
+            raise ValueError(f"{_q(path)} names a home folder that does not exist here")
+    elif os.path.isabs(path):
+        return Path(os.path.abspath(path))
+    elif source is None:
+        raise ValueError(f"cannot make {_q(path)} absolute: unknown squishfile folder")
+    else:
+        anchor, rest = str(source.parent), path
+    return Path(os.path.abspath(os.path.join(os.path.realpath(anchor), rest)))

@@ -7,10 +7,11 @@ TOML. Paths here are absolute host paths; targets are absolute container paths.
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runtime.targets import check_target
 
 __all__ = (
     "MAX_BYTES",
@@ -26,24 +27,6 @@ __all__ = (
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 """Container names: like podman's, so they are safe as file names and hostnames."""
-
-_FORBIDDEN_TARGET_ROOTS = ("/proc", "/sys", "/dev")
-
-
-def check_target(target: str) -> str:
-    """Return ``target`` if it is a safe absolute container path, else raise ValueError."""
-    if not target.startswith("/"):
-        raise ValueError(f"target {target!r} must be an absolute path")
-    parts = PurePosixPath(target).parts
-    if ".." in parts or any(p == "." for p in target.split("/")):
-        raise ValueError(f"target {target!r} may not contain '..' or '.'")
-    normal = str(PurePosixPath(target))
-    if normal == "/":
-        raise ValueError("target may not be '/' (the rootfs is the root)")
-    for root in _FORBIDDEN_TARGET_ROOTS:
-        if normal == root or normal.startswith(root + "/"):
-            raise ValueError(f"target {target!r} may not cover {root}")
-    return normal
 
 
 class _Frozen(BaseModel):
@@ -80,7 +63,10 @@ class SdkLayer(_Frozen):
 class BindMount(_Frozen):
     """A host path bind-mounted into the container, read-only unless ``rw``."""
 
-    source: str = Field(description="absolute host path")
+    source: str = Field(
+        description="absolute host path; never followed through a symlink (a path that "
+        "goes through one is refused at create and at every start)"
+    )
     target: str = Field(description="absolute container path")
     rw: bool = False
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, RootfsRef
-from runtime.client import folders
+from runtime.client import binds, folders
 from runtime.client.live import RunningOps
 from runtime.client.records import forward_of, leaf_of
 from runtime.errors import (
@@ -42,17 +42,6 @@ from runtime.wire import SECCOMP_FILE, LaunchRequest, MountPoint
 __all__ = ("LinuxRuntime",)
 
 log = logging.getLogger(__name__)
-
-
-def _etc_contents(spec: ContainerSpec) -> dict[str, str]:
-    hostname = spec.hostname or spec.name
-    network = driver_for(spec)
-    own_addr, dns = network.container_addr(spec.name), network.dns_server
-    return {
-        "resolv.conf": f"nameserver {dns}\n" if dns is not None else "",
-        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{own_addr}\t{hostname}\n",
-        "hostname": f"{hostname}\n",
-    }
 
 
 def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
@@ -80,28 +69,10 @@ class LinuxRuntime(RunningOps):
         mounts: list[MountPoint] = []
         for layer in spec.sdks:
             path = resolve_sdk(layer, self.cache, index_url=self.settings.layer_index)
-            mounts.append(MountPoint(source=str(path), target=f"/sdk/{layer.name}"))
-        for bind in spec.binds:
-            source = Path(bind.source)
-            try:
-                is_dir = source.is_dir()
-                source.stat()
-            except FileNotFoundError:
-                raise ContainerStartError(
-                    spec.name, f"bind source {source} does not exist"
-                ) from None
-            except OSError as exc:
-                raise ContainerStartError(
-                    spec.name, f"bind source {source}: {exc.strerror}"
-                ) from None
-            mounts.append(
-                MountPoint(source=str(source), target=bind.target, rw=bind.rw, is_dir=is_dir)
-            )
-        etc = cdir / "etc"
-        etc.mkdir(mode=0o700, exist_ok=True)
-        for name, content in _etc_contents(spec).items():
-            (etc / name).write_text(content)
-            mounts.append(MountPoint(source=str(etc / name), target=f"/etc/{name}", is_dir=False))
+            real = os.path.realpath(path)  # the cache's own path, links resolved once
+            mounts.append(MountPoint(source=real, target=f"/sdk/{layer.name}"))
+        mounts.extend(binds.user_bind(spec.name, bind) for bind in spec.binds)
+        mounts.extend(binds.etc_mounts(spec, cdir))
         targets = [m.target for m in mounts]
         duplicates = sorted({t for t in targets if targets.count(t) > 1})
         if duplicates:
@@ -193,7 +164,8 @@ class LinuxRuntime(RunningOps):
             info = self._info(cdir)
             if info.state is ContainerState.RUNNING:
                 return info
-            request = self._launch_request(cdir)
+            request = binds.own_sources_resolved(self._launch_request(cdir), (self.cache, cdir))
+            binds.check_sources(name, request.mounts)
             if request.seccomp and not (cdir / SECCOMP_FILE).is_file():
                 # A record made before filters were stored: compile it now, from the spec.
                 syscall_filter = self._syscall_filter(self._spec(cdir))
@@ -356,8 +328,14 @@ class LinuxRuntime(RunningOps):
             os.rename(cdir, target)
             spec = self._spec(target).model_copy(update={"name": new_name})
             self._write_spec(target, spec)
+            request = self._launch_request(target)
+            fresh = {m.target: m for m in binds.etc_mounts(spec, target)}
             request = dataclasses.replace(
-                self._launch_request(target), name=new_name, container_dir=str(target)
+                request,
+                name=new_name,
+                container_dir=str(target),
+                hostname=spec.hostname or new_name,
+                mounts=tuple(fresh.get(m.target, m) for m in request.mounts),
             )
             write_json_atomic(target / "launch.json", request.to_json())
             self._forget(cdir)

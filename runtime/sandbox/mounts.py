@@ -4,7 +4,13 @@ The root is an overlay of two read-only lower layers and no upper layer, so it c
 written at all: a per-container *skeleton* (empty mount points for every bind target, for
 /proc, /sys, /dev, /tmp and the generated /etc files) on top of the shared rootfs. The
 skeleton also hides any symlink of the rootfs on the path of a mount point; targets are
-opened with ``openat2(RESOLVE_IN_ROOT)`` all the same, so no target can escape the root.
+opened with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`` all the same, so no target
+can escape the root, nor be redirected (onto /proc, say) by a symlink a container planted
+in a read-write bind that holds a nested target.
+
+Bind sources are opened with ``openat2(RESOLVE_NO_SYMLINKS)`` at every start and mounted
+by fd: a container that replaced a folder of a read-write bind with a symlink (the source
+of another bind below it) gets a refused start, never the host's file at the link's end.
 
 ``prepare_skeleton`` runs in the client; ``assemble`` and ``enter_root`` run in the
 container's init, inside its new mount namespace, before the command starts.
@@ -12,6 +18,7 @@ container's init, inside its new mount namespace, before the command starts.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +26,15 @@ from pathlib import Path
 from runtime.sandbox import syscalls as sc
 from runtime.wire import MountPoint
 
-__all__ = ("DEVICES", "MASKED", "READ_ONLY", "assemble", "enter_root", "prepare_skeleton")
+__all__ = (
+    "DEVICES",
+    "MASKED",
+    "READ_ONLY",
+    "assemble",
+    "enter_root",
+    "open_source",
+    "prepare_skeleton",
+)
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 """Host device nodes bind-mounted into the container's /dev."""
@@ -42,13 +57,63 @@ def prepare_skeleton(skel: Path, mounts: Sequence[MountPoint]) -> None:
             path.touch(mode=0o644, exist_ok=True)
 
 
+def _first_symlink(path: str) -> str | None:
+    """The first component of the absolute ``path`` that is a symlink, if any (for the
+    message only: whether a source is followed is decided by :func:`open_source`)."""
+    current = "/"
+    for part in path.split("/"):
+        if not part:
+            continue
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return current
+    return None
+
+
+def open_source(mount_point: MountPoint) -> int:
+    """An ``O_PATH`` fd of the bind source, resolved without following any symlink;
+    OSError naming the bind (and the component that is a symlink) otherwise."""
+    try:
+        return sc.openat2(
+            sc.AT_FDCWD,
+            mount_point.source,
+            os.O_PATH | os.O_CLOEXEC,
+            sc.RESOLVE_NO_SYMLINKS,
+        )
+    except OSError as exc:
+        where = f"bind source {mount_point.source} (mounted at {mount_point.target})"
+        if exc.errno != errno.ELOOP:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"{where}: {reason}") from None
+        link = _first_symlink(mount_point.source) or "a component of its path"
+        raise OSError(
+            exc.errno,
+            f"{where}: {link} is a symlink, and a bind source is never followed through "
+            "one (a container writing to a folder above it could have planted it); "
+            "remove the link, or name the real path",
+        ) from None
+
+
 def _open_in_root(root_fd: int, target: str) -> int:
-    return sc.openat2(
-        root_fd,
-        target.lstrip("/"),
-        os.O_PATH | os.O_CLOEXEC,
-        sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS,
-    )
+    """The mount point ``target``, resolved inside the root and through no symlink: the
+    skeleton makes every component of a target a real folder, so a symlink on the way is
+    one planted in a read-write bind above a nested target (it could lead to /proc)."""
+    try:
+        return sc.openat2(
+            root_fd,
+            target.lstrip("/"),
+            os.O_PATH | os.O_CLOEXEC,
+            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS,
+        )
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OSError(
+            exc.errno,
+            f"bind target {target} goes through a symlink inside the container (a "
+            "container writing to the bind above it could have planted it); nothing is "
+            "mounted there",
+        ) from None
 
 
 def _bind(root_fd: int, source_fd: int, target: str, rw: bool) -> None:
@@ -159,15 +224,10 @@ def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) ->
         if "," in path or ":" in path:
             raise ValueError(f"overlay layer path may not contain ',' or ':': {path}")
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sources = []
+    sources: list[int] = []
     try:
-        for mount_point in mounts:
-            try:
-                sources.append(os.open(mount_point.source, os.O_PATH | os.O_CLOEXEC))
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"bind source {mount_point.source}: {exc.strerror}"
-                ) from None
+        # One by one: what was opened before a refusal is still closed below.
+        sources.extend(open_source(mount_point) for mount_point in mounts)
         sc.mount("overlay", root, "overlay", sc.MS_NODEV, f"lowerdir={skel}:{rootfs}")
         sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
         sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
