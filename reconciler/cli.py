@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 from rich.console import Console
@@ -25,7 +26,12 @@ from rich.table import Table
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
-from reconciler.control.status import FolderBusy, StatusStore, status_document
+from reconciler.control.status import (
+    FolderBusy,
+    StatusStore,
+    Writer,
+    status_document,
+)
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import squishfiles_in
 from reconciler.desired.validation import validate_files
@@ -80,7 +86,7 @@ def _runtime(settings: Settings | None = None) -> LinuxRuntime:
     return LinuxRuntime(settings=(settings or _settings()).runtime)
 
 
-def _reconciler(folder: Path, settings: Settings) -> Reconciler:
+def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
     runtime = _runtime(settings)
     source = FolderSource(folder, settings)
     return Reconciler(
@@ -89,6 +95,7 @@ def _reconciler(folder: Path, settings: Settings) -> Reconciler:
         converger=Converger(runtime, limit=settings.parallel, backoff=settings.backoff),
         store=StatusStore(runtime.state, source.folder),
         allow_mass_delete=settings.allow_mass_delete,
+        writer=writer,
     )
 
 
@@ -139,9 +146,10 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), _settings(args))
+    reconciler = _reconciler(Path(args.dir), _settings(args), writer="apply")
     assert reconciler.store is not None
     reconciler.store.claim()
+    reconciler.record.started(os.getpid())
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
         mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"
@@ -174,34 +182,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
+    print_status(document)
+    return 0
+
+
+def _when(at: float, now: float) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} ({now - at:.0f} s ago)"
+
+
+def _loop_line(document: dict[str, Any], now: float) -> str:
     loop = document["loop"]
     if loop["running"]:
-        ago = time.time() - (loop["last_pass_at"] or time.time())
-        _out.print(
+        ago = now - (loop["last_pass_at"] or now)
+        return (
             f"loop: running (pid {loop['pid']}), {loop['passes']} passes, the last "
             f"{ago:.1f} s ago took {loop['last_pass_ms']} ms "
             f"({escape(str(loop['last_trigger']))})"
         )
-    else:
-        _out.print("loop: not running (`reconciler run` starts it)")
+    line = "loop: not running (`reconciler run` starts it)"
+    recorded = document["recorded"]
+    if recorded and recorded.get("at") is not None:
+        by = "the loop" if recorded.get("by") == "loop" else "`reconciler apply`"
+        line += f"; errors and crash loops as {by} last recorded them, {_when(recorded['at'], now)}"
+    return line
+
+
+def _row_message(row: dict[str, Any]) -> str:
+    """The last column: how it exited (when it is not running), its last error, and its
+    conditions."""
+    parts = []
+    if row["exit_code"] is not None and row["phase"] != "Running":
+        parts.append(f"exit code {row['exit_code']}")
+    if row["last_error"]:
+        parts.append(row["last_error"])
+    parts += [c["message"] for c in row["conditions"]]
+    return "; ".join(parts)
+
+
+def print_status(document: dict[str, Any]) -> None:
+    """The ``status`` table of a :func:`status_document`."""
+    _out.print(_loop_line(document, time.time()))
     table = Table("NAME", "FILE", "PHASE", "PID", "PORTS", "RESTARTS", "AGE", "SYNC", "LAST ERROR")
     for row in document["containers"]:
-        message = row["last_error"] or "; ".join(c["message"] for c in row["conditions"])
         table.add_row(
-            row["name"],
-            row["file"] or "-",
+            escape(row["name"]),
+            escape(row["file"] or "-"),
             row["phase"],
             str(row["pid"] or "-"),
             ", ".join(row["ports"]) or "-",
             str(row["restarts"]),
             f"{row['age_s']:.0f}s" if row["age_s"] is not None else "-",
             "yes" if row["in_sync"] else "no",
-            escape(message or ""),
+            escape(_row_message(row)),
         )
     _out.print(table)
     for condition in document["conditions"]:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
-    return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -1,0 +1,208 @@
+"""What ``reconciler status`` and the loop's console say, against the fake runtime.
+
+Each status is taken as ``reconciler status`` takes it: a fresh reconciler on the same
+folder, runtime and state folder dry-runs and reads what the loop or ``apply`` recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.control.converge import Converger
+from reconciler.control.loop import Reconciler
+from reconciler.control.status import StatusStore, Writer, status_document
+from reconciler.desired.source import FolderSource
+from runtime.errors import ContainerStartError
+from tests.fakes import FakeClock, FakeRuntime
+
+APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path.resolve() / "desired"  # as the folder's containers are labelled
+    path.mkdir()
+    (tmp_path / "state").mkdir()
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def runtime(clock: FakeClock) -> FakeRuntime:
+    return FakeRuntime(clock=clock)
+
+
+def reconciler(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, writer: Writer = "loop"
+) -> Reconciler:
+    """A reconciler as the command line makes one, on the fake runtime."""
+    return Reconciler(
+        source=FolderSource(folder),
+        runtime=runtime,
+        converger=Converger(runtime, clock=clock),
+        store=StatusStore(folder.parent / "state", folder),
+        clock=clock,
+        writer=writer,
+    )
+
+
+def status(folder: Path, runtime: FakeRuntime, clock: FakeClock) -> dict[str, Any]:
+    viewer = reconciler(folder, runtime, clock)
+    desired, actual, todo = viewer.dry_run()
+    assert viewer.store is not None
+    return status_document(desired, actual, todo, viewer.store.read(), now=clock())
+
+
+def rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in document["containers"]}
+
+
+def gone_pid() -> int:
+    """The pid of a process that has ended (a loop or an apply that is over)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+# -- the mass-deletion guard -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop_runs", [False, True])
+async def test_a_container_the_guard_holds_runs_and_says_what_releases_it(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, loop_runs: bool
+) -> None:
+    for index in range(4):
+        (folder / f"c{index}.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    await loop.reconcile("start")
+    for index in (1, 2, 3):
+        (folder / f"c{index}.toml").unlink()
+    if loop_runs:
+        loop.record.started(os.getpid())
+    await loop.reconcile("files changed")
+    document = status(folder, runtime, clock)
+    assert [c["kind"] for c in document["conditions"]] == ["MassDeleteGuard"]
+    by_name = rows(document)
+    assert (by_name["c0"]["phase"], by_name["c0"]["conditions"]) == ("Running", [])
+    held = by_name["c2"]
+    assert (held["phase"], held["in_sync"]) == ("Running", False)
+    (condition,) = held["conditions"]
+    assert condition["kind"] == "MassDeleteGuard"
+    assert "c2.toml is gone" in condition["message"]
+    command = "run" if loop_runs else "apply"
+    assert f"`reconciler {command} --allow-mass-delete {folder}`" in condition["message"]
+
+
+@pytest.mark.anyio
+async def test_a_container_kept_by_the_other_guards_runs_and_names_them(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    """A file whose container cannot be known holds every removal; so does a folder that
+    cannot be read: the containers they keep run, and say why."""
+    for name in ("web", "old"):
+        (folder / f"{name}.toml").write_text(APP)
+    await reconciler(folder, runtime, clock).reconcile("start")
+    (folder / "old.toml").unlink()
+    (folder / "new.toml").write_text("name = [\n")
+    (row,) = [r for r in status(folder, runtime, clock)["containers"] if r["name"] == "old"]
+    assert row["phase"] == "Running"
+    assert [c["kind"] for c in row["conditions"]] == ["InvalidSpec"]
+    assert row["conditions"][0]["message"].startswith(
+        "kept while nothing is removed while new.toml"
+    )
+    os.rename(folder, folder.with_name("moved"))
+    by_name = rows(status(folder, runtime, clock))
+    assert [by_name[n]["phase"] for n in ("old", "web")] == ["Running", "Running"]
+    assert by_name["web"]["conditions"] == [
+        {
+            "kind": "FolderUnreadable",
+            "message": f"kept while {folder} is missing or unreadable; "
+            "nothing is changed until it is back",
+        }
+    ]
+
+
+# -- the last known state, whoever recorded it ----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_crash_loop_still_shows_after_the_loop_stopped(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    (folder / "crash.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    loop.record.started(os.getpid())
+    await loop.reconcile("start")
+    for _ in range(3):
+        runtime.finish("crash", 3)
+        clock.advance(100.0)  # past the crash back-off: the loop restarts it
+        await loop.reconcile("a process exited")
+    last_pass = clock()
+    loop.record.pid = gone_pid()  # the loop has stopped ...
+    loop.save()
+    runtime.finish("crash", 3)  # ... and its container exited once more
+    clock.advance(600.0)
+    document = status(folder, runtime, clock)
+    assert document["loop"]["running"] is False
+    (row,) = document["containers"]
+    assert (row["phase"], row["exit_code"]) == ("CrashLoopBackOff", 3)
+    assert document["recorded"]["by"] == "loop"
+    assert document["recorded"]["at"] == last_pass
+
+
+@pytest.mark.anyio
+async def test_a_failed_apply_reaches_status_with_its_error_and_time(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    (folder / "web.toml").write_text(APP)
+    runtime.fail("run", "web", ContainerStartError("web", "no such command: httpd"))
+    apply = reconciler(folder, runtime, clock, writer="apply")
+    apply.record.started(gone_pid())
+    applied_at = clock()
+    result = await apply.reconcile("apply")
+    assert [o.action.name for o in result.failed] == ["web"]
+    clock.advance(5.0)
+    document = status(folder, runtime, clock)
+    (row,) = document["containers"]
+    assert row["phase"] == "Failed"
+    assert "no such command: httpd" in row["last_error"]
+    assert (document["recorded"]["by"], document["recorded"]["at"]) == ("apply", applied_at)
+    assert document["apply"]["last_actions"] == ["create web: new in web.toml"]
+
+
+@pytest.mark.anyio
+async def test_an_apply_keeps_the_loops_record_and_a_loop_the_applys(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    (folder / "web.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    loop.record.started(gone_pid())
+    await loop.reconcile("start")
+    await loop.reconcile("resync")
+    clock.advance(10.0)
+    apply = reconciler(folder, runtime, clock, writer="apply")
+    await apply.reconcile("apply")
+    document = status(folder, runtime, clock)
+    assert (document["loop"]["passes"], document["loop"]["last_trigger"]) == (2, "resync")
+    assert (document["apply"]["passes"], document["recorded"]["by"]) == (1, "apply")
+    clock.advance(10.0)
+    await loop.reconcile("resync")
+    document = status(folder, runtime, clock)
+    assert (document["loop"]["passes"], document["recorded"]["by"]) == (3, "loop")
+    assert document["apply"]["last_pass_at"] == 1010.0
