@@ -46,8 +46,10 @@ from runtime.security.seccomp import compile_profile
 
 __all__ = ("build_parser", "main")
 
-_out = Console(highlight=False)
-_err = Console(stderr=True, highlight=False)
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+"""Lines are never wrapped by the program (a terminal wraps them itself; a pipe keeps
+each line whole); tables go through :func:`_print_table`."""
 
 _DEFAULT_DIR = "desired"
 
@@ -99,6 +101,28 @@ def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Re
     )
 
 
+_UNBOUNDED = 1 << 20
+"""A width no table reaches: measuring against it gives a table's natural width."""
+
+
+def _print_table(table: Table, *, wide: bool = False) -> None:
+    """On a terminal a table fits the terminal's width (long cells are cut) unless
+    ``wide``; anywhere else (a pipe, a file, CI logs) and with ``wide``, every value is
+    printed whole, however wide the table gets."""
+    if _out.is_terminal and not wide:
+        _out.print(table)
+        return
+    natural = _out.measure(table, options=_out.options.update_width(_UNBOUNDED)).maximum
+    whole = Console(
+        file=_out.file,
+        width=max(natural, 1),
+        highlight=False,
+        force_terminal=_out.is_terminal,
+        color_system=_out.color_system,  # type: ignore[arg-type]
+    )
+    whole.print(table)
+
+
 def _print_plan(todo: Plan) -> None:
     for action in todo.actions:
         _out.print(f"  {escape(str(action))}", soft_wrap=True)
@@ -122,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_pass(result: PassResult) -> None:
         for outcome in result.outcomes:
             failed = "" if outcome.ok else f" [red]failed:[/] {escape(outcome.error or '')}"
-            _out.print(f"{escape(str(outcome.action))}{failed}", soft_wrap=True)
+            _out.print(f"{escape(str(outcome.action))}{failed}")
 
     async def main() -> None:
         stop = anyio.Event()
@@ -179,10 +203,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
     document = status_document(desired, actual, todo, reconciler.store.read())
-    if args.json:
+    if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
-    print_status(document)
+    print_status(document, wide=args.output == "wide")
     return 0
 
 
@@ -219,7 +243,7 @@ def _row_message(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def print_status(document: dict[str, Any]) -> None:
+def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
     _out.print(_loop_line(document, time.time()))
     table = Table("NAME", "FILE", "PHASE", "PID", "PORTS", "RESTARTS", "AGE", "SYNC", "LAST ERROR")
@@ -235,7 +259,7 @@ def print_status(document: dict[str, Any]) -> None:
             "yes" if row["in_sync"] else "no",
             escape(_row_message(row)),
         )
-    _out.print(table)
+    _print_table(table, wide=wide)
     for condition in document["conditions"]:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
 
@@ -343,7 +367,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             str(info.oom_kills),
             f"{now - info.started_at:.0f}s" if info.started_at else "-",
         )
-    _out.print(table)
+    _print_table(table, wide=args.output == "wide")
     return 0
 
 
@@ -429,6 +453,18 @@ def _timing(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _output(command: argparse.ArgumentParser, *formats: str) -> None:
+    """``-o wide``: on a terminal too, tables show every value whole (off a terminal
+    they always do)."""
+    command.add_argument(
+        "-o",
+        "--output",
+        choices=("wide", *formats),
+        help="wide: never cut a value to fit the terminal"
+        + ("; json: as --json" if "json" in formats else ""),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler", description="Rootless containers reconciled from TOML squishfiles."
@@ -455,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = folder_command("status", "desired vs actual per container, and the loop's state")
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    _output(p, "json")
     p.set_defaults(func=cmd_status)
     folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
         func=cmd_down
@@ -472,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_logs)
     p = sub.add_parser("ps", help="every container of this user")
     p.add_argument("--json", action="store_true")
+    _output(p)
     p.set_defaults(func=cmd_ps)
     p = sub.add_parser("inspect", help="one container as JSON")
     p.add_argument("name")

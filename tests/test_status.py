@@ -6,18 +6,24 @@ folder, runtime and state folder dry-runs and reads what the loop or ``apply`` r
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from rich.console import Console
 
+from reconciler import cli
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.control.status import StatusStore, Writer, status_document
 from reconciler.desired.source import FolderSource
+from reconciler.settings import Settings
 from runtime.errors import ContainerStartError
 from tests.fakes import FakeClock, FakeRuntime
 
@@ -206,3 +212,74 @@ async def test_an_apply_keeps_the_loops_record_and_a_loop_the_applys(
     document = status(folder, runtime, clock)
     assert (document["loop"]["passes"], document["recorded"]["by"]) == (3, "loop")
     assert document["apply"]["last_pass_at"] == 1010.0
+
+
+# -- tables: whole values off a terminal, and with -o wide ------------------------------------
+
+LONG_NAME = "a-container-whose-name-is-long-enough-to-be-cut"
+LONG_REASON = "the command /usr/local/bin/some-long-program-name was not found in the image"
+
+
+@pytest.fixture
+def failed_long(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container with a long name whose apply failed with a long error; the command
+    line's ``status`` sees this fake runtime and state."""
+    (folder / "app.toml").write_text(f'name = "{LONG_NAME}"\n{APP}')
+    runtime.fail("run", LONG_NAME, ContainerStartError(LONG_NAME, LONG_REASON))
+    anyio.run(reconciler(folder, runtime, clock, writer="apply").reconcile, "apply")
+
+    def made(path: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
+        return reconciler(path, runtime, clock, writer)
+
+    monkeypatch.setattr(cli, "_reconciler", made)
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.mark.usefixtures("failed_long")
+def test_status_off_a_terminal_never_cuts_a_value(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    (line,) = [line for line in out.splitlines() if LONG_NAME in line]
+    assert all(word in line for word in ("app.toml", "Failed", LONG_REASON)), line
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1000.0))
+    assert f"as `reconciler apply` last recorded them, {at}" in out
+
+
+def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """Make the command line print to an 80-column terminal (no colours); what it prints."""
+    screen = io.StringIO()
+    console = Console(
+        file=screen,
+        force_terminal=True,
+        width=80,
+        color_system=None,
+        highlight=False,
+        soft_wrap=cli._out.soft_wrap,
+    )
+    monkeypatch.setattr(cli, "_out", console)
+    return screen
+
+
+def table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line[:1] in ("┏", "┃", "│", "└")]
+
+
+@pytest.mark.usefixtures("failed_long")
+def test_status_on_a_terminal_fits_it_and_wide_shows_everything(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = terminal(monkeypatch)
+    assert cli.main(["status", str(folder)]) == 0
+    fitted = table_lines(screen.getvalue())
+    assert fitted and max(len(line) for line in fitted) <= 80
+    screen = terminal(monkeypatch)
+    assert cli.main(["status", str(folder), "-o", "wide"]) == 0
+    out = screen.getvalue()
+    assert "…" not in out
+    (line,) = [line for line in table_lines(out) if LONG_NAME in line]
+    assert LONG_REASON in line
