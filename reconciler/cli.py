@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from rich.table import Table
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.status import (
+    ConditionReport,
     FolderBusy,
     StatusStore,
     Writer,
@@ -142,11 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), settings)
     assert reconciler.store is not None
     reconciler.store.claim()
-
-    def on_pass(result: PassResult) -> None:
-        for outcome in result.outcomes:
-            failed = "" if outcome.ok else f" [red]failed:[/] {escape(outcome.error or '')}"
-            _out.print(f"{escape(str(outcome.action))}{failed}")
+    on_pass = pass_printer(str(reconciler.folder))
 
     async def main() -> None:
         stop = anyio.Event()
@@ -160,6 +157,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     anyio.run(main)
     _out.print("stopped; the containers keep running")
     return 0
+
+
+def pass_printer(folder: str) -> Callable[[PassResult], None]:
+    """What the loop prints after each pass: a line per action (and why it failed), and
+    the conditions (rejected files, conflicts, guard holds) once as they appear, change
+    or clear, not once per pass."""
+    report = ConditionReport(folder)
+
+    def on_pass(result: PassResult) -> None:
+        for outcome in result.outcomes:
+            failed = "" if outcome.ok else f" [red]failed:[/] {escape(outcome.error or '')}"
+            _out.print(f"{escape(str(outcome.action))}{failed}")
+        for line in report.changes(result.plan.conditions):
+            _out.print(f"[yellow]{escape(line)}[/]")
+
+    return on_pass
 
 
 async def _stop_on_signal(stop: anyio.Event) -> None:

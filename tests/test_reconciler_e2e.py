@@ -386,9 +386,19 @@ def test_broken_file_keeps_the_old_container_until_fixed(loop: Loop) -> None:
     assert (row["pid"], row["in_sync"]) == (pid[0], False)
     assert serves(port, "<h1>site</h1>\n"), "the last valid spec keeps serving"
     assert loop.pid("keep") == pid
+    passes = loop.record()["passes"]
+    eventually(lambda: loop.record()["passes"] >= passes + 3, "three more passes of the loop")
+    said = f"InvalidSpec keep: {condition['message']}"
+    assert [line for line in loop.output().splitlines() if "InvalidSpec" in line] == [said]
 
     put(loop.folder, "keep.toml", web_toml(fixed_port))
     eventually(lambda: serves(fixed_port, "<h1>site</h1>\n"), "the fixed file is applied")
+    eventually(
+        lambda: "InvalidSpec keep: cleared" in loop.output().splitlines(),
+        "the loop says the file is fixed",
+    )
+    lines = loop.output().splitlines()
+    assert [line for line in lines if "InvalidSpec" in line] == [said, "InvalidSpec keep: cleared"]
     eventually(lambda: http_refused(port), "the old port is released")
     row = eventually(
         lambda: (r := loop.row("keep")) and r["phase"] == "Running" and r["in_sync"] and r,

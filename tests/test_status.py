@@ -283,3 +283,52 @@ def test_status_on_a_terminal_fits_it_and_wide_shows_everything(
     assert "…" not in out
     (line,) = [line for line in table_lines(out) if LONG_NAME in line]
     assert LONG_REASON in line
+
+
+# -- the loop's console ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_loop_console_says_a_rejected_file_once_and_when_it_is_fixed(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = terminal(monkeypatch)
+    (folder / "web.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    on_pass = cli.pass_printer(str(folder))
+    on_pass(await loop.reconcile("start"))
+    (folder / "web.toml").write_text(APP + "\n[bogus]\n")
+    for _ in range(3):
+        on_pass(await loop.reconcile("resync"))
+    (folder / "web.toml").write_text(APP)
+    for _ in range(2):
+        on_pass(await loop.reconcile("resync"))
+    lines = screen.getvalue().splitlines()
+    assert lines[0] == "create web: new in web.toml"
+    (rejected,) = [line for line in lines if line.startswith("InvalidSpec web: ")][:-1]
+    assert f"InvalidSpec web: {folder / 'web.toml'}:7: bogus" in rejected
+    assert lines[1:] == [rejected, "InvalidSpec web: cleared"]
+
+
+@pytest.mark.anyio
+async def test_the_loop_console_says_a_guard_hold_once_with_what_releases_it(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = terminal(monkeypatch)
+    for index in range(3):
+        (folder / f"c{index}.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    on_pass = cli.pass_printer(str(folder))
+    await loop.reconcile("start")
+    for index in range(3):
+        (folder / f"c{index}.toml").unlink()
+    for _ in range(3):
+        on_pass(await loop.reconcile("resync"))
+    (folder / "c0.toml").write_text(APP)
+    on_pass(await loop.reconcile("files changed"))
+    lines = screen.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("MassDeleteGuard: this pass would remove 3 of the folder's 3")
+    assert f"`reconciler run --allow-mass-delete {folder}`" in lines[0]
+    assert sorted(lines[1:3]) == ["destroy c1: c1.toml is gone", "destroy c2: c2.toml is gone"]
+    assert lines[3] == "MassDeleteGuard: cleared"

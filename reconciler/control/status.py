@@ -59,6 +59,7 @@ from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 
 __all__ = (
+    "ConditionReport",
     "FolderBusy",
     "LoopRecord",
     "StatusStore",
@@ -119,6 +120,38 @@ class LoopRecord:
         if self.pid is None or self.pid_start_time is None:
             return False
         return ProcessId(self.pid, self.pid_start_time).alive()
+
+
+@dataclass
+class ConditionReport:
+    """What a loop's console says about conditions (rejected files, conflicts, a guard
+    holding removals): each once when it appears or its message changes, and one line
+    when it clears, never again pass after pass. Back-off is left out: it comes and goes
+    with every restart, which the loop's action lines already show."""
+
+    folder: str
+    _shown: frozenset[tuple[str, str, str]] = frozenset()
+
+    def changes(self, conditions: Iterable[Condition]) -> list[str]:
+        """The lines to print for this pass's ``conditions``."""
+        now = frozenset(
+            (c.name, c.kind.value, c.message)
+            for c in conditions
+            if c.kind is not ConditionKind.BACK_OFF
+        )
+        lines = [
+            self._line(name, kind, message) for name, kind, message in sorted(now - self._shown)
+        ]
+        still = {(name, kind) for name, kind, _ in now}
+        gone = sorted({(name, kind) for name, kind, _ in self._shown} - still)
+        lines += [self._line(name, kind, "cleared") for name, kind in gone]
+        self._shown = now
+        return lines
+
+    def _line(self, name: str, kind: str, message: str) -> str:
+        if kind == ConditionKind.MASS_DELETE and message != "cleared":
+            message = f"{message}; {release_hint(self.folder, loop_running=True)}"
+        return f"{kind}: {message}" if name == "*" else f"{kind} {name}: {message}"
 
 
 class FolderBusy(RuntimeError):
