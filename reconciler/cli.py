@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     reconciler = _reconciler(Path(args.dir), settings)
     assert reconciler.store is not None
-    reconciler.store.claim()
+    reconciler.store.claim(reconciler.writer)
     on_pass = pass_printer(str(reconciler.folder))
 
     async def main() -> None:
@@ -185,7 +185,7 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 def cmd_apply(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), _settings(args), writer="apply")
     assert reconciler.store is not None
-    reconciler.store.claim()
+    reconciler.store.claim(reconciler.writer)
     reconciler.record.started(os.getpid())
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:

@@ -21,7 +21,7 @@ from rich.console import Console
 from reconciler import cli
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
-from reconciler.control.status import StatusStore, Writer, status_document
+from reconciler.control.status import FolderBusy, StatusStore, Writer, status_document
 from reconciler.desired.source import FolderSource
 from reconciler.settings import Settings
 from runtime.errors import ContainerStartError
@@ -212,6 +212,22 @@ async def test_an_apply_keeps_the_loops_record_and_a_loop_the_applys(
     document = status(folder, runtime, clock)
     assert (document["loop"]["passes"], document["recorded"]["by"]) == (3, "loop")
     assert document["apply"]["last_pass_at"] == 1010.0
+
+
+@pytest.mark.parametrize(
+    ("holder", "said"),
+    [("loop", "already manages this folder"), ("apply", "`reconciler apply` (pid")],
+)
+def test_a_refused_claim_names_the_process_that_holds_the_folder(
+    folder: Path, holder: Writer, said: str
+) -> None:
+    """flock conflicts between two open files of one process too: the second claim here
+    is refused as a second process's would be."""
+    StatusStore(folder.parent / "state", folder).claim(holder)
+    with pytest.raises(FolderBusy) as refused:
+        StatusStore(folder.parent / "state", folder).claim("loop")
+    assert f"(pid {os.getpid()})" in str(refused.value)
+    assert said in str(refused.value)
 
 
 # -- tables: whole values off a terminal, and with -o wide ------------------------------------

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,7 +56,7 @@ from typing import Any, Literal
 from reconciler.desired.types import LABEL_FILE, DesiredState
 from reconciler.planning.plan import ActionKind, Condition, ConditionKind, Plan, is_managed_by
 from runtime.api import ContainerInfo, ContainerState
-from runtime.util.files import read_json, write_json_atomic
+from runtime.util.files import parse_json, read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 
 __all__ = (
@@ -158,8 +159,19 @@ class FolderBusy(RuntimeError):
     """Another reconciler already controls this folder."""
 
 
+def _busy(holder: Mapping[str, Any]) -> str:
+    """Why a claim was refused, from what the holder wrote in the lock file."""
+    pid = holder.get("pid", "?")
+    if holder.get("by") == "apply":
+        return f"`reconciler apply` (pid {pid}) is converging this folder; try again once it ends"
+    return (
+        f"another reconciler (pid {pid}) already manages this folder; stop it first "
+        "(it applies changes itself)"
+    )
+
+
 class StatusStore:
-    """Where a folder's loop records itself."""
+    """Where a folder's loop (and ``apply``) records itself."""
 
     def __init__(self, state: Path, folder: Path) -> None:
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
@@ -167,8 +179,9 @@ class StatusStore:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd: int | None = None
 
-    def claim(self) -> None:
-        """Become the one controller of this folder, or raise ``FolderBusy``.
+    def claim(self, writer: Writer = "loop") -> None:
+        """Become the one controller of this folder, or raise ``FolderBusy`` naming the
+        process that is (its pid and kind are kept in the lock file while it holds it).
 
         Held until the process exits: two loops on one folder would fight.
         """
@@ -176,12 +189,11 @@ class StatusStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = parse_json(os.pread(fd, 4096, 0))
             os.close(fd)
-            record = self.read().get("loop") or {}
-            raise FolderBusy(
-                f"another reconciler (pid {record.get('pid', '?')}) already manages this "
-                "folder; stop it first (it applies changes itself)"
-            ) from None
+            raise FolderBusy(_busy(holder if isinstance(holder, dict) else {})) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "by": writer}).encode(), 0)
         self._lock_fd = fd
 
     def write(
