@@ -665,6 +665,31 @@ def test_plan_apply_and_down_on_the_example_folder(
     assert [i.name for i in rt.list()] == []
 
 
+def test_a_failed_apply_shows_in_status_with_its_error_and_time(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "failing"
+    folder.mkdir()
+    text = exiting_toml(0).replace('command = "sh"', 'command = "/no/such/program"')
+    (folder / "missing.toml").write_text(text)
+    try:
+        before = time.time()
+        applied = cli(env, "apply", str(folder))
+        assert applied.returncode == 1, applied
+        document = json.loads(cli(env, "status", str(folder), "--json").stdout)
+        assert document["loop"]["running"] is False
+        (row,) = document["containers"]
+        assert row["phase"] == "Failed"
+        assert "/no/such/program" in row["last_error"], row
+        assert document["recorded"]["by"] == "apply"
+        assert before <= document["recorded"]["at"] <= time.time()
+        shown = cli(env, "status", str(folder)).stdout
+        assert "errors and crash loops as `reconciler apply` last recorded them" in shown
+        assert row["last_error"] in shown  # piped: never cut
+    finally:
+        cli(env, "down", str(folder))
+
+
 def test_a_second_controller_of_the_same_folder_is_refused(loop: Loop) -> None:
     for command in ("run", "apply"):
         second = loop.cli(command, str(loop.folder))
