@@ -119,7 +119,7 @@ def _print_table(table: Table, *, wide: bool = False) -> None:
         width=max(natural, 1),
         highlight=False,
         force_terminal=_out.is_terminal,
-        color_system=_out.color_system,  # type: ignore[arg-type]
+        color_system=_out.color_system,  # type: ignore[arg-type]  # rich types it as a plain str
     )
     whole.print(table)
 

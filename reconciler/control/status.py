@@ -151,7 +151,7 @@ class ConditionReport:
 
     def _line(self, name: str, kind: str, message: str) -> str:
         if kind == ConditionKind.MASS_DELETE and message != "cleared":
-            message = f"{message}; {release_hint(self.folder, loop_running=True)}"
+            message = f"{message}; to confirm, {release_hint(self.folder, loop_running=True)}"
         return f"{kind}: {message}" if name == "*" else f"{kind} {name}: {message}"
 
 
@@ -250,17 +250,19 @@ def release_hint(folder: str, *, loop_running: bool) -> str:
     while a loop claims the folder: then the loop itself must be restarted."""
     if loop_running:
         return (
-            f"to confirm the removal, restart the loop as `reconciler run --allow-mass-delete "
-            f"{folder}` (and again without the flag afterwards)"
+            f"restart the loop as `reconciler run --allow-mass-delete {folder}` "
+            "(and again without the flag afterwards)"
         )
-    return f"to confirm the removal, run `reconciler apply --allow-mass-delete {folder}`"
+    return f"run `reconciler apply --allow-mass-delete {folder}`"
 
 
 def _held(guard: Condition, file: str | None, folder: str, loop_running: bool) -> dict[str, str]:
     """The condition of a container kept running only because ``guard`` holds removals."""
     if guard.kind is ConditionKind.MASS_DELETE:
         hint = release_hint(folder, loop_running=loop_running)
-        message = f"{file or 'its file'} is gone; the mass-deletion guard keeps it: {hint}"
+        message = (
+            f"{file or 'its file'} is gone; the mass-deletion guard keeps it: to remove it, {hint}"
+        )
     else:
         message = f"kept while {guard.message}"
     return {"kind": guard.kind.value, "message": message}
@@ -308,6 +310,17 @@ class _Rows:
     pending: frozenset[str]
     """Containers with an action other than ``destroy`` to do."""
     destroying: frozenset[str]
+    guard: Condition | None
+    """The folder condition that holds back every removal of this pass, if one does."""
+
+    def _keeping(self, name: str, info: ContainerInfo | None, wanted: bool) -> Condition | None:
+        """The guard that alone keeps this container running (no file asks for it, and
+        nothing else explains why it stays), if one does."""
+        if info is None or wanted or name in self.destroying:
+            return None
+        if any(c.name == name for c in self.todo.conditions):
+            return None
+        return self.guard
 
     def row(self, name: str, info: ContainerInfo | None) -> dict[str, Any]:
         desired, now = self.desired, self.now
@@ -318,17 +331,9 @@ class _Rows:
         if file is None:
             file = next((e.file.name for e in desired.errors if e.name == name), None)
         claimed = any(e.name == name for e in desired.errors)
-        guard = _guard(self.todo)
-        held = (
-            guard is not None
-            and info is not None
-            and want is None
-            and not claimed
-            and not kinds
-            and name not in self.destroying
-        )
+        guard = self._keeping(name, info, want is not None or claimed)
         shown = [{k: v for k, v in _condition_json(c).items() if k != "name"} for c in conditions]
-        if held and guard is not None:
+        if guard is not None:
             shown.append(_held(guard, file, str(desired.folder), self.loop_running))
         return {
             "name": name,
@@ -339,7 +344,7 @@ class _Rows:
                 name in self.pending,
                 name in self.errors,
                 name in self.crashing,
-                want is not None or claimed or held,
+                want is not None or claimed or guard is not None,
                 kept=want is not None,
             ),
             "pid": info.pid if info else None,
@@ -387,6 +392,7 @@ def container_rows(
         loop_running,
         frozenset(a.name for a in todo.actions if a.kind is not ActionKind.DESTROY),
         frozenset(a.name for a in todo.actions if a.kind is ActionKind.DESTROY),
+        _guard(todo),
     )
     return [rows.row(name, ours.get(name)) for name in sorted(names)]
 
