@@ -170,6 +170,9 @@ async def test_a_crash_loop_still_shows_after_the_loop_stopped(
     assert (row["phase"], row["exit_code"]) == ("CrashLoopBackOff", 3)
     assert document["recorded"]["by"] == "loop"
     assert document["recorded"]["at"] == last_pass
+    runtime.remove("crash")  # `reconciler down` or `rm`: that crash loop is over
+    (row,) = status(folder, runtime, clock)["containers"]
+    assert row["phase"] == "Pending"
 
 
 @pytest.mark.anyio

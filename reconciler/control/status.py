@@ -414,12 +414,17 @@ def status_document(
 ) -> dict[str, Any]:
     """The ``status --json`` document (see the module docstring); ``desired`` settled,
     as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it. The errors and
-    crash loops stored are shown whether a loop runs or not: they are the last known."""
+    crash loops stored are shown whether a loop runs or not: they are the last known
+    (with no loop, a crash loop only while its container is still there: ``down`` or
+    ``rm`` ended it)."""
     record = _record(stored.get("loop")) or LoopRecord()
     applied = _record(stored.get("apply"))
     alive = record.running() or record.pid == os.getpid()
     errors = stored.get("errors")
-    crashing = stored.get("crashing")
+    stored_crashing = stored.get("crashing")
+    crashing: list[str] = stored_crashing if isinstance(stored_crashing, list) else []
+    if not alive:
+        crashing = [name for name in crashing if any(i.name == name for i in actual)]
     recorded = stored.get("recorded")
     return {
         "version": 1,
@@ -432,7 +437,7 @@ def status_document(
             actual,
             todo,
             errors=errors if isinstance(errors, dict) else {},
-            crashing=crashing if isinstance(crashing, list) else (),
+            crashing=crashing,
             now=now,
             loop_running=alive,
         ),
