@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 from rich.console import Console
@@ -25,7 +26,13 @@ from rich.table import Table
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
-from reconciler.control.status import FolderBusy, StatusStore, status_document
+from reconciler.control.status import (
+    ConditionReport,
+    FolderBusy,
+    StatusStore,
+    Writer,
+    status_document,
+)
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import Skipped, skipped_in, squishfiles_in
 from reconciler.desired.validation import validate_files
@@ -40,8 +47,10 @@ from runtime.security.seccomp import compile_profile
 
 __all__ = ("build_parser", "main")
 
-_out = Console(highlight=False)
-_err = Console(stderr=True, highlight=False)
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+"""Lines are never wrapped by the program (a terminal wraps them itself; a pipe keeps
+each line whole); tables go through :func:`_print_table`."""
 
 _DEFAULT_DIR = "desired"
 
@@ -92,7 +101,7 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def _reconciler(folder: Path, settings: Settings) -> Reconciler:
+def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
     folder = _existing(folder)
     runtime = _runtime(settings)
     source = FolderSource(folder, settings)
@@ -102,7 +111,30 @@ def _reconciler(folder: Path, settings: Settings) -> Reconciler:
         converger=Converger(runtime, limit=settings.parallel, backoff=settings.backoff),
         store=StatusStore(runtime.state, source.folder),
         allow_mass_delete=settings.allow_mass_delete,
+        writer=writer,
     )
+
+
+_UNBOUNDED = 1 << 20
+"""A width no table reaches: measuring against it gives a table's natural width."""
+
+
+def _print_table(table: Table, *, wide: bool = False) -> None:
+    """On a terminal a table fits the terminal's width (long cells are cut) unless
+    ``wide``; anywhere else (a pipe, a file, CI logs) and with ``wide``, every value is
+    printed whole, however wide the table gets."""
+    if _out.is_terminal and not wide:
+        _out.print(table)
+        return
+    natural = _out.measure(table, options=_out.options.update_width(_UNBOUNDED)).maximum
+    whole = Console(
+        file=_out.file,
+        width=max(natural, 1),
+        highlight=False,
+        force_terminal=_out.is_terminal,
+        color_system=_out.color_system,  # type: ignore[arg-type]  # rich types it as a plain str
+    )
+    whole.print(table)
 
 
 def _print_plan(todo: Plan) -> None:
@@ -123,12 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     reconciler = _reconciler(Path(args.dir), settings)
     assert reconciler.store is not None
-    reconciler.store.claim()
-
-    def on_pass(result: PassResult) -> None:
-        for outcome in result.outcomes:
-            failed = "" if outcome.ok else f" [red]failed:[/] {escape(outcome.error or '')}"
-            _out.print(f"{escape(str(outcome.action))}{failed}", soft_wrap=True)
+    reconciler.store.claim(reconciler.writer)
+    on_pass = pass_printer(str(reconciler.folder))
 
     async def main() -> None:
         stop = anyio.Event()
@@ -144,6 +172,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def pass_printer(folder: str) -> Callable[[PassResult], None]:
+    """What the loop prints after each pass: a line per action (and why it failed), and
+    the conditions (rejected files, conflicts, guard holds) once as they appear, change
+    or clear, not once per pass."""
+    report = ConditionReport(folder)
+
+    def on_pass(result: PassResult) -> None:
+        for outcome in result.outcomes:
+            failed = "" if outcome.ok else f" [red]failed:[/] {escape(outcome.error or '')}"
+            _out.print(f"{escape(str(outcome.action))}{failed}")
+        for line in report.changes(result.plan.conditions):
+            _out.print(f"[yellow]{escape(line)}[/]")
+
+    return on_pass
+
+
 async def _stop_on_signal(stop: anyio.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
@@ -152,9 +196,10 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), _settings(args))
+    reconciler = _reconciler(Path(args.dir), _settings(args), writer="apply")
     assert reconciler.store is not None
-    reconciler.store.claim()
+    reconciler.store.claim(reconciler.writer)
+    reconciler.record.started(os.getpid())
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
         mark = "[green]done[/]" if outcome.ok else f"[red]failed[/]: {escape(outcome.error or '')}"
@@ -184,42 +229,67 @@ def cmd_status(args: argparse.Namespace) -> int:
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
     document = status_document(desired, actual, todo, reconciler.store.read())
-    if args.json:
+    if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
+    print_status(document, wide=args.output == "wide")
+    return 0
+
+
+def _when(at: float, now: float) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} ({now - at:.0f} s ago)"
+
+
+def _loop_line(document: dict[str, Any], now: float) -> str:
     loop = document["loop"]
     if loop["running"]:
-        ago = time.time() - (loop["last_pass_at"] or time.time())
-        _out.print(
+        ago = now - (loop["last_pass_at"] or now)
+        return (
             f"loop: running (pid {loop['pid']}), {loop['passes']} passes, the last "
             f"{ago:.1f} s ago took {loop['last_pass_ms']} ms "
             f"({escape(str(loop['last_trigger']))})"
         )
-    else:
-        _out.print("loop: not running (`reconciler run` starts it)")
+    line = "loop: not running (`reconciler run` starts it)"
+    recorded = document["recorded"]
+    if recorded and recorded.get("at") is not None:
+        by = "the loop" if recorded.get("by") == "loop" else "`reconciler apply`"
+        line += f"; errors and crash loops as {by} last recorded them, {_when(recorded['at'], now)}"
+    return line
+
+
+def _row_message(row: dict[str, Any]) -> str:
+    """The last column: how it exited (when it is not running), its last error, and its
+    conditions."""
+    parts = []
+    if row["exit_code"] is not None and row["phase"] != "Running":
+        parts.append(f"exit code {row['exit_code']}")
+    if row["last_error"]:
+        parts.append(row["last_error"])
+    parts += [c["message"] for c in row["conditions"]]
+    return "; ".join(parts)
+
+
+def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
+    """The ``status`` table of a :func:`status_document`."""
+    _out.print(_loop_line(document, time.time()))
     table = Table("NAME", "FILE", "PHASE", "PID", "PORTS", "RESTARTS", "AGE", "SYNC", "LAST ERROR")
     for row in document["containers"]:
-        message = row["last_error"] or "; ".join(c["message"] for c in row["conditions"])
         table.add_row(
-            row["name"],
-            row["file"] or "-",
+            escape(row["name"]),
+            escape(row["file"] or "-"),
             row["phase"],
             str(row["pid"] or "-"),
             ", ".join(row["ports"]) or "-",
             str(row["restarts"]),
             f"{row['age_s']:.0f}s" if row["age_s"] is not None else "-",
             "yes" if row["in_sync"] else "no",
-            escape(message or ""),
+            escape(_row_message(row)),
         )
-    _out.print(table)
+    _print_table(table, wide=wide)
     for condition in document["conditions"]:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
     for skipped in document["skipped"]:
-        _out.print(
-            f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}",
-            soft_wrap=True,
-        )
-    return 0
+        _out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -333,7 +403,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             str(info.oom_kills),
             f"{now - info.started_at:.0f}s" if info.started_at else "-",
         )
-    _out.print(table)
+    _print_table(table, wide=args.output == "wide")
     return 0
 
 
@@ -425,6 +495,18 @@ def _timing(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _output(command: argparse.ArgumentParser, *formats: str) -> None:
+    """``-o wide``: on a terminal too, tables show every value whole (off a terminal
+    they always do)."""
+    command.add_argument(
+        "-o",
+        "--output",
+        choices=("wide", *formats),
+        help="wide: never cut a value to fit the terminal"
+        + ("; json: as --json" if "json" in formats else ""),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler", description="Rootless containers reconciled from TOML squishfiles."
@@ -451,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = folder_command("status", "desired vs actual per container, and the loop's state")
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    _output(p, "json")
     p.set_defaults(func=cmd_status)
     folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
         func=cmd_down
@@ -468,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_logs)
     p = sub.add_parser("ps", help="every container of this user")
     p.add_argument("--json", action="store_true")
+    _output(p)
     p.set_defaults(func=cmd_ps)
     p = sub.add_parser("inspect", help="one container as JSON")
     p.add_argument("name")

@@ -386,9 +386,19 @@ def test_broken_file_keeps_the_old_container_until_fixed(loop: Loop) -> None:
     assert (row["pid"], row["in_sync"]) == (pid[0], False)
     assert serves(port, "<h1>site</h1>\n"), "the last valid spec keeps serving"
     assert loop.pid("keep") == pid
+    passes = loop.record()["passes"]
+    eventually(lambda: loop.record()["passes"] >= passes + 3, "three more passes of the loop")
+    said = f"InvalidSpec keep: {condition['message']}"
+    assert [line for line in loop.output().splitlines() if "InvalidSpec" in line] == [said]
 
     put(loop.folder, "keep.toml", web_toml(fixed_port))
     eventually(lambda: serves(fixed_port, "<h1>site</h1>\n"), "the fixed file is applied")
+    eventually(
+        lambda: "InvalidSpec keep: cleared" in loop.output().splitlines(),
+        "the loop says the file is fixed",
+    )
+    lines = loop.output().splitlines()
+    assert [line for line in lines if "InvalidSpec" in line] == [said, "InvalidSpec keep: cleared"]
     eventually(lambda: http_refused(port), "the old port is released")
     row = eventually(
         lambda: (r := loop.row("keep")) and r["phase"] == "Running" and r["in_sync"] and r,
@@ -653,6 +663,31 @@ def test_plan_apply_and_down_on_the_example_folder(
     assert "web: removed" in down.stdout
     assert http_refused(port)
     assert [i.name for i in rt.list()] == []
+
+
+def test_a_failed_apply_shows_in_status_with_its_error_and_time(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "failing"
+    folder.mkdir()
+    text = exiting_toml(0).replace('command = "sh"', 'command = "/no/such/program"')
+    (folder / "missing.toml").write_text(text)
+    try:
+        before = time.time()
+        applied = cli(env, "apply", str(folder))
+        assert applied.returncode == 1, applied
+        document = json.loads(cli(env, "status", str(folder), "--json").stdout)
+        assert document["loop"]["running"] is False
+        (row,) = document["containers"]
+        assert row["phase"] == "Failed"
+        assert "/no/such/program" in row["last_error"], row
+        assert document["recorded"]["by"] == "apply"
+        assert before <= document["recorded"]["at"] <= time.time()
+        shown = cli(env, "status", str(folder)).stdout
+        assert "errors and crash loops as `reconciler apply` last recorded them" in shown
+        assert row["last_error"] in shown  # piped: never cut
+    finally:
+        cli(env, "down", str(folder))
 
 
 def test_a_second_controller_of_the_same_folder_is_refused(loop: Loop) -> None:

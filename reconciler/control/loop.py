@@ -37,7 +37,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from reconciler.control.converge import Converger, Outcome
-from reconciler.control.status import LoopRecord, StatusStore
+from reconciler.control.status import LoopRecord, StatusStore, Writer
 from reconciler.desired.source import Source
 from reconciler.desired.types import DesiredState
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan, settled
@@ -75,6 +75,8 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     record: LoopRecord = field(default_factory=LoopRecord)
     allow_mass_delete: bool = False
+    writer: Writer = "loop"
+    """Whose record :meth:`save` writes: a loop's, or a one-off ``apply``'s."""
     _holds: dict[str, float] = field(default_factory=dict)
     revision: str | None = None
     """The source's revision the last pass (or dry run) loaded."""
@@ -173,6 +175,7 @@ class Reconciler:
         """Record the loop's state, errors and back-off for ``status`` and a restart."""
         if self.store is not None:
             self.store.write(
+                self.writer,
                 self.record,
                 self.converger.last_errors(),
                 self._crashing,

@@ -1,9 +1,11 @@
 """Status: what runs, what is wanted, and what the loop last did, for people and scripts.
 
-A running loop records itself after every pass in
-``<state dir>/reconciler/<folder hash>.json`` (written atomically); ``reconciler status``
-works with or without a loop: it reads the folder and the containers itself and adds the
-loop's record when there is one.
+A running loop records itself after every pass, and ``reconciler apply`` after its pass,
+in ``<state dir>/reconciler/<folder hash>.json`` (written atomically): each its own
+record (``loop``, ``apply``), and the containers' last known errors, crash loops and
+back-off as whoever acted last left them (``recorded``: by whom, when).
+``reconciler status`` works with or without a loop: it reads the folder and the
+containers itself and adds what was recorded, running loop or not.
 
 The ``--json`` output is a stable interface (``"version": 1``; fields may be added,
 none removed or changed in meaning)::
@@ -14,6 +16,8 @@ none removed or changed in meaning)::
               "last_trigger": "files changed", "last_error": null,
               "last_revision": "files:3f2a9c01d4e5",
               "last_actions": ["create web: new in web.toml"]},
+     "apply": null,
+     "recorded": {"by": "loop", "at": 1.7e9, "pid": 123},
      "containers": [{"name": "web", "file": "web.toml", "phase": "Running", "pid": 4242,
                      "ports": ["127.0.0.1:8080->80/tcp"], "restarts": 0, "age_s": 12.5,
                      "exit_code": null, "paused": false, "oom_kills": 0,
@@ -23,35 +27,54 @@ none removed or changed in meaning)::
      "skipped": [{"file": "UPPER.TOML", "reason": "only names ending in .toml are read, ..."}]}
 
 ``loop.running`` is false (and the other loop fields are the last recorded ones, or
-null) when no loop runs. The top-level ``conditions`` concern the whole folder
-(``FolderUnreadable``, ``MassDeleteGuard``, a file whose container cannot be known).
-``skipped`` lists the folder's entries named like squishfiles that are not read (a
-directory ``x.toml``, a file ``UPPER.TOML``), with the reason.
+null) when no loop runs. ``apply`` is the last ``reconciler apply``'s record (the same
+fields as ``loop``, without ``running``), or null. ``recorded`` says who wrote the
+containers' ``last_error`` and crash loops, and when (``by``: ``loop`` or ``apply``), or
+is null: with no loop running they are the last known ones. The top-level
+``conditions`` concern the whole folder (``FolderUnreadable``, ``MassDeleteGuard``, a
+file whose container cannot be known). A container whose file is gone but whose removal
+the guard holds keeps its phase (``Running``...) and carries the guard's condition, with
+the command that releases it. ``skipped`` lists the folder's entries named like
+squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``), with the
+reason.
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
 last valid spec keeps running), ``PortConflict``, ``Exited`` (stopped by its restart policy),
-``Terminating`` (its file is gone), ``NameTaken``.
+``Terminating`` (its file is gone and it is being removed), ``NameTaken``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from reconciler.desired.types import LABEL_FILE, DesiredState
-from reconciler.planning.plan import ActionKind, Condition, Plan, is_managed_by
+from reconciler.planning.plan import ActionKind, Condition, ConditionKind, Plan, is_managed_by
 from runtime.api import ContainerInfo, ContainerState
-from runtime.util.files import read_json, write_json_atomic
+from runtime.util.files import parse_json, read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 
-__all__ = ("FolderBusy", "LoopRecord", "StatusStore", "container_rows", "status_document")
+__all__ = (
+    "ConditionReport",
+    "FolderBusy",
+    "LoopRecord",
+    "StatusStore",
+    "Writer",
+    "container_rows",
+    "release_hint",
+    "status_document",
+)
+
+Writer = Literal["loop", "apply"]
+"""Who records a pass: a ``reconciler run`` loop or a ``reconciler apply``."""
 
 
 @dataclass
@@ -103,12 +126,55 @@ class LoopRecord:
         return ProcessId(self.pid, self.pid_start_time).alive()
 
 
+@dataclass
+class ConditionReport:
+    """What a loop's console says about conditions (rejected files, conflicts, a guard
+    holding removals): each once when it appears or its message changes, and one line
+    when it clears, never again pass after pass. Back-off is left out: it comes and goes
+    with every restart, which the loop's action lines already show."""
+
+    folder: str
+    _shown: frozenset[tuple[str, str, str]] = frozenset()
+
+    def changes(self, conditions: Iterable[Condition]) -> list[str]:
+        """The lines to print for this pass's ``conditions``."""
+        now = frozenset(
+            (c.name, c.kind.value, c.message)
+            for c in conditions
+            if c.kind is not ConditionKind.BACK_OFF
+        )
+        lines = [
+            self._line(name, kind, message) for name, kind, message in sorted(now - self._shown)
+        ]
+        still = {(name, kind) for name, kind, _ in now}
+        gone = sorted({(name, kind) for name, kind, _ in self._shown} - still)
+        lines += [self._line(name, kind, "cleared") for name, kind in gone]
+        self._shown = now
+        return lines
+
+    def _line(self, name: str, kind: str, message: str) -> str:
+        if kind == ConditionKind.MASS_DELETE and message != "cleared":
+            message = f"{message}; to confirm, {release_hint(self.folder, loop_running=True)}"
+        return f"{kind}: {message}" if name == "*" else f"{kind} {name}: {message}"
+
+
 class FolderBusy(RuntimeError):
     """Another reconciler already controls this folder."""
 
 
+def _busy(holder: Mapping[str, Any]) -> str:
+    """Why a claim was refused, from what the holder wrote in the lock file."""
+    pid = holder.get("pid", "?")
+    if holder.get("by") == "apply":
+        return f"`reconciler apply` (pid {pid}) is converging this folder; try again once it ends"
+    return (
+        f"another reconciler (pid {pid}) already manages this folder; stop it first "
+        "(it applies changes itself)"
+    )
+
+
 class StatusStore:
-    """Where a folder's loop records itself."""
+    """Where a folder's loop (and ``apply``) records itself."""
 
     def __init__(self, state: Path, folder: Path) -> None:
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
@@ -116,8 +182,9 @@ class StatusStore:
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd: int | None = None
 
-    def claim(self) -> None:
-        """Become the one controller of this folder, or raise ``FolderBusy``.
+    def claim(self, writer: Writer = "loop") -> None:
+        """Become the one controller of this folder, or raise ``FolderBusy`` naming the
+        process that is (its pid and kind are kept in the lock file while it holds it).
 
         Held until the process exits: two loops on one folder would fight.
         """
@@ -125,31 +192,39 @@ class StatusStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = parse_json(os.pread(fd, 4096, 0))
             os.close(fd)
-            record = self.read().get("loop") or {}
-            raise FolderBusy(
-                f"another reconciler (pid {record.get('pid', '?')}) already manages this "
-                "folder; stop it first (it applies changes itself)"
-            ) from None
+            raise FolderBusy(_busy(holder if isinstance(holder, dict) else {})) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "by": writer}).encode(), 0)
         self._lock_fd = fd
 
     def write(
         self,
+        writer: Writer,
         record: LoopRecord,
         errors: Mapping[str, str],
         crashing: Sequence[str],
         backoff: Mapping[str, Any] | None = None,
     ) -> None:
-        """Conditions are not stored: ``status`` plans afresh and finds them itself."""
-        write_json_atomic(
-            self.path,
+        """Record ``writer``'s pass: its own record replaces the one of its kind and
+        leaves the other's (a loop keeps the last apply's, an apply the last loop's); the
+        containers' errors, crash loops and back-off are the last writer's, marked with
+        who and when. Only the folder's claimant (:meth:`claim`) writes, so no other
+        writer comes between the read and the write.
+
+        Conditions are not stored: ``status`` plans afresh and finds them itself."""
+        data = self.read()
+        data.update(
             {
+                writer: asdict(record),
+                "recorded": {"by": writer, "at": record.last_pass_at, "pid": record.pid},
                 "backoff": dict(backoff or {}),
-                "loop": asdict(record),
                 "errors": dict(errors),
                 "crashing": list(crashing),
-            },
+            }
         )
+        write_json_atomic(self.path, data)
 
     def read(self) -> dict[str, Any]:
         data = read_json(self.path)
@@ -164,6 +239,38 @@ def _ports(info: ContainerInfo | None) -> list[str]:
     return [str(p) for p in info.ports] if info is not None else []
 
 
+_GUARDS = (ConditionKind.MASS_DELETE, ConditionKind.INVALID_SPEC, ConditionKind.FOLDER_UNREADABLE)
+"""Folder conditions under which the planner removes nothing."""
+
+
+def _guard(todo: Plan) -> Condition | None:
+    """The folder condition that holds back every removal of this pass, if one does."""
+    return next((c for c in todo.conditions if c.name == "*" and c.kind in _GUARDS), None)
+
+
+def release_hint(folder: str, *, loop_running: bool) -> str:
+    """How to confirm the removals the mass-deletion guard holds. ``apply`` cannot run
+    while a loop claims the folder: then the loop itself must be restarted."""
+    if loop_running:
+        return (
+            f"restart the loop as `reconciler run --allow-mass-delete {folder}` "
+            "(and again without the flag afterwards)"
+        )
+    return f"run `reconciler apply --allow-mass-delete {folder}`"
+
+
+def _held(guard: Condition, file: str | None, folder: str, loop_running: bool) -> dict[str, str]:
+    """The condition of a container kept running only because ``guard`` holds removals."""
+    if guard.kind is ConditionKind.MASS_DELETE:
+        hint = release_hint(folder, loop_running=loop_running)
+        message = (
+            f"{file or 'its file'} is gone; the mass-deletion guard keeps it: to remove it, {hint}"
+        )
+    else:
+        message = f"kept while {guard.message}"
+    return {"kind": guard.kind.value, "message": message}
+
+
 def _phase(
     info: ContainerInfo | None,
     kinds: set[str],
@@ -175,7 +282,8 @@ def _phase(
     kept: bool,
 ) -> str:
     """``kept``: a valid file asks for this container; another file declaring the same
-    name is refused, which does not make this one invalid."""
+    name is refused, which does not make this one invalid. ``wanted``: a file asks for
+    it, or a guard keeps it."""
     for kind in ("InvalidSpec", "DuplicateName", "NameTaken", "PortConflict"):
         if kind in kinds and not (kind == "DuplicateName" and kept):
             return "InvalidSpec" if kind == "DuplicateName" else kind
@@ -192,6 +300,72 @@ def _phase(
     return "Pending"
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """What every row of one status needs to know."""
+
+    desired: DesiredState
+    todo: Plan
+    errors: Mapping[str, str]
+    crashing: frozenset[str]
+    now: float
+    loop_running: bool
+    pending: frozenset[str]
+    """Containers with an action other than ``destroy`` to do."""
+    destroying: frozenset[str]
+    guard: Condition | None
+    """The folder condition that holds back every removal of this pass, if one does."""
+
+    def _keeping(self, name: str, info: ContainerInfo | None, wanted: bool) -> Condition | None:
+        """The guard that alone keeps this container running (no file asks for it, and
+        nothing else explains why it stays), if one does."""
+        if info is None or wanted or name in self.destroying:
+            return None
+        if any(c.name == name for c in self.todo.conditions):
+            return None
+        return self.guard
+
+    def row(self, name: str, info: ContainerInfo | None) -> dict[str, Any]:
+        desired, now = self.desired, self.now
+        want = desired.containers.get(name)
+        conditions = [c for c in self.todo.conditions if c.name == name]
+        kinds = {c.kind.value for c in conditions}
+        file = want.file.name if want else (info.spec.labels.get(LABEL_FILE) if info else None)
+        if file is None:
+            file = next((e.file.name for e in desired.errors if e.name == name), None)
+        claimed = any(e.name == name for e in desired.errors)
+        guard = self._keeping(name, info, want is not None or claimed)
+        shown = [{k: v for k, v in _condition_json(c).items() if k != "name"} for c in conditions]
+        if guard is not None:
+            shown.append(_held(guard, file, str(desired.folder), self.loop_running))
+        return {
+            "name": name,
+            "file": file,
+            "phase": _phase(
+                info,
+                kinds,
+                name in self.pending,
+                name in self.errors,
+                name in self.crashing,
+                want is not None or claimed or guard is not None,
+                kept=want is not None,
+            ),
+            "pid": info.pid if info else None,
+            "ports": _ports(info),
+            "restarts": info.restarts if info else 0,
+            "age_s": round(now - info.started_at, 3) if info and info.started_at else None,
+            "exit_code": info.exit_code if info else None,
+            "paused": info.paused if info else False,
+            "oom_kills": info.oom_kills if info else 0,
+            "pids_refused": info.pids_refused if info else 0,
+            "last_error": self.errors.get(name),
+            "in_sync": not shown
+            and name not in self.pending
+            and (want is not None) == (info is not None),
+            "conditions": shown,
+        }
+
+
 def container_rows(
     desired: DesiredState,
     actual: Sequence[ContainerInfo],
@@ -200,61 +374,37 @@ def container_rows(
     errors: Mapping[str, str] | None = None,
     crashing: Iterable[str] = (),
     now: float | None = None,
+    loop_running: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per container that is wanted, managed by this folder, or blocked.
 
     ``desired`` is settled (:func:`reconciler.planning.plan.settled`, as a dry run returns
     it): a name two files declare shows the file that keeps it (the one whose container
-    runs) and that container's phase; the refused file is a condition."""
-    now = time.time() if now is None else now
-    errors = errors or {}
-    crash = set(crashing)
+    runs) and that container's phase; the refused file is a condition. A container whose
+    file is gone but whose removal a guard holds keeps its phase and carries the guard's
+    condition, with the command that releases it (``loop_running`` decides which)."""
     folder = str(desired.folder)
-    by_name = {i.name: i for i in actual}
-    ours = {n: i for n, i in by_name.items() if is_managed_by(i, folder)}
+    ours = {i.name: i for i in actual if is_managed_by(i, folder)}
     names = set(desired.containers) | set(ours) | {c.name for c in todo.conditions if c.name != "*"}
-    pending = {a.name for a in todo.actions if a.kind is not ActionKind.DESTROY}
-    rows = []
-    for name in sorted(names):
-        info = ours.get(name)
-        want = desired.containers.get(name)
-        conditions = [c for c in todo.conditions if c.name == name]
-        kinds = {c.kind.value for c in conditions}
-        file = want.file.name if want else (info.spec.labels.get(LABEL_FILE) if info else None)
-        if file is None:
-            file = next((e.file.name for e in desired.errors if e.name == name), None)
-        claimed = any(e.name == name for e in desired.errors)
-        rows.append(
-            {
-                "name": name,
-                "file": file,
-                "phase": _phase(
-                    info,
-                    kinds,
-                    name in pending,
-                    name in errors,
-                    name in crash,
-                    want is not None or claimed,
-                    kept=want is not None,
-                ),
-                "pid": info.pid if info else None,
-                "ports": _ports(info),
-                "restarts": info.restarts if info else 0,
-                "age_s": round(now - info.started_at, 3) if info and info.started_at else None,
-                "exit_code": info.exit_code if info else None,
-                "paused": info.paused if info else False,
-                "oom_kills": info.oom_kills if info else 0,
-                "pids_refused": info.pids_refused if info else 0,
-                "last_error": errors.get(name),
-                "in_sync": not conditions
-                and name not in pending
-                and (want is not None) == (info is not None),
-                "conditions": [
-                    {k: v for k, v in _condition_json(c).items() if k != "name"} for c in conditions
-                ],
-            }
-        )
-    return rows
+    rows = _Rows(
+        desired,
+        todo,
+        errors or {},
+        frozenset(crashing),
+        time.time() if now is None else now,
+        loop_running,
+        frozenset(a.name for a in todo.actions if a.kind is not ActionKind.DESTROY),
+        frozenset(a.name for a in todo.actions if a.kind is ActionKind.DESTROY),
+        _guard(todo),
+    )
+    return [rows.row(name, ours.get(name)) for name in sorted(names)]
+
+
+def _record(data: Any) -> LoopRecord | None:
+    """A stored record (of the loop or of an apply), or None when there is none."""
+    if not isinstance(data, dict):
+        return None
+    return LoopRecord(**{k: v for k, v in data.items() if k in LoopRecord.__dataclass_fields__})
 
 
 def status_document(
@@ -262,22 +412,38 @@ def status_document(
     actual: Sequence[ContainerInfo],
     todo: Plan,
     stored: Mapping[str, Any],
+    *,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """The ``status --json`` document (see the module docstring); ``desired`` settled,
-    as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it."""
-    loop = dict(stored.get("loop") or {})
-    record = LoopRecord(**{k: v for k, v in loop.items() if k in LoopRecord.__dataclass_fields__})
-    alive = record.running()
-    errors = stored.get("errors", {}) if alive else {}
-    crashing = stored.get("crashing", []) if alive else []
-    loop_view = {"running": alive, **asdict(record)}
-    if record.pid == os.getpid():
-        loop_view["running"] = True
+    as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it. The errors and
+    crash loops stored are shown whether a loop runs or not: they are the last known
+    (with no loop, a crash loop only while its container is still there: ``down`` or
+    ``rm`` ended it)."""
+    record = _record(stored.get("loop")) or LoopRecord()
+    applied = _record(stored.get("apply"))
+    alive = record.running() or record.pid == os.getpid()
+    errors = stored.get("errors")
+    stored_crashing = stored.get("crashing")
+    crashing: list[str] = stored_crashing if isinstance(stored_crashing, list) else []
+    if not alive:
+        crashing = [name for name in crashing if any(i.name == name for i in actual)]
+    recorded = stored.get("recorded")
     return {
         "version": 1,
         "folder": str(desired.folder),
-        "loop": loop_view,
-        "containers": container_rows(desired, actual, todo, errors=errors, crashing=crashing),
+        "loop": {"running": alive, **asdict(record)},
+        "apply": asdict(applied) if applied else None,
+        "recorded": recorded if isinstance(recorded, dict) else None,
+        "containers": container_rows(
+            desired,
+            actual,
+            todo,
+            errors=errors if isinstance(errors, dict) else {},
+            crashing=crashing,
+            now=now,
+            loop_running=alive,
+        ),
         "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
         "skipped": [{"file": s.file.name, "reason": s.reason} for s in desired.skipped],
     }

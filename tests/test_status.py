@@ -1,0 +1,353 @@
+"""What ``reconciler status`` and the loop's console say, against the fake runtime.
+
+Each status is taken as ``reconciler status`` takes it: a fresh reconciler on the same
+folder, runtime and state folder dry-runs and reads what the loop or ``apply`` recorded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from rich.console import Console
+
+from reconciler import cli
+from reconciler.control.converge import Converger
+from reconciler.control.loop import Reconciler
+from reconciler.control.status import FolderBusy, StatusStore, Writer, status_document
+from reconciler.desired.source import FolderSource
+from reconciler.settings import Settings
+from runtime.errors import ContainerStartError
+from tests.fakes import FakeClock, FakeRuntime
+
+APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path.resolve() / "desired"  # as the folder's containers are labelled
+    path.mkdir()
+    (tmp_path / "state").mkdir()
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def runtime(clock: FakeClock) -> FakeRuntime:
+    return FakeRuntime(clock=clock)
+
+
+def reconciler(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, writer: Writer = "loop"
+) -> Reconciler:
+    """A reconciler as the command line makes one, on the fake runtime."""
+    return Reconciler(
+        source=FolderSource(folder),
+        runtime=runtime,
+        converger=Converger(runtime, clock=clock),
+        store=StatusStore(folder.parent / "state", folder),
+        clock=clock,
+        writer=writer,
+    )
+
+
+def status(folder: Path, runtime: FakeRuntime, clock: FakeClock) -> dict[str, Any]:
+    viewer = reconciler(folder, runtime, clock)
+    desired, actual, todo = viewer.dry_run()
+    assert viewer.store is not None
+    return status_document(desired, actual, todo, viewer.store.read(), now=clock())
+
+
+def rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in document["containers"]}
+
+
+def gone_pid() -> int:
+    """The pid of a process that has ended (a loop or an apply that is over)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+# -- the mass-deletion guard -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop_runs", [False, True])
+async def test_a_container_the_guard_holds_runs_and_says_what_releases_it(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, loop_runs: bool
+) -> None:
+    for index in range(4):
+        (folder / f"c{index}.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    await loop.reconcile("start")
+    for index in (1, 2, 3):
+        (folder / f"c{index}.toml").unlink()
+    if loop_runs:
+        loop.record.started(os.getpid())
+    await loop.reconcile("files changed")
+    document = status(folder, runtime, clock)
+    assert [c["kind"] for c in document["conditions"]] == ["MassDeleteGuard"]
+    by_name = rows(document)
+    assert (by_name["c0"]["phase"], by_name["c0"]["conditions"]) == ("Running", [])
+    held = by_name["c2"]
+    assert (held["phase"], held["in_sync"]) == ("Running", False)
+    (condition,) = held["conditions"]
+    assert condition["kind"] == "MassDeleteGuard"
+    assert "c2.toml is gone" in condition["message"]
+    command = "run" if loop_runs else "apply"
+    assert f"`reconciler {command} --allow-mass-delete {folder}`" in condition["message"]
+
+
+@pytest.mark.anyio
+async def test_a_container_kept_by_the_other_guards_runs_and_names_them(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    """A file whose container cannot be known holds every removal; so does a folder that
+    cannot be read: the containers they keep run, and say why."""
+    for name in ("web", "old"):
+        (folder / f"{name}.toml").write_text(APP)
+    await reconciler(folder, runtime, clock).reconcile("start")
+    (folder / "old.toml").unlink()
+    (folder / "new.toml").write_text("name = [\n")
+    (row,) = [r for r in status(folder, runtime, clock)["containers"] if r["name"] == "old"]
+    assert row["phase"] == "Running"
+    assert [c["kind"] for c in row["conditions"]] == ["InvalidSpec"]
+    assert row["conditions"][0]["message"].startswith(
+        "kept while nothing is removed while new.toml"
+    )
+    os.rename(folder, folder.with_name("moved"))
+    by_name = rows(status(folder, runtime, clock))
+    assert [by_name[n]["phase"] for n in ("old", "web")] == ["Running", "Running"]
+    assert by_name["web"]["conditions"] == [
+        {
+            "kind": "FolderUnreadable",
+            "message": f"kept while {folder} is missing or unreadable; "
+            "nothing is changed until it is back",
+        }
+    ]
+
+
+# -- the last known state, whoever recorded it ----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_crash_loop_still_shows_after_the_loop_stopped(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    (folder / "crash.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    loop.record.started(os.getpid())
+    await loop.reconcile("start")
+    for _ in range(3):
+        runtime.finish("crash", 3)
+        clock.advance(100.0)  # past the crash back-off: the loop restarts it
+        await loop.reconcile("a process exited")
+    last_pass = clock()
+    loop.record.pid = gone_pid()  # the loop has stopped ...
+    loop.save()
+    runtime.finish("crash", 3)  # ... and its container exited once more
+    clock.advance(600.0)
+    document = status(folder, runtime, clock)
+    assert document["loop"]["running"] is False
+    (row,) = document["containers"]
+    assert (row["phase"], row["exit_code"]) == ("CrashLoopBackOff", 3)
+    assert document["recorded"]["by"] == "loop"
+    assert document["recorded"]["at"] == last_pass
+    runtime.remove("crash")  # `reconciler down` or `rm`: that crash loop is over
+    (row,) = status(folder, runtime, clock)["containers"]
+    assert row["phase"] == "Pending"
+
+
+@pytest.mark.anyio
+async def test_a_failed_apply_reaches_status_with_its_error_and_time(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    (folder / "web.toml").write_text(APP)
+    runtime.fail("run", "web", ContainerStartError("web", "no such command: httpd"))
+    apply = reconciler(folder, runtime, clock, writer="apply")
+    apply.record.started(gone_pid())
+    applied_at = clock()
+    result = await apply.reconcile("apply")
+    assert [o.action.name for o in result.failed] == ["web"]
+    clock.advance(5.0)
+    document = status(folder, runtime, clock)
+    (row,) = document["containers"]
+    assert row["phase"] == "Failed"
+    assert "no such command: httpd" in row["last_error"]
+    assert (document["recorded"]["by"], document["recorded"]["at"]) == ("apply", applied_at)
+    assert document["apply"]["last_actions"] == ["create web: new in web.toml"]
+
+
+@pytest.mark.anyio
+async def test_an_apply_keeps_the_loops_record_and_a_loop_the_applys(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    (folder / "web.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    loop.record.started(gone_pid())
+    await loop.reconcile("start")
+    await loop.reconcile("resync")
+    clock.advance(10.0)
+    apply = reconciler(folder, runtime, clock, writer="apply")
+    await apply.reconcile("apply")
+    document = status(folder, runtime, clock)
+    assert (document["loop"]["passes"], document["loop"]["last_trigger"]) == (2, "resync")
+    assert (document["apply"]["passes"], document["recorded"]["by"]) == (1, "apply")
+    clock.advance(10.0)
+    await loop.reconcile("resync")
+    document = status(folder, runtime, clock)
+    assert (document["loop"]["passes"], document["recorded"]["by"]) == (3, "loop")
+    assert document["apply"]["last_pass_at"] == 1010.0
+
+
+@pytest.mark.parametrize(
+    ("holder", "said"),
+    [("loop", "already manages this folder"), ("apply", "`reconciler apply` (pid")],
+)
+def test_a_refused_claim_names_the_process_that_holds_the_folder(
+    folder: Path, holder: Writer, said: str
+) -> None:
+    """flock conflicts between two open files of one process too: the second claim here
+    is refused as a second process's would be."""
+    StatusStore(folder.parent / "state", folder).claim(holder)
+    with pytest.raises(FolderBusy) as refused:
+        StatusStore(folder.parent / "state", folder).claim("loop")
+    assert f"(pid {os.getpid()})" in str(refused.value)
+    assert said in str(refused.value)
+
+
+# -- tables: whole values off a terminal, and with -o wide ------------------------------------
+
+LONG_NAME = "a-container-whose-name-is-long-enough-to-be-cut"
+LONG_REASON = "the command /usr/local/bin/some-long-program-name was not found in the image"
+
+
+@pytest.fixture
+def failed_long(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container with a long name whose apply failed with a long error; the command
+    line's ``status`` sees this fake runtime and state."""
+    (folder / "app.toml").write_text(f'name = "{LONG_NAME}"\n{APP}')
+    runtime.fail("run", LONG_NAME, ContainerStartError(LONG_NAME, LONG_REASON))
+    anyio.run(reconciler(folder, runtime, clock, writer="apply").reconcile, "apply")
+
+    def made(path: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
+        return reconciler(path, runtime, clock, writer)
+
+    monkeypatch.setattr(cli, "_reconciler", made)
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.mark.usefixtures("failed_long")
+def test_status_off_a_terminal_never_cuts_a_value(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    (line,) = [line for line in out.splitlines() if LONG_NAME in line]
+    assert all(word in line for word in ("app.toml", "Failed", LONG_REASON)), line
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1000.0))
+    assert f"as `reconciler apply` last recorded them, {at}" in out
+
+
+def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """Make the command line print to an 80-column terminal (no colours); what it prints."""
+    screen = io.StringIO()
+    console = Console(
+        file=screen,
+        force_terminal=True,
+        width=80,
+        color_system=None,
+        highlight=False,
+        soft_wrap=cli._out.soft_wrap,
+    )
+    monkeypatch.setattr(cli, "_out", console)
+    return screen
+
+
+def table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line[:1] in ("┏", "┃", "│", "└")]
+
+
+@pytest.mark.usefixtures("failed_long")
+def test_status_on_a_terminal_fits_it_and_wide_shows_everything(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = terminal(monkeypatch)
+    assert cli.main(["status", str(folder)]) == 0
+    fitted = table_lines(screen.getvalue())
+    assert fitted and max(len(line) for line in fitted) <= 80
+    screen = terminal(monkeypatch)
+    assert cli.main(["status", str(folder), "-o", "wide"]) == 0
+    out = screen.getvalue()
+    assert "…" not in out
+    (line,) = [line for line in table_lines(out) if LONG_NAME in line]
+    assert LONG_REASON in line
+
+
+# -- the loop's console ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_loop_console_says_a_rejected_file_once_and_when_it_is_fixed(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = terminal(monkeypatch)
+    (folder / "web.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    on_pass = cli.pass_printer(str(folder))
+    on_pass(await loop.reconcile("start"))
+    (folder / "web.toml").write_text(APP + "\n[bogus]\n")
+    for _ in range(3):
+        on_pass(await loop.reconcile("resync"))
+    (folder / "web.toml").write_text(APP)
+    for _ in range(2):
+        on_pass(await loop.reconcile("resync"))
+    lines = screen.getvalue().splitlines()
+    assert lines[0] == "create web: new in web.toml"
+    (rejected,) = [line for line in lines if line.startswith("InvalidSpec web: ")][:-1]
+    assert f"InvalidSpec web: {folder / 'web.toml'}:7: bogus" in rejected
+    assert lines[1:] == [rejected, "InvalidSpec web: cleared"]
+
+
+@pytest.mark.anyio
+async def test_the_loop_console_says_a_guard_hold_once_with_what_releases_it(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = terminal(monkeypatch)
+    for index in range(3):
+        (folder / f"c{index}.toml").write_text(APP)
+    loop = reconciler(folder, runtime, clock)
+    on_pass = cli.pass_printer(str(folder))
+    await loop.reconcile("start")
+    for index in range(3):
+        (folder / f"c{index}.toml").unlink()
+    for _ in range(3):
+        on_pass(await loop.reconcile("resync"))
+    (folder / "c0.toml").write_text(APP)
+    on_pass(await loop.reconcile("files changed"))
+    lines = screen.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert lines[0].startswith("MassDeleteGuard: this pass would remove 3 of the folder's 3")
+    assert f"`reconciler run --allow-mass-delete {folder}`" in lines[0]
+    assert sorted(lines[1:3]) == ["destroy c1: c1.toml is gone", "destroy c2: c2.toml is gone"]
+    assert lines[3] == "MassDeleteGuard: cleared"
