@@ -67,6 +67,13 @@ def reconciler(
     )
 
 
+def save(path: Path, text: str) -> None:
+    """Save as an editor does: written aside, renamed into place (applied at once)."""
+    aside = path.with_name(f".{path.name}.swp")
+    aside.write_text(text)
+    aside.rename(path)
+
+
 def status(folder: Path, runtime: FakeRuntime, clock: FakeClock) -> dict[str, Any]:
     viewer = reconciler(folder, runtime, clock)
     desired, actual, todo = viewer.dry_run()
@@ -316,10 +323,10 @@ async def test_the_loop_console_says_a_rejected_file_once_and_when_it_is_fixed(
     loop = reconciler(folder, runtime, clock)
     on_pass = cli.pass_printer(str(folder))
     on_pass(await loop.reconcile("start"))
-    (folder / "web.toml").write_text(APP + "\n[bogus]\n")
+    save(folder / "web.toml", APP + "\n[bogus]\n")
     for _ in range(3):
         on_pass(await loop.reconcile("resync"))
-    (folder / "web.toml").write_text(APP)
+    save(folder / "web.toml", APP)
     for _ in range(2):
         on_pass(await loop.reconcile("resync"))
     lines = screen.getvalue().splitlines()
