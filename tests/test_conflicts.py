@@ -137,8 +137,8 @@ def test_the_running_file_keeps_its_name_and_gets_its_edits(tmp_path: Path) -> N
     assert [e.file.name for e in view.errors] == ["aaa.toml"]
     todo = plan(state, [running(holder)])
     assert [(str(a.kind), a.name, a.desired and a.desired.file.name) for a in todo.actions] == [
-        ("unbind", "web", "web.toml"),
         ("bind", "web", "web.toml"),
+        ("release", "web", "web.toml"),
     ]
 
 

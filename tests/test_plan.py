@@ -299,23 +299,23 @@ CHANGES = [
         Case(
             desired(WEB_8081),
             (running(WEB),),
-            ("unbind web 127.0.0.1:8080->80/tcp", "bind web 127.0.0.1:8081->80/tcp"),
+            ("bind web 127.0.0.1:8081->80/tcp", "release web 127.0.0.1:8080->80/tcp"),
         ),
-        id="port-moved-running-rebinds-live",
+        id="port-moved-running-binds-then-releases",
     ),
     pytest.param(
         Case(desired(WEB_TWO), (running(WEB),), ("bind web 127.0.0.1:9090->90/tcp",)),
         id="port-added-running-binds-only-it",
     ),
     pytest.param(
-        Case(desired(WEB), (running(WEB_TWO),), ("unbind web 127.0.0.1:9090->90/tcp",)),
-        id="port-removed-running-unbinds-only-it",
+        Case(desired(WEB), (running(WEB_TWO),), ("release web 127.0.0.1:9090->90/tcp",)),
+        id="port-removed-running-releases-only-it",
     ),
     pytest.param(
         Case(
             desired(WEB_TWO_MOVED),
             (running(WEB_TWO),),
-            ("unbind web 127.0.0.1:9090->90/tcp", "bind web 127.0.0.1:9191->90/tcp"),
+            ("bind web 127.0.0.1:9191->90/tcp", "release web 127.0.0.1:9090->90/tcp"),
         ),
         id="only-the-changed-port-of-two",
     ),
@@ -627,9 +627,109 @@ BACK_OFF = [
     ),
 ]
 
+# An old forward goes before the takes only when one of them needs its host side; any
+# other goes after them (release, phase 2); one that a held-back container asks for stays.
+MAKE_BEFORE_BREAK = [
+    pytest.param(
+        Case(
+            desired(want("web", ports=[P8081, port(9191, 90)])),
+            (running(WEB_TWO),),
+            (
+                "bind web 127.0.0.1:8081->80/tcp 127.0.0.1:9191->90/tcp",
+                "release web 127.0.0.1:8080->80/tcp 127.0.0.1:9090->90/tcp",
+            ),
+        ),
+        id="every-port-moved-binds-all-then-releases-all",
+    ),
+    pytest.param(
+        Case(
+            desired(want("web", ports=[port(8080, 81), P8081])),
+            (running(WEB),),
+            (
+                "unbind web 127.0.0.1:8080->80/tcp",
+                "bind web 127.0.0.1:8080->81/tcp 127.0.0.1:8081->80/tcp",
+            ),
+        ),
+        id="same-host-side-reused-unbinds-first",
+    ),
+    pytest.param(
+        Case(
+            desired(want("web", ports=[P8080])),
+            (running(want("web", ports=[port(8080, addr="0.0.0.0")])),),
+            ("unbind web 0.0.0.0:8080->80/tcp", "bind web 127.0.0.1:8080->80/tcp"),
+        ),
+        id="wildcard-host-side-overlaps-unbinds-first",
+    ),
+    pytest.param(
+        Case(
+            desired(want("web", ports=[port(8080, protocol="udp")])),
+            (running(WEB),),
+            ("bind web 127.0.0.1:8080->80/udp", "release web 127.0.0.1:8080->80/tcp"),
+        ),
+        id="other-protocol-same-port-coexists",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080), running(want("b"))),
+            (),
+            ("BackOff b",),
+            5.0,
+            {"b": 6.0},
+        ),
+        id="moved-port-stays-while-its-taker-backs-off",
+    ),
+    pytest.param(
+        Case(desired(A_BARE, B_8080), (running(A_8080),), (), ("BackOff b",), 5.0, {"b": 6.0}),
+        id="moved-port-stays-while-the-new-container-backs-off",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080), running(want("b"))),
+            ("unbind a 127.0.0.1:8080->80/tcp", "bind b 127.0.0.1:8080->80/tcp"),
+            (),
+            7.0,
+            {"b": 6.0},
+        ),
+        id="moved-port-moves-once-the-back-off-ends",
+    ),
+    pytest.param(
+        Case(
+            desired(want("a", ports=[P9090]), B_8080),
+            (running(A_8080), running(want("b"))),
+            ("bind a 127.0.0.1:9090->90/tcp",),
+            ("BackOff b",),
+            5.0,
+            {"b": 6.0},
+        ),
+        id="held-back-taker-keeps-only-its-port-in-place",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, want("c", ports=[P8080])),
+            (running(A_8080), foreign("c")),
+            ("release a 127.0.0.1:8080->80/tcp",),
+            ("NameTaken c",),
+            5.0,
+            {"c": 6.0},
+        ),
+        id="a-refused-file-holds-nothing-back",
+    ),
+]
+
 
 @pytest.mark.parametrize(
-    "case", BASICS + OWNERSHIP + CHANGES + MOVES + CONFLICTS + BROKEN_FILES + RESTARTS + BACK_OFF
+    "case",
+    BASICS
+    + OWNERSHIP
+    + CHANGES
+    + MOVES
+    + CONFLICTS
+    + BROKEN_FILES
+    + RESTARTS
+    + BACK_OFF
+    + MAKE_BEFORE_BREAK,
 )
 def test_plan_table(case: Case) -> None:
     result = plan(case.desired, case.actual, now=case.now, not_before=case.not_before)
@@ -687,11 +787,11 @@ def test_rebind_carries_exactly_the_changed_ports() -> None:
     new = want("web", ports=[new_b, kept, new_a])
     actions = plan(desired(new), [running(old)]).actions
     assert [(a.kind, a.ports) for a in actions] == [
-        (ActionKind.UNBIND, (gone,)),
         (ActionKind.BIND, (new_b, new_a)),  # sorted by text: "...:53->" before "...:7000->"
+        (ActionKind.RELEASE, (gone,)),
     ]
     assert all(a.desired is new for a in actions)
-    assert str(actions[0]) == "unbind web 127.0.0.1:9090->90/tcp: ports changed"
+    assert str(actions[1]) == "release web 127.0.0.1:9090->90/tcp: ports changed"
 
 
 def test_swap_frees_in_phase_0_and_takes_in_phase_1() -> None:
@@ -708,18 +808,15 @@ def test_phases_of_every_kind() -> None:
         [running(WEB), running(want("gone")), exited(A_BARE, 1), running(want("d", ports=[P8081]))],
     )
     assert actions_of(result) == (
-        "unbind d 127.0.0.1:8081->80/tcp",
         "destroy gone",
         "recreate web",
         "start a",
         "create c",
+        "release d 127.0.0.1:8081->80/tcp",
     )
-    assert [a.kind for a in result.phase(0)] == [
-        ActionKind.UNBIND,
-        ActionKind.DESTROY,
-        ActionKind.RECREATE,
-    ]
+    assert [a.kind for a in result.phase(0)] == [ActionKind.DESTROY, ActionKind.RECREATE]
     assert [a.kind for a in result.phase(1)] == [ActionKind.START, ActionKind.CREATE]
+    assert [a.kind for a in result.phase(2)] == [ActionKind.RELEASE]
 
 
 def test_destroy_reason_names_the_file() -> None:
@@ -808,10 +905,10 @@ def test_same_inputs_in_any_order_give_the_same_plan() -> None:
     assert actions_of(reference) == (
         "recreate api",
         "destroy gone",
-        "unbind web 127.0.0.1:8080->80/tcp",
         "start job",
         "bind web 127.0.0.1:8081->80/tcp",
         "create zeta",
+        "release web 127.0.0.1:8080->80/tcp",
     )
     assert conditions_of(reference) == ("InvalidSpec broken", "NameTaken new", "PortConflict alpha")
     orders = (MIXED_DESIRED[::-1], MIXED_DESIRED[2:] + MIXED_DESIRED[:2], MIXED_DESIRED)
@@ -859,8 +956,8 @@ def test_a_folder_through_its_lifecycle(tmp_path: Path) -> None:
     second = plan(load_desired(tmp_path), actual)
     assert actions_of(second) == (
         "recreate api",
-        "unbind web 127.0.0.1:8080->80/tcp",
         "bind web 127.0.0.1:8090->80/tcp",
+        "release web 127.0.0.1:8080->80/tcp",
     )
     assert second.actions[0].reason == "changed: env"
 
