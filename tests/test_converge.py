@@ -921,11 +921,9 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
     assert sorted((PHASE[a.kind], a.kind.value, a.name) for a in todo.actions) == [
         (0, "destroy", "x"),
         (0, "recreate", "r"),
-        (0, "unbind", "a"),
-        (0, "unbind", "b"),
-        (1, "bind", "a"),
-        (1, "bind", "b"),
         (1, "create", "y"),
+        (1, "move", "a"),
+        (1, "move", "b"),
     ]
     first = len(fake.journal)
 
@@ -1016,6 +1014,38 @@ async def test_a_port_moved_to_a_new_container_that_fails_goes_back_and_stays(
     assert texts(outcomes) == [
         ("unbind a 127.0.0.1:18080->80/tcp: ports changed", True),
         ("create b: new in b.toml", True),
+    ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+
+
+@pytest.mark.anyio
+async def test_a_port_moved_between_running_containers_moves_back_to_back_or_stays(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = planning(tmp_path, fake, converger, clock)
+    squishfile(tmp_path, "a", host=18080)
+    squishfile(tmp_path, "b")
+    assert all(o.ok for o in await converger.apply(plan_now()))
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080)
+    taken = PortInUse("127.0.0.1", 18080, "tcp", "pid 77 (nc)")  # grabbed in the gap
+    fake.fail("move_port", "a", taken)
+
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("move b 127.0.0.1:18080->80/tcp: ports changed; from a", False)]
+    assert fake.history("remove_port", "add_port") == []
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((port(18080),), ())
+    assert converger.last_errors() == {"b": f"move failed: {taken}"}
+    assert plan_now().actions == ()  # b backs off: a keeps the port meanwhile
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("move b 127.0.0.1:18080->80/tcp: ports changed; from a", True)]
+    assert [(c.method, c.name, c.args) for c in fake.calls if c.method == "move_port"] == [
+        ("move_port", "a", ("b", port(18080))),
+        ("move_port", "a", ("b", port(18080))),
     ]
     assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
 

@@ -350,12 +350,7 @@ MOVES = [
         Case(
             desired(A_8081, B_8080),
             (running(A_8080), running(B_8081)),
-            (
-                "unbind a 127.0.0.1:8080->80/tcp",
-                "unbind b 127.0.0.1:8081->80/tcp",
-                "bind a 127.0.0.1:8081->80/tcp",
-                "bind b 127.0.0.1:8080->80/tcp",
-            ),
+            ("move a 127.0.0.1:8081->80/tcp", "move b 127.0.0.1:8080->80/tcp"),
         ),
         id="swap-ports-between-running",
     ),
@@ -363,9 +358,17 @@ MOVES = [
         Case(
             desired(A_BARE, B_8080),
             (running(A_8080), running(want("b"))),
-            ("unbind a 127.0.0.1:8080->80/tcp", "bind b 127.0.0.1:8080->80/tcp"),
+            ("move b 127.0.0.1:8080->80/tcp",),
         ),
         id="move-port-to-running-container",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, want("b", ports=[port(8080, 81)])),
+            (running(A_8080), running(want("b"))),
+            ("unbind a 127.0.0.1:8080->80/tcp", "bind b 127.0.0.1:8080->81/tcp"),
+        ),
+        id="port-taken-with-another-container-port-unbinds-then-binds",
     ),
     pytest.param(
         Case(
@@ -687,7 +690,7 @@ MAKE_BEFORE_BREAK = [
         Case(
             desired(A_BARE, B_8080),
             (running(A_8080), running(want("b"))),
-            ("unbind a 127.0.0.1:8080->80/tcp", "bind b 127.0.0.1:8080->80/tcp"),
+            ("move b 127.0.0.1:8080->80/tcp",),
             (),
             7.0,
             {"b": 6.0},
@@ -794,12 +797,29 @@ def test_rebind_carries_exactly_the_changed_ports() -> None:
     assert str(actions[1]) == "release web 127.0.0.1:9090->90/tcp: ports changed"
 
 
-def test_swap_frees_in_phase_0_and_takes_in_phase_1() -> None:
+def test_swap_between_running_containers_moves_both_forwards_in_phase_1() -> None:
     result = plan(desired(A_8081, B_8080), [running(B_8081), running(A_8080)])
-    assert {a.kind for a in result.phase(0)} == {ActionKind.UNBIND}
-    assert {a.kind for a in result.phase(1)} == {ActionKind.BIND}
-    assert result.actions == result.phase(0) + result.phase(1)
-    assert [PHASE[a.kind] for a in result.actions] == [0, 0, 1, 1]
+    assert result.phase(0) == result.phase(2) == ()
+    assert [(a.kind, a.name, a.source, a.ports) for a in result.actions] == [
+        (ActionKind.MOVE, "a", "b", (P8081,)),
+        (ActionKind.MOVE, "b", "a", (P8080,)),
+    ]
+    assert [PHASE[a.kind] for a in result.actions] == [1, 1]
+    assert str(result.actions[0]) == "move a 127.0.0.1:8081->80/tcp: ports changed; from b"
+    assert result.actions[0].desired is A_8081
+
+
+def test_a_move_leaves_the_rest_of_both_containers_changes_as_they_were() -> None:
+    a_before = want("a", ports=[P8080, P9090])
+    a_after = want("a", ports=[port(7070)])
+    b_after = want("b", ports=[P8080, P8081])
+    result = plan(desired(a_after, b_after), [running(a_before), running(want("b"))])
+    assert actions_of(result) == (
+        "bind a 127.0.0.1:7070->80/tcp",
+        "bind b 127.0.0.1:8081->80/tcp",
+        "move b 127.0.0.1:8080->80/tcp",
+        "release a 127.0.0.1:9090->90/tcp",
+    )
 
 
 def test_phases_of_every_kind() -> None:

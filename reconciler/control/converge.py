@@ -253,7 +253,7 @@ class Converger:
         if phase == 1 or action.kind is not ActionKind.RECREATE:
             out.append(Outcome(action))  # a recreate is reported once, when it is complete
             self._succeeded(action)
-        if phase == 1 and action.kind is not ActionKind.BIND:  # a bind counts port by port
+        if phase == 1 and action.kind not in (ActionKind.BIND, ActionKind.MOVE):  # by port
             self._ledger.taken += takes(action)
 
     async def _call(self, action: Action, phase: int) -> None:
@@ -275,6 +275,7 @@ class Converger:
                 ActionKind.HEAL: self._heal,
                 ActionKind.UNBIND: self._unbind,
                 ActionKind.BIND: self._bind,
+                ActionKind.MOVE: self._move,
                 ActionKind.RELEASE: self._release,
                 ActionKind.RESIZE: self._resize,
             }[action.kind]
@@ -305,6 +306,14 @@ class Converger:
     def _bind(self, action: Action) -> None:
         for port in action.ports:
             self.runtime.add_port(action.name, port)
+            self._ledger.taken.append(port)
+
+    def _move(self, action: Action) -> None:
+        """Move each forward from ``action.source``, back to back (put back where it was
+        when it cannot be added here)."""
+        assert action.source is not None
+        for port in action.ports:
+            self.runtime.move_port(action.source, action.name, port)
             self._ledger.taken.append(port)
 
     def _release(self, action: Action) -> None:

@@ -14,6 +14,9 @@ Action kinds, each with the phase it runs in:
   (``release``), once its container's binds succeeded: a new port that cannot be bound
   never costs the old one. An old forward that another file now asks for, while that
   container is held by its back-off, stays where it is until that one can take it.
+- ``move`` (1): a forward one running container drops and another running container
+  asks for, as it is: moved from the one to the other with back-to-back calls, put back
+  where it was when the other cannot take it (instead of an unbind and a bind).
 - ``recreate`` (removes in 0, creates in 1): anything but ports and resources changed
   (the spec hash differs), or the ports changed while the container was not running.
 - ``resize`` (0): only ``[resources]`` changed: the new limits are applied live, whether
@@ -82,6 +85,7 @@ class ActionKind(StrEnum):
     RECREATE = "recreate"
     UNBIND = "unbind"
     BIND = "bind"
+    MOVE = "move"
     RELEASE = "release"
     START = "start"
     HEAL = "heal"
@@ -97,6 +101,7 @@ PHASE = {
     ActionKind.BIND: 1,
     ActionKind.START: 1,
     ActionKind.HEAL: 1,
+    ActionKind.MOVE: 1,
     ActionKind.RELEASE: 2,
 }
 """Phase 0 frees what phase 1 needs (and resizes), phase 1 takes (``recreate`` removes in
@@ -120,6 +125,8 @@ class Action:
     reason: str
     desired: DesiredContainer | None = None
     ports: tuple[PortMapping, ...] = ()
+    source: str | None = None
+    """For a ``move``: the running container the forwards move from."""
 
     def __str__(self) -> str:
         ports = f" {', '.join(str(p) for p in self.ports)}" if self.ports else ""
@@ -398,9 +405,9 @@ def _for_container(
 
 
 def takes(action: Action) -> tuple[PortMapping, ...]:
-    """The host ports ``action`` takes in phase 1 (a bind its own, a create, recreate or
-    start those of its spec)."""
-    if action.kind is ActionKind.BIND:
+    """The host ports ``action`` takes in phase 1 (a bind or a move its own, a create,
+    recreate or start those of its spec)."""
+    if action.kind in (ActionKind.BIND, ActionKind.MOVE):
         return action.ports
     kinds = (ActionKind.CREATE, ActionKind.RECREATE, ActionKind.START)
     if action.kind in kinds and action.desired is not None:
@@ -416,9 +423,11 @@ def _waiting(state: _Pass, conditions: Sequence[Condition]) -> list[DesiredConta
 
 def _schedule_frees(actions: Sequence[Action], waiting: Sequence[DesiredContainer]) -> list[Action]:
     """Phase "frees": split each ``unbind`` (every old forward of a running container)
-    into what a take of this pass needs first (``unbind``, phase 0), what nothing takes
-    (``release``, phase 2: only once its container's binds succeeded), and what a
-    container held by its back-off asks for (kept until that one can take it)."""
+    into what moves as it is to another running container (``move``, phase 1), what a
+    take of this pass needs first (``unbind``, phase 0), what nothing takes (``release``,
+    phase 2: only once its container's binds succeeded), and what a container held by
+    its back-off asks for (kept until that one can take it)."""
+    actions = _pair_moves(actions)
     taken = [port for action in actions for port in takes(action)]
     wanted_later = [port for want in waiting for port in want.spec.ports]
     out: list[Action] = []
@@ -437,3 +446,47 @@ def _schedule_frees(actions: Sequence[Action], waiting: Sequence[DesiredContaine
 
 def _clashes(port: PortMapping, others: Sequence[PortMapping]) -> bool:
     return any(overlaps(port, other) for other in others)
+
+
+def _pair_moves(actions: Sequence[Action]) -> list[Action]:
+    """Each forward that one running container unbinds and another binds as it is
+    becomes a ``move`` from the one to the other, out of both actions."""
+    moves: dict[tuple[str, str], list[PortMapping]] = {}
+    givers = [a for a in actions if a.kind is ActionKind.UNBIND]
+    for bind in (a for a in actions if a.kind is ActionKind.BIND):
+        for port in bind.ports:
+            giver = next((u for u in givers if u.name != bind.name and port in u.ports), None)
+            if giver is not None:
+                moves.setdefault((giver.name, bind.name), []).append(port)
+    moved = {
+        (name, p)
+        for (giver, taker), ports in moves.items()
+        for name in (giver, taker)
+        for p in ports
+    }
+    out: list[Action] = []
+    for action in actions:
+        if action.kind in (ActionKind.UNBIND, ActionKind.BIND):
+            rest = tuple(p for p in action.ports if (action.name, p) not in moved)
+            if rest:
+                out.append(replace(action, ports=rest))
+            if action.kind is ActionKind.BIND:
+                out += _moves_to(action, moves)
+        else:
+            out.append(action)
+    return out
+
+
+def _moves_to(bind: Action, moves: Mapping[tuple[str, str], list[PortMapping]]) -> list[Action]:
+    return [
+        Action(
+            ActionKind.MOVE,
+            bind.name,
+            f"ports changed; from {giver}",
+            bind.desired,
+            tuple(ports),
+            giver,
+        )
+        for (giver, taker), ports in sorted(moves.items())
+        if taker == bind.name
+    ]
