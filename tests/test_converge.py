@@ -946,6 +946,18 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
 PUT_BACK = "put back: what was to take its host port did not get it"
 
 
+async def applied(
+    folder: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock, **hosts: int | None
+) -> Callable[[], Plan]:
+    """A squishfile per name (forwarding the host port given, if any), applied; the
+    planner of the next passes."""
+    for name, host in hosts.items():
+        squishfile(folder, name, host=host)
+    plan_now = planning(folder, fake, converger, clock)
+    assert all(o.ok for o in await converger.apply(plan_now()))
+    return plan_now
+
+
 def texts(outcomes: Sequence[Outcome]) -> list[tuple[str, bool]]:
     return [(str(o.action), o.ok) for o in outcomes]
 
@@ -954,9 +966,7 @@ def texts(outcomes: Sequence[Outcome]) -> list[tuple[str, bool]]:
 async def test_a_rebind_whose_new_port_fails_keeps_the_old_one(
     tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
 ) -> None:
-    plan_now = planning(tmp_path, fake, converger, clock)
-    squishfile(tmp_path, "web", host=18080)
-    assert all(o.ok for o in await converger.apply(plan_now()))
+    plan_now = await applied(tmp_path, fake, converger, clock, web=18080)
     squishfile(tmp_path, "web", host=80)
     refused = PortPrivileged("127.0.0.1", 80, "tcp", 1024)
     fake.fail("add_port", "web", refused)
@@ -985,9 +995,7 @@ async def test_a_rebind_whose_new_port_fails_keeps_the_old_one(
 async def test_a_port_moved_to_a_new_container_that_fails_goes_back_and_stays(
     tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
 ) -> None:
-    plan_now = planning(tmp_path, fake, converger, clock)
-    squishfile(tmp_path, "a", host=18080)
-    assert all(o.ok for o in await converger.apply(plan_now()))
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
     squishfile(tmp_path, "a")
     squishfile(tmp_path, "b", host=18080)
     fake.fail("run", "b", ContainerStartError("b", "exec: httpd: not found"))
@@ -1022,10 +1030,7 @@ async def test_a_port_moved_to_a_new_container_that_fails_goes_back_and_stays(
 async def test_a_port_moved_between_running_containers_moves_back_to_back_or_stays(
     tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
 ) -> None:
-    plan_now = planning(tmp_path, fake, converger, clock)
-    squishfile(tmp_path, "a", host=18080)
-    squishfile(tmp_path, "b")
-    assert all(o.ok for o in await converger.apply(plan_now()))
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080, b=None)
     squishfile(tmp_path, "a")
     squishfile(tmp_path, "b", host=18080)
     taken = PortInUse("127.0.0.1", 18080, "tcp", "pid 77 (nc)")  # grabbed in the gap
@@ -1046,6 +1051,38 @@ async def test_a_port_moved_between_running_containers_moves_back_to_back_or_sta
     assert [(c.method, c.name, c.args) for c in fake.calls if c.method == "move_port"] == [
         ("move_port", "a", ("b", port(18080))),
         ("move_port", "a", ("b", port(18080))),
+    ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+
+
+@pytest.mark.anyio
+async def test_a_port_freed_by_a_container_that_keeps_failing_still_reaches_its_taker(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
+    squishfile(tmp_path, "a", host=80)
+    fake.fail("add_port", "a", PortPrivileged("127.0.0.1", 80, "tcp", 1024), times=None)
+    assert texts(await converger.apply(plan_now())) == [
+        ("bind a 127.0.0.1:80->80/tcp: ports changed", False)
+    ]
+    squishfile(tmp_path, "b", host=18080)  # a backs off and still forwards 18080
+    clock.advance(0.001)
+
+    waiting = plan_now()  # b does not try (and fail, and back off out of step with a)
+
+    assert waiting.actions == ()
+    assert sorted((c.kind.value, c.name) for c in waiting.conditions) == [
+        ("BackOff", "a"),
+        ("BackOff", "b"),
+    ]
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [
+        ("unbind a 127.0.0.1:18080->80/tcp: ports changed", True),
+        ("bind a 127.0.0.1:80->80/tcp: ports changed", False),
+        ("create b: new in b.toml", True),
     ]
     assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
 

@@ -719,6 +719,39 @@ MAKE_BEFORE_BREAK = [
         ),
         id="a-refused-file-holds-nothing-back",
     ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080), running(want("b"))),
+            (),
+            ("BackOff a", "BackOff b"),
+            5.0,
+            {"a": 6.0},
+        ),
+        id="taker-waits-while-the-holder-backs-off",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080, want("c", ports=[P9090])),
+            (running(A_8080), running(want("b", ports=[P9090]))),
+            (),
+            ("BackOff a", "BackOff b", "BackOff c"),
+            5.0,
+            {"a": 6.0},
+        ),
+        id="waiting-is-passed-along-a-chain-of-moves",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080),),
+            ("unbind a 127.0.0.1:8080->80/tcp", "create b"),
+            (),
+            7.0,
+            {"a": 6.0},
+        ),
+        id="new-container-takes-the-port-once-the-holder-may-free-it",
+    ),
 ]
 
 
@@ -807,6 +840,17 @@ def test_swap_between_running_containers_moves_both_forwards_in_phase_1() -> Non
     assert [PHASE[a.kind] for a in result.actions] == [1, 1]
     assert str(result.actions[0]) == "move a 127.0.0.1:8081->80/tcp: ports changed; from b"
     assert result.actions[0].desired is A_8081
+
+
+def test_a_taker_that_waits_for_a_backing_off_holder_says_so() -> None:
+    result = plan(desired(A_BARE, B_8080), [running(A_8080)], now=5.0, not_before={"a": 6.0})
+    waiting = [c for c in result.conditions if c.name == "b"]
+    assert [(c.kind, c.message) for c in waiting] == [
+        (
+            ConditionKind.BACK_OFF,
+            "waits for a, which is backing off, to free host port 127.0.0.1:8080->80/tcp",
+        )
+    ]
 
 
 def test_a_move_leaves_the_rest_of_both_containers_changes_as_they_were() -> None:

@@ -243,8 +243,9 @@ def plan(
     Phases, in order: names (:func:`settled`); deletions (containers no valid file
     asks for, held back by the guards below); host-port arbitration between files; the
     per-container diff (create, recreate, resize, unbind/bind, start, heal), each held
-    back by its back-off; the frees (:func:`_schedule_frees`: which old forwards go
-    before the takes, which after them, which stay).
+    back by its back-off; the takes that wait for a container held by its back-off to
+    free a port (:func:`_defer_takes`); the frees (:func:`_schedule_frees`: which old
+    forwards move, which go before the takes, which after them, which stay).
 
     Mass-deletion guard: a pass that would destroy more than half of this folder's
     containers and more than two of them (an emptied folder, a half-synced checkout)
@@ -272,6 +273,7 @@ def plan(
         wanted, blocked = _for_container(state, want, taken, losers)
         actions.extend(wanted)
         conditions.extend(blocked)
+    actions, conditions = _defer_takes(state, actions, conditions)
     actions = _schedule_frees(actions, _waiting(state, conditions))
     actions.sort(key=lambda a: (PHASE[a.kind], a.name, a.kind.value))
     return Plan(tuple(actions), tuple(conditions))
@@ -413,6 +415,40 @@ def takes(action: Action) -> tuple[PortMapping, ...]:
     if action.kind in kinds and action.desired is not None:
         return action.desired.spec.ports
     return ()
+
+
+def _defer_takes(
+    state: _Pass, actions: Sequence[Action], conditions: Sequence[Condition]
+) -> tuple[list[Action], list[Condition]]:
+    """Hold back every action of a container that would take a host port a container
+    held by its back-off forwards now (it cannot free it in this pass): trying would
+    only fail and put this one in back-off too, out of step with the other."""
+    held = {c.name for c in conditions if c.kind is ConditionKind.BACK_OFF}
+    deferred: list[Condition] = []
+    while True:
+        live = [(n, p) for n in sorted(held & state.ours.keys()) for p in state.ours[n].ports]
+        waits = _waits(actions, live, held)
+        if not waits:
+            return list(actions), [*conditions, *deferred]
+        held |= waits.keys()
+        deferred += waits.values()
+        actions = [a for a in actions if a.name not in waits]
+
+
+def _waits(
+    actions: Sequence[Action], live: Sequence[tuple[str, PortMapping]], held: set[str]
+) -> dict[str, Condition]:
+    waits: dict[str, Condition] = {}
+    for action in actions:
+        if action.name in held or action.name in waits:
+            continue
+        for port in takes(action):
+            owner = next((n for n, p in live if n != action.name and overlaps(port, p)), None)
+            if owner is not None:
+                message = f"waits for {owner}, which is backing off, to free host port {port}"
+                waits[action.name] = Condition(action.name, ConditionKind.BACK_OFF, message)
+                break
+    return waits
 
 
 def _waiting(state: _Pass, conditions: Sequence[Condition]) -> list[DesiredContainer]:
