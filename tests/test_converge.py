@@ -878,8 +878,10 @@ async def test_the_fake_opens_its_holds_when_a_block_fails(fake: FakeRuntime) ->
 # -- with the planner ----------------------------------------------------------------------------
 
 
-def squishfile(folder: Path, name: str, *, host: int | None = None, env: str = "1") -> None:
-    ports = f"[[ports]]\ncontainer = 80\nhost = {host}\n" if host else ""
+def squishfile(
+    folder: Path, name: str, *, host: int | None = None, env: str = "1", container: int = 80
+) -> None:
+    ports = f"[[ports]]\ncontainer = {container}\nhost = {host}\n" if host else ""
     (folder / f"{name}.toml").write_text(
         '[layers]\nbusybox = "builtin"\n'
         f'[run]\ncommand = "httpd"\nargs = ["-f"]\n[env]\nV = "{env}"\n{ports}'
@@ -992,12 +994,12 @@ async def test_a_rebind_whose_new_port_fails_keeps_the_old_one(
 
 
 @pytest.mark.anyio
-async def test_a_port_moved_to_a_new_container_that_fails_goes_back_and_stays(
+async def test_a_port_taken_by_a_new_container_that_fails_goes_back_and_stays(
     tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
 ) -> None:
     plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
     squishfile(tmp_path, "a")
-    squishfile(tmp_path, "b", host=18080)
+    squishfile(tmp_path, "b", host=18080, container=81)  # not as it is: unbind, then create
     fake.fail("run", "b", ContainerStartError("b", "exec: httpd: not found"))
 
     outcomes = await converger.apply(plan_now())
@@ -1023,6 +1025,42 @@ async def test_a_port_moved_to_a_new_container_that_fails_goes_back_and_stays(
         ("unbind a 127.0.0.1:18080->80/tcp: ports changed", True),
         ("create b: new in b.toml", True),
     ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080, 81),))
+
+
+@pytest.mark.anyio
+async def test_a_new_container_takes_a_moved_port_only_once_it_runs(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080)
+    fake.fail("run", "b", ContainerStartError("b", "exec: httpd: not found"))
+    create = "create b: new in b.toml; moving 127.0.0.1:18080->80/tcp from a"
+
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [(create, False)]
+    assert fake.history("remove_port", "move_port") == []  # a was never touched
+    assert (fake.inspect("a").ports, [i.name for i in fake.list()]) == ((port(18080),), ["a"])
+    assert plan_now().actions == ()  # b backs off: a keeps serving the port meanwhile
+
+    clock.advance(1.0)
+    taken = PortInUse("127.0.0.1", 18080, "tcp", "pid 77 (nc)")  # grabbed in the gap
+    fake.fail("move_port", "a", taken)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [(create, False)]
+    (run,) = [c.args[0] for c in fake.calls if c.method == "run" and c.name == "b"][1:]
+    assert isinstance(run, ContainerSpec)
+    assert run.ports == ()  # started without it; then the move failed
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((port(18080),), ())
+    assert converger.last_errors() == {"b": f"create failed: {taken}"}
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("move b 127.0.0.1:18080->80/tcp: ports changed; from a", True)]
     assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
 
 
@@ -1079,10 +1117,9 @@ async def test_a_port_freed_by_a_container_that_keeps_failing_still_reaches_its_
     clock.advance(1.0)
     outcomes = await converger.apply(plan_now())
 
-    assert texts(outcomes) == [
-        ("unbind a 127.0.0.1:18080->80/tcp: ports changed", True),
+    assert sorted(texts(outcomes)) == [
         ("bind a 127.0.0.1:80->80/tcp: ports changed", False),
-        ("create b: new in b.toml", True),
+        ("create b: new in b.toml; moving 127.0.0.1:18080->80/tcp from a", True),
     ]
     assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
 

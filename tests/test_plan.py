@@ -374,7 +374,7 @@ MOVES = [
         Case(
             desired(A_BARE, B_8080),
             (running(A_8080),),
-            ("unbind a 127.0.0.1:8080->80/tcp", "create b"),
+            ("create b",),
         ),
         id="move-port-to-new-container",
     ),
@@ -745,7 +745,7 @@ MAKE_BEFORE_BREAK = [
         Case(
             desired(A_BARE, B_8080),
             (running(A_8080),),
-            ("unbind a 127.0.0.1:8080->80/tcp", "create b"),
+            ("create b",),
             (),
             7.0,
             {"a": 6.0},
@@ -833,9 +833,9 @@ def test_rebind_carries_exactly_the_changed_ports() -> None:
 def test_swap_between_running_containers_moves_both_forwards_in_phase_1() -> None:
     result = plan(desired(A_8081, B_8080), [running(B_8081), running(A_8080)])
     assert result.phase(0) == result.phase(2) == ()
-    assert [(a.kind, a.name, a.source, a.ports) for a in result.actions] == [
-        (ActionKind.MOVE, "a", "b", (P8081,)),
-        (ActionKind.MOVE, "b", "a", (P8080,)),
+    assert [(a.kind, a.name, a.moves, a.ports) for a in result.actions] == [
+        (ActionKind.MOVE, "a", (("b", P8081),), (P8081,)),
+        (ActionKind.MOVE, "b", (("a", P8080),), (P8080,)),
     ]
     assert [PHASE[a.kind] for a in result.actions] == [1, 1]
     assert str(result.actions[0]) == "move a 127.0.0.1:8081->80/tcp: ports changed; from b"
@@ -851,6 +851,21 @@ def test_a_taker_that_waits_for_a_backing_off_holder_says_so() -> None:
             "waits for a, which is backing off, to free host port 127.0.0.1:8080->80/tcp",
         )
     ]
+
+
+def test_a_new_container_carries_the_forwards_it_takes_from_running_ones() -> None:
+    b_after = want("b", ports=[P8080, P8081, P9090])
+    result = plan(
+        desired(A_BARE, b_after, want("c")),
+        [running(A_8080), running(want("c", ports=[port(8081, 81), P9090]))],
+    )
+    (create,) = [a for a in result.actions if a.kind is ActionKind.CREATE]
+    assert create.moves == (("a", P8080), ("c", P9090))  # as they are; 8081 is not
+    assert create.reason == (
+        "new in b.toml; moving 127.0.0.1:8080->80/tcp from a, 127.0.0.1:9090->90/tcp from c"
+    )
+    assert create.desired is b_after
+    assert actions_of(result) == ("unbind c 127.0.0.1:8081->81/tcp", "create b")
 
 
 def test_a_move_leaves_the_rest_of_both_containers_changes_as_they_were() -> None:

@@ -32,6 +32,7 @@ import pytest
 from reconciler.control.converge import Backoff
 from reconciler.control.status import StatusStore
 from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.spec import PortMapping
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerNotFound
 from runtime.network.ports import unprivileged_port_start
@@ -390,6 +391,38 @@ def test_a_rebind_to_a_taken_or_privileged_port_keeps_the_old_one_serving(loop: 
         eventually(lambda: serves(final, site), "a port the host allows is bound")
         eventually(lambda: http_refused(taken), "and the old one released")
     assert loop.pid("keep") == pid, "every step was live"
+
+
+def test_a_port_moved_to_a_file_that_cannot_start_stays_where_it_serves(loop: Loop) -> None:
+    make_site(loop.folder, "site-b", "B\n")
+    port = free_port()
+    put(loop.folder, "a.toml", web_toml(port))
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), "a answers")
+    pid = loop.pid("a")
+
+    broken = web_toml(port, "site-b").replace('command = "httpd"', 'command = "/no/such/httpd"')
+    put(loop.folder, "b.toml", broken)
+    put(loop.folder, "a.toml", web_toml(port).split("[[ports]]")[0])
+    row = eventually(partial(reports, loop, "b", "create failed: "), "b's failure")
+    assert "/no/such/httpd" in row["last_error"]
+    eventually(
+        lambda: (
+            sum(
+                line.startswith("create b: ") and " failed: " in line
+                for line in loop.output().splitlines()
+            )
+            >= 3
+        ),
+        "b is tried again",
+    )
+    assert serves(port, "<h1>site</h1>\n"), "a keeps serving the port b cannot take"
+    assert not any(line.startswith("unbind a ") for line in loop.output().splitlines())
+    assert loop.rt.inspect("a").ports == (PortMapping(container=80, host=port),)
+
+    put(loop.folder, "b.toml", web_toml(port, "site-b"))
+    eventually(lambda: serves(port, "B\n"), "b takes the port once it starts")
+    row = eventually(lambda: (r := loop.row("a")) and r["in_sync"] and r, "a in sync")
+    assert (row["ports"], loop.pid("a")) == ([], pid)
 
 
 def test_env_edit_recreates_the_container(loop: Loop) -> None:

@@ -285,8 +285,15 @@ class Converger:
         self.runtime.remove(action.name, force=True)  # SIGTERM first, SIGKILL after stop_timeout
 
     def _create(self, action: Action) -> None:
+        """Run the container, without the forwards it takes from running ones; then
+        move those over (a run that fails leaves them where they serve)."""
         assert action.desired is not None
-        self.runtime.run(action.desired.spec)
+        spec = action.desired.spec
+        moved = {port for _, port in action.moves}
+        if moved:
+            spec = spec.model_copy(update={"ports": tuple(p for p in spec.ports if p not in moved)})
+        self.runtime.run(spec)
+        self._move(action)
 
     def _start(self, action: Action) -> None:
         self.runtime.start(action.name)
@@ -309,11 +316,10 @@ class Converger:
             self._ledger.taken.append(port)
 
     def _move(self, action: Action) -> None:
-        """Move each forward from ``action.source``, back to back (put back where it was
-        when it cannot be added here)."""
-        assert action.source is not None
-        for port in action.ports:
-            self.runtime.move_port(action.source, action.name, port)
+        """Move each forward of ``action.moves`` here, back to back (put back where it
+        was when it cannot be added here)."""
+        for giver, port in action.moves:
+            self.runtime.move_port(giver, action.name, port)
             self._ledger.taken.append(port)
 
     def _release(self, action: Action) -> None:

@@ -16,7 +16,10 @@ Action kinds, each with the phase it runs in:
   container is held by its back-off, stays where it is until that one can take it.
 - ``move`` (1): a forward one running container drops and another running container
   asks for, as it is: moved from the one to the other with back-to-back calls, put back
-  where it was when the other cannot take it (instead of an unbind and a bind).
+  where it was when the other cannot take it (instead of an unbind and a bind). A
+  ``create`` whose new container asks for such a forward carries it the same way: the
+  container is started without it, then it is moved, so a create that fails never
+  costs the running one its forward.
 - ``recreate`` (removes in 0, creates in 1): anything but ports and resources changed
   (the spec hash differs), or the ports changed while the container was not running.
 - ``resize`` (0): only ``[resources]`` changed: the new limits are applied live, whether
@@ -125,8 +128,9 @@ class Action:
     reason: str
     desired: DesiredContainer | None = None
     ports: tuple[PortMapping, ...] = ()
-    source: str | None = None
-    """For a ``move``: the running container the forwards move from."""
+    moves: tuple[tuple[str, PortMapping], ...] = ()
+    """For a ``move`` or a ``create``: (running container, forward) it takes from others,
+    moved back to back (a create's container is started without them)."""
 
     def __str__(self) -> str:
         ports = f" {', '.join(str(p) for p in self.ports)}" if self.ports else ""
@@ -485,44 +489,44 @@ def _clashes(port: PortMapping, others: Sequence[PortMapping]) -> bool:
 
 
 def _pair_moves(actions: Sequence[Action]) -> list[Action]:
-    """Each forward that one running container unbinds and another binds as it is
-    becomes a ``move`` from the one to the other, out of both actions."""
-    moves: dict[tuple[str, str], list[PortMapping]] = {}
+    """Each forward that one running container unbinds and another running container
+    binds, or a new one is created with, as it is, is moved: out of the unbind, and out
+    of the bind into a ``move`` (a create carries it in ``moves``)."""
     givers = [a for a in actions if a.kind is ActionKind.UNBIND]
-    for bind in (a for a in actions if a.kind is ActionKind.BIND):
-        for port in bind.ports:
-            giver = next((u for u in givers if u.name != bind.name and port in u.ports), None)
-            if giver is not None:
-                moves.setdefault((giver.name, bind.name), []).append(port)
-    moved = {
-        (name, p)
-        for (giver, taker), ports in moves.items()
-        for name in (giver, taker)
-        for p in ports
-    }
+    moves: dict[str, list[tuple[str, PortMapping]]] = {}
+    for taker in actions:
+        if taker.kind is ActionKind.BIND or taker.kind is ActionKind.CREATE:
+            for port in takes(taker):
+                giver = next((u for u in givers if u.name != taker.name and port in u.ports), None)
+                if giver is not None:
+                    moves.setdefault(taker.name, []).append((giver.name, port))
+    gone = {move for taken in moves.values() for move in taken}
     out: list[Action] = []
     for action in actions:
-        if action.kind in (ActionKind.UNBIND, ActionKind.BIND):
-            rest = tuple(p for p in action.ports if (action.name, p) not in moved)
-            if rest:
-                out.append(replace(action, ports=rest))
-            if action.kind is ActionKind.BIND:
-                out += _moves_to(action, moves)
+        if action.kind is ActionKind.UNBIND:
+            rest = tuple(p for p in action.ports if (action.name, p) not in gone)
+            out += [replace(action, ports=rest)] if rest else []
+        elif action.kind is ActionKind.BIND:
+            out += _bind_and_moves(action, moves.get(action.name, []))
+        elif action.kind is ActionKind.CREATE and action.name in moves:
+            out.append(_create_with_moves(action, moves[action.name]))
         else:
             out.append(action)
     return out
 
 
-def _moves_to(bind: Action, moves: Mapping[tuple[str, str], list[PortMapping]]) -> list[Action]:
-    return [
-        Action(
-            ActionKind.MOVE,
-            bind.name,
-            f"ports changed; from {giver}",
-            bind.desired,
-            tuple(ports),
-            giver,
-        )
-        for (giver, taker), ports in sorted(moves.items())
-        if taker == bind.name
-    ]
+def _bind_and_moves(bind: Action, moves: Sequence[tuple[str, PortMapping]]) -> list[Action]:
+    moved = {port for _, port in moves}
+    rest = tuple(p for p in bind.ports if p not in moved)
+    out = [replace(bind, ports=rest)] if rest else []
+    for giver in sorted({giver for giver, _ in moves}):
+        mine = tuple(m for m in moves if m[0] == giver)
+        reason = f"{bind.reason}; from {giver}"
+        ports = tuple(port for _, port in mine)
+        out.append(replace(bind, kind=ActionKind.MOVE, reason=reason, ports=ports, moves=mine))
+    return out
+
+
+def _create_with_moves(create: Action, moves: Sequence[tuple[str, PortMapping]]) -> Action:
+    taken = ", ".join(f"{port} from {giver}" for giver, port in moves)
+    return replace(create, reason=f"{create.reason}; moving {taken}", moves=tuple(moves))
