@@ -35,7 +35,7 @@ from reconciler.control.status import (
 )
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import Skipped, skipped_in, squishfiles_in
-from reconciler.desired.validation import validate_files
+from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
@@ -43,6 +43,7 @@ from runtime.api import ContainerInfo, ContainerState
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
+from runtime.network.ports import unprivileged_port_start
 from runtime.security.seccomp import compile_profile
 
 __all__ = ("build_parser", "main")
@@ -343,6 +344,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not paths:
         _err.print(f"[red]error[/] no squishfile (*.toml) in {escape(' '.join(args.files))}")
         return 1
+    warnings = privileged_ports(paths, unprivileged_port_start())
     for path, error in validate_files(
         paths, _running_holders(paths), check_profile=compile_profile
     ):
@@ -352,6 +354,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             for problem in error.problems:
                 _err.print(f"[red]error[/] {escape(str(problem))}", soft_wrap=True)
+        for problem in warnings.get(path, ()):
+            _err.print(f"[yellow]warning[/] {escape(str(problem))}", soft_wrap=True)
     return 1 if failed else 0
 
 

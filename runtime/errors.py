@@ -26,6 +26,7 @@ __all__ = (
     "NetworkLost",
     "NetworkRestoreFailed",
     "PortInUse",
+    "PortPrivileged",
     "ProbeFailed",
     "RootRefused",
     "SlirpError",
@@ -177,6 +178,30 @@ class PortInUse(SquishError, OSError):
         self.host_port = host_port
         self.protocol = protocol
         self.holder = holder
+
+
+class PortPrivileged(SquishError, PermissionError):
+    """A host port below the host's first unprivileged port
+    (``net.ipv4.ip_unprivileged_port_start``): no rootless process may bind it.
+
+    ``unprivileged_start`` is the sysctl's value now; ``fix`` says how to change it.
+    """
+
+    def __init__(
+        self, host_addr: str, host_port: int, protocol: str, unprivileged_start: int
+    ) -> None:
+        self.fix = (
+            f"as root: sysctl net.ipv4.ip_unprivileged_port_start={host_port} "
+            f"(now {unprivileged_start}), or choose a host port from {unprivileged_start} up"
+        )
+        super().__init__(
+            f"host port {host_addr}:{host_port}/{protocol} is privileged on this host "
+            f"(net.ipv4.ip_unprivileged_port_start is {unprivileged_start}); fix: {self.fix}"
+        )
+        self.host_addr = host_addr
+        self.host_port = host_port
+        self.protocol = protocol
+        self.unprivileged_start = unprivileged_start
 
 
 class SlirpError(SquishError, OSError):

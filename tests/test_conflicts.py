@@ -16,7 +16,7 @@ import pytest
 from reconciler.control.status import container_rows
 from reconciler.desired.folder import load_desired
 from reconciler.desired.types import DesiredContainer
-from reconciler.desired.validation import validate_files
+from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.planning.conflicts import Claim, Holding, overlaps, refuse, refuse_names
 from reconciler.planning.plan import ConditionKind, plan, settled
 from runtime.api.interface import ContainerInfo, ContainerState
@@ -137,8 +137,8 @@ def test_the_running_file_keeps_its_name_and_gets_its_edits(tmp_path: Path) -> N
     assert [e.file.name for e in view.errors] == ["aaa.toml"]
     todo = plan(state, [running(holder)])
     assert [(str(a.kind), a.name, a.desired and a.desired.file.name) for a in todo.actions] == [
-        ("unbind", "web", "web.toml"),
         ("bind", "web", "web.toml"),
+        ("release", "web", "web.toml"),
     ]
 
 
@@ -313,3 +313,24 @@ def test_status_shows_the_running_holder_and_the_refused_newcomer(tmp_path: Path
     assert (row["file"], row["phase"]) == ("web.toml", "Running")
     assert [c["kind"] for c in row["conditions"]] == ["DuplicateName"]
     assert "aaa.toml:1: name:" in row["conditions"][0]["message"]
+
+
+def test_privileged_ports_are_warned_about_at_their_line_and_only_in_valid_files(
+    tmp_path: Path,
+) -> None:
+    low = tmp_path / "low.toml"
+    low.write_text(squishfile(host=80))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("colour = 1\n" + BASE + "[[ports]]\ncontainer = 80\nhost = 81\n")
+    high = tmp_path / "high.toml"
+    high.write_text(squishfile(host=8080))
+
+    warnings = privileged_ports([low, broken, high], 1024)
+
+    assert list(warnings) == [low]
+    (problem,) = warnings[low]
+    assert (problem.field, problem.line) == ("ports[0].host", squishfile(host=80).count("\n"))
+    assert problem.message.startswith("host port 80 is privileged on this host ")
+    assert "(net.ipv4.ip_unprivileged_port_start is 1024)" in problem.message
+    assert "sysctl net.ipv4.ip_unprivileged_port_start=80" in problem.message
+    assert privileged_ports([low], 80) == {}  # a host that allows it: nothing to say

@@ -32,12 +32,15 @@ from runtime.errors import (
     ExecFailed,
     NetworkLost,
     PortInUse,
+    PortPrivileged,
+    SlirpError,
     StopFailed,
 )
 from tests.fakes import Call, FakeClock, FakeRuntime, Mark, Method
 
 CREATE, DESTROY, RECREATE = ActionKind.CREATE, ActionKind.DESTROY, ActionKind.RECREATE
 UNBIND, BIND, START = ActionKind.UNBIND, ActionKind.BIND, ActionKind.START
+RELEASE = ActionKind.RELEASE
 
 FOLDER = Path("/srv/squish")
 BUSYBOX = RootfsRef(kind="busybox", version="builtin")
@@ -223,18 +226,19 @@ async def test_every_freeing_action_ends_before_any_taking_action_begins(
     fake: FakeRuntime, converger: Converger
 ) -> None:
     fake.seed(spec("x", ports=[P9000]))  # destroyed; y takes its port
-    fake.seed(spec("a", ports=[P8080]))  # 8080 -> 8081, live
+    fake.seed(spec("a", ports=[P8080]))  # 8080 -> 81 instead of 80, live
     fake.seed(spec("r", env={"V": "1"}))  # recreated
     fake.seed(spec("s"), ContainerState.EXITED)  # started
     r_after = want("r", env={"V": "2"})
+    a_after = want("a", ports=[port(8080, 81)])
     todo = Plan(
         (
             act(CREATE, "y", wanted=want("y", ports=[P9000])),
             act(START, "s"),
-            act(BIND, "a", [P8081], wanted=want("a", ports=[P8081])),
+            act(BIND, "a", [port(8080, 81)], wanted=a_after),
             act(RECREATE, "r", wanted=r_after),
             act(DESTROY, "x"),
-            act(UNBIND, "a", [P8080], wanted=want("a", ports=[P8081])),
+            act(UNBIND, "a", [P8080], wanted=a_after),
         )
     )
     removing_r = fake.hold("remove", "r")
@@ -424,9 +428,9 @@ async def test_a_failed_free_skips_only_that_containers_take(
     todo = Plan(
         (
             act(UNBIND, "a", [P8080]),
-            act(BIND, "a", [P9000]),
+            act(BIND, "a", [port(8080, 81)]),
             act(UNBIND, "b", [P8081]),
-            act(BIND, "b", [port(9001)]),
+            act(BIND, "b", [port(8081, 81)]),
             act(DESTROY, "x"),
             act(CREATE, "y"),
         )
@@ -452,11 +456,11 @@ async def test_a_failed_free_skips_only_that_containers_take(
         "a": "unbind failed: container 'a' is not running",
         "x": "destroy failed: container 'x' cannot be stopped: init 77 survived SIGKILL",
     }
-    assert fake.inspect("b").ports == (port(9001),)
+    assert fake.inspect("b").ports == (port(8081, 81),)
 
 
 @pytest.mark.anyio
-async def test_unbind_and_bind_handle_every_port_of_their_action(
+async def test_bind_and_release_handle_every_port_of_their_action(
     fake: FakeRuntime, converger: Converger
 ) -> None:
     old, new = (port(8080), port(8081, 81)), (port(9000), port(9001, 91))
@@ -464,15 +468,15 @@ async def test_unbind_and_bind_handle_every_port_of_their_action(
     after = want("web", ports=new)
 
     outcomes = await converger.apply(
-        Plan((act(BIND, "web", new, wanted=after), act(UNBIND, "web", old, wanted=after)))
+        Plan((act(RELEASE, "web", old, wanted=after), act(BIND, "web", new, wanted=after)))
     )
 
     assert all(o.ok for o in outcomes), outcomes
     assert [(c.method, c.args) for c in fake.calls] == [
-        ("remove_port", (old[0],)),
-        ("remove_port", (old[1],)),
         ("add_port", (new[0],)),
         ("add_port", (new[1],)),
+        ("remove_port", (old[0],)),
+        ("remove_port", (old[1],)),
     ]
     assert fake.inspect("web").ports == new
 
@@ -874,24 +878,35 @@ async def test_the_fake_opens_its_holds_when_a_block_fails(fake: FakeRuntime) ->
 # -- with the planner ----------------------------------------------------------------------------
 
 
-def squishfile(folder: Path, name: str, *, host: int | None = None, env: str = "1") -> None:
-    ports = f"[[ports]]\ncontainer = 80\nhost = {host}\n" if host else ""
+def squishfile(
+    folder: Path, name: str, *, host: int | None = None, env: str = "1", container: int = 80
+) -> None:
+    ports = f"[[ports]]\ncontainer = {container}\nhost = {host}\n" if host else ""
     (folder / f"{name}.toml").write_text(
         '[layers]\nbusybox = "builtin"\n'
         f'[run]\ncommand = "httpd"\nargs = ["-f"]\n[env]\nV = "{env}"\n{ports}'
     )
 
 
-@pytest.mark.anyio
-async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
-    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
-) -> None:
+def planning(
+    folder: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> Callable[[], Plan]:
+    """Plan ``folder`` against what the fake runs now, with the converger's holds."""
+
     def plan_now() -> Plan:
         actual = fake.list()
         converger.observe(actual)
         holds = all_holds(converger, actual)
-        return plan(load_desired(tmp_path), actual, now=clock.now, not_before=holds)
+        return plan(load_desired(folder), actual, now=clock.now, not_before=holds)
 
+    return plan_now
+
+
+@pytest.mark.anyio
+async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = planning(tmp_path, fake, converger, clock)
     squishfile(tmp_path, "a", host=18080)
     squishfile(tmp_path, "b", host=18081)
     squishfile(tmp_path, "x", host=19000)
@@ -908,11 +923,9 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
     assert sorted((PHASE[a.kind], a.kind.value, a.name) for a in todo.actions) == [
         (0, "destroy", "x"),
         (0, "recreate", "r"),
-        (0, "unbind", "a"),
-        (0, "unbind", "b"),
-        (1, "bind", "a"),
-        (1, "bind", "b"),
         (1, "create", "y"),
+        (1, "move", "a"),
+        (1, "move", "b"),
     ]
     first = len(fake.journal)
 
@@ -928,6 +941,243 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
         "r": ((), {"V": "2"}),
         "y": ((port(19000),), {"V": "1"}),
     }
+
+
+# -- make before break: a take that fails costs no forward ------------------------------------
+
+PUT_BACK = "put back: what was to take its host port did not get it"
+
+
+async def applied(
+    folder: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock, **hosts: int | None
+) -> Callable[[], Plan]:
+    """A squishfile per name (forwarding the host port given, if any), applied; the
+    planner of the next passes."""
+    for name, host in hosts.items():
+        squishfile(folder, name, host=host)
+    plan_now = planning(folder, fake, converger, clock)
+    assert all(o.ok for o in await converger.apply(plan_now()))
+    return plan_now
+
+
+def texts(outcomes: Sequence[Outcome]) -> list[tuple[str, bool]]:
+    return [(str(o.action), o.ok) for o in outcomes]
+
+
+@pytest.mark.anyio
+async def test_a_rebind_whose_new_port_fails_keeps_the_old_one(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, web=18080)
+    squishfile(tmp_path, "web", host=80)
+    refused = PortPrivileged("127.0.0.1", 80, "tcp", 1024)
+    fake.fail("add_port", "web", refused)
+
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("bind web 127.0.0.1:80->80/tcp: ports changed", False)]
+    assert fake.history("remove_port") == []  # its release is skipped
+    assert fake.inspect("web").ports == (port(18080),)
+    assert converger.last_errors() == {"web": f"bind failed: {refused}"}
+    assert "sysctl net.ipv4.ip_unprivileged_port_start=80" in converger.last_errors()["web"]
+    assert plan_now().actions == ()  # backing off: nothing is touched meanwhile
+
+    clock.advance(1.0)  # the host allows it now (the fake fails only once)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [
+        ("bind web 127.0.0.1:80->80/tcp: ports changed", True),
+        ("release web 127.0.0.1:18080->80/tcp: ports changed", True),
+    ]
+    assert fake.inspect("web").ports == (port(80),)
+    assert converger.last_errors() == {}
+
+
+@pytest.mark.anyio
+async def test_a_port_taken_by_a_new_container_that_fails_goes_back_and_stays(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080, container=81)  # not as it is: unbind, then create
+    fake.fail("run", "b", ContainerStartError("b", "exec: httpd: not found"))
+
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [
+        ("unbind a 127.0.0.1:18080->80/tcp: ports changed", True),
+        ("create b: new in b.toml", False),
+        (f"bind a 127.0.0.1:18080->80/tcp: {PUT_BACK}", True),
+    ]
+    assert fake.inspect("a").ports == (port(18080),)
+    assert [i.name for i in fake.list()] == ["a"]
+    assert converger.last_errors() == {
+        "b": "create failed: container 'b' failed to start: exec: httpd: not found"
+    }
+    held = plan_now()  # b backs off: a keeps serving the port meanwhile
+    assert held.actions == ()
+    assert [(c.kind.value, c.name) for c in held.conditions] == [("BackOff", "b")]
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [
+        ("unbind a 127.0.0.1:18080->80/tcp: ports changed", True),
+        ("create b: new in b.toml", True),
+    ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080, 81),))
+
+
+@pytest.mark.anyio
+async def test_a_new_container_takes_a_moved_port_only_once_it_runs(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080)
+    fake.fail("run", "b", ContainerStartError("b", "exec: httpd: not found"))
+    create = "create b: new in b.toml; moving 127.0.0.1:18080->80/tcp from a"
+
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [(create, False)]
+    assert fake.history("remove_port", "move_port") == []  # a was never touched
+    assert (fake.inspect("a").ports, [i.name for i in fake.list()]) == ((port(18080),), ["a"])
+    assert plan_now().actions == ()  # b backs off: a keeps serving the port meanwhile
+
+    clock.advance(1.0)
+    taken = PortInUse("127.0.0.1", 18080, "tcp", "pid 77 (nc)")  # grabbed in the gap
+    fake.fail("move_port", "a", taken)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [(create, False)]
+    (run,) = [c.args[0] for c in fake.calls if c.method == "run" and c.name == "b"][1:]
+    assert isinstance(run, ContainerSpec)
+    assert run.ports == ()  # started without it; then the move failed
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((port(18080),), ())
+    assert converger.last_errors() == {"b": f"create failed: {taken}"}
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("move b 127.0.0.1:18080->80/tcp: ports changed; from a", True)]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+
+
+@pytest.mark.anyio
+async def test_a_port_moved_between_running_containers_moves_back_to_back_or_stays(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080, b=None)
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080)
+    taken = PortInUse("127.0.0.1", 18080, "tcp", "pid 77 (nc)")  # grabbed in the gap
+    fake.fail("move_port", "a", taken)
+
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("move b 127.0.0.1:18080->80/tcp: ports changed; from a", False)]
+    assert fake.history("remove_port", "add_port") == []
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((port(18080),), ())
+    assert converger.last_errors() == {"b": f"move failed: {taken}"}
+    assert plan_now().actions == ()  # b backs off: a keeps the port meanwhile
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert texts(outcomes) == [("move b 127.0.0.1:18080->80/tcp: ports changed; from a", True)]
+    assert [(c.method, c.name, c.args) for c in fake.calls if c.method == "move_port"] == [
+        ("move_port", "a", ("b", port(18080))),
+        ("move_port", "a", ("b", port(18080))),
+    ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+
+
+@pytest.mark.anyio
+async def test_a_port_freed_by_a_container_that_keeps_failing_still_reaches_its_taker(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080)
+    squishfile(tmp_path, "a", host=80)
+    fake.fail("add_port", "a", PortPrivileged("127.0.0.1", 80, "tcp", 1024), times=None)
+    assert texts(await converger.apply(plan_now())) == [
+        ("bind a 127.0.0.1:80->80/tcp: ports changed", False)
+    ]
+    squishfile(tmp_path, "b", host=18080)  # a backs off and still forwards 18080
+    clock.advance(0.001)
+
+    waiting = plan_now()  # b does not try (and fail, and back off out of step with a)
+
+    assert waiting.actions == ()
+    assert sorted((c.kind.value, c.name) for c in waiting.conditions) == [
+        ("BackOff", "a"),
+        ("BackOff", "b"),
+    ]
+
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert sorted(texts(outcomes)) == [
+        ("bind a 127.0.0.1:80->80/tcp: ports changed", False),
+        ("create b: new in b.toml; moving 127.0.0.1:18080->80/tcp from a", True),
+    ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+
+
+@pytest.mark.anyio
+async def test_a_live_move_whose_bind_fails_puts_the_forward_back(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b"))
+    fake.fail("add_port", "b", SlirpError("slirp4netns API at b/slirp.sock unreachable"))
+    todo = Plan(
+        (
+            act(UNBIND, "a", [P8080], wanted=want("a")),
+            act(BIND, "b", [P8080], wanted=want("b", ports=[P8080])),
+        )
+    )
+
+    outcomes = await converger.apply(todo)
+
+    assert [(o.action.kind, o.action.name, o.ok) for o in outcomes] == [
+        (UNBIND, "a", True),
+        (BIND, "b", False),
+        (BIND, "a", True),
+    ]
+    assert fake.history("remove_port", "add_port") == [
+        ("remove_port", "a"),
+        ("add_port", "b"),
+        ("add_port", "a"),
+    ]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((P8080,), ())
+
+
+@pytest.mark.anyio
+async def test_a_forward_that_cannot_be_put_back_is_reported_and_stops_the_release(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("a", ports=[P8080, P9000]))
+    fake.fail("run", "b", ContainerStartError("b", "no rootfs"))
+    taken = PortInUse("127.0.0.1", 8080, "tcp", "pid 77 (nc)")
+    fake.fail("add_port", "a", taken)
+    todo = Plan(
+        (
+            act(UNBIND, "a", [P8080], wanted=want("a")),
+            act(RELEASE, "a", [P9000], wanted=want("a")),
+            act(CREATE, "b", wanted=want("b", ports=[P8080])),
+        )
+    )
+
+    outcomes = await converger.apply(todo)
+
+    assert [(o.action.kind, o.action.name, o.ok) for o in outcomes] == [
+        (UNBIND, "a", True),
+        (CREATE, "b", False),
+        (BIND, "a", False),
+    ]
+    assert fake.inspect("a").ports == (P9000,)  # what could stay, stays
+    assert converger.last_errors()["a"] == f"putting back {P8080} failed: {taken}"
 
 
 # -- surviving a controller restart ------------------------------------------------------------

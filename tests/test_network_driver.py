@@ -15,9 +15,10 @@ import pytest
 
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.client.binds import etc_contents
-from runtime.errors import HostSetupError, SlirpError
+from runtime.errors import HostSetupError, PortPrivileged, SlirpError
 from runtime.network import slirp
 from runtime.network.driver import NoNetwork, Slirp4netnsDriver, driver_for
+from runtime.network.ports import unprivileged_port_start
 from runtime.util.jsonsock import read_to_eof
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward, LaunchRequest
@@ -172,3 +173,24 @@ def test_slirp4netns_needs_the_tun_device_as_well_as_its_binary(
         driver_for("slirp4netns").check_host()
     assert "chmod 0666" in raised.value.fix
     NoNetwork().check_host()  # no helper, no device
+
+
+def test_the_first_unprivileged_port_is_read_from_the_sysctl(tmp_path: Path) -> None:
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    sysctl.write_text("80\n")
+    assert unprivileged_port_start(sysctl) == 80
+    sysctl.write_text("garbage\n")
+    assert unprivileged_port_start(sysctl) == 1024  # the kernel's default
+    assert unprivileged_port_start(tmp_path / "missing") == 1024
+
+
+def test_a_privileged_port_error_names_the_sysctl_its_value_and_the_fix() -> None:
+    error = PortPrivileged("127.0.0.1", 80, "tcp", 1024)
+    assert isinstance(error, PermissionError)
+    assert str(error) == (
+        "host port 127.0.0.1:80/tcp is privileged on this host "
+        "(net.ipv4.ip_unprivileged_port_start is 1024); fix: as root: "
+        "sysctl net.ipv4.ip_unprivileged_port_start=80 (now 1024), "
+        "or choose a host port from 1024 up"
+    )
+    assert (error.host_port, error.unprivileged_start) == (80, 1024)

@@ -299,23 +299,23 @@ CHANGES = [
         Case(
             desired(WEB_8081),
             (running(WEB),),
-            ("unbind web 127.0.0.1:8080->80/tcp", "bind web 127.0.0.1:8081->80/tcp"),
+            ("bind web 127.0.0.1:8081->80/tcp", "release web 127.0.0.1:8080->80/tcp"),
         ),
-        id="port-moved-running-rebinds-live",
+        id="port-moved-running-binds-then-releases",
     ),
     pytest.param(
         Case(desired(WEB_TWO), (running(WEB),), ("bind web 127.0.0.1:9090->90/tcp",)),
         id="port-added-running-binds-only-it",
     ),
     pytest.param(
-        Case(desired(WEB), (running(WEB_TWO),), ("unbind web 127.0.0.1:9090->90/tcp",)),
-        id="port-removed-running-unbinds-only-it",
+        Case(desired(WEB), (running(WEB_TWO),), ("release web 127.0.0.1:9090->90/tcp",)),
+        id="port-removed-running-releases-only-it",
     ),
     pytest.param(
         Case(
             desired(WEB_TWO_MOVED),
             (running(WEB_TWO),),
-            ("unbind web 127.0.0.1:9090->90/tcp", "bind web 127.0.0.1:9191->90/tcp"),
+            ("bind web 127.0.0.1:9191->90/tcp", "release web 127.0.0.1:9090->90/tcp"),
         ),
         id="only-the-changed-port-of-two",
     ),
@@ -350,12 +350,7 @@ MOVES = [
         Case(
             desired(A_8081, B_8080),
             (running(A_8080), running(B_8081)),
-            (
-                "unbind a 127.0.0.1:8080->80/tcp",
-                "unbind b 127.0.0.1:8081->80/tcp",
-                "bind a 127.0.0.1:8081->80/tcp",
-                "bind b 127.0.0.1:8080->80/tcp",
-            ),
+            ("move a 127.0.0.1:8081->80/tcp", "move b 127.0.0.1:8080->80/tcp"),
         ),
         id="swap-ports-between-running",
     ),
@@ -363,15 +358,23 @@ MOVES = [
         Case(
             desired(A_BARE, B_8080),
             (running(A_8080), running(want("b"))),
-            ("unbind a 127.0.0.1:8080->80/tcp", "bind b 127.0.0.1:8080->80/tcp"),
+            ("move b 127.0.0.1:8080->80/tcp",),
         ),
         id="move-port-to-running-container",
     ),
     pytest.param(
         Case(
+            desired(A_BARE, want("b", ports=[port(8080, 81)])),
+            (running(A_8080), running(want("b"))),
+            ("unbind a 127.0.0.1:8080->80/tcp", "bind b 127.0.0.1:8080->81/tcp"),
+        ),
+        id="port-taken-with-another-container-port-unbinds-then-binds",
+    ),
+    pytest.param(
+        Case(
             desired(A_BARE, B_8080),
             (running(A_8080),),
-            ("unbind a 127.0.0.1:8080->80/tcp", "create b"),
+            ("create b",),
         ),
         id="move-port-to-new-container",
     ),
@@ -627,9 +630,142 @@ BACK_OFF = [
     ),
 ]
 
+# An old forward goes before the takes only when one of them needs its host side; any
+# other goes after them (release, phase 2); one that a held-back container asks for stays.
+MAKE_BEFORE_BREAK = [
+    pytest.param(
+        Case(
+            desired(want("web", ports=[P8081, port(9191, 90)])),
+            (running(WEB_TWO),),
+            (
+                "bind web 127.0.0.1:8081->80/tcp 127.0.0.1:9191->90/tcp",
+                "release web 127.0.0.1:8080->80/tcp 127.0.0.1:9090->90/tcp",
+            ),
+        ),
+        id="every-port-moved-binds-all-then-releases-all",
+    ),
+    pytest.param(
+        Case(
+            desired(want("web", ports=[port(8080, 81), P8081])),
+            (running(WEB),),
+            (
+                "unbind web 127.0.0.1:8080->80/tcp",
+                "bind web 127.0.0.1:8080->81/tcp 127.0.0.1:8081->80/tcp",
+            ),
+        ),
+        id="same-host-side-reused-unbinds-first",
+    ),
+    pytest.param(
+        Case(
+            desired(want("web", ports=[P8080])),
+            (running(want("web", ports=[port(8080, addr="0.0.0.0")])),),
+            ("unbind web 0.0.0.0:8080->80/tcp", "bind web 127.0.0.1:8080->80/tcp"),
+        ),
+        id="wildcard-host-side-overlaps-unbinds-first",
+    ),
+    pytest.param(
+        Case(
+            desired(want("web", ports=[port(8080, protocol="udp")])),
+            (running(WEB),),
+            ("bind web 127.0.0.1:8080->80/udp", "release web 127.0.0.1:8080->80/tcp"),
+        ),
+        id="other-protocol-same-port-coexists",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080), running(want("b"))),
+            (),
+            ("BackOff b",),
+            5.0,
+            {"b": 6.0},
+        ),
+        id="moved-port-stays-while-its-taker-backs-off",
+    ),
+    pytest.param(
+        Case(desired(A_BARE, B_8080), (running(A_8080),), (), ("BackOff b",), 5.0, {"b": 6.0}),
+        id="moved-port-stays-while-the-new-container-backs-off",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080), running(want("b"))),
+            ("move b 127.0.0.1:8080->80/tcp",),
+            (),
+            7.0,
+            {"b": 6.0},
+        ),
+        id="moved-port-moves-once-the-back-off-ends",
+    ),
+    pytest.param(
+        Case(
+            desired(want("a", ports=[P9090]), B_8080),
+            (running(A_8080), running(want("b"))),
+            ("bind a 127.0.0.1:9090->90/tcp",),
+            ("BackOff b",),
+            5.0,
+            {"b": 6.0},
+        ),
+        id="held-back-taker-keeps-only-its-port-in-place",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, want("c", ports=[P8080])),
+            (running(A_8080), foreign("c")),
+            ("release a 127.0.0.1:8080->80/tcp",),
+            ("NameTaken c",),
+            5.0,
+            {"c": 6.0},
+        ),
+        id="a-refused-file-holds-nothing-back",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080), running(want("b"))),
+            (),
+            ("BackOff a", "BackOff b"),
+            5.0,
+            {"a": 6.0},
+        ),
+        id="taker-waits-while-the-holder-backs-off",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080, want("c", ports=[P9090])),
+            (running(A_8080), running(want("b", ports=[P9090]))),
+            (),
+            ("BackOff a", "BackOff b", "BackOff c"),
+            5.0,
+            {"a": 6.0},
+        ),
+        id="waiting-is-passed-along-a-chain-of-moves",
+    ),
+    pytest.param(
+        Case(
+            desired(A_BARE, B_8080),
+            (running(A_8080),),
+            ("create b",),
+            (),
+            7.0,
+            {"a": 6.0},
+        ),
+        id="new-container-takes-the-port-once-the-holder-may-free-it",
+    ),
+]
+
 
 @pytest.mark.parametrize(
-    "case", BASICS + OWNERSHIP + CHANGES + MOVES + CONFLICTS + BROKEN_FILES + RESTARTS + BACK_OFF
+    "case",
+    BASICS
+    + OWNERSHIP
+    + CHANGES
+    + MOVES
+    + CONFLICTS
+    + BROKEN_FILES
+    + RESTARTS
+    + BACK_OFF
+    + MAKE_BEFORE_BREAK,
 )
 def test_plan_table(case: Case) -> None:
     result = plan(case.desired, case.actual, now=case.now, not_before=case.not_before)
@@ -687,19 +823,62 @@ def test_rebind_carries_exactly_the_changed_ports() -> None:
     new = want("web", ports=[new_b, kept, new_a])
     actions = plan(desired(new), [running(old)]).actions
     assert [(a.kind, a.ports) for a in actions] == [
-        (ActionKind.UNBIND, (gone,)),
         (ActionKind.BIND, (new_b, new_a)),  # sorted by text: "...:53->" before "...:7000->"
+        (ActionKind.RELEASE, (gone,)),
     ]
     assert all(a.desired is new for a in actions)
-    assert str(actions[0]) == "unbind web 127.0.0.1:9090->90/tcp: ports changed"
+    assert str(actions[1]) == "release web 127.0.0.1:9090->90/tcp: ports changed"
 
 
-def test_swap_frees_in_phase_0_and_takes_in_phase_1() -> None:
+def test_swap_between_running_containers_moves_both_forwards_in_phase_1() -> None:
     result = plan(desired(A_8081, B_8080), [running(B_8081), running(A_8080)])
-    assert {a.kind for a in result.phase(0)} == {ActionKind.UNBIND}
-    assert {a.kind for a in result.phase(1)} == {ActionKind.BIND}
-    assert result.actions == result.phase(0) + result.phase(1)
-    assert [PHASE[a.kind] for a in result.actions] == [0, 0, 1, 1]
+    assert result.phase(0) == result.phase(2) == ()
+    assert [(a.kind, a.name, a.moves, a.ports) for a in result.actions] == [
+        (ActionKind.MOVE, "a", (("b", P8081),), (P8081,)),
+        (ActionKind.MOVE, "b", (("a", P8080),), (P8080,)),
+    ]
+    assert [PHASE[a.kind] for a in result.actions] == [1, 1]
+    assert str(result.actions[0]) == "move a 127.0.0.1:8081->80/tcp: ports changed; from b"
+    assert result.actions[0].desired is A_8081
+
+
+def test_a_taker_that_waits_for_a_backing_off_holder_says_so() -> None:
+    result = plan(desired(A_BARE, B_8080), [running(A_8080)], now=5.0, not_before={"a": 6.0})
+    waiting = [c for c in result.conditions if c.name == "b"]
+    assert [(c.kind, c.message) for c in waiting] == [
+        (
+            ConditionKind.BACK_OFF,
+            "waits for a, which is backing off, to free host port 127.0.0.1:8080->80/tcp",
+        )
+    ]
+
+
+def test_a_new_container_carries_the_forwards_it_takes_from_running_ones() -> None:
+    b_after = want("b", ports=[P8080, P8081, P9090])
+    result = plan(
+        desired(A_BARE, b_after, want("c")),
+        [running(A_8080), running(want("c", ports=[port(8081, 81), P9090]))],
+    )
+    (create,) = [a for a in result.actions if a.kind is ActionKind.CREATE]
+    assert create.moves == (("a", P8080), ("c", P9090))  # as they are; 8081 is not
+    assert create.reason == (
+        "new in b.toml; moving 127.0.0.1:8080->80/tcp from a, 127.0.0.1:9090->90/tcp from c"
+    )
+    assert create.desired is b_after
+    assert actions_of(result) == ("unbind c 127.0.0.1:8081->81/tcp", "create b")
+
+
+def test_a_move_leaves_the_rest_of_both_containers_changes_as_they_were() -> None:
+    a_before = want("a", ports=[P8080, P9090])
+    a_after = want("a", ports=[port(7070)])
+    b_after = want("b", ports=[P8080, P8081])
+    result = plan(desired(a_after, b_after), [running(a_before), running(want("b"))])
+    assert actions_of(result) == (
+        "bind a 127.0.0.1:7070->80/tcp",
+        "bind b 127.0.0.1:8081->80/tcp",
+        "move b 127.0.0.1:8080->80/tcp",
+        "release a 127.0.0.1:9090->90/tcp",
+    )
 
 
 def test_phases_of_every_kind() -> None:
@@ -708,18 +887,15 @@ def test_phases_of_every_kind() -> None:
         [running(WEB), running(want("gone")), exited(A_BARE, 1), running(want("d", ports=[P8081]))],
     )
     assert actions_of(result) == (
-        "unbind d 127.0.0.1:8081->80/tcp",
         "destroy gone",
         "recreate web",
         "start a",
         "create c",
+        "release d 127.0.0.1:8081->80/tcp",
     )
-    assert [a.kind for a in result.phase(0)] == [
-        ActionKind.UNBIND,
-        ActionKind.DESTROY,
-        ActionKind.RECREATE,
-    ]
+    assert [a.kind for a in result.phase(0)] == [ActionKind.DESTROY, ActionKind.RECREATE]
     assert [a.kind for a in result.phase(1)] == [ActionKind.START, ActionKind.CREATE]
+    assert [a.kind for a in result.phase(2)] == [ActionKind.RELEASE]
 
 
 def test_destroy_reason_names_the_file() -> None:
@@ -808,10 +984,10 @@ def test_same_inputs_in_any_order_give_the_same_plan() -> None:
     assert actions_of(reference) == (
         "recreate api",
         "destroy gone",
-        "unbind web 127.0.0.1:8080->80/tcp",
         "start job",
         "bind web 127.0.0.1:8081->80/tcp",
         "create zeta",
+        "release web 127.0.0.1:8080->80/tcp",
     )
     assert conditions_of(reference) == ("InvalidSpec broken", "NameTaken new", "PortConflict alpha")
     orders = (MIXED_DESIRED[::-1], MIXED_DESIRED[2:] + MIXED_DESIRED[:2], MIXED_DESIRED)
@@ -859,8 +1035,8 @@ def test_a_folder_through_its_lifecycle(tmp_path: Path) -> None:
     second = plan(load_desired(tmp_path), actual)
     assert actions_of(second) == (
         "recreate api",
-        "unbind web 127.0.0.1:8080->80/tcp",
         "bind web 127.0.0.1:8090->80/tcp",
+        "release web 127.0.0.1:8080->80/tcp",
     )
     assert second.actions[0].reason == "changed: env"
 

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,8 +32,10 @@ import pytest
 from reconciler.control.converge import Backoff
 from reconciler.control.status import StatusStore
 from runtime.api.interface import ContainerInfo, ContainerState
+from runtime.api.spec import PortMapping
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerNotFound
+from runtime.network.ports import unprivileged_port_start
 from tests.conftest import rootless
 from tests.support import free_port, free_ports, http_refused, page, write_atomically
 
@@ -331,9 +334,95 @@ def test_port_edit_is_applied_live_keeping_the_pid(loop: Loop) -> None:
         0,
     )
     lines = loop.output().splitlines()
-    assert f"unbind move 127.0.0.1:{old}->80/tcp: ports changed" in lines
-    assert f"bind move 127.0.0.1:{new}->80/tcp: ports changed" in lines
+    bind = lines.index(f"bind move 127.0.0.1:{new}->80/tcp: ports changed")
+    assert lines.index(f"release move 127.0.0.1:{old}->80/tcp: ports changed") > bind
     assert not any(line.startswith("recreate move") for line in lines)
+
+
+def failed_binds(loop: Loop, name: str, port: int) -> int:
+    """How many times the loop reported binding ``port`` to ``name`` as failed."""
+    failed = f"bind {name} 127.0.0.1:{port}->80/tcp: ports changed failed: "
+    return sum(line.startswith(failed) for line in loop.output().splitlines())
+
+
+def reports(loop: Loop, name: str, text: str) -> dict[str, Any] | None:
+    """``name``'s status row once its last error holds ``text``."""
+    row = loop.row(name)
+    return row if row and text in (row["last_error"] or "") else None
+
+
+def test_a_rebind_to_a_taken_or_privileged_port_keeps_the_old_one_serving(loop: Loop) -> None:
+    old, final = free_ports(2)
+    site = "<h1>site</h1>\n"
+    put(loop.folder, "keep.toml", web_toml(old))
+    eventually(lambda: serves(old, site), f"keep answers on {old}")
+    pid = loop.pid("keep")
+
+    with socket.socket() as blocker:  # another program holds the new port
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        put(loop.folder, "keep.toml", web_toml(taken))
+        holder = f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
+        row = eventually(partial(reports, loop, "keep", f"in use by {holder}"), "the holder")
+        assert row["last_error"].startswith(f"bind failed: host port 127.0.0.1:{taken}/tcp ")
+        assert row["ports"] == [f"127.0.0.1:{old}->80/tcp"]
+        assert serves(old, site), "the old port serves after the first failed bind"
+        eventually(lambda: failed_binds(loop, "keep", taken) >= 3, "two more tries")
+        assert serves(old, site), "the old port serves while the new one stays taken"
+    eventually(lambda: serves(taken, site), "the next pass binds the freed port")
+    eventually(lambda: http_refused(old), "and releases the old one")
+    row = eventually(lambda: (r := loop.row("keep")) and r["in_sync"] and r, "keep in sync")
+    assert (row["ports"], row["last_error"]) == ([f"127.0.0.1:{taken}->80/tcp"], None)
+
+    start = unprivileged_port_start()
+    if start > 80:  # a port this host keeps for privileged processes
+        put(loop.folder, "keep.toml", web_toml(80))
+        row = eventually(partial(reports, loop, "keep", "is privileged"), "the privileged port")
+        assert row["last_error"] == (
+            "bind failed: host port 127.0.0.1:80/tcp is privileged on this host "
+            f"(net.ipv4.ip_unprivileged_port_start is {start}); fix: as root: sysctl "
+            f"net.ipv4.ip_unprivileged_port_start=80 (now {start}), or choose a host port "
+            f"from {start} up"
+        )
+        eventually(lambda: failed_binds(loop, "keep", 80) >= 2, "another try")
+        assert serves(taken, site), "the old port serves while the new one is privileged"
+        put(loop.folder, "keep.toml", web_toml(final))
+        eventually(lambda: serves(final, site), "a port the host allows is bound")
+        eventually(lambda: http_refused(taken), "and the old one released")
+    assert loop.pid("keep") == pid, "every step was live"
+
+
+def test_a_port_moved_to_a_file_that_cannot_start_stays_where_it_serves(loop: Loop) -> None:
+    make_site(loop.folder, "site-b", "B\n")
+    port = free_port()
+    put(loop.folder, "a.toml", web_toml(port))
+    eventually(lambda: serves(port, "<h1>site</h1>\n"), "a answers")
+    pid = loop.pid("a")
+
+    broken = web_toml(port, "site-b").replace('command = "httpd"', 'command = "/no/such/httpd"')
+    put(loop.folder, "b.toml", broken)
+    put(loop.folder, "a.toml", web_toml(port).split("[[ports]]")[0])
+    row = eventually(partial(reports, loop, "b", "create failed: "), "b's failure")
+    assert "/no/such/httpd" in row["last_error"]
+    eventually(
+        lambda: (
+            sum(
+                line.startswith("create b: ") and " failed: " in line
+                for line in loop.output().splitlines()
+            )
+            >= 3
+        ),
+        "b is tried again",
+    )
+    assert serves(port, "<h1>site</h1>\n"), "a keeps serving the port b cannot take"
+    assert not any(line.startswith("unbind a ") for line in loop.output().splitlines())
+    assert loop.rt.inspect("a").ports == (PortMapping(container=80, host=port),)
+
+    put(loop.folder, "b.toml", web_toml(port, "site-b"))
+    eventually(lambda: serves(port, "B\n"), "b takes the port once it starts")
+    row = eventually(lambda: (r := loop.row("a")) and r["in_sync"] and r, "a in sync")
+    assert (row["ports"], loop.pid("a")) == ([], pid)
 
 
 def test_env_edit_recreates_the_container(loop: Loop) -> None:

@@ -18,9 +18,10 @@ import pytest
 
 from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
 from runtime.client.linux import LinuxRuntime
-from runtime.errors import ContainerNotFound, PortInUse
+from runtime.errors import ContainerNotFound, PortInUse, PortPrivileged
 from runtime.images.rootfs import find_host_busybox
 from runtime.network import slirp
+from runtime.network.ports import unprivileged_port_start
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.fixtures.mirror import make_alpine_mirror, make_layer_index, serve_directory
@@ -95,6 +96,28 @@ def test_taken_host_port_is_named_and_nothing_is_left(rt: LinuxRuntime, site: Pa
         with pytest.raises(PortInUse, match=str(port)):
             rt.add_port("taken2", PortMapping(container=80, host=port))
         assert rt.inspect("taken2").pid == running.pid
+
+
+def test_a_privileged_host_port_is_named_as_such_with_the_sysctl(
+    rt: LinuxRuntime, site: Path
+) -> None:
+    start = unprivileged_port_start()
+    if start <= 80:
+        pytest.skip(f"net.ipv4.ip_unprivileged_port_start is {start}: port 80 is not privileged")
+    expected = (
+        rf"host port 127.0.0.1:80/tcp is privileged on this host "
+        rf"\(net.ipv4.ip_unprivileged_port_start is {start}\); "
+        rf"fix: as root: sysctl net.ipv4.ip_unprivileged_port_start=80 "
+    )
+    with pytest.raises(PortPrivileged, match=expected) as caught:
+        rt.run(web("low", site, 80))
+    assert (caught.value.host_port, caught.value.unprivileged_start) == (80, start)
+    with pytest.raises(ContainerNotFound):
+        rt.inspect("low")
+    running = rt.run(web("low2", site, free_port()))
+    with pytest.raises(PortPrivileged, match="is privileged"):
+        rt.add_port("low2", PortMapping(container=80, host=80))
+    assert rt.inspect("low2").pid == running.pid
 
 
 def test_dns_points_at_slirp_and_host_loopback_is_unreachable(rt: LinuxRuntime) -> None:

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from runtime.network.ports import unprivileged_port_start
+
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "true"\n'
 
@@ -58,3 +62,20 @@ def test_a_profile_is_compiled_when_validating(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{tmp_path / 'web.toml'}:6: security.seccomp:" in result.stderr
     assert "unknown syscall 'frobnicate'" in result.stderr
+
+
+def test_a_privileged_host_port_is_a_warning_at_its_line(tmp_path: Path) -> None:
+    start = unprivileged_port_start()
+    if start <= 80:
+        pytest.skip(f"net.ipv4.ip_unprivileged_port_start is {start}: port 80 is not privileged")
+    ports = "[[ports]]\ncontainer = 80\nhost = 8080\n[[ports]]\ncontainer = 80\nhost = 80\n"
+    (tmp_path / "web.toml").write_text(GOOD + ports)
+    result = validate(tmp_path)
+    assert result.returncode == 0, result.stderr  # valid: the host may allow it later
+    assert f"ok {tmp_path / 'web.toml'}" in result.stdout
+    assert result.stderr.splitlines() == [
+        f"warning {tmp_path / 'web.toml'}:10: ports[1].host: host port 80 is privileged on this "
+        f"host (net.ipv4.ip_unprivileged_port_start is {start}): a rootless container cannot "
+        "bind it until the host allows it (as root: sysctl "
+        "net.ipv4.ip_unprivileged_port_start=80) or another port is chosen"
+    ]

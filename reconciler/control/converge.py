@@ -1,11 +1,15 @@
 """Converging: the only place that calls the runtime.
 
-A plan is applied in two phases (phase 0 frees ports and names, phase 1 takes them),
-each phase's actions concurrently under a bound. An action that fails does not hold up
-the others: it is recorded, and its container backs off before the next attempt
-(client-go style: a few milliseconds, doubling, capped). A container whose command keeps
-exiting is restarted with a crash back-off (100 ms doubling to 60 s by default), reset
-once it has run for a while; it never delays anyone else.
+A plan is applied in three phases (phase 0 frees the ports and names phase 1 takes,
+phase 2 releases old forwards nothing takes), each phase's actions concurrently under a
+bound. An action that fails does not hold up the others: it is recorded, its container
+has no further action in this pass (so its old forwards are not released), and it backs
+off before the next attempt (client-go style: a few milliseconds, doubling, capped).
+Between phases 1 and 2, every forward unbound in phase 0 whose host side no take of
+phase 1 got is put back on its container: a failed bind, create or start never costs a
+forward that served before. A container whose command keeps exiting is restarted with a
+crash back-off (100 ms doubling to 60 s by default), reset once it has run for a while;
+it never delays anyone else.
 
 Runtime calls block, so each runs in a worker thread (``anyio.to_thread``); waiting
 (a start-first replacement's health checks and drain) happens between those calls, in
@@ -33,7 +37,8 @@ from reconciler.desired.types import (
     replacement_name,
     retired_name,
 )
-from reconciler.planning.plan import Action, ActionKind, Plan
+from reconciler.planning.conflicts import overlaps
+from reconciler.planning.plan import Action, ActionKind, Plan, takes
 from reconciler.settings import Backoff, Settings
 from runtime.api import ContainerInfo, ContainerState, PortMapping, Runtime
 from runtime.errors import (
@@ -78,6 +83,21 @@ class _Track:
 
 
 @dataclass
+class _Ledger:
+    """The forwards one apply unbound in phase 0 and the host ports phase 1 took."""
+
+    freed: list[tuple[str, PortMapping]] = field(default_factory=list)
+    taken: list[PortMapping] = field(default_factory=list)
+
+    def unreplaced(self) -> list[tuple[str, PortMapping]]:
+        return [
+            (name, port)
+            for name, port in self.freed
+            if not any(overlaps(port, other) for other in self.taken)
+        ]
+
+
+@dataclass
 class Converger:
     runtime: Runtime
     limit: int = Settings.parallel
@@ -87,6 +107,8 @@ class Converger:
     _tracks: dict[str, _Track] = field(default_factory=dict)
     _threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
     """Worker threads for runtime calls, as many as ``limit`` (made by each apply)."""
+    _ledger: _Ledger = field(default_factory=_Ledger, init=False, repr=False)
+    """The forwards freed and taken in the current apply."""
 
     # -- what the planner must respect ---------------------------------------------------
 
@@ -200,9 +222,10 @@ class Converger:
         # Runtime calls run in worker threads; anyio's own pool has 40, fewer than a
         # --parallel may ask for. Each action holds at most one thread at a time.
         self._threads = anyio.CapacityLimiter(self.limit)
+        self._ledger = _Ledger()
         outcomes: list[Outcome] = []
         failed: set[str] = set()
-        for phase in (0, 1):
+        for phase in (0, 1, 2):
             batch = [a for a in plan.phase(phase) if a.name not in failed]
             if phase == 1:
                 batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
@@ -211,6 +234,8 @@ class Converger:
             async with anyio.create_task_group() as group:
                 for action in batch:
                     group.start_soon(self._run_one, action, phase, limiter, results)
+            if phase == 1:
+                results += await self._blocking(self._put_back)
             failed |= {o.action.name for o in results if not o.ok}
             outcomes += results
         return outcomes
@@ -228,6 +253,8 @@ class Converger:
         if phase == 1 or action.kind is not ActionKind.RECREATE:
             out.append(Outcome(action))  # a recreate is reported once, when it is complete
             self._succeeded(action)
+        if phase == 1 and action.kind not in (ActionKind.BIND, ActionKind.MOVE):  # by port
+            self._ledger.taken += takes(action)
 
     async def _call(self, action: Action, phase: int) -> None:
         if not _starts_first(action):
@@ -248,6 +275,8 @@ class Converger:
                 ActionKind.HEAL: self._heal,
                 ActionKind.UNBIND: self._unbind,
                 ActionKind.BIND: self._bind,
+                ActionKind.MOVE: self._move,
+                ActionKind.RELEASE: self._release,
                 ActionKind.RESIZE: self._resize,
             }[action.kind]
         step(action)
@@ -256,8 +285,15 @@ class Converger:
         self.runtime.remove(action.name, force=True)  # SIGTERM first, SIGKILL after stop_timeout
 
     def _create(self, action: Action) -> None:
+        """Run the container, without the forwards it takes from running ones; then
+        move those over (a run that fails leaves them where they serve)."""
         assert action.desired is not None
-        self.runtime.run(action.desired.spec)
+        spec = action.desired.spec
+        moved = {port for _, port in action.moves}
+        if moved:
+            spec = spec.model_copy(update={"ports": tuple(p for p in spec.ports if p not in moved)})
+        self.runtime.run(spec)
+        self._move(action)
 
     def _start(self, action: Action) -> None:
         self.runtime.start(action.name)
@@ -272,10 +308,39 @@ class Converger:
     def _unbind(self, action: Action) -> None:
         for port in action.ports:
             self.runtime.remove_port(action.name, port)
+            self._ledger.freed.append((action.name, port))
 
     def _bind(self, action: Action) -> None:
         for port in action.ports:
             self.runtime.add_port(action.name, port)
+            self._ledger.taken.append(port)
+
+    def _move(self, action: Action) -> None:
+        """Move each forward of ``action.moves`` here, back to back (put back where it
+        was when it cannot be added here)."""
+        for giver, port in action.moves:
+            self.runtime.move_port(giver, action.name, port)
+            self._ledger.taken.append(port)
+
+    def _release(self, action: Action) -> None:
+        for port in action.ports:
+            self.runtime.remove_port(action.name, port)
+
+    def _put_back(self) -> list[Outcome]:
+        """Put back each forward unbound in phase 0 whose host side no take of phase 1
+        got (its replacement failed or never ran), on the container it came from."""
+        outcomes = []
+        for name, port in self._ledger.unreplaced():
+            reason = "put back: what was to take its host port did not get it"
+            action = Action(ActionKind.BIND, name, reason, ports=(port,))
+            try:
+                self.runtime.add_port(name, port)
+            except Exception as exc:
+                outcomes.append(Outcome(action, f"{type(exc).__name__}: {exc}"))
+                self._failed(name, f"putting back {port} failed: {exc}")
+            else:
+                outcomes.append(Outcome(action))
+        return outcomes
 
     def _resize(self, action: Action) -> None:
         assert action.desired is not None

@@ -2,7 +2,8 @@
 
 ``reconciler validate`` uses :func:`validate_files`; the conflict rule is the planner's
 (:mod:`reconciler.planning.conflicts`), so a file refused here is refused by ``plan``
-and ``status`` too.
+and ``status`` too. :func:`privileged_ports` gives warnings, not errors: what the host
+refuses today (it may allow it tomorrow) leaves a file valid.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from reconciler.planning.conflicts import Claim, Holding, refuse
-from reconciler.problems import SquishfileError
+from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_with_lines
 from runtime.security.profile import ProfileCheck
 
-__all__ = ("validate_files",)
+__all__ = ("privileged_ports", "validate_files")
 
 
 def _claim(path: Path, check_profile: ProfileCheck | None) -> Claim:
@@ -49,3 +50,27 @@ def validate_files(
         index = valid[claim_index]
         errors[index] = SquishfileError(paths[index], [problem])
     return [(path, errors.get(index)) for index, path in enumerate(paths)]
+
+
+def privileged_ports(paths: Sequence[Path], unprivileged_start: int) -> dict[Path, list[Problem]]:
+    """Per valid file, a warning at each ``ports[N].host`` below ``unprivileged_start``
+    (the host's ``net.ipv4.ip_unprivileged_port_start``): no rootless container can bind
+    it until the host allows it. Invalid files are left to :func:`validate_files`."""
+    warnings: dict[Path, list[Problem]] = {}
+    for path in paths:
+        try:
+            claim = _claim(path, None)
+        except SquishfileError:
+            continue
+        for index, port in enumerate(claim.ports):
+            if port.host < unprivileged_start:
+                where = f"ports[{index}].host"
+                message = (
+                    f"host port {port.host} is privileged on this host "
+                    f"(net.ipv4.ip_unprivileged_port_start is {unprivileged_start}): a rootless "
+                    "container cannot bind it until the host allows it (as root: sysctl "
+                    f"net.ipv4.ip_unprivileged_port_start={port.host}) or another port is chosen"
+                )
+                problem = Problem(str(path), claim.lines.get(where), where, message)
+                warnings.setdefault(path, []).append(problem)
+    return warnings

@@ -6,8 +6,20 @@ as a table. ``reconciler.control.converge`` is the only place that acts on a pla
 Action kinds, each with the phase it runs in:
 
 - ``destroy`` (0): a container this folder made is no longer wanted.
-- ``unbind`` (0) / ``bind`` (1): only ``[[ports]]`` changed: forwards are removed from /
-  added to the running container, live; it keeps its pid.
+- ``bind`` (1) / ``unbind`` (0) / ``release`` (2): only ``[[ports]]`` changed: forwards
+  are added to / removed from the running container, live; it keeps its pid. An old
+  forward is removed in phase 0 (``unbind``) only when a take of this pass needs its host
+  side (protocol, address, port): a new forward of the same container on the same host
+  port, or another container's. Every other old forward is removed in phase 2
+  (``release``), once its container's binds succeeded: a new port that cannot be bound
+  never costs the old one. An old forward that another file now asks for, while that
+  container is held by its back-off, stays where it is until that one can take it.
+- ``move`` (1): a forward one running container drops and another running container
+  asks for, as it is: moved from the one to the other with back-to-back calls, put back
+  where it was when the other cannot take it (instead of an unbind and a bind). A
+  ``create`` whose new container asks for such a forward carries it the same way: the
+  container is started without it, then it is moved, so a create that fails never
+  costs the running one its forward.
 - ``recreate`` (removes in 0, creates in 1): anything but ports and resources changed
   (the spec hash differs), or the ports changed while the container was not running.
 - ``resize`` (0): only ``[resources]`` changed: the new limits are applied live, whether
@@ -18,8 +30,10 @@ Action kinds, each with the phase it runs in:
 - ``heal`` (1): the container runs but its slirp4netns died: start it again, forwards
   included, without restarting the container.
 
-Every action that frees something runs in phase 0, everything that takes something in
-phase 1, so ports can be swapped or moved between containers in one pass.
+Phase 0 frees what phase 1 takes, so ports can be swapped or moved between containers
+in one pass; phase 2 releases what nothing takes. The converger runs the phases in
+order, puts back a forward unbound in phase 0 whose replacement did not get bound in
+phase 1, and skips phase 2 for a container any of whose actions failed.
 
 Conflicts between files (one name, one host port) follow the rule of
 :mod:`reconciler.planning.conflicts`: the file that holds it now keeps it, else the file
@@ -45,7 +59,13 @@ from reconciler.desired.types import (
     FileError,
     replaced_name,
 )
-from reconciler.planning.conflicts import claim_of, holders_of, refuse_ports, settle_names
+from reconciler.planning.conflicts import (
+    claim_of,
+    holders_of,
+    overlaps,
+    refuse_ports,
+    settle_names,
+)
 from runtime.api import ContainerInfo, ContainerState, PortMapping
 
 __all__ = (
@@ -58,6 +78,7 @@ __all__ = (
     "is_managed_by",
     "plan",
     "settled",
+    "takes",
 )
 
 
@@ -67,6 +88,8 @@ class ActionKind(StrEnum):
     RECREATE = "recreate"
     UNBIND = "unbind"
     BIND = "bind"
+    MOVE = "move"
+    RELEASE = "release"
     START = "start"
     HEAL = "heal"
     RESIZE = "resize"
@@ -81,9 +104,11 @@ PHASE = {
     ActionKind.BIND: 1,
     ActionKind.START: 1,
     ActionKind.HEAL: 1,
+    ActionKind.MOVE: 1,
+    ActionKind.RELEASE: 2,
 }
-"""Phase 0 frees (and resizes), phase 1 takes (``recreate`` removes in phase 0, creates
-in phase 1)."""
+"""Phase 0 frees what phase 1 needs (and resizes), phase 1 takes (``recreate`` removes in
+phase 0, creates in phase 1), phase 2 releases old forwards nothing takes."""
 
 
 class ConditionKind(StrEnum):
@@ -103,6 +128,9 @@ class Action:
     reason: str
     desired: DesiredContainer | None = None
     ports: tuple[PortMapping, ...] = ()
+    moves: tuple[tuple[str, PortMapping], ...] = ()
+    """For a ``move`` or a ``create``: (running container, forward) it takes from others,
+    moved back to back (a create's container is started without them)."""
 
     def __str__(self) -> str:
         ports = f" {', '.join(str(p) for p in self.ports)}" if self.ports else ""
@@ -219,7 +247,9 @@ def plan(
     Phases, in order: names (:func:`settled`); deletions (containers no valid file
     asks for, held back by the guards below); host-port arbitration between files; the
     per-container diff (create, recreate, resize, unbind/bind, start, heal), each held
-    back by its back-off.
+    back by its back-off; the takes that wait for a container held by its back-off to
+    free a port (:func:`_defer_takes`); the frees (:func:`_schedule_frees`: which old
+    forwards move, which go before the takes, which after them, which stay).
 
     Mass-deletion guard: a pass that would destroy more than half of this folder's
     containers and more than two of them (an emptied folder, a half-synced checkout)
@@ -247,6 +277,8 @@ def plan(
         wanted, blocked = _for_container(state, want, taken, losers)
         actions.extend(wanted)
         conditions.extend(blocked)
+    actions, conditions = _defer_takes(state, actions, conditions)
+    actions = _schedule_frees(actions, _waiting(state, conditions))
     actions.sort(key=lambda a: (PHASE[a.kind], a.name, a.kind.value))
     return Plan(tuple(actions), tuple(conditions))
 
@@ -376,3 +408,125 @@ def _for_container(
         message = f"backing off for {until - state.now:.2f} s before: {wanted[0]}"
         return [], [Condition(name, ConditionKind.BACK_OFF, message)]
     return wanted, []
+
+
+def takes(action: Action) -> tuple[PortMapping, ...]:
+    """The host ports ``action`` takes in phase 1 (a bind or a move its own, a create,
+    recreate or start those of its spec)."""
+    if action.kind in (ActionKind.BIND, ActionKind.MOVE):
+        return action.ports
+    kinds = (ActionKind.CREATE, ActionKind.RECREATE, ActionKind.START)
+    if action.kind in kinds and action.desired is not None:
+        return action.desired.spec.ports
+    return ()
+
+
+def _defer_takes(
+    state: _Pass, actions: Sequence[Action], conditions: Sequence[Condition]
+) -> tuple[list[Action], list[Condition]]:
+    """Hold back every action of a container that would take a host port a container
+    held by its back-off forwards now (it cannot free it in this pass): trying would
+    only fail and put this one in back-off too, out of step with the other."""
+    held = {c.name for c in conditions if c.kind is ConditionKind.BACK_OFF}
+    deferred: list[Condition] = []
+    while True:
+        live = [(n, p) for n in sorted(held & state.ours.keys()) for p in state.ours[n].ports]
+        waits = _waits(actions, live, held)
+        if not waits:
+            return list(actions), [*conditions, *deferred]
+        held |= waits.keys()
+        deferred += waits.values()
+        actions = [a for a in actions if a.name not in waits]
+
+
+def _waits(
+    actions: Sequence[Action], live: Sequence[tuple[str, PortMapping]], held: set[str]
+) -> dict[str, Condition]:
+    waits: dict[str, Condition] = {}
+    for action in actions:
+        if action.name in held or action.name in waits:
+            continue
+        for port in takes(action):
+            owner = next((n for n, p in live if n != action.name and overlaps(port, p)), None)
+            if owner is not None:
+                message = f"waits for {owner}, which is backing off, to free host port {port}"
+                waits[action.name] = Condition(action.name, ConditionKind.BACK_OFF, message)
+                break
+    return waits
+
+
+def _waiting(state: _Pass, conditions: Sequence[Condition]) -> list[DesiredContainer]:
+    """The wanted containers held back by their back-off in this pass."""
+    held = {c.name for c in conditions if c.kind is ConditionKind.BACK_OFF}
+    return [want for name, want in state.desired.containers.items() if name in held]
+
+
+def _schedule_frees(actions: Sequence[Action], waiting: Sequence[DesiredContainer]) -> list[Action]:
+    """Phase "frees": split each ``unbind`` (every old forward of a running container)
+    into what moves as it is to another running container (``move``, phase 1), what a
+    take of this pass needs first (``unbind``, phase 0), what nothing takes (``release``,
+    phase 2: only once its container's binds succeeded), and what a container held by
+    its back-off asks for (kept until that one can take it)."""
+    actions = _pair_moves(actions)
+    taken = [port for action in actions for port in takes(action)]
+    wanted_later = [port for want in waiting for port in want.spec.ports]
+    out: list[Action] = []
+    for action in actions:
+        if action.kind is not ActionKind.UNBIND:
+            out.append(action)
+            continue
+        first = tuple(p for p in action.ports if _clashes(p, taken))
+        later = tuple(p for p in action.ports if p not in first and not _clashes(p, wanted_later))
+        if first:
+            out.append(replace(action, ports=first))
+        if later:
+            out.append(replace(action, kind=ActionKind.RELEASE, ports=later))
+    return out
+
+
+def _clashes(port: PortMapping, others: Sequence[PortMapping]) -> bool:
+    return any(overlaps(port, other) for other in others)
+
+
+def _pair_moves(actions: Sequence[Action]) -> list[Action]:
+    """Each forward that one running container unbinds and another running container
+    binds, or a new one is created with, as it is, is moved: out of the unbind, and out
+    of the bind into a ``move`` (a create carries it in ``moves``)."""
+    givers = [a for a in actions if a.kind is ActionKind.UNBIND]
+    moves: dict[str, list[tuple[str, PortMapping]]] = {}
+    for taker in actions:
+        if taker.kind is ActionKind.BIND or taker.kind is ActionKind.CREATE:
+            for port in takes(taker):
+                giver = next((u for u in givers if u.name != taker.name and port in u.ports), None)
+                if giver is not None:
+                    moves.setdefault(taker.name, []).append((giver.name, port))
+    gone = {move for taken in moves.values() for move in taken}
+    out: list[Action] = []
+    for action in actions:
+        if action.kind is ActionKind.UNBIND:
+            rest = tuple(p for p in action.ports if (action.name, p) not in gone)
+            out += [replace(action, ports=rest)] if rest else []
+        elif action.kind is ActionKind.BIND:
+            out += _bind_and_moves(action, moves.get(action.name, []))
+        elif action.kind is ActionKind.CREATE and action.name in moves:
+            out.append(_create_with_moves(action, moves[action.name]))
+        else:
+            out.append(action)
+    return out
+
+
+def _bind_and_moves(bind: Action, moves: Sequence[tuple[str, PortMapping]]) -> list[Action]:
+    moved = {port for _, port in moves}
+    rest = tuple(p for p in bind.ports if p not in moved)
+    out = [replace(bind, ports=rest)] if rest else []
+    for giver in sorted({giver for giver, _ in moves}):
+        mine = tuple(m for m in moves if m[0] == giver)
+        reason = f"{bind.reason}; from {giver}"
+        ports = tuple(port for _, port in mine)
+        out.append(replace(bind, kind=ActionKind.MOVE, reason=reason, ports=ports, moves=mine))
+    return out
+
+
+def _create_with_moves(create: Action, moves: Sequence[tuple[str, PortMapping]]) -> Action:
+    taken = ", ".join(f"{port} from {giver}" for giver, port in moves)
+    return replace(create, reason=f"{create.reason}; moving {taken}", moves=tuple(moves))

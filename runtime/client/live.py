@@ -30,6 +30,7 @@ from runtime.errors import (
     HostSetupError,
     NetworkLost,
     PortInUse,
+    PortPrivileged,
     SlirpError,
 )
 from runtime.holder.client import failure_error
@@ -134,7 +135,8 @@ class RunningOps(RecordStore):
             api = driver_for(info.spec).forwards(cdir, name)
             for mapping in wanted:
                 forward = forward_of(mapping)
-                with suppress(PortInUse, SlirpError):  # left out: the next pass binds it
+                # Left out (taken meanwhile, or privileged now): the next pass binds it.
+                with suppress(PortInUse, PortPrivileged, SlirpError):
                     run["forwards"].append({"id": api.add(forward), **asdict(forward)})
             write_json_atomic(cdir / "run.json", run)
             self._forward_checks.pop(cdir, None)
@@ -158,7 +160,7 @@ class RunningOps(RecordStore):
                 new_id = target_api.add(forward)  # the port was just freed
             except BaseException:
                 if live is not None:  # put it back where it was
-                    with suppress(PortInUse, SlirpError):
+                    with suppress(PortInUse, PortPrivileged, SlirpError):
                         source_api.add(forward)
                 raise
             source_run["forwards"] = [f for f in source_run["forwards"] if mapping_of(f) != mapping]

@@ -48,7 +48,8 @@ class Forwards(Protocol):
     """The host port forwards of one running container, as its network holds them now."""
 
     def add(self, forward: Forward) -> int:
-        """Add ``forward``; return its id. A taken port raises :class:`PortInUse`."""
+        """Add ``forward``; return its id. A taken port raises :class:`PortInUse`, one
+        below the host's first unprivileged port :class:`PortPrivileged`."""
 
     def remove(self, forward_id: int) -> None:
         """Remove the forward with id ``forward_id``."""
@@ -88,7 +89,7 @@ class NetworkDriver(Protocol):
 
     def ensure_port_free(self, forward: Forward) -> None:
         """Raise :class:`PortInUse`, naming the holder when visible, if the host port of
-        ``forward`` is taken."""
+        ``forward`` is taken; :class:`PortPrivileged` if it is privileged on this host."""
 
     def start(
         self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int

@@ -1,8 +1,9 @@
-"""Who holds a host port: read from /proc/net and the holder's /proc/PID/fd.
+"""Who holds a host port: read from /proc/net and the holder's /proc/PID/fd; and which
+ports no rootless process may bind (``net.ipv4.ip_unprivileged_port_start``).
 
 Only the listening socket's inode is public; the process behind it is found only when it
-belongs to the same user (or the caller may read its descriptors). Used to say *who* is
-in the way when a forward cannot be added.
+belongs to the same user (or the caller may read its descriptors). Used to say *who* or
+*what* is in the way when a forward cannot be added.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import ipaddress
 import os
 from pathlib import Path
 
-__all__ = ("port_holder",)
+__all__ = ("UNPRIVILEGED_PORT_START", "port_holder", "unprivileged_port_start")
+
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+"""The sysctl: ports below it need CAP_NET_BIND_SERVICE (in the host's network namespace)."""
 
 _TCP_LISTEN = "0A"
 _UDP_UNCONNECTED = "07"
@@ -62,3 +66,12 @@ def port_holder(protocol: str, host_addr: str, port: int) -> str | None:
         except OSError:
             continue
     return None
+
+
+def unprivileged_port_start(sysctl: Path = UNPRIVILEGED_PORT_START) -> int:
+    """The first port an unprivileged process may bind on this host (1024, the kernel's
+    default, when the sysctl cannot be read)."""
+    try:
+        return int(sysctl.read_text().strip())
+    except (OSError, ValueError):
+        return 1024

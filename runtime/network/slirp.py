@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import HostSetupError, PortInUse, SlirpError
-from runtime.network.ports import port_holder
+from runtime.errors import HostSetupError, PortInUse, PortPrivileged, SlirpError
+from runtime.network.ports import port_holder, unprivileged_port_start
 from runtime.util import jsonsock
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import Forward
@@ -179,8 +179,8 @@ def _request(api_socket: Path, payload: dict[str, Any], timeout: float) -> dict[
         raise SlirpError(f"unexpected slirp4netns reply: {exc}", request=payload) from exc
 
 
-def port_is_free(forward: Forward) -> bool:
-    """Whether the host port of ``forward`` can be bound right now."""
+def _bind_error(forward: Forward) -> OSError | None:
+    """Why the host port of ``forward`` cannot be bound right now (None: it can)."""
     family = socket.AF_INET6 if ":" in forward.host_addr else socket.AF_INET
     kind = socket.SOCK_DGRAM if forward.proto == "udp" else socket.SOCK_STREAM
     with socket.socket(family, kind) as probe:
@@ -191,24 +191,34 @@ def port_is_free(forward: Forward) -> bool:
             probe.bind((forward.host_addr, forward.host_port))
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
+                return exc
             raise
-    return True
+    return None
+
+
+def port_is_free(forward: Forward) -> bool:
+    """Whether the host port of ``forward`` can be bound right now."""
+    return _bind_error(forward) is None
 
 
 def ensure_port_free(forward: Forward) -> None:
-    """Raise :class:`PortInUse`, naming the holder when visible, if the port is taken."""
-    if not port_is_free(forward):
-        raise PortInUse(
-            forward.host_addr,
-            forward.host_port,
-            forward.proto,
-            port_holder(forward.proto, forward.host_addr, forward.host_port),
-        )
+    """Raise :class:`PortInUse`, naming the holder when visible, if the port is taken;
+    :class:`PortPrivileged` if it lies below the host's first unprivileged port."""
+    error = _bind_error(forward)
+    if error is None:
+        return
+    if error.errno == errno.EACCES:
+        start = unprivileged_port_start()
+        if forward.host_port < start:
+            raise PortPrivileged(forward.host_addr, forward.host_port, forward.proto, start)
+        raise error  # refused for another reason (a security module): say so as it is
+    holder = port_holder(forward.proto, forward.host_addr, forward.host_port)
+    raise PortInUse(forward.host_addr, forward.host_port, forward.proto, holder)
 
 
 def add_forward(api_socket: Path, forward: Forward, timeout: float = 5.0) -> int:
-    """Add a host forward; return its slirp id. A taken port raises :class:`PortInUse`."""
+    """Add a host forward; return its slirp id. A taken port raises :class:`PortInUse`,
+    a privileged one :class:`PortPrivileged`."""
     payload = {
         "execute": "add_hostfwd",
         "arguments": {
@@ -223,7 +233,7 @@ def add_forward(api_socket: Path, forward: Forward, timeout: float = 5.0) -> int
     result = reply.get("return")
     if isinstance(result, dict) and isinstance(result.get("id"), int):
         return int(result["id"])
-    ensure_port_free(forward)  # the likely reason, which slirp4netns does not say
+    ensure_port_free(forward)  # the likely reasons, which slirp4netns does not say
     raise SlirpError(f"slirp4netns refused forward {forward}: {reply}", request=payload)
 
 
