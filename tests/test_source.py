@@ -293,7 +293,7 @@ async def test_a_save_in_place_with_a_pause_is_applied_once_as_the_final_file(
         for r in seen
         if r.plan.actions
     ]
-    assert changes == [[(ActionKind.UNBIND, [8080]), (ActionKind.BIND, [8081])]]
+    assert changes == [[(ActionKind.BIND, [8081]), (ActionKind.RELEASE, [8080])]]
     # one pass, from the old file to the final one: never a pass without a port
     assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
     assert "remove" not in [c.method for c in folder.fake.calls[before:]]
