@@ -14,16 +14,20 @@ import errno
 import json
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from runtime.client.linux import LinuxRuntime
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import read_json, write_json_atomic
+from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import processes_mentioning
+from tests.test_reconciler_e2e import cli
 
 pytestmark = rootless
 
@@ -127,3 +131,99 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary_one(
     assert result["raised"] == errno.ENOSPC
     assert result["record"] == {"old": True}
     assert result["files"] == ["filler", "record.json"]
+
+
+# -- the control plane on a full state disk -----------------------------------------------
+
+
+def _toml(script: str) -> str:
+    return f"""\
+network = "none"
+
+[layers]
+busybox = "builtin"
+
+[run]
+command = "sh"
+args = ["-c", "{script}"]
+
+[restart]
+policy = "never"
+"""
+
+
+def _cli(env: dict[str, str], *args: str) -> dict[str, object]:
+    done = cli(env, *args)
+    return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-2000:]}
+
+
+def _control_plane_on_full_disk(folder: Path, cache: Path) -> Work:
+    def work(disk: Path) -> dict[str, object]:
+        env = {**os.environ, "SQUISH_STATE_DIR": str(disk / "s"), "XDG_CACHE_HOME": str(cache)}
+        steps: dict[str, object] = {"apply": _cli(env, "apply", str(folder))}
+        rt = LinuxRuntime(state=disk / "s", cache=cache / "squish")
+        try:
+            loud_log = Path(rt.inspect("loud").log_path)
+            while not loud_log.exists() or loud_log.stat().st_size < 300_000:
+                time.sleep(0.02)
+            fill(disk)
+            dying = rt.inspect("dies").pid
+            assert dying is not None
+            os.kill(dying, signal.SIGKILL)
+            gone = ProcessId.of(dying)
+            assert gone is None or gone.wait_gone(10.0)
+            steps["finished"] = [rt.inspect("dies").finished_at for _ in range(2)]
+            (folder / "gone.toml").unlink()
+            steps["status"] = _cli(env, "status", str(folder), "--json")
+            steps["ps"] = _cli(env, "ps", "--json")
+            steps["pass"] = _cli(env, "apply", str(folder))
+            for step, args in (
+                ("stop", ("stop", "keep")),
+                ("rm", ("rm", "dies")),
+                ("down", ("down", str(folder))),
+            ):
+                fill(disk)
+                steps[step] = _cli(env, *args)
+            steps["left"] = [info.name for info in rt.list()]
+        finally:
+            (disk / "filler").unlink(missing_ok=True)
+            rt.shutdown()
+        return steps
+
+    return work
+
+
+def test_a_full_state_disk_locks_nothing(tmp_path: Path, cache_path: Path) -> None:
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "keep.toml").write_text(_toml("exec sleep 1000"))
+    (folder / "gone.toml").write_text(_toml("exec sleep 1000"))
+    (folder / "dies.toml").write_text(_toml("exec sleep 1000"))
+    (folder / "loud.toml").write_text(_toml("yes loud | head -c 300000; exec sleep 1000"))
+    steps = on_small_disk(tmp_path, _control_plane_on_full_disk(folder, cache_path / "xdg"))
+
+    def ok(step: str) -> dict[str, object]:
+        done = steps[step]
+        assert isinstance(done, dict) and done["rc"] == 0, (step, done)
+        return done
+
+    ok("apply")
+    status = json.loads(str(ok("status")["out"]))
+    rows = {row["name"]: row for row in status["containers"]}
+    assert rows["dies"]["phase"] == "Exited"
+    assert rows["keep"]["phase"] == "Running"
+    full = [c for c in status["conditions"] if c["kind"] == "StateDiskFull"]
+    assert len(full) == 1, status["conditions"]
+    assert str(tmp_path / "d" / "s") in full[0]["message"]
+    assert "loud" in full[0]["message"]
+    listed = {info["name"]: info["state"] for info in json.loads(str(ok("ps")["out"]))}
+    assert listed == {"dies": "exited", "gone": "running", "keep": "running", "loud": "running"}
+    applied = steps["pass"]
+    assert isinstance(applied, dict) and "Traceback" not in str(applied["err"]), applied
+    assert "destroy gone" in str(applied["out"]) and "done" in str(applied["out"]), applied
+    finished = steps["finished"]
+    assert isinstance(finished, list) and finished[0] is not None
+    assert finished[0] == finished[1], "an unrecorded exit keeps the time first seen"
+    for step in ("stop", "rm", "down"):
+        ok(step)
+    assert steps["left"] == []
