@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.client import folders
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import read_json, write_json_atomic
@@ -36,21 +37,21 @@ PAGE = 4096
 Work = Callable[[Path], dict[str, object]]
 
 
-def _enter_small_disk(disk: Path, empty: Path) -> None:
+def _enter_small_disk(disk: Path, empty: Path, options: str) -> None:
     """Make this (single-threaded) process the first of a user and mount namespace where
-    ``disk`` is a 1 MiB tmpfs."""
+    ``disk`` is a 1 MiB tmpfs (with the mount ``options`` added)."""
     uid, gid = os.getuid(), os.getgid()
     sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
     Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sc.mount("tmpfs", str(disk), "tmpfs", 0, f"size=1m,mode=0700,uid={uid},gid={gid}")
+    sc.mount("tmpfs", str(disk), "tmpfs", 0, f"size=1m,mode=0700,uid={uid},gid={gid}{options}")
     for table in ("/etc/subuid", "/etc/subgid"):
         sc.mount(str(empty), table, None, sc.MS_BIND)
 
 
-def on_small_disk(tmp_path: Path, work: Work) -> dict[str, object]:
+def on_small_disk(tmp_path: Path, work: Work, options: str = "") -> dict[str, object]:
     """Run ``work(disk)`` in a forked child that has ``disk`` on a 1 MiB tmpfs; return
     what it returned. Whatever the child leaves running is killed and fails the test."""
     disk, empty = tmp_path / "d", tmp_path / "empty"
@@ -62,7 +63,7 @@ def on_small_disk(tmp_path: Path, work: Work) -> dict[str, object]:
         result: dict[str, object] = {}
         try:
             os.close(report_r)
-            _enter_small_disk(disk, empty)
+            _enter_small_disk(disk, empty, options)
             result = work(disk)
         except BaseException as exc:
             result = {"crashed": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
@@ -131,6 +132,34 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary_one(
     assert result["raised"] == errno.ENOSPC
     assert result["record"] == {"old": True}
     assert result["files"] == ["filler", "record.json"]
+
+
+def _discard_without_inodes(disk: Path) -> dict[str, object]:
+    folder = disk / "containers" / "web"
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text("{}")
+    count = 0
+    try:
+        while True:  # a disk out of inodes refuses a new folder as one out of blocks does
+            (disk / f"f{count}").touch()
+            count += 1
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    try:
+        folders.discard(folder)
+        raised = None
+    except OSError as exc:
+        raised = exc.errno
+    return {"raised": raised, "left": sorted(p.name for p in folder.parent.iterdir())}
+
+
+def test_a_container_folder_is_removed_from_a_disk_that_cannot_make_a_folder(
+    tmp_path: Path,
+) -> None:
+    """A removal moves the folder aside first, into a fresh hidden folder; when no folder
+    can be made, it is moved aside under a hidden name of its own."""
+    result = on_small_disk(tmp_path, _discard_without_inodes, ",nr_inodes=64")
+    assert result == {"raised": None, "left": []}
 
 
 # -- the control plane on a full state disk -----------------------------------------------
