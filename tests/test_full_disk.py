@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.client import folders
+from runtime.client import binds, folders
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
-from tests.support import processes_mentioning
+from tests.support import processes_mentioning, shell
 from tests.test_reconciler_e2e import cli
 
 pytestmark = rootless
@@ -160,6 +160,34 @@ def test_a_container_folder_is_removed_from_a_disk_that_cannot_make_a_folder(
     can be made, it is moved aside under a hidden name of its own."""
     result = on_small_disk(tmp_path, _discard_without_inodes, ",nr_inodes=64")
     assert result == {"raised": None, "left": []}
+
+
+def _etc_files_on_full_disk(disk: Path) -> dict[str, object]:
+    cdir = disk / "web"
+    cdir.mkdir()
+    binds.etc_mounts(shell("web", "true"), cdir)
+    fill(disk)
+    try:
+        binds.etc_mounts(shell("web", "true", hostname="renamed"), cdir)
+        raised = None
+    except OSError as exc:
+        raised = exc.errno
+    return {
+        "raised": raised,
+        "hostname": (cdir / "etc" / "hostname").read_text(),
+        "files": sorted(p.name for p in (cdir / "etc").iterdir()),
+    }
+
+
+def test_etc_files_that_do_not_fit_keep_the_old_ones_and_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    result = on_small_disk(tmp_path, _etc_files_on_full_disk)
+    assert result == {
+        "raised": errno.ENOSPC,
+        "hostname": "web\n",
+        "files": ["hostname", "hosts", "resolv.conf"],
+    }
 
 
 # -- the control plane on a full state disk -----------------------------------------------

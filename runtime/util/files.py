@@ -25,10 +25,11 @@ def _write_all(fd: int, payload: bytes) -> None:
 
 
 def write_atomic(
-    path: Path, payload: bytes, *, mode: int = 0o600, dir_fd: int | None = None
+    path: Path, payload: bytes, *, mode: int = 0o600, dir_fd: int | None = None, sync: bool = True
 ) -> None:
-    """Write ``payload`` to ``path`` with write, fsync, rename: readers see old or new, never
-    half. On failure the temporary file is removed and the error raised."""
+    """Write ``payload`` to ``path`` with write, fsync (unless not ``sync``: a file made
+    again whenever it is needed), rename: readers see old or new, never half. On failure
+    the temporary file is removed and the error raised."""
     name = path.name if dir_fd is not None else str(path)
     tmp = f"{name}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode, dir_fd=dir_fd)
@@ -36,7 +37,8 @@ def write_atomic(
         try:
             os.fchmod(fd, mode)  # whatever the umask
             _write_all(fd, payload)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
