@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.control.status import FolderBusy, StatusStore
 from runtime.client import binds, folders
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox import syscalls as sc
@@ -188,6 +189,23 @@ def test_etc_files_that_do_not_fit_keep_the_old_ones_and_no_temporary_file(
         "hostname": "web\n",
         "files": ["hostname", "hosts", "resolv.conf"],
     }
+
+
+def _claim_on_full_disk(disk: Path) -> dict[str, object]:
+    store = StatusStore(disk, disk / "desired")
+    fill(disk)
+    store.claim("loop")  # the lock holds; naming its holder in the file does not fit
+    try:
+        StatusStore(disk, disk / "desired").claim("apply")
+        second = None
+    except FolderBusy as exc:
+        second = str(exc)
+    return {"second": second}
+
+
+def test_a_folder_is_claimed_on_a_full_disk_and_held(tmp_path: Path) -> None:
+    result = on_small_disk(tmp_path, _claim_on_full_disk)
+    assert "another reconciler" in str(result["second"])
 
 
 # -- the control plane on a full state disk -----------------------------------------------
