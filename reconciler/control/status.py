@@ -33,11 +33,11 @@ containers' ``last_error`` and crash loops, and when (``by``: ``loop`` or ``appl
 is null: with no loop running they are the last known ones. The top-level
 ``conditions`` concern the whole folder (``FolderUnreadable``, ``MassDeleteGuard``, a
 file whose container cannot be known, ``StateDiskFull``: the state folder's disk is full,
-with what is free and the biggest container logs). A container whose file is gone but whose removal
-the guard holds keeps its phase (``Running``...) and carries the guard's condition, with
-the command that releases it. ``skipped`` lists the folder's entries named like
-squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``), with the
-reason.
+with what is free and the biggest container logs). A container whose file is gone but
+whose removal the guard holds keeps its phase (``Running``...) and carries the guard's
+condition, with the command that releases it. ``skipped`` lists the folder's entries
+named like squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``),
+with the reason.
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
@@ -169,11 +169,11 @@ takes a block or more)."""
 
 
 def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
             return f"{count:.0f} {unit}"
         count /= 1024
-    raise AssertionError("unreachable")
+    return f"{count:.0f} GiB"
 
 
 def _biggest_logs(actual: Sequence[ContainerInfo], most: int = 3) -> str:
