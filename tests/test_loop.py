@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler, _watch_exit
+from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
 from tests.fakes import FakeClock, FakeRuntime
 
@@ -121,3 +123,23 @@ async def test_a_refused_duplicate_does_not_decide_the_running_containers_back_o
         ("web", "DuplicateName"),
     ]
     assert loop._restart_at.keys() == {"web"}
+
+
+class _FullStore(StatusStore):
+    """A status store on a disk with no space left."""
+
+    def write(self, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.anyio
+async def test_a_pass_that_cannot_record_itself_keeps_what_it_did(tmp_path: Path) -> None:
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "web.toml").write_text('[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n')
+    loop = reconciler(folder, FakeClock(100.0))
+    (tmp_path / "state").mkdir()
+    loop.store = _FullStore(tmp_path / "state", folder)
+    result = await loop.reconcile("test")
+    assert [(str(o.action.kind), o.ok) for o in result.outcomes] == [("create", True)]
+    assert loop.record.last_error is not None and "No space left" in loop.record.last_error

@@ -21,7 +21,13 @@ from rich.console import Console
 from reconciler import cli
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
-from reconciler.control.status import FolderBusy, StatusStore, Writer, status_document
+from reconciler.control.status import (
+    FolderBusy,
+    StatusStore,
+    Writer,
+    state_disk_condition,
+    status_document,
+)
 from reconciler.desired.source import FolderSource
 from reconciler.settings import Settings
 from runtime.errors import ContainerStartError
@@ -358,3 +364,7 @@ async def test_the_loop_console_says_a_guard_hold_once_with_what_releases_it(
     assert f"`reconciler run --allow-mass-delete {folder}`" in lines[0]
     assert sorted(lines[1:3]) == ["destroy c1: c1.toml is gone", "destroy c2: c2.toml is gone"]
     assert lines[3] == "MassDeleteGuard: cleared"
+
+
+def test_a_state_disk_with_room_is_no_condition(tmp_path: Path) -> None:
+    assert state_disk_condition(tmp_path, []) is None

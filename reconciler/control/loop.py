@@ -23,6 +23,7 @@ running for the next ``run`` to adopt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -37,7 +38,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from reconciler.control.converge import Converger, Outcome
-from reconciler.control.status import LoopRecord, StatusStore, Writer
+from reconciler.control.status import LoopRecord, StatusStore, Writer, state_disk_condition
 from reconciler.desired.source import Source
 from reconciler.desired.types import DesiredState
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan, settled
@@ -115,6 +116,9 @@ class Reconciler:
             allow_mass_delete=self.allow_mass_delete,
         )
         self.converger.settle({a.name for a in todo.actions} | _held(todo))
+        full = None if self.store is None else state_disk_condition(self.store.state, actual)
+        if full is not None:
+            todo = dataclasses.replace(todo, conditions=(*todo.conditions, full))
         return desired, actual, todo
 
     def _restart_holds(
@@ -159,7 +163,11 @@ class Reconciler:
             if self.converger.crash_looping(n)
             and (n not in by_name or want.restarts_after(by_name[n].exit_code))
         )
-        await anyio.to_thread.run_sync(self.save)
+        try:
+            await anyio.to_thread.run_sync(self.save)
+        except OSError as exc:  # a full state disk: what was done stays done
+            log.warning("cannot record the pass: %s", exc)
+            self.record.failed(f"recording the pass failed: {type(exc).__name__}: {exc}")
         self.converger.forget({info.name for info in actual} | set(desired.containers))
         self._holds = self.converger.not_before(self._restart_at)  # this pass's outcomes count
         self._running = {

@@ -32,11 +32,12 @@ fields as ``loop``, without ``running``), or null. ``recorded`` says who wrote t
 containers' ``last_error`` and crash loops, and when (``by``: ``loop`` or ``apply``), or
 is null: with no loop running they are the last known ones. The top-level
 ``conditions`` concern the whole folder (``FolderUnreadable``, ``MassDeleteGuard``, a
-file whose container cannot be known). A container whose file is gone but whose removal
-the guard holds keeps its phase (``Running``...) and carries the guard's condition, with
-the command that releases it. ``skipped`` lists the folder's entries named like
-squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``), with the
-reason.
+file whose container cannot be known, ``StateDiskFull``: the state folder's disk is full,
+with what is free and the biggest container logs). A container whose file is gone but
+whose removal the guard holds keeps its phase (``Running``...) and carries the guard's
+condition, with the command that releases it. ``skipped`` lists the folder's entries
+named like squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``),
+with the reason.
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
@@ -49,6 +50,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -70,8 +72,11 @@ __all__ = (
     "Writer",
     "container_rows",
     "release_hint",
+    "state_disk_condition",
     "status_document",
 )
+
+log = logging.getLogger(__name__)
 
 Writer = Literal["loop", "apply"]
 """Who records a pass: a ``reconciler run`` loop or a ``reconciler apply``."""
@@ -158,6 +163,53 @@ class ConditionReport:
         return f"{kind}: {message}" if name == "*" else f"{kind} {name}: {message}"
 
 
+FULL_BELOW = 64 * 1024
+"""Free bytes under which the state folder's disk counts as full (every record written
+takes a block or more)."""
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.0f} GiB"
+
+
+def _biggest_logs(actual: Sequence[ContainerInfo], most: int = 3) -> str:
+    """The containers whose logs take the most space, with their sizes (one stat each)."""
+    sizes = []
+    for info in actual:
+        try:
+            size = Path(info.log_path).stat().st_size
+        except OSError:
+            continue
+        if size:
+            sizes.append((size, info.name))
+    biggest = sorted(sizes, reverse=True)[:most]
+    return ", ".join(f"{name} {_size(size)}" for size, name in biggest) or "none"
+
+
+def state_disk_condition(state: Path, actual: Sequence[ContainerInfo]) -> Condition | None:
+    """A folder condition when the state folder's disk is full (no space or no inode
+    left for this account): the folder, what is free, and the biggest container logs
+    (the likely culprits, found cheaply)."""
+    try:
+        disk = os.statvfs(state)
+    except OSError:
+        return None
+    free = disk.f_bavail * disk.f_frsize
+    if free >= FULL_BELOW and not (disk.f_files and not disk.f_favail):
+        return None
+    message = (
+        f"the disk of the state folder {state} is full ({_size(free)} free of "
+        f"{_size(disk.f_blocks * disk.f_frsize)}): containers cannot start nor record "
+        f"their exits; the biggest logs: {_biggest_logs(actual)}; free space there "
+        "(removing a container deletes its folder and log)"
+    )
+    return Condition("*", ConditionKind.STATE_DISK_FULL, message)
+
+
 class FolderBusy(RuntimeError):
     """Another reconciler already controls this folder."""
 
@@ -178,6 +230,7 @@ class StatusStore:
 
     def __init__(self, state: Path, folder: Path) -> None:
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        self.state = state
         self.path = state / "reconciler" / f"{digest}.json"
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd: int | None = None
@@ -195,9 +248,12 @@ class StatusStore:
             holder = parse_json(os.pread(fd, 4096, 0))
             os.close(fd)
             raise FolderBusy(_busy(holder if isinstance(holder, dict) else {})) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "by": writer}).encode(), 0)
         self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "by": writer}).encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, unnamed
+            log.warning("cannot name this process in %s", self.path.with_suffix(".lock"))
 
     def write(
         self,

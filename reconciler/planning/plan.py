@@ -119,6 +119,7 @@ class ConditionKind(StrEnum):
     FOLDER_UNREADABLE = "FolderUnreadable"
     BACK_OFF = "BackOff"
     MASS_DELETE = "MassDeleteGuard"
+    STATE_DISK_FULL = "StateDiskFull"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from runtime.api.spec import BindMount, ContainerSpec
 from runtime.errors import ContainerStartError
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import open_source
+from runtime.util.files import write_atomic
 from runtime.wire import LaunchRequest, MountPoint
 
 __all__ = ("check_sources", "etc_contents", "etc_mounts", "own_sources_resolved", "user_bind")
@@ -46,10 +47,7 @@ def etc_mounts(spec: ContainerSpec, cdir: Path) -> list[MountPoint]:
     real = os.path.realpath(etc)
     mounts = []
     for name, content in etc_contents(spec).items():
-        fresh = etc / f".{name}.new"
-        fresh.write_text(content)
-        fresh.chmod(0o644)
-        os.replace(fresh, etc / name)
+        write_atomic(etc / name, content.encode(), mode=0o644, sync=False)
         mounts.append(MountPoint(source=f"{real}/{name}", target=f"/etc/{name}", is_dir=False))
     return mounts
 

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -133,7 +134,13 @@ def discard(folder: Path) -> None:
     """Delete ``folder``: first renamed to a hidden name, so that a kill in the middle
     leaves something :func:`sweep` recognises, never a half-deleted container."""
     for _ in range(5):
-        trash = Path(tempfile.mkdtemp(prefix=f"{HIDDEN}gone-{folder.name}-", dir=folder.parent))
+        try:
+            trash = Path(tempfile.mkdtemp(prefix=f"{HIDDEN}gone-{folder.name}-", dir=folder.parent))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _discard_in_place(folder)  # a full disk: removing must still free it
+            return
         try:
             os.rename(folder, trash / "c")
         except FileNotFoundError:
@@ -143,6 +150,15 @@ def discard(folder: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
         return
     raise OSError(f"could not move {folder} aside to delete it")
+
+
+def _discard_in_place(folder: Path) -> None:
+    """Delete ``folder`` after renaming it to a hidden name of its own, made unique by
+    chance (the name a fresh trash folder reserves needs a new folder, which a full disk
+    may refuse)."""
+    aside = folder.parent / f"{HIDDEN}gone-{folder.name}-{secrets.token_hex(8)}"
+    os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def sweep(containers: Path, is_whole: Check, stop_leftover: Stop) -> list[str]:

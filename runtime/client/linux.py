@@ -260,8 +260,8 @@ class LinuxRuntime(RunningOps):
                     if not init.wait_gone(10.0):
                         raise StopFailed(name, f"init {init.pid} survived SIGKILL")
                 if not (cdir / "exit.json").exists():
-                    write_json_atomic(
-                        cdir / "exit.json",
+                    self._record_exit(
+                        cdir,
                         {
                             "exit_code": 128 + signal.SIGKILL,
                             "signal": int(signal.SIGKILL),

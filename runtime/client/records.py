@@ -6,6 +6,7 @@ subtree, caches). ``runtime.client.live`` and ``runtime.client.linux`` build on 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from contextlib import AbstractContextManager
@@ -36,6 +37,8 @@ __all__ = (
     "mapping_of",
     "process_confined",
 )
+
+log = logging.getLogger(__name__)
 
 
 def forward_of(mapping: PortMapping) -> Forward:
@@ -87,6 +90,15 @@ def cgroup_facts(
     return {"paused": leaf.frozen(), **leaf.events()}  # missing files read as 0
 
 
+def _run_identity(cdir: Path) -> tuple[int, int] | None:
+    """Which run ``run.json`` records (a new start replaces the file)."""
+    try:
+        st = (cdir / "run.json").stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
     return (port.protocol, port.host_addr, port.host, port.container)
 
@@ -126,6 +138,9 @@ class RecordStore:
         self._forward_checks: dict[
             Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
         ] = {}
+        self._exits: dict[Path, tuple[tuple[int, int] | None, dict[str, Any]]] = {}
+        """Exits seen but not recorded (the state disk is full), by folder, with the
+        identity of the run they ended."""
         self.forward_check_interval = 10.0
         """How often ``list()`` asks each network for its forwards (``inspect`` always does)."""
 
@@ -208,12 +223,7 @@ class RecordStore:
                 **cgroup_facts(run, running=True),
                 **common,
             )
-        exited = read_json(cdir / "exit.json")
-        if not isinstance(exited, dict):
-            # The init died without recording an exit (it was killed): record when that
-            # was first seen, so the exit has a time even if its code is unknown.
-            exited = {"exit_code": None, "signal": None, "finished_at": time.time()}
-            write_json_atomic(cdir / "exit.json", exited)
+        exited = self._exit_record(cdir)
         exit_code = exited.get("exit_code")
         finished = exited.get("finished_at")
         return ContainerInfo(
@@ -225,6 +235,34 @@ class RecordStore:
             **common,
         )
 
+    def _exit_record(self, cdir: Path) -> dict[str, Any]:
+        """What ``exit.json`` says of the last run's end. The init died without recording
+        an exit (it was killed): record when that was first seen, so the exit has a time
+        even if its code is unknown."""
+        exited = read_json(cdir / "exit.json")
+        if isinstance(exited, dict):
+            return exited
+        kept = self._exits.get(cdir)
+        if kept is not None and kept[0] == _run_identity(cdir):
+            exited = kept[1]
+        else:
+            exited = {"exit_code": None, "signal": None, "finished_at": time.time()}
+        self._record_exit(cdir, exited)
+        return exited
+
+    def _record_exit(self, cdir: Path, exited: dict[str, Any]) -> None:
+        """Write ``exit.json``. A state disk that cannot take it (full, say) fails no
+        observation: the exit is kept in memory until the run changes, so this process
+        sees one time for it, and written by the first look that can."""
+        try:
+            write_json_atomic(cdir / "exit.json", exited)
+        except OSError as exc:
+            if cdir not in self._exits:
+                log.warning("cannot record the exit of %s (kept in memory): %s", cdir.name, exc)
+            self._exits[cdir] = (_run_identity(cdir), exited)
+        else:
+            self._exits.pop(cdir, None)
+
     def inspect(self, name: str) -> ContainerInfo:
         return self._info(self._dir(name))
 
@@ -232,3 +270,4 @@ class RecordStore:
         """Drop what is cached about a folder that is gone or moved."""
         self._specs.pop(cdir / "spec.json", None)
         self._forward_checks.pop(cdir, None)
+        self._exits.pop(cdir, None)

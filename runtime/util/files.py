@@ -1,28 +1,56 @@
 """JSON files written atomically (write a temporary file, fsync, rename into place), and read
-back tolerating a file that is missing or was never completed."""
+back tolerating a file that is missing or was never completed.
+
+A write that fails (a full disk, say) raises and leaves neither a partial file nor its
+temporary file behind: the old file, if any, stays as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ("parse_json", "read_json", "write_json_atomic")
+__all__ = ("parse_json", "read_json", "write_atomic", "write_json_atomic")
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    """Write all of ``payload``: a write that runs out of space may write part of it and
+    return the count (the next one raises the error)."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_atomic(
+    path: Path, payload: bytes, *, mode: int = 0o600, dir_fd: int | None = None, sync: bool = True
+) -> None:
+    """Write ``payload`` to ``path`` with write, fsync (unless not ``sync``: a file made
+    again whenever it is needed), rename: readers see old or new, never half. On failure
+    the temporary file is removed and the error raised."""
+    name = path.name if dir_fd is not None else str(path)
+    tmp = f"{name}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, mode)  # whatever the umask
+            _write_all(fd, payload)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 def write_json_atomic(path: Path, data: Any, *, dir_fd: int | None = None) -> None:
-    """Write JSON to ``path`` with write, fsync, rename: readers see old or new, never half."""
-    name = path.name if dir_fd is not None else str(path)
-    tmp = f"{name}.tmp.{os.getpid()}"
-    payload = json.dumps(data, indent=1, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    """Write JSON to ``path`` atomically (:func:`write_atomic`), readable by its owner only."""
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), dir_fd=dir_fd)
 
 
 def read_json(path: Path) -> Any | None:
