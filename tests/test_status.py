@@ -22,6 +22,7 @@ from reconciler import cli
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.control.status import (
+    ConditionReport,
     FolderBusy,
     StatusStore,
     Writer,
@@ -29,6 +30,7 @@ from reconciler.control.status import (
     status_document,
 )
 from reconciler.desired.source import FolderSource
+from reconciler.planning.plan import Condition, ConditionKind
 from reconciler.settings import Settings
 from runtime.errors import ContainerStartError
 from tests.fakes import FakeClock, FakeRuntime
@@ -368,3 +370,17 @@ async def test_the_loop_console_says_a_guard_hold_once_with_what_releases_it(
 
 def test_a_state_disk_with_room_is_no_condition(tmp_path: Path) -> None:
     assert state_disk_condition(tmp_path, []) is None
+
+
+def test_the_console_says_a_full_disk_once_while_its_free_space_moves() -> None:
+    report = ConditionReport("/desired")
+    full = [
+        Condition("*", ConditionKind.STATE_DISK_FULL, f"the state disk is full: {free} B free")
+        for free in (900, 400, 100)
+    ]
+    lines = [line for condition in full for line in report.changes([condition])]
+    lines += report.changes([])
+    assert lines == [
+        "StateDiskFull: the state disk is full: 900 B free",
+        "StateDiskFull: cleared",
+    ]

@@ -143,13 +143,15 @@ class ConditionReport:
 
     def changes(self, conditions: Iterable[Condition]) -> list[str]:
         """The lines to print for this pass's ``conditions``."""
-        now = frozenset(
-            (c.name, c.kind.value, c.message)
+        messages = {
+            (c.name, c.kind.value, _steady(c)): c.message
             for c in conditions
             if c.kind is not ConditionKind.BACK_OFF
-        )
+        }
+        now = frozenset(messages)
         lines = [
-            self._line(name, kind, message) for name, kind, message in sorted(now - self._shown)
+            self._line(name, kind, messages[name, kind, key])
+            for name, kind, key in sorted(now - self._shown)
         ]
         still = {(name, kind) for name, kind, _ in now}
         gone = sorted({(name, kind) for name, kind, _ in self._shown} - still)
@@ -161,6 +163,12 @@ class ConditionReport:
         if kind == ConditionKind.MASS_DELETE and message != "cleared":
             message = f"{message}; to confirm, {release_hint(self.folder, loop_running=True)}"
         return f"{kind}: {message}" if name == "*" else f"{kind} {name}: {message}"
+
+
+def _steady(condition: Condition) -> str:
+    """What must change for the console to say a condition again: its message, except
+    for a full disk, whose free space and log sizes move on every pass."""
+    return "" if condition.kind is ConditionKind.STATE_DISK_FULL else condition.message
 
 
 FULL_BELOW = 64 * 1024
