@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.cgroups.driver import detect
+from runtime.client.paths import shared_state_problem
 from runtime.errors import HostSetupError
 from runtime.holder.idmap import subordinate_range
 from runtime.network.driver import driver_for
@@ -96,6 +97,18 @@ def _cgroups(settings: RuntimeSettings) -> HostCheck:
     return HostCheck(what, found.problem, fix, required=False)
 
 
+def _state_folder(settings: RuntimeSettings) -> HostCheck:
+    what = "a state folder only you can reach"
+    problem = shared_state_problem(settings)
+    if problem is None:
+        return HostCheck(what)
+    fix = (
+        "log in with a session that sets XDG_RUNTIME_DIR (ssh, machinectl shell), or set "
+        "SQUISH_STATE_DIR to a folder of yours; ask root who made the name"
+    )
+    return HostCheck(what, problem, fix, required=False)
+
+
 _CHECKS: tuple[Callable[[], HostCheck], ...] = (
     _unprivileged,
     _user_namespaces,
@@ -107,4 +120,4 @@ _CHECKS: tuple[Callable[[], HostCheck], ...] = (
 def host_checks(settings: RuntimeSettings) -> list[HostCheck]:
     """Every prerequisite of rootless containers on this host, checked now (the cgroup
     driver as ``settings`` choose it)."""
-    return [*(check() for check in _CHECKS), _cgroups(settings)]
+    return [*(check() for check in _CHECKS), _cgroups(settings), _state_folder(settings)]
