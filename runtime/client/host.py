@@ -109,11 +109,25 @@ def _state_folder(settings: RuntimeSettings) -> HostCheck:
     return HostCheck(what, problem, fix, required=False)
 
 
+def _private_home() -> HostCheck:
+    what = "a home only you can read (your squishfiles and their [env] values)"
+    home = Path.home()
+    try:
+        mode = home.stat().st_mode & 0o777
+    except OSError as exc:
+        return HostCheck(what, f"{home}: {exc.strerror}", "check $HOME", required=False)
+    if not mode & 0o077:
+        return HostCheck(what)
+    problem = f"{home} is mode {mode:04o}: other accounts can read what it holds"
+    return HostCheck(what, problem, f"chmod 0700 {home}", required=False)
+
+
 _CHECKS: tuple[Callable[[], HostCheck], ...] = (
     _unprivileged,
     _user_namespaces,
     _id_ranges,
     _slirp4netns,
+    _private_home,
 )
 
 
