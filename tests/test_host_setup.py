@@ -20,7 +20,11 @@ SETUP = Path(__file__).resolve().parent.parent / "scripts" / "host-setup.sh"
 def setup_functions(*names: str) -> str:
     """The shell functions ``names`` as host-setup.sh defines them."""
     text = SETUP.read_text()
-    found = [re.search(rf"^{name}\(\) {{.*?^}}$", text, re.M | re.S) for name in names]
+    found = [
+        re.search(rf"^{name}\(\) {{[^\n]*}}$", text, re.M)  # on one line
+        or re.search(rf"^{name}\(\) {{.*?^}}$", text, re.M | re.S)
+        for name in names
+    ]
     assert all(found), f"host-setup.sh defines {names}"
     return "\n".join(f.group(0) for f in found if f is not None)
 
