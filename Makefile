@@ -130,6 +130,11 @@ check:
 	done
 	unshare --user true 2>/dev/null || fail "you cannot create user namespaces" \
 		"sudo sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000"
+	home_mode="$$(stat -c %a "$$HOME" 2>/dev/null || echo 700)"
+	if (( 8#$$home_mode & 8#077 )); then
+		echo "make check: warning: your home $$HOME is mode $$home_mode: other accounts can read your squishfiles and their [env] values" >&2
+		echo "  fix: chmod 0700 $$HOME" >&2
+	fi
 	if ((bad)); then echo "make check: the host is not ready for squish (running make as root sets it up)" >&2; exit 1; fi
 
 whoami: venv

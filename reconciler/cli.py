@@ -60,7 +60,15 @@ def _describe_ports(info: ContainerInfo) -> str:
     return ", ".join(str(p) for p in info.ports)
 
 
-_OPTIONS = ("resync", "debounce_ms", "step_ms", "settle_ms", "parallel", "allow_mass_delete")
+_OPTIONS = (
+    "resync",
+    "debounce_ms",
+    "step_ms",
+    "settle_ms",
+    "parallel",
+    "allow_mass_delete",
+    "mass_delete_window",
+)
 """Options that override the :class:`Settings` field of the same name."""
 _BACKOFF_OPTIONS = {
     "crash_backoff": "crash_initial",
@@ -112,6 +120,7 @@ def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Re
         converger=Converger(runtime, limit=settings.parallel, backoff=settings.backoff),
         store=StatusStore(runtime.state, source.folder),
         allow_mass_delete=settings.allow_mass_delete,
+        mass_delete_window=settings.mass_delete_window,
         writer=writer,
     )
 
@@ -455,6 +464,13 @@ def _tuning(command: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="apply a pass that removes more than half of the folder's containers",
+    )
+    command.add_argument(
+        "--mass-delete-window",
+        type=float,
+        metavar="SECONDS",
+        help="count removals over this many seconds for the mass-deletion guard "
+        f"(default {defaults.mass_delete_window:g}; 0: each pass alone)",
     )
     command.add_argument(
         "--parallel", type=int, help=f"actions at once (default {defaults.parallel})"

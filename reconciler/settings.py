@@ -74,8 +74,13 @@ class Settings:
     backoff: Backoff = field(default_factory=Backoff)
     """Failure and crash back-off."""
     allow_mass_delete: bool = False
-    """Apply a pass that removes more than half of the folder's containers
-    (``--allow-mass-delete``)."""
+    """Apply a pass that removes more than half of the folder's containers, counted over
+    :attr:`mass_delete_window` (``--allow-mass-delete``)."""
+    mass_delete_window: float = 300.0
+    """Seconds over which the mass-deletion guard counts removals (``--mass-delete-window``):
+    a pass is held when its removals and those applied within this window before it come
+    to more than half of the folder's containers (and to more than two), so files deleted
+    one at a time are held too. 0 counts each pass alone."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     """The runtime's part: its ``SQUISH_*`` variables."""
 
@@ -89,6 +94,7 @@ class Settings:
             "resync",
             "retry_failed_pass",
             "rearm_delay",
+            "mass_delete_window",
         ):
             _not_negative(name, getattr(self, name))
 

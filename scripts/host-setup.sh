@@ -3,7 +3,9 @@
 #
 #   1. installs the Debian packages squish needs, only those that are missing;
 #   2. creates the unprivileged account that runs squish (SQUISH_USER, default "squish")
-#      and makes sure it has one subordinate uid/gid range;
+#      with a home only it may enter (0700: its squishfiles and their [env] values live
+#      there), makes an existing home of it 0700 too, and makes sure it has one
+#      subordinate uid/gid range;
 #   3. lets unprivileged users create user namespaces, if the kernel forbids it;
 #   4. makes /dev/net/tun usable by that account (slirp4netns needs it, mode 0666);
 #   5. delegates a cgroup v2 folder to that account, as systemd's user@.service would
@@ -38,12 +40,27 @@ else
 fi
 
 # --- 2. the unprivileged account ------------------------------------------------
+# The account's home holds its squishfiles and their [env] values: no other account may
+# read it or pass through it. useradd would make it 0755 (login.defs leaves HOME_MODE
+# unset on Debian); an existing one is closed as well.
+create_account() { # NAME [useradd options]
+    useradd --create-home --key HOME_MODE=0700 --shell /bin/bash "$@"
+}
+private_home() { # HOME
+    local mode
+    mode="$(stat -c %a "$1")"
+    if ((8#$mode & 8#077)); then
+        say "home $1 is mode $mode: other accounts could read its squishfiles and [env] values;" \
+            "making it 0700"
+        chmod go-rwx -- "$1"
+    fi
+}
 [[ "$SQUISH_USER" =~ ^[a-z_][a-z0-9_-]*$ ]] || die "SQUISH_USER='$SQUISH_USER' is not a valid account name"
 if id -u "$SQUISH_USER" >/dev/null 2>&1; then
     say "account '$SQUISH_USER' exists (uid $(id -u "$SQUISH_USER"))"
 else
     say "creating account '$SQUISH_USER'"
-    useradd --create-home --shell /bin/bash "$SQUISH_USER"
+    create_account "$SQUISH_USER"
 fi
 uid="$(id -u "$SQUISH_USER")"
 gid="$(id -g "$SQUISH_USER")"
@@ -53,9 +70,10 @@ home="$(getent passwd "$SQUISH_USER" | cut -d: -f6)"
 [[ -n "$home" && "$home" == /* ]] || die "account '$SQUISH_USER' has no usable home directory in /etc/passwd"
 if [[ ! -d "$home" ]]; then
     say "creating home directory $home"
-    install -d -m 0750 -o "$uid" -g "$gid" "$home"
+    install -d -m 0700 -o "$uid" -g "$gid" "$home"
 fi
 [[ "$(stat -c %u "$home")" == "$uid" ]] || die "$home is not owned by '$SQUISH_USER'"
+private_home "$home"
 
 # One subordinate range per file. useradd normally writes it already; only add one when
 # neither the name nor the uid has an entry (a duplicate entry breaks newuidmap).

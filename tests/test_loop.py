@@ -16,6 +16,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler, _watch_exit
 from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
+from reconciler.planning.plan import ConditionKind
 from tests.fakes import FakeClock, FakeRuntime
 
 
@@ -143,3 +144,29 @@ async def test_a_pass_that_cannot_record_itself_keeps_what_it_did(tmp_path: Path
     result = await loop.reconcile("test")
     assert [(str(o.action.kind), o.ok) for o in result.outcomes] == [("create", True)]
     assert loop.record.last_error is not None and "No space left" in loop.record.last_error
+
+
+@pytest.mark.anyio
+async def test_the_mass_deletion_guard_counts_removals_over_its_window(tmp_path: Path) -> None:
+    """40 files deleted one per pass, half a second apart: no single pass removes more than
+    one, but within the window more than half of the folder goes, and there it holds."""
+    app = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    for i in range(40):
+        (tmp_path / f"c{i:02}.toml").write_text(app)
+    clock = FakeClock(100.0)
+    loop = reconciler(tmp_path, clock)
+    assert isinstance(loop.runtime, FakeRuntime)
+    await loop.reconcile("test")
+    assert len(loop.runtime.list()) == 40
+    guarded_at = None
+    for i in range(40):
+        (tmp_path / f"c{i:02}.toml").unlink()
+        clock.advance(0.5)
+        result = await loop.reconcile("files changed")
+        guards = [c for c in result.plan.conditions if c.kind is ConditionKind.MASS_DELETE]
+        if guards and guarded_at is None:
+            guarded_at = i
+            assert "21 of the folder's 40" in guards[0].message
+            assert "within the last 5 min" in guards[0].message
+    assert guarded_at == 20  # 20 of 40 is not more than half; the 21st is
+    assert len(loop.runtime.list()) == 20

@@ -34,6 +34,7 @@ from reconciler.planning.plan import (
     ActionKind,
     ConditionKind,
     Plan,
+    RemovalWindow,
     is_managed_by,
     plan,
 )
@@ -1171,6 +1172,49 @@ def test_mass_deletion_guard_holds_only_destroys() -> None:
     result = plan(desired(FLEET[0], new), [running(c) for c in FLEET])
     assert actions_of(result) == ("create newcomer",)
     assert conditions_of(result) == ("MassDeleteGuard *",)
+
+
+@pytest.mark.parametrize(
+    ("kept", "removed_at", "allow", "destroyed"),
+    [
+        pytest.param(4, (95.0, 96.0), False, 2, id="four-of-eight-in-the-window-is-half"),
+        pytest.param(3, (95.0, 96.0), False, 0, id="five-of-eight-in-the-window-is-held"),
+        pytest.param(5, (91.0,) * 5, False, 0, id="one-file-after-many-is-held"),
+        pytest.param(5, (91.0,) * 4, False, 1, id="one-file-after-fewer-is-applied"),
+        pytest.param(3, (30.0, 39.0), False, 3, id="removals-before-the-window-do-not-count"),
+        pytest.param(5, (91.0,) * 5, True, 1, id="confirmed-with-allow-mass-delete"),
+    ],
+)
+def test_the_mass_deletion_guard_counts_the_removals_within_its_window(
+    kept: int, removed_at: tuple[float, ...], allow: bool, destroyed: int
+) -> None:
+    window = RemovalWindow(60.0, removed_at)
+    result = plan(
+        desired(*FLEET[:kept]),
+        [running(c) for c in FLEET],
+        now=100.0,
+        allow_mass_delete=allow,
+        removal_window=window,
+    )
+    assert len([a for a in actions_of(result) if a.startswith("destroy")]) == destroyed
+    assert ("MassDeleteGuard *" in conditions_of(result)) == (destroyed == 0)
+
+
+def test_the_guard_names_its_window_and_what_earlier_passes_removed() -> None:
+    window = RemovalWindow(300.0, (95.0, 96.0))
+    result = plan(
+        desired(*FLEET[:3]), [running(c) for c in FLEET], now=100.0, removal_window=window
+    )
+    (guard,) = (c for c in result.conditions if c.kind is ConditionKind.MASS_DELETE)
+    assert guard.message.startswith(
+        "this pass would remove 3 more: 5 of the folder's 8 containers within the last 5 min"
+    )
+
+
+def test_a_pass_that_removes_nothing_is_never_guarded_whatever_the_window() -> None:
+    window = RemovalWindow(60.0, (99.0,) * 30)
+    result = plan(desired(*FLEET), [running(c) for c in FLEET], now=100.0, removal_window=window)
+    assert conditions_of(result) == ()
 
 
 def test_two_managed_containers_may_both_go() -> None:

@@ -602,6 +602,23 @@ def test_update_and_health_sections_are_read_and_checked(tmp_path: Path) -> None
     assert found == {(6, "update.strategy"), (8, "health.tcp"), (9, "health.probe")}
 
 
+@pytest.mark.parametrize(
+    ("tables", "strategy"),
+    [
+        ("", "stop-first"),  # nothing to wait for: the old container goes first
+        ("[health]\ntcp = 80\n", "start-first"),  # the old one keeps its ports until then
+        ("[update]\ndrain = 1\n[health]\ntcp = 80\n", "start-first"),
+        ('[update]\nstrategy = "stop-first"\n[health]\ntcp = 80\n', "stop-first"),  # said so
+        ('[update]\nstrategy = "start-first"\n', "start-first"),
+    ],
+)
+def test_a_health_check_makes_start_first_the_default_strategy(
+    tmp_path: Path, tables: str, strategy: str
+) -> None:
+    base = '[layers]\nbusybox = "builtin"\n[run]\ncommand = "httpd"\n'
+    assert load_squishfile(write(tmp_path, base + tables)).update.strategy == strategy
+
+
 def problems_in_table(folder: Path, table: str, body: str) -> list[Problem]:
     """The problems of a minimal squishfile whose ``[table]`` (line 5) holds ``body``."""
     path = write(folder, f'[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[{table}]\n{body}')

@@ -41,7 +41,16 @@ from reconciler.control.converge import Converger, Outcome
 from reconciler.control.status import LoopRecord, StatusStore, Writer, state_disk_condition
 from reconciler.desired.source import Source
 from reconciler.desired.types import DesiredState
-from reconciler.planning.plan import ConditionKind, Plan, is_managed_by, plan, settled
+from reconciler.planning.plan import (
+    ActionKind,
+    ConditionKind,
+    Plan,
+    RemovalWindow,
+    is_leftover,
+    is_managed_by,
+    plan,
+    settled,
+)
 from reconciler.settings import Settings
 from runtime.api import ContainerInfo, Runtime
 
@@ -76,6 +85,8 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     record: LoopRecord = field(default_factory=LoopRecord)
     allow_mass_delete: bool = False
+    mass_delete_window: float = Settings.mass_delete_window
+    """Seconds over which the mass-deletion guard counts this loop's removals."""
     writer: Writer = "loop"
     """Whose record :meth:`save` writes: a loop's, or a one-off ``apply``'s."""
     _holds: dict[str, float] = field(default_factory=dict)
@@ -84,6 +95,9 @@ class Reconciler:
     _running: set[int] = field(default_factory=set)
     _restart_at: dict[str, float] = field(default_factory=dict)
     _crashing: list[str] = field(default_factory=list)
+    _removed_at: list[float] = field(default_factory=list)
+    """When each removal the guard counts was applied, within the window (memory only:
+    a restarted loop starts counting afresh)."""
     _settles_at: float | None = None
     """When a file the source is waiting for (written in place) may be applied."""
 
@@ -114,6 +128,7 @@ class Reconciler:
             not_before=self.converger.failure_holds(),
             restart_not_before=self._restart_at,
             allow_mass_delete=self.allow_mass_delete,
+            removal_window=RemovalWindow(self.mass_delete_window, tuple(self._removed_at)),
         )
         self.converger.settle({a.name for a in todo.actions} | _held(todo))
         full = None if self.store is None else state_disk_condition(self.store.state, actual)
@@ -144,6 +159,7 @@ class Reconciler:
             swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
         outcomes = await self.converger.apply(todo) if todo.actions else []
+        self._count_removals(desired, actual, outcomes)
         result = PassResult(
             todo, tuple(outcomes), started, time.perf_counter() - begin, trigger, self.revision
         )
@@ -178,6 +194,23 @@ class Reconciler:
             if pid is not None
         }
         return result
+
+    def _count_removals(
+        self, desired: DesiredState, actual: Sequence[ContainerInfo], outcomes: Sequence[Outcome]
+    ) -> None:
+        """Remember the removals this pass applied (not a replacement's leftovers), and
+        forget those the window has left behind."""
+        now = self.clock()
+        by_name = {info.name: info for info in actual}
+        removed = [
+            o.action.name
+            for o in outcomes
+            if o.ok
+            and o.action.kind is ActionKind.DESTROY
+            and not is_leftover(desired, o.action.name, by_name[o.action.name])
+        ]
+        kept = [at for at in self._removed_at if now - at < self.mass_delete_window]
+        self._removed_at = kept + [now] * len(removed)
 
     def save(self) -> None:
         """Record the loop's state, errors and back-off for ``status`` and a restart."""

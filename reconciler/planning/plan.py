@@ -75,6 +75,8 @@ __all__ = (
     "Condition",
     "ConditionKind",
     "Plan",
+    "RemovalWindow",
+    "is_leftover",
     "is_managed_by",
     "plan",
     "settled",
@@ -229,6 +231,28 @@ class _Removals:
     conditions: list[Condition] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RemovalWindow:
+    """The mass-deletion guard's memory: when this folder's earlier removals were applied
+    (kept by the loop), and over how many seconds they count."""
+
+    seconds: float = 0.0
+    removed_at: tuple[float, ...] = ()
+
+    def earlier(self, now: float) -> int:
+        """How many removals were applied within the window before ``now``."""
+        return sum(1 for at in self.removed_at if now - at < self.seconds)
+
+    def describe(self) -> str:
+        """The window as a person reads it: ``5 min``, ``90 s``."""
+        minutes, seconds = divmod(self.seconds, 60)
+        return f"{minutes:g} min" if minutes and not seconds else f"{self.seconds:g} s"
+
+
+NO_WINDOW = RemovalWindow()
+"""Only the pass itself counts."""
+
+
 def plan(
     desired: DesiredState,
     actual: Sequence[ContainerInfo],
@@ -237,6 +261,7 @@ def plan(
     not_before: Mapping[str, float] | None = None,
     restart_not_before: Mapping[str, float] | None = None,
     allow_mass_delete: bool = False,
+    removal_window: RemovalWindow | None = None,
 ) -> Plan:
     """The actions that take ``actual`` to ``desired``, and the conditions that block some.
 
@@ -252,11 +277,14 @@ def plan(
     free a port (:func:`_defer_takes`); the frees (:func:`_schedule_frees`: which old
     forwards move, which go before the takes, which after them, which stay).
 
-    Mass-deletion guard: a pass that would destroy more than half of this folder's
-    containers and more than two of them (an emptied folder, a half-synced checkout)
-    destroys none and reports ``MassDeleteGuard`` instead, unless ``allow_mass_delete``.
-    Deleting one or two files is always applied. While a file cannot even be read far
-    enough to know which container it names, nothing is destroyed either.
+    Mass-deletion guard: a pass whose removals, together with the removals applied
+    within ``removal_window`` before it, come to more than half of this folder's
+    containers (those it has now plus those removed within the window) and to more than
+    two (an emptied folder, a half-synced checkout, files deleted one at a time) destroys
+    none and reports ``MassDeleteGuard`` instead, unless ``allow_mass_delete``. With no
+    window only this pass counts; deleting one or two files in a pass is applied when
+    nothing was removed within the window. While a file cannot even be read far enough to
+    know which container it names, nothing is destroyed either.
     """
     folder = str(desired.folder)
     if not desired.readable:
@@ -269,7 +297,7 @@ def plan(
     desired = settled(desired, actual)
     state = _Pass(desired, by_name, ours, now, not_before or {}, restart_not_before or {})
     removals = _removals(state)
-    _guard_removals(state, removals, allow_mass_delete)
+    _guard_removals(state, removals, None if allow_mass_delete else removal_window or NO_WINDOW)
     conditions = [_error_condition(e) for e in desired.errors] + removals.conditions
     taken = {name for name in desired.containers if name in by_name and name not in ours}
     losers = _port_losers(state, taken, removals.reserved)
@@ -312,7 +340,7 @@ def _removals(state: _Pass) -> _Removals:
         file = have.spec.labels.get(LABEL_FILE, "?")
         if name in desired.containers:
             continue
-        if _is_leftover(desired, name, have):
+        if is_leftover(desired, name, have):
             if state.held(name):
                 out.reserved[name] = have.ports
             else:
@@ -330,7 +358,7 @@ def _removals(state: _Pass) -> _Removals:
     return out
 
 
-def _is_leftover(desired: DesiredState, name: str, have: ContainerInfo) -> bool:
+def is_leftover(desired: DesiredState, name: str, have: ContainerInfo) -> bool:
     """A start-first replacement's leftover, made from the same file: never counted as a
     removal by the guards."""
     base = replaced_name(name)
@@ -340,10 +368,11 @@ def _is_leftover(desired: DesiredState, name: str, have: ContainerInfo) -> bool:
     )
 
 
-def _guard_removals(state: _Pass, removals: _Removals, allow_mass_delete: bool) -> None:
-    """Hold back every destroy while a file's name is unknown or the pass would remove
-    most of the folder; held containers keep their ports."""
-    condition = _removal_guard(state, removals.destroys, allow_mass_delete)
+def _guard_removals(state: _Pass, removals: _Removals, window: RemovalWindow | None) -> None:
+    """Hold back every destroy while a file's name is unknown or the pass would bring the
+    removals within ``window`` (None: mass deletion allowed) to most of the folder; held
+    containers keep their ports."""
+    condition = _removal_guard(state, removals.destroys, window)
     if condition is None:
         return
     removals.conditions.append(condition)
@@ -353,7 +382,7 @@ def _guard_removals(state: _Pass, removals: _Removals, allow_mass_delete: bool) 
 
 
 def _removal_guard(
-    state: _Pass, destroys: Sequence[Action], allow_mass_delete: bool
+    state: _Pass, destroys: Sequence[Action], window: RemovalWindow | None
 ) -> Condition | None:
     unknown = sorted(e.file.name for e in state.desired.errors if not e.name_known)
     if destroys and unknown:
@@ -363,16 +392,26 @@ def _removal_guard(
             f"nothing is removed while {', '.join(unknown)} cannot be read far enough "
             "to know which container it names",
         )
-    count, ours = len(destroys), len(state.ours)
-    if count > 2 and 2 * count > ours and not allow_mass_delete:
+    if window is None or not destroys:
+        return None
+    earlier = window.earlier(state.now)
+    count, size = len(destroys) + earlier, len(state.ours) + earlier
+    if count > 2 and 2 * count > size:
         return Condition(
-            "*",
-            ConditionKind.MASS_DELETE,
-            f"this pass would remove {count} of the folder's {ours} "
-            "containers; none is removed until the files are back or you confirm "
-            "with --allow-mass-delete",
+            "*", ConditionKind.MASS_DELETE, _mass_delete_message(window, earlier, count, size)
         )
     return None
+
+
+def _mass_delete_message(window: RemovalWindow, earlier: int, count: int, size: int) -> str:
+    """The guard's condition: what this pass would remove, counted over which window."""
+    more = f"{count - earlier} more: " if earlier else ""
+    what = f"this pass would remove {more}{count} of the folder's {size} containers"
+    if window.seconds:
+        what += f" within the last {window.describe()} (the guard's window)"
+    return (
+        f"{what}; none is removed until the files are back or you confirm with --allow-mass-delete"
+    )
 
 
 def _port_losers(

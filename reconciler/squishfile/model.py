@@ -299,7 +299,9 @@ class Squishfile(BaseModel):
         default_factory=RestartSection, description="restart policy (default: always)"
     )
     update: UpdateSection = Field(
-        default_factory=UpdateSection, description="replacement strategy (default: stop-first)"
+        default_factory=UpdateSection,
+        description="replacement strategy (default: start-first with a [health] check, "
+        "else stop-first)",
     )
     health: HealthSection | None = Field(default=None, description="readiness check")
     security: SecuritySection = Field(
@@ -319,6 +321,19 @@ class Squishfile(BaseModel):
         if isinstance(data, dict) and "name" not in data and isinstance(source, Path):
             return {"name": source.stem, **data}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_first_with_health(cls, data: object) -> object:
+        """With a ``[health]`` check and no strategy written, the old container keeps its
+        host ports until the new one is ready: a stop-first gap would free them for any
+        other account to bind."""
+        if not isinstance(data, dict) or "health" not in data:
+            return data
+        update = data.get("update", {})
+        if not isinstance(update, dict) or "strategy" in update:
+            return data
+        return {**data, "update": {**update, "strategy": "start-first"}}
 
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Squishfile:

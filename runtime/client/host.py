@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.cgroups.driver import detect
+from runtime.client.paths import shared_state_problem
 from runtime.errors import HostSetupError
 from runtime.holder.idmap import subordinate_range
 from runtime.network.driver import driver_for
@@ -96,15 +97,41 @@ def _cgroups(settings: RuntimeSettings) -> HostCheck:
     return HostCheck(what, found.problem, fix, required=False)
 
 
+def _state_folder(settings: RuntimeSettings) -> HostCheck:
+    what = "a state folder only you can reach"
+    problem = shared_state_problem(settings)
+    if problem is None:
+        return HostCheck(what)
+    fix = (
+        "log in with a session that sets XDG_RUNTIME_DIR (ssh, machinectl shell), or set "
+        "SQUISH_STATE_DIR to a folder of yours; ask root who made the name"
+    )
+    return HostCheck(what, problem, fix, required=False)
+
+
+def _private_home() -> HostCheck:
+    what = "a home only you can read (your squishfiles and their [env] values)"
+    home = Path.home()
+    try:
+        mode = home.stat().st_mode & 0o777
+    except OSError as exc:
+        return HostCheck(what, f"{home}: {exc.strerror}", "check $HOME", required=False)
+    if not mode & 0o077:
+        return HostCheck(what)
+    problem = f"{home} is mode {mode:04o}: other accounts can read what it holds"
+    return HostCheck(what, problem, f"chmod 0700 {home}", required=False)
+
+
 _CHECKS: tuple[Callable[[], HostCheck], ...] = (
     _unprivileged,
     _user_namespaces,
     _id_ranges,
     _slirp4netns,
+    _private_home,
 )
 
 
 def host_checks(settings: RuntimeSettings) -> list[HostCheck]:
     """Every prerequisite of rootless containers on this host, checked now (the cgroup
     driver as ``settings`` choose it)."""
-    return [*(check() for check in _CHECKS), _cgroups(settings)]
+    return [*(check() for check in _CHECKS), _cgroups(settings), _state_folder(settings)]
