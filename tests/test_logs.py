@@ -1,5 +1,5 @@
 """Container logs without a real container: the pump's cap and rotation, reading in
-chunks, following across rotations, where logs go."""
+chunks, following across rotations, where logs go, and the squishfile's ``[logs]``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
+from reconciler.desired.types import spec_hash
+from reconciler.squishfile import Squishfile
+from runtime.api import LogLimits
 from runtime.client import logfiles
 from runtime.holder import logpump
 from runtime.settings import RuntimeSettings
@@ -170,3 +175,36 @@ def test_logs_go_under_the_state_home_unless_a_folder_is_named() -> None:
     assert home.log_dir == Path("/st/squish/logs")
     named = RuntimeSettings.from_environ({"XDG_STATE_HOME": "/st", "SQUISH_LOG_DIR": "/lg"})
     assert named.log_dir == Path("/lg")
+
+
+# -- the squishfile's [logs] -------------------------------------------------------------------
+
+
+def _squishfile(extra: dict[str, object]) -> Squishfile:
+    base = {"name": "web", "layers": {"busybox": "builtin"}, "run": {"command": "yes"}}
+    return Squishfile.model_validate({**base, **extra})
+
+
+def test_logs_table_sets_the_cap_and_the_files_kept() -> None:
+    spec = _squishfile({"logs": {"max_size": "10M", "max_files": 2}}).to_spec()
+    assert spec.logs == LogLimits(max_size=10 << 20, max_files=2)
+
+
+def test_a_file_without_logs_table_gets_the_default_cap_and_its_former_hash() -> None:
+    plain = _squishfile({}).to_spec()
+    written = _squishfile({"logs": {"max_size": "20M", "max_files": 5}}).to_spec()
+    assert plain.logs is None and written.logs is None  # the defaults, spelled out or not
+    assert "logs" not in plain.model_dump(exclude_none=True)
+    assert spec_hash(plain) == spec_hash(written)
+    smaller = _squishfile({"logs": {"max_size": "1M"}}).to_spec()
+    assert spec_hash(smaller) != spec_hash(plain), "a changed cap recreates the container"
+
+
+@pytest.mark.parametrize(
+    "table",
+    [{"max_files": 0}, {"max_size": "1k"}, {"max_size": "lots"}, {"rotate": True}],
+    ids=["no-files", "tiny", "not-a-size", "unknown-key"],
+)
+def test_logs_table_refuses_what_cannot_work(table: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="logs"):
+        _squishfile({"logs": table})
