@@ -71,6 +71,14 @@ def test_the_log_lands_under_the_state_home_not_in_the_state_folder(rt: LinuxRun
     assert not log.parent.exists(), "removing the container removes its log"
 
 
+def test_a_record_a_killed_remover_left_is_swept_with_its_log(rt: LinuxRuntime) -> None:
+    info = rt.run(shell("halfway", "echo some output; exec sleep 600", stop_timeout=0))
+    _wait_for(lambda: Path(info.log_path).exists(), "the log")
+    (rt.state / "containers" / "halfway" / "spec.json").unlink()  # a remove cut short
+    assert rt.sweep() == ["halfway"]
+    assert not Path(info.log_path).parent.exists()
+
+
 def test_a_command_whose_log_pump_died_gets_sigpipe(rt: LinuxRuntime) -> None:
     """Like a container whose conmon died: its next write to stdout fails."""
     info = rt.run(shell("orphan", "while true; do echo tick; sleep 0.05; done"))

@@ -108,7 +108,7 @@ class LinuxRuntime(RunningOps):
         self.cgroups.check(spec.resources)  # refused here, before anything is made
         rootfs = self._rootfs(spec.rootfs)
         syscall_filter = self._syscall_filter(spec)
-        lock_fd = folders.claim(self.containers, spec.name, self._readable, self._kill_leftover)
+        lock_fd = folders.claim(self.containers, spec.name, self._readable, self._drop_leftover)
         try:
             mounts = self._mounts(spec, cdir)
             log_path = self._new_log_path()
@@ -167,7 +167,7 @@ class LinuxRuntime(RunningOps):
     def sweep(self) -> list[str]:
         """Delete the folders clients killed in the middle of a create or a remove left,
         after stopping whatever those still run; return their names."""
-        swept = folders.sweep(self.containers, self._has_record, self._kill_leftover)
+        swept = folders.sweep(self.containers, self._has_record, self._drop_leftover)
         for name in swept:
             self._forget(self.containers / name)
         return swept
@@ -247,6 +247,15 @@ class LinuxRuntime(RunningOps):
         if init is not None and init.send(signal.SIGKILL):
             init.wait_gone(10.0)
         self._reap_leftovers(cdir, remove_cgroup=True)
+
+    def _drop_leftover(self, cdir: Path) -> None:
+        """Stop what the folder of a killed client still runs, and delete its log (the
+        folder itself is deleted next)."""
+        self._kill_leftover(cdir)
+        meta = read_json(cdir / "meta.json")
+        log_path = meta.get("log_path") if isinstance(meta, dict) else None
+        if isinstance(log_path, str):
+            logfiles.discard(Path(log_path))
 
     def _reap_leftovers(self, cdir: Path, *, remove_cgroup: bool = False) -> None:
         """Kill what a dead container left: its slirp4netns (it exits on its own within
