@@ -39,7 +39,7 @@ from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
-from runtime.api import ContainerInfo, ContainerState
+from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
@@ -386,16 +386,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    runtime = _runtime()
-    offset = 0
-    while True:
-        data = runtime.logs(args.name)
-        sys.stdout.buffer.write(data[offset:])
+    """Copy the log to stdout a chunk at a time; ``-f`` follows it like ``tail -F``."""
+    for chunk in _runtime().stream_logs(args.name, follow=args.follow):
+        sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
-        offset = len(data)
-        if not args.follow or runtime.inspect(args.name).state is not ContainerState.RUNNING:
-            return 0
-        time.sleep(0.2)
+    return 0
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -565,9 +560,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("doctor", help="check this host's prerequisites; print the fix of each")
     p.set_defaults(func=cmd_doctor)
-    p = sub.add_parser("logs", help="a container's stdout and stderr")
+    p = sub.add_parser(
+        "logs", help="a container's stdout and stderr (the files kept, oldest first)"
+    )
     p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then follow it, across rotations, until it exits",
+    )
     p.set_defaults(func=cmd_logs)
     p = sub.add_parser("ps", help="every container of this user")
     p.add_argument("--json", action="store_true")

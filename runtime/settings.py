@@ -19,12 +19,18 @@ from pathlib import Path
 __all__ = (
     "CGROUP_DRIVERS",
     "DEFAULT_ALPINE_MIRROR",
+    "DEFAULT_LOG_MAX_FILES",
+    "DEFAULT_LOG_MAX_SIZE",
     "BadSetting",
     "RuntimeSettings",
 )
 
 DEFAULT_ALPINE_MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
 CGROUP_DRIVERS = ("auto", "cgroupfs", "systemd")
+DEFAULT_LOG_MAX_SIZE = 20 << 20
+DEFAULT_LOG_MAX_FILES = 5
+"""The log cap of a container that sets none (``[logs]``): 5 files of 20 MiB, the
+defaults of Docker's ``local`` log driver."""
 
 
 class BadSetting(ValueError):
@@ -52,6 +58,10 @@ class RuntimeSettings:
     cgroup driver talks to the user's systemd; unset: ``$XDG_RUNTIME_DIR/bus``."""
     cache_dir: Path | None = None
     """The download and rootfs cache: ``$XDG_CACHE_HOME/squish``; unset: ``~/.cache/squish``."""
+    log_dir: Path | None = None
+    """``$SQUISH_LOG_DIR``: where containers' logs go (a folder per container), else
+    ``$XDG_STATE_HOME/squish/logs``; unset: ``~/.local/state/squish/logs``. On disk, not
+    in the state folder: that one is usually in memory (``/run/user``, ``/dev/shm``)."""
     cgroup_driver: str = "auto"
     """``$SQUISH_CGROUP_DRIVER``: ``auto`` (the user's systemd when its bus is reachable,
     else a delegated cgroup v2 subtree), ``cgroupfs`` or ``systemd``."""
@@ -81,11 +91,14 @@ class RuntimeSettings:
 
         driver = get("SQUISH_CGROUP_DRIVER") or "auto"
         cache_home = get("XDG_CACHE_HOME")
+        state_home = get("XDG_STATE_HOME")
         return cls(
             state_dir=_path(get("SQUISH_STATE_DIR")),
             runtime_dir=_path(get("XDG_RUNTIME_DIR")),
             session_bus=get("DBUS_SESSION_BUS_ADDRESS"),
             cache_dir=Path(cache_home) / "squish" if cache_home else None,
+            log_dir=_path(get("SQUISH_LOG_DIR"))
+            or (Path(state_home) / "squish" / "logs" if state_home else None),
             cgroup_driver=driver,
             cgroup_root=_path(get("SQUISH_CGROUP_ROOT")),
             alpine_mirror=_url("SQUISH_ALPINE_MIRROR", get("SQUISH_ALPINE_MIRROR"))

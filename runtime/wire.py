@@ -13,10 +13,12 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runtime.settings import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
 from runtime.targets import check_target
 
 __all__ = (
     "DEFAULT_PATH",
+    "LOG_FILE",
     "SECCOMP_FILE",
     "Forward",
     "LaunchRequest",
@@ -27,6 +29,8 @@ __all__ = (
 
 SECCOMP_FILE = "seccomp.bpf"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LOG_FILE = "output.log"
+"""The command's stdout and stderr; rotated copies are ``output.log.1`` (newest) onwards."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,13 @@ class LaunchRequest:
     """The cgroup v2 leaf the init is moved to before it starts (per start; "" for none)."""
     systemd_scope: dict[str, Any] = field(default_factory=dict)
     """Or the transient scope the user's systemd puts it in (``runtime.cgroups.systemd``)."""
+    log_path: str = ""
+    """Where the log pump writes the command's output; "" (a record made before logs
+    moved out of the state folder): ``container_dir``/``LOG_FILE``."""
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE
+    """Bytes ``log_path`` may hold before it is rotated."""
+    log_max_files: int = DEFAULT_LOG_MAX_FILES
+    """Log files kept, the one written included (1: the log starts over at the cap)."""
 
     def command_env(self) -> dict[str, str]:
         """The environment of the container's command (and of commands run in it)."""
@@ -86,6 +97,10 @@ class LaunchRequest:
         }
         env.update(self.env)
         return env
+
+    def log_file(self) -> str:
+        """The path of the command's log (``log_path``, or where older records kept it)."""
+        return self.log_path or os.path.join(self.container_dir, LOG_FILE)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -67,6 +67,7 @@ Method = Literal[
     "list",
     "inspect",
     "logs",
+    "stream_logs",
     "wait",
     "add_port",
     "remove_port",
@@ -409,6 +410,13 @@ class FakeRuntime:
             return b""
 
         return self._invoke("logs", name, (), {}, effect)
+
+    def stream_logs(self, name: str, *, follow: bool = False) -> Iterator[bytes]:
+        def effect() -> Iterator[bytes]:
+            self._get(name)
+            return iter(())
+
+        return self._invoke("stream_logs", name, (), {"follow": follow}, effect)
 
     def wait(self, name: str, timeout: float | None = None) -> int:
         def effect() -> int:

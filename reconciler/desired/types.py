@@ -131,6 +131,8 @@ def spec_hash(spec: ContainerSpec) -> str:
     """Hash of everything in ``spec`` that cannot change live (all but ports, resources
     and labels)."""
     data = spec.model_dump(mode="json", exclude=set(LIVE_FIELDS))
+    if data.get("logs") is None:  # no [logs]: the hash it had before the field existed
+        data.pop("logs", None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -33,6 +33,7 @@ from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
 from reconciler.squishfile.sections import (
     HealthSection,
+    LogsSection,
     ResourcesSection,
     RestartSection,
     SecuritySection,
@@ -310,6 +311,9 @@ class Squishfile(BaseModel):
     resources: ResourcesSection = Field(
         default_factory=ResourcesSection, description="cgroup limits (default: none)"
     )
+    logs: LogsSection = Field(
+        default_factory=LogsSection, description="log cap and rotation (default: 5 files of 20M)"
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(as_tuple)
@@ -430,6 +434,7 @@ class Squishfile(BaseModel):
             stop_timeout=self.run.stop_timeout,
             seccomp=self.security.spec_value(),
             resources=self.resources.to_resources(),
+            logs=self.logs.to_limits(),
         )
 
     def forwards(self) -> tuple[PortMapping, ...]:

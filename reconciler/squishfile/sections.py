@@ -1,5 +1,5 @@
 """The squishfile's smaller tables: ``[restart]``, ``[update]``, ``[health]``,
-``[resources]`` and ``[security]``."""
+``[resources]``, ``[logs]`` and ``[security]``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_valida
 
 from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
-from runtime.api import MAX_BYTES, Resources
+from runtime.api import MAX_BYTES, MAX_LOG_FILES, MIN_LOG_SIZE, LogLimits, Resources
 from runtime.security.profile import ProfileCheck, read_profile
 
 __all__ = (
     "PROFILE_CHECK",
     "HealthSection",
+    "LogsSection",
     "ResourcesSection",
     "RestartSection",
     "SecuritySection",
@@ -141,6 +142,33 @@ class ResourcesSection(BaseModel):
     def to_resources(self) -> Resources | None:
         values = self.model_dump(exclude_none=True)
         return Resources(**values) if values else None
+
+
+class LogsSection(BaseModel):
+    """The ``[logs]`` table: how much of the command's output is kept (on disk)."""
+
+    model_config = STRICT
+
+    max_size: int = Field(
+        default=LogLimits().max_size,
+        ge=MIN_LOG_SIZE,
+        le=MAX_BYTES,
+        description='size of one log file ("10M") before it is rotated',
+    )
+    max_files: int = Field(
+        default=LogLimits().max_files,
+        ge=1,
+        le=MAX_LOG_FILES,
+        description="log files kept, the one written included (1: it starts over)",
+    )
+
+    _sizes = field_validator("max_size", mode="before")(_bytes)
+
+    def to_limits(self) -> LogLimits | None:
+        """The spec's ``logs``: None for the defaults (the spec then hashes as one made
+        before ``[logs]`` existed)."""
+        limits = LogLimits(max_size=self.max_size, max_files=self.max_files)
+        return None if limits == LogLimits() else limits
 
 
 class SecuritySection(BaseModel):

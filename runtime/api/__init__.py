@@ -6,9 +6,12 @@ implementation."""
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState, Runtime
 from runtime.api.spec import (
     MAX_BYTES,
+    MAX_LOG_FILES,
+    MIN_LOG_SIZE,
     NAME_PATTERN,
     BindMount,
     ContainerSpec,
+    LogLimits,
     PortMapping,
     Resources,
     RootfsRef,
@@ -18,12 +21,15 @@ from runtime.api.spec import (
 
 __all__ = (
     "MAX_BYTES",
+    "MAX_LOG_FILES",
+    "MIN_LOG_SIZE",
     "NAME_PATTERN",
     "BindMount",
     "CommandResult",
     "ContainerInfo",
     "ContainerSpec",
     "ContainerState",
+    "LogLimits",
     "PortMapping",
     "Resources",
     "RootfsRef",

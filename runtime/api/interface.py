@@ -7,7 +7,7 @@ effect is done (a started container is running, a removed one is gone).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -102,7 +102,15 @@ class Runtime(Protocol):
     def inspect(self, name: str) -> ContainerInfo: ...
 
     def logs(self, name: str) -> bytes:
-        """The command's stdout and stderr so far."""
+        """The command's stdout and stderr kept so far, at once (at most the log's cap:
+        ``max_size`` times ``max_files``); ``stream_logs`` for anything large."""
+        ...
+
+    def stream_logs(self, name: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The command's stdout and stderr kept so far, in chunks of at most 64 KiB;
+        ``follow``: then what it writes, across rotations, until it has exited and all
+        of its output was read. An unknown ``name`` raises at the call, not at the
+        first chunk."""
         ...
 
     def wait(self, name: str, timeout: float | None = None) -> int:

@@ -11,13 +11,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runtime.settings import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE
 from runtime.targets import check_target
 
 __all__ = (
     "MAX_BYTES",
+    "MAX_LOG_FILES",
+    "MIN_LOG_SIZE",
     "NAME_PATTERN",
     "BindMount",
     "ContainerSpec",
+    "LogLimits",
     "PortMapping",
     "Resources",
     "RootfsRef",
@@ -115,6 +119,18 @@ class Resources(_Frozen):
     pids: int | None = Field(default=None, ge=1, le=4_194_304, description="pids.max")
 
 
+MIN_LOG_SIZE = 4096
+MAX_LOG_FILES = 100
+
+
+class LogLimits(_Frozen):
+    """How much of the command's output is kept: ``max_files`` files of at most
+    ``max_size`` bytes each (Docker's ``max-size`` and ``max-file``)."""
+
+    max_size: int = Field(default=DEFAULT_LOG_MAX_SIZE, ge=MIN_LOG_SIZE, le=MAX_BYTES)
+    max_files: int = Field(default=DEFAULT_LOG_MAX_FILES, ge=1, le=MAX_LOG_FILES)
+
+
 class ContainerSpec(_Frozen):
     """Everything needed to start one container."""
 
@@ -136,6 +152,10 @@ class ContainerSpec(_Frozen):
     )
     resources: Resources | None = Field(
         default=None, description="cgroup limits; applied live when they change"
+    )
+    logs: LogLimits | None = Field(
+        default=None,
+        description="the log's cap and rotation; None: the default (5 files of 20 MiB)",
     )
     labels: dict[str, str] = Field(
         default_factory=dict,

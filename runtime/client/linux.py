@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.api.interface import ContainerInfo, ContainerState
-from runtime.api.spec import ContainerSpec, RootfsRef
-from runtime.client import binds, folders
+from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
+from runtime.client import binds, folders, logfiles
 from runtime.client.live import RunningOps
+from runtime.client.paths import log_dir
 from runtime.client.records import forward_of, leaf_of
 from runtime.errors import (
     ContainerExists,
@@ -37,11 +40,22 @@ from runtime.sandbox.mounts import prepare_skeleton
 from runtime.security import seccomp
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
-from runtime.wire import SECCOMP_FILE, LaunchRequest, MountPoint
+from runtime.wire import LOG_FILE, SECCOMP_FILE, LaunchRequest, MountPoint
 
 __all__ = ("LinuxRuntime",)
 
 log = logging.getLogger(__name__)
+
+LOG_DRAIN_TIMEOUT = 10.0
+"""How long the log pump of a container whose processes are gone gets to move the last
+of their output (at most a pipe's worth) before it is killed."""
+
+
+def _log_drained(run: object, timeout: float) -> bool:
+    """Wait until the run's log pump has moved all the output and exited; False if it
+    is still there after ``timeout`` seconds."""
+    pump = ProcessId.from_json(run.get("log_pump")) if isinstance(run, dict) else None
+    return pump is None or pump.wait_gone(timeout)
 
 
 def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
@@ -94,9 +108,11 @@ class LinuxRuntime(RunningOps):
         self.cgroups.check(spec.resources)  # refused here, before anything is made
         rootfs = self._rootfs(spec.rootfs)
         syscall_filter = self._syscall_filter(spec)
-        lock_fd = folders.claim(self.containers, spec.name, self._readable, self._kill_leftover)
+        lock_fd = folders.claim(self.containers, spec.name, self._readable, self._drop_leftover)
         try:
             mounts = self._mounts(spec, cdir)
+            log_path = self._new_log_path()
+            limits = spec.logs or LogLimits()
             prepare_skeleton(cdir / "skel", mounts)
             (cdir / "root").mkdir(mode=0o755)
             request = LaunchRequest(
@@ -111,12 +127,14 @@ class LinuxRuntime(RunningOps):
                 network=spec.network,
                 forwards=tuple(forward_of(p) for p in spec.ports),
                 seccomp=syscall_filter is not None,
+                log_path=str(log_path),
+                log_max_size=limits.max_size,
+                log_max_files=limits.max_files,
             )
             if syscall_filter is not None:
                 (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
-            write_json_atomic(
-                cdir / "meta.json", {"restarts": 0, "created_at": time.time(), "started": 0}
-            )
+            meta = {"restarts": 0, "created_at": time.time(), "started": 0}
+            write_json_atomic(cdir / "meta.json", {**meta, "log_path": str(log_path)})
             self._write_spec(cdir, spec)
             write_json_atomic(cdir / "launch.json", request.to_json())
         except BaseException:
@@ -125,6 +143,12 @@ class LinuxRuntime(RunningOps):
         finally:
             os.close(lock_fd)
         return self._info(cdir)
+
+    def _new_log_path(self) -> Path:
+        """Where a new container's log goes: a folder of its own in the log folder, with
+        a random name (as podman's container ids): a rename keeps it, and two state
+        folders never share one."""
+        return log_dir(self.settings) / secrets.token_hex(8) / LOG_FILE
 
     @staticmethod
     def _syscall_filter(spec: ContainerSpec) -> bytes | None:
@@ -143,7 +167,7 @@ class LinuxRuntime(RunningOps):
     def sweep(self) -> list[str]:
         """Delete the folders clients killed in the middle of a create or a remove left,
         after stopping whatever those still run; return their names."""
-        swept = folders.sweep(self.containers, self._has_record, self._kill_leftover)
+        swept = folders.sweep(self.containers, self._has_record, self._drop_leftover)
         for name in swept:
             self._forget(self.containers / name)
         return swept
@@ -224,6 +248,15 @@ class LinuxRuntime(RunningOps):
             init.wait_gone(10.0)
         self._reap_leftovers(cdir, remove_cgroup=True)
 
+    def _drop_leftover(self, cdir: Path) -> None:
+        """Stop what the folder of a killed client still runs, and delete its log (the
+        folder itself is deleted next)."""
+        self._kill_leftover(cdir)
+        meta = read_json(cdir / "meta.json")
+        log_path = meta.get("log_path") if isinstance(meta, dict) else None
+        if isinstance(log_path, str):
+            logfiles.discard(Path(log_path))
+
     def _reap_leftovers(self, cdir: Path, *, remove_cgroup: bool = False) -> None:
         """Kill what a dead container left: its slirp4netns (it exits on its own within
         ms) and anything still in its cgroup; ``remove_cgroup`` deletes the leaf too (it is
@@ -241,6 +274,9 @@ class LinuxRuntime(RunningOps):
         if slirp_id is not None and not slirp_id.wait_gone(1.0):
             slirp_id.send(signal.SIGKILL)
             slirp_id.wait_gone(5.0)
+        pump = ProcessId.from_json(run.get("log_pump"))
+        if not _log_drained(run, LOG_DRAIN_TIMEOUT) and pump is not None:
+            pump.send(signal.SIGKILL)  # stuck on a disk that does not answer
 
     def stop(self, name: str, timeout: float | None = None) -> ContainerInfo:
         with self._locked(name) as cdir:
@@ -280,6 +316,7 @@ class LinuxRuntime(RunningOps):
             if self._info(cdir).state is ContainerState.RUNNING:
                 raise ContainerRunning(name, "it was started again while being removed")
             self._reap_leftovers(cdir, remove_cgroup=True)
+            logfiles.discard(Path(self._info(cdir, fresh=False).log_path))
             folders.discard(cdir)
             self._forget(cdir)
 
@@ -299,10 +336,27 @@ class LinuxRuntime(RunningOps):
         return found
 
     def logs(self, name: str) -> bytes:
-        try:
-            return (self._dir(name) / "output.log").read_bytes()
-        except FileNotFoundError:
-            return b""
+        return b"".join(self.stream_logs(name))
+
+    def stream_logs(self, name: str, *, follow: bool = False) -> Iterator[bytes]:
+        cdir = self._dir(name)
+        info = self._info(cdir, fresh=False)
+        path = Path(info.log_path)
+        if follow:
+            return logfiles.follow(path, lambda: self._log_written(cdir))
+        if info.state is ContainerState.EXITED:  # the last of its output, if still moving
+            _log_drained(read_json(cdir / "run.json"), LOG_DRAIN_TIMEOUT)
+        return logfiles.read_all(path)
+
+    @staticmethod
+    def _log_written(cdir: Path) -> bool:
+        """Whether something may still write the container's log: its init or, while it
+        moves the last of the output, its log pump."""
+        run = read_json(cdir / "run.json")
+        if not isinstance(run, dict):
+            return False
+        writers = (ProcessId.from_json(run.get(key)) for key in ("init", "log_pump"))
+        return any(w is not None and w.alive() for w in writers)
 
     def wait(self, name: str, timeout: float | None = None) -> int:
         cdir = self._dir(name)
@@ -312,6 +366,7 @@ class LinuxRuntime(RunningOps):
             raise ContainerNotRunning(name, "it was never started")
         if not init.wait_gone(float("inf") if timeout is None else timeout):
             raise TimeoutError(f"container {name!r} still running after {timeout} s")
+        _log_drained(run, LOG_DRAIN_TIMEOUT)  # its output is all in the log when this returns
         code = self._info(cdir).exit_code
         return 128 + signal.SIGKILL if code is None else code
 

@@ -8,9 +8,14 @@ Layout under the state directory (JSON files are written atomically)::
         launch.json          the resolved launch plan (spec + host paths), written at create
         run.json             the current run: init pid + start time, slirp pid, forwards
         exit.json            written by the container's init when the command exits
-        output.log           the command's stdout and stderr
         slirp.sock           slirp4netns API socket; slirp.log its messages
         skel/  root/         mount-point skeleton and the root mount point
+
+and under the log folder (on disk; ``log_dir``)::
+
+    ID/output.log            the command's stdout and stderr (``output.log.1``... rotated);
+                             ID is random, chosen when the container is created and
+                             recorded in ``meta.json`` and ``launch.json``
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = (
     "StateFolder",
     "cache_dir",
     "find_state_dir",
+    "log_dir",
     "private_dir",
     "shared_state_problem",
     "state_dir",
@@ -209,3 +215,10 @@ def cache_dir(settings: RuntimeSettings) -> Path:
     else ``~/.cache/squish``."""
     path = settings.cache_dir or Path.home() / ".cache" / "squish"
     return private_dir(path, "cache directory")
+
+
+def log_dir(settings: RuntimeSettings) -> Path:
+    """The folder of containers' logs: ``settings.log_dir`` (``$SQUISH_LOG_DIR``, else
+    ``$XDG_STATE_HOME/squish/logs``), else ``~/.local/state/squish/logs``."""
+    path = settings.log_dir or Path.home() / ".local" / "state" / "squish" / "logs"
+    return private_dir(path, "log directory")

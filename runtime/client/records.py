@@ -26,7 +26,7 @@ from runtime.network.driver import driver_for
 from runtime.settings import RuntimeSettings
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
-from runtime.wire import Forward, LaunchRequest
+from runtime.wire import LOG_FILE, Forward, LaunchRequest
 
 __all__ = (
     "RecordStore",
@@ -200,7 +200,7 @@ class RecordStore:
         common: dict[str, Any] = {
             "name": spec.name,
             "spec": spec,
-            "log_path": str(cdir / "output.log"),
+            "log_path": meta.get("log_path") or str(cdir / LOG_FILE),
             "restarts": int(meta.get("restarts", 0)),
             "created_at": float(meta.get("created_at", 0.0)),
         }

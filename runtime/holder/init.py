@@ -166,12 +166,14 @@ def _fail(report_w: int, reason: str, code: int) -> NoReturn:
     os._exit(code)
 
 
-def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoReturn:
+def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: int) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
     It reads the launch request from ``request_r`` (to EOF), then reports on ``report_w``:
     ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``. ``exit_w``
-    stays open for as long as the init lives: slirp4netns exits when it closes.
+    stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
+    becomes the command's stdout and stderr: the write end of the pipe the log pump
+    (``runtime.holder.logpump``) reads, outside the container.
     """
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
@@ -182,11 +184,6 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
             sc.unshare(sc.CLONE_NEWCGROUP)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
-        log_fd = os.open(
-            os.path.join(req.container_dir, "output.log"),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
-        )
         sc.sethostname(req.hostname or req.name)
         if req.network == "none":
             _bring_up_loopback()
@@ -209,7 +206,7 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # the holder's log stays outside
     os.close(null)
-    close_fds_except({log_fd, report_w, state_fd, exit_w, *_event_fds.values()})
+    close_fds_except({log_w, report_w, state_fd, exit_w, *_event_fds.values()})
     try:
         # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
         # still does needs none of what they take away) and for what it starts.
@@ -217,10 +214,10 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int) -> NoRetu
     except OSError as exc:
         _fail(report_w, f"confining the container failed: {exc}", 126)
     try:
-        child = _spawn_command(req, log_fd, old_mask)
+        child = _spawn_command(req, log_w, old_mask)
     except OSError as exc:
         _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
-    os.close(log_fd)
+    os.close(log_w)
     os.chdir("/")
     os.write(report_w, Launching.STARTED.value)
     os.close(report_w)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.errors import PortInUse, SlirpError
+from runtime.holder import logpump
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
 from runtime.holder.protocol import (
@@ -75,6 +76,8 @@ class _Init:
     go_w: int
     report_r: int
     exit_r: int
+    log_r: int
+    """The read end of the command's output pipe: the log pump's, once launched."""
 
 
 def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
@@ -95,29 +98,32 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+    log_r, log_w = logpump.log_pipe()
     middle = os.fork()
     if middle == 0:
         try:
             sc.unshare(CONTAINER_NAMESPACES)
             init_pid = os.fork()
             if init_pid == 0:
-                for fd in (*close_in_init, request_w, go_w, report_r, exit_r, pid_r, pid_w):
+                for fd in (*close_in_init, request_w, go_w, report_r, exit_r, pid_r, pid_w, log_r):
                     os.close(fd)
                 # exit_w stays open in the init only: slirp4netns exits when it closes.
-                run_init(request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w)
+                run_init(
+                    request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w, log_w=log_w
+                )
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
             os.write(pid_w, marked(Launching.FAILED, str(exc)))
         finally:
             os._exit(0)
-    for fd in (request_r, go_r, report_w, exit_w, pid_w):
+    for fd in (request_r, go_r, report_w, exit_w, pid_w, log_w):
         os.close(fd)
     answer = _read_with_timeout(pid_r, 4096, _STEP_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
     if not answer or answer.startswith(Launching.FAILED):
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r)
+    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r)
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -164,12 +170,28 @@ def _failure_reply(exc: BaseException) -> Failure:
     return Failure(ErrorCode.START_FAILED, f"{type(exc).__name__}: {exc}")
 
 
+def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
+    """Start the container's log pump on the read end of its output pipe."""
+    path = req.log_file()
+    try:
+        log_fd = logpump.open_log(path)
+    except OSError as exc:
+        raise _LaunchFailed(f"cannot open the container's log {path}: {exc.strerror}") from exc
+    try:
+        pid = logpump.start_pump(init.log_r, log_fd, path, req.log_max_size, req.log_max_files)
+    finally:
+        os.close(log_fd)
+        os.close(init.log_r)
+    return ProcessId.of(pid)
+
+
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     cgroup, raw = _place(init, req, raw)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
+        log_pump = _start_pump(init, req)
         helper, forwards = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the filesystem")
@@ -184,6 +206,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             "forwards": forwards,
             "started_at": time.time(),
             "cgroup": cgroup,
+            "log_pump": log_pump.to_json() if log_pump is not None else None,
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
