@@ -43,6 +43,10 @@ __all__ = ("LinuxRuntime",)
 
 log = logging.getLogger(__name__)
 
+_HELPER = "slirp4netns"
+"""The program a run record's ``slirp`` names (its ``comm``): a recorded pid running
+anything else is not ended."""
+
 
 def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
     """Refuse a container folder too deep for the sockets its network binds there."""
@@ -171,9 +175,11 @@ class LinuxRuntime(RunningOps):
                 syscall_filter = self._syscall_filter(self._spec(cdir))
                 if syscall_filter is not None:
                     (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
+            # What the last run left (a helper its holder could not end) may hold a port
+            # of this container: it goes before the ports are checked.
+            self._reap_leftovers(cdir, remove_cgroup=True)
             for forward in request.forwards:
                 driver_for(request).ensure_port_free(forward)
-            self._reap_leftovers(cdir, remove_cgroup=True)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
             reply = self._launch(cdir, name, request)
@@ -238,7 +244,9 @@ class LinuxRuntime(RunningOps):
             if remove_cgroup:
                 leaf.remove()
         slirp_id = ProcessId.from_json(run.get("slirp"))
-        if slirp_id is not None and not slirp_id.wait_gone(1.0):
+        if slirp_id is None or slirp_id.name() != _HELPER:
+            return  # gone, or its pid is another program's now
+        if not slirp_id.wait_gone(1.0):
             slirp_id.send(signal.SIGKILL)
             slirp_id.wait_gone(5.0)
 

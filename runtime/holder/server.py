@@ -156,6 +156,9 @@ class _Held:
     still dumpable."""
     slirp: ProcessId | None = None
     """The slirp4netns this holder started again for it, if any."""
+    slirp_exit: int | None = None
+    """The write end of that slirp4netns' exit pipe: held by this holder alone, so the
+    helper ends with it (nothing else could end it; see ``restart_slirp``)."""
     restoring: bool = False
     """A worker is starting a slirp4netns for it; it reports the identity when done."""
 
@@ -187,6 +190,7 @@ class _Containers:
         if held is not None:
             for fd in held.namespaces.values():
                 os.close(fd)
+            _drop_exit_pipe(held)
             _kill(held.slirp)
 
     def _held(self, init_pid: int) -> _Held:
@@ -207,21 +211,27 @@ class _Containers:
             raise _Refused(ErrorCode.RESTORE_FAILED, "its network is being restored already")
         earlier, netns = held.slirp, held.namespaces["net"]
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
 
         def work() -> Reply:
             _kill(earlier)  # an earlier heal's slirp4netns still holds tap0: it must go first
-            identity = restart_slirp(request.container_dir, netns, request.sandbox, request.network)
+            identity = restart_slirp(
+                request.container_dir, netns, request.sandbox, request.network, exit_r
+            )
             os.write(report_w, json.dumps(identity.to_json()).encode())
             return Restored(identity.to_json())
 
         try:
-            fork_worker(conn, (netns, report_w), work, ErrorCode.RESTORE_FAILED)
+            fork_worker(conn, (netns, report_w, exit_r), work, ErrorCode.RESTORE_FAILED)
         except BaseException:
             os.close(report_r)
+            os.close(exit_w)
             raise
         finally:
             os.close(report_w)
-        held.slirp, held.restoring = None, True
+            os.close(exit_r)
+        _drop_exit_pipe(held)  # the earlier helper's, if any: the worker kills it anyway
+        held.slirp, held.slirp_exit, held.restoring = None, _move_high(exit_w), True
         self.reports[report_r] = (request.init_pid, held)
 
     def take_report(self, report_r: int) -> None:
@@ -314,6 +324,13 @@ def _move_high(fd: int) -> int:
         return fd
     os.close(fd)
     return high
+
+
+def _drop_exit_pipe(held: _Held) -> None:
+    """Close the exit pipe of the helper this holder restarted for ``held``."""
+    if held.slirp_exit is not None:
+        os.close(held.slirp_exit)
+        held.slirp_exit = None
 
 
 def _kill(identity: ProcessId | None) -> None:

@@ -143,14 +143,18 @@ def _network(
     return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
 
 
-def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool, network: str) -> ProcessId:
+def restart_slirp(
+    container_dir: str, netns_fd: int, sandbox: bool, network: str, exit_fd: int
+) -> ProcessId:
     """Start the network helper (slirp4netns) again for a running container, from its
     network namespace fd, with the driver of its ``network`` mode.
 
-    It gets no exit pipe (nothing inside the container could hold one now): whoever
-    reaps the container's init kills it, and a remove kills it through ``run.json``.
+    Nothing inside the running container can hold its exit pipe now: the holder holds
+    the other end of ``exit_fd``, so the helper ends when the holder does (whoever
+    outlives it could not end the helper), and the holder kills it when it sees the
+    container's init end; a remove kills it through ``run.json``.
     """
-    return driver_for(network).restart(Path(container_dir), sandbox, netns_fd)
+    return driver_for(network).restart(Path(container_dir), sandbox, netns_fd, exit_fd)
 
 
 def _failure_reply(exc: BaseException) -> Failure:

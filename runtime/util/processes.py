@@ -74,6 +74,14 @@ class ProcessId:
     def alive(self) -> bool:
         return proc_start_time(self.pid) == self.start_time
 
+    def name(self) -> str | None:
+        """The program it runs (``comm``, at most 15 bytes), or None if it is gone."""
+        try:
+            comm = Path(f"/proc/{self.pid}/comm").read_text().rstrip("\n")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return comm if self.alive() else None  # read, then checked still the same process
+
     def send(self, signum: int) -> bool:
         """Send ``signum`` through a pidfd, so a recycled pid is never signalled; False if
         the process is gone."""
