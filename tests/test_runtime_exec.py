@@ -68,6 +68,33 @@ def test_a_command_past_its_deadline_is_killed_with_what_it_started(rt: LinuxRun
     assert left.output.strip() == "1"  # only the container's own sleep is left
 
 
+def test_a_command_past_its_deadline_takes_what_left_its_session_with_it(
+    rt: LinuxRuntime,
+) -> None:
+    started(rt, sleeper("escape"))
+    script = (
+        "setsid sleep 301 & (setsid sleep 302 &); sh -c 'setsid sleep 303 & exec sleep 304' &"
+        "echo started; exec sleep 300"
+    )
+    result = rt.exec_command("escape", ["sh", "-c", script], timeout=0.5)
+    assert (result.exit_code, result.timed_out) == (124, True)
+    assert result.output == "started\n"
+    left = rt.exec_command("escape", ["ps", "-o", "args"]).output
+    assert [line for line in left.splitlines() if "sleep" in line] == ["sleep 600"]
+
+
+def test_what_a_finished_command_left_running_keeps_running(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("behind"))
+    result = rt.exec_command("behind", ["sh", "-c", "setsid sleep 305 & sleep 306 &"])
+    assert (result.exit_code, result.timed_out) == (0, False)
+    left = rt.exec_command("behind", ["ps", "-o", "args"]).output
+    assert sorted(line for line in left.splitlines() if "sleep" in line) == [
+        "sleep 305",
+        "sleep 306",
+        "sleep 600",
+    ]
+
+
 def _runners_of(holder: int) -> set[int]:
     """The holder's children that are exec runners: in the host's pid namespace (one
     NSpid entry) and not dumpable (their environ is closed to us), unlike the spare
