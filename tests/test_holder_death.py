@@ -4,6 +4,8 @@ running containers over (their commands run, their networks heal)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -14,6 +16,7 @@ import pytest
 
 from runtime.api.spec import ContainerSpec, PortMapping
 from runtime.client.linux import LinuxRuntime
+from runtime.errors import ContainerUnreachable
 from runtime.network import slirp
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -116,3 +119,64 @@ def test_a_recorded_helper_pid_that_is_another_program_now_is_left_alone(
     _record_helper(rt, "reused", identity)
     rt.start("reused")
     assert identity.alive()
+
+
+def test_a_new_holder_takes_over_the_running_containers(rt: LinuxRuntime) -> None:
+    port = free_port()
+    before = rt.run(served("kept", port))
+    assert http_get(port, "/index.html") == b"served\n"
+    kill_holder(rt)
+    ran = rt.exec_command("kept", ["cat", "/tmp/index.html"])
+    assert (ran.exit_code, ran.output) == (0, "served\n")
+    assert rt.probe_tcp("kept", 80)
+    kill_slirp(rt, "kept")
+    healed = rt.restore_network("kept")  # in place: no recreate
+    assert (healed.pid, healed.pid_start_time) == (before.pid, before.pid_start_time)
+    assert http_get(port, "/index.html") == b"served\n"
+    rt.run(shell("beside", "exec sleep 600", stop_timeout=0))  # the new holder's own
+    assert rt.exec_command("beside", ["true"]).exit_code == 0
+
+
+def test_a_container_the_new_holder_cannot_reach_says_why(rt: LinuxRuntime) -> None:
+    rt.run(shell("old", "exec sleep 600", stop_timeout=0))
+    run_file = rt.containers / "old" / "run.json"
+    run = read_json(run_file)
+    assert isinstance(run, dict)
+    run.pop("namespaces", None)  # as a launcher of an older squish recorded it
+    write_json_atomic(run_file, run)
+    kill_holder(rt)
+    reason = (
+        "the holder that started old is gone and its namespaces cannot be reached: "
+        "its run record names no namespaces"
+    )
+    with pytest.raises(ContainerUnreachable, match=reason):
+        rt.exec_command("old", ["true"])
+
+
+def _namespaces_held_by(pid: int) -> set[str]:
+    """The namespaces process ``pid`` holds descriptors of (``net:[INODE]`` ...)."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(fd)
+            if target.endswith("]") and ":[" in target:
+                held.add(target)
+    return held
+
+
+def test_a_container_taken_over_is_let_go_when_it_ends(rt: LinuxRuntime) -> None:
+    rt.run(shell("brief", "exec sleep 600", stop_timeout=0))
+    run = read_json(rt.containers / "brief" / "run.json")
+    assert isinstance(run, dict)
+    its_net = f"net:[{run['namespaces']['net']}]"
+    kill_holder(rt)
+    assert rt.exec_command("brief", ["true"]).exit_code == 0
+    holder = rt.holder.identity()
+    assert holder is not None
+    assert its_net in _namespaces_held_by(holder.pid)
+    rt.stop("brief")
+    for _ in range(3000):  # the holder's loop sees the init end through a pidfd
+        if its_net not in _namespaces_held_by(holder.pid):
+            break
+        time.sleep(0.001)
+    assert its_net not in _namespaces_held_by(holder.pid)

@@ -40,7 +40,7 @@ from runtime.holder.protocol import ErrorCode, Exec, ExecResult, Failure, Reply
 from runtime.holder.workers import fork_worker
 from runtime.sandbox import confine
 from runtime.sandbox import syscalls as sc
-from runtime.util.processes import close_fds_except, wait_readable
+from runtime.util.processes import close_fds_except, parent_pids, wait_readable
 from runtime.wire import find_program, read_filter
 
 __all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
@@ -195,12 +195,8 @@ def _end_descendants() -> None:
 def _descendants(root: int) -> set[int]:
     """Every live process below ``root``, from the parents ``/proc`` names."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
+    for pid, ppid in parent_pids().items():
+        children.setdefault(ppid, []).append(pid)
     found: set[int] = set()
     todo = [root]
     while todo:

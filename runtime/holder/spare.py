@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.errors import PortInUse, SlirpError
+from runtime.holder.adoption import namespace_ids
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
 from runtime.holder.protocol import (
@@ -188,6 +189,9 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             "forwards": forwards,
             "started_at": time.time(),
             "cgroup": cgroup,
+            # Read while the init is still dumpable: a later holder finds them again in
+            # the command's /proc/PID/ns (runtime.holder.adoption).
+            "namespaces": namespace_ids(init.pid),
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)

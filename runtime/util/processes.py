@@ -13,7 +13,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ("ProcessId", "close_fds_except", "proc_start_time", "reap_children", "wait_readable")
+__all__ = (
+    "ProcessId",
+    "close_fds_except",
+    "parent_pids",
+    "proc_start_time",
+    "reap_children",
+    "wait_readable",
+)
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -114,6 +121,21 @@ class ProcessId:
 
     def __repr__(self) -> str:
         return f"ProcessId(pid={self.pid}, start_time={self.start_time})"
+
+
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid, of every process this ``/proc`` shows (as its namespace sees
+    them)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                found[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
 
 
 def close_fds_except(keep: Iterable[int]) -> None:
