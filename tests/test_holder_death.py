@@ -22,7 +22,7 @@ from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 from tests.conftest import rootless
-from tests.support import free_port, http_get, kill_slirp, shell
+from tests.support import free_port, http_get, kill_slirp, processes_mentioning, shell
 
 pytestmark = rootless
 
@@ -180,3 +180,47 @@ def test_a_container_taken_over_is_let_go_when_it_ends(rt: LinuxRuntime) -> None
             break
         time.sleep(0.001)
     assert its_net not in _namespaces_held_by(holder.pid)
+
+
+ROUNDS = int(os.environ.get("SQUISH_HOLDER_KILL_ROUNDS", "4"))
+"""Rounds of :func:`test_holder_kills_in_a_row_leave_nothing_broken` (more on demand)."""
+
+
+def _helpers(state_path: Path) -> list[int]:
+    """The slirp4netns processes of this test run's state folder."""
+    return [pid for pid, cmd in processes_mentioning(str(state_path)) if "slirp4netns" in cmd]
+
+
+def _restore(rt: LinuxRuntime, name: str) -> ProcessId:
+    """Restore the network of ``name``; return its new slirp4netns."""
+    healed = rt.restore_network(name).slirp_pid
+    identity = None if healed is None else ProcessId.of(healed)
+    assert identity is not None
+    return identity
+
+
+def test_holder_kills_in_a_row_leave_nothing_broken(rt: LinuxRuntime, state_path: Path) -> None:
+    ports = {name: free_port() for name in ("a", "b")}
+    for name, port in ports.items():
+        rt.run(served(name, port))
+    restored: dict[str, ProcessId] = {}  # helpers the holder alive now started again
+    for round_ in range(ROUNDS):
+        name = "ab"[round_ % 2]
+        kill_slirp(rt, name)
+        restored[name] = _restore(rt, name)
+        kill_holder(rt)
+        for each in sorted(restored):  # every one ended with the holder; the new one heals
+            assert restored[each].wait_gone(30.0), (round_, each)
+            restored[each] = _restore(rt, each)
+        for each, port in ports.items():
+            assert http_get(port, "/index.html") == b"served\n", (round_, each)
+            script = "setsid sleep 307 & exec sleep 308"
+            slow = rt.exec_command(each, ["sh", "-c", script], timeout=0.2)
+            assert slow.timed_out, (round_, each)
+        assert len(_helpers(state_path)) == 2, round_  # one each, none left over
+    for name in ports:
+        left = rt.exec_command(name, ["ps", "-o", "args"]).output
+        assert "sleep 30" not in left, left
+    rt.stop("a")
+    rt.start("a")  # its restored helper never blocks its ports
+    assert http_get(ports["a"], "/index.html") == b"served\n"
