@@ -145,3 +145,17 @@ def test_only_a_running_container_takes_a_command(rt: LinuxRuntime) -> None:
         rt.exec_command("done", ["true"])
     with pytest.raises(ValueError, match="needs a command"):
         rt.exec_command("done", [])
+
+
+def test_the_keeper_of_a_command_is_out_of_reach_of_the_containers_root(
+    rt: LinuxRuntime,
+) -> None:
+    started(rt, sleeper("keeper"))
+    script = (
+        "keeper=$PPID; [ $keeper -gt 1 ] && echo has-keeper;"
+        "cat /proc/$keeper/environ >/dev/null 2>&1 && echo environ-read;"
+        "ls /proc/$keeper/fd >/dev/null 2>&1 && echo fds-listed;"
+        "cat /proc/$keeper/cmdline >/dev/null && echo cmdline-read"
+    )
+    result = rt.exec_command("keeper", ["sh", "-c", script])
+    assert result.output == "has-keeper\ncmdline-read\n"  # what ps shows, nothing more
