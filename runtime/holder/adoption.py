@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,9 +134,27 @@ def _open_namespaces(
     )
 
 
+_NS_GET_PARENT = 0xB702
+"""ioctl(2) on a namespace descriptor: a descriptor of its parent (``_IO(0xb7, 0x2)``)."""
+
+
+def _is_child_of_own(user_ns: int) -> bool:
+    """Whether the user namespace ``user_ns`` was created from this process's own, as a
+    holder creates it (never one a container nested inside)."""
+    try:
+        parent = fcntl.ioctl(user_ns, _NS_GET_PARENT)
+    except OSError:
+        return False
+    try:
+        return os.fstat(parent).st_ino == os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(parent)
+
+
 def user_namespace_to_join(state: Path) -> int | None:
     """A descriptor of the user namespace most running containers of ``state`` share,
-    if any of them can be reached; None when no container runs."""
+    if any of them can be reached and it is a child of this process's own; None when
+    no container runs."""
     by_user: dict[int, list[Running]] = collections.defaultdict(list)
     for container in running(state):
         if container.namespaces is not None:
@@ -144,7 +163,11 @@ def user_namespace_to_join(state: Path) -> int | None:
     for containers in sorted(by_user.values(), key=len, reverse=True):
         for container in containers:
             with contextlib.suppress(Unreachable):
-                return _open_namespaces(container, ("user",), parent_of)["user"]
+                user_ns = _open_namespaces(container, ("user",), parent_of)["user"]
+                if _is_child_of_own(user_ns):
+                    return user_ns
+                os.close(user_ns)
+                break  # the others of this namespace are no better
     return None
 
 

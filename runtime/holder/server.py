@@ -1,7 +1,9 @@
 """The namespace holder: one long-lived process per user, like podman's pause process.
 
 It creates the user namespace every container lives in (so a later network between
-containers can be wired inside one namespace), and it is the single-threaded process
+containers can be wired inside one namespace), or, when containers a killed holder
+started still run, joins theirs and takes them over (``runtime.holder.adoption``).
+It is the single-threaded process
 containers are forked from: the client may run threads (anyio, watchfiles), and forking
 from a threaded process can deadlock the child. It is also a child subreaper, so every
 container init and slirp4netns is re-parented to it and reaped.
@@ -174,8 +176,10 @@ class _Containers:
     Kept so that a slirp4netns that died can be started again for the same network
     namespace, a port inside the container can be probed, and a command can be run in
     it: the container's init is not dumpable, so nobody else (not even this holder) can
-    open its namespaces later. Released when the init is reaped; a slirp4netns started
-    again for it is killed then too. The descriptors are moved above ``_FD_FLOOR`` so
+    open its namespaces later. A container an earlier holder started is taken over
+    through its command's namespaces instead (:meth:`take_over`). Released when the init
+    is reaped (or, taken over, its pidfd says it ended); a slirp4netns started again
+    for it is killed then too. The descriptors are moved above ``_FD_FLOOR`` so
     that descriptors opened later stay low.
     """
 
