@@ -105,7 +105,8 @@ class ErrorCode(enum.StrEnum):
     REFUSED = "refused"
     """The client is not the user who owns the holder."""
     UNKNOWN_CONTAINER = "unknown_container"
-    """This holder did not start the container (it was restarted since)."""
+    """This holder neither started the container nor could take it over (the message
+    says why)."""
     NOT_RUNNING = "not_running"
     """The container's init has exited."""
     START_FAILED = "start"
