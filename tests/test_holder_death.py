@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,17 @@ from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 from tests.conftest import rootless
-from tests.support import free_port, http_get, kill_slirp, processes_mentioning, shell
+from tests.support import (
+    free_port,
+    free_ports,
+    http_get,
+    kill_slirp,
+    processes_mentioning,
+    shell,
+    start_controller,
+)
+from tests.test_controller_kills import NAMES, SEED, STARTS_FIRST, change_the_folder, squishfile
+from tests.test_reconciler_e2e import cli, cli_env, eventually, make_site
 
 pytestmark = rootless
 
@@ -224,3 +236,73 @@ def test_holder_kills_in_a_row_leave_nothing_broken(rt: LinuxRuntime, state_path
     rt.stop("a")
     rt.start("a")  # its restored helper never blocks its ports
     assert http_get(ports["a"], "/index.html") == b"served\n"
+
+
+KILL_ROUNDS = int(os.environ.get("SQUISH_HOLDER_KILL_ROUNDS", "4")) + 2
+"""Rounds of the random test below: a few more than the plain one."""
+
+
+def test_controller_and_holder_killed_at_random_moments_lose_nothing(
+    tmp_path: Path, state_path: Path, cache_path: Path, session_runtime: LinuxRuntime
+) -> None:
+    """As ``test_killing_the_controller_at_random_moments_loses_nothing``, with the holder
+    killed too (at a random moment of the pass, every other round) and slirp4netns
+    killed (so that holders restart helpers that then lose their holder)."""
+    rng = random.Random(SEED)
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    make_site(folder, "site", "killed and back\n")
+    env = cli_env(state_path, cache_path)
+    versions: Counter[str] = Counter()
+    pool = free_ports(4 + KILL_ROUNDS)
+    ports = {name: pool.pop() for name in NAMES[:4]}
+    for name, port in ports.items():
+        (folder / f"{name}.toml").write_text(squishfile(port, 0, start_first=name in STARTS_FIRST))
+    try:
+        for round_ in range(KILL_ROUNDS):
+            change_the_folder(folder, rng, ports, pool, versions)
+            _kill_a_helper(session_runtime, folder, rng)
+            loop = start_controller(folder, env)
+            time.sleep(rng.uniform(0.25, 0.8))  # start-up takes ~0.3 s: kill mid-pass
+            if round_ % 2:
+                kill_holder(session_runtime)
+            loop.send_signal(signal.SIGKILL)  # a process this test started
+            loop.wait(30)
+        eventually(lambda: cli(env, "apply", str(folder)).returncode == 0, "one apply")
+        _converged(session_runtime, state_path, folder, ports, versions)
+    finally:
+        down = cli(env, "down", str(folder))
+        assert down.returncode == 0, down.stderr
+
+
+def _kill_a_helper(rt: LinuxRuntime, folder: Path, rng: random.Random) -> None:
+    """SIGKILL the slirp4netns of one running container of ``folder``, if any."""
+    running = [
+        info
+        for info in rt.list()
+        if info.spec.labels.get("squish.folder") == str(folder) and info.slirp_pid is not None
+    ]
+    if running:
+        victim = ProcessId.of(rng.choice(running).slirp_pid or 0)
+        if victim is not None and victim.name() == "slirp4netns":  # one this test's runtime started
+            victim.send(signal.SIGKILL)
+
+
+def _converged(
+    rt: LinuxRuntime,
+    state_path: Path,
+    folder: Path,
+    ports: dict[str, int],
+    versions: Counter[str],
+) -> None:
+    wanted = {p.stem for p in folder.glob("*.toml")}
+    mine = {i.name: i for i in rt.list() if i.spec.labels.get("squish.folder") == str(folder)}
+    assert set(mine) == wanted
+    for name in wanted:
+        assert mine[name].state.value == "running", mine[name]
+        assert mine[name].spec.env == {"VERSION": str(versions[name])}
+        assert http_get(ports[name], "/index.html") == b"killed and back\n"
+        ran = rt.exec_command(name, ["true"])  # whichever holder started it
+        assert ran.exit_code == 0, name
+    live = {i.slirp_pid for i in rt.list() if i.slirp_pid is not None}
+    assert set(_helpers(state_path)) == live  # one slirp4netns per running container
