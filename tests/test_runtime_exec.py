@@ -159,3 +159,14 @@ def test_the_keeper_of_a_command_is_out_of_reach_of_the_containers_root(
     )
     result = rt.exec_command("keeper", ["sh", "-c", script])
     assert result.output == "has-keeper\ncmdline-read\n"  # what ps shows, nothing more
+
+
+def test_a_command_that_stops_its_keeper_still_gets_its_answer(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("stopper"))
+    result = rt.exec_command(
+        "stopper", ["sh", "-c", "kill -STOP $PPID; exec sleep 309"], timeout=0.3
+    )
+    assert (result.exit_code, result.timed_out) == (124, True)
+    left = rt.exec_command("stopper", ["ps", "-o", "args"]).output
+    assert "sleep 309" in left  # the container stopped what would have ended it
+    rt.exec_command("stopper", ["pkill", "-f", "sleep 309"])

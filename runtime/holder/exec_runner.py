@@ -207,6 +207,10 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+_STOP_GRACE = 2.0
+"""Seconds a keeper gets to end what is below it once told to."""
+
+
 @dataclass
 class _Keeper:
     """The runner's view of its keeper: its pid, the stop pipe, the status pipe."""
@@ -221,9 +225,13 @@ class _Keeper:
             os.close(self.stop_w)
             self.stop_w = None
 
-    def stop(self) -> None:
-        """:meth:`release`, and wait until the keeper has ended everything."""
+    def stop(self, pidfd: int) -> None:
+        """:meth:`release`, and wait until the keeper has ended everything. A keeper the
+        container stopped (SIGSTOP) is killed after ``_STOP_GRACE`` seconds, so the
+        runner still answers; what was below it is then left to the container's init."""
         self.release()
+        if not wait_readable([pidfd], _STOP_GRACE):
+            os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
 
     def status(self) -> int:
@@ -248,7 +256,7 @@ def _collect(keeper: _Keeper, out_r: int, deadline: float) -> ExecResult:
     while not exited:
         left = deadline - time.monotonic()
         if left <= 0:
-            keeper.stop()
+            keeper.stop(pidfd)
             return ExecResult(exit_code=124, output=kept.decode(errors="replace"), timed_out=True)
         readable = wait_readable(watched, left)
         exited = pidfd in readable
