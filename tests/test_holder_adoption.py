@@ -13,7 +13,7 @@ import pytest
 from runtime.holder import adoption
 from runtime.holder.protocol import CONTAINERS_DIR
 from runtime.util.files import write_json_atomic
-from runtime.util.processes import ProcessId, parent_pids
+from runtime.util.processes import ProcessId, descendants, parent_pids
 
 
 @pytest.fixture
@@ -92,3 +92,10 @@ def test_no_user_namespace_is_joined_when_none_is_a_child_of_ours(
     ids = adoption.namespace_ids(child.pid)  # this process's own user namespace
     record(tmp_path, "web", {"init": me().to_json(), "namespaces": ids})
     assert adoption.user_namespace_to_join(tmp_path) is None  # not a child of ours
+
+
+def test_descendants_come_breadth_first_and_a_loop_ends() -> None:
+    parent_of = {2: 1, 3: 1, 4: 2, 5: 4, 6: 9, 7: 7, 8: 9, 9: 8}
+    assert descendants(1, parent_of) == [2, 3, 4, 5]
+    assert sorted(descendants(9, parent_of)) == [6, 8, 9]  # 8 and 9 name each other
+    assert descendants(7, parent_of) == [7]

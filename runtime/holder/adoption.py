@@ -30,7 +30,7 @@ from pathlib import Path
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.protocol import CONTAINERS_DIR
 from runtime.util.files import read_json
-from runtime.util.processes import ProcessId, parent_pids
+from runtime.util.processes import ProcessId, descendants, parent_pids
 
 __all__ = (
     "NAMESPACE_KINDS",
@@ -87,17 +87,6 @@ class Unreachable(Exception):
     """Why a running container's namespaces cannot be opened."""
 
 
-def _members(container: Running, parent_of: dict[int, int]) -> list[int]:
-    """The processes below the container's init, its children first."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for pid, ppid in parent_of.items():
-        children[ppid].append(pid)
-    found = list(children[container.init.pid])
-    for pid in found:  # grows as it goes: breadth first
-        found.extend(child for child in children[pid] if child not in found)
-    return found
-
-
 def _open_all(pid: int, wanted: dict[str, int]) -> dict[str, int] | None:
     """Descriptors of ``pid``'s namespaces, if each is the one ``wanted`` names."""
     fds: dict[str, int] = {}
@@ -120,7 +109,7 @@ def _open_namespaces(
     if container.namespaces is None:
         raise Unreachable("its run record names no namespaces (it was started by an older squish)")
     wanted = {kind: container.namespaces[kind] for kind in kinds}
-    for pid in _members(container, parent_of):
+    for pid in descendants(container.init.pid, parent_of):  # its children first
         fds = _open_all(pid, wanted)
         if fds is not None:
             if container.init.alive():

@@ -40,7 +40,7 @@ from runtime.holder.protocol import ErrorCode, Exec, ExecResult, Failure, Reply
 from runtime.holder.workers import fork_worker
 from runtime.sandbox import confine
 from runtime.sandbox import syscalls as sc
-from runtime.util.processes import close_fds_except, parent_pids, wait_readable
+from runtime.util.processes import close_fds_except, descendants, wait_readable
 from runtime.wire import find_program, read_filter
 
 __all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
@@ -181,7 +181,7 @@ def _end_descendants() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     me = os.getpid()
     while True:
-        for pid in _descendants(me):
+        for pid in descendants(me):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         try:
@@ -190,21 +190,6 @@ def _end_descendants() -> None:
         except ChildProcessError:
             return
         signal.sigtimedwait({signal.SIGCHLD}, 0.01)  # then look again: new orphans too
-
-
-def _descendants(root: int) -> set[int]:
-    """Every live process below ``root``, from the parents ``/proc`` names."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent_pids().items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 _STOP_GRACE = 2.0

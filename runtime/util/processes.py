@@ -16,6 +16,7 @@ from typing import Any
 __all__ = (
     "ProcessId",
     "close_fds_except",
+    "descendants",
     "parent_pids",
     "proc_start_time",
     "reap_children",
@@ -135,6 +136,22 @@ def parent_pids() -> dict[int, int]:
                 found[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):  # gone meanwhile
             continue
+    return found
+
+
+def descendants(root: int, parent_of: dict[int, int] | None = None) -> list[int]:
+    """Every process below ``root``, breadth first (its children first), from
+    ``parent_of`` (:func:`parent_pids` when not given)."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in (parent_pids() if parent_of is None else parent_of).items():
+        children.setdefault(ppid, []).append(pid)
+    found = list(children.get(root, ()))
+    seen = set(found)
+    for pid in found:  # grows as it goes
+        for child in children.get(pid, ()):
+            if child not in seen:  # a pid reused while /proc was read may loop
+                seen.add(child)
+                found.append(child)
     return found
 
 
