@@ -112,8 +112,8 @@ class ContainerStarting(SquishError, BlockingIOError):
 
 
 class ContainerUnreachable(SquishError, LookupError):
-    """The holder that could reach the container's namespaces is gone (it was restarted):
-    nothing can be run in it any more; recreate it."""
+    """The holder that could reach the container's namespaces is gone and the one started
+    since could not take it over: nothing can be run in it any more; recreate it."""
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"container {name!r} cannot be reached: {reason}")
@@ -263,7 +263,8 @@ class NetworkRestoreFailed(SquishError, OSError):
 
 class NetworkLost(SquishError, OSError):
     """A container's slirp4netns cannot be started again (the holder that could reach
-    its network namespace is gone): the container must be recreated."""
+    its network namespace is gone, and the one started since could not take it over):
+    the container must be recreated."""
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"the network of {name!r} cannot be restored: {reason}")

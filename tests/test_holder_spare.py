@@ -19,18 +19,18 @@ def test_a_restore_starts_the_helper_of_the_network_it_is_told(
 ) -> None:
     me = ProcessId.of(1)
     assert me is not None
-    started: list[tuple[Path, bool]] = []
+    started: list[tuple[Path, bool, dict[str, int]]] = []
 
     def spawn(cdir: Path, sandbox: bool, timeout: float, **where: int) -> ProcessId:
-        started.append((cdir, sandbox))
+        started.append((cdir, sandbox, where))
         return me
 
     monkeypatch.setattr(slirp, "spawn", spawn)
     # No launch.json in the folder: the request alone says which driver restarts.
-    assert spare.restart_slirp(str(tmp_path), 9, True, "slirp4netns") is me
-    assert started == [(tmp_path, True)]
+    assert spare.restart_slirp(str(tmp_path), 9, True, "slirp4netns", 5) is me
+    assert started == [(tmp_path, True, {"netns_fd": 9, "exit_fd": 5})]  # ends with the pipe
     with pytest.raises(SlirpError, match="no network helper"):
-        spare.restart_slirp(str(tmp_path), 9, True, "none")
+        spare.restart_slirp(str(tmp_path), 9, True, "none", 5)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_a_restore_that_fails_says_why_in_its_own_words(
 
     monkeypatch.setattr(slirp, "spawn", spawn)
     with pytest.raises(type(failure)) as raised:
-        spare.restart_slirp(str(tmp_path), 9, False, "slirp4netns")
+        spare.restart_slirp(str(tmp_path), 9, False, "slirp4netns", 5)
     assert raised.value is failure
 
 

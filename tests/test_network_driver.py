@@ -70,7 +70,7 @@ def test_no_network_starts_nothing_and_refuses_forwards(tmp_path: Path) -> None:
     with pytest.raises(SlirpError, match='port 8080: network = "none"'):
         none.ensure_port_free(FORWARD)
     with pytest.raises(SlirpError):
-        none.restart(tmp_path, True, netns_fd=-1)
+        none.restart(tmp_path, True, netns_fd=-1, exit_fd=-1)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_slirp4netns_starts_again_unsandboxed_where_the_sandbox_fails(
     monkeypatch.setattr(slirp, "spawn", spawn)
     driver = driver_for("slirp4netns")
     assert driver.start(tmp_path, True, target_pid=42, exit_fd=5) is me
-    assert driver.restart(tmp_path, True, netns_fd=9) is me
+    assert driver.restart(tmp_path, True, netns_fd=9, exit_fd=5) is me
     assert tries == [True, False, True, False]
     tries.clear()
     broken.add(False)

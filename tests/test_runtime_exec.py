@@ -68,6 +68,33 @@ def test_a_command_past_its_deadline_is_killed_with_what_it_started(rt: LinuxRun
     assert left.output.strip() == "1"  # only the container's own sleep is left
 
 
+def test_a_command_past_its_deadline_takes_what_left_its_session_with_it(
+    rt: LinuxRuntime,
+) -> None:
+    started(rt, sleeper("escape"))
+    script = (
+        "setsid sleep 301 & (setsid sleep 302 &); sh -c 'setsid sleep 303 & exec sleep 304' &"
+        "echo started; exec sleep 300"
+    )
+    result = rt.exec_command("escape", ["sh", "-c", script], timeout=0.5)
+    assert (result.exit_code, result.timed_out) == (124, True)
+    assert result.output == "started\n"
+    left = rt.exec_command("escape", ["ps", "-o", "args"]).output
+    assert [line for line in left.splitlines() if "sleep" in line] == ["sleep 600"]
+
+
+def test_what_a_finished_command_left_running_keeps_running(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("behind"))
+    result = rt.exec_command("behind", ["sh", "-c", "setsid sleep 305 & sleep 306 &"])
+    assert (result.exit_code, result.timed_out) == (0, False)
+    left = rt.exec_command("behind", ["ps", "-o", "args"]).output
+    assert sorted(line for line in left.splitlines() if "sleep" in line) == [
+        "sleep 305",
+        "sleep 306",
+        "sleep 600",
+    ]
+
+
 def _runners_of(holder: int) -> set[int]:
     """The holder's children that are exec runners: in the host's pid namespace (one
     NSpid entry) and not dumpable (their environ is closed to us), unlike the spare
@@ -118,3 +145,28 @@ def test_only_a_running_container_takes_a_command(rt: LinuxRuntime) -> None:
         rt.exec_command("done", ["true"])
     with pytest.raises(ValueError, match="needs a command"):
         rt.exec_command("done", [])
+
+
+def test_the_keeper_of_a_command_is_out_of_reach_of_the_containers_root(
+    rt: LinuxRuntime,
+) -> None:
+    started(rt, sleeper("keeper"))
+    script = (
+        "keeper=$PPID; [ $keeper -gt 1 ] && echo has-keeper;"
+        "cat /proc/$keeper/environ >/dev/null 2>&1 && echo environ-read;"
+        "ls /proc/$keeper/fd >/dev/null 2>&1 && echo fds-listed;"
+        "cat /proc/$keeper/cmdline >/dev/null && echo cmdline-read"
+    )
+    result = rt.exec_command("keeper", ["sh", "-c", script])
+    assert result.output == "has-keeper\ncmdline-read\n"  # what ps shows, nothing more
+
+
+def test_a_command_that_stops_its_keeper_still_gets_its_answer(rt: LinuxRuntime) -> None:
+    started(rt, sleeper("stopper"))
+    result = rt.exec_command(
+        "stopper", ["sh", "-c", "kill -STOP $PPID; exec sleep 309"], timeout=0.3
+    )
+    assert (result.exit_code, result.timed_out) == (124, True)
+    left = rt.exec_command("stopper", ["ps", "-o", "args"]).output
+    assert "sleep 309" in left  # the container stopped what would have ended it
+    rt.exec_command("stopper", ["pkill", "-f", "sleep 309"])

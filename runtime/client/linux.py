@@ -58,6 +58,21 @@ def _log_drained(run: object, timeout: float) -> bool:
     return pump is None or pump.wait_gone(timeout)
 
 
+_HELPER = "slirp4netns"
+"""The program a run record's ``slirp`` names (its ``comm``): a recorded pid running
+anything else is not ended."""
+
+
+def _end_helper(slirp: ProcessId | None) -> None:
+    """End a dead container's slirp4netns (it exits on its own within ms), unless it is
+    gone or its pid is another program's now."""
+    if slirp is None or slirp.name() != _HELPER:
+        return
+    if not slirp.wait_gone(1.0):
+        slirp.send(signal.SIGKILL)
+        slirp.wait_gone(5.0)
+
+
 def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
     """Refuse a container folder too deep for the sockets its network binds there."""
     network = driver_for(spec)
@@ -195,9 +210,11 @@ class LinuxRuntime(RunningOps):
                 syscall_filter = self._syscall_filter(self._spec(cdir))
                 if syscall_filter is not None:
                     (cdir / SECCOMP_FILE).write_bytes(syscall_filter)
+            # What the last run left (a helper its holder could not end) may hold a port
+            # of this container: it goes before the ports are checked.
+            self._reap_leftovers(cdir, remove_cgroup=True)
             for forward in request.forwards:
                 driver_for(request).ensure_port_free(forward)
-            self._reap_leftovers(cdir, remove_cgroup=True)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
             reply = self._launch(cdir, name, request)
@@ -270,10 +287,7 @@ class LinuxRuntime(RunningOps):
                 leaf.kill()
             if remove_cgroup:
                 leaf.remove()
-        slirp_id = ProcessId.from_json(run.get("slirp"))
-        if slirp_id is not None and not slirp_id.wait_gone(1.0):
-            slirp_id.send(signal.SIGKILL)
-            slirp_id.wait_gone(5.0)
+        _end_helper(ProcessId.from_json(run.get("slirp")))
         pump = ProcessId.from_json(run.get("log_pump"))
         if not _log_drained(run, LOG_DRAIN_TIMEOUT) and pump is not None:
             pump.send(signal.SIGKILL)  # stuck on a disk that does not answer

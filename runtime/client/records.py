@@ -22,6 +22,7 @@ from runtime.client import folders
 from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
+from runtime.holder.protocol import CONTAINERS_DIR
 from runtime.network.driver import driver_for
 from runtime.settings import RuntimeSettings
 from runtime.util.files import read_json, write_json_atomic
@@ -127,7 +128,7 @@ class RecordStore:
         self.cache = (
             private_dir(cache, "cache directory") if cache is not None else cache_dir(self.settings)
         )
-        self.containers = self.state / "containers"
+        self.containers = self.state / CONTAINERS_DIR
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.holder = Holder(self.state)
         self.cgroups: CgroupDriver = detect(self.settings)

@@ -213,20 +213,8 @@ class Holder:
                 os.close(fd)
         try:
             message = _read_exactly_one(to_client_r, "create its user namespace")
-            pid = detail_of(message, Startup.USERNS)
-            if pid is None:
-                raise HostSetupError(
-                    "the namespace holder failed to create a user namespace "
-                    f"(see {self.state / HOLDER_LOG})",
-                    fix="enable unprivileged user namespaces "
-                    "(sysctl kernel.unprivileged_userns_clone=1)",
-                )
-            pause_pid = int(pid)
-            try:
-                write_id_maps(pause_pid)
-            except BaseException:
-                os.kill(pause_pid, signal.SIGKILL)
-                raise
+            if detail_of(message, Startup.JOINED) is None:
+                self._map_ids(message)
             os.write(from_client_w, Startup.MAPPED.value)
             if _read_exactly_one(to_client_r, "get ready") != Startup.READY.value:
                 raise HostSetupError(f"the namespace holder failed (see {self.state / HOLDER_LOG})")
@@ -240,6 +228,24 @@ class Holder:
                 raise HostSetupError("the namespace holder did not record itself")
             time.sleep(0.001)
         return identity
+
+    def _map_ids(self, message: bytes) -> None:
+        """Write the id maps of the user namespace the new holder created (``message``
+        names its pid); a holder that joined its containers' namespace needs none."""
+        pid = detail_of(message, Startup.USERNS)
+        if pid is None:
+            raise HostSetupError(
+                "the namespace holder failed to create a user namespace "
+                f"(see {self.state / HOLDER_LOG})",
+                fix="enable unprivileged user namespaces "
+                "(sysctl kernel.unprivileged_userns_clone=1)",
+            )
+        pause_pid = int(pid)
+        try:
+            write_id_maps(pause_pid)
+        except BaseException:
+            os.kill(pause_pid, signal.SIGKILL)
+            raise
 
     def stop(self) -> None:
         """Ask the holder to exit (containers keep running); kill it if it does not."""

@@ -7,26 +7,40 @@ for each request it forks a *runner* that answers on the request's connection it
 The runner keeps only that connection (and the container's namespace descriptors, opened
 by the launcher while the init was still dumpable), becomes non-dumpable, joins the
 container's cgroup, joins its namespaces one by one (the mount namespace last) and forks
-the command there: it is a process of the container's pid namespace, with the
-container's root, hostname, network and cgroup namespace, and none of the holder's
-descriptors. The runner collects its output (up to a limit), kills it at the deadline,
+a *keeper* there, which forks the command: both are processes of the container's pid
+namespace, with the container's root, hostname, network and cgroup namespace, and none
+of the holder's descriptors. The runner collects the command's output (up to a limit)
 and writes the reply.
+
+The keeper is a child subreaper in the container's pid namespace (the runner, outside
+it, cannot be one: the kernel never re-parents an orphan across a pid namespace), so
+whatever the command starts stays below it even after a double fork and ``setsid``.
+When the command exits the keeper reports its status and exits, and what the command
+left running is re-parented to the container's init, as before. At the deadline, or if
+the runner goes away, the runner's end of the keeper's stop pipe closes and the keeper
+SIGKILLs every process below it until none is left: a process group (or session) would
+miss what called ``setsid``; walking the container's process list for descendants would
+miss an orphan already re-parented to the init; a child cgroup needs a delegated cgroup
+v2 leaf with no processes of its own, which a container does not always have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 from runtime.holder.protocol import ErrorCode, Exec, ExecResult, Failure, Reply
 from runtime.holder.workers import fork_worker
 from runtime.sandbox import confine
 from runtime.sandbox import syscalls as sc
-from runtime.util.processes import close_fds_except, wait_readable
+from runtime.util.processes import close_fds_except, descendants, wait_readable
 from runtime.wire import find_program, read_filter
 
 __all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
@@ -70,18 +84,21 @@ def _run(request: Exec, namespaces: dict[str, int]) -> Reply:
     if program is None:
         return ExecResult(exit_code=127, output=f"{argv[0]}: not found\n")
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    child = os.fork()  # the first process of this runner inside the container's pid namespace
-    if child == 0:
-        _command(program, argv, env, request.workdir, out_w, (syscall_filter, last_capability))
-    os.close(out_w)
+    stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    keeper = os.fork()  # the first process of this runner inside the container's pid namespace
+    if keeper == 0:
+        command = functools.partial(
+            _command, program, argv, env, request.workdir, out_w, (syscall_filter, last_capability)
+        )
+        _keep(command, out_w, stop_r, status_w)
+    for fd in (out_w, stop_r, status_w):
+        os.close(fd)
+    watched = _Keeper(keeper, stop_w, status_r)
     try:
-        return _collect(child, out_r, time.monotonic() + request.timeout)
-    except BaseException:  # the runner failed: the command must not run on unwatched
-        with contextlib.suppress(OSError):
-            os.killpg(child, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(child, 0)
-        raise
+        return _collect(watched, out_r, time.monotonic() + request.timeout)
+    finally:  # at the latest here: a runner that fails leaves nothing running
+        watched.release()
 
 
 def _refusal(argv: list[str], env: dict[str, str], timeout: float) -> str | None:
@@ -138,34 +155,101 @@ def _command(
     os._exit(126)
 
 
-def _collect(child: int, out_r: int, deadline: float) -> ExecResult:
-    """Read the command's output until it exits, or kill it at the deadline.
+def _keep(command: Callable[[], NoReturn], out: int, stop_r: int, status_w: int) -> NoReturn:
+    """Body of the keeper: fork the command, then report its wait status on ``status_w``
+    when it exits, or end everything below this process once ``stop_r`` closes."""
+    try:
+        close_fds_except((out, stop_r, status_w))
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        child = os.fork()
+        if child == 0:
+            command()
+        os.close(out)
+        pidfd = os.pidfd_open(child)
+        if pidfd in wait_readable([pidfd, stop_r], None):
+            _, status = os.waitpid(child, 0)
+            os.write(status_w, str(status).encode())
+        else:
+            _end_descendants()
+    finally:
+        os._exit(0)
+
+
+def _end_descendants() -> None:
+    """SIGKILL every process below this one and reap what comes back up to it, until
+    nothing is left (an orphan of a deeper process arrives here: this is a subreaper)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    me = os.getpid()
+    while True:
+        for pid in descendants(me):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        signal.sigtimedwait({signal.SIGCHLD}, 0.01)  # then look again: new orphans too
+
+
+_STOP_GRACE = 2.0
+"""Seconds a keeper gets to end what is below it once told to."""
+
+
+@dataclass
+class _Keeper:
+    """The runner's view of its keeper: its pid, the stop pipe, the status pipe."""
+
+    pid: int
+    stop_w: int | None
+    status_r: int
+
+    def release(self) -> None:
+        """Close the stop pipe: the keeper ends every process below it (if it still runs)."""
+        if self.stop_w is not None:
+            os.close(self.stop_w)
+            self.stop_w = None
+
+    def stop(self, pidfd: int) -> None:
+        """:meth:`release`, and wait until the keeper has ended everything. A keeper the
+        container stopped (SIGSTOP) is killed after ``_STOP_GRACE`` seconds, so the
+        runner still answers; what was below it is then left to the container's init."""
+        self.release()
+        if not wait_readable([pidfd], _STOP_GRACE):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+    def status(self) -> int:
+        """The command's wait status; the keeper's own if it died without reporting."""
+        _, own = os.waitpid(self.pid, 0)
+        reported = os.read(self.status_r, 64)
+        os.close(self.status_r)
+        return int(reported) if reported else own
+
+
+def _collect(keeper: _Keeper, out_r: int, deadline: float) -> ExecResult:
+    """Read the command's output until it exits, or end it, with everything it started,
+    at the deadline.
 
     Output that what it left running in the background writes later is not waited for.
     """
-    pidfd = os.pidfd_open(child)
+    pidfd = os.pidfd_open(keeper.pid)
     os.set_blocking(out_r, False)
     kept = bytearray()
     watched = [out_r, pidfd]
-    timed_out = exited = False
+    exited = False
     while not exited:
         left = deadline - time.monotonic()
         if left <= 0:
-            timed_out = True
-            try:
-                os.killpg(child, signal.SIGKILL)  # its own session: what it started goes too
-            except ProcessLookupError:
-                os.kill(child, signal.SIGKILL)
-            break
+            keeper.stop(pidfd)
+            return ExecResult(exit_code=124, output=kept.decode(errors="replace"), timed_out=True)
         readable = wait_readable(watched, left)
         exited = pidfd in readable
         if (out_r in readable or exited) and not _drain(out_r, kept):
             watched = [pidfd]  # EOF: the command closed its output, it may still run
-    _, status = os.waitpid(child, 0)
     return ExecResult(
-        exit_code=124 if timed_out else os.waitstatus_to_exitcode(status),
+        exit_code=os.waitstatus_to_exitcode(keeper.status()),
         output=kept.decode(errors="replace"),
-        timed_out=timed_out,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from runtime.wire import LaunchRequest
 
 __all__ = (
+    "CONTAINERS_DIR",
     "HOLDER_LOCK",
     "HOLDER_LOG",
     "HOLDER_RECORD",
@@ -71,6 +72,9 @@ HOLDER_LOG = "pause.log"
 """The holder's log (its output and that of what it forks) in the state folder."""
 HOLDER_LOCK = "pause.lock"
 """The lock a client holds in the state folder while it starts or stops the holder."""
+CONTAINERS_DIR = "containers"
+"""The folder of container folders in the state folder (a new holder reads their
+``run.json`` to take over the containers an earlier one started)."""
 
 MAX_REQUEST = 4 << 20
 """The largest request the holder (and a spare, for a launch) accepts."""
@@ -101,7 +105,8 @@ class ErrorCode(enum.StrEnum):
     REFUSED = "refused"
     """The client is not the user who owns the holder."""
     UNKNOWN_CONTAINER = "unknown_container"
-    """This holder did not start the container (it was restarted since)."""
+    """This holder neither started the container nor could take it over (the message
+    says why)."""
     NOT_RUNNING = "not_running"
     """The container's init has exited."""
     START_FAILED = "start"
@@ -129,6 +134,9 @@ class Startup(bytes, enum.Enum):
     """Holder: I am listening on ``pause.sock``."""
     NO_USERNS = b"X"
     """Holder: I could not create a user namespace."""
+    JOINED = b"J"
+    """Holder: I joined the user namespace of the containers an earlier holder started
+    (followed by my pid); its id maps exist already."""
 
 
 class Launching(bytes, enum.Enum):

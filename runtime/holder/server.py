@@ -1,7 +1,9 @@
 """The namespace holder: one long-lived process per user, like podman's pause process.
 
 It creates the user namespace every container lives in (so a later network between
-containers can be wired inside one namespace), and it is the single-threaded process
+containers can be wired inside one namespace), or, when containers a killed holder
+started still run, joins theirs and takes them over (``runtime.holder.adoption``).
+It is the single-threaded process
 containers are forked from: the client may run threads (anyio, watchfiles), and forking
 from a threaded process can deadlock the child. It is also a child subreaper, so every
 container init and slirp4netns is re-parented to it and reaped.
@@ -33,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.protocol import (
     HOLDER_RECORD,
@@ -65,6 +68,7 @@ from runtime.util.files import parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
     ProcessId,
+    parent_pids,
     reap_children,
     wait_readable,
 )
@@ -156,8 +160,14 @@ class _Held:
     still dumpable."""
     slirp: ProcessId | None = None
     """The slirp4netns this holder started again for it, if any."""
+    slirp_exit: int | None = None
+    """The write end of that slirp4netns' exit pipe: held by this holder alone, so the
+    helper ends with it (nothing else could end it; see ``restart_slirp``)."""
     restoring: bool = False
     """A worker is starting a slirp4netns for it; it reports the identity when done."""
+    watch: int | None = None
+    """A pidfd of its init, for a container an earlier holder started (this one never
+    reaps that init: the pidfd says when it ends)."""
 
 
 class _Containers:
@@ -166,15 +176,21 @@ class _Containers:
     Kept so that a slirp4netns that died can be started again for the same network
     namespace, a port inside the container can be probed, and a command can be run in
     it: the container's init is not dumpable, so nobody else (not even this holder) can
-    open its namespaces later. Released when the init is reaped; a slirp4netns started
-    again for it is killed then too. The descriptors are moved above ``_FD_FLOOR`` so
+    open its namespaces later. A container an earlier holder started is taken over
+    through its command's namespaces instead (:meth:`take_over`). Released when the init
+    is reaped (or, taken over, its pidfd says it ended); a slirp4netns started again
+    for it is killed then too. The descriptors are moved above ``_FD_FLOOR`` so
     that descriptors opened later stay low.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, state: Path) -> None:
+        self.state = state
         self.by_pid: dict[int, _Held] = {}
         self.reports: dict[int, tuple[int, _Held]] = {}
         """Read end of a restore worker's report pipe -> (init pid, what it restores)."""
+        self.unreachable: dict[int, str] = {}
+        """Init pid -> why the running container an earlier holder started cannot be
+        taken over."""
 
     def add(self, init_pid: int, fds: list[int]) -> None:
         self.reaped(init_pid)
@@ -185,17 +201,44 @@ class _Containers:
     def reaped(self, pid: int) -> None:
         held = self.by_pid.pop(pid, None)
         if held is not None:
-            for fd in held.namespaces.values():
-                os.close(fd)
+            for fd in (*held.namespaces.values(), held.watch):
+                if fd is not None:
+                    os.close(fd)
+            _drop_exit_pipe(held)
             _kill(held.slirp)
 
+    @property
+    def watches(self) -> dict[int, int]:
+        """pidfd -> init pid, of every container taken over from an earlier holder."""
+        return {held.watch: pid for pid, held in self.by_pid.items() if held.watch is not None}
+
+    def take_over(self) -> None:
+        """Take over the running containers an earlier holder started (and that are not
+        taken over yet); remember why for those that cannot be."""
+        self.unreachable.clear()
+        parents = parent_pids()
+        for container in adoption.running(self.state):
+            if container.init.pid in self.by_pid:
+                continue
+            try:
+                self.by_pid[container.init.pid] = _adopt(container, parents)
+            except adoption.Unreachable as exc:
+                self.unreachable[container.init.pid] = (
+                    f"the holder that started {container.name} is gone and its namespaces "
+                    f"cannot be reached: {exc}; recreate it"
+                )
+            else:
+                _log(f"took over {container.name} (init {container.init.pid})")
+
     def _held(self, init_pid: int) -> _Held:
+        if init_pid not in self.by_pid:
+            self.take_over()  # started by an earlier holder, and not taken over yet
         held = self.by_pid.get(init_pid)
         if held is None:
             raise _Refused(
                 ErrorCode.UNKNOWN_CONTAINER,
-                f"this holder did not start the container with init {init_pid} (it was "
-                "restarted since): recreate the container",
+                self.unreachable.get(init_pid)
+                or f"no running container has init {init_pid}: recreate the container",
             )
         return held
 
@@ -207,21 +250,27 @@ class _Containers:
             raise _Refused(ErrorCode.RESTORE_FAILED, "its network is being restored already")
         earlier, netns = held.slirp, held.namespaces["net"]
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
 
         def work() -> Reply:
             _kill(earlier)  # an earlier heal's slirp4netns still holds tap0: it must go first
-            identity = restart_slirp(request.container_dir, netns, request.sandbox, request.network)
+            identity = restart_slirp(
+                request.container_dir, netns, request.sandbox, request.network, exit_r
+            )
             os.write(report_w, json.dumps(identity.to_json()).encode())
             return Restored(identity.to_json())
 
         try:
-            fork_worker(conn, (netns, report_w), work, ErrorCode.RESTORE_FAILED)
+            fork_worker(conn, (netns, report_w, exit_r), work, ErrorCode.RESTORE_FAILED)
         except BaseException:
             os.close(report_r)
+            os.close(exit_w)
             raise
         finally:
             os.close(report_w)
-        held.slirp, held.restoring = None, True
+            os.close(exit_r)
+        _drop_exit_pipe(held)  # the earlier helper's, if any: the worker kills it anyway
+        held.slirp, held.slirp_exit, held.restoring = None, _move_high(exit_w), True
         self.reports[report_r] = (request.init_pid, held)
 
     def take_report(self, report_r: int) -> None:
@@ -258,6 +307,24 @@ class _Containers:
         if not ProcessId(request.init_pid, request.init_start_time).alive():
             raise _Refused(ErrorCode.NOT_RUNNING, "the container's init has exited")
         start_runner(conn, request, held.namespaces)
+
+
+def _adopt(container: adoption.Running, parents: dict[int, int]) -> _Held:
+    """What this holder keeps of a running container an earlier holder started: its
+    namespaces, and a pidfd that says when its init ends (opened, then checked to be
+    that init, so a reused pid is never watched)."""
+    try:
+        watch = os.pidfd_open(container.init.pid)
+    except ProcessLookupError:
+        raise adoption.Unreachable("it has exited") from None
+    try:
+        if not container.init.alive():
+            raise adoption.Unreachable("it has exited")
+        namespaces = adoption.adopt(container, parents)
+    except BaseException:
+        os.close(watch)
+        raise
+    return _Held({kind: _move_high(fd) for kind, fd in namespaces.items()}, watch=_move_high(watch))
 
 
 _FD_FLOOR = 4096
@@ -314,6 +381,13 @@ def _move_high(fd: int) -> int:
         return fd
     os.close(fd)
     return high
+
+
+def _drop_exit_pipe(held: _Held) -> None:
+    """Close the exit pipe of the helper this holder restarted for ``held``."""
+    if held.slirp_exit is not None:
+        os.close(held.slirp_exit)
+        held.slirp_exit = None
 
 
 def _kill(identity: ProcessId | None) -> None:
@@ -404,7 +478,7 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
         containers.reaped(pid)
 
 
-def serve(listener: socket.socket) -> None:
+def serve(listener: socket.socket, state: Path) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
@@ -412,16 +486,23 @@ def serve(listener: socket.socket) -> None:
     _raise_fd_limit()
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
     spares = _Spares()
-    containers = _Containers()
+    containers = _Containers(state)
+    try:
+        containers.take_over()
+    except Exception as exc:  # a bug here must not end the holder: a miss tries again
+        _log(f"taking over running containers failed: {type(exc).__name__}: {exc}")
     running = True
     while running:
         spares.refill()
-        readable = wait_readable([listener.fileno(), wake_r, *containers.reports], None)
+        watches = containers.watches
+        readable = wait_readable([listener.fileno(), wake_r, *containers.reports, *watches], None)
         if wake_r in readable:
             _drain(wake_r)
             _reap(spares, containers)
         for report in set(readable) & set(containers.reports):
             containers.take_report(report)
+        for ended in set(readable) & set(watches):
+            containers.reaped(watches[ended])
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:
@@ -436,6 +517,28 @@ def _drain(fd: int) -> None:
     with contextlib.suppress(BlockingIOError):
         while os.read(fd, 512):
             pass
+
+
+def _enter_user_namespace(state: Path) -> bytes:
+    """Join the user namespace of the containers an earlier holder started, if any runs
+    (a sibling namespace could not reach them), else create one; return what to tell
+    the client."""
+    joinable = adoption.user_namespace_to_join(state)
+    if joinable is not None:
+        try:
+            sc.setns(joinable, sc.CLONE_NEWUSER)
+            _log("joined the user namespace of the running containers")
+            return marked(Startup.JOINED, os.getpid())
+        except OSError as exc:
+            _log(f"cannot join the running containers' user namespace: {exc}")
+        finally:
+            os.close(joinable)
+    try:
+        sc.unshare(sc.CLONE_NEWUSER)
+    except OSError as exc:
+        _log(f"cannot create a user namespace: {exc}")
+        return Startup.NO_USERNS.value
+    return marked(Startup.USERNS, os.getpid())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -454,13 +557,10 @@ def main(argv: list[str] | None = None) -> None:
     if os.fork() != 0:
         os._exit(0)  # the client reaps this first process; the holder is its orphan
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    try:
-        sc.unshare(sc.CLONE_NEWUSER)
-    except OSError as exc:
-        _log(f"cannot create a user namespace: {exc}")
-        os.write(args.to_client, Startup.NO_USERNS.value)
+    entered = _enter_user_namespace(state)
+    os.write(args.to_client, entered)
+    if entered == Startup.NO_USERNS.value:
         sys.exit(1)
-    os.write(args.to_client, marked(Startup.USERNS, os.getpid()))
     if os.read(args.from_client, 1) != Startup.MAPPED.value:
         _log("the client did not map ids; giving up")
         sys.exit(1)
@@ -480,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
-    serve(listener)
+    serve(listener, state)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder import logpump
+from runtime.holder.adoption import namespace_ids
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
 from runtime.holder.protocol import (
@@ -149,14 +150,18 @@ def _network(
     return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
 
 
-def restart_slirp(container_dir: str, netns_fd: int, sandbox: bool, network: str) -> ProcessId:
+def restart_slirp(
+    container_dir: str, netns_fd: int, sandbox: bool, network: str, exit_fd: int
+) -> ProcessId:
     """Start the network helper (slirp4netns) again for a running container, from its
     network namespace fd, with the driver of its ``network`` mode.
 
-    It gets no exit pipe (nothing inside the container could hold one now): whoever
-    reaps the container's init kills it, and a remove kills it through ``run.json``.
+    Nothing inside the running container can hold its exit pipe now: the holder holds
+    the other end of ``exit_fd``, so the helper ends when the holder does (whoever
+    outlives it could not end the helper), and the holder kills it when it sees the
+    container's init end; a remove kills it through ``run.json``.
     """
-    return driver_for(network).restart(Path(container_dir), sandbox, netns_fd)
+    return driver_for(network).restart(Path(container_dir), sandbox, netns_fd, exit_fd)
 
 
 def _failure_reply(exc: BaseException) -> Failure:
@@ -207,6 +212,9 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             "started_at": time.time(),
             "cgroup": cgroup,
             "log_pump": log_pump.to_json() if log_pump is not None else None,
+            # Read while the init is still dumpable: a later holder finds them again in
+            # the command's /proc/PID/ns (runtime.holder.adoption).
+            "namespaces": namespace_ids(init.pid),
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)

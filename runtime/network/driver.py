@@ -99,9 +99,10 @@ class NetworkDriver(Protocol):
         when the container ends). None when there is no helper. Raises
         :class:`SlirpError`, or :class:`TimeoutError` when it is not ready in time."""
 
-    def restart(self, cdir: Path, sandbox: bool, netns_fd: int) -> ProcessId:
+    def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         """Start the helper again for a running container, in the network namespace
-        ``netns_fd``; the caller kills it when the container ends."""
+        ``netns_fd``; it ends when ``exit_fd`` (its end of a pipe whose other end the
+        caller keeps) closes, and the caller kills it when the container ends."""
 
     def forwards(self, cdir: Path, name: str) -> Forwards:
         """The forwards of running container ``name``; raises :class:`SlirpError` when
@@ -155,11 +156,12 @@ class Slirp4netnsDriver:
             ),
         )
 
-    def restart(self, cdir: Path, sandbox: bool, netns_fd: int) -> ProcessId:
-        # No exit pipe: nothing inside the running container could hold one now.
+    def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         return _with_sandbox_fallback(
             sandbox,
-            lambda sandboxed: slirp.spawn(cdir, sandboxed, READY_TIMEOUT, netns_fd=netns_fd),
+            lambda sandboxed: slirp.spawn(
+                cdir, sandboxed, READY_TIMEOUT, netns_fd=netns_fd, exit_fd=exit_fd
+            ),
         )
 
     def forwards(self, cdir: Path, name: str) -> Forwards:
@@ -202,7 +204,7 @@ class NoNetwork:
     ) -> ProcessId | None:
         return None
 
-    def restart(self, cdir: Path, sandbox: bool, netns_fd: int) -> ProcessId:
+    def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError(f"{cdir.name!r} has no network helper to start again")
 
     def forwards(self, cdir: Path, name: str) -> Forwards:

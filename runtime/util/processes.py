@@ -13,7 +13,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ("ProcessId", "close_fds_except", "proc_start_time", "reap_children", "wait_readable")
+__all__ = (
+    "ProcessId",
+    "close_fds_except",
+    "descendants",
+    "parent_pids",
+    "proc_start_time",
+    "reap_children",
+    "wait_readable",
+)
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -74,6 +82,14 @@ class ProcessId:
     def alive(self) -> bool:
         return proc_start_time(self.pid) == self.start_time
 
+    def name(self) -> str | None:
+        """The program it runs (``comm``, at most 15 bytes), or None if it is gone."""
+        try:
+            comm = Path(f"/proc/{self.pid}/comm").read_text().rstrip("\n")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return comm if self.alive() else None  # read, then checked still the same process
+
     def send(self, signum: int) -> bool:
         """Send ``signum`` through a pidfd, so a recycled pid is never signalled; False if
         the process is gone."""
@@ -106,6 +122,37 @@ class ProcessId:
 
     def __repr__(self) -> str:
         return f"ProcessId(pid={self.pid}, start_time={self.start_time})"
+
+
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid, of every process this ``/proc`` shows (as its namespace sees
+    them)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                found[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+def descendants(root: int, parent_of: dict[int, int] | None = None) -> list[int]:
+    """Every process below ``root``, breadth first (its children first), from
+    ``parent_of`` (:func:`parent_pids` when not given)."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in (parent_pids() if parent_of is None else parent_of).items():
+        children.setdefault(ppid, []).append(pid)
+    found = list(children.get(root, ()))
+    seen = set(found)
+    for pid in found:  # grows as it goes
+        for child in children.get(pid, ()):
+            if child not in seen:  # a pid reused while /proc was read may loop
+                seen.add(child)
+                found.append(child)
+    return found
 
 
 def close_fds_except(keep: Iterable[int]) -> None:
