@@ -5,20 +5,18 @@ left in the cache. Uses the loop fixture of :mod:`tests.test_reconciler_e2e`."""
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import test_hostile_archives as hostile
 from tests import test_reconciler_e2e as e2e
 from tests.conftest import rootless
-from tests.fixtures.mirror import serve_handler
 from tests.support import free_ports, http_refused
-from tests.test_hostile_archives import HANG_GUARD, Site, _Handler, files_of, many_entries
+from tests.test_hostile_archives import HANG_GUARD, Site, files_of, many_entries
 from tests.test_reconciler_e2e import Loop, cli_env, eventually, put, serves, stopped, web_toml
 
 pytestmark = rootless
@@ -27,19 +25,12 @@ MiB = 1024 * 1024
 
 folder = e2e.folder  # the loop fixture and what it needs, as the e2e tests have them
 loop = e2e.loop
+site = hostile.site  # the stalling HTTP server of the runtime-level tests
 
 
 @pytest.fixture
 def env(state_path: Path, cache_path: Path) -> dict[str, str]:
     return {**cli_env(state_path, cache_path), "SQUISH_UNPACK_MAX_ENTRIES": "1000"}
-
-
-@pytest.fixture
-def site() -> Iterator[tuple[Site, str]]:
-    served = Site()
-    with serve_handler(functools.partial(_Handler, site=served)) as url:
-        yield served, url
-        served.resume.set()
 
 
 def sdk_toml(site: tuple[Site, str], name: str, body: bytes) -> str:
