@@ -25,7 +25,7 @@ from runtime.errors import ArchiveError, ArchiveRefused
 from runtime.images.budget import Budget
 from runtime.images.extract import extract_tar, remove_tree
 from runtime.images.layers import resolve_sdk, resolve_sdks, sweep_cache
-from runtime.settings import UnpackLimits
+from runtime.settings import BadSetting, RuntimeSettings, UnpackLimits
 from runtime.util.cancel import Cancel, Cancelled
 from tests.fixtures.mirror import serve_handler
 
@@ -341,3 +341,15 @@ def test_the_sweep_removes_what_killed_processes_left_and_keeps_the_rest(
         "layers/.node-4567.efgh.extracting",
         "layers/python-0123",
     ]
+
+
+def test_the_limits_come_from_the_environment() -> None:
+    settings = RuntimeSettings.from_environ(
+        {"SQUISH_UNPACK_MAX_ENTRIES": "10", "SQUISH_UNPACK_MAX_BYTES": "4096"}
+    )
+    assert settings.unpack_limits == UnpackLimits(entries=10, depth=128, bytes=4096)
+    assert RuntimeSettings.from_environ({}).unpack_limits == UnpackLimits()
+    with pytest.raises(BadSetting, match="SQUISH_UNPACK_MAX_DEPTH"):
+        RuntimeSettings.from_environ({"SQUISH_UNPACK_MAX_DEPTH": "deep"})
+    with pytest.raises(BadSetting, match="SQUISH_UNPACK_MAX_BYTES"):
+        RuntimeSettings.from_environ({"SQUISH_UNPACK_MAX_BYTES": "0"})
