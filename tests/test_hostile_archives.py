@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import tarfile
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ import pytest
 from runtime.api.spec import SdkLayer
 from runtime.errors import ArchiveError, ArchiveRefused
 from runtime.images.budget import Budget
-from runtime.images.extract import extract_tar, remove_tree
+from runtime.images.extract import extract_tar, remove_tree, sweep_staging
 from runtime.images.layers import resolve_sdk, resolve_sdks, sweep_cache
 from runtime.settings import BadSetting, RuntimeSettings, UnpackLimits
 from runtime.util.cancel import Cancel, Cancelled
@@ -353,3 +354,25 @@ def test_the_limits_come_from_the_environment() -> None:
         RuntimeSettings.from_environ({"SQUISH_UNPACK_MAX_DEPTH": "deep"})
     with pytest.raises(BadSetting, match="SQUISH_UNPACK_MAX_BYTES"):
         RuntimeSettings.from_environ({"SQUISH_UNPACK_MAX_BYTES": "0"})
+
+
+def test_a_staging_tree_swept_before_it_was_locked_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep may look in the instant between the staging tree's mkdir and its lock."""
+    archive = tmp_path / "small.tar.gz"
+    archive.write_bytes(many_entries(3))
+    make = tempfile.mkdtemp
+    made: list[str] = []
+
+    def swept_at_once(*args: Any, **kwargs: Any) -> str:
+        made.append(make(*args, **kwargs))
+        if len(made) == 1:
+            assert sweep_staging(Path(made[0]).parent) == [Path(made[0]).name]
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", swept_at_once)
+    extract_tar(archive, tmp_path / "out" / "layer")
+    assert len(made) == 2
+    assert sorted(os.listdir(tmp_path / "out" / "layer")) == ["f0", "f1", "f2"]
+    assert os.listdir(tmp_path / "out") == ["layer"]

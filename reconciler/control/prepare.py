@@ -132,6 +132,7 @@ class Preparer:
     def _prepare(self, spec: ContainerSpec, cancel: Cancel) -> str | None:
         """In a worker thread: prepare, return why it failed (None: it did not)."""
         try:
+            cancel.check()  # cancelled while it waited for a thread
             self.runtime.prepare(spec, cancel)
         except Cancelled:
             return None

@@ -65,6 +65,7 @@ _PERMISSION_BITS = 0o777
 _CHUNK_SIZE = 256 * 1024
 STAGING_SUFFIX = ".extracting"
 """The suffix of a tree being extracted (hidden: its name starts with a dot)."""
+_STAGING_ATTEMPTS = 5
 _CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
@@ -104,12 +105,8 @@ def extract_tar(
 @contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
     """A new locked staging directory next to ``dest``, removed unless it was published."""
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=STAGING_SUFFIX, dir=dest.parent)
-    )
-    lock_fd = os.open(staging, _DIR_FLAGS)
+    staging, lock_fd = _new_staging(dest)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
         yield staging
     except BaseException:
         remove_tree(staging)
@@ -118,37 +115,70 @@ def _staging(dest: Path) -> Iterator[Path]:
         os.close(lock_fd)
 
 
+def _new_staging(dest: Path) -> tuple[Path, int]:
+    """Make and lock a staging directory. A sweep may find it in the instant before it is
+    locked and remove it: then another is made."""
+    for _ in range(_STAGING_ATTEMPTS):
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=STAGING_SUFFIX, dir=dest.parent)
+        )
+        try:
+            fd = os.open(staging, _DIR_FLAGS)
+        except FileNotFoundError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _is_at(fd, staging):
+            return staging, fd
+        os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, "staging directories keep vanishing", str(dest.parent))
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the directory open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def sweep_staging(folder: Path) -> list[str]:
     """Remove the staging trees in ``folder`` that nobody fills any more (a killed
-    process's: their lock is free); return their names."""
+    process's: their lock is free; it is held while they are removed); return their names."""
     swept: list[str] = []
     try:
-        entries = [e for e in os.scandir(folder) if e.name.startswith(".")]
+        entries = [e for e in os.scandir(folder) if e.name.endswith(STAGING_SUFFIX)]
     except FileNotFoundError:
         return swept
     for entry in entries:
-        if entry.name.endswith(STAGING_SUFFIX) and _abandoned(Path(entry.path)):
-            try:
-                remove_tree(Path(entry.path))
-            except OSError as exc:  # one stubborn leftover must not stop the others
-                log.warning("cannot remove the abandoned staging tree %s: %s", entry.path, exc)
-                continue
-            swept.append(entry.name)
+        path = Path(entry.path)
+        try:
+            if _remove_abandoned(path):
+                swept.append(entry.name)
+        except OSError as exc:  # one stubborn leftover must not stop the others
+            log.warning("cannot remove the abandoned staging tree %s: %s", path, exc)
     return sorted(swept)
 
 
-def _abandoned(path: Path) -> bool:
+def _remove_abandoned(path: Path) -> bool:
+    """Remove the staging tree ``path`` if its lock is free, holding the lock meanwhile."""
     try:
         fd = os.open(path, _DIR_FLAGS)
-    except OSError:
+    except FileNotFoundError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
         return False
+    try:
+        if not _is_at(fd, path):
+            return False
+        remove_tree(path)
+        return True
     finally:
         os.close(fd)
-    return True
 
 
 def unpack_download(

@@ -80,6 +80,7 @@ that trickles bytes just fast enough to beat each read's timeout is still cut of
 
 PARTIAL_SUFFIX = ".part"
 """The suffix of a download in progress (hidden: its name starts with a dot)."""
+_PARTIAL_ATTEMPTS = 5
 _CHUNK_SIZE = 256 * 1024
 _SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 _USER_AGENT = "squish (rootless container runtime)"
@@ -119,12 +120,8 @@ def download(
         return dest
     show_progress = sys.stderr.isatty() if progress is None else progress
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent
-    )
-    temp_path = Path(temp_name)
+    fd, temp_path = _new_partial(dest)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         with os.fdopen(fd, "wb") as out:
             actual = _stream_into(
                 url,
@@ -137,14 +134,32 @@ def download(
             )
             out.flush()
             os.fsync(out.fileno())
-        if expected is not None and actual != expected:
-            raise ChecksumMismatch(url, expected, actual)
-        temp_path.chmod(0o644)
-        os.replace(temp_path, dest)
+            if expected is not None and actual != expected:
+                raise ChecksumMismatch(url, expected, actual)
+            os.fchmod(out.fileno(), 0o644)
+            os.replace(temp_path, dest)  # still locked: a sweep never takes it meanwhile
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _new_partial(dest: Path) -> tuple[int, Path]:
+    """A new locked partial file for ``dest``. A sweep may find it in the instant before
+    it is locked and delete it: then another is made."""
+    for _ in range(_PARTIAL_ATTEMPTS):
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            named = os.stat(name, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        opened = os.fstat(fd)
+        if (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+            return fd, Path(name)
+        os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, "partial downloads keep vanishing", str(dest.parent))
 
 
 def sweep_partial(folder: Path) -> list[str]:
