@@ -4,14 +4,19 @@ never leaving anything in the cache."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
 import io
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -376,3 +381,40 @@ def test_a_staging_tree_swept_before_it_was_locked_is_made_again(
     assert len(made) == 2
     assert sorted(os.listdir(tmp_path / "out" / "layer")) == ["f0", "f1", "f2"]
     assert os.listdir(tmp_path / "out") == ["layer"]
+
+
+def test_what_a_killed_unpack_leaves_is_swept(tmp_path: Path) -> None:
+    archive = tmp_path / "many.tar.gz"
+    archive.write_bytes(many_entries(200_000))
+    layers = tmp_path / "cache" / "layers"
+    layers.mkdir(parents=True)
+    script = (
+        "import sys; from pathlib import Path; from runtime.images.extract import extract_tar; "
+        "extract_tar(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(archive), str(layers / "many-0123")],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        staging = _first_entry(layers, child)  # it is filling its staging tree, locked
+        child.send_signal(signal.SIGSTOP)  # held mid-way (its unpack has seconds to go)
+        assert staging.endswith(".extracting")
+        assert sweep_cache(tmp_path / "cache") == []  # locked: in use
+    finally:
+        child.kill()
+        child.wait()
+    assert os.listdir(layers) == [staging]  # the kill left it
+    assert sweep_cache(tmp_path / "cache") == [staging]
+    assert os.listdir(layers) == []
+
+
+def _first_entry(folder: Path, child: subprocess.Popen[bytes]) -> str:
+    """The first directory in ``folder`` that ``child`` has begun to fill (so it is locked)."""
+    while True:
+        assert child.poll() is None, "the child ended before it made anything"
+        for name in os.listdir(folder):
+            with contextlib.suppress(FileNotFoundError):
+                if os.listdir(folder / name):
+                    return name
+        time.sleep(0.001)
