@@ -26,6 +26,7 @@ from rich.table import Table
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
+from reconciler.control.prepare import Preparer
 from reconciler.control.status import (
     ConditionReport,
     FolderBusy,
@@ -122,6 +123,7 @@ def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Re
         allow_mass_delete=settings.allow_mass_delete,
         mass_delete_window=settings.mass_delete_window,
         writer=writer,
+        preparer=Preparer(runtime),
     )
 
 

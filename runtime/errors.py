@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = (
     "ArchiveError",
+    "ArchiveRefused",
     "ChecksumMismatch",
     "ContainerExists",
     "ContainerNotFound",
@@ -239,6 +240,26 @@ class ArchiveError(SquishError, ValueError):
         self.archive = archive
         self.member = member
         self.reason = reason
+
+
+class ArchiveRefused(ArchiveError):
+    """An archive goes over an unpacking limit (entries, depth or bytes, counted over all
+    the layers of one container). ``at_least`` is what the archive is known to need so
+    far (entries, bytes, deepest path), from its headers; nothing beyond it was written.
+    ``remembered``: refused from the record of an earlier refusal, without downloading."""
+
+    def __init__(
+        self,
+        archive: str,
+        member: str,
+        reason: str,
+        *,
+        at_least: tuple[int, int, int] = (0, 0, 0),
+        remembered: bool = False,
+    ) -> None:
+        super().__init__(archive, member, reason)
+        self.at_least = at_least
+        self.remembered = remembered
 
 
 class LayerNotFound(SquishError, LookupError):

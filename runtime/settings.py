@@ -12,7 +12,7 @@ spec's pydantic models), so that every tier may import it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ __all__ = (
     "DEFAULT_LOG_MAX_SIZE",
     "BadSetting",
     "RuntimeSettings",
+    "UnpackLimits",
 )
 
 DEFAULT_ALPINE_MIRROR = "https://dl-cdn.alpinelinux.org/alpine"
@@ -40,6 +41,30 @@ class BadSetting(ValueError):
         super().__init__(f"{variable}={value!r}: {expected}")
         self.variable = variable
         self.value = value
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much the archives of one container may unpack to, all its SDK layers together
+    (a root filesystem archive alone). See ``docs/security.md``, "Hostile archives"."""
+
+    entries: int = 100_000
+    """``$SQUISH_UNPACK_MAX_ENTRIES``: entries (files, directories, links). The largest
+    common SDKs hold tens of thousands; a million empty entries is an attack."""
+    depth: int = 128
+    """``$SQUISH_UNPACK_MAX_DEPTH``: path components of one entry. Real trees stay under
+    about 30; thousands only serve to overflow whatever walks the tree."""
+    bytes: int = 2 * 1024**3
+    """``$SQUISH_UNPACK_MAX_BYTES``: the sum of file sizes as unpacked (a sparse or highly
+    compressed file counts at its full size). A JDK, a Go, a Python and a Node together
+    take about 1 GiB."""
+
+    def __post_init__(self) -> None:
+        for name in ("entries", "depth", "bytes"):
+            if getattr(self, name) < 1:
+                raise BadSetting(
+                    f"SQUISH_UNPACK_MAX_{name.upper()}", str(getattr(self, name)), "at least 1"
+                )
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,9 @@ class RuntimeSettings:
     layer_index: str | None = None
     """``$SQUISH_LAYER_INDEX``: the base URL of the SDK layer index (``docs/layers.md``);
     unset: layers must be given by url and sha256."""
+    unpack_limits: UnpackLimits = UnpackLimits()
+    """``$SQUISH_UNPACK_MAX_ENTRIES``, ``..._DEPTH``, ``..._BYTES``: what a container's
+    archives may unpack to."""
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in CGROUP_DRIVERS:
@@ -104,7 +132,21 @@ class RuntimeSettings:
             alpine_mirror=_url("SQUISH_ALPINE_MIRROR", get("SQUISH_ALPINE_MIRROR"))
             or DEFAULT_ALPINE_MIRROR,
             layer_index=_url("SQUISH_LAYER_INDEX", get("SQUISH_LAYER_INDEX")),
+            unpack_limits=_unpack_limits(get),
         )
+
+
+def _unpack_limits(get: Callable[[str], str | None]) -> UnpackLimits:
+    defaults = UnpackLimits()
+    values = {}
+    for name in ("entries", "depth", "bytes"):
+        variable = f"SQUISH_UNPACK_MAX_{name.upper()}"
+        raw = get(variable)
+        try:
+            values[name] = int(raw) if raw is not None else getattr(defaults, name)
+        except ValueError:
+            raise BadSetting(variable, str(raw), "expected a whole number") from None
+    return UnpackLimits(**values)
 
 
 def _path(value: str | None) -> Path | None:

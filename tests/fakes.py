@@ -44,6 +44,7 @@ from runtime.errors import (
     PortInUse,
     SlirpError,
 )
+from runtime.util.cancel import Cancel
 
 __all__ = (
     "HANG_GUARD",
@@ -59,6 +60,7 @@ HANG_GUARD = 10.0
 """Seconds a held call or a waiting test waits before giving up with an error."""
 
 Method = Literal[
+    "prepare",
     "create",
     "start",
     "run",
@@ -347,6 +349,22 @@ class FakeRuntime:
         await anyio.to_thread.run_sync(self.wait_until, predicate, what)
 
     # -- the Runtime protocol -----------------------------------------------------------------
+
+    def prepare(self, spec: ContainerSpec, cancel: Cancel | None = None) -> None:
+        """Held (:meth:`hold`) until released or ``cancel`` is cancelled (which releases
+        the hold's gate for every call it holds), then raises ``Cancelled``."""
+        token = cancel or Cancel()
+        with self._cond:
+            gates = [
+                h.gate for h in self._holds if h.method == "prepare" and h.name in (None, spec.name)
+            ]
+
+        def release() -> None:
+            for gate in gates:
+                gate.set()
+
+        with token.unblocking(release):
+            self._invoke("prepare", spec.name, (spec,), {}, token.check)
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
         return self._invoke("create", spec.name, (spec,), {}, lambda: self._create(spec))

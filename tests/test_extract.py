@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import ArchiveError
+from runtime.images.budget import Budget
 from runtime.images.extract import extract_tar, remove_tree
+from runtime.settings import UnpackLimits
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 
@@ -330,7 +332,7 @@ def test_a_decompression_bomb_is_refused_before_it_fills_the_disk(
     )
     assert bomb.stat().st_size < 100_000
     with pytest.raises(ArchiveError, match="unpacks to more than 10000000 bytes") as caught:
-        extract_tar(bomb, target_parent / "rootfs", max_total_bytes=10_000_000)
+        extract_tar(bomb, target_parent / "rootfs", budget=Budget(UnpackLimits(bytes=10_000_000)))
     assert "z2" in str(caught.value)  # stopped at the entry that crossed the limit
     assert_nothing_published(target_parent)
 
@@ -339,5 +341,5 @@ def test_an_archive_of_too_many_entries_is_refused(workspace: tuple[Path, Path, 
     archives, target_parent, _ = workspace
     many = build_tar(archives / "many.tar", [regular(f"f{i}") for i in range(50)])
     with pytest.raises(ArchiveError, match="more than 20 entries"):
-        extract_tar(many, target_parent / "rootfs", max_entries=20)
+        extract_tar(many, target_parent / "rootfs", budget=Budget(UnpackLimits(entries=20)))
     assert_nothing_published(target_parent)

@@ -198,6 +198,12 @@ class Converger:
             except (TypeError, ValueError):
                 continue
 
+    def refuse(self, action: Action, error: str) -> Outcome:
+        """Record ``action`` as failed without running it (what it needs could not be
+        prepared): its container backs off and shows ``error`` like any failure."""
+        self._failed(action.name, f"{action.kind.value} failed: {error}")
+        return Outcome(action, error)
+
     def forget(self, names: set[str]) -> None:
         """Drop what is remembered about containers that are gone for good."""
         for name in set(self._tracks) - names:

@@ -16,8 +16,11 @@ observes every container, so a lost or merged event can never leave a wrong stat
 - the moment a file written in place has been quiet long enough to apply
   (:attr:`reconciler.desired.source.Snapshot.settle_in`).
 
-One task group owns every task; SIGINT/SIGTERM end the loop and leave containers
-running for the next ``run`` to adopt.
+SDK layers are prepared in the background (:mod:`reconciler.control.prepare`): a pass
+never waits for a download or an unpack, and a job that ends triggers a pass.
+
+One task group owns every task; SIGINT/SIGTERM end the loop (cancelling preparations)
+and leave containers running for the next ``run`` to adopt.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from reconciler.control.converge import Converger, Outcome
+from reconciler.control.prepare import Preparer
 from reconciler.control.status import LoopRecord, StatusStore, Writer, state_disk_condition
 from reconciler.desired.source import Source
 from reconciler.desired.types import DesiredState
@@ -89,6 +94,9 @@ class Reconciler:
     """Seconds over which the mass-deletion guard counts this loop's removals."""
     writer: Writer = "loop"
     """Whose record :meth:`save` writes: a loop's, or a one-off ``apply``'s."""
+    preparer: Preparer | None = None
+    """Prepares SDK layers in the background while :func:`run_loop` runs (None: a
+    ``create`` prepares its layers itself, inside the pass)."""
     _holds: dict[str, float] = field(default_factory=dict)
     revision: str | None = None
     """The source's revision the last pass (or dry run) loaded."""
@@ -158,7 +166,9 @@ class Reconciler:
         except Exception as exc:  # housekeeping: a failure must not cost the pass
             swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
-        outcomes = await self.converger.apply(todo) if todo.actions else []
+        now, refused = self._hold_back(todo)
+        outcomes = refused + (await self.converger.apply(now) if now.actions else [])
+        todo = Plan(now.actions + tuple(o.action for o in refused), now.conditions)
         self._count_removals(desired, actual, outcomes)
         result = PassResult(
             todo, tuple(outcomes), started, time.perf_counter() - begin, trigger, self.revision
@@ -211,6 +221,14 @@ class Reconciler:
         ]
         kept = [at for at in self._removed_at if now - at < self.mass_delete_window]
         self._removed_at = kept + [now] * len(removed)
+
+    def _hold_back(self, todo: Plan) -> tuple[Plan, list[Outcome]]:
+        """What this pass applies (not what waits for its layers), and the failures of
+        the actions whose layers could not be prepared."""
+        if self.preparer is None:
+            return todo, []
+        now, failed = self.preparer.hold_back(todo)
+        return now, [self.converger.refuse(action, error) for action, error in failed]
 
     def save(self) -> None:
         """Record the loop's state, errors and back-off for ``status`` and a restart."""
@@ -306,7 +324,12 @@ async def run_loop(
     resync = settings.resync
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
-    async with anyio.create_task_group() as group, send, receive:
+    async with (
+        anyio.create_task_group() as group,
+        send,
+        receive,
+        _preparing(reconciler, functools.partial(_trigger, send, "layers prepared")),
+    ):
         stop = stop or anyio.Event()
         group.start_soon(reconciler.source.watch, functools.partial(_trigger, send), stop)
         group.start_soon(_cancel_on, stop, group.cancel_scope)
@@ -332,6 +355,16 @@ async def run_loop(
             followed_up = again
             wait = 0.0 if again else min(resync, reconciler.next_deadline())
             trigger = await _next_trigger(receive, wait)
+
+
+@asynccontextmanager
+async def _preparing(reconciler: Reconciler, wake: Callable[[], None]) -> AsyncIterator[None]:
+    """Run the reconciler's background preparations (if it has a preparer) while inside."""
+    if reconciler.preparer is None:
+        yield
+        return
+    async with reconciler.preparer.running(wake):
+        yield
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from runtime.api.spec import ContainerSpec, PortMapping, Resources
+
+if TYPE_CHECKING:  # the api tier names the token's type only; util is its own tier
+    from runtime.util.cancel import Cancel
 
 __all__ = ("CommandResult", "ContainerInfo", "ContainerState", "Runtime")
 
@@ -73,6 +76,14 @@ class Runtime(Protocol):
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
         """Prepare a container (fetch rootfs and layers); do not start it."""
+        ...
+
+    def prepare(self, spec: ContainerSpec, cancel: Cancel | None = None) -> None:
+        """Fetch and unpack what ``create`` of ``spec`` needs (its SDK layers) into the
+        cache, so that ``create`` does not wait for it; quick when all of it is cached.
+        Raises what ``create`` would (an archive refused, a download failed), and
+        :class:`~runtime.util.cancel.Cancelled` once ``cancel`` is cancelled (from any
+        thread), leaving nothing half made in the cache."""
         ...
 
     def start(self, name: str) -> ContainerInfo:

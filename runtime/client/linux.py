@@ -33,11 +33,12 @@ from runtime.errors import (
 )
 from runtime.holder.client import SUN_PATH_MAX, failure_error
 from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
-from runtime.images.layers import resolve_sdk
+from runtime.images.layers import resolve_sdks, sweep_cache
 from runtime.images.rootfs import resolve_rootfs
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import prepare_skeleton
 from runtime.security import seccomp
+from runtime.util.cancel import Cancel
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import LOG_FILE, SECCOMP_FILE, LaunchRequest, MountPoint
@@ -94,10 +95,22 @@ class LinuxRuntime(RunningOps):
 
     # -- create and start ---------------------------------------------------------------
 
+    def prepare(self, spec: ContainerSpec, cancel: Cancel | None = None) -> None:
+        self._sdks(spec, cancel)
+
+    def _sdks(self, spec: ContainerSpec, cancel: Cancel | None = None) -> list[Path]:
+        """The extracted SDK layers of ``spec``, all within the unpacking limits."""
+        return resolve_sdks(
+            spec.sdks,
+            self.cache,
+            index_url=self.settings.layer_index,
+            limits=self.settings.unpack_limits,
+            cancel=cancel,
+        )
+
     def _mounts(self, spec: ContainerSpec, cdir: Path) -> tuple[MountPoint, ...]:
         mounts: list[MountPoint] = []
-        for layer in spec.sdks:
-            path = resolve_sdk(layer, self.cache, index_url=self.settings.layer_index)
+        for layer, path in zip(spec.sdks, self._sdks(spec), strict=True):
             real = os.path.realpath(path)  # the cache's own path, links resolved once
             mounts.append(MountPoint(source=real, target=f"/sdk/{layer.name}"))
         mounts.extend(binds.user_bind(spec.name, bind) for bind in spec.binds)
@@ -185,6 +198,8 @@ class LinuxRuntime(RunningOps):
         swept = folders.sweep(self.containers, self._has_record, self._drop_leftover)
         for name in swept:
             self._forget(self.containers / name)
+        for leftover in sweep_cache(self.cache):  # staging trees, partial downloads
+            log.info("removed %s, left in the cache by a killed process", leftover)
         return swept
 
     def _readable(self, cdir: Path) -> bool:

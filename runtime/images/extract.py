@@ -15,18 +15,26 @@ checks are done here by hand, member by member:
 * setuid, setgid and sticky bits are dropped and owners are ignored (the extracting user
   owns everything); directories stay owner-writable until the end, then get their modes.
 
-Extraction goes to a temporary directory next to ``dest`` that is renamed into place
-only when complete, so a crash never leaves a half-extracted tree under the final name.
+What an archive may unpack to is bounded (:class:`runtime.images.budget.Budget`: entries,
+path depth, bytes; shared by all the layers of one container) and checked from each
+member's header before anything of it is written. A :class:`~runtime.util.cancel.Cancel`
+token is checked before each member and each chunk, so an unpack stops at once.
+
+Extraction goes to a temporary directory next to ``dest`` (``.<name>.<random>.extracting``,
+locked with ``flock`` while it is filled) that is renamed into place only when complete,
+so a crash never leaves a half-extracted tree under the final name; it is removed on any
+failure, and :func:`sweep_staging` removes those a killed process left (their lock is
+free). Nothing here recurses: a tree thousands of directories deep is removed in a loop.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import gzip
 import logging
 import lzma
 import os
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -37,13 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ArchiveError
+from runtime.images.budget import Budget, Usage
+from runtime.util.cancel import Cancel, never
 
 __all__ = (
-    "MAX_ENTRIES",
-    "MAX_TOTAL_BYTES",
+    "STAGING_SUFFIX",
     "extract_tar",
     "publish_tree",
     "remove_tree",
+    "sweep_staging",
     "unpack_download",
 )
 
@@ -53,10 +63,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PERMISSION_BITS = 0o777
 _CHUNK_SIZE = 256 * 1024
-MAX_TOTAL_BYTES = 8 * 1024**3
-"""Largest sum of file sizes an archive may unpack to (a rootfs or an SDK is far less)."""
-MAX_ENTRIES = 1_000_000
-"""Most entries an archive may hold."""
+STAGING_SUFFIX = ".extracting"
+"""The suffix of a tree being extracted (hidden: its name starts with a dot)."""
+_STAGING_ATTEMPTS = 5
 _CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
@@ -65,52 +74,138 @@ def extract_tar(
     dest: Path,
     *,
     before_publish: Callable[[Path], None] | None = None,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
-    max_entries: int = MAX_ENTRIES,
-) -> None:
-    """Extract the ``.tar``/``.tar.gz``/``.tar.xz`` ``archive`` into the new directory ``dest``.
+    budget: Budget | None = None,
+    cancel: Cancel | None = None,
+) -> Usage:
+    """Extract the ``.tar``/``.tar.gz``/``.tar.xz`` ``archive`` into the new directory
+    ``dest``; return what it used (entries, bytes, depth), which ``budget`` (default: the
+    default limits, for this archive alone) was charged with.
 
     ``before_publish`` may adjust the extracted tree (still under its temporary name,
     all directories owner-writable) before it is renamed to ``dest``. Raises
-    :class:`ArchiveError` for an unsafe or corrupt archive and :class:`FileExistsError`
-    if ``dest`` exists (also when another process published it first). An archive of more
-    than ``max_entries`` entries, or whose files add up to more than ``max_total_bytes``
-    (a decompression bomb), is refused as it is read, before the excess is written.
+    :class:`ArchiveError` for an unsafe or corrupt archive (:class:`ArchiveRefused` for
+    one over the budget, before the member that crosses it is written),
+    :class:`~runtime.util.cancel.Cancelled` when ``cancel`` is set, and
+    :class:`FileExistsError` if ``dest`` exists (also when another process published it
+    first). The staging tree is removed on every failure.
     """
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "extraction target already exists", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
-    try:
-        extractor = _Extractor(str(archive), staging, max_total_bytes, max_entries)
+    with _staging(dest) as staging:
+        extractor = _Extractor(str(archive), staging, budget or Budget(), cancel or never())
         extractor.run(archive)
         if before_publish is not None:
             before_publish(staging)
         extractor.apply_directory_modes()
         publish_tree(staging, dest)
+    return extractor.usage
+
+
+@contextmanager
+def _staging(dest: Path) -> Iterator[Path]:
+    """A new locked staging directory next to ``dest``, removed unless it was published."""
+    staging, lock_fd = _new_staging(dest)
+    try:
+        yield staging
     except BaseException:
         remove_tree(staging)
         raise
+    finally:
+        os.close(lock_fd)
+
+
+def _new_staging(dest: Path) -> tuple[Path, int]:
+    """Make and lock a staging directory. A sweep may find it in the instant before it is
+    locked and remove it: then another is made."""
+    for _ in range(_STAGING_ATTEMPTS):
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=STAGING_SUFFIX, dir=dest.parent)
+        )
+        try:
+            fd = os.open(staging, _DIR_FLAGS)
+        except FileNotFoundError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _is_at(fd, staging):
+            return staging, fd
+        os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, "staging directories keep vanishing", str(dest.parent))
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the directory open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def sweep_staging(folder: Path) -> list[str]:
+    """Remove the staging trees in ``folder`` that nobody fills any more (a killed
+    process's: their lock is free; it is held while they are removed); return their names."""
+    swept: list[str] = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(STAGING_SUFFIX)]
+    except FileNotFoundError:
+        return swept
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if _remove_abandoned(path):
+                swept.append(entry.name)
+        except OSError as exc:  # one stubborn leftover must not stop the others
+            log.warning("cannot remove the abandoned staging tree %s: %s", path, exc)
+    return sorted(swept)
+
+
+def _remove_abandoned(path: Path) -> bool:
+    """Remove the staging tree ``path`` if its lock is free, holding the lock meanwhile."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        if not _is_at(fd, path):
+            return False
+        remove_tree(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def unpack_download(
-    archive: Path, final: Path, *, before_publish: Callable[[Path], None] | None = None
-) -> Path:
-    """Extract a downloaded ``archive`` into the cache folder ``final`` and return it.
+    archive: Path,
+    final: Path,
+    *,
+    before_publish: Callable[[Path], None] | None = None,
+    budget: Budget | None = None,
+    cancel: Cancel | None = None,
+) -> Usage:
+    """Extract a downloaded ``archive`` into the cache folder ``final``; return what it
+    used (nothing when another process published the same tree first).
 
-    Another process publishing the same tree first is fine. An archive that cannot be
-    extracted safely is deleted along with the error, so that nothing of it stays cached
-    and a repaired mirror is asked again.
+    An archive that cannot be extracted safely is deleted along with the error, so that
+    nothing of it stays cached and a repaired mirror is asked again.
     """
     try:
-        extract_tar(archive, final, before_publish=before_publish)
+        return extract_tar(
+            archive, final, before_publish=before_publish, budget=budget, cancel=cancel
+        )
     except FileExistsError:
         if not final.is_dir():
             raise
     except ArchiveError:
         archive.unlink(missing_ok=True)
         raise
-    return final
+    return Usage()
 
 
 def publish_tree(staging: Path, final: Path) -> None:
@@ -131,19 +226,56 @@ def publish_tree(staging: Path, final: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove ``path`` recursively, first making its directories owner-accessible."""
+    """Remove ``path`` recursively, first making its directories owner-accessible.
+
+    A loop, not a recursion, holding one directory open at a time: a tree of any depth
+    is removed (going back up through ``..``, which in a tree of our own is its parent).
+    """
     if not os.path.lexists(path):
         return
     if path.is_symlink() or not path.is_dir():
         path.unlink()
         return
     _make_owner_accessible(path)
-    for parent, dirnames, _files in os.walk(path):
-        for name in dirnames:
-            child = Path(parent, name)
-            if not child.is_symlink():
-                _make_owner_accessible(child)
-    shutil.rmtree(path)
+    fd = os.open(path, _DIR_FLAGS)
+    stack = [("", _clear_files(fd))]
+    try:
+        while stack:
+            name, pending = stack[-1]
+            if pending:
+                child = pending.pop()
+                fd = _enter_to_remove(fd, child)
+                stack.append((child, _clear_files(fd)))
+                continue
+            stack.pop()
+            if stack:
+                parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _enter_to_remove(fd: int, child: str) -> int:
+    """Open the subdirectory ``child`` of ``fd`` (made owner-accessible); close ``fd``."""
+    mode = stat.S_IMODE(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode)
+    if mode & 0o700 != 0o700:
+        os.chmod(child, mode | 0o700, dir_fd=fd)
+    child_fd = os.open(child, _DIR_FLAGS, dir_fd=fd)
+    os.close(fd)
+    return child_fd
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; return its subdirectories."""
+    with os.scandir(fd) as listing:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+    for name, is_dir in entries:
+        if not is_dir:
+            os.unlink(name, dir_fd=fd)
+    return [name for name, is_dir in entries if is_dir]
 
 
 def _make_owner_accessible(directory: Path) -> None:
@@ -163,10 +295,10 @@ class _DirectoryMode:
 class _Extractor:
     label: str
     root: Path
-    max_total_bytes: int = MAX_TOTAL_BYTES
-    max_entries: int = MAX_ENTRIES
-    total_bytes: int = 0
-    entries: int = 0
+    budget: Budget
+    cancel: Cancel
+    usage: Usage = field(default_factory=Usage)
+    """What this archive used so far (the budget holds what came before it)."""
     directory_modes: dict[tuple[str, ...], _DirectoryMode] = field(default_factory=dict)
     linkable: set[tuple[str, ...]] = field(default_factory=set)
     skipped_special: list[str] = field(default_factory=list)
@@ -175,12 +307,12 @@ class _Extractor:
         current = ""
         try:
             with tarfile.open(archive, "r:*") as tar:
-                for member in tar:
+                while (member := self._next(tar)) is not None:
                     current = member.name
-                    self._count(member)
                     self._extract_member(tar, member)
         except _CORRUPT_ARCHIVE_ERRORS as exc:
             raise ArchiveError(self.label, current, f"corrupt or truncated archive: {exc}") from exc
+        self.budget.used.add(self.usage)
         if self.skipped_special:
             log.info(
                 "%s: skipped %d device node(s)/fifo(s): %s",
@@ -189,19 +321,18 @@ class _Extractor:
                 ", ".join(self.skipped_special[:10]),
             )
 
-    def _count(self, member: tarfile.TarInfo) -> None:
-        """Refuse an archive that would unpack to absurd sizes, before writing the entry."""
-        self.entries += 1
-        if self.entries > self.max_entries:
-            raise ArchiveError(self.label, member.name, f"more than {self.max_entries} entries")
-        if member.isreg():
-            self.total_bytes += member.size
-            if self.total_bytes > self.max_total_bytes:
-                raise ArchiveError(
-                    self.label,
-                    member.name,
-                    f"unpacks to more than {self.max_total_bytes} bytes",
-                )
+    def _next(self, tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+        """The next member, charged to the budget from its header alone. ``tarfile``
+        would keep every member read in a list: it is emptied as we go (hard links are
+        resolved by our own bookkeeping, never through that list)."""
+        self.cancel.check()
+        member = tar.next()
+        tar.members.clear()  # type: ignore[attr-defined]  # an attribute typeshed omits
+        if member is not None:
+            depth = len(self._safe_parts(member.name, member.name))
+            size = member.size if member.isreg() else 0
+            self.budget.charge(self.label, member.name, self.usage, depth=depth, size=size)
+        return member
 
     def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         if member.ischr() or member.isblk() or member.isfifo():
@@ -302,6 +433,7 @@ class _Extractor:
         fd = os.open(leaf, _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         with source, os.fdopen(fd, "wb") as out:
             while chunk := source.read(_CHUNK_SIZE):
+                self.cancel.check()
                 out.write(chunk)
             os.fchmod(out.fileno(), member.mode & _PERMISSION_BITS)
             os.utime(out.fileno(), (member.mtime, member.mtime))

@@ -19,12 +19,20 @@ Every failure is a :class:`~runtime.errors.FetchError` naming the URL and a reas
 user can act on (refused, DNS, timeout, HTTP status, truncated), or a
 :class:`~runtime.errors.ChecksumMismatch`. A failed download never leaves a file under
 the destination name: bytes go to a temporary file in the destination's folder and are
-``os.replace``-d into place only after the sha256 matched.
+``os.replace``-d into place only after the sha256 matched. That temporary file is locked
+(``flock``) while it is written; :func:`sweep_partial` removes those a killed process left.
+
+A :class:`~runtime.util.cancel.Cancel` token stops a download at once: it is checked per
+chunk, and cancelling shuts the connection's socket down, so a read blocked on a stalled
+server returns (before the response headers arrive, only the read timeout bounds it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -49,8 +57,18 @@ from rich.progress import (
 )
 
 from runtime.errors import ChecksumMismatch, FetchError
+from runtime.util.cancel import Cancel, never
 
-__all__ = ("DEADLINE", "MAX_DOWNLOAD", "MAX_REDIRECTS", "download", "fetch_bytes", "file_sha256")
+__all__ = (
+    "DEADLINE",
+    "MAX_DOWNLOAD",
+    "MAX_REDIRECTS",
+    "PARTIAL_SUFFIX",
+    "download",
+    "fetch_bytes",
+    "file_sha256",
+    "sweep_partial",
+)
 
 MAX_REDIRECTS = 10
 """How many redirects one request may follow before it fails as a loop."""
@@ -60,6 +78,9 @@ DEADLINE = 900.0
 """Seconds a download's body may take to arrive (checked as each piece arrives): a server
 that trickles bytes just fast enough to beat each read's timeout is still cut off."""
 
+PARTIAL_SUFFIX = ".part"
+"""The suffix of a download in progress (hidden: its name starts with a dot)."""
+_PARTIAL_ATTEMPTS = 5
 _CHUNK_SIZE = 256 * 1024
 _SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 _USER_AGENT = "squish (rootless container runtime)"
@@ -83,6 +104,7 @@ def download(
     timeout: float = 30.0,
     deadline: float = DEADLINE,
     max_bytes: int = MAX_DOWNLOAD,
+    cancel: Cancel | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
@@ -90,15 +112,15 @@ def download(
     and nothing is written under ``dest``; if ``dest`` already holds those bytes no
     request is made. ``progress`` shows a progress bar on stderr (``None``: only when
     stderr is a terminal). ``timeout`` bounds each connect/read/write, in seconds;
-    ``deadline`` the whole download; ``max_bytes`` its size.
+    ``deadline`` the whole download; ``max_bytes`` its size. ``cancel`` stops it with
+    :class:`~runtime.util.cancel.Cancelled`.
     """
     expected = _normalise_sha256(sha256) if sha256 is not None else None
     if expected is not None and dest.is_file() and file_sha256(dest) == expected:
         return dest
     show_progress = sys.stderr.isatty() if progress is None else progress
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    temp_path = Path(temp_name)
+    fd, temp_path = _new_partial(dest)
     try:
         with os.fdopen(fd, "wb") as out:
             actual = _stream_into(
@@ -108,17 +130,60 @@ def download(
                 show_progress=show_progress,
                 timeout=timeout,
                 limits=(time.monotonic() + deadline, deadline, max_bytes),
+                cancel=cancel or never(),
             )
             out.flush()
             os.fsync(out.fileno())
-        if expected is not None and actual != expected:
-            raise ChecksumMismatch(url, expected, actual)
-        temp_path.chmod(0o644)
-        os.replace(temp_path, dest)
+            if expected is not None and actual != expected:
+                raise ChecksumMismatch(url, expected, actual)
+            os.fchmod(out.fileno(), 0o644)
+            os.replace(temp_path, dest)  # still locked: a sweep never takes it meanwhile
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _new_partial(dest: Path) -> tuple[int, Path]:
+    """A new locked partial file for ``dest``. A sweep may find it in the instant before
+    it is locked and delete it: then another is made."""
+    for _ in range(_PARTIAL_ATTEMPTS):
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            named = os.stat(name, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        opened = os.fstat(fd)
+        if (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+            return fd, Path(name)
+        os.close(fd)
+    raise FileNotFoundError(errno.ENOENT, "partial downloads keep vanishing", str(dest.parent))
+
+
+def sweep_partial(folder: Path) -> list[str]:
+    """Delete the partial downloads in ``folder`` that nobody writes any more (a killed
+    process's: their lock is free); return their names."""
+    swept: list[str] = []
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(PARTIAL_SUFFIX)]
+    except FileNotFoundError:
+        return swept
+    for name in names:
+        try:
+            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            (folder / name).unlink(missing_ok=True)
+            swept.append(name)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+    return sorted(swept)
 
 
 def fetch_bytes(url: str, *, max_bytes: int, timeout: float = 30.0) -> bytes:
@@ -159,6 +224,7 @@ def _stream_into(
     show_progress: bool,
     timeout: float,
     limits: tuple[float, float, int],
+    cancel: Cancel,
 ) -> str:
     """Stream the body of ``url`` into ``out``; return its sha256. ``limits``: the
     monotonic time it must end by, that deadline in seconds (for messages), most bytes."""
@@ -174,8 +240,11 @@ def _stream_into(
         declared = _declared_length(url, response)
         if declared is not None and declared > max_bytes:
             raise FetchError(url, f"response of {declared} bytes exceeds the {max_bytes} limit")
-        with _progress_reporter(label, declared, enabled=show_progress) as advance:
-            for chunk in response.iter_raw():  # as they arrive: the deadline is checked per read
+        with (
+            cancel.unblocking(functools.partial(_shut_down, response)),
+            _progress_reporter(label, declared, enabled=show_progress) as advance,
+        ):
+            for chunk in _chunks(response, cancel):  # as they arrive: checked per read
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
@@ -189,6 +258,28 @@ def _stream_into(
     if declared is not None and received != declared:
         raise FetchError(url, f"truncated body: got {received} of {declared} bytes")
     return digest.hexdigest()
+
+
+def _chunks(response: httpx.Response, cancel: Cancel) -> Iterator[bytes]:
+    """The raw body as it arrives; :class:`Cancelled` (not a broken connection) once
+    ``cancel`` is set, whose callback shut the socket down."""
+    cancel.check()
+    try:
+        for chunk in response.iter_raw():
+            cancel.check()
+            yield chunk
+    except httpx.HTTPError:
+        cancel.check()
+        raise
+
+
+def _shut_down(response: httpx.Response) -> None:
+    """Make a read blocked on ``response``'s connection return."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_status(url: str, response: httpx.Response) -> None:

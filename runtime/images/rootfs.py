@@ -260,7 +260,8 @@ def alpine_rootfs(
         sha256=sha256,
         progress=progress,
     )
-    return unpack_download(archive, final, before_publish=_add_mount_points)
+    unpack_download(archive, final, before_publish=_add_mount_points)
+    return final
 
 
 def _cached_alpine(cache: Path, version: str) -> Path | None:
