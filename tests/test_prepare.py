@@ -83,7 +83,7 @@ async def test_a_stuck_preparation_holds_up_no_other_containers_change(
         second = await loop.reconcile("test")
         assert preparer_of(loop).preparing() == ["sdk"]
     assert [str(a).split(":")[0] for a in first.plan.actions] == ["create web"]
-    assert [a.kind.value for a in second.plan.actions] == ["unbind", "bind"]
+    assert [a.kind.value for a in second.plan.actions] == ["bind", "release"]
     assert [p.host for p in runtime.inspect("web").ports] == [8081]
     assert runtime.history("run") == [("run", "web")]
     (ended,) = runtime.ended("prepare", "sdk")  # leaving the loop cancelled it
