@@ -1180,6 +1180,53 @@ async def test_a_forward_that_cannot_be_put_back_is_reported_and_stops_the_relea
     assert converger.last_errors()["a"] == f"putting back {P8080} failed: {taken}"
 
 
+@pytest.mark.anyio
+async def test_a_pass_cancelled_before_the_take_puts_the_freed_forward_back(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b", env={"V": "1"}))
+    fake.never_ready.add("b.next")
+    check = HealthCheck(tcp=80, interval=60.0, retries=1000)
+    new = dataclasses.replace(start_first("b", env={"V": "2"}, ports=[P8080]), health=check)
+    began, waited, out = anyio.Event(), list[float](), list[Outcome]()
+    converger = Converger(fake, clock=clock, sleep=functools.partial(stuck, began, waited))
+    todo = Plan((act(UNBIND, "a", [P8080], wanted=want("a")), act(RECREATE, "b", wanted=new)))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, out, converger, todo)
+        await began.wait()  # b's replacement waits for its health check: Ctrl-C
+        group.cancel_scope.cancel()
+
+    assert fake.history("remove", "add_port") == [("remove", "b.next"), ("add_port", "a")]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((P8080,), ())
+
+
+@pytest.mark.anyio
+async def test_a_pass_cancelled_while_a_take_runs_counts_that_take(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    gate = fake.hold("run", "b")
+    todo = Plan(
+        (
+            act(UNBIND, "a", [P8080], wanted=want("a")),
+            act(CREATE, "b", wanted=want("b", ports=[P8080])),
+        )
+    )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, [], converger, todo)
+        with fake.releasing():
+            await fake.until(reached(fake, "run", 1, 1), "b's run in flight")
+        group.cancel_scope.cancel()  # the run in its thread still finishes
+        gate.set()
+
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (P8080,))
+    assert fake.history("add_port") == []  # b has it: nothing to put back
+    assert converger.last_errors() == {}
+
+
 # -- surviving a controller restart ------------------------------------------------------------
 
 

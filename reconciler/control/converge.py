@@ -7,7 +7,8 @@ has no further action in this pass (so its old forwards are not released), and i
 off before the next attempt (client-go style: a few milliseconds, doubling, capped).
 Between phases 1 and 2, every forward unbound in phase 0 whose host side no take of
 phase 1 got is put back on its container: a failed bind, create or start never costs a
-forward that served before. A container whose command keeps exiting is restarted with a
+forward that served before; a pass cancelled in any phase (Ctrl-C, SIGTERM) puts them
+back too, before it ends. A container whose command keeps exiting is restarted with a
 crash back-off (100 ms doubling to 60 s by default), reset once it has run for a while;
 it never delays anyone else.
 
@@ -230,15 +231,28 @@ class Converger:
             if phase == 1:
                 batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
                 batch = [a for a in batch if a.name not in failed]
-            results: list[Outcome] = []
-            async with anyio.create_task_group() as group:
-                for action in batch:
-                    group.start_soon(self._run_one, action, phase, limiter, results)
-            if phase == 1:
-                results += await self._blocking(self._put_back)
+            results = await self._run_phase(batch, phase, limiter)
             failed |= {o.action.name for o in results if not o.ok}
             outcomes += results
         return outcomes
+
+    async def _run_phase(
+        self, batch: Sequence[Action], phase: int, limiter: anyio.CapacityLimiter
+    ) -> list[Outcome]:
+        """Run one phase's actions at once; after phase 1, or when cancelled in any phase
+        (Ctrl-C, SIGTERM), put back what phase 0 freed and nothing took."""
+        results: list[Outcome] = []
+        try:
+            async with anyio.create_task_group() as group:
+                for action in batch:
+                    group.start_soon(self._run_one, action, phase, limiter, results)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._blocking(self._put_back)
+            raise
+        if phase == 1:
+            results += await self._blocking(self._put_back)
+        return results
 
     async def _run_one(
         self, action: Action, phase: int, limiter: anyio.CapacityLimiter, out: list[Outcome]
@@ -330,7 +344,8 @@ class Converger:
         """Put back each forward unbound in phase 0 whose host side no take of phase 1
         got (its replacement failed or never ran), on the container it came from."""
         outcomes = []
-        for name, port in self._ledger.unreplaced():
+        unreplaced, self._ledger.freed = self._ledger.unreplaced(), []
+        for name, port in unreplaced:
             reason = "put back: what was to take its host port did not get it"
             action = Action(ActionKind.BIND, name, reason, ports=(port,))
             try:
