@@ -384,3 +384,26 @@ def test_links_that_loop_or_lead_nowhere_are_followed_no_further(tmp_path: Path)
     linked = linked_from(tmp_path)
     assert {tmp_path / "loop.toml", tmp_path / "gone.toml"} <= linked.paths
     assert tmp_path / "missing" not in linked.folders  # it does not exist: nothing to watch
+
+
+def test_links_that_double_at_each_step_are_followed_as_far_as_the_kernel_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # l0 -> l1/l1, l1 -> l2/l2, ..., l12 -> .: each link leads through two more, so the
+    # kernel gives up (ELOOP) after 40 links; a walk that counts depth only reads 2**13.
+    (tmp_path / "l12").symlink_to(".")
+    for k in range(11, -1, -1):
+        (tmp_path / f"l{k}").symlink_to(f"l{k + 1}/l{k + 1}")
+    (tmp_path / "web.toml").symlink_to("l0/l0/real.toml")
+    (tmp_path / "real.toml").write_text(APP)
+    read: list[str] = []
+    readlink = os.readlink
+
+    def counted(path: str | os.PathLike[str]) -> str:
+        read.append(os.fspath(path))
+        return readlink(path)
+
+    monkeypatch.setattr(os, "readlink", counted)
+    linked = linked_from(tmp_path)
+    assert tmp_path / "web.toml" in linked.paths
+    assert len(read) <= 41  # web.toml, then at most the kernel's 40 links
