@@ -9,8 +9,9 @@ can escape the root, nor be redirected (onto /proc, say) by a symlink a containe
 in a read-write bind that holds a nested target.
 
 Bind sources are opened with ``openat2(RESOLVE_NO_SYMLINKS)`` at every start and mounted
-by fd (a detached copy, made read-only before it is attached to the target's fd): a container that replaced a folder of a read-write bind with a symlink (the source
-of another bind below it) gets a refused start, never the host's file at the link's end.
+by fd (a detached copy, made read-only before it is attached to the target's fd): a
+container that replaced a folder of a read-write bind with a symlink (the source of
+another bind below it) gets a refused start, never the host's file at the link's end.
 
 ``prepare_skeleton`` runs in the client; ``assemble`` and ``enter_root`` run in the
 container's init, inside its new mount namespace, before the command starts.
