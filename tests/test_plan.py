@@ -471,6 +471,15 @@ CONFLICTS = [
         ),
         id="three-way-one-winner",
     ),
+    pytest.param(
+        Case(
+            desired(A_8081, B_8080, want("c", ports=[P8081])),
+            (running(A_8081), running(want("c", ports=[P8080]))),
+            (),
+            ("PortConflict b", "PortConflict c"),
+        ),
+        id="a-refused-file-keeps-its-forwards-so-no-one-else-takes-them",
+    ),
 ]
 
 BROKEN_FILES = [

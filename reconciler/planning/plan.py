@@ -377,10 +377,20 @@ def _removal_guard(
 def _port_losers(
     state: _Pass, taken: set[str], reserved: Mapping[str, tuple[PortMapping, ...]]
 ) -> dict[str, str]:
-    """Phase "ports": the containers that may not take their host ports now, and why."""
+    """Phase "ports": the containers that may not take their host ports now, and why.
+
+    A refused file's running container is left as it is, old forwards included: those
+    are kept from every other file too (else that one would fail to bind them, again
+    and again, with a port "in use" by this folder's own container)."""
     contenders = [want for name, want in state.desired.containers.items() if name not in taken]
-    refused = refuse_ports([claim_of(w) for w in contenders], holders_of(state.ours), reserved)
-    return {contenders[i].name: str(problem) for i, problem in refused.items()}
+    claims, holders, kept = [claim_of(w) for w in contenders], holders_of(state.ours), {**reserved}
+    while True:
+        refused = refuse_ports(claims, holders, kept)
+        losers = {contenders[i].name: str(problem) for i, problem in refused.items()}
+        more = {n: state.ours[n].ports for n in losers if n in state.ours and n not in kept}
+        if not any(more.values()):
+            return losers
+        kept |= more
 
 
 def _for_container(
