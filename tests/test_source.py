@@ -347,11 +347,13 @@ async def test_a_configmap_swap_is_applied_by_the_watcher(tmp_path: Path) -> Non
     async with folder_loop(tmp_path, probe="probe.toml") as folder:  # resync: an hour
         configmap_version(tmp_path, "..2026_12_01_00_00_00.2", with_port(8081))
         await folder.until(lambda r: bool(r.plan.actions))
+        await folder.until(lambda r: not r.plan.actions)  # the look again after changes
         first = [p.host for p in folder.fake.inspect("web").ports]
         configmap_version(tmp_path, "..2026_12_01_00_00_00.3", with_port(8082))
-        await folder.until(lambda r: bool(r.plan.actions))
+        seen = await folder.until(lambda r: bool(r.plan.actions))
         second = [p.host for p in folder.fake.inspect("web").ports]
     assert (first, second) == ([8081], [8082])
+    assert seen[-1].trigger in ("files changed", "links changed")  # the watch still runs
     assert sorted(info.name for info in folder.fake.list()) == ["probe", "web"]
     assert [c.method for c in folder.fake.calls].count("run") == 2  # ..data is no squishfile
 

@@ -120,6 +120,7 @@ class FolderSource:
             return False
         watch.identity = (st.st_dev, st.st_ino)
         linked = linked_from(real)
+        relinked = False
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(_relay, stop, watch.disarm)
@@ -139,11 +140,12 @@ class FolderSource:
                     if watch.stale(self.folder):
                         break
                     if linked_from(real) != linked:
-                        return True
-                group.cancel_scope.cancel()
+                        relinked = True
+                        break
+                group.cancel_scope.cancel()  # _relay's too: else leaving waits for ``stop``
         except* (FileNotFoundError, RuntimeError, OSError):
             pass  # the folder vanished: the periodic resync notices, the caller re-arms
-        return False
+        return relinked
 
 
 def _counts(folder: Path, linked: frozenset[Path], change: Change, path: str) -> bool:
