@@ -373,6 +373,21 @@ async def test_a_linked_file_outside_the_folder_is_watched(tmp_path: Path) -> No
     assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
 
 
+@pytest.mark.anyio
+async def test_a_linked_file_whose_folder_appears_later_is_watched(tmp_path: Path) -> None:
+    desired, conf = tmp_path / "desired", tmp_path / "elsewhere" / "conf"
+    desired.mkdir()
+    conf.parent.mkdir()
+    (desired / "web.toml").symlink_to(conf / "web.toml")  # leads nowhere yet
+    (desired / "probe.toml").write_text(APP)
+    async with folder_loop(desired, probe="probe.toml") as folder:
+        conf.mkdir()
+        (conf / ".web.toml.new").write_bytes(with_port(8081))
+        (conf / ".web.toml.new").rename(conf / "web.toml")
+        await folder.until(lambda r: bool(r.plan.actions))
+    assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+
+
 def test_a_configmap_layout_is_read_as_its_squishfiles_alone(tmp_path: Path) -> None:
     configmap_version(tmp_path, "..2026_12_01_00_00_00.1", with_port(8080))
     desired = FolderSource(tmp_path).load().desired
