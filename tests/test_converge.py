@@ -14,6 +14,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -1180,26 +1181,39 @@ async def test_a_forward_that_cannot_be_put_back_is_reported_and_stops_the_relea
     assert converger.last_errors()["a"] == f"putting back {P8080} failed: {taken}"
 
 
+def a_port_for_b(fake: FakeRuntime, **changes: Any) -> tuple[DesiredContainer, Action]:
+    """a forwards 8080, b runs without: b's start-first replacement (with ``changes``)
+    that asks for it, and the unbind that frees it."""
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b", env={"V": "1"}))
+    new = dataclasses.replace(start_first("b", env={"V": "2"}, ports=[P8080]), **changes)
+    return new, act(UNBIND, "a", [P8080], wanted=want("a"))
+
+
 @pytest.mark.anyio
 async def test_a_pass_cancelled_before_the_take_puts_the_freed_forward_back(
     fake: FakeRuntime, clock: FakeClock
 ) -> None:
-    fake.seed(spec("a", ports=[P8080]))
-    fake.seed(spec("b", env={"V": "1"}))
     fake.never_ready.add("b.next")
     check = HealthCheck(tcp=80, interval=60.0, retries=1000)
-    new = dataclasses.replace(start_first("b", env={"V": "2"}, ports=[P8080]), health=check)
-    began, waited, out = anyio.Event(), list[float](), list[Outcome]()
-    converger = Converger(fake, clock=clock, sleep=functools.partial(stuck, began, waited))
-    todo = Plan((act(UNBIND, "a", [P8080], wanted=want("a")), act(RECREATE, "b", wanted=new)))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(apply_into, out, converger, todo)
-        await began.wait()  # b's replacement waits for its health check: Ctrl-C
-        group.cancel_scope.cancel()
+    # b's replacement waits for its health check: Ctrl-C
+    await cancel_at_first_sleep(fake, clock, *a_port_for_b(fake, health=check))
 
     assert fake.history("remove", "add_port") == [("remove", "b.next"), ("add_port", "a")]
     assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((P8080,), ())
+
+
+@pytest.mark.anyio
+async def test_a_pass_cancelled_in_the_drain_leaves_the_port_with_the_replacement(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    # the replacement serves the port: Ctrl-C during the drain
+    _, _, converger = await cancel_at_first_sleep(fake, clock, *a_port_for_b(fake, drain=3600.0))
+
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (P8080,))
+    assert fake.inspect("b").spec.env == {"V": "2"}  # the hand-over was finished
+    assert fake.history("add_port") == [("add_port", "b.next")]  # nothing put back on a
+    assert "a" not in converger.last_errors()
 
 
 @pytest.mark.anyio
@@ -1428,17 +1442,18 @@ async def stuck(began: anyio.Event, waited: list[float], seconds: float) -> None
 
 
 async def cancel_at_first_sleep(
-    fake: FakeRuntime, clock: FakeClock, new: DesiredContainer
-) -> tuple[list[float], list[Outcome]]:
-    """Apply a recreate of ``new`` and cancel the pass once it waits: the sleeps it began
-    and the outcomes it reported."""
+    fake: FakeRuntime, clock: FakeClock, new: DesiredContainer, *first: Action
+) -> tuple[list[float], list[Outcome], Converger]:
+    """Apply ``first`` and a recreate of ``new``, and cancel the pass once it waits: the
+    sleeps it began, the outcomes it reported, and its converger."""
     began, waited, out = anyio.Event(), list[float](), list[Outcome]()
     converger = Converger(fake, clock=clock, sleep=functools.partial(stuck, began, waited))
+    todo = Plan((*first, act(RECREATE, new.name, wanted=new)))
     async with anyio.create_task_group() as group:
-        group.start_soon(apply_into, out, converger, Plan((act(RECREATE, "web", wanted=new),)))
+        group.start_soon(apply_into, out, converger, todo)
         await began.wait()
         group.cancel_scope.cancel()
-    return waited, out
+    return waited, out, converger
 
 
 @pytest.mark.anyio
@@ -1447,7 +1462,7 @@ async def test_a_cancelled_pass_stops_the_drain_and_finishes_the_hand_over(
 ) -> None:
     fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
     new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), drain=3600.0)
-    waited, out = await cancel_at_first_sleep(fake, clock, new)
+    waited, out, _ = await cancel_at_first_sleep(fake, clock, new)
 
     assert waited == [3600.0] and out == []
     assert fake.history() == [
@@ -1468,7 +1483,7 @@ async def test_a_cancelled_pass_stops_the_health_checks_and_keeps_the_old_contai
     fake.never_ready.add("web.next")
     check = HealthCheck(tcp=80, interval=60.0, retries=1000)
     new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), health=check)
-    waited, out = await cancel_at_first_sleep(fake, clock, new)
+    waited, out, _ = await cancel_at_first_sleep(fake, clock, new)
 
     assert waited == [60.0] and out == []
     assert fake.history("probe_tcp") == [("probe_tcp", "web.next")]

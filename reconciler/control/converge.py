@@ -383,6 +383,7 @@ class Converger:
             with anyio.CancelScope(shield=True):
                 await self._blocking(self._undo_replacement, temp, want.name, moved)
             raise
+        self._ledger.taken += want.spec.ports  # from here on the hand-over is finished
         try:
             await self.sleep(want.drain)  # requests the old one accepted may finish
         finally:
