@@ -1217,6 +1217,39 @@ async def test_a_pass_cancelled_in_the_drain_leaves_the_port_with_the_replacemen
 
 
 @pytest.mark.anyio
+async def test_a_replacement_takes_a_port_from_a_running_container_only_once_ready(
+    tmp_path: Path, fake: FakeRuntime, clock: FakeClock
+) -> None:
+    served: list[tuple[PortMapping, ...]] = []
+
+    async def sleep(seconds: float) -> None:  # while the replacement gets ready
+        served.append(fake.inspect("a").ports)
+
+    converger = Converger(fake, clock=clock, sleep=sleep)
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080, b=None)
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080, env="2")
+    with (tmp_path / "b.toml").open("a") as file:
+        file.write('[update]\nstrategy = "start-first"\n[health]\ntcp = 80\nretries = 3\n')
+    fake.never_ready.add("b.next")
+
+    outcomes = await converger.apply(plan_now())
+
+    assert [o.ok for o in outcomes] == [False]  # the replacement never got ready
+    assert len(served) == 3 and set(served) == {(port(18080),)}  # a served it all along
+    assert fake.history("remove_port", "add_port") == []
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((port(18080),), ())
+
+    fake.never_ready.clear()
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert [o.ok for o in outcomes] == [True]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+    assert fake.inspect("b").spec.env == {"V": "2"}
+
+
+@pytest.mark.anyio
 async def test_a_pass_cancelled_while_a_take_runs_counts_that_take(
     fake: FakeRuntime, converger: Converger
 ) -> None:

@@ -274,8 +274,7 @@ class Converger:
         if not _starts_first(action):
             await self._blocking(self._act, action, phase)
         elif phase == 1:  # in phase 0 the old container keeps serving
-            assert action.desired is not None
-            await self._replace_start_first(action.desired)
+            await self._replace_start_first(action)
 
     def _act(self, action: Action, phase: int) -> None:
         """One action that needs no waiting, in a worker thread."""
@@ -361,27 +360,30 @@ class Converger:
         assert action.desired is not None
         self.runtime.update_resources(action.name, action.desired.spec.resources)
 
-    async def _replace_start_first(self, want: DesiredContainer) -> None:
+    async def _replace_start_first(self, action: Action) -> None:
         """Start the replacement without forwards, wait until it is ready, move the
-        forwards over one by one, wait out the drain, give the new one the name and stop
+        forwards over one by one (the old one's, and those ``action.moves`` takes from
+        other running containers), wait out the drain, give the new one the name and stop
         the old one. A replacement that never gets ready is removed and the old one kept;
-        a failure while the forwards move puts them back.
+        a failure while the forwards move puts them back where they were.
 
         The waits (health checks, drain) are async sleeps between single runtime calls:
         cancelling the pass stops them at once. Cancelled while waiting for readiness,
         the replacement is removed; cancelled during the drain, the hand-over is finished
         at once (the new container already serves every forward)."""
+        want = action.desired
+        assert want is not None
         temp = replacement_name(want.name)
         await self._blocking(self._clear_leftover, temp, want)
         unbound = want.spec.model_copy(update={"name": temp, "ports": ()})
         await self._blocking(self.runtime.run, unbound)
-        moved: list[PortMapping] = []
+        moved: list[tuple[str, PortMapping]] = []
         try:
             await self._wait_ready(temp, want)
-            await self._blocking(self._take_forwards, temp, want, moved)
+            await self._blocking(self._take_forwards, temp, action, moved)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._blocking(self._undo_replacement, temp, want.name, moved)
+                await self._blocking(self._undo_replacement, temp, moved)
             raise
         self._ledger.taken += want.spec.ports  # from here on the hand-over is finished
         try:
@@ -390,23 +392,29 @@ class Converger:
             with anyio.CancelScope(shield=True):
                 await self._blocking(self._hand_over, temp, want)
 
-    def _take_forwards(self, temp: str, want: DesiredContainer, moved: list[PortMapping]) -> None:
-        """Move each live forward from the old container to ``temp`` (the gap per port:
-        one remove and one add); add those it does not have. ``moved`` lists what moved."""
-        old = self.runtime.inspect(want.name)
+    def _take_forwards(
+        self, temp: str, action: Action, moved: list[tuple[str, PortMapping]]
+    ) -> None:
+        """Move each live forward from the old container, and each of ``action.moves``
+        from its running container, to ``temp`` (the gap per port: one remove and one
+        add); add the others. ``moved`` lists what moved, and from where."""
+        assert action.desired is not None
+        old = self.runtime.inspect(action.name)
         live = set(old.ports) if old.slirp_pid is not None else set()
-        for port in want.spec.ports:
-            if port in live:
-                self.runtime.move_port(want.name, temp, port)
-                moved.append(port)
-            else:
+        givers = {port: giver for giver, port in action.moves}
+        for port in action.desired.spec.ports:
+            giver = action.name if port in live else givers.get(port)
+            if giver is None:
                 self.runtime.add_port(temp, port)
+                continue
+            self.runtime.move_port(giver, temp, port)
+            moved.append((giver, port))
 
-    def _undo_replacement(self, temp: str, name: str, moved: list[PortMapping]) -> None:
-        """The old container serves as before; the replacement goes."""
-        for port in moved:
+    def _undo_replacement(self, temp: str, moved: list[tuple[str, PortMapping]]) -> None:
+        """Every forward moved goes back where it was; the replacement goes."""
+        for giver, port in moved:
             with contextlib.suppress(Exception):
-                self.runtime.move_port(temp, name, port)
+                self.runtime.move_port(temp, giver, port)
         with contextlib.suppress(Exception):
             self.runtime.remove(temp, force=True)
 
