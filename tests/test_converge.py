@@ -1346,6 +1346,27 @@ async def test_start_first_readies_the_replacement_before_touching_the_old_one(
 
 
 @pytest.mark.anyio
+async def test_a_replacement_takes_over_a_host_port_the_old_one_forwards_elsewhere(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    """The same host port to another container port: the old forward goes just before
+    the new one is added (one gap, as a move's), and comes back if that fails."""
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    new = start_first("web", env={"V": "2"}, ports=[port(8080, 81)])
+    refused = SlirpError("slirp4netns API at web.next/slirp.sock unreachable")
+    fake.fail("add_port", "web.next", refused)
+    recreate = Plan((act(RECREATE, "web", wanted=new),))
+
+    assert [o.ok for o in await converger.apply(recreate)] == [False]
+    before = fake.inspect("web")
+    assert (before.spec.env, before.ports) == ({"V": "1"}, (P8080,))  # put back
+
+    assert [o.ok for o in await converger.apply(recreate)] == [True]
+    after = fake.inspect("web")
+    assert (after.spec.env, after.ports) == ({"V": "2"}, (port(8080, 81),))
+
+
+@pytest.mark.anyio
 async def test_a_replacement_that_never_gets_ready_leaves_the_old_one(
     fake: FakeRuntime, converger: Converger
 ) -> None:

@@ -99,6 +99,16 @@ class _Ledger:
 
 
 @dataclass
+class _Taken:
+    """What a start-first replacement has taken so far, so that it can be given back."""
+
+    moved: list[tuple[str, PortMapping]] = field(default_factory=list)
+    """(the container it came from, forward) for each forward moved to the replacement."""
+    dropped: list[PortMapping] = field(default_factory=list)
+    """The old container's forwards removed for a new one on their host port."""
+
+
+@dataclass
 class Converger:
     runtime: Runtime
     limit: int = Settings.parallel
@@ -377,13 +387,13 @@ class Converger:
         await self._blocking(self._clear_leftover, temp, want)
         unbound = want.spec.model_copy(update={"name": temp, "ports": ()})
         await self._blocking(self.runtime.run, unbound)
-        moved: list[tuple[str, PortMapping]] = []
+        taken = _Taken()
         try:
             await self._wait_ready(temp, want)
-            await self._blocking(self._take_forwards, temp, action, moved)
+            await self._blocking(self._take_forwards, temp, action, taken)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._blocking(self._undo_replacement, temp, moved)
+                await self._blocking(self._undo_replacement, temp, action.name, taken)
             raise
         self._ledger.taken += want.spec.ports  # from here on the hand-over is finished
         try:
@@ -392,31 +402,37 @@ class Converger:
             with anyio.CancelScope(shield=True):
                 await self._blocking(self._hand_over, temp, want)
 
-    def _take_forwards(
-        self, temp: str, action: Action, moved: list[tuple[str, PortMapping]]
-    ) -> None:
+    def _take_forwards(self, temp: str, action: Action, taken: _Taken) -> None:
         """Move each live forward from the old container, and each of ``action.moves``
         from its running container, to ``temp`` (the gap per port: one remove and one
-        add); add the others. ``moved`` lists what moved, and from where."""
+        add); add the others, each just after the old container's forward on the same
+        host port (to another container port) is removed. ``taken`` records each step."""
         assert action.desired is not None
         old = self.runtime.inspect(action.name)
         live = set(old.ports) if old.slirp_pid is not None else set()
         givers = {port: giver for giver, port in action.moves}
         for port in action.desired.spec.ports:
             giver = action.name if port in live else givers.get(port)
-            if giver is None:
-                self.runtime.add_port(temp, port)
+            if giver is not None:
+                self.runtime.move_port(giver, temp, port)
+                taken.moved.append((giver, port))
                 continue
-            self.runtime.move_port(giver, temp, port)
-            moved.append((giver, port))
+            for held in [p for p in live if overlaps(p, port)]:
+                self.runtime.remove_port(action.name, held)
+                live.discard(held)
+                taken.dropped.append(held)
+            self.runtime.add_port(temp, port)
 
-    def _undo_replacement(self, temp: str, moved: list[tuple[str, PortMapping]]) -> None:
-        """Every forward moved goes back where it was; the replacement goes."""
-        for giver, port in moved:
+    def _undo_replacement(self, temp: str, name: str, taken: _Taken) -> None:
+        """Every forward taken goes back where it was; the replacement goes."""
+        for giver, port in taken.moved:
             with contextlib.suppress(Exception):
                 self.runtime.move_port(temp, giver, port)
         with contextlib.suppress(Exception):
             self.runtime.remove(temp, force=True)
+        for port in taken.dropped:  # its host port is free again with the replacement gone
+            with contextlib.suppress(Exception):
+                self.runtime.add_port(name, port)
 
     def _hand_over(self, temp: str, want: DesiredContainer) -> None:
         """The name never goes missing: the old one steps aside, the new one takes the
