@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import dns.flags
 import dns.message
@@ -131,8 +132,9 @@ def wait_for(condition: Callable[[], bool]) -> None:
     raise AssertionError("the condition never came true")
 
 
-Start = Callable[[str], Responder]
-"""Starts a responder on a records text."""
+class Start(Protocol):
+    def __call__(self, text: str, port: int | None = None) -> Responder:
+        """Start a responder on a records text (on a free port unless one is given)."""
 
 
 @pytest.fixture
@@ -140,8 +142,8 @@ def start(tmp_path: Path) -> Iterator[Start]:
     """Start responders on records texts; stop them (by pid) after the test."""
     started: list[Responder] = []
 
-    def start_one(text: str) -> Responder:
-        path, port = tmp_path / "records.json", free_port()
+    def start_one(text: str, port: int | None = None) -> Responder:
+        path, port = tmp_path / "records.json", port or free_port()
         write_atomically(path, text)
         exit_read, exit_write = os.pipe()
         argv = ["--port", str(port), "--exit-fd", str(exit_read)]
@@ -298,6 +300,16 @@ def test_a_listen_address_added_or_removed_opens_or_closes_its_sockets(
     running.write(records(server(NET1, NAMES1)))
     running.ask("web", at=NET1)
     assert refused(NET2, running.port)
+
+
+def test_an_address_whose_port_is_taken_is_opened_once_it_is_free(start: Start) -> None:
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blocker:
+        blocker.bind((NET2, port))
+        running = start(TWO_NETWORKS, port)
+        assert addresses(running.ask("web", at=NET1)) == ["10.89.0.5"]
+    running.ask("web", at=NET1)  # the check before this answer opened NET2's sockets
+    assert addresses(running.ask("cache", at=NET2)) == ["10.89.1.5"]
 
 
 # --- forwarding -------------------------------------------------------------------------

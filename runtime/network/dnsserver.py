@@ -281,6 +281,7 @@ class Connection:
 
 
 def _bound(kind: socket.SocketKind, address: str, port: int) -> socket.socket:
+    """A UDP socket, or a listening TCP one, on ``address`` (which may not exist yet)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
@@ -323,6 +324,7 @@ class Responder:
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self._next_check = 0.0
+        self._unbound: set[str] = set()
 
     # -- the loop
 
@@ -379,20 +381,27 @@ class Responder:
             self._open_listener(address)
 
     def _open_listener(self, address: str) -> None:
+        """Open ``address``' sockets; a failure is said once and tried again at each check."""
         try:
             udp = _bound(socket.SOCK_DGRAM, address, self.port)
         except OSError as exc:
-            _say(f"cannot listen on {address} port {self.port} (UDP): {exc.strerror}")
+            self._cannot_listen(address, f"UDP: {exc.strerror}")
             return
         try:
             tcp = _bound(socket.SOCK_STREAM, address, self.port)
         except OSError as exc:
             udp.close()
-            _say(f"cannot listen on {address} port {self.port} (TCP): {exc.strerror}")
+            self._cannot_listen(address, f"TCP: {exc.strerror}")
             return
+        self._unbound.discard(address)
         self.listeners[address] = (udp, tcp)
         self.watch(udp, lambda _mask: self._datagram(udp, address))
         self.watch(tcp, lambda _mask: self._accept(tcp, address))
+
+    def _cannot_listen(self, address: str, why: str) -> None:
+        if address not in self._unbound:
+            _say(f"cannot listen on {address} port {self.port} ({why}); trying again")
+        self._unbound.add(address)
 
     def _close_listener(self, address: str) -> None:
         for sock in self.listeners.pop(address):
