@@ -206,6 +206,19 @@ def _awkward_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
     ]
 
 
+def test_a_sparse_member_stored_larger_than_it_unpacks_is_counted_as_it_unpacks(
+    tmp_path: Path,
+) -> None:
+    info = tarfile.TarInfo("sparse")
+    info.size = 600  # stored: what the archive holds, more than the 10 bytes it unpacks to
+    info.pax_headers = {"GNU.sparse.map": "0,10", "GNU.sparse.size": "10"}
+    archive = tmp_path / "sparse.tar"
+    archive.write_bytes(tar_bytes([(info, os.urandom(600))]))
+    usage = extract_tar(archive, tmp_path / "out", budget=Budget(UnpackLimits(bytes=10)))
+    assert usage.as_tuple()[:2] == (1, 10)
+    assert (tmp_path / "out" / "sparse").stat().st_size == 10
+
+
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 @pytest.mark.parametrize("mode", ["w", "w:gz", "w:xz", "w:bz2"])
 def test_the_raw_header_count_never_refuses_an_archive_at_its_limits(
