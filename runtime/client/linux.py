@@ -200,10 +200,18 @@ class LinuxRuntime(RunningOps):
             self._forget(self.containers / name)
         for leftover in sweep_cache(self.cache):  # staging trees, partial downloads
             log.info("removed %s, left in the cache by a killed process", leftover)
-        for orphan in logfiles.orphans(log_dir(self.settings), self.state, self._named_logs):
-            logfiles.discard(orphan / LOG_FILE)
-            log.info("removed the log %s, which no container of %s names", orphan, self.state)
+        self._sweep_logs()
         return swept
+
+    def _sweep_logs(self) -> None:
+        """Delete the logs of this state folder that no record names any more (the
+        records went with a reboot, say); a log folder that cannot be read is left."""
+        try:
+            for orphan in logfiles.orphans(log_dir(self.settings), self.state, self._named_logs):
+                logfiles.discard(orphan / LOG_FILE)
+                log.info("removed the log %s, which no container of %s names", orphan, self.state)
+        except OSError as exc:  # a full or unreadable disk: the records' sweep still counts
+            log.warning("cannot sweep the logs of %s: %s", self.state, exc)
 
     def _named_logs(self) -> set[Path]:
         """The log folders this state folder's records name (those of records being
