@@ -21,6 +21,7 @@ from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
 from runtime.client import binds, folders, logfiles
 from runtime.client.live import RunningOps
+from runtime.client.networks import NetworkOps, lease_all
 from runtime.client.paths import log_dir
 from runtime.client.records import forward_of, leaf_of
 from runtime.errors import (
@@ -35,6 +36,7 @@ from runtime.holder.client import SUN_PATH_MAX, failure_error
 from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
 from runtime.images.layers import resolve_sdks, sweep_cache
 from runtime.images.rootfs import resolve_rootfs
+from runtime.network.addresses import open_book
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import prepare_skeleton
 from runtime.security import seccomp
@@ -86,7 +88,7 @@ def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
             )
 
 
-class LinuxRuntime(RunningOps):
+class LinuxRuntime(NetworkOps, RunningOps):
     """Rootless containers in Linux namespaces; see ``docs/runtime.md``. The container
     lifecycle is here; records in :mod:`runtime.client.records`, live operations in
     :mod:`runtime.client.live`."""
@@ -165,6 +167,7 @@ class LinuxRuntime(RunningOps):
             write_json_atomic(cdir / "meta.json", {**meta, "log_path": str(log_path)})
             self._write_spec(cdir, spec)
             write_json_atomic(cdir / "launch.json", request.to_json())
+            lease_all(self.state, spec)
         except BaseException:
             folders.discard(cdir)
             raise
@@ -348,6 +351,8 @@ class LinuxRuntime(RunningOps):
             logfiles.discard(Path(self._info(cdir, fresh=False).log_path))
             folders.discard(cdir)
             self._forget(cdir)
+            with open_book(self.state) as book:
+                book.release_all(name)  # its addresses are free for others now
 
     # -- observe ------------------------------------------------------------------------
 
@@ -410,6 +415,8 @@ class LinuxRuntime(RunningOps):
             if target.exists():
                 raise ContainerExists(new_name)
             os.rename(cdir, target)
+            with open_book(self.state) as book:
+                book.rename(name, new_name)
             spec = self._spec(target).model_copy(update={"name": new_name})
             self._write_spec(target, spec)
             request = self._launch_request(target)
