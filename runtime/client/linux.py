@@ -36,6 +36,7 @@ from runtime.holder.client import SUN_PATH_MAX, failure_error
 from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
 from runtime.images.layers import resolve_sdks, sweep_cache
 from runtime.images.rootfs import resolve_rootfs
+from runtime.network import bridge, shared
 from runtime.network.addresses import open_book
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import prepare_skeleton
@@ -140,6 +141,7 @@ class LinuxRuntime(NetworkOps, RunningOps):
         syscall_filter = self._syscall_filter(spec)
         lock_fd = folders.claim(self.containers, spec.name, self._readable, self._drop_leftover)
         try:
+            lease_all(self.state, spec)  # its addresses go into its /etc files
             mounts = self._mounts(spec, cdir)
             log_path = self._new_log_path()
             limits = spec.logs or LogLimits()
@@ -167,13 +169,19 @@ class LinuxRuntime(NetworkOps, RunningOps):
             write_json_atomic(cdir / "meta.json", {**meta, "log_path": str(log_path)})
             self._write_spec(cdir, spec)
             write_json_atomic(cdir / "launch.json", request.to_json())
-            lease_all(self.state, spec)
         except BaseException:
             folders.discard(cdir)
+            self._release(spec.name)
             raise
         finally:
             os.close(lock_fd)
         return self._info(cdir)
+
+    def _release(self, name: str) -> None:
+        """Free the addresses of container ``name`` (gone, or never made)."""
+        with open_book(self.state) as book:
+            book.release_all(name)
+        bridge.sync_if_running(self.state)
 
     def _new_log_path(self) -> Path:
         """Where a new container's log goes: a folder of its own in the log folder, with
@@ -295,7 +303,10 @@ class LinuxRuntime(NetworkOps, RunningOps):
     def _reap_leftovers(self, cdir: Path, *, remove_cgroup: bool = False) -> None:
         """Kill what a dead container left: its slirp4netns (it exits on its own within
         ms) and anything still in its cgroup; ``remove_cgroup`` deletes the leaf too (it is
-        otherwise kept after an exit, for its OOM and pids counts)."""
+        otherwise kept after an exit, for its OOM and pids counts). A bridge container's
+        forwards, held by the shared slirp4netns, go too."""
+        if self._spec(cdir).network == "bridge":
+            bridge.drop_forwards(self.state, cdir.name)
         run = read_json(cdir / "run.json")
         if not isinstance(run, dict):
             return
@@ -351,8 +362,7 @@ class LinuxRuntime(NetworkOps, RunningOps):
             logfiles.discard(Path(self._info(cdir, fresh=False).log_path))
             folders.discard(cdir)
             self._forget(cdir)
-            with open_book(self.state) as book:
-                book.release_all(name)  # its addresses are free for others now
+            self._release(name)
 
     # -- observe ------------------------------------------------------------------------
 
@@ -440,5 +450,6 @@ class LinuxRuntime(NetworkOps, RunningOps):
         """Stop and remove every container of this state directory, then the holder."""
         for info in self.list():
             self.remove(info.name, force=True)
+        shared.stop_supervisor(self.state)
         self.holder.stop()
         self.cgroups.release(self._group)

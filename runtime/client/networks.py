@@ -8,13 +8,17 @@ joins from its create (or connect) to its remove (or disconnect), stopped or not
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from runtime.api.interface import ContainerInfo, ContainerState, NetworkInfo
 from runtime.api.spec import ContainerSpec, NetworkAttachment, NetworkSpec
+from runtime.client import binds
 from runtime.client.records import RecordStore
 from runtime.errors import ContainerRunning, NetworkConflict, NetworkInUse, NetworkNotFound
+from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, NetworkRecord, open_book
+from runtime.util.files import write_json_atomic
 
 __all__ = ("NetworkOps", "differences", "lease_all")
 
@@ -70,7 +74,9 @@ class NetworkOps(RecordStore):
 
     def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
         with open_book(self.state) as book:
-            return _info_of(_ensure(book, spec))
+            info = _info_of(_ensure(book, spec))
+        bridge.sync_if_running(self.state)
+        return info
 
     def remove_network(self, name: str) -> None:
         with open_book(self.state) as book:
@@ -80,6 +86,11 @@ class NetworkOps(RecordStore):
             if record.leases:
                 raise NetworkInUse(name, list(record.leases))
             del book.networks[name]
+            last = not book.networks
+        if last:  # nothing needs the shared namespace now
+            shared.stop_supervisor(self.state)
+        else:
+            bridge.sync_if_running(self.state)
 
     def list_networks(self) -> list[NetworkInfo]:
         with open_book(self.state) as book:
@@ -95,8 +106,7 @@ class NetworkOps(RecordStore):
                     raise NetworkNotFound(attachment.network)
                 book.lease(attachment.network, name)
             update = {"network": "bridge", "networks": (*kept, attachment)}
-            self._write_spec(cdir, spec.model_copy(update=update))
-            return self._info(cdir)
+            return self._rewired(cdir, spec.model_copy(update=update))
 
     def disconnect(self, name: str, network: str) -> ContainerInfo:
         with self._locked(name) as cdir:
@@ -110,8 +120,18 @@ class NetworkOps(RecordStore):
                 )
             with open_book(self.state) as book:
                 book.release(network, name)
-            self._write_spec(cdir, spec.model_copy(update={"networks": kept}))
-            return self._info(cdir)
+            return self._rewired(cdir, spec.model_copy(update={"networks": kept}))
+
+    def _rewired(self, cdir: Path, spec: ContainerSpec) -> ContainerInfo:
+        """Record ``spec`` with its networks changed; its /etc files and launch request
+        follow, for its next start."""
+        self._write_spec(cdir, spec)
+        binds.etc_mounts(spec, cdir)  # the files, replaced; their mounts stay the same
+        request = self._launch_request(cdir)
+        updated = dataclasses.replace(request, network=spec.network)
+        write_json_atomic(cdir / "launch.json", updated.to_json())
+        bridge.sync_if_running(self.state)
+        return self._info(cdir)
 
     def _refuse_running(self, cdir: Path, name: str) -> None:
         if self._info(cdir, fresh=False).state is ContainerState.RUNNING:

@@ -23,6 +23,7 @@ from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
 from runtime.holder.protocol import CONTAINERS_DIR
+from runtime.network import shared
 from runtime.network.addresses import leases_of
 from runtime.network.driver import driver_for
 from runtime.settings import RuntimeSettings
@@ -212,6 +213,8 @@ class RecordStore:
         init = ProcessId.from_json(run.get("init"))
         if init is not None and init.alive():
             slirp_id = ProcessId.from_json(run.get("slirp"))
+            if spec.network == "bridge":  # the shared one, restarted by its keeper
+                slirp_id = shared.slirp_identity(self.state)
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive:

@@ -34,6 +34,7 @@ __all__ = (
     "PoolExhausted",
     "leases_of",
     "open_book",
+    "read_networks",
 )
 
 STATE_FILE = "networks.json"
@@ -191,3 +192,8 @@ def leases_of(state: Path, container: str) -> dict[str, str]:
         for name, record in sorted(_load(state / STATE_FILE).items())
         if container in record.leases
     }
+
+
+def read_networks(state: Path) -> dict[str, NetworkRecord]:
+    """The networks as last saved, read without the lock."""
+    return _load(state / STATE_FILE)

@@ -1,0 +1,162 @@
+"""Netlink steps for bridge networks, through pyroute2, in the calling process's network
+namespace: a bridge with its gateway address, and a veth pair whose one end joins the
+bridge and whose other end goes into a container's namespace as ``ethN``.
+
+Each function works in the namespace the process is in now; a caller that must stay in
+its own forks a child, enters the namespace (:func:`in_namespace`) and calls these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runtime.sandbox import syscalls as sc
+
+__all__ = (
+    "Link",
+    "bridge_name",
+    "configure_inside",
+    "delete_link",
+    "ensure_bridge",
+    "in_namespace",
+    "link_names",
+    "make_veth",
+    "veth_name",
+)
+
+
+def _short(prefix: str, *parts: str) -> str:
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=5).hexdigest()
+    return f"{prefix}{digest}"  # at most 15 characters: IFNAMSIZ
+
+
+def bridge_name(network: str) -> str:
+    """The bridge of ``network`` in the shared namespace (``sqb`` + 10 hex digits)."""
+    return _short("sqb", network)
+
+
+def veth_name(container: str, network: str, side: str = "v") -> str:
+    """The shared namespace's end (``side`` "v") of ``container``'s veth pair on
+    ``network``, or its peer's name while it moves there (``side`` "p")."""
+    return _short(f"sq{side}", container, network)
+
+
+@dataclass(frozen=True)
+class Link:
+    """One end of a container's network inside it."""
+
+    ifname: str
+    moved_as: str
+    """Its name while it moves (unique in the shared namespace); ``ifname`` inside."""
+    address: str
+    prefixlen: int
+    gateway: str
+    default_route: bool
+    """Whether the way out goes through this gateway (the first network, not internal)."""
+
+
+def in_namespace(ns_fd: int, work: Callable[[], None]) -> None:
+    """Run ``work`` in a forked child that entered network namespace ``ns_fd``; raise
+    OSError with the child's message when it fails."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            os.close(read_end)
+            sc.setns(ns_fd, sc.CLONE_NEWNET)
+            work()
+        except BaseException as exc:
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        message = reader.read().decode(errors="replace")
+    _, status = os.waitpid(child, 0)
+    if status != 0:
+        raise OSError(message or f"network namespace step failed (status {status})")
+
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+
+def _ipr() -> IPRoute:
+    """A netlink socket in this process's network namespace (pyroute2 is loaded only by
+    the processes that wire bridges)."""
+    from pyroute2 import IPRoute
+
+    ipr: Any = IPRoute()
+    return ipr
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def link_names() -> set[str]:
+    with _ipr() as ipr:
+        return {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+
+
+def ensure_bridge(name: str, subnet: str) -> None:
+    """The bridge ``name`` up, with the subnet's first address (the gateway) on it."""
+    net = ipaddress.IPv4Network(subnet)
+    gateway = str(next(net.hosts()))
+    with _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            ipr.link("add", ifname=name, kind="bridge")
+            index = _index(ipr, name)
+            assert index is not None
+        have = {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index)}
+        if gateway not in have:
+            ipr.addr("add", index=index, address=gateway, prefixlen=net.prefixlen)
+        ipr.link("set", index=index, state="up")
+
+
+def delete_link(name: str) -> None:
+    """Delete link ``name`` (a bridge, or a veth and its peer), if it exists."""
+    with _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is not None:
+            ipr.link("del", index=index)
+
+
+def make_veth(host_end: str, bridge: str, container_ns_fd: int, inside_name: str) -> None:
+    """A veth pair: ``host_end`` joins ``bridge`` here; its peer, ``inside_name``, moves
+    into the namespace ``container_ns_fd`` (still down, no address)."""
+    delete_link(host_end)  # left by a container whose namespace outlived its record
+    with _ipr() as ipr:
+        ipr.link("add", ifname=host_end, kind="veth", peer=inside_name)
+        peer = _index(ipr, inside_name)
+        master = _index(ipr, bridge)
+        host = _index(ipr, host_end)
+        assert peer is not None and master is not None and host is not None
+        ipr.link("set", index=peer, net_ns_fd=container_ns_fd)
+        ipr.link("set", index=host, master=master, state="up")
+
+
+def configure_inside(link: Link) -> None:
+    """Inside the container's namespace: loopback and ``link`` up, its address, and the
+    default route through its gateway when it carries the way out."""
+    with _ipr() as ipr:
+        lo = _index(ipr, "lo")
+        if lo is not None:
+            ipr.link("set", index=lo, state="up")
+        index = _index(ipr, link.moved_as)
+        if index is None:
+            raise OSError(f"{link.moved_as} did not arrive in the container's namespace")
+        ipr.link("set", index=index, ifname=link.ifname)
+        ipr.addr("add", index=index, address=link.address, prefixlen=link.prefixlen)
+        ipr.link("set", index=index, state="up")
+        if link.default_route:
+            ipr.route("add", dst="0.0.0.0/0", gateway=link.gateway)

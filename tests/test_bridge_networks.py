@@ -1,0 +1,173 @@
+"""Bridge networks end to end: real namespaces, veth pairs, the shared slirp4netns and
+nftables, busybox inside. Containers on one network reach each other by address; other
+networks cannot; forwards from the host reach bridge containers, move live and come back
+when the shared slirp4netns is killed; nothing is left once everything is removed."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.api.spec import (
+    BindMount,
+    ContainerSpec,
+    NetworkAttachment,
+    NetworkSpec,
+    PortMapping,
+    RootfsRef,
+)
+from runtime.client.linux import LinuxRuntime
+from runtime.network import shared
+from tests.conftest import rootless
+from tests.support import free_port, http_get, http_refused, processes_mentioning
+
+pytestmark = rootless
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def on(*networks: str) -> dict[str, object]:
+    return {
+        "network": "bridge",
+        "networks": tuple(NetworkAttachment(network=n) for n in networks),
+    }
+
+
+def web(name: str, site: Path, *networks: str, **fields: object) -> ContainerSpec:
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("httpd", "-f", "-p", "80", "-h", "/site"),
+        binds=(BindMount(source=str(site), target="/site"),),
+        **on(*networks),
+        **fields,
+    )
+
+
+def serving(rt: LinuxRuntime, *names: str) -> None:
+    """Wait until each container's httpd accepts connections."""
+    for name in names:
+        for _ in range(500):
+            if rt.probe_tcp(name, 80):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"{name}'s httpd never listened")
+
+
+def fetch(rt: LinuxRuntime, name: str, address: str, port: int = 80) -> str:
+    """The body ``name`` gets from http://address:port/ (``unreachable`` when nothing).
+    With nc: busybox wget run through ``exec_command`` crashes (SIGSEGV) here, on every
+    network mode."""
+    request = r"printf 'GET / HTTP/1.0\r\n\r\n'"
+    script = (
+        f"{request} | nc -w 2 {address} {port} 2>/dev/null | tail -n 1 | grep . || echo unreachable"
+    )
+    result = rt.exec_command(name, ("/bin/sh", "-c", script), timeout=10)
+    return result.output.strip()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("hello over the bridge\n")
+    return root
+
+
+@pytest.fixture
+def nets(rt: LinuxRuntime) -> Iterator[LinuxRuntime]:
+    """The runtime; every container and network removed after the test."""
+    yield rt
+    for info in rt.list():
+        rt.remove(info.name, force=True)
+    for network in rt.list_networks():
+        rt.remove_network(network.name)
+
+
+def test_containers_on_one_network_reach_each_other_and_not_another(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    a = nets.run(web("ba", site, "front"))
+    b = nets.run(web("bb", site, "front"))
+    c = nets.run(web("bc", site, "back"))
+    serving(nets, "ba", "bb", "bc")
+    assert a.addresses["front"] != b.addresses["front"]
+    assert fetch(nets, "ba", b.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "bb", a.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "bc", a.addresses["front"]) == "unreachable"
+    assert fetch(nets, "ba", c.addresses["back"]) == "unreachable"
+
+
+def test_a_container_on_two_networks_reaches_both(nets: LinuxRuntime, site: Path) -> None:
+    front = nets.run(web("tf", site, "front"))
+    back = nets.run(web("tb", site, "back"))
+    both = nets.run(web("t2", site, "front", "back"))
+    serving(nets, "tf", "tb", "t2")
+    assert set(both.addresses) == {"front", "back"}
+    assert fetch(nets, "t2", front.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "t2", back.addresses["back"]) == "hello over the bridge"
+
+
+def test_a_forward_to_a_bridge_container_answers_and_moves_live(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    first, second = free_port(), free_port()
+    before = nets.run(web("fw", site, "front", ports=(PortMapping(container=80, host=first),)))
+    assert http_get(first, "/index.html") == b"hello over the bridge\n"
+    nets.add_port("fw", PortMapping(container=80, host=second))
+    after = nets.remove_port("fw", PortMapping(container=80, host=first))
+    assert http_get(second, "/index.html") == b"hello over the bridge\n"
+    assert http_refused(first)
+    assert (after.pid, after.pid_start_time) == (before.pid, before.pid_start_time)
+    assert after.ports == (PortMapping(container=80, host=second),)
+
+
+def test_a_killed_shared_slirp4netns_comes_back_with_every_forward(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    ports = free_port(), free_port()
+    for name, port in zip(("k1", "k2"), ports, strict=True):
+        nets.run(web(name, site, "front", ports=(PortMapping(container=80, host=port),)))
+        assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    old = shared.slirp_identity(state_path)
+    assert old is not None and nets.inspect("k1").slirp_pid == old.pid
+    old.send(signal.SIGKILL)
+    for port in ports:
+        assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    new = shared.slirp_identity(state_path)
+    assert new is not None and new != old
+    assert nets.inspect("k2").ports == (PortMapping(container=80, host=ports[1]),)
+
+
+def test_an_internal_network_has_no_way_out(nets: LinuxRuntime, site: Path) -> None:
+    nets.ensure_network(NetworkSpec(name="sealed", internal=True))
+    nets.run(web("in", site, "sealed"))
+    nets.run(web("out", site, "front"))
+    route = "ip route; ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1 && echo way-out || echo no-way"
+    inside = nets.exec_command("in", ("/bin/sh", "-c", route)).output
+    outside = nets.exec_command("out", ("/bin/sh", "-c", route)).output
+    assert "default" not in inside and "no-way" in inside
+    assert "default via" in outside and "way-out" in outside
+
+
+def test_nothing_is_left_after_removing_everything(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    nets.run(web("l1", site, "front", ports=(PortMapping(container=80, host=free_port()),)))
+    nets.run(web("l2", site, "back"))
+    keeper = shared.slirp_identity(state_path)
+    assert keeper is not None
+    for name in ("l1", "l2"):
+        nets.remove(name, force=True)
+    for network in nets.list_networks():
+        nets.remove_network(network.name)
+    assert keeper.wait_gone(5.0)
+    assert not processes_mentioning(str(state_path / shared.BRIDGE_DIR))
+    assert nets.list_networks() == []
+    record = state_path / shared.BRIDGE_DIR / "keeper.json"
+    assert not record.exists()
