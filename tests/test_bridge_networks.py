@@ -5,6 +5,8 @@ when the shared slirp4netns is killed; nothing is left once everything is remove
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -171,3 +173,75 @@ def test_nothing_is_left_after_removing_everything(
     assert nets.list_networks() == []
     record = state_path / shared.BRIDGE_DIR / "keeper.json"
     assert not record.exists()
+
+
+def test_a_running_container_connects_and_disconnects_live(nets: LinuxRuntime, site: Path) -> None:
+    back = nets.run(web("lb", site, "back"))
+    before = nets.run(web("lc", site, "front"))
+    serving(nets, "lb", "lc")
+    assert fetch(nets, "lc", back.addresses["back"]) == "unreachable"
+    joined = nets.connect("lc", NetworkAttachment(network="back"))
+    assert set(joined.addresses) == {"front", "back"}
+    assert fetch(nets, "lc", back.addresses["back"]) == "hello over the bridge"
+    assert fetch(nets, "lb", joined.addresses["back"]) == "hello over the bridge"
+    interfaces = nets.exec_command("lc", ("/bin/sh", "-c", "ls /sys/class/net")).output.split()
+    assert sorted(interfaces) == ["eth0", "eth1", "lo"]
+    left = nets.disconnect("lc", "back")
+    assert set(left.addresses) == {"front"}
+    assert fetch(nets, "lc", back.addresses["back"]) == "unreachable"
+    assert (left.pid, left.pid_start_time) == (before.pid, before.pid_start_time)
+    assert {n.name: sorted(n.containers) for n in nets.list_networks()} == {
+        "back": ["lb"],
+        "front": ["lc"],
+    }
+
+
+def test_addresses_are_never_handed_out_twice_across_a_holder_restart(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    first = nets.run(web("h1", site, "front"))
+    holder = nets.holder.identity()
+    assert holder is not None and holder.send(signal.SIGKILL) and holder.wait_gone(30.0)
+    second = nets.run(web("h2", site, "front"))
+    serving(nets, "h1", "h2")
+    assert first.addresses["front"] != second.addresses["front"]
+    assert fetch(nets, "h2", first.addresses["front"]) == "hello over the bridge"
+    nets.remove("h1", force=True)
+    third = nets.run(web("h3", site, "front"))
+    assert third.addresses["front"] not in {second.addresses["front"]}
+
+
+def test_resolv_conf_names_the_gateway_and_the_records_name_everyone(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    nets.ensure_network(NetworkSpec(name="quiet", dns=False))
+    aliased = {
+        "network": "bridge",
+        "networks": (NetworkAttachment(network="front", aliases=("www",)),),
+    }
+    spec = ContainerSpec(name="dn", rootfs=BUSYBOX, argv=("httpd", "-f", "-p", "80"), **aliased)
+    info = nets.run(spec)
+    nets.run(web("dq", site, "quiet"))
+    front = {n.name: n for n in nets.list_networks()}["front"]
+    resolv = nets.exec_command("dn", ("cat", "/etc/resolv.conf")).output
+    assert resolv == f"nameserver {front.gateway}\n"
+    assert nets.exec_command("dq", ("cat", "/etc/resolv.conf")).output == "nameserver 10.0.2.3\n"
+    records = json.loads((state_path / shared.BRIDGE_DIR / "dns.json").read_text())
+    servers = {server["listen"]: server for server in records["servers"]}
+    assert set(servers) == {front.gateway}  # none for the network without DNS
+    address = info.addresses["front"]
+    assert servers[front.gateway]["names"] == {"dn": [address], "www": [address]}
+    assert servers[front.gateway]["upstream"] == ["10.0.2.3"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("runtime.network.dnsserver") is None,
+    reason="the DNS responder (runtime.network.dnsserver) is not in this tree",
+)
+def test_containers_find_each_other_by_name(nets: LinuxRuntime, site: Path) -> None:
+    server = nets.run(web("named", site, "front"))
+    nets.run(web("asker", site, "front"))
+    serving(nets, "named", "asker")
+    answer = nets.exec_command("asker", ("nslookup", "named")).output
+    assert server.addresses["front"] in answer
+    assert fetch(nets, "asker", "named") == "hello over the bridge"

@@ -16,6 +16,8 @@ from runtime.api.spec import ContainerSpec, NetworkAttachment, NetworkSpec
 from runtime.client import binds
 from runtime.client.records import RecordStore
 from runtime.errors import ContainerRunning, NetworkConflict, NetworkInUse, NetworkNotFound
+from runtime.holder.client import failure_error
+from runtime.holder.protocol import Failure, Rewire, Rewired
 from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, NetworkRecord, open_book
 from runtime.util.files import write_json_atomic
@@ -98,8 +100,9 @@ class NetworkOps(RecordStore):
 
     def connect(self, name: str, attachment: NetworkAttachment) -> ContainerInfo:
         with self._locked(name) as cdir:
-            self._refuse_running(cdir, name)
             spec = self._spec(cdir)
+            if spec.network != "bridge":
+                self._refuse_running(cdir, name)  # it has no interface to add to
             kept = tuple(a for a in spec.networks if a.network != attachment.network)
             with open_book(self.state) as book:
                 if attachment.network not in book.networks:
@@ -110,7 +113,6 @@ class NetworkOps(RecordStore):
 
     def disconnect(self, name: str, network: str) -> ContainerInfo:
         with self._locked(name) as cdir:
-            self._refuse_running(cdir, name)
             spec = self._spec(cdir)
             kept = tuple(a for a in spec.networks if a.network != network)
             if not kept:
@@ -118,9 +120,11 @@ class NetworkOps(RecordStore):
                     f"{network!r} is container {name!r}'s last network; recreate it with "
                     'network "none" instead'
                 )
+            self._rewired(cdir, spec.model_copy(update={"networks": kept}))
             with open_book(self.state) as book:
-                book.release(network, name)
-            return self._rewired(cdir, spec.model_copy(update={"networks": kept}))
+                book.release(network, name)  # its interface there is gone now
+            bridge.sync_if_running(self.state)
+            return self._info(cdir)
 
     def _rewired(self, cdir: Path, spec: ContainerSpec) -> ContainerInfo:
         """Record ``spec`` with its networks changed; its /etc files and launch request
@@ -130,9 +134,19 @@ class NetworkOps(RecordStore):
         request = self._launch_request(cdir)
         updated = dataclasses.replace(request, network=spec.network)
         write_json_atomic(cdir / "launch.json", updated.to_json())
+        info = self._info(cdir)
+        if info.state is ContainerState.RUNNING and info.pid is not None:
+            joins = tuple(attachment.network for attachment in spec.networks)
+            rewire = Rewire(init_pid=info.pid, container_dir=str(cdir), networks=joins)
+            reply = self.holder.call(rewire, Rewired)
+            if isinstance(reply, Failure):
+                raise failure_error(spec.name, reply)
         bridge.sync_if_running(self.state)
         return self._info(cdir)
 
     def _refuse_running(self, cdir: Path, name: str) -> None:
         if self._info(cdir, fresh=False).state is ContainerState.RUNNING:
-            raise ContainerRunning(name, "attaching a running container is not supported yet")
+            raise ContainerRunning(
+                name,
+                'only a bridge container joins networks live: recreate it with network "bridge"',
+            )

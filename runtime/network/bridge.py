@@ -27,12 +27,14 @@ from runtime.wire import Forward
 __all__ = (
     "BridgeDriver",
     "BridgeForwards",
+    "default_gateway",
     "drop_forwards",
     "etc_facts",
     "joined",
     "links_of",
     "state_of",
     "sync_if_running",
+    "wire",
 )
 
 
@@ -51,21 +53,21 @@ def joined(cdir: Path) -> list[str]:
 
 def links_of(name: str, joins: list[str], networks: dict[str, NetworkRecord]) -> list[netlink.Link]:
     """The interfaces of container ``name`` inside it, one per network it ``joins``."""
-    links = []
-    for index, network in enumerate(joins):
-        record = networks[network]
-        net = ipaddress.IPv4Network(record.subnet)
-        links.append(
-            netlink.Link(
-                ifname=f"eth{index}",
-                moved_as=netlink.veth_name(name, network, "p"),
-                address=record.leases[name],
-                prefixlen=net.prefixlen,
-                gateway=record.gateway,
-                default_route=index == 0 and not record.internal,
-            )
+    return [
+        netlink.Link(
+            moved_as=netlink.veth_name(name, network, "p"),
+            address=networks[network].leases[name],
+            prefixlen=ipaddress.IPv4Network(networks[network].subnet).prefixlen,
+            gateway=networks[network].gateway,
         )
-    return links
+        for network in joins
+    ]
+
+
+def default_gateway(joins: list[str], networks: dict[str, NetworkRecord]) -> str | None:
+    """The way out: the first network's gateway, unless that network is internal."""
+    first = networks[joins[0]] if joins else None
+    return first.gateway if first is not None and not first.internal else None
 
 
 def etc_facts(state: Path, name: str, joins: list[str]) -> tuple[str, str | None]:
@@ -105,43 +107,47 @@ def drop_forwards(state: Path, name: str) -> None:
     shared.call(state, "sync")
 
 
-def _attach(state: Path, name: str, joins: list[str], target_pid: int) -> None:
-    with open_book(state) as book:
-        for network in joins:
-            book.lease(network, name)  # kept if it has one
-        links = links_of(name, joins, book.networks)
-    container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    shared_ns = shared.open_namespace(state)
-    try:
-
-        def plug() -> None:
-            for network, link in zip(joins, links, strict=True):
-                host_end = netlink.veth_name(name, network)
-                bridge = netlink.bridge_name(network)
-                netlink.make_veth(host_end, bridge, container_ns, link.moved_as)
-
-        def configure() -> None:
-            for link in links:
-                netlink.configure_inside(link)
-
-        netlink.in_namespace(shared_ns, plug)
-        netlink.in_namespace(container_ns, configure)
-    finally:
-        os.close(container_ns)
-        os.close(shared_ns)
-
-
-def _attach_started(state: Path, cdir: Path, target_pid: int) -> None:
-    """The keeper running, then the container's veth pairs (the book leases first, so
-    the keeper's sync already makes any network the container brought along)."""
-    joins = joined(cdir)
+def wire(
+    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+) -> None:
+    """Make container ``name``'s interfaces match ``joins`` (the networks it is on, in
+    order), in its network namespace ``container_ns``: a veth pair for each network it
+    joins anew, the pair of each network it left deleted (its inside end goes with it),
+    the default route through the first network unless that one is internal. Leases
+    come first, so the keeper's sync makes any network the container brought along.
+    ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
+    an ended namespace a little later, and one may still be there)."""
     with open_book(state) as book:
         for network in joins:
             if network not in book.networks:
-                book.add_network(network, None)
+                book.add_network(network, None)  # removed while the container was stopped
+            book.lease(network, name)  # kept if it has one
+        networks = dict(book.networks)
     shared.ensure_supervisor(state)
     shared.call(state, "sync")
-    _attach(state, cdir.name, joins, target_pid)
+    links = links_of(name, joins, networks)
+    gateway = default_gateway(joins, networks)
+    shared_ns = shared.open_namespace(state)
+    try:
+        netlink.in_namespace(shared_ns, lambda: _plug(name, joins, networks, container_ns, fresh))
+        netlink.in_namespace(container_ns, lambda: netlink.configure_inside(links, gateway))
+    finally:
+        os.close(shared_ns)
+
+
+def _plug(
+    name: str, joins: list[str], networks: dict[str, NetworkRecord], container_ns: int, fresh: bool
+) -> None:
+    """In the shared namespace: a pair for each network joined anew, none for the rest."""
+    present = set() if fresh else netlink.link_names()
+    for network in networks:
+        host_end = netlink.veth_name(name, network)
+        if network not in joins:
+            if host_end in present:
+                netlink.delete_link(host_end)
+        elif host_end not in present:
+            moved_as = netlink.veth_name(name, network, "p")
+            netlink.make_veth(host_end, netlink.bridge_name(network), container_ns, moved_as)
 
 
 class BridgeForwards:
@@ -227,9 +233,9 @@ class BridgeDriver:
     def start(
         self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
     ) -> ProcessId | None:
-        state = state_of(cdir)
+        container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _attach_started(state, cdir, target_pid)
+            wire(state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True)
         except OSError as exc:
             raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
         return None

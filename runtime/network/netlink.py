@@ -48,16 +48,14 @@ def veth_name(container: str, network: str, side: str = "v") -> str:
 
 @dataclass(frozen=True)
 class Link:
-    """One end of a container's network inside it."""
+    """One network of a container, as its end of the veth pair needs it inside."""
 
-    ifname: str
     moved_as: str
-    """Its name while it moves (unique in the shared namespace); ``ifname`` inside."""
+    """The peer's name while it moves in (unique in the shared namespace); it is given
+    the first free ``ethN`` inside."""
     address: str
     prefixlen: int
     gateway: str
-    default_route: bool
-    """Whether the way out goes through this gateway (the first network, not internal)."""
 
 
 def in_namespace(ns_fd: int, work: Callable[[], None]) -> None:
@@ -145,18 +143,32 @@ def make_veth(host_end: str, bridge: str, container_ns_fd: int, inside_name: str
         ipr.link("set", index=host, master=master, state="up")
 
 
-def configure_inside(link: Link) -> None:
-    """Inside the container's namespace: loopback and ``link`` up, its address, and the
-    default route through its gateway when it carries the way out."""
+def configure_inside(links: list[Link], default_gateway: str | None) -> None:
+    """Inside the container's namespace: loopback up; each link that just moved in
+    renamed to the first free ``ethN``, given its address and up; the default route
+    through ``default_gateway`` (none when None)."""
     with _ipr() as ipr:
         lo = _index(ipr, "lo")
         if lo is not None:
             ipr.link("set", index=lo, state="up")
-        index = _index(ipr, link.moved_as)
-        if index is None:
-            raise OSError(f"{link.moved_as} did not arrive in the container's namespace")
-        ipr.link("set", index=index, ifname=link.ifname)
-        ipr.addr("add", index=index, address=link.address, prefixlen=link.prefixlen)
-        ipr.link("set", index=index, state="up")
-        if link.default_route:
-            ipr.route("add", dst="0.0.0.0/0", gateway=link.gateway)
+        names = {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for link in links:
+            index = _index(ipr, link.moved_as)
+            if index is None:
+                continue  # in place since an earlier wiring
+            ifname = next(f"eth{n}" for n in range(len(names) + 1) if f"eth{n}" not in names)
+            names.add(ifname)
+            ipr.link("set", index=index, ifname=ifname)
+            ipr.addr("add", index=index, address=link.address, prefixlen=link.prefixlen)
+            ipr.link("set", index=index, state="up")
+        _default_route(ipr, default_gateway)
+
+
+def _default_route(ipr: IPRoute, gateway: str | None) -> None:
+    for route in ipr.get_routes(family=2):
+        if route["dst_len"] == 0:
+            if gateway is not None and route.get_attr("RTA_GATEWAY") == gateway:
+                return
+            ipr.route("del", dst="0.0.0.0/0")
+    if gateway is not None:
+        ipr.route("add", dst="0.0.0.0/0", gateway=gateway)

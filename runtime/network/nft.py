@@ -53,7 +53,7 @@ class Dnat:
 def _lines(bridges: Iterable[Bridge], forwards: Iterable[Dnat]) -> list[str]:
     bridges, forwards = list(bridges), list(forwards)
     dnat = [
-        f"iifname {TAP} {f.proto} dport {f.guest_port} dnat ip to {f.address}:{f.port}"
+        f"iifname {TAP} {f.proto} dport {f.guest_port} dnat to {f.address}:{f.port}"
         for f in forwards
     ]
     out = [f"oifname {TAP} ip saddr {b.subnet} masquerade" for b in bridges if not b.internal]
