@@ -3,12 +3,16 @@ LinuxRuntime keeps (create, conflict, in use, leases freed at remove)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from runtime.api.spec import ContainerSpec, NetworkAttachment, NetworkSpec, RootfsRef
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import NetworkConflict, NetworkInUse, NetworkNotFound
+from runtime.network.addresses import open_book
 from tests.conftest import rootless
 
 BUSYBOX = RootfsRef(kind="busybox", version="builtin")
@@ -80,4 +84,25 @@ def test_a_stopped_container_connects_and_holds_its_address_until_removed(
         rt.disconnect("api1", "apinet")
     rt.remove("api1")
     assert rt.list_networks()[0].containers == {}
+    rt.remove_network("apinet")
+
+
+@rootless
+def test_sweep_frees_the_addresses_a_killed_client_left(rt: LinuxRuntime) -> None:
+    rt.ensure_network(NetworkSpec(name="apinet"))
+    rt.create(spec("kept", network="bridge", networks=(NetworkAttachment(network="apinet"),)))
+    with open_book(rt.state) as book:  # as a create killed after its lease leaves it
+        book.lease("apinet", "half-made")
+    making = rt.containers / ".new-being-made-abc123de"  # a create under way: locked
+    making.mkdir()
+    lock = os.open(making / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with open_book(rt.state) as book:
+        book.lease("apinet", "being-made")
+    rt.sweep()
+    assert sorted(rt.list_networks()[0].containers) == ["being-made", "kept"]
+    os.close(lock)  # its client was killed: the next sweep takes both
+    rt.sweep()
+    assert sorted(rt.list_networks()[0].containers) == ["kept"]
+    rt.remove("kept")
     rt.remove_network("apinet")

@@ -245,3 +245,22 @@ def test_containers_find_each_other_by_name(nets: LinuxRuntime, site: Path) -> N
     answer = nets.exec_command("asker", ("nslookup", "named")).output
     assert server.addresses["front"] in answer
     assert fetch(nets, "asker", "named") == "hello over the bridge"
+
+
+def test_a_forward_moves_between_bridge_containers(nets: LinuxRuntime, tmp_path: Path) -> None:
+    sites = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "index.html").write_text(f"{name}\n")
+        sites.append(root)
+    port = free_port()
+    mapping = PortMapping(container=80, host=port)
+    nets.run(web("mv1", sites[0], "front", ports=(mapping,)))
+    target = nets.run(web("mv2", sites[1], "front"))
+    assert http_get(port, "/index.html") == b"one\n"
+    nets.move_port("mv1", "mv2", mapping)
+    assert http_get(port, "/index.html") == b"two\n"
+    moved = nets.inspect("mv2")
+    assert moved.ports == (mapping,) and nets.inspect("mv1").ports == ()
+    assert (moved.pid, moved.pid_start_time) == (target.pid, target.pid_start_time)

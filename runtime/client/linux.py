@@ -177,6 +177,17 @@ class LinuxRuntime(NetworkOps, RunningOps):
             os.close(lock_fd)
         return self._info(cdir)
 
+    def _release_orphans(self) -> None:
+        """Free the addresses of containers that are gone: a client killed between a
+        lease and its create's end, or in a remove, left them."""
+        present = {entry.name for entry in self.containers.iterdir()}
+        prefix = f"{folders.HIDDEN}new-"  # .new-NAME-XXXXXXXX, the random part has no dash
+        being_made = {n[len(prefix) :].rsplit("-", 1)[0] for n in present if n.startswith(prefix)}
+        with open_book(self.state) as book:
+            for record in book.networks.values():
+                for name in [n for n in record.leases if n not in present | being_made]:
+                    book.release(record.name, name)
+
     def _release(self, name: str) -> None:
         """Free the addresses of container ``name`` (gone, or never made)."""
         with open_book(self.state) as book:
@@ -209,6 +220,7 @@ class LinuxRuntime(NetworkOps, RunningOps):
         swept = folders.sweep(self.containers, self._has_record, self._drop_leftover)
         for name in swept:
             self._forget(self.containers / name)
+        self._release_orphans()
         for leftover in sweep_cache(self.cache):  # staging trees, partial downloads
             log.info("removed %s, left in the cache by a killed process", leftover)
         return swept
@@ -305,7 +317,8 @@ class LinuxRuntime(NetworkOps, RunningOps):
         ms) and anything still in its cgroup; ``remove_cgroup`` deletes the leaf too (it is
         otherwise kept after an exit, for its OOM and pids counts). A bridge container's
         forwards, held by the shared slirp4netns, go too."""
-        if self._spec(cdir).network == "bridge":
+        spec = read_json(cdir / "spec.json")  # a half-made folder may have none
+        if isinstance(spec, dict) and spec.get("network") == "bridge":
             bridge.drop_forwards(self.state, cdir.name)
         run = read_json(cdir / "run.json")
         if not isinstance(run, dict):
