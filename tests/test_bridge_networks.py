@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from runtime.api.spec import (
 )
 from runtime.client.linux import LinuxRuntime
 from runtime.network import shared
+from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import free_port, http_get, http_refused, processes_mentioning
 
@@ -162,17 +164,36 @@ def test_nothing_is_left_after_removing_everything(
 ) -> None:
     nets.run(web("l1", site, "front", ports=(PortMapping(container=80, host=free_port()),)))
     nets.run(web("l2", site, "back"))
-    keeper = shared.slirp_identity(state_path)
-    assert keeper is not None
+    keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
+    processes = [ProcessId.from_json(keeper[key]) for key in ("supervisor", "pinner", "slirp")]
+    pinner = processes[1]
+    assert pinner is not None
+    shared_ns = os.stat(f"/proc/{pinner.pid}/ns/net").st_ino
     for name in ("l1", "l2"):
         nets.remove(name, force=True)
     for network in nets.list_networks():
         nets.remove_network(network.name)
-    assert keeper.wait_gone(5.0)
+    for process in processes:  # the keeper, the namespace's pinner, the slirp4netns
+        assert process is not None and process.wait_gone(5.0)
     assert not processes_mentioning(str(state_path / shared.BRIDGE_DIR))
+    assert shared_ns not in _network_namespaces_in_use()  # and with it every veth pair
     assert nets.list_networks() == []
-    record = state_path / shared.BRIDGE_DIR / "keeper.json"
-    assert not record.exists()
+    assert not (state_path / shared.BRIDGE_DIR / "keeper.json").exists()
+
+
+def _network_namespaces_in_use() -> set[int]:
+    """Network namespaces our processes are in or hold a descriptor of."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            found.add(os.stat(entry / "ns" / "net").st_ino)
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        found.update(int(link[5:-1]) for link in links if link.startswith("net:["))
+    return found
 
 
 def test_a_running_container_connects_and_disconnects_live(nets: LinuxRuntime, site: Path) -> None:
@@ -264,3 +285,25 @@ def test_a_forward_moves_between_bridge_containers(nets: LinuxRuntime, tmp_path:
     moved = nets.inspect("mv2")
     assert moved.ports == (mapping,) and nets.inspect("mv1").ports == ()
     assert (moved.pid, moved.pid_start_time) == (target.pid, target.pid_start_time)
+
+
+def test_a_dead_keeper_is_healed_by_wiring_every_container_again(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    one = nets.run(web("r1", site, "front", ports=(PortMapping(container=80, host=port),)))
+    two = nets.run(web("r2", site, "front"))
+    serving(nets, "r1", "r2")
+    keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
+    supervisor = ProcessId.from_json(keeper["supervisor"])
+    assert supervisor is not None and supervisor.send(signal.SIGKILL)
+    assert supervisor.wait_gone(5.0)
+    assert nets.inspect("r1").slirp_pid is None  # what the reconciler's heal looks for
+    healed = nets.restore_network("r1")
+    assert healed.slirp_pid is not None
+    assert nets.inspect("r2").slirp_pid is None  # the new namespace has no way to it yet
+    assert nets.restore_network("r2").slirp_pid == healed.slirp_pid
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    assert fetch(nets, "r2", one.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "r1", two.addresses["front"]) == "hello over the bridge"
+    assert nets.inspect("r1").pid == one.pid

@@ -20,7 +20,6 @@ from pathlib import Path
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
 from runtime.client import binds, folders, logfiles
-from runtime.client.live import RunningOps
 from runtime.client.networks import NetworkOps, lease_all
 from runtime.client.paths import log_dir
 from runtime.client.records import forward_of, leaf_of
@@ -89,7 +88,7 @@ def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
             )
 
 
-class LinuxRuntime(NetworkOps, RunningOps):
+class LinuxRuntime(NetworkOps):
     """Rootless containers in Linux namespaces; see ``docs/runtime.md``. The container
     lifecycle is here; records in :mod:`runtime.client.records`, live operations in
     :mod:`runtime.client.live`."""

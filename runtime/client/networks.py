@@ -14,10 +14,8 @@ from pathlib import Path
 from runtime.api.interface import ContainerInfo, ContainerState, NetworkInfo
 from runtime.api.spec import ContainerSpec, NetworkAttachment, NetworkSpec
 from runtime.client import binds
-from runtime.client.records import RecordStore
+from runtime.client.live import RunningOps
 from runtime.errors import ContainerRunning, NetworkConflict, NetworkInUse, NetworkNotFound
-from runtime.holder.client import failure_error
-from runtime.holder.protocol import Failure, Rewire, Rewired
 from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, NetworkRecord, open_book
 from runtime.util.files import write_json_atomic
@@ -71,7 +69,7 @@ def lease_all(state: Path, spec: ContainerSpec) -> None:
             book.lease(attachment.network, spec.name)
 
 
-class NetworkOps(RecordStore):
+class NetworkOps(RunningOps):
     """Create, list and remove networks; attach and detach containers."""
 
     def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
@@ -136,11 +134,7 @@ class NetworkOps(RecordStore):
         write_json_atomic(cdir / "launch.json", updated.to_json())
         info = self._info(cdir)
         if info.state is ContainerState.RUNNING and info.pid is not None:
-            joins = tuple(attachment.network for attachment in spec.networks)
-            rewire = Rewire(init_pid=info.pid, container_dir=str(cdir), networks=joins)
-            reply = self.holder.call(rewire, Rewired)
-            if isinstance(reply, Failure):
-                raise failure_error(spec.name, reply)
+            self._rewire(cdir, spec, info.pid)
         bridge.sync_if_running(self.state)
         return self._info(cdir)
 

@@ -23,7 +23,7 @@ from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
 from runtime.holder.protocol import CONTAINERS_DIR
-from runtime.network import shared
+from runtime.network import bridge, shared
 from runtime.network.addresses import leases_of
 from runtime.network.driver import driver_for
 from runtime.settings import RuntimeSettings
@@ -213,8 +213,9 @@ class RecordStore:
         init = ProcessId.from_json(run.get("init"))
         if init is not None and init.alive():
             slirp_id = ProcessId.from_json(run.get("slirp"))
-            if spec.network == "bridge":  # the shared one, restarted by its keeper
-                slirp_id = shared.slirp_identity(self.state)
+            if spec.network == "bridge":  # the shared one, if it serves this container
+                wired = bridge.wired_to(cdir)
+                slirp_id = None if wired is None else shared.slirp_identity(self.state, wired)
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive:

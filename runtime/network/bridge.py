@@ -20,7 +20,7 @@ from runtime.errors import SlirpError
 from runtime.network import netlink, shared, slirp
 from runtime.network.addresses import NetworkRecord, open_book, read_networks
 from runtime.network.slirp import LiveForward
-from runtime.util.files import read_json
+from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 
@@ -35,7 +35,18 @@ __all__ = (
     "state_of",
     "sync_if_running",
     "wire",
+    "wired_to",
 )
+
+
+WIRED = "wired.json"
+"""In the container folder: the keeper whose namespace the container is wired into."""
+
+
+def wired_to(cdir: Path) -> object:
+    """The keeper container folder ``cdir`` was last wired to (None: never)."""
+    wired = read_json(cdir / WIRED)
+    return wired.get("keeper") if isinstance(wired, dict) else None
 
 
 def state_of(cdir: Path) -> Path:
@@ -127,12 +138,14 @@ def wire(
     shared.call(state, "sync")
     links = links_of(name, joins, networks)
     gateway = default_gateway(joins, networks)
+    keeper = shared.keeper_identity(state)
     shared_ns = shared.open_namespace(state)
     try:
         netlink.in_namespace(shared_ns, lambda: _plug(name, joins, networks, container_ns, fresh))
         netlink.in_namespace(container_ns, lambda: netlink.configure_inside(links, gateway))
     finally:
         os.close(shared_ns)
+    write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": keeper})
 
 
 def _plug(

@@ -50,6 +50,7 @@ __all__ = (
     "call",
     "ensure_supervisor",
     "free_guest_port",
+    "keeper_identity",
     "load_forwards",
     "locked",
     "open_namespace",
@@ -170,12 +171,22 @@ def open_namespace(state: Path) -> int:
     return os.open(f"/proc/{pinner.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
-def slirp_identity(state: Path) -> ProcessId | None:
-    """The shared slirp4netns now, if it runs."""
+def keeper_identity(state: Path) -> dict[str, int] | None:
+    """The running keeper's identity (``ProcessId.to_json``), None when none runs."""
+    supervisor = ProcessId.from_json(_keeper(state).get("supervisor"))
+    return supervisor.to_json() if supervisor is not None and supervisor.alive() else None
+
+
+def slirp_identity(state: Path, wired_to: object = None) -> ProcessId | None:
+    """The shared slirp4netns now, if it runs; with ``wired_to`` (the keeper a container
+    was wired to), only if that keeper is the one running: a container wired into the
+    namespace of a keeper that died has no network, whatever runs now."""
     keeper = _keeper(state)
     supervisor = ProcessId.from_json(keeper.get("supervisor"))
     process = ProcessId.from_json(keeper.get("slirp"))
     if supervisor is None or not supervisor.alive() or process is None:
+        return None
+    if wired_to is not None and wired_to != supervisor.to_json():
         return None
     return process if process.alive() else None
 
