@@ -307,3 +307,22 @@ def test_a_dead_keeper_is_healed_by_wiring_every_container_again(
     assert fetch(nets, "r2", one.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "r1", two.addresses["front"]) == "hello over the bridge"
     assert nets.inspect("r1").pid == one.pid
+
+
+def test_a_stopped_bridge_container_starts_again_with_its_address_and_forward(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    port = free_port()
+    first = nets.run(web("again", site, "front", ports=(PortMapping(container=80, host=port),)))
+    peer = nets.run(web("peer", site, "front"))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    serving(nets, "again", "peer")
+    assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
+    nets.stop("again")
+    assert http_refused(port)  # its forward went with it
+    second = nets.start("again")
+    assert second.pid != first.pid and second.addresses == first.addresses
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    serving(nets, "again")
+    assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "again", peer.addresses["front"]) == "hello over the bridge"

@@ -1,8 +1,10 @@
-"""The nftables ruleset of the shared namespace, as text: what goes out, what comes in,
-and what is dropped (the rules themselves are exercised in tests/test_bridge_networks.py)."""
+"""The nftables ruleset of the shared namespace, as text (what goes out, what comes in,
+what is dropped), and the link-layer address a container's interface gets. The rules
+themselves are exercised in tests/test_bridge_networks.py."""
 
 from __future__ import annotations
 
+from runtime.network.netlink import mac_of
 from runtime.network.nft import Bridge, Dnat, ruleset
 
 OPEN = Bridge("sqbopen", "10.89.0.0/24", "10.89.0.1", internal=False)
@@ -33,3 +35,8 @@ def test_a_forward_is_a_dnat_from_its_guest_port() -> None:
 def test_the_table_is_replaced_whole() -> None:
     lines = ruleset([], []).splitlines()
     assert lines[:3] == ["table ip squish {}", "delete table ip squish", "table ip squish {"]
+
+
+def test_an_address_has_one_link_layer_address_across_restarts() -> None:
+    assert mac_of("10.89.0.2") == "02:42:0a:59:00:02"
+    assert mac_of("10.89.0.2") != mac_of("10.89.1.2")

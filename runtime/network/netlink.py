@@ -25,6 +25,7 @@ __all__ = (
     "ensure_bridge",
     "in_namespace",
     "link_names",
+    "mac_of",
     "make_veth",
     "veth_name",
 )
@@ -56,6 +57,15 @@ class Link:
     address: str
     prefixlen: int
     gateway: str
+
+
+def mac_of(address: str) -> str:
+    """The link-layer address of the interface holding IPv4 ``address``: derived from it
+    (locally administered, ``02:42`` and the four bytes, Docker's habit), so a container
+    started again keeps it and peers' ARP caches stay right (a new random one would be
+    unreachable from them for up to a minute)."""
+    packed = ipaddress.IPv4Address(address).packed
+    return "02:42:" + ":".join(f"{byte:02x}" for byte in packed)
 
 
 def in_namespace(ns_fd: int, work: Callable[[], None]) -> None:
@@ -158,7 +168,7 @@ def configure_inside(links: list[Link], default_gateway: str | None) -> None:
                 continue  # in place since an earlier wiring
             ifname = next(f"eth{n}" for n in range(len(names) + 1) if f"eth{n}" not in names)
             names.add(ifname)
-            ipr.link("set", index=index, ifname=ifname)
+            ipr.link("set", index=index, ifname=ifname, address=mac_of(link.address))
             ipr.addr("add", index=index, address=link.address, prefixlen=link.prefixlen)
             ipr.link("set", index=index, state="up")
         _default_route(ipr, default_gateway)
