@@ -12,13 +12,12 @@ shared slirp4netns (:class:`BridgeForwards`), which its keeper restarts when it 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 
 from runtime.errors import SlirpError
-from runtime.network import netlink, shared, slirp
-from runtime.network.addresses import NetworkRecord, open_book, read_networks
+from runtime.network import shared, slirp
+from runtime.network.addresses import open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -27,11 +26,9 @@ from runtime.wire import Forward
 __all__ = (
     "BridgeDriver",
     "BridgeForwards",
-    "default_gateway",
     "drop_forwards",
     "etc_facts",
     "joined",
-    "links_of",
     "state_of",
     "sync_if_running",
     "wire",
@@ -60,25 +57,6 @@ def joined(cdir: Path) -> list[str]:
     spec = read_json(cdir / "spec.json")
     entries = spec.get("networks", []) if isinstance(spec, dict) else []
     return [str(entry["network"]) for entry in entries]
-
-
-def links_of(name: str, joins: list[str], networks: dict[str, NetworkRecord]) -> list[netlink.Link]:
-    """The interfaces of container ``name`` inside it, one per network it ``joins``."""
-    return [
-        netlink.Link(
-            moved_as=netlink.veth_name(name, network, "p"),
-            address=networks[network].leases[name],
-            prefixlen=ipaddress.IPv4Network(networks[network].subnet).prefixlen,
-            gateway=networks[network].gateway,
-        )
-        for network in joins
-    ]
-
-
-def default_gateway(joins: list[str], networks: dict[str, NetworkRecord]) -> str | None:
-    """The way out: the first network's gateway, unless that network is internal."""
-    first = networks[joins[0]] if joins else None
-    return first.gateway if first is not None and not first.internal else None
 
 
 def etc_facts(state: Path, name: str, joins: list[str]) -> tuple[str, str | None]:
@@ -127,40 +105,16 @@ def wire(
     the default route through the first network unless that one is internal. Leases
     come first, so the keeper's sync makes any network the container brought along.
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
-    an ended namespace a little later, and one may still be there)."""
+    an ended namespace a little later, and one may still be there). The keeper does the
+    work (it has pyroute2 loaded once) with the descriptor this sends it."""
     with open_book(state) as book:
         for network in joins:
             if network not in book.networks:
                 book.add_network(network, None)  # removed while the container was stopped
             book.lease(network, name)  # kept if it has one
-        networks = dict(book.networks)
     shared.ensure_supervisor(state)
-    shared.call(state, "sync")
-    links = links_of(name, joins, networks)
-    gateway = default_gateway(joins, networks)
-    keeper = shared.keeper_identity(state)
-    shared_ns = shared.open_namespace(state)
-    try:
-        netlink.in_namespace(shared_ns, lambda: _plug(name, joins, networks, container_ns, fresh))
-        netlink.in_namespace(container_ns, lambda: netlink.configure_inside(links, gateway))
-    finally:
-        os.close(shared_ns)
-    write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": keeper})
-
-
-def _plug(
-    name: str, joins: list[str], networks: dict[str, NetworkRecord], container_ns: int, fresh: bool
-) -> None:
-    """In the shared namespace: a pair for each network joined anew, none for the rest."""
-    present = set() if fresh else netlink.link_names()
-    for network in networks:
-        host_end = netlink.veth_name(name, network)
-        if network not in joins:
-            if host_end in present:
-                netlink.delete_link(host_end)
-        elif host_end not in present:
-            moved_as = netlink.veth_name(name, network, "p")
-            netlink.make_veth(host_end, netlink.bridge_name(network), container_ns, moved_as)
+    reply = shared.call(state, "wire", fds=(container_ns,), name=name, joins=joins, fresh=fresh)
+    write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
 
 
 class BridgeForwards:

@@ -20,6 +20,7 @@ forward is put back into the new slirp4netns. Files, in ``STATE/bridge``: ``ctl.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import importlib.util
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.errors import SlirpError
-from runtime.network import netlink, nft, slirp
+from runtime.network import netlink, nft, slirp, wiring
 from runtime.network.addresses import NetworkRecord, open_book
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
@@ -50,10 +51,8 @@ __all__ = (
     "call",
     "ensure_supervisor",
     "free_guest_port",
-    "keeper_identity",
     "load_forwards",
     "locked",
-    "open_namespace",
     "save_forwards",
     "slirp_forward",
     "slirp_identity",
@@ -92,11 +91,18 @@ def locked(state: Path, lock: str = "forwards.lock") -> Iterator[Path]:
 # -- what callers use ----------------------------------------------------------------
 
 
-def call(state: Path, op: str, timeout: float = 20.0) -> dict[str, Any]:
-    """Send ``op`` to the supervisor; OSError when it does not answer or fails."""
-    reply = jsonsock.exchange(
-        bridge_dir(state) / "ctl.sock", {"op": op}, timeout=timeout, limit=1 << 20
-    )
+def call(
+    state: Path, op: str, timeout: float = 20.0, fds: tuple[int, ...] = (), **args: Any
+) -> dict[str, Any]:
+    """Send ``op`` (with ``args``, and descriptors ``fds``) to the supervisor; OSError
+    when it does not answer or fails."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(bridge_dir(state) / "ctl.sock"))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        sock.sendmsg([json.dumps({"op": op, **args}).encode()], rights)
+        sock.shutdown(socket.SHUT_WR)
+        reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
     if "error" in reply:
         raise OSError(f"the bridge network keeper failed to {op}: {reply['error']}")
     return reply
@@ -161,20 +167,6 @@ def _end(keeper: dict[str, Any]) -> None:
         process = ProcessId.from_json(keeper.get(key))
         if process is not None and process.send(signal.SIGKILL):
             process.wait_gone(5.0)
-
-
-def open_namespace(state: Path) -> int:
-    """A descriptor of the shared network namespace (the caller closes it)."""
-    pinner = ProcessId.from_json(_keeper(state).get("pinner"))
-    if pinner is None or not pinner.alive():
-        raise SlirpError("the shared network namespace is gone (its keeper died)")
-    return os.open(f"/proc/{pinner.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-
-
-def keeper_identity(state: Path) -> dict[str, int] | None:
-    """The running keeper's identity (``ProcessId.to_json``), None when none runs."""
-    supervisor = ProcessId.from_json(_keeper(state).get("supervisor"))
-    return supervisor.to_json() if supervisor is not None and supervisor.alive() else None
 
 
 def slirp_identity(state: Path, wired_to: object = None) -> ProcessId | None:
@@ -269,6 +261,7 @@ class _Supervisor:
         try:
             os.setsid()
             signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+            netlink.prewarm()  # loaded once: every step forked from here has it
             self.exit_r, self.exit_w = os.pipe2(os.O_CLOEXEC)
             self._start_pinner()
             self._start_slirp()
@@ -387,17 +380,37 @@ class _Supervisor:
     def _answer(self, ctl: socket.socket) -> None:
         conn, _ = ctl.accept()
         with conn:
-            reply: dict[str, Any] = {"ok": True}
+            reply: dict[str, Any] = {"ok": True, "keeper": _json(ProcessId.of(os.getpid()))}
+            fds: list[int] = []
             try:
-                op = jsonsock.decode_object(jsonsock.read_to_eof(conn, 1 << 16)).get("op")
+                conn.settimeout(10.0)
+                request, fds = _receive(conn)
+                op = request.get("op")
                 if op == "sync":
                     self.sync()
+                elif op == "wire":
+                    self.sync()
+                    self._wire(request, fds[0])
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                for fd in fds:
+                    os.close(fd)
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode())
+
+    def _wire(self, request: dict[str, Any], container_ns: int) -> None:
+        """A container's veth pairs (see :func:`runtime.network.bridge.wire`)."""
+        name, joins, fresh = str(request["name"]), list(request["joins"]), bool(request["fresh"])
+        with open_book(self.state) as book:
+            networks = dict(book.networks)
+        links = wiring.links_of(name, joins, networks)
+        gateway = wiring.default_gateway(joins, networks)
+        plug = lambda: wiring.plug(name, joins, networks, container_ns, fresh)  # noqa: E731
+        netlink.in_namespace(self.ns_fd, plug)
+        netlink.in_namespace(container_ns, lambda: netlink.configure_inside(links, gateway))
 
     def _stop(self, conn: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
@@ -406,6 +419,17 @@ class _Supervisor:
             if process is not None:
                 process.send(signal.SIGKILL)
         os._exit(0)
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """A request and the descriptors that came with it."""
+    fds = array.array("i")
+    data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    rest = jsonsock.read_to_eof(conn, 1 << 16) if data else b""
+    return jsonsock.decode_object(data + rest), list(fds)
 
 
 def _json(process: ProcessId | None) -> dict[str, int] | None:
