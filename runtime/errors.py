@@ -24,7 +24,10 @@ __all__ = (
     "HolderProtocolError",
     "HostSetupError",
     "LayerNotFound",
+    "NetworkConflict",
+    "NetworkInUse",
     "NetworkLost",
+    "NetworkNotFound",
     "NetworkRestoreFailed",
     "PortInUse",
     "PortPrivileged",
@@ -289,4 +292,37 @@ class NetworkLost(SquishError, OSError):
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"the network of {name!r} cannot be restored: {reason}")
+        self.name = name
+
+
+class NetworkConflict(SquishError, ValueError):
+    """A network exists with other settings than the ones asked for: remove it first
+    (once nothing is attached) to change them."""
+
+    def __init__(self, name: str, differences: list[str]) -> None:
+        super().__init__(
+            f"network {name!r} exists with other settings ({'; '.join(differences)}); "
+            "remove it once nothing uses it, then create it again"
+        )
+        self.name = name
+        self.differences = differences
+
+
+class NetworkInUse(SquishError, RuntimeError):
+    """A network cannot be removed while containers are attached to it."""
+
+    def __init__(self, name: str, containers: list[str]) -> None:
+        super().__init__(
+            f"network {name!r} is used by {', '.join(sorted(containers))}; "
+            "disconnect or remove them first"
+        )
+        self.name = name
+        self.containers = containers
+
+
+class NetworkNotFound(SquishError, LookupError):
+    """No network of that name exists: create it (``ensure_network``) first."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no network named {name!r}; create it first")
         self.name = name

@@ -14,7 +14,8 @@
 set -euo pipefail
 
 SQUISH_USER="${SQUISH_USER:-squish}"
-PACKAGES=(slirp4netns uidmap busybox-static bubblewrap python3-venv make git procps tar libseccomp2
+PACKAGES=(slirp4netns nftables uidmap busybox-static bubblewrap python3-venv make git procps tar
+    libseccomp2  # nftables: the nft client, NAT and isolation for bridge networks
     qemu-system-x86 linux-image-amd64)  # the last two: the VM test tier (make test-vm)
 
 say() { printf 'host-setup: %s\n' "$*"; }

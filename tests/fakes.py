@@ -33,14 +33,23 @@ from typing import Literal, TypeVar
 import anyio
 import anyio.lowlevel
 
-from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
-from runtime.api.spec import ContainerSpec, PortMapping, Resources
+from runtime.api.interface import CommandResult, ContainerInfo, ContainerState, NetworkInfo
+from runtime.api.spec import (
+    ContainerSpec,
+    NetworkAttachment,
+    NetworkSpec,
+    PortMapping,
+    Resources,
+)
 from runtime.errors import (
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
     ContainerPaused,
     ContainerRunning,
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
     PortInUse,
     SlirpError,
 )
@@ -180,6 +189,7 @@ class FakeRuntime:
         """Containers whose health probe never succeeds."""
         self._cond = threading.Condition(threading.RLock())
         self._containers: dict[str, ContainerInfo] = {}
+        self._networks: dict[str, NetworkSpec] = {}
         self._calls: list[Call] = []
         self._journal: list[Mark] = []
         self._failures: list[_Failure] = []
@@ -539,6 +549,59 @@ class FakeRuntime:
             return self._update(info, slirp_pid=self._pid())
 
         return self._invoke("restore_network", name, (), {}, effect)
+
+    # -- networks (the least the Runtime protocol asks; not recorded as calls) -----------------
+
+    def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
+        with self._cond:
+            known = self._networks.setdefault(spec.name, spec)
+            if known != spec:
+                raise NetworkConflict(spec.name, ["other settings"])
+            return self._network_info(known)
+
+    def remove_network(self, name: str) -> None:
+        with self._cond:
+            if name in self._networks and self._network_info(self._networks[name]).containers:
+                users = self._network_info(self._networks[name]).containers
+                raise NetworkInUse(name, builtins.list(users))
+            self._networks.pop(name, None)
+
+    def list_networks(self) -> builtins.list[NetworkInfo]:
+        with self._cond:
+            return [self._network_info(spec) for spec in self._networks.values()]
+
+    def connect(self, name: str, attachment: NetworkAttachment) -> ContainerInfo:
+        with self._cond:
+            if attachment.network not in self._networks:
+                raise NetworkNotFound(attachment.network)
+            info = self._get(name)
+            kept = tuple(a for a in info.spec.networks if a.network != attachment.network)
+            update = {"network": "bridge", "networks": (*kept, attachment)}
+            return self._update(info, spec=info.spec.model_copy(update=update))
+
+    def disconnect(self, name: str, network: str) -> ContainerInfo:
+        with self._cond:
+            info = self._get(name)
+            kept = tuple(a for a in info.spec.networks if a.network != network)
+            if not kept:
+                raise ValueError(f"{network!r} is {name!r}'s last network")
+            return self._update(info, spec=info.spec.model_copy(update={"networks": kept}))
+
+    def _network_info(self, spec: NetworkSpec) -> NetworkInfo:
+        users = [
+            info.name
+            for info in self._containers.values()
+            if any(a.network == spec.name for a in info.spec.networks)
+        ]
+        return NetworkInfo(
+            name=spec.name,
+            subnet=spec.subnet or "10.89.0.0/24",
+            gateway="10.89.0.1",
+            internal=spec.internal,
+            dns=spec.dns,
+            labels=dict(spec.labels),
+            containers=dict.fromkeys(users, ""),
+        )
 
     # -- machinery ----------------------------------------------------------------------------
 

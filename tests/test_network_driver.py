@@ -17,6 +17,7 @@ from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.client.binds import etc_contents
 from runtime.errors import HostSetupError, PortPrivileged, SlirpError
 from runtime.network import slirp
+from runtime.network.bridge import BridgeDriver
 from runtime.network.driver import NoNetwork, Slirp4netnsDriver, driver_for
 from runtime.network.ports import unprivileged_port_start
 from runtime.util.jsonsock import read_to_eof
@@ -48,8 +49,10 @@ def test_each_mode_has_its_driver_from_a_spec_a_request_or_the_mode() -> None:
         for container in (spec(network), request(network), network):
             driver = driver_for(container)
             assert isinstance(driver, kind) and driver.name == network
-    with pytest.raises(ValueError, match="no network driver for 'bridge'"):
-        driver_for("bridge")
+    for container in (request("bridge"), "bridge"):
+        assert isinstance(driver_for(container), BridgeDriver)
+    with pytest.raises(ValueError, match="no network driver for 'macvlan'"):
+        driver_for("macvlan")
 
 
 def test_the_etc_files_name_the_drivers_addresses() -> None:

@@ -6,6 +6,7 @@ TOML. Paths here are absolute host paths; targets are absolute container paths.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -19,9 +20,12 @@ __all__ = (
     "MAX_LOG_FILES",
     "MIN_LOG_SIZE",
     "NAME_PATTERN",
+    "NETWORK_NAME",
     "BindMount",
     "ContainerSpec",
     "LogLimits",
+    "NetworkAttachment",
+    "NetworkSpec",
     "PortMapping",
     "Resources",
     "RootfsRef",
@@ -33,8 +37,63 @@ NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 """Container names: like podman's, so they are safe as file names and hostnames."""
 
 
+NETWORK_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+"""Network and alias names: DNS labels in lower case, safe as file names."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NetworkAttachment(_Frozen):
+    """One network a container joins (``network = "bridge"``)."""
+
+    network: str = Field(pattern=NETWORK_NAME)
+    aliases: tuple[str, ...] = Field(
+        default=(), description="extra names on that network (NETWORK_NAME each)"
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_ok(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in v:
+            if not re.fullmatch(NETWORK_NAME, alias):
+                raise ValueError(f"bad alias {alias!r}: lower-case DNS label expected")
+        return v
+
+
+MIN_PREFIX, MAX_PREFIX = 16, 29
+"""The sizes a network's subnet may have: a /16 down to a /29 (6 addresses)."""
+
+
+class NetworkSpec(_Frozen):
+    """A network's settings: a bridge in the holder's shared network namespace."""
+
+    name: str = Field(pattern=NETWORK_NAME)
+    subnet: str | None = Field(
+        default=None,
+        description="IPv4 CIDR, /16 to /29; None: the allocator picks a free /24 in 10.89.0.0/16",
+    )
+    internal: bool = Field(
+        default=False, description="no way out: no route to slirp4netns, no upstream DNS"
+    )
+    dns: bool = Field(default=True, description="a DNS responder on the gateway address")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="the reconciler's ownership labels"
+    )
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            net = ipaddress.IPv4Network(v)
+        except ValueError as exc:
+            raise ValueError(f"bad subnet {v!r}: {exc}") from None
+        if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
+            raise ValueError(f"subnet {v!r} must be a /{MIN_PREFIX} to a /{MAX_PREFIX}")
+        return str(net)
 
 
 class RootfsRef(_Frozen):
@@ -142,7 +201,10 @@ class ContainerSpec(_Frozen):
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/"
     ports: tuple[PortMapping, ...] = ()
-    network: Literal["slirp4netns", "none"] = "slirp4netns"
+    network: Literal["slirp4netns", "none", "bridge"] = "slirp4netns"
+    networks: tuple[NetworkAttachment, ...] = Field(
+        default=(), description='the networks it joins; non-empty iff network == "bridge"'
+    )
     hostname: str | None = None
     stop_timeout: float = Field(default=10.0, ge=0, le=3600)
     seccomp: Literal["default", "unconfined"] | dict[str, Any] = Field(
@@ -175,4 +237,13 @@ class ContainerSpec(_Frozen):
                     f"host port {port.host_addr}:{port.host}/{port.protocol} is forwarded twice"
                 )
             seen.add(key)
+        return self
+
+    @model_validator(mode="after")
+    def _networks_make_sense(self) -> ContainerSpec:
+        if (self.network == "bridge") != bool(self.networks):
+            raise ValueError('networks are given if and only if network is "bridge"')
+        names = [attachment.network for attachment in self.networks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a network is joined twice: {names}")
         return self

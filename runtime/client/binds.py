@@ -18,6 +18,7 @@ from pathlib import Path
 
 from runtime.api.spec import BindMount, ContainerSpec
 from runtime.errors import ContainerStartError
+from runtime.network import bridge
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import open_source
 from runtime.util.files import write_atomic
@@ -26,11 +27,15 @@ from runtime.wire import LaunchRequest, MountPoint
 __all__ = ("check_sources", "etc_contents", "etc_mounts", "own_sources_resolved", "user_bind")
 
 
-def etc_contents(spec: ContainerSpec) -> dict[str, str]:
-    """What the container's /etc/{resolv.conf,hosts,hostname} say."""
+def etc_contents(spec: ContainerSpec, state: Path | None = None) -> dict[str, str]:
+    """What the container's /etc/{resolv.conf,hosts,hostname} say (``state``: the state
+    folder, where a bridge container's addresses are)."""
     hostname = spec.hostname or spec.name
     network = driver_for(spec)
     own_addr, dns = network.container_addr(spec.name), network.dns_server
+    if spec.network == "bridge" and state is not None:
+        joins = [attachment.network for attachment in spec.networks]
+        own_addr, dns = bridge.etc_facts(state, spec.name, joins)
     return {
         "resolv.conf": f"nameserver {dns}\n" if dns is not None else "",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{own_addr}\t{hostname}\n",
@@ -46,7 +51,7 @@ def etc_mounts(spec: ContainerSpec, cdir: Path) -> list[MountPoint]:
     etc.mkdir(mode=0o700, exist_ok=True)
     real = os.path.realpath(etc)
     mounts = []
-    for name, content in etc_contents(spec).items():
+    for name, content in etc_contents(spec, cdir.parent.parent).items():
         write_atomic(etc / name, content.encode(), mode=0o644, sync=False)
         mounts.append(MountPoint(source=f"{real}/{name}", target=f"/etc/{name}", is_dir=False))
     return mounts

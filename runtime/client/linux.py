@@ -20,7 +20,7 @@ from pathlib import Path
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
 from runtime.client import binds, folders, logfiles
-from runtime.client.live import RunningOps
+from runtime.client.networks import NetworkOps, lease_all
 from runtime.client.paths import log_dir
 from runtime.client.records import forward_of, leaf_of
 from runtime.errors import (
@@ -35,6 +35,8 @@ from runtime.holder.client import SUN_PATH_MAX, failure_error
 from runtime.holder.protocol import ErrorCode, Failure, Launch, Launched
 from runtime.images.layers import resolve_sdks, sweep_cache
 from runtime.images.rootfs import resolve_rootfs
+from runtime.network import bridge, shared
+from runtime.network.addresses import open_book
 from runtime.network.driver import driver_for
 from runtime.sandbox.mounts import prepare_skeleton
 from runtime.security import seccomp
@@ -86,7 +88,7 @@ def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
             )
 
 
-class LinuxRuntime(RunningOps):
+class LinuxRuntime(NetworkOps):
     """Rootless containers in Linux namespaces; see ``docs/runtime.md``. The container
     lifecycle is here; records in :mod:`runtime.client.records`, live operations in
     :mod:`runtime.client.live`."""
@@ -138,6 +140,7 @@ class LinuxRuntime(RunningOps):
         syscall_filter = self._syscall_filter(spec)
         lock_fd = folders.claim(self.containers, spec.name, self._readable, self._drop_leftover)
         try:
+            lease_all(self.state, spec)  # its addresses go into its /etc files
             mounts = self._mounts(spec, cdir)
             log_path = self._new_log_path()
             limits = spec.logs or LogLimits()
@@ -167,10 +170,28 @@ class LinuxRuntime(RunningOps):
             write_json_atomic(cdir / "launch.json", request.to_json())
         except BaseException:
             folders.discard(cdir)
+            self._release(spec.name)
             raise
         finally:
             os.close(lock_fd)
         return self._info(cdir)
+
+    def _release_orphans(self) -> None:
+        """Free the addresses of containers that are gone: a client killed between a
+        lease and its create's end, or in a remove, left them."""
+        present = {entry.name for entry in self.containers.iterdir()}
+        prefix = f"{folders.HIDDEN}new-"  # .new-NAME-XXXXXXXX, the random part has no dash
+        being_made = {n[len(prefix) :].rsplit("-", 1)[0] for n in present if n.startswith(prefix)}
+        with open_book(self.state) as book:
+            for record in book.networks.values():
+                for name in [n for n in record.leases if n not in present | being_made]:
+                    book.release(record.name, name)
+
+    def _release(self, name: str) -> None:
+        """Free the addresses of container ``name`` (gone, or never made)."""
+        with open_book(self.state) as book:
+            book.release_all(name)
+        bridge.sync_if_running(self.state)
 
     def _new_log_path(self) -> Path:
         """Where a new container's log goes: a folder of its own in the log folder, with
@@ -198,6 +219,7 @@ class LinuxRuntime(RunningOps):
         swept = folders.sweep(self.containers, self._has_record, self._drop_leftover)
         for name in swept:
             self._forget(self.containers / name)
+        self._release_orphans()
         for leftover in sweep_cache(self.cache):  # staging trees, partial downloads
             log.info("removed %s, left in the cache by a killed process", leftover)
         self._sweep_logs()
@@ -313,7 +335,11 @@ class LinuxRuntime(RunningOps):
     def _reap_leftovers(self, cdir: Path, *, remove_cgroup: bool = False) -> None:
         """Kill what a dead container left: its slirp4netns (it exits on its own within
         ms) and anything still in its cgroup; ``remove_cgroup`` deletes the leaf too (it is
-        otherwise kept after an exit, for its OOM and pids counts)."""
+        otherwise kept after an exit, for its OOM and pids counts). A bridge container's
+        forwards, held by the shared slirp4netns, go too."""
+        spec = read_json(cdir / "spec.json")  # a half-made folder may have none
+        if isinstance(spec, dict) and spec.get("network") == "bridge":
+            bridge.drop_forwards(self.state, cdir.name)
         run = read_json(cdir / "run.json")
         if not isinstance(run, dict):
             return
@@ -369,6 +395,7 @@ class LinuxRuntime(RunningOps):
             logfiles.discard(Path(self._info(cdir, fresh=False).log_path))
             folders.discard(cdir)
             self._forget(cdir)
+            self._release(name)
 
     # -- observe ------------------------------------------------------------------------
 
@@ -431,6 +458,8 @@ class LinuxRuntime(RunningOps):
             if target.exists():
                 raise ContainerExists(new_name)
             os.rename(cdir, target)
+            with open_book(self.state) as book:
+                book.rename(name, new_name)
             spec = self._spec(target).model_copy(update={"name": new_name})
             self._write_spec(target, spec)
             request = self._launch_request(target)
@@ -454,5 +483,6 @@ class LinuxRuntime(RunningOps):
         """Stop and remove every container of this state directory, then the holder."""
         for info in self.list():
             self.remove(info.name, force=True)
+        shared.stop_supervisor(self.state)
         self.holder.stop()
         self.cgroups.release(self._group)

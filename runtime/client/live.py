@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.api.interface import CommandResult, ContainerInfo, ContainerState
-from runtime.api.spec import PortMapping, Resources
+from runtime.api.spec import ContainerSpec, PortMapping, Resources
 from runtime.cgroups import fs as cgroups
 from runtime.client.records import (
     RecordStore,
@@ -43,6 +43,8 @@ from runtime.holder.protocol import (
     ProbeTcp,
     Restored,
     RestoreNetwork,
+    Rewire,
+    Rewired,
 )
 from runtime.network.driver import Forwards, driver_for
 from runtime.util.files import read_json, write_json_atomic
@@ -107,11 +109,15 @@ class RunningOps(RecordStore):
         """Start slirp4netns again for a running container whose slirp4netns died, in the
         same network namespace, and put back every forward it can (a port taken in the
         meantime stays out and shows as missing). Raises :class:`NetworkLost` when only a
-        recreate can help."""
+        recreate can help. A bridge container whose shared namespace is gone (its keeper
+        died) is wired again into a new one, its forwards with it."""
         with self._locked(name) as cdir:
             info = self._info(cdir)
             if info.state is not ContainerState.RUNNING or info.pid is None:
                 raise ContainerNotRunning(name)
+            if info.spec.network == "bridge" and info.slirp_pid is None:
+                self._rewire(cdir, info.spec, info.pid)
+                return self._info(cdir)
             if not driver_for(info.spec).has_helper or info.slirp_pid is not None:
                 return info
             launch = self._launch_request(cdir)
@@ -141,6 +147,17 @@ class RunningOps(RecordStore):
             write_json_atomic(cdir / "run.json", run)
             self._forward_checks.pop(cdir, None)
             return self._info(cdir)
+
+    def _rewire(self, cdir: Path, spec: ContainerSpec, init_pid: int) -> None:
+        """Have the holder make running bridge container ``spec``'s interfaces match its
+        networks (in a new shared namespace, if the old one is gone)."""
+        joins = tuple(attachment.network for attachment in spec.networks)
+        request = Rewire(init_pid=init_pid, container_dir=str(cdir), networks=joins)
+        reply = self.holder.call(request, Rewired)
+        if isinstance(reply, Failure) and reply.code is ErrorCode.UNKNOWN_CONTAINER:
+            raise NetworkLost(spec.name, reply.message)
+        if isinstance(reply, Failure):
+            raise failure_error(spec.name, reply)
 
     def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
         """Move a forward from one running container to another with the shortest gap

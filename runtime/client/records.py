@@ -23,6 +23,8 @@ from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
 from runtime.holder.protocol import CONTAINERS_DIR
+from runtime.network import bridge, shared
+from runtime.network.addresses import leases_of
 from runtime.network.driver import driver_for
 from runtime.settings import RuntimeSettings
 from runtime.util.files import read_json, write_json_atomic
@@ -204,12 +206,16 @@ class RecordStore:
             "log_path": meta.get("log_path") or str(cdir / LOG_FILE),
             "restarts": int(meta.get("restarts", 0)),
             "created_at": float(meta.get("created_at", 0.0)),
+            "addresses": leases_of(self.state, spec.name) if spec.networks else {},
         }
         if not isinstance(run, dict):
             return ContainerInfo(state=ContainerState.CREATED, **common)
         init = ProcessId.from_json(run.get("init"))
         if init is not None and init.alive():
             slirp_id = ProcessId.from_json(run.get("slirp"))
+            if spec.network == "bridge":  # the shared one, if it serves this container
+                wired = bridge.wired_to(cdir)
+                slirp_id = None if wired is None else shared.slirp_identity(self.state, wired)
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive:

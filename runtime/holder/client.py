@@ -94,7 +94,7 @@ def failure_error(name: str, failure: Failure, *, program: str = "", port: int =
     match failure.code:
         case ErrorCode.PORT_IN_USE:
             return _port_in_use(failure.port, message)
-        case ErrorCode.SLIRP_FAILED:
+        case ErrorCode.SLIRP_FAILED | ErrorCode.REWIRE_FAILED:
             return SlirpError(message)
         case ErrorCode.NOT_RUNNING:
             return ContainerNotRunning(name, message)

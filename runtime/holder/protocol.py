@@ -53,6 +53,8 @@ __all__ = (
     "Request",
     "RestoreNetwork",
     "Restored",
+    "Rewire",
+    "Rewired",
     "Startup",
     "decode_reply",
     "decode_request",
@@ -95,6 +97,7 @@ class Op(enum.StrEnum):
     RESTORE_NETWORK = "restore_network"
     PROBE_TCP = "probe_tcp"
     EXEC = "exec"
+    REWIRE = "rewire"
 
 
 class ErrorCode(enum.StrEnum):
@@ -118,6 +121,7 @@ class ErrorCode(enum.StrEnum):
     EXEC_FAILED = "exec"
     PROBE_FAILED = "probe"
     RESTORE_FAILED = "restore_network"
+    REWIRE_FAILED = "rewire"
 
 
 # -- one-byte marks on the start-up pipes -------------------------------------------------
@@ -227,9 +231,20 @@ class Exec:
     cgroup: str = ""
 
 
-Request = Ping | Exit | Launch | RestoreNetwork | ProbeTcp | Exec
+@dataclass(frozen=True)
+class Rewire:
+    """Make a running bridge container's interfaces match ``networks`` (live connect and
+    disconnect: veth pairs added or deleted, the same init)."""
+
+    op: typing.ClassVar[Op] = Op.REWIRE
+    init_pid: int
+    container_dir: str
+    networks: tuple[str, ...]
+
+
+Request = Ping | Exit | Launch | RestoreNetwork | ProbeTcp | Exec | Rewire
 _REQUESTS: dict[str, type[Request]] = {
-    kind.op.value: kind for kind in (Ping, Exit, Launch, RestoreNetwork, ProbeTcp, Exec)
+    kind.op.value: kind for kind in (Ping, Exit, Launch, RestoreNetwork, ProbeTcp, Exec, Rewire)
 }
 
 
@@ -256,6 +271,11 @@ class Launched:
 class Restored:
     slirp: dict[str, Any]
     """The identity of the new slirp4netns (``ProcessId.to_json``)."""
+
+
+@dataclass(frozen=True)
+class Rewired:
+    """The container's interfaces match the networks asked for."""
 
 
 @dataclass(frozen=True)
@@ -288,8 +308,8 @@ class Failure:
     """For ``PORT_IN_USE``: the port taken (its fields are sent beside the message)."""
 
 
-Reply = Pong | Done | Launched | Restored | ProbeResult | ExecResult | Failure
-R = TypeVar("R", Pong, Done, Launched, Restored, ProbeResult, ExecResult)
+Reply = Pong | Done | Launched | Restored | Rewired | ProbeResult | ExecResult | Failure
+R = TypeVar("R", Pong, Done, Launched, Restored, Rewired, ProbeResult, ExecResult)
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -302,7 +322,7 @@ def to_json(message: Request | Reply) -> dict[str, Any]:
         port = dataclasses.asdict(message.port) if message.port is not None else {}
         return {**head, "message": message.message, **port}
     body = dataclasses.asdict(message)
-    if isinstance(message, Pong | Done | Launched | Restored | ProbeResult | ExecResult):
+    if isinstance(message, Pong | Done | Launched | Restored | Rewired | ProbeResult | ExecResult):
         return {"ok": True, **body}
     return {"op": message.op.value, **body}
 

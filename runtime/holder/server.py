@@ -56,6 +56,8 @@ from runtime.holder.protocol import (
     Request,
     Restored,
     RestoreNetwork,
+    Rewire,
+    Rewired,
     Startup,
     decode_request,
     encode,
@@ -63,6 +65,7 @@ from runtime.holder.protocol import (
 )
 from runtime.holder.spare import hand_over, restart_slirp, run_spare
 from runtime.holder.workers import become_child, fork_worker
+from runtime.network import bridge
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
@@ -301,6 +304,18 @@ class _Containers:
 
         fork_worker(conn, (netns,), work, ErrorCode.PROBE_FAILED)
 
+    def rewire(self, conn: socket.socket, request: Rewire) -> None:
+        """Connect or disconnect a running bridge container; a worker wires its veth
+        pairs through the namespace descriptor this holder keeps, and answers ``conn``."""
+        netns = self._held(request.init_pid).namespaces["net"]
+        cdir = Path(request.container_dir)
+
+        def work() -> Reply:
+            bridge.wire(bridge.state_of(cdir), cdir.name, list(request.networks), netns)
+            return Rewired()
+
+        fork_worker(conn, (netns,), work, ErrorCode.REWIRE_FAILED)
+
     def exec(self, conn: socket.socket, request: Exec) -> None:
         """Run a command in the container; a runner answers on ``conn``."""
         held = self._held(request.init_pid)
@@ -452,6 +467,8 @@ def _dispatch(
             containers.probe_tcp(conn, request)
         case Exec():
             containers.exec(conn, request)  # a runner answers on its copy of conn
+        case Rewire():
+            containers.rewire(conn, request)
     return True
 
 

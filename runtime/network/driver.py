@@ -2,14 +2,14 @@
 
 - :class:`Slirp4netnsDriver`: one slirp4netns per container, in the host's network
   namespace, serving the container's tap0; host ports forwarded through its API socket;
-- :class:`NoNetwork`: only the loopback; no helper, no forwards.
+- :class:`NoNetwork`: only the loopback; no helper, no forwards;
+- :class:`~runtime.network.bridge.BridgeDriver`: bridges in one network namespace shared
+  by the user's containers, veth pairs, one slirp4netns for the way out and the forwards.
 
 The client and the holder ask the driver of a container (:func:`driver_for` its spec or
 launch request) what they need and never which one it is: the addresses written to the
 container's /etc files, the sockets it keeps in the container folder, the helper the
 launcher starts (and starts again after it died), the forwards of a running container.
-A network shared by several containers (a bridge in a namespace of the holder, veth
-pairs, one slirp4netns for the way out) would be one more implementation here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Protocol
 
 from runtime.errors import SlirpError
 from runtime.network import slirp
+from runtime.network.bridge import BridgeDriver
 from runtime.network.slirp import LiveForward
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward
@@ -216,7 +217,7 @@ def _no_forwards(what: str) -> SlirpError:
 
 
 _DRIVERS: dict[str, NetworkDriver] = {
-    driver.name: driver for driver in (Slirp4netnsDriver(), NoNetwork())
+    driver.name: driver for driver in (Slirp4netnsDriver(), NoNetwork(), BridgeDriver())
 }
 
 

@@ -1,0 +1,214 @@
+"""Bridge networks (``network = "bridge"``): containers join bridges in one network
+namespace shared by the user's containers (:mod:`runtime.network.shared`), each through a
+veth pair, with the address the address book leased it.
+
+At a launch (in the spare, in the holder's user namespace) the driver makes sure the
+shared namespace's keeper runs and matches the book, then wires one veth pair per network
+the container joins: ``eth0`` for the first (its gateway carries the default route unless
+the network is internal), ``eth1``... for the others. The pairs go when the container's
+namespace goes. There is no helper of the container's own: host forwards go through the
+shared slirp4netns (:class:`BridgeForwards`), which its keeper restarts when it dies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from runtime.errors import SlirpError
+from runtime.network import shared, slirp
+from runtime.network.addresses import open_book, read_networks
+from runtime.network.slirp import LiveForward
+from runtime.util.files import read_json, write_json_atomic
+from runtime.util.processes import ProcessId
+from runtime.wire import Forward
+
+__all__ = (
+    "BridgeDriver",
+    "BridgeForwards",
+    "drop_forwards",
+    "etc_facts",
+    "joined",
+    "state_of",
+    "sync_if_running",
+    "wire",
+    "wired_to",
+)
+
+
+WIRED = "wired.json"
+"""In the container folder: the keeper whose namespace the container is wired into."""
+
+
+def wired_to(cdir: Path) -> object:
+    """The keeper container folder ``cdir`` was last wired to (None: never)."""
+    wired = read_json(cdir / WIRED)
+    return wired.get("keeper") if isinstance(wired, dict) else None
+
+
+def state_of(cdir: Path) -> Path:
+    """The state folder of container folder ``cdir`` (``STATE/containers/NAME``)."""
+    return cdir.parent.parent
+
+
+def joined(cdir: Path) -> list[str]:
+    """The networks the container of folder ``cdir`` joins, in its spec's order (read as
+    plain JSON: the launching side loads no pydantic)."""
+    spec = read_json(cdir / "spec.json")
+    entries = spec.get("networks", []) if isinstance(spec, dict) else []
+    return [str(entry["network"]) for entry in entries]
+
+
+def etc_facts(state: Path, name: str, joins: list[str]) -> tuple[str, str | None]:
+    """The address container ``name``'s hostname resolves to (its first network's) and
+    its nameserver: the first network's DNS responder, else slirp's forwarder unless
+    the network is internal (then none)."""
+    networks = read_networks(state)
+    first = networks.get(joins[0]) if joins else None
+    if first is None or name not in first.leases:
+        return "127.0.1.1", None
+    if first.dns:
+        return first.leases[name], first.gateway
+    return first.leases[name], None if first.internal else slirp.DNS_ADDR
+
+
+def sync_if_running(state: Path) -> None:
+    """Bring the shared namespace in line with the book, when its keeper runs."""
+    if shared.slirp_identity(state) is not None:
+        shared.call(state, "sync")
+
+
+def drop_forwards(state: Path, name: str) -> None:
+    """Take container ``name``'s host forwards out of the shared slirp4netns and the
+    rules (it stopped, or starts again and adds them anew)."""
+    with shared.locked(state) as bdir:
+        records = shared.load_forwards(bdir)
+        mine = {(r.proto, r.guest_port) for r in records if r.container == name}
+        if not mine:
+            return
+        shared.save_forwards(bdir, [r for r in records if r.container != name])
+    if shared.slirp_identity(state) is None:
+        return  # no keeper: nothing holds them
+    api = bdir / slirp.API_SOCKET
+    for live in slirp.list_forwards(api):
+        if (live.forward.proto, live.forward.guest_port) in mine:
+            slirp.remove_forward(api, live.id)
+    shared.call(state, "sync")
+
+
+def wire(
+    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+) -> None:
+    """Make container ``name``'s interfaces match ``joins`` (the networks it is on, in
+    order), in its network namespace ``container_ns``: a veth pair for each network it
+    joins anew, the pair of each network it left deleted (its inside end goes with it),
+    the default route through the first network unless that one is internal. Leases
+    come first, so the keeper's sync makes any network the container brought along.
+    ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
+    an ended namespace a little later, and one may still be there). The keeper does the
+    work (it has pyroute2 loaded once) with the descriptor this sends it."""
+    with open_book(state) as book:
+        for network in joins:
+            if network not in book.networks:
+                book.add_network(network, None)  # removed while the container was stopped
+            book.lease(network, name)  # kept if it has one
+    shared.ensure_supervisor(state)
+    reply = shared.call(state, "wire", fds=(container_ns,), name=name, joins=joins, fresh=fresh)
+    write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
+
+
+class BridgeForwards:
+    """Host forwards of one bridge container through the shared slirp4netns."""
+
+    def __init__(self, state: Path, name: str) -> None:
+        self.state = state
+        self.name = name
+        self.api = shared.bridge_dir(state) / slirp.API_SOCKET
+
+    def add(self, forward: Forward) -> int:
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+            record = shared.ForwardRecord(
+                self.name,
+                forward.proto,
+                forward.host_addr,
+                forward.host_port,
+                forward.guest_port,
+                shared.free_guest_port(records, forward.proto),
+            )
+            shared.save_forwards(bdir, [*records, record])
+        try:
+            shared.call(self.state, "sync")  # the DNAT rule before the first packet
+            return slirp.add_forward(self.api, shared.slirp_forward(record))
+        except BaseException:
+            self._drop(record.proto, record.guest_port)
+            raise
+
+    def remove(self, forward_id: int) -> None:
+        for live in slirp.list_forwards(self.api):
+            if live.id == forward_id:
+                slirp.remove_forward(self.api, forward_id)
+                self._drop(live.forward.proto, live.forward.guest_port)
+
+    def list(self) -> list[LiveForward]:
+        with shared.locked(self.state) as bdir:
+            ours = {
+                (r.proto, r.guest_port): r
+                for r in shared.load_forwards(bdir)
+                if r.container == self.name
+            }
+        found = []
+        for live in slirp.list_forwards(self.api):
+            record = ours.get((live.forward.proto, live.forward.guest_port))
+            if record is not None and live.forward.host_port == record.host_port:
+                forward = Forward(record.proto, record.host_addr, record.host_port, record.port)
+                found.append(LiveForward(live.id, forward))
+        return found
+
+    def find(self, forward: Forward) -> LiveForward | None:
+        return next((live for live in self.list() if live.forward == forward), None)
+
+    def _drop(self, proto: str, guest_port: int) -> None:
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+            kept = [r for r in records if (r.proto, r.guest_port) != (proto, guest_port)]
+            shared.save_forwards(bdir, kept)
+        shared.call(self.state, "sync")
+
+
+class BridgeDriver:
+    """Containers on bridges in the shared namespace (``network = "bridge"``)."""
+
+    name = "bridge"
+    dns_server: str | None = None  # per container: see runtime.client.binds
+    sockets: tuple[str, ...] = ()
+    has_helper = False
+
+    def container_addr(self, name: str) -> str:
+        return "127.0.1.1"  # its addresses differ per network; its name stays its own
+
+    def check_host(self) -> None:
+        slirp.slirp_binary()
+        slirp.check_tun()
+        from runtime.network import nft
+
+        nft.nft_binary()
+
+    def ensure_port_free(self, forward: Forward) -> None:
+        slirp.ensure_port_free(forward)
+
+    def start(
+        self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
+    ) -> ProcessId | None:
+        container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            wire(state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True)
+        except OSError as exc:
+            raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
+        return None
+
+    def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
+        raise SlirpError("bridge containers share one slirp4netns; its keeper restarts it")
+
+    def forwards(self, cdir: Path, name: str) -> BridgeForwards:
+        return BridgeForwards(state_of(cdir), name)

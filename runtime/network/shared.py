@@ -1,0 +1,483 @@
+"""The shared network namespace of bridge networks and the process that keeps it.
+
+One per state folder, in the holder's user namespace: the *supervisor* forks a *pinner*
+(it unshares a network namespace and waits; the namespace lives as long as it does),
+starts one slirp4netns on that namespace (tap0, 10.0.2.100/24, the default route: the
+networks' way out and the host forwards' way in), starts the DNS responder in it when
+``runtime.network.dnsserver`` is there, and serves requests on ``ctl.sock``:
+
+- ``sync``: make the namespace match the address book: a bridge per network with its
+  gateway address (bridges of removed networks deleted), the nftables ruleset
+  (:mod:`runtime.network.nft`, forwards of containers no longer running dropped), and the
+  DNS responder's records file;
+- ``ping``; ``stop``: end slirp4netns, the responder and the pinner, then itself.
+
+A slirp4netns or responder that dies is started again at once, and every recorded host
+forward is put back into the new slirp4netns. Files, in ``STATE/bridge``: ``ctl.sock``,
+``slirp.sock``, ``slirp.log``, ``keeper.json`` (pids), ``forwards.json``, ``dns.json``,
+``dns.log``, ``keeper.lock``, ``forwards.lock``.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from runtime.errors import SlirpError
+from runtime.network import netlink, nft, slirp, wiring
+from runtime.network.addresses import NetworkRecord, open_book
+from runtime.sandbox import syscalls as sc
+from runtime.util import jsonsock
+from runtime.util.files import read_json, write_json_atomic
+from runtime.util.processes import ProcessId, close_fds_except, wait_readable
+from runtime.wire import Forward
+
+__all__ = (
+    "BRIDGE_DIR",
+    "ForwardRecord",
+    "bridge_dir",
+    "call",
+    "ensure_supervisor",
+    "free_guest_port",
+    "load_forwards",
+    "locked",
+    "save_forwards",
+    "slirp_forward",
+    "slirp_identity",
+    "stop_supervisor",
+)
+
+BRIDGE_DIR = "bridge"
+CONTAINERS = "containers"
+"""The containers' folder in the state folder (the holder's ``CONTAINERS_DIR``)."""
+READY_TIMEOUT = 10.0
+KEEPER_LOCK = "keeper.lock"
+DNS_MODULE = "runtime.network.dnsserver"
+FIRST_GUEST_PORT = 20000
+"""Host forwards arrive at 10.0.2.100 on ports from here up, one per forward."""
+
+
+def bridge_dir(state: Path) -> Path:
+    path = state / BRIDGE_DIR
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def locked(state: Path, lock: str = "forwards.lock") -> Iterator[Path]:
+    """The bridge folder, under an exclusive lock: ``forwards.lock`` for the forwards
+    file, ``keeper.lock`` while a keeper is started or stopped."""
+    bdir = bridge_dir(state)
+    fd = os.open(bdir / lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield bdir
+    finally:
+        os.close(fd)
+
+
+# -- what callers use ----------------------------------------------------------------
+
+
+def call(
+    state: Path, op: str, timeout: float = 20.0, fds: tuple[int, ...] = (), **args: Any
+) -> dict[str, Any]:
+    """Send ``op`` (with ``args``, and descriptors ``fds``) to the supervisor; OSError
+    when it does not answer or fails."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(bridge_dir(state) / "ctl.sock"))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        sock.sendmsg([json.dumps({"op": op, **args}).encode()], rights)
+        sock.shutdown(socket.SHUT_WR)
+        reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
+    if "error" in reply:
+        raise OSError(f"the bridge network keeper failed to {op}: {reply['error']}")
+    return reply
+
+
+def _keeper(state: Path) -> dict[str, Any]:
+    record = read_json(bridge_dir(state) / "keeper.json")
+    return record if isinstance(record, dict) else {}
+
+
+def _own_userns() -> int:
+    return os.stat("/proc/self/ns/user").st_ino
+
+
+def _usable(state: Path) -> bool:
+    """Whether a supervisor of this user namespace answers."""
+    keeper = _keeper(state)
+    if keeper.get("userns") != _own_userns():
+        return False
+    try:
+        call(state, "ping", timeout=5.0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def ensure_supervisor(state: Path) -> None:
+    """Start the supervisor unless one of this user namespace runs (one of another, left
+    by an earlier holder, is stopped: its namespace cannot be entered from here)."""
+    with locked(state, KEEPER_LOCK) as bdir:
+        if _usable(state):
+            return
+        _end(_keeper(state))
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            try:
+                close_fds_except({write_end, 2})
+                _Supervisor(state, bdir).run(write_end)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        ready = os.read(read_end, 4096) if wait_readable([read_end], READY_TIMEOUT) else b""
+        os.close(read_end)
+        if ready != b"1":
+            message = ready.decode(errors="replace") if ready else "no answer"
+            raise SlirpError(f"the bridge network keeper did not start: {message}")
+
+
+def stop_supervisor(state: Path) -> None:
+    """End the supervisor and what it started (the last network is gone)."""
+    with locked(state, KEEPER_LOCK):
+        keeper = _keeper(state)
+        with contextlib.suppress(OSError, ValueError):
+            call(state, "stop", timeout=5.0)
+        _end(keeper)
+        (bridge_dir(state) / "keeper.json").unlink(missing_ok=True)
+
+
+def _end(keeper: dict[str, Any]) -> None:
+    for key in ("supervisor", "slirp", "dns", "pinner"):
+        process = ProcessId.from_json(keeper.get(key))
+        if process is not None and process.send(signal.SIGKILL):
+            process.wait_gone(5.0)
+
+
+def slirp_identity(state: Path, wired_to: object = None) -> ProcessId | None:
+    """The shared slirp4netns now, if it runs; with ``wired_to`` (the keeper a container
+    was wired to), only if that keeper is the one running: a container wired into the
+    namespace of a keeper that died has no network, whatever runs now."""
+    keeper = _keeper(state)
+    supervisor = ProcessId.from_json(keeper.get("supervisor"))
+    process = ProcessId.from_json(keeper.get("slirp"))
+    if supervisor is None or not supervisor.alive() or process is None:
+        return None
+    if wired_to is not None and wired_to != supervisor.to_json():
+        return None
+    return process if process.alive() else None
+
+
+@dataclass
+class ForwardRecord:
+    """A host forward to a bridge container: slirp4netns sends host_addr:host_port to
+    10.0.2.100:guest_port, nftables on to the container's address:port."""
+
+    container: str
+    proto: str
+    host_addr: str
+    host_port: int
+    port: int
+    guest_port: int
+
+
+def load_forwards(bdir: Path) -> list[ForwardRecord]:
+    data = read_json(bdir / "forwards.json")
+    entries = data.get("forwards", []) if isinstance(data, dict) else []
+    return [ForwardRecord(**entry) for entry in entries]
+
+
+def save_forwards(bdir: Path, records: list[ForwardRecord]) -> None:
+    entries = [record.__dict__ for record in records]
+    write_json_atomic(bdir / "forwards.json", {"version": 1, "forwards": entries})
+
+
+def free_guest_port(records: list[ForwardRecord], proto: str) -> int:
+    taken = {r.guest_port for r in records if r.proto == proto}
+    return next(port for port in range(FIRST_GUEST_PORT, 65536) if port not in taken)
+
+
+# -- the supervisor ------------------------------------------------------------------
+
+
+def _exists(state: Path, container: str) -> bool:
+    return (state / CONTAINERS / container).is_dir()
+
+
+def _records(networks: dict[str, NetworkRecord], state: Path) -> dict[str, Any]:
+    """The DNS responder's records: each network with dns on, its containers' names and
+    aliases (from their specs)."""
+    servers = []
+    for record in networks.values():
+        if not record.dns:
+            continue
+        names: dict[str, list[str]] = {}
+        for container, address in record.leases.items():
+            for name in (container, *_aliases(state, container, record.name)):
+                names.setdefault(name.lower(), []).append(address)
+        upstream = [] if record.internal else [slirp.DNS_ADDR]
+        servers.append({"listen": record.gateway, "upstream": upstream, "names": names})
+    return {"version": 1, "servers": servers}
+
+
+def _aliases(state: Path, container: str, network: str) -> list[str]:
+    spec = read_json(state / CONTAINERS / container / "spec.json")
+    for attachment in spec.get("networks", []) if isinstance(spec, dict) else []:
+        if attachment.get("network") == network:
+            return [str(alias) for alias in attachment.get("aliases", [])]
+    return []
+
+
+@dataclass
+class _Supervisor:
+    state: Path
+    bdir: Path
+    pinner: ProcessId | None = None
+    pinner_w: int = -1
+    ns_fd: int = -1
+    exit_r: int = -1
+    """What slirp4netns and the responder watch: EOF when this process ends."""
+    exit_w: int = -1
+    slirp: ProcessId | None = None
+    dns: ProcessId | None = None
+    children: dict[int, str] = field(default_factory=dict)
+
+    def run(self, ready_w: int) -> NoReturn:
+        try:
+            os.setsid()
+            signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+            netlink.prewarm()  # loaded once: every step forked from here has it
+            self.exit_r, self.exit_w = os.pipe2(os.O_CLOEXEC)
+            self._start_pinner()
+            self._start_slirp()
+            self.sync()
+            self._start_dns()
+            ctl = self._listen()
+            self._record()
+            os.write(ready_w, b"1")
+            os.close(ready_w)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(ready_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            os._exit(1)
+        self._serve(ctl)
+
+    def _start_pinner(self) -> None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            os.close(write_end)
+            os.close(ready_r)
+            _pin(read_end, ready_w)
+        os.close(read_end)
+        os.close(ready_w)
+        if not wait_readable([ready_r], READY_TIMEOUT) or os.read(ready_r, 1) != b"1":
+            raise OSError("the shared network namespace could not be made")
+        os.close(ready_r)
+        self.pinner, self.pinner_w = ProcessId.of(child), write_end
+        self.ns_fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _start_slirp(self) -> None:
+        fds = {"netns_fd": self.ns_fd, "exit_fd": self.exit_r}
+        try:
+            self.slirp = slirp.spawn(self.bdir, True, READY_TIMEOUT, **fds)
+        except (SlirpError, TimeoutError):
+            self.slirp = slirp.spawn(self.bdir, False, READY_TIMEOUT, **fds)
+        self.children[self.slirp.pid] = "slirp"
+        for record in load_forwards(self.bdir):
+            with contextlib.suppress(OSError):  # a port taken meanwhile stays out
+                slirp.add_forward(self.bdir / slirp.API_SOCKET, slirp_forward(record))
+
+    def _start_dns(self) -> None:
+        if importlib.util.find_spec(DNS_MODULE) is None:
+            return
+        argv = [sys.executable, "-m", DNS_MODULE, str(self.bdir / "dns.json")]
+        argv += ["--exit-fd", str(self.exit_r)]
+        ns_fd = self.ns_fd
+
+        def enter() -> None:
+            sc.setns(ns_fd, sc.CLONE_NEWNET)
+
+        with open(self.bdir / "dns.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(self.exit_r,),
+                preexec_fn=enter,
+            )
+        proc.returncode = 0  # reaped through its pid, by this process
+        self.dns = ProcessId.of(proc.pid)
+        self.children[proc.pid] = "dns"
+
+    def _listen(self) -> socket.socket:
+        path = self.bdir / "ctl.sock"
+        path.unlink(missing_ok=True)
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        ctl.bind(str(path))
+        ctl.listen(16)
+        return ctl
+
+    def _record(self) -> None:
+        keeper = {
+            "supervisor": _json(ProcessId.of(os.getpid())),
+            "pinner": _json(self.pinner),
+            "slirp": _json(self.slirp),
+            "dns": _json(self.dns),
+            "userns": _own_userns(),
+        }
+        write_json_atomic(self.bdir / "keeper.json", keeper)
+
+    def sync(self) -> None:
+        with open_book(self.state) as book:
+            networks = dict(book.networks)
+        with locked(self.state):
+            records = [r for r in load_forwards(self.bdir) if _exists(self.state, r.container)]
+            save_forwards(self.bdir, records)
+        text = nft.ruleset(_bridges(networks), _dnats(networks, records))
+        netlink.in_namespace(self.ns_fd, lambda: _converge_links(networks, text))
+        write_json_atomic(self.bdir / "dns.json", _records(networks, self.state))
+
+    def _serve(self, ctl: socket.socket) -> NoReturn:
+        while True:
+            pidfds = {os.pidfd_open(pid): pid for pid in self.children}
+            ready = wait_readable([ctl.fileno(), *pidfds], None)
+            for fd in pidfds:
+                os.close(fd)
+            for fd in ready:
+                if fd == ctl.fileno():
+                    self._answer(ctl)
+                else:
+                    self._restart(pidfds[fd])
+
+    def _restart(self, pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        kind = self.children.pop(pid)
+        if kind == "slirp":
+            self._start_slirp()
+        else:
+            self._start_dns()
+        self._record()
+
+    def _answer(self, ctl: socket.socket) -> None:
+        conn, _ = ctl.accept()
+        with conn:
+            reply: dict[str, Any] = {"ok": True, "keeper": _json(ProcessId.of(os.getpid()))}
+            fds: list[int] = []
+            try:
+                conn.settimeout(10.0)
+                request, fds = _receive(conn)
+                op = request.get("op")
+                if op == "sync":
+                    self.sync()
+                elif op == "wire":
+                    self.sync()
+                    self._wire(request, fds[0])
+                elif op == "stop":
+                    self._stop(conn)
+            except Exception as exc:
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode())
+
+    def _wire(self, request: dict[str, Any], container_ns: int) -> None:
+        """A container's veth pairs (see :func:`runtime.network.bridge.wire`)."""
+        name, joins, fresh = str(request["name"]), list(request["joins"]), bool(request["fresh"])
+        with open_book(self.state) as book:
+            networks = dict(book.networks)
+        links = wiring.links_of(name, joins, networks)
+        gateway = wiring.default_gateway(joins, networks)
+        plug = lambda: wiring.plug(name, joins, networks, container_ns, fresh)  # noqa: E731
+        netlink.in_namespace(self.ns_fd, plug)
+        netlink.in_namespace(container_ns, lambda: netlink.configure_inside(links, gateway))
+
+    def _stop(self, conn: socket.socket) -> NoReturn:
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"ok": True}).encode())
+        for process in (self.slirp, self.dns, self.pinner):
+            if process is not None:
+                process.send(signal.SIGKILL)
+        os._exit(0)
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """A request and the descriptors that came with it."""
+    fds = array.array("i")
+    data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    rest = jsonsock.read_to_eof(conn, 1 << 16) if data else b""
+    return jsonsock.decode_object(data + rest), list(fds)
+
+
+def _json(process: ProcessId | None) -> dict[str, int] | None:
+    return process.to_json() if process is not None else None
+
+
+def _pin(read_end: int, ready_w: int) -> NoReturn:
+    """The pinner: a network namespace of its own, kept until EOF on ``read_end``."""
+    try:
+        sc.unshare(sc.CLONE_NEWNET)
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+        os.read(read_end, 1)
+    finally:
+        os._exit(0)
+
+
+def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
+    return [
+        nft.Bridge(netlink.bridge_name(r.name), r.subnet, r.gateway, r.internal)
+        for r in networks.values()
+    ]
+
+
+def _dnats(networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> list[nft.Dnat]:
+    dnats = []
+    for record in records:
+        address = next(
+            (n.leases[record.container] for n in networks.values() if record.container in n.leases),
+            None,
+        )
+        if address is not None:
+            dnats.append(nft.Dnat(record.proto, record.guest_port, address, record.port))
+    return dnats
+
+
+def _converge_links(networks: dict[str, NetworkRecord], text: str) -> None:
+    """Inside the shared namespace: routing on, every network's bridge and no other,
+    and the rules."""
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # this namespace's own
+    wanted = {netlink.bridge_name(name): record for name, record in networks.items()}
+    for name, record in wanted.items():
+        netlink.ensure_bridge(name, record.subnet)
+    for name in netlink.link_names():
+        if name.startswith("sqb") and name not in wanted:
+            netlink.delete_link(name)
+    nft.apply(text)
+
+
+def slirp_forward(record: ForwardRecord) -> Forward:
+    return Forward(record.proto, record.host_addr, record.host_port, record.guest_port)

@@ -1,0 +1,328 @@
+"""Bridge networks end to end: real namespaces, veth pairs, the shared slirp4netns and
+nftables, busybox inside. Containers on one network reach each other by address; other
+networks cannot; forwards from the host reach bridge containers, move live and come back
+when the shared slirp4netns is killed; nothing is left once everything is removed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.api.spec import (
+    BindMount,
+    ContainerSpec,
+    NetworkAttachment,
+    NetworkSpec,
+    PortMapping,
+    RootfsRef,
+)
+from runtime.client.linux import LinuxRuntime
+from runtime.network import shared
+from runtime.util.processes import ProcessId
+from tests.conftest import rootless
+from tests.support import free_port, http_get, http_refused, processes_mentioning
+
+pytestmark = rootless
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+
+
+def on(*networks: str) -> dict[str, object]:
+    return {
+        "network": "bridge",
+        "networks": tuple(NetworkAttachment(network=n) for n in networks),
+    }
+
+
+def web(name: str, site: Path, *networks: str, **fields: object) -> ContainerSpec:
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("httpd", "-f", "-p", "80", "-h", "/site"),
+        binds=(BindMount(source=str(site), target="/site"),),
+        **on(*networks),
+        **fields,
+    )
+
+
+def serving(rt: LinuxRuntime, *names: str) -> None:
+    """Wait until each container's httpd accepts connections."""
+    for name in names:
+        for _ in range(500):
+            if rt.probe_tcp(name, 80):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"{name}'s httpd never listened")
+
+
+def fetch(rt: LinuxRuntime, name: str, address: str, port: int = 80) -> str:
+    """The body ``name`` gets from http://address:port/ (``unreachable`` when nothing).
+    With nc: busybox wget run through ``exec_command`` crashes (SIGSEGV) here, on every
+    network mode."""
+    request = r"printf 'GET / HTTP/1.0\r\n\r\n'"
+    script = (
+        f"{request} | nc -w 2 {address} {port} 2>/dev/null | tail -n 1 | grep . || echo unreachable"
+    )
+    result = rt.exec_command(name, ("/bin/sh", "-c", script), timeout=10)
+    return result.output.strip()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("hello over the bridge\n")
+    return root
+
+
+@pytest.fixture
+def nets(rt: LinuxRuntime) -> Iterator[LinuxRuntime]:
+    """The runtime; every container and network removed after the test."""
+    yield rt
+    for info in rt.list():
+        rt.remove(info.name, force=True)
+    for network in rt.list_networks():
+        rt.remove_network(network.name)
+
+
+def test_containers_on_one_network_reach_each_other_and_not_another(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    a = nets.run(web("ba", site, "front"))
+    b = nets.run(web("bb", site, "front"))
+    c = nets.run(web("bc", site, "back"))
+    serving(nets, "ba", "bb", "bc")
+    assert a.addresses["front"] != b.addresses["front"]
+    assert fetch(nets, "ba", b.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "bb", a.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "bc", a.addresses["front"]) == "unreachable"
+    assert fetch(nets, "ba", c.addresses["back"]) == "unreachable"
+
+
+def test_a_container_on_two_networks_reaches_both(nets: LinuxRuntime, site: Path) -> None:
+    front = nets.run(web("tf", site, "front"))
+    back = nets.run(web("tb", site, "back"))
+    both = nets.run(web("t2", site, "front", "back"))
+    serving(nets, "tf", "tb", "t2")
+    assert set(both.addresses) == {"front", "back"}
+    assert fetch(nets, "t2", front.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "t2", back.addresses["back"]) == "hello over the bridge"
+
+
+def test_a_forward_to_a_bridge_container_answers_and_moves_live(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    first, second = free_port(), free_port()
+    before = nets.run(web("fw", site, "front", ports=(PortMapping(container=80, host=first),)))
+    assert http_get(first, "/index.html") == b"hello over the bridge\n"
+    nets.add_port("fw", PortMapping(container=80, host=second))
+    after = nets.remove_port("fw", PortMapping(container=80, host=first))
+    assert http_get(second, "/index.html") == b"hello over the bridge\n"
+    assert http_refused(first)
+    assert (after.pid, after.pid_start_time) == (before.pid, before.pid_start_time)
+    assert after.ports == (PortMapping(container=80, host=second),)
+
+
+def test_a_killed_shared_slirp4netns_comes_back_with_every_forward(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    ports = free_port(), free_port()
+    for name, port in zip(("k1", "k2"), ports, strict=True):
+        nets.run(web(name, site, "front", ports=(PortMapping(container=80, host=port),)))
+        assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    old = shared.slirp_identity(state_path)
+    assert old is not None and nets.inspect("k1").slirp_pid == old.pid
+    old.send(signal.SIGKILL)
+    for port in ports:
+        assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    new = shared.slirp_identity(state_path)
+    assert new is not None and new != old
+    assert nets.inspect("k2").ports == (PortMapping(container=80, host=ports[1]),)
+
+
+def test_an_internal_network_has_no_way_out(nets: LinuxRuntime, site: Path) -> None:
+    nets.ensure_network(NetworkSpec(name="sealed", internal=True))
+    nets.run(web("in", site, "sealed"))
+    nets.run(web("out", site, "front"))
+    route = "ip route; ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1 && echo way-out || echo no-way"
+    inside = nets.exec_command("in", ("/bin/sh", "-c", route)).output
+    outside = nets.exec_command("out", ("/bin/sh", "-c", route)).output
+    assert "default" not in inside and "no-way" in inside
+    assert "default via" in outside and "way-out" in outside
+
+
+def test_nothing_is_left_after_removing_everything(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    nets.run(web("l1", site, "front", ports=(PortMapping(container=80, host=free_port()),)))
+    nets.run(web("l2", site, "back"))
+    keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
+    processes = [ProcessId.from_json(keeper[key]) for key in ("supervisor", "pinner", "slirp")]
+    pinner = processes[1]
+    assert pinner is not None
+    shared_ns = os.stat(f"/proc/{pinner.pid}/ns/net").st_ino
+    for name in ("l1", "l2"):
+        nets.remove(name, force=True)
+    for network in nets.list_networks():
+        nets.remove_network(network.name)
+    for process in processes:  # the keeper, the namespace's pinner, the slirp4netns
+        assert process is not None and process.wait_gone(5.0)
+    assert not processes_mentioning(str(state_path / shared.BRIDGE_DIR))
+    assert shared_ns not in _network_namespaces_in_use()  # and with it every veth pair
+    assert nets.list_networks() == []
+    assert not (state_path / shared.BRIDGE_DIR / "keeper.json").exists()
+
+
+def _network_namespaces_in_use() -> set[int]:
+    """Network namespaces our processes are in or hold a descriptor of."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            found.add(os.stat(entry / "ns" / "net").st_ino)
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        found.update(int(link[5:-1]) for link in links if link.startswith("net:["))
+    return found
+
+
+def test_a_running_container_connects_and_disconnects_live(nets: LinuxRuntime, site: Path) -> None:
+    back = nets.run(web("lb", site, "back"))
+    before = nets.run(web("lc", site, "front"))
+    serving(nets, "lb", "lc")
+    assert fetch(nets, "lc", back.addresses["back"]) == "unreachable"
+    joined = nets.connect("lc", NetworkAttachment(network="back"))
+    assert set(joined.addresses) == {"front", "back"}
+    assert fetch(nets, "lc", back.addresses["back"]) == "hello over the bridge"
+    assert fetch(nets, "lb", joined.addresses["back"]) == "hello over the bridge"
+    interfaces = nets.exec_command("lc", ("/bin/sh", "-c", "ls /sys/class/net")).output.split()
+    assert sorted(interfaces) == ["eth0", "eth1", "lo"]
+    left = nets.disconnect("lc", "back")
+    assert set(left.addresses) == {"front"}
+    assert fetch(nets, "lc", back.addresses["back"]) == "unreachable"
+    assert (left.pid, left.pid_start_time) == (before.pid, before.pid_start_time)
+    assert {n.name: sorted(n.containers) for n in nets.list_networks()} == {
+        "back": ["lb"],
+        "front": ["lc"],
+    }
+
+
+def test_addresses_are_never_handed_out_twice_across_a_holder_restart(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    first = nets.run(web("h1", site, "front"))
+    holder = nets.holder.identity()
+    assert holder is not None and holder.send(signal.SIGKILL) and holder.wait_gone(30.0)
+    second = nets.run(web("h2", site, "front"))
+    serving(nets, "h1", "h2")
+    assert first.addresses["front"] != second.addresses["front"]
+    assert fetch(nets, "h2", first.addresses["front"]) == "hello over the bridge"
+    nets.remove("h1", force=True)
+    third = nets.run(web("h3", site, "front"))
+    assert third.addresses["front"] not in {second.addresses["front"]}
+
+
+def test_resolv_conf_names_the_gateway_and_the_records_name_everyone(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    nets.ensure_network(NetworkSpec(name="quiet", dns=False))
+    aliased = {
+        "network": "bridge",
+        "networks": (NetworkAttachment(network="front", aliases=("www",)),),
+    }
+    spec = ContainerSpec(name="dn", rootfs=BUSYBOX, argv=("httpd", "-f", "-p", "80"), **aliased)
+    info = nets.run(spec)
+    nets.run(web("dq", site, "quiet"))
+    front = {n.name: n for n in nets.list_networks()}["front"]
+    resolv = nets.exec_command("dn", ("cat", "/etc/resolv.conf")).output
+    assert resolv == f"nameserver {front.gateway}\n"
+    assert nets.exec_command("dq", ("cat", "/etc/resolv.conf")).output == "nameserver 10.0.2.3\n"
+    records = json.loads((state_path / shared.BRIDGE_DIR / "dns.json").read_text())
+    servers = {server["listen"]: server for server in records["servers"]}
+    assert set(servers) == {front.gateway}  # none for the network without DNS
+    address = info.addresses["front"]
+    assert servers[front.gateway]["names"] == {"dn": [address], "www": [address]}
+    assert servers[front.gateway]["upstream"] == ["10.0.2.3"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("runtime.network.dnsserver") is None,
+    reason="the DNS responder (runtime.network.dnsserver) is not in this tree",
+)
+def test_containers_find_each_other_by_name(nets: LinuxRuntime, site: Path) -> None:
+    server = nets.run(web("named", site, "front"))
+    nets.run(web("asker", site, "front"))
+    serving(nets, "named", "asker")
+    answer = nets.exec_command("asker", ("nslookup", "named")).output
+    assert server.addresses["front"] in answer
+    assert fetch(nets, "asker", "named") == "hello over the bridge"
+
+
+def test_a_forward_moves_between_bridge_containers(nets: LinuxRuntime, tmp_path: Path) -> None:
+    sites = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "index.html").write_text(f"{name}\n")
+        sites.append(root)
+    port = free_port()
+    mapping = PortMapping(container=80, host=port)
+    nets.run(web("mv1", sites[0], "front", ports=(mapping,)))
+    target = nets.run(web("mv2", sites[1], "front"))
+    assert http_get(port, "/index.html") == b"one\n"
+    nets.move_port("mv1", "mv2", mapping)
+    assert http_get(port, "/index.html") == b"two\n"
+    moved = nets.inspect("mv2")
+    assert moved.ports == (mapping,) and nets.inspect("mv1").ports == ()
+    assert (moved.pid, moved.pid_start_time) == (target.pid, target.pid_start_time)
+
+
+def test_a_dead_keeper_is_healed_by_wiring_every_container_again(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    one = nets.run(web("r1", site, "front", ports=(PortMapping(container=80, host=port),)))
+    two = nets.run(web("r2", site, "front"))
+    serving(nets, "r1", "r2")
+    keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
+    supervisor = ProcessId.from_json(keeper["supervisor"])
+    assert supervisor is not None and supervisor.send(signal.SIGKILL)
+    assert supervisor.wait_gone(5.0)
+    assert nets.inspect("r1").slirp_pid is None  # what the reconciler's heal looks for
+    healed = nets.restore_network("r1")
+    assert healed.slirp_pid is not None
+    assert nets.inspect("r2").slirp_pid is None  # the new namespace has no way to it yet
+    assert nets.restore_network("r2").slirp_pid == healed.slirp_pid
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    assert fetch(nets, "r2", one.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "r1", two.addresses["front"]) == "hello over the bridge"
+    assert nets.inspect("r1").pid == one.pid
+
+
+def test_a_stopped_bridge_container_starts_again_with_its_address_and_forward(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    port = free_port()
+    first = nets.run(web("again", site, "front", ports=(PortMapping(container=80, host=port),)))
+    peer = nets.run(web("peer", site, "front"))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    serving(nets, "again", "peer")
+    assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
+    nets.stop("again")
+    assert http_refused(port)  # its forward went with it
+    second = nets.start("again")
+    assert second.pid != first.pid and second.addresses == first.addresses
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    serving(nets, "again")
+    assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "again", peer.addresses["front"]) == "hello over the bridge"

@@ -1,0 +1,42 @@
+"""The nftables ruleset of the shared namespace, as text (what goes out, what comes in,
+what is dropped), and the link-layer address a container's interface gets. The rules
+themselves are exercised in tests/test_bridge_networks.py."""
+
+from __future__ import annotations
+
+from runtime.network.netlink import mac_of
+from runtime.network.nft import Bridge, Dnat, ruleset
+
+OPEN = Bridge("sqbopen", "10.89.0.0/24", "10.89.0.1", internal=False)
+SEALED = Bridge("sqbsealed", "10.89.1.0/24", "10.89.1.1", internal=True)
+
+
+def test_only_networks_that_are_not_internal_go_out() -> None:
+    text = ruleset([OPEN, SEALED], [])
+    assert "oifname tap0 ip saddr 10.89.0.0/24 masquerade" in text
+    assert "iifname sqbopen oifname tap0 accept" in text
+    assert "10.89.1.0/24 masquerade" not in text
+    assert "iifname sqbsealed oifname tap0" not in text
+
+
+def test_forwarding_drops_all_but_answers_dnat_and_one_bridge_to_itself() -> None:
+    text = ruleset([OPEN, SEALED], [])
+    assert "type filter hook forward priority filter; policy drop;" in text
+    assert "iifname sqbopen oifname sqbopen accept" in text
+    assert "iifname sqbopen oifname sqbsealed" not in text
+    assert "iifname sqbsealed ip daddr != 10.89.1.1 drop" in text
+
+
+def test_a_forward_is_a_dnat_from_its_guest_port() -> None:
+    text = ruleset([OPEN], [Dnat("udp", 20001, "10.89.0.7", 53)])
+    assert "iifname tap0 udp dport 20001 dnat to 10.89.0.7:53" in text
+
+
+def test_the_table_is_replaced_whole() -> None:
+    lines = ruleset([], []).splitlines()
+    assert lines[:3] == ["table ip squish {}", "delete table ip squish", "table ip squish {"]
+
+
+def test_an_address_has_one_link_layer_address_across_restarts() -> None:
+    assert mac_of("10.89.0.2") == "02:42:0a:59:00:02"
+    assert mac_of("10.89.0.2") != mac_of("10.89.1.2")
