@@ -400,8 +400,9 @@ def test_end_of_file_on_the_exit_fd_ends_it(start: Start) -> None:
 NAMESPACE_SCRIPT = """
 ip link set lo up
 "$PYTHON" -m runtime.network.dnsserver "$RECORDS" &
-for _ in $(seq 200); do
+for _ in $(seq 1200); do  # until the responder listens (it may take a while to load)
     busybox nslookup web 127.0.0.53 >"$OUT" 2>&1 && break
+    busybox sleep 0.05
 done
 busybox nslookup nowhere.example 127.0.0.53 >>"$OUT" 2>&1
 kill -TERM $!
