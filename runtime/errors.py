@@ -24,7 +24,10 @@ __all__ = (
     "HolderProtocolError",
     "HostSetupError",
     "LayerNotFound",
+    "NetworkConflict",
+    "NetworkInUse",
     "NetworkLost",
+    "NetworkNotFound",
     "NetworkRestoreFailed",
     "PortInUse",
     "PortPrivileged",
@@ -289,4 +292,30 @@ class NetworkLost(SquishError, OSError):
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"the network of {name!r} cannot be restored: {reason}")
+        self.name = name
+
+
+class NetworkConflict(SquishError, ValueError):
+    """A network of that name exists with other settings (``differences`` says which)."""
+
+    def __init__(self, name: str, differences: str) -> None:
+        super().__init__(f"network {name!r} exists with other settings: {differences}")
+        self.name = name
+        self.differences = differences
+
+
+class NetworkInUse(SquishError, RuntimeError):
+    """A network cannot be removed while containers (running or not) are attached."""
+
+    def __init__(self, name: str, containers: tuple[str, ...]) -> None:
+        super().__init__(f"network {name!r} is in use by {', '.join(containers)}")
+        self.name = name
+        self.containers = containers
+
+
+class NetworkNotFound(SquishError, LookupError):
+    """No network of that name exists."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no network named {name!r}")
         self.name = name

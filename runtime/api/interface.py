@@ -7,18 +7,25 @@ effect is done (a started container is running, a removed one is gone).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.api.spec import ContainerSpec, PortMapping, Resources
+from runtime.api.spec import (
+    ContainerSpec,
+    NetworkAttachment,
+    NetworkSpec,
+    PortMapping,
+    Resources,
+)
 
 if TYPE_CHECKING:  # the api tier names the token's type only; util is its own tier
     from runtime.util.cancel import Cancel
 
-__all__ = ("CommandResult", "ContainerInfo", "ContainerState", "Runtime")
+__all__ = ("CommandResult", "ContainerInfo", "ContainerState", "NetworkInfo", "Runtime")
 
 
 class ContainerState(StrEnum):
@@ -57,6 +64,21 @@ class ContainerInfo(BaseModel):
     """Forks refused by the process-count limit (this run)."""
     log_path: str
     created_at: float
+    addresses: dict[str, str] = {}
+    """Network name -> IPv4 address (bridge containers)."""
+
+
+class NetworkInfo(BaseModel):
+    """A network as it exists now."""
+
+    name: str
+    subnet: str
+    gateway: str
+    internal: bool
+    dns: bool
+    labels: dict[str, str]
+    containers: dict[str, str]
+    """Container name -> its IPv4 address on this network."""
 
 
 class CommandResult(BaseModel):
@@ -171,4 +193,27 @@ class Runtime(Protocol):
     def restore_network(self, name: str) -> ContainerInfo:
         """Start the network helper of a running container again (it died), forwards
         included, without restarting the container."""
+        ...
+
+    def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
+        """Create the network, or return the existing one when its settings are the same;
+        :class:`~runtime.errors.NetworkConflict` when they differ."""
+        ...
+
+    def remove_network(self, name: str) -> None:
+        """:class:`~runtime.errors.NetworkInUse` while a container (running or not) is
+        attached; an unknown name is no error."""
+        ...
+
+    def list_networks(self) -> builtins.list[NetworkInfo]: ...
+
+    def connect(self, name: str, attachment: NetworkAttachment) -> ContainerInfo:
+        """Live for a running container (same pid: a new interface appears, DNS answers
+        at once); for a stopped one it is recorded and applies at its next start. The
+        network must exist (:class:`~runtime.errors.NetworkNotFound`)."""
+        ...
+
+    def disconnect(self, name: str, network: str) -> ContainerInfo:
+        """Live likewise; its last network cannot be removed (ValueError: use network
+        "none" by recreating)."""
         ...

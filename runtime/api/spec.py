@@ -19,9 +19,12 @@ __all__ = (
     "MAX_LOG_FILES",
     "MIN_LOG_SIZE",
     "NAME_PATTERN",
+    "NETWORK_NAME",
     "BindMount",
     "ContainerSpec",
     "LogLimits",
+    "NetworkAttachment",
+    "NetworkSpec",
     "PortMapping",
     "Resources",
     "RootfsRef",
@@ -31,6 +34,9 @@ __all__ = (
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 """Container names: like podman's, so they are safe as file names and hostnames."""
+
+NETWORK_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+"""Network and alias names (DNS labels, lower case)."""
 
 
 class _Frozen(BaseModel):
@@ -100,6 +106,46 @@ class PortMapping(_Frozen):
         return f"{addr}:{self.host}->{self.container}/{self.protocol}"
 
 
+class NetworkAttachment(_Frozen):
+    """One network a container joins."""
+
+    network: str = Field(pattern=NETWORK_NAME)
+    aliases: tuple[str, ...] = Field(
+        default=(), description="extra names on that network (NETWORK_NAME each)"
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_ok(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in v:
+            if not re.fullmatch(NETWORK_NAME, alias):
+                raise ValueError(f"bad alias {alias!r}")
+        return v
+
+
+class NetworkSpec(_Frozen):
+    """A network's settings."""
+
+    name: str = Field(pattern=NETWORK_NAME)
+    subnet: str | None = Field(
+        default=None,
+        description="IPv4 CIDR, /16../29; None: the allocator picks a free /24 in 10.89.0.0/16",
+    )
+    internal: bool = Field(
+        default=False,
+        description="True: no way out (no route to slirp4netns, no upstream DNS)",
+    )
+    dns: bool = Field(
+        default=True,
+        description="False: no DNS responder on this network; resolv.conf then uses slirp's "
+        "10.0.2.3 (or none if internal)",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="the reconciler's ownership labels (like ContainerSpec.labels)",
+    )
+
+
 MAX_BYTES = 2**50
 """Largest memory limit accepted (1 PiB): beyond anything real, within what the kernel
 and systemd take."""
@@ -142,7 +188,10 @@ class ContainerSpec(_Frozen):
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/"
     ports: tuple[PortMapping, ...] = ()
-    network: Literal["slirp4netns", "none"] = "slirp4netns"
+    network: Literal["slirp4netns", "none", "bridge"] = "slirp4netns"
+    networks: tuple[NetworkAttachment, ...] = Field(
+        default=(), description="the networks joined; non-empty iff network is 'bridge'"
+    )
     hostname: str | None = None
     stop_timeout: float = Field(default=10.0, ge=0, le=3600)
     seccomp: Literal["default", "unconfined"] | dict[str, Any] = Field(
@@ -162,6 +211,15 @@ class ContainerSpec(_Frozen):
         description="free-form metadata kept with the container (the reconciler marks "
         "what it manages and the hash of the spec it applied)",
     )
+
+    @model_validator(mode="after")
+    def _networks_make_sense(self) -> ContainerSpec:
+        if bool(self.networks) != (self.network == "bridge"):
+            raise ValueError("networks are given iff network is 'bridge'")
+        names = [attachment.network for attachment in self.networks]
+        if len(set(names)) != len(names):
+            raise ValueError("a network is joined twice")
+        return self
 
     @model_validator(mode="after")
     def _ports_make_sense(self) -> ContainerSpec:
