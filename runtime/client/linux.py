@@ -8,6 +8,7 @@ container itself, so it may run in a threaded program.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import logging
 import os
@@ -17,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime.api.interface import ContainerInfo, ContainerState
-from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
+from runtime.api.interface import ContainerInfo, ContainerState, NetworkInfo
+from runtime.api.spec import ContainerSpec, LogLimits, NetworkAttachment, NetworkSpec, RootfsRef
 from runtime.client import binds, folders, logfiles
 from runtime.client.live import RunningOps
 from runtime.client.paths import log_dir
@@ -426,6 +427,23 @@ class LinuxRuntime(RunningOps):
             return self._info(target)
 
     # -- cgroups -------------------------------------------------------------------------
+
+    # -- bridge networks: placeholders until the shared network namespace is built ------
+
+    def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
+        raise NotImplementedError("bridge networks: not built yet")
+
+    def remove_network(self, name: str) -> None:
+        raise NotImplementedError("bridge networks: not built yet")
+
+    def list_networks(self) -> builtins.list[NetworkInfo]:
+        return []  # none can exist before ensure_network is built
+
+    def connect(self, name: str, attachment: NetworkAttachment) -> ContainerInfo:
+        raise NotImplementedError("bridge networks: not built yet")
+
+    def disconnect(self, name: str, network: str) -> ContainerInfo:
+        raise NotImplementedError("bridge networks: not built yet")
 
     # -- the whole runtime --------------------------------------------------------------
 
