@@ -6,8 +6,9 @@ applied:
 - ``squish.managed-by``: ``reconciler``
 - ``squish.folder``: the absolute folder the file lives in
 - ``squish.file``: the file's name in that folder
-- ``squish.spec-hash``: a hash of the normalised spec *without* its ports and labels
-  (a difference in ports alone is applied live; anything else means a recreate)
+- ``squish.spec-hash``: a hash of the normalised spec *without* its ports, resources,
+  labels and networks joined (a difference in those alone is applied live; anything
+  else means a recreate)
 """
 
 from __future__ import annotations
@@ -123,13 +124,13 @@ def replaced_name(name: str) -> str | None:
     return None
 
 
-LIVE_FIELDS = ("ports", "resources", "labels")
+LIVE_FIELDS = ("ports", "resources", "labels", "networks")
 """Spec fields changed on a running container without recreating it."""
 
 
 def spec_hash(spec: ContainerSpec) -> str:
-    """Hash of everything in ``spec`` that cannot change live (all but ports, resources
-    and labels)."""
+    """Hash of everything in ``spec`` that cannot change live (all but ports, resources,
+    labels and the networks joined)."""
     data = spec.model_dump(mode="json", exclude=set(LIVE_FIELDS))
     if data.get("logs") is None:  # no [logs]: the hash it had before the field existed
         data.pop("logs", None)
