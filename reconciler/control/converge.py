@@ -1,7 +1,8 @@
 """Converging: the only place that calls the runtime.
 
-A plan is applied in three phases (phase 0 frees the ports and names phase 1 takes,
-phase 2 releases old forwards nothing takes), each phase's actions concurrently under a
+A plan is applied in four phases (phase 0 frees the ports and names phase 1 takes and
+makes the networks it joins, phase 2 releases old forwards and networks left, phase 3
+removes the networks nothing joins), each phase's actions concurrently under a
 bound. An action that fails does not hold up the others: it is recorded, its container
 has no further action in this pass (so its old forwards are not released), and it backs
 off before the next attempt (client-go style: a few milliseconds, doubling, capped).
@@ -37,7 +38,9 @@ from reconciler.desired.types import (
     replacement_name,
     retired_name,
 )
+from reconciler.planning.actions import PHASES
 from reconciler.planning.conflicts import overlaps
+from reconciler.planning.networks import joins
 from reconciler.planning.plan import Action, ActionKind, Plan, takes
 from reconciler.settings import Backoff, Settings
 from runtime.api import ContainerInfo, ContainerState, PortMapping, Runtime
@@ -231,11 +234,11 @@ class Converger:
         self._ledger = _Ledger()
         outcomes: list[Outcome] = []
         failed: set[str] = set()
-        for phase in (0, 1, 2):
-            batch = [a for a in plan.phase(phase) if a.name not in failed]
+        for phase in PHASES:
+            batch = list(plan.phase(phase))
             if phase == 1:
                 batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
-                batch = [a for a in batch if a.name not in failed]
+            batch = [a for a in batch if a.name not in failed and failed.isdisjoint(joins(a))]
             results: list[Outcome] = []
             async with anyio.create_task_group() as group:
                 for action in batch:
@@ -284,6 +287,11 @@ class Converger:
                 ActionKind.MOVE: self._move,
                 ActionKind.RELEASE: self._release,
                 ActionKind.RESIZE: self._resize,
+                ActionKind.ENSURE_NETWORK: self._ensure_network,
+                ActionKind.RENEW_NETWORK: self._renew_network,
+                ActionKind.CONNECT: self._connect,
+                ActionKind.DISCONNECT: self._disconnect,
+                ActionKind.REMOVE_NETWORK: self._remove_network,
             }[action.kind]
         step(action)
 
@@ -352,6 +360,26 @@ class Converger:
         assert action.desired is not None
         self.runtime.update_resources(action.name, action.desired.spec.resources)
 
+    def _ensure_network(self, action: Action) -> None:
+        assert action.network is not None
+        self.runtime.ensure_network(action.network)
+
+    def _renew_network(self, action: Action) -> None:
+        """Remake a network no container uses with its new settings."""
+        self.runtime.remove_network(action.name)
+        self._ensure_network(action)
+
+    def _connect(self, action: Action) -> None:
+        assert action.attachment is not None
+        self.runtime.connect(action.name, action.attachment)
+
+    def _disconnect(self, action: Action) -> None:
+        assert action.attachment is not None
+        self.runtime.disconnect(action.name, action.attachment.network)
+
+    def _remove_network(self, action: Action) -> None:
+        self.runtime.remove_network(action.name)
+
     async def _replace_start_first(self, want: DesiredContainer) -> None:
         """Start the replacement without forwards, wait until it is ready, move the
         forwards over one by one, wait out the drain, give the new one the name and stop
@@ -384,7 +412,8 @@ class Converger:
         """Move each live forward from the old container to ``temp`` (the gap per port:
         one remove and one add); add those it does not have. ``moved`` lists what moved."""
         old = self.runtime.inspect(want.name)
-        live = set(old.ports) if old.slirp_pid is not None else set()
+        networked = old.spec.network != "slirp4netns" or old.slirp_pid is not None
+        live = set(old.ports) if networked else set()
         for port in want.spec.ports:
             if port in live:
                 self.runtime.move_port(want.name, temp, port)
@@ -483,7 +512,7 @@ class Converger:
             track.seen_finish = -math.inf
         if action.kind is ActionKind.START:
             track.seen_finish = -math.inf  # its next exit counts, even with the same time
-        if action.kind is ActionKind.DESTROY:
+        if action.kind in (ActionKind.DESTROY, ActionKind.REMOVE_NETWORK):
             self._tracks.pop(action.name, None)
 
 

@@ -32,18 +32,27 @@ from reconciler.desired.types import (
     LABEL_MANAGED,
     MANAGER,
     DesiredContainer,
+    DesiredNetwork,
     DesiredState,
     FileError,
     HealthCheck,
+    network_files_in,
+    network_labels,
     skipped_in,
     spec_hash,
     squishfiles_in,
 )
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import file_text, load_with_lines, read_squishfile
+from reconciler.squishfile import (
+    file_text,
+    load_network_file,
+    load_with_lines,
+    read_squishfile,
+)
+from reconciler.squishfile.networks import network_file_name, runtime_network_name
 from reconciler.squishfile.tomlpos import TomlError, parse_toml
-from runtime.api import ContainerSpec
+from runtime.api import ContainerSpec, NetworkSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
 
@@ -182,6 +191,7 @@ def load_desired(
     try:
         paths = squishfiles_in(folder)
         skipped = tuple(skipped_in(folder))
+        networks = _Networks.load(folder, network_files_in(folder))
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: list[DesiredContainer] = []
@@ -197,8 +207,47 @@ def load_desired(
             del cache[gone]
     containers, duplicates = settle_names(valid, {})  # the planner knows what runs
     return DesiredState(
-        folder=folder, containers=containers, errors=(*errors, *duplicates), skipped=skipped
+        folder=folder,
+        containers=containers,
+        errors=(*errors, *duplicates),
+        skipped=skipped,
+        networks=networks.valid,
+        network_errors=tuple(networks.errors),
+        network_files=tuple(networks.digests),
     )
+
+
+@dataclass
+class _Networks:
+    """The network files of a folder, loaded (they are small: read on every pass)."""
+
+    valid: dict[str, DesiredNetwork]
+    errors: list[FileError]
+    digests: list[tuple[Path, bytes]]
+
+    @classmethod
+    def load(cls, folder: Path, paths: list[Path]) -> _Networks:
+        loaded = cls({}, [], [])
+        for path in paths:
+            name = network_file_name(path)
+            try:
+                raw = read_squishfile(path)[0]
+                loaded.digests.append((path, _digest(raw, ())))
+                settings = load_network_file(path, raw)
+            except FileNotFoundError:
+                continue  # deleted between the listing and now
+            except (OSError, SquishfileError) as exc:
+                loaded.errors.append(_unreadable(path, exc, name))
+                continue
+            spec = NetworkSpec(
+                name=runtime_network_name(folder, name),
+                subnet=settings.subnet,
+                internal=settings.internal,
+                dns=settings.dns,
+                labels=network_labels(folder, name),
+            )
+            loaded.valid[spec.name] = DesiredNetwork(path, name, spec)
+        return loaded
 
 
 def settles_in(cache: FileCache, now: float, settle: float) -> float | None:
