@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.desired.folder import load_desired
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_network_file, load_squishfile
 from reconciler.squishfile.networks import (
@@ -168,3 +169,11 @@ def test_a_network_file_named_badly_says_so(tmp_path: Path) -> None:
     (problem,) = problems(path, load_network_file)
     assert (problem.field, problem.line) == ("<file>", None)
     assert '"Back" is not a valid network name' in problem.message
+
+
+def test_the_examples_in_desired_are_a_pair_on_one_network() -> None:
+    desired = load_desired(Path(__file__).resolve().parents[1] / "desired")
+    web, db = desired.containers["web"].spec, desired.containers["db"].spec
+    assert [a.network for a in web.networks] == [a.network for a in db.networks]
+    assert db.networks[0].aliases == ("database",) and not db.ports
+    assert web.env["DATABASE"] == "db:5432"

@@ -52,6 +52,11 @@ T = TypeVar("T")
 # -- squishfiles ----------------------------------------------------------------------------
 
 
+ISOLATED = 'network = "isolated"\n'
+"""These containers keep a slirp4netns of their own until the runtime has bridge
+networks; then the line goes and they join the folder's network, as users' files do."""
+
+
 def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
     """busybox httpd serving ``./<site>`` of the folder on 127.0.0.1:PORT, like
     desired/web.toml; with ``delay`` it listens that many seconds after it starts."""
@@ -61,6 +66,7 @@ def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
         else f'command = "httpd"\nargs = ["-f", "-p", "80", "-h", "/app/{site}"]'
     )
     return f"""\
+{ISOLATED}
 [layers]
 busybox = "builtin"
 {site} = "./{site}"
@@ -78,6 +84,7 @@ def greeting_toml(port: int, greeting: str) -> str:
     """httpd serving a page that holds $GREETING, as the container's environment has it."""
     script = "mkdir -p /tmp/www; echo $GREETING > /tmp/www/index.html; httpd -f -p 80 -h /tmp/www"
     return f"""\
+{ISOLATED}
 [layers]
 busybox = "builtin"
 

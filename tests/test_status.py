@@ -32,6 +32,7 @@ from reconciler.control.status import (
 from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import Condition, ConditionKind
 from reconciler.settings import Settings
+from reconciler.squishfile.networks import runtime_network_name
 from runtime.errors import ContainerStartError
 from tests.fakes import FakeClock, FakeRuntime
 
@@ -86,7 +87,8 @@ def status(folder: Path, runtime: FakeRuntime, clock: FakeClock) -> dict[str, An
     viewer = reconciler(folder, runtime, clock)
     desired, actual, todo = viewer.dry_run()
     assert viewer.store is not None
-    return status_document(desired, actual, todo, viewer.store.read(), now=clock())
+    stored = viewer.store.read()
+    return status_document(desired, actual, todo, stored, now=clock(), networks=viewer.networks)
 
 
 def rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -388,3 +390,88 @@ def test_the_console_says_a_full_disk_once_while_its_free_space_moves() -> None:
         "StateDiskFull: the state disk is full: 900 B free",
         "StateDiskFull: cleared",
     ]
+
+
+# -- networks: addresses per network, and the folder's networks ---------------------------------
+
+
+def web_and_db(folder: Path) -> None:
+    (folder / "web.toml").write_text(APP)
+    (folder / "db.toml").write_text('networks = ["default", "back"]\n' + APP)
+    (folder / "back.network.toml").write_text('subnet = "10.89.40.0/24"\ninternal = true\n')
+    (folder / "spare.network.toml").write_text("dns = false\n")
+
+
+@pytest.mark.anyio
+async def test_status_shows_addresses_per_network_and_the_networks(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    web_and_db(folder)
+    before = status(folder, runtime, clock)
+    assert {n["name"]: n["state"] for n in before["networks"]} == {
+        "back": "Pending",
+        "default": "Pending",
+        "spare": "Unused",
+    }
+    await reconciler(folder, runtime, clock).reconcile("test")
+
+    document = status(folder, runtime, clock)
+    db, web = rows(document)["db"], rows(document)["web"]
+    assert list(db["addresses"]) == ["back", "default"]
+    assert db["addresses"]["back"].startswith("10.89.40.")
+    assert list(web["addresses"]) == ["default"] and web["in_sync"]
+    networks = {n["name"]: n for n in document["networks"]}
+    back = networks["back"]
+    assert (back["network"], back["file"], back["state"]) == (
+        runtime_network_name(folder, "back"),
+        "back.network.toml",
+        "Ready",
+    )
+    assert (back["subnet"], back["gateway"], back["internal"], back["dns"]) == (
+        "10.89.40.0/24",
+        "10.89.40.1",
+        True,
+        True,
+    )
+    assert back["containers"] == {"db": db["addresses"]["back"]}
+    assert networks["default"]["containers"] == {
+        "db": db["addresses"]["default"],
+        "web": web["addresses"]["default"],
+    }
+    assert (networks["spare"]["state"], networks["spare"]["dns"]) == ("Unused", False)
+
+    (folder / "db.toml").unlink()
+    leaving = {n["name"]: n["state"] for n in status(folder, runtime, clock)["networks"]}
+    assert leaving["back"] == "Terminating" and leaving["default"] == "Ready"
+
+
+@pytest.mark.anyio
+async def test_a_network_condition_is_on_its_network_and_the_folder(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    web_and_db(folder)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    (folder / "back.network.toml").write_text('subnet = "10.89.41.0/24"\n')
+    document = status(folder, runtime, clock)
+    (condition,) = document["conditions"]
+    assert (condition["kind"], condition["network"]) == ("NetworkInUse", "back")
+    back = next(n for n in document["networks"] if n["name"] == "back")
+    assert [c["kind"] for c in back["conditions"]] == ["NetworkInUse"]
+    assert "now: db" in back["conditions"][0]["message"]
+
+
+@pytest.mark.anyio
+async def test_the_status_table_lists_addresses_and_networks(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web_and_db(folder)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    document = status(folder, runtime, clock)
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "_out", Console(file=screen, width=200, color_system=None))
+    cli.print_status(document, wide=True)
+    out = screen.getvalue()
+    web = rows(document)["web"]
+    assert f"default={web['addresses']['default']}" in out
+    (back,) = [line for line in out.splitlines() if "back.network.toml" in line]
+    assert all(word in back for word in ("Ready", "10.89.40.0/24", "yes", "db=10.89.40."))

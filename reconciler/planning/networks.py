@@ -32,7 +32,14 @@ from reconciler.planning.actions import Action, ActionKind, Condition, Condition
 from reconciler.squishfile.networks import local_network_name, runtime_network_name
 from runtime.api import ContainerInfo, ContainerSpec, NetworkAttachment, NetworkInfo, NetworkSpec
 
-__all__ = ("NetworkPlan", "attachment_actions", "joins", "networks_differ", "plan_networks")
+__all__ = (
+    "NetworkPlan",
+    "attachment_actions",
+    "joins",
+    "network_managed_by",
+    "networks_differ",
+    "plan_networks",
+)
 
 
 def _joined(spec: ContainerSpec) -> dict[str, frozenset[str]]:
@@ -88,7 +95,8 @@ class NetworkPlan:
     not validate."""
 
 
-def _is_ours(info: NetworkInfo, folder: str) -> bool:
+def network_managed_by(info: NetworkInfo, folder: str) -> bool:
+    """Whether this folder's reconciler made the network (nothing else is ever removed)."""
     labels = info.labels
     return labels.get(LABEL_MANAGED) == MANAGER and labels.get(LABEL_FOLDER) == folder
 
@@ -186,7 +194,7 @@ def _ensure(state: _Networks, spec: NetworkSpec, out: NetworkPlan) -> None:
     if not changed:
         return
     what = ", ".join(changed)
-    if not _is_ours(info, str(state.desired.folder)):
+    if not network_managed_by(info, str(state.desired.folder)):
         message = f"network {name} exists with other settings ({what}) and was not made here"
         out.conditions.append(Condition("*", ConditionKind.NETWORK_CONFLICT, message, local))
     elif info.containers:
@@ -211,7 +219,7 @@ def _remove_unused(
     leaving = _leaving(container_actions, by_name)
     folder = str(state.desired.folder)
     for name, info in sorted(state.existing.items()):
-        if name in wanted or name in state.held or not _is_ours(info, folder):
+        if name in wanted or name in state.held or not network_managed_by(info, folder):
             continue
         if all((user, name) in leaving for user in info.containers):
             reason = f"{state.local(name)} is no longer joined"
