@@ -701,10 +701,11 @@ def test_plan_apply_and_down_on_the_example_folder(
 ) -> None:
     folder = tmp_path / "example"
     shutil.copytree(ROOT / "desired", folder)
+    (folder / "db.toml").unlink()  # it needs the folder's network: back with bridge networks
     port = free_port()
     text = (folder / "web.toml").read_text()
     assert "host = 8080" in text
-    (folder / "web.toml").write_text(text.replace("host = 8080", f"host = {port}"))
+    (folder / "web.toml").write_text(ISOLATED + text.replace("host = 8080", f"host = {port}"))
     expected = (folder / "site" / "index.html").read_bytes()
     try:
         plan = cli(env, "plan", str(folder))
