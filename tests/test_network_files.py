@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.desired.folder import load_desired
+from reconciler.squishfile import model
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_network_file, load_squishfile
 from reconciler.squishfile.networks import (
@@ -177,3 +178,24 @@ def test_the_examples_in_desired_are_a_pair_on_one_network() -> None:
     assert [a.network for a in web.networks] == [a.network for a in db.networks]
     assert db.networks[0].aliases == ("database",) and not db.ports
     assert web.env["DATABASE"] == "db:5432"
+
+
+def test_overlapping_subnets_are_refused_at_the_later_file(tmp_path: Path) -> None:
+    write(tmp_path, 'subnet = "10.89.40.0/24"\n', "a.network.toml")
+    write(tmp_path, 'internal = true\nsubnet = "10.89.0.0/16"  # <-\n', "b.network.toml")
+    desired = load_desired(tmp_path)
+    assert [n.name for n in desired.networks.values()] == ["a"]
+    (error,) = desired.network_errors
+    (problem,) = error.problems
+    assert (error.name, problem.field, problem.line) == ("b", "subnet", 2)
+    assert problem.message == "10.89.0.0/16 overlaps 10.89.40.0/24 of a.network.toml"
+
+
+def test_the_default_can_be_flipped_back_to_isolated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model, "DEFAULT_NETWORK", "isolated")
+    spec = load_squishfile(write(tmp_path, BASE)).to_spec()
+    assert (spec.network, spec.networks) == ("slirp4netns", ())
+    named = load_squishfile(write(tmp_path, 'networks = ["back"]\n' + BASE)).to_spec()
+    assert [a.network for a in named.networks] == [runtime_network_name(tmp_path, "back")]

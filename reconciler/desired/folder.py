@@ -21,6 +21,7 @@ then the file's problem at ``security.seccomp``, as the model's own checks are.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from reconciler.squishfile import (
     read_squishfile,
 )
 from reconciler.squishfile.networks import network_file_name, runtime_network_name
-from reconciler.squishfile.tomlpos import TomlError, parse_toml
+from reconciler.squishfile.tomlpos import TomlError, lines_of, parse_toml
 from runtime.api import ContainerSpec, NetworkSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
@@ -246,8 +247,25 @@ class _Networks:
                 dns=settings.dns,
                 labels=network_labels(folder, name),
             )
+            overlap = loaded.overlap(path, raw, spec)
+            if overlap is not None:
+                loaded.errors.append(FileError(path, name, (overlap,)))
+                continue
             loaded.valid[spec.name] = DesiredNetwork(path, name, spec)
         return loaded
+
+    def overlap(self, path: Path, raw: bytes, spec: NetworkSpec) -> Problem | None:
+        """A problem at ``subnet`` when it overlaps the subnet of a network file loaded
+        before (in name order): two networks cannot route the same addresses."""
+        if spec.subnet is None:
+            return None
+        mine = ipaddress.IPv4Network(spec.subnet)
+        for other in self.valid.values():
+            if other.spec.subnet and mine.overlaps(ipaddress.IPv4Network(other.spec.subnet)):
+                (line,) = lines_of(file_text(raw), [("subnet",)])
+                message = f"{spec.subnet} overlaps {other.spec.subnet} of {other.file.name}"
+                return Problem(str(path), line, "subnet", message)
+        return None
 
 
 def settles_in(cache: FileCache, now: float, settle: float) -> float | None:
