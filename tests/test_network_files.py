@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.desired.folder import load_desired
-from reconciler.squishfile import model
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import load_network_file, load_squishfile
+from reconciler.squishfile import load_network_file, load_squishfile, model
 from reconciler.squishfile.networks import (
     local_network_name,
     network_prefix,
