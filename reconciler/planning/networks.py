@@ -60,12 +60,12 @@ def attachment_actions(want: DesiredContainer, have: ContainerInfo) -> list[Acti
     if renamed:
         shown = ", ".join(_local(folder, n) for n in renamed)
         return [Action(ActionKind.RECREATE, want.name, f"aliases changed on {shown}", want)]
-    joins = [
+    connects = [
         Action(ActionKind.CONNECT, want.name, "networks changed", want, attachment=attachment)
         for attachment in want.spec.networks
         if attachment.network not in theirs
     ]
-    leaves = [
+    disconnects = [
         Action(
             ActionKind.DISCONNECT,
             want.name,
@@ -75,7 +75,7 @@ def attachment_actions(want: DesiredContainer, have: ContainerInfo) -> list[Acti
         )
         for network in sorted(theirs.keys() - mine.keys())
     ]
-    return joins + leaves
+    return connects + disconnects
 
 
 def _local(folder: str | None, network: str) -> str:
