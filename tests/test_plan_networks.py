@@ -235,3 +235,19 @@ async def test_a_network_that_cannot_be_made_holds_back_what_joins_it(
     outcomes = await Converger(fake).apply(planned(tmp_path, fake))
     assert [(o.action.kind, o.ok) for o in outcomes] == [(ActionKind.ENSURE_NETWORK, False)]
     assert fake.history("run") == []  # not made with other settings than written
+
+
+@pytest.mark.anyio
+async def test_a_container_that_cannot_join_keeps_its_old_network(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    container(tmp_path, "web")
+    await converged(tmp_path, fake)
+    container(tmp_path, "web", 'networks = ["back"]\n')
+    fake.fail("connect", "web", ValueError("no more interfaces"))
+    outcomes = await Converger(fake).apply(planned(tmp_path, fake))
+    assert [(o.action.kind, o.ok) for o in outcomes] == [
+        (ActionKind.ENSURE_NETWORK, True),
+        (ActionKind.CONNECT, False),
+    ]
+    assert list(fake.inspect("web").addresses) == [net(tmp_path, "default")]

@@ -33,7 +33,7 @@ from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import Condition, ConditionKind
 from reconciler.settings import Settings
 from reconciler.squishfile.networks import runtime_network_name
-from runtime.errors import ContainerStartError
+from runtime.errors import ContainerStartError, NetworkConflict
 from tests.fakes import FakeClock, FakeRuntime
 
 APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
@@ -475,3 +475,18 @@ async def test_the_status_table_lists_addresses_and_networks(
     assert f"default={web['addresses']['default']}" in out
     (back,) = [line for line in out.splitlines() if "back.network.toml" in line]
     assert all(word in back for word in ("Ready", "10.89.40.0/24", "yes", "db=10.89.40."))
+
+
+@pytest.mark.anyio
+async def test_a_network_that_cannot_be_made_shows_why(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    web_and_db(folder)
+    back = runtime_network_name(folder, "back")
+    runtime.fail("ensure_network", back, NetworkConflict(back, "subnet"), times=None)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    document = status(folder, runtime, clock)
+    row = next(n for n in document["networks"] if n["name"] == "back")
+    assert row["state"] == "Pending" and "other settings: subnet" in row["last_error"]
+    assert rows(document)["db"]["phase"] == "Pending"  # it waits for its network
+    assert rows(document)["web"]["phase"] == "Running"

@@ -2,15 +2,15 @@
 
 A plan is applied in four phases (phase 0 frees the ports and names phase 1 takes and
 makes the networks it joins, phase 2 releases old forwards and networks left, phase 3
-removes the networks nothing joins), each phase's actions concurrently under a
-bound. An action that fails does not hold up the others: it is recorded, its container
-has no further action in this pass (so its old forwards are not released), and it backs
-off before the next attempt (client-go style: a few milliseconds, doubling, capped).
-Between phases 1 and 2, every forward unbound in phase 0 whose host side no take of
-phase 1 got is put back on its container: a failed bind, create or start never costs a
-forward that served before. A container whose command keeps exiting is restarted with a
-crash back-off (100 ms doubling to 60 s by default), reset once it has run for a while;
-it never delays anyone else.
+removes the networks nothing joins, once every container that left them did), each
+phase's actions concurrently under a bound. An action that fails does not hold up the
+others: it is recorded, its container has no further action in this pass (so its old
+forwards are not released), and it backs off before the next attempt (client-go style:
+a few milliseconds, doubling, capped). Between phases 1 and 2, every forward unbound in
+phase 0 whose host side no take of phase 1 got is put back on its container: a failed
+bind, create or start never costs a forward that served before. A container whose
+command keeps exiting is restarted with a crash back-off (100 ms doubling to 60 s by
+default), reset once it has run for a while; it never delays anyone else.
 
 Runtime calls block, so each runs in a worker thread (``anyio.to_thread``); waiting
 (a start-first replacement's health checks and drain) happens between those calls, in
@@ -238,7 +238,7 @@ class Converger:
             batch = list(plan.phase(phase))
             if phase == 1:
                 batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
-            batch = [a for a in batch if a.name not in failed and failed.isdisjoint(joins(a))]
+            batch = [a for a in batch if failed.isdisjoint((a.name, *a.after, *joins(a)))]
             results: list[Outcome] = []
             async with anyio.create_task_group() as group:
                 for action in batch:

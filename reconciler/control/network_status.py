@@ -6,18 +6,19 @@ A network row (``status --json``, under ``"networks"``)::
     {"name": "back", "network": "sq-desired-3f2a9c_back", "file": "back.network.toml",
      "state": "Ready", "subnet": "10.89.3.0/24", "gateway": "10.89.3.1",
      "internal": false, "dns": true, "containers": {"db": "10.89.3.2"},
-     "conditions": [{"kind": "NetworkInUse", "message": "..."}]}
+     "last_error": null, "conditions": [{"kind": "NetworkInUse", "message": "..."}]}
 
 ``name`` is the network's name in the folder (``default``: the folder's network) and
 ``network`` the runtime's. States: ``Ready`` (it exists), ``Pending`` (a container joins
 it; it is made in the next pass, or waits for a condition), ``Terminating`` (nothing
 joins it any more; it goes once the last container left), ``Unused`` (a network file
-names it but no container joins it, so it is not made).
+names it but no container joins it, so it is not made). ``last_error``: why the last
+action on it failed, if it did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,14 @@ def _state(name: str, info: NetworkInfo | None, todo: Plan, joined: bool) -> str
 
 
 def network_rows(
-    desired: DesiredState, networks: Sequence[NetworkInfo], todo: Plan
+    desired: DesiredState,
+    networks: Sequence[NetworkInfo],
+    todo: Plan,
+    errors: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per network of the folder: made by it, joined by a wanted container, set
-    up by a network file (valid or not), or named by a condition."""
+    up by a network file (valid or not), or named by a condition; ``errors`` are the last
+    errors recorded, by name (a network's is its runtime name's)."""
     folder = desired.folder
     existing = {n.name: n for n in networks}
     names = {n.name for n in networks if network_managed_by(n, str(folder))}
@@ -61,6 +66,7 @@ def network_rows(
     names |= {runtime_network_name(folder, c.network) for c in todo.conditions if c.network}
     return [
         _row(desired, name, existing.get(name), todo, joined=name in joined)
+        | {"last_error": (errors or {}).get(name)}
         for name in sorted(names)
     ]
 

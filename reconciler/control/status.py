@@ -27,7 +27,7 @@ none removed or changed in meaning)::
      "networks": [{"name": "default", "network": "sq-desired-3f2a9c_default", "file": null,
                    "state": "Ready", "subnet": "10.89.1.0/24", "gateway": "10.89.1.1",
                    "internal": false, "dns": true, "containers": {"web": "10.89.1.2"},
-                   "conditions": []}],
+                   "last_error": null, "conditions": []}],
      "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}],
      "skipped": [{"file": "UPPER.TOML", "reason": "only names ending in .toml are read, ..."}]}
 
@@ -520,7 +520,9 @@ def status_document(
             now=now,
             loop_running=alive,
         ),
-        "networks": network_rows(desired, networks, todo),
+        "networks": network_rows(
+            desired, networks, todo, errors if isinstance(errors, dict) else {}
+        ),
         "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
         "skipped": [{"file": s.file.name, "reason": s.reason} for s in desired.skipped],
     }

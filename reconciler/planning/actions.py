@@ -92,6 +92,9 @@ class Action:
     attachment: NetworkAttachment | None = None
     """For ``connect`` and ``disconnect`` (whose ``name`` is the container's): which
     network it joins or leaves."""
+    after: tuple[str, ...] = ()
+    """Containers whose actions of this pass must all succeed first (a ``remove-network``
+    waits for those that leave the network)."""
 
     def __str__(self) -> str:
         ports = f" {', '.join(str(p) for p in self.ports)}" if self.ports else ""

@@ -223,7 +223,8 @@ def _remove_unused(
             continue
         if all((user, name) in leaving for user in info.containers):
             reason = f"{state.local(name)} is no longer joined"
-            out.actions.append(Action(ActionKind.REMOVE_NETWORK, name, reason))
+            after = tuple(sorted(info.containers))
+            out.actions.append(Action(ActionKind.REMOVE_NETWORK, name, reason, after=after))
 
 
 def joins(action: Action) -> tuple[str, ...]:
