@@ -14,6 +14,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -1182,6 +1183,99 @@ async def test_a_forward_that_cannot_be_put_back_is_reported_and_stops_the_relea
     assert converger.last_errors()["a"] == f"putting back {P8080} failed: {taken}"
 
 
+def a_port_for_b(fake: FakeRuntime, **changes: Any) -> tuple[DesiredContainer, Action]:
+    """a forwards 8080, b runs without: b's start-first replacement (with ``changes``)
+    that asks for it, and the unbind that frees it."""
+    fake.seed(spec("a", ports=[P8080]))
+    fake.seed(spec("b", env={"V": "1"}))
+    new = dataclasses.replace(start_first("b", env={"V": "2"}, ports=[P8080]), **changes)
+    return new, act(UNBIND, "a", [P8080], wanted=want("a"))
+
+
+@pytest.mark.anyio
+async def test_a_pass_cancelled_before_the_take_puts_the_freed_forward_back(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    fake.never_ready.add("b.next")
+    check = HealthCheck(tcp=80, interval=60.0, retries=1000)
+    # b's replacement waits for its health check: Ctrl-C
+    await cancel_at_first_sleep(fake, clock, *a_port_for_b(fake, health=check))
+
+    assert fake.history("remove", "add_port") == [("remove", "b.next"), ("add_port", "a")]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((P8080,), ())
+
+
+@pytest.mark.anyio
+async def test_a_pass_cancelled_in_the_drain_leaves_the_port_with_the_replacement(
+    fake: FakeRuntime, clock: FakeClock
+) -> None:
+    # the replacement serves the port: Ctrl-C during the drain
+    _, _, converger = await cancel_at_first_sleep(fake, clock, *a_port_for_b(fake, drain=3600.0))
+
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (P8080,))
+    assert fake.inspect("b").spec.env == {"V": "2"}  # the hand-over was finished
+    assert fake.history("add_port") == [("add_port", "b.next")]  # nothing put back on a
+    assert "a" not in converger.last_errors()
+
+
+@pytest.mark.anyio
+async def test_a_replacement_takes_a_port_from_a_running_container_only_once_ready(
+    tmp_path: Path, fake: FakeRuntime, clock: FakeClock
+) -> None:
+    served: list[tuple[PortMapping, ...]] = []
+
+    async def sleep(seconds: float) -> None:  # while the replacement gets ready
+        served.append(fake.inspect("a").ports)
+
+    converger = Converger(fake, clock=clock, sleep=sleep)
+    plan_now = await applied(tmp_path, fake, converger, clock, a=18080, b=None)
+    squishfile(tmp_path, "a")
+    squishfile(tmp_path, "b", host=18080, env="2")
+    with (tmp_path / "b.toml").open("a") as file:
+        file.write('[update]\nstrategy = "start-first"\n[health]\ntcp = 80\nretries = 3\n')
+    fake.never_ready.add("b.next")
+
+    outcomes = await converger.apply(plan_now())
+
+    assert [o.ok for o in outcomes] == [False]  # the replacement never got ready
+    assert len(served) == 3 and set(served) == {(port(18080),)}  # a served it all along
+    assert fake.history("remove_port", "add_port") == []
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((port(18080),), ())
+
+    fake.never_ready.clear()
+    clock.advance(1.0)
+    outcomes = await converger.apply(plan_now())
+
+    assert [o.ok for o in outcomes] == [True]
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (port(18080),))
+    assert fake.inspect("b").spec.env == {"V": "2"}
+
+
+@pytest.mark.anyio
+async def test_a_pass_cancelled_while_a_take_runs_counts_that_take(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    fake.seed(spec("a", ports=[P8080]))
+    gate = fake.hold("run", "b")
+    todo = Plan(
+        (
+            act(UNBIND, "a", [P8080], wanted=want("a")),
+            act(CREATE, "b", wanted=want("b", ports=[P8080])),
+        )
+    )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(apply_into, [], converger, todo)
+        with fake.releasing():
+            await fake.until(reached(fake, "run", 1, 1), "b's run in flight")
+        group.cancel_scope.cancel()  # the run in its thread still finishes
+        gate.set()
+
+    assert (fake.inspect("a").ports, fake.inspect("b").ports) == ((), (P8080,))
+    assert fake.history("add_port") == []  # b has it: nothing to put back
+    assert converger.last_errors() == {}
+
+
 # -- surviving a controller restart ------------------------------------------------------------
 
 
@@ -1251,6 +1345,27 @@ async def test_start_first_readies_the_replacement_before_touching_the_old_one(
     assert started.args[0].ports == ()  # no forward until it is ready
     after = fake.inspect("web")
     assert (after.spec.env, after.ports) == ({"V": "2"}, (P8080, P8081))
+
+
+@pytest.mark.anyio
+async def test_a_replacement_takes_over_a_host_port_the_old_one_forwards_elsewhere(
+    fake: FakeRuntime, converger: Converger
+) -> None:
+    """The same host port to another container port: the old forward goes just before
+    the new one is added (one gap, as a move's), and comes back if that fails."""
+    fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
+    new = start_first("web", env={"V": "2"}, ports=[port(8080, 81)])
+    refused = SlirpError("slirp4netns API at web.next/slirp.sock unreachable")
+    fake.fail("add_port", "web.next", refused)
+    recreate = Plan((act(RECREATE, "web", wanted=new),))
+
+    assert [o.ok for o in await converger.apply(recreate)] == [False]
+    before = fake.inspect("web")
+    assert (before.spec.env, before.ports) == ({"V": "1"}, (P8080,))  # put back
+
+    assert [o.ok for o in await converger.apply(recreate)] == [True]
+    after = fake.inspect("web")
+    assert (after.spec.env, after.ports) == ({"V": "2"}, (port(8080, 81),))
 
 
 @pytest.mark.anyio
@@ -1383,17 +1498,18 @@ async def stuck(began: anyio.Event, waited: list[float], seconds: float) -> None
 
 
 async def cancel_at_first_sleep(
-    fake: FakeRuntime, clock: FakeClock, new: DesiredContainer
-) -> tuple[list[float], list[Outcome]]:
-    """Apply a recreate of ``new`` and cancel the pass once it waits: the sleeps it began
-    and the outcomes it reported."""
+    fake: FakeRuntime, clock: FakeClock, new: DesiredContainer, *first: Action
+) -> tuple[list[float], list[Outcome], Converger]:
+    """Apply ``first`` and a recreate of ``new``, and cancel the pass once it waits: the
+    sleeps it began, the outcomes it reported, and its converger."""
     began, waited, out = anyio.Event(), list[float](), list[Outcome]()
     converger = Converger(fake, clock=clock, sleep=functools.partial(stuck, began, waited))
+    todo = Plan((*first, act(RECREATE, new.name, wanted=new)))
     async with anyio.create_task_group() as group:
-        group.start_soon(apply_into, out, converger, Plan((act(RECREATE, "web", wanted=new),)))
+        group.start_soon(apply_into, out, converger, todo)
         await began.wait()
         group.cancel_scope.cancel()
-    return waited, out
+    return waited, out, converger
 
 
 @pytest.mark.anyio
@@ -1402,7 +1518,7 @@ async def test_a_cancelled_pass_stops_the_drain_and_finishes_the_hand_over(
 ) -> None:
     fake.seed(spec("web", ports=[P8080], env={"V": "1"}))
     new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), drain=3600.0)
-    waited, out = await cancel_at_first_sleep(fake, clock, new)
+    waited, out, _ = await cancel_at_first_sleep(fake, clock, new)
 
     assert waited == [3600.0] and out == []
     assert fake.history() == [
@@ -1423,7 +1539,7 @@ async def test_a_cancelled_pass_stops_the_health_checks_and_keeps_the_old_contai
     fake.never_ready.add("web.next")
     check = HealthCheck(tcp=80, interval=60.0, retries=1000)
     new = dataclasses.replace(start_first("web", env={"V": "2"}, ports=[P8080]), health=check)
-    waited, out = await cancel_at_first_sleep(fake, clock, new)
+    waited, out, _ = await cancel_at_first_sleep(fake, clock, new)
 
     assert waited == [60.0] and out == []
     assert fake.history("probe_tcp") == [("probe_tcp", "web.next")]

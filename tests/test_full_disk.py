@@ -234,7 +234,12 @@ def _cli(env: dict[str, str], *args: str) -> dict[str, object]:
 
 def _control_plane_on_full_disk(folder: Path, cache: Path) -> Work:
     def work(disk: Path) -> dict[str, object]:
-        env = {**os.environ, "SQUISH_STATE_DIR": str(disk / "s"), "XDG_CACHE_HOME": str(cache)}
+        env = {
+            **os.environ,
+            "SQUISH_STATE_DIR": str(disk / "s"),
+            "SQUISH_LOG_DIR": str(disk / "logs"),
+            "XDG_CACHE_HOME": str(cache),
+        }
         steps: dict[str, object] = {"apply": _cli(env, "apply", str(folder))}
         rt = LinuxRuntime(state=disk / "s", cache=cache / "squish")
         try:
@@ -290,7 +295,7 @@ def test_a_full_state_disk_locks_nothing(tmp_path: Path, cache_path: Path) -> No
     full = [c for c in status["conditions"] if c["kind"] == "StateDiskFull"]
     assert len(full) == 1, status["conditions"]
     assert str(tmp_path / "d" / "s") in full[0]["message"]
-    assert "loud" in full[0]["message"]
+    assert "loud" in full[0]["message"]  # its log shares the full disk
     listed = {info["name"]: info["state"] for info in json.loads(str(ok("ps")["out"]))}
     assert listed == {"dies": "exited", "gone": "running", "keep": "running", "loud": "running"}
     applied = steps["pass"]

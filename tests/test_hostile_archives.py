@@ -29,7 +29,7 @@ import pytest
 from runtime.api.spec import SdkLayer
 from runtime.errors import ArchiveError, ArchiveRefused
 from runtime.images.budget import Budget
-from runtime.images.extract import extract_tar, remove_tree, sweep_staging
+from runtime.images.extract import _Extractor, extract_tar, remove_tree, sweep_staging
 from runtime.images.layers import resolve_sdk, resolve_sdks, sweep_cache
 from runtime.settings import BadSetting, RuntimeSettings, UnpackLimits
 from runtime.util.cancel import Cancel, Cancelled
@@ -168,6 +168,71 @@ def test_an_archive_of_too_many_entries_is_refused_after_counting_one_more(
         resolve_sdks([many], cache, limits=UnpackLimits(entries=1000))
     assert refused.value.at_least[0] == 1001  # stopped at the first entry over the limit
     assert left_in(cache) == []
+
+
+def test_nothing_of_an_archive_over_the_entry_limit_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "many.tar.gz"
+    archive.write_bytes(many_entries(3000))
+    written: list[str] = []
+    unpack_member = _Extractor._extract_member
+
+    def spy(self: _Extractor, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        written.append(member.name)
+        unpack_member(self, tar, member)
+
+    monkeypatch.setattr(_Extractor, "_extract_member", spy)
+    with pytest.raises(ArchiveRefused, match="more than 1000 entries") as refused:
+        extract_tar(archive, tmp_path / "out", budget=Budget(UnpackLimits(entries=1000)))
+    assert refused.value.at_least[0] == 1001
+    assert written == []  # refused from the raw headers of the whole archive first
+
+
+def _awkward_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """Long names and links, a non-ASCII name, and a tar archive as a file's data."""
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as tar:
+        for i in range(50):
+            tar.addfile(tarfile.TarInfo(f"inner{i}"))
+    link, _ = entry("link", kind=tarfile.SYMTYPE)
+    link.linkname = "t" * 200
+    return [
+        entry("/".join(["long-directory-name"] * 12), kind=tarfile.DIRTYPE),
+        entry("nested.tar", inner.getvalue()),
+        entry("\u00fc" * 70, b"abc"),
+        (link, None),
+        entry("random", os.urandom(1000)),
+    ]
+
+
+def test_a_sparse_member_stored_larger_than_it_unpacks_is_counted_as_it_unpacks(
+    tmp_path: Path,
+) -> None:
+    info = tarfile.TarInfo("sparse")
+    info.size = 600  # stored: what the archive holds, more than the 10 bytes it unpacks to
+    info.pax_headers = {"GNU.sparse.map": "0,10", "GNU.sparse.size": "10"}
+    archive = tmp_path / "sparse.tar"
+    archive.write_bytes(tar_bytes([(info, os.urandom(600))]))
+    usage = extract_tar(archive, tmp_path / "out", budget=Budget(UnpackLimits(bytes=10)))
+    assert usage.as_tuple()[:2] == (1, 10)
+    assert (tmp_path / "out" / "sparse").stat().st_size == 10
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:xz", "w:bz2"])
+def test_the_raw_header_count_never_refuses_an_archive_at_its_limits(
+    tmp_path: Path, fmt: int, mode: str
+) -> None:
+    archive = tmp_path / "awkward.tar"
+    members = _awkward_members()
+    with tarfile.open(archive, mode, format=fmt) as tar:  # type: ignore[call-overload]
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    size = sum(info.size for info, _ in members if info.isreg())
+    limits = UnpackLimits(entries=len(members), bytes=size)
+    usage = extract_tar(archive, tmp_path / "out", budget=Budget(limits))
+    assert usage.as_tuple()[:2] == (len(members), size)
 
 
 def test_a_deep_tree_is_refused_from_its_headers_by_default(
@@ -390,7 +455,8 @@ def test_what_a_killed_unpack_leaves_is_swept(tmp_path: Path) -> None:
     layers.mkdir(parents=True)
     script = (
         "import sys; from pathlib import Path; from runtime.images.extract import extract_tar; "
-        "extract_tar(Path(sys.argv[1]), Path(sys.argv[2]))"
+        "from runtime.images.budget import Budget; from runtime.settings import UnpackLimits; "
+        "extract_tar(Path(sys.argv[1]), Path(sys.argv[2]), budget=Budget(UnpackLimits(10**6)))"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", script, str(archive), str(layers / "many-0123")],

@@ -388,9 +388,9 @@ MOVES = [
         Case(
             desired(want("a", env={"V": "2"}, ports=[P8081]), B_8080),
             (running(A_8080), running(B_8081)),
-            ("recreate a", "unbind b 127.0.0.1:8081->80/tcp", "bind b 127.0.0.1:8080->80/tcp"),
+            ("recreate a", "bind b 127.0.0.1:8080->80/tcp"),
         ),
-        id="swap-with-a-recreate",
+        id="swap-with-a-recreate-that-moves-its-new-port-over",
     ),
 ]
 
@@ -472,6 +472,15 @@ CONFLICTS = [
             ("PortConflict b", "PortConflict c"),
         ),
         id="three-way-one-winner",
+    ),
+    pytest.param(
+        Case(
+            desired(A_8081, B_8080, want("c", ports=[P8081])),
+            (running(A_8081), running(want("c", ports=[P8080]))),
+            (),
+            ("PortConflict b", "PortConflict c"),
+        ),
+        id="a-refused-file-keeps-its-forwards-so-no-one-else-takes-them",
     ),
 ]
 

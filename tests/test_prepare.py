@@ -82,6 +82,11 @@ async def test_a_stuck_preparation_holds_up_no_other_containers_change(
         write_atomically(tmp_path / "web.toml", web(8081))
         second = await loop.reconcile("test")
         assert preparer_of(loop).preparing() == ["sdk"]
+        # Its worker thread may not have begun yet on a busy machine: wait until it is in
+        # the unpack, so that leaving the loop cancels an unpack, not a job still queued.
+        await anyio.to_thread.run_sync(
+            runtime.wait_until, lambda: [c.method for c in runtime.in_flight] == ["prepare"]
+        )
     made = [str(a).split(":")[0] for a in first.plan.actions if not a.for_network]
     assert made == ["create web"]
     assert [a.kind.value for a in second.plan.actions] == ["bind", "release"]

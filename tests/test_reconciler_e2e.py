@@ -818,11 +818,16 @@ def test_a_killed_slirp4netns_is_healed_without_restarting_the_container(loop: L
     assert info.slirp_pid is not None
     os.kill(info.slirp_pid, signal.SIGKILL)  # the runtime these tests drive started it
     # The loop watches slirp4netns too: no resync (600 s away) is needed.
-    eventually(
-        lambda: "heal net: its slirp4netns is gone" in loop.output().splitlines(),
-        "the heal reported",
-    )
-    eventually(lambda: serves(port, "<h1>site</h1>\n"), "net answers again")
+    try:
+        eventually(
+            lambda: "heal net: its slirp4netns is gone" in loop.output().splitlines(),
+            "the heal reported",
+        )
+        eventually(lambda: serves(port, "<h1>site</h1>\n"), "net answers again")
+    except AssertionError as exc:  # say what the loop did and saw
+        seen = loop.rt.inspect("net")
+        record = loop.record()
+        raise AssertionError(f"{exc}\n{loop.output()}\nnet: {seen}\nloop: {record}") from exc
     assert loop.pid("net") == pid
     [healed] = [i for i in loop.ours() if i.name == "net"]
     assert healed.slirp_pid not in (None, info.slirp_pid)

@@ -3,8 +3,12 @@ with mounts and /etc files of its own (real rootless containers)."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,8 @@ from runtime.api.spec import BindMount
 from runtime.client import binds
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerStartError
+from runtime.sandbox import mounts
+from runtime.sandbox import syscalls as sc
 from tests.conftest import rootless
 from tests.support import shell
 
@@ -163,3 +169,79 @@ def test_a_container_renamed_while_running_starts_again_with_its_own_etc_files(
     after = _etc_view(rt, "web")
     assert after == before.replace("web.next", "web")
     assert after.startswith("web\nweb\nweb\nnameserver ")
+
+
+def _bind_three(base: Path, swap: Callable[[], None]) -> dict[str, str]:
+    """In a new user and mount namespace: bind ``base/host`` read-write at /data, then
+    ``src_a`` read-only at /data/a and ``src_b`` read-only at /data/b, calling ``swap``
+    once the last bind's target is open; per nested target, its source and whether it
+    could be written."""
+    uid, gid, root = os.getuid(), os.getgid(), base / "root"
+    sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sc.mount("tmpfs", str(root), "tmpfs", 0, "mode=755")
+    (root / "data").mkdir()
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    opened, swapped = mounts._open_in_root, list[str]()
+
+    def open_then_swap(fd: int, target: str) -> int:
+        target_fd = opened(fd, target)
+        if target == "/data/b" and not swapped:  # once: the code may look it up again
+            swapped.append(target)
+            swap()
+        return target_fd
+
+    mounts._open_in_root = open_then_swap  # type: ignore[assignment]  # in this child only
+    binds = (("host", "/data", True), ("src_a", "/data/a", False), ("src_b", "/data/b", False))
+    for source, target, rw in binds:
+        mounts._bind(root_fd, os.open(base / source, os.O_PATH), target, rw)
+    seen = {}
+    for name in ("a", "b"):
+        folder = root / "data" / name
+        try:
+            (folder / "written").touch()
+            written = "written"
+        except OSError as exc:
+            written = errno.errorcode[exc.errno or 0]
+        seen[name] = f"{(folder / 'marker').read_text()} {written}"
+    return seen
+
+
+def test_a_read_only_bind_stays_read_only_when_its_mount_point_is_renamed_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Another container writing the folder of a read-write bind swaps the names of two
+    nested mount points while a start mounts them: the read-only binds must stay
+    read-only wherever their mount points now are (the mount is made read-only through
+    what was opened, never by looking the path up again)."""
+    for folder in ("host/a", "host/b", "src_a", "src_b", "root"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "src_a" / "marker").write_text("A")
+    (tmp_path / "src_b" / "marker").write_text("B")
+    go, went = os.pipe(), os.pipe()
+    report = tmp_path / "report.json"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the file
+        try:
+            swap = functools.partial(_ask_and_wait, go[1], went[0])
+            report.write_text(json.dumps(_bind_three(tmp_path, swap)))
+        finally:
+            os._exit(0)
+    os.close(go[1])
+    if os.read(go[0], 1):  # outside the child's mount namespace, as another container
+        host = tmp_path / "host"
+        (host / "a").rename(host / "t")
+        (host / "b").rename(host / "a")
+        (host / "t").rename(host / "b")
+        os.write(went[1], b".")
+    os.waitpid(pid, 0)
+    assert json.loads(report.read_text()) == {"a": "B EROFS", "b": "A EROFS"}
+    assert not list(tmp_path.glob("src_*/written"))
+
+
+def _ask_and_wait(ask: int, answered: int) -> None:
+    os.write(ask, b".")
+    os.read(answered, 1)

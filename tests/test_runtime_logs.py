@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from runtime.api import ContainerState, LogLimits
 from runtime.client import logfiles
 from runtime.client.linux import LinuxRuntime
 from runtime.client.paths import log_dir
+from runtime.client.records import leaf_of
 from runtime.holder.logpump import PIPE_SIZE
 from tests.conftest import rootless
 from tests.support import REPO, shell
@@ -69,6 +71,29 @@ def test_the_log_lands_under_the_state_home_not_in_the_state_folder(rt: LinuxRun
     assert rt.inspect("moved").log_path == str(log) and rt.logs("moved") == b"placed\n"
     rt.remove("moved")
     assert not log.parent.exists(), "removing the container removes its log"
+
+
+def test_the_logs_no_record_names_any_more_are_swept(rt: LinuxRuntime) -> None:
+    """The state folder is in memory and a reboot empties it; the logs are on disk. The
+    next sweep of the same state folder removes the logs its records no longer name, and
+    keeps those of its containers and of other state folders."""
+    kept = rt.run(shell("kept", "echo kept"))
+    lost = rt.run(shell("lost", "echo lost"))
+    assert rt.wait("kept", timeout=60) == 0 and rt.wait("lost", timeout=60) == 0
+    cdir = rt.state / "containers" / "lost"
+    leaf = leaf_of(json.loads((cdir / "run.json").read_text()))
+    if leaf is not None:
+        leaf.remove()
+    shutil.rmtree(cdir)  # as a reboot empties the state folder
+    elsewhere = Path(lost.log_path).parent.with_name(f"other-{os.getpid()}")
+    rt.sweep()
+    assert not Path(lost.log_path).parent.exists()
+    logfiles.claim(elsewhere, rt.state.with_name(f"{rt.state.name}-other"))
+    rt.sweep()
+    assert elsewhere.is_dir(), "another state folder's log"
+    assert rt.logs("kept") == b"kept\n" == Path(kept.log_path).read_bytes()
+    logfiles.discard(elsewhere / "output.log")
+    assert not elsewhere.exists()
 
 
 def test_a_record_a_killed_remover_left_is_swept_with_its_log(rt: LinuxRuntime) -> None:

@@ -347,11 +347,13 @@ async def test_a_configmap_swap_is_applied_by_the_watcher(tmp_path: Path) -> Non
     async with folder_loop(tmp_path, probe="probe.toml") as folder:  # resync: an hour
         configmap_version(tmp_path, "..2026_12_01_00_00_00.2", with_port(8081))
         await folder.until(lambda r: bool(r.plan.actions))
+        await folder.until(lambda r: not r.plan.actions)  # the look again after changes
         first = [p.host for p in folder.fake.inspect("web").ports]
         configmap_version(tmp_path, "..2026_12_01_00_00_00.3", with_port(8082))
-        await folder.until(lambda r: bool(r.plan.actions))
+        seen = await folder.until(lambda r: bool(r.plan.actions))
         second = [p.host for p in folder.fake.inspect("web").ports]
     assert (first, second) == ([8081], [8082])
+    assert seen[-1].trigger in ("files changed", "links changed")  # the watch still runs
     assert sorted(info.name for info in folder.fake.list()) == ["probe", "web"]
     assert [c.method for c in folder.fake.calls].count("run") == 2  # ..data is no squishfile
 
@@ -371,6 +373,21 @@ async def test_a_linked_file_outside_the_folder_is_watched(tmp_path: Path) -> No
     assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
 
 
+@pytest.mark.anyio
+async def test_a_linked_file_whose_folder_appears_later_is_watched(tmp_path: Path) -> None:
+    desired, conf = tmp_path / "desired", tmp_path / "elsewhere" / "conf"
+    desired.mkdir()
+    conf.parent.mkdir()
+    (desired / "web.toml").symlink_to(conf / "web.toml")  # leads nowhere yet
+    (desired / "probe.toml").write_text(APP)
+    async with folder_loop(desired, probe="probe.toml") as folder:
+        conf.mkdir()
+        (conf / ".web.toml.new").write_bytes(with_port(8081))
+        (conf / ".web.toml.new").rename(conf / "web.toml")
+        await folder.until(lambda r: bool(r.plan.actions))
+    assert [p.host for p in folder.fake.inspect("web").ports] == [8081]
+
+
 def test_a_configmap_layout_is_read_as_its_squishfiles_alone(tmp_path: Path) -> None:
     configmap_version(tmp_path, "..2026_12_01_00_00_00.1", with_port(8080))
     desired = FolderSource(tmp_path).load().desired
@@ -384,3 +401,26 @@ def test_links_that_loop_or_lead_nowhere_are_followed_no_further(tmp_path: Path)
     linked = linked_from(tmp_path)
     assert {tmp_path / "loop.toml", tmp_path / "gone.toml"} <= linked.paths
     assert tmp_path / "missing" not in linked.folders  # it does not exist: nothing to watch
+
+
+def test_links_that_double_at_each_step_are_followed_as_far_as_the_kernel_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # l0 -> l1/l1, l1 -> l2/l2, ..., l12 -> .: each link leads through two more, so the
+    # kernel gives up (ELOOP) after 40 links; a walk that counts depth only reads 2**13.
+    (tmp_path / "l12").symlink_to(".")
+    for k in range(11, -1, -1):
+        (tmp_path / f"l{k}").symlink_to(f"l{k + 1}/l{k + 1}")
+    (tmp_path / "web.toml").symlink_to("l0/l0/real.toml")
+    (tmp_path / "real.toml").write_text(APP)
+    read: list[str] = []
+    readlink = os.readlink
+
+    def counted(path: str | os.PathLike[str]) -> str:
+        read.append(os.fspath(path))
+        return readlink(path)
+
+    monkeypatch.setattr(os, "readlink", counted)
+    linked = linked_from(tmp_path)
+    assert tmp_path / "web.toml" in linked.paths
+    assert len(read) <= 41  # web.toml, then at most the kernel's 40 links

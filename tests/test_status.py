@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from rich.console import Console
 
 from reconciler import cli
+from reconciler.control import status as status_module
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.control.status import (
@@ -33,8 +35,10 @@ from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import Condition, ConditionKind
 from reconciler.settings import Settings
 from reconciler.squishfile.networks import runtime_network_name
+from runtime.api import ContainerInfo, ContainerState
 from runtime.errors import ContainerStartError, NetworkConflict
 from tests.fakes import FakeClock, FakeRuntime
+from tests.support import shell
 
 APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
 
@@ -376,6 +380,35 @@ async def test_the_loop_console_says_a_guard_hold_once_with_what_releases_it(
 
 def test_a_state_disk_with_room_is_no_condition(tmp_path: Path) -> None:
     assert state_disk_condition(tmp_path, []) is None
+
+
+def test_a_full_state_disk_names_only_the_logs_on_that_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exited(name: str, log: Path, size: int) -> ContainerInfo:
+        log.parent.mkdir(parents=True)
+        log.write_bytes(bytes(size))
+        spec = shell(name, "true")
+        return ContainerInfo(
+            name=name, state=ContainerState.EXITED, spec=spec, log_path=str(log), created_at=0.0
+        )
+
+    state = tmp_path / "state"
+    state.mkdir()
+    elsewhere = Path("/dev/shm") / f"squish-test-{os.getpid()}"  # another file system
+    assert os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev
+    try:
+        actual = [
+            exited("near", tmp_path / "logs" / "a" / "output.log", 1000),
+            exited("afar", elsewhere / "b" / "output.log", 5000),
+        ]
+        monkeypatch.setattr(status_module, "FULL_BELOW", 1 << 62)  # the condition, whatever is free
+        condition = state_disk_condition(state, actual)
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    assert condition is not None and condition.kind is ConditionKind.STATE_DISK_FULL
+    assert "the biggest logs on that disk: near 1000 B;" in condition.message
+    assert "afar" not in condition.message
 
 
 def test_the_console_says_a_full_disk_once_while_its_free_space_moves() -> None:

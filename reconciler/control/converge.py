@@ -8,9 +8,10 @@ others: it is recorded, its container has no further action in this pass (so its
 forwards are not released), and it backs off before the next attempt (client-go style:
 a few milliseconds, doubling, capped). Between phases 1 and 2, every forward unbound in
 phase 0 whose host side no take of phase 1 got is put back on its container: a failed
-bind, create or start never costs a forward that served before. A container whose
-command keeps exiting is restarted with a crash back-off (100 ms doubling to 60 s by
-default), reset once it has run for a while; it never delays anyone else.
+bind, create or start never costs a forward that served before; a pass cancelled in any
+phase (Ctrl-C, SIGTERM) puts them back too, before it ends. A container whose command
+keeps exiting is restarted with a crash back-off (100 ms doubling to 60 s by default),
+reset once it has run for a while; it never delays anyone else.
 
 Runtime calls block, so each runs in a worker thread (``anyio.to_thread``); waiting
 (a start-first replacement's health checks and drain) happens between those calls, in
@@ -98,6 +99,16 @@ class _Ledger:
             for name, port in self.freed
             if not any(overlaps(port, other) for other in self.taken)
         ]
+
+
+@dataclass
+class _Taken:
+    """What a start-first replacement has taken so far, so that it can be given back."""
+
+    moved: list[tuple[str, PortMapping]] = field(default_factory=list)
+    """(the container it came from, forward) for each forward moved to the replacement."""
+    dropped: list[PortMapping] = field(default_factory=list)
+    """The old container's forwards removed for a new one on their host port."""
 
 
 @dataclass
@@ -239,15 +250,28 @@ class Converger:
             if phase == 1:
                 batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
             batch = [a for a in batch if failed.isdisjoint((a.name, *a.after, *joins(a)))]
-            results: list[Outcome] = []
-            async with anyio.create_task_group() as group:
-                for action in batch:
-                    group.start_soon(self._run_one, action, phase, limiter, results)
-            if phase == 1:
-                results += await self._blocking(self._put_back)
+            results = await self._run_phase(batch, phase, limiter)
             failed |= {o.action.name for o in results if not o.ok}
             outcomes += results
         return outcomes
+
+    async def _run_phase(
+        self, batch: Sequence[Action], phase: int, limiter: anyio.CapacityLimiter
+    ) -> list[Outcome]:
+        """Run one phase's actions at once; after phase 1, or when cancelled in any phase
+        (Ctrl-C, SIGTERM), put back what phase 0 freed and nothing took."""
+        results: list[Outcome] = []
+        try:
+            async with anyio.create_task_group() as group:
+                for action in batch:
+                    group.start_soon(self._run_one, action, phase, limiter, results)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._blocking(self._put_back)
+            raise
+        if phase == 1:
+            results += await self._blocking(self._put_back)
+        return results
 
     async def _run_one(
         self, action: Action, phase: int, limiter: anyio.CapacityLimiter, out: list[Outcome]
@@ -269,8 +293,7 @@ class Converger:
         if not _starts_first(action):
             await self._blocking(self._act, action, phase)
         elif phase == 1:  # in phase 0 the old container keeps serving
-            assert action.desired is not None
-            await self._replace_start_first(action.desired)
+            await self._replace_start_first(action)
 
     def _act(self, action: Action, phase: int) -> None:
         """One action that needs no waiting, in a worker thread."""
@@ -344,7 +367,8 @@ class Converger:
         """Put back each forward unbound in phase 0 whose host side no take of phase 1
         got (its replacement failed or never ran), on the container it came from."""
         outcomes = []
-        for name, port in self._ledger.unreplaced():
+        unreplaced, self._ledger.freed = self._ledger.unreplaced(), []
+        for name, port in unreplaced:
             reason = "put back: what was to take its host port did not get it"
             action = Action(ActionKind.BIND, name, reason, ports=(port,))
             try:
@@ -380,54 +404,70 @@ class Converger:
     def _remove_network(self, action: Action) -> None:
         self.runtime.remove_network(action.name)
 
-    async def _replace_start_first(self, want: DesiredContainer) -> None:
+    async def _replace_start_first(self, action: Action) -> None:
         """Start the replacement without forwards, wait until it is ready, move the
-        forwards over one by one, wait out the drain, give the new one the name and stop
+        forwards over one by one (the old one's, and those ``action.moves`` takes from
+        other running containers), wait out the drain, give the new one the name and stop
         the old one. A replacement that never gets ready is removed and the old one kept;
-        a failure while the forwards move puts them back.
+        a failure while the forwards move puts them back where they were.
 
         The waits (health checks, drain) are async sleeps between single runtime calls:
         cancelling the pass stops them at once. Cancelled while waiting for readiness,
         the replacement is removed; cancelled during the drain, the hand-over is finished
         at once (the new container already serves every forward)."""
+        want = action.desired
+        assert want is not None
         temp = replacement_name(want.name)
         await self._blocking(self._clear_leftover, temp, want)
         unbound = want.spec.model_copy(update={"name": temp, "ports": ()})
         await self._blocking(self.runtime.run, unbound)
-        moved: list[PortMapping] = []
+        taken = _Taken()
         try:
             await self._wait_ready(temp, want)
-            await self._blocking(self._take_forwards, temp, want, moved)
+            await self._blocking(self._take_forwards, temp, action, taken)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._blocking(self._undo_replacement, temp, want.name, moved)
+                await self._blocking(self._undo_replacement, temp, action.name, taken)
             raise
+        self._ledger.taken += want.spec.ports  # from here on the hand-over is finished
         try:
             await self.sleep(want.drain)  # requests the old one accepted may finish
         finally:
             with anyio.CancelScope(shield=True):
                 await self._blocking(self._hand_over, temp, want)
 
-    def _take_forwards(self, temp: str, want: DesiredContainer, moved: list[PortMapping]) -> None:
-        """Move each live forward from the old container to ``temp`` (the gap per port:
-        one remove and one add); add those it does not have. ``moved`` lists what moved."""
-        old = self.runtime.inspect(want.name)
+    def _take_forwards(self, temp: str, action: Action, taken: _Taken) -> None:
+        """Move each live forward from the old container, and each of ``action.moves``
+        from its running container, to ``temp`` (the gap per port: one remove and one
+        add); add the others, each just after the old container's forward on the same
+        host port (to another container port) is removed. ``taken`` records each step."""
+        assert action.desired is not None
+        old = self.runtime.inspect(action.name)
         networked = old.spec.network != "slirp4netns" or old.slirp_pid is not None
         live = set(old.ports) if networked else set()
-        for port in want.spec.ports:
-            if port in live:
-                self.runtime.move_port(want.name, temp, port)
-                moved.append(port)
-            else:
-                self.runtime.add_port(temp, port)
+        givers = {port: giver for giver, port in action.moves}
+        for port in action.desired.spec.ports:
+            giver = action.name if port in live else givers.get(port)
+            if giver is not None:
+                self.runtime.move_port(giver, temp, port)
+                taken.moved.append((giver, port))
+                continue
+            for held in [p for p in live if overlaps(p, port)]:
+                self.runtime.remove_port(action.name, held)
+                live.discard(held)
+                taken.dropped.append(held)
+            self.runtime.add_port(temp, port)
 
-    def _undo_replacement(self, temp: str, name: str, moved: list[PortMapping]) -> None:
-        """The old container serves as before; the replacement goes."""
-        for port in moved:
+    def _undo_replacement(self, temp: str, name: str, taken: _Taken) -> None:
+        """Every forward taken goes back where it was; the replacement goes."""
+        for giver, port in taken.moved:
             with contextlib.suppress(Exception):
-                self.runtime.move_port(temp, name, port)
+                self.runtime.move_port(temp, giver, port)
         with contextlib.suppress(Exception):
             self.runtime.remove(temp, force=True)
+        for port in taken.dropped:  # its host port is free again with the replacement gone
+            with contextlib.suppress(Exception):
+                self.runtime.add_port(name, port)
 
     def _hand_over(self, temp: str, want: DesiredContainer) -> None:
         """The name never goes missing: the old one steps aside, the new one takes the

@@ -193,26 +193,29 @@ def _size(count: float) -> str:
     return f"{count:.0f} GiB"
 
 
-def _biggest_logs(actual: Sequence[ContainerInfo], most: int = 3) -> str:
-    """The containers whose logs take the most space, with their sizes (one stat each)."""
+def _biggest_logs(device: int, actual: Sequence[ContainerInfo], most: int = 3) -> str:
+    """The containers whose logs take the most space on the file system ``device`` (logs
+    are kept on disk, usually apart from the state folder), with their sizes (one stat
+    each)."""
     sizes = []
     for info in actual:
         try:
-            size = Path(info.log_path).stat().st_size
+            found = Path(info.log_path).stat()
         except OSError:
             continue
-        if size:
-            sizes.append((size, info.name))
+        if found.st_size and found.st_dev == device:
+            sizes.append((found.st_size, info.name))
     biggest = sorted(sizes, reverse=True)[:most]
     return ", ".join(f"{name} {_size(size)}" for size, name in biggest) or "none"
 
 
 def state_disk_condition(state: Path, actual: Sequence[ContainerInfo]) -> Condition | None:
     """A folder condition when the state folder's disk is full (no space or no inode
-    left for this account): the folder, what is free, and the biggest container logs
-    (the likely culprits, found cheaply)."""
+    left for this account): the folder, what is free, and the biggest container logs on
+    that disk (the likely culprits when the log folder shares it, or for records made
+    before logs left the state folder; found cheaply)."""
     try:
-        disk = os.statvfs(state)
+        disk, device = os.statvfs(state), os.stat(state).st_dev
     except OSError:
         return None
     free = disk.f_bavail * disk.f_frsize
@@ -221,8 +224,8 @@ def state_disk_condition(state: Path, actual: Sequence[ContainerInfo]) -> Condit
     message = (
         f"the disk of the state folder {state} is full ({_size(free)} free of "
         f"{_size(disk.f_blocks * disk.f_frsize)}): containers cannot start nor record "
-        f"their exits; the biggest logs: {_biggest_logs(actual)}; free space there "
-        "(removing a container deletes its folder and log)"
+        f"their exits; the biggest logs on that disk: {_biggest_logs(device, actual)}; "
+        "free space there (removing a container deletes its folder and log)"
     )
     return Condition("*", ConditionKind.STATE_DISK_FULL, message)
 

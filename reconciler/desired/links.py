@@ -11,6 +11,7 @@ take their events and watch their directories too.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from reconciler.desired.types import is_squishfile
 __all__ = ("Linked", "linked_from")
 
 _MAX_LINKS = 40
-"""Links followed within one path at most, as the kernel's ELOOP limit."""
+"""Links followed to resolve one path at most, in all, as the kernel's ELOOP limit."""
 
 
 @dataclass(frozen=True)
@@ -48,22 +49,33 @@ def linked_from(folder: Path) -> Linked:
         return Linked()
     for entry in entries:
         try:
-            paths.add(_resolve(entry, paths, 0))
+            paths.add(_Walk(paths).resolve(entry))
         except OSError:
-            continue  # changed while it was read: the next look sees it
+            continue  # changed while it was read, or it loops: the next look sees it
     return Linked(frozenset(paths - {real}))
 
 
-def _resolve(path: Path, links: set[Path], depth: int) -> Path:
-    """The real path ``path`` (absolute) leads to; each link on the way goes to ``links``."""
-    resolved = Path(path.anchor)
-    for part in path.parts[1:]:
-        if part == "..":
-            resolved = resolved.parent
-            continue
-        step = resolved / part
-        if depth < _MAX_LINKS and step.is_symlink():
-            links.add(step)
-            step = _resolve(resolved / os.readlink(step), links, depth + 1)
-        resolved = step
-    return resolved
+@dataclass
+class _Walk:
+    """One path's resolution: each link on the way goes to ``links``; more than
+    :data:`_MAX_LINKS` in all is a loop (ELOOP), however they nest."""
+
+    links: set[Path]
+    followed: int = 0
+
+    def resolve(self, path: Path) -> Path:
+        """The real path ``path`` (absolute) leads to."""
+        resolved = Path(path.anchor)
+        for part in path.parts[1:]:
+            if part == "..":
+                resolved = resolved.parent
+                continue
+            step = resolved / part
+            if step.is_symlink():
+                self.followed += 1
+                if self.followed > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+                self.links.add(step)
+                step = self.resolve(resolved / os.readlink(step))
+            resolved = step
+        return resolved

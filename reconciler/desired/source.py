@@ -112,7 +112,8 @@ class FolderSource:
 
     async def _watch_once(self, changed: Changed, stop: anyio.Event, watch: _Watch) -> bool:
         """Watch the folder as it is now, and what its links lead to, until it vanishes,
-        is replaced, its links lead elsewhere (then True), or ``stop``."""
+        is replaced, its links lead elsewhere or a folder they lead into appears or goes
+        (then True), or ``stop``."""
         watch.disarm = anyio.Event()
         try:
             st = await anyio.Path(self.folder).stat()
@@ -122,12 +123,14 @@ class FolderSource:
             return False
         watch.identity = (st.st_dev, st.st_ino)
         linked = linked_from(real)
+        folders = linked.folders  # as they are now: one that appears later is watched then
+        relinked = False
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(_relay, stop, watch.disarm)
                 async for changes in awatch(
                     real,
-                    *sorted(linked.folders - {real}),
+                    *sorted(folders - {real}),
                     watch_filter=functools.partial(_counts, real, linked.paths),
                     debounce=self.settings.debounce_ms,
                     step=self.settings.step_ms,
@@ -140,12 +143,14 @@ class FolderSource:
                         changed("files changed")
                     if watch.stale(self.folder):
                         break
-                    if linked_from(real) != linked:
-                        return True
-                group.cancel_scope.cancel()
+                    now = linked_from(real)
+                    if now != linked or now.folders != folders:
+                        relinked = True
+                        break
+                group.cancel_scope.cancel()  # _relay's too: else leaving waits for ``stop``
         except* (FileNotFoundError, RuntimeError, OSError):
             pass  # the folder vanished: the periodic resync notices, the caller re-arms
-        return False
+        return relinked
 
 
 def _counts(folder: Path, linked: frozenset[Path], change: Change, path: str) -> bool:

@@ -4,8 +4,8 @@ One rule, used by ``reconciler validate``, by loading a folder and by the planne
 
 1. The file that holds the name or port now keeps it: the running container of that name
    was made from it, or its container's live forwards already hold the port. Containers
-   kept running without a valid file (a broken file, a removal in back-off) keep their
-   ports too.
+   kept running without a valid file (a broken file, a removal in back-off), or whose own
+   file is refused, keep their ports too.
 2. Else the file that sorts first by file name (then by full path) keeps it.
 3. Every other file is refused with a :class:`Problem` at its own line (``name`` or
    ``ports[N].host``) that names the file keeping it. A file refused its name claims no
@@ -231,6 +231,8 @@ def _reserved_clash(
     claim: Claim, reserved: Mapping[str, tuple[PortMapping, ...]]
 ) -> Problem | None:
     for owner, ports in reserved.items():
+        if owner == claim.name:
+            continue  # its own old forwards: the claim decides what becomes of them
         for index, mine in enumerate(claim.ports):
             if any(overlaps(mine, port) for port in ports):
                 message = (

@@ -17,9 +17,10 @@ Action kinds, each with the phase it runs in:
 - ``move`` (1): a forward one running container drops and another running container
   asks for, as it is: moved from the one to the other with back-to-back calls, put back
   where it was when the other cannot take it (instead of an unbind and a bind). A
-  ``create`` whose new container asks for such a forward carries it the same way: the
-  container is started without it, then it is moved, so a create that fails never
-  costs the running one its forward.
+  ``create`` or ``recreate`` whose new container asks for such a forward carries it the
+  same way: the container is started without it, then it is moved (a start-first
+  replacement's once it is ready), so one that fails never costs the running one its
+  forward.
 - ``recreate`` (removes in 0, creates in 1): anything but ports and resources changed
   (the spec hash differs), or the ports changed while the container was not running.
 - ``resize`` (0): only ``[resources]`` changed: the new limits are applied live, whether
@@ -375,10 +376,20 @@ def _mass_delete_message(window: RemovalWindow, earlier: int, count: int, size: 
 def _port_losers(
     state: _Pass, taken: set[str], reserved: Mapping[str, tuple[PortMapping, ...]]
 ) -> dict[str, str]:
-    """Phase "ports": the containers that may not take their host ports now, and why."""
+    """Phase "ports": the containers that may not take their host ports now, and why.
+
+    A refused file's running container is left as it is, old forwards included: those
+    are kept from every other file too (else that one would fail to bind them, again
+    and again, with a port "in use" by this folder's own container)."""
     contenders = [want for name, want in state.desired.containers.items() if name not in taken]
-    refused = refuse_ports([claim_of(w) for w in contenders], holders_of(state.ours), reserved)
-    return {contenders[i].name: str(problem) for i, problem in refused.items()}
+    claims, holders, kept = [claim_of(w) for w in contenders], holders_of(state.ours), {**reserved}
+    while True:
+        refused = refuse_ports(claims, holders, kept)
+        losers = {contenders[i].name: str(problem) for i, problem in refused.items()}
+        more = {n: state.ours[n].ports for n in losers if n in state.ours and n not in kept}
+        if not any(more.values()):
+            return losers
+        kept |= more
 
 
 def _for_container(
@@ -493,7 +504,7 @@ def _pair_moves(actions: Sequence[Action]) -> list[Action]:
     givers = [a for a in actions if a.kind is ActionKind.UNBIND]
     moves: dict[str, list[tuple[str, PortMapping]]] = {}
     for taker in actions:
-        if taker.kind is ActionKind.BIND or taker.kind is ActionKind.CREATE:
+        if taker.kind in (ActionKind.BIND, ActionKind.CREATE, ActionKind.RECREATE):
             for port in takes(taker):
                 giver = next((u for u in givers if u.name != taker.name and port in u.ports), None)
                 if giver is not None:
@@ -506,7 +517,7 @@ def _pair_moves(actions: Sequence[Action]) -> list[Action]:
             out += [replace(action, ports=rest)] if rest else []
         elif action.kind is ActionKind.BIND:
             out += _bind_and_moves(action, moves.get(action.name, []))
-        elif action.kind is ActionKind.CREATE and action.name in moves:
+        elif action.kind in (ActionKind.CREATE, ActionKind.RECREATE) and action.name in moves:
             out.append(_create_with_moves(action, moves[action.name]))
         else:
             out.append(action)

@@ -201,7 +201,26 @@ class LinuxRuntime(RunningOps):
             self._forget(self.containers / name)
         for leftover in sweep_cache(self.cache):  # staging trees, partial downloads
             log.info("removed %s, left in the cache by a killed process", leftover)
+        self._sweep_logs()
         return swept
+
+    def _sweep_logs(self) -> None:
+        """Delete the logs of this state folder that no record names any more (the
+        records went with a reboot, say); a log folder that cannot be read is left."""
+        try:
+            for orphan in logfiles.orphans(log_dir(self.settings), self.state, self._named_logs):
+                logfiles.discard(orphan / LOG_FILE)
+                log.info("removed the log %s, which no container of %s names", orphan, self.state)
+        except OSError as exc:  # a full or unreadable disk: the records' sweep still counts
+            log.warning("cannot sweep the logs of %s: %s", self.state, exc)
+
+    def _named_logs(self) -> set[Path]:
+        """The log folders this state folder's records name (those of records being
+        created or removed, under hidden names, too)."""
+        metas = (*self.containers.glob("*/meta.json"), *self.containers.glob("*/c/meta.json"))
+        records = (read_json(meta) for meta in metas)
+        paths = (r.get("log_path") if isinstance(r, dict) else None for r in records)
+        return {Path(path).parent for path in paths if isinstance(path, str)}
 
     def _readable(self, cdir: Path) -> bool:
         """Whether ``cdir`` holds a whole container record (else it is a leftover)."""
@@ -233,6 +252,8 @@ class LinuxRuntime(RunningOps):
                 driver_for(request).ensure_port_free(forward)
             for stale in ("run.json", "exit.json"):
                 (cdir / stale).unlink(missing_ok=True)
+            if request.log_path:  # (an older record keeps its log in its own folder)
+                logfiles.claim(Path(request.log_path).parent, self.state)
             reply = self._launch(cdir, name, request)
             if isinstance(reply, Failure):
                 raise failure_error(name, reply)

@@ -5,6 +5,13 @@ The log pump (``runtime.holder.logpump``) writes ``output.log`` and rotates it t
 rotated files oldest first, then the current one. Following is ``tail -F``: read to the
 end, wait, read what was added; when the path names another file (rotated), finish the
 old one (it is complete once renamed) and go on from the start of the new one.
+
+The log folders of every state folder share one place on disk, while a state folder is
+usually in memory: a reboot empties it and leaves its logs. So each log folder names
+the state folder whose container writes it (``OWNER_FILE``, written at each start), and
+a sweep of that state folder removes the log folders it owns that no record there
+names any more (:func:`orphans`). A folder without the file (made by an older squish)
+is never taken.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ("CHUNK", "discard", "follow", "read_all", "rotated")
+from runtime.util.files import write_atomic
+
+__all__ = ("CHUNK", "OWNER_FILE", "claim", "discard", "follow", "orphans", "read_all", "rotated")
 
 CHUNK = 64 * 1024
 """The most a reader holds at once."""
 POLL_INTERVAL = 0.2
 """How often a follower looks for more output."""
+OWNER_FILE = "state"
+"""In a log folder: the path of the state folder whose container writes it."""
 
 
 def rotated(path: Path) -> list[Path]:
@@ -103,9 +114,38 @@ def follow(
             current.close()
 
 
+def claim(folder: Path, state: Path) -> None:
+    """Make the log folder ``folder`` if missing, owned by the state folder ``state``."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not (folder / OWNER_FILE).is_file():
+        write_atomic(folder / OWNER_FILE, str(state).encode(), sync=False)
+
+
+def orphans(logs: Path, state: Path, named: Callable[[], set[Path]]) -> list[Path]:
+    """The log folders in ``logs`` that ``state`` owns and that no record names.
+
+    ``named()`` gives the log folders the records of ``state`` name; it is asked after
+    the folders are listed (a folder made later is named already: a record names its
+    log before any start makes it), and once more for the folders it did not name (a
+    record renamed meanwhile may be missed by one listing)."""
+    try:
+        owned = [f for f in logs.iterdir() if _owner(f) == str(state)]
+    except FileNotFoundError:
+        return []
+    unnamed = [f for f in owned if f not in named()]
+    return [f for f in unnamed if f not in named()] if unnamed else []
+
+
+def _owner(folder: Path) -> str | None:
+    try:
+        return (folder / OWNER_FILE).read_text()
+    except OSError:  # not a folder, no owner recorded, unreadable
+        return None
+
+
 def discard(path: Path) -> None:
     """Delete the log and its rotated copies, then its folder if that is left empty."""
-    for file in (*rotated(path), path):
+    for file in (*rotated(path), path, path.parent / OWNER_FILE):
         with contextlib.suppress(FileNotFoundError):
             file.unlink()
     with contextlib.suppress(OSError):

@@ -16,6 +16,7 @@ and under the log folder (on disk; ``log_dir``)::
     ID/output.log            the command's stdout and stderr (``output.log.1``... rotated);
                              ID is random, chosen when the container is created and
                              recorded in ``meta.json`` and ``launch.json``
+    ID/state                 the state folder whose container writes it (for the sweep)
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ checks are done here by hand, member by member:
 
 What an archive may unpack to is bounded (:class:`runtime.images.budget.Budget`: entries,
 path depth, bytes; shared by all the layers of one container) and checked from each
-member's header before anything of it is written. A :class:`~runtime.util.cancel.Cancel`
-token is checked before each member and each chunk, so an unpack stops at once.
+member's header before anything of it is written (first of all from the raw headers of
+the whole archive: :func:`runtime.images.headers.precount`). A
+:class:`~runtime.util.cancel.Cancel` token is checked before each member and each chunk,
+so an unpack stops at once.
 
 Extraction goes to a temporary directory next to ``dest`` (``.<name>.<random>.extracting``,
 locked with ``flock`` while it is filled) that is renamed into place only when complete,
@@ -46,6 +48,7 @@ from pathlib import Path
 
 from runtime.errors import ArchiveError
 from runtime.images.budget import Budget, Usage
+from runtime.images.headers import precount
 from runtime.util.cancel import Cancel, never
 
 __all__ = (
@@ -91,9 +94,11 @@ def extract_tar(
     """
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "extraction target already exists", str(dest))
+    budget, cancel = budget or Budget(), cancel or never()
+    precount(archive, budget, cancel)  # a refusal from the headers alone, before any write
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _staging(dest) as staging:
-        extractor = _Extractor(str(archive), staging, budget or Budget(), cancel or never())
+        extractor = _Extractor(str(archive), staging, budget, cancel)
         extractor.run(archive)
         if before_publish is not None:
             before_publish(staging)

@@ -37,7 +37,6 @@ __all__ = (
     "ensure_port_free",
     "find_forward",
     "list_forwards",
-    "port_is_free",
     "remove_forward",
     "slirp_argv",
     "slirp_binary",
@@ -194,11 +193,6 @@ def _bind_error(forward: Forward) -> OSError | None:
                 return exc
             raise
     return None
-
-
-def port_is_free(forward: Forward) -> bool:
-    """Whether the host port of ``forward`` can be bound right now."""
-    return _bind_error(forward) is None
 
 
 def ensure_port_free(forward: Forward) -> None:

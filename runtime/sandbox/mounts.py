@@ -9,8 +9,9 @@ can escape the root, nor be redirected (onto /proc, say) by a symlink a containe
 in a read-write bind that holds a nested target.
 
 Bind sources are opened with ``openat2(RESOLVE_NO_SYMLINKS)`` at every start and mounted
-by fd: a container that replaced a folder of a read-write bind with a symlink (the source
-of another bind below it) gets a refused start, never the host's file at the link's end.
+by fd (a detached copy, made read-only before it is attached to the target's fd): a
+container that replaced a folder of a read-write bind with a symlink (the source of
+another bind below it) gets a refused start, never the host's file at the link's end.
 
 ``prepare_skeleton`` runs in the client; ``assemble`` and ``enter_root`` run in the
 container's init, inside its new mount namespace, before the command starts.
@@ -117,21 +118,21 @@ def _open_in_root(root_fd: int, target: str) -> int:
 
 
 def _bind(root_fd: int, source_fd: int, target: str, rw: bool) -> None:
+    """Bind the source at ``target``: a detached copy of its mount tree, made read-only
+    (submounts included) before it is attached to the mount point opened once. Nothing
+    is looked up again by path, so a mount point renamed meanwhile (by a container
+    writing the folder of a read-write bind above it) cannot leave this bind writable."""
     target_fd = _open_in_root(root_fd, target)
     try:
-        sc.mount(
-            f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target_fd}", None, sc.MS_BIND | sc.MS_REC
-        )
+        tree_fd = sc.open_tree_clone(source_fd)
+        try:
+            if not rw:
+                sc.mount_setattr_rdonly(tree_fd)
+            sc.move_mount(tree_fd, target_fd)
+        finally:
+            os.close(tree_fd)
     finally:
         os.close(target_fd)
-    if rw:
-        return
-    mounted_fd = _open_in_root(root_fd, target)
-    try:
-        # Recursive: a read-only bind of a tree must not leave its submounts writable.
-        sc.mount_setattr_rdonly(mounted_fd)
-    finally:
-        os.close(mounted_fd)
 
 
 def _make_mount_point(root: str, mount_point: MountPoint) -> None:

@@ -36,6 +36,8 @@ __all__ = (
     "capset",
     "mount",
     "mount_setattr_rdonly",
+    "move_mount",
+    "open_tree_clone",
     "openat2",
     "pivot_root",
     "prctl",
@@ -71,6 +73,8 @@ RESOLVE_IN_ROOT = 0x10
 
 _SYS_CAPSET = 126
 _SYS_PIVOT_ROOT = 155
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
 _SYS_MOUNT_SETATTR = 442
 
@@ -78,6 +82,9 @@ AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
+OPEN_TREE_CLONE = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -191,3 +198,26 @@ def mount_setattr_rdonly(fd: int) -> None:
         ctypes.c_size_t(len(attr)),
     )
     _check(int(result), f"mount_setattr({fd}, MOUNT_ATTR_RDONLY, AT_RECURSIVE)")
+
+
+def open_tree_clone(fd: int) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the mount
+    tree at ``fd`` (what a recursive bind mount would attach), as a new fd."""
+    flags = OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH | os.O_CLOEXEC
+    result = _libc.syscall(
+        _SYS_OPEN_TREE, ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.c_uint(flags)
+    )
+    return _check(int(result), f"open_tree({fd}, OPEN_TREE_CLONE | AT_RECURSIVE)")
+
+
+def move_mount(tree_fd: int, target_fd: int) -> None:
+    """move_mount(2): attach the mount tree ``tree_fd`` on the mount point ``target_fd``."""
+    result = _libc.syscall(
+        _SYS_MOVE_MOUNT,
+        ctypes.c_int(tree_fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_int(target_fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+    )
+    _check(int(result), f"move_mount({tree_fd}, {target_fd})")
