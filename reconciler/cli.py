@@ -35,9 +35,10 @@ from reconciler.control.status import (
     status_document,
 )
 from reconciler.desired.source import FolderSource
-from reconciler.desired.types import Skipped, skipped_in, squishfiles_in
+from reconciler.desired.types import Skipped, network_files_in, skipped_in, squishfiles_in
 from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.planning.conflicts import Holding, holders_of
+from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings
 from runtime.api import ContainerInfo
@@ -240,7 +241,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     reconciler = _reconciler(Path(args.dir), _settings(args))
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
-    document = status_document(desired, actual, todo, reconciler.store.read())
+    document = status_document(
+        desired, actual, todo, reconciler.store.read(), networks=reconciler.networks
+    )
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
@@ -284,7 +287,18 @@ def _row_message(row: dict[str, Any]) -> str:
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
     _out.print(_loop_line(document, time.time()))
-    table = Table("NAME", "FILE", "PHASE", "PID", "PORTS", "RESTARTS", "AGE", "SYNC", "LAST ERROR")
+    table = Table(
+        "NAME",
+        "FILE",
+        "PHASE",
+        "PID",
+        "PORTS",
+        "ADDRESSES",
+        "RESTARTS",
+        "AGE",
+        "SYNC",
+        "LAST ERROR",
+    )
     for row in document["containers"]:
         table.add_row(
             escape(row["name"]),
@@ -292,16 +306,40 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
             row["phase"],
             str(row["pid"] or "-"),
             ", ".join(row["ports"]) or "-",
+            escape(_pairs(row["addresses"])),
             str(row["restarts"]),
             f"{row['age_s']:.0f}s" if row["age_s"] is not None else "-",
             "yes" if row["in_sync"] else "no",
             escape(_row_message(row)),
         )
     _print_table(table, wide=wide)
+    if document["networks"]:
+        _print_table(_network_table(document["networks"]), wide=wide)
     for condition in document["conditions"]:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
     for skipped in document["skipped"]:
         _out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}")
+
+
+def _pairs(named: dict[str, str]) -> str:
+    """``default=10.89.1.2, back=10.89.3.2``, or ``-``."""
+    return ", ".join(f"{name}={value}" for name, value in named.items()) or "-"
+
+
+def _network_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """The folder's networks (status' ``networks``); their conditions are printed below."""
+    table = Table("NETWORK", "FILE", "STATE", "SUBNET", "INTERNAL", "DNS", "CONTAINERS")
+    for row in rows:
+        table.add_row(
+            escape(row["name"]),
+            escape(row["file"] or "-"),
+            row["state"],
+            row["subnet"] or "-",
+            "yes" if row["internal"] else "no",
+            "yes" if row["dns"] else "no",
+            escape(_pairs(row["containers"])),
+        )
+    return table
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -315,6 +353,10 @@ def cmd_down(args: argparse.Namespace) -> int:
             removed += 1
     if not removed:
         _out.print(f"no containers of {escape(folder)}")
+    for network in runtime.list_networks():
+        if network_managed_by(network, folder):
+            runtime.remove_network(network.name)
+            _out.print(f"network {network.name}: removed")
     return 0
 
 
@@ -326,7 +368,7 @@ def _squishfiles(arguments: Sequence[str]) -> tuple[list[Path], list[Skipped]]:
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            paths += squishfiles_in(path)
+            paths += sorted([*squishfiles_in(path), *network_files_in(path)])
             skipped += skipped_in(path)
         else:
             paths.append(path)

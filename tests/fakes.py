@@ -24,6 +24,7 @@ instead of hanging it; no test asserts anything about how long something took.
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +59,7 @@ from runtime.util.cancel import Cancel
 __all__ = (
     "HANG_GUARD",
     "MUTATING",
+    "NETWORK_MUTATING",
     "Call",
     "FakeClock",
     "FakeRuntime",
@@ -91,6 +93,11 @@ Method = Literal[
     "update_resources",
     "pause",
     "resume",
+    "ensure_network",
+    "remove_network",
+    "list_networks",
+    "connect",
+    "disconnect",
 ]
 
 MUTATING: tuple[Method, ...] = (
@@ -109,7 +116,11 @@ MUTATING: tuple[Method, ...] = (
     "pause",
     "resume",
 )
-"""The methods that change something (``list``, ``inspect``, ``logs``, ``wait`` only look)."""
+"""The methods that change a container (``list``, ``inspect``, ``logs``, ``wait`` only look);
+the network methods are :data:`NETWORK_MUTATING`."""
+
+NETWORK_MUTATING: tuple[Method, ...] = ("ensure_network", "remove_network", "connect", "disconnect")
+"""The methods that change a network or what joins it (``list_networks`` only looks)."""
 
 T = TypeVar("T")
 
@@ -190,6 +201,11 @@ class FakeRuntime:
         self._cond = threading.Condition(threading.RLock())
         self._containers: dict[str, ContainerInfo] = {}
         self._networks: dict[str, NetworkSpec] = {}
+        self._members: dict[str, dict[str, str]] = {}
+        """Network name -> container name -> its address there (running or not)."""
+        self._subnets: dict[str, ipaddress.IPv4Network] = {}
+        self._next_host: dict[str, int] = {}
+        self._next_subnet = 0
         self._calls: list[Call] = []
         self._journal: list[Mark] = []
         self._failures: list[_Failure] = []
@@ -266,13 +282,16 @@ class FakeRuntime:
                 state=state,
                 spec=spec,
                 pid=self._pid() if running else None,
-                slirp_pid=self._pid() if running and spec.network == "slirp4netns" else None,
+                slirp_pid=self._pid()
+                if running and spec.network in ("slirp4netns", "bridge")
+                else None,
                 started_at=started_at,
                 finished_at=finished_at,
                 exit_code=exit_code,
                 ports=spec.ports if running else (),
                 log_path=f"/fake/{spec.name}/output.log",
                 created_at=now,
+                addresses=self._joined(spec),
             )
             self._containers[spec.name] = info
             self._cond.notify_all()
@@ -389,6 +408,7 @@ class FakeRuntime:
                 return self._start(spec.name)
             except Exception:
                 del self._containers[spec.name]
+                self._leave_all(spec.name)
                 raise
 
         return self._invoke("run", spec.name, (spec,), {}, effect)
@@ -417,6 +437,7 @@ class FakeRuntime:
             if info.state is ContainerState.RUNNING and not force:
                 raise ContainerRunning(name, "stop it or remove with force")
             del self._containers[name]
+            self._leave_all(name)
 
         self._invoke("remove", name, (), {"force": force}, effect)
 
@@ -535,6 +556,9 @@ class FakeRuntime:
             if new_name in self._containers:
                 raise ContainerExists(new_name)
             renamed = info.model_copy(update={"name": new_name, "spec": spec})
+            for members in self._members.values():
+                if name in members:
+                    members[new_name] = members.pop(name)
             del self._containers[name]
             self._containers[new_name] = renamed
             return renamed
@@ -544,66 +568,122 @@ class FakeRuntime:
     def restore_network(self, name: str) -> ContainerInfo:
         def effect() -> ContainerInfo:
             info = self._running(name)
-            if info.spec.network != "slirp4netns" or info.slirp_pid is not None:
+            if info.spec.network not in ("slirp4netns", "bridge") or info.slirp_pid is not None:
                 return info  # nothing to restore
             return self._update(info, slirp_pid=self._pid())
 
         return self._invoke("restore_network", name, (), {}, effect)
 
-    # -- networks (the least the Runtime protocol asks; not recorded as calls) -----------------
-
     def ensure_network(self, spec: NetworkSpec) -> NetworkInfo:
-        with self._cond:
-            known = self._networks.setdefault(spec.name, spec)
-            if known != spec:
-                raise NetworkConflict(spec.name, ["other settings"])
-            return self._network_info(known)
+        return self._invoke("ensure_network", spec.name, (spec,), {}, lambda: self._ensure(spec))
 
     def remove_network(self, name: str) -> None:
-        with self._cond:
-            if name in self._networks and self._network_info(self._networks[name]).containers:
-                users = self._network_info(self._networks[name]).containers
+        def effect() -> None:
+            users = tuple(sorted(self._members.get(name, {})))
+            if users:
                 raise NetworkInUse(name, builtins.list(users))
             self._networks.pop(name, None)
+            self._members.pop(name, None)
+
+        self._invoke("remove_network", name, (), {}, effect)
 
     def list_networks(self) -> builtins.list[NetworkInfo]:
-        with self._cond:
-            return [self._network_info(spec) for spec in self._networks.values()]
+        def effect() -> builtins.list[NetworkInfo]:
+            return [self._network_info(n) for n in sorted(self._networks)]
+
+        return self._invoke("list_networks", "", (), {}, effect)
 
     def connect(self, name: str, attachment: NetworkAttachment) -> ContainerInfo:
-        with self._cond:
+        def effect() -> ContainerInfo:
+            info = self._get(name)
             if attachment.network not in self._networks:
                 raise NetworkNotFound(attachment.network)
-            info = self._get(name)
-            kept = tuple(a for a in info.spec.networks if a.network != attachment.network)
-            update = {"network": "bridge", "networks": (*kept, attachment)}
-            return self._update(info, spec=info.spec.model_copy(update=update))
+            if info.spec.network != "bridge":
+                raise ValueError(f"{name!r} is not on bridge networks: recreate it")
+            if any(a.network == attachment.network for a in info.spec.networks):
+                raise ValueError(f"{name!r} is already on {attachment.network!r}")
+            self._join(name, attachment.network)
+            networks = (*info.spec.networks, attachment)
+            return self._rejoined(info, networks)
+
+        return self._invoke("connect", name, (attachment,), {}, effect)
 
     def disconnect(self, name: str, network: str) -> ContainerInfo:
-        with self._cond:
+        def effect() -> ContainerInfo:
             info = self._get(name)
-            kept = tuple(a for a in info.spec.networks if a.network != network)
-            if not kept:
-                raise ValueError(f"{network!r} is {name!r}'s last network")
-            return self._update(info, spec=info.spec.model_copy(update={"networks": kept}))
+            networks = tuple(a for a in info.spec.networks if a.network != network)
+            if not networks:
+                raise ValueError(f"{network!r} is the last network of {name!r}")
+            self._members.get(network, {}).pop(name, None)
+            return self._rejoined(info, networks)
 
-    def _network_info(self, spec: NetworkSpec) -> NetworkInfo:
-        users = [
-            info.name
-            for info in self._containers.values()
-            if any(a.network == spec.name for a in info.spec.networks)
-        ]
+        return self._invoke("disconnect", name, (network,), {}, effect)
+
+    def seed_network(self, spec: NetworkSpec) -> NetworkInfo:
+        """Put a network in place without recording a call."""
+        with self._cond:
+            return self._ensure(spec)
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    def _ensure(self, spec: NetworkSpec) -> NetworkInfo:
+        known = self._networks.get(spec.name)
+        if known is None:
+            self._networks[spec.name] = spec
+            self._members[spec.name] = {}
+            self._next_subnet += 1
+            subnet = spec.subnet or f"10.89.{self._next_subnet}.0/24"
+            self._subnets[spec.name] = ipaddress.IPv4Network(subnet)
+            self._next_host[spec.name] = 2
+            return self._network_info(spec.name)
+        info = self._network_info(spec.name)
+        wanted = (spec.subnet or info.subnet, spec.internal, spec.dns)
+        if wanted != (info.subnet, info.internal, info.dns):
+            raise NetworkConflict(
+                spec.name, [f"{wanted} is not {info.subnet, info.internal, info.dns}"]
+            )
+        return info
+
+    def _network_info(self, name: str) -> NetworkInfo:
+        spec, subnet = self._networks[name], self._subnets[name]
         return NetworkInfo(
-            name=spec.name,
-            subnet=spec.subnet or "10.89.0.0/24",
-            gateway="10.89.0.1",
+            name=name,
+            subnet=str(subnet),
+            gateway=str(subnet.network_address + 1),
             internal=spec.internal,
             dns=spec.dns,
             labels=dict(spec.labels),
-            containers=dict.fromkeys(users, ""),
+            containers=dict(self._members[name]),
         )
 
-    # -- machinery ----------------------------------------------------------------------------
+    def _join(self, name: str, network: str) -> None:
+        """Hand ``name`` an address on ``network`` (never one handed out before)."""
+        host = self._next_host[network]
+        self._next_host[network] = host + 1
+        self._members[network][name] = str(self._subnets[network].network_address + host)
+
+    def _leave_all(self, name: str) -> None:
+        for members in self._members.values():
+            members.pop(name, None)
+
+    def _joined(self, spec: ContainerSpec) -> dict[str, str]:
+        """Join every network of ``spec`` (made with default settings when missing, as the
+        runtime does); its addresses."""
+        for attachment in spec.networks:
+            if attachment.network not in self._networks:
+                self._ensure(NetworkSpec(name=attachment.network))
+            self._join(spec.name, attachment.network)
+        return self._addresses(spec)
+
+    def _addresses(self, spec: ContainerSpec) -> dict[str, str]:
+        joined = (a.network for a in spec.networks)
+        return {n: self._members[n][spec.name] for n in joined if spec.name in self._members[n]}
+
+    def _rejoined(
+        self, info: ContainerInfo, networks: tuple[NetworkAttachment, ...]
+    ) -> ContainerInfo:
+        spec = info.spec.model_copy(update={"networks": networks})
+        return self._update(info, spec=spec, addresses=self._addresses(spec))
 
     def _invoke(
         self,
@@ -667,8 +747,11 @@ class FakeRuntime:
         return info
 
     def _networked(self, name: str) -> ContainerInfo:
-        """A running container whose forwards can change (it has a slirp4netns)."""
+        """A running container whose forwards can change (on bridge networks, or with a
+        slirp4netns of its own)."""
         info = self._running(name)
+        if info.spec.network == "bridge":
+            return info
         if info.spec.network != "slirp4netns" or info.slirp_pid is None:
             raise SlirpError(f"container {name!r} has no slirp4netns network")
         return info
@@ -694,6 +777,7 @@ class FakeRuntime:
             spec=spec,
             log_path=f"/fake/{spec.name}/output.log",
             created_at=self.clock(),
+            addresses=self._joined(spec),
         )
         self._containers[spec.name] = info
         return info
@@ -709,7 +793,7 @@ class FakeRuntime:
             info,
             state=ContainerState.RUNNING,
             pid=self._pid(),
-            slirp_pid=self._pid() if info.spec.network == "slirp4netns" else None,
+            slirp_pid=self._pid() if info.spec.network in ("slirp4netns", "bridge") else None,
             started_at=self.clock(),
             finished_at=None,
             exit_code=None,

@@ -898,7 +898,9 @@ def planning(
         actual = fake.list()
         converger.observe(actual)
         holds = all_holds(converger, actual)
-        return plan(load_desired(folder), actual, now=clock.now, not_before=holds)
+        desired = load_desired(folder)
+        networks = fake.list_networks()
+        return plan(desired, actual, now=clock.now, not_before=holds, networks=networks)
 
     return plan_now
 

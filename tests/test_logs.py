@@ -182,7 +182,7 @@ def test_logs_go_under_the_state_home_unless_a_folder_is_named() -> None:
 
 def _squishfile(extra: dict[str, object]) -> Squishfile:
     base = {"name": "web", "layers": {"busybox": "builtin"}, "run": {"command": "yes"}}
-    return Squishfile.model_validate({**base, **extra})
+    return Squishfile.model_validate({**base, **extra}, context={"source": Path("/d/web.toml")})
 
 
 def test_logs_table_sets_the_cap_and_the_files_kept() -> None:

@@ -64,8 +64,8 @@ def test_a_dry_run_changes_nothing(tmp_path: Path) -> None:
     loop = reconciler(tmp_path, FakeClock(100.0))
     assert isinstance(loop.runtime, FakeRuntime)
     _, _, todo = loop.dry_run()
-    assert [a.name for a in todo.actions] == ["web"]  # there is something it could do
-    assert [c.method for c in loop.runtime.calls] == ["list"]
+    assert [a.name for a in todo.actions if not a.for_network] == ["web"]  # something to do
+    assert [c.method for c in loop.runtime.calls] == ["list", "list_networks"]
     assert loop.runtime.list() == []
 
 
@@ -142,7 +142,10 @@ async def test_a_pass_that_cannot_record_itself_keeps_what_it_did(tmp_path: Path
     (tmp_path / "state").mkdir()
     loop.store = _FullStore(tmp_path / "state", folder)
     result = await loop.reconcile("test")
-    assert [(str(o.action.kind), o.ok) for o in result.outcomes] == [("create", True)]
+    assert [(str(o.action.kind), o.ok) for o in result.outcomes] == [
+        ("ensure-network", True),
+        ("create", True),
+    ]
     assert loop.record.last_error is not None and "No space left" in loop.record.last_error
 
 

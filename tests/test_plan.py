@@ -40,7 +40,7 @@ from reconciler.planning.plan import (
 )
 from reconciler.problems import Problem
 from runtime.api.interface import ContainerInfo, ContainerState
-from runtime.api.spec import ContainerSpec, PortMapping, Resources, RootfsRef
+from runtime.api.spec import ContainerSpec, NetworkAttachment, PortMapping, Resources, RootfsRef
 
 FOLDER = Path("/srv/squish")
 ELSEWHERE = Path("/srv/elsewhere")
@@ -111,7 +111,7 @@ def info(
         spec=container_spec,
         pid=4242 if state is ContainerState.RUNNING else None,
         slirp_pid=4243
-        if state is ContainerState.RUNNING and container_spec.network == "slirp4netns"
+        if state is ContainerState.RUNNING and container_spec.network in ("slirp4netns", "bridge")
         else None,
         exit_code=exit_code,
         ports=tuple(ports),
@@ -174,7 +174,8 @@ def action_text(action: Action) -> str:
 
 
 def actions_of(result: Plan) -> tuple[str, ...]:
-    return tuple(action_text(a) for a in result.actions)
+    """The containers' actions (the networks' are tests/test_plan_networks.py's)."""
+    return tuple(action_text(a) for a in result.actions if not a.for_network)
 
 
 def conditions_of(result: Plan) -> tuple[str, ...]:
@@ -1037,7 +1038,8 @@ def test_a_folder_through_its_lifecycle(tmp_path: Path) -> None:
     first = load_desired(tmp_path)
     assert actions_of(plan(first, [])) == ("create api", "create web")
     actual = observe(first)
-    assert plan(first, actual) == Plan()
+    in_step = plan(first, actual)
+    assert (actions_of(in_step), in_step.conditions) == ((), ())
 
     # env edited: recreate; a port edited: rebind live
     (tmp_path / "api.toml").write_text(squishfile(env={"MODE": "dev"}, ports=[(8081, 81)]))
@@ -1094,7 +1096,7 @@ def test_squishfile_restart_policy_and_duplicates(tmp_path: Path) -> None:
     result = plan(load_desired(tmp_path), [exited(job, 3)])
     assert actions_of(result) == ("start job",)  # job.toml made it: it keeps the name
     assert conditions_of(result) == ("DuplicateName job",)
-    assert result.actions[0].desired == job
+    assert [a.desired for a in result.actions if not a.for_network] == [job]
 
 
 def test_missing_folder_is_not_mass_deletion(tmp_path: Path) -> None:
@@ -1287,6 +1289,16 @@ def test_a_running_container_whose_slirp4netns_died_is_healed_not_restarted() ->
         update={"spec": offline.spec.model_copy(update={"network": "none"})}
     )
     assert actions_of(plan(desired(offline), [quiet])) == ()
+
+
+def test_a_bridge_container_whose_shared_namespace_died_is_healed_not_restarted() -> None:
+    entry = want("api")
+    on_bridge = entry.spec.model_copy(
+        update={"network": "bridge", "networks": (NetworkAttachment(network="sq-app"),)}
+    )
+    entry = dataclasses.replace(entry, spec=on_bridge)
+    lost = running(entry).model_copy(update={"slirp_pid": None})
+    assert actions_of(plan(desired(entry), [lost])) == ("heal api",)
 
 
 # -- leftovers of an interrupted start-first replacement ------------------------------------

@@ -52,6 +52,11 @@ T = TypeVar("T")
 # -- squishfiles ----------------------------------------------------------------------------
 
 
+ISOLATED = 'network = "isolated"\n'
+"""These containers keep a slirp4netns of their own until the runtime has bridge
+networks; then the line goes and they join the folder's network, as users' files do."""
+
+
 def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
     """busybox httpd serving ``./<site>`` of the folder on 127.0.0.1:PORT, like
     desired/web.toml; with ``delay`` it listens that many seconds after it starts."""
@@ -61,6 +66,7 @@ def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
         else f'command = "httpd"\nargs = ["-f", "-p", "80", "-h", "/app/{site}"]'
     )
     return f"""\
+{ISOLATED}
 [layers]
 busybox = "builtin"
 {site} = "./{site}"
@@ -78,6 +84,7 @@ def greeting_toml(port: int, greeting: str) -> str:
     """httpd serving a page that holds $GREETING, as the container's environment has it."""
     script = "mkdir -p /tmp/www; echo $GREETING > /tmp/www/index.html; httpd -f -p 80 -h /tmp/www"
     return f"""\
+{ISOLATED}
 [layers]
 busybox = "builtin"
 
@@ -694,10 +701,11 @@ def test_plan_apply_and_down_on_the_example_folder(
 ) -> None:
     folder = tmp_path / "example"
     shutil.copytree(ROOT / "desired", folder)
+    (folder / "db.toml").unlink()  # it needs the folder's network: back with bridge networks
     port = free_port()
     text = (folder / "web.toml").read_text()
     assert "host = 8080" in text
-    (folder / "web.toml").write_text(text.replace("host = 8080", f"host = {port}"))
+    (folder / "web.toml").write_text(ISOLATED + text.replace("host = 8080", f"host = {port}"))
     expected = (folder / "site" / "index.html").read_bytes()
     try:
         plan = cli(env, "plan", str(folder))

@@ -16,7 +16,15 @@ import pytest
 from reconciler.desired.validation import validate_files
 from reconciler.problems import Problem, SquishfileError, field_path
 from reconciler.squishfile import Squishfile, load_squishfile
-from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from reconciler.squishfile.networks import runtime_network_name
+from runtime.api.spec import (
+    BindMount,
+    ContainerSpec,
+    NetworkAttachment,
+    PortMapping,
+    RootfsRef,
+    SdkLayer,
+)
 from runtime.security.seccomp import compile_profile
 
 SHA = "0123456789abcdef" * 4
@@ -112,7 +120,8 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
         ("httpd",),
         "/",
     )
-    assert (spec.network, spec.stop_timeout, spec.env, spec.ports) == ("slirp4netns", 10.0, {}, ())
+    assert (spec.network, spec.stop_timeout, spec.env, spec.ports) == ("bridge", 10.0, {}, ())
+    assert spec.networks == (NetworkAttachment(network=runtime_network_name(tmp_path, "default")),)
     assert (spec.sdks, spec.binds) == ((), ())
 
 
@@ -208,6 +217,7 @@ def test_symlinks_in_local_paths_are_not_resolved(tmp_path: Path) -> None:
 def test_spec_does_not_depend_on_the_order_of_the_file(tmp_path: Path) -> None:
     reordered = textwrap.dedent(
         f"""\
+        network = "slirp4netns"
         [[ports]]
         container = 53
         host = 5353
@@ -340,7 +350,11 @@ ERROR_CASES = [
         "ports[0].host_addr",
         "IPv6",
     ),
-    ('network = "bridge"  # <-\n' + LAYERS_RUN, "network", 'must be "slirp4netns" or "none"'),
+    (
+        'network = "bridge"  # <-\n' + LAYERS_RUN,
+        "network",
+        'must be "isolated", "none" or "slirp4netns"',
+    ),
     (run("stop_timeout = -1  # <-"), "run.stop_timeout", "must be ≥ 0"),
     (run("stop_timeout = 3601  # <-"), "run.stop_timeout", "must be ≤ 3600"),
     (run("stop_timeout = inf  # <-"), "run.stop_timeout", "finite"),

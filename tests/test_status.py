@@ -34,8 +34,9 @@ from reconciler.control.status import (
 from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import Condition, ConditionKind
 from reconciler.settings import Settings
+from reconciler.squishfile.networks import runtime_network_name
 from runtime.api import ContainerInfo, ContainerState
-from runtime.errors import ContainerStartError
+from runtime.errors import ContainerStartError, NetworkConflict
 from tests.fakes import FakeClock, FakeRuntime
 from tests.support import shell
 
@@ -90,7 +91,8 @@ def status(folder: Path, runtime: FakeRuntime, clock: FakeClock) -> dict[str, An
     viewer = reconciler(folder, runtime, clock)
     desired, actual, todo = viewer.dry_run()
     assert viewer.store is not None
-    return status_document(desired, actual, todo, viewer.store.read(), now=clock())
+    stored = viewer.store.read()
+    return status_document(desired, actual, todo, stored, now=clock(), networks=viewer.networks)
 
 
 def rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -211,7 +213,10 @@ async def test_a_failed_apply_reaches_status_with_its_error_and_time(
     assert row["phase"] == "Failed"
     assert "no such command: httpd" in row["last_error"]
     assert (document["recorded"]["by"], document["recorded"]["at"]) == ("apply", applied_at)
-    assert document["apply"]["last_actions"] == ["create web: new in web.toml"]
+    made = document["apply"]["last_actions"]
+    assert [a for a in made if not a.startswith("ensure-network ")] == [
+        "create web: new in web.toml"
+    ]
 
 
 @pytest.mark.anyio
@@ -342,10 +347,11 @@ async def test_the_loop_console_says_a_rejected_file_once_and_when_it_is_fixed(
     for _ in range(2):
         on_pass(await loop.reconcile("resync"))
     lines = screen.getvalue().splitlines()
-    assert lines[0] == "create web: new in web.toml"
+    assert lines[0].startswith("ensure-network sq-desired-")  # the folder's network first
+    assert lines[1] == "create web: new in web.toml"
     (rejected,) = [line for line in lines if line.startswith("InvalidSpec web: ")][:-1]
     assert f"InvalidSpec web: {folder / 'web.toml'}:7: bogus" in rejected
-    assert lines[1:] == [rejected, "InvalidSpec web: cleared"]
+    assert lines[2:] == [rejected, "InvalidSpec web: cleared"]
 
 
 @pytest.mark.anyio
@@ -417,3 +423,103 @@ def test_the_console_says_a_full_disk_once_while_its_free_space_moves() -> None:
         "StateDiskFull: the state disk is full: 900 B free",
         "StateDiskFull: cleared",
     ]
+
+
+# -- networks: addresses per network, and the folder's networks ---------------------------------
+
+
+def web_and_db(folder: Path) -> None:
+    (folder / "web.toml").write_text(APP)
+    (folder / "db.toml").write_text('networks = ["default", "back"]\n' + APP)
+    (folder / "back.network.toml").write_text('subnet = "10.89.40.0/24"\ninternal = true\n')
+    (folder / "spare.network.toml").write_text("dns = false\n")
+
+
+@pytest.mark.anyio
+async def test_status_shows_addresses_per_network_and_the_networks(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    web_and_db(folder)
+    before = status(folder, runtime, clock)
+    assert {n["name"]: n["state"] for n in before["networks"]} == {
+        "back": "Pending",
+        "default": "Pending",
+        "spare": "Unused",
+    }
+    await reconciler(folder, runtime, clock).reconcile("test")
+
+    document = status(folder, runtime, clock)
+    db, web = rows(document)["db"], rows(document)["web"]
+    assert list(db["addresses"]) == ["back", "default"]
+    assert db["addresses"]["back"].startswith("10.89.40.")
+    assert list(web["addresses"]) == ["default"] and web["in_sync"]
+    networks = {n["name"]: n for n in document["networks"]}
+    back = networks["back"]
+    assert (back["network"], back["file"], back["state"]) == (
+        runtime_network_name(folder, "back"),
+        "back.network.toml",
+        "Ready",
+    )
+    assert (back["subnet"], back["gateway"], back["internal"], back["dns"]) == (
+        "10.89.40.0/24",
+        "10.89.40.1",
+        True,
+        True,
+    )
+    assert back["containers"] == {"db": db["addresses"]["back"]}
+    assert networks["default"]["containers"] == {
+        "db": db["addresses"]["default"],
+        "web": web["addresses"]["default"],
+    }
+    assert (networks["spare"]["state"], networks["spare"]["dns"]) == ("Unused", False)
+
+    (folder / "db.toml").unlink()
+    leaving = {n["name"]: n["state"] for n in status(folder, runtime, clock)["networks"]}
+    assert leaving["back"] == "Terminating" and leaving["default"] == "Ready"
+
+
+@pytest.mark.anyio
+async def test_a_network_condition_is_on_its_network_and_the_folder(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    web_and_db(folder)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    (folder / "back.network.toml").write_text('subnet = "10.89.41.0/24"\n')
+    document = status(folder, runtime, clock)
+    (condition,) = document["conditions"]
+    assert (condition["kind"], condition["network"]) == ("NetworkInUse", "back")
+    back = next(n for n in document["networks"] if n["name"] == "back")
+    assert [c["kind"] for c in back["conditions"]] == ["NetworkInUse"]
+    assert "now: db" in back["conditions"][0]["message"]
+
+
+@pytest.mark.anyio
+async def test_the_status_table_lists_addresses_and_networks(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web_and_db(folder)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    document = status(folder, runtime, clock)
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "_out", Console(file=screen, width=200, color_system=None))
+    cli.print_status(document, wide=True)
+    out = screen.getvalue()
+    web = rows(document)["web"]
+    assert f"default={web['addresses']['default']}" in out
+    (back,) = [line for line in out.splitlines() if "back.network.toml" in line]
+    assert all(word in back for word in ("Ready", "10.89.40.0/24", "yes", "db=10.89.40."))
+
+
+@pytest.mark.anyio
+async def test_a_network_that_cannot_be_made_shows_why(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    web_and_db(folder)
+    back = runtime_network_name(folder, "back")
+    runtime.fail("ensure_network", back, NetworkConflict(back, ["subnet"]), times=None)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    document = status(folder, runtime, clock)
+    row = next(n for n in document["networks"] if n["name"] == "back")
+    assert row["state"] == "Pending" and "other settings (subnet)" in row["last_error"]
+    assert rows(document)["db"]["phase"] == "Pending"  # it waits for its network
+    assert rows(document)["web"]["phase"] == "Running"

@@ -37,6 +37,18 @@ def test_a_folder_stands_for_its_squishfiles(tmp_path: Path) -> None:
     assert "swp" not in result.stdout + result.stderr
 
 
+def test_a_folder_stands_for_its_network_files_too(tmp_path: Path) -> None:
+    (tmp_path / "db.toml").write_text('networks = ["back"]\n' + GOOD)
+    (tmp_path / "back.network.toml").write_text('subnet = "10.89.40.0/24"\n')
+    (tmp_path / "front.network.toml").write_text("internal = true\ncommand = 1\n")
+    result = validate(tmp_path)
+    assert result.returncode == 1
+    assert f"ok {tmp_path / 'db.toml'}" in result.stdout
+    assert f"ok {tmp_path / 'back.network.toml'}" in result.stdout
+    where = tmp_path / "front.network.toml"
+    assert f'{where}:2: command: unknown key "command"; expected one of: subnet' in result.stderr
+
+
 def test_valid_files_pass_and_an_empty_folder_does_not(tmp_path: Path) -> None:
     (tmp_path / "one.toml").write_text(GOOD)
     assert validate(tmp_path / "one.toml").returncode == 0

@@ -1,16 +1,17 @@
 """Converging: the only place that calls the runtime.
 
-A plan is applied in three phases (phase 0 frees the ports and names phase 1 takes,
-phase 2 releases old forwards nothing takes), each phase's actions concurrently under a
-bound. An action that fails does not hold up the others: it is recorded, its container
-has no further action in this pass (so its old forwards are not released), and it backs
-off before the next attempt (client-go style: a few milliseconds, doubling, capped).
-Between phases 1 and 2, every forward unbound in phase 0 whose host side no take of
-phase 1 got is put back on its container: a failed bind, create or start never costs a
-forward that served before; a pass cancelled in any phase (Ctrl-C, SIGTERM) puts them
-back too, before it ends. A container whose command keeps exiting is restarted with a
-crash back-off (100 ms doubling to 60 s by default), reset once it has run for a while;
-it never delays anyone else.
+A plan is applied in four phases (phase 0 frees the ports and names phase 1 takes and
+makes the networks it joins, phase 2 releases old forwards and networks left, phase 3
+removes the networks nothing joins, once every container that left them did), each
+phase's actions concurrently under a bound. An action that fails does not hold up the
+others: it is recorded, its container has no further action in this pass (so its old
+forwards are not released), and it backs off before the next attempt (client-go style:
+a few milliseconds, doubling, capped). Between phases 1 and 2, every forward unbound in
+phase 0 whose host side no take of phase 1 got is put back on its container: a failed
+bind, create or start never costs a forward that served before; a pass cancelled in any
+phase (Ctrl-C, SIGTERM) puts them back too, before it ends. A container whose command
+keeps exiting is restarted with a crash back-off (100 ms doubling to 60 s by default),
+reset once it has run for a while; it never delays anyone else.
 
 Runtime calls block, so each runs in a worker thread (``anyio.to_thread``); waiting
 (a start-first replacement's health checks and drain) happens between those calls, in
@@ -38,7 +39,9 @@ from reconciler.desired.types import (
     replacement_name,
     retired_name,
 )
+from reconciler.planning.actions import PHASES
 from reconciler.planning.conflicts import overlaps
+from reconciler.planning.networks import joins
 from reconciler.planning.plan import Action, ActionKind, Plan, takes
 from reconciler.settings import Backoff, Settings
 from runtime.api import ContainerInfo, ContainerState, PortMapping, Runtime
@@ -242,11 +245,11 @@ class Converger:
         self._ledger = _Ledger()
         outcomes: list[Outcome] = []
         failed: set[str] = set()
-        for phase in (0, 1, 2):
-            batch = [a for a in plan.phase(phase) if a.name not in failed]
+        for phase in PHASES:
+            batch = list(plan.phase(phase))
             if phase == 1:
                 batch += [a for a in plan.phase(0) if a.kind is ActionKind.RECREATE]
-                batch = [a for a in batch if a.name not in failed]
+            batch = [a for a in batch if failed.isdisjoint((a.name, *a.after, *joins(a)))]
             results = await self._run_phase(batch, phase, limiter)
             failed |= {o.action.name for o in results if not o.ok}
             outcomes += results
@@ -307,6 +310,11 @@ class Converger:
                 ActionKind.MOVE: self._move,
                 ActionKind.RELEASE: self._release,
                 ActionKind.RESIZE: self._resize,
+                ActionKind.ENSURE_NETWORK: self._ensure_network,
+                ActionKind.RENEW_NETWORK: self._renew_network,
+                ActionKind.CONNECT: self._connect,
+                ActionKind.DISCONNECT: self._disconnect,
+                ActionKind.REMOVE_NETWORK: self._remove_network,
             }[action.kind]
         step(action)
 
@@ -376,6 +384,26 @@ class Converger:
         assert action.desired is not None
         self.runtime.update_resources(action.name, action.desired.spec.resources)
 
+    def _ensure_network(self, action: Action) -> None:
+        assert action.network is not None
+        self.runtime.ensure_network(action.network)
+
+    def _renew_network(self, action: Action) -> None:
+        """Remake a network no container uses with its new settings."""
+        self.runtime.remove_network(action.name)
+        self._ensure_network(action)
+
+    def _connect(self, action: Action) -> None:
+        assert action.attachment is not None
+        self.runtime.connect(action.name, action.attachment)
+
+    def _disconnect(self, action: Action) -> None:
+        assert action.attachment is not None
+        self.runtime.disconnect(action.name, action.attachment.network)
+
+    def _remove_network(self, action: Action) -> None:
+        self.runtime.remove_network(action.name)
+
     async def _replace_start_first(self, action: Action) -> None:
         """Start the replacement without forwards, wait until it is ready, move the
         forwards over one by one (the old one's, and those ``action.moves`` takes from
@@ -415,7 +443,8 @@ class Converger:
         host port (to another container port) is removed. ``taken`` records each step."""
         assert action.desired is not None
         old = self.runtime.inspect(action.name)
-        live = set(old.ports) if old.slirp_pid is not None else set()
+        networked = old.spec.network != "slirp4netns" or old.slirp_pid is not None
+        live = set(old.ports) if networked else set()
         givers = {port: giver for giver, port in action.moves}
         for port in action.desired.spec.ports:
             giver = action.name if port in live else givers.get(port)
@@ -523,7 +552,7 @@ class Converger:
             track.seen_finish = -math.inf
         if action.kind is ActionKind.START:
             track.seen_finish = -math.inf  # its next exit counts, even with the same time
-        if action.kind is ActionKind.DESTROY:
+        if action.kind in (ActionKind.DESTROY, ActionKind.REMOVE_NETWORK):
             self._tracks.pop(action.name, None)
 
 

@@ -57,7 +57,7 @@ from reconciler.planning.plan import (
     settled,
 )
 from reconciler.settings import Settings
-from runtime.api import ContainerInfo, Runtime
+from runtime.api import ContainerInfo, NetworkInfo, Runtime
 
 __all__ = ("PassResult", "Reconciler", "run_loop")
 
@@ -100,6 +100,8 @@ class Reconciler:
     _holds: dict[str, float] = field(default_factory=dict)
     revision: str | None = None
     """The source's revision the last pass (or dry run) loaded."""
+    networks: list[NetworkInfo] = field(default_factory=list)
+    """The networks the last pass (or dry run) observed."""
     _running: set[int] = field(default_factory=set)
     _restart_at: dict[str, float] = field(default_factory=dict)
     _crashing: list[str] = field(default_factory=list)
@@ -119,7 +121,9 @@ class Reconciler:
         self.revision = snapshot.revision
         settle = snapshot.settle_in
         self._settles_at = None if settle is None else self.clock() + settle
-        return snapshot.desired, self.runtime.list()
+        actual = self.runtime.list()
+        self.networks = self.runtime.list_networks()
+        return snapshot.desired, actual
 
     def dry_run(self) -> tuple[DesiredState, list[ContainerInfo], Plan]:
         """Observe and plan, changing nothing. The desired state returned has its
@@ -137,6 +141,7 @@ class Reconciler:
             restart_not_before=self._restart_at,
             allow_mass_delete=self.allow_mass_delete,
             removal_window=RemovalWindow(self.mass_delete_window, tuple(self._removed_at)),
+            networks=self.networks,
         )
         self.converger.settle({a.name for a in todo.actions} | _held(todo))
         full = None if self.store is None else state_disk_condition(self.store.state, actual)
@@ -194,7 +199,12 @@ class Reconciler:
         except OSError as exc:  # a full state disk: what was done stays done
             log.warning("cannot record the pass: %s", exc)
             self.record.failed(f"recording the pass failed: {type(exc).__name__}: {exc}")
-        self.converger.forget({info.name for info in actual} | set(desired.containers))
+        self.converger.forget(
+            {info.name for info in actual}
+            | set(desired.containers)
+            | {n.name for n in self.networks}
+            | {a.name for a in todo.actions if a.for_network}
+        )
         self._holds = self.converger.not_before(self._restart_at)  # this pass's outcomes count
         self._running = {
             pid

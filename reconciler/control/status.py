@@ -19,10 +19,15 @@ none removed or changed in meaning)::
      "apply": null,
      "recorded": {"by": "loop", "at": 1.7e9, "pid": 123},
      "containers": [{"name": "web", "file": "web.toml", "phase": "Running", "pid": 4242,
-                     "ports": ["127.0.0.1:8080->80/tcp"], "restarts": 0, "age_s": 12.5,
+                     "ports": ["127.0.0.1:8080->80/tcp"], "addresses": {"default": "10.89.1.2"},
+                     "restarts": 0, "age_s": 12.5,
                      "exit_code": null, "paused": false, "oom_kills": 0,
                      "pids_refused": 0, "last_error": null, "in_sync": true,
                      "conditions": [{"kind": "PortConflict", "message": "..."}]}],
+     "networks": [{"name": "default", "network": "sq-desired-3f2a9c_default", "file": null,
+                   "state": "Ready", "subnet": "10.89.1.0/24", "gateway": "10.89.1.1",
+                   "internal": false, "dns": true, "containers": {"web": "10.89.1.2"},
+                   "last_error": null, "conditions": []}],
      "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}],
      "skipped": [{"file": "UPPER.TOML", "reason": "only names ending in .toml are read, ..."}]}
 
@@ -35,7 +40,10 @@ is null: with no loop running they are the last known ones. The top-level
 file whose container cannot be known, ``StateDiskFull``: the state folder's disk is full,
 with what is free and the biggest container logs). A container whose file is gone but
 whose removal the guard holds keeps its phase (``Running``...) and carries the guard's
-condition, with the command that releases it. ``skipped`` lists the folder's entries
+condition, with the command that releases it. ``addresses`` are a container's addresses
+by the folder's names of its networks; ``networks`` lists the folder's networks
+(:mod:`reconciler.control.network_status`), whose conditions are among the top-level ones
+too, with a ``network`` key. ``skipped`` lists the folder's entries
 named like squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``),
 with the reason.
 
@@ -58,9 +66,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from reconciler.control.network_status import addresses, network_rows
 from reconciler.desired.types import LABEL_FILE, DesiredState
 from reconciler.planning.plan import ActionKind, Condition, ConditionKind, Plan, is_managed_by
-from runtime.api import ContainerInfo, ContainerState
+from runtime.api import ContainerInfo, ContainerState, NetworkInfo
 from runtime.util.files import parse_json, read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 
@@ -299,7 +308,8 @@ class StatusStore:
 
 
 def _condition_json(condition: Condition) -> dict[str, str]:
-    return {"name": condition.name, "kind": condition.kind.value, "message": condition.message}
+    shown = {"name": condition.name, "kind": condition.kind.value, "message": condition.message}
+    return shown | ({"network": condition.network} if condition.network else {})
 
 
 def _ports(info: ContainerInfo | None) -> list[str]:
@@ -419,6 +429,7 @@ class _Rows:
             ),
             "pid": info.pid if info else None,
             "ports": _ports(info),
+            "addresses": addresses(desired.folder, info),
             "restarts": info.restarts if info else 0,
             "age_s": round(now - info.started_at, 3) if info and info.started_at else None,
             "exit_code": info.exit_code if info else None,
@@ -481,6 +492,7 @@ def status_document(
     stored: Mapping[str, Any],
     *,
     now: float | None = None,
+    networks: Sequence[NetworkInfo] = (),
 ) -> dict[str, Any]:
     """The ``status --json`` document (see the module docstring); ``desired`` settled,
     as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it. The errors and
@@ -510,6 +522,9 @@ def status_document(
             crashing=crashing,
             now=now,
             loop_running=alive,
+        ),
+        "networks": network_rows(
+            desired, networks, todo, errors if isinstance(errors, dict) else {}
         ),
         "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
         "skipped": [{"file": s.file.name, "reason": s.reason} for s in desired.skipped],

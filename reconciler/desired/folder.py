@@ -21,6 +21,7 @@ then the file's problem at ``security.seccomp``, as the model's own checks are.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +33,27 @@ from reconciler.desired.types import (
     LABEL_MANAGED,
     MANAGER,
     DesiredContainer,
+    DesiredNetwork,
     DesiredState,
     FileError,
     HealthCheck,
+    network_files_in,
+    network_labels,
     skipped_in,
     spec_hash,
     squishfiles_in,
 )
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import file_text, load_with_lines, read_squishfile
-from reconciler.squishfile.tomlpos import TomlError, parse_toml
-from runtime.api import ContainerSpec
+from reconciler.squishfile import (
+    file_text,
+    load_network_file,
+    load_with_lines,
+    read_squishfile,
+)
+from reconciler.squishfile.networks import network_file_name, runtime_network_name
+from reconciler.squishfile.tomlpos import TomlError, lines_of, parse_toml
+from runtime.api import ContainerSpec, NetworkSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
 
@@ -182,6 +192,7 @@ def load_desired(
     try:
         paths = squishfiles_in(folder)
         skipped = tuple(skipped_in(folder))
+        networks = _Networks.load(folder, network_files_in(folder))
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: list[DesiredContainer] = []
@@ -197,8 +208,64 @@ def load_desired(
             del cache[gone]
     containers, duplicates = settle_names(valid, {})  # the planner knows what runs
     return DesiredState(
-        folder=folder, containers=containers, errors=(*errors, *duplicates), skipped=skipped
+        folder=folder,
+        containers=containers,
+        errors=(*errors, *duplicates),
+        skipped=skipped,
+        networks=networks.valid,
+        network_errors=tuple(networks.errors),
+        network_files=tuple(networks.digests),
     )
+
+
+@dataclass
+class _Networks:
+    """The network files of a folder, loaded (they are small: read on every pass)."""
+
+    valid: dict[str, DesiredNetwork]
+    errors: list[FileError]
+    digests: list[tuple[Path, bytes]]
+
+    @classmethod
+    def load(cls, folder: Path, paths: list[Path]) -> _Networks:
+        loaded = cls({}, [], [])
+        for path in paths:
+            name = network_file_name(path)
+            try:
+                raw = read_squishfile(path)[0]
+                loaded.digests.append((path, _digest(raw, ())))
+                settings = load_network_file(path, raw)
+            except FileNotFoundError:
+                continue  # deleted between the listing and now
+            except (OSError, SquishfileError) as exc:
+                loaded.errors.append(_unreadable(path, exc, name))
+                continue
+            spec = NetworkSpec(
+                name=runtime_network_name(folder, name),
+                subnet=settings.subnet,
+                internal=settings.internal,
+                dns=settings.dns,
+                labels=network_labels(folder, name),
+            )
+            overlap = loaded.overlap(path, raw, spec)
+            if overlap is not None:
+                loaded.errors.append(FileError(path, name, (overlap,)))
+                continue
+            loaded.valid[spec.name] = DesiredNetwork(path, name, spec)
+        return loaded
+
+    def overlap(self, path: Path, raw: bytes, spec: NetworkSpec) -> Problem | None:
+        """A problem at ``subnet`` when it overlaps the subnet of a network file loaded
+        before (in name order): two networks cannot route the same addresses."""
+        if spec.subnet is None:
+            return None
+        mine = ipaddress.IPv4Network(spec.subnet)
+        for other in self.valid.values():
+            if other.spec.subnet and mine.overlaps(ipaddress.IPv4Network(other.spec.subnet)):
+                (line,) = lines_of(file_text(raw), [("subnet",)])
+                message = f"{spec.subnet} overlaps {other.spec.subnet} of {other.file.name}"
+                return Problem(str(path), line, "subnet", message)
+        return None
 
 
 def settles_in(cache: FileCache, now: float, settle: float) -> float | None:

@@ -93,6 +93,8 @@ class FolderSource:
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(self._files):
             digest.update(path.name.encode() + b"\0" + self._files[path].key)
+        for path, key in desired.network_files:
+            digest.update(path.name.encode() + b"\0" + key)
         return f"files:{digest.hexdigest()}"
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:

@@ -6,8 +6,9 @@ applied:
 - ``squish.managed-by``: ``reconciler``
 - ``squish.folder``: the absolute folder the file lives in
 - ``squish.file``: the file's name in that folder
-- ``squish.spec-hash``: a hash of the normalised spec *without* its ports and labels
-  (a difference in ports alone is applied live; anything else means a recreate)
+- ``squish.spec-hash``: a hash of the normalised spec *without* its ports, resources,
+  labels and networks joined (a difference in those alone is applied live; anything
+  else means a recreate)
 """
 
 from __future__ import annotations
@@ -21,22 +22,27 @@ from pathlib import Path
 from typing import Literal
 
 from reconciler.problems import Problem
-from runtime.api import ContainerSpec, PortMapping
+from reconciler.squishfile.networks import is_network_file
+from runtime.api import ContainerSpec, NetworkSpec, PortMapping
 
 __all__ = (
     "LABEL_FILE",
     "LABEL_FOLDER",
     "LABEL_HASH",
     "LABEL_MANAGED",
+    "LABEL_NETWORK",
     "LIVE_FIELDS",
     "MANAGER",
     "DesiredContainer",
+    "DesiredNetwork",
     "DesiredState",
     "FileError",
     "HealthCheck",
     "RestartPolicy",
     "Skipped",
     "is_squishfile",
+    "network_files_in",
+    "network_labels",
     "replaced_name",
     "replacement_name",
     "retired_name",
@@ -50,6 +56,8 @@ LABEL_MANAGED = "squish.managed-by"
 LABEL_FOLDER = "squish.folder"
 LABEL_FILE = "squish.file"
 LABEL_HASH = "squish.spec-hash"
+LABEL_NETWORK = "squish.network"
+"""On a network the reconciler made: its name in the folder (``backend``)."""
 
 RestartPolicy = Literal["always", "on-failure", "never"]
 
@@ -70,8 +78,18 @@ def is_squishfile(path: Path) -> bool:
 
 
 def squishfiles_in(folder: Path) -> list[Path]:
-    """The squishfiles of ``folder``, in name order (OSError if it cannot be listed)."""
-    return sorted(p for p in folder.iterdir() if is_squishfile(p) and p.is_file())
+    """The squishfiles of ``folder`` (network files aside), in name order (OSError if it
+    cannot be listed)."""
+    return sorted(
+        p for p in folder.iterdir() if is_squishfile(p) and not is_network_file(p) and p.is_file()
+    )
+
+
+def network_files_in(folder: Path) -> list[Path]:
+    """The network files (``NAME.network.toml``) of ``folder``, in name order."""
+    return sorted(
+        p for p in folder.iterdir() if is_squishfile(p) and is_network_file(p) and p.is_file()
+    )
 
 
 @dataclass(frozen=True)
@@ -123,13 +141,13 @@ def replaced_name(name: str) -> str | None:
     return None
 
 
-LIVE_FIELDS = ("ports", "resources", "labels")
+LIVE_FIELDS = ("ports", "resources", "labels", "networks")
 """Spec fields changed on a running container without recreating it."""
 
 
 def spec_hash(spec: ContainerSpec) -> str:
-    """Hash of everything in ``spec`` that cannot change live (all but ports, resources
-    and labels)."""
+    """Hash of everything in ``spec`` that cannot change live (all but ports, resources,
+    labels and the networks joined)."""
     data = spec.model_dump(mode="json", exclude=set(LIVE_FIELDS))
     if data.get("logs") is None:  # no [logs]: the hash it had before the field existed
         data.pop("logs", None)
@@ -206,6 +224,21 @@ class FileError:
         return "; ".join(str(p) for p in self.problems)
 
 
+def network_labels(folder: Path, name: str) -> dict[str, str]:
+    """The labels of the folder's network ``name``: ours, and its name in the folder."""
+    return {LABEL_MANAGED: MANAGER, LABEL_FOLDER: str(folder), LABEL_NETWORK: name}
+
+
+@dataclass(frozen=True)
+class DesiredNetwork:
+    """A valid network file: the settings of the folder's network ``name``."""
+
+    file: Path
+    name: str
+    spec: NetworkSpec
+    """The runtime's network: its prefixed name, settings and labels."""
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything one pass of the reconciler wants, read from one folder."""
@@ -217,6 +250,13 @@ class DesiredState:
     """False when the folder is missing or unreadable: then nothing may be deleted."""
     skipped: tuple[Skipped, ...] = ()
     """Entries named like squishfiles that are not read (a directory ``x.toml``)."""
+    networks: Mapping[str, DesiredNetwork] = field(default_factory=dict)
+    """The valid network files, by the runtime's name of their network."""
+    network_errors: tuple[FileError, ...] = ()
+    """The network files that do not validate (``name``: the network's name in the
+    folder); their networks are left as they are."""
+    network_files: tuple[tuple[Path, bytes], ...] = ()
+    """Each network file read, with a digest of its bytes (the source's revision)."""
 
     @property
     def error_files(self) -> frozenset[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import Problem, SquishfileError
-from reconciler.squishfile import load_with_lines
+from reconciler.squishfile import load_network_file, load_with_lines
+from reconciler.squishfile.networks import is_network_file
 from runtime.security.profile import ProfileCheck
 
 __all__ = ("privileged_ports", "validate_files")
@@ -30,7 +31,8 @@ def validate_files(
     *,
     check_profile: ProfileCheck | None = None,
 ) -> list[tuple[Path, SquishfileError | None]]:
-    """Validate each file, then refuse the files that lose a name or host port.
+    """Validate each file, then refuse the files that lose a name or host port (a network
+    file, ``NAME.network.toml``, is validated as one and claims neither).
 
     ``holders`` are the running containers of the files' folders by name (the file each
     was made from and its live forwards): they keep what they hold. Results come in the
@@ -41,6 +43,9 @@ def validate_files(
     valid: list[int] = []
     for index, path in enumerate(paths):
         try:
+            if is_network_file(path):
+                load_network_file(path)
+                continue
             claims.append(_claim(path, check_profile))
         except SquishfileError as exc:
             errors[index] = exc
@@ -58,6 +63,8 @@ def privileged_ports(paths: Sequence[Path], unprivileged_start: int) -> dict[Pat
     it until the host allows it. Invalid files are left to :func:`validate_files`."""
     warnings: dict[Path, list[Problem]] = {}
     for path in paths:
+        if is_network_file(path):
+            continue
         try:
             claim = _claim(path, None)
         except SquishfileError:

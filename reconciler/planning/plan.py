@@ -30,10 +30,21 @@ Action kinds, each with the phase it runs in:
   it up.
 - ``heal`` (1): the container runs but its slirp4netns died: start it again, forwards
   included, without restarting the container.
+- ``connect`` (1) / ``disconnect`` (2): only the networks a running container joins
+  changed: it joins the new ones, then (once every action of it succeeded) leaves the
+  old ones, live; it keeps its pid and is never left without a network. Changed while
+  it is stopped, or aliases changed on a network it stays on: ``recreate``.
+- ``ensure-network`` (0) / ``renew-network`` (0) / ``remove-network`` (3), named after
+  the network: a network a wanted container joins is made (or, its settings changed and
+  no container attached, remade) before phase 1 creates and connects; one this folder
+  made goes after the last container attached to it left
+  (:mod:`reconciler.planning.networks`).
 
 Phase 0 frees what phase 1 takes, so ports can be swapped or moved between containers
-in one pass; phase 2 releases what nothing takes. The converger runs the phases in
-order, puts back a forward unbound in phase 0 whose replacement did not get bound in
+in one pass, and makes the networks; phase 2 releases what nothing takes (old forwards,
+networks left); phase 3 removes the networks nothing joins any more. The converger runs
+the phases in order, skips a phase-1 action that joins a network whose making failed in
+this pass, puts back a forward unbound in phase 0 whose replacement did not get bound in
 phase 1, and skips phase 2 for a container any of whose actions failed.
 
 Conflicts between files (one name, one host port) follow the rule of
@@ -46,7 +57,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 from reconciler.desired.types import (
     LABEL_FILE,
@@ -60,6 +70,14 @@ from reconciler.desired.types import (
     FileError,
     replaced_name,
 )
+from reconciler.planning.actions import (
+    PHASE,
+    Action,
+    ActionKind,
+    Condition,
+    ConditionKind,
+    Plan,
+)
 from reconciler.planning.conflicts import (
     claim_of,
     holders_of,
@@ -67,7 +85,8 @@ from reconciler.planning.conflicts import (
     refuse_ports,
     settle_names,
 )
-from runtime.api import ContainerInfo, ContainerState, PortMapping
+from reconciler.planning.networks import attachment_actions, networks_differ, plan_networks
+from runtime.api import ContainerInfo, ContainerState, NetworkInfo, PortMapping
 
 __all__ = (
     "PHASE",
@@ -83,78 +102,6 @@ __all__ = (
     "settled",
     "takes",
 )
-
-
-class ActionKind(StrEnum):
-    CREATE = "create"
-    DESTROY = "destroy"
-    RECREATE = "recreate"
-    UNBIND = "unbind"
-    BIND = "bind"
-    MOVE = "move"
-    RELEASE = "release"
-    START = "start"
-    HEAL = "heal"
-    RESIZE = "resize"
-
-
-PHASE = {
-    ActionKind.DESTROY: 0,
-    ActionKind.UNBIND: 0,
-    ActionKind.RECREATE: 0,
-    ActionKind.RESIZE: 0,
-    ActionKind.CREATE: 1,
-    ActionKind.BIND: 1,
-    ActionKind.START: 1,
-    ActionKind.HEAL: 1,
-    ActionKind.MOVE: 1,
-    ActionKind.RELEASE: 2,
-}
-"""Phase 0 frees what phase 1 needs (and resizes), phase 1 takes (``recreate`` removes in
-phase 0, creates in phase 1), phase 2 releases old forwards nothing takes."""
-
-
-class ConditionKind(StrEnum):
-    INVALID_SPEC = "InvalidSpec"
-    DUPLICATE_NAME = "DuplicateName"
-    PORT_CONFLICT = "PortConflict"
-    NAME_TAKEN = "NameTaken"
-    FOLDER_UNREADABLE = "FolderUnreadable"
-    BACK_OFF = "BackOff"
-    MASS_DELETE = "MassDeleteGuard"
-    STATE_DISK_FULL = "StateDiskFull"
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: ActionKind
-    name: str
-    reason: str
-    desired: DesiredContainer | None = None
-    ports: tuple[PortMapping, ...] = ()
-    moves: tuple[tuple[str, PortMapping], ...] = ()
-    """For a ``move`` or a ``create``: (running container, forward) it takes from others,
-    moved back to back (a create's container is started without them)."""
-
-    def __str__(self) -> str:
-        ports = f" {', '.join(str(p) for p in self.ports)}" if self.ports else ""
-        return f"{self.kind.value} {self.name}{ports}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    kind: ConditionKind
-    message: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    actions: tuple[Action, ...] = ()
-    conditions: tuple[Condition, ...] = ()
-
-    def phase(self, number: int) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if PHASE[a.kind] == number)
 
 
 def is_managed_by(info: ContainerInfo, folder: str) -> bool:
@@ -181,14 +128,24 @@ def _for_existing(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
     return resize + _ports_and_state(want, have)
 
 
+_LOST = {
+    "slirp4netns": "its slirp4netns is gone",
+    "bridge": "the namespace holding its networks is gone",
+}
+"""Why a running container with no live slirp4netns needs a heal, by network mode."""
+
+
 def _ports_and_state(want: DesiredContainer, have: ContainerInfo) -> list[Action]:
     name = want.name
     wanted_ports = set(want.spec.ports)
     if have.state is ContainerState.RUNNING:
-        if have.spec.network == "slirp4netns" and have.slirp_pid is None:
-            return [Action(ActionKind.HEAL, name, "its slirp4netns is gone", want)]
+        lost = _LOST.get(have.spec.network)
+        if lost is not None and have.slirp_pid is None:
+            return [Action(ActionKind.HEAL, name, lost, want)]
         live = set(have.ports)
-        actions = []
+        actions = attachment_actions(want, have) if networks_differ(want.spec, have.spec) else []
+        if actions and actions[0].kind is ActionKind.RECREATE:
+            return actions
         gone = tuple(sorted(live - wanted_ports, key=str))
         new = tuple(sorted(wanted_ports - live, key=str))
         if gone:
@@ -198,6 +155,8 @@ def _ports_and_state(want: DesiredContainer, have: ContainerInfo) -> list[Action
         return actions
     if wanted_ports != set(have.spec.ports):
         return [Action(ActionKind.RECREATE, name, "ports changed while stopped", want)]
+    if networks_differ(want.spec, have.spec):
+        return [Action(ActionKind.RECREATE, name, "networks changed while stopped", want)]
     if have.state is ContainerState.CREATED:
         return [Action(ActionKind.START, name, "created but not started", want)]
     code = have.exit_code
@@ -263,6 +222,7 @@ def plan(
     restart_not_before: Mapping[str, float] | None = None,
     allow_mass_delete: bool = False,
     removal_window: RemovalWindow | None = None,
+    networks: Sequence[NetworkInfo] = (),
 ) -> Plan:
     """The actions that take ``actual`` to ``desired``, and the conditions that block some.
 
@@ -273,10 +233,12 @@ def plan(
 
     Phases, in order: names (:func:`settled`); deletions (containers no valid file
     asks for, held back by the guards below); host-port arbitration between files; the
-    per-container diff (create, recreate, resize, unbind/bind, start, heal), each held
-    back by its back-off; the takes that wait for a container held by its back-off to
-    free a port (:func:`_defer_takes`); the frees (:func:`_schedule_frees`: which old
-    forwards move, which go before the takes, which after them, which stay).
+    per-container diff (create, recreate, resize, unbind/bind, connect/disconnect, start,
+    heal), each held back by its back-off; the takes that wait for a container held by
+    its back-off to free a port (:func:`_defer_takes`); the frees
+    (:func:`_schedule_frees`: which old forwards move, which go before the takes, which
+    after them, which stay); the networks (:func:`~reconciler.planning.networks.plan_networks`:
+    made, remade, removed, given ``networks``, the ones that exist now).
 
     Mass-deletion guard: a pass whose removals, together with the removals applied
     within ``removal_window`` before it, come to more than half of this folder's
@@ -309,6 +271,10 @@ def plan(
         conditions.extend(blocked)
     actions, conditions = _defer_takes(state, actions, conditions)
     actions = _schedule_frees(actions, _waiting(state, conditions))
+    held = [name for name in state.hold if state.held(name)]
+    networked = plan_networks(desired, networks, actions, by_name, held)
+    actions = [a for a in actions if a not in networked.held] + networked.actions
+    conditions += networked.conditions
     actions.sort(key=lambda a: (PHASE[a.kind], a.name, a.kind.value))
     return Plan(tuple(actions), tuple(conditions))
 

@@ -22,12 +22,15 @@ from pydantic import BaseModel, ValidationError
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile.model import (
     LAYER_SHAPE_TAGS,
+    NETWORKS_SHAPE_TAGS,
     DownloadLayer,
     LocalLayer,
+    NetworkJoin,
     PortForward,
     RunSection,
     Squishfile,
 )
+from reconciler.squishfile.networks import NetworkFile, check_network_name, network_file_name
 from reconciler.squishfile.sections import (
     PROFILE_CHECK,
     HealthSection,
@@ -50,6 +53,7 @@ __all__ = (
     "MAX_BYTES",
     "ConflictLines",
     "file_text",
+    "load_network_file",
     "load_squishfile",
     "load_with_lines",
     "read_squishfile",
@@ -119,9 +123,9 @@ def file_text(raw: bytes, errors: str = "strict") -> str:
     return raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors=errors)
 
 
-def _load(
-    path: Path, content: bytes | None = None, check_profile: ProfileCheck | None = None
-) -> tuple[Squishfile, str]:
+def _parse(path: Path, content: bytes | None) -> tuple[str, dict[str, Any]]:
+    """The text of a TOML file and what it holds; SquishfileError when it cannot be read
+    or parsed."""
     label = str(path)
     try:
         raw = read_squishfile(path)[0] if content is None else content
@@ -135,18 +139,48 @@ def _load(
         problem = Problem(label, line, "<syntax>", "the file is not valid UTF-8")
         raise SquishfileError(path, [problem]) from None
     try:
-        data = parse_toml(text)
+        return text, parse_toml(text)
     except TomlError as exc:
         raise SquishfileError(path, [syntax_problem(label, text, exc)]) from None
     except RecursionError:
         problem = Problem(label, None, "<syntax>", "nested too deeply to read")
         raise SquishfileError(path, [problem]) from None
+
+
+def _load(
+    path: Path, content: bytes | None = None, check_profile: ProfileCheck | None = None
+) -> tuple[Squishfile, str]:
+    text, data = _parse(path, content)
     try:
         context = {"source": path, PROFILE_CHECK: check_profile}
         squishfile = Squishfile.model_validate(data, context=context)
     except ValidationError as exc:
-        raise SquishfileError(path, _problems(label, text, data, exc)) from None
+        raise SquishfileError(path, _problems(str(path), text, data, exc)) from None
     return squishfile, text
+
+
+def load_network_file(path: Path, content: bytes | None = None) -> NetworkFile:
+    """Read, parse and validate one ``NAME.network.toml``; raise SquishfileError listing
+    all problems (a NAME that is no network name is one, at ``<file>``)."""
+    text, data = _parse(path, content)
+    problems: list[Problem] = []
+    try:
+        check_network_name(network_file_name(path))
+    except ValueError as exc:
+        problems.append(Problem(str(path), None, "<file>", f"the file's name: {exc}"))
+    try:
+        settings = NetworkFile.model_validate(data)
+    except ValidationError as exc:
+        problems += problems_from_validation(
+            str(path), text, exc, clean_loc=_clean_loc, allowed_keys=_network_keys
+        )
+    if problems:
+        raise SquishfileError(path, problems)
+    return settings
+
+
+def _network_keys(loc: Loc) -> tuple[str, ...]:
+    return tuple(NetworkFile.model_fields) if loc == () else ()
 
 
 def _problems(file: str, text: str, data: dict[str, Any], error: ValidationError) -> list[Problem]:
@@ -164,6 +198,8 @@ def _clean_loc(loc: Loc) -> Loc:
     loc = tuple(part for part in loc if part != "[key]")
     if len(loc) > 2 and loc[0] == "layers" and loc[2] in LAYER_SHAPE_TAGS:
         loc = loc[:2] + loc[3:]
+    if len(loc) > 1 and loc[0] == "networks" and loc[1] in NETWORKS_SHAPE_TAGS:
+        loc = loc[:1] + loc[2:]
     return loc
 
 
@@ -187,6 +223,8 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
             return tuple(_SECTIONS[key].model_fields)
         case ("ports", int()):
             return tuple(PortForward.model_fields)
+        case ("networks", "table", str()):
+            return tuple(NetworkJoin.model_fields)
         case ("layers", str(), "local"):
             return tuple(LocalLayer.model_fields)
         case ("layers", str(), "download"):

@@ -31,6 +31,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
+from reconciler.squishfile.networks import (
+    DEFAULT_NETWORK,
+    FOLDER_NETWORK,
+    check_alias,
+    check_network_name,
+    runtime_network_name,
+)
 from reconciler.squishfile.sections import (
     HealthSection,
     LogsSection,
@@ -43,6 +50,7 @@ from runtime.api import (
     NAME_PATTERN,
     BindMount,
     ContainerSpec,
+    NetworkAttachment,
     PortMapping,
     RootfsRef,
     SdkLayer,
@@ -51,8 +59,10 @@ from runtime.api import (
 
 __all__ = (
     "LAYER_SHAPE_TAGS",
+    "NETWORKS_SHAPE_TAGS",
     "DownloadLayer",
     "LocalLayer",
+    "NetworkJoin",
     "PortForward",
     "RunSection",
     "Squishfile",
@@ -94,6 +104,8 @@ def _default_target(path: str) -> str:
 
 
 _Name = Annotated[str, AfterValidator(_check_name)]
+_NetworkName = Annotated[str, AfterValidator(check_network_name)]
+_Alias = Annotated[str, AfterValidator(check_alias)]
 _EnvName = Annotated[str, AfterValidator(_check_env_name)]
 
 
@@ -274,6 +286,39 @@ class PortForward(BaseModel):
         return f"{addr}:{self.host}/{self.protocol}"
 
 
+class NetworkJoin(BaseModel):
+    """One ``[networks.NAME]`` table: how the container joins network NAME."""
+
+    model_config = STRICT
+
+    aliases: tuple[_Alias, ...] = Field(
+        default=(), description="more names the container answers to on that network"
+    )
+
+    _aliases_from_array = field_validator("aliases", mode="before")(as_tuple)
+
+
+def _networks_shape(value: Any) -> str | None:
+    if isinstance(value, tuple):
+        return "array"
+    return "table" if isinstance(value, dict) else None
+
+
+NETWORKS_SHAPE_TAGS = ("array", "table")  # pydantic puts them in error locations
+
+_NetworksValue = Annotated[
+    Annotated[tuple[_NetworkName, ...], Tag("array")]
+    | Annotated[dict[_NetworkName, NetworkJoin], Tag("table")],
+    Discriminator(
+        _networks_shape,
+        custom_error_type="networks_shape",
+        custom_error_message='must be an array of network names like ["backend"], '
+        "or tables like [networks.backend]",
+    ),
+]
+_ISOLATED = ("isolated", "slirp4netns")
+
+
 class Squishfile(BaseModel):
     """A validated squishfile. Build one with :func:`load_squishfile`.
 
@@ -284,8 +329,13 @@ class Squishfile(BaseModel):
     model_config = STRICT
 
     name: _Name = Field(description="container name; default: the file's stem")
-    network: Literal["slirp4netns", "none"] = Field(
-        default="slirp4netns", description="slirp4netns (user-mode networking) or none"
+    network: Literal["isolated", "none", "slirp4netns"] | None = Field(
+        default=None,
+        description="isolated (a slirp4netns of its own; slirp4netns is its old name) or "
+        "none; default: the folder's network",
+    )
+    networks: _NetworksValue | None = Field(
+        default=None, description="the named networks joined, instead of the folder's"
     )
     hostname: _Name | None = Field(default=None, description="hostname; default: the name")
     layers: dict[Annotated[str, AfterValidator(_check_name)], _LayerValue] = Field(
@@ -317,6 +367,7 @@ class Squishfile(BaseModel):
 
     _source: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(as_tuple)
+    _networks_from_array = field_validator("networks", mode="before")(as_tuple)
 
     @model_validator(mode="before")
     @classmethod
@@ -376,6 +427,25 @@ class Squishfile(BaseModel):
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return layers
 
+    @field_validator("networks")
+    @classmethod
+    def _networks_agree(
+        cls, networks: tuple[str, ...] | dict[str, NetworkJoin], info: ValidationInfo
+    ) -> Any:
+        errors: list[InitErrorDetails] = []
+        network = info.data.get("network")
+        if network is not None:
+            message = f"network = {_q(network)} joins no networks; remove one of the two"
+            errors.append(_error((), message, networks))
+        if isinstance(networks, tuple):
+            for index, name in enumerate(networks):
+                if networks.index(name) != index:
+                    message = f"{_q(name)} is already joined by networks[{networks.index(name)}]"
+                    errors.append(_error((index,), message, name))
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return networks
+
     @field_validator("ports")
     @classmethod
     def _ports_agree(cls, ports: tuple[PortForward, ...], info: ValidationInfo) -> Any:
@@ -429,13 +499,35 @@ class Squishfile(BaseModel):
             env=dict(sorted(self.env.items())),
             workdir=self.run.workdir,
             ports=tuple(ports),
-            network=self.network,
+            **self._network_fields(),
             hostname=self.hostname or self.name,
             stop_timeout=self.run.stop_timeout,
             seccomp=self.security.spec_value(),
             resources=self.resources.to_resources(),
             logs=self.logs.to_limits(),
         )
+
+    def _network_fields(self) -> dict[str, Any]:
+        """The spec's ``network`` and ``networks``: the runtime's names of the networks
+        joined, in the file's order (the folder's network unless told otherwise)."""
+        if self.network == "none":
+            return {"network": "none"}
+        isolated = DEFAULT_NETWORK == "isolated" and self.networks is None
+        if self.network in _ISOLATED or isolated:
+            return {"network": "slirp4netns"}
+        if self._source is None:
+            raise ValueError("cannot name the folder's network: unknown squishfile folder")
+        folder = self._source.parent
+        joins = self.networks or (FOLDER_NETWORK,)
+        if isinstance(joins, dict):
+            pairs = [(name, join.aliases) for name, join in joins.items()]
+        else:
+            pairs = [(name, ()) for name in joins]
+        attachments = tuple(
+            NetworkAttachment(network=runtime_network_name(folder, name), aliases=aliases)
+            for name, aliases in pairs
+        )
+        return {"network": "bridge", "networks": attachments}
 
     def forwards(self) -> tuple[PortMapping, ...]:
         """The ``[[ports]]`` as the runtime takes them, in the file's own order."""
