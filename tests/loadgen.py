@@ -21,7 +21,6 @@ __all__ = ("LoadResult", "run_load")
 
 def _squishfile(port: int, greeting: str) -> str:
     return f"""\
-network = "isolated"  # a slirp4netns of its own, until the runtime has bridge networks
 
 [layers]
 busybox = "builtin"

@@ -18,6 +18,9 @@ from tests.fakes import NETWORK_MUTATING, FakeClock, FakeRuntime
 
 
 def container(folder: Path, name: str, extra: str = "") -> None:
+    """A squishfile on the folder's network unless ``extra`` says which network."""
+    if "network" not in extra:
+        extra = 'networks = ["default"]\n' + extra
     (folder / f"{name}.toml").write_text(
         extra + '[layers]\nbusybox = "builtin"\n[run]\ncommand = "httpd"\nargs = ["-f"]\n'
     )

@@ -52,11 +52,6 @@ T = TypeVar("T")
 # -- squishfiles ----------------------------------------------------------------------------
 
 
-ISOLATED = 'network = "isolated"\n'
-"""These containers keep a slirp4netns of their own until the runtime has bridge
-networks; then the line goes and they join the folder's network, as users' files do."""
-
-
 def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
     """busybox httpd serving ``./<site>`` of the folder on 127.0.0.1:PORT, like
     desired/web.toml; with ``delay`` it listens that many seconds after it starts."""
@@ -66,7 +61,6 @@ def web_toml(port: int, site: str = "site", *, delay: float = 0.0) -> str:
         else f'command = "httpd"\nargs = ["-f", "-p", "80", "-h", "/app/{site}"]'
     )
     return f"""\
-{ISOLATED}
 [layers]
 busybox = "builtin"
 {site} = "./{site}"
@@ -84,7 +78,6 @@ def greeting_toml(port: int, greeting: str) -> str:
     """httpd serving a page that holds $GREETING, as the container's environment has it."""
     script = "mkdir -p /tmp/www; echo $GREETING > /tmp/www/index.html; httpd -f -p 80 -h /tmp/www"
     return f"""\
-{ISOLATED}
 [layers]
 busybox = "builtin"
 
@@ -701,11 +694,10 @@ def test_plan_apply_and_down_on_the_example_folder(
 ) -> None:
     folder = tmp_path / "example"
     shutil.copytree(ROOT / "desired", folder)
-    (folder / "db.toml").unlink()  # it needs the folder's network: back with bridge networks
     port = free_port()
     text = (folder / "web.toml").read_text()
     assert "host = 8080" in text
-    (folder / "web.toml").write_text(ISOLATED + text.replace("host = 8080", f"host = {port}"))
+    (folder / "web.toml").write_text(text.replace("host = 8080", f"host = {port}"))
     expected = (folder / "site" / "index.html").read_bytes()
     try:
         plan = cli(env, "plan", str(folder))
@@ -732,13 +724,22 @@ def test_plan_apply_and_down_on_the_example_folder(
         assert document["version"] == 1
         assert document["folder"] == str(folder)
         assert document["loop"]["running"] is False
-        (row,) = document["containers"]
+        rows = {row["name"]: row for row in document["containers"]}
+        assert sorted(rows) == ["db", "web"]
+        row = rows["web"]
         assert (row["name"], row["phase"], row["pid"], row["in_sync"]) == (
             "web",
             "Running",
             pid,
             True,
         )
+        assert rows["db"]["phase"] == "Running" and list(rows["db"]["addresses"]) == ["default"]
+        # web reaches db by its name and by its alias, over the folder's network
+        data = (folder / "data" / "index.html").read_text()
+        for name in ("db", "database"):
+            ask = f"printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc {name} 5432"
+            answer = rt.exec_command("web", ["sh", "-c", ask], timeout=30)
+            assert data in answer.output, (name, answer)
 
         (folder / "other.toml").write_text('name = "web"\n' + text.replace("8080", "1"))
         plan = cli(env, "plan", str(folder))
@@ -760,6 +761,7 @@ def test_plan_apply_and_down_on_the_example_folder(
     assert "web: removed" in down.stdout
     assert http_refused(port)
     assert [i.name for i in rt.list()] == []
+    assert rt.list_networks() == []  # the folder's network went with its last container
 
 
 def test_a_failed_apply_shows_in_status_with_its_error_and_time(
