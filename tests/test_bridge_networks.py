@@ -326,3 +326,20 @@ def test_a_stopped_bridge_container_starts_again_with_its_address_and_forward(
     serving(nets, "again")
     assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "again", peer.addresses["front"]) == "hello over the bridge"
+
+
+def test_a_renamed_bridge_container_keeps_its_forward_and_answers_to_its_new_name(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    mapping = PortMapping(container=80, host=port)
+    first = nets.run(web("web.next", site, "front", ports=(mapping,)))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    renamed = nets.rename("web.next", "web")
+    assert renamed.ports == (mapping,) and renamed.addresses == first.addresses
+    nets.run(web("other", site, "front"))  # the keeper syncs its rules again
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    records = json.loads((state_path / shared.BRIDGE_DIR / "dns.json").read_text())
+    (server,) = records["servers"]
+    assert server["names"]["web"] == [first.addresses["front"]]
+    assert "web.next" not in server["names"]
