@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.interface import ContainerInfo
 from runtime.api.spec import (
     BindMount,
     ContainerSpec,
@@ -343,3 +344,20 @@ def test_a_renamed_bridge_container_keeps_its_forward_and_answers_to_its_new_nam
     (server,) = records["servers"]
     assert server["names"]["web"] == [first.addresses["front"]]
     assert "web.next" not in server["names"]
+
+
+def test_a_restarting_shared_slirp4netns_never_reads_as_a_lost_network(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    mapping = PortMapping(container=80, host=port)
+    nets.run(web("kept", site, "front", ports=(mapping,)))
+    old = shared.slirp_identity(state_path)
+    assert old is not None and old.send(signal.SIGKILL)
+    seen: list[ContainerInfo] = []
+    while not seen or seen[-1].slirp_pid == old.pid:  # until the keeper's new one shows
+        seen.append(nets.inspect("kept"))
+    # what the reconciler reads: no lost network to heal, the forward still there
+    assert [info.slirp_pid for info in seen if info.slirp_pid is None] == []
+    assert seen[-1].ports == (mapping,)
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
