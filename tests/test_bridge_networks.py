@@ -361,3 +361,17 @@ def test_a_restarting_shared_slirp4netns_never_reads_as_a_lost_network(
     assert [info.slirp_pid for info in seen if info.slirp_pid is None] == []
     assert seen[-1].ports == (mapping,)
     assert http_get(port, "/index.html") == b"hello over the bridge\n"
+
+
+def test_a_container_taking_a_renamed_ones_old_name_leaves_its_interfaces_alone(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    port = free_port()
+    nets.run(web("swap", site, "front", ports=(PortMapping(container=80, host=port),)))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    retired = nets.rename("swap", "swap.old")
+    fresh = nets.run(web("swap", site, "front"))
+    serving(nets, "swap")
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"  # still swap.old's
+    assert fetch(nets, "swap", retired.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "swap.old", fresh.addresses["front"]) == "hello over the bridge"
