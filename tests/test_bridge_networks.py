@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.interface import ContainerInfo
 from runtime.api.spec import (
     BindMount,
     ContainerSpec,
@@ -326,3 +327,51 @@ def test_a_stopped_bridge_container_starts_again_with_its_address_and_forward(
     serving(nets, "again")
     assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "again", peer.addresses["front"]) == "hello over the bridge"
+
+
+def test_a_renamed_bridge_container_keeps_its_forward_and_answers_to_its_new_name(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    mapping = PortMapping(container=80, host=port)
+    first = nets.run(web("web.next", site, "front", ports=(mapping,)))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    renamed = nets.rename("web.next", "web")
+    assert renamed.ports == (mapping,) and renamed.addresses == first.addresses
+    nets.run(web("other", site, "front"))  # the keeper syncs its rules again
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    records = json.loads((state_path / shared.BRIDGE_DIR / "dns.json").read_text())
+    (server,) = records["servers"]
+    assert server["names"]["web"] == [first.addresses["front"]]
+    assert "web.next" not in server["names"]
+
+
+def test_a_restarting_shared_slirp4netns_never_reads_as_a_lost_network(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    port = free_port()
+    mapping = PortMapping(container=80, host=port)
+    nets.run(web("kept", site, "front", ports=(mapping,)))
+    old = shared.slirp_identity(state_path)
+    assert old is not None and old.send(signal.SIGKILL)
+    seen: list[ContainerInfo] = []
+    while not seen or seen[-1].slirp_pid == old.pid:  # until the keeper's new one shows
+        seen.append(nets.inspect("kept"))
+    # what the reconciler reads: no lost network to heal, the forward still there
+    assert [info.slirp_pid for info in seen if info.slirp_pid is None] == []
+    assert seen[-1].ports == (mapping,)
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+
+
+def test_a_container_taking_a_renamed_ones_old_name_leaves_its_interfaces_alone(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    port = free_port()
+    nets.run(web("swap", site, "front", ports=(PortMapping(container=80, host=port),)))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    retired = nets.rename("swap", "swap.old")
+    fresh = nets.run(web("swap", site, "front"))
+    serving(nets, "swap")
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"  # still swap.old's
+    assert fetch(nets, "swap", retired.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "swap.old", fresh.addresses["front"]) == "hello over the bridge"

@@ -813,7 +813,7 @@ def test_a_folder_replaced_by_another_is_watched_again(loop: Loop, tmp_path: Pat
 @pytest.mark.parametrize("loop", [600.0], indirect=True)
 def test_a_killed_slirp4netns_is_healed_without_restarting_the_container(loop: Loop) -> None:
     (port,) = free_ports(1)
-    put(loop.folder, "net.toml", web_toml(port))
+    put(loop.folder, "net.toml", 'network = "isolated"\n' + web_toml(port))
     eventually(lambda: serves(port, "<h1>site</h1>\n"), f"net answers on {port}")
     pid = loop.pid("net")
     [info] = [i for i in loop.ours() if i.name == "net"]
@@ -833,6 +833,32 @@ def test_a_killed_slirp4netns_is_healed_without_restarting_the_container(loop: L
     assert loop.pid("net") == pid
     [healed] = [i for i in loop.ours() if i.name == "net"]
     assert healed.slirp_pid not in (None, info.slirp_pid)
+
+
+@pytest.mark.parametrize("loop", [600.0], indirect=True)
+def test_a_killed_shared_slirp4netns_comes_back_with_no_heal(loop: Loop) -> None:
+    """Bridge containers share one slirp4netns, which the network's keeper restarts with
+    every forward: the loop wakes, sees the network intact and does nothing."""
+    ports = free_ports(2)
+    names = ("b1", "b2")
+    for name, port in zip(names, ports, strict=True):
+        put(loop.folder, f"{name}.toml", 'networks = ["default"]\n' + web_toml(port))
+    for port in ports:
+        eventually(partial(serves, port, "<h1>site</h1>\n"), f"an answer on {port}")
+    pids = [loop.pid(name) for name in names]
+    before = {i.name: i for i in loop.ours()}
+    shared_pid = before["b1"].slirp_pid
+    assert before["b1"].spec.network == "bridge" and shared_pid is not None
+    assert before["b2"].slirp_pid == shared_pid
+    passes = loop.record().get("passes", 0)
+    os.kill(shared_pid, signal.SIGKILL)  # the runtime these tests drive started it
+    eventually(lambda: loop.record().get("passes", 0) > passes, "a pass after the kill")
+    for port in ports:
+        eventually(partial(serves, port, "<h1>site</h1>\n"), f"{port} answers again")
+    assert [line for line in loop.output().splitlines() if line.startswith("heal ")] == []
+    assert [loop.pid(name) for name in names] == pids
+    after = {i.name: i.slirp_pid for i in loop.ours()}
+    assert after["b1"] == after["b2"] and after["b1"] not in (None, shared_pid)
 
 
 # -- editors' and git's ways of writing files ---------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = (
     "drop_forwards",
     "etc_facts",
     "joined",
+    "rename_forwards",
     "state_of",
     "sync_if_running",
     "wire",
@@ -94,6 +95,21 @@ def drop_forwards(state: Path, name: str) -> None:
         if (live.forward.proto, live.forward.guest_port) in mine:
             slirp.remove_forward(api, live.id)
     shared.call(state, "sync")
+
+
+def rename_forwards(state: Path, name: str, new_name: str) -> None:
+    """Container ``name`` is ``new_name`` now: its host forwards are recorded under the
+    new name, and the keeper syncs (its rules and DNS records follow the book, whose
+    leases moved with the rename). Called once the container folder has its new name:
+    a sync drops the forwards of a container whose folder is gone."""
+    with shared.locked(state) as bdir:
+        records = shared.load_forwards(bdir)
+        if any(r.container == name for r in records):
+            for record in records:
+                if record.container == name:
+                    record.container = new_name
+            shared.save_forwards(bdir, records)
+    sync_if_running(state)
 
 
 def wire(

@@ -42,10 +42,12 @@ def bridge_name(network: str) -> str:
     return _short("sqb", network)
 
 
-def veth_name(container: str, network: str, side: str = "v") -> str:
-    """The shared namespace's end (``side`` "v") of ``container``'s veth pair on
-    ``network``, or its peer's name while it moves there (``side`` "p")."""
-    return _short(f"sq{side}", container, network)
+def veth_name(address: str, network: str, side: str = "v") -> str:
+    """The shared namespace's end (``side`` "v") of the veth pair of the container that
+    holds ``address`` on ``network``, or its peer's name while it moves there (``side``
+    "p"). Named after the lease, not the container's name: a renamed container keeps its
+    pair, and one that takes the old name never takes the pair with it."""
+    return _short(f"sq{side}", address, network)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ def links_of(name: str, joins: list[str], networks: dict[str, NetworkRecord]) ->
     """The interfaces of container ``name`` inside it, one per network it ``joins``."""
     return [
         netlink.Link(
-            moved_as=netlink.veth_name(name, network, "p"),
+            moved_as=netlink.veth_name(networks[network].leases[name], network, "p"),
             address=networks[network].leases[name],
             prefixlen=ipaddress.IPv4Network(networks[network].subnet).prefixlen,
             gateway=networks[network].gateway,
@@ -37,11 +37,14 @@ def plug(
 ) -> None:
     """In the shared namespace: a pair for each network joined anew, none for the rest."""
     present = set() if fresh else netlink.link_names()
-    for network in networks:
-        host_end = netlink.veth_name(name, network)
+    for network, record in networks.items():
+        address = record.leases.get(name)
+        if address is None:
+            continue  # no lease there, so no pair either
+        host_end = netlink.veth_name(address, network)
         if network not in joins:
             if host_end in present:
                 netlink.delete_link(host_end)
         elif host_end not in present:
-            moved_as = netlink.veth_name(name, network, "p")
+            moved_as = netlink.veth_name(address, network, "p")
             netlink.make_veth(host_end, netlink.bridge_name(network), container_ns, moved_as)
