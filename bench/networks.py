@@ -1,0 +1,192 @@
+"""Bridge networks benchmark: what joining a network costs, and what it carries.
+
+(a) create + start + first answer of a busybox httpd container, on a bridge network vs an
+isolated one (its own slirp4netns) vs none; "answers" is ``probe_tcp`` (a connect from
+inside the container's network namespace), the same check for every mode. A bridge
+container stays on the network throughout, so the shared namespace is up before timing.
+(b) a 256 MiB HTTP fetch from one bridge container by ``nc`` in another, vs the same
+fetch on the host's loopback (busybox httpd and nc), in the same run.
+(c) DNS answer latency inside a container: N ``nslookup`` of a container's name against
+its network's gateway in one exec, minus the same loop running ``/bin/true``.
+Not a test: numbers go to docs/benchmarks.md by hand.
+
+    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from runtime.api.spec import BindMount, ContainerSpec, NetworkAttachment, RootfsRef
+from runtime.client.linux import LinuxRuntime
+from tests.support import free_port
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+NETWORK = "b1"
+SIZE = 256 * 1024 * 1024
+REQUEST = r"printf 'GET /f HTTP/1.0\r\n\r\n'"
+MODES: dict[str, dict[str, object]] = {
+    "bridge": {"network": "bridge", "networks": (NetworkAttachment(network=NETWORK),)},
+    "slirp4netns": {"network": "slirp4netns"},
+    "none": {"network": "none"},
+}
+
+
+def p90(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=10)[8]
+
+
+def httpd(name: str, site: Path, mode: str) -> ContainerSpec:
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("httpd", "-f", "-p", "80", "-h", "/site"),
+        binds=(BindMount(source=str(site), target="/site"),),
+        **MODES[mode],
+    )
+
+
+def answering(rt: LinuxRuntime, name: str) -> None:
+    for _ in range(20_000):
+        if rt.probe_tcp(name, 80):
+            return
+        time.sleep(0.0005)
+    raise RuntimeError(f"{name}'s httpd never listened")
+
+
+def start_samples(rt: LinuxRuntime, site: Path, mode: str, runs: int) -> list[float]:
+    """ms from create to the first accepted connection; the first run is a warm-up."""
+    samples = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        rt.run(httpd("j", site, mode))
+        answering(rt, "j")
+        samples.append((time.perf_counter() - start) * 1000)
+        rt.remove("j", force=True)
+    return samples[1:]
+
+
+def seconds(body: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    body()
+    return time.perf_counter() - start
+
+
+def in_container(rt: LinuxRuntime, name: str, script: str) -> Callable[[], object]:
+    def body() -> None:
+        result = rt.exec_command(name, ("/bin/sh", "-c", script), timeout=600)
+        if result.exit_code != 0:
+            raise RuntimeError(f"{script!r} in {name}: {result.exit_code} {result.output!r}")
+
+    return body
+
+
+def received(output: str) -> None:
+    """Refuse a fetch that did not carry the whole file (a 404 would look very fast)."""
+    if int(output.strip() or 0) < SIZE:
+        raise RuntimeError(f"the fetch carried {output.strip()} bytes, not {SIZE}+")
+
+
+def host_fetch(site: Path, fetches: int) -> list[float]:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox is not installed on the host")
+    port = free_port()
+    server = subprocess.Popen([busybox, "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", str(site)])
+    try:
+        time.sleep(0.2)  # let it bind; the first fetch below is a warm-up anyway
+        script = f"{REQUEST} | {busybox} nc 127.0.0.1 {port}"
+        received(
+            subprocess.run(
+                ["/bin/sh", "-c", f"{script} | wc -c"], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        script += " > /dev/null"
+        fetch = lambda: subprocess.run(["/bin/sh", "-c", script], check=True)  # noqa: E731
+        return [seconds(fetch) for _ in range(fetches + 1)][1:]
+    finally:
+        server.kill()
+        server.wait()
+
+
+def loop(lookups: int, command: str) -> str:
+    return f"i=0; while [ $i -lt {lookups} ]; do {command} >/dev/null; i=$((i+1)); done"
+
+
+def report_starts(starts: dict[str, list[float]]) -> None:
+    print(f"(a) create + start + first answer, {len(starts['none'])} runs each")
+    print(f"{'network':<14} {'p50 ms':>8} {'p90 ms':>8}")
+    for mode, samples in starts.items():
+        print(f"{mode:<14} {statistics.median(samples):8.2f} {p90(samples):8.2f}")
+    base = statistics.median(starts["none"])
+    print(f"joining (bridge p50 - none p50): {statistics.median(starts['bridge']) - base:.2f} ms")
+
+
+def report_throughput(inside: list[float], host: list[float]) -> None:
+    mib = SIZE / (1024 * 1024)
+    rate_in, rate_host = mib / statistics.median(inside), mib / statistics.median(host)
+    print(f"\n(b) {mib:.0f} MiB fetch, median of {len(inside)}")
+    print(f"container -> container over the bridge: {rate_in:8.0f} MiB/s")
+    print(f"host loopback (busybox httpd + nc):     {rate_host:8.0f} MiB/s")
+    print(f"ratio: {rate_in / rate_host:.2f}x")
+
+
+def report_dns(lookups: int, dns: float, noop: float) -> None:
+    print(f"\n(c) {lookups} nslookup in one exec: {dns * 1000 / lookups:.3f} ms each raw,")
+    print(f"    {noop * 1000 / lookups:.3f} ms each for the /bin/true loop,")
+    print(f"    {(dns - noop) * 1000 / lookups:.3f} ms per answer after subtracting it")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", "--runs", type=int, default=20)
+    parser.add_argument("--fetches", type=int, default=5)
+    parser.add_argument("--lookups", type=int, default=200)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="squish-nbench-"))
+    state = Path("/dev/shm") / f"sqn-{secrets.token_hex(4)}"
+    rt = LinuxRuntime(state=state, cache=work / "cache")
+    site = work / "site"
+    site.mkdir()
+    with (site / "f").open("wb") as f:
+        f.truncate(SIZE)
+    try:
+        server = rt.run(httpd("srv", site, "bridge"))
+        rt.run(httpd("cli", site, "bridge"))
+        answering(rt, "srv")
+        starts = {mode: start_samples(rt, site, mode, args.runs) for mode in MODES}
+        address = server.addresses[NETWORK]
+        script = f"{REQUEST} | nc {address} 80"
+        received(rt.exec_command("cli", ("/bin/sh", "-c", f"{script} | wc -c")).output)
+        fetch = in_container(rt, "cli", f"{script} > /dev/null")
+        inside = [seconds(fetch) for _ in range(args.fetches + 1)][1:]
+        host = host_fetch(site, args.fetches)
+        gateway = {n.name: n for n in rt.list_networks()}[NETWORK].gateway
+        dns = seconds(in_container(rt, "cli", loop(args.lookups, f"nslookup srv {gateway}")))
+        noop = seconds(in_container(rt, "cli", loop(args.lookups, "/bin/true")))
+    finally:
+        for info in rt.list():
+            rt.remove(info.name, force=True)
+        for network in rt.list_networks():
+            rt.remove_network(network.name)
+        rt.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+    report_starts(starts)
+    report_throughput(inside, host)
+    report_dns(args.lookups, dns, noop)
+
+
+if __name__ == "__main__":
+    main()
