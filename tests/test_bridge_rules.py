@@ -4,6 +4,13 @@ themselves are exercised in tests/test_bridge_networks.py."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime.network import shared
 from runtime.network.netlink import mac_of
 from runtime.network.nft import Bridge, Dnat, ruleset
 
@@ -40,3 +47,25 @@ def test_the_table_is_replaced_whole() -> None:
 def test_an_address_has_one_link_layer_address_across_restarts() -> None:
     assert mac_of("10.89.0.2") == "02:42:0a:59:00:02"
     assert mac_of("10.89.0.2") != mac_of("10.89.1.2")
+
+
+def test_a_keeper_that_hangs_up_without_answering_is_an_oserror(tmp_path: Path) -> None:
+    """A keeper killed mid-request closes its end with nothing written: callers (``down``,
+    a sync) handle OSError, as the keeper not answering at all is."""
+    path = shared.bridge_dir(tmp_path) / "ctl.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+
+        def hang_up() -> None:
+            connection, _ = server.accept()
+            connection.recv(1 << 16)
+            connection.close()
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        try:
+            with pytest.raises(OSError, match="no answer"):
+                shared.call(tmp_path, "sync")
+        finally:
+            thread.join()

@@ -106,7 +106,10 @@ def call(
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         sock.sendmsg([json.dumps({"op": op, **args}).encode()], rights)
         sock.shutdown(socket.SHUT_WR)
-        reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
+        try:
+            reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
+        except jsonsock.EmptyMessage:  # it died mid-request, or is going away
+            raise OSError(f"the bridge network keeper gave no answer to {op}") from None
     if "error" in reply:
         raise OSError(f"the bridge network keeper failed to {op}: {reply['error']}")
     return reply
