@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,16 +74,6 @@ def test_a_keeper_that_hangs_up_without_answering_is_an_oserror(tmp_path: Path) 
             thread.join()
 
 
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; each is killed (by its pid) after the test."""
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        process.kill()
-        process.wait()
-
-
 def _keeper_that_hangs_up(
     state: Path, started: list[subprocess.Popen[bytes]], dies: bool
 ) -> threading.Thread:
@@ -118,19 +107,19 @@ def _keeper_that_hangs_up(
 
 
 def test_a_sync_whose_keeper_dies_mid_call_does_not_fail_the_caller(
-    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+    tmp_path: Path, started_here: list[subprocess.Popen[bytes]]
 ) -> None:
     """The address book is already right (callers change it first): the next keeper
     syncs from it when it starts."""
-    thread = _keeper_that_hangs_up(tmp_path, started, dies=True)
+    thread = _keeper_that_hangs_up(tmp_path, started_here, dies=True)
     bridge.sync_if_running(tmp_path)
     thread.join()
 
 
 def test_a_living_keeper_that_hangs_up_still_fails_the_sync(
-    tmp_path: Path, started: list[subprocess.Popen[bytes]]
+    tmp_path: Path, started_here: list[subprocess.Popen[bytes]]
 ) -> None:
-    thread = _keeper_that_hangs_up(tmp_path, started, dies=False)
+    thread = _keeper_that_hangs_up(tmp_path, started_here, dies=False)
     with pytest.raises(OSError, match="no answer"):
         bridge.sync_if_running(tmp_path)
     thread.join()

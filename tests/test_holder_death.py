@@ -11,7 +11,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,16 +57,6 @@ def kill_holder(rt: LinuxRuntime) -> None:
     assert holder is not None
     assert holder.send(signal.SIGKILL)
     assert holder.wait_gone(30.0)
-
-
-@pytest.fixture
-def started_here() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts itself; each is killed (by its pid) after the test."""
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        process.kill()
-        process.wait()
 
 
 def test_a_restored_helper_ends_with_the_holder_and_the_container_starts_again(
