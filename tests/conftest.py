@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,13 @@ def rt(session_runtime: LinuxRuntime) -> Iterator[LinuxRuntime]:
     yield session_runtime
     for info in session_runtime.list():
         session_runtime.remove(info.name, force=True)
+
+
+@pytest.fixture
+def started_here() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts itself; each is killed (by its pid) after the test."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        process.kill()
+        process.wait()

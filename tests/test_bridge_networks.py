@@ -375,3 +375,28 @@ def test_a_container_taking_a_renamed_ones_old_name_leaves_its_interfaces_alone(
     assert http_get(port, "/index.html") == b"hello over the bridge\n"  # still swap.old's
     assert fetch(nets, "swap", retired.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "swap.old", fresh.addresses["front"]) == "hello over the bridge"
+
+
+def test_killed_holders_leave_bridge_containers_to_the_next_one(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    """A holder that joined the containers' user namespace dies too; the shared
+    slirp4netns is killed meanwhile: each next holder still serves every request."""
+    port = free_port()
+    nets.run(web("hk", site, "front", ports=(PortMapping(container=80, host=port),)))
+    serving(nets, "hk")
+    for _ in range(3):
+        holder = nets.holder.identity()
+        assert holder is not None
+        assert holder.send(signal.SIGKILL)
+        assert holder.wait_gone(30.0)
+        (info,) = nets.list()
+        slirp4netns = ProcessId.of(info.slirp_pid or 0)
+        assert slirp4netns is not None and slirp4netns.send(signal.SIGKILL)
+        ran = nets.exec_command("hk", ["cat", "/site/index.html"])
+        assert (ran.exit_code, ran.output) == (0, "hello over the bridge\n")
+        assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    nets.stop("hk")
+    nets.remove("hk")
+    nets.remove_network("front")
+    assert nets.list() == []

@@ -5,14 +5,17 @@ themselves are exercised in tests/test_bridge_networks.py."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from runtime.network import shared
+from runtime.network import bridge, shared
 from runtime.network.netlink import mac_of
 from runtime.network.nft import Bridge, Dnat, ruleset
+from runtime.util.files import write_json_atomic
+from runtime.util.processes import ProcessId
 
 OPEN = Bridge("sqbopen", "10.89.0.0/24", "10.89.0.1", internal=False)
 SEALED = Bridge("sqbsealed", "10.89.1.0/24", "10.89.1.1", internal=True)
@@ -69,3 +72,54 @@ def test_a_keeper_that_hangs_up_without_answering_is_an_oserror(tmp_path: Path) 
                 shared.call(tmp_path, "sync")
         finally:
             thread.join()
+
+
+def _keeper_that_hangs_up(
+    state: Path, started: list[subprocess.Popen[bytes]], dies: bool
+) -> threading.Thread:
+    """A keeper (two ``sleep`` processes as its supervisor and slirp4netns) that hangs
+    up on the next request; with ``dies`` its supervisor is killed first, as a keeper
+    killed mid-request is."""
+    supervisor = subprocess.Popen(["sleep", "600"])
+    started.append(supervisor)
+    started.append(subprocess.Popen(["sleep", "600"]))
+    keeper = {
+        key: ProcessId.of(process.pid).to_json()  # type: ignore[union-attr]
+        for key, process in zip(("supervisor", "slirp"), started, strict=True)
+    }
+    write_json_atomic(shared.bridge_dir(state) / "keeper.json", keeper)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(shared.bridge_dir(state) / "ctl.sock"))
+    server.listen(1)
+
+    def hang_up() -> None:
+        with server:
+            connection, _ = server.accept()
+            connection.recv(1 << 16)
+            if dies:
+                supervisor.kill()
+                supervisor.wait()
+            connection.close()
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    return thread
+
+
+def test_a_sync_whose_keeper_dies_mid_call_does_not_fail_the_caller(
+    tmp_path: Path, started_here: list[subprocess.Popen[bytes]]
+) -> None:
+    """The address book is already right (callers change it first): the next keeper
+    syncs from it when it starts."""
+    thread = _keeper_that_hangs_up(tmp_path, started_here, dies=True)
+    bridge.sync_if_running(tmp_path)
+    thread.join()
+
+
+def test_a_living_keeper_that_hangs_up_still_fails_the_sync(
+    tmp_path: Path, started_here: list[subprocess.Popen[bytes]]
+) -> None:
+    thread = _keeper_that_hangs_up(tmp_path, started_here, dies=False)
+    with pytest.raises(OSError, match="no answer"):
+        bridge.sync_if_running(tmp_path)
+    thread.join()

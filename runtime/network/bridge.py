@@ -74,9 +74,16 @@ def etc_facts(state: Path, name: str, joins: list[str]) -> tuple[str, str | None
 
 
 def sync_if_running(state: Path) -> None:
-    """Bring the shared namespace in line with the book, when its keeper runs."""
-    if shared.slirp_identity(state) is not None:
+    """Bring the shared namespace in line with the book, when its keeper runs. A keeper
+    that dies during the call fails nothing: the book is already right (callers change
+    it first), and the next keeper syncs from it when it starts."""
+    if shared.slirp_identity(state) is None:
+        return
+    try:
         shared.call(state, "sync")
+    except OSError:
+        if shared.supervisor_alive(state):
+            raise
 
 
 def drop_forwards(state: Path, name: str) -> None:

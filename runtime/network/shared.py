@@ -58,6 +58,7 @@ __all__ = (
     "slirp_forward",
     "slirp_identity",
     "stop_supervisor",
+    "supervisor_alive",
 )
 
 BRIDGE_DIR = "bridge"
@@ -174,6 +175,12 @@ def _end(keeper: dict[str, Any]) -> None:
         process = ProcessId.from_json(keeper.get(key))
         if process is not None and process.send(signal.SIGKILL):
             process.wait_gone(5.0)
+
+
+def supervisor_alive(state: Path) -> bool:
+    """Whether the keeper's supervisor (the one ``keeper.json`` names) runs."""
+    supervisor = ProcessId.from_json(_keeper(state).get("supervisor"))
+    return supervisor is not None and supervisor.alive()
 
 
 def slirp_identity(state: Path, wired_to: object = None) -> ProcessId | None:
