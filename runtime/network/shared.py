@@ -30,7 +30,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +64,6 @@ BRIDGE_DIR = "bridge"
 CONTAINERS = "containers"
 """The containers' folder in the state folder (the holder's ``CONTAINERS_DIR``)."""
 READY_TIMEOUT = 10.0
-RESTART_WAIT = 2 * READY_TIMEOUT
-"""The longest a reader waits for the keeper to restart a dead slirp4netns (it tries
-with the sandbox, then without)."""
 KEEPER_LOCK = "keeper.lock"
 DNS_MODULE = "runtime.network.dnsserver"
 FIRST_GUEST_PORT = 20000
@@ -184,26 +180,21 @@ def supervisor_alive(state: Path) -> bool:
 
 
 def slirp_identity(state: Path, wired_to: object = None) -> ProcessId | None:
-    """The shared slirp4netns now, if it runs; with ``wired_to`` (the keeper a container
-    was wired to), only if that keeper is the one running: a container wired into the
-    namespace of a keeper that died has no network, whatever runs now. While a living
-    keeper restarts a slirp4netns that died, this waits for the new one (the namespace
-    and its containers' interfaces are intact; the keeper records the new slirp4netns
-    once every forward is back), up to :data:`RESTART_WAIT` seconds."""
-    deadline = time.monotonic() + RESTART_WAIT
-    while True:
-        keeper = _keeper(state)
-        supervisor = ProcessId.from_json(keeper.get("supervisor"))
-        process = ProcessId.from_json(keeper.get("slirp"))
-        if supervisor is None or not supervisor.alive() or process is None:
-            return None
-        if wired_to is not None and wired_to != supervisor.to_json():
-            return None
-        if process.alive():
-            return process
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.005)
+    """The helper serving the shared namespace now: its slirp4netns, or, while a living
+    keeper restarts a slirp4netns that died, the keeper itself (the namespace and its
+    containers' interfaces are intact; the keeper puts every forward back), so a reader
+    never waits and a restart never reads as a lost network. With ``wired_to`` (the
+    keeper a container was wired to), only if that keeper is the one running: a
+    container wired into the namespace of a keeper that died has no network, whatever
+    runs now."""
+    keeper = _keeper(state)
+    supervisor = ProcessId.from_json(keeper.get("supervisor"))
+    process = ProcessId.from_json(keeper.get("slirp"))
+    if supervisor is None or not supervisor.alive() or process is None:
+        return None
+    if wired_to is not None and wired_to != supervisor.to_json():
+        return None
+    return process if process.alive() else supervisor
 
 
 @dataclass
