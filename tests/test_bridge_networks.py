@@ -166,15 +166,15 @@ def test_nothing_is_left_after_removing_everything(
     nets.run(web("l1", site, "front", ports=(PortMapping(container=80, host=free_port()),)))
     nets.run(web("l2", site, "back"))
     keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
-    processes = [ProcessId.from_json(keeper[key]) for key in ("supervisor", "pinner", "slirp")]
-    pinner = processes[1]
-    assert pinner is not None
-    shared_ns = os.stat(f"/proc/{pinner.pid}/ns/net").st_ino
+    processes = [ProcessId.from_json(keeper[key]) for key in ("supervisor", "agent", "slirp")]
+    agent = processes[1]
+    assert agent is not None
+    shared_ns = os.stat(f"/proc/{agent.pid}/ns/net").st_ino
     for name in ("l1", "l2"):
         nets.remove(name, force=True)
     for network in nets.list_networks():
         nets.remove_network(network.name)
-    for process in processes:  # the keeper, the namespace's pinner, the slirp4netns
+    for process in processes:  # the keeper, the namespace's agent, the slirp4netns
         assert process is not None and process.wait_gone(5.0)
     assert not processes_mentioning(str(state_path / shared.BRIDGE_DIR))
     assert shared_ns not in _network_namespaces_in_use()  # and with it every veth pair
@@ -308,6 +308,29 @@ def test_a_dead_keeper_is_healed_by_wiring_every_container_again(
     assert fetch(nets, "r2", one.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "r1", two.addresses["front"]) == "hello over the bridge"
     assert nets.inspect("r1").pid == one.pid
+
+
+def test_a_killed_namespace_agent_takes_its_keeper_along_and_is_healed_the_same_way(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    """The agent holds the shared namespace: when it dies the networks are gone, and
+    the keeper must not go on as if they were there (a reader would see a network)."""
+    port = free_port()
+    one = nets.run(web("a1", site, "front", ports=(PortMapping(container=80, host=port),)))
+    two = nets.run(web("a2", site, "front"))
+    serving(nets, "a1", "a2")
+    keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
+    agent = ProcessId.from_json(keeper.get("agent", keeper.get("pinner")))
+    supervisor = ProcessId.from_json(keeper["supervisor"])
+    assert agent is not None and supervisor is not None and agent.send(signal.SIGKILL)
+    assert supervisor.wait_gone(5.0)
+    assert nets.inspect("a1").slirp_pid is None  # what the reconciler's heal looks for
+    assert nets.restore_network("a1").slirp_pid is not None
+    assert nets.restore_network("a2").slirp_pid is not None
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    assert fetch(nets, "a2", one.addresses["front"]) == "hello over the bridge"
+    assert fetch(nets, "a1", two.addresses["front"]) == "hello over the bridge"
+    assert nets.inspect("a1").pid == one.pid
 
 
 def test_a_stopped_bridge_container_starts_again_with_its_address_and_forward(

@@ -185,7 +185,7 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: in
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
         sc.sethostname(req.hostname or req.name)
-        if req.network == "none":
+        if req.network in ("none", "bridge"):  # slirp4netns --configure does it for its own
             _bring_up_loopback()
         root = os.path.join(req.container_dir, "root")
         skel = os.path.join(req.container_dir, "skel")

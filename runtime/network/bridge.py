@@ -128,15 +128,14 @@ def wire(
     the default route through the first network unless that one is internal. Leases
     come first, so the keeper's sync makes any network the container brought along.
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
-    an ended namespace a little later, and one may still be there). The keeper does the
-    work (it has pyroute2 loaded once) with the descriptor this sends it."""
+    an ended namespace a little later, and one may still be there). The keeper has the
+    namespace's agent do the work with the descriptor this sends it."""
     with open_book(state) as book:
         for network in joins:
             if network not in book.networks:
                 book.add_network(network, None)  # removed while the container was stopped
             book.lease(network, name)  # kept if it has one
-    shared.ensure_supervisor(state)
-    reply = shared.call(state, "wire", fds=(container_ns,), name=name, joins=joins, fresh=fresh)
+    reply = shared.call_started(state, "wire", (container_ns,), name=name, joins=joins, fresh=fresh)
     write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
 
 

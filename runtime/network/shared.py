@@ -1,19 +1,24 @@
 """The shared network namespace of bridge networks and the process that keeps it.
 
-One per state folder, in the holder's user namespace: the *supervisor* forks a *pinner*
-(it unshares a network namespace and waits; the namespace lives as long as it does),
-starts one slirp4netns on that namespace (tap0, 10.0.2.100/24, the default route: the
+One per state folder, in the holder's user namespace: the *supervisor* forks the
+namespace's *agent* (:mod:`runtime.network.agent`: it unshares a network namespace, which
+lives as long as it does, and does the netlink and nftables work there), starts one
+slirp4netns on that namespace (tap0, 10.0.2.100/24, the default route: the
 networks' way out and the host forwards' way in), starts the DNS responder in it when
 ``runtime.network.dnsserver`` is there, and serves requests on ``ctl.sock``:
 
 - ``sync``: make the namespace match the address book: a bridge per network with its
   gateway address (bridges of removed networks deleted), the nftables ruleset
   (:mod:`runtime.network.nft`, forwards of containers no longer running dropped), and the
-  DNS responder's records file;
-- ``ping``; ``stop``: end slirp4netns, the responder and the pinner, then itself.
+  DNS responder's records file; what did not change since the last sync is not done
+  again;
+- ``wire``: a sync, then a container's veth pairs (:mod:`runtime.network.wiring`);
+- ``ping``; ``stop``: end slirp4netns, the responder and the agent, then itself.
 
 A slirp4netns or responder that dies is started again at once, and every recorded host
-forward is put back into the new slirp4netns. Files, in ``STATE/bridge``: ``ctl.sock``,
+forward is put back into the new slirp4netns. An agent that dies took the namespace with
+it: the supervisor ends what it started and itself, and the next caller starts a new one
+(containers wired to the old one are healed by rewiring). Files, in ``STATE/bridge``: ``ctl.sock``,
 ``slirp.sock``, ``slirp.log``, ``keeper.json`` (pids), ``forwards.json``, ``dns.json``,
 ``dns.log``, ``keeper.lock``, ``forwards.lock``.
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.errors import SlirpError
+from runtime.network import agent as agent_process
 from runtime.network import netlink, nft, slirp, wiring
 from runtime.network.addresses import NetworkRecord, open_book
 from runtime.sandbox import syscalls as sc
@@ -49,6 +55,7 @@ __all__ = (
     "ForwardRecord",
     "bridge_dir",
     "call",
+    "call_started",
     "ensure_supervisor",
     "free_guest_port",
     "load_forwards",
@@ -156,6 +163,16 @@ def ensure_supervisor(state: Path) -> None:
             raise SlirpError(f"the bridge network keeper did not start: {message}")
 
 
+def call_started(state: Path, op: str, fds: tuple[int, ...] = (), **args: Any) -> dict[str, Any]:
+    """:func:`call`, starting the supervisor first when none of this user namespace is
+    there to answer (no ping when one is: the common case costs one round trip)."""
+    if _keeper(state).get("userns") == _own_userns():
+        with contextlib.suppress(ConnectionError, FileNotFoundError):
+            return call(state, op, fds=fds, **args)
+    ensure_supervisor(state)
+    return call(state, op, fds=fds, **args)
+
+
 def stop_supervisor(state: Path) -> None:
     """End the supervisor and what it started (the last network is gone)."""
     with locked(state, KEEPER_LOCK):
@@ -167,7 +184,7 @@ def stop_supervisor(state: Path) -> None:
 
 
 def _end(keeper: dict[str, Any]) -> None:
-    for key in ("supervisor", "slirp", "dns", "pinner"):
+    for key in ("supervisor", "slirp", "dns", "agent", "pinner"):  # "pinner": in earlier records
         process = ProcessId.from_json(keeper.get(key))
         if process is not None and process.send(signal.SIGKILL):
             process.wait_gone(5.0)
@@ -261,8 +278,7 @@ def _aliases(state: Path, container: str, network: str) -> list[str]:
 class _Supervisor:
     state: Path
     bdir: Path
-    pinner: ProcessId | None = None
-    pinner_w: int = -1
+    agent: agent_process.Agent | None = None
     ns_fd: int = -1
     exit_r: int = -1
     """What slirp4netns and the responder watch: EOF when this process ends."""
@@ -270,6 +286,10 @@ class _Supervisor:
     slirp: ProcessId | None = None
     dns: ProcessId | None = None
     children: dict[int, str] = field(default_factory=dict)
+    applied: dict[str, Any] | None = None
+    """The last ``links`` request the agent carried out."""
+    records: dict[str, Any] | None = None
+    """The DNS records last written."""
 
     def run(self, ready_w: int) -> NoReturn:
         try:
@@ -277,7 +297,7 @@ class _Supervisor:
             signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
             netlink.prewarm()  # loaded once: every step forked from here has it
             self.exit_r, self.exit_w = os.pipe2(os.O_CLOEXEC)
-            self._start_pinner()
+            self._start_agent()
             self._start_slirp()
             self.sync()
             self._start_dns()
@@ -291,21 +311,10 @@ class _Supervisor:
             os._exit(1)
         self._serve(ctl)
 
-    def _start_pinner(self) -> None:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        child = os.fork()
-        if child == 0:
-            os.close(write_end)
-            os.close(ready_r)
-            _pin(read_end, ready_w)
-        os.close(read_end)
-        os.close(ready_w)
-        if not wait_readable([ready_r], READY_TIMEOUT) or os.read(ready_r, 1) != b"1":
-            raise OSError("the shared network namespace could not be made")
-        os.close(ready_r)
-        self.pinner, self.pinner_w = ProcessId.of(child), write_end
-        self.ns_fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    def _start_agent(self) -> None:
+        self.agent = agent_process.start(READY_TIMEOUT)
+        self.children[self.agent.pid] = "agent"
+        self.ns_fd = os.open(f"/proc/{self.agent.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     def _start_slirp(self) -> None:
         fds = {"netns_fd": self.ns_fd, "exit_fd": self.exit_r}
@@ -352,22 +361,38 @@ class _Supervisor:
     def _record(self) -> None:
         keeper = {
             "supervisor": _json(ProcessId.of(os.getpid())),
-            "pinner": _json(self.pinner),
+            "agent": _json(ProcessId.of(self.agent.pid) if self.agent else None),
             "slirp": _json(self.slirp),
             "dns": _json(self.dns),
             "userns": _own_userns(),
         }
         write_json_atomic(self.bdir / "keeper.json", keeper)
 
-    def sync(self) -> None:
+    def sync(self) -> dict[str, NetworkRecord]:
+        """Bring the namespace in line with the address book; return the book's networks."""
         with open_book(self.state) as book:
             networks = dict(book.networks)
         with locked(self.state):
-            records = [r for r in load_forwards(self.bdir) if _exists(self.state, r.container)]
-            save_forwards(self.bdir, records)
-        text = nft.ruleset(_bridges(networks), _dnats(networks, records))
-        netlink.in_namespace(self.ns_fd, lambda: _converge_links(networks, text))
-        write_json_atomic(self.bdir / "dns.json", _records(networks, self.state))
+            loaded = load_forwards(self.bdir)
+            records = [r for r in loaded if _exists(self.state, r.container)]
+            if records != loaded:
+                save_forwards(self.bdir, records)
+        links: dict[str, Any] = {
+            "bridges": [[netlink.bridge_name(n), r.subnet] for n, r in sorted(networks.items())],
+            "ruleset": nft.ruleset(_bridges(networks), _dnats(networks, records)),
+        }
+        if links != self.applied:
+            self._agent().call("links", (), **links)
+            self.applied = links
+        dns = _records(networks, self.state)
+        if dns != self.records:
+            write_json_atomic(self.bdir / "dns.json", dns)
+            self.records = dns
+        return networks
+
+    def _agent(self) -> agent_process.Agent:
+        assert self.agent is not None
+        return self.agent
 
     def _serve(self, ctl: socket.socket) -> NoReturn:
         while True:
@@ -385,6 +410,9 @@ class _Supervisor:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         kind = self.children.pop(pid)
+        if kind == "agent":  # the namespace went with it
+            self._end_all()
+            os._exit(1)
         if kind == "slirp":
             self._start_slirp()
         else:
@@ -403,8 +431,7 @@ class _Supervisor:
                 if op == "sync":
                     self.sync()
                 elif op == "wire":
-                    self.sync()
-                    self._wire(request, fds[0])
+                    self._wire(request, self.sync(), fds[0])
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
@@ -415,24 +442,26 @@ class _Supervisor:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode())
 
-    def _wire(self, request: dict[str, Any], container_ns: int) -> None:
+    def _wire(
+        self, request: dict[str, Any], networks: dict[str, NetworkRecord], container_ns: int
+    ) -> None:
         """A container's veth pairs (see :func:`runtime.network.bridge.wire`)."""
-        name, joins, fresh = str(request["name"]), list(request["joins"]), bool(request["fresh"])
-        with open_book(self.state) as book:
-            networks = dict(book.networks)
-        links = wiring.links_of(name, joins, networks)
-        gateway = wiring.default_gateway(joins, networks)
-        plug = lambda: wiring.plug(name, joins, networks, container_ns, fresh)  # noqa: E731
-        netlink.in_namespace(self.ns_fd, plug)
-        netlink.in_namespace(container_ns, lambda: netlink.configure_inside(links, gateway))
+        name, joins = str(request["name"]), [str(n) for n in request["joins"]]
+        plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
+        self._agent().call("plug", (container_ns,), fresh=bool(request["fresh"]), **plug)
 
     def _stop(self, conn: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps({"ok": True}).encode())
-        for process in (self.slirp, self.dns, self.pinner):
+        self._end_all()
+        os._exit(0)
+
+    def _end_all(self) -> None:
+        for process in (self.slirp, self.dns):
             if process is not None:
                 process.send(signal.SIGKILL)
-        os._exit(0)
+        if self.agent is not None:
+            os.kill(self.agent.pid, signal.SIGKILL)  # a child not yet waited for: its pid
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -448,17 +477,6 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def _json(process: ProcessId | None) -> dict[str, int] | None:
     return process.to_json() if process is not None else None
-
-
-def _pin(read_end: int, ready_w: int) -> NoReturn:
-    """The pinner: a network namespace of its own, kept until EOF on ``read_end``."""
-    try:
-        sc.unshare(sc.CLONE_NEWNET)
-        os.write(ready_w, b"1")
-        os.close(ready_w)
-        os.read(read_end, 1)
-    finally:
-        os._exit(0)
 
 
 def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
@@ -478,19 +496,6 @@ def _dnats(networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> 
         if address is not None:
             dnats.append(nft.Dnat(record.proto, record.guest_port, address, record.port))
     return dnats
-
-
-def _converge_links(networks: dict[str, NetworkRecord], text: str) -> None:
-    """Inside the shared namespace: routing on, every network's bridge and no other,
-    and the rules."""
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # this namespace's own
-    wanted = {netlink.bridge_name(name): record for name, record in networks.items()}
-    for name, record in wanted.items():
-        netlink.ensure_bridge(name, record.subnet)
-    for name in netlink.link_names():
-        if name.startswith("sqb") and name not in wanted:
-            netlink.delete_link(name)
-    nft.apply(text)
 
 
 def slirp_forward(record: ForwardRecord) -> Forward:

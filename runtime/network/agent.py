@@ -1,0 +1,196 @@
+"""The process that lives in the shared network namespace of bridge networks.
+
+The keeper (:mod:`runtime.network.shared`) forks it: it unshares a network namespace,
+which lives as long as it does (it *pins* it), opens one netlink socket there and serves
+the keeper's requests over a socket pair, one at a time, until the keeper goes:
+
+- ``links``: routing on, a bridge per network with its gateway address (bridges no
+  network has deleted), and the nftables ruleset loaded;
+- ``plug``: a container's veth pairs, made with their inside end directly in the
+  container's namespace (sent along as a descriptor), the pairs of networks it left
+  deleted, and its side configured (:mod:`runtime.network.inside`).
+
+Each request is one framed JSON object (a 4-byte length, then the object) and gets one
+back: ``{"ok": true}`` or ``{"error": "..."}``. Living in the namespace is what makes a
+request cheap: no process is forked to enter it, and pyroute2's socket is opened once.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from runtime.network import inside, netlink, nft
+from runtime.sandbox import syscalls as sc
+from runtime.util.processes import close_fds_except
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+__all__ = ("Agent", "start")
+
+_MAX = 16 << 20
+_HEADER = struct.Struct("!I")
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+    body = json.dumps(message).encode()
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    data = _HEADER.pack(len(body)) + body
+    sent = sock.sendmsg([data], rights)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the peer went away")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One message and the descriptors sent with it; EOFError when the peer is gone."""
+    fds = array.array("i")
+    head, ancillary, _, _ = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not head:
+        raise EOFError("the peer went away")
+    head += _exactly(sock, _HEADER.size - len(head))
+    (size,) = _HEADER.unpack(head)
+    if size > _MAX:
+        raise ValueError(f"message of {size} bytes")
+    message = json.loads(_exactly(sock, size))
+    if not isinstance(message, dict):
+        raise ValueError("not a JSON object")
+    return message, list(fds)
+
+
+class Agent:
+    """The keeper's side: the agent's pid and the socket to it."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    def call(self, op: str, fds: tuple[int, ...] = (), **args: Any) -> None:
+        """Have the agent do ``op``; OSError with its message when it fails or is gone."""
+        try:
+            _send(self.sock, {"op": op, **args}, fds)
+            reply, _ = _receive(self.sock)
+        except (EOFError, ValueError) as exc:
+            raise OSError(f"the shared namespace's agent gave no answer to {op}: {exc}") from exc
+        if "error" in reply:
+            raise OSError(str(reply["error"]))
+
+
+def start(timeout: float) -> Agent:
+    """Fork the agent; return once its namespace is made (OSError if it is not)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        try:
+            ours.close()
+            close_fds_except({theirs.fileno(), 2})
+            _run(theirs)
+        finally:
+            os._exit(1)
+    theirs.close()
+    ours.settimeout(timeout)
+    try:
+        ready, _ = _receive(ours)
+    except (OSError, EOFError, ValueError) as exc:
+        raise OSError(f"the shared network namespace could not be made: {exc}") from exc
+    if "error" in ready:
+        raise OSError(f"the shared network namespace could not be made: {ready['error']}")
+    ours.settimeout(None)
+    return Agent(child, ours)
+
+
+def _run(sock: socket.socket) -> NoReturn:
+    try:
+        sc.unshare(sc.CLONE_NEWNET)
+        ipr = netlink.open_route()
+    except BaseException as exc:
+        _send(sock, {"error": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    _send(sock, {"ok": True})
+    handlers: dict[str, Callable[[IPRoute, dict[str, Any], list[int]], None]] = {
+        "links": _links,
+        "plug": _plug,
+    }
+    while True:
+        try:
+            request, fds = _receive(sock)
+        except (OSError, EOFError, ValueError):
+            os._exit(0)  # the keeper is gone: so is the namespace
+        reply: dict[str, Any] = {"ok": True}
+        try:
+            handlers[str(request.get("op"))](ipr, request, fds)
+        except inside.Stranded:
+            os._exit(1)  # stuck in a container's namespace: serve nothing from there
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            _send(sock, reply)
+
+
+def _links(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # this namespace's own
+    wanted = {str(name): str(subnet) for name, subnet in request["bridges"]}
+    for name, subnet in wanted.items():
+        netlink.ensure_bridge(ipr, name, subnet)
+    for name in netlink.link_names(ipr):
+        if name.startswith("sqb") and name not in wanted:
+            netlink.delete_link(ipr, name)
+    nft.apply(str(request["ruleset"]))
+
+
+def _plug(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
+    """A container's pairs: see :func:`runtime.network.wiring.plan` for the request."""
+    (ns_fd,) = fds
+    for host_end in request["left"]:
+        netlink.delete_link(ipr, str(host_end))
+    fresh = bool(request["fresh"])
+    present = set() if fresh else netlink.link_names(ipr)
+    new = [pair for pair in request["pairs"] if pair["host_end"] not in present]
+    taken = {"lo"}
+    if not fresh:
+        with inside.entered(ns_fd):
+            taken = inside.names()
+    addresses = []
+    for pair in new:
+        ifname = next(f"eth{n}" for n in range(len(taken) + 1) if f"eth{n}" not in taken)
+        taken.add(ifname)
+        _make_pair(ipr, pair, netlink.Inside(ifname, str(pair["mac"])), ns_fd)
+        addresses.append(inside.Address(ifname, str(pair["address"]), int(pair["prefixlen"])))
+    gateway = request["gateway"]
+    with inside.entered(ns_fd):
+        inside.configure(addresses, None if gateway is None else str(gateway))
+
+
+def _make_pair(ipr: IPRoute, pair: dict[str, Any], end: netlink.Inside, ns_fd: int) -> None:
+    host_end, bridge = str(pair["host_end"]), str(pair["bridge"])
+    try:
+        netlink.make_veth(ipr, host_end, bridge, end, ns_fd)
+    except Exception as exc:  # pyroute2's NetlinkError; EEXIST: left by an ended namespace
+        if getattr(exc, "code", None) != 17:
+            raise
+        netlink.delete_link(ipr, host_end)
+        netlink.make_veth(ipr, host_end, bridge, end, ns_fd)

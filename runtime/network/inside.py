@@ -1,0 +1,166 @@
+"""A container's side of its bridge networks, set with the classic interface ioctls
+(``ifconfig``'s and ``route``'s) on a socket of the container's network namespace:
+addresses, links up, the default route. No netlink library is loaded for it, and the
+caller needs no process of its own in the namespace: :func:`entered` lends the calling
+thread to it for the length of the work and brings it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.sandbox import syscalls as sc
+
+__all__ = ("Address", "Stranded", "configure", "entered", "names")
+
+_SIOCADDRT = 0x890B
+_SIOCDELRT = 0x890C
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_SIOCSIFADDR = 0x8916
+_SIOCSIFNETMASK = 0x891C
+_IFF_UP = 0x1
+_RTF_UP = 0x1
+_RTF_GATEWAY = 0x2
+
+
+@dataclass(frozen=True)
+class Address:
+    """One interface inside the container and its IPv4 address."""
+
+    ifname: str
+    address: str
+    prefixlen: int
+
+
+class _SockaddrIn(ctypes.Structure):
+    _fields_ = (
+        ("family", ctypes.c_ushort),
+        ("port", ctypes.c_ushort),
+        ("addr", ctypes.c_ubyte * 4),
+        ("zero", ctypes.c_ubyte * 8),
+    )
+
+
+class _RtEntry(ctypes.Structure):
+    """``struct rtentry`` of <net/route.h>, laid out by ctypes for this machine."""
+
+    _fields_ = (
+        ("pad1", ctypes.c_ulong),
+        ("dst", _SockaddrIn),
+        ("gateway", _SockaddrIn),
+        ("genmask", _SockaddrIn),
+        ("flags", ctypes.c_ushort),
+        ("pad2", ctypes.c_short),
+        ("pad3", ctypes.c_ulong),
+        ("pad4", ctypes.c_void_p),
+        ("metric", ctypes.c_short),
+        ("dev", ctypes.c_char_p),
+        ("mtu", ctypes.c_ulong),
+        ("window", ctypes.c_ulong),
+        ("irtt", ctypes.c_ushort),
+    )
+
+
+def _sockaddr(address: str) -> _SockaddrIn:
+    packed = ipaddress.IPv4Address(address).packed
+    return _SockaddrIn(socket.AF_INET, 0, (ctypes.c_ubyte * 4)(*packed))
+
+
+def _ifreq(ifname: str, payload: bytes) -> bytes:
+    """A ``struct ifreq``: the name, then its 24-byte union."""
+    return struct.pack("16s24s", ifname.encode(), payload)
+
+
+def _set_address(sock: socket.socket, link: Address) -> None:
+    network = ipaddress.IPv4Network(f"0.0.0.0/{link.prefixlen}")
+    fcntl.ioctl(sock, _SIOCSIFADDR, _ifreq(link.ifname, bytes(_sockaddr(link.address))))
+    mask = bytes(_sockaddr(str(network.netmask)))
+    fcntl.ioctl(sock, _SIOCSIFNETMASK, _ifreq(link.ifname, mask))
+
+
+def _up(sock: socket.socket, ifname: str) -> None:
+    current = fcntl.ioctl(sock, _SIOCGIFFLAGS, _ifreq(ifname, b""))
+    (flags,) = struct.unpack_from("H", current, 16)
+    fcntl.ioctl(sock, _SIOCSIFFLAGS, _ifreq(ifname, struct.pack("H", flags | _IFF_UP)))
+
+
+def _default_routes() -> list[str]:
+    """Gateways of the default routes in the calling thread's namespace."""
+    found = []
+    for line in Path("/proc/thread-self/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and fields[1] == "00000000" and fields[7] == "00000000":
+            found.append(str(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1])))
+    return found
+
+
+def _route(sock: socket.socket, request: int, gateway: str) -> None:
+    entry = _RtEntry(dst=_sockaddr("0.0.0.0"), genmask=_sockaddr("0.0.0.0"))
+    entry.gateway = _sockaddr(gateway)
+    entry.flags = _RTF_UP | _RTF_GATEWAY
+    fcntl.ioctl(sock, request, bytes(entry))
+
+
+def _default_route(sock: socket.socket, gateway: str | None) -> None:
+    """Exactly one default route, through ``gateway`` (none when None)."""
+    have = _default_routes()
+    if have == ([gateway] if gateway else []):
+        return
+    for old in have:
+        with contextlib.suppress(OSError):
+            _route(sock, _SIOCDELRT, old)
+    if gateway is not None:
+        try:
+            _route(sock, _SIOCADDRT, gateway)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+
+
+class Stranded(Exception):
+    """The thread could not go back to its own namespace: its caller must not go on."""
+
+
+@contextlib.contextmanager
+def entered(ns_fd: int) -> Iterator[None]:
+    """The calling thread in network namespace ``ns_fd`` until the block ends, then back
+    in its own (which must be one this process may enter: its user namespace's);
+    :class:`Stranded` when it cannot go back."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(ns_fd, sc.CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            try:
+                sc.setns(own, sc.CLONE_NEWNET)
+            except OSError as exc:
+                raise Stranded(f"cannot go back to its own network namespace: {exc}") from exc
+    finally:
+        os.close(own)
+
+
+def names() -> set[str]:
+    """The interface names of the calling thread's namespace."""
+    return {name for _, name in socket.if_nameindex()}
+
+
+def configure(links: list[Address], gateway: str | None) -> None:
+    """In the calling thread's namespace: each of ``links`` given its address and up,
+    then the default route through ``gateway`` (none when None)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        for link in links:
+            _set_address(sock, link)
+            _up(sock, link.ifname)
+        _default_route(sock, gateway)
