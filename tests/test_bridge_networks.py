@@ -108,6 +108,15 @@ def test_containers_on_one_network_reach_each_other_and_not_another(
     assert fetch(nets, "ba", c.addresses["back"]) == "unreachable"
 
 
+def test_bridge_interfaces_carry_frames_as_large_as_the_loopback_nearly(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    """1500-byte frames held a container-to-container transfer at 3/4 of loopback."""
+    nets.run(web("mt", site, "front", "back"))
+    script = "cat /sys/class/net/eth0/mtu /sys/class/net/eth1/mtu"
+    assert nets.exec_command("mt", ("/bin/sh", "-c", script)).output.split() == ["65520"] * 2
+
+
 def test_a_container_on_two_networks_reaches_both(nets: LinuxRuntime, site: Path) -> None:
     front = nets.run(web("tf", site, "front"))
     back = nets.run(web("tb", site, "back"))

@@ -58,8 +58,8 @@ def _lines(bridges: Iterable[Bridge], forwards: Iterable[Dnat]) -> list[str]:
     ]
     out = [f"oifname {TAP} ip saddr {b.subnet} masquerade" for b in bridges if not b.internal]
     forward = ["ct state established,related accept", "ct status dnat accept"]
-    # Between two ports of one bridge: seen here when the kernel passes bridged frames
-    # through the IP hooks (br_netfilter), else switched without this table.
+    # Between two ports of one bridge: seen here only if the kernel passes bridged frames
+    # through the IP hooks (br_netfilter; the agent turns that off in the namespace).
     forward += [f"iifname {b.ifname} oifname {b.ifname} accept" for b in bridges]
     forward += [f"iifname {b.ifname} oifname {TAP} accept" for b in bridges if not b.internal]
     own = [f"iifname {b.ifname} ip daddr != {b.gateway} drop" for b in bridges]
