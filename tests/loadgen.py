@@ -21,6 +21,7 @@ __all__ = ("LoadResult", "run_load")
 
 def _squishfile(port: int, greeting: str) -> str:
     return f"""\
+network = "isolated"  # one slirp4netns per container: the load test is about the loop
 
 [layers]
 busybox = "builtin"

@@ -142,7 +142,10 @@ async def test_a_pass_that_cannot_record_itself_keeps_what_it_did(tmp_path: Path
     (tmp_path / "state").mkdir()
     loop.store = _FullStore(tmp_path / "state", folder)
     result = await loop.reconcile("test")
-    assert [(str(o.action.kind), o.ok) for o in result.outcomes] == [("create", True)]
+    assert [(str(o.action.kind), o.ok) for o in result.outcomes] == [
+        ("ensure-network", True),
+        ("create", True),
+    ]
     assert loop.record.last_error is not None and "No space left" in loop.record.last_error
 
 

@@ -35,13 +35,8 @@ def problems(path: Path, loader: object = load_squishfile) -> tuple[Problem, ...
 # -- what a squishfile joins ------------------------------------------------------------------
 
 
-def test_no_network_written_keeps_a_slirp4netns_of_its_own(tmp_path: Path) -> None:
+def test_no_network_written_joins_the_folder_network(tmp_path: Path) -> None:
     spec = load_squishfile(write(tmp_path, BASE)).to_spec()
-    assert (spec.network, spec.networks) == ("slirp4netns", ())
-
-
-def test_the_default_network_is_the_folder_network(tmp_path: Path) -> None:
-    spec = load_squishfile(write(tmp_path, 'networks = ["default"]\n' + BASE)).to_spec()
     assert spec.network == "bridge"
     assert spec.networks == (NetworkAttachment(network=runtime_network_name(tmp_path, "default")),)
 
@@ -195,12 +190,11 @@ def test_overlapping_subnets_are_refused_at_the_later_file(tmp_path: Path) -> No
     assert problem.message == "10.89.0.0/16 overlaps 10.89.40.0/24 of a.network.toml"
 
 
-def test_the_default_can_be_flipped_to_the_folder_network(
+def test_the_default_can_be_flipped_back_to_isolated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model, "DEFAULT_NETWORK", "folder")
+    monkeypatch.setattr(model, "DEFAULT_NETWORK", "isolated")
     spec = load_squishfile(write(tmp_path, BASE)).to_spec()
-    assert spec.network == "bridge"
-    assert [a.network for a in spec.networks] == [runtime_network_name(tmp_path, "default")]
+    assert (spec.network, spec.networks) == ("slirp4netns", ())
     named = load_squishfile(write(tmp_path, 'networks = ["back"]\n' + BASE)).to_spec()
     assert [a.network for a in named.networks] == [runtime_network_name(tmp_path, "back")]

@@ -16,9 +16,11 @@ import pytest
 from reconciler.desired.validation import validate_files
 from reconciler.problems import Problem, SquishfileError, field_path
 from reconciler.squishfile import Squishfile, load_squishfile
+from reconciler.squishfile.networks import runtime_network_name
 from runtime.api.spec import (
     BindMount,
     ContainerSpec,
+    NetworkAttachment,
     PortMapping,
     RootfsRef,
     SdkLayer,
@@ -118,8 +120,8 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
         ("httpd",),
         "/",
     )
-    assert (spec.network, spec.stop_timeout, spec.env, spec.ports) == ("slirp4netns", 10.0, {}, ())
-    assert spec.networks == ()
+    assert (spec.network, spec.stop_timeout, spec.env, spec.ports) == ("bridge", 10.0, {}, ())
+    assert spec.networks == (NetworkAttachment(network=runtime_network_name(tmp_path, "default")),)
     assert (spec.sdks, spec.binds) == ((), ())
 
 

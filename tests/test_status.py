@@ -347,10 +347,11 @@ async def test_the_loop_console_says_a_rejected_file_once_and_when_it_is_fixed(
     for _ in range(2):
         on_pass(await loop.reconcile("resync"))
     lines = screen.getvalue().splitlines()
-    assert lines[0] == "create web: new in web.toml"
+    assert lines[0].startswith("ensure-network sq-desired-")  # the folder's network first
+    assert lines[1] == "create web: new in web.toml"
     (rejected,) = [line for line in lines if line.startswith("InvalidSpec web: ")][:-1]
     assert f"InvalidSpec web: {folder / 'web.toml'}:7: bogus" in rejected
-    assert lines[1:] == [rejected, "InvalidSpec web: cleared"]
+    assert lines[2:] == [rejected, "InvalidSpec web: cleared"]
 
 
 @pytest.mark.anyio
@@ -428,7 +429,7 @@ def test_the_console_says_a_full_disk_once_while_its_free_space_moves() -> None:
 
 
 def web_and_db(folder: Path) -> None:
-    (folder / "web.toml").write_text('networks = ["default"]\n' + APP)
+    (folder / "web.toml").write_text(APP)
     (folder / "db.toml").write_text('networks = ["default", "back"]\n' + APP)
     (folder / "back.network.toml").write_text('subnet = "10.89.40.0/24"\ninternal = true\n')
     (folder / "spare.network.toml").write_text("dns = false\n")

@@ -1,8 +1,7 @@
 """Networks in squishfiles: the default, the names, and the ``NAME.network.toml`` file.
 
-A container keeps a slirp4netns of its own unless it names networks
-(:data:`DEFAULT_NETWORK`); ``networks = [...]`` joins named networks (``"default"`` is the
-folder's). The names users write are short and
+A container joins its folder's network unless it says otherwise (:data:`DEFAULT_NETWORK`);
+``networks = [...]`` joins named networks instead. The names users write are short and
 local to their folder; the runtime sees each one prefixed with the folder's own prefix
 (:func:`network_prefix`), so two folders' ``backend`` never meet. The folder's network is
 the one named :data:`FOLDER_NETWORK`.
@@ -40,11 +39,10 @@ __all__ = (
     "runtime_network_name",
 )
 
-DEFAULT_NETWORK: Literal["folder", "isolated"] = "isolated"
+DEFAULT_NETWORK: Literal["folder", "isolated"] = "folder"
 """What a container without ``network`` joins: its folder's network (``"folder"``: the
 containers of one folder find each other by name), or a slirp4netns of its own
-(``"isolated"``, as ``network = "isolated"`` says). Isolated for now: bridge containers
-do not yet pass every start-first and heal test that isolated ones pass."""
+(``"isolated"``, as ``network = "isolated"`` says)."""
 
 FOLDER_NETWORK = "default"
 """The name of the folder's network in ``networks = [...]`` and in network files."""
