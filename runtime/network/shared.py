@@ -106,7 +106,7 @@ def call(
     when it does not answer or fails."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(bridge_dir(state) / "ctl.sock"))
+        jsonsock.connect(sock, bridge_dir(state) / "ctl.sock", timeout)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         sock.sendmsg([json.dumps({"op": op, **args}).encode()], rights)
         sock.shutdown(socket.SHUT_WR)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ("EmptyMessage", "decode_object", "exchange", "read_to_eof")
+__all__ = ("EmptyMessage", "connect", "decode_object", "exchange", "read_to_eof")
 
 
 class EmptyMessage(ValueError):
@@ -46,11 +47,30 @@ def decode_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def connect(sock: socket.socket, path: str | Path, timeout: float) -> None:
+    """Connect ``sock`` (a unix stream socket with a timeout) to ``path``, waiting up to
+    ``timeout`` seconds while the listener's backlog is full. A unix socket with a
+    timeout is non-blocking underneath, and its ``connect`` fails at once with EAGAIN
+    then, where a blocking one would wait its turn (slirp4netns' API socket has a short
+    backlog: twenty containers starting at once overflowed it)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() + pause > deadline:
+                raise TimeoutError(f"{path}: its listener's backlog stayed full") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+
 def exchange(path: Path, request: dict[str, Any], *, timeout: float, limit: int) -> dict[str, Any]:
     """Send ``request`` to the socket at ``path`` and return the answer (see the module)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(path))
+        connect(sock, path, timeout)
         sock.sendall(json.dumps(request).encode())
         sock.shutdown(socket.SHUT_WR)
         raw = read_to_eof(sock, limit)
