@@ -125,6 +125,9 @@ def test_a_container_on_two_networks_reaches_both(nets: LinuxRuntime, site: Path
     assert set(both.addresses) == {"front", "back"}
     assert fetch(nets, "t2", front.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "t2", back.addresses["back"]) == "hello over the bridge"
+    assert fetch(nets, "t2", "tb") == "hello over the bridge"  # asks front's gateway
+    assert fetch(nets, "t2", "tf") == "hello over the bridge"
+    assert fetch(nets, "tb", "tf") == "unreachable"  # not a name on its network
 
 
 def test_a_forward_to_a_bridge_container_answers_and_moves_live(
@@ -225,6 +228,25 @@ def test_a_running_container_connects_and_disconnects_live(nets: LinuxRuntime, s
         "back": ["lb"],
         "front": ["lc"],
     }
+
+
+def test_leaving_the_first_network_live_moves_dns_and_hosts_to_the_next(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    """Its resolv.conf named the gateway of a network it had left: no name answered."""
+    nets.run(web("db", site, "back"))
+    nets.run(web("fe", site, "front", "back"))
+    serving(nets, "db", "fe")
+    assert fetch(nets, "fe", "db") == "hello over the bridge"
+    left = nets.disconnect("fe", "front")
+    gateway = {n.name: n.gateway for n in nets.list_networks()}["back"]
+    etc = nets.exec_command("fe", ("cat", "/etc/resolv.conf", "/etc/hosts")).output
+    assert f"nameserver {gateway}" in etc.splitlines()
+    assert f"{left.addresses['back']}\tfe" in etc.splitlines()
+    assert fetch(nets, "fe", "db") == "hello over the bridge"
+    joined = nets.connect("fe", NetworkAttachment(network="front"))
+    assert joined.pid == left.pid
+    assert f"nameserver {gateway}" in nets.exec_command("fe", ("cat", "/etc/resolv.conf")).output
 
 
 def test_addresses_are_never_handed_out_twice_across_a_holder_restart(

@@ -253,6 +253,30 @@ def test_a_name_of_another_network_is_not_answered(start: Start) -> None:
     assert addresses(running.ask("cache", at=NET2)) == ["10.89.1.5"]
 
 
+def test_an_asker_on_two_networks_finds_the_names_of_both_and_no_one_else_does(
+    start: Start,
+) -> None:
+    """A container on two networks asks its first network's gateway (its resolv.conf)."""
+    both, alone = "127.0.0.77", "127.0.0.78"
+    first = server(NET1, NAMES1) | {"peers": {both: [NET2]}}
+    running = start(records(first, server(NET2, NAMES2)))
+    query_ = query("cache")
+    for source, found in ((both, ["10.89.1.5"]), (alone, None)):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(ASK_TIMEOUT)
+            sock.bind((source, 0))
+            sock.sendto(query_.to_wire(), (NET1, running.port))
+            answer = dns.message.from_wire(sock.recv(65535))
+        assert (addresses(answer) or None) == found
+        assert answer.rcode() == (dns.rcode.NOERROR if found else dns.rcode.NXDOMAIN)
+    with socket.create_connection((NET1, running.port), ASK_TIMEOUT, (both, 0)) as sock:
+        wire = query_.to_wire()
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        (size,) = struct.unpack("!H", read_exactly(sock, 2))
+        assert addresses(dns.message.from_wire(read_exactly(sock, size))) == ["10.89.1.5"]
+    assert addresses(running.ask("web")) == ["10.89.0.5"]  # its own names first, as before
+
+
 def test_an_unknown_name_without_upstream_is_nxdomain(start: Start) -> None:
     answer = start(TWO_NETWORKS).ask("example.org")
     assert (answer.rcode(), answer.answer) == (dns.rcode.NXDOMAIN, [])
@@ -382,6 +406,15 @@ def test_malformed_and_odd_queries_do_not_stop_it(start: Start) -> None:
 
 
 # --- the process ------------------------------------------------------------------------
+
+
+def test_sighup_has_the_records_checked_and_ends_nothing(start: Start) -> None:
+    running = start(records(server(NET1, NAMES1)))
+    running.write(TWO_NETWORKS)
+    running.process.send_signal(signal.SIGHUP)
+    wait_listening(running.port, NET2)
+    assert addresses(running.ask("cache", at=NET2)) == ["10.89.1.5"]
+    assert running.process.poll() is None
 
 
 def test_sigterm_ends_it(start: Start) -> None:

@@ -46,7 +46,8 @@ def etc_contents(spec: ContainerSpec, state: Path | None = None) -> dict[str, st
 def etc_mounts(spec: ContainerSpec, cdir: Path) -> list[MountPoint]:
     """Write the container's /etc/{resolv.conf,hosts,hostname} into ``cdir``/etc and
     return their mounts. Each file is replaced, never rewritten in place: a running
-    container keeps what it was started with until its next start."""
+    container keeps what it was started with until its next start (but see
+    :func:`etc_rewrite`)."""
     etc = cdir / "etc"
     etc.mkdir(mode=0o700, exist_ok=True)
     real = os.path.realpath(etc)
@@ -55,6 +56,21 @@ def etc_mounts(spec: ContainerSpec, cdir: Path) -> list[MountPoint]:
         write_atomic(etc / name, content.encode(), mode=0o644, sync=False)
         mounts.append(MountPoint(source=f"{real}/{name}", target=f"/etc/{name}", is_dir=False))
     return mounts
+
+
+def etc_rewrite(spec: ContainerSpec, cdir: Path) -> None:
+    """For a running container whose networks changed: its /etc files rewritten in the
+    very files its mounts show (the inodes; a replaced file would go unseen), as Docker
+    rewrites /etc/hosts on a network connect. Its resolv.conf then names the gateway of
+    the network it is on now."""
+    for name, content in etc_contents(spec, cdir.parent.parent).items():
+        data = content.encode()
+        fd = os.open(cdir / "etc" / name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, data, 0)  # the new bytes first, then the old tail cut
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
 
 def _opened_kind(name: str, mount_point: MountPoint) -> bool:

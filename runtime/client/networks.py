@@ -126,15 +126,18 @@ class NetworkOps(RunningOps):
 
     def _rewired(self, cdir: Path, spec: ContainerSpec) -> ContainerInfo:
         """Record ``spec`` with its networks changed; its /etc files and launch request
-        follow, for its next start."""
+        follow (rewritten under a running container's feet, for a stopped one's next
+        start)."""
         self._write_spec(cdir, spec)
-        binds.etc_mounts(spec, cdir)  # the files, replaced; their mounts stay the same
         request = self._launch_request(cdir)
         updated = dataclasses.replace(request, network=spec.network)
         write_json_atomic(cdir / "launch.json", updated.to_json())
         info = self._info(cdir)
         if info.state is ContainerState.RUNNING and info.pid is not None:
             self._rewire(cdir, spec, info.pid)
+            binds.etc_rewrite(spec, cdir)  # once its interfaces are there
+        else:
+            binds.etc_mounts(spec, cdir)  # the files, replaced; their mounts stay the same
         bridge.sync_if_running(self.state)
         return self._info(cdir)
 

@@ -8,7 +8,9 @@ the keeper's requests over a socket pair, one at a time, until the keeper goes:
   network has deleted), and the nftables ruleset loaded;
 - ``plug``: a container's veth pairs, made with their inside end directly in the
   container's namespace (sent along as a descriptor), the pairs of networks it left
-  deleted, and its side configured (:mod:`runtime.network.inside`).
+  deleted, and its side configured (:mod:`runtime.network.inside`);
+- ``listening``: wait (a few seconds at most) until each of ``addresses`` accepts TCP
+  on ``port``: the DNS responder took up a new network.
 
 Each request is one framed JSON object (a 4-byte length, then the object) and gets one
 back: ``{"ok": true}`` or ``{"error": "..."}``. Living in the namespace is what makes a
@@ -23,6 +25,7 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -131,6 +134,7 @@ def _run(sock: socket.socket) -> NoReturn:
     handlers: dict[str, Callable[[IPRoute, dict[str, Any], list[int]], None]] = {
         "links": _links,
         "plug": _plug,
+        "listening": _listening,
     }
     while True:
         try:
@@ -162,6 +166,21 @@ def _links(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
         if name.startswith("sqb") and name not in wanted:
             netlink.delete_link(ipr, name)
     nft.apply(str(request["ruleset"]))
+
+
+LISTEN_TRIES = 3000
+"""About three seconds of tries, a millisecond apart, for each address."""
+
+
+def _listening(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
+    """Return once every address accepts TCP on the port, or after the tries ran out
+    (the responder may be down: a keeper restarts it, and then it reads every address)."""
+    for address in request["addresses"]:
+        for _ in range(LISTEN_TRIES):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                if probe.connect_ex((str(address), int(request["port"]))) == 0:
+                    break
+            time.sleep(0.001)
 
 
 def _off(switch: Path) -> None:

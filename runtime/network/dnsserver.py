@@ -5,20 +5,28 @@ network namespace it serves. RECORDS.json (written atomically by the runtime)::
 
     {"version": 1,
      "servers": [{"listen": "10.89.0.1", "upstream": ["10.0.2.3"],
-                  "names": {"web": ["10.89.0.5"], "db": ["10.89.0.6"]}}]}
+                  "names": {"web": ["10.89.0.5"], "db": ["10.89.0.6"]},
+                  "peers": {"10.89.0.5": ["10.89.1.1"]}},
+                 {"listen": "10.89.1.1", "upstream": ["10.0.2.3"],
+                  "names": {"web": ["10.89.1.7"], "cache": ["10.89.1.8"]}}]}
 
 Each ``listen`` address gets one UDP and one TCP socket on port 53. A query for one of
 that server's ``names`` (any case; with or without the final dot; also ``NAME.dns.squish``)
-is answered with its A records (TTL 0); AAAA and other types for a known name get an
+is answered with its A records (TTL 0); so is a query for a name of another server that
+``peers`` lists for the asking address (a container on several networks asks the
+gateway of its first one, and finds the containers of every network it is on, as
+Docker's and podman's resolvers answer); AAAA and other types for a known name get an
 empty NOERROR. Any other name is forwarded over UDP to the ``upstream`` addresses in
 turn (2 s each; SERVFAIL when none answers), or answered NXDOMAIN when there is no
 upstream (internal networks). An upstream may carry a port (``"127.0.0.9:5353"``).
 
 The file is checked (inode, mtime, size) before each query is answered, so an update is
 answered by the very next query, and a few times a second besides, so a new ``listen``
-address gets its sockets without waiting for a query. A file that cannot be read or
-parsed leaves the last good records in place. Sockets bind with ``IP_FREEBIND``: an
-address may be listed before the bridge that carries it has it.
+address gets its sockets without waiting for a query; SIGHUP has it checked at once (the
+keeper sends it when a network is added, and waits for the new sockets; it starts the
+responder with SIGHUP ignored, so one sent before the handler is set does no harm). A
+file that cannot be read or parsed leaves the last good records in place. Sockets bind
+with ``IP_FREEBIND``: an address may be listed before the bridge that carries it has it.
 
 One thread, one selector: a forwarded query waits on its own socket with its own
 deadline, so a silent upstream never holds up other queries; forwards in flight and TCP
@@ -111,6 +119,8 @@ class Server:
     listen: str
     upstream: tuple[tuple[str, int], ...]
     names: Mapping[str, tuple[str, ...]]
+    peers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Asking address -> the ``listen`` addresses whose names it also finds here."""
 
 
 def _upstream(text: str) -> tuple[str, int]:
@@ -148,7 +158,17 @@ def _server(raw: object) -> Server:
         listen=str(ipaddress.ip_address(str(raw.get("listen")))),
         upstream=tuple(_upstream(str(entry)) for entry in upstream),
         names=_names(raw.get("names", {})),
+        peers=_peers(raw.get("peers", {})),
     )
+
+
+def _peers(raw: object) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+        raise ValueError("peers must be an object of address -> [listen address, ...]")
+    return {
+        str(ipaddress.IPv4Address(asker)): tuple(str(ipaddress.ip_address(a)) for a in others)
+        for asker, others in raw.items()
+    }
 
 
 def parse_records(data: object) -> dict[str, Server]:
@@ -218,10 +238,14 @@ def _response(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message
     return response
 
 
-def local_answer(server: Server, query: dns.message.Message) -> dns.message.Message | None:
-    """The answer ``server`` gives from its own names; None when it must be forwarded."""
+def local_answer(
+    server: Server, query: dns.message.Message, also: tuple[Server, ...] = ()
+) -> dns.message.Message | None:
+    """The answer ``server`` gives from its own names, then those of ``also`` (the other
+    networks of the asker); None when it must be forwarded."""
     question = query.question[0]
-    addresses = server.names.get(_lookup_key(question.name))
+    key = _lookup_key(question.name)
+    addresses = next((s.names[key] for s in (server, *also) if key in s.names), None)
     if addresses is None:
         return _response(query, dns.rcode.NXDOMAIN) if not server.upstream else None
     response = _response(query, dns.rcode.NOERROR)
@@ -275,6 +299,7 @@ class Connection:
 
     sock: socket.socket
     listen: str
+    asker: str
     inbox: bytearray = field(default_factory=bytearray)
     outbox: bytearray = field(default_factory=bytearray)
     active: float = 0.0
@@ -341,6 +366,10 @@ class Responder:
 
     def stop(self) -> None:
         self.stopping = True
+
+    def recheck(self) -> None:
+        """Check the records file when the loop next turns (a signal woke it)."""
+        self._next_check = 0.0
 
     def close(self) -> None:
         """Close every socket this responder opened."""
@@ -430,10 +459,11 @@ class Responder:
             with contextlib.suppress(OSError):  # the client or our address is gone
                 sock.sendto(answer, peer)
 
-        self.query(listen, wire, reply, udp=True)
+        self.query(listen, wire, reply, udp=True, asker=str(peer[0]))
 
-    def query(self, listen: str, wire: bytes, reply: Reply, *, udp: bool) -> None:
-        """Answer one query that came to ``listen``: from the names, or by forwarding."""
+    def query(self, listen: str, wire: bytes, reply: Reply, *, udp: bool, asker: str = "") -> None:
+        """Answer one query that came to ``listen`` from ``asker``: from the names, or by
+        forwarding."""
         self.refresh()
         server = self.servers.get(listen)
         try:
@@ -443,7 +473,8 @@ class Responder:
         if server is None or query.flags & dns.flags.QR:
             return
         limit = max(512, query.payload) if udp else 65535
-        answer = _malformed(query) or local_answer(server, query)
+        also = tuple(self.servers[a] for a in server.peers.get(asker, ()) if a in self.servers)
+        answer = _malformed(query) or local_answer(server, query, also)
         if answer is not None:
             reply(_wire(answer, limit))
         else:
@@ -491,14 +522,14 @@ class Responder:
 
     def _accept(self, listener: socket.socket, listen: str) -> None:
         try:
-            sock, _peer = listener.accept()
+            sock, peer = listener.accept()
         except OSError:
             return
         if len(self.connections) >= MAX_TCP:
             sock.close()
             return
         sock.setblocking(False)
-        conn = Connection(sock, listen, active=time.monotonic())
+        conn = Connection(sock, listen, str(peer[0]), active=time.monotonic())
         self.connections[sock] = conn
         self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._tcp(conn, mask))
 
@@ -528,7 +559,8 @@ class Responder:
                 break
             wire = bytes(conn.inbox[2 : 2 + size])
             del conn.inbox[: 2 + size]
-            self.query(conn.listen, wire, lambda answer: self._tcp_send(conn, answer), udp=False)
+            send = lambda answer: self._tcp_send(conn, answer)  # noqa: E731
+            self.query(conn.listen, wire, send, udp=False, asker=conn.asker)
 
     def _tcp_send(self, conn: Connection, answer: bytes) -> None:
         if conn.sock not in self.connections:
@@ -576,11 +608,13 @@ def _drain(fd: int) -> None:
 
 
 def _stop_on_signals(responder: Responder) -> None:
-    """SIGTERM and SIGINT stop the loop; a wakeup pipe makes the selector return."""
+    """SIGTERM and SIGINT stop the loop, SIGHUP has the records checked; a wakeup pipe
+    makes the selector return."""
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: responder.stop())
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: responder.recheck())
     responder.watch(wake_read, lambda _mask: _drain(wake_read))
 
 

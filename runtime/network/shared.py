@@ -252,17 +252,22 @@ def _exists(state: Path, container: str) -> bool:
 
 def _records(networks: dict[str, NetworkRecord], state: Path) -> dict[str, Any]:
     """The DNS responder's records: each network with dns on, its containers' names and
-    aliases (from their specs)."""
+    aliases (from their specs), and for each container also on other such networks,
+    their gateways (``peers``: it finds their containers' names too)."""
     servers = []
-    for record in networks.values():
-        if not record.dns:
-            continue
+    served = [record for record in networks.values() if record.dns]
+    for record in served:
         names: dict[str, list[str]] = {}
+        peers: dict[str, list[str]] = {}
         for container, address in record.leases.items():
             for name in (container, *_aliases(state, container, record.name)):
                 names.setdefault(name.lower(), []).append(address)
+            others = [o.gateway for o in served if o is not record and container in o.leases]
+            if others:
+                peers[address] = others
         upstream = [] if record.internal else [slirp.DNS_ADDR]
-        servers.append({"listen": record.gateway, "upstream": upstream, "names": names})
+        server = {"listen": record.gateway, "upstream": upstream, "names": names, "peers": peers}
+        servers.append(server)
     return {"version": 1, "servers": servers}
 
 
@@ -290,6 +295,8 @@ class _Supervisor:
     """The last ``links`` request the agent carried out."""
     records: dict[str, Any] | None = None
     """The DNS records last written."""
+    listening: set[str] = field(default_factory=set)
+    """The addresses the DNS responder was seen to listen on."""
 
     def run(self, ready_w: int) -> NoReturn:
         try:
@@ -301,6 +308,7 @@ class _Supervisor:
             self._start_slirp()
             self.sync()
             self._start_dns()
+            self._await_dns()
             ctl = self._listen()
             self._record()
             os.write(ready_w, b"1")
@@ -336,6 +344,7 @@ class _Supervisor:
 
         def enter() -> None:
             sc.setns(ns_fd, sc.CLONE_NEWNET)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its handler is set
 
         with open(self.bdir / "dns.log", "ab") as log:
             proc = subprocess.Popen(
@@ -388,7 +397,19 @@ class _Supervisor:
         if dns != self.records:
             write_json_atomic(self.bdir / "dns.json", dns)
             self.records = dns
+            self._await_dns()
         return networks
+
+    def _await_dns(self) -> None:
+        """Once the responder listens on every network's gateway, so that a container
+        started right after its network was made never has its first query refused."""
+        listen = {str(server["listen"]) for server in (self.records or {}).get("servers", [])}
+        new, self.listening = listen - self.listening, listen & self.listening
+        if not new or self.dns is None:
+            return
+        self.dns.send(signal.SIGHUP)
+        self._agent().call("listening", (), addresses=sorted(new), port=53)
+        self.listening |= new
 
     def _agent(self) -> agent_process.Agent:
         assert self.agent is not None
@@ -417,6 +438,8 @@ class _Supervisor:
             self._start_slirp()
         else:
             self._start_dns()
+            self.listening = set()  # a new responder: wait for each address again
+            self._await_dns()
         self._record()
 
     def _answer(self, ctl: socket.socket) -> None:
