@@ -1,16 +1,20 @@
 """Bridge networks benchmark: what joining a network costs, and what it carries.
 
 (a) create + start + first answer of a busybox httpd container, on a bridge network vs an
-isolated one (its own slirp4netns) vs none; "answers" is ``probe_tcp`` (a connect from
-inside the container's network namespace), the same check for every mode. A bridge
+isolated one (its own slirp4netns) vs none, the three taking turns, each left running
+until all are timed; "answers" is ``probe_tcp`` (a connect from inside the container's
+network namespace), the same check for every mode. A bridge
 container stays on the network throughout, so the shared namespace is up before timing.
 (b) a 256 MiB HTTP fetch from one bridge container by ``nc`` in another, vs the same
 fetch on the host's loopback (busybox httpd and nc), in the same run.
 (c) DNS answer latency inside a container: N ``nslookup`` of a container's name against
 its network's gateway in one exec, minus the same loop running ``/bin/true``.
+(d) ``--many`` busybox httpd containers on one network, started one after another: how
+long that takes, then one of them fetches a page from every other by name (``nc NAME
+80`` in one exec) and the number that answered is printed.
 Not a test: numbers go to docs/benchmarks.md by hand.
 
-    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200]
+    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200] [--many 100]
 """
 
 from __future__ import annotations
@@ -65,16 +69,22 @@ def answering(rt: LinuxRuntime, name: str) -> None:
     raise RuntimeError(f"{name}'s httpd never listened")
 
 
-def start_samples(rt: LinuxRuntime, site: Path, mode: str, runs: int) -> list[float]:
-    """ms from create to the first accepted connection; the first run is a warm-up."""
-    samples = []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        rt.run(httpd("j", site, mode))
-        answering(rt, "j")
-        samples.append((time.perf_counter() - start) * 1000)
-        rt.remove("j", force=True)
-    return samples[1:]
+def start_samples(rt: LinuxRuntime, site: Path, runs: int) -> dict[str, list[float]]:
+    """ms from create to the first accepted connection, per mode, the modes taking turns
+    (so that no mode gets the machine in another state than the others); the first
+    round is a warm-up."""
+    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for run in range(runs + 1):
+        for mode in MODES:
+            name = f"j-{mode}-{run}"
+            start = time.perf_counter()
+            rt.run(httpd(name, site, mode))
+            answering(rt, name)
+            samples[mode].append((time.perf_counter() - start) * 1000)
+    for run in range(runs + 1):  # only now: a namespace's teardown in the kernel would
+        for mode in MODES:  # slow down whichever start comes next
+            rt.remove(f"j-{mode}-{run}", force=True)
+    return {mode: taken[1:] for mode, taken in samples.items()}
 
 
 def seconds(body: Callable[[], object]) -> float:
@@ -142,6 +152,29 @@ def report_throughput(inside: list[float], host: list[float]) -> None:
     print(f"ratio: {rate_in / rate_host:.2f}x")
 
 
+def many_by_name(rt: LinuxRuntime, site: Path, count: int) -> tuple[float, int]:
+    """Seconds to start ``count`` bridge containers, and how many answered by name."""
+    names = [f"m{i:03d}" for i in range(count)]
+    started = seconds(lambda: [rt.run(httpd(name, site, "bridge")) for name in names])
+    for name in names:
+        answering(rt, name)
+    request = r"printf 'GET /page HTTP/1.0\r\n\r\n'"
+    script = " ".join(
+        f"{request} | nc -w 2 {name} 80 | tail -n 1 | grep -q '^hello$' && echo ok;"
+        for name in names[1:]
+    )
+    output = rt.exec_command(names[0], ("/bin/sh", "-c", script), timeout=600).output
+    for name in names:
+        rt.remove(name, force=True)
+    return started, output.split().count("ok")
+
+
+def report_many(count: int, started: float, answered: int) -> None:
+    print(f"\n(d) {count} containers on one network: started one by one in {started:.2f} s")
+    print(f"    ({started * 1000 / count:.1f} ms each); {answered} of {count - 1} others")
+    print("    answered the first one by name")
+
+
 def report_dns(lookups: int, dns: float, noop: float) -> None:
     print(f"\n(c) {lookups} nslookup in one exec: {dns * 1000 / lookups:.3f} ms each raw,")
     print(f"    {noop * 1000 / lookups:.3f} ms each for the /bin/true loop,")
@@ -153,6 +186,7 @@ def main() -> None:
     parser.add_argument("-n", "--runs", type=int, default=20)
     parser.add_argument("--fetches", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=200)
+    parser.add_argument("--many", type=int, default=100)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="squish-nbench-"))
     state = Path("/dev/shm") / f"sqn-{secrets.token_hex(4)}"
@@ -161,11 +195,12 @@ def main() -> None:
     site.mkdir()
     with (site / "f").open("wb") as f:
         f.truncate(SIZE)
+    (site / "page").write_text("hello\n")
     try:
         server = rt.run(httpd("srv", site, "bridge"))
         rt.run(httpd("cli", site, "bridge"))
         answering(rt, "srv")
-        starts = {mode: start_samples(rt, site, mode, args.runs) for mode in MODES}
+        starts = start_samples(rt, site, args.runs)
         address = server.addresses[NETWORK]
         script = f"{REQUEST} | nc {address} 80"
         received(rt.exec_command("cli", ("/bin/sh", "-c", f"{script} | wc -c")).output)
@@ -175,6 +210,7 @@ def main() -> None:
         gateway = {n.name: n for n in rt.list_networks()}[NETWORK].gateway
         dns = seconds(in_container(rt, "cli", loop(args.lookups, f"nslookup srv {gateway}")))
         noop = seconds(in_container(rt, "cli", loop(args.lookups, "/bin/true")))
+        started, answered = many_by_name(rt, site, args.many)
     finally:
         for info in rt.list():
             rt.remove(info.name, force=True)
@@ -186,6 +222,7 @@ def main() -> None:
     report_starts(starts)
     report_throughput(inside, host)
     report_dns(args.lookups, dns, noop)
+    report_many(args.many, started, answered)
 
 
 if __name__ == "__main__":
