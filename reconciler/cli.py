@@ -232,7 +232,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _out.print("no changes: the containers match the folder")
         return 0
     _print_plan(todo)
-    if any(c.kind is not ConditionKind.BACK_OFF for c in todo.conditions):  # waiting is fine
+    waiting = (ConditionKind.BACK_OFF, ConditionKind.PORT_SWAP)  # waiting is fine
+    if any(c.kind not in waiting for c in todo.conditions):
         return 1
     return 2 if todo.actions else 0
 

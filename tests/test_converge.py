@@ -946,6 +946,39 @@ async def test_planned_swap_handover_and_recreate_converge_in_one_pass(
     }
 
 
+def start_first_squishfile(folder: Path, name: str, host: int, env: str) -> None:
+    squishfile(folder, name, host=host, env=env)
+    with (folder / f"{name}.toml").open("a") as file:
+        file.write('[update]\nstrategy = "start-first"\n')
+
+
+@pytest.mark.anyio
+async def test_start_first_recreates_that_swap_host_ports_converge_in_two_passes(
+    tmp_path: Path, fake: FakeRuntime, converger: Converger, clock: FakeClock
+) -> None:
+    """Each replacement waited for a port the other's old container kept until its own
+    hand-over: both failed with PortInUse, pass after pass, forever."""
+    plan_now = planning(tmp_path, fake, converger, clock)
+    start_first_squishfile(tmp_path, "a", 18080, "1")
+    start_first_squishfile(tmp_path, "b", 18081, "1")
+    assert all(o.ok for o in await converger.apply(plan_now()))
+    start_first_squishfile(tmp_path, "a", 18081, "2")
+    start_first_squishfile(tmp_path, "b", 18080, "2")
+
+    first = plan_now()
+    assert [(a.kind.value, a.name, a.moves) for a in first.actions] == [
+        ("recreate", "a", (("b", port(18081)),))
+    ]
+    assert [(c.name, c.kind.value) for c in first.conditions] == [("b", "PortSwap")]
+    assert all(o.ok for o in await converger.apply(first))
+    second = plan_now()
+    assert [(a.kind.value, a.name) for a in second.actions] == [("recreate", "b")]
+    assert all(o.ok for o in await converger.apply(second))
+    assert plan_now().actions == ()
+    live = {i.name: (i.ports, i.spec.env) for i in fake.list()}
+    assert live == {"a": ((port(18081),), {"V": "2"}), "b": ((port(18080),), {"V": "2"})}
+
+
 # -- make before break: a take that fails costs no forward ------------------------------------
 
 PUT_BACK = "put back: what was to take its host port did not get it"

@@ -39,7 +39,7 @@ from reconciler.desired.types import (
     replacement_name,
     retired_name,
 )
-from reconciler.planning.actions import PHASES
+from reconciler.planning.actions import PHASES, starts_first
 from reconciler.planning.conflicts import overlaps
 from reconciler.planning.networks import joins
 from reconciler.planning.plan import Action, ActionKind, Plan, takes
@@ -290,7 +290,7 @@ class Converger:
             self._ledger.taken += takes(action)
 
     async def _call(self, action: Action, phase: int) -> None:
-        if not _starts_first(action):
+        if not starts_first(action):
             await self._blocking(self._act, action, phase)
         elif phase == 1:  # in phase 0 the old container keeps serving
             await self._replace_start_first(action)
@@ -554,14 +554,3 @@ class Converger:
             track.seen_finish = -math.inf  # its next exit counts, even with the same time
         if action.kind in (ActionKind.DESTROY, ActionKind.REMOVE_NETWORK):
             self._tracks.pop(action.name, None)
-
-
-def _starts_first(action: Action) -> bool:
-    """A recreate whose replacement starts before the old container stops (when the
-    replacement's name fits; else it is replaced stop-first)."""
-    return (
-        action.kind is ActionKind.RECREATE
-        and action.desired is not None
-        and action.desired.update == "start-first"
-        and len(replacement_name(action.name)) <= 63
-    )

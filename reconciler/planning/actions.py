@@ -9,10 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from reconciler.desired.types import DesiredContainer
+from reconciler.desired.types import DesiredContainer, replacement_name
 from runtime.api import NetworkAttachment, NetworkSpec, PortMapping
 
-__all__ = ("PHASE", "PHASES", "Action", "ActionKind", "Condition", "ConditionKind", "Plan")
+__all__ = (
+    "PHASE",
+    "PHASES",
+    "Action",
+    "ActionKind",
+    "Condition",
+    "ConditionKind",
+    "Plan",
+    "starts_first",
+)
 
 
 class ActionKind(StrEnum):
@@ -74,6 +83,9 @@ class ConditionKind(StrEnum):
     """A network's settings changed while containers use it: it is remade once none does."""
     NETWORK_CONFLICT = "NetworkConflict"
     """A network of the name exists with other settings, and this folder did not make it."""
+    PORT_SWAP = "PortSwap"
+    """Its start-first replacement takes a host port another one's takes from it: it goes
+    in the next pass, after the other (one pass cannot hand both over)."""
 
 
 @dataclass(frozen=True)
@@ -130,3 +142,14 @@ class Plan:
 
     def phase(self, number: int) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if PHASE[a.kind] == number)
+
+
+def starts_first(action: Action) -> bool:
+    """A recreate whose replacement starts before the old container stops (when the
+    replacement's name fits; else it is replaced stop-first)."""
+    return (
+        action.kind is ActionKind.RECREATE
+        and action.desired is not None
+        and action.desired.update == "start-first"
+        and len(replacement_name(action.name)) <= 63
+    )

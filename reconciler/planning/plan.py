@@ -77,6 +77,7 @@ from reconciler.planning.actions import (
     Condition,
     ConditionKind,
     Plan,
+    starts_first,
 )
 from reconciler.planning.conflicts import (
     claim_of,
@@ -270,6 +271,7 @@ def plan(
         actions.extend(wanted)
         conditions.extend(blocked)
     actions, conditions = _defer_takes(state, actions, conditions)
+    actions, conditions = _break_swaps(state, actions, conditions)
     actions = _schedule_frees(actions, _waiting(state, conditions))
     held = [name for name in state.hold if state.held(name)]
     networked = plan_networks(desired, networks, actions, by_name, held)
@@ -470,6 +472,48 @@ def _waits(
                 waits[action.name] = Condition(action.name, ConditionKind.BACK_OFF, message)
                 break
     return waits
+
+
+def _break_swaps(
+    state: _Pass, actions: Sequence[Action], conditions: Sequence[Condition]
+) -> tuple[list[Action], list[Condition]]:
+    """Two start-first recreates that take each other's host ports (a swap) cannot both
+    go in one pass: each replacement would wait for a port the other's old container
+    keeps until the other's hand-over, and both fail, pass after pass. The first of the
+    two (by name) takes its ports from the other's running container as moves; the
+    other goes in the next pass, when the first one's old container has freed its."""
+    first = {a.name: a for a in actions if starts_first(a) and a.name in state.ours}
+    needs = {name: _needs(state, action, first) for name, action in first.items()}
+    later: dict[str, Condition] = {}
+    given: dict[str, list[tuple[str, PortMapping]]] = {}
+    for name in sorted(first):
+        for other, ports in sorted(needs[name].items()):
+            if name in later or other in later or name not in needs[other]:
+                continue
+            given.setdefault(name, []).extend((other, port) for port in ports)
+            message = (
+                f"swaps host ports with {name}: waits for {name}'s replacement to take "
+                f"{', '.join(map(str, ports))} from it first (next pass)"
+            )
+            later[other] = Condition(other, ConditionKind.PORT_SWAP, message)
+    out = [a for a in actions if a.name not in later]
+    out = [_create_with_moves(a, given[a.name]) if a.name in given else a for a in out]
+    return out, [*conditions, *later.values()]
+
+
+def _needs(
+    state: _Pass, action: Action, first: Mapping[str, Action]
+) -> dict[str, list[PortMapping]]:
+    """The host ports ``action`` takes that another start-first recreate's old container
+    forwards now and its replacement does not keep, by that container."""
+    found: dict[str, list[PortMapping]] = {}
+    for port in takes(action):
+        for other, recreate in first.items():
+            held = any(overlaps(port, p) for p in state.ours[other].ports)
+            kept = any(overlaps(port, p) for p in takes(recreate))
+            if other != action.name and held and not kept:
+                found.setdefault(other, []).append(port)
+    return found
 
 
 def _waiting(state: _Pass, conditions: Sequence[Condition]) -> list[DesiredContainer]:
