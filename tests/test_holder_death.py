@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.api.spec import ContainerSpec, PortMapping
+from runtime.api.spec import ContainerSpec, NetworkAttachment, PortMapping
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerUnreachable
 from runtime.network import slirp
@@ -24,6 +24,7 @@ from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 from tests.conftest import rootless
 from tests.support import (
+    BUSYBOX,
     free_port,
     free_ports,
     http_get,
@@ -105,6 +106,8 @@ def test_a_leftover_helper_holding_the_port_is_ended_before_the_port_check(
         assert not leftover.alive()
     finally:
         leftover.send(signal.SIGKILL)  # the slirp4netns this test started, if it still runs
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(leftover.pid, 0)  # this process's child: no zombie left behind
     assert http_get(port, "/index.html") == b"served\n"
 
 
@@ -307,3 +310,38 @@ def _converged(
         assert ran.exit_code == 0, name
     live = {i.slirp_pid for i in rt.list() if i.slirp_pid is not None}
     assert set(_helpers(state_path)) == live  # one slirp4netns per running container
+
+
+def test_a_deleted_state_folder_takes_its_holder_keeper_and_containers_along(
+    cache_path: Path,
+) -> None:
+    """A holder (and a network keeper) whose state folder was deleted could never be
+    reached again, nor its containers: they stayed for good."""
+    state = Path("/dev/shm") / f"sqd-{os.getpid()}"
+    state.mkdir(mode=0o700)
+    runtime = LinuxRuntime(state=state, cache=cache_path)
+    try:
+        alone = runtime.run(ContainerSpec(name="d1", rootfs=BUSYBOX, argv=("sleep", "1000")))
+        bridged = runtime.run(
+            ContainerSpec(
+                name="d2",
+                rootfs=BUSYBOX,
+                argv=("sleep", "1000"),
+                network="bridge",
+                networks=(NetworkAttachment(network="n"),),
+            )
+        )
+        holder = runtime.holder.identity()
+        assert holder is not None and alone.pid and bridged.pid
+        keeper = read_json(state / "bridge" / "keeper.json")
+        assert isinstance(keeper, dict)
+        supervisor = ProcessId.from_json(keeper["supervisor"])
+        assert supervisor is not None
+        inits = [ProcessId(i.pid, i.pid_start_time or 0) for i in (alone, bridged) if i.pid]
+    except BaseException:
+        runtime.shutdown()
+        raise
+    subprocess.run(["rm", "-rf", "--", str(state)], check=True)
+    for process in (holder, supervisor, *inits):
+        assert process.wait_gone(60.0), process  # the holders check every 10 s of quiet
+    assert not processes_mentioning(str(state))

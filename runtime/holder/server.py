@@ -67,7 +67,7 @@ from runtime.holder.spare import hand_over, restart_slirp, run_spare
 from runtime.holder.workers import become_child, fork_worker
 from runtime.network import bridge
 from runtime.sandbox import syscalls as sc
-from runtime.util.files import parse_json, write_json_atomic
+from runtime.util.files import Landmark, parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
     ProcessId,
@@ -209,6 +209,16 @@ class _Containers:
                     os.close(fd)
             _drop_exit_pipe(held)
             _kill(held.slirp)
+
+    def kill_all(self) -> None:
+        """SIGKILL every container's init: its own children (not reaped yet, so their
+        pids are still theirs) by pid, those taken over through their pidfd."""
+        for pid, held in self.by_pid.items():
+            with contextlib.suppress(ProcessLookupError):
+                if held.watch is not None:
+                    signal.pidfd_send_signal(held.watch, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
 
     @property
     def watches(self) -> dict[int, int]:
@@ -489,6 +499,11 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             ctrl.close()
 
 
+STATE_CHECK = 10.0
+"""Seconds of quiet after which the holder checks that its state folder is still there:
+a holder whose folder was deleted could never be reached again, nor its containers."""
+
+
 def _reap(spares: _Spares, containers: _Containers) -> None:
     for pid, _ in reap_children():
         spares.reaped(pid)
@@ -509,10 +524,17 @@ def serve(listener: socket.socket, state: Path) -> None:
     except Exception as exc:  # a bug here must not end the holder: a miss tries again
         _log(f"taking over running containers failed: {type(exc).__name__}: {exc}")
     running = True
+    landmark = Landmark(listener.getsockname())
     while running:
         spares.refill()
         watches = containers.watches
-        readable = wait_readable([listener.fileno(), wake_r, *containers.reports, *watches], None)
+        fds = [listener.fileno(), wake_r, *containers.reports, *watches]
+        readable = wait_readable(fds, STATE_CHECK)
+        if not readable and landmark.gone():
+            _log(f"{state} is gone (its socket with it): ending its containers, then itself")
+            containers.kill_all()
+            _reap(spares, containers)
+            return
         if wake_r in readable:
             _drain(wake_r)
             _reap(spares, containers)

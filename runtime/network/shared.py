@@ -46,7 +46,7 @@ from runtime.network import netlink, nft, slirp, wiring
 from runtime.network.addresses import NetworkRecord, open_book
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
-from runtime.util.files import read_json, write_json_atomic
+from runtime.util.files import Landmark, read_json, write_json_atomic
 from runtime.util.processes import ProcessId, close_fds_except, wait_readable
 from runtime.wire import Forward
 
@@ -73,6 +73,9 @@ CONTAINERS = "containers"
 READY_TIMEOUT = 10.0
 KEEPER_LOCK = "keeper.lock"
 DNS_MODULE = "runtime.network.dnsserver"
+STATE_CHECK = 10.0
+"""Seconds of quiet after which the keeper checks that its control socket (and so its
+state folder) is still there; it ends, with what it started, when it is not."""
 FIRST_GUEST_PORT = 20000
 """Host forwards arrive at 10.0.2.100 on ports from here up, one per forward."""
 
@@ -416,11 +419,15 @@ class _Supervisor:
         return self.agent
 
     def _serve(self, ctl: socket.socket) -> NoReturn:
+        landmark = Landmark(ctl.getsockname())
         while True:
             pidfds = {os.pidfd_open(pid): pid for pid in self.children}
-            ready = wait_readable([ctl.fileno(), *pidfds], None)
+            ready = wait_readable([ctl.fileno(), *pidfds], STATE_CHECK)
             for fd in pidfds:
                 os.close(fd)
+            if not ready and landmark.gone():  # its state folder was deleted
+                self._end_all()
+                os._exit(0)
             for fd in ready:
                 if fd == ctl.fileno():
                     self._answer(ctl)

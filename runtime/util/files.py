@@ -68,3 +68,18 @@ def parse_json(raw: bytes) -> Any | None:
         return json.loads(raw)
     except ValueError:
         return None
+
+
+class Landmark:
+    """A file whose disappearance (or replacement) means its owner's state folder is
+    gone: a long-lived process checks it now and then and ends when it does."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.inode = os.stat(self.path).st_ino
+
+    def gone(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self.inode
+        except FileNotFoundError:
+            return True
