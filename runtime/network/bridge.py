@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runtime.errors import SlirpError
 from runtime.network import shared, slirp
-from runtime.network.addresses import open_book, read_networks
+from runtime.network.addresses import leases_of, open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -130,11 +130,12 @@ def wire(
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
     an ended namespace a little later, and one may still be there). The keeper has the
     namespace's agent do the work with the descriptor this sends it."""
-    with open_book(state) as book:
-        for network in joins:
-            if network not in book.networks:
-                book.add_network(network, None)  # removed while the container was stopped
-            book.lease(network, name)  # kept if it has one
+    if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
+        with open_book(state) as book:
+            for network in joins:
+                if network not in book.networks:
+                    book.add_network(network, None)  # removed while the container was stopped
+                book.lease(network, name)  # kept if it has one
     reply = shared.call_started(state, "wire", (container_ns,), name=name, joins=joins, fresh=fresh)
     write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
 

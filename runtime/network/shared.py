@@ -35,7 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -253,7 +253,11 @@ def _exists(state: Path, container: str) -> bool:
     return (state / CONTAINERS / container).is_dir()
 
 
-def _records(networks: dict[str, NetworkRecord], state: Path) -> dict[str, Any]:
+Aliases = Callable[[str, str], list[str]]
+"""(container, network) -> the container's aliases there."""
+
+
+def _records(networks: dict[str, NetworkRecord], aliases: Aliases) -> dict[str, Any]:
     """The DNS responder's records: each network with dns on, its containers' names and
     aliases (from their specs), and for each container also on other such networks,
     their gateways (``peers``: it finds their containers' names too)."""
@@ -263,7 +267,7 @@ def _records(networks: dict[str, NetworkRecord], state: Path) -> dict[str, Any]:
         names: dict[str, list[str]] = {}
         peers: dict[str, list[str]] = {}
         for container, address in record.leases.items():
-            for name in (container, *_aliases(state, container, record.name)):
+            for name in (container, *aliases(container, record.name)):
                 names.setdefault(name.lower(), []).append(address)
             others = [o.gateway for o in served if o is not record and container in o.leases]
             if others:
@@ -274,12 +278,36 @@ def _records(networks: dict[str, NetworkRecord], state: Path) -> dict[str, Any]:
     return {"version": 1, "servers": servers}
 
 
-def _aliases(state: Path, container: str, network: str) -> list[str]:
-    spec = read_json(state / CONTAINERS / container / "spec.json")
+class _AliasBook:
+    """Containers' aliases per network, read from their ``spec.json`` again only when the
+    file changed (inode, mtime, size): a wire reads every container's otherwise, about
+    30 µs each, 3 ms with a hundred containers."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.seen: dict[str, tuple[tuple[int, int, int], dict[str, list[str]]]] = {}
+
+    def __call__(self, container: str, network: str) -> list[str]:
+        path = self.state / CONTAINERS / container / "spec.json"
+        try:
+            stat = path.stat()
+        except OSError:
+            return []
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self.seen.get(container)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, _aliases_in(read_json(path)))
+            self.seen[container] = cached
+        return cached[1].get(network, [])
+
+
+def _aliases_in(spec: object) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
     for attachment in spec.get("networks", []) if isinstance(spec, dict) else []:
-        if attachment.get("network") == network:
-            return [str(alias) for alias in attachment.get("aliases", [])]
-    return []
+        if isinstance(attachment, dict):
+            aliases = [str(alias) for alias in attachment.get("aliases", [])]
+            found[str(attachment.get("network"))] = aliases
+    return found
 
 
 @dataclass
@@ -300,6 +328,7 @@ class _Supervisor:
     """The DNS records last written."""
     listening: set[str] = field(default_factory=set)
     """The addresses the DNS responder was seen to listen on."""
+    aliases: _AliasBook | None = None
 
     def run(self, ready_w: int) -> NoReturn:
         try:
@@ -396,7 +425,9 @@ class _Supervisor:
         if links != self.applied:
             self._agent().call("links", (), **links)
             self.applied = links
-        dns = _records(networks, self.state)
+        if self.aliases is None:
+            self.aliases = _AliasBook(self.state)
+        dns = _records(networks, self.aliases)
         if dns != self.records:
             write_json_atomic(self.bdir / "dns.json", dns)
             self.records = dns
