@@ -40,7 +40,7 @@ from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
-from reconciler.settings import BadSetting, Settings
+from reconciler.settings import BadSetting, Settings, parse_labels
 from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
@@ -70,6 +70,7 @@ _OPTIONS = (
     "parallel",
     "allow_mass_delete",
     "mass_delete_window",
+    "host",
 )
 """Options that override the :class:`Settings` field of the same name."""
 _BACKOFF_OPTIONS = {
@@ -91,6 +92,8 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
         for option, field in _BACKOFF_OPTIONS.items()
         if (value := getattr(args, option, None)) is not None
     }
+    if getattr(args, "label", None):
+        given["labels"] = parse_labels(args.label)
     return dataclasses.replace(
         settings, **given, backoff=dataclasses.replace(settings.backoff, **backoff)
     )
@@ -319,6 +322,8 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
     for skipped in document["skipped"]:
         _out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}")
+    for placed in document["placed_elsewhere"]:
+        _out.print(f"placed elsewhere {escape(placed['file'])}: {escape(placed['reason'])}")
 
 
 def _pairs(named: dict[str, str]) -> str:
@@ -554,6 +559,19 @@ def _timing(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _placement(command: argparse.ArgumentParser) -> None:
+    """Who this host is, for the squishfiles' ``[placement]``."""
+    command.add_argument(
+        "--host", metavar="NAME", help="this host's name for [placement] (default: hostname)"
+    )
+    command.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label of this host for [placement] (repeatable)",
+    )
+
+
 def _output(command: argparse.ArgumentParser, *formats: str) -> None:
     """``-o wide``: on a terminal too, tables show every value whole (off a terminal
     they always do)."""
@@ -581,16 +599,19 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
+    _placement(p)
     _timing(p)
     _tuning(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
+    _placement(p)
     _tuning(p)
     p.set_defaults(func=cmd_apply)
-    folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors").set_defaults(
-        func=cmd_plan
-    )
+    p = folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors")
+    _placement(p)
+    p.set_defaults(func=cmd_plan)
     p = folder_command("status", "desired vs actual per container, and the loop's state")
+    _placement(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     _output(p, "json")
     p.set_defaults(func=cmd_status)
