@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reconciler import fleet
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.prepare import Preparer
@@ -431,6 +433,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(c.problem is not None and c.required for c in checks) else 0
 
 
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    """Each host's containers and revision; exit 1 when a host is behind or unreachable."""
+    report = anyio.run(functools.partial(fleet.gather, args.urls, per_host=args.timeout))
+    if args.json or args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_table(fleet.fleet_table(report), wide=args.output == "wide")
+        for line in report.problems():
+            _err.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+    return 1 if report.problems() else 0
+
+
 # -- container commands -------------------------------------------------------------------
 
 
@@ -618,6 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
     folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
         func=cmd_down
     )
+    p = sub.add_parser("fleet", help="several hosts following one folder")
+    p = p.add_subparsers(dest="fleet_command", required=True).add_parser(
+        "status", help="each host's containers and revision; exit 1 when one is behind"
+    )
+    p.add_argument("urls", nargs="+", metavar="URL", help="http://HOST:PORT or file://PATH")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per host (default 5)")
+    p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    _output(p, "json")
+    p.set_defaults(func=cmd_fleet_status)
     p = sub.add_parser(
         "validate", help="check squishfiles (files, or folders of them); exit 0 when all are valid"
     )
