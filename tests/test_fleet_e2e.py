@@ -9,9 +9,7 @@ moving a file's placement stops it on one and starts it on the other.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import pytest
 
 from runtime.client.linux import LinuxRuntime
-from tests.conftest import rootless
+from tests.conftest import rootless, short_folder
 from tests.support import processes_mentioning
 from tests.test_reconciler_e2e import cli, cli_env, put
 
@@ -42,12 +40,9 @@ args = ["3600"]
 
 @pytest.fixture
 def other_state() -> Iterator[Path]:
-    """The second host's state folder (short: unix socket paths are limited)."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"sqf-{secrets.token_hex(4)}"
-    path.mkdir(mode=0o700)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """The second host's state folder."""
+    with short_folder("sqf") as path:
+        yield path
 
 
 @pytest.fixture
