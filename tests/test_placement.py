@@ -18,6 +18,7 @@ from reconciler.control.loop import Reconciler
 from reconciler.control.status import StatusStore, status_document
 from reconciler.desired.folder import load_desired
 from reconciler.desired.source import FolderSource
+from reconciler.desired.validation import validate_files
 from reconciler.problems import SquishfileError
 from reconciler.settings import BadSetting, Settings, parse_labels
 from reconciler.squishfile import load_squishfile
@@ -252,3 +253,32 @@ def test_validate_accepts_a_file_placed_elsewhere(
     (folder / "db.toml").write_text(placed('hosts = ["nowhere-*"]'))
     assert cli.main(["validate", str(folder)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "conflict"),
+    [
+        ('hosts = ["a"]', 'hosts = ["b"]', False),
+        ('hosts = ["a-1", "a-2"]', 'hosts = ["b-*"]', False),
+        ('labels = { zone = "a" }', 'labels = { zone = "b" }', False),
+        ('hosts = ["a"]', 'hosts = ["a"]', True),
+        ('hosts = ["a-1"]', 'hosts = ["a-*"]', True),
+        ('hosts = ["a-*"]', 'hosts = ["b-*"]', True),  # patterns are assumed to meet
+        ('hosts = ["a"]', 'labels = { zone = "b" }', True),
+        ('labels = { zone = "a" }', 'labels = { disk = "ssd" }', True),
+        ('hosts = ["a"]', None, True),
+    ],
+)
+def test_validate_refuses_a_name_or_port_twice_only_where_both_may_run(
+    folder: Path, first: str, second: str | None, conflict: bool
+) -> None:
+    port = "[[ports]]\ncontainer = 80\nhost = 8080\n"
+    (folder / "one.toml").write_text('name = "web"\n' + placed(first) + port)
+    two = f"{APP}{port}" if second is None else placed(second) + port
+    (folder / "two.toml").write_text('name = "web"\n' + two)
+    (folder / "three.toml").write_text(placed(first) + port)
+    paths = sorted(folder.iterdir())
+    results = {path.name: error for path, error in validate_files(paths)}
+    assert results["one.toml"] is None
+    assert results["three.toml"] is not None  # same placement as one.toml: its port is taken
+    assert (results["two.toml"] is not None) == conflict

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT, as_tuple
 
-__all__ = ("HostIdentity", "PlacementSection")
+__all__ = ("HostIdentity", "PlacementSection", "may_share_a_host")
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,25 @@ class PlacementSection(BaseModel):
             if have != wanted:
                 return f"host {_q(host.name)} has label {key}={_q(have)}, wanted {_q(wanted)}"
         return None
+
+
+def may_share_a_host(a: PlacementSection | None, b: PlacementSection | None) -> bool:
+    """Whether some host could run both files: False only when their placements rule
+    it out for certain (a label wanted with two values; a list of plain host names
+    that the other's patterns match none of). Two patterns are assumed to meet."""
+    if a is None or b is None:
+        return True
+    if any(a.labels[key] != b.labels[key] for key in a.labels.keys() & b.labels.keys()):
+        return False
+    return _names_may_meet(a.hosts, b.hosts) and _names_may_meet(b.hosts, a.hosts)
+
+
+def _names_may_meet(names: tuple[str, ...] | None, patterns: tuple[str, ...] | None) -> bool:
+    """False when ``names`` are all plain names and none matches ``patterns``."""
+    if names is None or patterns is None or any(_is_pattern(n) for n in names):
+        return True
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns)
+
+
+def _is_pattern(value: str) -> bool:
+    return any(c in value for c in "*?[")
