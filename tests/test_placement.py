@@ -196,7 +196,13 @@ async def test_a_file_moved_to_another_host_is_removed_here(folder: Path) -> Non
     await loop.reconcile("start")
     (folder / "web.toml").write_text(placed('hosts = ["web-2"]'))
     result = await loop.reconcile("files changed")
-    assert [(a.kind.value, a.name) for a in result.plan.actions] == [("destroy", "web")]
+    assert [(a.kind.value, a.name, a.reason) for a in result.plan.actions] == [
+        (
+            "destroy",
+            "web",
+            'web.toml is placed elsewhere (host "web-1" matches none of hosts ["web-2"])',
+        )
+    ]
     assert sorted(i.name for i in runtime.list()) == ["api", "cache"]
     desired, actual, todo = loop.dry_run()
     document = status_document(desired, actual, todo, {}, now=clock())
