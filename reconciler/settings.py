@@ -86,7 +86,7 @@ class Settings:
     """The runtime's part: its ``SQUISH_*`` variables."""
     host: str = field(default_factory=socket.gethostname)
     """This host's name, which ``[placement]`` hosts patterns match (``--host``)."""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)  # a dict: unhashable
     """This host's labels, which ``[placement]`` labels must match (``--label k=v``)."""
 
     def __post_init__(self) -> None:

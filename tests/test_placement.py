@@ -288,3 +288,9 @@ def test_validate_refuses_a_name_or_port_twice_only_where_both_may_run(
     assert results["one.toml"] is None
     assert results["three.toml"] is not None  # same placement as one.toml: its port is taken
     assert (results["two.toml"] is not None) == conflict
+
+
+def test_settings_with_labels_stay_hashable() -> None:
+    settings = Settings(host="web-1", labels={"zone": "a"})
+    assert hash(settings) == hash(Settings(host="web-1", labels={"zone": "b"}))
+    assert settings != Settings(host="web-1", labels={"zone": "b"})
