@@ -6,11 +6,11 @@ is exactly ``reconciler status --json``'s document; or ``file:///path/status.jso
 such a document saved. Every host is asked at once, each within its own timeout.
 
 A host's revision is what its source last applied: ``source.applied.commit`` (a git
-source), else the loop's ``last_revision`` (a folder: a digest of its files, the same on
-hosts whose files are the same). The newest revision is the one committed last
-(``source.applied.time``); when no host says when, the one most hosts have. A host is
-*behind* when its revision is not the newest, *unreachable* when its document could not
-be read; either makes the command exit 1.
+source), else the ``last_revision`` of its latest pass, the loop's or ``apply``'s (a
+folder: a digest of its files, the same on hosts whose files are the same). The newest
+revision is the one committed last (``source.applied.time``); when no host says when,
+the one most hosts have. A host is *behind* when its revision is not the newest,
+*unreachable* when its document could not be read; either makes the command exit 1.
 """
 
 from __future__ import annotations
@@ -55,14 +55,19 @@ class HostReport:
         commit = applied.get("commit") if isinstance(applied, dict) else None
         if isinstance(commit, str):
             return commit
-        last = _get(self.document, "loop", "last_revision")
-        return last if isinstance(last, str) else None
+        passes = [
+            record
+            for record in (_get(self.document, "loop"), _get(self.document, "apply"))
+            if isinstance(record, dict) and isinstance(record.get("last_revision"), str)
+        ]
+        latest = max(passes, key=lambda r: _number(r.get("last_pass_at")), default=None)
+        return None if latest is None else str(latest["last_revision"])
 
     @property
     def applied_at(self) -> float | None:
         """When the applied commit was made (seconds since the epoch), if the host says."""
         at = _get(self.document, "source", "applied", "time")
-        return float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None
+        return _number(at) if isinstance(at, int | float) and not isinstance(at, bool) else None
 
     def containers(self) -> list[tuple[str, str]]:
         """(name, phase) of each container the host reports."""
@@ -70,6 +75,10 @@ class HostReport:
         if not isinstance(rows, list):
             return []
         return [(str(r.get("name")), str(r.get("phase"))) for r in rows if isinstance(r, dict)]
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _get(document: object, *keys: str) -> object:

@@ -171,3 +171,16 @@ def test_without_commit_times_the_revision_most_hosts_have_is_the_newest() -> No
     assert report.newest == "files:2"
     assert [report.state(h) for h in report.hosts] == ["behind", "current", "current"]
     assert report.problems() == ["a: behind: at files:1, newest files:2"]
+
+
+def test_a_host_without_a_loop_is_at_its_last_applys_revision() -> None:
+    def host(name: str, loop: str | None, apply: str | None) -> HostReport:
+        records = {
+            "loop": {"last_revision": loop, "last_pass_at": 10.0},
+            "apply": {"last_revision": apply, "last_pass_at": 20.0},
+        }
+        return HostReport(name, {"host": {"name": name}, **records})
+
+    assert host("a", "files:1", "files:2").revision == "files:2"
+    assert host("b", "files:1", None).revision == "files:1"
+    assert host("c", None, None).revision is None

@@ -108,5 +108,18 @@ def test_two_hosts_each_run_only_their_share(
     assert running(other_rt, folder) == [alone_a, alone_b, both]
     assert [p["name"] for p in status(env_a, host_a)["placed_elsewhere"]] == [alone_a, alone_b]
     assert status(env_b, host_b)["placed_elsewhere"] == []
+    saved = []
+    for env, host in ((env_a, host_a), (env_b, host_b)):
+        path = tmp_path / f"{host[1]}.json"
+        path.write_text(json.dumps(status(env, host)))
+        saved.append(path.as_uri())
+    done = cli(env_a, "fleet", "status", "--json", *saved)
+    assert done.returncode == 0, done.stdout + done.stderr  # both applied the same files
+    fleet = json.loads(done.stdout)
+    assert fleet["newest"].startswith("files:")
+    assert {h["host"]: sorted(c["name"] for c in h["containers"]) for h in fleet["hosts"]} == {
+        "host-a1": [both],
+        "host-b1": [alone_a, alone_b, both],
+    }
     for env in (env_a, env_b):
         assert cli(env, "down", str(folder)).returncode == 0

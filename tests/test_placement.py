@@ -8,6 +8,7 @@ of it that runs here is removed. Against the fake runtime; the real one is in
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,6 @@ def test_the_options_set_the_hosts_identity() -> None:
 
 
 def test_without_options_the_host_is_this_machine() -> None:
-    import socket
-
     args = cli.build_parser().parse_args(["status", "d"])
     settings = cli._settings(args)
     assert (settings.host, dict(settings.labels)) == (socket.gethostname(), {})
