@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reconciler import fleet
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.prepare import Preparer
@@ -40,7 +42,7 @@ from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
-from reconciler.settings import BadSetting, Settings
+from reconciler.settings import BadSetting, Settings, parse_labels
 from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
@@ -70,6 +72,7 @@ _OPTIONS = (
     "parallel",
     "allow_mass_delete",
     "mass_delete_window",
+    "host",
 )
 """Options that override the :class:`Settings` field of the same name."""
 _BACKOFF_OPTIONS = {
@@ -91,6 +94,8 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
         for option, field in _BACKOFF_OPTIONS.items()
         if (value := getattr(args, option, None)) is not None
     }
+    if getattr(args, "label", None):
+        given["labels"] = parse_labels(args.label)
     return dataclasses.replace(
         settings, **given, backoff=dataclasses.replace(settings.backoff, **backoff)
     )
@@ -320,6 +325,8 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
         _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
     for skipped in document["skipped"]:
         _out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}")
+    for placed in document["placed_elsewhere"]:
+        _out.print(f"placed elsewhere {escape(placed['file'])}: {escape(placed['reason'])}")
 
 
 def _pairs(named: dict[str, str]) -> str:
@@ -425,6 +432,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         _out.print(f"{mark} {escape(check.what)}: {escape(check.problem)}", soft_wrap=True)
         _out.print(f"  fix: {escape(check.fix)}", soft_wrap=True)
     return 1 if any(c.problem is not None and c.required for c in checks) else 0
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    """Each host's containers and revision; exit 1 when a host is behind or unreachable."""
+    report = anyio.run(functools.partial(fleet.gather, args.urls, per_host=args.timeout))
+    if args.json or args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_table(fleet.fleet_table(report), wide=args.output == "wide")
+        for line in report.problems():
+            _err.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+    return 1 if report.problems() else 0
 
 
 # -- container commands -------------------------------------------------------------------
@@ -555,6 +574,19 @@ def _timing(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _placement(command: argparse.ArgumentParser) -> None:
+    """Who this host is, for the squishfiles' ``[placement]``."""
+    command.add_argument(
+        "--host", metavar="NAME", help="this host's name for [placement] (default: hostname)"
+    )
+    command.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label of this host for [placement] (repeatable)",
+    )
+
+
 def _output(command: argparse.ArgumentParser, *formats: str) -> None:
     """``-o wide``: on a terminal too, tables show every value whole (off a terminal
     they always do)."""
@@ -582,22 +614,34 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
+    _placement(p)
     _timing(p)
     _tuning(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
+    _placement(p)
     _tuning(p)
     p.set_defaults(func=cmd_apply)
-    folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors").set_defaults(
-        func=cmd_plan
-    )
+    p = folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors")
+    _placement(p)
+    p.set_defaults(func=cmd_plan)
     p = folder_command("status", "desired vs actual per container, and the loop's state")
+    _placement(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     _output(p, "json")
     p.set_defaults(func=cmd_status)
     folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
         func=cmd_down
     )
+    p = sub.add_parser("fleet", help="several hosts following one folder")
+    p = p.add_subparsers(dest="fleet_command", required=True).add_parser(
+        "status", help="each host's containers and revision; exit 1 when one is behind"
+    )
+    p.add_argument("urls", nargs="+", metavar="URL", help="http://HOST:PORT or file://PATH")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per host (default 5)")
+    p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    _output(p, "json")
+    p.set_defaults(func=cmd_fleet_status)
     p = sub.add_parser(
         "validate", help="check squishfiles (files, or folders of them); exit 0 when all are valid"
     )

@@ -12,12 +12,13 @@ variables (``SQUISH_STATE_DIR``, ``SQUISH_CGROUP_DRIVER``, ``SQUISH_CGROUP_ROOT`
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from runtime.settings import BadSetting, RuntimeSettings
 
-__all__ = ("Backoff", "BadSetting", "Settings")
+__all__ = ("Backoff", "BadSetting", "Settings", "parse_labels")
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,16 @@ class Settings:
     one at a time are held too. 0 counts each pass alone."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     """The runtime's part: its ``SQUISH_*`` variables."""
+    host: str = field(default_factory=socket.gethostname)
+    """This host's name, which ``[placement]`` hosts patterns match (``--host``)."""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)  # a dict: unhashable
+    """This host's labels, which ``[placement]`` labels must match (``--label k=v``)."""
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
             raise BadSetting("parallel", str(self.parallel), "expected at least 1")
+        if not self.host or self.host != self.host.strip():
+            raise BadSetting("host", self.host, "expected a host name")
         for name in (
             "debounce_ms",
             "step_ms",
@@ -110,6 +117,20 @@ class Settings:
             else _milliseconds("SQUISH_SETTLE_MS", settle),
             runtime=RuntimeSettings.from_environ(environ),
         )
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    """``["zone=a", "disk=ssd"]`` as ``{"zone": "a", "disk": "ssd"}``; :class:`BadSetting`
+    names an item that is not ``KEY=VALUE`` (a key, then ``=``) or a key given twice."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key or key != key.strip():
+            raise BadSetting("--label", item, "expected KEY=VALUE, like zone=a")
+        if key in labels:
+            raise BadSetting("--label", item, f"the label {key} is given twice")
+        labels[key] = value
+    return labels
 
 
 def _milliseconds(variable: str, value: str) -> int:

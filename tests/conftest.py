@@ -7,6 +7,7 @@ reason rather than failing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -36,14 +37,24 @@ def cache_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@contextlib.contextmanager
+def short_folder(prefix: str) -> Iterator[Path]:
+    """A new folder with a short path (unix socket paths are limited to 107 bytes),
+    removed afterwards."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
+    path = base / f"{prefix}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def state_path() -> Iterator[Path]:
-    """A short state folder (unix socket paths are limited to 107 bytes)."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"sqt-{secrets.token_hex(4)}"
-    path.mkdir(mode=0o700)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """A short state folder."""
+    with short_folder("sqt") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

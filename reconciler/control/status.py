@@ -29,7 +29,10 @@ none removed or changed in meaning)::
                    "internal": false, "dns": true, "containers": {"web": "10.89.1.2"},
                    "last_error": null, "conditions": []}],
      "conditions": [{"name": "*", "kind": "MassDeleteGuard", "message": "..."}],
-     "skipped": [{"file": "UPPER.TOML", "reason": "only names ending in .toml are read, ..."}]}
+     "skipped": [{"file": "UPPER.TOML", "reason": "only names ending in .toml are read, ..."}],
+     "host": {"name": "web-1", "labels": {"zone": "a"}},
+     "placed_elsewhere": [{"file": "db.toml", "name": "db",
+                           "reason": "host \"web-1\" matches none of hosts [\"db-*\"]"}]}
 
 ``loop.running`` is false (and the other loop fields are the last recorded ones, or
 null) when no loop runs. ``apply`` is the last ``reconciler apply``'s record (the same
@@ -45,7 +48,10 @@ by the folder's names of its networks; ``networks`` lists the folder's networks
 (:mod:`reconciler.control.network_status`), whose conditions are among the top-level ones
 too, with a ``network`` key. ``skipped`` lists the folder's entries
 named like squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``),
-with the reason.
+with the reason. ``host`` is the host the folder was read for (its name and labels, as
+``--host`` and ``--label`` or the defaults give them); ``placed_elsewhere`` lists the
+valid files whose ``[placement]`` leaves this host out, with why: they are not desired
+here (a container of theirs that runs here is removed, like one whose file is gone).
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
@@ -336,13 +342,12 @@ def release_hint(folder: str, *, loop_running: bool) -> str:
     return f"run `reconciler apply --allow-mass-delete {folder}`"
 
 
-def _held(guard: Condition, file: str | None, folder: str, loop_running: bool) -> dict[str, str]:
-    """The condition of a container kept running only because ``guard`` holds removals."""
+def _held(guard: Condition, gone: str, folder: str, loop_running: bool) -> dict[str, str]:
+    """The condition of a container kept running only because ``guard`` holds removals
+    (``gone``: why no file asks for it)."""
     if guard.kind is ConditionKind.MASS_DELETE:
         hint = release_hint(folder, loop_running=loop_running)
-        message = (
-            f"{file or 'its file'} is gone; the mass-deletion guard keeps it: to remove it, {hint}"
-        )
+        message = f"{gone}; the mass-deletion guard keeps it: to remove it, {hint}"
     else:
         message = f"kept while {guard.message}"
     return {"kind": guard.kind.value, "message": message}
@@ -402,6 +407,14 @@ class _Rows:
             return None
         return self.guard
 
+    def _gone(self, name: str, file: str | None) -> str:
+        """Why no file asks for container ``name`` here: its file is gone, or placed
+        elsewhere."""
+        placed = next((p for p in self.desired.placed_elsewhere if p.name == name), None)
+        if placed is not None:
+            return f"{placed.file.name} is placed elsewhere ({placed.reason})"
+        return f"{file or 'its file'} is gone"
+
     def row(self, name: str, info: ContainerInfo | None) -> dict[str, Any]:
         desired, now = self.desired, self.now
         want = desired.containers.get(name)
@@ -414,7 +427,9 @@ class _Rows:
         guard = self._keeping(name, info, want is not None or claimed)
         shown = [{k: v for k, v in _condition_json(c).items() if k != "name"} for c in conditions]
         if guard is not None:
-            shown.append(_held(guard, file, str(desired.folder), self.loop_running))
+            shown.append(
+                _held(guard, self._gone(name, file), str(desired.folder), self.loop_running)
+            )
         return {
             "name": name,
             "file": file,
@@ -528,4 +543,9 @@ def status_document(
         ),
         "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
         "skipped": [{"file": s.file.name, "reason": s.reason} for s in desired.skipped],
+        "host": desired.host.describe() if desired.host else None,
+        "placed_elsewhere": [
+            {"file": p.file.name, "name": p.name, "reason": p.reason}
+            for p in desired.placed_elsewhere
+        ],
     }

@@ -37,6 +37,7 @@ from reconciler.desired.types import (
     DesiredState,
     FileError,
     HealthCheck,
+    PlacedElsewhere,
     network_files_in,
     network_labels,
     skipped_in,
@@ -52,6 +53,7 @@ from reconciler.squishfile import (
     read_squishfile,
 )
 from reconciler.squishfile.networks import network_file_name, runtime_network_name
+from reconciler.squishfile.placement import HostIdentity
 from reconciler.squishfile.tomlpos import TomlError, lines_of, parse_toml
 from runtime.api import ContainerSpec, NetworkSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
@@ -139,6 +141,7 @@ def _load_one(
         squishfile.security.inputs,
         lines,
         squishfile.forwards(),
+        squishfile.placement,
     )
 
 
@@ -176,7 +179,12 @@ def _current(inputs: tuple[tuple[Path, bytes], ...]) -> tuple[bytes, ...]:
 
 
 def load_desired(
-    folder: Path, cache: FileCache | None = None, *, now: float = 0.0, settle: float = 0.0
+    folder: Path,
+    cache: FileCache | None = None,
+    *,
+    now: float = 0.0,
+    settle: float = 0.0,
+    host: HostIdentity | None = None,
 ) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
@@ -187,6 +195,10 @@ def load_desired(
     been read unchanged for ``settle`` seconds (``now`` on the same clock); until then
     the file stands for what it loaded before (:func:`settles_in` says when to look
     again). A file renamed into place, or new, counts at once.
+
+    With a ``host``, a valid file whose ``[placement]`` leaves that host out is not
+    desired: it is listed in ``placed_elsewhere`` instead of ``containers`` (and claims
+    no name or port here). Without one, every file is desired.
     """
     folder = Path(os.path.abspath(folder))
     try:
@@ -206,6 +218,7 @@ def load_desired(
     if cache is not None:
         for gone in set(cache) - set(paths):
             del cache[gone]
+    valid, elsewhere = _placed(valid, host)
     containers, duplicates = settle_names(valid, {})  # the planner knows what runs
     return DesiredState(
         folder=folder,
@@ -215,7 +228,25 @@ def load_desired(
         networks=networks.valid,
         network_errors=tuple(networks.errors),
         network_files=tuple(networks.digests),
+        host=host,
+        placed_elsewhere=elsewhere,
     )
+
+
+def _placed(
+    valid: list[DesiredContainer], host: HostIdentity | None
+) -> tuple[list[DesiredContainer], tuple[PlacedElsewhere, ...]]:
+    """The containers that run on ``host``, and the files placed elsewhere."""
+    here: list[DesiredContainer] = []
+    elsewhere: list[PlacedElsewhere] = []
+    for container in valid:
+        placement = container.placement
+        reason = None if host is None or placement is None else placement.misses(host)
+        if reason is None:
+            here.append(container)
+        else:
+            elsewhere.append(PlacedElsewhere(container.file, container.name, reason))
+    return here, tuple(elsewhere)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from reconciler.desired.folder import FileCache, load_desired, settles_in
 from reconciler.desired.links import linked_from
 from reconciler.desired.types import DesiredState, is_squishfile
 from reconciler.settings import Settings
+from reconciler.squishfile.placement import HostIdentity
 
 __all__ = ("Changed", "FolderSource", "Snapshot", "Source")
 
@@ -83,7 +84,8 @@ class FolderSource:
 
     def load(self) -> Snapshot:
         now, settle = self.clock(), self.settings.settle_ms / 1000
-        desired = load_desired(self.folder, self._files, now=now, settle=settle)
+        host = HostIdentity(self.settings.host, self.settings.labels)
+        desired = load_desired(self.folder, self._files, now=now, settle=settle, host=host)
         return Snapshot(desired, self._revision(desired), settles_in(self._files, now, settle))
 
     def _revision(self, desired: DesiredState) -> str:

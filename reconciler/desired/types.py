@@ -23,6 +23,7 @@ from typing import Literal
 
 from reconciler.problems import Problem
 from reconciler.squishfile.networks import is_network_file
+from reconciler.squishfile.placement import HostIdentity, PlacementSection
 from runtime.api import ContainerSpec, NetworkSpec, PortMapping
 
 __all__ = (
@@ -38,6 +39,7 @@ __all__ = (
     "DesiredState",
     "FileError",
     "HealthCheck",
+    "PlacedElsewhere",
     "RestartPolicy",
     "Skipped",
     "is_squishfile",
@@ -175,6 +177,8 @@ class DesiredContainer:
     file_ports: tuple[PortMapping, ...] | None = None
     """The forwards in the file's own order, which ``ports[N]`` in ``lines`` counts
     (``spec.ports`` is sorted); None: in the spec's order."""
+    placement: PlacementSection | None = None
+    """The file's ``[placement]``: the hosts it runs on (None: every host)."""
 
     @property
     def name(self) -> str:
@@ -240,6 +244,16 @@ class DesiredNetwork:
 
 
 @dataclass(frozen=True)
+class PlacedElsewhere:
+    """A valid squishfile whose ``[placement]`` leaves this host out: not desired here."""
+
+    file: Path
+    name: str
+    reason: str
+    """Why this host is not one of its hosts (its name, or a label)."""
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """Everything one pass of the reconciler wants, read from one folder."""
 
@@ -257,6 +271,11 @@ class DesiredState:
     folder); their networks are left as they are."""
     network_files: tuple[tuple[Path, bytes], ...] = ()
     """Each network file read, with a digest of its bytes (the source's revision)."""
+    host: HostIdentity | None = None
+    """The host the state was loaded for (None: placement was not looked at)."""
+    placed_elsewhere: tuple[PlacedElsewhere, ...] = ()
+    """Valid files whose ``[placement]`` leaves this host out, in name order: they are
+    not in ``containers``, so a container of theirs that runs here is removed."""
 
     @property
     def error_files(self) -> frozenset[str]:

@@ -15,14 +15,40 @@ from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_network_file, load_with_lines
 from reconciler.squishfile.networks import is_network_file
+from reconciler.squishfile.placement import PlacementSection, may_share_a_host
 from runtime.security.profile import ProfileCheck
 
 __all__ = ("privileged_ports", "validate_files")
 
 
 def _claim(path: Path, check_profile: ProfileCheck | None) -> Claim:
+    return _placed_claim(path, check_profile)[0]
+
+
+def _placed_claim(
+    path: Path, check_profile: ProfileCheck | None
+) -> tuple[Claim, PlacementSection | None]:
     squishfile, lines = load_with_lines(path, check_profile=check_profile)
-    return Claim(path, squishfile.name, squishfile.forwards(), dict(lines))
+    claim = Claim(path, squishfile.name, squishfile.forwards(), dict(lines))
+    return claim, squishfile.placement
+
+
+def _refusals(
+    claims: Sequence[Claim],
+    placements: Sequence[PlacementSection | None],
+    holders: Mapping[str, Holding] | None,
+) -> dict[int, Problem]:
+    """The conflict rule, among the files that may run on one host: each file is checked
+    against those whose ``[placement]`` does not rule out sharing a host with it."""
+    if all(p is None for p in placements):
+        return refuse(claims, holders)
+    refused: dict[int, Problem] = {}
+    for index, placement in enumerate(placements):
+        near = [j for j, other in enumerate(placements) if may_share_a_host(placement, other)]
+        problem = refuse([claims[j] for j in near], holders).get(near.index(index))
+        if problem is not None:
+            refused[index] = problem
+    return refused
 
 
 def validate_files(
@@ -32,7 +58,8 @@ def validate_files(
     check_profile: ProfileCheck | None = None,
 ) -> list[tuple[Path, SquishfileError | None]]:
     """Validate each file, then refuse the files that lose a name or host port (a network
-    file, ``NAME.network.toml``, is validated as one and claims neither).
+    file, ``NAME.network.toml``, is validated as one and claims neither). Two files
+    whose ``[placement]`` rules out any host running both never conflict.
 
     ``holders`` are the running containers of the files' folders by name (the file each
     was made from and its live forwards): they keep what they hold. Results come in the
@@ -40,18 +67,21 @@ def validate_files(
     """
     errors: dict[int, SquishfileError] = {}
     claims: list[Claim] = []
+    placements: list[PlacementSection | None] = []
     valid: list[int] = []
     for index, path in enumerate(paths):
         try:
             if is_network_file(path):
                 load_network_file(path)
                 continue
-            claims.append(_claim(path, check_profile))
+            claim, placement = _placed_claim(path, check_profile)
         except SquishfileError as exc:
             errors[index] = exc
             continue
+        claims.append(claim)
+        placements.append(placement)
         valid.append(index)
-    for claim_index, problem in refuse(claims, holders).items():
+    for claim_index, problem in _refusals(claims, placements, holders).items():
         index = valid[claim_index]
         errors[index] = SquishfileError(paths[index], [problem])
     return [(path, errors.get(index)) for index, path in enumerate(paths)]

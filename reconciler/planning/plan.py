@@ -320,11 +320,20 @@ def _removals(state: _Pass) -> _Removals:
         elif state.held(name):
             out.reserved[name] = have.ports
             wait = state.hold[name] - state.now
-            message = f"backing off for {wait:.2f} s before removing it ({file} is gone)"
+            message = (
+                f"backing off for {wait:.2f} s before removing it ({_unwanted(desired, file)})"
+            )
             out.conditions.append(Condition(name, ConditionKind.BACK_OFF, message))
         else:
-            out.destroys.append(Action(ActionKind.DESTROY, name, f"{file} is gone"))
+            out.destroys.append(Action(ActionKind.DESTROY, name, _unwanted(desired, file)))
     return out
+
+
+def _unwanted(desired: DesiredState, file: str) -> str:
+    """Why no file asks for a container made from ``file``: it is gone, or its
+    ``[placement]`` leaves this host out."""
+    placed = next((p for p in desired.placed_elsewhere if p.file.name == file), None)
+    return f"{file} is gone" if placed is None else f"{file} is placed elsewhere ({placed.reason})"
 
 
 def is_leftover(desired: DesiredState, name: str, have: ContainerInfo) -> bool:

@@ -31,6 +31,7 @@ from reconciler.squishfile.model import (
     Squishfile,
 )
 from reconciler.squishfile.networks import NetworkFile, check_network_name, network_file_name
+from reconciler.squishfile.placement import PlacementSection
 from reconciler.squishfile.sections import (
     PROFILE_CHECK,
     HealthSection,
@@ -210,6 +211,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "health": HealthSection,
     "security": SecuritySection,
     "resources": ResourcesSection,
+    "placement": PlacementSection,
 }
 """The top-level tables, by key."""
 

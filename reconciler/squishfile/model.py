@@ -38,6 +38,7 @@ from reconciler.squishfile.networks import (
     check_network_name,
     runtime_network_name,
 )
+from reconciler.squishfile.placement import PlacementSection
 from reconciler.squishfile.sections import (
     HealthSection,
     LogsSection,
@@ -363,6 +364,9 @@ class Squishfile(BaseModel):
     )
     logs: LogsSection = Field(
         default_factory=LogsSection, description="log cap and rotation (default: 5 files of 20M)"
+    )
+    placement: PlacementSection | None = Field(
+        default=None, description="the hosts it runs on (default: every host)"
     )
 
     _source: Path | None = PrivateAttr(default=None)
