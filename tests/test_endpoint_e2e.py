@@ -13,23 +13,17 @@ from typing import Any
 import pytest
 
 from reconciler.endpoint.server import CONNECTIONS
+from tests import test_reconciler_e2e as e2e
 from tests.conftest import rootless
 from tests.support import free_port
 from tests.test_endpoint import PUSH, hook, metrics, request, signed
-from tests.test_reconciler_e2e import (
-    Loop,
-    cli,
-    env,
-    eventually,
-    folder,
-    loop,
-    put,
-    serves,
-    web_toml,
-)
+from tests.test_reconciler_e2e import Loop, cli, eventually, put, serves, web_toml
 
 pytestmark = rootless
-__all__ = ("env", "folder", "loop")  # the fixtures this module uses
+
+env = e2e.env  # the loop fixture and what it needs, as the e2e tests have them
+folder = e2e.folder
+loop = e2e.loop
 
 SECRET = "a shared secret\n"
 
