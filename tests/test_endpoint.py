@@ -229,6 +229,20 @@ def test_the_source_info_names_the_revision_without_credentials(served: Served) 
     )
 
 
+class Undescribable(PokedSource):
+    def describe(self) -> dict[str, object]:
+        raise RuntimeError("a bug in the source")
+
+
+def test_a_source_that_cannot_describe_itself_costs_only_its_labels() -> None:
+    endpoint = Endpoint(Listen("127.0.0.1", 0), document=lambda: DOCUMENT, source=Undescribable())
+    with endpoint:
+        endpoint.metrics.on_pass(pass_result())
+        samples = metrics(endpoint.port)
+    assert samples["squish_passes_total{}"] == 1
+    assert samples["squish_source_info{revision=abc123}"] == 1
+
+
 # -- webhooks -------------------------------------------------------------------------------
 
 

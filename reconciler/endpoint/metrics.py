@@ -7,6 +7,7 @@ when scraped, the ``status --json`` document (containers by phase, their restart
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from prometheus_client.registry import Collector
 from reconciler.control.loop import PassResult
 
 __all__ = ("PHASES", "LoopMetrics")
+
+log = logging.getLogger(__name__)
 
 PHASES = (
     "Running",
@@ -74,7 +77,11 @@ class LoopMetrics:
         for outcome in result.outcomes:
             self._actions.labels(outcome.action.kind.value, "ok" if outcome.ok else "failed").inc()
         self._crashing.set(len(result.crashing))
-        facts = _source_labels(self._describe())
+        try:
+            facts = _source_labels(self._describe())
+        except Exception as exc:  # it runs in the loop: a source's bug must not stop it
+            log.warning("the source cannot describe itself: %s: %s", type(exc).__name__, exc)
+            facts = {}
         if result.revision is not None:
             facts["revision"] = result.revision
         self._source.info(facts)
