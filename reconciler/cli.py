@@ -207,7 +207,8 @@ def _endpoint(
     ``status --json``'s document."""
     if args.listen is None:
         if args.webhook_secret_file or args.listen_any:
-            raise BadSetting("--listen", "", "--webhook-secret-file and --listen-any need it")
+            given = "--webhook-secret-file" if args.webhook_secret_file else "--listen-any"
+            raise BadSetting(given, args.webhook_secret_file or "", "needs --listen ADDRESS:PORT")
         return None
     return Endpoint(
         parse_listen(args.listen, any_address=args.listen_any),

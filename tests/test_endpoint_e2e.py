@@ -107,10 +107,18 @@ def test_the_loop_converges_while_clients_hold_connections_open(loop: Loop, port
         web = free_port()
         put(loop.folder, "web.toml", web_toml(web))
         eventually(lambda: serves(web, "<h1>site</h1>\n"), f"web answers on {web}")
-    eventually(lambda: running(port, "web"), "/status answers again")
+    # the held connections' threads end as they see them closed: 503 until then
+    eventually(lambda: request(port, "GET", "/status")[0] == 200, "/status answers again")
+    assert running(port, "web")
 
 
 def test_a_non_loopback_address_is_refused(folder: Path, env: dict[str, str]) -> None:
     done = cli(env, "run", str(folder), "--listen", "0.0.0.0:1")
     assert done.returncode == 1
     assert "not a loopback address" in done.stderr and "--listen-any" in done.stderr
+
+
+def test_a_secret_without_listen_is_refused(folder: Path, env: dict[str, str]) -> None:
+    done = cli(env, "run", str(folder), "--webhook-secret-file", "secret")
+    assert done.returncode == 1
+    assert "--webhook-secret-file='secret': needs --listen ADDRESS:PORT" in done.stderr
