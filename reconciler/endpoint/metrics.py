@@ -8,7 +8,6 @@ when scraped, the ``status --json`` document (containers by phase, their restart
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -69,7 +68,6 @@ class LoopMetrics:
         )
         self.registry.register(_Containers(document))
         self._describe = describe
-        self._lock = threading.Lock()
 
     def on_pass(self, result: PassResult) -> None:
         self._passes.inc()
@@ -87,10 +85,9 @@ class LoopMetrics:
         self._source.info(facts)
 
     def text(self) -> bytes:
-        """The registry in the Prometheus text format (one scrape at a time: a scrape
-        reads the containers, as ``status`` does)."""
-        with self._lock:
-            return generate_latest(self.registry)
+        """The registry in the Prometheus text format (a scrape reads the containers, as
+        ``status`` does)."""
+        return generate_latest(self.registry)
 
 
 def _source_labels(described: Mapping[str, object]) -> dict[str, str]:

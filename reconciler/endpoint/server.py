@@ -147,8 +147,12 @@ class _Routes:
         self._reading = threading.Lock()
 
     def status(self) -> bytes:
-        with self._reading:
+        with self._reading:  # one reading of the state at a time, /status or /metrics
             return json.dumps(self._document(), indent=2).encode() + b"\n"
+
+    def metrics_text(self) -> bytes:
+        with self._reading:
+            return self.metrics.text()
 
     def forge(self, path: str) -> Forge | None:
         """The forge a hook path is for (None: not a hook, or no secret to check it)."""
@@ -200,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/status":
             self._answer(200, self._guarded(routes.status), "application/json")
         elif path == "/metrics":
-            self._answer(200, self._guarded(routes.metrics.text), CONTENT_TYPE_PLAIN_0_0_4)
+            self._answer(200, self._guarded(routes.metrics_text), CONTENT_TYPE_PLAIN_0_0_4)
         elif routes.forge(path) is not None:
             self._answer(405, b"use POST\n", allow="POST")
         else:
