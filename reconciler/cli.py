@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from reconciler.control.status import (
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import Skipped, network_files_in, skipped_in, squishfiles_in
 from reconciler.desired.validation import privileged_ports, validate_files
+from reconciler.endpoint.address import parse_listen
+from reconciler.endpoint.server import Endpoint, read_secret
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
@@ -173,21 +176,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     reconciler = _reconciler(Path(args.dir), settings)
     assert reconciler.store is not None
+    endpoint = _endpoint(args, settings, reconciler)
     reconciler.store.claim(reconciler.writer)
     on_pass = pass_printer(str(reconciler.folder))
+    if endpoint is not None:
+        on_pass = endpoint.also(on_pass)
 
     async def main() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_on_signal, stop)
-            await run_loop(reconciler, settings=settings, on_pass=on_pass, stop=stop)
+            with endpoint or nullcontext():
+                await run_loop(
+                    reconciler,
+                    settings=settings,
+                    on_pass=on_pass,
+                    stop=stop,
+                    on_ready=endpoint.on_ready if endpoint else None,
+                )
             group.cancel_scope.cancel()
 
     folder = escape(str(reconciler.folder))
+    if endpoint is not None:
+        _out.print(f"serving /status and /metrics on {escape(args.listen)}")
     _out.print(f"reconciling {folder}; Ctrl-C stops the loop (containers keep running)")
     anyio.run(main)
     _out.print("stopped; the containers keep running")
     return 0
+
+
+def _endpoint(
+    args: argparse.Namespace, settings: Settings, reconciler: Reconciler
+) -> Endpoint | None:
+    """``--listen``'s endpoint, bound (None without ``--listen``); its ``/status`` is
+    ``status --json``'s document."""
+    if args.listen is None:
+        if args.webhook_secret_file or args.listen_any:
+            given = "--webhook-secret-file" if args.webhook_secret_file else "--listen-any"
+            raise BadSetting(given, args.webhook_secret_file or "", "needs --listen ADDRESS:PORT")
+        return None
+    return Endpoint(
+        parse_listen(args.listen, any_address=args.listen_any),
+        document=lambda: status_json(_reconciler(Path(args.dir), settings)),
+        source=reconciler.source,
+        secret=read_secret(Path(args.webhook_secret_file)) if args.webhook_secret_file else None,
+    )
 
 
 def pass_printer(folder: str) -> Callable[[PassResult], None]:
@@ -243,13 +276,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 2 if todo.actions else 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), _settings(args))
+def status_json(reconciler: Reconciler) -> dict[str, Any]:
+    """What ``status --json`` prints (and ``run --listen`` serves at ``/status``)."""
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
-    document = status_document(
+    return status_document(
         desired, actual, todo, reconciler.store.read(), networks=reconciler.networks
     )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    document = status_json(_reconciler(Path(args.dir), _settings(args)))
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
@@ -587,6 +624,25 @@ def _placement(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _listening(command: argparse.ArgumentParser) -> None:
+    """``run``'s HTTP endpoint (docs/reconciler.md, "The HTTP endpoint")."""
+    command.add_argument(
+        "--listen",
+        metavar="ADDRESS:PORT",
+        help="serve /status, /metrics (and webhooks) on 127.0.0.1:PORT or [::1]:PORT",
+    )
+    command.add_argument(
+        "--listen-any",
+        action="store_true",
+        help="let --listen use an address that is not loopback (no TLS: put a proxy in front)",
+    )
+    command.add_argument(
+        "--webhook-secret-file",
+        metavar="FILE",
+        help="serve POST /hooks/github and /hooks/gitea, signed with the secret in FILE",
+    )
+
+
 def _output(command: argparse.ArgumentParser, *formats: str) -> None:
     """``-o wide``: on a terminal too, tables show every value whole (off a terminal
     they always do)."""
@@ -617,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     _placement(p)
     _timing(p)
     _tuning(p)
+    _listening(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
     _placement(p)

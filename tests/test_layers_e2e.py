@@ -25,6 +25,7 @@ MiB = 1024 * 1024
 
 folder = e2e.folder  # the loop fixture and what it needs, as the e2e tests have them
 loop = e2e.loop
+loop_options = e2e.loop_options
 site = hostile.site  # the stalling HTTP server of the runtime-level tests
 
 

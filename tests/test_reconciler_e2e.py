@@ -246,6 +246,12 @@ def env(state_path: Path, cache_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def loop_options() -> list[str]:
+    """More options of ``reconciler run`` (a test module may override this fixture)."""
+    return []
+
+
+@pytest.fixture
 def loop(
     request: pytest.FixtureRequest,
     rt: LinuxRuntime,
@@ -253,13 +259,15 @@ def loop(
     env: dict[str, str],
     state_path: Path,
     tmp_path: Path,
+    loop_options: list[str],
 ) -> Iterator[Loop]:
     """``reconciler run FOLDER --resync 0.5`` (another resync by indirect parametrisation)."""
     resync = float(getattr(request, "param", RESYNC))
     output_path = tmp_path / "loop.out"
+    run = ["run", str(folder), "--resync", str(resync), *loop_options]
     with output_path.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "run", str(folder), "--resync", str(resync)],
+            [sys.executable, "-m", "reconciler.cli", *run],
             cwd=ROOT,
             env=env,
             stdout=output,

@@ -44,7 +44,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from reconciler.control.converge import Converger, Outcome
 from reconciler.control.prepare import Preparer
 from reconciler.control.status import LoopRecord, StatusStore, Writer, state_disk_condition
-from reconciler.desired.source import Source
+from reconciler.desired.source import Changed, Source
 from reconciler.desired.types import DesiredState
 from reconciler.planning.plan import (
     ActionKind,
@@ -73,6 +73,8 @@ class PassResult:
     trigger: str
     revision: str | None = None
     """The source's revision this pass applied."""
+    crashing: tuple[str, ...] = ()
+    """The containers in a crash loop after this pass."""
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
@@ -175,8 +177,21 @@ class Reconciler:
         outcomes = refused + (await self.converger.apply(now) if now.actions else [])
         todo = Plan(now.actions + tuple(o.action for o in refused), now.conditions)
         self._count_removals(desired, actual, outcomes)
+        by_name = {info.name: info for info in actual}
+        self._crashing = sorted(
+            n
+            for n, want in desired.containers.items()
+            if self.converger.crash_looping(n)
+            and (n not in by_name or want.restarts_after(by_name[n].exit_code))
+        )
         result = PassResult(
-            todo, tuple(outcomes), started, time.perf_counter() - begin, trigger, self.revision
+            todo,
+            tuple(outcomes),
+            started,
+            time.perf_counter() - begin,
+            trigger,
+            self.revision,
+            tuple(self._crashing),
         )
         self.record.passed(
             result.started_at,
@@ -187,13 +202,6 @@ class Reconciler:
         )
         if swept_badly is not None:
             self.record.failed(swept_badly)
-        by_name = {info.name: info for info in actual}
-        self._crashing = sorted(
-            n
-            for n, want in desired.containers.items()
-            if self.converger.crash_looping(n)
-            and (n not in by_name or want.restarts_after(by_name[n].exit_code))
-        )
         try:
             await anyio.to_thread.run_sync(self.save)
         except OSError as exc:  # a full state disk: what was done stays done
@@ -327,9 +335,12 @@ async def run_loop(
     settings: Settings | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
+    on_ready: Callable[[Changed], None] | None = None,
 ) -> None:
     """Reconcile ``reconciler.source`` until ``stop`` is set (or the task is cancelled);
-    the timing comes from ``settings`` (default: :class:`Settings`' defaults)."""
+    the timing comes from ``settings`` (default: :class:`Settings`' defaults).
+    ``on_ready`` is handed, before the first pass, the function that asks for a pass
+    as a change of the source does (call it in the loop's event loop thread)."""
     settings = settings or Settings()
     resync = settings.resync
     send, receive = anyio.create_memory_object_stream[str](1)
@@ -341,6 +352,8 @@ async def run_loop(
         _preparing(reconciler, functools.partial(_trigger, send, "layers prepared")),
     ):
         stop = stop or anyio.Event()
+        if on_ready is not None:
+            on_ready(functools.partial(_trigger, send))
         group.start_soon(reconciler.source.watch, functools.partial(_trigger, send), stop)
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         trigger = "start"
