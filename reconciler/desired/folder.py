@@ -117,7 +117,7 @@ def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile)
+        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile, folder=folder)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)
@@ -176,7 +176,12 @@ def _current(inputs: tuple[tuple[Path, bytes], ...]) -> tuple[bytes, ...]:
 
 
 def load_desired(
-    folder: Path, cache: FileCache | None = None, *, now: float = 0.0, settle: float = 0.0
+    folder: Path,
+    cache: FileCache | None = None,
+    *,
+    now: float = 0.0,
+    settle: float = 0.0,
+    files_in: Path | None = None,
 ) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
@@ -187,12 +192,16 @@ def load_desired(
     been read unchanged for ``settle`` seconds (``now`` on the same clock); until then
     the file stands for what it loaded before (:func:`settles_in` says when to look
     again). A file renamed into place, or new, counts at once.
+
+    ``files_in``: read the files from there (one revision of a git source, say) and
+    label what they ask for with ``folder`` all the same.
     """
     folder = Path(os.path.abspath(folder))
+    where = folder if files_in is None else Path(os.path.abspath(files_in))
     try:
-        paths = squishfiles_in(folder)
-        skipped = tuple(skipped_in(folder))
-        networks = _Networks.load(folder, network_files_in(folder))
+        paths = squishfiles_in(where)
+        skipped = tuple(skipped_in(where))
+        networks = _Networks.load(folder, network_files_in(where))
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: list[DesiredContainer] = []
