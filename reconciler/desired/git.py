@@ -172,15 +172,14 @@ class GitSource:
         True when the applied revision changed. Never raises for git's failures: they
         go into the record status shows."""
         with self._syncing:
-            changed = self._sync()
-            self._record["suspended"] = self.suspended
+            suspended = self.suspended  # what the record says is what this sync saw
+            changed = False if suspended else self._sync()
+            self._record["suspended"] = suspended
             with contextlib.suppress(OSError):  # a full disk: status is stale, no more
                 write_json_atomic(self.home / "source.json", self._record)
             return changed
 
     def _sync(self) -> bool:
-        if self.suspended:
-            return False
         try:
             sha = self._fetch(self.settings.rev, TARGET)
         except GitError as exc:
@@ -206,9 +205,8 @@ class GitSource:
         the commit it stands for."""
         self.mirror.ensure()
         if rev is not None:
-            self.mirror.fetch(
-                self.settings.url,
-                ("+refs/heads/*:refs/squish/heads/*", "+refs/tags/*:refs/squish/tags/*"),
+            self.mirror.fetch(  # as the origin names them: main~2 and v1.2 resolve too
+                self.settings.url, ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
             )
             return self.mirror.resolve(rev)
         if self.settings.branch is not None:
