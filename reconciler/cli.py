@@ -34,9 +34,19 @@ from reconciler.control.status import (
     Writer,
     status_document,
 )
-from reconciler.desired.source import FolderSource
+from reconciler.desired.git import GitSource
+from reconciler.desired.gitrepo import GitError
+from reconciler.desired.source import FolderSource, Source
 from reconciler.desired.types import Skipped, network_files_in, skipped_in, squishfiles_in
 from reconciler.desired.validation import privileged_ports, validate_files
+from reconciler.gitops import (
+    add_git_options,
+    add_suspend_commands,
+    first_fetch,
+    git_settings,
+    previewing,
+    source_line,
+)
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
@@ -92,7 +102,10 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
         if (value := getattr(args, option, None)) is not None
     }
     return dataclasses.replace(
-        settings, **given, backoff=dataclasses.replace(settings.backoff, **backoff)
+        settings,
+        **given,
+        backoff=dataclasses.replace(settings.backoff, **backoff),
+        git=git_settings(args, settings),
     )
 
 
@@ -113,9 +126,14 @@ def _existing(folder: Path) -> Path:
 
 
 def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
-    folder = _existing(folder)
+    if settings.git is None:
+        folder = _existing(folder)  # before the runtime, which may refuse to start
     runtime = _runtime(settings)
-    source = FolderSource(folder, settings)
+    source: Source = (
+        FolderSource(folder, settings)
+        if settings.git is None
+        else GitSource(settings.git, runtime.state)
+    )
     return Reconciler(
         source=source,
         runtime=runtime,
@@ -166,9 +184,10 @@ def _print_plan(todo: Plan) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    reconciler = _reconciler(Path(args.dir), settings)
+    reconciler = _reconciler(_folder(args), settings)
     assert reconciler.store is not None
     reconciler.store.claim(reconciler.writer)
+    first_fetch(reconciler.source)
     on_pass = pass_printer(str(reconciler.folder))
 
     async def main() -> None:
@@ -209,9 +228,10 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), _settings(args), writer="apply")
+    reconciler = _reconciler(_folder(args), _settings(args), writer="apply")
     assert reconciler.store is not None
     reconciler.store.claim(reconciler.writer)
+    first_fetch(reconciler.source)
     reconciler.record.started(os.getpid())
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
@@ -227,7 +247,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    _, _, todo = _reconciler(Path(args.dir), _settings(args)).dry_run()
+    reconciler = _reconciler(_folder(args), _settings(args))
+    with previewing(reconciler.source):
+        _, _, todo = reconciler.dry_run()
     if not todo.actions and not todo.conditions:
         _out.print("no changes: the containers match the folder")
         return 0
@@ -238,12 +260,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), _settings(args))
+    reconciler = _reconciler(_folder(args), _settings(args))
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
     document = status_document(
         desired, actual, todo, reconciler.store.read(), networks=reconciler.networks
     )
+    if isinstance(reconciler.source, GitSource):
+        document["source"] = reconciler.source.describe()
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
@@ -287,6 +311,8 @@ def _row_message(row: dict[str, Any]) -> str:
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
     _out.print(_loop_line(document, time.time()))
+    if "source" in document:
+        _out.print(escape(source_line(document["source"])))
     table = Table(
         "NAME",
         "FILE",
@@ -342,9 +368,17 @@ def _network_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def _folder(args: argparse.Namespace) -> Path:
+    return Path(args.dir or _DEFAULT_DIR)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
-    runtime = _runtime()
-    folder = str(Path(os.path.abspath(args.dir)))
+    settings = _settings(args)
+    runtime = _runtime(settings)
+    if settings.git is None:
+        folder = str(Path(os.path.abspath(_folder(args))))
+    else:
+        folder = str(GitSource(settings.git, runtime.state).folder)
     removed = 0
     for info in runtime.list():
         if is_managed_by(info, folder):
@@ -577,26 +611,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)
-        command.add_argument("dir", nargs="?", default=_DEFAULT_DIR, help="default: desired")
+        command.add_argument("dir", nargs="?", help=f"default: {_DEFAULT_DIR}")
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
     _timing(p)
     _tuning(p)
+    add_git_options(p, loop=True)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
     _tuning(p)
+    add_git_options(p)
     p.set_defaults(func=cmd_apply)
-    folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors").set_defaults(
-        func=cmd_plan
-    )
+    p = folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors")
+    add_git_options(p)
+    p.set_defaults(func=cmd_plan)
     p = folder_command("status", "desired vs actual per container, and the loop's state")
+    add_git_options(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     _output(p, "json")
     p.set_defaults(func=cmd_status)
-    folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
-        func=cmd_down
-    )
+    p = folder_command("down", "remove the containers DIR's reconciler made")
+    add_git_options(p)
+    p.set_defaults(func=cmd_down)
     p = sub.add_parser(
         "validate", help="check squishfiles (files, or folders of them); exit 0 when all are valid"
     )
@@ -643,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     p.set_defaults(func=cmd_rm)
+    add_suspend_commands(sub, lambda: _runtime().state)
     return parser
 
 
@@ -658,7 +696,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (HostSetupError, SquishError, OSError, FolderBusy, BadSetting, NoFolder) as exc:
+    except (
+        HostSetupError,
+        SquishError,
+        OSError,
+        FolderBusy,
+        BadSetting,
+        NoFolder,
+        GitError,
+    ) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 

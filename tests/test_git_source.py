@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from reconciler.cli import main
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.desired.git import GitSource, resume, suspend
@@ -283,7 +284,7 @@ def test_a_preview_loads_another_revision_without_moving_current(
     second = origin.commit({"web.toml": web_toml("two"), "api.toml": web_toml("api")}, "two")
     source = source_of(tmp_path, origin.url)
     assert source.sync()
-    with source.previewing(first[:8]) as commit:
+    with source.previewing("main~1") as commit:
         snapshot = source.load()
         assert (commit.sha, commit.subject) == (first, "one")
         assert (snapshot.revision, greetings(snapshot.desired)) == (first, {"web": "one"})
@@ -305,3 +306,12 @@ def test_intervals_are_read_with_their_unit() -> None:
     for bad in ("soon", "0s", "-1m"):
         with pytest.raises(BadSetting):
             parse_interval(bad)
+
+
+def test_a_folder_and_a_repository_together_are_refused(
+    tmp_path: Path, origin: Origin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(tmp_path), "--git", origin.url]) == 1
+    assert "give a folder or --git URL, not both" in capsys.readouterr().err
+    assert main(["status", "--git", origin.url, "--verify-signatures"]) == 1
+    assert "needs --allowed-signers FILE" in capsys.readouterr().err

@@ -45,7 +45,8 @@ by the folder's names of its networks; ``networks`` lists the folder's networks
 (:mod:`reconciler.control.network_status`), whose conditions are among the top-level ones
 too, with a ``network`` key. ``skipped`` lists the folder's entries
 named like squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``),
-with the reason.
+with the reason. With a git source, ``reconciler status`` adds ``source``: the
+repository followed and its revisions (docs/reconciler.md, "Git source").
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
