@@ -85,7 +85,7 @@ def test_a_path_outside_the_repository_is_refused(tmp_path: Path, origin: Origin
 
 @pytest.mark.anyio
 async def test_a_poke_fetches_at_once_over_git_daemon(tmp_path: Path, origin: Origin) -> None:
-    origin.commit({"web.toml": web_toml("one")}, "one")
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
     (origin.path / ".git" / "git-daemon-export-ok").touch()
     with git_daemon(tmp_path) as prefix:
         source = source_of(tmp_path, f"{prefix}/origin", interval=3600.0)
@@ -106,7 +106,7 @@ async def test_a_poke_fetches_at_once_over_git_daemon(tmp_path: Path, origin: Or
             threading.Thread(target=source.poke, args=("webhook",)).start()  # any thread
             await seen.wait()
             stop.set()
-    assert changes[-1] == f"revision {second[:12]}"
+    assert changes == [f"revision {first[:12]} (start)", f"revision {second[:12]} (webhook)"]
     assert greetings(source.load().desired) == {"web": "two"}
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import shutil
@@ -48,6 +49,8 @@ from reconciler.settings import BadSetting, GitSettings
 from runtime.util.files import read_json, write_json_atomic
 
 __all__ = ("GitSource", "git_home", "resume", "suspend")
+
+log = logging.getLogger(__name__)
 
 _TICK = 0.1
 """Seconds between looks at a poke, ``stop`` and the suspend flag while waiting."""
@@ -152,20 +155,27 @@ class GitSource:
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
         """Fetch every ``interval`` and on a poke; tell ``changed`` of a new revision."""
+        why = "start"
         while not stop.is_set():
-            if await anyio.to_thread.run_sync(self.sync, abandon_on_cancel=True):
-                changed(f"revision {self._record['applied']['commit'][:12]}")
-            await self._wait(stop)
+            try:
+                if await anyio.to_thread.run_sync(self.sync, abandon_on_cancel=True):
+                    changed(f"revision {self._record['applied']['commit'][:12]} ({why})")
+            except Exception as exc:  # the loop never dies of its source: tried again
+                log.error("following %s failed: %s: %s", self.settings.url, type(exc).__name__, exc)
+            why = await self._wait(stop)
 
-    async def _wait(self, stop: anyio.Event) -> None:
-        """Until the interval has passed, a poke, ``stop``, or a resume."""
+    async def _wait(self, stop: anyio.Event) -> str:
+        """Until the interval has passed, a poke, ``stop``, or a resume; which one."""
         deadline = time.monotonic() + self.settings.interval
         suspended = self._record.get("suspended") is True  # as the last sync found it
         while not (stop.is_set() or self._poked.is_set()) and time.monotonic() < deadline:
             await anyio.sleep(min(_TICK, max(deadline - time.monotonic(), 0.0)))
             if suspended and not self.suspended:
-                break  # resumed: look at once
-        self._poked.clear()
+                return "resumed"  # look at once
+        if self._poked.is_set():
+            self._poked.clear()
+            return self._poke_reason
+        return "interval"
 
     def sync(self) -> bool:
         """Fetch the followed ref and apply its commit if it is new and acceptable;
@@ -174,7 +184,7 @@ class GitSource:
         with self._syncing:
             suspended = self.suspended  # what the record says is what this sync saw
             changed = False if suspended else self._sync()
-            self._record["suspended"] = suspended
+            self._record.update(suspended=suspended, url=self.settings.url, ref=self.settings.ref)
             with contextlib.suppress(OSError):  # a full disk: status is stale, no more
                 write_json_atomic(self.home / "source.json", self._record)
             return changed
@@ -182,7 +192,7 @@ class GitSource:
     def _sync(self) -> bool:
         try:
             sha = self._fetch(self.settings.rev, TARGET)
-        except GitError as exc:
+        except (GitError, OSError) as exc:  # OSError: the mirror cannot be made
             self._record["fetch_error"] = str(exc)
             return False
         self._record.update(fetch_error=None, fetched_at=time.time())
@@ -281,7 +291,7 @@ class GitSource:
         return {
             "kind": "git",
             "url": self.settings.url,
-            "ref": self.settings.ref,
+            "ref": self._record.get("ref", self.settings.ref),  # as the loop follows it
             "path": self.path,
             "applied": self._record.get("applied"),
             "attempted": self._record.get("attempted"),
