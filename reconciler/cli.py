@@ -132,7 +132,7 @@ def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Re
     source: Source = (
         FolderSource(folder, settings)
         if settings.git is None
-        else GitSource(settings.git, runtime.state)
+        else GitSource(settings, runtime.state)
     )
     return Reconciler(
         source=source,
@@ -378,7 +378,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     if settings.git is None:
         folder = str(Path(os.path.abspath(_folder(args))))
     else:
-        folder = str(GitSource(settings.git, runtime.state).folder)
+        folder = str(GitSource(settings, runtime.state).folder)
     removed = 0
     for info in runtime.list():
         if is_managed_by(info, folder):

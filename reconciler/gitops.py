@@ -97,7 +97,7 @@ def previewing(source: Source) -> Iterator[None]:
     if not isinstance(source, GitSource):
         yield
         return
-    with source.previewing(source.settings.rev) as commit:
+    with source.previewing(source.git.rev) as commit:
         applied = source.describe()["applied"]
         now = applied.get("commit", "none") if isinstance(applied, dict) else "none"
         _out.print(

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.control.status import StatusStore
 from reconciler.desired.git import GitSource
-from reconciler.settings import GitSettings
+from reconciler.settings import GitSettings, Settings
 from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.gitrepos import Origin
@@ -44,7 +44,7 @@ def test_run_follows_commits_plans_a_revision_and_suspends(
     file = f"deploy/{name}.toml"
     first = origin.commit({file: greeting_toml(port, "one"), "README": "hi\n"}, "one")
     options = ("--git", origin.url, "--path", "deploy")
-    source = GitSource(GitSettings(url=origin.url, path="deploy"), state_path)
+    source = GitSource(Settings(git=GitSettings(url=origin.url, path="deploy")), state_path)
     loop = Followed(env, source, StatusStore(state_path, source.folder).path)
     output = tmp_path / "loop.out"
     with output.open("wb") as out:

@@ -18,7 +18,7 @@ from reconciler.control.loop import Reconciler
 from reconciler.desired.git import GitSource, resume, suspend
 from reconciler.desired.gitrepo import GitError
 from reconciler.desired.types import LABEL_FOLDER, DesiredState
-from reconciler.settings import BadSetting, GitSettings, parse_interval
+from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
 from tests.fakes import FakeRuntime
 from tests.gitrepos import Origin, SigningKey, git, git_daemon, web_toml
 
@@ -34,7 +34,8 @@ def origin(tmp_path: Path) -> Origin:
 
 
 def source_of(tmp_path: Path, url: str, **options: object) -> GitSource:
-    return GitSource(GitSettings(url=url, **options), tmp_path / "state")  # type: ignore[arg-type]
+    git = GitSettings(url=url, **options)  # type: ignore[arg-type]
+    return GitSource(Settings(git=git), tmp_path / "state")
 
 
 def greetings(desired: DesiredState) -> dict[str, str]:

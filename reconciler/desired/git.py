@@ -45,7 +45,7 @@ from reconciler.desired.folder import FileCache, load_desired
 from reconciler.desired.gitrepo import TARGET, Commit, GitError, Mirror
 from reconciler.desired.source import Changed, Snapshot
 from reconciler.desired.types import DesiredState
-from reconciler.settings import BadSetting, GitSettings
+from reconciler.settings import BadSetting, GitSettings, Settings
 from runtime.util.files import read_json, write_json_atomic
 
 __all__ = ("GitSource", "git_home", "resume", "suspend")
@@ -96,7 +96,8 @@ def resume(home: Path) -> bool:
 class GitSource:
     """The squishfiles under ``settings.path`` of the commit ``settings`` follows."""
 
-    settings: GitSettings
+    settings: Settings
+    """The reconciler's settings; their ``git`` (which must be set) says what to follow."""
     state: Path
     """The runtime's state folder; the source keeps its own under ``git/``."""
     _files: FileCache = field(default_factory=dict)
@@ -110,9 +111,12 @@ class GitSource:
     _poke_reason: str = "poked"
 
     def __post_init__(self) -> None:
-        self.path = _subdir(self.settings.path)
-        self.home = git_home(self.state, self.settings)
-        self.mirror = Mirror(self.home / "mirror", self.settings.timeout)
+        if self.settings.git is None:
+            raise ValueError("a git source needs settings.git")
+        self.git: GitSettings = self.settings.git
+        self.path = _subdir(self.git.path)
+        self.home = git_home(self.state, self.git)
+        self.mirror = Mirror(self.home / "mirror", self.git.timeout)
         self._record: dict[str, Any] = _read_record(self.home / "source.json")
 
     @property
@@ -161,12 +165,12 @@ class GitSource:
                 if await anyio.to_thread.run_sync(self.sync, abandon_on_cancel=True):
                     changed(f"revision {self._record['applied']['commit'][:12]} ({why})")
             except Exception as exc:  # the loop never dies of its source: tried again
-                log.error("following %s failed: %s: %s", self.settings.url, type(exc).__name__, exc)
+                log.error("following %s failed: %s: %s", self.git.url, type(exc).__name__, exc)
             why = await self._wait(stop)
 
     async def _wait(self, stop: anyio.Event) -> str:
         """Until the interval has passed, a poke, ``stop``, or a resume; which one."""
-        deadline = time.monotonic() + self.settings.interval
+        deadline = time.monotonic() + self.git.interval
         suspended = self._record.get("suspended") is True  # as the last sync found it
         while not (stop.is_set() or self._poked.is_set()) and time.monotonic() < deadline:
             await anyio.sleep(min(_TICK, max(deadline - time.monotonic(), 0.0)))
@@ -184,14 +188,14 @@ class GitSource:
         with self._syncing:
             suspended = self.suspended  # what the record says is what this sync saw
             changed = False if suspended else self._sync()
-            self._record.update(suspended=suspended, url=self.settings.url, ref=self.settings.ref)
+            self._record.update(suspended=suspended, url=self.git.url, ref=self.git.ref)
             with contextlib.suppress(OSError):  # a full disk: status is stale, no more
                 write_json_atomic(self.home / "source.json", self._record)
             return changed
 
     def _sync(self) -> bool:
         try:
-            sha = self._fetch(self.settings.rev, TARGET)
+            sha = self._fetch(self.git.rev, TARGET)
         except (GitError, OSError) as exc:  # OSError: the mirror cannot be made
             self._record["fetch_error"] = str(exc)
             return False
@@ -216,23 +220,23 @@ class GitSource:
         self.mirror.ensure()
         if rev is not None:
             self.mirror.fetch(  # as the origin names them: main~2 and v1.2 resolve too
-                self.settings.url, ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+                self.git.url, ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
             )
             return self.mirror.resolve(rev)
-        if self.settings.branch is not None:
-            source = f"refs/heads/{self.settings.branch}"
-        elif self.settings.tag is not None:
-            source = f"refs/tags/{self.settings.tag}"
+        if self.git.branch is not None:
+            source = f"refs/heads/{self.git.branch}"
+        elif self.git.tag is not None:
+            source = f"refs/tags/{self.git.tag}"
         else:
             source = "HEAD"
-        self.mirror.fetch(self.settings.url, (f"+{source}:{target}",))
+        self.mirror.fetch(self.git.url, (f"+{source}:{target}",))
         return self.mirror.resolve(target)
 
     def _refusal(self, sha: str) -> str | None:
-        if not self.settings.verify_signatures:
+        if not self.git.verify_signatures:
             return None
-        assert self.settings.allowed_signers is not None  # GitSettings checks it
-        return self.mirror.refusal(sha, self.settings.allowed_signers)
+        assert self.git.allowed_signers is not None  # GitSettings checks it
+        return self.mirror.refusal(sha, self.git.allowed_signers)
 
     def _apply(self, commit: Commit) -> None:
         """Check ``commit`` out into ``revs/<sha>`` and point ``current`` at it."""
@@ -290,8 +294,8 @@ class GitSource:
         """What status shows under ``source`` (see docs/reconciler.md, "Git source")."""
         return {
             "kind": "git",
-            "url": self.settings.url,
-            "ref": self._record.get("ref", self.settings.ref),  # as the loop follows it
+            "url": self.git.url,
+            "ref": self._record.get("ref", self.git.ref),  # as the loop follows it
             "path": self.path,
             "applied": self._record.get("applied"),
             "attempted": self._record.get("attempted"),
