@@ -60,11 +60,14 @@ class Mirror:
             self._git(("init", "--quiet", "--bare", str(self.path)), git_dir=False)
 
     def fetch(self, url: str, refspecs: Sequence[str]) -> None:
-        self._git(("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", url, *refspecs))
+        # after "--", a URL or ref that starts with "-" is never taken for an option
+        self._git(("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", url, *refspecs))
 
     def resolve(self, name: str) -> str:
         """The commit ``name`` (a ref, a tag, a full or abbreviated sha) stands for."""
-        done = self._run(("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"))
+        done = self._run(
+            ("rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
+        )
         if done.code != 0:
             raise GitError(f"{name}: no such commit in what was fetched")
         return done.out.decode().strip()
