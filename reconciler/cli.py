@@ -264,10 +264,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
     document = status_document(
-        desired, actual, todo, reconciler.store.read(), networks=reconciler.networks
+        desired,
+        actual,
+        todo,
+        reconciler.store.read(),
+        networks=reconciler.networks,
+        source=reconciler.source,
     )
-    if isinstance(reconciler.source, GitSource):
-        document["source"] = reconciler.source.describe()
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0

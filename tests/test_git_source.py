@@ -15,9 +15,12 @@ import pytest
 from reconciler.cli import main
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
+from reconciler.control.status import status_document
 from reconciler.desired.git import GitSource, resume, suspend
 from reconciler.desired.gitrepo import GitError
+from reconciler.desired.source import FolderSource
 from reconciler.desired.types import LABEL_FOLDER, DesiredState
+from reconciler.planning.plan import plan
 from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
 from tests.fakes import FakeRuntime
 from tests.gitrepos import Origin, SigningKey, git, git_daemon, web_toml
@@ -316,3 +319,19 @@ def test_a_folder_and_a_repository_together_are_refused(
     assert "give a folder or --git URL, not both" in capsys.readouterr().err
     assert main(["status", "--git", origin.url, "--verify-signatures"]) == 1
     assert "needs --allowed-signers FILE" in capsys.readouterr().err
+
+
+def test_status_json_gains_the_source_key_only_for_a_source_that_describes_itself(
+    tmp_path: Path, origin: Origin
+) -> None:
+    sha = origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url)
+    source.sync()
+    desired = source.load().desired
+    todo = plan(desired, [], now=0.0)
+    document = status_document(desired, [], todo, {}, source=source)
+    assert document["source"]["kind"] == "git"
+    assert document["source"]["applied"]["commit"] == sha
+    folder = status_document(desired, [], todo, {}, source=FolderSource(tmp_path))
+    assert "source" not in folder
+    assert set(document) - set(folder) == {"source"}

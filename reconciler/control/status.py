@@ -494,12 +494,14 @@ def status_document(
     *,
     now: float | None = None,
     networks: Sequence[NetworkInfo] = (),
+    source: object = None,
 ) -> dict[str, Any]:
     """The ``status --json`` document (see the module docstring); ``desired`` settled,
     as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it. The errors and
     crash loops stored are shown whether a loop runs or not: they are the last known
     (with no loop, a crash loop only while its container is still there: ``down`` or
-    ``rm`` ended it)."""
+    ``rm`` ended it). A ``source`` that has a ``describe()`` (a git source) adds what
+    it returns as ``source``."""
     record = _record(stored.get("loop")) or LoopRecord()
     applied = _record(stored.get("apply"))
     alive = record.running() or record.pid == os.getpid()
@@ -509,6 +511,8 @@ def status_document(
     if not alive:
         crashing = [name for name in crashing if any(i.name == name for i in actual)]
     recorded = stored.get("recorded")
+    describe = getattr(source, "describe", None)
+    extra = {"source": describe()} if callable(describe) else {}
     return {
         "version": 1,
         "folder": str(desired.folder),
@@ -529,4 +533,5 @@ def status_document(
         ),
         "conditions": [_condition_json(c) for c in todo.conditions if c.name == "*"],
         "skipped": [{"file": s.file.name, "reason": s.reason} for s in desired.skipped],
+        **extra,
     }
