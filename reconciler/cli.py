@@ -37,11 +37,21 @@ from reconciler.control.status import (
     Writer,
     status_document,
 )
-from reconciler.desired.source import FolderSource
+from reconciler.desired.git import GitSource
+from reconciler.desired.gitrepo import GitError
+from reconciler.desired.source import FolderSource, Source
 from reconciler.desired.types import Skipped, network_files_in, skipped_in, squishfiles_in
 from reconciler.desired.validation import privileged_ports, validate_files
 from reconciler.endpoint.address import parse_listen
 from reconciler.endpoint.server import Endpoint, read_secret
+from reconciler.gitops import (
+    add_git_options,
+    add_suspend_commands,
+    first_fetch,
+    git_settings,
+    previewing,
+    source_line,
+)
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
@@ -100,7 +110,10 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
     if getattr(args, "label", None):
         given["labels"] = parse_labels(args.label)
     return dataclasses.replace(
-        settings, **given, backoff=dataclasses.replace(settings.backoff, **backoff)
+        settings,
+        **given,
+        backoff=dataclasses.replace(settings.backoff, **backoff),
+        git=git_settings(args, settings),
     )
 
 
@@ -121,9 +134,14 @@ def _existing(folder: Path) -> Path:
 
 
 def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
-    folder = _existing(folder)
+    if settings.git is None:
+        folder = _existing(folder)  # before the runtime, which may refuse to start
     runtime = _runtime(settings)
-    source = FolderSource(folder, settings)
+    source: Source = (
+        FolderSource(folder, settings)
+        if settings.git is None
+        else GitSource(settings, runtime.state)
+    )
     return Reconciler(
         source=source,
         runtime=runtime,
@@ -174,10 +192,11 @@ def _print_plan(todo: Plan) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    reconciler = _reconciler(Path(args.dir), settings)
+    reconciler = _reconciler(_folder(args), settings)
     assert reconciler.store is not None
     endpoint = _endpoint(args, settings, reconciler)
     reconciler.store.claim(reconciler.writer)
+    first_fetch(reconciler.source)
     on_pass = pass_printer(str(reconciler.folder))
     if endpoint is not None:
         on_pass = endpoint.also(on_pass)
@@ -217,7 +236,7 @@ def _endpoint(
         return None
     return Endpoint(
         parse_listen(args.listen, any_address=args.listen_any),
-        document=lambda: status_json(_reconciler(Path(args.dir), settings)),
+        document=lambda: status_json(_reconciler(_folder(args), settings)),
         source=reconciler.source,
         secret=read_secret(Path(args.webhook_secret_file)) if args.webhook_secret_file else None,
     )
@@ -247,9 +266,10 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(Path(args.dir), _settings(args), writer="apply")
+    reconciler = _reconciler(_folder(args), _settings(args), writer="apply")
     assert reconciler.store is not None
     reconciler.store.claim(reconciler.writer)
+    first_fetch(reconciler.source)
     reconciler.record.started(os.getpid())
     result = anyio.run(reconciler.reconcile, "apply")
     for outcome in result.outcomes:
@@ -265,7 +285,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    _, _, todo = _reconciler(Path(args.dir), _settings(args)).dry_run()
+    reconciler = _reconciler(_folder(args), _settings(args))
+    with previewing(reconciler.source):
+        _, _, todo = reconciler.dry_run()
     if not todo.actions and not todo.conditions:
         _out.print("no changes: the containers match the folder")
         return 0
@@ -281,12 +303,17 @@ def status_json(reconciler: Reconciler) -> dict[str, Any]:
     desired, actual, todo = reconciler.dry_run()
     assert reconciler.store is not None
     return status_document(
-        desired, actual, todo, reconciler.store.read(), networks=reconciler.networks
+        desired,
+        actual,
+        todo,
+        reconciler.store.read(),
+        networks=reconciler.networks,
+        source=reconciler.source,
     )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    document = status_json(_reconciler(Path(args.dir), _settings(args)))
+    document = status_json(_reconciler(_folder(args), _settings(args)))
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
@@ -330,6 +357,8 @@ def _row_message(row: dict[str, Any]) -> str:
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
     _out.print(_loop_line(document, time.time()))
+    if "source" in document:
+        _out.print(escape(source_line(document["source"])))
     table = Table(
         "NAME",
         "FILE",
@@ -387,9 +416,17 @@ def _network_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def _folder(args: argparse.Namespace) -> Path:
+    return Path(args.dir or _DEFAULT_DIR)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
-    runtime = _runtime()
-    folder = str(Path(os.path.abspath(args.dir)))
+    settings = _settings(args)
+    runtime = _runtime(settings)
+    if settings.git is None:
+        folder = str(Path(os.path.abspath(_folder(args))))
+    else:
+        folder = str(GitSource(settings, runtime.state).folder)
     removed = 0
     for info in runtime.list():
         if is_managed_by(info, folder):
@@ -666,30 +703,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)
-        command.add_argument("dir", nargs="?", default=_DEFAULT_DIR, help="default: desired")
+        command.add_argument("dir", nargs="?", help=f"default: {_DEFAULT_DIR}")
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
     _placement(p)
     _timing(p)
     _tuning(p)
+    add_git_options(p, loop=True)
     _listening(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
     _placement(p)
     _tuning(p)
+    add_git_options(p)
     p.set_defaults(func=cmd_apply)
     p = folder_command("plan", "what apply would do: exit 0 none, 2 pending, 1 errors")
     _placement(p)
+    add_git_options(p)
     p.set_defaults(func=cmd_plan)
     p = folder_command("status", "desired vs actual per container, and the loop's state")
     _placement(p)
+    add_git_options(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     _output(p, "json")
     p.set_defaults(func=cmd_status)
-    folder_command("down", "remove the containers DIR's reconciler made").set_defaults(
-        func=cmd_down
-    )
+    p = folder_command("down", "remove the containers DIR's reconciler made")
+    add_git_options(p)
+    p.set_defaults(func=cmd_down)
     p = sub.add_parser("fleet", help="several hosts following one folder")
     p = p.add_subparsers(dest="fleet_command", required=True).add_parser(
         "status", help="each host's containers and revision; exit 1 when one is behind"
@@ -745,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     p.set_defaults(func=cmd_rm)
+    add_suspend_commands(sub, lambda: _runtime().state)
     return parser
 
 
@@ -760,7 +802,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (HostSetupError, SquishError, OSError, FolderBusy, BadSetting, NoFolder) as exc:
+    except (
+        HostSetupError,
+        SquishError,
+        OSError,
+        FolderBusy,
+        BadSetting,
+        NoFolder,
+        GitError,
+    ) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
 

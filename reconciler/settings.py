@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from runtime.settings import BadSetting, RuntimeSettings
 
-__all__ = ("Backoff", "BadSetting", "Settings", "parse_labels")
+__all__ = ("Backoff", "BadSetting", "GitSettings", "Settings", "parse_interval", "parse_labels")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,67 @@ class Backoff:
 
     def crash_delay(self, crashes: int) -> float:
         return min(self.crash_initial * 2.0 ** max(crashes - 1, 0), self.crash_max)
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    """A git repository to follow instead of a folder (``reconciler run --git URL``)."""
+
+    url: str
+    """Where to fetch from: anything ``git fetch`` takes (``file://``, ``https://``,
+    ``ssh://``, ``git://``, a path); the user's own git config and credentials apply."""
+    branch: str | None = None
+    """The branch to follow (``--branch``); with no branch, tag or rev: the remote's HEAD."""
+    tag: str | None = None
+    """The tag to apply (``--tag``)."""
+    rev: str | None = None
+    """The commit to apply (``--rev``; for ``plan``: the revision to compare with)."""
+    path: str = ""
+    """The folder of squishfiles inside the repository (``--path``; empty: its top)."""
+    interval: float = 30.0
+    """Seconds between fetches (``--interval``, ``30s``, ``2m``); a poke fetches at once."""
+    verify_signatures: bool = False
+    """Apply only commits signed by a key of :attr:`allowed_signers`
+    (``--verify-signatures``)."""
+    allowed_signers: str | None = None
+    """An ssh allowed-signers file, as ``gpg.ssh.allowedSignersFile`` (``--allowed-signers``)."""
+    timeout: float = 120.0
+    """Longest run of one git command, in seconds; a fetch that takes longer fails."""
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.branch, self.tag, self.rev)) > 1:
+            raise BadSetting("git ref", self.ref, "give one of --branch, --tag, --rev")
+        if self.verify_signatures and not self.allowed_signers:
+            raise BadSetting("verify_signatures", "true", "needs --allowed-signers FILE")
+        if not self.interval > 0:
+            raise BadSetting("interval", str(self.interval), "expected more than 0 seconds")
+        _not_negative("timeout", self.timeout)
+
+    @property
+    def ref(self) -> str:
+        """What is followed, as status shows it: ``branch main``, ``tag v1``, ``rev 3f2a``,
+        ``HEAD``."""
+        for kind in ("branch", "tag", "rev"):
+            if (value := getattr(self, kind)) is not None:
+                return f"{kind} {value}"
+        return "HEAD"
+
+
+def parse_interval(text: str) -> float:
+    """Seconds in ``30s``, ``2m``, ``1h``, ``500ms`` or a plain number of seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = text.strip(), "s"
+    for suffix in sorted(units, key=len, reverse=True):
+        if number.endswith(suffix):
+            number, unit = number[: -len(suffix)], suffix
+            break
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise BadSetting("interval", text, "expected a duration such as 30s, 2m or 1h") from None
+    if not seconds > 0:
+        raise BadSetting("interval", text, "expected more than 0 seconds")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -84,6 +145,8 @@ class Settings:
     one at a time are held too. 0 counts each pass alone."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     """The runtime's part: its ``SQUISH_*`` variables."""
+    git: GitSettings | None = None
+    """The git repository followed (``--git URL`` and its options); None: a folder."""
     host: str = field(default_factory=socket.gethostname)
     """This host's name, which ``[placement]`` hosts patterns match (``--host``)."""
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)  # a dict: unhashable

@@ -74,8 +74,9 @@ host = {port}
 """
 
 
-def greeting_toml(port: int, greeting: str) -> str:
-    """httpd serving a page that holds $GREETING, as the container's environment has it."""
+def greeting_toml(port: int | None, greeting: str) -> str:
+    """httpd serving a page that holds $GREETING, as the container's environment has it
+    (on 127.0.0.1:PORT; with no port, published nowhere)."""
     script = "mkdir -p /tmp/www; echo $GREETING > /tmp/www/index.html; httpd -f -p 80 -h /tmp/www"
     return f"""\
 [layers]
@@ -87,11 +88,7 @@ args = ["-c", "{script}"]
 
 [env]
 GREETING = "{greeting}"
-
-[[ports]]
-container = 80
-host = {port}
-"""
+""" + ("" if port is None else f"\n[[ports]]\ncontainer = 80\nhost = {port}\n")
 
 
 def exiting_toml(code: int, policy: str | None = None, after: str = "") -> str:

@@ -48,10 +48,12 @@ by the folder's names of its networks; ``networks`` lists the folder's networks
 (:mod:`reconciler.control.network_status`), whose conditions are among the top-level ones
 too, with a ``network`` key. ``skipped`` lists the folder's entries
 named like squishfiles that are not read (a directory ``x.toml``, a file ``UPPER.TOML``),
-with the reason. ``host`` is the host the folder was read for (its name and labels, as
-``--host`` and ``--label`` or the defaults give them); ``placed_elsewhere`` lists the
-valid files whose ``[placement]`` leaves this host out, with why: they are not desired
-here (a container of theirs that runs here is removed, like one whose file is gone).
+with the reason. With a git source, ``reconciler status`` adds ``source``: the
+repository followed and its revisions (docs/reconciler.md, "Git source"). ``host`` is
+the host the folder was read for (its name and labels, as ``--host`` and ``--label`` or
+the defaults give them); ``placed_elsewhere`` lists the valid files whose
+``[placement]`` leaves this host out, with why: they are not desired here (a container
+of theirs that runs here is removed, like one whose file is gone).
 
 Phases: ``Running``, ``Pending`` (wanted, not yet running as specified), ``CrashLoopBackOff``,
 ``Failed`` (the last action on it failed), ``InvalidSpec`` (its file does not validate; the
@@ -508,12 +510,14 @@ def status_document(
     *,
     now: float | None = None,
     networks: Sequence[NetworkInfo] = (),
+    source: object = None,
 ) -> dict[str, Any]:
     """The ``status --json`` document (see the module docstring); ``desired`` settled,
     as :meth:`reconciler.control.loop.Reconciler.dry_run` returns it. The errors and
     crash loops stored are shown whether a loop runs or not: they are the last known
     (with no loop, a crash loop only while its container is still there: ``down`` or
-    ``rm`` ended it)."""
+    ``rm`` ended it). A ``source`` that has a ``describe()`` (a git source) adds what
+    it returns as ``source``."""
     record = _record(stored.get("loop")) or LoopRecord()
     applied = _record(stored.get("apply"))
     alive = record.running() or record.pid == os.getpid()
@@ -523,6 +527,8 @@ def status_document(
     if not alive:
         crashing = [name for name in crashing if any(i.name == name for i in actual)]
     recorded = stored.get("recorded")
+    describe = getattr(source, "describe", None)
+    extra = {"source": describe()} if callable(describe) else {}
     return {
         "version": 1,
         "folder": str(desired.folder),
@@ -548,4 +554,5 @@ def status_document(
             {"file": p.file.name, "name": p.name, "reason": p.reason}
             for p in desired.placed_elsewhere
         ],
+        **extra,
     }

@@ -119,7 +119,7 @@ def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile)
+        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile, folder=folder)
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)
@@ -184,6 +184,7 @@ def load_desired(
     *,
     now: float = 0.0,
     settle: float = 0.0,
+    files_in: Path | None = None,
     host: HostIdentity | None = None,
 ) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
@@ -196,15 +197,19 @@ def load_desired(
     the file stands for what it loaded before (:func:`settles_in` says when to look
     again). A file renamed into place, or new, counts at once.
 
+    ``files_in``: read the files from there (one revision of a git source, say) and
+    label what they ask for with ``folder`` all the same.
+
     With a ``host``, a valid file whose ``[placement]`` leaves that host out is not
     desired: it is listed in ``placed_elsewhere`` instead of ``containers`` (and claims
     no name or port here). Without one, every file is desired.
     """
     folder = Path(os.path.abspath(folder))
+    where = folder if files_in is None else Path(os.path.abspath(files_in))
     try:
-        paths = squishfiles_in(folder)
-        skipped = tuple(skipped_in(folder))
-        networks = _Networks.load(folder, network_files_in(folder))
+        paths = squishfiles_in(where)
+        skipped = tuple(skipped_in(where))
+        networks = _Networks.load(folder, network_files_in(where))
     except OSError:
         return DesiredState(folder=folder, readable=False)
     valid: list[DesiredContainer] = []

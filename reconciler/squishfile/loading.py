@@ -85,11 +85,17 @@ ConflictLines = tuple[tuple[str, int], ...]
 
 
 def load_with_lines(
-    path: Path, content: bytes | None = None, *, check_profile: ProfileCheck | None = None
+    path: Path,
+    content: bytes | None = None,
+    *,
+    check_profile: ProfileCheck | None = None,
+    folder: Path | None = None,
 ) -> tuple[Squishfile, ConflictLines]:
     """:func:`load_squishfile`, and where the file writes its name and each
-    ``[[ports]]`` host (a name taken from the file's name has no line)."""
-    squishfile, text = _load(path, content, check_profile)
+    ``[[ports]]`` host (a name taken from the file's name has no line). ``folder``: the
+    folder the file stands for when ``path`` is a copy (a git revision's): its networks
+    are that folder's; relative paths still start from the copy's own folder."""
+    squishfile, text = _load(path, content, check_profile, folder)
     return squishfile, _conflict_lines(squishfile, text)
 
 
@@ -149,11 +155,14 @@ def _parse(path: Path, content: bytes | None) -> tuple[str, dict[str, Any]]:
 
 
 def _load(
-    path: Path, content: bytes | None = None, check_profile: ProfileCheck | None = None
+    path: Path,
+    content: bytes | None = None,
+    check_profile: ProfileCheck | None = None,
+    folder: Path | None = None,
 ) -> tuple[Squishfile, str]:
     text, data = _parse(path, content)
     try:
-        context = {"source": path, PROFILE_CHECK: check_profile}
+        context = {"source": path, "folder": folder, PROFILE_CHECK: check_profile}
         squishfile = Squishfile.model_validate(data, context=context)
     except ValidationError as exc:
         raise SquishfileError(path, _problems(str(path), text, data, exc)) from None

@@ -370,6 +370,7 @@ class Squishfile(BaseModel):
     )
 
     _source: Path | None = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(as_tuple)
     _networks_from_array = field_validator("networks", mode="before")(as_tuple)
 
@@ -398,6 +399,8 @@ class Squishfile(BaseModel):
     def _remember_source(self, info: ValidationInfo) -> Squishfile:
         source = (info.context or {}).get("source")
         self._source = Path(os.path.abspath(source)) if isinstance(source, Path) else None
+        folder = (info.context or {}).get("folder")  # the file is a copy of one in there
+        self._folder = Path(os.path.abspath(folder)) if isinstance(folder, Path) else None
         return self
 
     @field_validator("layers")
@@ -521,7 +524,7 @@ class Squishfile(BaseModel):
             return {"network": "slirp4netns"}
         if self._source is None:
             raise ValueError("cannot name the folder's network: unknown squishfile folder")
-        folder = self._source.parent
+        folder = self._folder or self._source.parent
         joins = self.networks or (FOLDER_NETWORK,)
         if isinstance(joins, dict):
             pairs = [(name, join.aliases) for name, join in joins.items()]

@@ -1,0 +1,337 @@
+"""The git source with real git (no mock of git): repositories made in the test, fetched
+over file:// and over ``git daemon`` on 127.0.0.1; the converge part with a fake runtime."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from reconciler.cli import main
+from reconciler.control.converge import Converger
+from reconciler.control.loop import Reconciler
+from reconciler.control.status import status_document
+from reconciler.desired.git import GitSource, resume, suspend
+from reconciler.desired.gitrepo import GitError
+from reconciler.desired.source import FolderSource
+from reconciler.desired.types import LABEL_FOLDER, DesiredState
+from reconciler.planning.plan import plan
+from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
+from tests.fakes import FakeRuntime
+from tests.gitrepos import Origin, SigningKey, git, git_daemon, web_toml
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Origin:
+    return Origin(tmp_path / "origin")
+
+
+def source_of(tmp_path: Path, url: str, **options: object) -> GitSource:
+    git = GitSettings(url=url, **options)  # type: ignore[arg-type]
+    return GitSource(Settings(git=git), tmp_path / "state")
+
+
+def greetings(desired: DesiredState) -> dict[str, str]:
+    return {name: c.spec.env["GREETING"] for name, c in desired.containers.items()}
+
+
+# -- following the origin -------------------------------------------------------------------
+
+
+def test_a_new_commit_is_loaded_in_the_same_folder(tmp_path: Path, origin: Origin) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url)
+    assert source.sync()
+    before = source.load()
+    assert (before.revision, greetings(before.desired)) == (first, {"web": "one"})
+
+    second = origin.commit({"web.toml": web_toml("two")}, "two")
+    assert source.sync()
+    after = source.load()
+    assert (after.revision, greetings(after.desired)) == (second, {"web": "two"})
+    assert before.desired.folder == after.desired.folder == source.folder
+    label = after.desired.containers["web"].spec.labels[LABEL_FOLDER]
+    assert label == str(source.folder)  # not the revision's own folder: nothing is relabelled
+    assert not source.sync()  # nothing new
+    when = int(git(origin.path, "log", "-1", "--format=%ct", second))
+    assert source.describe()["applied"] == {"commit": second, "subject": "two", "time": when}
+
+
+def test_a_branch_a_tag_and_a_subfolder_are_followed(tmp_path: Path, origin: Origin) -> None:
+    origin.commit({"apps/web.toml": web_toml("main"), "web.toml": web_toml("top")}, "main")
+    tagged = origin.commit({"apps/web.toml": web_toml("tagged")}, "tagged")
+    git(origin.path, "tag", "v1")
+    git(origin.path, "checkout", "--quiet", "-b", "next")
+    origin.commit({"apps/web.toml": web_toml("next")}, "next")
+    git(origin.path, "checkout", "--quiet", "main")
+    cases = {"branch": ("next", "next"), "tag": ("v1", "tagged"), "rev": (tagged[:10], "tagged")}
+    for option, (value, greeting) in cases.items():
+        source = source_of(tmp_path / option, origin.url, path="apps/", **{option: value})
+        assert source.sync(), source.describe()
+        assert greetings(source.load().desired) == {"web": greeting}
+        assert source.folder.name == "apps"
+
+
+def test_a_path_outside_the_repository_is_refused(tmp_path: Path, origin: Origin) -> None:
+    with pytest.raises(BadSetting, match="inside the repository"):
+        source_of(tmp_path, origin.url, path="../elsewhere")
+
+
+@pytest.mark.anyio
+async def test_a_poke_fetches_at_once_over_git_daemon(tmp_path: Path, origin: Origin) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    (origin.path / ".git" / "git-daemon-export-ok").touch()
+    with git_daemon(tmp_path) as prefix:
+        source = source_of(tmp_path, f"{prefix}/origin", interval=3600.0)
+        changes: list[str] = []
+        seen = anyio.Event()
+
+        def changed(reason: str) -> None:
+            changes.append(reason)
+            seen.set()
+
+        stop = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(source.watch, changed, stop)
+            await seen.wait()
+            assert greetings(source.load().desired) == {"web": "one"}
+            second = origin.commit({"web.toml": web_toml("two")}, "two")
+            seen = anyio.Event()
+            threading.Thread(target=source.poke, args=("webhook",)).start()  # any thread
+            await seen.wait()
+            stop.set()
+    assert changes == [f"revision {first[:12]} (start)", f"revision {second[:12]} (webhook)"]
+    assert greetings(source.load().desired) == {"web": "two"}
+
+
+def test_a_checkout_is_never_half_seen(tmp_path: Path, origin: Origin) -> None:
+    """One thread swaps between two revisions (each many files) as fast as it can while
+    another source of the same repository loads: every load is wholly one revision."""
+    first = origin.commit({f"a{i}.toml": web_toml("a") for i in range(12)}, "a")
+    second = origin.commit(
+        {
+            **{f"a{i}.toml": None for i in range(12)},
+            **{f"b{i}.toml": web_toml("b") for i in range(5)},
+        },
+        "b",
+    )
+    expected = {
+        first: ({f"a{i}" for i in range(12)}, {"a"}),
+        second: ({f"b{i}" for i in range(5)}, {"b"}),
+    }
+    writers = [source_of(tmp_path, origin.url, rev=sha) for sha in (first, second)]
+    reader = source_of(tmp_path, origin.url)
+    writers[0].sync()
+    done = threading.Event()
+    swaps = 0
+    failures: list[BaseException] = []
+
+    def swap() -> None:
+        nonlocal swaps
+        try:
+            while not done.is_set():
+                assert writers[(swaps + 1) % 2].sync()
+                swaps += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    seen: set[str] = set()
+    try:
+        while (len(seen) < 2 or swaps < 20) and swapper.is_alive():
+            snapshot = reader.load()
+            names, values = expected[snapshot.revision]
+            assert set(snapshot.desired.containers) == names
+            assert set(greetings(snapshot.desired).values()) == values
+            assert snapshot.desired.errors == ()
+            seen.add(snapshot.revision)
+    finally:
+        done.set()
+        swapper.join()
+    assert failures == []
+    revs = {p.name for p in (reader.home / "revs").iterdir()}
+    assert revs == {first, second}  # no partial checkout left, nothing older kept
+
+
+# -- keeping the last good revision -------------------------------------------------------
+
+
+def test_a_failed_fetch_keeps_the_last_good_revision_and_says_why(
+    tmp_path: Path, origin: Origin
+) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url)
+    assert source.sync()
+    moved = origin.path.rename(tmp_path / "moved")
+    assert not source.sync()
+    error = source.describe()["fetch_error"]
+    assert isinstance(error, str) and "git fetch failed" in error and str(origin.path) in error
+    assert source.load().revision == first
+    moved.rename(origin.path)
+    second = origin.commit({"web.toml": web_toml("two")}, "two")
+    assert source.sync()
+    assert (source.describe()["fetch_error"], source.load().revision) == (None, second)
+
+
+def test_a_git_command_that_hangs_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        source = source_of(tmp_path, f"git://127.0.0.1:{port}/repo", timeout=0.5)
+        assert not source.sync()
+    assert "git fetch took more than 0.5 s" in str(source.describe()["fetch_error"])
+
+
+def test_an_invalid_file_keeps_the_previous_spec_and_status_names_commit_and_line(
+    tmp_path: Path, origin: Origin
+) -> None:
+    origin.commit({"web.toml": web_toml("one"), "api.toml": web_toml("api")}, "one")
+    source = source_of(tmp_path, origin.url)
+    runtime = FakeRuntime()
+    reconciler = Reconciler(source=source, runtime=runtime, converger=Converger(runtime))
+    source.sync()
+    anyio.run(reconciler.reconcile)
+    assert runtime.inspect("web").spec.env["GREETING"] == "one"
+
+    broken = web_toml("two").replace('GREETING = "two"', "GREETING = [")
+    bad = origin.commit({"web.toml": broken, "api.toml": web_toml("api2")}, "break web")
+    assert source.sync()
+    result = anyio.run(reconciler.reconcile)
+    assert [a.name for a in result.plan.actions] == ["api"]  # web is left as it runs
+    assert runtime.inspect("web").spec.env["GREETING"] == "one"
+    assert runtime.inspect("api").spec.env["GREETING"] == "api2"
+    problems = source.describe()["problems"]
+    assert isinstance(problems, list) and len(problems) == 1
+    assert re.search(f"revs/{bad}/web.toml:[0-9]+: <syntax>", problems[0]), problems
+
+
+# -- signatures -----------------------------------------------------------------------------
+
+
+def test_only_commits_signed_by_an_allowed_key_are_applied(tmp_path: Path, origin: Origin) -> None:
+    allowed, stranger = SigningKey(tmp_path, "allowed"), SigningKey(tmp_path, "stranger")
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(allowed.allowed)
+    source = source_of(tmp_path, origin.url, verify_signatures=True, allowed_signers=str(signers))
+    good = origin.commit({"web.toml": web_toml("good")}, "signed", key=allowed)
+    assert source.sync()
+    for key, subject in ((None, "unsigned"), (stranger, "signed by a stranger")):
+        refused = origin.commit({"web.toml": web_toml(subject)}, subject, key=key)
+        assert not source.sync()
+        facts = source.describe()
+        attempted = facts["attempted"]
+        assert isinstance(attempted, dict)
+        assert attempted["commit"] == refused and attempted["subject"] == subject
+        assert attempted["refused"]
+        assert isinstance(facts["applied"], dict) and facts["applied"]["commit"] == good
+        assert greetings(source.load().desired) == {"web": "good"}
+    signed = origin.commit({"web.toml": web_toml("good again")}, "signed again", key=allowed)
+    assert source.sync()
+    assert source.load().revision == signed
+
+
+def test_verifying_signatures_needs_an_allowed_signers_file() -> None:
+    with pytest.raises(BadSetting, match="allowed-signers"):
+        GitSettings(url="file:///x", verify_signatures=True)
+
+
+# -- suspend, resume, plan ------------------------------------------------------------------
+
+
+def test_a_suspended_source_fetches_nothing_until_resumed(tmp_path: Path, origin: Origin) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url)
+    assert source.sync()
+    assert suspend(source.home)
+    assert not suspend(source.home)  # already
+    second = origin.commit({"web.toml": web_toml("two")}, "two")
+    assert not source.sync()
+    assert source.describe()["suspended"] is True
+    assert source.load().revision == first
+    assert resume(source.home)
+    assert not resume(source.home)
+    assert source.sync()
+    assert (source.load().revision, source.describe()["suspended"]) == (second, False)
+
+
+@pytest.mark.anyio
+async def test_resuming_wakes_a_waiting_watch(tmp_path: Path, origin: Origin) -> None:
+    origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url, interval=3600.0)
+    suspend(source.home)
+    told = anyio.Event()
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(source.watch, lambda reason: told.set(), stop)
+        await anyio.to_thread.run_sync(source.sync)  # what the watch did: nothing
+        assert source.load().revision == "git:none"
+        resume(source.home)
+        await told.wait()  # without waiting out the hour
+        stop.set()
+    assert greetings(source.load().desired) == {"web": "one"}
+
+
+def test_a_preview_loads_another_revision_without_moving_current(
+    tmp_path: Path, origin: Origin
+) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    second = origin.commit({"web.toml": web_toml("two"), "api.toml": web_toml("api")}, "two")
+    source = source_of(tmp_path, origin.url)
+    assert source.sync()
+    with source.previewing("main~1") as commit:
+        snapshot = source.load()
+        assert (commit.sha, commit.subject) == (first, "one")
+        assert (snapshot.revision, greetings(snapshot.desired)) == (first, {"web": "one"})
+        assert snapshot.desired.folder == source.folder
+    assert source.load().revision == second
+    assert os.listdir(source.home / "previews") == []
+    with pytest.raises(GitError, match="no such commit"), source.previewing("0" * 40):
+        pass
+
+
+def test_intervals_are_read_with_their_unit() -> None:
+    assert [parse_interval(t) for t in ("30s", "2m", "1h", "500ms", "7")] == [
+        30.0,
+        120.0,
+        3600.0,
+        0.5,
+        7.0,
+    ]
+    for bad in ("soon", "0s", "-1m"):
+        with pytest.raises(BadSetting):
+            parse_interval(bad)
+
+
+def test_a_folder_and_a_repository_together_are_refused(
+    tmp_path: Path, origin: Origin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(tmp_path), "--git", origin.url]) == 1
+    assert "give a folder or --git URL, not both" in capsys.readouterr().err
+    assert main(["status", "--git", origin.url, "--verify-signatures"]) == 1
+    assert "needs --allowed-signers FILE" in capsys.readouterr().err
+
+
+def test_status_json_gains_the_source_key_only_for_a_source_that_describes_itself(
+    tmp_path: Path, origin: Origin
+) -> None:
+    sha = origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url)
+    source.sync()
+    desired = source.load().desired
+    todo = plan(desired, [], now=0.0)
+    document = status_document(desired, [], todo, {}, source=source)
+    assert document["source"]["kind"] == "git"
+    assert document["source"]["applied"]["commit"] == sha
+    folder = status_document(desired, [], todo, {}, source=FolderSource(tmp_path))
+    assert "source" not in folder
+    assert set(document) - set(folder) == {"source"}
