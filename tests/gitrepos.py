@@ -3,6 +3,8 @@ signed with keys ``ssh-keygen`` makes, and served over ``git daemon`` on 127.0.0
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -86,7 +88,8 @@ class Origin:
 @contextmanager
 def git_daemon(base: Path) -> Iterator[str]:
     """``git daemon`` serving the repositories under ``base`` on 127.0.0.1; the URL
-    prefix (``git://127.0.0.1:PORT``). Stopped (by its pid) on leaving."""
+    prefix (``git://127.0.0.1:PORT``). Stopped on leaving, with the ``git-daemon`` that
+    ``git`` runs as its child (killing ``git`` alone left that one serving)."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -100,6 +103,7 @@ def git_daemon(base: Path) -> Iterator[str]:
             str(base),
         ],
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # git runs git-daemon as its child: both end together
     )
     try:
         while True:  # the test's own timeout bounds this
@@ -111,5 +115,5 @@ def git_daemon(base: Path) -> Iterator[str]:
                 time.sleep(0.02)
         yield f"git://127.0.0.1:{port}"
     finally:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)  # the group this function started
         process.wait(timeout=30)

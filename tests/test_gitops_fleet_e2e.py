@@ -127,9 +127,10 @@ def test_three_hosts_follow_one_repository_each_running_its_share(
         finally:
             for host in hosts:
                 host.stop()
-                down = cli(host.env, "down", *host.source)
-                assert down.returncode == 0, down.stderr
+            downs = [cli(host.env, "down", *host.source) for host in hosts]
+            for host in hosts:
                 LinuxRuntime(state=host.state, cache=cache_path).shutdown()
+    assert [down.returncode for down in downs] == [0, 0, 0], [d.stderr for d in downs]
     for state in states:
         assert not processes_mentioning(str(state))
 
