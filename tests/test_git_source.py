@@ -1,5 +1,6 @@
 """The git source with real git (no mock of git): repositories made in the test, fetched
-over file:// and over ``git daemon`` on 127.0.0.1; the converge part with a fake runtime."""
+over file://, over ``git daemon`` and over https (``git http-backend`` with a certificate
+made in the test) on 127.0.0.1; the converge part with a fake runtime."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -23,7 +26,17 @@ from reconciler.desired.types import LABEL_FOLDER, DesiredState
 from reconciler.planning.plan import plan
 from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
 from tests.fakes import FakeRuntime
-from tests.gitrepos import Origin, SigningKey, git, git_daemon, web_toml
+from tests.gitrepos import (
+    Certificate,
+    Origin,
+    SigningKey,
+    basic_auth_config,
+    git,
+    git_daemon,
+    git_https,
+    web_toml,
+)
+from tests.support import children_of
 
 
 @pytest.fixture
@@ -112,6 +125,83 @@ async def test_a_poke_fetches_at_once_over_git_daemon(tmp_path: Path, origin: Or
             stop.set()
     assert changes == [f"revision {first[:12]} (start)", f"revision {second[:12]} (webhook)"]
     assert greetings(source.load().desired) == {"web": "two"}
+
+
+# -- over https --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Certificate:
+    """The server's certificate, trusted the way a git user would: ``GIT_SSL_CAINFO``."""
+    certificate = Certificate(tmp_path, "server")
+    monkeypatch.setenv("GIT_SSL_CAINFO", str(certificate.path))
+    return certificate
+
+
+@contextmanager
+def served_over_https(tmp_path: Path, certificate: Certificate, **login: str) -> Iterator[str]:
+    """``git_https`` over ``tmp_path``; on leaving, no thread and no child it started remain."""
+    threads, children = set(threading.enumerate()), set(children_of(os.getpid()))
+    with git_https(tmp_path, certificate, **login) as prefix:
+        yield prefix
+    assert set(threading.enumerate()) <= threads
+    assert set(children_of(os.getpid())) <= children
+
+
+def test_a_commit_is_loaded_and_a_new_one_followed_over_https(
+    tmp_path: Path, origin: Origin, trusted: Certificate
+) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    with served_over_https(tmp_path, trusted) as prefix:
+        source = source_of(tmp_path, f"{prefix}/origin")
+        assert source.sync(), source.describe()
+        assert (source.load().revision, greetings(source.load().desired)) == (first, {"web": "one"})
+        second = origin.commit({"web.toml": web_toml("two")}, "two")
+        assert source.sync(), source.describe()
+        assert not source.sync()
+    assert (source.load().revision, greetings(source.load().desired)) == (second, {"web": "two"})
+
+
+def test_a_certificate_not_trusted_is_a_fetch_error_and_the_last_good_revision_stays(
+    tmp_path: Path, origin: Origin, trusted: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    other = Certificate(tmp_path, "other")
+    with served_over_https(tmp_path, trusted) as prefix:
+        source = source_of(tmp_path, f"{prefix}/origin")
+        assert source.sync(), source.describe()
+        second = origin.commit({"web.toml": web_toml("two")}, "two")
+        for cainfo in (None, other.path):  # the system's CAs; another self-signed one
+            if cainfo is None:
+                monkeypatch.delenv("GIT_SSL_CAINFO")
+            else:
+                monkeypatch.setenv("GIT_SSL_CAINFO", str(cainfo))
+            assert not source.sync()
+            error = source.describe()["fetch_error"]
+            assert isinstance(error, str) and "git fetch failed" in error and prefix in error
+            assert "certificate" in error.lower(), error
+            assert source.load().revision == first
+        monkeypatch.setenv("GIT_SSL_CAINFO", str(trusted.path))
+        assert source.sync()
+    assert (source.describe()["fetch_error"], source.load().revision) == (None, second)
+
+
+def test_basic_auth_over_https_takes_the_credentials_git_is_given(
+    tmp_path: Path, origin: Origin, trusted: Certificate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = origin.commit({"web.toml": web_toml("one")}, "one")
+    with served_over_https(tmp_path, trusted, login="ops:s3cret") as prefix:
+        source = source_of(tmp_path, f"{prefix}/origin")
+        for given in ({}, basic_auth_config("ops", "wrong")):
+            with monkeypatch.context() as env:
+                for name, value in given.items():
+                    env.setenv(name, value)
+                assert not source.sync()  # git asks no one (GIT_TERMINAL_PROMPT=0): it fails
+            assert "git fetch failed" in str(source.describe()["fetch_error"])
+        for name, value in basic_auth_config("ops", "s3cret").items():
+            monkeypatch.setenv(name, value)
+        assert source.sync(), source.describe()
+    assert source.load().revision == first
 
 
 def test_a_checkout_is_never_half_seen(tmp_path: Path, origin: Origin) -> None:
