@@ -14,9 +14,12 @@
 set -euo pipefail
 
 SQUISH_USER="${SQUISH_USER:-squish}"
+# nftables: the nft client, NAT and isolation for bridge networks; git: the git source;
+# openssh-client: ssh-keygen, which git runs to verify commit signatures (and the tests
+# sign with); openssl: the https test's certificate; the last two: the VM test tier.
 PACKAGES=(slirp4netns nftables uidmap busybox-static bubblewrap python3-venv make git procps tar
-    libseccomp2  # nftables: the nft client, NAT and isolation for bridge networks
-    qemu-system-x86 linux-image-amd64)  # the last two: the VM test tier (make test-vm)
+    libseccomp2 openssh-client openssl
+    qemu-system-x86 linux-image-amd64)
 
 say() { printf 'host-setup: %s\n' "$*"; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
