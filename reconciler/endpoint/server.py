@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio.from_thread
 import anyio.lowlevel
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from reconciler.control.loop import PassResult
 from reconciler.desired.source import Changed, Source
@@ -33,6 +32,10 @@ from reconciler.endpoint.metrics import Document, LoopMetrics
 from reconciler.settings import BadSetting
 
 __all__ = ("CONNECTIONS", "MAX_BODY", "Endpoint", "LoopTrigger", "read_secret")
+
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What ``generate_latest`` writes, in every prometheus_client this project allows (the
+library's own name for it, ``CONTENT_TYPE_PLAIN_0_0_4``, came after 0.17)."""
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/status":
             self._answer(200, self._guarded(routes.status), "application/json")
         elif path == "/metrics":
-            self._answer(200, self._guarded(routes.metrics_text), CONTENT_TYPE_PLAIN_0_0_4)
+            self._answer(200, self._guarded(routes.metrics_text), METRICS_TYPE)
         elif routes.forge(path) is not None:
             self._answer(405, b"use POST\n", allow="POST")
         else:
