@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reconciler import fleet
+from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.prepare import Preparer
@@ -101,6 +102,9 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
     settings = Settings.from_env()
     if args is None:
         return settings
+    config = config_path(getattr(args, "config", None))
+    if config is not None:
+        settings = apply_file(settings, config)
     given = {name: value for name in _OPTIONS if (value := getattr(args, name, None)) is not None}
     backoff = {
         field: value
@@ -699,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more diagnostics (-vv: debug)"
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file ([git], [host]; default $SQUISH_CONFIG, else "
+        "~/.config/squish/reconciler.toml if it exists); options given win",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -810,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BadSetting,
         NoFolder,
         GitError,
+        ConfigError,
     ) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1

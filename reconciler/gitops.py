@@ -62,8 +62,8 @@ def git_settings(args: argparse.Namespace, base: Settings) -> GitSettings | None
     """The git source the options ask for (None: a folder); DIR and ``--git`` exclude
     each other."""
     url = getattr(args, "git", None)
-    if url is None:
-        return base.git
+    if url is None:  # a folder given on the command line wins over the settings file's git
+        return None if getattr(args, "dir", None) is not None else base.git
     if getattr(args, "dir", None) is not None:
         raise BadSetting("DIR", args.dir, "give a folder or --git URL, not both")
     given = {

@@ -1,0 +1,87 @@
+"""The reconciler's settings file: [git] and [host], what the command line overrides, and
+errors at file:line before anything is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler import cli
+from reconciler.configfile import ConfigError, config_path
+from reconciler.settings import Settings
+
+GOOD = """\
+[git]
+url = "https://git.example.com/ops.git"
+branch = "main"
+path = "prod"
+interval = "2m"
+
+[host]
+name = "web-1"
+labels = { zone = "a" }
+"""
+
+
+def settings_for(*argv: str) -> Settings:
+    return cli._settings(cli.build_parser().parse_args(list(argv)))
+
+
+def test_the_file_gives_the_git_source_and_the_host(tmp_path: Path) -> None:
+    config = tmp_path / "reconciler.toml"
+    config.write_text(GOOD)
+    settings = settings_for("--config", str(config), "status")
+    assert settings.git is not None
+    assert (settings.git.url, settings.git.ref, settings.git.path) == (
+        "https://git.example.com/ops.git",
+        "branch main",
+        "prod",
+    )
+    assert settings.git.interval == 120.0
+    assert (settings.host, dict(settings.labels)) == ("web-1", {"zone": "a"})
+
+
+def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "reconciler.toml"
+    config.write_text(GOOD)
+    other = settings_for("--config", str(config), "status", "--git", "file:///srv/x.git")
+    assert other.git is not None and (other.git.url, other.git.ref) == ("file:///srv/x.git", "HEAD")
+    assert settings_for("--config", str(config), "status", str(tmp_path)).git is None
+    assert settings_for("--config", str(config), "status", "--host", "db-2").host == "db-2"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[git]\nurll = "x"\n', ":2: git.urll"),
+        ('[git]\nurl = "x"\ninterval = "soon"\n', ":3: git.interval"),
+        ("[host]\nlabels = { zone = 1 }\n", ":2: host.labels.zone"),
+        ("[git\nurl = 1\n", ":1: <syntax>"),
+        ('[git]\nurl = "x"\nbranch = "a"\ntag = "b"\n', ": [git]: git ref"),
+    ],
+)
+def test_a_bad_file_is_an_error_at_its_line_and_nothing_is_done(
+    tmp_path: Path, text: str, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "reconciler.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{config}{where}".replace("[", r"\[")):
+        settings_for("--config", str(config), "plan")
+    assert cli.main(["--config", str(config), "plan", str(tmp_path)]) == 1
+    assert str(config) in capsys.readouterr().err
+
+
+def test_which_file_is_read(tmp_path: Path) -> None:
+    default = tmp_path / "xdg" / "squish" / "reconciler.toml"
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    assert config_path(None, env) is None  # no file: no settings file
+    default.parent.mkdir(parents=True)
+    default.write_text(GOOD)
+    assert config_path(None, env) == default
+    named = tmp_path / "other.toml"
+    named.write_text(GOOD)
+    assert config_path(None, {**env, "SQUISH_CONFIG": str(named)}) == named
+    assert config_path(str(named), env) == named
+    with pytest.raises(ConfigError, match="no such settings file"):
+        config_path(str(tmp_path / "missing.toml"), env)
