@@ -34,6 +34,7 @@ from reconciler.problems import Problem
 from reconciler.settings import GitSettings, Settings, parse_interval
 from reconciler.squishfile.tomlpos import (
     TomlError,
+    line_of,
     parse_toml,
     problems_from_validation,
     syntax_problem,
@@ -97,13 +98,13 @@ def config_path(given: str | None, environ: dict[str, str] | None = None) -> Pat
     return default if default.is_file() else None
 
 
-def _read(path: Path) -> _File:
+def _read(path: Path) -> tuple[_File, str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from exc
     try:
-        return _File.model_validate(parse_toml(text))
+        return _File.model_validate(parse_toml(text)), text
     except TomlError as exc:
         raise ConfigError(str(syntax_problem(str(path), text, exc))) from exc
     except ValidationError as exc:
@@ -113,7 +114,7 @@ def _read(path: Path) -> _File:
 
 def apply_file(settings: Settings, path: Path) -> Settings:
     """``settings`` with what the file at ``path`` sets."""
-    read = _read(path)
+    read, text = _read(path)
     changes: dict[str, Any] = {}
     if read.git is not None:
         fields = read.git.model_dump(exclude={"interval", "allowed_signers"})
@@ -123,8 +124,9 @@ def apply_file(settings: Settings, path: Path) -> Settings:
             fields["allowed_signers"] = str(Path(read.git.allowed_signers).expanduser())
         try:
             changes["git"] = GitSettings(**fields)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: [git]: {exc}") from exc
+        except ValueError as exc:  # settings that do not go together, such as branch and tag
+            where = Problem(str(path), line_of(text, ("git",)), "git", str(exc))
+            raise ConfigError(str(where)) from exc
     if read.host is not None:
         if read.host.name is not None:
             changes["host"] = read.host.name

@@ -58,7 +58,7 @@ def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
         ('[git]\nurl = "x"\ninterval = "soon"\n', ":3: git.interval"),
         ("[host]\nlabels = { zone = 1 }\n", ":2: host.labels.zone"),
         ("[git\nurl = 1\n", ":1: <syntax>"),
-        ('[git]\nurl = "x"\nbranch = "a"\ntag = "b"\n', ": [git]: git ref"),
+        ('[git]\nurl = "x"\nbranch = "a"\ntag = "b"\n', ":1: git: git ref"),
     ],
 )
 def test_a_bad_file_is_an_error_at_its_line_and_nothing_is_done(

@@ -134,11 +134,11 @@ class NetworkOps(RunningOps):
         write_json_atomic(cdir / "launch.json", updated.to_json())
         info = self._info(cdir)
         if info.state is ContainerState.RUNNING and info.pid is not None:
-            self._rewire(cdir, spec, info.pid)
+            self._rewire(cdir, spec, info.pid)  # the keeper syncs before it wires
             binds.etc_rewrite(spec, cdir)  # once its interfaces are there
         else:
             binds.etc_mounts(spec, cdir)  # the files, replaced; their mounts stay the same
-        bridge.sync_if_running(self.state)
+            bridge.sync_if_running(self.state)
         return self._info(cdir)
 
     def _refuse_running(self, cdir: Path, name: str) -> None:

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import signal
-import socket
-import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
 from runtime.holder.protocol import Launching, marked
-from runtime.sandbox import confine, mounts
+from runtime.sandbox import confine, mounts, netif
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import close_fds_except, reap_children
@@ -46,17 +43,7 @@ FORWARDED_SIGNALS = frozenset(
     }
 )
 
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
 _EXIT_FILE = Path("exit.json")
-
-
-def _bring_up_loopback() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
 def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
@@ -186,7 +173,7 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: in
         syscall_filter = read_filter(state_fd, req.seccomp)
         sc.sethostname(req.hostname or req.name)
         if req.network in ("none", "bridge"):  # slirp4netns --configure does it for its own
-            _bring_up_loopback()
+            netif.bring_up("lo")
         root = os.path.join(req.container_dir, "root")
         skel = os.path.join(req.container_dir, "skel")
         mounts.assemble(root, skel, req.rootfs, req.mounts)

@@ -13,7 +13,6 @@ A spare that loses its holder (EOF on its control socket) exits, and its init wi
 
 from __future__ import annotations
 
-import array
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from runtime.holder.protocol import (
 )
 from runtime.network.driver import driver_for
 from runtime.sandbox import syscalls as sc
+from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
@@ -255,11 +255,7 @@ def _place(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
 
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
     """The launch request and the client connection, or None when the holder is gone."""
-    fds = array.array("i")
-    data, ancillary, _, _ = ctrl.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(fds.itemsize))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    data, fds = receive_with_fds(ctrl, MAX_REQUEST, 1)
     if not data or not fds:
         return None
     chunks = [data]
@@ -298,10 +294,7 @@ def run_spare(ctrl: socket.socket) -> NoReturn:
         received = _receive(ctrl)
         if received is not None:
             # The holder waits for this before it forgets the request.
-            ctrl.sendmsg(
-                [marked(Launching.TAKEN, init.pid)],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", namespaces))],
-            )
+            send_with_fds(ctrl, marked(Launching.TAKEN, init.pid), namespaces)
         for fd in namespaces:
             os.close(fd)
         ctrl.close()
@@ -339,21 +332,13 @@ def hand_over(
     ``NAMESPACES`` (the caller owns them). Raises OSError when the spare did not take the
     request (it died): the caller still holds the connection and can try another spare.
     """
-    ctrl.sendmsg(
-        [raw_request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
-    )
+    send_with_fds(ctrl, raw_request, [conn.fileno()])
     ctrl.shutdown(socket.SHUT_WR)
     ctrl.settimeout(_STEP_TIMEOUT)
-    fds = array.array("i")
-    data, ancillary, _, _ = ctrl.recvmsg(
-        64, socket.CMSG_SPACE(fds.itemsize * len(NAMESPACES)), socket.MSG_CMSG_CLOEXEC
-    )
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES), socket.MSG_CMSG_CLOEXEC)
     taken = detail_of(data, Launching.TAKEN)
     if taken is None or len(fds) != len(NAMESPACES):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    return int(taken), list(fds)
+    return int(taken), fds

@@ -19,7 +19,6 @@ request cheap: no process is forked to enter it, and pyroute2's socket is opened
 
 from __future__ import annotations
 
-import array
 import contextlib
 import json
 import os
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from runtime.network import inside, netlink, nft
 from runtime.sandbox import syscalls as sc
+from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.processes import close_fds_except
 
 if TYPE_CHECKING:
@@ -45,9 +45,8 @@ _HEADER = struct.Struct("!I")
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
     body = json.dumps(message).encode()
-    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     data = _HEADER.pack(len(body)) + body
-    sent = sock.sendmsg([data], rights)
+    sent = send_with_fds(sock, data, fds)
     if sent < len(data):
         sock.sendall(data[sent:])
 
@@ -65,11 +64,7 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
 
 def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One message and the descriptors sent with it; EOFError when the peer is gone."""
-    fds = array.array("i")
-    head, ancillary, _, _ = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(4 * fds.itemsize))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    head, fds = receive_with_fds(sock, _HEADER.size, 4)
     if not head:
         raise EOFError("the peer went away")
     head += _exactly(sock, _HEADER.size - len(head))
@@ -79,7 +74,7 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     message = json.loads(_exactly(sock, size))
     if not isinstance(message, dict):
         raise ValueError("not a JSON object")
-    return message, list(fds)
+    return message, fds
 
 
 class Agent:

@@ -14,22 +14,19 @@ import fcntl
 import ipaddress
 import os
 import socket
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.sandbox import netif
 from runtime.sandbox import syscalls as sc
 
 __all__ = ("Address", "Stranded", "configure", "entered", "names")
 
 _SIOCADDRT = 0x890B
 _SIOCDELRT = 0x890C
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
 _SIOCSIFADDR = 0x8916
 _SIOCSIFNETMASK = 0x891C
-_IFF_UP = 0x1
 _RTF_UP = 0x1
 _RTF_GATEWAY = 0x2
 
@@ -77,22 +74,11 @@ def _sockaddr(address: str) -> _SockaddrIn:
     return _SockaddrIn(socket.AF_INET, 0, (ctypes.c_ubyte * 4)(*packed))
 
 
-def _ifreq(ifname: str, payload: bytes) -> bytes:
-    """A ``struct ifreq``: the name, then its 24-byte union."""
-    return struct.pack("16s24s", ifname.encode(), payload)
-
-
 def _set_address(sock: socket.socket, link: Address) -> None:
     network = ipaddress.IPv4Network(f"0.0.0.0/{link.prefixlen}")
-    fcntl.ioctl(sock, _SIOCSIFADDR, _ifreq(link.ifname, bytes(_sockaddr(link.address))))
+    fcntl.ioctl(sock, _SIOCSIFADDR, netif.ifreq(link.ifname, bytes(_sockaddr(link.address))))
     mask = bytes(_sockaddr(str(network.netmask)))
-    fcntl.ioctl(sock, _SIOCSIFNETMASK, _ifreq(link.ifname, mask))
-
-
-def _up(sock: socket.socket, ifname: str) -> None:
-    current = fcntl.ioctl(sock, _SIOCGIFFLAGS, _ifreq(ifname, b""))
-    (flags,) = struct.unpack_from("H", current, 16)
-    fcntl.ioctl(sock, _SIOCSIFFLAGS, _ifreq(ifname, struct.pack("H", flags | _IFF_UP)))
+    fcntl.ioctl(sock, _SIOCSIFNETMASK, netif.ifreq(link.ifname, mask))
 
 
 def _default_routes() -> list[str]:
@@ -162,5 +148,5 @@ def configure(links: list[Address], gateway: str | None) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         for link in links:
             _set_address(sock, link)
-            _up(sock, link.ifname)
+            netif.up(sock, link.ifname)
         _default_route(sock, gateway)

@@ -25,7 +25,6 @@ it: the supervisor ends what it started and itself, and the next caller starts a
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import importlib.util
@@ -46,6 +45,7 @@ from runtime.network import netlink, nft, slirp, wiring
 from runtime.network.addresses import NetworkRecord, open_book
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
+from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import Landmark, read_json, write_json_atomic
 from runtime.util.processes import ProcessId, close_fds_except, wait_readable
 from runtime.wire import Forward
@@ -110,8 +110,7 @@ def call(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
         jsonsock.connect(sock, bridge_dir(state) / "ctl.sock", timeout)
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        sock.sendmsg([json.dumps({"op": op, **args}).encode()], rights)
+        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
         sock.shutdown(socket.SHUT_WR)
         try:
             reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
@@ -527,13 +526,9 @@ class _Supervisor:
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """A request and the descriptors that came with it."""
-    fds = array.array("i")
-    data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * fds.itemsize))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    data, fds = receive_with_fds(conn, 1 << 16, 4)
     rest = jsonsock.read_to_eof(conn, 1 << 16) if data else b""
-    return jsonsock.decode_object(data + rest), list(fds)
+    return jsonsock.decode_object(data + rest), fds
 
 
 def _json(process: ProcessId | None) -> dict[str, int] | None:
