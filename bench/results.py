@@ -31,6 +31,7 @@ class Results:
     name: str
     figures: list[dict[str, object]] = field(default_factory=list)
     raw: dict[str, list[float]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
 
     def figure(
         self,
@@ -68,7 +69,7 @@ class Results:
         anchor_values: list[float] | None = None,
     ) -> None:
         """The raw samples, and their p50 (against the anchor's p50) and p90 as figures."""
-        self.samples(what, values)
+        self.samples(what, values, unit)
         base = statistics.median(anchor_values) if anchor_values else None
         middle = statistics.median(values)
         self.figure(f"{what} p50", middle, unit, anchor=anchor, anchor_value=base)
@@ -79,8 +80,9 @@ class Results:
         for entry in self.figures:
             print(line(entry))
 
-    def samples(self, what: str, values: list[float]) -> None:
+    def samples(self, what: str, values: list[float], unit: str = "ms") -> None:
         self.raw[what] = list(values)
+        self.units[what] = unit
 
     def save(self) -> Path:
         OUT.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,7 @@ class Results:
             "machine": {"cores": os.cpu_count(), "kernel": platform.release()},
             "figures": self.figures,
             "samples": self.raw,
+            "sample_units": self.units,
         }
         path.write_text(json.dumps(body, indent=1) + "\n")
         return path

@@ -38,9 +38,9 @@ PODMAN = ("--runtime=runc", "--cgroup-manager=cgroupfs", "run")
 TRUE_FULL = "squish /bin/true, no network (create+start+exit+remove)"
 TRUE_START = "squish /bin/true, no network (start+exit only)"
 HTTP = "squish httpd + slirp4netns + 1 forward, until it answers"
-BWRAP = "bwrap --unshare-all /bin/true (anchor)"
-PODMAN_TRUE = "podman run --rm /bin/true (anchor)"
-PODMAN_HTTP = "podman run -p httpd, until it answers (anchor)"
+BWRAP = "bwrap --unshare-all /bin/true"
+PODMAN_TRUE = "podman run --rm /bin/true (runc)"
+PODMAN_HTTP = "podman run -d -p httpd (runc), until it answers"
 
 
 def timed(runs: int, body: Callable[[], object]) -> list[float]:
@@ -193,7 +193,8 @@ def main() -> None:
     print(f"{runs} sequential runs each, {os.cpu_count()} cores\n")
     print(f"{'what':<62} {'p50 ms':>8} {'p90 ms':>8}")
     for what, samples in series.items():
-        print(f"{what:<62} {statistics.median(samples):8.2f} {p90(samples):8.2f}")
+        name = what if what.startswith("squish") else f"anchor: {what}"
+        print(f"{name:<62} {statistics.median(samples):8.2f} {p90(samples):8.2f}")
     out = record(series)
     print("\nagainst the anchors (ratio = anchor p50 / squish p50: above 1, squish is faster)")
     out.report()
