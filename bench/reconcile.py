@@ -119,7 +119,9 @@ def main() -> None:
     state = Path("/dev/shm") / f"sqr-{secrets.token_hex(4)}"
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
     loop = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
+        # Each sample's file is removed on purpose: the mass-deletion guard would stop
+        # the third removal within its window.
+        [sys.executable, "-m", "reconciler.cli", "run", "--allow-mass-delete", str(folder)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
