@@ -42,8 +42,9 @@ def is_bench(path: Path) -> bool:
     return path.stem != "suite" and '__name__ == "__main__"' in text and "--quick" in text
 
 
-def benches(only: list[str]) -> list[Path]:
-    found = {path.stem: path for path in sorted(HERE.glob("*.py")) if is_bench(path)}
+def benches(only: list[str], folder: Path = HERE) -> list[Path]:
+    """The benches to run, in order: ORDER's first, then the others by name."""
+    found = {path.stem: path for path in sorted(folder.glob("*.py")) if is_bench(path)}
     if only:
         found = {name: path for name, path in found.items() if name in only}
     first = [found.pop(name) for name in ORDER if name in found]
