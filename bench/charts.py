@@ -35,18 +35,36 @@ BEGIN = "<!-- pictures: written by bench/charts.py from bench/out/*.json -->"
 END = "<!-- end of pictures -->"
 
 Document = dict[str, Any]
+# What a known bench's samples show; any other bench is named by its file.
+TITLES = {
+    "run": "Container start-up against bwrap and podman",
+    "replace": "Replacements: the longest time without an answer, each",
+    "reconcile": "The loop: file dropped or edited until the port answers",
+    "networks": "Bridge networks",
+    "responder": "DNS responder against a plain UDP echo",
+    "gitops": "Git source: push until the new page answers",
+    "logflood": "list + inspect during a log flood",
+}
 
 
 def documents() -> list[Document]:
-    """The benches' files, by name (a file whose name starts with _ is not a bench's)."""
+    """The benches' files (a file whose name starts with _ is not a bench's), in the
+    order the suite ran them, else by name."""
     paths = sorted(OUT.glob("*.json"))
-    return [json.loads(path.read_text()) for path in paths if not path.name.startswith("_")]
+    found = [json.loads(path.read_text()) for path in paths if not path.name.startswith("_")]
+    order = list(suite_record().get("seconds", {}))
+    return sorted(found, key=lambda d: order.index(d["name"]) if d["name"] in order else len(order))
+
+
+def suite_record() -> dict[str, Any]:
+    """What bench/suite.py wrote about its run, if it ran."""
+    path = OUT / "_suite.json"
+    return dict(json.loads(path.read_text())) if path.exists() else {}
 
 
 def quick_note() -> str:
     """A mark on every chart of a `make bench QUICK=1` run (too few samples to quote)."""
-    suite = OUT / "_suite.json"
-    quick = suite.exists() and json.loads(suite.read_text()).get("quick")
+    quick = suite_record().get("quick")
     return " (QUICK run: few samples)" if quick else ""
 
 
@@ -93,7 +111,7 @@ def distributions(document: Document, drawn: list[tuple[str, str]]) -> None:
         axes.set_ylabel("share of samples at or below")
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=7, loc="lower right")
-        title = f"{document['name']}: distributions ({unit})"
+        title = f"{TITLES.get(document['name'], document['name'])} ({unit})"
         axes.set_title(f"{title}\n{subtitle(document)}", fontsize=10)
         save(figure, f"{document['name']}-{slug(unit)}.png", title, drawn)
 
@@ -195,8 +213,9 @@ def link_page(drawn: list[tuple[str, str]]) -> None:
         print(f"charts: {PAGE} has no pictures block; not linking", file=sys.stderr)
         return
     lines = [BEGIN, ""]
-    lines += [f"![{title}](charts/{name})" for title, name in drawn]
-    lines += ["", END]
+    for title, name in drawn:
+        lines += [f"![{title}](charts/{name})", ""]
+    lines += [END]
     head, rest = text.split(BEGIN, 1)
     PAGE.write_text(head + "\n".join(lines) + rest.split(END, 1)[1])
 
