@@ -37,9 +37,17 @@ ORDER = (
 )
 
 
+def is_script(path: Path) -> bool:
+    return path.stem != "suite" and '__name__ == "__main__"' in path.read_text()
+
+
 def is_bench(path: Path) -> bool:
-    text = path.read_text()
-    return path.stem != "suite" and '__name__ == "__main__"' in text and "--quick" in text
+    return is_script(path) and "--quick" in path.read_text()
+
+
+def not_benches(folder: Path = HERE) -> list[str]:
+    """Scripts the suite leaves out because they take no --quick."""
+    return [p.name for p in sorted(folder.glob("*.py")) if is_script(p) and not is_bench(p)]
 
 
 def benches(only: list[str], folder: Path = HERE) -> list[Path]:
@@ -91,6 +99,8 @@ def main() -> None:
     began = time.perf_counter()
     taken: dict[str, float] = {}
     failed = []
+    for name in not_benches():
+        print(f"left out: bench/{name} takes no --quick (add it, e.g. with results.parse)")
     for path in benches(args.only):
         taken[path.stem], status = run(path, args.quick)
         if status != 0:

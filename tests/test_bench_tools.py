@@ -76,6 +76,7 @@ def test_the_suite_runs_known_benches_first_then_new_ones_it_finds(tmp_path: Pat
     found = [path.stem for path in suite.benches([], tmp_path)]
     assert found == ["run", "hostile", "alpha", "zeta"]
     assert [path.stem for path in suite.benches(["zeta", "run"], tmp_path)] == ["run", "zeta"]
+    assert suite.not_benches(tmp_path) == ["slow.py"]
 
 
 def test_every_bench_in_the_tree_is_run_by_the_suite() -> None:
