@@ -62,10 +62,13 @@ def suite_record() -> dict[str, Any]:
     return dict(json.loads(path.read_text())) if path.exists() else {}
 
 
-def quick_note() -> str:
-    """A mark on every chart of a `make bench QUICK=1` run (too few samples to quote)."""
-    quick = suite_record().get("quick")
-    return " (QUICK run: few samples)" if quick else ""
+def run_note() -> str:
+    """The machine's load over the run, and a mark on every chart of a `make bench
+    QUICK=1` run (too few samples to quote)."""
+    record = suite_record()
+    load = record.get("load")
+    note = f"; load {load[0]:.1f} to {load[1]:.1f}" if load else ""
+    return note + ("; QUICK run: few samples" if record.get("quick") else "")
 
 
 def slug(text: str) -> str:
@@ -79,7 +82,7 @@ def label(text: str, width: int = 48) -> str:
 def subtitle(document: Document) -> str:
     machine = document.get("machine", {})
     cores = machine.get("cores")
-    return f"bench/{document['name']}.py, {document['when']}, {cores} cores{quick_note()}"
+    return f"bench/{document['name']}.py, {document['when']}, {cores} cores{run_note()}"
 
 
 def save(figure: Any, name: str, title: str, drawn: list[tuple[str, str]]) -> None:
@@ -130,7 +133,7 @@ def when(documents: list[Document]) -> str:
     if not dates:
         return ""
     span = f"{dates[0][:10]} {dates[0][11:16]} to {dates[-1][11:16]} UTC"
-    return f"measured {span}{quick_note()}"
+    return f"measured {span}{run_note()}"
 
 
 def anchored(documents: list[Document]) -> list[tuple[str, dict[str, Any]]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     began = time.perf_counter()
+    load = [os.getloadavg()[0]]  # others' work on the machine slows every figure
+    print(f"load average (1 min) as the benches start: {load[0]:.1f} on {os.cpu_count()} cores")
     taken: dict[str, float] = {}
     failed = []
     for name in not_benches():
@@ -105,7 +108,9 @@ def main() -> None:
         taken[path.stem], status = run(path, args.quick)
         if status != 0:
             failed.append(path.stem)
-    record = {"quick": args.quick, "seconds": taken, "failed": failed}
+    load.append(os.getloadavg()[0])
+    print(f"\nload average (1 min) as the benches end: {load[1]:.1f}")
+    record = {"quick": args.quick, "seconds": taken, "failed": failed, "load": load}
     (OUT / "_suite.json").write_text(json.dumps(record, indent=1) + "\n")
     summary()
     drawn = charts()
