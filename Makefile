@@ -3,7 +3,9 @@
 #   make run     the reconciler, in the foreground, on desired/
 #   make test    lint (ruff, mypy, import-linter), pytest, then the VM tier (make test-vm)
 #   make test-lowest  the quick tests with every dependency at its lowest allowed version
-#   make lint | make bench | make venv | make clean | make whoami (debug: who runs, which python)
+#   make bench   every bench/*.py against its anchors (bwrap, podman), then PNG charts
+#                into docs/charts; `make bench QUICK=1`: fewer runs, a fast check
+#   make lint | make venv | make clean | make whoami (debug: who runs, which python)
 #
 # squish is rootless-only. As root, every target except `clean` prepares the host
 # (scripts/host-setup.sh), copies this checkout into a folder owned by the unprivileged
@@ -20,7 +22,7 @@ USER_TARGETS := run test test-vm test-lowest lint bench venv check whoami
 .PHONY: help clean $(USER_TARGETS)
 
 help:
-	@sed -n '2,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '2,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 ifeq ($(shell id -u),0)
 
@@ -29,7 +31,7 @@ ifeq ($(shell id -u),0)
 ROOT_GOALS := $(filter $(USER_TARGETS),$(MAKECMDGOALS))
 $(USER_TARGETS):
 	@if [[ "$@" == "$(firstword $(ROOT_GOALS))" ]]; then
-		exec bash scripts/as-user.sh $(ROOT_GOALS)
+		exec bash scripts/as-user.sh $(ROOT_GOALS) $(if $(QUICK),QUICK=$(QUICK))
 	fi
 
 clean: clean-local
@@ -74,10 +76,15 @@ lint: venv
 	if ((rc != 0)); then echo "make lint: FAILED" >&2; fi
 	exit $$rc
 
-bench: venv check
-	@$(VENV)/bin/python bench/run.py
-	echo
-	exec $(VENV)/bin/python bench/reconcile.py
+BENCH_STAMP := $(VENV)/.squish-bench-installed
+bench: venv check $(BENCH_STAMP)
+	@exec $(VENV)/bin/python bench/suite.py $(if $(QUICK),--quick)
+
+# matplotlib for bench/charts.py: only `make bench` installs the bench extra.
+$(BENCH_STAMP): $(STAMP)
+	@echo "==> pip install -e '.[dev,bench]' into $(VENV)"
+	$(VENV)/bin/python -m pip install --no-input --progress-bar off -q -e '.[dev,bench]'
+	touch $@
 
 venv: $(STAMP)
 

@@ -11,9 +11,10 @@ placed on this host (the rest on another: parsed and validated by every load, ru
 nowhere here): push → answering for one changed file, and the loop's own time for that
 pass (``last_pass_ms`` of its record); then its CPU time over ``--idle`` seconds with no
 new commit (the default 30 s interval: it fetches meanwhile).
-Not a test: numbers go to docs/benchmarks.md by hand.
+The figures go to bench/out/gitops.json (bench/results.py).
 
     python bench/gitops.py [-n 10] [--interval 1s] [--files 500] [--here 10] [--idle 60]
+                           [--quick]
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
+
+from results import Results, parse
 
 from runtime.client.linux import LinuxRuntime
 from tests.gitrepos import Origin, git, git_daemon
@@ -203,7 +206,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--here", type=int, default=10)
     parser.add_argument("--idle", type=float, default=60.0)
-    args = parser.parse_args()
+    args = parse(parser, runs=2, files=50, here=2, idle=5.0)
     work = Path(tempfile.mkdtemp(prefix="squish-gbench-"))
     cache = work / "cache"
     try:
@@ -218,6 +221,14 @@ def main() -> None:
     print(f"(b) {args.files} files, {args.here} placed here, webhook:")
     print(f"    push -> answered p50 {many['answer_ms']:.1f} ms; the pass {many['pass_ms']:.1f} ms")
     print(f"    idle between revisions: {many['idle_cpu'] * 100:.2f} % of a core")
+    out = Results("gitops")
+    for mode, samples in found.items():
+        out.distribution(f"push -> new greeting answered, {mode}", samples)
+    what = f"{args.files} files, {args.here} placed here, webhook"
+    out.figure(f"{what}: push -> answered p50", many["answer_ms"], "ms")
+    out.figure(f"{what}: the pass p50", many["pass_ms"], "ms")
+    out.figure(f"{what}: idle between revisions", many["idle_cpu"] * 100, "% of a core")
+    out.save()
 
 
 if __name__ == "__main__":

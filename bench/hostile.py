@@ -3,9 +3,9 @@
 Each archive is built here, served over HTTP on 127.0.0.1, and resolved as a container's
 layers are (:func:`runtime.images.layers.resolve_sdks`) into a fresh cache: the time to
 the refusal, what was counted, and the time of a second attempt (refused from the record,
-without a request).
+without a request). The figures go to bench/out/hostile.json (bench/results.py).
 
-    python bench/hostile.py [--entries 1000000] [--depth 1500] [--sparse 3000000000]
+    python bench/hostile.py [--entries 1000000] [--depth 1500] [--sparse 3000000000] [--quick]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
+
+from results import Results, parse
 
 from runtime.api.spec import SdkLayer
 from runtime.errors import ArchiveRefused
@@ -92,7 +94,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=1500)
     parser.add_argument("--sparse", type=int, default=3_000_000_000)
     parser.add_argument("--layer-mib", type=int, default=800, help="each of 3 layers")
-    args = parser.parse_args()
+    args = parse(parser, entries=150_000, layer_mib=700)  # still past the default limits
+    out = Results("hostile")
     cases = {
         f"{args.entries:,} empty entries": [many_empty(args.entries)],
         f"a {args.depth}-deep tree": [deep_tree(args.depth)],
@@ -124,9 +127,12 @@ def main() -> None:
                 f"| {sum(site.requests.values())} | {reason} |"
             )
             site.requests.clear()
-        print(
-            f"\ncancelling a download stalled half-way: {cancel_latency(site, url) * 1000:.1f} ms"
-        )
+            out.figure(f"{label}: refused after", first, "s")
+            out.figure(f"{label}: second attempt refused after", second * 1000, "ms")
+        cancelled = cancel_latency(site, url) * 1000
+        print(f"\ncancelling a download stalled half-way: {cancelled:.1f} ms")
+        out.figure("cancelling a download stalled half-way", cancelled, "ms")
+    out.save()
 
 
 if __name__ == "__main__":

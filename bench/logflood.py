@@ -1,10 +1,10 @@
 """A log flood: `yes` in a container for a while, with the default log cap.
 
 Prints how many bytes the log files hold at the end against the cap, and how long the
-calls behind `reconciler status` (``list`` and ``inspect``) took meanwhile. Not a test:
-numbers go to docs/benchmarks.md by hand.
+calls behind `reconciler status` (``list`` and ``inspect``) took meanwhile. The figures
+go to bench/out/logflood.json (bench/results.py).
 
-    python bench/logflood.py [--seconds 60]
+    python bench/logflood.py [--seconds 60] [--quick]
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from results import Results, parse
 
 from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
 from runtime.client.linux import LinuxRuntime
@@ -34,7 +36,7 @@ def log_bytes(log_path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60.0)
-    seconds = parser.parse_args().seconds
+    seconds = parse(parser, seconds=5.0).seconds
     work = Path(tempfile.mkdtemp(prefix="squish-flood-"))
     state = Path("/dev/shm") / f"sqf-{secrets.token_hex(4)}"
     rt = LinuxRuntime(state=state, cache=work / "cache")
@@ -58,6 +60,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
     cap = limits.max_size * limits.max_files
+    out = Results("logflood")
+    out.figure(f"{seconds:.0f} s of yes: the logs hold", held / 2**20, "MiB")
+    out.figure("the log cap", cap / 2**20, "MiB")
+    out.distribution("list + inspect during the flood", calls)
+    out.save()
     calls.sort()
     mib = 2**20
     print(f"{seconds:.0f} s of yes: the logs hold {held / mib:.1f} MiB, cap {cap / mib:.0f} MiB")

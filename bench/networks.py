@@ -12,9 +12,9 @@ its network's gateway in one exec, minus the same loop running ``/bin/true``.
 (d) ``--many`` busybox httpd containers on one network, started one after another: how
 long that takes, then one of them fetches a page from every other by name (``nc NAME
 80`` in one exec) and the number that answered is printed.
-Not a test: numbers go to docs/benchmarks.md by hand.
+The figures go to bench/out/networks.json (bench/results.py).
 
-    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200] [--many 100]
+    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200] [--many 100] [--quick]
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from results import Results, parse
 
 from runtime.api.spec import BindMount, ContainerSpec, NetworkAttachment, RootfsRef
 from runtime.client.linux import LinuxRuntime
@@ -187,7 +189,7 @@ def main() -> None:
     parser.add_argument("--fetches", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=200)
     parser.add_argument("--many", type=int, default=100)
-    args = parser.parse_args()
+    args = parse(parser, runs=3, fetches=2, lookups=50, many=10)
     work = Path(tempfile.mkdtemp(prefix="squish-nbench-"))
     state = Path("/dev/shm") / f"sqn-{secrets.token_hex(4)}"
     rt = LinuxRuntime(state=state, cache=work / "cache")
@@ -223,6 +225,38 @@ def main() -> None:
     report_throughput(inside, host)
     report_dns(args.lookups, dns, noop)
     report_many(args.many, started, answered)
+    out = Results("networks")
+    record_starts(out, starts)
+    record_throughput(out, inside, host)
+    out.figure(
+        f"DNS answer inside a container ({gateway})", (dns - noop) * 1000 / args.lookups, "ms"
+    )
+    out.figure(f"{args.many} containers on one network, started one by one", started, "s")
+    out.figure(
+        f"{args.many} containers: others answering the first by name", answered, "containers"
+    )
+    out.save()
+
+
+def record_starts(out: Results, starts: dict[str, list[float]]) -> None:
+    for mode, samples in starts.items():
+        out.distribution(f"create + start + first answer, {mode}", samples)
+    joining = statistics.median(starts["bridge"]) - statistics.median(starts["none"])
+    out.figure("joining a bridge network (bridge p50 - none p50)", joining, "ms")
+
+
+def record_throughput(out: Results, inside: list[float], host: list[float]) -> None:
+    mib = SIZE / (1024 * 1024)
+    out.samples("fetch, container -> container over the bridge", [mib / s for s in inside], "MiB/s")
+    out.samples("fetch, host loopback (busybox httpd + nc)", [mib / s for s in host], "MiB/s")
+    out.figure(
+        f"{mib:.0f} MiB fetch, container -> container over the bridge",
+        mib / statistics.median(inside),
+        "MiB/s",
+        anchor="host loopback (busybox httpd + nc)",
+        anchor_value=mib / statistics.median(host),
+        lower_is_better=False,
+    )
 
 
 if __name__ == "__main__":

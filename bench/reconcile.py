@@ -1,6 +1,6 @@
 """Reconciler benchmark: a real ``reconciler run`` on a temporary folder.
 
-    python bench/reconcile.py [-n 30] [--fleet 100] [--idle 10]
+    python bench/reconcile.py [-n 30] [--fleet 100] [--idle 10] [--quick]
 
 Measures, with busybox httpd containers forwarding a port each:
 - file dropped → its port answers (p50/p90 over N files, one at a time), the file
@@ -9,7 +9,7 @@ Measures, with busybox httpd containers forwarding a port each:
   the file renamed into place and rewritten in place (which waits for the settle time);
 - FLEET files dropped at once → time until all answer;
 - the idle loop's CPU use with FLEET containers, over IDLE seconds.
-Not a test: numbers go to docs/benchmarks.md by hand.
+The figures go to bench/out/reconcile.json (bench/results.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from results import Results, parse
 
 from runtime.client.linux import LinuxRuntime
 from tests.support import free_ports, page, write_atomically
@@ -108,7 +110,8 @@ def main() -> None:
     parser.add_argument("-n", "--runs", type=int, default=30)
     parser.add_argument("--fleet", type=int, default=100)
     parser.add_argument("--idle", type=float, default=10.0)
-    args = parser.parse_args()
+    args = parse(parser, runs=3, fleet=10, idle=2.0)
+    out = Results("reconcile")
     work = Path(tempfile.mkdtemp(prefix="squish-rbench-"))
     folder = work / "desired"
     (folder / "site").mkdir(parents=True)
@@ -116,7 +119,9 @@ def main() -> None:
     state = Path("/dev/shm") / f"sqr-{secrets.token_hex(4)}"
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
     loop = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
+        # Each sample's file is removed on purpose: the mass-deletion guard would stop
+        # the third removal within its window.
+        [sys.executable, "-m", "reconciler.cli", "run", "--allow-mass-delete", str(folder)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -131,6 +136,7 @@ def main() -> None:
                     samples.setdefault(f"{what}, {how}", []).append(ms)
         for name, values in sorted(samples.items()):
             report(name, values)
+            out.distribution(name, values)
 
         ports = free_ports(args.fleet)
         staging = work / "staging"
@@ -147,6 +153,7 @@ def main() -> None:
                 raise RuntimeError(f"{len(pending)} never answered")
         fleet_s = time.perf_counter() - start
         print(f"{args.fleet} files dropped at once -> all answering: {fleet_s:.2f} s")
+        out.figure(f"{args.fleet} files dropped at once -> all answering", fleet_s, "s")
 
         time.sleep(2.0)
         ticks = os.sysconf("SC_CLK_TCK")
@@ -154,6 +161,7 @@ def main() -> None:
         time.sleep(args.idle)
         used = (cpu_ticks(loop.pid) - before) / ticks
         print(f"idle loop with {args.fleet} containers: {100 * used / args.idle:.2f} % of a core")
+        out.figure(f"idle loop with {args.fleet} containers", 100 * used / args.idle, "% of a core")
         status = subprocess.run(
             [sys.executable, "-m", "reconciler.cli", "status", str(folder), "--json"],
             env=env,
@@ -162,6 +170,7 @@ def main() -> None:
             check=True,
         )
         print(f"passes so far: {json.loads(status.stdout)['loop']['passes']}")
+        out.save()
     finally:
         loop.send_signal(signal.SIGTERM)
         loop.wait(30)

@@ -3,14 +3,16 @@
 A real ``reconciler run`` keeps one busybox httpd container (``[update] strategy =
 "start-first"``, ``[health] tcp = 80``); a client thread sends requests one after another
 to its forwarded port while the container's env is changed N times (each change is a
-replacement). Reported: requests, failed requests, the longest time without a good answer.
+replacement). Reported: requests, failed requests, the longest time without a good answer
+(over the run, and for each replacement: bench/out/replace.json, bench/results.py).
 
-    python bench/replace.py [-n 20] [--strategy start-first|stop-first]
+    python bench/replace.py [-n 20] [--strategy start-first|stop-first] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import secrets
 import shutil
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from results import Results, parse
 
 from runtime.client.linux import LinuxRuntime
 from tests.support import free_port, page, write_atomically
@@ -59,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--replacements", type=int, default=20)
     parser.add_argument("--strategy", default="start-first", choices=["start-first", "stop-first"])
-    args = parser.parse_args()
+    args = parse(parser, replacements=3)
     work = Path(tempfile.mkdtemp(prefix="squish-replace-"))
     folder = work / "desired"
     folder.mkdir()
@@ -80,6 +84,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     results: list[tuple[float, bytes | None]] = []
+    writes: list[float] = []
     stop = threading.Event()
 
     def client() -> None:
@@ -92,6 +97,7 @@ def main() -> None:
         thread = threading.Thread(target=client)
         thread.start()
         for n in range(1, args.replacements + 1):
+            writes.append(time.perf_counter())
             write(f"v{n}")
             while not results or results[-1][1] != f"v{n}\n".encode():
                 time.sleep(0.005)
@@ -105,15 +111,33 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     failed = sum(1 for _, body in results if body is None)
-    longest, last_good = 0.0, results[0][0]
-    for at, body in results:
-        if body is not None:
-            longest = max(longest, at - last_good)
-            last_good = at
+    per_replacement = longest_gaps(results, writes)
+    longest = max(per_replacement)
     print(
         f"{args.strategy}: {args.replacements} replacements, {len(results)} requests, "
-        f"{failed} failed, longest time without an answer {longest * 1000:.1f} ms"
+        f"{failed} failed, longest time without an answer {longest:.1f} ms"
     )
+    out = Results("replace")
+    out.figure(f"{args.strategy}: failed requests", failed, "requests")
+    out.figure(f"{args.strategy}: requests sent", len(results), "requests")
+    out.figure(f"{args.strategy}: longest time without an answer", longest, "ms")
+    out.samples(
+        f"{args.strategy}: longest time without an answer, per replacement", per_replacement
+    )
+    out.save()
+
+
+def longest_gaps(results: list[tuple[float, bytes | None]], writes: list[float]) -> list[float]:
+    """For each replacement (from its write to the next one), the longest time in ms
+    between two good answers; a gap counts for the replacement in which it ends."""
+    longest = [0.0] * len(writes)
+    last_good = results[0][0]
+    for at, body in results:
+        if body is not None:
+            which = max(0, bisect.bisect_right(writes, at) - 1)
+            longest[which] = max(longest[which], (at - last_good) * 1000)
+            last_good = at
+    return longest
 
 
 if __name__ == "__main__":

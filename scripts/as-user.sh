@@ -35,7 +35,7 @@ if [[ "$1" == --remove-copy ]]; then
     exit 0
 fi
 
-bash "$SRC/scripts/host-setup.sh"
+bash "$SRC/scripts/host-setup.sh" "$@"
 
 home="$(getent passwd "$SQUISH_USER" | cut -d: -f6)"
 DEST="${SQUISH_COPY_DIR:-$home/squish-src}"

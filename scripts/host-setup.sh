@@ -10,7 +10,11 @@
 #   4. makes /dev/net/tun usable by that account (slirp4netns needs it, mode 0666);
 #   5. delegates a cgroup v2 folder to that account, as systemd's user@.service would
 #      (`make` as root runs the account's commands inside it: `runuser` sessions get no
-#      user@.service). Only the v2 hierarchy is touched, never a v1 one.
+#      user@.service). Only the v2 hierarchy is touched, never a v1 one;
+#   6. for `make bench` (a "bench" argument): the anchors' packages, and a check that the
+#      account can run podman.
+#
+#   scripts/host-setup.sh [MAKE GOAL...]      (scripts/as-user.sh passes make's goals)
 set -euo pipefail
 
 SQUISH_USER="${SQUISH_USER:-squish}"
@@ -20,6 +24,12 @@ SQUISH_USER="${SQUISH_USER:-squish}"
 PACKAGES=(slirp4netns nftables uidmap busybox-static bubblewrap python3-venv make git procps tar
     libseccomp2 openssh-client openssl
     qemu-system-x86 linux-image-amd64)
+# `make bench` measures squish against podman with runc (crun refuses a hybrid cgroup host)
+# and against bwrap (installed above, with uidmap, for every goal).
+BENCH_PACKAGES=(podman runc)
+for goal in "$@"; do
+    [[ "$goal" != bench ]] || PACKAGES+=("${BENCH_PACKAGES[@]}")
+done
 
 say() { printf 'host-setup: %s\n' "$*"; }
 die() { printf 'host-setup: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -152,5 +162,18 @@ else
     # Controllers are left as the host set them (a hybrid host offers none on v2).
     say "cgroup v2 folder $delegated delegated to '$SQUISH_USER'" \
         "(controllers it offers: $(cat "$delegated/cgroup.controllers" | tr -s ' ' || true))"
+fi
+# --- 6. podman for the benchmarks ---------------------------------------------------
+# Rootless podman needs what the steps above give the account: a subordinate id range,
+# newuidmap/newgidmap, a home it owns (its storage goes to ~/.local/share/containers).
+# Without a login session (runuser) XDG_RUNTIME_DIR is unset and podman keeps its
+# runtime files in /tmp/podman-run-UID, which works: nothing to add. A failure here is
+# only reported: the bench then leaves the podman anchor out and says why.
+if [[ " $* " == *" bench "* ]]; then
+    if err="$(as_user podman --runtime=runc --cgroup-manager=cgroupfs info 2>&1 >/dev/null)"; then
+        say "podman runs as '$SQUISH_USER' (runc, cgroupfs)"
+    else
+        say "warning: podman does not run as '$SQUISH_USER': $(tail -n 1 <<<"$err")"
+    fi
 fi
 say "done"

@@ -1,14 +1,14 @@
 """Answer latency of the networks' DNS responder over UDP, against a plain UDP echo.
 
-Run: ``python -m bench.dns [-n 5000]`` from the project folder (as any account: it
-listens on free ports of 127.0.0.53 and 127.0.0.54, not on 53).
+Run: ``python bench/responder.py [-n 5000] [--quick]`` (as any account: it listens on
+free ports of 127.0.0.53 and 127.0.0.54, not on 53).
 A responder on 127.0.0.53 holds 100 names (a network of 100 containers) and forwards
 other names to a second responder on 127.0.0.54, which knows them. One client asks
 sequentially: a known name, an unknown name answered NXDOMAIN by the second one
 directly, and a name forwarded from the first to the second. The anchor, measured in
 the same run: a Python process that echoes each datagram back (the floor of a
-Python UDP round trip on the loopback). Not a test: numbers go to docs/benchmarks.md
-by hand.
+Python UDP round trip on the loopback). The figures go to bench/out/responder.json
+(bench/results.py), each p50 against the echo's.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dns.message
+from results import Results, parse
 
 REPO = Path(__file__).resolve().parent.parent
 FRONT, BACK = "127.0.0.53", "127.0.0.54"
+ANCHOR = "a Python UDP echo process"
 ECHO = """
 import socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -109,21 +111,27 @@ def row(what: str, samples: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="queries per kind")
-    runs = parser.parse_args().n
+    runs = parse(parser, n=500).n
     known = dns.message.make_query("c42", "A").to_wire()
     unknown = dns.message.make_query("nowhere.example", "A").to_wire()
     outside = dns.message.make_query("outside.example", "A").to_wire()
-    print("| what | p50 ms | p90 ms |\n|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp, responder(Path(tmp)) as port, echo() as echo_port:
-        row("known name (100 on the network), UDP", round_trips((FRONT, port), known, runs))
-        row("unknown name, no upstream: NXDOMAIN", round_trips((BACK, port), unknown, runs))
-        row(
-            "forwarded upstream (to its own other address)",
-            round_trips((FRONT, port), outside, runs),
-        )
-        row(
-            "anchor: a Python UDP echo process", round_trips(("127.0.0.55", echo_port), known, runs)
-        )
+        series = {
+            "known name (100 on the network), UDP": round_trips((FRONT, port), known, runs),
+            "unknown name, no upstream: NXDOMAIN": round_trips((BACK, port), unknown, runs),
+            "forwarded upstream (to its own other address)": round_trips(
+                (FRONT, port), outside, runs
+            ),
+        }
+        anchor = round_trips(("127.0.0.55", echo_port), known, runs)
+    print("| what | p50 ms | p90 ms |\n|---|---:|---:|")
+    out = Results("responder")
+    for what, samples in series.items():
+        row(what, samples)
+        out.distribution(what, samples, anchor=ANCHOR, anchor_values=anchor)
+    row(f"anchor: {ANCHOR}", anchor)
+    out.samples(ANCHOR, anchor)
+    out.save()
 
 
 if __name__ == "__main__":
