@@ -2,7 +2,8 @@
 
 Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status``, ``down``;
 file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, ``stop``,
-``rm``. The README has a tour.
+``rm``; for editors and shells: ``schema``, ``completion`` (:mod:`reconciler.editors`).
+The README has a tour.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ from reconciler.desired.gitrepo import GitError
 from reconciler.desired.source import FolderSource, Source
 from reconciler.desired.types import Skipped, network_files_in, skipped_in, squishfiles_in
 from reconciler.desired.validation import privileged_ports, validate_files
+from reconciler.editors import (
+    add_editor_commands,
+    complete,
+    folder_argument,
+    name_argument,
+    paths_argument,
+)
 from reconciler.endpoint.address import parse_listen
 from reconciler.endpoint.server import Endpoint, read_secret
 from reconciler.gitops import (
@@ -713,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)
-        command.add_argument("dir", nargs="?", help=f"default: {_DEFAULT_DIR}")
+        folder_argument(command, f"default: {_DEFAULT_DIR}")
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
@@ -753,14 +761,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate", help="check squishfiles (files, or folders of them); exit 0 when all are valid"
     )
-    p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
+    paths_argument(p)
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("doctor", help="check this host's prerequisites; print the fix of each")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser(
         "logs", help="a container's stdout and stderr (the files kept, oldest first)"
     )
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument(
         "-f",
         "--follow",
@@ -773,16 +781,16 @@ def build_parser() -> argparse.ArgumentParser:
     _output(p)
     p.set_defaults(func=cmd_ps)
     p = sub.add_parser("inspect", help="one container as JSON")
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("stop", help="stop a container (SIGTERM, then SIGKILL)")
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument("-t", "--time", type=float, default=None, help="grace period in seconds")
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser(
         "exec", help="run a command inside a running container; exit with its exit code"
     )
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     p.add_argument(
         "-t", "--timeout", type=float, default=10.0, help="kill it after this many seconds"
@@ -790,14 +798,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_exec)
     for verb, what in (("pause", "freeze"), ("unpause", "thaw")):
         p = sub.add_parser(verb, help=f"{what} every process of a container (cgroup v2)")
-        p.add_argument("name")
+        name_argument(p, _container_names)
         p.set_defaults(func=cmd_pause)
     p = sub.add_parser("rm", help="remove a container")
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     p.set_defaults(func=cmd_rm)
     add_suspend_commands(sub, lambda: _runtime().state)
+    add_editor_commands(sub)
     return parser
+
+
+def _container_names() -> list[str]:
+    return [info.name for info in _runtime().list()]
 
 
 def _configure_logging(verbose: int) -> None:
@@ -808,7 +821,9 @@ def _configure_logging(verbose: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    complete(parser)
+    args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return int(args.func(args))
