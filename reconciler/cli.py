@@ -30,6 +30,7 @@ from rich.table import Table
 from reconciler import fleet
 from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.control.converge import Converger
+from reconciler.control.journal import Journal, journal_path
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.prepare import Preparer
 from reconciler.control.status import (
@@ -65,6 +66,7 @@ from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings, parse_labels
+from reconciler.watching import add_events_options, add_watch_options, print_events, watch_status
 from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
@@ -209,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args, settings, reconciler)
     reconciler.store.claim(reconciler.writer)
     first_fetch(reconciler.source)
-    on_pass = pass_printer(str(reconciler.folder))
+    journal = Journal(journal_path(reconciler.store), folder=str(reconciler.folder))
+    on_pass = _both(pass_printer(str(reconciler.folder)), journal.passed)
     if endpoint is not None:
         on_pass = endpoint.also(on_pass)
 
@@ -224,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     on_pass=on_pass,
                     stop=stop,
                     on_ready=endpoint.on_ready if endpoint else None,
+                    on_failed=journal.pass_failed,
                 )
             group.cancel_scope.cancel()
 
@@ -231,9 +235,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if endpoint is not None:
         _out.print(f"serving /status and /metrics on {escape(args.listen)}")
     _out.print(f"reconciling {folder}; Ctrl-C stops the loop (containers keep running)")
-    anyio.run(main)
+    journal.started(os.getpid())
+    try:
+        anyio.run(main)
+    finally:
+        journal.stopped()
     _out.print("stopped; the containers keep running")
     return 0
+
+
+def _both(
+    first: Callable[[PassResult], None], then: Callable[[PassResult], None]
+) -> Callable[[PassResult], None]:
+    def on_pass(result: PassResult) -> None:
+        first(result)
+        then(result)
+
+    return on_pass
 
 
 def _endpoint(
@@ -325,12 +343,23 @@ def status_json(reconciler: Reconciler) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        reconciler = _reconciler(_folder(args), _settings(args))
+        watch_status(lambda: status_json(reconciler), status_parts, interval=args.interval)
+        return 0
     document = status_json(_reconciler(_folder(args), _settings(args)))
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
     print_status(document, wide=args.output == "wide")
     return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Follow the journal of the folder's loop (started before or after this command)."""
+    reconciler = _reconciler(_folder(args), _settings(args))
+    assert reconciler.store is not None
+    return print_events(journal_path(reconciler.store), as_json=args.json, history=args.all)
 
 
 def _when(at: float, now: float) -> str:
@@ -368,9 +397,35 @@ def _row_message(row: dict[str, Any]) -> str:
 
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
-    _out.print(_loop_line(document, time.time()))
+    for part in status_parts(document, time.time()):
+        if isinstance(part, Table):
+            _print_table(part, wide=wide)
+        else:
+            _out.print(part)
+
+
+def status_parts(document: dict[str, Any], now: float) -> list[str | Table]:
+    """What ``status`` shows of a :func:`status_document` at ``now``: lines (rich
+    markup) and tables, in order."""
+    parts: list[str | Table] = [_loop_line(document, now)]
     if "source" in document:
-        _out.print(escape(source_line(document["source"])))
+        parts.append(escape(source_line(document["source"])))
+    parts.append(_container_table(document["containers"]))
+    if document["networks"]:
+        parts.append(_network_table(document["networks"]))
+    parts += [f"[yellow]{c['kind']}[/]: {escape(c['message'])}" for c in document["conditions"]]
+    parts += [
+        f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}"
+        for skipped in document["skipped"]
+    ]
+    parts += [
+        f"placed elsewhere {escape(placed['file'])}: {escape(placed['reason'])}"
+        for placed in document["placed_elsewhere"]
+    ]
+    return parts
+
+
+def _container_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(
         "NAME",
         "FILE",
@@ -383,7 +438,7 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
         "SYNC",
         "LAST ERROR",
     )
-    for row in document["containers"]:
+    for row in rows:
         table.add_row(
             escape(row["name"]),
             escape(row["file"] or "-"),
@@ -396,15 +451,7 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
             "yes" if row["in_sync"] else "no",
             escape(_row_message(row)),
         )
-    _print_table(table, wide=wide)
-    if document["networks"]:
-        _print_table(_network_table(document["networks"]), wide=wide)
-    for condition in document["conditions"]:
-        _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
-    for skipped in document["skipped"]:
-        _out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}")
-    for placed in document["placed_elsewhere"]:
-        _out.print(f"placed elsewhere {escape(placed['file'])}: {escape(placed['reason'])}")
+    return table
 
 
 def _pairs(named: dict[str, str]) -> str:
@@ -745,7 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_git_options(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     _output(p, "json")
+    add_watch_options(p)
     p.set_defaults(func=cmd_status)
+    p = folder_command("events", "follow what DIR's loop does: actions, failures, conditions")
+    add_events_options(p)
+    p.set_defaults(func=cmd_events)
     p = folder_command("down", "remove the containers DIR's reconciler made")
     add_git_options(p)
     p.set_defaults(func=cmd_down)

@@ -1,0 +1,145 @@
+"""Watching a folder from another terminal: ``reconciler status --watch`` (the status
+table, redrawn in place with rich's live display whenever it changes) and ``reconciler
+events [--json]`` (what the folder's loop does, as it does it, from the loop's journal:
+:mod:`reconciler.control.journal`). :mod:`reconciler.cli` adds the options and hands
+over what to show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+
+from reconciler.control.journal import follow
+
+__all__ = (
+    "add_events_options",
+    "add_watch_options",
+    "describe_event",
+    "print_events",
+    "watch_status",
+)
+
+Snapshot = Callable[[], dict[str, Any]]
+"""A fresh status document (``status --json``'s)."""
+Parts = Callable[[dict[str, Any], float], Sequence[RenderableType]]
+"""What ``status`` shows of a document at a time."""
+
+
+def add_watch_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="keep the table on screen, redrawn when it changes (Ctrl-C ends)",
+    )
+    command.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --watch: how often to look (default 1)",
+    )
+
+
+def add_events_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--json", action="store_true", help="one JSON object a line")
+    command.add_argument(
+        "--all", action="store_true", help="first the events the journal still keeps"
+    )
+
+
+def _steady(document: dict[str, Any]) -> str:
+    """The document less what changes by itself as time passes (ages), as a key."""
+    rows = [{**row, "age_s": None} for row in document.get("containers", ())]
+    return json.dumps({**document, "containers": rows}, sort_keys=True, default=str)
+
+
+def watch_status(
+    snapshot: Snapshot,
+    parts: Parts,
+    *,
+    interval: float,
+    console: Console | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Show ``snapshot()``'s status, looking again every ``interval`` seconds and
+    redrawing only when it changed, until Ctrl-C (or ``stop()``)."""
+    shown: str | None = None
+    with Live(console=console, auto_refresh=False, redirect_stderr=False) as live:
+        try:
+            while not stop():
+                document = snapshot()
+                key = _steady(document)
+                if key != shown:
+                    now = time.time()
+                    header = f"[dim]as of {time.strftime('%H:%M:%S', time.localtime(now))}[/]"
+                    live.update(Group(header, *parts(document, now)), refresh=True)
+                    shown = key
+                sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+def describe_event(event: dict[str, Any]) -> str | None:
+    """An event as the loop's console would say it (rich markup); None for a pass that
+    did nothing."""
+    kind = event.get("event")
+    if kind == "action":
+        failed = "" if event.get("ok") else f" [red]failed:[/] {escape(str(event.get('error')))}"
+        return f"{escape(str(event.get('text')))}{failed}"
+    if kind == "condition":
+        return f"[yellow]{event.get('condition')} {escape(str(event.get('name')))}:[/] " + escape(
+            str(event.get("message"))
+        )
+    if kind == "condition-cleared":
+        return f"[yellow]{event.get('condition')} {escape(str(event.get('name')))}:[/] cleared"
+    if kind == "pass":
+        if not event.get("actions"):
+            return None
+        return (
+            f"pass ({escape(str(event.get('trigger')))}): {event.get('actions')} actions, "
+            f"{event.get('failed')} failed, {event.get('duration_ms')} ms"
+        )
+    if kind == "pass-failed":
+        return f"[red]pass failed:[/] {escape(str(event.get('error')))}"
+    if kind == "started":
+        return f"loop started (pid {event.get('pid')})"
+    if kind == "stopped":
+        return "loop stopped; the containers keep running"
+    return None
+
+
+def print_events(path: Path, *, as_json: bool, history: bool) -> int:
+    """Print the journal's events as they come, until Ctrl-C or a closed pipe."""
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def ready(exists: bool) -> None:
+        waiting = "" if exists else " (no loop has run on this folder yet: waiting for one)"
+        err.print(f"following {escape(str(path))}{waiting}; Ctrl-C ends")
+
+    try:
+        for event in follow(path, history=history, ready=ready):
+            if as_json:
+                sys.stdout.write(json.dumps(event) + "\n")
+                sys.stdout.flush()
+                continue
+            line = describe_event(event)
+            if line is not None:
+                at = time.strftime("%H:%M:%S", time.localtime(float(event.get("at", 0))))
+                out.print(f"[dim]{at}[/] {line}")
+                out.file.flush()
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    return 0
