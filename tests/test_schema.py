@@ -36,8 +36,8 @@ def _schema_errors(schema: dict[str, Any], data: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("kind", sorted(SCHEMA_FILES))
 def test_the_committed_schema_is_the_one_the_model_gives(kind: str) -> None:
-    committed = SCHEMA_FILES[kind].read_text(encoding="utf-8")
-    assert committed == schema_text(kind), (
+    committed = json.loads(SCHEMA_FILES[kind].read_text(encoding="utf-8"))
+    assert committed == json.loads(schema_text(kind)), (  # 0 == 0.0, as pydantic may say
         f"{SCHEMA_FILES[kind].name} is out of date: reconciler schema {kind} > "
         f"{SCHEMA_FILES[kind].relative_to(ROOT)}"
     )

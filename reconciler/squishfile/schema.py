@@ -53,21 +53,23 @@ def _model_schema(model: type[BaseModel], description: str) -> dict[str, Any]:
     schema = model.model_json_schema(
         ref_template="#/definitions/{model}", schema_generator=_TomlSchema
     )
-    schema = _without_null_defaults(schema)
+    schema = _for_draft_7(schema)
     if "$defs" in schema:
         schema["definitions"] = schema.pop("$defs")
     return {"$schema": _DRAFT, **schema, "description": description}
 
 
-def _without_null_defaults(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: _without_null_defaults(v)
-            for k, v in value.items()
-            if not (k == "default" and v is None)
-        }
+def _for_draft_7(value: Any) -> Any:
+    """``value`` without ``"default": null``, and with each ``$ref`` that has siblings
+    (a description) wrapped in ``allOf``: draft-07 ignores the siblings of a ``$ref``,
+    and so would an editor's hover text (pydantic writes either form, by version)."""
     if isinstance(value, list):
-        return [_without_null_defaults(v) for v in value]
+        return [_for_draft_7(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    value = {k: _for_draft_7(v) for k, v in value.items() if not (k == "default" and v is None)}
+    if "$ref" in value and len(value) > 1:
+        value["allOf"] = [{"$ref": value.pop("$ref")}]
     return value
 
 
