@@ -1,6 +1,7 @@
 """The ``reconciler`` command line.
 
-Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status``, ``down``;
+Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status`` (``--watch``
+and ``events``: :mod:`reconciler.watching`), ``down``;
 file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, ``stop``,
 ``rm``; for editors and shells: ``schema``, ``completion`` (:mod:`reconciler.editors`).
 The README has a tour.
@@ -345,7 +346,12 @@ def status_json(reconciler: Reconciler) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         reconciler = _reconciler(_folder(args), _settings(args))
-        watch_status(lambda: status_json(reconciler), status_parts, interval=args.interval)
+        watch_status(
+            lambda: status_json(reconciler),
+            status_parts,
+            printed=functools.partial(print_status, wide=args.output == "wide"),
+            interval=args.interval,
+        )
         return 0
     document = status_json(_reconciler(_folder(args), _settings(args)))
     if args.json or args.output == "json":

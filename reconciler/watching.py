@@ -8,6 +8,7 @@ over what to show.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -68,27 +69,54 @@ def watch_status(
     snapshot: Snapshot,
     parts: Parts,
     *,
+    printed: Callable[[dict[str, Any]], None],
     interval: float,
     console: Console | None = None,
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Show ``snapshot()``'s status, looking again every ``interval`` seconds and
-    redrawing only when it changed, until Ctrl-C (or ``stop()``)."""
+    showing it again only when it changed, until Ctrl-C (or ``stop()``): on a terminal
+    ``parts`` redrawn in place; elsewhere (a pipe, a file) ``printed`` anew, as
+    ``status`` prints it, after a blank line."""
+    console = console or Console(highlight=False)
+    with contextlib.ExitStack() as stack:
+        if console.is_terminal:
+            live = stack.enter_context(
+                Live(console=console, auto_refresh=False, redirect_stderr=False)
+            )
+
+            def show(document: dict[str, Any], now: float) -> None:
+                header = f"[dim]as of {time.strftime('%H:%M:%S', time.localtime(now))}[/]"
+                live.update(Group(header, *parts(document, now)), refresh=True)
+
+        else:
+
+            def show(document: dict[str, Any], now: float) -> None:
+                console.print()
+                printed(document)
+                console.file.flush()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            _watch(snapshot, show, interval=interval, stop=stop, sleep=sleep)
+
+
+def _watch(
+    snapshot: Snapshot,
+    show: Callable[[dict[str, Any], float], None],
+    *,
+    interval: float,
+    stop: Callable[[], bool],
+    sleep: Callable[[float], None],
+) -> None:
     shown: str | None = None
-    with Live(console=console, auto_refresh=False, redirect_stderr=False) as live:
-        try:
-            while not stop():
-                document = snapshot()
-                key = _steady(document)
-                if key != shown:
-                    now = time.time()
-                    header = f"[dim]as of {time.strftime('%H:%M:%S', time.localtime(now))}[/]"
-                    live.update(Group(header, *parts(document, now)), refresh=True)
-                    shown = key
-                sleep(interval)
-        except KeyboardInterrupt:
-            pass
+    while not stop():
+        document = snapshot()
+        key = _steady(document)
+        if key != shown:
+            show(document, time.time())
+            shown = key
+        sleep(interval)
 
 
 def describe_event(event: dict[str, Any]) -> str | None:

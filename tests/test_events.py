@@ -139,7 +139,8 @@ def test_events_read_as_the_loop_says_them() -> None:
     assert describe_event({"event": "stopped"}) == "loop stopped; the containers keep running"
 
 
-def test_status_watch_redraws_only_on_change() -> None:
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_status_watch_redraws_only_on_change(terminal: bool) -> None:
     row = {"name": "web", "age_s": 1.0}
     documents = iter(
         [
@@ -160,17 +161,21 @@ def test_status_watch_redraws_only_on_change() -> None:
         return left[0] < 0
 
     screen = io.StringIO()
-    console = Console(file=screen, force_terminal=True, width=80)
+    console = Console(file=screen, force_terminal=terminal, width=80)
     watch_status(
         lambda: next(documents),
         parts,
+        printed=lambda document: console.print(*parts(document, 0.0)),
         interval=1.0,
         console=console,
         stop=stop,
         sleep=lambda _: None,
     )
     assert [d["containers"][0].get("phase") for d in drawn] == [None, "Exited"]
-    assert "web Exited" in screen.getvalue()
+    shown = screen.getvalue()
+    assert "web Exited" in shown
+    if not terminal:  # each change printed whole, below the last
+        assert shown.index("web Running") < shown.index("web Exited")
 
 
 # -- end to end: a real `reconciler run` and `reconciler events` ----------------------------
@@ -247,3 +252,45 @@ def test_events_follow_a_real_loop_started_before_and_after(
         for process in started:
             process.kill()
             process.communicate()
+
+
+@rootless
+def test_status_watch_shows_each_change_of_a_folder(
+    rt: LinuxRuntime, state_path: Path, cache_path: Path, tmp_path: Path
+) -> None:
+    """Through a pipe, every change is printed whole (no loop runs: status plans itself)."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "first.toml").write_text('network = "none"\n' + SQUISHFILE)
+    env = {**os.environ, "SQUISH_STATE_DIR": str(state_path), "XDG_CACHE_HOME": str(cache_path)}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "status", "-w", "--interval", "0.2", str(folder)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        lines = iter(watch.stdout)
+        first = list(_through_a_view(lines))
+        assert any("first.toml" in line for line in first)
+        assert not any("second.toml" in line for line in first)
+        (folder / "second.toml").write_text('network = "none"\n' + SQUISHFILE)
+        second = list(_through_a_view(lines))
+        while not any("second.toml" in line for line in second):  # a change of another kind
+            second = list(_through_a_view(lines))
+        assert any("first.toml" in line for line in second)
+    finally:
+        watch.kill()
+        watch.communicate()
+
+
+def _through_a_view(lines: Iterator[str]) -> Iterator[str]:
+    """The lines of the next status printed (a blank line comes before each)."""
+    assert next(lines) == "\n"
+    for line in lines:
+        if line.startswith("└"):  # the end of the containers' table
+            return
+        yield line
