@@ -192,6 +192,19 @@ def _events_process(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _folder(tmp_path: Path, state_path: Path, cache_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder with one squishfile (first.toml), and the environment of commands on it."""
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    (folder / "first.toml").write_text('network = "none"\n' + SQUISHFILE)
+    env = {
+        **os.environ,
+        "SQUISH_STATE_DIR": str(state_path),
+        "XDG_CACHE_HOME": str(cache_path / "xdg"),  # never the account's own ~/.cache
+    }
+    return folder, env
+
+
 def _until(stream: IO[str] | None, wanted: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The events read from ``stream`` up to the first that has every item of ``wanted``
     (the test's timeout ends a wait that never ends)."""
@@ -208,14 +221,7 @@ def _until(stream: IO[str] | None, wanted: dict[str, Any]) -> Iterator[dict[str,
 def test_events_follow_a_real_loop_started_before_and_after(
     rt: LinuxRuntime, state_path: Path, cache_path: Path, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "desired"
-    folder.mkdir()
-    (folder / "first.toml").write_text('network = "none"\n' + SQUISHFILE)
-    env = {
-        **os.environ,
-        "SQUISH_STATE_DIR": str(state_path),
-        "XDG_CACHE_HOME": str(cache_path / "xdg"),
-    }
+    folder, env = _folder(tmp_path, state_path, cache_path)
     started: list[subprocess.Popen[Any]] = []
     try:
         before = _events_process(folder, env)  # no loop yet, no journal yet
@@ -259,10 +265,7 @@ def test_status_watch_shows_each_change_of_a_folder(
     rt: LinuxRuntime, state_path: Path, cache_path: Path, tmp_path: Path
 ) -> None:
     """Through a pipe, every change is printed whole (no loop runs: status plans itself)."""
-    folder = tmp_path / "desired"
-    folder.mkdir()
-    (folder / "first.toml").write_text('network = "none"\n' + SQUISHFILE)
-    env = {**os.environ, "SQUISH_STATE_DIR": str(state_path), "XDG_CACHE_HOME": str(cache_path)}
+    folder, env = _folder(tmp_path, state_path, cache_path)
     watch = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "status", "-w", "--interval", "0.2", str(folder)],
         cwd=REPO,
