@@ -801,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_options(p)
     p.set_defaults(func=cmd_status)
     p = folder_command("events", "follow what DIR's loop does: actions, failures, conditions")
+    add_git_options(p)
     add_events_options(p)
     p.set_defaults(func=cmd_events)
     p = folder_command("down", "remove the containers DIR's reconciler made")

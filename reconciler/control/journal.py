@@ -126,11 +126,12 @@ class _Reader:
         self._partial = b""
         self._open(at_end=at_end)
 
-    def _open(self, *, at_end: bool) -> bool:
+    def _open(self, *, at_end: bool) -> None:
+        """Read the file now at the path (none there: keep the one open, if any)."""
         try:
             file = open(self.path, "rb")  # noqa: SIM115  # kept open across reads
         except FileNotFoundError:
-            return False
+            return
         if self._file is not None:
             self._file.close()
         self._file = file
@@ -138,7 +139,6 @@ class _Reader:
         self._partial = b""
         if at_end:
             file.seek(0, os.SEEK_END)
-        return True
 
     def lines(self) -> list[bytes]:
         """The whole lines written since the last call; when the file was rotated (or
