@@ -67,7 +67,13 @@ from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings, parse_labels
-from reconciler.watching import add_events_options, add_watch_options, print_events, watch_status
+from reconciler.watching import (
+    add_events_options,
+    add_watch_options,
+    print_events,
+    watch_json,
+    watch_status,
+)
 from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
@@ -345,19 +351,26 @@ def status_json(reconciler: Reconciler) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
-        reconciler = _reconciler(_folder(args), _settings(args))
-        watch_status(
-            lambda: status_json(reconciler),
-            status_parts,
-            printed=functools.partial(print_status, wide=args.output == "wide"),
-            interval=args.interval,
-        )
-        return 0
+        return _watch_status(args)
     document = status_json(_reconciler(_folder(args), _settings(args)))
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
     print_status(document, wide=args.output == "wide")
+    return 0
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(_folder(args), _settings(args))
+    if args.json or args.output == "json":
+        watch_json(lambda: status_json(reconciler), interval=args.interval)
+        return 0
+    watch_status(
+        lambda: status_json(reconciler),
+        status_parts,
+        printed=functools.partial(print_status, wide=args.output == "wide"),
+        interval=args.interval,
+    )
     return 0
 
 

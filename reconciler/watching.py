@@ -27,6 +27,7 @@ __all__ = (
     "add_watch_options",
     "describe_event",
     "print_events",
+    "watch_json",
     "watch_status",
 )
 
@@ -41,7 +42,8 @@ def add_watch_options(command: argparse.ArgumentParser) -> None:
         "-w",
         "--watch",
         action="store_true",
-        help="keep the table on screen, redrawn when it changes (Ctrl-C ends)",
+        help="keep the table on screen, redrawn when it changes (with --json: the "
+        "document on one line, again on each change); Ctrl-C ends",
     )
     command.add_argument(
         "--interval",
@@ -97,8 +99,26 @@ def watch_status(
                 printed(document)
                 console.file.flush()
 
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
             _watch(snapshot, show, interval=interval, stop=stop, sleep=sleep)
+
+
+def watch_json(
+    snapshot: Snapshot,
+    *,
+    interval: float,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """``status --watch --json``: the document on one line, again each time it changes,
+    until Ctrl-C (or ``stop()``)."""
+
+    def show(document: dict[str, Any], now: float) -> None:
+        sys.stdout.write(json.dumps(document) + "\n")
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        _watch(snapshot, show, interval=interval, stop=stop, sleep=sleep)
 
 
 def _watch(

@@ -25,7 +25,7 @@ from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
 from reconciler.planning.actions import Condition, ConditionKind, Plan
 from reconciler.settings import Settings
-from reconciler.watching import describe_event, watch_status
+from reconciler.watching import describe_event, watch_json, watch_status
 from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.fakes import FakeClock, FakeRuntime
@@ -176,6 +176,20 @@ def test_status_watch_redraws_only_on_change(terminal: bool) -> None:
     assert "web Exited" in shown
     if not terminal:  # each change printed whole, below the last
         assert shown.index("web Running") < shown.index("web Exited")
+
+
+def test_status_watch_json_prints_a_line_per_change(capsys: pytest.CaptureFixture[str]) -> None:
+    web: dict[str, Any] = {"containers": [{"name": "web"}]}
+    documents = iter([{"containers": []}, {"containers": []}, web])
+    left = [3]
+
+    def stop() -> bool:
+        left[0] -= 1
+        return left[0] < 0
+
+    watch_json(lambda: next(documents), interval=1.0, stop=stop, sleep=lambda _: None)
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [{"containers": []}, web]
 
 
 # -- end to end: a real `reconciler run` and `reconciler events` ----------------------------
