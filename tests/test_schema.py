@@ -221,6 +221,10 @@ MODEL_ONLY = {
         "[run]", 'a = { path = "./a", target = "/x" }\nb = { path = "./b", target = "/x" }\n[run]'
     ),
     "seccomp profile missing": MINIMAL + '[security]\nseccomp = "./missing.json"\n',
+    "a path with no name to mount it under": MINIMAL.replace("[run]", 'x = "."\n[run]'),
+    "a home folder that is not there": MINIMAL.replace(
+        "[run]", 'x = "~no-such-account-here/a"\n[run]'
+    ),
     "a NUL in an argument": MINIMAL + 'args = ["a\\u0000b"]\n',
 }
 """What only the model refuses (docs/squishfile.md, "Editors", lists them)."""
@@ -263,6 +267,7 @@ NETWORK_FILES = {
     "internal as text": ('internal = "yes"\n', False),
     "unknown key": ('gateway = "10.89.40.1"\n', False),
 }
+NETWORK_MODEL_ONLY = {"host bits set": 'subnet = "10.89.40.1/24"\n'}
 
 
 @pytest.mark.parametrize(("text", "valid"), NETWORK_FILES.values(), ids=NETWORK_FILES.keys())
@@ -276,3 +281,12 @@ def test_network_files_agree(tmp_path: Path, text: str, valid: bool) -> None:
         accepted = False
     assert accepted is valid
     assert (_schema_errors(network_file_schema(), parse_toml(text)) == []) is valid
+
+
+@pytest.mark.parametrize("text", NETWORK_MODEL_ONLY.values(), ids=NETWORK_MODEL_ONLY.keys())
+def test_what_only_the_network_model_refuses(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "back.network.toml"
+    path.write_text(text)
+    with pytest.raises(SquishfileError):
+        load_network_file(path)
+    assert _schema_errors(network_file_schema(), parse_toml(text)) == []
