@@ -155,9 +155,11 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind == "pass":
         if not event.get("actions"):
             return None
+        actions = event.get("actions")
         return (
-            f"pass ({escape(str(event.get('trigger')))}): {event.get('actions')} actions, "
-            f"{event.get('failed')} failed, {event.get('duration_ms')} ms"
+            f"pass ({escape(str(event.get('trigger')))}): {actions} "
+            f"action{'' if actions == 1 else 's'}, {event.get('failed')} failed, "
+            f"{event.get('duration_ms')} ms"
         )
     if kind == "pass-failed":
         return f"[red]pass failed:[/] {escape(str(event.get('error')))}"
