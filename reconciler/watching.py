@@ -61,10 +61,18 @@ def add_events_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+_BOOKKEEPING = ("passes", "last_pass_at", "last_pass_ms", "last_trigger", "last_actions")
+"""The loop's counters that move with every pass, even one that changed nothing."""
+
+
 def _steady(document: dict[str, Any]) -> str:
-    """The document less what changes by itself as time passes (ages), as a key."""
+    """The document less what moves by itself as time passes (ages, the loop's pass
+    counters, when it last recorded), as a key."""
     rows = [{**row, "age_s": None} for row in document.get("containers", ())]
-    return json.dumps({**document, "containers": rows}, sort_keys=True, default=str)
+    loop = {k: v for k, v in document.get("loop", {}).items() if k not in _BOOKKEEPING}
+    recorded = {**(document.get("recorded") or {}), "at": None}
+    steady = {**document, "containers": rows, "loop": loop, "recorded": recorded}
+    return json.dumps(steady, sort_keys=True, default=str)
 
 
 def watch_status(

@@ -143,16 +143,17 @@ def test_events_read_as_the_loop_says_them() -> None:
 
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
 def test_status_watch_redraws_only_on_change(terminal: bool) -> None:
-    row = {"name": "web", "age_s": 1.0}
-    documents = iter(
+    row: dict[str, Any] = {"name": "web", "age_s": 1.0}
+    documents: Iterator[dict[str, Any]] = iter(
         [
             {"containers": [row]},
             {"containers": [{**row, "age_s": 2.0}]},  # only older: nothing to redraw
+            {"containers": [row], "loop": {"passes": 7, "last_pass_at": 5.0}},  # a pass, no more
             {"containers": [{**row, "phase": "Exited"}]},
         ]
     )
     drawn: list[dict[str, Any]] = []
-    left = [3]
+    left = [4]
 
     def parts(document: dict[str, Any], now: float) -> list[str]:
         drawn.append(document)
