@@ -1,8 +1,10 @@
 """The ``reconciler`` command line.
 
-Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status``, ``down``;
+Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status`` (``--watch``
+and ``events``: :mod:`reconciler.watching`), ``down``;
 file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, ``stop``,
-``rm``. The README has a tour.
+``rm``; for editors and shells: ``schema``, ``completion`` (:mod:`reconciler.editors`).
+The README has a tour.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rich.table import Table
 from reconciler import fleet
 from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.control.converge import Converger
+from reconciler.control.journal import Journal, journal_path
 from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.control.prepare import Preparer
 from reconciler.control.status import (
@@ -43,6 +46,13 @@ from reconciler.desired.gitrepo import GitError
 from reconciler.desired.source import FolderSource, Source
 from reconciler.desired.types import Skipped, network_files_in, skipped_in, squishfiles_in
 from reconciler.desired.validation import privileged_ports, validate_files
+from reconciler.editors import (
+    add_editor_commands,
+    complete,
+    folder_argument,
+    name_argument,
+    paths_argument,
+)
 from reconciler.endpoint.address import parse_listen
 from reconciler.endpoint.server import Endpoint, read_secret
 from reconciler.gitops import (
@@ -57,6 +67,13 @@ from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings, parse_labels
+from reconciler.watching import (
+    add_events_options,
+    add_watch_options,
+    print_events,
+    watch_json,
+    watch_status,
+)
 from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
 from runtime.client.linux import LinuxRuntime
@@ -201,7 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     endpoint = _endpoint(args, settings, reconciler)
     reconciler.store.claim(reconciler.writer)
     first_fetch(reconciler.source)
-    on_pass = pass_printer(str(reconciler.folder))
+    journal = Journal(journal_path(reconciler.store), folder=str(reconciler.folder))
+    on_pass = _both(pass_printer(str(reconciler.folder)), journal.passed)
     if endpoint is not None:
         on_pass = endpoint.also(on_pass)
 
@@ -216,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     on_pass=on_pass,
                     stop=stop,
                     on_ready=endpoint.on_ready if endpoint else None,
+                    on_failed=journal.pass_failed,
                 )
             group.cancel_scope.cancel()
 
@@ -223,9 +242,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if endpoint is not None:
         _out.print(f"serving /status and /metrics on {escape(args.listen)}")
     _out.print(f"reconciling {folder}; Ctrl-C stops the loop (containers keep running)")
-    anyio.run(main)
+    journal.started(os.getpid())
+    try:
+        anyio.run(main)
+    finally:
+        journal.stopped()
     _out.print("stopped; the containers keep running")
     return 0
+
+
+def _both(
+    first: Callable[[PassResult], None], then: Callable[[PassResult], None]
+) -> Callable[[PassResult], None]:
+    def on_pass(result: PassResult) -> None:
+        first(result)
+        then(result)
+
+    return on_pass
 
 
 def _endpoint(
@@ -317,12 +350,35 @@ def status_json(reconciler: Reconciler) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_status(args)
     document = status_json(_reconciler(_folder(args), _settings(args)))
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
     print_status(document, wide=args.output == "wide")
     return 0
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    reconciler = _reconciler(_folder(args), _settings(args))
+    if args.json or args.output == "json":
+        watch_json(lambda: status_json(reconciler), interval=args.interval)
+        return 0
+    watch_status(
+        lambda: status_json(reconciler),
+        status_parts,
+        printed=functools.partial(print_status, wide=args.output == "wide"),
+        interval=args.interval,
+    )
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Follow the journal of the folder's loop (started before or after this command)."""
+    reconciler = _reconciler(_folder(args), _settings(args))
+    assert reconciler.store is not None
+    return print_events(journal_path(reconciler.store), as_json=args.json, history=args.all)
 
 
 def _when(at: float, now: float) -> str:
@@ -360,9 +416,35 @@ def _row_message(row: dict[str, Any]) -> str:
 
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
-    _out.print(_loop_line(document, time.time()))
+    for part in status_parts(document, time.time()):
+        if isinstance(part, Table):
+            _print_table(part, wide=wide)
+        else:
+            _out.print(part)
+
+
+def status_parts(document: dict[str, Any], now: float) -> list[str | Table]:
+    """What ``status`` shows of a :func:`status_document` at ``now``: lines (rich
+    markup) and tables, in order."""
+    parts: list[str | Table] = [_loop_line(document, now)]
     if "source" in document:
-        _out.print(escape(source_line(document["source"])))
+        parts.append(escape(source_line(document["source"])))
+    parts.append(_container_table(document["containers"]))
+    if document["networks"]:
+        parts.append(_network_table(document["networks"]))
+    parts += [f"[yellow]{c['kind']}[/]: {escape(c['message'])}" for c in document["conditions"]]
+    parts += [
+        f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}"
+        for skipped in document["skipped"]
+    ]
+    parts += [
+        f"placed elsewhere {escape(placed['file'])}: {escape(placed['reason'])}"
+        for placed in document["placed_elsewhere"]
+    ]
+    return parts
+
+
+def _container_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(
         "NAME",
         "FILE",
@@ -375,7 +457,7 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
         "SYNC",
         "LAST ERROR",
     )
-    for row in document["containers"]:
+    for row in rows:
         table.add_row(
             escape(row["name"]),
             escape(row["file"] or "-"),
@@ -388,15 +470,7 @@ def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
             "yes" if row["in_sync"] else "no",
             escape(_row_message(row)),
         )
-    _print_table(table, wide=wide)
-    if document["networks"]:
-        _print_table(_network_table(document["networks"]), wide=wide)
-    for condition in document["conditions"]:
-        _out.print(f"[yellow]{condition['kind']}[/]: {escape(condition['message'])}")
-    for skipped in document["skipped"]:
-        _out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}")
-    for placed in document["placed_elsewhere"]:
-        _out.print(f"placed elsewhere {escape(placed['file'])}: {escape(placed['reason'])}")
+    return table
 
 
 def _pairs(named: dict[str, str]) -> str:
@@ -713,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def folder_command(name: str, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)
-        command.add_argument("dir", nargs="?", help=f"default: {_DEFAULT_DIR}")
+        folder_argument(command, f"default: {_DEFAULT_DIR}")
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
@@ -737,7 +811,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_git_options(p)
     p.add_argument("--json", action="store_true", help="stable machine-readable output")
     _output(p, "json")
+    add_watch_options(p)
     p.set_defaults(func=cmd_status)
+    p = folder_command("events", "follow what DIR's loop does: actions, failures, conditions")
+    add_git_options(p)
+    add_events_options(p)
+    p.set_defaults(func=cmd_events)
     p = folder_command("down", "remove the containers DIR's reconciler made")
     add_git_options(p)
     p.set_defaults(func=cmd_down)
@@ -753,14 +832,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate", help="check squishfiles (files, or folders of them); exit 0 when all are valid"
     )
-    p.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
+    paths_argument(p)
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("doctor", help="check this host's prerequisites; print the fix of each")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser(
         "logs", help="a container's stdout and stderr (the files kept, oldest first)"
     )
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument(
         "-f",
         "--follow",
@@ -773,16 +852,16 @@ def build_parser() -> argparse.ArgumentParser:
     _output(p)
     p.set_defaults(func=cmd_ps)
     p = sub.add_parser("inspect", help="one container as JSON")
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("stop", help="stop a container (SIGTERM, then SIGKILL)")
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument("-t", "--time", type=float, default=None, help="grace period in seconds")
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser(
         "exec", help="run a command inside a running container; exit with its exit code"
     )
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     p.add_argument(
         "-t", "--timeout", type=float, default=10.0, help="kill it after this many seconds"
@@ -790,14 +869,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_exec)
     for verb, what in (("pause", "freeze"), ("unpause", "thaw")):
         p = sub.add_parser(verb, help=f"{what} every process of a container (cgroup v2)")
-        p.add_argument("name")
+        name_argument(p, _container_names)
         p.set_defaults(func=cmd_pause)
     p = sub.add_parser("rm", help="remove a container")
-    p.add_argument("name")
+    name_argument(p, _container_names)
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     p.set_defaults(func=cmd_rm)
     add_suspend_commands(sub, lambda: _runtime().state)
+    add_editor_commands(sub)
     return parser
+
+
+def _container_names() -> list[str]:
+    return [info.name for info in _runtime().list()]
 
 
 def _configure_logging(verbose: int) -> None:
@@ -808,7 +892,9 @@ def _configure_logging(verbose: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    complete(parser)
+    args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return int(args.func(args))

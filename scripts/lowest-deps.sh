@@ -25,6 +25,7 @@ PURE_TESTS=(
     tests/test_rootfs.py tests/test_extract.py tests/test_systemd_driver.py
     tests/test_settings.py tests/test_source.py tests/test_conflicts.py tests/test_cgroup_driver.py
     tests/test_network_driver.py tests/test_security_profile.py tests/test_runtime_contract.py
+    tests/test_completion.py tests/test_events.py
 )
 
 # Each dependency at its floor. The interpreter's own tomllib reads pyproject.toml here:

@@ -336,11 +336,14 @@ async def run_loop(
     on_pass: Callable[[PassResult], None] | None = None,
     stop: anyio.Event | None = None,
     on_ready: Callable[[Changed], None] | None = None,
+    on_failed: Callable[[str], None] | None = None,
 ) -> None:
     """Reconcile ``reconciler.source`` until ``stop`` is set (or the task is cancelled);
     the timing comes from ``settings`` (default: :class:`Settings`' defaults).
     ``on_ready`` is handed, before the first pass, the function that asks for a pass
-    as a change of the source does (call it in the loop's event loop thread)."""
+    as a change of the source does (call it in the loop's event loop thread).
+    ``on_pass`` is told each pass's result, ``on_failed`` the error of a pass that
+    failed as a whole."""
     settings = settings or Settings()
     resync = settings.resync
     send, receive = anyio.create_memory_object_stream[str](1)
@@ -365,6 +368,8 @@ async def run_loop(
             except Exception as exc:  # the loop never dies: report, wait, try again
                 log.error("pass failed: %s: %s", type(exc).__name__, exc)
                 reconciler.record.failed(f"{type(exc).__name__}: {exc}")
+                if on_failed is not None:
+                    on_failed(f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(reconciler.save)
                 trigger = await _next_trigger(receive, min(resync, settings.retry_failed_pass))

@@ -160,21 +160,29 @@ class ConditionReport:
 
     def changes(self, conditions: Iterable[Condition]) -> list[str]:
         """The lines to print for this pass's ``conditions``."""
+        appeared, cleared = self.diff(conditions)
+        lines = [self._line(name, kind, message) for name, kind, message in appeared]
+        return lines + [self._line(name, kind, "cleared") for name, kind in cleared]
+
+    def diff(
+        self, conditions: Iterable[Condition]
+    ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """What this pass's ``conditions`` change since the last call: those that
+        appeared or say something new (name, kind, message), and those cleared (name,
+        kind), each sorted."""
         messages = {
             (c.name, c.kind.value, _steady(c)): c.message
             for c in conditions
             if c.kind is not ConditionKind.BACK_OFF
         }
         now = frozenset(messages)
-        lines = [
-            self._line(name, kind, messages[name, kind, key])
-            for name, kind, key in sorted(now - self._shown)
+        appeared = [
+            (name, kind, messages[name, kind, key]) for name, kind, key in sorted(now - self._shown)
         ]
         still = {(name, kind) for name, kind, _ in now}
-        gone = sorted({(name, kind) for name, kind, _ in self._shown} - still)
-        lines += [self._line(name, kind, "cleared") for name, kind in gone]
+        cleared = sorted({(name, kind) for name, kind, _ in self._shown} - still)
         self._shown = now
-        return lines
+        return appeared, cleared
 
     def _line(self, name: str, kind: str, message: str) -> str:
         if kind == ConditionKind.MASS_DELETE and message != "cleared":
