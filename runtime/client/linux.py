@@ -220,6 +220,7 @@ class LinuxRuntime(NetworkOps):
         for name in swept:
             self._forget(self.containers / name)
         self._release_orphans()
+        self._finish_rewires()
         for leftover in sweep_cache(self.cache):  # staging trees, partial downloads
             log.info("removed %s, left in the cache by a killed process", leftover)
         self._sweep_logs()

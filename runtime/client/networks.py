@@ -15,7 +15,13 @@ from runtime.api.interface import ContainerInfo, ContainerState, NetworkInfo
 from runtime.api.spec import ContainerSpec, NetworkAttachment, NetworkSpec
 from runtime.client import binds
 from runtime.client.live import RunningOps
-from runtime.errors import ContainerRunning, NetworkConflict, NetworkInUse, NetworkNotFound
+from runtime.errors import (
+    ContainerNotFound,
+    ContainerRunning,
+    NetworkConflict,
+    NetworkInUse,
+    NetworkNotFound,
+)
 from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, NetworkRecord, open_book
 from runtime.util.files import write_json_atomic
@@ -123,6 +129,32 @@ class NetworkOps(RunningOps):
                 book.release(network, name)  # its interface there is gone now
             bridge.sync_if_running(self.state)
             return self._info(cdir)
+
+    def _finish_rewires(self) -> None:
+        """Complete what a client killed inside a connect (leased, spec not yet written)
+        or a disconnect (spec written, address not yet released) left: a lease on a
+        network the container's spec does not list. Its interface there goes first (the
+        lease names it), then the address."""
+        with open_book(self.state) as book:
+            held = sorted((n, c) for n, r in book.networks.items() for c in r.leases)
+        for network, name in held:
+            if (self.containers / name / "spec.json").is_file():
+                try:
+                    self._finish_rewire(name, network)
+                except (ContainerNotFound, ValueError):
+                    continue  # removed meanwhile (its remove releases), or damaged (reported)
+        bridge.sync_if_running(self.state)
+
+    def _finish_rewire(self, name: str, network: str) -> None:
+        with self._locked(name) as cdir:
+            spec = self._spec(cdir)
+            if any(a.network == network for a in spec.networks):
+                return
+            info = self._info(cdir)
+            if info.state is ContainerState.RUNNING and info.pid is not None:
+                self._rewire(cdir, spec, info.pid)
+            with open_book(self.state) as book:
+                book.release(network, name)
 
     def _rewired(self, cdir: Path, spec: ContainerSpec) -> ContainerInfo:
         """Record ``spec`` with its networks changed; its /etc files and launch request
