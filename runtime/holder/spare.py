@@ -79,6 +79,8 @@ class _Init:
     exit_r: int
     log_r: int
     """The read end of the command's output pipe: the log pump's, once launched."""
+    native: str | None
+    """The native init and log pump (``runtime.native``), or None: Python ones."""
 
 
 def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
@@ -87,7 +89,7 @@ def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
     return os.read(fd, size)
 
 
-def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
+def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
     """Fork the container's init into new namespaces; return it (pid in the host view).
 
     An intermediate child unshares, so this process stays in the host's network
@@ -110,7 +112,12 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
                     os.close(fd)
                 # exit_w stays open in the init only: slirp4netns exits when it closes.
                 run_init(
-                    request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w, log_w=log_w
+                    request_r=request_r,
+                    go_r=go_r,
+                    report_w=report_w,
+                    exit_w=exit_w,
+                    log_w=log_w,
+                    native=native,
                 )
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
@@ -124,7 +131,7 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     os.waitpid(middle, 0)
     if not answer or answer.startswith(Launching.FAILED):
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r)
+    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native)
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -183,7 +190,9 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
     except OSError as exc:
         raise _LaunchFailed(f"cannot open the container's log {path}: {exc.strerror}") from exc
     try:
-        pid = logpump.start_pump(init.log_r, log_fd, path, req.log_max_size, req.log_max_files)
+        pid = logpump.start_pump(
+            init.log_r, log_fd, path, req.log_max_size, req.log_max_files, init.native
+        )
     finally:
         os.close(log_fd)
         os.close(init.log_r)
@@ -280,11 +289,12 @@ def _log(message: str) -> None:
     log.info(message)
 
 
-def run_spare(ctrl: socket.socket) -> NoReturn:
-    """Body of a spare: prepare a container init, wait for a request, launch it, exit."""
+def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
+    """Body of a spare: prepare a container init, wait for a request, launch it, exit.
+    ``native`` is the native init and log pump (``runtime.native``), or None."""
     code = 1
     try:
-        init = _fork_init(close_in_init=(ctrl.fileno(),))
+        init = _fork_init((ctrl.fileno(),), native)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [

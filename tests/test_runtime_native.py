@@ -1,0 +1,99 @@
+"""The native init and log pump (runtime.native), and the Python ones they stand in for."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.client.linux import LinuxRuntime
+from runtime.native import installed
+from runtime.settings import RuntimeSettings
+from runtime.util.files import read_json
+from tests.conftest import rootless, short_folder
+from tests.support import shell
+
+pytestmark = rootless
+native = pytest.mark.skipif(
+    installed() is None, reason="the native binary is not installed (scripts/host-setup.sh)"
+)
+
+_WHO_IS_INIT = "cat /proc/1/comm; tr -d '\\000' </proc/1/cmdline; echo"
+
+
+def _run(rt: LinuxRuntime, name: str, script: str, **fields: object) -> tuple[int, str]:
+    rt.run(shell(name, script, **fields))
+    return rt.wait(name, timeout=60), rt.logs(name).decode()
+
+
+def _processes(rt: LinuxRuntime, name: str) -> dict[str, str]:
+    """The names (comm) of a running container's init and log pump."""
+    run = read_json(rt.containers / name / "run.json")
+    assert isinstance(run, dict)
+    return {
+        kind: Path(f"/proc/{run[key]['pid']}/comm").read_text().strip()
+        for kind, key in (("init", "init"), ("pump", "log_pump"))
+    }
+
+
+@native
+def test_a_running_container_keeps_the_native_init_and_pump(rt: LinuxRuntime) -> None:
+    rt.run(shell("kept", "exec sleep 600", stop_timeout=0))
+    assert _processes(rt, "kept") == {"init": "squish-init", "pump": "squish-pump"}
+
+
+@native
+def test_the_container_sees_an_init_named_and_nothing_more(rt: LinuxRuntime) -> None:
+    # Its arguments (descriptor numbers, the command line) are blanked once read.
+    assert _run(rt, "seen", _WHO_IS_INIT) == (0, "squish-init\nsquish-init\n")
+
+
+@native
+def test_the_native_init_records_how_the_command_ended(rt: LinuxRuntime) -> None:
+    assert _run(rt, "three", "echo out; echo err >&2; exit 3") == (3, "out\nerr\n")
+    rt.run(shell("stopped", "exec sleep 600", stop_timeout=5))
+    rt.stop("stopped")  # SIGTERM, forwarded to the command
+    assert rt.wait("stopped", timeout=60) == 128 + signal.SIGTERM
+    exited = read_json(rt.containers / "stopped" / "exit.json")
+    assert isinstance(exited, dict)
+    assert (exited["exit_code"], exited["signal"]) == (143, signal.SIGTERM)
+    assert isinstance(exited["finished_at"], float)
+
+
+@native
+def test_a_profile_refusing_execveat_keeps_the_python_init(rt: LinuxRuntime) -> None:
+    refuse = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["execveat"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    code, output = _run(rt, "no-execveat", _WHO_IS_INIT, seccomp=refuse)
+    assert code == 0
+    assert not output.startswith("squish-init"), output
+
+
+@pytest.fixture
+def python_rt(cache_path: Path) -> Iterator[LinuxRuntime]:
+    """A runtime of its own (its own holder) with SQUISH_NATIVE=0."""
+    settings = dataclasses.replace(RuntimeSettings.from_environ(), native=False)
+    with short_folder("sqn") as state:
+        runtime = LinuxRuntime(state=state, cache=cache_path, settings=settings)
+        try:
+            yield runtime
+        finally:
+            for info in runtime.list():
+                runtime.remove(info.name, force=True)
+            runtime.shutdown()
+
+
+def test_without_the_native_binary_python_does_the_same(python_rt: LinuxRuntime) -> None:
+    rt = python_rt
+    code, output = _run(rt, "py", f"echo out; {_WHO_IS_INIT}; exit 3")
+    assert code == 3
+    assert output.startswith("out\n") and "squish-init" not in output
+    rt.run(shell("py-stopped", "exec sleep 600", stop_timeout=5))
+    assert "squish" not in " ".join(_processes(rt, "py-stopped").values())
+    rt.stop("py-stopped")
+    assert rt.wait("py-stopped", timeout=60) == 128 + signal.SIGTERM
