@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from runtime.client.linux import LinuxRuntime
-from runtime.native import installed
-from runtime.settings import RuntimeSettings
+from runtime.native import SOURCE, binary_name, installed
+from runtime.settings import BadSetting, RuntimeSettings
 from runtime.util.files import read_json
 from tests.conftest import rootless, short_folder
 from tests.support import shell
 
-pytestmark = rootless
 native = pytest.mark.skipif(
     installed() is None, reason="the native binary is not installed (scripts/host-setup.sh)"
 )
@@ -39,18 +38,21 @@ def _processes(rt: LinuxRuntime, name: str) -> dict[str, str]:
     }
 
 
+@rootless
 @native
 def test_a_running_container_keeps_the_native_init_and_pump(rt: LinuxRuntime) -> None:
     rt.run(shell("kept", "exec sleep 600", stop_timeout=0))
     assert _processes(rt, "kept") == {"init": "squish-init", "pump": "squish-pump"}
 
 
+@rootless
 @native
 def test_the_container_sees_an_init_named_and_nothing_more(rt: LinuxRuntime) -> None:
     # Its arguments (descriptor numbers, the command line) are blanked once read.
     assert _run(rt, "seen", _WHO_IS_INIT) == (0, "squish-init\nsquish-init\n")
 
 
+@rootless
 @native
 def test_the_native_init_records_how_the_command_ended(rt: LinuxRuntime) -> None:
     assert _run(rt, "three", "echo out; echo err >&2; exit 3") == (3, "out\nerr\n")
@@ -63,6 +65,7 @@ def test_the_native_init_records_how_the_command_ended(rt: LinuxRuntime) -> None
     assert isinstance(exited["finished_at"], float)
 
 
+@rootless
 @native
 def test_a_profile_refusing_execveat_keeps_the_python_init(rt: LinuxRuntime) -> None:
     refuse = {
@@ -88,6 +91,7 @@ def python_rt(cache_path: Path) -> Iterator[LinuxRuntime]:
             runtime.shutdown()
 
 
+@rootless
 def test_without_the_native_binary_python_does_the_same(python_rt: LinuxRuntime) -> None:
     rt = python_rt
     code, output = _run(rt, "py", f"echo out; {_WHO_IS_INIT}; exit 3")
@@ -97,3 +101,19 @@ def test_without_the_native_binary_python_does_the_same(python_rt: LinuxRuntime)
     assert "squish" not in " ".join(_processes(rt, "py-stopped").values())
     rt.stop("py-stopped")
     assert rt.wait("py-stopped", timeout=60) == 128 + signal.SIGTERM
+
+
+def test_only_a_binary_of_the_current_source_is_used(tmp_path: Path) -> None:
+    assert installed(tmp_path) is None
+    (tmp_path / binary_name(b"an older source")).write_bytes(b"")
+    assert installed(tmp_path) is None
+    current = tmp_path / binary_name(SOURCE.read_bytes())
+    current.write_bytes(b"")
+    assert installed(tmp_path) == current
+
+
+def test_squish_native_is_0_or_1() -> None:
+    assert RuntimeSettings.from_environ({}).native
+    assert not RuntimeSettings.from_environ({"SQUISH_NATIVE": "0"}).native
+    with pytest.raises(BadSetting, match="SQUISH_NATIVE"):
+        RuntimeSettings.from_environ({"SQUISH_NATIVE": "no"})
