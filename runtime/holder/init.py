@@ -154,6 +154,18 @@ def _prewarm() -> None:
     LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
 
 
+def _enter_cgroup_namespace(go_r: int, report_w: int, cgroup: str) -> None:
+    """Once the spare has moved this process into its leaf (it says so on ``go_r``;
+    the move overlaps the mounts), make that leaf the root of a new cgroup namespace."""
+    if os.read(go_r, 1) != Launching.PLACED.value:
+        os._exit(125)
+    if cgroup:  # a systemd scope's too
+        try:
+            sc.unshare(sc.CLONE_NEWCGROUP)
+        except OSError as exc:
+            _fail(report_w, f"cannot start the container's cgroup namespace: {exc}", 126)
+
+
 def _fail(report_w: int, reason: str, code: int) -> NoReturn:
     """Tell the spare what failed, and exit with ``code``."""
     os.write(report_w, marked(Launching.FAILED, reason))
@@ -200,8 +212,9 @@ def run_init(
 ) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
-    It reads the launch request from ``request_r`` (to EOF), then reports on ``report_w``:
-    ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``. ``exit_w``
+    It reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
+    (placed in its cgroup) on ``go_r``, then reports on ``report_w``: ``M`` when the
+    filesystem is mounted, then, after ``G`` on ``go_r``, ``S`` (started) or ``E<why>``. ``exit_w``
     stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
     becomes the command's stdout and stderr: the write end of the pipe the log pump
     (``runtime.holder.logpump``) reads, outside the container. ``native`` is the native
@@ -212,9 +225,8 @@ def run_init(
     last_capability = confine.last_capability()  # read while idle, off the start path
     try:
         req = _receive_request(request_r)
-        if req.cgroup:  # moved to the container's leaf (a scope's too): its root
+        if req.cgroup:
             _open_events(req.cgroup)
-            sc.unshare(sc.CLONE_NEWCGROUP)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
         sc.sethostname(req.hostname or req.name)
@@ -226,6 +238,7 @@ def run_init(
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
+    _enter_cgroup_namespace(go_r, report_w, req.cgroup)
     os.write(report_w, Launching.MOUNTED.value)
     if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)

@@ -13,6 +13,7 @@ A spare that loses its holder (EOF on its control socket) exits, and its init wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -200,11 +201,15 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
 
 
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
-    cgroup, raw = _place(init, req, raw)
+    cgroup, raw = _into_scope(init, req, raw) if req.systemd_scope else (req.cgroup, raw)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
+        if not req.systemd_scope:
+            _move(init, req)  # while the init mounts
+        with contextlib.suppress(BrokenPipeError):  # it failed: its report says why
+            os.write(init.go_w, Launching.PLACED.value)
         log_pump = _start_pump(init, req)
         helper, forwards = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
@@ -239,27 +244,33 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         raise
 
 
-def _place(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
-    """Put the init into its cgroup before it reads its request (it then starts a cgroup
-    namespace); return the cgroup and the request as the init is to read it."""
-    if req.systemd_scope:
-        from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
+def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
+    """Put the init into a systemd scope before it reads its request, which names the
+    scope's cgroup; return the cgroup and the request as the init is to read it."""
+    from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
 
-        try:
-            cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
-        except (OSError, ValueError) as exc:
-            _dismiss(init)  # it never got a request: it exits on EOF
-            raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
-        return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
-    if req.cgroup:
-        try:
-            Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
-        except OSError as exc:
-            _dismiss(init)
-            raise _LaunchFailed(
-                f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
-            ) from exc
-    return req.cgroup, raw
+    try:
+        cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
+    except (OSError, ValueError) as exc:
+        _dismiss(init)  # it never got a request: it exits on EOF
+        raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
+    return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
+
+
+def _move(init: _Init, req: LaunchRequest) -> None:
+    """Move the init into its leaf (``req.cgroup``), if it has one.
+
+    The move waits for an RCU grace period in the kernel (the cgroup threadgroup lock
+    is taken for writing): milliseconds on a busy machine, which the init spends on its
+    mounts meanwhile; it starts its cgroup namespace once told it is placed."""
+    if not req.cgroup:
+        return
+    try:
+        Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
+    except OSError as exc:
+        raise _LaunchFailed(
+            f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
+        ) from exc
 
 
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
