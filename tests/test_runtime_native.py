@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +45,11 @@ def _processes(rt: LinuxRuntime, name: str) -> dict[str, str]:
 @native
 def test_a_running_container_keeps_the_native_init_and_pump(rt: LinuxRuntime) -> None:
     rt.run(shell("kept", "exec sleep 600", stop_timeout=0))
+    assert _processes(rt, "kept")["init"] == "squish-init"  # it reported the start
+    for _ in range(2000):  # the pump's process execs on its own, after the fork
+        if _processes(rt, "kept")["pump"] == "squish-pump":
+            break
+        time.sleep(0.005)
     assert _processes(rt, "kept") == {"init": "squish-init", "pump": "squish-pump"}
 
 
@@ -117,3 +125,57 @@ def test_squish_native_is_0_or_1() -> None:
     assert not RuntimeSettings.from_environ({"SQUISH_NATIVE": "0"}).native
     with pytest.raises(BadSetting, match="SQUISH_NATIVE"):
         RuntimeSettings.from_environ({"SQUISH_NATIVE": "no"})
+
+
+def _run_native_init(tmp_path: Path, program: str, *argv: str) -> tuple[int, bytes]:
+    """Run the native init outside any container, as the Python init would exec it;
+    return its exit code and what it reported."""
+    binary = installed()
+    if binary is None:
+        pytest.skip("the native binary is not installed (scripts/host-setup.sh)")
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n")
+    (tmp_path / "pids.events").write_text("max 3\n")
+    report_r, report_w = os.pipe()
+    state = os.open(tmp_path, os.O_DIRECTORY)
+    log = os.open(tmp_path / "output", os.O_WRONLY | os.O_CREAT, 0o600)
+    oom = os.open(tmp_path / "memory.events", os.O_RDONLY)
+    pids = os.open(tmp_path / "pids.events", os.O_RDONLY)
+    fds = (state, report_w, log, report_w, oom, pids)  # no exit pipe here: any fd will do
+    numbers = [str(fd) for fd in fds]
+    init = [str(binary), "init", *numbers, "0", repr(argv[0]), program, *argv]
+    try:
+        done = subprocess.run(init, pass_fds=fds, check=False)
+    finally:
+        for fd in {*fds}:
+            os.close(fd)
+    with os.fdopen(report_r, "rb") as report:
+        return done.returncode, report.read()
+
+
+def test_the_native_init_records_the_exit_and_the_cgroup_events(tmp_path: Path) -> None:
+    code, report = _run_native_init(tmp_path, "/bin/sh", "sh", "-c", "echo out; exit 7")
+    assert (code, report) == (7, b"S")
+    assert (tmp_path / "output").read_bytes() == b"out\n"
+    exited = read_json(tmp_path / "exit.json")
+    assert isinstance(exited, dict)
+    assert {k: v for k, v in exited.items() if k != "finished_at"} == {
+        "exit_code": 7,
+        "signal": 0,
+        "oom_kills": 2,
+        "pids_refused": 3,
+    }
+    assert (tmp_path / "exit.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_native_init_reports_a_command_killed_by_a_signal(tmp_path: Path) -> None:
+    code, _ = _run_native_init(tmp_path, "/bin/sh", "sh", "-c", "kill -TERM $$")
+    assert code == 128 + signal.SIGTERM
+    exited = read_json(tmp_path / "exit.json")
+    assert isinstance(exited, dict)
+    assert (exited["exit_code"], exited["signal"]) == (143, signal.SIGTERM)
+
+
+def test_the_native_init_reports_a_command_that_cannot_start(tmp_path: Path) -> None:
+    code, report = _run_native_init(tmp_path, str(tmp_path / "missing"), "missing")
+    assert (code, report) == (127, b"E'missing' cannot start: No such file or directory")
+    assert not (tmp_path / "exit.json").exists()

@@ -13,7 +13,8 @@
  * stays open for as long as this process lives (slirp4netns ends when it closes). OOM_FD and
  * PIDS_FD are the cgroup's memory.events and pids.events (-1: none). MASK is the signal
  * mask PROGRAM starts with (hexadecimal, bit N-1 for signal N); LABEL names PROGRAM in
- * messages. The signals forwarded and SIGCHLD arrive blocked (the mask survives execve).
+ * messages. The signals forwarded and SIGCHLD arrive blocked (the mask survives execve);
+ * it blocks them itself too, for whoever else starts it.
  *
  * pump: the log pump of runtime/holder/logpump.py: moves what comes on SOURCE_FD into
  * LOG_FD (open on PATH) until EOF, rotating before PATH would exceed MAX_SIZE bytes and
@@ -178,13 +179,17 @@ static _Noreturn void finish(const struct init_fds *fds, int status) {
     _exit(code);
 }
 
+static void waited_signals(sigset_t *waited) {
+    sigemptyset(waited);
+    sigaddset(waited, SIGCHLD);
+    for (size_t i = 0; i < N_FORWARDED; i++) {
+        sigaddset(waited, forwarded[i]);
+    }
+}
+
 static _Noreturn void wait_for(const struct init_fds *fds, pid_t child) {
     sigset_t waited;
-    sigemptyset(&waited);
-    sigaddset(&waited, SIGCHLD);
-    for (size_t i = 0; i < N_FORWARDED; i++) {
-        sigaddset(&waited, forwarded[i]);
-    }
+    waited_signals(&waited);
     for (;;) {
         int status;
         pid_t pid;
@@ -223,6 +228,9 @@ static int run_init(int argc, char **argv) {
        STATE_FD (the container's folder, outside its root). */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     prctl(PR_SET_NAME, "squish-init", 0, 0, 0);
+    sigset_t waited; /* blocked already by the Python init (pending ones stay pending) */
+    waited_signals(&waited);
+    sigprocmask(SIG_BLOCK, &waited, NULL);
     if (argc < 12) {
         return 125;
     }
