@@ -101,6 +101,10 @@ class RuntimeSettings:
     unpack_limits: UnpackLimits = UnpackLimits()
     """``$SQUISH_UNPACK_MAX_ENTRIES``, ``..._DEPTH``, ``..._BYTES``: what a container's
     archives may unpack to."""
+    native: bool = True
+    """``$SQUISH_NATIVE``: ``0`` keeps each container's init and log pump in Python;
+    ``1`` (the default) uses the native ones when the host set-up installed them
+    (``runtime.native``). Read when the holder starts: a running holder keeps its choice."""
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in CGROUP_DRIVERS:
@@ -133,7 +137,16 @@ class RuntimeSettings:
             or DEFAULT_ALPINE_MIRROR,
             layer_index=_url("SQUISH_LAYER_INDEX", get("SQUISH_LAYER_INDEX")),
             unpack_limits=_unpack_limits(get),
+            native=_flag("SQUISH_NATIVE", get("SQUISH_NATIVE"), default=True),
         )
+
+
+def _flag(variable: str, raw: str | None, *, default: bool) -> bool:
+    if raw is None:
+        return default
+    if raw not in ("0", "1"):
+        raise BadSetting(variable, raw, "use 0 or 1")
+    return raw == "1"
 
 
 def _unpack_limits(get: Callable[[str], str | None]) -> UnpackLimits:

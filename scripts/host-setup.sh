@@ -11,7 +11,9 @@
 #   5. delegates a cgroup v2 folder to that account, as systemd's user@.service would
 #      (`make` as root runs the account's commands inside it: `runuser` sessions get no
 #      user@.service). Only the v2 hierarchy is touched, never a v1 one;
-#   6. for `make bench` (a "bench" argument): the anchors' packages, and a check that the
+#   6. builds the native container init and log pump (runtime/native) into
+#      /usr/local/libexec/squish, owned by root and not readable (see runtime/native);
+#   7. for `make bench` (a "bench" argument): the anchors' packages, and a check that the
 #      account can run podman.
 #
 #   scripts/host-setup.sh [MAKE GOAL...]      (scripts/as-user.sh passes make's goals)
@@ -20,9 +22,10 @@ set -euo pipefail
 SQUISH_USER="${SQUISH_USER:-squish}"
 # nftables: the nft client, NAT and isolation for bridge networks; git: the git source;
 # openssh-client: ssh-keygen, which git runs to verify commit signatures (and the tests
-# sign with); openssl: the https test's certificate; the last two: the VM test tier.
+# sign with); openssl: the https test's certificate; the last two: the VM test tier;
+# gcc, libc6-dev: the native init and log pump (step 6; linked statically, so libc.a).
 PACKAGES=(slirp4netns nftables uidmap busybox-static bubblewrap python3-venv make git procps tar
-    libseccomp2 openssh-client openssl
+    libseccomp2 openssh-client openssl gcc libc6-dev
     qemu-system-x86 linux-image-amd64)
 # `make bench` measures squish against podman with runc (crun refuses a hybrid cgroup host)
 # and against bwrap (installed above, with uidmap, for every goal).
@@ -163,7 +166,26 @@ else
     say "cgroup v2 folder $delegated delegated to '$SQUISH_USER'" \
         "(controllers it offers: $(cat "$delegated/cgroup.controllers" | tr -s ' ' || true))"
 fi
-# --- 6. podman for the benchmarks ---------------------------------------------------
+# --- 6. the native init and log pump ------------------------------------------------
+# Named by a hash of the source (runtime.native.binary_name computes the same): a holder
+# uses the binary only if it was built from the source it runs; older ones stay for the
+# checkouts that still name them. Mode 0711: the account may execute it, not read it.
+native_src="$(dirname "$0")/../runtime/native/squish-native.c"
+native_dir=/usr/local/libexec/squish
+native_bin="$native_dir/squish-native-$(sha256sum "$native_src" | cut -c1-16)"
+# A failed build is not fatal: containers then keep the Python init and log pump.
+if [[ ! -x "$native_bin" ]]; then
+    install -d -m 0755 "$native_dir"
+    if gcc -static -Os -Wall -Wextra -o "$native_bin.tmp" "$native_src"; then
+        chmod 0711 "$native_bin.tmp"
+        mv "$native_bin.tmp" "$native_bin"
+    else
+        rm -f "$native_bin.tmp"
+        say "building $native_src failed: containers keep the Python init and log pump"
+    fi
+fi
+[[ -x "$native_bin" ]] && say "native init and log pump: $native_bin"
+# --- 7. podman for the benchmarks ---------------------------------------------------
 # Rootless podman needs what the steps above give the account: a subordinate id range,
 # newuidmap/newgidmap, a home it owns (its storage goes to ~/.local/share/containers).
 # Without a login session (runuser) XDG_RUNTIME_DIR is unset and podman keeps its

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from runtime.native import INSTALL_DIR, installed
 
 SETUP = Path(__file__).resolve().parent.parent / "scripts" / "host-setup.sh"
 
@@ -78,3 +79,17 @@ def test_doctor_warns_when_others_can_read_the_home(
     home.chmod(0o700)
     main(["doctor"])
     assert f"ok {what}\n" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (the set-up installs it)")
+def test_the_set_up_builds_the_native_binary_the_holder_looks_for(tmp_path: Path) -> None:
+    text = SETUP.read_text()
+    step = text[text.index("# --- 6.") : text.index('say "done"')]
+    installed_here = f"native_dir={INSTALL_DIR}"
+    assert installed_here in step
+    step = step.replace(installed_here, f"native_dir={tmp_path}")
+    script = f"set -euo pipefail\n{setup_functions('say')}\n{step}"
+    subprocess.run(["bash", "-c", script, str(SETUP)], check=True, capture_output=True)
+    binary = installed(tmp_path)
+    assert binary is not None
+    assert binary.stat().st_mode & 0o777 == 0o711  # executable, not readable

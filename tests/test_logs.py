@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from reconciler.squishfile import Squishfile
 from runtime.api import LogLimits
 from runtime.client import logfiles
 from runtime.holder import logpump
+from runtime.native import installed
 from runtime.settings import RuntimeSettings
 
 # -- rotation and the pump -----------------------------------------------------------------
@@ -38,7 +40,28 @@ def test_rotate_with_one_file_starts_the_log_over(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def _pump(tmp_path: Path, data: bytes, max_size: int, max_files: int) -> Path:
+Pump = Callable[[int, int, str, int, int], None]
+"""A pump's body: (pipe, log fd, log path, max size, max files), to EOF."""
+
+
+def _native_pump(source: int, log_fd: int, path: str, max_size: int, max_files: int) -> None:
+    binary = installed()  # run with the defaults of every signal (SIGXFSZ included)
+    if binary is None:
+        pytest.skip("the native binary is not installed (scripts/host-setup.sh)")
+    argv = [str(binary), "pump", str(source), str(log_fd), path, str(max_size), str(max_files)]
+    try:
+        subprocess.run(argv, pass_fds=(source, log_fd), check=True)
+    finally:
+        os.close(log_fd)
+
+
+@pytest.fixture(params=["python", "native"])
+def pump(request: pytest.FixtureRequest) -> Pump:
+    """The Python pump and the native one (runtime.native): they behave the same."""
+    return logpump.pump if request.param == "python" else _native_pump
+
+
+def _pump(tmp_path: Path, data: bytes, max_size: int, max_files: int, pump: Pump) -> Path:
     """``data`` written into a pipe by a thread while the pump moves it to a log."""
     path = tmp_path / "logs" / "output.log"
     read_end, write_end = logpump.log_pipe()
@@ -49,17 +72,19 @@ def _pump(tmp_path: Path, data: bytes, max_size: int, max_files: int) -> Path:
 
     writer = threading.Thread(target=write)
     writer.start()
-    logpump.pump(read_end, logpump.open_log(str(path)), str(path), max_size, max_files)
-    writer.join()
-    os.close(read_end)
+    try:
+        pump(read_end, logpump.open_log(str(path)), str(path), max_size, max_files)
+    finally:
+        writer.join()
+        os.close(read_end)
     return path
 
 
 def test_the_pump_keeps_each_file_within_the_cap_and_keeps_the_newest_output(
-    tmp_path: Path,
+    tmp_path: Path, pump: Pump
 ) -> None:
     data = b"".join(b"line %d\n" % i for i in range(20_000))  # ~200 KB
-    path = _pump(tmp_path, data, max_size=10_000, max_files=3)
+    path = _pump(tmp_path, data, max_size=10_000, max_files=3, pump=pump)
     files = [*logfiles.rotated(path), path]
     assert [p.name for p in files] == ["output.log.2", "output.log.1", "output.log"]
     assert all(p.stat().st_size <= 10_000 for p in files)
@@ -68,13 +93,15 @@ def test_the_pump_keeps_each_file_within_the_cap_and_keeps_the_newest_output(
     assert data.endswith(kept), "the log holds the tail of the output, in order"
 
 
-def test_the_pump_appends_to_a_log_an_earlier_run_left(tmp_path: Path) -> None:
-    path = _pump(tmp_path, b"first run\n", max_size=4096, max_files=2)
-    _pump(tmp_path, b"second run\n", max_size=4096, max_files=2)
+def test_the_pump_appends_to_a_log_an_earlier_run_left(tmp_path: Path, pump: Pump) -> None:
+    path = _pump(tmp_path, b"first run\n", max_size=4096, max_files=2, pump=pump)
+    _pump(tmp_path, b"second run\n", max_size=4096, max_files=2, pump=pump)
     assert path.read_bytes() == b"first run\nsecond run\n"
 
 
-def test_a_disk_that_refuses_writes_costs_the_output_not_the_command(tmp_path: Path) -> None:
+def test_a_disk_that_refuses_writes_costs_the_output_not_the_command(
+    tmp_path: Path, pump: Pump
+) -> None:
     """The pump drains the pipe even when the file cannot grow (here: RLIMIT_FSIZE), so
     the writer is never left waiting on it."""
     path = tmp_path / "output.log"
@@ -85,7 +112,7 @@ def test_a_disk_that_refuses_writes_costs_the_output_not_the_command(tmp_path: P
         try:
             os.close(write_end)
             resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
-            logpump.pump(read_end, logpump.open_log(str(path)), str(path), 1 << 20, 2)
+            pump(read_end, logpump.open_log(str(path)), str(path), 1 << 20, 2)
             code = 0
         finally:
             os._exit(code)

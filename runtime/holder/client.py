@@ -45,6 +45,7 @@ from runtime.holder.protocol import (
     detail_of,
     to_json,
 )
+from runtime.native import installed
 from runtime.util import jsonsock
 from runtime.util.files import read_json
 from runtime.util.processes import ProcessId, wait_readable
@@ -121,8 +122,11 @@ def _port_in_use(port: PortConflict | None, message: str) -> SquishError:
 class Holder:
     """The per-user process that owns the containers' user namespace."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, native: bool = True) -> None:
         self.state = state
+        self.native = native
+        """Whether a holder started from here uses the native init and log pump
+        (``runtime.native``) when they are installed."""
         self.socket_path = state / HOLDER_SOCKET
         if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
             raise HostSetupError(
@@ -191,6 +195,9 @@ class Holder:
             "--from-client",
             str(from_client_r),
         ]
+        native = installed() if self.native else None
+        if native is not None:
+            argv += ["--native", str(native)]
         try:
             with open(self.state / HOLDER_LOG, "ab") as log:
                 first = subprocess.Popen(

@@ -46,8 +46,8 @@ FORWARDED_SIGNALS = frozenset(
 _EXIT_FILE = Path("exit.json")
 
 
-def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> int:
-    """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
+def _find_command(req: LaunchRequest) -> tuple[str, dict[str, str]]:
+    """The command's program and environment, from its working directory (entered here)."""
     env = req.command_env()
     program = find_program(req.argv[0], env)
     if program is None:
@@ -56,6 +56,13 @@ def _spawn_command(req: LaunchRequest, log_fd: int, old_mask: Iterable[int]) -> 
         os.chdir(req.workdir)
     except OSError as exc:
         raise OSError(exc.errno, f"working directory {req.workdir}: {exc.strerror}") from None
+    return program, env
+
+
+def _spawn_command(
+    req: LaunchRequest, program: str, env: dict[str, str], log_fd: int, old_mask: Iterable[int]
+) -> int:
+    """Start the command with posix_spawn (vfork speed, exec errors raised here)."""
     return os.posix_spawn(
         program,
         list(req.argv),
@@ -147,28 +154,79 @@ def _prewarm() -> None:
     LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
 
 
+def _enter_cgroup_namespace(go_r: int, report_w: int, cgroup: str) -> None:
+    """Once the spare has moved this process into its leaf (it says so on ``go_r``;
+    the move overlaps the mounts), make that leaf the root of a new cgroup namespace."""
+    if os.read(go_r, 1) != Launching.PLACED.value:
+        os._exit(125)
+    if cgroup:  # a systemd scope's too
+        try:
+            sc.unshare(sc.CLONE_NEWCGROUP)
+        except OSError as exc:
+            _fail(report_w, f"cannot start the container's cgroup namespace: {exc}", 126)
+
+
 def _fail(report_w: int, reason: str, code: int) -> NoReturn:
     """Tell the spare what failed, and exit with ``code``."""
     os.write(report_w, marked(Launching.FAILED, reason))
     os._exit(code)
 
 
-def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: int) -> NoReturn:
+def _exec_native(
+    native_fd: int,
+    req: LaunchRequest,
+    command: tuple[str, dict[str, str]],
+    fds: tuple[int, int, int, int],
+    old_mask: Iterable[int],
+) -> None:
+    """Become the native init (``runtime.native``), which starts the command and does
+    what :func:`_wait_for_command` does; return only if it cannot be executed. ``fds``:
+    the state folder, the report pipe, the command's output, the exit pipe."""
+    program, env = command
+    events = [_event_fds.get(key, -1) for key in ("oom_kills", "pids_refused")]
+    passed = [fd for fd in (*fds, *events) if fd >= 0]
+    for fd in passed:
+        os.set_inheritable(fd, True)
+    mask = sum(1 << (signum - 1) for signum in old_mask)
+    numbers = [str(fd) for fd in (*fds, *events)]
+    argv = ["squish-init", "init", *numbers, f"{mask:x}", repr(req.argv[0]), program, *req.argv]
+    with contextlib.suppress(OSError):  # e.g. a seccomp profile without execveat
+        os.execve(native_fd, argv, env)
+    for fd in passed:
+        os.set_inheritable(fd, False)
+
+
+def _open_native(native: str | None) -> int | None:
+    """The native init, opened while its path is still in view (before ``pivot_root``):
+    ``O_PATH``, as the file is not readable, only executable (``runtime.native``)."""
+    if native is None:
+        return None
+    try:
+        return os.open(native, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def run_init(
+    *, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: int, native: str | None
+) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
-    It reads the launch request from ``request_r`` (to EOF), then reports on ``report_w``:
-    ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``. ``exit_w``
+    It reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
+    (placed in its cgroup) on ``go_r``, then reports on ``report_w``: ``M`` when the
+    filesystem is mounted, then, after ``G`` on ``go_r``, ``S`` (started) or ``E<why>``. ``exit_w``
     stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
     becomes the command's stdout and stderr: the write end of the pipe the log pump
-    (``runtime.holder.logpump``) reads, outside the container.
+    (``runtime.holder.logpump``) reads, outside the container. ``native`` is the native
+    init to become once the container is confined (``runtime.native``), or None.
     """
+    native_fd = _open_native(native)
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
     try:
         req = _receive_request(request_r)
-        if req.cgroup:  # moved to the container's leaf (a scope's too): its root
+        if req.cgroup:
             _open_events(req.cgroup)
-            sc.unshare(sc.CLONE_NEWCGROUP)
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
         sc.sethostname(req.hostname or req.name)
@@ -180,6 +238,7 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: in
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
+    _enter_cgroup_namespace(go_r, report_w, req.cgroup)
     os.write(report_w, Launching.MOUNTED.value)
     if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)
@@ -193,7 +252,8 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: in
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # the holder's log stays outside
     os.close(null)
-    close_fds_except({log_w, report_w, state_fd, exit_w, *_event_fds.values()})
+    keep = {log_w, report_w, state_fd, exit_w, *_event_fds.values()}
+    close_fds_except(keep if native_fd is None else {*keep, native_fd})
     try:
         # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
         # still does needs none of what they take away) and for what it starts.
@@ -201,7 +261,11 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: in
     except OSError as exc:
         _fail(report_w, f"confining the container failed: {exc}", 126)
     try:
-        child = _spawn_command(req, log_w, old_mask)
+        command = _find_command(req)
+        if native_fd is not None:
+            fds = (state_fd, report_w, log_w, exit_w)
+            _exec_native(native_fd, req, command, fds, old_mask)
+        child = _spawn_command(req, *command, log_w, old_mask)
     except OSError as exc:
         _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
     os.close(log_w)

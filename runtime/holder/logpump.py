@@ -119,16 +119,35 @@ def pump(source: int, log_fd: int, path: str, max_size: int, max_files: int) -> 
     os.close(log_fd)
 
 
-def start_pump(source: int, log_fd: int, path: str, max_size: int, max_files: int) -> int:
+def start_pump(
+    source: int, log_fd: int, path: str, max_size: int, max_files: int, native: str | None = None
+) -> int:
     """Fork the pump process; return its pid. The caller closes its copies of
-    ``source`` and ``log_fd``."""
+    ``source`` and ``log_fd``. With ``native`` (``runtime.native``) the process becomes
+    the native pump, which keeps none of this process's memory; if that binary cannot
+    run, it pumps in Python."""
     pid = os.fork()
     if pid != 0:
         return pid
     code = 0
     try:
         close_fds_except({source, log_fd})
+        if native is not None:
+            _exec_native(native, source, log_fd, path, max_size, max_files)
         pump(source, log_fd, path, max_size, max_files)
     except BaseException:
         code = 1
     os._exit(code)
+
+
+def _exec_native(
+    native: str, source: int, log_fd: int, path: str, max_size: int, max_files: int
+) -> None:
+    """Become the native pump; return only if it cannot be executed."""
+    for fd in (source, log_fd):
+        os.set_inheritable(fd, True)
+    argv = ["squish-pump", "pump", str(source), str(log_fd), path, str(max_size), str(max_files)]
+    with contextlib.suppress(OSError):
+        os.execve(native, argv, {})
+    for fd in (source, log_fd):
+        os.set_inheritable(fd, False)

@@ -148,8 +148,10 @@ class Launching(bytes, enum.Enum):
 
     TAKEN = b"A"
     """Spare to holder: the launch request is mine (followed by the init's pid)."""
+    PLACED = b"P"
+    """Spare to init: you are in your cgroup (start your cgroup namespace)."""
     MOUNTED = b"M"
-    """Init to spare: the filesystem is in place."""
+    """Init to spare: the filesystem is in place (and the cgroup namespace started)."""
     GO = b"G"
     """Spare to init: start the command."""
     STARTED = b"S"

@@ -101,9 +101,11 @@ class _Spares:
     never competes for the CPU with a container that is starting.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, native: str | None = None) -> None:
         self.spare: tuple[int, socket.socket] | None = None
         self.launching: set[int] = set()
+        self.native = native
+        """The native init and log pump (``runtime.native``), or None: Python ones."""
 
     def take(self) -> socket.socket:
         if self.spare is None:
@@ -132,7 +134,7 @@ class _Spares:
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
             become_child((theirs.fileno(),))
-            run_spare(theirs)
+            run_spare(theirs, self.native)
         theirs.close()
         self.spare = (child, ours)
 
@@ -510,14 +512,14 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
         containers.reaped(pid)
 
 
-def serve(listener: socket.socket, state: Path) -> None:
+def serve(listener: socket.socket, state: Path, native: str | None = None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
     _raise_fd_limit()
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
-    spares = _Spares()
+    spares = _Spares(native)
     containers = _Containers(state)
     try:
         containers.take_over()
@@ -585,6 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--to-client", required=True, type=int)
     parser.add_argument("--from-client", required=True, type=int)
+    parser.add_argument("--native", help="the native init and log pump (runtime.native)")
     args = parser.parse_args(argv)
     logging.basicConfig(  # the holder's own program; spares forked from it log the same way
         level=logging.INFO,
@@ -619,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
-    serve(listener, state)
+    serve(listener, state, args.native)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ A spare that loses its holder (EOF on its control socket) exits, and its init wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -79,6 +80,8 @@ class _Init:
     exit_r: int
     log_r: int
     """The read end of the command's output pipe: the log pump's, once launched."""
+    native: str | None
+    """The native init and log pump (``runtime.native``), or None: Python ones."""
 
 
 def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
@@ -87,7 +90,7 @@ def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
     return os.read(fd, size)
 
 
-def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
+def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
     """Fork the container's init into new namespaces; return it (pid in the host view).
 
     An intermediate child unshares, so this process stays in the host's network
@@ -110,7 +113,12 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
                     os.close(fd)
                 # exit_w stays open in the init only: slirp4netns exits when it closes.
                 run_init(
-                    request_r=request_r, go_r=go_r, report_w=report_w, exit_w=exit_w, log_w=log_w
+                    request_r=request_r,
+                    go_r=go_r,
+                    report_w=report_w,
+                    exit_w=exit_w,
+                    log_w=log_w,
+                    native=native,
                 )
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
@@ -124,7 +132,7 @@ def _fork_init(close_in_init: tuple[int, ...]) -> _Init:
     os.waitpid(middle, 0)
     if not answer or answer.startswith(Launching.FAILED):
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r)
+    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native)
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -183,7 +191,9 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
     except OSError as exc:
         raise _LaunchFailed(f"cannot open the container's log {path}: {exc.strerror}") from exc
     try:
-        pid = logpump.start_pump(init.log_r, log_fd, path, req.log_max_size, req.log_max_files)
+        pid = logpump.start_pump(
+            init.log_r, log_fd, path, req.log_max_size, req.log_max_files, init.native
+        )
     finally:
         os.close(log_fd)
         os.close(init.log_r)
@@ -191,11 +201,15 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
 
 
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
-    cgroup, raw = _place(init, req, raw)
+    cgroup, raw = _into_scope(init, req, raw) if req.systemd_scope else (req.cgroup, raw)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
+        if not req.systemd_scope:
+            _move(init, req)  # while the init mounts
+        with contextlib.suppress(BrokenPipeError):  # it failed: its report says why
+            os.write(init.go_w, Launching.PLACED.value)
         log_pump = _start_pump(init, req)
         helper, forwards = _network(req, init.pid, init.exit_r)
         os.close(init.exit_r)
@@ -230,27 +244,33 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         raise
 
 
-def _place(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
-    """Put the init into its cgroup before it reads its request (it then starts a cgroup
-    namespace); return the cgroup and the request as the init is to read it."""
-    if req.systemd_scope:
-        from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
+def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
+    """Put the init into a systemd scope before it reads its request, which names the
+    scope's cgroup; return the cgroup and the request as the init is to read it."""
+    from runtime.cgroups import systemd  # jeepney is loaded only with the systemd driver
 
-        try:
-            cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
-        except (OSError, ValueError) as exc:
-            _dismiss(init)  # it never got a request: it exits on EOF
-            raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
-        return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
-    if req.cgroup:
-        try:
-            Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
-        except OSError as exc:
-            _dismiss(init)
-            raise _LaunchFailed(
-                f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
-            ) from exc
-    return req.cgroup, raw
+    try:
+        cgroup = str(systemd.start_scope(req.systemd_scope, init.pid))
+    except (OSError, ValueError) as exc:
+        _dismiss(init)  # it never got a request: it exits on EOF
+        raise _LaunchFailed(f"the user's systemd gave the container no scope: {exc}") from exc
+    return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
+
+
+def _move(init: _Init, req: LaunchRequest) -> None:
+    """Move the init into its leaf (``req.cgroup``), if it has one.
+
+    The move waits for an RCU grace period in the kernel (the cgroup threadgroup lock
+    is taken for writing): milliseconds on a busy machine, which the init spends on its
+    mounts meanwhile; it starts its cgroup namespace once told it is placed."""
+    if not req.cgroup:
+        return
+    try:
+        Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
+    except OSError as exc:
+        raise _LaunchFailed(
+            f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
+        ) from exc
 
 
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
@@ -280,11 +300,12 @@ def _log(message: str) -> None:
     log.info(message)
 
 
-def run_spare(ctrl: socket.socket) -> NoReturn:
-    """Body of a spare: prepare a container init, wait for a request, launch it, exit."""
+def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
+    """Body of a spare: prepare a container init, wait for a request, launch it, exit.
+    ``native`` is the native init and log pump (``runtime.native``), or None."""
     code = 1
     try:
-        init = _fork_init(close_in_init=(ctrl.fileno(),))
+        init = _fork_init((ctrl.fileno(),), native)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [

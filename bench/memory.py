@@ -1,0 +1,163 @@
+"""Memory per container: PSS of everything squish runs for N running containers.
+
+Starts N busybox httpd containers (slirp4netns, one forward each, as an isolated
+container has), then reads ``/proc/PID/smaps_rollup`` of every process involved and
+groups the PSS by kind: the container's init, its log pump, its slirp4netns, the
+command (httpd); the holder counted apart (one per user, not per container). Each
+container's records name its processes (``run.json``); the command is what the init
+has as children.
+
+    python bench/memory.py [-n 200]
+
+The container inits are not dumpable (their ``/proc/PID/fd`` must stay closed to what
+runs inside), so their ``smaps_rollup`` is readable by root only. Run as the user, the
+script can hold the fleet while root reads it:
+
+    python bench/memory.py --hold /tmp/fleet.json &      # as the user
+    python bench/memory.py --read /tmp/fleet.json        # as root, once the file exists
+
+``--read`` reports and removes the file; the holding run then removes its containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from results import Results
+
+from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
+from runtime.client.linux import LinuxRuntime
+from tests.support import free_port
+
+BUSYBOX = RootfsRef(kind="busybox", version="builtin")
+KINDS = ("init", "log pump", "slirp4netns", "command")
+"""What squish runs per container (the command is the user's, counted as the anchor)."""
+
+
+def pss_kib(pid: int) -> int:
+    """The process's proportional set size in KiB (PermissionError if not readable)."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise ValueError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def processes_by_kind(containers: Path) -> dict[str, list[int]]:
+    """Each kind's pids, and the holder's (the parent of the inits)."""
+    kinds: dict[str, list[int]] = defaultdict(list)
+    holders: set[int] = set()
+    for run_file in containers.glob("*/run.json"):
+        run = json.loads(run_file.read_text())
+        init = run["init"]["pid"]
+        kinds["init"].append(init)
+        kinds["command"].extend(children(init))
+        for kind, key in (("log pump", "log_pump"), ("slirp4netns", "slirp")):
+            if run.get(key):
+                kinds[kind].append(run[key]["pid"])
+        holders.add(int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+    kinds["holder"] = sorted(holders)
+    return dict(kinds)
+
+
+def start_fleet(rt: LinuxRuntime, count: int) -> None:
+    for index in range(count):
+        spec = ContainerSpec(
+            name=f"m{index}",
+            rootfs=BUSYBOX,
+            argv=("httpd", "-f", "-p", "80"),
+            ports=(PortMapping(container=80, host=free_port()),),
+        )
+        rt.run(spec)
+
+
+def report(count: int, kinds: dict[str, list[int]]) -> None:
+    """Print and record each kind's PSS; refuse if any process cannot be read."""
+    out = Results("memory")
+    print(f"{count} running containers, PSS from /proc/PID/smaps_rollup\n")
+    print(f"{'kind':<14} {'processes':>9} {'total MiB':>10} {'per container MiB':>18}")
+    per_container = 0.0
+    for kind in KINDS:
+        total = sum(pss_kib(pid) for pid in kinds.get(kind, [])) / 1024
+        share = total / count
+        if kind != "command":
+            per_container += share
+        print(f"{kind:<14} {len(kinds.get(kind, [])):>9} {total:>10.2f} {share:>18.3f}")
+        out.figure(f"PSS per container: {kind}", share, "MiB")
+    holder = sum(pss_kib(pid) for pid in kinds["holder"]) / 1024
+    print(f"{'holder':<14} {len(kinds['holder']):>9} {holder:>10.2f} {'(apart)':>18}")
+    print(f"\nsquish per container (init + log pump + slirp4netns): {per_container:.3f} MiB")
+    out.figure("PSS per container: squish (init + log pump + slirp4netns)", per_container, "MiB")
+    out.figure("PSS: holder (one per user)", holder, "MiB")
+    out.save()
+
+
+def hold(kinds: dict[str, list[int]], count: int, path: Path) -> None:
+    """Write the fleet's pids to ``path``; wait until a reader has removed it."""
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"containers": count, "kinds": kinds}))
+    temp.rename(path)
+    print(f"holding {count} containers until {path} is removed", flush=True)
+    while path.exists():
+        time.sleep(0.2)
+
+
+def read(path: Path) -> None:
+    fleet = json.loads(path.read_text())
+    try:
+        report(fleet["containers"], fleet["kinds"])
+    finally:
+        path.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", "--containers", type=int, default=200)
+    parser.add_argument("--hold", type=Path, help="hold the fleet until root has read it")
+    parser.add_argument("--read", type=Path, help="read and report a held fleet (as root)")
+    args = parser.parse_args()
+    if args.read:
+        read(args.read)
+        return
+    count = args.containers
+    work = Path(tempfile.mkdtemp(prefix="squish-bench-"))
+    state = Path("/dev/shm") / f"sqm-{secrets.token_hex(4)}"
+    rt = LinuxRuntime(state=state, cache=work / "cache")
+    try:
+        started = time.perf_counter()
+        start_fleet(rt, count)
+        print(f"started in {time.perf_counter() - started:.1f} s")
+        time.sleep(1.0)  # let every init and pump settle into its idle state
+        kinds = processes_by_kind(rt.containers)
+        if args.hold:
+            hold(kinds, count, args.hold)
+        else:
+            report(count, kinds)
+    finally:
+        for info in rt.list():
+            rt.remove(info.name, force=True)
+        rt.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
