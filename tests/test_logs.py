@@ -166,6 +166,25 @@ def test_discarding_a_log_deletes_its_copies_and_its_folder(tmp_path: Path) -> N
     assert not folder.exists()
 
 
+def test_finding_orphan_logs_reads_the_records_twice_whatever_their_number(
+    tmp_path: Path,
+) -> None:
+    """Every record is read once per listing: once for every log folder made each sweep
+    (a resync pass) quadratic in the containers."""
+    state = tmp_path / "state"
+    folders = [tmp_path / "logs" / f"{n:016x}" for n in range(50)]
+    for folder in folders:
+        logfiles.claim(folder, state)
+    asked: list[int] = []
+
+    def named() -> set[Path]:
+        asked.append(1)
+        return set(folders[1:])
+
+    assert logfiles.orphans(tmp_path / "logs", state, named) == [folders[0]]
+    assert len(asked) == 2
+
+
 # -- where logs go ---------------------------------------------------------------------------
 
 

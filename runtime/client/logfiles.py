@@ -132,8 +132,12 @@ def orphans(logs: Path, state: Path, named: Callable[[], set[Path]]) -> list[Pat
         owned = [f for f in logs.iterdir() if _owner(f) == str(state)]
     except FileNotFoundError:
         return []
-    unnamed = [f for f in owned if f not in named()]
-    return [f for f in unnamed if f not in named()] if unnamed else []
+    first = named()  # once per listing: it reads every record
+    unnamed = [f for f in owned if f not in first]
+    if not unnamed:
+        return []
+    again = named()
+    return [f for f in unnamed if f not in again]
 
 
 def _owner(folder: Path) -> str | None:
