@@ -5,9 +5,9 @@ only says *something changed*: each pass loads the whole desired state again and
 observes every container, so a lost or merged event can never leave a wrong state
 (compare states, not events). Passes are triggered by
 
-- the source's changes (a folder's file events: watchfiles, with a small debounce so one
-  edit is applied within tens of milliseconds and a burst, such as a git checkout,
-  becomes one pass);
+- the source's changes (a folder's file events: inotify, waited for by the event loop,
+  a batch ending after a few quiet milliseconds, so one edit is applied within
+  milliseconds and a burst, such as a git checkout, becomes one pass);
 - the exit of any container's init (a pidfd per running container), so a command that
   exits is handled at once;
 - a periodic resync that catches the rest of the drift (a forward removed behind our

@@ -1,0 +1,137 @@
+"""Folder events from inotify, read by the event loop and batched by a quiet time.
+
+The watch costs nothing while nothing happens: the inotify descriptor is waited on by
+the event loop (no thread, no polling step), and a batch ends once ``quiet`` seconds
+pass without an event that counts (or ``longest`` after its first one), so a burst (a
+git checkout, an editor's save in several writes) is one batch while a single rename is
+told a few milliseconds after it happened.
+
+Python 3.11 has no inotify binding: the three calls go through libc (errno checked).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import struct
+import time
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+
+import anyio
+
+__all__ = ("Inotify", "batches")
+
+IN_MODIFY = 0x002
+IN_ATTRIB = 0x004
+IN_CLOSE_WRITE = 0x008
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_ONLYDIR = 0x01000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+FOLDER_EVENTS = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+)
+"""What may change a file of a folder, or the folder itself."""
+
+_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _checked(result: int, what: str, path: Path | None = None) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}", None if path is None else str(path))
+    return result
+
+
+class Inotify:
+    """One inotify descriptor watching folders (not recursively)."""
+
+    def __init__(self) -> None:
+        self.fd = _checked(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+        self._folders: dict[int, Path] = {}
+
+    def add(self, folder: Path) -> None:
+        """Watch the entries of ``folder`` and the folder itself (OSError when it is no
+        folder, or is gone)."""
+        mask = FOLDER_EVENTS | IN_ONLYDIR
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(folder), ctypes.c_uint32(mask))
+        self._folders[_checked(wd, "inotify_add_watch", folder)] = folder
+
+    def read(self) -> list[Path]:
+        """The paths of the events waiting (a folder's own path for events on the folder,
+        and for a lost queue on every folder); empty when none waits."""
+        paths: list[Path] = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return paths
+            paths += self._parse(data)
+
+    def _parse(self, data: bytes) -> list[Path]:
+        paths: list[Path] = []
+        offset = 0
+        while offset < len(data):
+            wd, mask, _, size = _HEADER.unpack_from(data, offset)
+            name = data[offset + _HEADER.size : offset + _HEADER.size + size].rstrip(b"\0")
+            offset += _HEADER.size + size
+            if mask & IN_Q_OVERFLOW:  # events were lost: anything may have changed
+                paths += self._folders.values()
+            elif wd in self._folders:
+                folder = self._folders[wd]
+                paths.append(folder / os.fsdecode(name) if name else folder)
+        return paths
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> Inotify:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+async def _counted(notify: Inotify, counts: Callable[[Path], bool], wait: float) -> bool:
+    """Whether an event that counts comes within ``wait`` seconds."""
+    with anyio.move_on_after(wait):
+        while True:
+            await anyio.wait_readable(notify.fd)
+            if any(counts(path) for path in notify.read()):
+                return True
+    return False
+
+
+async def batches(
+    notify: Inotify, counts: Callable[[Path], bool], *, quiet: float, longest: float, tick: float
+) -> AsyncGenerator[bool, None]:
+    """True after each batch of events that count (on paths for which ``counts`` holds),
+    once ``quiet`` seconds passed without another or ``longest`` after its first; False
+    when ``tick`` seconds passed without any (so the caller can look around)."""
+    while True:
+        if not await _counted(notify, counts, tick):
+            yield False
+            continue
+        ends = time.monotonic() + longest
+        while await _counted(notify, counts, min(quiet, max(ends - time.monotonic(), 0.0))):
+            pass
+        yield True
