@@ -227,3 +227,31 @@ def test_a_file_without_logs_table_gets_the_default_cap_and_its_former_hash() ->
 def test_logs_table_refuses_what_cannot_work(table: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="logs"):
         _squishfile({"logs": table})
+
+
+def test_the_owners_of_log_folders_are_read_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass asks which logs a state folder owns; other state folders' logs share
+    the log folder, so each owner is read once, not once per pass."""
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    logs = tmp_path / "logs"
+    logfiles.claim(logs / "a", mine)
+    logfiles.claim(logs / "b", theirs)
+    (logs / "c").mkdir()  # made, its owner not written yet
+    read: list[Path] = []
+    owner = logfiles._owner
+
+    def counted(folder: Path) -> str | None:
+        read.append(folder)
+        return owner(folder)
+
+    monkeypatch.setattr(logfiles, "_owner", counted)
+    owners = logfiles.Owners()
+    assert owners.owned(logs, mine) == {"a"}
+    logfiles.claim(logs / "c", mine)
+    assert owners.owned(logs, mine) == {"a", "c"}
+    assert sorted(f.name for f in read) == ["a", "b", "c", "c"]
+    logfiles.discard(logs / "a" / "output.log")
+    assert owners.owned(logs, mine) == {"c"}
+    assert len(read) == 4

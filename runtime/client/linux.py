@@ -76,6 +76,14 @@ def _end_helper(slirp: ProcessId | None) -> None:
         slirp.wait_gone(5.0)
 
 
+def _names(folder: Path) -> frozenset[str]:
+    """The names in ``folder`` (none when it does not exist)."""
+    try:
+        return frozenset(os.listdir(folder))
+    except FileNotFoundError:
+        return frozenset()
+
+
 def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
     """Refuse a container folder too deep for the sockets its network binds there."""
     network = driver_for(spec)
@@ -227,13 +235,26 @@ class LinuxRuntime(NetworkOps):
 
     def _sweep_logs(self) -> None:
         """Delete the logs of this state folder that no record names any more (the
-        records went with a reboot, say); a log folder that cannot be read is left."""
+        records went with a reboot, say); a log folder that cannot be read is left.
+
+        Skipped while neither this state folder's logs nor its containers' folders
+        changed since a sweep found every log named: a log folder has a new random name,
+        and a record never names another log, so only a listing that changed can make an
+        orphan (and every pass sweeps: reading every record each time made it linear in
+        them). Other state folders' logs share the log folder: they change nothing."""
+        logs = log_dir(self.settings)
         try:
-            for orphan in logfiles.orphans(log_dir(self.settings), self.state, self._named_logs):
+            listed = (self._log_owners.owned(logs, self.state), _names(self.containers))
+            if listed == self._logs_swept:
+                return
+            orphans = logfiles.orphans(logs, self.state, self._named_logs)
+            for orphan in orphans:
                 logfiles.discard(orphan / LOG_FILE)
                 log.info("removed the log %s, which no container of %s names", orphan, self.state)
         except OSError as exc:  # a full or unreadable disk: the records' sweep still counts
             log.warning("cannot sweep the logs of %s: %s", self.state, exc)
+            return
+        self._logs_swept = None if orphans else listed
 
     def _named_logs(self) -> set[Path]:
         """The log folders this state folder's records name (those of records being

@@ -18,7 +18,7 @@ from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.cgroups import fs as cgroups
 from runtime.cgroups.driver import CgroupDriver, detect
-from runtime.client import folders
+from runtime.client import folders, logfiles
 from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
@@ -144,6 +144,10 @@ class RecordStore:
         self._exits: dict[Path, tuple[tuple[int, int] | None, dict[str, Any]]] = {}
         """Exits seen but not recorded (the state disk is full), by folder, with the
         identity of the run they ended."""
+        self._log_owners = logfiles.Owners()
+        self._logs_swept: tuple[frozenset[str], frozenset[str]] | None = None
+        """The names of this state folder's logs and of its containers' folders when a
+        sweep last found no orphan log (``LinuxRuntime._sweep_logs``)."""
         self.forward_check_interval = 10.0
         """How often ``list()`` asks each network for its forwards (``inspect`` always does)."""
 
