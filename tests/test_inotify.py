@@ -28,7 +28,7 @@ def test_events_name_the_entry_or_the_folder(tmp_path: Path) -> None:
         notify.add(tmp_path)
         (tmp_path / "web.toml").write_text("x")
         os.rename(tmp_path / "web.toml", tmp_path / "api.toml")
-        seen = notify.read()
+        seen = [path for path, _ in notify.read()]
         assert notify.read() == []  # read drains
     assert tmp_path / "web.toml" in seen and tmp_path / "api.toml" in seen
 
@@ -93,3 +93,44 @@ async def test_the_folder_itself_going_is_an_event_of_the_folder(tmp_path: Path)
         folder.rmdir()
         assert await next_batch(events) is True
         await events.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_closed_write_ends_the_batch_without_waiting_out_the_quiet_time(
+    tmp_path: Path,
+) -> None:
+    with Inotify() as notify:
+        notify.add(tmp_path)
+        events = batches(notify, squishfiles, quiet=HANG_GUARD * 2, longest=HANG_GUARD * 3, tick=60)
+        (tmp_path / "web.toml").write_text("x")  # created, written, closed
+        assert await next_batch(events) is True  # within HANG_GUARD, not the quiet time
+        await events.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_file_still_open_for_writing_holds_the_batch(tmp_path: Path) -> None:
+    """A writer that pauses mid-file: its second half joins the batch of its first."""
+    told: list[bool] = []
+    first = anyio.Event()
+    with Inotify() as notify:
+        notify.add(tmp_path)
+        events = batches(notify, squishfiles, quiet=HANG_GUARD / 10, longest=HANG_GUARD, tick=60)
+
+        async def follow() -> None:
+            async for batch in events:
+                told.append(batch)
+                first.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            with (tmp_path / "web.toml").open("w") as file:
+                file.write("first half\n")
+                file.flush()
+                await anyio.sleep(0.1)  # a hundred times what ends a batch of closed files
+                file.write("second half\n")
+            with anyio.fail_after(HANG_GUARD):
+                await first.wait()
+            await anyio.sleep(0.1)  # a second batch, had the first ended before the close
+            group.cancel_scope.cancel()
+        await events.aclose()
+    assert told == [True]
