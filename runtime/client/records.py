@@ -141,6 +141,8 @@ class RecordStore:
         self._forward_checks: dict[
             Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
         ] = {}
+        self._records: dict[Path, tuple[tuple[int, int, int, int], Any]] = {}
+        """meta.json and run.json as last parsed, by path, with the status they had."""
         self._exits: dict[Path, tuple[tuple[int, int] | None, dict[str, Any]]] = {}
         """Exits seen but not recorded (the state disk is full), by folder, with the
         identity of the run they ended."""
@@ -200,10 +202,27 @@ class RecordStore:
         self._forward_checks[cdir] = (now, live, recorded)
         return live
 
+    def _record(self, path: Path) -> Any | None:
+        """``read_json(path)`` of a record always replaced atomically (meta.json,
+        run.json: each write is a new inode), parsed again only when its status changed.
+        What it returns is shared: never change it."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._records.pop(path, None)
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        known = self._records.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        data = read_json(path)
+        self._records[path] = (key, data)
+        return data
+
     def _info(self, cdir: Path, *, fresh: bool = True) -> ContainerInfo:
         spec = self._spec(cdir)
-        meta = read_json(cdir / "meta.json") or {}
-        run = read_json(cdir / "run.json")
+        meta = self._record(cdir / "meta.json") or {}
+        run = self._record(cdir / "run.json")
         common: dict[str, Any] = {
             "name": spec.name,
             "spec": spec,
@@ -280,5 +299,7 @@ class RecordStore:
     def _forget(self, cdir: Path) -> None:
         """Drop what is cached about a folder that is gone or moved."""
         self._specs.pop(cdir / "spec.json", None)
+        self._records.pop(cdir / "meta.json", None)
+        self._records.pop(cdir / "run.json", None)
         self._forward_checks.pop(cdir, None)
         self._exits.pop(cdir, None)
