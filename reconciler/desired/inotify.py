@@ -15,7 +15,6 @@ Python 3.11 has no inotify binding: the three calls go through libc (errno check
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 import time
@@ -63,7 +62,9 @@ Event = tuple[Path, int]
 
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library this interpreter runs on; not ``find_library``, which runs ``ldconfig``
+# when the module is imported (and every command imports it).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _checked(result: int, what: str, path: Path | None = None) -> int:
