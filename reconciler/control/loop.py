@@ -31,6 +31,7 @@ import functools
 import logging
 import math
 import os
+import resource
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,7 +60,7 @@ from reconciler.planning.plan import (
 from reconciler.settings import Settings
 from runtime.api import ContainerInfo, NetworkInfo, Runtime
 
-__all__ = ("PassResult", "Reconciler", "run_loop")
+__all__ = ("PassResult", "Reconciler", "raise_fd_limit", "run_loop")
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,15 @@ class Reconciler:
         return min(waits, default=math.inf)
 
 
+def raise_fd_limit() -> None:
+    """Let the loop hold a descriptor per running process it watches (a pidfd per init
+    and per slirp4netns): the usual soft limit, 1,024, is a thousand containers. The
+    event loop waits with epoll, which has no limit of its own on descriptor numbers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+
+
 def _held(todo: Plan) -> set[str]:
     return {c.name for c in todo.conditions if c.kind is ConditionKind.BACK_OFF}
 
@@ -309,6 +319,9 @@ async def _watch_exit(
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             _trigger(send, "a process exited")
+            return
+        except OSError as exc:  # out of descriptors, say: the resync sees it exit
+            log.warning("cannot watch process %d for its exit: %s", pid, exc)
             return
         try:
             await anyio.wait_readable(pidfd)
@@ -343,6 +356,7 @@ async def run_loop(
     as a change of the source does (call it in the loop's event loop thread)."""
     settings = settings or Settings()
     resync = settings.resync
+    raise_fd_limit()
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
     async with (
