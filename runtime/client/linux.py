@@ -22,7 +22,7 @@ from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
 from runtime.client import binds, folders, logfiles
 from runtime.client.networks import NetworkOps, lease_all
 from runtime.client.paths import log_dir
-from runtime.client.records import forward_of, leaf_of
+from runtime.client.records import BridgeLook, forward_of, leaf_of
 from runtime.errors import (
     ContainerExists,
     ContainerNotRunning,
@@ -422,11 +422,12 @@ class LinuxRuntime(NetworkOps):
 
     def list(self) -> list[ContainerInfo]:
         found = []
+        look = BridgeLook(self.state)
         for cdir in sorted(self.containers.iterdir()):
             if cdir.name.startswith(folders.HIDDEN) or not self._has_record(cdir):
                 continue  # being made or removed, or left so by a killed client
             try:
-                found.append(self._info(cdir, fresh=False))
+                found.append(self._info(cdir, fresh=False, look=look))
             except FileNotFoundError:
                 continue  # being created or removed right now
             except ValueError as exc:  # a damaged record: report it, never fail the listing

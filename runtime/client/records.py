@@ -25,13 +25,14 @@ from runtime.holder.client import Holder
 from runtime.holder.protocol import CONTAINERS_DIR
 from runtime.network import bridge, shared
 from runtime.network.addresses import leases_of
-from runtime.network.driver import driver_for
+from runtime.network.driver import LiveForward, driver_for
 from runtime.settings import RuntimeSettings
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import LOG_FILE, Forward, LaunchRequest
 
 __all__ = (
+    "BridgeLook",
     "RecordStore",
     "cgroup_facts",
     "forward_key",
@@ -100,6 +101,22 @@ def _run_identity(cdir: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns)
+
+
+class BridgeLook:
+    """The shared slirp4netns's forwards, asked for once by a whole listing: a bridge
+    container asking for its own made observing N containers N requests, each
+    answering with every container's forwards."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self._found: dict[str, list[LiveForward]] | None = None
+
+    def of(self, name: str) -> list[LiveForward]:
+        """Container ``name``'s forwards in place (SlirpError: not known now)."""
+        if self._found is None:
+            self._found = bridge.live_forwards(self.state)
+        return self._found.get(name, [])
 
 
 def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
@@ -186,16 +203,25 @@ class RecordStore:
         return spec
 
     def _live_ports(
-        self, cdir: Path, spec: ContainerSpec, recorded: tuple[PortMapping, ...], fresh: bool
+        self,
+        cdir: Path,
+        spec: ContainerSpec,
+        recorded: tuple[PortMapping, ...],
+        fresh: bool,
+        look: BridgeLook | None,
     ) -> tuple[PortMapping, ...]:
         """The network's own forward list (the truth: it shows a forward removed behind our
-        back); ``list()`` asks at most every ``forward_check_interval`` seconds per container."""
+        back); ``list()`` asks at most every ``forward_check_interval`` seconds per
+        container, and the shared slirp4netns once for all its containers (``look``)."""
         now = time.monotonic()
         checked = self._forward_checks.get(cdir)
         if not fresh and checked is not None and now - checked[0] < self.forward_check_interval:
             return checked[1] if checked[2] == recorded else recorded
         try:
-            forwards = driver_for(spec).forwards(cdir, spec.name).list()
+            if look is not None and spec.network == "bridge":
+                forwards = look.of(spec.name)
+            else:
+                forwards = driver_for(spec).forwards(cdir, spec.name).list()
             live = tuple(mapping_of(asdict(f.forward)) for f in forwards)
         except SlirpError:
             return recorded
@@ -219,7 +245,9 @@ class RecordStore:
         self._records[path] = (key, data)
         return data
 
-    def _info(self, cdir: Path, *, fresh: bool = True) -> ContainerInfo:
+    def _info(
+        self, cdir: Path, *, fresh: bool = True, look: BridgeLook | None = None
+    ) -> ContainerInfo:
         spec = self._spec(cdir)
         meta = self._record(cdir / "meta.json") or {}
         run = self._record(cdir / "run.json")
@@ -242,7 +270,7 @@ class RecordStore:
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive:
-                ports = self._live_ports(cdir, spec, ports, fresh)
+                ports = self._live_ports(cdir, spec, ports, fresh, look)
             return ContainerInfo(
                 state=ContainerState.RUNNING,
                 pid=init.pid,
