@@ -1,6 +1,6 @@
 """Scale benchmark: many idle containers under one real ``reconciler run``.
 
-    python bench/scale.py [--counts 200,1000] [--idle 30] [--status-runs 5]
+    python bench/scale.py [--counts 200,1000] [--idle 30] [--status-runs 5] [--bridge]
 
 For each count N: N squishfiles (busybox ``sleep``, ``network = "none"``: a bridge
 network's /24 holds 253 containers, and this is about the loop, not the network) are
@@ -38,7 +38,7 @@ from results import Results
 
 from runtime.api import ContainerState
 from runtime.client.linux import LinuxRuntime
-from tests.support import start_controller
+from tests.support import free_ports, start_controller
 
 SQUISHFILE = """\
 network = "none"
@@ -50,6 +50,20 @@ busybox = "builtin"
 command = "sleep"
 args = ["100000"]
 """
+
+FORWARDED = """\
+[layers]
+busybox = "builtin"
+
+[run]
+command = "httpd"
+args = ["-f", "-p", "80"]
+
+[[ports]]
+container = 80
+host = {port}
+"""
+"""``--bridge``: the folder's bridge network (the default) and a forward each."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,8 +125,10 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="squish-scale-"))
     folder = work / "desired"
     folder.mkdir()
-    for i in range(count):
-        (folder / f"s{i:04}.toml").write_text(SQUISHFILE)
+    ports = free_ports(count) if args.bridge else [0] * count
+    for i, port in enumerate(ports):
+        text = FORWARDED.format(port=port) if args.bridge else SQUISHFILE
+        (folder / f"s{i:04}.toml").write_text(text)
     state = Path("/dev/shm") / f"sqs-{secrets.token_hex(4)}"
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
     pid = None
@@ -140,9 +156,12 @@ def main() -> None:
     parser.add_argument("--counts", default="200,1000")
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--status-runs", type=int, default=5)
+    parser.add_argument(
+        "--bridge", action="store_true", help="httpd on the folder's network, one forward each"
+    )
     args = parser.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
-    out = Results("scale")
+    out = Results("scale-bridge" if args.bridge else "scale")
     base: dict[str, float] | None = None
     for count in counts:
         got = measure(count, args)
