@@ -25,7 +25,8 @@ from runtime.api.spec import (
     RootfsRef,
 )
 from runtime.client.linux import LinuxRuntime
-from runtime.network import shared
+from runtime.network import bridge, shared
+from runtime.network.slirp import LiveForward
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import free_port, http_get, http_refused, processes_mentioning
@@ -142,6 +143,28 @@ def test_a_forward_to_a_bridge_container_answers_and_moves_live(
     assert http_refused(first)
     assert (after.pid, after.pid_start_time) == (before.pid, before.pid_start_time)
     assert after.ports == (PortMapping(container=80, host=second),)
+
+
+def test_listing_asks_the_shared_slirp4netns_once_for_every_container(
+    nets: LinuxRuntime, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each answer lists every container's forwards: asking once per container made
+    observing a fleet (every pass, every ``status``) quadratic in its size."""
+    ports = {f"lf{n}": PortMapping(container=80, host=free_port()) for n in range(3)}
+    for name, port in ports.items():
+        nets.run(web(name, site, "front", ports=(port,)))
+    asked: list[Path] = []
+    live = bridge.live_forwards
+
+    def counted(state: Path) -> dict[str, list[LiveForward]]:
+        asked.append(state)
+        return live(state)
+
+    monkeypatch.setattr(bridge, "live_forwards", counted)
+    monkeypatch.setattr(nets, "forward_check_interval", 0.0)  # every listing asks
+    listed = {info.name: info.ports for info in nets.list()}
+    assert listed == {name: (port,) for name, port in ports.items()}
+    assert len(asked) == 1
 
 
 def test_a_killed_shared_slirp4netns_comes_back_with_every_forward(

@@ -193,6 +193,25 @@ def test_discarding_a_log_deletes_its_copies_and_its_folder(tmp_path: Path) -> N
     assert not folder.exists()
 
 
+def test_finding_orphan_logs_reads_the_records_twice_whatever_their_number(
+    tmp_path: Path,
+) -> None:
+    """Every record is read once per listing: once for every log folder made each sweep
+    (a resync pass) quadratic in the containers."""
+    state = tmp_path / "state"
+    folders = [tmp_path / "logs" / f"{n:016x}" for n in range(50)]
+    for folder in folders:
+        logfiles.claim(folder, state)
+    asked: list[int] = []
+
+    def named() -> set[Path]:
+        asked.append(1)
+        return set(folders[1:])
+
+    assert logfiles.orphans(tmp_path / "logs", state, named) == [folders[0]]
+    assert len(asked) == 2
+
+
 # -- where logs go ---------------------------------------------------------------------------
 
 
@@ -235,3 +254,31 @@ def test_a_file_without_logs_table_gets_the_default_cap_and_its_former_hash() ->
 def test_logs_table_refuses_what_cannot_work(table: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="logs"):
         _squishfile({"logs": table})
+
+
+def test_the_owners_of_log_folders_are_read_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass asks which logs a state folder owns; other state folders' logs share
+    the log folder, so each owner is read once, not once per pass."""
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    logs = tmp_path / "logs"
+    logfiles.claim(logs / "a", mine)
+    logfiles.claim(logs / "b", theirs)
+    (logs / "c").mkdir()  # made, its owner not written yet
+    read: list[Path] = []
+    owner = logfiles._owner
+
+    def counted(folder: Path) -> str | None:
+        read.append(folder)
+        return owner(folder)
+
+    monkeypatch.setattr(logfiles, "_owner", counted)
+    owners = logfiles.Owners()
+    assert owners.owned(logs, mine) == {"a"}
+    logfiles.claim(logs / "c", mine)
+    assert owners.owned(logs, mine) == {"a", "c"}
+    assert sorted(f.name for f in read) == ["a", "b", "c", "c"]
+    logfiles.discard(logs / "a" / "output.log")
+    assert owners.owned(logs, mine) == {"c"}
+    assert len(read) == 4

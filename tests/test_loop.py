@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import math
+import os
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import anyio
 import pytest
 
 from reconciler.control.converge import Converger
-from reconciler.control.loop import Reconciler, _watch_exit
+from reconciler.control.loop import Reconciler, _watch_exit, raise_fd_limit
 from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import ConditionKind
@@ -102,6 +104,35 @@ async def test_the_exit_of_a_watched_process_triggers_a_pass(
         assert receive.statistics().current_buffer_used == 0  # it still runs
         waiting_child.stdin.close()
         assert await receive.receive() == "a process exited"
+
+
+@pytest.mark.anyio
+async def test_a_process_that_cannot_be_watched_costs_its_exit_watch_not_the_loop(
+    waiting_child: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pidfd per running init (and slirp4netns): a thousand containers reach the
+    usual limit of 1,024 descriptors. The resync still sees that process exit."""
+
+    def out_of_descriptors(pid: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "pidfd_open", out_of_descriptors)
+    send, receive = anyio.create_memory_object_stream[str](1)
+    async with send, receive, anyio.create_task_group() as group:
+        await group.start(_watch_exit, waiting_child.pid, send)
+    assert receive.statistics().current_buffer_used == 0  # no pass for a process that runs
+    assert waiting_child.stdin is not None
+    waiting_child.stdin.close()
+
+
+def test_the_loop_may_open_as_many_descriptors_as_the_hard_limit_allows() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+    try:
+        raise_fd_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == min(hard, 1 << 16)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.anyio

@@ -212,10 +212,8 @@ class Loop:
 def stopped(process: subprocess.Popen[bytes], folder: Path) -> int:
     """Wait for the signalled loop to exit; its exit code.
 
-    The loop's file watcher (watchfiles' ``awatch``, given no stop event) only notices the
-    cancellation when its blocking wait returns: after a file event, or after watchfiles'
-    5 s timeout. A hidden file (which the loop ignores) is touched until it exits, so
-    that each test does not spend those seconds.
+    A hidden file (which the loop ignores) is touched until it exits: a watcher that
+    noticed a cancellation only when a file event came would still stop at once.
     """
     wake = folder / ".stop-wake"
     deadline = time.monotonic() + WAIT

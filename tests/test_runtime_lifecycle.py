@@ -13,8 +13,10 @@ import pytest
 
 from runtime.api.interface import ContainerState
 from runtime.api.spec import BindMount, ContainerSpec
+from runtime.client import records
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerExists, ContainerNotFound, ContainerStartError, RootRefused
+from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import BUSYBOX, shell
@@ -196,3 +198,26 @@ def test_errors_name_the_problem(rt: LinuxRuntime, tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     with pytest.raises(ContainerStartError, match="does not exist"):
         rt.create(shell("nobind", "true", binds=(BindMount(source=str(missing), target="/x"),)))
+
+
+@rootless
+def test_a_record_is_parsed_again_only_once_it_was_replaced(
+    rt: LinuxRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass observes every container: meta.json and run.json are only ever
+    replaced (a new inode each write), so one that was not is not parsed again."""
+    parsed: list[Path] = []
+
+    def counted(path: Path) -> object:
+        parsed.append(path)
+        return read_json(path)
+
+    monkeypatch.setattr(records, "read_json", counted)
+    path = tmp_path / "run.json"
+    write_json_atomic(path, {"n": 1})
+    assert rt._record(path) == {"n": 1} == rt._record(path)
+    assert len(parsed) == 1
+    write_json_atomic(path, {"n": 2})  # the same size, within the same timestamp tick
+    assert rt._record(path) == {"n": 2}
+    path.unlink()
+    assert rt._record(path) is None

@@ -96,6 +96,37 @@ def test_the_logs_no_record_names_any_more_are_swept(rt: LinuxRuntime) -> None:
     assert not elsewhere.exists()
 
 
+def test_a_sweep_reads_the_records_again_only_once_a_listing_changed(
+    rt: LinuxRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass of a loop sweeps: with nothing made or removed since a sweep that found
+    every log named, no record is read (they are 1,000 at scale), and a record that goes
+    afterwards still has its log swept."""
+    rt.run(shell("kept", "echo kept"))
+    lost = rt.run(shell("lost", "echo lost"))
+    assert rt.wait("kept", timeout=60) == 0 and rt.wait("lost", timeout=60) == 0
+    reads: list[int] = []
+    named = rt._named_logs
+
+    def counted() -> set[Path]:
+        reads.append(1)
+        return named()
+
+    monkeypatch.setattr(rt, "_named_logs", counted)
+    rt.sweep()
+    assert reads and Path(lost.log_path).exists()
+    before = len(reads)
+    rt.sweep()
+    assert len(reads) == before
+    cdir = rt.state / "containers" / "lost"
+    leaf = leaf_of(json.loads((cdir / "run.json").read_text()))
+    if leaf is not None:
+        leaf.remove()
+    shutil.rmtree(cdir)  # as a reboot empties the state folder
+    rt.sweep()
+    assert len(reads) > before and not Path(lost.log_path).parent.exists()
+
+
 def test_a_record_a_killed_remover_left_is_swept_with_its_log(rt: LinuxRuntime) -> None:
     info = rt.run(shell("halfway", "echo some output; exec sleep 600", stop_timeout=0))
     _wait_for(lambda: Path(info.log_path).exists(), "the log")

@@ -5,9 +5,9 @@ only says *something changed*: each pass loads the whole desired state again and
 observes every container, so a lost or merged event can never leave a wrong state
 (compare states, not events). Passes are triggered by
 
-- the source's changes (a folder's file events: watchfiles, with a small debounce so one
-  edit is applied within tens of milliseconds and a burst, such as a git checkout,
-  becomes one pass);
+- the source's changes (a folder's file events: inotify, waited for by the event loop,
+  a batch ending after a few quiet milliseconds, so one edit is applied within
+  milliseconds and a burst, such as a git checkout, becomes one pass);
 - the exit of any container's init (a pidfd per running container), so a command that
   exits is handled at once;
 - a periodic resync that catches the rest of the drift (a forward removed behind our
@@ -31,6 +31,7 @@ import functools
 import logging
 import math
 import os
+import resource
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,7 +60,7 @@ from reconciler.planning.plan import (
 from reconciler.settings import Settings
 from runtime.api import ContainerInfo, NetworkInfo, Runtime
 
-__all__ = ("PassResult", "Reconciler", "run_loop")
+__all__ = ("PassResult", "Reconciler", "raise_fd_limit", "run_loop")
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,15 @@ class Reconciler:
         return min(waits, default=math.inf)
 
 
+def raise_fd_limit() -> None:
+    """Let the loop hold a descriptor per running process it watches (a pidfd per init
+    and per slirp4netns): the usual soft limit, 1,024, is a thousand containers. The
+    event loop waits with epoll, which has no limit of its own on descriptor numbers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+
+
 def _held(todo: Plan) -> set[str]:
     return {c.name for c in todo.conditions if c.kind is ConditionKind.BACK_OFF}
 
@@ -309,6 +319,9 @@ async def _watch_exit(
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             _trigger(send, "a process exited")
+            return
+        except OSError as exc:  # out of descriptors, say: the resync sees it exit
+            log.warning("cannot watch process %d for its exit: %s", pid, exc)
             return
         try:
             await anyio.wait_readable(pidfd)
@@ -346,6 +359,7 @@ async def run_loop(
     failed as a whole."""
     settings = settings or Settings()
     resync = settings.resync
+    raise_fd_limit()
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
     async with (

@@ -43,8 +43,11 @@ def linked_from(folder: Path) -> Linked:
     lead to; empty when the folder cannot be listed."""
     real = Path(os.path.realpath(folder))
     paths: set[Path] = set()
-    try:
-        entries = [p for p in real.iterdir() if is_squishfile(p) and p.is_symlink()]
+    try:  # the entries' types come with the listing: no lstat per file (it runs each second)
+        with os.scandir(real) as listing:
+            entries = [
+                real / e.name for e in listing if e.is_symlink() and is_squishfile(Path(e.name))
+            ]
     except OSError:
         return Linked()
     for entry in entries:

@@ -3,12 +3,13 @@
 A source gives snapshots of the desired state (each with a revision that says what was
 loaded), says when the desired state may have changed, and names the folder its
 containers are labelled with (status is kept per folder too). :class:`FolderSource`
-is a folder of squishfiles watched with watchfiles; another source (a git checkout at a
+is a folder of squishfiles watched with inotify; another source (a git checkout at a
 given commit, say) plugs in without touching the loop or the planner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -19,9 +20,9 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
-from watchfiles import Change, awatch
 
 from reconciler.desired.folder import FileCache, load_desired, settles_in
+from reconciler.desired.inotify import Inotify, batches
 from reconciler.desired.links import linked_from
 from reconciler.desired.types import DesiredState, is_squishfile
 from reconciler.settings import Settings
@@ -69,7 +70,7 @@ class Source(Protocol):
 
 @dataclass
 class FolderSource:
-    """The squishfiles of one folder, watched with watchfiles (inotify)."""
+    """The squishfiles of one folder, watched with inotify."""
 
     path: Path
     settings: Settings = field(default_factory=Settings)
@@ -104,19 +105,18 @@ class FolderSource:
         replaced by another directory (inotify would keep following the old one), and
         at once when its symbolic links lead elsewhere."""
         watch = _Watch()
-        while not stop.is_set():
-            relinked = await self._watch_once(changed, stop, watch)
-            if stop.is_set():
-                return
-            changed("links changed" if relinked else "folder changed")
-            if not relinked:
-                await anyio.sleep(self.settings.rearm_delay)
+        async with anyio.create_task_group() as group:
+            group.start_soon(_cancel_on, stop, group.cancel_scope)
+            while True:
+                relinked = await self._watch_once(changed, watch)
+                changed("links changed" if relinked else "folder changed")
+                if not relinked:
+                    await anyio.sleep(self.settings.rearm_delay)
 
-    async def _watch_once(self, changed: Changed, stop: anyio.Event, watch: _Watch) -> bool:
+    async def _watch_once(self, changed: Changed, watch: _Watch) -> bool:
         """Watch the folder as it is now, and what its links lead to, until it vanishes,
         is replaced, its links lead elsewhere or a folder they lead into appears or goes
-        (then True), or ``stop``."""
-        watch.disarm = anyio.Event()
+        (then True)."""
         try:
             st = await anyio.Path(self.folder).stat()
             real = Path(await anyio.Path(self.folder).resolve())
@@ -125,49 +125,41 @@ class FolderSource:
             return False
         watch.identity = (st.st_dev, st.st_ino)
         linked = linked_from(real)
-        folders = linked.folders  # as they are now: one that appears later is watched then
-        relinked = False
+        folders = linked.folders | {real}  # as they are now: one that appears later is watched then
+        counts = functools.partial(_counts, real, linked.paths, folders)
+        quiet, longest = self.settings.step_ms / 1000, self.settings.debounce_ms / 1000
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(_relay, stop, watch.disarm)
-                async for changes in awatch(
-                    real,
-                    *sorted(folders - {real}),
-                    watch_filter=functools.partial(_counts, real, linked.paths),
-                    debounce=self.settings.debounce_ms,
-                    step=self.settings.step_ms,
-                    recursive=False,
-                    stop_event=watch.disarm,  # else stopping waits out watchfiles' poll
-                    rust_timeout=1000,
-                    yield_on_timeout=True,  # once a second: is it still the same folder?
-                ):
-                    if changes:
-                        changed("files changed")
-                    if watch.stale(self.folder):
-                        break
-                    now = linked_from(real)
-                    if now != linked or now.folders != folders:
-                        relinked = True
-                        break
-                group.cancel_scope.cancel()  # _relay's too: else leaving waits for ``stop``
-        except* (FileNotFoundError, RuntimeError, OSError):
+            with Inotify() as notify:
+                for folder in sorted(folders):
+                    notify.add(folder)
+                # a tick once a second: is it still the same folder?
+                events = batches(notify, counts, quiet=quiet, longest=longest, tick=1.0)
+                async with contextlib.aclosing(events):
+                    async for batch in events:
+                        if batch:
+                            changed("files changed")
+                        if watch.stale(self.folder):
+                            return False
+                        now = linked_from(real)
+                        if now != linked or now.folders | {real} != folders:
+                            return True
+        except OSError:
             pass  # the folder vanished: the periodic resync notices, the caller re-arms
-        return relinked
+        return False
 
 
-def _counts(folder: Path, linked: frozenset[Path], change: Change, path: str) -> bool:
+def _counts(folder: Path, linked: frozenset[Path], watched: frozenset[Path], event: Path) -> bool:
     """Whether an event may change a squishfile of ``folder``: it is on one, or on a
-    link on the way to one, or on a file a link leads to."""
-    event = Path(path)
-    return (event.parent == folder and is_squishfile(event)) or event in linked
+    link on the way to one, or on a file a link leads to, or on a watched folder itself
+    (it went, or events were lost)."""
+    return (event.parent == folder and is_squishfile(event)) or event in linked or event in watched
 
 
 class _Watch:
-    """The file watch and the identity (device, inode) of the folder it is armed on."""
+    """The identity (device, inode) of the folder the watch is armed on."""
 
     def __init__(self) -> None:
         self.identity: tuple[int, int] | None = None
-        self.disarm = anyio.Event()
 
     def stale(self, folder: Path) -> bool:
         """True when the folder was replaced (renamed over) since the watch was armed."""
@@ -178,6 +170,6 @@ class _Watch:
         return self.identity is not None and self.identity != (st.st_dev, st.st_ino)
 
 
-async def _relay(stop: anyio.Event, disarm: anyio.Event) -> None:
+async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
     await stop.wait()
-    disarm.set()
+    scope.cancel()

@@ -184,6 +184,7 @@ def _rank_ports(
     refused: Refusals = dict(demoted)
     newly: Refusals = {}
     winners: list[int] = []
+    by_port: dict[tuple[str, int], set[int]] = {}
     for index in sorted(range(len(claims)), key=lambda i: _order(claims[i])):
         if index in demoted:
             continue
@@ -191,7 +192,7 @@ def _rank_ports(
         if kept is not None:
             refused[index] = kept
             continue
-        clashes = [c for other in winners for c in _clashes(claims, index, other)]
+        clashes = _clashes_with(claims, index, winners, by_port)
         if clashes and all(_mine_now(claims, index, c, holds) for c in clashes):
             for _, theirs, other in clashes:  # it holds these ports now: it keeps them
                 if other in winners:
@@ -202,11 +203,30 @@ def _rank_ports(
             clashes = []
         if not clashes:
             winners.append(index)
+            for port in claims[index].ports:
+                by_port.setdefault((port.protocol, port.host), set()).add(index)
             continue
         mine, theirs, other = next(c for c in clashes if not _mine_now(claims, index, c, holds))
         why = "holds it now" if holds(claims[other], claims[other].ports[theirs]) else "sorts first"
         refused[index] = _port_refusal(claims[index], mine, claims[other], why)
     return refused, newly
+
+
+def _clashes_with(
+    claims: Sequence[Claim],
+    index: int,
+    winners: Sequence[int],
+    by_port: Mapping[tuple[str, int], set[int]],
+) -> list[_Clash]:
+    """The clashes of claim ``index`` with the winners so far, in their order. Only the
+    claims ``by_port`` lists with one of its host ports can clash (a superset of the
+    winners'): looking them up keeps a ranking linear in the number of claims."""
+    near: set[int] = set()
+    for port in claims[index].ports:
+        near |= by_port.get((port.protocol, port.host), set())
+    if not near:
+        return []
+    return [c for other in winners if other in near for c in _clashes(claims, index, other)]
 
 
 def _clashes(claims: Sequence[Claim], index: int, other: int) -> list[_Clash]:

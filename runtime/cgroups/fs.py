@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.errors import HostSetupError
+from runtime.util.files import read_small
 from runtime.wire import LaunchRequest
 
 if TYPE_CHECKING:  # the holder's launcher imports this module: no pydantic there
@@ -212,7 +213,12 @@ def _read(path: Path) -> str:
 
 
 def _field(path: Path, key: str) -> int | None:
-    for line in _read(path).splitlines():
+    """A counter of a small flat-keyed file (``cgroup.events``, ``memory.events``)."""
+    try:
+        text = read_small(path).decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)

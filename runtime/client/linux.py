@@ -22,7 +22,7 @@ from runtime.api.spec import ContainerSpec, LogLimits, RootfsRef
 from runtime.client import binds, folders, logfiles
 from runtime.client.networks import NetworkOps, lease_all
 from runtime.client.paths import log_dir
-from runtime.client.records import forward_of, leaf_of
+from runtime.client.records import BridgeLook, forward_of, leaf_of
 from runtime.errors import (
     ContainerExists,
     ContainerNotRunning,
@@ -74,6 +74,14 @@ def _end_helper(slirp: ProcessId | None) -> None:
     if not slirp.wait_gone(1.0):
         slirp.send(signal.SIGKILL)
         slirp.wait_gone(5.0)
+
+
+def _names(folder: Path) -> frozenset[str]:
+    """The names in ``folder`` (none when it does not exist)."""
+    try:
+        return frozenset(os.listdir(folder))
+    except FileNotFoundError:
+        return frozenset()
 
 
 def _check_socket_paths(spec: ContainerSpec, cdir: Path) -> None:
@@ -228,13 +236,26 @@ class LinuxRuntime(NetworkOps):
 
     def _sweep_logs(self) -> None:
         """Delete the logs of this state folder that no record names any more (the
-        records went with a reboot, say); a log folder that cannot be read is left."""
+        records went with a reboot, say); a log folder that cannot be read is left.
+
+        Skipped while neither this state folder's logs nor its containers' folders
+        changed since a sweep found every log named: a log folder has a new random name,
+        and a record never names another log, so only a listing that changed can make an
+        orphan (and every pass sweeps: reading every record each time made it linear in
+        them). Other state folders' logs share the log folder: they change nothing."""
+        logs = log_dir(self.settings)
         try:
-            for orphan in logfiles.orphans(log_dir(self.settings), self.state, self._named_logs):
+            listed = (self._log_owners.owned(logs, self.state), _names(self.containers))
+            if listed == self._logs_swept:
+                return
+            orphans = logfiles.orphans(logs, self.state, self._named_logs)
+            for orphan in orphans:
                 logfiles.discard(orphan / LOG_FILE)
                 log.info("removed the log %s, which no container of %s names", orphan, self.state)
         except OSError as exc:  # a full or unreadable disk: the records' sweep still counts
             log.warning("cannot sweep the logs of %s: %s", self.state, exc)
+            return
+        self._logs_swept = None if orphans else listed
 
     def _named_logs(self) -> set[Path]:
         """The log folders this state folder's records name (those of records being
@@ -402,11 +423,12 @@ class LinuxRuntime(NetworkOps):
 
     def list(self) -> list[ContainerInfo]:
         found = []
+        look = BridgeLook(self.state)
         for cdir in sorted(self.containers.iterdir()):
             if cdir.name.startswith(folders.HIDDEN) or not self._has_record(cdir):
                 continue  # being made or removed, or left so by a killed client
             try:
-                found.append(self._info(cdir, fresh=False))
+                found.append(self._info(cdir, fresh=False, look=look))
             except FileNotFoundError:
                 continue  # being created or removed right now
             except ValueError as exc:  # a damaged record: report it, never fail the listing

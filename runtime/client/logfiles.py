@@ -25,7 +25,17 @@ from typing import BinaryIO
 
 from runtime.util.files import write_atomic
 
-__all__ = ("CHUNK", "OWNER_FILE", "claim", "discard", "follow", "orphans", "read_all", "rotated")
+__all__ = (
+    "CHUNK",
+    "OWNER_FILE",
+    "Owners",
+    "claim",
+    "discard",
+    "follow",
+    "orphans",
+    "read_all",
+    "rotated",
+)
 
 CHUNK = 64 * 1024
 """The most a reader holds at once."""
@@ -132,8 +142,33 @@ def orphans(logs: Path, state: Path, named: Callable[[], set[Path]]) -> list[Pat
         owned = [f for f in logs.iterdir() if _owner(f) == str(state)]
     except FileNotFoundError:
         return []
-    unnamed = [f for f in owned if f not in named()]
-    return [f for f in unnamed if f not in named()] if unnamed else []
+    first = named()  # once per listing: it reads every record
+    unnamed = [f for f in owned if f not in first]
+    if not unnamed:
+        return []
+    again = named()
+    return [f for f in unnamed if f not in again]
+
+
+class Owners:
+    """The state folder that owns each log folder, each read once: a log folder's owner
+    is written when it is made and never changes (its name is random)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+
+    def owned(self, logs: Path, state: Path) -> frozenset[str]:
+        """The names of the log folders in ``logs`` that ``state`` owns."""
+        try:
+            names = set(os.listdir(logs))
+        except FileNotFoundError:
+            return frozenset()
+        self._known = {name: owner for name, owner in self._known.items() if name in names}
+        for name in names - set(self._known):
+            owner = _owner(logs / name)
+            if owner is not None:  # not written yet: read again next time
+                self._known[name] = owner
+        return frozenset(name for name, owner in self._known.items() if owner == str(state))
 
 
 def _owner(folder: Path) -> str | None:

@@ -18,20 +18,21 @@ from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, PortMapping, RootfsRef
 from runtime.cgroups import fs as cgroups
 from runtime.cgroups.driver import CgroupDriver, detect
-from runtime.client import folders
+from runtime.client import folders, logfiles
 from runtime.client.paths import cache_dir, private_dir, state_dir
 from runtime.errors import ContainerNotFound, RootRefused, SlirpError
 from runtime.holder.client import Holder
 from runtime.holder.protocol import CONTAINERS_DIR
 from runtime.network import bridge, shared
 from runtime.network.addresses import leases_of
-from runtime.network.driver import driver_for
+from runtime.network.driver import LiveForward, driver_for
 from runtime.settings import RuntimeSettings
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from runtime.wire import LOG_FILE, Forward, LaunchRequest
 
 __all__ = (
+    "BridgeLook",
     "RecordStore",
     "cgroup_facts",
     "forward_key",
@@ -102,6 +103,22 @@ def _run_identity(cdir: Path) -> tuple[int, int] | None:
     return (st.st_ino, st.st_mtime_ns)
 
 
+class BridgeLook:
+    """The shared slirp4netns's forwards, asked for once by a whole listing: a bridge
+    container asking for its own made observing N containers N requests, each
+    answering with every container's forwards."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self._found: dict[str, list[LiveForward]] | None = None
+
+    def of(self, name: str) -> list[LiveForward]:
+        """Container ``name``'s forwards in place (SlirpError: not known now)."""
+        if self._found is None:
+            self._found = bridge.live_forwards(self.state)
+        return self._found.get(name, [])
+
+
 def forward_key(port: PortMapping) -> tuple[str, str, int, int]:
     return (port.protocol, port.host_addr, port.host, port.container)
 
@@ -141,9 +158,15 @@ class RecordStore:
         self._forward_checks: dict[
             Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
         ] = {}
+        self._records: dict[Path, tuple[tuple[int, int, int, int], Any]] = {}
+        """meta.json and run.json as last parsed, by path, with the status they had."""
         self._exits: dict[Path, tuple[tuple[int, int] | None, dict[str, Any]]] = {}
         """Exits seen but not recorded (the state disk is full), by folder, with the
         identity of the run they ended."""
+        self._log_owners = logfiles.Owners()
+        self._logs_swept: tuple[frozenset[str], frozenset[str]] | None = None
+        """The names of this state folder's logs and of its containers' folders when a
+        sweep last found no orphan log (``LinuxRuntime._sweep_logs``)."""
         self.forward_check_interval = 10.0
         """How often ``list()`` asks each network for its forwards (``inspect`` always does)."""
 
@@ -180,26 +203,54 @@ class RecordStore:
         return spec
 
     def _live_ports(
-        self, cdir: Path, spec: ContainerSpec, recorded: tuple[PortMapping, ...], fresh: bool
+        self,
+        cdir: Path,
+        spec: ContainerSpec,
+        recorded: tuple[PortMapping, ...],
+        fresh: bool,
+        look: BridgeLook | None,
     ) -> tuple[PortMapping, ...]:
         """The network's own forward list (the truth: it shows a forward removed behind our
-        back); ``list()`` asks at most every ``forward_check_interval`` seconds per container."""
+        back); ``list()`` asks at most every ``forward_check_interval`` seconds per
+        container, and the shared slirp4netns once for all its containers (``look``)."""
         now = time.monotonic()
         checked = self._forward_checks.get(cdir)
         if not fresh and checked is not None and now - checked[0] < self.forward_check_interval:
             return checked[1] if checked[2] == recorded else recorded
         try:
-            forwards = driver_for(spec).forwards(cdir, spec.name).list()
+            if look is not None and spec.network == "bridge":
+                forwards = look.of(spec.name)
+            else:
+                forwards = driver_for(spec).forwards(cdir, spec.name).list()
             live = tuple(mapping_of(asdict(f.forward)) for f in forwards)
         except SlirpError:
             return recorded
         self._forward_checks[cdir] = (now, live, recorded)
         return live
 
-    def _info(self, cdir: Path, *, fresh: bool = True) -> ContainerInfo:
+    def _record(self, path: Path) -> Any | None:
+        """``read_json(path)`` of a record always replaced atomically (meta.json,
+        run.json: each write is a new inode), parsed again only when its status changed.
+        What it returns is shared: never change it."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._records.pop(path, None)
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        known = self._records.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        data = read_json(path)
+        self._records[path] = (key, data)
+        return data
+
+    def _info(
+        self, cdir: Path, *, fresh: bool = True, look: BridgeLook | None = None
+    ) -> ContainerInfo:
         spec = self._spec(cdir)
-        meta = read_json(cdir / "meta.json") or {}
-        run = read_json(cdir / "run.json")
+        meta = self._record(cdir / "meta.json") or {}
+        run = self._record(cdir / "run.json")
         common: dict[str, Any] = {
             "name": spec.name,
             "spec": spec,
@@ -219,7 +270,7 @@ class RecordStore:
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive:
-                ports = self._live_ports(cdir, spec, ports, fresh)
+                ports = self._live_ports(cdir, spec, ports, fresh, look)
             return ContainerInfo(
                 state=ContainerState.RUNNING,
                 pid=init.pid,
@@ -276,5 +327,7 @@ class RecordStore:
     def _forget(self, cdir: Path) -> None:
         """Drop what is cached about a folder that is gone or moved."""
         self._specs.pop(cdir / "spec.json", None)
+        self._records.pop(cdir / "meta.json", None)
+        self._records.pop(cdir / "run.json", None)
         self._forward_checks.pop(cdir, None)
         self._exits.pop(cdir, None)

@@ -29,6 +29,7 @@ __all__ = (
     "drop_forwards",
     "etc_facts",
     "joined",
+    "live_forwards",
     "rename_forwards",
     "state_of",
     "sync_if_running",
@@ -140,6 +141,21 @@ def wire(
     write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
 
 
+def live_forwards(state: Path) -> dict[str, list[LiveForward]]:
+    """The forwards the shared slirp4netns holds now, by bridge container: one look at
+    the records and one request, which observing every container needs once, not once
+    per container (each answer lists every container's forwards)."""
+    with shared.locked(state) as bdir:
+        records = {(r.proto, r.guest_port): r for r in shared.load_forwards(bdir)}
+    found: dict[str, list[LiveForward]] = {}
+    for live in slirp.list_forwards(shared.bridge_dir(state) / slirp.API_SOCKET):
+        record = records.get((live.forward.proto, live.forward.guest_port))
+        if record is not None and live.forward.host_port == record.host_port:
+            forward = Forward(record.proto, record.host_addr, record.host_port, record.port)
+            found.setdefault(record.container, []).append(LiveForward(live.id, forward))
+    return found
+
+
 class BridgeForwards:
     """Host forwards of one bridge container through the shared slirp4netns."""
 
@@ -174,19 +190,7 @@ class BridgeForwards:
                 self._drop(live.forward.proto, live.forward.guest_port)
 
     def list(self) -> list[LiveForward]:
-        with shared.locked(self.state) as bdir:
-            ours = {
-                (r.proto, r.guest_port): r
-                for r in shared.load_forwards(bdir)
-                if r.container == self.name
-            }
-        found = []
-        for live in slirp.list_forwards(self.api):
-            record = ours.get((live.forward.proto, live.forward.guest_port))
-            if record is not None and live.forward.host_port == record.host_port:
-                forward = Forward(record.proto, record.host_addr, record.host_port, record.port)
-                found.append(LiveForward(live.id, forward))
-        return found
+        return live_forwards(self.state).get(self.name, [])
 
     def find(self, forward: Forward) -> LiveForward | None:
         return next((live for live in self.list() if live.forward == forward), None)

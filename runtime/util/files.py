@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ("parse_json", "read_json", "write_atomic", "write_json_atomic")
+__all__ = ("parse_json", "read_json", "read_small", "write_atomic", "write_json_atomic")
 
 
 def _write_all(fd: int, payload: bytes) -> None:
@@ -60,6 +60,19 @@ def read_json(path: Path) -> Any | None:
     except OSError:
         return None
     return parse_json(raw)
+
+
+def read_small(path: Path | str, limit: int = 4096) -> bytes:
+    """The first ``limit`` bytes of ``path`` in one read: a kernel file of a few lines
+    (``/proc/PID/stat``, a cgroup's events). Observing a container reads several each
+    pass; ``Path.read_bytes`` costs several times as much for so little.
+
+    OSError when it cannot be opened or read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def parse_json(raw: bytes) -> Any | None:

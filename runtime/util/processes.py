@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from runtime.util.files import read_small
+
 __all__ = (
     "ProcessId",
     "close_fds_except",
@@ -30,7 +32,7 @@ def proc_start_time(pid: int) -> int | None:
     A zombie counts as gone.
     """
     try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        raw = read_small(f"/proc/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.

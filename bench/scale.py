@@ -1,0 +1,189 @@
+"""Scale benchmark: many idle containers under one real ``reconciler run``.
+
+    python bench/scale.py [--counts 200,1000] [--idle 30] [--status-runs 5] [--bridge]
+
+For each count N: N squishfiles (busybox ``sleep``, ``network = "none"``: a bridge
+network's /24 holds 253 containers, and this is about the loop, not the network) are
+dropped into an empty folder and a loop is started on it; measured are
+
+- converge from empty: the loop's start until every container runs;
+- ``reconciler status FOLDER --json``: wall and CPU time of the whole command (a fresh
+  process: interpreter start, imports, reading the folder and every container), medians;
+- the idle loop's CPU use over IDLE seconds once converged.
+
+The figures go to bench/out/scale.json (:mod:`results`); podman has no equivalent of
+a folder's status at 1,000 containers here, so each count's anchor is the same run's
+smallest count, scaled linearly (the ratio then says how much better than linear).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for runtime, tests
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for results
+
+from results import Results
+
+from runtime.api import ContainerState
+from runtime.client.linux import LinuxRuntime
+from tests.support import free_ports, start_controller
+
+SQUISHFILE = """\
+network = "none"
+
+[layers]
+busybox = "builtin"
+
+[run]
+command = "sleep"
+args = ["100000"]
+"""
+
+FORWARDED = """\
+[layers]
+busybox = "builtin"
+
+[run]
+command = "httpd"
+args = ["-f", "-p", "80"]
+
+[[ports]]
+container = 80
+host = {port}
+"""
+"""``--bridge``: the folder's bridge network (the default) and a forward each."""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def started(state: Path) -> int:
+    """How many containers of ``state`` were started (one stat each: listing 1,000
+    containers through the runtime every poll would take a core from the loop)."""
+    return sum(1 for _ in (state / "containers").glob("*/run.json"))
+
+
+def all_running(state: Path, count: int) -> bool:
+    infos = LinuxRuntime(state=state).list()
+    return len(infos) == count and all(i.state is ContainerState.RUNNING for i in infos)
+
+
+def converge(folder: Path, state: Path, count: int, env: dict[str, str]) -> tuple[float, int]:
+    """Seconds from the loop's start until ``count`` containers run, and the loop's pid
+    (the loop keeps running)."""
+    start = time.perf_counter()
+    loop = start_controller(folder, env)
+    while not (started(state) >= count and all_running(state, count)):
+        if loop.poll() is not None or time.perf_counter() - start > 900:
+            raise RuntimeError("the fleet never came up")
+        time.sleep(0.1)
+    return time.perf_counter() - start, loop.pid
+
+
+def status_ms(folder: Path, env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + system) milliseconds of each ``status`` command: on a host
+    other work shares, the CPU figure moves less."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "status", str(folder), "--json"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+        walls.append((time.perf_counter() - start) * 1000)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        cpus.append(used * 1000)
+    return walls, cpus
+
+
+def idle_percent(pid: int, seconds: float) -> float:
+    time.sleep(2.0)  # the follow-up pass after the last creates
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return 100 * (cpu_seconds(pid) - before) / seconds
+
+
+def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="squish-scale-"))
+    folder = work / "desired"
+    folder.mkdir()
+    ports = free_ports(count) if args.bridge else [0] * count
+    for i, port in enumerate(ports):
+        text = FORWARDED.format(port=port) if args.bridge else SQUISHFILE
+        (folder / f"s{i:04}.toml").write_text(text)
+    state = Path("/dev/shm") / f"sqs-{secrets.token_hex(4)}"
+    env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
+    pid = None
+    try:
+        seconds, pid = converge(folder, state, count, env)
+        idle = idle_percent(pid, args.idle)
+        walls, cpus = status_ms(folder, env, args.status_runs)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        LinuxRuntime(state=state).shutdown()
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "converge": seconds,
+        "status": statistics.median(walls),
+        "status CPU": statistics.median(cpus),
+        "idle": idle,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--counts", default="200,1000")
+    parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--status-runs", type=int, default=5)
+    parser.add_argument(
+        "--bridge", action="store_true", help="httpd on the folder's network, one forward each"
+    )
+    args = parser.parse_args()
+    counts = sorted(int(c) for c in args.counts.split(","))
+    out = Results("scale-bridge" if args.bridge else "scale")
+    base: dict[str, float] | None = None
+    for count in counts:
+        got = measure(count, args)
+        base = base or got
+        scale = count / counts[0]
+        anchor = f"{counts[0]} containers, same run, x{scale:g}"
+        print(
+            f"{count} containers: converge {got['converge']:.2f} s, status "
+            f"{got['status']:.0f} ms ({got['status CPU']:.0f} ms CPU), "
+            f"idle loop {got['idle']:.2f} % of a core"
+        )
+        for what, unit in (("converge", "s"), ("status", "ms"), ("status CPU", "ms")):
+            out.figure(
+                f"{count} containers: {what}",
+                got[what],
+                unit,
+                anchor=anchor,
+                anchor_value=base[what] * scale,
+            )
+        out.figure(f"{count} containers: idle loop", got["idle"], "% of a core")
+    print(f"recorded in {out.save()}")
+
+
+if __name__ == "__main__":
+    main()
