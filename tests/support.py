@@ -25,6 +25,7 @@ from runtime.settings import RuntimeSettings
 __all__ = (
     "BUSYBOX",
     "children_of",
+    "descendants_of",
     "detected_cgroups",
     "free_port",
     "free_ports",
@@ -121,6 +122,18 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
 def children_of(parent: int) -> list[tuple[int, str]]:
     """Live children of ``parent``: (pid, command line)."""
     return [(pid, cmd) for pid, ppid, cmd in _processes() if ppid == parent]
+
+
+def descendants_of(ancestor: int) -> list[tuple[int, str]]:
+    """Live descendants of ``ancestor``, at any depth: (pid, command line)."""
+    table = _processes()
+    found, kin = [], {ancestor}
+    while True:
+        more = [(pid, cmd) for pid, ppid, cmd in table if ppid in kin and pid not in kin]
+        if not more:
+            return found
+        found += more
+        kin |= {pid for pid, _ in more}
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,10 @@ import pytest
 
 from runtime.api.interface import ContainerInfo
 from runtime.client.linux import LinuxRuntime
+from runtime.network import shared
+from runtime.util.files import read_json
 from tests.conftest import rootless
-from tests.support import children_of, free_ports, http_get, start_controller, write_atomically
+from tests.support import descendants_of, free_ports, http_get, start_controller, write_atomically
 from tests.test_reconciler_e2e import cli, cli_env, eventually, make_site, web_toml
 
 pytestmark = rootless
@@ -123,9 +125,13 @@ def test_killing_the_controller_at_random_moments_loses_nothing(
         assert {p.name for p in containers.iterdir()} == wanted | others  # no leftover folder
         holder = session_runtime.holder.identity()
         assert holder is not None
-        slirps = [c for c in children_of(holder.pid) if "slirp4netns" in c[1]]
+        # one slirp4netns per isolated container (the holder's), one for the bridge
+        # networks (their keeper's)
+        keeper = read_json(state_path / shared.BRIDGE_DIR / "keeper.json")
+        owners = [holder.pid] + ([keeper["supervisor"]["pid"]] if keeper else [])
+        slirps = [c for o in owners for c in descendants_of(o) if "slirp4netns" in c[1]]
         live = {i.slirp_pid for i in session_runtime.list() if i.slirp_pid is not None}
-        assert {pid for pid, _ in slirps} == live  # one slirp4netns per running container
+        assert {pid for pid, _ in slirps} == live
         assert cli(env, "plan", str(folder)).returncode == 0  # nothing left to do
         print(f"replacements interrupted by a kill: {sorted(caught) or 'none'}")
     finally:
