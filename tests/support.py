@@ -127,7 +127,8 @@ def children_of(parent: int) -> list[tuple[int, str]]:
 def descendants_of(ancestor: int) -> list[tuple[int, str]]:
     """Live descendants of ``ancestor``, at any depth: (pid, command line)."""
     table = _processes()
-    found, kin = [], {ancestor}
+    found: list[tuple[int, str]] = []
+    kin = {ancestor}
     while True:
         more = [(pid, cmd) for pid, ppid, cmd in table if ppid in kin and pid not in kin]
         if not more:
