@@ -12,7 +12,9 @@ shared slirp4netns (:class:`BridgeForwards`), which its keeper restarts when it 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runtime.errors import SlirpError
@@ -26,6 +28,8 @@ from runtime.wire import Forward
 __all__ = (
     "BridgeDriver",
     "BridgeForwards",
+    "Wiring",
+    "begin_wire",
     "drop_forwards",
     "etc_facts",
     "joined",
@@ -130,14 +134,38 @@ def wire(
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
     an ended namespace a little later, and one may still be there). The keeper has the
     namespace's agent do the work with the descriptor this sends it."""
+    begin_wire(state, name, joins, container_ns, fresh=fresh).done()
+
+
+class Wiring:
+    """A wire asked of the keeper (:func:`begin_wire`): :meth:`done` waits for it."""
+
+    def __init__(self, state: Path, name: str, asked: shared.Asked) -> None:
+        self.state = state
+        self.name = name
+        self.asked = asked
+
+    def done(self) -> None:
+        """Once the container is wired (OSError when it could not be), recorded in its
+        folder with the keeper that did it."""
+        reply = self.asked.answer()
+        wired = {"keeper": reply["keeper"]}
+        write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
+
+
+def begin_wire(
+    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+) -> Wiring:
+    """:func:`wire`, only asked: the caller does other work while the keeper wires, then
+    waits with :meth:`Wiring.done` (``container_ns`` stays open until then)."""
     if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
         with open_book(state) as book:
             for network in joins:
                 if network not in book.networks:
                     book.add_network(network, None)  # removed while the container was stopped
                 book.lease(network, name)  # kept if it has one
-    reply = shared.call_started(state, "wire", (container_ns,), name=name, joins=joins, fresh=fresh)
-    write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
+    args = {"name": name, "joins": joins, "fresh": fresh}
+    return Wiring(state, name, shared.ask_started(state, "wire", (container_ns,), **args))
 
 
 class BridgeForwards:
@@ -199,6 +227,14 @@ class BridgeForwards:
         shared.call(self.state, "sync")
 
 
+@contextlib.contextmanager
+def _joining(cdir: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
+
+
 class BridgeDriver:
     """Containers on bridges in the shared namespace (``network = "bridge"``)."""
 
@@ -222,13 +258,27 @@ class BridgeDriver:
 
     def start(
         self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
-    ) -> ProcessId | None:
+    ) -> Callable[[], None]:
+        """The keeper is asked to wire the container at once, and awaited at the end: the
+        launch goes on meanwhile (its init mounts its filesystem)."""
         container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            wire(state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True)
-        except OSError as exc:
-            raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
-        return None
+            with _joining(cdir):
+                wiring = begin_wire(
+                    state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True
+                )
+        except BaseException:
+            os.close(container_ns)
+            raise
+
+        def done() -> None:
+            try:
+                with _joining(cdir):
+                    wiring.done()
+            finally:
+                os.close(container_ns)
+
+        return done
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError("bridge containers share one slirp4netns; its keeper restarts it")

@@ -52,10 +52,12 @@ from runtime.wire import Forward
 
 __all__ = (
     "BRIDGE_DIR",
+    "Asked",
     "ForwardRecord",
+    "ask",
+    "ask_started",
     "bridge_dir",
     "call",
-    "call_started",
     "ensure_supervisor",
     "free_guest_port",
     "load_forwards",
@@ -102,23 +104,57 @@ def locked(state: Path, lock: str = "forwards.lock") -> Iterator[Path]:
 # -- what callers use ----------------------------------------------------------------
 
 
+class Asked:
+    """A request sent to the supervisor, its answer not read yet: the caller goes on
+    with other work meanwhile and reads it with :meth:`answer`."""
+
+    def __init__(
+        self, sock: socket.socket, op: str, again: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
+        self.sock = sock
+        self.op = op
+        self.again = again
+        """What to do instead when the connection is reset (:func:`ask_started`)."""
+
+    def answer(self) -> dict[str, Any]:
+        """The supervisor's answer (the connection is closed); OSError when it gives
+        none or failed."""
+        with self.sock:
+            try:
+                reply = jsonsock.decode_object(jsonsock.read_to_eof(self.sock, 1 << 20))
+            except ConnectionError:
+                if self.again is None:
+                    raise
+                return self.again()
+            except jsonsock.EmptyMessage:  # it died mid-request, or is going away
+                raise OSError(f"the bridge network keeper gave no answer to {self.op}") from None
+        if "error" in reply:
+            raise OSError(f"the bridge network keeper failed to {self.op}: {reply['error']}")
+        return reply
+
+
+def ask(
+    state: Path, op: str, timeout: float = 20.0, fds: tuple[int, ...] = (), **args: Any
+) -> Asked:
+    """Send ``op`` (with ``args``, and descriptors ``fds``) to the supervisor."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        jsonsock.connect(sock, bridge_dir(state) / "ctl.sock", timeout)
+        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
+        sock.shutdown(socket.SHUT_WR)
+    except BaseException:
+        sock.close()
+        raise
+    return Asked(sock, op)
+
+
 def call(
     state: Path, op: str, timeout: float = 20.0, fds: tuple[int, ...] = (), **args: Any
 ) -> dict[str, Any]:
     """Send ``op`` (with ``args``, and descriptors ``fds``) to the supervisor; OSError
     when it does not answer or fails."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        jsonsock.connect(sock, bridge_dir(state) / "ctl.sock", timeout)
-        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
-        sock.shutdown(socket.SHUT_WR)
-        try:
-            reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
-        except jsonsock.EmptyMessage:  # it died mid-request, or is going away
-            raise OSError(f"the bridge network keeper gave no answer to {op}") from None
-    if "error" in reply:
-        raise OSError(f"the bridge network keeper failed to {op}: {reply['error']}")
-    return reply
+    return ask(state, op, timeout, fds, **args).answer()
 
 
 def _keeper(state: Path) -> dict[str, Any]:
@@ -165,14 +201,23 @@ def ensure_supervisor(state: Path) -> None:
             raise SlirpError(f"the bridge network keeper did not start: {message}")
 
 
-def call_started(state: Path, op: str, fds: tuple[int, ...] = (), **args: Any) -> dict[str, Any]:
-    """:func:`call`, starting the supervisor first when none of this user namespace is
-    there to answer (no ping when one is: the common case costs one round trip)."""
+def ask_started(state: Path, op: str, fds: tuple[int, ...] = (), **args: Any) -> Asked:
+    """:func:`ask`, starting the supervisor first when none of this user namespace is
+    there to answer (no ping when one is: the common case costs one round trip); one
+    that goes away before it answers (a reset connection) is started again and asked
+    again."""
+
+    def again() -> dict[str, Any]:
+        ensure_supervisor(state)
+        return call(state, op, fds=fds, **args)
+
     if _keeper(state).get("userns") == _own_userns():
         with contextlib.suppress(ConnectionError, FileNotFoundError):
-            return call(state, op, fds=fds, **args)
+            asked = ask(state, op, fds=fds, **args)
+            asked.again = again
+            return asked
     ensure_supervisor(state)
-    return call(state, op, fds=fds, **args)
+    return ask(state, op, fds=fds, **args)
 
 
 def stop_supervisor(state: Path) -> None:
