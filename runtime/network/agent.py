@@ -20,12 +20,14 @@ request cheap: no process is forked to enter it, and pyroute2's socket is opened
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -118,15 +120,31 @@ def start(timeout: float) -> Agent:
     return Agent(child, ours)
 
 
+@dataclass
+class _Namespace:
+    """What the agent keeps of its namespace: its netlink sockets, and the index of each
+    bridge (looked up once: a pair is made on its bridge by index)."""
+
+    ipr: IPRoute
+    requests: netlink.Requests
+    bridges: dict[str, int] = field(default_factory=dict)
+
+    def bridge(self, name: str) -> int:
+        index = self.bridges.get(name)
+        if index is None:
+            index = self.bridges[name] = netlink.bridge_index(self.ipr, name)
+        return index
+
+
 def _run(sock: socket.socket) -> NoReturn:
     try:
         sc.unshare(sc.CLONE_NEWNET)
-        ipr = netlink.open_route()
+        here = _Namespace(netlink.open_route(), netlink.Requests())
     except BaseException as exc:
         _send(sock, {"error": f"{type(exc).__name__}: {exc}"})
         os._exit(1)
     _send(sock, {"ok": True})
-    handlers: dict[str, Callable[[IPRoute, dict[str, Any], list[int]], None]] = {
+    handlers: dict[str, Callable[[_Namespace, dict[str, Any], list[int]], None]] = {
         "links": _links,
         "plug": _plug,
         "listening": _listening,
@@ -138,7 +156,7 @@ def _run(sock: socket.socket) -> NoReturn:
             os._exit(0)  # the keeper is gone: so is the namespace
         reply: dict[str, Any] = {"ok": True}
         try:
-            handlers[str(request.get("op"))](ipr, request, fds)
+            handlers[str(request.get("op"))](here, request, fds)
         except inside.Stranded:
             os._exit(1)  # stuck in a container's namespace: serve nothing from there
         except Exception as exc:
@@ -150,16 +168,17 @@ def _run(sock: socket.socket) -> NoReturn:
             _send(sock, reply)
 
 
-def _links(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
+def _links(here: _Namespace, request: dict[str, Any], fds: list[int]) -> None:
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")  # this namespace's own
     for family in ("iptables", "ip6tables", "arptables"):
         _off(Path(f"/proc/sys/net/bridge/bridge-nf-call-{family}"))
     wanted = {str(name): str(subnet) for name, subnet in request["bridges"]}
+    here.bridges.clear()
     for name, subnet in wanted.items():
-        netlink.ensure_bridge(ipr, name, subnet)
-    for name in netlink.link_names(ipr):
+        here.bridges[name] = netlink.ensure_bridge(here.ipr, name, subnet)
+    for name in netlink.link_names(here.ipr):
         if name.startswith("sqb") and name not in wanted:
-            netlink.delete_link(ipr, name)
+            netlink.delete_link(here.ipr, name)
     nft.apply(str(request["ruleset"]))
 
 
@@ -167,7 +186,7 @@ LISTEN_TRIES = 3000
 """About three seconds of tries, a millisecond apart, for each address."""
 
 
-def _listening(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
+def _listening(here: _Namespace, request: dict[str, Any], fds: list[int]) -> None:
     """Return once every address accepts TCP on the port, or after the tries ran out
     (the responder may be down: a keeper restarts it, and then it reads every address)."""
     for address in request["addresses"]:
@@ -186,13 +205,13 @@ def _off(switch: Path) -> None:
         switch.write_text("0\n")
 
 
-def _plug(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
+def _plug(here: _Namespace, request: dict[str, Any], fds: list[int]) -> None:
     """A container's pairs: see :func:`runtime.network.wiring.plan` for the request."""
     (ns_fd,) = fds
     for host_end in request["left"]:
-        netlink.delete_link(ipr, str(host_end))
+        netlink.delete_link(here.ipr, str(host_end))
     fresh = bool(request["fresh"])
-    present = set() if fresh else netlink.link_names(ipr)
+    present = set() if fresh else netlink.link_names(here.ipr)
     new = [pair for pair in request["pairs"] if pair["host_end"] not in present]
     taken = {"lo"}
     if not fresh:
@@ -202,19 +221,19 @@ def _plug(ipr: IPRoute, request: dict[str, Any], fds: list[int]) -> None:
     for pair in new:
         ifname = next(f"eth{n}" for n in range(len(taken) + 1) if f"eth{n}" not in taken)
         taken.add(ifname)
-        _make_pair(ipr, pair, netlink.Inside(ifname, str(pair["mac"])), ns_fd)
+        _make_pair(here, pair, netlink.Inside(ifname, str(pair["mac"])), ns_fd)
         addresses.append(inside.Address(ifname, str(pair["address"]), int(pair["prefixlen"])))
     gateway = request["gateway"]
     with inside.entered(ns_fd):
         inside.configure(addresses, None if gateway is None else str(gateway))
 
 
-def _make_pair(ipr: IPRoute, pair: dict[str, Any], end: netlink.Inside, ns_fd: int) -> None:
-    host_end, bridge = str(pair["host_end"]), str(pair["bridge"])
+def _make_pair(here: _Namespace, pair: dict[str, Any], end: netlink.Inside, ns_fd: int) -> None:
+    host_end, master = str(pair["host_end"]), here.bridge(str(pair["bridge"]))
     try:
-        netlink.make_veth(ipr, host_end, bridge, end, ns_fd)
-    except Exception as exc:  # pyroute2's NetlinkError; EEXIST: left by an ended namespace
-        if getattr(exc, "code", None) != 17:
+        netlink.make_veth(here.requests, host_end, master, end, ns_fd)
+    except OSError as exc:  # EEXIST: left by an ended namespace
+        if exc.errno != errno.EEXIST:
             raise
-        netlink.delete_link(ipr, host_end)
-        netlink.make_veth(ipr, host_end, bridge, end, ns_fd)
+        netlink.delete_link(here.ipr, host_end)
+        netlink.make_veth(here.requests, host_end, master, end, ns_fd)
