@@ -88,8 +88,18 @@ class Agent:
 
     def call(self, op: str, fds: tuple[int, ...] = (), **args: Any) -> None:
         """Have the agent do ``op``; OSError with its message when it fails or is gone."""
+        self.send(op, fds, **args)
+        self.result(op)
+
+    def send(self, op: str, fds: tuple[int, ...] = (), **args: Any) -> None:
+        """Ask the agent to do ``op``; :meth:`result` awaits it (before anything else
+        is sent)."""
+        _send(self.sock, {"op": op, **args}, fds)
+
+    def result(self, op: str) -> None:
+        """Once ``op``, the last request sent, is done; OSError with its message when it
+        failed or the agent is gone."""
         try:
-            _send(self.sock, {"op": op, **args}, fds)
             reply, _ = _receive(self.sock)
         except (EOFError, ValueError) as exc:
             raise OSError(f"the shared namespace's agent gave no answer to {op}: {exc}") from exc

@@ -12,7 +12,10 @@ networks' way out and the host forwards' way in), starts the DNS responder in it
   (:mod:`runtime.network.nft`, forwards of containers no longer running dropped), and the
   DNS responder's records file; what did not change since the last sync is not done
   again;
-- ``wire``: a sync, then a container's veth pairs (:mod:`runtime.network.wiring`);
+- ``wire``: a container's veth pairs (:mod:`runtime.network.wiring`), with a sync;
+  the agent makes the pairs while the keeper works out the rest of the sync, unless a
+  bridge is new (then the sync comes first); the answer can be read later
+  (:func:`ask`), so a launch goes on meanwhile;
 - ``ping``; ``stop``: end slirp4netns, the responder and the agent, then itself.
 
 A slirp4netns or responder that dies is started again at once, and every recorded host
@@ -42,7 +45,7 @@ from typing import Any, NoReturn
 from runtime.errors import SlirpError
 from runtime.network import agent as agent_process
 from runtime.network import netlink, nft, slirp, wiring
-from runtime.network.addresses import NetworkRecord, open_book
+from runtime.network.addresses import NetworkRecord, read_networks
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
 from runtime.util.fdpass import receive_with_fds, send_with_fds
@@ -455,28 +458,39 @@ class _Supervisor:
 
     def sync(self) -> dict[str, NetworkRecord]:
         """Bring the namespace in line with the address book; return the book's networks."""
-        with open_book(self.state) as book:
-            networks = dict(book.networks)
+        networks = read_networks(self.state)  # replaced whole by its writers: no lock
+        self._apply(self._links(networks))
+        self._write_records(networks)
+        self._await_dns()
+        return networks
+
+    def _links(self, networks: dict[str, NetworkRecord]) -> dict[str, Any]:
+        """The agent's ``links`` request for ``networks`` (the forwards of containers
+        that are gone are dropped from the forwards file on the way)."""
         with locked(self.state):
             loaded = load_forwards(self.bdir)
             records = [r for r in loaded if _exists(self.state, r.container)]
             if records != loaded:
                 save_forwards(self.bdir, records)
-        links: dict[str, Any] = {
-            "bridges": [[netlink.bridge_name(n), r.subnet] for n, r in sorted(networks.items())],
+        return {
+            "bridges": _bridge_list(networks),
             "ruleset": nft.ruleset(_bridges(networks), _dnats(networks, records)),
         }
+
+    def _apply(self, links: dict[str, Any]) -> None:
         if links != self.applied:
             self._agent().call("links", (), **links)
             self.applied = links
+
+    def _write_records(self, networks: dict[str, NetworkRecord]) -> None:
+        """The DNS responder's records file, when they changed (it reads the file again
+        before it answers the next query)."""
         if self.aliases is None:
             self.aliases = _AliasBook(self.state)
         dns = _records(networks, self.aliases)
         if dns != self.records:
             write_json_atomic(self.bdir / "dns.json", dns)
             self.records = dns
-            self._await_dns()
-        return networks
 
     def _await_dns(self) -> None:
         """Once the responder listens on every network's gateway, so that a container
@@ -536,7 +550,7 @@ class _Supervisor:
                 if op == "sync":
                     self.sync()
                 elif op == "wire":
-                    self._wire(request, self.sync(), fds[0])
+                    self._wire(request, fds[0])
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
@@ -547,13 +561,24 @@ class _Supervisor:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode())
 
-    def _wire(
-        self, request: dict[str, Any], networks: dict[str, NetworkRecord], container_ns: int
-    ) -> None:
-        """A container's veth pairs (see :func:`runtime.network.bridge.wire`)."""
+    def _wire(self, request: dict[str, Any], container_ns: int) -> None:
+        """A container's veth pairs (see :func:`runtime.network.bridge.wire`), with a
+        sync. When every bridge is there already, the agent makes the pairs while this
+        process works out the rest of the sync (rules, DNS records), and the rules are
+        loaded after (they hold nothing the pairs need); a new bridge comes first."""
+        networks = read_networks(self.state)
+        if self.applied is None or _bridge_list(networks) != self.applied["bridges"]:
+            networks = self.sync()
         name, joins = str(request["name"]), [str(n) for n in request["joins"]]
         plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
-        self._agent().call("plug", (container_ns,), fresh=bool(request["fresh"]), **plug)
+        self._agent().send("plug", (container_ns,), fresh=bool(request["fresh"]), **plug)
+        try:
+            links = self._links(networks)
+            self._write_records(networks)
+        finally:
+            self._agent().result("plug")
+        self._apply(links)
+        self._await_dns()
 
     def _stop(self, conn: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
@@ -578,6 +603,11 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def _json(process: ProcessId | None) -> dict[str, int] | None:
     return process.to_json() if process is not None else None
+
+
+def _bridge_list(networks: dict[str, NetworkRecord]) -> list[list[str]]:
+    """The bridges of ``networks``, as the ``links`` request names them."""
+    return [[netlink.bridge_name(n), r.subnet] for n, r in sorted(networks.items())]
 
 
 def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
