@@ -572,13 +572,19 @@ class _Supervisor:
         name, joins = str(request["name"]), [str(n) for n in request["joins"]]
         plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
         self._agent().send("plug", (container_ns,), fresh=bool(request["fresh"]), **plug)
+        failed: OSError | None = None
         try:
             links = self._links(networks)
             self._write_records(networks)
         finally:
-            self._agent().result("plug")
+            try:
+                self._agent().result("plug")
+            except OSError as exc:  # raised once the sync is done, as when it came first
+                failed = exc
         self._apply(links)
         self._await_dns()
+        if failed is not None:
+            raise failed
 
     def _stop(self, conn: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
