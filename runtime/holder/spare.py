@@ -191,16 +191,20 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
 
 
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
+    # Begun first, finished after the log pump: a bridge network's wiring, done by other
+    # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
+    try:
+        starting = driver_for(req).start(
+            Path(req.container_dir), req.sandbox_slirp, target_pid=init.pid, exit_fd=init.exit_r
+        )
+    except BaseException:
+        _dismiss(init)  # it never got a request: it exits on EOF
+        raise
     cgroup, raw = _place(init, req, raw)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
-        # Begun first, finished after the log pump: a bridge network's wiring, done by
-        # other processes, overlaps the rest of the launch.
-        starting = driver_for(req).start(
-            Path(req.container_dir), req.sandbox_slirp, target_pid=init.pid, exit_fd=init.exit_r
-        )
         log_pump = _start_pump(init, req)
         helper, forwards = _network(req, starting)
         os.close(init.exit_r)
