@@ -1,6 +1,8 @@
 """The keeper's side of a wire, with a fake agent that records what it is asked: the
 plug goes out before the rules are worked out, the rules follow the book whether or not
-the plug worked, and a bridge new to the namespace is made before the plug."""
+the plug worked, and a bridge new to the namespace is made before the plug; and the
+launcher's side of a plug sent to the agent directly: it counts only when the agent of
+the keeper that synced made it, else the keeper wires."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtime.network import netlink, shared
+from runtime.network import bridge, netlink, shared
 from runtime.network.addresses import open_book
 
 
@@ -85,3 +87,49 @@ def test_a_failed_plug_still_leaves_rules_and_records_matching_the_book(tmp_path
     names = supervisor.records["servers"][0]["names"] if supervisor.records else {}
     assert names == {"web": ["10.89.0.2"]}
     assert netlink.bridge_name("front") in str(supervisor.applied)
+
+
+class Answered:
+    """Stands in for :class:`runtime.network.agent.Direct`."""
+
+    def __init__(self, reply: dict[str, Any] | None) -> None:
+        self.reply = reply
+
+    def answer(self) -> dict[str, Any]:
+        if self.reply is None:
+            raise OSError("no bridge sqb0123456789")
+        return self.reply
+
+
+KEEPER = {"pid": 10, "start_time": 1}
+
+
+@pytest.mark.parametrize(
+    ("agent_said", "through_keeper"),
+    [
+        ({"ok": True, "keeper": KEEPER}, False),
+        ({"ok": True, "keeper": {"pid": 11, "start_time": 2}}, True),  # another keeper's
+        (None, True),  # the plug failed: a bridge the sync makes, say
+    ],
+)
+def test_a_direct_plug_counts_only_when_the_agent_of_the_synced_keeper_made_it(
+    agent_said: dict[str, Any] | None, through_keeper: bool
+) -> None:
+    wired: list[str] = []
+
+    def wire() -> dict[str, Any]:
+        wired.append("wire")
+        return {"ok": True, "keeper": {"pid": 12, "start_time": 3}}
+
+    direct = bridge._Direct(Answered(agent_said), wire)  # type: ignore[arg-type]
+    recorded = direct.settled({"ok": True, "keeper": KEEPER})
+    assert wired == (["wire"] if through_keeper else [])
+    assert recorded["keeper"] == ({"pid": 12, "start_time": 3} if through_keeper else KEEPER)
+
+
+def test_no_agent_to_take_the_plug_means_the_keeper_wires(tmp_path: Path) -> None:
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert shared.plug_directly(tmp_path, {"fresh": True}, fd) is None
+    finally:
+        os.close(fd)

@@ -12,6 +12,10 @@ the keeper's requests over a socket pair, one at a time, until the keeper goes:
 - ``listening``: wait (a few seconds at most) until each of ``addresses`` accepts TCP
   on ``port``: the DNS responder took up a new network.
 
+It also listens on a unix socket (``agent.sock`` in the keeper's folder) for the
+``plug`` of a new container, sent by its launcher (:func:`plug`), one connection each,
+served between the keeper's requests; the answer names the keeper it serves.
+
 Each request is one framed JSON object (a 4-byte length, then the object) and gets one
 back: ``{"ok": true}`` or ``{"error": "..."}``. Living in the namespace is what makes a
 request cheap: no process is forked to enter it, and pyroute2's socket is opened once.
@@ -33,13 +37,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from runtime.network import inside, netlink, nft
 from runtime.sandbox import syscalls as sc
+from runtime.util import jsonsock
 from runtime.util.fdpass import receive_with_fds, send_with_fds
-from runtime.util.processes import close_fds_except
+from runtime.util.processes import ProcessId, close_fds_except, wait_readable
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-__all__ = ("Agent", "start")
+__all__ = ("Agent", "Direct", "plug", "start")
 
 _MAX = 16 << 20
 _HEADER = struct.Struct("!I")
@@ -99,23 +104,59 @@ class Agent:
     def result(self, op: str) -> None:
         """Once ``op``, the last request sent, is done; OSError with its message when it
         failed or the agent is gone."""
-        try:
-            reply, _ = _receive(self.sock)
-        except (EOFError, ValueError) as exc:
-            raise OSError(f"the shared namespace's agent gave no answer to {op}: {exc}") from exc
-        if "error" in reply:
-            raise OSError(str(reply["error"]))
+        _answer(self.sock, op)
 
 
-def start(timeout: float) -> Agent:
-    """Fork the agent; return once its namespace is made (OSError if it is not)."""
+def _answer(sock: socket.socket, op: str) -> dict[str, Any]:
+    """The agent's answer to ``op``; OSError with its message when it failed or the
+    agent is gone."""
+    try:
+        reply, _ = _receive(sock)
+    except (EOFError, ValueError) as exc:
+        raise OSError(f"the shared namespace's agent gave no answer to {op}: {exc}") from exc
+    if "error" in reply:
+        raise OSError(str(reply["error"]))
+    return reply
+
+
+class Direct:
+    """A ``plug`` sent to the agent by a launcher, straight to its socket (no keeper in
+    between); :meth:`answer` reads the outcome."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def answer(self) -> dict[str, Any]:
+        """The agent's answer, with ``keeper``: the keeper it serves; OSError when the
+        plug failed or the agent gave no answer."""
+        with self.sock:
+            return _answer(self.sock, "plug")
+
+
+def plug(path: Path, ns_fd: int, timeout: float, **request: Any) -> Direct:
+    """Send the agent listening on ``path`` a ``plug`` (see :func:`runtime.network.wiring.plan`)
+    for the namespace ``ns_fd``; OSError when it cannot be reached."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        jsonsock.connect(sock, path, timeout)
+        _send(sock, {"op": "plug", **request}, (ns_fd,))
+    except BaseException:
+        sock.close()
+        raise
+    return Direct(sock)
+
+
+def start(timeout: float, direct: Path) -> Agent:
+    """Fork the agent; return once its namespace is made and it listens on ``direct``
+    for launchers' plugs (OSError if not)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     child = os.fork()
     if child == 0:
         try:
             ours.close()
             close_fds_except({theirs.fileno(), 2})
-            _run(theirs)
+            _run(theirs, direct)
         finally:
             os._exit(1)
     theirs.close()
@@ -146,36 +187,65 @@ class _Namespace:
         return index
 
 
-def _run(sock: socket.socket) -> NoReturn:
+def _run(sock: socket.socket, direct: Path) -> NoReturn:
     try:
         sc.unshare(sc.CLONE_NEWNET)
         here = _Namespace(netlink.open_route(), netlink.Requests())
+        listener = _listen(direct)
     except BaseException as exc:
         _send(sock, {"error": f"{type(exc).__name__}: {exc}"})
         os._exit(1)
     _send(sock, {"ok": True})
-    handlers: dict[str, Callable[[_Namespace, dict[str, Any], list[int]], None]] = {
-        "links": _links,
-        "plug": _plug,
-        "listening": _listening,
-    }
+    keeper = ProcessId.of(os.getppid())
+    served = {"keeper": keeper.to_json() if keeper is not None else None}
     while True:
-        try:
-            request, fds = _receive(sock)
-        except (OSError, EOFError, ValueError):
+        ready = wait_readable([sock.fileno(), listener.fileno()], None)
+        if listener.fileno() in ready:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(DIRECT_TIMEOUT)
+                _serve_one(here, conn, {"plug": _plug}, served)
+        if sock.fileno() in ready and not _serve_one(here, sock, _HANDLERS, {}):
             os._exit(0)  # the keeper is gone: so is the namespace
-        reply: dict[str, Any] = {"ok": True}
-        try:
-            handlers[str(request.get("op"))](here, request, fds)
-        except inside.Stranded:
-            os._exit(1)  # stuck in a container's namespace: serve nothing from there
-        except Exception as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            for fd in fds:
-                os.close(fd)
-        with contextlib.suppress(OSError):
-            _send(sock, reply)
+
+
+DIRECT_TIMEOUT = 5.0
+"""How long a launcher's connection may take to send its plug."""
+
+
+def _listen(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)  # an ended agent's
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    listener.bind(str(path))
+    listener.listen(16)
+    return listener
+
+
+Handler = Callable[["_Namespace", dict[str, Any], list[int]], None]
+
+
+def _serve_one(
+    here: _Namespace, conn: socket.socket, handlers: dict[str, Handler], served: dict[str, Any]
+) -> bool:
+    """Read one request from ``conn``, do it and answer (``served`` added to a success);
+    False when the peer is gone."""
+    try:
+        request, fds = _receive(conn)
+    except (OSError, EOFError, ValueError):
+        return False
+    reply: dict[str, Any] = {"ok": True, **served}
+    try:
+        handlers[str(request.get("op"))](here, request, fds)
+    except inside.Stranded:
+        os._exit(1)  # stuck in a container's namespace: serve nothing from there
+    except Exception as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        _send(conn, reply)
+    return True
 
 
 def _links(here: _Namespace, request: dict[str, Any], fds: list[int]) -> None:
@@ -247,3 +317,7 @@ def _make_pair(here: _Namespace, pair: dict[str, Any], end: netlink.Inside, ns_f
             raise
         netlink.delete_link(here.ipr, host_end)
         netlink.make_veth(here.requests, host_end, master, end, ns_fd)
+
+
+_HANDLERS: dict[str, Handler] = {"links": _links, "plug": _plug, "listening": _listening}
+"""The keeper's requests."""

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import SlirpError
-from runtime.network import shared, slirp
+from runtime.network import agent, shared, slirp, wiring
 from runtime.network.addresses import leases_of, open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
@@ -144,28 +146,61 @@ class Wiring:
         self.state = state
         self.name = name
         self.asked = asked
+        self.direct: _Direct | None = None
 
     def done(self) -> None:
         """Once the container is wired (OSError when it could not be), recorded in its
         folder with the keeper that did it."""
         reply = self.asked.answer()
+        if self.direct is not None:
+            reply = self.direct.settled(reply)
         wired = {"keeper": reply["keeper"]}
         write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
+
+
+@dataclass
+class _Direct:
+    """A new container's pairs asked of the agent itself, beside the keeper's sync."""
+
+    sent: agent.Direct | None
+    """None: no agent took the plug."""
+    through_keeper: Callable[[], dict[str, Any]]
+    """The wire through the keeper, for when the direct plug did not do it."""
+
+    def settled(self, synced: dict[str, Any]) -> dict[str, Any]:
+        """The keeper's answer to record: the sync's when the agent of that very keeper
+        made the pairs; else (no agent answered, a bridge new to the namespace was not
+        there yet, the keeper changed in between) the keeper's own wire's."""
+        try:
+            plugged = self.sent.answer() if self.sent is not None else None
+        except OSError:
+            plugged = None
+        if plugged is not None and plugged.get("keeper") == synced["keeper"]:
+            return synced
+        return self.through_keeper()
 
 
 def begin_wire(
     state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
 ) -> Wiring:
     """:func:`wire`, only asked: the caller does other work while the keeper wires, then
-    waits with :meth:`Wiring.done` (``container_ns`` stays open until then)."""
+    waits with :meth:`Wiring.done` (``container_ns`` stays open until then). A new
+    namespace's pairs (``fresh``) are asked of the keeper's agent directly, while the
+    keeper syncs (the DNS records and rules follow the book before it answers)."""
     if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
         with open_book(state) as book:
             for network in joins:
                 if network not in book.networks:
                     book.add_network(network, None)  # removed while the container was stopped
                 book.lease(network, name)  # kept if it has one
-    args = {"name": name, "joins": joins, "fresh": fresh}
-    return Wiring(state, name, shared.ask_started(state, "wire", (container_ns,), **args))
+    args: dict[str, Any] = {"name": name, "joins": joins, "fresh": fresh}
+    if not fresh:
+        return Wiring(state, name, shared.ask_started(state, "wire", (container_ns,), **args))
+    wiring_ = Wiring(state, name, shared.ask_started(state, "sync"))
+    plug = wiring.plan(name, joins, read_networks(state), os.fstat(container_ns).st_ino)
+    sent = shared.plug_directly(state, {"fresh": True, **plug}, container_ns)
+    wiring_.direct = _Direct(sent, lambda: shared.call(state, "wire", fds=(container_ns,), **args))
+    return wiring_
 
 
 class BridgeForwards:
