@@ -12,9 +12,11 @@ its network's gateway in one exec, minus the same loop running ``/bin/true``.
 (d) ``--many`` busybox httpd containers on one network, started one after another: how
 long that takes, then one of them fetches a page from every other by name (``nc NAME
 80`` in one exec) and the number that answered is printed.
-The figures go to bench/out/networks.json (bench/results.py).
+Not a test: the figures go to ``bench/out/networks.json`` (:mod:`results`) and
+docs/benchmarks.md.
 
-    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200] [--many 100] [--quick]
+    python bench/networks.py [-n 20] [--fetches 5] [--lookups 200] [--many 100]
+                              [--starts-only] [--quick]
 """
 
 from __future__ import annotations
@@ -136,18 +138,31 @@ def loop(lookups: int, command: str) -> str:
     return f"i=0; while [ $i -lt {lookups} ]; do {command} >/dev/null; i=$((i+1)); done"
 
 
-def report_starts(starts: dict[str, list[float]]) -> None:
+def report_starts(starts: dict[str, list[float]], out: Results) -> None:
     print(f"(a) create + start + first answer, {len(starts['none'])} runs each")
     print(f"{'network':<14} {'p50 ms':>8} {'p90 ms':>8}")
+    base = statistics.median(starts["none"])
     for mode, samples in starts.items():
         print(f"{mode:<14} {statistics.median(samples):8.2f} {p90(samples):8.2f}")
-    base = statistics.median(starts["none"])
-    print(f"joining (bridge p50 - none p50): {statistics.median(starts['bridge']) - base:.2f} ms")
+        what = f"create + start + first answer, {mode}, p50"
+        out.figure(what, statistics.median(samples), "ms", anchor="none", anchor_value=base)
+        out.samples(f"create + start + first answer, {mode}", samples)
+    joining = statistics.median(starts["bridge"]) - base
+    print(f"joining (bridge p50 - none p50): {joining:.2f} ms")
+    out.figure("joining a bridge network (bridge p50 - none p50)", joining, "ms")
 
 
-def report_throughput(inside: list[float], host: list[float]) -> None:
+def report_throughput(inside: list[float], host: list[float], out: Results) -> None:
     mib = SIZE / (1024 * 1024)
     rate_in, rate_host = mib / statistics.median(inside), mib / statistics.median(host)
+    out.figure(
+        "container to container over a bridge",
+        rate_in,
+        "MiB/s",
+        anchor="host loopback",
+        anchor_value=rate_host,
+        lower_is_better=False,
+    )
     print(f"\n(b) {mib:.0f} MiB fetch, median of {len(inside)}")
     print(f"container -> container over the bridge: {rate_in:8.0f} MiB/s")
     print(f"host loopback (busybox httpd + nc):     {rate_host:8.0f} MiB/s")
@@ -171,13 +186,17 @@ def many_by_name(rt: LinuxRuntime, site: Path, count: int) -> tuple[float, int]:
     return started, output.split().count("ok")
 
 
-def report_many(count: int, started: float, answered: int) -> None:
+def report_many(count: int, started: float, answered: int, out: Results) -> None:
+    out.figure(f"{count} containers on one network, started one by one", started, "s")
+    out.figure(f"of {count - 1} others, answered by name", answered, "containers")
     print(f"\n(d) {count} containers on one network: started one by one in {started:.2f} s")
     print(f"    ({started * 1000 / count:.1f} ms each); {answered} of {count - 1} others")
     print("    answered the first one by name")
 
 
-def report_dns(lookups: int, dns: float, noop: float) -> None:
+def report_dns(lookups: int, dns: float, noop: float, out: Results) -> None:
+    raw, loop_alone = dns * 1000 / lookups, noop * 1000 / lookups
+    out.figure("nslookup in a container", raw, "ms", anchor="/bin/true", anchor_value=loop_alone)
     print(f"\n(c) {lookups} nslookup in one exec: {dns * 1000 / lookups:.3f} ms each raw,")
     print(f"    {noop * 1000 / lookups:.3f} ms each for the /bin/true loop,")
     print(f"    {(dns - noop) * 1000 / lookups:.3f} ms per answer after subtracting it")
@@ -189,6 +208,7 @@ def main() -> None:
     parser.add_argument("--fetches", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=200)
     parser.add_argument("--many", type=int, default=100)
+    parser.add_argument("--starts-only", action="store_true", help="(a) alone")
     args = parse(parser, runs=3, fetches=2, lookups=50, many=10)
     work = Path(tempfile.mkdtemp(prefix="squish-nbench-"))
     state = Path("/dev/shm") / f"sqn-{secrets.token_hex(4)}"
@@ -198,21 +218,14 @@ def main() -> None:
     with (site / "f").open("wb") as f:
         f.truncate(SIZE)
     (site / "page").write_text("hello\n")
+    out = Results("networks")
     try:
         server = rt.run(httpd("srv", site, "bridge"))
         rt.run(httpd("cli", site, "bridge"))
         answering(rt, "srv")
-        starts = start_samples(rt, site, args.runs)
-        address = server.addresses[NETWORK]
-        script = f"{REQUEST} | nc {address} 80"
-        received(rt.exec_command("cli", ("/bin/sh", "-c", f"{script} | wc -c")).output)
-        fetch = in_container(rt, "cli", f"{script} > /dev/null")
-        inside = [seconds(fetch) for _ in range(args.fetches + 1)][1:]
-        host = host_fetch(site, args.fetches)
-        gateway = {n.name: n for n in rt.list_networks()}[NETWORK].gateway
-        dns = seconds(in_container(rt, "cli", loop(args.lookups, f"nslookup srv {gateway}")))
-        noop = seconds(in_container(rt, "cli", loop(args.lookups, "/bin/true")))
-        started, answered = many_by_name(rt, site, args.many)
+        report_starts(start_samples(rt, site, args.runs), out)
+        if not args.starts_only:
+            carried(rt, site, server.addresses[NETWORK], args, out)
     finally:
         for info in rt.list():
             rt.remove(info.name, force=True)
@@ -221,42 +234,25 @@ def main() -> None:
         rt.shutdown()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
-    report_starts(starts)
-    report_throughput(inside, host)
-    report_dns(args.lookups, dns, noop)
-    report_many(args.many, started, answered)
-    out = Results("networks")
-    record_starts(out, starts)
-    record_throughput(out, inside, host)
-    out.figure(
-        f"DNS answer inside a container ({gateway})", (dns - noop) * 1000 / args.lookups, "ms"
-    )
-    out.figure(f"{args.many} containers on one network, started one by one", started, "s")
-    out.figure(
-        f"{args.many} containers: others answering the first by name", answered, "containers"
-    )
-    out.save()
+    print(f"\nrecorded in {out.save()}")
 
 
-def record_starts(out: Results, starts: dict[str, list[float]]) -> None:
-    for mode, samples in starts.items():
-        out.distribution(f"create + start + first answer, {mode}", samples)
-    joining = statistics.median(starts["bridge"]) - statistics.median(starts["none"])
-    out.figure("joining a bridge network (bridge p50 - none p50)", joining, "ms")
-
-
-def record_throughput(out: Results, inside: list[float], host: list[float]) -> None:
-    mib = SIZE / (1024 * 1024)
-    out.samples("fetch, container -> container over the bridge", [mib / s for s in inside], "MiB/s")
-    out.samples("fetch, host loopback (busybox httpd + nc)", [mib / s for s in host], "MiB/s")
-    out.figure(
-        f"{mib:.0f} MiB fetch, container -> container over the bridge",
-        mib / statistics.median(inside),
-        "MiB/s",
-        anchor="host loopback (busybox httpd + nc)",
-        anchor_value=mib / statistics.median(host),
-        lower_is_better=False,
-    )
+def carried(
+    rt: LinuxRuntime, site: Path, address: str, args: argparse.Namespace, out: Results
+) -> None:
+    """(b), (c) and (d)."""
+    script = f"{REQUEST} | nc {address} 80"
+    received(rt.exec_command("cli", ("/bin/sh", "-c", f"{script} | wc -c")).output)
+    fetch = in_container(rt, "cli", f"{script} > /dev/null")
+    inside = [seconds(fetch) for _ in range(args.fetches + 1)][1:]
+    host = host_fetch(site, args.fetches)
+    report_throughput(inside, host, out)
+    gateway = {n.name: n for n in rt.list_networks()}[NETWORK].gateway
+    dns = seconds(in_container(rt, "cli", loop(args.lookups, f"nslookup srv {gateway}")))
+    noop = seconds(in_container(rt, "cli", loop(args.lookups, "/bin/true")))
+    report_dns(args.lookups, dns, noop, out)
+    started, answered = many_by_name(rt, site, args.many)
+    report_many(args.many, started, answered, out)
 
 
 if __name__ == "__main__":

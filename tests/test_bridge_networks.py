@@ -26,6 +26,7 @@ from runtime.api.spec import (
 )
 from runtime.client.linux import LinuxRuntime
 from runtime.network import bridge, shared
+from runtime.network.netlink import mac_of
 from runtime.network.slirp import LiveForward
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
@@ -116,6 +117,17 @@ def test_bridge_interfaces_carry_frames_as_large_as_the_loopback_nearly(
     nets.run(web("mt", site, "front", "back"))
     script = "cat /sys/class/net/eth0/mtu /sys/class/net/eth1/mtu"
     assert nets.exec_command("mt", ("/bin/sh", "-c", script)).output.split() == ["65520"] * 2
+
+
+def test_inside_ends_carry_the_link_layer_address_of_their_lease(
+    nets: LinuxRuntime, site: Path
+) -> None:
+    """Derived from the address, so a container started again keeps it (peers' ARP
+    caches stay right)."""
+    info = nets.run(web("mc", site, "front", "back"))
+    script = "cat /sys/class/net/eth0/address /sys/class/net/eth1/address"
+    found = nets.exec_command("mc", ("/bin/sh", "-c", script)).output.split()
+    assert found == [mac_of(info.addresses["front"]), mac_of(info.addresses["back"])]
 
 
 def test_a_container_on_two_networks_reaches_both(nets: LinuxRuntime, site: Path) -> None:

@@ -41,7 +41,7 @@ from runtime.holder.protocol import (
     encode,
     marked,
 )
-from runtime.network.driver import driver_for
+from runtime.network.driver import Starting, driver_for
 from runtime.sandbox import syscalls as sc
 from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
@@ -144,12 +144,12 @@ def _namespaces_failure(answer: bytes) -> str:
 
 
 def _network(
-    req: LaunchRequest, init_pid: int, exit_r: int
+    req: LaunchRequest, starting: Starting
 ) -> tuple[ProcessId | None, list[dict[str, Any]]]:
     cdir = Path(req.container_dir)
     driver = driver_for(req)
     try:
-        identity = driver.start(cdir, req.sandbox_slirp, target_pid=init_pid, exit_fd=exit_r)
+        identity = starting()
     except TimeoutError as exc:  # a helper not ready in time fails the launch
         raise _LaunchFailed(str(exc)) from exc
     if not req.forwards:
@@ -201,6 +201,15 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
 
 
 def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
+    # Begun first, finished after the log pump: a bridge network's wiring, done by other
+    # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
+    try:
+        starting = driver_for(req).start(
+            Path(req.container_dir), req.sandbox_slirp, target_pid=init.pid, exit_fd=init.exit_r
+        )
+    except BaseException:
+        _dismiss(init)  # it never got a request: it exits on EOF
+        raise
     cgroup, raw = _into_scope(init, req, raw) if req.systemd_scope else (req.cgroup, raw)
     os.write(init.request_w, raw)
     os.close(init.request_w)
@@ -211,7 +220,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         with contextlib.suppress(BrokenPipeError):  # it failed: its report says why
             os.write(init.go_w, Launching.PLACED.value)
         log_pump = _start_pump(init, req)
-        helper, forwards = _network(req, init.pid, init.exit_r)
+        helper, forwards = _network(req, starting)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the filesystem")
         if mounted != Launching.MOUNTED.value:

@@ -12,11 +12,15 @@ shared slirp4netns (:class:`BridgeForwards`), which its keeper restarts when it 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import SlirpError
-from runtime.network import shared, slirp
+from runtime.network import agent, shared, slirp, wiring
 from runtime.network.addresses import leases_of, open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
@@ -26,6 +30,8 @@ from runtime.wire import Forward
 __all__ = (
     "BridgeDriver",
     "BridgeForwards",
+    "Wiring",
+    "begin_wire",
     "drop_forwards",
     "etc_facts",
     "joined",
@@ -131,14 +137,71 @@ def wire(
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
     an ended namespace a little later, and one may still be there). The keeper has the
     namespace's agent do the work with the descriptor this sends it."""
+    begin_wire(state, name, joins, container_ns, fresh=fresh).done()
+
+
+class Wiring:
+    """A wire asked of the keeper (:func:`begin_wire`): :meth:`done` waits for it."""
+
+    def __init__(self, state: Path, name: str, asked: shared.Asked) -> None:
+        self.state = state
+        self.name = name
+        self.asked = asked
+        self.direct: _Direct | None = None
+
+    def done(self) -> None:
+        """Once the container is wired (OSError when it could not be), recorded in its
+        folder with the keeper that did it."""
+        reply = self.asked.answer()
+        if self.direct is not None:
+            reply = self.direct.settled(reply)
+        wired = {"keeper": reply["keeper"]}
+        write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
+
+
+@dataclass
+class _Direct:
+    """A new container's pairs asked of the agent itself, beside the keeper's sync."""
+
+    sent: agent.Direct | None
+    """None: no agent took the plug."""
+    through_keeper: Callable[[], dict[str, Any]]
+    """The wire through the keeper, for when the direct plug did not do it."""
+
+    def settled(self, synced: dict[str, Any]) -> dict[str, Any]:
+        """The keeper's answer to record: the sync's when the agent of that very keeper
+        made the pairs; else (no agent answered, a bridge new to the namespace was not
+        there yet, the keeper changed in between) the keeper's own wire's."""
+        try:
+            plugged = self.sent.answer() if self.sent is not None else None
+        except OSError:
+            plugged = None
+        if plugged is not None and plugged.get("keeper") == synced["keeper"]:
+            return synced
+        return self.through_keeper()
+
+
+def begin_wire(
+    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+) -> Wiring:
+    """:func:`wire`, only asked: the caller does other work while the keeper wires, then
+    waits with :meth:`Wiring.done` (``container_ns`` stays open until then). A new
+    namespace's pairs (``fresh``) are asked of the keeper's agent directly, while the
+    keeper syncs (the DNS records and rules follow the book before it answers)."""
     if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
         with open_book(state) as book:
             for network in joins:
                 if network not in book.networks:
                     book.add_network(network, None)  # removed while the container was stopped
                 book.lease(network, name)  # kept if it has one
-    reply = shared.call_started(state, "wire", (container_ns,), name=name, joins=joins, fresh=fresh)
-    write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
+    args: dict[str, Any] = {"name": name, "joins": joins, "fresh": fresh}
+    if not fresh:
+        return Wiring(state, name, shared.ask_started(state, "wire", (container_ns,), **args))
+    wiring_ = Wiring(state, name, shared.ask_started(state, "sync"))
+    plug = wiring.plan(name, joins, read_networks(state), os.fstat(container_ns).st_ino)
+    sent = shared.plug_directly(state, {"fresh": True, **plug}, container_ns)
+    wiring_.direct = _Direct(sent, lambda: shared.call(state, "wire", fds=(container_ns,), **args))
+    return wiring_
 
 
 def live_forwards(state: Path) -> dict[str, list[LiveForward]]:
@@ -203,6 +266,14 @@ class BridgeForwards:
         shared.call(self.state, "sync")
 
 
+@contextlib.contextmanager
+def _joining(cdir: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
+
+
 class BridgeDriver:
     """Containers on bridges in the shared namespace (``network = "bridge"``)."""
 
@@ -226,13 +297,27 @@ class BridgeDriver:
 
     def start(
         self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
-    ) -> ProcessId | None:
+    ) -> Callable[[], None]:
+        """The keeper is asked to wire the container at once, and awaited at the end: the
+        launch goes on meanwhile (its init mounts its filesystem)."""
         container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            wire(state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True)
-        except OSError as exc:
-            raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
-        return None
+            with _joining(cdir):
+                wiring = begin_wire(
+                    state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True
+                )
+        except BaseException:
+            os.close(container_ns)
+            raise
+
+        def done() -> None:
+            try:
+                with _joining(cdir):
+                    wiring.done()
+            finally:
+                os.close(container_ns)
+
+        return done
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError("bridge containers share one slirp4netns; its keeper restarts it")

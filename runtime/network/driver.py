@@ -31,6 +31,7 @@ __all__ = (
     "NetworkDriver",
     "NoNetwork",
     "Slirp4netnsDriver",
+    "Starting",
     "driver_for",
 )
 
@@ -60,6 +61,13 @@ class Forwards(Protocol):
 
     def find(self, forward: Forward) -> LiveForward | None:
         """The forward in place equal to ``forward``, if any."""
+
+
+class Starting(Protocol):
+    """A new container's network on its way: calling it waits until the network is
+    ready and returns the helper that serves it (None when there is none)."""
+
+    def __call__(self) -> ProcessId | None: ...
 
 
 class NetworkDriver(Protocol):
@@ -92,13 +100,13 @@ class NetworkDriver(Protocol):
         """Raise :class:`PortInUse`, naming the holder when visible, if the host port of
         ``forward`` is taken; :class:`PortPrivileged` if it is privileged on this host."""
 
-    def start(
-        self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
-    ) -> ProcessId | None:
-        """Start the helper for the new container with init ``target_pid`` and wait
-        until it is ready (``exit_fd``: its end of a pipe held by the init alone, closed
-        when the container ends). None when there is no helper. Raises
-        :class:`SlirpError`, or :class:`TimeoutError` when it is not ready in time."""
+    def start(self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int) -> Starting:
+        """Begin to give the new container with init ``target_pid`` its network; the
+        returned :class:`Starting` starts or awaits the rest: the caller does other work
+        of the launch in between (``exit_fd``: the helper's end of a pipe held by the
+        init alone, closed when the container ends; open until then). Both raise
+        :class:`SlirpError`, or :class:`TimeoutError` when the helper is not ready in
+        time."""
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         """Start the helper again for a running container, in the network namespace
@@ -147,10 +155,8 @@ class Slirp4netnsDriver:
     def ensure_port_free(self, forward: Forward) -> None:
         slirp.ensure_port_free(forward)
 
-    def start(
-        self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
-    ) -> ProcessId | None:
-        return _with_sandbox_fallback(
+    def start(self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int) -> Starting:
+        return lambda: _with_sandbox_fallback(  # all of it when awaited
             sandbox,
             lambda sandboxed: slirp.spawn(
                 cdir, sandboxed, READY_TIMEOUT, target_pid=target_pid, exit_fd=exit_fd
@@ -200,10 +206,8 @@ class NoNetwork:
     def ensure_port_free(self, forward: Forward) -> None:
         raise _no_forwards(f"port {forward.host_port}")
 
-    def start(
-        self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
-    ) -> ProcessId | None:
-        return None
+    def start(self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int) -> Starting:
+        return lambda: None
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError(f"{cdir.name!r} has no network helper to start again")

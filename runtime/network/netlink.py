@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 __all__ = (
     "MTU",
     "Inside",
+    "Requests",
+    "bridge_index",
     "bridge_name",
     "delete_link",
     "ensure_bridge",
@@ -88,8 +93,9 @@ def link_names(ipr: IPRoute) -> set[str]:
     return {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
 
 
-def ensure_bridge(ipr: IPRoute, name: str, subnet: str) -> None:
-    """The bridge ``name`` up, with the subnet's first address (the gateway) on it."""
+def ensure_bridge(ipr: IPRoute, name: str, subnet: str) -> int:
+    """The bridge ``name`` up, with the subnet's first address (the gateway) on it;
+    return its interface index."""
     net = ipaddress.IPv4Network(subnet)
     gateway = str(next(net.hosts()))
     index = _index(ipr, name)
@@ -101,6 +107,7 @@ def ensure_bridge(ipr: IPRoute, name: str, subnet: str) -> None:
     if gateway not in have:
         ipr.addr("add", index=index, address=gateway, prefixlen=net.prefixlen)
     ipr.link("set", index=index, state="up")
+    return index
 
 
 def delete_link(ipr: IPRoute, name: str) -> None:
@@ -110,17 +117,82 @@ def delete_link(ipr: IPRoute, name: str) -> None:
         ipr.link("del", index=index)
 
 
-def make_veth(ipr: IPRoute, host_end: str, bridge: str, inside: Inside, ns_fd: int) -> None:
-    """A veth pair: ``host_end`` joins ``bridge`` here and comes up; its peer is made
-    directly in the namespace ``ns_fd`` as ``inside.ifname`` with its link-layer address
-    (still down, no IP address). Made there rather than moved there: moving a device
-    between namespaces waits for the kernel's network-wide synchronisation (about 20 ms
-    here), making it in place does not."""
-    master = _index(ipr, bridge)
-    if master is None:
-        raise OSError(f"no bridge {bridge}")
-    peer = {"ifname": inside.ifname, "net_ns_fd": ns_fd, "address": inside.mac, "mtu": MTU}
-    ipr.link("add", ifname=host_end, kind="veth", peer=peer, master=master, state="up", mtu=MTU)
+def bridge_index(ipr: IPRoute, name: str) -> int:
+    """The interface index of bridge ``name``; OSError when there is none."""
+    index = _index(ipr, name)
+    if index is None:
+        raise OSError(f"no bridge {name}")
+    return index
+
+
+class Requests:
+    """A bare netlink socket of the calling process's network namespace, for the request
+    a container's start waits for: the message is encoded by pyroute2's classes, sent,
+    and its acknowledgement read here. ``IPRoute`` runs an event loop for each call and
+    decodes each answer whole: about 0.9 ms of Python per veth pair on this machine,
+    more than the kernel's own work."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+        )
+        self.sock.bind((0, 0))
+        self.sequence = 0
+
+    def send(self, message: Any, kind: int, flags: int) -> None:
+        """Send ``message`` (a pyroute2 message of type ``kind``) and wait for its
+        acknowledgement; OSError with the kernel's errno when it refused."""
+        self.sequence += 1
+        header = message["header"]
+        header["type"], header["sequence_number"] = kind, self.sequence
+        header["flags"] = _NLM_F_REQUEST | _NLM_F_ACK | flags
+        message.encode()
+        self.sock.send(message.data)
+        while True:
+            answer = self.sock.recv(65536)
+            _, kind, _, sequence, _ = _NLMSGHDR.unpack_from(answer)
+            if kind == _NLMSG_ERROR and sequence == self.sequence:
+                (error,) = struct.unpack_from("=i", answer, _NLMSGHDR.size)
+                if error:
+                    raise OSError(-error, os.strerror(-error))
+                return
+
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLMSG_ERROR = 2
+_RTM_NEWLINK = 16
+_NLM_F_REQUEST = 0x1
+_NLM_F_ACK = 0x4
+_NLM_F_EXCL = 0x200
+_NLM_F_CREATE = 0x400
+_IFF_UP = 0x1
+
+
+def make_veth(requests: Requests, host_end: str, master: int, inside: Inside, ns_fd: int) -> None:
+    """A veth pair: ``host_end`` joins the bridge of index ``master`` here and comes up;
+    its peer is made directly in the namespace ``ns_fd`` as ``inside.ifname`` with its
+    link-layer address (still down, no IP address). Made there rather than moved there:
+    moving a device between namespaces waits for the kernel's network-wide
+    synchronisation (about 20 ms here), making it in place does not. OSError (EEXIST
+    when ``host_end`` exists) when the kernel refuses."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    peer = [
+        ["IFLA_IFNAME", inside.ifname],
+        ["IFLA_NET_NS_FD", ns_fd],
+        ["IFLA_ADDRESS", inside.mac],
+        ["IFLA_MTU", MTU],
+    ]
+    data = {"attrs": [["VETH_INFO_PEER", {"attrs": peer}]]}
+    message = ifinfmsg()
+    message["flags"] = message["change"] = _IFF_UP
+    message["attrs"] = [
+        ["IFLA_IFNAME", host_end],
+        ["IFLA_MASTER", master],
+        ["IFLA_MTU", MTU],
+        ["IFLA_LINKINFO", {"attrs": [["IFLA_INFO_KIND", "veth"], ["IFLA_INFO_DATA", data]]}],
+    ]
+    requests.send(message, _RTM_NEWLINK, _NLM_F_CREATE | _NLM_F_EXCL)
 
 
 @dataclass(frozen=True)

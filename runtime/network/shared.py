@@ -12,15 +12,19 @@ networks' way out and the host forwards' way in), starts the DNS responder in it
   (:mod:`runtime.network.nft`, forwards of containers no longer running dropped), and the
   DNS responder's records file; what did not change since the last sync is not done
   again;
-- ``wire``: a sync, then a container's veth pairs (:mod:`runtime.network.wiring`);
+- ``wire``: a container's veth pairs (:mod:`runtime.network.wiring`), with a sync;
+  the agent makes the pairs while the keeper works out the rest of the sync, unless a
+  bridge is new (then the sync comes first); the answer can be read later
+  (:func:`ask`), so a launch goes on meanwhile;
 - ``ping``; ``stop``: end slirp4netns, the responder and the agent, then itself.
 
 A slirp4netns or responder that dies is started again at once, and every recorded host
 forward is put back into the new slirp4netns. An agent that dies took the namespace with
 it: the supervisor ends what it started and itself, and the next caller starts a new one
-(containers wired to the old one are healed by rewiring). Files, in ``STATE/bridge``: ``ctl.sock``,
-``slirp.sock``, ``slirp.log``, ``keeper.json`` (pids), ``forwards.json``, ``dns.json``,
-``dns.log``, ``keeper.lock``, ``forwards.lock``.
+(containers wired to the old one are healed by rewiring). Files, in ``STATE/bridge``:
+``ctl.sock``, ``agent.sock`` (the agent's, for launchers' plugs), ``slirp.sock``,
+``slirp.log``, ``keeper.json`` (pids), ``forwards.json``, ``dns.json``, ``dns.log``,
+``keeper.lock``, ``forwards.lock``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any, NoReturn
 from runtime.errors import SlirpError
 from runtime.network import agent as agent_process
 from runtime.network import netlink, nft, slirp, wiring
-from runtime.network.addresses import NetworkRecord, open_book
+from runtime.network.addresses import NetworkRecord, read_networks
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
 from runtime.util.fdpass import receive_with_fds, send_with_fds
@@ -52,14 +56,17 @@ from runtime.wire import Forward
 
 __all__ = (
     "BRIDGE_DIR",
+    "Asked",
     "ForwardRecord",
+    "ask",
+    "ask_started",
     "bridge_dir",
     "call",
-    "call_started",
     "ensure_supervisor",
     "free_guest_port",
     "load_forwards",
     "locked",
+    "plug_directly",
     "save_forwards",
     "slirp_forward",
     "slirp_identity",
@@ -72,6 +79,8 @@ CONTAINERS = "containers"
 """The containers' folder in the state folder (the holder's ``CONTAINERS_DIR``)."""
 READY_TIMEOUT = 10.0
 KEEPER_LOCK = "keeper.lock"
+AGENT_SOCKET = "agent.sock"
+"""Where the agent takes launchers' plugs (:func:`plug_directly`)."""
 DNS_MODULE = "runtime.network.dnsserver"
 STATE_CHECK = 10.0
 """Seconds of quiet after which the keeper checks that its control socket (and so its
@@ -102,23 +111,57 @@ def locked(state: Path, lock: str = "forwards.lock") -> Iterator[Path]:
 # -- what callers use ----------------------------------------------------------------
 
 
+class Asked:
+    """A request sent to the supervisor, its answer not read yet: the caller goes on
+    with other work meanwhile and reads it with :meth:`answer`."""
+
+    def __init__(
+        self, sock: socket.socket, op: str, again: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
+        self.sock = sock
+        self.op = op
+        self.again = again
+        """What to do instead when the connection is reset (:func:`ask_started`)."""
+
+    def answer(self) -> dict[str, Any]:
+        """The supervisor's answer (the connection is closed); OSError when it gives
+        none or failed."""
+        with self.sock:
+            try:
+                reply = jsonsock.decode_object(jsonsock.read_to_eof(self.sock, 1 << 20))
+            except ConnectionError:
+                if self.again is None:
+                    raise
+                return self.again()
+            except jsonsock.EmptyMessage:  # it died mid-request, or is going away
+                raise OSError(f"the bridge network keeper gave no answer to {self.op}") from None
+        if "error" in reply:
+            raise OSError(f"the bridge network keeper failed to {self.op}: {reply['error']}")
+        return reply
+
+
+def ask(
+    state: Path, op: str, timeout: float = 20.0, fds: tuple[int, ...] = (), **args: Any
+) -> Asked:
+    """Send ``op`` (with ``args``, and descriptors ``fds``) to the supervisor."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        jsonsock.connect(sock, bridge_dir(state) / "ctl.sock", timeout)
+        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
+        sock.shutdown(socket.SHUT_WR)
+    except BaseException:
+        sock.close()
+        raise
+    return Asked(sock, op)
+
+
 def call(
     state: Path, op: str, timeout: float = 20.0, fds: tuple[int, ...] = (), **args: Any
 ) -> dict[str, Any]:
     """Send ``op`` (with ``args``, and descriptors ``fds``) to the supervisor; OSError
     when it does not answer or fails."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout)
-        jsonsock.connect(sock, bridge_dir(state) / "ctl.sock", timeout)
-        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
-        sock.shutdown(socket.SHUT_WR)
-        try:
-            reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
-        except jsonsock.EmptyMessage:  # it died mid-request, or is going away
-            raise OSError(f"the bridge network keeper gave no answer to {op}") from None
-    if "error" in reply:
-        raise OSError(f"the bridge network keeper failed to {op}: {reply['error']}")
-    return reply
+    return ask(state, op, timeout, fds, **args).answer()
 
 
 def _keeper(state: Path) -> dict[str, Any]:
@@ -165,14 +208,32 @@ def ensure_supervisor(state: Path) -> None:
             raise SlirpError(f"the bridge network keeper did not start: {message}")
 
 
-def call_started(state: Path, op: str, fds: tuple[int, ...] = (), **args: Any) -> dict[str, Any]:
-    """:func:`call`, starting the supervisor first when none of this user namespace is
-    there to answer (no ping when one is: the common case costs one round trip)."""
+def ask_started(state: Path, op: str, fds: tuple[int, ...] = (), **args: Any) -> Asked:
+    """:func:`ask`, starting the supervisor first when none of this user namespace is
+    there to answer (no ping when one is: the common case costs one round trip); one
+    that goes away before it answers (a reset connection) is started again and asked
+    again."""
+
+    def again() -> dict[str, Any]:
+        ensure_supervisor(state)
+        return call(state, op, fds=fds, **args)
+
     if _keeper(state).get("userns") == _own_userns():
         with contextlib.suppress(ConnectionError, FileNotFoundError):
-            return call(state, op, fds=fds, **args)
+            asked = ask(state, op, fds=fds, **args)
+            asked.again = again
+            return asked
     ensure_supervisor(state)
-    return call(state, op, fds=fds, **args)
+    return ask(state, op, fds=fds, **args)
+
+
+def plug_directly(state: Path, plug: dict[str, Any], ns_fd: int) -> agent_process.Direct | None:
+    """Send the agent of the running keeper ``plug`` (a new container's pairs) itself:
+    one process less each way than through the keeper. None when no agent answers."""
+    try:
+        return agent_process.plug(bridge_dir(state) / AGENT_SOCKET, ns_fd, 20.0, **plug)
+    except (ConnectionError, FileNotFoundError):
+        return None
 
 
 def stop_supervisor(state: Path) -> None:
@@ -351,7 +412,7 @@ class _Supervisor:
         self._serve(ctl)
 
     def _start_agent(self) -> None:
-        self.agent = agent_process.start(READY_TIMEOUT)
+        self.agent = agent_process.start(READY_TIMEOUT, self.bdir / AGENT_SOCKET)
         self.children[self.agent.pid] = "agent"
         self.ns_fd = os.open(f"/proc/{self.agent.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
@@ -410,28 +471,39 @@ class _Supervisor:
 
     def sync(self) -> dict[str, NetworkRecord]:
         """Bring the namespace in line with the address book; return the book's networks."""
-        with open_book(self.state) as book:
-            networks = dict(book.networks)
+        networks = read_networks(self.state)  # replaced whole by its writers: no lock
+        self._apply(self._links(networks))
+        self._write_records(networks)
+        self._await_dns()
+        return networks
+
+    def _links(self, networks: dict[str, NetworkRecord]) -> dict[str, Any]:
+        """The agent's ``links`` request for ``networks`` (the forwards of containers
+        that are gone are dropped from the forwards file on the way)."""
         with locked(self.state):
             loaded = load_forwards(self.bdir)
             records = [r for r in loaded if _exists(self.state, r.container)]
             if records != loaded:
                 save_forwards(self.bdir, records)
-        links: dict[str, Any] = {
-            "bridges": [[netlink.bridge_name(n), r.subnet] for n, r in sorted(networks.items())],
+        return {
+            "bridges": _bridge_list(networks),
             "ruleset": nft.ruleset(_bridges(networks), _dnats(networks, records)),
         }
+
+    def _apply(self, links: dict[str, Any]) -> None:
         if links != self.applied:
             self._agent().call("links", (), **links)
             self.applied = links
+
+    def _write_records(self, networks: dict[str, NetworkRecord]) -> None:
+        """The DNS responder's records file, when they changed (it reads the file again
+        before it answers the next query)."""
         if self.aliases is None:
             self.aliases = _AliasBook(self.state)
         dns = _records(networks, self.aliases)
         if dns != self.records:
             write_json_atomic(self.bdir / "dns.json", dns)
             self.records = dns
-            self._await_dns()
-        return networks
 
     def _await_dns(self) -> None:
         """Once the responder listens on every network's gateway, so that a container
@@ -491,7 +563,7 @@ class _Supervisor:
                 if op == "sync":
                     self.sync()
                 elif op == "wire":
-                    self._wire(request, self.sync(), fds[0])
+                    self._wire(request, fds[0])
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
@@ -502,13 +574,30 @@ class _Supervisor:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode())
 
-    def _wire(
-        self, request: dict[str, Any], networks: dict[str, NetworkRecord], container_ns: int
-    ) -> None:
-        """A container's veth pairs (see :func:`runtime.network.bridge.wire`)."""
+    def _wire(self, request: dict[str, Any], container_ns: int) -> None:
+        """A container's veth pairs (see :func:`runtime.network.bridge.wire`), with a
+        sync. When every bridge is there already, the agent makes the pairs while this
+        process works out the rest of the sync (rules, DNS records), and the rules are
+        loaded after (they hold nothing the pairs need); a new bridge comes first."""
+        networks = read_networks(self.state)
+        if self.applied is None or _bridge_list(networks) != self.applied["bridges"]:
+            networks = self.sync()
         name, joins = str(request["name"]), [str(n) for n in request["joins"]]
         plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
-        self._agent().call("plug", (container_ns,), fresh=bool(request["fresh"]), **plug)
+        self._agent().send("plug", (container_ns,), fresh=bool(request["fresh"]), **plug)
+        failed: OSError | None = None
+        try:
+            links = self._links(networks)
+            self._write_records(networks)
+        finally:
+            try:
+                self._agent().result("plug")
+            except OSError as exc:  # raised once the sync is done, as when it came first
+                failed = exc
+        self._apply(links)
+        self._await_dns()
+        if failed is not None:
+            raise failed
 
     def _stop(self, conn: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
@@ -533,6 +622,11 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def _json(process: ProcessId | None) -> dict[str, int] | None:
     return process.to_json() if process is not None else None
+
+
+def _bridge_list(networks: dict[str, NetworkRecord]) -> list[list[str]]:
+    """The bridges of ``networks``, as the ``links`` request names them."""
+    return [[netlink.bridge_name(n), r.subnet] for n, r in sorted(networks.items())]
 
 
 def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
