@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from runtime.errors import SlirpError
-from runtime.network import shared, slirp
+from runtime.errors import PortInUse, SlirpError
+from runtime.network import porter, shared, slirp
 from runtime.network.addresses import leases_of, open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
@@ -87,21 +88,22 @@ def sync_if_running(state: Path) -> None:
 
 
 def drop_forwards(state: Path, name: str) -> None:
-    """Take container ``name``'s host forwards out of the shared slirp4netns and the
-    rules (it stopped, or starts again and adds them anew)."""
+    """Take container ``name``'s host forwards out of the shared slirp4netns, the port
+    handler and the rules (it stopped, or starts again and adds them anew)."""
     with shared.locked(state) as bdir:
         records = shared.load_forwards(bdir)
-        mine = {(r.proto, r.guest_port) for r in records if r.container == name}
-        if not mine:
+        gone = [r for r in records if r.container == name]
+        if not gone:
             return
         shared.save_forwards(bdir, [r for r in records if r.container != name])
     if shared.slirp_identity(state) is None:
         return  # no keeper: nothing holds them
+    mine = {(r.proto, r.guest_port) for r in gone if r.handler != "splice"}
     api = bdir / slirp.API_SOCKET
-    for live in slirp.list_forwards(api):
+    for live in slirp.list_forwards(api) if mine else ():
         if (live.forward.proto, live.forward.guest_port) in mine:
             slirp.remove_forward(api, live.id)
-    shared.call(state, "sync")
+    shared.call(state, "sync")  # the port handler lets go of the others
 
 
 def rename_forwards(state: Path, name: str, new_name: str) -> None:
@@ -141,16 +143,21 @@ def wire(
 
 
 class BridgeForwards:
-    """Host forwards of one bridge container through the shared slirp4netns."""
+    """Host forwards of one bridge container: TCP through the port handler of the shared
+    namespace when ``handler`` is ``splice`` (:mod:`runtime.network.porter`), the rest
+    through the shared slirp4netns."""
 
-    def __init__(self, state: Path, name: str) -> None:
+    def __init__(self, state: Path, name: str, handler: str = porter.HANDLERS[0]) -> None:
         self.state = state
         self.name = name
+        self.handler = handler
         self.api = shared.bridge_dir(state) / slirp.API_SOCKET
 
     def add(self, forward: Forward) -> int:
+        handler = self.handler if forward.proto == "tcp" else "slirp4netns"
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
+            _check_unclaimed(records, forward)
             record = shared.ForwardRecord(
                 self.name,
                 forward.proto,
@@ -158,35 +165,76 @@ class BridgeForwards:
                 forward.host_port,
                 forward.guest_port,
                 shared.free_guest_port(records, forward.proto),
+                handler,
             )
             shared.save_forwards(bdir, [*records, record])
         try:
-            shared.call(self.state, "sync")  # the DNAT rule before the first packet
+            reply = shared.call(self.state, "sync")  # the DNAT rule before the first packet
+            if handler == "splice":
+                return _listener_id(reply, forward)
             return slirp.add_forward(self.api, shared.slirp_forward(record))
         except BaseException:
             self._drop(record.proto, record.guest_port)
             raise
 
+    def take(self, forward: Forward, giver: str) -> int | None:
+        """Hand ``forward`` of container ``giver`` over to this one in one step: the
+        port handler's listener stays open and sends the next connection here. None
+        when ``giver`` holds no such forward through the port handler."""
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+            record = next((r for r in records if r.container == giver and _same(r, forward)), None)
+            if record is None or record.handler != "splice":
+                return None
+            record.container = self.name
+            shared.save_forwards(bdir, records)
+        return _listener_id(shared.call(self.state, "sync"), forward)
+
     def remove(self, forward_id: int) -> None:
+        if forward_id >= porter.FIRST_ID:
+            self._remove_spliced(forward_id)
+            return
         for live in slirp.list_forwards(self.api):
             if live.id == forward_id:
                 slirp.remove_forward(self.api, forward_id)
                 self._drop(live.forward.proto, live.forward.guest_port)
 
+    def _remove_spliced(self, forward_id: int) -> None:
+        for entry in self._listeners():
+            if entry["id"] == forward_id:
+                with shared.locked(self.state) as bdir:
+                    records = shared.load_forwards(bdir)
+                key = (entry["host_addr"], entry["host_port"])
+                for r in records:
+                    if r.container == self.name and (r.host_addr, r.host_port) == key:
+                        self._drop(r.proto, r.guest_port)
+
     def list(self) -> list[LiveForward]:
         with shared.locked(self.state) as bdir:
-            ours = {
-                (r.proto, r.guest_port): r
-                for r in shared.load_forwards(bdir)
-                if r.container == self.name
-            }
+            mine = [r for r in shared.load_forwards(bdir) if r.container == self.name]
+        ours = {(r.proto, r.guest_port): r for r in mine if r.handler != "splice"}
         found = []
-        for live in slirp.list_forwards(self.api):
-            record = ours.get((live.forward.proto, live.forward.guest_port))
-            if record is not None and live.forward.host_port == record.host_port:
-                forward = Forward(record.proto, record.host_addr, record.host_port, record.port)
-                found.append(LiveForward(live.id, forward))
+        if ours:
+            for live in slirp.list_forwards(self.api):
+                record = ours.get((live.forward.proto, live.forward.guest_port))
+                if record is not None and live.forward.host_port == record.host_port:
+                    found.append(LiveForward(live.id, _forward(record)))
+        spliced = {(r.host_addr, r.host_port, r.port): r for r in mine if r.handler == "splice"}
+        if spliced:
+            for entry in self._listeners():
+                record = spliced.get((entry["host_addr"], entry["host_port"], entry["port"]))
+                if record is not None:
+                    found.append(LiveForward(int(entry["id"]), _forward(record)))
         return found
+
+    def _listeners(self) -> tuple[dict[str, Any], ...]:
+        """The port handler's listeners now (it is the truth, as slirp4netns' list is)."""
+        control = shared.bridge_dir(self.state) / porter.CONTROL_SOCKET
+        try:
+            listeners = porter.request(control, "list")["listeners"]
+        except (OSError, ValueError) as exc:
+            raise SlirpError(f"the port handler at {control} is unreachable: {exc}") from exc
+        return tuple(listeners)
 
     def find(self, forward: Forward) -> LiveForward | None:
         return next((live for live in self.list() if live.forward == forward), None)
@@ -197,6 +245,35 @@ class BridgeForwards:
             kept = [r for r in records if (r.proto, r.guest_port) != (proto, guest_port)]
             shared.save_forwards(bdir, kept)
         shared.call(self.state, "sync")
+
+
+def _check_unclaimed(records: list[shared.ForwardRecord], forward: Forward) -> None:
+    """:class:`PortInUse` when a container already holds the host port of ``forward``
+    through the port handler (whose listener the plain check sees as anyone's)."""
+    port = (forward.proto, forward.host_addr, forward.host_port)
+    for r in records:
+        if (r.proto, r.host_addr, r.host_port) == port:
+            holder = f"container {r.container!r}"
+            raise PortInUse(forward.host_addr, forward.host_port, forward.proto, holder)
+
+
+def _same(record: shared.ForwardRecord, forward: Forward) -> bool:
+    return _forward(record) == forward
+
+
+def _forward(record: shared.ForwardRecord) -> Forward:
+    return Forward(record.proto, record.host_addr, record.host_port, record.port)
+
+
+def _listener_id(reply: dict[str, Any], forward: Forward) -> int:
+    """The id of the port handler's listener for ``forward``, as a keeper's sync reported
+    it; :class:`PortInUse` or :class:`PortPrivileged` when it could not be bound."""
+    for entry in reply.get("listeners", []):
+        if (entry["host_addr"], entry["host_port"]) == (forward.host_addr, forward.host_port):
+            return int(entry["id"])
+    slirp.ensure_port_free(forward)  # the likely reasons, named
+    failed = [f for f in reply.get("unbound", []) if f.get("host_port") == forward.host_port]
+    raise SlirpError(f"the port handler could not bind {forward}: {failed or 'no listener'}")
 
 
 class BridgeDriver:
@@ -233,5 +310,5 @@ class BridgeDriver:
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError("bridge containers share one slirp4netns; its keeper restarts it")
 
-    def forwards(self, cdir: Path, name: str) -> BridgeForwards:
-        return BridgeForwards(state_of(cdir), name)
+    def forwards(self, cdir: Path, name: str, handler: str = porter.HANDLERS[0]) -> BridgeForwards:
+        return BridgeForwards(state_of(cdir), name, handler)

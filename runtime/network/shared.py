@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 
 from runtime.errors import SlirpError
 from runtime.network import agent as agent_process
-from runtime.network import netlink, nft, slirp, wiring
+from runtime.network import netlink, nft, porter, slirp, wiring
 from runtime.network.addresses import NetworkRecord, open_book
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
@@ -186,7 +186,8 @@ def stop_supervisor(state: Path) -> None:
 
 
 def _end(keeper: dict[str, Any]) -> None:
-    for key in ("supervisor", "slirp", "dns", "agent", "pinner"):  # "pinner": in earlier records
+    # "pinner": in earlier records
+    for key in ("supervisor", "slirp", "porter", "dns", "agent", "pinner"):
         process = ProcessId.from_json(keeper.get(key))
         if process is not None and process.send(signal.SIGKILL):
             process.wait_gone(5.0)
@@ -227,6 +228,10 @@ class ForwardRecord:
     host_port: int
     port: int
     guest_port: int
+    handler: str = "slirp4netns"
+    """Who serves it: ``splice`` (the port handler, :mod:`runtime.network.porter`:
+    host_addr:host_port straight to the container's address:port) or ``slirp4netns``
+    (the way above; records written before the port handler existed)."""
 
 
 def load_forwards(bdir: Path) -> list[ForwardRecord]:
@@ -319,6 +324,11 @@ class _Supervisor:
     """What slirp4netns and the responder watch: EOF when this process ends."""
     exit_w: int = -1
     slirp: ProcessId | None = None
+    porter: ProcessId | None = None
+    bound: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    """The port handler's listeners, by host address and port, as it reported them."""
+    unbound: list[dict[str, Any]] = field(default_factory=list)
+    """The splice forwards the last sync could not bind, with the errno."""
     dns: ProcessId | None = None
     children: dict[int, str] = field(default_factory=dict)
     applied: dict[str, Any] | None = None
@@ -337,6 +347,7 @@ class _Supervisor:
             self.exit_r, self.exit_w = os.pipe2(os.O_CLOEXEC)
             self._start_agent()
             self._start_slirp()
+            self._start_porter()
             self.sync()
             self._start_dns()
             self._await_dns()
@@ -363,8 +374,51 @@ class _Supervisor:
             self.slirp = slirp.spawn(self.bdir, False, READY_TIMEOUT, **fds)
         self.children[self.slirp.pid] = "slirp"
         for record in load_forwards(self.bdir):
+            if record.handler == "splice":
+                continue
             with contextlib.suppress(OSError):  # a port taken meanwhile stays out
                 slirp.add_forward(self.bdir / slirp.API_SOCKET, slirp_forward(record))
+
+    def _start_porter(self) -> None:
+        """Fork the port handler (the next sync binds its listeners)."""
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            try:
+                close_fds_except({self.ns_fd, self.exit_r, ready_w, 2})
+                porter.run(self.ns_fd, self.exit_r, self.bdir / porter.CONTROL_SOCKET, ready_w)
+            finally:
+                os._exit(1)
+        os.close(ready_w)
+        ready = os.read(ready_r, 1) if wait_readable([ready_r], READY_TIMEOUT) else b""
+        os.close(ready_r)
+        self.children[child] = "porter"
+        if ready != b"1":
+            raise SlirpError("the port handler did not start")
+        self.porter = ProcessId.of(child)
+        self.bound = {}
+
+    def _ports(self, networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> None:
+        """Have the port handler listen for each splice forward and send it to its
+        container's address now; a listener whose container moved is swapped in one step."""
+        wanted = _backends(networks, records)
+        control = self.bdir / porter.CONTROL_SOCKET
+        for key in [key for key in self.bound if key not in wanted]:
+            porter.request(control, "unbind", id=self.bound.pop(key)["id"])
+        self.unbound = []
+        for (host_addr, host_port), (addr, port) in wanted.items():
+            have = self.bound.get((host_addr, host_port))
+            if have is not None and (have["addr"], have["port"]) != (addr, port):
+                porter.request(control, "swap", id=have["id"], addr=addr, port=port)
+                have.update(addr=addr, port=port)
+            elif have is None:
+                at: dict[str, Any] = {"host_addr": host_addr, "host_port": host_port}
+                try:
+                    self.bound[(host_addr, host_port)] = porter.request(
+                        control, "bind", **at, addr=addr, port=port
+                    )
+                except OSError as exc:
+                    self.unbound.append({**at, "errno": exc.errno})
 
     def _start_dns(self) -> None:
         if importlib.util.find_spec(DNS_MODULE) is None:
@@ -403,6 +457,7 @@ class _Supervisor:
             "supervisor": _json(ProcessId.of(os.getpid())),
             "agent": _json(ProcessId.of(self.agent.pid) if self.agent else None),
             "slirp": _json(self.slirp),
+            "porter": _json(self.porter),
             "dns": _json(self.dns),
             "userns": _own_userns(),
         }
@@ -424,6 +479,7 @@ class _Supervisor:
         if links != self.applied:
             self._agent().call("links", (), **links)
             self.applied = links
+        self._ports(networks, records)
         if self.aliases is None:
             self.aliases = _AliasBook(self.state)
         dns = _records(networks, self.aliases)
@@ -473,6 +529,9 @@ class _Supervisor:
             os._exit(1)
         if kind == "slirp":
             self._start_slirp()
+        elif kind == "porter":
+            self._start_porter()
+            self.sync()
         else:
             self._start_dns()
             self.listening = set()  # a new responder: wait for each address again
@@ -490,6 +549,8 @@ class _Supervisor:
                 op = request.get("op")
                 if op == "sync":
                     self.sync()
+                    reply["listeners"] = list(self.bound.values())
+                    reply["unbound"] = self.unbound
                 elif op == "wire":
                     self._wire(request, self.sync(), fds[0])
                 elif op == "stop":
@@ -517,7 +578,7 @@ class _Supervisor:
         os._exit(0)
 
     def _end_all(self) -> None:
-        for process in (self.slirp, self.dns):
+        for process in (self.slirp, self.porter, self.dns):
             if process is not None:
                 process.send(signal.SIGKILL)
         if self.agent is not None:
@@ -542,14 +603,29 @@ def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
     ]
 
 
+def _address_of(networks: dict[str, NetworkRecord], container: str) -> str | None:
+    """Where host forwards to ``container`` go: its address on the first of its networks."""
+    return next((n.leases[container] for n in networks.values() if container in n.leases), None)
+
+
+def _backends(
+    networks: dict[str, NetworkRecord], records: list[ForwardRecord]
+) -> dict[tuple[str, int], tuple[str, int]]:
+    """(host address, host port) -> (container address, port) of each splice forward
+    (the first record of a host port wins: a later one is a conflict, never a move)."""
+    wanted: dict[tuple[str, int], tuple[str, int]] = {}
+    for record in records:
+        address = _address_of(networks, record.container)
+        if record.handler == "splice" and address is not None:
+            wanted.setdefault((record.host_addr, record.host_port), (address, record.port))
+    return wanted
+
+
 def _dnats(networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> list[nft.Dnat]:
     dnats = []
     for record in records:
-        address = next(
-            (n.leases[record.container] for n in networks.values() if record.container in n.leases),
-            None,
-        )
-        if address is not None:
+        address = _address_of(networks, record.container)
+        if address is not None and record.handler != "splice":
             dnats.append(nft.Dnat(record.proto, record.guest_port, address, record.port))
     return dnats
 

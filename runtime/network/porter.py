@@ -1,0 +1,264 @@
+"""The host-side port handler (``port_handler = "splice"``): TCP host forwards of bridge
+containers without slirp4netns' user-mode TCP.
+
+One process per shared network namespace, forked by its keeper
+(:mod:`runtime.network.shared`), which restarts it when it dies: it lives in the host's
+network namespace and the holder's user namespace, so it binds the host ports, and one
+thread of it enters the shared namespace for good to make the sockets towards containers
+(a socket stays in the namespace it was made in; the thread cannot come back: the host's
+namespace belongs to a user namespace above the holder's). Each accepted connection gets
+such a socket, connected to the container's address and port, and its bytes are moved
+between the two with ``splice(2)`` through a pipe in each direction (the kernel moves
+them; this process never reads them).
+
+A listener's backend changes in one step (``swap``): the host socket stays open, so a
+container replaced by another answering the same port refuses nothing; connections
+already accepted finish with the backend they had. UDP is not handled here: it stays
+with slirp4netns.
+
+Control: ``ports.sock`` in the bridge folder, one JSON request per connection (the
+keeper is its only client): ``bind`` (host_addr, host_port, addr, port: a new listener,
+an error with the errno when the port cannot be bound), ``swap`` (id, addr, port),
+``unbind`` (id), ``list``. It ends when ``exit_fd`` reaches EOF (its keeper ended).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import queue
+import selectors
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from runtime.sandbox import syscalls as sc
+from runtime.settings import PORT_HANDLERS
+from runtime.util import jsonsock
+
+__all__ = ("CONTROL_SOCKET", "FIRST_ID", "HANDLERS", "Listener", "Porter", "request", "run")
+
+HANDLERS = PORT_HANDLERS
+"""The ways a bridge container's TCP forward can be served; the first is the default
+(UDP forwards always go through slirp4netns)."""
+CONTROL_SOCKET = "ports.sock"
+FIRST_ID = 1 << 20
+"""Listener ids count up from here: slirp4netns' own forward ids count up from 1, so the
+two never meet in one container's list."""
+_PIPE_SIZE = 1 << 20
+"""Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
+_BACKLOG = 512
+_AHEAD = 16
+"""Sockets of the shared namespace made ahead of the connections that need them."""
+_MAX_REQUEST = 1 << 16
+
+
+@dataclass
+class Listener:
+    """A host socket and the container address its connections go to."""
+
+    id: int
+    sock: socket.socket
+    host_addr: str
+    host_port: int
+    addr: str
+    port: int
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host_addr": self.host_addr,
+            "host_port": self.host_port,
+            "addr": self.addr,
+            "port": self.port,
+        }
+
+
+def request(path: Path, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
+    """Send ``op`` to the port handler at ``path``; OSError when it does not answer or
+    fails (its errno, when the failure had one)."""
+    reply = jsonsock.exchange(path, {"op": op, **args}, timeout=timeout, limit=1 << 20)
+    error = reply.get("error")
+    if isinstance(error, dict):
+        raise OSError(int(error.get("errno") or 0) or errno.EIO, str(error.get("desc")))
+    return reply
+
+
+class _Sockets:
+    """Unconnected TCP sockets of the namespace ``ns_fd``, made ahead by a thread that
+    entered it for good."""
+
+    def __init__(self, ns_fd: int) -> None:
+        self.ready: queue.Queue[socket.socket] = queue.Queue(maxsize=_AHEAD)
+        self.entered = threading.Event()
+        self.failure: OSError | None = None
+        threading.Thread(target=self._make, args=(ns_fd,), daemon=True).start()
+        self.entered.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    def _make(self, ns_fd: int) -> None:
+        try:
+            sc.setns(ns_fd, sc.CLONE_NEWNET)
+        except OSError as exc:
+            self.failure = exc
+            return
+        finally:
+            self.entered.set()
+        while True:
+            self.ready.put(socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))
+
+    def take(self) -> socket.socket:
+        return self.ready.get()
+
+
+class Porter:
+    """The listeners and the loop that accepts on them."""
+
+    def __init__(self, ns_fd: int, control: socket.socket, exit_fd: int) -> None:
+        self.sockets = _Sockets(ns_fd)
+        self.control = control
+        self.exit_fd = exit_fd
+        self.listeners: dict[int, Listener] = {}
+        self.next_id = FIRST_ID
+        self.selector = selectors.DefaultSelector()
+
+    def bind(self, host_addr: str, host_port: int, addr: str, port: int) -> Listener:
+        family = socket.AF_INET6 if ":" in host_addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host_addr, host_port))
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = Listener(self.next_id, sock, host_addr, host_port, addr, port)
+        self.next_id += 1
+        self.listeners[listener.id] = listener
+        self.selector.register(sock, selectors.EVENT_READ, listener)
+        return listener
+
+    def swap(self, listener_id: int, addr: str, port: int) -> None:
+        listener = self._listener(listener_id)
+        listener.addr, listener.port = addr, port  # read once per accepted connection
+
+    def unbind(self, listener_id: int) -> None:
+        listener = self._listener(listener_id)
+        self.selector.unregister(listener.sock)
+        listener.sock.close()
+        del self.listeners[listener_id]
+
+    def _listener(self, listener_id: int) -> Listener:
+        listener = self.listeners.get(listener_id)
+        if listener is None:
+            raise OSError(errno.ENOENT, f"no listener {listener_id}")
+        return listener
+
+    def serve(self) -> NoReturn:
+        self.selector.register(self.control, selectors.EVENT_READ, "control")
+        self.selector.register(self.exit_fd, selectors.EVENT_READ, "exit")
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "exit":
+                    os._exit(0)
+                elif key.data == "control":
+                    self._answer()
+                else:
+                    self._accept(key.data)
+
+    def _accept(self, listener: Listener) -> None:
+        try:
+            conn, _ = listener.sock.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        backend = (listener.addr, listener.port)
+        upstream = self.sockets.take()
+        threading.Thread(target=_relay, args=(conn, upstream, backend), daemon=True).start()
+
+    def _answer(self) -> None:
+        try:
+            conn, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(5.0)
+            try:
+                message = jsonsock.decode_object(jsonsock.read_to_eof(conn, _MAX_REQUEST))
+                reply = self._handle(message)
+            except OSError as exc:
+                reply = {"error": {"errno": exc.errno, "desc": str(exc)}}
+            except (ValueError, KeyError, TypeError) as exc:
+                reply = {"error": {"errno": errno.EINVAL, "desc": f"bad request: {exc}"}}
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode())
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        op = message["op"]
+        if op == "bind":
+            args = (str(message["host_addr"]), int(message["host_port"]))
+            return self.bind(*args, str(message["addr"]), int(message["port"])).entry()
+        if op == "swap":
+            self.swap(int(message["id"]), str(message["addr"]), int(message["port"]))
+        elif op == "unbind":
+            self.unbind(int(message["id"]))
+        elif op != "list":
+            raise ValueError(f"unknown op {op!r}")
+        return {"listeners": [listener.entry() for listener in self.listeners.values()]}
+
+
+def run(ns_fd: int, exit_fd: int, control_path: Path, ready_fd: int) -> NoReturn:
+    """The port handler's life (in a process forked for it): listen on ``control_path``,
+    write ``1`` to ``ready_fd``, serve until ``exit_fd`` reaches EOF."""
+    control_path.unlink(missing_ok=True)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    control.bind(str(control_path))
+    control.listen(16)
+    control.setblocking(False)
+    porter = Porter(ns_fd, control, exit_fd)
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    porter.serve()
+
+
+def _relay(conn: socket.socket, upstream: socket.socket, backend: tuple[str, int]) -> None:
+    """Connect ``upstream`` to ``backend`` and move bytes both ways until each side has
+    said all it had; a backend that refuses resets ``conn``."""
+    with conn, upstream:
+        conn.setblocking(True)
+        try:
+            upstream.connect(backend)
+        except OSError:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            return
+        for sock in (conn, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
+        back.start()
+        _pump(conn, upstream)
+        back.join()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Splice everything ``source`` sends into ``sink``, then end ``sink``'s write side."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # a smaller pipe only costs more calls
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    try:
+        while moved := os.splice(source.fileno(), write_end, _PIPE_SIZE):
+            while moved:
+                moved -= os.splice(read_end, sink.fileno(), moved)
+    except OSError:
+        pass  # a reset or a closed peer ends this direction like an EOF
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
