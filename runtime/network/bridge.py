@@ -122,7 +122,13 @@ def rename_forwards(state: Path, name: str, new_name: str) -> None:
 
 
 def wire(
-    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+    state: Path,
+    name: str,
+    joins: list[str],
+    container_ns: int,
+    init_pid: int,
+    *,
+    fresh: bool = False,
 ) -> None:
     """Make container ``name``'s interfaces match ``joins`` (the networks it is on, in
     order), in its network namespace ``container_ns``: a veth pair for each network it
@@ -131,14 +137,20 @@ def wire(
     come first, so the keeper's sync makes any network the container brought along.
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
     an ended namespace a little later, and one may still be there). The keeper has the
-    namespace's agent do the work with the descriptor this sends it."""
+    namespace's agent do the work with the descriptor this sends it, and keeps it while
+    the container's init ``init_pid`` runs, for the port handler."""
     if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
         with open_book(state) as book:
             for network in joins:
                 if network not in book.networks:
                     book.add_network(network, None)  # removed while the container was stopped
                 book.lease(network, name)  # kept if it has one
-    reply = shared.call_started(state, "wire", (container_ns,), name=name, joins=joins, fresh=fresh)
+    pidfd = os.pidfd_open(init_pid)
+    try:
+        fds = (container_ns, pidfd)
+        reply = shared.call_started(state, "wire", fds, name=name, joins=joins, fresh=fresh)
+    finally:
+        os.close(pidfd)
     write_json_atomic(state / shared.CONTAINERS / name / WIRED, {"keeper": reply["keeper"]})
 
 
@@ -302,7 +314,7 @@ class BridgeDriver:
     ) -> ProcessId | None:
         container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            wire(state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True)
+            wire(state_of(cdir), cdir.name, joined(cdir), container_ns, target_pid, fresh=True)
         except OSError as exc:
             raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
         return None

@@ -3,13 +3,15 @@ containers without slirp4netns' user-mode TCP.
 
 One process per shared network namespace, forked by its keeper
 (:mod:`runtime.network.shared`), which restarts it when it dies: it lives in the host's
-network namespace and the holder's user namespace, so it binds the host ports, and one
-thread of it enters the shared namespace for good to make the sockets towards containers
-(a socket stays in the namespace it was made in; the thread cannot come back: the host's
-namespace belongs to a user namespace above the holder's). Each accepted connection gets
-such a socket, connected to the container's address and port, and its bytes are moved
-between the two with ``splice(2)`` through a pipe in each direction (the kernel moves
-them; this process never reads them).
+network namespace and the holder's user namespace, so it binds the host ports, and its
+threads may enter the containers' network namespaces. Each listener has a backend: a
+container's network namespace (a descriptor the keeper sends) and an address and port
+in it. For each accepted connection a thread enters that namespace for good (it cannot
+come back: the host's namespace belongs to a user namespace above the holder's), makes
+a socket there, connects it to the container's own address (delivered inside the
+namespace, as to any local address: no bridge, no neighbour tables on the way) and moves
+the bytes between the two with ``splice(2)`` through a pipe in each direction (the
+kernel moves them; this process never reads them).
 
 A listener's backend changes in one step (``swap``): the host socket stays open, so a
 container replaced by another answering the same port refuses nothing; connections
@@ -17,9 +19,10 @@ already accepted finish with the backend they had. UDP is not handled here: it s
 with slirp4netns.
 
 Control: ``ports.sock`` in the bridge folder, one JSON request per connection (the
-keeper is its only client): ``bind`` (host_addr, host_port, addr, port: a new listener,
-an error with the errno when the port cannot be bound), ``swap`` (id, addr, port),
-``unbind`` (id), ``list``. It ends when ``exit_fd`` reaches EOF (its keeper ended).
+keeper is its only client), the namespace's descriptor attached to ``bind`` and ``swap``:
+``bind`` (host_addr, host_port, addr, port: a new listener, an error with the errno when
+the port cannot be bound), ``swap`` (id, addr, port), ``unbind`` (id), ``list``. It ends
+when ``exit_fd`` reaches EOF (its keeper ended).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import errno
 import fcntl
 import json
 import os
-import queue
 import selectors
 import socket
 import threading
@@ -40,6 +42,7 @@ from typing import Any, NoReturn
 from runtime.sandbox import syscalls as sc
 from runtime.settings import PORT_HANDLERS
 from runtime.util import jsonsock
+from runtime.util.fdpass import receive_with_fds, send_with_fds
 
 __all__ = ("CONTROL_SOCKET", "FIRST_ID", "HANDLERS", "Listener", "Porter", "request", "run")
 
@@ -53,14 +56,15 @@ two never meet in one container's list."""
 _PIPE_SIZE = 1 << 20
 """Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
 _BACKLOG = 512
-_AHEAD = 16
-"""Sockets of the shared namespace made ahead of the connections that need them."""
 _MAX_REQUEST = 1 << 16
+_RESET = b"\1\0\0\0\0\0\0\0"
+"""``struct linger`` on, zero seconds: closing the socket resets the connection."""
 
 
 @dataclass
 class Listener:
-    """A host socket and the container address its connections go to."""
+    """A host socket and where its connections go: ``addr:port`` in the network
+    namespace ``ns_fd`` (owned by the listener)."""
 
     id: int
     sock: socket.socket
@@ -68,6 +72,7 @@ class Listener:
     host_port: int
     addr: str
     port: int
+    ns_fd: int
 
     def entry(self) -> dict[str, Any]:
         return {
@@ -79,56 +84,34 @@ class Listener:
         }
 
 
-def request(path: Path, op: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
-    """Send ``op`` to the port handler at ``path``; OSError when it does not answer or
-    fails (its errno, when the failure had one)."""
-    reply = jsonsock.exchange(path, {"op": op, **args}, timeout=timeout, limit=1 << 20)
+def request(
+    path: Path, op: str, fds: tuple[int, ...] = (), timeout: float = 5.0, **args: Any
+) -> dict[str, Any]:
+    """Send ``op`` (with descriptors ``fds``) to the port handler at ``path``; OSError
+    when it does not answer or fails (its errno, when the failure had one)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        jsonsock.connect(sock, path, timeout)
+        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
+        sock.shutdown(socket.SHUT_WR)
+        reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
     error = reply.get("error")
     if isinstance(error, dict):
         raise OSError(int(error.get("errno") or 0) or errno.EIO, str(error.get("desc")))
     return reply
 
 
-class _Sockets:
-    """Unconnected TCP sockets of the namespace ``ns_fd``, made ahead by a thread that
-    entered it for good."""
-
-    def __init__(self, ns_fd: int) -> None:
-        self.ready: queue.Queue[socket.socket] = queue.Queue(maxsize=_AHEAD)
-        self.entered = threading.Event()
-        self.failure: OSError | None = None
-        threading.Thread(target=self._make, args=(ns_fd,), daemon=True).start()
-        self.entered.wait()
-        if self.failure is not None:
-            raise self.failure
-
-    def _make(self, ns_fd: int) -> None:
-        try:
-            sc.setns(ns_fd, sc.CLONE_NEWNET)
-        except OSError as exc:
-            self.failure = exc
-            return
-        finally:
-            self.entered.set()
-        while True:
-            self.ready.put(socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))
-
-    def take(self) -> socket.socket:
-        return self.ready.get()
-
-
 class Porter:
     """The listeners and the loop that accepts on them."""
 
-    def __init__(self, ns_fd: int, control: socket.socket, exit_fd: int) -> None:
-        self.sockets = _Sockets(ns_fd)
+    def __init__(self, control: socket.socket, exit_fd: int) -> None:
         self.control = control
         self.exit_fd = exit_fd
         self.listeners: dict[int, Listener] = {}
         self.next_id = FIRST_ID
         self.selector = selectors.DefaultSelector()
 
-    def bind(self, host_addr: str, host_port: int, addr: str, port: int) -> Listener:
+    def bind(self, host_addr: str, host_port: int, addr: str, port: int, ns_fd: int) -> Listener:
         family = socket.AF_INET6 if ":" in host_addr else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -139,20 +122,23 @@ class Porter:
         except OSError:
             sock.close()
             raise
-        listener = Listener(self.next_id, sock, host_addr, host_port, addr, port)
+        listener = Listener(self.next_id, sock, host_addr, host_port, addr, port, ns_fd)
         self.next_id += 1
         self.listeners[listener.id] = listener
         self.selector.register(sock, selectors.EVENT_READ, listener)
         return listener
 
-    def swap(self, listener_id: int, addr: str, port: int) -> None:
+    def swap(self, listener_id: int, addr: str, port: int, ns_fd: int) -> None:
         listener = self._listener(listener_id)
-        listener.addr, listener.port = addr, port  # read once per accepted connection
+        old = listener.ns_fd
+        listener.addr, listener.port, listener.ns_fd = addr, port, ns_fd
+        os.close(old)  # each connection under way has a copy of its own
 
     def unbind(self, listener_id: int) -> None:
         listener = self._listener(listener_id)
         self.selector.unregister(listener.sock)
         listener.sock.close()
+        os.close(listener.ns_fd)
         del self.listeners[listener_id]
 
     def _listener(self, listener_id: int) -> Listener:
@@ -179,8 +165,8 @@ class Porter:
         except (BlockingIOError, ConnectionAbortedError):
             return
         backend = (listener.addr, listener.port)
-        upstream = self.sockets.take()
-        threading.Thread(target=_relay, args=(conn, upstream, backend), daemon=True).start()
+        ns_fd = os.dup(listener.ns_fd)  # the relay's: a swap may close the listener's
+        threading.Thread(target=_relay, args=(conn, ns_fd, backend), daemon=True).start()
 
     def _answer(self) -> None:
         try:
@@ -190,23 +176,32 @@ class Porter:
         with conn:
             conn.setblocking(True)
             conn.settimeout(5.0)
+            fds: list[int] = []
             try:
-                message = jsonsock.decode_object(jsonsock.read_to_eof(conn, _MAX_REQUEST))
-                reply = self._handle(message)
+                data, fds = receive_with_fds(conn, _MAX_REQUEST, 1)
+                rest = jsonsock.read_to_eof(conn, _MAX_REQUEST) if data else b""
+                reply = self._handle(jsonsock.decode_object(data + rest), fds)
             except OSError as exc:
                 reply = {"error": {"errno": exc.errno, "desc": str(exc)}}
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
                 reply = {"error": {"errno": errno.EINVAL, "desc": f"bad request: {exc}"}}
+            for fd in fds:  # the ones a listener did not take
+                os.close(fd)
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode())
 
-    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Carry out ``message``; a listener it makes or changes takes ``fds[0]`` out."""
         op = message["op"]
+        backend = (str(message.get("addr")), int(message.get("port", 0)))
         if op == "bind":
-            args = (str(message["host_addr"]), int(message["host_port"]))
-            return self.bind(*args, str(message["addr"]), int(message["port"])).entry()
+            host = (str(message["host_addr"]), int(message["host_port"]))
+            listener = self.bind(*host, *backend, fds[0])
+            fds.pop(0)
+            return listener.entry()
         if op == "swap":
-            self.swap(int(message["id"]), str(message["addr"]), int(message["port"]))
+            self.swap(int(message["id"]), *backend, fds[0])
+            fds.pop(0)
         elif op == "unbind":
             self.unbind(int(message["id"]))
         elif op != "list":
@@ -214,7 +209,7 @@ class Porter:
         return {"listeners": [listener.entry() for listener in self.listeners.values()]}
 
 
-def run(ns_fd: int, exit_fd: int, control_path: Path, ready_fd: int) -> NoReturn:
+def run(exit_fd: int, control_path: Path, ready_fd: int) -> NoReturn:
     """The port handler's life (in a process forked for it): listen on ``control_path``,
     write ``1`` to ``ready_fd``, serve until ``exit_fd`` reaches EOF."""
     control_path.unlink(missing_ok=True)
@@ -222,28 +217,42 @@ def run(ns_fd: int, exit_fd: int, control_path: Path, ready_fd: int) -> NoReturn
     control.bind(str(control_path))
     control.listen(16)
     control.setblocking(False)
-    porter = Porter(ns_fd, control, exit_fd)
+    porter = Porter(control, exit_fd)
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     porter.serve()
 
 
-def _relay(conn: socket.socket, upstream: socket.socket, backend: tuple[str, int]) -> None:
-    """Connect ``upstream`` to ``backend`` and move bytes both ways until each side has
-    said all it had; a backend that refuses resets ``conn``."""
-    with conn, upstream:
-        conn.setblocking(True)
+def _relay(conn: socket.socket, ns_fd: int, backend: tuple[str, int]) -> None:
+    """From inside the network namespace ``ns_fd`` (closed here), connect to ``backend``
+    and move bytes both ways until each side has said all it had; a backend that refuses
+    resets ``conn``. The calling thread stays in that namespace: it ends with the relay."""
+    with conn:
         try:
-            upstream.connect(backend)
+            sc.setns(ns_fd, sc.CLONE_NEWNET)
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         except OSError:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             return
-        for sock in (conn, upstream):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
-        back.start()
-        _pump(conn, upstream)
-        back.join()
+        finally:
+            os.close(ns_fd)
+        with upstream:
+            _connected(conn, upstream, backend)
+
+
+def _connected(conn: socket.socket, upstream: socket.socket, backend: tuple[str, int]) -> None:
+    conn.setblocking(True)
+    try:
+        upstream.connect(backend)
+    except OSError:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        return
+    for sock in (conn, upstream):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
+    back.start()
+    _pump(conn, upstream)
+    back.join()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:

@@ -315,6 +315,16 @@ def _aliases_in(spec: object) -> dict[str, list[str]]:
 
 
 @dataclass
+class _Held:
+    """A wired container's network namespace, kept while its init runs."""
+
+    ns_fd: int
+    pidfd: int
+    """Readable once the init ended."""
+    inode: int
+
+
+@dataclass
 class _Supervisor:
     state: Path
     bdir: Path
@@ -326,7 +336,13 @@ class _Supervisor:
     slirp: ProcessId | None = None
     porter: ProcessId | None = None
     bound: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    """The port handler's listeners, by host address and port, as it reported them."""
+    """The port handler's listeners, by host address and port, as it reported them (and
+    the inode of the namespace each sends to)."""
+    held: dict[str, _Held] = field(default_factory=dict)
+    """The network namespaces of wired containers whose init runs, by the address host
+    forwards to that container go to."""
+    forwarded: list[ForwardRecord] = field(default_factory=list)
+    """The forwards as the last sync read them."""
     unbound: list[dict[str, Any]] = field(default_factory=list)
     """The splice forwards the last sync could not bind, with the errno."""
     dns: ProcessId | None = None
@@ -385,8 +401,8 @@ class _Supervisor:
         child = os.fork()
         if child == 0:
             try:
-                close_fds_except({self.ns_fd, self.exit_r, ready_w, 2})
-                porter.run(self.ns_fd, self.exit_r, self.bdir / porter.CONTROL_SOCKET, ready_w)
+                close_fds_except({self.exit_r, ready_w, 2})
+                porter.run(self.exit_r, self.bdir / porter.CONTROL_SOCKET, ready_w)
             finally:
                 os._exit(1)
         os.close(ready_w)
@@ -398,27 +414,49 @@ class _Supervisor:
         self.porter = ProcessId.of(child)
         self.bound = {}
 
-    def _ports(self, networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> None:
-        """Have the port handler listen for each splice forward and send it to its
-        container's address now; a listener whose container moved is swapped in one step."""
-        wanted = _backends(networks, records)
+    def _ports(self, networks: dict[str, NetworkRecord]) -> None:
+        """Have the port handler listen for each splice forward whose container runs,
+        and send it into that container's namespace now; a listener whose container
+        changed is swapped in one step."""
+        self.forwarded = [r for r in self.forwarded if _exists(self.state, r.container)]
+        wanted = _backends(networks, self.forwarded, self.held)
         control = self.bdir / porter.CONTROL_SOCKET
         for key in [key for key in self.bound if key not in wanted]:
             porter.request(control, "unbind", id=self.bound.pop(key)["id"])
         self.unbound = []
-        for (host_addr, host_port), (addr, port) in wanted.items():
+        for (host_addr, host_port), (addr, port, held) in wanted.items():
+            backend: dict[str, Any] = {"addr": addr, "port": port, "inode": held.inode}
             have = self.bound.get((host_addr, host_port))
-            if have is not None and (have["addr"], have["port"]) != (addr, port):
-                porter.request(control, "swap", id=have["id"], addr=addr, port=port)
-                have.update(addr=addr, port=port)
+            if have is not None and {k: have[k] for k in backend} != backend:
+                porter.request(control, "swap", (held.ns_fd,), id=have["id"], **backend)
+                have.update(backend)
             elif have is None:
                 at: dict[str, Any] = {"host_addr": host_addr, "host_port": host_port}
                 try:
-                    self.bound[(host_addr, host_port)] = porter.request(
-                        control, "bind", **at, addr=addr, port=port
-                    )
+                    entry = porter.request(control, "bind", (held.ns_fd,), **at, **backend)
                 except OSError as exc:
                     self.unbound.append({**at, "errno": exc.errno})
+                    continue
+                self.bound[(host_addr, host_port)] = {**entry, "inode": held.inode}
+
+    def _hold(self, networks: dict[str, NetworkRecord], name: str, fds: list[int]) -> None:
+        """Keep copies of wired container ``name``'s namespace and init pidfd (``fds``)
+        for the forwards that go to it, in place of any earlier ones."""
+        container_ns, pidfd = fds
+        inode = os.fstat(container_ns).st_ino
+        address = _address_of(networks, name)
+        for key in [
+            key for key, held in self.held.items() if key == address or held.inode == inode
+        ]:
+            self._let_go(key)
+        if address is not None:
+            self.held[address] = _Held(os.dup(container_ns), os.dup(pidfd), inode)
+        self._ports(networks)
+
+    def _let_go(self, address: str) -> None:
+        held = self.held.pop(address)
+        os.close(held.ns_fd)
+        os.close(held.pidfd)
 
     def _start_dns(self) -> None:
         if importlib.util.find_spec(DNS_MODULE) is None:
@@ -479,7 +517,8 @@ class _Supervisor:
         if links != self.applied:
             self._agent().call("links", (), **links)
             self.applied = links
-        self._ports(networks, records)
+        self.forwarded = records
+        self._ports(networks)
         if self.aliases is None:
             self.aliases = _AliasBook(self.state)
         dns = _records(networks, self.aliases)
@@ -508,7 +547,8 @@ class _Supervisor:
         landmark = Landmark(ctl.getsockname())
         while True:
             pidfds = {os.pidfd_open(pid): pid for pid in self.children}
-            ready = wait_readable([ctl.fileno(), *pidfds], STATE_CHECK)
+            ended = {held.pidfd: address for address, held in self.held.items()}
+            ready = wait_readable([ctl.fileno(), *pidfds, *ended], STATE_CHECK)
             for fd in pidfds:
                 os.close(fd)
             if not ready and landmark.gone():  # its state folder was deleted
@@ -517,6 +557,10 @@ class _Supervisor:
             for fd in ready:
                 if fd == ctl.fileno():
                     self._answer(ctl)
+                elif fd in ended:  # a container's init ended: its forwards with it
+                    self._let_go(ended[fd])
+                    with contextlib.suppress(OSError):  # a dying handler: its restart binds
+                        self._ports(self.sync())
                 else:
                     self._restart(pidfds[fd])
 
@@ -531,7 +575,8 @@ class _Supervisor:
             self._start_slirp()
         elif kind == "porter":
             self._start_porter()
-            self.sync()
+            with contextlib.suppress(OSError):  # it died again: the next restart binds
+                self.sync()
         else:
             self._start_dns()
             self.listening = set()  # a new responder: wait for each address again
@@ -552,7 +597,9 @@ class _Supervisor:
                     reply["listeners"] = list(self.bound.values())
                     reply["unbound"] = self.unbound
                 elif op == "wire":
-                    self._wire(request, self.sync(), fds[0])
+                    networks = self.sync()
+                    self._wire(request, networks, fds[0])
+                    self._hold(networks, str(request["name"]), fds)
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
@@ -609,15 +656,18 @@ def _address_of(networks: dict[str, NetworkRecord], container: str) -> str | Non
 
 
 def _backends(
-    networks: dict[str, NetworkRecord], records: list[ForwardRecord]
-) -> dict[tuple[str, int], tuple[str, int]]:
-    """(host address, host port) -> (container address, port) of each splice forward
-    (the first record of a host port wins: a later one is a conflict, never a move)."""
-    wanted: dict[tuple[str, int], tuple[str, int]] = {}
+    networks: dict[str, NetworkRecord], records: list[ForwardRecord], held: dict[str, _Held]
+) -> dict[tuple[str, int], tuple[str, int, _Held]]:
+    """(host address, host port) -> (container address, port, its namespace) of each
+    splice forward whose container runs (the first record of a host port wins: a later
+    one is a conflict, never a move)."""
+    wanted: dict[tuple[str, int], tuple[str, int, _Held]] = {}
     for record in records:
         address = _address_of(networks, record.container)
-        if record.handler == "splice" and address is not None:
-            wanted.setdefault((record.host_addr, record.host_port), (address, record.port))
+        namespace = held.get(address) if address is not None else None
+        if record.handler == "splice" and address is not None and namespace is not None:
+            key = (record.host_addr, record.host_port)
+            wanted.setdefault(key, (address, record.port, namespace))
     return wanted
 
 
