@@ -3,9 +3,11 @@
 A real ``reconciler run`` keeps one busybox httpd container (``[update] strategy =
 "start-first"``, ``[health] tcp = 80``); a client thread sends requests one after another
 to its forwarded port while the container's env is changed N times (each change is a
-replacement). Reported: requests, failed requests, the longest time without a good answer.
+replacement). Reported (and saved with ``bench/results.py`` as
+``bench/out/replace.json``): requests, failed requests, the longest time without a good
+answer. ``--handler`` picks who serves the forward (``SQUISH_PORT_HANDLER``).
 
-    python bench/replace.py [-n 20] [--strategy start-first|stop-first]
+    python bench/replace.py [-n 20] [--strategy start-first|stop-first] [--handler splice]
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
+from results import Results
+
 from runtime.client.linux import LinuxRuntime
+from runtime.settings import PORT_HANDLERS
 from tests.support import free_port, page, write_atomically
 
 SQUISHFILE = """\
@@ -59,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--replacements", type=int, default=20)
     parser.add_argument("--strategy", default="start-first", choices=["start-first", "stop-first"])
+    parser.add_argument("--handler", default=PORT_HANDLERS[0], choices=PORT_HANDLERS)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="squish-replace-"))
     folder = work / "desired"
@@ -72,7 +78,7 @@ def main() -> None:
         write_atomically(path, text)
 
     write("v0")
-    env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
+    env = {**os.environ, "SQUISH_STATE_DIR": str(state), "SQUISH_PORT_HANDLER": args.handler}
     loop = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
         env=env,
@@ -111,9 +117,16 @@ def main() -> None:
             longest = max(longest, at - last_good)
             last_good = at
     print(
-        f"{args.strategy}: {args.replacements} replacements, {len(results)} requests, "
-        f"{failed} failed, longest time without an answer {longest * 1000:.1f} ms"
+        f"{args.strategy} ({args.handler}): {args.replacements} replacements, "
+        f"{len(results)} requests, {failed} failed, "
+        f"longest time without an answer {longest * 1000:.1f} ms"
     )
+    out = Results("replace" if args.handler == PORT_HANDLERS[0] else f"replace-{args.handler}")
+    what = f"{args.strategy}, {args.replacements} replacements ({args.handler})"
+    out.figure(f"failed requests, {what}", failed, "requests")
+    out.figure(f"longest time without an answer, {what}", longest * 1000, "ms")
+    out.figure(f"requests answered, {what}", len(results) - failed, "requests")
+    print(f"saved {out.save()}")
 
 
 if __name__ == "__main__":

@@ -560,7 +560,7 @@ class _Supervisor:
                 elif fd in ended:  # a container's init ended: its forwards with it
                     self._let_go(ended[fd])
                     with contextlib.suppress(OSError):  # a dying handler: its restart binds
-                        self._ports(self.sync())
+                        self.sync()
                 else:
                     self._restart(pidfds[fd])
 
