@@ -1,17 +1,19 @@
 """Host forwards' data plane: what a forward to a bridge container carries, against the
 host's own loopback, for each port handler.
 
-(a) a 256 MiB HTTP download through a forward (busybox httpd in the container, busybox
-``nc`` on the host), vs the same download from busybox httpd on the host's loopback, in
-the same run; (b) small requests: one TCP connection per ``GET /`` of a 6-byte page, one
-after another, the time of each; (c) the start of a networked httpd: create + start
-until its first answer through the forward, on the network already up.
+(a) a 256 MiB HTTP download through a forward (busybox httpd in the container, read on
+the host into a 1 MiB buffer: a client fast enough not to be the limit, where busybox
+``nc`` was), vs the same download from busybox httpd on the host's loopback; (b) small
+requests: one TCP connection per ``GET /`` of a 6-byte page, one after another, the time
+of each; the host's loopback and the forwards take turns in both, round by round, so a
+machine that gets busier slows them alike; (c) the start of a networked httpd: create +
+start until its first answer through the forward, on the network already up.
 
 The forwards go through the port handler (``splice``, the default) and through the
 shared slirp4netns (``slirp4netns``, the other choice), one container each. Figures are
 printed and saved with ``bench/results.py`` as ``bench/out/dataplane.json``.
 
-    python bench/dataplane.py [--fetches 5] [--requests 2000] [--starts 30]
+    python bench/dataplane.py [--rounds 8] [--requests 250] [--starts 30]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from networks import REQUEST, SIZE, received, seconds
+from networks import SIZE
 from networks import httpd as bridge_httpd
 from results import Results
 
@@ -78,25 +80,41 @@ def busybox() -> str:
     return found
 
 
-def downloads(port: int, fetches: int) -> list[float]:
-    """Seconds per 256 MiB download from 127.0.0.1:PORT (the first, a warm-up, dropped)."""
-    script = f"{REQUEST} | {busybox()} nc 127.0.0.1 {port}"
-    check = subprocess.run(["/bin/sh", "-c", f"{script} | wc -c"], capture_output=True, text=True)
-    received(check.stdout)
-    fetch = lambda: subprocess.run(["/bin/sh", "-c", f"{script} > /dev/null"], check=True)  # noqa: E731
-    return [seconds(fetch) for _ in range(fetches + 1)][1:]
+def download(port: int) -> float:
+    """Seconds to download the 256 MiB file from 127.0.0.1:PORT whole."""
+    start = time.perf_counter()
+    received, buffer = 0, bytearray(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"GET /f HTTP/1.0\r\n\r\n")
+        while chunk := sock.recv_into(buffer):
+            received += chunk
+    if received < SIZE:  # a 404 would look very fast
+        raise RuntimeError(f"the download on port {port} carried {received} bytes")
+    return time.perf_counter() - start
 
 
-def latencies(port: int, count: int) -> list[float]:
-    """µs per small request (after 50 not counted)."""
-    samples = []
-    for n in range(count + 50):
-        start = time.perf_counter()
-        if not get(port).endswith(SMALL):
-            raise RuntimeError(f"a wrong answer on port {port}")
-        if n >= 50:
-            samples.append((time.perf_counter() - start) * 1e6)
-    return samples
+def request(port: int) -> float:
+    """µs for one small request."""
+    start = time.perf_counter()
+    if not get(port).endswith(SMALL):
+        raise RuntimeError(f"a wrong answer on port {port}")
+    return (time.perf_counter() - start) * 1e6
+
+
+def in_turns(ports: dict[str, int], rounds: int, each: int) -> dict[str, dict[str, list[float]]]:
+    """Downloads and small requests, each target in turn every round (a first round, a
+    warm-up, dropped)."""
+    taken: dict[str, dict[str, list[float]]] = {
+        what: {"download": [], "request": []} for what in ports
+    }
+    for n in range(rounds + 1):
+        for what, port in ports.items():
+            seconds = download(port)
+            requests = [request(port) for _ in range(each)]
+            if n:
+                taken[what]["download"].append(seconds)
+                taken[what]["request"] += requests
+    return taken
 
 
 @contextmanager
@@ -155,8 +173,8 @@ def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fetches", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=250, help="per target and round")
     parser.add_argument("--starts", type=int, default=30)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="squish-dataplane-"))
@@ -168,29 +186,30 @@ def main() -> None:
         big.truncate(SIZE)
     state = Path("/dev/shm") / f"sqd-{secrets.token_hex(4)}"
     out = Results("dataplane")
-    measured: dict[str, dict[str, list[float]]] = {}
+    runtimes = {
+        handler: LinuxRuntime(
+            state=state,
+            cache=work / "cache",
+            settings=dataclasses.replace(RuntimeSettings.from_environ(), port_handler=handler),
+        )
+        for handler in PORT_HANDLERS
+    }
     try:
-        with host_httpd(site) as port:
-            host = {
-                "download": downloads(port, args.fetches),
-                "request": latencies(port, args.requests),
-            }
-        for handler in PORT_HANDLERS:
-            settings = dataclasses.replace(RuntimeSettings.from_environ(), port_handler=handler)
-            rt = LinuxRuntime(state=state, cache=work / "cache", settings=settings)
-            port = free_port()
-            rt.run(httpd(f"dp-{handler}", site, port))
-            answering(port)
-            measured[handler] = {
-                "download": downloads(port, args.fetches),
-                "request": latencies(port, args.requests),
-                "start": starts(rt, site, args.starts),
-            }
+        with host_httpd(site) as host_port:
+            ports = {"host": host_port}
+            for handler, rt in runtimes.items():
+                ports[handler] = free_port()
+                rt.run(httpd(f"dp-{handler}", site, ports[handler]))
+                answering(ports[handler])
+            measured = in_turns(ports, args.rounds, args.requests)
+        for handler, rt in runtimes.items():
             rt.remove(f"dp-{handler}", force=True)
+            measured[handler]["start"] = starts(rt, site, args.starts)
     finally:
-        LinuxRuntime(state=state, cache=work / "cache").shutdown()
+        runtimes[PORT_HANDLERS[0]].shutdown()
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+    host = measured.pop("host")
     for handler, taken in measured.items():
         report(out, handler, taken, host)
     out.samples("small request (host loopback)", host["request"])

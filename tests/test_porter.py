@@ -36,7 +36,8 @@ def control(tmp_path: Path) -> Iterator[Path]:
     if child == 0:
         try:
             os.close(exit_w)
-            porter.run(exit_r, path, ready_w)
+            rest = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            porter.run(exit_r, path, ready_w, rest)
         finally:
             os._exit(1)
     os.close(ready_w)

@@ -6,12 +6,13 @@ One process per shared network namespace, forked by its keeper
 network namespace and the holder's user namespace, so it binds the host ports, and its
 threads may enter the containers' network namespaces. Each listener has a backend: a
 container's network namespace (a descriptor the keeper sends) and an address and port
-in it. For each accepted connection a thread enters that namespace for good (it cannot
-come back: the host's namespace belongs to a user namespace above the holder's), makes
-a socket there, connects it to the container's own address (delivered inside the
-namespace, as to any local address: no bridge, no neighbour tables on the way) and moves
-the bytes between the two with ``splice(2)`` through a pipe in each direction (the
-kernel moves them; this process never reads them).
+in it. Each accepted connection goes to a thread of a pool, which enters that namespace
+(it cannot come back into the host's, which belongs to a user namespace above the
+holder's: between connections it waits in the shared namespace), makes a socket there,
+connects it to the container's own address (delivered inside the namespace, as to any
+local address: no bridge, no neighbour tables on the way) and moves the bytes both ways
+with non-blocking ``splice(2)`` through a pipe per direction (the kernel moves them; this
+process never reads them).
 
 A listener's backend changes in one step (``swap``): the host socket stays open, so a
 container replaced by another answering the same port refuses nothing; connections
@@ -32,9 +33,10 @@ import errno
 import fcntl
 import json
 import os
+import select
 import selectors
 import socket
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -54,6 +56,10 @@ FIRST_ID = 1 << 20
 """Listener ids count up from here: slirp4netns' own forward ids count up from 1, so the
 two never meet in one container's list."""
 _PIPE_SIZE = 1 << 20
+_NOWAIT = 0x2 | 0x1
+"""``SPLICE_F_NONBLOCK | SPLICE_F_MOVE``."""
+_RELAYS = 4096
+"""Connections relayed at once; more wait for one to end."""
 """Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
 _BACKLOG = 512
 _MAX_REQUEST = 1 << 16
@@ -104,7 +110,9 @@ def request(
 class Porter:
     """The listeners and the loop that accepts on them."""
 
-    def __init__(self, control: socket.socket, exit_fd: int) -> None:
+    def __init__(self, control: socket.socket, exit_fd: int, rest_fd: int) -> None:
+        self.rest_fd = rest_fd
+        self.relays = ThreadPoolExecutor(_RELAYS, thread_name_prefix="relay")
         self.control = control
         self.exit_fd = exit_fd
         self.listeners: dict[int, Listener] = {}
@@ -166,7 +174,7 @@ class Porter:
             return
         backend = (listener.addr, listener.port)
         ns_fd = os.dup(listener.ns_fd)  # the relay's: a swap may close the listener's
-        threading.Thread(target=_relay, args=(conn, ns_fd, backend), daemon=True).start()
+        self.relays.submit(_relay, conn, ns_fd, backend, self.rest_fd)
 
     def _answer(self) -> None:
         try:
@@ -209,65 +217,111 @@ class Porter:
         return {"listeners": [listener.entry() for listener in self.listeners.values()]}
 
 
-def run(exit_fd: int, control_path: Path, ready_fd: int) -> NoReturn:
+def run(exit_fd: int, control_path: Path, ready_fd: int, rest_fd: int) -> NoReturn:
     """The port handler's life (in a process forked for it): listen on ``control_path``,
-    write ``1`` to ``ready_fd``, serve until ``exit_fd`` reaches EOF."""
+    write ``1`` to ``ready_fd``, serve until ``exit_fd`` reaches EOF; relay threads wait
+    in the network namespace ``rest_fd`` between connections."""
     control_path.unlink(missing_ok=True)
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     control.bind(str(control_path))
     control.listen(16)
     control.setblocking(False)
-    porter = Porter(control, exit_fd)
+    porter = Porter(control, exit_fd, rest_fd)
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     porter.serve()
 
 
-def _relay(conn: socket.socket, ns_fd: int, backend: tuple[str, int]) -> None:
-    """From inside the network namespace ``ns_fd`` (closed here), connect to ``backend``
-    and move bytes both ways until each side has said all it had; a backend that refuses
-    resets ``conn``. The calling thread stays in that namespace: it ends with the relay."""
-    with conn:
-        try:
-            sc.setns(ns_fd, sc.CLONE_NEWNET)
-            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        except OSError:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-            return
-        finally:
-            os.close(ns_fd)
-        with upstream:
-            _connected(conn, upstream, backend)
-
-
-def _connected(conn: socket.socket, upstream: socket.socket, backend: tuple[str, int]) -> None:
-    conn.setblocking(True)
+def _relay(conn: socket.socket, ns_fd: int, backend: tuple[str, int], rest_fd: int) -> None:
+    """In a pool's thread: from inside the network namespace ``ns_fd`` (closed here),
+    connect to ``backend`` and move bytes both ways until each side has said all it had;
+    a backend that refuses resets ``conn``. Then the thread waits in the namespace
+    ``rest_fd`` (the shared one: it pins no container's namespace while idle)."""
     try:
-        upstream.connect(backend)
-    except OSError:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        return
-    for sock in (conn, upstream):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
-    back.start()
-    _pump(conn, upstream)
-    back.join()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Splice everything ``source`` sends into ``sink``, then end ``sink``'s write side."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # a smaller pipe only costs more calls
-        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    try:
-        while moved := os.splice(source.fileno(), write_end, _PIPE_SIZE):
-            while moved:
-                moved -= os.splice(read_end, sink.fileno(), moved)
-    except OSError:
-        pass  # a reset or a closed peer ends this direction like an EOF
+        with conn:
+            try:
+                sc.setns(ns_fd, sc.CLONE_NEWNET)
+                upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            except OSError:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                return
+            with upstream:
+                try:
+                    upstream.connect(backend)
+                except OSError:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    return
+                _shuttle(conn, upstream)
     finally:
-        os.close(read_end)
-        os.close(write_end)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
+        os.close(ns_fd)
+        sc.setns(rest_fd, sc.CLONE_NEWNET)
+
+
+class _Direction:
+    """Bytes from one socket to the other through a pipe of their own (never read
+    into this process)."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket) -> None:
+        self.source, self.sink = source, sink
+        self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more calls
+            fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self.held = 0
+        """Bytes in the pipe, not yet in ``sink``."""
+        self.ended = False
+        """``source`` said all it had (or failed, or ``sink`` is gone)."""
+        self.done = False
+        """Ended, everything passed on, and ``sink``'s write side shut."""
+
+    def wants(self) -> tuple[int, int] | None:
+        """The descriptor and the poll event this direction waits for (None: done)."""
+        if self.done:
+            return None
+        if self.held:
+            return self.sink.fileno(), select.POLLOUT
+        return self.source.fileno(), select.POLLIN
+
+    def step(self) -> None:
+        """Fill the pipe from ``source`` when it is empty, else pass it on to ``sink``."""
+        try:
+            if self.held:
+                self.held -= os.splice(self.read_end, self.sink.fileno(), self.held, flags=_NOWAIT)
+            else:
+                moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+                self.held, self.ended = moved, moved == 0
+        except BlockingIOError:
+            return
+        except OSError:  # a reset, or a peer gone: like an end of what there is to say
+            self.held, self.ended = 0, True
+        if self.ended and not self.held:
+            self.done = True
+            with contextlib.suppress(OSError):
+                self.sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
+    """Both directions between ``conn`` and ``upstream`` in this one thread, each socket
+    non-blocking, until both are done."""
+    for sock in (conn, upstream):
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    directions = (_Direction(conn, upstream), _Direction(upstream, conn))
+    try:
+        while waiting := [(d, w) for d in directions if (w := d.wants()) is not None]:
+            events: dict[int, int] = {}
+            for _, (fd, event) in waiting:
+                events[fd] = events.get(fd, 0) | event
+            poller = select.poll()
+            for fd, event in events.items():
+                poller.register(fd, event)
+            ready = {fd for fd, _ in poller.poll()}
+            for direction, (fd, _) in waiting:
+                if fd in ready:
+                    direction.step()
+    finally:
+        for direction in directions:
+            direction.close()

@@ -401,8 +401,9 @@ class _Supervisor:
         child = os.fork()
         if child == 0:
             try:
-                close_fds_except({self.exit_r, ready_w, 2})
-                porter.run(self.exit_r, self.bdir / porter.CONTROL_SOCKET, ready_w)
+                close_fds_except({self.exit_r, ready_w, self.ns_fd, 2})
+                control = self.bdir / porter.CONTROL_SOCKET
+                porter.run(self.exit_r, control, ready_w, self.ns_fd)
             finally:
                 os._exit(1)
         os.close(ready_w)
