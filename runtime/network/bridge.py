@@ -182,12 +182,24 @@ class BridgeForwards:
             shared.save_forwards(bdir, [*records, record])
         try:
             reply = shared.call(self.state, "sync")  # the DNAT rule before the first packet
-            if handler == "splice":
+            if handler == "splice" and "listeners" in reply:
                 return _listener_id(reply, forward)
+            if handler == "splice":  # a keeper started before the port handler existed
+                self._through_slirp(record)
             return slirp.add_forward(self.api, shared.slirp_forward(record))
         except BaseException:
             self._drop(record.proto, record.guest_port)
             raise
+
+    def _through_slirp(self, record: shared.ForwardRecord) -> None:
+        """Record ``record`` as served by slirp4netns, and have its DNAT rule made."""
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+            for r in records:
+                if (r.proto, r.guest_port) == (record.proto, record.guest_port):
+                    r.handler = record.handler = "slirp4netns"
+            shared.save_forwards(bdir, records)
+        shared.call(self.state, "sync")
 
     def take(self, forward: Forward, giver: str) -> int | None:
         """Hand ``forward`` of container ``giver`` over to this one in one step: the

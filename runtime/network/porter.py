@@ -100,7 +100,10 @@ def request(
         jsonsock.connect(sock, path, timeout)
         send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
         sock.shutdown(socket.SHUT_WR)
-        reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
+        try:
+            reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
+        except ValueError as exc:  # it died mid-request, or answered nonsense
+            raise OSError(errno.EIO, f"the port handler gave no answer to {op}: {exc}") from exc
     error = reply.get("error")
     if isinstance(error, dict):
         raise OSError(int(error.get("errno") or 0) or errno.EIO, str(error.get("desc")))

@@ -575,8 +575,8 @@ class _Supervisor:
         if kind == "slirp":
             self._start_slirp()
         elif kind == "porter":
-            self._start_porter()
             with contextlib.suppress(OSError):  # it died again: the next restart binds
+                self._start_porter()
                 self.sync()
         else:
             self._start_dns()
@@ -600,7 +600,8 @@ class _Supervisor:
                 elif op == "wire":
                     networks = self.sync()
                     self._wire(request, networks, fds[0])
-                    self._hold(networks, str(request["name"]), fds)
+                    if len(fds) == 2:  # (a holder started before the port handler sends one)
+                        self._hold(networks, str(request["name"]), fds)
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
