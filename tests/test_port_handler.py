@@ -194,3 +194,21 @@ def test_a_port_held_through_the_handler_is_refused_to_another_container(
 
 def test_the_default_handler_is_splice() -> None:
     assert RuntimeSettings().port_handler == "splice" == porter.HANDLERS[0]
+
+
+def test_a_udp_forward_stays_with_slirp4netns(
+    nets: LinuxRuntime, tmp_path: Path, state_path: Path
+) -> None:
+    (site,) = sites(tmp_path, "u")
+    mapping = PortMapping(container=5353, host=free_port(), protocol="udp")
+    nets.run(web("u", site))
+    assert nets.add_port("u", mapping).ports == (mapping,)
+    api = state_path / shared.BRIDGE_DIR / slirp.API_SOCKET
+    assert [(f.forward.proto, f.forward.host_port) for f in slirp.list_forwards(api)] == [
+        ("udp", mapping.host)
+    ]
+    assert listeners(state_path) == []
+    records = shared.load_forwards(state_path / shared.BRIDGE_DIR)
+    assert [(r.proto, r.handler) for r in records] == [("udp", "slirp4netns")]
+    assert nets.remove_port("u", mapping).ports == ()
+    assert slirp.list_forwards(api) == []
