@@ -56,11 +56,11 @@ FIRST_ID = 1 << 20
 """Listener ids count up from here: slirp4netns' own forward ids count up from 1, so the
 two never meet in one container's list."""
 _PIPE_SIZE = 1 << 20
+"""Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
 _NOWAIT = 0x2 | 0x1
 """``SPLICE_F_NONBLOCK | SPLICE_F_MOVE``."""
 _RELAYS = 4096
 """Connections relayed at once; more wait for one to end."""
-"""Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
 _BACKLOG = 512
 _MAX_REQUEST = 1 << 16
 _RESET = b"\1\0\0\0\0\0\0\0"

@@ -454,6 +454,17 @@ class _Supervisor:
             self.held[address] = _Held(os.dup(container_ns), os.dup(pidfd), inode)
         self._ports(networks)
 
+    def _ended(self, address: str) -> None:
+        """The init of the container held at ``address`` was seen to end: its namespace
+        and its forwards go, unless a wire of this same round held another container
+        there (its pidfd may even have the number the old one had)."""
+        held = self.held.get(address)
+        if held is None or not wait_readable([held.pidfd], 0):
+            return
+        self._let_go(address)
+        with contextlib.suppress(OSError):  # a dying handler: its restart binds
+            self.sync()
+
     def _let_go(self, address: str) -> None:
         held = self.held.pop(address)
         os.close(held.ns_fd)
@@ -558,10 +569,8 @@ class _Supervisor:
             for fd in ready:
                 if fd == ctl.fileno():
                     self._answer(ctl)
-                elif fd in ended:  # a container's init ended: its forwards with it
-                    self._let_go(ended[fd])
-                    with contextlib.suppress(OSError):  # a dying handler: its restart binds
-                        self.sync()
+                elif fd in ended:
+                    self._ended(ended[fd])
                 else:
                     self._restart(pidfds[fd])
 
