@@ -7,7 +7,8 @@ the host into a 1 MiB buffer: a client fast enough not to be the limit, where bu
 requests: one TCP connection per ``GET /`` of a 6-byte page, one after another, the time
 of each; the host's loopback and the forwards take turns in both, round by round, so a
 machine that gets busier slows them alike; (c) the start of a networked httpd: create +
-start until its first answer through the forward, on the network already up.
+start until its first answer through the forward, on the network already up; (d) a
+forward added to and removed from a running container (``add_port``, ``remove_port``).
 
 The forwards go through the port handler (``splice``, the default) and through the
 shared slirp4netns (``slirp4netns``, the other choice), one container each. Figures are
@@ -144,6 +145,21 @@ def starts(rt: LinuxRuntime, site: Path, count: int) -> list[float]:
     return samples[1:]
 
 
+def live_changes(rt: LinuxRuntime, name: str, count: int) -> dict[str, list[float]]:
+    """ms per ``add_port`` (until it returns; its port then answers) and ``remove_port``."""
+    taken: dict[str, list[float]] = {"add_port": [], "remove_port": []}
+    for _ in range(count):
+        mapping = PortMapping(container=80, host=free_port())
+        start = time.perf_counter()
+        rt.add_port(name, mapping)
+        taken["add_port"].append((time.perf_counter() - start) * 1000)
+        answering(mapping.host)
+        start = time.perf_counter()
+        rt.remove_port(name, mapping)
+        taken["remove_port"].append((time.perf_counter() - start) * 1000)
+    return taken
+
+
 def p(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100)[int(q * 100) - 1]
 
@@ -167,6 +183,10 @@ def report(
     what = f"bridge httpd create to first answer through the forward p50 ({handler})"
     out.figure(what, start, "ms")
     print(f"  {what}: {start:.1f} ms (p90 {p(taken['start'], 0.9):.1f} ms)")
+    for change in ("add_port", "remove_port"):
+        ms = statistics.median(taken[change])
+        out.figure(f"{change} of a running bridge container p50 ({handler})", ms, "ms")
+        print(f"  {change} p50: {ms:.1f} ms")
     out.samples(f"small request ({handler})", taken["request"])
     out.samples(f"start to first answer ({handler})", taken["start"])
 
@@ -203,6 +223,7 @@ def main() -> None:
                 answering(ports[handler])
             measured = in_turns(ports, args.rounds, args.requests)
         for handler, rt in runtimes.items():
+            measured[handler] |= live_changes(rt, f"dp-{handler}", args.starts)
             rt.remove(f"dp-{handler}", force=True)
             measured[handler]["start"] = starts(rt, site, args.starts)
     finally:
