@@ -6,7 +6,10 @@ to its forwarded port while the container's env is changed N times (each change 
 replacement). Reported: requests, failed requests, the longest time without a good answer
 (over the run, and for each replacement: bench/out/replace.json, bench/results.py).
 
-    python bench/replace.py [-n 20] [--strategy start-first|stop-first] [--quick]
+``--handler`` picks who serves the forward (``SQUISH_PORT_HANDLER``).
+
+    python bench/replace.py [-n 20] [--strategy start-first|stop-first] [--handler splice]
+                            [--quick]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 from results import Results, parse
 
 from runtime.client.linux import LinuxRuntime
+from runtime.settings import PORT_HANDLERS
 from tests.support import free_port, page, write_atomically
 
 SQUISHFILE = """\
@@ -63,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--replacements", type=int, default=20)
     parser.add_argument("--strategy", default="start-first", choices=["start-first", "stop-first"])
+    parser.add_argument("--handler", default=PORT_HANDLERS[0], choices=PORT_HANDLERS)
     args = parse(parser, replacements=3)
     work = Path(tempfile.mkdtemp(prefix="squish-replace-"))
     folder = work / "desired"
@@ -76,7 +81,7 @@ def main() -> None:
         write_atomically(path, text)
 
     write("v0")
-    env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
+    env = {**os.environ, "SQUISH_STATE_DIR": str(state), "SQUISH_PORT_HANDLER": args.handler}
     loop = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
         env=env,
@@ -114,15 +119,17 @@ def main() -> None:
     per_replacement = longest_gaps(results, writes)
     longest = max(per_replacement)
     print(
-        f"{args.strategy}: {args.replacements} replacements, {len(results)} requests, "
+        f"{args.strategy} ({args.handler}): {args.replacements} replacements, "
+        f"{len(results)} requests, "
         f"{failed} failed, longest time without an answer {longest:.1f} ms"
     )
-    out = Results("replace")
-    out.figure(f"{args.strategy}: failed requests", failed, "requests")
-    out.figure(f"{args.strategy}: requests sent", len(results), "requests")
-    out.figure(f"{args.strategy}: longest time without an answer", longest, "ms")
+    out = Results("replace" if args.handler == PORT_HANDLERS[0] else f"replace-{args.handler}")
+    what = f"{args.strategy} ({args.handler})"
+    out.figure(f"{what}: failed requests", failed, "requests")
+    out.figure(f"{what}: requests sent", len(results), "requests")
+    out.figure(f"{what}: longest time without an answer", longest, "ms")
     out.samples(
-        f"{args.strategy}: longest time without an answer, per replacement", per_replacement
+        f"{what}: longest time without an answer, per replacement", per_replacement
     )
     out.save()
 

@@ -15,8 +15,12 @@
     name = "web-1"
     labels = { zone = "a" }
 
+    [network]                   # who serves bridge containers' TCP host forwards
+    port_handler = "splice"     # or "slirp4netns" (as $SQUISH_PORT_HANDLER)
+
 Options on the command line win over the file: ``--git URL`` replaces its ``[git]``
-table, a DIR given on the command line means that folder, not the repository. A file
+table, a DIR given on the command line means that folder, not the repository; a
+``$SQUISH_PORT_HANDLER`` that is set wins over ``port_handler``. A file
 that cannot be read or does not validate is an error at its ``file:line`` (the command
 does nothing), read through the squishfiles' own TOML reader.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -76,11 +80,18 @@ class _Host(BaseModel):
     labels: dict[str, str] = {}
 
 
+class _Network(BaseModel):
+    model_config = _STRICT
+
+    port_handler: Literal["splice", "slirp4netns"] | None = None
+
+
 class _File(BaseModel):
     model_config = _STRICT
 
     git: _Git | None = None
     host: _Host | None = None
+    network: _Network | None = None
 
 
 def config_path(given: str | None, environ: dict[str, str] | None = None) -> Path | None:
@@ -112,8 +123,10 @@ def _read(path: Path) -> tuple[_File, str]:
         raise ConfigError("\n".join(map(str, problems))) from exc
 
 
-def apply_file(settings: Settings, path: Path) -> Settings:
-    """``settings`` with what the file at ``path`` sets."""
+def apply_file(settings: Settings, path: Path, environ: dict[str, str] | None = None) -> Settings:
+    """``settings`` with what the file at ``path`` sets (what ``environ``, by default this
+    process's environment, sets of the same wins)."""
+    env = os.environ if environ is None else environ
     read, text = _read(path)
     changes: dict[str, Any] = {}
     if read.git is not None:
@@ -132,4 +145,7 @@ def apply_file(settings: Settings, path: Path) -> Settings:
             changes["host"] = read.host.name
         if read.host.labels:
             changes["labels"] = dict(read.host.labels)
+    handler = read.network.port_handler if read.network is not None else None
+    if handler is not None and not env.get("SQUISH_PORT_HANDLER"):
+        changes["runtime"] = dataclasses.replace(settings.runtime, port_handler=handler)
     return dataclasses.replace(settings, **changes)

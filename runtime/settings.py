@@ -21,6 +21,7 @@ __all__ = (
     "DEFAULT_ALPINE_MIRROR",
     "DEFAULT_LOG_MAX_FILES",
     "DEFAULT_LOG_MAX_SIZE",
+    "PORT_HANDLERS",
     "BadSetting",
     "RuntimeSettings",
     "UnpackLimits",
@@ -32,6 +33,10 @@ DEFAULT_LOG_MAX_SIZE = 20 << 20
 DEFAULT_LOG_MAX_FILES = 5
 """The log cap of a container that sets none (``[logs]``): 5 files of 20 MiB, the
 defaults of Docker's ``local`` log driver."""
+PORT_HANDLERS = ("splice", "slirp4netns")
+"""What may serve a bridge container's TCP host forwards, the default first: ``splice``
+(a host-side listener that splices into the shared namespace: no connection refused when
+a forward moves, near-loopback throughput) or ``slirp4netns`` (its user-mode TCP)."""
 
 
 class BadSetting(ValueError):
@@ -105,11 +110,19 @@ class RuntimeSettings:
     """``$SQUISH_NATIVE``: ``0`` keeps each container's init and log pump in Python;
     ``1`` (the default) uses the native ones when the host set-up installed them
     (``runtime.native``). Read when the holder starts: a running holder keeps its choice."""
+    port_handler: str = PORT_HANDLERS[0]
+    """``$SQUISH_PORT_HANDLER``: who serves the TCP host forwards of bridge containers
+    added from now on, one of :data:`PORT_HANDLERS` (UDP forwards, and those of
+    ``network = "slirp4netns"`` containers, always go through slirp4netns)."""
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in CGROUP_DRIVERS:
             raise BadSetting(
                 "SQUISH_CGROUP_DRIVER", self.cgroup_driver, "use auto, cgroupfs or systemd"
+            )
+        if self.port_handler not in PORT_HANDLERS:
+            raise BadSetting(
+                "SQUISH_PORT_HANDLER", self.port_handler, f"use {' or '.join(PORT_HANDLERS)}"
             )
 
     @classmethod
@@ -138,6 +151,7 @@ class RuntimeSettings:
             layer_index=_url("SQUISH_LAYER_INDEX", get("SQUISH_LAYER_INDEX")),
             unpack_limits=_unpack_limits(get),
             native=_flag("SQUISH_NATIVE", get("SQUISH_NATIVE"), default=True),
+            port_handler=get("SQUISH_PORT_HANDLER") or PORT_HANDLERS[0],
         )
 
 

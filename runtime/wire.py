@@ -73,6 +73,8 @@ class LaunchRequest:
     network: str = "slirp4netns"
     forwards: tuple[Forward, ...] = ()
     sandbox_slirp: bool = True
+    port_handler: str = "splice"
+    """Who serves its TCP host forwards on a bridge network (``RuntimeSettings.port_handler``)."""
     seccomp: bool = True
     """Install the filter in ``container_dir``/``SECCOMP_FILE`` (compiled at create)."""
     cgroup: str = ""

@@ -77,6 +77,16 @@ def rt(session_runtime: LinuxRuntime) -> Iterator[LinuxRuntime]:
 
 
 @pytest.fixture
+def nets(rt: LinuxRuntime) -> Iterator[LinuxRuntime]:
+    """The runtime; every container and network removed after the test."""
+    yield rt
+    for info in rt.list():
+        rt.remove(info.name, force=True)
+    for network in rt.list_networks():
+        rt.remove_network(network.name)
+
+
+@pytest.fixture
 def started_here() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Processes a test starts itself; each is killed (by its pid) after the test."""
     processes: list[subprocess.Popen[bytes]] = []

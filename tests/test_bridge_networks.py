@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,16 +83,6 @@ def site(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "index.html").write_text("hello over the bridge\n")
     return root
-
-
-@pytest.fixture
-def nets(rt: LinuxRuntime) -> Iterator[LinuxRuntime]:
-    """The runtime; every container and network removed after the test."""
-    yield rt
-    for info in rt.list():
-        rt.remove(info.name, force=True)
-    for network in rt.list_networks():
-        rt.remove_network(network.name)
 
 
 def test_containers_on_one_network_reach_each_other_and_not_another(

@@ -1,15 +1,17 @@
-"""The reconciler's settings file: [git] and [host], what the command line overrides, and
-errors at file:line before anything is done."""
+"""The reconciler's settings file: [git], [host] and [network], what the command line and
+the environment override, and errors at file:line before anything is done."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 
-from reconciler import cli
-from reconciler.configfile import ConfigError, config_path
+from reconciler import cli, configfile
+from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.settings import Settings
+from runtime.settings import PORT_HANDLERS
 
 GOOD = """\
 [git]
@@ -59,6 +61,7 @@ def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
         ("[host]\nlabels = { zone = 1 }\n", ":2: host.labels.zone"),
         ("[git\nurl = 1\n", ":1: <syntax>"),
         ('[git]\nurl = "x"\nbranch = "a"\ntag = "b"\n', ":1: git: git ref"),
+        ('[network]\nport_handler = "passt"\n', ":2: network.port_handler"),
     ],
 )
 def test_a_bad_file_is_an_error_at_its_line_and_nothing_is_done(
@@ -85,3 +88,16 @@ def test_which_file_is_read(tmp_path: Path) -> None:
     assert config_path(str(named), env) == named
     with pytest.raises(ConfigError, match="no such settings file"):
         config_path(str(tmp_path / "missing.toml"), env)
+
+
+def test_the_file_picks_the_port_handler_unless_the_environment_does(tmp_path: Path) -> None:
+    config = tmp_path / "reconciler.toml"
+    config.write_text('[network]\nport_handler = "slirp4netns"\n')
+    assert apply_file(Settings(), config, {}).runtime.port_handler == "slirp4netns"
+    chosen = {"SQUISH_PORT_HANDLER": "splice"}
+    assert apply_file(Settings(), config, chosen).runtime.port_handler == "splice"
+
+
+def test_the_file_knows_every_port_handler() -> None:
+    field = configfile._Network.model_fields["port_handler"].annotation
+    assert set(typing.get_args(typing.get_args(field)[0])) == set(PORT_HANDLERS)

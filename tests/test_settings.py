@@ -23,6 +23,7 @@ EVERYTHING = {
     "SQUISH_LAYER_INDEX": "https://layers.example.org/squish",
     "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
     "SQUISH_SETTLE_MS": "50",
+    "SQUISH_PORT_HANDLER": "slirp4netns",
     "UNRELATED": "ignored",
 }
 
@@ -37,6 +38,7 @@ def test_every_variable_lands_in_its_field() -> None:
         alpine_mirror="http://127.0.0.1:8000/alpine",
         layer_index="https://layers.example.org/squish",
         session_bus="unix:path=/run/user/1000/bus",
+        port_handler="slirp4netns",
     )
 
 
@@ -60,6 +62,7 @@ def test_an_empty_environment_means_the_defaults(environ: dict[str, str]) -> Non
         ("SQUISH_LAYER_INDEX", "file:///srv/layers", "expected an http:// or https:// URL"),
         ("SQUISH_SETTLE_MS", "soon", "expected a whole number of milliseconds"),
         ("SQUISH_SETTLE_MS", "-1", "expected a number, 0 or more"),
+        ("SQUISH_PORT_HANDLER", "passt", "use splice or slirp4netns"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:

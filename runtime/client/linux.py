@@ -282,6 +282,7 @@ class LinuxRuntime(NetworkOps):
             if info.state is ContainerState.RUNNING:
                 return info
             request = binds.own_sources_resolved(self._launch_request(cdir), (self.cache, cdir))
+            request = dataclasses.replace(request, port_handler=self.settings.port_handler)
             binds.check_sources(name, request.mounts)
             if request.seccomp and not (cdir / SECCOMP_FILE).is_file():
                 # A record made before filters were stored: compile it now, from the spec.

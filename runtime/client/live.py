@@ -48,6 +48,7 @@ from runtime.holder.protocol import (
 )
 from runtime.network.driver import Forwards, driver_for
 from runtime.util.files import read_json, write_json_atomic
+from runtime.wire import Forward
 
 __all__ = ("RunningOps",)
 
@@ -60,7 +61,7 @@ class RunningOps(RecordStore):
         if info.state is not ContainerState.RUNNING:
             raise ContainerNotRunning(name)
         network = driver_for(info.spec)
-        forwards = network.forwards(cdir, name)
+        forwards = network.forwards(cdir, name, self.settings.port_handler)
         if info.slirp_pid is None:
             raise SlirpError(f"container {name!r} has no {network.name} network")
         run = read_json(cdir / "run.json")
@@ -138,7 +139,7 @@ class RunningOps(RecordStore):
             run["slirp"] = reply.slirp
             run["forwards"] = []
             write_json_atomic(cdir / "run.json", run)  # the new slirp4netns first
-            api = driver_for(info.spec).forwards(cdir, name)
+            api = driver_for(info.spec).forwards(cdir, name, self.settings.port_handler)
             for mapping in wanted:
                 forward = forward_of(mapping)
                 # Left out (taken meanwhile, or privileged now): the next pass binds it.
@@ -160,8 +161,10 @@ class RunningOps(RecordStore):
             raise failure_error(spec.name, reply)
 
     def move_port(self, name: str, to: str, mapping: PortMapping) -> None:
-        """Move a forward from one running container to another with the shortest gap
-        the slirp4netns API allows: remove and add back to back, bookkeeping after."""
+        """Move a forward from one running container to another: in one step where the
+        network can hand it over (the port handler: nothing refused), else with the
+        shortest gap the slirp4netns API allows (remove and add back to back);
+        bookkeeping after."""
         if name == to:
             raise ValueError("a forward cannot move to the container it is on")
         first, second = sorted((name, to))  # one lock order for every mover: no deadlock
@@ -170,16 +173,9 @@ class RunningOps(RecordStore):
             source_api, source_run = self._running_api(source, name)
             target_api, target_run = self._running_api(target, to)
             forward = forward_of(mapping)
-            live = source_api.find(forward)
-            if live is not None:
-                source_api.remove(live.id)
-            try:
-                new_id = target_api.add(forward)  # the port was just freed
-            except BaseException:
-                if live is not None:  # put it back where it was
-                    with suppress(PortInUse, PortPrivileged, SlirpError):
-                        source_api.add(forward)
-                raise
+            new_id = target_api.take(forward, name)
+            if new_id is None:
+                new_id = _move_by_hand(source_api, target_api, forward)
             source_run["forwards"] = [f for f in source_run["forwards"] if mapping_of(f) != mapping]
             target_run["forwards"] = [f for f in target_run["forwards"] if mapping_of(f) != mapping]
             target_run["forwards"].append({"id": new_id, **asdict(forward)})
@@ -274,3 +270,17 @@ class RunningOps(RecordStore):
             if not self._running_leaf(cdir, name).freeze(False):
                 raise FreezeTimeout(name, freezing=False, seconds=10)
             return self._info(cdir, fresh=False)
+
+
+def _move_by_hand(source: Forwards, target: Forwards, forward: Forward) -> int:
+    """Remove ``forward`` from ``source``, add it to ``target``; put it back on failure."""
+    live = source.find(forward)
+    if live is not None:
+        source.remove(live.id)
+    try:
+        return target.add(forward)  # the port was just freed
+    except BaseException:
+        if live is not None:  # put it back where it was
+            with suppress(PortInUse, PortPrivileged, SlirpError):
+                source.add(forward)
+        raise

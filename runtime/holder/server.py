@@ -323,7 +323,8 @@ class _Containers:
         cdir = Path(request.container_dir)
 
         def work() -> Reply:
-            bridge.wire(bridge.state_of(cdir), cdir.name, list(request.networks), netns)
+            joins = list(request.networks)
+            bridge.wire(bridge.state_of(cdir), cdir.name, joins, netns, request.init_pid)
             return Rewired()
 
         fork_worker(conn, (netns,), work, ErrorCode.REWIRE_FAILED)

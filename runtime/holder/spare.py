@@ -154,7 +154,7 @@ def _network(
         raise _LaunchFailed(str(exc)) from exc
     if not req.forwards:
         return identity, []
-    forwards = driver.forwards(cdir, req.name)
+    forwards = driver.forwards(cdir, req.name, req.port_handler)
     return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SlirpError
-from runtime.network import agent, shared, slirp, wiring
+from runtime.errors import PortInUse, SlirpError
+from runtime.network import agent, porter, shared, slirp, wiring
 from runtime.network.addresses import leases_of, open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
@@ -94,21 +94,22 @@ def sync_if_running(state: Path) -> None:
 
 
 def drop_forwards(state: Path, name: str) -> None:
-    """Take container ``name``'s host forwards out of the shared slirp4netns and the
-    rules (it stopped, or starts again and adds them anew)."""
+    """Take container ``name``'s host forwards out of the shared slirp4netns, the port
+    handler and the rules (it stopped, or starts again and adds them anew)."""
     with shared.locked(state) as bdir:
         records = shared.load_forwards(bdir)
-        mine = {(r.proto, r.guest_port) for r in records if r.container == name}
-        if not mine:
+        gone = [r for r in records if r.container == name]
+        if not gone:
             return
         shared.save_forwards(bdir, [r for r in records if r.container != name])
     if shared.slirp_identity(state) is None:
         return  # no keeper: nothing holds them
+    mine = {(r.proto, r.guest_port) for r in gone if r.handler != "splice"}
     api = bdir / slirp.API_SOCKET
-    for live in slirp.list_forwards(api):
+    for live in slirp.list_forwards(api) if mine else ():
         if (live.forward.proto, live.forward.guest_port) in mine:
             slirp.remove_forward(api, live.id)
-    shared.call(state, "sync")
+    shared.call(state, "sync")  # the port handler lets go of the others
 
 
 def rename_forwards(state: Path, name: str, new_name: str) -> None:
@@ -127,7 +128,13 @@ def rename_forwards(state: Path, name: str, new_name: str) -> None:
 
 
 def wire(
-    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+    state: Path,
+    name: str,
+    joins: list[str],
+    container_ns: int,
+    init_pid: int,
+    *,
+    fresh: bool = False,
 ) -> None:
     """Make container ``name``'s interfaces match ``joins`` (the networks it is on, in
     order), in its network namespace ``container_ns``: a veth pair for each network it
@@ -136,25 +143,30 @@ def wire(
     come first, so the keeper's sync makes any network the container brought along.
     ``fresh``: a new namespace, so every pair is made anew (the kernel deletes those of
     an ended namespace a little later, and one may still be there). The keeper has the
-    namespace's agent do the work with the descriptor this sends it."""
-    begin_wire(state, name, joins, container_ns, fresh=fresh).done()
+    namespace's agent do the work with the descriptor this sends it, and keeps it while
+    the container's init ``init_pid`` runs, for the port handler."""
+    begin_wire(state, name, joins, container_ns, init_pid, fresh=fresh).done()
 
 
 class Wiring:
     """A wire asked of the keeper (:func:`begin_wire`): :meth:`done` waits for it."""
 
-    def __init__(self, state: Path, name: str, asked: shared.Asked) -> None:
+    def __init__(self, state: Path, name: str, asked: shared.Asked, pidfd: int) -> None:
         self.state = state
         self.name = name
         self.asked = asked
+        self.pidfd = pidfd
         self.direct: _Direct | None = None
 
     def done(self) -> None:
         """Once the container is wired (OSError when it could not be), recorded in its
         folder with the keeper that did it."""
-        reply = self.asked.answer()
-        if self.direct is not None:
-            reply = self.direct.settled(reply)
+        try:
+            reply = self.asked.answer()
+            if self.direct is not None:
+                reply = self.direct.settled(reply)
+        finally:
+            os.close(self.pidfd)
         wired = {"keeper": reply["keeper"]}
         write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
 
@@ -182,54 +194,99 @@ class _Direct:
 
 
 def begin_wire(
-    state: Path, name: str, joins: list[str], container_ns: int, *, fresh: bool = False
+    state: Path,
+    name: str,
+    joins: list[str],
+    container_ns: int,
+    init_pid: int,
+    *,
+    fresh: bool = False,
 ) -> Wiring:
     """:func:`wire`, only asked: the caller does other work while the keeper wires, then
     waits with :meth:`Wiring.done` (``container_ns`` stays open until then). A new
     namespace's pairs (``fresh``) are asked of the keeper's agent directly, while the
-    keeper syncs (the DNS records and rules follow the book before it answers)."""
+    keeper syncs (the DNS records and rules follow the book before it answers). The
+    keeper keeps the namespace and a pidfd of ``init_pid`` for the port handler."""
     if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
         with open_book(state) as book:
             for network in joins:
                 if network not in book.networks:
                     book.add_network(network, None)  # removed while the container was stopped
                 book.lease(network, name)  # kept if it has one
+    pidfd = os.pidfd_open(init_pid)
+    try:
+        return _ask_wire(state, name, joins, (container_ns, pidfd), fresh=fresh)
+    except BaseException:
+        os.close(pidfd)
+        raise
+
+
+def _ask_wire(
+    state: Path, name: str, joins: list[str], fds: tuple[int, int], *, fresh: bool
+) -> Wiring:
+    container_ns, pidfd = fds
     args: dict[str, Any] = {"name": name, "joins": joins, "fresh": fresh}
     if not fresh:
-        return Wiring(state, name, shared.ask_started(state, "wire", (container_ns,), **args))
-    wiring_ = Wiring(state, name, shared.ask_started(state, "sync"))
+        return Wiring(state, name, shared.ask_started(state, "wire", fds, **args), pidfd)
+    wiring_ = Wiring(state, name, shared.ask_started(state, "sync", fds, name=name), pidfd)
     plug = wiring.plan(name, joins, read_networks(state), os.fstat(container_ns).st_ino)
     sent = shared.plug_directly(state, {"fresh": True, **plug}, container_ns)
-    wiring_.direct = _Direct(sent, lambda: shared.call(state, "wire", fds=(container_ns,), **args))
+    wiring_.direct = _Direct(sent, lambda: shared.call(state, "wire", fds=fds, **args))
     return wiring_
 
 
 def live_forwards(state: Path) -> dict[str, list[LiveForward]]:
-    """The forwards the shared slirp4netns holds now, by bridge container: one look at
-    the records and one request, which observing every container needs once, not once
-    per container (each answer lists every container's forwards)."""
+    """The forwards the shared slirp4netns and the port handler hold now, by bridge
+    container: one look at the records and one request to each, which observing every
+    container needs once, not once per container (each answer lists every container's
+    forwards)."""
     with shared.locked(state) as bdir:
-        records = {(r.proto, r.guest_port): r for r in shared.load_forwards(bdir)}
+        loaded = shared.load_forwards(bdir)
     found: dict[str, list[LiveForward]] = {}
-    for live in slirp.list_forwards(shared.bridge_dir(state) / slirp.API_SOCKET):
-        record = records.get((live.forward.proto, live.forward.guest_port))
-        if record is not None and live.forward.host_port == record.host_port:
-            forward = Forward(record.proto, record.host_addr, record.host_port, record.port)
-            found.setdefault(record.container, []).append(LiveForward(live.id, forward))
+    slirped = {(r.proto, r.guest_port): r for r in loaded if r.handler != "splice"}
+    if slirped:
+        for live in slirp.list_forwards(shared.bridge_dir(state) / slirp.API_SOCKET):
+            record = slirped.get((live.forward.proto, live.forward.guest_port))
+            if record is not None and live.forward.host_port == record.host_port:
+                live_forward = LiveForward(live.id, _forward(record))
+                found.setdefault(record.container, []).append(live_forward)
+    spliced = {(r.host_addr, r.host_port, r.port): r for r in loaded if r.handler == "splice"}
+    if spliced:
+        for entry in _listeners(state):
+            record = spliced.get((entry["host_addr"], entry["host_port"], entry["port"]))
+            if record is not None:
+                found.setdefault(record.container, []).append(
+                    LiveForward(int(entry["id"]), _forward(record))
+                )
     return found
 
 
-class BridgeForwards:
-    """Host forwards of one bridge container through the shared slirp4netns."""
+def _listeners(state: Path) -> tuple[dict[str, Any], ...]:
+    """The port handler's listeners now (it is the truth, as slirp4netns' list is)."""
+    control = shared.bridge_dir(state) / porter.CONTROL_SOCKET
+    try:
+        listeners = porter.request(control, "list")["listeners"]
+    except (OSError, ValueError) as exc:
+        raise SlirpError(f"the port handler at {control} is unreachable: {exc}") from exc
+    return tuple(listeners)
 
-    def __init__(self, state: Path, name: str) -> None:
+
+class BridgeForwards:
+    """Host forwards of one bridge container: TCP through the port handler of the shared
+    namespace when ``handler`` is ``splice`` (:mod:`runtime.network.porter`), the rest
+    through the shared slirp4netns."""
+
+    def __init__(self, state: Path, name: str, handler: str = porter.HANDLERS[0]) -> None:
         self.state = state
         self.name = name
+        self.handler = handler
         self.api = shared.bridge_dir(state) / slirp.API_SOCKET
 
     def add(self, forward: Forward) -> int:
+        handler = self.handler if forward.proto == "tcp" else "slirp4netns"
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
+            _check_unclaimed(records, forward)
             record = shared.ForwardRecord(
                 self.name,
                 forward.proto,
@@ -237,23 +294,67 @@ class BridgeForwards:
                 forward.host_port,
                 forward.guest_port,
                 shared.free_guest_port(records, forward.proto),
+                handler,
             )
             shared.save_forwards(bdir, [*records, record])
         try:
-            shared.call(self.state, "sync")  # the DNAT rule before the first packet
+            reply = shared.call(self.state, "sync")  # the DNAT rule before the first packet
+            if handler == "splice" and "listeners" in reply:
+                return _listener_id(reply, forward)
+            if handler == "splice":  # a keeper started before the port handler existed
+                self._through_slirp(record)
             return slirp.add_forward(self.api, shared.slirp_forward(record))
         except BaseException:
             self._drop(record.proto, record.guest_port)
             raise
 
+    def _through_slirp(self, record: shared.ForwardRecord) -> None:
+        """Record ``record`` as served by slirp4netns, and have its DNAT rule made."""
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+            for r in records:
+                if (r.proto, r.guest_port) == (record.proto, record.guest_port):
+                    r.handler = record.handler = "slirp4netns"
+            shared.save_forwards(bdir, records)
+        shared.call(self.state, "sync")
+
+    def take(self, forward: Forward, giver: str) -> int | None:
+        """Hand ``forward`` of container ``giver`` over to this one in one step: the
+        port handler's listener stays open and sends the next connection here. None
+        when ``giver`` holds no such forward through the port handler."""
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+            record = next((r for r in records if r.container == giver and _same(r, forward)), None)
+            if record is None or record.handler != "splice":
+                return None
+            record.container = self.name
+            shared.save_forwards(bdir, records)
+        return _listener_id(shared.call(self.state, "sync"), forward)
+
     def remove(self, forward_id: int) -> None:
+        if forward_id >= porter.FIRST_ID:
+            self._remove_spliced(forward_id)
+            return
         for live in slirp.list_forwards(self.api):
             if live.id == forward_id:
                 slirp.remove_forward(self.api, forward_id)
                 self._drop(live.forward.proto, live.forward.guest_port)
 
+    def _remove_spliced(self, forward_id: int) -> None:
+        for entry in self._listeners():
+            if entry["id"] == forward_id:
+                with shared.locked(self.state) as bdir:
+                    records = shared.load_forwards(bdir)
+                key = (entry["host_addr"], entry["host_port"])
+                for r in records:
+                    if r.container == self.name and (r.host_addr, r.host_port) == key:
+                        self._drop(r.proto, r.guest_port)
+
     def list(self) -> list[LiveForward]:
         return live_forwards(self.state).get(self.name, [])
+
+    def _listeners(self) -> tuple[dict[str, Any], ...]:
+        return _listeners(self.state)
 
     def find(self, forward: Forward) -> LiveForward | None:
         return next((live for live in self.list() if live.forward == forward), None)
@@ -272,6 +373,35 @@ def _joining(cdir: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
+
+
+def _check_unclaimed(records: list[shared.ForwardRecord], forward: Forward) -> None:
+    """:class:`PortInUse` when a container already holds the host port of ``forward``
+    through the port handler (whose listener the plain check sees as anyone's)."""
+    port = (forward.proto, forward.host_addr, forward.host_port)
+    for r in records:
+        if (r.proto, r.host_addr, r.host_port) == port:
+            holder = f"container {r.container!r}"
+            raise PortInUse(forward.host_addr, forward.host_port, forward.proto, holder)
+
+
+def _same(record: shared.ForwardRecord, forward: Forward) -> bool:
+    return _forward(record) == forward
+
+
+def _forward(record: shared.ForwardRecord) -> Forward:
+    return Forward(record.proto, record.host_addr, record.host_port, record.port)
+
+
+def _listener_id(reply: dict[str, Any], forward: Forward) -> int:
+    """The id of the port handler's listener for ``forward``, as a keeper's sync reported
+    it; :class:`PortInUse` or :class:`PortPrivileged` when it could not be bound."""
+    for entry in reply.get("listeners", []):
+        if (entry["host_addr"], entry["host_port"]) == (forward.host_addr, forward.host_port):
+            return int(entry["id"])
+    slirp.ensure_port_free(forward)  # the likely reasons, named
+    failed = [f for f in reply.get("unbound", []) if f.get("host_port") == forward.host_port]
+    raise SlirpError(f"the port handler could not bind {forward}: {failed or 'no listener'}")
 
 
 class BridgeDriver:
@@ -304,7 +434,12 @@ class BridgeDriver:
         try:
             with _joining(cdir):
                 wiring = begin_wire(
-                    state_of(cdir), cdir.name, joined(cdir), container_ns, fresh=True
+                    state_of(cdir),
+                    cdir.name,
+                    joined(cdir),
+                    container_ns,
+                    target_pid,
+                    fresh=True,
                 )
         except BaseException:
             os.close(container_ns)
@@ -322,5 +457,5 @@ class BridgeDriver:
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError("bridge containers share one slirp4netns; its keeper restarts it")
 
-    def forwards(self, cdir: Path, name: str) -> BridgeForwards:
-        return BridgeForwards(state_of(cdir), name)
+    def forwards(self, cdir: Path, name: str, handler: str = porter.HANDLERS[0]) -> BridgeForwards:
+        return BridgeForwards(state_of(cdir), name, handler)

@@ -20,11 +20,13 @@ from typing import Protocol
 from runtime.errors import SlirpError
 from runtime.network import slirp
 from runtime.network.bridge import BridgeDriver
+from runtime.network.porter import HANDLERS
 from runtime.network.slirp import LiveForward
 from runtime.util.processes import ProcessId
 from runtime.wire import Forward
 
 __all__ = (
+    "HANDLERS",
     "Forwards",
     "HasNetwork",
     "LiveForward",
@@ -61,6 +63,11 @@ class Forwards(Protocol):
 
     def find(self, forward: Forward) -> LiveForward | None:
         """The forward in place equal to ``forward``, if any."""
+
+    def take(self, forward: Forward, giver: str) -> int | None:
+        """Hand ``forward`` of running container ``giver`` over to this container in one
+        step, the host port never closed; its new id. None when this network cannot (the
+        caller removes it there and adds it here)."""
 
 
 class Starting(Protocol):
@@ -113,9 +120,10 @@ class NetworkDriver(Protocol):
         ``netns_fd``; it ends when ``exit_fd`` (its end of a pipe whose other end the
         caller keeps) closes, and the caller kills it when the container ends."""
 
-    def forwards(self, cdir: Path, name: str) -> Forwards:
-        """The forwards of running container ``name``; raises :class:`SlirpError` when
-        its network takes none."""
+    def forwards(self, cdir: Path, name: str, handler: str = HANDLERS[0]) -> Forwards:
+        """The forwards of running container ``name``, TCP ones added through ``handler``
+        where its network has a choice (see :data:`HANDLERS`); raises
+        :class:`SlirpError` when its network takes none."""
 
 
 class _SlirpForwards:
@@ -135,6 +143,9 @@ class _SlirpForwards:
 
     def find(self, forward: Forward) -> LiveForward | None:
         return slirp.find_forward(self.api_socket, forward)
+
+    def take(self, forward: Forward, giver: str) -> int | None:
+        return None  # each container has a slirp4netns of its own
 
 
 class Slirp4netnsDriver:
@@ -171,8 +182,8 @@ class Slirp4netnsDriver:
             ),
         )
 
-    def forwards(self, cdir: Path, name: str) -> Forwards:
-        return _SlirpForwards(cdir / slirp.API_SOCKET)
+    def forwards(self, cdir: Path, name: str, handler: str = HANDLERS[0]) -> Forwards:
+        return _SlirpForwards(cdir / slirp.API_SOCKET)  # its own slirp4netns serves them all
 
 
 class _Start(Protocol):
@@ -212,7 +223,7 @@ class NoNetwork:
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError(f"{cdir.name!r} has no network helper to start again")
 
-    def forwards(self, cdir: Path, name: str) -> Forwards:
+    def forwards(self, cdir: Path, name: str, handler: str = HANDLERS[0]) -> Forwards:
         raise _no_forwards(f"container {name!r}")
 
 

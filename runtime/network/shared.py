@@ -45,7 +45,7 @@ from typing import Any, NoReturn
 
 from runtime.errors import SlirpError
 from runtime.network import agent as agent_process
-from runtime.network import netlink, nft, slirp, wiring
+from runtime.network import netlink, nft, porter, slirp, wiring
 from runtime.network.addresses import NetworkRecord, read_networks
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
@@ -247,7 +247,8 @@ def stop_supervisor(state: Path) -> None:
 
 
 def _end(keeper: dict[str, Any]) -> None:
-    for key in ("supervisor", "slirp", "dns", "agent", "pinner"):  # "pinner": in earlier records
+    # "pinner": in earlier records
+    for key in ("supervisor", "slirp", "porter", "dns", "agent", "pinner"):
         process = ProcessId.from_json(keeper.get(key))
         if process is not None and process.send(signal.SIGKILL):
             process.wait_gone(5.0)
@@ -288,6 +289,10 @@ class ForwardRecord:
     host_port: int
     port: int
     guest_port: int
+    handler: str = "slirp4netns"
+    """Who serves it: ``splice`` (the port handler, :mod:`runtime.network.porter`:
+    host_addr:host_port straight to the container's address:port) or ``slirp4netns``
+    (the way above; records written before the port handler existed)."""
 
 
 def load_forwards(bdir: Path) -> list[ForwardRecord]:
@@ -371,6 +376,16 @@ def _aliases_in(spec: object) -> dict[str, list[str]]:
 
 
 @dataclass
+class _Held:
+    """A wired container's network namespace, kept while its init runs."""
+
+    ns_fd: int
+    pidfd: int
+    """Readable once the init ended."""
+    inode: int
+
+
+@dataclass
 class _Supervisor:
     state: Path
     bdir: Path
@@ -380,6 +395,17 @@ class _Supervisor:
     """What slirp4netns and the responder watch: EOF when this process ends."""
     exit_w: int = -1
     slirp: ProcessId | None = None
+    porter: ProcessId | None = None
+    bound: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    """The port handler's listeners, by host address and port, as it reported them (and
+    the inode of the namespace each sends to)."""
+    held: dict[str, _Held] = field(default_factory=dict)
+    """The network namespaces of wired containers whose init runs, by the address host
+    forwards to that container go to."""
+    forwarded: list[ForwardRecord] = field(default_factory=list)
+    """The forwards as the last sync read them."""
+    unbound: list[dict[str, Any]] = field(default_factory=list)
+    """The splice forwards the last sync could not bind, with the errno."""
     dns: ProcessId | None = None
     children: dict[int, str] = field(default_factory=dict)
     applied: dict[str, Any] | None = None
@@ -398,6 +424,7 @@ class _Supervisor:
             self.exit_r, self.exit_w = os.pipe2(os.O_CLOEXEC)
             self._start_agent()
             self._start_slirp()
+            self._start_porter()
             self.sync()
             self._start_dns()
             self._await_dns()
@@ -424,8 +451,85 @@ class _Supervisor:
             self.slirp = slirp.spawn(self.bdir, False, READY_TIMEOUT, **fds)
         self.children[self.slirp.pid] = "slirp"
         for record in load_forwards(self.bdir):
+            if record.handler == "splice":
+                continue
             with contextlib.suppress(OSError):  # a port taken meanwhile stays out
                 slirp.add_forward(self.bdir / slirp.API_SOCKET, slirp_forward(record))
+
+    def _start_porter(self) -> None:
+        """Fork the port handler (the next sync binds its listeners)."""
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            try:
+                close_fds_except({self.exit_r, ready_w, self.ns_fd, 2})
+                control = self.bdir / porter.CONTROL_SOCKET
+                porter.run(self.exit_r, control, ready_w, self.ns_fd)
+            finally:
+                os._exit(1)
+        os.close(ready_w)
+        ready = os.read(ready_r, 1) if wait_readable([ready_r], READY_TIMEOUT) else b""
+        os.close(ready_r)
+        self.children[child] = "porter"
+        if ready != b"1":
+            raise SlirpError("the port handler did not start")
+        self.porter = ProcessId.of(child)
+        self.bound = {}
+
+    def _ports(self, networks: dict[str, NetworkRecord]) -> None:
+        """Have the port handler listen for each splice forward whose container runs,
+        and send it into that container's namespace now; a listener whose container
+        changed is swapped in one step."""
+        self.forwarded = [r for r in self.forwarded if _exists(self.state, r.container)]
+        wanted = _backends(networks, self.forwarded, self.held)
+        control = self.bdir / porter.CONTROL_SOCKET
+        for key in [key for key in self.bound if key not in wanted]:
+            porter.request(control, "unbind", id=self.bound.pop(key)["id"])
+        self.unbound = []
+        for (host_addr, host_port), (addr, port, held) in wanted.items():
+            backend: dict[str, Any] = {"addr": addr, "port": port, "inode": held.inode}
+            have = self.bound.get((host_addr, host_port))
+            if have is not None and {k: have[k] for k in backend} != backend:
+                porter.request(control, "swap", (held.ns_fd,), id=have["id"], **backend)
+                have.update(backend)
+            elif have is None:
+                at: dict[str, Any] = {"host_addr": host_addr, "host_port": host_port}
+                try:
+                    entry = porter.request(control, "bind", (held.ns_fd,), **at, **backend)
+                except OSError as exc:
+                    self.unbound.append({**at, "errno": exc.errno})
+                    continue
+                self.bound[(host_addr, host_port)] = {**entry, "inode": held.inode}
+
+    def _hold(self, networks: dict[str, NetworkRecord], name: str, fds: list[int]) -> None:
+        """Keep copies of wired container ``name``'s namespace and init pidfd (``fds``)
+        for the forwards that go to it, in place of any earlier ones."""
+        container_ns, pidfd = fds
+        inode = os.fstat(container_ns).st_ino
+        address = _address_of(networks, name)
+        for key in [
+            key for key, held in self.held.items() if key == address or held.inode == inode
+        ]:
+            self._let_go(key)
+        if address is not None:
+            self.held[address] = _Held(os.dup(container_ns), os.dup(pidfd), inode)
+        self._ports(networks)
+
+    def _ended(self, address: str) -> None:
+        """The init of the container held at ``address`` was seen to end: its namespace
+        and its forwards go, unless a wire of this same round held another container
+        there (its pidfd may even have the number the old one had)."""
+        held = self.held.get(address)
+        if held is None or not wait_readable([held.pidfd], 0):
+            return
+        self._let_go(address)
+        with contextlib.suppress(OSError):  # a dying handler: its restart binds
+            self.sync()
+
+    def _let_go(self, address: str) -> None:
+        held = self.held.pop(address)
+        os.close(held.ns_fd)
+        os.close(held.pidfd)
 
     def _start_dns(self) -> None:
         if importlib.util.find_spec(DNS_MODULE) is None:
@@ -464,6 +568,7 @@ class _Supervisor:
             "supervisor": _json(ProcessId.of(os.getpid())),
             "agent": _json(ProcessId.of(self.agent.pid) if self.agent else None),
             "slirp": _json(self.slirp),
+            "porter": _json(self.porter),
             "dns": _json(self.dns),
             "userns": _own_userns(),
         }
@@ -473,6 +578,7 @@ class _Supervisor:
         """Bring the namespace in line with the address book; return the book's networks."""
         networks = read_networks(self.state)  # replaced whole by its writers: no lock
         self._apply(self._links(networks))
+        self._ports(networks)
         self._write_records(networks)
         self._await_dns()
         return networks
@@ -485,6 +591,7 @@ class _Supervisor:
             records = [r for r in loaded if _exists(self.state, r.container)]
             if records != loaded:
                 save_forwards(self.bdir, records)
+        self.forwarded = records
         return {
             "bridges": _bridge_list(networks),
             "ruleset": nft.ruleset(_bridges(networks), _dnats(networks, records)),
@@ -524,7 +631,8 @@ class _Supervisor:
         landmark = Landmark(ctl.getsockname())
         while True:
             pidfds = {os.pidfd_open(pid): pid for pid in self.children}
-            ready = wait_readable([ctl.fileno(), *pidfds], STATE_CHECK)
+            ended = {held.pidfd: address for address, held in self.held.items()}
+            ready = wait_readable([ctl.fileno(), *pidfds, *ended], STATE_CHECK)
             for fd in pidfds:
                 os.close(fd)
             if not ready and landmark.gone():  # its state folder was deleted
@@ -533,6 +641,8 @@ class _Supervisor:
             for fd in ready:
                 if fd == ctl.fileno():
                     self._answer(ctl)
+                elif fd in ended:
+                    self._ended(ended[fd])
                 else:
                     self._restart(pidfds[fd])
 
@@ -545,6 +655,10 @@ class _Supervisor:
             os._exit(1)
         if kind == "slirp":
             self._start_slirp()
+        elif kind == "porter":
+            with contextlib.suppress(OSError):  # it died again: the next restart binds
+                self._start_porter()
+                self.sync()
         else:
             self._start_dns()
             self.listening = set()  # a new responder: wait for each address again
@@ -561,9 +675,15 @@ class _Supervisor:
                 request, fds = _receive(conn)
                 op = request.get("op")
                 if op == "sync":
-                    self.sync()
+                    networks = self.sync()
+                    if len(fds) == 2:  # a new container the agent wired directly
+                        self._hold(networks, str(request["name"]), fds)
+                    reply["listeners"] = list(self.bound.values())
+                    reply["unbound"] = self.unbound
                 elif op == "wire":
                     self._wire(request, fds[0])
+                    if len(fds) == 2:  # (a holder started before the port handler sends one)
+                        self._hold(read_networks(self.state), str(request["name"]), fds)
                 elif op == "stop":
                     self._stop(conn)
             except Exception as exc:
@@ -595,6 +715,7 @@ class _Supervisor:
             except OSError as exc:  # raised once the sync is done, as when it came first
                 failed = exc
         self._apply(links)
+        self._ports(networks)
         self._await_dns()
         if failed is not None:
             raise failed
@@ -606,7 +727,7 @@ class _Supervisor:
         os._exit(0)
 
     def _end_all(self) -> None:
-        for process in (self.slirp, self.dns):
+        for process in (self.slirp, self.porter, self.dns):
             if process is not None:
                 process.send(signal.SIGKILL)
         if self.agent is not None:
@@ -636,14 +757,32 @@ def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
     ]
 
 
+def _address_of(networks: dict[str, NetworkRecord], container: str) -> str | None:
+    """Where host forwards to ``container`` go: its address on the first of its networks."""
+    return next((n.leases[container] for n in networks.values() if container in n.leases), None)
+
+
+def _backends(
+    networks: dict[str, NetworkRecord], records: list[ForwardRecord], held: dict[str, _Held]
+) -> dict[tuple[str, int], tuple[str, int, _Held]]:
+    """(host address, host port) -> (container address, port, its namespace) of each
+    splice forward whose container runs (the first record of a host port wins: a later
+    one is a conflict, never a move)."""
+    wanted: dict[tuple[str, int], tuple[str, int, _Held]] = {}
+    for record in records:
+        address = _address_of(networks, record.container)
+        namespace = held.get(address) if address is not None else None
+        if record.handler == "splice" and address is not None and namespace is not None:
+            key = (record.host_addr, record.host_port)
+            wanted.setdefault(key, (address, record.port, namespace))
+    return wanted
+
+
 def _dnats(networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> list[nft.Dnat]:
     dnats = []
     for record in records:
-        address = next(
-            (n.leases[record.container] for n in networks.values() if record.container in n.leases),
-            None,
-        )
-        if address is not None:
+        address = _address_of(networks, record.container)
+        if address is not None and record.handler != "splice":
             dnats.append(nft.Dnat(record.proto, record.guest_port, address, record.port))
     return dnats
 

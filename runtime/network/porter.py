@@ -1,0 +1,330 @@
+"""The host-side port handler (``port_handler = "splice"``): TCP host forwards of bridge
+containers without slirp4netns' user-mode TCP.
+
+One process per shared network namespace, forked by its keeper
+(:mod:`runtime.network.shared`), which restarts it when it dies: it lives in the host's
+network namespace and the holder's user namespace, so it binds the host ports, and its
+threads may enter the containers' network namespaces. Each listener has a backend: a
+container's network namespace (a descriptor the keeper sends) and an address and port
+in it. Each accepted connection goes to a thread of a pool, which enters that namespace
+(it cannot come back into the host's, which belongs to a user namespace above the
+holder's: between connections it waits in the shared namespace), makes a socket there,
+connects it to the container's own address (delivered inside the namespace, as to any
+local address: no bridge, no neighbour tables on the way) and moves the bytes both ways
+with non-blocking ``splice(2)`` through a pipe per direction (the kernel moves them; this
+process never reads them).
+
+A listener's backend changes in one step (``swap``): the host socket stays open, so a
+container replaced by another answering the same port refuses nothing; connections
+already accepted finish with the backend they had. UDP is not handled here: it stays
+with slirp4netns.
+
+Control: ``ports.sock`` in the bridge folder, one JSON request per connection (the
+keeper is its only client), the namespace's descriptor attached to ``bind`` and ``swap``:
+``bind`` (host_addr, host_port, addr, port: a new listener, an error with the errno when
+the port cannot be bound), ``swap`` (id, addr, port), ``unbind`` (id), ``list``. It ends
+when ``exit_fd`` reaches EOF (its keeper ended).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import select
+import selectors
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from runtime.sandbox import syscalls as sc
+from runtime.settings import PORT_HANDLERS
+from runtime.util import jsonsock
+from runtime.util.fdpass import receive_with_fds, send_with_fds
+
+__all__ = ("CONTROL_SOCKET", "FIRST_ID", "HANDLERS", "Listener", "Porter", "request", "run")
+
+HANDLERS = PORT_HANDLERS
+"""The ways a bridge container's TCP forward can be served; the first is the default
+(UDP forwards always go through slirp4netns)."""
+CONTROL_SOCKET = "ports.sock"
+FIRST_ID = 1 << 20
+"""Listener ids count up from here: slirp4netns' own forward ids count up from 1, so the
+two never meet in one container's list."""
+_PIPE_SIZE = 1 << 20
+"""Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
+_NOWAIT = 0x2 | 0x1
+"""``SPLICE_F_NONBLOCK | SPLICE_F_MOVE``."""
+_RELAYS = 4096
+"""Connections relayed at once; more wait for one to end."""
+_BACKLOG = 512
+_MAX_REQUEST = 1 << 16
+_RESET = b"\1\0\0\0\0\0\0\0"
+"""``struct linger`` on, zero seconds: closing the socket resets the connection."""
+
+
+@dataclass
+class Listener:
+    """A host socket and where its connections go: ``addr:port`` in the network
+    namespace ``ns_fd`` (owned by the listener)."""
+
+    id: int
+    sock: socket.socket
+    host_addr: str
+    host_port: int
+    addr: str
+    port: int
+    ns_fd: int
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host_addr": self.host_addr,
+            "host_port": self.host_port,
+            "addr": self.addr,
+            "port": self.port,
+        }
+
+
+def request(
+    path: Path, op: str, fds: tuple[int, ...] = (), timeout: float = 5.0, **args: Any
+) -> dict[str, Any]:
+    """Send ``op`` (with descriptors ``fds``) to the port handler at ``path``; OSError
+    when it does not answer or fails (its errno, when the failure had one)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        jsonsock.connect(sock, path, timeout)
+        send_with_fds(sock, json.dumps({"op": op, **args}).encode(), fds)
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            reply = jsonsock.decode_object(jsonsock.read_to_eof(sock, 1 << 20))
+        except ValueError as exc:  # it died mid-request, or answered nonsense
+            raise OSError(errno.EIO, f"the port handler gave no answer to {op}: {exc}") from exc
+    error = reply.get("error")
+    if isinstance(error, dict):
+        raise OSError(int(error.get("errno") or 0) or errno.EIO, str(error.get("desc")))
+    return reply
+
+
+class Porter:
+    """The listeners and the loop that accepts on them."""
+
+    def __init__(self, control: socket.socket, exit_fd: int, rest_fd: int) -> None:
+        self.rest_fd = rest_fd
+        self.relays = ThreadPoolExecutor(_RELAYS, thread_name_prefix="relay")
+        self.control = control
+        self.exit_fd = exit_fd
+        self.listeners: dict[int, Listener] = {}
+        self.next_id = FIRST_ID
+        self.selector = selectors.DefaultSelector()
+
+    def bind(self, host_addr: str, host_port: int, addr: str, port: int, ns_fd: int) -> Listener:
+        family = socket.AF_INET6 if ":" in host_addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host_addr, host_port))
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = Listener(self.next_id, sock, host_addr, host_port, addr, port, ns_fd)
+        self.next_id += 1
+        self.listeners[listener.id] = listener
+        self.selector.register(sock, selectors.EVENT_READ, listener)
+        return listener
+
+    def swap(self, listener_id: int, addr: str, port: int, ns_fd: int) -> None:
+        listener = self._listener(listener_id)
+        old = listener.ns_fd
+        listener.addr, listener.port, listener.ns_fd = addr, port, ns_fd
+        os.close(old)  # each connection under way has a copy of its own
+
+    def unbind(self, listener_id: int) -> None:
+        listener = self._listener(listener_id)
+        self.selector.unregister(listener.sock)
+        listener.sock.close()
+        os.close(listener.ns_fd)
+        del self.listeners[listener_id]
+
+    def _listener(self, listener_id: int) -> Listener:
+        listener = self.listeners.get(listener_id)
+        if listener is None:
+            raise OSError(errno.ENOENT, f"no listener {listener_id}")
+        return listener
+
+    def serve(self) -> NoReturn:
+        self.selector.register(self.control, selectors.EVENT_READ, "control")
+        self.selector.register(self.exit_fd, selectors.EVENT_READ, "exit")
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "exit":
+                    os._exit(0)
+                elif key.data == "control":
+                    self._answer()
+                else:
+                    self._accept(key.data)
+
+    def _accept(self, listener: Listener) -> None:
+        try:
+            conn, _ = listener.sock.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        backend = (listener.addr, listener.port)
+        ns_fd = os.dup(listener.ns_fd)  # the relay's: a swap may close the listener's
+        self.relays.submit(_relay, conn, ns_fd, backend, self.rest_fd)
+
+    def _answer(self) -> None:
+        try:
+            conn, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(5.0)
+            fds: list[int] = []
+            try:
+                data, fds = receive_with_fds(conn, _MAX_REQUEST, 1)
+                rest = jsonsock.read_to_eof(conn, _MAX_REQUEST) if data else b""
+                reply = self._handle(jsonsock.decode_object(data + rest), fds)
+            except OSError as exc:
+                reply = {"error": {"errno": exc.errno, "desc": str(exc)}}
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                reply = {"error": {"errno": errno.EINVAL, "desc": f"bad request: {exc}"}}
+            for fd in fds:  # the ones a listener did not take
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode())
+
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Carry out ``message``; a listener it makes or changes takes ``fds[0]`` out."""
+        op = message["op"]
+        backend = (str(message.get("addr")), int(message.get("port", 0)))
+        if op == "bind":
+            host = (str(message["host_addr"]), int(message["host_port"]))
+            listener = self.bind(*host, *backend, fds[0])
+            fds.pop(0)
+            return listener.entry()
+        if op == "swap":
+            self.swap(int(message["id"]), *backend, fds[0])
+            fds.pop(0)
+        elif op == "unbind":
+            self.unbind(int(message["id"]))
+        elif op != "list":
+            raise ValueError(f"unknown op {op!r}")
+        return {"listeners": [listener.entry() for listener in self.listeners.values()]}
+
+
+def run(exit_fd: int, control_path: Path, ready_fd: int, rest_fd: int) -> NoReturn:
+    """The port handler's life (in a process forked for it): listen on ``control_path``,
+    write ``1`` to ``ready_fd``, serve until ``exit_fd`` reaches EOF; relay threads wait
+    in the network namespace ``rest_fd`` between connections."""
+    control_path.unlink(missing_ok=True)
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    control.bind(str(control_path))
+    control.listen(16)
+    control.setblocking(False)
+    porter = Porter(control, exit_fd, rest_fd)
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    porter.serve()
+
+
+def _relay(conn: socket.socket, ns_fd: int, backend: tuple[str, int], rest_fd: int) -> None:
+    """In a pool's thread: from inside the network namespace ``ns_fd`` (closed here),
+    connect to ``backend`` and move bytes both ways until each side has said all it had;
+    a backend that refuses resets ``conn``. Then the thread waits in the namespace
+    ``rest_fd`` (the shared one: it pins no container's namespace while idle)."""
+    try:
+        with conn:
+            try:
+                sc.setns(ns_fd, sc.CLONE_NEWNET)
+                upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            except OSError:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                return
+            with upstream:
+                try:
+                    upstream.connect(backend)
+                except OSError:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    return
+                _shuttle(conn, upstream)
+    finally:
+        os.close(ns_fd)
+        sc.setns(rest_fd, sc.CLONE_NEWNET)
+
+
+class _Direction:
+    """Bytes from one socket to the other through a pipe of their own (never read
+    into this process)."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket) -> None:
+        self.source, self.sink = source, sink
+        self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more calls
+            fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self.held = 0
+        """Bytes in the pipe, not yet in ``sink``."""
+        self.ended = False
+        """``source`` said all it had (or failed, or ``sink`` is gone)."""
+        self.done = False
+        """Ended, everything passed on, and ``sink``'s write side shut."""
+
+    def wants(self) -> tuple[int, int] | None:
+        """The descriptor and the poll event this direction waits for (None: done)."""
+        if self.done:
+            return None
+        if self.held:
+            return self.sink.fileno(), select.POLLOUT
+        return self.source.fileno(), select.POLLIN
+
+    def step(self) -> None:
+        """Fill the pipe from ``source`` when it is empty, else pass it on to ``sink``."""
+        try:
+            if self.held:
+                self.held -= os.splice(self.read_end, self.sink.fileno(), self.held, flags=_NOWAIT)
+            else:
+                moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+                self.held, self.ended = moved, moved == 0
+        except BlockingIOError:
+            return
+        except OSError:  # a reset, or a peer gone: like an end of what there is to say
+            self.held, self.ended = 0, True
+        if self.ended and not self.held:
+            self.done = True
+            with contextlib.suppress(OSError):
+                self.sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
+    """Both directions between ``conn`` and ``upstream`` in this one thread, each socket
+    non-blocking, until both are done."""
+    for sock in (conn, upstream):
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    directions = (_Direction(conn, upstream), _Direction(upstream, conn))
+    try:
+        while waiting := [(d, w) for d in directions if (w := d.wants()) is not None]:
+            events: dict[int, int] = {}
+            for _, (fd, event) in waiting:
+                events[fd] = events.get(fd, 0) | event
+            poller = select.poll()
+            for fd, event in events.items():
+                poller.register(fd, event)
+            ready = {fd for fd, _ in poller.poll()}
+            for direction, (fd, _) in waiting:
+                if fd in ready:
+                    direction.step()
+    finally:
+        for direction in directions:
+            direction.close()

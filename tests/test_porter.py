@@ -1,0 +1,177 @@
+"""The port handler's own work, in a process of its own on this machine's namespace:
+listeners bound and refused, a backend swapped under a steady client in one step, bytes
+carried whole both ways, a listener let go. Entering a network namespace (even one's own)
+takes CAP_SYS_ADMIN, so these run as root; the rootless tests cover the handler inside
+the holder's user namespace (tests/test_port_handler.py)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.network import porter
+from runtime.util.processes import wait_readable
+from tests.support import free_port
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="entering a network namespace needs CAP_SYS_ADMIN"
+)
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[Path]:
+    """A running port handler's control socket (the handler ends after the test)."""
+    path = tmp_path / porter.CONTROL_SOCKET
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(exit_w)
+            rest = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            porter.run(exit_r, path, ready_w, rest)
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    os.close(exit_r)
+    assert wait_readable([ready_r], 10.0) and os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    yield path
+    os.close(exit_w)  # its exit pipe's EOF ends it
+    if not wait_readable([os.pidfd_open(child)], 5.0):
+        os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+
+
+@pytest.fixture
+def own_netns() -> Iterator[int]:
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    yield fd
+    os.close(fd)
+
+
+class Backend:
+    """A server on 127.0.0.1 that answers each connection with its name, then echoes
+    the SHA-256 of what it received until EOF."""
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(self.name + b"\n")
+            digest = hashlib.sha256()
+            while chunk := conn.recv(1 << 16):
+                digest.update(chunk)
+            conn.sendall(digest.hexdigest().encode())
+
+
+def talk(port: int, payload: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def bind(control: Path, ns: int, port: int, backend: Backend | int) -> dict[str, object]:
+    to = backend if isinstance(backend, int) else backend.port
+    return porter.request(
+        control,
+        "bind",
+        (ns,),
+        host_addr="127.0.0.1",
+        host_port=port,
+        addr="127.0.0.1",
+        port=to,
+    )
+
+
+def test_bytes_go_both_ways_whole(control: Path, own_netns: int) -> None:
+    backend, port = Backend(b"a"), free_port()
+    entry = bind(control, own_netns, port, backend)
+    assert entry["id"] == porter.FIRST_ID
+    payload = os.urandom(8 << 20)
+    answer = talk(port, payload)
+    assert answer == b"a\n" + hashlib.sha256(payload).hexdigest().encode()
+
+
+def test_a_swap_under_a_steady_client_refuses_nothing(control: Path, own_netns: int) -> None:
+    first, second, port = Backend(b"first"), Backend(b"second"), free_port()
+    entry = bind(control, own_netns, port, first)
+    answers: list[bytes] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(talk(port).split(b"\n")[0])
+            except OSError:
+                answers.append(b"refused")
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        for backend in (second, first, second) * 5:
+            seen = len(answers)
+            porter.request(
+                control, "swap", (own_netns,), id=entry["id"], addr="127.0.0.1", port=backend.port
+            )
+            while len(answers) < seen + 3:
+                pass
+    finally:
+        stop.set()
+        thread.join()
+    assert b"refused" not in answers
+    assert set(answers) == {b"first", b"second"}
+
+
+def test_a_taken_port_is_an_error_with_its_errno(control: Path, own_netns: int) -> None:
+    backend = Backend(b"a")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = int(taken.getsockname()[1])
+        with pytest.raises(OSError) as caught:
+            bind(control, own_netns, port, backend)
+    assert caught.value.errno == errno.EADDRINUSE
+    assert porter.request(control, "list")["listeners"] == []
+
+
+def test_an_unbound_port_refuses_and_the_list_says_so(control: Path, own_netns: int) -> None:
+    backend, port = Backend(b"a"), free_port()
+    entry = bind(control, own_netns, port, backend)
+    assert [e["host_port"] for e in porter.request(control, "list")["listeners"]] == [port]
+    porter.request(control, "unbind", id=entry["id"])
+    with pytest.raises(ConnectionRefusedError):
+        talk(port)
+    assert porter.request(control, "list")["listeners"] == []
+    with pytest.raises(OSError) as caught:
+        porter.request(control, "unbind", id=entry["id"])
+    assert caught.value.errno == errno.ENOENT
+
+
+def test_a_backend_that_refuses_resets_the_client(control: Path, own_netns: int) -> None:
+    port, nothing = free_port(), free_port()
+    bind(control, own_netns, port, nothing)
+    with pytest.raises(ConnectionResetError):
+        talk(port, b"x")
