@@ -46,6 +46,7 @@ from runtime.holder.protocol import (
     Rewire,
     Rewired,
 )
+from runtime.network.bridge import NotHeld
 from runtime.network.driver import Forwards, driver_for
 from runtime.util.files import read_json, write_json_atomic
 from runtime.wire import Forward
@@ -88,13 +89,23 @@ class RunningOps(RecordStore):
             live = api.find(forward)
             if live is None:
                 driver_for(self._spec(cdir)).ensure_port_free(forward)
-                live_id = api.add(forward)
+                live_id = self._add_forward(cdir, api, forward)
             else:
                 live_id = live.id
             run["forwards"] = [f for f in run["forwards"] if mapping_of(f) != mapping]
             run["forwards"].append({"id": live_id, **asdict(forward)})
             self._record_ports(cdir, run)
             return self._info(cdir)
+
+    def _add_forward(self, cdir: Path, api: Forwards, forward: Forward) -> int:
+        try:
+            return api.add(forward)
+        except NotHeld:
+            info = self._info(cdir)
+            if info.pid is None:
+                raise
+            self._rewire(cdir, self._spec(cdir), info.pid)  # hands the namespace over again
+            return api.add(forward)
 
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         with self._locked(name) as cdir:

@@ -8,7 +8,9 @@ joins from its create (or connect) to its remove (or disconnect), stopped or not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.api.interface import ContainerInfo, ContainerState, NetworkInfo
@@ -23,10 +25,23 @@ from runtime.errors import (
     NetworkNotFound,
 )
 from runtime.network import bridge, shared
-from runtime.network.addresses import AddressBook, NetworkRecord, open_book
+from runtime.network.addresses import AddressBook, NetworkRecord, open_book, read_networks
 from runtime.util.files import write_json_atomic
 
-__all__ = ("NetworkOps", "differences", "lease_all")
+__all__ = ("REWIRING", "NetworkOps", "differences", "lease_all")
+
+REWIRING = "rewiring"
+"""In a container's folder while a connect or disconnect changes its record, leases and
+interfaces: a client killed in the middle leaves it, and the next sweep finishes the job."""
+
+
+@contextlib.contextmanager
+def _rewiring(cdir: Path) -> Iterator[None]:
+    """Mark ``cdir`` for the block; the mark stays if the block does not finish."""
+    mark = cdir / REWIRING
+    mark.touch()
+    yield
+    mark.unlink()
 
 
 def _info_of(record: NetworkRecord) -> NetworkInfo:
@@ -107,13 +122,16 @@ class NetworkOps(RunningOps):
             spec = self._spec(cdir)
             if spec.network != "bridge":
                 self._refuse_running(cdir, name)  # it has no interface to add to
+            if attachment.network not in read_networks(self.state):
+                raise NetworkNotFound(attachment.network)
             kept = tuple(a for a in spec.networks if a.network != attachment.network)
-            with open_book(self.state) as book:
-                if attachment.network not in book.networks:
-                    raise NetworkNotFound(attachment.network)
-                book.lease(attachment.network, name)
-            update = {"network": "bridge", "networks": (*kept, attachment)}
-            return self._rewired(cdir, spec.model_copy(update=update))
+            with _rewiring(cdir):
+                with open_book(self.state) as book:
+                    if attachment.network not in book.networks:
+                        raise NetworkNotFound(attachment.network)
+                    book.lease(attachment.network, name)
+                update = {"network": "bridge", "networks": (*kept, attachment)}
+                return self._rewired(cdir, spec.model_copy(update=update))
 
     def disconnect(self, name: str, network: str) -> ContainerInfo:
         with self._locked(name) as cdir:
@@ -124,37 +142,42 @@ class NetworkOps(RunningOps):
                     f"{network!r} is container {name!r}'s last network; recreate it with "
                     'network "none" instead'
                 )
-            self._rewired(cdir, spec.model_copy(update={"networks": kept}))
-            with open_book(self.state) as book:
-                book.release(network, name)  # its interface there is gone now
+            with _rewiring(cdir):
+                self._rewired(cdir, spec.model_copy(update={"networks": kept}))
+                with open_book(self.state) as book:
+                    book.release(network, name)  # its interface there is gone now
             bridge.sync_if_running(self.state)
             return self._info(cdir)
 
     def _finish_rewires(self) -> None:
-        """Complete what a client killed inside a connect (leased, spec not yet written)
-        or a disconnect (spec written, address not yet released) left: a lease on a
-        network the container's spec does not list. Its interface there goes first (the
-        lease names it), then the address."""
+        """Complete the connects and disconnects a killed client left half done (its
+        folder still has the :data:`REWIRING` mark, or it holds a lease on a network its
+        spec does not list): its record, /etc files and interfaces made to follow its spec
+        again, then the addresses it no longer needs released."""
         with open_book(self.state) as book:
-            held = sorted((n, c) for n, r in book.networks.items() for c in r.leases)
-        for network, name in held:
+            held = {c for r in book.networks.values() for c in r.leases}
+        marked = {p.parent.name for p in self.containers.glob(f"*/{REWIRING}")}
+        for name in sorted(held | marked):
             if (self.containers / name / "spec.json").is_file():
                 try:
-                    self._finish_rewire(name, network)
+                    self._finish_rewire(name)
                 except (ContainerNotFound, ValueError):
                     continue  # removed meanwhile (its remove releases), or damaged (reported)
         bridge.sync_if_running(self.state)
 
-    def _finish_rewire(self, name: str, network: str) -> None:
+    def _finish_rewire(self, name: str) -> None:
         with self._locked(name) as cdir:
             spec = self._spec(cdir)
-            if any(a.network == network for a in spec.networks):
-                return
-            info = self._info(cdir)
-            if info.state is ContainerState.RUNNING and info.pid is not None:
-                self._rewire(cdir, spec, info.pid)
+            joins = {a.network for a in spec.networks}
             with open_book(self.state) as book:
-                book.release(network, name)
+                left = [n for n, r in book.networks.items() if name in r.leases and n not in joins]
+            if not left and not (cdir / REWIRING).exists():
+                return
+            with _rewiring(cdir):
+                self._rewired(cdir, spec)  # the interfaces of ``left`` go (their leases name them)
+                with open_book(self.state) as book:
+                    for network in left:
+                        book.release(network, name)
 
     def _rewired(self, cdir: Path, spec: ContainerSpec) -> ContainerInfo:
         """Record ``spec`` with its networks changed; its /etc files and launch request

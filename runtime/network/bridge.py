@@ -286,6 +286,9 @@ class BridgeForwards:
         handler = self.handler if forward.proto == "tcp" else "slirp4netns"
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
+            mine = [r for r in records if r.container == self.name and _same(r, forward)]
+            for left in mine:  # recorded by a client killed before it was bound
+                records.remove(left)
             _check_unclaimed(records, forward)
             record = shared.ForwardRecord(
                 self.name,
@@ -399,9 +402,17 @@ def _listener_id(reply: dict[str, Any], forward: Forward) -> int:
     for entry in reply.get("listeners", []):
         if (entry["host_addr"], entry["host_port"]) == (forward.host_addr, forward.host_port):
             return int(entry["id"])
-    slirp.ensure_port_free(forward)  # the likely reasons, named
     failed = [f for f in reply.get("unbound", []) if f.get("host_port") == forward.host_port]
-    raise SlirpError(f"the port handler could not bind {forward}: {failed or 'no listener'}")
+    if not failed:  # not even tried: the keeper holds no way into the container
+        raise NotHeld(f"the bridge network keeper holds no namespace for {forward}'s container")
+    slirp.ensure_port_free(forward)  # the likely reasons, named
+    raise SlirpError(f"the port handler could not bind {forward}: {failed}")
+
+
+class NotHeld(SlirpError):
+    """The keeper has no copy of the container's network namespace to send the port
+    handler into (a keeper that started after it was wired and missed its hand-over):
+    wiring the container again hands the namespace over."""
 
 
 class BridgeDriver:
