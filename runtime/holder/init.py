@@ -153,14 +153,18 @@ def _fail(report_w: int, reason: str, code: int) -> NoReturn:
     os._exit(code)
 
 
-def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: int) -> NoReturn:
+def run_init(
+    *, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: int, view: int | str
+) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
     It reads the launch request from ``request_r`` (to EOF), then reports on ``report_w``:
     ``M`` when the filesystem is mounted, then ``S`` (started) or ``E<why>``. ``exit_w``
     stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
     becomes the command's stdout and stderr: the write end of the pipe the log pump
-    (``runtime.holder.logpump``) reads, outside the container.
+    (``runtime.holder.logpump``) reads, outside the container. ``view`` is the /dev/fuse
+    descriptor of the /proc and /sys view, or why there is none; ``M`` is followed by
+    why the view is missing when it was asked for and is not there.
     """
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
@@ -176,11 +180,15 @@ def run_init(*, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: in
             netif.bring_up("lo")
         root = os.path.join(req.container_dir, "root")
         skel = os.path.join(req.container_dir, "skel")
-        mounts.assemble(root, skel, req.rootfs, req.mounts)
+        missing_view = mounts.assemble(
+            root, skel, req.rootfs, req.mounts, view if req.proc_view else None
+        )
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
-    os.write(report_w, Launching.MOUNTED.value)
+    if isinstance(view, int):
+        os.close(view)  # mounted (or not wanted): the holder and the server hold it
+    os.write(report_w, marked(Launching.MOUNTED, missing_view))
     if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)
     os.close(go_r)
