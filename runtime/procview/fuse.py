@@ -78,8 +78,9 @@ class Op(enum.IntEnum):
     READDIRPLUS = 44
 
 
-NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT})
-"""Operations the kernel expects no answer to."""
+NO_REPLY = frozenset({Op.FORGET, Op.BATCH_FORGET})
+"""Operations the kernel expects no answer to. (An INTERRUPT gets none either; the
+request it names may be answered instead.)"""
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ class Request:
         """A READ's (or READDIR's) file handle, offset and size."""
         fh, offset, size, _ = _READ_IN.unpack_from(self.body)
         return fh, offset, size
+
+    def interrupted(self) -> int:
+        """An INTERRUPT's target: the unique id of the request it interrupts."""
+        unique: int = struct.unpack_from("<Q", self.body)[0]
+        return unique
 
     def init_args(self) -> tuple[int, int, int]:
         """An INIT's major and minor version and max_readahead."""

@@ -181,7 +181,7 @@ class Server:
         req = fuse.parse_request(raw)
         answer = self.answer(conn, req)
         if answer is not None:
-            with contextlib.suppress(FileNotFoundError):  # the request was interrupted
+            with contextlib.suppress(FileNotFoundError):  # answered or interrupted already
                 os.write(conn.fd, answer)
 
     def drop(self, conn: Connection, why: OSError | None) -> None:
@@ -252,6 +252,13 @@ def _readdir(server: Server, conn: Connection, req: fuse.Request) -> bytes:
     return fuse.reply(req.unique, out)
 
 
+def _interrupt(server: Server, conn: Connection, req: fuse.Request) -> bytes:
+    """Every request is answered before the next is read, so one still interrupted is
+    one a server that died held: it ends with EINTR (else its reader would wait forever;
+    an answer to a request already answered is refused by the kernel, harmlessly)."""
+    return fuse.error_reply(req.interrupted(), errno.EINTR)
+
+
 def _release(server: Server, conn: Connection, req: fuse.Request) -> bytes:
     conn.handles.pop(req.read_args()[0], None)
     return fuse.reply(req.unique)
@@ -266,6 +273,7 @@ _HANDLERS: dict[int, _Handler] = {
     fuse.Op.OPEN: Server.open,
     fuse.Op.READ: Server.read,
     fuse.Op.RELEASE: _release,
+    fuse.Op.INTERRUPT: _interrupt,
     fuse.Op.FLUSH: lambda s, c, r: fuse.reply(r.unique),
     fuse.Op.OPENDIR: lambda s, c, r: fuse.open_reply(r.unique, 0, 0),
     fuse.Op.READDIR: _readdir,
