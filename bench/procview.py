@@ -1,0 +1,132 @@
+"""What the /proc view costs: a read of /proc/meminfo through it against the kernel's
+file, what it adds to a container's start, and the memory of its server.
+
+Reads are timed by a Python process in the holder's user namespace (the view's mounts
+let only that namespace in: ``allow_other`` in a user namespace), through the
+``/proc/PID/root`` of a container with the view and of one without it: open, read to
+EOF, close, as ``free`` does. Starts are ``run`` + ``remove`` of busybox containers,
+view on and off in turns, while one container keeps the view's server running.
+
+    python bench/procview.py [-n 300] [--starts 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+
+from results import Results
+
+from runtime.client.linux import LinuxRuntime
+from runtime.holder.protocol import HOLDER_RECORD
+from runtime.holder.views import SERVER_RECORD
+from runtime.util.files import read_json
+from runtime.util.processes import ProcessId, parent_pids
+from tests.support import shell
+
+READER = """
+import json, sys, time
+paths, rounds = sys.argv[1:-1], int(sys.argv[-1])
+times = {p: [] for p in paths}
+for _ in range(rounds):
+    for path in paths:
+        began = time.perf_counter()
+        with open(path, "rb", buffering=0) as file:
+            while file.read(65536):
+                pass
+        times[path].append(time.perf_counter() - began)
+print(json.dumps(times))
+"""
+
+
+def _command_pid(rt: LinuxRuntime, name: str) -> int:
+    init = rt.inspect(name).pid
+    for pid, parent in parent_pids().items():
+        if parent == init:
+            return pid
+    raise RuntimeError(f"{name} runs no command")
+
+
+def _read_times(rt: LinuxRuntime, rounds: int) -> tuple[list[float], list[float]]:
+    holder = ProcessId.from_json(read_json(rt.state / HOLDER_RECORD))
+    assert holder is not None
+    view = f"/proc/{_command_pid(rt, 'view')}/root/proc/meminfo"
+    kernel = f"/proc/{_command_pid(rt, 'kernel')}/root/proc/meminfo"
+    argv = ["nsenter", "-U", "--preserve-credentials", "-t", str(holder.pid)]
+    argv += [sys.executable, "-c", READER, view, kernel, str(rounds)]
+    times = json.loads(subprocess.run(argv, check=True, capture_output=True).stdout)
+    return times[view], times[kernel]
+
+
+def _start_times(rt: LinuxRuntime, starts: int) -> tuple[list[float], list[float]]:
+    """Starts with the view on and off, in turns, while a container keeps the view's
+    server running (as on any host that runs containers)."""
+    on: list[float] = []
+    off: list[float] = []
+    for index in range(starts):
+        for view, into in ((True, on), (False, off)):
+            spec = shell(f"s{index}{int(view)}", "exec sleep 600", stop_timeout=0, proc_view=view)
+            began = time.perf_counter()
+            rt.run(spec)
+            into.append(time.perf_counter() - began)
+            rt.remove(spec.name, force=True)
+    return on, off
+
+
+def _server_pss_kb(rt: LinuxRuntime) -> int:
+    server = ProcessId.from_json(read_json(rt.state / SERVER_RECORD))
+    assert server is not None
+    for line in Path(f"/proc/{server.pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError("no Pss in smaps_rollup")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", "--reads", type=int, default=300)
+    parser.add_argument("--starts", type=int, default=30)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="sqbench-", dir="/dev/shm"))
+    rt = LinuxRuntime(state=state, cache=Path.home() / ".cache" / "squish-bench")
+    out = Results("procview")
+    try:
+        rt.run(shell("view", "exec sleep 600", stop_timeout=0))
+        rt.run(shell("kernel", "exec sleep 600", stop_timeout=0, proc_view=False))
+        view, kernel = _read_times(rt, args.reads)
+        pss = _server_pss_kb(rt)
+        rt.remove("kernel", force=True)
+        on, off = _start_times(rt, args.starts)
+    finally:
+        for info in rt.list():
+            rt.remove(info.name, force=True)
+        rt.shutdown()
+    view_us, kernel_us = statistics.median(view) * 1e6, statistics.median(kernel) * 1e6
+    on_ms, off_ms = statistics.median(on) * 1e3, statistics.median(off) * 1e3
+    print(f"/proc/meminfo read, p50: view {view_us:.0f} µs, kernel {kernel_us:.0f} µs "
+          f"({view_us / kernel_us:.1f} times)")  # fmt: skip
+    print(f"start (run), p50: view on {on_ms:.1f} ms, off {off_ms:.1f} ms "
+          f"(+{on_ms - off_ms:.1f} ms)")  # fmt: skip
+    print(f"view server PSS with two containers: {pss} kB")
+    out.figure("meminfo read via the view, p50", view_us, "µs",
+               anchor="the kernel's /proc/meminfo", anchor_value=kernel_us)  # fmt: skip
+    out.figure("start with the view, p50", on_ms, "ms",
+               anchor="start without the view", anchor_value=off_ms)  # fmt: skip
+    out.figure("view server PSS", pss, "kB")
+    out.samples("read_view_s", view)
+    out.samples("read_kernel_s", kernel)
+    out.samples("start_view_s", on)
+    out.samples("start_kernel_s", off)
+    print(f"saved {out.save()}")
+
+
+if __name__ == "__main__":
+    main()
