@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -171,4 +173,27 @@ def test_the_server_answers_what_a_read_only_view_is_asked() -> None:
         write = fuse.parse_request(_request(16, 2, b""))  # WRITE: nothing here takes one
         assert struct.unpack_from("<i", server.answer(conn, write) or b"", 4) == (-errno.ENOSYS,)
     finally:
+        server.workers.shutdown()
+
+
+def test_a_slow_computation_gives_the_kernels_file_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runtime.procview import server as server_module
+
+    release = threading.Event()
+
+    def stuck(name: str, conn: server_module.Connection) -> bytes:
+        release.wait()  # a controller that does not answer
+        return b"never served\n"
+
+    monkeypatch.setattr(server_module, "render", stuck)
+    server = server_module.Server(None, [])
+    try:
+        node = server_module._NAMES.index("meminfo") + 2
+        data = server.content(node, server_module.Connection(fd=-1, init_pid=os.getpid()))
+        host = Path("/proc/meminfo").read_text().splitlines()[0]
+        assert data.decode().splitlines()[0] == host
+    finally:
+        release.set()
         server.workers.shutdown()
