@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
@@ -196,4 +197,22 @@ def test_a_slow_computation_gives_the_kernels_file_within_the_bound(
         assert data.decode().splitlines()[0] == host
     finally:
         release.set()
+        server.workers.shutdown()
+
+
+@pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK), reason="needs /dev/fuse")
+def test_a_connection_never_mounted_is_dropped_when_its_init_ends() -> None:
+    from runtime.procview.server import Connection, Server
+
+    init = subprocess.Popen(["sleep", "60"])  # stands for an init that died before mounting
+    fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        server = Server(None, [Connection(fuse_fd, init.pid)])
+        init.kill()  # a zombie until waited for: its pidfd is readable already
+        server.loop()  # returns once no connection is left
+        assert server.connections == {}
+        with pytest.raises(OSError):
+            os.fstat(fuse_fd)  # closed by the server
+    finally:
+        init.wait()
         server.workers.shutdown()

@@ -10,7 +10,9 @@ the same descriptors answers at once; the connections stay mounted in between.
 
 A connection is first *pending*: the holder hands it over before the init has mounted
 it (reading it then fails with EPERM), so pending ones are tried again every few
-milliseconds. One that ends (its container's mount namespace is gone: ENODEV) is closed.
+milliseconds. One that ends (its container's mount namespace is gone: ENODEV), or whose
+container's init has ended (a pidfd says so; one never mounted ends only that way), is
+closed.
 
 What a read computes is bounded: it runs on a worker thread, and after ``READ_BOUND`` the
 container gets the kernel's file instead; a slow controller never holds it longer.
@@ -72,6 +74,8 @@ class Connection:
 
     fd: int
     init_pid: int
+    ended: int = -1
+    """A pidfd of the init: readable once the container has ended (-1: none yet)."""
     live: bool = False
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     handles: dict[int, bytes] = field(default_factory=dict)
@@ -126,7 +130,9 @@ class Server:
 
     def __init__(self, control: socket.socket | None, connections: list[Connection]) -> None:
         self.control = control
-        self.connections = {c.fd: c for c in connections}
+        self.connections: dict[int, Connection] = {}
+        for conn in connections:
+            self.add(conn)
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="view")
         self.next_fh = 1
         self.next_sample = time.monotonic() + LOAD_SAMPLE
@@ -184,11 +190,22 @@ class Server:
             with contextlib.suppress(FileNotFoundError):  # answered or interrupted already
                 os.write(conn.fd, answer)
 
+    def add(self, conn: Connection) -> None:
+        """Serve ``conn`` until it ends or its container does (one never mounted, too)."""
+        os.set_blocking(conn.fd, False)
+        self.connections[conn.fd] = conn
+        try:
+            conn.ended = os.pidfd_open(conn.init_pid)
+        except OSError as exc:  # gone already (or the pid is not ours to watch)
+            self.drop(conn, exc)
+
     def drop(self, conn: Connection, why: OSError | None) -> None:
-        if why is not None and why.errno != errno.ENODEV:
+        if why is not None and why.errno not in (errno.ENODEV, errno.ESRCH):
             log.info(f"the view of init {conn.init_pid} ends: {why}")
         del self.connections[conn.fd]
-        os.close(conn.fd)
+        for fd in (conn.fd, conn.ended):
+            if fd >= 0:
+                os.close(fd)
 
     def take(self) -> bool:
         """Take a connection from the holder; False once the holder is gone."""
@@ -199,8 +216,7 @@ class Server:
             self.control = None
             return False
         for fd in fds:
-            os.set_blocking(fd, False)
-            self.connections[fd] = Connection(fd, HANDOVER.unpack(data)[0])
+            self.add(Connection(fd, HANDOVER.unpack(data)[0]))
         return True
 
     def sample_load(self) -> None:
@@ -218,13 +234,16 @@ class Server:
         while self.control is not None or self.connections:
             poller = select.poll()
             live = [c.fd for c in self.connections.values() if c.live]
-            for fd in [*live, *([self.control.fileno()] if self.control else [])]:
+            ended = {c.ended: c for c in self.connections.values()}
+            for fd in [*live, *ended, *([self.control.fileno()] if self.control else [])]:
                 poller.register(fd, select.POLLIN)
             pending = len(live) < len(self.connections)
             wait = min(self.next_sample - time.monotonic(), PENDING_RETRY if pending else 1e9)
             ready = {fd for fd, _ in poller.poll(max(0, int(wait * 1000)))}
             if self.control is not None and self.control.fileno() in ready:
                 self.take()
+            for fd in ready & set(ended):
+                self.drop(ended[fd], None)
             for conn in list(self.connections.values()):
                 if conn.fd in ready or not conn.live:
                     self.serve_one(conn)
@@ -285,7 +304,5 @@ _HANDLERS: dict[int, _Handler] = {
 
 def serve(control: socket.socket | None, connections: list[Connection]) -> None:
     """Body of the server process: serve ``connections`` and those the holder hands over
-    on ``control`` (a connection's descriptor must be non-blocking)."""
-    for conn in connections:
-        os.set_blocking(conn.fd, False)
+    on ``control``."""
     Server(control, connections).loop()
