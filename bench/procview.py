@@ -5,9 +5,10 @@ Reads are timed by a Python process in the holder's user namespace (the view's m
 let only that namespace in: ``allow_other`` in a user namespace), through the
 ``/proc/PID/root`` of a container with the view and of one without it: open, read to
 EOF, close, as ``free`` does. Starts are ``run`` + ``remove`` of busybox containers,
-view on and off in turns, while one container keeps the view's server running.
+view on and off in turns, while one container keeps the view's server running. The
+server's memory (PSS, private) is read with one container and with ``--containers``.
 
-    python bench/procview.py [-n 300] [--starts 30]
+    python bench/procview.py [-n 300] [--starts 30] [--containers 20]
 """
 
 from __future__ import annotations
@@ -81,19 +82,32 @@ def _start_times(rt: LinuxRuntime, starts: int) -> tuple[list[float], list[float
     return on, off
 
 
-def _server_pss_kb(rt: LinuxRuntime) -> int:
+def _server_memory_kb(rt: LinuxRuntime) -> tuple[int, int]:
+    """The view server's PSS and private memory (kB)."""
     server = ProcessId.from_json(read_json(rt.state / SERVER_RECORD))
     assert server is not None
-    for line in Path(f"/proc/{server.pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    raise RuntimeError("no Pss in smaps_rollup")
+    rollup = {}
+    for line in Path(f"/proc/{server.pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":")
+        rollup[key] = int(value.split()[0])
+    return rollup["Pss"], rollup["Private_Clean"] + rollup["Private_Dirty"]
+
+
+def _memory_with(rt: LinuxRuntime, count: int) -> tuple[int, int]:
+    """The server's memory once ``count`` containers (with the view) run and each was read."""
+    running = sum(1 for info in rt.list() if info.spec.proc_view)
+    for index in range(running, count):
+        rt.run(shell(f"m{index}", "exec sleep 600", stop_timeout=0))
+    for info in rt.list():
+        rt.exec_command(info.name, ["cat", "/proc/meminfo", "/proc/stat", "/proc/uptime"])
+    return _server_memory_kb(rt)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--reads", type=int, default=300)
     parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument("--containers", type=int, default=20, help="for the server's memory")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="sqbench-", dir="/dev/shm"))
     rt = LinuxRuntime(state=state, cache=Path.home() / ".cache" / "squish-bench")
@@ -102,8 +116,11 @@ def main() -> None:
         rt.run(shell("view", "exec sleep 600", stop_timeout=0))
         rt.run(shell("kernel", "exec sleep 600", stop_timeout=0, proc_view=False))
         view, kernel = _read_times(rt, args.reads)
-        pss = _server_pss_kb(rt)
         rt.remove("kernel", force=True)
+        memory = {count: _memory_with(rt, count) for count in (1, args.containers)}
+        for info in rt.list():
+            if info.name != "view":
+                rt.remove(info.name, force=True)
         on, off = _start_times(rt, args.starts)
     finally:
         for info in rt.list():
@@ -115,12 +132,14 @@ def main() -> None:
           f"({view_us / kernel_us:.1f} times)")  # fmt: skip
     print(f"start (run), p50: view on {on_ms:.1f} ms, off {off_ms:.1f} ms "
           f"(+{on_ms - off_ms:.1f} ms)")  # fmt: skip
-    print(f"view server PSS with two containers: {pss} kB")
+    for count, (pss, private) in memory.items():
+        print(f"view server with {count} containers: PSS {pss} kB, private {private} kB")
+        out.figure(f"view server PSS, {count} containers", pss, "kB")
+        out.figure(f"view server private memory, {count} containers", private, "kB")
     out.figure("meminfo read via the view, p50", view_us, "µs",
                anchor="the kernel's /proc/meminfo", anchor_value=kernel_us)  # fmt: skip
     out.figure("start with the view, p50", on_ms, "ms",
                anchor="start without the view", anchor_value=off_ms)  # fmt: skip
-    out.figure("view server PSS", pss, "kB")
     out.samples("read_view_s", view)
     out.samples("read_kernel_s", kernel)
     out.samples("start_view_s", on)
