@@ -6,15 +6,17 @@ let only that namespace in: ``allow_other`` in a user namespace), through the
 ``/proc/PID/root`` of a container with the view and of one without it: open, read to
 EOF, close, as ``free`` does. Starts are ``run`` + ``remove`` of busybox containers,
 view on and off in turns, while one container keeps the view's server running. The
-server's memory (PSS, private) is read with one container and with ``--containers``.
+server's memory (PSS, private) is read with one container and with ``--containers``;
+healing is timed from a SIGKILL of the server to the answer of a read begun at once.
 
-    python bench/procview.py [-n 300] [--starts 30] [--containers 20]
+    python bench/procview.py [-n 300] [--starts 30] [--containers 20] [--kills 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,48 @@ for _ in range(rounds):
         times[path].append(time.perf_counter() - began)
 print(json.dumps(times))
 """
+
+
+HEALER = """
+import sys, time
+path = sys.argv[1]
+print("ready", flush=True)
+while sys.stdin.readline():  # one line per kill of the server: read at once, say how long
+    began = time.perf_counter()
+    with open(path, "rb", buffering=0) as file:
+        while file.read(65536):
+            pass
+    print(time.perf_counter() - began, flush=True)
+"""
+
+
+def _heal_times(rt: LinuxRuntime, kills: int) -> list[float]:
+    """Seconds from a SIGKILL of the view's server to the answer of a read begun at once
+    (the read waits in the kernel until the holder's new server takes it)."""
+    holder = ProcessId.from_json(read_json(rt.state / HOLDER_RECORD))
+    assert holder is not None
+    path = f"/proc/{_command_pid(rt, 'view')}/root/proc/meminfo"
+    argv = ["nsenter", "-U", "--preserve-credentials", "-t", str(holder.pid)]
+    argv += [sys.executable, "-c", HEALER, path]
+    reader = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert reader.stdin is not None and reader.stdout is not None
+    times = []
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        for _ in range(kills):
+            server = ProcessId.from_json(read_json(rt.state / SERVER_RECORD))
+            assert server is not None and server.send(signal.SIGKILL)
+            began = time.perf_counter()
+            reader.stdin.write("go\n")
+            reader.stdin.flush()
+            reader.stdout.readline()
+            times.append(time.perf_counter() - began)
+            server.wait_gone(5.0)
+            time.sleep(1.1)  # past the holder's guard against a server that dies at start
+    finally:
+        reader.stdin.close()
+        reader.wait(10)
+    return times
 
 
 def _command_pid(rt: LinuxRuntime, name: str) -> int:
@@ -108,6 +152,7 @@ def main() -> None:
     parser.add_argument("-n", "--reads", type=int, default=300)
     parser.add_argument("--starts", type=int, default=30)
     parser.add_argument("--containers", type=int, default=20, help="for the server's memory")
+    parser.add_argument("--kills", type=int, default=10, help="of the server, each healed")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="sqbench-", dir="/dev/shm"))
     rt = LinuxRuntime(state=state, cache=Path.home() / ".cache" / "squish-bench")
@@ -116,6 +161,7 @@ def main() -> None:
         rt.run(shell("view", "exec sleep 600", stop_timeout=0))
         rt.run(shell("kernel", "exec sleep 600", stop_timeout=0, proc_view=False))
         view, kernel = _read_times(rt, args.reads)
+        heals = _heal_times(rt, args.kills)
         rt.remove("kernel", force=True)
         memory = {count: _memory_with(rt, count) for count in (1, args.containers)}
         for info in rt.list():
@@ -132,6 +178,11 @@ def main() -> None:
           f"({view_us / kernel_us:.1f} times)")  # fmt: skip
     print(f"start (run), p50: view on {on_ms:.1f} ms, off {off_ms:.1f} ms "
           f"(+{on_ms - off_ms:.1f} ms)")  # fmt: skip
+    heal_ms = statistics.median(heals) * 1e3
+    print(f"a read begun as the server is killed answers after, p50 {heal_ms:.1f} ms "
+          f"(max {max(heals) * 1e3:.1f} ms, {len(heals)} kills)")  # fmt: skip
+    out.figure("a read begun at a kill of the server, answered after, p50", heal_ms, "ms")
+    out.samples("heal_s", heals)
     for count, (pss, private) in memory.items():
         print(f"view server with {count} containers: PSS {pss} kB, private {private} kB")
         out.figure(f"view server PSS, {count} containers", pss, "kB")

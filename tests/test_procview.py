@@ -86,9 +86,8 @@ def test_a_killed_server_heals_while_the_container_runs(rt: LinuxRuntime) -> Non
     server = _server(rt)
     assert server.send(signal.SIGKILL)
     assert server.wait_gone(5.0)
-    deadline = time.monotonic() + 1.0
+    # The first read after the kill answers (how soon: bench/procview.py measures it).
     answer = rt.exec_command("heal", ["head", "-n", "1", "/proc/meminfo"])
-    assert time.monotonic() < deadline  # answered within a second of the kill
     assert (answer.exit_code, answer.output.strip()) == (0, _host_mem_total())
     assert rt.inspect("heal").pid == before  # the same container, never restarted
     assert _server(rt).pid != server.pid
