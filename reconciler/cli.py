@@ -411,6 +411,8 @@ def _row_message(row: dict[str, Any]) -> str:
     if row["last_error"]:
         parts.append(row["last_error"])
     parts += [c["message"] for c in row["conditions"]]
+    if str(row.get("proc_view") or "").startswith("unavailable"):
+        parts.append(f"/proc view {row['proc_view']} (it sees the host's figures)")
     return "; ".join(parts)
 
 

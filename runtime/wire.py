@@ -20,6 +20,7 @@ __all__ = (
     "DEFAULT_PATH",
     "LOG_FILE",
     "SECCOMP_FILE",
+    "VIEW_FILES",
     "Forward",
     "LaunchRequest",
     "MountPoint",
@@ -29,6 +30,18 @@ __all__ = (
 
 SECCOMP_FILE = "seccomp.bpf"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+VIEW_FILES = {
+    "meminfo": "/proc/meminfo",
+    "cpuinfo": "/proc/cpuinfo",
+    "stat": "/proc/stat",
+    "uptime": "/proc/uptime",
+    "loadavg": "/proc/loadavg",
+    "swaps": "/proc/swaps",
+    "diskstats": "/proc/diskstats",
+    "online": "/sys/devices/system/cpu/online",
+}
+"""The files of the container's /proc and /sys view (``runtime.procview``): its name in
+the FUSE mount -> the path it covers in the container."""
 LOG_FILE = "output.log"
 """The command's stdout and stderr; rotated copies are ``output.log.1`` (newest) onwards."""
 
@@ -88,6 +101,9 @@ class LaunchRequest:
     """Bytes ``log_path`` may hold before it is rotated."""
     log_max_files: int = DEFAULT_LOG_MAX_FILES
     """Log files kept, the one written included (1: the log starts over at the cap)."""
+    proc_view: bool = False
+    """Cover ``VIEW_FILES`` with the view of the container's own limits, where FUSE is
+    usable (False in a record made before the view existed)."""
 
     def command_env(self) -> dict[str, str]:
         """The environment of the container's command (and of commands run in it)."""

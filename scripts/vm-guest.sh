@@ -17,6 +17,10 @@ for folder in "$mine" "$mine/session"; do
     chown "$account" "$folder" "$folder/cgroup.procs" "$folder/cgroup.subtree_control" \
         "$folder/cgroup.threads"
 done
+# FUSE for the containers' /proc view, as distributions ship it (a 0666 /dev/fuse).
+modprobe fuse 2>/dev/null || true
+[ -e /dev/fuse ] || mknod -m 0666 /dev/fuse c 10 229
+chmod 0666 /dev/fuse
 echo "vm-guest: $(uname -r), cgroup v2 controllers: $(cat "$mine/cgroup.controllers")"
 home="$(getent passwd "$account" | cut -d: -f6)"
 uid="$(id -u "$account")"

@@ -150,3 +150,52 @@ def test_the_systemd_driver_puts_each_container_in_a_delegated_scope(rt: LinuxRu
     assert (group.path / "pids.max").read_text().strip() == "12"
     rt.remove("scoped", force=True)
     assert info.pid is not None
+
+
+# -- the /proc view (runtime.procview) tells the container its limits ---------------------
+
+
+def _inside(rt: LinuxRuntime, name: str, script: str) -> str:
+    result = rt.exec_command(name, ["sh", "-c", script])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _mem_kb(rt: LinuxRuntime, name: str, field: str) -> int:
+    line = _inside(rt, name, f"grep '^{field}:' /proc/meminfo")
+    return int(line.split()[1])
+
+
+def test_meminfo_reports_the_memory_limit_and_usage_moves_with_an_allocation(
+    rt: LinuxRuntime,
+) -> None:
+    rt.run(limited("sized", "exec sleep 1000", Resources(memory=256 * 1024**2)))
+    assert rt.inspect("sized").proc_view == "on"
+    assert _mem_kb(rt, "sized", "MemTotal") == 256 * 1024
+    # busybox free takes its total from sysinfo(2), which no file changes; its
+    # "available" column is read from /proc/meminfo: the view's.
+    available = _inside(rt, "sized", "free | sed -n 2p").split()[-1]
+    assert int(available) <= 256 * 1024
+    free_before = _mem_kb(rt, "sized", "MemFree")
+    _inside(rt, "sized", "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>/dev/null")
+    free_after = _mem_kb(rt, "sized", "MemFree")
+    assert free_before - free_after >= 60 * 1024, (free_before, free_after)
+
+
+def test_cpus_round_up_in_nproc_cpuinfo_and_online(rt: LinuxRuntime) -> None:
+    rt.run(limited("wide", "exec sleep 1000", Resources(cpus=1.5)))
+    rt.run(limited("narrow", "exec sleep 1000", Resources(cpus=0.5)))
+    assert _inside(rt, "wide", "nproc").strip() == "2"
+    assert _inside(rt, "wide", "cat /sys/devices/system/cpu/online") == "0-1\n"
+    assert _inside(rt, "narrow", "grep -c ^processor /proc/cpuinfo").strip() == "1"
+    assert _inside(rt, "narrow", "cat /sys/devices/system/cpu/online") == "0\n"
+    assert _inside(rt, "narrow", "grep -c '^cpu[0-9]' /proc/stat").strip() == "1"
+
+
+def test_a_live_resize_shows_in_the_view_at_once(rt: LinuxRuntime) -> None:
+    info = rt.run(limited("grow", "exec sleep 1000", Resources(memory=256 * 1024**2)))
+    assert _mem_kb(rt, "grow", "MemTotal") == 256 * 1024
+    after = rt.update_resources("grow", Resources(memory=128 * 1024**2, cpus=0.5))
+    assert after.pid == info.pid
+    assert _mem_kb(rt, "grow", "MemTotal") == 128 * 1024
+    assert _inside(rt, "grow", "cat /sys/devices/system/cpu/online") == "0\n"

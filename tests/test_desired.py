@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -312,6 +314,7 @@ def test_spec_hash_ignores(update: dict[str, object]) -> None:
         pytest.param({"stop_timeout": 3.0}, id="stop-timeout"),
         pytest.param({"binds": (BindMount(source="/data", target="/data"),)}, id="binds"),
         pytest.param({"sdks": (SdkLayer(name="python", version="3.12"),)}, id="sdks"),
+        pytest.param({"proc_view": False}, id="proc-view-off"),
     ],
 )
 def test_spec_hash_changes_with(update: dict[str, object]) -> None:
@@ -467,3 +470,11 @@ def test_bytes_written_in_place_back_to_what_was_applied_wait_for_nothing(
     path.write_text(squishfile(port=8080))  # and the rest: the same bytes as before
     assert port_at(tmp_path, cache, 1.5) == 8080
     assert settles_in(cache, 1.5, 1.0) is None
+
+
+def test_spec_hash_of_a_spec_with_the_default_view_is_the_hash_it_had_before_the_switch() -> None:
+    data = BASE.model_dump(mode="json", exclude={"ports", "resources", "labels", "networks"})
+    data.pop("logs")
+    data.pop("proc_view")
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert spec_hash(BASE) == hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -71,7 +71,7 @@ def _documented() -> list[tuple[str, str]]:
     return [block for document in documents for block in _toml_blocks(document)]
 
 
-_SETTINGS_TABLES = {"git", "host"}  # the reconciler's settings file, not a squishfile
+_SETTINGS_TABLES = {"git", "host", "network"}  # the reconciler's settings file
 
 
 def test_the_docs_have_squishfile_examples() -> None:

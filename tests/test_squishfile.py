@@ -799,6 +799,16 @@ def test_resources_are_read_with_docker_units(tmp_path: Path) -> None:
     }
     plain = write(tmp_path, '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n', "p.toml")
     assert load_squishfile(plain).to_spec().resources is None
+    assert load_squishfile(path).to_spec().proc_view is True  # on unless turned off
+
+
+def test_proc_view_false_turns_the_proc_view_off(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[layers]\nbusybox = "builtin"\n[run]\ncommand = "x"\n[resources]\nproc_view = false\n',
+    )
+    spec = load_squishfile(path).to_spec()
+    assert (spec.proc_view, spec.resources) == (False, None)
 
 
 @pytest.mark.parametrize(
@@ -811,6 +821,7 @@ def test_resources_are_read_with_docker_units(tmp_path: Path) -> None:
         ("pids = 0", "resources.pids", "≥ 1"),
         ("cpu_weight = 20000", "resources.cpu_weight", "≤ 10000"),
         ("swap = 1", "resources.swap", 'unknown key "swap"'),
+        ('proc_view = "no"', "resources.proc_view", "must be true or false"),
     ],
 )
 def test_a_bad_resource_names_its_line_and_field(

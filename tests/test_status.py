@@ -523,3 +523,22 @@ async def test_a_network_that_cannot_be_made_shows_why(
     assert row["state"] == "Pending" and "other settings (subnet)" in row["last_error"]
     assert rows(document)["db"]["phase"] == "Pending"  # it waits for its network
     assert rows(document)["web"]["phase"] == "Running"
+
+
+@pytest.mark.anyio
+async def test_the_status_table_says_why_a_container_has_no_proc_view(
+    folder: Path, runtime: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web_and_db(folder)
+    await reconciler(folder, runtime, clock).reconcile("test")
+    why = "unavailable: /dev/fuse cannot be opened: Permission denied"
+    with runtime._cond:
+        name = next(n for n in runtime._containers if n.startswith("web"))
+        info = runtime._containers[name]
+        runtime._containers[name] = info.model_copy(update={"proc_view": why})
+    document = status(folder, runtime, clock)
+    assert rows(document)["web"]["proc_view"] == why
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "_out", Console(file=screen, width=300, color_system=None))
+    cli.print_status(document, wide=True)
+    assert "/proc view unavailable: /dev/fuse cannot be opened" in screen.getvalue()

@@ -461,6 +461,7 @@ class _Rows:
             "paused": info.paused if info else False,
             "oom_kills": info.oom_kills if info else 0,
             "pids_refused": info.pids_refused if info else 0,
+            "proc_view": info.proc_view if info else None,
             "last_error": self.errors.get(name),
             "in_sync": not shown
             and name not in self.pending

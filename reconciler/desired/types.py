@@ -153,6 +153,8 @@ def spec_hash(spec: ContainerSpec) -> str:
     data = spec.model_dump(mode="json", exclude=set(LIVE_FIELDS))
     if data.get("logs") is None:  # no [logs]: the hash it had before the field existed
         data.pop("logs", None)
+    if data.get("proc_view") is True:  # the default: the hash it had before the switch
+        data.pop("proc_view", None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -512,6 +512,7 @@ class Squishfile(BaseModel):
             seccomp=self.security.spec_value(),
             resources=self.resources.to_resources(),
             logs=self.logs.to_limits(),
+            proc_view=self.resources.proc_view,
         )
 
     def _network_fields(self) -> dict[str, Any]:

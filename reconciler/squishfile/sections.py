@@ -136,11 +136,17 @@ class ResourcesSection(BaseModel):
         default=None, ge=1, le=10_000, description="relative CPU share: cpu.weight (100)"
     )
     pids: int | None = Field(default=None, ge=1, le=4_194_304, description="most processes")
+    proc_view: bool = Field(
+        default=True,
+        description="the container's /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps, "
+        "diskstats and /sys/devices/system/cpu/online tell its own limits (false: the "
+        "kernel's, the host's figures)",
+    )
 
     _sizes = field_validator("memory", "memory_swap", mode="before")(_bytes)
 
     def to_resources(self) -> Resources | None:
-        values = self.model_dump(exclude_none=True)
+        values = self.model_dump(exclude_none=True, exclude={"proc_view"})
         return Resources(**values) if values else None
 
 

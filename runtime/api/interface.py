@@ -66,6 +66,9 @@ class ContainerInfo(BaseModel):
     created_at: float
     addresses: dict[str, str] = {}
     """Network name -> its IPv4 address there (``network = "bridge"``)."""
+    proc_view: str | None = None
+    """Its /proc and /sys view of its own limits (``runtime.procview``) while it runs:
+    ``on``, ``off`` (turned off), or ``unavailable: <why>`` (it sees the kernel's files)."""
 
 
 class NetworkInfo(BaseModel):

@@ -219,6 +219,12 @@ class ContainerSpec(_Frozen):
         default=None,
         description="the log's cap and rotation; None: the default (5 files of 20 MiB)",
     )
+    proc_view: bool = Field(
+        default=True,
+        description="cover /proc/meminfo, cpuinfo, stat, uptime, loadavg, swaps, diskstats "
+        "and /sys/devices/system/cpu/online with a view of the container's own limits "
+        "(FUSE), where /dev/fuse is usable",
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="free-form metadata kept with the container (the reconciler marks "

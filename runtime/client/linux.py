@@ -169,6 +169,7 @@ class LinuxRuntime(NetworkOps):
                 log_path=str(log_path),
                 log_max_size=limits.max_size,
                 log_max_files=limits.max_files,
+                proc_view=spec.proc_view,
             )
             if syscall_filter is not None:
                 (cdir / SECCOMP_FILE).write_bytes(syscall_filter)

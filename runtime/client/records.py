@@ -278,6 +278,7 @@ class RecordStore:
                 started_at=run.get("started_at"),
                 ports=ports,
                 slirp_pid=slirp_id.pid if slirp_id is not None and slirp_alive else None,
+                proc_view=run.get("proc_view"),
                 **cgroup_facts(run, running=True),
                 **common,
             )

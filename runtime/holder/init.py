@@ -208,7 +208,14 @@ def _open_native(native: str | None) -> int | None:
 
 
 def run_init(
-    *, request_r: int, go_r: int, report_w: int, exit_w: int, log_w: int, native: str | None
+    *,
+    request_r: int,
+    go_r: int,
+    report_w: int,
+    exit_w: int,
+    log_w: int,
+    native: str | None,
+    view: int | str,
 ) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
@@ -219,6 +226,9 @@ def run_init(
     becomes the command's stdout and stderr: the write end of the pipe the log pump
     (``runtime.holder.logpump``) reads, outside the container. ``native`` is the native
     init to become once the container is confined (``runtime.native``), or None.
+    ``view`` is the /dev/fuse descriptor of the /proc and /sys view, or why there is
+    none; ``M`` is followed by why the view is missing when it was asked for and is not
+    there.
     """
     native_fd = _open_native(native)
     _prewarm()
@@ -234,12 +244,16 @@ def run_init(
             netif.bring_up("lo")
         root = os.path.join(req.container_dir, "root")
         skel = os.path.join(req.container_dir, "skel")
-        mounts.assemble(root, skel, req.rootfs, req.mounts)
+        missing_view = mounts.assemble(
+            root, skel, req.rootfs, req.mounts, view if req.proc_view else None
+        )
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
+    if isinstance(view, int):
+        os.close(view)  # mounted (or not wanted): the holder and the server hold it
     _enter_cgroup_namespace(go_r, report_w, req.cgroup)
-    os.write(report_w, Launching.MOUNTED.value)
+    os.write(report_w, marked(Launching.MOUNTED, missing_view))
     if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)
     os.close(go_r)

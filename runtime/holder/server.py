@@ -64,6 +64,7 @@ from runtime.holder.protocol import (
     marked,
 )
 from runtime.holder.spare import hand_over, restart_slirp, run_spare
+from runtime.holder.views import Views
 from runtime.holder.workers import become_child, fork_worker
 from runtime.network import bridge
 from runtime.sandbox import syscalls as sc
@@ -196,14 +197,23 @@ class _Containers:
         self.unreachable: dict[int, str] = {}
         """Init pid -> why the running container an earlier holder started cannot be
         taken over."""
+        self.views = Views(state)
+        """The FUSE connections of the containers' /proc views, and their server."""
 
-    def add(self, init_pid: int, fds: list[int]) -> None:
+    def add(self, init_pid: int, fds: list[int], view: int | None) -> None:
+        """Keep a new container's namespaces, and its view's connection if it has one."""
         self.reaped(init_pid)
         self.by_pid[init_pid] = _Held(
             {kind: _move_high(fd) for (kind, _), fd in zip(NAMESPACES, fds, strict=True)}
         )
+        if view is not None:
+            try:
+                self.views.add(init_pid, _move_high(view))
+            except OSError as exc:  # the launch went on: its view waits for a server
+                _log(f"cannot start the view's server: {exc}")
 
     def reaped(self, pid: int) -> None:
+        self.views.released(pid)
         held = self.by_pid.pop(pid, None)
         if held is not None:
             for fd in (*held.namespaces.values(), held.watch):
@@ -491,8 +501,11 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
         ctrl = spares.take()
         try:
             # The spare parses and checks the request: keep this single loop lean.
-            init_pid, namespace_fds = hand_over(ctrl, raw_request, conn)
-            containers.add(init_pid, namespace_fds)
+            init_pid, namespace_fds, view = hand_over(ctrl, raw_request, conn)
+            if view is not None and not request.request.get("proc_view"):
+                os.close(view)
+                view = None
+            containers.add(init_pid, namespace_fds, view)
             return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
@@ -508,9 +521,10 @@ a holder whose folder was deleted could never be reached again, nor its containe
 
 
 def _reap(spares: _Spares, containers: _Containers) -> None:
-    for pid, _ in reap_children():
+    for pid, status in reap_children():
         spares.reaped(pid)
         containers.reaped(pid)
+        containers.views.reaped(pid, status)
 
 
 def serve(listener: socket.socket, state: Path, native: str | None = None) -> None:

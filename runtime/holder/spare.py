@@ -82,6 +82,24 @@ class _Init:
     """The read end of the command's output pipe: the log pump's, once launched."""
     native: str | None
     """The native init and log pump (``runtime.native``), or None: Python ones."""
+    view: int | str
+    """A /dev/fuse descriptor for the container's /proc view, or why there is none."""
+
+    def view_fds(self) -> list[int]:
+        return [self.view] if isinstance(self.view, int) else []
+
+    def close_view(self) -> None:
+        """Close this process's copy of the view's descriptor (the holder has its own)."""
+        for fd in self.view_fds():
+            os.close(fd)
+
+
+def _open_fuse() -> int | str:
+    """A fresh FUSE connection (the init mounts it), or why there can be none."""
+    try:
+        return os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
 
 
 def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
@@ -103,6 +121,7 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
     log_r, log_w = logpump.log_pipe()
+    view = _open_fuse()
     middle = os.fork()
     if middle == 0:
         try:
@@ -119,6 +138,7 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
                     exit_w=exit_w,
                     log_w=log_w,
                     native=native,
+                    view=view,
                 )
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
@@ -132,7 +152,7 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
     os.waitpid(middle, 0)
     if not answer or answer.startswith(Launching.FAILED):
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native)
+    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view)
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -223,7 +243,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         helper, forwards = _network(req, starting)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the filesystem")
-        if mounted != Launching.MOUNTED.value:
+        missing_view = detail_of(mounted, Launching.MOUNTED)
+        if missing_view is None:
             detail = detail_of(mounted, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died while mounting")
         if identity is None:
@@ -238,6 +259,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             # Read while the init is still dumpable: a later holder finds them again in
             # the command's /proc/PID/ns (runtime.holder.adoption).
             "namespaces": namespace_ids(init.pid),
+            "proc_view": _view_state(req, missing_view),
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
@@ -251,6 +273,13 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
         raise
+
+
+def _view_state(req: LaunchRequest, missing: str) -> str:
+    """What ``status`` says of the container's /proc view: on, off, or why it is not."""
+    if not req.proc_view:
+        return "off"
+    return f"unavailable: {missing}" if missing else "on"
 
 
 def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
@@ -323,10 +352,12 @@ def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
         ]
         received = _receive(ctrl)
         if received is not None:
-            # The holder waits for this before it forgets the request.
-            send_with_fds(ctrl, marked(Launching.TAKEN, init.pid), namespaces)
+            # The holder waits for this before it forgets the request; it keeps the
+            # view's connection and hands it to the view's server.
+            send_with_fds(ctrl, marked(Launching.TAKEN, init.pid), namespaces + init.view_fds())
         for fd in namespaces:
             os.close(fd)
+        init.close_view()
         ctrl.close()
         if received is None:
             _dismiss(init)
@@ -355,20 +386,23 @@ def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
 
 def hand_over(
     ctrl: socket.socket, raw_request: bytes, conn: socket.socket
-) -> tuple[int, list[int]]:
+) -> tuple[int, list[int], int | None]:
     """Give a spare its launch request and the client connection to answer on.
 
-    Returns the container init's pid and descriptors of its namespaces, in the order of
-    ``NAMESPACES`` (the caller owns them). Raises OSError when the spare did not take the
-    request (it died): the caller still holds the connection and can try another spare.
+    Returns the container init's pid, descriptors of its namespaces, in the order of
+    ``NAMESPACES``, and the FUSE connection its /proc view is to be served on, if /dev/fuse
+    could be opened (the caller owns them all). Raises OSError when the spare did not
+    take the request (it died): the caller still holds the connection and can try
+    another spare.
     """
     send_with_fds(ctrl, raw_request, [conn.fileno()])
     ctrl.shutdown(socket.SHUT_WR)
     ctrl.settimeout(_STEP_TIMEOUT)
-    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES), socket.MSG_CMSG_CLOEXEC)
+    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES) + 1, socket.MSG_CMSG_CLOEXEC)
     taken = detail_of(data, Launching.TAKEN)
-    if taken is None or len(fds) != len(NAMESPACES):
+    if taken is None or len(fds) not in (len(NAMESPACES), len(NAMESPACES) + 1):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    return int(taken), fds
+    view = fds[len(NAMESPACES)] if len(fds) > len(NAMESPACES) else None
+    return int(taken), fds[: len(NAMESPACES)], view

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.sandbox import syscalls as sc
-from runtime.wire import MountPoint
+from runtime.wire import VIEW_FILES, MountPoint
 
 __all__ = (
     "DEVICES",
@@ -33,6 +33,7 @@ __all__ = (
     "READ_ONLY",
     "assemble",
     "enter_root",
+    "mount_view",
     "open_source",
     "prepare_skeleton",
 )
@@ -215,11 +216,51 @@ def _mask_kernel_files(root: str) -> None:
             os.close(fd)
 
 
-def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) -> None:
+_VIEW_OPTIONS = "fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other"
+"""A FUSE mount of descriptor ``fd``, its root a folder, owned by the container's root;
+``allow_other``: the container's other users read it too."""
+
+
+def mount_view(root: str, fuse_fd: int) -> None:
+    """Mount the FUSE connection ``fuse_fd`` on the skeleton's /tmp (before the tmpfs
+    covers it) and bind its files over the kernel's (``VIEW_FILES``); the staging mount
+    goes again, the binds keep the connection mounted. Each bind asks the view's server
+    to look its file up: the server must be serving the connection."""
+    staging = f"{root}/tmp"
+    options = _VIEW_OPTIONS.format(fd=fuse_fd)
+    sc.mount("squish-procview", staging, "fuse.squish", _HIDDEN | sc.MS_RDONLY, options)
+    try:
+        for name, path in VIEW_FILES.items():
+            if os.path.exists(f"{root}{path}"):
+                sc.mount(f"{staging}/{name}", f"{root}{path}", None, sc.MS_BIND)
+    finally:
+        sc.umount2(staging, sc.MNT_DETACH)
+
+
+def _try_view(root: str, fuse_fd: int | str | None) -> str:
+    """Mount the view if there is a connection for it; why there is none, else ("")."""
+    if not isinstance(fuse_fd, int):
+        return fuse_fd or ""
+    try:
+        mount_view(root, fuse_fd)
+    except OSError as exc:
+        return f"mounting the FUSE view failed: {exc}"
+    return ""
+
+
+def assemble(
+    root: str,
+    skel: str,
+    rootfs: str,
+    mounts: Sequence[MountPoint],
+    view: int | str | None = None,
+) -> str:
     """Mount the container's filesystem at ``root`` (in a fresh mount namespace).
 
     The fixed filesystems come first, so a bind below /tmp lands on the tmpfs instead of
-    being hidden by it.
+    being hidden by it. ``view`` is the /dev/fuse descriptor of the /proc and /sys view
+    (:func:`mount_view`), why there is none, or None (not asked for). Returns "" or why
+    the view is not there: the container runs with the kernel's files then.
     """
     for path in (skel, rootfs):
         if "," in path or ":" in path:
@@ -233,6 +274,7 @@ def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) ->
         sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
         sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
         _mask_kernel_files(root)
+        missing_view = _try_view(root, view)
         _populate_dev(f"{root}/dev")
         sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
         for mount_point in mounts:
@@ -247,6 +289,7 @@ def assemble(root: str, skel: str, rootfs: str, mounts: Sequence[MountPoint]) ->
     finally:
         for fd in sources:
             os.close(fd)
+    return missing_view
 
 
 def enter_root(root: str) -> None:

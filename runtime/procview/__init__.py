@@ -1,0 +1,1 @@
+"""A /proc and /sys view that tells a container its own limits (FUSE)."""

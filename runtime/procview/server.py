@@ -1,0 +1,308 @@
+"""The view's server: one process per user serves every container's FUSE connection.
+
+Each container's init mounts its own connection (its ``/dev/fuse`` descriptor) and binds
+the view's files over /proc and /sys; the holder keeps a copy of every connection and
+hands it to this server, which it forked. The connection says which container asks: no
+pid is looked up per request. The server keeps nothing a restart would lose: node ids
+are fixed, a file's content is computed at open and, for a handle it does not know (the
+open was served by the server before it), computed again. So a server started again on
+the same descriptors answers at once; the connections stay mounted in between.
+
+A connection is first *pending*: the holder hands it over before the init has mounted
+it (reading it then fails with EPERM), so pending ones are tried again every few
+milliseconds. One that ends (its container's mount namespace is gone: ENODEV), or whose
+container's init has ended (a pidfd says so; one never mounted ends only that way), is
+closed.
+
+What a read computes is bounded: it runs on a worker thread, and after ``READ_BOUND`` the
+container gets the kernel's file instead; a slow controller never holds it longer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import math
+import os
+import select
+import socket
+import stat as st
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runtime.procview import fuse, limits, views
+from runtime.util.fdpass import receive_with_fds
+from runtime.wire import VIEW_FILES
+
+__all__ = ("HANDOVER", "READ_BOUND", "Connection", "render", "serve")
+
+log = logging.getLogger("procview")
+
+READ_BOUND = 0.25
+"""Seconds a read may spend computing before the kernel's file is served instead."""
+PENDING_RETRY = 0.005
+"""How often a connection not mounted yet is tried again (seconds)."""
+LOAD_SAMPLE = 5.0
+"""Seconds between two samples of a container's runnable processes (the kernel's too)."""
+ATTR_VALID = 1
+"""Seconds the kernel may keep a node's attributes: they never change."""
+HANDOVER = struct.Struct("<i")
+"""A connection handed to the server: the container init's pid, with the descriptor."""
+
+_ROOT = 1
+_NAMES = tuple(VIEW_FILES)
+_DECAY = tuple(math.exp(-LOAD_SAMPLE / period) for period in (60.0, 300.0, 900.0))
+
+
+def _node_of(name: str) -> int | None:
+    return _NAMES.index(name) + 2 if name in _NAMES else None
+
+
+def _attr(node: int) -> fuse.Attr:
+    if node == _ROOT:
+        return fuse.Attr(ino=_ROOT, mode=st.S_IFDIR | 0o555, nlink=2)
+    return fuse.Attr(ino=node, mode=st.S_IFREG | 0o444)
+
+
+@dataclass
+class Connection:
+    """One container's FUSE connection."""
+
+    fd: int
+    init_pid: int
+    ended: int = -1
+    """A pidfd of the init: readable once the container has ended (-1: none yet)."""
+    live: bool = False
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    handles: dict[int, bytes] = field(default_factory=dict)
+
+
+def _read_host(path: str) -> str:
+    with open(path) as file:
+        return file.read()
+
+
+def render(name: str, conn: Connection) -> bytes:
+    """The content of the view's file ``name`` for the container of ``conn``."""
+    path = VIEW_FILES[name]
+    host = _read_host(path)
+    found, usage = limits.read_limits(conn.init_pid)
+    cpus = views.allowed_cpus(limits.host_online(), found)
+    text: str
+    if name == "meminfo":
+        text = views.meminfo(host, found)
+    elif name == "cpuinfo":
+        text = views.cpuinfo(host, cpus)
+    elif name == "stat":
+        text = views.stat(host, cpus)
+    elif name == "uptime":
+        text = _uptime(host, conn, usage, len(cpus))
+    elif name == "loadavg":
+        tasks = limits.container_tasks(conn.init_pid)
+        text = views.loadavg(host, conn.load, tasks.count("R"), len(tasks))
+    elif name == "swaps":
+        text = views.swaps(host, found)
+    elif name == "diskstats":
+        text = views.diskstats(host, found)
+    else:
+        text = views.cpu_online(cpus)
+    return text.encode()
+
+
+def _uptime(host: str, conn: Connection, usage_usec: int | None, ncpus: int) -> str:
+    seconds = limits.seconds_since_start(conn.init_pid)
+    if seconds is None:
+        return host
+    if usage_usec is not None:
+        idle = seconds * ncpus - usage_usec / 1e6
+    else:  # the host's idle share, for the container's CPUs
+        up, host_idle = (float(v) for v in host.split()[:2])
+        idle = seconds * ncpus * host_idle / (up * (os.cpu_count() or 1)) if up else 0.0
+    return views.uptime(seconds, idle)
+
+
+class Server:
+    """The connections, and the loop that serves them."""
+
+    def __init__(self, control: socket.socket | None, connections: list[Connection]) -> None:
+        self.control = control
+        self.connections: dict[int, Connection] = {}
+        for conn in connections:
+            self.add(conn)
+        self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="view")
+        self.next_fh = 1
+        self.next_sample = time.monotonic() + LOAD_SAMPLE
+
+    def content(self, node: int, conn: Connection) -> bytes:
+        """The file's content, computed within ``READ_BOUND`` (else the kernel's)."""
+        name = _NAMES[node - 2]
+        future = self.workers.submit(render, name, conn)
+        try:
+            return future.result(timeout=READ_BOUND)
+        except concurrent.futures.TimeoutError:
+            log.info(f"{name} for init {conn.init_pid} took too long; serving the kernel's")
+        except Exception as exc:  # a container's view must not end the server
+            log.info(f"{name} for init {conn.init_pid} failed: {type(exc).__name__}: {exc}")
+        return _read_host(VIEW_FILES[name]).encode()
+
+    def answer(self, conn: Connection, req: fuse.Request) -> bytes | None:
+        if req.opcode in fuse.NO_REPLY:
+            return None
+        handler = _HANDLERS.get(req.opcode)
+        if handler is None:
+            return fuse.error_reply(req.unique, errno.ENOSYS)
+        return handler(self, conn, req)
+
+    def open(self, conn: Connection, req: fuse.Request) -> bytes:
+        if req.nodeid == _ROOT:
+            return fuse.error_reply(req.unique, errno.EISDIR)
+        fh, self.next_fh = self.next_fh, self.next_fh + 1
+        data = conn.handles[fh] = self.content(req.nodeid, conn)
+        with contextlib.suppress(OSError):  # the node is not cached (yet): no size to raise
+            os.write(conn.fd, fuse.store_notice(req.nodeid, data))
+        return fuse.open_reply(req.unique, fh, fuse.FOPEN_DIRECT_IO)
+
+    def read(self, conn: Connection, req: fuse.Request) -> bytes:
+        fh, offset, size = req.read_args()
+        data = conn.handles.get(fh)
+        if data is None:  # opened before this server started: computed again
+            data = conn.handles[fh] = self.content(req.nodeid, conn)
+        return fuse.reply(req.unique, data[offset : offset + size])
+
+    def serve_one(self, conn: Connection) -> None:
+        try:
+            raw = os.read(conn.fd, fuse.READ_BUFFER)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                return  # not mounted yet
+            self.drop(conn, exc)
+            return
+        conn.live = True
+        req = fuse.parse_request(raw)
+        answer = self.answer(conn, req)
+        if answer is not None:
+            with contextlib.suppress(FileNotFoundError):  # answered or interrupted already
+                os.write(conn.fd, answer)
+
+    def add(self, conn: Connection) -> None:
+        """Serve ``conn`` until it ends or its container does (one never mounted, too)."""
+        os.set_blocking(conn.fd, False)
+        self.connections[conn.fd] = conn
+        try:
+            conn.ended = os.pidfd_open(conn.init_pid)
+        except OSError as exc:  # gone already (or the pid is not ours to watch)
+            self.drop(conn, exc)
+
+    def drop(self, conn: Connection, why: OSError | None) -> None:
+        if why is not None and why.errno not in (errno.ENODEV, errno.ESRCH):
+            log.info(f"the view of init {conn.init_pid} ends: {why}")
+        del self.connections[conn.fd]
+        for fd in (conn.fd, conn.ended):
+            if fd >= 0:
+                os.close(fd)
+
+    def take(self) -> bool:
+        """Take a connection from the holder; False once the holder is gone."""
+        assert self.control is not None
+        data, fds = receive_with_fds(self.control, HANDOVER.size, 1, socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            self.control.close()
+            self.control = None
+            return False
+        for fd in fds:
+            self.add(Connection(fd, HANDOVER.unpack(data)[0]))
+        return True
+
+    def sample_load(self) -> None:
+        """One sample of each container's runnable processes into its load averages."""
+        for conn in self.connections.values():
+            running = limits.container_tasks(conn.init_pid).count("R")
+            conn.load = tuple(  # type: ignore[assignment]
+                load * decay + running * (1 - decay)
+                for load, decay in zip(conn.load, _DECAY, strict=True)
+            )
+        self.next_sample = time.monotonic() + LOAD_SAMPLE
+
+    def loop(self) -> None:
+        """Serve until the holder is gone and no connection is left."""
+        while self.control is not None or self.connections:
+            poller = select.poll()
+            live = [c.fd for c in self.connections.values() if c.live]
+            ended = {c.ended: c for c in self.connections.values()}
+            for fd in [*live, *ended, *([self.control.fileno()] if self.control else [])]:
+                poller.register(fd, select.POLLIN)
+            pending = len(live) < len(self.connections)
+            wait = min(self.next_sample - time.monotonic(), PENDING_RETRY if pending else 1e9)
+            ready = {fd for fd, _ in poller.poll(max(0, int(wait * 1000)))}
+            if self.control is not None and self.control.fileno() in ready:
+                self.take()
+            for fd in ready & set(ended):
+                self.drop(ended[fd], None)
+            for conn in list(self.connections.values()):
+                if conn.fd in ready or not conn.live:
+                    self.serve_one(conn)
+            if time.monotonic() >= self.next_sample:
+                self.sample_load()
+
+
+def _lookup(server: Server, conn: Connection, req: fuse.Request) -> bytes:
+    node = _node_of(req.name()) if req.nodeid == _ROOT else None
+    if node is None:
+        return fuse.error_reply(req.unique, errno.ENOENT)
+    return fuse.entry_reply(req.unique, _attr(node), ATTR_VALID)
+
+
+def _readdir(server: Server, conn: Connection, req: fuse.Request) -> bytes:
+    _, offset, size = req.read_args()
+    entries = [(_ROOT, ".", st.S_IFDIR), (_ROOT, "..", st.S_IFDIR)]
+    entries += [(_node_of(n) or 0, n, st.S_IFREG) for n in _NAMES]
+    out = b""
+    for index, (ino, name, mode) in enumerate(entries[offset:], start=offset + 1):
+        entry = fuse.dirent_bytes(ino, index, name, mode >> 12)
+        if len(out) + len(entry) > size:
+            break
+        out += entry
+    return fuse.reply(req.unique, out)
+
+
+def _interrupt(server: Server, conn: Connection, req: fuse.Request) -> bytes:
+    """Every request is answered before the next is read, so one still interrupted is
+    one a server that died held: it ends with EINTR (else its reader would wait forever;
+    an answer to a request already answered is refused by the kernel, harmlessly)."""
+    return fuse.error_reply(req.interrupted(), errno.EINTR)
+
+
+def _release(server: Server, conn: Connection, req: fuse.Request) -> bytes:
+    conn.handles.pop(req.read_args()[0], None)
+    return fuse.reply(req.unique)
+
+
+_Handler = Callable[[Server, Connection, fuse.Request], bytes]
+
+_HANDLERS: dict[int, _Handler] = {
+    fuse.Op.INIT: lambda s, c, r: fuse.init_reply(r.unique, r),
+    fuse.Op.LOOKUP: _lookup,
+    fuse.Op.GETATTR: lambda s, c, r: fuse.attr_reply(r.unique, _attr(r.nodeid), ATTR_VALID),
+    fuse.Op.OPEN: Server.open,
+    fuse.Op.READ: Server.read,
+    fuse.Op.RELEASE: _release,
+    fuse.Op.INTERRUPT: _interrupt,
+    fuse.Op.FLUSH: lambda s, c, r: fuse.reply(r.unique),
+    fuse.Op.OPENDIR: lambda s, c, r: fuse.open_reply(r.unique, 0, 0),
+    fuse.Op.READDIR: _readdir,
+    fuse.Op.RELEASEDIR: lambda s, c, r: fuse.reply(r.unique),
+    fuse.Op.STATFS: lambda s, c, r: fuse.statfs_reply(r.unique),
+    fuse.Op.DESTROY: lambda s, c, r: fuse.reply(r.unique),
+}
+
+
+def serve(control: socket.socket | None, connections: list[Connection]) -> None:
+    """Body of the server process: serve ``connections`` and those the holder hands over
+    on ``control``."""
+    Server(control, connections).loop()

@@ -1,0 +1,218 @@
+"""The view's files as pure functions of the host's file and the container's limits, and
+the FUSE messages they travel in."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime.procview import fuse, views
+from runtime.procview.views import Limits
+
+MEMINFO = """\
+MemTotal:       16000000 kB
+MemFree:         8000000 kB
+MemAvailable:   12000000 kB
+Buffers:          100000 kB
+Cached:          2000000 kB
+SwapTotal:       4000000 kB
+SwapFree:        4000000 kB
+"""
+
+CPUINFO = "".join(f"processor\t: {n}\nmodel name\t: Test CPU\n\n" for n in range(4))
+
+STAT = """\
+cpu  40 0 40 400 0 0 0 0 0 0
+cpu0 10 0 10 100 0 0 0 0 0 0
+cpu1 10 0 10 100 0 0 0 0 0 0
+cpu2 10 0 10 100 0 0 0 0 0 0
+cpu3 10 0 10 100 0 0 0 0 0 0
+intr 5
+btime 1700000000
+"""
+
+MIB = 1024 * 1024
+
+
+def _fields(text: str) -> dict[str, int]:
+    return {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()}
+
+
+def test_without_limits_every_file_is_the_hosts() -> None:
+    none = Limits()
+    assert views.meminfo(MEMINFO, none) == MEMINFO
+    cpus = views.allowed_cpus((0, 1, 2, 3), none)
+    assert cpus == (0, 1, 2, 3)
+    assert views.cpuinfo(CPUINFO, cpus) == CPUINFO
+    assert views.stat(STAT, cpus) == STAT
+    assert views.swaps("Filename\tType\n", none) == "Filename\tType\n"
+    assert views.diskstats("   8       0 sda 1 2 3 4 5 6 7 8 9 10 11\n", none).startswith("   8")
+    assert views.cpu_online(cpus) == "0-3\n"
+
+
+def test_memory_comes_from_the_limit_and_usage() -> None:
+    limits = Limits(memory_max=256 * MIB, memory_current=100 * MIB, memory_stat={"file": 20 * MIB})
+    got = _fields(views.meminfo(MEMINFO, limits))
+    assert got["MemTotal"] == 256 * 1024
+    assert got["MemFree"] == 156 * 1024
+    assert got["MemAvailable"] == 176 * 1024
+    assert got["Cached"] == 20 * 1024
+    assert got["SwapTotal"] == 4000000  # no swap limit: the host's
+
+
+def test_a_limit_above_the_hosts_memory_changes_nothing() -> None:
+    assert views.meminfo(MEMINFO, Limits(memory_max=10**15)) == MEMINFO
+
+
+def test_swap_comes_from_its_limit() -> None:
+    limits = Limits(memory_max=256 * MIB, swap_max=64 * MIB, swap_current=16 * MIB)
+    got = _fields(views.meminfo(MEMINFO, limits))
+    assert (got["SwapTotal"], got["SwapFree"]) == (64 * 1024, 48 * 1024)
+    assert views.swaps("Filename\tType\tSize\tUsed\tPriority\n", limits).splitlines()[1] == (
+        "none\tvirtual\t65536\t16384\t0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("quota", "cpuset", "expected"),
+    [
+        (1.5, None, (0, 1)),
+        (0.5, None, (0,)),
+        (None, (2, 3), (2, 3)),
+        (1.0, (2, 3), (2,)),
+        (64.0, None, (0, 1, 2, 3)),
+    ],
+)
+def test_cpus_are_the_cpuset_cut_to_the_quota_rounded_up(
+    quota: float | None, cpuset: tuple[int, ...] | None, expected: tuple[int, ...]
+) -> None:
+    assert views.allowed_cpus((0, 1, 2, 3), Limits(cpu_quota=quota, cpuset=cpuset)) == expected
+
+
+def test_cpuinfo_and_stat_keep_the_containers_cpus_numbered_from_zero() -> None:
+    cpus = (2, 3)
+    info = views.cpuinfo(CPUINFO, cpus)
+    assert [line for line in info.splitlines() if line.startswith("processor")] == [
+        "processor\t: 0",
+        "processor\t: 1",
+    ]
+    lines = views.stat(STAT, cpus).splitlines()
+    assert lines[:3] == ["cpu  20 0 20 200 0 0 0 0 0 0", "cpu0 10 0 10 100 0 0 0 0 0 0",
+                         "cpu1 10 0 10 100 0 0 0 0 0 0"]  # fmt: skip
+    assert lines[3:] == ["intr 5", "btime 1700000000"]
+    assert views.cpu_online(cpus) == "0-1\n"
+    assert views.cpu_online((3,)) == "0\n"
+
+
+def test_cpu_lists_are_read_as_the_kernel_writes_them() -> None:
+    assert views.parse_cpu_list("0-3,6,8-9\n") == (0, 1, 2, 3, 6, 8, 9)
+
+
+def test_diskstats_shows_the_containers_own_io() -> None:
+    host = (
+        "   8       0 sda 1 2 3 4 5 6 7 8 9 10 11\n 259       0 nvme0n1 1 2 3 4 5 6 7 8 9 10 11\n"
+    )
+    limits = Limits(io={"8:0": {"rios": 7, "rbytes": 4096, "wios": 3, "wbytes": 1024}})
+    (line,) = views.diskstats(host, limits).splitlines()
+    assert line.split()[:10] == ["8", "0", "sda", "7", "0", "8", "0", "3", "0", "2"]
+
+
+def test_uptime_and_load_are_the_containers() -> None:
+    assert views.uptime(12.345, 20.0) == "12.35 20.00\n"
+    assert views.loadavg("9.0 9.0 9.0 5/900 4242\n", (0.5, 0.25, 0.125), 1, 3) == (
+        "0.50 0.25 0.12 1/3 4242\n"
+    )
+
+
+def _request(opcode: int, nodeid: int, body: bytes) -> bytes:
+    header = struct.pack("<IIQQIIIHH", 40 + len(body), opcode, 7, nodeid, 0, 0, 42, 0, 0)
+    return header + body
+
+
+def test_requests_and_replies_keep_the_kernels_layout() -> None:
+    init = fuse.parse_request(_request(fuse.Op.INIT, 0, struct.pack("<IIII", 7, 41, 65536, 0)))
+    assert (init.opcode, init.unique, init.pid) == (fuse.Op.INIT, 7, 42)
+    answer = fuse.init_reply(init.unique, init)
+    length, error, unique = struct.unpack_from("<IiQ", answer)
+    assert (length, error, unique) == (16 + 64, 0, 7)
+    assert struct.unpack_from("<II", answer, 16) == (7, fuse.OUR_MINOR)
+    old = fuse.parse_request(_request(fuse.Op.INIT, 0, struct.pack("<IIII", 6, 1, 0, 0)))
+    assert struct.unpack_from("<i", fuse.init_reply(1, old), 4) == (-errno.EPROTO,)
+    lookup = fuse.parse_request(_request(fuse.Op.LOOKUP, 1, b"meminfo\0"))
+    assert lookup.name() == "meminfo"
+    assert len(fuse.entry_reply(7, fuse.Attr(ino=2, mode=0o100444), 1)) == 16 + 40 + 88
+    assert len(fuse.attr_reply(7, fuse.Attr(ino=2, mode=0o100444), 1)) == 16 + 16 + 88
+    assert struct.unpack("<IiQ", fuse.error_reply(9, errno.ENOENT)) == (16, -errno.ENOENT, 9)
+    assert len(fuse.dirent_bytes(2, 1, "stat", 8)) % 8 == 0
+
+
+def test_a_request_cut_short_is_refused() -> None:
+    with pytest.raises(ValueError, match="shorter than its header"):
+        fuse.parse_request(b"\0" * 12)
+
+
+def test_the_server_answers_what_a_read_only_view_is_asked() -> None:
+    from runtime.procview.server import Connection, Server
+
+    server = Server(None, [])
+    conn = Connection(fd=-1, init_pid=os.getpid())
+    try:
+        interrupt = fuse.parse_request(_request(fuse.Op.INTERRUPT, 0, struct.pack("<Q", 4242)))
+        answer = server.answer(conn, interrupt)
+        assert answer is not None  # the request a dead server held ends with EINTR
+        assert struct.unpack("<IiQ", answer) == (16, -errno.EINTR, 4242)
+        forget = fuse.parse_request(_request(fuse.Op.FORGET, 2, struct.pack("<Q", 1)))
+        assert server.answer(conn, forget) is None
+        missing = fuse.parse_request(_request(fuse.Op.LOOKUP, 1, b"kcore\0"))
+        assert struct.unpack_from("<i", server.answer(conn, missing) or b"", 4) == (-errno.ENOENT,)
+        write = fuse.parse_request(_request(16, 2, b""))  # WRITE: nothing here takes one
+        assert struct.unpack_from("<i", server.answer(conn, write) or b"", 4) == (-errno.ENOSYS,)
+    finally:
+        server.workers.shutdown()
+
+
+def test_a_slow_computation_gives_the_kernels_file_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runtime.procview import server as server_module
+
+    release = threading.Event()
+
+    def stuck(name: str, conn: server_module.Connection) -> bytes:
+        release.wait()  # a controller that does not answer
+        return b"never served\n"
+
+    monkeypatch.setattr(server_module, "render", stuck)
+    server = server_module.Server(None, [])
+    try:
+        node = server_module._NAMES.index("meminfo") + 2
+        data = server.content(node, server_module.Connection(fd=-1, init_pid=os.getpid()))
+        host = Path("/proc/meminfo").read_text().splitlines()[0]
+        assert data.decode().splitlines()[0] == host
+    finally:
+        release.set()
+        server.workers.shutdown()
+
+
+@pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK), reason="needs /dev/fuse")
+def test_a_connection_never_mounted_is_dropped_when_its_init_ends() -> None:
+    from runtime.procview.server import Connection, Server
+
+    init = subprocess.Popen(["sleep", "60"])  # stands for an init that died before mounting
+    fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        server = Server(None, [Connection(fuse_fd, init.pid)])
+        init.kill()  # a zombie until waited for: its pidfd is readable already
+        server.loop()  # returns once no connection is left
+        assert server.connections == {}
+        with pytest.raises(OSError):
+            os.fstat(fuse_fd)  # closed by the server
+    finally:
+        init.wait()
+        server.workers.shutdown()
