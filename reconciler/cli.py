@@ -2,7 +2,7 @@
 
 Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status``, ``down``;
 file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, ``stop``,
-``rm``. The README has a tour.
+``rm``; ``service`` (a systemd user unit for ``run``). The README has a tour.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from reconciler.gitops import (
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
+from reconciler.service import ServiceError, add_service_commands
 from reconciler.settings import BadSetting, Settings, parse_labels
 from runtime.api import ContainerInfo
 from runtime.client.host import host_checks
@@ -684,6 +685,15 @@ def _listening(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_options(command: argparse.ArgumentParser) -> None:
+    """``run``'s options (``service install`` takes them too, for the unit's ``run``)."""
+    _placement(command)
+    _timing(command)
+    _tuning(command)
+    add_git_options(command, loop=True)
+    _listening(command)
+
+
 def _output(command: argparse.ArgumentParser, *formats: str) -> None:
     """``-o wide``: on a terminal too, tables show every value whole (off a terminal
     they always do)."""
@@ -717,11 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
-    _placement(p)
-    _timing(p)
-    _tuning(p)
-    add_git_options(p, loop=True)
-    _listening(p)
+    _run_options(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
     _placement(p)
@@ -797,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     p.set_defaults(func=cmd_rm)
     add_suspend_commands(sub, lambda: _runtime().state)
+    add_service_commands(sub, _run_options)
     return parser
 
 
@@ -821,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NoFolder,
         GitError,
         ConfigError,
+        ServiceError,
     ) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
