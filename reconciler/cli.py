@@ -56,6 +56,7 @@ from reconciler.gitops import (
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
+from reconciler.prereqs import HostNotReady, check_once
 from reconciler.service import ServiceError, add_service_commands
 from reconciler.settings import BadSetting, Settings, parse_labels
 from runtime.api import ContainerInfo
@@ -122,7 +123,11 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
     )
 
 
-def _runtime(settings: Settings | None = None) -> LinuxRuntime:
+def _runtime(settings: Settings | None = None, *, first_use: bool = True) -> LinuxRuntime:
+    """The runtime; at this account's first use, once the host's prerequisites are checked
+    (``make check``'s list: :func:`reconciler.prereqs.check_once`)."""
+    if first_use:
+        check_once()
     return LinuxRuntime(settings=(settings or _settings()).runtime)
 
 
@@ -467,7 +472,7 @@ def _running_holders(paths: Sequence[Path]) -> dict[str, Holding]:
     they keep the names and ports they hold, as in ``plan``."""
     folders = {os.path.abspath(path.parent) for path in paths}
     try:
-        found = _runtime().list()
+        found = _runtime(first_use=False).list()
     except (SquishError, OSError, BadSetting):  # as root, or no usable state: files alone
         return {}
     return holders_of({i.name: i for i in found if any(is_managed_by(i, f) for f in folders)})
@@ -829,6 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         GitError,
         ConfigError,
         ServiceError,
+        HostNotReady,
     ) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1
