@@ -160,10 +160,15 @@ def replayed_options(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def unit_for(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    *,
+    existing: bool = True,
 ) -> Unit:
     """The unit that runs ``reconciler run`` with the options of ``args``: on its folder
-    (DIR made absolute; ``desired`` by default) or on its ``--git`` source."""
+    (DIR made absolute; ``desired`` by default; it must exist unless not ``existing``) or
+    on its ``--git`` source."""
     config = ["--config", os.path.abspath(args.config)] if args.config else []
     options = replayed_options(parser, args)
     if args.git is not None:
@@ -172,7 +177,7 @@ def unit_for(
         folder = []
     else:
         absolute = os.path.abspath(args.dir or "desired")
-        if not os.path.isdir(absolute):
+        if existing and not os.path.isdir(absolute):
             raise ServiceError(f"{absolute}: no such folder")
         what, name, folder = absolute, escape_path(absolute), [absolute]
     unit = f"reconciler-{name}.service"
@@ -226,13 +231,18 @@ def cmd_install(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / unit.name
     existed = path.exists()
+    if existed and not _ours(path):
+        raise ServiceError(f"{path} exists and was not written by service install: left alone")
     write_atomic(path, unit.text().encode(), mode=0o600)  # its Environment= may be private
     systemctl("daemon-reload")
     systemctl("enable", unit.name)
     systemctl("restart", unit.name)
-    _out.print(f"{'updated' if existed else 'installed'} {path}, enabled and started")
-    _out.print(f"  its log: journalctl --user -u {unit.name}")
-    _out.print(f"  stop it: systemctl --user stop {unit.name} (the containers keep running)")
+    done = "updated" if existed else "installed"
+    _out.print(markup(f"{done} {path}, enabled and started"))
+    _out.print(markup(f"  its log: journalctl --user -u {unit.name}"))
+    _out.print(
+        markup(f"  stop it: systemctl --user stop {unit.name} (the containers keep running)")
+    )
     hint = _linger_hint(environ.get("USER") or environ.get("LOGNAME") or "$USER")
     if hint is not None:
         _out.print(markup(hint))
@@ -242,7 +252,7 @@ def cmd_install(
 def cmd_remove(
     parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
 ) -> int:
-    unit = unit_for(parser, args, environ)
+    unit = unit_for(parser, args, environ, existing=False)  # its folder may be gone
     path = unit_folder(environ) / unit.name
     if not _ours(path):
         raise ServiceError(f"no unit for {unit.what}: {path} was not written by service install")
@@ -250,7 +260,9 @@ def cmd_remove(
     path.unlink()
     systemctl("daemon-reload")
     systemctl("reset-failed", unit.name, check=False)  # forget a failed state too
-    _out.print(f"removed {unit.name}; the containers keep running (`reconciler down` removes them)")
+    _out.print(
+        markup(f"removed {unit.name}; the containers keep running (`reconciler down` removes them)")
+    )
     return 0
 
 

@@ -168,3 +168,25 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         ["systemd-analyze", *mode, "verify", str(path)], capture_output=True, text=True, env=env
     )
     assert done.returncode != 0
+
+
+def test_a_unit_file_not_written_by_install_is_left_alone(tmp_path: Path) -> None:
+    environ = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    made = unit(tmp_path)
+    theirs = tmp_path / "config" / "systemd" / "user" / made.name
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("[Service]\nExecStart=/bin/true\n")
+    args = build_parser().parse_args(["service", "install", str(tmp_path)])
+    with pytest.raises(service.ServiceError, match="not written by service install"):
+        service.cmd_install(install_parser(), args, environ)
+    with pytest.raises(service.ServiceError, match="not written by service install"):
+        service.cmd_remove(install_parser(), args, environ)
+    assert theirs.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
+def test_the_unit_of_a_folder_that_is_gone_is_still_found_for_remove(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    made = unit(tmp_path / "a")
+    (tmp_path / "a").rmdir()
+    args = build_parser().parse_args(["service", "remove", str(tmp_path / "a")])
+    assert service.unit_for(install_parser(), args, {}, existing=False).name == made.name
