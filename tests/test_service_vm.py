@@ -94,6 +94,13 @@ def running(env: dict[str, str]) -> dict[str, int]:
     return {i["name"]: i["pid"] for i in listed if i["state"] == "running"}
 
 
+def loop_pid(env: dict[str, str], folder: Path) -> str:
+    """The pid of the loop the folder's status names as running ("" when none)."""
+    done = cli(env, "status", "--json", str(folder))
+    loop = json.loads(done.stdout)["loop"] if done.returncode == 0 else {}
+    return str(loop.get("pid")) if loop.get("running") else ""
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -134,6 +141,10 @@ def test_the_unit_runs_the_loop_and_a_stop_leaves_the_containers(
         "restarted", lambda: systemctl("show", "-p", "MainPID", "--value", name) not in (main, "0")
     )
     assert running(env) == {"web": init}  # the new loop adopts it: same process
+    until(
+        "the new loop runs",
+        lambda: loop_pid(env, folder) == systemctl("show", "-p", "MainPID", "--value", name),
+    )
     assert f"{name}: active, enabled;" in cli(env, "service", "status").stdout
 
     removed = cli(env, "service", "remove", str(folder))
