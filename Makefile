@@ -111,38 +111,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --no-input --progress-bar off -q -e '.[dev]'
 	touch $@
 
-# Prerequisites for running containers; prints the fix for each missing one.
-check:
-	@bad=0
-	fail() { echo "make check: $$1" >&2; echo "  fix: $$2" >&2; bad=1; }
-	for c in newuidmap newgidmap; do
-		command -v $$c >/dev/null || fail "$$c is missing (maps the container's uids/gids)" \
-			"sudo apt-get install uidmap   (or run make as root: it sets the host up)"
-	done
-	command -v slirp4netns >/dev/null || fail "slirp4netns is missing (rootless networking)" \
-		"sudo apt-get install slirp4netns"
-	{ command -v busybox >/dev/null || [[ -x /bin/busybox ]]; } || fail "busybox is missing (test images are built from it)" \
-		"sudo apt-get install busybox-static"
-	if [[ ! -c /dev/net/tun ]]; then
-		fail "/dev/net/tun does not exist (slirp4netns creates a tap device through it)" \
-			"sudo modprobe tun"
-	elif ! ( : <>/dev/net/tun ) 2>/dev/null; then
-		fail "/dev/net/tun is mode $$(stat -c %a /dev/net/tun) and you cannot open it; slirp4netns opens it as you to create the container's tap device (distributions ship it 0666)" \
-			"sudo chmod 0666 /dev/net/tun"
-	fi
-	me="$$(id -un)"; uid="$$(id -u)"
-	for f in /etc/subuid /etc/subgid; do
-		grep -qE "^($$me|$$uid):" $$f 2>/dev/null || fail "$$f has no range for $$me (newuidmap/newgidmap need one)" \
-			"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $$me   (pick a range no other account uses)"
-	done
-	unshare --user true 2>/dev/null || fail "you cannot create user namespaces" \
-		"sudo sysctl -w kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000"
-	home_mode="$$(stat -c %a "$$HOME" 2>/dev/null || echo 700)"
-	if (( 8#$$home_mode & 8#077 )); then
-		echo "make check: warning: your home $$HOME is mode $$home_mode: other accounts can read your squishfiles and their [env] values" >&2
-		echo "  fix: chmod 0700 $$HOME" >&2
-	fi
-	if ((bad)); then echo "make check: the host is not ready for squish (running make as root sets it up)" >&2; exit 1; fi
+# Prerequisites for running containers; prints the fix for each missing one. The list is
+# reconciler/prereqs.py: an installed `reconciler` checks the same at its first use.
+check: venv
+	@exec $(VENV)/bin/python -m reconciler.prereqs --make
 
 whoami: venv
 	@echo "user:   $$(id)"

@@ -3,8 +3,8 @@
 Folder commands: ``run`` (the controller loop), ``apply``, ``plan``, ``status`` (``--watch``
 and ``events``: :mod:`reconciler.watching`), ``down``;
 file commands: ``validate``; container commands: ``logs``, ``ps``, ``inspect``, ``stop``,
-``rm``; for editors and shells: ``schema``, ``completion`` (:mod:`reconciler.editors`).
-The README has a tour.
+``rm``; for editors and shells: ``schema``, ``completion`` (:mod:`reconciler.editors`);
+``service`` (a systemd user unit for ``run``). The README has a tour.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ from reconciler.gitops import (
 from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
+from reconciler.prereqs import HostNotReady, check_once
+from reconciler.service import ServiceError, add_service_commands
 from reconciler.settings import BadSetting, Settings, parse_labels
 from reconciler.watching import (
     add_events_options,
@@ -138,7 +140,11 @@ def _settings(args: argparse.Namespace | None = None) -> Settings:
     )
 
 
-def _runtime(settings: Settings | None = None) -> LinuxRuntime:
+def _runtime(settings: Settings | None = None, *, first_use: bool = True) -> LinuxRuntime:
+    """The runtime; at this account's first use, once the host's prerequisites are checked
+    (``make check``'s list: :func:`reconciler.prereqs.check_once`)."""
+    if first_use:
+        check_once()
     return LinuxRuntime(settings=(settings or _settings()).runtime)
 
 
@@ -542,7 +548,7 @@ def _running_holders(paths: Sequence[Path]) -> dict[str, Holding]:
     they keep the names and ports they hold, as in ``plan``."""
     folders = {os.path.abspath(path.parent) for path in paths}
     try:
-        found = _runtime().list()
+        found = _runtime(first_use=False).list()
     except (SquishError, OSError, BadSetting):  # as root, or no usable state: files alone
         return {}
     return holders_of({i.name: i for i in found if any(is_managed_by(i, f) for f in folders)})
@@ -760,6 +766,15 @@ def _listening(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_options(command: argparse.ArgumentParser) -> None:
+    """``run``'s options (``service install`` takes them too, for the unit's ``run``)."""
+    _placement(command)
+    _timing(command)
+    _tuning(command)
+    add_git_options(command, loop=True)
+    _listening(command)
+
+
 def _output(command: argparse.ArgumentParser, *formats: str) -> None:
     """``-o wide``: on a terminal too, tables show every value whole (off a terminal
     they always do)."""
@@ -793,11 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     p = folder_command("run", "watch DIR and keep the containers matching it")
-    _placement(p)
-    _timing(p)
-    _tuning(p)
-    add_git_options(p, loop=True)
-    _listening(p)
+    _run_options(p)
     p.set_defaults(func=cmd_run)
     p = folder_command("apply", "converge DIR once; exit 0 when converged")
     _placement(p)
@@ -879,6 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rm)
     add_suspend_commands(sub, lambda: _runtime().state)
     add_editor_commands(sub)
+    add_service_commands(sub, _run_options)
     return parser
 
 
@@ -909,6 +921,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         NoFolder,
         GitError,
         ConfigError,
+        ServiceError,
+        HostNotReady,
     ) as exc:
         _err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         return 1

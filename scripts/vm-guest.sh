@@ -25,15 +25,16 @@ echo "vm-guest: $(uname -r), cgroup v2 controllers: $(cat "$mine/cgroup.controll
 home="$(getent passwd "$account" | cut -d: -f6)"
 uid="$(id -u "$account")"
 cd "$project"
-tests() {  # tests() DRIVER [ENV...]: the VM tests as the account, with that cgroup driver
+tests() {  # tests() DRIVER FILE [ENV...]: VM tests as the account, with that cgroup driver
     driver="$1"
-    shift
+    file="$2"
+    shift 2
     echo "vm-guest: the $driver driver"
     runuser -u "$account" -- env -i HOME="$home" PATH=/usr/bin:/bin LANG=C.UTF-8 \
         PYTHONDONTWRITEBYTECODE=1 SQUISH_VM_TIER=1 SQUISH_CGROUP_DRIVER="$driver" "$@" \
-        .venv/bin/python -m pytest -q -p no:cacheprovider -rs tests/test_cgroups_vm.py
+        .venv/bin/python -m pytest -q -p no:cacheprovider -rs "$file"
 }
-tests cgroupfs
+tests cgroupfs tests/test_cgroups_vm.py
 
 # The systemd driver: a user instance of systemd, as a login would start it (this VM's
 # init is not systemd: /run/systemd/system makes systemd --user agree to run).
@@ -62,4 +63,8 @@ done
 mkdir -p "$manager/squish-tests"
 chown "$account" "$manager/squish-tests" "$manager/squish-tests/cgroup.procs"
 echo $$ >"$manager/squish-tests/cgroup.procs"
-tests systemd XDG_RUNTIME_DIR="/run/user/$uid"
+tests systemd tests/test_cgroups_vm.py XDG_RUNTIME_DIR="/run/user/$uid"
+# reconciler service: a unit of that systemd runs the loop; its stop leaves the containers.
+# Its first use checks the host as `make check` does: give it the tun device a host has.
+modprobe tun && chmod 0666 /dev/net/tun
+tests systemd tests/test_service_vm.py XDG_RUNTIME_DIR="/run/user/$uid"

@@ -79,6 +79,11 @@ class CgroupDriver(Protocol):
     def release(self, group: str) -> None:
         """Remove what the driver keeps for the state folder's ``group`` (once empty)."""
 
+    def separate(self, pid: int) -> None:
+        """Put a new namespace holder (``pid``, before it forks anything) in a cgroup of
+        its own, outside its caller's: a systemd unit running ``reconciler run`` then
+        stops without taking the holder, its containers' networks and helpers along."""
+
 
 class _Unplaced:
     """A start without a cgroup of its own."""
@@ -124,6 +129,9 @@ class NoCgroups:
 
     def release(self, group: str) -> None:
         pass
+
+    def separate(self, pid: int) -> None:
+        """Nothing to separate it with: it stays in its caller's cgroup."""
 
 
 def detect(settings: RuntimeSettings, uid: int | None = None) -> CgroupDriver:

@@ -282,6 +282,10 @@ class CgroupfsDriver:
         with contextlib.suppress(OSError):
             (self.root / "squish" / group).rmdir()
 
+    def separate(self, pid: int) -> None:
+        """Nothing: the holder stays in its caller's cgroup, which is in the user's own
+        delegated subtree (a systemd unit gets the systemd driver)."""
+
     def enable(self, parent: Path, controllers: list[str]) -> None:
         """Enable ``controllers`` on the way from the subtree's root down to ``parent``."""
         if not controllers:

@@ -9,6 +9,7 @@ imported only when a running scope's limits change: choosing this driver loads n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from runtime.api.spec import Resources
 
 __all__ = ("ScopePlacement", "SystemdDriver", "live_properties", "scope_properties")
+
+_log = logging.getLogger(__name__)
 
 Properties = list[tuple[str, tuple[str, Any]]]
 
@@ -94,6 +97,25 @@ class SystemdDriver:
 
     def release(self, group: str) -> None:
         """Nothing to remove: systemd collects a scope once it is empty."""
+
+    def separate(self, pid: int) -> None:
+        """A transient scope of its own, as podman's pause process gets: without it the
+        holder stays in the caller's unit, whose stop would kill it. A refusal is logged
+        and the holder stays where it is (as before: stopping its caller's unit then
+        takes it along)."""
+        from runtime.cgroups import systemd  # jeepney: loaded only to talk to systemd
+
+        scope = {
+            "bus": self.bus,
+            "host_uid": os.getuid(),
+            "unit": f"squish-holder-{secrets.token_hex(3)}.scope",
+            "description": "squish namespace holder (its containers' networks and helpers)",
+            "properties": [],
+        }
+        try:
+            systemd.start_scope(scope, pid)
+        except OSError as exc:
+            _log.warning("the namespace holder stays in its caller's cgroup: %s", exc)
 
 
 class ScopePlacement:

@@ -107,7 +107,7 @@ def start_scope(scope: dict[str, Any], pid: int) -> Path:
     once the process is in it."""
     unit = str(scope["unit"])
     props = [
-        ("Description", ("s", f"squish container {unit}")),
+        ("Description", ("s", str(scope.get("description", f"squish container {unit}")))),
         ("PIDs", ("au", [pid])),
         ("Delegate", ("b", True)),
         ("CollectMode", ("s", "inactive-or-failed")),

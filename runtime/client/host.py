@@ -2,7 +2,8 @@
 
 The runtime finds each of these problems when it first needs the thing (and raises
 :class:`runtime.errors.HostSetupError` with a fix); :func:`host_checks` looks at every one
-up front, for ``reconciler doctor``. ``make check`` is the same list for a checkout.
+up front, for ``reconciler doctor``. ``make check`` and an installed ``reconciler``'s first
+use check the host's tools and settings (``reconciler/prereqs.py``, no runtime needed).
 """
 
 from __future__ import annotations

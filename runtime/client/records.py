@@ -149,8 +149,8 @@ class RecordStore:
         )
         self.containers = self.state / CONTAINERS_DIR
         self.containers.mkdir(mode=0o700, exist_ok=True)
-        self.holder = Holder(self.state, self.settings.native)
         self.cgroups: CgroupDriver = detect(self.settings)
+        self.holder = Holder(self.state, self.settings.native, place=self.cgroups.separate)
         self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
         """This state folder's cgroup folder: two state folders never share leaves."""
         self._rootfs_paths: dict[RootfsRef, Path] = {}

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -122,11 +122,16 @@ def _port_in_use(port: PortConflict | None, message: str) -> SquishError:
 class Holder:
     """The per-user process that owns the containers' user namespace."""
 
-    def __init__(self, state: Path, native: bool = True) -> None:
+    def __init__(
+        self, state: Path, native: bool = True, place: Callable[[int], None] | None = None
+    ) -> None:
+        """``place`` puts a new holder (its pid) in a cgroup of its own before it forks
+        anything (the cgroup driver's :meth:`~runtime.cgroups.driver.CgroupDriver.separate`)."""
         self.state = state
         self.native = native
         """Whether a holder started from here uses the native init and log pump
         (``runtime.native``) when they are installed."""
+        self.place = place
         self.socket_path = state / HOLDER_SOCKET
         if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
             raise HostSetupError(
@@ -220,8 +225,10 @@ class Holder:
                 os.close(fd)
         try:
             message = _read_exactly_one(to_client_r, "create its user namespace")
-            if detail_of(message, Startup.JOINED) is None:
-                self._map_ids(message)
+            joined = detail_of(message, Startup.JOINED)
+            pid = int(joined) if joined is not None else self._map_ids(message)
+            if self.place is not None:  # it waits for MAPPED: nothing is forked yet
+                self.place(pid)
             os.write(from_client_w, Startup.MAPPED.value)
             if _read_exactly_one(to_client_r, "get ready") != Startup.READY.value:
                 raise HostSetupError(f"the namespace holder failed (see {self.state / HOLDER_LOG})")
@@ -236,9 +243,9 @@ class Holder:
             time.sleep(0.001)
         return identity
 
-    def _map_ids(self, message: bytes) -> None:
+    def _map_ids(self, message: bytes) -> int:
         """Write the id maps of the user namespace the new holder created (``message``
-        names its pid); a holder that joined its containers' namespace needs none."""
+        names its pid, returned); a holder that joined its containers' namespace needs none."""
         pid = detail_of(message, Startup.USERNS)
         if pid is None:
             raise HostSetupError(
@@ -253,6 +260,7 @@ class Holder:
         except BaseException:
             os.kill(pause_pid, signal.SIGKILL)
             raise
+        return pause_pid
 
     def stop(self) -> None:
         """Ask the holder to exit (containers keep running); kill it if it does not."""
