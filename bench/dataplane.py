@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 
 from networks import SIZE
 from networks import httpd as bridge_httpd
-from results import Results
+from results import Results, parse
 
 from runtime.api.spec import ContainerSpec, PortMapping
 from runtime.client.linux import LinuxRuntime
@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=250, help="per target and round")
     parser.add_argument("--starts", type=int, default=30)
-    args = parser.parse_args()
+    args = parse(parser, rounds=2, requests=50, starts=5)
     work = Path(tempfile.mkdtemp(prefix="squish-dataplane-"))
     work.chmod(0o755)
     site = work / "site"

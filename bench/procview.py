@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from results import Results
+from results import Results, parse
 
 from runtime.client.linux import LinuxRuntime
 from runtime.holder.protocol import HOLDER_RECORD
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=30)
     parser.add_argument("--containers", type=int, default=20, help="for the server's memory")
     parser.add_argument("--kills", type=int, default=10, help="of the server, each healed")
-    args = parser.parse_args()
+    args = parse(parser, reads=50, starts=5, containers=3, kills=2)
     state = Path(tempfile.mkdtemp(prefix="sqbench-", dir="/dev/shm"))
     rt = LinuxRuntime(state=state, cache=Path.home() / ".cache" / "squish-bench")
     out = Results("procview")

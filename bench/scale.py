@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for runtime, tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for results
 
-from results import Results
+from results import Results, parse
 
 from runtime.api import ContainerState
 from runtime.client.linux import LinuxRuntime
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument(
         "--bridge", action="store_true", help="httpd on the folder's network, one forward each"
     )
-    args = parser.parse_args()
+    args = parse(parser, counts="20", idle=3.0, status_runs=2)
     counts = sorted(int(c) for c in args.counts.split(","))
     out = Results("scale-bridge" if args.bridge else "scale")
     base: dict[str, float] | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from results import Results
+from results import Results, parse
 
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.client.linux import LinuxRuntime
@@ -58,7 +58,7 @@ def one_round(rt: LinuxRuntime, bwrap: list[str]) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--runs", type=int, default=200)
-    runs = parser.parse_args().runs
+    runs = parse(parser, runs=20).runs
     work = Path(tempfile.mkdtemp(prefix="squish-bench-"))
     state = Path("/dev/shm") / f"sqs-{secrets.token_hex(4)}"
     rt = LinuxRuntime(state=state, cache=work / "cache")

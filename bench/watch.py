@@ -24,7 +24,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for reconciler, tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for results
 
-from results import Results
+from results import Results, parse
 
 from reconciler.desired.source import FolderSource
 from reconciler.settings import Settings
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("-n", "--runs", type=int, default=50)
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=10.0)
-    args = parser.parse_args()
+    args = parse(parser, runs=5, files=100, idle=2.0)
     out = Results("watch")
     with tempfile.TemporaryDirectory(prefix="squish-watch-") as temp:
         folder = Path(temp)
