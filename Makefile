@@ -3,6 +3,7 @@
 #   make run     the reconciler, in the foreground, on desired/
 #   make test    lint (ruff, mypy, import-linter), pytest, then the VM tier (make test-vm)
 #   make test-lowest  the quick tests with every dependency at its lowest allowed version
+#   make test-wheel   the built wheel and pipx install work from a folder outside the checkout
 #   make bench   every bench/*.py against its anchors (bwrap, podman), then PNG charts
 #                into docs/charts; `make bench QUICK=1`: fewer runs, a fast check
 #   make lint | make venv | make clean | make whoami (debug: who runs, which python)
@@ -18,11 +19,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
-USER_TARGETS := run test test-vm test-lowest lint bench venv check whoami
+USER_TARGETS := run test test-vm test-lowest test-wheel lint bench venv check whoami
 .PHONY: help clean $(USER_TARGETS)
 
 help:
-	@sed -n '2,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '2,14s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 ifeq ($(shell id -u),0)
 
@@ -67,6 +68,9 @@ test-vm: venv
 
 test-lowest:
 	@exec bash scripts/lowest-deps.sh
+
+test-wheel:
+	@exec bash scripts/wheel-check.sh
 
 lint: venv
 	@rc=0
