@@ -1,0 +1,45 @@
+"""What a command pays before it does anything: the imports, and no program run by them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+# A child interpreter where asking ldconfig for a library (``ctypes.util.find_library``
+# runs ``ldconfig -p``) is an error, so whatever does it on the way is found.
+NO_LDCONFIG = textwrap.dedent(
+    """
+    import ctypes.util
+
+    def refuse(name):
+        raise AssertionError(f"find_library({name!r}) runs ldconfig")
+
+    ctypes.util.find_library = refuse
+    """
+)
+
+
+def run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", NO_LDCONFIG + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_importing_the_command_line_runs_no_ldconfig() -> None:
+    child = run_child("import reconciler.cli")
+    assert child.returncode == 0, child.stderr
+
+
+def test_compiling_the_default_seccomp_profile_runs_no_ldconfig() -> None:
+    child = run_child(
+        """
+        from runtime.security.seccomp import compile_default
+
+        assert compile_default()
+        """
+    )
+    assert child.returncode == 0, child.stderr
