@@ -21,14 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconciler import fleet
 from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.control.converge import Converger
 from reconciler.control.journal import Journal, journal_path
@@ -53,8 +52,6 @@ from reconciler.editors import (
     name_argument,
     paths_argument,
 )
-from reconciler.endpoint.address import parse_listen
-from reconciler.endpoint.server import Endpoint, read_secret
 from reconciler.gitops import (
     add_git_options,
     add_suspend_commands,
@@ -80,6 +77,9 @@ from runtime.client.linux import LinuxRuntime
 from runtime.errors import HostSetupError, SquishError
 from runtime.network.ports import unprivileged_port_start
 from runtime.security.seccomp import compile_profile
+
+if TYPE_CHECKING:
+    from reconciler.endpoint.server import Endpoint
 
 __all__ = ("build_parser", "main")
 
@@ -271,6 +271,9 @@ def _endpoint(
             given = "--webhook-secret-file" if args.webhook_secret_file else "--listen-any"
             raise BadSetting(given, args.webhook_secret_file or "", "needs --listen ADDRESS:PORT")
         return None
+    from reconciler.endpoint.address import parse_listen  # the HTTP side: only `run --listen`
+    from reconciler.endpoint.server import Endpoint, read_secret
+
     return Endpoint(
         parse_listen(args.listen, any_address=args.listen_any),
         document=lambda: status_json(_reconciler(_folder(args), settings)),
@@ -588,6 +591,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     """Each host's containers and revision; exit 1 when a host is behind or unreachable."""
+    from reconciler import fleet  # httpx and its CLI: only this command asks other hosts
+
     report = anyio.run(functools.partial(fleet.gather, args.urls, per_host=args.timeout))
     if args.json or args.output == "json":
         print(json.dumps(report.to_json(), indent=2))

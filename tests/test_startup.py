@@ -43,3 +43,22 @@ def test_compiling_the_default_seccomp_profile_runs_no_ldconfig() -> None:
         """
     )
     assert child.returncode == 0, child.stderr
+
+
+# What only some commands need: downloading (httpx), serving metrics (prometheus_client),
+# an Alpine index (yaml), bridge networks' DNS and netlink (dnspython, pyroute2).
+NOT_AT_START = ("httpx", "prometheus_client", "yaml", "dns", "pyroute2")
+
+
+def test_importing_the_command_line_leaves_what_few_commands_need() -> None:
+    child = run_child(
+        f"""
+        import sys
+
+        import reconciler.cli
+
+        loaded = sorted(set({NOT_AT_START!r}) & {{m.split(".")[0] for m in sys.modules}})
+        assert not loaded, loaded
+        """
+    )
+    assert child.returncode == 0, child.stderr
