@@ -24,9 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.control.converge import Converger
@@ -64,6 +61,7 @@ from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.settings import BadSetting, Settings, parse_labels
+from reconciler.terminal import LazyConsole, escape
 from reconciler.watching import (
     add_events_options,
     add_watch_options,
@@ -79,12 +77,14 @@ from runtime.network.ports import unprivileged_port_start
 from runtime.security.seccomp import compile_profile
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from reconciler.endpoint.server import Endpoint
 
 __all__ = ("build_parser", "main")
 
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = LazyConsole(highlight=False, soft_wrap=True)
+_err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 """Lines are never wrapped by the program (a terminal wraps them itself; a pipe keeps
 each line whole); tables go through :func:`_print_table`."""
 
@@ -186,13 +186,15 @@ def _print_table(table: Table, *, wide: bool = False) -> None:
     if _out.is_terminal and not wide:
         _out.print(table)
         return
+    from rich.console import Console
+
     natural = _out.measure(table, options=_out.options.update_width(_UNBOUNDED)).maximum
     whole = Console(
         file=_out.file,
         width=max(natural, 1),
         highlight=False,
         force_terminal=_out.is_terminal,
-        color_system=_out.color_system,  # type: ignore[arg-type]  # rich types it as a plain str
+        color_system=_out.color_system,
     )
     whole.print(table)
 
@@ -419,6 +421,8 @@ def _row_message(row: dict[str, Any]) -> str:
 
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
+    from rich.table import Table
+
     for part in status_parts(document, time.time()):
         if isinstance(part, Table):
             _print_table(part, wide=wide)
@@ -448,6 +452,8 @@ def status_parts(document: dict[str, Any], now: float) -> list[str | Table]:
 
 
 def _container_table(rows: Sequence[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(
         "NAME",
         "FILE",
@@ -483,6 +489,8 @@ def _pairs(named: dict[str, str]) -> str:
 
 def _network_table(rows: Sequence[dict[str, Any]]) -> Table:
     """The folder's networks (status' ``networks``); their conditions are printed below."""
+    from rich.table import Table
+
     table = Table("NETWORK", "FILE", "STATE", "SUBNET", "INTERNAL", "DNS", "CONTAINERS")
     for row in rows:
         table.add_row(
@@ -619,6 +627,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
         return 0
+    from rich.table import Table
+
     table = Table("NAME", "STATE", "PID", "PORTS", "RESTARTS", "EXIT", "OOM", "AGE")
     now = time.time()
     for info in infos:

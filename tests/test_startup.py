@@ -46,8 +46,9 @@ def test_compiling_the_default_seccomp_profile_runs_no_ldconfig() -> None:
 
 
 # What only some commands need: downloading (httpx), serving metrics (prometheus_client),
-# an Alpine index (yaml), bridge networks' DNS and netlink (dnspython, pyroute2).
-NOT_AT_START = ("httpx", "prometheus_client", "yaml", "dns", "pyroute2")
+# an Alpine index (yaml), bridge networks' DNS and netlink (dnspython, pyroute2), and
+# output for a person (rich: `--json` never needs it).
+NOT_AT_START = ("httpx", "prometheus_client", "yaml", "dns", "pyroute2", "rich")
 
 
 def test_importing_the_command_line_leaves_what_few_commands_need() -> None:
