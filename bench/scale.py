@@ -1,6 +1,7 @@
 """Scale benchmark: many idle containers under one real ``reconciler run``.
 
     python bench/scale.py [--counts 200,1000] [--idle 30] [--status-runs 5] [--bridge]
+                          [--compare TREE]
 
 For each count N: N squishfiles (busybox ``sleep``, ``network = "none"``: a bridge
 network's /24 holds 253 containers, and this is about the loop, not the network) are
@@ -10,6 +11,10 @@ dropped into an empty folder and a loop is started on it; measured are
 - ``reconciler status FOLDER --json``: wall and CPU time of the whole command (a fresh
   process: interpreter start, imports, reading the folder and every container), medians;
 - the idle loop's CPU use over IDLE seconds once converged.
+
+``--compare TREE`` also times ``status`` as the project tree TREE has it (a checkout of
+an earlier commit, say), against the same containers, each run of it right after a run
+of this tree's: a before and an after under the same load.
 
 The figures go to bench/out/scale.json (:mod:`results`); podman has no equivalent of
 a folder's status at 1,000 containers here, so each count's anchor is the same run's
@@ -94,24 +99,40 @@ def converge(folder: Path, state: Path, count: int, env: dict[str, str]) -> tupl
     return time.perf_counter() - start, loop.pid
 
 
-def status_ms(folder: Path, env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU (user + system) milliseconds of each ``status`` command: on a host
-    other work shares, the CPU figure moves less."""
-    walls, cpus = [], []
+def status_once(folder: Path, env: dict[str, str], tree: Path | None) -> tuple[float, float]:
+    """Wall and CPU (user + system) milliseconds of one ``status`` command, run from
+    ``tree`` when given (its folder first on the path: ``-m`` puts the working folder
+    ahead of everything)."""
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "status", str(folder), "--json"],
+        env=env,
+        cwd=tree,
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+    wall = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, used * 1000
+
+
+def status_ms(
+    folder: Path, env: dict[str, str], runs: int, compare: Path | None
+) -> dict[str, list[float]]:
+    """Wall and CPU milliseconds of each ``status`` command (on a host other work
+    shares, the CPU figure moves less), and of ``compare``'s right after each."""
+    got: dict[str, list[float]] = {}
+    trees = {"": None} if compare is None else {"": None, " (compared tree)": compare}
     for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", "status", str(folder), "--json"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            check=True,
-        )
-        walls.append((time.perf_counter() - start) * 1000)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-        cpus.append(used * 1000)
-    return walls, cpus
+        for label, tree in trees.items():
+            wall, cpu = status_once(folder, env, tree)
+            got.setdefault(f"status{label}", []).append(wall)
+            got.setdefault(f"status CPU{label}", []).append(cpu)
+    return got
 
 
 def idle_percent(pid: int, seconds: float) -> float:
@@ -135,7 +156,7 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
     try:
         seconds, pid = converge(folder, state, count, env)
         idle = idle_percent(pid, args.idle)
-        walls, cpus = status_ms(folder, env, args.status_runs)
+        timed = status_ms(folder, env, args.status_runs, args.compare)
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
@@ -143,12 +164,24 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
         LinuxRuntime(state=state).shutdown()
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    return {
-        "converge": seconds,
-        "status": statistics.median(walls),
-        "status CPU": statistics.median(cpus),
-        "idle": idle,
-    }
+    medians = {what: statistics.median(values) for what, values in timed.items()}
+    return {"converge": seconds, **medians, "idle": idle}
+
+
+def record_compared(out: Results, count: int, got: dict[str, float], tree: Path) -> None:
+    """``status`` of this tree against the compared tree's, timed alternately."""
+    print(
+        f"  {tree}: status {got['status (compared tree)']:.0f} ms "
+        f"({got['status CPU (compared tree)']:.0f} ms CPU)"
+    )
+    for what in ("status", "status CPU"):
+        out.figure(
+            f"{count} containers: {what}, this tree against {tree}",
+            got[what],
+            "ms",
+            anchor=f"{tree}, same containers, alternating",
+            anchor_value=got[f"{what} (compared tree)"],
+        )
 
 
 def main() -> None:
@@ -158,6 +191,9 @@ def main() -> None:
     parser.add_argument("--status-runs", type=int, default=5)
     parser.add_argument(
         "--bridge", action="store_true", help="httpd on the folder's network, one forward each"
+    )
+    parser.add_argument(
+        "--compare", type=Path, help="a project tree whose `status` is timed as well"
     )
     args = parse(parser, counts="20", idle=3.0, status_runs=2)
     counts = sorted(int(c) for c in args.counts.split(","))
@@ -182,6 +218,8 @@ def main() -> None:
                 anchor_value=base[what] * scale,
             )
         out.figure(f"{count} containers: idle loop", got["idle"], "% of a core")
+        if args.compare is not None:
+            record_compared(out, count, got, args.compare)
     print(f"recorded in {out.save()}")
 
 

@@ -21,14 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from reconciler import fleet
 from reconciler.configfile import ConfigError, apply_file, config_path
 from reconciler.control.converge import Converger
 from reconciler.control.journal import Journal, journal_path
@@ -53,8 +49,6 @@ from reconciler.editors import (
     name_argument,
     paths_argument,
 )
-from reconciler.endpoint.address import parse_listen
-from reconciler.endpoint.server import Endpoint, read_secret
 from reconciler.gitops import (
     add_git_options,
     add_suspend_commands,
@@ -69,6 +63,7 @@ from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.prereqs import HostNotReady, check_once
 from reconciler.service import ServiceError, add_service_commands
 from reconciler.settings import BadSetting, Settings, parse_labels
+from reconciler.terminal import LazyConsole, escape
 from reconciler.watching import (
     add_events_options,
     add_watch_options,
@@ -83,10 +78,15 @@ from runtime.errors import HostSetupError, SquishError
 from runtime.network.ports import unprivileged_port_start
 from runtime.security.seccomp import compile_profile
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from reconciler.endpoint.server import Endpoint
+
 __all__ = ("build_parser", "main")
 
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = LazyConsole(highlight=False, soft_wrap=True)
+_err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 """Lines are never wrapped by the program (a terminal wraps them itself; a pipe keeps
 each line whole); tables go through :func:`_print_table`."""
 
@@ -192,13 +192,15 @@ def _print_table(table: Table, *, wide: bool = False) -> None:
     if _out.is_terminal and not wide:
         _out.print(table)
         return
+    from rich.console import Console
+
     natural = _out.measure(table, options=_out.options.update_width(_UNBOUNDED)).maximum
     whole = Console(
         file=_out.file,
         width=max(natural, 1),
         highlight=False,
         force_terminal=_out.is_terminal,
-        color_system=_out.color_system,  # type: ignore[arg-type]  # rich types it as a plain str
+        color_system=_out.color_system,
     )
     whole.print(table)
 
@@ -277,6 +279,9 @@ def _endpoint(
             given = "--webhook-secret-file" if args.webhook_secret_file else "--listen-any"
             raise BadSetting(given, args.webhook_secret_file or "", "needs --listen ADDRESS:PORT")
         return None
+    from reconciler.endpoint.address import parse_listen  # the HTTP side: only `run --listen`
+    from reconciler.endpoint.server import Endpoint, read_secret
+
     return Endpoint(
         parse_listen(args.listen, any_address=args.listen_any),
         document=lambda: status_json(_reconciler(_folder(args), settings)),
@@ -424,6 +429,8 @@ def _row_message(row: dict[str, Any]) -> str:
 
 def print_status(document: dict[str, Any], *, wide: bool = False) -> None:
     """The ``status`` table of a :func:`status_document`."""
+    from rich.table import Table
+
     for part in status_parts(document, time.time()):
         if isinstance(part, Table):
             _print_table(part, wide=wide)
@@ -453,6 +460,8 @@ def status_parts(document: dict[str, Any], now: float) -> list[str | Table]:
 
 
 def _container_table(rows: Sequence[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(
         "NAME",
         "FILE",
@@ -488,6 +497,8 @@ def _pairs(named: dict[str, str]) -> str:
 
 def _network_table(rows: Sequence[dict[str, Any]]) -> Table:
     """The folder's networks (status' ``networks``); their conditions are printed below."""
+    from rich.table import Table
+
     table = Table("NETWORK", "FILE", "STATE", "SUBNET", "INTERNAL", "DNS", "CONTAINERS")
     for row in rows:
         table.add_row(
@@ -596,6 +607,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     """Each host's containers and revision; exit 1 when a host is behind or unreachable."""
+    from reconciler import fleet  # httpx and its CLI: only this command asks other hosts
+
     report = anyio.run(functools.partial(fleet.gather, args.urls, per_host=args.timeout))
     if args.json or args.output == "json":
         print(json.dumps(report.to_json(), indent=2))
@@ -622,6 +635,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([i.model_dump(mode="json") for i in infos], indent=2))
         return 0
+    from rich.table import Table
+
     table = Table("NAME", "STATE", "PID", "PORTS", "RESTARTS", "EXIT", "OOM", "AGE")
     now = time.time()
     for info in infos:

@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-
 from reconciler.desired.git import GitSource, git_home, resume, suspend
 from reconciler.desired.source import Source
 from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
+from reconciler.terminal import LazyConsole, escape
 
 __all__ = (
     "add_git_options",
@@ -28,7 +26,7 @@ __all__ = (
     "source_line",
 )
 
-_out = Console(highlight=False, soft_wrap=True)
+_out = LazyConsole(highlight=False, soft_wrap=True)
 
 
 def add_git_options(command: argparse.ArgumentParser, *, loop: bool = False) -> None:

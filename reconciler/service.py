@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape as markup
-
+from reconciler.terminal import LazyConsole
+from reconciler.terminal import escape as markup
 from runtime.util.files import write_atomic
 
 __all__ = (
@@ -34,7 +33,7 @@ __all__ = (
     "unit_for",
 )
 
-_out = Console(highlight=False, soft_wrap=True)
+_out = LazyConsole(highlight=False, soft_wrap=True)
 
 MARK = "# Written by `reconciler service install`; `reconciler service remove` undoes it."
 """The first line of every unit written here: ``status`` and ``remove`` touch no other."""

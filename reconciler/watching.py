@@ -14,13 +14,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.markup import escape
+from typing import TYPE_CHECKING, Any
 
 from reconciler.control.journal import follow
+from reconciler.terminal import escape
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 __all__ = (
     "add_events_options",
@@ -33,7 +33,7 @@ __all__ = (
 
 Snapshot = Callable[[], dict[str, Any]]
 """A fresh status document (``status --json``'s)."""
-Parts = Callable[[dict[str, Any], float], Sequence[RenderableType]]
+Parts = Callable[[dict[str, Any], float], Sequence["RenderableType"]]
 """What ``status`` shows of a document at a time."""
 
 
@@ -89,6 +89,9 @@ def watch_status(
     showing it again only when it changed, until Ctrl-C (or ``stop()``): on a terminal
     ``parts`` redrawn in place; elsewhere (a pipe, a file) ``printed`` anew, as
     ``status`` prints it, after a blank line."""
+    from rich.console import Console, Group
+    from rich.live import Live
+
     console = console or Console(highlight=False)
     with contextlib.ExitStack() as stack:
         if console.is_terminal:
@@ -180,6 +183,8 @@ def describe_event(event: dict[str, Any]) -> str | None:
 
 def print_events(path: Path, *, as_json: bool, history: bool) -> int:
     """Print the journal's events as they come, until Ctrl-C or a closed pipe."""
+    from rich.console import Console
+
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from inotify_simple import flags
 
 from reconciler.desired.inotify import Inotify, batches
 
@@ -134,3 +135,20 @@ async def test_a_file_still_open_for_writing_holds_the_batch(tmp_path: Path) -> 
             group.cancel_scope.cancel()
         await events.aclose()
     assert told == [True]
+
+
+def test_a_lost_queue_is_an_event_on_every_watched_folder(tmp_path: Path) -> None:
+    """More events than the kernel queues: the overflow names each folder (anything in
+    them may have changed), not the entries whose events were dropped."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    with Inotify() as notify:
+        notify.add(first)
+        notify.add(second)
+        for n in range(queued // 2 + 1):  # a create and a close each, at least
+            (first / f"f{n}").touch()
+        seen = notify.read()
+    assert (first, seen[-1][1]) in seen and (second, seen[-1][1]) in seen
+    assert seen[-1][1] & flags.Q_OVERFLOW

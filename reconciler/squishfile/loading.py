@@ -95,8 +95,8 @@ def load_with_lines(
     ``[[ports]]`` host (a name taken from the file's name has no line). ``folder``: the
     folder the file stands for when ``path`` is a copy (a git revision's): its networks
     are that folder's; relative paths still start from the copy's own folder."""
-    squishfile, text = _load(path, content, check_profile, folder)
-    return squishfile, _conflict_lines(squishfile, text)
+    squishfile, text, data = _load(path, content, check_profile, folder)
+    return squishfile, _conflict_lines(squishfile, text, data)
 
 
 def read_squishfile(path: Path) -> tuple[bytes, os.stat_result]:
@@ -159,14 +159,15 @@ def _load(
     content: bytes | None = None,
     check_profile: ProfileCheck | None = None,
     folder: Path | None = None,
-) -> tuple[Squishfile, str]:
+) -> tuple[Squishfile, str, dict[str, Any]]:
+    """The squishfile, its text, and the TOML it holds."""
     text, data = _parse(path, content)
     try:
         context = {"source": path, "folder": folder, PROFILE_CHECK: check_profile}
         squishfile = Squishfile.model_validate(data, context=context)
     except ValidationError as exc:
         raise SquishfileError(path, _problems(str(path), text, data, exc)) from None
-    return squishfile, text
+    return squishfile, text, data
 
 
 def load_network_file(path: Path, content: bytes | None = None) -> NetworkFile:
@@ -243,8 +244,10 @@ def _keys_allowed_at(loc: Loc) -> tuple[str, ...]:
     return ()
 
 
-def _conflict_lines(squishfile: Squishfile, text: str) -> ConflictLines:
-    wanted: list[tuple[str, Loc]] = [("name", ("name",))]
+def _conflict_lines(squishfile: Squishfile, text: str, data: dict[str, Any]) -> ConflictLines:
+    wanted: list[tuple[str, Loc]] = [("name", ("name",))] if "name" in data else []
     wanted += [(f"ports[{i}].host", ("ports", i, "host")) for i in range(len(squishfile.ports))]
+    if not wanted:  # a name from the file's name and no port: no line to find
+        return ()
     lines = lines_of(text, [loc for _, loc in wanted])
     return tuple((field, line) for (field, _), line in zip(wanted, lines, strict=True) if line)

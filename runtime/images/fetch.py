@@ -43,21 +43,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
-
-import httpx
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, BinaryIO
 
 from runtime.errors import ChecksumMismatch, FetchError
 from runtime.util.cancel import Cancel, never
+
+# httpx (with its own command line's imports) and rich's progress bars are imported by
+# the functions that download, not here: every command imports this module (through the
+# runtime), and most never download anything.
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = (
     "DEADLINE",
@@ -208,6 +203,8 @@ def _normalise_sha256(sha256: str) -> str:
 
 
 def _client(timeout: float) -> httpx.Client:
+    import httpx
+
     return httpx.Client(
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
@@ -263,6 +260,8 @@ def _stream_into(
 def _chunks(response: httpx.Response, cancel: Cancel) -> Iterator[bytes]:
     """The raw body as it arrives; :class:`Cancelled` (not a broken connection) once
     ``cancel`` is set, whose callback shut the socket down."""
+    import httpx
+
     cancel.check()
     try:
         for chunk in response.iter_raw():
@@ -310,6 +309,16 @@ def _progress_reporter(
     if not enabled:
         yield lambda _count: None
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -327,6 +336,8 @@ def _progress_reporter(
 @contextmanager
 def _translated_errors(url: str) -> Iterator[None]:
     """Turn httpx's exceptions into a :class:`FetchError` with a human reason."""
+    import httpx
+
     try:
         yield
     except httpx.TooManyRedirects:

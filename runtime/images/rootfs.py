@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runtime.api.spec import RootfsRef
 from runtime.errors import ArchiveError, FetchError, HostSetupError, LayerNotFound
 from runtime.images.extract import publish_tree, remove_tree, unpack_download
@@ -278,6 +276,8 @@ def _cached_alpine(cache: Path, version: str) -> Path | None:
 
 def _pick_minirootfs(index: bytes, index_url: str, version: str, arch: str) -> tuple[str, str]:
     """The ``(file, sha256)`` of the minirootfs entry of a ``latest-releases.yaml``."""
+    import yaml  # only an Alpine release's index is YAML: not at every command's start
+
     try:
         releases: Any = yaml.safe_load(index)
     except yaml.YAMLError as exc:

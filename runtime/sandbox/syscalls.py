@@ -8,7 +8,6 @@ arguments that failed; none of them ever ignores an error.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 
@@ -87,7 +86,9 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 PR_SET_DUMPABLE = 4
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this interpreter already runs on; not ``find_library``, which runs
+# ``ldconfig -p`` in a subprocess when the module is imported (and every command does).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (
     ctypes.c_char_p,
     ctypes.c_char_p,

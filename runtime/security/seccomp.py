@@ -52,8 +52,20 @@ class _ArgCmp(ctypes.Structure):
     )
 
 
+def _load() -> ctypes.CDLL:
+    """libseccomp by its soname first: ``find_library`` runs ``ldconfig -p`` in a
+    subprocess, which only a system with another soname needs to pay for."""
+    try:
+        return ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        found = ctypes.util.find_library("seccomp")
+        if found is None:
+            raise
+        return ctypes.CDLL(found, use_errno=True)
+
+
 def _library() -> ctypes.CDLL:
-    lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2", use_errno=True)
+    lib = _load()
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = (ctypes.c_uint32,)
     lib.seccomp_release.argtypes = (ctypes.c_void_p,)

@@ -1,0 +1,65 @@
+"""What a command pays before it does anything: the imports, and no program run by them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+# A child interpreter where asking ldconfig for a library (``ctypes.util.find_library``
+# runs ``ldconfig -p``) is an error, so whatever does it on the way is found.
+NO_LDCONFIG = textwrap.dedent(
+    """
+    import ctypes.util
+
+    def refuse(name):
+        raise AssertionError(f"find_library({name!r}) runs ldconfig")
+
+    ctypes.util.find_library = refuse
+    """
+)
+
+
+def run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", NO_LDCONFIG + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_importing_the_command_line_runs_no_ldconfig() -> None:
+    child = run_child("import reconciler.cli")
+    assert child.returncode == 0, child.stderr
+
+
+def test_compiling_the_default_seccomp_profile_runs_no_ldconfig() -> None:
+    child = run_child(
+        """
+        from runtime.security.seccomp import compile_default
+
+        assert compile_default()
+        """
+    )
+    assert child.returncode == 0, child.stderr
+
+
+# What only some commands need: downloading (httpx), serving metrics (prometheus_client),
+# an Alpine index (yaml), bridge networks' DNS and netlink (dnspython, pyroute2), and
+# output for a person (rich: `--json` never needs it).
+NOT_AT_START = ("httpx", "prometheus_client", "yaml", "dns", "pyroute2", "rich")
+
+
+def test_importing_the_command_line_leaves_what_few_commands_need() -> None:
+    child = run_child(
+        f"""
+        import sys
+
+        import reconciler.cli
+
+        loaded = sorted(set({NOT_AT_START!r}) & {{m.split(".")[0] for m in sys.modules}})
+        assert not loaded, loaded
+        """
+    )
+    assert child.returncode == 0, child.stderr
