@@ -72,12 +72,19 @@ def escape_path(path: str) -> str:
     return escape_text("/".join(parts)) if parts else "-"
 
 
-def _quoted(word: str) -> str:
-    """One word of a unit file's ``ExecStart=`` or ``Environment=``, as systemd unquotes
-    it: in double quotes, with C escapes, and ``%`` and ``$`` doubled (no specifier, no
-    variable is expanded)."""
-    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "%": "%%", "$": "$$"}
-    return '"' + "".join(escapes.get(c, c) for c in word) + '"'
+def _quoted(word: str, *, dollars: bool = True) -> str:
+    """One word of a unit file's ``ExecStart=`` (or, ``dollars=False``, ``Environment=``,
+    which expands no variable), as systemd unquotes it: in double quotes, with C escapes
+    (every control character: systemd also ends a line at a carriage return), ``%``
+    doubled (no specifier is expanded) and, for ``ExecStart=``, ``$`` doubled."""
+    escapes = {"\\": "\\\\", '"': '\\"', "%": "%%"}
+    if dollars:
+        escapes["$"] = "$$"
+    return '"' + "".join(escapes.get(c, _control(c)) for c in word) + '"'
+
+
+def _control(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,10 @@ class Unit:
             "[Service]",
             "Type=exec",
             "ExecStart=" + " ".join(_quoted(word) for word in self.argv),
-            *(f"Environment={_quoted(f'{k}={v}')}" for k, v in sorted(self.environment.items())),
+            *(
+                f"Environment={_quoted(f'{k}={v}', dollars=False)}"
+                for k, v in sorted(self.environment.items())
+            ),
             'Environment="PYTHONUNBUFFERED=1"',
             "Restart=on-failure",
             "RestartSec=5",
@@ -180,8 +190,8 @@ def unit_for(
             raise ServiceError(f"{absolute}: no such folder")
         what, name, folder = absolute, escape_path(absolute), [absolute]
     unit = f"reconciler-{name}.service"
-    if "\n" in what:
-        raise ServiceError(f"{what!r}: a unit cannot name a source with a line break")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in what):
+        raise ServiceError(f"{what!r}: a unit cannot name a source with a control character")
     if len(unit) > 255:
         raise ServiceError(f"the unit name for {what} is longer than systemd allows (255)")
     argv = (*reconciler_command(), *config, "run", *folder, *options)

@@ -133,3 +133,20 @@ def test_no_agent_to_take_the_plug_means_the_keeper_wires(tmp_path: Path) -> Non
         assert shared.plug_directly(tmp_path, {"fresh": True}, fd) is None
     finally:
         os.close(fd)
+
+
+def test_forwards_go_to_the_address_of_the_spec_s_first_network_not_the_first_lease() -> None:
+    """A container leaving network "a" (its lease there not released yet) keeps being
+    found at its address on "b", the first network of its spec: the key its namespace is
+    held under must not change when the lease on "a" goes."""
+    from runtime.network.addresses import NetworkRecord
+
+    networks = {
+        "a": NetworkRecord("a", "10.0.1.0/24", leases={"c": "10.0.1.2"}),
+        "b": NetworkRecord("b", "10.0.2.0/24", leases={"c": "10.0.2.2"}),
+    }
+    assert shared._address_of(networks, "c", "b") == "10.0.2.2"
+    del networks["a"].leases["c"]
+    assert shared._address_of(networks, "c", "b") == "10.0.2.2"
+    assert shared._address_of(networks, "c", None) == "10.0.2.2"  # no spec: any lease
+    assert shared._address_of(networks, "gone", "b") is None

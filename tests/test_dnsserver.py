@@ -358,6 +358,7 @@ def test_a_silent_upstream_is_servfail_while_other_queries_are_answered(
     running = start(
         records(server(NET1, NAMES1, [silent_upstream.where]), server(NET2, {}, [upstream.where]))
     )
+    wait_listening(running.port, NET2)  # start waits for the first address only
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(ASK_TIMEOUT)
         sock.sendto(query("slow.example", qid=1).to_wire(), (NET1, running.port))

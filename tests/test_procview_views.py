@@ -216,3 +216,14 @@ def test_a_connection_never_mounted_is_dropped_when_its_init_ends() -> None:
     finally:
         init.wait()
         server.workers.shutdown()
+
+
+def test_a_process_name_that_is_not_utf8_is_read_not_raised(tmp_path: Path) -> None:
+    """A container's process may name itself with any bytes (/proc/self/comm); reading
+    its stat must not raise in the server, which serves every container."""
+    from runtime.procview import limits
+
+    stat = tmp_path / "stat"
+    stat.write_bytes(b"42 (ab\xff) R 1 42 42 0 -1\n")
+    raw = limits._text(stat)
+    assert raw is not None and raw[raw.rindex(")") + 2] == "R"

@@ -150,6 +150,25 @@ def test_specifiers_and_variables_in_a_folder_name_are_not_expanded(tmp_path: Pa
     assert '"' + str(tmp_path) + '/a %%h $$HOME \\"q\\" \\\\b"' in line
 
 
+def test_a_carriage_return_in_a_value_cannot_start_a_directive(tmp_path: Path) -> None:
+    environ = {"PATH": "/usr/bin", "SQUISH_X": "v\rExecStartPre=/usr/bin/touch /tmp/x"}
+    text = unit(tmp_path, environ=environ).text()
+    assert "\r" not in text  # systemd ends a line at a carriage return too
+    assert 'Environment="SQUISH_X=v\\x0dExecStartPre=/usr/bin/touch /tmp/x"' in text
+
+
+def test_environment_values_keep_their_dollars(tmp_path: Path) -> None:
+    text = unit(tmp_path, environ={"PATH": "/usr/bin", "SQUISH_X": "p$w"}).text()
+    assert 'Environment="SQUISH_X=p$w"' in text  # Environment= expands no variable
+
+
+def test_a_folder_name_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "a\rb"
+    folder.mkdir()
+    with pytest.raises(service.ServiceError, match="control character"):
+        unit(folder)
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     folder = tmp_path / "my folder %i"

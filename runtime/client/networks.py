@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from runtime.errors import (
 from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, NetworkRecord, open_book, read_networks
 from runtime.util.files import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 __all__ = ("REWIRING", "NetworkOps", "differences", "lease_all")
 
@@ -163,6 +166,8 @@ class NetworkOps(RunningOps):
                     self._finish_rewire(name)
                 except (ContainerNotFound, ValueError):
                     continue  # removed meanwhile (its remove releases), or damaged (reported)
+                except Exception:  # the next sweep tries again; the others go on
+                    log.exception("finishing the connect or disconnect of %s failed", name)
         bridge.sync_if_running(self.state)
 
     def _finish_rewire(self, name: str) -> None:

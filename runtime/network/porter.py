@@ -36,6 +36,7 @@ import os
 import select
 import selectors
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,13 +172,25 @@ class Porter:
                     self._accept(key.data)
 
     def _accept(self, listener: Listener) -> None:
+        """Hand the next connection to a relay; a failure (out of descriptors or
+        threads) costs that connection only, never the handler and every forward."""
         try:
             conn, _ = listener.sock.accept()
         except (BlockingIOError, ConnectionAbortedError):
             return
-        backend = (listener.addr, listener.port)
-        ns_fd = os.dup(listener.ns_fd)  # the relay's: a swap may close the listener's
-        self.relays.submit(_relay, conn, ns_fd, backend, self.rest_fd)
+        except OSError:  # EMFILE, ENFILE, ENOBUFS: the client waits, or retries
+            time.sleep(0.01)  # not a busy loop while the listener stays readable
+            return
+        try:
+            ns_fd = os.dup(listener.ns_fd)  # the relay's: a swap may close the listener's
+        except OSError:
+            conn.close()
+            return
+        try:
+            self.relays.submit(_relay, conn, ns_fd, (listener.addr, listener.port), self.rest_fd)
+        except RuntimeError:  # no thread could be started
+            conn.close()
+            os.close(ns_fd)
 
     def _answer(self) -> None:
         try:

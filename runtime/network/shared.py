@@ -232,7 +232,7 @@ def plug_directly(state: Path, plug: dict[str, Any], ns_fd: int) -> agent_proces
     one process less each way than through the keeper. None when no agent answers."""
     try:
         return agent_process.plug(bridge_dir(state) / AGENT_SOCKET, ns_fd, 20.0, **plug)
-    except (ConnectionError, FileNotFoundError):
+    except OSError:  # none there, or too busy to accept in time: the keeper wires it
         return None
 
 
@@ -353,17 +353,25 @@ class _AliasBook:
         self.seen: dict[str, tuple[tuple[int, int, int], dict[str, list[str]]]] = {}
 
     def __call__(self, container: str, network: str) -> list[str]:
+        return self._read(container).get(network, [])
+
+    def first_network(self, container: str) -> str | None:
+        """The first network ``container``'s spec joins (its address there is the one
+        its name stands for), or None when its spec cannot be read."""
+        return next(iter(self._read(container)), None)
+
+    def _read(self, container: str) -> dict[str, list[str]]:
         path = self.state / CONTAINERS / container / "spec.json"
         try:
             stat = path.stat()
         except OSError:
-            return []
+            return {}
         stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self.seen.get(container)
         if cached is None or cached[0] != stamp:
             cached = (stamp, _aliases_in(read_json(path)))
             self.seen[container] = cached
-        return cached[1].get(network, [])
+        return cached[1]
 
 
 def _aliases_in(spec: object) -> dict[str, list[str]]:
@@ -481,7 +489,7 @@ class _Supervisor:
         and send it into that container's namespace now; a listener whose container
         changed is swapped in one step."""
         self.forwarded = [r for r in self.forwarded if _exists(self.state, r.container)]
-        wanted = _backends(networks, self.forwarded, self.held)
+        wanted = _backends(networks, self.forwarded, self.held, self._book().first_network)
         control = self.bdir / porter.CONTROL_SOCKET
         for key in [key for key in self.bound if key not in wanted]:
             porter.request(control, "unbind", id=self.bound.pop(key)["id"])
@@ -506,7 +514,7 @@ class _Supervisor:
         for the forwards that go to it, in place of any earlier ones."""
         container_ns, pidfd = fds
         inode = os.fstat(container_ns).st_ino
-        address = _address_of(networks, name)
+        address = _address_of(networks, name, self._book().first_network(name))
         for key in [
             key for key, held in self.held.items() if key == address or held.inode == inode
         ]:
@@ -594,7 +602,9 @@ class _Supervisor:
         self.forwarded = records
         return {
             "bridges": _bridge_list(networks),
-            "ruleset": nft.ruleset(_bridges(networks), _dnats(networks, records)),
+            "ruleset": nft.ruleset(
+                _bridges(networks), _dnats(networks, records, self._book().first_network)
+            ),
         }
 
     def _apply(self, links: dict[str, Any]) -> None:
@@ -605,9 +615,7 @@ class _Supervisor:
     def _write_records(self, networks: dict[str, NetworkRecord]) -> None:
         """The DNS responder's records file, when they changed (it reads the file again
         before it answers the next query)."""
-        if self.aliases is None:
-            self.aliases = _AliasBook(self.state)
-        dns = _records(networks, self.aliases)
+        dns = _records(networks, self._book())
         if dns != self.records:
             write_json_atomic(self.bdir / "dns.json", dns)
             self.records = dns
@@ -622,6 +630,11 @@ class _Supervisor:
         self.dns.send(signal.SIGHUP)
         self._agent().call("listening", (), addresses=sorted(new), port=53)
         self.listening |= new
+
+    def _book(self) -> _AliasBook:
+        if self.aliases is None:
+            self.aliases = _AliasBook(self.state)
+        return self.aliases
 
     def _agent(self) -> agent_process.Agent:
         assert self.agent is not None
@@ -757,20 +770,30 @@ def _bridges(networks: dict[str, NetworkRecord]) -> list[nft.Bridge]:
     ]
 
 
-def _address_of(networks: dict[str, NetworkRecord], container: str) -> str | None:
-    """Where host forwards to ``container`` go: its address on the first of its networks."""
+def _address_of(
+    networks: dict[str, NetworkRecord], container: str, first: str | None
+) -> str | None:
+    """Where host forwards to ``container`` go: its address on ``first``, the first network
+    of its spec; else (no spec) on the first network it holds a lease on. Not simply the
+    latter: a lease on a network being left sorts wherever it does until it is released."""
+    record = networks.get(first) if first is not None else None
+    if record is not None and container in record.leases:
+        return record.leases[container]
     return next((n.leases[container] for n in networks.values() if container in n.leases), None)
 
 
 def _backends(
-    networks: dict[str, NetworkRecord], records: list[ForwardRecord], held: dict[str, _Held]
+    networks: dict[str, NetworkRecord],
+    records: list[ForwardRecord],
+    held: dict[str, _Held],
+    first: Callable[[str], str | None],
 ) -> dict[tuple[str, int], tuple[str, int, _Held]]:
     """(host address, host port) -> (container address, port, its namespace) of each
     splice forward whose container runs (the first record of a host port wins: a later
     one is a conflict, never a move)."""
     wanted: dict[tuple[str, int], tuple[str, int, _Held]] = {}
     for record in records:
-        address = _address_of(networks, record.container)
+        address = _address_of(networks, record.container, first(record.container))
         namespace = held.get(address) if address is not None else None
         if record.handler == "splice" and address is not None and namespace is not None:
             key = (record.host_addr, record.host_port)
@@ -778,10 +801,14 @@ def _backends(
     return wanted
 
 
-def _dnats(networks: dict[str, NetworkRecord], records: list[ForwardRecord]) -> list[nft.Dnat]:
+def _dnats(
+    networks: dict[str, NetworkRecord],
+    records: list[ForwardRecord],
+    first: Callable[[str], str | None],
+) -> list[nft.Dnat]:
     dnats = []
     for record in records:
-        address = _address_of(networks, record.container)
+        address = _address_of(networks, record.container, first(record.container))
         if address is not None and record.handler != "splice":
             dnats.append(nft.Dnat(record.proto, record.guest_port, address, record.port))
     return dnats

@@ -20,8 +20,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _text(path: Path) -> str | None:
+    """The file's text (bytes that are not UTF-8, as a process's own name may hold,
+    replaced), or None when it cannot be read."""
     try:
-        return path.read_text()
+        return path.read_bytes().decode(errors="replace")
     except OSError:
         return None
 

@@ -222,7 +222,11 @@ class Server:
     def sample_load(self) -> None:
         """One sample of each container's runnable processes into its load averages."""
         for conn in self.connections.values():
-            running = limits.container_tasks(conn.init_pid).count("R")
+            try:
+                running = limits.container_tasks(conn.init_pid).count("R")
+            except Exception:  # one container's odd /proc must not end the view for all
+                log.exception("sampling the load of the container of init %d", conn.init_pid)
+                continue
             conn.load = tuple(  # type: ignore[assignment]
                 load * decay + running * (1 - decay)
                 for load, decay in zip(conn.load, _DECAY, strict=True)
