@@ -150,35 +150,51 @@ def _watch(
         sleep(interval)
 
 
+def _shown(value: object) -> str:
+    """Event text for a terminal: rich markup escaped, and control characters (an escape
+    sequence in a followed repository's squishfile, say) written as ``\\xNN``."""
+    return escape("".join(_visible(c) for c in str(value)))
+
+
+def _visible(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+
+
 def describe_event(event: dict[str, Any]) -> str | None:
     """An event as the loop's console would say it (rich markup); None for a pass that
     did nothing."""
     kind = event.get("event")
     if kind == "action":
-        failed = "" if event.get("ok") else f" [red]failed:[/] {escape(str(event.get('error')))}"
-        return f"{escape(str(event.get('text')))}{failed}"
+        failed = "" if event.get("ok") else f" [red]failed:[/] {_shown(event.get('error'))}"
+        return f"{_shown(event.get('text'))}{failed}"
     if kind == "condition":
-        return f"[yellow]{event.get('condition')} {escape(str(event.get('name')))}:[/] " + escape(
-            str(event.get("message"))
-        )
+        who = f"{_shown(event.get('condition'))} {_shown(event.get('name'))}"
+        return f"[yellow]{who}:[/] {_shown(event.get('message'))}"
     if kind == "condition-cleared":
-        return f"[yellow]{event.get('condition')} {escape(str(event.get('name')))}:[/] cleared"
+        return f"[yellow]{_shown(event.get('condition'))} {_shown(event.get('name'))}:[/] cleared"
     if kind == "pass":
         if not event.get("actions"):
             return None
         actions = event.get("actions")
         return (
-            f"pass ({escape(str(event.get('trigger')))}): {actions} "
+            f"pass ({_shown(event.get('trigger'))}): {actions} "
             f"action{'' if actions == 1 else 's'}, {event.get('failed')} failed, "
             f"{event.get('duration_ms')} ms"
         )
     if kind == "pass-failed":
-        return f"[red]pass failed:[/] {escape(str(event.get('error')))}"
+        return f"[red]pass failed:[/] {_shown(event.get('error'))}"
     if kind == "started":
         return f"loop started (pid {event.get('pid')})"
     if kind == "stopped":
         return "loop stopped; the containers keep running"
     return None
+
+
+def _clock(at: object) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(float(at)))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "--:--:--"
 
 
 def print_events(path: Path, *, as_json: bool, history: bool) -> int:
@@ -200,7 +216,7 @@ def print_events(path: Path, *, as_json: bool, history: bool) -> int:
                 continue
             line = describe_event(event)
             if line is not None:
-                at = time.strftime("%H:%M:%S", time.localtime(float(event.get("at", 0))))
+                at = _clock(event.get("at"))
                 out.print(f"[dim]{at}[/] {line}")
                 out.file.flush()
     except (KeyboardInterrupt, BrokenPipeError):

@@ -136,6 +136,9 @@ def test_events_read_as_the_loop_says_them() -> None:
     failed = {"event": "action", "text": "create web: new", "ok": False, "error": "no [x]"}
     assert describe_event(failed) == r"create web: new [red]failed:[/] no \[x]"
     assert describe_event({"event": "pass", "actions": 0}) is None  # a pass that did nothing
+    hostile = {"event": "condition", "condition": "BackOff", "name": "w", "message": "a\x1b[2Jb"}
+    assert "\x1b" not in describe_event(hostile)  # type: ignore[operator]
+    assert "a\\x1b" in describe_event(hostile)  # type: ignore[operator]
     one = {"event": "pass", "trigger": "start", "actions": 1, "failed": 0, "duration_ms": 3.5}
     assert describe_event(one) == "pass (start): 1 action, 0 failed, 3.5 ms"
     assert describe_event({"event": "stopped"}) == "loop stopped; the containers keep running"

@@ -101,11 +101,16 @@ class RunningOps(RecordStore):
         try:
             return api.add(forward)
         except NotHeld:
-            info = self._info(cdir)
-            if info.pid is None:
-                raise
-            self._rewire(cdir, self._spec(cdir), info.pid)  # hands the namespace over again
+            self._hand_over(cdir)
             return api.add(forward)
+
+    def _hand_over(self, cdir: Path) -> None:
+        """Wire running bridge container ``cdir`` again, which hands its namespace to the
+        keeper (:class:`NotHeld`: the keeper had no way into it for the port handler)."""
+        info = self._info(cdir)
+        if info.pid is None:
+            raise ContainerNotRunning(cdir.name)
+        self._rewire(cdir, self._spec(cdir), info.pid)
 
     def remove_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         with self._locked(name) as cdir:
@@ -184,7 +189,14 @@ class RunningOps(RecordStore):
             source_api, source_run = self._running_api(source, name)
             target_api, target_run = self._running_api(target, to)
             forward = forward_of(mapping)
-            new_id = target_api.take(forward, name)
+            try:
+                new_id = target_api.take(forward, name)
+            except NotHeld:  # the record is the target's now: its listener, once held
+                self._hand_over(target)
+                live = target_api.find(forward)
+                if live is None:
+                    raise
+                new_id = live.id
             if new_id is None:
                 new_id = _move_by_hand(source_api, target_api, forward)
             source_run["forwards"] = [f for f in source_run["forwards"] if mapping_of(f) != mapping]

@@ -72,6 +72,15 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
 def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One message and the descriptors sent with it; EOFError when the peer is gone."""
     head, fds = receive_with_fds(sock, _HEADER.size, 4)
+    try:
+        return _message(sock, head), fds
+    except BaseException:  # a message that cannot be read keeps none of its descriptors
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _message(sock: socket.socket, head: bytes) -> dict[str, Any]:
     if not head:
         raise EOFError("the peer went away")
     head += _exactly(sock, _HEADER.size - len(head))
@@ -81,7 +90,7 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     message = json.loads(_exactly(sock, size))
     if not isinstance(message, dict):
         raise ValueError("not a JSON object")
-    return message, fds
+    return message
 
 
 class Agent:

@@ -11,8 +11,10 @@ networks' way out and the host forwards' way in), starts the DNS responder in it
   gateway address (bridges of removed networks deleted), the nftables ruleset
   (:mod:`runtime.network.nft`, forwards of containers no longer running dropped), and the
   DNS responder's records file; what did not change since the last sync is not done
-  again;
-- ``wire``: a container's veth pairs (:mod:`runtime.network.wiring`), with a sync;
+  again; sent with a new container's network namespace and init pidfd (its pairs made
+  by the agent directly), the keeper keeps both for the port handler;
+- ``wire``: a container's veth pairs (:mod:`runtime.network.wiring`), with a sync (and,
+  with the two descriptors, kept as ``sync`` keeps them);
   the agent makes the pairs while the keeper works out the rest of the sync, unless a
   bridge is new (then the sync comes first); the answer can be read later
   (:func:`ask`), so a launch goes on meanwhile;
@@ -750,8 +752,13 @@ class _Supervisor:
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """A request and the descriptors that came with it."""
     data, fds = receive_with_fds(conn, 1 << 16, 4)
-    rest = jsonsock.read_to_eof(conn, 1 << 16) if data else b""
-    return jsonsock.decode_object(data + rest), fds
+    try:
+        rest = jsonsock.read_to_eof(conn, 1 << 16) if data else b""
+        return jsonsock.decode_object(data + rest), fds
+    except BaseException:  # a request that cannot be read keeps none of its descriptors
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _json(process: ProcessId | None) -> dict[str, int] | None:
