@@ -90,6 +90,6 @@ def test_the_set_up_builds_the_native_binary_the_holder_looks_for(tmp_path: Path
     step = step.replace(installed_here, f"native_dir={tmp_path}")
     script = f"set -euo pipefail\n{setup_functions('say')}\n{step}"
     subprocess.run(["bash", "-c", script, str(SETUP)], check=True, capture_output=True)
-    binary = installed(tmp_path)
+    binary = installed(tmp_path, os.getuid())
     assert binary is not None
     assert binary.stat().st_mode & 0o777 == 0o711  # executable, not readable

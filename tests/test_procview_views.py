@@ -227,3 +227,13 @@ def test_a_process_name_that_is_not_utf8_is_read_not_raised(tmp_path: Path) -> N
     stat.write_bytes(b"42 (ab\xff) R 1 42 42 0 -1\n")
     raw = limits._text(stat)
     assert raw is not None and raw[raw.rindex(")") + 2] == "R"
+
+
+def test_open_files_kept_per_container_are_bounded() -> None:
+    from runtime.procview import server
+
+    handles: dict[int, bytes] = {}
+    for fh in range(server.MAX_OPEN + 10):
+        server.keep(handles, fh, b"content")
+    assert len(handles) == server.MAX_OPEN
+    assert min(handles) == 10  # the oldest went first

@@ -112,12 +112,24 @@ def test_without_the_native_binary_python_does_the_same(python_rt: LinuxRuntime)
 
 
 def test_only_a_binary_of_the_current_source_is_used(tmp_path: Path) -> None:
-    assert installed(tmp_path) is None
+    me = os.getuid()
+    assert installed(tmp_path, me) is None
     (tmp_path / binary_name(b"an older source")).write_bytes(b"")
-    assert installed(tmp_path) is None
+    assert installed(tmp_path, me) is None
     current = tmp_path / binary_name(SOURCE.read_bytes())
     current.write_bytes(b"")
-    assert installed(tmp_path) == current
+    current.chmod(0o711)
+    assert installed(tmp_path, me) == current
+
+
+def test_a_binary_others_may_read_or_that_is_not_root_s_is_not_used(tmp_path: Path) -> None:
+    current = tmp_path / binary_name(SOURCE.read_bytes())
+    current.write_bytes(b"")
+    current.chmod(0o755)  # readable: an init exec'd from it would be dumpable
+    assert installed(tmp_path, os.getuid()) is None
+    current.chmod(0o711)
+    if os.getuid() != 0:
+        assert installed(tmp_path) is None  # the account's own file, not root's
 
 
 def test_squish_native_is_0_or_1() -> None:

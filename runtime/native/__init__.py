@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import stat
 from pathlib import Path
 
 __all__ = ("INSTALL_DIR", "SOURCE", "binary_name", "installed")
@@ -41,11 +42,23 @@ def binary_name(source: bytes) -> str:
     return f"squish-native-{hashlib.sha256(source).hexdigest()[:16]}"
 
 
-def installed(directory: Path = INSTALL_DIR) -> Path | None:
-    """The binary built from the current source, or None (logged, with the fix)."""
+def installed(directory: Path = INSTALL_DIR, owner: int = 0) -> Path | None:
+    """The binary built from the current source, owned by ``owner`` (root) and neither
+    readable nor writable by others; or None (logged, with the fix)."""
     binary = directory / binary_name(SOURCE.read_bytes())
-    if binary.is_file():
-        return binary
+    try:
+        found = binary.stat()
+    except OSError:
+        found = None
+    if found is not None and stat.S_ISREG(found.st_mode):
+        if found.st_uid == owner and not found.st_mode & 0o066:
+            return binary
+        log.warning(  # one the account could read would leave every init dumpable
+            "%s is not root's, or others may read or write it: not used (the host set-up "
+            "installs it root-owned, mode 0711)",
+            binary,
+        )
+        return None
     log.warning(
         "%s is not installed: container inits and log pumps run in Python, at about 2.5 MiB "
         "each (run scripts/host-setup.sh as root, or make as root, to build it)",

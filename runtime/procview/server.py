@@ -68,6 +68,19 @@ def _attr(node: int) -> fuse.Attr:
     return fuse.Attr(ino=node, mode=st.S_IFREG | 0o444)
 
 
+MAX_OPEN = 256
+"""Open files' contents kept per container: the oldest beyond it are let go (a read of
+one computes it again), so a container holding many open cannot grow the server."""
+
+
+def keep(handles: dict[int, bytes], fh: int, data: bytes) -> bytes:
+    """Remember ``data`` for open file ``fh``, letting the oldest go past :data:`MAX_OPEN`."""
+    handles[fh] = data
+    while len(handles) > MAX_OPEN:
+        del handles[next(iter(handles))]
+    return data
+
+
 @dataclass
 class Connection:
     """One container's FUSE connection."""
@@ -161,7 +174,7 @@ class Server:
         if req.nodeid == _ROOT:
             return fuse.error_reply(req.unique, errno.EISDIR)
         fh, self.next_fh = self.next_fh, self.next_fh + 1
-        data = conn.handles[fh] = self.content(req.nodeid, conn)
+        data = keep(conn.handles, fh, self.content(req.nodeid, conn))
         with contextlib.suppress(OSError):  # the node is not cached (yet): no size to raise
             os.write(conn.fd, fuse.store_notice(req.nodeid, data))
         return fuse.open_reply(req.unique, fh, fuse.FOPEN_DIRECT_IO)
@@ -169,8 +182,8 @@ class Server:
     def read(self, conn: Connection, req: fuse.Request) -> bytes:
         fh, offset, size = req.read_args()
         data = conn.handles.get(fh)
-        if data is None:  # opened before this server started: computed again
-            data = conn.handles[fh] = self.content(req.nodeid, conn)
+        if data is None:  # opened before this server started, or let go: computed again
+            data = keep(conn.handles, fh, self.content(req.nodeid, conn))
         return fuse.reply(req.unique, data[offset : offset + size])
 
     def serve_one(self, conn: Connection) -> None:
