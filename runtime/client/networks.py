@@ -153,31 +153,31 @@ class NetworkOps(RunningOps):
             return self._info(cdir)
 
     def _finish_rewires(self) -> None:
-        """Complete the connects and disconnects a killed client left half done (its
-        folder still has the :data:`REWIRING` mark, or it holds a lease on a network its
-        spec does not list): its record, /etc files and interfaces made to follow its spec
+        """Complete the connects and disconnects a killed client left half done: each
+        marks its container's folder (:data:`REWIRING`) before it changes anything, so a
+        pass looks at marked folders only, and asks the keeper for a sync only when one
+        was finished: its record, /etc files and interfaces made to follow its spec
         again, then the addresses it no longer needs released."""
-        with open_book(self.state) as book:
-            held = {c for r in book.networks.values() for c in r.leases}
-        marked = {p.parent.name for p in self.containers.glob(f"*/{REWIRING}")}
-        for name in sorted(held | marked):
-            if (self.containers / name / "spec.json").is_file():
-                try:
-                    self._finish_rewire(name)
-                except (ContainerNotFound, ValueError):
-                    continue  # removed meanwhile (its remove releases), or damaged (reported)
-                except Exception:  # the next sweep tries again; the others go on
-                    log.exception("finishing the connect or disconnect of %s failed", name)
-        bridge.sync_if_running(self.state)
+        finished = False
+        for mark in sorted(self.containers.glob(f"*/{REWIRING}")):
+            try:
+                self._finish_rewire(mark.parent.name)
+                finished = True
+            except (ContainerNotFound, ValueError):
+                continue  # removed meanwhile (its remove releases), or damaged (reported)
+            except Exception:  # the next sweep tries again; the others go on
+                log.exception("finishing the connect or disconnect of %s failed", mark.parent.name)
+        if finished:
+            bridge.sync_if_running(self.state)
 
     def _finish_rewire(self, name: str) -> None:
         with self._locked(name) as cdir:
+            if not (cdir / REWIRING).exists():
+                return  # its own client finished it meanwhile
             spec = self._spec(cdir)
             joins = {a.network for a in spec.networks}
             with open_book(self.state) as book:
                 left = [n for n, r in book.networks.items() if name in r.leases and n not in joins]
-            if not left and not (cdir / REWIRING).exists():
-                return
             with _rewiring(cdir):
                 self._rewired(cdir, spec)  # the interfaces of ``left`` go (their leases name them)
                 with open_book(self.state) as book:
