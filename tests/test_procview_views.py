@@ -237,3 +237,25 @@ def test_open_files_kept_per_container_are_bounded() -> None:
         server.keep(handles, fh, b"content")
     assert len(handles) == server.MAX_OPEN
     assert min(handles) == 10  # the oldest went first
+
+
+def test_a_server_not_forked_leaves_no_socket_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder outlives a fork it was refused: the pair meant for the server is closed."""
+    from runtime.holder.views import Views
+
+    def refused() -> int:
+        raise BlockingIOError(errno.EAGAIN, "fork refused")
+
+    keeper = Views(tmp_path)
+    fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", refused)
+    try:
+        with pytest.raises(BlockingIOError):
+            keeper.add(os.getpid(), fuse_fd)
+        assert set(os.listdir("/proc/self/fd")) == before
+        assert keeper.server is None
+    finally:
+        os.close(fuse_fd)

@@ -89,7 +89,12 @@ class Views:
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         connections = [Connection(fd, pid) for pid, fd in self.connections.items()]
-        child = os.fork()
+        try:
+            child = os.fork()
+        except OSError:  # the holder lives on: its end and the server's are not left open
+            ours.close()
+            theirs.close()
+            raise
         if child == 0:
             code = 0
             try:

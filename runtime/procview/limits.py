@@ -12,6 +12,7 @@ from pathlib import Path
 
 from runtime.cgroups.fs import cgroup_of
 from runtime.procview.views import Limits, parse_cpu_list
+from runtime.util.files import read_small
 from runtime.util.processes import parent_pids, proc_start_time
 
 __all__ = ("CLOCK_TICKS", "container_tasks", "host_online", "read_limits", "seconds_since_start")
@@ -19,11 +20,15 @@ __all__ = ("CLOCK_TICKS", "container_tasks", "host_online", "read_limits", "seco
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+_MOST = 64 * 1024
+"""Bytes read of one file: a cgroup's or a process's files are far shorter."""
+
+
 def _text(path: Path) -> str | None:
     """The file's text (bytes that are not UTF-8, as a process's own name may hold,
     replaced), or None when it cannot be read."""
     try:
-        return path.read_bytes().decode(errors="replace")
+        return read_small(path, _MOST).decode(errors="replace")
     except OSError:
         return None
 

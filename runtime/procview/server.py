@@ -100,27 +100,30 @@ def _read_host(path: str) -> str:
 
 
 def render(name: str, conn: Connection) -> bytes:
-    """The content of the view's file ``name`` for the container of ``conn``."""
-    path = VIEW_FILES[name]
-    host = _read_host(path)
+    """The content of the view's file ``name`` for the container of ``conn``.
+
+    Only what the file is computed from is read: an open of ``loadavg`` reads no cgroup
+    file, one of ``meminfo`` not the CPUs online.
+    """
+    host = _read_host(VIEW_FILES[name])
+    if name == "loadavg":
+        tasks = limits.container_tasks(conn.init_pid)
+        return views.loadavg(host, conn.load, tasks.count("R"), len(tasks)).encode()
     found, usage = limits.read_limits(conn.init_pid)
+    if name == "meminfo":
+        return views.meminfo(host, found).encode()
+    if name == "swaps":
+        return views.swaps(host, found).encode()
+    if name == "diskstats":
+        return views.diskstats(host, found).encode()
     cpus = views.allowed_cpus(limits.host_online(), found)
     text: str
-    if name == "meminfo":
-        text = views.meminfo(host, found)
-    elif name == "cpuinfo":
+    if name == "cpuinfo":
         text = views.cpuinfo(host, cpus)
     elif name == "stat":
         text = views.stat(host, cpus)
     elif name == "uptime":
         text = _uptime(host, conn, usage, len(cpus))
-    elif name == "loadavg":
-        tasks = limits.container_tasks(conn.init_pid)
-        text = views.loadavg(host, conn.load, tasks.count("R"), len(tasks))
-    elif name == "swaps":
-        text = views.swaps(host, found)
-    elif name == "diskstats":
-        text = views.diskstats(host, found)
     else:
         text = views.cpu_online(cpus)
     return text.encode()
