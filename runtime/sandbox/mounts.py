@@ -229,10 +229,16 @@ def mount_view(root: str, fuse_fd: int) -> None:
     staging = f"{root}/tmp"
     options = _VIEW_OPTIONS.format(fd=fuse_fd)
     sc.mount("squish-procview", staging, "fuse.squish", _HIDDEN | sc.MS_RDONLY, options)
+    made: list[str] = []
     try:
         for name, path in VIEW_FILES.items():
             if os.path.exists(f"{root}{path}"):
                 sc.mount(f"{staging}/{name}", f"{root}{path}", None, sc.MS_BIND)
+                made.append(f"{root}{path}")
+    except OSError:
+        for target in reversed(made):  # all the view or none of it: the kernel's files
+            sc.umount2(target, sc.MNT_DETACH)
+        raise
     finally:
         sc.umount2(staging, sc.MNT_DETACH)
 
