@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.terminal import LazyConsole
+from reconciler.terminal import LazyConsole, visible, visible_char
 from reconciler.terminal import escape as markup
 from runtime.util.files import write_atomic
 
@@ -80,11 +80,7 @@ def _quoted(word: str, *, dollars: bool = True) -> str:
     escapes = {"\\": "\\\\", '"': '\\"', "%": "%%"}
     if dollars:
         escapes["$"] = "$$"
-    return '"' + "".join(escapes.get(c, _control(c)) for c in word) + '"'
-
-
-def _control(c: str) -> str:
-    return f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+    return '"' + "".join(escapes.get(c, visible_char(c)) for c in word) + '"'
 
 
 @dataclass(frozen=True)
@@ -190,7 +186,7 @@ def unit_for(
             raise ServiceError(f"{absolute}: no such folder")
         what, name, folder = absolute, escape_path(absolute), [absolute]
     unit = f"reconciler-{name}.service"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in what):
+    if visible(what) != what:
         raise ServiceError(f"{what!r}: a unit cannot name a source with a control character")
     if len(unit) > 255:
         raise ServiceError(f"the unit name for {what} is longer than systemd allows (255)")

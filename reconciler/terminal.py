@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ("LazyConsole", "escape")
+__all__ = ("LazyConsole", "escape", "visible", "visible_char")
 
 
 def escape(markup: str) -> str:
@@ -17,6 +17,17 @@ def escape(markup: str) -> str:
     from rich.markup import escape as rich_escape
 
     return rich_escape(markup)
+
+
+def visible_char(c: str) -> str:
+    """``c``, or ``\\xNN`` when it is a control character (below space, and DEL)."""
+    return f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written as ``\\xNN``: an escape sequence
+    in it cannot drive a terminal."""
+    return "".join(visible_char(c) for c in text)
 
 
 class LazyConsole:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.control.journal import follow
-from reconciler.terminal import escape
+from reconciler.terminal import escape, visible
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -153,11 +153,7 @@ def _watch(
 def _shown(value: object) -> str:
     """Event text for a terminal: rich markup escaped, and control characters (an escape
     sequence in a followed repository's squishfile, say) written as ``\\xNN``."""
-    return escape("".join(_visible(c) for c in str(value)))
-
-
-def _visible(c: str) -> str:
-    return f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+    return escape(visible(str(value)))
 
 
 def describe_event(event: dict[str, Any]) -> str | None:

@@ -4,8 +4,9 @@ A loop appends one JSON object a line to ``<state>/reconciler/<folder key>.event
 beside its status file (:class:`reconciler.control.status.StatusStore`): when it starts
 and stops, each pass, each action with its outcome, each pass that failed, and each
 condition as it appears, changes or clears (as the loop's console says them). The file
-is bounded: past :data:`MAX_BYTES` it becomes ``….events.jsonl.1`` (replacing the one
-before) and a new one is begun, so at most twice that is kept.
+is bounded: once a write takes it past :data:`MAX_BYTES` it becomes ``….events.jsonl.1``
+(replacing the one before) and a new one is begun, so about twice that is kept (a pass's
+events are one write).
 
 ``reconciler events`` follows it with :func:`follow`, like ``tail -F``: it waits for a
 file that is not there yet (the loop has not started), reads a rotated file to its end
@@ -60,11 +61,17 @@ class Journal:
         self._conditions = ConditionReport(folder)
 
     def write(self, event: str, **fields: Any) -> None:
-        """Append one event; a full or broken disk loses it (with a warning), never the
-        loop's work."""
-        line = json.dumps({"at": self._clock(), "event": event, **fields}) + "\n"
+        """Append one event."""
+        self._write([self._line(event, **fields)])
+
+    def _line(self, event: str, **fields: Any) -> bytes:
+        return (json.dumps({"at": self._clock(), "event": event, **fields}) + "\n").encode()
+
+    def _write(self, lines: list[bytes]) -> None:
+        """Append ``lines`` with one write; a full or broken disk loses them (with a
+        warning), never the loop's work."""
         try:
-            self._append(line.encode())
+            self._append(b"".join(lines))
         except OSError as exc:
             log.warning("cannot write the event journal %s: %s", self.path, exc)
 
@@ -89,31 +96,38 @@ class Journal:
 
     def passed(self, result: PassResult) -> None:
         """A pass: its actions and their outcomes, the conditions that changed, and a
-        summary line."""
-        for outcome in result.outcomes:
-            action = outcome.action
-            self.write(
+        summary line, appended at once (one open and write per pass, not per event)."""
+        lines = [
+            self._line(
                 "action",
-                action=action.kind.value,
-                name=action.name,
-                reason=action.reason,
+                action=outcome.action.kind.value,
+                name=outcome.action.name,
+                reason=outcome.action.reason,
                 ok=outcome.ok,
                 error=outcome.error,
-                text=str(action),
+                text=str(outcome.action),
             )
+            for outcome in result.outcomes
+        ]
         appeared, cleared = self._conditions.diff(result.plan.conditions)
-        for name, kind, message in appeared:
-            self.write("condition", condition=kind, name=name, message=message)
-        for name, kind in cleared:
-            self.write("condition-cleared", condition=kind, name=name)
-        self.write(
-            "pass",
-            trigger=result.trigger,
-            duration_ms=round(result.duration * 1000, 1),
-            actions=len(result.outcomes),
-            failed=len(result.failed),
-            revision=result.revision,
+        lines += [
+            self._line("condition", condition=kind, name=name, message=message)
+            for name, kind, message in appeared
+        ]
+        lines += [
+            self._line("condition-cleared", condition=kind, name=name) for name, kind in cleared
+        ]
+        lines.append(
+            self._line(
+                "pass",
+                trigger=result.trigger,
+                duration_ms=round(result.duration * 1000, 1),
+                actions=len(result.outcomes),
+                failed=len(result.failed),
+                revision=result.revision,
+            )
         )
+        self._write(lines)
 
 
 class _Reader:

@@ -31,7 +31,6 @@ import functools
 import logging
 import math
 import os
-import resource
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,6 +58,7 @@ from reconciler.planning.plan import (
 )
 from reconciler.settings import Settings
 from runtime.api import ContainerInfo, NetworkInfo, Runtime
+from runtime.util.processes import raise_fd_limit
 
 __all__ = ("PassResult", "Reconciler", "raise_fd_limit", "run_loop")
 
@@ -281,15 +281,6 @@ class Reconciler:
         return min(waits, default=math.inf)
 
 
-def raise_fd_limit() -> None:
-    """Let the loop hold a descriptor per running process it watches (a pidfd per init
-    and per slirp4netns): the usual soft limit, 1,024, is a thousand containers. The
-    event loop waits with epoll, which has no limit of its own on descriptor numbers."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
-
-
 def _held(todo: Plan) -> set[str]:
     return {c.name for c in todo.conditions if c.kind is ConditionKind.BACK_OFF}
 
@@ -359,7 +350,7 @@ async def run_loop(
     failed as a whole."""
     settings = settings or Settings()
     resync = settings.resync
-    raise_fd_limit()
+    raise_fd_limit()  # a pidfd per init and per slirp4netns it watches
     send, receive = anyio.create_memory_object_stream[str](1)
     reconciler.record.started(os.getpid())
     async with (

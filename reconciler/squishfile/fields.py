@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from pydantic import AfterValidator, ConfigDict
 
 from reconciler.problems import toml_quote as _q
 
-__all__ = ("STRICT", "ExecString", "as_tuple", "is_path_like", "resolve")
+__all__ = ("STRICT", "ExecString", "as_tuple", "is_path_like", "not_empty", "resolve")
 
 STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 """Every table: immutable, unknown keys refused, no type coercion."""
@@ -31,6 +32,19 @@ ExecString = Annotated[str, AfterValidator(_check_exec_string)]
 def as_tuple(value: object) -> object:
     """TOML arrays arrive as lists; the models store immutable tuples."""
     return tuple(value) if isinstance(value, list) else value
+
+
+def not_empty(
+    message: str = "may not be empty",
+) -> Callable[[tuple[str, ...] | None], tuple[str, ...] | None]:
+    """A check that refuses an empty array with ``message`` (a missing one passes)."""
+
+    def check(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value == ():
+            raise ValueError(message)
+        return value
+
+    return check
 
 
 def is_path_like(value: str) -> bool:

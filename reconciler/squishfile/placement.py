@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from reconciler.problems import toml_quote as _q
-from reconciler.squishfile.fields import STRICT, as_tuple
+from reconciler.squishfile.fields import STRICT, as_tuple, not_empty
 
 __all__ = ("HostIdentity", "PlacementSection", "may_share_a_host")
 
@@ -60,12 +60,9 @@ class PlacementSection(BaseModel):
 
     _hosts_from_array = field_validator("hosts", mode="before")(as_tuple)
 
-    @field_validator("hosts")
-    @classmethod
-    def _not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value == ():
-            raise ValueError("may not be empty: leave hosts out to run on every host")
-        return value
+    _hosts_not_empty = field_validator("hosts")(
+        not_empty("may not be empty: leave hosts out to run on every host")
+    )
 
     def misses(self, host: HostIdentity) -> str | None:
         """Why ``host`` is not one this container runs on; None when it is."""

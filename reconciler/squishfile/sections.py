@@ -11,7 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from reconciler.problems import toml_quote as _q
-from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
+from reconciler.squishfile.fields import (
+    STRICT,
+    ExecString,
+    as_tuple,
+    is_path_like,
+    not_empty,
+    resolve,
+)
 from runtime.api import MAX_BYTES, MAX_LOG_FILES, MIN_LOG_SIZE, LogLimits, Resources
 from runtime.security.profile import ProfileCheck, read_profile
 
@@ -85,12 +92,7 @@ class HealthSection(BaseModel):
             return ("/bin/sh", "-c", value)
         return as_tuple(value)
 
-    @field_validator("command")
-    @classmethod
-    def _not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value == ():
-            raise ValueError("may not be empty")
-        return value
+    _command_not_empty = field_validator("command")(not_empty())
 
     @model_validator(mode="after")
     def _one_probe(self) -> HealthSection:

@@ -73,6 +73,7 @@ from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
     ProcessId,
     parent_pids,
+    raise_fd_limit,
     reap_children,
     wait_readable,
 )
@@ -402,13 +403,6 @@ def _pid_depth(pid: int) -> int:
     return 0
 
 
-def _raise_fd_limit() -> None:
-    """Let the holder keep the namespaces of a few thousand containers."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
-
-
 def _move_high(fd: int) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft <= _FD_FLOOR:
@@ -532,7 +526,7 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
-    _raise_fd_limit()
+    raise_fd_limit()  # the namespaces of a few thousand containers
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
     spares = _Spares(native)
     containers = _Containers(state)

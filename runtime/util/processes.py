@@ -7,6 +7,7 @@ recycled pid is never taken for a container.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ __all__ = (
     "descendants",
     "parent_pids",
     "proc_start_time",
+    "raise_fd_limit",
     "reap_children",
     "wait_readable",
 )
@@ -155,6 +157,15 @@ def descendants(root: int, parent_of: dict[int, int] | None = None) -> list[int]
                 seen.add(child)
                 found.append(child)
     return found
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one (at most 65,536), for a
+    process that holds one or more per container: the usual soft limit, 1,024, would be
+    a thousand containers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
 
 
 def close_fds_except(keep: Iterable[int]) -> None:
