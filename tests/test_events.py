@@ -34,11 +34,6 @@ from tests.support import REPO
 SQUISHFILE = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "sleep"\nargs = ["600"]\n'
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _written(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

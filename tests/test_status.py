@@ -44,11 +44,6 @@ APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def folder(tmp_path: Path) -> Path:
     path = tmp_path.resolve() / "desired"  # as the folder's containers are labelled
     path.mkdir()
