@@ -40,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 
-from results import Results, parse
+from results import Results, p90, parse
 
 from runtime.client.linux import LinuxRuntime
 from tests.gitrepos import Origin, git, git_daemon
@@ -216,8 +216,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"(a) push -> new greeting answered, {args.runs} runs")
     for mode, samples in found.items():
-        p90 = statistics.quantiles(samples, n=10)[8] if len(samples) > 1 else samples[0]
-        print(f"    {mode:<24} p50 {statistics.median(samples):8.1f} ms   p90 {p90:8.1f} ms")
+        print(
+            f"    {mode:<24} p50 {statistics.median(samples):8.1f} ms   p90 {p90(samples):8.1f} ms"
+        )
     print(f"(b) {args.files} files, {args.here} placed here, webhook:")
     print(f"    push -> answered p50 {many['answer_ms']:.1f} ms; the pass {many['pass_ms']:.1f} ms")
     print(f"    idle between revisions: {many['idle_cpu'] * 100:.2f} % of a core")

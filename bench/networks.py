@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from results import Results, parse
+from results import Results, p90, parse
 
 from runtime.api.spec import BindMount, ContainerSpec, NetworkAttachment, RootfsRef
 from runtime.client.linux import LinuxRuntime
@@ -49,10 +49,6 @@ MODES: dict[str, dict[str, object]] = {
     "slirp4netns": {"network": "slirp4netns"},
     "none": {"network": "none"},
 }
-
-
-def p90(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=10)[8]
 
 
 def httpd(name: str, site: Path, mode: str) -> ContainerSpec:

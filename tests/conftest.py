@@ -31,6 +31,12 @@ ROOTLESS_REASON = (
 rootless = pytest.mark.skipif(os.geteuid() == 0, reason=ROOTLESS_REASON)
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests run on asyncio only (the project's own event loop)."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def cache_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One download and rootfs cache for the whole run (the busybox rootfs is built once)."""

@@ -140,10 +140,11 @@ def descendants_of(ancestor: int) -> list[tuple[int, str]]:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_controller(folder: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``reconciler run FOLDER`` in the background, quiet; the caller kills it by pid."""
+def start_controller(folder: Path, env: dict[str, str], *options: str) -> subprocess.Popen[bytes]:
+    """``reconciler run [OPTIONS] FOLDER`` in the background, quiet; the caller kills it
+    by pid."""
     return subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
+        [sys.executable, "-m", "reconciler.cli", "run", *options, str(folder)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

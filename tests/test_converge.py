@@ -128,11 +128,6 @@ def at(when: float) -> object:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(1000.0)
 

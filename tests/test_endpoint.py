@@ -376,11 +376,6 @@ def test_a_silent_client_is_disconnected(served: Served, monkeypatch: pytest.Mon
 # -- with the loop --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_a_push_to_a_source_without_poke_triggers_a_pass(tmp_path: Path) -> None:
     (tmp_path / "web.toml").write_text('[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "x"\n')

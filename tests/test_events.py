@@ -29,14 +29,9 @@ from reconciler.watching import describe_event, watch_json, watch_status
 from runtime.client.linux import LinuxRuntime
 from tests.conftest import rootless
 from tests.fakes import FakeClock, FakeRuntime
-from tests.support import REPO
+from tests.support import REPO, start_controller
 
 SQUISHFILE = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "sleep"\nargs = ["600"]\n'
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def _written(path: Path) -> list[dict[str, Any]]:
@@ -248,13 +243,7 @@ def test_events_follow_a_real_loop_started_before_and_after(
         started.append(before)
         assert before.stderr is not None
         assert "waiting for one" in before.stderr.readline()  # it follows: start the loop
-        loop = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "run", "--resync", "1", str(folder)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        loop = start_controller(folder, env, "--resync", "1")
         started.append(loop)
         seen = list(_until(before.stdout, {"event": "action", "name": "first"}))
         assert seen[0]["event"] == "started" and seen[0]["pid"] == loop.pid

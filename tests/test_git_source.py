@@ -40,11 +40,6 @@ from tests.support import children_of
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def origin(tmp_path: Path) -> Origin:
     return Origin(tmp_path / "origin")
 

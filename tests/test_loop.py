@@ -46,11 +46,6 @@ def test_the_earliest_future_deadline_wakes_the_loop(tmp_path: Path) -> None:
     assert loop.next_deadline() == 1.5
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_a_pass_sweeps_what_killed_clients_left_before_looking(tmp_path: Path) -> None:
     loop = reconciler(tmp_path, FakeClock(100.0))

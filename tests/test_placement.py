@@ -34,11 +34,6 @@ def placed(placement: str) -> str:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def folder(tmp_path: Path) -> Path:
     path = tmp_path.resolve() / "desired"
     path.mkdir()

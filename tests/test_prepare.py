@@ -30,11 +30,6 @@ def web(port: int) -> str:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def runtime() -> FakeRuntime:
     return FakeRuntime(clock=FakeClock(100.0))
 

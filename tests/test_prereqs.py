@@ -70,23 +70,20 @@ def test_the_first_use_checks_then_remembers(tmp_path: Path) -> None:
     prereqs.check_once(environ)  # this host runs the rootless tests: nothing is missing
     stamp = tmp_path / "squish" / "prereqs-ok"
     assert stamp.exists()
-    code = "from reconciler import prereqs; prereqs.check_once()"
-    done = subprocess.run(  # no helper on PATH: the stamp says it was checked already
-        [sys.executable, "-c", code],
-        env={**environ, "PATH": str(tmp_path)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+
+    def first_use_without_helpers() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from reconciler import prereqs; prereqs.check_once()"],
+            env={**environ, "PATH": str(tmp_path)},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+
+    done = first_use_without_helpers()  # no helper on PATH: the stamp says it was checked
     assert done.returncode == 0 and done.stderr == ""
     stamp.unlink()
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**environ, "PATH": str(tmp_path)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = first_use_without_helpers()
     assert done.returncode != 0
     assert "reconciler: slirp4netns is missing (rootless networking)" in done.stderr
     assert not stamp.exists()

@@ -35,11 +35,6 @@ from tests.fakes import HANG_GUARD, FakeClock, FakeRuntime
 FOLDER = Path("/in-memory/desired")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def wanted(name: str) -> DesiredContainer:
     """A container as a loaded file would ask for it, labelled for :data:`FOLDER`."""
     spec = ContainerSpec(

@@ -44,11 +44,6 @@ APP = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def folder(tmp_path: Path) -> Path:
     path = tmp_path.resolve() / "desired"  # as the folder's containers are labelled
     path.mkdir()
@@ -293,13 +288,13 @@ def test_status_off_a_terminal_never_cuts_a_value(
     assert f"as `reconciler apply` last recorded them, {at}" in out
 
 
-def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """Make the command line print to an 80-column terminal (no colours); what it prints."""
+def terminal(monkeypatch: pytest.MonkeyPatch, width: int = 80) -> io.StringIO:
+    """Make the command line print to a terminal this wide (no colours); what it prints."""
     screen = io.StringIO()
     console = Console(
         file=screen,
         force_terminal=True,
-        width=80,
+        width=width,
         color_system=None,
         highlight=False,
         soft_wrap=cli._out.soft_wrap,
@@ -538,7 +533,6 @@ async def test_the_status_table_says_why_a_container_has_no_proc_view(
         runtime._containers[name] = info.model_copy(update={"proc_view": why})
     document = status(folder, runtime, clock)
     assert rows(document)["web"]["proc_view"] == why
-    screen = io.StringIO()
-    monkeypatch.setattr(cli, "_out", Console(file=screen, width=300, color_system=None))
+    screen = terminal(monkeypatch, width=300)
     cli.print_status(document, wide=True)
     assert "/proc view unavailable: /dev/fuse cannot be opened" in screen.getvalue()
