@@ -157,18 +157,31 @@ class NetworkOps(RunningOps):
         folder still has the :data:`REWIRING` mark, or it holds a lease on a network its
         spec does not list): its record, /etc files and interfaces made to follow its spec
         again, then the addresses it no longer needs released."""
-        with open_book(self.state) as book:
-            held = {c for r in book.networks.values() for c in r.leases}
+        networks = read_networks(self.state)  # unlocked: _finish_rewire looks again, locked
         marked = {p.parent.name for p in self.containers.glob(f"*/{REWIRING}")}
-        for name in sorted(held | marked):
-            if (self.containers / name / "spec.json").is_file():
-                try:
-                    self._finish_rewire(name)
-                except (ContainerNotFound, ValueError):
-                    continue  # removed meanwhile (its remove releases), or damaged (reported)
-                except Exception:  # the next sweep tries again; the others go on
-                    log.exception("finishing the connect or disconnect of %s failed", name)
-        bridge.sync_if_running(self.state)
+        held: dict[str, set[str]] = {}
+        for network, record in networks.items():
+            for container in record.leases:
+                held.setdefault(container, set()).add(network)
+        unfinished = False
+        for name in sorted(held.keys() | marked):
+            if not (self.containers / name / "spec.json").is_file():
+                continue
+            try:
+                if name not in marked and held[name] <= self._joins(name):
+                    continue  # every pass: the usual case takes no lock and asks no keeper
+                unfinished = True
+                self._finish_rewire(name)
+            except (ContainerNotFound, FileNotFoundError, ValueError):
+                continue  # removed meanwhile (its remove releases), or damaged (reported)
+            except Exception:  # the next sweep tries again; the others go on
+                log.exception("finishing the connect or disconnect of %s failed", name)
+        if unfinished:
+            bridge.sync_if_running(self.state)
+
+    def _joins(self, name: str) -> set[str]:
+        """The networks container ``name``'s spec lists."""
+        return {a.network for a in self._spec(self.containers / name).networks}
 
     def _finish_rewire(self, name: str) -> None:
         with self._locked(name) as cdir:
