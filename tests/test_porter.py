@@ -175,3 +175,26 @@ def test_a_backend_that_refuses_resets_the_client(control: Path, own_netns: int)
     bind(control, own_netns, port, nothing)
     with pytest.raises(ConnectionResetError):
         talk(port, b"x")
+
+
+def test_a_relay_out_of_descriptors_leaves_no_pipe_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[int, int]] = []
+    real_pipe2 = os.pipe2
+
+    def second_fails(flags: int) -> tuple[int, int]:
+        if made:
+            raise OSError(errno.EMFILE, "too many open files")
+        made.append(real_pipe2(flags))
+        return made[0]
+
+    monkeypatch.setattr(os, "pipe2", second_fails)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname())
+        b, _ = server.accept()
+    with a, b, pytest.raises(OSError):
+        porter._shuttle(a, b)
+    monkeypatch.undo()
+    for fd in made[0]:
+        with pytest.raises(OSError) as closed:
+            os.fstat(fd)
+        assert closed.value.errno == errno.EBADF

@@ -344,20 +344,18 @@ class BridgeForwards:
                 self._drop(live.forward.proto, live.forward.guest_port)
 
     def _remove_spliced(self, forward_id: int) -> None:
-        for entry in self._listeners():
-            if entry["id"] == forward_id:
-                with shared.locked(self.state) as bdir:
-                    records = shared.load_forwards(bdir)
-                key = (entry["host_addr"], entry["host_port"])
-                for r in records:
-                    if r.container == self.name and (r.host_addr, r.host_port) == key:
-                        self._drop(r.proto, r.guest_port)
+        entry = next((e for e in _listeners(self.state) if e["id"] == forward_id), None)
+        if entry is None:
+            return
+        with shared.locked(self.state) as bdir:
+            records = shared.load_forwards(bdir)
+        key = (entry["host_addr"], entry["host_port"])
+        for r in records:
+            if r.container == self.name and (r.host_addr, r.host_port) == key:
+                self._drop(r.proto, r.guest_port)
 
     def list(self) -> list[LiveForward]:
         return live_forwards(self.state).get(self.name, [])
-
-    def _listeners(self) -> tuple[dict[str, Any], ...]:
-        return _listeners(self.state)
 
     def find(self, forward: Forward) -> LiveForward | None:
         return next((live for live in self.list() if live.forward == forward), None)

@@ -325,8 +325,10 @@ def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
     for sock in (conn, upstream):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    directions = (_Direction(conn, upstream), _Direction(upstream, conn))
+    directions: list[_Direction] = []
     try:
+        directions.append(_Direction(conn, upstream))
+        directions.append(_Direction(upstream, conn))  # out of descriptors: the first's close
         while waiting := [(d, w) for d in directions if (w := d.wants()) is not None]:
             events: dict[int, int] = {}
             for _, (fd, event) in waiting:

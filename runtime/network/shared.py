@@ -489,8 +489,8 @@ class _Supervisor:
     def _ports(self, networks: dict[str, NetworkRecord]) -> None:
         """Have the port handler listen for each splice forward whose container runs,
         and send it into that container's namespace now; a listener whose container
-        changed is swapped in one step."""
-        self.forwarded = [r for r in self.forwarded if _exists(self.state, r.container)]
+        changed is swapped in one step. ``self.forwarded``: as the sync before this
+        (in every request that gets here) read and pruned them."""
         wanted = _backends(networks, self.forwarded, self.held, self._book().first_network)
         control = self.bdir / porter.CONTROL_SOCKET
         for key in [key for key in self.bound if key not in wanted]:
@@ -800,9 +800,11 @@ def _backends(
     one is a conflict, never a move)."""
     wanted: dict[tuple[str, int], tuple[str, int, _Held]] = {}
     for record in records:
+        if record.handler != "splice":
+            continue  # slirp4netns serves it: no spec to read
         address = _address_of(networks, record.container, first(record.container))
         namespace = held.get(address) if address is not None else None
-        if record.handler == "splice" and address is not None and namespace is not None:
+        if address is not None and namespace is not None:
             key = (record.host_addr, record.host_port)
             wanted.setdefault(key, (address, record.port, namespace))
     return wanted
