@@ -259,3 +259,30 @@ def test_a_server_not_forked_leaves_no_socket_open(
         assert keeper.server is None
     finally:
         os.close(fuse_fd)
+
+
+def test_sysinfo_is_the_views_meminfo_uptime_and_load_in_bytes() -> None:
+    limited = views.meminfo(MEMINFO, Limits(memory_max=256 * MIB, memory_current=56 * MIB))
+    raw = views.sysinfo(limited, 61.7, (0.5, 1.0, 0.0), 3)
+    assert len(raw) == 112  # sizeof(struct sysinfo) on x86_64
+    uptime, *loads = struct.unpack_from("<q3Q", raw)
+    ram = struct.unpack_from("<6Q", raw, 32)
+    procs, mem_unit = struct.unpack_from("<H", raw, 80)[0], struct.unpack_from("<I", raw, 104)[0]
+    assert (uptime, loads, procs, mem_unit) == (61, [32768, 65536, 0], 3, 1)
+    # total, free, shared, buffers, swap total, swap free
+    assert ram == (256 * MIB, 200 * MIB, 0, 0, 4000000 * 1024, 4000000 * 1024)
+    host = struct.unpack_from("<6Q", views.sysinfo(MEMINFO, 0, (0, 0, 0), 0), 32)
+    assert host == (16000000 * 1024, 8000000 * 1024, 0, 100000 * 1024, *(4000000 * 1024,) * 2)
+
+
+@pytest.mark.parametrize(
+    ("mask", "count", "kept"),
+    [
+        (b"\x0f\x00", 2, b"\x03\x00"),
+        (b"\x0c\x01", 2, b"\x0c\x00"),  # the first allowed ones, not CPUs 0 and 1
+        (b"\x00\x81", 2, b"\x00\x81"),
+        (b"\x03\x00", 8, b"\x03\x00"),  # fewer allowed than counted: all of them
+    ],
+)
+def test_an_affinity_mask_keeps_its_first_cpus(mask: bytes, count: int, kept: bytes) -> None:
+    assert views.first_cpus(mask, count) == kept

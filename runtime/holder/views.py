@@ -8,6 +8,11 @@ them open, so each container's view answers again as soon as the new server read
 no container is restarted. A server that keeps dying within a second of its start is
 given up after ``MOST_QUICK_DEATHS`` tries (the containers' reads then wait: logged).
 
+A container's seccomp listener (``runtime.procview.intercept``) comes later than its
+connection, from its init over a socket (the *channel*) the spare handed over with the
+connection: this holder keeps it too, so a call waits while the server is started again
+instead of failing.
+
 A connection is released when its container's init is reaped. The server exits by
 itself once the holder is gone and its last connection ended; it records its identity
 in ``procview.json`` in the state folder.
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from runtime.holder.workers import become_child
 from runtime.procview.server import HANDOVER, Connection, serve
-from runtime.util.fdpass import send_with_fds
+from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId
 
@@ -44,27 +49,57 @@ class Views:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.connections: dict[int, int] = {}
+        self.listeners: dict[int, int] = {}
+        """Init pid -> its container's seccomp listener."""
+        self.channels: dict[int, int] = {}
+        """Channel (a socket the init sends its listener on, or closes) -> init pid."""
         self.server: int | None = None
         self.control: socket.socket | None = None
         self.started = 0.0
         self.quick_deaths = 0
 
-    def add(self, init_pid: int, fuse_fd: int) -> None:
-        """Keep ``init_pid``'s connection and hand it to the server (started if need be)."""
+    def add(self, init_pid: int, fuse_fd: int, channel: int | None = None) -> None:
+        """Keep ``init_pid``'s connection and hand it to the server (started if need be);
+        wait for its seccomp listener on ``channel``."""
         self.connections[init_pid] = fuse_fd
+        if channel is not None:
+            self.channels[channel] = init_pid
         if self.server is None or self.control is None:
             self._start()
             return
+        self._hand(init_pid, fuse_fd, is_listener=False)
+
+    def take_listener(self, channel: int) -> None:
+        """The init wrote on ``channel``: keep the listener it sent (if any) and hand it
+        to the server."""
+        init_pid = self.channels.pop(channel)
+        with socket.socket(fileno=channel) as sock:
+            try:
+                _, fds = receive_with_fds(sock, 1, 1, socket.MSG_CMSG_CLOEXEC)
+            except OSError as exc:
+                log.info(f"no seccomp listener from init {init_pid}: {exc}")
+                return
+        for listener in fds[:1]:
+            self.listeners[init_pid] = listener
+            if self.server is not None and self.control is not None:
+                self._hand(init_pid, listener, is_listener=True)
+        for extra in fds[1:]:
+            os.close(extra)
+
+    def _hand(self, init_pid: int, fd: int, *, is_listener: bool) -> None:
+        assert self.control is not None
         try:
-            send_with_fds(self.control, HANDOVER.pack(init_pid), [fuse_fd])
+            send_with_fds(self.control, HANDOVER.pack(init_pid, is_listener), [fd])
         except OSError as exc:  # it is dying: its successor gets every connection
             log.info(f"cannot hand a connection to the view's server: {exc}")
 
     def released(self, init_pid: int) -> None:
         """The container of ``init_pid`` ended: drop its connection."""
-        fd = self.connections.pop(init_pid, None)
-        if fd is not None:
-            os.close(fd)
+        for fd in (self.connections.pop(init_pid, None), self.listeners.pop(init_pid, None)):
+            if fd is not None:
+                os.close(fd)
+        for channel in [c for c, pid in self.channels.items() if pid == init_pid]:
+            os.close(self.channels.pop(channel))
         if not self.connections:
             self._stop()
 
@@ -88,7 +123,10 @@ class Views:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        connections = [Connection(fd, pid) for pid, fd in self.connections.items()]
+        connections = [
+            Connection(fd, pid, listener=self.listeners.get(pid, -1))
+            for pid, fd in self.connections.items()
+        ]
         try:
             child = os.fork()
         except OSError:  # the holder lives on: its end and the server's are not left open
@@ -99,7 +137,8 @@ class Views:
             code = 0
             try:
                 ours.detach()  # closed with the rest of the holder's descriptors:
-                become_child((theirs.fileno(), *self.connections.values()))
+                kept = (*self.connections.values(), *self.listeners.values())
+                become_child((theirs.fileno(), *kept))
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 me = ProcessId.of(os.getpid())
                 if me is not None:

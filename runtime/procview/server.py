@@ -16,6 +16,10 @@ closed.
 
 What a read computes is bounded: it runs on a worker thread, and after ``READ_BOUND`` the
 container gets the kernel's file instead; a slow controller never holds it longer.
+
+A container's seccomp listener (``runtime.procview.intercept``) comes the same way, after
+its connection: its ``sysinfo`` and ``sched_getaffinity`` calls are answered in this loop
+from the same figures, within the same bound, or left to the kernel.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from runtime.procview import fuse, limits, views
+from runtime.procview import fuse, intercept, limits, unotify, views
 from runtime.util.fdpass import receive_with_fds
 from runtime.wire import VIEW_FILES
 
@@ -50,8 +55,9 @@ LOAD_SAMPLE = 5.0
 """Seconds between two samples of a container's runnable processes (the kernel's too)."""
 ATTR_VALID = 1
 """Seconds the kernel may keep a node's attributes: they never change."""
-HANDOVER = struct.Struct("<i")
-"""A connection handed to the server: the container init's pid, with the descriptor."""
+HANDOVER = struct.Struct("<i?")
+"""A descriptor handed to the server: the container init's pid, and whether it is the
+container's seccomp listener (else its FUSE connection)."""
 
 _ROOT = 1
 _NAMES = tuple(VIEW_FILES)
@@ -90,6 +96,8 @@ class Connection:
     ended: int = -1
     """A pidfd of the init: readable once the container has ended (-1: none yet)."""
     live: bool = False
+    listener: int = -1
+    """The seccomp listener of its ``sysinfo`` and ``sched_getaffinity`` calls (-1: none)."""
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     handles: dict[int, bytes] = field(default_factory=dict)
 
@@ -141,6 +149,24 @@ def _uptime(host: str, conn: Connection, usage_usec: int | None, ncpus: int) -> 
     return views.uptime(seconds, idle)
 
 
+def _sysinfo(conn: Connection) -> bytes | None:
+    """The container's ``struct sysinfo``, from its view's meminfo, uptime and loadavg."""
+    seconds = limits.seconds_since_start(conn.init_pid)
+    if seconds is None:
+        return None
+    meminfo = render("meminfo", conn).decode()
+    procs = len(limits.container_tasks(conn.init_pid))
+    return views.sysinfo(meminfo, seconds, conn.load, procs)
+
+
+def _cpus(conn: Connection) -> int:
+    """How many CPUs the view's ``/sys/devices/system/cpu/online`` counts."""
+    return len(views.allowed_cpus(limits.host_online(), limits.read_limits(conn.init_pid)[0]))
+
+
+_T = TypeVar("_T")
+
+
 class Server:
     """The connections, and the loop that serves them."""
 
@@ -153,17 +179,42 @@ class Server:
         self.next_fh = 1
         self.next_sample = time.monotonic() + LOAD_SAMPLE
 
-    def content(self, node: int, conn: Connection) -> bytes:
-        """The file's content, computed within ``READ_BOUND`` (else the kernel's)."""
-        name = _NAMES[node - 2]
-        future = self.workers.submit(render, name, conn)
+    def bounded(self, what: str, conn: Connection, work: Callable[[], _T]) -> _T | None:
+        """What ``work`` returns within ``READ_BOUND`` (None: it took longer, or failed)."""
+        future = self.workers.submit(work)
         try:
             return future.result(timeout=READ_BOUND)
         except concurrent.futures.TimeoutError:
-            log.info(f"{name} for init {conn.init_pid} took too long; serving the kernel's")
+            log.info(f"{what} for init {conn.init_pid} took too long; the kernel answers")
         except Exception as exc:  # a container's view must not end the server
-            log.info(f"{name} for init {conn.init_pid} failed: {type(exc).__name__}: {exc}")
-        return _read_host(VIEW_FILES[name]).encode()
+            log.info(f"{what} for init {conn.init_pid} failed: {type(exc).__name__}: {exc}")
+        return None
+
+    def content(self, node: int, conn: Connection) -> bytes:
+        """The file's content, computed within ``READ_BOUND`` (else the kernel's)."""
+        name = _NAMES[node - 2]
+        data = self.bounded(name, conn, lambda: render(name, conn))
+        return data if data is not None else _read_host(VIEW_FILES[name]).encode()
+
+    def answer_call(self, conn: Connection) -> None:
+        """Answer the container's waiting ``sysinfo`` or ``sched_getaffinity`` call from the
+        view's figures, or let the kernel answer it (anything odd, or too slow)."""
+        call = unotify.receive(conn.listener)
+        if call is None:
+            return
+        reply = self.bounded(
+            f"syscall {call.nr}",
+            conn,
+            lambda: intercept.reply(call, lambda: _sysinfo(conn), lambda: _cpus(conn)),
+        )
+        try:
+            if reply is not None:
+                unotify.write_to_caller(conn.listener, call, reply.address, reply.data)
+                unotify.answer(conn.listener, call, reply.value)
+                return
+        except OSError as exc:  # gone, or its memory not ours to write: the kernel's answer
+            log.debug(f"answering syscall {call.nr} of {call.pid}: {exc}")
+        unotify.let_kernel_answer(conn.listener, call)
 
     def answer(self, conn: Connection, req: fuse.Request) -> bytes | None:
         if req.opcode in fuse.NO_REPLY:
@@ -219,7 +270,7 @@ class Server:
         if why is not None and why.errno not in (errno.ENODEV, errno.ESRCH):
             log.info(f"the view of init {conn.init_pid} ends: {why}")
         del self.connections[conn.fd]
-        for fd in (conn.fd, conn.ended):
+        for fd in (conn.fd, conn.ended, conn.listener):
             if fd >= 0:
                 os.close(fd)
 
@@ -231,9 +282,21 @@ class Server:
             self.control.close()
             self.control = None
             return False
+        init_pid, is_listener = HANDOVER.unpack(data)
         for fd in fds:
-            self.add(Connection(fd, HANDOVER.unpack(data)[0]))
+            if is_listener:
+                self.add_listener(init_pid, fd)
+            else:
+                self.add(Connection(fd, init_pid))
         return True
+
+    def add_listener(self, init_pid: int, listener: int) -> None:
+        """Answer the calls of the container of ``init_pid`` (closed if it is gone)."""
+        for conn in self.connections.values():
+            if conn.init_pid == init_pid and conn.listener < 0:
+                conn.listener = listener
+                return
+        os.close(listener)
 
     def sample_load(self) -> None:
         """One sample of each container's runnable processes into its load averages."""
@@ -255,7 +318,8 @@ class Server:
             poller = select.poll()
             live = [c.fd for c in self.connections.values() if c.live]
             ended = {c.ended: c for c in self.connections.values()}
-            for fd in [*live, *ended, *([self.control.fileno()] if self.control else [])]:
+            calls = {c.listener: c for c in self.connections.values() if c.listener >= 0}
+            for fd in [*live, *ended, *calls, *([self.control.fileno()] if self.control else [])]:
                 poller.register(fd, select.POLLIN)
             pending = len(live) < len(self.connections)
             wait = min(self.next_sample - time.monotonic(), PENDING_RETRY if pending else 1e9)
@@ -264,6 +328,9 @@ class Server:
                 self.take()
             for fd in ready & set(ended):
                 self.drop(ended[fd], None)
+            for fd in ready & set(calls):
+                if self.connections.get(calls[fd].fd) is calls[fd]:
+                    self.answer_call(calls[fd])
             for conn in list(self.connections.values()):
                 if conn.fd in ready or not conn.live:
                     self.serve_one(conn)
