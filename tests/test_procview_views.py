@@ -66,6 +66,26 @@ def test_memory_comes_from_the_limit_and_usage() -> None:
     assert got["SwapTotal"] == 4000000  # no swap limit: the host's
 
 
+def test_slab_comes_from_the_limit_so_free_never_counts_the_hosts() -> None:
+    """busybox and procps ``free`` count ``SReclaimable`` as cache: ``used`` is total - free
+    - buffers - cache, so the host's slab in a limited view makes ``used`` negative."""
+    host = (
+        MEMINFO
+        + "Slab:            3000000 kB\nSReclaimable:    2000000 kB\nSUnreclaim:      1000000 kB\n"
+    )
+    stat = {
+        "file": 20 * MIB,
+        "slab": 6 * MIB,
+        "slab_reclaimable": 4 * MIB,
+        "slab_unreclaimable": 2 * MIB,
+    }
+    limits = Limits(memory_max=256 * MIB, memory_current=100 * MIB, memory_stat=stat)
+    got = _fields(views.meminfo(host, limits))
+    assert (got["Slab"], got["SReclaimable"], got["SUnreclaim"]) == (6 * 1024, 4 * 1024, 2 * 1024)
+    used = got["MemTotal"] - got["MemFree"] - got["Buffers"] - got["Cached"] - got["SReclaimable"]
+    assert used == 76 * 1024
+
+
 def test_a_limit_above_the_hosts_memory_changes_nothing() -> None:
     assert views.meminfo(MEMINFO, Limits(memory_max=10**15)) == MEMINFO
 

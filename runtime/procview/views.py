@@ -96,6 +96,10 @@ def _meminfo_values(host: dict[str, int], limits: Limits) -> dict[str, int]:
             "Active(file)": stat.get("active_file", 0),
             "Inactive(file)": stat.get("inactive_file", 0),
             "Shmem": stat.get("shmem", 0),
+            # free counts SReclaimable as cache: the host's would make "used" negative
+            "Slab": stat.get("slab", 0),
+            "SReclaimable": stat.get("slab_reclaimable", 0),
+            "SUnreclaim": stat.get("slab_unreclaimable", 0),
         }
     if limits.swap_max is not None and limits.swap_max // _KB < host.get("SwapTotal", 0):
         swap_total = limits.swap_max // _KB
