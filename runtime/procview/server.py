@@ -99,6 +99,8 @@ class Connection:
     listener: int = -1
     """The seccomp listener of its ``sysinfo`` and ``sched_getaffinity`` calls (-1: none)."""
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    tasks: int | None = None
+    """Its processes (the init left out) at the last load sample (None: none yet)."""
     handles: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -150,13 +152,18 @@ def _uptime(host: str, conn: Connection, usage_usec: int | None, ncpus: int) -> 
 
 
 def _sysinfo(conn: Connection) -> bytes | None:
-    """The container's ``struct sysinfo``, from its view's meminfo, uptime and loadavg."""
+    """The container's ``struct sysinfo``, from its view's meminfo, uptime and loadavg.
+
+    Its process count is the last load sample's: counting them scans the host's /proc
+    (tens of milliseconds on a host with thousands of processes), which a program that
+    calls ``sysinfo`` often must not pay for each call."""
     seconds = limits.seconds_since_start(conn.init_pid)
     if seconds is None:
         return None
     meminfo = render("meminfo", conn).decode()
-    procs = len(limits.container_tasks(conn.init_pid))
-    return views.sysinfo(meminfo, seconds, conn.load, procs)
+    if conn.tasks is None:
+        conn.tasks = len(limits.container_tasks(conn.init_pid))
+    return views.sysinfo(meminfo, seconds, conn.load, conn.tasks)
 
 
 def _cpus(conn: Connection) -> int:
@@ -199,7 +206,13 @@ class Server:
     def answer_call(self, conn: Connection) -> None:
         """Answer the container's waiting ``sysinfo`` or ``sched_getaffinity`` call from the
         view's figures, or let the kernel answer it (anything odd, or too slow)."""
-        call = unotify.receive(conn.listener)
+        try:
+            call = unotify.receive(conn.listener)
+        except OSError as exc:  # not a listener the kernel still serves: stop polling it
+            log.info(f"the seccomp listener of init {conn.init_pid} ends: {exc}")
+            os.close(conn.listener)
+            conn.listener = -1
+            return
         if call is None:
             return
         reply = self.bounded(
@@ -302,7 +315,8 @@ class Server:
         """One sample of each container's runnable processes into its load averages."""
         for conn in self.connections.values():
             try:
-                running = limits.container_tasks(conn.init_pid).count("R")
+                tasks = limits.container_tasks(conn.init_pid)
+                running, conn.tasks = tasks.count("R"), len(tasks)
             except Exception:  # one container's odd /proc must not end the view for all
                 log.exception("sampling the load of the container of init %d", conn.init_pid)
                 continue
