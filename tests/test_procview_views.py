@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.procview import fuse, views
+from runtime.procview import fuse, intercept, unotify, views
 from runtime.procview.views import Limits
+from runtime.security import seccomp
 
 MEMINFO = """\
 MemTotal:       16000000 kB
@@ -306,3 +307,43 @@ def test_sysinfo_is_the_views_meminfo_uptime_and_load_in_bytes() -> None:
 )
 def test_an_affinity_mask_keeps_its_first_cpus(mask: bytes, count: int, kept: bytes) -> None:
     assert views.first_cpus(mask, count) == kept
+
+
+def _affinity_call(pid_arg: int, size: int) -> unotify.Call:
+    """A ``sched_getaffinity(pid_arg, size, 0x1000)`` call of this very thread."""
+    number = seccomp.syscall_number("sched_getaffinity")
+    return unotify.Call(
+        id=1, pid=threading.get_native_id(), nr=number, args=(pid_arg, size, 0x1000, 0, 0, 0)
+    )
+
+
+def test_an_affinity_call_gets_the_kernels_mask_cut_to_the_views_cpus() -> None:
+    own = os.sched_getaffinity(0)
+    for pid_arg in (0, threading.get_native_id()):  # itself: 0, or its own (thread) id
+        reply = intercept.reply(_affinity_call(pid_arg, 128), lambda: None, lambda: 1)
+        assert reply is not None and reply.address == 0x1000
+        assert reply.value == len(reply.data) and reply.value % 8 == 0  # the kernel's length
+        kept = {cpu for cpu in range(len(reply.data) * 8) if reply.data[cpu // 8] >> cpu % 8 & 1}
+        assert kept == {min(own)}
+
+
+@pytest.mark.parametrize(
+    ("pid_arg", "size"),
+    [
+        (1, 128),  # another process: the kernel answers
+        (0, 12),  # not a multiple of 8: the kernel's EINVAL
+        (0, 8192 + 4),  # the same, beyond what is asked of the kernel
+    ],
+)
+def test_an_odd_affinity_call_is_left_to_the_kernel(pid_arg: int, size: int) -> None:
+    assert intercept.reply(_affinity_call(pid_arg, size), lambda: None, lambda: 1) is None
+
+
+def test_a_sysinfo_call_gets_the_struct_at_its_pointer_or_the_kernels_answer() -> None:
+    call = unotify.Call(
+        id=1, pid=os.getpid(), nr=seccomp.syscall_number("sysinfo"), args=(0x2000, 0, 0, 0, 0, 0)
+    )
+    assert intercept.reply(call, lambda: b"struct", lambda: 1) == intercept.Reply(
+        0, 0x2000, b"struct"
+    )
+    assert intercept.reply(call, lambda: None, lambda: 1) is None  # the container is gone
