@@ -202,10 +202,10 @@ def test_a_live_resize_shows_in_the_view_at_once(rt: LinuxRuntime) -> None:
     assert _inside(rt, "grow", "cat /sys/devices/system/cpu/online") == "0\n"
 
 
-# sysinfo(2) and sched_getaffinity(2) are answered for the container's command (and what
-# it starts), not for `exec`: what these check runs as the command, its log read. It runs
-# once the start is over and the test says go: under TCG the start keeps the VM's CPUs so
-# busy that an answer may miss the view's bound (then the kernel answers, as designed).
+# sysinfo(2) and sched_getaffinity(2), answered by the view's server: what these check
+# runs as the container's command, its log read, once the start is over and the test
+# says go: under TCG the start keeps the VM's CPUs so busy that an answer may miss the
+# view's bound (then the kernel answers, as designed).
 
 
 def _holder_log(rt: LinuxRuntime) -> str:

@@ -3,18 +3,25 @@ the FUSE messages they travel in."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
+import select
+import socket
 import struct
 import subprocess
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from runtime.procview import fuse, intercept, unotify, views
 from runtime.procview.views import Limits
+from runtime.sandbox import confine
 from runtime.security import seccomp
+from runtime.util.fdpass import receive_with_fds
 
 MEMINFO = """\
 MemTotal:       16000000 kB
@@ -347,3 +354,45 @@ def test_a_sysinfo_call_gets_the_struct_at_its_pointer_or_the_kernels_answer() -
         0, 0x2000, b"struct"
     )
     assert intercept.reply(call, lambda: None, lambda: 1) is None  # the container is gone
+
+
+def _caller_of_sysinfo(program: bytes, channel: socket.socket) -> NoReturn:
+    """Body of a child: hand its calls to a listener (sent on ``channel``), then call
+    sysinfo; exit 0 once the call returned 0."""
+    code = 1
+    try:
+        ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: unprivileged, it needs it
+        confine.hand_calls(program, os.dup(channel.fileno()))
+        buf = ctypes.create_string_buffer(112)
+        code = ctypes.CDLL(None).sysinfo(buf)
+    finally:
+        os._exit(code)
+
+
+def test_a_call_a_dead_server_had_read_is_left_to_the_kernel_by_the_next() -> None:
+    from runtime.procview.server import IN_FLIGHT, Connection, Server
+
+    program = intercept.program()
+    assert isinstance(program, bytes), program
+    ours, theirs = socket.socketpair()
+    child = os.fork()
+    if child == 0:
+        _caller_of_sysinfo(program, theirs)
+    theirs.close()
+    _, (listener,) = receive_with_fds(ours, 1, 1)
+    select.select([listener], [], [])  # the call waits
+    call = unotify.receive(listener)  # read by a server that dies before it answers
+    assert call is not None
+    in_flight = mmap.mmap(-1, IN_FLIGHT.size)
+    IN_FLIGHT.pack_into(in_flight, 0, call.id)
+    dummy_r, dummy_w = os.pipe()
+    server = Server(None, [Connection(dummy_r, child, listeners=[listener])], in_flight)
+    try:
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0  # the kernel answered
+        assert IN_FLIGHT.unpack_from(in_flight) == (0,)
+    finally:
+        for conn in list(server.connections.values()):
+            server.drop(conn, None)
+        server.workers.shutdown()
+        os.close(dummy_w)
+        ours.close()

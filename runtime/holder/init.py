@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import NoReturn
 from runtime.holder.protocol import Launching, marked
 from runtime.sandbox import confine, mounts, netif
 from runtime.sandbox import syscalls as sc
-from runtime.util.fdpass import send_with_fds
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import close_fds_except, reap_children
 from runtime.wire import Forward, LaunchRequest, MountPoint, find_program, read_filter
@@ -168,37 +166,18 @@ def _enter_cgroup_namespace(go_r: int, report_w: int, cgroup: str) -> None:
             _fail(report_w, f"cannot start the container's cgroup namespace: {exc}", 126)
 
 
-_NO_LISTENER = {
-    errno.EBUSY: "a seccomp listener is in place already (a container inside a container?)",
-    errno.EINVAL: "this kernel has no seccomp user notification",
-    errno.ENOSYS: "this kernel has no seccomp",
-}
-
-
 def _intercept(calls: tuple[bytes | str, int | None], wanted: bool) -> str:
     """Hand this process's (and its children's) ``sysinfo`` and ``sched_getaffinity``
-    calls to the view's server (``runtime.procview.intercept``): install the filter and
-    send its listener to the holder on the channel. Return why not ("" once done).
-
-    Nothing here waits for an answer: this process makes neither call, and the holder
-    takes the listener whatever the init does next."""
+    calls to the view's server (``runtime.procview.intercept``) if ``wanted``: install
+    the filter and send its listener to the holder on the channel. Return why not ("" once
+    done, or not wanted). This process makes neither call: nothing of its waits."""
     program, channel = calls
     if channel is None:
         return ""  # no view: the files' reason says it
-    with socket.socket(fileno=channel) as sock:
-        if not wanted:
-            return ""
-        if isinstance(program, str):
-            return program
-        try:
-            listener = sc.seccomp_listener(program)
-        except OSError as exc:
-            return _NO_LISTENER.get(exc.errno or 0, f"seccomp: {exc.strerror}")
-        try:
-            send_with_fds(sock, b"L", [listener])
-        finally:
-            os.close(listener)
-    return ""
+    if wanted and isinstance(program, bytes):
+        return confine.hand_calls(program, channel)
+    os.close(channel)
+    return program if wanted and isinstance(program, str) else ""
 
 
 def _fail(report_w: int, reason: str, code: int) -> NoReturn:

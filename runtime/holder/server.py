@@ -348,11 +348,18 @@ class _Containers:
         fork_worker(conn, (netns,), work, ErrorCode.REWIRE_FAILED)
 
     def exec(self, conn: socket.socket, request: Exec) -> None:
-        """Run a command in the container; a runner answers on ``conn``."""
+        """Run a command in the container; a runner answers on ``conn``. With the
+        container's view, the command's calls are answered by it as its own command's."""
         held = self._held(request.init_pid)
         if not ProcessId(request.init_pid, request.init_start_time).alive():
             raise _Refused(ErrorCode.NOT_RUNNING, "the container's init has exited")
-        start_runner(conn, request, held.namespaces)
+        channel, calls = self.views.exec_calls(request.init_pid) or (None, None)
+        runner = None
+        try:
+            runner = start_runner(conn, request, held.namespaces, calls)
+        finally:
+            if channel is not None:
+                self.views.exec_started(channel, runner)
 
 
 def _adopt(container: adoption.Running, parents: dict[int, int]) -> _Held:

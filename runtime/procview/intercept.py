@@ -35,8 +35,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+@functools.cache
 def program() -> bytes | str:
-    """The filter a container's init installs, or why the calls cannot be intercepted."""
+    """The filter a container's init (and an exec'd command) installs, or why the calls
+    cannot be intercepted (found once per process)."""
     try:
         if "user_notif" not in _ACTIONS.read_text().split():
             return "this kernel has no seccomp user notification"
