@@ -3,6 +3,7 @@ helper as the request names it, and the words of its failures."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from runtime.holder import spare
 from runtime.holder.protocol import Launching, marked
 from runtime.network import slirp
 from runtime.util.processes import ProcessId
+from runtime.wire import LaunchRequest
 
 
 def test_a_restore_starts_the_helper_of_the_network_it_is_told(
@@ -60,3 +62,24 @@ def test_a_namespace_failure_says_what_went_wrong(answer: bytes, words: str) -> 
     assert message.startswith("cannot create the container namespaces: ")
     assert words in message
     assert "None" not in message
+
+
+@pytest.mark.parametrize(
+    ("proc_view", "detail", "state"),
+    [
+        (False, "", "off"),
+        (True, "", "on"),
+        (
+            True,
+            "/dev/fuse cannot be opened: EACCES",
+            "unavailable: /dev/fuse cannot be opened: EACCES",
+        ),
+        (True, "\nno listener", "on (files only: no listener)"),
+    ],
+)
+def test_the_view_state_says_whether_the_calls_are_answered_too(
+    proc_view: bool, detail: str, state: str
+) -> None:
+    request = LaunchRequest(name="c", container_dir="/c", rootfs="/r", argv=("true",))
+    request = dataclasses.replace(request, proc_view=proc_view)
+    assert spare._view_state(request, detail) == state

@@ -7,18 +7,24 @@ limits themselves are tested in the VM tier (tests/test_cgroups_vm.py).
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from runtime.client.linux import LinuxRuntime
 from runtime.holder.protocol import HOLDER_RECORD
 from runtime.holder.views import SERVER_RECORD
 from runtime.util.files import read_json
 from runtime.util.processes import ProcessId, descendants
+from tests.bpf import syscall_number
 from tests.conftest import rootless
-from tests.support import shell
+from tests.support import run_probes, shell
+from tests.syscall_probes import SUPPORTED, write_probe
 
 pytestmark = rootless
 
@@ -133,3 +139,115 @@ def _holds_fuse(pid: int) -> bool:
         return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse" for fd in fds)
     except OSError:
         return False
+
+
+# -- sysinfo(2) and sched_getaffinity(2), answered by the view's server ------------------
+# Most of these run what they check as the container's command and read its log.
+
+
+def _command_output(rt: LinuxRuntime, name: str, script: str, **fields: object) -> str:
+    rt.run(shell(name, script, **fields))
+    assert rt.wait(name, timeout=60) == 0, rt.logs(name)
+    return rt.logs(name).decode()
+
+
+def _busybox_uptime_seconds(line: str) -> int:
+    """The uptime busybox ``uptime`` printed (to the minute): ``up 2 days, 3:04``,
+    ``up 5 min``."""
+    match = re.search(r"up +(?:(\d+) days?, +)?(?:(\d+):(\d+)|(\d+) min)", line)
+    assert match is not None, line
+    days, hours, minutes, only_minutes = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes + only_minutes) * 60
+
+
+def _host_free_total() -> int:
+    return int(Path("/proc/meminfo").read_text().split()[1])
+
+
+def test_free_and_nproc_of_the_command_give_the_hosts_without_limits(rt: LinuxRuntime) -> None:
+    output = _command_output(rt, "counted", "free | sed -n 2p; nproc")
+    free_line, nproc = output.splitlines()
+    assert int(free_line.split()[1]) == _host_free_total()
+    assert int(nproc) == len(os.sched_getaffinity(0))
+
+
+def test_sysinfo_uptime_counts_from_the_containers_start(rt: LinuxRuntime) -> None:
+    host_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    if host_uptime < 180:
+        pytest.skip("the host booted less than 3 minutes ago: its uptime looks like a container's")
+    output = _command_output(rt, "awake", "cat /proc/uptime; uptime")
+    view, line = output.splitlines()
+    assert _busybox_uptime_seconds(line) == int(float(view.split()[0])) // 60 * 60
+    assert _busybox_uptime_seconds(line) < 120  # not the host's
+
+
+def test_with_the_view_off_sysinfo_is_the_kernels(rt: LinuxRuntime) -> None:
+    host_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    line = _command_output(rt, "plainer", "uptime", proc_view=False)
+    assert abs(_busybox_uptime_seconds(line) - host_uptime) <= 120
+
+
+def test_after_the_server_is_killed_the_calls_are_answered_again(rt: LinuxRuntime) -> None:
+    script = (
+        "mkfifo /tmp/ready /tmp/go; uptime; echo > /tmp/ready; read x < /tmp/go;"
+        " uptime; free | sed -n 2p"
+    )
+    rt.run(shell("healed", script))
+    # Killed between two calls: one the server had read but not answered when it died
+    # would wait for a signal to its caller (docs/procview.md).
+    _inside(rt, "healed", "until [ -p /tmp/ready ]; do sleep 0.01; done; cat /tmp/ready")
+    server = _server(rt)
+    assert server.send(signal.SIGKILL)
+    assert server.wait_gone(5.0)
+    _inside(rt, "healed", "echo > /tmp/go")
+    assert rt.wait("healed", timeout=60) == 0, rt.logs("healed")
+    first, later, free_line = rt.logs("healed").decode().splitlines()
+    assert _busybox_uptime_seconds(first) < 120  # the container's, not the host's
+    assert _busybox_uptime_seconds(later) < 120
+    assert int(free_line.split()[1]) == _host_free_total()  # one run: never restarted
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="the probes are x86_64 programs")
+def test_a_profile_that_refuses_sysinfo_still_refuses_it(rt: LinuxRuntime, tmp_path: Path) -> None:
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    number = syscall_number("sysinfo")
+    assert number is not None
+    write_probe(probes / "sysinfo", number, 0)  # a NULL buffer: EFAULT when it runs
+    refusing = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["sysinfo"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    assert run_probes(rt, "refused", probes, refusing) == {"sysinfo": errno.EPERM}
+    assert run_probes(rt, "faulted", probes) == {"sysinfo": errno.EFAULT}
+
+
+def test_an_exec_d_command_gets_the_containers_answers_too(rt: LinuxRuntime) -> None:
+    host_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    if host_uptime < 180:
+        pytest.skip("the host booted less than 3 minutes ago: its uptime looks like a container's")
+    _running(rt, "visited")
+    view, line = _inside(rt, "visited", "cat /proc/uptime; uptime").splitlines()
+    assert _busybox_uptime_seconds(line) == int(float(view.split()[0])) // 60 * 60
+    assert int(_inside(rt, "visited", "nproc")) == len(os.sched_getaffinity(0))
+
+
+def _listeners(pid: int) -> int:
+    """How many seccomp listeners process ``pid`` holds."""
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return sum(1 for link in links if "seccomp" in link)
+
+
+def test_an_exec_d_commands_listener_is_let_go_when_it_ends(rt: LinuxRuntime) -> None:
+    _running(rt, "visited")
+    holder = ProcessId.from_json(read_json(rt.state / HOLDER_RECORD))
+    assert holder is not None
+    server = _server(rt)
+    assert (_listeners(holder.pid), _listeners(server.pid)) == (1, 1)  # the init's
+    for _ in range(3):
+        _inside(rt, "visited", "uptime")
+    for _ in range(500):  # the holder reaps each runner, the server sees each end
+        if (_listeners(holder.pid), _listeners(server.pid)) == (1, 1):
+            break
+        time.sleep(0.01)
+    assert (_listeners(holder.pid), _listeners(server.pid)) == (1, 1)

@@ -3,17 +3,25 @@ the FUSE messages they travel in."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
+import select
+import socket
 import struct
 import subprocess
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-from runtime.procview import fuse, views
+from runtime.procview import fuse, intercept, unotify, views
 from runtime.procview.views import Limits
+from runtime.sandbox import confine
+from runtime.security import seccomp
+from runtime.util.fdpass import receive_with_fds
 
 MEMINFO = """\
 MemTotal:       16000000 kB
@@ -64,6 +72,26 @@ def test_memory_comes_from_the_limit_and_usage() -> None:
     assert got["MemAvailable"] == 176 * 1024
     assert got["Cached"] == 20 * 1024
     assert got["SwapTotal"] == 4000000  # no swap limit: the host's
+
+
+def test_slab_comes_from_the_limit_so_free_never_counts_the_hosts() -> None:
+    """busybox and procps ``free`` count ``SReclaimable`` as cache: ``used`` is total - free
+    - buffers - cache, so the host's slab in a limited view makes ``used`` negative."""
+    host = (
+        MEMINFO
+        + "Slab:            3000000 kB\nSReclaimable:    2000000 kB\nSUnreclaim:      1000000 kB\n"
+    )
+    stat = {
+        "file": 20 * MIB,
+        "slab": 6 * MIB,
+        "slab_reclaimable": 4 * MIB,
+        "slab_unreclaimable": 2 * MIB,
+    }
+    limits = Limits(memory_max=256 * MIB, memory_current=100 * MIB, memory_stat=stat)
+    got = _fields(views.meminfo(host, limits))
+    assert (got["Slab"], got["SReclaimable"], got["SUnreclaim"]) == (6 * 1024, 4 * 1024, 2 * 1024)
+    used = got["MemTotal"] - got["MemFree"] - got["Buffers"] - got["Cached"] - got["SReclaimable"]
+    assert used == 76 * 1024
 
 
 def test_a_limit_above_the_hosts_memory_changes_nothing() -> None:
@@ -259,3 +287,112 @@ def test_a_server_not_forked_leaves_no_socket_open(
         assert keeper.server is None
     finally:
         os.close(fuse_fd)
+
+
+def test_sysinfo_is_the_views_meminfo_uptime_and_load_in_bytes() -> None:
+    limited = views.meminfo(MEMINFO, Limits(memory_max=256 * MIB, memory_current=56 * MIB))
+    raw = views.sysinfo(limited, 61.7, (0.5, 1.0, 0.0), 3)
+    assert len(raw) == 112  # sizeof(struct sysinfo) on x86_64
+    uptime, *loads = struct.unpack_from("<q3Q", raw)
+    ram = struct.unpack_from("<6Q", raw, 32)
+    procs, mem_unit = struct.unpack_from("<H", raw, 80)[0], struct.unpack_from("<I", raw, 104)[0]
+    assert (uptime, loads, procs, mem_unit) == (61, [32768, 65536, 0], 3, 1)
+    # total, free, shared, buffers, swap total, swap free
+    assert ram == (256 * MIB, 200 * MIB, 0, 0, 4000000 * 1024, 4000000 * 1024)
+    host = struct.unpack_from("<6Q", views.sysinfo(MEMINFO, 0, (0, 0, 0), 0), 32)
+    assert host == (16000000 * 1024, 8000000 * 1024, 0, 100000 * 1024, *(4000000 * 1024,) * 2)
+
+
+@pytest.mark.parametrize(
+    ("mask", "count", "kept"),
+    [
+        (b"\x0f\x00", 2, b"\x03\x00"),
+        (b"\x0c\x01", 2, b"\x0c\x00"),  # the first allowed ones, not CPUs 0 and 1
+        (b"\x00\x81", 2, b"\x00\x81"),
+        (b"\x03\x00", 8, b"\x03\x00"),  # fewer allowed than counted: all of them
+    ],
+)
+def test_an_affinity_mask_keeps_its_first_cpus(mask: bytes, count: int, kept: bytes) -> None:
+    assert views.first_cpus(mask, count) == kept
+
+
+def _affinity_call(pid_arg: int, size: int) -> unotify.Call:
+    """A ``sched_getaffinity(pid_arg, size, 0x1000)`` call of this very thread."""
+    number = seccomp.syscall_number("sched_getaffinity")
+    return unotify.Call(
+        id=1, pid=threading.get_native_id(), nr=number, args=(pid_arg, size, 0x1000, 0, 0, 0)
+    )
+
+
+def test_an_affinity_call_gets_the_kernels_mask_cut_to_the_views_cpus() -> None:
+    own = os.sched_getaffinity(0)
+    for pid_arg in (0, threading.get_native_id()):  # itself: 0, or its own (thread) id
+        reply = intercept.reply(_affinity_call(pid_arg, 128), lambda: None, lambda: 1)
+        assert reply is not None and reply.address == 0x1000
+        assert reply.value == len(reply.data) and reply.value % 8 == 0  # the kernel's length
+        kept = {cpu for cpu in range(len(reply.data) * 8) if reply.data[cpu // 8] >> cpu % 8 & 1}
+        assert kept == {min(own)}
+
+
+@pytest.mark.parametrize(
+    ("pid_arg", "size"),
+    [
+        (1, 128),  # another process: the kernel answers
+        (0, 12),  # not a multiple of 8: the kernel's EINVAL
+        (0, 8192 + 4),  # the same, beyond what is asked of the kernel
+    ],
+)
+def test_an_odd_affinity_call_is_left_to_the_kernel(pid_arg: int, size: int) -> None:
+    assert intercept.reply(_affinity_call(pid_arg, size), lambda: None, lambda: 1) is None
+
+
+def test_a_sysinfo_call_gets_the_struct_at_its_pointer_or_the_kernels_answer() -> None:
+    call = unotify.Call(
+        id=1, pid=os.getpid(), nr=seccomp.syscall_number("sysinfo"), args=(0x2000, 0, 0, 0, 0, 0)
+    )
+    assert intercept.reply(call, lambda: b"struct", lambda: 1) == intercept.Reply(
+        0, 0x2000, b"struct"
+    )
+    assert intercept.reply(call, lambda: None, lambda: 1) is None  # the container is gone
+
+
+def _caller_of_sysinfo(program: bytes, channel: socket.socket) -> NoReturn:
+    """Body of a child: hand its calls to a listener (sent on ``channel``), then call
+    sysinfo; exit 0 once the call returned 0."""
+    code = 1
+    try:
+        ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: unprivileged, it needs it
+        confine.hand_calls(program, os.dup(channel.fileno()))
+        buf = ctypes.create_string_buffer(112)
+        code = ctypes.CDLL(None).sysinfo(buf)
+    finally:
+        os._exit(code)
+
+
+def test_a_call_a_dead_server_had_read_is_left_to_the_kernel_by_the_next() -> None:
+    from runtime.procview.server import IN_FLIGHT, Connection, Server
+
+    program = intercept.program()
+    assert isinstance(program, bytes), program
+    ours, theirs = socket.socketpair()
+    child = os.fork()
+    if child == 0:
+        _caller_of_sysinfo(program, theirs)
+    theirs.close()
+    _, (listener,) = receive_with_fds(ours, 1, 1)
+    select.select([listener], [], [])  # the call waits
+    call = unotify.receive(listener)  # read by a server that dies before it answers
+    assert call is not None
+    in_flight = mmap.mmap(-1, IN_FLIGHT.size)
+    IN_FLIGHT.pack_into(in_flight, 0, call.id)
+    dummy_r, dummy_w = os.pipe()
+    server = Server(None, [Connection(dummy_r, child, listeners=[listener])], in_flight)
+    try:
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0  # the kernel answered
+        assert IN_FLIGHT.unpack_from(in_flight) == (0,)
+    finally:
+        for conn in list(server.connections.values()):
+            server.drop(conn, None)
+        server.workers.shutdown()
+        os.close(dummy_w)
+        ours.close()

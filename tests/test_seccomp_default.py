@@ -253,3 +253,17 @@ def test_a_name_libseccomp_does_not_know_is_left_out_of_the_default_only() -> No
     assert run_filter(program, syscall_number("getpid") or 39) == profile.ACT_ALLOW
     with pytest.raises(profile.ProfileError, match="unknown syscall 'no_such_call'"):
         seccomp.compile_rules(eperm, rules)
+
+
+def test_the_intercept_filter_notifies_its_two_calls_and_allows_everything_else() -> None:
+    program = seccomp.compile_intercept(("sysinfo", "sched_getaffinity"))
+    for name in ("sysinfo", "sched_getaffinity"):
+        number = syscall_number(name)
+        assert number is not None
+        assert run_filter(program, number) == profile.ACT_NOTIFY
+    for name in ("read", "sched_setaffinity", "keyctl"):
+        number = syscall_number(name)
+        assert number is not None
+        assert run_filter(program, number) == profile.ACT_ALLOW
+    # another architecture's calls are the profile's to refuse, not this filter's
+    assert run_filter(program, 116, arch=AUDIT_ARCH_I386) == profile.ACT_ALLOW

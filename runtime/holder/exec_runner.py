@@ -10,7 +10,10 @@ container's cgroup, joins its namespaces one by one (the mount namespace last) a
 a *keeper* there, which forks the command: both are processes of the container's pid
 namespace, with the container's root, hostname, network and cgroup namespace, and none
 of the holder's descriptors. The runner collects the command's output (up to a limit)
-and writes the reply.
+and writes the reply. With the container's /proc view, the command first hands its
+``sysinfo`` and ``sched_getaffinity`` calls to the view's server, as the container's own
+command does (``runtime.procview.intercept``): its listener goes to the holder on a
+socket (the *channel*) the holder gave the runner.
 
 The keeper is a child subreaper in the container's pid namespace (the runner, outside
 it, cannot be one: the kernel never re-parents an orphan across a pid namespace), so
@@ -60,18 +63,26 @@ NAMESPACES = (
 mount namespace last: joining it moves the root into the container)."""
 
 
-def start_runner(conn: socket.socket, request: Exec, namespaces: dict[str, int]) -> None:
+Calls = tuple[bytes, int] | None
+"""The filter of the calls the /proc view answers and the channel its listener goes to
+the holder on, or None: the command's calls are the kernel's."""
+
+
+def start_runner(
+    conn: socket.socket, request: Exec, namespaces: dict[str, int], calls: Calls = None
+) -> int:
     """Fork the runner for ``request`` in ``namespaces``; it answers on ``conn`` (the
-    caller closes its copy). The holder reaps the runner like any other child."""
-    fork_worker(
+    caller closes its copy, and its copy of ``calls``' channel). The holder reaps the
+    runner, whose pid this returns, like any other child."""
+    return fork_worker(
         conn,
-        namespaces.values(),
-        lambda: _run(request, namespaces),
+        [*namespaces.values(), *([calls[1]] if calls else [])],
+        lambda: _run(request, namespaces, calls),
         ErrorCode.EXEC_FAILED,
     )
 
 
-def _run(request: Exec, namespaces: dict[str, int]) -> Reply:
+def _run(request: Exec, namespaces: dict[str, int], calls: Calls) -> Reply:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)  # the container's root may not read the holder's memory
     argv, env = list(request.argv), request.env
     refused = _refusal(argv, env, request.timeout)
@@ -88,11 +99,12 @@ def _run(request: Exec, namespaces: dict[str, int]) -> Reply:
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     keeper = os.fork()  # the first process of this runner inside the container's pid namespace
     if keeper == 0:
+        confinement = (syscall_filter, last_capability)
         command = functools.partial(
-            _command, program, argv, env, request.workdir, out_w, (syscall_filter, last_capability)
+            _command, program, argv, env, request.workdir, out_w, confinement, calls
         )
-        _keep(command, out_w, stop_r, status_w)
-    for fd in (out_w, stop_r, status_w):
+        _keep(command, (out_w, stop_r, status_w), calls[1] if calls else None)
+    for fd in (out_w, stop_r, status_w, *([calls[1]] if calls else [])):
         os.close(fd)
     watched = _Keeper(keeper, stop_w, status_r)
     try:
@@ -134,8 +146,11 @@ def _command(
     workdir: str,
     out: int,
     confinement: tuple[bytes | None, int],
+    calls: Calls,
 ) -> NoReturn:
     try:
+        if calls is not None:
+            confine.hand_calls(*calls)  # why not is the container's proc_view already
         os.chdir(workdir)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -155,16 +170,22 @@ def _command(
     os._exit(126)
 
 
-def _keep(command: Callable[[], NoReturn], out: int, stop_r: int, status_w: int) -> NoReturn:
-    """Body of the keeper: fork the command, then report its wait status on ``status_w``
-    when it exits, or end everything below this process once ``stop_r`` closes."""
+def _keep(
+    command: Callable[[], NoReturn], pipes: tuple[int, int, int], channel: int | None
+) -> NoReturn:
+    """Body of the keeper: fork the command, then report its wait status on the status
+    pipe when it exits, or end everything below this process once the stop pipe closes.
+    ``pipes``: the command's output, the stop pipe, the status pipe; ``channel`` is the
+    command's, for its seccomp listener."""
+    out, stop_r, status_w = pipes
     try:
-        close_fds_except((out, stop_r, status_w))
+        close_fds_except({*pipes, *([channel] if channel is not None else [])})
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         child = os.fork()
         if child == 0:
             command()
-        os.close(out)
+        for fd in (out, *([channel] if channel is not None else [])):
+            os.close(fd)
         pidfd = os.pidfd_open(child)
         if pidfd in wait_readable([pidfd, stop_r], None):
             _, status = os.waitpid(child, 0)

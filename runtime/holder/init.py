@@ -166,6 +166,20 @@ def _enter_cgroup_namespace(go_r: int, report_w: int, cgroup: str) -> None:
             _fail(report_w, f"cannot start the container's cgroup namespace: {exc}", 126)
 
 
+def _intercept(calls: tuple[bytes | str, int | None], wanted: bool) -> str:
+    """Hand this process's (and its children's) ``sysinfo`` and ``sched_getaffinity``
+    calls to the view's server (``runtime.procview.intercept``) if ``wanted``: install
+    the filter and send its listener to the holder on the channel. Return why not ("" once
+    done, or not wanted). This process makes neither call: nothing of its waits."""
+    program, channel = calls
+    if channel is None:
+        return ""  # no view: the files' reason says it
+    if wanted and isinstance(program, bytes):
+        return confine.hand_calls(program, channel)
+    os.close(channel)
+    return program if wanted and isinstance(program, str) else ""
+
+
 def _fail(report_w: int, reason: str, code: int) -> NoReturn:
     """Tell the spare what failed, and exit with ``code``."""
     os.write(report_w, marked(Launching.FAILED, reason))
@@ -216,6 +230,7 @@ def run_init(
     log_w: int,
     native: str | None,
     view: int | str,
+    calls: tuple[bytes | str, int | None] = ("not asked for", None),
 ) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
@@ -228,7 +243,9 @@ def run_init(
     init to become once the container is confined (``runtime.native``), or None.
     ``view`` is the /dev/fuse descriptor of the /proc and /sys view, or why there is
     none; ``M`` is followed by why the view is missing when it was asked for and is not
-    there.
+    there. ``calls`` is the seccomp filter of the calls the view answers (or why there
+    is none) and, with the view, the channel its listener goes to the holder on; ``M``'s
+    detail then says, after a newline, why they are not intercepted.
     """
     native_fd = _open_native(native)
     _prewarm()
@@ -253,7 +270,9 @@ def run_init(
     if isinstance(view, int):
         os.close(view)  # mounted (or not wanted): the holder and the server hold it
     _enter_cgroup_namespace(go_r, report_w, req.cgroup)
-    os.write(report_w, marked(Launching.MOUNTED, missing_view))
+    no_calls = _intercept(calls, req.proc_view and not missing_view)
+    detail = f"{missing_view}\n{no_calls}" if no_calls else missing_view
+    os.write(report_w, marked(Launching.MOUNTED, detail))
     if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)
     os.close(go_r)

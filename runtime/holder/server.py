@@ -67,6 +67,7 @@ from runtime.holder.spare import hand_over, restart_slirp, run_spare
 from runtime.holder.views import Views
 from runtime.holder.workers import become_child, fork_worker
 from runtime.network import bridge
+from runtime.procview import intercept
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import Landmark, parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
@@ -108,6 +109,9 @@ class _Spares:
         self.launching: set[int] = set()
         self.native = native
         """The native init and log pump (``runtime.native``), or None: Python ones."""
+        self.intercept: bytes | str | None = None
+        """The seccomp filter of the calls the /proc view answers, or why there is none
+        (``runtime.procview.intercept``): compiled once, before the first spare."""
 
     def take(self) -> socket.socket:
         if self.spare is None:
@@ -130,13 +134,15 @@ class _Spares:
             self._fork()
 
     def _fork(self) -> None:
+        if self.intercept is None:
+            self.intercept = intercept.program()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child = os.fork()
         if child == 0:
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
             become_child((theirs.fileno(),))
-            run_spare(theirs, self.native)
+            run_spare(theirs, self.native, self.intercept)
         theirs.close()
         self.spare = (child, ours)
 
@@ -201,15 +207,16 @@ class _Containers:
         self.views = Views(state)
         """The FUSE connections of the containers' /proc views, and their server."""
 
-    def add(self, init_pid: int, fds: list[int], view: int | None) -> None:
-        """Keep a new container's namespaces, and its view's connection if it has one."""
+    def add(self, init_pid: int, fds: list[int], view: tuple[int, int] | None) -> None:
+        """Keep a new container's namespaces, and its view's connection and the channel of
+        its seccomp listener if it has them."""
         self.reaped(init_pid)
         self.by_pid[init_pid] = _Held(
             {kind: _move_high(fd) for (kind, _), fd in zip(NAMESPACES, fds, strict=True)}
         )
         if view is not None:
             try:
-                self.views.add(init_pid, _move_high(view))
+                self.views.add(init_pid, _move_high(view[0]), _move_high(view[1]))
             except OSError as exc:  # the launch went on: its view waits for a server
                 _log(f"cannot start the view's server: {exc}")
 
@@ -341,11 +348,18 @@ class _Containers:
         fork_worker(conn, (netns,), work, ErrorCode.REWIRE_FAILED)
 
     def exec(self, conn: socket.socket, request: Exec) -> None:
-        """Run a command in the container; a runner answers on ``conn``."""
+        """Run a command in the container; a runner answers on ``conn``. With the
+        container's view, the command's calls are answered by it as its own command's."""
         held = self._held(request.init_pid)
         if not ProcessId(request.init_pid, request.init_start_time).alive():
             raise _Refused(ErrorCode.NOT_RUNNING, "the container's init has exited")
-        start_runner(conn, request, held.namespaces)
+        channel, calls = self.views.exec_calls(request.init_pid) or (None, None)
+        runner = None
+        try:
+            runner = start_runner(conn, request, held.namespaces, calls)
+        finally:
+            if channel is not None:
+                self.views.exec_started(channel, runner)
 
 
 def _adopt(container: adoption.Running, parents: dict[int, int]) -> _Held:
@@ -497,7 +511,8 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             # The spare parses and checks the request: keep this single loop lean.
             init_pid, namespace_fds, view = hand_over(ctrl, raw_request, conn)
             if view is not None and not request.request.get("proc_view"):
-                os.close(view)
+                for fd in view:
+                    os.close(fd)
                 view = None
             containers.add(init_pid, namespace_fds, view)
             return
@@ -539,7 +554,8 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
     while running:
         spares.refill()
         watches = containers.watches
-        fds = [listener.fileno(), wake_r, *containers.reports, *watches]
+        channels = set(containers.views.channels)
+        fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels]
         readable = wait_readable(fds, STATE_CHECK)
         if not readable and landmark.gone():
             _log(f"{state} is gone (its socket with it): ending its containers, then itself")
@@ -553,6 +569,8 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
             containers.take_report(report)
         for ended in set(readable) & set(watches):
             containers.reaped(watches[ended])
+        for channel in set(readable) & channels & set(containers.views.channels):
+            containers.views.take_listener(channel)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:

@@ -84,9 +84,13 @@ class _Init:
     """The native init and log pump (``runtime.native``), or None: Python ones."""
     view: int | str
     """A /dev/fuse descriptor for the container's /proc view, or why there is none."""
+    channel: int | None
+    """With the view: the socket the init sends its seccomp listener on (the holder's end)."""
 
     def view_fds(self) -> list[int]:
-        return [self.view] if isinstance(self.view, int) else []
+        if isinstance(self.view, int) and self.channel is not None:
+            return [self.view, self.channel]
+        return []
 
     def close_view(self) -> None:
         """Close this process's copy of the view's descriptor (the holder has its own)."""
@@ -108,7 +112,15 @@ def _read_with_timeout(fd: int, size: int, timeout: float, what: str) -> bytes:
     return os.read(fd, size)
 
 
-def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
+def _channel(view: int | str) -> tuple[int | None, int | None]:
+    """With a view: a socket pair for the init's seccomp listener (holder's end, init's)."""
+    if not isinstance(view, int):
+        return None, None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    return ours.detach(), theirs.detach()
+
+
+def _fork_init(close_in_init: tuple[int, ...], native: str | None, intercept: bytes | str) -> _Init:
     """Fork the container's init into new namespaces; return it (pid in the host view).
 
     An intermediate child unshares, so this process stays in the host's network
@@ -122,14 +134,17 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
     log_r, log_w = logpump.log_pipe()
     view = _open_fuse()
+    channel, init_channel = _channel(view)
     middle = os.fork()
     if middle == 0:
         try:
             sc.unshare(CONTAINER_NAMESPACES)
             init_pid = os.fork()
             if init_pid == 0:
-                for fd in (*close_in_init, request_w, go_w, report_r, exit_r, pid_r, pid_w, log_r):
-                    os.close(fd)
+                ours = (request_w, go_w, report_r, exit_r, pid_r, pid_w, log_r, channel)
+                for fd in (*close_in_init, *ours):
+                    if fd is not None:
+                        os.close(fd)
                 # exit_w stays open in the init only: slirp4netns exits when it closes.
                 run_init(
                     request_r=request_r,
@@ -139,20 +154,22 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None) -> _Init:
                     log_w=log_w,
                     native=native,
                     view=view,
+                    calls=(intercept, init_channel),
                 )
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
             os.write(pid_w, marked(Launching.FAILED, str(exc)))
         finally:
             os._exit(0)
-    for fd in (request_r, go_r, report_w, exit_w, pid_w, log_w):
-        os.close(fd)
+    for fd in (request_r, go_r, report_w, exit_w, pid_w, log_w, init_channel):
+        if fd is not None:
+            os.close(fd)
     answer = _read_with_timeout(pid_r, 4096, _STEP_TIMEOUT, "the container init to fork")
     os.close(pid_r)
     os.waitpid(middle, 0)
     if not answer or answer.startswith(Launching.FAILED):
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view)
+    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view, channel)
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -243,8 +260,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         helper, forwards = _network(req, starting)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the filesystem")
-        missing_view = detail_of(mounted, Launching.MOUNTED)
-        if missing_view is None:
+        view_detail = detail_of(mounted, Launching.MOUNTED)
+        if view_detail is None:
             detail = detail_of(mounted, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died while mounting")
         if identity is None:
@@ -259,7 +276,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             # Read while the init is still dumpable: a later holder finds them again in
             # the command's /proc/PID/ns (runtime.holder.adoption).
             "namespaces": namespace_ids(init.pid),
-            "proc_view": _view_state(req, missing_view),
+            "proc_view": _view_state(req, view_detail),
         }
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
@@ -275,11 +292,16 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         raise
 
 
-def _view_state(req: LaunchRequest, missing: str) -> str:
-    """What ``status`` says of the container's /proc view: on, off, or why it is not."""
+def _view_state(req: LaunchRequest, detail: str) -> str:
+    """What ``status`` says of the container's /proc view: on, off, or why it is not; the
+    init's ``detail`` is why the view is missing, then (after a newline) why its
+    syscalls are not intercepted."""
     if not req.proc_view:
         return "off"
-    return f"unavailable: {missing}" if missing else "on"
+    missing, _, no_calls = detail.partition("\n")
+    if missing:
+        return f"unavailable: {missing}"
+    return f"on (files only: {no_calls})" if no_calls else "on"
 
 
 def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
@@ -338,12 +360,16 @@ def _log(message: str) -> None:
     log.info(message)
 
 
-def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
+def run_spare(
+    ctrl: socket.socket, native: str | None = None, intercept: bytes | str = "not asked for"
+) -> NoReturn:
     """Body of a spare: prepare a container init, wait for a request, launch it, exit.
-    ``native`` is the native init and log pump (``runtime.native``), or None."""
+    ``native`` is the native init and log pump (``runtime.native``), or None;
+    ``intercept`` the seccomp filter of the calls the view answers
+    (``runtime.procview.intercept``), or why there is none."""
     code = 1
     try:
-        init = _fork_init((ctrl.fileno(),), native)
+        init = _fork_init((ctrl.fileno(),), native, intercept)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [
@@ -386,23 +412,24 @@ def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
 
 def hand_over(
     ctrl: socket.socket, raw_request: bytes, conn: socket.socket
-) -> tuple[int, list[int], int | None]:
+) -> tuple[int, list[int], tuple[int, int] | None]:
     """Give a spare its launch request and the client connection to answer on.
 
     Returns the container init's pid, descriptors of its namespaces, in the order of
-    ``NAMESPACES``, and the FUSE connection its /proc view is to be served on, if /dev/fuse
-    could be opened (the caller owns them all). Raises OSError when the spare did not
+    ``NAMESPACES``, and the FUSE connection its /proc view is to be served on with the
+    channel its init sends its seccomp listener on, if /dev/fuse could be opened (the
+    caller owns them all). Raises OSError when the spare did not
     take the request (it died): the caller still holds the connection and can try
     another spare.
     """
     send_with_fds(ctrl, raw_request, [conn.fileno()])
     ctrl.shutdown(socket.SHUT_WR)
     ctrl.settimeout(_STEP_TIMEOUT)
-    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES) + 1, socket.MSG_CMSG_CLOEXEC)
+    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES) + 2, socket.MSG_CMSG_CLOEXEC)
     taken = detail_of(data, Launching.TAKEN)
-    if taken is None or len(fds) not in (len(NAMESPACES), len(NAMESPACES) + 1):
+    if taken is None or len(fds) not in (len(NAMESPACES), len(NAMESPACES) + 2):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    view = fds[len(NAMESPACES)] if len(fds) > len(NAMESPACES) else None
+    view = (fds[-2], fds[-1]) if len(fds) > len(NAMESPACES) else None
     return int(taken), fds[: len(NAMESPACES)], view

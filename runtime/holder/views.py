@@ -8,6 +8,12 @@ them open, so each container's view answers again as soon as the new server read
 no container is restarted. A server that keeps dying within a second of its start is
 given up after ``MOST_QUICK_DEATHS`` tries (the containers' reads then wait: logged).
 
+A container's seccomp listener (``runtime.procview.intercept``) comes later than its
+connection, from its init over a socket (the *channel*) the spare handed over with the
+connection: this holder keeps it too, so a call waits while the server is started again
+instead of failing. A command run with ``exec`` sends one of its own the same way (the
+holder gives its runner the channel); it is let go when the runner is reaped.
+
 A connection is released when its container's init is reaped. The server exits by
 itself once the holder is gone and its last connection ended; it records its identity
 in ``procview.json`` in the state folder.
@@ -17,15 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.holder.workers import become_child
-from runtime.procview.server import HANDOVER, Connection, serve
-from runtime.util.fdpass import send_with_fds
+from runtime.procview import intercept
+from runtime.procview.server import HANDOVER, IN_FLIGHT, Connection, serve
+from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId
 
@@ -38,38 +48,117 @@ MOST_QUICK_DEATHS = 5
 _QUICK = 1.0
 
 
+@dataclass
+class _Listener:
+    """A seccomp listener of a container: its init's, or an exec'd command's."""
+
+    init_pid: int
+    runner: int | None = None
+    """The exec runner whose command sends it (None: the container's init)."""
+    fd: int = -1
+    """The listener, once received on its channel."""
+    peer: int = -1
+    """The sender's end of the channel, until the runner is forked with it."""
+
+
 class Views:
     """The FUSE connections of the running containers (by init pid) and their server."""
 
     def __init__(self, state: Path) -> None:
         self.state = state
         self.connections: dict[int, int] = {}
+        self.listeners: list[_Listener] = []
+        """The seccomp listeners received (init's and exec'd commands')."""
+        self.channels: dict[int, _Listener] = {}
+        """Channel (a socket a listener comes on, or that closes) -> whose it is."""
+        self.in_flight = mmap.mmap(-1, IN_FLIGHT.size)
+        """Shared with every server forked: the call it is answering (``IN_FLIGHT``)."""
         self.server: int | None = None
         self.control: socket.socket | None = None
         self.started = 0.0
         self.quick_deaths = 0
 
-    def add(self, init_pid: int, fuse_fd: int) -> None:
-        """Keep ``init_pid``'s connection and hand it to the server (started if need be)."""
+    def add(self, init_pid: int, fuse_fd: int, channel: int | None = None) -> None:
+        """Keep ``init_pid``'s connection and hand it to the server (started if need be);
+        wait for its seccomp listener on ``channel``."""
         self.connections[init_pid] = fuse_fd
+        if channel is not None:
+            self.channels[channel] = _Listener(init_pid)
         if self.server is None or self.control is None:
             self._start()
             return
+        self._hand(init_pid, fuse_fd, is_listener=False)
+
+    def exec_calls(self, init_pid: int) -> tuple[int, tuple[bytes, int]] | None:
+        """For a command to run with ``exec`` in the container of ``init_pid``, if it has
+        a view: a channel, and what its runner needs (the filter, the channel's other
+        end); then :meth:`exec_started`."""
+        program = intercept.program()
+        if init_pid not in self.connections or not isinstance(program, bytes):
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.channels[ours.fileno()] = _Listener(init_pid, peer=theirs.fileno())
+        return ours.detach(), (program, theirs.detach())
+
+    def exec_started(self, channel: int, runner: int | None) -> None:
+        """The runner that got ``channel``'s other end was forked (None: it was not)."""
+        pending = self.channels[channel]
+        os.close(pending.peer)
+        pending.peer, pending.runner = -1, runner
+        if runner is None:
+            del self.channels[channel]
+            os.close(channel)
+
+    def take_listener(self, channel: int) -> None:
+        """``channel`` is readable: keep the listener sent on it (if any) and hand it to
+        the server."""
+        pending = self.channels.pop(channel)
         try:
-            send_with_fds(self.control, HANDOVER.pack(init_pid), [fuse_fd])
+            with socket.socket(fileno=channel) as sock:
+                _, fds = receive_with_fds(sock, 1, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError as exc:  # nothing here may end the holder
+            log.info(f"no seccomp listener from init {pending.init_pid}: {exc}")
+            return
+        for listener in fds[:1]:
+            pending.fd = listener
+            self.listeners.append(pending)
+            if self.server is not None and self.control is not None:
+                self._hand(pending.init_pid, listener, is_listener=True)
+        for extra in fds[1:]:
+            os.close(extra)
+
+    def _let_go(self, gone: Callable[[_Listener], bool]) -> None:
+        """Close the listeners and channels ``gone`` says are no longer needed."""
+        for listener in [item for item in self.listeners if gone(item)]:
+            self.listeners.remove(listener)
+            os.close(listener.fd)
+        for channel, pending in list(self.channels.items()):
+            if gone(pending):
+                del self.channels[channel]
+                for fd in (channel, pending.peer):
+                    if fd >= 0:
+                        os.close(fd)
+
+    def _hand(self, init_pid: int, fd: int, *, is_listener: bool) -> None:
+        assert self.control is not None
+        try:
+            send_with_fds(self.control, HANDOVER.pack(init_pid, is_listener), [fd])
         except OSError as exc:  # it is dying: its successor gets every connection
             log.info(f"cannot hand a connection to the view's server: {exc}")
 
     def released(self, init_pid: int) -> None:
-        """The container of ``init_pid`` ended: drop its connection."""
+        """The container of ``init_pid`` ended: drop its connection and listeners."""
         fd = self.connections.pop(init_pid, None)
         if fd is not None:
             os.close(fd)
+        self._let_go(lambda listener: listener.init_pid == init_pid)
         if not self.connections:
             self._stop()
 
     def reaped(self, pid: int, status: int) -> None:
-        """A child ended: if it was the server, start another for the connections."""
+        """A child ended: if it was an exec runner, let its command's listener go; if it
+        was the server, start another for the connections."""
+        self._let_go(lambda listener: listener.runner == pid)
         if pid != self.server:
             return
         self.server = None
@@ -88,7 +177,12 @@ class Views:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        connections = [Connection(fd, pid) for pid, fd in self.connections.items()]
+        connections = [
+            Connection(
+                fd, pid, listeners=[item.fd for item in self.listeners if item.init_pid == pid]
+            )
+            for pid, fd in self.connections.items()
+        ]
         try:
             child = os.fork()
         except OSError:  # the holder lives on: its end and the server's are not left open
@@ -99,12 +193,13 @@ class Views:
             code = 0
             try:
                 ours.detach()  # closed with the rest of the holder's descriptors:
-                become_child((theirs.fileno(), *self.connections.values()))
+                kept = (*self.connections.values(), *(item.fd for item in self.listeners))
+                become_child((theirs.fileno(), *kept))
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 me = ProcessId.of(os.getpid())
                 if me is not None:
                     write_json_atomic(self.state / SERVER_RECORD, me.to_json())
-                serve(theirs, connections)
+                serve(theirs, connections, self.in_flight)
             except BaseException as exc:
                 log.info(f"the view's server failed: {type(exc).__name__}: {exc}")
                 code = 1

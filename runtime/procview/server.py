@@ -16,6 +16,14 @@ closed.
 
 What a read computes is bounded: it runs on a worker thread, and after ``READ_BOUND`` the
 container gets the kernel's file instead; a slow controller never holds it longer.
+
+A container's seccomp listeners (``runtime.procview.intercept``: its init's, and one per
+command run with ``exec``) come the same way, after its connection: their ``sysinfo``
+and ``sched_getaffinity`` calls are answered in this loop from the same figures, within
+the same bound, or left to the kernel. One whose processes have all ended is closed. The
+call being answered is noted in memory the holder shares with every server it forks
+(``IN_FLIGHT``): a server that dies in the middle leaves it to the next one, which lets
+the kernel answer it (else its caller would wait for a signal).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import contextlib
 import errno
 import logging
 import math
+import mmap
 import os
 import select
 import socket
@@ -33,8 +42,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from runtime.procview import fuse, limits, views
+from runtime.procview import fuse, intercept, limits, unotify, views
 from runtime.util.fdpass import receive_with_fds
 from runtime.wire import VIEW_FILES
 
@@ -50,8 +60,12 @@ LOAD_SAMPLE = 5.0
 """Seconds between two samples of a container's runnable processes (the kernel's too)."""
 ATTR_VALID = 1
 """Seconds the kernel may keep a node's attributes: they never change."""
-HANDOVER = struct.Struct("<i")
-"""A connection handed to the server: the container init's pid, with the descriptor."""
+IN_FLIGHT = struct.Struct("<Q")
+"""The id of the call being answered (0: none). Ids start at a random number for each
+filter: only the listener the call came on knows it."""
+HANDOVER = struct.Struct("<i?")
+"""A descriptor handed to the server: the container init's pid, and whether it is the
+container's seccomp listener (else its FUSE connection)."""
 
 _ROOT = 1
 _NAMES = tuple(VIEW_FILES)
@@ -90,7 +104,11 @@ class Connection:
     ended: int = -1
     """A pidfd of the init: readable once the container has ended (-1: none yet)."""
     live: bool = False
+    listeners: list[int] = field(default_factory=list)
+    """The seccomp listeners of its ``sysinfo`` and ``sched_getaffinity`` calls."""
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    tasks: int | None = None
+    """Its processes (the init left out) at the last load sample (None: none yet)."""
     handles: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -141,10 +159,38 @@ def _uptime(host: str, conn: Connection, usage_usec: int | None, ncpus: int) -> 
     return views.uptime(seconds, idle)
 
 
+def _sysinfo(conn: Connection) -> bytes | None:
+    """The container's ``struct sysinfo``, from its view's meminfo, uptime and loadavg.
+
+    Its process count is the last load sample's: counting them scans the host's /proc
+    (tens of milliseconds on a host with thousands of processes), which a program that
+    calls ``sysinfo`` often must not pay for each call."""
+    seconds = limits.seconds_since_start(conn.init_pid)
+    if seconds is None:
+        return None
+    meminfo = render("meminfo", conn).decode()
+    if conn.tasks is None:
+        conn.tasks = len(limits.container_tasks(conn.init_pid))
+    return views.sysinfo(meminfo, seconds, conn.load, conn.tasks)
+
+
+def _cpus(conn: Connection) -> int:
+    """How many CPUs the view's ``/sys/devices/system/cpu/online`` counts."""
+    return len(views.allowed_cpus(limits.host_online(), limits.read_limits(conn.init_pid)[0]))
+
+
+_T = TypeVar("_T")
+
+
 class Server:
     """The connections, and the loop that serves them."""
 
-    def __init__(self, control: socket.socket | None, connections: list[Connection]) -> None:
+    def __init__(
+        self,
+        control: socket.socket | None,
+        connections: list[Connection],
+        in_flight: mmap.mmap | None = None,
+    ) -> None:
         self.control = control
         self.connections: dict[int, Connection] = {}
         for conn in connections:
@@ -152,18 +198,78 @@ class Server:
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="view")
         self.next_fh = 1
         self.next_sample = time.monotonic() + LOAD_SAMPLE
+        self.in_flight = in_flight
+        self._finish_orphan()
+
+    def _finish_orphan(self) -> None:
+        """Let the kernel answer the call a server before this one read and did not answer
+        (it died meanwhile); its listener is one of ours if the call can still be waiting."""
+        if self.in_flight is None:
+            return
+        (call_id,) = IN_FLIGHT.unpack_from(self.in_flight)
+        orphan = unotify.Call(call_id, 0, -1, ())
+        for listener in (fd for conn in self.connections.values() for fd in conn.listeners):
+            if call_id:  # every other listener refuses an id it does not know (ENOENT)
+                with contextlib.suppress(OSError):
+                    unotify.let_kernel_answer(listener, orphan)
+        self._note(0)
+
+    def _note(self, call_id: int) -> None:
+        if self.in_flight is not None:
+            IN_FLIGHT.pack_into(self.in_flight, 0, call_id)
+
+    def bounded(self, what: str, conn: Connection, work: Callable[[], _T]) -> _T | None:
+        """What ``work`` returns within ``READ_BOUND`` (None: it took longer, or failed)."""
+        future = self.workers.submit(work)
+        try:
+            return future.result(timeout=READ_BOUND)
+        except concurrent.futures.TimeoutError:
+            log.info(f"{what} for init {conn.init_pid} took too long; the kernel answers")
+        except Exception as exc:  # a container's view must not end the server
+            log.info(f"{what} for init {conn.init_pid} failed: {type(exc).__name__}: {exc}")
+        return None
 
     def content(self, node: int, conn: Connection) -> bytes:
         """The file's content, computed within ``READ_BOUND`` (else the kernel's)."""
         name = _NAMES[node - 2]
-        future = self.workers.submit(render, name, conn)
+        data = self.bounded(name, conn, lambda: render(name, conn))
+        return data if data is not None else _read_host(VIEW_FILES[name]).encode()
+
+    def answer_call(self, conn: Connection, listener: int, events: int) -> None:
+        """Answer the container's waiting ``sysinfo`` or ``sched_getaffinity`` call from the
+        view's figures, or let the kernel answer it (anything odd, or too slow)."""
         try:
-            return future.result(timeout=READ_BOUND)
-        except concurrent.futures.TimeoutError:
-            log.info(f"{name} for init {conn.init_pid} took too long; serving the kernel's")
-        except Exception as exc:  # a container's view must not end the server
-            log.info(f"{name} for init {conn.init_pid} failed: {type(exc).__name__}: {exc}")
-        return _read_host(VIEW_FILES[name]).encode()
+            if not events & select.POLLIN:  # every process it filtered has ended
+                raise EOFError
+            call = unotify.receive(listener)
+        except (OSError, EOFError) as exc:  # not a listener the kernel still serves
+            if isinstance(exc, OSError):
+                log.info(f"a seccomp listener of init {conn.init_pid} ends: {exc}")
+            conn.listeners.remove(listener)
+            os.close(listener)
+            return
+        if call is None:
+            return
+        self._note(call.id)
+        try:
+            self._answer(conn, listener, call)
+        finally:
+            self._note(0)
+
+    def _answer(self, conn: Connection, listener: int, call: unotify.Call) -> None:
+        reply = self.bounded(
+            f"syscall {call.nr}",
+            conn,
+            lambda: intercept.reply(call, lambda: _sysinfo(conn), lambda: _cpus(conn)),
+        )
+        try:
+            if reply is not None:
+                unotify.write_to_caller(listener, call, reply.address, reply.data)
+                unotify.answer(listener, call, reply.value)
+                return
+        except OSError as exc:  # gone, or its memory not ours to write: the kernel's answer
+            log.debug(f"answering syscall {call.nr} of {call.pid}: {exc}")
+        unotify.let_kernel_answer(listener, call)
 
     def answer(self, conn: Connection, req: fuse.Request) -> bytes | None:
         if req.opcode in fuse.NO_REPLY:
@@ -219,7 +325,7 @@ class Server:
         if why is not None and why.errno not in (errno.ENODEV, errno.ESRCH):
             log.info(f"the view of init {conn.init_pid} ends: {why}")
         del self.connections[conn.fd]
-        for fd in (conn.fd, conn.ended):
+        for fd in (conn.fd, conn.ended, *conn.listeners):
             if fd >= 0:
                 os.close(fd)
 
@@ -231,15 +337,28 @@ class Server:
             self.control.close()
             self.control = None
             return False
+        init_pid, is_listener = HANDOVER.unpack(data)
         for fd in fds:
-            self.add(Connection(fd, HANDOVER.unpack(data)[0]))
+            if is_listener:
+                self.add_listener(init_pid, fd)
+            else:
+                self.add(Connection(fd, init_pid))
         return True
+
+    def add_listener(self, init_pid: int, listener: int) -> None:
+        """Answer the calls of the container of ``init_pid`` (closed if it is gone)."""
+        for conn in self.connections.values():
+            if conn.init_pid == init_pid:
+                conn.listeners.append(listener)
+                return
+        os.close(listener)
 
     def sample_load(self) -> None:
         """One sample of each container's runnable processes into its load averages."""
         for conn in self.connections.values():
             try:
-                running = limits.container_tasks(conn.init_pid).count("R")
+                tasks = limits.container_tasks(conn.init_pid)
+                running, conn.tasks = tasks.count("R"), len(tasks)
             except Exception:  # one container's odd /proc must not end the view for all
                 log.exception("sampling the load of the container of init %d", conn.init_pid)
                 continue
@@ -255,15 +374,20 @@ class Server:
             poller = select.poll()
             live = [c.fd for c in self.connections.values() if c.live]
             ended = {c.ended: c for c in self.connections.values()}
-            for fd in [*live, *ended, *([self.control.fileno()] if self.control else [])]:
+            calls = {fd: c for c in self.connections.values() for fd in c.listeners}
+            for fd in [*live, *ended, *calls, *([self.control.fileno()] if self.control else [])]:
                 poller.register(fd, select.POLLIN)
             pending = len(live) < len(self.connections)
             wait = min(self.next_sample - time.monotonic(), PENDING_RETRY if pending else 1e9)
-            ready = {fd for fd, _ in poller.poll(max(0, int(wait * 1000)))}
+            events = dict(poller.poll(max(0, int(wait * 1000))))
+            ready = set(events)
             if self.control is not None and self.control.fileno() in ready:
                 self.take()
             for fd in ready & set(ended):
                 self.drop(ended[fd], None)
+            for fd in ready & set(calls):
+                if self.connections.get(calls[fd].fd) is calls[fd]:
+                    self.answer_call(calls[fd], fd, events[fd])
             for conn in list(self.connections.values()):
                 if conn.fd in ready or not conn.live:
                     self.serve_one(conn)
@@ -322,7 +446,11 @@ _HANDLERS: dict[int, _Handler] = {
 }
 
 
-def serve(control: socket.socket | None, connections: list[Connection]) -> None:
+def serve(
+    control: socket.socket | None,
+    connections: list[Connection],
+    in_flight: mmap.mmap | None = None,
+) -> None:
     """Body of the server process: serve ``connections`` and those the holder hands over
-    on ``control``."""
-    Server(control, connections).loop()
+    on ``control``; ``in_flight`` is the memory where the call being answered is noted."""
+    Server(control, connections, in_flight).loop()

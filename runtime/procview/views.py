@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass, field
 
 __all__ = (
@@ -17,11 +18,13 @@ __all__ = (
     "cpu_online",
     "cpuinfo",
     "diskstats",
+    "first_cpus",
     "loadavg",
     "meminfo",
     "parse_cpu_list",
     "stat",
     "swaps",
+    "sysinfo",
     "uptime",
 )
 
@@ -93,6 +96,10 @@ def _meminfo_values(host: dict[str, int], limits: Limits) -> dict[str, int]:
             "Active(file)": stat.get("active_file", 0),
             "Inactive(file)": stat.get("inactive_file", 0),
             "Shmem": stat.get("shmem", 0),
+            # free counts SReclaimable as cache: the host's would make "used" negative
+            "Slab": stat.get("slab", 0),
+            "SReclaimable": stat.get("slab_reclaimable", 0),
+            "SUnreclaim": stat.get("slab_unreclaimable", 0),
         }
     if limits.swap_max is not None and limits.swap_max // _KB < host.get("SwapTotal", 0):
         swap_total = limits.swap_max // _KB
@@ -193,3 +200,41 @@ def diskstats(host_text: str, limits: Limits) -> str:
         values[4], values[6] = counts.get("wios", 0), counts.get("wbytes", 0) // 512
         lines.append(f"{fields[0]:>4} {fields[1]:>7} {fields[2]} " + " ".join(map(str, values)))
     return "\n".join(lines) + "\n" if lines else ""
+
+
+_SYSINFO = struct.Struct("<q3Q6QH6x2QI4x")
+"""x86_64 struct sysinfo: uptime, loads[3], totalram, freeram, sharedram, bufferram,
+totalswap, freeswap, procs, totalhigh, freehigh, mem_unit."""
+_LOAD_SCALE = 1 << 16
+"""SI_LOAD_SHIFT: sysinfo's loads are fixed-point numbers."""
+
+
+def sysinfo(
+    meminfo_text: str, seconds: float, averages: tuple[float, float, float], procs: int
+) -> bytes:
+    """The ``struct sysinfo`` of a container: memory and swap as its ``/proc/meminfo`` (the
+    view's) says, in bytes (``mem_unit`` 1), uptime and loads as its ``/proc/uptime`` and
+    ``/proc/loadavg``, ``procs`` as the latter's total."""
+    kb = {}
+    for line in meminfo_text.splitlines():
+        key, _, rest = line.partition(":")
+        if rest.split():
+            kb[key] = int(rest.split()[0]) * _KB
+    memory = (kb.get(key, 0) for key in ("MemTotal", "MemFree", "Shmem", "Buffers"))
+    swap = (kb.get("SwapTotal", 0), kb.get("SwapFree", 0))
+    loads = (round(load * _LOAD_SCALE) for load in averages)
+    return _SYSINFO.pack(
+        int(max(0.0, seconds)), *loads, *memory, *swap, min(procs, 0xFFFF), 0, 0, 1
+    )
+
+
+def first_cpus(mask: bytes, count: int) -> bytes:
+    """An affinity mask (the kernel's bytes, CPU 0 first) keeping its first ``count`` CPUs."""
+    kept = bytearray(len(mask))
+    for index in range(len(mask) * 8):
+        if count == 0:
+            break
+        if mask[index // 8] >> index % 8 & 1:
+            kept[index // 8] |= 1 << index % 8
+            count -= 1
+    return bytes(kept)

@@ -16,13 +16,18 @@ caller has entered the container's root.
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
+import socket
 import struct
 
 from runtime.sandbox import syscalls as sc
 from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
+from runtime.util.fdpass import send_with_fds
 
 __all__ = (
     "apply",
+    "hand_calls",
     "last_capability",
 )
 
@@ -61,3 +66,33 @@ def apply(seccomp_bpf: bytes | None, last_capability: int) -> None:
         program = ctypes.create_string_buffer(seccomp_bpf, len(seccomp_bpf))
         fprog = _SockFprog(len(seccomp_bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
         sc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+_NO_LISTENER = {
+    errno.EBUSY: "a seccomp listener is in place already (a container inside a container?)",
+    errno.EINVAL: "this kernel has no seccomp user notification",
+    errno.ENOSYS: "this kernel has no seccomp",
+}
+
+
+def hand_calls(program: bytes, channel: int) -> str:
+    """Install ``program``, a filter that hands some calls to a listener (seccomp user
+    notification, ``runtime.procview.intercept``), on the calling process and what it
+    starts afterwards, and send the listener on the unix socket ``channel`` (closed in
+    any case). Return why not ("" once done).
+
+    Before :func:`apply`: the caller still holds ``CAP_SYS_ADMIN`` in its user namespace
+    (no ``no_new_privs`` needed), and a profile that refuses ``seccomp`` is not in place
+    yet. Nothing here waits for an answer."""
+    with socket.socket(fileno=channel) as sock:
+        try:
+            listener = sc.seccomp_listener(program)
+        except OSError as exc:
+            return _NO_LISTENER.get(exc.errno or 0, f"seccomp: {exc.strerror}")
+        try:
+            send_with_fds(sock, b"L", [listener])
+        except OSError as exc:  # the holder is gone: the calls fail with ENOSYS, as its
+            return f"the listener could not be sent: {exc.strerror}"  # view's reads do
+        finally:
+            os.close(listener)
+    return ""

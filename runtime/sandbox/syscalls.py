@@ -40,6 +40,7 @@ __all__ = (
     "openat2",
     "pivot_root",
     "prctl",
+    "seccomp_listener",
     "sethostname",
     "setns",
     "umount2",
@@ -72,6 +73,7 @@ RESOLVE_IN_ROOT = 0x10
 
 _SYS_CAPSET = 126
 _SYS_PIVOT_ROOT = 155
+_SYS_SECCOMP = 317
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
@@ -170,6 +172,21 @@ def capset(version: int, data: bytes) -> None:
     header = ctypes.create_string_buffer(struct.pack("Ii", version, 0), 8)
     buf = ctypes.create_string_buffer(data, len(data))
     _check(int(_libc.syscall(_SYS_CAPSET, header, buf)), "capset")
+
+
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+
+
+def seccomp_listener(program: bytes) -> int:
+    """seccomp(2) SECCOMP_SET_MODE_FILTER with SECCOMP_FILTER_FLAG_NEW_LISTENER: install
+    the BPF ``program`` on the calling thread; return its listener (close-on-exec)."""
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(code))
+    buf = ctypes.create_string_buffer(fprog, len(fprog))
+    flags = _SECCOMP_FILTER_FLAG_NEW_LISTENER
+    result = _libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags), buf)
+    return _check(int(result), "seccomp(SECCOMP_SET_MODE_FILTER, NEW_LISTENER)")
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:

@@ -23,7 +23,9 @@ from typing import Any
 
 from runtime.security.default_profile import DEFAULT_ACTION, default_rules
 from runtime.security.profile import (
+    ACT_ALLOW,
     ACT_KILL_PROCESS,
+    ACT_NOTIFY,
     COMPARISONS,
     ProfileError,
     Rule,
@@ -33,8 +35,10 @@ from runtime.security.profile import (
 __all__ = (
     "MAX_INSTRUCTIONS",
     "compile_default",
+    "compile_intercept",
     "compile_profile",
     "compile_rules",
+    "syscall_number",
 )
 
 _FLTATR_ACT_BADARCH = 2
@@ -95,12 +99,18 @@ def _seccomp() -> ctypes.CDLL:
     return _lib
 
 
-def compile_rules(default: int, rules: Iterable[Rule], *, known_only: bool = False) -> bytes:
+def compile_rules(
+    default: int,
+    rules: Iterable[Rule],
+    *,
+    known_only: bool = False,
+    bad_arch: int = ACT_KILL_PROCESS,
+) -> bytes:
     """The BPF program (``struct sock_filter`` array) of ``default`` plus ``rules``.
 
     A syscall name libseccomp does not know is an error, or with ``known_only`` left out
     (for the default profile's allow list: an older libseccomp leaves the newest
-    syscalls refused)."""
+    syscalls refused). ``bad_arch`` is what a syscall of another architecture gets."""
     lib = _seccomp()
     ctx = lib.seccomp_init(default)
     if not ctx:
@@ -112,7 +122,7 @@ def compile_rules(default: int, rules: Iterable[Rule], *, known_only: bool = Fal
                 continue  # libseccomp refuses a rule that repeats the default
             for name in rule.names:
                 _add(lib, ctx, rule, name, known_only)
-        lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, ACT_KILL_PROCESS)
+        lib.seccomp_attr_set(ctx, _FLTATR_ACT_BADARCH, bad_arch)
         # Into a memfd, not a pipe: a large program would block on a full pipe.
         with os.fdopen(os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC), "w+b") as out:
             result = lib.seccomp_export_bpf(ctx, out.fileno())
@@ -163,4 +173,23 @@ def compile_profile(document: Mapping[str, Any]) -> bytes:
     if key not in _compiled:
         default, rules = parse_profile(document)
         _compiled[key] = compile_rules(default, rules)
+    return _compiled[key]
+
+
+def syscall_number(name: str) -> int:
+    """The native architecture's number of syscall ``name`` (libseccomp's table)."""
+    number = int(_seccomp().seccomp_syscall_resolve_name(name.encode()))
+    if number < 0:
+        raise ProfileError(f"unknown syscall {name!r}")
+    return number
+
+
+def compile_intercept(names: tuple[str, ...]) -> bytes:
+    """A filter that hands ``names`` to a listener (user notification) and allows all else,
+    other architectures' calls included: it is installed alongside the container's profile,
+    which decides what is refused (compiled once per process)."""
+    key = "intercept:" + ",".join(names)
+    if key not in _compiled:
+        rule = Rule(names=names, action=ACT_NOTIFY)
+        _compiled[key] = compile_rules(ACT_ALLOW, [rule], bad_arch=ACT_ALLOW)
     return _compiled[key]
