@@ -7,6 +7,7 @@ the holder's user namespace (tests/test_port_handler.py)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +200,57 @@ def test_a_relay_out_of_descriptors_leaves_no_pipe_open(monkeypatch: pytest.Monk
         with pytest.raises(OSError) as closed:
             os.fstat(fd)
         assert closed.value.errno == errno.EBADF
+
+
+def test_a_relay_whose_pipes_cannot_grow_moves_bytes_in_large_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A user over ``pipe-user-pages-soft`` gets pipes of two pages that F_SETPIPE_SZ
+    refuses to grow (EPERM): 8 MiB sent from a file (pages of 4 KiB, as a web server's
+    sendfile sends them) must not take a read of the source per 8 KiB."""
+    real_fcntl, real_splice, real_recv_into = fcntl.fcntl, os.splice, socket.socket.recv_into
+    reads = []
+
+    def over_budget(fd: int, op: int, arg: int = 0) -> int:
+        if op == fcntl.F_SETPIPE_SZ:
+            real_fcntl(fd, op, 8192)  # what the kernel gives such a user
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return int(real_fcntl(fd, op, arg))
+
+    def counted_splice(src: int, dst: int, count: int, **flags: int) -> int:
+        reads.append(src)
+        return real_splice(src, dst, count, **flags)
+
+    def counted_recv_into(sock: socket.socket, *args: Any) -> int:
+        reads.append(sock.fileno())
+        return real_recv_into(sock, *args)
+
+    monkeypatch.setattr(fcntl, "fcntl", over_budget)
+    monkeypatch.setattr(os, "splice", counted_splice)
+    monkeypatch.setattr(socket.socket, "recv_into", counted_recv_into)
+    payload = os.urandom(8 << 20)
+    (tmp_path / "payload").write_bytes(payload)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        relay_side, _ = server.accept()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        upstream = socket.create_connection(server.getsockname())
+        backend, _ = server.accept()
+    source = relay_side.fileno()
+    relay = threading.Thread(target=porter._shuttle, args=(relay_side, upstream))
+    relay.start()
+
+    def send() -> None:
+        with open(tmp_path / "payload", "rb") as file:
+            client.sendfile(file)
+        client.shutdown(socket.SHUT_WR)
+
+    with client, backend, relay_side, upstream:
+        threading.Thread(target=send).start()
+        got = bytearray()
+        while chunk := backend.recv(1 << 20):
+            got += chunk
+        backend.close()
+        relay.join()
+    assert got == payload
+    assert reads.count(source) < len(payload) // 8192
