@@ -13,7 +13,7 @@ connects it to the container's own address (delivered inside the namespace, as t
 local address: no bridge, no neighbour tables on the way) and moves the bytes both ways
 with non-blocking ``splice(2)`` through a pipe per direction (the kernel moves them; this
 process never reads them). A user whose pipes already hold more than
-``/proc/sys/fs/pipe-user-pages-soft`` pages (64 MiB: about 500 containers' worth of log
+``/proc/sys/fs/pipe-user-pages-soft`` pages (64 MiB: about 250 running containers' log
 pipes) gets pipes of 8 KiB that cannot grow, and splicing 8 KiB a call costs ten times
 the CPU: such a connection is copied through a buffer of this process instead.
 
@@ -60,9 +60,12 @@ FIRST_ID = 1 << 20
 """Listener ids count up from here: slirp4netns' own forward ids count up from 1, so the
 two never meet in one container's list."""
 _PIPE_SIZE = 1 << 20
-"""Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
+"""Bytes a relay's pipe holds once it carries more than one pipeful: fewer splice calls
+per MiB moved."""
+_DEFAULT_PIPE = 1 << 16
+"""Bytes a new pipe holds (16 pages), unless its user is over the pipe quota."""
 _COPY_SIZE = 1 << 18
-"""Bytes a relay's buffer holds when it copies (no pipe of ``_PIPE_SIZE`` to be had)."""
+"""Bytes a relay's buffer holds when it copies (only small pipes to be had)."""
 _NOWAIT = 0x2 | 0x1
 """``SPLICE_F_NONBLOCK | SPLICE_F_MOVE``."""
 _RELAYS = 4096
@@ -329,14 +332,23 @@ class _Direction:
 
 
 class _Spliced(_Direction):
-    """Through a pipe (the kernel moves the bytes: this process never reads them)."""
+    """Through a pipe (the kernel moves the bytes: this process never reads them), of
+    the default size until a second fill brings bytes: only a direction that carries
+    more than one pipeful takes ``_PIPE_SIZE`` of the user's pipe quota."""
 
     def __init__(self, source: socket.socket, sink: socket.socket, pipe: tuple[int, int]) -> None:
         super().__init__(source, sink)
         self.read_end, self.write_end = pipe
+        self.fills = 0
 
     def fill(self) -> int:
-        return os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+        moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+        if moved:
+            self.fills += 1
+            if self.fills == 2:
+                with contextlib.suppress(OSError):  # over the quota: it stays at the default
+                    fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        return moved
 
     def drain(self) -> int:
         return os.splice(self.read_end, self.sink.fileno(), self.held, flags=_NOWAIT)
@@ -347,7 +359,7 @@ class _Spliced(_Direction):
 
 
 class _Copied(_Direction):
-    """Through memory of this process: for when a pipe of ``_PIPE_SIZE`` cannot be had."""
+    """Through memory of this process: for when only small pipes can be had."""
 
     def __init__(self, source: socket.socket, sink: socket.socket) -> None:
         super().__init__(source, sink)
@@ -363,18 +375,16 @@ class _Copied(_Direction):
 
 
 def _direction(source: socket.socket, sink: socket.socket) -> _Direction:
-    """A spliced direction when its pipe can hold ``_PIPE_SIZE``; else a copying one. A
-    user whose pipes hold more than ``/proc/sys/fs/pipe-user-pages-soft`` pages gets
-    pipes of two pages that cannot grow: splicing 8 KiB a call costs ten times the CPU
-    of copying through a large buffer."""
+    """A spliced direction when its pipe has the default size, else a copying one: a user
+    whose pipes hold more than ``/proc/sys/fs/pipe-user-pages-soft`` pages gets pipes of
+    two pages that cannot grow, and splicing 8 KiB a call costs ten times the CPU of
+    copying through a large buffer."""
     pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    except OSError:  # EPERM: over the budget (any other error: the same remedy)
-        for fd in pipe:
-            os.close(fd)
-        return _Copied(source, sink)
-    return _Spliced(source, sink, pipe)
+    if fcntl.fcntl(pipe[1], fcntl.F_GETPIPE_SZ) >= _DEFAULT_PIPE:
+        return _Spliced(source, sink, pipe)
+    for fd in pipe:
+        os.close(fd)
+    return _Copied(source, sink)
 
 
 def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
