@@ -44,6 +44,10 @@ TITLES = {
     "responder": "DNS responder against a plain UDP echo",
     "gitops": "Git source: push until the new page answers",
     "logflood": "list + inspect during a log flood",
+    "startup": "Start + exit of /bin/true, squish and bwrap in turns",
+    "dataplane": "Host forwards against the host's loopback",
+    "procview": "The /proc view against the kernel's /proc",
+    "watch": "The folder watch: written until told",
 }
 
 
@@ -72,7 +76,8 @@ def run_note() -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    """``text`` as part of a file name (µs is not s)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("µ", "u")).strip("-") or "x"
 
 
 def label(text: str, width: int = 48) -> str:

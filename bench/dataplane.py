@@ -3,9 +3,15 @@ host's own loopback, for each port handler.
 
 (a) a 256 MiB HTTP download through a forward (busybox httpd in the container, read on
 the host into a 1 MiB buffer: a client fast enough not to be the limit, where busybox
-``nc`` was), vs the same download from busybox httpd on the host's loopback; (b) small
-requests: one TCP connection per ``GET /`` of a 6-byte page, one after another, the time
-of each; the host's loopback and the forwards take turns in both, round by round, so a
+``nc`` was), vs the same download from busybox httpd on the host's loopback; with the
+CPU time each took (user + sys) of the client and of the process that relays (the port
+handler, or the shared slirp4netns), which on a busy machine says more than the wall
+clock; and, as the ceilings of this design, the same download by a client that joined
+the container's own network namespace and connects to the container's address (the
+port handler's leg inside: local delivery, no bridge), and by one in the shared
+namespace across the bridge and the container's veth; (b) small requests: one TCP
+connection per ``GET /`` of a 6-byte page, one after another, the time of each; the
+host's loopback, the forwards and the ceilings take turns in both, round by round, so a
 machine that gets busier slows them alike; (c) the start of a networked httpd: create +
 start until its first answer through the forward, on the network already up; (d) a
 forward added to and removed from a running container (``add_port``, ``remove_port``).
@@ -14,13 +20,15 @@ The forwards go through the port handler (``splice``, the default) and through t
 shared slirp4netns (``slirp4netns``, the other choice), one container each. Figures are
 printed and saved with ``bench/results.py`` as ``bench/out/dataplane.json``.
 
-    python bench/dataplane.py [--rounds 8] [--requests 250] [--starts 30]
+    python bench/dataplane.py [--rounds 8] [--requests 250] [--starts 30] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import secrets
 import shutil
 import socket
@@ -29,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
@@ -41,10 +50,17 @@ from results import Results, parse
 
 from runtime.api.spec import ContainerSpec, PortMapping
 from runtime.client.linux import LinuxRuntime
+from runtime.network.shared import bridge_dir
+from runtime.sandbox import syscalls as sc
 from runtime.settings import PORT_HANDLERS, RuntimeSettings
 from tests.support import free_port
 
 SMALL = b"small\n"
+INSIDE = "256 MiB in the container's namespace from its own address (the handler's inner leg)"
+BRIDGE = "256 MiB from the shared namespace across the bridge and the veth"
+Taken = dict[str, list[float]]
+Measured = dict[str, Taken]
+Runtimes = dict[str, LinuxRuntime]
 
 
 def httpd(name: str, site: Path, port: int) -> ContainerSpec:
@@ -81,17 +97,52 @@ def busybox() -> str:
     return found
 
 
-def download(port: int) -> float:
-    """Seconds to download the 256 MiB file from 127.0.0.1:PORT whole."""
-    start = time.perf_counter()
+def download(address: str, port: int) -> tuple[float, float]:
+    """Seconds to download the 256 MiB file from ADDRESS:PORT whole, and this process's
+    CPU seconds (user + sys) meanwhile."""
+    start, cpu = time.perf_counter(), time.process_time()
     received, buffer = 0, bytearray(1 << 20)
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+    with socket.create_connection((address, port), timeout=60) as sock:
         sock.sendall(b"GET /f HTTP/1.0\r\n\r\n")
         while chunk := sock.recv_into(buffer):
             received += chunk
     if received < SIZE:  # a 404 would look very fast
-        raise RuntimeError(f"the download on port {port} carried {received} bytes")
-    return time.perf_counter() - start
+        raise RuntimeError(f"the download from {address}:{port} carried {received} bytes")
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def download_in(user: int, net: int, address: str, port: int) -> tuple[float, float]:
+    """:func:`download` by a child that joined the user namespace of process ``user`` (the
+    holder's: it owns the network namespaces) and the network namespace of ``net``."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            for pid, kind, flag in (
+                (user, "user", sc.CLONE_NEWUSER),
+                (net, "net", sc.CLONE_NEWNET),
+            ):
+                sc.setns(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY), flag)
+            os.write(write_end, json.dumps(download(address, port)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        text = answer.read()
+    os.waitpid(child, 0)
+    if not text:
+        raise RuntimeError(
+            f"the download from {address}:{port} in process {net}'s namespace failed"
+        )
+    seconds, cpu = json.loads(text)
+    return float(seconds), float(cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + sys CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def request(port: int) -> float:
@@ -102,19 +153,40 @@ def request(port: int) -> float:
     return (time.perf_counter() - start) * 1e6
 
 
-def in_turns(ports: dict[str, int], rounds: int, each: int) -> dict[str, dict[str, list[float]]]:
+@dataclass
+class Target:
+    """Where a download comes from: ``fetch`` does one; ``port`` (on the host's loopback)
+    also takes the small requests; ``relay`` is the process that relays it, if any."""
+
+    fetch: Callable[[], tuple[float, float]]
+    port: int | None = None
+    relay: int | None = None
+    taken: dict[str, list[float]] = field(default_factory=dict)
+
+    def turn(self, each: int) -> dict[str, list[float]]:
+        """One download and ``each`` small requests: seconds, client and relay CPU
+        seconds, µs per request."""
+        relay = cpu_seconds(self.relay) if self.relay else 0.0
+        seconds, client = self.fetch()
+        relay = cpu_seconds(self.relay) - relay if self.relay else 0.0
+        requests = [request(self.port) for _ in range(each)] if self.port else []
+        return {"download": [seconds], "client": [client], "relay": [relay], "request": requests}
+
+
+def on_host(port: int, relay: int | None = None) -> Target:
+    return Target(lambda: download("127.0.0.1", port), port, relay)
+
+
+def in_turns(targets: dict[str, Target], rounds: int, each: int) -> Measured:
     """Downloads and small requests, each target in turn every round (a first round, a
     warm-up, dropped)."""
-    taken: dict[str, dict[str, list[float]]] = {
-        what: {"download": [], "request": []} for what in ports
-    }
+    taken: Measured = {what: {} for what in targets}
     for n in range(rounds + 1):
-        for what, port in ports.items():
-            seconds = download(port)
-            requests = [request(port) for _ in range(each)]
-            if n:
-                taken[what]["download"].append(seconds)
-                taken[what]["request"] += requests
+        for what, target in targets.items():
+            turn = target.turn(each)
+            for key, values in turn.items():
+                if n:
+                    taken[what].setdefault(key, []).extend(values)
     return taken
 
 
@@ -164,20 +236,30 @@ def p(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100)[int(q * 100) - 1]
 
 
-def report(
-    out: Results, handler: str, taken: dict[str, list[float]], host: dict[str, list[float]]
-) -> None:
-    mib = SIZE / 2**20
-    rate = mib / statistics.median(taken["download"])
-    host_rate = mib / statistics.median(host["download"])
-    what = f"256 MiB through a forward ({handler})"
-    loopback = "host loopback"
-    out.figure(what, rate, "MiB/s", anchor=loopback, anchor_value=host_rate, lower_is_better=False)
-    print(f"\n{handler}:\n  {what}: {rate:.0f} MiB/s, loopback {host_rate:.0f} MiB/s")
+def mib_s(taken: dict[str, list[float]]) -> float:
+    return SIZE / 2**20 / statistics.median(taken["download"])
+
+
+def report_download(out: Results, what: str, taken: dict[str, list[float]], host: Taken) -> None:
+    """The download's rate against the loopback's, and the CPU it took, per 256 MiB."""
+    rate, base, loopback = mib_s(taken), mib_s(host), "host loopback"
+    out.figure(what, rate, "MiB/s", anchor=loopback, anchor_value=base, lower_is_better=False)
+    print(f"\n{what}: {rate:.0f} MiB/s, loopback {base:.0f} MiB/s ({rate / base:.2f}x)")
+    client, host_client = (statistics.median(t["client"]) * 1000 for t in (taken, host))
+    out.figure(f"{what}: client CPU", client, "ms", anchor=loopback, anchor_value=host_client)
+    print(f"  CPU (user + sys) per download: client {client:.0f} ms (loopback {host_client:.0f})")
+    if any(taken["relay"]):
+        relay = statistics.median(taken["relay"]) * 1000
+        out.figure(f"{what}: relay CPU", relay, "ms")
+        print(f"  CPU per download of the process that relays: {relay:.0f} ms")
+
+
+def report(out: Results, handler: str, taken: Taken, host: Taken) -> None:
+    report_download(out, f"256 MiB through a forward ({handler})", taken, host)
     for q in (0.5, 0.9):
         mine, base = p(taken["request"], q), p(host["request"], q)
         what = f"small request p{int(q * 100)} ({handler})"
-        out.figure(what, mine, "µs", anchor=loopback, anchor_value=base)
+        out.figure(what, mine, "µs", anchor="host loopback", anchor_value=base)
         print(f"  {what}: {mine:.0f} µs, loopback {base:.0f} µs")
     start = statistics.median(taken["start"])
     what = f"bridge httpd create to first answer through the forward p50 ({handler})"
@@ -187,8 +269,40 @@ def report(
         ms = statistics.median(taken[change])
         out.figure(f"{change} of a running bridge container p50 ({handler})", ms, "ms")
         print(f"  {change} p50: {ms:.1f} ms")
-    out.samples(f"small request ({handler})", taken["request"])
+    out.samples(f"small request ({handler})", taken["request"], "µs")
     out.samples(f"start to first answer ({handler})", taken["start"])
+
+
+def targets(state: Path, rt: LinuxRuntime, ports: dict[str, int]) -> dict[str, Target]:
+    """The loopback, each handler's forward (the process relaying it named), and the
+    ceilings: the splice container's own namespace, and the shared one across the bridge."""
+    keeper = json.loads((bridge_dir(state) / "keeper.json").read_text())
+    relays = {"splice": keeper["porter"]["pid"], "slirp4netns": keeper["slirp"]["pid"]}
+    found = {what: on_host(port, relays.get(what)) for what, port in ports.items()}
+    info = rt.inspect(f"dp-{PORT_HANDLERS[0]}")
+    address = next(iter(info.addresses.values()))
+    command = Path(f"/proc/{info.pid}/task/{info.pid}/children").read_text().split()[0]
+    user, agent = keeper["supervisor"]["pid"], keeper["agent"]["pid"]
+    found[INSIDE] = Target(lambda: download_in(user, int(command), address, 80))
+    found[BRIDGE] = Target(lambda: download_in(user, agent, address, 80))
+    return found
+
+
+def measure(args: argparse.Namespace, site: Path, state: Path, runtimes: Runtimes) -> Measured:
+    """Everything, in the order that keeps the turns together; the containers removed."""
+    with host_httpd(site) as host_port:
+        ports = {"host": host_port}
+        for handler, rt in runtimes.items():
+            ports[handler] = free_port()
+            rt.run(httpd(f"dp-{handler}", site, ports[handler]))
+            answering(ports[handler])
+        first = runtimes[PORT_HANDLERS[0]]
+        measured = in_turns(targets(state, first, ports), args.rounds, args.requests)
+    for handler, rt in runtimes.items():
+        measured[handler] |= live_changes(rt, f"dp-{handler}", args.starts)
+        rt.remove(f"dp-{handler}", force=True)
+        measured[handler]["start"] = starts(rt, site, args.starts)
+    return measured
 
 
 def main() -> None:
@@ -214,27 +328,20 @@ def main() -> None:
         )
         for handler in PORT_HANDLERS
     }
+    print(f"load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     try:
-        with host_httpd(site) as host_port:
-            ports = {"host": host_port}
-            for handler, rt in runtimes.items():
-                ports[handler] = free_port()
-                rt.run(httpd(f"dp-{handler}", site, ports[handler]))
-                answering(ports[handler])
-            measured = in_turns(ports, args.rounds, args.requests)
-        for handler, rt in runtimes.items():
-            measured[handler] |= live_changes(rt, f"dp-{handler}", args.starts)
-            rt.remove(f"dp-{handler}", force=True)
-            measured[handler]["start"] = starts(rt, site, args.starts)
+        measured = measure(args, site, state, runtimes)
     finally:
         runtimes[PORT_HANDLERS[0]].shutdown()
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     host = measured.pop("host")
+    for ceiling in (INSIDE, BRIDGE):
+        report_download(out, ceiling, measured.pop(ceiling), host)
     for handler, taken in measured.items():
         report(out, handler, taken, host)
-    out.samples("small request (host loopback)", host["request"])
-    print(f"\nsaved {out.save()}")
+    out.samples("small request (host loopback)", host["request"], "µs")
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f}\nsaved {out.save()}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Every benchmark in bench/, one after another, then the charts: what `make bench` runs.
 
-A bench is any bench/*.py with a ``__main__`` guard that takes ``--quick`` (see
-``results.parse``). Those named in ORDER run first, in that order: start-up first, on
-the quietest machine, the long and heavy ones last; any other bench found runs after
-them, by name, so a new one needs no edit here. bench/out/ is emptied first: every
+A bench is any bench/*.py with a ``__main__`` guard that takes ``--quick``: through
+``results.parse`` (which adds it) or an option of its own. Those named in ORDER run
+first, in that order: start-up first, on the quietest machine, the long and heavy ones
+(hundreds of containers) last; any other bench found runs after them, by name, so a new
+one needs no edit here. bench/out/ is emptied first: every
 figure recorded, charted and summed up below was measured in this run. A bench that
 fails is reported and the others still run; the exit status says whether all passed.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,24 +28,37 @@ from results import OUT, line
 HERE = Path(__file__).resolve().parent
 ORDER = (
     "run",
+    "startup",
     "responder",
     "logs",
     "replace",
     "reconcile",
+    "watch",
     "networks",
+    "dataplane",
+    "procview",
     "logflood",
     "load",
     "gitops",
     "hostile",
+    "memory",
+    "scale",
 )
+_PARSE = re.compile(r"^from results import .*\bparse\b", re.MULTILINE)
+"""A bench that takes its arguments through ``results.parse`` takes ``--quick``."""
+
+
+TOOLS = ("suite", "charts")
+"""Scripts that run or draw the benches, not benches."""
 
 
 def is_script(path: Path) -> bool:
-    return path.stem != "suite" and '__name__ == "__main__"' in path.read_text()
+    return path.stem not in TOOLS and '__name__ == "__main__"' in path.read_text()
 
 
 def is_bench(path: Path) -> bool:
-    return is_script(path) and "--quick" in path.read_text()
+    text = path.read_text()
+    return is_script(path) and ("--quick" in text or _PARSE.search(text) is not None)
 
 
 def not_benches(folder: Path = HERE) -> list[str]:

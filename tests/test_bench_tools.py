@@ -79,10 +79,30 @@ def test_the_suite_runs_known_benches_first_then_new_ones_it_finds(tmp_path: Pat
     assert suite.not_benches(tmp_path) == ["slow.py"]
 
 
+def test_a_bench_that_takes_its_arguments_through_parse_is_run(tmp_path: Path) -> None:
+    bench = (
+        "import argparse\nfrom results import Results, parse\n"
+        'if __name__ == "__main__":\n    parse(argparse.ArgumentParser(), runs=2)\n'
+    )
+    (tmp_path / "parsed.py").write_text(bench)
+    unparsed = 'from results import Results\nif __name__ == "__main__":\n    pass\n'
+    (tmp_path / "slow.py").write_text(unparsed)
+    assert [path.stem for path in suite.benches([], tmp_path)] == ["parsed"]
+    assert suite.not_benches(tmp_path) == ["slow.py"]
+
+
 def test_every_bench_in_the_tree_is_run_by_the_suite() -> None:
     found = {path.stem for path in suite.benches([])}
     assert set(suite.ORDER) <= found
     assert not found & {"results", "charts", "suite"}
+    assert suite.not_benches() == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="no bench extra")
+def test_charts_of_microseconds_and_of_seconds_are_two_files() -> None:
+    import charts
+
+    assert charts.slug("µs") != charts.slug("s")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="no bench extra")

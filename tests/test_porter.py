@@ -7,6 +7,7 @@ the holder's user namespace (tests/test_port_handler.py)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +200,98 @@ def test_a_relay_out_of_descriptors_leaves_no_pipe_open(monkeypatch: pytest.Monk
         with pytest.raises(OSError) as closed:
             os.fstat(fd)
         assert closed.value.errno == errno.EBADF
+
+
+class OverQuota:
+    """What the kernel gives a user whose pipes hold more than pipe-user-pages-soft:
+    pipes of two pages, which F_SETPIPE_SZ refuses to grow (EPERM)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pipe2, self.fcntl = os.pipe2, fcntl.fcntl
+        monkeypatch.setattr(os, "pipe2", self.small_pipe2)
+        monkeypatch.setattr(fcntl, "fcntl", self.refusing_fcntl)
+
+    def small_pipe2(self, flags: int) -> tuple[int, int]:
+        pipe = self.pipe2(flags)
+        self.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, 8192)
+        return pipe
+
+    def refusing_fcntl(self, fd: int, op: int, arg: int = 0) -> int:
+        if op == fcntl.F_SETPIPE_SZ and arg > 8192:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return int(self.fcntl(fd, op, arg))
+
+
+def relayed(payload: bytes, folder: Path) -> tuple[bytes, int]:
+    """``payload`` sent from a file (pages of 4 KiB, as a web server's sendfile sends
+    them) through ``porter._shuttle``: what came out, and the relay's source socket."""
+    (folder / "payload").write_bytes(payload)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        relay_side, _ = server.accept()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        upstream = socket.create_connection(server.getsockname())
+        backend, _ = server.accept()
+    source = relay_side.fileno()
+    relay = threading.Thread(target=porter._shuttle, args=(relay_side, upstream))
+    relay.start()
+
+    def send() -> None:
+        with open(folder / "payload", "rb") as file:
+            client.sendfile(file)
+        client.shutdown(socket.SHUT_WR)
+
+    with client, backend, relay_side, upstream:
+        threading.Thread(target=send).start()
+        got = bytearray()
+        while chunk := backend.recv(1 << 20):
+            got += chunk
+        backend.close()
+        relay.join()
+    return bytes(got), source
+
+
+def test_a_relay_whose_pipes_cannot_grow_moves_bytes_in_large_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Over the pipe quota, 8 MiB must not take a read of the source per 8 KiB."""
+    real_splice, real_recv_into = os.splice, socket.socket.recv_into
+    reads = []
+
+    def counted_splice(src: int, dst: int, count: int, **flags: int) -> int:
+        reads.append(src)
+        return real_splice(src, dst, count, **flags)
+
+    def counted_recv_into(sock: socket.socket, *args: Any) -> int:
+        reads.append(sock.fileno())
+        return real_recv_into(sock, *args)
+
+    OverQuota(monkeypatch)
+    monkeypatch.setattr(os, "splice", counted_splice)
+    monkeypatch.setattr(socket.socket, "recv_into", counted_recv_into)
+    payload = os.urandom(8 << 20)
+    got, source = relayed(payload, tmp_path)
+    assert got == payload
+    assert reads.count(source) < len(payload) // 8192
+
+
+def test_only_a_bulk_transfer_takes_a_large_pipe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Pipes count against the user's quota: a small request through the relay must not
+    take 1 MiB of it per direction (32 of them at once would put every new pipe of the
+    user, a starting container's log pipe too, at 8 KiB)."""
+    real_fcntl = fcntl.fcntl
+    grown = []
+
+    def recorded(fd: int, op: int, arg: int = 0) -> int:
+        if op == fcntl.F_SETPIPE_SZ:
+            grown.append(arg)
+        return int(real_fcntl(fd, op, arg))
+
+    monkeypatch.setattr(fcntl, "fcntl", recorded)
+    assert relayed(b"GET / HTTP/1.0\r\n\r\n", tmp_path)[0] == b"GET / HTTP/1.0\r\n\r\n"
+    assert grown == []
+    payload = os.urandom(8 << 20)
+    assert relayed(payload, tmp_path)[0] == payload
+    assert grown == [1 << 20]

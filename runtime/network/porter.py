@@ -12,7 +12,10 @@ holder's: between connections it waits in the shared namespace), makes a socket 
 connects it to the container's own address (delivered inside the namespace, as to any
 local address: no bridge, no neighbour tables on the way) and moves the bytes both ways
 with non-blocking ``splice(2)`` through a pipe per direction (the kernel moves them; this
-process never reads them).
+process never reads them). A user whose pipes already hold more than
+``/proc/sys/fs/pipe-user-pages-soft`` pages (64 MiB: about 250 running containers' log
+pipes) gets pipes of 8 KiB that cannot grow, and splicing 8 KiB a call costs ten times
+the CPU: such a connection is copied through a buffer of this process instead.
 
 A listener's backend changes in one step (``swap``): the host socket stays open, so a
 container replaced by another answering the same port refuses nothing; connections
@@ -57,7 +60,12 @@ FIRST_ID = 1 << 20
 """Listener ids count up from here: slirp4netns' own forward ids count up from 1, so the
 two never meet in one container's list."""
 _PIPE_SIZE = 1 << 20
-"""Bytes a relay's pipe holds: fewer splice calls per MiB moved."""
+"""Bytes a relay's pipe holds once it carries more than one pipeful: fewer splice calls
+per MiB moved."""
+_DEFAULT_PIPE = 1 << 16
+"""Bytes a new pipe holds (16 pages), unless its user is over the pipe quota."""
+_COPY_SIZE = 1 << 18
+"""Bytes a relay's buffer holds when it copies (only small pipes to be had)."""
 _NOWAIT = 0x2 | 0x1
 """``SPLICE_F_NONBLOCK | SPLICE_F_MOVE``."""
 _RELAYS = 4096
@@ -274,16 +282,13 @@ def _relay(conn: socket.socket, ns_fd: int, backend: tuple[str, int], rest_fd: i
 
 
 class _Direction:
-    """Bytes from one socket to the other through a pipe of their own (never read
-    into this process)."""
+    """Bytes from one socket to the other, through a buffer of the direction's own:
+    filled from ``source`` when empty, else passed on to ``sink``."""
 
     def __init__(self, source: socket.socket, sink: socket.socket) -> None:
         self.source, self.sink = source, sink
-        self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        with contextlib.suppress(OSError):  # a smaller pipe only costs more calls
-            fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         self.held = 0
-        """Bytes in the pipe, not yet in ``sink``."""
+        """Bytes in the buffer, not yet in ``sink``."""
         self.ended = False
         """``source`` said all it had (or failed, or ``sink`` is gone)."""
         self.done = False
@@ -298,12 +303,12 @@ class _Direction:
         return self.source.fileno(), select.POLLIN
 
     def step(self) -> None:
-        """Fill the pipe from ``source`` when it is empty, else pass it on to ``sink``."""
+        """Fill the buffer from ``source`` when it is empty, else pass it on to ``sink``."""
         try:
             if self.held:
-                self.held -= os.splice(self.read_end, self.sink.fileno(), self.held, flags=_NOWAIT)
+                self.held -= self.drain()
             else:
-                moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+                moved = self.fill()
                 self.held, self.ended = moved, moved == 0
         except BlockingIOError:
             return
@@ -314,9 +319,72 @@ class _Direction:
             with contextlib.suppress(OSError):
                 self.sink.shutdown(socket.SHUT_WR)
 
+    def fill(self) -> int:
+        """Bytes read from ``source`` (0: its end); BlockingIOError: none yet."""
+        raise NotImplementedError
+
+    def drain(self) -> int:
+        """Bytes of the ``held`` ones written to ``sink``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of the buffer."""
+
+
+class _Spliced(_Direction):
+    """Through a pipe (the kernel moves the bytes: this process never reads them), of
+    the default size until a second fill brings bytes: only a direction that carries
+    more than one pipeful takes ``_PIPE_SIZE`` of the user's pipe quota."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket, pipe: tuple[int, int]) -> None:
+        super().__init__(source, sink)
+        self.read_end, self.write_end = pipe
+        self.fills = 0
+
+    def fill(self) -> int:
+        moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+        if moved:
+            self.fills += 1
+            if self.fills == 2:
+                with contextlib.suppress(OSError):  # over the quota: it stays at the default
+                    fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        return moved
+
+    def drain(self) -> int:
+        return os.splice(self.read_end, self.sink.fileno(), self.held, flags=_NOWAIT)
+
     def close(self) -> None:
         os.close(self.read_end)
         os.close(self.write_end)
+
+
+class _Copied(_Direction):
+    """Through memory of this process: for when only small pipes can be had."""
+
+    def __init__(self, source: socket.socket, sink: socket.socket) -> None:
+        super().__init__(source, sink)
+        self.buffer = memoryview(bytearray(_COPY_SIZE))
+        self.filled = 0
+
+    def fill(self) -> int:
+        self.filled = self.source.recv_into(self.buffer)
+        return self.filled
+
+    def drain(self) -> int:
+        return self.sink.send(self.buffer[self.filled - self.held : self.filled])
+
+
+def _direction(source: socket.socket, sink: socket.socket) -> _Direction:
+    """A spliced direction when its pipe has the default size, else a copying one: a user
+    whose pipes hold more than ``/proc/sys/fs/pipe-user-pages-soft`` pages gets pipes of
+    two pages that cannot grow, and splicing 8 KiB a call costs ten times the CPU of
+    copying through a large buffer."""
+    pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    if fcntl.fcntl(pipe[1], fcntl.F_GETPIPE_SZ) >= _DEFAULT_PIPE:
+        return _Spliced(source, sink, pipe)
+    for fd in pipe:
+        os.close(fd)
+    return _Copied(source, sink)
 
 
 def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
@@ -327,8 +395,8 @@ def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     directions: list[_Direction] = []
     try:
-        directions.append(_Direction(conn, upstream))
-        directions.append(_Direction(upstream, conn))  # out of descriptors: the first's close
+        directions.append(_direction(conn, upstream))
+        directions.append(_direction(upstream, conn))  # out of descriptors: the first's close
         while waiting := [(d, w) for d in directions if (w := d.wants()) is not None]:
             events: dict[int, int] = {}
             for _, (fd, event) in waiting:
