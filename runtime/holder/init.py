@@ -207,6 +207,26 @@ def _open_native(native: str | None) -> int | None:
         return None
 
 
+def _premount_view(view: int | str) -> int | None:
+    """The view's connection mounted ahead, attached nowhere yet
+    (:func:`runtime.sandbox.mounts.premount_view`), or None: mounted at the start, as
+    before, where the kernel cannot mount it so (or there is no connection)."""
+    if not isinstance(view, int):
+        return None
+    try:
+        return mounts.premount_view(view)
+    except OSError:
+        return None
+
+
+def _close_view(view: int | str, premounted: int | None) -> None:
+    """Close the init's copies of the view's connection and of its mount made ahead:
+    mounted (or not wanted), the holder and the view's server hold the connection."""
+    for fd in (view, premounted):
+        if isinstance(fd, int):
+            os.close(fd)
+
+
 def run_init(
     *,
     request_r: int,
@@ -219,7 +239,8 @@ def run_init(
 ) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
-    It reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
+    It reports ``W`` on ``report_w`` once warm (the view's connection mounted ahead),
+    reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
     (placed in its cgroup) on ``go_r``, then reports on ``report_w``: ``M`` when the
     filesystem is mounted, then, after ``G`` on ``go_r``, ``S`` (started) or ``E<why>``. ``exit_w``
     stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
@@ -233,6 +254,8 @@ def run_init(
     native_fd = _open_native(native)
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
+    premounted = _premount_view(view)
+    os.write(report_w, Launching.WARM.value)
     try:
         req = _receive_request(request_r)
         if req.cgroup:
@@ -245,13 +268,12 @@ def run_init(
         root = os.path.join(req.container_dir, "root")
         skel = os.path.join(req.container_dir, "skel")
         missing_view = mounts.assemble(
-            root, skel, req.rootfs, req.mounts, view if req.proc_view else None
+            root, skel, req.rootfs, req.mounts, view if req.proc_view else None, premounted
         )
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
-    if isinstance(view, int):
-        os.close(view)  # mounted (or not wanted): the holder and the server hold it
+    _close_view(view, premounted)
     _enter_cgroup_namespace(go_r, report_w, req.cgroup)
     os.write(report_w, marked(Launching.MOUNTED, missing_view))
     if os.read(go_r, 1) != Launching.GO.value:

@@ -1,9 +1,10 @@
 """Start containers: a warm spare, forked from the namespace holder ahead of time.
 
 A spare unshares the container namespaces (mount, uts, ipc, net, cgroup, pid) and forks
-the container's init *before* any container is asked for; the init waits for its launch
-request. When a request comes, the holder hands it to the spare together with the
-client's connection (SCM_RIGHTS) and forks the next spare. The spare then starts
+the container's init *before* any container is asked for; the init gets warm (its /proc
+view's connection mounted ahead), says so, and waits for its launch request. When a
+request comes, the holder hands it to the spare together with the client's connection
+(SCM_RIGHTS) and forks the next spare. The spare then starts
 slirp4netns on the init's network namespace while the init mounts the filesystem, adds
 the port forwards, lets the command run, records the run in ``run.json``, answers the
 client and exits; the init and slirp4netns are re-parented to the holder (a subreaper).
@@ -322,6 +323,14 @@ def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
     return b"".join(chunks), socket.socket(fileno=fds[0])
 
 
+def _await_warm(init: _Init) -> None:
+    """Wait until the init is ready for a request: then the view's connection, which
+    goes to the holder with the request, is mounted already."""
+    warm = _read_with_timeout(init.report_r, len(Launching.WARM.value), _STEP_TIMEOUT, "warm")
+    if warm != Launching.WARM.value:
+        raise _LaunchFailed("the container init died before it was ready")
+
+
 def _dismiss(init: _Init) -> None:
     """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
     pidfd = os.pidfd_open(init.pid)
@@ -344,6 +353,7 @@ def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
     code = 1
     try:
         init = _fork_init((ctrl.fileno(),), native)
+        _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [
