@@ -28,7 +28,7 @@ from runtime.util.files import write_json_atomic
 from runtime.util.processes import close_fds_except, reap_children
 from runtime.wire import Forward, LaunchRequest, MountPoint, find_program, read_filter
 
-__all__ = ("FORWARDED_SIGNALS", "run_init")
+__all__ = ("FORWARDED_SIGNALS", "run_init", "sample_request")
 
 FORWARDED_SIGNALS = frozenset(
     {
@@ -137,13 +137,10 @@ def _receive_request(request_r: int) -> LaunchRequest:
     return LaunchRequest.from_json(json.loads(b"".join(chunks)))
 
 
-def _prewarm() -> None:
-    """Run the request-handling code once on a sample before any request comes.
-
-    A forked Python process copies every memory page it writes to, reference counts
-    included; paying for those copies while idle keeps them off the start-up path.
-    """
-    sample = LaunchRequest(
+def sample_request() -> LaunchRequest:
+    """A launch request that is never launched: what a fork of the holder runs its
+    request-handling code on while idle (its ``_prewarm``)."""
+    return LaunchRequest(
         name="warm",
         container_dir="/",
         rootfs="/",
@@ -151,6 +148,15 @@ def _prewarm() -> None:
         mounts=(MountPoint(source="/", target="/warm"),),
         forwards=(Forward(proto="tcp", host_addr="127.0.0.1", host_port=1, guest_port=1),),
     )
+
+
+def _prewarm() -> None:
+    """Run the request-handling code once on a sample before any request comes.
+
+    A forked Python process copies every memory page it writes to, reference counts
+    included; paying for those copies while idle keeps them off the start-up path.
+    """
+    sample = sample_request()
     LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
 
 
