@@ -29,7 +29,7 @@ from runtime.errors import PortInUse, SlirpError
 from runtime.holder import logpump
 from runtime.holder.adoption import namespace_ids
 from runtime.holder.exec_runner import NAMESPACES
-from runtime.holder.init import run_init, sample_request
+from runtime.holder.init import run_init
 from runtime.holder.protocol import (
     MAX_REQUEST,
     ErrorCode,
@@ -45,7 +45,7 @@ from runtime.holder.protocol import (
 from runtime.network.driver import Starting, driver_for
 from runtime.sandbox import syscalls as sc
 from runtime.util.fdpass import receive_with_fds, send_with_fds
-from runtime.util.files import json_text, write_json_atomic
+from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
@@ -287,24 +287,6 @@ def _run_record(
     }
 
 
-def _prewarm() -> None:
-    """Run the launch's own code on a sample while waiting for a request, as the init
-    does (``runtime.holder.init``): each first write of this fork of the holder to a
-    page (reference counts included) copies it, a few hundred copies per launch that
-    are made here instead of on the start-up path. Nothing is written or started."""
-    sample = sample_request()
-    request = LaunchRequest.from_json(json.loads(json.dumps(sample.to_json())))
-    driver_for(request)
-    me = ProcessId.of(os.getpid())
-    if me is None:
-        return
-    forwards = [{"id": 1, **asdict(forward)} for forward in request.forwards]
-    run = _run_record(me, me, forwards, "", me)
-    run["proc_view"] = _view_state(request, "")
-    json_text(run)
-    encode(Launched(run))
-
-
 def _view_state(req: LaunchRequest, missing: str) -> str:
     """What ``status`` says of the container's /proc view: on, off, or why it is not."""
     if not req.proc_view:
@@ -382,7 +364,6 @@ def run_spare(ctrl: socket.socket, native: str | None = None) -> NoReturn:
     code = 1
     try:
         init = _fork_init((ctrl.fileno(),), native)
-        _prewarm()
         _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.

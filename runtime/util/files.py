@@ -13,14 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = (
-    "json_text",
-    "parse_json",
-    "read_json",
-    "read_small",
-    "write_atomic",
-    "write_json_atomic",
-)
+__all__ = ("parse_json", "read_json", "read_small", "write_atomic", "write_json_atomic")
 
 
 def _write_all(fd: int, payload: bytes) -> None:
@@ -55,14 +48,9 @@ def write_atomic(
         raise
 
 
-def json_text(data: Any) -> bytes:
-    """``data`` as the JSON records are written (:func:`write_json_atomic`)."""
-    return json.dumps(data, indent=1, sort_keys=True).encode()
-
-
 def write_json_atomic(path: Path, data: Any, *, dir_fd: int | None = None) -> None:
     """Write JSON to ``path`` atomically (:func:`write_atomic`), readable by its owner only."""
-    write_atomic(path, json_text(data), dir_fd=dir_fd)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), dir_fd=dir_fd)
 
 
 def read_json(path: Path) -> Any | None:
