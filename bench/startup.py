@@ -11,7 +11,7 @@ Besides the wall times it gives the CPU time of a whole cycle (the client's, plu
 the holder's and everything the holder reaped: spares, inits, pumps), which the load
 of other work inflates far less.
 
-    python bench/startup.py [-n 200] [--against ../squish-before]
+    python bench/startup.py [-n 200] [--against ../squish-before] [--pause-ms 50]
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ def timed_bwrap(argv: list[str]) -> float:
     return (time.perf_counter() - began) * 1000
 
 
-def measure(runs: int, against: Path | None) -> dict[str, list[Any]]:
-    """Per round: this tree's figures, the other tree's (if any), bwrap's."""
+def measure(runs: int, against: Path | None, pause: float) -> dict[str, list[Any]]:
+    """Per round: this tree's figures, the other tree's (if any), bwrap's; ``pause``
+    seconds before each container's round."""
     columns: dict[str, list[Any]] = {"here": [], "there": [], "bwrap": []}
     with squish_rounds() as (here, rootfs):
         bwrap = ["bwrap", "--unshare-all", "--ro-bind", str(rootfs), "/"]
@@ -142,6 +143,7 @@ def measure(runs: int, against: Path | None) -> dict[str, list[Any]]:
             for index in range(runs):
                 order = [("here", here), ("there", there)] if there else [("here", here)]
                 for name, one_round in order if index % 2 == 0 else reversed(order):
+                    time.sleep(pause)
                     columns[name].append(one_round())
                 columns["bwrap"].append(timed_bwrap(bwrap))
     return columns
@@ -161,7 +163,8 @@ def row(what: str, samples: list[float], out: Results) -> None:
 
 def report(args: argparse.Namespace, columns: dict[str, list[Any]]) -> None:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"{args.runs} interleaved rounds, load average {load}\n")
+    pause = f", {args.pause_ms:g} ms apart" if args.pause_ms else ""
+    print(f"{args.runs} interleaved rounds{pause}, load average {load}\n")
     print(f"{'what':<56} {'p50 ms':>8} {'p90 ms':>8}")
     out = Results("startup")
     trees = [("", columns["here"])]
@@ -188,12 +191,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", "--runs", type=int, default=200)
     parser.add_argument("--against", type=Path, help="another squish tree, run interleaved")
+    parser.add_argument(
+        "--pause-ms",
+        type=float,
+        default=0.0,
+        help="wait before each round (a start after a quiet spell finds its spare warm)",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     if "--serve" in sys.argv:
         serve(parser.parse_args().serve)
         return
     args = parse(parser, runs=20)
-    report(args, measure(args.runs, args.against))
+    report(args, measure(args.runs, args.against, args.pause_ms / 1000))
 
 
 if __name__ == "__main__":
