@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ __all__ = (
     "host_without_tun",
     "http_get",
     "http_refused",
+    "in_child",
     "kill_slirp",
     "page",
     "processes_mentioning",
@@ -198,3 +201,32 @@ def run_probes(
         probe, code = line.rsplit(" ", 1)
         found[probe] = int(code)
     return found
+
+
+def in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``work`` in a forked child (namespaces it enters stay its own) and return the
+    dict it returned, through a pipe as JSON; an exception it raised comes back as
+    ``{"crashed": "<traceback>"}``, for the caller to fail on once it cleaned up."""
+    report_r, report_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        result: dict[str, object] = {}
+        try:
+            os.close(report_r)
+            result = work()
+        except BaseException as exc:
+            result = {"crashed": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
+        finally:
+            os.write(report_w, json.dumps(result).encode())
+            os._exit(0)
+    os.close(report_w)
+    chunks = []
+    try:
+        while chunk := os.read(report_r, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(report_r)
+        os.waitpid(child, 0)
+    answer = json.loads(b"".join(chunks))
+    assert isinstance(answer, dict)
+    return answer

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from runtime.sandbox import syscalls as sc
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
-from tests.support import processes_mentioning, shell
+from tests.support import in_child, processes_mentioning, shell
 from tests.test_reconciler_e2e import cli
 
 pytestmark = rootless
@@ -58,32 +57,15 @@ def on_small_disk(tmp_path: Path, work: Work, options: str = "") -> dict[str, ob
     disk, empty = tmp_path / "d", tmp_path / "empty"
     disk.mkdir()
     empty.write_text("")
-    report_r, report_w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        result: dict[str, object] = {}
-        try:
-            os.close(report_r)
-            _enter_small_disk(disk, empty, options)
-            result = work(disk)
-        except BaseException as exc:
-            result = {"crashed": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
-        finally:
-            os.write(report_w, json.dumps(result).encode())
-            os._exit(0)
-    os.close(report_w)
-    chunks = []
-    try:
-        while chunk := os.read(report_r, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(report_r)
-        os.waitpid(child, 0)
+
+    def on_disk() -> dict[str, object]:
+        _enter_small_disk(disk, empty, options)
+        return work(disk)
+
+    answer = in_child(on_disk)
     leaked = processes_mentioning(str(disk))
     for pid, _ in leaked:
         os.kill(pid, signal.SIGKILL)
-    answer = json.loads(b"".join(chunks))
-    assert isinstance(answer, dict)
     assert "crashed" not in answer, answer["crashed"]
     assert not leaked, f"processes outlived the test: {leaked}"
     return answer

@@ -80,6 +80,37 @@ def _pump(tmp_path: Path, data: bytes, max_size: int, max_files: int, pump: Pump
     return path
 
 
+_FDS_OF_PUMP = """#!/usr/bin/python3
+# Stands for the native pump: writes the descriptors it holds into its log (argument 3).
+import os, sys
+os.write(int(sys.argv[3]), " ".join(os.listdir("/proc/self/fd")).encode())
+"""
+
+
+def test_the_native_pump_is_started_holding_its_pipe_its_log_and_stdio_only(
+    tmp_path: Path,
+) -> None:
+    """Started by ``posix_spawn`` (no fork of the launcher), the pump gets none of the
+    launcher's other descriptors, not even one that is inheritable (a client's
+    connection received with SCM_RIGHTS is)."""
+    stand_in = tmp_path / "squish-native"
+    stand_in.write_text(_FDS_OF_PUMP)
+    stand_in.chmod(0o700)
+    path = tmp_path / "output.log"
+    read_end, write_end = logpump.log_pipe()
+    log_fd = logpump.open_log(str(path))
+    strays = (os.dup2(write_end, 200), os.dup2(read_end, 201))  # inheritable, far from the rest
+    try:
+        pid = logpump.start_pump(read_end, log_fd, str(path), 1 << 20, 1, str(stand_in))
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        for fd in (read_end, write_end, log_fd, *strays):
+            os.close(fd)
+    held = {int(fd) for fd in path.read_text().split()}
+    assert {read_end, log_fd} <= held  # and the one ls lists /proc/self/fd with
+    assert held.isdisjoint(strays)
+
+
 def test_the_pump_keeps_each_file_within_the_cap_and_keeps_the_newest_output(
     tmp_path: Path, pump: Pump
 ) -> None:

@@ -221,3 +221,34 @@ def test_a_record_is_parsed_again_only_once_it_was_replaced(
     assert rt._record(path) == {"n": 2}
     path.unlink()
     assert rt._record(path) is None
+
+
+@rootless
+def test_an_exit_seen_while_the_folder_is_removed_is_neither_recorded_nor_reported(
+    rt: LinuxRuntime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One client looks at a container whose init died without recording its exit while
+    another removes the container: the gone folder needs no exit record, and the look
+    says nothing alarming about it (it said "cannot record the exit ... kept in
+    memory")."""
+    rt.run(shell("vanishing", "exec sleep 600", network="none", stop_timeout=0))
+    init = ProcessId.of(rt.inspect("vanishing").pid or 0)
+    assert init is not None and init.send(signal.SIGKILL) and init.wait_gone(10.0)
+    cdir = rt.containers / "vanishing"
+    aside = rt.containers / ".gone-vanishing"
+
+    def removed_meanwhile(path: Path) -> object:
+        if path == cdir / "exit.json":  # the other client's remove, at this moment
+            os.rename(cdir, aside)
+        return read_json(path)
+
+    monkeypatch.setattr("runtime.client.records.read_json", removed_meanwhile)
+    try:
+        with caplog.at_level("WARNING"):
+            rt.inspect("vanishing")
+    finally:
+        monkeypatch.undo()
+        os.rename(aside, cdir)  # for the fixture's clean-up
+    assert [r.getMessage() for r in caplog.records if "exit" in r.getMessage()] == []
+    assert cdir not in rt._exits
+    assert not (cdir / "exit.json").exists()

@@ -5,6 +5,7 @@ subtree, caches). ``runtime.client.live`` and ``runtime.client.linux`` build on 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -312,10 +313,14 @@ class RecordStore:
     def _record_exit(self, cdir: Path, exited: dict[str, Any]) -> None:
         """Write ``exit.json``. A state disk that cannot take it (full, say) fails no
         observation: the exit is kept in memory until the run changes, so this process
-        sees one time for it, and written by the first look that can."""
+        sees one time for it, and written by the first look that can. A folder removed
+        meanwhile (by another client) needs no record: nothing is kept or said."""
         try:
             write_json_atomic(cdir / "exit.json", exited)
         except OSError as exc:
+            if exc.errno == errno.ENOENT and not cdir.is_dir():
+                self._exits.pop(cdir, None)
+                return
             if cdir not in self._exits:
                 log.warning("cannot record the exit of %s (kept in memory): %s", cdir.name, exc)
             self._exits[cdir] = (_run_identity(cdir), exited)

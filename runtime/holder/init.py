@@ -28,7 +28,7 @@ from runtime.util.files import write_json_atomic
 from runtime.util.processes import close_fds_except, reap_children
 from runtime.wire import Forward, LaunchRequest, MountPoint, find_program, read_filter
 
-__all__ = ("FORWARDED_SIGNALS", "run_init")
+__all__ = ("FORWARDED_SIGNALS", "run_init", "sample_request")
 
 FORWARDED_SIGNALS = frozenset(
     {
@@ -137,13 +137,10 @@ def _receive_request(request_r: int) -> LaunchRequest:
     return LaunchRequest.from_json(json.loads(b"".join(chunks)))
 
 
-def _prewarm() -> None:
-    """Run the request-handling code once on a sample before any request comes.
-
-    A forked Python process copies every memory page it writes to, reference counts
-    included; paying for those copies while idle keeps them off the start-up path.
-    """
-    sample = LaunchRequest(
+def sample_request() -> LaunchRequest:
+    """A launch request that is never launched: what a fork of the holder runs its
+    request-handling code on while idle (its ``_prewarm``)."""
+    return LaunchRequest(
         name="warm",
         container_dir="/",
         rootfs="/",
@@ -151,6 +148,15 @@ def _prewarm() -> None:
         mounts=(MountPoint(source="/", target="/warm"),),
         forwards=(Forward(proto="tcp", host_addr="127.0.0.1", host_port=1, guest_port=1),),
     )
+
+
+def _prewarm() -> None:
+    """Run the request-handling code once on a sample before any request comes.
+
+    A forked Python process copies every memory page it writes to, reference counts
+    included; paying for those copies while idle keeps them off the start-up path.
+    """
+    sample = sample_request()
     LaunchRequest.from_json(json.loads(json.dumps(sample.to_json()))).command_env()
 
 
@@ -221,6 +227,26 @@ def _open_native(native: str | None) -> int | None:
         return None
 
 
+def _premount_view(view: int | str) -> int | None:
+    """The view's connection mounted ahead, attached nowhere yet
+    (:func:`runtime.sandbox.mounts.premount_view`), or None: mounted at the start, as
+    before, where the kernel cannot mount it so (or there is no connection)."""
+    if not isinstance(view, int):
+        return None
+    try:
+        return mounts.premount_view(view)
+    except OSError:
+        return None
+
+
+def _close_view(view: int | str, premounted: int | None) -> None:
+    """Close the init's copies of the view's connection and of its mount made ahead:
+    mounted (or not wanted), the holder and the view's server hold the connection."""
+    for fd in (view, premounted):
+        if isinstance(fd, int):
+            os.close(fd)
+
+
 def run_init(
     *,
     request_r: int,
@@ -234,7 +260,8 @@ def run_init(
 ) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
-    It reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
+    It reports ``W`` on ``report_w`` once warm (the view's connection mounted ahead),
+    reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
     (placed in its cgroup) on ``go_r``, then reports on ``report_w``: ``M`` when the
     filesystem is mounted, then, after ``G`` on ``go_r``, ``S`` (started) or ``E<why>``. ``exit_w``
     stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
@@ -250,6 +277,8 @@ def run_init(
     native_fd = _open_native(native)
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
+    premounted = _premount_view(view)
+    os.write(report_w, Launching.WARM.value)
     try:
         req = _receive_request(request_r)
         if req.cgroup:
@@ -262,13 +291,12 @@ def run_init(
         root = os.path.join(req.container_dir, "root")
         skel = os.path.join(req.container_dir, "skel")
         missing_view = mounts.assemble(
-            root, skel, req.rootfs, req.mounts, view if req.proc_view else None
+            root, skel, req.rootfs, req.mounts, view if req.proc_view else None, premounted
         )
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
-    if isinstance(view, int):
-        os.close(view)  # mounted (or not wanted): the holder and the server hold it
+    _close_view(view, premounted)
     _enter_cgroup_namespace(go_r, report_w, req.cgroup)
     no_calls = _intercept(calls, req.proc_view and not missing_view)
     detail = f"{missing_view}\n{no_calls}" if no_calls else missing_view

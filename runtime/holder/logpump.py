@@ -122,10 +122,14 @@ def pump(source: int, log_fd: int, path: str, max_size: int, max_files: int) -> 
 def start_pump(
     source: int, log_fd: int, path: str, max_size: int, max_files: int, native: str | None = None
 ) -> int:
-    """Fork the pump process; return its pid. The caller closes its copies of
-    ``source`` and ``log_fd``. With ``native`` (``runtime.native``) the process becomes
-    the native pump, which keeps none of this process's memory; if that binary cannot
-    run, it pumps in Python."""
+    """Start the pump process; return its pid. The caller closes its copies of
+    ``source`` and ``log_fd``. With ``native`` (``runtime.native``) the process is the
+    native pump, started with ``posix_spawn`` (no copy of this process's page tables,
+    and none of its pages left to copy on its next writes: the launch goes on with
+    them); if that binary cannot run, a fork pumps in Python."""
+    if native is not None:
+        with contextlib.suppress(OSError):
+            return _spawn_native(native, source, log_fd, path, max_size, max_files)
     pid = os.fork()
     if pid != 0:
         return pid
@@ -140,13 +144,48 @@ def start_pump(
     os._exit(code)
 
 
+def _spawn_native(
+    native: str, source: int, log_fd: int, path: str, max_size: int, max_files: int
+) -> int:
+    """``posix_spawn`` the native pump with ``source`` and ``log_fd`` (and stdio) only:
+    every other descriptor of this process is closed in it, inheritable or not."""
+    keep = {0, 1, 2, source, log_fd}
+    actions = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _open_fds() if fd not in keep]
+    argv = _native_argv(source, log_fd, path, max_size, max_files)
+    for fd in (source, log_fd):
+        os.set_inheritable(fd, True)
+    try:
+        return os.posix_spawn(native, argv, {}, file_actions=actions)
+    finally:
+        for fd in (source, log_fd):
+            os.set_inheritable(fd, False)
+
+
+def _open_fds() -> list[int]:
+    """The descriptors open in this process (that of the listing itself gone)."""
+    listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    return [fd for fd in listed if _is_open(fd)]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _native_argv(source: int, log_fd: int, path: str, max_size: int, max_files: int) -> list[str]:
+    return ["squish-pump", "pump", str(source), str(log_fd), path, str(max_size), str(max_files)]
+
+
 def _exec_native(
     native: str, source: int, log_fd: int, path: str, max_size: int, max_files: int
 ) -> None:
     """Become the native pump; return only if it cannot be executed."""
     for fd in (source, log_fd):
         os.set_inheritable(fd, True)
-    argv = ["squish-pump", "pump", str(source), str(log_fd), path, str(max_size), str(max_files)]
+    argv = _native_argv(source, log_fd, path, max_size, max_files)
     with contextlib.suppress(OSError):
         os.execve(native, argv, {})
     for fd in (source, log_fd):

@@ -146,6 +146,8 @@ class Startup(bytes, enum.Enum):
 class Launching(bytes, enum.Enum):
     """What a spare, the container's init it forked and the holder tell each other."""
 
+    WARM = b"W"
+    """Init to spare: ready for a request (the /proc view's connection mounted, if any)."""
     TAKEN = b"A"
     """Spare to holder: the launch request is mine (followed by the init's pid)."""
     PLACED = b"P"

@@ -1,9 +1,10 @@
 """Start containers: a warm spare, forked from the namespace holder ahead of time.
 
 A spare unshares the container namespaces (mount, uts, ipc, net, cgroup, pid) and forks
-the container's init *before* any container is asked for; the init waits for its launch
-request. When a request comes, the holder hands it to the spare together with the
-client's connection (SCM_RIGHTS) and forks the next spare. The spare then starts
+the container's init *before* any container is asked for; the init gets warm (its /proc
+view's connection mounted ahead), says so, and waits for its launch request. When a
+request comes, the holder hands it to the spare together with the client's connection
+(SCM_RIGHTS) and forks the next spare. The spare then starts
 slirp4netns on the init's network namespace while the init mounts the filesystem, adds
 the port forwards, lets the command run, records the run in ``run.json``, answers the
 client and exits; the init and slirp4netns are re-parented to the holder (a subreaper).
@@ -266,18 +267,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
             raise _LaunchFailed(detail or "the container init died while mounting")
         if identity is None:
             raise _LaunchFailed("the container init vanished")
-        run = {
-            "init": identity.to_json(),
-            "slirp": helper.to_json() if helper is not None else None,
-            "forwards": forwards,
-            "started_at": time.time(),
-            "cgroup": cgroup,
-            "log_pump": log_pump.to_json() if log_pump is not None else None,
-            # Read while the init is still dumpable: a later holder finds them again in
-            # the command's /proc/PID/ns (runtime.holder.adoption).
-            "namespaces": namespace_ids(init.pid),
-            "proc_view": _view_state(req, view_detail),
-        }
+        run = _run_record(identity, helper, forwards, cgroup, log_pump)
+        run["proc_view"] = _view_state(req, view_detail)
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
         os.write(init.go_w, Launching.GO.value)
@@ -290,6 +281,27 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
         raise
+
+
+def _run_record(
+    init: ProcessId,
+    helper: ProcessId | None,
+    forwards: list[dict[str, Any]],
+    cgroup: str,
+    log_pump: ProcessId | None,
+) -> dict[str, Any]:
+    """What ``run.json`` records of a run (its ``proc_view`` apart)."""
+    return {
+        "init": init.to_json(),
+        "slirp": helper.to_json() if helper is not None else None,
+        "forwards": forwards,
+        "started_at": time.time(),
+        "cgroup": cgroup,
+        "log_pump": log_pump.to_json() if log_pump is not None else None,
+        # Read while the init is still dumpable: a later holder finds them again in
+        # the command's /proc/PID/ns (runtime.holder.adoption).
+        "namespaces": namespace_ids(init.pid),
+    }
 
 
 def _view_state(req: LaunchRequest, detail: str) -> str:
@@ -344,6 +356,14 @@ def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
     return b"".join(chunks), socket.socket(fileno=fds[0])
 
 
+def _await_warm(init: _Init) -> None:
+    """Wait until the init is ready for a request: then the view's connection, which
+    goes to the holder with the request, is mounted already."""
+    warm = _read_with_timeout(init.report_r, len(Launching.WARM.value), _STEP_TIMEOUT, "warm")
+    if warm != Launching.WARM.value:
+        raise _LaunchFailed("the container init died before it was ready")
+
+
 def _dismiss(init: _Init) -> None:
     """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
     pidfd = os.pidfd_open(init.pid)
@@ -370,6 +390,7 @@ def run_spare(
     code = 1
     try:
         init = _fork_init((ctrl.fileno(),), native, intercept)
+        _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [

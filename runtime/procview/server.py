@@ -320,6 +320,10 @@ class Server:
             conn.ended = os.pidfd_open(conn.init_pid)
         except OSError as exc:  # gone already (or the pid is not ours to watch)
             self.drop(conn, exc)
+            return
+        # Tried at once, not after the loop's first wait: an init mounts its connection
+        # before the holder hands it over (``runtime.sandbox.mounts.premount_view``).
+        self.serve_one(conn)
 
     def drop(self, conn: Connection, why: OSError | None) -> None:
         if why is not None and why.errno not in (errno.ENODEV, errno.ESRCH):

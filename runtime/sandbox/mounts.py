@@ -35,6 +35,7 @@ __all__ = (
     "enter_root",
     "mount_view",
     "open_source",
+    "premount_view",
     "prepare_skeleton",
 )
 
@@ -216,19 +217,50 @@ def _mask_kernel_files(root: str) -> None:
             os.close(fd)
 
 
-_VIEW_OPTIONS = "fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other"
-"""A FUSE mount of descriptor ``fd``, its root a folder, owned by the container's root;
-``allow_other``: the container's other users read it too."""
+_VIEW_OPTIONS: dict[str, str | None] = {
+    "rootmode": "40000",
+    "user_id": "0",
+    "group_id": "0",
+    "allow_other": None,
+}
+"""A FUSE mount of the view's connection (its ``fd`` too), its root a folder, owned by
+the container's root; ``allow_other``: the container's other users read it too."""
 
 
-def mount_view(root: str, fuse_fd: int) -> None:
-    """Mount the FUSE connection ``fuse_fd`` on the skeleton's /tmp (before the tmpfs
-    covers it) and bind its files over the kernel's (``VIEW_FILES``); the staging mount
-    goes again, the binds keep the connection mounted. Each bind asks the view's server
-    to look its file up: the server must be serving the connection."""
+def premount_view(fuse_fd: int) -> int:
+    """The FUSE connection ``fuse_fd`` mounted but attached nowhere (an fd, for
+    :func:`mount_view`). A warm init makes it before its request comes: the holder
+    hands the connection to the view's server with the request, and a connection the
+    server finds mounted is answered at once, where one not mounted yet waits for the
+    server's next try (milliseconds, on every start). ``ro``: the file system read-only
+    too, as mount(2)'s ``MS_RDONLY`` makes it."""
+    options = {"source": "squish-procview", "subtype": "squish", "fd": str(fuse_fd), "ro": None}
+    return sc.fs_mount("fuse", {**options, **_VIEW_OPTIONS}, _HIDDEN | sc.MS_RDONLY)
+
+
+def _attach_view(staging: str, fuse_fd: int, premounted: int | None) -> None:
+    """Mount the view's connection on ``staging``: the mount made ahead
+    (:func:`premount_view`) if there is one, else a new one."""
+    if premounted is None:
+        pairs = {"fd": str(fuse_fd), **_VIEW_OPTIONS}.items()
+        options = ",".join(key if value is None else f"{key}={value}" for key, value in pairs)
+        sc.mount("squish-procview", staging, "fuse.squish", _HIDDEN | sc.MS_RDONLY, options)
+        return
+    target = os.open(staging, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sc.move_mount(premounted, target)
+    finally:
+        os.close(target)
+
+
+def mount_view(root: str, fuse_fd: int, premounted: int | None = None) -> None:
+    """Mount the FUSE connection ``fuse_fd`` (or its mount made ahead, ``premounted``)
+    on the skeleton's /tmp (before the tmpfs covers it) and bind its files over the
+    kernel's (``VIEW_FILES``); the staging mount goes again, the binds keep the
+    connection mounted. Each bind asks the view's server to look its file up: the
+    server must be serving the connection."""
     staging = f"{root}/tmp"
-    options = _VIEW_OPTIONS.format(fd=fuse_fd)
-    sc.mount("squish-procview", staging, "fuse.squish", _HIDDEN | sc.MS_RDONLY, options)
+    _attach_view(staging, fuse_fd, premounted)
     made: list[str] = []
     try:
         for name, path in VIEW_FILES.items():
@@ -243,12 +275,12 @@ def mount_view(root: str, fuse_fd: int) -> None:
         sc.umount2(staging, sc.MNT_DETACH)
 
 
-def _try_view(root: str, fuse_fd: int | str | None) -> str:
+def _try_view(root: str, fuse_fd: int | str | None, premounted: int | None) -> str:
     """Mount the view if there is a connection for it; why there is none, else ("")."""
     if not isinstance(fuse_fd, int):
         return fuse_fd or ""
     try:
-        mount_view(root, fuse_fd)
+        mount_view(root, fuse_fd, premounted)
     except OSError as exc:
         return f"mounting the FUSE view failed: {exc}"
     return ""
@@ -260,12 +292,14 @@ def assemble(
     rootfs: str,
     mounts: Sequence[MountPoint],
     view: int | str | None = None,
+    premounted: int | None = None,
 ) -> str:
     """Mount the container's filesystem at ``root`` (in a fresh mount namespace).
 
     The fixed filesystems come first, so a bind below /tmp lands on the tmpfs instead of
     being hidden by it. ``view`` is the /dev/fuse descriptor of the /proc and /sys view
-    (:func:`mount_view`), why there is none, or None (not asked for). Returns "" or why
+    (:func:`mount_view`; ``premounted``: its mount made ahead, :func:`premount_view`),
+    why there is none, or None (not asked for). Returns "" or why
     the view is not there: the container runs with the kernel's files then.
     """
     for path in (skel, rootfs):
@@ -280,7 +314,7 @@ def assemble(
         sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
         sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
         _mask_kernel_files(root)
-        missing_view = _try_view(root, view)
+        missing_view = _try_view(root, view, premounted)
         _populate_dev(f"{root}/dev")
         sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
         for mount_point in mounts:

@@ -33,6 +33,7 @@ __all__ = (
     "RESOLVE_NO_MAGICLINKS",
     "RESOLVE_NO_SYMLINKS",
     "capset",
+    "fs_mount",
     "mount",
     "mount_setattr_rdonly",
     "move_mount",
@@ -77,6 +78,9 @@ _SYS_SECCOMP = 317
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
 _SYS_MOUNT_SETATTR = 442
 
 AT_FDCWD = -100
@@ -86,6 +90,13 @@ MOUNT_ATTR_RDONLY = 0x1
 OPEN_TREE_CLONE = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
+_FSOPEN_CLOEXEC = 0x1
+_FSMOUNT_CLOEXEC = 0x1
+_FSCONFIG_SET_FLAG = 0
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_MOUNT_ATTRS = {MS_RDONLY: 0x1, MS_NOSUID: 0x2, MS_NODEV: 0x4, MS_NOEXEC: 0x8}
+"""mount(2)'s flags -> fsmount(2)'s MOUNT_ATTR_* of the same meaning."""
 PR_SET_DUMPABLE = 4
 
 # The C library this interpreter already runs on; not ``find_library``, which runs
@@ -239,3 +250,43 @@ def move_mount(tree_fd: int, target_fd: int) -> None:
         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
     )
     _check(int(result), f"move_mount({tree_fd}, {target_fd})")
+
+
+def _fsconfig(fs_fd: int, command: int, key: str | None, value: str | None) -> None:
+    result = _libc.syscall(
+        _SYS_FSCONFIG,
+        ctypes.c_int(fs_fd),
+        ctypes.c_uint(command),
+        ctypes.c_char_p(_b(key)),
+        ctypes.c_char_p(_b(value)),
+        ctypes.c_int(0),
+    )
+    _check(int(result), f"fsconfig({fs_fd}, {command}, {key!r}, {value!r})")
+
+
+def fs_mount(fstype: str, options: dict[str, str | None], flags: int = 0) -> int:
+    """fsopen(2), fsconfig(2) and fsmount(2): a new ``fstype`` file system with
+    ``options`` (a value of None: a flag), as a detached mount (an fd, attached later
+    with :func:`move_mount`); ``flags`` are mount(2)'s ``MS_RDONLY``, ``MS_NOSUID``,
+    ``MS_NODEV`` and ``MS_NOEXEC``."""
+    fs_fd = _check(
+        int(
+            _libc.syscall(_SYS_FSOPEN, ctypes.c_char_p(_b(fstype)), ctypes.c_uint(_FSOPEN_CLOEXEC))
+        ),
+        f"fsopen({fstype!r})",
+    )
+    try:
+        for key, value in options.items():
+            command = _FSCONFIG_SET_FLAG if value is None else _FSCONFIG_SET_STRING
+            _fsconfig(fs_fd, command, key, value)
+        _fsconfig(fs_fd, _FSCONFIG_CMD_CREATE, None, None)
+        attributes = sum(attr for flag, attr in _MOUNT_ATTRS.items() if flags & flag)
+        result = _libc.syscall(
+            _SYS_FSMOUNT,
+            ctypes.c_int(fs_fd),
+            ctypes.c_uint(_FSMOUNT_CLOEXEC),
+            ctypes.c_uint(attributes),
+        )
+        return _check(int(result), f"fsmount({fstype!r}, {flags:#x})")
+    finally:
+        os.close(fs_fd)
