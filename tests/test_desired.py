@@ -24,6 +24,7 @@ from reconciler.desired.types import (
 )
 from reconciler.squishfile import read_squishfile
 from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from tests.support import write_anew
 
 MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
 
@@ -479,10 +480,7 @@ def test_a_file_made_anew_counts_at_once_even_with_the_old_inode_number(tmp_path
     (its generation tells), not a rewrite in place, and waits for no settle time."""
     path, cache = applied(tmp_path, 8080)
     old = path.stat().st_ino
-    path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with open(fd, "w") as file:
-        file.write(squishfile(port=8081))
+    write_anew(path, squishfile(port=8081))
     if path.stat().st_ino != old:
         pytest.skip(f"{tmp_path}'s filesystem gave the new file another inode number")
     if read_squishfile(path)[1].generation is None:
