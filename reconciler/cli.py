@@ -336,6 +336,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     reconciler = _reconciler(_folder(args), _settings(args))
+    reconciler.network_linger = 0.0  # what apply would do: remove an unjoined network
     with previewing(reconciler.source):
         _, _, todo = reconciler.dry_run()
     if not todo.actions and not todo.conditions:
