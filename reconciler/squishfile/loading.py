@@ -126,6 +126,20 @@ def _generation(fd: int) -> int | None:
         return None
 
 
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """The file's bytes, ``limit`` at most (no buffered file object: a resync reads
+    every squishfile, and this is a third cheaper)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def read_squishfile(path: Path) -> tuple[bytes, FileIdentity]:
     """The bytes of the squishfile at ``path``, and which file they were read from.
 
@@ -134,14 +148,16 @@ def read_squishfile(path: Path) -> tuple[bytes, FileIdentity]:
     further.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
-    with open(fd, "rb") as file:
+    try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             code = errno.EISDIR if stat.S_ISDIR(status.st_mode) else errno.EINVAL
             message = os.strerror(code) if code == errno.EISDIR else "not a regular file"
             raise OSError(code, message, str(path))
         identity = FileIdentity(status.st_dev, status.st_ino, _generation(fd))
-        raw = file.read(MAX_BYTES + 1)
+        raw = _read_up_to(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_BYTES:
         problem = Problem(str(path), None, "<file>", _TOO_LARGE)
         raise SquishfileError(path, [problem])
