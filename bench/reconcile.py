@@ -6,10 +6,13 @@ Measures, with busybox httpd containers forwarding a port each:
 - file dropped → its port answers (p50/p90 over N files, one at a time), the file
   renamed into place and written in place;
 - port edited → the new port answers (p50/p90), and that no container was restarted,
-  the file renamed into place and rewritten in place (which waits for the settle time);
+  the file renamed into place, rewritten in place (which waits for the settle time) and
+  deleted and made anew (as git checks a file out);
+- the anchor: the same container run through the Runtime API (``run``, on a network
+  that exists, as the loop's files find theirs) → its port answers, each round;
 - FLEET files dropped at once → time until all answer;
 - the idle loop's CPU use with FLEET containers, over IDLE seconds.
-The figures go to bench/out/reconcile.json (bench/results.py).
+The figures go to bench/out/reconcile.json (bench/results.py), with the load average.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 
 from results import Results, parse
 
+from reconciler.desired.folder import load_desired
 from runtime.client.linux import LinuxRuntime
-from tests.support import free_ports, page, write_atomically
+from tests.support import free_ports, page, write_anew, write_atomically
 
 SQUISHFILE = """\
 [layers]
@@ -75,6 +79,31 @@ def write_in_place(path: Path, text: str) -> None:
         file.write(text)
 
 
+WRITES: dict[str, Callable[[Path, str], None]] = {
+    "renamed": write_atomically,
+    "in place": write_in_place,
+    "made anew": write_anew,
+}
+"""How a file is written, by the name its figures carry."""
+
+
+def run_direct(runtime: LinuxRuntime, folder: Path, name: str) -> float:
+    """Milliseconds from ``run`` of the container a squishfile of ``folder`` (not the
+    loop's) asks for to its port answering, through the Runtime API alone; it is
+    removed again, its network kept. ``runtime`` has a state folder of its own: its
+    network keeps its own keeper running, never the loop's."""
+    (port,) = free_ports(1)
+    (folder / f"{name}.toml").write_text(SQUISHFILE.format(port=port))
+    spec = load_desired(folder).containers[name].spec
+    start = time.perf_counter()
+    runtime.run(spec)
+    wait_until(partial(answers, port))
+    ms = (time.perf_counter() - start) * 1000
+    runtime.remove(name, force=True)
+    (folder / f"{name}.toml").unlink()
+    return ms
+
+
 def drop_and_edit(
     runtime: LinuxRuntime, path: Path, write: Callable[[Path, str], None]
 ) -> dict[str, float]:
@@ -92,6 +121,10 @@ def drop_and_edit(
     path.unlink()
     wait_until(partial(removed, runtime, name))
     return {"file dropped -> port answers": dropped, "port edited -> new port answers": edited}
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def cpu_ticks(pid: int) -> int:
@@ -113,9 +146,10 @@ def main() -> None:
     args = parse(parser, runs=3, fleet=10, idle=2.0)
     out = Results("reconcile")
     work = Path(tempfile.mkdtemp(prefix="squish-rbench-"))
-    folder = work / "desired"
-    (folder / "site").mkdir(parents=True)
-    (folder / "site" / "index.html").write_text("bench\n")
+    folder, direct = work / "desired", work / "direct"
+    for where in (folder, direct):
+        (where / "site").mkdir(parents=True)
+        (where / "site" / "index.html").write_text("bench\n")
     state = Path("/dev/shm") / f"sqr-{secrets.token_hex(4)}"
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
     loop = subprocess.Popen(
@@ -127,16 +161,25 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     runtime = LinuxRuntime(state=state)
+    anchored = LinuxRuntime(state=state.with_name(state.name + "-api"))
     try:
         time.sleep(1.0)
+        print(load())
         samples: dict[str, list[float]] = {}
+        anchor = "run -> port answers, Runtime API"
+        run_direct(anchored, direct, "warm")  # its network made, its keeper started
         for i in range(args.runs):
-            for how, write in (("renamed", write_atomically), ("in place", write_in_place)):
+            samples.setdefault(anchor, []).append(run_direct(anchored, direct, f"d{i}"))
+            for how, write in WRITES.items():
                 for what, ms in drop_and_edit(runtime, folder / f"b{i}.toml", write).items():
                     samples.setdefault(f"{what}, {how}", []).append(ms)
         for name, values in sorted(samples.items()):
             report(name, values)
-            out.distribution(name, values)
+            base = None if name == anchor else samples[anchor]
+            out.distribution(
+                name, values, anchor=None if base is None else anchor, anchor_values=base
+            )
+        print(load())
 
         ports = free_ports(args.fleet)
         staging = work / "staging"
@@ -169,14 +212,15 @@ def main() -> None:
             text=True,
             check=True,
         )
-        print(f"passes so far: {json.loads(status.stdout)['loop']['passes']}")
+        print(f"passes so far: {json.loads(status.stdout)['loop']['passes']}; {load()}")
         out.save()
     finally:
         loop.send_signal(signal.SIGTERM)
         loop.wait(30)
-        runtime.shutdown()
+        for each in (runtime, anchored):
+            each.shutdown()
+            shutil.rmtree(each.state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def _describe_ports(info: ContainerInfo) -> str:
 
 _OPTIONS = (
     "resync",
+    "network_linger",
     "debounce_ms",
     "step_ms",
     "settle_ms",
@@ -176,6 +177,7 @@ def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Re
         store=StatusStore(runtime.state, source.folder),
         allow_mass_delete=settings.allow_mass_delete,
         mass_delete_window=settings.mass_delete_window,
+        network_linger=settings.network_linger if writer == "loop" else 0.0,
         writer=writer,
         preparer=Preparer(runtime),
     )
@@ -334,6 +336,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     reconciler = _reconciler(_folder(args), _settings(args))
+    reconciler.network_linger = 0.0  # what apply would do: remove an unjoined network
     with previewing(reconciler.source):
         _, _, todo = reconciler.dry_run()
     if not todo.actions and not todo.conditions:
@@ -746,6 +749,13 @@ def _timing(command: argparse.ArgumentParser) -> None:
         type=int,
         help="quiet a file rewritten in place needs before it is applied "
         f"(ms, default {defaults.settle_ms})",
+    )
+    command.add_argument(
+        "--network-linger",
+        type=float,
+        metavar="SECONDS",
+        help="keep a network the folder made this long once nothing joins it "
+        f"(default {defaults.network_linger:g}; 0: it goes with its last container)",
     )
 
 

@@ -77,10 +77,19 @@ def page(port: int, path: str = "/", timeout: float = 5.0) -> bytes | None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write a file through a hidden temp file and a rename, as editors and git do."""
+    """Write a file through a hidden temp file and a rename, as ``sed -i`` and ``mv`` do."""
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text)
     os.replace(temp, path)
+
+
+def write_anew(path: Path, text: str) -> None:
+    """Delete the file, then create it and write it, as git checks a file out (ext4 may
+    give the new file the inode number the old one freed)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with open(fd, "w") as file:
+        file.write(text)
 
 
 def http_get(port: int, path: str = "/", attempts: int = 200) -> bytes:

@@ -22,7 +22,9 @@ from reconciler.desired.types import (
     is_squishfile,
     spec_hash,
 )
+from reconciler.squishfile import read_squishfile
 from runtime.api.spec import BindMount, ContainerSpec, PortMapping, RootfsRef, SdkLayer
+from tests.support import write_anew
 
 MINIMAL = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
 
@@ -470,6 +472,21 @@ def test_bytes_written_in_place_back_to_what_was_applied_wait_for_nothing(
     path.write_text(squishfile(port=8080))  # and the rest: the same bytes as before
     assert port_at(tmp_path, cache, 1.5) == 8080
     assert settles_in(cache, 1.5, 1.0) is None
+
+
+def test_a_file_made_anew_counts_at_once_even_with_the_old_inode_number(tmp_path: Path) -> None:
+    """As git checks a file out: unlink it, then create it (O_EXCL) and write it. ext4
+    gives the new file the inode number the old one freed; it is a new file all the same
+    (its generation tells), not a rewrite in place, and waits for no settle time."""
+    path, cache = applied(tmp_path, 8080)
+    old = path.stat().st_ino
+    write_anew(path, squishfile(port=8081))
+    if path.stat().st_ino != old:
+        pytest.skip(f"{tmp_path}'s filesystem gave the new file another inode number")
+    if read_squishfile(path)[1].generation is None:
+        pytest.skip(f"{tmp_path}'s filesystem keeps no inode generation")
+    assert port_at(tmp_path, cache, 0.0) == 8081
+    assert settles_in(cache, 0.0, 1.0) is None
 
 
 def test_spec_hash_of_a_spec_with_the_default_view_is_the_hash_it_had_before_the_switch() -> None:

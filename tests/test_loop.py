@@ -19,6 +19,7 @@ from reconciler.control.loop import Reconciler, _watch_exit, raise_fd_limit
 from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import ConditionKind
+from reconciler.squishfile.networks import runtime_network_name
 from tests.fakes import FakeClock, FakeRuntime
 
 
@@ -199,3 +200,53 @@ async def test_the_mass_deletion_guard_counts_removals_over_its_window(tmp_path:
             assert "within the last 5 min" in guards[0].message
     assert guarded_at == 20  # 20 of 40 is not more than half; the 21st is
     assert len(loop.runtime.list()) == 20
+
+
+@pytest.mark.anyio
+async def test_a_file_dropped_soon_after_the_last_one_went_finds_its_network_made(
+    tmp_path: Path,
+) -> None:
+    """The loop keeps the folder's network, once nothing joins it, for its linger: a
+    file dropped meanwhile starts its container on it (making a network is what costs a
+    bridge container's first start most), and the network goes once the linger is over."""
+    app = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    clock = FakeClock(100.0)
+    loop = reconciler(tmp_path, clock)
+    loop.network_linger = 60.0
+    runtime = loop.runtime
+    assert isinstance(runtime, FakeRuntime)
+    (tmp_path / "a.toml").write_text(app)
+    await loop.reconcile("files changed")
+    (tmp_path / "a.toml").unlink()
+    await loop.reconcile("files changed")
+    assert runtime.list() == [] and len(runtime.list_networks()) == 1
+    assert loop.next_deadline() == 60.0  # a pass then removes it
+    clock.advance(30.0)
+    (tmp_path / "b.toml").write_text(app)
+    await loop.reconcile("files changed")
+    assert [c.name for c in runtime.list()] == ["b"]
+    (tmp_path / "b.toml").unlink()
+    clock.advance(30.0)
+    await loop.reconcile("files changed")
+    clock.advance(59.0)
+    await loop.reconcile("resync")
+    assert len(runtime.list_networks()) == 1  # its linger counts from when b left
+    clock.advance(1.0)
+    await loop.reconcile("deadline")
+    assert runtime.list_networks() == [] and loop.next_deadline() == math.inf
+    assert runtime.history("ensure_network", "remove_network") == [
+        ("ensure_network", runtime_network_name(tmp_path, "default")),
+        ("remove_network", runtime_network_name(tmp_path, "default")),
+    ]
+
+
+@pytest.mark.anyio
+async def test_with_no_linger_the_last_container_takes_its_network_along(tmp_path: Path) -> None:
+    app = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    loop = reconciler(tmp_path, FakeClock(100.0))
+    assert isinstance(loop.runtime, FakeRuntime) and loop.network_linger == 0.0
+    (tmp_path / "a.toml").write_text(app)
+    await loop.reconcile("files changed")
+    (tmp_path / "a.toml").unlink()
+    await loop.reconcile("files changed")
+    assert loop.runtime.list_networks() == [] and loop.next_deadline() == math.inf

@@ -10,7 +10,7 @@ import pytest
 
 from reconciler.control.converge import Converger
 from reconciler.desired.folder import load_desired
-from reconciler.planning.plan import PHASE, ActionKind, ConditionKind, Plan, plan
+from reconciler.planning.plan import PHASE, ActionKind, ConditionKind, NetworkLinger, Plan, plan
 from reconciler.squishfile.networks import runtime_network_name
 from runtime.api import ContainerState, NetworkSpec
 from runtime.errors import NetworkConflict
@@ -254,3 +254,24 @@ async def test_a_container_that_cannot_join_keeps_its_old_network(
         (ActionKind.CONNECT, False),
     ]
     assert list(fake.inspect("web").addresses) == [net(tmp_path, "default")]
+
+
+@pytest.mark.anyio
+async def test_a_lingering_network_stays_until_its_linger_is_over(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    container(tmp_path, "web")
+    await converged(tmp_path, fake)
+    (tmp_path / "web.toml").unlink()
+    default = net(tmp_path, "default")
+
+    def planned_at(now: float, since: dict[str, float]) -> Plan:
+        desired, networks = load_desired(tmp_path), fake.list_networks()
+        linger = NetworkLinger(60.0, since)
+        return plan(desired, fake.list(), networks=networks, now=now, linger=linger)
+
+    leaving = planned_at(100.0, {})
+    assert summary(leaving) == [(0, "destroy", "web")] and leaving.lingering == (default,)
+    assert [o.error for o in await Converger(fake).apply(leaving)] == [None]
+    assert planned_at(159.0, {default: 100.0}) == Plan(lingering=(default,))
+    assert summary(planned_at(160.0, {default: 100.0})) == [(3, "remove-network", default)]

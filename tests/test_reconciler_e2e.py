@@ -35,6 +35,7 @@ from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import PortMapping
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerNotFound
+from runtime.network import shared
 from runtime.network.ports import unprivileged_port_start
 from tests.conftest import rootless
 from tests.support import free_port, free_ports, http_refused, page, write_atomically
@@ -315,6 +316,32 @@ def test_dropped_file_is_served_and_reported_running(loop: Loop) -> None:
     assert row["in_sync"] is True
     assert row["pid"] == loop.rt.inspect("drop").pid
     assert "create drop: new in drop.toml" in loop.output().splitlines()
+
+
+def _keeper(loop: Loop) -> object:
+    """The shared namespace's keeper as its record names it (None: none runs)."""
+    path = loop.rt.state / shared.BRIDGE_DIR / "keeper.json"
+    return json.loads(path.read_text()).get("supervisor") if path.exists() else None
+
+
+def test_a_file_dropped_after_the_folder_emptied_finds_its_network_and_keeper(
+    loop: Loop,
+) -> None:
+    """The folder's last container goes; the network it was on stays for the linger,
+    and with it the keeper of the shared namespace, so the next file's container starts
+    with nothing to make first."""
+    first, second = free_ports(2)
+    put(loop.folder, "one.toml", web_toml(first))
+    eventually(lambda: serves(first, "<h1>site</h1>\n"), f"one answers on {first}")
+    keeper = _keeper(loop)
+    assert keeper is not None
+    (loop.folder / "one.toml").unlink()
+    eventually(lambda: loop.ours() == [], "one removed")
+    put(loop.folder, "two.toml", web_toml(second))
+    eventually(lambda: serves(second, "<h1>site</h1>\n"), f"two answers on {second}")
+    assert _keeper(loop) == keeper
+    made = [line.split()[0] for line in loop.output().splitlines() if "-network " in line]
+    assert made == ["ensure-network"]  # once, for one: never removed, never made again
 
 
 def test_port_edit_is_applied_live_keeping_the_pid(loop: Loop) -> None:

@@ -15,6 +15,7 @@ observes every container, so a lost or merged event can never leave a wrong stat
 - the earliest back-off deadline, so a crash-looping container restarts on time;
 - the moment a file written in place has been quiet long enough to apply
   (:attr:`reconciler.desired.source.Snapshot.settle_in`).
+- the end of the linger of a network nothing joins any more (:attr:`Reconciler.network_linger`).
 
 SDK layers are prepared in the background (:mod:`reconciler.control.prepare`): a pass
 never waits for a download or an unpack, and a job that ends triggers a pass.
@@ -49,6 +50,7 @@ from reconciler.desired.types import DesiredState
 from reconciler.planning.plan import (
     ActionKind,
     ConditionKind,
+    NetworkLinger,
     Plan,
     RemovalWindow,
     is_leftover,
@@ -113,6 +115,11 @@ class Reconciler:
     a restarted loop starts counting afresh)."""
     _settles_at: float | None = None
     """When a file the source is waiting for (written in place) may be applied."""
+    network_linger: float = 0.0
+    """Seconds a network this folder made is kept once nothing joins it
+    (:attr:`Settings.network_linger`; 0: it goes with its last container)."""
+    _unjoined_since: dict[str, float] = field(default_factory=dict)
+    """Since when each network kept for its linger has been unjoined (memory only)."""
 
     @property
     def folder(self) -> Path:
@@ -145,6 +152,7 @@ class Reconciler:
             allow_mass_delete=self.allow_mass_delete,
             removal_window=RemovalWindow(self.mass_delete_window, tuple(self._removed_at)),
             networks=self.networks,
+            linger=NetworkLinger(self.network_linger, dict(self._unjoined_since)),
         )
         self.converger.settle({a.name for a in todo.actions} | _held(todo))
         full = None if self.store is None else state_disk_condition(self.store.state, actual)
@@ -174,6 +182,8 @@ class Reconciler:
         except Exception as exc:  # housekeeping: a failure must not cost the pass
             swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
+        since = self._unjoined_since
+        self._unjoined_since = {n: since.get(n, started) for n in todo.lingering}
         now, refused = self._hold_back(todo)
         outcomes = refused + (await self.converger.apply(now) if now.actions else [])
         todo = Plan(now.actions + tuple(o.action for o in refused), now.conditions)
@@ -272,10 +282,11 @@ class Reconciler:
         return set(self._running)
 
     def next_deadline(self) -> float:
-        """Seconds until the earliest back-off ends or a file written in place may be
-        applied (inf when nothing waits)."""
+        """Seconds until the earliest back-off ends, a file written in place may be
+        applied or a network's linger is over (inf when nothing waits)."""
         now = self.clock()
         waits = [t - now for t in self._holds.values() if t > now]
+        waits += [max(t + self.network_linger - now, 0.0) for t in self._unjoined_since.values()]
         if self._settles_at is not None:  # overdue: the next pass applies it
             waits.append(max(self._settles_at - now, 0.0))
         return min(waits, default=math.inf)

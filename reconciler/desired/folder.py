@@ -47,6 +47,7 @@ from reconciler.desired.types import (
 from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import (
+    FileIdentity,
     file_text,
     load_network_file,
     load_with_lines,
@@ -102,9 +103,9 @@ class Cached:
     """The digest of the bytes (and the files they use) ``loaded`` came from; empty for
     a file that could not be read."""
     loaded: DesiredContainer | FileError
-    identity: tuple[int, int] | None = None
-    """(device, inode) of the file read: a rename into place changes it, a rewrite in
-    place does not."""
+    identity: FileIdentity | None = None
+    """Which file was read: a rename into place (or a file made anew) changes it, a
+    rewrite in place does not."""
     pending: bytes | None = None
     """The key of other bytes written in place, not applied until they are quiet."""
     pending_since: float = 0.0
@@ -322,7 +323,7 @@ class _Quiet:
     now: float
     settle: float
 
-    def keeps(self, known: Cached, key: bytes, identity: tuple[int, int]) -> bool:
+    def keeps(self, known: Cached, key: bytes, identity: FileIdentity) -> bool:
         """Whether a file whose bytes are keyed ``key``, read from ``identity``, still
         stands for what it loaded before (noting new bytes written in place in ``known``)."""
         if key == known.key or identity != known.identity or self.settle <= 0:
@@ -343,7 +344,7 @@ def _read(
     known = cache.get(path) if cache is not None else None
     known_name = known.loaded.name if known is not None else None
     try:
-        raw, status = read_squishfile(path)
+        raw, identity = read_squishfile(path)
     except FileNotFoundError:
         if cache is not None:
             cache.pop(path, None)
@@ -353,7 +354,6 @@ def _read(
         if cache is not None:
             cache[path] = Cached(_UNREAD, unreadable)
         return unreadable
-    identity = (status.st_dev, status.st_ino)
     if known is not None:
         key = _digest(raw, _current(_inputs(known.loaded)))
         if quiet.keeps(known, key, identity):

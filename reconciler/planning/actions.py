@@ -139,6 +139,9 @@ class Condition:
 class Plan:
     actions: tuple[Action, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    lingering: tuple[str, ...] = ()
+    """Networks this folder made that nothing joins after the plan, kept for now (their
+    removal waits for the linger: :class:`reconciler.planning.networks.NetworkLinger`)."""
 
     def phase(self, number: int) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if PHASE[a.kind] == number)

@@ -6,8 +6,10 @@ made in phase 0 (before phase 1 creates and connects what joins it); its setting
 changed, it is remade only while no container is attached to it (else a
 ``NetworkInUse`` condition says what holds it); one this folder made goes in phase 3,
 once the last container attached to it has left (destroyed, recreated elsewhere or
-disconnected in this pass). A network file that does not validate leaves its network
-as it is; containers that need it while it does not exist wait for the file.
+disconnected in this pass), or, given a :class:`NetworkLinger` (the loop's), once
+nothing has joined it for the linger's seconds. A network file that does not validate
+leaves its network as it is; containers that need it while it does not exist wait for
+the file.
 
 A running container whose networks changed joins the new ones in phase 1 and leaves the
 old ones in phase 2 (same pid: never left without a network on the way); aliases changed
@@ -33,6 +35,8 @@ from reconciler.squishfile.networks import local_network_name, runtime_network_n
 from runtime.api import ContainerInfo, ContainerSpec, NetworkAttachment, NetworkInfo, NetworkSpec
 
 __all__ = (
+    "NO_LINGER",
+    "NetworkLinger",
     "NetworkPlan",
     "attachment_actions",
     "joins",
@@ -93,6 +97,27 @@ class NetworkPlan:
     held: list[Action] = field(default_factory=list)
     """Container actions held back: a network they need does not exist and its file does
     not validate."""
+    lingering: list[str] = field(default_factory=list)
+    """Networks this folder made that nothing joins after this pass, kept for now."""
+
+
+@dataclass(frozen=True)
+class NetworkLinger:
+    """How long a network this folder made is kept once nothing joins it, and since when
+    each such network has been unjoined (the loop remembers it): a file dropped
+    meanwhile finds its network made (a bridge network's first container otherwise pays
+    for making it, and for starting the user's network keeper when it is the only one)."""
+
+    seconds: float = 0.0
+    unjoined_since: Mapping[str, float] = field(default_factory=dict)
+
+    def keeps(self, name: str, now: float) -> bool:
+        """Whether network ``name``, unjoined after a pass at ``now``, stays for now."""
+        return now < self.unjoined_since.get(name, now) + self.seconds
+
+
+NO_LINGER = NetworkLinger()
+"""A network goes with the last container that leaves it."""
 
 
 def network_managed_by(info: NetworkInfo, folder: str) -> bool:
@@ -152,6 +177,8 @@ class _Networks:
     broken: Mapping[str, str]
     """Runtime name -> the file of a network file that does not validate."""
     held: frozenset[str]
+    linger: NetworkLinger
+    now: float
 
     def local(self, name: str) -> str:
         return local_network_name(self.desired.folder, name) or name
@@ -163,12 +190,16 @@ def plan_networks(
     container_actions: Sequence[Action],
     by_name: Mapping[str, ContainerInfo],
     held: Iterable[str] = (),
+    *,
+    linger: NetworkLinger = NO_LINGER,
+    now: float = 0.0,
 ) -> NetworkPlan:
     """The network actions and conditions of a pass, given the container actions planned
-    (and the names ``held`` by their back-off: no action for them now)."""
+    (and the names ``held`` by their back-off: no action for them now), at ``now``."""
     folder = desired.folder
     broken = {runtime_network_name(folder, e.name): e.file.name for e in desired.network_errors}
-    state = _Networks(desired, {n.name: n for n in networks}, broken, frozenset(held))
+    existing = {n.name: n for n in networks}
+    state = _Networks(desired, existing, broken, frozenset(held), linger, now)
     out = NetworkPlan()
     for error in desired.network_errors:
         message = f"{error.message}; network {error.name} is left as it is"
@@ -221,10 +252,14 @@ def _remove_unused(
     for name, info in sorted(state.existing.items()):
         if name in wanted or name in state.held or not network_managed_by(info, folder):
             continue
-        if all((user, name) in leaving for user in info.containers):
-            reason = f"{state.local(name)} is no longer joined"
-            after = tuple(sorted(info.containers))
-            out.actions.append(Action(ActionKind.REMOVE_NETWORK, name, reason, after=after))
+        if not all((user, name) in leaving for user in info.containers):
+            continue
+        if state.linger.keeps(name, state.now):
+            out.lingering.append(name)
+            continue
+        reason = f"{state.local(name)} is no longer joined"
+        after = tuple(sorted(info.containers))
+        out.actions.append(Action(ActionKind.REMOVE_NETWORK, name, reason, after=after))
 
 
 def joins(action: Action) -> tuple[str, ...]:

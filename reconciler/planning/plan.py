@@ -86,7 +86,13 @@ from reconciler.planning.conflicts import (
     refuse_ports,
     settle_names,
 )
-from reconciler.planning.networks import attachment_actions, networks_differ, plan_networks
+from reconciler.planning.networks import (
+    NO_LINGER,
+    NetworkLinger,
+    attachment_actions,
+    networks_differ,
+    plan_networks,
+)
 from runtime.api import ContainerInfo, ContainerState, NetworkInfo, PortMapping
 
 __all__ = (
@@ -95,6 +101,7 @@ __all__ = (
     "ActionKind",
     "Condition",
     "ConditionKind",
+    "NetworkLinger",
     "Plan",
     "RemovalWindow",
     "is_leftover",
@@ -224,6 +231,7 @@ def plan(
     allow_mass_delete: bool = False,
     removal_window: RemovalWindow | None = None,
     networks: Sequence[NetworkInfo] = (),
+    linger: NetworkLinger = NO_LINGER,
 ) -> Plan:
     """The actions that take ``actual`` to ``desired``, and the conditions that block some.
 
@@ -239,7 +247,8 @@ def plan(
     its back-off to free a port (:func:`_defer_takes`); the frees
     (:func:`_schedule_frees`: which old forwards move, which go before the takes, which
     after them, which stay); the networks (:func:`~reconciler.planning.networks.plan_networks`:
-    made, remade, removed, given ``networks``, the ones that exist now).
+    made, remade, removed, given ``networks``, the ones that exist now; one nothing joins
+    any more stays while ``linger`` keeps it).
 
     Mass-deletion guard: a pass whose removals, together with the removals applied
     within ``removal_window`` before it, come to more than half of this folder's
@@ -274,11 +283,11 @@ def plan(
     actions, conditions = _break_swaps(state, actions, conditions)
     actions = _schedule_frees(actions, _waiting(state, conditions))
     held = [name for name in state.hold if state.held(name)]
-    networked = plan_networks(desired, networks, actions, by_name, held)
+    networked = plan_networks(desired, networks, actions, by_name, held, linger=linger, now=now)
     actions = [a for a in actions if a not in networked.held] + networked.actions
     conditions += networked.conditions
     actions.sort(key=lambda a: (PHASE[a.kind], a.name, a.kind.value))
-    return Plan(tuple(actions), tuple(conditions))
+    return Plan(tuple(actions), tuple(conditions), tuple(networked.lingering))
 
 
 def _error_condition(error: FileError) -> Condition:

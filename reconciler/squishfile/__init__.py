@@ -12,6 +12,7 @@ from __future__ import annotations
 from reconciler.squishfile.loading import (
     MAX_BYTES,
     ConflictLines,
+    FileIdentity,
     file_text,
     load_network_file,
     load_squishfile,
@@ -31,6 +32,7 @@ __all__ = (
     "MAX_BYTES",
     "ConflictLines",
     "DownloadLayer",
+    "FileIdentity",
     "LocalLayer",
     "NetworkJoin",
     "PortForward",

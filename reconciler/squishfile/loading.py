@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import codecs
 import errno
+import fcntl
 import os
 import stat
+import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -53,6 +55,7 @@ from runtime.security.profile import ProfileCheck
 __all__ = (
     "MAX_BYTES",
     "ConflictLines",
+    "FileIdentity",
     "file_text",
     "load_network_file",
     "load_squishfile",
@@ -99,26 +102,66 @@ def load_with_lines(
     return squishfile, _conflict_lines(squishfile, text, data)
 
 
-def read_squishfile(path: Path) -> tuple[bytes, os.stat_result]:
-    """The bytes of the squishfile at ``path``, and the status of the file they were read
-    from (its inode tells a file replaced by a rename from one rewritten in place).
+class FileIdentity(NamedTuple):
+    """Which file was read: a rename into place, or a file deleted and made anew, reads
+    as another one; a rewrite in place (truncated, then written) as the same."""
+
+    device: int
+    inode: int
+    generation: int | None
+    """The inode's generation, where the filesystem keeps one (ext4, xfs, btrfs; not
+    tmpfs): it tells a new file from the old one when the new file gets the inode
+    number the old one freed, as ext4 gives it to a file git checks out (unlinked, then
+    created)."""
+
+
+_FS_IOC_GETVERSION = 0x80087601
+"""``_IOR('v', 1, long)``: the inode's generation number."""
+
+
+def _generation(fd: int) -> int | None:
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETVERSION, bytes(8)), sys.byteorder)
+    except OSError:  # ENOTTY: the filesystem keeps none
+        return None
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """The file's bytes, ``limit`` at most (no buffered file object: a resync reads
+    every squishfile, and this is a third cheaper)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_squishfile(path: Path) -> tuple[bytes, FileIdentity]:
+    """The bytes of the squishfile at ``path``, and which file they were read from.
 
     Raises OSError when it cannot be read (a directory or a FIFO cannot), and
     :class:`SquishfileError` when it is larger than :data:`MAX_BYTES`: it is not read
     further.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
-    with open(fd, "rb") as file:
+    try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             code = errno.EISDIR if stat.S_ISDIR(status.st_mode) else errno.EINVAL
             message = os.strerror(code) if code == errno.EISDIR else "not a regular file"
             raise OSError(code, message, str(path))
-        raw = file.read(MAX_BYTES + 1)
+        identity = FileIdentity(status.st_dev, status.st_ino, _generation(fd))
+        raw = _read_up_to(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_BYTES:
         problem = Problem(str(path), None, "<file>", _TOO_LARGE)
         raise SquishfileError(path, [problem])
-    return raw, status
+    return raw, identity
 
 
 _TOO_LARGE = f"larger than {MAX_BYTES >> 20} MiB, the limit for a squishfile"
