@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,8 @@ from runtime.api.interface import Runtime
 from runtime.api.spec import BindMount, ContainerSpec, RootfsRef
 from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.network import slirp
+from runtime.sandbox import netif
+from runtime.sandbox import syscalls as sc
 from runtime.settings import RuntimeSettings
 
 __all__ = (
@@ -32,6 +37,7 @@ __all__ = (
     "host_without_tun",
     "http_get",
     "http_refused",
+    "in_own_namespaces",
     "kill_slirp",
     "page",
     "processes_mentioning",
@@ -198,3 +204,42 @@ def run_probes(
         probe, code = line.rsplit(" ", 1)
         found[probe] = int(code)
     return found
+
+
+def in_own_namespaces(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work()`` in a forked child that is the first process of a new user and
+    network namespace (this account mapped to itself, every capability there, ``lo``
+    up): what needs CAP_SYS_ADMIN over a network namespace runs as any account, root or
+    not. Returns what ``work`` returned (JSON); its exception fails the test with its
+    traceback. ``work`` ends whatever it started before it returns."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        result: dict[str, Any] = {}
+        try:
+            os.close(report_r)
+            _enter_own_namespaces()
+            result = work()
+        except BaseException as exc:
+            result = {"crashed": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
+        finally:
+            with os.fdopen(report_w, "wb") as report:
+                report.write(json.dumps(result).encode())
+            os._exit(0)
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as report:
+        data = report.read()
+    os.waitpid(child, 0)
+    result = json.loads(data) if data else {"crashed": "the child ended without a report"}
+    assert "crashed" not in result, result["crashed"]
+    return dict(result)
+
+
+def _enter_own_namespaces() -> None:
+    uid, gid = os.getuid(), os.getgid()
+    sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNET)
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
+    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        netif.up(sock, "lo")
