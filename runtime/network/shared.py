@@ -493,7 +493,7 @@ class _Supervisor:
         (in every request that gets here) read and pruned them."""
         wanted = _backends(networks, self.forwarded, self.held, self._book().first_network)
         control = self.bdir / porter.CONTROL_SOCKET
-        for key in [key for key in self.bound if key not in wanted]:
+        for key in self._released(wanted):
             porter.request(control, "unbind", id=self.bound.pop(key)["id"])
         self.unbound = []
         for (host_addr, host_port), (addr, port, held) in wanted.items():
@@ -510,6 +510,20 @@ class _Supervisor:
                     self.unbound.append({**at, "errno": exc.errno})
                     continue
                 self.bound[(host_addr, host_port)] = {**entry, "inode": held.inode}
+
+    def _released(self, wanted: dict[tuple[str, int], Any]) -> list[tuple[str, int]]:
+        """The listeners to let go: those of host ports no forward record names any
+        more, and those whose container's namespace is not held now (its init ended).
+        One whose record is still there, but whose container this sync did not find
+        under that name in the book (it is being renamed, or replaced), keeps its
+        listener as it was: a sync never frees a host port it was not told to."""
+        recorded = {(r.host_addr, r.host_port) for r in self.forwarded if r.handler == "splice"}
+        inodes = {held.inode for held in self.held.values()}
+        return [
+            key
+            for key, have in self.bound.items()
+            if key not in wanted and (key not in recorded or have["inode"] not in inodes)
+        ]
 
     def _hold(self, networks: dict[str, NetworkRecord], name: str, fds: list[int]) -> None:
         """Keep copies of wired container ``name``'s namespace and init pidfd (``fds``)
