@@ -86,17 +86,23 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-def http_get(port: int, path: str = "/", attempts: int = 200) -> bytes:
-    """GET http://127.0.0.1:PORT/PATH, retrying while the server is still starting."""
-    last: Exception | None = None
-    for _ in range(attempts):
+STARTING = 30.0
+"""How long :func:`http_get` retries while a server starts (well under a second on an
+idle machine): a bound that holds when other work shares the cores, not a measure."""
+
+
+def http_get(port: int, path: str = "/", timeout: float = STARTING) -> bytes:
+    """GET http://127.0.0.1:PORT/PATH, retrying for up to ``timeout`` seconds while the
+    server is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
                 return bytes(reply.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last = exc
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no HTTP answer on 127.0.0.1:{port}{path}: {exc}") from exc
             time.sleep(0.01)
-    raise AssertionError(f"no HTTP answer on 127.0.0.1:{port}{path}: {last}")
 
 
 def http_refused(port: int) -> bool:

@@ -11,8 +11,8 @@ import importlib.util
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ from runtime.network.slirp import LiveForward
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import free_port, http_get, http_refused, processes_mentioning
+from tests.test_reconciler_e2e import eventually
 
 pytestmark = rootless
 
@@ -61,12 +62,7 @@ def web(name: str, site: Path, *networks: str, **fields: object) -> ContainerSpe
 def serving(rt: LinuxRuntime, *names: str) -> None:
     """Wait until each container's httpd accepts connections."""
     for name in names:
-        for _ in range(500):
-            if rt.probe_tcp(name, 80):
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError(f"{name}'s httpd never listened")
+        eventually(partial(rt.probe_tcp, name, 80), f"{name}'s httpd listening")
 
 
 def fetch(rt: LinuxRuntime, name: str, address: str, port: int = 80) -> str:
