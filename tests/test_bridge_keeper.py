@@ -219,3 +219,20 @@ def test_a_sync_overtaken_by_a_rename_keeps_the_listener(
     shared.save_forwards(supervisor.bdir, [])  # told to let go: it does
     supervisor.sync()
     assert handler.asked == ["bind", "unbind"]
+
+
+def test_a_sync_that_cannot_read_the_forwards_keeps_them(
+    serving_web: tuple[shared._Supervisor, RecordingPortHandler],
+) -> None:
+    """A forwards file that is there but cannot be read (damaged, a failing disk) is
+    not "no forwards": the sync keeps its listeners and rewrites nothing."""
+    supervisor, handler = serving_web
+    path = supervisor.bdir / "forwards.json"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    supervisor.sync()
+    assert handler.asked == ["bind"]
+    assert path.read_bytes() == whole[: len(whole) // 2]
+    path.write_bytes(whole)
+    supervisor.sync()
+    assert handler.asked == ["bind"]

@@ -52,7 +52,7 @@ from runtime.network.addresses import NetworkRecord, read_networks
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
 from runtime.util.fdpass import receive_with_fds, send_with_fds
-from runtime.util.files import Landmark, read_json, write_json_atomic
+from runtime.util.files import Landmark, parse_json, read_json, write_json_atomic
 from runtime.util.processes import ProcessId, close_fds_except, wait_readable
 from runtime.wire import Forward
 
@@ -298,9 +298,24 @@ class ForwardRecord:
 
 
 def load_forwards(bdir: Path) -> list[ForwardRecord]:
-    data = read_json(bdir / "forwards.json")
+    return _records_in(read_json(bdir / "forwards.json"))
+
+
+def _records_in(data: object) -> list[ForwardRecord]:
     entries = data.get("forwards", []) if isinstance(data, dict) else []
     return [ForwardRecord(**entry) for entry in entries]
+
+
+def _read_forwards(bdir: Path) -> list[ForwardRecord] | None:
+    """:func:`load_forwards`, but None when the file is there and cannot be read (a
+    failing disk, a damaged file) rather than no forwards."""
+    try:
+        data = parse_json((bdir / "forwards.json").read_bytes())
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    return _records_in(data) if isinstance(data, dict) else None
 
 
 def save_forwards(bdir: Path, records: list[ForwardRecord]) -> None:
@@ -611,11 +626,12 @@ class _Supervisor:
         """The agent's ``links`` request for ``networks`` (the forwards of containers
         that are gone are dropped from the forwards file on the way)."""
         with locked(self.state):
-            loaded = load_forwards(self.bdir)
-            records = [r for r in loaded if _exists(self.state, r.container)]
-            if records != loaded:
-                save_forwards(self.bdir, records)
-        self.forwarded = records
+            loaded = _read_forwards(self.bdir)
+            if loaded is not None:  # unreadable: the forwards as the last sync read them
+                self.forwarded = [r for r in loaded if _exists(self.state, r.container)]
+                if self.forwarded != loaded:
+                    save_forwards(self.bdir, self.forwarded)
+        records = self.forwarded
         return {
             "bridges": _bridge_list(networks),
             "ruleset": nft.ruleset(
