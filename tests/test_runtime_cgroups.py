@@ -172,7 +172,10 @@ def test_limits_whose_controller_is_missing_are_refused_before_anything_is_made(
 def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
     rt: LinuxRuntime,
 ) -> None:
-    rt.run(sleeper("frozen", "trap 'exit 7' TERM; while :; do usleep 10000; done", stop_timeout=30))
+    script = "trap 'exit 7' TERM; echo trapped; while :; do usleep 10000; done"
+    rt.run(sleeper("frozen", script, stop_timeout=30))
+    # paused before its shell set the trap, SIGTERM would end it (143), thawed or not
+    eventually(lambda: b"trapped" in rt.logs("frozen"), "the trap set")
     assert rt.pause("frozen").paused
     stopped = rt.stop("frozen")  # without the thaw: 30 s, then SIGKILL (137)
     assert stopped.exit_code == 7
