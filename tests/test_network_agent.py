@@ -36,6 +36,7 @@ def _plug_nothing(direct: Path) -> str:
 def _accept_out_of_descriptors(direct: Path) -> dict[str, Any]:
     keeper = agent.start(10.0, direct)
     try:
+        keeper.call("listening", addresses=[], port=53)  # past its start: serving requests
         limits = resource.prlimit(keeper.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(
             keeper.pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(keeper.pid), limits[1])
