@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,8 @@ from runtime.api.interface import Runtime
 from runtime.api.spec import BindMount, ContainerSpec, RootfsRef
 from runtime.cgroups.driver import CgroupDriver, detect
 from runtime.network import slirp
+from runtime.sandbox import netif
+from runtime.sandbox import syscalls as sc
 from runtime.settings import RuntimeSettings
 
 __all__ = (
@@ -35,6 +38,7 @@ __all__ = (
     "http_get",
     "http_refused",
     "in_child",
+    "in_own_namespaces",
     "kill_slirp",
     "page",
     "processes_mentioning",
@@ -92,17 +96,23 @@ def write_anew(path: Path, text: str) -> None:
         file.write(text)
 
 
-def http_get(port: int, path: str = "/", attempts: int = 200) -> bytes:
-    """GET http://127.0.0.1:PORT/PATH, retrying while the server is still starting."""
-    last: Exception | None = None
-    for _ in range(attempts):
+STARTING = 30.0
+"""How long :func:`http_get` retries while a server starts (well under a second on an
+idle machine): a bound that holds when other work shares the cores, not a measure."""
+
+
+def http_get(port: int, path: str = "/", timeout: float = STARTING) -> bytes:
+    """GET http://127.0.0.1:PORT/PATH, retrying for up to ``timeout`` seconds while the
+    server is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
                 return bytes(reply.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last = exc
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no HTTP answer on 127.0.0.1:{port}{path}: {exc}") from exc
             time.sleep(0.01)
-    raise AssertionError(f"no HTTP answer on 127.0.0.1:{port}{path}: {last}")
 
 
 def http_refused(port: int) -> bool:
@@ -216,7 +226,7 @@ def in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
     """Run ``work`` in a forked child (namespaces it enters stay its own) and return the
     dict it returned, through a pipe as JSON; an exception it raised comes back as
     ``{"crashed": "<traceback>"}``, for the caller to fail on once it cleaned up."""
-    report_r, report_w = os.pipe()
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         result: dict[str, object] = {}
@@ -226,16 +236,39 @@ def in_child(work: Callable[[], dict[str, object]]) -> dict[str, object]:
         except BaseException as exc:
             result = {"crashed": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
         finally:
-            os.write(report_w, json.dumps(result).encode())
+            with os.fdopen(report_w, "wb") as report:
+                report.write(json.dumps(result).encode())
             os._exit(0)
     os.close(report_w)
-    chunks = []
-    try:
-        while chunk := os.read(report_r, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(report_r)
-        os.waitpid(child, 0)
-    answer = json.loads(b"".join(chunks))
+    with os.fdopen(report_r, "rb") as report:
+        data = report.read()
+    os.waitpid(child, 0)
+    answer = json.loads(data) if data else {"crashed": "the child ended without a report"}
     assert isinstance(answer, dict)
     return answer
+
+
+def in_own_namespaces(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work()`` in a forked child that is the first process of a new user and
+    network namespace (this account mapped to itself, every capability there, ``lo``
+    up): what needs CAP_SYS_ADMIN over a network namespace runs as any account, root or
+    not. Returns what ``work`` returned (JSON); its exception fails the test with its
+    traceback. ``work`` ends whatever it started before it returns."""
+
+    def entered() -> dict[str, object]:
+        _enter_own_namespaces()
+        return work()
+
+    result = in_child(entered)
+    assert "crashed" not in result, result["crashed"]
+    return dict(result)
+
+
+def _enter_own_namespaces() -> None:
+    uid, gid = os.getuid(), os.getgid()
+    sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNET)
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1\n")
+    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        netif.up(sock, "lo")

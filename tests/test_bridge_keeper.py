@@ -7,13 +7,14 @@ the keeper that synced made it, else the keeper wires."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.network import bridge, netlink, shared
-from runtime.network.addresses import open_book
+from runtime.network import bridge, netlink, porter, shared
+from runtime.network.addresses import NetworkRecord, open_book, read_networks
 
 
 class RecordingAgent:
@@ -150,3 +151,88 @@ def test_forwards_go_to_the_address_of_the_spec_s_first_network_not_the_first_le
     assert shared._address_of(networks, "c", "b") == "10.0.2.2"
     assert shared._address_of(networks, "c", None) == "10.0.2.2"  # no spec: any lease
     assert shared._address_of(networks, "gone", "b") is None
+
+
+class RecordingPortHandler:
+    """Stands in for :func:`runtime.network.porter.request`: records each request."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __call__(self, control: Path, op: str, fds: tuple[int, ...] = (), **args: Any) -> Any:
+        self.asked.append(op)
+        return {"id": porter.FIRST_ID, **args} if op == "bind" else {}
+
+
+@pytest.fixture
+def serving_web(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[shared._Supervisor, RecordingPortHandler]]:
+    """A keeper whose port handler listens on a splice forward of container "web"
+    (running: its namespace held, the test's own)."""
+    state, handler = tmp_path, RecordingPortHandler()
+    monkeypatch.setattr(porter, "request", handler)
+    supervisor = keeper(state, RecordingAgent())
+    forward = shared.ForwardRecord("web", "tcp", "127.0.0.1", 8080, 80, 20000, "splice")
+    shared.save_forwards(supervisor.bdir, [forward])
+    networks = supervisor.sync()
+    ns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        supervisor._hold(networks, "web", [ns_fd, pidfd])
+    finally:
+        os.close(ns_fd)
+        os.close(pidfd)
+    assert handler.asked == ["bind"]
+    yield supervisor, handler
+    for address in list(supervisor.held):
+        supervisor._let_go(address)
+
+
+def _rename(state: Path, name: str, new_name: str) -> None:
+    """What :meth:`runtime.client.linux.LinuxRuntime.rename` does to what a sync reads."""
+    with bridge.renaming(state, name, new_name):
+        (state / shared.CONTAINERS / name).rename(state / shared.CONTAINERS / new_name)
+        with open_book(state) as book:
+            book.rename(name, new_name)
+
+
+def test_a_sync_overtaken_by_a_rename_keeps_the_listener(
+    serving_web: tuple[shared._Supervisor, RecordingPortHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync reads the book (its leases under the old name), then the container is
+    renamed, then the sync reads the forwards (under the new name): the forward's
+    container is nowhere in the book it read. The host port stays bound."""
+    supervisor, handler = serving_web
+
+    def renamed_right_after(state: Path) -> dict[str, NetworkRecord]:
+        networks = read_networks(state)
+        monkeypatch.setattr("runtime.network.shared.read_networks", read_networks)  # once
+        _rename(state, "web", "web.2")
+        return networks
+
+    monkeypatch.setattr("runtime.network.shared.read_networks", renamed_right_after)
+    supervisor.sync()
+    supervisor.sync()  # the book and the forwards both renamed
+    assert handler.asked == ["bind"]
+    assert [r.container for r in shared.load_forwards(supervisor.bdir)] == ["web.2"]
+    shared.save_forwards(supervisor.bdir, [])  # told to let go: it does
+    supervisor.sync()
+    assert handler.asked == ["bind", "unbind"]
+
+
+def test_a_sync_that_cannot_read_the_forwards_keeps_them(
+    serving_web: tuple[shared._Supervisor, RecordingPortHandler],
+) -> None:
+    """A forwards file that is there but cannot be read (damaged, a failing disk) is
+    not "no forwards": the sync keeps its listeners and rewrites nothing."""
+    supervisor, handler = serving_web
+    path = supervisor.bdir / "forwards.json"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    supervisor.sync()
+    assert handler.asked == ["bind"]
+    assert path.read_bytes() == whole[: len(whole) // 2]
+    path.write_bytes(whole)
+    supervisor.sync()
+    assert handler.asked == ["bind"]

@@ -5,11 +5,14 @@ when the shared slirp4netns is killed; nothing is left once everything is remove
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import signal
-import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,11 +28,13 @@ from runtime.api.spec import (
 )
 from runtime.client.linux import LinuxRuntime
 from runtime.network import bridge, shared
+from runtime.network.addresses import AddressBook, open_book
 from runtime.network.netlink import mac_of
 from runtime.network.slirp import LiveForward
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import free_port, http_get, http_refused, processes_mentioning
+from tests.test_reconciler_e2e import eventually
 
 pytestmark = rootless
 
@@ -57,12 +62,7 @@ def web(name: str, site: Path, *networks: str, **fields: object) -> ContainerSpe
 def serving(rt: LinuxRuntime, *names: str) -> None:
     """Wait until each container's httpd accepts connections."""
     for name in names:
-        for _ in range(500):
-            if rt.probe_tcp(name, 80):
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError(f"{name}'s httpd never listened")
+        eventually(partial(rt.probe_tcp, name, 80), f"{name}'s httpd listening")
 
 
 def fetch(rt: LinuxRuntime, name: str, address: str, port: int = 80) -> str:
@@ -422,6 +422,52 @@ def test_a_renamed_bridge_container_keeps_its_forward_and_answers_to_its_new_nam
     (server,) = records["servers"]
     assert server["names"]["web"] == [first.addresses["front"]]
     assert "web.next" not in server["names"]
+
+
+def _forwards_lock_free(state: Path) -> bool:
+    """Whether a keeper's sync could take the forwards file's lock now."""
+    fd = os.open(shared.bridge_dir(state) / "forwards.lock", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (a lock taken goes with it)
+    return True
+
+
+def test_a_sync_at_any_step_of_a_rename_keeps_the_forward(
+    nets: LinuxRuntime, site: Path, state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client's sync comes before and after the rename moves the leases (after
+    the folder moved, before the forwards do): at once when it can run then, else it
+    is asked then and answered after. The forward is neither dropped nor let go."""
+    port = free_port()
+    nets.run(web("web.next", site, "front", ports=(PortMapping(container=80, host=port),)))
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    later: list[shared.Asked] = []
+
+    def sync_now() -> None:
+        if _forwards_lock_free(state_path):
+            shared.call(state_path, "sync")
+        else:
+            later.append(shared.ask(state_path, "sync"))
+
+    @contextlib.contextmanager
+    def synced_around(state: Path) -> Iterator[AddressBook]:
+        sync_now()
+        with open_book(state) as book:
+            yield book
+        sync_now()
+
+    monkeypatch.setattr("runtime.client.linux.open_book", synced_around)
+    nets.rename("web.next", "web")
+    monkeypatch.undo()
+    for asked in later:
+        asked.answer()
+    assert http_get(port, "/index.html") == b"hello over the bridge\n"
+    records = shared.load_forwards(shared.bridge_dir(state_path))
+    assert [(r.container, r.host_port) for r in records] == [("web", port)]
 
 
 def test_a_restarting_shared_slirp4netns_never_reads_as_a_lost_network(

@@ -26,9 +26,13 @@ from tests.conftest import rootless
 from tests.support import descendants_of, free_ports, http_get, start_controller, write_atomically
 from tests.test_reconciler_e2e import cli, cli_env, eventually, make_site, web_toml
 
-pytestmark = rootless
-
 ROUNDS = int(os.environ.get("SQUISH_KILL_ROUNDS", "12"))
+pytestmark = [
+    rootless,
+    # ROUNDS controllers started and killed, then applies and checks: a few seconds a
+    # round where other test runs share the cores, past pytest's 120 s for one scenario
+    pytest.mark.timeout(120 + 30 * ROUNDS),
+]
 SEED = int(os.environ.get("SQUISH_KILL_SEED", "20261128"))
 NAMES = [f"k{i}" for i in range(6)]
 

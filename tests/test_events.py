@@ -3,6 +3,7 @@ follows (before or after the loop starts, across rotations), and ``status --watc
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -125,6 +126,62 @@ def test_a_half_written_line_waits_for_its_end(tmp_path: Path) -> None:
             file.write(next(steps, b""))
 
     assert next(follow(path, sleep=write_part)) == {"event": "test", "number": 1}
+
+
+def _kept(path: Path) -> list[int]:
+    """The numbers of the events a reader finds in the journal at ``path``."""
+    return [event["number"] for event in follow(path, history=True, stop=lambda: True)]
+
+
+def test_writes_cut_short_still_land_every_line_whole(tmp_path: Path) -> None:
+    def five_bytes_at_most(fd: int, data: bytes) -> int:  # as a signal or a filling disk
+        return os.write(fd, data[:5])
+
+    journal = Journal(tmp_path / "j.jsonl", folder=str(tmp_path), write=five_bytes_at_most)
+    for number in range(3):
+        journal.write("test", number=number)
+    assert [e["number"] for e in _written(journal.path)] == [0, 1, 2]
+
+
+class FailingDisk:
+    """``os.write`` on a disk that takes ``room`` more bytes, then fails (ENOSPC) until
+    given room again; with ``once``, it fails one write only (an I/O error that passes)."""
+
+    def __init__(self, room: int, once: bool = False) -> None:
+        self.room = room
+        self.once = once
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        if self.room <= 0:
+            self.room = 1 << 20 if self.once else 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = os.write(fd, data[: self.room])
+        self.room -= written
+        return written
+
+
+def test_a_write_failing_part_way_leaves_no_line_the_next_one_joins(tmp_path: Path) -> None:
+    disk = FailingDisk(room=1000)
+    journal = Journal(tmp_path / "j.jsonl", folder=str(tmp_path), write=disk)
+    journal.write("test", number=0)
+    disk.room = 10  # the next event is torn: its first 10 bytes only, not even ended
+    journal.write("test", number=1)
+    assert not journal.path.read_bytes().endswith(b"\n")
+    disk.room = 1000  # room again
+    journal.write("test", number=2)
+    assert _kept(journal.path) == [0, 2]
+    assert len(journal.path.read_bytes().splitlines()) == 3  # the torn one, on its own
+
+
+def test_a_torn_line_is_ended_at_once_when_the_disk_takes_it(tmp_path: Path) -> None:
+    disk = FailingDisk(room=1000)
+    journal = Journal(tmp_path / "j.jsonl", folder=str(tmp_path), write=disk)
+    journal.write("test", number=0)
+    disk.room, disk.once = 10, True  # one write fails, after 10 bytes of the event
+    journal.write("test", number=1)
+    assert journal.path.read_bytes().endswith(b"\n")
+    journal.write("test", number=2)
+    assert _kept(journal.path) == [0, 2]
 
 
 def test_events_read_as_the_loop_says_them() -> None:

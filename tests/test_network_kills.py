@@ -18,6 +18,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from reconciler.squishfile.networks import network_prefix
 from runtime.api.interface import ContainerInfo
 from runtime.client.linux import LinuxRuntime
@@ -28,9 +30,13 @@ from tests.support import free_ports, http_get, processes_mentioning, start_cont
 from tests.test_bridge_networks import fetch
 from tests.test_reconciler_e2e import cli, cli_env, eventually, make_site, web_toml
 
-pytestmark = rootless
-
 ROUNDS = int(os.environ.get("SQUISH_KILL_ROUNDS", "10"))
+pytestmark = [
+    rootless,
+    # ROUNDS controllers started and killed, then applies and checks: a few seconds a
+    # round where other test runs share the cores, past pytest's 120 s for one scenario
+    pytest.mark.timeout(120 + 30 * ROUNDS),
+]
 SEED = int(os.environ.get("SQUISH_KILL_SEED", "20261201"))
 NAMES = [f"n{i}" for i in range(5)]
 CHOICES: list[list[str] | None] = [

@@ -22,6 +22,7 @@ from runtime.settings import RuntimeSettings
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import free_port, http_get, http_refused, page
+from tests.test_reconciler_e2e import eventually
 
 pytestmark = rootless
 
@@ -50,11 +51,7 @@ def sites(root: Path, *names: str) -> list[Path]:
 
 
 def serving(rt: LinuxRuntime, name: str) -> None:
-    for _ in range(1000):
-        if rt.probe_tcp(name, 80):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{name}'s httpd never listened")
+    eventually(lambda: rt.probe_tcp(name, 80), f"{name}'s httpd listening")
 
 
 def pair(rt: LinuxRuntime, tmp_path: Path, first: str, second: str) -> PortMapping:
@@ -86,7 +83,16 @@ def held_namespaces(state: Path) -> int:
     supervisor = ProcessId.from_json(keeper(state)["supervisor"])
     assert supervisor is not None
     fds = Path(f"/proc/{supervisor.pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("net:["))
+    return sum(1 for fd in fds.iterdir() if _link(fd).startswith("net:["))
+
+
+def _link(fd: Path) -> str:
+    """What descriptor ``fd`` of another process refers to; "" once it is closed (the
+    keeper opens and closes a pidfd of each child each time it waits)."""
+    try:
+        return os.readlink(fd)
+    except FileNotFoundError:
+        return ""
 
 
 def test_a_forward_moving_back_and_forth_under_a_request_loop_refuses_nothing(
@@ -150,16 +156,15 @@ def test_a_containers_end_lets_its_namespace_and_its_forwards_go(
     assert held_namespaces(state_path) == baseline + 1
     assert info.pid is not None
     os.kill(info.pid, signal.SIGKILL)  # the init ends on its own: no stop, no remove
-    for _ in range(500):
-        if held_namespaces(state_path) == baseline:
-            break
-        time.sleep(0.01)
-    assert held_namespaces(state_path) == baseline
+    # the keeper lets the namespace go, then has the port handler unbind: wait for both
+    eventually(
+        lambda: held_namespaces(state_path) == baseline and not listeners(state_path),
+        "the namespace and its forward let go",
+    )
     assert http_refused(port)
-    assert [entry["host_port"] for entry in listeners(state_path)] == []
     nets.remove("gone", force=True)
-    nets.remove("base", force=True)
-    assert held_namespaces(state_path) == baseline - 1
+    nets.remove("base", force=True)  # the keeper sees its init end, in its own time
+    eventually(lambda: held_namespaces(state_path) == baseline - 1, "base's namespace let go")
 
 
 def test_slirp4netns_stays_a_choice_and_its_forwards_move_by_hand(

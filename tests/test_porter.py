@@ -1,11 +1,14 @@
 """The port handler's own work, in a process of its own on this machine's namespace:
 listeners bound and refused, a backend swapped under a steady client in one step, bytes
 carried whole both ways, a listener let go. Entering a network namespace (even one's own)
-takes CAP_SYS_ADMIN, so these run as root; the rootless tests cover the handler inside
-the holder's user namespace (tests/test_port_handler.py)."""
+takes CAP_SYS_ADMIN over it: each such test runs, with its port handler, backends and
+clients, in a user and network namespace of its own (:func:`tests.support.in_own_namespaces`),
+so it runs as any account, as CI's does. The rootless tests cover the handler inside the
+holder's user namespace (tests/test_port_handler.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -13,7 +16,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +24,13 @@ import pytest
 
 from runtime.network import porter
 from runtime.util.processes import wait_readable
-from tests.support import free_port
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="entering a network namespace needs CAP_SYS_ADMIN"
-)
+from tests.support import free_port, in_own_namespaces
 
 
-@pytest.fixture
-def control(tmp_path: Path) -> Iterator[Path]:
-    """A running port handler's control socket (the handler ends after the test)."""
-    path = tmp_path / porter.CONTROL_SOCKET
+@contextlib.contextmanager
+def running_handler(folder: Path) -> Iterator[Path]:
+    """A running port handler's control socket (the handler ends with the block)."""
+    path = folder / porter.CONTROL_SOCKET
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     child = os.fork()
@@ -44,20 +43,36 @@ def control(tmp_path: Path) -> Iterator[Path]:
             os._exit(1)
     os.close(ready_w)
     os.close(exit_r)
-    assert wait_readable([ready_r], 10.0) and os.read(ready_r, 1) == b"1"
-    os.close(ready_r)
-    yield path
-    os.close(exit_w)  # its exit pipe's EOF ends it
-    if not wait_readable([os.pidfd_open(child)], 5.0):
-        os.kill(child, signal.SIGKILL)
-    os.waitpid(child, 0)
+    try:
+        assert wait_readable([ready_r], 10.0) and os.read(ready_r, 1) == b"1"
+        yield path
+    finally:
+        os.close(ready_r)
+        os.close(exit_w)  # its exit pipe's EOF ends it
+        if not wait_readable([os.pidfd_open(child)], 5.0):
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
 
 
-@pytest.fixture
-def own_netns() -> Iterator[int]:
-    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    yield fd
-    os.close(fd)
+def in_own_namespace(body: Callable[[Path, int], None]) -> Callable[[Path], None]:
+    """The test ``body(control, own_netns)``, run in a user and network namespace of its
+    own with a port handler there (``control``: its socket; ``own_netns``: a descriptor
+    of that namespace, where the backends listen)."""
+
+    def work(folder: Path) -> dict[str, object]:
+        with running_handler(folder) as control:
+            own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                body(control, own_netns)
+            finally:
+                os.close(own_netns)
+        return {}
+
+    def test(tmp_path: Path) -> None:
+        in_own_namespaces(lambda: work(tmp_path))
+
+    test.__name__, test.__qualname__, test.__doc__ = body.__name__, body.__qualname__, body.__doc__
+    return test
 
 
 class Backend:
@@ -110,6 +125,7 @@ def bind(control: Path, ns: int, port: int, backend: Backend | int) -> dict[str,
     )
 
 
+@in_own_namespace
 def test_bytes_go_both_ways_whole(control: Path, own_netns: int) -> None:
     backend, port = Backend(b"a"), free_port()
     entry = bind(control, own_netns, port, backend)
@@ -119,6 +135,7 @@ def test_bytes_go_both_ways_whole(control: Path, own_netns: int) -> None:
     assert answer == b"a\n" + hashlib.sha256(payload).hexdigest().encode()
 
 
+@in_own_namespace
 def test_a_swap_under_a_steady_client_refuses_nothing(control: Path, own_netns: int) -> None:
     first, second, port = Backend(b"first"), Backend(b"second"), free_port()
     entry = bind(control, own_netns, port, first)
@@ -149,6 +166,7 @@ def test_a_swap_under_a_steady_client_refuses_nothing(control: Path, own_netns: 
     assert set(answers) == {b"first", b"second"}
 
 
+@in_own_namespace
 def test_a_taken_port_is_an_error_with_its_errno(control: Path, own_netns: int) -> None:
     backend = Backend(b"a")
     with socket.create_server(("127.0.0.1", 0)) as taken:
@@ -159,6 +177,7 @@ def test_a_taken_port_is_an_error_with_its_errno(control: Path, own_netns: int) 
     assert porter.request(control, "list")["listeners"] == []
 
 
+@in_own_namespace
 def test_an_unbound_port_refuses_and_the_list_says_so(control: Path, own_netns: int) -> None:
     backend, port = Backend(b"a"), free_port()
     entry = bind(control, own_netns, port, backend)
@@ -172,6 +191,7 @@ def test_an_unbound_port_refuses_and_the_list_says_so(control: Path, own_netns: 
     assert caught.value.errno == errno.ENOENT
 
 
+@in_own_namespace
 def test_a_backend_that_refuses_resets_the_client(control: Path, own_netns: int) -> None:
     port, nothing = free_port(), free_port()
     bind(control, own_netns, port, nothing)

@@ -21,6 +21,7 @@ from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerPaused, ContainerStartError, HostSetupError
 from tests.conftest import rootless
 from tests.support import detected_cgroups, shell
+from tests.test_reconciler_e2e import eventually
 
 FOUND = detected_cgroups()
 DELEGATED = FOUND if isinstance(FOUND, cgroups.CgroupfsDriver) else None
@@ -121,10 +122,7 @@ def test_pause_freezes_every_process_and_resume_thaws_them(
             time.sleep(0.001)
         return 0
 
-    for _ in range(1000):
-        if ticks() > 3:
-            break
-        time.sleep(0.005)
+    eventually(lambda: ticks() > 3, "the ticker counting")
     assert rt.pause("ticker").paused
     frozen_at = ticks()
     time.sleep(0.2)  # a tick every 5 ms would have counted ~40 by now
@@ -133,11 +131,7 @@ def test_pause_freezes_every_process_and_resume_thaws_them(
     with pytest.raises(ContainerPaused, match="paused"):
         rt.exec_command("ticker", ["true"])
     assert not rt.resume("ticker").paused
-    for _ in range(6000):  # a loaded machine may take a while to run it again
-        if ticks() > frozen_at:
-            break
-        time.sleep(0.005)
-    assert ticks() > frozen_at
+    eventually(lambda: ticks() > frozen_at, "the ticker counting again")
 
 
 def test_an_exited_containers_leaf_is_empty_and_kept_until_it_is_removed(
@@ -178,7 +172,10 @@ def test_limits_whose_controller_is_missing_are_refused_before_anything_is_made(
 def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
     rt: LinuxRuntime,
 ) -> None:
-    rt.run(sleeper("frozen", "trap 'exit 7' TERM; while :; do usleep 10000; done", stop_timeout=30))
+    script = "trap 'exit 7' TERM; echo trapped; while :; do usleep 10000; done"
+    rt.run(sleeper("frozen", script, stop_timeout=30))
+    # paused before its shell set the trap, SIGTERM would end it (143), thawed or not
+    eventually(lambda: b"trapped" in rt.logs("frozen"), "the trap set")
     assert rt.pause("frozen").paused
     stopped = rt.stop("frozen")  # without the thaw: 30 s, then SIGKILL (137)
     assert stopped.exit_code == 7
@@ -187,8 +184,10 @@ def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
 
 def test_a_start_that_fails_leaves_no_leaf(rt: LinuxRuntime) -> None:
     assert DELEGATED is not None
-    before = set((DELEGATED.root / "squish").rglob("*.*"))
+    # this state folder's own: other test runs' groups come and go under "squish" meanwhile
+    group = DELEGATED.root / "squish" / rt._group
+    before = set(group.rglob("*.*"))
     with pytest.raises(ContainerStartError):
         rt.run(sleeper("nowhere", "true", workdir="/no/such/folder"))
-    after = {p for p in (DELEGATED.root / "squish").rglob("*.*") if p.is_dir()}
+    after = {p for p in group.rglob("*.*") if p.is_dir()}
     assert not {p for p in after if p.name.startswith("nowhere.")} - before

@@ -6,16 +6,21 @@ and stops, each pass, each action with its outcome, each pass that failed, and e
 condition as it appears, changes or clears (as the loop's console says them). The file
 is bounded: once a write takes it past :data:`MAX_BYTES` it becomes ``….events.jsonl.1``
 (replacing the one before) and a new one is begun, so about twice that is kept (a pass's
-events are one write).
+events are appended at once).
 
 ``reconciler events`` follows it with :func:`follow`, like ``tail -F``: it waits for a
 file that is not there yet (the loop has not started), reads a rotated file to its end
 before it goes on to the new one, and only ever hands on whole lines. Only the folder's
-claimant writes (the status store's lock), so lines never interleave.
+claimant writes (the status store's lock), so lines never interleave. A write cut short
+(a signal, a filling disk) is carried on until all is written; one that fails part way
+leaves a torn line, ended before anything else is appended, which readers skip (it is
+no JSON object): an event is in the journal whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -44,6 +49,12 @@ def _rotated(path: Path) -> Path:
     return path.with_name(f"{path.name}.1")
 
 
+def _unfinished(fd: int) -> bool:
+    """Whether the file open at ``fd`` ends inside a line (a write failed part way)."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
 class Journal:
     """Appends a running loop's events to its journal file."""
 
@@ -54,10 +65,13 @@ class Journal:
         folder: str,
         clock: Callable[[], float] = time.time,
         max_bytes: int = MAX_BYTES,
+        write: Callable[[int, bytes], int] = os.write,
     ) -> None:
         self.path = path
         self._clock = clock
         self._max_bytes = max_bytes
+        self._os_write = write
+        """``os.write``; a test gives one that writes less, or fails part way."""
         self._conditions = ConditionReport(folder)
 
     def write(self, event: str, **fields: Any) -> None:
@@ -68,22 +82,42 @@ class Journal:
         return (json.dumps({"at": self._clock(), "event": event, **fields}) + "\n").encode()
 
     def _write(self, lines: list[bytes]) -> None:
-        """Append ``lines`` with one write; a full or broken disk loses them (with a
-        warning), never the loop's work."""
+        """Append ``lines`` at once; a full or broken disk loses them (with a warning),
+        never the loop's work."""
         try:
             self._append(b"".join(lines))
         except OSError as exc:
             log.warning("cannot write the event journal %s: %s", self.path, exc)
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
+            if _unfinished(fd):
+                data = b"\n" + data  # the torn line ends as a line of its own, skipped
+            self._write_all(fd, data)
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
         if size >= self._max_bytes:
             os.replace(self.path, _rotated(self.path))
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """Write all of ``data``, however short each write is (a signal, a disk filling
+        up). One that fails part way leaves a torn line: it is ended at once when the
+        disk takes a byte more, else before the next append (:func:`_unfinished`), so
+        that no line is ever appended to it; readers skip it (it is no JSON object)."""
+        rest = data
+        try:
+            while rest:
+                written = self._os_write(fd, rest)
+                if written <= 0:
+                    raise OSError(errno.EIO, "the journal file took no byte")
+                rest = rest[written:]
+        except OSError:
+            if rest != data:
+                with contextlib.suppress(OSError):
+                    self._os_write(fd, b"\n")
+            raise
 
     def started(self, pid: int) -> None:
         self.write("started", pid=pid)

@@ -482,10 +482,10 @@ class LinuxRuntime(NetworkOps):
             target = self.containers / new_name
             if target.exists():
                 raise ContainerExists(new_name)
-            os.rename(cdir, target)
-            with open_book(self.state) as book:
-                book.rename(name, new_name)
-            bridge.rename_forwards(self.state, name, new_name)
+            with bridge.renaming(self.state, name, new_name):
+                os.rename(cdir, target)
+                with open_book(self.state) as book:
+                    book.rename(name, new_name)
             spec = self._spec(target).model_copy(update={"name": new_name})
             self._write_spec(target, spec)
             request = self._launch_request(target)

@@ -210,16 +210,29 @@ def _run(sock: socket.socket, direct: Path) -> NoReturn:
     while True:
         ready = wait_readable([sock.fileno(), listener.fileno()], None)
         if listener.fileno() in ready:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(DIRECT_TIMEOUT)
-                _serve_one(here, conn, {"plug": _plug}, served)
+            _serve_launcher(here, listener, served)
         if sock.fileno() in ready and not _serve_one(here, sock, _HANDLERS, {}):
             os._exit(0)  # the keeper is gone: so is the namespace
 
 
 DIRECT_TIMEOUT = 5.0
 """How long a launcher's connection may take to send its plug."""
+
+
+def _serve_launcher(here: _Namespace, listener: socket.socket, served: dict[str, Any]) -> None:
+    """Serve the next launcher's plug. A connection that cannot be accepted (out of
+    descriptors, or aborted) costs that connection only, never the agent: its end would
+    take the namespace, the keeper and every bridge network along."""
+    try:
+        conn, _ = listener.accept()
+    except ConnectionAbortedError:
+        return
+    except OSError:  # EMFILE, ENFILE, ENOBUFS: the launcher waits, or its keeper wires it
+        time.sleep(0.01)  # not a busy loop while the listener stays readable
+        return
+    with conn:
+        conn.settimeout(DIRECT_TIMEOUT)
+        _serve_one(here, conn, {"plug": _plug}, served)
 
 
 def _listen(path: Path) -> socket.socket:

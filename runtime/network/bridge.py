@@ -36,7 +36,7 @@ __all__ = (
     "etc_facts",
     "joined",
     "live_forwards",
-    "rename_forwards",
+    "renaming",
     "state_of",
     "sync_if_running",
     "wire",
@@ -112,12 +112,17 @@ def drop_forwards(state: Path, name: str) -> None:
     shared.call(state, "sync")  # the port handler lets go of the others
 
 
-def rename_forwards(state: Path, name: str, new_name: str) -> None:
-    """Container ``name`` is ``new_name`` now: its host forwards are recorded under the
-    new name, and the keeper syncs (its rules and DNS records follow the book, whose
-    leases moved with the rename). Called once the container folder has its new name:
-    a sync drops the forwards of a container whose folder is gone."""
+@contextlib.contextmanager
+def renaming(state: Path, name: str, new_name: str) -> Iterator[None]:
+    """Container ``name`` becomes ``new_name`` in the block (its folder renamed, its
+    leases moved); its host forwards are recorded under the new name as the block ends,
+    all under the forwards file's lock, which a keeper's sync holds while it reads the
+    forwards and looks for their containers' folders: no sync sees the folder under one
+    name and its forwards under the other (it would drop them as a removed container's).
+    Then the keeper syncs (its rules and DNS records follow the book). Nothing is
+    renamed when the block fails."""
     with shared.locked(state) as bdir:
+        yield
         records = shared.load_forwards(bdir)
         if any(r.container == name for r in records):
             for record in records:

@@ -52,7 +52,7 @@ from runtime.network.addresses import NetworkRecord, read_networks
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
 from runtime.util.fdpass import receive_with_fds, send_with_fds
-from runtime.util.files import Landmark, read_json, write_json_atomic
+from runtime.util.files import Landmark, parse_json, read_json, write_json_atomic
 from runtime.util.processes import ProcessId, close_fds_except, wait_readable
 from runtime.wire import Forward
 
@@ -298,9 +298,24 @@ class ForwardRecord:
 
 
 def load_forwards(bdir: Path) -> list[ForwardRecord]:
-    data = read_json(bdir / "forwards.json")
+    return _records_in(read_json(bdir / "forwards.json"))
+
+
+def _records_in(data: object) -> list[ForwardRecord]:
     entries = data.get("forwards", []) if isinstance(data, dict) else []
     return [ForwardRecord(**entry) for entry in entries]
+
+
+def _read_forwards(bdir: Path) -> list[ForwardRecord] | None:
+    """:func:`load_forwards`, but None when the file is there and cannot be read (a
+    failing disk, a damaged file) rather than no forwards."""
+    try:
+        data = parse_json((bdir / "forwards.json").read_bytes())
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    return _records_in(data) if isinstance(data, dict) else None
 
 
 def save_forwards(bdir: Path, records: list[ForwardRecord]) -> None:
@@ -493,7 +508,7 @@ class _Supervisor:
         (in every request that gets here) read and pruned them."""
         wanted = _backends(networks, self.forwarded, self.held, self._book().first_network)
         control = self.bdir / porter.CONTROL_SOCKET
-        for key in [key for key in self.bound if key not in wanted]:
+        for key in self._released(wanted):
             porter.request(control, "unbind", id=self.bound.pop(key)["id"])
         self.unbound = []
         for (host_addr, host_port), (addr, port, held) in wanted.items():
@@ -510,6 +525,20 @@ class _Supervisor:
                     self.unbound.append({**at, "errno": exc.errno})
                     continue
                 self.bound[(host_addr, host_port)] = {**entry, "inode": held.inode}
+
+    def _released(self, wanted: dict[tuple[str, int], Any]) -> list[tuple[str, int]]:
+        """The listeners to let go: those of host ports no forward record names any
+        more, and those whose container's namespace is not held now (its init ended).
+        One whose record is still there, but whose container this sync did not find
+        under that name in the book (it is being renamed, or replaced), keeps its
+        listener as it was: a sync never frees a host port it was not told to."""
+        recorded = {(r.host_addr, r.host_port) for r in self.forwarded if r.handler == "splice"}
+        inodes = {held.inode for held in self.held.values()}
+        return [
+            key
+            for key, have in self.bound.items()
+            if key not in wanted and (key not in recorded or have["inode"] not in inodes)
+        ]
 
     def _hold(self, networks: dict[str, NetworkRecord], name: str, fds: list[int]) -> None:
         """Keep copies of wired container ``name``'s namespace and init pidfd (``fds``)
@@ -597,11 +626,12 @@ class _Supervisor:
         """The agent's ``links`` request for ``networks`` (the forwards of containers
         that are gone are dropped from the forwards file on the way)."""
         with locked(self.state):
-            loaded = load_forwards(self.bdir)
-            records = [r for r in loaded if _exists(self.state, r.container)]
-            if records != loaded:
-                save_forwards(self.bdir, records)
-        self.forwarded = records
+            loaded = _read_forwards(self.bdir)
+            if loaded is not None:  # unreadable: the forwards as the last sync read them
+                self.forwarded = [r for r in loaded if _exists(self.state, r.container)]
+                if self.forwarded != loaded:
+                    save_forwards(self.bdir, self.forwarded)
+        records = self.forwarded
         return {
             "bridges": _bridge_list(networks),
             "ruleset": nft.ruleset(
