@@ -214,12 +214,16 @@ def _holder_log(rt: LinuxRuntime) -> str:
 
 
 def _go(rt: LinuxRuntime, name: str, fifo: str = "/tmp/go") -> None:
-    """Let the command of ``name`` past its ``read x < FIFO``."""
-    _inside(rt, name, f"until [ -p {fifo} ]; do sleep 0.05; done; echo > {fifo}")
+    """Let the command of ``name`` past its ``read x < FIFO``; ``x`` is then the pid of
+    the exec'd shell that wrote it (see :func:`_command_output`)."""
+    _inside(rt, name, f"until [ -p {fifo} ]; do sleep 0.05; done; echo $$ > {fifo}")
 
 
 def _command_output(rt: LinuxRuntime, name: str, script: str, resources: Resources) -> str:
-    rt.run(limited(name, f"mkfifo /tmp/go; read x < /tmp/go; {script}", resources))
+    # The exec'd shell that lets it go is a process of the container too, until it is
+    # reaped: waited out, so that ``script`` sees only its own.
+    gone = "while kill -0 $x 2>/dev/null; do sleep 0.05; done"
+    rt.run(limited(name, f"mkfifo /tmp/go; read x < /tmp/go; {gone}; {script}", resources))
     _go(rt, name)
     assert rt.wait(name, timeout=120) == 0, rt.logs(name)
     return rt.logs(name).decode()
