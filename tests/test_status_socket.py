@@ -24,6 +24,7 @@ from reconciler.quick import _quick_args, ask_loop
 from runtime.util.jsonsock import exchange
 from tests import test_reconciler_e2e as e2e
 from tests.conftest import rootless
+from tests.support import SLEEPER
 from tests.test_endpoint_e2e import steady
 from tests.test_reconciler_e2e import Loop, eventually, put
 
@@ -148,17 +149,6 @@ env = e2e.env  # the loop fixture and what it needs, as the e2e tests have them
 folder = e2e.folder
 loop = e2e.loop
 loop_options = e2e.loop_options
-
-SLEEPER = """\
-network = "none"
-
-[layers]
-busybox = "builtin"
-
-[run]
-command = "sleep"
-args = ["100000"]
-"""
 
 
 def asked(loop: Loop) -> dict[str, Any]:
