@@ -236,10 +236,17 @@ class Server:
         return True
 
     def sample_load(self) -> None:
-        """One sample of each container's runnable processes into its load averages."""
+        """One sample of each container's runnable processes into its load averages
+        (one read of ``/proc`` for them all)."""
+        self.next_sample = time.monotonic() + LOAD_SAMPLE
+        try:
+            tasks = limits.Tasks.read()
+        except OSError:
+            log.exception("reading /proc to sample the containers' load")
+            return
         for conn in self.connections.values():
             try:
-                running = limits.container_tasks(conn.init_pid).count("R")
+                running = tasks.of(conn.init_pid).count("R")
             except Exception:  # one container's odd /proc must not end the view for all
                 log.exception("sampling the load of the container of init %d", conn.init_pid)
                 continue
@@ -247,7 +254,6 @@ class Server:
                 load * decay + running * (1 - decay)
                 for load, decay in zip(conn.load, _DECAY, strict=True)
             )
-        self.next_sample = time.monotonic() + LOAD_SAMPLE
 
     def loop(self) -> None:
         """Serve until the holder is gone and no connection is left."""
