@@ -1,7 +1,7 @@
 """Scale benchmark: many idle containers under one real ``reconciler run``.
 
     python bench/scale.py [--counts 200,1000] [--idle 30] [--status-runs 5] [--bridge]
-                          [--compare TREE]
+                          [--compare TREE [--compare-loop]]
 
 For each count N: N squishfiles (busybox ``sleep``, ``network = "none"``: a bridge
 network's /24 holds 253 containers, and this is about the loop, not the network) are
@@ -17,7 +17,8 @@ dropped into an empty folder and a loop is started on it; measured are
 
 ``--compare TREE`` also times ``status`` as the project tree TREE has it (a checkout of
 an earlier commit, say), against the same containers, each run of it right after a run
-of this tree's: a before and an after under the same load.
+of this tree's: a before and an after under the same load. With ``--compare-loop``,
+after each count TREE's own loop converges the same folder afresh and idles too.
 
 The figures go to bench/out/scale.json (:mod:`results`); podman has no equivalent of
 a folder's status at 1,000 containers here, so each count's anchor is the same run's
@@ -79,11 +80,26 @@ def all_running(state: Path, count: int) -> bool:
     return len(infos) == count and all(i.state is ContainerState.RUNNING for i in infos)
 
 
-def converge(folder: Path, state: Path, count: int, env: dict[str, str]) -> tuple[float, int]:
-    """Seconds from the loop's start until ``count`` containers run, and the loop's pid
-    (the loop keeps running)."""
+def start_loop(folder: Path, env: dict[str, str], tree: Path | None) -> subprocess.Popen[bytes]:
+    """``reconciler run FOLDER`` of this tree, or of ``tree`` (run from its folder)."""
+    if tree is None:
+        return start_controller(folder, env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "run", str(folder)],
+        cwd=tree,
+        env={**env, "PYTHONPATH": str(tree)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def converge(
+    folder: Path, state: Path, count: int, env: dict[str, str], tree: Path | None = None
+) -> tuple[float, int]:
+    """Seconds from the loop's start (this tree's, or ``tree``'s) until ``count``
+    containers run, and the loop's pid (the loop keeps running)."""
     start = time.perf_counter()
-    loop = start_controller(folder, env)
+    loop = start_loop(folder, env, tree)
     while not (started(state) >= count and all_running(state, count)):
         if loop.poll() is not None or time.perf_counter() - start > 900:
             raise RuntimeError("the fleet never came up")
@@ -148,7 +164,9 @@ def idle_percent(pid: int, seconds: float) -> float:
     return 100 * (cpu_seconds(pid) - before) / seconds
 
 
-def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(count: int, args: argparse.Namespace, tree: Path | None = None) -> dict[str, float]:
+    """Converge, idle loop and ``status`` at ``count`` containers, the loop (and its
+    holder) this tree's or ``tree``'s (then ``status`` is not timed)."""
     work = Path(tempfile.mkdtemp(prefix="squish-scale-"))
     folder = work / "desired"
     folder.mkdir()
@@ -160,9 +178,10 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "SQUISH_STATE_DIR": str(state)}
     pid = None
     try:
-        seconds, pid = converge(folder, state, count, env)
+        seconds, pid = converge(folder, state, count, env, tree)
         idle = idle_percent(pid, args.idle)
-        timed = status_ms(folder, env, args.status_runs, args.compare, pid)
+        runs = args.status_runs if tree is None else 0
+        timed = status_ms(folder, env, runs, args.compare, pid)
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
@@ -181,6 +200,19 @@ def record_compared(out: Results, count: int, got: dict[str, float], tree: Path)
         f"({got['status CPU (compared tree)']:.0f} ms CPU, the loop's meanwhile "
         f"{got['status loop CPU (compared tree)']:.0f} ms)"
     )
+    if "converge (compared tree)" in got:
+        print(
+            f"  {tree}: converge {got['converge (compared tree)']:.2f} s, idle loop "
+            f"{got['idle (compared tree)']:.2f} % of a core"
+        )
+        for what, unit in (("converge", "s"), ("idle", "% of a core")):
+            out.figure(
+                f"{count} containers: {what}, this tree against {tree}",
+                got[what],
+                unit,
+                anchor=f"{tree}, its own loop right after this tree's",
+                anchor_value=got[f"{what} (compared tree)"],
+            )
     for what in ("status", "status CPU", "status loop CPU"):
         out.figure(
             f"{count} containers: {what}, this tree against {tree}",
@@ -202,12 +234,20 @@ def main() -> None:
     parser.add_argument(
         "--compare", type=Path, help="a project tree whose `status` is timed as well"
     )
+    parser.add_argument(
+        "--compare-loop",
+        action="store_true",
+        help="with --compare: that tree's loop converges and idles too, after this one's",
+    )
     args = parse(parser, counts="20", idle=3.0, status_runs=2)
     counts = sorted(int(c) for c in args.counts.split(","))
     out = Results("scale-bridge" if args.bridge else "scale")
     base: dict[str, float] | None = None
     for count in counts:
         got = measure(count, args)
+        if args.compare is not None and args.compare_loop:
+            theirs = measure(count, args, args.compare)
+            got |= {f"{what} (compared tree)": theirs[what] for what in ("converge", "idle")}
         base = base or got
         scale = count / counts[0]
         anchor = f"{counts[0]} containers, same run, x{scale:g}"
