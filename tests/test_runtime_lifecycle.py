@@ -206,18 +206,18 @@ def test_a_record_is_parsed_again_only_once_it_was_replaced(
 ) -> None:
     """Every pass observes every container: meta.json and run.json are only ever
     replaced (a new inode each write), so one that was not is not parsed again."""
-    parsed: list[Path] = []
+    parsed: list[Path | str] = []
 
-    def counted(path: Path) -> object:
+    def counted(path: Path | str) -> object:
         parsed.append(path)
         return read_json(path)
 
     monkeypatch.setattr(records, "read_json", counted)
     path = tmp_path / "run.json"
     write_json_atomic(path, {"n": 1})
-    assert rt._record(path) == {"n": 1} == rt._record(path)
+    assert rt._record(tmp_path, "run.json") == {"n": 1} == rt._record(tmp_path, "run.json")
     assert len(parsed) == 1
     write_json_atomic(path, {"n": 2})  # the same size, within the same timestamp tick
-    assert rt._record(path) == {"n": 2}
+    assert rt._record(tmp_path, "run.json") == {"n": 2}
     path.unlink()
-    assert rt._record(path) is None
+    assert rt._record(tmp_path, "run.json") is None

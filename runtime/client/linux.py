@@ -427,7 +427,9 @@ class LinuxRuntime(NetworkOps):
         found = []
         look = BridgeLook(self.state)
         for cdir in sorted(self.containers.iterdir()):
-            if cdir.name.startswith(folders.HIDDEN) or not self._has_record(cdir):
+            # a whole record: its launch.json here, its spec.json read below (a folder
+            # without one is skipped there); each path as a string, no Path built
+            if cdir.name.startswith(folders.HIDDEN) or not os.path.isfile(f"{cdir}/launch.json"):
                 continue  # being made or removed, or left so by a killed client
             try:
                 found.append(self._info(cdir, fresh=False, look=look))
