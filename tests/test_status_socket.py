@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,40 @@ def test_a_process_in_another_pid_namespace_is_not_answered(state: Path) -> None
         )
     assert (inside.returncode, outside.returncode) == (1, 0), inside.stderr
     assert len(documents.asked) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="asking as another uid needs root")
+def test_another_uid_is_not_answered_even_through_loosened_modes() -> None:
+    documents = Documents()
+    state = Path(tempfile.mkdtemp(prefix="sq-status-"))  # not under root's 0700 temp
+    (state / "reconciler").mkdir()
+    path = status_socket(state, FOLDER)
+    request = {"version": 1, "folder": str(FOLDER), "host": "h", "labels": {}}
+    asking = f"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect({str(path)!r})
+try:
+    s.sendall({json.dumps(request).encode()!r})
+    s.shutdown(socket.SHUT_WR)
+    answer = s.recv(65536)
+except OSError:  # closed unanswered before the request was sent
+    answer = b""
+sys.stdout.write(repr(answer))
+"""  # the standard library only: the other account need not read this tree
+    try:
+        with StatusSocket(path, FOLDER, documents):
+            for loosened in (state, path.parent):
+                loosened.chmod(0o755)
+            path.chmod(0o666)
+            nobody = subprocess.run(  # Debian's python: any account may run it
+                ["/usr/bin/python3", "-c", asking], user=65534, capture_output=True, text=True
+            )
+    finally:
+        shutil.rmtree(state)
+    assert nobody.returncode == 0, nobody.stderr
+    assert nobody.stdout == "b''"
+    assert documents.asked == []
 
 
 # -- a real loop -----------------------------------------------------------------------------
