@@ -128,9 +128,7 @@ def main() -> None:
     out.figure(f"{what}: failed requests", failed, "requests")
     out.figure(f"{what}: requests sent", len(results), "requests")
     out.figure(f"{what}: longest time without an answer", longest, "ms")
-    out.samples(
-        f"{what}: longest time without an answer, per replacement", per_replacement
-    )
+    out.samples(f"{what}: longest time without an answer, per replacement", per_replacement)
     out.save()
 
 

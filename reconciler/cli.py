@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from reconciler.control.status import (
     Writer,
     status_document,
 )
+from reconciler.desired.folder import FileCache
 from reconciler.desired.git import GitSource
 from reconciler.desired.gitrepo import GitError
 from reconciler.desired.source import FolderSource, Source
@@ -61,6 +62,7 @@ from reconciler.planning.conflicts import Holding, holders_of
 from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import ConditionKind, Plan, is_managed_by
 from reconciler.prereqs import HostNotReady, check_once
+from reconciler.quick import ask_loop
 from reconciler.service import ServiceError, add_service_commands
 from reconciler.settings import BadSetting, Settings, parse_labels
 from reconciler.terminal import LazyConsole, escape
@@ -81,9 +83,12 @@ from runtime.security.seccomp import compile_profile
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from reconciler.endpoint.local import StatusSocket
     from reconciler.endpoint.server import Endpoint
 
 __all__ = ("build_parser", "main")
+
+log = logging.getLogger(__name__)
 
 _out = LazyConsole(highlight=False, soft_wrap=True)
 _err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
@@ -161,12 +166,21 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def _reconciler(folder: Path, settings: Settings, writer: Writer = "loop") -> Reconciler:
+def _reconciler(
+    folder: Path,
+    settings: Settings,
+    writer: Writer = "loop",
+    *,
+    runtime: LinuxRuntime | None = None,
+    files: FileCache | None = None,
+) -> Reconciler:
+    """``folder``'s reconciler; ``runtime`` and ``files`` (its folder's parsed files)
+    are the loop's when it answers ``status`` (:func:`_status_socket`)."""
     if settings.git is None:
         folder = _existing(folder)  # before the runtime, which may refuse to start
-    runtime = _runtime(settings)
+    runtime = runtime or _runtime(settings)
     source: Source = (
-        FolderSource(folder, settings)
+        FolderSource(folder, settings, _files={} if files is None else files)
         if settings.git is None
         else GitSource(settings, runtime.state)
     )
@@ -233,11 +247,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if endpoint is not None:
         on_pass = endpoint.also(on_pass)
 
+    answers = _status_socket(reconciler)
+
     async def main() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_on_signal, stop)
-            with endpoint or nullcontext():
+            with endpoint or nullcontext(), answers or nullcontext():
                 await run_loop(
                     reconciler,
                     settings=settings,
@@ -290,6 +306,33 @@ def _endpoint(
         source=reconciler.source,
         secret=read_secret(Path(args.webhook_secret_file)) if args.webhook_secret_file else None,
     )
+
+
+def _status_socket(reconciler: Reconciler) -> StatusSocket | None:
+    """The socket on which the loop answers ``status`` (:mod:`reconciler.endpoint.local`)
+    for a folder source, or None (a git source; a socket that cannot be made is said and
+    done without: ``status`` then works the document out itself)."""
+    from reconciler.endpoint.local import StatusSocket
+
+    if not isinstance(reconciler.source, FolderSource) or reconciler.store is None:
+        return None
+    assert isinstance(reconciler.runtime, LinuxRuntime)
+    runtime, folder = reconciler.runtime, reconciler.folder
+    files: FileCache = {}
+
+    def document(host: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        """What a fresh ``status --host HOST --label ...`` would print: its settings
+        (no settle time: it has no cache to wait in), the loop's runtime and files."""
+        settings = dataclasses.replace(
+            Settings.from_env(), host=host, labels=dict(labels), settle_ms=0
+        )
+        return status_json(_reconciler(folder, settings, runtime=runtime, files=files))
+
+    try:
+        return StatusSocket(reconciler.store.socket, folder, document)
+    except OSError as exc:
+        log.warning("status is not answered by this loop: %s: %s", reconciler.store.socket, exc)
+        return None
 
 
 def pass_printer(folder: str) -> Callable[[PassResult], None]:
@@ -363,10 +406,21 @@ def status_json(reconciler: Reconciler) -> dict[str, Any]:
     )
 
 
+def _status_of(reconciler: Reconciler, settings: Settings) -> dict[str, Any]:
+    """The status document from the folder's running loop (:mod:`reconciler.quick`),
+    else worked out here."""
+    asked = None
+    if settings.git is None and reconciler.store is not None:
+        store = reconciler.store
+        asked = ask_loop(store.state, reconciler.folder, settings.host, settings.labels)
+    return asked if asked is not None else status_json(reconciler)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         return _watch_status(args)
-    document = status_json(_reconciler(_folder(args), _settings(args)))
+    settings = _settings(args)
+    document = _status_of(_reconciler(_folder(args), settings), settings)
     if args.json or args.output == "json":
         print(json.dumps(document, indent=2))
         return 0
@@ -375,12 +429,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _watch_status(args: argparse.Namespace) -> int:
-    reconciler = _reconciler(_folder(args), _settings(args))
+    settings = _settings(args)
+    reconciler = _reconciler(_folder(args), settings)
     if args.json or args.output == "json":
-        watch_json(lambda: status_json(reconciler), interval=args.interval)
+        watch_json(lambda: _status_of(reconciler, settings), interval=args.interval)
         return 0
     watch_status(
-        lambda: status_json(reconciler),
+        lambda: _status_of(reconciler, settings),
         status_parts,
         printed=functools.partial(print_status, wide=args.output == "wide"),
         interval=args.interval,

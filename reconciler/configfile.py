@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from reconciler.problems import Problem
-from reconciler.settings import GitSettings, Settings, parse_interval
+from reconciler.settings import GitSettings, Settings, default_config, parse_interval
 from reconciler.squishfile.tomlpos import (
     TomlError,
     line_of,
@@ -98,15 +98,10 @@ def config_path(given: str | None, environ: dict[str, str] | None = None) -> Pat
     """The settings file to read: ``given`` (``--config``), ``$SQUISH_CONFIG`` (both must
     exist), else the default one if it exists; None when there is none."""
     env = os.environ if environ is None else environ
-    named = given or env.get("SQUISH_CONFIG") or None
-    if named is not None:
-        path = Path(named).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such settings file")
-        return path
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "~"), ".config")
-    default = Path(base).expanduser() / "squish" / "reconciler.toml"
-    return default if default.is_file() else None
+    path = Path(given).expanduser() if given else default_config(env)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{path}: no such settings file")
+    return path
 
 
 def _read(path: Path) -> tuple[_File, str]:

@@ -15,10 +15,19 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from runtime.settings import BadSetting, RuntimeSettings
 
-__all__ = ("Backoff", "BadSetting", "GitSettings", "Settings", "parse_interval", "parse_labels")
+__all__ = (
+    "Backoff",
+    "BadSetting",
+    "GitSettings",
+    "Settings",
+    "default_config",
+    "parse_interval",
+    "parse_labels",
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,19 @@ class Settings:
             else _milliseconds("SQUISH_SETTLE_MS", settle),
             runtime=RuntimeSettings.from_environ(environ),
         )
+
+
+def default_config(environ: Mapping[str, str]) -> Path | None:
+    """The settings file read when no ``--config`` is given: ``$SQUISH_CONFIG``
+    (whether it exists or not), else ``$XDG_CONFIG_HOME/squish/reconciler.toml``
+    (``~/.config/...``) when it exists; None when neither applies
+    (:mod:`reconciler.configfile` reads it)."""
+    named = environ.get("SQUISH_CONFIG") or None
+    if named is not None:
+        return Path(named).expanduser()
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME", "~"), ".config")
+    found = Path(base).expanduser() / "squish" / "reconciler.toml"
+    return found if found.is_file() else None
 
 
 def parse_labels(items: Iterable[str]) -> dict[str, str]:

@@ -176,6 +176,18 @@ def start_controller(folder: Path, env: dict[str, str], *options: str) -> subpro
 
 BUSYBOX = RootfsRef(kind="busybox", version="builtin")
 
+SLEEPER = """\
+network = "none"
+
+[layers]
+busybox = "builtin"
+
+[run]
+command = "sleep"
+args = ["100000"]
+"""
+"""A squishfile of an idle container: busybox ``sleep``, no network."""
+
 
 def shell(name: str, script: str, **fields: object) -> ContainerSpec:
     """A busybox container running ``sh -c script``, without a network unless told."""

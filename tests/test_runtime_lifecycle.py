@@ -206,21 +206,21 @@ def test_a_record_is_parsed_again_only_once_it_was_replaced(
 ) -> None:
     """Every pass observes every container: meta.json and run.json are only ever
     replaced (a new inode each write), so one that was not is not parsed again."""
-    parsed: list[Path] = []
+    parsed: list[Path | str] = []
 
-    def counted(path: Path) -> object:
+    def counted(path: Path | str) -> object:
         parsed.append(path)
         return read_json(path)
 
     monkeypatch.setattr(records, "read_json", counted)
     path = tmp_path / "run.json"
     write_json_atomic(path, {"n": 1})
-    assert rt._record(path) == {"n": 1} == rt._record(path)
+    assert rt._record(tmp_path, "run.json") == {"n": 1} == rt._record(tmp_path, "run.json")
     assert len(parsed) == 1
     write_json_atomic(path, {"n": 2})  # the same size, within the same timestamp tick
-    assert rt._record(path) == {"n": 2}
+    assert rt._record(tmp_path, "run.json") == {"n": 2}
     path.unlink()
-    assert rt._record(path) is None
+    assert rt._record(tmp_path, "run.json") is None
 
 
 @rootless
@@ -237,9 +237,9 @@ def test_an_exit_seen_while_the_folder_is_removed_is_neither_recorded_nor_report
     cdir = rt.containers / "vanishing"
     aside = rt.containers / ".gone-vanishing"
 
-    def removed_meanwhile(path: Path) -> object:
-        if path == cdir / "exit.json":  # the other client's remove, at this moment
-            os.rename(cdir, aside)
+    def removed_meanwhile(path: Path | str) -> object:
+        if os.fspath(path) == os.fspath(cdir / "exit.json"):
+            os.rename(cdir, aside)  # the other client's remove, at this moment
         return read_json(path)
 
     monkeypatch.setattr("runtime.client.records.read_json", removed_meanwhile)

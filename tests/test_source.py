@@ -29,6 +29,8 @@ from reconciler.desired.source import Changed, FolderSource, Snapshot
 from reconciler.desired.types import DesiredContainer, DesiredState, squishfiles_in
 from reconciler.planning.plan import ActionKind
 from reconciler.settings import Settings
+from reconciler.squishfile import read_squishfile
+from reconciler.squishfile.loading import ReadFile
 from runtime.api.spec import ContainerSpec, RootfsRef
 from tests.fakes import HANG_GUARD, FakeClock, FakeRuntime
 
@@ -419,3 +421,85 @@ def test_links_that_double_at_each_step_are_followed_as_far_as_the_kernel_goes(
     linked = linked_from(tmp_path)
     assert tmp_path / "web.toml" in linked.paths
     assert len(read) <= 41  # web.toml, then at most the kernel's 40 links
+
+
+class Changes:
+    """What a watch says changed; :meth:`next` waits for its next word."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self._said = anyio.Event()
+
+    def __call__(self, reason: str) -> None:
+        self.said.append(reason)
+        self._said.set()
+
+    async def next(self) -> None:
+        await self._said.wait()
+        self._said = anyio.Event()
+
+
+@contextlib.asynccontextmanager
+async def watched(source: FolderSource, probe: Path) -> AsyncIterator[Changes]:
+    """``source``'s watch running, once it reports writes to ``probe`` (rewritten with
+    its own bytes until it does)."""
+    changes, stop = Changes(), anyio.Event()
+    same = await anyio.Path(probe).read_bytes()
+    async with anyio.create_task_group() as group:
+        group.start_soon(source.watch, changes, stop)
+        with anyio.fail_after(HANG_GUARD):
+            while not changes.said:
+                await anyio.Path(probe).write_bytes(same)
+                with anyio.move_on_after(0.5):
+                    await changes.next()
+        yield changes
+        stop.set()
+
+
+def counted_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The squishfiles read from now on, in order."""
+    reads: list[Path] = []
+
+    def counting(path: Path) -> ReadFile:
+        reads.append(path)
+        return read_squishfile(path)
+
+    monkeypatch.setattr(folder, "read_squishfile", counting)
+    return reads
+
+
+def ports_of(source: FolderSource) -> list[int]:
+    return [p.host for p in source.load().desired.containers["web"].spec.ports]
+
+
+@pytest.mark.anyio
+async def test_while_the_watch_sees_nothing_a_load_reads_no_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    source = FolderSource(tmp_path, Settings(settle_ms=0))
+    reads = counted_reads(monkeypatch)
+    source.load(), source.load()
+    assert len(reads) == 2, "with no watch, every load reads every file"
+    async with watched(source, tmp_path / "web.toml"):
+        source.load()  # the first since the watch's last event reads everything
+        assert len(reads) == 3
+        assert ports_of(source) == [8080]
+        assert len(reads) == 3
+
+
+@pytest.mark.anyio
+async def test_an_edit_the_files_status_does_not_show_is_read_after_the_watchs_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A same-size edit within one timestamp tick leaves the status as it was (made so
+    here): the watch's event is what makes the next load read the file."""
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    source = FolderSource(tmp_path, Settings(settle_ms=0))
+    monkeypatch.setattr(folder.Cached, "unchanged", lambda self, path: True)
+    async with watched(source, tmp_path / "web.toml") as changes:
+        assert ports_of(source) == ports_of(source) == [8080]
+        await anyio.Path(tmp_path / "web.toml").write_bytes(with_port(8081))
+        with anyio.fail_after(HANG_GUARD):
+            await changes.next()
+        assert ports_of(source) == [8081]

@@ -63,3 +63,23 @@ def test_importing_the_command_line_leaves_what_few_commands_need() -> None:
         """
     )
     assert child.returncode == 0, child.stderr
+
+
+# What `reconciler status` answered by the running loop never needs: the models, the
+# event loop, the runtime client, the squishfile reader, output for a person.
+NOT_TO_ASK = ("pydantic", "anyio", "rich", "runtime.client.linux", "reconciler.cli", "tomli")
+
+
+def test_the_entry_asks_the_loop_without_the_rest_of_the_command_line() -> None:
+    child = run_child(
+        f"""
+        import sys
+
+        import reconciler.quick
+
+        loaded = {{m for m in sys.modules}}
+        found = sorted(m for m in {NOT_TO_ASK!r} if m in loaded)
+        assert not found, found
+        """
+    )
+    assert child.returncode == 0, child.stderr

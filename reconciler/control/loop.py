@@ -225,10 +225,11 @@ class Reconciler:
             | {a.name for a in todo.actions if a.for_network}
         )
         self._holds = self.converger.not_before(self._restart_at)  # this pass's outcomes count
+        folder = str(self.folder)  # once: the source builds its path anew each time
         self._running = {
             pid
             for info in actual
-            if is_managed_by(info, str(self.folder))
+            if is_managed_by(info, folder)
             for pid in (info.pid, info.slirp_pid)
             if pid is not None
         }

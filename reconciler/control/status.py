@@ -64,7 +64,6 @@ last valid spec keeps running), ``PortConflict``, ``Exited`` (stopped by its res
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -75,6 +74,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.control.network_status import addresses, network_rows
+from reconciler.control.places import folder_record, status_socket
 from reconciler.desired.types import LABEL_FILE, DesiredState
 from reconciler.planning.plan import ActionKind, Condition, ConditionKind, Plan, is_managed_by
 from runtime.api import ContainerInfo, ContainerState, NetworkInfo
@@ -265,9 +265,10 @@ class StatusStore:
     """Where a folder's loop (and ``apply``) records itself."""
 
     def __init__(self, state: Path, folder: Path) -> None:
-        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
         self.state = state
-        self.path = state / "reconciler" / f"{digest}.json"
+        self.path = folder_record(state, folder)
+        self.socket = status_socket(state, folder)
+        """Where the folder's running loop answers ``status`` (:mod:`reconciler.quick`)."""
         self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd: int | None = None
 

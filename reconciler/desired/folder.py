@@ -52,6 +52,7 @@ from reconciler.squishfile import (
     load_network_file,
     load_with_lines,
     read_squishfile,
+    status_key,
 )
 from reconciler.squishfile.networks import network_file_name, runtime_network_name
 from reconciler.squishfile.placement import HostIdentity
@@ -110,6 +111,19 @@ class Cached:
     """The key of other bytes written in place, not applied until they are quiet."""
     pending_since: float = 0.0
     """When those bytes were first read (the loader's clock)."""
+    seen: tuple[int, ...] | None = None
+    """The file's device, inode, size, mtime and ctime (ns) when ``loaded`` was read."""
+
+    def unchanged(self, path: Path) -> bool:
+        """Whether the file at ``path`` still has the status it was read with, uses no
+        other file and has no bytes waiting to settle: a load the watch vouches for
+        (``trusted``) takes it as it was without reading it."""
+        if self.seen is None or self.pending is not None or _inputs(self.loaded):
+            return False
+        try:
+            return status_key(os.stat(path)) == self.seen
+        except OSError:
+            return False
 
 
 FileCache = dict[Path, Cached]
@@ -187,12 +201,17 @@ def load_desired(
     settle: float = 0.0,
     files_in: Path | None = None,
     host: HostIdentity | None = None,
+    trusted: bool = False,
 ) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
     With a ``cache``, a file whose bytes are unchanged is not parsed again: an idle
-    resync reads each file but validates none. (Timestamps are not trusted: a same-size
-    edit within one timestamp tick would look unchanged.) A file rewritten in place (the
+    resync reads each file but validates none. Timestamps alone are not trusted (a
+    same-size edit within one timestamp tick would look unchanged), except when the
+    caller says no event came since the last load (``trusted``: the folder's watch was
+    armed all along and saw nothing, see :class:`reconciler.desired.source.FolderSource`):
+    then a file whose device, inode, size, mtime and ctime are those it was read with
+    is not read again. A file rewritten in place (the
     same inode, other bytes) may be half-written: its new bytes count once they have
     been read unchanged for ``settle`` seconds (``now`` on the same clock); until then
     the file stands for what it loaded before (:func:`settles_in` says when to look
@@ -216,7 +235,7 @@ def load_desired(
     valid: list[DesiredContainer] = []
     errors: list[FileError] = []
     for path in paths:
-        loaded = _read(path, folder, cache, _Quiet(now, settle))
+        loaded = _read(path, folder, cache, _Quiet(now, settle, trusted))
         if isinstance(loaded, FileError):
             errors.append(loaded)
         elif loaded is not None:
@@ -322,6 +341,8 @@ class _Quiet:
 
     now: float
     settle: float
+    trusted: bool = False
+    """No event came since the last load: a file's unchanged status is enough."""
 
     def keeps(self, known: Cached, key: bytes, identity: FileIdentity) -> bool:
         """Whether a file whose bytes are keyed ``key``, read from ``identity``, still
@@ -342,9 +363,11 @@ def _read(
     cache holds what was loaded now (even nothing, or an unreadable file), so its keys
     tell what changed."""
     known = cache.get(path) if cache is not None else None
+    if known is not None and quiet.trusted and known.unchanged(path):
+        return known.loaded
     known_name = known.loaded.name if known is not None else None
     try:
-        raw, identity = read_squishfile(path)
+        raw, identity, seen = read_squishfile(path)
     except FileNotFoundError:
         if cache is not None:
             cache.pop(path, None)
@@ -357,11 +380,11 @@ def _read(
     if known is not None:
         key = _digest(raw, _current(_inputs(known.loaded)))
         if quiet.keeps(known, key, identity):
-            known.identity = identity
+            known.identity, known.seen = identity, seen
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
     loaded = _load_one(path, raw, folder, known_name)
     if cache is not None:
         key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
-        cache[path] = Cached(key, loaded, identity)
+        cache[path] = Cached(key, loaded, identity, seen=seen)
     return loaded

@@ -78,15 +78,33 @@ class FolderSource:
     clock: Callable[[], float] = time.monotonic
     """What the settle time of files written in place is measured with."""
     _files: FileCache = field(default_factory=dict)
+    _armed: bool = False
+    """The watch is armed (:meth:`watch` runs and watches the folder as it is)."""
+    _vouched: bool = False
+    """The watch was armed when the last load began and has seen no event since: a file
+    whose status is unchanged is unchanged (see :meth:`load`)."""
 
     @property
     def folder(self) -> Path:
         return Path(os.path.abspath(self.path))
 
     def load(self) -> Snapshot:
+        """The folder's squishfiles; each is read again and its bytes hashed, except
+        while the watch vouches that nothing changed since the last load: then a file
+        whose device, inode, size, mtime and ctime are those it was read with is taken
+        as it was. Timestamps alone could miss a same-size edit within one tick; here
+        any write, rename or removal in the folder (or in one its links lead into) is an
+        event, which makes the next load read everything (an event that comes while a
+        load runs, too: the watch asks for another pass). The status check remains for
+        what no event reports (a file system shared over the network, changed from
+        another host, still moves a file's times and size)."""
         now, settle = self.clock(), self.settings.settle_ms / 1000
         host = HostIdentity(self.settings.host, self.settings.labels)
-        desired = load_desired(self.folder, self._files, now=now, settle=settle, host=host)
+        trusted = self._vouched and self._armed
+        self._vouched = self._armed
+        desired = load_desired(
+            self.folder, self._files, now=now, settle=settle, host=host, trusted=trusted
+        )
         return Snapshot(desired, self._revision(desired), settles_in(self._files, now, settle))
 
     def _revision(self, desired: DesiredState) -> str:
@@ -105,11 +123,19 @@ class FolderSource:
         replaced by another directory (inotify would keep following the old one), and
         at once when its symbolic links lead elsewhere."""
         watch = _Watch()
+
+        def noted(reason: str) -> None:
+            self._vouched = False  # the next load reads every file
+            changed(reason)
+
         async with anyio.create_task_group() as group:
             group.start_soon(_cancel_on, stop, group.cancel_scope)
             while True:
-                relinked = await self._watch_once(changed, watch)
-                changed("links changed" if relinked else "folder changed")
+                try:
+                    relinked = await self._watch_once(noted, watch)
+                finally:
+                    self._armed = False
+                noted("links changed" if relinked else "folder changed")
                 if not relinked:
                     await anyio.sleep(self.settings.rearm_delay)
 
@@ -132,6 +158,7 @@ class FolderSource:
             with Inotify() as notify:
                 for folder in sorted(folders):
                     notify.add(folder)
+                self._armed = True
                 # a tick once a second: is it still the same folder?
                 events = batches(notify, counts, quiet=quiet, longest=longest, tick=1.0)
                 async with contextlib.aclosing(events):

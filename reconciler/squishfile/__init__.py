@@ -18,6 +18,7 @@ from reconciler.squishfile.loading import (
     load_squishfile,
     load_with_lines,
     read_squishfile,
+    status_key,
 )
 from reconciler.squishfile.model import (
     DownloadLayer,
@@ -43,4 +44,5 @@ __all__ = (
     "load_squishfile",
     "load_with_lines",
     "read_squishfile",
+    "status_key",
 )

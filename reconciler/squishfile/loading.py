@@ -56,11 +56,13 @@ __all__ = (
     "MAX_BYTES",
     "ConflictLines",
     "FileIdentity",
+    "ReadFile",
     "file_text",
     "load_network_file",
     "load_squishfile",
     "load_with_lines",
     "read_squishfile",
+    "status_key",
 )
 
 MAX_BYTES = 1 << 20
@@ -140,8 +142,23 @@ def _read_up_to(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_squishfile(path: Path) -> tuple[bytes, FileIdentity]:
-    """The bytes of the squishfile at ``path``, and which file they were read from.
+class ReadFile(NamedTuple):
+    """A squishfile's bytes, and what they were read from."""
+
+    raw: bytes
+    identity: FileIdentity
+    status: tuple[int, ...]
+    """The file's :func:`status_key` as its bytes were read."""
+
+
+def status_key(status: os.stat_result) -> tuple[int, ...]:
+    """A file's device, inode, size, mtime and ctime (ns): any write changes it."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def read_squishfile(path: Path) -> ReadFile:
+    """The bytes of the squishfile at ``path``, which file they were read from, and its
+    status then.
 
     Raises OSError when it cannot be read (a directory or a FIFO cannot), and
     :class:`SquishfileError` when it is larger than :data:`MAX_BYTES`: it is not read
@@ -161,7 +178,7 @@ def read_squishfile(path: Path) -> tuple[bytes, FileIdentity]:
     if len(raw) > MAX_BYTES:
         problem = Problem(str(path), None, "<file>", _TOO_LARGE)
         raise SquishfileError(path, [problem])
-    return raw, identity
+    return ReadFile(raw, identity, status_key(status))
 
 
 _TOO_LARGE = f"larger than {MAX_BYTES >> 20} MiB, the limit for a squishfile"

@@ -181,13 +181,14 @@ class Leaf:
         )
 
     def frozen(self) -> bool:
-        return _field(self.path / "cgroup.events", "frozen") == 1
+        return _field(f"{self.path}/cgroup.events", "frozen") == 1
 
     def events(self) -> dict[str, int]:
-        """OOM kills and forks refused by the pids limit, as the kernel counts them."""
+        """OOM kills and forks refused by the pids limit, as the kernel counts them (read
+        for every container at every pass: the paths are strings, no Path is built)."""
         return {
-            "oom_kills": _field(self.path / "memory.events", "oom_kill") or 0,
-            "pids_refused": _field(self.path / "pids.events", "max") or 0,
+            "oom_kills": _field(f"{self.path}/memory.events", "oom_kill") or 0,
+            "pids_refused": _field(f"{self.path}/pids.events", "max") or 0,
         }
 
     def remove(self) -> None:
@@ -212,7 +213,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _field(path: Path, key: str) -> int | None:
+def _field(path: Path | str, key: str) -> int | None:
     """A counter of a small flat-keyed file (``cgroup.events``, ``memory.events``)."""
     try:
         text = read_small(path).decode()

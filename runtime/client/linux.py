@@ -219,8 +219,9 @@ class LinuxRuntime(NetworkOps):
 
     @staticmethod
     def _has_record(cdir: Path) -> bool:
-        """The cheap test of a whole record (a damaged one is reported, never swept)."""
-        return (cdir / "launch.json").is_file() and (cdir / "spec.json").is_file()
+        """The cheap test of a whole record (a damaged one is reported, never swept); the
+        sweep of every pass asks it of every container: strings, no Path built."""
+        return os.path.isfile(f"{cdir}/launch.json") and os.path.isfile(f"{cdir}/spec.json")
 
     def sweep(self) -> list[str]:
         """Delete the folders clients killed in the middle of a create or a remove left,
@@ -427,7 +428,9 @@ class LinuxRuntime(NetworkOps):
         found = []
         look = BridgeLook(self.state)
         for cdir in sorted(self.containers.iterdir()):
-            if cdir.name.startswith(folders.HIDDEN) or not self._has_record(cdir):
+            # a whole record: its launch.json here, its spec.json read below (a folder
+            # without one is skipped there); each path as a string, no Path built
+            if cdir.name.startswith(folders.HIDDEN) or not os.path.isfile(f"{cdir}/launch.json"):
                 continue  # being made or removed, or left so by a killed client
             try:
                 found.append(self._info(cdir, fresh=False, look=look))

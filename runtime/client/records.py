@@ -156,11 +156,13 @@ class RecordStore:
         """This state folder's cgroup folder: two state folders never share leaves."""
         self._rootfs_paths: dict[RootfsRef, Path] = {}
         self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
+        """spec.json as last parsed, by container folder, with the status it had."""
         self._forward_checks: dict[
             Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
         ] = {}
-        self._records: dict[Path, tuple[tuple[int, int, int, int], Any]] = {}
-        """meta.json and run.json as last parsed, by path, with the status they had."""
+        self._records: dict[tuple[Path, str], tuple[tuple[int, int, int, int], Any]] = {}
+        """meta.json and run.json as last parsed, by container folder and name, with the
+        status they had."""
         self._exits: dict[Path, tuple[tuple[int, int] | None, dict[str, Any]]] = {}
         """Exits seen but not recorded (the state disk is full), by folder, with the
         identity of the run they ended."""
@@ -192,15 +194,17 @@ class RecordStore:
         write_json_atomic(cdir / "spec.json", spec.model_dump(mode="json"))
 
     def _spec(self, cdir: Path) -> ContainerSpec:
-        """The container's spec, parsed again only when spec.json changed."""
-        path = cdir / "spec.json"
-        st = path.stat()
+        """The container's spec, parsed again only when spec.json changed (its path as
+        a string: listing a thousand containers builds no Path per file)."""
+        path = f"{cdir}/spec.json"
+        st = os.stat(path)
         key = (st.st_ino, st.st_mtime_ns)
-        known = self._specs.get(path)
+        known = self._specs.get(cdir)
         if known is not None and known[0] == key:
             return known[1]
-        spec = ContainerSpec.model_validate_json(path.read_bytes())
-        self._specs[path] = (key, spec)
+        with open(path, "rb") as file:
+            spec = ContainerSpec.model_validate_json(file.read())
+        self._specs[cdir] = (key, spec)
         return spec
 
     def _live_ports(
@@ -229,29 +233,30 @@ class RecordStore:
         self._forward_checks[cdir] = (now, live, recorded)
         return live
 
-    def _record(self, path: Path) -> Any | None:
-        """``read_json(path)`` of a record always replaced atomically (meta.json,
-        run.json: each write is a new inode), parsed again only when its status changed.
-        What it returns is shared: never change it."""
+    def _record(self, cdir: Path, name: str) -> Any | None:
+        """``read_json`` of the record ``name`` of ``cdir``, always replaced atomically
+        (meta.json, run.json: each write is a new inode), parsed again only when its
+        status changed. What it returns is shared: never change it."""
+        path, known_as = f"{cdir}/{name}", (cdir, name)
         try:
             st = os.stat(path)
         except OSError:
-            self._records.pop(path, None)
+            self._records.pop(known_as, None)
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        known = self._records.get(path)
+        known = self._records.get(known_as)
         if known is not None and known[0] == key:
             return known[1]
         data = read_json(path)
-        self._records[path] = (key, data)
+        self._records[known_as] = (key, data)
         return data
 
     def _info(
         self, cdir: Path, *, fresh: bool = True, look: BridgeLook | None = None
     ) -> ContainerInfo:
         spec = self._spec(cdir)
-        meta = self._record(cdir / "meta.json") or {}
-        run = self._record(cdir / "run.json")
+        meta = self._record(cdir, "meta.json") or {}
+        run = self._record(cdir, "run.json")
         common: dict[str, Any] = {
             "name": spec.name,
             "spec": spec,
@@ -332,8 +337,8 @@ class RecordStore:
 
     def _forget(self, cdir: Path) -> None:
         """Drop what is cached about a folder that is gone or moved."""
-        self._specs.pop(cdir / "spec.json", None)
-        self._records.pop(cdir / "meta.json", None)
-        self._records.pop(cdir / "run.json", None)
+        self._specs.pop(cdir, None)
+        self._records.pop((cdir, "meta.json"), None)
+        self._records.pop((cdir, "run.json"), None)
         self._forward_checks.pop(cdir, None)
         self._exits.pop(cdir, None)

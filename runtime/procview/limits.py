@@ -8,14 +8,23 @@ alike. A file the cgroup lacks (no v2 controllers, as on hybrid hosts) means no 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.cgroups.fs import cgroup_of
 from runtime.procview.views import Limits, parse_cpu_list
 from runtime.util.files import read_small
-from runtime.util.processes import parent_pids, proc_start_time
+from runtime.util.processes import proc_start_time
 
-__all__ = ("CLOCK_TICKS", "container_tasks", "host_online", "read_limits", "seconds_since_start")
+__all__ = (
+    "CLOCK_TICKS",
+    "Tasks",
+    "container_tasks",
+    "host_online",
+    "read_limits",
+    "seconds_since_start",
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -104,23 +113,55 @@ def seconds_since_start(init_pid: int) -> float | None:
     return float(text.split()[0]) - started / CLOCK_TICKS
 
 
-def _pid_namespace(pid: int) -> str | None:
+def _pid_namespace(pid: int | str) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return None
 
 
-def _container_namespace(init_pid: int) -> str | None:
-    """The container's pid namespace: the init's (not readable once it made itself not
-    dumpable, as it does) or that of one of its children."""
-    namespace = _pid_namespace(init_pid)
-    if namespace is not None:
-        return namespace
-    for pid, parent in parent_pids().items():
-        if parent == init_pid and (namespace := _pid_namespace(pid)) is not None:
-            return namespace
-    return None
+@dataclass(frozen=True)
+class Tasks:
+    """Every process ``/proc`` shows, read in one pass: by pid namespace, the pids and
+    state letters (``R``, ``S``, ``D``...) of those whose namespace can be seen, and who
+    is whose parent. Sampling the load of N containers reads ``/proc`` once, not once
+    (or twice) per container: with a thousand containers, and thousands of processes,
+    that was millions of reads every sample."""
+
+    by_namespace: dict[str, list[tuple[int, str]]]
+    children: dict[int, list[int]]
+    namespaces: dict[int, str]
+
+    @classmethod
+    def read(cls) -> Tasks:
+        by_namespace: dict[str, list[tuple[int, str]]] = {}
+        children: dict[int, list[int]] = {}
+        namespaces: dict[int, str] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            raw = _text(Path(entry.path, "stat"))
+            if raw is None:
+                continue  # gone meanwhile
+            pid, (state, parent) = int(entry.name), raw[raw.rindex(")") + 2 :].split()[:2]
+            children.setdefault(int(parent), []).append(pid)
+            namespace = _pid_namespace(entry.name)
+            if namespace is not None:
+                namespaces[pid] = namespace
+                by_namespace.setdefault(namespace, []).append((pid, state))
+        return cls(by_namespace, children, namespaces)
+
+    def of(self, init_pid: int) -> list[str]:
+        """The state letter of every process of the container of ``init_pid``: those
+        in its init's pid namespace (the init's own, not readable once it made itself
+        not dumpable, as it does, or that of one of its children), the init left out."""
+        namespace = self.namespaces.get(init_pid) or next(
+            (self.namespaces[c] for c in self.children.get(init_pid, ()) if c in self.namespaces),
+            None,
+        )
+        if namespace is None:
+            return []
+        return [state for pid, state in self.by_namespace[namespace] if pid != init_pid]
 
 
 def _leaf_pids(init_pid: int) -> list[int] | None:
@@ -133,23 +174,16 @@ def _leaf_pids(init_pid: int) -> list[int] | None:
     return None if text is None else [int(pid) for pid in text.split()]
 
 
-def _namespace_pids(init_pid: int) -> list[int]:
-    """The processes in the container's pid namespace: a scan of every process's."""
-    namespace = _container_namespace(init_pid)
-    if namespace is None:
-        return []
-    pids = (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
-    return [pid for pid in pids if _pid_namespace(pid) == namespace]
-
-
-def container_tasks(init_pid: int) -> list[str]:
+def container_tasks(init_pid: int, read_all: Callable[[], Tasks] = Tasks.read) -> list[str]:
     """The state letter (``R``, ``S``, ``D``...) of every process of the container, the
     init itself left out: those of its own cgroup, or without one, of its pid namespace
-    (found by a scan of the host's /proc, which costs tens of milliseconds on a host
-    with thousands of processes)."""
+    (:meth:`Tasks.of`, from ``read_all()``: a read of the host's whole /proc, which a
+    caller sampling many containers makes once for them all)."""
     pids = _leaf_pids(init_pid)
+    if pids is None:
+        return read_all().of(init_pid)
     states = []
-    for pid in _namespace_pids(init_pid) if pids is None else pids:
+    for pid in pids:
         raw = _text(Path(f"/proc/{pid}/stat")) if pid != init_pid else None
         if raw is not None:
             states.append(raw[raw.rindex(")") + 2])

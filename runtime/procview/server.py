@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import logging
 import math
 import mmap
@@ -358,10 +359,14 @@ class Server:
         os.close(listener)
 
     def sample_load(self) -> None:
-        """One sample of each container's runnable processes into its load averages."""
+        """One sample of each container's runnable processes into its load averages
+        (``/proc`` read at most once for them all: only for containers without a cgroup
+        of their own)."""
+        self.next_sample = time.monotonic() + LOAD_SAMPLE
+        read_all = functools.cache(limits.Tasks.read)
         for conn in self.connections.values():
             try:
-                tasks = limits.container_tasks(conn.init_pid)
+                tasks = limits.container_tasks(conn.init_pid, read_all)
                 running, conn.tasks = tasks.count("R"), len(tasks)
             except Exception:  # one container's odd /proc must not end the view for all
                 log.exception("sampling the load of the container of init %d", conn.init_pid)
@@ -370,7 +375,6 @@ class Server:
                 load * decay + running * (1 - decay)
                 for load, decay in zip(conn.load, _DECAY, strict=True)
             )
-        self.next_sample = time.monotonic() + LOAD_SAMPLE
 
     def loop(self) -> None:
         """Serve until the holder is gone and no connection is left."""

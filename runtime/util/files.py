@@ -53,10 +53,11 @@ def write_json_atomic(path: Path, data: Any, *, dir_fd: int | None = None) -> No
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), dir_fd=dir_fd)
 
 
-def read_json(path: Path) -> Any | None:
+def read_json(path: Path | str) -> Any | None:
     """The JSON in ``path``, or None if it is missing or unreadable as JSON."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            raw = file.read()
     except OSError:
         return None
     return parse_json(raw)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ("EmptyMessage", "connect", "decode_object", "exchange", "read_to_eof")
+__all__ = ("EmptyMessage", "connect", "decode_object", "exchange", "peer_of", "read_to_eof")
 
 
 class EmptyMessage(ValueError):
@@ -32,6 +33,13 @@ def read_to_eof(sock: socket.socket, limit: int) -> bytes:
         if size > limit:
             raise ValueError(f"message larger than {limit} bytes")
     return b"".join(chunks)
+
+
+def peer_of(sock: socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a connected unix socket, as
+    the kernel saw them when the connection was made (SO_PEERCRED)."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid, uid
 
 
 def decode_object(raw: bytes) -> dict[str, Any]:
