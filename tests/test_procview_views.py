@@ -396,3 +396,25 @@ def test_a_call_a_dead_server_had_read_is_left_to_the_kernel_by_the_next() -> No
         server.workers.shutdown()
         os.close(dummy_w)
         ours.close()
+
+
+def test_a_server_started_on_a_connection_with_an_open_waiting_answers_it() -> None:
+    """An OPEN that a killed server had not read yet waits for the next server, which
+    reads each connection as soon as it is given it, while it is being made: the answer
+    must come (it crashed with AttributeError; the server after it found nothing left to
+    read, and the opener waited until it got a signal)."""
+    from runtime.procview.server import _NAMES, Connection, Server
+
+    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    kernel.settimeout(30.0)  # a hang guard: the answer is written before Server() returns
+    node = _NAMES.index("uptime") + 2
+    kernel.send(_request(fuse.Op.OPEN, node, struct.pack("<II", os.O_RDONLY, 0)))
+    server = Server(None, [Connection(ours.detach(), os.getpid())])
+    try:
+        replies = [struct.unpack_from("<IiQ", kernel.recv(65536)) for _ in range(2)]
+        assert [(error, unique) for _, error, unique in replies if unique == 7] == [(0, 7)]
+    finally:
+        server.workers.shutdown()
+        for conn in server.connections.values():
+            os.close(conn.fd)
+        kernel.close()

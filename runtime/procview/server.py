@@ -194,12 +194,14 @@ class Server:
     ) -> None:
         self.control = control
         self.connections: dict[int, Connection] = {}
-        for conn in connections:
-            self.add(conn)
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="view")
         self.next_fh = 1
         self.next_sample = time.monotonic() + LOAD_SAMPLE
         self.in_flight = in_flight
+        # Last: adding a connection serves what waits on it at once (a dead server's
+        # successor finds requests waiting), which takes everything above.
+        for conn in connections:
+            self.add(conn)
         self._finish_orphan()
 
     def _finish_orphan(self) -> None:
