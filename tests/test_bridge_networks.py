@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -31,9 +32,10 @@ from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, open_book
 from runtime.network.netlink import mac_of
 from runtime.network.slirp import LiveForward
+from runtime.sandbox import syscalls as sc
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
-from tests.support import free_port, http_get, http_refused, processes_mentioning
+from tests.support import free_port, http_get, http_refused, in_child, processes_mentioning
 from tests.test_reconciler_e2e import eventually
 
 pytestmark = rootless
@@ -405,6 +407,68 @@ def test_a_stopped_bridge_container_starts_again_with_its_address_and_forward(
     serving(nets, "again")
     assert fetch(nets, "peer", first.addresses["front"]) == "hello over the bridge"
     assert fetch(nets, "again", peer.addresses["front"]) == "hello over the bridge"
+
+
+def _networks_held_by(pid: int) -> dict[str, Path]:
+    """The network namespaces process ``pid`` holds a descriptor of, by name
+    (``net:[inode]``): the container's own init cannot be looked into (it is not
+    dumpable), the keeper, which holds each running container's, can."""
+    found = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (link := os.readlink(fd)).startswith("net:["):
+                found[link] = fd
+    return found
+
+
+def _speak_from(namespaces: tuple[int, int], address: str) -> None:
+    """One datagram to ``address`` from the network namespace of ``namespaces`` (and so a
+    frame from its interface onto the bridge: the datagram, or the ARP request before
+    it)."""
+    user, net = namespaces
+
+    def speak() -> dict[str, object]:
+        sc.setns(user, sc.CLONE_NEWUSER)
+        sc.setns(net, sc.CLONE_NEWNET)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"here", (address, 9))
+        return {}
+
+    result = in_child(speak)
+    assert "crashed" not in result, result["crashed"]
+
+
+def test_a_bridge_container_started_again_is_reached_by_peers_while_its_old_pair_lingers(
+    nets: LinuxRuntime, site: Path, state_path: Path
+) -> None:
+    """The kernel deletes an ended namespace's veth pair in its own time (seconds on a
+    busy machine). Held open here, the old namespace keeps its pair on the bridge, with
+    the lease's link-layer address, and even sends a frame from it after the start: its
+    peers reach the new container all the same."""
+    first = nets.run(web("linger", site, "front"))
+    peer = nets.run(web("lpeer", site, "front"))
+    serving(nets, "linger", "lpeer")
+    address = first.addresses["front"]
+    assert fetch(nets, "lpeer", address) == "hello over the bridge"  # the bridge learns its port
+    keeper = json.loads((state_path / shared.BRIDGE_DIR / "keeper.json").read_text())
+    supervisor = ProcessId.from_json(keeper["supervisor"])
+    assert supervisor is not None
+    user = os.open(f"/proc/{supervisor.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    held = {
+        name: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        for name, path in _networks_held_by(supervisor.pid).items()
+    }
+    try:
+        nets.stop("linger")
+        assert nets.start("linger").addresses == first.addresses
+        serving(nets, "linger")
+        let_go = set(held) - set(_networks_held_by(supervisor.pid))
+        (old,) = (held[name] for name in let_go)  # the ended container's
+        _speak_from((user, old), peer.addresses["front"])
+        assert fetch(nets, "lpeer", address) == "hello over the bridge"
+    finally:
+        for fd in (user, *held.values()):
+            os.close(fd)
 
 
 def test_a_renamed_bridge_container_keeps_its_forward_and_answers_to_its_new_name(

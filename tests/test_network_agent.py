@@ -1,7 +1,9 @@
 """The shared namespace's agent on its own (:mod:`runtime.network.agent`), in a user and
 network namespace of the test's own: a launcher's connection it fails to accept (out of
 descriptors) costs that connection only, never the agent, which holds the namespace and
-whose end takes its keeper and every bridge network along."""
+whose end takes its keeper and every bridge network along; a container started again
+is reached through its new pair at once, while the pair of its ended namespace, with
+the same link-layer address, is still on the bridge."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from runtime.network import agent
+from runtime.network import agent, inside, netlink, wiring
+from runtime.network.addresses import NetworkRecord
+from runtime.sandbox import syscalls as sc
 from tests.support import in_own_namespaces
 
 
@@ -58,3 +62,75 @@ def _accept_out_of_descriptors(direct: Path) -> dict[str, Any]:
 def test_a_failed_accept_costs_that_connection_only(tmp_path: Path) -> None:
     found = in_own_namespaces(lambda: _accept_out_of_descriptors(tmp_path / "agent.sock"))
     assert found == {"keeper served": "ok", "plug": "ok"}
+
+
+FRONT = NetworkRecord("front", "10.89.0.0/24", leases={"peer": "10.89.0.3", "web": "10.89.0.2"})
+
+
+def _namespace(listen: int | None = None) -> tuple[int, socket.socket | None]:
+    """A new network namespace, held by the descriptor returned only (as the kernel's
+    late teardown, or anything holding it, keeps an ended container's), without IPv6
+    (whose unasked frames would teach the bridge now one port, now the other), and a
+    socket listening there on port ``listen``; the caller stays where it was."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.unshare(sc.CLONE_NEWNET)
+        Path("/proc/sys/net/ipv6/conf/default/disable_ipv6").write_text("1\n")
+        held = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        listener = None if listen is None else socket.create_server(("0.0.0.0", listen))
+        sc.setns(own, sc.CLONE_NEWNET)
+    finally:
+        os.close(own)
+    return held, listener
+
+
+def _plug(direct: Path, name: str, ns_fd: int) -> None:
+    plan = wiring.plan(name, ["front"], {"front": FRONT}, os.fstat(ns_fd).st_ino)
+    assert agent.plug(direct, ns_fd, 5.0, fresh=True, **plan).answer()["ok"] is True
+
+
+def _connect(ns_fd: int, address: str, port: int) -> str:
+    """What a TCP connection from namespace ``ns_fd`` to ``address`` and ``port`` meets."""
+    with inside.entered(ns_fd), socket.socket() as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect((address, port))
+        except OSError as exc:
+            return type(exc).__name__
+        return "connected"
+
+
+def _speak(ns_fd: int, address: str) -> None:
+    """One datagram from namespace ``ns_fd`` to ``address`` (and so a frame from its
+    interface onto the bridge: the datagram, or the ARP request before it)."""
+    with inside.entered(ns_fd), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"here", (address, 9))
+
+
+def _started_again(direct: Path) -> dict[str, Any]:
+    keeper = agent.start(10.0, direct)
+    try:
+        keeper.call("links", bridges=[[netlink.bridge_name("front"), FRONT.subnet]], ruleset="")
+        (peer, _), (ended, _) = _namespace(), _namespace()
+        _plug(direct, "peer", peer)
+        _plug(direct, "web", ended)
+        web = FRONT.leases["web"]
+        before = _connect(peer, web, 8080)  # the ended one's: the bridge learns its port
+        again, _listener = _namespace(listen=8080)  # closed as the child ends
+        _plug(direct, "web", again)  # the same lease, so the same link-layer address
+        first = _connect(peer, web, 8080)
+        _speak(ended, FRONT.gateway)  # the old pair's namespace sends on, as a live one may
+        then = _connect(peer, web, 8080)
+        return {"before": before, "at once": first, "once the old spoke": then}
+    finally:
+        os.kill(keeper.pid, 9)
+        os.waitpid(keeper.pid, 0)
+
+
+def test_a_container_started_again_is_reached_while_its_old_pair_lingers(tmp_path: Path) -> None:
+    found = in_own_namespaces(lambda: _started_again(tmp_path / "agent.sock"))
+    assert found == {
+        "before": "ConnectionRefusedError",
+        "at once": "connected",
+        "once the old spoke": "connected",
+    }

@@ -339,6 +339,7 @@ def _make_pair(here: _Namespace, pair: dict[str, Any], end: netlink.Inside, ns_f
             raise
         netlink.delete_link(here.ipr, host_end)
         netlink.make_veth(here.requests, host_end, master, end, ns_fd)
+    netlink.claim_address(here.requests, host_end, end.mac)
 
 
 _HANDLERS: dict[str, Handler] = {"links": _links, "plug": _plug, "listening": _listening}

@@ -19,6 +19,7 @@ __all__ = (
     "Requests",
     "bridge_index",
     "bridge_name",
+    "claim_address",
     "delete_link",
     "ensure_bridge",
     "link_names",
@@ -53,7 +54,8 @@ def veth_name(address: str, network: str, namespace: int) -> str:
     keeps its pair, one that takes the old name never takes the pair with it, and a
     container started again never meets the pair of its ended namespace, which the
     kernel deletes in its own time (deleting it here would cost a synchronisation of
-    the whole network stack, about 20 ms)."""
+    the whole network stack, about 20 ms; :func:`claim_address` has the bridge send to
+    the new pair meanwhile)."""
     return _short("sqv", address, network, str(namespace))
 
 
@@ -161,11 +163,16 @@ class Requests:
 _NLMSGHDR = struct.Struct("=IHHII")
 _NLMSG_ERROR = 2
 _RTM_NEWLINK = 16
+_RTM_NEWNEIGH = 28
 _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
+_NLM_F_REPLACE = 0x100
 _NLM_F_EXCL = 0x200
 _NLM_F_CREATE = 0x400
 _IFF_UP = 0x1
+_NTF_MASTER = 0x04
+_NTF_STICKY = 0x40
+_NUD_NOARP = 0x40
 
 
 def make_veth(requests: Requests, host_end: str, master: int, inside: Inside, ns_fd: int) -> None:
@@ -193,6 +200,27 @@ def make_veth(requests: Requests, host_end: str, master: int, inside: Inside, ns
         ["IFLA_LINKINFO", {"attrs": [["IFLA_INFO_KIND", "veth"], ["IFLA_INFO_DATA", data]]}],
     ]
     requests.send(message, _RTM_NEWLINK, _NLM_F_CREATE | _NLM_F_EXCL)
+
+
+def claim_address(requests: Requests, port: str, mac: str) -> None:
+    """Frames for link-layer address ``mac`` go to bridge port ``port`` from now on: an
+    entry of the bridge's forwarding database, replacing any, static (it never ages) and
+    sticky (frames from ``mac`` on another port never move it). The pair of a container's
+    ended namespace, which the kernel deletes in its own time (seconds on a busy
+    machine), has the same address: without this the bridge keeps sending to that dead
+    port what it learned to, and the dying namespace refuses it, until a frame from the
+    new pair teaches it otherwise (an idle server sends none; the old namespace's
+    answers to broadcasts teach it back). The entry goes with the port. OSError when
+    the kernel refuses."""
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    message = ndmsg()
+    message["family"] = socket.AF_BRIDGE
+    message["ifindex"] = socket.if_nametoindex(port)
+    message["state"] = _NUD_NOARP  # static: a port not forwarding yet takes no other
+    message["flags"] = _NTF_MASTER | _NTF_STICKY
+    message["attrs"] = [["NDA_LLADDR", mac]]
+    requests.send(message, _RTM_NEWNEIGH, _NLM_F_CREATE | _NLM_F_REPLACE)
 
 
 @dataclass(frozen=True)
