@@ -179,8 +179,12 @@ def _reconciler(
     if settings.git is None:
         folder = _existing(folder)  # before the runtime, which may refuse to start
     runtime = runtime or _runtime(settings)
+    # the status socket's files (``files``) answer as a fresh load would: a broken file
+    # claims no name the cache remembers
     source: Source = (
-        FolderSource(folder, settings, _files={} if files is None else files)
+        FolderSource(
+            folder, settings, _files={} if files is None else files, recall_names=files is None
+        )
         if settings.git is None
         else GitSource(settings, runtime.state)
     )

@@ -15,10 +15,11 @@ import anyio
 import pytest
 
 from reconciler.control.converge import Converger
-from reconciler.control.loop import Reconciler, _watch_exit, raise_fd_limit
+from reconciler.control.loop import PassResult, Reconciler, _watch_exit, raise_fd_limit, run_loop
 from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import ConditionKind
+from reconciler.settings import Settings
 from reconciler.squishfile.networks import runtime_network_name
 from tests.fakes import FakeClock, FakeRuntime
 
@@ -250,3 +251,29 @@ async def test_with_no_linger_the_last_container_takes_its_network_along(tmp_pat
     (tmp_path / "a.toml").unlink()
     await loop.reconcile("files changed")
     assert loop.runtime.list_networks() == [] and loop.next_deadline() == math.inf
+
+
+@pytest.mark.anyio
+async def test_a_stopped_loop_takes_the_networks_it_kept_for_their_linger_along(
+    tmp_path: Path,
+) -> None:
+    """No pass ends a linger once the loop stops: the network (and, for the user's only
+    bridge network, the shared namespace's keeper) would stay until an ``apply``."""
+    app = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n'
+    (tmp_path / "a.toml").write_text(app)
+    (tmp_path / "b.toml").write_text(app.replace("[layers]", 'networks = ["back"]\n[layers]'))
+    loop = reconciler(tmp_path, FakeClock(100.0))
+    loop.network_linger = 60.0
+    runtime = loop.runtime
+    assert isinstance(runtime, FakeRuntime)
+    await loop.reconcile("start")
+    (tmp_path / "a.toml").unlink()
+    stop = anyio.Event()
+
+    def on_pass(result: PassResult) -> None:
+        if not result.plan.actions:  # a is gone, its network kept
+            stop.set()
+
+    await run_loop(loop, settings=Settings(resync=3600.0), on_pass=on_pass, stop=stop)
+    assert [c.name for c in runtime.list()] == ["b"]
+    assert [n.name for n in runtime.list_networks()] == [runtime_network_name(tmp_path, "back")]

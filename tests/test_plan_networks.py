@@ -275,3 +275,29 @@ async def test_a_lingering_network_stays_until_its_linger_is_over(
     assert [o.error for o in await Converger(fake).apply(leaving)] == [None]
     assert planned_at(159.0, {default: 100.0}) == Plan(lingering=(default,))
     assert summary(planned_at(160.0, {default: 100.0})) == [(3, "remove-network", default)]
+
+
+@pytest.mark.anyio
+async def test_a_network_file_renamed_does_not_linger_on_the_subnet_its_new_name_needs(
+    tmp_path: Path, fake: FakeRuntime
+) -> None:
+    """The runtime refuses a subnet that overlaps another network's: the old name's
+    network, kept for its linger, would hold the new name's subnet for the whole linger."""
+    (tmp_path / "back.network.toml").write_text('subnet = "10.89.40.0/24"\n')
+    (tmp_path / "idle.network.toml").write_text('subnet = "10.89.50.0/24"\n')
+    container(tmp_path, "web", 'networks = ["back"]\n')
+    container(tmp_path, "cron", 'networks = ["idle"]\n')
+    await converged(tmp_path, fake)
+    (tmp_path / "back.network.toml").rename(tmp_path / "front.network.toml")
+    container(tmp_path, "web", 'networks = ["front"]\n')
+    (tmp_path / "cron.toml").unlink()
+    renamed = plan(
+        load_desired(tmp_path),
+        fake.list(),
+        networks=fake.list_networks(),
+        now=100.0,
+        linger=NetworkLinger(60.0, {}),
+    )
+    removed = [a.name for a in renamed.actions if a.kind is ActionKind.REMOVE_NETWORK]
+    assert removed == [net(tmp_path, "back")]
+    assert renamed.lingering == (net(tmp_path, "idle"),)  # its subnet is wanted by none

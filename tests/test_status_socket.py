@@ -236,3 +236,17 @@ def test_the_loops_answer_is_never_older_than_the_edit_just_made(loop: Loop) -> 
     (loop.folder / "one.toml").unlink()
     assert phases(asked(loop)).get("one", "Terminating") == "Terminating"
     eventually(lambda: "one" not in phases(asked(loop)), "one is removed")
+
+
+@rootless
+def test_a_file_broken_after_the_loop_answered_reads_as_a_fresh_status_reads_it(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's answer parses only what changed since the last question; a file that
+    no longer parses must not claim the name that answer's cache remembers, where a
+    fresh ``status`` has no memory to take it from."""
+    put(loop.folder, "site.toml", 'name = "web"\n' + SLEEPER)
+    eventually(lambda: phases(asked(loop)) == {"web": "Running"}, "web runs")
+    put(loop.folder, "site.toml", 'name = "web"\n[run\n')
+    answer, computed = asked(loop), fresh(loop, monkeypatch)
+    assert steady(answer) == steady(computed)

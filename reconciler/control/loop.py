@@ -47,6 +47,7 @@ from reconciler.control.prepare import Preparer
 from reconciler.control.status import LoopRecord, StatusStore, Writer, state_disk_condition
 from reconciler.desired.source import Changed, Source
 from reconciler.desired.types import DesiredState
+from reconciler.planning.networks import network_managed_by
 from reconciler.planning.plan import (
     ActionKind,
     ConditionKind,
@@ -277,6 +278,35 @@ class Reconciler:
             if isinstance(saved, dict):
                 self.converger.restore(saved)
 
+    def drop_lingering(self) -> list[str]:
+        """Remove the networks kept for their linger that nothing joins still: the loop
+        stops, and no pass would end their linger (``apply`` removes them at once). What
+        fails is logged, never raised; the names removed are returned."""
+        lingering, self._unjoined_since = self._unjoined_since, {}
+        if not lingering:
+            return []
+        folder = str(self.folder)
+        try:
+            unjoined = [
+                info.name
+                for info in self.runtime.list_networks()
+                if info.name in lingering
+                and not info.containers
+                and network_managed_by(info, folder)
+            ]
+        except Exception as exc:  # the loop is stopping: say so, keep stopping
+            log.warning("lingering networks stay: %s: %s", type(exc).__name__, exc)
+            return []
+        return [name for name in unjoined if self._dropped(name)]
+
+    def _dropped(self, network: str) -> bool:
+        try:
+            self.runtime.remove_network(network)
+        except Exception as exc:  # the loop is stopping: say so, keep stopping
+            log.warning("network %s stays: %s: %s", network, type(exc).__name__, exc)
+            return False
+        return True
+
     def running_pids(self) -> set[int]:
         """Pids whose exit must wake the loop: the inits of this folder's running
         containers and their slirp4netns, as last observed."""
@@ -359,7 +389,8 @@ async def run_loop(
     ``on_ready`` is handed, before the first pass, the function that asks for a pass
     as a change of the source does (call it in the loop's event loop thread).
     ``on_pass`` is told each pass's result, ``on_failed`` the error of a pass that
-    failed as a whole."""
+    failed as a whole. Once ``stop`` is set, the networks kept for their linger go
+    (:meth:`Reconciler.drop_lingering`); the containers keep running."""
     settings = settings or Settings()
     resync = settings.resync
     raise_fd_limit()  # a pidfd per init and per slirp4netns it watches
@@ -400,6 +431,8 @@ async def run_loop(
             followed_up = again
             wait = 0.0 if again else min(resync, reconciler.next_deadline())
             trigger = await _next_trigger(receive, wait)
+    # stopped (not cancelled from outside): a network's linger ends with the loop
+    await anyio.to_thread.run_sync(reconciler.drop_lingering)
 
 
 @asynccontextmanager

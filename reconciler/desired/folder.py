@@ -202,6 +202,7 @@ def load_desired(
     files_in: Path | None = None,
     host: HostIdentity | None = None,
     trusted: bool = False,
+    recall_names: bool = True,
 ) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
@@ -211,7 +212,10 @@ def load_desired(
     caller says no event came since the last load (``trusted``: the folder's watch was
     armed all along and saw nothing, see :class:`reconciler.desired.source.FolderSource`):
     then a file whose device, inode, size, mtime and ctime are those it was read with
-    is not read again. A file rewritten in place (the
+    is not read again. A file that no longer parses claims the name it had when it last
+    did (the loop's view); ``recall_names=False`` gives the claim a load without the
+    cache would (``status`` answered from a cache: the same document either way). A
+    file rewritten in place (the
     same inode, other bytes) may be half-written: its new bytes count once they have
     been read unchanged for ``settle`` seconds (``now`` on the same clock); until then
     the file stands for what it loaded before (:func:`settles_in` says when to look
@@ -235,7 +239,7 @@ def load_desired(
     valid: list[DesiredContainer] = []
     errors: list[FileError] = []
     for path in paths:
-        loaded = _read(path, folder, cache, _Quiet(now, settle, trusted))
+        loaded = _read(path, folder, cache, _Quiet(now, settle, trusted, recall_names))
         if isinstance(loaded, FileError):
             errors.append(loaded)
         elif loaded is not None:
@@ -343,6 +347,8 @@ class _Quiet:
     settle: float
     trusted: bool = False
     """No event came since the last load: a file's unchanged status is enough."""
+    recall_names: bool = True
+    """A file that no longer parses claims the name it had when it last did."""
 
     def keeps(self, known: Cached, key: bytes, identity: FileIdentity) -> bool:
         """Whether a file whose bytes are keyed ``key``, read from ``identity``, still
@@ -365,7 +371,7 @@ def _read(
     known = cache.get(path) if cache is not None else None
     if known is not None and quiet.trusted and known.unchanged(path):
         return known.loaded
-    known_name = known.loaded.name if known is not None else None
+    known_name = known.loaded.name if known is not None and quiet.recall_names else None
     try:
         raw, identity, seen = read_squishfile(path)
     except FileNotFoundError:

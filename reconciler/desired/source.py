@@ -78,6 +78,10 @@ class FolderSource:
     clock: Callable[[], float] = time.monotonic
     """What the settle time of files written in place is measured with."""
     _files: FileCache = field(default_factory=dict)
+    recall_names: bool = True
+    """A file that no longer parses claims the name it had when it last did (False:
+    the name a load without :attr:`_files` would give it; see
+    :func:`~reconciler.desired.folder.load_desired`)."""
     _armed: bool = False
     """The watch is armed (:meth:`watch` runs and watches the folder as it is)."""
     _vouched: bool = False
@@ -103,7 +107,13 @@ class FolderSource:
         trusted = self._vouched and self._armed
         self._vouched = self._armed
         desired = load_desired(
-            self.folder, self._files, now=now, settle=settle, host=host, trusted=trusted
+            self.folder,
+            self._files,
+            now=now,
+            settle=settle,
+            host=host,
+            trusted=trusted,
+            recall_names=self.recall_names,
         )
         return Snapshot(desired, self._revision(desired), settles_in(self._files, now, settle))
 

@@ -18,6 +18,7 @@ on a network it stays on mean a recreate.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,12 +255,26 @@ def _remove_unused(
             continue
         if not all((user, name) in leaving for user in info.containers):
             continue
-        if state.linger.keeps(name, state.now):
+        if state.linger.keeps(name, state.now) and not _subnet_needed(info, out.actions):
             out.lingering.append(name)
             continue
         reason = f"{state.local(name)} is no longer joined"
         after = tuple(sorted(info.containers))
         out.actions.append(Action(ActionKind.REMOVE_NETWORK, name, reason, after=after))
+
+
+def _subnet_needed(info: NetworkInfo, actions: Sequence[Action]) -> bool:
+    """Whether a network made in this pass asks for a subnet that overlaps ``info``'s (a
+    network file renamed, or its subnet given to another file): the runtime refuses
+    overlapping subnets, so such a network does not linger but goes in this pass."""
+    held = ipaddress.IPv4Network(info.subnet, strict=False)
+    return any(
+        a.network is not None
+        and a.network.subnet is not None
+        and ipaddress.IPv4Network(a.network.subnet, strict=False).overlaps(held)
+        for a in actions
+        if a.kind in (ActionKind.ENSURE_NETWORK, ActionKind.RENEW_NETWORK)
+    )
 
 
 def joins(action: Action) -> tuple[str, ...]:
