@@ -396,3 +396,22 @@ def test_a_call_a_dead_server_had_read_is_left_to_the_kernel_by_the_next() -> No
         server.workers.shutdown()
         os.close(dummy_w)
         ours.close()
+
+
+def test_a_request_waiting_as_the_server_starts_is_answered() -> None:
+    # a server started again while a container's read waits reads that request as it
+    # takes the connection, before its loop runs
+    from runtime.procview.server import _NAMES, Connection, Server
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    node = _NAMES.index("meminfo") + 2
+    ours.send(_request(fuse.Op.OPEN, node, struct.pack("<II", os.O_RDONLY, 0)))
+    server = Server(None, [Connection(theirs.detach(), os.getpid())])
+    try:
+        replies = [ours.recv(1 << 16) for _ in range(2)]  # the content's store, then the open
+        assert struct.unpack_from("<iQ", replies[-1], 4) == (0, 7)  # no error, for unique 7
+    finally:
+        for conn in list(server.connections.values()):
+            server.drop(conn, None)
+        server.workers.shutdown()
+        ours.close()

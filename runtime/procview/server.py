@@ -194,12 +194,14 @@ class Server:
     ) -> None:
         self.control = control
         self.connections: dict[int, Connection] = {}
-        for conn in connections:
-            self.add(conn)
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="view")
         self.next_fh = 1
         self.next_sample = time.monotonic() + LOAD_SAMPLE
         self.in_flight = in_flight
+        # After all of the above: a connection is served as it is added (a request that
+        # waited while no server ran is read at once).
+        for conn in connections:
+            self.add(conn)
         self._finish_orphan()
 
     def _finish_orphan(self) -> None:
