@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.spec import BindMount
 from runtime.client.linux import LinuxRuntime
 from runtime.holder.protocol import HOLDER_RECORD
 from runtime.holder.views import SERVER_RECORD
@@ -24,7 +25,7 @@ from runtime.util.processes import ProcessId, descendants
 from tests.bpf import syscall_number
 from tests.conftest import rootless
 from tests.support import run_probes, shell
-from tests.syscall_probes import SUPPORTED, write_probe
+from tests.syscall_probes import SUPPORTED, write_mapped_probe, write_probe
 
 pytestmark = rootless
 
@@ -220,6 +221,25 @@ def test_a_profile_that_refuses_sysinfo_still_refuses_it(rt: LinuxRuntime, tmp_p
     }
     assert run_probes(rt, "refused", probes, refusing) == {"sysinfo": errno.EPERM}
     assert run_probes(rt, "faulted", probes) == {"sysinfo": errno.EFAULT}
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="the probes are x86_64 programs")
+def test_an_answer_written_into_a_mapping_of_the_view_is_served(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    # sysinfo's buffer is a private mapping of the view's own /proc/meminfo, never read:
+    # writing the answer there has the kernel read that page from the view's server,
+    # which must go on serving its connections while it writes
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    number = syscall_number("sysinfo")
+    assert number is not None
+    write_mapped_probe(probes / "sysinfo", number, "/proc/meminfo")
+    binds = (BindMount(source=str(probes), target="/probes"),)
+    rt.run(shell("mapper", "/probes/sysinfo; echo $?; head -1 /proc/meminfo", binds=binds))
+    assert rt.wait("mapper", timeout=60) == 0, rt.logs("mapper")
+    code, first = rt.logs("mapper").decode().splitlines()
+    assert (code, first) == ("0", _host_mem_total())
 
 
 def test_an_exec_d_command_gets_the_containers_answers_too(rt: LinuxRuntime) -> None:

@@ -3,6 +3,7 @@ the FUSE messages they travel in."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import errno
 import mmap
@@ -396,6 +397,37 @@ def test_a_call_a_dead_server_had_read_is_left_to_the_kernel_by_the_next() -> No
         server.workers.shutdown()
         os.close(dummy_w)
         ours.close()
+
+
+def test_listeners_that_always_have_a_call_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one call at a time while its answer is written: the listener read first each time
+    # must not always be the same one
+    from runtime.procview import server as server_module
+
+    pipes = [os.pipe() for _ in range(2)]
+    listeners = [read for read, _ in pipes]
+    dummy_r, dummy_w = os.pipe()
+    conn = server_module.Connection(dummy_r, os.getpid(), listeners=list(listeners))
+    server = server_module.Server(None, [conn])
+    read: list[int] = []
+
+    def writing(_: server_module.Connection, listener: int, __: int) -> None:
+        read.append(listener)
+        server.writing = server_module._Writing(concurrent.futures.Future(), listener)
+
+    monkeypatch.setattr(server, "answer_call", writing)
+    try:
+        for _ in range(4):
+            server._answer_calls(
+                dict.fromkeys(listeners, select.POLLIN), dict.fromkeys(listeners, conn)
+            )
+            server.writing = None  # written
+        assert read == [*listeners, *listeners]
+    finally:
+        server.drop(conn, None)
+        server.workers.shutdown()
+        for fd in (dummy_w, *(write for _, write in pipes)):
+            os.close(fd)
 
 
 def test_a_request_waiting_as_the_server_starts_is_answered() -> None:
