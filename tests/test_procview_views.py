@@ -3,6 +3,7 @@ the FUSE messages they travel in."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import errno
 import mmap
@@ -398,23 +399,51 @@ def test_a_call_a_dead_server_had_read_is_left_to_the_kernel_by_the_next() -> No
         ours.close()
 
 
-def test_a_server_started_on_a_connection_with_an_open_waiting_answers_it() -> None:
-    """An OPEN that a killed server had not read yet waits for the next server, which
-    reads each connection as soon as it is given it, while it is being made: the answer
-    must come (it crashed with AttributeError; the server after it found nothing left to
-    read, and the opener waited until it got a signal)."""
+def test_listeners_that_always_have_a_call_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one call at a time while its answer is written: the listener read first each time
+    # must not always be the same one
+    from runtime.procview import server as server_module
+
+    pipes = [os.pipe() for _ in range(2)]
+    listeners = [read for read, _ in pipes]
+    dummy_r, dummy_w = os.pipe()
+    conn = server_module.Connection(dummy_r, os.getpid(), listeners=list(listeners))
+    server = server_module.Server(None, [conn])
+    read: list[int] = []
+
+    def writing(_: server_module.Connection, listener: int, __: int) -> None:
+        read.append(listener)
+        server.writing = server_module._Writing(concurrent.futures.Future(), listener)
+
+    monkeypatch.setattr(server, "answer_call", writing)
+    try:
+        for _ in range(4):
+            server._answer_calls(
+                dict.fromkeys(listeners, select.POLLIN), dict.fromkeys(listeners, conn)
+            )
+            server.writing = None  # written
+        assert read == [*listeners, *listeners]
+    finally:
+        server.drop(conn, None)
+        server.workers.shutdown()
+        for fd in (dummy_w, *(write for _, write in pipes)):
+            os.close(fd)
+
+
+def test_a_request_waiting_as_the_server_starts_is_answered() -> None:
+    # a server started again while a container's read waits reads that request as it
+    # takes the connection, before its loop runs
     from runtime.procview.server import _NAMES, Connection, Server
 
-    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    kernel.settimeout(30.0)  # a hang guard: the answer is written before Server() returns
-    node = _NAMES.index("uptime") + 2
-    kernel.send(_request(fuse.Op.OPEN, node, struct.pack("<II", os.O_RDONLY, 0)))
-    server = Server(None, [Connection(ours.detach(), os.getpid())])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    node = _NAMES.index("meminfo") + 2
+    ours.send(_request(fuse.Op.OPEN, node, struct.pack("<II", os.O_RDONLY, 0)))
+    server = Server(None, [Connection(theirs.detach(), os.getpid())])
     try:
-        replies = [struct.unpack_from("<IiQ", kernel.recv(65536)) for _ in range(2)]
-        assert [(error, unique) for _, error, unique in replies if unique == 7] == [(0, 7)]
+        replies = [ours.recv(1 << 16) for _ in range(2)]  # the content's store, then the open
+        assert struct.unpack_from("<iQ", replies[-1], 4) == (0, 7)  # no error, for unique 7
     finally:
+        for conn in list(server.connections.values()):
+            server.drop(conn, None)
         server.workers.shutdown()
-        for conn in server.connections.values():
-            os.close(conn.fd)
-        kernel.close()
+        ours.close()

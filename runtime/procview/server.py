@@ -20,7 +20,10 @@ container gets the kernel's file instead; a slow controller never holds it longe
 A container's seccomp listeners (``runtime.procview.intercept``: its init's, and one per
 command run with ``exec``) come the same way, after its connection: their ``sysinfo``
 and ``sched_getaffinity`` calls are answered in this loop from the same figures, within
-the same bound, or left to the kernel. One whose processes have all ended is closed. The
+the same bound, or left to the kernel; the answer is written into the caller's memory on
+a thread of its own while this loop goes on serving (the write may fault in a page of a
+view file mapped by the caller, which the kernel reads from this server), and no other
+call is read meanwhile. One whose processes have all ended is closed. The
 call being answered is noted in memory the holder shares with every server it forks
 (``IN_FLIGHT``): a server that dies in the middle leaves it to the next one, which lets
 the kernel answer it (else its caller would wait for a signal).
@@ -183,6 +186,18 @@ def _cpus(conn: Connection) -> int:
 _T = TypeVar("_T")
 
 
+@dataclass
+class _Writing:
+    """An answer being written into its caller's memory, on a thread of its own: the
+    write may fault in a page of a file this server serves (a private mapping of the
+    view's own ``/proc/meminfo``), which the kernel reads from the server first."""
+
+    done: concurrent.futures.Future[None]
+    listener: int
+    close: bool = False
+    """Its listener is closed once the write is done (its container ended meanwhile)."""
+
+
 class Server:
     """The connections, and the loop that serves them."""
 
@@ -198,8 +213,15 @@ class Server:
         self.next_fh = 1
         self.next_sample = time.monotonic() + LOAD_SAMPLE
         self.in_flight = in_flight
-        # Last: adding a connection serves what waits on it at once (a dead server's
-        # successor finds requests waiting), which takes everything above.
+        self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="call")
+        self.writing: _Writing | None = None
+        """The answer being written, if any: no other call is read meanwhile."""
+        self.written_r, self.written_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        """Readable once the answer being written is done."""
+        self.last_listener = -1
+        """The listener whose call was read last."""
+        # After all of the above: a connection is served as it is added (a request that
+        # waited while no server ran is read at once).
         for conn in connections:
             self.add(conn)
         self._finish_orphan()
@@ -254,25 +276,46 @@ class Server:
         if call is None:
             return
         self._note(call.id)
-        try:
-            self._answer(conn, listener, call)
-        finally:
-            self._note(0)
-
-    def _answer(self, conn: Connection, listener: int, call: unotify.Call) -> None:
         reply = self.bounded(
             f"syscall {call.nr}",
             conn,
             lambda: intercept.reply(call, lambda: _sysinfo(conn), lambda: _cpus(conn)),
         )
+        if reply is None:
+            self._let_kernel_answer(listener, call)
+            return
+        done = self.writer.submit(self._write_answer, listener, call, reply)
+        self.writing = _Writing(done, listener)
+        done.add_done_callback(lambda _: os.write(self.written_w, b"."))
+
+    def _write_answer(self, listener: int, call: unotify.Call, reply: intercept.Reply) -> None:
+        """Write ``reply`` into the caller's memory and end ``call`` with its value (on the
+        writer's thread: this loop serves the page the write may fault in meanwhile)."""
         try:
-            if reply is not None:
-                unotify.write_to_caller(listener, call, reply.address, reply.data)
-                unotify.answer(listener, call, reply.value)
-                return
+            unotify.write_to_caller(listener, call, reply.address, reply.data)
+            unotify.answer(listener, call, reply.value)
         except OSError as exc:  # gone, or its memory not ours to write: the kernel's answer
             log.debug(f"answering syscall {call.nr} of {call.pid}: {exc}")
-        unotify.let_kernel_answer(listener, call)
+            self._let_kernel_answer(listener, call)
+        else:
+            self._note(0)
+
+    def _let_kernel_answer(self, listener: int, call: unotify.Call) -> None:
+        try:
+            unotify.let_kernel_answer(listener, call)
+        finally:
+            self._note(0)
+
+    def written(self) -> None:
+        """The answer being written is done: calls are read again."""
+        assert self.writing is not None
+        os.read(self.written_r, 1)
+        failed = self.writing.done.exception()
+        if failed is not None:  # a listener the kernel no longer serves, say
+            log.info(f"answering a call failed: {type(failed).__name__}: {failed}")
+        if self.writing.close:
+            os.close(self.writing.listener)
+        self.writing = None
 
     def answer(self, conn: Connection, req: fuse.Request) -> bytes | None:
         if req.opcode in fuse.NO_REPLY:
@@ -333,7 +376,9 @@ class Server:
             log.info(f"the view of init {conn.init_pid} ends: {why}")
         del self.connections[conn.fd]
         for fd in (conn.fd, conn.ended, *conn.listeners):
-            if fd >= 0:
+            if self.writing is not None and fd == self.writing.listener:
+                self.writing.close = True  # not while the writer uses it
+            elif fd >= 0:
                 os.close(fd)
 
     def take(self) -> bool:
@@ -378,26 +423,50 @@ class Server:
                 for load, decay in zip(conn.load, _DECAY, strict=True)
             )
 
+    def _calls(self) -> tuple[dict[int, Connection], list[int]]:
+        """The listeners to wait on for calls (by their connection) and the pipe that says
+        an answer was written: while one is being written, no other call is read."""
+        if self.writing is not None:
+            return {}, [self.written_r]
+        return {fd: c for c in self.connections.values() for fd in c.listeners}, []
+
+    def _wait(self) -> tuple[dict[int, int], dict[int, Connection], dict[int, Connection]]:
+        """Wait for what is to be served next: the events by descriptor, and the
+        connections by their init's pidfd and by their seccomp listeners."""
+        poller = select.poll()
+        live = [c.fd for c in self.connections.values() if c.live]
+        ended = {c.ended: c for c in self.connections.values()}
+        calls, written = self._calls()
+        control = [self.control.fileno()] if self.control else []
+        for fd in [*live, *ended, *calls, *written, *control]:
+            poller.register(fd, select.POLLIN)
+        pending = len(live) < len(self.connections)
+        wait = min(self.next_sample - time.monotonic(), PENDING_RETRY if pending else 1e9)
+        return dict(poller.poll(max(0, int(wait * 1000)))), ended, calls
+
+    def _answer_calls(self, events: dict[int, int], calls: dict[int, Connection]) -> None:
+        """A call of each listener with one waiting, until an answer is being written;
+        the listeners taken in turns (from the one after the last served), so that one
+        that always has a call waiting never keeps the others' waiting."""
+        if self.writing is not None and self.written_r in events:
+            self.written()
+        ready = sorted(set(events) & set(calls))
+        turn = [fd > self.last_listener for fd in ready].count(False)
+        for fd in ready[turn:] + ready[:turn]:  # each once: a second read would block
+            if self.writing is None and self.connections.get(calls[fd].fd) is calls[fd]:
+                self.last_listener = fd
+                self.answer_call(calls[fd], fd, events[fd])
+
     def loop(self) -> None:
         """Serve until the holder is gone and no connection is left."""
         while self.control is not None or self.connections:
-            poller = select.poll()
-            live = [c.fd for c in self.connections.values() if c.live]
-            ended = {c.ended: c for c in self.connections.values()}
-            calls = {fd: c for c in self.connections.values() for fd in c.listeners}
-            for fd in [*live, *ended, *calls, *([self.control.fileno()] if self.control else [])]:
-                poller.register(fd, select.POLLIN)
-            pending = len(live) < len(self.connections)
-            wait = min(self.next_sample - time.monotonic(), PENDING_RETRY if pending else 1e9)
-            events = dict(poller.poll(max(0, int(wait * 1000))))
+            events, ended, calls = self._wait()
             ready = set(events)
             if self.control is not None and self.control.fileno() in ready:
                 self.take()
             for fd in ready & set(ended):
                 self.drop(ended[fd], None)
-            for fd in ready & set(calls):
-                if self.connections.get(calls[fd].fd) is calls[fd]:
-                    self.answer_call(calls[fd], fd, events[fd])
+            self._answer_calls(events, calls)
             for conn in list(self.connections.values()):
                 if conn.fd in ready or not conn.live:
                     self.serve_one(conn)
