@@ -4,4 +4,5 @@ import sys
 
 from reconciler.quick import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (as a walk of the package does) runs nothing
+    sys.exit(main())

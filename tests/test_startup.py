@@ -83,3 +83,18 @@ def test_the_entry_asks_the_loop_without_the_rest_of_the_command_line() -> None:
         """
     )
     assert child.returncode == 0, child.stderr
+
+
+def test_importing_every_module_runs_no_command() -> None:
+    """``make test-lowest`` imports every module of the packages; ``reconciler.__main__``
+    among them must not run the command line (it printed the usage and exited 2)."""
+    child = run_child(
+        """
+        import importlib, pkgutil
+        import reconciler
+        for module in pkgutil.walk_packages(reconciler.__path__, "reconciler."):
+            importlib.import_module(module.name)
+        print("imported")
+        """
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "imported"), child.stderr
