@@ -251,13 +251,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if endpoint is not None:
         on_pass = endpoint.also(on_pass)
 
-    answers = _status_socket(reconciler)
-
     async def main() -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_on_signal, stop)
-            with endpoint or nullcontext(), answers or nullcontext():
+            with endpoint or nullcontext():
                 await run_loop(
                     reconciler,
                     settings=settings,
@@ -272,11 +270,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if endpoint is not None:
         _out.print(f"serving /status and /metrics on {escape(args.listen)}")
     _out.print(f"reconciling {folder}; Ctrl-C stops the loop (containers keep running)")
-    journal.started(os.getpid())
-    try:
-        anyio.run(main)
-    finally:
-        journal.stopped()
+    # Entered at once: whatever fails from here on, the socket goes with its thread.
+    with _status_socket(reconciler) or nullcontext():
+        journal.started(os.getpid())
+        try:
+            anyio.run(main)
+        finally:
+            journal.stopped()
     _out.print("stopped; the containers keep running")
     return 0
 

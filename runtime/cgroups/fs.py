@@ -43,6 +43,7 @@ __all__ = (
     "cgroup_of",
     "delegated_subtree",
     "needed_controllers",
+    "v2_mount",
 )
 
 CGROUP_NOTE = "docs/cgroups.md"
@@ -83,13 +84,20 @@ def _v2_mount(mountinfo: str) -> tuple[Path, bool] | None:
     return None if found is None else (found, v1)
 
 
-def cgroup_of(pid: int) -> Path | None:
-    """The cgroup v2 folder of process ``pid`` (None without a v2 hierarchy)."""
-    mount = _v2_mount(_read(Path("/proc/self/mountinfo")))
+def v2_mount() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (None: nowhere)."""
+    found = _v2_mount(_read(Path("/proc/self/mountinfo")))
+    return None if found is None else found[0]
+
+
+def cgroup_of(pid: int, mount: Path | None = None) -> Path | None:
+    """The cgroup v2 folder of process ``pid`` (None without a v2 hierarchy);
+    ``mount``: :func:`v2_mount`, when the caller knows it already."""
+    mount = mount or v2_mount()
     own = _own_cgroup(_read(Path(f"/proc/{pid}/cgroup")))
     if mount is None or own is None:
         return None
-    return mount[0] / own.lstrip("/")
+    return mount / own.lstrip("/")
 
 
 def _own_cgroup(text: str) -> str | None:

@@ -7,12 +7,13 @@ alike. A file the cgroup lacks (no v2 controllers, as on hybrid hosts) means no 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cgroups.fs import cgroup_of
+from runtime.cgroups.fs import cgroup_of, v2_mount
 from runtime.procview.views import Limits, parse_cpu_list
 from runtime.util.files import read_small
 from runtime.util.processes import proc_start_time
@@ -79,10 +80,21 @@ def _quota(path: Path) -> float | None:
     return int(quota) / int(period)
 
 
+_mount = functools.cache(v2_mount)
+"""The cgroup v2 mount, looked up once: every read of the view and every load sample asks
+for a container's cgroup, and the hierarchy does not move under a running server."""
+
+
+@functools.cache
+def _servers_cgroup() -> Path | None:
+    """This process's own cgroup: the view's server is never moved."""
+    return cgroup_of(os.getpid(), _mount())
+
+
 def read_limits(init_pid: int) -> tuple[Limits, int | None]:
     """The limits and usage of the cgroup ``init_pid`` is in, and its CPU time used
     (microseconds; None when unknown)."""
-    cgroup = cgroup_of(init_pid)
+    cgroup = cgroup_of(init_pid, _mount())
     if cgroup is None or cgroup == Path("/sys/fs/cgroup"):
         return Limits(), None
     cpuset = _text(cgroup / "cpuset.cpus.effective")
@@ -167,8 +179,8 @@ class Tasks:
 def _leaf_pids(init_pid: int) -> list[int] | None:
     """The processes of the container's own cgroup, when it has one (None: it shares this
     process's, as without delegated cgroups, or none can be read)."""
-    cgroup = cgroup_of(init_pid)
-    if cgroup is None or cgroup == cgroup_of(os.getpid()):
+    cgroup = cgroup_of(init_pid, _mount())
+    if cgroup is None or cgroup == _servers_cgroup():
         return None
     text = _text(cgroup / "cgroup.procs")
     return None if text is None else [int(pid) for pid in text.split()]
