@@ -13,8 +13,11 @@ import functools
 import math
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from types import CodeType, FrameType
+from typing import Any
 
 import anyio
 import pytest
@@ -503,3 +506,53 @@ async def test_an_edit_the_files_status_does_not_show_is_read_after_the_watchs_e
         with anyio.fail_after(HANG_GUARD):
             await changes.next()
         assert ports_of(source) == [8081]
+
+
+def test_an_event_told_at_any_moment_of_a_load_is_never_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch tells events in the event loop while a load runs in a worker thread:
+    an event told at any line of :meth:`FolderSource.load` makes that load, or the next
+    one, read every file (not trust the files' status). Each line is tried in turn."""
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    source = FolderSource(tmp_path, Settings(settle_ms=0))
+    source._armed = True  # as while the watch runs
+    told: list[bool | str] = []  # each load's `trusted`, and "event" where one was told
+    loading = folder.load_desired
+
+    def spy(*args: object, trusted: bool = False, **kwargs: object) -> object:
+        told.append(trusted)
+        return loading(*args, trusted=trusted, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("reconciler.desired.source.load_desired", spy)
+    code = FolderSource.load.__code__
+    for line in sorted({n for *_, n in code.co_lines() if n and n > code.co_firstlineno}):
+        source.load()  # the watch has vouched since this load: the next may trust
+        told.clear()
+        with _told_at(code, line, source.note_event, told):
+            source.load()
+        source.load()
+        after = told[told.index("event") + 1 :]
+        assert False in after[:2], f"an event told at line {line} was lost: {told}"
+
+
+@contextlib.contextmanager
+def _told_at(
+    code: CodeType, line: int, note: Callable[[], None], told: list[bool | str]
+) -> Iterator[None]:
+    """Call ``note`` (and mark it in ``told``) when ``code`` is about to run ``line``."""
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and frame.f_lineno == line and "event" not in told:
+            told.append("event")
+            note()
+        return local
+
+    def anywhere(frame: FrameType, event: str, arg: object) -> Any:
+        return local if frame.f_code is code else None
+
+    sys.settrace(anywhere)
+    try:
+        yield
+    finally:
+        sys.settrace(None)

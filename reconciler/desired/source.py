@@ -84,9 +84,12 @@ class FolderSource:
     :func:`~reconciler.desired.folder.load_desired`)."""
     _armed: bool = False
     """The watch is armed (:meth:`watch` runs and watches the folder as it is)."""
-    _vouched: bool = False
-    """The watch was armed when the last load began and has seen no event since: a file
-    whose status is unchanged is unchanged (see :meth:`load`)."""
+    _events: int = 0
+    """Batches of events the watch has told (each makes the next load read everything)."""
+    _vouched_at: int | None = None
+    """:attr:`_events` when the last load began with the watch armed (None: it was not).
+    While it is still the count, the watch has seen no event since: a file whose status
+    is unchanged is unchanged (see :meth:`load`)."""
 
     @property
     def folder(self) -> Path:
@@ -104,8 +107,9 @@ class FolderSource:
         another host, still moves a file's times and size)."""
         now, settle = self.clock(), self.settings.settle_ms / 1000
         host = HostIdentity(self.settings.host, self.settings.labels)
-        trusted = self._vouched and self._armed
-        self._vouched = self._armed
+        seen = self._events  # read once: an event told from here on is told after it
+        trusted = self._armed and self._vouched_at == seen
+        self._vouched_at = seen if self._armed else None
         desired = load_desired(
             self.folder,
             self._files,
@@ -128,6 +132,12 @@ class FolderSource:
             digest.update(path.name.encode() + b"\0" + key)
         return f"files:{digest.hexdigest()}"
 
+    def note_event(self) -> None:
+        """An event came: the next load reads every file. Called on the watch's side
+        while a load may run in a worker thread: a count, not a flag a load resets,
+        so an event told between a load's check and its reset is never lost."""
+        self._events += 1
+
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
         """Tell each batch of squishfile events; re-arm when the folder returns or is
         replaced by another directory (inotify would keep following the old one), and
@@ -135,7 +145,7 @@ class FolderSource:
         watch = _Watch()
 
         def noted(reason: str) -> None:
-            self._vouched = False  # the next load reads every file
+            self.note_event()
             changed(reason)
 
         async with anyio.create_task_group() as group:
