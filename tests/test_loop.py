@@ -16,6 +16,7 @@ import pytest
 
 from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler, _watch_exit, raise_fd_limit, run_loop
+from reconciler.control.network_status import network_rows
 from reconciler.control.status import StatusStore
 from reconciler.desired.source import FolderSource
 from reconciler.planning.plan import ConditionKind
@@ -222,6 +223,9 @@ async def test_a_file_dropped_soon_after_the_last_one_went_finds_its_network_mad
     await loop.reconcile("files changed")
     assert runtime.list() == [] and len(runtime.list_networks()) == 1
     assert loop.next_deadline() == 60.0  # a pass then removes it
+    desired, _, todo = loop.dry_run()
+    (row,) = network_rows(desired, loop.networks, todo)
+    assert (row["name"], row["state"]) == ("default", "Lingering")  # not Ready: it waits to go
     clock.advance(30.0)
     (tmp_path / "b.toml").write_text(app)
     await loop.reconcile("files changed")

@@ -11,8 +11,10 @@ A network row (``status --json``, under ``"networks"``)::
 ``name`` is the network's name in the folder (``default``: the folder's network) and
 ``network`` the runtime's. States: ``Ready`` (it exists), ``Pending`` (a container joins
 it; it is made in the next pass, or waits for a condition), ``Terminating`` (nothing
-joins it any more; it goes once the last container left), ``Unused`` (a network file
-names it but no container joins it, so it is not made). ``last_error``: why the last
+joins it any more; it goes once the last container left), ``Lingering`` (nothing joins
+it any more; ``reconciler run`` keeps it for its linger, for the next container to
+come), ``Unused`` (a network file names it but no container joins it, so it is not
+made). ``last_error``: why the last
 action on it failed, if it did.
 """
 
@@ -39,6 +41,8 @@ def addresses(folder: Path, info: ContainerInfo | None) -> dict[str, str]:
 
 
 def _state(name: str, info: NetworkInfo | None, todo: Plan, joined: bool) -> str:
+    if info is not None and name in todo.lingering:
+        return "Lingering"
     removing = any(a.kind is ActionKind.REMOVE_NETWORK and a.name == name for a in todo.actions)
     if removing:
         return "Terminating"
