@@ -17,16 +17,22 @@ start until its first answer through the forward, on the network already up; (d)
 forward added to and removed from a running container (``add_port``, ``remove_port``).
 
 The forwards go through the port handler (``splice``, the default) and through the
-shared slirp4netns (``slirp4netns``, the other choice), one container each. Figures are
-printed and saved with ``bench/results.py`` as ``bench/out/dataplane.json``.
+shared slirp4netns (``slirp4netns``, the other choice), one container each. With
+``--send-buffer-max BYTES`` (repeatable), one more container behind the port handler per
+figure, its namespace's ``net.ipv4.tcp_wmem`` cap set to it once started (the runtime
+sets 1 MiB; the host's is 4 MiB here), takes the same turns: the cap's effect on the
+forward, measured against the configured one in one run. Figures are printed and saved
+with ``bench/results.py`` as ``bench/out/dataplane.json``.
 
     python bench/dataplane.py [--rounds 8] [--requests 250] [--starts 30] [--quick]
+        [--send-buffer-max BYTES ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -41,6 +47,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
@@ -111,9 +118,10 @@ def download(address: str, port: int) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def download_in(user: int, net: int, address: str, port: int) -> tuple[float, float]:
-    """:func:`download` by a child that joined the user namespace of process ``user`` (the
-    holder's: it owns the network namespaces) and the network namespace of ``net``."""
+def in_namespaces(user: int, net: int, work: Callable[[], Any]) -> Any:
+    """What ``work()`` returned (JSON) in a child that joined the user namespace of
+    process ``user`` (the holder's: it owns the network namespaces) and the network
+    namespace of ``net``."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
@@ -124,7 +132,7 @@ def download_in(user: int, net: int, address: str, port: int) -> tuple[float, fl
                 (net, "net", sc.CLONE_NEWNET),
             ):
                 sc.setns(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY), flag)
-            os.write(write_end, json.dumps(download(address, port)).encode())
+            os.write(write_end, json.dumps(work()).encode())
         finally:
             os._exit(0)
     os.close(write_end)
@@ -132,11 +140,23 @@ def download_in(user: int, net: int, address: str, port: int) -> tuple[float, fl
         text = answer.read()
     os.waitpid(child, 0)
     if not text:
-        raise RuntimeError(
-            f"the download from {address}:{port} in process {net}'s namespace failed"
-        )
-    seconds, cpu = json.loads(text)
+        raise RuntimeError(f"{work} in process {net}'s namespace failed")
+    return json.loads(text)
+
+
+def download_in(user: int, net: int, address: str, port: int) -> tuple[float, float]:
+    """:func:`download` by a child in the namespaces of :func:`in_namespaces`."""
+    seconds, cpu = in_namespaces(user, net, lambda: download(address, port))
     return float(seconds), float(cpu)
+
+
+def cap_send_buffers(most: int) -> list[int]:
+    """The calling thread's namespace's ``net.ipv4.tcp_wmem`` with ``most`` as its last
+    figure (the first kept at most that); the figures now."""
+    path = Path("/proc/sys/net/ipv4/tcp_wmem")
+    least, first, _ = (int(figure) for figure in path.read_text().split())
+    path.write_text(f"{least} {min(first, most)} {most}\n")
+    return [int(figure) for figure in path.read_text().split()]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -273,31 +293,55 @@ def report(out: Results, handler: str, taken: Taken, host: Taken) -> None:
     out.samples(f"start to first answer ({handler})", taken["start"])
 
 
-def targets(state: Path, rt: LinuxRuntime, ports: dict[str, int]) -> dict[str, Target]:
-    """The loopback, each handler's forward (the process relaying it named), and the
-    ceilings: the splice container's own namespace, and the shared one across the bridge."""
+def command_of(rt: LinuxRuntime, name: str) -> int:
+    """The pid of container ``name``'s command (its init's child)."""
+    info = rt.inspect(name)
+    return int(Path(f"/proc/{info.pid}/task/{info.pid}/children").read_text().split()[0])
+
+
+def capped(most: int) -> str:
+    return f"256 MiB through a forward (splice), the container's tcp_wmem cap at {most} bytes"
+
+
+def targets(
+    state: Path, rt: LinuxRuntime, ports: dict[str, int], caps: dict[int, int]
+) -> dict[str, Target]:
+    """The loopback, each handler's forward (the process relaying it named), the ceilings
+    (the splice container's own namespace, and the shared one across the bridge), and a
+    forward per send buffer cap in ``caps`` (cap: host port), that cap set first."""
     keeper = json.loads((bridge_dir(state) / "keeper.json").read_text())
     relays = {"splice": keeper["porter"]["pid"], "slirp4netns": keeper["slirp"]["pid"]}
     found = {what: on_host(port, relays.get(what)) for what, port in ports.items()}
-    info = rt.inspect(f"dp-{PORT_HANDLERS[0]}")
-    address = next(iter(info.addresses.values()))
-    command = Path(f"/proc/{info.pid}/task/{info.pid}/children").read_text().split()[0]
+    address = next(iter(rt.inspect(f"dp-{PORT_HANDLERS[0]}").addresses.values()))
+    command = command_of(rt, f"dp-{PORT_HANDLERS[0]}")
     user, agent = keeper["supervisor"]["pid"], keeper["agent"]["pid"]
-    found[INSIDE] = Target(lambda: download_in(user, int(command), address, 80))
+    found[INSIDE] = Target(lambda: download_in(user, command, address, 80))
     found[BRIDGE] = Target(lambda: download_in(user, agent, address, 80))
+    for most, port in caps.items():
+        cap = functools.partial(cap_send_buffers, most)
+        now = in_namespaces(user, command_of(rt, f"dp-cap-{most}"), cap)
+        print(f"dp-cap-{most}: tcp_wmem {now}")
+        found[capped(most)] = on_host(port, relays["splice"])
     return found
 
 
 def measure(args: argparse.Namespace, site: Path, state: Path, runtimes: Runtimes) -> Measured:
     """Everything, in the order that keeps the turns together; the containers removed."""
+    first = runtimes[PORT_HANDLERS[0]]
     with host_httpd(site) as host_port:
         ports = {"host": host_port}
         for handler, rt in runtimes.items():
             ports[handler] = free_port()
             rt.run(httpd(f"dp-{handler}", site, ports[handler]))
             answering(ports[handler])
-        first = runtimes[PORT_HANDLERS[0]]
-        measured = in_turns(targets(state, first, ports), args.rounds, args.requests)
+        caps = {most: free_port() for most in args.send_buffer_max}
+        for most, port in caps.items():
+            first.run(httpd(f"dp-cap-{most}", site, port))
+            answering(port)
+        found = targets(state, first, ports, caps)
+        measured = in_turns(found, args.rounds, args.requests)
+    for most in caps:
+        first.remove(f"dp-cap-{most}", force=True)
     for handler, rt in runtimes.items():
         measured[handler] |= live_changes(rt, f"dp-{handler}", args.starts)
         rt.remove(f"dp-{handler}", force=True)
@@ -310,6 +354,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=250, help="per target and round")
     parser.add_argument("--starts", type=int, default=30)
+    parser.add_argument(
+        "--send-buffer-max",
+        type=int,
+        action="append",
+        default=[],
+        metavar="BYTES",
+        help="one more forward, its container's tcp_wmem cap set to BYTES (repeatable)",
+    )
     args = parse(parser, rounds=2, requests=50, starts=5)
     work = Path(tempfile.mkdtemp(prefix="squish-dataplane-"))
     work.chmod(0o755)
@@ -336,7 +388,7 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     host = measured.pop("host")
-    for ceiling in (INSIDE, BRIDGE):
+    for ceiling in (INSIDE, BRIDGE, *map(capped, args.send_buffer_max)):
         report_download(out, ceiling, measured.pop(ceiling), host)
     for handler, taken in measured.items():
         report(out, handler, taken, host)
