@@ -156,10 +156,15 @@ def names() -> set[str]:
 
 def _cap_send_buffers(path: Path) -> None:
     """``net.ipv4.tcp_wmem`` at ``path`` with its most at :data:`SEND_BUFFER_MAX` (kept
-    when already lower), its first no higher, its least as it was."""
-    least, first, most = (int(figure) for figure in path.read_text().split())
-    if most > SEND_BUFFER_MAX:
-        path.write_text(f"{least} {min(first, SEND_BUFFER_MAX)} {SEND_BUFFER_MAX}\n")
+    when already lower), its first no higher, its least as it was. A speed-up only: a
+    namespace whose setting cannot be read or written (a /proc/sys mounted read-only, a
+    kernel without it) is left as it is, its container joined all the same."""
+    try:
+        least, first, most = (int(figure) for figure in path.read_text().split())
+        if most > SEND_BUFFER_MAX:
+            path.write_text(f"{least} {min(first, SEND_BUFFER_MAX)} {SEND_BUFFER_MAX}\n")
+    except (OSError, ValueError):
+        pass
 
 
 def configure(links: list[Address], gateway: str | None) -> None:
