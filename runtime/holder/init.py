@@ -266,6 +266,17 @@ def _mount_root(
     return root, missing
 
 
+def _narrow(last_capability: int) -> bool:
+    """Take the steps of the confinement that leave this process the capabilities it
+    still uses (:func:`runtime.sandbox.confine.narrow`) while idle; whether they are
+    taken (if not, the whole confinement is applied at the start)."""
+    try:
+        confine.narrow(last_capability)
+    except OSError:
+        return False
+    return True
+
+
 def _close_view(view: int | str, premounted: int | None) -> None:
     """Close the init's copies of the view's connection and of its mount made ahead:
     mounted (or not wanted), the holder and the view's server hold the connection."""
@@ -310,6 +321,7 @@ def run_init(
     premounted = _premount_view(view)
     os.write(report_w, Launching.WARM.value)
     premade = _premount_root(ahead)
+    narrowed = _narrow(last_capability)
     try:
         req = _receive_request(request_r)
         if req.cgroup:
@@ -343,9 +355,13 @@ def run_init(
     keep = {log_w, report_w, state_fd, exit_w, *_event_fds.values()}
     close_fds_except(keep if native_fd is None else {*keep, native_fd})
     try:
-        # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
-        # still does needs none of what they take away) and for what it starts.
-        confine.apply(syscall_filter, last_capability)
+        # Docker's capability set (no_new_privs and the bounding set taken while idle,
+        # if they could be), the seccomp filter: for the init (what it still does needs
+        # none of what they take away) and for what it starts.
+        if narrowed:
+            confine.seal(syscall_filter)
+        else:  # it fails here again, and says why
+            confine.apply(syscall_filter, last_capability)
     except OSError as exc:
         _fail(report_w, f"confining the container failed: {exc}", 126)
     try:
