@@ -586,7 +586,9 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
         watches = containers.watches
         channels = set(containers.views.channels)
         fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels]
-        readable = wait_readable(fds, STATE_CHECK)
+        linger = containers.views.linger()
+        readable = wait_readable(fds, STATE_CHECK if linger is None else min(linger, STATE_CHECK))
+        containers.views.let_idle_go()
         if not readable and landmark.gone():
             _log(f"{state} is gone (its socket with it): ending its containers, then itself")
             containers.kill_all()
