@@ -107,11 +107,30 @@ def test_the_shape_is_the_rootfs_and_the_mount_points() -> None:
     assert RootShape.of_json({"mounts": []}) is None
 
 
-def test_a_premade_root_fits_no_bind_at_above_or_below_its_folder() -> None:
-    premade = Premade("/st/premount", RootShape.of("/rootfs", [MountPoint("/x", "/data")]))
-    assert premade.fits("/rootfs", [MountPoint("/h/data", "/data")])
-    assert premade.fits("/rootfs", [MountPoint("/st/premountx", "/data")])
-    assert not premade.fits("/rootfs", [MountPoint("/h/data", "/data", is_dir=False)])
+def _premade(rootfs: Path) -> Premade:
+    """A root of ``rootfs`` with a /data folder, as if mounted ahead on /st/premount."""
+    shape = RootShape.of(str(rootfs), [MountPoint("/x", "/data")])
+    return Premade("/st/premount", shape, (rootfs.stat().st_dev, rootfs.stat().st_ino))
+
+
+def test_a_premade_root_fits_no_bind_at_above_or_below_its_folder(tmp_path: Path) -> None:
+    rootfs = str(tmp_path)
+    premade = _premade(tmp_path)
+    assert premade.fits(rootfs, [MountPoint("/h/data", "/data")])
+    assert premade.fits(rootfs, [MountPoint("/st/premountx", "/data")])
+    assert not premade.fits(rootfs, [MountPoint("/h/data", "/data", is_dir=False)])
     assert not premade.fits("/other", [MountPoint("/h/data", "/data")])
     for source in ("/", "/st", "/st/", "/st/premount", "/st/premount/root", "/h/../st"):
-        assert not premade.fits("/rootfs", [MountPoint(source, "/data")]), source
+        assert not premade.fits(rootfs, [MountPoint(source, "/data")]), source
+
+
+def test_a_rootfs_made_again_in_its_place_does_not_fit_the_premade_root(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    premade = _premade(rootfs)
+    data = [MountPoint("/h/data", "/data")]
+    assert premade.fits(str(rootfs), data)
+    rootfs.rename(tmp_path / "old")
+    assert not premade.fits(str(rootfs), data)  # gone
+    rootfs.mkdir()
+    assert not premade.fits(str(rootfs), data)  # another folder under its name
