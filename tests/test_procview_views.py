@@ -9,6 +9,7 @@ import errno
 import mmap
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -18,6 +19,7 @@ from typing import NoReturn
 
 import pytest
 
+from runtime.holder.views import Views
 from runtime.procview import fuse, intercept, unotify, views
 from runtime.procview.views import Limits
 from runtime.sandbox import confine
@@ -447,3 +449,48 @@ def test_a_request_waiting_as_the_server_starts_is_answered() -> None:
             server.drop(conn, None)
         server.workers.shutdown()
         ours.close()
+
+
+def test_the_server_lingers_after_its_last_connection_and_serves_the_next(
+    tmp_path: Path, started_here: list[subprocess.Popen[bytes]]
+) -> None:
+    """A start soon after the last container ended finds the server serving (forking one
+    put milliseconds on every start); it goes ``LINGER`` seconds after it fell idle."""
+    from runtime.holder.views import LINGER
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+    keeper = Views(tmp_path, clock=clock)
+    stand_in = subprocess.Popen(["sleep", "600"])  # the server: a process to let go
+    started_here.append(stand_in)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    keeper.server, keeper.control = stand_in.pid, ours
+    fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        keeper.add(1001, os.dup(fuse_fd))
+        keeper.released(1001)
+        assert (keeper.server, keeper.linger()) == (stand_in.pid, LINGER)
+        clock.advance(LINGER / 2)
+        keeper.let_idle_go()
+        keeper.add(1002, os.dup(fuse_fd))  # handed to the same server
+        assert keeper.server == stand_in.pid and keeper.linger() is None
+        handed = [receive_with_fds(theirs, 64, 1)[1] for _ in range(2)]
+        for fds in handed:
+            for fd in fds:
+                os.close(fd)
+        assert [len(fds) for fds in handed] == [1, 1]
+        keeper.released(1002)
+        clock.advance(LINGER)
+        assert keeper.linger() == 0.0
+        keeper.let_idle_go()
+        assert _serving(keeper) == (None, None, None)
+        assert stand_in.wait(timeout=60) == -signal.SIGTERM
+        assert theirs.recv(1) == b""  # its control socket closed: a real server exits
+    finally:
+        os.close(fuse_fd)
+        theirs.close()
+
+
+def _serving(keeper: Views) -> tuple[int | None, socket.socket | None, float | None]:
+    """The views' server, its control socket and how long it lingers still."""
+    return keeper.server, keeper.control, keeper.linger()

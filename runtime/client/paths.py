@@ -10,6 +10,8 @@ Layout under the state directory (JSON files are written atomically)::
         exit.json            written by the container's init when the command exits
         slirp.sock           slirp4netns API socket; slirp.log its messages
         skel/  root/         mount-point skeleton and the root mount point
+    premount/                empty: a warm init mounts a container root ahead on it, in
+                             its own mount namespace (runtime.sandbox.mounts.premount_root)
 
 and under the log folder (on disk; ``log_dir``)::
 

@@ -239,6 +239,44 @@ def _premount_view(view: int | str) -> int | None:
         return None
 
 
+def _premount_root(ahead: tuple[str, mounts.RootShape] | None) -> mounts.Premade | None:
+    """A root of the shape ``ahead`` names mounted ahead on its staging folder
+    (:func:`runtime.sandbox.mounts.premount_root`), or None: none asked for, or it
+    cannot be mounted so (a launch then mounts its root as a cold start does)."""
+    if ahead is None:
+        return None
+    try:
+        return mounts.premount_root(*ahead)
+    except (OSError, ValueError):
+        return None
+
+
+def _mount_root(
+    req: LaunchRequest, premade: mounts.Premade | None, view: int | str, premounted: int | None
+) -> tuple[str, str]:
+    """Mount the container's filesystem: on the root mounted ahead if it fits the
+    request, else in full (the root mounted ahead thrown away). Returns the root and
+    why the view is missing ("" if it is not)."""
+    wanted = view if req.proc_view else None
+    if premade is not None and premade.fits(req.rootfs, req.mounts):
+        return premade.root, premade.assemble(req.mounts, wanted, premounted)
+    root = os.path.join(req.container_dir, "root")
+    skel = os.path.join(req.container_dir, "skel")
+    missing = mounts.assemble(root, skel, req.rootfs, req.mounts, wanted, premounted, premade)
+    return root, missing
+
+
+def _narrow(last_capability: int) -> bool:
+    """Take the steps of the confinement that leave this process the capabilities it
+    still uses (:func:`runtime.sandbox.confine.narrow`) while idle; whether they are
+    taken (if not, the whole confinement is applied at the start)."""
+    try:
+        confine.narrow(last_capability)
+    except OSError:
+        return False
+    return True
+
+
 def _close_view(view: int | str, premounted: int | None) -> None:
     """Close the init's copies of the view's connection and of its mount made ahead:
     mounted (or not wanted), the holder and the view's server hold the connection."""
@@ -257,6 +295,7 @@ def run_init(
     native: str | None,
     view: int | str,
     calls: tuple[bytes | str, int | None] = ("not asked for", None),
+    ahead: tuple[str, mounts.RootShape] | None = None,
 ) -> NoReturn:
     """Body of pid 1, started before the container is asked for (a warm spare).
 
@@ -272,13 +311,17 @@ def run_init(
     none; ``M`` is followed by why the view is missing when it was asked for and is not
     there. ``calls`` is the seccomp filter of the calls the view answers (or why there
     is none) and, with the view, the channel its listener goes to the holder on; ``M``'s
-    detail then says, after a newline, why they are not intercepted.
+    detail then says, after a newline, why they are not intercepted. ``ahead``: an empty
+    folder and the shape of root to mount there once warm, while the request is on its
+    way (``runtime.sandbox.mounts.premount_root``), or None.
     """
     native_fd = _open_native(native)
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
     premounted = _premount_view(view)
     os.write(report_w, Launching.WARM.value)
+    premade = _premount_root(ahead)
+    narrowed = _narrow(last_capability)
     try:
         req = _receive_request(request_r)
         if req.cgroup:
@@ -288,11 +331,7 @@ def run_init(
         sc.sethostname(req.hostname or req.name)
         if req.network in ("none", "bridge"):  # slirp4netns --configure does it for its own
             netif.bring_up("lo")
-        root = os.path.join(req.container_dir, "root")
-        skel = os.path.join(req.container_dir, "skel")
-        missing_view = mounts.assemble(
-            root, skel, req.rootfs, req.mounts, view if req.proc_view else None, premounted
-        )
+        root, missing_view = _mount_root(req, premade, view, premounted)
         mounts.enter_root(root)
     except Exception as exc:
         _fail(report_w, f"setting up the container filesystem failed: {exc}", 126)
@@ -316,9 +355,13 @@ def run_init(
     keep = {log_w, report_w, state_fd, exit_w, *_event_fds.values()}
     close_fds_except(keep if native_fd is None else {*keep, native_fd})
     try:
-        # no_new_privs, Docker's capability set, the seccomp filter: for the init (what it
-        # still does needs none of what they take away) and for what it starts.
-        confine.apply(syscall_filter, last_capability)
+        # Docker's capability set (no_new_privs and the bounding set taken while idle,
+        # if they could be), the seccomp filter: for the init (what it still does needs
+        # none of what they take away) and for what it starts.
+        if narrowed:
+            confine.seal(syscall_filter)
+        else:  # it fails here again, and says why
+            confine.apply(syscall_filter, last_capability)
     except OSError as exc:
         _fail(report_w, f"confining the container failed: {exc}", 126)
     try:

@@ -34,6 +34,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
@@ -70,6 +71,7 @@ from runtime.holder.workers import become_child, fork_worker
 from runtime.network import bridge
 from runtime.procview import intercept
 from runtime.sandbox import syscalls as sc
+from runtime.sandbox.mounts import RootShape
 from runtime.util.files import Landmark, parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
@@ -105,7 +107,7 @@ class _Spares:
     never competes for the CPU with a container that is starting.
     """
 
-    def __init__(self, native: str | None = None) -> None:
+    def __init__(self, native: str | None = None, staging: str | None = None) -> None:
         self.spare: tuple[int, socket.socket] | None = None
         self.launching: set[int] = set()
         self.native = native
@@ -113,6 +115,20 @@ class _Spares:
         self.intercept: bytes | str | None = None
         """The seccomp filter of the calls the /proc view answers, or why there is none
         (``runtime.procview.intercept``): compiled once, before the first spare."""
+        self.staging = staging
+        """The empty folder a spare's init mounts a root ahead on, or None: none."""
+        self.shape: RootShape | None = None
+        """The shape of the last launch's root: the next spare's init mounts one ahead."""
+
+    def _ahead(self) -> tuple[str, RootShape] | None:
+        """Where and of what shape the next spare's init mounts a root ahead, or None."""
+        if self.staging is None or self.shape is None:
+            return None
+        return self.staging, self.shape
+
+    def launched(self, request: dict[str, Any]) -> None:
+        """Remember the shape of the root ``request`` (a launch's, as JSON) asks for."""
+        self.shape = RootShape.of_json(request)
 
     def take(self) -> socket.socket:
         if self.spare is None:
@@ -143,7 +159,7 @@ class _Spares:
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
             become_child((theirs.fileno(),))
-            run_spare(theirs, self.native, self.intercept)
+            run_spare(theirs, self.native, self.intercept, self._ahead())
         theirs.close()
         self.spare = (child, ours)
         _rehearse()
@@ -528,6 +544,7 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
                     os.close(fd)
                 view = None
             containers.add(init_pid, namespace_fds, view)
+            spares.launched(request.request)
             return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
@@ -556,7 +573,7 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
     gc.freeze()
     raise_fd_limit()  # the namespaces of a few thousand containers
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
-    spares = _Spares(native)
+    spares = _Spares(native, _staging(state))
     containers = _Containers(state)
     try:
         containers.take_over()
@@ -569,7 +586,9 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
         watches = containers.watches
         channels = set(containers.views.channels)
         fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels]
-        readable = wait_readable(fds, STATE_CHECK)
+        linger = containers.views.linger()
+        readable = wait_readable(fds, STATE_CHECK if linger is None else min(linger, STATE_CHECK))
+        containers.views.let_idle_go()
         if not readable and landmark.gone():
             _log(f"{state} is gone (its socket with it): ending its containers, then itself")
             containers.kill_all()
@@ -591,6 +610,19 @@ def serve(listener: socket.socket, state: Path, native: str | None = None) -> No
                     running = _serve_guarded(conn, spares, containers)
     _reap(spares, containers)
     _log("exiting on request")
+
+
+def _staging(state: Path) -> str | None:
+    """The empty folder (``premount`` in the state folder) on which a spare's init
+    mounts a container root ahead, in its own mount namespace; None if it cannot be
+    made."""
+    folder = state / "premount"
+    try:
+        folder.mkdir(mode=0o755, exist_ok=True)
+        return os.path.realpath(folder)
+    except OSError as exc:
+        _log(f"no root is mounted ahead: {folder}: {exc.strerror}")
+        return None
 
 
 def _drain(fd: int) -> None:

@@ -44,6 +44,7 @@ from runtime.holder.protocol import (
 )
 from runtime.network.driver import Starting, driver_for
 from runtime.sandbox import syscalls as sc
+from runtime.sandbox.mounts import RootShape
 from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
@@ -121,8 +122,14 @@ def _channel(view: int | str) -> tuple[int | None, int | None]:
     return ours.detach(), theirs.detach()
 
 
-def _fork_init(close_in_init: tuple[int, ...], native: str | None, intercept: bytes | str) -> _Init:
+def _fork_init(
+    close_in_init: tuple[int, ...],
+    native: str | None,
+    intercept: bytes | str,
+    ahead: tuple[str, RootShape] | None = None,
+) -> _Init:
     """Fork the container's init into new namespaces; return it (pid in the host view).
+    ``ahead``: where and of what shape it mounts a root ahead (``run_init``), or None.
 
     An intermediate child unshares, so this process stays in the host's network
     namespace (slirp4netns must start from there) and its later children are not born
@@ -156,6 +163,7 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None, intercept: by
                     native=native,
                     view=view,
                     calls=(intercept, init_channel),
+                    ahead=ahead,
                 )
             os.write(pid_w, str(init_pid).encode())
         except BaseException as exc:
@@ -381,15 +389,20 @@ def _log(message: str) -> None:
 
 
 def run_spare(
-    ctrl: socket.socket, native: str | None = None, intercept: bytes | str = "not asked for"
+    ctrl: socket.socket,
+    native: str | None = None,
+    intercept: bytes | str = "not asked for",
+    ahead: tuple[str, RootShape] | None = None,
 ) -> NoReturn:
     """Body of a spare: prepare a container init, wait for a request, launch it, exit.
     ``native`` is the native init and log pump (``runtime.native``), or None;
     ``intercept`` the seccomp filter of the calls the view answers
-    (``runtime.procview.intercept``), or why there is none."""
+    (``runtime.procview.intercept``), or why there is none; ``ahead`` the empty folder
+    the init mounts a root of the shape of the last launch on while it waits, and that
+    shape (``runtime.sandbox.mounts.premount_root``), or None."""
     code = 1
     try:
-        init = _fork_init((ctrl.fileno(),), native, intercept)
+        init = _fork_init((ctrl.fileno(),), native, intercept, ahead)
         _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.

@@ -14,9 +14,12 @@ connection: this holder keeps it too, so a call waits while the server is starte
 instead of failing. A command run with ``exec`` sends one of its own the same way (the
 holder gives its runner the channel); it is let go when the runner is reaped.
 
-A connection is released when its container's init is reaped. The server exits by
-itself once the holder is gone and its last connection ended; it records its identity
-in ``procview.json`` in the state folder.
+A connection is released when its container's init is reaped. The holder lets the server
+go ``LINGER`` seconds after its last connection was released, unless another came
+meanwhile (a start soon after, the common case of starts one after another, finds it
+serving instead of forking one). The server exits by itself once the holder is gone and
+its last connection ended; it records its identity in ``procview.json`` in the state
+folder.
 """
 
 from __future__ import annotations
@@ -39,13 +42,17 @@ from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId
 
-__all__ = ("MOST_QUICK_DEATHS", "SERVER_RECORD", "Views")
+__all__ = ("LINGER", "MOST_QUICK_DEATHS", "SERVER_RECORD", "Views")
 
 log = logging.getLogger("pause")
 
 SERVER_RECORD = "procview.json"
 MOST_QUICK_DEATHS = 5
 _QUICK = 1.0
+LINGER = 2.0
+"""Seconds the server is kept once its last connection was released. Forking one for a
+start took about 1 to 3 ms of it (its binds wait for the server's answers); an idle server
+costs its private memory (about 4 MB) meanwhile."""
 
 
 @dataclass
@@ -64,8 +71,9 @@ class _Listener:
 class Views:
     """The FUSE connections of the running containers (by init pid) and their server."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
+        self.clock = clock
         self.connections: dict[int, int] = {}
         self.listeners: list[_Listener] = []
         """The seccomp listeners received (init's and exec'd commands')."""
@@ -77,11 +85,14 @@ class Views:
         self.control: socket.socket | None = None
         self.started = 0.0
         self.quick_deaths = 0
+        self.idle_since: float | None = None
+        """When the last connection was released (None: the server has some, or none runs)."""
 
     def add(self, init_pid: int, fuse_fd: int, channel: int | None = None) -> None:
         """Keep ``init_pid``'s connection and hand it to the server (started if need be);
         wait for its seccomp listener on ``channel``."""
         self.connections[init_pid] = fuse_fd
+        self.idle_since = None
         if channel is not None:
             self.channels[channel] = _Listener(init_pid)
         if self.server is None or self.control is None:
@@ -152,7 +163,19 @@ class Views:
         if fd is not None:
             os.close(fd)
         self._let_go(lambda listener: listener.init_pid == init_pid)
-        if not self.connections:
+        if not self.connections and self.idle_since is None:
+            self.idle_since = self.clock()
+
+    def linger(self) -> float | None:
+        """Seconds until the idle server is let go (:meth:`let_idle_go`), or None: no
+        server is idle."""
+        if self.idle_since is None or self.connections or self.server is None:
+            return None
+        return max(0.0, self.idle_since + LINGER - self.clock())
+
+    def let_idle_go(self) -> None:
+        """Let the server go if it has been idle for ``LINGER`` seconds."""
+        if self.linger() == 0.0:
             self._stop()
 
     def reaped(self, pid: int, status: int) -> None:
@@ -167,7 +190,7 @@ class Views:
             self.control = None
         if not self.connections:
             return
-        quick = time.monotonic() - self.started < _QUICK
+        quick = self.clock() - self.started < _QUICK
         self.quick_deaths = self.quick_deaths + 1 if quick else 0
         log.info(f"the view's server {pid} ended (wait status {status}); starting another")
         if self.quick_deaths >= MOST_QUICK_DEATHS:
@@ -206,10 +229,11 @@ class Views:
             finally:
                 os._exit(code)
         theirs.close()
-        self.server, self.control, self.started = child, ours, time.monotonic()
+        self.server, self.control, self.started = child, ours, self.clock()
 
     def _stop(self) -> None:
         """No connection left: let the server go (EOF on its socket, then it exits)."""
+        self.idle_since = None
         if self.control is not None:
             self.control.close()
             self.control = None

@@ -9,6 +9,10 @@ it), and an exec'd command's process just before ``execve``:
    namespace*: the user's own uid outside);
 3. the seccomp filter compiled by :mod:`runtime.security.seccomp`, if any, installed last.
 
+What leaves the caller the capabilities it uses (no_new_privs, the bounding and ambient
+sets: :func:`narrow`) a warm init does before its request comes; the rest (:func:`seal`)
+once the container is assembled.
+
 Only syscalls through ctypes and ``prctl``: nothing here may import or load files once the
 caller has entered the container's root.
 """
@@ -29,6 +33,8 @@ __all__ = (
     "apply",
     "hand_calls",
     "last_capability",
+    "narrow",
+    "seal",
 )
 
 _PR_CAPBSET_DROP = 24
@@ -50,14 +56,27 @@ def last_capability() -> int:
         return int(file.read())
 
 
-def apply(seccomp_bpf: bytes | None, last_capability: int) -> None:
-    """Confine the calling process (and what it starts afterwards)."""
+def _kept() -> int:
+    """Docker's default set, as a capability mask."""
+    return sum(1 << CAPABILITY_NUMBERS[name] for name in DEFAULT_CAPABILITIES)
+
+
+def narrow(last_capability: int) -> None:
+    """The steps of confinement that leave the caller every capability it uses now (its
+    effective set): no_new_privs, the bounding set narrowed to Docker's default set, no
+    ambient capabilities. A warm init takes them before its request comes."""
     sc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
-    keep = sum(1 << CAPABILITY_NUMBERS[name] for name in DEFAULT_CAPABILITIES)
+    keep = _kept()
     for cap in range(last_capability + 1):
         if not keep >> cap & 1:
             sc.prctl(_PR_CAPBSET_DROP, cap)
     sc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def seal(seccomp_bpf: bytes | None) -> None:
+    """The rest of the confinement, after :func:`narrow`: the permitted and effective
+    sets narrowed to Docker's default set, then the seccomp filter, if any."""
+    keep = _kept()
     low, high = keep & 0xFFFFFFFF, keep >> 32
     # effective, permitted, inheritable: the low 32 bits, then the high ones. Inheritable
     # stays empty, as runc has made it since CVE-2022-24769.
@@ -66,6 +85,13 @@ def apply(seccomp_bpf: bytes | None, last_capability: int) -> None:
         program = ctypes.create_string_buffer(seccomp_bpf, len(seccomp_bpf))
         fprog = _SockFprog(len(seccomp_bpf) // 8, ctypes.cast(program, ctypes.c_void_p))
         sc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+def apply(seccomp_bpf: bytes | None, last_capability: int) -> None:
+    """Confine the calling process (and what it starts afterwards): :func:`narrow`,
+    then :func:`seal`."""
+    narrow(last_capability)
+    seal(seccomp_bpf)
 
 
 _NO_LISTENER = {

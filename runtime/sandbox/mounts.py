@@ -15,14 +15,22 @@ another bind below it) gets a refused start, never the host's file at the link's
 
 ``prepare_skeleton`` runs in the client; ``assemble`` and ``enter_root`` run in the
 container's init, inside its new mount namespace, before the command starts.
+
+A warm init mounts ahead what depends only on the root's *shape* (``RootShape``: the
+rootfs and the skeleton's mount points), the shape of the last launch: the overlay on a
+skeleton of its own, /proc, /sys, the masked paths, /dev and /tmp (``premount_root``).
+A launch of that shape then mounts only what is its own (the view, the binds); any other
+launch throws the premade root away and mounts as above.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.sandbox import syscalls as sc
 from runtime.wire import VIEW_FILES, MountPoint
@@ -31,10 +39,13 @@ __all__ = (
     "DEVICES",
     "MASKED",
     "READ_ONLY",
+    "Premade",
+    "RootShape",
     "assemble",
     "enter_root",
     "mount_view",
     "open_source",
+    "premount_root",
     "premount_view",
     "prepare_skeleton",
 )
@@ -48,16 +59,45 @@ _FIXED_DIRS = ("proc", "sys", "dev", "tmp", "etc")
 
 def prepare_skeleton(skel: Path, mounts: Sequence[MountPoint]) -> None:
     """Create the empty mount points every mount of the container needs."""
+    _make_skeleton(skel, ((m.target, m.is_dir) for m in mounts))
+
+
+def _make_skeleton(skel: Path, points: Iterable[tuple[str, bool]]) -> None:
+    """The skeleton of the mount points ``points`` (target, is a folder) at ``skel``."""
     skel.mkdir(mode=0o755, exist_ok=True)
     for name in _FIXED_DIRS:
         (skel / name).mkdir(mode=0o755, exist_ok=True)
-    for mount_point in mounts:
-        path = skel / mount_point.target.lstrip("/")
+    for target, is_dir in points:
+        path = skel / target.lstrip("/")
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        if mount_point.is_dir:
+        if is_dir:
             path.mkdir(mode=0o755, exist_ok=True)
         else:
             path.touch(mode=0o644, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class RootShape:
+    """What a container's root up to its own mounts depends on: the rootfs and the
+    skeleton's mount points (target, is a folder; sorted), which make the skeleton."""
+
+    rootfs: str
+    points: tuple[tuple[str, bool], ...]
+
+    @classmethod
+    def of(cls, rootfs: str, mounts: Iterable[MountPoint]) -> RootShape:
+        return cls(rootfs, tuple(sorted((m.target, m.is_dir) for m in mounts)))
+
+    @classmethod
+    def of_json(cls, request: dict[str, Any]) -> RootShape | None:
+        """The shape of a launch request as JSON (``LaunchRequest.to_json``), or None
+        when it is malformed (the spare that takes it refuses it)."""
+        try:
+            mounts = request.get("mounts", ())
+            points = [(str(m["target"]), bool(m.get("is_dir", True))) for m in mounts]
+            return cls(str(request["rootfs"]), tuple(sorted(points)))
+        except (KeyError, TypeError, AttributeError):
+            return None
 
 
 def _first_symlink(path: str) -> str | None:
@@ -286,6 +326,47 @@ def _try_view(root: str, fuse_fd: int | str | None, premounted: int | None) -> s
     return ""
 
 
+def _check_layers(*paths: str) -> None:
+    for path in paths:
+        if "," in path or ":" in path:
+            raise ValueError(f"overlay layer path may not contain ',' or ':': {path}")
+
+
+def _mount_fixed(root: str, skel: str, rootfs: str) -> None:
+    """The mounts of every container of a shape: the overlay root, /proc, /sys, the
+    masked paths, /dev and /tmp (which comes before the binds, so that a bind below /tmp
+    lands on the tmpfs instead of being hidden by it)."""
+    _check_layers(skel, rootfs)
+    sc.mount("overlay", root, "overlay", sc.MS_NODEV, f"lowerdir={skel}:{rootfs}")
+    sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
+    sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
+    _mask_kernel_files(root)
+    _populate_dev(f"{root}/dev")
+    sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+
+
+def _mount_own(
+    root: str,
+    mounts: Sequence[MountPoint],
+    sources: Sequence[int],
+    view: int | str | None,
+    premounted: int | None,
+) -> str:
+    """The container's own mounts on its root: the view (staged on /tmp, above its
+    tmpfs), then the binds; returns why the view is missing ("" if it is not)."""
+    missing_view = _try_view(root, view, premounted)
+    for mount_point in mounts:
+        if mount_point.target.startswith("/tmp/"):
+            _make_mount_point(root, mount_point)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for mount_point, source_fd in zip(mounts, sources, strict=True):
+            _bind(root_fd, source_fd, mount_point.target, mount_point.rw)
+    finally:
+        os.close(root_fd)
+    return missing_view
+
+
 def assemble(
     root: str,
     skel: str,
@@ -293,43 +374,110 @@ def assemble(
     mounts: Sequence[MountPoint],
     view: int | str | None = None,
     premounted: int | None = None,
+    premade: Premade | None = None,
 ) -> str:
-    """Mount the container's filesystem at ``root`` (in a fresh mount namespace).
+    """Mount the container's filesystem at ``root`` (in a fresh mount namespace), or
+    only its own mounts on the root ``premade`` ahead when it has the shape asked for.
 
-    The fixed filesystems come first, so a bind below /tmp lands on the tmpfs instead of
-    being hidden by it. ``view`` is the /dev/fuse descriptor of the /proc and /sys view
+    ``view`` is the /dev/fuse descriptor of the /proc and /sys view
     (:func:`mount_view`; ``premounted``: its mount made ahead, :func:`premount_view`),
     why there is none, or None (not asked for). Returns "" or why
     the view is not there: the container runs with the kernel's files then.
     """
-    for path in (skel, rootfs):
-        if "," in path or ":" in path:
-            raise ValueError(f"overlay layer path may not contain ',' or ':': {path}")
+    if premade is not None:
+        premade.discard()  # a root of another shape, or no longer needed
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sources: list[int] = []
     try:
         # One by one: what was opened before a refusal is still closed below.
         sources.extend(open_source(mount_point) for mount_point in mounts)
-        sc.mount("overlay", root, "overlay", sc.MS_NODEV, f"lowerdir={skel}:{rootfs}")
-        sc.mount("proc", f"{root}/proc", "proc", _HIDDEN)
-        sc.mount("sysfs", f"{root}/sys", "sysfs", _HIDDEN | sc.MS_RDONLY)
-        _mask_kernel_files(root)
-        missing_view = _try_view(root, view, premounted)
-        _populate_dev(f"{root}/dev")
-        sc.mount("tmpfs", f"{root}/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
-        for mount_point in mounts:
-            if mount_point.target.startswith("/tmp/"):
-                _make_mount_point(root, mount_point)
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for mount_point, source_fd in zip(mounts, sources, strict=True):
-                _bind(root_fd, source_fd, mount_point.target, mount_point.rw)
-        finally:
-            os.close(root_fd)
+        _mount_fixed(root, skel, rootfs)
+        return _mount_own(root, mounts, sources, view, premounted)
     finally:
         for fd in sources:
             os.close(fd)
-    return missing_view
+
+
+@dataclass(frozen=True)
+class Premade:
+    """A container root of ``shape`` mounted ahead (:func:`premount_root`) at
+    ``staging``/root, on a skeleton of its own in a tmpfs at ``staging``; ``rootfs_id``
+    is the rootfs folder's (device, inode) as it was found before its overlay was
+    mounted."""
+
+    staging: str
+    shape: RootShape
+    rootfs_id: tuple[int, int]
+
+    @property
+    def root(self) -> str:
+        return f"{self.staging}/root"
+
+    def fits(self, rootfs: str, mounts: Sequence[MountPoint]) -> bool:
+        """Whether a container of ``rootfs`` and ``mounts`` can have this root: the
+        same shape, the same rootfs folder still at its path (not one made again in its
+        place since), and no bind source at, above or below the staging folder (a copy
+        of one above would carry the premade mounts into the container, and one below
+        is hidden by them)."""
+        if RootShape.of(rootfs, mounts) != self.shape:
+            return False
+        try:
+            if _identity(rootfs) != self.rootfs_id:
+                return False
+        except OSError:
+            return False
+        staging = f"{self.staging}/"
+        for mount_point in mounts:
+            source = os.path.normpath(mount_point.source).rstrip("/") + "/"
+            if staging.startswith(source) or source.startswith(staging):
+                return False
+        return True
+
+    def discard(self) -> None:
+        """Unmount the root and its tmpfs (lazily: a detach)."""
+        sc.umount2(self.staging, sc.MNT_DETACH)
+
+    def assemble(
+        self,
+        mounts: Sequence[MountPoint],
+        view: int | str | None = None,
+        premounted: int | None = None,
+    ) -> str:
+        """The container's own mounts on this root (:func:`assemble` else); returns
+        why the view is missing ("" if it is not)."""
+        sources: list[int] = []
+        try:
+            sources.extend(open_source(mount_point) for mount_point in mounts)
+            return _mount_own(self.root, mounts, sources, view, premounted)
+        finally:
+            for fd in sources:
+                os.close(fd)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """The (device, inode) of the folder at ``path``."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def premount_root(staging: str, shape: RootShape) -> Premade:
+    """Mount a root of ``shape`` ahead at ``staging``/root (in this process's own mount
+    namespace, made private here): a tmpfs on ``staging`` (an empty folder) holds its
+    skeleton, made as :func:`prepare_skeleton` makes a container's; then what
+    :func:`assemble` mounts before a container's own mounts. Nothing stays mounted
+    when it fails."""
+    rootfs_id = _identity(shape.rootfs)  # before its overlay: a swap after it is seen
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sc.mount("tmpfs", staging, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=1m")
+    premade = Premade(staging, shape, rootfs_id)
+    try:
+        _make_skeleton(Path(staging, "skel"), shape.points)
+        os.mkdir(premade.root, 0o755)
+        _mount_fixed(premade.root, f"{staging}/skel", shape.rootfs)
+    except BaseException:
+        premade.discard()
+        raise
+    return premade
 
 
 def enter_root(root: str) -> None:
