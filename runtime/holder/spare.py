@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from runtime.cgroups.fs import Leaf
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder import logpump
 from runtime.holder.adoption import namespace_ids
@@ -238,7 +240,7 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
     return ProcessId.of(pid)
 
 
-def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
+def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: Leaf | None) -> Launched:
     # Begun first, finished after the log pump: a bridge network's wiring, done by other
     # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
     try:
@@ -248,13 +250,16 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     except BaseException:
         _dismiss(init)  # it never got a request: it exits on EOF
         raise
-    cgroup, raw = _into_scope(init, req, raw) if req.systemd_scope else (req.cgroup, raw)
+    leaf, moved, raw = _cgroup(init, req, raw, ahead)
+    cgroup = "" if leaf is None else str(leaf.path)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
-        if not req.systemd_scope:
-            _move(init, req)  # while the init mounts
+        if leaf is not None and not moved:
+            _move(init, leaf)  # while the init mounts
+        if leaf is not None and req.cgroup_limits:
+            _write_limits(leaf, req.cgroup_limits)
         with contextlib.suppress(BrokenPipeError):  # it failed: its report says why
             os.write(init.go_w, Launching.PLACED.value)
         log_pump = _start_pump(init, req)
@@ -280,6 +285,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     except BaseException:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
+        if leaf is not None and leaf != ahead and not req.systemd_scope:
+            _discard(leaf)  # made for this launch (the spare's own goes after it)
         raise
 
 
@@ -329,19 +336,75 @@ def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes
     return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
 
 
-def _move(init: _Init, req: LaunchRequest) -> None:
-    """Move the init into its leaf (``req.cgroup``), if it has one.
+def _leaf_ahead(init: _Init, ahead: str) -> Leaf | None:
+    """Make the leaf ``ahead`` names and move the warm init into it now, while no start
+    waits: a move takes the cgroup threadgroup lock for writing, which waits for an RCU
+    grace period (about 12 ms after a quiet spell), and so does the launch when it moves
+    the init. None when not asked for, or refused (the launch then places the init)."""
+    if not ahead:
+        return None
+    leaf = Leaf(Path(ahead))
+    try:
+        leaf.path.mkdir(parents=True)
+        (leaf.path / "cgroup.procs").write_text(str(init.pid))
+    except OSError as exc:
+        _log(f"cannot make the next start's cgroup {ahead} ahead: {exc}")
+        leaf.remove()
+        return None
+    return leaf
+
+
+def _cgroup(
+    init: _Init, req: LaunchRequest, raw: bytes, ahead: Leaf | None
+) -> tuple[Leaf | None, bool, bytes]:
+    """The cgroup the container runs in, whether the init is in it already, and the
+    request as the init is to read it (naming that cgroup): a systemd scope, else the
+    leaf made ahead (when in the folder asked for), else a leaf made now in that
+    folder (the init is moved there at launch), else none."""
+    if req.systemd_scope:
+        cgroup, raw = _into_scope(init, req, raw)
+        return Leaf(Path(cgroup)), True, raw
+    if ahead is not None and req.cgroup_parent in ("", str(ahead.path.parent)):
+        leaf, moved = ahead, True
+    elif req.cgroup_parent:
+        leaf, moved = Leaf(Path(req.cgroup_parent, f"{req.name}.{secrets.token_hex(3)}")), False
+        try:
+            leaf.path.mkdir()
+        except OSError as exc:
+            _dismiss(init)  # it never got a request: it exits on EOF
+            raise _LaunchFailed(
+                f"cannot make the container's cgroup {leaf.path}: {exc}", ErrorCode.CGROUP_MOVE
+            ) from exc
+    else:
+        return None, False, raw
+    return leaf, moved, json.dumps({**json.loads(raw), "cgroup": str(leaf.path)}).encode()
+
+
+def _write_limits(leaf: Leaf, limits: dict[str, str]) -> None:
+    """Write the container's limits into its leaf, before its command runs."""
+    try:
+        leaf.write_limits(limits)
+    except OSError as exc:
+        raise _LaunchFailed(f"cannot write the container's limits into {leaf.path}: {exc}") from exc
+
+
+def _discard(leaf: Leaf) -> None:
+    """Kill whatever is still in a leaf no container uses, and remove it."""
+    leaf.kill()
+    leaf.remove()
+
+
+def _move(init: _Init, leaf: Leaf) -> None:
+    """Move the init into a leaf made at launch (no leaf was made ahead).
 
     The move waits for an RCU grace period in the kernel (the cgroup threadgroup lock
     is taken for writing): milliseconds on a busy machine, which the init spends on its
     mounts meanwhile; it starts its cgroup namespace once told it is placed."""
-    if not req.cgroup:
-        return
     try:
-        Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
+        (leaf.path / "cgroup.procs").write_text(str(init.pid))
     except OSError as exc:
         raise _LaunchFailed(
-            f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
+            f"cannot move the container into {leaf.path}: {exc}", ErrorCode.CGROUP_MOVE
         ) from exc
 
 
@@ -381,15 +444,20 @@ def _log(message: str) -> None:
 
 
 def run_spare(
-    ctrl: socket.socket, native: str | None = None, intercept: bytes | str = "not asked for"
+    ctrl: socket.socket,
+    native: str | None = None,
+    intercept: bytes | str = "not asked for",
+    ahead: str = "",
 ) -> NoReturn:
     """Body of a spare: prepare a container init, wait for a request, launch it, exit.
     ``native`` is the native init and log pump (``runtime.native``), or None;
     ``intercept`` the seccomp filter of the calls the view answers
-    (``runtime.procview.intercept``), or why there is none."""
+    (``runtime.procview.intercept``), or why there is none; ``ahead`` the cgroup leaf to
+    make and move the init into while waiting ("" for none: the launch places it)."""
     code = 1
     try:
         init = _fork_init((ctrl.fileno(),), native, intercept)
+        leaf = _leaf_ahead(init, ahead)
         _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
@@ -408,27 +476,39 @@ def run_spare(
         ctrl.close()
         if received is None:
             _dismiss(init)
+            if leaf is not None:
+                leaf.remove()
             os._exit(0)
         raw, conn = received
-        reply: Reply
-        try:
-            request = LaunchRequest.from_json(json.loads(raw))
-        except ValueError as exc:
-            _dismiss(init)
-            reply = Failure(ErrorCode.BAD_REQUEST, str(exc))
-        else:
-            try:
-                reply = _launch(init, request, raw)
-                code = 0
-            except BaseException as exc:
-                reply = _failure_reply(exc)
-                _log(f"launching {request.name} failed: {reply.message}")
+        reply = _answer(init, raw, leaf)
+        code = 0 if isinstance(reply, Launched) else 1
         with conn:
             conn.sendall(encode(reply))
     except BaseException as exc:
         _log(f"spare failed: {type(exc).__name__}: {exc}")
     finally:
         os._exit(code)
+
+
+def _answer(init: _Init, raw: bytes, leaf: Leaf | None) -> Reply:
+    """Launch the container request ``raw`` asks for; what to answer. The leaf made
+    ahead (``leaf``) goes before the answer unless the container runs in it."""
+    reply: Reply
+    try:
+        request = LaunchRequest.from_json(json.loads(raw))
+    except ValueError as exc:
+        _dismiss(init)
+        reply = Failure(ErrorCode.BAD_REQUEST, str(exc))
+    else:
+        try:
+            reply = _launch(init, request, raw, leaf)
+        except BaseException as exc:
+            reply = _failure_reply(exc)
+            _log(f"launching {request.name} failed: {reply.message}")
+    used = reply.run.get("cgroup") if isinstance(reply, Launched) else None
+    if leaf is not None and used != str(leaf.path):
+        _discard(leaf)
+    return reply
 
 
 def hand_over(
