@@ -116,6 +116,8 @@ class _Spares:
         """The folder each spare makes the next container's cgroup leaf in, or None."""
         self.leaf: Leaf | None = None
         """The idle spare's leaf: removed here if the spare dies unused."""
+        self.taken: Leaf | None = None
+        """The leaf of the spare last handed a request."""
         self.intercept: bytes | str | None = None
         """The seccomp filter of the calls the /proc view answers, or why there is none
         (``runtime.procview.intercept``): compiled once, before the first spare."""
@@ -126,9 +128,14 @@ class _Spares:
         assert self.spare is not None
         pid, ctrl = self.spare
         self.spare = None
-        self.leaf = None  # the container's now, or removed by the spare
+        self.taken, self.leaf = self.leaf, None  # the container's now, or removed by the spare
         self.launching.add(pid)
         return ctrl
+
+    def lost(self) -> None:
+        """The spare last taken died before it took its request: its leaf goes too."""
+        self.leaf, self.taken = self.taken, None
+        self._discard_leaf()
 
     def reaped(self, pid: int) -> None:
         self.launching.discard(pid)
@@ -550,6 +557,7 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
+            spares.lost()
             if attempt == 2:
                 _reply(conn, Failure(ErrorCode.START_FAILED, f"launcher lost: {exc}"))
         finally:

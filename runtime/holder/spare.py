@@ -48,7 +48,7 @@ from runtime.network.driver import Starting, driver_for
 from runtime.sandbox import syscalls as sc
 from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
-from runtime.util.processes import ProcessId, wait_readable
+from runtime.util.processes import ProcessId, close_fds_except, wait_readable
 from runtime.wire import LaunchRequest
 
 __all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
@@ -240,7 +240,7 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
     return ProcessId.of(pid)
 
 
-def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: Leaf | None) -> Launched:
+def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -> Launched:
     # Begun first, finished after the log pump: a bridge network's wiring, done by other
     # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
     try:
@@ -250,14 +250,14 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: Leaf | None) -> 
     except BaseException:
         _dismiss(init)  # it never got a request: it exits on EOF
         raise
-    leaf, moved, raw = _cgroup(init, req, raw, ahead)
+    leaf, raw = _cgroup(init, req, raw, ahead)
     cgroup = "" if leaf is None else str(leaf.path)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
-        if leaf is not None and not moved:
-            _move(init, leaf)  # while the init mounts
+        if leaf is not None and not _in_place(leaf, req, ahead):
+            _move(init, leaf)  # while the init mounts (again if the mover failed: why)
         if leaf is not None and req.cgroup_limits:
             _write_limits(leaf, req.cgroup_limits)
         with contextlib.suppress(BrokenPipeError):  # it failed: its report says why
@@ -285,7 +285,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: Leaf | None) -> 
     except BaseException:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
-        if leaf is not None and leaf != ahead and not req.systemd_scope:
+        if leaf is not None and (ahead is None or leaf != ahead.leaf) and not req.systemd_scope:
             _discard(leaf)  # made for this launch (the spare's own goes after it)
         raise
 
@@ -336,38 +336,70 @@ def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes
     return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
 
 
-def _leaf_ahead(init: _Init, ahead: str) -> Leaf | None:
-    """Make the leaf ``ahead`` names and move the warm init into it now, while no start
-    waits: a move takes the cgroup threadgroup lock for writing, which waits for an RCU
-    grace period (about 12 ms after a quiet spell), and so does the launch when it moves
-    the init. None when not asked for, or refused (the launch then places the init)."""
+@dataclass
+class _Ahead:
+    """The leaf made for the next start, and the process moving the warm init into it."""
+
+    leaf: Leaf
+    mover: int | None
+    """The mover's pid until it has been waited for."""
+    moved: bool = False
+
+    def settle(self) -> bool:
+        """Wait for the mover (if it still runs); whether the init is in the leaf."""
+        if self.mover is not None:
+            _, status = os.waitpid(self.mover, 0)
+            self.mover = None
+            self.moved = status == 0
+        return self.moved
+
+    def discard(self) -> None:
+        self.settle()
+        _discard(self.leaf)
+
+
+def _leaf_ahead(init: _Init, ahead: str) -> _Ahead | None:
+    """Make the leaf ``ahead`` names and have a child move the warm init into it now,
+    while no start waits: a move takes the cgroup threadgroup lock for writing, which
+    waits for an RCU grace period (about 12 ms after a quiet spell). The child waits
+    for it, not this spare: a request that comes meanwhile waits only while the init
+    mounts (as a move at launch did). None when not asked for, or the leaf cannot be made."""
     if not ahead:
         return None
     leaf = Leaf(Path(ahead))
     try:
         leaf.path.mkdir(parents=True)
-        (leaf.path / "cgroup.procs").write_text(str(init.pid))
     except OSError as exc:
-        _log(f"cannot make the next start's cgroup {ahead} ahead: {exc}")
-        leaf.remove()
+        _log(f"cannot make the next start's cgroup {ahead}: {exc}")
         return None
-    return leaf
+    mover = os.fork()
+    if mover == 0:
+        code = 1
+        try:
+            close_fds_except(())  # no copy of the init's pipes or the control socket
+            (leaf.path / "cgroup.procs").write_text(str(init.pid))
+            code = 0
+        except OSError as exc:
+            _log(f"cannot move the next container's init into {ahead} ahead: {exc}")
+        finally:
+            os._exit(code)
+    return _Ahead(leaf, mover)
 
 
 def _cgroup(
-    init: _Init, req: LaunchRequest, raw: bytes, ahead: Leaf | None
-) -> tuple[Leaf | None, bool, bytes]:
-    """The cgroup the container runs in, whether the init is in it already, and the
-    request as the init is to read it (naming that cgroup): a systemd scope, else the
-    leaf made ahead (when in the folder asked for), else a leaf made now in that
-    folder (the init is moved there at launch), else none."""
+    init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None
+) -> tuple[Leaf | None, bytes]:
+    """The cgroup the container runs in and the request as the init is to read it
+    (naming that cgroup): a systemd scope, else the leaf made ahead (when in the folder
+    asked for, or none was asked for and the init is in it), else a leaf made now in
+    that folder (the init is moved there at launch), else none."""
     if req.systemd_scope:
         cgroup, raw = _into_scope(init, req, raw)
-        return Leaf(Path(cgroup)), True, raw
-    if ahead is not None and req.cgroup_parent in ("", str(ahead.path.parent)):
-        leaf, moved = ahead, True
+        return Leaf(Path(cgroup)), raw
+    if ahead is not None and _fits(ahead, req):
+        leaf = ahead.leaf
     elif req.cgroup_parent:
-        leaf, moved = Leaf(Path(req.cgroup_parent, f"{req.name}.{secrets.token_hex(3)}")), False
+        leaf = Leaf(Path(req.cgroup_parent, f"{req.name}.{secrets.token_hex(3)}"))
         try:
             leaf.path.mkdir()
         except OSError as exc:
@@ -376,8 +408,23 @@ def _cgroup(
                 f"cannot make the container's cgroup {leaf.path}: {exc}", ErrorCode.CGROUP_MOVE
             ) from exc
     else:
-        return None, False, raw
-    return leaf, moved, json.dumps({**json.loads(raw), "cgroup": str(leaf.path)}).encode()
+        return None, raw
+    return leaf, json.dumps({**json.loads(raw), "cgroup": str(leaf.path)}).encode()
+
+
+def _fits(ahead: _Ahead, req: LaunchRequest) -> bool:
+    """Whether the launch uses the leaf made ahead: it is in the folder asked for, or no
+    folder was asked for and the init is in it (a container then gets a leaf anyway)."""
+    if req.cgroup_parent:
+        return req.cgroup_parent == str(ahead.leaf.path.parent)
+    return ahead.settle()
+
+
+def _in_place(leaf: Leaf, req: LaunchRequest, ahead: _Ahead | None) -> bool:
+    """Whether the init is in ``leaf`` without a move by the launch: a systemd scope's,
+    or the leaf made ahead once its mover is done (it moved the init while the init
+    mounted, if not before)."""
+    return bool(req.systemd_scope) or (ahead is not None and leaf == ahead.leaf and ahead.settle())
 
 
 def _write_limits(leaf: Leaf, limits: dict[str, str]) -> None:
@@ -457,8 +504,10 @@ def run_spare(
     code = 1
     try:
         init = _fork_init((ctrl.fileno(),), native, intercept)
-        leaf = _leaf_ahead(init, ahead)
         _await_warm(init)
+        # Starts back to back find a request waiting: the launch moves the init then,
+        # while it mounts, and this spare is not held up by a move it does not need yet.
+        leaf = None if wait_readable([ctrl.fileno()], 0) else _leaf_ahead(init, ahead)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [
@@ -477,7 +526,7 @@ def run_spare(
         if received is None:
             _dismiss(init)
             if leaf is not None:
-                leaf.remove()
+                leaf.discard()
             os._exit(0)
         raw, conn = received
         reply = _answer(init, raw, leaf)
@@ -490,7 +539,7 @@ def run_spare(
         os._exit(code)
 
 
-def _answer(init: _Init, raw: bytes, leaf: Leaf | None) -> Reply:
+def _answer(init: _Init, raw: bytes, leaf: _Ahead | None) -> Reply:
     """Launch the container request ``raw`` asks for; what to answer. The leaf made
     ahead (``leaf``) goes before the answer unless the container runs in it."""
     reply: Reply
@@ -506,8 +555,8 @@ def _answer(init: _Init, raw: bytes, leaf: Leaf | None) -> Reply:
             reply = _failure_reply(exc)
             _log(f"launching {request.name} failed: {reply.message}")
     used = reply.run.get("cgroup") if isinstance(reply, Launched) else None
-    if leaf is not None and used != str(leaf.path):
-        _discard(leaf)
+    if leaf is not None and used != str(leaf.leaf.path):
+        leaf.discard()
     return reply
 
 
