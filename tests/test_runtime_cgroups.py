@@ -22,6 +22,7 @@ from runtime.errors import ContainerPaused, ContainerStartError, HostSetupError
 from runtime.util.files import read_json
 from tests.conftest import rootless
 from tests.support import detected_cgroups, shell
+from tests.test_holder_death import kill_holder
 from tests.test_reconciler_e2e import eventually
 
 FOUND = detected_cgroups()
@@ -187,13 +188,11 @@ def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
 
 def _idle_leaves(rt: LinuxRuntime) -> set[Path]:
     """The leaves of this state folder once no container runs: the warm spare's only."""
-    assert DELEGATED is not None
-    group = DELEGATED.root / "squish" / rt._group
     leaves: set[Path] = set()
 
     def one_spare() -> bool:
         leaves.clear()
-        leaves.update(p for p in group.iterdir() if p.is_dir())
+        leaves.update(_leaves(rt))
         return len(leaves) == 1 and cgroups.Leaf(next(iter(leaves))).populated()
 
     eventually(one_spare, "one leaf, the warm spare's")
@@ -232,3 +231,23 @@ def _spare_of(init: int) -> int:
             if int(child) != init and pipes & {os.readlink(f) for f in fds.iterdir()}:
                 return int(child)
     raise AssertionError(f"no spare holds a pipe of the warm init {init}")
+
+
+def test_a_new_holder_finds_the_leaf_a_spare_made_ahead(rt: LinuxRuntime) -> None:
+    info = rt.run(sleeper("kept", "trap '' TERM; (sleep 1000 &); exec sleep 1000"))
+    assert info.pid is not None
+    leaf = leaf_of(info.pid)
+    kill_holder(rt)
+    # the killed holder's idle spare saw it go, and took its leaf along
+    eventually(lambda: set(_leaves(rt)) == {leaf.path}, "only the container's leaf left")
+    inside = rt.exec_command("kept", ["cat", "/proc/self/cgroup"])  # through a new holder
+    assert "0::/" in inside.output.splitlines()
+    stopped = rt.stop("kept")  # SIGTERM ignored: SIGKILL, then cgroup.kill of the leaf
+    assert stopped.exit_code == 128 + signal.SIGKILL and not leaf.populated()
+    rt.remove("kept")
+    assert not leaf.path.exists()
+
+
+def _leaves(rt: LinuxRuntime) -> list[Path]:
+    assert DELEGATED is not None
+    return [p for p in (DELEGATED.root / "squish" / rt._group).iterdir() if p.is_dir()]
