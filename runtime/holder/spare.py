@@ -48,7 +48,7 @@ from runtime.network.driver import Starting, driver_for
 from runtime.sandbox import syscalls as sc
 from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
-from runtime.util.processes import ProcessId, close_fds_except, wait_readable
+from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
 __all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
@@ -89,6 +89,8 @@ class _Init:
     """A /dev/fuse descriptor for the container's /proc view, or why there is none."""
     channel: int | None
     """With the view: the socket the init sends its seccomp listener on (the holder's end)."""
+    middle: int | None = None
+    """The intermediate child, while it moves the init into the leaf made ahead."""
 
     def view_fds(self) -> list[int]:
         if isinstance(self.view, int) and self.channel is not None:
@@ -123,12 +125,19 @@ def _channel(view: int | str) -> tuple[int | None, int | None]:
     return ours.detach(), theirs.detach()
 
 
-def _fork_init(close_in_init: tuple[int, ...], native: str | None, intercept: bytes | str) -> _Init:
+def _fork_init(
+    close_in_init: tuple[int, ...],
+    native: str | None,
+    intercept: bytes | str,
+    procs: int | None = None,
+) -> _Init:
     """Fork the container's init into new namespaces; return it (pid in the host view).
 
     An intermediate child unshares, so this process stays in the host's network
     namespace (slirp4netns must start from there) and its later children are not born
-    into the container's pid namespace.
+    into the container's pid namespace. With ``procs`` (a leaf's ``cgroup.procs``, see
+    :func:`_leaf_ahead`) it then moves the init there and exits 0 once it has: it is
+    left to be waited for (``_Init.middle``).
     """
     request_r, request_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -140,6 +149,7 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None, intercept: by
     channel, init_channel = _channel(view)
     middle = os.fork()
     if middle == 0:
+        code = 0
         try:
             sc.unshare(CONTAINER_NAMESPACES)
             init_pid = os.fork()
@@ -160,19 +170,39 @@ def _fork_init(close_in_init: tuple[int, ...], native: str | None, intercept: by
                     calls=(intercept, init_channel),
                 )
             os.write(pid_w, str(init_pid).encode())
+            code = _move_ahead(procs, init_pid)
         except BaseException as exc:
             os.write(pid_w, marked(Launching.FAILED, str(exc)))
         finally:
-            os._exit(0)
+            os._exit(code)
     for fd in (request_r, go_r, report_w, exit_w, pid_w, log_w, init_channel):
         if fd is not None:
             os.close(fd)
     answer = _read_with_timeout(pid_r, 4096, _STEP_TIMEOUT, "the container init to fork")
     os.close(pid_r)
-    os.waitpid(middle, 0)
-    if not answer or answer.startswith(Launching.FAILED):
+    failed = not answer or answer.startswith(Launching.FAILED)
+    if procs is None or failed:
+        os.waitpid(middle, 0)
+    if failed:
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view, channel)
+    init = _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view, channel)
+    init.middle = None if procs is None else middle
+    return init
+
+
+def _move_ahead(procs: int | None, pid: int) -> int:
+    """In the intermediate child: move the init (``pid``) into the leaf whose
+    ``cgroup.procs`` is open as ``procs``; the exit code that says whether it moved. The
+    kernel checks the move against the cgroup namespace the file was opened in (the
+    spare's), not the container's this child has entered."""
+    if procs is None:
+        return 0
+    try:
+        os.write(procs, str(pid).encode())
+    except OSError as exc:
+        _log(f"cannot move the next container's init into its cgroup ahead: {exc}")
+        return 1
+    return 0
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -341,8 +371,10 @@ class _Ahead:
     """The leaf made for the next start, and the process moving the warm init into it."""
 
     leaf: Leaf
-    mover: int | None
-    """The mover's pid until it has been waited for."""
+    procs: int
+    """The leaf's ``cgroup.procs``, open for the intermediate child (:func:`_fork_init`)."""
+    mover: int | None = None
+    """The intermediate child's pid until it has been waited for."""
     moved: bool = False
 
     def settle(self) -> bool:
@@ -358,32 +390,23 @@ class _Ahead:
         _discard(self.leaf)
 
 
-def _leaf_ahead(init: _Init, ahead: str) -> _Ahead | None:
-    """Make the leaf ``ahead`` names and have a child move the warm init into it now,
-    while no start waits: a move takes the cgroup threadgroup lock for writing, which
-    waits for an RCU grace period (about 12 ms after a quiet spell). The child waits
-    for it, not this spare: a request that comes meanwhile waits only while the init
-    mounts (as a move at launch did). None when not asked for, or the leaf cannot be made."""
+def _leaf_ahead(ahead: str) -> _Ahead | None:
+    """Make the leaf ``ahead`` names for the next start and open its ``cgroup.procs``:
+    the intermediate child that forks the init moves it there at once, while no start
+    waits. A move takes the cgroup threadgroup lock for writing, which waits for an RCU
+    grace period (about 12 ms after a quiet spell); the child waits for it, not this
+    spare, and a request that comes meanwhile waits for it only once the init mounts
+    (as a move at launch did). None when not asked for, or the leaf cannot be made."""
     if not ahead:
         return None
     leaf = Leaf(Path(ahead))
     try:
         leaf.path.mkdir(parents=True)
+        return _Ahead(leaf, os.open(leaf.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
     except OSError as exc:
         _log(f"cannot make the next start's cgroup {ahead}: {exc}")
+        leaf.remove()
         return None
-    mover = os.fork()
-    if mover == 0:
-        code = 1
-        try:
-            close_fds_except(())  # no copy of the init's pipes or the control socket
-            (leaf.path / "cgroup.procs").write_text(str(init.pid))
-            code = 0
-        except OSError as exc:
-            _log(f"cannot move the next container's init into {ahead} ahead: {exc}")
-        finally:
-            os._exit(code)
-    return _Ahead(leaf, mover)
 
 
 def _cgroup(
@@ -503,11 +526,13 @@ def run_spare(
     make and move the init into while waiting ("" for none: the launch places it)."""
     code = 1
     try:
-        init = _fork_init((ctrl.fileno(),), native, intercept)
+        leaf = _leaf_ahead(ahead)
+        procs = () if leaf is None else (leaf.procs,)
+        init = _fork_init((ctrl.fileno(), *procs), native, intercept, *procs)
+        if leaf is not None:
+            os.close(leaf.procs)
+            leaf.mover = init.middle
         _await_warm(init)
-        # Starts back to back find a request waiting: the launch moves the init then,
-        # while it mounts, and this spare is not held up by a move it does not need yet.
-        leaf = None if wait_readable([ctrl.fileno()], 0) else _leaf_ahead(init, ahead)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [
