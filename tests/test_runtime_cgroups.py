@@ -50,7 +50,7 @@ def test_a_container_lives_in_its_own_leaf_which_is_its_cgroup_root(rt: LinuxRun
     leaf = leaf_of(info.pid)
     assert DELEGATED is not None
     assert leaf.path.parent == DELEGATED.root / "squish" / rt._group
-    # the leaf a spare made ahead, as the records name it
+    assert leaf.path.name.startswith("run.")  # the leaf a spare made ahead
     run = read_json(rt._dir("leafy") / "run.json")
     assert isinstance(run, dict) and run["cgroup"] == str(leaf.path)
     assert str(info.pid) in (leaf.path / "cgroup.procs").read_text().split()

@@ -5,7 +5,7 @@ A rootless runtime may only create cgroups where it has been given a subtree: sy
 administrator created and chowned. :func:`delegated_subtree` finds it: the topmost
 ancestor of the caller's own cgroup that belongs to the caller. Each container gets a
 leaf below it, ``<delegated>/squish/<state id>/run.<random>``: a warm spare makes it and
-moves its waiting init there ahead of any request (a move waits for an RCU grace
+its waiting init is moved there ahead of any request (a move waits for an RCU grace
 period, paid while idle), the launch writes the limits into it, and the init then starts
 a new cgroup namespace, so inside the container its leaf is ``/``. A spare without a
 leaf of its own makes ``<name>.<random>`` at launch and moves the init then.
