@@ -91,7 +91,14 @@ class LaunchRequest:
     seccomp: bool = True
     """Install the filter in ``container_dir``/``SECCOMP_FILE`` (compiled at create)."""
     cgroup: str = ""
-    """The cgroup v2 leaf the init is moved to before it starts (per start; "" for none)."""
+    """The cgroup v2 leaf the init runs in ("" for none): filled in by the launcher, the
+    leaf its spare made ahead in ``cgroup_parent`` or one made at launch there (or a
+    systemd scope's folder)."""
+    cgroup_parent: str = ""
+    """The folder of the container's cgroup v2 leaf (per start; "" for none)."""
+    cgroup_limits: dict[str, str] = field(default_factory=dict)
+    """The limit files the launcher writes into that leaf, and their contents
+    (:func:`runtime.cgroups.fs.limit_files`)."""
     systemd_scope: dict[str, Any] = field(default_factory=dict)
     """Or the transient scope the user's systemd puts it in (``runtime.cgroups.systemd``)."""
     log_path: str = ""

@@ -9,7 +9,7 @@ import pytest
 
 from runtime.api.spec import Resources
 from runtime.cgroups.driver import NoCgroups
-from runtime.cgroups.fs import Leaf, LeafPlacement
+from runtime.cgroups.fs import CgroupfsDriver, FolderPlacement, limit_files
 from runtime.cgroups.scopes import SystemdDriver
 from runtime.errors import HostSetupError
 from runtime.wire import LaunchRequest
@@ -26,24 +26,36 @@ def test_without_a_driver_limits_are_refused_and_nothing_is_placed() -> None:
     assert not placement.unplaced_after(move_refused=True)
 
 
-def test_a_leaf_the_holder_cannot_use_is_dropped_only_without_limits(tmp_path: Path) -> None:
-    (tmp_path / "web.1").mkdir()
-    limited = LeafPlacement(Leaf(tmp_path / "web.1"), limited=True)
-    assert limited.request(REQUEST).cgroup == str(tmp_path / "web.1")
+def test_a_folder_the_holder_cannot_use_is_dropped_only_without_limits(tmp_path: Path) -> None:
+    limited = FolderPlacement(tmp_path, {"pids.max": "10"}, limited=True)
+    asked = limited.request(REQUEST)
+    assert (asked.cgroup_parent, asked.cgroup_limits) == (str(tmp_path), {"pids.max": "10"})
     assert not limited.unplaced_after(move_refused=True)
-    free = LeafPlacement(Leaf(tmp_path / "web.1"), limited=False)
+    free = FolderPlacement(tmp_path, {}, limited=False)
     assert not free.unplaced_after(move_refused=False)
     assert free.unplaced_after(move_refused=True)
-    assert free.request(REQUEST).cgroup == "" and not (tmp_path / "web.1").exists()
+    assert free.request(REQUEST) == REQUEST
 
 
-def test_an_unused_leaf_is_discarded_and_a_used_one_kept(tmp_path: Path) -> None:
-    used, unused = Leaf(tmp_path / "a.1"), Leaf(tmp_path / "b.1")
-    used.path.mkdir()
-    unused.path.mkdir()
-    LeafPlacement(used, limited=False).discard_unused(Leaf(tmp_path / "a.1"))
-    LeafPlacement(unused, limited=False).discard_unused(None)
-    assert used.path.exists() and not unused.path.exists()
+def test_the_launcher_writes_the_limits_a_leaf_made_before_would_get() -> None:
+    limits = Resources(memory=64 << 20, cpus=0.5, pids=32)
+    files = limit_files(limits, {"memory", "cpu", "pids"}, swap=True)
+    assert files == {
+        "memory.max": str(64 << 20),
+        "memory.swap.max": "max",
+        "cpu.max": "50000 100000",
+        "cpu.weight": "100",
+        "pids.max": "32",
+    }
+    assert limit_files(limits, {"pids"}, swap=False) == {"pids.max": "32"}
+    with pytest.raises(HostSetupError, match="swap accounting"):
+        limit_files(Resources(memory_swap=1 << 20), {"memory"}, swap=False)
+
+
+def test_only_the_cgroupfs_driver_has_its_spares_make_leaves_ahead(tmp_path: Path) -> None:
+    assert CgroupfsDriver(tmp_path).ahead("g1") == tmp_path / "squish" / "g1"
+    assert SystemdDriver("/run/user/7/bus").ahead("g1") is None
+    assert NoCgroups("none here").ahead("g1") is None
 
 
 def test_the_systemd_driver_describes_a_scope_for_the_launcher() -> None:

@@ -19,6 +19,7 @@ from runtime.api.spec import ContainerSpec, Resources
 from runtime.cgroups import fs as cgroups
 from runtime.client.linux import LinuxRuntime
 from runtime.holder.protocol import HOLDER_LOG
+from runtime.util.files import read_json
 from tests.conftest import rootless
 from tests.support import detected_cgroups, shell
 
@@ -57,6 +58,20 @@ def test_going_over_the_memory_limit_is_an_oom_kill_reported_in_inspect(
     rt.run(limited("hog", "sleep 0.2; dd if=/dev/zero of=/dev/null bs=96M count=1", limits))
     assert rt.wait("hog", timeout=120) == 137  # SIGKILL by the OOM killer
     assert rt.inspect("hog").oom_kills >= 1
+
+
+def test_the_limits_are_in_the_leaf_the_records_name_from_the_start(rt: LinuxRuntime) -> None:
+    limits = Resources(memory=48 * 1024**2, cpus=0.25, pids=9)
+    rt.run(limited("ahead", "exec sleep 1000", limits))
+    group = leaf(rt, "ahead")
+    if DELEGATED.name == "cgroupfs":  # made ahead by the spare (systemd: a scope per start)
+        assert group.path.name.startswith("run.")
+    run = read_json(rt._dir("ahead") / "run.json")
+    assert isinstance(run, dict) and run["cgroup"] == str(group.path)
+    written = {
+        f: (group.path / f).read_text().strip() for f in ("memory.max", "cpu.max", "pids.max")
+    }
+    assert written == {"memory.max": str(48 * 1024**2), "cpu.max": "25000 100000", "pids.max": "9"}
 
 
 def test_the_pids_limit_makes_forks_fail_inside(rt: LinuxRuntime) -> None:

@@ -19,8 +19,10 @@ from runtime.api.spec import BindMount, ContainerSpec, Resources
 from runtime.cgroups import fs as cgroups
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerPaused, ContainerStartError, HostSetupError
+from runtime.util.files import read_json
 from tests.conftest import rootless
 from tests.support import detected_cgroups, shell
+from tests.test_holder_death import kill_holder
 from tests.test_reconciler_e2e import eventually
 
 FOUND = detected_cgroups()
@@ -47,8 +49,10 @@ def test_a_container_lives_in_its_own_leaf_which_is_its_cgroup_root(rt: LinuxRun
     assert info.pid is not None
     leaf = leaf_of(info.pid)
     assert DELEGATED is not None
-    assert leaf.path.parent.parent == DELEGATED.root / "squish"
-    assert leaf.path.name.startswith("leafy.")
+    assert leaf.path.parent == DELEGATED.root / "squish" / rt._group
+    assert leaf.path.name.startswith("run.")  # the leaf a spare made ahead
+    run = read_json(rt._dir("leafy") / "run.json")
+    assert isinstance(run, dict) and run["cgroup"] == str(leaf.path)
     assert str(info.pid) in (leaf.path / "cgroup.procs").read_text().split()
     inside = rt.exec_command("leafy", ["cat", "/proc/1/cgroup", "/proc/self/cgroup"])
     assert [line for line in inside.output.splitlines() if line.startswith("0::")] == [
@@ -182,12 +186,68 @@ def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
     assert not stopped.paused
 
 
+def _idle_leaves(rt: LinuxRuntime) -> set[Path]:
+    """The leaves of this state folder once no container runs: the warm spare's only."""
+    leaves: set[Path] = set()
+
+    def one_spare() -> bool:
+        leaves.clear()
+        leaves.update(_leaves(rt))
+        return len(leaves) == 1 and cgroups.Leaf(next(iter(leaves))).populated()
+
+    eventually(one_spare, "one leaf, the warm spare's")
+    return leaves
+
+
 def test_a_start_that_fails_leaves_no_leaf(rt: LinuxRuntime) -> None:
-    assert DELEGATED is not None
-    # this state folder's own: other test runs' groups come and go under "squish" meanwhile
-    group = DELEGATED.root / "squish" / rt._group
-    before = set(group.rglob("*.*"))
+    rt.run(sleeper("first", "true"))
+    rt.remove("first", force=True)
+    before = _idle_leaves(rt)
     with pytest.raises(ContainerStartError):
         rt.run(sleeper("nowhere", "true", workdir="/no/such/folder"))
-    after = {p for p in group.rglob("*.*") if p.is_dir()}
-    assert not {p for p in after if p.name.startswith("nowhere.")} - before
+    # the failed start's leaf (the spare's, made ahead) is gone: a new spare made its own
+    assert not before & _idle_leaves(rt)
+
+
+def test_a_spare_killed_before_use_leaves_no_leaf(rt: LinuxRuntime) -> None:
+    rt.run(sleeper("first", "true"))
+    rt.remove("first", force=True)
+    (before,) = _idle_leaves(rt)
+    (init,) = (int(p) for p in (before / "cgroup.procs").read_text().split())
+    os.kill(_spare_of(init), signal.SIGKILL)
+    eventually(lambda: not before.exists(), "the killed spare's leaf removed")
+    assert rt.run(sleeper("second")).pid is not None  # the next spare serves
+
+
+def _spare_of(init: int) -> int:
+    """The spare launcher waiting with the warm init ``init``: the process besides it
+    that holds the pipes between them (the init's parent is the holder)."""
+    pipes = {os.readlink(f) for f in Path(f"/proc/{init}/fd").iterdir()}
+    pipes = {p for p in pipes if p.startswith("pipe:")}
+    holder = int(Path(f"/proc/{init}/stat").read_text().rpartition(")")[2].split()[1])
+    for task in Path(f"/proc/{holder}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            fds = Path(f"/proc/{child}/fd")
+            if int(child) != init and pipes & {os.readlink(f) for f in fds.iterdir()}:
+                return int(child)
+    raise AssertionError(f"no spare holds a pipe of the warm init {init}")
+
+
+def test_a_new_holder_finds_the_leaf_a_spare_made_ahead(rt: LinuxRuntime) -> None:
+    info = rt.run(sleeper("kept", "trap '' TERM; (sleep 1000 &); exec sleep 1000"))
+    assert info.pid is not None
+    leaf = leaf_of(info.pid)
+    kill_holder(rt)
+    # the killed holder's idle spare saw it go, and took its leaf along
+    eventually(lambda: set(_leaves(rt)) == {leaf.path}, "only the container's leaf left")
+    inside = rt.exec_command("kept", ["cat", "/proc/self/cgroup"])  # through a new holder
+    assert "0::/" in inside.output.splitlines()
+    stopped = rt.stop("kept")  # SIGTERM ignored: SIGKILL, then cgroup.kill of the leaf
+    assert stopped.exit_code == 128 + signal.SIGKILL and not leaf.populated()
+    rt.remove("kept")
+    assert not leaf.path.exists()
+
+
+def _leaves(rt: LinuxRuntime) -> list[Path]:
+    assert DELEGATED is not None
+    return [p for p in (DELEGATED.root / "squish" / rt._group).iterdir() if p.is_dir()]

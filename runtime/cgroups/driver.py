@@ -7,7 +7,8 @@
 - :class:`NoCgroups`: neither; a container without limits still runs.
 
 The client asks the driver what it needs and never which one it is: :meth:`~CgroupDriver.check`
-limits before anything is made, :meth:`~CgroupDriver.place` a start (a :class:`Placement`
+limits before anything is made, :meth:`~CgroupDriver.ahead` where the holder's spares
+make leaves ahead, :meth:`~CgroupDriver.place` a start (a :class:`Placement`
 that adds itself to the launch request), :meth:`~CgroupDriver.apply_live` new limits,
 :meth:`~CgroupDriver.release` the state folder's cgroups. Once a container runs, its cgroup
 is a :class:`runtime.cgroups.fs.Leaf` whatever the driver (a scope's folder is delegated to
@@ -17,6 +18,7 @@ the user): kill, freeze, events and remove are cgroupfs writes there.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from runtime.cgroups.bus import bus_address
@@ -79,6 +81,11 @@ class CgroupDriver(Protocol):
     def release(self, group: str) -> None:
         """Remove what the driver keeps for the state folder's ``group`` (once empty)."""
 
+    def ahead(self, group: str) -> Path | None:
+        """The folder in which the holder's warm spares make the leaf of the next start
+        of the state folder's ``group`` ahead of it (its init moved in while idle), or
+        None: each start is placed at launch."""
+
     def separate(self, pid: int) -> None:
         """Put a new namespace holder (``pid``, before it forks anything) in a cgroup of
         its own, outside its caller's: a systemd unit running ``reconciler run`` then
@@ -129,6 +136,9 @@ class NoCgroups:
 
     def release(self, group: str) -> None:
         pass
+
+    def ahead(self, group: str) -> Path | None:
+        return None
 
     def separate(self, pid: int) -> None:
         """Nothing to separate it with: it stays in its caller's cgroup."""

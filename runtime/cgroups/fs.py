@@ -4,9 +4,11 @@ A rootless runtime may only create cgroups where it has been given a subtree: sy
 ``user@UID.service`` (``Delegate=yes``) on most distributions, or a folder an
 administrator created and chowned. :func:`delegated_subtree` finds it: the topmost
 ancestor of the caller's own cgroup that belongs to the caller. Each container gets a
-leaf below it, ``<delegated>/squish/<state id>/<name>.<random>``: the launcher moves the
-container's init there before the init reads its request, and the init then starts a new
-cgroup namespace, so inside the container its leaf is ``/``.
+leaf below it, ``<delegated>/squish/<state id>/run.<random>``: a warm spare makes it and
+its waiting init is moved there ahead of any request (a move waits for an RCU grace
+period, paid while idle), the launch writes the limits into it, and the init then starts
+a new cgroup namespace, so inside the container its leaf is ``/``. A spare without a
+leaf of its own makes ``<name>.<random>`` at launch and moves the init then.
 
 The leaf is what limits apply to (``memory.max``, ``memory.swap.max``, ``cpu.max``,
 ``cpu.weight``, ``pids.max``), what ``cgroup.kill`` empties at once (every process,
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -38,10 +39,11 @@ __all__ = (
     "CGROUP_NOTE",
     "DELEGATE_FIX",
     "CgroupfsDriver",
+    "FolderPlacement",
     "Leaf",
-    "LeafPlacement",
     "cgroup_of",
     "delegated_subtree",
+    "limit_files",
     "needed_controllers",
     "v2_mount",
 )
@@ -68,6 +70,41 @@ def needed_controllers(resources: Resources | None) -> list[str]:
     if resources.pids is not None:
         needed.append("pids")
     return needed
+
+
+def limit_files(resources: Resources | None, present: set[str], swap: bool) -> dict[str, str]:
+    """The files of a leaf with the controllers ``present`` that hold the limits of
+    ``resources``, and what to write in each; a limit left out is lifted ("max").
+    ``swap``: whether the kernel accounts swap (the leaf has ``memory.swap.max``)."""
+    memory, swap_limit, cpus, weight, pids = (
+        (None,) * 5
+        if resources is None
+        else (
+            resources.memory,
+            resources.memory_swap,
+            resources.cpus,
+            resources.cpu_weight,
+            resources.pids,
+        )
+    )
+    files = {}
+    if "memory" in present:
+        files["memory.max"] = "max" if memory is None else str(memory)
+        if swap:
+            files["memory.swap.max"] = "max" if swap_limit is None else str(swap_limit)
+        elif swap_limit is not None:
+            raise HostSetupError(
+                "memory_swap needs swap accounting, which this kernel does not offer",
+                fix="drop memory_swap, or boot with swap accounting enabled",
+            )
+    if "cpu" in present:
+        period = 100_000
+        quota = "max" if cpus is None else str(max(1000, round(cpus * period)))
+        files["cpu.max"] = f"{quota} {period}"
+        files["cpu.weight"] = str(weight or 100)
+    if "pids" in present:
+        files["pids.max"] = "max" if pids is None else str(pids)
+    return files
 
 
 def _v2_mount(mountinfo: str) -> tuple[Path, bool] | None:
@@ -131,33 +168,13 @@ class Leaf:
     def apply(self, resources: Resources | None) -> None:
         """Write the limits of ``resources``; a limit left out is lifted ("max")."""
         present = self.check_controllers(resources)
-        memory, swap, cpus, weight, pids = (
-            (None,) * 5
-            if resources is None
-            else (
-                resources.memory,
-                resources.memory_swap,
-                resources.cpus,
-                resources.cpu_weight,
-                resources.pids,
-            )
-        )
-        if "memory" in present:
-            self._write("memory.max", "max" if memory is None else str(memory))
-            if (self.path / "memory.swap.max").exists():
-                self._write("memory.swap.max", "max" if swap is None else str(swap))
-            elif swap is not None:
-                raise HostSetupError(
-                    "memory_swap needs swap accounting, which this kernel does not offer",
-                    fix="drop memory_swap, or boot with swap accounting enabled",
-                )
-        if "cpu" in present:
-            period = 100_000
-            quota = "max" if cpus is None else str(max(1000, round(cpus * period)))
-            self._write("cpu.max", f"{quota} {period}")
-            self._write("cpu.weight", str(weight or 100))
-        if "pids" in present:
-            self._write("pids.max", "max" if pids is None else str(pids))
+        swap = (self.path / "memory.swap.max").exists()
+        self.write_limits(limit_files(resources, present, swap))
+
+    def write_limits(self, files: dict[str, str]) -> None:
+        """Write limit files (:func:`limit_files`) into the leaf."""
+        for name, value in files.items():
+            self._write(name, value)
 
     def populated(self) -> bool:
         return _field(self.path / "cgroup.events", "populated") == 1
@@ -265,21 +282,26 @@ class CgroupfsDriver:
                 fix=DELEGATE_FIX,
             )
 
-    def place(self, group: str, name: str, resources: Resources | None) -> LeafPlacement:
-        """A fresh leaf with its limits, below this state folder's ``group``."""
+    def place(self, group: str, name: str, resources: Resources | None) -> FolderPlacement:
+        """This state folder's ``group`` folder, its controllers enabled, and the limit
+        files the launcher writes into the leaf it starts the container in."""
         self.check(resources)
-        parent = self.root / "squish" / group
+        parent = self.folder(group)
         parent.mkdir(parents=True, exist_ok=True)
         self.enable(parent, needed_controllers(resources))
-        leaf = Leaf(parent / f"{name}.{secrets.token_hex(3)}")
-        leaf.path.mkdir()
+        files = {}
         if resources is not None:  # a new leaf has no limits already
-            try:
-                leaf.apply(resources)
-            except BaseException:
-                leaf.remove()
-                raise
-        return LeafPlacement(leaf, bool(needed_controllers(resources)))
+            present = set(_read(parent / "cgroup.subtree_control").split())
+            files = limit_files(resources, present, (parent / "memory.swap.max").exists())
+        return FolderPlacement(parent, files, bool(needed_controllers(resources)))
+
+    def folder(self, group: str) -> Path:
+        """Where the leaves of the state folder's ``group`` are."""
+        return self.root / "squish" / group
+
+    def ahead(self, group: str) -> Path | None:
+        """The leaves are made ahead, by the warm spares, in the ``group``'s folder."""
+        return self.folder(group)
 
     def apply_live(self, leaf: Leaf, resources: Resources | None) -> None:
         """Write the new limits: the kernel enforces them at once."""
@@ -319,32 +341,33 @@ class CgroupfsDriver:
                 ) from exc
 
 
-class LeafPlacement:
-    """One start in a leaf the client made (see :class:`runtime.cgroups.driver.Placement`)."""
+class FolderPlacement:
+    """One start in a leaf the launcher makes (or made ahead) in ``parent``, with the
+    limit files ``limits`` (see :class:`runtime.cgroups.driver.Placement`)."""
 
-    def __init__(self, leaf: Leaf, limited: bool) -> None:
-        self.leaf: Leaf | None = leaf
+    def __init__(self, parent: Path, limits: dict[str, str], limited: bool) -> None:
+        self.parent: Path | None = parent
+        self.limits = limits
         self.limited = limited
 
     def request(self, request: LaunchRequest) -> LaunchRequest:
-        return replace(request, cgroup=str(self.leaf.path) if self.leaf else "")
+        if self.parent is None:
+            return request
+        return replace(request, cgroup_parent=str(self.parent), cgroup_limits=self.limits)
 
     def unplaced_after(self, move_refused: bool) -> bool:
         """A holder started from another cgroup cannot move the init into ours; without
         limits the container runs without a leaf of its own."""
-        if self.leaf is None or self.limited or not move_refused:
+        if self.parent is None or self.limited or not move_refused:
             return False
-        self.leaf.remove()
-        self.leaf = None
+        self.parent = None
         return True
 
     def check_started(self, leaf: Leaf) -> None:
-        """Nothing to check: the leaf was checked when it was made."""
+        """Nothing to check: the controllers were enabled before the launch."""
 
     def discard_unused(self, used: Leaf | None) -> None:
-        if self.leaf is not None and used != self.leaf:
-            self.leaf.kill()
-            self.leaf.remove()
+        """Nothing: the launcher removes a leaf its failed launch made."""
 
 
 def delegated_subtree(uid: int, explicit: Path | None) -> tuple[Path | None, str | None]:

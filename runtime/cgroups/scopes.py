@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.cgroups.fs import Leaf
@@ -97,6 +98,11 @@ class SystemdDriver:
 
     def release(self, group: str) -> None:
         """Nothing to remove: systemd collects a scope once it is empty."""
+
+    def ahead(self, group: str) -> Path | None:
+        """None: a scope is started for each container at launch, with the init's pid
+        (systemd names the unit after the container; nothing is made ahead)."""
+        return None
 
     def separate(self, pid: int) -> None:
         """A transient scope of its own, as podman's pause process gets: without it the

@@ -151,9 +151,14 @@ class RecordStore:
         self.containers = self.state / CONTAINERS_DIR
         self.containers.mkdir(mode=0o700, exist_ok=True)
         self.cgroups: CgroupDriver = detect(self.settings)
-        self.holder = Holder(self.state, self.settings.native, place=self.cgroups.separate)
         self._group = hashlib.blake2b(str(self.state).encode(), digest_size=4).hexdigest()
         """This state folder's cgroup folder: two state folders never share leaves."""
+        self.holder = Holder(
+            self.state,
+            self.settings.native,
+            place=self.cgroups.separate,
+            ahead=self.cgroups.ahead(self._group),
+        )
         self._rootfs_paths: dict[RootfsRef, Path] = {}
         self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
         """spec.json as last parsed, by container folder, with the status it had."""

@@ -123,15 +123,22 @@ class Holder:
     """The per-user process that owns the containers' user namespace."""
 
     def __init__(
-        self, state: Path, native: bool = True, place: Callable[[int], None] | None = None
+        self,
+        state: Path,
+        native: bool = True,
+        place: Callable[[int], None] | None = None,
+        ahead: Path | None = None,
     ) -> None:
         """``place`` puts a new holder (its pid) in a cgroup of its own before it forks
-        anything (the cgroup driver's :meth:`~runtime.cgroups.driver.CgroupDriver.separate`)."""
+        anything (the cgroup driver's :meth:`~runtime.cgroups.driver.CgroupDriver.separate`);
+        ``ahead`` is where its spares make the next start's cgroup leaf
+        (:meth:`~runtime.cgroups.driver.CgroupDriver.ahead`)."""
         self.state = state
         self.native = native
         """Whether a holder started from here uses the native init and log pump
         (``runtime.native``) when they are installed."""
         self.place = place
+        self.ahead = ahead
         self.socket_path = state / HOLDER_SOCKET
         if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
             raise HostSetupError(
@@ -203,6 +210,8 @@ class Holder:
         native = installed() if self.native else None
         if native is not None:
             argv += ["--native", str(native)]
+        if self.ahead is not None:
+            argv += ["--cgroup-ahead", str(self.ahead)]
         try:
             with open(self.state / HOLDER_LOG, "ab") as log:
                 first = subprocess.Popen(

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import resource
+import secrets
 import signal
 import socket
 import struct
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.cgroups.fs import Leaf
 from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.init import sample_request
@@ -107,11 +109,19 @@ class _Spares:
     never competes for the CPU with a container that is starting.
     """
 
-    def __init__(self, native: str | None = None, staging: str | None = None) -> None:
+    def __init__(
+        self, native: str | None = None, staging: str | None = None, leaves: Path | None = None
+    ) -> None:
         self.spare: tuple[int, socket.socket] | None = None
         self.launching: set[int] = set()
         self.native = native
         """The native init and log pump (``runtime.native``), or None: Python ones."""
+        self.leaves = leaves
+        """The folder each spare makes the next container's cgroup leaf in, or None."""
+        self.leaf: Leaf | None = None
+        """The idle spare's leaf: removed here if the spare dies unused."""
+        self.taken: Leaf | None = None
+        """The leaf of the spare last handed a request."""
         self.intercept: bytes | str | None = None
         """The seccomp filter of the calls the /proc view answers, or why there is none
         (``runtime.procview.intercept``): compiled once, before the first spare."""
@@ -136,8 +146,14 @@ class _Spares:
         assert self.spare is not None
         pid, ctrl = self.spare
         self.spare = None
+        self.taken, self.leaf = self.leaf, None  # the container's now, or removed by the spare
         self.launching.add(pid)
         return ctrl
+
+    def lost(self) -> None:
+        """The spare last taken died before it took its request: its leaf goes too."""
+        self.leaf, self.taken = self.taken, None
+        self._discard_leaf()
 
     def reaped(self, pid: int) -> None:
         self.launching.discard(pid)
@@ -145,6 +161,14 @@ class _Spares:
             _log(f"the spare launcher {pid} died; forking another")
             self.spare[1].close()
             self.spare = None
+            self._discard_leaf()
+
+    def _discard_leaf(self) -> None:
+        """Remove the leaf of a spare that ended unused (its init ends with it)."""
+        if self.leaf is not None:
+            self.leaf.kill()
+            self.leaf.remove()
+            self.leaf = None
 
     def refill(self) -> None:
         if self.spare is None and not self.launching:
@@ -154,12 +178,15 @@ class _Spares:
         if self.intercept is None:
             self.intercept = intercept.program()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.leaves is not None:
+            self.leaf = Leaf(self.leaves / f"run.{secrets.token_hex(3)}")
         child = os.fork()
         if child == 0:
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
             become_child((theirs.fileno(),))
-            run_spare(theirs, self.native, self.intercept, self._ahead())
+            leaf = "" if self.leaf is None else str(self.leaf.path)
+            run_spare(theirs, self.native, self.intercept, self._ahead(), leaf)
         theirs.close()
         self.spare = (child, ours)
         _rehearse()
@@ -172,6 +199,7 @@ class _Spares:
         self.spare = None
         ctrl.close()
         os.waitpid(pid, 0)
+        self._discard_leaf()  # (the spare removed it already, unless it was killed)
 
 
 def _rehearse() -> None:
@@ -548,6 +576,7 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
+            spares.lost()
             if attempt == 2:
                 _reply(conn, Failure(ErrorCode.START_FAILED, f"launcher lost: {exc}"))
         finally:
@@ -566,14 +595,16 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
         containers.views.reaped(pid, status)
 
 
-def serve(listener: socket.socket, state: Path, native: str | None = None) -> None:
+def serve(
+    listener: socket.socket, state: Path, native: str | None = None, ahead: Path | None = None
+) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()
     raise_fd_limit()  # the namespaces of a few thousand containers
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
-    spares = _Spares(native, _staging(state))
+    spares = _Spares(native, _staging(state), ahead)
     containers = _Containers(state)
     try:
         containers.take_over()
@@ -660,6 +691,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to-client", required=True, type=int)
     parser.add_argument("--from-client", required=True, type=int)
     parser.add_argument("--native", help="the native init and log pump (runtime.native)")
+    parser.add_argument(
+        "--cgroup-ahead", type=Path, help="where spares make the next start's cgroup leaf"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(  # the holder's own program; spares forked from it log the same way
         level=logging.INFO,
@@ -694,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
-    serve(listener, state, args.native)
+    serve(listener, state, args.native, args.cgroup_ahead)
 
 
 if __name__ == "__main__":

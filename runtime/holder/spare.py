@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from runtime.cgroups.fs import Leaf
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder import logpump
 from runtime.holder.adoption import namespace_ids
@@ -88,6 +90,8 @@ class _Init:
     """A /dev/fuse descriptor for the container's /proc view, or why there is none."""
     channel: int | None
     """With the view: the socket the init sends its seccomp listener on (the holder's end)."""
+    middle: int | None = None
+    """The intermediate child, while it moves the init into the leaf made ahead."""
 
     def view_fds(self) -> list[int]:
         if isinstance(self.view, int) and self.channel is not None:
@@ -127,13 +131,16 @@ def _fork_init(
     native: str | None,
     intercept: bytes | str,
     ahead: tuple[str, RootShape] | None = None,
+    procs: int | None = None,
 ) -> _Init:
     """Fork the container's init into new namespaces; return it (pid in the host view).
     ``ahead``: where and of what shape it mounts a root ahead (``run_init``), or None.
 
     An intermediate child unshares, so this process stays in the host's network
     namespace (slirp4netns must start from there) and its later children are not born
-    into the container's pid namespace.
+    into the container's pid namespace. With ``procs`` (a leaf's ``cgroup.procs``, see
+    :func:`_leaf_ahead`) it then moves the init there and exits 0 once it has: it is
+    left to be waited for (``_Init.middle``).
     """
     request_r, request_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -145,6 +152,7 @@ def _fork_init(
     channel, init_channel = _channel(view)
     middle = os.fork()
     if middle == 0:
+        code = 0
         try:
             sc.unshare(CONTAINER_NAMESPACES)
             init_pid = os.fork()
@@ -166,19 +174,39 @@ def _fork_init(
                     ahead=ahead,
                 )
             os.write(pid_w, str(init_pid).encode())
+            code = _move_ahead(procs, init_pid)
         except BaseException as exc:
             os.write(pid_w, marked(Launching.FAILED, str(exc)))
         finally:
-            os._exit(0)
+            os._exit(code)
     for fd in (request_r, go_r, report_w, exit_w, pid_w, log_w, init_channel):
         if fd is not None:
             os.close(fd)
     answer = _read_with_timeout(pid_r, 4096, _STEP_TIMEOUT, "the container init to fork")
     os.close(pid_r)
-    os.waitpid(middle, 0)
-    if not answer or answer.startswith(Launching.FAILED):
+    failed = not answer or answer.startswith(Launching.FAILED)
+    if procs is None or failed:
+        os.waitpid(middle, 0)
+    if failed:
         raise _LaunchFailed(_namespaces_failure(answer))
-    return _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view, channel)
+    init = _Init(int(answer), request_w, go_w, report_r, exit_r, log_r, native, view, channel)
+    init.middle = None if procs is None else middle
+    return init
+
+
+def _move_ahead(procs: int | None, pid: int) -> int:
+    """In the intermediate child: move the init (``pid``) into the leaf whose
+    ``cgroup.procs`` is open as ``procs``; the exit code that says whether it moved. The
+    kernel checks the move against the cgroup namespace the file was opened in (the
+    spare's), not the container's this child has entered."""
+    if procs is None:
+        return 0
+    try:
+        os.write(procs, str(pid).encode())
+    except OSError as exc:
+        _log(f"cannot move the next container's init into its cgroup ahead: {exc}")
+        return 1
+    return 0
 
 
 def _namespaces_failure(answer: bytes) -> str:
@@ -246,7 +274,7 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
     return ProcessId.of(pid)
 
 
-def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
+def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -> Launched:
     # Begun first, finished after the log pump: a bridge network's wiring, done by other
     # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
     try:
@@ -256,13 +284,16 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     except BaseException:
         _dismiss(init)  # it never got a request: it exits on EOF
         raise
-    cgroup, raw = _into_scope(init, req, raw) if req.systemd_scope else (req.cgroup, raw)
+    leaf, raw = _cgroup(init, req, raw, ahead)
+    cgroup = "" if leaf is None else str(leaf.path)
     os.write(init.request_w, raw)
     os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
-        if not req.systemd_scope:
-            _move(init, req)  # while the init mounts
+        if leaf is not None and not _in_place(leaf, req, ahead):
+            _move(init, leaf)  # while the init mounts (again if the mover failed: why)
+        if leaf is not None and req.cgroup_limits:
+            _write_limits(leaf, req.cgroup_limits)
         with contextlib.suppress(BrokenPipeError):  # it failed: its report says why
             os.write(init.go_w, Launching.PLACED.value)
         log_pump = _start_pump(init, req)
@@ -288,6 +319,8 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes) -> Launched:
     except BaseException:
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
+        if leaf is not None and (ahead is None or leaf != ahead.leaf) and not req.systemd_scope:
+            _discard(leaf)  # made for this launch (the spare's own goes after it)
         raise
 
 
@@ -337,19 +370,115 @@ def _into_scope(init: _Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes
     return cgroup, json.dumps({**json.loads(raw), "cgroup": cgroup}).encode()
 
 
-def _move(init: _Init, req: LaunchRequest) -> None:
-    """Move the init into its leaf (``req.cgroup``), if it has one.
+@dataclass
+class _Ahead:
+    """The leaf made for the next start, and the process moving the warm init into it."""
+
+    leaf: Leaf
+    procs: int
+    """The leaf's ``cgroup.procs``, open for the intermediate child (:func:`_fork_init`)."""
+    mover: int | None = None
+    """The intermediate child's pid until it has been waited for."""
+    moved: bool = False
+
+    def settle(self) -> bool:
+        """Wait for the mover (if it still runs); whether the init is in the leaf."""
+        if self.mover is not None:
+            _, status = os.waitpid(self.mover, 0)
+            self.mover = None
+            self.moved = status == 0
+        return self.moved
+
+    def discard(self) -> None:
+        self.settle()
+        _discard(self.leaf)
+
+
+def _leaf_ahead(ahead: str) -> _Ahead | None:
+    """Make the leaf ``ahead`` names for the next start and open its ``cgroup.procs``:
+    the intermediate child that forks the init moves it there at once, while no start
+    waits. A move takes the cgroup threadgroup lock for writing, which waits for an RCU
+    grace period (about 12 ms after a quiet spell); the child waits for it, not this
+    spare, and a request that comes meanwhile waits for it only once the init mounts
+    (as a move at launch did). None when not asked for, or the leaf cannot be made."""
+    if not ahead:
+        return None
+    leaf = Leaf(Path(ahead))
+    try:
+        leaf.path.mkdir(parents=True)
+        return _Ahead(leaf, os.open(leaf.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        _log(f"cannot make the next start's cgroup {ahead}: {exc}")
+        leaf.remove()
+        return None
+
+
+def _cgroup(
+    init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None
+) -> tuple[Leaf | None, bytes]:
+    """The cgroup the container runs in and the request as the init is to read it
+    (naming that cgroup): a systemd scope, else the leaf made ahead (when in the folder
+    asked for, or none was asked for and the init is in it), else a leaf made now in
+    that folder (the init is moved there at launch), else none."""
+    if req.systemd_scope:
+        cgroup, raw = _into_scope(init, req, raw)
+        return Leaf(Path(cgroup)), raw
+    if ahead is not None and _fits(ahead, req):
+        leaf = ahead.leaf
+    elif req.cgroup_parent:
+        leaf = Leaf(Path(req.cgroup_parent, f"{req.name}.{secrets.token_hex(3)}"))
+        try:
+            leaf.path.mkdir()
+        except OSError as exc:
+            _dismiss(init)  # it never got a request: it exits on EOF
+            raise _LaunchFailed(
+                f"cannot make the container's cgroup {leaf.path}: {exc}", ErrorCode.CGROUP_MOVE
+            ) from exc
+    else:
+        return None, raw
+    return leaf, json.dumps({**json.loads(raw), "cgroup": str(leaf.path)}).encode()
+
+
+def _fits(ahead: _Ahead, req: LaunchRequest) -> bool:
+    """Whether the launch uses the leaf made ahead: it is in the folder asked for, or no
+    folder was asked for and the init is in it (a container then gets a leaf anyway)."""
+    if req.cgroup_parent:
+        return req.cgroup_parent == str(ahead.leaf.path.parent)
+    return ahead.settle()
+
+
+def _in_place(leaf: Leaf, req: LaunchRequest, ahead: _Ahead | None) -> bool:
+    """Whether the init is in ``leaf`` without a move by the launch: a systemd scope's,
+    or the leaf made ahead once its mover is done (it moved the init while the init
+    mounted, if not before)."""
+    return bool(req.systemd_scope) or (ahead is not None and leaf == ahead.leaf and ahead.settle())
+
+
+def _write_limits(leaf: Leaf, limits: dict[str, str]) -> None:
+    """Write the container's limits into its leaf, before its command runs."""
+    try:
+        leaf.write_limits(limits)
+    except OSError as exc:
+        raise _LaunchFailed(f"cannot write the container's limits into {leaf.path}: {exc}") from exc
+
+
+def _discard(leaf: Leaf) -> None:
+    """Kill whatever is still in a leaf no container uses, and remove it."""
+    leaf.kill()
+    leaf.remove()
+
+
+def _move(init: _Init, leaf: Leaf) -> None:
+    """Move the init into a leaf made at launch (no leaf was made ahead).
 
     The move waits for an RCU grace period in the kernel (the cgroup threadgroup lock
     is taken for writing): milliseconds on a busy machine, which the init spends on its
     mounts meanwhile; it starts its cgroup namespace once told it is placed."""
-    if not req.cgroup:
-        return
     try:
-        Path(req.cgroup, "cgroup.procs").write_text(str(init.pid))
+        (leaf.path / "cgroup.procs").write_text(str(init.pid))
     except OSError as exc:
         raise _LaunchFailed(
-            f"cannot move the container into {req.cgroup}: {exc}", ErrorCode.CGROUP_MOVE
+            f"cannot move the container into {leaf.path}: {exc}", ErrorCode.CGROUP_MOVE
         ) from exc
 
 
@@ -393,16 +522,24 @@ def run_spare(
     native: str | None = None,
     intercept: bytes | str = "not asked for",
     ahead: tuple[str, RootShape] | None = None,
+    leaf_ahead: str = "",
 ) -> NoReturn:
     """Body of a spare: prepare a container init, wait for a request, launch it, exit.
     ``native`` is the native init and log pump (``runtime.native``), or None;
     ``intercept`` the seccomp filter of the calls the view answers
     (``runtime.procview.intercept``), or why there is none; ``ahead`` the empty folder
     the init mounts a root of the shape of the last launch on while it waits, and that
-    shape (``runtime.sandbox.mounts.premount_root``), or None."""
+    shape (``runtime.sandbox.mounts.premount_root``), or None; ``leaf_ahead`` the cgroup
+    leaf to make and move the init into while waiting ("" for none: the launch places
+    it)."""
     code = 1
     try:
-        init = _fork_init((ctrl.fileno(),), native, intercept, ahead)
+        leaf = _leaf_ahead(leaf_ahead)
+        procs = () if leaf is None else (leaf.procs,)
+        init = _fork_init((ctrl.fileno(), *procs), native, intercept, ahead, *procs)
+        if leaf is not None:
+            os.close(leaf.procs)
+            leaf.mover = init.middle
         _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
@@ -421,27 +558,39 @@ def run_spare(
         ctrl.close()
         if received is None:
             _dismiss(init)
+            if leaf is not None:
+                leaf.discard()
             os._exit(0)
         raw, conn = received
-        reply: Reply
-        try:
-            request = LaunchRequest.from_json(json.loads(raw))
-        except ValueError as exc:
-            _dismiss(init)
-            reply = Failure(ErrorCode.BAD_REQUEST, str(exc))
-        else:
-            try:
-                reply = _launch(init, request, raw)
-                code = 0
-            except BaseException as exc:
-                reply = _failure_reply(exc)
-                _log(f"launching {request.name} failed: {reply.message}")
+        reply = _answer(init, raw, leaf)
+        code = 0 if isinstance(reply, Launched) else 1
         with conn:
             conn.sendall(encode(reply))
     except BaseException as exc:
         _log(f"spare failed: {type(exc).__name__}: {exc}")
     finally:
         os._exit(code)
+
+
+def _answer(init: _Init, raw: bytes, leaf: _Ahead | None) -> Reply:
+    """Launch the container request ``raw`` asks for; what to answer. The leaf made
+    ahead (``leaf``) goes before the answer unless the container runs in it."""
+    reply: Reply
+    try:
+        request = LaunchRequest.from_json(json.loads(raw))
+    except ValueError as exc:
+        _dismiss(init)
+        reply = Failure(ErrorCode.BAD_REQUEST, str(exc))
+    else:
+        try:
+            reply = _launch(init, request, raw, leaf)
+        except BaseException as exc:
+            reply = _failure_reply(exc)
+            _log(f"launching {request.name} failed: {reply.message}")
+    used = reply.run.get("cgroup") if isinstance(reply, Launched) else None
+    if leaf is not None and used != str(leaf.leaf.path):
+        leaf.discard()
+    return reply
 
 
 def hand_over(
