@@ -66,7 +66,9 @@ def test_the_etc_files_name_the_drivers_addresses() -> None:
 
 def test_no_network_starts_nothing_and_refuses_forwards(tmp_path: Path) -> None:
     none = driver_for("none")
-    assert none.start(tmp_path, True, target_pid=1, exit_fd=-1)() is None
+    assert none.start(tmp_path, True, target_pid=1, exit_fd=-1)() == (None, [])
+    with pytest.raises(SlirpError, match="no network to forward ports into"):
+        none.start(tmp_path, True, target_pid=1, exit_fd=-1, forwards=[FORWARD])()
     assert not none.has_helper and none.sockets == ()
     with pytest.raises(SlirpError, match="'web': network = \"none\" has no network"):
         none.forwards(tmp_path, "web")
@@ -156,7 +158,7 @@ def test_slirp4netns_starts_again_unsandboxed_where_the_sandbox_fails(
 
     monkeypatch.setattr(slirp, "spawn", spawn)
     driver = driver_for("slirp4netns")
-    assert driver.start(tmp_path, True, target_pid=42, exit_fd=5)() is me
+    assert driver.start(tmp_path, True, target_pid=42, exit_fd=5)() == (me, [])
     assert driver.restart(tmp_path, True, netns_fd=9, exit_fd=5) is me
     assert tries == [True, False, True, False]
     tries.clear()
