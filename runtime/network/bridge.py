@@ -249,9 +249,17 @@ def _ask_wire(
     args: dict[str, Any] = {"name": name, "joins": joins, "fresh": fresh}
     if not fresh:
         return Wiring(state, name, shared.ask_started(state, "wire", fds, **args), pidfd)
-    wiring_ = Wiring(state, name, shared.ask_started(state, "sync", fds, name=name), pidfd)
+    # The pairs first: the agent's part is the longest, and nothing in it waits for the
+    # keeper's sync (asked right after, with the descriptors it keeps).
     plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
     sent = shared.plug_directly(state, {"fresh": True, **plug}, container_ns)
+    try:
+        asked = shared.ask_started(state, "sync", fds, name=name)
+    except BaseException:
+        if sent is not None:
+            sent.sock.close()
+        raise
+    wiring_ = Wiring(state, name, asked, pidfd)
     wiring_.direct = _Direct(sent, lambda: shared.call(state, "wire", fds=fds, **args))
     return wiring_
 
