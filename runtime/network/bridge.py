@@ -207,17 +207,21 @@ def begin_wire(
     init_pid: int,
     *,
     fresh: bool = False,
+    before_sync: Callable[[], None] = lambda: None,
 ) -> Wiring:
     """:func:`wire`, only asked: the caller does other work while the keeper wires, then
     waits with :meth:`Wiring.done` (``container_ns`` stays open until then); the book is
     read once for both the leases and the plan. A new
     namespace's pairs (``fresh``) are asked of the keeper's agent directly, while the
     keeper syncs (the DNS records and rules follow the book before it answers). The
-    keeper keeps the namespace and a pidfd of ``init_pid`` for the port handler."""
+    keeper keeps the namespace and a pidfd of ``init_pid`` for the port handler.
+    ``before_sync`` runs once the agent has the plug, before the keeper is asked: what
+    the keeper's sync is to read (a new container's forwards) is written there."""
     networks = _leased(state, name, joins)
     pidfd = os.pidfd_open(init_pid)
     try:
-        return _ask_wire(state, name, joins, (container_ns, pidfd), networks, fresh=fresh)
+        fds = (container_ns, pidfd)
+        return _ask_wire(state, name, joins, fds, networks, fresh=fresh, before=before_sync)
     except BaseException:
         os.close(pidfd)
         raise
@@ -244,16 +248,19 @@ def _ask_wire(
     networks: dict[str, NetworkRecord],
     *,
     fresh: bool,
+    before: Callable[[], None],
 ) -> Wiring:
     container_ns, pidfd = fds
     args: dict[str, Any] = {"name": name, "joins": joins, "fresh": fresh}
     if not fresh:
+        before()
         return Wiring(state, name, shared.ask_started(state, "wire", fds, **args), pidfd)
     # The pairs first: the agent's part is the longest, and nothing in it waits for the
     # keeper's sync (asked right after, with the descriptors it keeps).
     plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
     sent = shared.plug_directly(state, {"fresh": True, **plug}, container_ns)
     try:
+        before()
         asked = shared.ask_started(state, "sync", fds, name=name)
     except BaseException:
         if sent is not None:
@@ -443,6 +450,8 @@ def _added_to_slirp(api: Path, forward: Forward) -> int:
 def _joining(cdir: Path) -> Iterator[None]:
     try:
         yield
+    except PortInUse:  # a forward recorded on the way: the caller is told which port
+        raise
     except OSError as exc:
         raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
 
@@ -478,14 +487,21 @@ def _listener_id(reply: dict[str, Any], forward: Forward) -> int:
     raise SlirpError(f"the port handler could not bind {forward}: {failed}")
 
 
-def _begin(cdir: Path, target_pid: int) -> tuple[Wiring, int]:
-    """Ask for the wiring of the new container of ``cdir`` with init ``target_pid``; the
-    wiring, and its network namespace (open until :func:`_wired`)."""
+def _begin(cdir: Path, target_pid: int, before_sync: Callable[[], None]) -> tuple[Wiring, int]:
+    """Ask for the wiring of the new container of ``cdir`` with init ``target_pid``
+    (``before_sync``: see :func:`begin_wire`); the wiring, and its network namespace
+    (open until :func:`_wired`)."""
     container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         with _joining(cdir):
             wiring_ = begin_wire(
-                state_of(cdir), cdir.name, joined(cdir), container_ns, target_pid, fresh=True
+                state_of(cdir),
+                cdir.name,
+                joined(cdir),
+                container_ns,
+                target_pid,
+                fresh=True,
+                before_sync=before_sync,
             )
     except BaseException:
         os.close(container_ns)
@@ -547,12 +563,13 @@ class BridgeDriver:
     ) -> Callable[[], tuple[None, list[int]]]:
         """The keeper is asked to wire the container at once, and awaited at the end: the
         launch goes on meanwhile (its init mounts its filesystem). Its forwards are
-        recorded first, so that the sync that wires it binds their listeners and makes
-        their rules as well: they cost no round trip of their own."""
+        recorded while the agent plugs it, before the keeper is asked, so that the sync
+        that wires it binds their listeners and makes their rules as well: they cost no
+        round trip of their own."""
         table = self.forwards(cdir, cdir.name, handler)
-        recorded = table.record(forwards) if forwards else []
+        recorded: list[shared.ForwardRecord] = []
         try:
-            asked = _begin(cdir, target_pid)
+            asked = _begin(cdir, target_pid, lambda: recorded.extend(table.record(forwards)))
         except BaseException:
             table.forget(recorded)
             raise
