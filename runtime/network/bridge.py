@@ -327,7 +327,9 @@ class BridgeForwards:
         (a record of this container's for the same forward, left by a client killed
         before it was bound, replaced): the keeper's next sync serves them.
         :class:`PortInUse` when another container's record holds a host port."""
-        made = []
+        made: list[shared.ForwardRecord] = []
+        if not forwards:  # a container without any: the file is not even read
+            return made
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
             for forward in forwards:
