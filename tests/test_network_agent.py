@@ -3,7 +3,8 @@ network namespace of the test's own: a launcher's connection it fails to accept 
 descriptors) costs that connection only, never the agent, which holds the namespace and
 whose end takes its keeper and every bridge network along; a container started again
 is reached through its new pair at once, while the pair of its ended namespace, with
-the same link-layer address, is still on the bridge."""
+the same link-layer address, is still on the bridge; a plugged container's own address
+answers from inside it at once (its loopback is up)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,24 @@ def test_a_container_started_again_is_reached_while_its_old_pair_lingers(tmp_pat
         "at once": "connected",
         "once the old spoke": "connected",
     }
+
+
+def _reached_from_inside(direct: Path) -> dict[str, str]:
+    keeper = agent.start(10.0, direct)
+    try:
+        keeper.call("links", bridges=[[netlink.bridge_name("front"), FRONT.subnet]], ruleset="")
+        fresh, _ = _namespace()  # its loopback down, as a new container's may still be
+        _plug(direct, "web", fresh)
+        return {"connect": _connect(fresh, FRONT.leases["web"], 8080)}  # nothing listens there
+    finally:
+        os.kill(keeper.pid, 9)
+        os.waitpid(keeper.pid, 0)
+
+
+def test_a_plugged_container_is_reached_at_its_own_address_at_once(tmp_path: Path) -> None:
+    """The port handler connects to a container's address from inside its namespace, and
+    may do so as soon as it is plugged (the keeper binds a new container's forwards
+    while the agent plugs it): refused while nothing listens, never a dropped SYN (the
+    loopback down), which the kernel sends again only a second later."""
+    found = in_own_namespaces(lambda: _reached_from_inside(tmp_path / "agent.sock"))
+    assert found == {"connect": "ConnectionRefusedError"}

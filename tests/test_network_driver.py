@@ -5,6 +5,7 @@ slirp4netns forwards go to the container folder's API socket, and the sandbox fa
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ import pytest
 
 from runtime.api.spec import ContainerSpec, RootfsRef
 from runtime.client.binds import etc_contents
-from runtime.errors import HostSetupError, PortPrivileged, SlirpError
-from runtime.network import slirp
+from runtime.errors import HostSetupError, PortInUse, PortPrivileged, SlirpError
+from runtime.network import shared, slirp
 from runtime.network.bridge import BridgeDriver
 from runtime.network.driver import NoNetwork, Slirp4netnsDriver, driver_for
 from runtime.network.ports import unprivileged_port_start
@@ -66,7 +67,9 @@ def test_the_etc_files_name_the_drivers_addresses() -> None:
 
 def test_no_network_starts_nothing_and_refuses_forwards(tmp_path: Path) -> None:
     none = driver_for("none")
-    assert none.start(tmp_path, True, target_pid=1, exit_fd=-1)() is None
+    assert none.start(tmp_path, True, target_pid=1, exit_fd=-1)() == (None, [])
+    with pytest.raises(SlirpError, match="no network to forward ports into"):
+        none.start(tmp_path, True, target_pid=1, exit_fd=-1, forwards=[FORWARD])()
     assert not none.has_helper and none.sockets == ()
     with pytest.raises(SlirpError, match="'web': network = \"none\" has no network"):
         none.forwards(tmp_path, "web")
@@ -156,7 +159,7 @@ def test_slirp4netns_starts_again_unsandboxed_where_the_sandbox_fails(
 
     monkeypatch.setattr(slirp, "spawn", spawn)
     driver = driver_for("slirp4netns")
-    assert driver.start(tmp_path, True, target_pid=42, exit_fd=5)() is me
+    assert driver.start(tmp_path, True, target_pid=42, exit_fd=5)() == (me, [])
     assert driver.restart(tmp_path, True, netns_fd=9, exit_fd=5) is me
     assert tries == [True, False, True, False]
     tries.clear()
@@ -197,3 +200,22 @@ def test_a_privileged_port_error_names_the_sysctl_its_value_and_the_fix() -> Non
         "or choose a host port from 1024 up"
     )
     assert (error.host_port, error.unprivileged_start) == (80, 1024)
+
+
+def test_a_bridge_start_whose_port_another_container_holds_is_port_in_use(
+    tmp_path: Path,
+) -> None:
+    """A bridge container's forwards are recorded on the way to its wiring: a host port
+    another container's record holds is refused as PortInUse, naming that container
+    (not as a failure to join its networks), and nothing of it stays recorded."""
+    cdir = tmp_path / "containers" / "web"
+    cdir.mkdir(parents=True)
+    (cdir / "spec.json").write_text(json.dumps({"networks": [{"network": "front"}]}))
+    bdir = shared.bridge_dir(tmp_path)
+    held = shared.ForwardRecord("other", "tcp", "127.0.0.1", 8080, 80, 20000, "splice")
+    shared.save_forwards(bdir, [held])
+    with pytest.raises(PortInUse, match="container 'other'"):
+        driver_for("bridge").start(
+            cdir, True, target_pid=os.getpid(), exit_fd=-1, forwards=[FORWARD]
+        )
+    assert shared.load_forwards(bdir) == [held]

@@ -220,16 +220,11 @@ def _namespaces_failure(answer: bytes) -> str:
 def _network(
     req: LaunchRequest, starting: Starting
 ) -> tuple[ProcessId | None, list[dict[str, Any]]]:
-    cdir = Path(req.container_dir)
-    driver = driver_for(req)
     try:
-        identity = starting()
+        identity, ids = starting()
     except TimeoutError as exc:  # a helper not ready in time fails the launch
         raise _LaunchFailed(str(exc)) from exc
-    if not req.forwards:
-        return identity, []
-    forwards = driver.forwards(cdir, req.name, req.port_handler)
-    return identity, [{"id": forwards.add(f), **asdict(f)} for f in req.forwards]
+    return identity, [{"id": i, **asdict(f)} for i, f in zip(ids, req.forwards, strict=True)]
 
 
 def restart_slirp(
@@ -279,7 +274,12 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
     # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
     try:
         starting = driver_for(req).start(
-            Path(req.container_dir), req.sandbox_slirp, target_pid=init.pid, exit_fd=init.exit_r
+            Path(req.container_dir),
+            req.sandbox_slirp,
+            target_pid=init.pid,
+            exit_fd=init.exit_r,
+            forwards=req.forwards,
+            handler=req.port_handler,
         )
     except BaseException:
         _dismiss(init)  # it never got a request: it exits on EOF

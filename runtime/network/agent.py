@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from runtime.network import inside, netlink, nft
+from runtime.sandbox import netif
 from runtime.sandbox import syscalls as sc
 from runtime.util import jsonsock
 from runtime.util.fdpass import receive_with_fds, send_with_fds
@@ -327,6 +328,11 @@ def _plug(here: _Namespace, request: dict[str, Any], fds: list[int]) -> None:
         addresses.append(inside.Address(ifname, str(pair["address"]), int(pair["prefixlen"])))
     gateway = request["gateway"]
     with inside.entered(ns_fd):
+        # The loopback first: a host forward may be bound already (the keeper's sync
+        # binds it while this plugs), and a connection to an address of the container
+        # goes through it; while it is down the SYN is dropped, and the kernel sends it
+        # again only a second later. Its init brings it up too, maybe later than this.
+        netif.bring_up("lo")
         inside.configure(addresses, None if gateway is None else str(gateway))
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import PortInUse, SlirpError
 from runtime.network import agent, porter, shared, slirp, wiring
-from runtime.network.addresses import leases_of, open_book, read_networks
+from runtime.network.addresses import NetworkRecord, open_book, read_networks
 from runtime.network.slirp import LiveForward
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -163,9 +163,9 @@ class Wiring:
         self.pidfd = pidfd
         self.direct: _Direct | None = None
 
-    def done(self) -> None:
+    def done(self) -> dict[str, Any]:
         """Once the container is wired (OSError when it could not be), recorded in its
-        folder with the keeper that did it."""
+        folder with the keeper that did it; the keeper's answer."""
         try:
             reply = self.asked.answer()
             if self.direct is not None:
@@ -174,6 +174,7 @@ class Wiring:
             os.close(self.pidfd)
         wired = {"keeper": reply["keeper"]}
         write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
+        return reply
 
 
 @dataclass
@@ -206,36 +207,66 @@ def begin_wire(
     init_pid: int,
     *,
     fresh: bool = False,
+    before_sync: Callable[[], None] = lambda: None,
 ) -> Wiring:
     """:func:`wire`, only asked: the caller does other work while the keeper wires, then
-    waits with :meth:`Wiring.done` (``container_ns`` stays open until then). A new
+    waits with :meth:`Wiring.done` (``container_ns`` stays open until then); the book is
+    read once for both the leases and the plan. A new
     namespace's pairs (``fresh``) are asked of the keeper's agent directly, while the
     keeper syncs (the DNS records and rules follow the book before it answers). The
-    keeper keeps the namespace and a pidfd of ``init_pid`` for the port handler."""
-    if set(joins) - set(leases_of(state, name)):  # the usual case reads, never locks
-        with open_book(state) as book:
-            for network in joins:
-                if network not in book.networks:
-                    book.add_network(network, None)  # removed while the container was stopped
-                book.lease(network, name)  # kept if it has one
+    keeper keeps the namespace and a pidfd of ``init_pid`` for the port handler.
+    ``before_sync`` runs once the agent has the plug, before the keeper is asked: what
+    the keeper's sync is to read (a new container's forwards) is written there."""
+    networks = _leased(state, name, joins)
     pidfd = os.pidfd_open(init_pid)
     try:
-        return _ask_wire(state, name, joins, (container_ns, pidfd), fresh=fresh)
+        fds = (container_ns, pidfd)
+        return _ask_wire(state, name, joins, fds, networks, fresh=fresh, before=before_sync)
     except BaseException:
         os.close(pidfd)
         raise
 
 
+def _leased(state: Path, name: str, joins: list[str]) -> dict[str, NetworkRecord]:
+    """The book's networks, with a lease of container ``name`` on each of ``joins``."""
+    networks = read_networks(state)  # the usual case reads, never locks
+    if all(n in networks and name in networks[n].leases for n in joins):
+        return networks
+    with open_book(state) as book:
+        for network in joins:
+            if network not in book.networks:
+                book.add_network(network, None)  # removed while the container was stopped
+            book.lease(network, name)  # kept if it has one
+    return read_networks(state)
+
+
 def _ask_wire(
-    state: Path, name: str, joins: list[str], fds: tuple[int, int], *, fresh: bool
+    state: Path,
+    name: str,
+    joins: list[str],
+    fds: tuple[int, int],
+    networks: dict[str, NetworkRecord],
+    *,
+    fresh: bool,
+    before: Callable[[], None],
 ) -> Wiring:
     container_ns, pidfd = fds
     args: dict[str, Any] = {"name": name, "joins": joins, "fresh": fresh}
     if not fresh:
+        before()
         return Wiring(state, name, shared.ask_started(state, "wire", fds, **args), pidfd)
-    wiring_ = Wiring(state, name, shared.ask_started(state, "sync", fds, name=name), pidfd)
-    plug = wiring.plan(name, joins, read_networks(state), os.fstat(container_ns).st_ino)
+    # The pairs first: the agent's part is the longest, and nothing in it waits for the
+    # keeper's sync (asked right after, with the descriptors it keeps).
+    plug = wiring.plan(name, joins, networks, os.fstat(container_ns).st_ino)
     sent = shared.plug_directly(state, {"fresh": True, **plug}, container_ns)
+    try:
+        before()
+        asked = shared.ask_started(state, "sync", fds, name=name)
+    except BaseException:
+        if sent is not None:
+            sent.sock.close()
+        raise
+    wiring_ = Wiring(state, name, asked, pidfd)
     wiring_.direct = _Direct(sent, lambda: shared.call(state, "wire", fds=fds, **args))
     return wiring_
 
@@ -288,33 +319,64 @@ class BridgeForwards:
         self.api = shared.bridge_dir(state) / slirp.API_SOCKET
 
     def add(self, forward: Forward) -> int:
-        handler = self.handler if forward.proto == "tcp" else "slirp4netns"
+        # the sync makes the DNAT rule before the first packet
+        return self.settle(self.record((forward,)), lambda: shared.call(self.state, "sync"))[0]
+
+    def record(self, forwards: Sequence[Forward]) -> list[shared.ForwardRecord]:
+        """Write ``forwards`` into the forwards file, each with a guest port of its own
+        (a record of this container's for the same forward, left by a client killed
+        before it was bound, replaced): the keeper's next sync serves them.
+        :class:`PortInUse` when another container's record holds a host port."""
+        made: list[shared.ForwardRecord] = []
+        if not forwards:  # a container without any: the file is not even read
+            return made
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
-            mine = [r for r in records if r.container == self.name and _same(r, forward)]
-            for left in mine:  # recorded by a client killed before it was bound
-                records.remove(left)
-            _check_unclaimed(records, forward)
-            record = shared.ForwardRecord(
-                self.name,
-                forward.proto,
-                forward.host_addr,
-                forward.host_port,
-                forward.guest_port,
-                shared.free_guest_port(records, forward.proto),
-                handler,
-            )
-            shared.save_forwards(bdir, [*records, record])
+            for forward in forwards:
+                mine = [r for r in records if r.container == self.name and _same(r, forward)]
+                for left in mine:
+                    records.remove(left)
+                _check_unclaimed(records, forward)
+                record = shared.ForwardRecord(
+                    self.name,
+                    forward.proto,
+                    forward.host_addr,
+                    forward.host_port,
+                    forward.guest_port,
+                    shared.free_guest_port(records, forward.proto),
+                    self.handler if forward.proto == "tcp" else "slirp4netns",
+                )
+                records.append(record)
+                made.append(record)
+            shared.save_forwards(bdir, records)
+        return made
+
+    def settle(
+        self, records: list[shared.ForwardRecord], sync: Callable[[], dict[str, Any]]
+    ) -> list[int]:
+        """The ids of the forwards of ``records`` once ``sync`` returned the answer of a
+        keeper's sync that read them (it made their DNAT rules and bound their
+        listeners): a listener's id as the sync reported it, a forward through
+        slirp4netns added there now. On a failure (a host port taken, no answer) the
+        records are dropped again."""
         try:
-            reply = shared.call(self.state, "sync")  # the DNAT rule before the first packet
-            if handler == "splice" and "listeners" in reply:
-                return _listener_id(reply, forward)
-            if handler == "splice":  # a keeper started before the port handler existed
-                self._through_slirp(record)
-            return slirp.add_forward(self.api, shared.slirp_forward(record))
+            synced = sync()
+            return [self._bound(record, synced) for record in records]
         except BaseException:
-            self._drop(record.proto, record.guest_port)
+            self.forget(records)
             raise
+
+    def forget(self, records: list[shared.ForwardRecord]) -> None:
+        """Drop ``records`` from the forwards file (each with a sync)."""
+        for record in records:
+            self._drop(record.proto, record.guest_port)
+
+    def _bound(self, record: shared.ForwardRecord, synced: dict[str, Any]) -> int:
+        if record.handler == "splice" and "listeners" in synced:
+            return _listener_id(synced, _forward(record))
+        if record.handler == "splice":  # a keeper started before the port handler existed
+            self._through_slirp(record)
+        return _added_to_slirp(self.api, shared.slirp_forward(record))
 
     def _through_slirp(self, record: shared.ForwardRecord) -> None:
         """Record ``record`` as served by slirp4netns, and have its DNAT rule made."""
@@ -373,10 +435,25 @@ class BridgeForwards:
         shared.call(self.state, "sync")
 
 
+def _added_to_slirp(api: Path, forward: Forward) -> int:
+    """Add ``forward`` to the shared slirp4netns; its id. A keeper started after the
+    forward was recorded (by the wiring of its container) added it already, with every
+    other it read: then that one's id."""
+    try:
+        return slirp.add_forward(api, forward)
+    except OSError:
+        live = next((each for each in slirp.list_forwards(api) if each.forward == forward), None)
+        if live is None:
+            raise
+        return live.id
+
+
 @contextlib.contextmanager
 def _joining(cdir: Path) -> Iterator[None]:
     try:
         yield
+    except PortInUse:  # a forward recorded on the way: the caller is told which port
+        raise
     except OSError as exc:
         raise SlirpError(f"cannot join container {cdir.name!r} to its networks: {exc}") from exc
 
@@ -412,6 +489,43 @@ def _listener_id(reply: dict[str, Any], forward: Forward) -> int:
     raise SlirpError(f"the port handler could not bind {forward}: {failed}")
 
 
+def _begin(cdir: Path, target_pid: int, before_sync: Callable[[], None]) -> tuple[Wiring, int]:
+    """Ask for the wiring of the new container of ``cdir`` with init ``target_pid``
+    (``before_sync``: see :func:`begin_wire`); the wiring, and its network namespace
+    (open until :func:`_wired`)."""
+    container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _joining(cdir):
+            wiring_ = begin_wire(
+                state_of(cdir),
+                cdir.name,
+                joined(cdir),
+                container_ns,
+                target_pid,
+                fresh=True,
+                before_sync=before_sync,
+            )
+    except BaseException:
+        os.close(container_ns)
+        raise
+    return wiring_, container_ns
+
+
+def _wired(
+    cdir: Path, wiring_: Wiring, container_ns: int, recorded: list[shared.ForwardRecord]
+) -> dict[str, Any]:
+    """The answer of the sync that wired the container, once it is wired; a sync of its
+    own when the keeper wired it without one (its ``wire``) and forwards wait for it."""
+    try:
+        with _joining(cdir):
+            synced = wiring_.done()
+    finally:
+        os.close(container_ns)
+    if recorded and "listeners" not in synced:
+        return shared.call(state_of(cdir), "sync")
+    return synced
+
+
 class NotHeld(SlirpError):
     """The keeper has no copy of the container's network namespace to send the port
     handler into (a keeper that started after it was wired and missed its hand-over):
@@ -440,33 +554,28 @@ class BridgeDriver:
         slirp.ensure_port_free(forward)
 
     def start(
-        self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int
-    ) -> Callable[[], None]:
+        self,
+        cdir: Path,
+        sandbox: bool,
+        *,
+        target_pid: int,
+        exit_fd: int,
+        forwards: Sequence[Forward] = (),
+        handler: str = porter.HANDLERS[0],
+    ) -> Callable[[], tuple[None, list[int]]]:
         """The keeper is asked to wire the container at once, and awaited at the end: the
-        launch goes on meanwhile (its init mounts its filesystem)."""
-        container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        launch goes on meanwhile (its init mounts its filesystem). Its forwards are
+        recorded while the agent plugs it, before the keeper is asked, so that the sync
+        that wires it binds their listeners and makes their rules as well: they cost no
+        round trip of their own."""
+        table = self.forwards(cdir, cdir.name, handler)
+        recorded: list[shared.ForwardRecord] = []
         try:
-            with _joining(cdir):
-                wiring = begin_wire(
-                    state_of(cdir),
-                    cdir.name,
-                    joined(cdir),
-                    container_ns,
-                    target_pid,
-                    fresh=True,
-                )
+            asked = _begin(cdir, target_pid, lambda: recorded.extend(table.record(forwards)))
         except BaseException:
-            os.close(container_ns)
+            table.forget(recorded)
             raise
-
-        def done() -> None:
-            try:
-                with _joining(cdir):
-                    wiring.done()
-            finally:
-                os.close(container_ns)
-
-        return done
+        return lambda: (None, table.settle(recorded, lambda: _wired(cdir, *asked, recorded)))
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError("bridge containers share one slirp4netns; its keeper restarts it")

@@ -14,6 +14,7 @@ launcher starts (and starts again after it died), the forwards of a running cont
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -72,9 +73,10 @@ class Forwards(Protocol):
 
 class Starting(Protocol):
     """A new container's network on its way: calling it waits until the network is
-    ready and returns the helper that serves it (None when there is none)."""
+    ready, with the forwards asked for, and returns the helper that serves it (None
+    when there is none) and the forwards' ids, in the order asked."""
 
-    def __call__(self) -> ProcessId | None: ...
+    def __call__(self) -> tuple[ProcessId | None, list[int]]: ...
 
 
 class NetworkDriver(Protocol):
@@ -107,13 +109,23 @@ class NetworkDriver(Protocol):
         """Raise :class:`PortInUse`, naming the holder when visible, if the host port of
         ``forward`` is taken; :class:`PortPrivileged` if it is privileged on this host."""
 
-    def start(self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int) -> Starting:
-        """Begin to give the new container with init ``target_pid`` its network; the
-        returned :class:`Starting` starts or awaits the rest: the caller does other work
-        of the launch in between (``exit_fd``: the helper's end of a pipe held by the
-        init alone, closed when the container ends; open until then). Both raise
-        :class:`SlirpError`, or :class:`TimeoutError` when the helper is not ready in
-        time."""
+    def start(
+        self,
+        cdir: Path,
+        sandbox: bool,
+        *,
+        target_pid: int,
+        exit_fd: int,
+        forwards: Sequence[Forward] = (),
+        handler: str = HANDLERS[0],
+    ) -> Starting:
+        """Begin to give the new container with init ``target_pid`` its network and its
+        ``forwards`` (TCP ones through ``handler``, as :meth:`forwards`); the returned
+        :class:`Starting` starts or awaits the rest: the caller does other work of the
+        launch in between (``exit_fd``: the helper's end of a pipe held by the init
+        alone, closed when the container ends; open until then). Both raise
+        :class:`SlirpError` (:class:`PortInUse` for a taken port), or
+        :class:`TimeoutError` when the helper is not ready in time."""
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         """Start the helper again for a running container, in the network namespace
@@ -166,13 +178,26 @@ class Slirp4netnsDriver:
     def ensure_port_free(self, forward: Forward) -> None:
         slirp.ensure_port_free(forward)
 
-    def start(self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int) -> Starting:
-        return lambda: _with_sandbox_fallback(  # all of it when awaited
-            sandbox,
-            lambda sandboxed: slirp.spawn(
-                cdir, sandboxed, READY_TIMEOUT, target_pid=target_pid, exit_fd=exit_fd
-            ),
-        )
+    def start(
+        self,
+        cdir: Path,
+        sandbox: bool,
+        *,
+        target_pid: int,
+        exit_fd: int,
+        forwards: Sequence[Forward] = (),
+        handler: str = HANDLERS[0],
+    ) -> Starting:
+        def started() -> tuple[ProcessId | None, list[int]]:  # all of it when awaited
+            helper = _with_sandbox_fallback(
+                sandbox,
+                lambda sandboxed: slirp.spawn(
+                    cdir, sandboxed, READY_TIMEOUT, target_pid=target_pid, exit_fd=exit_fd
+                ),
+            )
+            return helper, _added(self, cdir, forwards)
+
+        return started
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         return _with_sandbox_fallback(
@@ -184,6 +209,11 @@ class Slirp4netnsDriver:
 
     def forwards(self, cdir: Path, name: str, handler: str = HANDLERS[0]) -> Forwards:
         return _SlirpForwards(cdir / slirp.API_SOCKET)  # its own slirp4netns serves them all
+
+
+def _added(driver: NetworkDriver, cdir: Path, forwards: Sequence[Forward]) -> list[int]:
+    """Add ``forwards`` to the new container of ``cdir`` one by one; their ids."""
+    return [driver.forwards(cdir, cdir.name).add(forward) for forward in forwards]
 
 
 class _Start(Protocol):
@@ -217,8 +247,17 @@ class NoNetwork:
     def ensure_port_free(self, forward: Forward) -> None:
         raise _no_forwards(f"port {forward.host_port}")
 
-    def start(self, cdir: Path, sandbox: bool, *, target_pid: int, exit_fd: int) -> Starting:
-        return lambda: None
+    def start(
+        self,
+        cdir: Path,
+        sandbox: bool,
+        *,
+        target_pid: int,
+        exit_fd: int,
+        forwards: Sequence[Forward] = (),
+        handler: str = HANDLERS[0],
+    ) -> Starting:
+        return lambda: (None, _added(self, cdir, forwards))
 
     def restart(self, cdir: Path, sandbox: bool, netns_fd: int, exit_fd: int) -> ProcessId:
         raise SlirpError(f"{cdir.name!r} has no network helper to start again")
