@@ -28,7 +28,8 @@ from tests.fakes import FakeClock, FakeRuntime
 def reconciler(tmp_path: Path, clock: FakeClock) -> Reconciler:
     runtime = FakeRuntime(clock=clock)
     return Reconciler(
-        source=FolderSource(tmp_path),
+        # no settle time: a file written or deleted counts at the next pass
+        source=FolderSource(tmp_path, Settings(settle_ms=0)),
         runtime=runtime,
         converger=Converger(runtime, clock=clock),
         clock=clock,
