@@ -517,6 +517,20 @@ def test_a_file_gone_for_the_settle_time_is_gone(tmp_path: Path) -> None:
     assert load_desired(tmp_path, cache, now=5.0).containers == {}  # no settle time: at once
 
 
+def test_a_file_renamed_to_another_name_hands_its_container_over_at_once(
+    tmp_path: Path,
+) -> None:
+    """``git mv web.toml site.toml``: the file gone claims no name another file has now
+    (else it would stand as a duplicate until its settle time is over)."""
+    path = write(tmp_path, "web.toml", squishfile("web", port=8080))
+    cache: FileCache = {}
+    load_desired(tmp_path, cache, now=0.0, settle=1.0)
+    path.rename(tmp_path / "site.toml")
+    desired = load_desired(tmp_path, cache, now=0.5, settle=1.0)
+    assert (desired.containers["web"].file.name, desired.errors) == ("site.toml", ())
+    assert settles_in(cache, 0.5, 1.0) is None
+
+
 def test_spec_hash_of_a_spec_with_the_default_view_is_the_hash_it_had_before_the_switch() -> None:
     data = BASE.model_dump(mode="json", exclude={"ports", "resources", "labels", "networks"})
     data.pop("logs")

@@ -242,7 +242,8 @@ def load_desired(
     read = {path: _read(path, folder, cache, quiet) for path in paths}
     loads = [loaded for loaded in read.values() if loaded is not None]
     if cache is not None:
-        loads += _vanished(cache, {path for path in read if read[path] is not None}, quiet)
+        found = {path for path, loaded in read.items() if loaded is not None}
+        loads += _vanished(cache, found, {loaded.name for loaded in loads}, quiet)
     loads.sort(key=lambda loaded: loaded.file)  # the folder's order, files gone included
     valid = [loaded for loaded in loads if not isinstance(loaded, FileError)]
     errors = [loaded for loaded in loads if isinstance(loaded, FileError)]
@@ -328,18 +329,20 @@ class _Networks:
 
 
 def _vanished(
-    cache: FileCache, found: set[Path], quiet: _Quiet
+    cache: FileCache, found: set[Path], names: set[str | None], quiet: _Quiet
 ) -> list[DesiredContainer | FileError]:
-    """What the files of ``cache`` that a load did not find still stand for: each what it
-    loaded, until it has been gone for the settle time (then it is forgotten). git checks
-    a file out by unlink, then create; a pause between the two (a loaded machine) must
-    not read as a deletion, or an edit would remove a container and make it anew."""
+    """What the files of ``cache`` that a load did not find (``found``: those it read,
+    ``names``: the names they claim) still stand for: each what it loaded, until it has
+    been gone for the settle time or a file found claims its name (renamed: ``git mv``),
+    then it is forgotten. git checks a file out by unlink, then create; a pause between
+    the two (a loaded machine) must not read as a deletion, or an edit would remove a
+    container and make it anew."""
     kept: list[DesiredContainer | FileError] = []
     for path in sorted(set(cache) - found):
         known = cache[path]
         if known.gone_since is None:
             known.gone_since = quiet.now
-        if quiet.now < known.gone_since + quiet.settle:
+        if quiet.now < known.gone_since + quiet.settle and known.loaded.name not in names:
             kept.append(known.loaded)
         else:
             del cache[path]
