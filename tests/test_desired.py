@@ -489,6 +489,48 @@ def test_a_file_made_anew_counts_at_once_even_with_the_old_inode_number(tmp_path
     assert settles_in(cache, 0.0, 1.0) is None
 
 
+def test_a_file_deleted_stands_for_what_it_loaded_until_gone_for_the_settle_time(
+    tmp_path: Path,
+) -> None:
+    """git checks a file out by unlink, then create: a load between the two (the
+    checkout paused on a loaded machine) must not read as a deletion, or a port edit
+    would remove the container and make it anew."""
+    path, cache = applied(tmp_path, 8080)
+    path.unlink()
+    assert port_at(tmp_path, cache, 5.0) == 8080
+    assert settles_in(cache, 5.0, 1.0) == 1.0
+    assert port_at(tmp_path, cache, 5.5) == 8080
+    write_anew(path, squishfile(port=8081))  # made anew: counts at once
+    assert port_at(tmp_path, cache, 5.5) == 8081
+    assert settles_in(cache, 5.5, 1.0) is None
+
+
+def test_a_file_gone_for_the_settle_time_is_gone(tmp_path: Path) -> None:
+    path, cache = applied(tmp_path, 8080)
+    path.unlink()
+    load_desired(tmp_path, cache, now=5.0, settle=1.0)
+    assert load_desired(tmp_path, cache, now=6.0, settle=1.0).containers == {}
+    assert cache == {}
+    assert settles_in(cache, 6.0, 1.0) is None
+    path, cache = applied(tmp_path, 8080)
+    path.unlink()
+    assert load_desired(tmp_path, cache, now=5.0).containers == {}  # no settle time: at once
+
+
+def test_a_file_renamed_to_another_name_hands_its_container_over_at_once(
+    tmp_path: Path,
+) -> None:
+    """``git mv web.toml site.toml``: the file gone claims no name another file has now
+    (else it would stand as a duplicate until its settle time is over)."""
+    path = write(tmp_path, "web.toml", squishfile("web", port=8080))
+    cache: FileCache = {}
+    load_desired(tmp_path, cache, now=0.0, settle=1.0)
+    path.rename(tmp_path / "site.toml")
+    desired = load_desired(tmp_path, cache, now=0.5, settle=1.0)
+    assert (desired.containers["web"].file.name, desired.errors) == ("site.toml", ())
+    assert settles_in(cache, 0.5, 1.0) is None
+
+
 def test_spec_hash_of_a_spec_with_the_default_view_is_the_hash_it_had_before_the_switch() -> None:
     data = BASE.model_dump(mode="json", exclude={"ports", "resources", "labels", "networks"})
     data.pop("logs")

@@ -23,12 +23,14 @@ from reconciler.planning.plan import ConditionKind
 from reconciler.settings import Settings
 from reconciler.squishfile.networks import runtime_network_name
 from tests.fakes import FakeClock, FakeRuntime
+from tests.support import write_anew
 
 
 def reconciler(tmp_path: Path, clock: FakeClock) -> Reconciler:
     runtime = FakeRuntime(clock=clock)
     return Reconciler(
-        source=FolderSource(tmp_path),
+        # no settle time: a file written or deleted counts at the next pass
+        source=FolderSource(tmp_path, Settings(settle_ms=0)),
         runtime=runtime,
         converger=Converger(runtime, clock=clock),
         clock=clock,
@@ -281,3 +283,32 @@ async def test_a_stopped_loop_takes_the_networks_it_kept_for_their_linger_along(
     await run_loop(loop, settings=Settings(resync=3600.0), on_pass=on_pass, stop=stop)
     assert [c.name for c in runtime.list()] == ["b"]
     assert [n.name for n in runtime.list_networks()] == [runtime_network_name(tmp_path, "back")]
+
+
+@pytest.mark.anyio
+async def test_a_port_edit_checked_out_with_a_pause_keeps_its_container(tmp_path: Path) -> None:
+    """git checks a file out by unlink, then create: a pass that runs between the two
+    (the checkout paused) must not destroy the container, or the edit restarts it."""
+    clock = FakeClock(100.0)
+    runtime = FakeRuntime(clock=clock)
+    loop = Reconciler(
+        source=FolderSource(tmp_path, clock=clock),  # the default settle time, 300 ms
+        runtime=runtime,
+        converger=Converger(runtime, clock=clock),
+        clock=clock,
+    )
+    app = '[layers]\nbusybox = "builtin"\n\n[run]\ncommand = "httpd"\n\n[[ports]]\n'
+    path = tmp_path / "web.toml"
+    path.write_text(app + "container = 80\nhost = 8080\n")
+    await loop.reconcile("files changed")
+    [before] = runtime.list()
+    path.unlink()
+    clock.advance(0.05)
+    between = await loop.reconcile("files changed")
+    write_anew(path, app + "container = 80\nhost = 8081\n")
+    clock.advance(0.05)
+    edited = await loop.reconcile("files changed")
+    [after] = runtime.list()
+    assert between.plan.actions == ()
+    assert {a.kind.value for a in edited.plan.actions} == {"bind", "release"}
+    assert (after.pid, [p.host for p in after.ports]) == (before.pid, [8081])

@@ -14,6 +14,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import PassResult, Reconciler
 from reconciler.control.prepare import Preparer
 from reconciler.desired.source import FolderSource
+from reconciler.settings import Settings
 from runtime.errors import ArchiveRefused
 from runtime.util.cancel import Cancelled
 from tests.fakes import FakeClock, FakeRuntime
@@ -37,7 +38,8 @@ def runtime() -> FakeRuntime:
 def reconciler(folder: Path, runtime: FakeRuntime) -> Reconciler:
     clock = runtime.clock
     return Reconciler(
-        source=FolderSource(folder),
+        # no settle time: a file written or deleted counts at the next pass
+        source=FolderSource(folder, Settings(settle_ms=0)),
         runtime=runtime,
         converger=Converger(runtime, clock=clock),
         clock=clock,

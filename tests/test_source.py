@@ -157,12 +157,15 @@ def test_a_folder_source_revision_follows_the_files_bytes(tmp_path: Path) -> Non
 def test_a_file_deleted_while_the_folder_is_read_changes_the_revision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = FolderSource(tmp_path)
+    clock = FakeClock()
+    source = FolderSource(tmp_path, clock=clock)
     write(tmp_path, [("api.toml", "api"), ("web.toml", "web")])
     listed = squishfiles_in(tmp_path)
     both = source.load()
     (tmp_path / "web.toml").unlink()
     monkeypatch.setattr(folder, "squishfiles_in", lambda path: listed)  # listed, then deleted
+    assert set(source.load().desired.containers) == {"api", "web"}  # gone, not for long yet
+    clock.advance(source.settings.settle_ms / 1000)
     gone = source.load()
     assert set(gone.desired.containers) == {"api"}
     assert gone.revision != both.revision

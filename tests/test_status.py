@@ -66,7 +66,8 @@ def reconciler(
 ) -> Reconciler:
     """A reconciler as the command line makes one, on the fake runtime."""
     return Reconciler(
-        source=FolderSource(folder),
+        # no settle time: a file written or deleted counts at the next pass
+        source=FolderSource(folder, Settings(settle_ms=0)),
         runtime=runtime,
         converger=Converger(runtime, clock=clock),
         store=StatusStore(folder.parent / "state", folder),

@@ -113,6 +113,8 @@ class Cached:
     """When those bytes were first read (the loader's clock)."""
     seen: tuple[int, ...] | None = None
     """The file's device, inode, size, mtime and ctime (ns) when ``loaded`` was read."""
+    gone_since: float | None = None
+    """When the file was first found missing (the loader's clock); None: it is there."""
 
     def unchanged(self, path: Path) -> bool:
         """Whether the file at ``path`` still has the status it was read with, uses no
@@ -236,17 +238,15 @@ def load_desired(
         networks = _Networks.load(folder, network_files_in(where))
     except OSError:
         return DesiredState(folder=folder, readable=False)
-    valid: list[DesiredContainer] = []
-    errors: list[FileError] = []
-    for path in paths:
-        loaded = _read(path, folder, cache, _Quiet(now, settle, trusted, recall_names))
-        if isinstance(loaded, FileError):
-            errors.append(loaded)
-        elif loaded is not None:
-            valid.append(loaded)
+    quiet = _Quiet(now, settle, trusted, recall_names)
+    read = {path: _read(path, folder, cache, quiet) for path in paths}
+    loads = [loaded for loaded in read.values() if loaded is not None]
     if cache is not None:
-        for gone in set(cache) - set(paths):
-            del cache[gone]
+        found = {path for path, loaded in read.items() if loaded is not None}
+        loads += _vanished(cache, found, {loaded.name for loaded in loads}, quiet)
+    loads.sort(key=lambda loaded: loaded.file)  # the folder's order, files gone included
+    valid = [loaded for loaded in loads if not isinstance(loaded, FileError)]
+    errors = [loaded for loaded in loads if isinstance(loaded, FileError)]
     valid, elsewhere = _placed(valid, host)
     containers, duplicates = settle_names(valid, {})  # the planner knows what runs
     return DesiredState(
@@ -328,10 +328,33 @@ class _Networks:
         return None
 
 
+def _vanished(
+    cache: FileCache, found: set[Path], names: set[str | None], quiet: _Quiet
+) -> list[DesiredContainer | FileError]:
+    """What the files of ``cache`` that a load did not find (``found``: those it read,
+    ``names``: the names they claim) still stand for: each what it loaded, until it has
+    been gone for the settle time or a file found claims its name (renamed: ``git mv``),
+    then it is forgotten. git checks a file out by unlink, then create; a pause between
+    the two (a loaded machine) must not read as a deletion, or an edit would remove a
+    container and make it anew."""
+    kept: list[DesiredContainer | FileError] = []
+    for path in sorted(set(cache) - found):
+        known = cache[path]
+        if known.gone_since is None:
+            known.gone_since = quiet.now
+        if quiet.now < known.gone_since + quiet.settle and known.loaded.name not in names:
+            kept.append(known.loaded)
+        else:
+            del cache[path]
+    return kept
+
+
 def settles_in(cache: FileCache, now: float, settle: float) -> float | None:
-    """Seconds until the earliest file rewritten in place has been quiet for ``settle``
-    (then a load applies it); None when no file waits."""
+    """Seconds until the earliest file rewritten in place has been quiet for ``settle``,
+    or the earliest file deleted has been gone for as long (then a load applies it);
+    None when no file waits."""
     due = [c.pending_since + settle for c in cache.values() if c.pending is not None]
+    due += [c.gone_since + settle for c in cache.values() if c.gone_since is not None]
     return max(min(due) - now, 0.0) if due else None
 
 
@@ -375,9 +398,7 @@ def _read(
     try:
         raw, identity, seen = read_squishfile(path)
     except FileNotFoundError:
-        if cache is not None:
-            cache.pop(path, None)
-        return None  # deleted between the listing and now
+        return None  # deleted between the listing and now: gone (:func:`_vanished`)
     except (OSError, SquishfileError) as exc:  # unreadable is not deleted: keep what it made
         unreadable = _unreadable(path, exc, known_name)
         if cache is not None:
@@ -386,7 +407,7 @@ def _read(
     if known is not None:
         key = _digest(raw, _current(_inputs(known.loaded)))
         if quiet.keeps(known, key, identity):
-            known.identity, known.seen = identity, seen
+            known.identity, known.seen, known.gone_since = identity, seen, None
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
     loaded = _load_one(path, raw, folder, known_name)
