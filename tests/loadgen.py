@@ -131,9 +131,12 @@ def run_load(
                 break
             time.sleep(0.1)
         converge_seconds = time.perf_counter() - start - edit_seconds
-        dead = [n for n, (port, _) in desired.items() if not _answers(port)]
-        if dead:
-            problems.append(f"not answering: {dead}")
+        # A container just started may not listen yet: each must answer, in time.
+        while dead := [n for n, (port, _) in desired.items() if not _answers(port)]:
+            if time.monotonic() > deadline or loop.poll() is not None:
+                problems.append(f"not answering: {dead}")
+                break
+            time.sleep(0.1)
         rss_after = _rss_kib(loop.pid)
         holder = runtime.holder.identity()
         if holder is not None:
