@@ -4,6 +4,7 @@ concurrent clients, a dead spare launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -115,8 +116,22 @@ def test_concurrent_clients_start_long_running_containers(rt: LinuxRuntime) -> N
     assert set(states.values()) == {ContainerState.RUNNING}
 
 
-def _spare_launchers(holder_pid: int) -> list[int]:
-    """Children of the holder that share its network namespace: the spare launchers."""
+def _net_namespaces_held(pid: int) -> set[str]:
+    """The network namespaces ``pid`` holds open (``net:[inode]``)."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("net:"):
+                held.add(target)
+    return held
+
+
+def _warm_spare_launchers(holder_pid: int) -> list[ProcessId]:
+    """The warm spare launchers: children of the holder in its network namespace that
+    hold the namespaces of their container init open (they do from the moment the init
+    is warm until a launch takes them). Other children of the holder come and go on
+    their own: the spare that launched a container finishes after it answered, a worker
+    after its reply, the /proc view's server once its last container ended."""
     holder_net = os.readlink(f"/proc/{holder_pid}/ns/net")
     spares = []
     for entry in Path("/proc").iterdir():
@@ -124,8 +139,11 @@ def _spare_launchers(holder_pid: int) -> list[int]:
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == holder_pid and os.readlink(entry / "ns" / "net") == holder_net:
-                spares.append(int(entry.name))
+            if ppid != holder_pid or os.readlink(entry / "ns" / "net") != holder_net:
+                continue
+            identity = ProcessId.of(int(entry.name))
+            if identity is not None and _net_namespaces_held(identity.pid) - {holder_net}:
+                spares.append(identity)
         except (OSError, ValueError, IndexError):
             continue
     return spares
@@ -136,16 +154,10 @@ def test_a_dead_spare_launcher_is_replaced(rt: LinuxRuntime) -> None:
     rt.wait("before", timeout=60)
     holder = rt.holder.identity()
     assert holder is not None
-    for _ in range(500):
-        spares = _spare_launchers(holder.pid)
-        if spares:
-            break
-        threading.Event().wait(0.01)
-    assert spares, "the holder keeps a spare launcher"
-    for pid in spares:
-        identity = ProcessId.of(pid)
-        assert identity is not None
-        os.kill(identity.pid, signal.SIGKILL)
+    while not (spares := _warm_spare_launchers(holder.pid)):
+        threading.Event().wait(0.01)  # the holder forks the next spare once "before" is out
+    for spare in spares:  # a warm spare waits for a launch: it cannot end on its own
+        assert spare.send(signal.SIGKILL), f"the warm spare launcher {spare.pid} had gone"
     for n in range(3):
         assert output_of(rt, shell(f"after-{n}", "echo fine")) == "fine\n"
 
