@@ -10,6 +10,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from runtime.network.netlink import mac_of
 from runtime.network.slirp import LiveForward
 from runtime.sandbox import syscalls as sc
 from runtime.util.processes import ProcessId
-from tests.conftest import rootless
+from tests.conftest import rootless, short_folder
 from tests.support import free_port, http_get, http_refused, in_child, processes_mentioning
 from tests.test_reconciler_e2e import eventually
 
@@ -185,6 +186,60 @@ def test_a_killed_shared_slirp4netns_comes_back_with_every_forward(
     new = shared.slirp_identity(state_path)
     assert new is not None and new != old
     assert nets.inspect("k2").ports == (PortMapping(container=80, host=ports[1]),)
+
+
+def test_a_keeper_whose_slirp4netns_cannot_start_again_lives_on_and_tries_again(
+    site: Path, tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slirp4netns killed, and refused twice when the keeper starts it again: the keeper
+    (and with it the namespace, every container's interfaces and forwards) lives on, and
+    starts it once it can. A slirp4netns of the test's own in PATH refuses while told to."""
+    real = shutil.which("slirp4netns")
+    assert real is not None
+    bin_dir, refuse, calls = tmp_path / "bin", tmp_path / "refuse", tmp_path / "calls"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "slirp4netns"
+    wrapper.write_text(
+        f'#!/bin/sh\necho $$ >> {calls}\n[ -e {refuse} ] && exit 1\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    def started() -> int:
+        return len(calls.read_text().split()) if calls.exists() else 0
+
+    with short_folder("sqk") as state:
+        rt = LinuxRuntime(state=state, cache=cache_path)
+        try:
+            port = free_port()
+            rt.run(web("k1", site, "front", ports=(PortMapping(container=80, host=port),)))
+            assert http_get(port, "/index.html") == b"hello over the bridge\n"
+            keeper, old = shared._keeper(state)["supervisor"], shared.slirp_identity(state)
+            assert old is not None and old.to_json() != keeper
+            before = started()
+            refuse.touch()
+            old.send(signal.SIGKILL)
+            eventually(lambda: started() >= before + 3, "two refused starts, then a try again")
+            refuse.unlink()
+
+            def serving() -> ProcessId | None:  # the keeper itself while it has none
+                now = shared.slirp_identity(state)
+                return (
+                    now
+                    if now is not None and now.to_json() not in (old.to_json(), keeper)
+                    else None
+                )
+
+            new = eventually(serving, "slirp4netns started again")
+            assert new.alive()
+            assert shared._keeper(state)["supervisor"] == keeper and shared.supervisor_alive(state)
+            assert http_get(port, "/index.html") == b"hello over the bridge\n"
+        finally:
+            for info in rt.list():
+                rt.remove(info.name, force=True)
+            for network in rt.list_networks():
+                rt.remove_network(network.name)
+            rt.shutdown()
 
 
 def test_an_internal_network_has_no_way_out(nets: LinuxRuntime, site: Path) -> None:

@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,9 @@ DNS_MODULE = "runtime.network.dnsserver"
 STATE_CHECK = 10.0
 """Seconds of quiet after which the keeper checks that its control socket (and so its
 state folder) is still there; it ends, with what it started, when it is not."""
+RESTART_RETRY = 1.0
+"""Seconds before the keeper tries again to start a helper (slirp4netns, the port
+handler, the DNS responder) whose start after its death failed."""
 FIRST_GUEST_PORT = 20000
 """Host forwards arrive at 10.0.2.100 on ports from here up, one per forward."""
 
@@ -439,6 +443,8 @@ class _Supervisor:
     """The DNS records last written."""
     listening: set[str] = field(default_factory=set)
     """The addresses the DNS responder was seen to listen on."""
+    pending: dict[str, float] = field(default_factory=dict)
+    """Helpers whose start again failed, by kind: when it is tried again (monotonic)."""
     aliases: _AliasBook | None = None
 
     def run(self, ready_w: int) -> NoReturn:
@@ -677,7 +683,7 @@ class _Supervisor:
         while True:
             pidfds = {os.pidfd_open(pid): pid for pid in self.children}
             ended = {held.pidfd: address for address, held in self.held.items()}
-            ready = wait_readable([ctl.fileno(), *pidfds, *ended], STATE_CHECK)
+            ready = wait_readable([ctl.fileno(), *pidfds, *ended], self._quiet_for())
             for fd in pidfds:
                 os.close(fd)
             if not ready and landmark.gone():  # its state folder was deleted
@@ -690,6 +696,13 @@ class _Supervisor:
                     self._ended(ended[fd])
                 else:
                     self._restart(pidfds[fd])
+            self._retry_due()
+
+    def _quiet_for(self) -> float:
+        """Seconds to wait for a request or a helper's end: until the next retry."""
+        if not self.pending:
+            return STATE_CHECK
+        return min(max(min(self.pending.values()) - time.monotonic(), 0.0), STATE_CHECK)
 
     def _restart(self, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
@@ -698,17 +711,44 @@ class _Supervisor:
         if kind == "agent":  # the namespace went with it
             self._end_all()
             os._exit(1)
+        self._bring_back(kind)
+
+    def _bring_back(self, kind: str) -> None:
+        """Start the helper ``kind`` again. A failure (slirp4netns timing out twice, the
+        responder not listening) is tried again after :data:`RESTART_RETRY`: it never
+        ends the keeper, whose end takes every bridge container's network along."""
+        self.pending.pop(kind, None)
+        if kind in self.children.values():
+            return  # it started, then failed on: its own end brings it back
+        try:
+            self._start(kind)
+        except Exception as exc:
+            print(
+                f"squish network keeper: cannot start the {kind} again: {type(exc).__name__}:"
+                f" {exc}; trying again in {RESTART_RETRY:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.pending[kind] = time.monotonic() + RESTART_RETRY
+            return
+        self._record()
+
+    def _start(self, kind: str) -> None:
         if kind == "slirp":
             self._start_slirp()
         elif kind == "porter":
-            with contextlib.suppress(OSError):  # it died again: the next restart binds
-                self._start_porter()
+            self._start_porter()
+            with contextlib.suppress(OSError):  # it died again: its restart binds
                 self.sync()
         else:
             self._start_dns()
             self.listening = set()  # a new responder: wait for each address again
             self._await_dns()
-        self._record()
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        for kind in [kind for kind, due in self.pending.items() if due <= now]:
+            self._bring_back(kind)
 
     def _answer(self, ctl: socket.socket) -> None:
         conn, _ = ctl.accept()
