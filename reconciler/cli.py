@@ -322,13 +322,20 @@ def _status_socket(reconciler: Reconciler) -> StatusSocket | None:
         return None
     assert isinstance(reconciler.runtime, LinuxRuntime)
     runtime, folder = reconciler.runtime, reconciler.folder
+    linger = reconciler.network_linger
     files: FileCache = {}
 
     def document(host: str, labels: Mapping[str, str]) -> dict[str, Any]:
         """What a fresh ``status --host HOST --label ...`` would print: its settings
-        (no settle time: it has no cache to wait in), the loop's runtime and files."""
+        (no settle time: it has no cache to wait in), the loop's runtime and files, and
+        the loop's network linger (``run --network-linger``: a network the loop removes
+        is not said to be kept)."""
         settings = dataclasses.replace(
-            Settings.from_env(), host=host, labels=dict(labels), settle_ms=0
+            Settings.from_env(),
+            host=host,
+            labels=dict(labels),
+            settle_ms=0,
+            network_linger=linger,
         )
         return status_json(_reconciler(folder, settings, runtime=runtime, files=files))
 

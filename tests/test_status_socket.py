@@ -21,11 +21,16 @@ import pytest
 
 from reconciler import cli
 from reconciler.control.places import status_socket
+from reconciler.desired.types import LABEL_FOLDER, LABEL_MANAGED, LABEL_NETWORK, MANAGER
 from reconciler.endpoint.local import StatusSocket
 from reconciler.quick import _quick_args, ask_loop
+from reconciler.settings import Settings
+from reconciler.squishfile.networks import runtime_network_name
+from runtime.api import NetworkSpec
 from runtime.util.jsonsock import exchange
 from tests import test_reconciler_e2e as e2e
 from tests.conftest import rootless
+from tests.fakes import FakeRuntime
 from tests.support import SLEEPER
 from tests.test_endpoint_e2e import steady
 from tests.test_reconciler_e2e import Loop, eventually, put
@@ -250,3 +255,33 @@ def test_a_file_broken_after_the_loop_answered_reads_as_a_fresh_status_reads_it(
     put(loop.folder, "site.toml", 'name = "web"\n[run\n')
     answer, computed = asked(loop), fresh(loop, monkeypatch)
     assert steady(answer) == steady(computed)
+
+
+class _StatefulRuntime(FakeRuntime):
+    """The fake runtime with a state folder, as the loop's runtime has."""
+
+    def __init__(self, state: Path) -> None:
+        super().__init__()
+        self.state = state
+
+
+def test_the_loops_answer_keeps_a_network_only_for_the_loops_own_linger(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run --network-linger 0``: the loop removes a network nothing joins, so its
+    answer says the network goes (``Terminating``), not that it is kept (``Lingering``,
+    what the default linger of the environment would do)."""
+    monkeypatch.setattr(cli, "LinuxRuntime", _StatefulRuntime)  # the loop's runtime here
+    monkeypatch.delenv("SQUISH_NETWORK_LINGER", raising=False)
+    folder = state / "desired"
+    folder.mkdir()
+    runtime = _StatefulRuntime(state)
+    labels = {LABEL_MANAGED: MANAGER, LABEL_FOLDER: str(folder), LABEL_NETWORK: "default"}
+    runtime.seed_network(NetworkSpec(name=runtime_network_name(folder, "default"), labels=labels))
+    loop = cli._reconciler(folder, Settings(network_linger=0.0), runtime=runtime)  # type: ignore[arg-type]
+    answering = cli._status_socket(loop)
+    assert answering is not None
+    with answering:
+        document = ask_loop(state, folder, "h", {})
+    assert document is not None
+    assert [row["state"] for row in document["networks"]] == ["Terminating"]

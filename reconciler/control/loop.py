@@ -115,7 +115,7 @@ class Reconciler:
     """When each removal the guard counts was applied, within the window (memory only:
     a restarted loop starts counting afresh)."""
     _settles_at: float | None = None
-    """When a file the source is waiting for (written in place) may be applied."""
+    """When a file the source is waiting for (written in place, or deleted) may be applied."""
     network_linger: float = 0.0
     """Seconds a network this folder made is kept once nothing joins it
     (:attr:`Settings.network_linger`; 0: it goes with its last container)."""
@@ -313,8 +313,8 @@ class Reconciler:
         return set(self._running)
 
     def next_deadline(self) -> float:
-        """Seconds until the earliest back-off ends, a file written in place may be
-        applied or a network's linger is over (inf when nothing waits)."""
+        """Seconds until the earliest back-off ends, a file written in place or deleted
+        may be applied or a network's linger is over (inf when nothing waits)."""
         now = self.clock()
         waits = [t - now for t in self._holds.values() if t > now]
         waits += [max(t + self.network_linger - now, 0.0) for t in self._unjoined_since.values()]
