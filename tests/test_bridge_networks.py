@@ -29,6 +29,7 @@ from runtime.api.spec import (
     RootfsRef,
 )
 from runtime.client.linux import LinuxRuntime
+from runtime.errors import ContainerStartError
 from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, open_book
 from runtime.network.netlink import mac_of
@@ -186,6 +187,18 @@ def test_a_killed_shared_slirp4netns_comes_back_with_every_forward(
     new = shared.slirp_identity(state_path)
     assert new is not None and new != old
     assert nets.inspect("k2").ports == (PortMapping(container=80, host=ports[1]),)
+
+
+def test_a_start_that_fails_leaves_its_host_ports_to_others(nets: LinuxRuntime, site: Path) -> None:
+    """Its forwards are recorded while it is wired, before its command is known not to
+    start: they go with the failure, and another container can have the port."""
+    port = PortMapping(container=80, host=free_port())
+    broken = web("fa", site, "front", ports=(port,))
+    nets.create(broken.model_copy(update={"argv": ("/no/such/command",)}))
+    with pytest.raises(ContainerStartError):
+        nets.start("fa")
+    nets.run(web("fb", site, "front", ports=(port,)))
+    assert http_get(port.host, "/index.html") == b"hello over the bridge\n"
 
 
 def test_a_keeper_whose_slirp4netns_cannot_start_again_lives_on_and_tries_again(

@@ -4,10 +4,12 @@ helper as the request names it, and the words of its failures."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
+from runtime.cgroups.fs import Leaf
 from runtime.errors import SlirpError
 from runtime.holder import spare
 from runtime.holder.protocol import Launching, marked
@@ -83,3 +85,39 @@ def test_the_view_state_says_whether_the_calls_are_answered_too(
     request = LaunchRequest(name="c", container_dir="/c", rootfs="/r", argv=("true",))
     request = dataclasses.replace(request, proc_view=proc_view)
     assert spare._view_state(request, detail) == state
+
+
+def _mover() -> int:
+    """A child standing for the intermediate child that moves a warm init ahead."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    return pid
+
+
+@pytest.mark.parametrize("scope", [False, True])
+def test_the_mover_ahead_is_done_before_the_init_goes_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scope: bool
+) -> None:
+    """A launch placed outside the leaf made ahead (another folder, a systemd scope)
+    waits for the mover first: a move ahead done after it would put the init back in
+    that leaf, which is then killed and removed with the container in it."""
+    ahead = spare._Ahead(Leaf(tmp_path / "ahead" / "run.1"), procs=-1, mover=_mover())
+    settled_at_scope: list[bool] = []
+
+    def into_scope(init: spare._Init, req: LaunchRequest, raw: bytes) -> tuple[str, bytes]:
+        settled_at_scope.append(ahead.mover is None)
+        return str(tmp_path / "scope"), raw
+
+    monkeypatch.setattr(spare, "_into_scope", into_scope)
+    init = spare._Init(1, -1, -1, -1, -1, -1, None, "off", None)
+    request = LaunchRequest(name="c", container_dir="/c", rootfs="/r", argv=("true",))
+    if scope:
+        request = dataclasses.replace(request, systemd_scope={"unit": "c.scope"})
+    else:
+        (tmp_path / "other").mkdir()
+        request = dataclasses.replace(request, cgroup_parent=str(tmp_path / "other"))
+    leaf, _ = spare._cgroup(init, request, b"{}", ahead)
+    assert leaf is not None and leaf != ahead.leaf
+    assert ahead.mover is None
+    assert settled_at_scope == ([True] if scope else [])

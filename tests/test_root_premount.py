@@ -10,7 +10,9 @@ container's own (``containers/NAME/skel``) or the warm init's (``premount/skel``
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 from runtime.client.linux import LinuxRuntime
@@ -110,7 +112,7 @@ def test_the_shape_is_the_rootfs_and_the_mount_points() -> None:
 def _premade(rootfs: Path) -> Premade:
     """A root of ``rootfs`` with a /data folder, as if mounted ahead on /st/premount."""
     shape = RootShape.of(str(rootfs), [MountPoint("/x", "/data")])
-    return Premade("/st/premount", shape, (rootfs.stat().st_dev, rootfs.stat().st_ino))
+    return Premade("/st/premount", shape, os.open(rootfs, os.O_PATH | os.O_CLOEXEC))
 
 
 def test_a_premade_root_fits_no_bind_at_above_or_below_its_folder(tmp_path: Path) -> None:
@@ -134,3 +136,17 @@ def test_a_rootfs_made_again_in_its_place_does_not_fit_the_premade_root(tmp_path
     assert not premade.fits(str(rootfs), data)  # gone
     rootfs.mkdir()
     assert not premade.fits(str(rootfs), data)  # another folder under its name
+
+
+def test_a_rootfs_deleted_and_made_again_does_not_fit_the_premade_root(tmp_path: Path) -> None:
+    """Deleted, then made again at its path (an image extracted afresh): the new folder
+    may have the old one's inode number (ext4 hands a freed one out again at once), yet
+    the premade root's overlay is on the old, deleted folder."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    premade = _premade(rootfs)
+    data = [MountPoint("/h/data", "/data")]
+    assert premade.fits(str(rootfs), data)
+    shutil.rmtree(rootfs)
+    (rootfs / "bin").mkdir(parents=True)
+    assert not premade.fits(str(rootfs), data)

@@ -302,6 +302,9 @@ class LinuxRuntime(NetworkOps):
                 logfiles.claim(Path(request.log_path).parent, self.state)
             reply = self._launch(cdir, name, request)
             if isinstance(reply, Failure):
+                # A bridge container's forwards were recorded while it was wired: a
+                # launch that failed after that leaves their host ports to others.
+                self._reap_leftovers(cdir)
                 raise failure_error(name, reply)
             meta = read_json(cdir / "meta.json") or {}
             started = int(meta.get("started", 0)) + 1

@@ -419,11 +419,16 @@ def _cgroup(
     """The cgroup the container runs in and the request as the init is to read it
     (naming that cgroup): a systemd scope, else the leaf made ahead (when in the folder
     asked for, or none was asked for and the init is in it), else a leaf made now in
-    that folder (the init is moved there at launch), else none."""
+    that folder (the init is moved there at launch), else none. The init goes elsewhere
+    only once the mover ahead is done: its move, if later, would put the init back in
+    the leaf made ahead, which is killed and removed when no container runs in it."""
+    own = ahead is not None and not req.systemd_scope and _fits(ahead, req)
+    if ahead is not None and not own:
+        ahead.settle()
     if req.systemd_scope:
         cgroup, raw = _into_scope(init, req, raw)
         return Leaf(Path(cgroup)), raw
-    if ahead is not None and _fits(ahead, req):
+    if own and ahead is not None:
         leaf = ahead.leaf
     elif req.cgroup_parent:
         leaf = Leaf(Path(req.cgroup_parent, f"{req.name}.{secrets.token_hex(3)}"))

@@ -401,13 +401,12 @@ def assemble(
 @dataclass(frozen=True)
 class Premade:
     """A container root of ``shape`` mounted ahead (:func:`premount_root`) at
-    ``staging``/root, on a skeleton of its own in a tmpfs at ``staging``; ``rootfs_id``
-    is the rootfs folder's (device, inode) as it was found before its overlay was
-    mounted."""
+    ``staging``/root, on a skeleton of its own in a tmpfs at ``staging``; ``rootfs_fd``
+    is the rootfs folder as it was found before its overlay was mounted (``O_PATH``)."""
 
     staging: str
     shape: RootShape
-    rootfs_id: tuple[int, int]
+    rootfs_fd: int
 
     @property
     def root(self) -> str:
@@ -416,15 +415,16 @@ class Premade:
     def fits(self, rootfs: str, mounts: Sequence[MountPoint]) -> bool:
         """Whether a container of ``rootfs`` and ``mounts`` can have this root: the
         same shape, the same rootfs folder still at its path (not one made again in its
-        place since), and no bind source at, above or below the staging folder (a copy
-        of one above would carry the premade mounts into the container, and one below
-        is hidden by them)."""
+        place since, even with the inode number of the old one, deleted), and no bind
+        source at, above or below the staging folder (a copy of one above would carry
+        the premade mounts into the container, and one below is hidden by them)."""
         if RootShape.of(rootfs, mounts) != self.shape:
             return False
         try:
-            if _identity(rootfs) != self.rootfs_id:
-                return False
+            held, found = os.fstat(self.rootfs_fd), os.stat(rootfs)
         except OSError:
+            return False
+        if held.st_nlink == 0 or (held.st_dev, held.st_ino) != (found.st_dev, found.st_ino):
             return False
         staging = f"{self.staging}/"
         for mount_point in mounts:
@@ -435,6 +435,7 @@ class Premade:
 
     def discard(self) -> None:
         """Unmount the root and its tmpfs (lazily: a detach)."""
+        os.close(self.rootfs_fd)
         sc.umount2(self.staging, sc.MNT_DETACH)
 
     def assemble(
@@ -445,6 +446,7 @@ class Premade:
     ) -> str:
         """The container's own mounts on this root (:func:`assemble` else); returns
         why the view is missing ("" if it is not)."""
+        os.close(self.rootfs_fd)  # checked by fits(): a host folder, no longer needed
         sources: list[int] = []
         try:
             sources.extend(open_source(mount_point) for mount_point in mounts)
@@ -454,22 +456,21 @@ class Premade:
                 os.close(fd)
 
 
-def _identity(path: str) -> tuple[int, int]:
-    """The (device, inode) of the folder at ``path``."""
-    info = os.stat(path)
-    return info.st_dev, info.st_ino
-
-
 def premount_root(staging: str, shape: RootShape) -> Premade:
     """Mount a root of ``shape`` ahead at ``staging``/root (in this process's own mount
     namespace, made private here): a tmpfs on ``staging`` (an empty folder) holds its
     skeleton, made as :func:`prepare_skeleton` makes a container's; then what
     :func:`assemble` mounts before a container's own mounts. Nothing stays mounted
     when it fails."""
-    rootfs_id = _identity(shape.rootfs)  # before its overlay: a swap after it is seen
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sc.mount("tmpfs", staging, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=1m")
-    premade = Premade(staging, shape, rootfs_id)
+    # Opened before its overlay is mounted: a swap after it is seen.
+    rootfs_fd = os.open(shape.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        sc.mount("tmpfs", staging, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=1m")
+    except BaseException:
+        os.close(rootfs_fd)
+        raise
+    premade = Premade(staging, shape, rootfs_fd)
     try:
         _make_skeleton(Path(staging, "skel"), shape.points)
         os.mkdir(premade.root, 0o755)
