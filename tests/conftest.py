@@ -19,7 +19,7 @@ import pytest
 from hypothesis import settings
 
 from runtime.client.linux import LinuxRuntime
-from tests.support import processes_mentioning
+from tests.support import processes_mentioning, remove_everything
 
 # Property tests: the same examples every run (CI must not flake), none stored on disk.
 settings.register_profile("squish", database=None, derandomize=True)
@@ -86,10 +86,7 @@ def rt(session_runtime: LinuxRuntime) -> Iterator[LinuxRuntime]:
 def nets(rt: LinuxRuntime) -> Iterator[LinuxRuntime]:
     """The runtime; every container and network removed after the test."""
     yield rt
-    for info in rt.list():
-        rt.remove(info.name, force=True)
-    for network in rt.list_networks():
-        rt.remove_network(network.name)
+    remove_everything(rt)
 
 
 @pytest.fixture

@@ -284,3 +284,11 @@ def _enter_own_namespaces() -> None:
     Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1\n")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         netif.up(sock, "lo")
+
+
+def remove_everything(runtime: Runtime) -> None:
+    """Remove every container of ``runtime`` (forced), then every network."""
+    for info in runtime.list():
+        runtime.remove(info.name, force=True)
+    for network in runtime.list_networks():
+        runtime.remove_network(network.name)

@@ -37,7 +37,14 @@ from runtime.network.slirp import LiveForward
 from runtime.sandbox import syscalls as sc
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless, short_folder
-from tests.support import free_port, http_get, http_refused, in_child, processes_mentioning
+from tests.support import (
+    free_port,
+    http_get,
+    http_refused,
+    in_child,
+    processes_mentioning,
+    remove_everything,
+)
 from tests.test_reconciler_e2e import eventually
 
 pytestmark = rootless
@@ -248,10 +255,7 @@ def test_a_keeper_whose_slirp4netns_cannot_start_again_lives_on_and_tries_again(
             assert shared._keeper(state)["supervisor"] == keeper and shared.supervisor_alive(state)
             assert http_get(port, "/index.html") == b"hello over the bridge\n"
         finally:
-            for info in rt.list():
-                rt.remove(info.name, force=True)
-            for network in rt.list_networks():
-                rt.remove_network(network.name)
+            remove_everything(rt)
             rt.shutdown()
 
 

@@ -216,6 +216,11 @@ class Leaf:
             "pids_refused": _field(f"{self.path}/pids.events", "max") or 0,
         }
 
+    def discard(self) -> None:
+        """Kill whatever is still in a leaf no container uses, and remove it."""
+        self.kill()
+        self.remove()
+
     def remove(self) -> None:
         """Delete the (empty) leaf (a systemd scope's may already be gone, or systemd's)."""
         with contextlib.suppress(OSError):

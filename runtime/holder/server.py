@@ -166,8 +166,7 @@ class _Spares:
     def _discard_leaf(self) -> None:
         """Remove the leaf of a spare that ended unused (its init ends with it)."""
         if self.leaf is not None:
-            self.leaf.kill()
-            self.leaf.remove()
+            self.leaf.discard()
             self.leaf = None
 
     def refill(self) -> None:

@@ -320,7 +320,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
         if leaf is not None and (ahead is None or leaf != ahead.leaf) and not req.systemd_scope:
-            _discard(leaf)  # made for this launch (the spare's own goes after it)
+            leaf.discard()  # made for this launch (the spare's own goes after it)
         raise
 
 
@@ -391,7 +391,7 @@ class _Ahead:
 
     def discard(self) -> None:
         self.settle()
-        _discard(self.leaf)
+        self.leaf.discard()
 
 
 def _leaf_ahead(ahead: str) -> _Ahead | None:
@@ -467,12 +467,6 @@ def _write_limits(leaf: Leaf, limits: dict[str, str]) -> None:
         raise _LaunchFailed(f"cannot write the container's limits into {leaf.path}: {exc}") from exc
 
 
-def _discard(leaf: Leaf) -> None:
-    """Kill whatever is still in a leaf no container uses, and remove it."""
-    leaf.kill()
-    leaf.remove()
-
-
 def _move(init: _Init, leaf: Leaf) -> None:
     """Move the init into a leaf made at launch (no leaf was made ahead).
 
@@ -540,8 +534,9 @@ def run_spare(
     code = 1
     try:
         leaf = _leaf_ahead(leaf_ahead)
-        procs = () if leaf is None else (leaf.procs,)
-        init = _fork_init((ctrl.fileno(), *procs), native, intercept, ahead, *procs)
+        procs = None if leaf is None else leaf.procs
+        closed = (ctrl.fileno(),) if procs is None else (ctrl.fileno(), procs)
+        init = _fork_init(closed, native, intercept, ahead, procs)
         if leaf is not None:
             os.close(leaf.procs)
             leaf.mover = init.middle

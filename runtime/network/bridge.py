@@ -367,9 +367,8 @@ class BridgeForwards:
             raise
 
     def forget(self, records: list[shared.ForwardRecord]) -> None:
-        """Drop ``records`` from the forwards file (each with a sync)."""
-        for record in records:
-            self._drop(record.proto, record.guest_port)
+        """Drop ``records`` from the forwards file (all of them, then one sync)."""
+        self._drop({(record.proto, record.guest_port) for record in records})
 
     def _bound(self, record: shared.ForwardRecord, synced: dict[str, Any]) -> int:
         if record.handler == "splice" and "listeners" in synced:
@@ -408,7 +407,7 @@ class BridgeForwards:
         for live in slirp.list_forwards(self.api):
             if live.id == forward_id:
                 slirp.remove_forward(self.api, forward_id)
-                self._drop(live.forward.proto, live.forward.guest_port)
+                self._drop({(live.forward.proto, live.forward.guest_port)})
 
     def _remove_spliced(self, forward_id: int) -> None:
         entry = next((e for e in _listeners(self.state) if e["id"] == forward_id), None)
@@ -417,9 +416,10 @@ class BridgeForwards:
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
         key = (entry["host_addr"], entry["host_port"])
-        for r in records:
-            if r.container == self.name and (r.host_addr, r.host_port) == key:
-                self._drop(r.proto, r.guest_port)
+        mine = (
+            r for r in records if r.container == self.name and (r.host_addr, r.host_port) == key
+        )
+        self._drop({(r.proto, r.guest_port) for r in mine})
 
     def list(self) -> list[LiveForward]:
         return live_forwards(self.state).get(self.name, [])
@@ -427,10 +427,13 @@ class BridgeForwards:
     def find(self, forward: Forward) -> LiveForward | None:
         return next((live for live in self.list() if live.forward == forward), None)
 
-    def _drop(self, proto: str, guest_port: int) -> None:
+    def _drop(self, keys: set[tuple[str, int]]) -> None:
+        """Drop the records of ``keys`` (protocol, guest port), then have the keeper sync."""
+        if not keys:
+            return
         with shared.locked(self.state) as bdir:
             records = shared.load_forwards(bdir)
-            kept = [r for r in records if (r.proto, r.guest_port) != (proto, guest_port)]
+            kept = [r for r in records if (r.proto, r.guest_port) not in keys]
             shared.save_forwards(bdir, kept)
         shared.call(self.state, "sync")
 

@@ -213,7 +213,10 @@ class Slirp4netnsDriver:
 
 def _added(driver: NetworkDriver, cdir: Path, forwards: Sequence[Forward]) -> list[int]:
     """Add ``forwards`` to the new container of ``cdir`` one by one; their ids."""
-    return [driver.forwards(cdir, cdir.name).add(forward) for forward in forwards]
+    if not forwards:
+        return []
+    table = driver.forwards(cdir, cdir.name)
+    return [table.add(forward) for forward in forwards]
 
 
 class _Start(Protocol):
