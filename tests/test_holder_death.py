@@ -18,6 +18,7 @@ import pytest
 from runtime.api.spec import ContainerSpec, NetworkAttachment, PortMapping
 from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerUnreachable
+from runtime.holder.protocol import HOLDER_PROTOCOL, HOLDER_RECORD
 from runtime.network import slirp
 from runtime.util.files import read_json, write_json_atomic
 from runtime.util.processes import ProcessId
@@ -139,6 +140,31 @@ def test_a_new_holder_takes_over_the_running_containers(rt: LinuxRuntime) -> Non
     assert http_get(port, "/index.html") == b"served\n"
     rt.run(shell("beside", "exec sleep 600", stop_timeout=0))  # the new holder's own
     assert rt.exec_command("beside", ["true"]).exit_code == 0
+
+
+def test_a_holder_an_older_version_started_is_replaced_and_its_containers_kept(
+    rt: LinuxRuntime,
+) -> None:
+    """After an upgrade the holder still running would refuse the requests' new fields:
+    the next call asks it to exit, and the new holder takes its containers over."""
+    port = free_port()
+    before = rt.run(served("kept", port))
+    older = rt.holder.identity()
+    assert older is not None
+    record = read_json(rt.state / HOLDER_RECORD)
+    assert isinstance(record, dict) and record.get("protocol") == HOLDER_PROTOCOL
+    write_json_atomic(rt.state / HOLDER_RECORD, older.to_json())  # as an older holder wrote it
+    rt.run(shell("beside", "exec sleep 600", stop_timeout=0))
+    newer = rt.holder.identity()
+    assert newer is not None and newer.pid != older.pid
+    assert older.wait_gone(30.0)
+    info = rt.inspect("kept")
+    assert (info.pid, info.pid_start_time) == (before.pid, before.pid_start_time)
+    assert rt.exec_command("kept", ["cat", "/tmp/index.html"]).output == "served\n"
+    assert http_get(port, "/index.html") == b"served\n"
+    rt.run(shell("third", "exec sleep 600", stop_timeout=0))
+    kept = rt.holder.identity()  # a holder of this version is kept
+    assert kept is not None and (kept.pid, kept.start_time) == (newer.pid, newer.start_time)
 
 
 def test_a_container_the_new_holder_cannot_reach_says_why(rt: LinuxRuntime) -> None:

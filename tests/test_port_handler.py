@@ -4,6 +4,7 @@ a container's end lets its namespace and forwards go, and slirp4netns stays a ch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,7 +17,7 @@ import pytest
 
 from runtime.api.spec import BindMount, ContainerSpec, NetworkAttachment, PortMapping, RootfsRef
 from runtime.client.linux import LinuxRuntime
-from runtime.errors import PortInUse
+from runtime.errors import PortInUse, SlirpError
 from runtime.network import porter, shared, slirp
 from runtime.settings import RuntimeSettings
 from runtime.util.processes import ProcessId
@@ -217,3 +218,28 @@ def test_a_udp_forward_stays_with_slirp4netns(
     assert [(r.proto, r.handler) for r in records] == [("udp", "slirp4netns")]
     assert nets.remove_port("u", mapping).ports == ()
     assert slirp.list_forwards(api) == []
+
+
+def test_a_port_handler_that_never_says_it_is_ready_is_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler alive but never ready: the keeper kills it (its end then brings it back,
+    as any helper's), where it was left running, never tried again, and outlived a
+    keeper that failed to start."""
+    monkeypatch.setattr(shared, "READY_TIMEOUT", 0.2)
+    monkeypatch.setattr(porter, "run", lambda *_: time.sleep(600))  # in the forked child
+    exit_r, exit_w = os.pipe()
+    keeper = shared._Supervisor(tmp_path, tmp_path, exit_r=exit_r, exit_w=exit_w)
+    try:
+        with pytest.raises(SlirpError, match="did not start"):
+            keeper._start_porter()
+        (child,) = keeper.children
+        status = eventually(lambda: os.waitpid(child, os.WNOHANG)[1], "the handler ended")
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    finally:
+        for pid in keeper.children:  # should the assertion above fail: by its pid
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        os.close(exit_r)
+        os.close(exit_w)

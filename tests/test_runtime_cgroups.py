@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -251,3 +252,34 @@ def test_a_new_holder_finds_the_leaf_a_spare_made_ahead(rt: LinuxRuntime) -> Non
 def _leaves(rt: LinuxRuntime) -> list[Path]:
     assert DELEGATED is not None
     return [p for p in (DELEGATED.root / "squish" / rt._group).iterdir() if p.is_dir()]
+
+
+def test_a_leaf_discarded_while_a_process_moves_in_is_removed_all_the_same(
+    rt: LinuxRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spare's mover can put its init into the leaf between the kill and the removal of
+    a discard (the holder removing the leaf of a spare that died idle): the removal fails
+    busy, and the leaf was left behind. It is killed again and removed."""
+    info = rt.run(sleeper("beside"))
+    assert info.pid is not None
+    leaf = cgroups.Leaf(leaf_of(info.pid).path.parent / f"run.late{os.getpid()}")
+    leaf.path.mkdir()
+    late = subprocess.Popen(["sleep", "600"])  # plays the init moved in late
+    kill = cgroups.Leaf.kill
+
+    def kill_then_move_in(self: cgroups.Leaf, timeout: float = 10.0) -> bool:
+        done = kill(self, timeout)
+        if late.returncode is None and late.poll() is None:
+            (self.path / "cgroup.procs").write_text(str(late.pid))
+        return done
+
+    monkeypatch.setattr(cgroups.Leaf, "kill", kill_then_move_in)
+    try:
+        leaf.discard()
+        assert not leaf.path.exists()
+        assert late.wait() == -signal.SIGKILL
+    finally:
+        late.kill()  # by its pid, should it still run
+        late.wait()
+        monkeypatch.undo()
+        leaf.discard()

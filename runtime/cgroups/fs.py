@@ -216,10 +216,18 @@ class Leaf:
             "pids_refused": _field(f"{self.path}/pids.events", "max") or 0,
         }
 
-    def discard(self) -> None:
-        """Kill whatever is still in a leaf no container uses, and remove it."""
-        self.kill()
-        self.remove()
+    def discard(self, tries: int = 3) -> None:
+        """Kill whatever is still in a leaf no container uses, and remove it. A process
+        moved in after the kill (a spare's mover, late) makes the removal fail busy:
+        killed in turn, another try."""
+        for _ in range(tries):
+            self.kill()
+            try:
+                self.path.rmdir()
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    continue
+            return
 
     def remove(self) -> None:
         """Delete the (empty) leaf (a systemd scope's may already be gone, or systemd's)."""

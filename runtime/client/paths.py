@@ -2,7 +2,7 @@
 
 Layout under the state directory (JSON files are written atomically)::
 
-    pause.json               identity of the namespace-holder process (pid, start time)
+    pause.json               identity of the namespace-holder process (pid, start time, protocol)
     pause.sock               its control socket (0600)
     containers/NAME/
         launch.json          the resolved launch plan (spec + host paths), written at create

@@ -30,6 +30,7 @@ from runtime.holder.idmap import write_id_maps
 from runtime.holder.protocol import (
     HOLDER_LOCK,
     HOLDER_LOG,
+    HOLDER_PROTOCOL,
     HOLDER_RECORD,
     HOLDER_SOCKET,
     MAX_REPLY,
@@ -148,8 +149,17 @@ class Holder:
 
     def identity(self) -> ProcessId | None:
         """The holder's (pid, start time) if it is running."""
-        identity = ProcessId.from_json(read_json(self.state / HOLDER_RECORD))
-        return identity if identity is not None and identity.alive() else None
+        return self._running()[0]
+
+    def _running(self) -> tuple[ProcessId | None, bool]:
+        """The running holder, if any, and whether it serves this version's requests
+        (its record's ``protocol``; an older holder wrote none)."""
+        record = read_json(self.state / HOLDER_RECORD)
+        identity = ProcessId.from_json(record)
+        if identity is None or not identity.alive():
+            return None, False
+        protocol = record.get("protocol", 0) if isinstance(record, dict) else 0
+        return identity, isinstance(protocol, int) and protocol >= HOLDER_PROTOCOL
 
     def call(self, request: Request, expected: type[R], timeout: float = 30.0) -> R | Failure:
         """Send one request, starting the holder first when it is not running; return
@@ -178,14 +188,19 @@ class Holder:
             ) from None
 
     def ensure(self) -> ProcessId:
-        """Return the running holder, starting one if needed (race-free across clients)."""
-        identity = self.identity()
-        if identity is not None:
+        """Return the running holder, starting one if needed (race-free across clients).
+        A holder an earlier version started, which would refuse this version's requests,
+        is asked to exit first: its containers keep running and the new holder takes
+        them over."""
+        identity, current = self._running()
+        if identity is not None and current:
             return identity
         with file_lock(self.state / HOLDER_LOCK):
-            identity = self.identity()
-            if identity is not None:
+            identity, current = self._running()
+            if identity is not None and current:
                 return identity
+            if identity is not None:
+                self._stop_locked()
             return self._spawn()
 
     def _spawn(self) -> ProcessId:

@@ -29,6 +29,7 @@ __all__ = (
     "CONTAINERS_DIR",
     "HOLDER_LOCK",
     "HOLDER_LOG",
+    "HOLDER_PROTOCOL",
     "HOLDER_RECORD",
     "HOLDER_SOCKET",
     "MAX_REPLY",
@@ -69,7 +70,13 @@ HOLDER_SOCKET = "pause.sock"
 holder's first name, podman's "pause process", so that a holder an older squish started
 is still found and stopped."""
 HOLDER_RECORD = "pause.json"
-"""The holder's identity (pid, start time) in the state folder."""
+"""The holder's identity (pid, start time) and ``protocol`` in the state folder."""
+HOLDER_PROTOCOL = 1
+"""The requests' revision a holder of this version serves, written in its record. Raised
+whenever a request gains a field (a holder refuses a field it does not know): a client
+that finds a holder of an earlier revision, or of none (every holder before revision 1),
+asks it to exit and starts its own, which takes the running containers over
+(``runtime.holder.adoption``)."""
 HOLDER_LOG = "pause.log"
 """The holder's log (its output and that of what it forks) in the state folder."""
 HOLDER_LOCK = "pause.lock"

@@ -42,6 +42,7 @@ from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.init import sample_request
 from runtime.holder.protocol import (
+    HOLDER_PROTOCOL,
     HOLDER_RECORD,
     HOLDER_SOCKET,
     MAX_REQUEST,
@@ -723,7 +724,7 @@ def main(argv: list[str] | None = None) -> None:
     listener.listen(64)
     me = ProcessId.of(os.getpid())
     assert me is not None
-    write_json_atomic(state / HOLDER_RECORD, me.to_json())
+    write_json_atomic(state / HOLDER_RECORD, {**me.to_json(), "protocol": HOLDER_PROTOCOL})
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)

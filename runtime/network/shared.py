@@ -502,7 +502,9 @@ class _Supervisor:
         ready = os.read(ready_r, 1) if wait_readable([ready_r], READY_TIMEOUT) else b""
         os.close(ready_r)
         self.children[child] = "porter"
-        if ready != b"1":
+        if ready != b"1":  # hung or failed: its end (reaped as a helper's) brings it back
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
             raise SlirpError("the port handler did not start")
         self.porter = ProcessId.of(child)
         self.bound = {}
