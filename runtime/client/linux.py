@@ -250,7 +250,8 @@ class LinuxRuntime(NetworkOps):
             listed = (self._log_owners.owned(logs, self.state), _names(self.containers))
             if listed == self._logs_swept:
                 return
-            orphans = logfiles.orphans(logs, self.state, self._named_logs)
+            owned = [logs / name for name in sorted(listed[0])]  # owners are read once
+            orphans = logfiles.orphans(owned, self._named_logs)
             for orphan in orphans:
                 logfiles.discard(orphan / LOG_FILE)
                 log.info("removed the log %s, which no container of %s names", orphan, self.state)
