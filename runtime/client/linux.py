@@ -176,7 +176,7 @@ class LinuxRuntime(NetworkOps):
             meta = {"restarts": 0, "created_at": time.time(), "started": 0}
             write_json_atomic(cdir / "meta.json", {**meta, "log_path": str(log_path)})
             self._write_spec(cdir, spec)
-            write_json_atomic(cdir / "launch.json", request.to_json())
+            self._write_launch_request(cdir, request)
         except BaseException:
             folders.discard(cdir)
             self._release(spec.name)
@@ -311,7 +311,7 @@ class LinuxRuntime(NetworkOps):
             started = int(meta.get("started", 0)) + 1
             meta.update(started=started, restarts=max(0, started - 1))
             write_json_atomic(cdir / "meta.json", meta)
-            return self._info(cdir, fresh=False)
+            return self._info(cdir, ask=False)  # its forwards as the launch just made them
 
     def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> Launched | Failure:
         """Ask the holder to start the container where the cgroup driver places it;
@@ -504,7 +504,7 @@ class LinuxRuntime(NetworkOps):
                 hostname=spec.hostname or new_name,
                 mounts=tuple(fresh.get(m.target, m) for m in request.mounts),
             )
-            write_json_atomic(target / "launch.json", request.to_json())
+            self._write_launch_request(target, request)
             self._forget(cdir)
             return self._info(target)
 
