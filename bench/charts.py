@@ -47,7 +47,7 @@ TITLES = {
     "startup": "Start + exit of /bin/true, squish and bwrap in turns",
     "dataplane": "Host forwards against the host's loopback",
     "procview": "The /proc view against the kernel's /proc",
-    "watch": "The folder watch: written until told",
+    "watch": "The folder watch: written until its batch ends",
 }
 
 

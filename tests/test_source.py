@@ -559,3 +559,98 @@ def _told_at(
         yield
     finally:
         sys.settrace(None)
+
+
+# -- a pass loads while a batch gathers, and acts once it has ended ------------------------
+
+
+async def batch_ended(source: FolderSource) -> None:
+    """Until the batch the watch is gathering (if any) has ended."""
+    with anyio.fail_after(HANG_GUARD):
+        while source._batch is not None:
+            await source._batch.ended.wait()
+
+
+@contextlib.asynccontextmanager
+async def held_open(source: FolderSource, changes: Changes) -> AsyncIterator[Snapshot]:
+    """A new squishfile made and held open (one event; its batch ends after the step's
+    quiet); the snapshot a pass loads once the watch told the batch's first event."""
+    await batch_ended(source)
+    told = len(changes.said)
+    fd = os.open(source.path / "slow.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with anyio.fail_after(HANG_GUARD):
+            while len(changes.said) == told:
+                await changes.next()
+        snapshot = await anyio.to_thread.run_sync(source.load)
+        assert source._batch is not None  # still gathering
+        yield snapshot
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.anyio
+async def test_a_load_amid_a_batch_holds_once_the_batch_ends_with_nothing_after_it(
+    tmp_path: Path,
+) -> None:
+    """The first event of a batch is told at once, so a pass loads while the batch
+    gathers; its snapshot holds once the batch has ended, and the end is not told again."""
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    source = FolderSource(tmp_path, Settings(settle_ms=0, step_ms=100))
+    assert source.load().current is None  # no batch: acted on at once
+    async with (
+        watched(source, tmp_path / "web.toml") as changes,
+        held_open(source, changes) as snapshot,
+    ):
+        told = len(changes.said)
+        assert snapshot.current is not None
+        with anyio.fail_after(HANG_GUARD):
+            assert await snapshot.current() is True
+        assert len(changes.said) == told  # the pass that waited acts on it
+    assert {e.name for e in snapshot.desired.errors} == {"slow"}  # read amid the batch
+
+
+@pytest.mark.anyio
+async def test_a_load_amid_a_batch_that_more_events_joined_is_loaded_again(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    source = FolderSource(tmp_path, Settings(settle_ms=0, step_ms=100))
+    async with (
+        watched(source, tmp_path / "web.toml") as changes,
+        held_open(source, changes) as snapshot,
+    ):
+        told = len(changes.said)
+        (tmp_path / "api.toml").write_bytes(with_port(8082))  # joins the same batch
+        assert snapshot.current is not None
+        with anyio.fail_after(HANG_GUARD):
+            assert await snapshot.current() is False
+        assert len(changes.said) == told  # the pass that waited loads again itself
+        assert set(source.load().desired.containers) == {"api", "web"}
+
+
+class BatchWithMore(MemorySource):
+    """Each snapshot is loaded amid a batch; by the end of the first, "api" came too."""
+
+    def load(self) -> Snapshot:
+        return Snapshot(self.state, f"memory:{self.revision}", current=self._current)
+
+    async def _current(self) -> bool:
+        if "api" in self.state.containers:
+            return True
+        self.put("web", "api")
+        return False
+
+
+@pytest.mark.anyio
+async def test_a_pass_whose_load_a_batch_made_stale_loads_again_before_it_acts() -> None:
+    clock = FakeClock()
+    fake = FakeRuntime(clock)
+    source = BatchWithMore("web")
+    loop = WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+    result = await loop.reconcile("files changed")
+    assert (result.revision, sorted(kinds(result))) == (
+        "memory:2",
+        [(ActionKind.CREATE, "api"), (ActionKind.CREATE, "web")],
+    )
+    assert [info.name for info in fake.list()] == ["api", "web"]

@@ -7,7 +7,9 @@ observes every container, so a lost or merged event can never leave a wrong stat
 
 - the source's changes (a folder's file events: inotify, waited for by the event loop,
   a batch ending after a few quiet milliseconds, so one edit is applied within
-  milliseconds and a burst, such as a git checkout, becomes one pass);
+  milliseconds and a burst, such as a git checkout, becomes one pass; the pass begins
+  with the batch's first event and acts once the batch has ended, see
+  :attr:`reconciler.desired.source.Snapshot.current`);
 - the exit of any container's init (a pidfd per running container), so a command that
   exits is handled at once;
 - a periodic resync that catches the rest of the drift (a forward removed behind our
@@ -33,7 +35,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +123,8 @@ class Reconciler:
     (:attr:`Settings.network_linger`; 0: it goes with its last container)."""
     _unjoined_since: dict[str, float] = field(default_factory=dict)
     """Since when each network kept for its linger has been unjoined (memory only)."""
+    _current: Callable[[], Awaitable[bool]] | None = None
+    """The last snapshot's :attr:`~reconciler.desired.source.Snapshot.current`."""
 
     @property
     def folder(self) -> Path:
@@ -132,6 +136,7 @@ class Reconciler:
         self.revision = snapshot.revision
         settle = snapshot.settle_in
         self._settles_at = None if settle is None else self.clock() + settle
+        self._current = snapshot.current
         actual = self.runtime.list()
         self.networks = self.runtime.list_networks()
         return snapshot.desired, actual
@@ -183,6 +188,8 @@ class Reconciler:
         except Exception as exc:  # housekeeping: a failure must not cost the pass
             swept_badly = f"sweeping leftovers failed: {type(exc).__name__}: {exc}"
         desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
+        if not await self._still_current():
+            desired, actual, todo = await anyio.to_thread.run_sync(self.dry_run)
         since = self._unjoined_since
         self._unjoined_since = {n: since.get(n, started) for n in todo.lingering}
         now, refused = self._hold_back(todo)
@@ -235,6 +242,13 @@ class Reconciler:
             if pid is not None
         }
         return result
+
+    async def _still_current(self) -> bool:
+        """Whether what the last dry run loaded still holds once the batch of changes
+        it was loaded amid has ended (the pass loads and plans while the batch gathers,
+        and acts only on the whole batch, as if it had begun after it)."""
+        current, self._current = self._current, None
+        return current is None or await current()
 
     def _count_removals(
         self, desired: DesiredState, actual: Sequence[ContainerInfo], outcomes: Sequence[Outcome]

@@ -108,21 +108,36 @@ def _written(writing: set[Path], events: list[Event]) -> set[Path]:
     return writing
 
 
+def _nothing() -> None:
+    pass
+
+
 async def batches(
-    notify: Inotify, counts: Callable[[Path], bool], *, quiet: float, longest: float, tick: float
+    notify: Inotify,
+    counts: Callable[[Path], bool],
+    *,
+    quiet: float,
+    longest: float,
+    tick: float,
+    noticed: Callable[[], None] = _nothing,
 ) -> AsyncGenerator[bool, None]:
     """True after each batch of events that count (on paths for which ``counts`` holds),
     ended as the module says; False when ``tick`` seconds passed without any (so the
-    caller can look around)."""
+    caller can look around). ``noticed()`` is called as soon as events that count are
+    read, before the batch they begin or join ends (a caller may start reading the
+    folder meanwhile, and knows its read is stale if it is called again)."""
     while True:
         events = await _counted(notify, counts, tick)
         if not events:
             yield False
             continue
+        noticed()
         ends = time.monotonic() + longest
         writing = _written(set(), events)
         while events:
             wait = quiet if writing else min(quiet, CLOSED_QUIET)
             events = await _counted(notify, counts, min(wait, max(ends - time.monotonic(), 0)))
+            if events:
+                noticed()
             writing = _written(writing, events)
         yield True

@@ -5,6 +5,10 @@ loaded), says when the desired state may have changed, and names the folder its
 containers are labelled with (status is kept per folder too). :class:`FolderSource`
 is a folder of squishfiles watched with inotify; another source (a git checkout at a
 given commit, say) plugs in without touching the loop or the planner.
+
+A folder's watch tells a batch of events as soon as its first event comes, so that a
+pass loads and plans while the batch gathers; a snapshot loaded amid a batch says so
+(:attr:`Snapshot.current`), and the pass acts on it only once the batch has ended.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -45,6 +49,12 @@ class Snapshot:
     settle_in: float | None = None
     """Seconds after which loading again may give more (a file written in place becomes
     quiet enough to apply); None: only when the source says it changed."""
+    current: Callable[[], Awaitable[bool]] | None = None
+    """None: the snapshot may be acted on at once. Else it was loaded while a batch of
+    changes was still coming in: awaiting this waits until the batch has ended and says
+    whether the snapshot still holds (False: something changed after its load began,
+    load again). A pass that awaits it takes that batch on itself: the source does not
+    tell its end as a change."""
 
 
 class Source(Protocol):
@@ -90,6 +100,9 @@ class FolderSource:
     """:attr:`_events` when the last load began with the watch armed (None: it was not).
     While it is still the count, the watch has seen no event since: a file whose status
     is unchanged is unchanged (see :meth:`load`)."""
+    _batch: _Batch | None = None
+    """The batch of events the watch is gathering (None: no event is waiting for its
+    batch to end)."""
 
     @property
     def folder(self) -> Path:
@@ -108,6 +121,7 @@ class FolderSource:
         now, settle = self.clock(), self.settings.settle_ms / 1000
         host = HostIdentity(self.settings.host, self.settings.labels)
         seen = self._events  # read once: an event told from here on is told after it
+        pending = self._batch is not None
         trusted = self._armed and self._vouched_at == seen
         self._vouched_at = seen if self._armed else None
         desired = load_desired(
@@ -119,7 +133,20 @@ class FolderSource:
             trusted=trusted,
             recall_names=self.recall_names,
         )
-        return Snapshot(desired, self._revision(desired), settles_in(self._files, now, settle))
+        current = functools.partial(self._held, seen) if pending else None
+        return Snapshot(
+            desired, self._revision(desired), settles_in(self._files, now, settle), current
+        )
+
+    async def _held(self, seen: int) -> bool:
+        """Once the batch gathering now (if any) has ended, whether no event came since
+        the load that read :attr:`_events` as ``seen`` began; the batch's end is then
+        this caller's to act on, not told as a change."""
+        batch = self._batch
+        if batch is not None:
+            batch.claimed = True
+            await batch.ended.wait()
+        return self._events == seen
 
     def _revision(self, desired: DesiredState) -> str:
         """``files:<digest>`` of the squishfiles' names and bytes as loaded."""
@@ -132,6 +159,25 @@ class FolderSource:
             digest.update(path.name.encode() + b"\0" + key)
         return f"files:{digest.hexdigest()}"
 
+    def _noticed(self, changed: Changed) -> None:
+        """Events came: the next load reads every file. The first of a batch tells a
+        change at once, so that a pass loads and plans while the batch gathers; it acts
+        once the batch has ended (:attr:`Snapshot.current`)."""
+        self.note_event()
+        if self._batch is None:
+            self._batch = _Batch()
+            changed("files changed")
+
+    def _ended(self, changed: Changed) -> None:
+        """The batch ended: told as a change unless a pass waits for it (it loads again
+        when an event came after its load began)."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        batch.ended.set()
+        if not batch.claimed:
+            changed("files changed")
+
     def note_event(self) -> None:
         """An event came: the next load reads every file. Called on the watch's side
         while a load may run in a worker thread: a count, not a flag a load resets,
@@ -139,7 +185,8 @@ class FolderSource:
         self._events += 1
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
-        """Tell each batch of squishfile events; re-arm when the folder returns or is
+        """Tell each batch of squishfile events as it begins (its end too, unless a pass
+        waits for it: :attr:`Snapshot.current`); re-arm when the folder returns or is
         replaced by another directory (inotify would keep following the old one), and
         at once when its symbolic links lead elsewhere."""
         watch = _Watch()
@@ -152,9 +199,10 @@ class FolderSource:
             group.start_soon(_cancel_on, stop, group.cancel_scope)
             while True:
                 try:
-                    relinked = await self._watch_once(noted, watch)
+                    relinked = await self._watch_once(changed, watch)
                 finally:
                     self._armed = False
+                    self._ended(changed)  # a pass waiting for it is told below as well
                 noted("links changed" if relinked else "folder changed")
                 if not relinked:
                     await anyio.sleep(self.settings.rearm_delay)
@@ -174,17 +222,20 @@ class FolderSource:
         folders = linked.folders | {real}  # as they are now: one that appears later is watched then
         counts = functools.partial(_counts, real, linked.paths, folders)
         quiet, longest = self.settings.step_ms / 1000, self.settings.debounce_ms / 1000
+        noticed = functools.partial(self._noticed, changed)
         try:
             with Inotify() as notify:
                 for folder in sorted(folders):
                     notify.add(folder)
                 self._armed = True
                 # a tick once a second: is it still the same folder?
-                events = batches(notify, counts, quiet=quiet, longest=longest, tick=1.0)
+                events = batches(
+                    notify, counts, quiet=quiet, longest=longest, tick=1.0, noticed=noticed
+                )
                 async with contextlib.aclosing(events):
                     async for batch in events:
                         if batch:
-                            changed("files changed")
+                            self._ended(changed)
                         if watch.stale(self.folder):
                             return False
                         now = linked_from(real)
@@ -200,6 +251,14 @@ def _counts(folder: Path, linked: frozenset[Path], watched: frozenset[Path], eve
     link on the way to one, or on a file a link leads to, or on a watched folder itself
     (it went, or events were lost)."""
     return (event.parent == folder and is_squishfile(event)) or event in linked or event in watched
+
+
+class _Batch:
+    """A batch of events the watch gathers: whether a pass waits for its end."""
+
+    def __init__(self) -> None:
+        self.ended = anyio.Event()
+        self.claimed = False
 
 
 class _Watch:

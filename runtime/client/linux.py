@@ -176,7 +176,7 @@ class LinuxRuntime(NetworkOps):
             meta = {"restarts": 0, "created_at": time.time(), "started": 0}
             write_json_atomic(cdir / "meta.json", {**meta, "log_path": str(log_path)})
             self._write_spec(cdir, spec)
-            write_json_atomic(cdir / "launch.json", request.to_json())
+            self._write_launch_request(cdir, request)
         except BaseException:
             folders.discard(cdir)
             self._release(spec.name)
@@ -250,7 +250,8 @@ class LinuxRuntime(NetworkOps):
             listed = (self._log_owners.owned(logs, self.state), _names(self.containers))
             if listed == self._logs_swept:
                 return
-            orphans = logfiles.orphans(logs, self.state, self._named_logs)
+            owned = [logs / name for name in sorted(listed[0])]  # owners are read once
+            orphans = logfiles.orphans(owned, self._named_logs)
             for orphan in orphans:
                 logfiles.discard(orphan / LOG_FILE)
                 log.info("removed the log %s, which no container of %s names", orphan, self.state)
@@ -310,7 +311,7 @@ class LinuxRuntime(NetworkOps):
             started = int(meta.get("started", 0)) + 1
             meta.update(started=started, restarts=max(0, started - 1))
             write_json_atomic(cdir / "meta.json", meta)
-            return self._info(cdir, fresh=False)
+            return self._info(cdir, ask=False)  # its forwards as the launch just made them
 
     def _launch(self, cdir: Path, name: str, request: LaunchRequest) -> Launched | Failure:
         """Ask the holder to start the container where the cgroup driver places it;
@@ -503,7 +504,7 @@ class LinuxRuntime(NetworkOps):
                 hostname=spec.hostname or new_name,
                 mounts=tuple(fresh.get(m.target, m) for m in request.mounts),
             )
-            write_json_atomic(target / "launch.json", request.to_json())
+            self._write_launch_request(target, request)
             self._forget(cdir)
             return self._info(target)
 

@@ -78,7 +78,7 @@ class RunningOps(RecordStore):
         self._write_spec(cdir, spec)
         request = self._launch_request(cdir)
         updated = dataclasses.replace(request, forwards=tuple(forward_of(p) for p in ports))
-        write_json_atomic(cdir / "launch.json", updated.to_json())
+        self._write_launch_request(cdir, updated)
 
     def add_port(self, name: str, mapping: PortMapping) -> ContainerInfo:
         with self._locked(name) as cdir:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -131,17 +131,14 @@ def claim(folder: Path, state: Path) -> None:
         write_atomic(folder / OWNER_FILE, str(state).encode(), sync=False)
 
 
-def orphans(logs: Path, state: Path, named: Callable[[], set[Path]]) -> list[Path]:
-    """The log folders in ``logs`` that ``state`` owns and that no record names.
+def orphans(owned: Iterable[Path], named: Callable[[], set[Path]]) -> list[Path]:
+    """The log folders of ``owned`` (those a state folder owns: :meth:`Owners.owned`)
+    that no record names.
 
-    ``named()`` gives the log folders the records of ``state`` name; it is asked after
-    the folders are listed (a folder made later is named already: a record names its
-    log before any start makes it), and once more for the folders it did not name (a
+    ``named()`` gives the log folders the records of that state folder name; it is asked
+    after the folders were listed (a folder made later is named already: a record names
+    its log before any start makes it), and once more for the folders it did not name (a
     record renamed meanwhile may be missed by one listing)."""
-    try:
-        owned = [f for f in logs.iterdir() if _owner(f) == str(state)]
-    except FileNotFoundError:
-        return []
     first = named()  # once per listing: it reads every record
     unnamed = [f for f in owned if f not in first]
     if not unnamed:

@@ -27,7 +27,6 @@ from runtime.errors import (
 )
 from runtime.network import bridge, shared
 from runtime.network.addresses import AddressBook, NetworkRecord, open_book, read_networks
-from runtime.util.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ class NetworkOps(RunningOps):
         self._write_spec(cdir, spec)
         request = self._launch_request(cdir)
         updated = dataclasses.replace(request, network=spec.network)
-        write_json_atomic(cdir / "launch.json", updated.to_json())
+        self._write_launch_request(cdir, updated)
         info = self._info(cdir)
         if info.state is ContainerState.RUNNING and info.pid is not None:
             self._rewire(cdir, spec, info.pid)  # the keeper syncs before it wires

@@ -95,6 +95,15 @@ def cgroup_facts(
     return {"paused": leaf.frozen(), **leaf.events()}  # missing files read as 0
 
 
+def _status_key(path: Path | str) -> tuple[int, int, int, int] | None:
+    """What tells a file replaced atomically from its last version (None: it is gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def _run_identity(cdir: Path) -> tuple[int, int] | None:
     """Which run ``run.json`` records (a new start replaces the file)."""
     try:
@@ -162,6 +171,9 @@ class RecordStore:
         self._rootfs_paths: dict[RootfsRef, Path] = {}
         self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}
         """spec.json as last parsed, by container folder, with the status it had."""
+        self._requests: dict[Path, tuple[tuple[int, int, int, int], LaunchRequest]] = {}
+        """launch.json as last parsed or written, by container folder, with the status
+        it had (a start reads back what its create wrote: not parsed again)."""
         self._forward_checks: dict[
             Path, tuple[float, tuple[PortMapping, ...], tuple[PortMapping, ...]]
         ] = {}
@@ -188,11 +200,28 @@ class RecordStore:
         return folders.locked(self._dir(name), name)
 
     def _launch_request(self, cdir: Path) -> LaunchRequest:
+        """The container's launch.json, parsed again only when its status changed (it
+        is always replaced atomically)."""
         path = cdir / "launch.json"
+        key = _status_key(path)
+        known = self._requests.get(cdir)
+        if key is not None and known is not None and known[0] == key:
+            return known[1]
         try:
-            return LaunchRequest.from_json(read_json(path))
+            request = LaunchRequest.from_json(read_json(path))
         except ValueError as exc:  # missing, damaged or of another shape: say which file
             raise ValueError(f"{path}: {exc}") from None
+        if key is not None:
+            self._requests[cdir] = (key, request)
+        return request
+
+    def _write_launch_request(self, cdir: Path, request: LaunchRequest) -> None:
+        """Replace the container's launch.json atomically; remembered as written."""
+        path = cdir / "launch.json"
+        write_json_atomic(path, request.to_json())
+        key = _status_key(path)
+        if key is not None:
+            self._requests[cdir] = (key, request)
 
     def _write_spec(self, cdir: Path, spec: ContainerSpec) -> None:
         """Replace the container's spec.json atomically."""
@@ -243,12 +272,10 @@ class RecordStore:
         (meta.json, run.json: each write is a new inode), parsed again only when its
         status changed. What it returns is shared: never change it."""
         path, known_as = f"{cdir}/{name}", (cdir, name)
-        try:
-            st = os.stat(path)
-        except OSError:
+        key = _status_key(path)
+        if key is None:
             self._records.pop(known_as, None)
             return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         known = self._records.get(known_as)
         if known is not None and known[0] == key:
             return known[1]
@@ -257,8 +284,18 @@ class RecordStore:
         return data
 
     def _info(
-        self, cdir: Path, *, fresh: bool = True, look: BridgeLook | None = None
+        self,
+        cdir: Path,
+        *,
+        fresh: bool = True,
+        look: BridgeLook | None = None,
+        ask: bool = True,
     ) -> ContainerInfo:
+        """What is known of the container of ``cdir``: a running one's forwards as its
+        network holds them (``fresh``: asked now; else as last asked, see
+        :meth:`_live_ports`), or as its run recorded them when not ``ask``-ed (a start
+        that just made them: asking would cost the network a request while the
+        container's command begins)."""
         spec = self._spec(cdir)
         meta = self._record(cdir, "meta.json") or {}
         run = self._record(cdir, "run.json")
@@ -280,7 +317,7 @@ class RecordStore:
                 slirp_id = None if wired is None else shared.slirp_identity(self.state, wired)
             slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
-            if slirp_alive:
+            if slirp_alive and ask:
                 ports = self._live_ports(cdir, spec, ports, fresh, look)
             return ContainerInfo(
                 state=ContainerState.RUNNING,
@@ -343,6 +380,7 @@ class RecordStore:
     def _forget(self, cdir: Path) -> None:
         """Drop what is cached about a folder that is gone or moved."""
         self._specs.pop(cdir, None)
+        self._requests.pop(cdir, None)
         self._records.pop((cdir, "meta.json"), None)
         self._records.pop((cdir, "run.json"), None)
         self._forward_checks.pop(cdir, None)
