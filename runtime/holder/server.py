@@ -105,9 +105,9 @@ def _reply(conn: socket.socket, reply: Reply) -> None:
 REFILL_QUIET = 0.03
 """Seconds after the last launch ended before a spare is forked while another one of
 the last launch's shape is still warm, so the container just started gets the CPU first
-(its first answer). With none left, or when requests come faster than that, it is forked
-as soon as no launch is under way: waiting for a quiet that never comes would leave
-every other start without a warm spare."""
+(its first answer); with none left, it is forked as soon as no launch is under way.
+Starts that follow each other closer than that use up the warm spares first, then each
+waits for the one forked when the launch before it ended (as with a single spare)."""
 
 
 @dataclass
@@ -133,8 +133,7 @@ class _Spares:
 
     A spare is forked only while no launch is under way, so forking it never competes
     for the CPU with a container that is starting; while another spare is still warm, it
-    waits for a quiet spell after the last launch as well (:data:`REFILL_QUIET`), unless
-    the requests come faster than that.
+    waits for a quiet spell after the last launch as well (:data:`REFILL_QUIET`).
     """
 
     def __init__(
@@ -150,8 +149,6 @@ class _Spares:
         self.launching: set[int] = set()
         self.ended = 0.0
         """When the last launch ended (``time.monotonic``)."""
-        self.hurried = False
-        """Whether the last request came before the quiet after the launch before it."""
         self.native = native
         """The native init and log pump (``runtime.native``), or None: Python ones."""
         self.leaves = leaves
@@ -180,7 +177,6 @@ class _Spares:
         """The control socket of a spare for a launch whose root has ``shape``: one
         whose init mounted a root of that shape ahead, else the oldest; with ``fresh``,
         one forked now (the idle ones may have died with the one lost)."""
-        self.hurried = time.monotonic() - self.ended < REFILL_QUIET
         if fresh or not self.idle:
             self._fork()
             self.idle.insert(0, self.idle.pop())
@@ -211,7 +207,7 @@ class _Spares:
         """Fork a spare if one is due; seconds until the next one is, or None."""
         if self.launching or len(self.idle) >= self.count:
             return None
-        if not self.hurried and any(s.shape == self.shape for s in self.idle):
+        if any(s.shape == self.shape for s in self.idle):
             due = self.ended + REFILL_QUIET - time.monotonic()
             if due > 0:
                 return due
