@@ -60,9 +60,16 @@ def test_a_start_on_a_premade_root_has_the_mounts_of_a_cold_start(
     _mounts(rt, "shape-a", [])  # the next spare prepares a root without /warm-data
     # (a shape no earlier start had: the first start of it finds no root of it ahead)
     cold = _mounts(rt, "cold", _data_bind(tmp_path, "/warm-data"))
-    warm = _mounts(rt, "warm", _data_bind(tmp_path, "/warm-data"))
-    assert (_skeleton(cold), _skeleton(warm)) == ("own", "premade")
-    assert _without_ids(warm, "warm") == _without_ids(cold, "cold")
+    assert _skeleton(cold) == "own"
+    # The spare forked for this shape once "cold" ended serves the next start of it, if
+    # that start comes after the holder saw "cold"'s spare end (else it takes the spare
+    # of the other shape, warm already, and mounts its own root): tried a few times.
+    for attempt in range(3):
+        warm = _mounts(rt, f"warm-{attempt}", _data_bind(tmp_path, "/warm-data"))
+        if _skeleton(warm) == "premade":
+            break
+    assert _skeleton(warm) == "premade"
+    assert _without_ids(warm, f"warm-{attempt}") == _without_ids(cold, "cold")
     assert any(line.split()[4] == "/warm-data" for line in warm)
 
 

@@ -26,6 +26,7 @@ import fcntl
 import gc
 import json
 import logging
+import math
 import os
 import resource
 import secrets
@@ -84,7 +85,7 @@ from runtime.util.processes import (
     wait_readable,
 )
 
-__all__ = ("main",)
+__all__ = ("REFILL_QUIET", "main", "refill_due")
 
 
 log = logging.getLogger("pause")
@@ -108,6 +109,24 @@ the last launch's shape is still warm, so the container just started gets the CP
 (its first answer); with none left, it is forked as soon as no launch is under way.
 Starts that follow each other closer than that use up the warm spares first, then each
 waits for the one forked when the launch before it ended (as with a single spare)."""
+
+
+def refill_due(
+    idle: list[RootShape | None],
+    shape: RootShape | None,
+    count: int,
+    launching: bool,
+    since: float,
+) -> float | None:
+    """Seconds until the next spare is to be forked (0.0: now), or None when none is:
+    ``idle`` holds the root shapes of the idle spares, ``shape`` is the last launch's,
+    ``count`` the spares to keep, ``launching`` whether a launch is under way, ``since``
+    the seconds since the last launch ended."""
+    if launching or len(idle) >= count:
+        return None
+    if shape in idle:  # a warm spare fits the next start like the last: let it run first
+        return max(0.0, REFILL_QUIET - since)
+    return 0.0
 
 
 @dataclass
@@ -147,8 +166,8 @@ class _Spares:
         """The spares waiting for a request, oldest first."""
         self.count = count
         self.launching: set[int] = set()
-        self.ended = 0.0
-        """When the last launch ended (``time.monotonic``)."""
+        self.ended = -math.inf
+        """When the last launch ended (``time.monotonic``; none yet: long ago)."""
         self.native = native
         """The native init and log pump (``runtime.native``), or None: Python ones."""
         self.leaves = leaves
@@ -205,12 +224,11 @@ class _Spares:
 
     def refill(self) -> float | None:
         """Fork a spare if one is due; seconds until the next one is, or None."""
-        if self.launching or len(self.idle) >= self.count:
-            return None
-        if any(s.shape == self.shape for s in self.idle):
-            due = self.ended + REFILL_QUIET - time.monotonic()
-            if due > 0:
-                return due
+        idle = [spare.shape for spare in self.idle]
+        since = time.monotonic() - self.ended
+        due = refill_due(idle, self.shape, self.count, bool(self.launching), since)
+        if due != 0.0:
+            return due
         self._fork()
         return None if len(self.idle) >= self.count else 0.0
 
