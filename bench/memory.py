@@ -3,7 +3,8 @@
 Starts N busybox httpd containers (slirp4netns, one forward each, as an isolated
 container has), then reads ``/proc/PID/smaps_rollup`` of every process involved and
 groups the PSS by kind: the container's init, its log pump, its slirp4netns, the
-command (httpd); the holder counted apart (one per user, not per container). Each
+command (httpd); the holder and its idle warm spares (with their inits) counted apart
+(one set per user, not per container). Each
 container's records name its processes (``run.json``); the command is what the init
 has as children.
 
@@ -45,6 +46,9 @@ from tests.support import free_port
 BUSYBOX = RootfsRef(kind="busybox", version="builtin")
 KINDS = ("init", "log pump", "slirp4netns", "command")
 """What squish runs per container (the command is the user's, counted as the anchor)."""
+PER_USER = ("holder", "idle spares")
+"""What squish runs once per user: the holder, and its warm spares with their inits
+(``SQUISH_SPARES``), each a fork of the holder waiting for a start."""
 
 
 def pss_kib(pid: int) -> int:
@@ -54,6 +58,14 @@ def pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     raise ValueError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def unique_kib(pid: int) -> int:
+    """The process's private pages in KiB (``Private_Clean + Private_Dirty``): what it
+    costs beyond what it shares with others (a fork of the holder, most of it)."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    fields = dict(line.split(":", 1) for line in text.splitlines()[1:])
+    return sum(int(fields[name].split()[0]) for name in ("Private_Clean", "Private_Dirty"))
 
 
 def private_kib(pid: int) -> int:
@@ -96,7 +108,27 @@ def processes_by_kind(containers: Path) -> dict[str, list[int]]:
                 kinds[kind].append(run[key]["pid"])
         holders.add(int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1]))
     kinds["holder"] = sorted(holders)
+    kinds["idle spares"] = idle_spares(containers.parent, holders, kinds)
     return dict(kinds)
+
+
+def idle_spares(state: Path, holders: set[int], kinds: dict[str, list[int]]) -> list[int]:
+    """The warm spare launchers and their inits: the holder's children that still run the
+    holder's program (forks of it) and are neither a container's process nor the /proc
+    view's server."""
+    server = json.loads((state / "procview.json").read_text() or "{}").get("pid")
+    known = {pid for pids in kinds.values() for pid in pids} | {server}
+    found = []
+    for holder in holders:
+        program = Path(f"/proc/{holder}/cmdline").read_bytes()
+        for child in children(holder):
+            try:
+                forked = Path(f"/proc/{child}/cmdline").read_bytes() == program
+            except OSError:
+                continue
+            if forked and child not in known:
+                found.append(child)
+    return found
 
 
 def start_fleet(rt: LinuxRuntime, count: int) -> None:
@@ -116,14 +148,18 @@ def report(count: int, kinds: dict[str, list[int]]) -> None:
     print(f"{count} running containers, PSS from /proc/PID/smaps_rollup\n")
     print(f"{'kind':<14} {'processes':>9} {'total MiB':>10} {'per container MiB':>18}")
     squish, whole = 0.0, True
-    for kind in (*KINDS, "holder"):
+    for kind in (*KINDS, *PER_USER):
         kib, pss = memory_kib(kinds.get(kind, []))
         total = kib / 1024
-        share = total if kind == "holder" else total / count
+        share = total if kind in PER_USER else total / count
         what = "PSS" if pss else "private memory (PSS not readable)"
         print(f"{kind:<14} {len(kinds.get(kind, [])):>9} {total:>10.2f} {share:>18.3f}", what)
-        if kind == "holder":
-            out.figure(f"{what}: holder (one per user)", share, "MiB")
+        if kind in PER_USER:
+            out.figure(f"{what}: {kind} (one set per user)", share, "MiB")
+            if kind == "idle spares" and pss:
+                own = sum(unique_kib(pid) for pid in kinds[kind]) / 1024
+                print(f"{'':<14} {'':>9} {own:>10.2f} {'':>18} of it private")
+                out.figure("private memory: idle spares (one set per user)", own, "MiB")
             continue
         out.figure(f"{what} per container: {kind}", share, "MiB")
         if kind != "command":

@@ -9,9 +9,10 @@ each round also runs the same container from that tree, in a process of its own 
 its own holder, in alternating order; both trees' figures are printed side by side.
 Besides the wall times it gives the CPU time of a whole cycle (the client's, plus
 the holder's and everything the holder reaped: spares, inits, pumps), which the load
-of other work inflates far less.
+of other work inflates far less. With `--burst K` each tree runs K rounds one right
+after the other before the next tree's (starts back to back, as in `bench/run.py`).
 
-    python bench/startup.py [-n 200] [--against ../squish-before] [--pause-ms 50]
+    python bench/startup.py [-n 200] [--against ../squish-before] [--pause-ms 50] [--burst 10]
 """
 
 from __future__ import annotations
@@ -132,20 +133,21 @@ def timed_bwrap(argv: list[str]) -> float:
     return (time.perf_counter() - began) * 1000
 
 
-def measure(runs: int, against: Path | None, pause: float) -> dict[str, list[Any]]:
-    """Per round: this tree's figures, the other tree's (if any), bwrap's; ``pause``
-    seconds before each container's round."""
+def measure(runs: int, against: Path | None, pause: float, burst: int) -> dict[str, list[Any]]:
+    """Per turn: ``burst`` rounds of this tree, of the other tree (if any) and of bwrap,
+    one right after the other; ``pause`` seconds before each container's round."""
     columns: dict[str, list[Any]] = {"here": [], "there": [], "bwrap": []}
     with squish_rounds() as (here, rootfs):
         bwrap = ["bwrap", "--unshare-all", "--ro-bind", str(rootfs), "/"]
         bwrap += ["--proc", "/proc", "--dev", "/dev", "/bin/true"]
         with other_tree(against) if against else _no_tree() as there:
-            for index in range(runs):
+            for index in range(max(1, runs // burst)):
                 order = [("here", here), ("there", there)] if there else [("here", here)]
                 for name, one_round in order if index % 2 == 0 else reversed(order):
-                    time.sleep(pause)
-                    columns[name].append(one_round())
-                columns["bwrap"].append(timed_bwrap(bwrap))
+                    for _ in range(burst):
+                        time.sleep(pause)
+                        columns[name].append(one_round())
+                columns["bwrap"] += [timed_bwrap(bwrap) for _ in range(burst)]
     return columns
 
 
@@ -164,7 +166,8 @@ def row(what: str, samples: list[float], out: Results) -> None:
 def report(args: argparse.Namespace, columns: dict[str, list[Any]]) -> None:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     pause = f", {args.pause_ms:g} ms apart" if args.pause_ms else ""
-    print(f"{args.runs} interleaved rounds{pause}, load average {load}\n")
+    burst = f", {args.burst} in a row per tree" if args.burst > 1 else ""
+    print(f"{args.runs} interleaved rounds{pause}{burst}, load average {load}\n")
     print(f"{'what':<56} {'p50 ms':>8} {'p90 ms':>8}")
     out = Results("startup")
     trees = [("", columns["here"])]
@@ -197,12 +200,18 @@ def main() -> None:
         default=0.0,
         help="wait before each round (a start after a quiet spell finds its spare warm)",
     )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="rounds of one tree in a row before the other's (back to back, as a burst)",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     if "--serve" in sys.argv:
         serve(parser.parse_args().serve)
         return
     args = parse(parser, runs=20)
-    report(args, measure(args.runs, args.against, args.pause_ms / 1000))
+    report(args, measure(args.runs, args.against, args.pause_ms / 1000, max(1, args.burst)))
 
 
 if __name__ == "__main__":

@@ -123,23 +123,22 @@ def test_nothing_is_left_after_remove(rt: LinuxRuntime) -> None:
     assert server.pid in _fuse_holders(holder.pid)
     rt.remove("gone", force=True)
     assert server.wait_gone(5.0)  # the last connection went: so did the server
-    for _ in range(500):  # the warm spare (and its init) hold one not mounted: only they
-        if _only_a_warm_spare(holder.pid):
+    for _ in range(500):  # the warm spares (and their inits) hold one not mounted: only they
+        if _only_warm_spares(holder.pid, rt.settings.spares):
             break
         time.sleep(0.01)
-    assert _only_a_warm_spare(holder.pid), _fuse_holders(holder.pid)
+    assert _only_warm_spares(holder.pid, rt.settings.spares), _fuse_holders(holder.pid)
     again = ProcessId.from_json(read_json(rt.state / SERVER_RECORD))
     assert again is None or not again.alive(), "a server was started again"
 
 
-def _only_a_warm_spare(holder: int) -> bool:
-    """Only a warm spare and its init hold /dev/fuse: two children of the holder (the
-    init's parent exited). A spare being forked (once the last launch's spare exited, so
-    while the test removes) holds it in a third process for a moment too: the one that
-    unshares the namespaces and forks the init, a child of the spare; the spare and that
-    one are two holders of three."""
+def _only_warm_spares(holder: int, spares: int) -> bool:
+    """Only the ``spares`` warm spares and their inits hold /dev/fuse: two children of the
+    holder each (an init's parent exited). A spare being forked (once the last launch's
+    spare exited, so while the test removes) holds it in a third process for a moment
+    too: the one that unshares the namespaces and forks the init, a child of the spare."""
     found = _fuse_holders(holder)
-    return len(found) == 2 and all(parent_pids().get(pid) == holder for pid in found)
+    return len(found) == 2 * spares and all(parent_pids().get(pid) == holder for pid in found)
 
 
 def _fuse_holders(holder: int) -> list[int]:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -188,15 +189,17 @@ def test_a_paused_container_is_thawed_to_stop_cleanly_and_then_not_paused(
 
 
 def _idle_leaves(rt: LinuxRuntime) -> set[Path]:
-    """The leaves of this state folder once no container runs: the warm spare's only."""
+    """The leaves of this state folder once no container runs: the warm spares' only,
+    one each, each with its init in it."""
     leaves: set[Path] = set()
 
-    def one_spare() -> bool:
+    def warm_spares() -> bool:
         leaves.clear()
         leaves.update(_leaves(rt))
-        return len(leaves) == 1 and cgroups.Leaf(next(iter(leaves))).populated()
+        populated = all(cgroups.Leaf(leaf).populated() for leaf in leaves)
+        return len(leaves) == rt.settings.spares and populated
 
-    eventually(one_spare, "one leaf, the warm spare's")
+    eventually(warm_spares, f"{rt.settings.spares} leaves, one per warm spare")
     return leaves
 
 
@@ -206,18 +209,38 @@ def test_a_start_that_fails_leaves_no_leaf(rt: LinuxRuntime) -> None:
     before = _idle_leaves(rt)
     with pytest.raises(ContainerStartError):
         rt.run(sleeper("nowhere", "true", workdir="/no/such/folder"))
-    # the failed start's leaf (the spare's, made ahead) is gone: a new spare made its own
-    assert not before & _idle_leaves(rt)
+    # the failed start's leaf (its spare's, made ahead) is gone, and only the warm
+    # spares' are left: a new spare made its own
+    assert len(before - _idle_leaves(rt)) == 1
 
 
 def test_a_spare_killed_before_use_leaves_no_leaf(rt: LinuxRuntime) -> None:
     rt.run(sleeper("first", "true"))
     rt.remove("first", force=True)
-    (before,) = _idle_leaves(rt)
+    before = min(_idle_leaves(rt))
     (init,) = (int(p) for p in (before / "cgroup.procs").read_text().split())
     os.kill(_spare_of(init), signal.SIGKILL)
     eventually(lambda: not before.exists(), "the killed spare's leaf removed")
-    assert rt.run(sleeper("second")).pid is not None  # the next spare serves
+    assert before not in _idle_leaves(rt)  # another spare took its place
+    assert rt.run(sleeper("second")).pid is not None
+
+
+def test_a_holder_that_exits_takes_every_spare_and_its_leaf_along(rt: LinuxRuntime) -> None:
+    rt.run(sleeper("first", "true"))
+    rt.remove("first", force=True)
+    inits = [
+        int(p) for leaf in _idle_leaves(rt) for p in (leaf / "cgroup.procs").read_text().split()
+    ]
+    spares = [_spare_of(init) for init in inits]
+    assert len(set(spares)) == len(inits) == rt.settings.spares
+    rt.holder.stop()
+    assert _leaves(rt) == []
+    for pid in (*inits, *spares):
+        eventually(partial(_gone, pid), f"{pid} gone")
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
 
 
 def _spare_of(init: int) -> int:

@@ -24,6 +24,7 @@ EVERYTHING = {
     "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
     "SQUISH_SETTLE_MS": "50",
     "SQUISH_PORT_HANDLER": "slirp4netns",
+    "SQUISH_SPARES": "1",
     "UNRELATED": "ignored",
 }
 
@@ -39,6 +40,7 @@ def test_every_variable_lands_in_its_field() -> None:
         layer_index="https://layers.example.org/squish",
         session_bus="unix:path=/run/user/1000/bus",
         port_handler="slirp4netns",
+        spares=1,
     )
 
 
@@ -63,6 +65,8 @@ def test_an_empty_environment_means_the_defaults(environ: dict[str, str]) -> Non
         ("SQUISH_SETTLE_MS", "soon", "expected a whole number of milliseconds"),
         ("SQUISH_SETTLE_MS", "-1", "expected a number, 0 or more"),
         ("SQUISH_PORT_HANDLER", "passt", "use splice or slirp4netns"),
+        ("SQUISH_SPARES", "two", "expected a whole number"),
+        ("SQUISH_SPARES", "0", "use 1 to 8"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:

@@ -167,6 +167,7 @@ class RecordStore:
             self.settings.native,
             place=self.cgroups.separate,
             ahead=self.cgroups.ahead(self._group),
+            spares=self.settings.spares,
         )
         self._rootfs_paths: dict[RootfsRef, Path] = {}
         self._specs: dict[Path, tuple[tuple[int, int], ContainerSpec]] = {}

@@ -129,15 +129,18 @@ class Holder:
         native: bool = True,
         place: Callable[[int], None] | None = None,
         ahead: Path | None = None,
+        spares: int = 1,
     ) -> None:
         """``place`` puts a new holder (its pid) in a cgroup of its own before it forks
         anything (the cgroup driver's :meth:`~runtime.cgroups.driver.CgroupDriver.separate`);
         ``ahead`` is where its spares make the next start's cgroup leaf
-        (:meth:`~runtime.cgroups.driver.CgroupDriver.ahead`)."""
+        (:meth:`~runtime.cgroups.driver.CgroupDriver.ahead`); ``spares`` how many warm
+        spare launchers a new holder keeps."""
         self.state = state
         self.native = native
         """Whether a holder started from here uses the native init and log pump
         (``runtime.native``) when they are installed."""
+        self.spares = spares
         self.place = place
         self.ahead = ahead
         self.socket_path = state / HOLDER_SOCKET
@@ -227,6 +230,7 @@ class Holder:
             argv += ["--native", str(native)]
         if self.ahead is not None:
             argv += ["--cgroup-ahead", str(self.ahead)]
+        argv += ["--spares", str(self.spares)]
         try:
             with open(self.state / HOLDER_LOG, "ab") as log:
                 first = subprocess.Popen(

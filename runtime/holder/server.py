@@ -26,6 +26,7 @@ import fcntl
 import gc
 import json
 import logging
+import math
 import os
 import resource
 import secrets
@@ -33,9 +34,9 @@ import signal
 import socket
 import struct
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runtime.cgroups.fs import Leaf
 from runtime.holder import adoption
@@ -85,7 +86,7 @@ from runtime.util.processes import (
     wait_readable,
 )
 
-__all__ = ("main",)
+__all__ = ("REFILL_QUIET", "main", "refill_due")
 
 
 log = logging.getLogger("pause")
@@ -103,26 +104,77 @@ def _reply(conn: socket.socket, reply: Reply) -> None:
         _log(f"cannot answer the client: {exc}")
 
 
-class _Spares:
-    """At most one warm spare launcher, forked ahead of the next request.
+REFILL_QUIET = 0.03
+"""Seconds after the last launch ended before a spare is forked while another one of
+the last launch's shape is still warm, so the container just started gets the CPU first
+(its first answer); with none left, it is forked as soon as no launch is under way.
+Starts that follow each other closer than that use up the warm spares first, then each
+waits for the one forked when the launch before it ended (as with a single spare)."""
 
-    A spare is refilled only while no launch is under way, so forking the next one
-    never competes for the CPU with a container that is starting.
+
+def refill_due(
+    idle: list[RootShape | None],
+    shape: RootShape | None,
+    count: int,
+    launching: bool,
+    since: float,
+) -> float | None:
+    """Seconds until the next spare is to be forked (0.0: now), or None when none is:
+    ``idle`` holds the root shapes of the idle spares, ``shape`` is the last launch's,
+    ``count`` the spares to keep, ``launching`` whether a launch is under way, ``since``
+    the seconds since the last launch ended."""
+    if launching or len(idle) >= count:
+        return None
+    if shape in idle:  # a warm spare fits the next start like the last: let it run first
+        return max(0.0, REFILL_QUIET - since)
+    return 0.0
+
+
+@dataclass
+class _Spare:
+    """One spare launcher forked ahead of a request."""
+
+    pid: int
+    ctrl: socket.socket
+    leaf: Leaf | None
+    """The cgroup leaf it makes for its start: removed here if it dies unused."""
+    shape: RootShape | None
+    """The shape of the root its init mounts ahead, if any."""
+
+    def discard_leaf(self) -> None:
+        """Remove the leaf of a spare that ended unused (its init ends with it)."""
+        if self.leaf is not None:
+            self.leaf.discard()
+            self.leaf = None
+
+
+class _Spares:
+    """Up to ``count`` warm spare launchers, forked ahead of the next requests.
+
+    A spare is forked only while no launch is under way, so forking it never competes
+    for the CPU with a container that is starting; while another spare is still warm, it
+    waits for a quiet spell after the last launch as well (:data:`REFILL_QUIET`).
     """
 
     def __init__(
-        self, native: str | None = None, staging: str | None = None, leaves: Path | None = None
+        self,
+        native: str | None = None,
+        staging: str | None = None,
+        leaves: Path | None = None,
+        count: int = 1,
     ) -> None:
-        self.spare: tuple[int, socket.socket] | None = None
+        self.idle: list[_Spare] = []
+        """The spares waiting for a request, oldest first."""
+        self.count = count
         self.launching: set[int] = set()
+        self.ended = -math.inf
+        """When the last launch ended (``time.monotonic``; none yet: long ago)."""
         self.native = native
         """The native init and log pump (``runtime.native``), or None: Python ones."""
         self.leaves = leaves
         """The folder each spare makes the next container's cgroup leaf in, or None."""
-        self.leaf: Leaf | None = None
-        """The idle spare's leaf: removed here if the spare dies unused."""
-        self.taken: Leaf | None = None
-        """The leaf of the spare last handed a request."""
+        self.taken: _Spare | None = None
+        """The spare last handed a request."""
         self.intercept: bytes | str | None = None
         """The seccomp filter of the calls the /proc view answers, or why there is none
         (``runtime.procview.intercept``): compiled once, before the first spare."""
@@ -137,69 +189,78 @@ class _Spares:
             return None
         return self.staging, self.shape
 
-    def launched(self, request: dict[str, Any]) -> None:
-        """Remember the shape of the root ``request`` (a launch's, as JSON) asks for."""
-        self.shape = RootShape.of_json(request)
+    def launched(self, shape: RootShape | None) -> None:
+        """Remember the shape of the root the last launch asked for."""
+        self.shape = shape
 
-    def take(self) -> socket.socket:
-        if self.spare is None:
+    def take(self, shape: RootShape | None, fresh: bool = False) -> socket.socket:
+        """The control socket of a spare for a launch whose root has ``shape``: one
+        whose init mounted a root of that shape ahead, else the oldest; with ``fresh``,
+        one forked now (the idle ones may have died with the one lost)."""
+        if fresh or not self.idle:
             self._fork()
-        assert self.spare is not None
-        pid, ctrl = self.spare
-        self.spare = None
-        self.taken, self.leaf = self.leaf, None  # the container's now, or removed by the spare
-        self.launching.add(pid)
-        return ctrl
+            self.idle.insert(0, self.idle.pop())
+        matching = (s for s in self.idle if shape and s.shape == shape and not fresh)
+        spare = next(matching, self.idle[0])
+        self.idle.remove(spare)
+        self.taken = spare  # its leaf is the container's now, or removed by the spare
+        self.launching.add(spare.pid)
+        return spare.ctrl
 
     def lost(self) -> None:
         """The spare last taken died before it took its request: its leaf goes too."""
-        self.leaf, self.taken = self.taken, None
-        self._discard_leaf()
+        if self.taken is not None:
+            self.taken.discard_leaf()
+            self.taken = None
 
     def reaped(self, pid: int) -> None:
-        self.launching.discard(pid)
-        if self.spare is not None and self.spare[0] == pid:
+        if pid in self.launching:
+            self.launching.discard(pid)
+            self.ended = time.monotonic()
+        for spare in [s for s in self.idle if s.pid == pid]:
             _log(f"the spare launcher {pid} died; forking another")
-            self.spare[1].close()
-            self.spare = None
-            self._discard_leaf()
+            spare.ctrl.close()
+            self.idle.remove(spare)
+            spare.discard_leaf()
 
-    def _discard_leaf(self) -> None:
-        """Remove the leaf of a spare that ended unused (its init ends with it)."""
-        if self.leaf is not None:
-            self.leaf.discard()
-            self.leaf = None
-
-    def refill(self) -> None:
-        if self.spare is None and not self.launching:
-            self._fork()
+    def refill(self) -> float | None:
+        """Fork a spare if one is due; seconds until the next one is, or None."""
+        idle = [spare.shape for spare in self.idle]
+        since = time.monotonic() - self.ended
+        due = refill_due(idle, self.shape, self.count, bool(self.launching), since)
+        if due != 0.0:
+            return due
+        self._fork()
+        return None if len(self.idle) >= self.count else 0.0
 
     def _fork(self) -> None:
         if self.intercept is None:
             self.intercept = intercept.program()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        leaf = None
         if self.leaves is not None:
-            self.leaf = Leaf(self.leaves / f"run.{secrets.token_hex(3)}")
+            leaf = Leaf(self.leaves / f"run.{secrets.token_hex(3)}")
+        ahead = self._ahead()
         child = os.fork()
         if child == 0:
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
             become_child((theirs.fileno(),))
-            leaf = "" if self.leaf is None else str(self.leaf.path)
-            run_spare(theirs, self.native, self.intercept, self._ahead(), leaf)
+            run_spare(
+                theirs, self.native, self.intercept, ahead, "" if leaf is None else str(leaf.path)
+            )
         theirs.close()
-        self.spare = (child, ours)
+        self.idle.append(_Spare(child, ours, leaf, None if ahead is None else ahead[1]))
         _rehearse()
 
     def drop(self) -> None:
-        """Close the spare's control socket (it exits, and its init with it) and wait."""
-        if self.spare is None:
-            return
-        pid, ctrl = self.spare
-        self.spare = None
-        ctrl.close()
-        os.waitpid(pid, 0)
-        self._discard_leaf()  # (the spare removed it already, unless it was killed)
+        """Close every idle spare's control socket (it exits, and its init with it) and
+        wait for each."""
+        while self.idle:
+            spare = self.idle.pop()
+            spare.ctrl.close()
+            os.waitpid(spare.pid, 0)
+            spare.discard_leaf()  # (the spare removed it already, unless it was killed)
 
 
 def _rehearse() -> None:
@@ -562,8 +623,9 @@ def _dispatch(
 
 def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _Containers) -> None:
     raw_request = json.dumps(request.request).encode()
+    shape = RootShape.of_json(request.request)
     for attempt in (1, 2):
-        ctrl = spares.take()
+        ctrl = spares.take(shape, fresh=attempt == 2)
         try:
             # The spare parses and checks the request: keep this single loop lean.
             init_pid, namespace_fds, view = hand_over(ctrl, raw_request, conn)
@@ -572,7 +634,7 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
                     os.close(fd)
                 view = None
             containers.add(init_pid, namespace_fds, view)
-            spares.launched(request.request)
+            spares.launched(shape)
             return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
@@ -596,7 +658,11 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
 
 
 def serve(
-    listener: socket.socket, state: Path, native: str | None = None, ahead: Path | None = None
+    listener: socket.socket,
+    state: Path,
+    native: str | None = None,
+    ahead: Path | None = None,
+    count: int = 1,
 ) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -604,7 +670,7 @@ def serve(
     gc.freeze()
     raise_fd_limit()  # the namespaces of a few thousand containers
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
-    spares = _Spares(native, _staging(state), ahead)
+    spares = _Spares(native, _staging(state), ahead, count)
     containers = _Containers(state)
     try:
         containers.take_over()
@@ -613,14 +679,14 @@ def serve(
     running = True
     landmark = Landmark(listener.getsockname())
     while running:
-        spares.refill()
+        due = spares.refill()
         watches = containers.watches
         channels = set(containers.views.channels)
         fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels]
-        linger = containers.views.linger()
-        readable = wait_readable(fds, STATE_CHECK if linger is None else min(linger, STATE_CHECK))
+        waits = (STATE_CHECK, containers.views.linger(), due)
+        readable = wait_readable(fds, min(w for w in waits if w is not None))
         containers.views.let_idle_go()
-        if not readable and landmark.gone():
+        if not readable and due is None and landmark.gone():
             _log(f"{state} is gone (its socket with it): ending its containers, then itself")
             containers.kill_all()
             _reap(spares, containers)
@@ -694,6 +760,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cgroup-ahead", type=Path, help="where spares make the next start's cgroup leaf"
     )
+    parser.add_argument("--spares", type=int, default=1, help="how many spares to keep warm")
     args = parser.parse_args(argv)
     logging.basicConfig(  # the holder's own program; spares forked from it log the same way
         level=logging.INFO,
@@ -728,7 +795,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"holding the user namespace; listening on {sock_path}")
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
-    serve(listener, state, args.native, args.cgroup_ahead)
+    serve(listener, state, args.native, args.cgroup_ahead, args.spares)
 
 
 if __name__ == "__main__":
