@@ -270,8 +270,14 @@ def _start_pump(init: _Init, req: LaunchRequest) -> ProcessId | None:
 
 
 def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -> Launched:
-    # Begun first, finished after the log pump: a bridge network's wiring, done by other
-    # processes, overlaps the cgroup move, the init's mounts and the pump's fork.
+    leaf, raw = _cgroup(init, req, raw, ahead)
+    cgroup = "" if leaf is None else str(leaf.path)
+    # The init first: its mounts are the longer way to the command. A bridge network's
+    # wiring, begun next and finished after the log pump, is done by other processes
+    # meanwhile, overlapping the init's mounts, the cgroup move and the pump's fork.
+    os.write(init.request_w, raw)
+    os.close(init.request_w)
+    identity = ProcessId.of(init.pid)
     try:
         starting = driver_for(req).start(
             Path(req.container_dir),
@@ -281,15 +287,6 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
             forwards=req.forwards,
             handler=req.port_handler,
         )
-    except BaseException:
-        _dismiss(init)  # it never got a request: it exits on EOF
-        raise
-    leaf, raw = _cgroup(init, req, raw, ahead)
-    cgroup = "" if leaf is None else str(leaf.path)
-    os.write(init.request_w, raw)
-    os.close(init.request_w)
-    identity = ProcessId.of(init.pid)
-    try:
         if leaf is not None and not _in_place(leaf, req, ahead):
             _move(init, leaf)  # while the init mounts (again if the mover failed: why)
         if leaf is not None and req.cgroup_limits:
