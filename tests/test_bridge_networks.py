@@ -606,6 +606,27 @@ def test_a_sync_at_any_step_of_a_rename_keeps_the_forward(
     assert [(r.container, r.host_port) for r in records] == [("web", port)]
 
 
+def test_a_shared_slirp4netns_dying_while_inspected_never_reads_as_a_lost_network(
+    nets: LinuxRuntime, site: Path, state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slirp4netns killed (and reaped by the keeper) right after inspect found it alive:
+    inspect said it had no helper (a lost network, which the reconciler heals), as it
+    checked the helper's life a second time."""
+    nets.run(web("kept", site, "front", ports=(PortMapping(container=80, host=free_port()),)))
+    found = shared.slirp_identity
+
+    def found_then_killed(state: Path, wired_to: object = None) -> ProcessId | None:
+        helper = found(state, wired_to)
+        if helper is not None and helper.to_json() != shared._keeper(state)["supervisor"]:
+            assert helper.send(signal.SIGKILL) and helper.wait_gone(30.0)
+        return helper
+
+    monkeypatch.setattr(shared, "slirp_identity", found_then_killed)
+    assert nets.inspect("kept").slirp_pid is not None
+    monkeypatch.undo()
+    eventually(lambda: shared.slirp_identity(state_path), "the keeper's slirp4netns again")
+
+
 def test_a_restarting_shared_slirp4netns_never_reads_as_a_lost_network(
     nets: LinuxRuntime, site: Path, state_path: Path
 ) -> None:

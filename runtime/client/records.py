@@ -316,7 +316,11 @@ class RecordStore:
             if spec.network == "bridge":  # the shared one, if it serves this container
                 wired = bridge.wired_to(cdir)
                 slirp_id = None if wired is None else shared.slirp_identity(self.state, wired)
-            slirp_alive = slirp_id is not None and slirp_id.alive()
+                # Found alive (or the keeper, while it starts one again): checked once,
+                # as a slirp4netns that dies right after would read as a lost network.
+                slirp_alive = slirp_id is not None
+            else:
+                slirp_alive = slirp_id is not None and slirp_id.alive()
             ports = tuple(mapping_of(f) for f in run.get("forwards", []))
             if slirp_alive and ask:
                 ports = self._live_ports(cdir, spec, ports, fresh, look)
