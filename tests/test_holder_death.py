@@ -342,7 +342,8 @@ def test_a_deleted_state_folder_takes_its_holder_keeper_and_containers_along(
     cache_path: Path,
 ) -> None:
     """A holder (and a network keeper) whose state folder was deleted could never be
-    reached again, nor its containers: they stayed for good."""
+    reached again, nor its containers: they stayed for good (and then the cgroup leaves
+    of its containers and idle spares did)."""
     state = Path("/dev/shm") / f"sqd-{os.getpid()}"
     state.mkdir(mode=0o700)
     runtime = LinuxRuntime(state=state, cache=cache_path)
@@ -364,6 +365,7 @@ def test_a_deleted_state_folder_takes_its_holder_keeper_and_containers_along(
         supervisor = ProcessId.from_json(keeper["supervisor"])
         assert supervisor is not None
         inits = [ProcessId(i.pid, i.pid_start_time or 0) for i in (alone, bridged) if i.pid]
+        group = runtime.cgroups.ahead(runtime._group)
     except BaseException:
         runtime.shutdown()
         raise
@@ -372,3 +374,5 @@ def test_a_deleted_state_folder_takes_its_holder_keeper_and_containers_along(
         assert process.wait_gone(60.0), process  # the holders check every 10 s of quiet
     # the holder's spares (forked from it: its command line) see it gone in their own time
     eventually(lambda: not processes_mentioning(str(state)), "no process of the state left")
+    if group is not None:  # its containers' and spares' cgroup leaves went too, and their folder
+        assert not group.exists(), sorted(p.name for p in group.iterdir() if p.is_dir())

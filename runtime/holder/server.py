@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cgroups.fs import Leaf
+from runtime.cgroups.fs import Leaf, cgroup_of
 from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.init import sample_request
@@ -347,6 +347,11 @@ class _Containers:
                     os.close(fd)
             _drop_exit_pipe(held)
             _kill(held.slirp)
+
+    def leaves(self, folder: Path) -> list[Leaf]:
+        """The cgroup leaves in ``folder`` that its containers' inits run in now."""
+        found = (cgroup_of(pid) for pid in self.by_pid)
+        return [Leaf(where) for where in found if where is not None and where.parent == folder]
 
     def kill_all(self) -> None:
         """SIGKILL every container's init: its own children (not reaped yet, so their
@@ -657,6 +662,21 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
         containers.views.reaped(pid, status)
 
 
+def _end_all(spares: _Spares, containers: _Containers, ahead: Path | None) -> None:
+    """End every container and idle spare of a state folder that is gone, and remove the
+    cgroup leaves they ran in, and the folder of its leaves once empty: nothing could
+    reach them any more (the containers' leaves are found before their inits end)."""
+    leaves = containers.leaves(ahead) if ahead is not None else []
+    containers.kill_all()
+    spares.drop()
+    _reap(spares, containers)
+    for leaf in leaves:
+        leaf.discard()
+    if ahead is not None:
+        with contextlib.suppress(OSError):  # not empty: what else is in it stays
+            ahead.rmdir()
+
+
 def serve(
     listener: socket.socket,
     state: Path,
@@ -688,8 +708,7 @@ def serve(
         containers.views.let_idle_go()
         if not readable and due is None and landmark.gone():
             _log(f"{state} is gone (its socket with it): ending its containers, then itself")
-            containers.kill_all()
-            _reap(spares, containers)
+            _end_all(spares, containers, ahead)
             return
         if wake_r in readable:
             _drain(wake_r)
