@@ -573,6 +573,11 @@ async def batch_ended(source: FolderSource) -> None:
         await source.batch_ended()
 
 
+HELD = Settings(settle_ms=0, step_ms=1000, debounce_ms=1000)
+"""A batch held by a file open for writing lasts a second: the load amid it has that
+long to begin (the thread it runs in may wait its turn on a busy machine)."""
+
+
 @contextlib.asynccontextmanager
 async def held_open(source: FolderSource, changes: Changes) -> AsyncIterator[Snapshot]:
     """A new squishfile made and held open (one event; its batch ends after the step's
@@ -598,7 +603,7 @@ async def test_a_load_amid_a_batch_holds_once_the_batch_ends_with_nothing_after_
     """The first event of a batch is told at once, so a pass loads while the batch
     gathers; its snapshot holds once the batch has ended, and the end is not told again."""
     (tmp_path / "web.toml").write_bytes(with_port(8080))
-    source = FolderSource(tmp_path, Settings(settle_ms=0, step_ms=100))
+    source = FolderSource(tmp_path, HELD)
     assert source.load().current is None  # no batch: acted on at once
     async with (
         watched(source, tmp_path / "web.toml") as changes,
@@ -617,7 +622,7 @@ async def test_a_load_amid_a_batch_that_more_events_joined_is_loaded_again(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "web.toml").write_bytes(with_port(8080))
-    source = FolderSource(tmp_path, Settings(settle_ms=0, step_ms=100))
+    source = FolderSource(tmp_path, HELD)
     async with (
         watched(source, tmp_path / "web.toml") as changes,
         held_open(source, changes) as snapshot,
