@@ -115,7 +115,9 @@ class FolderSource:
         as it was. Timestamps alone could miss a same-size edit within one tick; here
         any write, rename or removal in the folder (or in one its links lead into) is an
         event, which makes the next load read everything (an event that comes while a
-        load runs, too: the watch asks for another pass). The status check remains for
+        load runs, too: it joins the batch the load was amid, and the pass loads again
+        once the batch has ended, or it begins a batch, which the watch tells). The
+        status check remains for
         what no event reports (a file system shared over the network, changed from
         another host, still moves a file's times and size)."""
         now, settle = self.clock(), self.settings.settle_ms / 1000
