@@ -5,8 +5,8 @@
 No containers and no passes: a :class:`FolderSource` watches a temporary folder in this
 process and each write (renamed into place, and rewritten in place, one at a time) is
 timed until the watch tells it (a batch's first event: the loop's pass begins) and
-until the batch has ended (told again, as nothing here waits for it: the pass may act
-now); then the process's CPU use while the watch waits, with FILES squishfiles in the
+until the batch has ended (what that pass waits for before it acts, woken as the pass
+is); then the process's CPU use while the watch waits, with FILES squishfiles in the
 folder. The batch's end is the batching step of the loop's latency (file → pass);
 docs/benchmarks.md puts it next to the whole loop's.
 Figures go to bench/out/watch.json (no anchor: a component of squish's own loop).
@@ -39,44 +39,50 @@ def write_in_place(path: Path, text: str) -> None:
 
 
 class Tells:
-    """When the watch told a change, since :meth:`reset`."""
+    """When the watch first told a change, since :meth:`reset`."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self.second = anyio.Event()
+        self.first: float | None = None
+        self.told = anyio.Event()
 
     def __call__(self, _: str) -> None:
-        self.times.append(time.perf_counter())
-        if len(self.times) == 2:
-            self.second.set()
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.told.set()
 
     def reset(self) -> None:
-        self.times, self.second = [], anyio.Event()
+        self.first, self.told = None, anyio.Event()
 
 
-async def told_after(tells: Tells, write: object, path: Path, text: str) -> tuple[float, float]:
-    """Milliseconds from the write until the watch tells it, and until it tells the
-    batch's end."""
+async def told_after(
+    source: FolderSource, tells: Tells, write: object, path: Path, text: str
+) -> tuple[float, float]:
+    """Milliseconds from the write until the watch tells it, and until its batch has
+    ended (the watch tells a batch once, as it begins)."""
     assert callable(write)
     tells.reset()
     start = time.perf_counter()
     write(path, text)
     with anyio.fail_after(30):
-        await tells.second.wait()
-    first, end = tells.times[:2]
-    return (first - start) * 1000, (end - start) * 1000
+        await tells.told.wait()
+        await source.batch_ended()
+    end = time.perf_counter()
+    assert tells.first is not None
+    return (tells.first - start) * 1000, (end - start) * 1000
 
 
 async def measure(folder: Path, runs: int, idle: float) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     tells = Tells()
     stop = anyio.Event()
+    source = FolderSource(folder, Settings())
     async with anyio.create_task_group() as group:
-        group.start_soon(FolderSource(folder, Settings()).watch, tells, stop)
+        group.start_soon(source.watch, tells, stop)
         await anyio.sleep(0.5)
         for n in range(runs):
             for how, write in (("renamed", write_atomically), ("in place", write_in_place)):
-                first, end = await told_after(tells, write, folder / "w.toml", f"# {n} {how}\n")
+                text = f"# {n} {how}\n"
+                first, end = await told_after(source, tells, write, folder / "w.toml", text)
                 samples.setdefault(f"{how}, told", []).append(first)
                 samples.setdefault(how, []).append(end)
                 await anyio.sleep(0.05)  # the batch is over: the next write starts another

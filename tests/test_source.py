@@ -34,6 +34,7 @@ from reconciler.planning.plan import ActionKind
 from reconciler.settings import Settings
 from reconciler.squishfile import read_squishfile
 from reconciler.squishfile.loading import ReadFile
+from runtime.api import ContainerInfo
 from runtime.api.spec import ContainerSpec, RootfsRef
 from tests.fakes import HANG_GUARD, FakeClock, FakeRuntime
 
@@ -448,7 +449,8 @@ class Changes:
 @contextlib.asynccontextmanager
 async def watched(source: FolderSource, probe: Path) -> AsyncIterator[Changes]:
     """``source``'s watch running, once it reports writes to ``probe`` (rewritten with
-    its own bytes until it does)."""
+    its own bytes until it does) and their batch has ended (a write joining it would be
+    told by no other word)."""
     changes, stop = Changes(), anyio.Event()
     same = await anyio.Path(probe).read_bytes()
     async with anyio.create_task_group() as group:
@@ -458,6 +460,7 @@ async def watched(source: FolderSource, probe: Path) -> AsyncIterator[Changes]:
                 await anyio.Path(probe).write_bytes(same)
                 with anyio.move_on_after(0.5):
                     await changes.next()
+        await batch_ended(source)
         yield changes
         stop.set()
 
@@ -567,8 +570,12 @@ def _told_at(
 async def batch_ended(source: FolderSource) -> None:
     """Until the batch the watch is gathering (if any) has ended."""
     with anyio.fail_after(HANG_GUARD):
-        while source._batch is not None:
-            await source._batch.ended.wait()
+        await source.batch_ended()
+
+
+HELD = Settings(settle_ms=0, step_ms=1000, debounce_ms=1000)
+"""A batch held by a file open for writing lasts a second: the load amid it has that
+long to begin (the thread it runs in may wait its turn on a busy machine)."""
 
 
 @contextlib.asynccontextmanager
@@ -596,7 +603,7 @@ async def test_a_load_amid_a_batch_holds_once_the_batch_ends_with_nothing_after_
     """The first event of a batch is told at once, so a pass loads while the batch
     gathers; its snapshot holds once the batch has ended, and the end is not told again."""
     (tmp_path / "web.toml").write_bytes(with_port(8080))
-    source = FolderSource(tmp_path, Settings(settle_ms=0, step_ms=100))
+    source = FolderSource(tmp_path, HELD)
     assert source.load().current is None  # no batch: acted on at once
     async with (
         watched(source, tmp_path / "web.toml") as changes,
@@ -615,7 +622,7 @@ async def test_a_load_amid_a_batch_that_more_events_joined_is_loaded_again(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "web.toml").write_bytes(with_port(8080))
-    source = FolderSource(tmp_path, Settings(settle_ms=0, step_ms=100))
+    source = FolderSource(tmp_path, HELD)
     async with (
         watched(source, tmp_path / "web.toml") as changes,
         held_open(source, changes) as snapshot,
@@ -654,3 +661,73 @@ async def test_a_pass_whose_load_a_batch_made_stale_loads_again_before_it_acts()
         [(ActionKind.CREATE, "api"), (ActionKind.CREATE, "web")],
     )
     assert [info.name for info in fake.list()] == ["api", "web"]
+
+
+class ListsOnceTheBatchEnded(FakeRuntime):
+    """A runtime whose ``list`` (or ``sweep``) returns only once the watch's batch has
+    ended: the pass looks at the batch only after it ended, however fast it loaded."""
+
+    def __init__(self, clock: FakeClock, slow: str) -> None:
+        super().__init__(clock)
+        self.source: FolderSource | None = None
+        self.slow = slow
+
+    def _until_the_batch_ended(self) -> None:
+        if self.source is not None:
+            anyio.from_thread.run(batch_ended, self.source)
+
+    def sweep(self) -> list[str]:
+        if self.slow == "sweep":
+            self._until_the_batch_ended()
+        return super().sweep()
+
+    def list(self) -> list[ContainerInfo]:
+        if self.slow == "list":
+            self._until_the_batch_ended()
+        return super().list()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("slow", ["sweep", "list"])
+async def test_a_batch_the_pass_looked_at_after_its_end_makes_no_second_pass(
+    tmp_path: Path, slow: str
+) -> None:
+    """The batch's first event began the pass; the pass loads after the batch ended
+    (``sweep``) or amid it and looks at it after its end (``list``): the batch is that
+    pass's, and the next pass is the next trigger's."""
+    (tmp_path / "web.toml").write_bytes(with_port(8080))
+    clock = FakeClock()
+    fake = ListsOnceTheBatchEnded(clock, slow)
+    settings = Settings(resync=3600.0, settle_ms=0)
+    source = FolderSource(tmp_path, settings, clock=clock)
+    loop = WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+    send, passes = anyio.create_memory_object_stream[PassResult](64)
+    asked: list[Changed] = []
+    stop = anyio.Event()
+    run = functools.partial(
+        run_loop,
+        loop,
+        settings=settings,
+        on_pass=send.send_nowait,
+        stop=stop,
+        on_ready=asked.append,
+    )
+    async with anyio.create_task_group() as group, send, passes:
+        group.start_soon(run)
+        await passes_until_quiet(passes)
+        with anyio.fail_after(HANG_GUARD):
+            while not source._armed:  # noqa: ASYNC110 (the watch tells no arming)
+                await anyio.sleep(0.001)
+        fake.source = source
+        (tmp_path / ".web.toml.new").write_bytes(with_port(8081))
+        (tmp_path / ".web.toml.new").rename(tmp_path / "web.toml")
+        acted = await next_pass(passes)
+        while not acted.plan.actions:  # the watch's first look at the folder, say
+            acted = await next_pass(passes)
+        then = [await next_pass(passes)]  # the look again after changes
+        (tell,) = asked
+        tell("asked")  # dropped if a pass were pending: the next pass would be that one
+        then.append(await next_pass(passes))
+        stop.set()
+    assert [p.host for p in fake.inspect("web").ports] == [8081]
+    assert [(r.trigger, kinds(r)) for r in then] == [("resync", []), ("asked", [])]

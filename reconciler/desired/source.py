@@ -53,8 +53,8 @@ class Snapshot:
     """None: the snapshot may be acted on at once. Else it was loaded while a batch of
     changes was still coming in: awaiting this waits until the batch has ended and says
     whether the snapshot still holds (False: something changed after its load began,
-    load again). A pass that awaits it takes that batch on itself: the source does not
-    tell its end as a change."""
+    load again). The source told that batch once, as it began, and tells nothing at its
+    end: act on such a snapshot only once this said True."""
 
 
 class Source(Protocol):
@@ -95,14 +95,14 @@ class FolderSource:
     _armed: bool = False
     """The watch is armed (:meth:`watch` runs and watches the folder as it is)."""
     _events: int = 0
-    """Batches of events the watch has told (each makes the next load read everything)."""
+    """Reads of events by the watch (each makes the next load read everything)."""
     _vouched_at: int | None = None
     """:attr:`_events` when the last load began with the watch armed (None: it was not).
     While it is still the count, the watch has seen no event since: a file whose status
     is unchanged is unchanged (see :meth:`load`)."""
-    _batch: _Batch | None = None
-    """The batch of events the watch is gathering (None: no event is waiting for its
-    batch to end)."""
+    _batch: anyio.Event | None = None
+    """Set when the batch of events the watch is gathering ends (None: no event is
+    waiting for its batch to end)."""
 
     @property
     def folder(self) -> Path:
@@ -115,7 +115,9 @@ class FolderSource:
         as it was. Timestamps alone could miss a same-size edit within one tick; here
         any write, rename or removal in the folder (or in one its links lead into) is an
         event, which makes the next load read everything (an event that comes while a
-        load runs, too: the watch asks for another pass). The status check remains for
+        load runs, too: it joins the batch the load was amid, and the pass loads again
+        once the batch has ended, or it begins a batch, which the watch tells). The
+        status check remains for
         what no event reports (a file system shared over the network, changed from
         another host, still moves a file's times and size)."""
         now, settle = self.clock(), self.settings.settle_ms / 1000
@@ -140,13 +142,15 @@ class FolderSource:
 
     async def _held(self, seen: int) -> bool:
         """Once the batch gathering now (if any) has ended, whether no event came since
-        the load that read :attr:`_events` as ``seen`` began; the batch's end is then
-        this caller's to act on, not told as a change."""
+        the load that read :attr:`_events` as ``seen`` began."""
+        await self.batch_ended()
+        return self._events == seen
+
+    async def batch_ended(self) -> None:
+        """Until the batch of events the watch is gathering now (if any) has ended."""
         batch = self._batch
         if batch is not None:
-            batch.claimed = True
-            await batch.ended.wait()
-        return self._events == seen
+            await batch.wait()
 
     def _revision(self, desired: DesiredState) -> str:
         """``files:<digest>`` of the squishfiles' names and bytes as loaded."""
@@ -162,21 +166,22 @@ class FolderSource:
     def _noticed(self, changed: Changed) -> None:
         """Events came: the next load reads every file. The first of a batch tells a
         change at once, so that a pass loads and plans while the batch gathers; it acts
-        once the batch has ended (:attr:`Snapshot.current`)."""
+        once the batch has ended (:attr:`Snapshot.current`).
+
+        The batch's end is not told: the pass this tell asks for loads after the tell,
+        and either after the batch's end too, or amid it and then waits for its end
+        (loading again if an event came after its load began). Telling the end as well
+        made a second pass whenever the pass looked at the batch only after its end."""
         self.note_event()
         if self._batch is None:
-            self._batch = _Batch()
+            self._batch = anyio.Event()
             changed("files changed")
 
-    def _ended(self, changed: Changed) -> None:
-        """The batch ended: told as a change unless a pass waits for it (it loads again
-        when an event came after its load began)."""
+    def _ended(self) -> None:
+        """The batch ended: a pass waiting for it may act."""
         batch, self._batch = self._batch, None
-        if batch is None:
-            return
-        batch.ended.set()
-        if not batch.claimed:
-            changed("files changed")
+        if batch is not None:
+            batch.set()
 
     def note_event(self) -> None:
         """An event came: the next load reads every file. Called on the watch's side
@@ -185,8 +190,8 @@ class FolderSource:
         self._events += 1
 
     async def watch(self, changed: Changed, stop: anyio.Event) -> None:
-        """Tell each batch of squishfile events as it begins (its end too, unless a pass
-        waits for it: :attr:`Snapshot.current`); re-arm when the folder returns or is
+        """Tell each batch of squishfile events as it begins (a load amid it waits for
+        its end: :attr:`Snapshot.current`); re-arm when the folder returns or is
         replaced by another directory (inotify would keep following the old one), and
         at once when its symbolic links lead elsewhere."""
         watch = _Watch()
@@ -202,7 +207,7 @@ class FolderSource:
                     relinked = await self._watch_once(changed, watch)
                 finally:
                     self._armed = False
-                    self._ended(changed)  # a pass waiting for it is told below as well
+                    self._ended()  # a pass waiting for it loads again: the event below
                 noted("links changed" if relinked else "folder changed")
                 if not relinked:
                     await anyio.sleep(self.settings.rearm_delay)
@@ -235,7 +240,7 @@ class FolderSource:
                 async with contextlib.aclosing(events):
                     async for batch in events:
                         if batch:
-                            self._ended(changed)
+                            self._ended()
                         if watch.stale(self.folder):
                             return False
                         now = linked_from(real)
@@ -251,14 +256,6 @@ def _counts(folder: Path, linked: frozenset[Path], watched: frozenset[Path], eve
     link on the way to one, or on a file a link leads to, or on a watched folder itself
     (it went, or events were lost)."""
     return (event.parent == folder and is_squishfile(event)) or event in linked or event in watched
-
-
-class _Batch:
-    """A batch of events the watch gathers: whether a pass waits for its end."""
-
-    def __init__(self) -> None:
-        self.ended = anyio.Event()
-        self.claimed = False
 
 
 class _Watch:
