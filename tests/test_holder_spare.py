@@ -4,16 +4,19 @@ helper as the request names it, and the words of its failures."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from runtime.cgroups.fs import Leaf
 from runtime.errors import SlirpError
 from runtime.holder import spare
-from runtime.holder.protocol import Launching, marked
-from runtime.network import slirp
+from runtime.holder.protocol import ErrorCode, Failure, Launching, marked
+from runtime.network import driver, slirp
 from runtime.util.processes import ProcessId
 from runtime.wire import LaunchRequest
 
@@ -121,3 +124,63 @@ def test_the_mover_ahead_is_done_before_the_init_goes_elsewhere(
     assert leaf is not None and leaf != ahead.leaf
     assert ahead.mover is None
     assert settled_at_scope == ([True] if scope else [])
+
+
+class _InitStandIn:
+    """A child standing for a container init that fails as it mounts: it reads its
+    request to the end, reports why it failed, and exits (as ``run_init`` does)."""
+
+    def __init__(self, reason: str) -> None:
+        request_r, self.request_w = os.pipe2(os.O_CLOEXEC)
+        self.report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.request_w)
+            while os.read(request_r, 65536):
+                pass
+            os.write(report_w, marked(Launching.FAILED, reason))
+            os._exit(126)
+        os.close(request_r)
+        os.close(report_w)
+        self.pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]  # go, exit, log
+
+    def init(self) -> spare._Init:
+        (_, go_w), (exit_r, _), (log_r, _) = self.pipes
+        return spare._Init(
+            self.pid, self.request_w, go_w, self.report_r, exit_r, log_r, None, "off", None
+        )
+
+    def close(self) -> None:
+        for fd in (self.report_r, *(fd for pipe in self.pipes for fd in pipe)):
+            os.close(fd)
+
+
+def test_a_network_that_fails_as_the_init_died_says_why_the_init_died(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The init reads its request before the network is asked for, and may fail (a bind
+    refused) before the network's start looks for its namespace: the start then fails
+    too, and the client is told the init's reason, not the network's "no such file
+    /proc/PID/ns/net"."""
+    reason = "setting up the container filesystem failed: bind /data: a symlink"
+    stand_in = _InitStandIn(reason)
+    bridge_start = driver.driver_for("bridge").start
+
+    def start_once_the_init_ended(cdir: Path, sandbox: bool, **rest: Any) -> driver.Starting:
+        os.waitpid(stand_in.pid, 0)  # the race lost: the init ended first
+        return bridge_start(cdir, sandbox, **rest)
+
+    bridge = SimpleNamespace(start=start_once_the_init_ended)
+    monkeypatch.setattr(spare, "driver_for", lambda _: bridge)
+    cdir = tmp_path / "containers" / "c"
+    cdir.mkdir(parents=True)
+    request = LaunchRequest(
+        name="c", container_dir=str(cdir), rootfs="/r", argv=("true",), network="bridge"
+    )
+    try:
+        reply = spare._answer(stand_in.init(), json.dumps(request.to_json()).encode(), None)
+    finally:
+        stand_in.close()
+    assert isinstance(reply, Failure)
+    assert reply.code is ErrorCode.START_FAILED
+    assert reply.message == reason

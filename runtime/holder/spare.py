@@ -313,12 +313,28 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
             detail = detail_of(started, Launching.FAILED)
             raise _LaunchFailed(detail or "the container init died before the command started")
         return Launched(run)
-    except BaseException:
+    except BaseException as exc:
+        failed = _init_failure(init)
         if identity is not None:  # the init may be gone and reaped (by the holder) already
             identity.send(signal.SIGKILL)
         if leaf is not None and (ahead is None or leaf != ahead.leaf) and not req.systemd_scope:
             leaf.discard()  # made for this launch (the spare's own goes after it)
+        if failed is not None:
+            raise _LaunchFailed(failed) from exc
         raise
+
+
+def _init_failure(init: _Init) -> str | None:
+    """Why the init failed, if it reported so by now: a step that failed after the
+    init had its request (its network, its cgroup move) may have failed because the
+    init had ended (no namespace left to join), and the init's reason is the one to
+    tell. Never waits: a report not written yet is no failure of the init's."""
+    if not wait_readable([init.report_r], 0):
+        return None
+    try:
+        return detail_of(os.read(init.report_r, 4096), Launching.FAILED)
+    except OSError:
+        return None
 
 
 def _run_record(
