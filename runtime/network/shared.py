@@ -501,11 +501,12 @@ class _Supervisor:
         os.close(ready_w)
         ready = os.read(ready_r, 1) if wait_readable([ready_r], READY_TIMEOUT) else b""
         os.close(ready_r)
-        self.children[child] = "porter"
-        if ready != b"1":  # hung or failed: its end (reaped as a helper's) brings it back
+        if ready != b"1":  # hung or failed: ended here, tried again after RESTART_RETRY
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
             raise SlirpError("the port handler did not start")
+        self.children[child] = "porter"
         self.porter = ProcessId.of(child)
         self.bound = {}
 
