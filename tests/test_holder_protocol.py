@@ -3,6 +3,7 @@ reported failure becomes, and a holder that keeps serving while a probe hangs.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import select
 import socket
@@ -30,6 +31,7 @@ from runtime.errors import (
     SlirpError,
     SquishError,
 )
+from runtime.holder import protocol
 from runtime.holder.client import Holder, failure_error
 from runtime.holder.protocol import (
     HOLDER_SOCKET,
@@ -62,7 +64,7 @@ from runtime.holder.protocol import (
 )
 from runtime.util import jsonsock
 from runtime.util.processes import ProcessId
-from runtime.wire import Forward, LaunchRequest
+from runtime.wire import Forward, LaunchRequest, MountPoint
 from tests.conftest import rootless
 from tests.support import free_port, kill_slirp, shell
 
@@ -459,3 +461,32 @@ def test_a_restored_slirp4netns_goes_when_its_container_exits(rt: LinuxRuntime) 
     rt.exec_command("healed", ["touch", "/tmp/stop"])
     assert rt.wait("healed", timeout=60) == 0
     assert slirp_id.wait_gone(30.0)  # the holder killed it when it reaped the init
+
+
+REVISION_1 = {
+    "exec": "init_pid init_start_time argv env container_dir workdir timeout seccomp cgroup",
+    "exit": "",
+    "launch": "request",
+    "ping": "",
+    "probe_tcp": "init_pid port",
+    "restore_network": "init_pid container_dir sandbox network",
+    "rewire": "init_pid container_dir networks",
+    "LaunchRequest": "name container_dir rootfs argv mounts env workdir hostname network forwards "
+    "sandbox_slirp port_handler seccomp cgroup cgroup_parent cgroup_limits systemd_scope "
+    "log_path log_max_size log_max_files proc_view",
+    "MountPoint": "source target rw is_dir",
+    "Forward": "proto host_addr host_port guest_port",
+}
+"""The fields of every request the holder serves at ``HOLDER_PROTOCOL`` 1."""
+
+
+def test_a_request_that_gains_a_field_raises_the_protocol_revision() -> None:
+    """A holder refuses fields it does not know, and a client replaces a running holder
+    only when its recorded revision is older: a field added without raising
+    ``HOLDER_PROTOCOL`` would strand every start on the holder of the version before."""
+    kinds: dict[str, type[Any]] = {**protocol._REQUESTS}
+    kinds.update(LaunchRequest=LaunchRequest, MountPoint=MountPoint, Forward=Forward)
+    fields = {name: " ".join(f.name for f in dataclasses.fields(k)) for name, k in kinds.items()}
+    assert protocol.HOLDER_PROTOCOL == 1 and fields == REVISION_1, (
+        "a request's fields changed: raise HOLDER_PROTOCOL and record its fields here"
+    )
