@@ -28,7 +28,7 @@ from reconciler.control.loop import PassResult, Reconciler, run_loop
 from reconciler.desired import folder
 from reconciler.desired.folder import _labelled
 from reconciler.desired.links import linked_from
-from reconciler.desired.source import Changed, FolderSource, Snapshot
+from reconciler.desired.source import Changed, FolderSource, Snapshot, Source
 from reconciler.desired.types import DesiredContainer, DesiredState, squishfiles_in
 from reconciler.planning.plan import ActionKind
 from reconciler.settings import Settings
@@ -86,6 +86,11 @@ class WatchesNoExits(Reconciler):
         return set()
 
 
+def loop_over(source: Source, fake: FakeRuntime, clock: FakeClock) -> WatchesNoExits:
+    """The loop that applies ``source`` to ``fake``, on ``clock``."""
+    return WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+
+
 def kinds(result: PassResult) -> list[tuple[ActionKind, str]]:
     return [(a.kind, a.name) for a in result.plan.actions]
 
@@ -108,7 +113,7 @@ async def test_the_loop_applies_what_a_source_gives_when_it_says_so() -> None:
     clock = FakeClock()
     fake = FakeRuntime(clock)
     source = MemorySource("web")
-    loop = WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+    loop = loop_over(source, fake, clock)
     send, passes = anyio.create_memory_object_stream[PassResult](16)
     stop = anyio.Event()
     run = functools.partial(
@@ -654,7 +659,7 @@ async def test_a_pass_whose_load_a_batch_made_stale_loads_again_before_it_acts()
     clock = FakeClock()
     fake = FakeRuntime(clock)
     source = BatchWithMore("web")
-    loop = WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+    loop = loop_over(source, fake, clock)
     result = await loop.reconcile("files changed")
     assert (result.revision, sorted(kinds(result))) == (
         "memory:2",
@@ -700,7 +705,7 @@ async def test_a_batch_the_pass_looked_at_after_its_end_makes_no_second_pass(
     fake = ListsOnceTheBatchEnded(clock, slow)
     settings = Settings(resync=3600.0, settle_ms=0)
     source = FolderSource(tmp_path, settings, clock=clock)
-    loop = WatchesNoExits(source, fake, Converger(fake, clock=clock), clock=clock)
+    loop = loop_over(source, fake, clock)
     send, passes = anyio.create_memory_object_stream[PassResult](64)
     asked: list[Changed] = []
     stop = anyio.Event()

@@ -222,17 +222,17 @@ class Leaf:
         killed in turn, another try."""
         for _ in range(tries):
             self.kill()
-            try:
-                self.path.rmdir()
-            except OSError as exc:
-                if exc.errno == errno.EBUSY:
-                    continue
-            return
+            if not self.remove():
+                return
 
-    def remove(self) -> None:
-        """Delete the (empty) leaf (a systemd scope's may already be gone, or systemd's)."""
-        with contextlib.suppress(OSError):
+    def remove(self) -> bool:
+        """Delete the (empty) leaf (a systemd scope's may already be gone, or systemd's);
+        True when it could not be as a process is in it."""
+        try:
             self.path.rmdir()
+        except OSError as exc:
+            return exc.errno == errno.EBUSY
+        return False
 
     @staticmethod
     def _until(done: Callable[[], bool], timeout: float) -> bool:

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cgroups.fs import Leaf, cgroup_of
+from runtime.cgroups.fs import Leaf, cgroup_of, v2_mount
 from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.init import sample_request
@@ -199,9 +199,10 @@ class _Spares:
         one forked now (the idle ones may have died with the one lost)."""
         if fresh or not self.idle:
             self._fork()
-            self.idle.insert(0, self.idle.pop())
-        matching = (s for s in self.idle if shape and s.shape == shape and not fresh)
-        spare = next(matching, self.idle[0])
+            spare = self.idle[-1]
+        else:
+            matching = (s for s in self.idle if shape and s.shape == shape)
+            spare = next(matching, self.idle[0])
         self.idle.remove(spare)
         self.taken = spare  # its leaf is the container's now, or removed by the spare
         self.launching.add(spare.pid)
@@ -350,7 +351,8 @@ class _Containers:
 
     def leaves(self, folder: Path) -> list[Leaf]:
         """The cgroup leaves in ``folder`` that its containers' inits run in now."""
-        found = (cgroup_of(pid) for pid in self.by_pid)
+        mount = v2_mount()  # read once, not once per container
+        found = (cgroup_of(pid, mount) for pid in self.by_pid)
         return [Leaf(where) for where in found if where is not None and where.parent == folder]
 
     def kill_all(self) -> None:
