@@ -11,7 +11,13 @@ import ctypes.util
 import functools
 import struct
 
-__all__ = ("AUDIT_ARCH_I386", "AUDIT_ARCH_X86_64", "run_filter", "syscall_number")
+__all__ = (
+    "AUDIT_ARCH_I386",
+    "AUDIT_ARCH_X86_64",
+    "run_filter",
+    "steps_and_result",
+    "syscall_number",
+)
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -24,13 +30,21 @@ def _data(nr: int, arch: int, args: tuple[int, ...]) -> bytes:
 
 def run_filter(program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_64) -> int:
     """The value the filter returns for syscall ``nr`` with ``args``."""
+    return steps_and_result(program, nr, *args, arch=arch)[1]
+
+
+def steps_and_result(
+    program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_64
+) -> tuple[int, int]:
+    """How many instructions the filter runs for syscall ``nr`` with ``args``, and the
+    value it returns."""
     data = _data(nr, arch, args)
     acc = 0
     memory = [0] * 16
     x = 0
     pc = 0
     count = len(program) // 8
-    for _ in range(count + 1):  # classic BPF only jumps forward
+    for step in range(1, count + 2):  # classic BPF only jumps forward
         code, jt, jf, k = struct.unpack_from("<HBBI", program, pc * 8)
         pc += 1
         if code == 0x20:  # ld w abs
@@ -56,7 +70,7 @@ def run_filter(program: bytes, nr: int, *args: int, arch: int = AUDIT_ARCH_X86_6
             }[code]
             pc += jt if taken else jf
         elif code == 0x06:  # ret k
-            return int(k)
+            return step, int(k)
         else:
             raise ValueError(f"BPF instruction {code:#x} is not interpreted here (x={x})")
     raise ValueError("the program ran off its end")

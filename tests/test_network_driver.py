@@ -67,9 +67,9 @@ def test_the_etc_files_name_the_drivers_addresses() -> None:
 
 def test_no_network_starts_nothing_and_refuses_forwards(tmp_path: Path) -> None:
     none = driver_for("none")
-    assert none.start(tmp_path, True, target_pid=1, exit_fd=-1)() == (None, [])
+    assert none.start(tmp_path, True, target_pid=1, netns_fd=-1, exit_fd=-1)() == (None, [])
     with pytest.raises(SlirpError, match="no network to forward ports into"):
-        none.start(tmp_path, True, target_pid=1, exit_fd=-1, forwards=[FORWARD])()
+        none.start(tmp_path, True, target_pid=1, netns_fd=-1, exit_fd=-1, forwards=[FORWARD])()
     assert not none.has_helper and none.sockets == ()
     with pytest.raises(SlirpError, match="'web': network = \"none\" has no network"):
         none.forwards(tmp_path, "web")
@@ -159,15 +159,15 @@ def test_slirp4netns_starts_again_unsandboxed_where_the_sandbox_fails(
 
     monkeypatch.setattr(slirp, "spawn", spawn)
     driver = driver_for("slirp4netns")
-    assert driver.start(tmp_path, True, target_pid=42, exit_fd=5)() == (me, [])
+    assert driver.start(tmp_path, True, target_pid=42, netns_fd=9, exit_fd=5)() == (me, [])
     assert driver.restart(tmp_path, True, netns_fd=9, exit_fd=5) is me
     assert tries == [True, False, True, False]
     tries.clear()
     broken.add(False)
     with pytest.raises(type(failure)):
-        driver.start(tmp_path, False, target_pid=42, exit_fd=5)()
+        driver.start(tmp_path, False, target_pid=42, netns_fd=9, exit_fd=5)()
     with pytest.raises(type(failure)):
-        driver.start(tmp_path, True, target_pid=42, exit_fd=5)()
+        driver.start(tmp_path, True, target_pid=42, netns_fd=9, exit_fd=5)()
     assert tries == [False, True, False]
 
 
@@ -214,8 +214,12 @@ def test_a_bridge_start_whose_port_another_container_holds_is_port_in_use(
     bdir = shared.bridge_dir(tmp_path)
     held = shared.ForwardRecord("other", "tcp", "127.0.0.1", 8080, 80, 20000, "splice")
     shared.save_forwards(bdir, [held])
-    with pytest.raises(PortInUse, match="container 'other'"):
-        driver_for("bridge").start(
-            cdir, True, target_pid=os.getpid(), exit_fd=-1, forwards=[FORWARD]
-        )
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with pytest.raises(PortInUse, match="container 'other'"):
+            driver_for("bridge").start(
+                cdir, True, target_pid=os.getpid(), netns_fd=netns, exit_fd=-1, forwards=[FORWARD]
+            )
+    finally:
+        os.close(netns)
     assert shared.load_forwards(bdir) == [held]

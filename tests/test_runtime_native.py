@@ -139,9 +139,12 @@ def test_squish_native_is_0_or_1() -> None:
         RuntimeSettings.from_environ({"SQUISH_NATIVE": "no"})
 
 
-def _run_native_init(tmp_path: Path, program: str, *argv: str) -> tuple[int, bytes]:
-    """Run the native init outside any container, as the Python init would exec it;
-    return its exit code and what it reported."""
+def _run_native_init(
+    tmp_path: Path, program: str, *argv: str, go: bytes | None = None
+) -> tuple[int, bytes]:
+    """Run the native init outside any container, as the Python init would exec it
+    (with ``go``: what the spare wrote on the go pipe before it closed it; None: no go
+    pipe); return its exit code and what it reported."""
     binary = installed()
     if binary is None:
         pytest.skip("the native binary is not installed (scripts/host-setup.sh)")
@@ -152,13 +155,18 @@ def _run_native_init(tmp_path: Path, program: str, *argv: str) -> tuple[int, byt
     log = os.open(tmp_path / "output", os.O_WRONLY | os.O_CREAT, 0o600)
     oom = os.open(tmp_path / "memory.events", os.O_RDONLY)
     pids = os.open(tmp_path / "pids.events", os.O_RDONLY)
-    fds = (state, report_w, log, report_w, oom, pids)  # no exit pipe here: any fd will do
+    go_r = -1
+    if go is not None:
+        go_r, go_w = os.pipe()
+        os.write(go_w, go)
+        os.close(go_w)
+    fds = (go_r, state, report_w, log, report_w, oom, pids)  # any fd will do as exit pipe
     numbers = [str(fd) for fd in fds]
     init = [str(binary), "init", *numbers, "0", repr(argv[0]), program, *argv]
     try:
-        done = subprocess.run(init, pass_fds=fds, check=False)
+        done = subprocess.run(init, pass_fds=[fd for fd in fds if fd >= 0], check=False)
     finally:
-        for fd in {*fds}:
+        for fd in {*fds} - {-1}:
             os.close(fd)
     with os.fdopen(report_r, "rb") as report:
         return done.returncode, report.read()
@@ -190,4 +198,19 @@ def test_the_native_init_reports_a_command_killed_by_a_signal(tmp_path: Path) ->
 def test_the_native_init_reports_a_command_that_cannot_start(tmp_path: Path) -> None:
     code, report = _run_native_init(tmp_path, str(tmp_path / "missing"), "missing")
     assert (code, report) == (127, b"E'missing' cannot start: No such file or directory")
+    assert not (tmp_path / "exit.json").exists()
+
+
+def test_the_native_init_starts_the_command_once_told_to_go(tmp_path: Path) -> None:
+    code, report = _run_native_init(tmp_path, "/bin/sh", "sh", "-c", "echo ran", go=b"G")
+    assert (code, report) == (0, b"S")
+    assert (tmp_path / "output").read_bytes() == b"ran\n"
+
+
+@pytest.mark.parametrize("go", [b"", b"X"])
+def test_the_native_init_starts_nothing_without_go(tmp_path: Path, go: bytes) -> None:
+    """The spare failed (its end closed) or said something else: no command runs."""
+    code, report = _run_native_init(tmp_path, "/bin/sh", "sh", "-c", "echo ran", go=go)
+    assert (code, report) == (125, b"")
+    assert (tmp_path / "output").read_bytes() == b""
     assert not (tmp_path / "exit.json").exists()

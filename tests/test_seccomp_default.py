@@ -16,7 +16,7 @@ import pytest
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox.capabilities import DEFAULT_CAPABILITIES
 from runtime.security import default_profile, profile, seccomp
-from tests.bpf import AUDIT_ARCH_I386, run_filter, syscall_number
+from tests.bpf import AUDIT_ARCH_I386, run_filter, steps_and_result, syscall_number
 from tests.conftest import rootless
 from tests.support import run_probes
 from tests.syscall_probes import SUPPORTED, write_probe
@@ -181,6 +181,15 @@ def test_the_compiled_default_allows_its_list_and_refuses_every_other_number() -
             assert run_filter(program, clone, 1 << bit | SIGCHLD) == eperm, hex(1 << bit)
     assert run_filter(program, clone3) == profile.errno_action(errno.ENOSYS)
     assert run_filter(program, 20, arch=AUDIT_ARCH_I386) == profile.ACT_KILL_PROCESS
+
+
+def test_the_compiled_default_finds_any_syscall_in_a_few_steps() -> None:
+    """A binary search on the number, not a list: the kernel evaluates a new filter once
+    for every syscall number when it is installed (to cache what it always allows), and
+    every call it did not cache runs it, so the steps are paid at every start."""
+    program = seccomp.compile_default()
+    longest = max(steps_and_result(program, nr)[0] for nr in range(1024))
+    assert longest <= 40, longest
 
 
 # -- the rule list as data (no libseccomp) ---------------------------------------------

@@ -196,12 +196,13 @@ def _exec_native(
     native_fd: int,
     req: LaunchRequest,
     command: tuple[str, dict[str, str]],
-    fds: tuple[int, int, int, int],
+    fds: tuple[int, int, int, int, int],
     old_mask: Iterable[int],
 ) -> None:
-    """Become the native init (``runtime.native``), which starts the command and does
-    what :func:`_wait_for_command` does; return only if it cannot be executed. ``fds``:
-    the state folder, the report pipe, the command's output, the exit pipe."""
+    """Become the native init (``runtime.native``), which waits for ``G``, starts the
+    command and does what :func:`_wait_for_command` does; return only if it cannot be
+    executed. ``fds``: the go pipe, the state folder, the report pipe, the command's
+    output, the exit pipe."""
     program, env = command
     events = [_event_fds.get(key, -1) for key in ("oom_kills", "pids_refused")]
     passed = [fd for fd in (*fds, *events) if fd >= 0]
@@ -302,11 +303,13 @@ def run_init(
     It reports ``W`` on ``report_w`` once warm (the view's connection mounted ahead),
     reads the launch request from ``request_r`` (to EOF), mounts, waits for ``P``
     (placed in its cgroup) on ``go_r``, then reports on ``report_w``: ``M`` when the
-    filesystem is mounted, then, after ``G`` on ``go_r``, ``S`` (started) or ``E<why>``. ``exit_w``
+    filesystem is mounted and the process confined (followed by the inode of its cgroup
+    namespace and a newline), then, after ``G`` on ``go_r``, ``S`` (started) or
+    ``E<why>``. ``exit_w``
     stays open for as long as the init lives: slirp4netns exits when it closes. ``log_w``
     becomes the command's stdout and stderr: the write end of the pipe the log pump
     (``runtime.holder.logpump``) reads, outside the container. ``native`` is the native
-    init to become once the container is confined (``runtime.native``), or None.
+    init to become once ``M`` is written (``runtime.native``; it waits for ``G``), or None.
     ``view`` is the /dev/fuse descriptor of the /proc and /sys view, or why there is
     none; ``M`` is followed by why the view is missing when it was asked for and is not
     there. ``calls`` is the seccomp filter of the calls the view answers (or why there
@@ -338,22 +341,53 @@ def run_init(
     _close_view(view, premounted)
     _enter_cgroup_namespace(go_r, report_w, req.cgroup)
     no_calls = _intercept(calls, req.proc_view and not missing_view)
+    old_mask = _confine(narrowed, syscall_filter, last_capability, report_w)
+    kept = {go_r, log_w, report_w, state_fd, exit_w, *_event_fds.values()}
+    close_fds_except(kept if native_fd is None else {*kept, native_fd})
+    try:
+        command = _find_command(req)
+    except OSError as exc:
+        _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
     detail = f"{missing_view}\n{no_calls}" if no_calls else missing_view
-    os.write(report_w, marked(Launching.MOUNTED, detail))
+    os.write(report_w, marked(Launching.MOUNTED, f"{_cgroup_namespace()}\n{detail}"))
+    if native_fd is not None:
+        _exec_native(native_fd, req, command, (go_r, state_fd, report_w, log_w, exit_w), old_mask)
     if os.read(go_r, 1) != Launching.GO.value:
         os._exit(125)
     os.close(go_r)
+    try:
+        child = _spawn_command(req, *command, log_w, old_mask)
+    except OSError as exc:
+        _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
+    os.close(log_w)
+    os.chdir("/")
+    os.write(report_w, Launching.STARTED.value)
+    os.close(report_w)
+    _wait_for_command(child, state_fd)
+
+
+def _cgroup_namespace() -> int:
+    """The inode of this process's cgroup namespace (started a moment ago): the spare
+    records it in ``run.json`` with the others it opened while the init was warm,
+    since this process is not dumpable any more when the spare reads ``M``."""
+    return os.stat("/proc/self/ns/cgroup").st_ino
+
+
+def _confine(
+    narrowed: bool, syscall_filter: bytes | None, last_capability: int, report_w: int
+) -> set[int | signal.Signals]:
+    """Confine this process before the spare is told it is mounted: the signals it
+    forwards blocked (the old mask returned, for the command), not dumpable, stdio on
+    /dev/null, Docker's capability set and the seccomp filter. The spare needs nothing of
+    this process's /proc after ``M``: it opened the namespaces while the init was warm."""
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *FORWARDED_SIGNALS})
-    # From here on container code runs. Not dumpable: the container's root may not open
+    # Container code runs from ``G`` on. Not dumpable: the container's root may not open
     # /proc/1/fd, /proc/1/environ or /proc/1/mem of this process, a fork of the holder.
-    # (Not earlier: slirp4netns needs /proc/1/ns/net while it attaches.)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)  # the holder's log stays outside
     os.close(null)
-    keep = {log_w, report_w, state_fd, exit_w, *_event_fds.values()}
-    close_fds_except(keep if native_fd is None else {*keep, native_fd})
     try:
         # Docker's capability set (no_new_privs and the bounding set taken while idle,
         # if they could be), the seccomp filter: for the init (what it still does needs
@@ -364,16 +398,4 @@ def run_init(
             confine.apply(syscall_filter, last_capability)
     except OSError as exc:
         _fail(report_w, f"confining the container failed: {exc}", 126)
-    try:
-        command = _find_command(req)
-        if native_fd is not None:
-            fds = (state_fd, report_w, log_w, exit_w)
-            _exec_native(native_fd, req, command, fds, old_mask)
-        child = _spawn_command(req, *command, log_w, old_mask)
-    except OSError as exc:
-        _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
-    os.close(log_w)
-    os.chdir("/")
-    os.write(report_w, Launching.STARTED.value)
-    os.close(report_w)
-    _wait_for_command(child, state_fd)
+    return old_mask

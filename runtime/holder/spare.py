@@ -22,14 +22,13 @@ import secrets
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.cgroups.fs import Leaf
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder import logpump
-from runtime.holder.adoption import namespace_ids
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.init import run_init
 from runtime.holder.protocol import (
@@ -92,6 +91,11 @@ class _Init:
     """With the view: the socket the init sends its seccomp listener on (the holder's end)."""
     middle: int | None = None
     """The intermediate child, while it moves the init into the leaf made ahead."""
+    namespaces: dict[str, int] = field(default_factory=dict)
+    """The inodes of its namespaces (``run.json``'s), read while it was warm and dumpable;
+    the cgroup one comes with ``M``, as the init starts that namespace once placed."""
+    netns: int = -1
+    """Its network namespace, opened while it was warm: the network starts in it."""
 
     def view_fds(self) -> list[int]:
         if isinstance(self.view, int) and self.channel is not None:
@@ -283,6 +287,7 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
             Path(req.container_dir),
             req.sandbox_slirp,
             target_pid=init.pid,
+            netns_fd=init.netns,
             exit_fd=init.exit_r,
             forwards=req.forwards,
             handler=req.port_handler,
@@ -297,13 +302,10 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
         helper, forwards = _network(req, starting)
         os.close(init.exit_r)
         mounted = _read_with_timeout(init.report_r, 4096, _STEP_TIMEOUT, "the filesystem")
-        view_detail = detail_of(mounted, Launching.MOUNTED)
-        if view_detail is None:
-            detail = detail_of(mounted, Launching.FAILED)
-            raise _LaunchFailed(detail or "the container init died while mounting")
+        view_detail = _mounted(init, mounted)
         if identity is None:
             raise _LaunchFailed("the container init vanished")
-        run = _run_record(identity, helper, forwards, cgroup, log_pump)
+        run = _run_record(identity, init.namespaces, helper, forwards, cgroup, log_pump)
         run["proc_view"] = _view_state(req, view_detail)
         # Recorded before the command runs: whoever sees it serve also sees it running.
         write_json_atomic(Path(req.container_dir) / "run.json", run)
@@ -324,6 +326,18 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
         raise
 
 
+def _mounted(init: _Init, report: bytes) -> str:
+    """Take the init's ``M`` report (its cgroup namespace's inode, then why its view or
+    its intercepted calls are missing, if they are), or raise why it failed."""
+    detail = detail_of(report, Launching.MOUNTED)
+    if detail is None:
+        failed = detail_of(report, Launching.FAILED)
+        raise _LaunchFailed(failed or "the container init died while mounting")
+    inode, _, view_detail = detail.partition("\n")
+    init.namespaces["cgroup"] = int(inode)
+    return view_detail
+
+
 def _init_failure(init: _Init) -> str | None:
     """Why the init failed, if it reported so by now: a step that failed after the
     init had its request (its network, its cgroup move) may have failed because the
@@ -339,6 +353,7 @@ def _init_failure(init: _Init) -> str | None:
 
 def _run_record(
     init: ProcessId,
+    namespaces: dict[str, int],
     helper: ProcessId | None,
     forwards: list[dict[str, Any]],
     cgroup: str,
@@ -352,9 +367,9 @@ def _run_record(
         "started_at": time.time(),
         "cgroup": cgroup,
         "log_pump": log_pump.to_json() if log_pump is not None else None,
-        # Read while the init is still dumpable: a later holder finds them again in
-        # the command's /proc/PID/ns (runtime.holder.adoption).
-        "namespaces": namespace_ids(init.pid),
+        # A later holder finds them again in the command's /proc/PID/ns
+        # (runtime.holder.adoption).
+        "namespaces": namespaces,
     }
 
 
@@ -560,6 +575,7 @@ def run_spare(
             os.open(f"/proc/{init.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
             for kind, _ in NAMESPACES
         ]
+        _keep_namespaces(init, namespaces)
         received = _receive(ctrl)
         if received is not None:
             # The holder waits for this before it forgets the request; it keeps the
@@ -583,6 +599,16 @@ def run_spare(
         _log(f"spare failed: {type(exc).__name__}: {exc}")
     finally:
         os._exit(code)
+
+
+def _keep_namespaces(init: _Init, fds: list[int]) -> None:
+    """Read what the launch needs of the warm init's namespaces (``fds``, in the order
+    of ``NAMESPACES``) while it is still dumpable: it is not from ``M`` on."""
+    init.namespaces = {"user": os.stat("/proc/self/ns/user").st_ino}  # the spare's own
+    for (kind, _), fd in zip(NAMESPACES, fds, strict=True):
+        init.namespaces[kind] = os.fstat(fd).st_ino
+        if kind == "net":
+            init.netns = os.dup(fd)
 
 
 def _answer(init: _Init, raw: bytes, leaf: _Ahead | None) -> Reply:

@@ -1,12 +1,14 @@
 /*
  * squish-native: the small native processes a running container keeps.
  *
- *   squish-native init STATE_FD REPORT_FD LOG_FD EXIT_FD OOM_FD PIDS_FD MASK LABEL PROGRAM ARGV...
+ *   squish-native init GO_FD STATE_FD REPORT_FD LOG_FD EXIT_FD OOM_FD PIDS_FD MASK LABEL PROGRAM ARGV...
  *   squish-native pump SOURCE_FD LOG_FD PATH MAX_SIZE MAX_FILES
  *
  * init: pid 1 of a container, exec'd by the Python init (runtime/holder/init.py) once the
  * container is assembled and confined, so that none of the Python process's memory stays
- * for as long as the container runs. It starts PROGRAM (its environment is this process's),
+ * for as long as the container runs. It waits for "G" on GO_FD (-1: it does not wait; the
+ * exec overlaps the spare's last steps before it says go), then starts PROGRAM (its
+ * environment is this process's),
  * forwards signals to it, reaps every zombie, and when PROGRAM exits records exit.json in
  * the container's folder (STATE_FD) and exits with the same code. It reports on REPORT_FD
  * as the Python init does: "S" once PROGRAM runs, "E<why>" if it cannot start. EXIT_FD
@@ -70,7 +72,7 @@ static void write_all(int fd, const char *data, size_t size) {
 /* ---- init ------------------------------------------------------------------------------ */
 
 struct init_fds {
-    int state, report, log, exit, oom, pids;
+    int go, state, report, log, exit, oom, pids;
 };
 
 /* The count on the line "NAME N" of a cgroup events file, or -1. */
@@ -223,6 +225,16 @@ static char **take_arguments(int argc, char **argv, int first) {
     return copy;
 }
 
+/* The spare's go (runtime.holder.protocol.Launching.GO): anything else, or its end, and
+   the container is not started. The signals are blocked: no read is interrupted. */
+static void await_go(int go) {
+    char mark = 0;
+    if (read(go, &mark, 1) != 1 || mark != 'G') {
+        _exit(125);
+    }
+    close(go);
+}
+
 static int run_init(int argc, char **argv) {
     /* Not dumpable before anything of the container runs: /proc/1/fd must not lead to
        STATE_FD (the container's folder, outside its root). */
@@ -231,19 +243,22 @@ static int run_init(int argc, char **argv) {
     sigset_t waited; /* blocked already by the Python init (pending ones stay pending) */
     waited_signals(&waited);
     sigprocmask(SIG_BLOCK, &waited, NULL);
-    if (argc < 12) {
+    if (argc < 13) {
         return 125;
     }
     argv = take_arguments(argc, argv, 0);
-    struct init_fds fds = {number(argv[2]), number(argv[3]), number(argv[4]),
-                           number(argv[5]), number(argv[6]), number(argv[7])};
-    int own[] = {fds.state, fds.report, fds.log, fds.exit, fds.oom, fds.pids};
+    struct init_fds fds = {number(argv[2]), number(argv[3]), number(argv[4]), number(argv[5]),
+                           number(argv[6]), number(argv[7]), number(argv[8])};
+    int own[] = {fds.go, fds.state, fds.report, fds.log, fds.exit, fds.oom, fds.pids};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
         if (own[i] >= 0) { /* none of them reaches the command */
             fcntl(own[i], F_SETFD, FD_CLOEXEC);
         }
     }
-    pid_t child = spawn(&fds, argv[8], argv[9], argv + 10);
+    if (fds.go >= 0) {
+        await_go(fds.go);
+    }
+    pid_t child = spawn(&fds, argv[9], argv[10], argv + 11);
     close(fds.log);
     if (chdir("/") != 0) {
         return 125;

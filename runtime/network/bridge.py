@@ -492,11 +492,13 @@ def _listener_id(reply: dict[str, Any], forward: Forward) -> int:
     raise SlirpError(f"the port handler could not bind {forward}: {failed}")
 
 
-def _begin(cdir: Path, target_pid: int, before_sync: Callable[[], None]) -> tuple[Wiring, int]:
-    """Ask for the wiring of the new container of ``cdir`` with init ``target_pid``
-    (``before_sync``: see :func:`begin_wire`); the wiring, and its network namespace
-    (open until :func:`_wired`)."""
-    container_ns = os.open(f"/proc/{target_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def _begin(
+    cdir: Path, target_pid: int, netns_fd: int, before_sync: Callable[[], None]
+) -> tuple[Wiring, int]:
+    """Ask for the wiring of the new container of ``cdir`` with init ``target_pid`` and
+    network namespace ``netns_fd`` (``before_sync``: see :func:`begin_wire`); the wiring,
+    and a copy of that namespace's descriptor (open until :func:`_wired`)."""
+    container_ns = os.dup(netns_fd)
     try:
         with _joining(cdir):
             wiring_ = begin_wire(
@@ -562,6 +564,7 @@ class BridgeDriver:
         sandbox: bool,
         *,
         target_pid: int,
+        netns_fd: int,
         exit_fd: int,
         forwards: Sequence[Forward] = (),
         handler: str = porter.HANDLERS[0],
@@ -574,7 +577,9 @@ class BridgeDriver:
         table = self.forwards(cdir, cdir.name, handler)
         recorded: list[shared.ForwardRecord] = []
         try:
-            asked = _begin(cdir, target_pid, lambda: recorded.extend(table.record(forwards)))
+            asked = _begin(
+                cdir, target_pid, netns_fd, lambda: recorded.extend(table.record(forwards))
+            )
         except BaseException:
             table.forget(recorded)
             raise

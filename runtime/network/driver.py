@@ -115,14 +115,17 @@ class NetworkDriver(Protocol):
         sandbox: bool,
         *,
         target_pid: int,
+        netns_fd: int,
         exit_fd: int,
         forwards: Sequence[Forward] = (),
         handler: str = HANDLERS[0],
     ) -> Starting:
-        """Begin to give the new container with init ``target_pid`` its network and its
-        ``forwards`` (TCP ones through ``handler``, as :meth:`forwards`); the returned
-        :class:`Starting` starts or awaits the rest: the caller does other work of the
-        launch in between (``exit_fd``: the helper's end of a pipe held by the init
+        """Begin to give the new container with init ``target_pid`` and network
+        namespace ``netns_fd`` (open until the returned :class:`Starting` is awaited; the
+        init is not dumpable by then, and its /proc/PID/ns cannot be opened) its network
+        and its ``forwards`` (TCP ones through ``handler``, as :meth:`forwards`); the
+        returned :class:`Starting` starts or awaits the rest: the caller does other work
+        of the launch in between (``exit_fd``: the helper's end of a pipe held by the init
         alone, closed when the container ends; open until then). Both raise
         :class:`SlirpError` (:class:`PortInUse` for a taken port), or
         :class:`TimeoutError` when the helper is not ready in time."""
@@ -184,6 +187,7 @@ class Slirp4netnsDriver:
         sandbox: bool,
         *,
         target_pid: int,
+        netns_fd: int,
         exit_fd: int,
         forwards: Sequence[Forward] = (),
         handler: str = HANDLERS[0],
@@ -192,7 +196,7 @@ class Slirp4netnsDriver:
             helper = _with_sandbox_fallback(
                 sandbox,
                 lambda sandboxed: slirp.spawn(
-                    cdir, sandboxed, READY_TIMEOUT, target_pid=target_pid, exit_fd=exit_fd
+                    cdir, sandboxed, READY_TIMEOUT, netns_fd=netns_fd, exit_fd=exit_fd
                 ),
             )
             return helper, _added(self, cdir, forwards)
@@ -256,6 +260,7 @@ class NoNetwork:
         sandbox: bool,
         *,
         target_pid: int,
+        netns_fd: int,
         exit_fd: int,
         forwards: Sequence[Forward] = (),
         handler: str = HANDLERS[0],
