@@ -165,16 +165,26 @@ class Wiring:
 
     def done(self) -> dict[str, Any]:
         """Once the container is wired (OSError when it could not be), recorded in its
-        folder with the keeper that did it; the keeper's answer."""
+        folder with the keeper that did it; the keeper's answer. With a direct plug, the
+        keeper of the sync is recorded as soon as it answers, while the agent may still
+        be plugging (the usual last step of the network's start), and again only when
+        the plug's own wiring settled on another."""
         try:
             reply = self.asked.answer()
             if self.direct is not None:
-                reply = self.direct.settled(reply)
+                self._record(reply)
+                settled = self.direct.settled(reply)
+                if settled["keeper"] != reply["keeper"]:
+                    self._record(settled)
+                return settled
+            self._record(reply)
+            return reply
         finally:
             os.close(self.pidfd)
+
+    def _record(self, reply: dict[str, Any]) -> None:
         wired = {"keeper": reply["keeper"]}
         write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
-        return reply
 
 
 @dataclass
