@@ -54,6 +54,7 @@ from runtime.holder.protocol import (
     Request,
     Restored,
     RestoreNetwork,
+    Rewire,
     Startup,
     decode_reply,
     decode_request,
@@ -129,6 +130,45 @@ def test_a_launch_request_survives_the_trip_to_the_spare() -> None:
     sent = decode_request(to_json(Launch.of(LAUNCH)))
     assert isinstance(sent, Launch)
     assert LaunchRequest.from_json(sent.request) == LAUNCH
+
+
+FULL_LAUNCH = dataclasses.replace(
+    LAUNCH,
+    mounts=(MountPoint("/srv/site", "/app/site"), MountPoint("/srv/f", "/etc/f", True, False)),
+    env={"A": "b"},
+    cgroup_limits={"memory.max": "1048576"},
+    systemd_scope={"unit": "x.scope", "properties": [["Delegate", True]]},
+)
+
+
+def test_a_launch_request_is_encoded_as_asdict_did_and_shares_nothing_with_it() -> None:
+    encoded = FULL_LAUNCH.to_json()
+    assert encoded == dataclasses.asdict(FULL_LAUNCH)
+    assert json.dumps(encoded, sort_keys=True) == json.dumps(
+        dataclasses.asdict(FULL_LAUNCH), sort_keys=True
+    )
+    encoded["env"]["A"] = "changed"
+    encoded["systemd_scope"]["properties"][0][1] = False
+    encoded["cgroup_limits"].clear()
+    assert FULL_LAUNCH.env == {"A": "b"} and FULL_LAUNCH.cgroup_limits
+    assert FULL_LAUNCH.systemd_scope["properties"] == [["Delegate", True]]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Launch.of(FULL_LAUNCH),
+        EXEC,
+        Rewire(init_pid=7, container_dir="/c", networks=("a", "b")),
+        Launched(run={"init": {"pid": 1, "start_time": 2}, "forwards": [{"id": 1}]}),
+        ExecResult(exit_code=3, output="out\n", timed_out=True),
+    ],
+)
+def test_a_message_is_sent_as_asdict_wrote_it(message: Request | Reply) -> None:
+    replied = isinstance(message, Launched | ExecResult)
+    head: dict[str, Any] = {"ok": True} if replied else {"op": message.op.value}  # type: ignore[union-attr]
+    expected = json.dumps({**head, **dataclasses.asdict(message)})
+    assert json.dumps(to_json(message)) == expected
 
 
 def test_a_recorded_launch_whose_mount_covers_proc_is_refused_when_read() -> None:

@@ -184,3 +184,11 @@ def test_a_network_that_fails_as_the_init_died_says_why_the_init_died(
     assert isinstance(reply, Failure)
     assert reply.code is ErrorCode.START_FAILED
     assert reply.message == reason
+
+
+def test_the_warm_up_runs_a_launch_s_own_steps_and_touches_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spare._prewarm()  # a failure here would fail every spare before its request
+    assert list(tmp_path.iterdir()) == []

@@ -156,3 +156,50 @@ def test_a_plugged_container_is_reached_at_its_own_address_at_once(tmp_path: Pat
     loopback down), which the kernel sends again only a second later."""
     found = in_own_namespaces(lambda: _reached_from_inside(tmp_path / "agent.sock"))
     assert found == {"connect": "ConnectionRefusedError"}
+
+
+def _pyroute2_bytes(message: Any) -> bytes:
+    """What pyroute2's message class encodes after the netlink header."""
+    message.encode()
+    return bytes(message.data[16:])
+
+
+def test_a_veth_request_is_encoded_as_pyroute2_encodes_it() -> None:
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    for host_end, master, end, ns_fd in (
+        ("sqv0123456789", 3, netlink.Inside("eth0", "02:42:0a:58:00:02"), 7),
+        ("sqvabcdef0123", 65536, netlink.Inside("eth12", "02:42:ac:10:ff:fe"), 1023),
+    ):
+        peer = [
+            ["IFLA_IFNAME", end.ifname],
+            ["IFLA_NET_NS_FD", ns_fd],
+            ["IFLA_ADDRESS", end.mac],
+            ["IFLA_MTU", netlink.MTU],
+        ]
+        info = [
+            ["IFLA_INFO_KIND", "veth"],
+            ["IFLA_INFO_DATA", {"attrs": [["VETH_INFO_PEER", {"attrs": peer}]]}],
+        ]
+        message: Any = ifinfmsg()
+        message["flags"] = message["change"] = 1  # IFF_UP
+        message["attrs"] = [
+            ["IFLA_IFNAME", host_end],
+            ["IFLA_MASTER", master],
+            ["IFLA_MTU", netlink.MTU],
+            ["IFLA_LINKINFO", {"attrs": info}],
+        ]
+        assert netlink.veth_message(host_end, master, end, ns_fd) == _pyroute2_bytes(message)
+
+
+def test_a_forwarding_entry_request_is_encoded_as_pyroute2_encodes_it() -> None:
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    for index, mac in ((3, "02:42:0a:58:00:02"), (70000, "02:42:ac:10:ff:fe")):
+        message: Any = ndmsg()
+        message["family"] = socket.AF_BRIDGE
+        message["ifindex"] = index
+        message["state"] = 0x40  # NUD_NOARP
+        message["flags"] = 0x04 | 0x40  # NTF_MASTER | NTF_STICKY
+        message["attrs"] = [["NDA_LLADDR", mac]]
+        assert netlink.fdb_message(index, mac) == _pyroute2_bytes(message)

@@ -30,7 +30,7 @@ from runtime.cgroups.fs import Leaf
 from runtime.errors import PortInUse, SlirpError
 from runtime.holder import logpump
 from runtime.holder.exec_runner import NAMESPACES
-from runtime.holder.init import run_init
+from runtime.holder.init import run_init, sample_request
 from runtime.holder.protocol import (
     MAX_REQUEST,
     ErrorCode,
@@ -43,6 +43,7 @@ from runtime.holder.protocol import (
     encode,
     marked,
 )
+from runtime.network import bridge
 from runtime.network.driver import Starting, driver_for
 from runtime.sandbox import syscalls as sc
 from runtime.sandbox.mounts import RootShape
@@ -520,6 +521,17 @@ def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
     return b"".join(chunks), socket.socket(fileno=fds[0])
 
 
+def _prewarm() -> None:
+    """Run a launch's own steps once on samples while the init warms up, as the init
+    does (``runtime.holder.init._prewarm``): the pages they write are copied now, off
+    the start's path."""
+    sample = sample_request()
+    request = LaunchRequest.from_json(json.loads(json.dumps(sample.to_json())))
+    driver_for(request)
+    bridge.prewarm()
+    encode(Launched({"init": {"pid": 1, "start_time": 1}, "forwards": [], "namespaces": {}}))
+
+
 def _await_warm(init: _Init) -> None:
     """Wait until the init is ready for a request: then the view's connection, which
     goes to the holder with the request, is mounted already."""
@@ -568,6 +580,7 @@ def run_spare(
         if leaf is not None:
             os.close(leaf.procs)
             leaf.mover = init.middle
+        _prewarm()
         _await_warm(init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.

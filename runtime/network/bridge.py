@@ -13,6 +13,7 @@ shared slirp4netns (:class:`BridgeForwards`), which its keeper restarts when it 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = (
     "etc_facts",
     "joined",
     "live_forwards",
+    "prewarm",
     "renaming",
     "state_of",
     "sync_if_running",
@@ -165,16 +167,26 @@ class Wiring:
 
     def done(self) -> dict[str, Any]:
         """Once the container is wired (OSError when it could not be), recorded in its
-        folder with the keeper that did it; the keeper's answer."""
+        folder with the keeper that did it; the keeper's answer. With a direct plug, the
+        keeper of the sync is recorded as soon as it answers, while the agent may still
+        be plugging (the usual last step of the network's start), and again only when
+        the plug's own wiring settled on another."""
         try:
             reply = self.asked.answer()
             if self.direct is not None:
-                reply = self.direct.settled(reply)
+                self._record(reply)
+                settled = self.direct.settled(reply)
+                if settled["keeper"] != reply["keeper"]:
+                    self._record(settled)
+                return settled
+            self._record(reply)
+            return reply
         finally:
             os.close(self.pidfd)
+
+    def _record(self, reply: dict[str, Any]) -> None:
         wired = {"keeper": reply["keeper"]}
         write_json_atomic(self.state / shared.CONTAINERS / self.name / WIRED, wired)
-        return reply
 
 
 @dataclass
@@ -529,6 +541,24 @@ def _wired(
     if recorded and "listeners" not in synced:
         return shared.call(state_of(cdir), "sync")
     return synced
+
+
+def prewarm() -> None:
+    """Run a start's own steps of the network once on samples, in a process forked to
+    launch one (a spare) before its request comes: a fork copies each memory page it
+    writes to, reference counts included, and the steps from the book read to the plug
+    sent took 0.5-0.8 ms in a fresh spare, tens of µs in a warm process. Nothing is
+    read, written or sent."""
+    record = NetworkRecord("warm", "10.255.255.0/24", leases={"warm": "10.255.255.2"})
+    book = {"warm": NetworkRecord.from_json("warm", json.loads(json.dumps(record.to_json())))}
+    json.dumps(wiring.plan("warm", ["warm"], book, 1))
+    forward = Forward("tcp", "127.0.0.1", 1, 1)
+    made = shared.ForwardRecord("warm", "tcp", "127.0.0.1", 1, 1, shared.FIRST_GUEST_PORT)
+    records = [shared.ForwardRecord(**json.loads(json.dumps(made.__dict__)))]
+    _check_unclaimed([], forward)
+    _same(records[0], forward)
+    shared.free_guest_port(records, "tcp")
+    _listener_id({"listeners": [{"host_addr": "127.0.0.1", "host_port": 1, "id": 1}]}, forward)
 
 
 class NotHeld(SlirpError):

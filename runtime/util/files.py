@@ -49,8 +49,10 @@ def write_atomic(
 
 
 def write_json_atomic(path: Path, data: Any, *, dir_fd: int | None = None) -> None:
-    """Write JSON to ``path`` atomically (:func:`write_atomic`), readable by its owner only."""
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode(), dir_fd=dir_fd)
+    """Write JSON to ``path`` atomically (:func:`write_atomic`), readable by its owner only.
+    Compact: ``json`` encodes an indented dump in Python, 3-4 times the time of its C
+    encoder (a start writes eight records on its way: 19 µs against 5 for a spec)."""
+    write_atomic(path, json.dumps(data, sort_keys=True).encode(), dir_fd=dir_fd)
 
 
 def read_json(path: Path | str) -> Any | None:
