@@ -69,7 +69,7 @@ from runtime.holder.protocol import (
     encode,
     marked,
 )
-from runtime.holder.spare import hand_over, restart_slirp, run_spare
+from runtime.holder.spare import hand_over, receive_warm, restart_slirp, run_spare
 from runtime.holder.views import Views
 from runtime.holder.workers import become_child, fork_worker
 from runtime.network import bridge
@@ -140,6 +140,10 @@ class _Spare:
     """The cgroup leaf it makes for its start: removed here if it dies unused."""
     shape: RootShape | None
     """The shape of the root its init mounts ahead, if any."""
+    warm: bool = False
+    """Whether it said its init is warm (``receive_warm``)."""
+    init: int | None = None
+    """Its warm init's pid, until that init is reaped."""
 
     def discard_leaf(self) -> None:
         """Remove the leaf of a spare that ended unused (its init ends with it)."""
@@ -193,8 +197,8 @@ class _Spares:
         """Remember the shape of the root the last launch asked for."""
         self.shape = shape
 
-    def take(self, shape: RootShape | None, fresh: bool = False) -> socket.socket:
-        """The control socket of a spare for a launch whose root has ``shape``: one
+    def take(self, shape: RootShape | None, fresh: bool = False) -> _Spare:
+        """A spare for a launch whose root has ``shape``: one
         whose init mounted a root of that shape ahead, else the oldest; with ``fresh``,
         one forked now (the idle ones may have died with the one lost)."""
         if fresh or not self.idle:
@@ -206,7 +210,7 @@ class _Spares:
         self.idle.remove(spare)
         self.taken = spare  # its leaf is the container's now, or removed by the spare
         self.launching.add(spare.pid)
-        return spare.ctrl
+        return spare
 
     def lost(self) -> None:
         """The spare last taken died before it took its request: its leaf goes too."""
@@ -215,6 +219,12 @@ class _Spares:
             self.taken = None
 
     def reaped(self, pid: int) -> None:
+        for spare in [s for s in self.idle if s.init == pid]:
+            _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
+            spare.init = None  # never killed by pid: its pid may be reused
+            spare.ctrl.close()  # the spare exits on EOF
+            self.idle.remove(spare)
+            spare.discard_leaf()
         if pid in self.launching:
             self.launching.discard(pid)
             self.ended = time.monotonic()
@@ -222,7 +232,13 @@ class _Spares:
             _log(f"the spare launcher {pid} died; forking another")
             spare.ctrl.close()
             self.idle.remove(spare)
+            _end_init(spare.init)
             spare.discard_leaf()
+
+    @property
+    def cold(self) -> dict[int, _Spare]:
+        """The idle spares whose init is not known to be warm yet, by control socket."""
+        return {spare.ctrl.fileno(): spare for spare in self.idle if not spare.warm}
 
     def refill(self) -> float | None:
         """Fork a spare if one is due; seconds until the next one is, or None."""
@@ -262,6 +278,23 @@ class _Spares:
             spare.ctrl.close()
             os.waitpid(spare.pid, 0)
             spare.discard_leaf()  # (the spare removed it already, unless it was killed)
+
+
+def _exists(pid: int) -> bool:
+    """Whether ``pid`` is a process (a zombie too) this holder may signal."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _end_init(pid: int | None) -> None:
+    """SIGKILL the warm init of a spare that died unused (a child of this holder, not
+    reaped yet): it may wait in a bind of its view's files for a server none runs."""
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _rehearse() -> None:
@@ -326,21 +359,42 @@ class _Containers:
         self.views = Views(state)
         """The FUSE connections of the containers' /proc views, and their server."""
 
-    def add(self, init_pid: int, fds: list[int], view: tuple[int, int] | None) -> None:
-        """Keep a new container's namespaces, and its view's connection and the channel of
-        its seccomp listener if it has them."""
-        self.reaped(init_pid)
+    def add(self, init_pid: int, fds: list[int], view: bool) -> None:
+        """Keep a new container's namespaces; its view's connection (handed over while
+        its init was warm) is the container's if it asked for the ``view``."""
+        self._forget(init_pid)
         self.by_pid[init_pid] = _Held(
             {kind: _move_high(fd) for (kind, _), fd in zip(NAMESPACES, fds, strict=True)}
         )
-        if view is not None:
-            try:
-                self.views.add(init_pid, _move_high(view[0]), _move_high(view[1]))
-            except OSError as exc:  # the launch went on: its view waits for a server
-                _log(f"cannot start the view's server: {exc}")
+        try:
+            self.views.launched(init_pid, view)
+        except OSError as exc:  # the launch went on: its view waits for a server
+            _log(f"cannot start the view's server: {exc}")
+
+    def warm(self, spare: _Spare) -> None:
+        """Read what ``spare`` hands over once its init is warm, and keep its view's
+        connection (served at once if the view's server runs). A spare that died first
+        is reaped as any other child."""
+        spare.warm = True
+        try:
+            spare.init, view = receive_warm(spare.ctrl, _WARM_TIMEOUT)
+        except OSError as exc:
+            _log(f"the spare launcher {spare.pid} gave no warm init: {exc}")
+            return
+        if view is None:
+            return
+        if not _exists(spare.init):  # it ended (and was reaped) before its word was read
+            for fd in view:
+                os.close(fd)
+            return
+        self.views.warm(spare.init, _move_high(view[0]), _move_high(view[1]))
 
     def reaped(self, pid: int) -> None:
         self.views.released(pid)
+        self._forget(pid)
+
+    def _forget(self, pid: int) -> None:
+        """Close what is kept of the container of ``pid`` (ended) and end its helper."""
         held = self.by_pid.pop(pid, None)
         if held is not None:
             for fd in (*held.namespaces.values(), held.watch):
@@ -632,15 +686,13 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
     raw_request = json.dumps(request.request).encode()
     shape = RootShape.of_json(request.request)
     for attempt in (1, 2):
-        ctrl = spares.take(shape, fresh=attempt == 2)
+        spare = spares.take(shape, fresh=attempt == 2)
         try:
+            if not spare.warm:  # forked just now, or its word not read yet
+                containers.warm(spare)
             # The spare parses and checks the request: keep this single loop lean.
-            init_pid, namespace_fds, view = hand_over(ctrl, raw_request, conn)
-            if view is not None and not request.request.get("proc_view"):
-                for fd in view:
-                    os.close(fd)
-                view = None
-            containers.add(init_pid, namespace_fds, view)
+            init_pid, namespace_fds = hand_over(spare.ctrl, raw_request, conn)
+            containers.add(init_pid, namespace_fds, bool(request.request.get("proc_view")))
             spares.launched(shape)
             return
         except OSError as exc:
@@ -649,8 +701,12 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             if attempt == 2:
                 _reply(conn, Failure(ErrorCode.START_FAILED, f"launcher lost: {exc}"))
         finally:
-            ctrl.close()
+            spare.ctrl.close()
 
+
+_WARM_TIMEOUT = 10.0
+"""How long the holder waits for a spare it takes to say its init is warm (it forks,
+mounts its view's connection, and says so: milliseconds)."""
 
 STATE_CHECK = 10.0
 """Seconds of quiet after which the holder checks that its state folder is still there:
@@ -679,6 +735,23 @@ def _end_all(spares: _Spares, containers: _Containers, ahead: Path | None) -> No
             ahead.rmdir()
 
 
+def _take_handed(
+    readable: set[int],
+    channels: set[int],
+    cold: dict[int, _Spare],
+    spares: _Spares,
+    containers: _Containers,
+) -> None:
+    """Take what came on the ``readable`` ones of ``channels`` (seccomp listeners) and of
+    the control sockets of ``cold`` spares (their warm inits' view connections), unless
+    what they were for has gone meanwhile (a launch took the spare, a channel closed)."""
+    for channel in readable & channels & set(containers.views.channels):
+        containers.views.take_listener(channel)
+    for ctrl in readable & set(cold):
+        if not cold[ctrl].warm and cold[ctrl] in spares.idle:
+            containers.warm(cold[ctrl])
+
+
 def serve(
     listener: socket.socket,
     state: Path,
@@ -704,7 +777,8 @@ def serve(
         due = spares.refill()
         watches = containers.watches
         channels = set(containers.views.channels)
-        fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels]
+        cold = spares.cold
+        fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels, *cold]
         waits = (STATE_CHECK, containers.views.linger(), due)
         readable = wait_readable(fds, min(w for w in waits if w is not None))
         containers.views.let_idle_go()
@@ -719,8 +793,7 @@ def serve(
             containers.take_report(report)
         for ended in set(readable) & set(watches):
             containers.reaped(watches[ended])
-        for channel in set(readable) & channels & set(containers.views.channels):
-            containers.views.take_listener(channel)
+        _take_handed(set(readable), channels, cold, spares, containers)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:

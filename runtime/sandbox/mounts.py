@@ -301,18 +301,35 @@ def mount_view(root: str, fuse_fd: int, premounted: int | None = None) -> None:
     server must be serving the connection."""
     staging = f"{root}/tmp"
     _attach_view(staging, fuse_fd, premounted)
-    made: list[str] = []
     try:
-        for name, path in VIEW_FILES.items():
-            if os.path.exists(f"{root}{path}"):
-                sc.mount(f"{staging}/{name}", f"{root}{path}", None, sc.MS_BIND)
-                made.append(f"{root}{path}")
-    except OSError:
-        for target in reversed(made):  # all the view or none of it: the kernel's files
-            sc.umount2(target, sc.MNT_DETACH)
-        raise
+        _bind_view_files(root, staging)
     finally:
         sc.umount2(staging, sc.MNT_DETACH)
+
+
+def _view_targets(root: str) -> list[tuple[str, str]]:
+    """The view's files (their names in the view) and what each covers in ``root``."""
+    return [(name, f"{root}{path}") for name, path in VIEW_FILES.items()]
+
+
+def _bind_view_files(root: str, view: str) -> list[str]:
+    """Bind the files of the view mounted at ``view`` over the kernel's in ``root``:
+    all of them or, when one fails, none. Returns what they cover."""
+    made: list[str] = []
+    try:
+        for name, target in _view_targets(root):
+            if os.path.exists(target):
+                sc.mount(f"{view}/{name}", target, None, sc.MS_BIND)
+                made.append(target)
+    except OSError:
+        _unbind(made)
+        raise
+    return made
+
+
+def _unbind(targets: list[str]) -> None:
+    for target in reversed(targets):  # the kernel's files again
+        sc.umount2(target, sc.MNT_DETACH)
 
 
 def _try_view(root: str, fuse_fd: int | str | None, premounted: int | None) -> str:
@@ -384,7 +401,11 @@ def assemble(
     why there is none, or None (not asked for). Returns "" or why
     the view is not there: the container runs with the kernel's files then.
     """
+    copy = None
     if premade is not None:
+        if premade.view is not None and isinstance(view, int):
+            view, copy = premade.take_view()
+            premounted = copy  # attached by the start below
         premade.discard()  # a root of another shape, or no longer needed
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sources: list[int] = []
@@ -394,11 +415,11 @@ def assemble(
         _mount_fixed(root, skel, rootfs)
         return _mount_own(root, mounts, sources, view, premounted)
     finally:
-        for fd in sources:
+        for fd in sources if copy is None else (*sources, copy):
             os.close(fd)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Premade:
     """A container root of ``shape`` mounted ahead (:func:`premount_root`) at
     ``staging``/root, on a skeleton of its own in a tmpfs at ``staging``; ``rootfs_fd``
@@ -407,10 +428,42 @@ class Premade:
     staging: str
     shape: RootShape
     rootfs_fd: int
+    view: int | None = None
+    """The view's mount made ahead once attached at ``staging``/view (:meth:`bind_view`)."""
+    view_files: tuple[str, ...] = ()
+    """What the view's files bound ahead cover in the root."""
+    view_failure: str = ""
+    """Why they could not be bound ahead, if they could not."""
 
     @property
     def root(self) -> str:
         return f"{self.staging}/root"
+
+    def bind_view(self, premounted: int) -> None:
+        """Attach the view's mount made ahead (:func:`premount_view`) at
+        ``staging``/view, outside the root, and bind its files into the root, as
+        :func:`mount_view` does at a start: each bind waits for the view's server to
+        look its file up (the holder hands it the connection while this init is warm).
+        ``premounted`` refers to the attached mount then (:meth:`take_view`)."""
+        folder = f"{self.staging}/view"
+        os.mkdir(folder, 0o755)
+        _attach_view(folder, -1, premounted)
+        self.view = premounted
+        try:
+            self.view_files = tuple(_bind_view_files(self.root, folder))
+        except OSError as exc:
+            self.view_failure = f"mounting the FUSE view failed: {exc}"
+
+    def take_view(self) -> tuple[int | str, int | None]:
+        """For a start that does not use this root (the view's mount goes with it): a
+        copy of the view's mount attached nowhere, twice (as the connection and as its
+        mount made ahead, :func:`mount_view`), or why there is none, and None."""
+        assert self.view is not None
+        try:
+            copy = sc.open_tree_clone(self.view)
+        except OSError as exc:
+            return f"mounting the FUSE view failed: {exc}", None
+        return copy, copy
 
     def fits(self, rootfs: str, mounts: Sequence[MountPoint]) -> bool:
         """Whether a container of ``rootfs`` and ``mounts`` can have this root: the
@@ -450,10 +503,20 @@ class Premade:
         sources: list[int] = []
         try:
             sources.extend(open_source(mount_point) for mount_point in mounts)
+            if self.view is not None:
+                view = self._keep_view(isinstance(view, int))
             return _mount_own(self.root, mounts, sources, view, premounted)
         finally:
             for fd in sources:
                 os.close(fd)
+
+    def _keep_view(self, wanted: bool) -> str | None:
+        """The view's files bound ahead stay if ``wanted`` (else they go); None (nothing
+        left for the start to mount) or why the view is missing."""
+        if not wanted:
+            _unbind(list(self.view_files))
+            return None
+        return self.view_failure or None
 
 
 def premount_root(staging: str, shape: RootShape) -> Premade:
