@@ -515,7 +515,7 @@ def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
 
 def _await_warm(init: _Init) -> None:
     """Wait until the init is ready for a request: then the view's connection, which
-    goes to the holder with the request, is mounted already."""
+    goes to the holder next, is mounted already."""
     warm = _read_with_timeout(init.report_r, len(Launching.WARM.value), _STEP_TIMEOUT, "warm")
     if warm != Launching.WARM.value:
         raise _LaunchFailed("the container init died before it was ready")

@@ -18,9 +18,10 @@ container's init, inside its new mount namespace, before the command starts.
 
 A warm init mounts ahead what depends only on the root's *shape* (``RootShape``: the
 rootfs and the skeleton's mount points), the shape of the last launch: the overlay on a
-skeleton of its own, /proc, /sys, the masked paths, /dev and /tmp (``premount_root``).
-A launch of that shape then mounts only what is its own (the view, the binds); any other
-launch throws the premade root away and mounts as above.
+skeleton of its own, /proc, /sys, the masked paths, /dev and /tmp (``premount_root``),
+then binds the view's files into it (``Premade.bind_view``). A launch of that shape then
+mounts only what is its own (the binds); any other launch throws the premade root away
+and mounts as above.
 """
 
 from __future__ import annotations
@@ -269,10 +270,10 @@ the container's root; ``allow_other``: the container's other users read it too."
 
 def premount_view(fuse_fd: int) -> int:
     """The FUSE connection ``fuse_fd`` mounted but attached nowhere (an fd, for
-    :func:`mount_view`). A warm init makes it before its request comes: the holder
-    hands the connection to the view's server with the request, and a connection the
-    server finds mounted is answered at once, where one not mounted yet waits for the
-    server's next try (milliseconds, on every start). ``ro``: the file system read-only
+    :func:`mount_view`). A warm init makes it before it says it is warm: the holder
+    then hands the connection to the view's server, and a connection the server finds
+    mounted is answered at once, where one not mounted yet waits for the server's next
+    try (milliseconds). ``ro``: the file system read-only
     too, as mount(2)'s ``MS_RDONLY`` makes it."""
     options = {"source": "squish-procview", "subtype": "squish", "fd": str(fuse_fd), "ro": None}
     return sc.fs_mount("fuse", {**options, **_VIEW_OPTIONS}, _HIDDEN | sc.MS_RDONLY)
