@@ -179,6 +179,8 @@ class _Spares:
         """The folder each spare makes the next container's cgroup leaf in, or None."""
         self.taken: _Spare | None = None
         """The spare last handed a request."""
+        self.leaving: dict[int, _Spare] = {}
+        """Spares let go as their warm init died, by pid, until they are reaped."""
         self.intercept: bytes | str | None = None
         """The seccomp filter of the calls the /proc view answers, or why there is none
         (``runtime.procview.intercept``): compiled once, before the first spare."""
@@ -222,9 +224,10 @@ class _Spares:
         for spare in [s for s in self.idle if s.init == pid]:
             _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
             spare.init = None  # never killed by pid: its pid may be reused
-            spare.ctrl.close()  # the spare exits on EOF
-            self.idle.remove(spare)
-            spare.discard_leaf()
+            self._leave(spare)
+        leaving = self.leaving.pop(pid, None)
+        if leaving is not None:  # its leaf, if it was killed before it removed it
+            leaving.discard_leaf()
         if pid in self.launching:
             self.launching.discard(pid)
             self.ended = time.monotonic()
@@ -234,6 +237,20 @@ class _Spares:
             self.idle.remove(spare)
             _end_init(spare.init)
             spare.discard_leaf()
+
+    def let_go(self, inits: set[int]) -> None:
+        """Let the idle spares whose warm init is one of ``inits`` go, those inits
+        killed: others are forked in their place."""
+        for spare in [s for s in self.idle if s.init in inits]:
+            _log(f"letting the spare launcher {spare.pid} go: its init may wait for ever")
+            _end_init(spare.init)
+            self._leave(spare)
+
+    def _leave(self, spare: _Spare) -> None:
+        """Let the idle ``spare`` go (its leaf goes when it is reaped, if not before)."""
+        spare.ctrl.close()  # the spare removes its leaf and exits on EOF
+        self.idle.remove(spare)
+        self.leaving[spare.pid] = spare
 
     @property
     def cold(self) -> dict[int, _Spare]:
@@ -717,6 +734,10 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
     for pid, status in reap_children():
         spares.reaped(pid)
         containers.reaped(pid)
+        if pid == containers.views.server:
+            # It died: a lookup of a warm init's bind it had read is never answered (the
+            # next server cannot know it), and that init would never take its request.
+            spares.let_go(set(containers.views.warm_ones))
         containers.views.reaped(pid, status)
 
 
