@@ -224,7 +224,7 @@ class _Spares:
         for spare in [s for s in self.idle if s.init == pid]:
             _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
             spare.init = None  # never killed by pid: its pid may be reused
-            self._leave(spare)
+            self.leave(spare)
         leaving = self.leaving.pop(pid, None)
         if leaving is not None:  # its leaf, if it was killed before it removed it
             leaving.discard_leaf()
@@ -244,9 +244,9 @@ class _Spares:
         for spare in [s for s in self.idle if s.init in inits]:
             _log(f"letting the spare launcher {spare.pid} go: its init may wait for ever")
             _end_init(spare.init)
-            self._leave(spare)
+            self.leave(spare)
 
-    def _leave(self, spare: _Spare) -> None:
+    def leave(self, spare: _Spare) -> None:
         """Let the idle ``spare`` go (its leaf goes when it is reaped, if not before)."""
         spare.ctrl.close()  # the spare removes its leaf and exits on EOF
         self.idle.remove(spare)
@@ -388,23 +388,24 @@ class _Containers:
         except OSError as exc:  # the launch went on: its view waits for a server
             _log(f"cannot start the view's server: {exc}")
 
-    def warm(self, spare: _Spare) -> None:
+    def warm(self, spare: _Spare) -> bool:
         """Read what ``spare`` hands over once its init is warm, and keep its view's
-        connection (served at once if the view's server runs). A spare that died first
-        is reaped as any other child."""
+        connection (served at once if the view's server runs); whether its init lives.
+        A spare that died first is reaped as any other child."""
         spare.warm = True
         try:
-            spare.init, view = receive_warm(spare.ctrl, _WARM_TIMEOUT)
+            init, view = receive_warm(spare.ctrl, _WARM_TIMEOUT)
         except OSError as exc:
             _log(f"the spare launcher {spare.pid} gave no warm init: {exc}")
-            return
-        if view is None:
-            return
-        if not _exists(spare.init):  # it ended (and was reaped) before its word was read
-            for fd in view:
+            return False
+        if not _exists(init):  # it ended (and was reaped) before its word was read
+            for fd in view or ():
                 os.close(fd)
-            return
-        self.views.warm(spare.init, _move_high(view[0]), _move_high(view[1]))
+            return False
+        spare.init = init
+        if view is not None:
+            self.views.warm(init, _move_high(view[0]), _move_high(view[1]))
+        return True
 
     def reaped(self, pid: int) -> None:
         self.views.released(pid)
@@ -705,8 +706,8 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
     for attempt in (1, 2):
         spare = spares.take(shape, fresh=attempt == 2)
         try:
-            if not spare.warm:  # forked just now, or its word not read yet
-                containers.warm(spare)
+            if not spare.warm and not containers.warm(spare):  # forked just now, or unread
+                raise ConnectionAbortedError("the spare launcher has no warm init")
             # The spare parses and checks the request: keep this single loop lean.
             init_pid, namespace_fds = hand_over(spare.ctrl, raw_request, conn)
             containers.add(init_pid, namespace_fds, bool(request.request.get("proc_view")))
@@ -769,8 +770,9 @@ def _take_handed(
     for channel in readable & channels & set(containers.views.channels):
         containers.views.take_listener(channel)
     for ctrl in readable & set(cold):
-        if not cold[ctrl].warm and cold[ctrl] in spares.idle:
-            containers.warm(cold[ctrl])
+        spare = cold[ctrl]
+        if not spare.warm and spare in spares.idle and not containers.warm(spare):
+            spares.leave(spare)
 
 
 def serve(
