@@ -503,8 +503,12 @@ def _move(init: _Init, leaf: Leaf) -> None:
 
 
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
-    """The launch request and the client connection, or None when the holder is gone."""
-    data, fds = receive_with_fds(ctrl, MAX_REQUEST, 1)
+    """The launch request and the client connection, or None when the holder is gone
+    (a holder that ended without reading this spare's warm word resets the socket)."""
+    try:
+        data, fds = receive_with_fds(ctrl, MAX_REQUEST, 1)
+    except ConnectionResetError:
+        return None
     if not data or not fds:
         return None
     chunks = [data]
@@ -535,13 +539,17 @@ def _dismiss(init: _Init) -> None:
     os.close(pidfd)
 
 
-def _send_warm(ctrl: socket.socket, init: _Init) -> None:
+def _send_warm(ctrl: socket.socket, init: _Init) -> bool:
     """Hand the holder the warm init's pid and its view's connection and channel (this
-    process's copies closed then): its server, if one runs, serves the init's binds ahead."""
+    process's copies closed then): its server, if one runs, serves the init's binds
+    ahead. False when the holder is gone (the spare lets its init and leaf go, as on EOF)."""
     try:
         send_with_fds(ctrl, _WARM.pack(Launching.WARM.value, init.pid), init.view_fds())
+    except OSError:
+        return False
     finally:
         init.close_view()
+    return True
 
 
 log = logging.getLogger("launcher")
@@ -577,14 +585,14 @@ def run_spare(
             os.close(leaf.procs)
             leaf.mover = init.middle
         _await_warm(init)
-        _send_warm(ctrl, init)
+        sent = _send_warm(ctrl, init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [
             os.open(f"/proc/{init.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
             for kind, _ in NAMESPACES
         ]
-        received = _receive(ctrl)
+        received = _receive(ctrl) if sent else None
         if received is not None:
             # The holder waits for this before it forgets the request.
             send_with_fds(ctrl, marked(Launching.TAKEN, init.pid), namespaces)
