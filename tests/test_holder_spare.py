@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -192,3 +193,13 @@ def test_the_warm_up_runs_a_launch_s_own_steps_and_touches_no_file(
     monkeypatch.chdir(tmp_path)
     spare._prewarm()  # a failure here would fail every spare before its request
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_holder_gone_before_it_read_the_warm_word_is_gone_for_the_spare() -> None:
+    """A holder that ends with the spare's warm word unread resets the socket: the spare
+    sees the holder gone (and lets its init and leaf go) instead of failing on it."""
+    holder, ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ctrl:
+        ctrl.send(spare._WARM.pack(Launching.WARM.value, 4242))
+        holder.close()  # unread
+        assert spare._receive(ctrl) is None

@@ -22,7 +22,8 @@ from runtime.client.linux import LinuxRuntime
 from runtime.holder.protocol import HOLDER_RECORD
 from runtime.holder.views import SERVER_RECORD
 from runtime.util.files import read_json
-from runtime.util.processes import ProcessId, descendants, parent_pids
+from runtime.util.processes import ProcessId, descendants
+from runtime.wire import VIEW_FILES
 from tests.bpf import syscall_number
 from tests.conftest import rootless
 from tests.support import run_probes, shell
@@ -122,36 +123,133 @@ def test_nothing_is_left_after_remove(rt: LinuxRuntime) -> None:
     server = _server(rt)
     assert server.pid in _fuse_holders(holder.pid)
     rt.remove("gone", force=True)
-    assert server.wait_gone(5.0)  # the last connection went: so did the server
-    for _ in range(500):  # the warm spares (and their inits) hold one not mounted: only they
-        if _only_warm_spares(holder.pid, rt.settings.spares):
+    # The warm spares' connections do not keep it: the last container's went, so did it.
+    assert server.wait_gone(5.0)
+    for _ in range(500):  # the holder keeps one per warm init; nothing below it holds one
+        if _only_warm_connections(holder.pid, rt.settings.spares):
             break
         time.sleep(0.01)
-    assert _only_warm_spares(holder.pid, rt.settings.spares), _fuse_holders(holder.pid)
+    assert _only_warm_connections(holder.pid, rt.settings.spares), _fuse_fds(holder.pid)
     again = ProcessId.from_json(read_json(rt.state / SERVER_RECORD))
     assert again is None or not again.alive(), "a server was started again"
 
 
-def _only_warm_spares(holder: int, spares: int) -> bool:
-    """Only the ``spares`` warm spares and their inits hold /dev/fuse: two children of the
-    holder each (an init's parent exited). A spare being forked (once the last launch's
-    spare exited, so while the test removes) holds it in a third process for a moment
-    too: the one that unshares the namespaces and forks the init, a child of the spare."""
-    found = _fuse_holders(holder)
-    return len(found) == 2 * spares and all(parent_pids().get(pid) == holder for pid in found)
+def test_a_warm_init_has_its_view_bound_before_any_request(rt: LinuxRuntime) -> None:
+    """While a container runs (its view's server with it), the warm init of a spare
+    forked after its start binds the view's files into the root it mounted ahead: the
+    server answered its lookups before any request came."""
+    _running(rt, "first")
+    holder = ProcessId.from_json(read_json(rt.state / HOLDER_RECORD))
+    assert holder is not None
+    for _ in range(500):
+        if any(_bound_ahead(pid) for pid in _warm_inits(holder.pid, rt)):
+            break
+        time.sleep(0.01)
+    bound = {pid: _bound_ahead(pid) for pid in _warm_inits(holder.pid, rt)}
+    assert any(bound.values()), bound
+    _running(rt, "second")  # on that root, its view bound already: served as any other
+    assert _view_mounts(rt, "second") == sorted(VIEW_FILES.values())
+    assert _inside(rt, "second", "head -n 1 /proc/meminfo").strip() == _host_mem_total()
+
+
+def test_a_warm_init_that_dies_unused_releases_its_connection(rt: LinuxRuntime) -> None:
+    _running(rt, "before")  # a holder, its spares forked with a root ahead, a server
+    rt.remove("before", force=True)
+    holder = ProcessId.from_json(read_json(rt.state / HOLDER_RECORD))
+    assert holder is not None
+    for _ in range(1000):  # the server goes LINGER seconds after that container
+        if _only_warm_connections(holder.pid, rt.settings.spares):
+            break
+        time.sleep(0.01)
+    assert _only_warm_connections(holder.pid, rt.settings.spares), _fuse_fds(holder.pid)
+    victim = _warm_inits(holder.pid, rt)[0]
+    os.kill(victim, signal.SIGKILL)
+    # The holder reaps it and closes its copy; its spare is let go and another forked
+    # (whose new namespaces may take seconds on a loaded machine).
+    for _ in range(3000):
+        if not Path(f"/proc/{victim}").exists() and _only_warm_connections(
+            holder.pid, rt.settings.spares
+        ):
+            break
+        time.sleep(0.01)
+    assert not Path(f"/proc/{victim}").exists()  # reaped by the holder
+    assert _only_warm_connections(holder.pid, rt.settings.spares), _fuse_fds(holder.pid)
+    _running(rt, "after")
+    assert rt.inspect("after").proc_view == "on"
+
+
+def test_the_warm_inits_a_killed_server_served_are_let_go(rt: LinuxRuntime) -> None:
+    """A lookup of a warm init's bind that the killed server had read is never
+    answered (the next server cannot know it): such an init would never take its
+    request. Every warm init the server was handed is let go, and others forked."""
+    _running(rt, "served")
+    holder = ProcessId.from_json(read_json(rt.state / HOLDER_RECORD))
+    assert holder is not None
+    for _ in range(3000):  # the container's connection and one per warm init
+        before = set(_warm_inits(holder.pid, rt))
+        if len(_fuse_fds(holder.pid)) == 1 + len(before) == 1 + rt.settings.spares:
+            break
+        time.sleep(0.01)
+    assert len(before) == rt.settings.spares
+    server = _server(rt)
+    assert server.send(signal.SIGKILL)
+    assert server.wait_gone(5.0)
+    for _ in range(3000):
+        if not before & set(_warm_inits(holder.pid, rt)):
+            break
+        time.sleep(0.01)
+    assert not before & set(_warm_inits(holder.pid, rt))
+    _running(rt, "next")  # on a spare forked since
+    assert _inside(rt, "next", "head -n 1 /proc/meminfo").strip() == _host_mem_total()
+
+
+def _only_warm_connections(holder: int, spares: int) -> bool:
+    """The holder keeps one connection per warm init (``spares`` of them), and none of
+    its descendants holds one: the warm inits keep their view as a mount, and no
+    server runs."""
+    return len(_fuse_fds(holder)) == spares and not _fuse_holders(holder)
+
+
+def _warm_inits(holder: int, rt: LinuxRuntime) -> list[int]:
+    """The holder's descendants that are pid 1 of their namespace and no container's
+    init (a warm init is the holder's child once the spare's intermediate child exited)."""
+    running = {info.pid for info in rt.list()}
+    return [pid for pid in descendants(holder) if _is_an_init(pid) and pid not in running]
+
+
+def _is_an_init(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+    return nspid.split()[-1] == "1" and len(nspid.split()) > 2
+
+
+def _bound_ahead(pid: int) -> bool:
+    """Whether the init ``pid`` has the view's files bound into its root made ahead."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    return any(
+        line.split()[4].endswith("/premount/root/proc/meminfo") and " - fuse.squish " in line
+        for line in lines
+    )
 
 
 def _fuse_holders(holder: int) -> list[int]:
     """The holder's descendants that hold /dev/fuse open."""
-    return [pid for pid in descendants(holder) if _holds_fuse(pid)]
+    return [pid for pid in descendants(holder) if _fuse_fds(pid)]
 
 
-def _holds_fuse(pid: int) -> bool:
+def _fuse_fds(pid: int) -> list[str]:
+    """The descriptors of ``pid`` open on /dev/fuse."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse" for fd in fds)
+        return [fd for fd in fds if os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse"]
     except OSError:
-        return False
+        return []
 
 
 # -- sysinfo(2) and sched_getaffinity(2), answered by the view's server ------------------

@@ -25,6 +25,7 @@ from runtime.procview.views import Limits
 from runtime.sandbox import confine
 from runtime.security import seccomp
 from runtime.util.fdpass import receive_with_fds
+from tests.fakes import FakeClock
 
 MEMINFO = """\
 MemTotal:       16000000 kB
@@ -457,14 +458,9 @@ def test_the_server_lingers_after_its_last_connection_and_serves_the_next(
     """A start soon after the last container ended finds the server serving (forking one
     put milliseconds on every start); it goes ``LINGER`` seconds after it fell idle."""
     from runtime.holder.views import LINGER
-    from tests.fakes import FakeClock
 
     clock = FakeClock()
-    keeper = Views(tmp_path, clock=clock)
-    stand_in = subprocess.Popen(["sleep", "600"])  # the server: a process to let go
-    started_here.append(stand_in)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    keeper.server, keeper.control = stand_in.pid, ours
+    keeper, stand_in, theirs = _keeper_serving(tmp_path, clock, started_here)
     fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
         keeper.add(1001, os.dup(fuse_fd))
@@ -491,6 +487,80 @@ def test_the_server_lingers_after_its_last_connection_and_serves_the_next(
         theirs.close()
 
 
+def _keeper_serving(
+    tmp_path: Path, clock: FakeClock, started_here: list[subprocess.Popen[bytes]]
+) -> tuple[Views, subprocess.Popen[bytes], socket.socket]:
+    """Views whose server is a stand-in process (to let go), and the server's end of
+    its control socket."""
+    keeper = Views(tmp_path, clock=clock)
+    stand_in = subprocess.Popen(["sleep", "600"])
+    started_here.append(stand_in)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    keeper.server, keeper.control = stand_in.pid, ours
+    return keeper, stand_in, theirs
+
+
 def _serving(keeper: Views) -> tuple[int | None, socket.socket | None, float | None]:
     """The views' server, its control socket and how long it lingers still."""
     return keeper.server, keeper.control, keeper.linger()
+
+
+def test_a_warm_connection_is_handed_to_a_running_server_and_never_keeps_it(
+    tmp_path: Path, started_here: list[subprocess.Popen[bytes]]
+) -> None:
+    """A warm init's connection goes to the server that runs (its binds ahead wait for
+    it), but only containers' connections keep it: it goes ``LINGER`` seconds after the
+    last container's, with warm ones still kept by the holder."""
+    from runtime.holder.views import LINGER
+
+    clock = FakeClock()
+    keeper, stand_in, theirs = _keeper_serving(tmp_path, clock, started_here)
+    fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        keeper.add(1001, os.dup(fuse_fd))
+        keeper.warm(1002, os.dup(fuse_fd), os.dup(fuse_fd))
+        handed = [receive_with_fds(theirs, 64, 1) for _ in range(2)]
+        for _, fds in handed:
+            for fd in fds:
+                os.close(fd)
+        assert [len(fds) for _, fds in handed] == [1, 1]
+        keeper.released(1001)
+        assert keeper.linger() == LINGER  # the warm one does not count
+        clock.advance(LINGER)
+        keeper.let_idle_go()
+        assert _serving(keeper) == (None, None, None)
+        assert stand_in.wait(timeout=60) == -signal.SIGTERM
+        assert list(keeper.warm_ones) == [1002]  # kept for the next server
+    finally:
+        keeper.released(1002)
+        os.close(fuse_fd)
+        theirs.close()
+
+
+def test_a_warm_connection_starts_no_server_and_is_closed_when_its_init_ends(
+    tmp_path: Path,
+) -> None:
+    """No server is forked for a warm init (a launch starts one with every connection);
+    the holder's copies of an init's connection and channel close when it is reaped."""
+    keeper = Views(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+    fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    channel = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    keeper.warm(1003, fuse_fd, channel)
+    assert _serving(keeper) == (None, None, None)
+    keeper.released(1003)  # reaped unused
+    assert (keeper.warm_ones, keeper.channels, keeper.idle_since) == ({}, {}, None)
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_launch_without_the_view_lets_the_warm_connection_go(tmp_path: Path) -> None:
+    keeper = Views(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+    fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    channel = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    keeper.warm(1004, fuse_fd, channel)
+    assert keeper.launched(1004, wanted=False)
+    assert (keeper.connections, keeper.warm_ones, keeper.channels) == ({}, {}, {})
+    assert _serving(keeper) == (None, None, None)
+    assert set(os.listdir("/proc/self/fd")) == before
+    assert not keeper.launched(1005, wanted=True)  # no connection: nothing to start

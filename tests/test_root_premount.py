@@ -17,17 +17,19 @@ from pathlib import Path
 
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox.mounts import Premade, RootShape
-from runtime.wire import MountPoint
+from runtime.wire import VIEW_FILES, MountPoint
 from tests.conftest import rootless
 from tests.support import shell
 
 _MOUNTS = "cat /proc/self/mountinfo"
 
 
-def _mounts(rt: LinuxRuntime, name: str, binds: list[dict[str, object]]) -> list[str]:
+def _mounts(
+    rt: LinuxRuntime, name: str, binds: list[dict[str, object]], **fields: object
+) -> list[str]:
     """The mounts container ``name`` sees (run with ``binds``), as /proc/self/mountinfo
     lists them, in order."""
-    rt.run(shell(name, _MOUNTS, binds=binds))
+    rt.run(shell(name, _MOUNTS, binds=binds, **fields))
     assert rt.wait(name, timeout=60) == 0
     return rt.logs(name).decode().splitlines()
 
@@ -82,6 +84,29 @@ def test_a_start_of_another_shape_never_uses_the_premade_root(
     other = _mounts(rt, "other", _data_bind(tmp_path, "/other-data"))
     assert _skeleton(other) == "own"
     assert not any("/premount" in line for line in other)
+    # the view's files bound ahead went with that root: this start has them all the same
+    assert _view_files(other) == sorted(VIEW_FILES.values())
+
+
+@rootless
+def test_a_start_without_the_view_on_a_premade_root_has_the_kernels_files(
+    rt: LinuxRuntime,
+) -> None:
+    """The root made ahead has the view's files bound already (while its init was
+    warm); a start that asks for no view gets the kernel's files on it."""
+    _mounts(rt, "viewed", [])
+    for attempt in range(3):
+        plain = _mounts(rt, f"plain-{attempt}", [], proc_view=False)
+        if _skeleton(plain) == "premade":
+            break
+    assert _skeleton(plain) == "premade"
+    assert _view_files(plain) == []
+    assert _view_files(_mounts(rt, "viewed-again", [])) == sorted(VIEW_FILES.values())
+
+
+def _view_files(lines: list[str]) -> list[str]:
+    """The mount points of the view's files among the mounts ``lines``."""
+    return sorted(line.split()[4] for line in lines if " - fuse.squish " in line)
 
 
 @rootless

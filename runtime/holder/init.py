@@ -228,16 +228,33 @@ def _open_native(native: str | None) -> int | None:
         return None
 
 
-def _premount_view(view: int | str) -> int | None:
+def _premount_view(view: int | str) -> tuple[int | str, int | None]:
     """The view's connection mounted ahead, attached nowhere yet
     (:func:`runtime.sandbox.mounts.premount_view`), or None: mounted at the start, as
-    before, where the kernel cannot mount it so (or there is no connection)."""
+    before, where the kernel cannot mount it so (or there is no connection); and the
+    view as the start is to mount it. Mounted ahead, the mount stands for the
+    connection, whose descriptor is closed: the holder and the view's server hold it,
+    and an init whose spare and holder are gone is not left waiting in its binds ahead
+    for a server that never comes (the connection ends with their copies)."""
     if not isinstance(view, int):
-        return None
+        return view, None
     try:
-        return mounts.premount_view(view)
+        premounted = mounts.premount_view(view)
     except OSError:
-        return None
+        return view, None
+    os.close(view)
+    return premounted, premounted
+
+
+def _bind_view_ahead(premade: mounts.Premade | None, premounted: int | None) -> None:
+    """Bind the view's files into the root mounted ahead, while warm
+    (:meth:`runtime.sandbox.mounts.Premade.bind_view`): each bind waits for the view's
+    server, which the holder hands the connection to if one runs (else the first
+    launch starts it, and waits for these binds as a cold start waits for its own)."""
+    if premade is None or premounted is None:
+        return
+    with contextlib.suppress(OSError):  # not attached: the start mounts it as it would
+        premade.bind_view(premounted)
 
 
 def _premount_root(ahead: tuple[str, mounts.RootShape] | None) -> mounts.Premade | None:
@@ -281,7 +298,7 @@ def _narrow(last_capability: int) -> bool:
 def _close_view(view: int | str, premounted: int | None) -> None:
     """Close the init's copies of the view's connection and of its mount made ahead:
     mounted (or not wanted), the holder and the view's server hold the connection."""
-    for fd in (view, premounted):
+    for fd in {view, premounted}:  # the same one, once mounted ahead
         if isinstance(fd, int):
             os.close(fd)
 
@@ -321,9 +338,10 @@ def run_init(
     native_fd = _open_native(native)
     _prewarm()
     last_capability = confine.last_capability()  # read while idle, off the start path
-    premounted = _premount_view(view)
+    view, premounted = _premount_view(view)
     os.write(report_w, Launching.WARM.value)
     premade = _premount_root(ahead)
+    _bind_view_ahead(premade, premounted)
     narrowed = _narrow(last_capability)
     try:
         req = _receive_request(request_r)

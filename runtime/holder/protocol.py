@@ -154,7 +154,8 @@ class Launching(bytes, enum.Enum):
     """What a spare, the container's init it forked and the holder tell each other."""
 
     WARM = b"W"
-    """Init to spare: ready for a request (the /proc view's connection mounted, if any)."""
+    """Init to spare: ready for a request (the /proc view's connection mounted, if any);
+    then spare to holder, with the init's pid and the view's connection."""
     TAKEN = b"A"
     """Spare to holder: the launch request is mine (followed by the init's pid)."""
     PLACED = b"P"

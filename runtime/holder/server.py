@@ -69,7 +69,7 @@ from runtime.holder.protocol import (
     encode,
     marked,
 )
-from runtime.holder.spare import hand_over, restart_slirp, run_spare
+from runtime.holder.spare import hand_over, receive_warm, restart_slirp, run_spare
 from runtime.holder.views import Views
 from runtime.holder.workers import become_child, fork_worker
 from runtime.network import bridge
@@ -140,6 +140,10 @@ class _Spare:
     """The cgroup leaf it makes for its start: removed here if it dies unused."""
     shape: RootShape | None
     """The shape of the root its init mounts ahead, if any."""
+    warm: bool = False
+    """Whether it said its init is warm (``receive_warm``)."""
+    init: int | None = None
+    """Its warm init's pid, until that init is reaped."""
 
     def discard_leaf(self) -> None:
         """Remove the leaf of a spare that ended unused (its init ends with it)."""
@@ -175,6 +179,8 @@ class _Spares:
         """The folder each spare makes the next container's cgroup leaf in, or None."""
         self.taken: _Spare | None = None
         """The spare last handed a request."""
+        self.leaving: dict[int, _Spare] = {}
+        """Spares let go as their warm init died, by pid, until they are reaped."""
         self.intercept: bytes | str | None = None
         """The seccomp filter of the calls the /proc view answers, or why there is none
         (``runtime.procview.intercept``): compiled once, before the first spare."""
@@ -193,8 +199,8 @@ class _Spares:
         """Remember the shape of the root the last launch asked for."""
         self.shape = shape
 
-    def take(self, shape: RootShape | None, fresh: bool = False) -> socket.socket:
-        """The control socket of a spare for a launch whose root has ``shape``: one
+    def take(self, shape: RootShape | None, fresh: bool = False) -> _Spare:
+        """A spare for a launch whose root has ``shape``: one
         whose init mounted a root of that shape ahead, else the oldest; with ``fresh``,
         one forked now (the idle ones may have died with the one lost)."""
         if fresh or not self.idle:
@@ -206,7 +212,7 @@ class _Spares:
         self.idle.remove(spare)
         self.taken = spare  # its leaf is the container's now, or removed by the spare
         self.launching.add(spare.pid)
-        return spare.ctrl
+        return spare
 
     def lost(self) -> None:
         """The spare last taken died before it took its request: its leaf goes too."""
@@ -215,6 +221,13 @@ class _Spares:
             self.taken = None
 
     def reaped(self, pid: int) -> None:
+        for spare in [s for s in self.idle if s.init == pid]:
+            _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
+            spare.init = None  # never killed by pid: its pid may be reused
+            self.leave(spare)
+        leaving = self.leaving.pop(pid, None)
+        if leaving is not None:  # its leaf, if it was killed before it removed it
+            leaving.discard_leaf()
         if pid in self.launching:
             self.launching.discard(pid)
             self.ended = time.monotonic()
@@ -222,7 +235,27 @@ class _Spares:
             _log(f"the spare launcher {pid} died; forking another")
             spare.ctrl.close()
             self.idle.remove(spare)
+            _end_init(spare.init)
             spare.discard_leaf()
+
+    def let_go(self, inits: set[int]) -> None:
+        """Let the idle spares whose warm init is one of ``inits`` go, those inits
+        killed: others are forked in their place."""
+        for spare in [s for s in self.idle if s.init in inits]:
+            _log(f"letting the spare launcher {spare.pid} go: its init may wait for ever")
+            _end_init(spare.init)
+            self.leave(spare)
+
+    def leave(self, spare: _Spare) -> None:
+        """Let the idle ``spare`` go (its leaf goes when it is reaped, if not before)."""
+        spare.ctrl.close()  # the spare removes its leaf and exits on EOF
+        self.idle.remove(spare)
+        self.leaving[spare.pid] = spare
+
+    @property
+    def cold(self) -> dict[int, _Spare]:
+        """The idle spares whose init is not known to be warm yet, by control socket."""
+        return {spare.ctrl.fileno(): spare for spare in self.idle if not spare.warm}
 
     def refill(self) -> float | None:
         """Fork a spare if one is due; seconds until the next one is, or None."""
@@ -262,6 +295,23 @@ class _Spares:
             spare.ctrl.close()
             os.waitpid(spare.pid, 0)
             spare.discard_leaf()  # (the spare removed it already, unless it was killed)
+
+
+def _exists(pid: int) -> bool:
+    """Whether ``pid`` is a process (a zombie too) this holder may signal."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _end_init(pid: int | None) -> None:
+    """SIGKILL the warm init of a spare that died unused (a child of this holder, not
+    reaped yet): it may wait in a bind of its view's files for a server none runs."""
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _rehearse() -> None:
@@ -326,21 +376,43 @@ class _Containers:
         self.views = Views(state)
         """The FUSE connections of the containers' /proc views, and their server."""
 
-    def add(self, init_pid: int, fds: list[int], view: tuple[int, int] | None) -> None:
-        """Keep a new container's namespaces, and its view's connection and the channel of
-        its seccomp listener if it has them."""
-        self.reaped(init_pid)
+    def add(self, init_pid: int, fds: list[int], view: bool) -> None:
+        """Keep a new container's namespaces; its view's connection (handed over while
+        its init was warm) is the container's if it asked for the ``view``."""
+        self._forget(init_pid)
         self.by_pid[init_pid] = _Held(
             {kind: _move_high(fd) for (kind, _), fd in zip(NAMESPACES, fds, strict=True)}
         )
+        try:
+            self.views.launched(init_pid, view)
+        except OSError as exc:  # the launch went on: its view waits for a server
+            _log(f"cannot start the view's server: {exc}")
+
+    def warm(self, spare: _Spare) -> bool:
+        """Read what ``spare`` hands over once its init is warm, and keep its view's
+        connection (served at once if the view's server runs); whether its init lives.
+        A spare that died first is reaped as any other child."""
+        spare.warm = True
+        try:
+            init, view = receive_warm(spare.ctrl, _WARM_TIMEOUT)
+        except OSError as exc:
+            _log(f"the spare launcher {spare.pid} gave no warm init: {exc}")
+            return False
+        if not _exists(init):  # it ended (and was reaped) before its word was read
+            for fd in view or ():
+                os.close(fd)
+            return False
+        spare.init = init
         if view is not None:
-            try:
-                self.views.add(init_pid, _move_high(view[0]), _move_high(view[1]))
-            except OSError as exc:  # the launch went on: its view waits for a server
-                _log(f"cannot start the view's server: {exc}")
+            self.views.warm(init, _move_high(view[0]), _move_high(view[1]))
+        return True
 
     def reaped(self, pid: int) -> None:
         self.views.released(pid)
+        self._forget(pid)
+
+    def _forget(self, pid: int) -> None:
+        """Close what is kept of the container of ``pid`` (ended) and end its helper."""
         held = self.by_pid.pop(pid, None)
         if held is not None:
             for fd in (*held.namespaces.values(), held.watch):
@@ -632,15 +704,13 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
     raw_request = json.dumps(request.request).encode()
     shape = RootShape.of_json(request.request)
     for attempt in (1, 2):
-        ctrl = spares.take(shape, fresh=attempt == 2)
+        spare = spares.take(shape, fresh=attempt == 2)
         try:
+            if not spare.warm and not containers.warm(spare):  # forked just now, or unread
+                raise ConnectionAbortedError("the spare launcher has no warm init")
             # The spare parses and checks the request: keep this single loop lean.
-            init_pid, namespace_fds, view = hand_over(ctrl, raw_request, conn)
-            if view is not None and not request.request.get("proc_view"):
-                for fd in view:
-                    os.close(fd)
-                view = None
-            containers.add(init_pid, namespace_fds, view)
+            init_pid, namespace_fds = hand_over(spare.ctrl, raw_request, conn)
+            containers.add(init_pid, namespace_fds, bool(request.request.get("proc_view")))
             spares.launched(shape)
             return
         except OSError as exc:
@@ -649,8 +719,12 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             if attempt == 2:
                 _reply(conn, Failure(ErrorCode.START_FAILED, f"launcher lost: {exc}"))
         finally:
-            ctrl.close()
+            spare.ctrl.close()
 
+
+_WARM_TIMEOUT = 10.0
+"""How long the holder waits for a spare it takes to say its init is warm (it forks,
+mounts its view's connection, and says so: milliseconds)."""
 
 STATE_CHECK = 10.0
 """Seconds of quiet after which the holder checks that its state folder is still there:
@@ -661,6 +735,10 @@ def _reap(spares: _Spares, containers: _Containers) -> None:
     for pid, status in reap_children():
         spares.reaped(pid)
         containers.reaped(pid)
+        if pid == containers.views.server:
+            # It died: a lookup of a warm init's bind it had read is never answered (the
+            # next server cannot know it), and that init would never take its request.
+            spares.let_go(set(containers.views.warm_ones))
         containers.views.reaped(pid, status)
 
 
@@ -677,6 +755,24 @@ def _end_all(spares: _Spares, containers: _Containers, ahead: Path | None) -> No
     if ahead is not None:
         with contextlib.suppress(OSError):  # not empty: what else is in it stays
             ahead.rmdir()
+
+
+def _take_handed(
+    readable: set[int],
+    channels: set[int],
+    cold: dict[int, _Spare],
+    spares: _Spares,
+    containers: _Containers,
+) -> None:
+    """Take what came on the ``readable`` ones of ``channels`` (seccomp listeners) and of
+    the control sockets of ``cold`` spares (their warm inits' view connections), unless
+    what they were for has gone meanwhile (a launch took the spare, a channel closed)."""
+    for channel in readable & channels & set(containers.views.channels):
+        containers.views.take_listener(channel)
+    for ctrl in readable & set(cold):
+        spare = cold[ctrl]
+        if not spare.warm and spare in spares.idle and not containers.warm(spare):
+            spares.leave(spare)
 
 
 def serve(
@@ -704,7 +800,8 @@ def serve(
         due = spares.refill()
         watches = containers.watches
         channels = set(containers.views.channels)
-        fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels]
+        cold = spares.cold
+        fds = [listener.fileno(), wake_r, *containers.reports, *watches, *channels, *cold]
         waits = (STATE_CHECK, containers.views.linger(), due)
         readable = wait_readable(fds, min(w for w in waits if w is not None))
         containers.views.let_idle_go()
@@ -719,8 +816,7 @@ def serve(
             containers.take_report(report)
         for ended in set(readable) & set(watches):
             containers.reaped(watches[ended])
-        for channel in set(readable) & channels & set(containers.views.channels):
-            containers.views.take_listener(channel)
+        _take_handed(set(readable), channels, cold, spares, containers)
         if listener.fileno() in readable:
             conn, _ = listener.accept()
             with conn:

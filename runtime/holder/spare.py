@@ -2,9 +2,11 @@
 
 A spare unshares the container namespaces (mount, uts, ipc, net, cgroup, pid) and forks
 the container's init *before* any container is asked for; the init gets warm (its /proc
-view's connection mounted ahead), says so, and waits for its launch request. When a
-request comes, the holder hands it to the spare together with the client's connection
-(SCM_RIGHTS) and forks the next spare. The spare then starts
+view's connection mounted ahead), says so, and waits for its launch request. The spare
+then hands the holder the init's pid and its view's connection (``receive_warm``), so
+that the view's server serves it while the init binds the view's files into the root it
+mounts ahead. When a request comes, the holder hands it to the spare together with the
+client's connection (SCM_RIGHTS) and forks the next spare. The spare then starts
 slirp4netns on the init's network namespace while the init mounts the filesystem, adds
 the port forwards, lets the command run, records the run in ``run.json``, answers the
 client and exits; the init and slirp4netns are re-parented to the holder (a subreaper).
@@ -21,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +55,7 @@ from runtime.util.files import write_json_atomic
 from runtime.util.processes import ProcessId, wait_readable
 from runtime.wire import LaunchRequest
 
-__all__ = ("CONTAINER_NAMESPACES", "hand_over", "restart_slirp", "run_spare")
+__all__ = ("CONTAINER_NAMESPACES", "hand_over", "receive_warm", "restart_slirp", "run_spare")
 
 CONTAINER_NAMESPACES = (
     sc.CLONE_NEWNS
@@ -65,6 +68,11 @@ CONTAINER_NAMESPACES = (
 
 _STEP_TIMEOUT = 10.0
 """How long a launch waits for each step of a container's init (fork, mount, start)."""
+
+_WARM = struct.Struct("<ci")
+"""Spare to holder, once its init is warm: ``Launching.WARM`` and the init's pid, with
+the view's connection and channel if it has them (always this size: the request's
+``TAKEN`` may follow it in the stream)."""
 
 
 class _LaunchFailed(Exception):
@@ -511,8 +519,12 @@ def _move(init: _Init, leaf: Leaf) -> None:
 
 
 def _receive(ctrl: socket.socket) -> tuple[bytes, socket.socket] | None:
-    """The launch request and the client connection, or None when the holder is gone."""
-    data, fds = receive_with_fds(ctrl, MAX_REQUEST, 1)
+    """The launch request and the client connection, or None when the holder is gone
+    (a holder that ended without reading this spare's warm word resets the socket)."""
+    try:
+        data, fds = receive_with_fds(ctrl, MAX_REQUEST, 1)
+    except ConnectionResetError:
+        return None
     if not data or not fds:
         return None
     chunks = [data]
@@ -534,18 +546,37 @@ def _prewarm() -> None:
 
 def _await_warm(init: _Init) -> None:
     """Wait until the init is ready for a request: then the view's connection, which
-    goes to the holder with the request, is mounted already."""
+    goes to the holder next, is mounted already."""
     warm = _read_with_timeout(init.report_r, len(Launching.WARM.value), _STEP_TIMEOUT, "warm")
     if warm != Launching.WARM.value:
         raise _LaunchFailed("the container init died before it was ready")
 
 
 def _dismiss(init: _Init) -> None:
-    """Let an unused init go (EOF on its request pipe) and wait until it has exited."""
-    pidfd = os.pidfd_open(init.pid)
+    """Let an unused init go and wait until it has exited: killed, as it may wait in a
+    bind of the view's files ahead for a server none runs (not reading its request pipe)."""
     os.close(init.request_w)
+    try:
+        pidfd = os.pidfd_open(init.pid)
+    except ProcessLookupError:  # it ended, and the holder reaped it
+        return
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     wait_readable([pidfd], _STEP_TIMEOUT)
     os.close(pidfd)
+
+
+def _send_warm(ctrl: socket.socket, init: _Init) -> bool:
+    """Hand the holder the warm init's pid and its view's connection and channel (this
+    process's copies closed then): its server, if one runs, serves the init's binds
+    ahead. False when the holder is gone (the spare lets its init and leaf go, as on EOF)."""
+    try:
+        send_with_fds(ctrl, _WARM.pack(Launching.WARM.value, init.pid), init.view_fds())
+    except OSError:
+        return False
+    finally:
+        init.close_view()
+    return True
 
 
 log = logging.getLogger("launcher")
@@ -582,6 +613,7 @@ def run_spare(
             leaf.mover = init.middle
         _prewarm()
         _await_warm(init)
+        sent = _send_warm(ctrl, init)
         # The container's namespaces, opened while the init is still dumpable: the holder
         # keeps them, to start a slirp4netns that died again and to run commands in it.
         namespaces = [
@@ -589,14 +621,12 @@ def run_spare(
             for kind, _ in NAMESPACES
         ]
         _keep_namespaces(init, namespaces)
-        received = _receive(ctrl)
+        received = _receive(ctrl) if sent else None
         if received is not None:
-            # The holder waits for this before it forgets the request; it keeps the
-            # view's connection and hands it to the view's server.
-            send_with_fds(ctrl, marked(Launching.TAKEN, init.pid), namespaces + init.view_fds())
+            # The holder waits for this before it forgets the request.
+            send_with_fds(ctrl, marked(Launching.TAKEN, init.pid), namespaces)
         for fd in namespaces:
             os.close(fd)
-        init.close_view()
         ctrl.close()
         if received is None:
             _dismiss(init)
@@ -645,26 +675,42 @@ def _answer(init: _Init, raw: bytes, leaf: _Ahead | None) -> Reply:
     return reply
 
 
+def receive_warm(ctrl: socket.socket, timeout: float) -> tuple[int, tuple[int, int] | None]:
+    """What a spare hands over once its init is warm (:func:`_send_warm`): the init's pid,
+    and its view's connection with the channel its seccomp listener comes on, if
+    /dev/fuse could be opened (the caller owns them). Raises OSError when the spare died
+    first, or said nothing within ``timeout`` seconds."""
+    ctrl.settimeout(timeout)
+    try:
+        data, fds = receive_with_fds(ctrl, _WARM.size, 2, socket.MSG_CMSG_CLOEXEC)
+    finally:
+        ctrl.settimeout(None)
+    if len(data) != _WARM.size or len(fds) not in (0, 2) or data[:1] != Launching.WARM.value:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionAbortedError("the spare launcher died before its init was warm")
+    _, pid = _WARM.unpack(data)
+    return pid, (fds[0], fds[1]) if fds else None
+
+
 def hand_over(
     ctrl: socket.socket, raw_request: bytes, conn: socket.socket
-) -> tuple[int, list[int], tuple[int, int] | None]:
-    """Give a spare its launch request and the client connection to answer on.
+) -> tuple[int, list[int]]:
+    """Give a spare (whose warm hand-over was received: :func:`receive_warm`) its launch
+    request and the client connection to answer on.
 
-    Returns the container init's pid, descriptors of its namespaces, in the order of
-    ``NAMESPACES``, and the FUSE connection its /proc view is to be served on with the
-    channel its init sends its seccomp listener on, if /dev/fuse could be opened (the
-    caller owns them all). Raises OSError when the spare did not
-    take the request (it died): the caller still holds the connection and can try
-    another spare.
+    Returns the container init's pid and descriptors of its namespaces, in the order of
+    ``NAMESPACES`` (the caller owns them). Raises OSError when the spare did not take
+    the request (it died): the caller still holds the connection and can try another
+    spare.
     """
     send_with_fds(ctrl, raw_request, [conn.fileno()])
     ctrl.shutdown(socket.SHUT_WR)
     ctrl.settimeout(_STEP_TIMEOUT)
-    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES) + 2, socket.MSG_CMSG_CLOEXEC)
+    data, fds = receive_with_fds(ctrl, 64, len(NAMESPACES), socket.MSG_CMSG_CLOEXEC)
     taken = detail_of(data, Launching.TAKEN)
-    if taken is None or len(fds) not in (len(NAMESPACES), len(NAMESPACES) + 2):
+    if taken is None or len(fds) != len(NAMESPACES):
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before it took the request")
-    view = (fds[-2], fds[-1]) if len(fds) > len(NAMESPACES) else None
-    return int(taken), fds[: len(NAMESPACES)], view
+    return int(taken), fds

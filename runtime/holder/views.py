@@ -14,8 +14,12 @@ connection: this holder keeps it too, so a call waits while the server is starte
 instead of failing. A command run with ``exec`` sends one of its own the same way (the
 holder gives its runner the channel); it is let go when the runner is reaped.
 
-A connection is released when its container's init is reaped. The holder lets the server
-go ``LINGER`` seconds after its last connection was released, unless another came
+A warm spare hands its init's connection (and channel) over as soon as the init is warm
+(:meth:`Views.warm`): the warm init binds the view's files into the root it mounts ahead,
+and a server that runs serves it at once (none is started for it: a launch starts one,
+with every connection). A connection is released when its init is reaped, used or not.
+Only containers' connections keep the server: the holder lets it go ``LINGER`` seconds
+after the last container's connection was released, unless another came
 meanwhile (a start soon after, the common case of starts one after another, finds it
 serving instead of forking one). The server exits by itself once the holder is gone and
 its last connection ended; it records its identity in ``procview.json`` in the state
@@ -75,6 +79,9 @@ class Views:
         self.state = state
         self.clock = clock
         self.connections: dict[int, int] = {}
+        """The containers' connections, by init pid."""
+        self.warm_ones: dict[int, int] = {}
+        """The connections of warm inits no launch has taken yet, by init pid."""
         self.listeners: list[_Listener] = []
         """The seccomp listeners received (init's and exec'd commands')."""
         self.channels: dict[int, _Listener] = {}
@@ -99,6 +106,36 @@ class Views:
             self._start()
             return
         self._hand(init_pid, fuse_fd, is_listener=False)
+
+    def warm(self, init_pid: int, fuse_fd: int, channel: int) -> None:
+        """Keep the connection of a warm init (``init_pid``) and its channel, and hand it
+        to the server if one runs: the init's binds of the view's files wait for its
+        answers. An idle server is kept ``LINGER`` seconds from now: it is not let go
+        while it may be answering them."""
+        self.warm_ones[init_pid] = fuse_fd
+        self.channels[channel] = _Listener(init_pid)
+        if self.server is None or self.control is None:
+            return
+        if self.idle_since is not None:
+            self.idle_since = self.clock()
+        self._hand(init_pid, fuse_fd, is_listener=False)
+
+    def launched(self, init_pid: int, wanted: bool) -> bool:
+        """The warm init ``init_pid`` got a launch request: its connection is the
+        container's if the view is ``wanted`` (the server started if none runs), else it
+        is let go. Whether it had one."""
+        fuse_fd = self.warm_ones.pop(init_pid, None)
+        if fuse_fd is None:
+            return False
+        if not wanted:
+            os.close(fuse_fd)
+            self._let_go(lambda listener: listener.init_pid == init_pid)
+            return True
+        self.connections[init_pid] = fuse_fd
+        self.idle_since = None
+        if self.server is None or self.control is None:
+            self._start()
+        return True
 
     def exec_calls(self, init_pid: int) -> tuple[int, tuple[bytes, int]] | None:
         """For a command to run with ``exec`` in the container of ``init_pid``, if it has
@@ -158,11 +195,16 @@ class Views:
             log.info(f"cannot hand a connection to the view's server: {exc}")
 
     def released(self, init_pid: int) -> None:
-        """The container of ``init_pid`` ended: drop its connection and listeners."""
+        """The init ``init_pid`` ended (a container's, or a warm one unused): drop its
+        connection and listeners."""
+        warm = self.warm_ones.pop(init_pid, None)
+        if warm is not None:  # it ended unused
+            os.close(warm)
         fd = self.connections.pop(init_pid, None)
-        if fd is not None:
-            os.close(fd)
         self._let_go(lambda listener: listener.init_pid == init_pid)
+        if fd is None:
+            return
+        os.close(fd)
         if not self.connections and self.idle_since is None:
             self.idle_since = self.clock()
 
@@ -204,7 +246,7 @@ class Views:
             Connection(
                 fd, pid, listeners=[item.fd for item in self.listeners if item.init_pid == pid]
             )
-            for pid, fd in self.connections.items()
+            for pid, fd in {**self.connections, **self.warm_ones}.items()
         ]
         try:
             child = os.fork()
@@ -216,7 +258,11 @@ class Views:
             code = 0
             try:
                 ours.detach()  # closed with the rest of the holder's descriptors:
-                kept = (*self.connections.values(), *(item.fd for item in self.listeners))
+                kept = (
+                    *self.connections.values(),
+                    *self.warm_ones.values(),
+                    *(item.fd for item in self.listeners),
+                )
                 become_child((theirs.fileno(), *kept))
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 me = ProcessId.of(os.getpid())

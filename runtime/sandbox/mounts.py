@@ -18,9 +18,10 @@ container's init, inside its new mount namespace, before the command starts.
 
 A warm init mounts ahead what depends only on the root's *shape* (``RootShape``: the
 rootfs and the skeleton's mount points), the shape of the last launch: the overlay on a
-skeleton of its own, /proc, /sys, the masked paths, /dev and /tmp (``premount_root``).
-A launch of that shape then mounts only what is its own (the view, the binds); any other
-launch throws the premade root away and mounts as above.
+skeleton of its own, /proc, /sys, the masked paths, /dev and /tmp (``premount_root``),
+then binds the view's files into it (``Premade.bind_view``). A launch of that shape then
+mounts only what is its own (the binds); any other launch throws the premade root away
+and mounts as above.
 """
 
 from __future__ import annotations
@@ -269,10 +270,10 @@ the container's root; ``allow_other``: the container's other users read it too."
 
 def premount_view(fuse_fd: int) -> int:
     """The FUSE connection ``fuse_fd`` mounted but attached nowhere (an fd, for
-    :func:`mount_view`). A warm init makes it before its request comes: the holder
-    hands the connection to the view's server with the request, and a connection the
-    server finds mounted is answered at once, where one not mounted yet waits for the
-    server's next try (milliseconds, on every start). ``ro``: the file system read-only
+    :func:`mount_view`). A warm init makes it before it says it is warm: the holder
+    then hands the connection to the view's server, and a connection the server finds
+    mounted is answered at once, where one not mounted yet waits for the server's next
+    try (milliseconds). ``ro``: the file system read-only
     too, as mount(2)'s ``MS_RDONLY`` makes it."""
     options = {"source": "squish-procview", "subtype": "squish", "fd": str(fuse_fd), "ro": None}
     return sc.fs_mount("fuse", {**options, **_VIEW_OPTIONS}, _HIDDEN | sc.MS_RDONLY)
@@ -301,18 +302,35 @@ def mount_view(root: str, fuse_fd: int, premounted: int | None = None) -> None:
     server must be serving the connection."""
     staging = f"{root}/tmp"
     _attach_view(staging, fuse_fd, premounted)
-    made: list[str] = []
     try:
-        for name, path in VIEW_FILES.items():
-            if os.path.exists(f"{root}{path}"):
-                sc.mount(f"{staging}/{name}", f"{root}{path}", None, sc.MS_BIND)
-                made.append(f"{root}{path}")
-    except OSError:
-        for target in reversed(made):  # all the view or none of it: the kernel's files
-            sc.umount2(target, sc.MNT_DETACH)
-        raise
+        _bind_view_files(root, staging)
     finally:
         sc.umount2(staging, sc.MNT_DETACH)
+
+
+def _view_targets(root: str) -> list[tuple[str, str]]:
+    """The view's files (their names in the view) and what each covers in ``root``."""
+    return [(name, f"{root}{path}") for name, path in VIEW_FILES.items()]
+
+
+def _bind_view_files(root: str, view: str) -> list[str]:
+    """Bind the files of the view mounted at ``view`` over the kernel's in ``root``:
+    all of them or, when one fails, none. Returns what they cover."""
+    made: list[str] = []
+    try:
+        for name, target in _view_targets(root):
+            if os.path.exists(target):
+                sc.mount(f"{view}/{name}", target, None, sc.MS_BIND)
+                made.append(target)
+    except OSError:
+        _unbind(made)
+        raise
+    return made
+
+
+def _unbind(targets: list[str]) -> None:
+    for target in reversed(targets):  # the kernel's files again
+        sc.umount2(target, sc.MNT_DETACH)
 
 
 def _try_view(root: str, fuse_fd: int | str | None, premounted: int | None) -> str:
@@ -384,7 +402,11 @@ def assemble(
     why there is none, or None (not asked for). Returns "" or why
     the view is not there: the container runs with the kernel's files then.
     """
+    copy = None
     if premade is not None:
+        if premade.view is not None and isinstance(view, int):
+            view, copy = premade.take_view()
+            premounted = copy  # attached by the start below
         premade.discard()  # a root of another shape, or no longer needed
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sources: list[int] = []
@@ -394,11 +416,11 @@ def assemble(
         _mount_fixed(root, skel, rootfs)
         return _mount_own(root, mounts, sources, view, premounted)
     finally:
-        for fd in sources:
+        for fd in sources if copy is None else (*sources, copy):
             os.close(fd)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Premade:
     """A container root of ``shape`` mounted ahead (:func:`premount_root`) at
     ``staging``/root, on a skeleton of its own in a tmpfs at ``staging``; ``rootfs_fd``
@@ -407,10 +429,42 @@ class Premade:
     staging: str
     shape: RootShape
     rootfs_fd: int
+    view: int | None = None
+    """The view's mount made ahead once attached at ``staging``/view (:meth:`bind_view`)."""
+    view_files: tuple[str, ...] = ()
+    """What the view's files bound ahead cover in the root."""
+    view_failure: str = ""
+    """Why they could not be bound ahead, if they could not."""
 
     @property
     def root(self) -> str:
         return f"{self.staging}/root"
+
+    def bind_view(self, premounted: int) -> None:
+        """Attach the view's mount made ahead (:func:`premount_view`) at
+        ``staging``/view, outside the root, and bind its files into the root, as
+        :func:`mount_view` does at a start: each bind waits for the view's server to
+        look its file up (the holder hands it the connection while this init is warm).
+        ``premounted`` refers to the attached mount then (:meth:`take_view`)."""
+        folder = f"{self.staging}/view"
+        os.mkdir(folder, 0o755)
+        _attach_view(folder, -1, premounted)
+        self.view = premounted
+        try:
+            self.view_files = tuple(_bind_view_files(self.root, folder))
+        except OSError as exc:
+            self.view_failure = f"mounting the FUSE view failed: {exc}"
+
+    def take_view(self) -> tuple[int | str, int | None]:
+        """For a start that does not use this root (the view's mount goes with it): a
+        copy of the view's mount attached nowhere, twice (as the connection and as its
+        mount made ahead, :func:`mount_view`), or why there is none, and None."""
+        assert self.view is not None
+        try:
+            copy = sc.open_tree_clone(self.view)
+        except OSError as exc:
+            return f"mounting the FUSE view failed: {exc}", None
+        return copy, copy
 
     def fits(self, rootfs: str, mounts: Sequence[MountPoint]) -> bool:
         """Whether a container of ``rootfs`` and ``mounts`` can have this root: the
@@ -450,10 +504,20 @@ class Premade:
         sources: list[int] = []
         try:
             sources.extend(open_source(mount_point) for mount_point in mounts)
+            if self.view is not None:
+                view = self._keep_view(isinstance(view, int))
             return _mount_own(self.root, mounts, sources, view, premounted)
         finally:
             for fd in sources:
                 os.close(fd)
+
+    def _keep_view(self, wanted: bool) -> str | None:
+        """The view's files bound ahead stay if ``wanted`` (else they go); None (nothing
+        left for the start to mount) or why the view is missing."""
+        if not wanted:
+            _unbind(list(self.view_files))
+            return None
+        return self.view_failure or None
 
 
 def premount_root(staging: str, shape: RootShape) -> Premade:
