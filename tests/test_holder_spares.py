@@ -1,13 +1,15 @@
 """When the holder forks its next warm spare (``runtime.holder.server.refill_due``): a
-table, no process forked."""
+table, no process forked; then spares that end at once, forked for real."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
-from runtime.holder.server import REFILL_QUIET, refill_due
+from runtime.holder import server
+from runtime.holder.server import QUICK_DEATHS, REFILL_QUIET, SPARE_BACKOFF, refill_due
 from runtime.sandbox.mounts import RootShape
 
 LAST = RootShape("/rootfs", (("/data", True),))
@@ -40,3 +42,30 @@ def test_one_spare_is_forked_at_once_after_each_launch_as_before() -> None:
 
 def test_before_any_launch_the_spares_are_forked_at_once() -> None:
     assert refill_due([None], None, 2, False, math.inf) == 0.0  # no launch ended yet
+
+
+def test_after_spares_that_ended_at_once_the_next_one_waits() -> None:
+    assert refill_due([], LAST, 2, False, 5.0, (QUICK_DEATHS - 1, 0.0)) == 0.0
+    assert refill_due([], LAST, 2, False, 5.0, (QUICK_DEATHS, 0.25)) == SPARE_BACKOFF - 0.25
+    assert refill_due([], LAST, 2, False, 5.0, (QUICK_DEATHS, SPARE_BACKOFF)) == 0.0
+    assert refill_due([LAST, LAST], LAST, 2, False, 5.0, (QUICK_DEATHS, 0.0)) is None
+
+
+def test_a_spare_that_cannot_start_is_not_forked_again_and_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each ends as soon as it is forked (as one with no fork left would): after a few,
+    the holder's loop gets a pause, in which it can see that its state folder is gone."""
+    monkeypatch.setattr(server, "run_spare", lambda *_, **__: os._exit(1))
+    spares = server._Spares(count=1)
+    forked = 0
+    for _ in range(3 * QUICK_DEATHS):
+        due = spares.refill()
+        if not spares.idle:
+            break
+        pid = spares.idle[-1].pid
+        os.waitpid(pid, 0)
+        spares.reaped(pid)
+        forked += 1
+    assert forked == QUICK_DEATHS
+    assert due is not None and 0.0 < due <= SPARE_BACKOFF

@@ -112,19 +112,33 @@ Starts that follow each other closer than that use up the warm spares first, the
 waits for the one forked when the launch before it ended (as with a single spare)."""
 
 
+QUICK_DEATHS = 3
+"""Spares in a row that ended unused within :data:`QUICK` of their fork, after which the
+next one waits :data:`SPARE_BACKOFF`: a spare that cannot start (no fork left, its
+namespaces refused) would otherwise be forked again at once, for ever, and the holder's
+loop would never find time to see that its state folder is gone."""
+QUICK = 1.0
+SPARE_BACKOFF = 1.0
+
+
 def refill_due(
     idle: list[RootShape | None],
     shape: RootShape | None,
     count: int,
     launching: bool,
     since: float,
+    deaths: tuple[int, float] = (0, math.inf),
 ) -> float | None:
     """Seconds until the next spare is to be forked (0.0: now), or None when none is:
     ``idle`` holds the root shapes of the idle spares, ``shape`` is the last launch's,
     ``count`` the spares to keep, ``launching`` whether a launch is under way, ``since``
-    the seconds since the last launch ended."""
+    the seconds since the last launch ended, ``deaths`` how many spares in a row ended
+    unused soon after their fork, and the seconds since the last one did."""
     if launching or len(idle) >= count:
         return None
+    quick, since_death = deaths
+    if quick >= QUICK_DEATHS:
+        return max(0.0, SPARE_BACKOFF - since_death)
     if shape in idle:  # a warm spare fits the next start like the last: let it run first
         return max(0.0, REFILL_QUIET - since)
     return 0.0
@@ -144,6 +158,8 @@ class _Spare:
     """Whether it said its init is warm (``receive_warm``)."""
     init: int | None = None
     """Its warm init's pid, until that init is reaped."""
+    forked: float = 0.0
+    """When it was forked (``time.monotonic``)."""
 
     def discard_leaf(self) -> None:
         """Remove the leaf of a spare that ended unused (its init ends with it)."""
@@ -188,6 +204,9 @@ class _Spares:
         """The empty folder a spare's init mounts a root ahead on, or None: none."""
         self.shape: RootShape | None = None
         """The shape of the last launch's root: the next spare's init mounts one ahead."""
+        self.quick_deaths = 0
+        """Spares in a row that ended unused within :data:`QUICK` of their fork."""
+        self.last_death = -math.inf
 
     def _ahead(self) -> tuple[str, RootShape] | None:
         """Where and of what shape the next spare's init mounts a root ahead, or None."""
@@ -212,6 +231,7 @@ class _Spares:
         self.idle.remove(spare)
         self.taken = spare  # its leaf is the container's now, or removed by the spare
         self.launching.add(spare.pid)
+        self.quick_deaths = 0
         return spare
 
     def lost(self) -> None:
@@ -225,6 +245,7 @@ class _Spares:
             _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
             spare.init = None  # never killed by pid: its pid may be reused
             self.leave(spare)
+            self._died(spare)
         leaving = self.leaving.pop(pid, None)
         if leaving is not None:  # its leaf, if it was killed before it removed it
             leaving.discard_leaf()
@@ -233,6 +254,7 @@ class _Spares:
             self.ended = time.monotonic()
         for spare in [s for s in self.idle if s.pid == pid]:
             _log(f"the spare launcher {pid} died; forking another")
+            self._died(spare)
             spare.ctrl.close()
             self.idle.remove(spare)
             _end_init(spare.init)
@@ -257,11 +279,20 @@ class _Spares:
         """The idle spares whose init is not known to be warm yet, by control socket."""
         return {spare.ctrl.fileno(): spare for spare in self.idle if not spare.warm}
 
+    def _died(self, spare: _Spare) -> None:
+        """Count ``spare``, ended unused, if it ended soon after its fork."""
+        self.last_death = time.monotonic()
+        quick = self.last_death - spare.forked < QUICK
+        self.quick_deaths = self.quick_deaths + 1 if quick else 0
+        if self.quick_deaths == QUICK_DEATHS:
+            _log(f"{QUICK_DEATHS} spares in a row ended at once: the next ones wait")
+
     def refill(self) -> float | None:
         """Fork a spare if one is due; seconds until the next one is, or None."""
         idle = [spare.shape for spare in self.idle]
-        since = time.monotonic() - self.ended
-        due = refill_due(idle, self.shape, self.count, bool(self.launching), since)
+        now = time.monotonic()
+        since, deaths = now - self.ended, (self.quick_deaths, now - self.last_death)
+        due = refill_due(idle, self.shape, self.count, bool(self.launching), since, deaths)
         if due != 0.0:
             return due
         self._fork()
@@ -284,7 +315,8 @@ class _Spares:
                 theirs, self.native, self.intercept, ahead, "" if leaf is None else str(leaf.path)
             )
         theirs.close()
-        self.idle.append(_Spare(child, ours, leaf, None if ahead is None else ahead[1]))
+        shape = None if ahead is None else ahead[1]
+        self.idle.append(_Spare(child, ours, leaf, shape, forked=time.monotonic()))
         _rehearse()
 
     def drop(self) -> None:
@@ -805,7 +837,7 @@ def serve(
         waits = (STATE_CHECK, containers.views.linger(), due)
         readable = wait_readable(fds, min(w for w in waits if w is not None))
         containers.views.let_idle_go()
-        if not readable and due is None and landmark.gone():
+        if not readable and due != 0.0 and landmark.gone():  # (a wait, not a refill)
             _log(f"{state} is gone (its socket with it): ending its containers, then itself")
             _end_all(spares, containers, ahead)
             return
