@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.spec import BindMount, ContainerSpec
 from runtime.client.linux import LinuxRuntime
 from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
 from runtime.sandbox.mounts import MASKED, READ_ONLY
 from runtime.security import profile, seccomp
 from tests.bpf import syscall_number
 from tests.conftest import rootless
-from tests.support import run_probes, shell
+from tests.support import BUSYBOX, run_probes, shell
 from tests.syscall_probes import SUPPORTED, write_probe
 
 pytestmark = rootless
@@ -59,6 +60,36 @@ def test_unconfined_and_custom_profiles(rt: LinuxRuntime, tmp_path: Path) -> Non
         "keyctl": errno.EPERM,
         "getcwd": errno.EACCES,
     }
+
+
+@needs_x86_64
+def test_a_profile_refusing_what_the_command_never_calls_still_starts_it(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """The init seals itself with the container's filter before it says it is mounted:
+    what it still does after the seal must not depend on calls a profile may refuse
+    (here every stat and close_range, which a static command does without)."""
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    getcwd = syscall_number("getcwd")
+    assert getcwd is not None
+    write_probe(probes / "getcwd", getcwd, 0, 0)  # a NULL buffer: ERANGE when allowed
+    refused = ["stat", "lstat", "fstat", "newfstatat", "statx", "close_range"]
+    document = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": refused, "action": "SCMP_ACT_ERRNO"}],
+    }
+    binds = (BindMount(source=str(probes), target="/probes"),)
+    spec = ContainerSpec(
+        name="sealed",
+        rootfs=BUSYBOX,
+        argv=("/probes/getcwd",),
+        network="none",
+        binds=binds,
+        seccomp=document,
+    )
+    rt.run(spec)
+    assert rt.wait("sealed", timeout=60) == errno.ERANGE
 
 
 def _status(text: str) -> dict[str, str]:
