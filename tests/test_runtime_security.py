@@ -13,6 +13,7 @@ import pytest
 
 from runtime.api.spec import BindMount, ContainerSpec
 from runtime.client.linux import LinuxRuntime
+from runtime.errors import ContainerStartError
 from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
 from runtime.sandbox.mounts import MASKED, READ_ONLY
 from runtime.security import profile, seccomp
@@ -90,6 +91,32 @@ def test_a_profile_refusing_what_the_command_never_calls_still_starts_it(
     )
     rt.run(spec)
     assert rt.wait("sealed", timeout=60) == errno.ERANGE
+
+
+def test_a_profile_refusing_fcntl_leaves_the_command_none_of_the_inits_descriptors(
+    rt: LinuxRuntime,
+) -> None:
+    """The native init marks its own descriptors close-on-exec under the container's
+    filter: where the profile refuses that, the command must not start with them (the
+    container's folder, outside its root, among them)."""
+    document = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["fcntl"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    spec = ContainerSpec(
+        name="fds",
+        rootfs=BUSYBOX,
+        argv=("/bin/ls", "/proc/self/fd"),
+        network="none",
+        seccomp=document,
+    )
+    try:
+        rt.run(spec)
+    except ContainerStartError as exc:  # the native init: it cannot mark them
+        assert "cannot start: Operation not permitted" in str(exc)
+        return
+    assert rt.wait("fds", timeout=60) == 0  # the Python init: they are close-on-exec
+    assert rt.logs("fds").split() == [b"0", b"1", b"2", b"3"], rt.logs("fds")
 
 
 def _status(text: str) -> dict[str, str]:
