@@ -63,6 +63,29 @@ def test_unconfined_and_custom_profiles(rt: LinuxRuntime, tmp_path: Path) -> Non
     }
 
 
+def _getcwd_refusing(name: str, tmp_path: Path, refused: list[str]) -> ContainerSpec:
+    """A container whose command is a static probe calling getcwd with a NULL buffer
+    (exit code ERANGE when allowed), with a profile refusing ``refused`` (EPERM)."""
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    getcwd = syscall_number("getcwd")
+    assert getcwd is not None
+    write_probe(probes / "getcwd", getcwd, 0, 0)
+    document = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": refused, "action": "SCMP_ACT_ERRNO"}],
+    }
+    binds = (BindMount(source=str(probes), target="/probes"),)
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("/probes/getcwd",),
+        network="none",
+        binds=binds,
+        seccomp=document,
+    )
+
+
 @needs_x86_64
 def test_a_profile_refusing_what_the_command_never_calls_still_starts_it(
     rt: LinuxRuntime, tmp_path: Path
@@ -70,27 +93,19 @@ def test_a_profile_refusing_what_the_command_never_calls_still_starts_it(
     """The init seals itself with the container's filter before it says it is mounted:
     what it still does after the seal must not depend on calls a profile may refuse
     (here every stat and close_range, which a static command does without)."""
-    probes = tmp_path / "probes"
-    probes.mkdir()
-    getcwd = syscall_number("getcwd")
-    assert getcwd is not None
-    write_probe(probes / "getcwd", getcwd, 0, 0)  # a NULL buffer: ERANGE when allowed
     refused = ["stat", "lstat", "fstat", "newfstatat", "statx", "close_range"]
-    document = {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "syscalls": [{"names": refused, "action": "SCMP_ACT_ERRNO"}],
-    }
-    binds = (BindMount(source=str(probes), target="/probes"),)
-    spec = ContainerSpec(
-        name="sealed",
-        rootfs=BUSYBOX,
-        argv=("/probes/getcwd",),
-        network="none",
-        binds=binds,
-        seccomp=document,
-    )
-    rt.run(spec)
+    rt.run(_getcwd_refusing("sealed", tmp_path, refused))
     assert rt.wait("sealed", timeout=60) == errno.ERANGE
+
+
+@needs_x86_64
+def test_a_profile_refusing_ioctl_still_starts_the_command(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """The init hands its descriptors to the native init with ioctl (FIONCLEX) under the
+    container's filter: refused, it starts the command itself, as when execveat is."""
+    rt.run(_getcwd_refusing("no-ioctl", tmp_path, ["ioctl"]))
+    assert rt.wait("no-ioctl", timeout=60) == errno.ERANGE
 
 
 def test_a_profile_refusing_fcntl_leaves_the_command_none_of_the_inits_descriptors(

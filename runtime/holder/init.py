@@ -205,13 +205,17 @@ def _exec_native(
     output, the exit pipe."""
     program, env = command
     events = [_event_fds.get(key, -1) for key in ("oom_kills", "pids_refused")]
-    passed = [fd for fd in (*fds, *events) if fd >= 0]
-    for fd in passed:
-        os.set_inheritable(fd, True)
     mask = sum(1 << (signum - 1) for signum in old_mask)
     numbers = [str(fd) for fd in (*fds, *events)]
     argv = ["squish-init", "init", *numbers, f"{mask:x}", repr(req.argv[0]), program, *req.argv]
-    with contextlib.suppress(OSError):  # e.g. a seccomp profile without execveat
+    passed: list[int] = []
+    # Under the container's filter: a profile may refuse execveat, or the ioctl that
+    # makes a descriptor inheritable; the command is started here then. (What cannot be
+    # made close-on-exec again ends this process: the command never gets it.)
+    with contextlib.suppress(OSError):
+        for fd in (fd for fd in (*fds, *events) if fd >= 0):
+            os.set_inheritable(fd, True)
+            passed.append(fd)
         os.execve(native_fd, argv, env)
     for fd in passed:
         os.set_inheritable(fd, False)
