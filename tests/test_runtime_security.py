@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.spec import BindMount, ContainerSpec
 from runtime.client.linux import LinuxRuntime
+from runtime.errors import ContainerStartError
 from runtime.sandbox.capabilities import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES
 from runtime.sandbox.mounts import MASKED, READ_ONLY
 from runtime.security import profile, seccomp
 from tests.bpf import syscall_number
 from tests.conftest import rootless
-from tests.support import run_probes, shell
+from tests.support import BUSYBOX, run_probes, shell
 from tests.syscall_probes import SUPPORTED, write_probe
 
 pytestmark = rootless
@@ -59,6 +61,77 @@ def test_unconfined_and_custom_profiles(rt: LinuxRuntime, tmp_path: Path) -> Non
         "keyctl": errno.EPERM,
         "getcwd": errno.EACCES,
     }
+
+
+def _getcwd_refusing(name: str, tmp_path: Path, refused: list[str]) -> ContainerSpec:
+    """A container whose command is a static probe calling getcwd with a NULL buffer
+    (exit code ERANGE when allowed), with a profile refusing ``refused`` (EPERM)."""
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    getcwd = syscall_number("getcwd")
+    assert getcwd is not None
+    write_probe(probes / "getcwd", getcwd, 0, 0)
+    document = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": refused, "action": "SCMP_ACT_ERRNO"}],
+    }
+    binds = (BindMount(source=str(probes), target="/probes"),)
+    return ContainerSpec(
+        name=name,
+        rootfs=BUSYBOX,
+        argv=("/probes/getcwd",),
+        network="none",
+        binds=binds,
+        seccomp=document,
+    )
+
+
+@needs_x86_64
+def test_a_profile_refusing_what_the_command_never_calls_still_starts_it(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """The init seals itself with the container's filter before it says it is mounted:
+    what it still does after the seal must not depend on calls a profile may refuse
+    (here every stat and close_range, which a static command does without)."""
+    refused = ["stat", "lstat", "fstat", "newfstatat", "statx", "close_range"]
+    rt.run(_getcwd_refusing("sealed", tmp_path, refused))
+    assert rt.wait("sealed", timeout=60) == errno.ERANGE
+
+
+@needs_x86_64
+def test_a_profile_refusing_ioctl_still_starts_the_command(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """The init hands its descriptors to the native init with ioctl (FIONCLEX) under the
+    container's filter: refused, it starts the command itself, as when execveat is."""
+    rt.run(_getcwd_refusing("no-ioctl", tmp_path, ["ioctl"]))
+    assert rt.wait("no-ioctl", timeout=60) == errno.ERANGE
+
+
+def test_a_profile_refusing_fcntl_leaves_the_command_none_of_the_inits_descriptors(
+    rt: LinuxRuntime,
+) -> None:
+    """The native init marks its own descriptors close-on-exec under the container's
+    filter: where the profile refuses that, the command must not start with them (the
+    container's folder, outside its root, among them)."""
+    document = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["fcntl"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    spec = ContainerSpec(
+        name="fds",
+        rootfs=BUSYBOX,
+        argv=("/bin/ls", "/proc/self/fd"),
+        network="none",
+        seccomp=document,
+    )
+    try:
+        rt.run(spec)
+    except ContainerStartError as exc:  # the native init: it cannot mark them
+        assert "cannot start: Operation not permitted" in str(exc)
+        return
+    assert rt.wait("fds", timeout=60) == 0  # the Python init: they are close-on-exec
+    assert rt.logs("fds").split() == [b"0", b"1", b"2", b"3"], rt.logs("fds")
 
 
 def _status(text: str) -> dict[str, str]:

@@ -205,13 +205,17 @@ def _exec_native(
     output, the exit pipe."""
     program, env = command
     events = [_event_fds.get(key, -1) for key in ("oom_kills", "pids_refused")]
-    passed = [fd for fd in (*fds, *events) if fd >= 0]
-    for fd in passed:
-        os.set_inheritable(fd, True)
     mask = sum(1 << (signum - 1) for signum in old_mask)
     numbers = [str(fd) for fd in (*fds, *events)]
     argv = ["squish-init", "init", *numbers, f"{mask:x}", repr(req.argv[0]), program, *req.argv]
-    with contextlib.suppress(OSError):  # e.g. a seccomp profile without execveat
+    passed: list[int] = []
+    # Under the container's filter: a profile may refuse execveat, or the ioctl that
+    # makes a descriptor inheritable; the command is started here then. (What cannot be
+    # made close-on-exec again ends this process: the command never gets it.)
+    with contextlib.suppress(OSError):
+        for fd in (fd for fd in (*fds, *events) if fd >= 0):
+            os.set_inheritable(fd, True)
+            passed.append(fd)
         os.execve(native_fd, argv, env)
     for fd in passed:
         os.set_inheritable(fd, False)
@@ -359,15 +363,17 @@ def run_init(
     _close_view(view, premounted)
     _enter_cgroup_namespace(go_r, report_w, req.cgroup)
     no_calls = _intercept(calls, req.proc_view and not missing_view)
-    old_mask = _confine(narrowed, syscall_filter, last_capability, report_w)
+    # Before the seal: the container's profile may refuse stat or close_range.
     kept = {go_r, log_w, report_w, state_fd, exit_w, *_event_fds.values()}
     close_fds_except(kept if native_fd is None else {*kept, native_fd})
+    detail = f"{missing_view}\n{no_calls}" if no_calls else missing_view
+    mounted = marked(Launching.MOUNTED, f"{_cgroup_namespace()}\n{detail}")
+    old_mask = _confine(narrowed, syscall_filter, last_capability, report_w)
     try:
         command = _find_command(req)
     except OSError as exc:
         _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
-    detail = f"{missing_view}\n{no_calls}" if no_calls else missing_view
-    os.write(report_w, marked(Launching.MOUNTED, f"{_cgroup_namespace()}\n{detail}"))
+    os.write(report_w, mounted)
     if native_fd is not None:
         _exec_native(native_fd, req, command, (go_r, state_fd, report_w, log_w, exit_w), old_mask)
     if os.read(go_r, 1) != Launching.GO.value:

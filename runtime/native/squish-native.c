@@ -235,6 +235,18 @@ static void await_go(int go) {
     close(go);
 }
 
+/* Mark the init's own descriptors close-on-exec, so that none of them reaches the command
+   (STATE_FD leads outside its root); 0, or the errno of the first that could not be
+   marked (the container's seccomp profile may refuse fcntl): the command does not start. */
+static int keep_own(const int *own, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        if (own[i] >= 0 && fcntl(own[i], F_SETFD, FD_CLOEXEC) != 0) {
+            return errno;
+        }
+    }
+    return 0;
+}
+
 static int run_init(int argc, char **argv) {
     /* Not dumpable before anything of the container runs: /proc/1/fd must not lead to
        STATE_FD (the container's folder, outside its root). */
@@ -250,13 +262,12 @@ static int run_init(int argc, char **argv) {
     struct init_fds fds = {number(argv[2]), number(argv[3]), number(argv[4]), number(argv[5]),
                            number(argv[6]), number(argv[7]), number(argv[8])};
     int own[] = {fds.go, fds.state, fds.report, fds.log, fds.exit, fds.oom, fds.pids};
-    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
-        if (own[i] >= 0) { /* none of them reaches the command */
-            fcntl(own[i], F_SETFD, FD_CLOEXEC);
-        }
-    }
+    int refused = keep_own(own, sizeof own / sizeof own[0]);
     if (fds.go >= 0) {
         await_go(fds.go);
+    }
+    if (refused != 0) {
+        fail(fds.report, argv[10], refused);
     }
     pid_t child = spawn(&fds, argv[9], argv[10], argv + 11);
     close(fds.log);
