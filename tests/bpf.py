@@ -14,6 +14,7 @@ import struct
 __all__ = (
     "AUDIT_ARCH_I386",
     "AUDIT_ARCH_X86_64",
+    "libseccomp_version",
     "run_filter",
     "steps_and_result",
     "syscall_number",
@@ -81,6 +82,18 @@ def _libseccomp() -> ctypes.CDLL:
     lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
     lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
     return lib
+
+
+class _Version(ctypes.Structure):
+    _fields_ = (("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint))
+
+
+def libseccomp_version() -> tuple[int, int]:
+    """The (major, minor) version of the libseccomp loaded."""
+    lib = _libseccomp()
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    version = lib.seccomp_version().contents
+    return version.major, version.minor
 
 
 def syscall_number(name: str) -> int | None:
