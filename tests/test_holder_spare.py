@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,10 +16,10 @@ import pytest
 
 from runtime.cgroups.fs import Leaf
 from runtime.errors import SlirpError
-from runtime.holder import spare
+from runtime.holder import server, spare
 from runtime.holder.protocol import ErrorCode, Failure, Launching, marked
 from runtime.network import driver, slirp
-from runtime.util.processes import ProcessId
+from runtime.util.processes import ProcessId, proc_start_time
 from runtime.wire import LaunchRequest
 
 
@@ -200,6 +201,28 @@ def test_a_holder_gone_before_it_read_the_warm_word_is_gone_for_the_spare() -> N
     sees the holder gone (and lets its init and leaf go) instead of failing on it."""
     holder, ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ctrl:
-        ctrl.send(spare._WARM.pack(Launching.WARM.value, 4242))
+        ctrl.send(spare._WARM.pack(Launching.WARM.value, 4242, 1))
         holder.close()  # unread
         assert spare._receive(ctrl) is None
+
+
+def test_a_warm_word_naming_a_process_that_took_the_init_s_pid_is_not_taken(
+    tmp_path: Path,
+) -> None:
+    """The warm init ended and was reaped before the holder read its word, and another
+    process took its pid: the holder neither keeps that process as the init nor, later,
+    kills it as one."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        start = proc_start_time(other.pid)
+        assert start is not None
+        holder_end, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with holder_end, spare_end:
+            spare_end.send(spare._WARM.pack(Launching.WARM.value, other.pid, start + 1))
+            taken = server._Spare(pid=1, ctrl=holder_end, leaf=None, shape=None)
+            assert not server._Containers(tmp_path).warm(taken)
+            assert taken.init is None
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

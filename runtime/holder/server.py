@@ -156,8 +156,8 @@ class _Spare:
     """The shape of the root its init mounts ahead, if any."""
     warm: bool = False
     """Whether it said its init is warm (``receive_warm``)."""
-    init: int | None = None
-    """Its warm init's pid, until that init is reaped."""
+    init: ProcessId | None = None
+    """Its warm init, until that init is reaped."""
     forked: float = 0.0
     """When it was forked (``time.monotonic``)."""
 
@@ -241,7 +241,7 @@ class _Spares:
             self.taken = None
 
     def reaped(self, pid: int) -> None:
-        for spare in [s for s in self.idle if s.init == pid]:
+        for spare in [s for s in self.idle if s.init is not None and s.init.pid == pid]:
             _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
             spare.init = None  # never killed by pid: its pid may be reused
             self.leave(spare)
@@ -263,7 +263,7 @@ class _Spares:
     def let_go(self, inits: set[int]) -> None:
         """Let the idle spares whose warm init is one of ``inits`` go, those inits
         killed: others are forked in their place."""
-        for spare in [s for s in self.idle if s.init in inits]:
+        for spare in [s for s in self.idle if s.init is not None and s.init.pid in inits]:
             _log(f"letting the spare launcher {spare.pid} go: its init may wait for ever")
             _end_init(spare.init)
             self.leave(spare)
@@ -329,21 +329,11 @@ class _Spares:
             spare.discard_leaf()  # (the spare removed it already, unless it was killed)
 
 
-def _exists(pid: int) -> bool:
-    """Whether ``pid`` is a process (a zombie too) this holder may signal."""
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _end_init(pid: int | None) -> None:
+def _end_init(init: ProcessId | None) -> None:
     """SIGKILL the warm init of a spare that died unused (a child of this holder, not
     reaped yet): it may wait in a bind of its view's files for a server none runs."""
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    if init is not None:
+        init.send(signal.SIGKILL)  # (not a process that took its pid since)
 
 
 def _rehearse() -> None:
@@ -430,13 +420,13 @@ class _Containers:
         except OSError as exc:
             _log(f"the spare launcher {spare.pid} gave no warm init: {exc}")
             return False
-        if not _exists(init):  # it ended (and was reaped) before its word was read
+        if not init.alive():  # it ended (and was reaped) before its word was read
             for fd in view or ():
                 os.close(fd)
             return False
         spare.init = init
         if view is not None:
-            self.views.warm(init, _move_high(view[0]), _move_high(view[1]))
+            self.views.warm(init.pid, _move_high(view[0]), _move_high(view[1]))
         return True
 
     def reaped(self, pid: int) -> None:

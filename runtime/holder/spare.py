@@ -52,7 +52,7 @@ from runtime.sandbox import syscalls as sc
 from runtime.sandbox.mounts import RootShape
 from runtime.util.fdpass import receive_with_fds, send_with_fds
 from runtime.util.files import write_json_atomic
-from runtime.util.processes import ProcessId, wait_readable
+from runtime.util.processes import ProcessId, proc_start_time, wait_readable
 from runtime.wire import LaunchRequest
 
 __all__ = ("CONTAINER_NAMESPACES", "hand_over", "receive_warm", "restart_slirp", "run_spare")
@@ -69,10 +69,10 @@ CONTAINER_NAMESPACES = (
 _STEP_TIMEOUT = 10.0
 """How long a launch waits for each step of a container's init (fork, mount, start)."""
 
-_WARM = struct.Struct("<ci")
-"""Spare to holder, once its init is warm: ``Launching.WARM`` and the init's pid, with
-the view's connection and channel if it has them (always this size: the request's
-``TAKEN`` may follow it in the stream)."""
+_WARM = struct.Struct("<ciQ")
+"""Spare to holder, once its init is warm: ``Launching.WARM``, the init's pid and start
+time (0 if it is gone), with the view's connection and channel if it has them (always
+this size: the request's ``TAKEN`` may follow it in the stream)."""
 
 
 class _LaunchFailed(Exception):
@@ -571,7 +571,8 @@ def _send_warm(ctrl: socket.socket, init: _Init) -> bool:
     process's copies closed then): its server, if one runs, serves the init's binds
     ahead. False when the holder is gone (the spare lets its init and leaf go, as on EOF)."""
     try:
-        send_with_fds(ctrl, _WARM.pack(Launching.WARM.value, init.pid), init.view_fds())
+        start = proc_start_time(init.pid) or 0
+        send_with_fds(ctrl, _WARM.pack(Launching.WARM.value, init.pid, start), init.view_fds())
     except OSError:
         return False
     finally:
@@ -675,9 +676,9 @@ def _answer(init: _Init, raw: bytes, leaf: _Ahead | None) -> Reply:
     return reply
 
 
-def receive_warm(ctrl: socket.socket, timeout: float) -> tuple[int, tuple[int, int] | None]:
-    """What a spare hands over once its init is warm (:func:`_send_warm`): the init's pid,
-    and its view's connection with the channel its seccomp listener comes on, if
+def receive_warm(ctrl: socket.socket, timeout: float) -> tuple[ProcessId, tuple[int, int] | None]:
+    """What a spare hands over once its init is warm (:func:`_send_warm`): the init, and
+    its view's connection with the channel its seccomp listener comes on, if
     /dev/fuse could be opened (the caller owns them). Raises OSError when the spare died
     first, or said nothing within ``timeout`` seconds."""
     ctrl.settimeout(timeout)
@@ -689,8 +690,8 @@ def receive_warm(ctrl: socket.socket, timeout: float) -> tuple[int, tuple[int, i
         for fd in fds:
             os.close(fd)
         raise ConnectionAbortedError("the spare launcher died before its init was warm")
-    _, pid = _WARM.unpack(data)
-    return pid, (fds[0], fds[1]) if fds else None
+    _, pid, start = _WARM.unpack(data)
+    return ProcessId(pid, start), (fds[0], fds[1]) if fds else None
 
 
 def hand_over(
