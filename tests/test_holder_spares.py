@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -51,21 +52,27 @@ def test_after_spares_that_ended_at_once_the_next_one_waits() -> None:
     assert refill_due([LAST, LAST], LAST, 2, False, 5.0, (QUICK_DEATHS, 0.0)) is None
 
 
+@pytest.mark.parametrize("closed_first", [False, True])
 def test_a_spare_that_cannot_start_is_not_forked_again_and_again(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, closed_first: bool
 ) -> None:
     """Each ends as soon as it is forked (as one with no fork left would): after a few,
-    the holder's loop gets a pause, in which it can see that its state folder is gone."""
+    the holder's loop gets a pause, in which it can see that its state folder is gone.
+    The loop may see the spare's socket close (the spare let go) before it reaps it."""
     monkeypatch.setattr(server, "run_spare", lambda *_, **__: os._exit(1))
-    spares = server._Spares(count=1)
+    spares, containers = server._Spares(count=1), server._Containers(tmp_path)
     forked = 0
     for _ in range(3 * QUICK_DEATHS):
         due = spares.refill()
         if not spares.idle:
             break
-        pid = spares.idle[-1].pid
-        os.waitpid(pid, 0)
-        spares.reaped(pid)
+        spare = spares.idle[-1]
+        os.waitpid(spare.pid, 0)
+        if closed_first:
+            ctrl = spare.ctrl.fileno()
+            server._take_handed({ctrl}, set(), spares.cold, spares, containers)
+            assert spare not in spares.idle
+        spares.reaped(spare.pid)
         forked += 1
     assert forked == QUICK_DEATHS
     assert due is not None and 0.0 < due <= SPARE_BACKOFF

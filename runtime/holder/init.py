@@ -332,12 +332,13 @@ def run_init(
     (``runtime.holder.logpump``) reads, outside the container. ``native`` is the native
     init to become once ``M`` is written (``runtime.native``; it waits for ``G``), or None.
     ``view`` is the /dev/fuse descriptor of the /proc and /sys view, or why there is
-    none; ``M`` is followed by why the view is missing when it was asked for and is not
-    there. ``calls`` is the seccomp filter of the calls the view answers (or why there
-    is none) and, with the view, the channel its listener goes to the holder on; ``M``'s
-    detail then says, after a newline, why they are not intercepted. ``ahead``: an empty
-    folder and the shape of root to mount there once warm, while the request is on its
-    way (``runtime.sandbox.mounts.premount_root``), or None.
+    none; ``M``'s detail goes on (after the inode's line) with why the view is missing
+    when it was asked for and is not there. ``calls`` is the seccomp filter of the calls
+    the view answers (or why there is none) and, with the view, the channel its
+    listener goes to the holder on; ``M``'s detail then says, after a newline, why they
+    are not intercepted. ``ahead``: an empty folder and the shape of root to mount there
+    once warm, while the request is on its way
+    (``runtime.sandbox.mounts.premount_root``), or None.
     """
     native_fd = _open_native(native)
     _prewarm()

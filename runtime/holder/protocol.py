@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from runtime.wire import LaunchRequest
+from runtime.wire import LaunchRequest, fields_of
 
 __all__ = (
     "CONTAINERS_DIR",
@@ -336,7 +336,7 @@ def to_json(message: Request | Reply) -> dict[str, Any]:
     # Each field is a JSON value already (no message holds a dataclass but Failure):
     # no copy of them, which asdict would make (50 µs for a launch request, a start's
     # encoding on the client's side, and as much for its run record in the spare).
-    body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    body = fields_of(message)
     if isinstance(message, Pong | Done | Launched | Restored | Rewired | ProbeResult | ExecResult):
         return {"ok": True, **body}
     return {"op": message.op.value, **body}

@@ -245,9 +245,9 @@ class _Spares:
             _log(f"the warm init {pid} of the spare launcher {spare.pid} died; forking another")
             spare.init = None  # never killed by pid: its pid may be reused
             self.leave(spare)
-            self._died(spare)
         leaving = self.leaving.pop(pid, None)
         if leaving is not None:  # its leaf, if it was killed before it removed it
+            self._died(leaving)
             leaving.discard_leaf()
         if pid in self.launching:
             self.launching.discard(pid)
