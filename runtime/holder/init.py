@@ -288,6 +288,18 @@ def _mount_root(
     return root, missing
 
 
+def _loopback_up() -> bool:
+    """Bring the container's loopback up while idle (setting it up in a new network
+    namespace costs about 0.15 ms: adding its addresses and routes); whether it is.
+    Every container has it up: slirp4netns ``--configure`` and the bridge's agent bring
+    it up as well, which finds it so."""
+    try:
+        netif.bring_up("lo")
+    except OSError:
+        return False
+    return True
+
+
 def _narrow(last_capability: int) -> bool:
     """Take the steps of the confinement that leave this process the capabilities it
     still uses (:func:`runtime.sandbox.confine.narrow`) while idle; whether they are
@@ -347,6 +359,7 @@ def run_init(
     os.write(report_w, Launching.WARM.value)
     premade = _premount_root(ahead)
     _bind_view_ahead(premade, premounted)
+    loopback_up = _loopback_up()
     narrowed = _narrow(last_capability)
     try:
         req = _receive_request(request_r)
@@ -355,8 +368,8 @@ def run_init(
         state_fd = os.open(req.container_dir, os.O_DIRECTORY | os.O_CLOEXEC)
         syscall_filter = read_filter(state_fd, req.seccomp)
         sc.sethostname(req.hostname or req.name)
-        if req.network in ("none", "bridge"):  # slirp4netns --configure does it for its own
-            netif.bring_up("lo")
+        if not loopback_up and req.network in ("none", "bridge"):  # again, to say why not
+            netif.bring_up("lo")  # (slirp4netns --configure does it for its own)
         root, missing_view = _mount_root(req, premade, view, premounted)
         mounts.enter_root(root)
     except Exception as exc:
