@@ -99,6 +99,20 @@ def test_a_profile_refusing_what_the_command_never_calls_still_starts_it(
 
 
 @needs_x86_64
+def test_a_command_named_without_a_path_is_found_whatever_the_profile_refuses(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """The command is looked up in the container's PATH (stat and access calls) before
+    the init seals itself: a profile refusing those calls, which the command itself
+    never makes, must not make it "not found"."""
+    refused = ["stat", "lstat", "fstat", "newfstatat", "statx", "access", "faccessat"]
+    refused.append("faccessat2")
+    spec = _getcwd_refusing("by-name", tmp_path, refused)
+    rt.run(spec.model_copy(update={"argv": ("getcwd",), "env": {"PATH": "/probes:/bin"}}))
+    assert rt.wait("by-name", timeout=60) == errno.ERANGE
+
+
+@needs_x86_64
 def test_a_profile_refusing_ioctl_still_starts_the_command(
     rt: LinuxRuntime, tmp_path: Path
 ) -> None:

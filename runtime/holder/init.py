@@ -382,11 +382,11 @@ def run_init(
     close_fds_except(kept if native_fd is None else {*kept, native_fd})
     detail = f"{missing_view}\n{no_calls}" if no_calls else missing_view
     mounted = marked(Launching.MOUNTED, f"{_cgroup_namespace()}\n{detail}")
-    old_mask = _confine(narrowed, syscall_filter, last_capability, report_w)
-    try:
+    try:  # before the seal too: a profile may refuse the stat and access calls of the lookup
         command = _find_command(req)
     except OSError as exc:
         _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
+    old_mask = _confine(narrowed, syscall_filter, last_capability, report_w)
     os.write(report_w, mounted)
     if native_fd is not None:
         _exec_native(native_fd, req, command, (go_r, state_fd, report_w, log_w, exit_w), old_mask)
