@@ -282,15 +282,17 @@ def test_a_server_not_forked_leaves_no_socket_open(
 
     keeper = Views(tmp_path)
     fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    channel = os.dup(fuse_fd)
+    keeper.warm(os.getpid(), fuse_fd, channel)
     before = set(os.listdir("/proc/self/fd"))
     monkeypatch.setattr(os, "fork", refused)
     try:
         with pytest.raises(BlockingIOError):
-            keeper.add(os.getpid(), fuse_fd)
+            keeper.launched(os.getpid(), wanted=True)
         assert set(os.listdir("/proc/self/fd")) == before
         assert keeper.server is None
     finally:
-        os.close(fuse_fd)
+        keeper.released(os.getpid())
 
 
 def test_sysinfo_is_the_views_meminfo_uptime_and_load_in_bytes() -> None:
@@ -463,12 +465,12 @@ def test_the_server_lingers_after_its_last_connection_and_serves_the_next(
     keeper, stand_in, theirs = _keeper_serving(tmp_path, clock, started_here)
     fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        keeper.add(1001, os.dup(fuse_fd))
+        _launched(keeper, 1001, fuse_fd)
         keeper.released(1001)
         assert (keeper.server, keeper.linger()) == (stand_in.pid, LINGER)
         clock.advance(LINGER / 2)
         keeper.let_idle_go()
-        keeper.add(1002, os.dup(fuse_fd))  # handed to the same server
+        _launched(keeper, 1002, fuse_fd)  # handed to the same server
         assert keeper.server == stand_in.pid and keeper.linger() is None
         handed = [receive_with_fds(theirs, 64, 1)[1] for _ in range(2)]
         for fds in handed:
@@ -500,6 +502,13 @@ def _keeper_serving(
     return keeper, stand_in, theirs
 
 
+def _launched(keeper: Views, init_pid: int, fuse_fd: int) -> None:
+    """A container's connection (a copy of ``fuse_fd``) as the holder gets it: handed
+    over while its init was warm, then taken by a launch that asked for the view."""
+    keeper.warm(init_pid, os.dup(fuse_fd), os.dup(fuse_fd))
+    assert keeper.launched(init_pid, wanted=True)
+
+
 def _serving(keeper: Views) -> tuple[int | None, socket.socket | None, float | None]:
     """The views' server, its control socket and how long it lingers still."""
     return keeper.server, keeper.control, keeper.linger()
@@ -517,7 +526,7 @@ def test_a_warm_connection_is_handed_to_a_running_server_and_never_keeps_it(
     keeper, stand_in, theirs = _keeper_serving(tmp_path, clock, started_here)
     fuse_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        keeper.add(1001, os.dup(fuse_fd))
+        _launched(keeper, 1001, fuse_fd)
         keeper.warm(1002, os.dup(fuse_fd), os.dup(fuse_fd))
         handed = [receive_with_fds(theirs, 64, 1) for _ in range(2)]
         for _, fds in handed:

@@ -140,11 +140,11 @@ def test_squish_native_is_0_or_1() -> None:
 
 
 def _run_native_init(
-    tmp_path: Path, program: str, *argv: str, go: bytes | None = None
+    tmp_path: Path, program: str, *argv: str, go: bytes = b"G"
 ) -> tuple[int, bytes]:
     """Run the native init outside any container, as the Python init would exec it
-    (with ``go``: what the spare wrote on the go pipe before it closed it; None: no go
-    pipe); return its exit code and what it reported."""
+    (``go``: what the spare wrote on the go pipe before it closed it); return its exit
+    code and what it reported."""
     binary = installed()
     if binary is None:
         pytest.skip("the native binary is not installed (scripts/host-setup.sh)")
@@ -155,18 +155,16 @@ def _run_native_init(
     log = os.open(tmp_path / "output", os.O_WRONLY | os.O_CREAT, 0o600)
     oom = os.open(tmp_path / "memory.events", os.O_RDONLY)
     pids = os.open(tmp_path / "pids.events", os.O_RDONLY)
-    go_r = -1
-    if go is not None:
-        go_r, go_w = os.pipe()
-        os.write(go_w, go)
-        os.close(go_w)
+    go_r, go_w = os.pipe()
+    os.write(go_w, go)
+    os.close(go_w)
     fds = (go_r, state, report_w, log, report_w, oom, pids)  # any fd will do as exit pipe
     numbers = [str(fd) for fd in fds]
     init = [str(binary), "init", *numbers, "0", repr(argv[0]), program, *argv]
     try:
-        done = subprocess.run(init, pass_fds=[fd for fd in fds if fd >= 0], check=False)
+        done = subprocess.run(init, pass_fds=fds, check=False)
     finally:
-        for fd in {*fds} - {-1}:
+        for fd in {*fds}:
             os.close(fd)
     with os.fdopen(report_r, "rb") as report:
         return done.returncode, report.read()
@@ -202,7 +200,7 @@ def test_the_native_init_reports_a_command_that_cannot_start(tmp_path: Path) -> 
 
 
 def test_the_native_init_starts_the_command_once_told_to_go(tmp_path: Path) -> None:
-    code, report = _run_native_init(tmp_path, "/bin/sh", "sh", "-c", "echo ran", go=b"G")
+    code, report = _run_native_init(tmp_path, "/bin/sh", "sh", "-c", "echo ran")
     assert (code, report) == (0, b"S")
     assert (tmp_path / "output").read_bytes() == b"ran\n"
 

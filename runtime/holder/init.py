@@ -192,6 +192,11 @@ def _fail(report_w: int, reason: str, code: int) -> NoReturn:
     os._exit(code)
 
 
+def _cannot_start(report_w: int, req: LaunchRequest, exc: OSError) -> NoReturn:
+    """Tell the spare the command cannot start (as the native init does), and exit 127."""
+    _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
+
+
 def _exec_native(
     native_fd: int,
     req: LaunchRequest,
@@ -385,7 +390,7 @@ def run_init(
     try:  # before the seal too: a profile may refuse the stat and access calls of the lookup
         command = _find_command(req)
     except OSError as exc:
-        _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
+        _cannot_start(report_w, req, exc)
     old_mask = _confine(narrowed, syscall_filter, last_capability, report_w)
     os.write(report_w, mounted)
     if native_fd is not None:
@@ -396,7 +401,7 @@ def run_init(
     try:
         child = _spawn_command(req, *command, log_w, old_mask)
     except OSError as exc:
-        _fail(report_w, f"{req.argv[0]!r} cannot start: {exc.strerror}", 127)
+        _cannot_start(report_w, req, exc)
     os.close(log_w)
     os.chdir("/")
     os.write(report_w, Launching.STARTED.value)

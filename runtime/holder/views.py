@@ -95,18 +95,6 @@ class Views:
         self.idle_since: float | None = None
         """When the last connection was released (None: the server has some, or none runs)."""
 
-    def add(self, init_pid: int, fuse_fd: int, channel: int | None = None) -> None:
-        """Keep ``init_pid``'s connection and hand it to the server (started if need be);
-        wait for its seccomp listener on ``channel``."""
-        self.connections[init_pid] = fuse_fd
-        self.idle_since = None
-        if channel is not None:
-            self.channels[channel] = _Listener(init_pid)
-        if self.server is None or self.control is None:
-            self._start()
-            return
-        self._hand(init_pid, fuse_fd, is_listener=False)
-
     def warm(self, init_pid: int, fuse_fd: int, channel: int) -> None:
         """Keep the connection of a warm init (``init_pid``) and its channel, and hand it
         to the server if one runs: the init's binds of the view's files wait for its

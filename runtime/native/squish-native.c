@@ -6,10 +6,9 @@
  *
  * init: pid 1 of a container, exec'd by the Python init (runtime/holder/init.py) once the
  * container is assembled and confined, so that none of the Python process's memory stays
- * for as long as the container runs. It waits for "G" on GO_FD (-1: it does not wait; the
- * exec overlaps the spare's last steps before it says go), then starts PROGRAM (its
- * environment is this process's),
- * forwards signals to it, reaps every zombie, and when PROGRAM exits records exit.json in
+ * for as long as the container runs (the exec overlaps the spare's last steps). It waits
+ * for "G" on GO_FD, then starts PROGRAM (its environment is this process's), forwards
+ * signals to it, reaps every zombie, and when PROGRAM exits records exit.json in
  * the container's folder (STATE_FD) and exits with the same code. It reports on REPORT_FD
  * as the Python init does: "S" once PROGRAM runs, "E<why>" if it cannot start. EXIT_FD
  * stays open for as long as this process lives (slirp4netns ends when it closes). OOM_FD and
@@ -263,9 +262,7 @@ static int run_init(int argc, char **argv) {
                            number(argv[6]), number(argv[7]), number(argv[8])};
     int own[] = {fds.go, fds.state, fds.report, fds.log, fds.exit, fds.oom, fds.pids};
     int refused = keep_own(own, sizeof own / sizeof own[0]);
-    if (fds.go >= 0) {
-        await_go(fds.go);
-    }
+    await_go(fds.go);
     if (refused != 0) {
         fail(fds.report, argv[10], refused);
     }

@@ -308,17 +308,13 @@ def mount_view(root: str, fuse_fd: int, premounted: int | None = None) -> None:
         sc.umount2(staging, sc.MNT_DETACH)
 
 
-def _view_targets(root: str) -> list[tuple[str, str]]:
-    """The view's files (their names in the view) and what each covers in ``root``."""
-    return [(name, f"{root}{path}") for name, path in VIEW_FILES.items()]
-
-
 def _bind_view_files(root: str, view: str) -> list[str]:
     """Bind the files of the view mounted at ``view`` over the kernel's in ``root``:
     all of them or, when one fails, none. Returns what they cover."""
     made: list[str] = []
     try:
-        for name, target in _view_targets(root):
+        for name, path in VIEW_FILES.items():
+            target = f"{root}{path}"
             if os.path.exists(target):
                 sc.mount(f"{view}/{name}", target, None, sc.MS_BIND)
                 made.append(target)
