@@ -17,7 +17,12 @@ start until its first answer through the forward, on the network already up; (d)
 forward added to and removed from a running container (``add_port``, ``remove_port``).
 
 The forwards go through the port handler (``splice``, the default) and through the
-shared slirp4netns (``slirp4netns``, the other choice), one container each. With
+shared slirp4netns (``slirp4netns``, the other choice), one container each. The anchor
+of the forwards, where podman can run (``make bench`` installs it): podman's own
+rootless forward (``podman run -d -p``, runc; its default port handler, rootlessport,
+keeps the host's socket and relays into the container's namespace), the same busybox
+httpd on the same root filesystem, in the same turns, its relay's CPU counted (every
+``rootlessport`` process of the account). With
 ``--send-buffer-max BYTES`` (repeatable), one more container behind the port handler per
 figure, its namespace's ``net.ipv4.tcp_wmem`` cap set to it once started (the runtime
 sets 1 MiB; the host's is 4 MiB here), takes the same turns: the cap's effect on the
@@ -57,6 +62,7 @@ from results import Results, parse
 
 from runtime.api.spec import ContainerSpec, PortMapping
 from runtime.client.linux import LinuxRuntime
+from runtime.images.rootfs import busybox_rootfs
 from runtime.network.shared import bridge_dir
 from runtime.sandbox import syscalls as sc
 from runtime.settings import PORT_HANDLERS, RuntimeSettings
@@ -65,6 +71,8 @@ from tests.support import free_port
 SMALL = b"small\n"
 INSIDE = "256 MiB in the container's namespace from its own address (the handler's inner leg)"
 BRIDGE = "256 MiB from the shared namespace across the bridge and the veth"
+PODMAN = "podman"
+PODMAN_RUN = ("--runtime=runc", "--cgroup-manager=cgroupfs", "run")
 Taken = dict[str, list[float]]
 Measured = dict[str, Taken]
 Runtimes = dict[str, LinuxRuntime]
@@ -176,25 +184,25 @@ def request(port: int) -> float:
 @dataclass
 class Target:
     """Where a download comes from: ``fetch`` does one; ``port`` (on the host's loopback)
-    also takes the small requests; ``relay`` is the process that relays it, if any."""
+    also takes the small requests; ``relays`` are the processes that relay it, if any."""
 
     fetch: Callable[[], tuple[float, float]]
     port: int | None = None
-    relay: int | None = None
+    relays: tuple[int, ...] = ()
     taken: dict[str, list[float]] = field(default_factory=dict)
 
     def turn(self, each: int) -> dict[str, list[float]]:
         """One download and ``each`` small requests: seconds, client and relay CPU
         seconds, µs per request."""
-        relay = cpu_seconds(self.relay) if self.relay else 0.0
+        relay = sum(map(cpu_seconds, self.relays))
         seconds, client = self.fetch()
-        relay = cpu_seconds(self.relay) - relay if self.relay else 0.0
+        relay = sum(map(cpu_seconds, self.relays)) - relay
         requests = [request(self.port) for _ in range(each)] if self.port else []
         return {"download": [seconds], "client": [client], "relay": [relay], "request": requests}
 
 
-def on_host(port: int, relay: int | None = None) -> Target:
-    return Target(lambda: download("127.0.0.1", port), port, relay)
+def on_host(port: int, *relays: int) -> Target:
+    return Target(lambda: download("127.0.0.1", port), port, relays)
 
 
 def in_turns(targets: dict[str, Target], rounds: int, each: int) -> Measured:
@@ -222,6 +230,46 @@ def host_httpd(site: Path) -> Iterator[int]:
     finally:
         server.kill()
         server.wait()
+
+
+def rootlessports() -> tuple[int, ...]:
+    """The account's ``rootlessport`` processes (podman's port handler and its child)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            mine = entry.name.isdigit() and entry.stat().st_uid == os.getuid()
+            if mine and (entry / "comm").read_text().startswith("rootlessport"):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return tuple(found)
+
+
+@contextmanager
+def podman_httpd(site: Path, rootfs: Path) -> Iterator[Target | None]:
+    """busybox httpd in a podman container serving ``site``, forwarded from a host port
+    by podman's rootless port handler; None, and a line saying why, where podman cannot
+    run."""
+    podman = shutil.which("podman")
+    if podman is None:
+        print("anchor left out: podman is not installed (make bench, as root, installs it)")
+        yield None
+        return
+    port = free_port()
+    argv = [podman, *PODMAN_RUN, "-d", "-p", f"127.0.0.1:{port}:80", "-v", f"{site}:/site:ro"]
+    argv += ["--rootfs", str(rootfs), "httpd", "-f", "-p", "80", "-h", "/site"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"anchor left out: podman cannot run here (exit {done.returncode}): {why}")
+        yield None
+        return
+    try:
+        answering(port)
+        yield on_host(port, *rootlessports())
+    finally:
+        remove = [podman, "rm", "--force", "--time", "0", done.stdout.strip()]
+        subprocess.run(remove, capture_output=True, check=False)
 
 
 def starts(rt: LinuxRuntime, site: Path, count: int) -> list[float]:
@@ -293,6 +341,23 @@ def report(out: Results, handler: str, taken: Taken, host: Taken) -> None:
     out.samples(f"start to first answer ({handler})", taken["start"])
 
 
+def report_podman(out: Results, podman: Taken, host: Taken, handlers: Measured) -> None:
+    """podman's forward against the loopback, and each handler's against podman's."""
+    report_download(out, "256 MiB through podman's forward (rootlessport)", podman, host)
+    anchor = "podman -p (rootlessport)"
+    for handler, taken in handlers.items():
+        what = f"256 MiB through a forward ({handler}), against podman's"
+        mine, base = mib_s(taken), mib_s(podman)
+        out.figure(what, mine, "MiB/s", anchor=anchor, anchor_value=base, lower_is_better=False)
+        print(f"{what}: {mine:.0f} MiB/s, podman {base:.0f} MiB/s ({mine / base:.2f}x)")
+        for q in (0.5, 0.9):
+            mine, base = p(taken["request"], q), p(podman["request"], q)
+            what = f"small request p{int(q * 100)} ({handler}), against podman's"
+            out.figure(what, mine, "µs", anchor=anchor, anchor_value=base)
+            print(f"  {what}: {mine:.0f} µs, podman {base:.0f} µs")
+    out.samples("small request (podman)", podman["request"], "µs")
+
+
 def command_of(rt: LinuxRuntime, name: str) -> int:
     """The pid of container ``name``'s command (its init's child)."""
     info = rt.inspect(name)
@@ -310,8 +375,8 @@ def targets(
     (the splice container's own namespace, and the shared one across the bridge), and a
     forward per send buffer cap in ``caps`` (cap: host port), that cap set first."""
     keeper = json.loads((bridge_dir(state) / "keeper.json").read_text())
-    relays = {"splice": keeper["porter"]["pid"], "slirp4netns": keeper["slirp"]["pid"]}
-    found = {what: on_host(port, relays.get(what)) for what, port in ports.items()}
+    relays = {"splice": (keeper["porter"]["pid"],), "slirp4netns": (keeper["slirp"]["pid"],)}
+    found = {what: on_host(port, *relays.get(what, ())) for what, port in ports.items()}
     address = next(iter(rt.inspect(f"dp-{PORT_HANDLERS[0]}").addresses.values()))
     command = command_of(rt, f"dp-{PORT_HANDLERS[0]}")
     user, agent = keeper["supervisor"]["pid"], keeper["agent"]["pid"]
@@ -321,14 +386,15 @@ def targets(
         cap = functools.partial(cap_send_buffers, most)
         now = in_namespaces(user, command_of(rt, f"dp-cap-{most}"), cap)
         print(f"dp-cap-{most}: tcp_wmem {now}")
-        found[capped(most)] = on_host(port, relays["splice"])
+        found[capped(most)] = on_host(port, *relays["splice"])
     return found
 
 
 def measure(args: argparse.Namespace, site: Path, state: Path, runtimes: Runtimes) -> Measured:
     """Everything, in the order that keeps the turns together; the containers removed."""
     first = runtimes[PORT_HANDLERS[0]]
-    with host_httpd(site) as host_port:
+    rootfs = busybox_rootfs(first.cache)
+    with host_httpd(site) as host_port, podman_httpd(site, rootfs) as podman:
         ports = {"host": host_port}
         for handler, rt in runtimes.items():
             ports[handler] = free_port()
@@ -339,6 +405,8 @@ def measure(args: argparse.Namespace, site: Path, state: Path, runtimes: Runtime
             first.run(httpd(f"dp-cap-{most}", site, port))
             answering(port)
         found = targets(state, first, ports, caps)
+        if podman is not None:
+            found[PODMAN] = podman
         measured = in_turns(found, args.rounds, args.requests)
     for most in caps:
         first.remove(f"dp-cap-{most}", force=True)
@@ -387,9 +455,11 @@ def main() -> None:
         runtimes[PORT_HANDLERS[0]].shutdown()
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    host = measured.pop("host")
+    host, podman = measured.pop("host"), measured.pop(PODMAN, None)
     for ceiling in (INSIDE, BRIDGE, *map(capped, args.send_buffer_max)):
         report_download(out, ceiling, measured.pop(ceiling), host)
+    if podman is not None:
+        report_podman(out, podman, host, measured)
     for handler, taken in measured.items():
         report(out, handler, taken, host)
     out.samples("small request (host loopback)", host["request"], "µs")
