@@ -177,6 +177,14 @@ def test_the_keeper_of_a_command_is_out_of_reach_of_the_containers_root(
     assert result.output == "has-keeper\ncmdline-read\n"  # what ps shows, nothing more
 
 
+def test_the_keeper_shows_the_container_no_path_of_the_host(rt: LinuxRuntime) -> None:
+    # A fork of the holder carries the holder's command line: the interpreter's path, the
+    # state folder's and the cgroup's. ps in the container shows the keeper's instead.
+    started(rt, sleeper("titled"))
+    script = "tr -d '\\000' </proc/$PPID/cmdline; echo"
+    assert rt.exec_command("titled", ["sh", "-c", script]).output == "squish-exec\n"
+
+
 def test_a_command_that_stops_its_keeper_still_gets_its_answer(rt: LinuxRuntime) -> None:
     started(rt, sleeper("stopper"))
     result = rt.exec_command(

@@ -104,7 +104,9 @@ def test_without_the_native_binary_python_does_the_same(python_rt: LinuxRuntime)
     rt = python_rt
     code, output = _run(rt, "py", f"echo out; {_WHO_IS_INIT}; exit 3")
     assert code == 3
-    assert output.startswith("out\n") and "squish-init" not in output
+    out, name, command_line = output.splitlines()
+    assert out == "out" and name != "squish-init"  # the Python init's own name
+    assert command_line == "squish-init"  # not the holder's (the host's paths)
     rt.run(shell("py-stopped", "exec sleep 600", stop_timeout=5))
     assert "squish" not in " ".join(_processes(rt, "py-stopped").values())
     rt.stop("py-stopped")

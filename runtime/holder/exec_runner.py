@@ -43,10 +43,14 @@ from runtime.holder.protocol import ErrorCode, Exec, ExecResult, Failure, Reply
 from runtime.holder.workers import fork_worker
 from runtime.sandbox import confine
 from runtime.sandbox import syscalls as sc
-from runtime.util.processes import close_fds_except, descendants, wait_readable
+from runtime.util.processes import close_fds_except, descendants, retitle, wait_readable
 from runtime.wire import find_program, read_filter
 
-__all__ = ("NAMESPACES", "OUTPUT_LIMIT", "start_runner")
+__all__ = ("KEEPER_TITLE", "NAMESPACES", "OUTPUT_LIMIT", "start_runner")
+
+KEEPER_TITLE = "squish-exec"
+"""The command line the container sees for a keeper (``ps`` lists it while the command
+runs)."""
 
 OUTPUT_LIMIT = 64 * 1024
 """Bytes of a command's output kept in the reply; the rest is read and dropped."""
@@ -83,6 +87,8 @@ def start_runner(
 
 
 def _run(request: Exec, namespaces: dict[str, int], calls: Calls) -> Reply:
+    retitle(KEEPER_TITLE)  # its keeper, a fork of this, shows the container this, not the
+    # holder's command line; first: a process not dumpable may not write its own memory
     sc.prctl(sc.PR_SET_DUMPABLE, 0)  # the container's root may not read the holder's memory
     argv, env = list(request.argv), request.env
     refused = _refusal(argv, env, request.timeout)

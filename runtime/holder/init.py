@@ -25,10 +25,13 @@ from runtime.holder.protocol import Launching, marked
 from runtime.sandbox import confine, mounts, netif
 from runtime.sandbox import syscalls as sc
 from runtime.util.files import write_json_atomic
-from runtime.util.processes import close_fds_except, reap_children
+from runtime.util.processes import close_fds_except, reap_children, retitle
 from runtime.wire import Forward, LaunchRequest, MountPoint, find_program, read_filter
 
-__all__ = ("FORWARDED_SIGNALS", "run_init", "sample_request")
+__all__ = ("FORWARDED_SIGNALS", "INIT_TITLE", "run_init", "sample_request")
+
+INIT_TITLE = "squish-init"
+"""The Python init's command line, as the native init's (``ps`` in the container)."""
 
 FORWARDED_SIGNALS = frozenset(
     {
@@ -362,6 +365,7 @@ def run_init(
     last_capability = confine.last_capability()  # read while idle, off the start path
     view, premounted = _premount_view(view)
     os.write(report_w, Launching.WARM.value)
+    retitle(INIT_TITLE)  # the container sees pid 1's, not the holder's (the native's too)
     premade = _premount_root(ahead)
     _bind_view_ahead(premade, premounted)
     loopback_up = _loopback_up()

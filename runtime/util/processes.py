@@ -24,6 +24,7 @@ __all__ = (
     "proc_start_time",
     "raise_fd_limit",
     "reap_children",
+    "retitle",
     "wait_readable",
 )
 
@@ -188,3 +189,26 @@ def reap_children() -> Iterator[tuple[int, int]]:
         if pid == 0:
             return
         yield pid, status
+
+
+def retitle(title: str) -> bool:
+    """Show ``title`` as this process's command line from now on (``/proc/PID/cmdline``,
+    what ``ps`` prints): the memory its arguments were passed in is overwritten, the rest
+    of it zeroed. A fork of the holder keeps the holder's command line (the interpreter's
+    path, the state folder's and the cgroup's), which any process that can see it may
+    read; Python keeps copies of its arguments of its own. Whether it was written: a
+    process that is not dumpable may not (``/proc/self/mem`` is then root's), nor one
+    whose kernel refuses writes to it."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48 and 49
+    data = title.encode()[: max(0, end - start - 1)].ljust(end - start, b"\0")
+    try:
+        mem = os.open("/proc/self/mem", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.pwrite(mem, data, start) == len(data)
+    except OSError:
+        return False
+    finally:
+        os.close(mem)
