@@ -87,8 +87,9 @@ def start_runner(
 
 
 def _run(request: Exec, namespaces: dict[str, int], calls: Calls) -> Reply:
-    retitle(KEEPER_TITLE)  # its keeper, a fork of this, shows the container this, not the
-    # holder's command line; first: a process not dumpable may not write its own memory
+    # Its keeper, a fork of this, shows the container this, not the holder's command
+    # line; first: a process that is not dumpable may not write its own memory.
+    retitle(KEEPER_TITLE, name=True)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)  # the container's root may not read the holder's memory
     argv, env = list(request.argv), request.env
     refused = _refusal(argv, env, request.timeout)

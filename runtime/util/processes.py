@@ -6,6 +6,7 @@ recycled pid is never taken for a container.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
@@ -191,14 +192,18 @@ def reap_children() -> Iterator[tuple[int, int]]:
         yield pid, status
 
 
-def retitle(title: str) -> bool:
+def retitle(title: str, *, name: bool = False) -> bool:
     """Show ``title`` as this process's command line from now on (``/proc/PID/cmdline``,
     what ``ps`` prints): the memory its arguments were passed in is overwritten, the rest
     of it zeroed. A fork of the holder keeps the holder's command line (the interpreter's
     path, the state folder's and the cgroup's), which any process that can see it may
-    read; Python keeps copies of its arguments of its own. Whether it was written: a
-    process that is not dumpable may not (``/proc/self/mem`` is then root's), nor one
-    whose kernel refuses writes to it."""
+    read; Python keeps copies of its arguments of its own. With ``name``, its name
+    (``comm``) becomes ``title`` too. Whether it was written: a process that is not
+    dumpable may not (``/proc/self/mem`` is then root's), nor one whose kernel refuses
+    writes to it."""
+    if name:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/comm").write_text(title[:15])
     fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
     start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48 and 49
     data = title.encode()[: max(0, end - start - 1)].ljust(end - start, b"\0")
