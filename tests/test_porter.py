@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,35 @@ def test_a_backend_that_refuses_resets_the_client(control: Path, own_netns: int)
     bind(control, own_netns, port, nothing)
     with pytest.raises(ConnectionResetError):
         talk(port, b"x")
+
+
+def _flood(control: Path, own_netns: int) -> None:
+    flooded, other = Backend(b"flooded"), Backend(b"other")
+    flooded_port, other_port = free_port(), free_port()
+    bind(control, own_netns, flooded_port, flooded)
+    bind(control, own_netns, other_port, other)
+    idle = [socket.create_connection(("127.0.0.1", flooded_port), timeout=5) for _ in range(24)]
+    try:  # each is relayed, or waits to be, and never ends: a thread held per relay
+        for sock in idle[:6]:
+            assert sock.recv(16) == b"flooded\n"  # relayed
+        time.sleep(0.2)  # the handler accepts what it will of the others meanwhile
+        assert talk(other_port).split(b"\n")[0] == b"other"
+        for sock in idle[:-1]:
+            sock.close()  # their relays end: the ones waiting are relayed in their place
+        assert idle[-1].recv(16) == b"flooded\n"  # the last waited, and was not refused
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_flooded_forward_leaves_relays_for_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 24 connections that never end on one forward, against a handler of 8 relays (the
+    # handler is forked after this): the other forward still answers, and the flood's
+    # connections wait in their listener's backlog until relays end, none refused.
+    monkeypatch.setattr(porter, "_RELAYS", 8)
+    in_own_namespace(_flood)(tmp_path)
 
 
 def test_a_relay_out_of_descriptors_leaves_no_pipe_open(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,7 @@ import os
 import select
 import selectors
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ _COPY_SIZE = 1 << 18
 _NOWAIT = 0x2 | 0x1
 """``SPLICE_F_NONBLOCK | SPLICE_F_MOVE``."""
 _RELAYS = 4096
-"""Connections relayed at once; more wait for one to end."""
+"""Connections relayed at once; more wait in their listener's backlog for one to end."""
 _BACKLOG = 512
 _MAX_REQUEST = 1 << 16
 _RESET = b"\1\0\0\0\0\0\0\0"
@@ -130,6 +131,7 @@ class Porter:
         self.listeners: dict[int, Listener] = {}
         self.next_id = FIRST_ID
         self.selector = selectors.DefaultSelector()
+        self.shares = _Shares()
 
     def bind(self, host_addr: str, host_port: int, addr: str, port: int, ns_fd: int) -> Listener:
         family = socket.AF_INET6 if ":" in host_addr else socket.AF_INET
@@ -156,7 +158,8 @@ class Porter:
 
     def unbind(self, listener_id: int) -> None:
         listener = self._listener(listener_id)
-        self.selector.unregister(listener.sock)
+        if not self.shares.forget(listener_id):
+            self.selector.unregister(listener.sock)
         listener.sock.close()
         os.close(listener.ns_fd)
         del self.listeners[listener_id]
@@ -170,18 +173,34 @@ class Porter:
     def serve(self) -> NoReturn:
         self.selector.register(self.control, selectors.EVENT_READ, "control")
         self.selector.register(self.exit_fd, selectors.EVENT_READ, "exit")
+        self.selector.register(self.shares.wake_r, selectors.EVENT_READ, "ended")
         while True:
             for key, _ in self.selector.select():
                 if key.data == "exit":
                     os._exit(0)
                 elif key.data == "control":
                     self._answer()
+                elif key.data == "ended":
+                    self._resume()
                 else:
                     self._accept(key.data)
 
+    def _resume(self) -> None:
+        """Accept again on the listeners paused for their share that may take a relay
+        now (relays ended)."""
+        for listener_id in self.shares.resumable():
+            listener = self.listeners.get(listener_id)
+            if listener is not None:
+                self.selector.register(listener.sock, selectors.EVENT_READ, listener)
+
     def _accept(self, listener: Listener) -> None:
         """Hand the next connection to a relay; a failure (out of descriptors or
-        threads) costs that connection only, never the handler and every forward."""
+        threads) costs that connection only, never the handler and every forward. A
+        listener past its share is not accepted on until relays end: its connections
+        wait in its backlog, and one flooded forward cannot take every relay."""
+        if not self.shares.may_take(listener.id):  # paused: a relay that ends resumes it
+            self.selector.unregister(listener.sock)
+            return
         try:
             conn, _ = listener.sock.accept()
         except (BlockingIOError, ConnectionAbortedError):
@@ -194,11 +213,22 @@ class Porter:
         except OSError:
             conn.close()
             return
+        backend = (listener.addr, listener.port)
+        self.shares.took(listener.id)
         try:
-            self.relays.submit(_relay, conn, ns_fd, (listener.addr, listener.port), self.rest_fd)
+            self.relays.submit(self._relayed, listener.id, conn, ns_fd, backend)
         except RuntimeError:  # no thread could be started
+            self.shares.ended(listener.id)
             conn.close()
             os.close(ns_fd)
+
+    def _relayed(
+        self, listener_id: int, conn: socket.socket, ns_fd: int, backend: tuple[str, int]
+    ) -> None:
+        try:
+            _relay(conn, ns_fd, backend, self.rest_fd)
+        finally:
+            self.shares.ended(listener_id)
 
     def _answer(self) -> None:
         try:
@@ -239,6 +269,67 @@ class Porter:
         elif op != "list":
             raise ValueError(f"unknown op {op!r}")
         return {"listeners": [listener.entry() for listener in self.listeners.values()]}
+
+
+class _Shares:
+    """The relays under way, per listener, and the listeners paused for their share: a
+    listener may take a relay while fewer than :data:`_RELAYS` run and it holds less
+    than three quarters of those the other listeners leave (so one flooded forward
+    leaves a quarter of the relays to the others, two leave a sixteenth, ...). Relays
+    end in their own threads, which wake the accepting one when a listener waits."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.relaying: dict[int, int] = {}
+        self.total = 0
+        self.paused: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def may_take(self, listener_id: int) -> bool:
+        """Whether the listener may take a relay now; if not, it is paused from now on
+        (in the same step: a relay that ends after it wakes the accepting thread)."""
+        with self.lock:
+            if self._may_take(listener_id):
+                return True
+            self.paused.add(listener_id)
+            return False
+
+    def forget(self, listener_id: int) -> bool:
+        """The listener goes; whether it was paused (not accepted on)."""
+        with self.lock:
+            paused = listener_id in self.paused
+            self.paused.discard(listener_id)
+            return paused
+
+    def _may_take(self, listener_id: int) -> bool:
+        mine = self.relaying.get(listener_id, 0)
+        left = _RELAYS - (self.total - mine)
+        return self.total < _RELAYS and 4 * mine < 3 * left
+
+    def took(self, listener_id: int) -> None:
+        with self.lock:
+            self.relaying[listener_id] = self.relaying.get(listener_id, 0) + 1
+            self.total += 1
+
+    def ended(self, listener_id: int) -> None:
+        with self.lock:
+            self.total -= 1
+            self.relaying[listener_id] -= 1
+            if not self.relaying[listener_id]:
+                del self.relaying[listener_id]
+            waiting = bool(self.paused)
+        if waiting:
+            with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+                os.write(self.wake_w, b"\0")
+
+    def resumable(self) -> list[int]:
+        """The paused listeners that may take a relay now (no longer paused)."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        with self.lock:
+            ready = [i for i in self.paused if self._may_take(i)]
+            self.paused.difference_update(ready)
+        return ready
 
 
 def run(exit_fd: int, control_path: Path, ready_fd: int, rest_fd: int) -> NoReturn:
