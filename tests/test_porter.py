@@ -229,6 +229,60 @@ def test_a_flooded_forward_leaves_relays_for_the_others(
     in_own_namespace(_flood)(tmp_path)
 
 
+@contextlib.contextmanager
+def in_process_handler() -> Iterator[tuple[porter.Porter, int]]:
+    """A port handler object in this process (nothing served), and a namespace
+    descriptor for its listeners."""
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    exit_r, exit_w = os.pipe()
+    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield porter.Porter(control, exit_r, own), own
+    finally:
+        for fd in (exit_r, exit_w, own):
+            os.close(fd)
+        control.close()
+
+
+def test_a_connection_event_of_a_listener_unbound_meanwhile_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One round of events can hold a control request that unbinds a listener and, after
+    # it, that listener's connection: with the listener past its share, taking it out of
+    # the selector again failed on its closed socket and ended the handler.
+    monkeypatch.setattr(porter, "_RELAYS", 4)
+    with in_process_handler() as (handler, own):
+        listener = handler.bind("127.0.0.1", free_port(), "127.0.0.1", 1, os.dup(own))
+        for _ in range(4):
+            handler.shares.took(listener.id)
+        handler.unbind(listener.id)
+        handler._accept(listener)
+        assert handler.listeners == {}
+
+
+def test_a_relay_queued_without_a_new_thread_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ThreadPoolExecutor queues the work before it starts a thread: when no thread can be
+    # started, a busy one runs it later, so it must not be counted as ended already.
+    with in_process_handler() as (handler, own):
+        listener = handler.bind("127.0.0.1", free_port(), "127.0.0.1", 1, os.dup(own))
+        client = socket.create_connection(("127.0.0.1", listener.host_port))
+
+        def no_thread() -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(handler.relays, "_adjust_thread_count", no_thread)
+        handler._accept(listener)
+        assert handler.shares.total == 1  # queued: still a relay to come
+        monkeypatch.undo()
+        handler.relays.submit(lambda: None).result(timeout=10)  # a thread, which ran it
+        handler.relays.shutdown(wait=True)
+        assert (handler.shares.total, handler.shares.relaying) == (0, {})
+        client.close()
+        handler.unbind(listener.id)
+
+
 def test_a_relay_out_of_descriptors_leaves_no_pipe_open(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[tuple[int, int]] = []
     real_pipe2 = os.pipe2

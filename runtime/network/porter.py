@@ -198,6 +198,8 @@ class Porter:
         threads) costs that connection only, never the handler and every forward. A
         listener past its share is not accepted on until relays end: its connections
         wait in its backlog, and one flooded forward cannot take every relay."""
+        if self.listeners.get(listener.id) is not listener:
+            return  # unbound by a request answered earlier in this round of events
         if not self.shares.may_take(listener.id):  # paused: a relay that ends resumes it
             self.selector.unregister(listener.sock)
             return
@@ -215,12 +217,8 @@ class Porter:
             return
         backend = (listener.addr, listener.port)
         self.shares.took(listener.id)
-        try:
+        with contextlib.suppress(RuntimeError):  # no new thread: queued, a busy one takes it
             self.relays.submit(self._relayed, listener.id, conn, ns_fd, backend)
-        except RuntimeError:  # no thread could be started
-            self.shares.ended(listener.id)
-            conn.close()
-            os.close(ns_fd)
 
     def _relayed(
         self, listener_id: int, conn: socket.socket, ns_fd: int, backend: tuple[str, int]
@@ -274,9 +272,11 @@ class Porter:
 class _Shares:
     """The relays under way, per listener, and the listeners paused for their share: a
     listener may take a relay while fewer than :data:`_RELAYS` run and it holds less
-    than three quarters of those the other listeners leave (so one flooded forward
-    leaves a quarter of the relays to the others, two leave a sixteenth, ...). Relays
-    end in their own threads, which wake the accepting one when a listener waits."""
+    than three quarters of those the other listeners leave. One flooded forward leaves
+    a quarter of the relays to the others; several leave less (two flooded together, a
+    seventh; one after the other, a sixteenth), and about seven leave none: connections
+    that never end can still fill a handler shared by every forward. Relays end in their
+    own threads, which wake the accepting one when a listener waits."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
