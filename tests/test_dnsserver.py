@@ -8,6 +8,7 @@ Nothing here talks to anything but the loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -31,7 +32,14 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from runtime.network.dnsserver import MAX_FORWARDS, Server, local_answer, parse_records
+from runtime.network.dnsserver import (
+    MAX_FORWARDS,
+    MAX_FORWARDS_EACH,
+    MAX_TCP,
+    Server,
+    local_answer,
+    parse_records,
+)
 from tests.support import REPO, free_port, write_atomically
 
 NET1, NET2 = "127.0.0.53", "127.0.0.54"
@@ -375,15 +383,72 @@ def test_past_the_cap_of_forwards_a_query_is_servfail_at_once(
     start: Start, silent_upstream: FakeUpstream
 ) -> None:
     running = start(records(server(NET1, NAMES1, [silent_upstream.where])))
+    for n in range(MAX_FORWARDS // MAX_FORWARDS_EACH):  # each its own share: the cap, together
+        _flood_forwards(running.port, f"127.0.0.{10 + n}", silent_upstream, MAX_FORWARDS_EACH)
+    assert len(silent_upstream.asked) == MAX_FORWARDS
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.3", 0))
         sock.settimeout(ASK_TIMEOUT)
-        for batch in range(0, MAX_FORWARDS, 16):  # in batches no socket buffer overflows
-            for qid in range(batch, batch + 16):
-                sock.sendto(query(f"q{qid}.example", qid=qid).to_wire(), (NET1, running.port))
-            wait_for(lambda: len(silent_upstream.asked) >= batch + 16)  # noqa: B023
-        sock.sendto(query("over.example", qid=MAX_FORWARDS).to_wire(), (NET1, running.port))
+        sock.sendto(query("over.example", qid=1).to_wire(), (NET1, running.port))
         first = dns.message.from_wire(sock.recv(65535))
-    assert (first.id, first.rcode()) == (MAX_FORWARDS, dns.rcode.SERVFAIL)
+    assert (first.id, first.rcode()) == (1, dns.rcode.SERVFAIL)
+
+
+def _flood_forwards(port: int, asker: str, upstream: FakeUpstream, count: int) -> None:
+    """``count`` queries for names the silent ``upstream`` never answers, sent from
+    ``asker``; returns once each was forwarded or answered (SERVFAIL at once)."""
+    before = len(upstream.asked)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((asker, 0))
+        sock.setblocking(False)
+        answered = 0
+
+        def done(expected: int) -> bool:
+            nonlocal answered
+            with contextlib.suppress(BlockingIOError):
+                while sock.recv(65535):
+                    answered += 1
+            return len(upstream.asked) - before + answered >= expected
+
+        for batch in range(0, count, 16):  # in batches no socket buffer overflows
+            for qid in range(batch, batch + 16):
+                sock.sendto(query(f"q{qid}.example", qid=qid).to_wire(), (NET1, port))
+            wait_for(lambda: done(batch + 16))  # noqa: B023
+
+
+def test_one_asker_past_its_share_of_forwards_leaves_the_others_theirs(
+    start: Start, silent_upstream: FakeUpstream
+) -> None:
+    # A container that sends queries its upstream never answers fills the forwards in
+    # flight; the others' lookups of names not on their networks still go upstream.
+    running = start(records(server(NET1, NAMES1, [silent_upstream.where])))
+    _flood_forwards(running.port, "127.0.0.2", silent_upstream, MAX_FORWARDS)
+    assert len(silent_upstream.asked) == MAX_FORWARDS_EACH  # the rest: SERVFAIL at once
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.3", 0))
+        sock.sendto(query("other.example", qid=1).to_wire(), (NET1, running.port))
+        wait_for(lambda: "other.example." in silent_upstream.asked)
+
+
+def test_one_asker_past_its_share_of_tcp_connections_leaves_the_others_theirs(
+    start: Start,
+) -> None:
+    # Connections that never ask, all from one container: another still gets its answer.
+    running = start(records(server(NET1, NAMES1)))
+    held = [
+        socket.create_connection((NET1, running.port), ASK_TIMEOUT, ("127.0.0.2", 0))
+        for _ in range(MAX_TCP)
+    ]
+    try:
+        with socket.create_connection((NET1, running.port), ASK_TIMEOUT, ("127.0.0.3", 0)) as sock:
+            wire = query("web", qid=9).to_wire()
+            sock.sendall(struct.pack("!H", len(wire)) + wire)
+            (size,) = struct.unpack("!H", read_exactly(sock, 2))
+            answer = dns.message.from_wire(read_exactly(sock, size))
+        assert (answer.id, addresses(answer)) == (9, ["10.89.0.5"])
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_tcp_answers_known_and_forwarded_names_on_one_connection(

@@ -30,8 +30,10 @@ with ``IP_FREEBIND``: an address may be listed before the bridge that carries it
 
 One thread, one selector: a forwarded query waits on its own socket with its own
 deadline, so a silent upstream never holds up other queries; forwards in flight and TCP
-connections are capped. The process ends on SIGTERM, or when ``--exit-fd`` reads end of
-file (its supervisor died). Only the standard library and dnspython are imported.
+connections are capped, in all and per asking address (a quarter each: one container
+cannot take them all from the others on its networks). The process ends on SIGTERM,
+or when ``--exit-fd`` reads end of file (its supervisor died). Only the standard
+library and dnspython are imported.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ __all__ = (
     "DNS_PORT",
     "FORWARD_TIMEOUT",
     "MAX_FORWARDS",
+    "MAX_FORWARDS_EACH",
+    "MAX_TCP",
+    "MAX_TCP_EACH",
     "SUFFIX",
     "Responder",
     "Server",
@@ -86,8 +91,16 @@ FORWARD_TIMEOUT = 2.0
 MAX_FORWARDS = 256
 """Forwarded queries in flight at once; past it a query is answered SERVFAIL at once."""
 
+MAX_FORWARDS_EACH = MAX_FORWARDS // 4
+"""Forwarded queries in flight at once from one asking address (one container on a
+network): past it its query is answered SERVFAIL at once, so that one container
+cannot take every forward from the others."""
+
 MAX_TCP = 64
 """Open TCP connections at once; past it a new one is closed at once."""
+
+MAX_TCP_EACH = MAX_TCP // 4
+"""Open TCP connections at once from one asking address; past it its new one is closed."""
 
 TCP_IDLE = 10.0
 """Seconds a TCP connection may stay silent before it is closed."""
@@ -290,6 +303,7 @@ class Forward:
     upstream: tuple[tuple[str, int], ...]
     reply: Reply
     limit: int
+    asker: str = ""
     deadline: float = 0.0
 
 
@@ -478,7 +492,7 @@ class Responder:
         if answer is not None:
             reply(_wire(answer, limit))
         else:
-            self._forward(Forward(query, wire, server.upstream, reply, limit))
+            self._forward(Forward(query, wire, server.upstream, reply, limit, asker))
 
     # -- forwarding
 
@@ -486,6 +500,8 @@ class Responder:
         if len(self.forwards) >= MAX_FORWARDS:
             _say(f"{MAX_FORWARDS} forwarded queries in flight: answering SERVFAIL")
             forward.upstream = ()
+        elif sum(f.asker == forward.asker for f in self.forwards.values()) >= MAX_FORWARDS_EACH:
+            forward.upstream = ()  # (said nothing: the asker chose to flood, not the others)
         self._send_upstream(forward)
 
     def _send_upstream(self, forward: Forward) -> None:
@@ -525,11 +541,13 @@ class Responder:
             sock, peer = listener.accept()
         except OSError:
             return
-        if len(self.connections) >= MAX_TCP:
+        asker = str(peer[0])
+        mine = sum(conn.asker == asker for conn in self.connections.values())
+        if len(self.connections) >= MAX_TCP or mine >= MAX_TCP_EACH:
             sock.close()
             return
         sock.setblocking(False)
-        conn = Connection(sock, listen, str(peer[0]), active=time.monotonic())
+        conn = Connection(sock, listen, asker, active=time.monotonic())
         self.connections[sock] = conn
         self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._tcp(conn, mask))
 
