@@ -43,6 +43,7 @@ import contextlib
 import errno
 import ipaddress
 import json
+import math
 import os
 import selectors
 import signal
@@ -303,7 +304,7 @@ class Forward:
     upstream: tuple[tuple[str, int], ...]
     reply: Reply
     limit: int
-    asker: str = ""
+    asker: str
     deadline: float = 0.0
 
 
@@ -364,6 +365,8 @@ class Responder:
         self.stopping = False
         self._next_check = 0.0
         self._unbound: set[str] = set()
+        self._told: dict[str, float] = {}
+        """Asking address -> when it was last said to be past its share of forwards."""
 
     # -- the loop
 
@@ -501,8 +504,19 @@ class Responder:
             _say(f"{MAX_FORWARDS} forwarded queries in flight: answering SERVFAIL")
             forward.upstream = ()
         elif sum(f.asker == forward.asker for f in self.forwards.values()) >= MAX_FORWARDS_EACH:
-            forward.upstream = ()  # (said nothing: the asker chose to flood, not the others)
+            self._past_share(forward.asker)
+            forward.upstream = ()
         self._send_upstream(forward)
+
+    def _past_share(self, asker: str) -> None:
+        """Say that ``asker`` is answered SERVFAIL past its share (once a minute at most:
+        it may be flooding)."""
+        now = time.monotonic()
+        if now - self._told.get(asker, -math.inf) >= 60.0:
+            if len(self._told) >= 1024:  # forged source addresses cannot grow it
+                self._told.clear()
+            self._told[asker] = now
+            _say(f"{asker}: {MAX_FORWARDS_EACH} forwarded queries in flight: answering SERVFAIL")
 
     def _send_upstream(self, forward: Forward) -> None:
         """Send to the next upstream in turn; SERVFAIL when none is left."""
