@@ -272,6 +272,29 @@ def test_a_new_holder_finds_the_leaf_a_spare_made_ahead(rt: LinuxRuntime) -> Non
     assert not leaf.path.exists()
 
 
+def test_a_new_holder_removes_the_empty_leaves_no_record_names(rt: LinuxRuntime) -> None:
+    # A spare killed with its holder (SIGKILL to both) never removes the leaf it made
+    # ahead; nothing did after, and the folder of leaves stayed too.
+    rt.run(sleeper("ended", "true"))
+    assert rt.wait("ended", timeout=60) == 0
+    run = read_json(rt._dir("ended") / "run.json")
+    assert isinstance(run, dict)
+    kept = Path(run["cgroup"])  # an exited container's leaf: its OOM and pids counts
+    stale = kept.parent / f"run.stale{os.getpid()}"
+    stale.mkdir()
+    try:
+        rt.holder.stop()
+        assert stale.exists() and kept.exists()
+        rt.holder.ensure()
+        assert not stale.exists()
+        assert kept.exists()
+        rt.remove("ended")
+        assert not kept.exists()
+    finally:
+        if stale.exists():
+            stale.rmdir()
+
+
 def _leaves(rt: LinuxRuntime) -> list[Path]:
     assert DELEGATED is not None
     return [p for p in (DELEGATED.root / "squish" / rt._group).iterdir() if p.is_dir()]

@@ -43,6 +43,7 @@ from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.init import sample_request
 from runtime.holder.protocol import (
+    CONTAINERS_DIR,
     HOLDER_PROTOCOL,
     HOLDER_RECORD,
     HOLDER_SOCKET,
@@ -76,7 +77,7 @@ from runtime.network import bridge
 from runtime.procview import intercept
 from runtime.sandbox import syscalls as sc
 from runtime.sandbox.mounts import RootShape
-from runtime.util.files import Landmark, parse_json, write_json_atomic
+from runtime.util.files import Landmark, parse_json, read_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
     ProcessId,
@@ -810,6 +811,7 @@ def serve(
     gc.freeze()
     raise_fd_limit()  # the namespaces of a few thousand containers
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
+    _sweep_leaves(state, ahead)
     spares = _Spares(native, _staging(state), ahead, count)
     containers = _Containers(state)
     try:
@@ -846,6 +848,25 @@ def serve(
                     running = _serve_guarded(conn, spares, containers)
     _reap(spares, containers)
     _log("exiting on request")
+
+
+def _sweep_leaves(state: Path, ahead: Path | None) -> None:
+    """Remove the empty cgroup leaves in ``ahead`` that no container's record names: a
+    spare killed together with its holder never removes the leaf it made ahead. A leaf
+    in use holds a process (the kernel refuses to remove it), and an exited container's
+    is kept for its OOM and pids counts (its record names it)."""
+    if ahead is None:
+        return
+    named = set()
+    for record in Path(state, CONTAINERS_DIR).glob("*/run.json"):
+        run = read_json(record)
+        if isinstance(run, dict) and isinstance(run.get("cgroup"), str):
+            named.add(os.path.normpath(run["cgroup"]))
+    with contextlib.suppress(OSError):  # no folder yet: nothing was left in it
+        for entry in os.scandir(ahead):
+            if entry.is_dir(follow_symlinks=False) and os.path.normpath(entry.path) not in named:
+                with contextlib.suppress(OSError):  # a process is in it, or a leaf below
+                    os.rmdir(entry.path)
 
 
 def _staging(state: Path) -> str | None:
