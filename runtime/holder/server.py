@@ -811,7 +811,6 @@ def serve(
     gc.freeze()
     raise_fd_limit()  # the namespaces of a few thousand containers
     _OWN_DEPTH[0] = _pid_depth(os.getpid())
-    _sweep_leaves(state, ahead)
     spares = _Spares(native, _staging(state), ahead, count)
     containers = _Containers(state)
     try:
@@ -953,6 +952,7 @@ def main(argv: list[str] | None = None) -> None:
     assert me is not None
     write_json_atomic(state / HOLDER_RECORD, {**me.to_json(), "protocol": HOLDER_PROTOCOL})
     _log(f"holding the user namespace; listening on {sock_path}")
+    _sweep_leaves(state, args.cgroup_ahead)  # before it says it is ready: done when it is
     os.write(args.to_client, Startup.READY.value)
     os.close(args.to_client)
     serve(listener, state, args.native, args.cgroup_ahead, args.spares)
