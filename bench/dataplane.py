@@ -22,7 +22,7 @@ of the forwards, where podman can run (``make bench`` installs it): podman's own
 rootless forward (``podman run -d -p``, runc; its default port handler, rootlessport,
 keeps the host's socket and relays into the container's namespace), the same busybox
 httpd on the same root filesystem, in the same turns, its relay's CPU counted (every
-``rootlessport`` process of the account). With
+``rootlessport`` process). With
 ``--send-buffer-max BYTES`` (repeatable), one more container behind the port handler per
 figure, its namespace's ``net.ipv4.tcp_wmem`` cap set to it once started (the runtime
 sets 1 MiB; the host's is 4 MiB here), takes the same turns: the cap's effect on the
@@ -66,7 +66,7 @@ from runtime.images.rootfs import busybox_rootfs
 from runtime.network.shared import bridge_dir
 from runtime.sandbox import syscalls as sc
 from runtime.settings import PORT_HANDLERS, RuntimeSettings
-from tests.support import free_port
+from tests.support import free_port, processes_mentioning
 
 SMALL = b"small\n"
 INSIDE = "256 MiB in the container's namespace from its own address (the handler's inner leg)"
@@ -232,19 +232,6 @@ def host_httpd(site: Path) -> Iterator[int]:
         server.wait()
 
 
-def rootlessports() -> tuple[int, ...]:
-    """The account's ``rootlessport`` processes (podman's port handler and its child)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            mine = entry.name.isdigit() and entry.stat().st_uid == os.getuid()
-            if mine and (entry / "comm").read_text().startswith("rootlessport"):
-                found.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile
-    return tuple(found)
-
-
 @contextmanager
 def podman_httpd(site: Path, rootfs: Path) -> Iterator[Target | None]:
     """busybox httpd in a podman container serving ``site``, forwarded from a host port
@@ -266,7 +253,7 @@ def podman_httpd(site: Path, rootfs: Path) -> Iterator[Target | None]:
         return
     try:
         answering(port)
-        yield on_host(port, *rootlessports())
+        yield on_host(port, *(pid for pid, _ in processes_mentioning("rootlessport")))
     finally:
         remove = [podman, "rm", "--force", "--time", "0", done.stdout.strip()]
         subprocess.run(remove, capture_output=True, check=False)

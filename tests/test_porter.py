@@ -236,10 +236,13 @@ def in_process_handler() -> Iterator[tuple[porter.Porter, int]]:
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     exit_r, exit_w = os.pipe()
     own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    handler = porter.Porter(control, exit_r, own)
     try:
-        yield porter.Porter(control, exit_r, own), own
+        yield handler, own
     finally:
-        for fd in (exit_r, exit_w, own):
+        handler.relays.shutdown(wait=True)
+        handler.selector.close()
+        for fd in (exit_r, exit_w, own, handler.shares.wake_r, handler.shares.wake_w):
             os.close(fd)
         control.close()
 

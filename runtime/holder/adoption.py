@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime.holder.exec_runner import NAMESPACES
 from runtime.holder.protocol import CONTAINERS_DIR
@@ -38,6 +39,7 @@ __all__ = (
     "Unreachable",
     "adopt",
     "namespace_ids",
+    "run_records",
     "running",
     "user_namespace_to_join",
 )
@@ -61,17 +63,22 @@ class Running:
     """The inodes of its namespaces, if the launcher recorded them."""
 
 
-def running(state: Path) -> Iterator[Running]:
-    """The running containers of the state folder ``state``, by name."""
+def run_records(state: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each container of the state folder ``state`` that has a readable run record: its
+    name and the record, by name."""
     with contextlib.suppress(OSError):
         for cdir in sorted(Path(state, CONTAINERS_DIR).iterdir()):
             run = read_json(cdir / "run.json")
-            init = ProcessId.from_json(run.get("init")) if isinstance(run, dict) else None
-            if init is None or not init.alive():
-                continue
-            recorded = run.get("namespaces") if isinstance(run, dict) else None
-            ids = _valid_ids(recorded)
-            yield Running(cdir.name, init, ids)
+            if isinstance(run, dict):
+                yield cdir.name, run
+
+
+def running(state: Path) -> Iterator[Running]:
+    """The running containers of the state folder ``state``, by name."""
+    for name, run in run_records(state):
+        init = ProcessId.from_json(run.get("init"))
+        if init is not None and init.alive():
+            yield Running(name, init, _valid_ids(run.get("namespaces")))
 
 
 def _valid_ids(recorded: object) -> dict[str, int] | None:

@@ -43,7 +43,6 @@ from runtime.holder import adoption
 from runtime.holder.exec_runner import NAMESPACES, start_runner
 from runtime.holder.init import sample_request
 from runtime.holder.protocol import (
-    CONTAINERS_DIR,
     HOLDER_PROTOCOL,
     HOLDER_RECORD,
     HOLDER_SOCKET,
@@ -77,7 +76,7 @@ from runtime.network import bridge
 from runtime.procview import intercept
 from runtime.sandbox import syscalls as sc
 from runtime.sandbox.mounts import RootShape
-from runtime.util.files import Landmark, parse_json, read_json, write_json_atomic
+from runtime.util.files import Landmark, parse_json, write_json_atomic
 from runtime.util.jsonsock import decode_object, read_to_eof
 from runtime.util.processes import (
     ProcessId,
@@ -856,11 +855,11 @@ def _sweep_leaves(state: Path, ahead: Path | None) -> None:
     is kept for its OOM and pids counts (its record names it)."""
     if ahead is None:
         return
-    named = set()
-    for record in Path(state, CONTAINERS_DIR).glob("*/run.json"):
-        run = read_json(record)
-        if isinstance(run, dict) and isinstance(run.get("cgroup"), str):
-            named.add(os.path.normpath(run["cgroup"]))
+    named = {
+        os.path.normpath(run["cgroup"])
+        for _, run in adoption.run_records(state)
+        if isinstance(run.get("cgroup"), str)
+    }
     with contextlib.suppress(OSError):  # no folder yet: nothing was left in it
         for entry in os.scandir(ahead):
             if entry.is_dir(follow_symlinks=False) and os.path.normpath(entry.path) not in named:
