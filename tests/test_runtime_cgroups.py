@@ -219,7 +219,7 @@ def test_a_spare_killed_before_use_leaves_no_leaf(rt: LinuxRuntime) -> None:
     rt.remove("first", force=True)
     before = min(_idle_leaves(rt))
     (init,) = (int(p) for p in (before / "cgroup.procs").read_text().split())
-    os.kill(_spare_of(init), signal.SIGKILL)
+    os.kill(_spare_of(rt, init), signal.SIGKILL)
     eventually(lambda: not before.exists(), "the killed spare's leaf removed")
     assert before not in _idle_leaves(rt)  # another spare took its place
     assert rt.run(sleeper("second")).pid is not None
@@ -231,7 +231,7 @@ def test_a_holder_that_exits_takes_every_spare_and_its_leaf_along(rt: LinuxRunti
     inits = [
         int(p) for leaf in _idle_leaves(rt) for p in (leaf / "cgroup.procs").read_text().split()
     ]
-    spares = [_spare_of(init) for init in inits]
+    spares = [_spare_of(rt, init) for init in inits]
     assert len(set(spares)) == len(inits) == rt.settings.spares
     rt.holder.stop()
     assert _leaves(rt) == []
@@ -243,18 +243,30 @@ def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
-def _spare_of(init: int) -> int:
-    """The spare launcher waiting with the warm init ``init``: the process besides it
-    that holds the pipes between them (the init's parent is the holder)."""
-    pipes = {os.readlink(f) for f in Path(f"/proc/{init}/fd").iterdir()}
-    pipes = {p for p in pipes if p.startswith("pipe:")}
-    holder = int(Path(f"/proc/{init}/stat").read_text().rpartition(")")[2].split()[1])
-    for task in Path(f"/proc/{holder}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            fds = Path(f"/proc/{child}/fd")
-            if int(child) != init and pipes & {os.readlink(f) for f in fds.iterdir()}:
-                return int(child)
-    raise AssertionError(f"no spare holds a pipe of the warm init {init}")
+def _spare_of(rt: LinuxRuntime, init: int) -> int:
+    """The spare launcher waiting with the warm init ``init``: the holder's child besides
+    it that holds the pipes between them. The init's leaf is populated before the
+    process that forked and placed it exits and leaves it to the holder (a subreaper):
+    until then the spare is not found yet."""
+    holder = rt.holder.identity()
+    assert holder is not None
+    return eventually(partial(_spare_beside, holder.pid, init), f"the spare of init {init}")
+
+
+def _spare_beside(holder: int, init: int) -> int | None:
+    tasks = Path(f"/proc/{holder}/task").iterdir()
+    children = {int(c) for task in tasks for c in (task / "children").read_text().split()}
+    if init not in children:  # still its placing process's
+        return None
+    pipes = {p for p in _fds(init) if p.startswith("pipe:")}
+    return next((c for c in children - {init} if pipes & _fds(c)), None)
+
+
+def _fds(pid: int) -> set[str]:
+    try:
+        return {os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()}
+    except FileNotFoundError:  # a process that has just ended
+        return set()
 
 
 def test_a_new_holder_finds_the_leaf_a_spare_made_ahead(rt: LinuxRuntime) -> None:
