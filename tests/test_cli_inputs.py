@@ -75,4 +75,10 @@ def test_status_lists_the_entries_it_skips_with_the_reason(tmp_path: Path) -> No
     desired = load_desired(tmp_path)
     assert list(desired.containers) == ["web"]
     document = status_document(desired, [], plan(desired, [], now=0.0), {})
-    assert [(s["file"], s["reason"]) for s in document["skipped"]] == SKIPPED
+    assert [(s["file"], s["reason"]) for s in document["skipped"]] == SKIPPED[:1]
+    # named as squishfiles, no file: each is its file's error (it keeps what it made)
+    rows = {row["file"]: row for row in document["containers"]}
+    for name, _ in SKIPPED[1:]:
+        assert rows[name]["phase"] == "InvalidSpec"
+        [condition] = rows[name]["conditions"]
+        assert condition["message"].startswith(f"{tmp_path / name}: <file>: cannot read: ")

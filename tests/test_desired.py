@@ -105,11 +105,25 @@ def test_load_ignores_editor_files(tmp_path: Path) -> None:
     for index, file in enumerate(IGNORED):
         # valid squishfiles with their own names: any that were read would show up
         write(tmp_path, file, squishfile(f"ghost{index}"))
-    (tmp_path / "folder.toml").mkdir()
     state = load_desired(tmp_path)
     assert state.readable
     assert list(state.containers) == ["web"]
     assert state.errors == ()
+
+
+def test_an_entry_named_as_a_squishfile_that_is_no_file_is_its_error(tmp_path: Path) -> None:
+    """Not skipped in silence: the container its file made stays (tests/test_plan.py),
+    and it holds back no other removal, as it cannot name another container."""
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "gone.toml").symlink_to(tmp_path / "nowhere.toml")
+    (tmp_path / "other.TOML").write_text(squishfile("other"))
+    state = load_desired(tmp_path)
+    by_file = {e.file.name: e for e in state.errors}
+    assert set(by_file) == {"folder.toml", "gone.toml"}
+    assert by_file["folder.toml"].message.endswith("cannot read: Is a directory")
+    assert by_file["gone.toml"].message.endswith("cannot read: a symbolic link to nothing")
+    assert all(e.name_known for e in state.errors)
+    assert [s.file.name for s in state.skipped] == ["other.TOML"]  # said once, as an error
 
 
 def test_load_ignores_broken_editor_files(tmp_path: Path) -> None:

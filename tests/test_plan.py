@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Literal
 
 import pytest
 
-from reconciler.desired.folder import _labelled, load_desired
+from reconciler.desired.folder import FileCache, _labelled, load_desired
 from reconciler.desired.types import (
     LABEL_FILE,
     LABEL_FOLDER,
@@ -1097,6 +1098,47 @@ def test_squishfile_restart_policy_and_duplicates(tmp_path: Path) -> None:
     assert actions_of(result) == ("start job",)  # job.toml made it: it keeps the name
     assert conditions_of(result) == ("DuplicateName job",)
     assert [a.desired for a in result.actions if not a.for_network] == [job]
+
+
+def test_a_broken_file_keeps_the_name_of_the_container_it_runs(tmp_path: Path) -> None:
+    """A typo in the file a container runs from does not hand the name to another file
+    declaring it: the last valid spec keeps running, as with no other file."""
+    (tmp_path / "a.toml").write_text(squishfile(name="web"))
+    web = running(load_desired(tmp_path).containers["web"])
+    (tmp_path / "b.toml").write_text(squishfile(name="web", env={"FROM": "b"}))
+    assert conditions_of(plan(load_desired(tmp_path), [web])) == ("DuplicateName web",)
+
+    (tmp_path / "a.toml").write_text(squishfile(name="web") + "typo = 1\n")
+    result = plan(load_desired(tmp_path), [web])
+    assert actions_of(result) == ()
+    assert sorted(conditions_of(result)) == ["DuplicateName web", "InvalidSpec web"]
+    [refused] = [c for c in result.conditions if c.kind == ConditionKind.DUPLICATE_NAME]
+    assert "a.toml, which runs it now" in refused.message
+
+    (tmp_path / "a.toml").unlink()  # gone, not broken: the other file's container now
+    assert actions_of(plan(load_desired(tmp_path), [web])) == ("recreate web",)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["the loop", "apply"])
+@pytest.mark.parametrize("make", ["dangling link", "directory", "fifo"])
+def test_a_squishfile_that_turns_into_no_file_keeps_its_container(
+    tmp_path: Path, make: str, cached: bool
+) -> None:
+    path = tmp_path / "web.toml"
+    path.write_text(squishfile(name="site", ports=[(8080, 80)]))
+    cache: FileCache | None = {} if cached else None
+    site = running(load_desired(tmp_path, cache).containers["site"])
+    path.unlink()
+    if make == "dangling link":
+        path.symlink_to(tmp_path / "moved" / "web.toml")
+    elif make == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    result = plan(load_desired(tmp_path, cache), [site])
+    assert actions_of(result) == ()
+    # the loop remembers the name the file gave; apply has only the file's own name
+    assert conditions_of(result) == (f"InvalidSpec {'site' if cached else 'web'}",)
 
 
 def test_missing_folder_is_not_mass_deletion(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from reconciler.desired.types import (
     FileError,
     HealthCheck,
     PlacedElsewhere,
+    Skipped,
+    is_squishfile,
     network_files_in,
     network_labels,
     skipped_in,
@@ -54,7 +57,11 @@ from reconciler.squishfile import (
     read_squishfile,
     status_key,
 )
-from reconciler.squishfile.networks import network_file_name, runtime_network_name
+from reconciler.squishfile.networks import (
+    is_network_file,
+    network_file_name,
+    runtime_network_name,
+)
 from reconciler.squishfile.placement import HostIdentity
 from reconciler.squishfile.tomlpos import TomlError, lines_of, parse_toml
 from runtime.api import ContainerSpec, NetworkSpec
@@ -169,7 +176,21 @@ def _unreadable(path: Path, exc: OSError | SquishfileError, known: str | None) -
     else:
         problems = (Problem(str(path), None, "<file>", f"cannot read: {exc.strerror or exc}"),)
     name, certain = _claimed_name(path, None, known)
+    # no file to name a container: the one made from this file name is kept all the same
+    certain = certain or not path.is_file()
     return FileError(path, name, tuple(problems), name_known=certain)
+
+
+def _not_files(skipped: Sequence[Skipped]) -> set[Path]:
+    """The entries named as squishfiles that are no regular file (a directory, a FIFO, a
+    symbolic link to nothing): read like the others, each is a file that cannot be read,
+    and keeps the container it made, as an unreadable file does (a link whose target is
+    moved for a moment must not remove its container)."""
+    return {s.file for s in skipped if is_squishfile(s.file) and not is_network_file(s.file)}
+
+
+def _dangling(exc: OSError) -> OSError:
+    return OSError(exc.errno, "a symbolic link to nothing", exc.filename)
 
 
 def _inputs(loaded: DesiredContainer | FileError) -> tuple[tuple[Path, bytes], ...]:
@@ -233,8 +254,10 @@ def load_desired(
     folder = Path(os.path.abspath(folder))
     where = folder if files_in is None else Path(os.path.abspath(files_in))
     try:
-        paths = squishfiles_in(where)
-        skipped = tuple(skipped_in(where))
+        listed = skipped_in(where)
+        not_files = _not_files(listed)
+        skipped = tuple(s for s in listed if s.file not in not_files)
+        paths = sorted([*squishfiles_in(where), *not_files])
         networks = _Networks.load(folder, network_files_in(where))
     except OSError:
         return DesiredState(folder=folder, readable=False)
@@ -397,8 +420,13 @@ def _read(
     known_name = known.loaded.name if known is not None and quiet.recall_names else None
     try:
         raw, identity, seen = read_squishfile(path)
-    except FileNotFoundError:
-        return None  # deleted between the listing and now: gone (:func:`_vanished`)
+    except FileNotFoundError as exc:
+        if not path.is_symlink():
+            return None  # deleted between the listing and now: gone (:func:`_vanished`)
+        unreadable = _unreadable(path, _dangling(exc), known_name)
+        if cache is not None:
+            cache[path] = Cached(_UNREAD, unreadable)
+        return unreadable
     except (OSError, SquishfileError) as exc:  # unreadable is not deleted: keep what it made
         unreadable = _unreadable(path, exc, known_name)
         if cache is not None:

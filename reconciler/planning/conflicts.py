@@ -5,7 +5,8 @@ One rule, used by ``reconciler validate``, by loading a folder and by the planne
 1. The file that holds the name or port now keeps it: the running container of that name
    was made from it, or its container's live forwards already hold the port. Containers
    kept running without a valid file (a broken file, a removal in back-off), or whose own
-   file is refused, keep their ports too.
+   file is refused, keep their ports too, and a broken file keeps the name of the
+   container running from it (:func:`yield_to_broken`).
 2. Else the file that sorts first by file name (then by full path) keeps it.
 3. Every other file is refused with a :class:`Problem` at its own line (``name`` or
    ``ports[N].host``) that names the file keeping it. A file refused its name claims no
@@ -34,6 +35,7 @@ __all__ = (
     "refuse_names",
     "refuse_ports",
     "settle_names",
+    "yield_to_broken",
 )
 
 
@@ -148,6 +150,29 @@ def settle_names(
         for i, problem in refused.items()
     ]
     return kept, errors
+
+
+def yield_to_broken(
+    kept: Mapping[str, DesiredContainer], holders: Mapping[str, Holding], broken: frozenset[str]
+) -> tuple[dict[str, DesiredContainer], list[FileError]]:
+    """``kept`` without the containers whose running namesake was made from a file of
+    ``broken`` (those that do not validate now), and a ``DuplicateName`` error for each:
+    a typo in the file a container runs from must not hand its name to another file
+    declaring it. The last valid spec keeps running until the file is fixed or removed."""
+    out = dict(kept)
+    errors: list[FileError] = []
+    for name, entry in kept.items():
+        holding = holders.get(name)
+        if holding is None or holding.file not in broken or holding.file == entry.file.name:
+            continue
+        message = (
+            f"container name {toml_quote(name)} is also declared by {holding.file}, which "
+            "runs it now and does not validate: its last valid spec keeps running"
+        )
+        problem = _refusal(claim_of(entry), "name", message)
+        errors.append(FileError(entry.file, name, (problem,), "DuplicateName", refused=entry))
+        del out[name]
+    return out, errors
 
 
 def refuse_ports(

@@ -85,6 +85,7 @@ from reconciler.planning.conflicts import (
     overlaps,
     refuse_ports,
     settle_names,
+    yield_to_broken,
 )
 from reconciler.planning.networks import (
     NO_LINGER,
@@ -299,13 +300,16 @@ def settled(desired: DesiredState, actual: Sequence[ContainerInfo]) -> DesiredSt
     known: the file whose container runs keeps the name (the planner's first phase; a
     caller that shows ``desired`` next to a plan shows this)."""
     folder = str(desired.folder)
-    ours = {info.name: info for info in actual if is_managed_by(info, folder)}
+    holders = holders_of({info.name: info for info in actual if is_managed_by(info, folder)})
     refused = [e.refused for e in desired.errors if e.refused is not None]
-    if not refused:
+    containers, duplicates = dict(desired.containers), list[FileError]()
+    if refused:
+        containers, duplicates = settle_names([*containers.values(), *refused], holders)
+    broken = frozenset(e.file.name for e in desired.errors if e.refused is None)
+    containers, yielded = yield_to_broken(containers, holders, broken)
+    if not refused and not yielded:
         return desired
-    entries = [*desired.containers.values(), *refused]
-    containers, duplicates = settle_names(entries, holders_of(ours))
-    errors = (*(e for e in desired.errors if e.refused is None), *duplicates)
+    errors = (*(e for e in desired.errors if e.refused is None), *duplicates, *yielded)
     return replace(desired, containers=containers, errors=errors)
 
 
