@@ -265,6 +265,34 @@ def test_docker_conditions_are_evaluated_for_squishs_capabilities_and_this_kerne
         profile.parse_profile({"defaultAction": allow, "syscalls": [{"names": [], "errno": 1}]})
 
 
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"includes": {"caps": 5}}, r"syscalls\[0\]\.includes\.caps must be an array of strings"),
+        ({"excludes": {"arches": 5}}, r"syscalls\[0\]\.excludes\.arches must be an array"),
+        ({"includes": {"arches": [1]}}, r"includes\.arches must be an array of strings"),
+        ({"args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": 2**80}]}, "0 to 2\\*\\*64-1"),
+        ({"args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": -1}]}, "0 to 2\\*\\*64-1"),
+        ({"args": [{"index": 0, "op": "SCMP_CMP_EQ", "valueTwo": 2**64}]}, "0 to 2\\*\\*64-1"),
+    ],
+)
+def test_a_rule_of_the_wrong_shape_is_a_profile_error(
+    rule: dict[str, object], message: str
+) -> None:
+    """Found probing as a user: a TypeError escaped, or a value was cut to 64 bits."""
+    rule = {"names": ["getpid"], "action": "SCMP_ACT_ERRNO", **rule}
+    document = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}
+    with pytest.raises(profile.ProfileError, match=message):
+        profile.parse_profile(document)
+
+
+def test_a_profile_nested_too_deeply_is_a_profile_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(profile.ProfileError, match="nested too deeply"):
+        profile.read_profile(deep)
+
+
 def test_a_profile_file_must_be_a_small_regular_file(tmp_path: Path) -> None:
     with pytest.raises(profile.ProfileError, match="not a regular file"):
         compiled_profile(Path("/dev/zero"))

@@ -817,6 +817,8 @@ def test_proc_view_false_turns_the_proc_view_off(tmp_path: Path) -> None:
         ('memory = "lots"', "resources.memory", "is not a size"),
         ('memory = "12"', "resources.memory", "≥ 1048576"),
         ("memory = 9999999999999999999", "resources.memory", "≤ 1125899906842624"),
+        (f'memory = "{"9" * 400}"', "resources.memory", "≤ 1125899906842624"),
+        (f'memory_swap = "{"9" * 400}k"', "resources.memory_swap", "≤ 1125899906842624"),
         ("cpus = 0", "resources.cpus", "> 0"),
         ("pids = 0", "resources.pids", "≥ 1"),
         ("cpu_weight = 20000", "resources.cpu_weight", "≤ 10000"),

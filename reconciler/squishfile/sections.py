@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -114,7 +115,10 @@ def _bytes(value: object) -> object:
     found = _SIZE.match(value)
     if found is None:
         raise ValueError(f"{_q(value)} is not a size: write bytes or a number with k, M, G or T")
-    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+    size = float(found.group(1)) * _UNITS[found.group(2).lower()]
+    if not math.isfinite(size) or size > MAX_BYTES:  # an integer the limit names
+        return MAX_BYTES + 1
+    return int(size)
 
 
 class ResourcesSection(BaseModel):

@@ -148,8 +148,10 @@ def _args(raw: object, where: str) -> tuple[tuple[int, str, int, int], ...]:
             raise ProfileError(f"{where}.args[{i}].index must be 0-5")
         if op not in COMPARISONS:
             raise ProfileError(f"{where}.args[{i}].op must be one of: {', '.join(COMPARISONS)}")
-        if not isinstance(value, int) or not isinstance(two, int):
-            raise ProfileError(f"{where}.args[{i}]: value and valueTwo must be integers")
+        if not all(isinstance(v, int) and 0 <= v < 1 << 64 for v in (value, two)):
+            raise ProfileError(
+                f"{where}.args[{i}]: value and valueTwo must be integers 0 to 2**64-1"
+            )
         found.append((index, str(op), value, two))
     return tuple(found)
 
@@ -191,6 +193,10 @@ def _applies(raw: Mapping[str, Any], where: str) -> bool:
         found = raw.get(key) or {}
         if not isinstance(found, dict) or set(found) - {"caps", "arches", "minKernel"}:
             raise ProfileError(f"{where}.{key} may hold only caps, arches and minKernel")
+        for listed in ("caps", "arches"):
+            names = found.get(listed, [])
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ProfileError(f"{where}.{key}.{listed} must be an array of strings")
         conditions.append(found)
     includes, excludes = conditions
     if any(cap in granted for cap in excludes.get("caps", [])):
@@ -257,6 +263,8 @@ def read_profile(path: Path) -> tuple[dict[str, Any], bytes]:
         raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise ProfileError(f"{path} is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProfileError(f"{path} is nested too deeply to be a profile") from exc
     if not isinstance(document, dict):
         raise ProfileError(f"{path} must hold a JSON object")
     parse_profile(document)
