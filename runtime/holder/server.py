@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import gc
 import json
@@ -295,7 +296,12 @@ class _Spares:
         due = refill_due(idle, self.shape, self.count, bool(self.launching), since, deaths)
         if due != 0.0:
             return due
-        self._fork()
+        try:
+            self._fork()
+        except OSError as exc:  # no process or descriptor to spare: the holder lives on
+            _log(f"cannot fork a spare launcher ({exc}); trying again in {SPARE_BACKOFF:.0f} s")
+            self.quick_deaths, self.last_death = QUICK_DEATHS, now
+            return SPARE_BACKOFF
         return None if len(self.idle) >= self.count else 0.0
 
     def _fork(self) -> None:
@@ -306,7 +312,12 @@ class _Spares:
         if self.leaves is not None:
             leaf = Leaf(self.leaves / f"run.{secrets.token_hex(3)}")
         ahead = self._ahead()
-        child = os.fork()
+        try:
+            child = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
         if child == 0:
             # Nothing of the holder may reach a container: not the listener, not a
             # client connection being served while this spare is forked.
@@ -840,12 +851,26 @@ def serve(
             containers.reaped(watches[ended])
         _take_handed(set(readable), channels, cold, spares, containers)
         if listener.fileno() in readable:
-            conn, _ = listener.accept()
+            conn = _accept(listener)
+            if conn is None:
+                continue
             with conn:
                 if _peer_is_the_user(conn):
                     running = _serve_guarded(conn, spares, containers)
     _reap(spares, containers)
     _log("exiting on request")
+
+
+def _accept(listener: socket.socket) -> socket.socket | None:
+    """The next client's connection, or None when there is none to take now: out of
+    descriptors, the holder lives on (after a pause: the listener stays readable)."""
+    try:
+        return listener.accept()[0]
+    except OSError as exc:
+        _log(f"cannot accept a client ({exc})")
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            time.sleep(0.1)
+        return None
 
 
 def _sweep_leaves(state: Path, ahead: Path | None) -> None:

@@ -226,7 +226,10 @@ class Views:
         if self.quick_deaths >= MOST_QUICK_DEATHS:
             log.info("the view's server keeps dying at start; not starting it again")
             return
-        self._start()
+        try:
+            self._start()
+        except OSError as exc:  # the views wait for a server: the next launch starts one
+            log.info(f"cannot start the view's server again: {exc}")
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
