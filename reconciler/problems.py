@@ -96,10 +96,14 @@ _COMPARISONS = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def toml_quote(value: str) -> str:
     """``value`` as a TOML basic string, for messages: ``"8080"``."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    # a terminal's control sequences (a title, a cleared screen) shown, not obeyed
+    return '"' + _CONTROL.sub(lambda c: f"\\u{ord(c[0]):04x}", escaped) + '"'
 
 
 def field_path(loc: Sequence[str | int]) -> str:

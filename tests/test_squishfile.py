@@ -431,6 +431,20 @@ ERROR_CASES = [
         "ports[1].host",
         "[::1]:80/tcp",
     ),
+    (  # a wildcard takes every address: the two would need one host socket
+        port("container = 1", "host = 80", 'host_addr = "0.0.0.0"', "[[ports]]", "container = 2")
+        + "host = 80  # <-\n",
+        "ports[1].host",
+        "127.0.0.1:80/tcp is already forwarded by ports[0] (0.0.0.0:80/tcp)",
+    ),
+    # the names a start-first replacement runs its containers under
+    ('name = "web.next"  # <-\n' + LAYERS_RUN, "name", "ends in .next, reserved for"),
+    ('name = "web.old"  # <-\n' + LAYERS_RUN, "name", "ends in .old, reserved for"),
+    (
+        'name = "x"\nhostname = "\\u001b]0;t\\u0007"  # <-\n' + LAYERS_RUN,
+        "hostname",
+        '"\\u001b]0;t\\u0007"',
+    ),
     (
         'network = "none"\n' + port("container = 80", "host = 80").replace("]]", "]]  # <-"),
         "ports",

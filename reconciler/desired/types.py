@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from reconciler.problems import Problem
+from reconciler.squishfile.fields import REPLACEMENT_SUFFIXES
 from reconciler.squishfile.networks import is_network_file
 from reconciler.squishfile.placement import HostIdentity, PlacementSection
 from runtime.api import ContainerSpec, NetworkSpec, PortMapping
@@ -126,12 +127,12 @@ def _skipped(path: Path) -> Skipped | None:
 
 def replacement_name(name: str) -> str:
     """The name a start-first replacement runs under until it takes over."""
-    return f"{name}.next"
+    return name + REPLACEMENT_SUFFIXES[0]
 
 
 def retired_name(name: str) -> str:
     """The name the replaced container steps aside to while its successor takes over."""
-    return f"{name}.old"
+    return name + REPLACEMENT_SUFFIXES[1]
 
 
 def replaced_name(name: str) -> str | None:

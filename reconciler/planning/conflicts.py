@@ -78,10 +78,7 @@ Refusals = dict[int, Problem]
 
 def overlaps(a: PortMapping, b: PortMapping) -> bool:
     """Whether two forwards need the same host socket (a wildcard address takes all)."""
-    if a.protocol != b.protocol or a.host != b.host:
-        return False
-    wildcard = {"0.0.0.0", "::"}
-    return a.host_addr == b.host_addr or a.host_addr in wildcard or b.host_addr in wildcard
+    return a.shares_socket_with(b)
 
 
 def _order(claim: Claim) -> tuple[str, str]:

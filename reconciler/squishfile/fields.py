@@ -12,7 +12,19 @@ from pydantic import AfterValidator, ConfigDict
 
 from reconciler.problems import toml_quote as _q
 
-__all__ = ("STRICT", "ExecString", "as_tuple", "is_path_like", "not_empty", "resolve")
+__all__ = (
+    "REPLACEMENT_SUFFIXES",
+    "STRICT",
+    "ExecString",
+    "as_tuple",
+    "is_path_like",
+    "not_empty",
+    "resolve",
+)
+
+REPLACEMENT_SUFFIXES = (".next", ".old")
+"""What a start-first replacement appends to a container's name while it runs: the new
+container's name until it takes over, and the old one's after (never a squishfile's)."""
 
 STRICT = ConfigDict(frozen=True, extra="forbid", strict=True)
 """Every table: immutable, unknown keys refused, no type coercion."""

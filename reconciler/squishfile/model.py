@@ -30,7 +30,14 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reconciler.problems import toml_quote as _q
-from reconciler.squishfile.fields import STRICT, ExecString, as_tuple, is_path_like, resolve
+from reconciler.squishfile.fields import (
+    REPLACEMENT_SUFFIXES,
+    STRICT,
+    ExecString,
+    as_tuple,
+    is_path_like,
+    resolve,
+)
 from reconciler.squishfile.networks import (
     DEFAULT_NETWORK,
     FOLDER_NETWORK,
@@ -105,6 +112,19 @@ def _default_target(path: str) -> str:
 
 
 _Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _check_container_name(value: str) -> str:
+    for suffix in REPLACEMENT_SUFFIXES:
+        if value.endswith(suffix):
+            raise ValueError(
+                f"{_q(value)} ends in {suffix}, reserved for the containers of a start-first "
+                "replacement"
+            )
+    return value
+
+
+_ContainerName = Annotated[str, AfterValidator(_check_name), AfterValidator(_check_container_name)]
 _NetworkName = Annotated[str, AfterValidator(check_network_name)]
 _Alias = Annotated[str, AfterValidator(check_alias)]
 _EnvName = Annotated[str, AfterValidator(_check_env_name)]
@@ -299,6 +319,11 @@ class NetworkJoin(BaseModel):
     _aliases_from_array = field_validator("aliases", mode="before")(as_tuple)
 
 
+def _one_socket(a: PortForward, b: PortForward) -> bool:
+    mapping = PortMapping.model_validate
+    return bool(mapping(a.model_dump()).shares_socket_with(mapping(b.model_dump())))
+
+
 def _networks_shape(value: Any) -> str | None:
     if isinstance(value, tuple):
         return "array"
@@ -329,7 +354,7 @@ class Squishfile(BaseModel):
 
     model_config = STRICT
 
-    name: _Name = Field(description="container name; default: the file's stem")
+    name: _ContainerName = Field(description="container name; default: the file's stem")
     network: Literal["isolated", "none", "slirp4netns"] | None = Field(
         default=None,
         description="isolated (a slirp4netns of its own; slirp4netns is its old name) or "
@@ -460,11 +485,12 @@ class Squishfile(BaseModel):
         if ports and info.data.get("network") == "none":
             message = 'network = "none" cannot forward ports; remove [[ports]] or the network'
             errors.append(_error((), message, ports))
-        first_user: dict[tuple[str, int, str], int] = {}
         for index, port in enumerate(ports):
-            earlier = first_user.setdefault((port.host_addr, port.host, port.protocol), index)
-            if earlier != index:
+            earlier = next((i for i in range(index) if _one_socket(ports[i], port)), None)
+            if earlier is not None:
                 message = f"host port {port.describe()} is already forwarded by ports[{earlier}]"
+                if ports[earlier].host_addr != port.host_addr:
+                    message += f" ({ports[earlier].describe()})"
                 errors.append(_error((index, "host"), message, port.host))
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)

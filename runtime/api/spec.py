@@ -158,6 +158,15 @@ class PortMapping(_Frozen):
         addr = f"[{self.host_addr}]" if ":" in self.host_addr else self.host_addr
         return f"{addr}:{self.host}->{self.container}/{self.protocol}"
 
+    def shares_socket_with(self, other: PortMapping) -> bool:
+        """Whether the two need one host socket: the same protocol and port, and the same
+        address or a wildcard (``0.0.0.0`` and ``::`` take every address)."""
+        if self.protocol != other.protocol or self.host != other.host:
+            return False
+        wildcards = ("0.0.0.0", "::")
+        addresses = (self.host_addr, other.host_addr)
+        return addresses[0] == addresses[1] or any(a in wildcards for a in addresses)
+
 
 MAX_BYTES = 2**50
 """Largest memory limit accepted (1 PiB): beyond anything real, within what the kernel
