@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.desired.folder import load_desired
+from reconciler.desired.validation import validate_files
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_network_file, load_squishfile, model
 from reconciler.squishfile.networks import (
@@ -141,6 +142,15 @@ NETWORK_FILE_ERRORS = [
     ('subnet = "10.89.7.0/30"  # <-\n', "subnet", "is a /30"),
     ('subnet = "fd00::/64"  # <-\n', "subnet", "not an IPv4 subnet"),
     ('subnet = "ten"  # <-\n', "subnet", "not an IPv4 subnet"),
+    # addresses a bridge cannot have: slirp4netns' own network in the shared namespace,
+    # the loopback's, multicast, the unspecified and link-local ranges
+    ('subnet = "10.0.2.0/24"  # <-\n', "subnet", "slirp4netns' network 10.0.2.0/24"),
+    ('subnet = "10.0.0.0/16"  # <-\n', "subnet", "slirp4netns' network 10.0.2.0/24"),
+    ('subnet = "127.0.0.0/24"  # <-\n', "subnet", "a loopback range"),
+    ('subnet = "224.0.0.0/24"  # <-\n', "subnet", "a multicast range"),
+    ('subnet = "0.0.0.0/16"  # <-\n', "subnet", "the unspecified range"),
+    ('subnet = "169.254.0.0/16"  # <-\n', "subnet", "a link-local range"),
+    ('subnet = "240.0.0.0/24"  # <-\n', "subnet", "a reserved range"),
     ("subnet = 10  # <-\n", "subnet", "must be a string"),
     ('internal = "yes"  # <-\n', "internal", "must be true or false"),
     ("dns = 1  # <-\n", "dns", "must be true or false"),
@@ -187,6 +197,18 @@ def test_overlapping_subnets_are_refused_at_the_later_file(tmp_path: Path) -> No
     (error,) = desired.network_errors
     (problem,) = error.problems
     assert (error.name, problem.field, problem.line) == ("b", "subnet", 2)
+    assert problem.message == "10.89.0.0/16 overlaps 10.89.40.0/24 of a.network.toml"
+
+
+def test_validate_refuses_the_overlapping_subnet_the_loop_refuses(tmp_path: Path) -> None:
+    a = write(tmp_path, 'subnet = "10.89.40.0/24"\n', "a.network.toml")
+    b = write(tmp_path, 'internal = true\nsubnet = "10.89.0.0/16"\n', "b.network.toml")
+    results = dict(validate_files([a, b]))
+    assert results[a] is None
+    error = results[b]
+    assert error is not None
+    (problem,) = error.problems
+    assert (problem.file, problem.field, problem.line) == (str(b), "subnet", 2)
     assert problem.message == "10.89.0.0/16 overlaps 10.89.40.0/24 of a.network.toml"
 
 

@@ -68,7 +68,7 @@ from runtime.api import ContainerSpec, NetworkSpec
 from runtime.security.profile import ProfileError, read_profile_bytes
 from runtime.security.seccomp import compile_profile
 
-__all__ = ("Cached", "FileCache", "load_desired", "settles_in")
+__all__ = ("Cached", "FileCache", "load_desired", "network_errors", "settles_in")
 
 
 def _claimed_name(path: Path, raw: bytes | None, known: str | None) -> tuple[str, bool]:
@@ -299,6 +299,12 @@ def _placed(
         else:
             elsewhere.append(PlacedElsewhere(container.file, container.name, reason))
     return here, tuple(elsewhere)
+
+
+def network_errors(folder: Path, paths: Sequence[Path]) -> list[FileError]:
+    """What a load of ``folder`` refuses of its network files ``paths`` (in name order):
+    each that does not load, or whose subnet overlaps an earlier one's."""
+    return _Networks.load(folder, list(paths)).errors
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from reconciler.desired.folder import network_errors
 from reconciler.planning.conflicts import Claim, Holding, refuse
 from reconciler.problems import Problem, SquishfileError
 from reconciler.squishfile import load_network_file, load_with_lines
@@ -84,7 +85,24 @@ def validate_files(
     for claim_index, problem in _refusals(claims, placements, holders).items():
         index = valid[claim_index]
         errors[index] = SquishfileError(paths[index], [problem])
+    errors.update(_overlapping_networks(paths, errors))
     return [(path, errors.get(index)) for index, path in enumerate(paths)]
+
+
+def _overlapping_networks(
+    paths: Sequence[Path], errors: Mapping[int, SquishfileError]
+) -> dict[int, SquishfileError]:
+    """The valid network files refused as a load of their folder refuses them: a subnet
+    overlapping an earlier file's (by index into ``paths``)."""
+    by_folder: dict[Path, dict[Path, int]] = {}
+    for index, path in enumerate(paths):
+        if is_network_file(path) and index not in errors:
+            by_folder.setdefault(path.parent, {})[path] = index
+    refused: dict[int, SquishfileError] = {}
+    for folder, indexes in by_folder.items():
+        for error in network_errors(folder, sorted(indexes)):
+            refused[indexes[error.file]] = SquishfileError(error.file, list(error.problems))
+    return refused
 
 
 def privileged_ports(paths: Sequence[Path], unprivileged_start: int) -> dict[Path, list[Problem]]:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from reconciler.problems import toml_quote as _q
 from reconciler.squishfile.fields import STRICT
+from runtime.api import subnet_refusal
 
 __all__ = (
     "DEFAULT_NETWORK",
@@ -139,4 +140,7 @@ class NetworkFile(BaseModel):
                 f"{_q(value)} is a /{subnet.prefixlen}: use a /{MIN_SUBNET_PREFIX} to "
                 f"/{MAX_SUBNET_PREFIX}"
             )
+        refusal = subnet_refusal(subnet)
+        if refusal is not None:
+            raise ValueError(f"{_q(value)} {refusal}: use a private range such as 10.89.5.0/24")
         return str(subnet)

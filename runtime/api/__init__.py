@@ -26,6 +26,7 @@ from runtime.api.spec import (
     RootfsRef,
     SdkLayer,
     check_target,
+    subnet_refusal,
 )
 
 __all__ = (
@@ -49,4 +50,5 @@ __all__ = (
     "Runtime",
     "SdkLayer",
     "check_target",
+    "subnet_refusal",
 )

@@ -31,6 +31,7 @@ __all__ = (
     "RootfsRef",
     "SdkLayer",
     "check_target",
+    "subnet_refusal",
 )
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
@@ -66,6 +67,32 @@ MIN_PREFIX, MAX_PREFIX = 16, 29
 """The sizes a network's subnet may have: a /16 down to a /29 (6 addresses)."""
 
 
+SLIRP_NETWORK = ipaddress.IPv4Network("10.0.2.0/24")
+"""slirp4netns' own network: its tap in the shared namespace (and in each isolated
+container) has 10.0.2.100, its gateway 10.0.2.2 and its DNS 10.0.2.3."""
+
+_UNUSABLE = (
+    ("is_loopback", "a loopback range"),
+    ("is_multicast", "a multicast range"),
+    ("is_unspecified", "the unspecified range"),
+    ("is_link_local", "a link-local range"),
+    ("is_reserved", "a reserved range"),
+)
+
+
+def subnet_refusal(subnet: ipaddress.IPv4Network) -> str | None:
+    """Why a bridge network cannot have ``subnet`` (None: it can): its addresses must
+    route in the shared namespace, next to slirp4netns' network."""
+    if subnet.overlaps(SLIRP_NETWORK):
+        return f"overlaps slirp4netns' network {SLIRP_NETWORK}, which carries the way out"
+    if subnet.subnet_of(ipaddress.IPv4Network("0.0.0.0/8")):
+        return "is in the unspecified range 0.0.0.0/8"
+    for test, what in _UNUSABLE:
+        if getattr(subnet, test) or getattr(subnet.network_address, test):
+            return f"is in {what}"
+    return None
+
+
 class NetworkSpec(_Frozen):
     """A network's settings: a bridge in the holder's shared network namespace."""
 
@@ -93,6 +120,9 @@ class NetworkSpec(_Frozen):
             raise ValueError(f"bad subnet {v!r}: {exc}") from None
         if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
             raise ValueError(f"subnet {v!r} must be a /{MIN_PREFIX} to a /{MAX_PREFIX}")
+        refusal = subnet_refusal(net)
+        if refusal is not None:
+            raise ValueError(f"subnet {v!r} {refusal}")
         return str(net)
 
 
