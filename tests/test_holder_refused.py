@@ -5,11 +5,13 @@ alone, so the test's own processes and the containers' are not refused."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from runtime.client.linux import LinuxRuntime
+from runtime.errors import ContainerStartError
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless
 from tests.support import shell
@@ -38,7 +40,10 @@ def test_a_spare_the_kernel_refuses_leaves_the_holder_serving(rt: LinuxRuntime) 
     holder = rt.holder.identity()
     assert holder is not None
     with no_forks_for(holder):
-        rt.run(shell("second", "true"))  # a warm spare starts it; its refill is refused
+        # a warm spare starts it and its refill is refused; or none is warm yet (the
+        # holder forks spares in quiet spells), and this start is refused with why
+        with contextlib.suppress(ContainerStartError):
+            rt.run(shell("second", "true"))
         eventually(
             lambda: not holder.alive() or _said(rt, "cannot fork a spare launcher"),
             "the refill tried",

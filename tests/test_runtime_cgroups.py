@@ -8,6 +8,7 @@ sets one up: scripts/host-setup.sh); the limits themselves are proven in a VM
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from runtime.client.linux import LinuxRuntime
 from runtime.errors import ContainerPaused, ContainerStartError, HostSetupError
 from runtime.util.files import read_json
 from tests.conftest import rootless
-from tests.support import detected_cgroups, shell
+from tests.support import descendants_of, detected_cgroups, processes_mentioning, shell
 from tests.test_holder_death import kill_holder
 from tests.test_reconciler_e2e import eventually
 
@@ -237,6 +238,33 @@ def test_a_holder_that_exits_takes_every_spare_and_its_leaf_along(rt: LinuxRunti
     assert _leaves(rt) == []
     for pid in (*inits, *spares):
         eventually(partial(_gone, pid), f"{pid} gone")
+
+
+def test_a_spare_that_took_a_request_too_slowly_never_launches_it_twice(
+    rt: LinuxRuntime,
+) -> None:
+    """The holder gives up on a spare that does not say it took the request within 10 s
+    and hands the request to another: the first must not launch it too when it goes on
+    (it holds the request and the client's connection by then)."""
+    rt.run(sleeper("first", "true"))
+    rt.remove("first", force=True)
+    inits = [
+        int(p) for leaf in _idle_leaves(rt) for p in (leaf / "cgroup.procs").read_text().split()
+    ]
+    stalled = [_spare_of(rt, init) for init in inits]
+    marker = f"sleep {100_000 + time.monotonic_ns() % 800_000}"  # seconds: one of ours
+    for pid in stalled:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        info = rt.run(sleeper("twice", f"exec {marker}"))
+    finally:
+        for pid in stalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert info.pid is not None
+    time.sleep(1.0)  # what a stalled spare would do once it goes on (nothing, now)
+    (running,) = processes_mentioning(marker)  # the container's, and no other
+    assert running[0] in {pid for pid, _ in descendants_of(info.pid)} | {info.pid}
 
 
 def _gone(pid: int) -> bool:

@@ -340,6 +340,17 @@ class _Spares:
             spare.discard_leaf()  # (the spare removed it already, unless it was killed)
 
 
+def _end_spare(spare: _Spare) -> None:
+    """SIGKILL a spare that failed its hand-over, and its warm init (children of this
+    holder, not reaped yet). One that is only slow, or whose ``TAKEN`` lost descriptors,
+    holds the request and the client's connection: going on, it would launch the
+    container a second time, and the client would wait for the end of a connection it
+    keeps open."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(spare.pid, signal.SIGKILL)
+    _end_init(spare.init)
+
+
 def _end_init(init: ProcessId | None) -> None:
     """SIGKILL the warm init of a spare that died unused (a child of this holder, not
     reaped yet): it may wait in a bind of its view's files for a server none runs."""
@@ -748,6 +759,7 @@ def _launch(conn: socket.socket, request: Launch, spares: _Spares, containers: _
             return
         except OSError as exc:
             _log(f"handing a request to a spare failed ({exc}); attempt {attempt}")
+            _end_spare(spare)
             spares.lost()
             if attempt == 2:
                 _reply(conn, Failure(ErrorCode.START_FAILED, f"launcher lost: {exc}"))
