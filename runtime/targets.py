@@ -22,6 +22,8 @@ def check_target(target: str) -> str:
     """
     if not target.startswith("/"):
         raise ValueError(f"target {target!r} must be an absolute path")
+    if "\0" in target:
+        raise ValueError(f"target {target!r} may not contain a NUL character")
     if any(part in (".", "..") for part in target.split("/")):
         raise ValueError(f"target {target!r} may not contain '..' or '.'")
     normal = "/" + posixpath.normpath(target).lstrip("/")

@@ -418,6 +418,15 @@ ERROR_CASES = [
     ),
     (layer('node = { target = "/n" }  # <-'), "layers.node", "either path or url"),
     (layer("node = 18  # <-"), "layers.node", 'a version like "3.12"'),
+    # found probing as a user: pydantic's report of a layer's model, and NULs let through
+    (layer('site = "~nosuchuser/x"  # <-'), "layers.site", "names a home folder that does not"),
+    (layer('x = { path = "./x", target = "/a\\u0000" }  # <-'), "layers.x.target", "a NUL"),
+    (
+        layer(f'x = {{ url = "http://a/\\u0000", sha256 = "{"a" * 64}" }}  # <-'),
+        "layers.x.url",
+        "not an http",
+    ),
+    (rootfs('alpine = "\u0663.\u0662\u0660"  # <-'), "layers.alpine", 'a release like "3.20"'),
     (layer('node = "18 lts"  # <-'), "layers.node", "neither a version"),
     # ports against each other and the network
     (
@@ -479,6 +488,13 @@ def test_problem_is_reported_with_file_line_and_field(
     assert matching[0].file == str(path)
     assert matching[0].line == _marked_line(text)
     assert "Input should" not in matching[0].message  # pydantic's wording is rewritten
+    assert "validation error" not in matching[0].message
+
+
+def test_a_broken_rootfs_layer_is_its_only_problem(tmp_path: Path) -> None:
+    """Not also "needs a rootfs layer": the file has one, written wrong."""
+    path = write(tmp_path, 'name = "x"\n' + rootfs('alpine = "3.20\\n"'))
+    assert [p.field for p in problems_of(path)] == ["layers.alpine"]
 
 
 def test_all_problems_are_reported_together(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ __all__ = (
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_ALPINE_VERSION = re.compile(r"\d{1,8}\.\d{1,8}|edge")
+_ALPINE_VERSION = re.compile(r"[0-9]{1,8}\.[0-9]{1,8}|edge")
 _SDK_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 
 
@@ -182,7 +182,8 @@ class DownloadLayer(BaseModel):
     @classmethod
     def _url_is_http(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+        odd = any(c.isspace() or not c.isprintable() for c in value)  # NUL, newline, tab...
+        if parts.scheme not in ("http", "https") or not parts.netloc or odd:
             raise ValueError(f"{_q(value)} is not an http:// or https:// URL")
         return value
 
@@ -246,6 +247,14 @@ def _classify_layer(name: str, value: str | LocalLayer | DownloadLayer) -> _Laye
 
 
 _Layer = RootfsRef | LocalLayer | SdkLayer
+
+
+def _reason(exc: ValueError) -> str:
+    """A refusal in the file's terms: a model built for a layer (``LocalLayer``) says
+    its own messages, not pydantic's report of them."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
 
 
 def _target_of(layer: LocalLayer | SdkLayer) -> str:
@@ -438,7 +447,8 @@ class Squishfile(BaseModel):
             try:
                 layer = _classify_layer(name, value)
             except ValueError as exc:
-                errors.append(_error((name,), str(exc), value))
+                errors.append(_error((name,), _reason(exc), value))
+                rootfs += [name] if name in ("busybox", "alpine") else []  # (one, broken)
                 continue
             if isinstance(layer, RootfsRef):
                 rootfs.append(name)
