@@ -359,3 +359,23 @@ def test_privileged_ports_are_warned_about_at_their_line_and_only_in_valid_files
     assert "(net.ipv4.ip_unprivileged_port_start is 1024)" in problem.message
     assert "sysctl net.ipv4.ip_unprivileged_port_start=80" in problem.message
     assert privileged_ports([low], 80) == {}  # a host that allows it: nothing to say
+
+
+def test_two_files_of_many_ports_are_compared_port_by_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found probing as a user: two files with the same 6,000 forwards took 3.6 s to
+    validate, 12 s with 12,000 (every port against every other); the loop plans with
+    the same code on every pass. Counted in comparisons, not timed."""
+    compared = 0
+
+    def counted(a: PortMapping, b: PortMapping) -> bool:
+        nonlocal compared
+        compared += 1
+        return a.shares_socket_with(b)
+
+    monkeypatch.setattr(conflicts, "overlaps", counted)
+    many = [port(1024 + i) for i in range(2000)]
+    refused = refuse([claim("a.toml", *many), claim("b.toml", *many)])
+    assert list(refused) == [1]
+    assert compared <= 2 * len(many)

@@ -326,6 +326,7 @@ ERROR_CASES = [
     ('colour = "red"  # <-\n' + LAYERS_RUN, "colour", 'unknown key "colour"'),
     ("[labels]  # <-\na = 'b'\n" + LAYERS_RUN, "labels", 'unknown key "labels"'),
     (run("comand = 'x'  # <-"), "run.comand", 'did you mean "command"?'),
+    (LAYERS_RUN + "[logs]\nmax_sise = 1  # <-\n", "logs.max_sise", 'did you mean "max_size"?'),
     (port("container = 1", "host = 1", "protocl = 'tcp'  # <-"), "ports[0].protocl", "protocol"),
     (layer('d = { path = "./d", rww = true }  # <-'), "layers.d.rww", 'did you mean "rw"?'),
     (run("[layers.d]", 'path = "./d"', 'mode = "ro"  # <-'), "layers.d.mode", "unknown key"),

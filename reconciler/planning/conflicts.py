@@ -252,12 +252,16 @@ def _clashes_with(
 
 
 def _clashes(claims: Sequence[Claim], index: int, other: int) -> list[_Clash]:
-    mine, theirs = claims[index].ports, claims[other].ports
+    """Linear in the two claims' ports (a file may hold thousands): only the other's
+    ports of the same protocol and host port can overlap one of mine."""
+    theirs: dict[tuple[str, int], list[int]] = {}
+    for t, port in enumerate(claims[other].ports):
+        theirs.setdefault((port.protocol, port.host), []).append(t)
     return [
         (m, t, other)
-        for m in range(len(mine))
-        for t in range(len(theirs))
-        if overlaps(mine[m], theirs[t])
+        for m, port in enumerate(claims[index].ports)
+        for t in theirs.get((port.protocol, port.host), ())
+        if overlaps(port, claims[other].ports[t])
     ]
 
 

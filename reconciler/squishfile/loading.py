@@ -37,6 +37,7 @@ from reconciler.squishfile.placement import PlacementSection
 from reconciler.squishfile.sections import (
     PROFILE_CHECK,
     HealthSection,
+    LogsSection,
     ResourcesSection,
     RestartSection,
     SecuritySection,
@@ -281,6 +282,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "health": HealthSection,
     "security": SecuritySection,
     "resources": ResourcesSection,
+    "logs": LogsSection,
     "placement": PlacementSection,
 }
 """The top-level tables, by key."""

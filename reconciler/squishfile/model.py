@@ -495,8 +495,11 @@ class Squishfile(BaseModel):
         if ports and info.data.get("network") == "none":
             message = 'network = "none" cannot forward ports; remove [[ports]] or the network'
             errors.append(_error((), message, ports))
+        seen: dict[tuple[str, int], list[int]] = {}  # linear: a file may have thousands
         for index, port in enumerate(ports):
-            earlier = next((i for i in range(index) if _one_socket(ports[i], port)), None)
+            same = seen.setdefault((port.protocol, port.host), [])
+            earlier = next((i for i in same if _one_socket(ports[i], port)), None)
+            same.append(index)
             if earlier is not None:
                 message = f"host port {port.describe()} is already forwarded by ports[{earlier}]"
                 if ports[earlier].host_addr != port.host_addr:
