@@ -153,3 +153,26 @@ def test_a_state_folder_that_is_a_symlink_or_not_ours_is_refused(tmp_path: Path)
         LinuxRuntime(state=link, cache=tmp_path / "cache")
     with pytest.raises(PermissionError, match="belongs to uid 0"):
         LinuxRuntime(state=Path("/"), cache=tmp_path / "cache")
+
+
+def test_a_client_that_trickles_its_request_does_not_hold_the_holder(rt: LinuxRuntime) -> None:
+    """Found in review: the holder read a request with a 2 s timeout per read, so a
+    client (the user's own process) sending a byte a second held its only serving loop
+    for as long as it liked, every other client waiting. The request now has 2 s in all."""
+    rt.holder.ensure()
+    sock_path = str(rt.state / "pause.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+        slow.connect(sock_path)
+        slow.settimeout(0.5)
+        answer = b""
+        for _ in range(20):  # 10 s of a byte every half second, unless answered first
+            try:
+                slow.sendall(b" ")
+                answer = slow.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                answer = b"closed"
+            break
+    assert answer, "still reading the trickled request after 10 s"
+    assert _ping(sock_path)["ok"] is True

@@ -686,8 +686,8 @@ def _kill(identity: ProcessId | None) -> None:
 def _serve_one(conn: socket.socket, spares: _Spares, containers: _Containers) -> bool:
     """Handle one connection; return False when asked to exit."""
     try:
-        conn.settimeout(2.0)
-        request = decode_request(decode_object(read_to_eof(conn, MAX_REQUEST)))
+        request = decode_request(decode_object(read_to_eof(conn, MAX_REQUEST, within=2.0)))
+        conn.settimeout(2.0)  # for the answer
     except (OSError, ValueError) as exc:
         _reply(conn, Failure(ErrorCode.BAD_REQUEST, str(exc)))
         return True

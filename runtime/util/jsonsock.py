@@ -24,15 +24,26 @@ class EmptyMessage(ValueError):
     """The peer closed the connection without sending anything."""
 
 
-def read_to_eof(sock: socket.socket, limit: int) -> bytes:
-    """Everything the peer sends until it shuts down its side; ValueError past ``limit``."""
-    chunks, size = [], 0
-    while chunk := sock.recv(65536):
+def read_to_eof(sock: socket.socket, limit: int, within: float | None = None) -> bytes:
+    """Everything the peer sends until it shuts down its side; ValueError past ``limit``.
+    With ``within``: TimeoutError unless all of it came within that many seconds (a
+    socket's own timeout bounds each read only: a byte at a time would never end)."""
+    chunks: list[bytes] = []
+    size = 0
+    ends = None if within is None else time.monotonic() + within
+    while True:
+        if ends is not None:
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the message did not end within {within:g} s")
+            sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
             raise ValueError(f"message larger than {limit} bytes")
-    return b"".join(chunks)
 
 
 def peer_of(sock: socket.socket) -> tuple[int, int]:
