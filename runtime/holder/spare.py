@@ -288,10 +288,12 @@ def _launch(init: _Init, req: LaunchRequest, raw: bytes, ahead: _Ahead | None) -
     # The init first: its mounts are the longer way to the command. A bridge network's
     # wiring, begun next and finished after the log pump, is done by other processes
     # meanwhile, overlapping the init's mounts, the cgroup move and the pump's fork.
-    os.write(init.request_w, raw)
-    os.close(init.request_w)
     identity = ProcessId.of(init.pid)
     try:
+        try:
+            os.write(init.request_w, raw)  # EPIPE: the warm init died; its leaf goes below
+        finally:
+            os.close(init.request_w)
         starting = driver_for(req).start(
             Path(req.container_dir),
             req.sandbox_slirp,
