@@ -11,8 +11,11 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -391,3 +394,73 @@ def test_an_exec_d_commands_listener_is_let_go_when_it_ends(rt: LinuxRuntime) ->
     # the holder reaps each runner (after its answer came) and lets its listener go; the
     # server lets its copy go when it sees the listener end
     _until_listeners(holder.pid, server.pid, held=(1, 1))
+
+
+_MAPPER = r"""
+/* Map the file privately and touch it (a fault reads it through the page cache), while
+   a second process opens and closes it (each open makes the view's server store the
+   file's bytes in that cache), ROUNDS times each. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    int rounds = atoi(argv[2]);
+    pid_t opener = fork();
+    volatile char sink = 0;
+    for (int i = 0; i < rounds; i++) {
+        int fd = open(argv[1], O_RDONLY);
+        if (fd < 0) return 2;
+        if (opener != 0) {
+            char *page = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (page == MAP_FAILED) return 3;
+            sink += page[0];
+            munmap(page, 4096);
+        }
+        close(fd);
+    }
+    if (opener == 0) return 0;
+    int status = 0;
+    waitpid(opener, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 4;
+}
+"""
+
+
+def _built(source: str, folder: Path) -> Path:
+    """``source`` compiled as a static program in ``folder`` (skipped without a C
+    compiler: the project's set-up installs one for its native init)."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (make host-setup installs one)")
+    (folder / "prog.c").write_text(source)
+    subprocess.run(
+        [compiler, "-static", "-O2", "-o", str(folder / "prog"), str(folder / "prog.c")],
+        check=True,
+    )
+    return folder / "prog"
+
+
+def test_a_container_mapping_its_meminfo_while_opening_it_stalls_no_view(
+    rt: LinuxRuntime, tmp_path: Path
+) -> None:
+    """Found in review, then reproduced: the server wrote each OPEN's store notice
+    itself, and storing a page waits for the page's lock. A reader whose fault locked
+    that page waits for its READ, which the server, stuck in its write, never read:
+    every container's view hung (and every start, its warm init's bind waiting)."""
+    _built(_MAPPER, tmp_path)
+    probe = BindMount(source=str(tmp_path), target="/probe")
+    rt.run(shell("mapper", "/probe/prog /proc/meminfo 20000; echo ended $?", binds=(probe,)))
+    _wait_for(lambda: b"ended" in rt.logs("mapper"), "the mapper's rounds", 60)
+    assert rt.logs("mapper").split()[-1] == b"0"
+    _running(rt, "other")  # a start (its warm init's binds) and a read, as before
+    assert _inside(rt, "other", "head -1 /proc/meminfo").startswith("MemTotal:")
+
+
+def _wait_for(done: Callable[[], bool], what: str, seconds: float) -> None:
+    ends = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < ends, f"not within {seconds:.0f} s: {what}"
+        time.sleep(0.1)

@@ -214,6 +214,8 @@ class Server:
         self.next_sample = time.monotonic() + LOAD_SAMPLE
         self.in_flight = in_flight
         self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="call")
+        self.storer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
+        """Writes each OPEN's store notice, then its answer (:meth:`open`)."""
         self.writing: _Writing | None = None
         """The answer being written, if any: no other call is read meanwhile."""
         self.written_r, self.written_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -325,14 +327,18 @@ class Server:
             return fuse.error_reply(req.unique, errno.ENOSYS)
         return handler(self, conn, req)
 
-    def open(self, conn: Connection, req: fuse.Request) -> bytes:
+    def open(self, conn: Connection, req: fuse.Request) -> bytes | None:
         if req.nodeid == _ROOT:
             return fuse.error_reply(req.unique, errno.EISDIR)
         fh, self.next_fh = self.next_fh, self.next_fh + 1
         data = keep(conn.handles, fh, self.content(req.nodeid, conn))
-        with contextlib.suppress(OSError):  # the node is not cached (yet): no size to raise
-            os.write(conn.fd, fuse.store_notice(req.nodeid, data))
-        return fuse.open_reply(req.unique, fh, fuse.FOPEN_DIRECT_IO)
+        notice = fuse.store_notice(req.nodeid, data)
+        reply = fuse.open_reply(req.unique, fh, fuse.FOPEN_DIRECT_IO)
+        # Not from this loop: storing a page waits for its lock, and a reader whose fault
+        # holds that lock waits for a READ only this loop answers. The copy of the
+        # descriptor keeps the connection the answer is for, whatever ends meanwhile.
+        self.storer.submit(_store_then_answer, os.dup(conn.fd), notice, reply)
+        return None
 
     def read(self, conn: Connection, req: fuse.Request) -> bytes:
         fh, offset, size = req.read_args()
@@ -474,6 +480,19 @@ class Server:
                 self.sample_load()
 
 
+def _store_then_answer(fd: int, notice: bytes, reply: bytes) -> None:
+    """In the storer's thread: the file's bytes into the page cache of its connection
+    (``fd``, a copy: closed here), then the OPEN's answer, so that the opener's reads
+    find the size they raise."""
+    try:
+        with contextlib.suppress(OSError):  # the node is not cached (yet): no size to raise
+            os.write(fd, notice)
+        with contextlib.suppress(OSError):  # interrupted, or the connection ended
+            os.write(fd, reply)
+    finally:
+        os.close(fd)
+
+
 def _lookup(server: Server, conn: Connection, req: fuse.Request) -> bytes:
     node = _node_of(req.name()) if req.nodeid == _ROOT else None
     if node is None:
@@ -506,7 +525,7 @@ def _release(server: Server, conn: Connection, req: fuse.Request) -> bytes:
     return fuse.reply(req.unique)
 
 
-_Handler = Callable[[Server, Connection, fuse.Request], bytes]
+_Handler = Callable[[Server, Connection, fuse.Request], bytes | None]
 
 _HANDLERS: dict[int, _Handler] = {
     fuse.Op.INIT: lambda s, c, r: fuse.init_reply(r.unique, r),
