@@ -186,7 +186,7 @@ def _reconciler(
             folder, settings, _files={} if files is None else files, recall_names=files is None
         )
         if settings.git is None
-        else GitSource(settings, runtime.state)
+        else _git_source(settings, runtime)
     )
     return Reconciler(
         source=source,
@@ -606,6 +606,19 @@ def cmd_down(args: argparse.Namespace) -> int:
             runtime.remove_network(network.name)
             _out.print(f"network {network.name}: removed")
     return 0
+
+
+def _git_source(settings: Settings, runtime: LinuxRuntime) -> GitSource:
+    """The git source of ``settings``; the revisions its containers' binds are in stay."""
+    source = GitSource(settings, runtime.state)
+    folder = str(source.folder)
+
+    def in_use() -> list[str]:
+        ours = (info for info in runtime.list() if is_managed_by(info, folder))
+        return [bind.source for info in ours for bind in info.spec.binds]
+
+    source.in_use = in_use
+    return source
 
 
 def _squishfiles(arguments: Sequence[str]) -> tuple[list[Path], list[Skipped]]:

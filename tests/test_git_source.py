@@ -75,6 +75,51 @@ def test_a_new_commit_is_loaded_in_the_same_folder(tmp_path: Path, origin: Origi
     assert source.describe()["applied"] == {"commit": second, "subject": "two", "time": when}
 
 
+SITE = '[layers]\nbusybox = "builtin"\nsite = "./site"\n[run]\ncommand = "httpd"\n'
+
+
+def test_a_file_using_the_checkout_is_read_from_each_new_revision(
+    tmp_path: Path, origin: Origin
+) -> None:
+    """Found probing the git source: an unchanged squishfile kept what it loaded from
+    the revision it was first read in (its ``./site`` there), so a change of the site
+    alone was never applied, and once that revision was removed (two are kept) the
+    container's bind source was gone."""
+    first = origin.commit({"web.toml": SITE, "site/index.html": "one"}, "one")
+    source = source_of(tmp_path, origin.url)
+    source.sync()
+    [bind] = source.load().desired.containers["web"].spec.binds
+    assert Path(bind.source) == source.home / "revs" / first / "site"
+    origin.commit({"README": "x"}, "readme")
+    third = origin.commit({"site/index.html": "three"}, "three")
+    for _ in range(2):
+        source.sync()
+        source.load()
+    [bind] = source.load().desired.containers["web"].spec.binds
+    assert Path(bind.source) == source.home / "revs" / third / "site"
+    assert (Path(bind.source) / "index.html").read_text() == "three"
+
+
+def test_a_revision_a_running_container_binds_stays_on_disk(tmp_path: Path, origin: Origin) -> None:
+    """Found probing the git source: two revisions were kept, whatever ran from older
+    ones. A container whose file broke keeps its last good spec, which binds the
+    checkout that spec was read from: removing it emptied the container's /app/site."""
+    first = origin.commit({"web.toml": SITE, "site/index.html": "one"}, "one")
+    source = source_of(tmp_path, origin.url)
+    source.sync()
+    [bind] = source.load().desired.containers["web"].spec.binds
+    running = [bind.source]  # what the folder's running container binds
+    source.in_use = lambda: running
+    for files in ({"web.toml": SITE + "typo = 1\n"}, {"README": "x"}, {"README": "y"}):
+        origin.commit(files, "broken, then others")  # each applied: three revisions on
+        assert source.sync()
+    assert (Path(bind.source) / "index.html").read_text() == "one"
+    running.clear()  # it runs from a newer revision now (or is gone)
+    origin.commit({"README": "z"}, "last")
+    source.sync()
+    assert not (source.home / "revs" / first).exists()
+
+
 def test_a_branch_a_tag_and_a_subfolder_are_followed(tmp_path: Path, origin: Origin) -> None:
     origin.commit({"apps/web.toml": web_toml("main"), "web.toml": web_toml("top")}, "main")
     tagged = origin.commit({"apps/web.toml": web_toml("tagged")}, "tagged")

@@ -123,6 +123,11 @@ class Cached:
     gone_since: float | None = None
     """When the file was first found missing (the loader's clock); None: it is there."""
 
+    def reread(self) -> Cached:
+        """This file's entry for a copy of it elsewhere (a new revision's checkout): what
+        it loaded stays known (its name), but the copy is read and loaded anew."""
+        return Cached(_STALE, self.loaded)
+
     def unchanged(self, path: Path) -> bool:
         """Whether the file at ``path`` still has the status it was read with, uses no
         other file and has no bytes waiting to settle: a load the watch vouches for
@@ -386,6 +391,9 @@ def settles_in(cache: FileCache, now: float, settle: float) -> float | None:
     due += [c.gone_since + settle for c in cache.values() if c.gone_since is not None]
     return max(min(due) - now, 0.0) if due else None
 
+
+_STALE = b"\0"
+"""The cache key of a file to read again whatever its bytes: no digest is one byte."""
 
 _UNREAD = b""
 """The cache key of a file that could not be read: no digest is empty."""

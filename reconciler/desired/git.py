@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,10 @@ class GitSource:
     _syncing: threading.Lock = field(default_factory=threading.Lock)
     _poked: threading.Event = field(default_factory=threading.Event)
     _poke_reason: str = "poked"
+    in_use: Callable[[], Iterable[str]] = tuple
+    """The host paths this source's running containers use (their binds' sources): a
+    revision one of them is in stays on disk (a container whose file broke keeps the
+    checkout its last good spec binds). One that cannot be listed keeps every revision."""
 
     def __post_init__(self) -> None:
         if self.settings.git is None:
@@ -136,8 +140,12 @@ class GitSource:
             if checkout is None:
                 return Snapshot(DesiredState(self.folder, readable=False), "git:none")
             files_in = checkout / self.path
-            if files_in != self._read_from:  # the same file names: known names carry over
-                self._files = {files_in / p.name: c for p, c in self._files.items()}
+            if files_in != self._read_from:
+                # The same file names, read again from the new checkout: what a file
+                # loaded names paths in the revision it was read from (``./site``, a
+                # profile), which goes two revisions later. The name each file last had
+                # carries over (a broken file still claims it).
+                self._files = {files_in / p.name: c.reread() for p, c in self._files.items()}
                 self._read_from = files_in
             host = HostIdentity(self.settings.host, self.settings.labels)
             desired = load_desired(self.folder, self._files, files_in=files_in, host=host)
@@ -254,6 +262,11 @@ class GitSource:
             os.replace(link, self.home / "current")
         self._record["applied"] = commit.as_json()
         keep = {commit.sha} | ({before.name} if before else set())
+        try:
+            keep |= {_revision_of(Path(path), revs) for path in self.in_use()}
+        except Exception as exc:  # not known: none is removed, the next commit tries again
+            log.warning("keeping every revision: their use is not known: %s", exc)
+            return
         for old in revs.iterdir():
             if old.name not in keep:
                 _remove(old)
@@ -306,6 +319,14 @@ class GitSource:
             "suspended": self.suspended,
             "problems": list(self._problems),
         }
+
+
+def _revision_of(path: Path, revs: Path) -> str:
+    """The revision (``revs/<sha>``) ``path`` is in, or "" for a path outside them."""
+    try:
+        return path.relative_to(revs).parts[0]
+    except (ValueError, IndexError):
+        return ""
 
 
 def _read_record(path: Path) -> dict[str, Any]:
