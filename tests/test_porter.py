@@ -402,3 +402,31 @@ def test_only_a_bulk_transfer_takes_a_large_pipe(
     payload = os.urandom(8 << 20)
     assert relayed(payload, tmp_path)[0] == payload
     assert grown == [1 << 20]
+
+
+@pytest.mark.parametrize("side", ["the backend", "the client"])
+def test_an_urgent_byte_is_passed_on_inline_and_the_relay_goes_on(side: str) -> None:
+    """Found in review: splice stops at a TCP urgent mark, so after one ``MSG_OOB`` byte
+    the relay's splice failed with EAGAIN while poll said readable: a thread spinning
+    at a full CPU, and nothing more passed on, until the sender closed."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        relay_side, _ = server.accept()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        upstream = socket.create_connection(server.getsockname())
+        backend, _ = server.accept()
+    relay = threading.Thread(target=porter._shuttle, args=(relay_side, upstream), daemon=True)
+    relay.start()
+    sender, receiver = (backend, client) if side == "the backend" else (client, backend)
+    with client, backend, relay_side, upstream:
+        sender.send(b"!", socket.MSG_OOB)
+        sender.sendall(b"after the mark")
+        sender.shutdown(socket.SHUT_WR)
+        receiver.settimeout(10)
+        got = bytearray()
+        while chunk := receiver.recv(4096):
+            got += chunk
+        assert bytes(got) == b"!after the mark"  # the urgent byte as data, in its place
+        receiver.shutdown(socket.SHUT_WR)
+        relay.join(10)
+        assert not relay.is_alive()

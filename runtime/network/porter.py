@@ -422,6 +422,10 @@ class _Direction:
         """Let go of the buffer."""
 
 
+_MARK_READ = 4096
+"""Bytes read past a TCP urgent mark (less than an empty pipe holds): splicing resumes."""
+
+
 class _Spliced(_Direction):
     """Through a pipe (the kernel moves the bytes: this process never reads them), of
     the default size until a second fill brings bytes: only a direction that carries
@@ -433,13 +437,23 @@ class _Spliced(_Direction):
         self.fills = 0
 
     def fill(self) -> int:
-        moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+        try:
+            moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
+        except BlockingIOError:  # readable, yet nothing spliced: a TCP urgent mark
+            moved = self._past_the_mark()
         if moved:
             self.fills += 1
             if self.fills == 2:
                 with contextlib.suppress(OSError):  # over the quota: it stays at the default
                     fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         return moved
+
+    def _past_the_mark(self) -> int:
+        """Splice stops at an urgent byte (``MSG_OOB``) for as long as it is unread, and
+        poll still says readable: read once instead (the byte comes inline, as data,
+        ``SO_OOBINLINE``), into the empty pipe; BlockingIOError if nothing came."""
+        data = self.source.recv(_MARK_READ)
+        return os.write(self.write_end, data) if data else 0
 
     def drain(self) -> int:
         return os.splice(self.read_end, self.sink.fileno(), self.held, flags=_NOWAIT)
@@ -484,6 +498,7 @@ def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
     for sock in (conn, upstream):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)  # urgent bytes as data
     directions: list[_Direction] = []
     try:
         directions.append(_direction(conn, upstream))
