@@ -329,16 +329,23 @@ class OverQuota:
         return int(self.fcntl(fd, op, arg))
 
 
+def relay_ends() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """Two TCP connections on 127.0.0.1, as a relay has them: (client, the relay's end
+    of it, the relay's connection upstream, the backend's end of that)."""
+    ends: list[socket.socket] = []
+    for _ in range(2):
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            ends.append(socket.create_connection(server.getsockname()))
+            ends.append(server.accept()[0])
+    client, relay_side, upstream, backend = ends
+    return client, relay_side, upstream, backend
+
+
 def relayed(payload: bytes, folder: Path) -> tuple[bytes, int]:
     """``payload`` sent from a file (pages of 4 KiB, as a web server's sendfile sends
     them) through ``porter._shuttle``: what came out, and the relay's source socket."""
     (folder / "payload").write_bytes(payload)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        relay_side, _ = server.accept()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        upstream = socket.create_connection(server.getsockname())
-        backend, _ = server.accept()
+    client, relay_side, upstream, backend = relay_ends()
     source = relay_side.fileno()
     relay = threading.Thread(target=porter._shuttle, args=(relay_side, upstream))
     relay.start()
@@ -409,12 +416,7 @@ def test_an_urgent_byte_is_passed_on_inline_and_the_relay_goes_on(side: str) -> 
     """Found in review: splice stops at a TCP urgent mark, so after one ``MSG_OOB`` byte
     the relay's splice failed with EAGAIN while poll said readable: a thread spinning
     at a full CPU, and nothing more passed on, until the sender closed."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        relay_side, _ = server.accept()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        upstream = socket.create_connection(server.getsockname())
-        backend, _ = server.accept()
+    client, relay_side, upstream, backend = relay_ends()
     relay = threading.Thread(target=porter._shuttle, args=(relay_side, upstream), daemon=True)
     relay.start()
     sender, receiver = (backend, client) if side == "the backend" else (client, backend)
