@@ -40,6 +40,7 @@ from runtime.network.dnsserver import (
     local_answer,
     parse_records,
 )
+from runtime.network.dnsserver import Responder as InProcessResponder
 from tests.support import REPO, free_port, write_atomically
 
 NET1, NET2 = "127.0.0.53", "127.0.0.54"
@@ -566,3 +567,45 @@ def test_a_known_name_answers_a_for_any_and_nothing_for_mx() -> None:
     assert (mx_answer.rcode(), mx_answer.answer) == (dns.rcode.NOERROR, [])
     assert local_answer(Server("10.0.0.1", (("10.0.2.3", 53),), {}), query("x")) is None
     assert any_answer.answer[0].rdtype == dns.rdatatype.A
+
+
+def _heavy_message(records_count: int) -> bytes:
+    """One question, then ``records_count`` answer records whose names each point at a
+    name of 127 labels: about 65 KB that took dnspython near a second to parse."""
+    header = struct.pack("!HHHHHH", 1, 0x0100, 1, records_count, 0, 0)
+    long_name = b"".join(b"\x01a" for _ in range(127)) + b"\x00"
+    question = long_name + struct.pack("!HH", 1, 1)
+    pointer = struct.pack("!H", 0xC000 | 12)  # to the question's name
+    record = pointer + struct.pack("!HHIH", 65280, 1, 0, 0)  # unknown type, no data
+    return header + question + record * records_count
+
+
+def test_a_query_carrying_records_is_dropped_before_it_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review (and reproduced): every message was parsed whole before its
+    question count was looked at. One responder serves every network, and 5 datagrams
+    like this one kept a known name unanswered for 2.5 s. A query has one question and
+    at most an OPT record and a signature besides: the header says so before parsing."""
+    path = tmp_path / "records.json"
+    path.write_text(records(server(NET1, NAMES1)))
+    responder = InProcessResponder(path, free_port())
+    parsed: list[bytes] = []
+    parse = dns.message.from_wire
+
+    def counted(wire: bytes, *args: object, **options: object) -> dns.message.Message:
+        parsed.append(wire)
+        return parse(wire, *args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dns.message, "from_wire", counted)
+    answers: list[bytes] = []
+    try:
+        responder.refresh()
+        heavy = _heavy_message(5400)
+        responder.query(NET1, heavy, answers.append, udp=True, asker="10.89.0.9")
+        assert (parsed, answers) == ([], [])
+        responder.query(NET1, query("web").to_wire(), answers.append, udp=True, asker="10.89.0.9")
+    finally:
+        responder.close()
+    [answer] = answers
+    assert addresses(parse(answer)) == ["10.89.0.5"]
