@@ -439,7 +439,9 @@ class _Spliced(_Direction):
     def fill(self) -> int:
         try:
             moved = os.splice(self.source.fileno(), self.write_end, _PIPE_SIZE, flags=_NOWAIT)
-        except BlockingIOError:  # readable, yet nothing spliced: a TCP urgent mark
+        except BlockingIOError:
+            moved = 0
+        if not moved:  # readable, yet nothing spliced: a TCP urgent mark, or the end
             moved = self._past_the_mark()
         if moved:
             self.fills += 1
@@ -449,9 +451,11 @@ class _Spliced(_Direction):
         return moved
 
     def _past_the_mark(self) -> int:
-        """Splice stops at an urgent byte (``MSG_OOB``) for as long as it is unread, and
-        poll still says readable: read once instead (the byte comes inline, as data,
-        ``SO_OOBINLINE``), into the empty pipe; BlockingIOError if nothing came."""
+        """Splice stops at an urgent byte (``MSG_OOB``) for as long as it is unread:
+        EAGAIN while poll says readable, and 0 once the peer has shut its side too (as
+        at the end). Read once instead (the byte comes inline, as data,
+        ``SO_OOBINLINE``), into the empty pipe: 0 only at the end; BlockingIOError if
+        nothing came."""
         data = self.source.recv(_MARK_READ)
         return os.write(self.write_end, data) if data else 0
 
