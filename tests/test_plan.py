@@ -1141,6 +1141,35 @@ def test_a_squishfile_that_turns_into_no_file_keeps_its_container(
     assert conditions_of(result) == (f"InvalidSpec {'site' if cached else 'web'}",)
 
 
+@pytest.mark.parametrize("edit", ["a typo", "a symbolic link"])
+def test_a_local_layer_a_start_would_refuse_keeps_the_running_container(
+    tmp_path: Path, edit: str
+) -> None:
+    """Found probing the git source: ./site edited to a path that does not exist (or
+    goes through a symbolic link) loaded as valid; the plan recreated the container
+    (stop-first: removed first), and the create was refused: the container was lost
+    to a typo. Refused when the file loads, the last valid spec keeps running."""
+    (tmp_path / "site").mkdir()
+    web = tmp_path / "web.toml"
+    web.write_text(squishfile(name="web").replace("[run]", 'site = "./site"\n[run]'))
+    running_web = running(load_desired(tmp_path).containers["web"])
+    if edit == "a typo":
+        web.write_text(web.read_text().replace("./site", "./sitee"))
+        why = "does not exist"
+    else:
+        (tmp_path / "linked").symlink_to(tmp_path / "site")
+        web.write_text(web.read_text().replace("./site", "./linked"))
+        why = "goes through a symbolic link"
+    state = load_desired(tmp_path)
+    result = plan(state, [running_web])
+    assert actions_of(result) == ()
+    assert conditions_of(result) == ("InvalidSpec web",)
+    [error] = state.errors
+    [problem] = error.problems
+    assert (problem.field, problem.line) == ("layers.site", 4)
+    assert why in problem.message
+
+
 def test_missing_folder_is_not_mass_deletion(tmp_path: Path) -> None:
     (tmp_path / "web.toml").write_text(squishfile())
     actual = observe(load_desired(tmp_path))

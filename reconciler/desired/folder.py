@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from reconciler.desired.types import (
     squishfiles_in,
 )
 from reconciler.planning.conflicts import settle_names
-from reconciler.problems import Problem, SquishfileError
+from reconciler.problems import Problem, SquishfileError, toml_quote
 from reconciler.squishfile import (
     FileIdentity,
     file_text,
@@ -157,6 +157,9 @@ def _load_one(
         problem = Problem(str(path), None, "<file>", f"{type(exc).__name__}: {exc}")
         name, certain = _claimed_name(path, raw, known)
         return FileError(path, name, (problem,), name_known=certain)
+    unusable = _unusable_sources(path, raw, squishfile.local_sources())
+    if unusable:
+        return FileError(path, squishfile.name, tuple(unusable))
     health = squishfile.health
     return DesiredContainer(
         path,
@@ -172,6 +175,25 @@ def _load_one(
         squishfile.forwards(),
         squishfile.placement,
     )
+
+
+def _unusable_sources(path: Path, raw: bytes, sources: Mapping[str, str]) -> list[Problem]:
+    """A problem at each local layer whose host path a start would refuse: missing, or
+    through a symbolic link. Refused here, the running container keeps its last valid
+    spec; a stop-first recreate would remove it, then fail to create the new one."""
+    found: list[tuple[str, str]] = []
+    for name, source in sources.items():
+        if not os.path.lexists(source):
+            found.append((name, f"{toml_quote(source)} does not exist"))
+        elif os.path.realpath(source) != os.path.normpath(source):
+            found.append((name, f"{toml_quote(source)} goes through a symbolic link"))
+    if not found:
+        return []
+    lines = lines_of(file_text(raw, errors="replace"), [("layers", name) for name, _ in found])
+    return [
+        Problem(str(path), line, f"layers.{name}", f"{message}, which a start refuses")
+        for (name, message), line in zip(found, lines, strict=True)
+    ]
 
 
 def _unreadable(path: Path, exc: OSError | SquishfileError, known: str | None) -> FileError:

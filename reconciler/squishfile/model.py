@@ -580,6 +580,15 @@ class Squishfile(BaseModel):
         """The ``[[ports]]`` as the runtime takes them, in the file's own order."""
         return tuple(PortMapping.model_validate(port.model_dump()) for port in self.ports)
 
+    def local_sources(self) -> dict[str, str]:
+        """The host path of each local layer (a bind), by its name in ``[layers]``."""
+        found: dict[str, str] = {}
+        for name, value in self.layers.items():
+            layer = _classify_layer(name, value)
+            if isinstance(layer, LocalLayer):
+                found[name] = self._host_path(layer.path)
+        return found
+
     def _host_path(self, path: str) -> str:
         """``path`` made absolute: ``~`` expanded, relative paths taken from the file's folder."""
         return str(resolve(path, self._source))
