@@ -1160,7 +1160,8 @@ def test_a_local_layer_a_start_would_refuse_keeps_the_running_container(
         (tmp_path / "linked").symlink_to(tmp_path / "site")
         web.write_text(web.read_text().replace("./site", "./linked"))
         why = "goes through a symbolic link"
-    state = load_desired(tmp_path)
+    cache: FileCache = {}
+    state = load_desired(tmp_path, cache)
     result = plan(state, [running_web])
     assert actions_of(result) == ()
     assert conditions_of(result) == ("InvalidSpec web",)
@@ -1168,6 +1169,14 @@ def test_a_local_layer_a_start_would_refuse_keeps_the_running_container(
     [problem] = error.problems
     assert (problem.field, problem.line) == ("layers.site", 4)
     assert why in problem.message
+    # the path made right on the host, the same file: the next load sees it
+    if edit == "a typo":
+        (tmp_path / "sitee").mkdir()
+    else:
+        (tmp_path / "linked").unlink()
+        (tmp_path / "linked").mkdir()
+    trusted = load_desired(tmp_path, cache, trusted=True)  # no event came for the file
+    assert actions_of(plan(trusted, [running_web])) == ("recreate web",)
 
 
 def test_missing_folder_is_not_mass_deletion(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ def _load_one(
         return FileError(path, name, (problem,), name_known=certain)
     unusable = _unusable_sources(path, raw, squishfile.local_sources())
     if unusable:
-        return FileError(path, squishfile.name, tuple(unusable))
+        return FileError(path, squishfile.name, tuple(unusable), recheck=True)
     health = squishfile.health
     return DesiredContainer(
         path,
@@ -475,7 +475,9 @@ def _read(
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
     loaded = _load_one(path, raw, folder, known_name)
-    if cache is not None:
+    if cache is not None and isinstance(loaded, FileError) and loaded.recheck:
+        cache[path] = Cached(_STALE, loaded)  # the host's files may change, not its bytes
+    elif cache is not None:
         key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
         cache[path] = Cached(key, loaded, identity, seen=seen)
     return loaded

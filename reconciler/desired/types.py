@@ -225,6 +225,9 @@ class FileError:
     """A ``DuplicateName``: the valid container the file asks for, refused its name
     because another file keeps it (the planner decides again when the refused file's
     container is the one running)."""
+    recheck: bool = False
+    """The problem is the host's, not the file's (a local layer's path missing): the
+    file is loaded again at every load, its bytes unchanged or not."""
 
     @property
     def message(self) -> str:
