@@ -459,15 +459,9 @@ def _read(
     except FileNotFoundError as exc:
         if not path.is_symlink():
             return None  # deleted between the listing and now: gone (:func:`_vanished`)
-        unreadable = _unreadable(path, _dangling(exc), known_name)
-        if cache is not None:
-            cache[path] = Cached(_UNREAD, unreadable)
-        return unreadable
+        return _keep(cache, path, Cached(_UNREAD, _unreadable(path, _dangling(exc), known_name)))
     except (OSError, SquishfileError) as exc:  # unreadable is not deleted: keep what it made
-        unreadable = _unreadable(path, exc, known_name)
-        if cache is not None:
-            cache[path] = Cached(_UNREAD, unreadable)
-        return unreadable
+        return _keep(cache, path, Cached(_UNREAD, _unreadable(path, exc, known_name)))
     if known is not None:
         key = _digest(raw, _current(_inputs(known.loaded)))
         if quiet.keeps(known, key, identity):
@@ -475,9 +469,14 @@ def _read(
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
     loaded = _load_one(path, raw, folder, known_name)
-    if cache is not None and isinstance(loaded, FileError) and loaded.recheck:
-        cache[path] = Cached(_STALE, loaded)  # the host's files may change, not its bytes
-    elif cache is not None:
-        key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
-        cache[path] = Cached(key, loaded, identity, seen=seen)
-    return loaded
+    if isinstance(loaded, FileError) and loaded.recheck:
+        return _keep(cache, path, Cached(_STALE, loaded))  # the host's files may change
+    key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
+    return _keep(cache, path, Cached(key, loaded, identity, seen=seen))
+
+
+def _keep(cache: FileCache | None, path: Path, entry: Cached) -> DesiredContainer | FileError:
+    """What ``entry`` loaded, kept in ``cache`` (if any) as ``path``'s."""
+    if cache is not None:
+        cache[path] = entry
+    return entry.loaded
