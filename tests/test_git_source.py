@@ -20,7 +20,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.control.status import status_document
 from reconciler.desired.git import GitSource, resume, suspend
-from reconciler.desired.gitrepo import GitError
+from reconciler.desired.gitrepo import TARGET, GitError
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import LABEL_FOLDER, DesiredState
 from reconciler.planning.plan import plan
@@ -133,6 +133,28 @@ def test_a_branch_a_tag_and_a_subfolder_are_followed(tmp_path: Path, origin: Ori
         assert source.sync(), source.describe()
         assert greetings(source.load().desired) == {"web": greeting}
         assert source.folder.name == "apps"
+
+
+def test_a_pinned_sha_is_never_a_branch_named_like_it(tmp_path: Path, origin: Origin) -> None:
+    """Found probing the git source: ``--rev`` fetches every branch and tag, and git
+    takes a ref over an abbreviated sha of the same name. A branch pushed under the
+    pinned sha's name moved the pin, and stayed after it was deleted (nothing pruned)."""
+    pinned = origin.commit({"web.toml": web_toml("pinned")}, "pinned")
+    source = source_of(tmp_path, origin.url, rev=pinned[:10])
+    assert source.sync()
+    git(origin.path, "checkout", "--quiet", "-b", pinned[:10])  # a branch named like it
+    origin.commit({"web.toml": web_toml("hijacked")}, "hijack")
+    git(origin.path, "checkout", "--quiet", "main")
+    source.sync()
+    assert greetings(source.load().desired) == {"web": "pinned"}
+
+    git(origin.path, "tag", "2024", pinned)  # hex, and no commit starts with it: a tag
+    assert source._fetch("2024", TARGET) == pinned
+    git(origin.path, "tag", "gone")
+    assert source._fetch("gone", TARGET) == pinned  # every tag is fetched for a rev
+    git(origin.path, "tag", "--delete", "gone")
+    with pytest.raises(GitError, match="no such commit"):  # and pruned with the origin's
+        source._fetch("gone", TARGET)
 
 
 def test_a_path_outside_the_repository_is_refused(tmp_path: Path, origin: Origin) -> None:

@@ -230,7 +230,9 @@ class GitSource:
         self.mirror.ensure()
         if rev is not None:
             self.mirror.fetch(  # as the origin names them: main~2 and v1.2 resolve too
-                self.git.url, ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+                self.git.url,
+                ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"),
+                prune=True,  # a ref gone from the origin names nothing here either
             )
             return self.mirror.resolve(rev)
         if self.git.branch is not None:

@@ -10,6 +10,7 @@ helper): its own process group.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,10 @@ class _Done:
     err: str
 
 
+_ABBREVIATED = re.compile(r"[0-9a-f]{4,39}")
+"""A rev that can be an abbreviated sha (a full one is always the object itself)."""
+
+
 @dataclass(frozen=True)
 class Mirror:
     """A bare repository that fetches hold; revisions are checked out of it."""
@@ -59,18 +64,39 @@ class Mirror:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._git(("init", "--quiet", "--bare", str(self.path)), git_dir=False)
 
-    def fetch(self, url: str, refspecs: Sequence[str]) -> None:
+    def fetch(self, url: str, refspecs: Sequence[str], *, prune: bool = False) -> None:
+        """Fetch ``refspecs`` from ``url``; with ``prune``, the refs they cover that the
+        origin no longer has are deleted here too."""
         # after "--", a URL or ref that starts with "-" is never taken for an option
-        self._git(("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", url, *refspecs))
+        options = ("--quiet", "--no-tags", "--no-write-fetch-head", *(("--prune",) * prune))
+        self._git(("fetch", *options, "--", url, *refspecs))
 
     def resolve(self, name: str) -> str:
-        """The commit ``name`` (a ref, a tag, a full or abbreviated sha) stands for."""
+        """The commit ``name`` (a ref, a tag, a full or abbreviated sha) stands for. A
+        name that is an abbreviated sha of a commit fetched is that commit, never a ref
+        of that name (git would take a branch or tag pushed under a pinned sha's name
+        over the sha); a hex name no commit starts with is a ref (a tag ``2024``)."""
+        if _ABBREVIATED.fullmatch(name) and (commit := self._commit_by_prefix(name)):
+            return commit
         done = self._run(
             ("rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
         )
         if done.code != 0:
             raise GitError(f"{name}: no such commit in what was fetched")
         return done.out.decode().strip()
+
+    def _commit_by_prefix(self, prefix: str) -> str | None:
+        """The one commit whose sha starts with ``prefix``; None if none does."""
+        done = self._run(("rev-parse", f"--disambiguate={prefix}"))
+        objects = done.out.decode().split() if done.code == 0 else []
+        commits = {sha for sha in objects if self._is_commit(sha)}
+        if len(commits) > 1:
+            raise GitError(f"{prefix}: {len(commits)} commits start with it; give more of it")
+        return commits.pop() if commits else None
+
+    def _is_commit(self, sha: str) -> bool:
+        done = self._run(("cat-file", "-t", sha))
+        return done.code == 0 and done.out.strip() == b"commit"
 
     def commit(self, sha: str) -> Commit:
         out = self._git(("log", "-1", "--format=%H%x00%ct%x00%s", sha)).decode(errors="replace")
