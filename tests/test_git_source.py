@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -390,6 +393,42 @@ def test_only_commits_signed_by_an_allowed_key_are_applied(tmp_path: Path, origi
     signed = origin.commit({"web.toml": web_toml("good again")}, "signed again", key=allowed)
     assert source.sync()
     assert source.load().revision == signed
+
+
+@pytest.fixture
+def gpg_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A GnuPG home of the test's own (short: its agent's socket path is bounded), made
+    the process's; its agent is stopped after."""
+    if shutil.which("gpg") is None or shutil.which("gpgconf") is None:
+        pytest.skip("no GnuPG here")
+    home = Path(tempfile.mkdtemp(prefix="sqg", dir="/tmp"))
+    home.chmod(0o700)
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    try:
+        yield home
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], check=False, timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_an_openpgp_signature_is_no_ssh_signature(
+    tmp_path: Path, origin: Origin, gpg_home: Path
+) -> None:
+    """Found probing the git source: verify-commit takes the signature's own format, so a
+    commit signed with any OpenPGP key in the service account's keyring passed the
+    check meant for the ssh keys of allowed_signers."""
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(SigningKey(tmp_path, "allowed").allowed)
+    source = source_of(tmp_path, origin.url, verify_signatures=True, allowed_signers=str(signers))
+    batch = ("gpg", "--batch", "--passphrase", "", "--quick-generate-key")
+    subprocess.run([*batch, "Nobody <nobody@example.com>", "ed25519", "sign", "never"], check=True)
+    git(origin.path, "add", "--all")
+    sign = ("-c", "gpg.format=openpgp", "-c", "user.signingkey=nobody@example.com")
+    git(origin.path, *sign, "commit", "--quiet", "--allow-empty", "-S", "-m", "openpgp")
+    git(origin.path, "verify-commit", "HEAD")  # a good signature, as GnuPG sees it
+    assert not source.sync()
+    attempted = source.describe()["attempted"]
+    assert isinstance(attempted, dict) and attempted["refused"]
 
 
 def test_verifying_signatures_needs_an_allowed_signers_file() -> None:

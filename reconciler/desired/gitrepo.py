@@ -106,7 +106,13 @@ class Mirror:
     def refusal(self, sha: str, allowed_signers: str) -> str | None:
         """None when ``sha`` carries an ssh signature of a key in ``allowed_signers``;
         else why it does not."""
-        config = ("-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}")
+        config = (
+            *("-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}"),
+            # verify-commit follows the signature's own format: an OpenPGP or X.509 one
+            # would be checked against the account's keyrings, so those checks must fail
+            *("-c", "gpg.program=false", "-c", "gpg.openpgp.program=false"),
+            *("-c", "gpg.x509.program=false"),
+        )
         done = self._run(("verify-commit", sha), config=config)
         if done.code == 0:
             return None
