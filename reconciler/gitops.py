@@ -15,7 +15,7 @@ from typing import Any
 from reconciler.desired.git import GitSource, git_home, resume, suspend
 from reconciler.desired.source import Source
 from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
-from reconciler.terminal import LazyConsole, escape
+from reconciler.terminal import LazyConsole, escape, visible
 
 __all__ = (
     "add_git_options",
@@ -123,7 +123,10 @@ def source_line(source: dict[str, Any]) -> str:
         line += f"; last fetch failed: {source['fetch_error']}"
     if source.get("suspended"):
         line += "; SUSPENDED (`reconciler resume --git URL` resumes)"
-    return line + "".join(f"\n  {problem}" for problem in source.get("problems", ()))
+    # a commit's file names and git's messages reach a terminal here: their control
+    # characters are shown, not obeyed
+    problems = "".join(f"\n  {visible(str(problem))}" for problem in source.get("problems", ()))
+    return visible(line) + problems
 
 
 def add_suspend_commands(sub: Any, state: Callable[[], Path]) -> None:

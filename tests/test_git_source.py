@@ -26,6 +26,7 @@ from reconciler.desired.git import GitSource, resume, suspend
 from reconciler.desired.gitrepo import TARGET, GitError
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import LABEL_FOLDER, DesiredState
+from reconciler.gitops import source_line
 from reconciler.planning.plan import plan
 from reconciler.settings import BadSetting, GitSettings, Settings, parse_interval
 from tests.fakes import FakeRuntime
@@ -158,6 +159,34 @@ def test_a_pinned_sha_is_never_a_branch_named_like_it(tmp_path: Path, origin: Or
     git(origin.path, "tag", "--delete", "gone")
     with pytest.raises(GitError, match="no such commit"):  # and pruned with the origin's
         source._fetch("gone", TARGET)
+
+
+@pytest.mark.parametrize("link", ["web.toml", "apps"])
+def test_a_commit_with_a_link_out_of_the_repository_is_refused(
+    tmp_path: Path, origin: Origin, link: str
+) -> None:
+    """Found probing the git source: a squishfile committed as a symbolic link to a file
+    elsewhere on the host (another folder's, with its secrets), or the followed folder
+    as a link to a host folder, was read as the repository's own."""
+    applied = origin.commit({"apps/web.toml": web_toml("mine")}, "mine")
+    source = source_of(tmp_path, origin.url, path="apps")
+    assert source.sync()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "web.toml").write_text(web_toml("not the repository's"))
+    if link == "apps":
+        shutil.rmtree(origin.path / "apps")
+        (origin.path / "apps").symlink_to(elsewhere)
+    else:
+        (origin.path / "apps" / "web.toml").unlink()
+        (origin.path / "apps" / "web.toml").symlink_to(elsewhere / "web.toml")
+    refused = origin.commit({}, "a link out")
+    assert not source.sync()
+    attempted = source.describe()["attempted"]
+    assert isinstance(attempted, dict) and attempted["commit"] == refused
+    assert "a symbolic link out of the repository" in str(attempted["error"])
+    assert source.load().revision == applied
+    assert greetings(source.load().desired) == {"web": "mine"}
 
 
 def test_a_path_outside_the_repository_is_refused(tmp_path: Path, origin: Origin) -> None:
@@ -526,3 +555,21 @@ def test_status_json_gains_the_source_key_only_for_a_source_that_describes_itsel
     folder = status_document(desired, [], todo, {}, source=FolderSource(tmp_path))
     assert "source" not in folder
     assert set(document) - set(folder) == {"source"}
+
+
+def test_the_source_line_shows_control_characters_and_does_not_obey_them() -> None:
+    """Found probing the git source: a committed file named with an escape sequence
+    reached the terminal raw through status's source line (a cleared screen, a
+    forged line)."""
+    forged = "x\x1b[2J\x1b[31mOWNED\x1b[0m\nfake line.toml:1: name: ok"
+    line = source_line(
+        {
+            "url": "file:///r",
+            "ref": "HEAD",
+            "attempted": {"commit": "0" * 40, "error": f"{forged}: a symbolic link out"},
+            "problems": [f"/s/revs/abc/{forged}"],
+        }
+    )
+    assert "\x1b" not in line
+    assert "\\x1b[2J" in line
+    assert line.count("\n") == 1  # the one problem's line, no forged one

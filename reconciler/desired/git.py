@@ -278,6 +278,7 @@ class GitSource:
         partial = Path(tempfile.mkdtemp(prefix=f".{sha}.", dir=revs))
         try:
             self.mirror.check_out(sha, partial)
+            _refuse_links_out(partial)
             os.rename(partial, revs / sha)
         except BaseException:
             _remove(partial)
@@ -321,6 +322,24 @@ class GitSource:
             "suspended": self.suspended,
             "problems": list(self._problems),
         }
+
+
+def _refuse_links_out(checkout: Path) -> None:
+    """GitError naming the first symbolic link of ``checkout`` that leads out of it (to a
+    file or folder of the host, which a squishfile, the followed folder or a local layer
+    would then be): a repository's files are its own."""
+    inside = os.path.realpath(checkout)
+    for folder, dirs, files in os.walk(checkout):
+        for name in (*dirs, *files):
+            entry = os.path.join(folder, name)
+            if not os.path.islink(entry):
+                continue
+            target = os.path.realpath(entry)
+            if os.path.commonpath((inside, target)) != inside:
+                shown = os.path.relpath(entry, checkout)
+                raise GitError(
+                    f"{shown}: a symbolic link out of the repository ({os.readlink(entry)})"
+                )
 
 
 def _revision_of(path: Path, revs: Path) -> str:
