@@ -10,6 +10,7 @@
     interval = "30s"
     verify_signatures = true
     allowed_signers = "~/.config/squish/allowed_signers"
+    host_paths = false          # true: its files may bind host paths (--allow-host-paths)
 
     [host]                      # this host, for [placement] (as --host and --label)
     name = "web-1"
@@ -64,6 +65,7 @@ class _Git(BaseModel):
     interval: str | None = None
     verify_signatures: bool = False
     allowed_signers: str | None = None
+    host_paths: bool = False
 
     @field_validator("interval")
     @classmethod

@@ -47,6 +47,13 @@ def add_git_options(command: argparse.ArgumentParser, *, loop: bool = False) -> 
         help="apply only commits with an ssh signature of a key in --allowed-signers",
     )
     group.add_argument("--allowed-signers", metavar="FILE", help="ssh allowed-signers file")
+    group.add_argument(
+        "--allow-host-paths",
+        dest="host_paths",
+        action="store_true",
+        default=None,
+        help="let the repository's files bind host paths outside the repository",
+    )
     if loop:
         group.add_argument(
             "--interval",
@@ -74,6 +81,7 @@ def git_settings(args: argparse.Namespace, base: Settings) -> GitSettings | None
             "verify_signatures",
             "allowed_signers",
             "interval",
+            "host_paths",
         )
         if (value := getattr(args, name, None)) is not None
     }

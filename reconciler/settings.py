@@ -81,6 +81,10 @@ class GitSettings:
     """An ssh allowed-signers file, as ``gpg.ssh.allowedSignersFile`` (``--allowed-signers``)."""
     timeout: float = 120.0
     """Longest run of one git command, in seconds; a fetch that takes longer fails."""
+    host_paths: bool = False
+    """Let the repository's files bind host paths outside their checkout and read seccomp
+    profiles from there (``--allow-host-paths``); by default they reach only the
+    repository: whoever can push to it could otherwise bind the account's home."""
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.branch, self.tag, self.rev)) > 1:

@@ -101,3 +101,14 @@ def test_the_file_picks_the_port_handler_unless_the_environment_does(tmp_path: P
 def test_the_file_knows_every_port_handler() -> None:
     field = configfile._Network.model_fields["port_handler"].annotation
     assert set(typing.get_args(typing.get_args(field)[0])) == set(PORT_HANDLERS)
+
+
+def test_host_paths_are_allowed_from_the_command_line_or_the_file(tmp_path: Path) -> None:
+    url = "https://git.example.com/ops.git"
+    default = settings_for("status", "--git", url).git
+    flagged = settings_for("status", "--git", url, "--allow-host-paths").git
+    config = tmp_path / "reconciler.toml"
+    config.write_text(f'[git]\nurl = "{url}"\nhost_paths = true\n')
+    filed = settings_for("--config", str(config), "status").git
+    assert default is not None and flagged is not None and filed is not None
+    assert (default.host_paths, flagged.host_paths, filed.host_paths) == (False, True, True)

@@ -189,6 +189,41 @@ def test_a_commit_with_a_link_out_of_the_repository_is_refused(
     assert greetings(source.load().desired) == {"web": "mine"}
 
 
+HOST_PATHS = {
+    "home": ('home = { path = "~", target = "/h", rw = true }', "layers.home"),
+    "root": ('root = { path = "/", target = "/r", rw = true }', "layers.root"),
+    "up": ('up = { path = "../../../..", target = "/s", rw = true }', "layers.up"),
+    "profile": ("", "security.seccomp"),
+}
+
+
+@pytest.mark.parametrize("case", HOST_PATHS, ids=HOST_PATHS)
+def test_a_repository_s_file_reaches_only_the_repository(
+    tmp_path: Path, origin: Origin, case: str
+) -> None:
+    """Found probing the git source: whoever could push to the repository could bind
+    the account's home, / or the state folder read-write (``../../../..`` from a
+    checkout is the state folder), and take the account. A git source's local layers
+    and profiles stay inside its repository unless the host allows more."""
+    layer, field = HOST_PATHS[case]
+    text = web_toml("x").replace("[run]", f"{layer}\n[run]")
+    if case == "profile":
+        profile = tmp_path / "profile.json"  # on the host, outside the repository
+        profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+        text += f'[security]\nseccomp = "{profile}"\n'
+    origin.commit({"web.toml": text}, "reach out")
+    source = source_of(tmp_path, origin.url)
+    assert source.sync()
+    [error] = source.load().desired.errors
+    [problem] = error.problems
+    assert problem.field == field
+    assert "inside the repository" in problem.message
+    allowed = source_of(tmp_path / "allowed", origin.url, host_paths=True)
+    assert allowed.sync()
+    desired = allowed.load().desired
+    assert not any(p.field == field for e in desired.errors for p in e.problems)
+
+
 def test_a_path_outside_the_repository_is_refused(tmp_path: Path, origin: Origin) -> None:
     with pytest.raises(BadSetting, match="inside the repository"):
         source_of(tmp_path, origin.url, path="../elsewhere")

@@ -51,6 +51,7 @@ from reconciler.planning.conflicts import settle_names
 from reconciler.problems import Problem, SquishfileError, toml_quote
 from reconciler.squishfile import (
     FileIdentity,
+    Squishfile,
     file_text,
     load_network_file,
     load_with_lines,
@@ -145,7 +146,7 @@ FileCache = dict[Path, Cached]
 
 
 def _load_one(
-    path: Path, raw: bytes, folder: Path, known: str | None
+    path: Path, raw: bytes, folder: Path, known: str | None, confine: Path | None = None
 ) -> DesiredContainer | FileError:
     try:
         squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile, folder=folder)
@@ -157,6 +158,9 @@ def _load_one(
         problem = Problem(str(path), None, "<file>", f"{type(exc).__name__}: {exc}")
         name, certain = _claimed_name(path, raw, known)
         return FileError(path, name, (problem,), name_known=certain)
+    outside = _outside(path, raw, squishfile, confine)
+    if outside:
+        return FileError(path, squishfile.name, tuple(outside))
     unusable = _unusable_sources(path, raw, squishfile.local_sources())
     if unusable:
         return FileError(path, squishfile.name, tuple(unusable), recheck=True)
@@ -175,6 +179,30 @@ def _load_one(
         squishfile.forwards(),
         squishfile.placement,
     )
+
+
+def _outside(path: Path, raw: bytes, squishfile: Squishfile, confine: Path | None) -> list[Problem]:
+    """A problem at each local layer and seccomp profile of ``squishfile`` outside
+    ``confine`` (none without one)."""
+    if confine is None:
+        return []
+    inside = os.path.realpath(confine)
+    used = [(f"layers.{name}", source) for name, source in squishfile.local_sources().items()]
+    used += [("security.seccomp", str(profile)) for profile, _ in squishfile.security.inputs]
+    found = [
+        (field, source)
+        for field, source in used
+        if os.path.commonpath((inside, os.path.normpath(source))) != inside
+    ]
+    lines = lines_of(file_text(raw, errors="replace"), [tuple(f.split(".")) for f, _ in found])
+    message = (
+        "{} is not inside the repository: a git source's files reach only their own "
+        "(--allow-host-paths lets them reach the host's)"
+    )
+    return [
+        Problem(str(path), line, field, message.format(toml_quote(source)))
+        for (field, source), line in zip(found, lines, strict=True)
+    ]
 
 
 def _unusable_sources(path: Path, raw: bytes, sources: Mapping[str, str]) -> list[Problem]:
@@ -253,6 +281,7 @@ def load_desired(
     host: HostIdentity | None = None,
     trusted: bool = False,
     recall_names: bool = True,
+    confine: Path | None = None,
 ) -> DesiredState:
     """Read every squishfile of ``folder``; never raises for a bad file.
 
@@ -274,6 +303,10 @@ def load_desired(
     ``files_in``: read the files from there (one revision of a git source, say) and
     label what they ask for with ``folder`` all the same.
 
+    With ``confine`` (a git source's checkout), a file whose local layers or seccomp
+    profile are outside it is refused (at that field): a repository's files reach only
+    the repository.
+
     With a ``host``, a valid file whose ``[placement]`` leaves that host out is not
     desired: it is listed in ``placed_elsewhere`` instead of ``containers`` (and claims
     no name or port here). Without one, every file is desired.
@@ -288,7 +321,7 @@ def load_desired(
         networks = _Networks.load(folder, network_files_in(where))
     except OSError:
         return DesiredState(folder=folder, readable=False)
-    quiet = _Quiet(now, settle, trusted, recall_names)
+    quiet = _Quiet(now, settle, trusted, recall_names, confine)
     read = {path: _read(path, folder, cache, quiet) for path in paths}
     loads = [loaded for loaded in read.values() if loaded is not None]
     if cache is not None:
@@ -431,6 +464,8 @@ class _Quiet:
     """No event came since the last load: a file's unchanged status is enough."""
     recall_names: bool = True
     """A file that no longer parses claims the name it had when it last did."""
+    confine: Path | None = None
+    """Where every path a file uses must be (a git source's checkout), or None."""
 
     def keeps(self, known: Cached, key: bytes, identity: FileIdentity) -> bool:
         """Whether a file whose bytes are keyed ``key``, read from ``identity``, still
@@ -468,7 +503,7 @@ def _read(
             known.identity, known.seen, known.gone_since = identity, seen, None
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
-    loaded = _load_one(path, raw, folder, known_name)
+    loaded = _load_one(path, raw, folder, known_name, quiet.confine)
     if isinstance(loaded, FileError) and loaded.recheck:
         return _keep(cache, path, Cached(_STALE, loaded))  # the host's files may change
     key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))

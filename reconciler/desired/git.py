@@ -148,7 +148,10 @@ class GitSource:
                 self._files = {files_in / p.name: c.reread() for p, c in self._files.items()}
                 self._read_from = files_in
             host = HostIdentity(self.settings.host, self.settings.labels)
-            desired = load_desired(self.folder, self._files, files_in=files_in, host=host)
+            confine = None if self.git.host_paths else checkout
+            desired = load_desired(
+                self.folder, self._files, files_in=files_in, host=host, confine=confine
+            )
         self._problems = [
             str(p) for e in (*desired.errors, *desired.network_errors) for p in e.problems
         ]
