@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +48,21 @@ __all__ = (
     "start_controller",
     "write_atomically",
 )
+
+
+def built_static(source: str, folder: Path) -> Path:
+    """The C program ``source`` compiled static into ``folder``/prog, for a container to
+    run from a bind of ``folder`` (skipped without a C compiler: the project's set-up
+    installs one for its native init)."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (make host-setup installs one)")
+    (folder / "prog.c").write_text(source)
+    subprocess.run(
+        [compiler, "-static", "-O2", "-o", str(folder / "prog"), str(folder / "prog.c")],
+        check=True,
+    )
+    return folder / "prog"
 
 
 def detected_cgroups() -> CgroupDriver:

@@ -38,6 +38,7 @@ from runtime.sandbox import syscalls as sc
 from runtime.util.processes import ProcessId
 from tests.conftest import rootless, short_folder
 from tests.support import (
+    built_static,
     free_port,
     http_get,
     http_refused,
@@ -681,3 +682,82 @@ def test_killed_holders_leave_bridge_containers_to_the_next_one(
     nets.remove("hk")
     nets.remove_network("front")
     assert nets.list() == []
+
+
+_FORGE = r"""
+/* "prog listen PORT": write every UDP datagram that comes to PORT to standard output.
+   "prog SOURCE SPORT DEST DPORT": send one DNS query for "web" over UDP from
+   SOURCE:SPORT to DEST:DPORT, the IP header written here (a raw socket: the
+   container's root holds CAP_NET_RAW). */
+#include <arpa/inet.h>
+#include <netinet/ip.h>
+#include <netinet/udp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int listen_on(int port) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (s < 0 || bind(s, (struct sockaddr *)&at, sizeof(at)) < 0) return 2;
+    char buffer[2048];
+    for (;;) {
+        ssize_t got = recv(s, buffer, sizeof(buffer), 0);
+        if (got > 0 && write(1, buffer, got) != got) return 3;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "listen") == 0) return listen_on(atoi(argv[2]));
+    static const unsigned char query[] = {
+        0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, 'w', 'e', 'b', 0, 0, 1, 0, 1};
+    unsigned char packet[sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(query)];
+    struct iphdr *ip = (struct iphdr *)packet;
+    struct udphdr *udp = (struct udphdr *)(packet + sizeof(*ip));
+    memset(packet, 0, sizeof(packet));
+    ip->version = 4;
+    ip->ihl = 5;
+    ip->ttl = 64;
+    ip->protocol = IPPROTO_UDP;
+    ip->tot_len = htons(sizeof(packet));
+    ip->saddr = inet_addr(argv[1]);
+    ip->daddr = inet_addr(argv[3]);
+    udp->source = htons(atoi(argv[2]));
+    udp->dest = htons(atoi(argv[4]));
+    udp->len = htons(sizeof(*udp) + sizeof(query));
+    memcpy(packet + sizeof(*ip) + sizeof(*udp), query, sizeof(query));
+    int s = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    if (s < 0) return 2;
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr.s_addr = ip->daddr};
+    return sendto(s, packet, sizeof(packet), 0, (struct sockaddr *)&to, sizeof(to)) < 0 ? 3 : 0;
+}
+"""
+
+_LISTEN = "exec /probe/prog listen 9999 > /tmp/got"
+"""What a container runs to keep what comes to its UDP port 9999."""
+
+
+def _got(rt: LinuxRuntime, name: str) -> int:
+    return int(rt.exec_command(name, ("/bin/sh", "-c", "wc -c < /tmp/got")).output.strip())
+
+
+def test_a_forged_source_reaches_no_other_network_through_the_gateway(
+    nets: LinuxRuntime, tmp_path: Path
+) -> None:
+    """Found in review: the shared namespace did not check a packet's source address.
+    A container could send its gateway's DNS responder a query in the name of a
+    container on another network, and the answer went out of that network's bridge
+    (as could a reply through the way out): no network was apart from another."""
+    built_static(_FORGE, tmp_path)
+    probe = (BindMount(source=str(tmp_path), target="/probe"),)
+    shell = ("/bin/sh", "-c", _LISTEN)
+    a = nets.run(ContainerSpec(name="fa", rootfs=BUSYBOX, argv=shell, binds=probe, **on("front")))
+    b = nets.run(ContainerSpec(name="fb", rootfs=BUSYBOX, argv=shell, binds=probe, **on("back")))
+    gateway = nets.exec_command("fa", ("/bin/sh", "-c", "awk '{print $2}' /etc/resolv.conf"))
+    forge = ("/probe/prog", "{}", "9999", gateway.output.strip(), "53")
+    theirs = " ".join(forge).format(b.addresses["back"])
+    mine = " ".join(forge).format(a.addresses["front"])  # the same, in its own name
+    assert nets.exec_command("fa", ("/bin/sh", "-c", f"{theirs} && {mine}")).exit_code == 0
+    eventually(lambda: _got(nets, "fa") > 0, "the answer to the query in its own name")
+    assert _got(nets, "fb") == 0

@@ -11,9 +11,7 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +27,7 @@ from runtime.util.processes import ProcessId, descendants
 from runtime.wire import VIEW_FILES
 from tests.bpf import syscall_number
 from tests.conftest import rootless
-from tests.support import run_probes, shell
+from tests.support import built_static, run_probes, shell
 from tests.syscall_probes import SUPPORTED, write_mapped_probe, write_probe
 
 pytestmark = rootless
@@ -429,20 +427,6 @@ int main(int argc, char **argv) {
 """
 
 
-def _built(source: str, folder: Path) -> Path:
-    """``source`` compiled as a static program in ``folder`` (skipped without a C
-    compiler: the project's set-up installs one for its native init)."""
-    compiler = shutil.which("cc")
-    if compiler is None:
-        pytest.skip("no C compiler (make host-setup installs one)")
-    (folder / "prog.c").write_text(source)
-    subprocess.run(
-        [compiler, "-static", "-O2", "-o", str(folder / "prog"), str(folder / "prog.c")],
-        check=True,
-    )
-    return folder / "prog"
-
-
 def test_a_container_mapping_its_meminfo_while_opening_it_stalls_no_view(
     rt: LinuxRuntime, tmp_path: Path
 ) -> None:
@@ -450,7 +434,7 @@ def test_a_container_mapping_its_meminfo_while_opening_it_stalls_no_view(
     itself, and storing a page waits for the page's lock. A reader whose fault locked
     that page waits for its READ, which the server, stuck in its write, never read:
     every container's view hung (and every start, its warm init's bind waiting)."""
-    _built(_MAPPER, tmp_path)
+    built_static(_MAPPER, tmp_path)
     probe = BindMount(source=str(tmp_path), target="/probe")
     rt.run(shell("mapper", "/probe/prog /proc/meminfo 20000; echo ended $?", binds=(probe,)))
     _wait_for(lambda: b"ended" in rt.logs("mapper"), "the mapper's rounds", 60)

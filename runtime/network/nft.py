@@ -63,6 +63,9 @@ def _lines(bridges: Iterable[Bridge], forwards: Iterable[Dnat]) -> list[str]:
     forward += [f"iifname {b.ifname} oifname {b.ifname} accept" for b in bridges]
     forward += [f"iifname {b.ifname} oifname {TAP} accept" for b in bridges if not b.internal]
     own = [f"iifname {b.ifname} ip daddr != {b.gateway} drop" for b in bridges]
+    # A container's root may write its own IP headers (CAP_NET_RAW): a source address
+    # outside its network's would have an answer sent to another network's container.
+    forged = [f"iifname {b.ifname} ip saddr != {b.subnet} drop" for b in bridges]
     return [
         f"table ip {TABLE} {{",
         "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;",
@@ -72,9 +75,10 @@ def _lines(bridges: Iterable[Bridge], forwards: Iterable[Dnat]) -> list[str]:
         *(f"    {rule}" for rule in out),
         "  }",
         "  chain forward { type filter hook forward priority filter; policy drop;",
-        *(f"    {rule}" for rule in forward),
+        *(f"    {rule}" for rule in (*forged, *forward)),
         "  }",
         "  chain input { type filter hook input priority filter; policy accept;",
+        *(f"    {rule}" for rule in forged),
         "    ct state established,related accept",
         f"    iifname {TAP} drop",
         *(f"    {rule}" for rule in own),
