@@ -573,3 +573,35 @@ def test_a_launch_without_the_view_lets_the_warm_connection_go(tmp_path: Path) -
     assert _serving(keeper) == (None, None, None)
     assert set(os.listdir("/proc/self/fd")) == before
     assert not keeper.launched(1005, wanted=True)  # no connection: nothing to start
+
+
+def test_an_open_the_storer_answers_is_not_ended_by_its_interrupt() -> None:
+    """Found in review: with the store notices written by a thread, an OPEN is no longer
+    answered before the next request is read, and an INTERRUPT of it (any signal to the
+    opener) was taken for one a dead server held: the open failed with EINTR and its
+    handle was never let go."""
+    import threading
+
+    from runtime.procview.server import _NAMES, Connection, Server
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = Server(None, [])
+    conn = Connection(theirs.fileno(), os.getpid())
+    busy = threading.Event()
+    try:
+        server.storer.submit(busy.wait)  # the storer still at an earlier OPEN
+        node = _NAMES.index("meminfo") + 2
+        opened = fuse.parse_request(_request(fuse.Op.OPEN, node, struct.pack("<II", 0, 0)))
+        assert server.answer(conn, opened) is None  # the storer's to answer
+        interrupt = fuse.parse_request(_request(fuse.Op.INTERRUPT, 0, struct.pack("<Q", 7)))
+        assert server.answer(conn, interrupt) is None
+        busy.set()
+        server.storer.shutdown(wait=True)
+        replies = [ours.recv(1 << 16) for _ in range(2)]  # the store, then the open
+        assert struct.unpack_from("<iQ", replies[-1], 4) == (0, 7)
+        assert not server.storing
+    finally:
+        busy.set()
+        server.workers.shutdown()
+        ours.close()
+        theirs.close()

@@ -216,6 +216,8 @@ class Server:
         self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="call")
         self.storer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         """Writes each OPEN's store notice, then its answer (:meth:`open`)."""
+        self.storing: set[tuple[int, int]] = set()
+        """The OPENs (connection, unique) the storer has not answered yet."""
         self.writing: _Writing | None = None
         """The answer being written, if any: no other call is read meanwhile."""
         self.written_r, self.written_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -337,7 +339,14 @@ class Server:
         # Not from this loop: storing a page waits for its lock, and a reader whose fault
         # holds that lock waits for a READ only this loop answers. The copy of the
         # descriptor keeps the connection the answer is for, whatever ends meanwhile.
-        self.storer.submit(_store_then_answer, os.dup(conn.fd), notice, reply)
+        try:
+            fd = os.dup(conn.fd)
+        except OSError as exc:  # out of descriptors: this open fails, the server goes on
+            conn.handles.pop(fh, None)
+            return fuse.error_reply(req.unique, exc.errno or errno.EMFILE)
+        key = (conn.fd, req.unique)
+        self.storing.add(key)
+        self.storer.submit(_store_then_answer, fd, notice, reply, self.storing, key)
         return None
 
     def read(self, conn: Connection, req: fuse.Request) -> bytes:
@@ -480,16 +489,19 @@ class Server:
                 self.sample_load()
 
 
-def _store_then_answer(fd: int, notice: bytes, reply: bytes) -> None:
+def _store_then_answer(
+    fd: int, notice: bytes, reply: bytes, storing: set[tuple[int, int]], key: tuple[int, int]
+) -> None:
     """In the storer's thread: the file's bytes into the page cache of its connection
     (``fd``, a copy: closed here), then the OPEN's answer, so that the opener's reads
-    find the size they raise."""
+    find the size they raise; ``key`` leaves ``storing`` once it is answered."""
     try:
         with contextlib.suppress(OSError):  # the node is not cached (yet): no size to raise
             os.write(fd, notice)
         with contextlib.suppress(OSError):  # interrupted, or the connection ended
             os.write(fd, reply)
     finally:
+        storing.discard(key)
         os.close(fd)
 
 
@@ -513,10 +525,13 @@ def _readdir(server: Server, conn: Connection, req: fuse.Request) -> bytes:
     return fuse.reply(req.unique, out)
 
 
-def _interrupt(server: Server, conn: Connection, req: fuse.Request) -> bytes:
-    """Every request is answered before the next is read, so one still interrupted is
-    one a server that died held: it ends with EINTR (else its reader would wait forever;
-    an answer to a request already answered is refused by the kernel, harmlessly)."""
+def _interrupt(server: Server, conn: Connection, req: fuse.Request) -> bytes | None:
+    """Every request is answered before the next is read, but an OPEN the storer is
+    answering (it answers it soon: nothing here), so one still interrupted is one a
+    server that died held: it ends with EINTR (else its reader would wait forever; an
+    answer to a request already answered is refused by the kernel, harmlessly)."""
+    if (conn.fd, req.interrupted()) in server.storing:
+        return None
     return fuse.error_reply(req.interrupted(), errno.EINTR)
 
 
