@@ -193,6 +193,7 @@ HOST_PATHS = {
     "home": ('home = { path = "~", target = "/h", rw = true }', "layers.home"),
     "root": ('root = { path = "/", target = "/r", rw = true }', "layers.root"),
     "up": ('up = { path = "../../../..", target = "/s", rw = true }', "layers.up"),
+    "dotted": ('"my.home" = { path = "~", target = "/h" }', "layers.my.home"),
     "profile": ("", "security.seccomp"),
 }
 
@@ -218,6 +219,8 @@ def test_a_repository_s_file_reaches_only_the_repository(
     [problem] = error.problems
     assert problem.field == field
     assert "inside the repository" in problem.message
+    written = layer or "seccomp ="
+    assert problem.line == next(n for n, t in enumerate(text.splitlines(), 1) if written in t)
     allowed = source_of(tmp_path / "allowed", origin.url, host_paths=True)
     assert allowed.sync()
     desired = allowed.load().desired

@@ -40,6 +40,7 @@ from reconciler.planning.plan import (
     plan,
 )
 from reconciler.problems import Problem
+from reconciler.squishfile.placement import HostIdentity
 from runtime.api.interface import ContainerInfo, ContainerState
 from runtime.api.spec import ContainerSpec, NetworkAttachment, PortMapping, Resources, RootfsRef
 
@@ -1177,6 +1178,24 @@ def test_a_local_layer_a_start_would_refuse_keeps_the_running_container(
         (tmp_path / "linked").mkdir()
     trusted = load_desired(tmp_path, cache, trusted=True)  # no event came for the file
     assert actions_of(plan(trusted, [running_web])) == ("recreate web",)
+
+
+def test_a_file_placed_elsewhere_is_not_refused_for_a_path_only_that_host_has(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the check of local paths ran before ``[placement]`` was looked
+    at, so a file moved to another host, whose path exists only there, was an error
+    here and kept its container here instead of removing it."""
+    (tmp_path / "site").mkdir()
+    web = tmp_path / "web.toml"
+    web.write_text(squishfile(name="web").replace("[run]", 'site = "./site"\n[run]'))
+    here = HostIdentity("host-2", {})
+    running_web = running(load_desired(tmp_path, host=here).containers["web"])
+    moved = web.read_text().replace("./site", "/srv/only-on-host-1")
+    web.write_text(moved + '[placement]\nhosts = ["host-1"]\n')
+    state = load_desired(tmp_path, host=here)
+    assert [p.name for p in state.placed_elsewhere] == ["web"]
+    assert actions_of(plan(state, [running_web])) == ("destroy web",)
 
 
 def test_missing_folder_is_not_mass_deletion(tmp_path: Path) -> None:

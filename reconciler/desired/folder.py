@@ -146,7 +146,7 @@ FileCache = dict[Path, Cached]
 
 
 def _load_one(
-    path: Path, raw: bytes, folder: Path, known: str | None, confine: Path | None = None
+    path: Path, raw: bytes, folder: Path, known: str | None, quiet: _Quiet | None = None
 ) -> DesiredContainer | FileError:
     try:
         squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile, folder=folder)
@@ -158,12 +158,9 @@ def _load_one(
         problem = Problem(str(path), None, "<file>", f"{type(exc).__name__}: {exc}")
         name, certain = _claimed_name(path, raw, known)
         return FileError(path, name, (problem,), name_known=certain)
-    outside = _outside(path, raw, squishfile, confine)
-    if outside:
-        return FileError(path, squishfile.name, tuple(outside))
-    unusable = _unusable_sources(path, raw, squishfile.local_sources())
-    if unusable:
-        return FileError(path, squishfile.name, tuple(unusable), recheck=True)
+    refused = _refused_paths(path, raw, squishfile, quiet)
+    if refused is not None:
+        return refused
     health = squishfile.health
     return DesiredContainer(
         path,
@@ -181,27 +178,43 @@ def _load_one(
     )
 
 
+def _refused_paths(
+    path: Path, raw: bytes, squishfile: Squishfile, quiet: _Quiet | None
+) -> FileError | None:
+    """The error of a file whose paths reach outside a git source's checkout, or whose
+    local layers a start here would refuse (not checked for a file placed elsewhere:
+    its paths are another host's); None when neither."""
+    outside = _outside(path, raw, squishfile, quiet.confine if quiet else None)
+    if outside:
+        return FileError(path, squishfile.name, tuple(outside))
+    host, placement = quiet.host if quiet else None, squishfile.placement
+    if host is not None and placement is not None and placement.misses(host) is not None:
+        return None
+    unusable = _unusable_sources(path, raw, squishfile.local_sources())
+    return FileError(path, squishfile.name, tuple(unusable), recheck=True) if unusable else None
+
+
 def _outside(path: Path, raw: bytes, squishfile: Squishfile, confine: Path | None) -> list[Problem]:
     """A problem at each local layer and seccomp profile of ``squishfile`` outside
     ``confine`` (none without one)."""
     if confine is None:
         return []
     inside = os.path.realpath(confine)
-    used = [(f"layers.{name}", source) for name, source in squishfile.local_sources().items()]
-    used += [("security.seccomp", str(profile)) for profile, _ in squishfile.security.inputs]
+    used = [(("layers", name), s) for name, s in squishfile.local_sources().items()]
+    used += [(("security", "seccomp"), str(profile)) for profile, _ in squishfile.security.inputs]
     found = [
-        (field, source)
-        for field, source in used
+        (loc, source)
+        for loc, source in used
         if os.path.commonpath((inside, os.path.normpath(source))) != inside
     ]
-    lines = lines_of(file_text(raw, errors="replace"), [tuple(f.split(".")) for f, _ in found])
+    lines = lines_of(file_text(raw, errors="replace"), [loc for loc, _ in found])
     message = (
         "{} is not inside the repository: a git source's files reach only their own "
         "(--allow-host-paths lets them reach the host's)"
     )
     return [
-        Problem(str(path), line, field, message.format(toml_quote(source)))
-        for (field, source), line in zip(found, lines, strict=True)
+        Problem(str(path), line, ".".join(loc), message.format(toml_quote(source)))
+        for (loc, source), line in zip(found, lines, strict=True)
     ]
 
 
@@ -321,7 +334,7 @@ def load_desired(
         networks = _Networks.load(folder, network_files_in(where))
     except OSError:
         return DesiredState(folder=folder, readable=False)
-    quiet = _Quiet(now, settle, trusted, recall_names, confine)
+    quiet = _Quiet(now, settle, trusted, recall_names, confine, host)
     read = {path: _read(path, folder, cache, quiet) for path in paths}
     loads = [loaded for loaded in read.values() if loaded is not None]
     if cache is not None:
@@ -466,6 +479,9 @@ class _Quiet:
     """A file that no longer parses claims the name it had when it last did."""
     confine: Path | None = None
     """Where every path a file uses must be (a git source's checkout), or None."""
+    host: HostIdentity | None = None
+    """The host the folder is read for: a file placed elsewhere is not checked against
+    this host's files."""
 
     def keeps(self, known: Cached, key: bytes, identity: FileIdentity) -> bool:
         """Whether a file whose bytes are keyed ``key``, read from ``identity``, still
@@ -503,9 +519,9 @@ def _read(
             known.identity, known.seen, known.gone_since = identity, seen, None
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
-    loaded = _load_one(path, raw, folder, known_name, quiet.confine)
+    loaded = _load_one(path, raw, folder, known_name, quiet)
     if isinstance(loaded, FileError) and loaded.recheck:
-        return _keep(cache, path, Cached(_STALE, loaded))  # the host's files may change
+        return _keep(cache, path, Cached(_STALE, loaded, identity))  # host files may change
     key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
     return _keep(cache, path, Cached(key, loaded, identity, seen=seen))
 
