@@ -104,15 +104,20 @@ def test_a_file_using_the_checkout_is_read_from_each_new_revision(
     assert (Path(bind.source) / "index.html").read_text() == "three"
 
 
-def test_a_revision_a_running_container_binds_stays_on_disk(tmp_path: Path, origin: Origin) -> None:
+@pytest.mark.parametrize("state", ["state", "link/state"])
+def test_a_revision_a_running_container_binds_stays_on_disk(
+    tmp_path: Path, origin: Origin, state: str
+) -> None:
     """Found probing the git source: two revisions were kept, whatever ran from older
     ones. A container whose file broke keeps its last good spec, which binds the
     checkout that spec was read from: removing it emptied the container's /app/site."""
     first = origin.commit({"web.toml": SITE, "site/index.html": "one"}, "one")
-    source = source_of(tmp_path, origin.url)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # a state folder reached through one
+    source = GitSource(Settings(git=GitSettings(url=origin.url)), tmp_path / state)
     source.sync()
     [bind] = source.load().desired.containers["web"].spec.binds
-    running = [bind.source]  # what the folder's running container binds
+    running = [bind.source]  # what the folder's running container binds (a real path)
     source.in_use = lambda: running
     for files in ({"web.toml": SITE + "typo = 1\n"}, {"README": "x"}, {"README": "y"}):
         origin.commit(files, "broken, then others")  # each applied: three revisions on
@@ -149,12 +154,19 @@ def test_a_pinned_sha_is_never_a_branch_named_like_it(tmp_path: Path, origin: Or
     git(origin.path, "checkout", "--quiet", "-b", pinned[:10])  # a branch named like it
     origin.commit({"web.toml": web_toml("hijacked")}, "hijack")
     git(origin.path, "checkout", "--quiet", "main")
-    source.sync()
+    assert not source.sync()  # refused: the name is a branch's and the pinned sha's
+    assert "is both a branch or tag" in str(source.describe()["fetch_error"])
     assert greetings(source.load().desired) == {"web": "pinned"}
+    git(origin.path, "branch", "--quiet", "--delete", "--force", pinned[:10])
+    grind = origin.commit({"web.toml": web_toml("ground")}, "a sha ground to a tag's name")
+    git(origin.path, "tag", grind[:6], pinned)  # a tag named like the start of another sha
+    with pytest.raises(GitError, match="is both a branch or tag"):
+        source._fetch(grind[:6], TARGET)
+    git(origin.path, "tag", "--delete", grind[:6])
 
     git(origin.path, "tag", "2024", pinned)  # hex, and no commit starts with it: a tag
     assert source._fetch("2024", TARGET) == pinned
-    git(origin.path, "tag", "gone")
+    git(origin.path, "tag", "gone", pinned)
     assert source._fetch("gone", TARGET) == pinned  # every tag is fetched for a rev
     git(origin.path, "tag", "--delete", "gone")
     with pytest.raises(GitError, match="no such commit"):  # and pruned with the origin's

@@ -346,11 +346,13 @@ def _refuse_links_out(checkout: Path) -> None:
 
 
 def _revision_of(path: Path, revs: Path) -> str:
-    """The revision (``revs/<sha>``) ``path`` is in, or "" for a path outside them."""
-    try:
-        return path.relative_to(revs).parts[0]
-    except (ValueError, IndexError):
-        return ""
+    """The revision (``revs/<sha>``) ``path`` is in, or "" for a path outside them.
+    Bind sources are real paths (a squishfile's folder is taken by its real path):
+    ``revs`` is compared as written and as its real path."""
+    for folder in (revs, Path(os.path.realpath(revs))):
+        with contextlib.suppress(ValueError, IndexError):
+            return path.relative_to(folder).parts[0]
+    return ""
 
 
 def _read_record(path: Path) -> dict[str, Any]:

@@ -72,11 +72,17 @@ class Mirror:
         self._git(("fetch", *options, "--", url, *refspecs))
 
     def resolve(self, name: str) -> str:
-        """The commit ``name`` (a ref, a tag, a full or abbreviated sha) stands for. A
-        name that is an abbreviated sha of a commit fetched is that commit, never a ref
-        of that name (git would take a branch or tag pushed under a pinned sha's name
-        over the sha); a hex name no commit starts with is a ref (a tag ``2024``)."""
+        """The commit ``name`` (a ref, a tag, a full or abbreviated sha) stands for. A hex
+        name that both starts a fetched commit's sha and names a branch or tag is
+        refused: either could be pushed to move the other (git would take the ref).
+        One that starts a commit's sha and names no ref is that commit; one no commit
+        starts with is a ref (a tag ``2024``)."""
         if _ABBREVIATED.fullmatch(name) and (commit := self._commit_by_prefix(name)):
+            if self._names_a_ref(name):
+                raise GitError(
+                    f"{name} is both a branch or tag and the start of commit {commit[:12]}: "
+                    "give the full sha, or refs/tags/NAME or refs/heads/NAME"
+                )
             return commit
         done = self._run(
             ("rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
@@ -93,6 +99,10 @@ class Mirror:
         if len(commits) > 1:
             raise GitError(f"{prefix}: {len(commits)} commits start with it; give more of it")
         return commits.pop() if commits else None
+
+    def _names_a_ref(self, name: str) -> bool:
+        refs = (f"refs/heads/{name}", f"refs/tags/{name}")
+        return any(self._run(("show-ref", "--verify", "--quiet", ref)).code == 0 for ref in refs)
 
     def _is_commit(self, sha: str) -> bool:
         done = self._run(("cat-file", "-t", sha))
