@@ -4,6 +4,7 @@ made in the test) on 127.0.0.1; the converge part with a fake runtime."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.control.status import status_document
 from reconciler.desired.git import GitSource, resume, suspend
-from reconciler.desired.gitrepo import TARGET, GitError
+from reconciler.desired.gitrepo import TARGET, GitError, public_url
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import LABEL_FOLDER, DesiredState
 from reconciler.gitops import source_line
@@ -40,7 +41,7 @@ from tests.gitrepos import (
     git_https,
     web_toml,
 )
-from tests.support import children_of
+from tests.support import children_of, free_port
 
 
 @pytest.fixture
@@ -623,3 +624,18 @@ def test_the_source_line_shows_control_characters_and_does_not_obey_them() -> No
     assert "\x1b" not in line
     assert "\\x1b[2J" in line
     assert line.count("\n") == 1  # the one problem's line, no forged one
+
+
+def test_status_shows_the_url_without_its_credentials(tmp_path: Path, origin: Origin) -> None:
+    """Found probing the endpoint: /status (served to every local account on the
+    loopback) showed a git URL's user and password; metrics already left them out."""
+    port = free_port()  # nothing listens: the fetch fails, and git's message says why
+    secret_url = f"https://bot:ghp_SECRET@127.0.0.1:{port}/ops.git"
+    source = source_of(tmp_path, secret_url, timeout=5)
+    source.sync()
+    facts = source.describe()
+    assert facts["fetch_error"]
+    assert facts["url"] == f"https://127.0.0.1:{port}/ops.git"
+    assert "ghp_SECRET" not in json.dumps(facts)
+    assert public_url("https://u:p@[::1]:8443/a.git") == "https://[::1]:8443/a.git"
+    assert public_url("git@github.com:org/ops.git") == "git@github.com:org/ops.git"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -42,7 +43,14 @@ from typing import Any
 import anyio
 
 from reconciler.desired.folder import FileCache, load_desired
-from reconciler.desired.gitrepo import TARGET, Commit, GitError, Mirror
+from reconciler.desired.gitrepo import (
+    TARGET,
+    Commit,
+    GitError,
+    Mirror,
+    public_url,
+    without_secret,
+)
 from reconciler.desired.source import Changed, Snapshot
 from reconciler.desired.types import DesiredState
 from reconciler.settings import BadSetting, GitSettings, Settings
@@ -313,9 +321,9 @@ class GitSource:
 
     def describe(self) -> dict[str, object]:
         """What status shows under ``source`` (see docs/reconciler.md, "Git source")."""
-        return {
+        facts = {
             "kind": "git",
-            "url": self.git.url,
+            "url": public_url(self.git.url),  # shown to whoever reads status
             "ref": self._record.get("ref", self.git.ref),  # as the loop follows it
             "path": self.path,
             "applied": self._record.get("applied"),
@@ -325,6 +333,9 @@ class GitSource:
             "suspended": self.suspended,
             "problems": list(self._problems),
         }
+        shown = without_secret(json.dumps(facts), self.git.url)  # git's messages too
+        described: dict[str, object] = json.loads(shown)
+        return described
 
 
 def _refuse_links_out(checkout: Path) -> None:

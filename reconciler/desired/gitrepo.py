@@ -16,8 +16,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ("TARGET", "Commit", "GitError", "Mirror")
+__all__ = ("TARGET", "Commit", "GitError", "Mirror", "public_url", "without_secret")
 
 TARGET = "refs/squish/target"
 """Where a fetch puts the ref followed (a branch, a tag or the remote's HEAD)."""
@@ -45,6 +46,22 @@ class _Done:
     code: int
     out: bytes
     err: str
+
+
+def public_url(url: str) -> str:
+    """``url`` without its user and password, as status and metrics show it (they may
+    be read by other local accounts); one with no ``//host`` part (``git@host:path``)
+    carries no password and is shown as it is."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def without_secret(text: str, url: str) -> str:
+    """``text`` (git's message about ``url``) with ``url``'s password left out."""
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
 
 
 _ABBREVIATED = re.compile(r"[0-9a-f]{4,39}")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from reconciler.control.loop import PassResult
+from reconciler.desired.gitrepo import public_url
 
 __all__ = ("PHASES", "LoopMetrics")
 
@@ -95,11 +95,7 @@ def _source_labels(described: Mapping[str, object]) -> dict[str, str]:
     ``describe()``, when it gives them as strings."""
     labels = {k: v for k in ("kind", "url", "ref") if isinstance(v := described.get(k), str)}
     if "url" in labels:
-        parts = urlsplit(labels["url"])
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        if parts.netloc:
-            labels["url"] = urlunsplit(parts._replace(netloc=netloc))
+        labels["url"] = public_url(labels["url"])
     return labels
 
 
