@@ -4,6 +4,7 @@ made in the test) on 127.0.0.1; the converge part with a fake runtime."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +25,7 @@ from reconciler.cli import main
 from reconciler.control.converge import Converger
 from reconciler.control.loop import Reconciler
 from reconciler.control.status import status_document
-from reconciler.desired.git import GitSource, resume, suspend
+from reconciler.desired.git import POKE_GAP, GitSource, resume, suspend
 from reconciler.desired.gitrepo import TARGET, GitError, public_url
 from reconciler.desired.source import FolderSource
 from reconciler.desired.types import LABEL_FOLDER, DesiredState
@@ -639,3 +641,33 @@ def test_status_shows_the_url_without_its_credentials(tmp_path: Path, origin: Or
     assert "ghp_SECRET" not in json.dumps(facts)
     assert public_url("https://u:p@[::1]:8443/a.git") == "https://[::1]:8443/a.git"
     assert public_url("git@github.com:org/ops.git") == "git@github.com:org/ops.git"
+
+
+def test_a_flood_of_pokes_fetches_at_most_once_a_gap(tmp_path: Path, origin: Origin) -> None:
+    """Found probing the endpoint: one signed delivery replayed in a loop made the source
+    fetch back to back (1,415 fetches in 11 s against the origin). Pokes that come
+    within ``POKE_GAP`` of the last fetch wait for it, and are taken as one."""
+    origin.commit({"web.toml": web_toml("one")}, "one")
+    source = source_of(tmp_path, origin.url, interval=600)
+    fetched: list[float] = []
+    sync = source.sync
+
+    def counted() -> bool:
+        fetched.append(time.monotonic())
+        return sync()
+
+    source.sync = counted  # type: ignore[method-assign]
+
+    async def flood() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(source.watch, lambda _why: None, stop)
+            for _ in range(300):  # 1.5 s of pokes, one every 5 ms
+                source.poke("replayed")
+                await anyio.sleep(0.005)
+            stop.set()
+            source.poke("to end the wait")
+
+    anyio.run(flood)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fetched)]
+    assert fetched and all(gap >= POKE_GAP for gap in gaps), gaps

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import posixpath
 import shutil
@@ -62,6 +63,10 @@ __all__ = ("GitSource", "git_home", "resume", "suspend")
 log = logging.getLogger(__name__)
 
 _TICK = 0.1
+
+POKE_GAP = 2.0
+"""Seconds at least between a fetch and the next one a poke asks for: pokes that come
+sooner (a webhook's delivery replayed in a loop) wait, and are taken as one."""
 """Seconds between looks at a poke, ``stop`` and the suspend flag while waiting."""
 _PREVIEW = "refs/squish/preview"
 """Where ``plan`` fetches, apart from what the loop follows."""
@@ -118,6 +123,8 @@ class GitSource:
     _syncing: threading.Lock = field(default_factory=threading.Lock)
     _poked: threading.Event = field(default_factory=threading.Event)
     _poke_reason: str = "poked"
+    _fetched: float = -math.inf
+    """When the last fetch began (``time.monotonic``)."""
     in_use: Callable[[], Iterable[str]] = tuple
     """The host paths this source's running containers use (their binds' sources): a
     revision one of them is in stays on disk (a container whose file broke keeps the
@@ -182,6 +189,7 @@ class GitSource:
         """Fetch every ``interval`` and on a poke; tell ``changed`` of a new revision."""
         why = "start"
         while not stop.is_set():
+            self._fetched = time.monotonic()
             try:
                 if await anyio.to_thread.run_sync(self.sync, abandon_on_cancel=True):
                     changed(f"revision {self._record['applied']['commit'][:12]} ({why})")
@@ -198,9 +206,15 @@ class GitSource:
             if suspended and not self.suspended:
                 return "resumed"  # look at once
         if self._poked.is_set():
-            self._poked.clear()
+            await self._after_the_gap(stop)
+            self._poked.clear()  # the pokes that came meanwhile are this one
             return self._poke_reason
         return "interval"
+
+    async def _after_the_gap(self, stop: anyio.Event) -> None:
+        """Wait until :data:`POKE_GAP` has passed since the last fetch (or ``stop``)."""
+        with anyio.move_on_after(self._fetched + POKE_GAP - time.monotonic()):
+            await stop.wait()
 
     def sync(self) -> bool:
         """Fetch the followed ref and apply its commit if it is new and acceptable;
