@@ -4,11 +4,13 @@ tests/test_endpoint_e2e.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -415,3 +417,43 @@ async def test_a_push_to_a_source_without_poke_triggers_a_pass(tmp_path: Path) -
     assert triggers[0] == "start" and "webhook" in triggers
     assert samples["squish_actions_total{kind=create,result=ok}"] == 1
     assert samples["squish_passes_total{}"] == len(triggers)
+
+
+def test_a_client_that_trickles_its_request_is_cut_at_the_deadline(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found probing the endpoint: the timeout was per read, so 32 clients sending a
+    byte every 8 s held every slot for as long as they liked (webhooks got 503)."""
+    monkeypatch.setattr(server, "REQUEST_DEADLINE", 0.5)
+    with socket.create_connection(("127.0.0.1", served.endpoint.port), timeout=10) as sock:
+        sock.sendall(b"POST /hooks/github HTTP/1.1\r\n")
+        answer = b""
+        for _ in range(40):  # 8 s of a header byte every 0.2 s, unless cut first
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.2)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                answer = sock.recv(100) or b"closed"
+            sock.setblocking(True)
+            if answer:
+                break
+    assert answer, "still reading the trickled request after 8 s"
+
+
+def test_headers_past_their_cap_are_a_431_and_not_kept(served: Served) -> None:
+    """Found probing the endpoint: 100 header lines of 64 KiB each were read and held
+    (32 such clients took 530 MB of the reconciler's memory)."""
+    head = b"POST /hooks/github HTTP/1.1\r\n" + b"X-A: " + b"a" * 60_000 + b"\r\n" * 1
+    answer = raw(served, head + b"X-B: " + b"b" * 60_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 431 ")
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-1", "+5"])
+def test_an_odd_content_length_is_a_411(served: Served, length: str) -> None:
+    """Found probing the endpoint: '²' passes str.isdigit and 5,000 digits pass it too;
+    int() then raised, and the connection closed with no answer."""
+    head = f"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+    assert raw(served, head.encode()).startswith(b"HTTP/1.0 411 ")

@@ -10,6 +10,7 @@ read the folder and the containers as ``reconciler status`` does, one at a time.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -45,6 +46,12 @@ CONNECTIONS = 32
 """Connections served at once."""
 TIMEOUT = 10.0
 """Seconds a connection may stay silent before it is closed."""
+REQUEST_DEADLINE = 10.0
+"""Seconds a request may take to arrive whole: past them its reading ends (a client
+sending a byte now and then would keep its slot for ever)."""
+HEADER_BYTES = 96 * 1024
+"""Most bytes of a request's line and headers kept (the standard library's own limits
+allow 100 header lines of 64 KiB each)."""
 POLL = 0.1
 """Seconds between the server's looks at whether it must stop."""
 
@@ -197,10 +204,45 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
+class _Capped:
+    """A request's reader that lets its line and headers (read a line at a time) take at
+    most ``left`` bytes; its body (read by length) is the handler's to bound."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        self._raw, self._left = raw, left
+
+    def readline(self, size: int = -1) -> bytes:
+        room = self._left + 1 if size < 0 else min(size, self._left + 1)
+        line: bytes = self._raw.readline(room)
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"request headers past {HEADER_BYTES} bytes")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = TIMEOUT
     server_version = "squish"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _Capped(self.rfile, HEADER_BYTES)  # type: ignore[assignment]
+        self._deadline = threading.Timer(REQUEST_DEADLINE, self._end_reading)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
+    def _end_reading(self) -> None:
+        """At the deadline: what is still being read ends (an answer can still be sent)."""
+        with suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RD)
 
     def do_GET(self) -> None:
         routes, path = self.server.routes, self._route()
@@ -241,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes | None:
         """The request's body, or None once a 4xx is answered (no length, too long, cut)."""
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit() and len(length) < 16):
             self._answer(411, b"a Content-Length is needed\n")
             return None
         if int(length) > MAX_BODY:
