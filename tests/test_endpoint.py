@@ -457,3 +457,15 @@ def test_an_odd_content_length_is_a_411(served: Served, length: str) -> None:
     int() then raised, and the connection closed with no answer."""
     head = f"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
     assert raw(served, head.encode()).startswith(b"HTTP/1.0 411 ")
+
+
+def test_a_request_line_is_logged_without_its_control_characters(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found probing the endpoint: a request line with an escape sequence was logged raw
+    (at -vv), and a terminal showing the log obeyed it."""
+    with caplog.at_level("DEBUG", logger=server.log.name):
+        raw(served, b"GET /status?\x1b[2J\x1b]0;pwned\x07 HTTP/1.0\r\n\r\n")
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "/status?" in logged
+    assert "\x1b" not in logged and "\x07" not in logged

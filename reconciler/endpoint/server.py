@@ -31,6 +31,7 @@ from reconciler.endpoint.address import Listen
 from reconciler.endpoint.hooks import FORGES, Forge, Verdict, judge
 from reconciler.endpoint.metrics import Document, LoopMetrics
 from reconciler.settings import BadSetting
+from reconciler.terminal import visible
 
 __all__ = ("CONNECTIONS", "MAX_BODY", "Endpoint", "LoopTrigger", "read_secret")
 
@@ -299,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return read()
         except Exception as exc:  # reading the state failed: say so, keep serving
-            log.warning("%s failed: %s: %s", self.path, type(exc).__name__, exc)
+            log.warning("%s failed: %s: %s", visible(self.path), type(exc).__name__, exc)
             return None
 
     def _answer(
@@ -324,4 +325,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        # the request line is the client's: its control characters are shown, not sent
+        log.debug("%s %s", self.address_string(), visible(format % args))
