@@ -58,6 +58,7 @@ from reconciler.squishfile import (
     read_squishfile,
     status_key,
 )
+from reconciler.squishfile.fields import outside_of
 from reconciler.squishfile.networks import (
     is_network_file,
     network_file_name,
@@ -127,7 +128,7 @@ class Cached:
     def reread(self) -> Cached:
         """This file's entry for a copy of it elsewhere (a new revision's checkout): what
         it loaded stays known (its name), but the copy is read and loaded anew."""
-        return Cached(_STALE, self.loaded)
+        return Cached(_UNREAD, self.loaded)
 
     def unchanged(self, path: Path) -> bool:
         """Whether the file at ``path`` still has the status it was read with, uses no
@@ -135,6 +136,8 @@ class Cached:
         (``trusted``) takes it as it was without reading it."""
         if self.seen is None or self.pending is not None or _inputs(self.loaded):
             return False
+        if isinstance(self.loaded, FileError) and self.loaded.waits_on:
+            return False  # the host's paths it waits on are looked at again
         try:
             return status_key(os.stat(path)) == self.seen
         except OSError:
@@ -149,7 +152,10 @@ def _load_one(
     path: Path, raw: bytes, folder: Path, known: str | None, quiet: _Quiet | None = None
 ) -> DesiredContainer | FileError:
     try:
-        squishfile, lines = load_with_lines(path, raw, check_profile=compile_profile, folder=folder)
+        confine = quiet.confine if quiet else None
+        squishfile, lines = load_with_lines(
+            path, raw, check_profile=compile_profile, folder=folder, confine=confine
+        )
         spec = squishfile.to_spec()
     except SquishfileError as exc:
         name, certain = _claimed_name(path, raw, known)
@@ -184,57 +190,53 @@ def _refused_paths(
     """The error of a file whose paths reach outside a git source's checkout, or whose
     local layers a start here would refuse (not checked for a file placed elsewhere:
     its paths are another host's); None when neither."""
-    outside = _outside(path, raw, squishfile, quiet.confine if quiet else None)
-    if outside:
-        return FileError(path, squishfile.name, tuple(outside))
+    sources = squishfile.local_sources()
+    confine = quiet.confine if quiet else None
+    if confine is not None:  # (its seccomp profile was refused as it was validated)
+        outside = {name: why for name, s in sources.items() if (why := outside_of(confine, s))}
+        if outside:
+            return FileError(path, squishfile.name, _layer_problems(path, raw, outside))
     host, placement = quiet.host if quiet else None, squishfile.placement
     if host is not None and placement is not None and placement.misses(host) is not None:
         return None
-    unusable = _unusable_sources(path, raw, squishfile.local_sources())
-    return FileError(path, squishfile.name, tuple(unusable), recheck=True) if unusable else None
+    unusable = {
+        name: f"{why}, which a start refuses"
+        for name, s in sources.items()
+        if (why := _unusable(s))
+    }
+    if not unusable:
+        return None
+    problems = _layer_problems(path, raw, unusable)
+    waits_on = tuple(sources[name] for name in unusable)
+    return FileError(path, squishfile.name, problems, waits_on=waits_on)
 
 
-def _outside(path: Path, raw: bytes, squishfile: Squishfile, confine: Path | None) -> list[Problem]:
-    """A problem at each local layer and seccomp profile of ``squishfile`` outside
-    ``confine`` (none without one)."""
-    if confine is None:
-        return []
-    inside = os.path.realpath(confine)
-    used = [(("layers", name), s) for name, s in squishfile.local_sources().items()]
-    used += [(("security", "seccomp"), str(profile)) for profile, _ in squishfile.security.inputs]
-    found = [
-        (loc, source)
-        for loc, source in used
-        if os.path.commonpath((inside, os.path.normpath(source))) != inside
-    ]
-    lines = lines_of(file_text(raw, errors="replace"), [loc for loc, _ in found])
-    message = (
-        "{} is not inside the repository: a git source's files reach only their own "
-        "(--allow-host-paths lets them reach the host's)"
+def _usable_again(loaded: DesiredContainer | FileError) -> bool:
+    """Whether a file refused for a host path now has one it waited on usable: loaded
+    again, though its bytes are the same."""
+    waits_on = loaded.waits_on if isinstance(loaded, FileError) else ()
+    return any(_unusable(source) is None for source in waits_on)
+
+
+def _unusable(source: str) -> str | None:
+    """Why a start would refuse the bind source ``source`` (missing, or through a
+    symbolic link), or None. Refused when the file loads, the running container keeps
+    its last valid spec; a stop-first recreate would remove it, then fail to create."""
+    if not os.path.lexists(source):
+        return f"{toml_quote(source)} does not exist"
+    if os.path.realpath(source) != os.path.normpath(source):
+        return f"{toml_quote(source)} goes through a symbolic link"
+    return None
+
+
+def _layer_problems(path: Path, raw: bytes, why: Mapping[str, str]) -> tuple[Problem, ...]:
+    """A problem at each ``[layers]`` entry named in ``why``, at its line."""
+    text = file_text(raw, errors="replace")
+    lines = lines_of(text, [("layers", name) for name in why])
+    return tuple(
+        Problem(str(path), line, f"layers.{name}", message)
+        for (name, message), line in zip(why.items(), lines, strict=True)
     )
-    return [
-        Problem(str(path), line, ".".join(loc), message.format(toml_quote(source)))
-        for (loc, source), line in zip(found, lines, strict=True)
-    ]
-
-
-def _unusable_sources(path: Path, raw: bytes, sources: Mapping[str, str]) -> list[Problem]:
-    """A problem at each local layer whose host path a start would refuse: missing, or
-    through a symbolic link. Refused here, the running container keeps its last valid
-    spec; a stop-first recreate would remove it, then fail to create the new one."""
-    found: list[tuple[str, str]] = []
-    for name, source in sources.items():
-        if not os.path.lexists(source):
-            found.append((name, f"{toml_quote(source)} does not exist"))
-        elif os.path.realpath(source) != os.path.normpath(source):
-            found.append((name, f"{toml_quote(source)} goes through a symbolic link"))
-    if not found:
-        return []
-    lines = lines_of(file_text(raw, errors="replace"), [("layers", name) for name, _ in found])
-    return [
-        Problem(str(path), line, f"layers.{name}", f"{message}, which a start refuses")
-        for (name, message), line in zip(found, lines, strict=True)
-    ]
 
 
 def _unreadable(path: Path, exc: OSError | SquishfileError, known: str | None) -> FileError:
@@ -460,9 +462,6 @@ def settles_in(cache: FileCache, now: float, settle: float) -> float | None:
     return max(min(due) - now, 0.0) if due else None
 
 
-_STALE = b"\0"
-"""The cache key of a file to read again whatever its bytes: no digest is one byte."""
-
 _UNREAD = b""
 """The cache key of a file that could not be read: no digest is empty."""
 
@@ -515,13 +514,11 @@ def _read(
         return _keep(cache, path, Cached(_UNREAD, _unreadable(path, exc, known_name)))
     if known is not None:
         key = _digest(raw, _current(_inputs(known.loaded)))
-        if quiet.keeps(known, key, identity):
+        if quiet.keeps(known, key, identity) and not _usable_again(known.loaded):
             known.identity, known.seen, known.gone_since = identity, seen, None
             return known.loaded
     # keyed by what was read, so an edit made meanwhile is seen next time
     loaded = _load_one(path, raw, folder, known_name, quiet)
-    if isinstance(loaded, FileError) and loaded.recheck:
-        return _keep(cache, path, Cached(_STALE, loaded, identity))  # host files may change
     key = _digest(raw, tuple(digest for _, digest in _inputs(loaded)))
     return _keep(cache, path, Cached(key, loaded, identity, seen=seen))
 

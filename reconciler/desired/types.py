@@ -225,9 +225,10 @@ class FileError:
     """A ``DuplicateName``: the valid container the file asks for, refused its name
     because another file keeps it (the planner decides again when the refused file's
     container is the one running)."""
-    recheck: bool = False
-    """The problem is the host's, not the file's (a local layer's path missing): the
-    file is loaded again at every load, its bytes unchanged or not."""
+    waits_on: tuple[str, ...] = ()
+    """Host paths a start would refuse now (a local layer's, missing): the problem is
+    the host's, not the file's, and the file is loaded again once one of them is
+    usable, its bytes unchanged or not."""
 
     @property
     def message(self) -> str:

@@ -19,6 +19,7 @@ __all__ = (
     "as_tuple",
     "is_path_like",
     "not_empty",
+    "outside_of",
     "resolve",
 )
 
@@ -82,3 +83,15 @@ def resolve(path: str, source: Path | None) -> Path:
     else:
         anchor, rest = str(source.parent), path
     return Path(os.path.abspath(os.path.join(os.path.realpath(anchor), rest)))
+
+
+def outside_of(confine: Path, path: Path | str) -> str | None:
+    """Why a git source's file may not use ``path``: it is outside ``confine`` (the
+    revision's checkout); None when it is inside."""
+    inside = os.path.realpath(confine)
+    if os.path.commonpath((inside, os.path.normpath(path))) == inside:
+        return None
+    return (
+        f"{_q(str(path))} is not inside the repository: a git source's files reach only "
+        "their own (--allow-host-paths lets them reach the host's)"
+    )

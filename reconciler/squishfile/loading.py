@@ -35,6 +35,7 @@ from reconciler.squishfile.model import (
 from reconciler.squishfile.networks import NetworkFile, check_network_name, network_file_name
 from reconciler.squishfile.placement import PlacementSection
 from reconciler.squishfile.sections import (
+    CONFINE,
     PROFILE_CHECK,
     HealthSection,
     LogsSection,
@@ -96,12 +97,15 @@ def load_with_lines(
     *,
     check_profile: ProfileCheck | None = None,
     folder: Path | None = None,
+    confine: Path | None = None,
 ) -> tuple[Squishfile, ConflictLines]:
     """:func:`load_squishfile`, and where the file writes its name and each
     ``[[ports]]`` host (a name taken from the file's name has no line). ``folder``: the
     folder the file stands for when ``path`` is a copy (a git revision's): its networks
-    are that folder's; relative paths still start from the copy's own folder."""
-    squishfile, text, data = _load(path, content, check_profile, folder)
+    are that folder's; relative paths still start from the copy's own folder.
+    ``confine``: a git source's checkout, which its seccomp profile must be in (it is
+    refused before it is read)."""
+    squishfile, text, data = _load(path, content, check_profile, folder, confine)
     return squishfile, _conflict_lines(squishfile, text, data)
 
 
@@ -220,11 +224,17 @@ def _load(
     content: bytes | None = None,
     check_profile: ProfileCheck | None = None,
     folder: Path | None = None,
+    confine: Path | None = None,
 ) -> tuple[Squishfile, str, dict[str, Any]]:
     """The squishfile, its text, and the TOML it holds."""
     text, data = _parse(path, content)
     try:
-        context = {"source": path, "folder": folder, PROFILE_CHECK: check_profile}
+        context = {
+            "source": path,
+            "folder": folder,
+            PROFILE_CHECK: check_profile,
+            CONFINE: confine,
+        }
         squishfile = Squishfile.model_validate(data, context=context)
     except ValidationError as exc:
         raise SquishfileError(path, _problems(str(path), text, data, exc)) from None

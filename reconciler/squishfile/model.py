@@ -329,6 +329,8 @@ class NetworkJoin(BaseModel):
 
 
 def _one_socket(a: PortForward, b: PortForward) -> bool:
+    """Whether two forwards of one file need one host socket (rare: only those of one
+    protocol and host port are compared, each converted then)."""
     mapping = PortMapping.model_validate
     return bool(mapping(a.model_dump()).shares_socket_with(mapping(b.model_dump())))
 
@@ -524,6 +526,7 @@ class Squishfile(BaseModel):
         rootfs: list[RootfsRef] = []
         sdks: list[SdkLayer] = []
         binds: list[BindMount] = []
+        sources = self.local_sources()
         for name, value in self.layers.items():
             layer = _classify_layer(name, value)
             if isinstance(layer, RootfsRef):
@@ -531,8 +534,8 @@ class Squishfile(BaseModel):
             elif isinstance(layer, SdkLayer):
                 sdks.append(layer)
             else:
-                source = self._host_path(layer.path)
-                binds.append(BindMount(source=source, target=layer.container_target, rw=layer.rw))
+                target = layer.container_target
+                binds.append(BindMount(source=sources[name], target=target, rw=layer.rw))
         ports = sorted(
             self.forwards(), key=lambda p: (p.protocol, p.host_addr, p.host, p.container)
         )

@@ -18,12 +18,14 @@ from reconciler.squishfile.fields import (
     as_tuple,
     is_path_like,
     not_empty,
+    outside_of,
     resolve,
 )
 from runtime.api import MAX_BYTES, MAX_LOG_FILES, MIN_LOG_SIZE, LogLimits, Resources
 from runtime.security.profile import ProfileCheck, read_profile
 
 __all__ = (
+    "CONFINE",
     "PROFILE_CHECK",
     "HealthSection",
     "LogsSection",
@@ -207,6 +209,9 @@ class SecuritySection(BaseModel):
             )
         source = (info.context or {}).get("source")
         path = resolve(value, source if isinstance(source, Path) else None)
+        confine = (info.context or {}).get(CONFINE)
+        if isinstance(confine, Path) and (why := outside_of(confine, path)):
+            raise ValueError(why)  # not read: the host's files are not the repository's
         document, raw = read_profile(path)  # missing or malformed: an error here
         check: ProfileCheck | None = (info.context or {}).get(PROFILE_CHECK)
         if check is not None:  # the caller's further check (compiling it): its line too
@@ -241,5 +246,8 @@ class SecuritySection(BaseModel):
 
 _PROFILE_READ = "_seccomp_profile_read"
 PROFILE_CHECK = "check_profile"
+CONFINE = "confine"
+"""The validation context's key for a git source's checkout, which every path a file
+uses must be in (None or absent: any path)."""
 """The validation context key of a :data:`runtime.security.profile.ProfileCheck` that a
 profile must pass besides its structure (the model itself loads no FFI to compile it)."""
