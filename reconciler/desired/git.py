@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -63,11 +62,10 @@ __all__ = ("GitSource", "git_home", "resume", "suspend")
 log = logging.getLogger(__name__)
 
 _TICK = 0.1
-
+"""Seconds between looks at a poke, ``stop`` and the suspend flag while waiting."""
 POKE_GAP = 2.0
 """Seconds at least between a fetch and the next one a poke asks for: pokes that come
 sooner (a webhook's delivery replayed in a loop) wait, and are taken as one."""
-"""Seconds between looks at a poke, ``stop`` and the suspend flag while waiting."""
 _PREVIEW = "refs/squish/preview"
 """Where ``plan`` fetches, apart from what the loop follows."""
 
@@ -232,7 +230,7 @@ class GitSource:
         try:
             sha = self._fetch(self.git.rev, TARGET)
         except (GitError, OSError) as exc:  # OSError: the mirror cannot be made
-            self._record["fetch_error"] = str(exc)
+            self._record["fetch_error"] = self._told(exc)
             return False
         self._record.update(fetch_error=None, fetched_at=time.time())
         current = self._current()
@@ -245,7 +243,7 @@ class GitSource:
             if refused is None:
                 self._apply(commit)
         except (GitError, OSError) as exc:
-            self._record["attempted"] = {"commit": sha, "refused": None, "error": str(exc)}
+            self._record["attempted"] = {"commit": sha, "refused": None, "error": self._told(exc)}
             return False
         return refused is None
 
@@ -290,7 +288,8 @@ class GitSource:
         self._record["applied"] = commit.as_json()
         keep = {commit.sha} | ({before.name} if before else set())
         try:
-            keep |= {_revision_of(Path(path), revs) for path in self.in_use()}
+            real = Path(os.path.realpath(revs))  # bind sources are real paths
+            keep |= {_revision_of(Path(path), revs, real) for path in self.in_use()}
         except Exception as exc:  # not known: none is removed, the next commit tries again
             log.warning("keeping every revision: their use is not known: %s", exc)
             return
@@ -335,7 +334,7 @@ class GitSource:
 
     def describe(self) -> dict[str, object]:
         """What status shows under ``source`` (see docs/reconciler.md, "Git source")."""
-        facts = {
+        return {
             "kind": "git",
             "url": public_url(self.git.url),  # shown to whoever reads status
             "ref": self._record.get("ref", self.git.ref),  # as the loop follows it
@@ -347,9 +346,11 @@ class GitSource:
             "suspended": self.suspended,
             "problems": list(self._problems),
         }
-        shown = without_secret(json.dumps(facts), self.git.url)  # git's messages too
-        described: dict[str, object] = json.loads(shown)
-        return described
+
+    def _told(self, exc: Exception) -> str:
+        """What ``exc`` (git's message) says, as status may show it: without the URL's
+        password, should git repeat it."""
+        return without_secret(str(exc), self.git.url)
 
 
 def _refuse_links_out(checkout: Path) -> None:
@@ -370,11 +371,10 @@ def _refuse_links_out(checkout: Path) -> None:
                 )
 
 
-def _revision_of(path: Path, revs: Path) -> str:
-    """The revision (``revs/<sha>``) ``path`` is in, or "" for a path outside them.
-    Bind sources are real paths (a squishfile's folder is taken by its real path):
-    ``revs`` is compared as written and as its real path."""
-    for folder in (revs, Path(os.path.realpath(revs))):
+def _revision_of(path: Path, revs: Path, real: Path) -> str:
+    """The revision (``revs/<sha>``) ``path`` is in, or "" for a path outside them;
+    ``revs`` is compared as written and as its real path ``real``."""
+    for folder in (revs, real):
         with contextlib.suppress(ValueError, IndexError):
             return path.relative_to(folder).parts[0]
     return ""
