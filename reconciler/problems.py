@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic_core import ErrorDetails
 
+from reconciler.terminal import is_control
+
 __all__ = (
     "Problem",
     "SquishfileError",
@@ -96,14 +98,12 @@ _COMPARISONS = {
 }
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 def toml_quote(value: str) -> str:
     """``value`` as a TOML basic string, for messages: ``"8080"``."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     # a terminal's control sequences (a title, a cleared screen) shown, not obeyed
-    return '"' + _CONTROL.sub(lambda c: f"\\u{ord(c[0]):04x}", escaped) + '"'
+    shown = (f"\\u{ord(c):04x}" if is_control(c) and c != "\t" else c for c in escaped)
+    return '"' + "".join(shown) + '"'
 
 
 def field_path(loc: Sequence[str | int]) -> str:

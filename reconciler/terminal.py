@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ("LazyConsole", "escape", "visible", "visible_char")
+__all__ = ("LazyConsole", "escape", "is_control", "visible", "visible_char")
 
 
 def escape(markup: str) -> str:
@@ -19,9 +19,14 @@ def escape(markup: str) -> str:
     return rich_escape(markup)
 
 
+def is_control(c: str) -> bool:
+    """Whether ``c`` is a control character a terminal may act on: C0, DEL and C1."""
+    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
+
+
 def visible_char(c: str) -> str:
-    """``c``, or ``\\xNN`` when it is a control character (below space, and DEL)."""
-    return f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+    """``c``, or ``\\xNN`` when it is a control character (:func:`is_control`)."""
+    return f"\\x{ord(c):02x}" if is_control(c) else c
 
 
 def visible(text: str) -> str:

@@ -299,6 +299,8 @@ def settled(desired: DesiredState, actual: Sequence[ContainerInfo]) -> DesiredSt
     """``desired`` with duplicate names decided again now that the running containers are
     known: the file whose container runs keeps the name (the planner's first phase; a
     caller that shows ``desired`` next to a plan shows this)."""
+    if not desired.errors:  # no file refused or broken: nothing to decide again
+        return desired
     folder = str(desired.folder)
     holders = holders_of({info.name: info for info in actual if is_managed_by(info, folder)})
     refused = [e.refused for e in desired.errors if e.refused is not None]
