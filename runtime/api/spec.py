@@ -74,10 +74,11 @@ container) has 10.0.2.100, its gateway 10.0.2.2 and its DNS 10.0.2.3."""
 _UNUSABLE = (
     ("is_loopback", "a loopback range"),
     ("is_multicast", "a multicast range"),
-    ("is_unspecified", "the unspecified range"),
     ("is_link_local", "a link-local range"),
     ("is_reserved", "a reserved range"),
 )
+"""Ranges a bridge's subnet may not be in; each is wider than a /16, so a subnet is in
+one when its network address is."""
 
 
 def subnet_refusal(subnet: ipaddress.IPv4Network) -> str | None:
@@ -88,7 +89,7 @@ def subnet_refusal(subnet: ipaddress.IPv4Network) -> str | None:
     if subnet.subnet_of(ipaddress.IPv4Network("0.0.0.0/8")):
         return "is in the unspecified range 0.0.0.0/8"
     for test, what in _UNUSABLE:
-        if getattr(subnet, test) or getattr(subnet.network_address, test):
+        if getattr(subnet.network_address, test):
             return f"is in {what}"
     return None
 

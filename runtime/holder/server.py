@@ -685,9 +685,9 @@ def _kill(identity: ProcessId | None) -> None:
 
 def _serve_one(conn: socket.socket, spares: _Spares, containers: _Containers) -> bool:
     """Handle one connection; return False when asked to exit."""
+    conn.settimeout(2.0)  # for the answer too
     try:
         request = decode_request(decode_object(read_to_eof(conn, MAX_REQUEST, within=2.0)))
-        conn.settimeout(2.0)  # for the answer
     except (OSError, ValueError) as exc:
         _reply(conn, Failure(ErrorCode.BAD_REQUEST, str(exc)))
         return True
@@ -900,8 +900,7 @@ def _sweep_leaves(state: Path, ahead: Path | None) -> None:
     with contextlib.suppress(OSError):  # no folder yet: nothing was left in it
         for entry in os.scandir(ahead):
             if entry.is_dir(follow_symlinks=False) and os.path.normpath(entry.path) not in named:
-                with contextlib.suppress(OSError):  # a process is in it, or a leaf below
-                    os.rmdir(entry.path)
+                Leaf(Path(entry.path)).remove()  # refused while a process is in it
 
 
 def _staging(state: Path) -> str | None:

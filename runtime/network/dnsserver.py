@@ -500,13 +500,13 @@ class Responder:
 
         self.query(listen, wire, reply, udp=True, asker=str(peer[0]))
 
-    def query(self, listen: str, wire: bytes, reply: Reply, *, udp: bool, asker: str = "") -> None:
+    def query(self, listen: str, wire: bytes, reply: Reply, *, udp: bool, asker: str) -> None:
         """Answer one query that came to ``listen`` from ``asker``: from the names, or by
         forwarding."""
-        self.refresh()
-        server = self.servers.get(listen)
         if not _may_be_a_query(wire):
             return  # dropped unparsed, as a resolver drops what it cannot answer
+        self.refresh()
+        server = self.servers.get(listen)
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:

@@ -239,7 +239,7 @@ class Porter:
             fds: list[int] = []
             try:
                 data, fds = receive_with_fds(conn, _MAX_REQUEST, 1)
-                rest = jsonsock.read_to_eof(conn, _MAX_REQUEST) if data else b""
+                rest = jsonsock.read_to_eof(conn, _MAX_REQUEST, within=5.0) if data else b""
                 reply = self._handle(jsonsock.decode_object(data + rest), fds)
             except OSError as exc:
                 reply = {"error": {"errno": exc.errno, "desc": str(exc)}}
@@ -422,6 +422,9 @@ class _Direction:
         """Let go of the buffer."""
 
 
+_ENDED = select.POLLHUP | select.POLLERR | select.POLLNVAL
+"""Poll events that end a wait whatever it waits for."""
+
 _MARK_READ = 4096
 """Bytes read past a TCP urgent mark (less than an empty pipe holds): splicing resumes."""
 
@@ -514,9 +517,9 @@ def _shuttle(conn: socket.socket, upstream: socket.socket) -> None:
             poller = select.poll()
             for fd, event in events.items():
                 poller.register(fd, event)
-            ready = {fd for fd, _ in poller.poll()}
-            for direction, (fd, _) in waiting:
-                if fd in ready:
+            ready = dict(poller.poll())
+            for direction, (fd, event) in waiting:
+                if ready.get(fd, 0) & (event | _ENDED):  # what it waits for, not the other's
                     direction.step()
     finally:
         for direction in directions:

@@ -826,7 +826,7 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """A request and the descriptors that came with it."""
     data, fds = receive_with_fds(conn, 1 << 16, 4)
     try:
-        rest = jsonsock.read_to_eof(conn, 1 << 16) if data else b""
+        rest = jsonsock.read_to_eof(conn, 1 << 16, within=10.0) if data else b""
         return jsonsock.decode_object(data + rest), fds
     except BaseException:  # a request that cannot be read keeps none of its descriptors
         for fd in fds:

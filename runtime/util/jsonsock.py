@@ -27,23 +27,31 @@ class EmptyMessage(ValueError):
 def read_to_eof(sock: socket.socket, limit: int, within: float | None = None) -> bytes:
     """Everything the peer sends until it shuts down its side; ValueError past ``limit``.
     With ``within``: TimeoutError unless all of it came within that many seconds (a
-    socket's own timeout bounds each read only: a byte at a time would never end)."""
+    socket's own timeout bounds each read only: a byte at a time would never end); the
+    socket's timeout is as it was afterwards."""
     chunks: list[bytes] = []
     size = 0
     ends = None if within is None else time.monotonic() + within
-    while True:
-        if ends is not None:
-            left = ends - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"the message did not end within {within:g} s")
-            sock.settimeout(left)
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"message larger than {limit} bytes")
+    timeout = sock.gettimeout()
+    try:
+        while chunk := _next(sock, ends, within):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"message larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        sock.settimeout(timeout)
+
+
+def _next(sock: socket.socket, ends: float | None, within: float | None) -> bytes:
+    """The next bytes of a message whose whole must come by ``ends`` (None: no bound)."""
+    if ends is not None:
+        left = ends - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the message did not end within {within:g} s")
+        sock.settimeout(left)
+    return sock.recv(65536)
 
 
 def peer_of(sock: socket.socket) -> tuple[int, int]:
