@@ -184,17 +184,17 @@ def report(args: argparse.Namespace, columns: dict[str, list[Any]]) -> None:
     trees = [("", columns["here"])]
     if args.against:
         trees.append((f" [{args.against}]", columns["there"]))
+    bwrap_cpu = statistics.mean(columns["bwrap_cpu"])
     for label, rounds in trees:
         start, full, cycle = (list(column) for column in zip(*rounds, strict=True))
         row(f"squish /bin/true start+exit{label}", start, out)
         row(f"squish /bin/true create+start+exit+remove{label}", full, out)
-        cpu, bwrap_cpu = statistics.mean(cycle), statistics.mean(columns["bwrap_cpu"])
+        cpu = statistics.mean(cycle)
         print(f"{'  CPU of a whole cycle (all its processes), mean':<56} {cpu:>8.2f}")
         what = f"CPU of a whole cycle, mean{label}"
         out.figure(what, cpu, "ms", anchor="bwrap (its processes)", anchor_value=bwrap_cpu)
     anchor = columns["bwrap"]
     row("bwrap --unshare-all /bin/true (anchor)", anchor, out)
-    bwrap_cpu = statistics.mean(columns["bwrap_cpu"])
     print(f"{'  CPU of a bwrap run (bwrap and what it reaped), mean':<56} {bwrap_cpu:>8.2f}")
     anchor_p50 = statistics.median(anchor)
     for what, column in (("start+exit p50", 0), ("full cycle p50", 1)):

@@ -432,6 +432,7 @@ def test_a_client_that_trickles_its_request_is_cut_at_the_deadline(
             try:
                 sock.sendall(b"X")
             except (BrokenPipeError, ConnectionResetError):
+                answer = b"closed"
                 break
             time.sleep(0.2)
             sock.setblocking(False)

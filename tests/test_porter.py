@@ -420,7 +420,8 @@ def test_an_urgent_byte_is_passed_on_inline_and_the_relay_goes_on(side: str) -> 
     relay = threading.Thread(target=porter._shuttle, args=(relay_side, upstream), daemon=True)
     relay.start()
     sender, receiver = (backend, client) if side == "the backend" else (client, backend)
-    with client, backend, relay_side, upstream:
+    ends = (client, backend, relay_side, upstream)
+    try:
         sender.send(b"!", socket.MSG_OOB)
         sender.sendall(b"after the mark")
         sender.shutdown(socket.SHUT_WR)
@@ -432,3 +433,10 @@ def test_an_urgent_byte_is_passed_on_inline_and_the_relay_goes_on(side: str) -> 
         receiver.shutdown(socket.SHUT_WR)
         relay.join(10)
         assert not relay.is_alive()
+    finally:  # a relay still running (the failure) ends before its sockets are closed
+        for end in ends:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        relay.join(10)
+        for end in ends:
+            end.close()

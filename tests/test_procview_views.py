@@ -597,6 +597,7 @@ def test_an_open_the_storer_answers_is_not_ended_by_its_interrupt() -> None:
         assert server.answer(conn, interrupt) is None
         busy.set()
         server.storer.shutdown(wait=True)
+        ours.settimeout(10)
         replies = [ours.recv(1 << 16) for _ in range(2)]  # the store, then the open
         assert struct.unpack_from("<iQ", replies[-1], 4) == (0, 7)
         assert not server.storing
