@@ -407,6 +407,7 @@ class Squishfile(BaseModel):
 
     _source: Path | None = PrivateAttr(default=None)
     _folder: Path | None = PrivateAttr(default=None)
+    _sources: dict[str, str] | None = PrivateAttr(default=None)
     _ports_from_array = field_validator("ports", mode="before")(as_tuple)
     _networks_from_array = field_validator("networks", mode="before")(as_tuple)
 
@@ -584,13 +585,15 @@ class Squishfile(BaseModel):
         return tuple(PortMapping.model_validate(port.model_dump()) for port in self.ports)
 
     def local_sources(self) -> dict[str, str]:
-        """The host path of each local layer (a bind), by its name in ``[layers]``."""
-        found: dict[str, str] = {}
-        for name, value in self.layers.items():
-            layer = _classify_layer(name, value)
-            if isinstance(layer, LocalLayer):
-                found[name] = self._host_path(layer.path)
-        return found
+        """The host path of each local layer (a bind), by its name in ``[layers]``;
+        resolved once (the spec and the loader's checks both ask)."""
+        if self._sources is None:
+            self._sources = {}
+            for name, value in self.layers.items():
+                layer = _classify_layer(name, value)
+                if isinstance(layer, LocalLayer):
+                    self._sources[name] = self._host_path(layer.path)
+        return dict(self._sources)
 
     def _host_path(self, path: str) -> str:
         """``path`` made absolute: ``~`` expanded, relative paths taken from the file's folder."""
